@@ -1,0 +1,5 @@
+"""Pruning harness: masks, pruning rules, IMP with rewinding, prunability."""
+
+from .masks import Masks, prunable_parameters
+
+__all__ = ["Masks", "prunable_parameters"]

@@ -1,0 +1,199 @@
+"""Pruning state: boolean masks keyed by parameter name.
+
+A mask entry ``False`` means the weight is *absent*. ``Masks`` is what the pruning rules produce, what IMP
+records at every level and what every analysis (``affine_layers(model, masks)``) reads.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Masks", "prunable_parameters"]
+
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> list[str]:
+    """Names of the weight parameters of ``Linear``/``Conv`` modules, in forward order.
+
+    Biases are never prunable. ``include_output=False`` leaves out the last prunable layer (the classifier).
+    """
+    names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _PRUNABLE)]
+    if not names:
+        raise ValueError(f"model ({type(model).__name__}) has no Linear or Conv weights to prune")
+    return names if include_output else names[:-1]
+
+
+class Masks(MutableMapping):
+    """Boolean masks of a model's prunable weights, keyed by parameter name (``"0.weight"``).
+
+    >>> from netgeom import mlp
+    >>> net = mlp(4, [8], 2, seed=0)
+    >>> m = Masks.ones(net)
+    >>> m.density()
+    1.0
+    >>> sorted(m)
+    ['0.weight', '2.weight']
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor | np.ndarray] | None = None):
+        self._m: dict[str, torch.Tensor] = {}
+        for k, v in (masks or {}).items():
+            self[k] = v
+
+    # ---------------------------------------------------------------- mapping protocol
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._m[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+        if t.dtype != torch.bool:
+            if t.is_floating_point() and not torch.isin(t, torch.tensor([0.0, 1.0], dtype=t.dtype)).all():
+                raise ValueError(f"mask '{key}' must be boolean (or 0/1), got values other than 0 and 1")
+            t = t.to(torch.bool)
+        self._m[str(key)] = t.detach().cpu().clone()
+
+    def __delitem__(self, key: str) -> None:
+        del self._m[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._m)
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+    def __repr__(self) -> str:
+        return f"Masks({len(self)} tensors, density={self.density():.4g})" if self._m else "Masks(empty)"
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def ones(cls, model: nn.Module, *, include_output: bool = True) -> Masks:
+        """All-kept masks for the model's prunable weights."""
+        params = dict(model.named_parameters())
+        return cls(
+            {n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_parameters(model, include_output=include_output)}
+        )
+
+    def copy(self) -> Masks:
+        return Masks({k: v.clone() for k, v in self._m.items()})
+
+    # ---------------------------------------------------------------- checks
+    def validate(self, model: nn.Module) -> Masks:
+        """Raise if a mask names a missing parameter or has the wrong shape; warn on an emptied layer."""
+        if not self._m:
+            raise ValueError("Masks is empty: it holds no mask tensor")
+        params = dict(model.named_parameters())
+        for k, v in self._m.items():
+            if k not in params:
+                raise KeyError(f"mask for '{k}', but the model has no parameter of that name; it has: {sorted(params)}")
+            if tuple(v.shape) != tuple(params[k].shape):
+                raise ValueError(
+                    f"mask for '{k}' has shape {tuple(v.shape)}, but the parameter has shape {tuple(params[k].shape)}"
+                )
+            if not v.any():
+                warnings.warn(f"mask for '{k}' removes every weight: the layer is disconnected", stacklevel=2)
+        return self
+
+    # ---------------------------------------------------------------- use
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the masked weights of ``model`` in place (call after every optimiser step)."""
+        params = dict(model.named_parameters())
+        for k, v in self._m.items():
+            p = params.get(k)
+            if p is None:
+                raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+            if v.device != p.device:
+                v = self._m[k] = v.to(p.device)
+            p.mul_(v)
+        return model
+
+    def n_kept(self) -> int:
+        return int(sum(int(v.sum()) for v in self._m.values()))
+
+    def n_total(self) -> int:
+        return int(sum(v.numel() for v in self._m.values()))
+
+    def density(self) -> float:
+        """Global fraction of weights kept over all masked tensors."""
+        total = self.n_total()
+        if total == 0:
+            raise ValueError("Masks is empty: density is undefined")
+        return self.n_kept() / total
+
+    def sparsity(self) -> float:
+        return 1.0 - self.density()
+
+    def layer_densities(self) -> dict[str, float]:
+        return {k: float(v.sum()) / v.numel() for k, v in self._m.items()}
+
+    def is_nested_in(self, other: Mapping[str, torch.Tensor]) -> bool:
+        """True when every weight kept here is also kept in ``other``."""
+        return all(k in other and not (v & ~torch.as_tensor(other[k]).cpu()).any() for k, v in self._m.items())
+
+    def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:
+        keys = set(self) | set(other)
+        out = {}
+        for k in keys:
+            a, b = self._m.get(k), other.get(k)
+            out[k] = a if b is None else (torch.as_tensor(b).cpu().bool() if a is None else a & torch.as_tensor(b).cpu().bool())
+        return Masks(out)
+
+    def __or__(self, other: Mapping[str, torch.Tensor]) -> Masks:
+        keys = set(self) | set(other)
+        out = {}
+        for k in keys:
+            a, b = self._m.get(k), other.get(k)
+            out[k] = a if b is None else (torch.as_tensor(b).cpu().bool() if a is None else a | torch.as_tensor(b).cpu().bool())
+        return Masks(out)
+
+    def equals(self, other: Mapping[str, torch.Tensor]) -> bool:
+        return set(self) == set(other) and all(torch.equal(v, torch.as_tensor(other[k]).cpu()) for k, v in self._m.items())
+
+    def to_dict(self) -> dict[str, object]:
+        """Summary as plain data (densities and counts; the masks themselves go to :meth:`save`)."""
+        return {
+            "density": self.density() if self._m else None,
+            "n_kept": self.n_kept(),
+            "n_total": self.n_total(),
+            "layers": {k: {"shape": list(v.shape), "density": float(v.sum()) / v.numel()} for k, v in self._m.items()},
+        }
+
+    # ---------------------------------------------------------------- files (npz: no pickle)
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the masks to ``path`` (``.npz``) atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **{k: v.numpy() for k, v in self._m.items()})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Masks:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no masks file at {path}")
+        with np.load(path, allow_pickle=False) as data:
+            return cls({k: data[k] for k in data.files})
+
+    @classmethod
+    def from_model_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:
+        """Masks that keep exactly the non-zero weights (for networks pruned elsewhere)."""
+        params = dict(model.named_parameters())
+        names = list(names) if names is not None else prunable_parameters(model)
+        return cls({n: params[n].detach() != 0 for n in names})
