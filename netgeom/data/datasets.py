@@ -1,0 +1,313 @@
+"""Data sets as whole tensors: real data available offline and torchvision directories.
+
+Every loader returns a :class:`Dataset`: train/test tensors (float32 inputs, int64 labels) and metadata.
+Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import check_fraction, check_int
+from ..results import Result
+
+__all__ = [
+    "Dataset",
+    "load_digits",
+    "load_mnist1d",
+    "load_mnist",
+    "load_fashion_mnist",
+    "load_cifar10",
+    "load_idx",
+    "load_dataset",
+    "DATASET_NAMES",
+]
+
+
+@dataclasses.dataclass
+class Dataset(Result):
+    """A supervised data set held as tensors.
+
+    ``X_*`` are float32 of shape ``(n, *input_shape)``; ``y_*`` int64 class labels in ``[0, n_classes)``.
+    ``intrinsic_dim`` is the true intrinsic dimension where it is known by construction, else ``None``.
+    """
+
+    name: str
+    X_train: torch.Tensor = dataclasses.field(repr=False)
+    y_train: torch.Tensor = dataclasses.field(repr=False)
+    X_test: torch.Tensor = dataclasses.field(repr=False)
+    y_test: torch.Tensor = dataclasses.field(repr=False)
+    n_classes: int
+    input_shape: tuple[int, ...]
+    intrinsic_dim: int | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for nm in ("X_train", "X_test"):
+            x = getattr(self, nm)
+            if not torch.isfinite(x).all():
+                raise ValueError(f"{self.name}: {nm} contains NaN or inf")
+        if self.X_train.shape[0] != self.y_train.shape[0] or self.X_test.shape[0] != self.y_test.shape[0]:
+            raise ValueError(f"{self.name}: inputs and labels differ in length")
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def n_train(self) -> int:
+        return int(self.X_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.X_test.shape[0])
+
+    def flat(self) -> Dataset:
+        """The same data with every sample flattened to a vector (for MLPs)."""
+        return dataclasses.replace(
+            self,
+            X_train=self.X_train.reshape(self.n_train, -1),
+            X_test=self.X_test.reshape(self.n_test, -1),
+            input_shape=(self.n_features,),
+        )
+
+    def to(self, device: str | torch.device) -> Dataset:
+        return dataclasses.replace(
+            self,
+            X_train=self.X_train.to(device),
+            y_train=self.y_train.to(device),
+            X_test=self.X_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(n_train=self.n_train, n_test=self.n_test, n_features=self.n_features)
+        return d
+
+    def plot(self, ax=None, n: int = 16):
+        """A few training samples (images, or 1-D signals as lines)."""
+        from ..results import new_axes
+
+        fig, ax = new_axes(ax)
+        x = self.X_train[:n].cpu().numpy()
+        if len(self.input_shape) >= 2 and self.input_shape[-1] > 1 and len(self.input_shape) != 2:
+            imgs = x.reshape(len(x), *self.input_shape)[:, 0]
+            ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray")
+            ax.set_axis_off()
+        else:
+            ax.plot(x.reshape(len(x), -1).T, lw=0.8)
+            ax.set_xlabel("feature")
+        ax.set_title(f"{self.name}: {self.n_train} train / {self.n_test} test")
+        return ax
+
+
+def _split(X: np.ndarray, y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(X))
+    n_test = int(round(test_size * len(X)))
+    if n_test < 1 or n_test >= len(X):
+        raise ValueError(f"test_size={test_size} leaves an empty split of {len(X)} samples")
+    te, tr = perm[:n_test], perm[n_test:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def _make(name, Xtr, ytr, Xte, yte, input_shape, n_classes, **meta) -> Dataset:
+    t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    n = len(Xtr)
+    return Dataset(
+        name=name,
+        X_train=t(Xtr, torch.float32).reshape(n, *input_shape),
+        y_train=t(ytr, torch.int64),
+        X_test=t(Xte, torch.float32).reshape(len(Xte), *input_shape),
+        y_test=t(yte, torch.int64),
+        n_classes=int(n_classes),
+        input_shape=tuple(input_shape),
+        meta=meta,
+    )
+
+
+def load_digits(*, seed: int = 0, test_size: float = 0.25, standardize: bool = True) -> Dataset:
+    """scikit-learn's 8×8 digits (1,797 samples, 64-D), split with a seeded permutation.
+
+    >>> ds = load_digits(seed=0)
+    >>> ds.input_shape, ds.n_classes
+    ((64,), 10)
+    """
+    from sklearn.datasets import load_digits as _ld
+
+    seed = check_int(seed, "seed", minimum=0)
+    test_size = check_fraction(test_size, "test_size", low_inclusive=False, high_inclusive=False)
+    d = _ld()
+    X = d.data.astype(np.float64) / 16.0
+    Xtr, ytr, Xte, yte = _split(X, d.target, test_size, seed)
+    if standardize:
+        mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    return _make("digits", Xtr, ytr, Xte, yte, (64,), 10, seed=seed, test_size=test_size, standardize=standardize)
+
+
+def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) -> Dataset:
+    """MNIST-1D (Greydanus 2020), generated offline by ``mnist1d.data.make_dataset`` (40-D signals).
+
+    Never calls ``mnist1d``'s ``get_dataset``, which downloads.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    seed = check_int(seed, "seed", minimum=0)
+    num_samples = check_int(num_samples, "num_samples", minimum=20)
+    train_split = check_fraction(train_split, "train_split", low_inclusive=False, high_inclusive=False)
+    args = get_dataset_args()
+    args.seed = seed
+    args.num_samples = num_samples
+    args.train_split = train_split
+    d = make_dataset(args)
+    return _make(
+        "mnist1d", d["x"], d["y"], d["x_test"], d["y_test"], (d["x"].shape[1],), 10,
+        seed=seed, num_samples=num_samples, train_split=train_split,
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {arr.size} values")
+    return arr.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for cand in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    return None
+
+
+def load_idx(
+    root: str | Path,
+    *,
+    split: str = "test",
+    name: str = "mnist",
+    n_train: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> Dataset:
+    """MNIST-format IDX files from a directory (``t10k-images-idx3-ubyte[.gz]`` …, or torchvision's
+    ``MNIST/raw`` layout).
+
+    ``split="test"`` reads only the 10,000-image test split and divides it into train/test with a seeded
+    permutation (``n_train`` images for training, default 8,000); ``split="full"`` reads the official
+    60,000/10,000 split. ``normalize`` scales to [0, 1] and standardises with the train mean/std.
+    """
+    root = Path(root)
+    for cand in (root, root / "MNIST", root / "FashionMNIST"):
+        if _find_idx(cand, "t10k-images-idx3-ubyte") is not None:
+            root = cand
+            break
+    else:
+        raise FileNotFoundError(
+            f"no MNIST-format IDX files (t10k-images-idx3-ubyte[.gz]) in {root} or its MNIST/raw, "
+            "FashionMNIST/raw subfolders; download them once (e.g. torchvision.datasets.MNIST(root, "
+            "download=True) on a machine with network access) and pass that directory"
+        )
+    te_x = _read_idx(_find_idx(root, "t10k-images-idx3-ubyte")).astype(np.float64) / 255.0
+    te_y = _read_idx(_find_idx(root, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    if split == "test":
+        n_train = 8000 if n_train is None else check_int(n_train, "n_train", minimum=1, maximum=len(te_x) - 1)
+        Xtr, ytr, Xte, yte = _split(te_x, te_y, 1 - n_train / len(te_x), seed)
+    elif split == "full":
+        p_img, p_lab = _find_idx(root, "train-images-idx3-ubyte"), _find_idx(root, "train-labels-idx1-ubyte")
+        if p_img is None or p_lab is None:
+            raise FileNotFoundError(f"split='full' needs train-images-idx3-ubyte[.gz] in {root}; only the test split is there")
+        Xtr, ytr = _read_idx(p_img).astype(np.float64) / 255.0, _read_idx(p_lab).astype(np.int64)
+        Xte, yte = te_x, te_y
+    else:
+        raise ValueError(f"split must be 'test' or 'full', got {split!r}")
+    if normalize:
+        mu, sd = Xtr.mean(), Xtr.std()
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    return _make(name, Xtr, ytr, Xte, yte, (1, 28, 28), 10, root=str(root), split=split, seed=seed)
+
+
+def load_mnist(root: str | Path, **kwargs) -> Dataset:
+    """MNIST from a local directory of IDX files (see :func:`load_idx`)."""
+    return load_idx(root, name="mnist", **kwargs)
+
+
+def load_fashion_mnist(root: str | Path, **kwargs) -> Dataset:
+    """Fashion-MNIST from a local directory of IDX files (see :func:`load_idx`)."""
+    return load_idx(root, name="fashion_mnist", **kwargs)
+
+
+def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
+    """CIFAR-10 from a local copy of the python version (``cifar-10-batches-py``)."""
+    import pickle  # CIFAR-10 is distributed as pickles of plain arrays; read only from the user's directory
+
+    root = Path(root)
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").exists() else root
+    files = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 files missing in {base}: {missing[:2]}…; get cifar-10-python.tar.gz (e.g. "
+            "torchvision.datasets.CIFAR10(root, download=True) on a machine with network access) and unpack it there"
+        )
+
+    def read(f):
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")
+        return np.asarray(d["data"], dtype=np.float64) / 255.0, np.asarray(d["labels"], dtype=np.int64)
+
+    parts = [read(f) for f in files[:5]]
+    Xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    Xte, yte = read(files[5])
+    if normalize:
+        mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8
+        Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    return _make("cifar10", Xtr, ytr, Xte, yte, (3, 32, 32), 10, root=str(base))
+
+
+DATASET_NAMES = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+
+
+def load_dataset(description: dict[str, Any]) -> Dataset:
+    """Load a data set from a JSON-able description, e.g. ``{"name": "digits", "seed": 0}`` or
+    ``{"name": "mnist", "root": "../shared/data/mnist"}``. Synthetic generators are named
+    ``"synthetic_linear"``, ``"synthetic_curved"``, ``"reduced"`` (see :mod:`netgeom.data.synthetic`)."""
+    desc = dict(description)
+    name = desc.pop("name", None)
+    flat = desc.pop("flat", False)
+    loaders = {
+        "digits": load_digits,
+        "mnist1d": load_mnist1d,
+        "mnist": load_mnist,
+        "fashion_mnist": load_fashion_mnist,
+        "cifar10": load_cifar10,
+    }
+    try:
+        from . import synthetic
+
+        loaders.update(synthetic.GENERATORS)
+    except ImportError:  # synthetic generators are optional at import time of this module
+        pass
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(loaders)}")
+    try:
+        ds = loaders[name](**desc)
+    except TypeError as exc:
+        raise TypeError(f"bad arguments for data set {name!r}: {exc}") from None
+    return ds.flat() if flat else ds
