@@ -1,0 +1,225 @@
+"""One-step pruning rules: magnitude (global or layerwise) and random, with protected weights.
+
+Both rules share one signature and one accounting:
+
+- ``masks``: the current masks; already-pruned weights stay pruned (the result is nested in ``masks``).
+- ``relative_to="remaining"`` (IMP convention): remove ``round(sparsity * n_remaining)`` weights;
+  ``relative_to="all"`` (one-shot convention): keep ``round((1 - sparsity) * n_all)`` weights in total.
+  Counts are exact integers, so density after a rule is known to the weight.
+- ``scope="global"``: one pool over all prunable tensors; ``"layer"``: the same fraction in every tensor;
+  ``per_layer``: a fraction per tensor (``{param_name: sparsity}`` or a list in prunable-layer order, e.g.
+  ``allocate_densities(...).per_layer(model)``); tensors absent from the dict are left as they are.
+- ``protect(model, masks) -> {param_name: bool tensor}``: weights that must stay. The rule chooses only among
+  the others and raises :class:`UnreachableSparsityError` when it cannot remove enough.
+- Ties (equal magnitudes) are broken by position (flattened tensor order, tensors in forward order), so the
+  result is deterministic.
+
+>>> from netgeom.nets import mlp
+>>> net = mlp(4, [8], 2, seed=0)
+>>> m = magnitude_prune(net, 0.5)
+>>> m.n_kept(), m.n_total()
+(24, 48)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_fraction, check_int
+from .masks import Masks, prunable_parameters
+
+__all__ = ["magnitude_prune", "random_prune", "UnreachableSparsityError", "ProtectFn"]
+
+ProtectFn = Callable[[nn.Module, Masks], Mapping[str, torch.Tensor]]
+
+
+class UnreachableSparsityError(ValueError):
+    """The requested sparsity needs more weights than the unprotected, still-present ones."""
+
+
+def _check_sparsity(s, name: str) -> float:
+    return check_fraction(s, name, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
+
+
+def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to):
+    """Validate everything; return (names, params, current masks, protected masks, fraction per group)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_choice(scope, "scope", ("global", "layer"))
+    check_choice(relative_to, "relative_to", ("remaining", "all"))
+    all_names = prunable_parameters(model, include_output=True)  # raises on a model with nothing to prune
+    params = dict(model.named_parameters())
+    if masks is None:
+        current = Masks.ones(model, include_output=include_output)
+    else:
+        if not isinstance(masks, Masks):
+            masks = Masks(masks)
+        current = masks.copy()
+        current.validate(model)
+    names = prunable_parameters(model, include_output=include_output)
+
+    if per_layer is not None:
+        if sparsity is not None:
+            raise ValueError("give either sparsity or per_layer, not both")
+        if isinstance(per_layer, Mapping):
+            fractions = {str(k): v for k, v in per_layer.items()}
+        elif isinstance(per_layer, (Sequence, np.ndarray)) and not isinstance(per_layer, str):
+            if len(per_layer) != len(names):
+                raise ValueError(
+                    f"per_layer as a list needs one sparsity per prunable layer ({len(names)}: {names}), "
+                    f"got {len(per_layer)}"
+                )
+            fractions = dict(zip(names, per_layer))
+        else:
+            raise TypeError(
+                f"per_layer must be a dict {{param_name: sparsity}} or a list, got {type(per_layer).__name__}"
+            )
+        for k in fractions:
+            if k not in all_names:
+                raise KeyError(f"per_layer names '{k}', not a prunable parameter; prunable: {all_names}")
+            if k not in names:
+                raise ValueError(f"per_layer prunes '{k}', the output layer, but include_output=False")
+        fractions = {k: _check_sparsity(v, f"per_layer['{k}']") for k, v in fractions.items()}
+        groups = [[k] for k in names if k in fractions]
+        group_frac = [fractions[g[0]] for g in groups]
+    else:
+        if sparsity is None:
+            raise ValueError("give a sparsity (or per_layer)")
+        s = _check_sparsity(sparsity, "sparsity")
+        groups = [list(names)] if scope == "global" else [[k] for k in names]
+        group_frac = [s] * len(groups)
+
+    for k in names:
+        if k not in current:
+            current[k] = torch.ones_like(params[k], dtype=torch.bool)
+        w = params[k].detach()
+        if not torch.isfinite(w).all():
+            raise ValueError(f"model has non-finite weights (NaN or inf) in '{k}'; cannot rank them")
+
+    protected = {k: torch.zeros_like(current[k]) for k in names}
+    if protect is not None:
+        if not callable(protect):
+            raise TypeError(f"protect must be a callable protect(model, masks), got {type(protect).__name__}")
+        got = protect(model, current.copy())
+        if not isinstance(got, Mapping):
+            raise TypeError(f"protect must return a mapping name -> bool tensor, got {type(got).__name__}")
+        for k, v in got.items():
+            if k not in params:
+                raise KeyError(f"protect returned a mask for '{k}', which the model does not have")
+            v = torch.as_tensor(v).detach().cpu()
+            if tuple(v.shape) != tuple(params[k].shape):
+                raise ValueError(
+                    f"protect mask for '{k}' has shape {tuple(v.shape)}, parameter {tuple(params[k].shape)}"
+                )
+            if v.dtype != torch.bool:
+                raise TypeError(f"protect mask for '{k}' must be boolean, got {v.dtype}")
+            if k in protected:
+                protected[k] = v
+    return names, params, current, protected, groups, group_frac
+
+
+def _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score_fn) -> Masks:
+    names, params, current, protected, groups, group_frac = _prepare(
+        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to
+    )
+    out = current.copy()
+    for group, frac in zip(groups, group_frac):
+        kept = [current[k] for k in group]
+        n_kept = sum(int(m.sum()) for m in kept)
+        if relative_to == "remaining":
+            n_remove = int(round(frac * n_kept))
+        else:
+            n_all = sum(m.numel() for m in kept)
+            n_remove = n_kept - int(round((1.0 - frac) * n_all))
+            if n_remove < 0:
+                raise ValueError(
+                    f"{group if len(group) > 1 else group[0]} already has density {n_kept / n_all:.4g} < "
+                    f"{1 - frac:.4g} requested (relative_to='all'); pruned weights cannot come back"
+                )
+        if n_remove == 0:
+            continue
+        eligible = [(current[k] & ~protected[k]).reshape(-1) for k in group]
+        n_eligible = sum(int(e.sum()) for e in eligible)
+        if n_remove > n_eligible:
+            n_prot = sum(int((current[k] & protected[k]).sum()) for k in group)
+            raise UnreachableSparsityError(
+                f"cannot remove {n_remove} weights from {group if len(group) > 1 else group[0]}: only "
+                f"{n_eligible} of the {n_kept} present are unprotected ({n_prot} protected); lower the "
+                "sparsity or protect fewer weights"
+            )
+        scores = torch.cat([score_fn(k, params[k]).reshape(-1) for k in group])
+        elig = torch.cat(eligible)
+        idx = torch.nonzero(elig).squeeze(1)
+        # stable sort: equal scores are removed in position order, so the result is deterministic
+        order = torch.sort(scores[idx], stable=True).indices[:n_remove]
+        drop = torch.zeros(elig.numel(), dtype=torch.bool)
+        drop[idx[order]] = True
+        offset = 0
+        for k in group:
+            n = current[k].numel()
+            out[k] = current[k] & ~drop[offset : offset + n].reshape(current[k].shape)
+            offset += n
+    return out
+
+
+def magnitude_prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    scope: str = "global",
+    per_layer: Mapping[str, float] | Sequence[float] | None = None,
+    protect: ProtectFn | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    include_output: bool = True,
+    relative_to: str = "remaining",
+) -> Masks:
+    """Remove the smallest ``|w|`` (weights read multiplied by ``masks``); see the module docstring.
+
+    >>> from netgeom.nets import mlp
+    >>> net = mlp(10, [20], 3, seed=0)
+    >>> m1 = magnitude_prune(net, 0.2)                      # 20% of all weights
+    >>> m2 = magnitude_prune(net, 0.2, masks=m1)            # 20% of the remaining ones
+    >>> m2.n_kept() == 260 - 52 - 42 and m2.is_nested_in(m1)
+    True
+    """
+    def score(name, p):
+        return p.detach().abs().to(torch.float64)
+
+    return _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score)
+
+
+def random_prune(
+    model: nn.Module,
+    sparsity: float | None = None,
+    scope: str = "global",
+    per_layer: Mapping[str, float] | Sequence[float] | None = None,
+    protect: ProtectFn | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    include_output: bool = True,
+    relative_to: str = "remaining",
+    seed: int = 0,
+) -> Masks:
+    """Remove weights chosen uniformly at random (seeded), with the same counts as :func:`magnitude_prune`.
+
+    To match a reference mask's per-layer fractions (the usual random baseline), pass
+    ``per_layer={k: 1 - d for k, d in ref.layer_densities().items()}, relative_to="all"``.
+
+    >>> from netgeom.nets import mlp
+    >>> net = mlp(10, [20], 3, seed=0)
+    >>> random_prune(net, 0.5, scope="layer", seed=1).layer_densities()
+    {'0.weight': 0.5, '2.weight': 0.5}
+    """
+    seed = check_int(seed, "seed", minimum=0)
+    gen = torch.Generator().manual_seed(seed)
+    names = prunable_parameters(model, include_output=True)
+    # one draw per parameter in a fixed order, so a tensor's scores do not depend on which others are pruned
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    draws = {k: torch.rand(shapes[k], generator=gen, dtype=torch.float64) for k in names}
+
+    def score(name, p):
+        return draws[name]
+
+    return _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score)
