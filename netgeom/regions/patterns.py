@@ -1,0 +1,246 @@
+"""Sampled activation patterns: how many distinct patterns a set of inputs meets.
+
+The activation pattern of an input is the boolean vector ``[z_i(x) > 0]`` over all hidden units (every layer
+except the last, identity-activation classifier; a hidden layer with the identity activation has no bits).
+Patterns are compared exactly: each pattern is packed into bytes (``np.packbits``) and the packed rows are
+deduplicated with ``np.unique`` on a ``void`` view, so two different patterns can never be merged (no hash).
+The count is a lower bound on the number of activation regions the inputs' set meets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .._validation import check_choice, check_int, check_tensor
+from ..nets import AffineLayer, affine_layers
+from ..results import Result, new_axes
+
+__all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patterns", "unique_rows"]
+
+
+def pattern_layers(layers: Sequence[AffineLayer]) -> list[bool]:
+    """For each layer, whether its units contribute bits to the activation pattern.
+
+    The last layer (the classifier) never does, nor does any layer with the identity activation.
+    """
+    n = len(layers)
+    return [i < n - 1 and layer.activation != "identity" for i, layer in enumerate(layers)]
+
+
+def pack_patterns(bits: np.ndarray) -> np.ndarray:
+    """Pack a boolean ``(N, n_bits)`` pattern array into ``(N, max(1, ceil(n_bits / 8)))`` uint8 rows.
+
+    A network without hidden units still gets one (zero) byte per row, so that every input has one pattern.
+
+    >>> pack_patterns(np.array([[True, False, True]])).tolist()
+    [[160]]
+    """
+    bits = np.asarray(bits, dtype=bool)
+    if bits.ndim != 2:
+        raise ValueError(f"bits must be 2-D (N, n_bits), got shape {bits.shape}")
+    if bits.shape[1] == 0:
+        return np.zeros((bits.shape[0], 1), dtype=np.uint8)
+    return np.packbits(bits, axis=1)
+
+
+def unique_rows(packed: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a uint8 array (sorted) and their multiplicities, by exact byte comparison.
+
+    ``counts`` gives each input row a weight (default 1), so partial results can be merged.
+
+    >>> u, c = unique_rows(np.array([[1, 2], [0, 5], [1, 2]], dtype=np.uint8))
+    >>> u.tolist(), c.tolist()
+    ([[0, 5], [1, 2]], [1, 2])
+    """
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    if packed.ndim != 2:
+        raise ValueError(f"packed must be 2-D, got shape {packed.shape}")
+    width = packed.shape[1]
+    if packed.shape[0] == 0:
+        return packed.reshape(0, width), np.zeros(0, dtype=np.int64)
+    # A void view compares whole rows as byte strings: exact, and one sort instead of a lexsort per column.
+    view = packed.view(np.dtype((np.void, width))).ravel()
+    uniq, inverse = np.unique(view, return_inverse=True)
+    if counts is None:
+        mult = np.bincount(inverse.ravel(), minlength=len(uniq)).astype(np.int64)
+    else:
+        mult = np.bincount(inverse.ravel(), weights=counts, minlength=len(uniq)).round().astype(np.int64)
+    return uniq.view(np.uint8).reshape(-1, width), mult
+
+
+class _Counter:
+    """Distinct packed rows with multiplicities, merged lazily so memory stays ~ the number of patterns."""
+
+    def __init__(self, width: int):
+        self.rows = np.zeros((0, width), dtype=np.uint8)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
+
+    def add(self, packed: np.ndarray) -> None:
+        u, c = unique_rows(packed)
+        self._pending.append((u, c))
+        self._n_pending += len(u)
+        # Merging only when the pending rows outnumber the merged ones keeps the total work O(N log N).
+        if self._n_pending > max(len(self.rows), 1 << 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        rows = np.concatenate([self.rows] + [u for u, _ in self._pending])
+        counts = np.concatenate([self.counts] + [c for _, c in self._pending])
+        self.rows, self.counts = unique_rows(rows, counts)
+        self._pending, self._n_pending = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.rows, self.counts
+
+
+@dataclass
+class PatternCountResult(Result):
+    """Distinct activation patterns among sampled inputs.
+
+    ``count`` is the number of distinct patterns, ``n_singletons`` how many were met by a single input;
+    ``saturated`` is True when more than half the patterns are singletons — then the sample is too small for
+    the count to say much about the number of regions (it mostly counts samples). ``per_layer`` holds the
+    number of distinct patterns of each pattern layer alone and ``cumulative`` that of layers 1..l together
+    (the last entry equals ``count``), when asked for.
+    """
+
+    count: int
+    n_samples: int
+    n_singletons: int
+    saturated: bool
+    n_bits: int
+    layer_names: list[str]
+    per_layer: list[int] | None = None
+    cumulative: list[int] | None = None
+    patterns: np.ndarray = field(default=None, repr=False)
+    multiplicities: np.ndarray = field(default=None, repr=False)
+
+    def plot(self, ax=None):
+        """Rank-frequency plot of the patterns (log-log): a flat tail of 1s means saturation."""
+        fig, ax = new_axes(ax)
+        mult = np.sort(np.asarray(self.multiplicities))[::-1]
+        ax.loglog(np.arange(1, len(mult) + 1), mult, ".", ms=3)
+        ax.set_xlabel("pattern rank")
+        ax.set_ylabel("inputs with this pattern")
+        flag = " (saturated)" if self.saturated else ""
+        ax.set_title(
+            f"{self.count} patterns in {self.n_samples} inputs, {self.n_singletons} singletons{flag}"
+        )
+        return ax
+
+
+def _batches(X, batch_size: int) -> Iterator[torch.Tensor]:
+    if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
+        X = check_tensor(X, "X")
+        if X.ndim < 2:
+            raise ValueError(
+                f"X must have a batch axis: shape (N, n_features) or (N, *input_shape), got {tuple(X.shape)}"
+            )
+        for i in range(0, X.shape[0], batch_size):
+            yield X[i : i + batch_size]
+    elif isinstance(X, Iterable):
+        for i, batch in enumerate(X):
+            batch = check_tensor(batch, f"X batch {i}")
+            if batch.ndim < 2:
+                raise ValueError(f"X batch {i} must have a batch axis, got shape {tuple(batch.shape)}")
+            yield batch
+    else:
+        raise TypeError(
+            f"X must be an array/tensor of inputs or an iterable of batches, got {type(X).__name__}"
+        )
+
+
+def count_patterns(
+    model: torch.nn.Module,
+    X,
+    masks=None,
+    *,
+    batch_size: int = 8192,
+    per_layer: bool = False,
+    device: str | torch.device = "cpu",
+) -> PatternCountResult:
+    """Count the distinct activation patterns that the inputs ``X`` produce.
+
+    Parameters
+    ----------
+    model : a network readable by :func:`netgeom.affine_layers` (masks respected).
+    X : inputs of shape ``(N, n_0)`` or ``(N, *input_shape)``, or an iterable of such batches (streamed, so
+        e.g. a 10^6-point grid never has to sit in memory).
+    batch_size : rows evaluated at once; memory is O(batch_size · width + number of patterns).
+    per_layer : also count the patterns of each layer alone and of layers 1..l.
+    device : torch device for the forward pass (float64).
+
+    Example
+    -------
+    >>> from netgeom import mlp
+    >>> X = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    >>> res = count_patterns(mlp(2, [4], 1, seed=0), X)
+    >>> res.count <= 11  # 4 lines cut the plane into at most 11 regions
+    True
+    """
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    check_choice(str(torch.device(device).type), "device type", ("cpu", "cuda", "mps"))
+    layers = affine_layers(model, masks)
+    flags = pattern_layers(layers)
+    n0 = layers[0].n_in
+    params = [
+        (layer.weight.to(device), layer.bias.to(device), layer.activation, layer.negative_slope, flag)
+        for layer, flag in zip(layers[:-1], flags[:-1])
+    ]
+    widths = [layer.n_out for layer, f in zip(layers, flags) if f]
+    names = [layer.name for layer, f in zip(layers, flags) if f]
+    n_bits = int(sum(widths))
+    total = _Counter(max(1, (n_bits + 7) // 8))
+    single = [_Counter(max(1, (w + 7) // 8)) for w in widths] if per_layer else []
+    cumul = [_Counter(max(1, (sum(widths[: i + 1]) + 7) // 8)) for i in range(len(widths))]
+    cumul = cumul if per_layer else []
+    n_samples = 0
+    with torch.no_grad():
+        for i, batch in enumerate(_batches(X, batch_size)):
+            x = batch.reshape(batch.shape[0], -1).to(device=device, dtype=torch.float64)
+            if x.shape[1] != n0:
+                raise ValueError(
+                    f"X batch {i} has {x.shape[1]} features per sample, but the network takes {n0} inputs"
+                )
+            bits = []
+            for W, b, act, slope, flag in params:
+                z = x @ W.T + b
+                if flag:
+                    bits.append(z > 0)
+                x = z if act == "identity" else torch.where(z > 0, z, z * slope)
+            if bits:
+                B = torch.cat(bits, dim=1).cpu().numpy()
+            else:
+                B = np.zeros((x.shape[0], 0), dtype=bool)
+            total.add(pack_patterns(B))
+            if per_layer:
+                starts = np.cumsum([0] + widths)
+                for l_idx in range(len(widths)):
+                    single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
+                    cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
+            n_samples += x.shape[0]
+    if n_samples == 0:
+        raise ValueError("X holds no inputs: nothing to count")
+    rows, mult = total.result()
+    n_single = int((mult == 1).sum())
+    return PatternCountResult(
+        count=len(rows),
+        n_samples=n_samples,
+        n_singletons=n_single,
+        saturated=bool(n_single > len(rows) / 2),
+        n_bits=n_bits,
+        layer_names=names,
+        per_layer=[len(c.result()[0]) for c in single] if per_layer else None,
+        cumulative=[len(c.result()[0]) for c in cumul] if per_layer else None,
+        patterns=rows,
+        multiplicities=mult,
+    )
