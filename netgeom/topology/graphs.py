@@ -1,0 +1,295 @@
+"""Bipartite weight graphs of affine layers (the objects whose zeroth-order persistence we compute).
+
+A layer with ``n_in`` inputs and ``n_out`` outputs is a bipartite graph on ``n_in + n_out`` vertices:
+vertex ``i < n_in`` is input ``i``, vertex ``n_in + j`` is output ``j``. Every *unmasked* weight ``W[j, i]``
+is an edge ``(i, n_in + j)`` of normalised weight ``w̃ = |W[j, i]| / scale``; masked (pruned) weights are
+absent edges, while a zero-valued unmasked weight is an edge of weight 0. ``scale`` is the largest ``|w|``
+of the layer (``normalize="layer"``, Balwani & Krzyston) or of the whole network (``"network"``,
+Rieck et al.).
+
+The *edge index* of ``W[j, i]`` is its flat position ``j * n_in + i`` in the ``(n_out, n_in)`` matrix; it
+breaks ties between equal weights so that spanning forests are deterministic.
+
+Convolutions become channel graphs (one vertex per channel, edge weight an aggregate of the kernel slice
+``W[o, i, ...]``: ``"l1"`` (default), ``"l2"`` or ``"max"`` of its unmasked entries; a slice is an edge when
+at least one of its weights is unmasked) or, for small inputs, the unrolled pixel graph of the effective
+matrix ``AffineLayer.weight``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import check_array, check_choice
+from ..nets import AffineLayer, affine_layers
+
+__all__ = ["LayerGraph", "NetworkGraph", "layer_graph", "network_graph", "AGGREGATES", "MAX_UNROLLED_EDGES"]
+
+AGGREGATES = ("l1", "l2", "max")
+NORMALIZATIONS = ("layer", "network")
+CONV_MODES = ("channel", "unrolled")
+#: Beyond this many entries the unrolled (Toeplitz) graph of a convolution is refused: use channel graphs.
+MAX_UNROLLED_EDGES = 20_000_000
+
+
+@dataclasses.dataclass(eq=False)
+class LayerGraph:
+    """A bipartite weight graph of one layer.
+
+    Attributes
+    ----------
+    weights : ``(n_out, n_in)`` float64 normalised weights ``w̃`` in ``[0, 1]``; 0 where absent.
+    mask : ``(n_out, n_in)`` bool, True where an edge is present.
+    scale : the ``max |w|`` divided out (0 when every present weight is 0; then all ``w̃ = 0``).
+    normalize : ``"layer"`` or ``"network"``.
+    kind : ``"matrix"`` (raw array), ``"linear"``, ``"channel"`` (conv channel graph) or ``"unrolled"``.
+    aggregate : ``"l1"``/``"l2"``/``"max"`` for channel graphs, else None.
+    name, param_name : the layer's name and weight parameter (``"0.weight"``), None for raw matrices.
+    """
+
+    weights: np.ndarray
+    mask: np.ndarray
+    scale: float
+    normalize: str
+    kind: str
+    aggregate: str | None = None
+    name: str | None = None
+    param_name: str | None = None
+
+    @property
+    def n_out(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_vertices(self) -> int:
+        return self.n_in + self.n_out
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def n_possible(self) -> int:
+        """Edges of the complete bipartite graph, ``n_in * n_out``."""
+        return self.n_in * self.n_out
+
+    @property
+    def density(self) -> float:
+        return self.n_edges / self.n_possible
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(u, v, w, index)`` of the present edges: input vertex, output vertex, ``w̃``, flat edge index."""
+        idx = np.flatnonzero(self.mask.ravel())
+        j, i = np.divmod(idx, self.n_in)
+        return i, j + self.n_in, self.weights.ravel()[idx], idx
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerGraph(name={self.name!r}, kind={self.kind}, {self.n_in}->{self.n_out}, "
+            f"edges={self.n_edges}/{self.n_possible}, normalize={self.normalize}, aggregate={self.aggregate})"
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class NetworkGraph:
+    """The layer graphs of a network in forward order, sharing one normalisation convention.
+
+    The outputs of layer ``l`` are the inputs of layer ``l + 1`` when ``chained`` is True (the widths
+    match); :meth:`global_edges` then gives the edges of the whole network on global vertex ids.
+    """
+
+    layers: list[LayerGraph]
+    normalize: str
+    scale: float
+
+    @property
+    def chained(self) -> bool:
+        return all(a.n_out == b.n_in for a, b in zip(self.layers[:-1], self.layers[1:]))
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.layers[0].n_in] + [g.n_out for g in self.layers]
+
+    def global_edges(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """``(n_vertices, u, v, w)`` of the chained network graph; vertex ids run layer by layer."""
+        if not self.chained:
+            raise ValueError(
+                "the layer graphs do not chain (a layer's outputs differ in number from the next layer's "
+                f"inputs; widths {[(g.n_in, g.n_out) for g in self.layers]}), e.g. a conv channel graph "
+                "followed by a Linear on flattened features"
+            )
+        us, vs, ws = [], [], []
+        offset = 0
+        for g in self.layers:
+            u, v, w, _ = g.edges()
+            us.append(u + offset)
+            vs.append(v + offset)
+            ws.append(w)
+            offset += g.n_in
+        return offset + self.layers[-1].n_out, np.concatenate(us), np.concatenate(vs), np.concatenate(ws)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, i: int) -> LayerGraph:
+        return self.layers[i]
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def _as_bool_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        if m.dtype.kind not in "biuf" or not np.isin(m, (0, 1)).all():
+            raise TypeError(f"{name} must be boolean (or 0/1), got dtype {m.dtype}")
+        m = m.astype(bool)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {m.shape}, but the weights have shape {tuple(shape)}")
+    return m
+
+
+def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
+    """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
+    if isinstance(layer_or_weight, AffineLayer):
+        layer = layer_or_weight
+        if layer.kernel is None or layer.param_name is None:
+            raise ValueError(f"layer {layer.name!r} has no weight parameter (kind {layer.kind!r}): no graph")
+        base = dict(name=layer.name, param_name=layer.param_name)
+        kernel = layer.kernel.detach().cpu().numpy().astype(np.float64)
+        kmask = np.ones(kernel.shape, bool) if layer.mask is None else layer.mask.cpu().numpy().astype(bool)
+        if mask is not None:
+            kmask = kmask & _as_bool_mask(mask, kernel.shape, "mask")
+        if not np.isfinite(kernel).all():
+            raise ValueError(f"layer {layer.name!r} has non-finite weights (NaN or inf)")
+        if kernel.ndim == 2:
+            return dict(base, absw=np.abs(kernel), present=kmask, kind="linear", aggregate=None)
+        if conv == "unrolled":
+            W = layer.weight.detach().cpu().numpy()
+            if W.size > MAX_UNROLLED_EDGES:
+                raise ValueError(
+                    f"the unrolled graph of layer {layer.name!r} has {W.size} entries "
+                    f"(> {MAX_UNROLLED_EDGES}); use conv='channel'"
+                )
+            # The effective matrix has pooling/BatchNorm folded in, so no mask maps onto it one to one:
+            # its edges are its non-zero entries (structural zeros and pruned weights are both absent).
+            return dict(base, absw=np.abs(W), present=W != 0, kind="unrolled", aggregate=None)
+        a = np.where(kmask, np.abs(kernel), 0.0).reshape(kernel.shape[0], kernel.shape[1], -1)
+        agg = {
+            "l1": lambda x: x.sum(-1),
+            "l2": lambda x: np.sqrt((x * x).sum(-1)),
+            "max": lambda x: x.max(-1),
+        }
+        present = kmask.reshape(a.shape).any(-1)
+        return dict(base, absw=agg[aggregate](a), present=present, kind="channel", aggregate=aggregate)
+    W = check_array(layer_or_weight, "weights", dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(
+            f"weights must be a 2-D (n_out, n_in) matrix, got shape {W.shape}; for a convolution kernel pass "
+            "its AffineLayer (channel graph) instead"
+        )
+    present = np.ones(W.shape, bool) if mask is None else _as_bool_mask(mask, W.shape, "mask")
+    return dict(absw=np.abs(W), present=present, kind="matrix", aggregate=None, name=None, param_name=None)
+
+
+def layer_graph(
+    layer_or_weight: Any,
+    mask: Any = None,
+    *,
+    normalize: str = "layer",
+    scale: float | None = None,
+    conv: str = "channel",
+    aggregate: str = "l1",
+) -> LayerGraph:
+    """The bipartite weight graph of one layer.
+
+    Parameters
+    ----------
+    layer_or_weight : an :class:`~netgeom.nets.AffineLayer` (from ``affine_layers``) or a ``(n_out, n_in)``
+        matrix (numpy or torch).
+    mask : optional boolean array of the weight's (kernel's) shape, True = kept; combined with the layer's
+        own mask. Masked weights are absent edges.
+    normalize : ``"layer"`` divides by this layer's ``max |w|``; ``"network"`` divides by ``scale``, which
+        must then be given (``network_graph`` computes it).
+    conv : ``"channel"`` (default) or ``"unrolled"`` for convolution layers.
+    aggregate : ``"l1"``, ``"l2"`` or ``"max"`` of a kernel slice, for channel graphs.
+
+    Example
+    -------
+    >>> g = layer_graph(np.array([[2.0, -1.0], [0.0, 4.0]]), mask=np.array([[1, 1], [0, 1]]))
+    >>> g.weights.tolist(), g.n_edges
+    ([[0.5, 0.25], [0.0, 1.0]], 3)
+    """
+    check_choice(normalize, "normalize", NORMALIZATIONS)
+    check_choice(conv, "conv", CONV_MODES)
+    check_choice(aggregate, "aggregate", AGGREGATES)
+    parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
+    absw, present = parts.pop("absw"), parts.pop("present")
+    if absw.size == 0:
+        raise ValueError(
+            f"the weight matrix is empty (shape {absw.shape}): a layer graph needs n_in, n_out >= 1"
+        )
+    if not present.any():
+        what = f"layer {parts['name']!r}" if parts["name"] is not None else "the weight matrix"
+        raise ValueError(f"the mask of {what} removes every weight: the layer graph has no edge")
+    layer_max = float(absw[present].max())
+    if normalize == "network":
+        if scale is None:
+            raise ValueError("normalize='network' needs scale= (the network's max |w|); use network_graph")
+        scale = float(scale)
+        if not np.isfinite(scale) or scale < layer_max:
+            raise ValueError(f"scale must be finite and >= this layer's max |w| = {layer_max}, got {scale}")
+    elif scale is not None:
+        raise ValueError("scale= is only used with normalize='network'")
+    else:
+        scale = layer_max
+    # An all-zero layer has every w̃ = 0 (any positive scale gives that); this is a definition, not a guess.
+    weights = np.where(present, absw / scale, 0.0) if scale > 0 else np.zeros_like(absw)
+    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts)
+
+
+def network_graph(
+    model: torch.nn.Module,
+    masks: Mapping[str, Any] | None = None,
+    *,
+    normalize: str = "layer",
+    conv: str = "channel",
+    aggregate: str = "l1",
+    input_shape: Any = None,
+) -> NetworkGraph:
+    """Layer graphs of every weighted layer of ``model`` (read through ``affine_layers``).
+
+    ``normalize="layer"`` normalises each layer by its own ``max |w|``; ``"network"`` by the largest ``|w|``
+    over all layers (of the aggregated edge weights, for channel graphs).
+
+    Example
+    -------
+    >>> from netgeom import mlp
+    >>> G = network_graph(mlp(4, [6], 3, seed=0))
+    >>> G.widths, G.chained
+    ([4, 6, 3], True)
+    """
+    check_choice(normalize, "normalize", NORMALIZATIONS)
+    layers = affine_layers(model, masks, input_shape=input_shape)
+    layers = [lay for lay in layers if lay.param_name is not None]
+    graphs = [layer_graph(lay, normalize="layer", conv=conv, aggregate=aggregate) for lay in layers]
+    if normalize == "layer":
+        return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"))
+    scale = max(g.scale for g in graphs)
+    graphs = [
+        layer_graph(lay, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for lay in layers
+    ]
+    return NetworkGraph(layers=graphs, normalize="network", scale=scale)
+

@@ -1,0 +1,377 @@
+"""Zeroth-order persistence of weight graphs and their maximum spanning forests.
+
+Conventions (superlevel filtration of ``w̃ = |w| / max|w|``): every vertex is born at ``1``; an edge enters
+when the threshold falls to its ``w̃``; when it joins two components one of them dies, giving the pair
+``(birth = 1, death = w̃_e)``. The merging edges form a maximum spanning forest (MSF), so the finite diagram
+is the multiset ``{(1, w̃_e) : e ∈ MSF}`` with ``|V| − #components`` pairs. Each connected component (an
+isolated vertex included) also carries one *essential* class that never dies: we report its death as
+``-inf`` in the superlevel convention (``+inf`` in the sublevel one) and give the graph's lowest ``w̃``
+separately (``min_value``) for those who prefer to close essential bars there.
+
+The same diagram in the sublevel convention of ``1 − w̃`` (births ``0``, deaths ``1 − w̃_e``) is what gudhi
+and ripser compute; :meth:`ZerothDiagram.to_gudhi` returns it in gudhi's ``[(0, (birth, death)), ...]``
+format.
+
+Ties are broken by a fixed total order on edges, *heavier first, then smaller edge index* (the flat index
+``j * n_in + i`` in the ``(n_out, n_in)`` matrix), i.e. Kruskal on a stable descending sort. The MSF is
+unique under that order, so the returned MSF mask is deterministic; the diagram does not depend on the
+tie-break at all.
+
+Native algorithms (ours): Prim's algorithm on the dense bipartite matrix, vectorised so that each of the
+``|V|`` steps is a few numpy passes over one row or column (about one pass over the weights in total), and
+Borůvka's algorithm on edge lists for sparse graphs (one stable sort, then ``O(log |V|)`` vectorised
+rounds). ``method="auto"`` picks by shape and density.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from .._validation import check_choice
+from ..nets import AffineLayer
+from ..results import Result, new_axes
+from .graphs import LayerGraph, layer_graph
+
+__all__ = [
+    "ZerothDiagram",
+    "zeroth_persistence",
+    "spanning_forest_mask",
+    "BACKENDS",
+    "METHODS",
+]
+
+BACKENDS = ("native", "gudhi", "ripser")
+METHODS = ("auto", "prim", "boruvka")
+#: ripser stores float32 distances and drops stored zeros; distances are ``1 − w̃ + _RIPSER_OFFSET``.
+_RIPSER_OFFSET = 1.0
+
+
+# ------------------------------------------------------------------------------------------- algorithms
+def _prim_dense(weights: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MSF of the bipartite graph of a dense ``(n_out, n_in)`` matrix; returns the edges' ``(j, i)``.
+
+    Keys of vertices already in the forest are NaN so that no comparison ever updates them (saving a
+    mask pass per step); ``fmax`` skips them when picking the next vertex.
+    """
+    n_out, n_in = weights.shape
+    n_v = n_in + n_out
+    A = np.where(present, weights, -1.0)  # -1: absent edge, below every real w̃ >= 0
+    AT = np.ascontiguousarray(A.T)
+    key = np.full(n_v, -1.0)
+    partner = np.full(n_v, n_v, dtype=np.int64)  # other end of the key edge (an output j or an input i)
+    key_in, key_out = key[:n_in], key[n_in:]
+    partner_in, partner_out = partner[:n_in], partner[n_in:]
+    done = np.zeros(n_v, dtype=bool)
+    edge_j = np.empty(n_v, dtype=np.int64)
+    edge_i = np.empty(n_v, dtype=np.int64)
+    n_edges = 0
+    for _ in range(n_v):
+        m = np.fmax.reduce(key)
+        if not m >= 0:  # no present edge leaves the forest: start a new component at the first free vertex
+            v = int(np.argmin(done))
+        else:
+            cand = np.flatnonzero(key == m)
+            if cand.size == 1:
+                v = int(cand[0])
+            else:  # equal weights: the smallest edge index wins (the global tie-break)
+                is_in = cand < n_in
+                j = np.where(is_in, partner[cand], cand - n_in)
+                i = np.where(is_in, cand, partner[cand])
+                v = int(cand[np.argmin(j * n_in + i)])
+            if v < n_in:
+                edge_j[n_edges], edge_i[n_edges] = partner[v], v
+            else:
+                edge_j[n_edges], edge_i[n_edges] = v - n_in, partner[v]
+            n_edges += 1
+        done[v] = True
+        key[v] = np.nan
+        if v < n_in:
+            # Both the offered edge (j, v) and output j's current key edge share row j, so their edge
+            # indices j*n_in + i compare as the inputs do.
+            col = AT[v]
+            better = (col > key_out) | ((col == key_out) & (v < partner_out))
+            np.copyto(key_out, col, where=better)
+            np.copyto(partner_out, v, where=better)
+        else:
+            j = v - n_in  # offered (j, i) vs key (partner, i): same column, indices compare as rows
+            row = A[j]
+            better = (row > key_in) | ((row == key_in) & (j < partner_in))
+            np.copyto(key_in, row, where=better)
+            np.copyto(partner_in, j, where=better)
+    return edge_j[:n_edges], edge_i[:n_edges]
+
+
+def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions (into ``u, v, w``) of the MSF edges, ties broken by position (edges must come in
+    increasing edge-index order). Edges are ranked once by a stable descending sort, so every comparison
+    afterwards is between distinct ranks and Borůvka's rounds cannot create cycles."""
+    order = np.argsort(-w, kind="stable")
+    u, v, eid = u[order], v[order], order
+    comp = np.arange(n_vertices)
+    chosen = []
+    while u.size:
+        cu, cv = comp[u], comp[v]
+        keep = cu != cv
+        if not keep.all():
+            u, v, eid, cu, cv = u[keep], v[keep], eid[keep], cu[keep], cv[keep]
+        n = u.size
+        if n == 0:
+            break
+        # Positions are ranks (the arrays stay in rank order), so the minimum position touching a
+        # component is its heaviest outgoing edge.
+        best = np.full(n_vertices, n, dtype=np.int64)
+        pos = np.arange(n)
+        np.minimum.at(best, cu, pos)
+        np.minimum.at(best, cv, pos)
+        sel = np.unique(best[best < n])
+        chosen.append(eid[sel])
+        g = sparse.coo_matrix((np.ones(sel.size, dtype=np.int8), (cu[sel], cv[sel])), shape=(n_vertices,) * 2)
+        _, labels = connected_components(g, directed=False)
+        comp = labels[comp]
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _pick_method(g: LayerGraph) -> str:
+    # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step; Borůvka costs a
+    # sort of the present edges. Constants measured on this machine (benchmarks/bench_persistence.py).
+    prim = g.n_vertices * (12e-6 + 2.5e-9 * g.n_vertices) + 6e-9 * g.n_possible
+    boruvka = 1.8e-7 * g.n_edges
+    return "prim" if prim <= boruvka else "boruvka"
+
+
+def _native_msf(g: LayerGraph, method: str) -> np.ndarray:
+    """Boolean MSF mask ``(n_out, n_in)``."""
+    if method == "auto":
+        method = _pick_method(g)
+    mask = np.zeros(g.weights.shape, dtype=bool)
+    if method == "prim":
+        j, i = _prim_dense(g.weights, g.mask)
+        mask[j, i] = True
+    else:
+        u, v, w, idx = g.edges()
+        sel = _boruvka(g.n_vertices, u, v, w)
+        mask.ravel()[idx[sel]] = True
+    return mask
+
+
+def _gudhi_diagram(g: LayerGraph) -> tuple[np.ndarray, int, np.ndarray]:
+    import gudhi
+
+    u, v, w, _ = g.edges()
+    st = gudhi.SimplexTree()
+    st.insert_batch(np.arange(g.n_vertices, dtype=np.int64)[None, :], np.zeros(g.n_vertices))
+    st.insert_batch(np.vstack([u, v]), 1.0 - w)
+    # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0).
+    st.compute_persistence(min_persistence=-1.0)
+    iv = st.persistence_intervals_in_dimension(0).reshape(-1, 2)
+    finite = np.isfinite(iv[:, 1])
+    # gudhi returns which edge killed each class only as a Python list; converting it is bounded by |V|.
+    pairs = st.persistence_pairs()
+    edges = np.array([p[1] for p in pairs if len(p[0]) == 1 and len(p[1]) == 2], dtype=np.int64)
+    mask = np.zeros(g.weights.shape, dtype=bool)
+    if edges.size:
+        a, b = edges.min(1), edges.max(1)
+        mask[b - g.n_in, a] = True
+    return 1.0 - iv[finite, 1], int((~finite).sum()), mask
+
+
+def _ripser_diagram(g: LayerGraph) -> tuple[np.ndarray, int]:
+    from ripser import ripser
+
+    u, v, w, _ = g.edges()
+    # ripser reads a stored 0 as "no edge" and computes in float32: shift every distance into [1, 2] so a
+    # w̃ = 1 edge (distance 0) survives, then subtract the shift. Vertex births stay 0 (empty diagonal).
+    d = (1.0 - w) + _RIPSER_OFFSET
+    D = sparse.coo_matrix((np.concatenate([d, d]), (np.concatenate([u, v]), np.concatenate([v, u]))),
+                          shape=(g.n_vertices,) * 2)
+    dgm = ripser(D, maxdim=0, distance_matrix=True)["dgms"][0]
+    finite = np.isfinite(dgm[:, 1])
+    deaths = 1.0 - (dgm[finite, 1].astype(np.float64) - _RIPSER_OFFSET)
+    return np.clip(deaths, 0.0, 1.0), int((~finite).sum())
+
+
+# ----------------------------------------------------------------------------------------------- result
+@dataclasses.dataclass
+class ZerothDiagram(Result):
+    """The 0-dimensional persistence diagram of a weight graph (superlevel filtration of ``w̃``).
+
+    ``deaths`` (sorted, descending) are the ``w̃`` of the merging (MSF) edges; every finite pair is
+    ``(1, death)``. ``n_essential`` classes (one per connected component) never die: their death is
+    ``essential_death = -inf`` here (``+inf`` in the sublevel/gudhi form); ``min_value`` is the graph's
+    lowest ``w̃``. ``msf_mask`` (``(n_out, n_in)`` bool) marks the forest; None for the ripser backend,
+    which does not report the merging edges.
+    """
+
+    name: str | None
+    backend: str
+    method: str | None
+    normalize: str
+    kind: str
+    aggregate: str | None
+    n_in: int
+    n_out: int
+    n_vertices: int
+    n_edges: int
+    n_pairs: int
+    n_essential: int
+    essential_death: float
+    min_value: float
+    total_persistence: float
+    deaths: np.ndarray = dataclasses.field(repr=False)
+    msf_mask: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def births(self) -> np.ndarray:
+        return np.ones_like(self.deaths)
+
+    @property
+    def persistence(self) -> np.ndarray:
+        """Lifetimes ``1 − w̃_e`` of the finite pairs."""
+        return 1.0 - self.deaths
+
+    def pairs(self, convention: str = "superlevel", *, essential: bool = False) -> np.ndarray:
+        """``(n, 2)`` array of (birth, death): superlevel ``(1, w̃_e)`` or sublevel ``(0, 1 − w̃_e)``;
+        with ``essential=True`` the essential classes are appended as ``(1, -inf)`` / ``(0, inf)``."""
+        check_choice(convention, "convention", ("superlevel", "sublevel"))
+        if convention == "superlevel":
+            out = np.column_stack([self.births, self.deaths])
+            ess = np.tile([1.0, -np.inf], (self.n_essential, 1))
+        else:
+            out = np.column_stack([np.zeros_like(self.deaths), 1.0 - self.deaths])
+            ess = np.tile([0.0, np.inf], (self.n_essential, 1))
+        return np.vstack([out, ess]) if essential else out
+
+    def to_gudhi(self) -> list[tuple[int, tuple[float, float]]]:
+        """gudhi's ``persistence()`` format (sublevel of ``1 − w̃``), essential classes last."""
+        return [(0, (float(b), float(d))) for b, d in self.pairs("sublevel", essential=True)]
+
+    def equals(self, other: ZerothDiagram, atol: float = 1e-12) -> bool:
+        """Same essential count and the same finite deaths as multisets, within ``atol``."""
+        return (
+            self.n_essential == other.n_essential
+            and self.deaths.shape == other.deaths.shape
+            and bool(np.allclose(np.sort(self.deaths), np.sort(other.deaths), rtol=0.0, atol=atol))
+        )
+
+    def plot(self, ax=None, kind: str = "diagram"):
+        """``kind="diagram"``: sublevel diagram (0, 1 − w̃) with essential classes on an ∞ line;
+        ``kind="barcode"``: one bar per class from 1 down to its death (essential bars to ``min_value``)."""
+        check_choice(kind, "kind", ("diagram", "barcode"))
+        _, ax = new_axes(ax)
+        if kind == "diagram":
+            d = 1.0 - self.deaths
+            top = 1.05 * max(1.0, float(d.max()) if d.size else 1.0)
+            ax.scatter(np.zeros_like(d), d, s=12, alpha=0.6, label=f"finite ({self.n_pairs})")
+            if self.n_essential:
+                ax.scatter([0.0], [top], marker="^", color="C3", label=f"essential ({self.n_essential}, ∞)")
+            ax.plot([0, top], [0, top], "k--", lw=0.8)
+            ax.set_xlabel("birth (1 − w̃)")
+            ax.set_ylabel("death (1 − w̃)")
+            ax.set_xlim(-0.05, top)
+            ax.legend(loc="lower right", fontsize=8)
+        else:
+            deaths = np.concatenate([np.sort(self.deaths)[::-1], np.full(self.n_essential, self.min_value)])
+            y = np.arange(deaths.size)
+            ax.hlines(y, deaths, 1.0, lw=1.0, color=["C0"] * self.n_pairs + ["C3"] * self.n_essential)
+            ax.set_xlim(1.02, min(0.0, self.min_value) - 0.02)
+            ax.set_xlabel("threshold w̃ (superlevel, decreasing)")
+            ax.set_ylabel("class")
+        ax.set_title(f"H0 of {self.name or 'weight graph'} ({self.backend})")
+        return ax
+
+
+# ----------------------------------------------------------------------------------------------- public
+def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggregate: str) -> LayerGraph:
+    if isinstance(graph_or_weights, LayerGraph):
+        if mask is not None:
+            raise ValueError("mask= cannot be combined with a LayerGraph (its mask is already set)")
+        g = graph_or_weights
+        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
+            raise ValueError("the LayerGraph has non-finite weights, a mask of the wrong shape or no edge")
+        return g
+    if not isinstance(graph_or_weights, AffineLayer) and hasattr(graph_or_weights, "named_parameters"):
+        raise TypeError(
+            "zeroth_persistence takes one layer; for a model use network_graph or neural_persistence"
+        )
+    return layer_graph(graph_or_weights, mask, normalize=normalize, conv=conv, aggregate=aggregate)
+
+
+def zeroth_persistence(
+    graph_or_weights: Any,
+    mask: Any = None,
+    *,
+    backend: str = "native",
+    method: str = "auto",
+    normalize: str = "layer",
+    conv: str = "channel",
+    aggregate: str = "l1",
+) -> ZerothDiagram:
+    """The 0-dimensional persistence diagram of a layer's weight graph and its maximum spanning forest.
+
+    Parameters
+    ----------
+    graph_or_weights : a :class:`LayerGraph`, an ``AffineLayer`` or a ``(n_out, n_in)`` weight matrix.
+    mask : boolean mask for a matrix or layer (True = kept; False = absent edge).
+    backend : ``"native"`` (ours), ``"gudhi"`` (SimplexTree, float64) or ``"ripser"`` (float32, ~1e-7).
+    method : native algorithm: ``"prim"`` (dense), ``"boruvka"`` (sparse) or ``"auto"``.
+    normalize, conv, aggregate : as in :func:`~netgeom.topology.layer_graph` (when given a matrix/layer).
+
+    Example
+    -------
+    >>> d = zeroth_persistence(np.array([[4.0, 1.0], [2.0, 3.0]]))
+    >>> d.deaths.tolist(), d.n_essential, d.msf_mask.tolist()
+    ([1.0, 0.75, 0.5], 1, [[True, False], [True, True]])
+    """
+    check_choice(backend, "backend", BACKENDS)
+    check_choice(method, "method", METHODS)
+    g = _as_graph(graph_or_weights, mask, normalize, conv, aggregate)
+    msf = None
+    used_method = None
+    if backend == "native":
+        used_method = _pick_method(g) if method == "auto" else method
+        msf = _native_msf(g, used_method)
+        deaths = g.weights[msf]
+        n_ess = g.n_vertices - deaths.size
+    elif backend == "gudhi":
+        deaths, n_ess, msf = _gudhi_diagram(g)
+    else:
+        deaths, n_ess = _ripser_diagram(g)
+    deaths = np.sort(deaths)[::-1].copy()
+    return ZerothDiagram(
+        name=g.name,
+        backend=backend,
+        method=used_method,
+        normalize=g.normalize,
+        kind=g.kind,
+        aggregate=g.aggregate,
+        n_in=g.n_in,
+        n_out=g.n_out,
+        n_vertices=g.n_vertices,
+        n_edges=g.n_edges,
+        n_pairs=int(deaths.size),
+        n_essential=int(n_ess),
+        essential_death=-math.inf,
+        min_value=float(g.weights[g.mask].min()),
+        total_persistence=float((1.0 - deaths).sum()),
+        deaths=deaths,
+        msf_mask=msf,
+    )
+
+
+def spanning_forest_mask(weights: Any, mask: Any = None, *, method: str = "auto") -> np.ndarray:
+    """Boolean mask (same shape as ``weights``) of the maximum spanning forest of ``|weights|``.
+
+    ``weights`` may also be an ``AffineLayer`` (channel graph for convolutions) or a ``LayerGraph``.
+
+    >>> spanning_forest_mask(np.array([[4.0, -1.0], [2.0, 3.0]])).tolist()
+    [[True, False], [True, True]]
+    """
+    check_choice(method, "method", METHODS)
+    g = _as_graph(weights, mask, "layer", "channel", "l1")
+    return _native_msf(g, method)
