@@ -1,0 +1,358 @@
+"""Choosing per-layer densities that maximise the sparsity-aware region bound (Cai et al. 2023).
+
+Given a budget of kept weights ``B = total_density · Σ_l |W_l|`` over the pruned layers (the hidden layers;
+the classifier stays dense unless ``prune_output=True``), :func:`allocate_densities` searches densities
+``p_l ∈ (0, 1]`` with ``Σ_l p_l |W_l| = B`` that maximise :func:`~netgeom.regions.bounds.sparse_bound`.
+
+* Two pruned layers: ``p_2`` follows from ``p_1``, so the whole feasible range of ``p_1`` is evaluated on a
+  grid, then refined around the best grid point.
+* More layers: coordinate search over the budget simplex. A move transfers a fraction of the budget from one
+  layer to another (which keeps the budget exact); the best improving move is taken, and the step is halved
+  when none improves.
+* Points where a density leaves ``(0, 1]`` are infeasible and skipped.
+
+The authors' script instead evaluates three points for two layers and fits a parabola to ``ln(bound)``;
+the result records what that rule would have chosen, for comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import field
+
+import numpy as np
+import torch
+
+from .._validation import check_choice, check_fraction, check_int, check_widths
+from ..nets import affine_layers
+from ..pruning.masks import prunable_parameters
+from ..results import Result, new_axes
+from .bounds import sparse_bound
+
+__all__ = ["allocate_densities", "AllocationResult"]
+
+_FEAS_TOL = 1e-12
+
+
+@dataclasses.dataclass
+class AllocationResult(Result):
+    """Per-layer densities chosen to maximise the sparse region bound under a budget of kept weights.
+
+    ``densities``/``sparsities`` are per pruned layer (hidden layers in order, then the classifier if
+    ``prune_output``). ``budget`` is the number of kept weights ``Σ p_l |W_l|`` they use. ``evaluated`` is an
+    ``(n_points, n_pruned)`` array of every feasible allocation tried and ``evaluated_log10`` the bound at
+    each. ``authors_densities`` is what Cai et al.'s three-point Lagrange rule picks (two pruned layers
+    only; None otherwise). ``param_names`` are the pruned layers' weight names when a model was given.
+    Use :meth:`per_layer` to hand the allocation to ``magnitude_prune(model, per_layer=...)``.
+    """
+
+    n0: int
+    widths: list[int]
+    n_out: int | None
+    total_density: float
+    budget: float
+    layer_sizes: list[int]
+    densities: list[float]
+    sparsities: list[float]
+    log10: float
+    uniform_log10: float
+    authors_densities: list[float] | None
+    authors_log10: float | None
+    method: str
+    n_evaluated: int
+    param_names: list[str] | None = None
+    output_param: str | None = None
+    evaluated: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    evaluated_log10: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def per_layer(self, model: torch.nn.Module | None = None) -> dict[str, float] | list[float]:
+        """Sparsities in the form ``magnitude_prune(model, per_layer=...)`` takes.
+
+        With a ``model`` (or when the allocation was computed from one): ``{param_name: sparsity}`` for
+        every prunable weight, the classifier at sparsity 0 unless it was pruned here. Without: the list
+        of sparsities of the pruned layers in order (hidden layers first).
+        """
+        if model is None:
+            if self.param_names is None:
+                return list(self.sparsities)
+            out = dict(zip(self.param_names, self.sparsities))
+            if self.output_param is not None:
+                out.setdefault(self.output_param, 0.0)
+            return out
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        layers = affine_layers(model)
+        widths = [la.n_out for la in layers[:-1]]
+        if layers[0].n_in != self.n0 or widths != self.widths:
+            raise ValueError(
+                f"the model's widths {[layers[0].n_in, *widths]} differ from the allocation's "
+                f"{[self.n0, *self.widths]}"
+            )
+        names = [la.param_name for la in layers]
+        if any(n is None for n in names):
+            raise ValueError("every layer of the model must carry a weight to map sparsities onto it")
+        out = dict(zip(names, self.sparsities))
+        out.setdefault(names[-1], 0.0)
+        known = set(prunable_parameters(model))
+        missing = sorted(set(out) - known)
+        if missing:
+            raise ValueError(f"parameters {missing} are not prunable weights of the model")
+        return out
+
+    def plot(self, ax=None):
+        """Two pruned layers: log10 bound against ``p_1`` (evaluated points), with the uniform, chosen and
+        authors' allocations marked. More layers: the bound at each evaluated point, in search order."""
+        fig, ax = new_axes(ax)
+        if len(self.layer_sizes) == 2 and len(self.evaluated):
+            order = np.argsort(self.evaluated[:, 0])
+            ax.plot(self.evaluated[order, 0], self.evaluated_log10[order], ".-", color="0.5",
+                    label="evaluated")
+            ax.axhline(self.uniform_log10, color="C0", ls="--", label=f"uniform p={self.total_density:.3g}")
+            ax.plot([self.densities[0]], [self.log10], "o", color="C3", label="chosen")
+            if self.authors_densities is not None:
+                ax.plot([self.authors_densities[0]], [self.authors_log10], "s", mfc="none", color="C2",
+                        label="authors' 3-point rule")
+            ax.set_xlabel("density of layer 1 (p_1); p_2 follows from the budget")
+        else:
+            ax.plot(np.arange(len(self.evaluated_log10)), self.evaluated_log10, ".", color="0.5",
+                    label="evaluated")
+            ax.axhline(self.uniform_log10, color="C0", ls="--", label="uniform")
+            ax.axhline(self.log10, color="C3", label="chosen")
+            ax.set_xlabel("evaluation")
+        ax.set_ylabel("log10 sparse bound")
+        ax.set_title(f"allocation at total density {self.total_density:.3g}")
+        ax.legend(fontsize="small")
+        return ax
+
+
+def _feasible(p: np.ndarray) -> bool:
+    return bool(np.all(p > 0) and np.all(p <= 1 + _FEAS_TOL))
+
+
+def allocate_densities(
+    n0: int | None = None,
+    widths: Sequence[int] | None = None,
+    total_density: float = 0.1,
+    *,
+    n_out: int | None = None,
+    model: torch.nn.Module | None = None,
+    prune_output: bool = False,
+    include_output: bool = False,
+    rank_model: str = "closed_form",
+    include_zero_rank: bool = False,
+    n_grid: int = 41,
+    refine_steps: int = 4,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = None,
+    n_samples: int = 32,
+) -> AllocationResult:
+    """Per-layer densities maximising the sparse region bound for a total budget of kept weights.
+
+    Parameters
+    ----------
+    n0, widths : input dimension and hidden widths (or give ``model``: they and ``n_out`` are read from it).
+    total_density : kept fraction of the pruned layers' weights together, in ``(0, 1]``.
+    prune_output : also give the classifier a density from the budget (needs ``n_out``); the bound then runs
+        through the output layer (``include_output`` is implied). Default False: the classifier stays dense,
+        as in Cai et al., and is not part of the budget.
+    include_output : run the bound through the (dense) output layer, as the authors' code does.
+    rank_model : ``"closed_form"`` (fast, default) or ``"monte_carlo"`` (needs ``seed``; slow).
+    n_grid, refine_steps : grid size over ``p_1`` and rounds of refinement (two pruned layers).
+    max_iter, tol : coordinate search (three or more pruned layers): moves and the smallest step, as a
+        fraction of the budget.
+
+    >>> r = allocate_densities(784, [100, 100], 0.01)
+    >>> abs(sum(p * s for p, s in zip(r.densities, r.layer_sizes)) - r.budget) < 1e-6 * r.budget
+    True
+    >>> r.log10 >= r.uniform_log10
+    True
+    """
+    names: list[str] | None = None
+    out_name: str | None = None
+    if model is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        layers = affine_layers(model)
+        m_n0, m_widths, m_out = layers[0].n_in, [la.n_out for la in layers[:-1]], layers[-1].n_out
+        for given, actual, nm in ((n0, m_n0, "n0"), (n_out, m_out, "n_out")):
+            if given is not None and given != actual:
+                raise ValueError(f"{nm}={given} disagrees with the model's {nm}={actual}")
+        if widths is not None and list(widths) != m_widths:
+            raise ValueError(f"widths={list(widths)} disagrees with the model's hidden widths {m_widths}")
+        n0, widths, n_out = m_n0, m_widths, m_out
+        all_names = [la.param_name for la in layers]
+        if any(n is None for n in all_names):
+            raise ValueError("every layer of the model must carry a weight to allocate densities to it")
+        names, out_name = all_names[:-1], all_names[-1]
+        if prune_output:
+            names = all_names
+    if n0 is None or widths is None:
+        raise ValueError("give n0 and widths (hidden layer widths), or a model")
+    n0 = check_int(n0, "n0", minimum=1)
+    widths = check_widths(widths, "widths", min_len=1)
+    total_density = check_fraction(total_density, "total_density", low=0.0, high=1.0, low_inclusive=False)
+    check_choice(rank_model, "rank_model", ("closed_form", "monte_carlo"))
+    n_grid = check_int(n_grid, "n_grid", minimum=4)
+    refine_steps = check_int(refine_steps, "refine_steps", minimum=0)
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    tol = check_fraction(tol, "tol", low=0.0, high=1.0, low_inclusive=False)
+    if prune_output or include_output:
+        if n_out is None:
+            raise ValueError("prune_output/include_output need n_out (the output width) or a model")
+        n_out = check_int(n_out, "n_out", minimum=1)
+    ins = [n0, *widths]
+    outs = list(widths) + ([n_out] if prune_output else [])
+    sizes = [i * o for i, o in zip(ins, outs)]
+    budget = total_density * sum(sizes)
+    bound_widths = list(widths) + ([n_out] if (prune_output or include_output) else [])
+
+    cache: dict[tuple[float, ...], float] = {}
+
+    def f(p: np.ndarray) -> float:
+        key = tuple(np.round(p, 15))
+        if key not in cache:
+            dens = [min(float(x), 1.0) for x in p]
+            out_dens = dens[-1] if prune_output else 1.0
+            hidden = dens[: len(widths)]
+            if prune_output:
+                dists = [
+                    _dist(n, i, d, rank_model, include_zero_rank, seed, n_samples)
+                    for n, i, d in zip(bound_widths, [n0, *bound_widths[:-1]], hidden + [out_dens])
+                ]
+                val = sparse_bound(
+                    n0, widths, hidden, rank_model=dists, include_output=True, n_out=n_out
+                ).log10
+            else:
+                val = sparse_bound(
+                    n0, widths, hidden, rank_model=rank_model, include_output=include_output, n_out=n_out,
+                    include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples,
+                ).log10
+            cache[key] = val
+        return cache[key]
+
+    uniform = np.full(len(sizes), total_density)
+    uniform_val = f(uniform)
+    points: list[np.ndarray] = [uniform]
+    authors_p = authors_val = None
+
+    if len(sizes) == 1 or total_density >= 1.0:
+        best, method = uniform, "uniform (single pruned layer or no pruning)"
+    elif len(sizes) == 2:
+        s1, s2 = sizes
+        lo, hi = max(0.0, (budget - s2) / s1), min(1.0, budget / s1)
+
+        def pair(p1: float) -> np.ndarray:
+            return np.array([p1, (budget - p1 * s1) / s2])
+
+        grid = np.linspace(lo, hi, n_grid)
+        cand = [pair(x) for x in grid]
+        points += [c for c in cand if _feasible(c)]
+        step = (hi - lo) / (n_grid - 1)
+        for _ in range(refine_steps):
+            vals = [f(p) for p in points]
+            centre = points[int(np.argmax(vals))][0]
+            fine = np.linspace(centre - step, centre + step, 11)
+            points += [c for c in (pair(x) for x in fine) if _feasible(c)]
+            step /= 5.0
+        authors_p, authors_val = _authors_rule(f, pair, lo, hi, total_density, uniform_val)
+        method = f"grid of {n_grid} over p_1, {refine_steps} refinements"
+        best = None
+    else:
+        best, explored = _coordinate_search(f, uniform, np.array(sizes, float), budget, max_iter, tol)
+        points += explored
+        method = "coordinate search over the budget simplex"
+
+    vals = np.array([f(p) for p in points])
+    if best is None:
+        best = points[int(np.argmax(vals))]
+    best = np.minimum(best, 1.0)
+    sparsities = [float(1.0 - p) for p in best]
+    return AllocationResult(
+        n0=n0,
+        widths=list(widths),
+        n_out=n_out,
+        total_density=total_density,
+        budget=float(budget),
+        layer_sizes=sizes,
+        densities=[float(p) for p in best],
+        sparsities=sparsities,
+        log10=f(best),
+        uniform_log10=uniform_val,
+        authors_densities=authors_p,
+        authors_log10=authors_val,
+        method=method,
+        n_evaluated=len(cache),
+        param_names=names,
+        output_param=None if prune_output else out_name,
+        evaluated=np.array(points),
+        evaluated_log10=vals,
+    )
+
+
+def _dist(n: int, n_in: int, p: float, rank_model: str, include_zero_rank: bool, seed, n_samples):
+    from .bounds import rank_distribution
+
+    return rank_distribution(
+        n, n_in, p, rank_model=rank_model, include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples
+    )
+
+
+def _authors_rule(f, pair, lo: float, hi: float, total_density: float, uniform_val: float):
+    """Cai et al.'s rule: a 12-point grid over the feasible ``p_1`` range; ``ln(bound)`` at the second grid
+    point, the uniform allocation and the second-to-last grid point; the stationary point of the parabola
+    through them is taken when it lies inside ``(lo, hi)`` and beats the uniform bound."""
+    g = np.linspace(lo, hi, 12)
+    xs = np.array([g[1], total_density, g[-2]])
+    uniform = pair(total_density)
+    if len(np.unique(xs)) < 3 or not all(_feasible(pair(x)) for x in xs):
+        return [float(v) for v in uniform], uniform_val
+    ys = np.array([f(pair(x)) for x in xs]) * math.log(10.0)
+    a, b, _ = np.polyfit(xs, ys, 2)
+    if a != 0:
+        x_star = -b / (2 * a)
+        cand = pair(x_star)
+        if lo < x_star < hi and _feasible(cand) and f(cand) > uniform_val:
+            return [float(v) for v in np.minimum(cand, 1.0)], f(cand)
+    return [float(v) for v in uniform], uniform_val
+
+
+def _coordinate_search(f, start: np.ndarray, sizes: np.ndarray, budget: float, max_iter: int, tol: float):
+    """Pairwise budget transfers: move ``step · budget`` kept weights from layer ``j`` to layer ``i``."""
+    x, fx = start.copy(), f(start)
+    explored: list[np.ndarray] = []
+    step = 0.25
+    it = 0
+    L = len(sizes)
+    while step >= tol and it < max_iter:
+        it += 1
+        best_move, best_val = None, fx
+        for i in range(L):
+            for j in range(L):
+                if i == j:
+                    continue
+                y = x.copy()
+                y[i] += step * budget / sizes[i]
+                y[j] -= step * budget / sizes[j]
+                if not _feasible(y):
+                    # Clip the transfer to what layer i can still take (p ≤ 1) before giving up.
+                    room = (1.0 - x[i]) * sizes[i]
+                    give = min(step * budget, room, x[j] * sizes[j] * (1 - 1e-9))
+                    if give <= 0:
+                        continue
+                    y = x.copy()
+                    y[i] += give / sizes[i]
+                    y[j] -= give / sizes[j]
+                    if not _feasible(y):
+                        continue
+                explored.append(y)
+                v = f(y)
+                if v > best_val + 1e-12:
+                    best_move, best_val = y, v
+        if best_move is None:
+            step /= 2.0
+        else:
+            x, fx = best_move, best_val
+    return x, explored

@@ -1,0 +1,772 @@
+"""Upper and lower bounds on the number of linear (activation) regions of a ReLU network.
+
+Dense bounds (exact Python integers; :func:`int_log10` gives their ``log10`` without overflow):
+
+* :func:`zaslavsky_bound` — ``n`` hyperplanes in general position in ``R^d`` make at most ``Σ_{j≤d} C(n, j)``
+  regions;
+* :func:`montufar_lower_bound` — Montúfar et al. (2014): a network of these widths *can* have this many;
+* :func:`product_bound` — ``Π_l Σ_{j≤d_l} C(n_l, j)`` with ``d_l = min(n_0, …, n_l)``;
+* :func:`serra_bound` — Serra, Tjandraatmadja, Ramalingam (2018), Theorem 1, the sum over activation-count
+  vectors ``J``, computed by a dynamic program over the running minimum (never by enumerating ``J``).
+
+All of them count the regions of the *hidden* layers ``n_1 … n_L``: the output layer is affine, so it adds no
+region. ``widths`` therefore always means hidden widths here.
+
+Sparsity-aware bound (Cai, Hoang, Rao, Serra 2023): :func:`sparse_bound` runs the authors' backward recursion
+in log space, with the rank of each masked weight matrix drawn from a closed-form binomial model, a seeded
+Monte Carlo estimate, the actual ranks of a pruned model, or distributions given by the caller.
+:func:`bounds` collects all of them for an actual (pruned) model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import gammaln
+from scipy.stats import binom
+
+from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
+from ..nets import AffineLayer, affine_layers
+from ..results import Result, new_axes
+
+__all__ = [
+    "zaslavsky_bound",
+    "montufar_lower_bound",
+    "product_bound",
+    "serra_bound",
+    "int_log10",
+    "rank_distribution",
+    "sparse_bound",
+    "SparseBoundResult",
+    "bounds",
+    "BoundsResult",
+    "demo_section",
+    "RANK_MODELS",
+]
+
+RANK_MODELS = ("closed_form", "monte_carlo", "masks")
+_LN10 = math.log(10.0)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def int_log10(x: int) -> float:
+    """``log10`` of a (possibly huge) non-negative integer; ``-inf`` for 0.
+
+    >>> round(int_log10(10**400), 6)
+    400.0
+    """
+    x = check_int(x, "x", minimum=0)
+    return -math.inf if x == 0 else math.log10(x)
+
+
+def _partial_binom_sums(n: int, upto: int) -> list[int]:
+    """``[Σ_{j≤m} C(n, j) for m = 0..upto]`` in exact integers (terms past ``n`` are 0)."""
+    out, s, c = [], 0, 1
+    for j in range(upto + 1):
+        if j <= n:
+            s += c
+            c = c * (n - j) // (j + 1)
+        out.append(s)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _binoms(n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(C(n, j))_j`` and their partial sums, cached: allocation searches reuse the same widths."""
+    row = [1] * (n + 1)
+    for j in range(n):
+        row[j + 1] = row[j] * (n - j) // (j + 1)
+    return tuple(row), tuple(_partial_binom_sums(n, n))
+
+
+@functools.lru_cache(maxsize=256)
+def _serra_log10_cached(n0: int, widths: tuple[int, ...]) -> float:
+    return int_log10(serra_bound(n0, list(widths)))
+
+
+def _check_n0_widths(n0: Any, widths: Any) -> tuple[int, list[int]]:
+    n0 = check_int(n0, "n0", minimum=1)
+    widths = check_widths(widths, "widths", min_len=1)
+    return n0, widths
+
+
+def _check_densities(densities: Any, n_layers: int, name: str = "densities") -> list[float]:
+    if isinstance(densities, (int, float, np.floating, np.integer)) and not isinstance(densities, bool):
+        densities = [densities] * n_layers
+    if not isinstance(densities, (Sequence, np.ndarray)) or isinstance(densities, str):
+        raise TypeError(f"{name} must be a sequence of numbers in (0, 1], got {densities!r}")
+    if len(densities) != n_layers:
+        raise ValueError(f"{name} needs one density per hidden layer ({n_layers}), got {len(densities)}")
+    return [
+        check_fraction(p, f"{name}[{i}]", low=0.0, high=1.0, low_inclusive=False)
+        for i, p in enumerate(densities)
+    ]
+
+
+# ------------------------------------------------------------------------------------------- dense bounds
+def zaslavsky_bound(n: int, d: int) -> int:
+    """Most regions ``n`` hyperplanes can cut ``R^d`` into: ``Σ_{j=0}^{d} C(n, j)`` (Zaslavsky 1975).
+
+    >>> zaslavsky_bound(3, 2)   # three lines in the plane
+    7
+    """
+    n = check_int(n, "n", minimum=0)
+    d = check_int(d, "d", minimum=0)
+    return _partial_binom_sums(n, min(n, d))[-1]
+
+
+def montufar_lower_bound(n0: int, widths: Sequence[int]) -> int:
+    """Montúfar et al. (2014) lower bound ``Π_{l<L} ⌊n_l/n_0⌋^{n_0} · Σ_{j≤n_0} C(n_L, j)``.
+
+    A network with these widths can reach this many regions. The construction folds the input with every
+    hidden layer but the last, which needs ``n_l ≥ n_0`` for ``l < L``; otherwise a ``ValueError`` is raised
+    (the formula would give the empty statement 0).
+
+    >>> montufar_lower_bound(2, [4, 3])   # 2^2 folds, then 3 lines in the plane
+    28
+    """
+    n0, widths = _check_n0_widths(n0, widths)
+    narrow = [(i + 1, w) for i, w in enumerate(widths[:-1]) if w < n0]
+    if narrow:
+        raise ValueError(
+            "the Montúfar lower bound needs every hidden layer but the last to be at least as wide as the "
+            f"input (n0={n0}); layer(s) (index, width) {narrow} are narrower"
+        )
+    folds = 1
+    for w in widths[:-1]:
+        folds *= (w // n0) ** n0
+    return folds * zaslavsky_bound(widths[-1], n0)
+
+
+def product_bound(n0: int, widths: Sequence[int]) -> int:
+    """``Π_{l=1}^{L} Σ_{j=0}^{d_l} C(n_l, j)``, ``d_l = min(n_0, n_1, …, n_l)`` (Montúfar 2017; Serra et al.).
+
+    >>> product_bound(2, [3, 3])
+    49
+    """
+    n0, widths = _check_n0_widths(n0, widths)
+    out, d = 1, n0
+    for w in widths:
+        d = min(d, w)
+        out *= zaslavsky_bound(w, d)
+    return out
+
+
+def serra_bound(n0: int, widths: Sequence[int], ranks: Sequence[int] | None = None) -> int:
+    """Serra et al. (2018) upper bound ``Σ_{j ∈ J} Π_l C(n_l, j_l)``, exactly, over the hidden layers.
+
+    ``J = {j : 0 ≤ j_l ≤ min(n_0, n_1 − j_1, …, n_{l−1} − j_{l−1}, n_l)}``. The sum is a dynamic program
+    whose state is the running minimum ``m`` (the dimension that reaches layer ``l``): from ``m``, a layer
+    with ``j`` active units leads to ``min(m, n_l − j)``. All ``j ≤ n_l − m`` keep the state, so their weights
+    form one partial binomial sum; every other ``j`` leads to its own state ``n_l − j``, which collects a
+    suffix sum over ``m``. One layer therefore costs ``O(n_0 + n_l)`` big-integer operations.
+
+    ``ranks`` (optional, one per hidden layer) gives the rank-aware variant that the sparse bound reduces to
+    for fixed ranks: the dimension passing layer ``l`` is also capped at ``ranks[l]``, and so is ``j_l``.
+    Full ranks ``min(n_{l-1}, n_l)`` give the plain bound.
+
+    >>> serra_bound(2, [3, 3])   # 7 + 3·7 + 3·4
+    40
+    >>> serra_bound(5, [4]) == zaslavsky_bound(4, 5) == 16
+    True
+    """
+    n0, widths = _check_n0_widths(n0, widths)
+    if ranks is not None:
+        ranks = [check_int(r, f"ranks[{i}]", minimum=0) for i, r in enumerate(_check_seq(ranks, "ranks"))]
+        if len(ranks) != len(widths):
+            raise ValueError(f"ranks needs one entry per hidden layer ({len(widths)}), got {len(ranks)}")
+    # count[m] = Σ over prefixes (j_1..j_{l-1}) whose running minimum is m of Π C(n_i, j_i).
+    count = [0] * n0 + [1]
+    for l, n in enumerate(widths):
+        if ranks is not None:
+            cap = ranks[l]
+            if cap < len(count) - 1:
+                count = count[:cap] + [sum(count[cap:])]
+        top = len(count) - 1
+        binoms, partial = _binoms(n)
+        # suffix[m] = Σ_{m' ≥ m} count[m']
+        suffix = [0] * (top + 2)
+        for m in range(top, -1, -1):
+            suffix[m] = suffix[m + 1] + count[m]
+        new = [0] * (min(top, n) + 1)
+        for m in range(min(top, n) + 1):
+            stay = count[m] * partial[min(m, n - m)]
+            # arrive from any state m' > m with m' ≥ n − m by choosing j = n − m (requires j ≤ m').
+            lo = max(m + 1, n - m)
+            arrive = binoms[n - m] * suffix[lo] if lo <= top else 0
+            new[m] = stay + arrive
+        count = new
+    return sum(count)
+
+
+def _check_seq(x: Any, name: str) -> list:
+    if not isinstance(x, (Sequence, np.ndarray)) or isinstance(x, str):
+        raise TypeError(f"{name} must be a sequence, got {type(x).__name__}")
+    return list(x)
+
+
+# ------------------------------------------------------------------------------------------- rank models
+def _closed_form_log_probs(n_out: int, n_in: int, p: float, include_zero_rank: bool) -> np.ndarray:
+    """``ln P(rank = k)``, ``k = 0..min(n_out, n_in)``, for an ``n_out × n_in`` mask of density ``p``.
+
+    The rank is modelled by the number of non-empty lines on the smaller side: with ``C ≥ R`` a row (of
+    ``C`` independent entries) is non-empty with ``Q = 1 − (1 − p)^C`` and ``k ~ Binomial(R, Q)``.
+    """
+    R, C = n_out, n_in
+    N, other = (R, C) if C >= R else (C, R)
+    # Q = 1 - (1-p)^other without the cancellation that 1 - pow() suffers for tiny p.
+    Q = 1.0 if p >= 1.0 else float(-np.expm1(other * np.log1p(-p)))
+    k = np.arange(N + 1)
+    with np.errstate(divide="ignore"):
+        logp = binom.logpmf(k, N, Q)
+    if not include_zero_rank:
+        logp[0] = -np.inf
+    return logp
+
+
+def _monte_carlo_log_probs(
+    n_out: int, n_in: int, p: float, n_samples: int, rng: np.random.Generator, mask_kind: str
+) -> np.ndarray:
+    """Empirical ``ln P(rank = k)`` of Gaussian matrices under random masks of density ``p``."""
+    R, C = n_out, n_in
+    full = min(R, C)
+    size = R * C
+    n_keep = max(1, round(p * size))
+    ranks = np.empty(n_samples, dtype=np.int64)
+    # Chunks keep memory near 32 MB whatever the layer size.
+    chunk = max(1, min(n_samples, (4 << 20) // size))
+    for start in range(0, n_samples, chunk):
+        m = min(chunk, n_samples - start)
+        vals = rng.standard_normal((m, size))
+        if p < 1.0:
+            u = rng.random((m, size))
+            if mask_kind == "exact":
+                # The n_keep smallest uniforms per sample: an exact-count mask, as pruning produces.
+                kth = np.partition(u, n_keep - 1, axis=1)[:, n_keep - 1 : n_keep]
+                vals *= u <= kth
+            else:
+                vals *= u < p
+        ranks[start : start + m] = np.linalg.matrix_rank(vals.reshape(m, R, C))
+    counts = np.bincount(ranks, minlength=full + 1)
+    with np.errstate(divide="ignore"):
+        return np.log(counts / n_samples)
+
+
+def rank_distribution(
+    n_out: int,
+    n_in: int,
+    density: float,
+    *,
+    rank_model: str = "closed_form",
+    include_zero_rank: bool = False,
+    n_samples: int = 64,
+    seed: int | np.random.Generator | None = None,
+    mask_kind: str = "exact",
+) -> np.ndarray:
+    """``P(rank = k)`` for ``k = 0..min(n_out, n_in)`` of an ``n_out × n_in`` weight matrix under a random
+    mask of the given density.
+
+    * ``"closed_form"``: rank ≈ number of non-empty rows (or columns, on the smaller side), binomial. As in
+      Cai et al.'s code the ``k = 0`` term is left out (``include_zero_rank=False``), so the probabilities
+      may sum to slightly less than 1; pass ``include_zero_rank=True`` for the full binomial.
+    * ``"monte_carlo"``: ``n_samples`` Gaussian matrices under random masks (``mask_kind="exact"`` keeps
+      exactly ``round(density · n_out · n_in)`` entries, as pruning does; ``"bernoulli"`` keeps each entry
+      independently with probability ``density``, the model behind the closed form), seeded, their
+      ``matrix_rank``. ``k = 0`` is kept: it is an observed outcome.
+
+    The closed form counts non-empty lines, an upper bound on the (generic) rank; it is close to the Monte
+    Carlo distribution when lines are either nearly all full (density well above ``ln(n)/n``) or nearly all
+    hold at most one entry (very low density), and overestimates the rank near the threshold, where lines
+    are non-empty but the matrix is still rank deficient (see ``tests/test_bounds.py``).
+
+    >>> rank_distribution(3, 5, 1.0).tolist()
+    [0.0, 0.0, 0.0, 1.0]
+    """
+    n_out = check_int(n_out, "n_out", minimum=1)
+    n_in = check_int(n_in, "n_in", minimum=1)
+    density = check_fraction(density, "density", low=0.0, high=1.0, low_inclusive=False)
+    check_choice(rank_model, "rank_model", ("closed_form", "monte_carlo"))
+    if rank_model == "closed_form":
+        return np.exp(_closed_form_log_probs(n_out, n_in, density, include_zero_rank))
+    check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    rng = as_generator(seed)
+    return np.exp(_monte_carlo_log_probs(n_out, n_in, density, n_samples, rng, mask_kind))
+
+
+def _lse(a: np.ndarray, axis: int) -> np.ndarray:
+    """``log Σ exp`` along ``axis``; rows of all ``-inf`` give ``-inf`` (faster than scipy's here)."""
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
+
+
+def _log_binom_row(n: int, upto: int) -> np.ndarray:
+    j = np.arange(upto + 1)
+    return gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1)
+
+
+def _log_recursion(n0: int, widths: Sequence[int], log_probs: Sequence[np.ndarray]) -> float:
+    """``ln N_1(n_0)`` of the Cai et al. backward recursion (module docstring), in log space.
+
+    With ``m = min(k, d)`` the inner sum depends on ``(k, d)`` only through ``m``:
+    ``G(m) = Σ_{j≤m} C(n, j) · N_next(min(n − j, m))``, and ``N(d) = Σ_k P(k) · G(min(k, d))``. Both are
+    small dense ``logsumexp`` reductions, so a layer costs ``O(n^2)`` vectorised operations.
+    """
+    ins = [n0, *widths[:-1]]
+    log_next = np.zeros(widths[-1] + 1)  # N_{L+1} ≡ 1 for every dimension
+    for l in range(len(widths) - 1, -1, -1):
+        n, lp = widths[l], np.asarray(log_probs[l], dtype=np.float64)
+        kmax = lp.shape[0] - 1
+        dmax = ins[l] if l > 0 else n0
+        mmax = min(kmax, dmax, n)
+        m = np.arange(mmax + 1)[:, None]
+        j = np.arange(mmax + 1)[None, :]
+        arg = np.minimum(n - j, m)
+        terms = _log_binom_row(n, mmax)[None, :] + log_next[np.clip(arg, 0, None)]
+        terms = np.where(j <= m, terms, -np.inf)
+        log_g = _lse(terms, axis=1)
+        d = np.arange(dmax + 1)[:, None] if l > 0 else np.array([[n0]])
+        k = np.arange(kmax + 1)[None, :]
+        idx = np.minimum(np.minimum(k, d), mmax)
+        log_next = _lse(lp[None, :] + log_g[idx], axis=1)
+    return float(log_next[0])
+
+
+# ------------------------------------------------------------------------------------------- sparse bound
+@dataclasses.dataclass
+class SparseBoundResult(Result):
+    """The sparsity-aware bound of Cai et al. (2023).
+
+    ``log10`` (and ``ln``, the authors' unit) of the bound; ``value`` as a float when it is below ~1e308;
+    ``exact`` as an ``int`` when every rank is fixed (rank model ``"masks"`` or point masses), else None.
+    ``layer_widths`` lists the layers of the recursion (hidden layers, plus the output layer when
+    ``include_output``); ``densities`` and ``expected_ranks``/``full_ranks`` follow the same order.
+    ``dense_log10`` is the Serra bound of the same layers, for comparison.
+    """
+
+    n0: int
+    layer_widths: list[int]
+    densities: list[float]
+    rank_model: str
+    include_output: bool
+    include_zero_rank: bool
+    log10: float
+    ln: float
+    value: float | None
+    exact: int | None
+    expected_ranks: list[float]
+    full_ranks: list[int]
+    dense_log10: float
+    rank_probabilities: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    def plot(self, ax=None):
+        """Each layer's rank distribution against ``k / full rank``."""
+        fig, ax = new_axes(ax)
+        for i, (pr, full) in enumerate(zip(self.rank_probabilities, self.full_ranks)):
+            k = np.arange(len(pr)) / max(full, 1)
+            label = f"layer {i + 1} (n={self.layer_widths[i]}, p={self.densities[i]:.3g})"
+            ax.plot(k, pr, marker=".", label=label)
+        ax.set_xlabel("rank / full rank")
+        ax.set_ylabel("P(rank)")
+        ax.set_title(f"rank model {self.rank_model}: log10 bound = {self.log10:.4g}")
+        ax.legend(fontsize="small")
+        return ax
+
+
+def _model_layers(model, masks, include_output: bool) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
+    layers = affine_layers(model, masks)
+    if len(layers) < 2 and not include_output:
+        raise ValueError("the model has no hidden layer (only its output layer): no region bound to compute")
+    return layers[0].n_in, layers[:-1], layers
+
+
+def _check_distributions(dists: Any, fulls: list[int]) -> list[np.ndarray]:
+    dists = _check_seq(dists, "rank_model")
+    if len(dists) != len(fulls):
+        raise ValueError(
+            f"rank_model as distributions needs one per layer of the recursion ({len(fulls)}), "
+            f"got {len(dists)}"
+        )
+    out = []
+    for i, (d, full) in enumerate(zip(dists, fulls)):
+        if isinstance(d, Mapping):
+            arr = np.zeros(full + 1)
+            for k, v in d.items():
+                k = check_int(k, f"rank_model[{i}] key", minimum=0, maximum=full)
+                arr[k] = float(v)
+        else:
+            arr = np.asarray(d, dtype=np.float64)
+            if arr.ndim != 1 or len(arr) > full + 1:
+                raise ValueError(
+                    f"rank_model[{i}] must list P(rank=k) for k = 0..{full} (full rank of layer {i + 1}), "
+                    f"got shape {arr.shape}"
+                )
+            arr = np.concatenate([arr, np.zeros(full + 1 - len(arr))])
+        if not np.isfinite(arr).all() or (arr < 0).any() or arr.sum() > 1 + 1e-9:
+            raise ValueError(f"rank_model[{i}] must hold probabilities (>= 0, summing to <= 1), got {arr}")
+        out.append(arr)
+    return out
+
+
+def sparse_bound(
+    n0: int | None = None,
+    widths: Sequence[int] | None = None,
+    densities: Sequence[float] | float | None = None,
+    *,
+    rank_model: str | Sequence[Any] = "closed_form",
+    include_output: bool = False,
+    n_out: int | None = None,
+    include_zero_rank: bool = False,
+    n_samples: int = 64,
+    seed: int | np.random.Generator | None = None,
+    mask_kind: str = "exact",
+    model: torch.nn.Module | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> SparseBoundResult:
+    """Sparsity-aware upper bound on linear regions (Cai, Hoang, Rao, Serra 2023), in log space.
+
+    Backward recursion over the layers, ``d`` being the dimension that reaches layer ``l``::
+
+        N_L(d) = Σ_k P(r_L = k) Σ_{j≤min(k,d)} C(n_L, j)
+        N_l(d) = Σ_k P(r_l = k) Σ_{j≤min(k,d)} C(n_l, j) · N_{l+1}(min(n_l − j, d, k))
+        bound  = N_1(n_0)
+
+    Parameters
+    ----------
+    n0, widths : input dimension and hidden widths. Read from ``model`` when it is given.
+    densities : kept fraction of each hidden layer's weights, in ``(0, 1]`` (a float means all layers).
+        With a ``model`` and no densities, the masks' actual densities are used.
+    rank_model : ``"closed_form"``, ``"monte_carlo"`` (see :func:`rank_distribution`), ``"masks"`` (the
+        actual ranks of ``model``'s masked weights, a point mass; needs ``model``), or a list with one
+        distribution per layer of the recursion (array of ``P(rank=k)`` for ``k = 0, 1, …``, or a dict
+        ``{k: P}``).
+    include_output : also run the recursion through the output layer (width ``n_out``, or the model's), as
+        Cai et al.'s code does, at density 1 (or the model's actual output mask). Default False: hidden
+        layers only, as in Serra et al.'s statement; the output layer is affine and adds no region.
+    include_zero_rank : closed form only; False (the authors' choice) drops the ``k = 0`` term.
+    n_samples, seed, mask_kind : Monte Carlo settings; ``seed`` is required for ``"monte_carlo"``.
+
+    With all densities 1 every rank is full and the result equals :func:`serra_bound`.
+
+    >>> r = sparse_bound(784, [100, 100], [0.01, 0.01])
+    >>> r.log10 < sparse_bound(784, [100, 100], 1.0).log10 == serra_bound_log10(784, [100, 100])
+    True
+    """
+    if model is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        m_n0, hidden, all_layers = _model_layers(model, masks, include_output)
+        m_widths = [la.n_out for la in hidden]
+        for given, actual, name in ((n0, m_n0, "n0"), (widths, m_widths, "widths")):
+            if given is not None and (list(given) if name == "widths" else given) != actual:
+                raise ValueError(f"{name}={given} disagrees with the model's {name}={actual}")
+        m_out = all_layers[-1].n_out
+        if n_out is not None and n_out != m_out:
+            raise ValueError(f"n_out={n_out} disagrees with the model's output width {m_out}")
+        n0, widths, n_out = m_n0, m_widths, m_out
+        if densities is None:
+            densities = [la.density for la in hidden]
+        if not hidden:
+            raise ValueError("the model has no hidden layer: no region bound to compute")
+    elif masks is not None:
+        raise ValueError("masks were given without a model; pass model=... as well")
+    if n0 is None or widths is None:
+        raise ValueError("give n0 and widths (hidden layer widths), or a model")
+    n0, widths = _check_n0_widths(n0, widths)
+    if include_output:
+        if n_out is None:
+            raise ValueError("include_output=True needs n_out (the output width) or a model")
+        n_out = check_int(n_out, "n_out", minimum=1)
+    layer_widths = widths + ([n_out] if include_output else [])
+    fulls = [min(a, b) for a, b in zip([n0, *layer_widths[:-1]], layer_widths)]
+
+    if isinstance(rank_model, str):
+        check_choice(rank_model, "rank_model", RANK_MODELS)
+        model_name = rank_model
+    else:
+        model_name = "given"
+
+    if model_name == "masks":
+        if model is None:
+            raise ValueError('rank_model="masks" needs the pruned model (model=..., optionally masks=...)')
+        used = all_layers if include_output else hidden
+        ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in used]
+        dens = [la.density for la in used]
+        log_probs = [np.where(np.arange(f + 1) == r, 0.0, -np.inf) for r, f in zip(ranks, fulls)]
+    elif model_name == "given":
+        probs = _check_distributions(rank_model, fulls)
+        with np.errstate(divide="ignore"):
+            log_probs = [np.log(p) for p in probs]
+        dens = _check_densities(densities, len(widths)) if densities is not None else [math.nan] * len(widths)
+        if include_output:
+            dens.append(all_layers[-1].density if model is not None else 1.0)
+    else:
+        if densities is None:
+            raise ValueError(f'rank_model="{model_name}" needs densities (one per hidden layer) or a model')
+        dens = _check_densities(densities, len(widths))
+        if include_output:
+            dens.append(all_layers[-1].density if model is not None else 1.0)
+        if model_name == "closed_form":
+            log_probs = [
+                _closed_form_log_probs(n, i, p, include_zero_rank)
+                for n, i, p in zip(layer_widths, [n0, *layer_widths[:-1]], dens)
+            ]
+        else:
+            check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
+            n_samples = check_int(n_samples, "n_samples", minimum=1)
+            rng = as_generator(seed)
+            log_probs = [
+                _monte_carlo_log_probs(n, i, p, n_samples, rng, mask_kind)
+                for n, i, p in zip(layer_widths, [n0, *layer_widths[:-1]], dens)
+            ]
+
+    ln = _log_recursion(n0, layer_widths, log_probs)
+    probs = [np.exp(lp) for lp in log_probs]
+    point = [np.flatnonzero(p > 0) for p in probs]
+    exact = None
+    if all(len(pt) == 1 and np.isclose(p[pt[0]], 1.0, rtol=0, atol=1e-12) for pt, p in zip(point, probs)):
+        exact = serra_bound(n0, layer_widths, ranks=[int(pt[0]) for pt in point])
+    # A fixed-rank bound is an integer: report its exact log rather than the float recursion's.
+    log10 = int_log10(exact) if exact is not None else ln / _LN10
+    ln = log10 * _LN10 if exact is not None else ln
+    value = float(exact) if exact is not None and exact < 1e308 else (math.exp(ln) if ln < 709.0 else None)
+    return SparseBoundResult(
+        n0=n0,
+        layer_widths=layer_widths,
+        densities=[float(p) for p in dens],
+        rank_model=model_name,
+        include_output=bool(include_output),
+        include_zero_rank=bool(include_zero_rank),
+        log10=log10,
+        ln=ln,
+        value=value,
+        exact=exact,
+        expected_ranks=[float(np.dot(np.arange(len(p)), p)) for p in probs],
+        full_ranks=fulls,
+        dense_log10=_serra_log10_cached(n0, tuple(layer_widths)),
+        rank_probabilities=probs,
+    )
+
+
+def serra_bound_log10(n0: int, widths: Sequence[int]) -> float:
+    """``log10`` of :func:`serra_bound`."""
+    return int_log10(serra_bound(n0, widths))
+
+
+# ------------------------------------------------------------------------------------------- all bounds
+@dataclasses.dataclass
+class BoundsResult(Result):
+    """Every region bound of one (pruned) model, over its hidden layers.
+
+    Integers are exact; each has a ``*_log10`` companion. ``zaslavsky_log10[l]`` is the most regions layer
+    ``l`` alone can cut its input into (``n_l`` hyperplanes in dimension ``min(n_0, …, n_{l-1})``), i.e. the
+    factors of the product bound. ``montufar`` is None (with ``notes`` saying why) when a hidden layer is
+    narrower than the input. ``sparse_closed_form_log10`` uses the model's actual per-layer densities,
+    ``sparse_masks`` its actual ranks (exact). ``prefix_log10`` holds, for each bound, its value for the first
+    ``l`` hidden layers (``l = 1..L``), which :meth:`plot` draws against the layer.
+    """
+
+    n0: int
+    widths: list[int]
+    n_out: int
+    densities: list[float]
+    ranks: list[int]
+    full_ranks: list[int]
+    zaslavsky_log10: list[float]
+    montufar: int | None
+    montufar_log10: float | None
+    product: int
+    product_log10: float
+    serra: int
+    serra_log10: float
+    sparse_closed_form_log10: float | None
+    sparse_masks: int
+    sparse_masks_log10: float
+    notes: list[str]
+    prefix_log10: dict[str, list[float]] = field(repr=False, default_factory=dict)
+
+    def table(self) -> str:
+        """The bounds as a Markdown table (log10 values)."""
+        rows = [
+            ("Montúfar et al. lower bound", self.montufar_log10),
+            ("product bound", self.product_log10),
+            ("Serra et al. upper bound", self.serra_log10),
+            ("Cai et al. sparse bound, closed-form ranks", self.sparse_closed_form_log10),
+            ("Cai et al. sparse bound, actual ranks", self.sparse_masks_log10),
+        ]
+        lines = ["| bound | log10 |", "|---|---|"]
+        lines += [f"| {name} | {'n/a' if v is None else f'{v:.2f}'} |" for name, v in rows]
+        return "\n".join(lines)
+
+    def plot(self, ax=None):
+        """log10 of each bound for the network truncated after hidden layer ``l``."""
+        fig, ax = new_axes(ax)
+        x = np.arange(1, len(self.widths) + 1)
+        for name, vals in self.prefix_log10.items():
+            ax.plot(x, vals, marker="o", label=name)
+        ax.set_xticks(x)
+        ax.set_xlabel("hidden layers kept (l)")
+        ax.set_ylabel("log10 bound on regions")
+        ax.set_title("widths " + "-".join(map(str, [self.n0, *self.widths])))
+        ax.legend(fontsize="small")
+        return ax
+
+
+def bounds(model: torch.nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> BoundsResult:
+    """All region bounds of an actual (pruned) network, over its hidden layers.
+
+    Widths come from :func:`netgeom.nets.affine_layers` (a convolution counts its flattened output units;
+    its bounds are valid but loose). The closed-form sparse bound models a random mask on a dense matrix,
+    so it is only computed when every hidden layer is ``Linear``; the actual-rank bound applies to any layer.
+
+    >>> from netgeom.nets import mlp
+    >>> b = bounds(mlp(2, [3, 3], 1, seed=0))
+    >>> b.serra, b.product, b.montufar
+    (40, 49, 7)
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    n0, hidden, all_layers = _model_layers(model, masks, include_output=False)
+    widths = [la.n_out for la in hidden]
+    densities = [la.density for la in hidden]
+    ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in hidden]
+    fulls = [min(a, b) for a, b in zip([n0, *widths[:-1]], widths)]
+    notes: list[str] = []
+    dims = np.minimum.accumulate([n0, *widths])
+    zas = [int_log10(zaslavsky_bound(w, int(d))) for w, d in zip(widths, dims[:-1])]
+    try:
+        mont: int | None = montufar_lower_bound(n0, widths)
+    except ValueError as exc:
+        mont = None
+        notes.append(f"Montúfar lower bound not applicable: {exc}")
+    prod, serra = product_bound(n0, widths), serra_bound(n0, widths)
+    linear = all(la.kind == "linear" for la in hidden)
+    closed = None
+    if linear:
+        closed = sparse_bound(n0, widths, densities, rank_model="closed_form").log10
+    else:
+        notes.append("closed-form sparse bound skipped: it models masks of Linear layers only")
+    masked = serra_bound(n0, widths, ranks=ranks)
+
+    prefix: dict[str, list[float]] = {"product": [], "Serra": [], "sparse (actual ranks)": []}
+    if linear:
+        prefix["sparse (closed form)"] = []
+    for l in range(1, len(widths) + 1):
+        prefix["product"].append(int_log10(product_bound(n0, widths[:l])))
+        prefix["Serra"].append(int_log10(serra_bound(n0, widths[:l])))
+        prefix["sparse (actual ranks)"].append(int_log10(serra_bound(n0, widths[:l], ranks=ranks[:l])))
+        if linear:
+            prefix["sparse (closed form)"].append(sparse_bound(n0, widths[:l], densities[:l]).log10)
+    return BoundsResult(
+        n0=n0,
+        widths=widths,
+        n_out=all_layers[-1].n_out,
+        densities=densities,
+        ranks=ranks,
+        full_ranks=fulls,
+        zaslavsky_log10=zas,
+        montufar=mont,
+        montufar_log10=None if mont is None else int_log10(mont),
+        product=prod,
+        product_log10=int_log10(prod),
+        serra=serra,
+        serra_log10=int_log10(serra),
+        sparse_closed_form_log10=closed,
+        sparse_masks=masked,
+        sparse_masks_log10=int_log10(masked),
+        notes=notes,
+        prefix_log10=prefix,
+    )
+
+
+# ------------------------------------------------------------------------------------------- demo
+def demo_section(ctx) -> str:
+    """Markdown section of the demo report: bounds of the dense and pruned demo nets, and the sparse bound
+    against density (uniform and bound-maximising allocations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .allocation import allocate_densities
+
+    dense = bounds(ctx.model)
+    pruned = bounds(ctx.pruned_model, ctx.masks)
+    rows = [
+        ("widths", "-".join(map(str, [dense.n0, *dense.widths])),
+         "-".join(map(str, [pruned.n0, *pruned.widths]))),
+        ("hidden-layer densities", ", ".join(f"{p:.3g}" for p in dense.densities),
+         ", ".join(f"{p:.3g}" for p in pruned.densities)),
+        ("ranks (full)", ", ".join(f"{r} ({f})" for r, f in zip(dense.ranks, dense.full_ranks)),
+         ", ".join(f"{r} ({f})" for r, f in zip(pruned.ranks, pruned.full_ranks))),
+    ]
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for name, attr in (
+        ("Montúfar lower bound", "montufar_log10"),
+        ("product bound", "product_log10"),
+        ("Serra upper bound", "serra_log10"),
+        ("sparse bound, closed-form ranks", "sparse_closed_form_log10"),
+        ("sparse bound, actual ranks", "sparse_masks_log10"),
+    ):
+        rows.append((f"log10 {name}", fmt(getattr(dense, attr)), fmt(getattr(pruned, attr))))
+    table = ["| | dense | pruned |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+    n0, widths = dense.n0, dense.widths
+    grid = np.logspace(-3, 0, 13 if ctx.quick else 25)
+    uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
+    alloc_grid = grid[:: 3 if ctx.quick else 2]
+    allocs = [allocate_densities(n0, widths, float(p), n_grid=21 if ctx.quick else 41) for p in alloc_grid]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.semilogx(grid, uniform, "o-", label="uniform densities")
+    ax1.semilogx(alloc_grid, [a.log10 for a in allocs], "s--", label="allocated (max bound)")
+    ax1.axhline(dense.serra_log10, color="k", lw=0.8, label="dense Serra bound")
+    hidden_sizes = [a * b for a, b in zip([n0, *widths[:-1]], widths)]
+    overall = float(np.dot(pruned.densities, hidden_sizes) / sum(hidden_sizes))
+    ax1.plot([overall], [pruned.sparse_masks_log10], "r*", ms=12, label="pruned demo net (actual ranks)")
+    ax1.set_xlabel("density of the hidden layers' weights")
+    ax1.set_ylabel("log10 sparse bound")
+    ax1.set_title("sparse bound, " + "-".join(map(str, [n0, *widths])))
+    ax1.legend(fontsize="small")
+    mid = allocs[len(allocs) // 2]
+    mid.plot(ax=ax2)
+    fig.tight_layout()
+    path = ctx.out_dir / "region_bounds.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+    gain = max(a.log10 - a.uniform_log10 for a in allocs)
+    return "\n".join(
+        [
+            "## Linear-region bounds",
+            "",
+            "Bounds on the number of activation regions over the hidden layers (the affine output layer adds "
+            "none). The sparse bound is Cai et al.'s recursion (k = 0 rank term left out, as in their code); "
+            "'actual ranks' uses the ranks of the masked weight matrices.",
+            "",
+            *table,
+            "",
+            *(f"- {n}" for n in dense.notes + pruned.notes),
+            "",
+            "![sparse bound vs density](region_bounds.png)",
+            "",
+            f"Choosing per-layer densities to maximise the bound raises its log10 by at most {gain:.3g} over "
+            f"uniform densities on this grid (at total density {mid.total_density:.3g} it picks "
+            + ", ".join(f"{p:.3g}" for p in mid.densities)
+            + (f"; the authors' three-point rule picks {', '.join(f'{p:.3g}' for p in mid.authors_densities)}"
+               if mid.authors_densities is not None else "")
+            + ").",
+            "",
+        ]
+    )
