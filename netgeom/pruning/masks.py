@@ -176,7 +176,7 @@ class Masks(MutableMapping):
         os.close(fd)
         try:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, **{k: v.numpy() for k, v in self._m.items()})
+                np.savez_compressed(f, **{k: v.cpu().numpy() for k, v in self._m.items()})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
