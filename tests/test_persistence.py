@@ -1,0 +1,214 @@
+"""Zeroth persistence: native (Prim / Borůvka) vs gudhi vs ripser vs brute-force Kruskal vs scipy MST."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+from netgeom.topology import layer_graph, spanning_forest_mask, zeroth_persistence
+
+
+def random_graph(seed, n_out, n_in, kind, density):
+    rng = np.random.default_rng(seed)
+    if kind == "normal":
+        W = rng.normal(size=(n_out, n_in))
+    elif kind == "ties":
+        W = rng.integers(-3, 4, size=(n_out, n_in)).astype(float)  # many ties and zero-valued weights
+    else:  # disconnected parts: two blocks with no edge between them
+        W = rng.normal(size=(n_out, n_in))
+        W[: n_out // 2, n_in // 2 :] = 0.0
+    mask = rng.random((n_out, n_in)) < density
+    if kind == "blocks":
+        mask[: n_out // 2, n_in // 2 :] = False
+    mask.flat[rng.integers(mask.size)] = True  # at least one edge
+    return W, mask
+
+
+def kruskal_deaths(W, mask):
+    """Reference: plain Kruskal with a Python union-find (small graphs only)."""
+    n_out, n_in = W.shape
+    w = np.abs(W) / np.abs(W[mask]).max() if np.abs(W[mask]).max() > 0 else np.zeros_like(W)
+    parent = list(range(n_in + n_out))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    edges = [(w[j, i], i, n_in + j) for j in range(n_out) for i in range(n_in) if mask[j, i]]
+    edges.sort(reverse=True)
+    deaths = []
+    for wt, a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+            deaths.append(wt)
+    return np.sort(deaths)
+
+
+def n_components(mask):
+    n_out, n_in = mask.shape
+    j, i = np.nonzero(mask)
+    A = sparse.coo_matrix((np.ones(i.size), (i, n_in + j)), shape=(n_in + n_out,) * 2)
+    return connected_components(A, directed=False)[0]
+
+
+graphs = st.tuples(
+    st.integers(0, 10**6),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.sampled_from(["normal", "ties", "blocks"]),
+    st.floats(0.05, 1.0),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs)
+def test_native_matches_gudhi_ripser_kruskal(params):
+    W, mask = random_graph(*params)
+    g = layer_graph(W, mask)
+    prim = zeroth_persistence(g, method="prim")
+    bor = zeroth_persistence(g, method="boruvka")
+    gud = zeroth_persistence(g, backend="gudhi")
+    rip = zeroth_persistence(g, backend="ripser")
+    # the two native algorithms implement the same total order, so the same forest, not just the same diagram
+    assert np.array_equal(prim.msf_mask, bor.msf_mask)
+    assert prim.equals(gud, atol=1e-12) and prim.equals(rip, atol=1e-6)
+    np.testing.assert_allclose(np.sort(prim.deaths), kruskal_deaths(W, mask), atol=1e-15)
+    comps = n_components(mask)
+    assert prim.n_essential == comps == gud.n_essential == rip.n_essential
+    assert prim.n_pairs == g.n_vertices - comps == int(prim.msf_mask.sum())
+    assert not (prim.msf_mask & ~mask).any()
+    assert n_components(prim.msf_mask) == comps  # a spanning forest: same components, |V| - c edges
+    # maximum weight: scipy's minimum spanning tree of 2 - w̃ (shifted so that no stored value is 0)
+    j, i = np.nonzero(mask)
+    D = sparse.coo_matrix((2.0 - g.weights[j, i], (i, g.n_in + j)), shape=(g.n_vertices,) * 2).tocsr()
+    T = minimum_spanning_tree(D)
+    assert T.nnz == prim.n_pairs
+    assert np.isclose(2.0 * T.nnz - T.sum(), g.weights[prim.msf_mask].sum(), atol=1e-9)
+    # gudhi's forest is a maximum one too (same total weight), possibly a different tie-break
+    assert np.isclose(g.weights[gud.msf_mask].sum(), g.weights[prim.msf_mask].sum(), atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10**6), st.integers(2, 8), st.integers(2, 8))
+def test_diagram_invariant_under_tie_break(seed, n_out, n_in):
+    rng = np.random.default_rng(seed)
+    W = rng.integers(0, 3, size=(n_out, n_in)).astype(float)  # heavy ties
+    mask = rng.random(W.shape) < 0.7
+    mask[0, 0] = True
+    base = zeroth_persistence(W, mask)
+    # permuting rows and columns changes which tied edge has the smaller index
+    pr, pc = rng.permutation(n_out), rng.permutation(n_in)
+    perm = zeroth_persistence(W[pr][:, pc], mask[pr][:, pc])
+    assert base.equals(perm, atol=0.0)
+    # and the native forest is deterministic: same input, same mask
+    assert np.array_equal(zeroth_persistence(W, mask).msf_mask, base.msf_mask)
+
+
+def test_tie_break_rule_is_smallest_edge_index():
+    # all weights equal: Kruskal on the stable order takes edges in flat-index order when they merge
+    d = zeroth_persistence(np.ones((2, 3)))
+    assert d.msf_mask.tolist() == [[True, True, True], [True, False, False]]
+    assert d.deaths.tolist() == [1.0] * 4 and d.n_essential == 1
+    assert zeroth_persistence(np.ones((2, 3)), backend="ripser").deaths.size == 4  # w̃ = 1 edges survive
+
+
+def test_large_dense_and_sparse_agree():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(150, 230))
+    for density in (1.0, 0.1):
+        mask = rng.random(W.shape) < density
+        g = layer_graph(W, mask)
+        a = zeroth_persistence(g, method="prim")
+        assert np.array_equal(a.msf_mask, zeroth_persistence(g, method="boruvka").msf_mask)
+        assert a.equals(zeroth_persistence(g, backend="gudhi"), atol=1e-12)
+        assert a.equals(zeroth_persistence(g, backend="ripser"), atol=1e-6)
+
+
+def test_zero_valued_unmasked_weight_is_an_edge():
+    W = np.array([[1.0, 0.0]])
+    d = zeroth_persistence(W)  # 3 vertices, 2 edges (one of weight 0): connected
+    assert d.deaths.tolist() == [1.0, 0.0] and d.n_essential == 1 and d.min_value == 0.0
+    d2 = zeroth_persistence(W, np.array([[True, False]]))  # the zero masked: input 1 isolated
+    assert d2.deaths.tolist() == [1.0] and d2.n_essential == 2
+    assert zeroth_persistence(W, backend="gudhi").equals(d)
+    assert zeroth_persistence(W, backend="ripser").equals(d)
+
+
+def test_conventions_and_gudhi_format():
+    import gudhi
+
+    W = np.array([[4.0, 1.0, 0.0], [2.0, 3.0, 0.0]])
+    mask = np.array([[True, True, False], [True, True, False]])  # input 2 isolated
+    d = zeroth_persistence(W, mask)
+    assert d.deaths.tolist() == [1.0, 0.75, 0.5] and d.n_essential == 2 and d.essential_death == -np.inf
+    sup = d.pairs("superlevel", essential=True)
+    assert sup[:3].tolist() == [[1.0, 1.0], [1.0, 0.75], [1.0, 0.5]] and np.isneginf(sup[3:, 1]).all()
+    sub = d.pairs("sublevel")
+    assert sub.tolist() == [[0.0, 0.0], [0.0, 0.25], [0.0, 0.5]]
+    st_ = gudhi.SimplexTree()
+    for v in range(5):
+        st_.insert([v], 0.0)
+    for (j, i) in zip(*np.nonzero(mask)):
+        st_.insert([int(i), 3 + int(j)], 1.0 - abs(W[j, i]) / 4.0)
+    ref = sorted(p for p in st_.persistence(min_persistence=-1) if p[0] == 0)
+    assert sorted(d.to_gudhi()) == ref
+    # the pitfall: the default min_persistence drops the zero-length pair of the w̃ = 1 edge
+    assert len([p for p in st_.persistence() if p[0] == 0]) == len(ref) - 1
+
+
+def test_pruning_all_but_msf_keeps_diagram_and_forest():
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(30, 50))
+    W[rng.random(W.shape) < 0.3] = 1.0  # ties
+    mask = rng.random(W.shape) < 0.6
+    d = zeroth_persistence(W, mask)
+    kept = zeroth_persistence(W, d.msf_mask)
+    assert kept.equals(d, atol=0.0) and np.array_equal(kept.msf_mask, d.msf_mask)
+    assert np.array_equal(spanning_forest_mask(W, mask), d.msf_mask)
+
+
+def test_all_zero_layer_has_zero_weights():
+    d = zeroth_persistence(np.zeros((2, 2)))
+    assert d.deaths.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "W, mask, msg",
+    [
+        (np.array([[1.0, np.nan]]), None, "non-finite"),
+        (np.ones((2, 2)), np.zeros((2, 2), bool), "removes every weight"),
+        (np.ones((2, 2, 2)), None, "2-D"),
+        (np.ones((2, 2)), np.ones((3, 2), bool), "shape"),
+        (np.ones((0, 3)), None, "empty"),
+    ],
+)
+def test_bad_input(W, mask, msg):
+    with pytest.raises(ValueError, match=msg):
+        zeroth_persistence(W, mask)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="backend"):
+        zeroth_persistence(np.ones((2, 2)), backend="dionysus")
+    with pytest.raises(ValueError, match="method"):
+        zeroth_persistence(np.ones((2, 2)), method="kruskal")
+    with pytest.raises(ValueError, match="mask= cannot"):
+        zeroth_persistence(layer_graph(np.ones((2, 2))), np.ones((2, 2), bool))
+
+
+def test_plots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = zeroth_persistence(np.random.default_rng(0).normal(size=(5, 7)), np.eye(5, 7, dtype=bool) | True)
+    for kind in ("diagram", "barcode"):
+        assert d.plot(kind=kind) is not None
+    plt.close("all")
+    assert d.to_dict()["n_pairs"] == 11
