@@ -1,0 +1,272 @@
+"""Region bounds: cross-checked against brute-force enumeration, closed forms and structural rank."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
+
+from netgeom import Masks, mlp
+from netgeom.regions.bounds import (
+    bounds,
+    int_log10,
+    montufar_lower_bound,
+    product_bound,
+    rank_distribution,
+    serra_bound,
+    sparse_bound,
+    zaslavsky_bound,
+)
+
+
+def serra_enumerate(n0, widths, ranks=None):
+    """Serra et al.'s sum, by listing every vector j in the box and testing the definition of J."""
+    ranks = ranks or [min(a, b) for a, b in zip([n0, *widths[:-1]], widths)]
+    total = 0
+    for j in itertools.product(*[range(w + 1) for w in widths]):
+        ok, cap = True, n0
+        for l, (jl, nl) in enumerate(zip(j, widths)):
+            cap = min(cap, ranks[l])
+            if jl > min(cap, nl):
+                ok = False
+                break
+            cap = min(cap, nl - jl)
+        if ok:
+            total += math.prod(math.comb(n, x) for n, x in zip(widths, j))
+    return total
+
+
+# ------------------------------------------------------------------------------------------- dense
+def test_serra_equals_enumeration_small():
+    for n0 in range(1, 5):
+        for L in range(1, 5):
+            sizes = range(1, 7) if L <= 2 else (1, 3, 6)
+            for widths in itertools.product(sizes, repeat=L):
+                assert serra_bound(n0, widths) == serra_enumerate(n0, list(widths)), (n0, widths)
+
+
+def test_serra_one_layer_is_zaslavsky_and_known_values():
+    for n0 in range(1, 8):
+        for n in range(1, 12):
+            assert serra_bound(n0, [n]) == zaslavsky_bound(n, n0)
+    assert zaslavsky_bound(3, 2) == 7 and zaslavsky_bound(5, 10) == 32
+    # n0 = 1: two breakpoints per layer on a line, each of the 3 pieces cut again into 3: 3 · 3
+    assert serra_bound(1, [2, 2]) == serra_enumerate(1, [2, 2]) == 9
+
+
+@settings(max_examples=40, deadline=None)
+@given(n0=st.integers(1, 6), widths=st.lists(st.integers(1, 12), min_size=1, max_size=4))
+def test_montufar_le_serra_le_product(n0, widths):
+    s, p = serra_bound(n0, widths), product_bound(n0, widths)
+    assert s <= p
+    if all(w >= n0 for w in widths[:-1]):
+        assert montufar_lower_bound(n0, widths) <= s
+    else:
+        with pytest.raises(ValueError, match="Montúfar"):
+            montufar_lower_bound(n0, widths)
+
+
+def test_serra_fast_for_large_widths_and_log10():
+    b = serra_bound(784, [400, 400])
+    assert b <= product_bound(784, [400, 400])
+    assert int_log10(b) == pytest.approx(math.log10(b))
+    assert int_log10(0) == -math.inf
+    # with n0 <= every width the dimension never drops below n_l - j >= n0... product and Serra coincide
+    assert serra_bound(3, [10, 10]) == product_bound(3, [10, 10])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: serra_bound(0, [3]),
+        lambda: serra_bound(2, [3, 0]),
+        lambda: serra_bound(2, [3, -1]),
+        lambda: serra_bound(2, []),
+        lambda: serra_bound(2, [3], ranks=[1, 2]),
+        lambda: sparse_bound(2, [3, 3], [0.5]),
+        lambda: sparse_bound(2, [3, 3], [0.5, 0.0]),
+        lambda: sparse_bound(2, [3, 3], [0.5, 1.5]),
+        lambda: sparse_bound(2, [3], [0.5], include_output=True),
+        lambda: sparse_bound(2, [3], [0.5], rank_model="masks"),
+        lambda: sparse_bound(2, [3], [0.5], rank_model="nope"),
+        lambda: sparse_bound(2, [3], [0.5], rank_model="monte_carlo"),  # no seed
+        lambda: sparse_bound(2, [3], rank_model=[[0.5, 0.9]]),  # sums above 1
+    ],
+)
+def test_bad_input_raises(call):
+    with pytest.raises((ValueError, TypeError)):
+        call()
+
+
+# ------------------------------------------------------------------------------------------- sparse
+def recursion_enumerate(n0, widths, dists):
+    """Exact E over independent ranks of the fixed-rank count (the recursion is linear in each layer)."""
+    total = Fraction(0)
+    supports = [[k for k, p in enumerate(d) if p > 0] for d in dists]
+    for ks in itertools.product(*supports):
+        w = math.prod(Fraction(dists[l][k]) for l, k in enumerate(ks))
+        total += w * serra_enumerate(n0, widths, list(ks))
+    return total
+
+
+def test_sparse_full_density_equals_serra():
+    for n0, widths in [(3, [4, 5]), (2, [3, 3, 3]), (5, [3, 6]), (784, [100, 100])]:
+        r = sparse_bound(n0, widths, 1.0)
+        assert r.exact == serra_bound(n0, widths)
+        assert r.log10 == pytest.approx(r.dense_log10, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n0=st.integers(1, 4),
+    widths=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_sparse_recursion_matches_enumeration(n0, widths, data):
+    fulls = [min(a, b) for a, b in zip([n0, *widths[:-1]], widths)]
+    ranks = [data.draw(st.integers(0, f)) for f in fulls]
+    point = [[1.0 if k == r else 0.0 for k in range(f + 1)] for r, f in zip(ranks, fulls)]
+    r = sparse_bound(n0, widths, rank_model=point)
+    assert r.exact == serra_enumerate(n0, widths, ranks) == serra_bound(n0, widths, ranks=ranks)
+    # random distributions (with dyadic weights, so that floats are exact rationals)
+    dists = []
+    for f in fulls:
+        w = np.array([data.draw(st.integers(0, 4)) for _ in range(f + 1)], float)
+        w[-1] += 1
+        dists.append((w / w.sum()).tolist())
+    r = sparse_bound(n0, widths, rank_model=dists)
+    want = recursion_enumerate(n0, widths, dists)
+    assert r.ln == pytest.approx(math.log(want), rel=1e-9, abs=1e-9)
+
+
+def test_closed_form_matches_enumeration_with_binomials():
+    n0, widths, dens = 3, [4, 3], [0.3, 0.6]
+    dists = [rank_distribution(n, i, p) for n, i, p in zip(widths, [n0, 4], dens)]
+    # the authors' omission of k = 0
+    assert all(d[0] == 0 for d in dists)
+    want = recursion_enumerate(n0, widths, [d.tolist() for d in dists])
+    assert sparse_bound(n0, widths, dens).ln == pytest.approx(math.log(want), rel=1e-9)
+    with_zero = sparse_bound(n0, widths, dens, include_zero_rank=True)
+    assert with_zero.log10 > sparse_bound(n0, widths, dens).log10
+    # Binomial(R, Q) with Q = 1 - (1 - p)^C, by hand for the 4 x 3 layer (C = 3 < R = 4: columns)
+    Q = 1 - (1 - 0.3) ** 4
+    np.testing.assert_allclose(dists[0][1:], [math.comb(3, k) * Q**k * (1 - Q) ** (3 - k) for k in (1, 2, 3)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n0=st.integers(1, 30),
+    widths=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_sparse_monotone_in_density_and_below_dense(n0, widths, data):
+    dens = [data.draw(st.floats(0.01, 1.0)) for _ in widths]
+    base = sparse_bound(n0, widths, dens)
+    assert base.log10 <= base.dense_log10 + 1e-9
+    i = data.draw(st.integers(0, len(widths) - 1))
+    lower = list(dens)
+    lower[i] *= data.draw(st.floats(0.05, 0.99))
+    assert sparse_bound(n0, widths, lower).log10 <= base.log10 + 1e-9
+    # the same holds for the full binomial (k = 0 kept)
+    assert sparse_bound(n0, widths, lower, include_zero_rank=True).log10 <= sparse_bound(
+        n0, widths, dens, include_zero_rank=True
+    ).log10 + 1e-9
+
+
+def test_include_output_adds_the_output_layer():
+    hidden = sparse_bound(784, [100, 100], [0.01, 0.02])
+    with_out = sparse_bound(784, [100, 100], [0.01, 0.02], include_output=True, n_out=10)
+    assert with_out.layer_widths == [100, 100, 10]
+    assert with_out.densities[-1] == 1.0
+    assert with_out.log10 > hidden.log10
+    dense = sparse_bound(784, [100, 100], 1.0, include_output=True, n_out=10)
+    assert dense.exact == serra_bound(784, [100, 100, 10])
+
+
+# ------------------------------------------------------------------------------------------- ranks
+def structural_rank(mask: np.ndarray) -> int:
+    """Generic rank of a matrix with this zero pattern = size of a maximum bipartite matching."""
+    match = maximum_bipartite_matching(csr_matrix(mask.astype(np.int8)), perm_type="column")
+    return int((match >= 0).sum())
+
+
+def test_monte_carlo_ranks_equal_structural_ranks_of_random_masks():
+    R, C, p, m = 30, 40, 0.04, 300
+    mc = rank_distribution(R, C, p, rank_model="monte_carlo", n_samples=m, seed=1, mask_kind="bernoulli")
+    assert mc.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(123)
+    emp = np.array([structural_rank(rng.random((R, C)) < p) for _ in range(m)])
+    mc_mean = float(np.dot(np.arange(len(mc)), mc))
+    # two independent samples of the same distribution: means agree within a few standard errors
+    se = emp.std(ddof=1) * math.sqrt(2 / m)
+    assert abs(mc_mean - emp.mean()) < 4 * se + 1e-9
+    # exact-count masks keep exactly round(p R C) entries
+    ex = rank_distribution(R, C, p, rank_model="monte_carlo", n_samples=50, seed=2)
+    assert float(np.dot(np.arange(len(ex)), ex)) <= round(p * R * C)
+    # seeded: same seed, same answer
+    np.testing.assert_array_equal(
+        ex, rank_distribution(R, C, p, rank_model="monte_carlo", n_samples=50, seed=2)
+    )
+
+
+def test_closed_form_vs_monte_carlo():
+    R = C = 60
+
+    def means(p):
+        cf = rank_distribution(R, C, p, include_zero_rank=True)
+        mc = rank_distribution(R, C, p, rank_model="monte_carlo", n_samples=60, seed=0, mask_kind="bernoulli")
+        return float(np.dot(np.arange(R + 1), cf)), float(np.dot(np.arange(R + 1), mc))
+
+    # dense enough: every row full, the matrix full rank; very sparse: entries in distinct rows/columns
+    for p in (0.3, 0.002):
+        cf, mc = means(p)
+        assert abs(cf - mc) <= 0.03 * R + 0.5, (p, cf, mc)
+    # near the threshold (about 2 entries per row) rows are non-empty but the matrix is rank deficient:
+    # the closed form (non-empty rows) overestimates the rank, as it must (rank <= non-empty rows)
+    cf, mc = means(2.0 / C)
+    assert cf > mc + 0.05 * R
+
+
+# ------------------------------------------------------------------------------------------- models
+def test_masks_rank_model_hand_computation():
+    net = mlp(2, [3, 3], 1, seed=0)
+    masks = Masks.ones(net)
+    masks["0.weight"] = torch.tensor([[1, 0], [1, 0], [1, 0]], dtype=torch.bool)  # rank 1: only x_1 is read
+    masks["2.weight"] = torch.eye(3, dtype=torch.bool)  # rank 3
+    masks.apply(net)
+    r = sparse_bound(model=net, masks=masks, rank_model="masks")
+    # Rank 1: the input reaches layer 1 as a line, and 3 parallel hyperplanes cut it into j = 0 or 1 sides
+    # (C(3,0) + C(3,1) = 4 patterns); each piece carries a 1-D image into layer 2: again at most 1 + 3 = 4.
+    assert r.exact == 16 and r.value == 16.0
+    assert r.densities == pytest.approx([3 / 6, 3 / 9])
+    b = bounds(net, masks)
+    assert b.ranks == [1, 3] and b.sparse_masks == 16 and b.serra == 40
+    # a dense model: masks ranks are full, so the bound is Serra's
+    dense = mlp(4, [6, 5], 2, seed=1)
+    assert sparse_bound(model=dense, rank_model="masks").exact == serra_bound(4, [6, 5])
+    out = sparse_bound(model=dense, rank_model="masks", include_output=True)
+    assert out.exact == serra_bound(4, [6, 5, 2])
+
+
+def test_bounds_result_and_plot(tmp_path):
+    net = mlp(5, [8, 6], 3, seed=0)
+    b = bounds(net)
+    assert b.widths == [8, 6] and b.n_out == 3
+    assert b.montufar == 1 * (2**6 - 1) and not b.notes  # ⌊8/5⌋^5 · Σ_{j≤5} C(6, j)
+    narrow = bounds(mlp(5, [3, 6], 2, seed=0))
+    assert narrow.montufar is None and "Montúfar" in narrow.notes[0]
+    assert b.product >= b.serra >= b.sparse_masks
+    assert b.sparse_closed_form_log10 == pytest.approx(b.serra_log10)
+    assert "Serra" in b.table()
+    b.to_json(tmp_path / "b.json")
+    ax = b.plot()
+    ax.figure.savefig(tmp_path / "b.png")
+    r = sparse_bound(5, [8, 6], [0.5, 0.5])
+    r.plot().figure.savefig(tmp_path / "r.png")
+    assert r.to_dict()["log10"] == pytest.approx(r.log10)
