@@ -1,0 +1,186 @@
+"""Neural persistence, the topology bound, MSF retention, the protect callback and the demo section."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+from scipy.sparse.csgraph import minimum_spanning_tree
+
+from netgeom import Masks, affine_layers, mlp, small_convnet
+from netgeom.topology import (
+    msf_retention,
+    msf_retention_curve,
+    network_graph,
+    neural_persistence,
+    spanning_forest_protect,
+    topology_bound,
+    zeroth_persistence,
+)
+from netgeom.topology.measures import demo_section
+
+
+def test_topology_bound_worked_values():
+    # by hand: 784*300 + 300*100 + 100*10 = 266200 edges; (1083) + (399) + (109) = 1591 tree edges
+    b = topology_bound([784, 300, 100, 10])
+    assert sum(b.n_possible) == 266200 and sum(b.n_tree) == 1591
+    assert np.isclose(b.max_sparsity, 1 - 1591 / 266200) and round(100 * b.max_sparsity, 2) == 99.40
+    assert np.isclose(b.eta, 266200 / 1591)
+    # 78400 + 10000 + 1000 = 89400 edges; 883 + 199 + 109 = 1191 tree edges
+    b2 = topology_bound([784, 100, 100, 10])
+    assert sum(b2.n_possible) == 89400 and sum(b2.n_tree) == 1191
+    assert round(100 * b2.max_sparsity, 2) == 98.67
+    assert np.allclose(b.layer_max_sparsity, [1 - 1083 / 235200, 1 - 399 / 30000, 1 - 109 / 1000])
+
+
+def test_topology_bound_of_models():
+    net = mlp(20, [30], 5, seed=0)
+    dense = topology_bound(net)
+    assert dense.n_msf == dense.n_tree and dense.sparsity == 0.0
+    assert np.isclose(dense.max_sparsity_actual, dense.max_sparsity)
+    assert np.isclose(dense.max_sparsity, topology_bound([20, 30, 5]).max_sparsity)
+    m = Masks.ones(net)
+    m["0.weight"][:, 0] = False  # input 0 isolated: one fewer forest edge
+    sp = topology_bound(net, m)
+    assert sp.n_msf[0] == 20 + 30 - 2 and sp.n_unmasked[0] == 570
+    assert np.isclose(sp.msf_over_unmasked, (48 + 34) / (570 + 150))
+    with pytest.raises(ValueError):
+        topology_bound([10])
+    with pytest.raises(ValueError, match="only applies to a model"):
+        topology_bound([3, 4], masks=m)
+
+
+def _np_reference(W, mask, p):
+    """NP from scipy's minimum spanning tree of 2 - w̃ (independent of our forest code)."""
+    n_out, n_in = W.shape
+    a = np.abs(W) * mask
+    w = a / a.max()
+    j, i = np.nonzero(mask)
+    T = minimum_spanning_tree(sparse.coo_matrix((2 - w[j, i], (i, n_in + j)), shape=(n_in + n_out,) * 2))
+    pers = 1 - (2 - T.data)
+    return np.sum(pers**p) ** (1 / p), np.sum(pers**p) ** (1 / p) / (n_in + n_out - 1) ** (1 / p)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3.5])
+def test_neural_persistence_matches_reference(p):
+    net = mlp(12, [15, 9], 4, seed=2)
+    m = Masks.ones(net)
+    rng = np.random.default_rng(0)
+    for k in m:
+        m[k] = torch.from_numpy(rng.random(tuple(m[k].shape)) < 0.6)
+    r = neural_persistence(net, m, p=p)
+    refs = []
+    for lay in affine_layers(net, m):
+        raw, normed = _np_reference(lay.kernel.numpy(), m[lay.param_name].numpy(), p)
+        refs.append(normed)
+        assert np.isclose(r.layer_np[len(refs) - 1], raw)
+    assert np.allclose(r.layer_np_normalized, refs) and np.isclose(r.network_np, np.mean(refs))
+    assert all(0 <= v <= 1 for v in r.layer_np_normalized)
+    rn = neural_persistence(net, m, p=p, normalize="network")
+    assert rn.normalize == "network" and not np.allclose(rn.layer_np, r.layer_np)
+    with pytest.raises(ValueError, match="p must be"):
+        neural_persistence(net, p=0.5)
+
+
+def test_retention():
+    net = mlp(40, [100], 10, seed=0)
+    full = msf_retention(net, Masks.ones(net))
+    assert full.retention_total == 1.0 and full.all_unchanged and full.sparsity == 0.0
+    # keep the forest plus a random half of the rest: everything retained, diagrams unchanged
+    prot = spanning_forest_protect(net)
+    rng = np.random.default_rng(1)
+    keep = Masks({k: v | torch.from_numpy(rng.random(tuple(v.shape)) < 0.5) for k, v in prot.items()})
+    r = msf_retention(net, keep)
+    assert r.retention == [1.0, 1.0] and r.all_unchanged
+    # random pruning at density 0.5 keeps about half of the forest and breaks the diagram
+    rand = Masks({k: torch.from_numpy(rng.random(tuple(v.shape)) < 0.5) for k, v in prot.items()})
+    r2 = msf_retention(net, rand)
+    assert abs(r2.retention_total - r2.expected_total) < 0.15 and abs(r2.expected_total - 0.5) < 0.05
+    assert not any(r2.diagram_unchanged)
+    # a pruned model with masks applied: zeros read as pruned unless masks are given
+    pruned = mlp(40, [100], 10, seed=0)
+    keep.apply(pruned)
+    r3 = msf_retention(net, pruned)
+    assert r3.masks_source.startswith("zeros") and r3.retention == [1.0, 1.0] and r3.all_unchanged
+    curve = msf_retention_curve(net, [Masks.ones(net), keep, rand])
+    assert curve.retention_total[0] == 1.0 and curve.sparsity == sorted(curve.sparsity)
+    with pytest.raises(ValueError, match="different layers"):
+        msf_retention(net, mlp(40, [50], 10, seed=0))
+
+
+def test_protect_equals_forest_and_keeps_diagram():
+    net = mlp(10, [20, 20], 5, seed=3)
+    m = Masks.ones(net)
+    rng = np.random.default_rng(0)
+    for k in m:
+        m[k] = torch.from_numpy(rng.random(tuple(m[k].shape)) < 0.5)
+    prot = spanning_forest_protect(net, m)
+    G = network_graph(net, m)
+    for g in G:
+        d = zeroth_persistence(g)
+        assert np.array_equal(prot[g.param_name].numpy(), d.msf_mask)
+        only = zeroth_persistence(g.weights, prot[g.param_name].numpy())  # prune all but the protected
+        assert only.equals(d, atol=0.0)
+
+
+def test_protect_with_magnitude_prune():
+    from netgeom.pruning.rules import UnreachableSparsityError, magnitude_prune
+
+    net = mlp(8, [16, 12], 4, seed=0)
+    masks = Masks.ones(net)
+    bound = topology_bound(net).max_sparsity
+    for _ in range(30):
+        before = [zeroth_persistence(g) for g in network_graph(net, masks)]
+        try:
+            masks = magnitude_prune(net, 0.3, protect=spanning_forest_protect, masks=masks)
+        except UnreachableSparsityError:
+            break
+        after = [zeroth_persistence(g) for g in network_graph(net, masks)]
+        for a, b in zip(before, after):
+            assert a.equals(b, atol=0.0) and np.array_equal(a.msf_mask, b.msf_mask)
+        assert masks.sparsity() <= bound + 1e-12
+    else:
+        pytest.fail("protected pruning never stopped")
+    # the last step removes every unprotected weight: exactly the forests remain, at the bound
+    prot = spanning_forest_protect(net, masks)
+    s = (masks.n_kept() - prot.n_kept()) / masks.n_kept()
+    masks = magnitude_prune(net, s, protect=spanning_forest_protect, masks=masks)
+    assert masks.equals(prot) and np.isclose(masks.sparsity(), bound, rtol=0, atol=1e-15)
+    with pytest.raises(UnreachableSparsityError):
+        magnitude_prune(net, 0.1, protect=spanning_forest_protect, masks=masks)
+
+
+def test_protect_conv():
+    net = small_convnet((1, 16), channels=4, seed=0).eval()
+    prot = spanning_forest_protect(net)
+    params = dict(net.named_parameters())
+    assert all(prot[k].shape == params[k].shape for k in prot)
+    assert int(prot["3.weight"][:, :, 0].sum()) == 4 + 4 - 1  # one channel-forest edge = a whole slice
+    assert bool(prot["3.weight"][:, :, 0].eq(prot["3.weight"][:, :, 1]).all())
+
+
+def test_results_plot_and_demo(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    net = mlp(40, [30, 30], 10, seed=0).eval()
+    rng = np.random.default_rng(0)
+    levels = []
+    m = Masks.ones(net)
+    for _ in range(2):
+        m = Masks({k: v & torch.from_numpy(rng.random(tuple(v.shape)) < 0.7) for k, v in m.items()})
+        levels.append({"masks": m})
+    pruned = mlp(40, [30, 30], 10, seed=0).eval()
+    m.apply(pruned)
+    for r in (neural_persistence(net), topology_bound(net, m), msf_retention(net, m),
+              msf_retention_curve(net, [lv["masks"] for lv in levels])):
+        assert r.plot() is not None and isinstance(r.to_json(), str)
+    plt.close("all")
+    ctx = types.SimpleNamespace(model=net, pruned_model=pruned, masks=m, imp_levels=levels, out_dir=tmp_path,
+                                seed=0, quick=True)
+    text = demo_section(ctx)
+    assert text.startswith("## ") and "(topology_np.png)" in text and "(topology_retention.png)" in text
+    assert (tmp_path / "topology_np.png").exists() and (tmp_path / "topology_retention.png").exists()
