@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netgeom.dimension.neighbors import deduplicate, nearest_neighbors
+
+
+def brute_knn(X, k):
+    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    i = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, i, 1), i
+
+
+def assert_same_knn(g, X, k):
+    d, i = brute_knn(X, k)
+    np.testing.assert_allclose(g.distances, d, rtol=1e-12, atol=0)
+    # indices may differ only where distances tie exactly
+    diff = g.indices != i
+    if diff.any():
+        D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+        rows, cols = np.nonzero(diff)
+        np.testing.assert_array_equal(D[rows, g.indices[rows, cols]], D[rows, i[rows, cols]])
+
+
+@pytest.mark.parametrize("method", ["torch", "kdtree"])
+def test_matches_bruteforce_with_near_duplicates(method):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 40)) * 100 + 1000
+    X[1] = X[0] + 1e-6
+    X[2] = X[0] - 1e-6 * rng.normal(size=40)
+    X[3] = X[1] + 1e-7
+    g = nearest_neighbors(X, 7, method=method, chunk_size=64)
+    assert_same_knn(g, X, 7)
+    assert g.n_dropped == 0 and g.method == method
+
+
+def test_plain_float32_expansion_is_wrong_here():
+    # the case the float64 re-ranking exists for: float32 ‖x‖²+‖y‖²−2x·y cannot order these neighbours
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 30)) * 10 + 100
+    X[1:6] = X[0] + 1e-5 * rng.normal(size=(5, 30))
+    X32 = torch.from_numpy(X.astype(np.float32))
+    G = (X32 * X32).sum(1)[:, None] + (X32 * X32).sum(1)[None, :] - 2 * X32 @ X32.T
+    G.fill_diagonal_(float("inf"))
+    naive = torch.topk(G, 3, largest=False).indices.numpy()
+    _, i = brute_knn(X, 3)
+    assert (naive[:6] != i[:6]).any()
+    assert_same_knn(nearest_neighbors(X, 3, method="torch"), X, 3)
+
+
+def test_uncertified_rows_fall_back_exactly():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 30)) * 10 + 100
+    X[:60] = X[0] + 1e-7 * rng.normal(size=(60, 30))  # a tight cluster: float32 cannot separate it
+    g = nearest_neighbors(X, 7, method="torch", n_extra=2)
+    assert g.n_fallback > 0
+    assert_same_knn(g, X, 7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(10, 80),
+    D=st.integers(1, 40),
+    k=st.integers(1, 8),
+    chunk=st.integers(1, 50),
+    seed=st.integers(0, 10_000),
+    grid=st.booleans(),
+)
+def test_bruteforce_property(n, D, k, chunk, seed, grid):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, D))
+    if grid:  # many exact ties
+        X = np.round(X * 2)
+    keep = deduplicate(X)
+    if k >= len(keep):
+        return
+    for method in ("torch", "kdtree"):
+        g = nearest_neighbors(X, k, method=method, chunk_size=chunk)
+        assert g.n_dropped == n - len(keep)
+        np.testing.assert_array_equal(g.kept, keep)
+        assert_same_knn(g, X[keep], k)
+
+
+def test_duplicates_policies():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(100, 20))
+    Xd = np.concatenate([X, X[:7], -0.0 * X[:1] + X[:1]])
+    g = nearest_neighbors(Xd, 5)
+    assert g.n_dropped == 8 and g.n == 100
+    np.testing.assert_array_equal(g.kept, np.arange(100))
+    np.testing.assert_array_equal(g.distances, nearest_neighbors(X, 5).distances)
+    with pytest.raises(ValueError, match="duplicate"):
+        nearest_neighbors(Xd, 5, duplicates="error")
+    gk = nearest_neighbors(Xd, 5, duplicates="keep")
+    assert gk.n == 108 and (gk.distances[:, 0] == 0).sum() == 15
+
+
+def test_negative_zero_is_a_duplicate():
+    X = np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0], [5.0, 1.0]])
+    assert list(deduplicate(X)) == [0, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "X,k,err",
+    [
+        (np.array([1.0, 2.0, 3.0]), 1, ValueError),
+        (np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]), 1, ValueError),
+        (np.array([[0.0, np.inf], [1.0, 2.0], [3.0, 4.0]]), 1, ValueError),
+        (np.eye(3), 3, ValueError),
+        (np.eye(3), 0, ValueError),
+        (np.concatenate([np.eye(3)] * 3), 3, ValueError),
+        (np.eye(3), 1.5, TypeError),
+    ],
+)
+def test_bad_input(X, k, err):
+    with pytest.raises(err):
+        nearest_neighbors(X, k)
+
+
+def test_bad_options():
+    X = np.eye(5)
+    with pytest.raises(ValueError, match="method"):
+        nearest_neighbors(X, 2, method="ball")
+    with pytest.raises(ValueError, match="duplicates"):
+        nearest_neighbors(X, 2, duplicates="ignore")
+
+
+def test_truncate_and_input_not_mutated():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(60, 25))
+    X0 = X.copy()
+    g = nearest_neighbors(torch.from_numpy(X), 6)
+    np.testing.assert_array_equal(X, X0)
+    g3 = g.truncate(3)
+    np.testing.assert_array_equal(g3.distances, g.distances[:, :3])
+    assert g.to_dict()["k"] == 6
