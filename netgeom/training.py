@@ -18,6 +18,7 @@ step counter; learning-rate rewinding is simply a new ``Trainer`` starting at st
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -298,7 +299,8 @@ class Trainer:
         and the history so far. Tensors and plain data only (safe for ``torch.load(weights_only=True)``)."""
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            # optimiser.state_dict() returns live buffers that later steps mutate in place: copy them
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "step": self.step,
             "history": {f.name: getattr(self.history, f.name) for f in dataclasses.fields(self.history)},
             "config": self.config.to_dict(),

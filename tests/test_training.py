@@ -1,0 +1,183 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from netgeom.data.datasets import load_digits
+from netgeom.nets import mlp
+from netgeom.pruning import Masks, random_prune
+from netgeom.training import TrainConfig, Trainer, TrainHistory, evaluate, lr_at, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+def net(seed=0):
+    return mlp(64, [16], 10, seed=seed)
+
+
+CFG = TrainConfig(epochs=3, batch_size=64, lr=0.05, schedule="cosine")
+
+
+def test_config_json_round_trip_and_validation():
+    cfg = TrainConfig(epochs=4, schedule="step", milestones=[2, 3], optimizer="adam", lr=1e-3)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in [dict(lr=0), dict(lr=float("nan")), dict(optimizer="rmsprop"), dict(schedule="step"),
+                dict(epochs=0), dict(momentum=1.0), dict(warmup_epochs=10, epochs=2)]:
+        with pytest.raises((ValueError, TypeError)):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_lr_schedules_closed_forms():
+    c = TrainConfig(epochs=4, lr=1.0, schedule="cosine")
+    spe = 10
+    assert lr_at(c, 0, spe) == pytest.approx(1.0)
+    assert lr_at(c, 20, spe) == pytest.approx(0.5)
+    assert lr_at(c, 30, spe) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    s = TrainConfig(epochs=4, lr=1.0, schedule="step", milestones=(1, 3), gamma=0.5)
+    assert [lr_at(s, e * spe, spe) for e in range(4)] == [1.0, 0.5, 0.5, 0.25]
+    w = TrainConfig(epochs=4, lr=1.0, warmup_epochs=1, schedule="linear")
+    assert [lr_at(w, i, spe) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_at(w, 10, spe) == pytest.approx(1.0)  # linear decay starts after warm-up
+    assert lr_at(w, 25, spe) == pytest.approx(1 - 15 / 30)
+
+
+def test_training_learns_and_is_deterministic(digits):
+    a, b = net(), net()
+    ha = train(a, digits, CFG, verbose=False)
+    hb = train(b, digits, CFG, verbose=False)
+    assert isinstance(ha, TrainHistory) and ha.epoch == [1, 2, 3]
+    assert ha.test_acc[-1] > 0.85  # 10 classes: chance is 0.1
+    assert ha.test_acc == hb.test_acc and ha.train_loss == hb.train_loss
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    hc = train(net(), digits, CFG.replace(seed=1), verbose=False)
+    assert hc.train_loss != ha.train_loss  # the data order follows the seed
+    assert ha.to_json()
+
+
+def test_adam_and_running_train_metrics(digits):
+    h = train(net(), digits, CFG.replace(optimizer="adam", lr=1e-2, eval_train=False), verbose=False)
+    assert h.train_acc[-1] > 0.8 and all(0 <= a <= 1 for a in h.train_acc)
+
+
+def test_evaluate_matches_manual(digits):
+    m = net()
+    loss, acc = evaluate(m, digits.X_test, digits.y_test, batch_size=100)
+    with torch.no_grad():
+        out = m(digits.X_test)
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(out, digits.y_test)), rel=1e-5)
+    assert acc == pytest.approx(float((out.argmax(1) == digits.y_test).float().mean()))
+    with pytest.raises(ValueError, match="rows"):
+        evaluate(m, digits.X_test, digits.y_test[:3])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_masked_weights_stay_zero_every_step_and_biases_move(digits, optimizer):
+    m = net()
+    masks = random_prune(m, 0.7, seed=3)
+    bias0 = m[0].bias.detach().clone()
+    params = dict(m.named_parameters())
+    seen = []
+
+    def check(event, tr):
+        if event == "step":
+            for k, mk in masks.items():
+                assert not params[k][~mk].any()
+                assert not params[k].grad[~mk].any()
+            seen.append(tr.step)
+
+    cfg = CFG.replace(optimizer=optimizer, weight_decay=1e-3, lr=0.05 if optimizer == "sgd" else 3e-3)
+    tr = Trainer(m, digits, cfg, masks=masks, verbose=False, callback=check)
+    tr.run()
+    assert seen == list(range(1, tr.total_steps + 1))
+    # momentum / Adam moments never hold anything for a pruned weight
+    for p, mk in zip(tr._mp, tr._mm):
+        st = tr.optimizer.state[p]
+        buf = st.get("momentum_buffer", st.get("exp_avg"))
+        assert not buf[mk == 0].any()
+    assert not torch.equal(m[0].bias, bias0)
+    # the kept weights did train
+    assert (m[0].weight[masks["0.weight"]] != 0).all()
+
+
+def test_resume_mid_training_is_exact(digits):
+    ref = net()
+    Trainer(ref, digits, CFG, verbose=False).run()
+
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def cb(event, tr):
+        if event == "epoch":
+            saved["state"] = tr.state_dict()
+        if event == "step" and tr.step == tr.steps_per_epoch + 5:  # in the middle of epoch 2
+            raise Stop
+
+    m = net()
+    with pytest.raises(Stop):
+        Trainer(m, digits, CFG, verbose=False, callback=cb).run()
+    m2 = net()
+    tr = Trainer(m2, digits, CFG, verbose=False).load_state_dict(saved["state"])
+    assert tr.epoch == 1
+    h = tr.run()
+    assert h.epoch == [1, 2, 3]
+    for a, b in zip(ref.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        Trainer(net(), digits, CFG.replace(lr=0.01), verbose=False).load_state_dict(saved["state"])
+
+
+def test_start_step_continues_the_same_trajectory(digits):
+    """Training from the weights at step k with start_step=k (fresh optimiser, no momentum) follows the same
+    data order and schedule as the uninterrupted run would."""
+    cfg = CFG.replace(momentum=0.0)
+    k = 7
+    snap = {}
+
+    def cb(event, tr):
+        if event == "step" and tr.step == k:
+            snap["w"] = {n: v.clone() for n, v in tr.model.state_dict().items()}
+
+    ref = net()
+    Trainer(ref, digits, cfg, verbose=False, callback=cb).run()
+    m = net()
+    m.load_state_dict(snap["w"])
+    Trainer(m, digits, cfg, verbose=False, start_step=k).run()
+    for a, b in zip(ref.parameters(), m.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_inputs(digits):
+    with pytest.raises(TypeError, match="Dataset"):
+        train(net(), (digits.X_train, digits.y_train), CFG, verbose=False)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train(net(), digits, {"epochs": 1}, verbose=False)
+    bad = net()
+    with torch.no_grad():
+        bad[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        train(bad, digits, CFG, verbose=False)
+    m = net()
+    with pytest.raises(ValueError, match="shape"):
+        train(m, digits, CFG, masks=Masks({"0.weight": np.ones((3, 3), bool)}), verbose=False)
+    with pytest.raises(KeyError, match="no parameter"):
+        train(m, digits, CFG, masks=Masks({"9.weight": np.ones((3, 3), bool)}), verbose=False)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(net(), digits, CFG.replace(lr=1e6, momentum=0.0), verbose=False)
+
+
+def test_history_plot(digits):
+    import matplotlib.pyplot as plt
+
+    h = train(net(), digits, CFG.replace(epochs=1), verbose=False)
+    ax = h.plot()
+    assert ax.get_xlabel() == "epoch"
+    plt.close("all")
