@@ -140,8 +140,8 @@ def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np
 def _pick_method(g: LayerGraph) -> str:
     # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step; Borůvka costs a
     # sort of the present edges. Constants measured on this machine (benchmarks/bench_persistence.py).
-    prim = g.n_vertices * (12e-6 + 2.5e-9 * g.n_vertices) + 6e-9 * g.n_possible
-    boruvka = 1.8e-7 * g.n_edges
+    prim = g.n_vertices * (10e-6 + 1.5e-9 * g.n_vertices) + 4e-9 * g.n_possible
+    boruvka = 2.4e-7 * g.n_edges
     return "prim" if prim <= boruvka else "boruvka"
 
 
