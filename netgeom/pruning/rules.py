@@ -23,6 +23,7 @@ Both rules share one signature and one accounting:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -163,6 +164,8 @@ def _prune(model, sparsity, scope, per_layer, protect, masks, include_output, re
             n = current[k].numel()
             out[k] = current[k] & ~drop[offset : offset + n].reshape(current[k].shape)
             offset += n
+            if current[k].any() and not out[k].any():
+                warnings.warn(f"pruning removes every weight of '{k}': layer disconnected", stacklevel=3)
     return out
 
 
@@ -212,6 +215,8 @@ def random_prune(
     >>> random_prune(net, 0.5, scope="layer", seed=1).layer_densities()
     {'0.weight': 0.5, '2.weight': 0.5}
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     seed = check_int(seed, "seed", minimum=0)
     gen = torch.Generator().manual_seed(seed)
     names = prunable_parameters(model, include_output=True)
