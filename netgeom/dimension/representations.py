@@ -181,8 +181,8 @@ def demo_section(ctx) -> str:
     lines = [
         "## Intrinsic dimension of the data and hidden layers",
         "",
-        f"{n} training points of {ctx.data.name}; MLE (Levina–Bickel, k = 20) and TwoNN (linear fit, 10% "
-        "discarded), exact kNN shared by both; duplicate activation vectors dropped.",
+        f"{len(X)} training points of {ctx.data.name}; MLE (Levina–Bickel, k = 20) and TwoNN (linear fit, "
+        "10% discarded), exact kNN shared by both; duplicate activation vectors dropped.",
         "",
         "| layer | width | MLE dense | TwoNN dense | MLE pruned | TwoNN pruned | dropped (dense/pruned) |",
         "|---|---|---|---|---|---|---|",
