@@ -1,0 +1,196 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from netgeom.data.datasets import load_digits
+from netgeom.pruning import IMP, IMPConfig, Masks, magnitude_prune
+from netgeom.pruning.imp import demo_imp, demo_section, imp_main, parse_rewind
+from netgeom.training import TrainConfig
+
+MODEL = {"name": "mlp", "n_in": 64, "widths": [16], "n_out": 10}
+DATA = {"name": "digits", "seed": 0}
+TRAIN = TrainConfig(epochs=2, batch_size=64, lr=0.05, schedule="cosine")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+def cfg(**kw):
+    base = dict(model=MODEL, data=DATA, train=TRAIN, rounds=3)
+    base.update(kw)
+    return IMPConfig(**base)
+
+
+def run(config, digits, **kw):
+    return IMP(config, verbose=False, data=digits, **kw).run()
+
+
+def test_density_nesting_zeros_and_biases(digits):
+    n = 64 * 16 + 16 * 10
+    checked = []
+    biases = {}
+
+    def cb(level, event, tr):
+        params = dict(tr.model.named_parameters())
+        if event == "step":
+            for k, m in tr.masks.items():
+                assert not params[k][~m].any()  # pruned weights are zero after every step
+            checked.append(level)
+        if event == "start":
+            biases[level] = params["0.bias"].detach().clone()
+
+    res = run(cfg(rounds=4), digits, callback=cb)
+    assert [lv.level for lv in res.levels] == [0, 1, 2, 3, 4]
+    assert set(checked) == {0, 1, 2, 3, 4}
+    for r, lv in enumerate(res.levels):
+        assert abs(lv.n_kept - 0.8**r * n) <= 1
+        assert lv.sparsity == pytest.approx(1 - lv.n_kept / n)
+        assert set(lv.masks) == {"0.weight", "2.weight"}  # no bias is ever masked
+        if r:
+            assert lv.masks.is_nested_in(res.levels[r - 1].masks)
+        for k, m in lv.masks.items():
+            assert not lv.weights[k][~m].any()
+        assert lv.weights["0.bias"].count_nonzero() == 16  # biases untouched by pruning
+    # rewinding to init restores the initial biases too (they are weights of the network, never masked)
+    assert all(torch.equal(biases[0], b) for b in biases.values())
+
+
+def test_same_seed_same_result_other_seed_differs(digits):
+    a, b = run(cfg(rounds=2), digits), run(cfg(rounds=2), digits)
+    for la, lb in zip(a.levels, b.levels):
+        assert la.masks.equals(lb.masks)
+        assert (la.test_acc, la.train_loss) == (lb.test_acc, lb.train_loss)
+    c = run(cfg(rounds=2, seed=1), digits)
+    assert not c.levels[1].masks.equals(a.levels[1].masks)
+
+
+def _start_weights(config, digits):
+    seen = {}
+    captured = {}
+
+    def cb(level, event, tr):
+        if event == "start":
+            seen[level] = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        if level == 0 and event == "step":
+            captured[tr.step] = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        if level == 0 and event == "start":
+            captured[0] = seen[0]
+
+    res = run(config, digits, callback=cb)
+    return res, seen, captured
+
+
+@pytest.mark.parametrize("rewind,step", [(("iteration", 5), 5), (("epoch", 1), 22), ("init", 0)])
+def test_weight_rewinding_restores_saved_weights_exactly(digits, rewind, step):
+    # digits: 1347 training samples, batch 64 -> 22 iterations per epoch
+    res, seen, captured = _start_weights(cfg(rounds=2, rewind=rewind), digits)
+    ref = captured[step]
+    for level in (1, 2):
+        masks = res.levels[level].masks
+        for k, v in seen[level].items():
+            if k in masks:
+                m = masks[k]
+                assert torch.equal(v[m], ref[k][m])  # every unpruned weight is exactly the saved one
+                assert not v[~m].any()
+            else:
+                assert torch.equal(v, ref[k])
+    if step:
+        # training resumes from iteration k: the remaining epochs only
+        assert res.levels[1].history.epoch == list(range(step // 22 + 1, TRAIN.epochs + 1))
+
+
+def test_lr_rewinding_keeps_trained_weights_and_replays_schedule(digits):
+    res, seen, _ = _start_weights(cfg(rounds=2, rewind="lr"), digits)
+    for level in (1, 2):
+        prev = res.levels[level - 1].weights
+        masks = res.levels[level].masks
+        for k, v in seen[level].items():
+            expect = prev[k] * masks[k] if k in masks else prev[k]
+            assert torch.equal(v, expect)
+        assert res.levels[level].history.lr == res.levels[0].history.lr
+        assert res.levels[level].history.epoch == [1, 2]
+
+
+def test_one_shot_random_baseline_and_layer_scope(digits):
+    mag = run(cfg(rounds=1, q=0.5, scope="layer"), digits)
+    rnd = run(cfg(rounds=1, q=0.5, scope="layer", prune="random"), digits)
+    assert mag.levels[1].layer_sparsity == rnd.levels[1].layer_sparsity == {"0.weight": 0.5, "2.weight": 0.5}
+    assert not mag.levels[1].masks.equals(rnd.levels[1].masks)
+    # the magnitude level-1 masks are exactly a one-shot magnitude prune of the dense trained network
+    ref = magnitude_prune(mag.model_at(0), 0.5, scope="layer")
+    assert ref.equals(mag.levels[1].masks)
+
+
+def test_keep_output_dense(digits):
+    res = run(cfg(rounds=1, include_output=False), digits)
+    assert set(res.levels[1].masks) == {"0.weight"}
+
+
+def test_protect_is_passed_through(digits):
+    keep = torch.zeros(16, 64, dtype=torch.bool)
+    keep[:, :3] = True
+    calls = []
+
+    def protect(model, masks):
+        calls.append(masks.density())
+        return {"0.weight": keep}
+
+    res = run(cfg(rounds=3), digits, protect=protect)
+    assert len(calls) == 3
+    for lv in res.levels:
+        assert lv.masks["0.weight"][keep].all()
+
+
+def test_config_round_trip_and_errors():
+    c = cfg(rewind=("epoch", 1))
+    assert IMPConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert c.model["seed"] == 0 and c.train.seed == 0
+    c3 = c.with_seed(3)
+    assert (c3.seed, c3.model["seed"], c3.train.seed) == (3, 3, 3)
+    assert parse_rewind("iteration:7") == ("iteration", 7)
+    with pytest.raises(ValueError, match="k < epochs"):
+        cfg(rewind=("epoch", 2))
+    with pytest.raises(ValueError, match="rewind"):
+        cfg(rewind="weights")
+    with pytest.raises(ValueError, match="q"):
+        cfg(q=1.0)
+    with pytest.raises(ValueError, match="seed once"):
+        cfg(model={**MODEL, "seed": 4})
+    with pytest.raises(TypeError, match="name"):
+        cfg(model={"widths": [3]})
+    with pytest.raises(TypeError, match="IMPConfig"):
+        IMP({"model": MODEL})
+
+
+def test_iteration_rewind_past_end_is_an_error(digits):
+    with pytest.raises(ValueError, match="end of training"):
+        run(cfg(rounds=1, rewind=("iteration", 10_000)), digits)
+
+
+def test_cli(tmp_path, capsys):
+    argv = ["--data", "digits", "--widths", "8", "--epochs", "1", "--rounds", "1", "--out", str(tmp_path)]
+    argv.append("--quiet")
+    assert imp_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "run directory" in out and "\n    1    0.1993 " in out  # 592 weights: 474 kept
+    assert imp_main(argv + ["--json"]) == 0  # same description: resumes from disk
+    data = json.loads(capsys.readouterr().out)
+    assert [lv["n_kept"] for lv in data["levels"]] == [592, 474]
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_demo_imp_and_section(tmp_path, digits):
+    dense, pruned, masks, levels = demo_imp(digits, seed=0, out_dir=None, quick=True)
+    assert isinstance(masks, Masks) and len(levels) == 6
+    assert masks.density() == pytest.approx(0.8**5, abs=1e-3)
+    for k, m in masks.items():
+        assert not dict(pruned.named_parameters())[k][~m].any()
+    ctx = SimpleNamespace(imp_levels=levels, out_dir=tmp_path, seed=0, quick=True)
+    md = demo_section(ctx)
+    assert md.startswith("## ") and "imp_accuracy.png" in md and "Prunability" in md
+    assert (tmp_path / "imp_accuracy.png").exists()
+    assert "No IMP levels" in demo_section(SimpleNamespace(imp_levels=[], out_dir=tmp_path))
