@@ -60,7 +60,7 @@ class PrunabilityResult(Result):
 
 
 def _get(rec: Any, key: str) -> float:
-    v = rec[key] if isinstance(rec, Mapping) else getattr(rec, key, None)
+    v = rec.get(key) if isinstance(rec, Mapping) else getattr(rec, key, None)
     if v is None:
         raise TypeError(f"a level record needs '{key}', got {type(rec).__name__}")
     v = float(v)
