@@ -78,9 +78,8 @@ class Masks(MutableMapping):
     def ones(cls, model: nn.Module, *, include_output: bool = True) -> Masks:
         """All-kept masks for the model's prunable weights."""
         params = dict(model.named_parameters())
-        return cls(
-            {n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_parameters(model, include_output=include_output)}
-        )
+        names = prunable_parameters(model, include_output=include_output)
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
 
     def copy(self) -> Masks:
         return Masks({k: v.clone() for k, v in self._m.items()})
@@ -93,10 +92,13 @@ class Masks(MutableMapping):
         params = dict(model.named_parameters())
         for k, v in self._m.items():
             if k not in params:
-                raise KeyError(f"mask for '{k}', but the model has no parameter of that name; it has: {sorted(params)}")
+                raise KeyError(
+                    f"mask for '{k}', but the model has no parameter of that name; it has: {sorted(params)}"
+                )
             if tuple(v.shape) != tuple(params[k].shape):
                 raise ValueError(
-                    f"mask for '{k}' has shape {tuple(v.shape)}, but the parameter has shape {tuple(params[k].shape)}"
+                    f"mask for '{k}' has shape {tuple(v.shape)}, "
+                    f"but the parameter has shape {tuple(params[k].shape)}"
                 )
             if not v.any():
                 warnings.warn(f"mask for '{k}' removes every weight: the layer is disconnected", stacklevel=2)
@@ -137,14 +139,17 @@ class Masks(MutableMapping):
 
     def is_nested_in(self, other: Mapping[str, torch.Tensor]) -> bool:
         """True when every weight kept here is also kept in ``other``."""
-        return all(k in other and not (v & ~torch.as_tensor(other[k]).cpu()).any() for k, v in self._m.items())
+        return all(
+            k in other and not (v & ~torch.as_tensor(other[k]).cpu().bool()).any() for k, v in self._m.items()
+        )
 
     def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:
         keys = set(self) | set(other)
         out = {}
         for k in keys:
             a, b = self._m.get(k), other.get(k)
-            out[k] = a if b is None else (torch.as_tensor(b).cpu().bool() if a is None else a & torch.as_tensor(b).cpu().bool())
+            b = None if b is None else torch.as_tensor(b).cpu().bool()
+            out[k] = a if b is None else (b if a is None else a & b)
         return Masks(out)
 
     def __or__(self, other: Mapping[str, torch.Tensor]) -> Masks:
@@ -152,11 +157,14 @@ class Masks(MutableMapping):
         out = {}
         for k in keys:
             a, b = self._m.get(k), other.get(k)
-            out[k] = a if b is None else (torch.as_tensor(b).cpu().bool() if a is None else a | torch.as_tensor(b).cpu().bool())
+            b = None if b is None else torch.as_tensor(b).cpu().bool()
+            out[k] = a if b is None else (b if a is None else a | b)
         return Masks(out)
 
     def equals(self, other: Mapping[str, torch.Tensor]) -> bool:
-        return set(self) == set(other) and all(torch.equal(v, torch.as_tensor(other[k]).cpu()) for k, v in self._m.items())
+        return set(self) == set(other) and all(
+            torch.equal(v.cpu(), torch.as_tensor(other[k]).cpu()) for k, v in self._m.items()
+        )
 
     def to_dict(self) -> dict[str, object]:
         """Summary as plain data (densities and counts; the masks themselves go to :meth:`save`)."""
@@ -164,7 +172,9 @@ class Masks(MutableMapping):
             "density": self.density() if self._m else None,
             "n_kept": self.n_kept(),
             "n_total": self.n_total(),
-            "layers": {k: {"shape": list(v.shape), "density": float(v.sum()) / v.numel()} for k, v in self._m.items()},
+            "layers": {
+                k: {"shape": list(v.shape), "density": float(v.sum()) / v.numel()} for k, v in self._m.items()
+            },
         }
 
     # ---------------------------------------------------------------- files (npz: no pickle)
