@@ -330,12 +330,17 @@ def regions_on_slice(
     nv = np.array([4])
     P, Q = x0[None, :], np.stack([d1, d2])[None]  # layer input = P + (u, v) @ Q, Q: (m, 2, n_in)
     bits_hist: list[np.ndarray] = []
-    for W, bias, has_bits, slope in plan:
-        A, B = P @ W.T + bias, Q @ W.T  # (m, n), (m, 2, n)
-        absW = np.abs(W).T
-        SB = np.abs(Q) @ absW
-        B = np.where(np.abs(B) <= rel_tol * SB, 0.0, B)
-        T = rel_tol * (np.abs(P) @ absW + np.abs(bias) + SB[:, 0] * umax + SB[:, 1] * vmax)
+    last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
+    for li, (W, bias, has_bits, slope) in enumerate(plan[: last + 1]):
+        # One 2-D product: numpy's batched (m, 2, n_in) @ (n_in, n) matmul is far slower.
+        A, B = P @ W.T + bias, (Q.reshape(-1, Q.shape[2]) @ W.T).reshape(len(Q), 2, -1)
+        # Cauchy-Schwarz bounds on the summed terms' size (cheap outer products instead of |P| @ |W|.T).
+        nW = np.linalg.norm(W, axis=1)
+        nQ = np.linalg.norm(Q, axis=2)
+        B = np.where(np.abs(B) <= rel_tol * nQ[:, :, None] * nW, 0.0, B)
+        T = rel_tol * (
+            (np.linalg.norm(P, axis=1) + nQ[:, 0] * umax + nQ[:, 1] * vmax)[:, None] * nW + np.abs(bias)
+        )
         if not has_bits:
             P, Q = A, B
             continue
@@ -357,8 +362,9 @@ def regions_on_slice(
         CP = np.empty(cap, dtype=np.int64)
         CP[:m] = np.arange(m)
         cur = m
+        candT = np.ascontiguousarray(cand.T)
         for j in np.nonzero(cand.any(axis=0))[0]:
-            rows = np.nonzero(cand[CP[:cur], j])[0]
+            rows = np.nonzero(candT[j][CP[:cur]])[0]
             par = CP[rows]
             s = _vertex_values(CV[rows], A[par, j], B[par, :, j])
             real = np.arange(CV.shape[1])[None, :] < CN[rows, None]
@@ -389,12 +395,20 @@ def regions_on_slice(
         real = np.arange(V.shape[1])[None, :] < nv[:, None]
         # The vertex mean is a strictly positive combination of the vertices: an interior point.
         c = (V * real[..., None]).sum(axis=1) / nv[:, None]
-        A, B, T = A[parent], B[parent], T[parent]
-        z = A + c[:, :1] * B[:, 0] + c[:, 1:] * B[:, 1]
-        bits = z > T
+        bits = np.empty((cur, n), dtype=bool)
+        if li < last:
+            P, Q = np.empty((cur, n)), np.empty((cur, 2, n))
+        step = max(1, 2_000_000 // n)
+        for i in range(0, cur, step):
+            pa = parent[i : i + step]
+            Ai, Bi = A[pa], B[pa]
+            b_i = Ai + c[i : i + step, :1] * Bi[:, 0] + c[i : i + step, 1:] * Bi[:, 1] > T[pa]
+            bits[i : i + step] = b_i
+            if li < last:
+                gain = np.where(b_i, 1.0, slope)
+                P[i : i + step] = Ai * gain
+                Q[i : i + step] = Bi * gain[:, None, :]
         bits_hist = [h[parent] for h in bits_hist] + [bits]
-        P = np.where(bits, A, slope * A)
-        Q = np.where(bits[:, None, :], B, slope * B)
     m = len(V)
     patterns = np.concatenate(bits_hist, axis=1) if bits_hist else np.zeros((m, 0), dtype=bool)
     areas = _shoelace(V)
