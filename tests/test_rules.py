@@ -217,3 +217,16 @@ def test_bad_inputs(rule):
         rule(bad, 0.5)
     with pytest.raises(TypeError, match="nn.Module"):
         rule("model", 0.5)
+
+
+def test_accepts_the_region_bound_allocation():
+    from netgeom.regions.allocation import allocate_densities
+
+    m = mlp(40, [100, 100], 10, seed=0)
+    alloc = allocate_densities(model=m, total_density=0.2)
+    per_layer = alloc.per_layer(m)
+    for include_output in (True, False):
+        out = magnitude_prune(m, per_layer=per_layer, include_output=include_output, relative_to="all")
+        for k, d in zip(["0.weight", "2.weight"], alloc.densities):
+            assert abs(out.layer_densities()[k] - d) <= 0.5 / out[k].numel() + 1e-12
+        assert out.layer_densities().get("4.weight", 1.0) == 1.0

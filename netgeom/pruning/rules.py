@@ -82,9 +82,12 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
         for k in fractions:
             if k not in all_names:
                 raise KeyError(f"per_layer names '{k}', not a prunable parameter; prunable: {all_names}")
-            if k not in names:
-                raise ValueError(f"per_layer prunes '{k}', the output layer, but include_output=False")
         fractions = {k: _check_sparsity(v, f"per_layer['{k}']") for k, v in fractions.items()}
+        for k, v in list(fractions.items()):
+            if k not in names:
+                if v != 0.0:
+                    raise ValueError(f"per_layer prunes '{k}', the output layer, but include_output=False")
+                del fractions[k]  # an allocation lists the dense classifier at sparsity 0: nothing to do
         groups = [[k] for k in names if k in fractions]
         group_frac = [fractions[g[0]] for g in groups]
     else:
