@@ -8,7 +8,8 @@ Both rules share one signature and one accounting:
   Counts are exact integers, so density after a rule is known to the weight.
 - ``scope="global"``: one pool over all prunable tensors; ``"layer"``: the same fraction in every tensor;
   ``per_layer``: a fraction per tensor (``{param_name: sparsity}`` or a list in prunable-layer order, e.g.
-  ``allocate_densities(...).per_layer(model)``); tensors absent from the dict are left as they are.
+  ``allocate_densities(...).per_layer(model)``, whose fractions are of all weights: pair it with
+  ``relative_to="all"`` when ``masks`` already prune); tensors absent from the dict are left as they are.
 - ``protect(model, masks) -> {param_name: bool tensor}``: weights that must stay. The rule chooses only among
   the others and raises :class:`UnreachableSparsityError` when it cannot remove enough.
 - Ties (equal magnitudes) are broken by position (flattened tensor order, tensors in forward order), so the
