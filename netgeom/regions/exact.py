@@ -10,8 +10,8 @@ They count *activation* regions (distinct patterns), which can exceed the number
 sets where the network is affine) when e.g. a unit changes sign without changing the map.
 
 Numerical conventions, shared by all three: a pre-activation is taken as zero where it is below
-``rel_tol`` times the size of the terms it sums (so a unit with an all-zero weight row, or a segment lying in a
-unit's hyperplane, has a constant sign and causes no split); a unit's pattern bit is ``z > 0``, so an
+``rel_tol`` times the size of the terms it sums (so a unit with an all-zero weight row, or a segment lying in
+a unit's hyperplane, has a constant sign and causes no split); a unit's pattern bit is ``z > 0``, so an
 identically zero pre-activation has bit False, as in :func:`netgeom.regions.count_patterns`.
 """
 
@@ -60,7 +60,9 @@ def _hidden(model, masks) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.
 def _flat_point(x, name: str, n0: int) -> np.ndarray:
     arr = check_array(x, name)
     if arr.size != n0:
-        raise ValueError(f"{name} has {arr.size} entries (shape {arr.shape}), but the network takes {n0} inputs")
+        raise ValueError(
+            f"{name} has {arr.size} entries (shape {arr.shape}), but the network takes {n0} inputs"
+        )
     return arr.reshape(-1)
 
 
@@ -134,7 +136,7 @@ def regions_on_segment(model: torch.nn.Module, a, b, masks=None, *, rel_tol: flo
         inside = (roots > ts[piece] + t_tol) & (roots < ts[piece + 1] - t_tol)
         roots = np.sort(roots[inside])
         if len(roots):
-            # Roots of different units that coincide up to rounding (identical hyperplanes) are one breakpoint.
+            # Roots of different units equal up to rounding (identical hyperplanes) are one breakpoint.
             roots = roots[np.concatenate([[True], np.diff(roots) > t_tol])]
         old = ts
         ts = np.union1d(ts, roots)
@@ -253,7 +255,7 @@ def _shoelace(V: np.ndarray) -> np.ndarray:
 
 
 def _clip(V: np.ndarray, n: np.ndarray, s: np.ndarray, t: np.ndarray) -> tuple:
-    """Split convex polygons ``V (r, K, 2)`` (``n`` real vertices, padding = first vertex) by the sign of ``s``.
+    """Split convex polygons ``V (r, K, 2)`` (``n`` real vertices, padded with the first) by sign of ``s``.
 
     Returns ``(pos, n_pos, neg, n_neg)``: the pieces with ``s ≥ 0`` and ``s ≤ 0``, in the same padded form.
     Values within ``t`` of zero count as on the line, so near-coincident lines create no slivers.
@@ -301,7 +303,8 @@ def regions_on_slice(
     rel_tol: float = _REL_TOL,
     area_tol: float = 1e-12,
 ) -> SliceRegionsResult:
-    """Exact activation regions met by the plane ``x0 + u d1 + v d2``, ``(u, v)`` in ``box = (u0, u1, v0, v1)``.
+    """Exact activation regions met by the plane ``x0 + u d1 + v d2`` with ``(u, v)`` in
+    ``box = (u0, u1, v0, v1)``; points may come in the input's own shape (e.g. ``(C, L)``): flattened.
 
     Layer by layer, every current convex polygon is split along the zero line of every unit of the layer
     that changes sign inside it (the polygons of a layer are clipped by one unit at a time, all at once in
@@ -350,8 +353,10 @@ def regions_on_slice(
         cand = np.zeros((m, n), dtype=bool)
         step = max(1, 4_000_000 // max(1, V.shape[1] * n))
         for i in range(0, m, step):
-            Z = A[i : i + step, None, :] + V[i : i + step, :, :1] * B[i : i + step, None, 0] + (
-                V[i : i + step, :, 1:] * B[i : i + step, None, 1]
+            Z = (
+                A[i : i + step, None, :]
+                + V[i : i + step, :, :1] * B[i : i + step, None, 0]
+                + (V[i : i + step, :, 1:] * B[i : i + step, None, 1])
             )
             cand[i : i + step] = (Z.max(axis=1) > T[i : i + step]) & (Z.min(axis=1) < -T[i : i + step])
         cap = max(2 * m, 64)
@@ -369,7 +374,9 @@ def regions_on_slice(
             s = _vertex_values(CV[rows], A[par, j], B[par, :, j])
             real = np.arange(CV.shape[1])[None, :] < CN[rows, None]
             t = T[par, j]
-            crosses = (np.where(real, s, -np.inf).max(axis=1) > t) & (np.where(real, s, np.inf).min(axis=1) < -t)
+            crosses = (np.where(real, s, -np.inf).max(axis=1) > t) & (
+                np.where(real, s, np.inf).min(axis=1) < -t
+            )
             if not crosses.any():
                 continue
             rows, par, s, t = rows[crosses], par[crosses], s[crosses], t[crosses]
@@ -471,8 +478,12 @@ class BoxRegionsResult(Result):
             from matplotlib.collections import PolyCollection
 
             ax.add_collection(
-                PolyCollection(self.polygons(), facecolors=rng.uniform(0.15, 1, (self.count, 3)), edgecolors="k",
-                               linewidths=0.2)
+                PolyCollection(
+                    self.polygons(),
+                    facecolors=rng.uniform(0.15, 1, (self.count, 3)),
+                    edgecolors="k",
+                    linewidths=0.2,
+                )
             )
             ax.set_xlim(self.lo[0], self.hi[0])
             ax.set_ylim(self.lo[1], self.hi[1])
@@ -499,7 +510,10 @@ def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | N
     cost = np.zeros(d + 1)
     cost[-1] = -1.0
     res = linprog(
-        cost, A_ub=np.hstack([G, norms[:, None]]), b_ub=h, bounds=[(None, None)] * d + [(0.0, cap)],
+        cost,
+        A_ub=np.hstack([G, norms[:, None]]),
+        b_ub=h,
+        bounds=[(None, None)] * d + [(0.0, cap)],
         method="highs",
     )
     if res.status != 0:
@@ -551,10 +565,14 @@ def regions_in_box(
         if basis.shape[1] != n0:
             raise ValueError(f"subspace basis must have shape (d, {n0}), got {basis.shape}")
         if np.linalg.matrix_rank(basis) < basis.shape[0]:
-            raise ValueError("subspace basis rows are linearly dependent, so they do not span a subspace of dim d")
+            raise ValueError(
+                "subspace basis rows are linearly dependent, so they do not span a subspace of dim d"
+            )
     d = basis.shape[0]
     if lo.shape != (d,) or hi.shape != (d,):
-        raise ValueError(f"lo and hi must have {d} entries (the box's dimension), got {lo.shape} and {hi.shape}")
+        raise ValueError(
+            f"lo and hi must have {d} entries (the box's dimension), got {lo.shape} and {hi.shape}"
+        )
     if not np.all(lo < hi):
         i = int(np.argmin(hi - lo))
         raise ValueError(f"box is empty: lo[{i}] = {lo[i]} must be < hi[{i}] = {hi[i]}")
@@ -573,7 +591,9 @@ def regions_in_box(
             Bm = Q @ W.T  # (d, n)
             SB = np.abs(Q) @ absW
             Bm = np.where(np.abs(Bm) <= rel_tol * SB, 0.0, Bm)
-            T = rel_tol * ((np.abs(P) @ absW)[0] + np.abs(bias) + (SB * np.maximum(abs(lo), abs(hi))[:, None]).sum(0))
+            T = rel_tol * (
+                (np.abs(P) @ absW)[0] + np.abs(bias) + (SB * np.maximum(abs(lo), abs(hi))[:, None]).sum(0)
+            )
             if not has_bits:
                 new_regions.append((G, h, c, r, A[None, :], Bm, bits))
                 continue
@@ -624,8 +644,15 @@ def regions_in_box(
                 z = A + c_ @ Bm
                 b_new = z > T
                 new_regions.append(
-                    (G_, h_, c_, r_, np.where(b_new, A, slope * A)[None, :], np.where(b_new, Bm, slope * Bm),
-                     bits + [b_new])
+                    (
+                        G_,
+                        h_,
+                        c_,
+                        r_,
+                        np.where(b_new, A, slope * A)[None, :],
+                        np.where(b_new, Bm, slope * Bm),
+                        bits + [b_new],
+                    )
                 )
         regions = new_regions
     m = len(regions)
@@ -647,3 +674,88 @@ def regions_in_box(
         radii=np.array([reg[3] for reg in regions]),
         halfspaces=[(reg[0], reg[1]) for reg in regions],
     )
+
+
+# ================================================================================================= demo
+def demo_section(ctx) -> str:
+    """Report section: the regions on the plane through three training inputs, dense vs pruned net."""
+    import math
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .patterns import count_patterns
+
+    X = ctx.data.X_train.reshape(len(ctx.data.X_train), -1).numpy().astype(np.float64)
+    y = ctx.data.y_train.numpy()
+    # Three inputs of different classes, so that the plane crosses decision boundaries.
+    picks = [0]
+    for i in range(1, len(y)):
+        if y[i] not in y[picks]:
+            picks.append(i)
+        if len(picks) == 3:
+            break
+    picks = (picks + [1, 2])[:3]
+    x0, d1, d2, box = plane_through(*X[picks], margin=0.25)
+    marks = {
+        f"x{k + 1} (class {int(y[i])})": uv for k, (i, uv) in enumerate(zip(picks, [(0, 0), (1, 0), (0, 1)]))
+    }
+    rows, results = [], []
+    for label, model, masks in (("dense", ctx.model, None), ("pruned", ctx.pruned_model, ctx.masks)):
+        t0 = time.perf_counter()
+        res = regions_on_slice(model, x0, d1, d2, box, masks=masks)
+        t_slice = time.perf_counter() - t0
+        res.marks = marks
+        pats = count_patterns(model, ctx.data.X_test, masks)
+        layers = affine_layers(model, masks)
+        dens = [f"{layer.density:.3f}" for layer in layers]
+        rows.append(
+            f"| {label} | {', '.join(dens)} | {res.count} | {t_slice:.2f} s "
+            f"| {pats.count} / {pats.n_samples} "
+            f"| {pats.n_singletons}{' (saturated)' if pats.saturated else ''} |"
+        )
+        results.append((label, res))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, (label, res) in zip(axes, results):
+        res.plot(ax=ax, seed=ctx.seed)
+        ax.set_title(f"{label}: {res.count} activation regions")
+        ax.set_xlabel("u")
+        ax.set_ylabel("v")
+    fig.tight_layout()
+    fig.savefig(ctx.out_dir / "regions_slice.png", dpi=110)
+    plt.close(fig)
+    widths = [layer.n_out for layer, f in zip(layers, pattern_layers(layers)) if f]
+    n0 = layers[0].n_in
+    try:
+        from .bounds import serra_bound
+
+        log_b = math.log10(serra_bound(n0, widths))
+        arch = f"{n0}-{'-'.join(map(str, widths))}"
+        bound = (
+            f"For scale: the Serra et al. (2018) upper bound for {arch} is ~10^{log_b:.1f} regions in the "
+            "whole input space (a slice meets a tiny fraction of them)."
+        )
+    except ImportError:
+        bound = "(Serra bound not available in this build.)"
+    lines = [
+        "## Linear regions on a 2-D slice",
+        "",
+        "Exact activation regions met by the plane through three training inputs of different classes "
+        "(Cai et al. 2023: `x0 = x1`, `d1 = x2 - x1`, `d2 = x3 - x1`, box widened by 0.25), cut layer by "
+        "layer "
+        "(`regions_on_slice`), and the number of distinct activation patterns on the test set "
+        "(`count_patterns`, exact bit-packed comparison). Counts are activation regions (distinct patterns).",
+        "",
+        "| net | layer densities | regions on slice | time | test patterns / inputs | seen once |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        bound,
+        "",
+        "![regions on the slice](regions_slice.png)",
+        "",
+    ]
+    return "\n".join(lines)
