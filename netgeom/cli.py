@@ -34,9 +34,9 @@ def _bounds(args: argparse.Namespace) -> int:
 
 
 def _log10(n: int) -> float:
-    from .regions.bounds import log10_int
+    from .regions.bounds import int_log10
 
-    return log10_int(n)
+    return int_log10(n)
 
 
 def _id(args: argparse.Namespace) -> int:

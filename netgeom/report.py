@@ -56,13 +56,13 @@ def overview_section(ctx: DemoContext) -> str:
 
     widths = layer_widths(affine_layers(ctx.model))
     d = ctx.data
-    dense = evaluate(ctx.model, d.X_test, d.y_test)
-    pruned = evaluate(ctx.pruned_model, d.X_test, d.y_test)
+    dense_loss, dense_acc = evaluate(ctx.model, d.X_test, d.y_test)
+    pruned_loss, pruned_acc = evaluate(ctx.pruned_model, d.X_test, d.y_test)
     rows = [
         "| | dense | pruned |",
         "|---|---|---|",
-        f"| test accuracy | {_get(dense, 'accuracy'):.4f} | {_get(pruned, 'accuracy'):.4f} |",
-        f"| test loss | {_get(dense, 'loss'):.4f} | {_get(pruned, 'loss'):.4f} |",
+        f"| test accuracy | {dense_acc:.4f} | {pruned_acc:.4f} |",
+        f"| test loss | {dense_loss:.4f} | {pruned_loss:.4f} |",
         f"| density (prunable weights) | 1.0000 | {ctx.masks.density():.4f} |",
     ]
     return "\n".join(
@@ -75,10 +75,6 @@ def overview_section(ctx: DemoContext) -> str:
             *rows,
         ]
     )
-
-
-def _get(obj: Any, key: str) -> float:
-    return float(obj[key] if isinstance(obj, dict) else getattr(obj, key))
 
 
 # (title, "module:function") — resolved lazily so that a report is only as heavy as its sections.

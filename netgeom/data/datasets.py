@@ -298,12 +298,9 @@ def load_dataset(description: dict[str, Any]) -> Dataset:
         "fashion_mnist": load_fashion_mnist,
         "cifar10": load_cifar10,
     }
-    try:
-        from . import synthetic
+    from . import synthetic  # imported here: synthetic builds on this module
 
-        loaders.update(synthetic.GENERATORS)
-    except ImportError:  # synthetic generators are optional at import time of this module
-        pass
+    loaders.update(synthetic.GENERATORS)
     if name not in loaders:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(loaders)}")
     try:
