@@ -201,22 +201,23 @@ def _sort_rows(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
 
 
-def _exact_rows(X64: torch.Tensor, rows: torch.Tensor, k: int, budget: int = 2**24) -> tuple:
+def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) -> tuple[np.ndarray, ...]:
     """Exact float64 kNN of ``rows`` against all points, by direct differences, in memory-bounded blocks."""
-    n, D = X64.shape
-    row_block = max(1, min(len(rows), 64))
-    col_block = max(1, min(n, budget // (row_block * D)))
-    out_d = torch.empty(len(rows), k, dtype=torch.float64)
-    out_i = torch.empty(len(rows), k, dtype=torch.int64)
-    for r0 in range(0, len(rows), row_block):
-        rr = rows[r0 : r0 + row_block]
-        d = torch.empty(len(rr), n, dtype=torch.float64)
+    n, D = X.shape
+    col_block = max(1, min(n, budget // D))
+    out_d = np.empty((len(rows), k))
+    out_i = np.empty((len(rows), k), dtype=np.int64)
+    for j, r in enumerate(rows):  # only rows whose float32 candidates could not be certified (rare)
+        d = np.empty(n)
         for c0 in range(0, n, col_block):
-            diff = X64[None, c0 : c0 + col_block, :] - X64[rr][:, None, :]
-            d[:, c0 : c0 + col_block] = torch.linalg.vector_norm(diff, dim=2)
-        d[torch.arange(len(rr)), rr] = math.inf
-        vals, ids = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        out_d[r0 : r0 + row_block], out_i[r0 : r0 + row_block] = vals, ids
+            diff = X[c0 : c0 + col_block] - X[r]
+            d[c0 : c0 + col_block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        d[r] = np.inf
+        part = np.argpartition(d, k - 1)[:k]
+        kth = d[part].max()
+        ids = np.flatnonzero(d <= kth)  # every tie at the k-th distance, then ordered by (distance, index)
+        ids = ids[np.lexsort((ids, d[ids]))][:k]
+        out_d[j], out_i[j] = d[ids], ids
     return out_d, out_i
 
 
@@ -225,7 +226,6 @@ def _knn_torch(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     n, D = X.shape
     m = min(k + n_extra, n - 1)
-    X64 = torch.from_numpy(X)
     # centring in float64 shrinks the norms, hence the float32 expansion error, without changing distances
     X32 = torch.from_numpy((X - X.mean(axis=0)).astype(np.float32))
     sq = X32.double().square_().sum(1)  # exact-ish squared norms of the float32 points
@@ -243,7 +243,8 @@ def _knn_torch(
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
     failed = []
-    # float64 re-ranking in cache-sized blocks (~4 MB): the gather is memory-bound
+    # float64 re-ranking in cache-sized blocks (~4 MB) with numpy: the gather is memory-bound, and many
+    # small multi-threaded torch ops stall badly when the cores are shared
     sub = max(1, min(chunk_size, 2**19 // max(m * D, 1)))
     for a in range(0, n, chunk_size):
         b = min(a + chunk_size, n)
@@ -254,36 +255,27 @@ def _knn_torch(
         vals, cand = torch.topk(G, m, dim=1, largest=False, sorted=False)
         cand = cand.cpu()
         s_max = vals.max(dim=1).values.double().cpu()  # every non-candidate has a value >= this
-        rows = torch.arange(a, b)
-        d64 = torch.empty(b - a, m, dtype=torch.float64)
+        cand = cand.numpy()
+        d64 = np.empty((b - a, m))
         for s0 in range(0, b - a, sub):
             cd = cand[s0 : s0 + sub]
-            diff = X64.index_select(0, cd.reshape(-1)).view(len(cd), m, D)
-            diff.sub_(X64[a + s0 : a + s0 + len(cd)][:, None, :])
-            d64[s0 : s0 + len(cd)] = torch.linalg.vector_norm(diff, dim=2)
-        d_sorted, order = _torch_sort_rows(d64, cand)
-        dk = d_sorted[:, k - 1]
+            diff = np.take(X, cd, axis=0)
+            np.subtract(diff, X[a + s0 : a + s0 + len(cd), None, :], out=diff)
+            d64[s0 : s0 + len(cd)] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        d_sorted, order = _sort_rows(d64, cand)
+        dk = torch.from_numpy(d_sorted[:, k - 1])
+        rows = torch.arange(a, b)
         xn = norms[rows]
         lower_sq = s_max + sq[rows] - c_err * (xn + nmax) ** 2
         lower = lower_sq.clamp_min(0).sqrt() - 2 * u32 * (xn + nmax)
         ok = (dk < lower) | (m == n - 1)  # all other points are candidates: nothing to certify
-        dist[a:b] = d_sorted[:, :k].numpy()
-        idx[a:b] = order[:, :k].numpy()
+        dist[a:b] = d_sorted[:, :k]
+        idx[a:b] = order[:, :k]
         if not bool(ok.all()):
             failed.append(rows[~ok])
     n_fallback = 0
     if failed:
-        rows = torch.cat(failed)
+        rows = torch.cat(failed).numpy()
         n_fallback = len(rows)
-        fd, fi = _exact_rows(X64, rows, k)
-        fd, fi = _sort_rows(fd.numpy(), fi.numpy())
-        dist[rows.numpy()] = fd
-        idx[rows.numpy()] = fi
+        dist[rows], idx[rows] = _exact_rows(X, rows, k)
     return dist, idx, n_fallback
-
-
-def _torch_sort_rows(d: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    o1 = torch.argsort(ids, dim=1, stable=True)
-    d1, i1 = d.gather(1, o1), ids.gather(1, o1)
-    o2 = torch.argsort(d1, dim=1, stable=True)
-    return d1.gather(1, o2), i1.gather(1, o2)
