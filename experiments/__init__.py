@@ -1,0 +1,1 @@
+"""Experiment scripts reproducing the three source papers' findings (see README "Results")."""
