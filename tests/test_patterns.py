@@ -142,8 +142,10 @@ def test_bad_input():
     with pytest.raises(TypeError, match="iterable"):
         count_patterns(net, 3.0)
     with pytest.raises(TypeError, match="MaxPool1d"):
-        count_patterns(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Unflatten(1, (1, 4)), nn.MaxPool1d(2)),
-                       torch.randn(2, 3))
+        count_patterns(
+            nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Unflatten(1, (1, 4)), nn.MaxPool1d(2)),
+            torch.randn(2, 3),
+        )
 
 
 def test_plot_and_to_dict():
