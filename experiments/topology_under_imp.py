@@ -215,7 +215,10 @@ def plot(res: dict, out: Path) -> list[str]:
     ax = axes[0]
     ax.plot(sp["imp"], [e["imp"]["msf_retention"] for e in t], "o-", label="IMP")
     ax.plot(sp["random"], [e["random"]["msf_retention"] for e in t], "s-", label="random pruning")
-    ax.plot(sp["imp"], [e["imp"]["random_expectation"] for e in t], "k:", label="random expectation")
+    ax.plot(sp["imp"], [e["imp"]["random_expectation"] for e in t], "k:",
+            label="random expectation at IMP's layer densities")
+    ax.plot(sp["random"], [e["random"]["random_expectation"] for e in t], ":", color="0.6",
+            label="random expectation at random's layer densities")
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("dense MSF edges kept")
     ax.set_title("(a) MSF retention")
