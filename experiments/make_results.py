@@ -88,8 +88,9 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
     b = r2["headline"]["b"]
     claim = "2b. Bound-guided layer densities beat uniform at equal total density (Cai et al.)"
     out.append([claim, data2,
-                f"win rate {b['win_rate']:.2f} over {b['n_pairs']} (data, width, density, seed); mean accuracy "
-                f"difference {100 * b['mean_diff']:+.2f} points, 95% CI {_ci(b['ci'], 100)}", b["verdict"]])
+                f"win rate {b['win_rate']:.2f} over {b['n_pairs']} (data, width, density, seed); "
+                f"mean accuracy difference {100 * b['mean_diff']:+.2f} points, 95% CI {_ci(b['ci'], 100)}",
+                b["verdict"]])
     r3, m3 = load(NAMES[2], results)
     d3 = r3["description"]
     h3 = r3["headline"]
@@ -99,8 +100,8 @@ def rows(results: Path = RESULTS) -> list[list[str]]:
     a3 = h3["a"]
     claim = "3a. IMP keeps the dense MSF edges far more than random pruning (Balwani & Krzyston)"
     out.append([claim, data3,
-                f"at sparsity {100 * a3['sparsity_last']:.1f}%: IMP keeps {a3['imp_retention_last']:.3f} of the "
-                f"dense MSF edges, random pruning {a3['random_retention_last']:.3f}, expectation "
+                f"at sparsity {100 * a3['sparsity_last']:.1f}%: IMP keeps {a3['imp_retention_last']:.3f} "
+                f"of the dense MSF edges, random pruning {a3['random_retention_last']:.3f}, expectation "
                 f"{a3['expectation_last']:.3f}; IMP excess over expectation (all levels) "
                 f"{a3['imp_excess']:+.3f}, 95% CI {_ci(a3['ci'], 1, '{:+.3f}')}", a3["verdict"]])
     b3 = h3["b"]
