@@ -586,7 +586,7 @@ def regions_in_box(
     for W, bias, has_bits, slope in plan:
         absW = np.abs(W).T
         new_regions = []
-        for G, h, c, r, P, Q, bits in regions:
+        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
             A = (P @ W.T + bias)[0]
             Bm = Q @ W.T  # (d, n)
             SB = np.abs(Q) @ absW
@@ -629,7 +629,7 @@ def regions_in_box(
                     nxt.append((np.vstack([G_, -gj]), np.append(h_, -hj), pc, pr))
                     nxt.append((np.vstack([G_, gj]), np.append(h_, hj), nc, nr))
                 pieces = nxt
-                if len(new_regions) + len(pieces) + len(regions) > max_regions:
+                if len(new_regions) + len(pieces) + len(regions) - k_reg - 1 > max_regions:
                     raise TooManyRegionsError(
                         f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
                         "lower-dimensional subspace, or raise max_regions"
