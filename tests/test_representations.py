@@ -86,3 +86,11 @@ def test_demo_section(tmp_path):
     md = demo_section(ctx)
     assert md.startswith("## ") and "id_layers.png" in md and (tmp_path / "id_layers.png").exists()
     assert md.count("\n| ") == 4  # header row + input + 2 hidden layers
+
+
+def test_shared_relu_module_is_refused():
+    act = torch.nn.ReLU()
+    lin = torch.nn.Linear
+    model = torch.nn.Sequential(lin(10, 16), act, lin(16, 16), act, lin(16, 2))
+    with pytest.raises(ValueError, match="more than once"):
+        representation_dimension(model, torch.randn(100, 10), k=5)

@@ -132,6 +132,12 @@ def representation_dimension(
     reps = ([("input", X.reshape(len(X), -1))] if include_input else []) + [
         (n, torch.cat(acts[n]).cpu()) for n in names
     ]
+    for n, R in reps:
+        if len(R) != len(X):  # a module called several times per forward (shared ReLU) is ambiguous
+            raise ValueError(
+                f"layer '{n}' produced {len(R)} rows for {len(X)} inputs (module used more than once per "
+                "forward?); hook distinct modules"
+            )
     mle_kw = {kk[4:]: v for kk, v in estimator_kw.items() if kk.startswith("mle_")}
     two_kw = {kk[6:]: v for kk, v in estimator_kw.items() if kk.startswith("twonn_")}
     unknown = [kk for kk in estimator_kw if not kk.startswith(("mle_", "twonn_"))]
