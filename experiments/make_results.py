@@ -135,7 +135,10 @@ def section(results: Path = RESULTS) -> str:
         lines.append(f"![{name}]({rel.as_posix()})")
         lines.append("")
     lines.append("Commands: `python experiments/<name>.py --quick` (minutes) or without `--quick` (full); "
-                 "`--seeds`, `--out`, `--jobs`. Notebooks in `notebooks/` discuss each finding.")
+                 "`--seeds`, `--out`, `--jobs` (joblib processes; on a cluster run inside "
+                 "`joblib.parallel_backend(\"dask\")` or Ray's, see `netgeom.pruning.sweeps`). "
+                 "Interrupted runs resume from their run directories under `<out>/runs`. "
+                 "Notebooks in `notebooks/` discuss each finding.")
     return "\n".join(lines)
 
 
