@@ -193,7 +193,13 @@ def count_patterns(
     flags = pattern_layers(layers)
     n0 = layers[0].n_in
     params = [
-        (layer.weight.to(device), layer.bias.to(device), layer.activation, layer.negative_slope, flag)
+        (
+            layer.weight.T.contiguous().to(device),
+            layer.bias.to(device),
+            layer.activation,
+            layer.negative_slope,
+            flag,
+        )
         for layer, flag in zip(layers[:-1], flags[:-1])
     ]
     widths = [layer.n_out for layer, f in zip(layers, flags) if f]
@@ -212,11 +218,14 @@ def count_patterns(
                     f"X batch {i} has {x.shape[1]} features per sample, but the network takes {n0} inputs"
                 )
             bits = []
-            for W, b, act, slope, flag in params:
-                z = x @ W.T + b
+            for Wt, b, act, slope, flag in params:
+                z = torch.addmm(b, x, Wt)
                 if flag:
                     bits.append(z > 0)
-                x = z if act == "identity" else torch.where(z > 0, z, z * slope)
+                if act == "identity":
+                    x = z
+                else:
+                    x = torch.relu(z) if slope == 0 else torch.nn.functional.leaky_relu(z, slope)
             if bits:
                 B = torch.cat(bits, dim=1).cpu().numpy()
             else:
