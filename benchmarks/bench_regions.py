@@ -52,7 +52,9 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="300x300 grid and width 100 only (< 1 minute)")
     ap.add_argument("--grid", type=int, default=None, help="grid points per side (default 1000, quick 300)")
     ap.add_argument("--widths", type=int, nargs="*", default=None)
-    ap.add_argument("--train-steps", type=int, default=300, help="Adam steps before counting (0 = random init)")
+    ap.add_argument(
+        "--train-steps", type=int, default=300, help="Adam steps before counting (0 = random init)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     grid = args.grid or (300 if args.quick else 1000)
