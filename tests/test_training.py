@@ -181,3 +181,13 @@ def test_history_plot(digits):
     ax = h.plot()
     assert ax.get_xlabel() == "epoch"
     plt.close("all")
+
+
+def test_num_threads_applies_during_run_and_is_restored(digits):
+    before = torch.get_num_threads()
+    seen = set()
+    train(net(), digits, CFG.replace(epochs=1), verbose=False, num_threads=2,
+          callback=lambda ev, tr: seen.add(torch.get_num_threads()))
+    assert seen == {2} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        train(net(), digits, CFG, verbose=False, num_threads=0)

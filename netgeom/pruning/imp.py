@@ -223,6 +223,7 @@ class IMP:
     ``data`` may hand in an already-loaded data set (it must be what ``config.data`` describes).
     ``callback(level, event, trainer)`` sees ``"start"`` (weights rewound, masks applied, before training),
     ``"step"`` and ``"epoch"``; raising from it interrupts the run (checkpoints stay consistent).
+    ``num_threads``: torch threads while training (see :class:`~netgeom.training.Trainer`).
     """
 
     def __init__(
@@ -235,6 +236,7 @@ class IMP:
         device: str | torch.device = "cpu",
         data=None,
         callback: LevelCallback | None = None,
+        num_threads: int | None = None,
     ):
         if not isinstance(config, IMPConfig):
             raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
@@ -246,6 +248,7 @@ class IMP:
         self.device = device
         self.callback = callback
         self._data = data
+        self.num_threads = num_threads
         self.run_dir = RunDir(out_dir, config.to_dict(), prefix="imp") if out_dir is not None else None
 
     # ------------------------------------------------------------------ helpers
@@ -368,7 +371,7 @@ class IMP:
         if level > 0 and isinstance(rw, tuple):
             start_step = self._rewind_step(spe)
         trainer = Trainer(model, data, cfg.train, masks=masks, device=self.device, verbose=self.verbose,
-                          start_step=start_step)
+                          start_step=start_step, num_threads=self.num_threads)
         k = self._rewind_step(spe) if level == 0 and isinstance(rw, tuple) else None
         if resume:
             trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
@@ -430,6 +433,8 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--random", action="store_true", help="random pruning baseline instead of magnitude")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads while training (1 is fastest "
+                   "for small MLPs)")
     p.add_argument("--out", default="runs/imp", help="root directory of run directories (default: runs/imp)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -454,7 +459,8 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
         q=args.q, rounds=args.rounds, rewind=parse_rewind(args.rewind), scope=args.scope,
         include_output=not args.keep_output, prune="random" if args.random else "magnitude", seed=args.seed,
     )
-    res = IMP(config, out_dir=args.out, verbose=not args.quiet, device=args.device, data=ds).run()
+    res = IMP(config, out_dir=args.out, verbose=not args.quiet, device=args.device, data=ds,
+              num_threads=args.threads).run()
     if args.json:
         print(res.to_json())
     else:
@@ -490,7 +496,8 @@ def demo_imp(
         ),
         q=0.2, rounds=5 if quick else 10, rewind="lr", seed=seed,
     )
-    res = IMP(config, out_dir=out_dir, verbose=verbose, data=data).run()
+    # one thread: fastest for this small MLP and robust when the cores are shared (see Trainer)
+    res = IMP(config, out_dir=out_dir, verbose=verbose, data=data, num_threads=1).run()
     return res.model_at(0), res.model_at(-1), res.levels[-1].masks, res.levels
 
 
