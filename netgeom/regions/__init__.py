@@ -14,8 +14,30 @@ from .bounds import (
     sparse_bound,
     zaslavsky_bound,
 )
+from .exact import (
+    BoxRegionsResult,
+    SegmentRegionsResult,
+    SliceRegionsResult,
+    TooManyRegionsError,
+    plane_through,
+    regions_in_box,
+    regions_on_segment,
+    regions_on_slice,
+)
+from .patterns import PatternCountResult, count_patterns, pattern_layers
 
 __all__ = [
+    "BoxRegionsResult",
+    "PatternCountResult",
+    "SegmentRegionsResult",
+    "SliceRegionsResult",
+    "TooManyRegionsError",
+    "count_patterns",
+    "pattern_layers",
+    "plane_through",
+    "regions_in_box",
+    "regions_on_segment",
+    "regions_on_slice",
     "RANK_MODELS",
     "AllocationResult",
     "BoundsResult",
