@@ -20,6 +20,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
+# The shared MNIST test split lies beside the checkout (../shared/data/mnist); users pass their own copy.
+MNIST_ROOT = str(ROOT.parent / "shared" / "data" / "mnist")
 PACKAGES = ("netgeom", "torch", "numpy", "scipy", "scikit-learn", "gudhi", "mnist1d", "joblib", "matplotlib")
 DESCRIPTION_FIELDS = ("experiment", "mode", "git_commit", "git_dirty", "seeds", "versions", "config", "argv")
 

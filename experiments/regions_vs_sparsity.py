@@ -28,7 +28,7 @@ import numpy as np
 from experiments import _common as C
 
 NAME = "regions_vs_sparsity"
-MNIST_ROOT = "/work/shared/data/mnist"
+MNIST_ROOT = C.MNIST_ROOT
 
 
 def make_config(quick: bool) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 from experiments import _common as C
 
 NAME = "topology_under_imp"
-MNIST_ROOT = "/work/shared/data/mnist"
+MNIST_ROOT = C.MNIST_ROOT
 
 
 def make_config(quick: bool) -> dict:
