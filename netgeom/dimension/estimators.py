@@ -96,15 +96,15 @@ def _graph(X, neighbors, k_max: int, duplicates: str, method: str, device) -> Ne
     if (X is None) == (neighbors is None):
         raise TypeError("pass exactly one of X or neighbors=")
     if neighbors is None:
-        return nearest_neighbors(X, k_max, duplicates=duplicates, method=method, device=device)
+        neighbors = nearest_neighbors(X, k_max, duplicates=duplicates, method=method, device=device)
     if not isinstance(neighbors, NeighborGraph):
         raise TypeError(f"neighbors must be a NeighborGraph, got {type(neighbors).__name__}")
     if neighbors.k < k_max:
         raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k_max} are needed")
-    if neighbors.n_dropped == 0 and (neighbors.distances[:, 0] <= 0).any():
+    if (neighbors.distances[:, 0] <= 0).any():
         raise ValueError(
             f"neighbors has {int((neighbors.distances[:, 0] <= 0).sum())} zero first-neighbour distance(s) "
-            "(duplicate points); build it with duplicates='drop'"
+            "(duplicate points, or distances below float64 range); build it with duplicates='drop'"
         )
     return neighbors
 
