@@ -111,6 +111,10 @@ def run_demo(
     """
     from .pruning.imp import demo_imp
 
+    chosen = [s for s in SECTIONS if sections is None or s[0] in sections]
+    unknown = set(sections or ()) - {s[0] for s in SECTIONS}
+    if unknown:
+        raise ValueError(f"unknown report section(s) {sorted(unknown)}; known: {[s[0] for s in SECTIONS]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -121,10 +125,6 @@ def run_demo(
         out_dir=out, seed=seed, quick=quick,
     )
     ctx.timings["train_and_prune"] = time.perf_counter() - t0
-    chosen = [s for s in SECTIONS if sections is None or s[0] in sections]
-    unknown = set(sections or ()) - {s[0] for s in SECTIONS}
-    if unknown:
-        raise ValueError(f"unknown report section(s) {sorted(unknown)}; known: {[s[0] for s in SECTIONS]}")
     parts = [
         "# netgeom demo report",
         "",
