@@ -134,7 +134,9 @@ def check_widths(widths: Any, name: str = "widths", *, min_len: int = 1) -> list
         raise TypeError(f"{name} must be a sequence of positive integers, got {widths!r}")
     out = [check_int(w, f"{name}[{i}]", minimum=1) for i, w in enumerate(widths)]
     if len(out) < min_len:
-        raise ValueError(f"{name} must have at least {min_len} entr{'y' if min_len == 1 else 'ies'}, got {out}")
+        raise ValueError(
+            f"{name} must have at least {min_len} entr{'y' if min_len == 1 else 'ies'}, got {out}"
+        )
     return out
 
 

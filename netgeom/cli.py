@@ -11,7 +11,9 @@ from collections.abc import Sequence
 def _demo(args: argparse.Namespace) -> int:
     from .report import run_demo
 
-    path = run_demo(args.out, seed=args.seed, quick=not args.full, sections=args.sections, verbose=not args.quiet)
+    path = run_demo(
+        args.out, seed=args.seed, quick=not args.full, sections=args.sections, verbose=not args.quiet
+    )
     print(f"wrote {path}")
     return 0
 
@@ -45,7 +47,11 @@ def _id(args: argparse.Namespace) -> int:
 
     ds = load_dataset({"name": args.data, **({"root": args.root} if args.root else {})}).flat()
     res = intrinsic_dimension(ds.X_train.numpy(), method=args.method, k=args.k)
-    print(json.dumps({"data": args.data, "method": args.method, "k": args.k, "dimension": res.dimension}, indent=2))
+    print(
+        json.dumps(
+            {"data": args.data, "method": args.method, "k": args.k, "dimension": res.dimension}, indent=2
+        )
+    )
     return 0
 
 

@@ -125,7 +125,8 @@ def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     if isinstance(module, nn.Sequential):
         if type(module).forward is not nn.Sequential.forward:
             raise UnsupportedLayerError(
-                f"module '{prefix or '<root>'}' ({type(module).__name__}) overrides Sequential.forward, so its "
+                f"module '{prefix or '<root>'}' ({type(module).__name__}) overrides Sequential.forward, so "
+                "its "
                 "order of operations is unknown; express it as a plain nn.Sequential of supported layers: "
                 + ", ".join(SUPPORTED_LAYERS)
             )
@@ -157,7 +158,9 @@ def _masked_weight(name: str, module: nn.Module, masks: Mapping[str, torch.Tenso
     return pname, w, mask
 
 
-def _apply_module(m: nn.Module, x: torch.Tensor, weight: torch.Tensor | None, with_bias: bool) -> torch.Tensor:
+def _apply_module(
+    m: nn.Module, x: torch.Tensor, weight: torch.Tensor | None, with_bias: bool
+) -> torch.Tensor:
     """Apply one affine module in float64 to a batch ``x`` (bias dropped when ``with_bias`` is False)."""
     F = torch.nn.functional
     if isinstance(m, nn.Linear):
@@ -184,7 +187,9 @@ def _apply_module(m: nn.Module, x: torch.Tensor, weight: torch.Tensor | None, wi
     return m.double()(x) if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Unflatten)) else x
 
 
-def _sample_shape(modules: list[tuple[str, nn.Module]], input_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+def _sample_shape(
+    modules: list[tuple[str, nn.Module]], input_shape: tuple[int, ...] | None
+) -> tuple[int, ...]:
     if input_shape is not None:
         return tuple(check_int(s, "input_shape entry", minimum=1) for s in input_shape)
     for _, m in modules:
@@ -297,7 +302,8 @@ def _group_to_layer(g: dict[str, Any], in_shape: tuple[int, ...], masks) -> Affi
                 x = _apply_module(m, x, weights.get(i), with_bias)
             except RuntimeError as exc:
                 raise ValueError(
-                    f"layer '{name}' ({type(m).__name__}) cannot take an input of shape {tuple(x.shape[1:])}: "
+                    f"layer '{name}' ({type(m).__name__}) cannot take an input of shape "
+                    f"{tuple(x.shape[1:])}: "
                     f"{exc}"
                 ) from None
         return x
@@ -307,9 +313,7 @@ def _group_to_layer(g: dict[str, Any], in_shape: tuple[int, ...], masks) -> Affi
         m = ops[0][1]
         W = weights[0]
         if W.shape[1] != n_in:
-            raise ValueError(
-                f"layer '{ops[0][0]}' (Linear) expects {W.shape[1]} inputs but receives {n_in}"
-            )
+            raise ValueError(f"layer '{ops[0][0]}' (Linear) expects {W.shape[1]} inputs but receives {n_in}")
         b = m.bias.detach().double() if m.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
         out_shape: tuple[int, ...] = (W.shape[0],)
     else:
@@ -373,7 +377,9 @@ def _seeded(seed: int | None):
     return torch.random.fork_rng(devices=[])
 
 
-def mlp(n_in: int, widths: Sequence[int], n_out: int, *, seed: int = 0, activation: str = "relu") -> nn.Sequential:
+def mlp(
+    n_in: int, widths: Sequence[int], n_out: int, *, seed: int = 0, activation: str = "relu"
+) -> nn.Sequential:
     """A fully connected ReLU network ``n_in -> widths... -> n_out`` with seeded default initialisation.
 
     >>> net = mlp(40, [100, 100], 10, seed=0)
@@ -414,11 +420,17 @@ def lenet5(in_shape: Sequence[int] = (1, 28, 28), n_out: int = 10, *, seed: int 
         if hh < 1 or ww < 1:
             raise ValueError(f"in_shape {tuple(in_shape)} is too small for LeNet-5 (needs at least 16x16)")
         net = nn.Sequential(
-            nn.Conv2d(c, 6, 5), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(c, 6, 5),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
             nn.Flatten(),
-            nn.Linear(16 * hh * ww, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(16 * hh * ww, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
             nn.Linear(84, n_out),
         )
     net.input_shape = (c, h, w)
@@ -436,13 +448,20 @@ def small_convnet(
     if len(shape) not in (2, 3):
         raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {shape}")
     conv, bn, pool = (
-        (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d) if len(shape) == 2 else (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
+        (nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d)
+        if len(shape) == 2
+        else (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
     )
     with _seeded(seed):
         torch.manual_seed(seed)
         feats = nn.Sequential(
-            conv(shape[0], channels, 3, padding=1), nn.ReLU(), pool(2),
-            conv(channels, channels, 3, padding=1), bn(channels), nn.ReLU(), pool(2),
+            conv(shape[0], channels, 3, padding=1),
+            nn.ReLU(),
+            pool(2),
+            conv(channels, channels, 3, padding=1),
+            bn(channels),
+            nn.ReLU(),
+            pool(2),
             nn.Flatten(),
         )
         n_flat = feats.eval()(torch.zeros(1, *shape)).shape[1]

@@ -119,10 +119,18 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = load_mnist1d(seed=seed, num_samples=4000 if quick else 10000)
-    dense, pruned, masks, levels = demo_imp(data, seed=seed, out_dir=out / "imp", quick=quick, verbose=verbose)
+    dense, pruned, masks, levels = demo_imp(
+        data, seed=seed, out_dir=out / "imp", quick=quick, verbose=verbose
+    )
     ctx = DemoContext(
-        data=data, model=dense.eval(), pruned_model=pruned.eval(), masks=masks, imp_levels=list(levels),
-        out_dir=out, seed=seed, quick=quick,
+        data=data,
+        model=dense.eval(),
+        pruned_model=pruned.eval(),
+        masks=masks,
+        imp_levels=list(levels),
+        out_dir=out,
+        seed=seed,
+        quick=quick,
     )
     ctx.timings["train_and_prune"] = time.perf_counter() - t0
     parts = [
@@ -146,7 +154,9 @@ def run_demo(
     report = out / "report.md"
     report.write_text("\n".join(parts) + "\n")
     (out / "summary.json").write_text(
-        json.dumps({"seed": seed, "quick": quick, "timings_s": ctx.timings, "torch": torch.__version__}, indent=2)
+        json.dumps(
+            {"seed": seed, "quick": quick, "timings_s": ctx.timings, "torch": torch.__version__}, indent=2
+        )
     )
     return report
 

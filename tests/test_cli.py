@@ -12,10 +12,30 @@ def test_public_api_names_resolve():
     missing = [n for n in netgeom.__all__ if not hasattr(netgeom, n)]
     assert not missing
     # the names the issues promise
-    for name in ["affine_layers", "Masks", "magnitude_prune", "random_prune", "IMP", "prunability", "serra_bound",
-                 "sparse_bound", "allocate_densities", "MLE", "TwoNN", "intrinsic_dimension", "zeroth_persistence",
-                 "neural_persistence", "topology_bound", "msf_retention", "count_patterns", "regions_on_segment",
-                 "regions_on_slice", "regions_in_box", "representation_dimension", "train"]:
+    for name in [
+        "affine_layers",
+        "Masks",
+        "magnitude_prune",
+        "random_prune",
+        "IMP",
+        "prunability",
+        "serra_bound",
+        "sparse_bound",
+        "allocate_densities",
+        "MLE",
+        "TwoNN",
+        "intrinsic_dimension",
+        "zeroth_persistence",
+        "neural_persistence",
+        "topology_bound",
+        "msf_retention",
+        "count_patterns",
+        "regions_on_segment",
+        "regions_on_slice",
+        "regions_in_box",
+        "representation_dimension",
+        "train",
+    ]:
         assert name in netgeom.__all__, name
 
 

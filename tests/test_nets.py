@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from netgeom import Masks, UnsupportedLayerError, affine_layers, build_model, forward_affine, layer_widths, mlp
+from netgeom import (
+    Masks,
+    UnsupportedLayerError,
+    affine_layers,
+    build_model,
+    forward_affine,
+    layer_widths,
+    mlp,
+)
 from netgeom.nets import lenet5, lenet_300_100, small_convnet
 
 
@@ -69,9 +77,13 @@ def test_batchnorm_linear_folding_and_dropout():
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.BatchNorm1d(5),  # a lone BatchNorm at the input folds into the first Linear's group
-        nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.ReLU(),
+        nn.Linear(5, 6),
+        nn.BatchNorm1d(6),
+        nn.Dropout(0.5),
+        nn.ReLU(),
         nn.Sequential(nn.Linear(6, 4), nn.Identity(), nn.LeakyReLU(0.2)),
-        nn.Linear(4, 3), nn.Linear(3, 2),  # two affine layers without activation between them
+        nn.Linear(4, 3),
+        nn.Linear(3, 2),  # two affine layers without activation between them
     )
     _randomise_bn(net, 3)
     err, layers = _agree(net, (5,))
@@ -105,8 +117,12 @@ def test_masked_conv():
 
 @pytest.mark.parametrize(
     "module,kind",
-    [(nn.MaxPool1d(2), "MaxPool1d"), (nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh"),
-     (nn.MultiheadAttention(4, 1), "MultiheadAttention")],
+    [
+        (nn.MaxPool1d(2), "MaxPool1d"),
+        (nn.Sigmoid(), "Sigmoid"),
+        (nn.Tanh(), "Tanh"),
+        (nn.MultiheadAttention(4, 1), "MultiheadAttention"),
+    ],
 )
 def test_unsupported_layers_are_named(module, kind):
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(module), nn.Linear(4, 2))

@@ -11,8 +11,14 @@ from netgeom.report import SECTIONS, run_demo
 def test_demo_report_has_every_section_and_its_plots(tmp_path):
     report = run_demo(tmp_path / "demo", seed=0, quick=True, verbose=False)
     text = report.read_text()
-    for title in ["## Network and data", "## Pruning", "## Linear-region bounds", "## Linear regions on a 2-D slice",
-                  "## Intrinsic dimension", "## Zeroth-order topology"]:
+    for title in [
+        "## Network and data",
+        "## Pruning",
+        "## Linear-region bounds",
+        "## Linear regions on a 2-D slice",
+        "## Intrinsic dimension",
+        "## Zeroth-order topology",
+    ]:
         assert title in text, title
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(images) >= 6

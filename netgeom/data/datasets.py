@@ -152,7 +152,9 @@ def load_digits(*, seed: int = 0, test_size: float = 0.25, standardize: bool = T
     if standardize:
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8
         Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
-    return _make("digits", Xtr, ytr, Xte, yte, (64,), 10, seed=seed, test_size=test_size, standardize=standardize)
+    return _make(
+        "digits", Xtr, ytr, Xte, yte, (64,), 10, seed=seed, test_size=test_size, standardize=standardize
+    )
 
 
 def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, train_split: float = 0.8) -> Dataset:
@@ -171,8 +173,16 @@ def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, train_split: float =
     args.train_split = train_split
     d = make_dataset(args)
     return _make(
-        "mnist1d", d["x"], d["y"], d["x_test"], d["y_test"], (d["x"].shape[1],), 10,
-        seed=seed, num_samples=num_samples, train_split=train_split,
+        "mnist1d",
+        d["x"],
+        d["y"],
+        d["x_test"],
+        d["y_test"],
+        (d["x"].shape[1],),
+        10,
+        seed=seed,
+        num_samples=num_samples,
+        train_split=train_split,
     )
 
 
@@ -232,7 +242,9 @@ def load_idx(
     elif split == "full":
         p_img, p_lab = _find_idx(root, "train-images-idx3-ubyte"), _find_idx(root, "train-labels-idx1-ubyte")
         if p_img is None or p_lab is None:
-            raise FileNotFoundError(f"split='full' needs train-images-idx3-ubyte[.gz] in {root}; only the test split is there")
+            raise FileNotFoundError(
+                f"split='full' needs train-images-idx3-ubyte[.gz] in {root}; only the test split is there"
+            )
         Xtr, ytr = _read_idx(p_img).astype(np.float64) / 255.0, _read_idx(p_lab).astype(np.int64)
         Xte, yte = te_x, te_y
     else:
@@ -264,7 +276,8 @@ def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
     if missing:
         raise FileNotFoundError(
             f"CIFAR-10 files missing in {base}: {missing[:2]}…; get cifar-10-python.tar.gz (e.g. "
-            "torchvision.datasets.CIFAR10(root, download=True) on a machine with network access) and unpack it there"
+            "torchvision.datasets.CIFAR10(root, download=True) on a machine with network access) and "
+            "unpack it there"
         )
 
     def read(f):
