@@ -143,23 +143,22 @@ class Masks(MutableMapping):
             k in other and not (v & ~torch.as_tensor(other[k]).cpu().bool()).any() for k, v in self._m.items()
         )
 
-    def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:
-        keys = set(self) | set(other)
+    def _combine(self, other: Mapping[str, torch.Tensor], op) -> Masks:
+        # keys keep this object's (forward) order, then the other's new ones; a key missing on one side
+        # takes the other side's mask unchanged
+        keys = list(self._m) + [k for k in other if k not in self._m]
         out = {}
         for k in keys:
             a, b = self._m.get(k), other.get(k)
             b = None if b is None else torch.as_tensor(b).cpu().bool()
-            out[k] = a if b is None else (b if a is None else a & b)
+            out[k] = a if b is None else (b if a is None else op(a, b))
         return Masks(out)
 
+    def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:
+        return self._combine(other, torch.logical_and)
+
     def __or__(self, other: Mapping[str, torch.Tensor]) -> Masks:
-        keys = set(self) | set(other)
-        out = {}
-        for k in keys:
-            a, b = self._m.get(k), other.get(k)
-            b = None if b is None else torch.as_tensor(b).cpu().bool()
-            out[k] = a if b is None else (b if a is None else a | b)
-        return Masks(out)
+        return self._combine(other, torch.logical_or)
 
     def equals(self, other: Mapping[str, torch.Tensor]) -> bool:
         return set(self) == set(other) and all(
