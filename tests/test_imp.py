@@ -186,7 +186,7 @@ def test_cli(tmp_path, capsys):
 def test_demo_imp_and_section(tmp_path, digits):
     dense, pruned, masks, levels = demo_imp(digits, seed=0, out_dir=None, quick=True)
     assert isinstance(masks, Masks) and len(levels) == 11  # quick demo: 10 rounds
-    assert masks.density() == pytest.approx(0.8**5, abs=1e-3)
+    assert masks.density() == pytest.approx(0.8**10, abs=1e-3)
     for k, m in masks.items():
         assert not dict(pruned.named_parameters())[k][~m].any()
     ctx = SimpleNamespace(imp_levels=levels, out_dir=tmp_path, seed=0, quick=True)
