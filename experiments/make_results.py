@@ -5,9 +5,8 @@ Verdict rules (fixed before looking at any full-mode number; not tuned):
 
 1. Prunability vs dimension — the claimed direction is *lower ID ⇒ more prunable*, i.e. a negative
    Spearman correlation between measured ID (MLE) and prunability over the (d, seed) runs.
-   reproduced: the 95% bootstrap interval lies below 0; partly reproduced: rho < 0 with an interval that
-   includes 0 *and* the per-d mean prunability also falls with nominal d (Spearman < 0); not reproduced
-   otherwise (a non-significant negative rho alone is not evidence for the direction).
+   reproduced: the 95% bootstrap interval lies below 0; not reproduced (opposite direction): it lies above
+   0; inconclusive: the interval includes 0 (a non-significant rho is evidence for neither direction).
 2. (a) Regions vs sparsity — per (data, width): accuracy at the lowest density more than 2 points below
    dense, and Spearman over the density grid of mean accuracy with the exact slice region count > 0 and
    with the log10 bound > 0. reproduced: all hold in every setting; partly: the drop and at least one of

@@ -127,9 +127,9 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, n_boot: int = 2000) -> dict:
 
 def headline(res: dict) -> dict:
     """Rule (stated in make_results.py): the claimed direction is a negative ID–prunability correlation.
-    reproduced: the bootstrap interval of Spearman(MLE ID, prunability) over runs lies below 0; partly
-    reproduced: rho < 0, the interval includes 0, and the per-d mean prunability also falls with nominal d;
-    not reproduced otherwise."""
+    reproduced: the bootstrap interval of Spearman(MLE ID, prunability) over runs lies below 0; not
+    reproduced (opposite direction): it lies above 0; inconclusive: it includes 0, whatever the sign of the
+    point estimate (a non-significant correlation is not evidence for either direction)."""
     from scipy.stats import spearmanr
 
     fam = next(iter(res["correlation"]))
@@ -142,10 +142,10 @@ def headline(res: dict) -> dict:
         verdict = "not reproduced"
     elif hi < 0:
         verdict = "reproduced"
-    elif rho < 0 and lo <= 0 <= hi and rho_means < 0:
-        verdict = "partly reproduced"
+    elif lo > 0:
+        verdict = "not reproduced (opposite direction)"
     else:
-        verdict = "not reproduced"
+        verdict = "inconclusive"
     return {"family": fam, "rho": rho, "ci": [lo, hi], "rho_per_d_means": rho_means, "verdict": verdict,
             "n_censored": sum(r["censored"] for r in rows), "n_dims": len(rows)}
 
