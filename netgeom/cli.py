@@ -1,4 +1,4 @@
-"""Command line: ``netgeom demo | imp | bounds | id | persistence``."""
+"""Command line: ``netgeom demo | imp | bounds | regions | id | persistence``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,32 @@ def _log10(n: int) -> float:
     from .regions.bounds import int_log10
 
     return int_log10(n)
+
+
+def _regions(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .nets import mlp
+    from .regions import regions_on_slice, serra_bound
+    from .regions.bounds import int_log10
+
+    n0, widths = args.widths[0], args.widths[1:]
+    if not widths:
+        raise SystemExit("netgeom regions: give the input dimension and at least one hidden width")
+    net = mlp(n0, widths, 1, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    # a random plane through the origin, spanned by two orthonormal directions
+    q, _ = np.linalg.qr(rng.standard_normal((n0, 2))) if n0 >= 2 else (None, None)
+    if q is None:
+        raise SystemExit("netgeom regions: a 2-D slice needs an input dimension of at least 2")
+    r = args.radius
+    res = regions_on_slice(net, np.zeros(n0), q[:, 0], q[:, 1], box=(-r, r, -r, r))
+    out = {
+        "n0": n0, "widths": widths, "seed": args.seed, "box_radius": r,
+        "regions_on_slice": res.count, "serra_log10": int_log10(serra_bound(n0, widths)),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def _id(args: argparse.Namespace) -> int:
@@ -83,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("widths", type=int, nargs="+")
     b.add_argument("--densities", type=float, nargs="*", default=None)
     b.set_defaults(func=_bounds)
+
+    r = sub.add_parser("regions", help="exact regions of a random MLP n0-n1-…-nL on a random 2-D slice")
+    r.add_argument("widths", type=int, nargs="+")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--radius", type=float, default=3.0, help="half-width of the (u, v) box")
+    r.set_defaults(func=_regions)
 
     i = sub.add_parser("id", help="intrinsic dimension of a data set")
     i.add_argument("data", help="digits | mnist1d | mnist | …")

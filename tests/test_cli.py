@@ -61,3 +61,10 @@ def test_cli_id(capsys):
 def test_cli_rejects_unknown_command(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_cli_regions(capsys):
+    assert main(["regions", "3", "6", "6", "--seed", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # a slice meets at least one region and never more than the whole input space can hold
+    assert 1 <= out["regions_on_slice"] <= netgeom.serra_bound(3, [6, 6])
