@@ -143,3 +143,28 @@ def test_sweep_matches_single_runs(tmp_path, digits):
         run_sweep([{"model": 1}])
     with pytest.raises(ValueError, match="unknown IMPConfig field"):
         grid(CFG, lr=[0.1])
+
+
+def _keep_first_inputs(model, masks):
+    keep = torch.zeros(16, 64, dtype=torch.bool)
+    keep[:, :8] = True
+    return {"0.weight": keep}
+
+
+def test_protect_callback_is_part_of_the_run_description(tmp_path, digits):
+    """A protected run must not reload a plain run's levels (or the reverse) from the same root."""
+    config = IMPConfig(**{**CFG.__dict__, "q": 0.5, "train": CFG.train.replace(epochs=1)})
+    plain = IMP(config, out_dir=tmp_path, verbose=False, data=digits).run()
+    prot = IMP(config, out_dir=tmp_path, verbose=False, data=digits, protect=_keep_first_inputs).run()
+    assert prot.run_dir != plain.run_dir and len(list(tmp_path.iterdir())) == 2
+    assert prot.config["protect"].endswith("test_runs._keep_first_inputs") and "protect" not in plain.config
+    assert prot.levels[2].masks["0.weight"][:, :8].all()
+    assert not plain.levels[2].masks.equals(prot.levels[2].masks)
+    same(prot, IMP(config, verbose=False, data=digits, protect=_keep_first_inputs).run())
+    # a lambda has no stable name: refused with a run directory, accepted with an explicit name
+    with pytest.raises(ValueError, match="protect_name"):
+        IMP(config, out_dir=tmp_path, verbose=False, protect=lambda m, k: {})
+    named = IMP(config, out_dir=tmp_path, verbose=False, protect=lambda m, k: {}, protect_name="none")
+    assert named.run_dir.description["protect"] == "none"
+    with pytest.raises(ValueError, match="without a protect"):
+        IMP(config, protect_name="x")

@@ -215,6 +215,24 @@ class IMPResult(Result):
 LevelCallback = Callable[[int, str, Trainer], None]
 
 
+def _protect_name(protect: Callable, name: str | None, need_stable: bool) -> str:
+    """The name under which a protect callback enters the run description."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"protect_name must be a non-empty string, got {name!r}")
+        return name
+    qual = getattr(protect, "__qualname__", None)
+    mod = getattr(protect, "__module__", None)
+    if qual is None or mod is None or "<" in qual:
+        if need_stable:
+            raise ValueError(
+                f"protect={protect!r} has no stable name (a lambda, local function or partial), so the run "
+                "directory could not record it; pass protect_name='...' or use a module-level function"
+            )
+        return repr(protect)
+    return f"{mod}.{qual}"
+
+
 class IMP:
     """Run an :class:`IMPConfig`: ``IMP(config, out_dir=None, protect=None).run() -> IMPResult``.
 
@@ -224,6 +242,12 @@ class IMP:
     ``callback(level, event, trainer)`` sees ``"start"`` (weights rewound, masks applied, before training),
     ``"step"`` and ``"epoch"``; raising from it interrupts the run (checkpoints stay consistent).
     ``num_threads``: torch threads while training (see :class:`~netgeom.training.Trainer`).
+
+    A ``protect`` callback changes which weights are pruned, so it is part of the experiment: its name
+    (``protect_name``, default ``module.qualname`` of the callable) is written into the description under
+    ``"protect"`` and so into the run directory's hash. Without that, a topology-preserving run would
+    silently reload the levels of a plain run of the same config. Lambdas, local functions and partials have
+    no stable name: give ``protect_name`` for them when ``out_dir`` is set.
     """
 
     def __init__(
@@ -237,11 +261,17 @@ class IMP:
         data=None,
         callback: LevelCallback | None = None,
         num_threads: int | None = None,
+        protect_name: str | None = None,
     ):
         if not isinstance(config, IMPConfig):
             raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
         if protect is not None and not callable(protect):
             raise TypeError("protect must be a callable protect(model, masks) -> masks")
+        self.description = config.to_dict()
+        if protect is not None:
+            self.description["protect"] = _protect_name(protect, protect_name, out_dir is not None)
+        elif protect_name is not None:
+            raise ValueError("protect_name given without a protect callback")
         self.config = config
         self.protect = protect
         self.verbose = verbose
@@ -249,7 +279,7 @@ class IMP:
         self.callback = callback
         self._data = data
         self.num_threads = num_threads
-        self.run_dir = RunDir(out_dir, config.to_dict(), prefix="imp") if out_dir is not None else None
+        self.run_dir = RunDir(out_dir, self.description, prefix="imp") if out_dir is not None else None
 
     # ------------------------------------------------------------------ helpers
     def _build(self) -> nn.Module:
@@ -350,7 +380,7 @@ class IMP:
         finally:
             bar.close()
         path = str(rd.path) if rd is not None else None
-        return IMPResult(config=cfg.to_dict(), levels=levels, run_dir=path)
+        return IMPResult(config=dict(self.description), levels=levels, run_dir=path)
 
     def _train_level(self, level, model, masks, data, init_state, rewind_state) -> IMPLevel:
         cfg, rd = self.config, self.run_dir
