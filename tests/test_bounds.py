@@ -270,3 +270,14 @@ def test_bounds_result_and_plot(tmp_path):
     r = sparse_bound(5, [8, 6], [0.5, 0.5])
     r.plot().figure.savefig(tmp_path / "r.png")
     assert r.to_dict()["log10"] == pytest.approx(r.log10)
+
+
+def test_model_ending_with_an_activation_counts_its_last_layer():
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU())
+    b = bounds(net)
+    assert b.widths == [5, 3] and b.serra == serra_bound(2, [5, 3])
+    assert bounds(nn.Sequential(nn.Linear(2, 3), nn.ReLU())).serra == zaslavsky_bound(3, 2) == 7
+    with pytest.raises(ValueError, match="already counted as a hidden layer"):
+        sparse_bound(model=net, rank_model="masks", include_output=True)

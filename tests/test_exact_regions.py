@@ -351,3 +351,28 @@ def test_plane_through_and_plots():
     regions_in_box(mlp(1, [3], 1, seed=0), [-2], [2]).plot()
     assert sl.to_dict()["count"] == sl.count
     plt.close("all")
+
+
+def test_network_ending_with_an_activation():
+    # f(x) = relu(x - c) for c = -2, -1, 0, 1: four kinks on [-3, 3], so five pieces, all from the last layer.
+    lin = nn.Linear(1, 4)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.copy_(torch.tensor([2.0, 1.0, 0.0, -1.0]))
+    net = nn.Sequential(lin, nn.ReLU())
+    seg = regions_on_segment(net, [-3.0], [3.0])
+    assert seg.count == 5
+    np.testing.assert_allclose(seg.breakpoints, [1 / 6, 2 / 6, 3 / 6, 4 / 6], atol=1e-12)
+    box = regions_in_box(net, [-3.0], [3.0])
+    assert box.count == 5 and _pset(box.patterns) == _pset(seg.patterns)
+    deep = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU())
+    torch.manual_seed(1)
+    for m in deep:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    sl = regions_on_slice(deep, [0, 0], [1, 0], [0, 1], box=(-2, 2, -2, 2))
+    bx = regions_in_box(deep, [-2, -2], [2, 2])
+    assert sl.n_bits == 6 and _pset(sl.patterns) == _pset(bx.patterns)
+    sampled = count_patterns(deep, _grid(np.array([-2, -2]), np.array([2, 2]), 200))
+    assert sampled.n_bits == 6 and {r.tobytes() for r in sampled.patterns} <= _pset(sl.patterns)

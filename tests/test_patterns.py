@@ -157,3 +157,15 @@ def test_plot_and_to_dict():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_network_ending_with_an_activation_has_bits_in_its_last_layer():
+    # No affine classifier: the last ReLU's kinks cut regions like any hidden layer's.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3), nn.LeakyReLU(0.1))
+    X = torch.randn(300, 2)
+    res = count_patterns(net, X, per_layer=True)
+    ref = _reference_patterns(net, X)
+    assert ref.shape[1] == 7 and res.n_bits == 7
+    assert res.count == _set_count(ref)
+    assert res.per_layer[1] == _set_count(ref[:, 4:])

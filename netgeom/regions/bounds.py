@@ -383,7 +383,16 @@ class SparseBoundResult(Result):
 
 
 def _model_layers(model, masks, include_output: bool) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
+    """``(n0, region layers, all layers)``. The region layers are all but the affine output layer; a network
+    that ends with a ReLU/LeakyReLU has no affine output layer, and its last layer cuts regions too."""
     layers = affine_layers(model, masks)
+    if layers[-1].activation != "identity":
+        if include_output:
+            raise ValueError(
+                f"the model's last layer '{layers[-1].name}' has a {layers[-1].activation} activation, so it "
+                "is already counted as a hidden layer; include_output=True needs an affine output layer"
+            )
+        return layers[0].n_in, layers, layers
     if len(layers) < 2 and not include_output:
         raise ValueError("the model has no hidden layer (only its output layer): no region bound to compute")
     return layers[0].n_in, layers[:-1], layers

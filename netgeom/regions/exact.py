@@ -25,7 +25,7 @@ import torch
 from .._validation import check_array, check_fraction, check_int
 from ..nets import AffineLayer, affine_layers
 from ..results import Result, new_axes
-from .patterns import pattern_layers
+from .patterns import _last_pattern_layer, pattern_layers
 
 __all__ = [
     "SegmentRegionsResult",
@@ -47,11 +47,11 @@ class TooManyRegionsError(RuntimeError):
 
 
 def _hidden(model, masks) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray, bool, float]]]:
-    """The layers and, for each layer before the classifier, ``(W, b, has_bits, slope)`` in numpy."""
+    """The layers and, for each layer up to the last one with pattern bits, ``(W, b, has_bits, slope)``."""
     layers = affine_layers(model, masks)
     flags = pattern_layers(layers)
     plan = []
-    for layer, flag in zip(layers[:-1], flags[:-1]):
+    for layer, flag in zip(layers[: _last_pattern_layer(flags) + 1], flags):
         slope = 1.0 if layer.activation == "identity" else float(layer.negative_slope)
         plan.append((layer.weight.numpy(), layer.bias.numpy(), flag, slope))
     return layers, plan

@@ -1,7 +1,9 @@
 """Sampled activation patterns: how many distinct patterns a set of inputs meets.
 
-The activation pattern of an input is the boolean vector ``[z_i(x) > 0]`` over all hidden units (every layer
-except the last, identity-activation classifier; a hidden layer with the identity activation has no bits).
+The activation pattern of an input is the boolean vector ``[z_i(x) > 0]`` over every unit followed by a ReLU
+or LeakyReLU: all hidden layers, and the last layer too when the network ends with an activation (its kinks
+cut regions like any other). Layers with the identity activation (the usual classifier, an affine layer
+between two parametrised modules) have no bits.
 Patterns are compared exactly: each pattern is packed into bytes (``np.packbits``) and the packed rows are
 deduplicated with ``np.unique`` on a ``void`` view, so two different patterns can never be merged (no hash).
 The count is a lower bound on the number of activation regions the inputs' set meets.
@@ -23,12 +25,23 @@ __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patte
 
 
 def pattern_layers(layers: Sequence[AffineLayer]) -> list[bool]:
-    """For each layer, whether its units contribute bits to the activation pattern.
+    """For each layer, whether its units contribute bits to the activation pattern: exactly the layers with a
+    ReLU or LeakyReLU activation, wherever they are. The usual classifier (identity activation) has none, but
+    a network that ends with an activation is piecewise linear in its last layer too, so that layer counts.
 
-    The last layer (the classifier) never does, nor does any layer with the identity activation.
+    >>> from torch import nn
+    >>> from netgeom.nets import affine_layers
+    >>> pattern_layers(affine_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))))
+    [True, False]
+    >>> pattern_layers(affine_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1), nn.ReLU())))
+    [True, True]
     """
-    n = len(layers)
-    return [i < n - 1 and layer.activation != "identity" for i, layer in enumerate(layers)]
+    return [layer.activation != "identity" for layer in layers]
+
+
+def _last_pattern_layer(flags: Sequence[bool]) -> int:
+    """Index of the last layer with pattern bits (-1 if none): later layers cannot change the pattern."""
+    return max((i for i, f in enumerate(flags) if f), default=-1)
 
 
 def pack_patterns(bits: np.ndarray) -> np.ndarray:
@@ -200,7 +213,7 @@ def count_patterns(
             layer.negative_slope,
             flag,
         )
-        for layer, flag in zip(layers[:-1], flags[:-1])
+        for layer, flag in zip(layers[: _last_pattern_layer(flags) + 1], flags)
     ]
     widths = [layer.n_out for layer, f in zip(layers, flags) if f]
     names = [layer.name for layer, f in zip(layers, flags) if f]
