@@ -184,3 +184,26 @@ def test_results_plot_and_demo(tmp_path):
     text = demo_section(ctx)
     assert text.startswith("## ") and "(topology_np.png)" in text and "(topology_retention.png)" in text
     assert (tmp_path / "topology_np.png").exists() and (tmp_path / "topology_retention.png").exists()
+
+
+def test_topology_preserving_imp_keeps_each_diagram_at_pruning_time():
+    """The protect callback through the real IMP harness (not a copy of it): at every pruning step, each
+    layer's diagram of the trained weights is the same before and after the step."""
+    from netgeom.data.datasets import load_digits
+    from netgeom.pruning import IMP, IMPConfig
+    from netgeom.training import TrainConfig
+
+    cfg = IMPConfig(model={"name": "mlp", "n_in": 64, "widths": [16], "n_out": 10},
+                    data={"name": "digits", "seed": 0}, train=TrainConfig(epochs=1, batch_size=64, lr=0.05),
+                    rounds=3, q=0.5)
+    res = IMP(cfg, verbose=False, data=load_digits(seed=0), protect=spanning_forest_protect).run()
+    bound = topology_bound([64, 16, 10]).max_sparsity
+    for r in range(1, len(res.levels)):
+        trained = res.model_at(r - 1)  # the weights that level r's masks were chosen on
+        before = network_graph(trained, res.levels[r - 1].masks)
+        after = network_graph(trained, res.levels[r].masks)
+        for gb, ga in zip(before, after):
+            db, da = zeroth_persistence(gb), zeroth_persistence(ga)
+            assert da.equals(db, atol=0.0) and np.array_equal(da.msf_mask, db.msf_mask)
+        assert abs(res.levels[r].density - 0.5**r) < 1e-3 and res.levels[r].sparsity <= bound
+    assert res.config["protect"].endswith("spanning_forest_protect")
