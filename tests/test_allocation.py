@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from netgeom import mlp
 from netgeom.pruning.masks import prunable_parameters
+from netgeom.pruning.rules import magnitude_prune
 from netgeom.regions.allocation import allocate_densities
 from netgeom.regions.bounds import sparse_bound
 
@@ -70,10 +71,6 @@ def test_per_layer_for_pruning_harness():
     assert plain.per_layer() == pytest.approx(plain.sparsities) and len(plain.per_layer()) == 2
     with pytest.raises(ValueError, match="widths"):
         plain.per_layer(mlp(10, [12, 9], 3, seed=0))
-    try:
-        from netgeom.pruning.rules import magnitude_prune
-    except ImportError:  # the harness lives in another module; only check it when present
-        return
     masks = magnitude_prune(net, per_layer=r.per_layer(net), scope="layer")
     kept = masks.layer_densities()
     assert kept["0.weight"] == pytest.approx(r.densities[0], abs=1 / 120 + 1e-9)

@@ -11,6 +11,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 from netgeom import Masks, affine_layers, mlp, small_convnet
+from netgeom.regions.bounds import serra_bound
 from netgeom.regions.exact import (
     TooManyRegionsError,
     plane_through,
@@ -19,25 +20,6 @@ from netgeom.regions.exact import (
     regions_on_slice,
 )
 from netgeom.regions.patterns import count_patterns, pack_patterns
-
-try:
-    from netgeom.regions.bounds import serra_bound
-except ImportError:  # pragma: no cover - the bounds module is written in parallel
-
-    def serra_bound(n0, widths):
-        from math import comb
-
-        total = 0
-        for js in itertools.product(*[range(w + 1) for w in widths]):
-            cap, ok = n0, True
-            for j, w in zip(js, widths):
-                if j > min(cap, w):
-                    ok = False
-                    break
-                cap = min(cap, w - j)
-            if ok:
-                total += np.prod([comb(w, j) for w, j in zip(widths, js)], dtype=object)
-        return int(total)
 
 
 def _pset(patterns: np.ndarray) -> set:
@@ -376,3 +358,15 @@ def test_network_ending_with_an_activation():
     assert sl.n_bits == 6 and _pset(sl.patterns) == _pset(bx.patterns)
     sampled = count_patterns(deep, _grid(np.array([-2, -2]), np.array([2, 2]), 200))
     assert sampled.n_bits == 6 and {r.tobytes() for r in sampled.patterns} <= _pset(sl.patterns)
+
+
+def test_box_lp_failure_is_an_error_not_a_missing_region(monkeypatch):
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    def failing(*args, **kwargs):
+        return OptimizeResult(status=4, message="numerical difficulties", x=None, success=False)
+
+    monkeypatch.setattr(scipy.optimize, "linprog", failing)
+    with pytest.raises(RuntimeError, match="status 4"):
+        regions_in_box(mlp(2, [4, 4], 1, seed=0), [-3, -3], [3, 3])

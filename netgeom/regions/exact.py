@@ -25,6 +25,7 @@ import torch
 from .._validation import check_array, check_fraction, check_int
 from ..nets import AffineLayer, affine_layers
 from ..results import Result, new_axes
+from .bounds import int_log10, serra_bound
 from .patterns import _last_pattern_layer, pattern_layers
 
 __all__ = [
@@ -516,8 +517,11 @@ def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | N
         bounds=[(None, None)] * d + [(0.0, cap)],
         method="highs",
     )
-    if res.status != 0:
+    if res.status == 2:  # infeasible: the piece is empty
         return None, 0.0
+    if res.status != 0:
+        # Any other outcome (iteration limit, numerical trouble) would silently drop or keep a region.
+        raise RuntimeError(f"HiGHS failed on a region's Chebyshev LP (status {res.status}: {res.message})")
     return res.x[:d], float(res.x[d])
 
 
@@ -679,7 +683,6 @@ def regions_in_box(
 # ================================================================================================= demo
 def demo_section(ctx) -> str:
     """Report section: the regions on the plane through three training inputs, dense vs pruned net."""
-    import math
     import time
 
     import matplotlib
@@ -729,17 +732,12 @@ def demo_section(ctx) -> str:
     plt.close(fig)
     widths = [layer.n_out for layer, f in zip(layers, pattern_layers(layers)) if f]
     n0 = layers[0].n_in
-    try:
-        from .bounds import serra_bound
-
-        log_b = math.log10(serra_bound(n0, widths))
-        arch = f"{n0}-{'-'.join(map(str, widths))}"
-        bound = (
-            f"For scale: the Serra et al. (2018) upper bound for {arch} is ~10^{log_b:.1f} regions in the "
-            "whole input space (a slice meets a tiny fraction of them)."
-        )
-    except ImportError:
-        bound = "(Serra bound not available in this build.)"
+    log_b = int_log10(serra_bound(n0, widths))
+    arch = f"{n0}-{'-'.join(map(str, widths))}"
+    bound = (
+        f"For scale: the Serra et al. (2018) upper bound for {arch} is ~10^{log_b:.1f} regions in the "
+        "whole input space (a slice meets a tiny fraction of them)."
+    )
     lines = [
         "## Linear regions on a 2-D slice",
         "",
