@@ -265,8 +265,18 @@ class Trainer:
         self._mm: list[torch.Tensor] = []
         if masks is None:
             return
-        if hasattr(masks, "validate"):
-            masks.validate(self.model)
+        # imported here: netgeom.pruning imports this module
+        from .pruning.masks import Masks
+
+        if not isinstance(masks, Mapping):
+            raise TypeError(
+                f"masks must be a Masks or a mapping name -> bool tensor, got {type(masks).__name__}"
+            )
+        if not isinstance(masks, Masks):
+            # a plain dict of floats such as 0.5 would otherwise rescale the weights instead of masking them
+            masks = Masks(masks)
+        masks.validate(self.model)
+        self.masks = masks
         params = dict(self.model.named_parameters())
         for k, m in masks.items():
             if k not in params:

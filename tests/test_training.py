@@ -170,6 +170,14 @@ def test_bad_inputs(digits):
         train(m, digits, CFG, masks=Masks({"0.weight": np.ones((3, 3), bool)}), verbose=False)
     with pytest.raises(KeyError, match="no parameter"):
         train(m, digits, CFG, masks=Masks({"9.weight": np.ones((3, 3), bool)}), verbose=False)
+    # a plain dict of non-0/1 values must not silently rescale the weights
+    with pytest.raises(ValueError, match="boolean"):
+        train(m, digits, CFG, masks={"0.weight": torch.full(tuple(m[0].weight.shape), 0.5)}, verbose=False)
+    with pytest.raises(TypeError, match="mapping"):
+        train(m, digits, CFG, masks=[np.ones((3, 3), bool)], verbose=False)
+    with pytest.warns(UserWarning, match="removes every weight"):
+        Trainer(m, digits, CFG, masks={"0.weight": torch.zeros(tuple(m[0].weight.shape), dtype=torch.bool)},
+                verbose=False)
     with pytest.raises(FloatingPointError, match="diverged"):
         train(net(), digits, CFG.replace(lr=1e6, momentum=0.0), verbose=False)
 
