@@ -89,4 +89,9 @@ def test_prune_output_and_errors():
     ):
         with pytest.raises((ValueError, TypeError)):
             bad()
+    from torch import nn
+
+    no_classifier = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="affine output layer"):
+        allocate_densities(model=no_classifier, total_density=0.5)
     assert allocate_densities(20, [10, 10], 1.0).densities == [1.0, 1.0]

@@ -97,6 +97,7 @@ def test_serra_fast_for_large_widths_and_log10():
         lambda: sparse_bound(2, [3], [0.5], rank_model="nope"),
         lambda: sparse_bound(2, [3], [0.5], rank_model="monte_carlo"),  # no seed
         lambda: sparse_bound(2, [3], rank_model=[[0.5, 0.9]]),  # sums above 1
+        lambda: sparse_bound(2, [3], rank_model=[[0.0, 0.0, 0.0]]),  # no mass: the bound would be 0
     ],
 )
 def test_bad_input_raises(call):

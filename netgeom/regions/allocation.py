@@ -176,6 +176,12 @@ def allocate_densities(
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         layers = affine_layers(model)
+        if layers[-1].activation != "identity":
+            # The bound would count that layer as hidden while the budget treats it as the classifier.
+            raise ValueError(
+                f"allocate_densities needs an affine output layer (classifier); the model's last layer "
+                f"'{layers[-1].name}' has a {layers[-1].activation} activation"
+            )
         m_n0, m_widths, m_out = layers[0].n_in, [la.n_out for la in layers[:-1]], layers[-1].n_out
         for given, actual, nm in ((n0, m_n0, "n0"), (n_out, m_out, "n_out")):
             if given is not None and given != actual:

@@ -422,6 +422,9 @@ def _check_distributions(dists: Any, fulls: list[int]) -> list[np.ndarray]:
             arr = np.concatenate([arr, np.zeros(full + 1 - len(arr))])
         if not np.isfinite(arr).all() or (arr < 0).any() or arr.sum() > 1 + 1e-9:
             raise ValueError(f"rank_model[{i}] must hold probabilities (>= 0, summing to <= 1), got {arr}")
+        if arr.sum() <= 0:
+            # Zero mass everywhere would make the bound 0 (log10 = -inf) without saying why.
+            raise ValueError(f"rank_model[{i}] gives every rank probability 0; it needs positive mass")
         out.append(arr)
     return out
 
