@@ -82,26 +82,26 @@ def test_serra_fast_for_large_widths_and_log10():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call,match",
     [
-        lambda: serra_bound(0, [3]),
-        lambda: serra_bound(2, [3, 0]),
-        lambda: serra_bound(2, [3, -1]),
-        lambda: serra_bound(2, []),
-        lambda: serra_bound(2, [3], ranks=[1, 2]),
-        lambda: sparse_bound(2, [3, 3], [0.5]),
-        lambda: sparse_bound(2, [3, 3], [0.5, 0.0]),
-        lambda: sparse_bound(2, [3, 3], [0.5, 1.5]),
-        lambda: sparse_bound(2, [3], [0.5], include_output=True),
-        lambda: sparse_bound(2, [3], [0.5], rank_model="masks"),
-        lambda: sparse_bound(2, [3], [0.5], rank_model="nope"),
-        lambda: sparse_bound(2, [3], [0.5], rank_model="monte_carlo"),  # no seed
-        lambda: sparse_bound(2, [3], rank_model=[[0.5, 0.9]]),  # sums above 1
-        lambda: sparse_bound(2, [3], rank_model=[[0.0, 0.0, 0.0]]),  # no mass: the bound would be 0
+        (lambda: serra_bound(0, [3]), "n0 must be >= 1"),
+        (lambda: serra_bound(2, [3, 0]), r"widths\[1\] must be >= 1"),
+        (lambda: serra_bound(2, [3, -1]), r"widths\[1\] must be >= 1"),
+        (lambda: serra_bound(2, []), "widths must have at least 1"),
+        (lambda: serra_bound(2, [3], ranks=[1, 2]), "ranks needs one entry per hidden layer"),
+        (lambda: sparse_bound(2, [3, 3], [0.5]), "one density per hidden layer"),
+        (lambda: sparse_bound(2, [3, 3], [0.5, 0.0]), r"densities\[1\] must lie in \(0.0, 1.0\]"),
+        (lambda: sparse_bound(2, [3, 3], [0.5, 1.5]), r"densities\[1\] must lie in"),
+        (lambda: sparse_bound(2, [3], [0.5], include_output=True), "needs n_out"),
+        (lambda: sparse_bound(2, [3], [0.5], rank_model="masks"), "needs the pruned model"),
+        (lambda: sparse_bound(2, [3], [0.5], rank_model="nope"), "rank_model must be one of"),
+        (lambda: sparse_bound(2, [3], [0.5], rank_model="monte_carlo"), "seed is required"),
+        (lambda: sparse_bound(2, [3], rank_model=[[0.5, 0.9]]), "summing to <= 1"),
+        (lambda: sparse_bound(2, [3], rank_model=[[0.0, 0.0, 0.0]]), "positive mass"),
     ],
 )
-def test_bad_input_raises(call):
-    with pytest.raises((ValueError, TypeError)):
+def test_bad_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 
