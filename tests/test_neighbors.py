@@ -7,8 +7,16 @@ from hypothesis import strategies as st
 from netgeom.dimension.neighbors import deduplicate, nearest_neighbors
 
 
+def brute_dist(X):
+    D = np.empty((len(X), len(X)))
+    for a in range(0, len(X), 100):  # direct differences, in blocks to bound memory
+        diff = X[a : a + 100, None, :] - X[None, :, :]
+        D[a : a + 100] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    return D
+
+
 def brute_knn(X, k):
-    D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    D = brute_dist(X)
     np.fill_diagonal(D, np.inf)
     i = np.argsort(D, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(D, i, 1), i
@@ -20,7 +28,7 @@ def assert_same_knn(g, X, k):
     # indices may differ only where distances tie exactly
     diff = g.indices != i
     if diff.any():
-        D = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+        D = brute_dist(X)
         rows, cols = np.nonzero(diff)
         np.testing.assert_array_equal(D[rows, g.indices[rows, cols]], D[rows, i[rows, cols]])
 
@@ -137,3 +145,32 @@ def test_truncate_and_input_not_mutated():
     g3 = g.truncate(3)
     np.testing.assert_array_equal(g3.distances, g.distances[:, :3])
     assert g.to_dict()["k"] == 6
+
+
+# ---------------------------------------------------------------- adversarial scales for the certificate
+@pytest.mark.parametrize("scale", [1e-25, 1e-40, 1e30, 1e36])
+def test_certificate_sound_at_extreme_scales(scale):
+    # float32 squares/products underflow (1e-25, 1e-40) or overflow to inf/NaN (1e30, 1e36): the scores are
+    # then meaningless, and the certificate must not vouch for them
+    rng = np.random.default_rng(0)
+    X = scale * rng.normal(size=(1000, 17))
+    g = nearest_neighbors(X, 5, method="torch")
+    assert_same_knn(g, X, 5)
+
+
+def test_certificate_sound_with_mixed_magnitudes():
+    # two nearly equal points of norm 3e19 (‖x‖² overflows float32 → NaN scores) among points of norm 1e16
+    rng = np.random.default_rng(6)
+    p = np.full(17, 3e19 / np.sqrt(17))
+    X = np.concatenate([1e16 * rng.normal(size=(60, 17)), [p, p + 1e12 * rng.normal(size=17)]])
+    g = nearest_neighbors(X, 5, method="torch")
+    assert_same_knn(g, X, 5)
+    assert g.indices[60, 0] == 61 and g.indices[61, 0] == 60
+
+
+@pytest.mark.parametrize("method", ["torch", "kdtree"])
+def test_float64_overflow_is_refused(method):
+    X = 1e200 * np.random.default_rng(7).normal(size=(50, 20))
+    with pytest.raises(ValueError, match="overflow"):
+        nearest_neighbors(X, 3, method=method)
+

@@ -132,6 +132,13 @@ def nearest_neighbors(
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
+    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
+    amax = float(np.abs(X).max()) if X.size else 0.0
+    if amax > 0.5e154 / math.sqrt(X.shape[1]):
+        raise ValueError(
+            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
+            "(every intrinsic-dimension estimate is scale-invariant)"
+        )
     n_input = len(X)
     if method == "auto":
         method = "kdtree" if X.shape[1] <= _KDTREE_MAX_FEATURES else "torch"
@@ -226,8 +233,13 @@ def _knn_torch(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     n, D = X.shape
     m = min(k + n_extra, n - 1)
-    # centring in float64 shrinks the norms, hence the float32 expansion error, without changing distances
-    X32 = torch.from_numpy((X - X.mean(axis=0)).astype(np.float32))
+    # centring in float64 shrinks the norms, hence the float32 expansion error, without changing distances;
+    # the exact power-of-two scaling to norms <= 1 keeps every float32 square and product away from overflow
+    # (inf/NaN scores would void the certificate) and from underflow far below the data's scale
+    Xc = X - X.mean(axis=0)
+    amax = float(np.abs(Xc).max())
+    shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D))) if amax > 0 else 0
+    X32 = torch.from_numpy(np.ldexp(Xc, -shift).astype(np.float32))
     sq = X32.double().square_().sum(1)  # exact-ish squared norms of the float32 points
     sq32 = sq.float().to(device)
     X32 = X32.to(device)
@@ -235,10 +247,17 @@ def _knn_torch(
     nmax = float(norms.max())
     u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     u32 = 2.0**-24
+    u64 = 2.0**-53
     gamma = D * u / (1 - D * u) if D * u < 0.5 else math.inf
     # rigorous bound on |fl(‖y‖² − 2x·y) − (‖y‖² − 2x·y)| is (γ_D + 2u)(‖x‖ + ‖y‖)²; doubled for the
     # second-order terms (float64 centring, the final addition) that the first-order bound leaves out
     c_err = 2.0 * (gamma + 3 * u32)
+    # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (cast, square,
+    # product); with norms <= 1 these terms are tiny but not relative to the data, so they are bounded apart
+    abs_sq = (2 * D + 8) * 2.0**-149
+    abs_pt = math.sqrt(D) * 2.0**-147
+    # the float64 distances themselves carry a relative error up to ~(D + 2) u64
+    shrink = 1 - (D + 4) * u64
 
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
@@ -263,11 +282,11 @@ def _knn_torch(
             np.subtract(diff, X[a + s0 : a + s0 + len(cd), None, :], out=diff)
             d64[s0 : s0 + len(cd)] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         d_sorted, order = _sort_rows(d64, cand)
-        dk = torch.from_numpy(d_sorted[:, k - 1])
+        dk = torch.from_numpy(np.ldexp(d_sorted[:, k - 1], -shift))
         rows = torch.arange(a, b)
         xn = norms[rows]
-        lower_sq = s_max + sq[rows] - c_err * (xn + nmax) ** 2
-        lower = lower_sq.clamp_min(0).sqrt() - 2 * u32 * (xn + nmax)
+        lower_sq = s_max + sq[rows] * (1 - D * u64) - c_err * (xn + nmax) ** 2 - abs_sq
+        lower = (lower_sq.clamp_min(0).sqrt() - 2 * u32 * (xn + nmax) - 2 * abs_pt) * shrink
         ok = (dk < lower) | (m == n - 1)  # all other points are candidates: nothing to certify
         dist[a:b] = d_sorted[:, :k]
         idx[a:b] = order[:, :k]
