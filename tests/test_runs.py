@@ -168,3 +168,31 @@ def test_protect_callback_is_part_of_the_run_description(tmp_path, digits):
     assert named.run_dir.description["protect"] == "none"
     with pytest.raises(ValueError, match="without a protect"):
         IMP(config, protect_name="x")
+
+
+def test_run_directory_never_exists_without_its_description(tmp_path, monkeypatch):
+    """A kill while the description is written must not leave a directory that cannot be reopened."""
+    from netgeom.pruning import runs
+
+    real = runs.atomic_write_bytes
+
+    def killed(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        RunDir(tmp_path, {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # neither the run directory nor a temporary one is left
+    monkeypatch.setattr(runs, "atomic_write_bytes", real)
+    r = RunDir(tmp_path, {"a": 1})
+    assert not r.resumed and json.loads((r.path / "description.json").read_text()) == {"a": 1}
+    assert oct(r.path.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    # another process creating the same directory first: this one reopens it instead of failing
+    monkeypatch.setattr(runs.os, "rename", lambda a, b: (_ for _ in ()).throw(OSError("exists")))
+    r2 = RunDir(tmp_path, {"a": 1})
+    assert r2.resumed and r2.path == r.path and len(list(tmp_path.iterdir())) == 1
+
+
+def _umask():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("Umask")).split()[1], 8)

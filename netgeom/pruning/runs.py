@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,8 @@ class RunDir:
         self.hash = description_hash(description)
         self.path = Path(root) / f"{prefix}-{self.hash}"
         desc_file = self.path / "description.json"
-        if self.path.exists():
+        self.resumed = self.path.exists() or not self._create()
+        if self.resumed:
             if not desc_file.exists():
                 raise FileExistsError(
                     f"{self.path} exists but has no description.json: not a netgeom run directory; "
@@ -105,12 +108,31 @@ class RunDir:
                     f"{self.path} holds a different description than the one requested (hash collision or an "
                     "edited description.json); refusing to reuse or overwrite it"
                 )
-            self.resumed = True
-        else:
-            self.path.mkdir(parents=True)
+
+    def _create(self) -> bool:
+        """Create the directory with its description in one step; False if another process made it first.
+
+        The description is written into a temporary sibling directory that is then renamed into place, so a
+        run directory never exists without its ``description.json`` (a kill between ``mkdir`` and the write
+        would otherwise leave a directory that can never be reopened), and two processes starting the same
+        description race safely: ``os.rename`` onto an existing non-empty directory fails for the loser.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        tmp.mkdir()  # not mkdtemp: its 0700 mode would stick to the run directory
+        try:
             text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
-            atomic_write_bytes(desc_file, text.encode())
-            self.resumed = False
+            atomic_write_bytes(tmp / "description.json", text.encode())
+            try:
+                os.rename(tmp, self.path)
+            except OSError:
+                if self.path.is_dir():
+                    return False
+                raise
+            return True
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, resumed={self.resumed})"
