@@ -174,3 +174,12 @@ def test_float64_overflow_is_refused(method):
     with pytest.raises(ValueError, match="overflow"):
         nearest_neighbors(X, 3, method=method)
 
+
+def test_many_exact_duplicates_need_no_fallback():
+    # rows whose k nearest are all at distance 0 are exact as they stand (up to ties): no float64 rescan
+    rng = np.random.default_rng(8)
+    X = np.concatenate([np.zeros((150, 30)), 10 + rng.normal(size=(100, 30))])
+    g = nearest_neighbors(X, 6, method="torch", duplicates="keep")
+    assert g.n_fallback == 0
+    assert_same_knn(g, X, 6)
+    assert nearest_neighbors(X, 6, method="torch").n_dropped == 149

@@ -287,7 +287,9 @@ def _knn_torch(
         xn = norms[rows]
         lower_sq = s_max + sq[rows] * (1 - D * u64) - c_err * (xn + nmax) ** 2 - abs_sq
         lower = (lower_sq.clamp_min(0).sqrt() - 2 * u32 * (xn + nmax) - 2 * abs_pt) * shrink
-        ok = (dk < lower) | (m == n - 1)  # all other points are candidates: nothing to certify
+        # all other points are candidates: nothing to certify; or the k-th distance is 0: no point is closer
+        # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates)
+        ok = (dk < lower) | (m == n - 1) | (dk == 0)
         dist[a:b] = d_sorted[:, :k]
         idx[a:b] = order[:, :k]
         if not bool(ok.all()):
