@@ -84,3 +84,9 @@ def test_errors():
         prunability([levels([0.9, 0.9]), levels([0.9, 0.9], sp=[0.0, 0.5])])
     with pytest.raises(TypeError, match="IMPResult"):
         prunability(3)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        prunability(levels([0.9, 0.9]), eps="0.01")
+    with pytest.raises(TypeError, match="eps must be a number"):
+        prunability(levels([0.9, 0.9]), eps=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        prunability(levels([0.9, 0.9], sp=[0.0, 1.5]))

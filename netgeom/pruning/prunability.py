@@ -101,6 +101,8 @@ def prunability(levels_or_results, eps: float | None = None) -> PrunabilityResul
         raise ValueError("prunability needs at least one level per run")
     sp = np.array([[_get(lv, "sparsity") for lv in r] for r in runs])
     acc = np.array([[_get(lv, "test_acc") for lv in r] for r in runs])
+    if np.any((sp < 0.0) | (sp >= 1.0)):
+        raise ValueError(f"level sparsities must lie in [0, 1), got {sorted(set(sp[(sp < 0) | (sp >= 1)]))}")
     if np.any(sp[:, 0] != 0.0):
         raise ValueError(f"the first level of every run must be dense (sparsity 0), got {sp[:, 0].tolist()}")
     if np.ptp(sp, axis=0).max() > 1e-6:
@@ -111,6 +113,8 @@ def prunability(levels_or_results, eps: float | None = None) -> PrunabilityResul
     if eps is None:
         eps = float(se[0])
     else:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+            raise TypeError(f"eps must be a number (accuracy units), got {type(eps).__name__} {eps!r}")
         eps = float(eps)
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
