@@ -94,3 +94,41 @@ def test_shared_relu_module_is_refused():
     model = torch.nn.Sequential(lin(10, 16), act, lin(16, 16), act, lin(16, 2))
     with pytest.raises(ValueError, match="more than once"):
         representation_dimension(model, torch.randn(100, 10), k=5)
+
+
+class _InplaceAfterRelu(torch.nn.Module):
+    """Residual-style forward that modifies the ReLU's output in place after the hook has seen it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(10, 16)
+        self.act = torch.nn.ReLU()
+        self.out = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.act(self.fc(x))
+        h.mul_(0.0)  # e.g. an in-place residual add or re-scaling
+        return self.out(h)
+
+
+def test_recorded_activations_are_not_overwritten_in_place():
+    torch.manual_seed(1)
+    model, X = _InplaceAfterRelu(), torch.randn(300, 10)
+    r = representation_dimension(model, X, include_input=False, k=8)
+    H = torch.relu(model.fc(X)).detach().double().numpy()
+    assert r.dimensions["mle"][0] == pytest.approx(MLE(k=8).fit(H).dimension_, rel=1e-6)
+
+
+def test_conv_net_layers_flattened_per_sample():
+    from netgeom.nets import small_convnet
+
+    model = small_convnet((1, 16), n_out=3, channels=4, seed=0)
+    X = torch.randn(250, 1, 16, generator=torch.Generator().manual_seed(2))
+    r = representation_dimension(model, X, method="twonn")
+    assert r.layers == ["input", "1", "5"] and r.widths == [16, 4 * 16, 4 * 8]
+    net = model.eval()
+    h1 = net[1](net[0](X))
+    h2 = net[5](net[4](net[3](net[2](h1))))
+    for i, A in enumerate([X, h1, h2]):
+        A = A.detach().reshape(len(X), -1).double().numpy()
+        assert r.dimensions["twonn"][i] == pytest.approx(TwoNN().fit(A).dimension_, rel=1e-6)

@@ -117,7 +117,8 @@ def representation_dimension(
     acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
 
     def record(name):
-        return lambda _m, _i, out: acts[name].append(out.detach().reshape(len(out), -1))
+        # a copy: the forward may still modify this output in place (residual adds, in-place ReLU chains)
+        return lambda _m, _i, out: acts[name].append(out.detach().reshape(len(out), -1).clone())
 
     hooks = [modules[n].register_forward_hook(record(n)) for n in names]
     try:
