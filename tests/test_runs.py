@@ -196,3 +196,16 @@ def test_run_directory_never_exists_without_its_description(tmp_path, monkeypatc
 def _umask():
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith("Umask")).split()[1], 8)
+
+
+def test_checkpoints_are_synced_before_the_rename(tmp_path, monkeypatch):
+    from netgeom.pruning import runs
+
+    order = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(runs.os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(runs.os, "replace", lambda a, b: (order.append("replace"), real_replace(a, b))[1])
+    path = runs.atomic_torch_save({"w": torch.arange(3)}, tmp_path / "c.pt")
+    assert order == ["fsync", "replace"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
