@@ -183,3 +183,19 @@ def test_many_exact_duplicates_need_no_fallback():
     assert g.n_fallback == 0
     assert_same_knn(g, X, 6)
     assert nearest_neighbors(X, 6, method="torch").n_dropped == 149
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_reduced_matmul_precision_is_neither_slow_nor_leaked(precision):
+    # under TF32/bf16 the certificate failed every row (exact rescan of all rows); the kNN now runs its
+    # matmul at full float32 and restores the caller's setting
+    X = np.random.default_rng(9).normal(size=(300, 100))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        g = nearest_neighbors(X, 5, method="torch")
+        assert torch.get_float32_matmul_precision() == precision
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert g.n_fallback == 0
+    assert_same_knn(g, X, 5)

@@ -181,7 +181,15 @@ def _knn(X, k, method, n_extra, chunk_size, device):
         return dist, idx, 0
     if chunk_size is None:
         chunk_size = int(min(max(2**25 // len(X), 16), len(X)))
-    return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
+    # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the error
+    # bound so much that almost every row needs the slow exact rescan; full float32 costs little here.
+    # The caller's setting is restored on the way out.
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
