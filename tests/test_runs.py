@@ -209,3 +209,13 @@ def test_checkpoints_are_synced_before_the_rename(tmp_path, monkeypatch):
     assert order == ["fsync", "replace"]
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_resuming_with_other_data_is_refused(tmp_path, digits):
+    IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
+    other = load_digits(seed=1)  # same description name, different split
+    with pytest.raises(ValueError, match="data differ from the data run"):
+        IMP(CFG, out_dir=tmp_path, verbose=False, data=other).run()
+    # the run it refused is intact and still reloads
+    again = IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
+    assert len(again.levels) == CFG.rounds + 1

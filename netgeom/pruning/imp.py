@@ -351,6 +351,8 @@ class IMP:
 
         cfg, rd = self.config, self.run_dir
         data = self._data if self._data is not None else load_dataset(cfg.data)
+        if rd is not None:
+            self._check_data(rd, data)
         levels: list[IMPLevel] = []
         init_state = {k: v.detach().clone() for k, v in self._build().state_dict().items()}
         rewind_state: dict[str, torch.Tensor] | None = None
@@ -381,6 +383,33 @@ class IMP:
             bar.close()
         path = str(rd.path) if rd is not None else None
         return IMPResult(config=dict(self.description), levels=levels, run_dir=path)
+
+    @staticmethod
+    def _check_data(rd: RunDir, data) -> None:
+        """A run directory is named by the description of its data, not by the data: record a fingerprint
+        of the tensors on the first run and refuse to resume a run with different data (a changed loader or
+        a data set handed in that does not match ``config.data``)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (data.X_train, data.y_train, data.X_test, data.y_test):
+            arr = t.detach().cpu().contiguous().numpy()
+            h.update(str((arr.dtype, arr.shape)).encode())
+            h.update(arr.tobytes())
+        fp = {
+            "sha256": h.hexdigest(),
+            "n_train": int(data.X_train.shape[0]),
+            "n_test": int(data.X_test.shape[0]),
+        }
+        if rd.exists("data_fingerprint.json"):
+            old = rd.load_json("data_fingerprint.json")
+            if old != fp:
+                raise ValueError(
+                    f"the data differ from the data run {rd.path} was started with (fingerprint {old} there, "
+                    f"{fp} now): pass the data set that config.data describes, or use another out_dir"
+                )
+        else:
+            rd.save_json("data_fingerprint.json", fp)
 
     def _train_level(self, level, model, masks, data, init_state, rewind_state) -> IMPLevel:
         cfg, rd = self.config, self.run_dir
