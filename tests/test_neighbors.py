@@ -68,7 +68,7 @@ def test_uncertified_rows_fall_back_exactly():
     assert_same_knn(g, X, 7)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(10, 80),
     D=st.integers(1, 40),
@@ -76,12 +76,17 @@ def test_uncertified_rows_fall_back_exactly():
     chunk=st.integers(1, 50),
     seed=st.integers(0, 10_000),
     grid=st.booleans(),
+    log2_scale=st.sampled_from([-133, -83, 0, 83, 120]),
+    offset=st.sampled_from([0.0, 2.0**20]),
 )
-def test_bruteforce_property(n, D, k, chunk, seed, grid):
+def test_bruteforce_property(n, D, k, chunk, seed, grid, log2_scale, offset):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, D))
     if grid:  # many exact ties
         X = np.round(X * 2)
+    # extreme magnitudes (float32 under/overflow, ~1e-40 … 1e36) and a large common offset: the certificate
+    # must hold; powers of two keep the grid's exact ties exact
+    X = np.ldexp(X + offset, log2_scale)
     keep = deduplicate(X)
     if k >= len(keep):
         return
