@@ -89,3 +89,5 @@ def test_bad_arguments():
         make_reduced("cifar", 3)
     with pytest.raises(ValueError, match="d must be"):
         make_reduced("digits", 1000)
+    with pytest.raises(ValueError, match="rank 61"):  # digits has 3 always-blank pixels
+        make_reduced("digits", 63)

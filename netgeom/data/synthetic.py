@@ -155,7 +155,12 @@ def make_reduced(dataset: str | Dataset = "digits", d: int = 8, *, seed: int = 0
     Xte = flat.X_test.double().numpy()
     d = check_int(d, "d", minimum=1, maximum=min(Xtr.shape))
     mu = Xtr.mean(0)
-    _, _, Vt = np.linalg.svd(Xtr - mu, full_matrices=False)
+    _, sv, Vt = np.linalg.svd(Xtr - mu, full_matrices=False)
+    rank = int((sv > sv[0] * max(Xtr.shape) * np.finfo(np.float64).eps).sum())
+    if d > rank:
+        # directions of zero variance (e.g. digits' always-blank pixels) add nothing: the data would span
+        # fewer than d dimensions while intrinsic_dim claimed d
+        raise ValueError(f"d={d} exceeds the rank {rank} of the centred {base.name} training data")
     P = Vt[:d].T @ Vt[:d]
 
     def proj(X):
