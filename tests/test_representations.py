@@ -60,6 +60,8 @@ def test_explicit_layers_and_errors():
         representation_dimension(model, X, method="pca")
     with pytest.raises(TypeError, match="prefix"):
         representation_dimension(model, X, variant="x")
+    with pytest.raises(TypeError, match="shared kNN"):
+        representation_dimension(model, X, mle_duplicates="error")
     with pytest.raises(ValueError, match="no nn.ReLU"):
         representation_dimension(torch.nn.Sequential(torch.nn.Linear(10, 5)), X)
     with pytest.raises(ValueError, match="non-finite"):

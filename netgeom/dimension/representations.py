@@ -144,6 +144,11 @@ def representation_dimension(
     unknown = [kk for kk in estimator_kw if not kk.startswith(("mle_", "twonn_"))]
     if unknown:
         raise TypeError(f"unknown options {unknown}; prefix estimator options with 'mle_' or 'twonn_'")
+    shared = sorted({kk for kk in (*mle_kw, *two_kw) if kk in ("duplicates", "knn_method", "device")})
+    if shared:
+        # each layer's kNN graph is built once (duplicates dropped) and shared: per-estimator kNN options
+        # would be silently ignored
+        raise TypeError(f"options {shared} concern the shared kNN graph and cannot be set per estimator")
     k_max = max(k) if isinstance(k, (tuple, list)) else k
     dims: dict[str, list[float]] = {m: [] for m in methods}
     widths, n_used, n_dropped = [], [], []
