@@ -34,6 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import prunability_vs_dimension as pvd  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NAMES = ("prunability_vs_dimension", "regions_vs_sparsity", "topology_under_imp")
 PLOTS = {"prunability_vs_dimension": "prunability_vs_id.png", "regions_vs_sparsity": "regions_vs_density.png",
@@ -61,18 +66,21 @@ def _data(desc: dict, key: str) -> str:
 def rows(results: Path = RESULTS) -> list[list[str]]:
     out = []
     r1, m1 = load(NAMES[0], results)
-    h = r1["headline"]
     d1 = r1["description"]
-    per = [r for r in r1["per_dimension"] if r["family"] == h["family"]]
-    trend = ", ".join(f"d={r['d']}: ID {r['mle']:.1f}, acc {r['dense_acc']:.2f}, "
-                      f"prun. {100 * r['prunability']:.0f}%" for r in per)
-    out.append([
-        "1. Lower intrinsic dimension ⇒ more prunable (Ankner et al.)",
-        f"{h['family']}, D={d1['config']['D']}, d∈{d1['config']['dims']}; {len(d1['seeds'])} seeds ({m1})",
-        f"Spearman(MLE ID, prunability) ρ = {h['rho']:+.2f}, 95% CI {_ci(h['ci'])}; {trend}; "
-        f"{h['n_censored']}/{h['n_dims']} d reached the last IMP level (prunability is a lower bound there)",
-        h["verdict"],
-    ])
+    for fam in r1["correlation"]:
+        # recomputed from the stored correlations with the rule stated above, one row per data family
+        h = pvd.headline_for(r1, fam)
+        per = [r for r in r1["per_dimension"] if r["family"] == fam]
+        trend = ", ".join(f"d={r['d']}: ID {r['mle']:.1f}, acc {r['dense_acc']:.2f}, "
+                          f"prun. {100 * r['prunability']:.0f}%" for r in per)
+        out.append([
+            "1. Lower intrinsic dimension ⇒ more prunable (Ankner et al.)",
+            f"{fam}, D={d1['config']['D']}, d∈{d1['config']['dims']}; {len(d1['seeds'])} seeds ({m1})",
+            f"Spearman(MLE ID, prunability) ρ = {h['rho']:+.2f}, 95% CI {_ci(h['ci'])}; {trend}; "
+            f"{h['n_censored']}/{h['n_dims']} d reached the last IMP level "
+            "(prunability is a lower bound there)",
+            h["verdict"],
+        ])
     r2, m2 = load(NAMES[1], results)
     d2 = r2["description"]
     a = r2["headline"]["a"]

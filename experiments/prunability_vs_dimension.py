@@ -126,13 +126,19 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, n_boot: int = 2000) -> dict:
 
 
 def headline(res: dict) -> dict:
+    """The headline of every data family: ``{"families": {family: headline_for(res, family)}}`` plus the
+    first family's fields at the top level (kept for older readers)."""
+    fams = {fam: headline_for(res, fam) for fam in res["correlation"]}
+    return {**next(iter(fams.values())), "families": fams}
+
+
+def headline_for(res: dict, fam: str) -> dict:
     """Rule (stated in make_results.py): the claimed direction is a negative ID–prunability correlation.
     reproduced: the bootstrap interval of Spearman(MLE ID, prunability) over runs lies below 0; not
     reproduced (opposite direction): it lies above 0; inconclusive: it includes 0, whatever the sign of the
     point estimate (a non-significant correlation is not evidence for either direction)."""
     from scipy.stats import spearmanr
 
-    fam = next(iter(res["correlation"]))
     sp = res["correlation"][fam]["spearman_mle"]
     lo, hi = sp["ci"]
     rho = sp["rho"]
