@@ -31,12 +31,22 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
 
-from .._validation import check_choice, check_fraction, check_int
+from .._validation import check_array, check_choice, check_fraction, check_int
 from ..results import Result, new_axes
 from .neighbors import NeighborGraph, nearest_neighbors
 
-__all__ = ["DimensionResult", "MLE", "TwoNN", "intrinsic_dimension", "mle_dimension_pw"]
+__all__ = [
+    "DimensionResult",
+    "MLE",
+    "TwoNN",
+    "LocalPCA",
+    "intrinsic_dimension",
+    "mle_dimension_pw",
+    "pca_rule_dimension",
+    "local_pca_spectra",
+]
 
 _VARIANTS = ("levina_bickel", "mackay_ghahramani")
 
@@ -268,7 +278,7 @@ class TwoNN:
         return self
 
 
-_METHODS = ("mle", "twonn")
+_METHODS = ("mle", "twonn", "lpca")
 
 
 def intrinsic_dimension(
@@ -282,8 +292,9 @@ def intrinsic_dimension(
     """Intrinsic dimension of the rows of ``X`` (or of a precomputed ``neighbors`` graph).
 
     ``method="mle"`` → :class:`MLE` (``k``, ``variant``, ``unbiased``); ``method="twonn"`` → :class:`TwoNN`
-    (``fit``, ``discard_fraction``; ``k`` ignored). ``duplicates`` is passed on. Returns a
-    :class:`DimensionResult`.
+    (``fit``, ``discard_fraction``; ``k`` ignored); ``method="lpca"`` → :class:`LocalPCA` (``k``, ``rule``,
+    its thresholds, ``include_self``, ``aggregate``; needs ``X`` even with ``neighbors``). ``duplicates`` is
+    passed on. Returns a :class:`DimensionResult`.
 
     Example
     -------
@@ -294,5 +305,272 @@ def intrinsic_dimension(
     ('twonn', 2)
     """
     method = check_choice(method, "method", _METHODS)
+    if method == "lpca":
+        return LocalPCA(k=k, **kw).fit(X, neighbors=neighbors).result_
     est = MLE(k=k, **kw) if method == "mle" else TwoNN(**kw)
     return est.fit(X, neighbors=neighbors).result_
+
+
+# ------------------------------------------------------------------------------------------ local PCA
+# Conventions (checked against scikit-dimension 0.5's ``skdim.id.lPCA`` source; tests assert agreement):
+#
+# * Neighbourhood of x: its k nearest neighbours **without x itself** (skdim's ``fit_pw`` with its own
+#   ``kneighbors()`` or a precomputed index array), centred at their own mean (sklearn ``PCA``).
+#   ``include_self=True`` adds x (k + 1 points). The spectrum has ``min(points, D)`` eigenvalues, like
+#   ``PCA().explained_variance_`` (so rules that depend on its length — Kaiser, broken stick, Fan — agree).
+# * Eigenvalues below ``m · eps · λ_max`` (m the spectrum length) are set to 0: they are rounding noise of the
+#   Gram matrix, and zeroing them makes the first exact zero an infinite gap ("maxgap" is then exact on
+#   linear subspaces). skdim's SVD resolves them to ~1e-32 instead; the rules decide identically unless
+#   the answer itself rests on rounding noise.
+# * Rules (skdim name → ours): "FO" → "fo", "Fan" → "fan", "maxgap", "ratio", "participation_ratio",
+#   "Kaiser" → "kaiser", "broken_stick". Names are case-insensitive. skdim's signal-rank versions (MP, GD,
+#   KN, Minka, parallel, …) estimate the rank of a linear signal under noise, not a local manifold
+#   dimension, and are not offered.
+# * ``alpha_ratio`` means what skdim's ``alphaRatio`` means (the fewest components whose cumulative share of
+#   variance reaches it), but our default is 0.95; skdim's default 0.05 nearly always answers 1.
+# * skdim's ``fit_pw`` only produces per-point values (its ``dimension_`` is then the last neighbourhood's);
+#   our global value is their mean (``aggregate="mean"``) or median, as skdim's local estimators combine.
+
+_PCA_RULES = ("fo", "fan", "maxgap", "ratio", "participation_ratio", "kaiser", "broken_stick")
+
+
+def _first_true(mask: np.ndarray) -> np.ndarray:
+    """Index of the first True along the last axis, or the axis length where there is none."""
+    return np.where(mask.any(axis=-1), mask.argmax(axis=-1), mask.shape[-1])
+
+
+def pca_rule_dimension(
+    eigenvalues,
+    rule: str = "fo",
+    *,
+    alpha_fo: float = 0.05,
+    alpha_ratio: float = 0.95,
+    alpha_fan: float = 10.0,
+    beta_fan: float = 0.8,
+    p_fan: float = 0.95,
+) -> np.ndarray:
+    """Dimension chosen by a PCA rule from spectra, one per row (batched; no loop over rows).
+
+    Parameters
+    ----------
+    eigenvalues : ``(..., m)`` PCA variances per spectrum, sorted in decreasing order (``m >= 2``).
+    rule : ``"fo"`` (Fukunaga–Olsen: eigenvalues above ``alpha_fo`` times the largest), ``"fan"`` (Fan et
+        al.: first large gap ``> alpha_fan`` or cumulative share ``> beta_fan`` after subtracting the noise
+        level, the mean of the eigenvalues beyond the share ``p_fan``), ``"maxgap"`` (position of the largest
+        ratio of consecutive eigenvalues), ``"ratio"`` (fewest components reaching the share
+        ``alpha_ratio`` of the variance), ``"participation_ratio"`` (``(Σλ)² / Σλ²``, real-valued),
+        ``"kaiser"`` (eigenvalues above their mean), ``"broken_stick"`` (leading eigenvalues above the
+        broken-stick expectation; 0 if even the first is below it).
+
+    Beware ``"maxgap"`` on local neighbourhoods of ``p <= D`` points: centring leaves rank ``<= p − 1``, so
+    the last eigenvalue is an exact zero (an infinite gap) and noisy data always get ``p − 1``; it is
+    meaningful for ``p > D`` or for data lying exactly on a linear subspace (skdim behaves the same).
+
+    Returns a float array of shape ``eigenvalues.shape[:-1]``. Raises ``ValueError`` on an all-zero spectrum
+    or where a rule is undefined (the message names the rule and the number of spectra).
+
+    Example
+    -------
+    >>> pca_rule_dimension(np.array([[4.0, 3.0, 0.1, 0.01], [5.0, 0.0, 0.0, 0.0]]), "fo").tolist()
+    [2.0, 1.0]
+    """
+    ev = check_array(eigenvalues, "eigenvalues", ndim=None, dtype=np.float64)
+    if ev.ndim < 1 or ev.shape[-1] < 2:
+        raise ValueError(f"eigenvalues needs at least 2 per spectrum (last axis), got shape {ev.shape}")
+    rule = check_choice(rule.lower() if isinstance(rule, str) else rule, "rule", _PCA_RULES)
+    if (np.diff(ev, axis=-1) > 0).any():
+        raise ValueError("eigenvalues must be sorted in decreasing order along the last axis")
+    m = ev.shape[-1]
+    top = ev[..., :1]
+    if not (top > 0).all():
+        raise ValueError(f"{int((top <= 0).sum())} spectrum/spectra have no positive eigenvalue (no spread)")
+    ev = np.where(ev <= m * np.finfo(np.float64).eps * top, 0.0, ev)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if rule == "fo":
+            return (ev > check_fraction(alpha_fo, "alpha_fo") * top).sum(-1).astype(np.float64)
+        csum = np.cumsum(ev, axis=-1)  # sequential, like skdim's Python sum(): same rounding at thresholds
+        total = csum[..., -1:]
+        if rule == "ratio":
+            a = check_fraction(alpha_ratio, "alpha_ratio", low_inclusive=False)
+            return ((csum / total < a).sum(-1) + 1).astype(np.float64)
+        if rule == "participation_ratio":
+            return total[..., 0] ** 2 / np.square(ev).sum(-1)
+        if rule == "kaiser":
+            return (ev > ev.mean(-1, keepdims=True)).sum(-1).astype(np.float64)
+        if rule == "broken_stick":
+            stick = np.cumsum(1.0 / np.arange(m, 0, -1))[::-1] / m  # (1/m) Σ_{j>=i} 1/j
+            # the first i with the stick above the normalised eigenvalue; none (all equal) means 0, as skdim
+            first = _first_true(stick > ev / ev.sum(-1, keepdims=True))
+            return np.where(first == m, 0, first).astype(np.float64)
+        gaps = ev[..., :-1] / ev[..., 1:]
+        if rule == "maxgap":
+            # nanargmax: 0/0 gaps (beyond the numerical rank) carry no information; an exact zero after a
+            # positive eigenvalue is an infinite gap
+            return (np.nanargmax(gaps, axis=-1) + 1).astype(np.float64)
+        # Fan et al.
+        a, b = float(alpha_fan), check_fraction(beta_fan, "beta_fan")
+        p = check_fraction(p_fan, "p_fan", high_inclusive=False)
+        r = _first_true(csum / total > p)[..., None]
+        tail = np.arange(m) >= r
+        sigma = (ev * tail).sum(-1, keepdims=True) / tail.sum(-1, keepdims=True)
+        ev2 = ev - sigma
+        gaps2 = ev2[..., :-1] / ev2[..., 1:]
+        c2 = np.cumsum(ev2, axis=-1)
+        i1 = _first_true(gaps2 > a)
+        i2 = _first_true(c2 / c2[..., -1:] > b)
+        bad = (i1 == m - 1) & (i2 == m)
+        if bad.any():
+            raise ValueError(
+                f"rule 'fan' is undefined for {int(bad.sum())} spectrum/spectra (no gap above alpha_fan and "
+                "no cumulative share above beta_fan: all eigenvalues equal)"
+            )
+        return (1 + np.minimum(i1, i2)).astype(np.float64)
+
+
+def _check_graph_of(X: np.ndarray, g: NeighborGraph) -> np.ndarray:
+    """The retained rows of ``X`` after checking that ``g`` is a kNN graph of ``X`` (cheap spot check)."""
+    if not isinstance(g, NeighborGraph):
+        raise TypeError(f"neighbors must be a NeighborGraph, got {type(g).__name__}")
+    if len(g.kept) != g.n or (g.n and int(g.kept.max()) >= len(X)):
+        raise ValueError(f"neighbors (built from {g.n + g.n_dropped} points) does not match X ({len(X)} rows)")
+    Xk = X[g.kept]
+    d = np.sqrt(np.einsum("ij,ij->i", Xk - Xk[g.indices[:, -1]], Xk - Xk[g.indices[:, -1]]))
+    if not np.allclose(d, g.distances[:, -1], rtol=1e-9, atol=0):
+        raise ValueError("neighbors was not built from this X: its distances do not match the coordinates")
+    return Xk
+
+
+def local_pca_spectra(
+    X: np.ndarray, indices: np.ndarray, include_self: bool = False, chunk_size: int | None = None
+) -> np.ndarray:
+    """PCA variances (decreasing, ``(n, min(p, D))``) of every neighbourhood ``X[indices[i]]`` (+ ``X[i]``).
+
+    Batched: each chunk of neighbourhoods is gathered into a ``(b, p, D)`` tensor, centred, and its ``p × p``
+    Gram (or ``D × D`` scatter, whichever is smaller) decomposed by one batched ``eigvalsh`` in float64.
+    """
+    n, k = indices.shape
+    D = X.shape[1]
+    p = k + int(bool(include_self))
+    m = min(p, D)
+    if chunk_size is None:
+        chunk_size = max(1, 2**25 // (8 * p * max(D, p)))  # ~32 MB per gathered block
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
+    It = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+    out = np.empty((n, m))
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        centre = Xt[a:b, None, :]
+        # differences to the centre point first: exact-ish, so far-from-origin neighbourhoods keep their digits
+        Y = Xt[It[a:b]] - centre
+        if include_self:
+            Y = torch.cat([torch.zeros_like(centre), Y], dim=1)
+        Y = Y - Y.mean(dim=1, keepdim=True)
+        G = Y @ Y.mT if p <= D else Y.mT @ Y
+        out[a:b] = torch.linalg.eigvalsh(G).flip(-1).numpy() / (p - 1)
+    return out
+
+
+class LocalPCA:
+    """Local PCA (lPCA): per-point PCA of the k nearest neighbours, ID = components kept by a rule.
+
+    Parameters
+    ----------
+    k : neighbours per point (self excluded, as for :class:`MLE`); the neighbourhood has ``k`` points, or
+        ``k + 1`` with ``include_self=True``. Needs ``k >= 2``.
+    rule : ``"fo"`` (default, Fukunaga–Olsen), ``"fan"``, ``"maxgap"``, ``"ratio"``,
+        ``"participation_ratio"``, ``"kaiser"``, ``"broken_stick"``; see :func:`pca_rule_dimension`.
+    alpha_fo, alpha_ratio, alpha_fan, beta_fan, p_fan : the rules' thresholds (skdim's ``alphaFO``,
+        ``alphaRatio``, ``alphaFan``, ``betaFan``, ``PFan``; defaults equal except ``alpha_ratio``).
+    include_self : add the point itself to its neighbourhood (skdim's ``fit_pw`` does not).
+    aggregate : global value = ``"mean"`` (default) or ``"median"`` of the per-point dimensions.
+    duplicates, knn_method, device : passed to :func:`~netgeom.dimension.nearest_neighbors`.
+    chunk_size : neighbourhoods per batched eigen-decomposition (default: ~32 MB blocks).
+
+    :meth:`fit` takes ``X`` and optionally the shared ``neighbors=`` graph **of that X** (checked; lPCA needs
+    the coordinates, not only the distances). After fit: ``dimension_``, ``dimension_pw_`` (per retained
+    point), ``spectra_`` (``(n, min(p, D))`` local PCA variances, decreasing), ``result_``.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(500, 3)) @ np.random.default_rng(1).normal(size=(3, 20))
+    >>> LocalPCA(k=15).fit(X).dimension_
+    3.0
+    """
+
+    def __init__(
+        self,
+        k: int = 20,
+        rule: str = "fo",
+        *,
+        alpha_fo: float = 0.05,
+        alpha_ratio: float = 0.95,
+        alpha_fan: float = 10.0,
+        beta_fan: float = 0.8,
+        p_fan: float = 0.95,
+        include_self: bool = False,
+        aggregate: str = "mean",
+        duplicates: str = "drop",
+        knn_method: str = "auto",
+        device: str = "cpu",
+        chunk_size: int | None = None,
+    ):
+        self.k = k
+        self.rule = rule
+        self.alpha_fo = alpha_fo
+        self.alpha_ratio = alpha_ratio
+        self.alpha_fan = alpha_fan
+        self.beta_fan = beta_fan
+        self.p_fan = p_fan
+        self.include_self = include_self
+        self.aggregate = aggregate
+        self.duplicates = duplicates
+        self.knn_method = knn_method
+        self.device = device
+        self.chunk_size = chunk_size
+
+    def _rule_kw(self) -> dict:
+        return dict(
+            alpha_fo=self.alpha_fo,
+            alpha_ratio=self.alpha_ratio,
+            alpha_fan=self.alpha_fan,
+            beta_fan=self.beta_fan,
+            p_fan=self.p_fan,
+        )
+
+    def fit(self, X=None, y=None, *, neighbors: NeighborGraph | None = None) -> LocalPCA:
+        k = check_int(self.k, "k", minimum=2)
+        rule = check_choice(self.rule.lower() if isinstance(self.rule, str) else self.rule, "rule", _PCA_RULES)
+        check_choice(self.aggregate, "aggregate", ("mean", "median"))
+        check_choice(self.duplicates, "duplicates", ("drop", "error"))
+        if not isinstance(self.include_self, (bool, np.bool_)):
+            raise TypeError(f"include_self must be a bool, got {self.include_self!r}")
+        chunk = None if self.chunk_size is None else check_int(self.chunk_size, "chunk_size", minimum=1)
+        if X is None:
+            raise TypeError("LocalPCA needs the coordinates X (pass neighbors= as well to reuse a kNN graph)")
+        X = check_array(X, "X", ndim=2, dtype=np.float64)
+        if neighbors is None:
+            neighbors = nearest_neighbors(
+                X, k, duplicates=self.duplicates, method=self.knn_method, device=self.device
+            )
+        Xk = _check_graph_of(X, neighbors)
+        if neighbors.k < k:
+            raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k} are needed")
+        spectra = local_pca_spectra(Xk, neighbors.indices[:, :k], bool(self.include_self), chunk)
+        pw = pca_rule_dimension(spectra, rule, **self._rule_kw())
+        self.spectra_ = spectra
+        self.dimension_pw_ = pw
+        self.dimension_ = float(pw.mean() if self.aggregate == "mean" else np.median(pw))
+        self.result_ = DimensionResult(
+            method="lpca",
+            dimension=self.dimension_,
+            k=k,
+            n_used=neighbors.n,
+            n_dropped=neighbors.n_dropped,
+            variant=rule,
+            dimension_pw=pw,
+        )
+        return self
+
+    def fit_transform(self, X=None, y=None, *, neighbors=None) -> np.ndarray:
+        return self.fit(X, neighbors=neighbors).dimension_pw_
