@@ -432,7 +432,9 @@ def _check_graph_of(X: np.ndarray, g: NeighborGraph) -> np.ndarray:
     if not isinstance(g, NeighborGraph):
         raise TypeError(f"neighbors must be a NeighborGraph, got {type(g).__name__}")
     if len(g.kept) != g.n or (g.n and int(g.kept.max()) >= len(X)):
-        raise ValueError(f"neighbors (built from {g.n + g.n_dropped} points) does not match X ({len(X)} rows)")
+        raise ValueError(
+            f"neighbors (built from {g.n + g.n_dropped} points) does not match X ({len(X)} rows)"
+        )
     Xk = X[g.kept]
     d = np.sqrt(np.einsum("ij,ij->i", Xk - Xk[g.indices[:, -1]], Xk - Xk[g.indices[:, -1]]))
     if not np.allclose(d, g.distances[:, -1], rtol=1e-9, atol=0):
@@ -460,7 +462,7 @@ def local_pca_spectra(
     for a in range(0, n, chunk_size):
         b = min(a + chunk_size, n)
         centre = Xt[a:b, None, :]
-        # differences to the centre point first: exact-ish, so far-from-origin neighbourhoods keep their digits
+        # differences to the centre point first, so neighbourhoods far from the origin keep their digits
         Y = Xt[It[a:b]] - centre
         if include_self:
             Y = torch.cat([torch.zeros_like(centre), Y], dim=1)
@@ -494,7 +496,9 @@ class LocalPCA:
     -------
     >>> import numpy as np
     >>> X = np.random.default_rng(0).normal(size=(500, 3)) @ np.random.default_rng(1).normal(size=(3, 20))
-    >>> LocalPCA(k=15).fit(X).dimension_
+    >>> LocalPCA(k=15, rule="maxgap").fit(X).dimension_  # exact on a linear subspace
+    3.0
+    >>> round(LocalPCA(k=15).fit(X).dimension_, 1)  # Fukunaga–Olsen, alpha_fo = 0.05
     3.0
     """
 
@@ -540,7 +544,8 @@ class LocalPCA:
 
     def fit(self, X=None, y=None, *, neighbors: NeighborGraph | None = None) -> LocalPCA:
         k = check_int(self.k, "k", minimum=2)
-        rule = check_choice(self.rule.lower() if isinstance(self.rule, str) else self.rule, "rule", _PCA_RULES)
+        rule = self.rule.lower() if isinstance(self.rule, str) else self.rule
+        rule = check_choice(rule, "rule", _PCA_RULES)
         check_choice(self.aggregate, "aggregate", ("mean", "median"))
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
         if not isinstance(self.include_self, (bool, np.bool_)):
