@@ -10,17 +10,27 @@ from .measures import (
     msf_protect,
     msf_retention,
     msf_retention_curve,
+    network_forest_protect,
     neural_persistence,
     spanning_forest_protect,
     topology_bound,
 )
-from .persistence import BACKENDS, ZerothDiagram, spanning_forest_mask, zeroth_persistence
+from .persistence import (
+    BACKENDS,
+    NETWORK_METHODS,
+    NetworkZerothDiagram,
+    ZerothDiagram,
+    spanning_forest_mask,
+    zeroth_persistence,
+)
 
 __all__ = [
     "AGGREGATES",
     "BACKENDS",
+    "NETWORK_METHODS",
     "LayerGraph",
     "NetworkGraph",
+    "NetworkZerothDiagram",
     "NeuralPersistenceResult",
     "RetentionCurveResult",
     "RetentionResult",
@@ -30,6 +40,7 @@ __all__ = [
     "msf_protect",
     "msf_retention",
     "msf_retention_curve",
+    "network_forest_protect",
     "network_graph",
     "neural_persistence",
     "spanning_forest_mask",

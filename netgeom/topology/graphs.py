@@ -119,23 +119,42 @@ class NetworkGraph:
     def widths(self) -> list[int]:
         return [self.layers[0].n_in] + [g.n_out for g in self.layers]
 
-    def global_edges(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        """``(n_vertices, u, v, w)`` of the chained network graph; vertex ids run layer by layer."""
+    @property
+    def vertex_offsets(self) -> np.ndarray:
+        """Global id of each layer's first input vertex, then the total vertex count (``len(layers) + 1``
+        entries): layer ``l``'s inputs are ``offsets[l] .. offsets[l+1]-1``, its outputs the next block."""
+        return np.cumsum([0] + [g.n_in for g in self.layers] + [self.layers[-1].n_out])
+
+    def global_edges(
+        self, *, with_layers: bool = False
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | tuple[int, np.ndarray, np.ndarray, np.ndarray,
+                                                                  np.ndarray, np.ndarray]:
+        """``(n_vertices, u, v, w)`` of the chained network graph; vertex ids run layer by layer.
+
+        Edges come layer by layer, each layer in increasing flat edge index, so an edge's position is its
+        network-wide tie-break rank (layer first, then ``j * n_in + i``). With ``with_layers=True`` the
+        layer number of every edge and its flat index within that layer are appended.
+        """
         if not self.chained:
             raise ValueError(
                 "the layer graphs do not chain (a layer's outputs differ in number from the next layer's "
                 f"inputs; widths {[(g.n_in, g.n_out) for g in self.layers]}), e.g. a conv channel graph "
                 "followed by a Linear on flattened features"
             )
-        us, vs, ws = [], [], []
-        offset = 0
-        for g in self.layers:
-            u, v, w, _ = g.edges()
-            us.append(u + offset)
-            vs.append(v + offset)
+        us, vs, ws, ls, idxs = [], [], [], [], []
+        offsets = self.vertex_offsets
+        for k, g in enumerate(self.layers):
+            u, v, w, idx = g.edges()
+            us.append(u + offsets[k])
+            vs.append(v + offsets[k])
             ws.append(w)
-            offset += g.n_in
-        return offset + self.layers[-1].n_out, np.concatenate(us), np.concatenate(vs), np.concatenate(ws)
+            if with_layers:
+                ls.append(np.full(idx.size, k, dtype=np.int64))
+                idxs.append(idx)
+        out = (int(offsets[-1]), np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
+        if with_layers:
+            out = out + (np.concatenate(ls), np.concatenate(idxs))
+        return out
 
     def __len__(self) -> int:
         return len(self.layers)

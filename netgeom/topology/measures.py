@@ -40,6 +40,7 @@ __all__ = [
     "msf_retention_curve",
     "spanning_forest_protect",
     "msf_protect",
+    "network_forest_protect",
     "demo_section",
 ]
 
@@ -366,14 +367,25 @@ def msf_retention_curve(
 
 # ------------------------------------------------------------------------------------- protected weights
 def spanning_forest_protect(
-    model: nn.Module, masks: Mapping[str, Any] | None = None, *, aggregate: str = "l1"
+    model: nn.Module,
+    masks: Mapping[str, Any] | None = None,
+    *,
+    aggregate: str = "l1",
+    scope: str = "layer",
+    normalize: str = "network",
 ) -> Masks:
-    """Protected-weights callback for topology-preserving IMP: each prunable layer's current MSF weights.
+    """Protected-weights callback for topology-preserving IMP: the current maximum-spanning-forest weights.
 
     The forest is computed on the masked weights (``affine_layers(model, masks)``); True = must stay.
-    Convolutions protect the unmasked weights of every kernel slice on the channel graph's forest. Removing
-    any other weight leaves every layer's MSF, hence its diagram, unchanged. Use it as
-    ``magnitude_prune(model, s, protect=spanning_forest_protect, masks=m)``.
+    ``scope="layer"`` (default) protects each prunable layer's own MSF: removing any other weight leaves
+    every layer's MSF, hence its diagram, unchanged. ``scope="network"`` protects the MSF of the chained
+    network graph (``zeroth_persistence(network_graph(model, masks, normalize=normalize))``), a subset of
+    the layer forests (``|V| − #components`` weights for the whole network) that keeps the *network*
+    diagram unchanged: each layer's heaviest weight is always in it, so neither normalisation moves.
+    ``normalize`` only matters for ``scope="network"`` (per-layer forests do not depend on scaling).
+    Convolutions protect the unmasked weights of every kernel slice on the channel graph's forest. Use it as
+    ``magnitude_prune(model, s, protect=spanning_forest_protect, masks=m)``, or
+    ``protect=network_forest_protect`` for the network scope.
 
     Example
     -------
@@ -382,19 +394,34 @@ def spanning_forest_protect(
     >>> prot = spanning_forest_protect(net)
     >>> {k: int(v.sum()) for k, v in prot.items()}  # |V| - 1 per connected layer
     {'0.weight': 8, '2.weight': 7}
+    >>> sum(int(v.sum()) for v in spanning_forest_protect(net, scope="network").values())  # 12 neurons
+    11
     """
     check_choice(aggregate, "aggregate", ("l1", "l2", "max"))
+    check_choice(scope, "scope", ("layer", "network"))
+    check_choice(normalize, "normalize", ("layer", "network"))
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names = list(masks) if masks else prunable_parameters(model)
+    layers = [lay for lay in affine_layers(model, masks) if lay.param_name is not None]
+    forests: dict[str, np.ndarray] = {}
+    if scope == "network":
+        # Every layer enters the network graph (a layer outside ``names`` is never pruned but still links
+        # its neighbours); a fully pruned layer cuts the network and is refused by network_graph.
+        G = network_graph(model, masks, normalize=normalize, aggregate=aggregate)
+        forests = zeroth_persistence(G).msf_masks
     out = {}
-    for lay in affine_layers(model, masks):
+    for lay in layers:
         if lay.param_name not in names:
             continue
         present = torch.ones(lay.kernel.shape, dtype=torch.bool) if lay.mask is None else lay.mask.cpu()
-        if not present.any():
+        if scope == "network":
+            msf = torch.from_numpy(forests[lay.param_name].copy())
+        elif not present.any():
             out[lay.param_name] = torch.zeros_like(present)
             continue
-        g = layer_graph(lay, aggregate=aggregate)
-        msf = torch.from_numpy(zeroth_persistence(g).msf_mask)
+        else:
+            msf = torch.from_numpy(zeroth_persistence(layer_graph(lay, aggregate=aggregate)).msf_mask)
         if lay.kernel.ndim > 2:
             msf = msf.reshape(msf.shape + (1,) * (lay.kernel.ndim - 2)) & present
         out[lay.param_name] = msf
@@ -402,6 +429,18 @@ def spanning_forest_protect(
     if missing:
         raise ValueError(f"masks name parameters that are not layer weights: {sorted(missing)}")
     return Masks(out)
+
+
+def network_forest_protect(model: nn.Module, masks: Mapping[str, Any] | None = None) -> Masks:
+    """``spanning_forest_protect(model, masks, scope="network")`` as a module-level callback (a stable name
+    for IMP's run description): protects the maximum spanning forest of the whole network graph (w̃
+    normalised over the network, Rieck et al.), keeping the network's zeroth-order diagram.
+
+    >>> from netgeom import mlp
+    >>> sum(int(v.sum()) for v in network_forest_protect(mlp(4, [5], 3, seed=0)).values())
+    11
+    """
+    return spanning_forest_protect(model, masks, scope="network")
 
 
 msf_protect = spanning_forest_protect

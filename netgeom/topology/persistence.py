@@ -30,24 +30,29 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from .._validation import check_choice
 from ..nets import AffineLayer
 from ..results import Result, new_axes
-from .graphs import LayerGraph, layer_graph
+from .graphs import LayerGraph, NetworkGraph, layer_graph
 
 __all__ = [
     "ZerothDiagram",
+    "NetworkZerothDiagram",
     "zeroth_persistence",
     "spanning_forest_mask",
     "BACKENDS",
     "METHODS",
+    "NETWORK_METHODS",
 ]
 
 BACKENDS = ("native", "gudhi", "ripser")
 METHODS = ("auto", "prim", "boruvka")
+#: network graphs: a per-layer method then a merge of the layer forests, or Borůvka on all edges at once.
+NETWORK_METHODS = METHODS + ("global",)
 #: ripser stores float32 distances and drops stored zeros; distances are ``1 − w̃ + _RIPSER_OFFSET``.
 _RIPSER_OFFSET = 1.0
 
@@ -160,12 +165,14 @@ def _native_msf(g: LayerGraph, method: str) -> np.ndarray:
     return mask
 
 
-def _gudhi_diagram(g: LayerGraph) -> tuple[np.ndarray, int, np.ndarray]:
+def _gudhi_edges(
+    n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """gudhi on an edge list: finite deaths ``w̃``, essential count, merging edges ``(k, 2)``, low id first."""
     import gudhi
 
-    u, v, w, _ = g.edges()
     st = gudhi.SimplexTree()
-    st.insert_batch(np.arange(g.n_vertices, dtype=np.int64)[None, :], np.zeros(g.n_vertices))
+    st.insert_batch(np.arange(n_vertices, dtype=np.int64)[None, :], np.zeros(n_vertices))
     st.insert_batch(np.vstack([u, v]), 1.0 - w)
     # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0).
     st.compute_persistence(min_persistence=-1.0)
@@ -174,57 +181,43 @@ def _gudhi_diagram(g: LayerGraph) -> tuple[np.ndarray, int, np.ndarray]:
     # gudhi returns which edge killed each class only as a Python list; converting it is bounded by |V|.
     pairs = st.persistence_pairs()
     edges = np.array([p[1] for p in pairs if len(p[0]) == 1 and len(p[1]) == 2], dtype=np.int64)
+    edges = np.sort(edges.reshape(-1, 2), axis=1)
+    return 1.0 - iv[finite, 1], int((~finite).sum()), edges
+
+
+def _gudhi_diagram(g: LayerGraph) -> tuple[np.ndarray, int, np.ndarray]:
+    u, v, w, _ = g.edges()
+    deaths, n_ess, edges = _gudhi_edges(g.n_vertices, u, v, w)
     mask = np.zeros(g.weights.shape, dtype=bool)
-    if edges.size:
-        a, b = edges.min(1), edges.max(1)
-        mask[b - g.n_in, a] = True
-    return 1.0 - iv[finite, 1], int((~finite).sum()), mask
+    mask[edges[:, 1] - g.n_in, edges[:, 0]] = True
+    return deaths, n_ess, mask
 
 
-def _ripser_diagram(g: LayerGraph) -> tuple[np.ndarray, int]:
+def _ripser_edges(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, int]:
     from ripser import ripser
 
-    u, v, w, _ = g.edges()
     # ripser reads a stored 0 as "no edge" and computes in float32: shift every distance into [1, 2] so a
     # w̃ = 1 edge (distance 0) survives, then subtract the shift. Vertex births stay 0 (empty diagonal).
     d = (1.0 - w) + _RIPSER_OFFSET
     D = sparse.coo_matrix((np.concatenate([d, d]), (np.concatenate([u, v]), np.concatenate([v, u]))),
-                          shape=(g.n_vertices,) * 2)
+                          shape=(n_vertices,) * 2)
     dgm = ripser(D, maxdim=0, distance_matrix=True)["dgms"][0]
     finite = np.isfinite(dgm[:, 1])
     deaths = 1.0 - (dgm[finite, 1].astype(np.float64) - _RIPSER_OFFSET)
     return np.clip(deaths, 0.0, 1.0), int((~finite).sum())
 
 
+def _ripser_diagram(g: LayerGraph) -> tuple[np.ndarray, int]:
+    u, v, w, _ = g.edges()
+    return _ripser_edges(g.n_vertices, u, v, w)
+
+
 # ----------------------------------------------------------------------------------------------- result
-@dataclasses.dataclass
-class ZerothDiagram(Result):
-    """The 0-dimensional persistence diagram of a weight graph (superlevel filtration of ``w̃``).
+class _H0Diagram:
+    """Conventions shared by layer and network diagrams (needs ``deaths`` and ``n_essential``)."""
 
-    ``deaths`` (sorted, descending) are the ``w̃`` of the merging (MSF) edges; every finite pair is
-    ``(1, death)``. ``n_essential`` classes (one per connected component) never die: their death is
-    ``essential_death = -inf`` here (``+inf`` in the sublevel/gudhi form); ``min_value`` is the graph's
-    lowest ``w̃``. ``msf_mask`` (``(n_out, n_in)`` bool) marks the forest; None for the ripser backend,
-    which does not report the merging edges.
-    """
-
-    name: str | None
-    backend: str
-    method: str | None
-    normalize: str
-    kind: str
-    aggregate: str | None
-    n_in: int
-    n_out: int
-    n_vertices: int
-    n_edges: int
-    n_pairs: int
+    deaths: np.ndarray
     n_essential: int
-    essential_death: float
-    min_value: float
-    total_persistence: float
-    deaths: np.ndarray = dataclasses.field(repr=False)
-    msf_mask: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def births(self) -> np.ndarray:
@@ -251,13 +244,43 @@ class ZerothDiagram(Result):
         """gudhi's ``persistence()`` format (sublevel of ``1 − w̃``), essential classes last."""
         return [(0, (float(b), float(d))) for b, d in self.pairs("sublevel", essential=True)]
 
-    def equals(self, other: ZerothDiagram, atol: float = 1e-12) -> bool:
+    def equals(self, other: _H0Diagram, atol: float = 1e-12) -> bool:
         """Same essential count and the same finite deaths as multisets, within ``atol``."""
         return (
             self.n_essential == other.n_essential
             and self.deaths.shape == other.deaths.shape
             and bool(np.allclose(np.sort(self.deaths), np.sort(other.deaths), rtol=0.0, atol=atol))
         )
+
+
+@dataclasses.dataclass
+class ZerothDiagram(_H0Diagram, Result):
+    """The 0-dimensional persistence diagram of a weight graph (superlevel filtration of ``w̃``).
+
+    ``deaths`` (sorted, descending) are the ``w̃`` of the merging (MSF) edges; every finite pair is
+    ``(1, death)``. ``n_essential`` classes (one per connected component) never die: their death is
+    ``essential_death = -inf`` here (``+inf`` in the sublevel/gudhi form); ``min_value`` is the graph's
+    lowest ``w̃``. ``msf_mask`` (``(n_out, n_in)`` bool) marks the forest; None for the ripser backend,
+    which does not report the merging edges.
+    """
+
+    name: str | None
+    backend: str
+    method: str | None
+    normalize: str
+    kind: str
+    aggregate: str | None
+    n_in: int
+    n_out: int
+    n_vertices: int
+    n_edges: int
+    n_pairs: int
+    n_essential: int
+    essential_death: float
+    min_value: float
+    total_persistence: float
+    deaths: np.ndarray = dataclasses.field(repr=False)
+    msf_mask: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def plot(self, ax=None, kind: str = "diagram"):
         """``kind="diagram"``: sublevel diagram (0, 1 − w̃) with essential classes on an ∞ line;
@@ -286,6 +309,202 @@ class ZerothDiagram(Result):
         return ax
 
 
+@dataclasses.dataclass
+class NetworkZerothDiagram(_H0Diagram, Result):
+    """The 0-dimensional diagram of a whole chained network graph (superlevel filtration of ``w̃``).
+
+    Vertices are all neurons of all layers (layer ``l``'s outputs are layer ``l + 1``'s inputs), edges all
+    unmasked weights with ``w̃`` normalised per layer or over the network (``normalize``). As for a layer,
+    ``deaths`` (descending) are the ``w̃`` of the maximum-spanning-forest edges, ``n_essential`` the number of
+    connected components (essential death ``-inf``), ``min_value`` the lowest ``w̃`` in the network.
+    ``death_layers[k]`` is the layer whose edge merged at ``deaths[k]`` and ``msf_masks`` the forest as one
+    ``(n_out, n_in)`` bool array per layer, keyed by ``param_name`` (:meth:`as_masks` gives a ``Masks``);
+    both are None for the ripser backend, which does not report merging edges.
+    """
+
+    backend: str
+    method: str | None
+    normalize: str
+    widths: list[int]
+    layer_names: list[str | None]
+    param_names: list[str | None]
+    layer_kinds: list[str]
+    aggregate: str | None
+    n_vertices: int
+    n_edges: int
+    n_pairs: int
+    n_essential: int
+    essential_death: float
+    min_value: float
+    total_persistence: float
+    layer_n_pairs: list[int] | None
+    deaths: np.ndarray = dataclasses.field(repr=False)
+    death_layers: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    msf_masks: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+
+    def as_masks(self):
+        """The forest as a :class:`~netgeom.pruning.masks.Masks` (torch bool, one tensor per weight).
+
+        Only for graphs whose edges are the weights themselves (``"linear"``/``"matrix"`` layers); the
+        forest of a channel graph is per channel pair: use ``spanning_forest_protect(scope="network")``.
+        """
+        from ..pruning.masks import Masks
+
+        if self.msf_masks is None:
+            raise ValueError(f"the {self.backend} backend does not report the forest; use backend='native'")
+        bad = [k for k in self.layer_kinds if k not in ("linear", "matrix")]
+        if bad:
+            raise ValueError(
+                f"layers of kind {sorted(set(bad))} have graph edges that are not single weights; "
+                "use spanning_forest_protect(model, masks, scope='network') for kernel-shaped masks"
+            )
+        return Masks({k: torch.from_numpy(v.copy()) for k, v in self.msf_masks.items()})
+
+    def plot(self, ax=None, kind: str = "barcode"):
+        """Diagram or barcode with each finite class coloured by the layer of its merging edge.
+
+        ``kind="barcode"``: one bar per class from 1 down to its death ``w̃_e`` (superlevel, threshold
+        decreasing to the right); essential bars (grey) run to ``min_value``. ``kind="diagram"``: the
+        sublevel diagram ``(0, 1 − w̃_e)``, one colour per layer, essential classes on an ∞ line.
+        """
+        check_choice(kind, "kind", ("diagram", "barcode"))
+        if self.death_layers is None:
+            raise ValueError(f"the {self.backend} backend does not report merging edges: no layer colours")
+        _, ax = new_axes(ax)
+        names = [n if n is not None else f"layer {k}" for k, n in enumerate(self.layer_names)]
+        if kind == "barcode":
+            y0 = 0
+            for k, name in enumerate(names):
+                d = self.deaths[self.death_layers == k]
+                if d.size:
+                    ax.hlines(y0 + np.arange(d.size), d, 1.0, lw=1.0, color=f"C{k}",
+                              label=f"{name} ({d.size})")
+                y0 += d.size
+            if self.n_essential:
+                ax.hlines(y0 + np.arange(self.n_essential), self.min_value, 1.0, lw=1.0, color="0.5",
+                          label=f"essential ({self.n_essential})")
+            ax.set_xlim(1.02, min(0.0, self.min_value) - 0.02)
+            ax.set_xlabel("threshold w̃ (superlevel, decreasing)")
+            ax.set_ylabel("class (grouped by layer of the merging edge)")
+        else:
+            top = 1.05 * max(1.0, float((1.0 - self.deaths).max()) if self.deaths.size else 1.0)
+            for k, name in enumerate(names):
+                d = 1.0 - self.deaths[self.death_layers == k]
+                if d.size:
+                    ax.scatter(np.zeros_like(d), d, s=14, alpha=0.5, color=f"C{k}",
+                               label=f"{name} ({d.size})")
+            if self.n_essential:
+                ax.scatter([0.0], [top], marker="^", color="0.5", label=f"essential ({self.n_essential}, ∞)")
+            ax.plot([0, top], [0, top], "k--", lw=0.8)
+            ax.set_xlim(-0.05, top)
+            ax.set_xlabel("birth (1 − w̃)")
+            ax.set_ylabel("death (1 − w̃)")
+        ax.legend(fontsize=7, loc="lower right" if kind == "diagram" else "upper left")
+        ax.set_title(f"H0 of the network graph {'-'.join(map(str, self.widths))} ({self.normalize} w̃, "
+                     f"{self.backend})")
+        return ax
+
+
+# ---------------------------------------------------------------------------------------------- network
+def _check_network(G: NetworkGraph) -> None:
+    if not G.layers:
+        raise ValueError("the network graph has no layer")
+    for g in G:
+        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
+            raise ValueError(
+                f"layer {g.name!r} of the network graph has non-finite weights, a mask of the wrong shape "
+                "or no edge"
+            )
+    if not G.chained:
+        G.global_edges()  # raises the explanatory "do not chain" error
+
+
+def _network_native(G: NetworkGraph, method: str) -> list[np.ndarray]:
+    """Per-layer forest masks of the chained graph's MSF under the network order (weight desc, layer, index).
+
+    Per-layer methods use the cycle property: an edge that is the lightest on a cycle of its own layer
+    graph is the lightest on that cycle in the network too, so the network MSF lies inside the union of
+    the layer MSFs; a Borůvka pass over that union (``~|V|`` edges) finishes. ``"global"`` runs Borůvka on
+    every edge of the network at once.
+    """
+    offsets = G.vertex_offsets
+    if method == "global":
+        n, u, v, w, lay, idx = G.global_edges(with_layers=True)
+        sel = _boruvka(n, u, v, w)
+        lay, idx = lay[sel], idx[sel]
+    else:
+        us, vs, ws, lays, idxs = [], [], [], [], []
+        for k, g in enumerate(G):
+            cand = np.flatnonzero(_native_msf(g, method).ravel())  # increasing flat index: network order
+            j, i = np.divmod(cand, g.n_in)
+            us.append(i + offsets[k])
+            vs.append(j + offsets[k + 1])
+            ws.append(g.weights.ravel()[cand])
+            lays.append(np.full(cand.size, k, dtype=np.int64))
+            idxs.append(cand)
+        sel = _boruvka(int(offsets[-1]), np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
+        lay, idx = np.concatenate(lays)[sel], np.concatenate(idxs)[sel]
+    masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
+    for k, m in enumerate(masks):
+        m.ravel()[idx[lay == k]] = True
+    return masks
+
+
+def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZerothDiagram:
+    check_choice(method, "method", NETWORK_METHODS)
+    _check_network(G)
+    used_method = None
+    masks = death_layers = None
+    if backend == "native":
+        used_method = method
+        masks = _network_native(G, method)
+    elif backend == "gudhi":
+        deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
+        offsets = G.vertex_offsets
+        # the low end of an edge is an input of its layer: the layer whose input block holds it
+        lay = np.searchsorted(offsets, edges[:, 0], side="right") - 1
+        masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
+        for k, m in enumerate(masks):
+            e = edges[lay == k]
+            m[e[:, 1] - offsets[k + 1], e[:, 0] - offsets[k]] = True
+    else:
+        deaths, n_ess = _ripser_edges(*G.global_edges())
+    if masks is not None:
+        w = np.concatenate([g.weights[m] for g, m in zip(G, masks)])
+        lay = np.concatenate([np.full(int(m.sum()), k, dtype=np.int64) for k, m in enumerate(masks)])
+        order = np.argsort(-w, kind="stable")
+        death_layers = lay[order]
+        if backend == "native":
+            deaths = w[order]
+            n_ess = int(G.vertex_offsets[-1]) - deaths.size
+        # gudhi: deaths stay gudhi's own intervals; the layers come from its merging edges, sorted alike
+    deaths = np.sort(deaths)[::-1].copy()
+    return NetworkZerothDiagram(
+        backend=backend,
+        method=used_method,
+        normalize=G.normalize,
+        widths=G.widths,
+        layer_names=[g.name for g in G],
+        param_names=[g.param_name for g in G],
+        layer_kinds=[g.kind for g in G],
+        aggregate=next((g.aggregate for g in G if g.aggregate is not None), None),
+        n_vertices=int(G.vertex_offsets[-1]),
+        n_edges=sum(g.n_edges for g in G),
+        n_pairs=int(deaths.size),
+        n_essential=int(n_ess),
+        essential_death=-math.inf,
+        min_value=float(min(g.weights[g.mask].min() for g in G)),
+        total_persistence=float((1.0 - deaths).sum()),
+        layer_n_pairs=None if masks is None else [int(m.sum()) for m in masks],
+        deaths=deaths,
+        death_layers=death_layers,
+        msf_masks=None if masks is None else {
+            (g.param_name if g.param_name is not None else f"layer{k}"): m
+            for k, (g, m) in enumerate(zip(G, masks))
+        },
+    )
+
+
 # ----------------------------------------------------------------------------------------------- public
 def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggregate: str) -> LayerGraph:
     if isinstance(graph_or_weights, LayerGraph):
@@ -297,7 +516,7 @@ def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggre
         return g
     if not isinstance(graph_or_weights, AffineLayer) and hasattr(graph_or_weights, "named_parameters"):
         raise TypeError(
-            "zeroth_persistence takes one layer; for a model use network_graph or neural_persistence"
+            "zeroth_persistence takes a layer or a graph; for a model pass network_graph(model, masks)"
         )
     return layer_graph(graph_or_weights, mask, normalize=normalize, conv=conv, aggregate=aggregate)
 
@@ -312,14 +531,17 @@ def zeroth_persistence(
     conv: str = "channel",
     aggregate: str = "l1",
 ) -> ZerothDiagram:
-    """The 0-dimensional persistence diagram of a layer's weight graph and its maximum spanning forest.
+    """The 0-dimensional persistence diagram of a weight graph and its maximum spanning forest.
 
     Parameters
     ----------
-    graph_or_weights : a :class:`LayerGraph`, an ``AffineLayer`` or a ``(n_out, n_in)`` weight matrix.
+    graph_or_weights : a :class:`LayerGraph`, an ``AffineLayer`` or a ``(n_out, n_in)`` weight matrix
+        (-> :class:`ZerothDiagram`), or a chained :class:`NetworkGraph` from ``network_graph`` (->
+        :class:`NetworkZerothDiagram`: the diagram of the whole network graph, forest per layer).
     mask : boolean mask for a matrix or layer (True = kept; False = absent edge).
     backend : ``"native"`` (ours), ``"gudhi"`` (SimplexTree, float64) or ``"ripser"`` (float32, ~1e-7).
-    method : native algorithm: ``"prim"`` (dense), ``"boruvka"`` (sparse) or ``"auto"``.
+    method : native algorithm: ``"prim"`` (dense), ``"boruvka"`` (sparse) or ``"auto"``; for a network
+        graph it is used per layer and the layer forests are merged, or ``"global"``: Borůvka on all edges.
     normalize, conv, aggregate : as in :func:`~netgeom.topology.layer_graph` (when given a matrix/layer).
 
     Example
@@ -327,8 +549,17 @@ def zeroth_persistence(
     >>> d = zeroth_persistence(np.array([[4.0, 1.0], [2.0, 3.0]]))
     >>> d.deaths.tolist(), d.n_essential, d.msf_mask.tolist()
     ([1.0, 0.75, 0.5], 1, [[True, False], [True, True]])
+    >>> from netgeom.nets import mlp
+    >>> from netgeom.topology import network_graph
+    >>> D = zeroth_persistence(network_graph(mlp(4, [6], 3, seed=0), normalize="network"))
+    >>> D.n_vertices, D.n_pairs, D.n_essential, {k: int(m.sum()) for k, m in D.msf_masks.items()}
+    (13, 12, 1, {'0.weight': 8, '2.weight': 4})
     """
     check_choice(backend, "backend", BACKENDS)
+    if isinstance(graph_or_weights, NetworkGraph):
+        if mask is not None:
+            raise ValueError("mask= cannot be combined with a NetworkGraph (give masks to network_graph)")
+        return _network_persistence(graph_or_weights, backend, method)
     check_choice(method, "method", METHODS)
     g = _as_graph(graph_or_weights, mask, normalize, conv, aggregate)
     msf = None
