@@ -456,8 +456,14 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
     used_method = None
     masks = death_layers = None
     if backend == "native":
-        used_method = method
-        masks = _network_native(G, method)
+        layer_methods = [_pick_method(g) if method == "auto" else method for g in G]
+        # When every layer would run Borůvka anyway, one Borůvka over all edges saves the merge pass and
+        # the per-layer fixed costs.
+        if method == "global" or (method == "auto" and set(layer_methods) == {"boruvka"}):
+            used_method = "global"
+        else:
+            used_method = f"layers({','.join(layer_methods)})+merge"
+        masks = _network_native(G, "global" if used_method == "global" else method)
     elif backend == "gudhi":
         deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
         offsets = G.vertex_offsets
