@@ -371,7 +371,7 @@ class NetworkZerothDiagram(_H0Diagram, Result):
         if self.death_layers is None:
             raise ValueError(f"the {self.backend} backend does not report merging edges: no layer colours")
         _, ax = new_axes(ax)
-        names = [n if n is not None else f"layer {k}" for k, n in enumerate(self.layer_names)]
+        names = [f"layer {n if n is not None else k}" for k, n in enumerate(self.layer_names)]
         if kind == "barcode":
             y0 = 0
             for k, name in enumerate(names):
@@ -399,7 +399,7 @@ class NetworkZerothDiagram(_H0Diagram, Result):
             ax.set_xlim(-0.05, top)
             ax.set_xlabel("birth (1 − w̃)")
             ax.set_ylabel("death (1 − w̃)")
-        ax.legend(fontsize=7, loc="lower right" if kind == "diagram" else "upper left")
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"H0 of the network graph {'-'.join(map(str, self.widths))} ({self.normalize} w̃, "
                      f"{self.backend})")
         return ax
