@@ -81,6 +81,7 @@ from .regions import (
 )
 from .results import Result
 from .topology import (
+    NetworkZerothDiagram,
     NeuralPersistenceResult,
     RetentionResult,
     TopologyBoundResult,
@@ -89,6 +90,7 @@ from .topology import (
     msf_protect,
     msf_retention,
     msf_retention_curve,
+    network_forest_protect,
     network_graph,
     neural_persistence,
     spanning_forest_mask,
@@ -101,6 +103,8 @@ from .training import TrainConfig, TrainHistory, evaluate, train
 __version__ = "0.1.0"
 
 __all__ = [
+    "NetworkZerothDiagram",
+    "network_forest_protect",
     "BoxRegionsResult",
     "PatternCountResult",
     "SegmentRegionsResult",
