@@ -1,4 +1,5 @@
-"""Benchmark: exact kNN vs the float32 matmul floor, and MLE(k = 5…20) + TwoNN vs scikit-dimension.
+"""Benchmark: exact kNN vs the float32 matmul floor, MLE(k = 5…20) + TwoNN vs scikit-dimension, and local
+PCA (k = 20, every rule) vs scikit-dimension's ``lPCA.fit_pw`` on the same neighbourhoods.
 
     python benchmarks/bench_dimension.py --quick      # < 1 minute
     python benchmarks/bench_dimension.py              # MNIST test split 10,000 × 784 + synthetic 20,000 × 784
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from netgeom.dimension import MLE, TwoNN, nearest_neighbors
+from netgeom.dimension import MLE, LocalPCA, TwoNN, local_pca_spectra, nearest_neighbors, pca_rule_dimension
 
 K1, K2 = 5, 20
 
@@ -49,7 +50,43 @@ def reference(X: np.ndarray):
     return time.perf_counter() - t, mle, two
 
 
-def run(name: str, X: np.ndarray, skip_reference: bool):
+# our rule name -> skdim's ver
+LPCA_RULES = dict(fo="FO", fan="Fan", maxgap="maxgap", kaiser="Kaiser", broken_stick="broken_stick")
+
+
+def lpca(X: np.ndarray, g, n_ref: int, rules: dict[str, str]):
+    """lPCA at k = K2: rule FO on all points, and ours vs skdim's ``fit_pw`` on the first ``n_ref`` points.
+
+    skdim fits one scikit-learn PCA (an SVD) per point; on this 2-core machine one 20 x 784 fit takes from 2
+    to 30 ms depending on load (BLAS threads), hence the small ``n_ref``.
+    """
+    t = time.perf_counter()
+    fo_all = LocalPCA(k=K2).fit(X, neighbors=g).dimension_
+    t_all = time.perf_counter() - t
+    idx = g.indices[:n_ref, :K2]
+    t = time.perf_counter()
+    spectra = local_pca_spectra(X, idx)
+    ours = {r: pca_rule_dimension(spectra, r) for r in rules}
+    t_ours = time.perf_counter() - t
+    import skdim
+
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = {
+            r: skdim.id.lPCA(ver=v).fit_pw(X, precomputed_knn=idx, n_neighbors=K2).dimension_pw_
+            for r, v in rules.items()
+        }
+    t_ref = time.perf_counter() - t
+    same = {r: float(np.mean(ours[r] == ref[r])) for r in rules}
+    print(f"  lPCA k={K2} rule FO, all {len(X)} points (with graph check): {t_all:6.2f} s   d = {fo_all:.3f}")
+    print(f"  lPCA {len(rules)} rule(s) on {n_ref} points: ours {t_ours:6.2f} s, scikit-dimension "
+          f"{t_ref:6.2f} s, speed-up {t_ref / t_ours:6.1f}x")
+    print("  lPCA fraction of points with identical estimates: "
+          + ", ".join(f"{r} {v:.4f}" for r, v in same.items()) + f"  agree: {min(same.values()) == 1.0}")
+
+
+def run(name: str, X: np.ndarray, skip_reference: bool, n_lpca: int = 0, rules=LPCA_RULES):
     n = len(X)
     chunk = int(min(max(2**25 // n, 16), n))
     floor = matmul_floor(X, chunk)
@@ -67,6 +104,8 @@ def run(name: str, X: np.ndarray, skip_reference: bool):
     print(f"  scikit-dimension same : {t_ref:8.2f} s   speed-up {t_ref / t_all:5.1f}x  (target >= 5)")
     print(f"  max relative difference of the 17 estimates: {err:.2e}  agree(1e-6): {err < 1e-6}")
     print(f"  MLE(k=20) {mle[K2]:.3f} vs {mle_ref[K2]:.3f};  TwoNN {two:.3f} vs {two_ref:.3f}")
+    if n_lpca:
+        lpca(Xr, g, min(n_lpca, len(Xr)), rules)
 
 
 def main():
@@ -79,6 +118,8 @@ def main():
     rng = np.random.default_rng(a.seed)
     print(f"torch threads: {torch.get_num_threads()}")
     n_syn = 4000 if a.quick else 20000
+    n_lpca = 300 if a.quick else 2000  # skdim's lPCA.fit_pw fits one sklearn PCA per point: slow
+    rules = {r: LPCA_RULES[r] for r in ("fo", "fan")} if a.quick else LPCA_RULES
     # a curved 16-D manifold in 784-D with mild noise: realistic neighbour structure
     from netgeom.data.synthetic import make_curved_manifold
 
@@ -91,10 +132,10 @@ def main():
         mn = torch.cat([m.X_train, m.X_test]).reshape(-1, 784).double().numpy()
         if a.quick:
             mn = mn[rng.permutation(len(mn))[:3000]]
-        run("MNIST test split", mn, skip_reference=False)
+        run("MNIST test split", mn, skip_reference=False, n_lpca=n_lpca, rules=rules)
     except FileNotFoundError as exc:
         print(f"MNIST skipped: {exc}")
-    run("synthetic curved", syn, skip_reference=False)
+    run("synthetic curved", syn, skip_reference=False, n_lpca=n_lpca, rules=rules)
     if a.full:
         big = make_curved_manifold(16, 784, n_train=70000, n_test=1, noise=0.05, seed=a.seed)
         run("synthetic curved (full)", big.X_train.double().numpy(), skip_reference=True)
