@@ -1,4 +1,5 @@
-"""Intrinsic-dimension estimators on a shared exact kNN graph: MLE (Levina–Bickel, MacKay–Ghahramani), TwoNN.
+"""Intrinsic-dimension estimators on a shared exact kNN graph: MLE (Levina–Bickel, MacKay–Ghahramani), TwoNN,
+local PCA (its conventions are stated above :class:`LocalPCA`).
 
 Conventions (checked against scikit-dimension 0.5's ``skdim.id.MLE`` and ``skdim.id.TwoNN`` sources; the
 tests assert agreement to 1e-6 relative):
