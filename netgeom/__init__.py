@@ -20,9 +20,12 @@ from .data import (
 from .dimension import (
     MLE,
     DimensionResult,
+    LocalPCA,
     NeighborGraph,
     RepresentationDimensionResult,
+    ScaleSweepResult,
     TwoNN,
+    id_scale_sweep,
     intrinsic_dimension,
     nearest_neighbors,
     representation_dimension,
@@ -103,6 +106,9 @@ from .training import TrainConfig, TrainHistory, evaluate, train
 __version__ = "0.1.0"
 
 __all__ = [
+    "LocalPCA",
+    "ScaleSweepResult",
+    "id_scale_sweep",
     "NetworkZerothDiagram",
     "network_forest_protect",
     "BoxRegionsResult",
