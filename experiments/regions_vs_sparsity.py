@@ -172,8 +172,8 @@ def headline(res: dict, cfg: dict) -> dict:
 
     (a) per (data, width): ``drop`` = accuracy at the lowest density is more than 2 points below dense;
     ``co-vary`` = Spearman over the density grid of mean accuracy with mean slice region count > 0, and with
-    the log10 bound (rounded to 6 decimals) > 0. reproduced: drop and both co-vary in every (data, width); partly: drop and at
-    least one co-varies in some (data, width); else not reproduced.
+    the log10 bound (rounded to 6 decimals) > 0. reproduced: drop and both co-vary in every (data, width);
+    partly: drop and at least one co-varies in some (data, width); else not reproduced.
     (b) reproduced: win rate > 0.5 and the bootstrap interval of the mean accuracy difference (bound-guided
     − uniform) above 0; partly: win rate > 0.5 or mean difference > 0; not reproduced otherwise.
     """
