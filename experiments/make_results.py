@@ -9,8 +9,9 @@ Verdict rules (fixed before looking at any full-mode number; not tuned):
    0; inconclusive: the interval includes 0 (a non-significant rho is evidence for neither direction).
 2. (a) Regions vs sparsity — per (data, width): accuracy at the lowest density more than 2 points below
    dense, and Spearman over the density grid of mean accuracy with the exact slice region count > 0 and
-   with the log10 bound (rounded to 6 decimals, so float noise in a flat bound is no trend) > 0. reproduced: all hold in every setting; partly: the drop and at least one of
-   the two in some setting; not reproduced otherwise.
+   with the log10 bound (rounded to 6 decimals, so float noise in a flat bound is no trend) > 0.
+   reproduced: all hold in every setting; partly: the drop and at least one of the two in some setting;
+   not reproduced otherwise.
    (b) Bound-guided vs uniform — reproduced: win rate > 0.5 and the 95% interval of the mean accuracy
    difference above 0; partly: win rate > 0.5 or mean difference > 0; not reproduced otherwise.
 3. (a) MSF retention — reproduced: IMP's retention minus the random expectation (pooled over pruned levels
