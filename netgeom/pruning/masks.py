@@ -7,7 +7,6 @@ records at every level and what every analysis (``affine_layers(model, masks)``)
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .._io import atomic_write
 
 __all__ = ["Masks", "prunable_parameters"]
 
@@ -179,18 +180,8 @@ class Masks(MutableMapping):
     # ---------------------------------------------------------------- files (npz: no pickle)
     def save(self, path: str | os.PathLike) -> Path:
         """Write the masks to ``path`` (``.npz``) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **{k: v.cpu().numpy() for k, v in self._m.items()})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        arrays = {k: v.cpu().numpy() for k, v in self._m.items()}
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Masks:
