@@ -232,3 +232,17 @@ def test_accepts_the_region_bound_allocation():
         for k, d in zip(["0.weight", "2.weight"], alloc.densities):
             assert abs(out.layer_densities()[k] - d) <= 0.5 / out[k].numel() + 1e-12
         assert out.layer_densities().get("4.weight", 1.0) == 1.0
+
+
+def test_pruning_a_whole_layer_away_warns():
+    import torch
+
+    from netgeom.nets import mlp
+
+    net = mlp(2, [2], 1, seed=0)
+    with torch.no_grad():
+        net[0].weight.fill_(1e-3)  # the four smallest weights of the network: global pruning takes them all
+        net[2].weight.fill_(1.0)
+    with pytest.warns(UserWarning, match="pruning removes every weight of '0.weight'"):
+        masks = magnitude_prune(net, 4 / 6)
+    assert not masks["0.weight"].any() and masks["2.weight"].all()
