@@ -235,10 +235,6 @@ def test_accepts_the_region_bound_allocation():
 
 
 def test_pruning_a_whole_layer_away_warns():
-    import torch
-
-    from netgeom.nets import mlp
-
     net = mlp(2, [2], 1, seed=0)
     with torch.no_grad():
         net[0].weight.fill_(1e-3)  # the four smallest weights of the network: global pruning takes them all
