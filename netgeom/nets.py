@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ _PARAMETRISED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _FOLDED = (nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Unflatten)
 _SKIPPED = (nn.Dropout, nn.Identity)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+_MODE_DEPENDENT = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
 SUPPORTED_LAYERS: tuple[str, ...] = tuple(
     c.__name__ for c in _PARAMETRISED + _FOLDED + _SKIPPED + _ACTIVATIONS + (nn.Sequential,)
 )
@@ -208,8 +210,12 @@ def affine_layers(
     masks: Mapping[str, torch.Tensor] | None = None,
     *,
     input_shape: Sequence[int] | None = None,
+    max_entries: int = 2**27,
 ) -> list[AffineLayer]:
     """Read a piecewise-affine network as a list of :class:`AffineLayer` in forward order.
+
+    BatchNorm and Dropout are read with eval semantics (running statistics, no dropout) whatever the
+    model's mode; a model in training mode that has such modules gets a warning saying so.
 
     Parameters
     ----------
@@ -217,6 +223,8 @@ def affine_layers(
     masks : a ``Masks`` (or any mapping parameter name -> boolean tensor); masked weights are removed.
     input_shape : shape of one input sample without the batch axis; needed when the model starts with a
         convolution. Defaults to ``model.input_shape`` when the model has that attribute.
+    max_entries : largest dense matrix (``n_out * n_in`` entries, float64) one layer may unroll to; a
+        convolution on a large input exceeds it and raises instead of exhausting memory.
 
     Example
     -------
@@ -241,6 +249,14 @@ def affine_layers(
     for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
+    modal = [n for n, m in modules if m.training and isinstance(m, _MODE_DEPENDENT)]
+    if modal:
+        warnings.warn(
+            f"model is in training mode; {modal} are read with eval semantics (BatchNorm running "
+            "statistics, no dropout), so the affine maps are those of model.eval()",
+            stacklevel=2,
+        )
+    max_entries = check_int(max_entries, "max_entries", minimum=1)
 
     groups: list[dict[str, Any]] = []
     current: dict[str, Any] = {"ops": [], "param": None}
@@ -270,13 +286,13 @@ def affine_layers(
     layers = []
     with torch.no_grad():
         for g in groups:
-            layer = _group_to_layer(g, shape, masks)
+            layer = _group_to_layer(g, shape, masks, max_entries)
             layers.append(layer)
             shape = layer.out_shape
     return layers
 
 
-def _group_to_layer(g: dict[str, Any], in_shape: tuple[int, ...], masks) -> AffineLayer:
+def _group_to_layer(g: dict[str, Any], in_shape: tuple[int, ...], masks, max_entries: int) -> AffineLayer:
     ops = g["ops"]
     act = g.get("act")
     if act is None:
@@ -321,8 +337,22 @@ def _group_to_layer(g: dict[str, Any], in_shape: tuple[int, ...], masks) -> Affi
         zero = torch.zeros((1, *in_shape), dtype=torch.float64, device=dev)
         b_out = run(zero, True)
         out_shape = tuple(b_out.shape[1:])
-        basis = torch.eye(n_in, dtype=torch.float64, device=dev).reshape(n_in, *in_shape)
-        W = run(basis, False).reshape(n_in, -1).T.contiguous()
+        n_out = math.prod(out_shape)
+        if n_in * n_out > max_entries:
+            raise ValueError(
+                f"layer '{g['first']}' unrolls to a dense {n_out} x {n_in} matrix ({n_in * n_out:,} entries, "
+                f"over max_entries={max_entries:,}); analyse a smaller input (crop or downsample) or raise "
+                "max_entries if the memory is there"
+            )
+        # push the identity basis through the group in chunks, so the intermediate activations of a
+        # convolution stay within about the size of the result
+        W = torch.empty((n_out, n_in), dtype=torch.float64, device=dev)
+        chunk = max(1, min(n_in, max_entries // max(n_out, 1), 4096))
+        for i in range(0, n_in, chunk):
+            j = min(n_in, i + chunk)
+            basis = torch.zeros((j - i, n_in), dtype=torch.float64, device=dev)
+            basis[torch.arange(j - i), torch.arange(i, j)] = 1.0
+            W[:, i:j] = run(basis.reshape(j - i, *in_shape), False).reshape(j - i, -1).T
         b = b_out.reshape(-1)
     if g["param"] is not None:
         # The kernel with the scale of a BatchNorm that directly follows it folded in (channel graphs use it).
@@ -464,7 +494,9 @@ def small_convnet(
             pool(2),
             nn.Flatten(),
         )
-        n_flat = feats.eval()(torch.zeros(1, *shape)).shape[1]
+        with torch.no_grad():  # eval only for this probe: the returned net is in training mode
+            n_flat = feats.eval()(torch.zeros(1, *shape)).shape[1]
+        feats.train()
         net = nn.Sequential(*feats, nn.Linear(n_flat, n_out))
     net.input_shape = shape
     return net

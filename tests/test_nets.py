@@ -193,3 +193,28 @@ def test_input_too_small_for_conv_is_named():
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\) cannot take an input of shape \(1, 2, 2\)"):
         affine_layers(net, input_shape=(1, 2, 2))
+
+
+def test_training_mode_is_read_with_eval_semantics_and_says_so():
+    net = _randomise_bn(small_convnet((1, 16), seed=0))  # nn.Module starts in training mode
+    with pytest.warns(UserWarning, match=r"training mode; \['4'\]"):
+        layers = affine_layers(net)
+    x = torch.randn(5, 1, 16, dtype=torch.float64)
+    assert net.training  # reading does not change the user's model
+    ref = copy.deepcopy(net).double().eval()(x)
+    assert (forward_affine(layers, x) - ref).abs().max() <= 1e-10
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        affine_layers(mlp(3, [4], 2, seed=0))  # no BatchNorm/Dropout: nothing to warn about
+
+
+def test_unrolling_guard_and_chunking():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 2)).eval()
+    with pytest.raises(ValueError, match=r"layer '0' unrolls to a dense 400 x 100 matrix"):
+        affine_layers(net, input_shape=(1, 10, 10), max_entries=10_000)
+    # a budget that forces many small chunks gives the same matrix as one pass
+    small = affine_layers(net, input_shape=(1, 10, 10), max_entries=400 * 100)
+    big = affine_layers(net, input_shape=(1, 10, 10))
+    assert torch.equal(small[0].weight, big[0].weight)
