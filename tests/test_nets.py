@@ -211,7 +211,9 @@ def test_training_mode_is_read_with_eval_semantics_and_says_so():
 
 
 def test_unrolling_guard_and_chunking():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 2)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 2)
+    ).eval()
     with pytest.raises(ValueError, match=r"layer '0' unrolls to a dense 400 x 100 matrix"):
         affine_layers(net, input_shape=(1, 10, 10), max_entries=10_000)
     # a budget that forces many small chunks gives the same matrix as one pass
