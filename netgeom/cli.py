@@ -28,9 +28,17 @@ def _bounds(args: argparse.Namespace) -> int:
     from .regions.bounds import serra_bound, sparse_bound
 
     n0, widths = args.widths[0], args.widths[1:]
+    if not widths:
+        raise UsageError("give the input dimension and at least one hidden width, e.g. `bounds 40 100 100`")
     out = {"n0": n0, "widths": widths, "serra_log10": _log10(serra_bound(n0, widths))}
     if args.densities:
-        out["sparse_log10"] = sparse_bound(n0, widths, args.densities).log10
+        dens = args.densities * len(widths) if len(args.densities) == 1 else args.densities
+        if len(dens) != len(widths):
+            raise UsageError(
+                f"--densities takes one value or one per hidden layer ({len(widths)}), got {len(dens)}"
+            )
+        out["densities"] = dens
+        out["sparse_log10"] = sparse_bound(n0, widths, dens).log10
     print(json.dumps(out, indent=2))
     return 0
 
@@ -50,18 +58,22 @@ def _regions(args: argparse.Namespace) -> int:
 
     n0, widths = args.widths[0], args.widths[1:]
     if not widths:
-        raise SystemExit("netgeom regions: give the input dimension and at least one hidden width")
+        raise UsageError("give the input dimension and at least one hidden width, e.g. `regions 10 50 50`")
     net = mlp(n0, widths, 1, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     # a random plane through the origin, spanned by two orthonormal directions
     q, _ = np.linalg.qr(rng.standard_normal((n0, 2))) if n0 >= 2 else (None, None)
     if q is None:
-        raise SystemExit("netgeom regions: a 2-D slice needs an input dimension of at least 2")
+        raise UsageError("a 2-D slice needs an input dimension of at least 2")
     r = args.radius
     res = regions_on_slice(net, np.zeros(n0), q[:, 0], q[:, 1], box=(-r, r, -r, r))
     out = {
-        "n0": n0, "widths": widths, "seed": args.seed, "box_radius": r,
-        "regions_on_slice": res.count, "serra_log10": int_log10(serra_bound(n0, widths)),
+        "n0": n0,
+        "widths": widths,
+        "seed": args.seed,
+        "box_radius": r,
+        "regions_on_slice": res.count,
+        "serra_log10": int_log10(serra_bound(n0, widths)),
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -71,28 +83,60 @@ def _id(args: argparse.Namespace) -> int:
     from .data.datasets import load_dataset
     from .dimension import intrinsic_dimension
 
+    if args.data in ("mnist", "fashion_mnist", "cifar10") and not args.root:
+        raise UsageError(f"data set {args.data!r} is read from a directory: pass --root DIR")
     ds = load_dataset({"name": args.data, **({"root": args.root} if args.root else {})}).flat()
-    res = intrinsic_dimension(ds.X_train.numpy(), method=args.method, k=args.k)
-    print(
-        json.dumps(
-            {"data": args.data, "method": args.method, "k": args.k, "dimension": res.dimension}, indent=2
-        )
-    )
+    kw = {} if args.method == "twonn" else {"k": args.k}  # TwoNN uses the two nearest neighbours only
+    res = intrinsic_dimension(ds.X_train.numpy(), method=args.method, **kw)
+    out = {
+        "data": args.data,
+        "method": args.method,
+        "k": kw.get("k"),
+        "n": res.n_used,
+        "dimension": res.dimension,
+    }
+    print(json.dumps(out, indent=2))
     return 0
 
 
 def _persistence(args: argparse.Namespace) -> int:
     from .topology import topology_bound
 
+    if len(args.widths) < 2:
+        raise UsageError("give at least two layer widths, e.g. `persistence 784 300 100 10`")
     print(topology_bound(args.widths).to_json())
     return 0
 
 
+class UsageError(ValueError):
+    """A command-line argument the command cannot use."""
+
+
+# Errors a user can fix from the command line: reported in one line, without a traceback (--debug shows it).
+_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _main(argv)
+    except _USER_ERRORS as exc:
+        if debug:
+            raise
+        cmd = argv[0] if argv else ""
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"netgeom {cmd}: error: {msg}  (--debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] == "imp":
         return _imp(argv[1:])
-    p = argparse.ArgumentParser(prog="netgeom", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="netgeom", description=__doc__, epilog="--debug anywhere shows the traceback of an error"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="train, prune and analyse a small MLP; write runs/demo/report.md")
@@ -120,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("data", help="digits | mnist1d | mnist | …")
     i.add_argument("--root", default=None, help="directory for file-based data sets")
     i.add_argument("--method", default="mle")
-    i.add_argument("--k", type=int, default=20)
+    i.add_argument("--k", type=int, default=20, help="neighbours for MLE (TwoNN always uses two)")
     i.set_defaults(func=_id)
 
     t = sub.add_parser("persistence", help="topology-preserving pruning bound for widths n0 n1 … nL")

@@ -68,3 +68,34 @@ def test_cli_regions(capsys):
     out = json.loads(capsys.readouterr().out)
     # a slice meets at least one region and never more than the whole input space can hold
     assert 1 <= out["regions_on_slice"] <= netgeom.serra_bound(3, [6, 6])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bounds", "40"], "at least one hidden width"),
+        (
+            ["bounds", "40", "100", "100", "--densities", "0.1", "0.2", "0.3"],
+            "one value or one per hidden layer",
+        ),
+        (["id", "mnist"], "pass --root DIR"),
+        (["persistence", "784"], "at least two layer widths"),
+        (["bounds", "40", "0"], "widths"),
+    ],
+)
+def test_cli_user_errors_are_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith(f"netgeom {argv[0]}: error:")
+
+
+def test_cli_debug_shows_the_exception():
+    with pytest.raises(ValueError, match="at least one hidden width"):
+        main(["bounds", "40", "--debug"])
+
+
+def test_cli_single_density_applies_to_every_layer(capsys):
+    assert main(["bounds", "40", "100", "100", "--densities", "0.1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["densities"] == [0.1, 0.1]
+    assert out["sparse_log10"] == pytest.approx(netgeom.sparse_bound(40, [100, 100], [0.1, 0.1]).log10)
