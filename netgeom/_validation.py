@@ -49,7 +49,12 @@ def check_array(
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
             want = " or ".join(f"{d}-D" for d in allowed)
-            raise ValueError(f"{name} must be {want}, got an array of shape {arr.shape}")
+            hint = (
+                f"; flatten each sample first ({name}.reshape(len({name}), -1))"
+                if allowed == (2,) and arr.ndim > 2
+                else ""
+            )
+            raise ValueError(f"{name} must be {want}, got an array of shape {arr.shape}{hint}")
     if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the input first")
