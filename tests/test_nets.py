@@ -221,11 +221,3 @@ def test_unrolling_guard_and_chunking():
     big = affine_layers(net, input_shape=(1, 10, 10))
     assert torch.equal(small[0].weight, big[0].weight)
 
-
-def test_image_shaped_input_to_a_2d_estimator_gets_a_flatten_hint():
-    import numpy as np
-
-    from netgeom import intrinsic_dimension
-
-    with pytest.raises(ValueError, match=r"got an array of shape \(30, 1, 4, 4\); flatten each sample first"):
-        intrinsic_dimension(np.random.default_rng(0).standard_normal((30, 1, 4, 4)))

@@ -10,7 +10,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from torch import nn
 
-from netgeom.nets import mlp
+from netgeom.nets import affine_layers, lenet5, mlp, small_convnet
 from netgeom.pruning.masks import Masks
 from netgeom.pruning.rules import UnreachableSparsityError, magnitude_prune
 from netgeom.topology import (
@@ -262,3 +262,56 @@ def test_plot_and_dict():
     plt.close("all")
     out = d.to_dict()
     assert out["n_pairs"] == d.n_pairs and "deaths" not in out and out["widths"] == [6, 9, 7, 3]
+
+
+def gudhi_chained_deaths(layers):
+    """Reference: the chained graph built straight from the effective matrices, diagram by gudhi."""
+    import gudhi
+
+    offset, us, vs, ws = 0, [], [], []
+    for lay in layers:
+        W = np.abs(lay.weight.numpy())
+        j, i = np.nonzero(W)
+        us.append(i + offset)
+        vs.append(j + offset + lay.n_in)
+        ws.append(W[j, i] / W.max())
+        offset += lay.n_in
+    n = offset + layers[-1].n_out
+    st_ = gudhi.SimplexTree()
+    st_.insert_batch(np.arange(n)[None, :], np.zeros(n))
+    st_.insert_batch(np.vstack([np.concatenate(us), np.concatenate(vs)]), 1.0 - np.concatenate(ws))
+    st_.compute_persistence(min_persistence=-1.0)
+    iv = st_.persistence_intervals_in_dimension(0)
+    fin = np.isfinite(iv[:, 1])
+    return n, np.sort(1.0 - iv[fin, 1]), int((~fin).sum())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (lenet5((1, 16, 16), seed=0), None),
+    lambda: (small_convnet((1, 12), channels=3, seed=1).eval(), None),
+    lambda: (small_convnet((2, 6, 6), channels=3, seed=2).eval(), (2, 6, 6)),
+])
+def test_conv_nets_chain_unrolled(make):
+    net, shape = make()
+    masks = Masks.ones(net)
+    first = next(k for k in masks)
+    masks[first] = torch.rand(masks[first].shape, generator=torch.Generator().manual_seed(0)) < 0.6
+    G = network_graph(net, masks, conv="unrolled", input_shape=shape)
+    layers = [lay for lay in affine_layers(net, masks, input_shape=shape) if lay.param_name is not None]
+    assert G.chained and G.widths == [layers[0].n_in] + [lay.n_out for lay in layers]
+    d = zeroth_persistence(G)
+    n, deaths, n_ess = gudhi_chained_deaths(layers)
+    assert d.n_vertices == n and d.n_essential == n_ess
+    np.testing.assert_allclose(np.sort(d.deaths), deaths, atol=1e-12)
+    assert d.equals(zeroth_persistence(G, backend="gudhi"), atol=1e-12)
+    # the Linear after pooling + Flatten reads its effective matrix (pooling folded), not its kernel
+    assert G[-1].n_in == layers[-1].n_in and G[len(layers) - 1].kind in ("unrolled", "linear")
+
+
+@pytest.mark.parametrize("net", [lenet5(seed=0), small_convnet((1, 12), channels=2, seed=0).eval()])
+def test_conv_channel_graphs_to_linear_explain_the_break(net):
+    G = network_graph(net)
+    with pytest.raises(ValueError, match=r"(?s)channel.*Flatten.*conv='unrolled'"):
+        zeroth_persistence(G)
+    with pytest.raises(ValueError, match=r"(?s)channel.*Flatten.*conv='unrolled'"):
+        network_forest_protect(net)

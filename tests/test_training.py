@@ -199,3 +199,41 @@ def test_num_threads_applies_during_run_and_is_restored(digits):
     assert seen == {2} and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads"):
         train(net(), digits, CFG, verbose=False, num_threads=0)
+
+
+# ------------------------------------------------------------- the input-shape rule (model.input_shape)
+def test_lenet_300_100_trains_on_mnist_images(mnist_dir):
+    from netgeom.data.datasets import load_mnist
+    from netgeom.nets import lenet_300_100
+
+    data = load_mnist(mnist_dir, n_train=300)
+    assert data.input_shape == (1, 28, 28)
+    model = lenet_300_100(seed=0)
+    h = train(model, data, TrainConfig(epochs=2, lr=0.02, batch_size=32), verbose=False)
+    # the rule is a view: evaluating the images equals evaluating the flattened rows
+    assert evaluate(model, data.X_test, data.y_test) == evaluate(model, data.X_test.reshape(-1, 784),
+                                                                 data.y_test)
+    assert h.test_acc[-1] == evaluate(model, data.X_test, data.y_test)[1]
+    assert h.test_acc[-1] > 0.5  # it learned from 300 images, so the pixels reached the net in order
+
+
+def test_small_convnet_trains_on_mnist1d_vectors():
+    from netgeom.data.datasets import load_mnist1d
+    from netgeom.nets import small_convnet
+
+    data = load_mnist1d(seed=0, num_samples=200)
+    assert data.input_shape == (40,)
+    model = small_convnet(seed=0)
+    a = train(model, data, TrainConfig(epochs=1, batch_size=32), verbose=False)
+    m2 = small_convnet(seed=0)
+    b = train(m2, data.reshape((1, 40)), TrainConfig(epochs=1, batch_size=32), verbose=False)
+    assert a.test_loss == b.test_loss and a.train_acc == b.train_acc
+
+
+def test_feature_count_mismatch_names_both_shapes(digits):
+    from netgeom.nets import lenet_300_100
+
+    with pytest.raises(ValueError, match=r"\(784,\).*\(64,\).*Dataset\.flat\(\).*Dataset\.reshape"):
+        train(lenet_300_100(), digits, CFG, verbose=False)
+    with pytest.raises(ValueError, match=r"\(784,\)"):
+        evaluate(lenet_300_100(), digits.X_test, digits.y_test)
