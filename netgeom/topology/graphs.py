@@ -13,7 +13,11 @@ breaks ties between equal weights so that spanning forests are deterministic.
 Convolutions become channel graphs (one vertex per channel, edge weight an aggregate of the kernel slice
 ``W[o, i, ...]``: ``"l1"`` (default), ``"l2"`` or ``"max"`` of its unmasked entries; a slice is an edge when
 at least one of its weights is unmasked) or, for small inputs, the unrolled pixel graph of the effective
-matrix ``AffineLayer.weight``.
+matrix ``AffineLayer.weight``. In unrolled mode a Linear that follows pooling is read through its
+effective matrix too (pooling folded in, one input vertex per pre-pooling unit), so the unrolled graphs of
+a conv net chain from the input to the classifier. Channel graphs chain from convolution to convolution
+but not into a Linear after Flatten (channels vs flattened features): the network graph then refuses
+``global_edges`` with an error saying so.
 """
 
 from __future__ import annotations
@@ -136,11 +140,7 @@ class NetworkGraph:
         layer number of every edge and its flat index within that layer are appended.
         """
         if not self.chained:
-            raise ValueError(
-                "the layer graphs do not chain (a layer's outputs differ in number from the next layer's "
-                f"inputs; widths {[(g.n_in, g.n_out) for g in self.layers]}), e.g. a conv channel graph "
-                "followed by a Linear on flattened features"
-            )
+            raise ValueError(self._chain_error())
         us, vs, ws, ls, idxs = [], [], [], [], []
         offsets = self.vertex_offsets
         for k, g in enumerate(self.layers):
@@ -155,6 +155,24 @@ class NetworkGraph:
         if with_layers:
             out = out + (np.concatenate(ls), np.concatenate(idxs))
         return out
+
+    def _chain_error(self) -> str:
+        k = next(k for k, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])) if a.n_out != b.n_in)
+        a, b = self.layers[k], self.layers[k + 1]
+        msg = (
+            f"the layer graphs do not chain: layer {a.name!r} has {a.n_out} output vertices but the next "
+            f"layer {b.name!r} has {b.n_in} input vertices "
+            f"(widths {[(g.n_in, g.n_out) for g in self.layers]})"
+        )
+        if a.kind == "channel" and b.kind != "channel":
+            msg += (
+                f". In conv='channel' mode a convolution's vertices are its {a.n_out} channels, while the "
+                f"{b.kind} layer after Flatten has one input vertex per flattened feature ({b.n_in}), so the "
+                "two graphs share no vertex set. Use network_graph(..., conv='unrolled') (one vertex per "
+                "unit, pooling folded into the next layer; small inputs only) for the whole network, or "
+                "analyse the layers one by one"
+            )
+        return msg
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -193,7 +211,10 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             kmask = kmask & _as_bool_mask(mask, kernel.shape, "mask")
         if not np.isfinite(kernel).all():
             raise ValueError(f"layer {layer.name!r} has non-finite weights (NaN or inf)")
-        if kernel.ndim == 2:
+        # A Linear after pooling reads pooled features, so its effective matrix (pooling folded in) has
+        # more inputs than its kernel; only that matrix chains with an unrolled convolution before it.
+        folded = tuple(layer.weight.shape) != tuple(kernel.shape)
+        if kernel.ndim == 2 and not (conv == "unrolled" and folded):
             return dict(base, absw=np.abs(kernel), present=kmask, kind="linear", aggregate=None)
         if conv == "unrolled":
             W = layer.weight.detach().cpu().numpy()
@@ -201,6 +222,11 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
                 raise ValueError(
                     f"the unrolled graph of layer {layer.name!r} has {W.size} entries "
                     f"(> {MAX_UNROLLED_EDGES}); use conv='channel'"
+                )
+            if mask is not None:
+                raise ValueError(
+                    f"mask= cannot be applied to the unrolled graph of layer {layer.name!r}: its edges are "
+                    "entries of the effective matrix, not weights; pass the masks to affine_layers instead"
                 )
             # The effective matrix has pooling/BatchNorm folded in, so no mask maps onto it one to one:
             # its edges are its non-zero entries (structural zeros and pruned weights are both absent).
@@ -291,7 +317,8 @@ def network_graph(
     """Layer graphs of every weighted layer of ``model`` (read through ``affine_layers``).
 
     ``normalize="layer"`` normalises each layer by its own ``max |w|``; ``"network"`` by the largest ``|w|``
-    over all layers (of the aggregated edge weights, for channel graphs).
+    over all layers (of the aggregated edge weights, for channel graphs). For a conv net whose features
+    end in Flatten + Linear, only ``conv="unrolled"`` gives graphs that chain (see the module docstring).
 
     Example
     -------

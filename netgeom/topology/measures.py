@@ -409,6 +409,14 @@ def spanning_forest_protect(
         # Every layer enters the network graph (a layer outside ``names`` is never pruned but still links
         # its neighbours); a fully pruned layer cuts the network and is refused by network_graph.
         G = network_graph(model, masks, normalize=normalize, aggregate=aggregate)
+        if not G.chained:
+            # The unrolled graph would chain, but its edges are entries of effective matrices (several
+            # kernel weights each), so its forest names no weights to protect.
+            raise ValueError(
+                G._chain_error() + ". Network-scope protection needs weight-level or channel graphs that "
+                "chain, which a conv net with a Linear after Flatten does not have: use scope='layer' "
+                "(spanning_forest_protect) to keep every layer's own diagram"
+            )
         forests = zeroth_persistence(G).msf_masks
     out = {}
     for lay in layers:
