@@ -370,3 +370,43 @@ def test_box_lp_failure_is_an_error_not_a_missing_region(monkeypatch):
     monkeypatch.setattr(scipy.optimize, "linprog", failing)
     with pytest.raises(RuntimeError, match="status 4"):
         regions_in_box(mlp(2, [4, 4], 1, seed=0), [-3, -3], [3, 3])
+
+
+def _region_key(res):
+    """Regions as a sorted list of (pattern bytes, rounded area): order-free comparison of two slices."""
+    return sorted(zip((r.tobytes() for r in pack_patterns(res.patterns)), np.round(res.areas, 9)))
+
+
+def test_slice_max_regions_guard_names_layer_and_count():
+    net = mlp(2, [20, 20], 1, seed=0)
+    full = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-3, 3, -3, 3))
+    assert full.count > 30
+    with pytest.raises(
+        TooManyRegionsError, match=r"at least \d+ pieces by layer \d .*max_regions=30.*smaller box"
+    ):
+        regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-3, 3, -3, 3), max_regions=30)
+    # The count of the full run is allowed exactly: the guard only fires above it.
+    again = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-3, 3, -3, 3), max_regions=full.count)
+    assert again.count == full.count
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), budget=st.sampled_from([1, 500, 5_000, 50_000]))
+def test_slice_chunked_equals_unchunked(seed, budget):
+    # A tiny memory budget forces depth-first processing in chunks (down to one polygon at a time); the
+    # regions (patterns and areas) must be exactly those of the one-chunk run.
+    net = mlp(3, [7, 6, 5], 2, seed=seed)
+    rng = np.random.default_rng(seed)
+    x0, d1, d2 = rng.normal(size=(3, 3))
+    a = regions_on_slice(net, x0, d1, d2, box=(-2, 2, -2, 2))
+    b = regions_on_slice(net, x0, d1, d2, box=(-2, 2, -2, 2), memory_budget=budget)
+    assert a.count == b.count
+    assert _region_key(a) == _region_key(b)
+    for poly, area in zip(b.polygons, b.areas):
+        assert (
+            abs(
+                0.5 * abs(np.sum(poly[:, 0] * np.roll(poly[:, 1], -1) - np.roll(poly[:, 0], -1) * poly[:, 1]))
+                - area
+            )
+            < 1e-9
+        )

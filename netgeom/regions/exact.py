@@ -47,9 +47,11 @@ class TooManyRegionsError(RuntimeError):
     """The enumeration met more regions than the caller's ``max_regions`` allows."""
 
 
-def _hidden(model, masks) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray, bool, float]]]:
+def _hidden(
+    model, masks, input_shape=None
+) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray, bool, float]]]:
     """The layers and, for each layer up to the last one with pattern bits, ``(W, b, has_bits, slope)``."""
-    layers = affine_layers(model, masks)
+    layers = affine_layers(model, masks, input_shape=input_shape)
     flags = pattern_layers(layers)
     plan = []
     for layer, flag in zip(layers[: _last_pattern_layer(flags) + 1], flags):
@@ -301,8 +303,11 @@ def regions_on_slice(
     box=(-1.0, 1.0, -1.0, 1.0),
     masks=None,
     *,
+    input_shape=None,
     rel_tol: float = _REL_TOL,
     area_tol: float = 1e-12,
+    max_regions: int = 1_000_000,
+    memory_budget: int = 2**28,
 ) -> SliceRegionsResult:
     """Exact activation regions met by the plane ``x0 + u d1 + v d2`` with ``(u, v)`` in
     ``box = (u0, u1, v0, v1)``; points may come in the input's own shape (e.g. ``(C, L)``): flattened.
@@ -310,6 +315,13 @@ def regions_on_slice(
     Layer by layer, every current convex polygon is split along the zero line of every unit of the layer
     that changes sign inside it (the polygons of a layer are clipped by one unit at a time, all at once in
     numpy). A split that would leave a piece of area below ``area_tol`` times the box's area is not made.
+
+    Polygons are independent of one another, so when a layer's per-polygon affine maps (``8 * 3 * n_units``
+    bytes a polygon) would exceed ``memory_budget`` bytes, the polygons are processed in chunks, each carried
+    through the remaining layers before the next (depth first): the working memory then stays near the
+    budget whatever the number of regions. Raises :class:`TooManyRegionsError` as soon as a layer has cut the
+    slice into more than ``max_regions`` pieces (a lower bound on the final count). ``input_shape`` (one
+    sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets without ``input_shape``.
 
     Example
     -------
@@ -320,105 +332,36 @@ def regions_on_slice(
     """
     rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
     area_tol = check_fraction(area_tol, "area_tol", low_inclusive=False)
-    layers, plan = _hidden(model, masks)
+    max_regions = check_int(max_regions, "max_regions", minimum=1)
+    memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
+    layers, plan = _hidden(model, masks, input_shape)
     n0 = layers[0].n_in
     x0 = _flat_point(x0, "x0", n0)
     d1 = _flat_point(d1, "d1", n0)
     d2 = _flat_point(d2, "d2", n0)
     _check_plane(d1, d2)
     u0, u1, v0, v1 = _check_box(box)
-    min_area = area_tol * (u1 - u0) * (v1 - v0)
-    umax, vmax = max(abs(u0), abs(u1)), max(abs(v0), abs(v1))
-
+    last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
+    ctx = _SliceCtx(
+        plan=plan[: last + 1],
+        names=[layer.name for layer in layers],
+        last=last,
+        rel_tol=rel_tol,
+        min_area=area_tol * (u1 - u0) * (v1 - v0),
+        umax=max(abs(u0), abs(u1)),
+        vmax=max(abs(v0), abs(v1)),
+        max_regions=max_regions,
+        budget=memory_budget,
+        reached=[0] * max(last + 1, 0),
+    )
     V = np.array([[[u0, v0], [u1, v0], [u1, v1], [u0, v1]]])
     nv = np.array([4])
     P, Q = x0[None, :], np.stack([d1, d2])[None]  # layer input = P + (u, v) @ Q, Q: (m, 2, n_in)
-    bits_hist: list[np.ndarray] = []
-    last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
-    for li, (W, bias, has_bits, slope) in enumerate(plan[: last + 1]):
-        # One 2-D product: numpy's batched (m, 2, n_in) @ (n_in, n) matmul is far slower.
-        A, B = P @ W.T + bias, (Q.reshape(-1, Q.shape[2]) @ W.T).reshape(len(Q), 2, -1)
-        # Cauchy-Schwarz bounds on the summed terms' size (cheap outer products instead of |P| @ |W|.T).
-        nW = np.linalg.norm(W, axis=1)
-        nQ = np.linalg.norm(Q, axis=2)
-        B = np.where(np.abs(B) <= rel_tol * nQ[:, :, None] * nW, 0.0, B)
-        T = rel_tol * (
-            (np.linalg.norm(P, axis=1) + nQ[:, 0] * umax + nQ[:, 1] * vmax)[:, None] * nW + np.abs(bias)
-        )
-        if not has_bits:
-            P, Q = A, B
-            continue
-        m, n = A.shape
-        # A unit that does not cross a polygon crosses none of its pieces, so candidates come from the
-        # polygons at the start of the layer (chunked so that (rows, K, n) stays small).
-        cand = np.zeros((m, n), dtype=bool)
-        step = max(1, 4_000_000 // max(1, V.shape[1] * n))
-        for i in range(0, m, step):
-            Z = (
-                A[i : i + step, None, :]
-                + V[i : i + step, :, :1] * B[i : i + step, None, 0]
-                + (V[i : i + step, :, 1:] * B[i : i + step, None, 1])
-            )
-            cand[i : i + step] = (Z.max(axis=1) > T[i : i + step]) & (Z.min(axis=1) < -T[i : i + step])
-        cap = max(2 * m, 64)
-        CV = np.empty((cap, V.shape[1], 2))
-        CV[:m] = V
-        CN = np.empty(cap, dtype=np.int64)
-        CN[:m] = nv
-        CP = np.empty(cap, dtype=np.int64)
-        CP[:m] = np.arange(m)
-        cur = m
-        candT = np.ascontiguousarray(cand.T)
-        for j in np.nonzero(cand.any(axis=0))[0]:
-            rows = np.nonzero(candT[j][CP[:cur]])[0]
-            par = CP[rows]
-            s = _vertex_values(CV[rows], A[par, j], B[par, :, j])
-            real = np.arange(CV.shape[1])[None, :] < CN[rows, None]
-            t = T[par, j]
-            crosses = (np.where(real, s, -np.inf).max(axis=1) > t) & (
-                np.where(real, s, np.inf).min(axis=1) < -t
-            )
-            if not crosses.any():
-                continue
-            rows, par, s, t = rows[crosses], par[crosses], s[crosses], t[crosses]
-            pos, npos, neg, nneg = _clip(CV[rows], CN[rows], s, t)
-            ok = (np.abs(_shoelace(pos)) > min_area) & (np.abs(_shoelace(neg)) > min_area)
-            if not ok.any():
-                continue
-            rows, pos, npos, neg, nneg = rows[ok], pos[ok], npos[ok], neg[ok], nneg[ok]
-            K = max(CV.shape[1], pos.shape[1], neg.shape[1])
-            if K > CV.shape[1]:
-                CV = _pad_to(CV, K)
-            k_new = len(rows)
-            if cur + k_new > len(CV):
-                grow = max(len(CV), k_new)
-                CV = np.concatenate([CV, np.empty((grow, K, 2))])
-                CN = np.concatenate([CN, np.empty(grow, dtype=np.int64)])
-                CP = np.concatenate([CP, np.empty(grow, dtype=np.int64)])
-            CV[rows], CN[rows] = _pad_to(pos, K), npos
-            CV[cur : cur + k_new], CN[cur : cur + k_new] = _pad_to(neg, K), nneg
-            CP[cur : cur + k_new] = CP[rows]
-            cur += k_new
-        V, nv, parent = CV[:cur], CN[:cur], CP[:cur]
-        real = np.arange(V.shape[1])[None, :] < nv[:, None]
-        # The vertex mean is a strictly positive combination of the vertices: an interior point.
-        c = (V * real[..., None]).sum(axis=1) / nv[:, None]
-        bits = np.empty((cur, n), dtype=bool)
-        if li < last:
-            P, Q = np.empty((cur, n)), np.empty((cur, 2, n))
-        step = max(1, 2_000_000 // n)
-        for i in range(0, cur, step):
-            pa = parent[i : i + step]
-            Ai, Bi = A[pa], B[pa]
-            b_i = Ai + c[i : i + step, :1] * Bi[:, 0] + c[i : i + step, 1:] * Bi[:, 1] > T[pa]
-            bits[i : i + step] = b_i
-            if li < last:
-                gain = np.where(b_i, 1.0, slope)
-                P[i : i + step] = Ai * gain
-                Q[i : i + step] = Bi * gain[:, None, :]
-        bits_hist = [h[parent] for h in bits_hist] + [bits]
+    if last >= 0:
+        V, nv, patterns, _ = _slice_from(ctx, 0, V, nv, P, Q)
+    else:
+        patterns = np.zeros((1, 0), dtype=bool)
     m = len(V)
-    patterns = np.concatenate(bits_hist, axis=1) if bits_hist else np.zeros((m, 0), dtype=bool)
     areas = _shoelace(V)
     # Clipping keeps the orientation of the box (counter-clockwise), but make sure for the plot.
     V = np.where((areas < 0)[:, None, None], V[:, ::-1], V)
@@ -430,6 +373,156 @@ def regions_on_slice(
         polygons=polygons,
         patterns=patterns,
         areas=np.abs(areas),
+    )
+
+
+@dataclass
+class _SliceCtx:
+    plan: list
+    names: list
+    last: int
+    rel_tol: float
+    min_area: float
+    umax: float
+    vmax: float
+    max_regions: int
+    budget: int
+    reached: list  # pieces made so far at each layer, over all chunks: a lower bound on the final count
+
+
+def _too_many_slice(ctx: _SliceCtx, li: int, count: int) -> TooManyRegionsError:
+    return TooManyRegionsError(
+        f"the slice is cut into at least {count} pieces by layer {li} ({ctx.names[li]}), more than "
+        f"max_regions={ctx.max_regions}; use a smaller box, fewer layers (a truncated model), or raise "
+        "max_regions if the memory allows"
+    )
+
+
+def _slice_from(ctx: _SliceCtx, li: int, V, nv, P, Q):
+    """Split polygons ``V`` (layer ``li``'s input ``P + (u, v) @ Q``) by layers ``li..last``.
+
+    Returns ``(V, nv, patterns, origin)``: the final pieces, their bits for layers ``li..last`` and the index
+    of the input polygon each lies in. Inputs are taken in chunks that keep ``(rows, n_units)`` arrays
+    within the budget.
+    """
+    n = ctx.plan[li][0].shape[0]
+    step = max(1, ctx.budget // (8 * 4 * max(n, Q.shape[2])))
+    if len(V) <= step:
+        return _slice_chunk(ctx, li, V, nv, P, Q)
+    outs = []
+    for i in range(0, len(V), step):
+        Vi, nvi, pats, org = _slice_chunk(
+            ctx, li, V[i : i + step], nv[i : i + step], P[i : i + step], Q[i : i + step]
+        )
+        outs.append((Vi, nvi, pats, org + i))
+    K = max(o[0].shape[1] for o in outs)
+    return (
+        np.concatenate([_pad_to(o[0], K) for o in outs]),
+        np.concatenate([o[1] for o in outs]),
+        np.concatenate([o[2] for o in outs]),
+        np.concatenate([o[3] for o in outs]),
+    )
+
+
+def _slice_chunk(ctx: _SliceCtx, li: int, V, nv, P, Q):
+    W, bias, has_bits, slope = ctx.plan[li]
+    rel_tol = ctx.rel_tol
+    # One 2-D product: numpy's batched (m, 2, n_in) @ (n_in, n) matmul is far slower.
+    A, B = P @ W.T + bias, (Q.reshape(-1, Q.shape[2]) @ W.T).reshape(len(Q), 2, -1)
+    # Cauchy-Schwarz bounds on the summed terms' size (cheap outer products instead of |P| @ |W|.T).
+    nW = np.linalg.norm(W, axis=1)
+    nQ = np.linalg.norm(Q, axis=2)
+    B = np.where(np.abs(B) <= rel_tol * nQ[:, :, None] * nW, 0.0, B)
+    T = rel_tol * (
+        (np.linalg.norm(P, axis=1) + nQ[:, 0] * ctx.umax + nQ[:, 1] * ctx.vmax)[:, None] * nW + np.abs(bias)
+    )
+    if not has_bits:
+        return _slice_from(ctx, li + 1, V, nv, A, B)
+    m, n = A.shape
+    # A unit that does not cross a polygon crosses none of its pieces, so candidates come from the
+    # polygons at the start of the layer (chunked so that (rows, K, n) stays small).
+    cand = np.zeros((m, n), dtype=bool)
+    step = max(1, 4_000_000 // max(1, V.shape[1] * n))
+    for i in range(0, m, step):
+        Z = (
+            A[i : i + step, None, :]
+            + V[i : i + step, :, :1] * B[i : i + step, None, 0]
+            + (V[i : i + step, :, 1:] * B[i : i + step, None, 1])
+        )
+        cand[i : i + step] = (Z.max(axis=1) > T[i : i + step]) & (Z.min(axis=1) < -T[i : i + step])
+    cap = max(2 * m, 64)
+    CV = np.empty((cap, V.shape[1], 2))
+    CV[:m] = V
+    CN = np.empty(cap, dtype=np.int64)
+    CN[:m] = nv
+    CP = np.empty(cap, dtype=np.int64)
+    CP[:m] = np.arange(m)
+    cur = m
+    base = ctx.reached[li]
+    if base + cur > ctx.max_regions:
+        raise _too_many_slice(ctx, li, base + cur)
+    candT = np.ascontiguousarray(cand.T)
+    for j in np.nonzero(cand.any(axis=0))[0]:
+        rows = np.nonzero(candT[j][CP[:cur]])[0]
+        par = CP[rows]
+        s = _vertex_values(CV[rows], A[par, j], B[par, :, j])
+        real = np.arange(CV.shape[1])[None, :] < CN[rows, None]
+        t = T[par, j]
+        crosses = (np.where(real, s, -np.inf).max(axis=1) > t) & (np.where(real, s, np.inf).min(axis=1) < -t)
+        if not crosses.any():
+            continue
+        rows, par, s, t = rows[crosses], par[crosses], s[crosses], t[crosses]
+        pos, npos, neg, nneg = _clip(CV[rows], CN[rows], s, t)
+        ok = (np.abs(_shoelace(pos)) > ctx.min_area) & (np.abs(_shoelace(neg)) > ctx.min_area)
+        if not ok.any():
+            continue
+        rows, pos, npos, neg, nneg = rows[ok], pos[ok], npos[ok], neg[ok], nneg[ok]
+        K = max(CV.shape[1], pos.shape[1], neg.shape[1])
+        if K > CV.shape[1]:
+            CV = _pad_to(CV, K)
+        k_new = len(rows)
+        if base + cur + k_new > ctx.max_regions:
+            raise _too_many_slice(ctx, li, base + cur + k_new)
+        if cur + k_new > len(CV):
+            grow = max(len(CV), k_new)
+            CV = np.concatenate([CV, np.empty((grow, K, 2))])
+            CN = np.concatenate([CN, np.empty(grow, dtype=np.int64)])
+            CP = np.concatenate([CP, np.empty(grow, dtype=np.int64)])
+        CV[rows], CN[rows] = _pad_to(pos, K), npos
+        CV[cur : cur + k_new], CN[cur : cur + k_new] = _pad_to(neg, K), nneg
+        CP[cur : cur + k_new] = CP[rows]
+        cur += k_new
+    ctx.reached[li] = base + cur
+    V, nv, parent = CV[:cur], CN[:cur], CP[:cur]
+    real = np.arange(V.shape[1])[None, :] < nv[:, None]
+    # The vertex mean is a strictly positive combination of the vertices: an interior point.
+    c = (V * real[..., None]).sum(axis=1) / nv[:, None]
+    bits = np.empty((cur, n), dtype=bool)
+    step = max(1, 2_000_000 // n)
+    for i in range(0, cur, step):
+        pa = parent[i : i + step]
+        bits[i : i + step] = A[pa] + c[i : i + step, :1] * B[pa, 0] + c[i : i + step, 1:] * B[pa, 1] > T[pa]
+    if li == ctx.last:
+        return V, nv, bits, parent
+    # The next layer's input maps, made a chunk of pieces at a time and carried to the end before the next
+    # chunk, so that no (pieces, n_units) float array larger than the budget ever exists.
+    step = max(1, ctx.budget // (8 * 4 * max(n, ctx.plan[li + 1][0].shape[0])))
+    outs = []
+    for i in range(0, cur, step):
+        pa = parent[i : i + step]
+        gain = np.where(bits[i : i + step], 1.0, slope)
+        Vi, nvi, pats, org = _slice_from(
+            ctx, li + 1, V[i : i + step], nv[i : i + step], A[pa] * gain, B[pa] * gain[:, None, :]
+        )
+        outs.append((Vi, nvi, np.concatenate([bits[i + org], pats], axis=1), parent[i + org]))
+    if len(outs) == 1:
+        return outs[0]
+    K = max(o[0].shape[1] for o in outs)
+    return (
+        np.concatenate([_pad_to(o[0], K) for o in outs]),
+        np.concatenate([o[1] for o in outs]),
+        np.concatenate([o[2] for o in outs]),
+        np.concatenate([o[3] for o in outs]),
     )
 
 
