@@ -83,3 +83,16 @@ def test_load_dataset_description_and_to_dict():
     ds = load_dataset({"name": "digits", "seed": 2, "flat": True})
     d = ds.to_dict()
     assert d["name"] == "digits" and d["n_train"] == ds.n_train and "X_train" not in d
+
+
+def test_reshape_is_a_row_major_view_and_checks_the_size():
+    ds = load_digits(seed=0)
+    r = ds.reshape((1, 8, 8))
+    assert r.input_shape == (1, 8, 8) and r.X_train.shape == (ds.n_train, 1, 8, 8)
+    assert torch.equal(r.X_train[:, 0, 2, 3], ds.X_train[:, 2 * 8 + 3])
+    assert torch.equal(r.flat().X_test, ds.X_test) and r.n_features == ds.n_features
+    assert ds.reshape(64).input_shape == (64,)
+    with pytest.raises(ValueError, match=r"\(64,\).*\(1, 9, 9\)"):
+        ds.reshape((1, 9, 9))
+    with pytest.raises(ValueError, match="shape entry"):
+        ds.reshape((0, 64))

@@ -194,3 +194,26 @@ def test_demo_imp_and_section(tmp_path, digits):
     assert md.startswith("## ") and "imp_accuracy.png" in md and "Prunability" in md
     assert (tmp_path / "imp_accuracy.png").exists()
     assert "No IMP levels" in demo_section(SimpleNamespace(imp_levels=[], out_dir=tmp_path))
+
+
+# ------------------------------------------------------------- the input-shape rule through IMP and the CLI
+def test_cli_small_convnet_on_mnist1d(tmp_path, capsys):
+    data = json.dumps({"name": "mnist1d", "num_samples": 200})
+    assert imp_main(["--model", "small_convnet", "--data", data, "--rounds", "1", "--epochs", "1",
+                     "--out", str(tmp_path), "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["levels"]) == 2 and 0.0 <= out["levels"][1]["test_acc"] <= 1.0
+
+
+def test_cli_lenet_300_100_on_mnist_images(tmp_path, capsys, mnist_dir):
+    data = json.dumps({"name": "mnist", "root": mnist_dir, "n_train": 300})
+    assert imp_main(["--model", "lenet_300_100", "--data", data, "--rounds", "1", "--epochs", "2",
+                     "--lr", "0.02", "--batch-size", "32", "--out", str(tmp_path), "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["levels"][0]["test_acc"] > 0.5  # 300 images in the model's (784,) view, pixels in order
+
+
+def test_imp_feature_mismatch_is_a_clear_error(digits):
+    config = cfg(model={"name": "lenet_300_100"}, rounds=1)
+    with pytest.raises(ValueError, match=r"\(784,\).*\(64,\)"):
+        run(config, digits)

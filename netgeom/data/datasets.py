@@ -79,6 +79,31 @@ class Dataset(Result):
             input_shape=(self.n_features,),
         )
 
+    def reshape(self, shape) -> Dataset:
+        """The same data with every sample viewed in ``shape`` (same number of features, row-major order),
+        e.g. MNIST-1D's ``(40,)`` as ``(1, 40)`` for a 1-D conv net.
+
+        >>> ds = load_digits(seed=0).reshape((1, 8, 8))
+        >>> ds.input_shape, tuple(ds.X_train.shape[1:])
+        ((1, 8, 8), (1, 8, 8))
+        """
+        if isinstance(shape, int) or not isinstance(shape, (tuple, list, torch.Size)):
+            shape = (shape,)
+        shape = tuple(check_int(s, "shape entry", minimum=1) for s in shape)
+        if not shape:
+            raise ValueError("shape must have at least one entry")
+        if int(np.prod(shape)) != self.n_features:
+            raise ValueError(
+                f"{self.name}: cannot view samples of shape {self.input_shape} ({self.n_features} features) "
+                f"as {shape} ({int(np.prod(shape))} features)"
+            )
+        return dataclasses.replace(
+            self,
+            X_train=self.X_train.reshape(self.n_train, *shape),
+            X_test=self.X_test.reshape(self.n_test, *shape),
+            input_shape=shape,
+        )
+
     def to(self, device: str | torch.device) -> Dataset:
         return dataclasses.replace(
             self,
@@ -300,7 +325,16 @@ DATASET_NAMES = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10")
 def load_dataset(description: dict[str, Any]) -> Dataset:
     """Load a data set from a JSON-able description, e.g. ``{"name": "digits", "seed": 0}`` or
     ``{"name": "mnist", "root": "../shared/data/mnist"}``. Synthetic generators are named
-    ``"synthetic_linear"``, ``"synthetic_curved"``, ``"reduced"`` (see :mod:`netgeom.data.synthetic`)."""
+    ``"synthetic_linear"``, ``"synthetic_curved"``, ``"reduced"`` (see :mod:`netgeom.data.synthetic`).
+
+    The key ``"flat": true`` (default false) returns :meth:`Dataset.flat` of the loaded set, every sample a
+    vector (e.g. MNIST as ``(784,)`` instead of ``(1, 28, 28)``); the other keys are the loader's arguments.
+    Training does not need it for netgeom models, whose ``input_shape`` the data are viewed in (see
+    :mod:`netgeom.training`).
+
+    >>> load_dataset({"name": "digits", "seed": 0, "flat": True}).input_shape
+    (64,)
+    """
     desc = dict(description)
     name = desc.pop("name", None)
     flat = desc.pop("flat", False)
