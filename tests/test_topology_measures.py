@@ -207,3 +207,36 @@ def test_topology_preserving_imp_keeps_each_diagram_at_pruning_time():
             assert da.equals(db, atol=0.0) and np.array_equal(da.msf_mask, db.msf_mask)
         assert abs(res.levels[r].density - 0.5**r) < 1e-3 and res.levels[r].sparsity <= bound
     assert res.config["protect"].endswith("spanning_forest_protect")
+
+
+def test_topology_bound_unrolled_counts_receptive_field_edges():
+    from netgeom import lenet5
+
+    b = topology_bound(lenet5(seed=0), conv="unrolled")
+    # conv1: 6*24*24 outputs x 5*5 inputs; conv2 (pool folded): 16*8*8 outputs x 6 channels x 10*10
+    # pre-pooling inputs; fc1 (pool folded): 120 x 16*8*8; then the dense layers
+    assert b.n_possible == [6 * 576 * 25, 1024 * 600, 120 * 1024, 120 * 84, 84 * 10]
+    assert b.n_tree[0] == 784 + 3456 - 1 and b.sparsity == 0.0 and b.n_msf == b.n_tree
+    # 1-D, padding 1, kernel 3 on length L: (3L - 2) pairs per channel pair; one pooled input is 2 units
+    net = small_convnet((1, 12), channels=3, seed=0).eval()
+    b = topology_bound(net, conv="unrolled")
+    assert b.n_possible == [3 * (3 * 12 - 2), 3 * 3 * 2 * (3 * 6 - 2), 10 * 18]
+    # against the structural zeros of the layers' own effective matrices (generic weights: no cancellation)
+    eff = [int((lay.weight != 0).sum()) for lay in affine_layers(net)]
+    assert b.n_possible == eff == b.n_unmasked
+    # a pruned conv: sparsity is measured against the possible edges only
+    m = Masks.ones(net)
+    m["0.weight"][0] = False
+    sp = topology_bound(net, m, conv="unrolled")
+    assert sp.n_possible == b.n_possible and np.isclose(sp.sparsity, (3 * 12 - 2) / sum(b.n_possible))
+
+
+def test_topology_bound_unrolled_tree_counts_components():
+    from torch import nn
+
+    # stride 2, kernel 1: odd inputs feed no output, so they are isolated vertices of the possible graph
+    net = nn.Sequential(nn.Conv1d(1, 2, 1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    b = topology_bound(net, conv="unrolled", input_shape=(1, 8))
+    assert b.n_possible == [2 * 4, 3 * 8]
+    # layer 0: 4 stars (input 2t, outputs (0, t), (1, t)) + 4 isolated inputs = 8 components of 16 vertices
+    assert b.n_tree == [16 - 8, 8 + 3 - 1] and b.layer_max_sparsity[0] == 0.0

@@ -13,6 +13,7 @@ protected-weights callback for topology-preserving IMP.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from .._validation import check_choice, check_widths
@@ -128,14 +131,49 @@ def neural_persistence(
 
 
 # ------------------------------------------------------------------------------------------------- bound
+def _structural_counts(model: nn.Module, input_shape: Any) -> tuple[list[int], list[int]]:
+    """Possible edges and spanning-forest sizes of the unrolled layer graphs, weights aside.
+
+    A unit pair is a possible edge when some kernel weight connects them (its receptive field, through the
+    pooling folded into the layer): the non-zero pattern of the effective matrices of the same network
+    with every weight 1 and every BatchNorm scale positive. All coefficients are then >= 0, so no sum
+    cancels and the pattern is exactly the reachable pairs. The forest size is ``|V| − #components`` of
+    that pattern (padding or a stride larger than the kernel can leave units unconnected).
+    """
+    ones = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in ones.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                m.weight.fill_(1.0)
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                if m.affine:
+                    m.weight.fill_(1.0)
+                m.running_var.fill_(1.0)
+    n_possible, n_tree = [], []
+    for lay in affine_layers(ones, input_shape=input_shape):
+        if lay.param_name is None:
+            continue
+        pattern = sparse.coo_matrix(lay.weight.numpy() != 0)
+        n_out, n_in = pattern.shape
+        A = sparse.coo_matrix(
+            (np.ones(pattern.nnz, np.int8), (pattern.col, n_in + pattern.row)), shape=(n_in + n_out,) * 2
+        )
+        n_possible.append(int(pattern.nnz))
+        n_tree.append(n_in + n_out - int(connected_components(A, directed=False)[0]))
+    return n_possible, n_tree
+
+
 @dataclasses.dataclass
 class TopologyBoundResult(Result):
     """Compression ``η`` and the largest sparsity that keeps every layer's zeroth-order diagram.
 
     ``n_possible`` counts the edges of the complete bipartite graphs (``n_in n_out``) and ``n_tree`` the
-    spanning-tree sizes (``n_in + n_out − 1``). For a given (possibly sparse) model, ``n_unmasked`` and
-    ``n_msf`` (actual forest sizes, ``|V| − #components``) are filled in as well, with
-    ``msf_over_unmasked`` and ``max_sparsity_actual = 1 − Σ n_msf / Σ n_possible``.
+    spanning-tree sizes (``n_in + n_out − 1``). For unrolled convolutions (``conv="unrolled"``) a unit
+    pair is possible only inside a receptive field, so ``n_possible`` counts the structurally possible
+    edges (the non-zero pattern of the effective matrix with an all-ones kernel, pooling folded in) and
+    ``n_tree`` the forest size ``|V| − #components`` of that pattern. For a given (possibly sparse)
+    model, ``n_unmasked`` and ``n_msf`` (actual forest sizes, ``|V| − #components``) are filled in as
+    well, with ``msf_over_unmasked`` and ``max_sparsity_actual = 1 − Σ n_msf / Σ n_possible``.
     """
 
     widths: list[int] | None
@@ -178,6 +216,10 @@ def topology_bound(
 ) -> TopologyBoundResult:
     """The prunability bound of Balwani & Krzyston from layer widths, or from a (sparse) model.
 
+    Channel graphs and Linear layers count every input-output pair as a possible edge. With
+    ``conv="unrolled"`` only receptive-field pairs are possible (a pixel graph is far from complete), so
+    ``n_possible``, the bound and the current sparsity are all relative to the structurally possible edges.
+
     Example
     -------
     >>> b = topology_bound([784, 300, 100, 10])
@@ -189,6 +231,8 @@ def topology_bound(
         shapes = [(g.n_in, g.n_out) for g in G]
         names = [g.name for g in G]
         widths = G.widths if G.chained else None
+        if conv == "unrolled":
+            n_possible, n_tree = _structural_counts(widths_or_model, input_shape)
     else:
         if masks is not None:
             raise ValueError("masks= only applies to a model, not to a list of widths")
@@ -196,8 +240,9 @@ def topology_bound(
         shapes = list(zip(widths[:-1], widths[1:]))
         names = [f"layer{i}" for i in range(len(shapes))]
         G = None
-    n_possible = [a * b for a, b in shapes]
-    n_tree = [a + b - 1 for a, b in shapes]
+    if not (G is not None and conv == "unrolled"):
+        n_possible = [a * b for a, b in shapes]
+        n_tree = [a + b - 1 for a, b in shapes]
     eta = sum(n_possible) / sum(n_tree)
     res = TopologyBoundResult(
         widths=widths, layer_names=names, n_possible=n_possible, n_tree=n_tree,
