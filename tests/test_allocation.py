@@ -95,3 +95,17 @@ def test_prune_output_and_errors():
     with pytest.raises(ValueError, match="affine output layer"):
         allocate_densities(model=no_classifier, total_density=0.5)
     assert allocate_densities(20, [10, 10], 1.0).densities == [1.0, 1.0]
+
+
+def test_conv_model_is_refused_with_a_clear_message():
+    from netgeom import lenet5
+
+    net = lenet5(seed=0).eval()
+    # Before: the unrolled 3456 x 784 matrix was counted as 2709504 weights of a 150-weight kernel.
+    with pytest.raises(
+        ValueError, match=r"Linear layers only; layer '.*' is a conv2d layer whose kernel has 150"
+    ):
+        allocate_densities(model=net, total_density=0.1)
+    r = allocate_densities(784, [3456, 1024, 120, 84], 0.1)
+    with pytest.raises(ValueError, match="conv2d"):
+        r.per_layer(net)

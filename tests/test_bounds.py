@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
-from netgeom import Masks, mlp
+from netgeom import Masks, affine_layers, mlp, small_convnet
 from netgeom.regions.bounds import (
     bounds,
     int_log10,
@@ -175,9 +175,10 @@ def test_sparse_monotone_in_density_and_below_dense(n0, widths, data):
     lower[i] *= data.draw(st.floats(0.05, 0.99))
     assert sparse_bound(n0, widths, lower).log10 <= base.log10 + 1e-9
     # the same holds for the full binomial (k = 0 kept)
-    assert sparse_bound(n0, widths, lower, include_zero_rank=True).log10 <= sparse_bound(
-        n0, widths, dens, include_zero_rank=True
-    ).log10 + 1e-9
+    assert (
+        sparse_bound(n0, widths, lower, include_zero_rank=True).log10
+        <= sparse_bound(n0, widths, dens, include_zero_rank=True).log10 + 1e-9
+    )
 
 
 def test_include_output_adds_the_output_layer():
@@ -282,3 +283,17 @@ def test_model_ending_with_an_activation_counts_its_last_layer():
     assert bounds(nn.Sequential(nn.Linear(2, 3), nn.ReLU())).serra == zaslavsky_bound(3, 2) == 7
     with pytest.raises(ValueError, match="already counted as a hidden layer"):
         sparse_bound(model=net, rank_model="masks", include_output=True)
+
+
+def test_conv_layers_refuse_the_random_mask_rank_models():
+    net = small_convnet((1, 12), n_out=3, channels=2, seed=0).eval()
+    layers = affine_layers(net)
+    conv = next(la for la in layers if la.kind != "linear")
+    for rm in ("closed_form", "monte_carlo"):
+        with pytest.raises(ValueError, match=rf"'{conv.name}' is a {conv.kind} layer.*rank_model=\"masks\""):
+            sparse_bound(model=net, rank_model=rm, seed=0)
+    # The actual ranks of the unrolled matrices stay valid, and give Serra's bound at those ranks.
+    hidden = layers[:-1]
+    ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in hidden]
+    r = sparse_bound(model=net, rank_model="masks")
+    assert r.exact == serra_bound(hidden[0].n_in, [la.n_out for la in hidden], ranks=ranks)

@@ -29,7 +29,7 @@ from .._validation import check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
-from .bounds import sparse_bound
+from .bounds import _n_kernel, sparse_bound
 
 __all__ = ["allocate_densities", "AllocationResult"]
 
@@ -90,6 +90,7 @@ class AllocationResult(Result):
                 f"the model's widths {[layers[0].n_in, *widths]} differ from the allocation's "
                 f"{[self.n0, *self.widths]}"
             )
+        _require_linear(layers)
         names = [la.param_name for la in layers]
         if any(n is None for n in names):
             raise ValueError("every layer of the model must carry a weight to map sparsities onto it")
@@ -125,6 +126,21 @@ class AllocationResult(Result):
         ax.set_title(f"allocation at total density {self.total_density:.3g}")
         ax.legend(fontsize="small")
         return ax
+
+
+def _require_linear(layers) -> None:
+    # The budget counts the weights of dense matrices; a convolution's unrolled matrix repeats a small kernel
+    # (LeNet-5's first: 150 weights, unrolled 3456 x 784), so neither the budget nor the sparsities would
+    # mean the kernel's.
+    conv = [la for la in layers if la.kind != "linear"]
+    if conv:
+        la = conv[0]
+        raise ValueError(
+            f"allocate_densities works on Linear layers only; layer '{la.name}' is a {la.kind} layer whose "
+            f"kernel has {_n_kernel(la)} weights but unrolls to a {tuple(la.weight.shape)} matrix, so the "
+            "closed-form rank model and the weight budget do not apply to it. For a bound on the pruned conv "
+            'net use sparse_bound(model=..., rank_model="masks")'
+        )
 
 
 def _feasible(p: np.ndarray) -> bool:
@@ -182,6 +198,7 @@ def allocate_densities(
                 f"allocate_densities needs an affine output layer (classifier); the model's last layer "
                 f"'{layers[-1].name}' has a {layers[-1].activation} activation"
             )
+        _require_linear(layers)
         m_n0, m_widths, m_out = layers[0].n_in, [la.n_out for la in layers[:-1]], layers[-1].n_out
         for given, actual, nm in ((n0, m_n0, "n0"), (n_out, m_out, "n_out")):
             if given is not None and given != actual:

@@ -507,6 +507,17 @@ def sparse_bound(
     else:
         model_name = "given"
 
+    if model is not None and model_name in ("closed_form", "monte_carlo"):
+        used = all_layers if include_output else hidden
+        conv = [la for la in used if la.kind != "linear"]
+        if conv:
+            raise ValueError(
+                f'rank_model="{model_name}" models a random mask on a dense Linear weight matrix, but layer '
+                f"'{conv[0].name}' is a {conv[0].kind} layer (its unrolled matrix of shape "
+                f"{tuple(conv[0].weight.shape)} shares a kernel of {_n_kernel(conv[0])} weights, so its "
+                'density and rank do not follow that model); use rank_model="masks" (the actual ranks of the '
+                "unrolled masked matrices, valid for any layer)"
+            )
     if model_name == "masks":
         if model is None:
             raise ValueError('rank_model="masks" needs the pruned model (model=..., optionally masks=...)')
@@ -782,3 +793,8 @@ def demo_section(ctx) -> str:
             "",
         ]
     )
+
+
+def _n_kernel(layer: AffineLayer) -> int | str:
+    """Number of weights in the layer's own parameter (a conv kernel), for messages."""
+    return int(layer.kernel.numel()) if layer.kernel is not None else "no"
