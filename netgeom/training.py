@@ -203,8 +203,18 @@ def conform_inputs(model: nn.Module, X: torch.Tensor, what: str = "X") -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X, y, *, batch_size: int = 8192, device: str | torch.device | None = None):
-    """Mean cross-entropy and accuracy of ``model`` on ``(X, y)`` in eval mode (mode restored after).
+def evaluate(
+    model: nn.Module,
+    X,
+    y=None,
+    *,
+    split: str | None = None,
+    batch_size: int = 8192,
+    device: str | torch.device | None = None,
+):
+    """Mean cross-entropy and accuracy of ``model`` in eval mode (mode restored after), on ``(X, y)`` or on a
+    netgeom ``Dataset``: ``evaluate(model, data)`` uses its test split, ``evaluate(model, data,
+    split="train")`` its training split. ``split`` is only for a Dataset.
 
     Samples whose shape differs from ``model.input_shape`` only in layout are viewed in the model's shape; a
     different number of features raises a ValueError (the input-shape rule, module docstring).
@@ -213,7 +223,21 @@ def evaluate(model: nn.Module, X, y, *, batch_size: int = 8192, device: str | to
     >>> loss, acc = evaluate(mlp(4, [8], 3, seed=0), torch.zeros(5, 4), torch.zeros(5, dtype=torch.long))
     >>> 0.0 <= acc <= 1.0
     True
+    >>> from netgeom.data.datasets import load_digits
+    >>> data, net = load_digits(seed=0), mlp(64, [8], 10, seed=0)
+    >>> evaluate(net, data) == evaluate(net, data.X_test, data.y_test)
+    True
     """
+    if all(hasattr(X, a) for a in ("X_train", "y_train", "X_test", "y_test")):
+        if y is not None:
+            raise TypeError("give either a Dataset or (X, y), not a Dataset and y")
+        split = check_choice("test" if split is None else split, "split", ("test", "train"))
+        X, y = (X.X_test, X.y_test) if split == "test" else (X.X_train, X.y_train)
+    elif y is None:
+        raise TypeError(f"evaluate takes (model, dataset) or (model, X, y); got X of type {type(X).__name__} "
+                        "and no y")
+    elif split is not None:
+        raise TypeError("split selects a Dataset's split; with (X, y) leave it out")
     X = check_tensor(X, "X")
     y = check_tensor(y, "y", ndim=1)
     if X.shape[0] != y.shape[0]:

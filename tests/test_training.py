@@ -237,3 +237,20 @@ def test_feature_count_mismatch_names_both_shapes(digits):
         train(lenet_300_100(), digits, CFG, verbose=False)
     with pytest.raises(ValueError, match=r"\(784,\)"):
         evaluate(lenet_300_100(), digits.X_test, digits.y_test)
+
+
+def test_evaluate_on_a_dataset_uses_the_test_split_or_train(digits):
+    m = net()
+    train(m, digits, CFG.replace(epochs=1), verbose=False)
+    assert evaluate(m, digits) == evaluate(m, digits.X_test, digits.y_test)
+    assert evaluate(m, digits, split="test") == evaluate(m, digits.X_test, digits.y_test)
+    tr = evaluate(m, digits, split="train")
+    assert tr == evaluate(m, digits.X_train, digits.y_train) and tr != evaluate(m, digits)
+    with pytest.raises(ValueError, match="split"):
+        evaluate(m, digits, split="val")
+    with pytest.raises(TypeError, match="not a Dataset and y"):
+        evaluate(m, digits, digits.y_test)
+    with pytest.raises(TypeError, match="no y"):
+        evaluate(m, digits.X_test)
+    with pytest.raises(TypeError, match="split"):
+        evaluate(m, digits.X_test, digits.y_test, split="train")
