@@ -97,3 +97,28 @@ def test_bad_inputs():
     m["0.weight"][:] = False
     with pytest.raises(ValueError, match="removes every weight"):
         network_graph(net, m)
+
+
+def test_layer_graph_of_modules():
+    from torch import nn
+
+    net = mlp(6, [5], 3, seed=0)
+    mask = np.random.default_rng(0).random((5, 6)) < 0.7
+    g = layer_graph(net[0], mask)
+    ref = layer_graph(net[0].weight.detach().numpy(), mask)
+    assert g.kind == "linear" and g.n_edges == int(mask.sum()) and g.param_name == "weight"
+    np.testing.assert_array_equal(g.weights, ref.weights)
+    d = zeroth_persistence(net[0], mask)
+    assert d.equals(zeroth_persistence(ref), atol=0.0) and d.msf_mask.shape == (5, 6)
+    conv = small_convnet((2, 10), channels=3, seed=1)[3]
+    lay = affine_layers(nn.Sequential(conv), input_shape=(3, 5))[0]
+    gc = layer_graph(conv)  # channel graph: the kernel alone
+    np.testing.assert_allclose(gc.weights, layer_graph(lay).weights, rtol=0, atol=1e-15)
+    gu = layer_graph(conv, conv="unrolled", input_shape=(3, 5))
+    np.testing.assert_allclose(gu.weights, layer_graph(lay, conv="unrolled").weights, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="input_shape"):
+        layer_graph(conv, conv="unrolled")
+    with pytest.raises(TypeError, match="network_graph"):
+        layer_graph(net)
+    with pytest.raises(TypeError, match="affine_layers"):
+        layer_graph(nn.ReLU())

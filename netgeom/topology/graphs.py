@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .._validation import check_array, check_choice
 from ..nets import AffineLayer, affine_layers
@@ -198,6 +199,24 @@ def _as_bool_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return m
 
 
+def _module_layer(module: nn.Module, mask: Any, conv: str, input_shape: Any) -> AffineLayer:
+    """A bare Linear/Conv module read as a one-layer network; the mask goes in as that network's mask."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and input_shape is None:
+        if conv == "unrolled":
+            raise ValueError(
+                f"the unrolled graph of a {type(module).__name__} depends on the input size: pass "
+                "input_shape=(C, L) or (C, H, W), or give a layer of affine_layers(model, input_shape=...)"
+            )
+        # A channel graph reads only the kernel; the smallest input the kernel fits yields that kernel.
+        k, d = module.kernel_size, module.dilation
+        input_shape = (module.in_channels, *(di * (ki - 1) + 1 for ki, di in zip(k, d)))
+    masks = None
+    if mask is not None:
+        masks = {"0.weight": torch.as_tensor(_as_bool_mask(mask, tuple(module.weight.shape), "mask"))}
+    lay = affine_layers(nn.Sequential(module), masks, input_shape=input_shape)[0]
+    return dataclasses.replace(lay, name=None, param_name="weight")
+
+
 def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
     """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
     if isinstance(layer_or_weight, AffineLayer):
@@ -239,6 +258,12 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
         }
         present = kmask.reshape(a.shape).any(-1)
         return dict(base, absw=agg[aggregate](a), present=present, kind="channel", aggregate=aggregate)
+    if isinstance(layer_or_weight, nn.Module):
+        raise TypeError(
+            f"layer_graph takes one Linear/Conv1d/Conv2d module, an AffineLayer or a matrix, got "
+            f"{type(layer_or_weight).__name__}: for a whole model use network_graph(model, masks), or read "
+            "its layers with affine_layers(model, masks, input_shape=...)"
+        )
     W = check_array(layer_or_weight, "weights", dtype=np.float64)
     if W.ndim != 2:
         raise ValueError(
@@ -257,19 +282,22 @@ def layer_graph(
     scale: float | None = None,
     conv: str = "channel",
     aggregate: str = "l1",
+    input_shape: Any = None,
 ) -> LayerGraph:
     """The bipartite weight graph of one layer.
 
     Parameters
     ----------
-    layer_or_weight : an :class:`~netgeom.nets.AffineLayer` (from ``affine_layers``) or a ``(n_out, n_in)``
-        matrix (numpy or torch).
+    layer_or_weight : an :class:`~netgeom.nets.AffineLayer` (from ``affine_layers``), an ``nn.Linear`` /
+        ``nn.Conv1d`` / ``nn.Conv2d`` module (read as ``affine_layers(nn.Sequential(module))``; its graph has
+        ``param_name="weight"``) or a ``(n_out, n_in)`` matrix (numpy or torch).
     mask : optional boolean array of the weight's (kernel's) shape, True = kept; combined with the layer's
         own mask. Masked weights are absent edges.
     normalize : ``"layer"`` divides by this layer's ``max |w|``; ``"network"`` divides by ``scale``, which
         must then be given (``network_graph`` computes it).
     conv : ``"channel"`` (default) or ``"unrolled"`` for convolution layers.
     aggregate : ``"l1"``, ``"l2"`` or ``"max"`` of a kernel slice, for channel graphs.
+    input_shape : the input shape of a bare convolution module, needed for ``conv="unrolled"``.
 
     Example
     -------
@@ -280,6 +308,10 @@ def layer_graph(
     check_choice(normalize, "normalize", NORMALIZATIONS)
     check_choice(conv, "conv", CONV_MODES)
     check_choice(aggregate, "aggregate", AGGREGATES)
+    if isinstance(layer_or_weight, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        layer_or_weight, mask = _module_layer(layer_or_weight, mask, conv, input_shape), None
+    elif input_shape is not None:
+        raise ValueError("input_shape= only applies to a bare Linear/Conv module")
     parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
     absw, present = parts.pop("absw"), parts.pop("present")
     if absw.size == 0:

@@ -520,7 +520,8 @@ def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggre
         if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
             raise ValueError("the LayerGraph has non-finite weights, a mask of the wrong shape or no edge")
         return g
-    if not isinstance(graph_or_weights, AffineLayer) and hasattr(graph_or_weights, "named_parameters"):
+    single = (AffineLayer, torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    if not isinstance(graph_or_weights, single) and hasattr(graph_or_weights, "named_parameters"):
         raise TypeError(
             "zeroth_persistence takes a layer or a graph; for a model pass network_graph(model, masks)"
         )
@@ -541,7 +542,8 @@ def zeroth_persistence(
 
     Parameters
     ----------
-    graph_or_weights : a :class:`LayerGraph`, an ``AffineLayer`` or a ``(n_out, n_in)`` weight matrix
+    graph_or_weights : a :class:`LayerGraph`, an ``AffineLayer``, a bare ``nn.Linear``/``nn.Conv*``
+        module (channel graph for a convolution) or a ``(n_out, n_in)`` weight matrix
         (-> :class:`ZerothDiagram`), or a chained :class:`NetworkGraph` from ``network_graph`` (->
         :class:`NetworkZerothDiagram`: the diagram of the whole network graph, forest per layer).
     mask : boolean mask for a matrix or layer (True = kept; False = absent edge).
