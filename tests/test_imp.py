@@ -217,3 +217,23 @@ def test_imp_feature_mismatch_is_a_clear_error(digits):
     config = cfg(model={"name": "lenet_300_100"}, rounds=1)
     with pytest.raises(ValueError, match=r"\(784,\).*\(64,\)"):
         run(config, digits)
+
+
+def test_config_validates_the_model_description_at_construction():
+    with pytest.raises(ValueError, match="unknown model name 'resnet'"):
+        cfg(model={"name": "resnet"})
+    with pytest.raises(TypeError, match="bad arguments for model 'mlp'.*depth"):
+        cfg(model={**MODEL, "depth": 3})
+    with pytest.raises(ValueError, match="n_in"):
+        cfg(model={**MODEL, "n_in": 0})
+
+
+def test_wrong_input_size_fails_before_training(digits, tmp_path):
+    config = cfg(model={**MODEL, "n_in": 40})  # valid model, but digits has 64 features
+    with pytest.raises(ValueError, match=r"does not fit data.*\(40,\).*\(64,\)"):
+        IMP(config, verbose=False, data=digits)
+    started = []
+    imp = IMP(config, verbose=False, out_dir=tmp_path, callback=lambda *a: started.append(a))
+    with pytest.raises(ValueError, match=r"does not fit data.*\(40,\).*\(64,\)"):
+        imp.run()
+    assert not started and not any(tmp_path.rglob("data_fingerprint.json"))

@@ -41,7 +41,7 @@ from .._validation import check_choice, check_fraction, check_int
 from ..data.datasets import load_dataset
 from ..nets import build_model
 from ..results import Result, new_axes
-from ..training import TrainConfig, Trainer, TrainHistory
+from ..training import TrainConfig, Trainer, TrainHistory, conform_inputs
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
 from .runs import RunDir
@@ -78,7 +78,9 @@ class IMPConfig:
 
     ``seed`` is the run's seed: it is written into the model description (initialisation), replaces
     ``train.seed`` (data order) and seeds random pruning. A model description carrying a different seed is an
-    error. ``data`` is a :func:`~netgeom.data.load_dataset` description.
+    error. ``data`` is a :func:`~netgeom.data.load_dataset` description. The model description is checked
+    by building it once at construction (unknown name or bad arguments raise here); whether its input size
+    fits the data is checked when the data are there (``IMP(..., data=...)`` or the start of ``run()``).
     """
 
     model: Mapping[str, Any]
@@ -115,6 +117,12 @@ class IMPConfig:
             raise ValueError(f"rewind to epoch {rw[1]} needs k < epochs ({self.train.epochs})")
         object.__setattr__(self, "rewind", rw)
         object.__setattr__(self, "model", {**dict(self.model), "seed": seed})
+        # built once here so that a wrong name or argument fails when the experiment is described, not
+        # after the data are loaded; the networks netgeom builds take milliseconds
+        try:
+            build_model(self.model)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"IMPConfig.model {self.model!r}: {exc}") from None
         object.__setattr__(self, "data", dict(self.data))
         object.__setattr__(self, "train", self.train.replace(seed=seed))
 
@@ -277,6 +285,8 @@ class IMP:
         self.verbose = verbose
         self.device = device
         self.callback = callback
+        if data is not None:
+            self._check_inputs(data)
         self._data = data
         self.num_threads = num_threads
         self.run_dir = RunDir(out_dir, self.description, prefix="imp") if out_dir is not None else None
@@ -284,6 +294,20 @@ class IMP:
     # ------------------------------------------------------------------ helpers
     def _build(self) -> nn.Module:
         return build_model(self.config.model)
+
+    def _check_inputs(self, data) -> None:
+        """Fail before any training (or run directory) when the model cannot take the data's samples: the
+        input-shape rule of :mod:`netgeom.training` applied to one sample of each split."""
+        for attr in ("X_train", "y_train", "X_test", "y_test"):
+            if not hasattr(data, attr):
+                raise TypeError(f"data must be a netgeom Dataset (with {attr}), got {type(data).__name__}")
+        model = self._build()
+        for what, X in (("training inputs", data.X_train), ("test inputs", data.X_test)):
+            try:
+                conform_inputs(model, X[:1], what)
+            except ValueError as exc:
+                raise ValueError(f"IMPConfig.model {dict(self.config.model)!r} does not fit data "
+                                 f"{dict(self.config.data)!r}: {exc}") from None
 
     def _prune(self, model: nn.Module, masks: Masks, level: int) -> Masks:
         cfg = self.config
@@ -351,6 +375,7 @@ class IMP:
 
         cfg, rd = self.config, self.run_dir
         data = self._data if self._data is not None else load_dataset(cfg.data)
+        self._check_inputs(data)
         if rd is not None:
             self._check_data(rd, data)
         levels: list[IMPLevel] = []
