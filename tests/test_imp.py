@@ -237,3 +237,23 @@ def test_wrong_input_size_fails_before_training(digits, tmp_path):
     with pytest.raises(ValueError, match=r"does not fit data.*\(40,\).*\(64,\)"):
         imp.run()
     assert not started and not any(tmp_path.rglob("data_fingerprint.json"))
+
+
+@pytest.mark.parametrize(
+    "spec", ["none", "weights", 1, None, "epoch:x", "epoch", ("epoch",), ("step", 3), ("epoch", -1),
+             ("epoch", 1.5), ("iteration", True), "iteration:-2", ["epoch", "2"]],
+)
+def test_every_bad_rewind_lists_all_accepted_forms(spec):
+    forms = r'"init", "lr", \("epoch", k\) or "epoch:k", \("iteration", k\) or "iteration:k"'
+    with pytest.raises(ValueError, match=forms):
+        parse_rewind(spec)
+    with pytest.raises(ValueError, match=forms):
+        cfg(rewind=spec)
+
+
+def test_accepted_rewind_forms():
+    import numpy as np
+
+    assert parse_rewind("lr") == "lr" and parse_rewind("init") == "init"
+    assert parse_rewind("epoch:0") == parse_rewind(("epoch", 0)) == parse_rewind(["epoch", np.int64(0)])
+    assert parse_rewind("iteration:12") == ("iteration", 12)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,25 +52,41 @@ __all__ = [
 ]
 
 
+_REWIND_FORMS = (
+    "rewind must be one of: \"init\", \"lr\", (\"epoch\", k) or \"epoch:k\", (\"iteration\", k) or "
+    "\"iteration:k\" (k an integer >= 0)"
+)
+
+
 def parse_rewind(rewind: Any) -> str | tuple[str, int]:
-    """Normalise a rewind spec: ``"init"``, ``"lr"``, ``("epoch", k)``, ``("iteration", k)`` or the strings
-    ``"epoch:k"`` / ``"iteration:k"``.
+    """Normalise a rewind spec: ``"init"``, ``"lr"``, ``("epoch", k)`` / ``"epoch:k"`` or
+    ``("iteration", k)`` / ``"iteration:k"`` (``k >= 0``). Every bad spec raises one ValueError listing all
+    accepted forms.
 
     >>> parse_rewind("epoch:2"), parse_rewind(["iteration", 10]), parse_rewind("init")
     (('epoch', 2), ('iteration', 10), 'init')
     """
-    if isinstance(rewind, str) and ":" in rewind:
-        kind, _, k = rewind.partition(":")
+    def bad(why: str = "") -> ValueError:
+        return ValueError(f"{_REWIND_FORMS}; got {rewind!r}{why}")
+
+    spec = rewind
+    if isinstance(spec, str):
+        if spec in ("init", "lr"):
+            return spec
+        if ":" not in spec:
+            raise bad()
+        kind, _, k = spec.partition(":")
         try:
-            rewind = (kind, int(k))
+            spec = (kind.strip(), int(k))
         except ValueError:
-            raise ValueError(f"rewind {rewind!r}: the part after ':' must be an integer") from None
-    if isinstance(rewind, str):
-        return check_choice(rewind, "rewind", ("init", "lr"))
-    if isinstance(rewind, (tuple, list)) and len(rewind) == 2:
-        kind = check_choice(rewind[0], "rewind kind", ("epoch", "iteration"))
-        return (kind, check_int(rewind[1], f"rewind {kind}", minimum=0))
-    raise ValueError(f"rewind must be 'init', 'lr', ('epoch', k) or ('iteration', k), got {rewind!r}")
+            raise bad(" (the part after ':' must be an integer)") from None
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 2 and spec[0] in ("epoch", "iteration")):
+        raise bad()
+    k = spec[1]
+    # bool is an int subclass, and a float such as 1.5 has no exact step: neither is a rewind point
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise bad(f" ({spec[0]} k must be an integer >= 0)")
+    return (spec[0], int(k))
 
 
 @dataclasses.dataclass(frozen=True)
