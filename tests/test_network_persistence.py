@@ -261,7 +261,9 @@ def test_plot_and_dict():
         assert any(lab.startswith("essential") for lab in labels) and len(labels) >= 2
     plt.close("all")
     out = d.to_dict()
-    assert out["n_pairs"] == d.n_pairs and "deaths" not in out and out["widths"] == [6, 9, 7, 3]
+    assert out["n_pairs"] == d.n_pairs and out["deaths"] == d.deaths.tolist()
+    assert out["widths"] == [6, 9, 7, 3]
+    assert "msf_masks" not in out and "msf_masks" in out["msf_mask_note"]
 
 
 def gudhi_chained_deaths(layers):

@@ -212,3 +212,28 @@ def test_plots():
         assert d.plot(kind=kind) is not None
     plt.close("all")
     assert d.to_dict()["n_pairs"] == 11
+
+
+def test_json_round_trips_the_diagram(tmp_path):
+    import json
+
+    from netgeom.topology import NetworkZerothDiagram, ZerothDiagram, network_graph
+
+    rng = np.random.default_rng(3)
+    W = rng.integers(-3, 4, size=(6, 9)).astype(float)
+    m = rng.random((6, 9)) < 0.4
+    m[:, 0] = False  # an isolated input: a second essential class
+    d = zeroth_persistence(W, m)
+    raw = json.loads(d.to_json(tmp_path / "d.json"))
+    assert raw["deaths"] == d.deaths.tolist() and raw["births"] == [1.0] * d.n_pairs
+    assert raw["n_essential"] == d.n_essential > 1 and "msf_mask" not in raw
+    assert "spanning_forest_mask" in raw["msf_mask_note"]
+    back = ZerothDiagram.from_json(tmp_path / "d.json")
+    assert back.equals(d, atol=0.0) and back.msf_mask is None and back.essential_death == -np.inf
+    assert back.to_gudhi() == d.to_gudhi() and back.n_pairs == d.n_pairs and back.name == d.name
+    from netgeom.nets import mlp
+
+    D = zeroth_persistence(network_graph(mlp(4, [6, 5], 3, seed=0)))
+    back = NetworkZerothDiagram.from_json(D.to_json())
+    assert back.equals(D, atol=0.0) and np.array_equal(back.death_layers, D.death_layers)
+    assert back.msf_masks is None and back.widths == D.widths

@@ -244,6 +244,58 @@ class _H0Diagram:
         """gudhi's ``persistence()`` format (sublevel of ``1 − w̃``), essential classes last."""
         return [(0, (float(b), float(d))) for b, d in self.pairs("sublevel", essential=True)]
 
+    #: fields too large for JSON (one bool per weight); to_dict says how to recompute them instead
+    _UNSAVED: tuple[str, ...] = ()
+    _UNSAVED_NOTE = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary fields plus the pairs: ``births`` (all 1, superlevel) and ``deaths`` of the finite
+        pairs and ``n_essential`` (death ``-inf``); for a network also ``death_layers``. The forest masks
+        are left out (too large); ``msf_mask_note`` says how to recompute them. :meth:`from_dict` /
+        :meth:`from_json` rebuild the diagram."""
+        out = super().to_dict()
+        out["births"] = self.births.tolist()
+        out["deaths"] = self.deaths.tolist()
+        if getattr(self, "death_layers", None) is not None:
+            out["death_layers"] = self.death_layers.tolist()
+        out["msf_mask_note"] = self._UNSAVED_NOTE
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """The diagram saved by :meth:`to_dict` (forest masks None: see ``msf_mask_note``)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict from to_dict(), got {type(data).__name__}")
+        births = np.asarray(data.get("births", []), dtype=np.float64)
+        if not np.all(births == 1.0):
+            raise ValueError("births must all be 1 (superlevel filtration of w̃): not a netgeom H0 diagram")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in cls._UNSAVED:
+                kwargs[f.name] = None
+            elif f.name in data:
+                v = data[f.name]
+                kwargs[f.name] = float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v
+            elif f.name != "death_layers":
+                raise ValueError(f"data has no field {f.name!r}: not from {cls.__name__}.to_dict()")
+        kwargs["deaths"] = np.asarray(data["deaths"], dtype=np.float64).reshape(-1)
+        if births.size != kwargs["deaths"].size:
+            raise ValueError(f"{births.size} births but {kwargs['deaths'].size} deaths")
+        if "death_layers" in kwargs:
+            dl = kwargs["death_layers"]
+            kwargs["death_layers"] = None if dl is None else np.asarray(dl, dtype=np.int64)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, source: Any):
+        """:meth:`from_dict` of a JSON text (as returned by ``to_json()``) or of a file path."""
+        import json
+        from pathlib import Path
+
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            return cls.from_dict(json.loads(source))
+        return cls.from_dict(json.loads(Path(source).read_text()))
+
     def equals(self, other: _H0Diagram, atol: float = 1e-12) -> bool:
         """Same essential count and the same finite deaths as multisets, within ``atol``."""
         return (
@@ -281,6 +333,12 @@ class ZerothDiagram(_H0Diagram, Result):
     total_persistence: float
     deaths: np.ndarray = dataclasses.field(repr=False)
     msf_mask: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    _UNSAVED = ("msf_mask",)
+    _UNSAVED_NOTE = (
+        "the forest mask (n_out x n_in bool) is not saved: recompute it with "
+        "zeroth_persistence(weights, mask).msf_mask or spanning_forest_mask(weights, mask)"
+    )
 
     def plot(self, ax=None, kind: str = "diagram"):
         """``kind="diagram"``: sublevel diagram (0, 1 − w̃) with essential classes on an ∞ line;
@@ -341,6 +399,12 @@ class NetworkZerothDiagram(_H0Diagram, Result):
     deaths: np.ndarray = dataclasses.field(repr=False)
     death_layers: np.ndarray | None = dataclasses.field(default=None, repr=False)
     msf_masks: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
+
+    _UNSAVED = ("msf_masks",)
+    _UNSAVED_NOTE = (
+        "the forest masks (one n_out x n_in bool array per layer) are not saved: recompute them with "
+        "zeroth_persistence(network_graph(model, masks, ...)).msf_masks (spanning_forest_mask for one layer)"
+    )
 
     def as_masks(self):
         """The forest as a :class:`~netgeom.pruning.masks.Masks` (torch bool, one tensor per weight).
