@@ -98,7 +98,7 @@ def test_prune_output_and_errors():
 
 
 def test_conv_model_is_refused_with_a_clear_message():
-    from netgeom import lenet5
+    from netgeom import affine_layers, lenet5, small_convnet
 
     net = lenet5(seed=0).eval()
     # Before: the unrolled 3456 x 784 matrix was counted as 2709504 weights of a 150-weight kernel.
@@ -106,6 +106,20 @@ def test_conv_model_is_refused_with_a_clear_message():
         ValueError, match=r"Linear layers only; layer '.*' is a conv2d layer whose kernel has 150"
     ):
         allocate_densities(model=net, total_density=0.1)
-    r = allocate_densities(784, [3456, 1024, 120, 84], 0.1)
-    with pytest.raises(ValueError, match="conv2d"):
-        r.per_layer(net)
+    small = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    layers = affine_layers(small)
+    r = allocate_densities(layers[0].n_in, [la.n_out for la in layers[:-1]], 0.5, n_grid=4, max_iter=3)
+    with pytest.raises(ValueError, match="conv1d"):
+        r.per_layer(small)
+
+
+def test_allocate_densities_passes_input_shape():
+    from netgeom import small_convnet
+
+    bare = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    del bare.input_shape
+    with pytest.raises(ValueError, match="input_shape"):
+        allocate_densities(model=bare)
+    # With the shape the network is read, and its conv layer is then refused for what it is.
+    with pytest.raises(ValueError, match="conv1d"):
+        allocate_densities(model=bare, input_shape=(1, 10))

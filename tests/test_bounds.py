@@ -297,3 +297,15 @@ def test_conv_layers_refuse_the_random_mask_rank_models():
     ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in hidden]
     r = sparse_bound(model=net, rank_model="masks")
     assert r.exact == serra_bound(hidden[0].n_in, [la.n_out for la in hidden], ranks=ranks)
+
+
+def test_bounds_take_input_shape_for_conv_nets():
+    net = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    bare = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    shape = net.input_shape
+    del bare.input_shape
+    with pytest.raises(ValueError, match="input_shape"):
+        bounds(bare)
+    assert bounds(bare, input_shape=shape).to_dict() == bounds(net).to_dict()
+    a = sparse_bound(model=bare, rank_model="masks", input_shape=shape)
+    assert a.exact == sparse_bound(model=net, rank_model="masks").exact

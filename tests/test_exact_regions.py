@@ -410,3 +410,25 @@ def test_slice_chunked_equals_unchunked(seed, budget):
             )
             < 1e-9
         )
+
+
+def test_input_shape_is_passed_for_conv_nets_without_the_attribute():
+    net = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    shape = net.input_shape
+    bare = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
+    del bare.input_shape
+    with pytest.raises(ValueError, match="input_shape"):
+        regions_on_segment(bare, np.zeros(10), np.ones(10))
+    rng = np.random.default_rng(0)
+    a, b, c = rng.normal(size=(3, 10))
+    assert regions_on_segment(bare, a, b, input_shape=shape).count == regions_on_segment(net, a, b).count
+    s1 = regions_on_slice(bare, a, b - a, c - a, box=(-0.2, 0.4, -0.2, 0.4), input_shape=shape)
+    s2 = regions_on_slice(net, a, b - a, c - a, box=(-0.2, 0.4, -0.2, 0.4))
+    assert _region_key(s1) == _region_key(s2)
+    sub = (a, np.stack([b - a, c - a]))
+    b1 = regions_in_box(bare, [-0.2, -0.2], [0.4, 0.4], subspace=sub, input_shape=shape)
+    assert b1.count == regions_in_box(net, [-0.2, -0.2], [0.4, 0.4], subspace=sub).count == s2.count > 1
+    X = torch.as_tensor(rng.normal(size=(200, *shape)))
+    # count_patterns reads the per-sample shape from X when it has more than 2 axes.
+    assert count_patterns(bare, X).count == count_patterns(net, X).count
+    assert count_patterns(bare, X.reshape(200, -1), input_shape=shape).count == count_patterns(net, X).count

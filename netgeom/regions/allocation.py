@@ -164,6 +164,7 @@ def allocate_densities(
     tol: float = 1e-4,
     seed: int | None = None,
     n_samples: int = 32,
+    input_shape: Sequence[int] | None = None,
 ) -> AllocationResult:
     """Per-layer densities maximising the sparse region bound for a total budget of kept weights.
 
@@ -179,6 +180,7 @@ def allocate_densities(
     n_grid, refine_steps : grid size over ``p_1`` and rounds of refinement (two pruned layers).
     max_iter, tol : coordinate search (three or more pruned layers): moves and the smallest step, as a
         fraction of the budget.
+    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` with ``model``.
 
     >>> r = allocate_densities(784, [100, 100], 0.01)
     >>> abs(sum(p * s for p, s in zip(r.densities, r.layer_sizes)) - r.budget) < 1e-6 * r.budget
@@ -191,7 +193,7 @@ def allocate_densities(
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        layers = affine_layers(model)
+        layers = affine_layers(model, input_shape=input_shape)
         if layers[-1].activation != "identity":
             # The bound would count that layer as hidden while the budget treats it as the classifier.
             raise ValueError(

@@ -382,10 +382,12 @@ class SparseBoundResult(Result):
         return ax
 
 
-def _model_layers(model, masks, include_output: bool) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
+def _model_layers(
+    model, masks, include_output: bool, input_shape=None
+) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
     """``(n0, region layers, all layers)``. The region layers are all but the affine output layer; a network
     that ends with a ReLU/LeakyReLU has no affine output layer, and its last layer cuts regions too."""
-    layers = affine_layers(model, masks)
+    layers = affine_layers(model, masks, input_shape=input_shape)
     if layers[-1].activation != "identity":
         if include_output:
             raise ValueError(
@@ -443,6 +445,7 @@ def sparse_bound(
     mask_kind: str = "exact",
     model: torch.nn.Module | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> SparseBoundResult:
     """Sparsity-aware upper bound on linear regions (Cai, Hoang, Rao, Serra 2023), in log space.
 
@@ -466,6 +469,7 @@ def sparse_bound(
         layers only, as in Serra et al.'s statement; the output layer is affine and adds no region.
     include_zero_rank : closed form only; False (the authors' choice) drops the ``k = 0`` term.
     n_samples, seed, mask_kind : Monte Carlo settings; ``seed`` is required for ``"monte_carlo"``.
+    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` (conv nets).
 
     With all densities 1 every rank is full and the result equals :func:`serra_bound`.
 
@@ -476,7 +480,7 @@ def sparse_bound(
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        m_n0, hidden, all_layers = _model_layers(model, masks, include_output)
+        m_n0, hidden, all_layers = _model_layers(model, masks, include_output, input_shape)
         m_widths = [la.n_out for la in hidden]
         for given, actual, name in ((n0, m_n0, "n0"), (widths, m_widths, "widths")):
             if given is not None and (list(given) if name == "widths" else given) != actual:
@@ -644,12 +648,18 @@ class BoundsResult(Result):
         return ax
 
 
-def bounds(model: torch.nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> BoundsResult:
+def bounds(
+    model: torch.nn.Module,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+) -> BoundsResult:
     """All region bounds of an actual (pruned) network, over its hidden layers.
 
     Widths come from :func:`netgeom.nets.affine_layers` (a convolution counts its flattened output units;
     its bounds are valid but loose). The closed-form sparse bound models a random mask on a dense matrix,
     so it is only computed when every hidden layer is ``Linear``; the actual-rank bound applies to any layer.
+    ``input_shape`` (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
 
     >>> from netgeom.nets import mlp
     >>> b = bounds(mlp(2, [3, 3], 1, seed=0))
@@ -658,7 +668,7 @@ def bounds(model: torch.nn.Module, masks: Mapping[str, torch.Tensor] | None = No
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    n0, hidden, all_layers = _model_layers(model, masks, include_output=False)
+    n0, hidden, all_layers = _model_layers(model, masks, include_output=False, input_shape=input_shape)
     widths = [la.n_out for la in hidden]
     densities = [la.density for la in hidden]
     ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in hidden]

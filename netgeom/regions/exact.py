@@ -102,8 +102,11 @@ class SegmentRegionsResult(Result):
         return ax
 
 
-def regions_on_segment(model: torch.nn.Module, a, b, masks=None, *, rel_tol: float = _REL_TOL):
-    """Exact activation regions met by the segment from ``a`` to ``b``.
+def regions_on_segment(
+    model: torch.nn.Module, a, b, masks=None, *, rel_tol: float = _REL_TOL, input_shape=None
+) -> SegmentRegionsResult:
+    """Exact activation regions met by the segment from ``a`` to ``b``; ``input_shape`` (one sample's
+    shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
 
     Example
     -------
@@ -113,7 +116,7 @@ def regions_on_segment(model: torch.nn.Module, a, b, masks=None, *, rel_tol: flo
     True
     """
     rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
-    layers, plan = _hidden(model, masks)
+    layers, plan = _hidden(model, masks, input_shape)
     n0 = layers[0].n_in
     a = _flat_point(a, "a", n0)
     b = _flat_point(b, "b", n0)
@@ -628,6 +631,7 @@ def regions_in_box(
     subspace=None,
     min_radius: float = 1e-7,
     rel_tol: float = _REL_TOL,
+    input_shape=None,
 ) -> BoxRegionsResult:
     """Enumerate the activation regions of positive volume in the box ``lo ≤ y ≤ hi``.
 
@@ -636,7 +640,8 @@ def regions_in_box(
     unit splits a region when both sides hold a ball of radius ``> min_radius`` (times the box's size),
     decided by the Chebyshev ball already known (no LP when the unit's hyperplane cuts it) or else by one
     HiGHS LP (``scipy.optimize.linprog``). Units whose sign is constant on the whole box are skipped.
-    Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear.
+    Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
+    sample's shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
 
     Example
     -------
@@ -648,7 +653,7 @@ def regions_in_box(
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     min_radius = check_fraction(min_radius, "min_radius", low_inclusive=False)
     rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
-    layers, plan = _hidden(model, masks)
+    layers, plan = _hidden(model, masks, input_shape)
     n0 = layers[0].n_in
     lo = check_array(lo, "lo", ndim=1)
     hi = check_array(hi, "hi", ndim=1)

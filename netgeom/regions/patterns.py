@@ -180,6 +180,7 @@ def count_patterns(
     batch_size: int = 8192,
     per_layer: bool = False,
     device: str | torch.device = "cpu",
+    input_shape=None,
 ) -> PatternCountResult:
     """Count the distinct activation patterns that the inputs ``X`` produce.
 
@@ -191,6 +192,8 @@ def count_patterns(
     batch_size : rows evaluated at once; memory is O(batch_size · width + number of patterns).
     per_layer : also count the patterns of each layer alone and of layers 1..l.
     device : torch device for the forward pass (float64).
+    input_shape : one sample's shape, passed to :func:`netgeom.affine_layers` (conv nets). When neither it
+        nor ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
 
     Example
     -------
@@ -202,7 +205,14 @@ def count_patterns(
     """
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     check_choice(str(torch.device(device).type), "device type", ("cpu", "cuda", "mps"))
-    layers = affine_layers(model, masks)
+    if (
+        input_shape is None
+        and getattr(model, "input_shape", None) is None
+        and isinstance(X, (np.ndarray, torch.Tensor))
+        and X.ndim > 2
+    ):
+        input_shape = tuple(X.shape[1:])
+    layers = affine_layers(model, masks, input_shape=input_shape)
     flags = pattern_layers(layers)
     n0 = layers[0].n_in
     params = [
