@@ -257,3 +257,24 @@ def test_accepted_rewind_forms():
     assert parse_rewind("lr") == "lr" and parse_rewind("init") == "init"
     assert parse_rewind("epoch:0") == parse_rewind(("epoch", 0)) == parse_rewind(["epoch", np.int64(0)])
     assert parse_rewind("iteration:12") == ("iteration", 12)
+
+
+def test_masks_at_from_memory_and_from_the_run_directory(digits, tmp_path):
+    from netgeom.pruning.imp import IMPLevel, IMPResult
+
+    res = run(cfg(rounds=2), digits, out_dir=tmp_path)
+    for r in range(3):
+        assert res.masks_at(r) is res.levels[r].masks
+    assert res.masks_at(-1) is res.levels[2].masks
+    # a result rebuilt from its JSON holds no masks: they come from the run directory
+    d = json.loads(res.to_json())
+    levels = [IMPLevel(**{k: v for k, v in lv.items() if k not in ("masks", "weights", "history")})
+              for lv in d["levels"]]
+    back = IMPResult(config=d["config"], levels=levels, run_dir=d["run_dir"])
+    for r in range(3):
+        assert back.masks_at(r).equals(res.levels[r].masks)
+    assert torch.equal(back.model_at(2)[0].weight, res.model_at(2)[0].weight)
+    with pytest.raises(ValueError, match="level"):
+        res.masks_at(3)
+    with pytest.raises(ValueError, match="no run directory"):
+        IMPResult(config=d["config"], levels=levels).masks_at(0)

@@ -217,12 +217,45 @@ class IMPResult(Result):
     def test_accs(self) -> list[float]:
         return [lv.test_acc for lv in self.levels]
 
+    def _level(self, level: int) -> IMPLevel:
+        n = len(self.levels)
+        if n == 0:
+            raise ValueError("this IMP result has no levels")
+        level = check_int(level, "level", minimum=-n, maximum=n - 1)
+        return self.levels[level]
+
+    def masks_at(self, level: int = -1) -> Masks:
+        """The :class:`Masks` of IMP level ``level`` (``0`` dense, ``-1`` the last; negative counts from the
+        end): the level record's own masks, or, when the record holds none (e.g. a result rebuilt from JSON),
+        those saved in the run directory (``level_<r>/masks.npz``).
+
+        >>> cfg = IMPConfig(model={"name": "mlp", "n_in": 64, "widths": [8], "n_out": 10},
+        ...                 data={"name": "digits"}, train=TrainConfig(epochs=1), rounds=1)
+        >>> res = IMP(cfg, verbose=False).run()
+        >>> round(res.masks_at(1).density(), 2), res.masks_at(-1) is res.levels[1].masks
+        (0.8, True)
+        """
+        lv = self._level(level)
+        if lv.masks is not None:
+            return lv.masks
+        if self.run_dir is None:
+            raise ValueError(
+                f"level {lv.level} holds no masks and this result has no run directory to read them from"
+            )
+        return Masks.load(Path(self.run_dir) / f"level_{lv.level}" / "masks.npz")
+
     def model_at(self, level: int = -1) -> nn.Module:
         """The trained, masked network of a level (rebuilt from the description, eval mode)."""
-        lv = self.levels[level]
+        lv = self._level(level)
+        if lv.weights is None:
+            if lv.weights_path is None:
+                raise ValueError(f"level {lv.level} holds no weights and no weights file")
+            weights = torch.load(lv.weights_path, map_location="cpu", weights_only=True)
+        else:
+            weights = lv.weights
         model = build_model(self.config["model"])
-        model.load_state_dict(lv.weights)
-        lv.masks.apply(model)
+        model.load_state_dict(weights)
+        self.masks_at(level).apply(model)
         return model.eval()
 
     def plot(self, ax=None):
