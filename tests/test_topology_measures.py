@@ -240,3 +240,35 @@ def test_topology_bound_unrolled_tree_counts_components():
     assert b.n_possible == [2 * 4, 3 * 8]
     # layer 0: 4 stars (input 2t, outputs (0, t), (1, t)) + 4 isolated inputs = 8 components of 16 vertices
     assert b.n_tree == [16 - 8, 8 + 3 - 1] and b.layer_max_sparsity[0] == 0.0
+
+
+def test_plots_show_sparsity_in_percent_and_keep_the_current_level_visible():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    net = mlp(20, [30], 5, seed=0)
+    m = Masks.ones(net)
+    m["0.weight"][:, :4] = False
+    for r in (topology_bound(net), topology_bound(net, m)):
+        ax = r.plot()
+        lo, hi = ax.get_ylim()
+        assert "%" in ax.get_ylabel() and hi >= 100 * max(r.layer_max_sparsity)
+        labels = ax.get_legend_handles_labels()[1]
+        cur = [lab for lab in labels if lab.startswith("current")]
+        assert len(cur) == 1 and f"{100 * r.sparsity:.2f}%" in cur[0]
+        if r.sparsity > 0:  # drawn, inside the axis
+            line = next(ln for ln in ax.get_lines() if ln.get_label() == cur[0])
+            assert lo <= line.get_ydata()[0] == 100 * r.sparsity <= hi
+        else:  # dense: not drawn (it would squash the bars), said in the legend
+            assert "dense" in cur[0] and lo > 50
+    levels = [m, Masks({k: v & (torch.rand(v.shape, generator=torch.Generator().manual_seed(1)) < 0.5)
+                        for k, v in m.items()})]
+    curve = msf_retention_curve(net, levels)
+    ax = curve.plot()
+    assert "%" in ax.get_xlabel()
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), 100 * np.asarray(curve.sparsity))
+    r = msf_retention(net, m)
+    assert f"{100 * r.sparsity:.1f}%" in r.plot().get_title()
+    plt.close("all")

@@ -192,15 +192,27 @@ class TopologyBoundResult(Result):
     max_sparsity_actual: float | None = None
 
     def plot(self, ax=None):
+        """Bound per layer and for the network, in % sparsity; the current sparsity as a dotted line.
+
+        A dense model's 0% would squash the bars (all near 100%) into a thin band, so it is named in the
+        legend instead of drawn; any other current sparsity is drawn and the axis extended to show it."""
         _, ax = new_axes(ax)
         x = np.arange(len(self.layer_names))
-        ax.bar(x, self.layer_max_sparsity, label="bound per layer")
-        ax.axhline(self.max_sparsity, color="C3", ls="--", label=f"network bound {self.max_sparsity:.4f}")
+        bounds = 100 * np.asarray(self.layer_max_sparsity)
+        ax.bar(x, bounds, label="bound per layer")
+        ax.axhline(100 * self.max_sparsity, color="C3", ls="--",
+                   label=f"network bound {100 * self.max_sparsity:.2f}%")
+        lo = float(bounds.min())
         if self.sparsity is not None:
-            ax.axhline(self.sparsity, color="k", ls=":", label=f"current sparsity {self.sparsity:.4f}")
+            label = f"current sparsity {100 * self.sparsity:.2f}%"
+            if self.sparsity > 0:
+                ax.axhline(100 * self.sparsity, color="k", ls=":", label=label)
+                lo = min(lo, 100 * self.sparsity)
+            else:
+                ax.plot([], [], color="k", ls=":", label=label + " (dense, not drawn)")
         ax.set_xticks(x, self.layer_names)
-        ax.set_ylim(min(self.layer_max_sparsity + [self.sparsity or 1.0]) * 0.95, 1.0)
-        ax.set_ylabel("largest sparsity keeping the H0 diagram")
+        ax.set_ylim(lo - 0.05 * max(100 - lo, 1.0), 100.0)
+        ax.set_ylabel("largest sparsity keeping the H0 diagram (%)")
         ax.set_title(f"Topology bound (η = {self.eta:.1f})")
         ax.legend(fontsize=8)
         return ax
@@ -291,7 +303,7 @@ class RetentionResult(Result):
         ax.set_xticks(x, self.layer_names)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("fraction")
-        ax.set_title(f"MSF retention at sparsity {self.sparsity:.3f}")
+        ax.set_title(f"MSF retention at sparsity {100 * self.sparsity:.1f}%")
         ax.legend(fontsize=8)
         return ax
 
@@ -380,13 +392,13 @@ class RetentionCurveResult(Result):
 
     def plot(self, ax=None):
         _, ax = new_axes(ax)
-        s = np.asarray(self.sparsity)
+        s = 100 * np.asarray(self.sparsity)
         ret = np.asarray(self.retention)
         ex = np.asarray(self.expected)
         for k, name in enumerate(self.layer_names):
             ax.plot(s, ret[:, k], "o-", color=f"C{k}", label=f"{name}: MSF retained")
             ax.plot(s, ex[:, k], ":", color=f"C{k}", label=f"{name}: random expectation")
-        ax.set_xlabel("sparsity")
+        ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("fraction of dense MSF edges kept")
         ax.set_ylim(0, 1.05)
         ax.set_title("MSF retention vs sparsity")
@@ -551,8 +563,8 @@ def demo_section(ctx) -> str:
         "",
         f"Network NP (mean of normalised layer NPs): dense {np_dense.network_np:.4f}, pruned "
         f"{np_pruned.network_np:.4f}. Overall {ret.retention_total:.3f} of the dense MSF edges survive "
-        f"pruning (sparsity {ret.sparsity:.3f}) against {ret.expected_total:.3f} expected under random "
-        "pruning.",
+        f"pruning (sparsity {100 * ret.sparsity:.1f}%) against {ret.expected_total:.3f} expected under "
+        "random pruning.",
         "",
         f"**Topology bound** for widths {widths}: η = {bound.eta:.2f}, so up to "
         f"{100 * bound.max_sparsity:.2f}% sparsity can keep every layer's zeroth-order diagram "
@@ -573,11 +585,11 @@ def demo_section(ctx) -> str:
             "",
             _save(ctx, fig, "topology_retention.png"),
             "",
-            "| sparsity | MSF retained | random expectation |",
+            "| sparsity (%) | MSF retained | random expectation |",
             "|---|---|---|",
         ]
         lines += [
-            f"| {s:.3f} | {r:.3f} | {e:.3f} |"
+            f"| {100 * s:.1f} | {r:.3f} | {e:.3f} |"
             for s, r, e in zip(curve.sparsity, curve.retention_total, curve.expected_total)
         ]
     return "\n".join(lines) + "\n"
