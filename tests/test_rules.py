@@ -242,3 +242,28 @@ def test_pruning_a_whole_layer_away_warns():
     with pytest.warns(UserWarning, match="pruning removes every weight of '0.weight'"):
         masks = magnitude_prune(net, 4 / 6)
     assert not masks["0.weight"].any() and masks["2.weight"].all()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_rules_leave_the_weights_unless_apply_is_true(rule):
+    from netgeom.data.datasets import load_digits
+    from netgeom.training import evaluate
+
+    data = load_digits(seed=0)
+    m = mlp(64, [16], 10, seed=0)
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    dense = evaluate(m, data)
+    masks = rule(m, 0.9)
+    # the default returns masks only: the network (and so its accuracy) is still the dense one
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert evaluate(m, data) == dense
+    m2 = mlp(64, [16], 10, seed=0)
+    masks2 = rule(m2, 0.9, apply=True)
+    assert masks2.equals(masks)
+    ref = masks.apply(mlp(64, [16], 10, seed=0))
+    for k, v in m2.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k])
+        if k in masks:
+            assert torch.equal(v != 0, masks[k] & (before[k] != 0))  # exactly the pruned weights zeroed
+    with pytest.raises(TypeError, match="apply"):
+        rule(m, 0.5, apply="yes")

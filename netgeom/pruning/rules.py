@@ -1,5 +1,10 @@
 """One-step pruning rules: magnitude (global or layerwise) and random, with protected weights.
 
+**The rules return masks; they do not change the model.** Right after ``m = magnitude_prune(net, 0.5)`` the
+network is still dense, and evaluating it gives the dense accuracy. Zero the pruned weights with
+``m.apply(net)`` (in place), or pass ``apply=True`` to the rule; the analyses take the masks themselves
+(``masks=m``), and training keeps them exact (``train(..., masks=m)``).
+
 Both rules share one signature and one accounting:
 
 - ``masks``: the current masks; already-pruned weights stay pruned (the result is nested in ``masks``).
@@ -20,6 +25,11 @@ Both rules share one signature and one accounting:
 >>> m = magnitude_prune(net, 0.5)
 >>> m.n_kept(), m.n_total()
 (24, 48)
+>>> zeros = lambda: int((net[0].weight == 0).sum() + (net[2].weight == 0).sum())
+>>> zeros()                     # the model is untouched ...
+0
+>>> _ = m.apply(net); zeros()   # ... until the masks are applied
+24
 """
 
 from __future__ import annotations
@@ -127,7 +137,11 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
     return names, params, current, protected, groups, group_frac
 
 
-def _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score_fn) -> Masks:
+def _prune(
+    model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score_fn, apply
+) -> Masks:
+    if not isinstance(apply, bool):
+        raise TypeError(f"apply must be True or False, got {apply!r}")
     names, params, current, protected, groups, group_frac = _prepare(
         model, sparsity, scope, per_layer, protect, masks, include_output, relative_to
     )
@@ -170,6 +184,9 @@ def _prune(model, sparsity, scope, per_layer, protect, masks, include_output, re
             offset += n
             if current[k].any() and not out[k].any():
                 warnings.warn(f"pruning removes every weight of '{k}': layer disconnected", stacklevel=3)
+    if apply:
+        with torch.no_grad():
+            out.apply(model)
     return out
 
 
@@ -182,8 +199,12 @@ def magnitude_prune(
     masks: Mapping[str, torch.Tensor] | None = None,
     include_output: bool = True,
     relative_to: str = "remaining",
+    apply: bool = False,
 ) -> Masks:
     """Remove the smallest ``|w|`` (weights read multiplied by ``masks``); see the module docstring.
+
+    Returns the new :class:`Masks` and **leaves the model's weights as they are** unless ``apply=True``,
+    which also zeros the pruned weights in place (same as ``masks.apply(model)``).
 
     >>> from netgeom.nets import mlp
     >>> net = mlp(10, [20], 3, seed=0)
@@ -195,7 +216,9 @@ def magnitude_prune(
     def score(name, p):
         return p.detach().abs().to(torch.float64)
 
-    return _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score)
+    return _prune(
+        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score, apply
+    )
 
 
 def random_prune(
@@ -208,8 +231,12 @@ def random_prune(
     include_output: bool = True,
     relative_to: str = "remaining",
     seed: int = 0,
+    apply: bool = False,
 ) -> Masks:
     """Remove weights chosen uniformly at random (seeded), with the same counts as :func:`magnitude_prune`.
+
+    Returns the new :class:`Masks` and **leaves the model's weights as they are** unless ``apply=True``,
+    which also zeros the pruned weights in place (same as ``masks.apply(model)``).
 
     To match a reference mask's per-layer fractions (the usual random baseline), pass
     ``per_layer={k: 1 - d for k, d in ref.layer_densities().items()}, relative_to="all"``.
@@ -231,4 +258,6 @@ def random_prune(
     def score(name, p):
         return draws[name]
 
-    return _prune(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score)
+    return _prune(
+        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score, apply
+    )
