@@ -171,7 +171,9 @@ class TrainHistory(Result):
         ax2 = ax.twinx()
         ax2.plot(self.epoch, self.test_loss, "k--", lw=0.8, label="test loss")
         ax2.set_ylabel("loss")
-        ax.legend(loc="center right")
+        # the loss lives on the twin axes: one legend gathers the lines of both
+        lines = ax.get_lines() + ax2.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
         return ax
 
 

@@ -188,6 +188,8 @@ def test_history_plot(digits):
     h = train(net(), digits, CFG.replace(epochs=1), verbose=False)
     ax = h.plot()
     assert ax.get_xlabel() == "epoch"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["train acc", "test acc", "test loss"]
     plt.close("all")
 
 
