@@ -175,7 +175,7 @@ def test_protect_scope_network_equals_forest_and_pruning_keeps_diagram():
         G = network_graph(net, masks, normalize="network")
         before = zeroth_persistence(G)
         prot = network_forest_protect(net, masks)
-        assert prot.equals(spanning_forest_protect(net, masks, scope="network"))
+        assert prot.equals(spanning_forest_protect(net, masks, scope="network", normalize="network"))
         assert all(np.array_equal(prot[k].numpy(), before.msf_masks[k]) for k in prot)
         try:
             masks = magnitude_prune(net, 0.4, protect=network_forest_protect, masks=masks)
@@ -200,7 +200,7 @@ def test_protect_scope_network_equals_forest_and_pruning_keeps_diagram():
 def test_protect_network_scope_subset_of_names_and_conv():
     net = mlp(6, [8], 3, seed=1)
     m = Masks.ones(net, include_output=False)
-    prot = spanning_forest_protect(net, m, scope="network")
+    prot = spanning_forest_protect(net, m, scope="network", normalize="network")
     assert list(prot) == ["0.weight"]  # the output layer still shapes the forest but is not protected
     full = network_forest_protect(net)
     assert torch.equal(prot["0.weight"], full["0.weight"])
@@ -317,3 +317,23 @@ def test_conv_channel_graphs_to_linear_explain_the_break(net):
         zeroth_persistence(G)
     with pytest.raises(ValueError, match=r"(?s)channel.*Flatten.*conv='unrolled'"):
         network_forest_protect(net)
+
+
+def test_protect_default_normalisation_is_layer_and_layer_scope_is_scale_invariant():
+    net = mlp(5, [7, 6], 3, seed=2)
+    with torch.no_grad():
+        net[2].weight.mul_(40.0)  # very different layer scales: the two normalisations rank edges apart
+    G_layer, G_net = network_graph(net), network_graph(net, normalize="network")
+    f_layer, f_net = zeroth_persistence(G_layer).msf_masks, zeroth_persistence(G_net).msf_masks
+    assert any(not np.array_equal(f_layer[k], f_net[k]) for k in f_layer)  # the test can tell them apart
+    prot = spanning_forest_protect(net, scope="network")  # default normalize: "layer", as everywhere
+    assert all(np.array_equal(prot[k].numpy(), f_layer[k]) for k in f_layer)
+    # the named network callback keeps its documented network-wide normalisation (Rieck et al.)
+    assert all(np.array_equal(network_forest_protect(net)[k].numpy(), f_net[k]) for k in f_net)
+    # per-layer scope: each layer's forest ignores any global or per-layer scale
+    base = spanning_forest_protect(net)
+    assert base.equals(spanning_forest_protect(net, normalize="network"))
+    with torch.no_grad():
+        for lin in (net[0], net[4]):
+            lin.weight.mul_(1e-3)
+    assert base.equals(spanning_forest_protect(net))

@@ -429,7 +429,7 @@ def spanning_forest_protect(
     *,
     aggregate: str = "l1",
     scope: str = "layer",
-    normalize: str = "network",
+    normalize: str = "layer",
 ) -> Masks:
     """Protected-weights callback for topology-preserving IMP: the current maximum-spanning-forest weights.
 
@@ -439,7 +439,9 @@ def spanning_forest_protect(
     network graph (``zeroth_persistence(network_graph(model, masks, normalize=normalize))``), a subset of
     the layer forests (``|V| − #components`` weights for the whole network) that keeps the *network*
     diagram unchanged: each layer's heaviest weight is always in it, so neither normalisation moves.
-    ``normalize`` only matters for ``scope="network"`` (per-layer forests do not depend on scaling).
+    ``normalize`` (default ``"layer"``, as in the rest of the package) only matters for
+    ``scope="network"``: a layer's forest depends only on the order of its own weights, which any positive
+    scale keeps, while the network forest compares weights across layers.
     Convolutions protect the unmasked weights of every kernel slice on the channel graph's forest. Use it as
     ``magnitude_prune(model, s, protect=spanning_forest_protect, masks=m)``, or
     ``protect=network_forest_protect`` for the network scope.
@@ -497,15 +499,15 @@ def spanning_forest_protect(
 
 
 def network_forest_protect(model: nn.Module, masks: Mapping[str, Any] | None = None) -> Masks:
-    """``spanning_forest_protect(model, masks, scope="network")`` as a module-level callback (a stable name
-    for IMP's run description): protects the maximum spanning forest of the whole network graph (w̃
-    normalised over the network, Rieck et al.), keeping the network's zeroth-order diagram.
+    """``spanning_forest_protect(model, masks, scope="network", normalize="network")`` as a module-level
+    callback (a stable name for IMP's run description): protects the maximum spanning forest of the whole
+    network graph (w̃ normalised over the network, Rieck et al.), keeping the network's zeroth-order diagram.
 
     >>> from netgeom import mlp
     >>> sum(int(v.sum()) for v in network_forest_protect(mlp(4, [5], 3, seed=0)).values())
     11
     """
-    return spanning_forest_protect(model, masks, scope="network")
+    return spanning_forest_protect(model, masks, scope="network", normalize="network")
 
 
 msf_protect = spanning_forest_protect
