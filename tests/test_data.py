@@ -96,3 +96,11 @@ def test_reshape_is_a_row_major_view_and_checks_the_size():
         ds.reshape((1, 9, 9))
     with pytest.raises(ValueError, match="shape entry"):
         ds.reshape((0, 64))
+
+
+def test_load_dataset_flat_key():
+    assert load_dataset({"name": "mnist1d", "num_samples": 50}).input_shape == (40,)
+    ds = load_dataset({"name": "digits", "flat": False}).reshape((1, 8, 8))
+    assert ds.flat().input_shape == (64,)
+    with pytest.raises(TypeError, match="'flat' must be true or false"):
+        load_dataset({"name": "digits", "flat": "false"})

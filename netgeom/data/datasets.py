@@ -338,6 +338,9 @@ def load_dataset(description: dict[str, Any]) -> Dataset:
     desc = dict(description)
     name = desc.pop("name", None)
     flat = desc.pop("flat", False)
+    if not isinstance(flat, bool):
+        # a string such as "false" is truthy: it would flatten when asked not to
+        raise TypeError(f"'flat' must be true or false, got {flat!r}")
     loaders = {
         "digits": load_digits,
         "mnist1d": load_mnist1d,
