@@ -122,3 +122,11 @@ def test_layer_graph_of_modules():
         layer_graph(net)
     with pytest.raises(TypeError, match="affine_layers"):
         layer_graph(nn.ReLU())
+    # a kernel mask cannot be laid on the effective matrix of an AffineLayer (it used to be ignored) ...
+    with pytest.raises(ValueError, match="affine_layers"):
+        layer_graph(lay, np.zeros(tuple(conv.weight.shape), bool), conv="unrolled")
+    # ... but a bare module takes it through affine_layers
+    km = np.ones(tuple(conv.weight.shape), bool)
+    km[0] = False
+    gm = layer_graph(conv, km, conv="unrolled", input_shape=(3, 5))
+    assert not gm.mask[:5].any() and gm.mask[5:].any()  # output channel 0 (first 5 units) has no edge

@@ -84,7 +84,9 @@ class LayerGraph:
 
     @property
     def n_possible(self) -> int:
-        """Edges of the complete bipartite graph, ``n_in * n_out``."""
+        """Edges of the complete bipartite graph, ``n_in * n_out`` (for an unrolled convolution most of
+        them are structurally impossible: ``topology_bound(model, conv="unrolled")`` counts the
+        receptive-field edges)."""
         return self.n_in * self.n_out
 
     @property
