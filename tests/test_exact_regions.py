@@ -432,3 +432,28 @@ def test_input_shape_is_passed_for_conv_nets_without_the_attribute():
     # count_patterns reads the per-sample shape from X when it has more than 2 axes.
     assert count_patterns(bare, X).count == count_patterns(net, X).count
     assert count_patterns(bare, X.reshape(200, -1), input_shape=shape).count == count_patterns(net, X).count
+
+
+def test_box_progress_bar_and_verbose_false(capsys):
+    net = mlp(2, [6, 6], 1, seed=0)
+    quiet = regions_in_box(net, [-2, -2], [2, 2], verbose=False)
+    assert capsys.readouterr().err == ""
+    loud = regions_in_box(net, [-2, -2], [2, 2], verbose=True)
+    assert "regions_in_box layer" in capsys.readouterr().err
+    assert loud.count == quiet.count
+    assert _pset(loud.patterns) == _pset(quiet.patterns)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_box_3d_subspace_matches_slices_of_it(seed):
+    # The vertex filter skips units that miss a region: every 2-D face slice of a 3-D box run must find
+    # only patterns that the 3-D run found (a pattern met on a face of the box is met in the box).
+    net = mlp(6, [8, 8], 2, seed=seed)
+    rng = np.random.default_rng(seed)
+    origin, basis = rng.normal(size=6), rng.normal(size=(3, 6))
+    box = regions_in_box(net, [-1, -1, -1], [1, 1, 1], subspace=(origin, basis), verbose=False)
+    inner = regions_on_slice(net, origin, basis[0], basis[1], box=(-1, 1, -1, 1))
+    assert _pset(inner.patterns) <= _pset(box.patterns)
+    # and every interior point really has its pattern
+    assert count_patterns(net, box.points).count == box.count

@@ -621,6 +621,23 @@ def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | N
     return res.x[:d], float(res.x[d])
 
 
+def _crossing_units(G, h, c, A, B, T, size) -> np.ndarray:
+    """Which of the units ``z = A + y @ B`` may cross the polytope ``{G y ≤ h}`` (``c`` interior): a unit is
+    dropped only when its values at every vertex share one sign by a clear margin, so that rounding in the
+    vertices can never hide a real split; when qhull cannot list the vertices, every unit is kept."""
+    from scipy.spatial import HalfspaceIntersection, QhullError
+
+    keep = np.linalg.norm(G, axis=1) > 0
+    try:
+        verts = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
+    except (QhullError, ValueError):
+        return np.ones(len(A), dtype=bool)
+    Z = A + verts @ B
+    # Vertices are exact up to ~1e-12 of the box's size; the margin covers that error many times over.
+    margin = T + 1e-8 * size * np.linalg.norm(B, axis=0)
+    return (Z.max(axis=0) > -margin) & (Z.min(axis=0) < margin)
+
+
 def regions_in_box(
     model: torch.nn.Module,
     lo,
@@ -632,6 +649,7 @@ def regions_in_box(
     min_radius: float = 1e-7,
     rel_tol: float = _REL_TOL,
     input_shape=None,
+    verbose: bool = True,
 ) -> BoxRegionsResult:
     """Enumerate the activation regions of positive volume in the box ``lo ≤ y ≤ hi``.
 
@@ -639,7 +657,10 @@ def regions_in_box(
     ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer and unit by unit; a
     unit splits a region when both sides hold a ball of radius ``> min_radius`` (times the box's size),
     decided by the Chebyshev ball already known (no LP when the unit's hyperplane cuts it) or else by one
-    HiGHS LP (``scipy.optimize.linprog``). Units whose sign is constant on the whole box are skipped.
+    HiGHS LP (``scipy.optimize.linprog``). Units whose sign is constant on the whole box are skipped, and
+    in up to ``6`` dimensions the vertices of each region (qhull, from its Chebyshev centre) are listed at
+    the start of a layer, so that the units whose hyperplane clearly misses the region are skipped for it
+    without an LP. A tqdm bar over the regions of each layer shows progress (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
     sample's shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
 
@@ -654,6 +675,8 @@ def regions_in_box(
     min_radius = check_fraction(min_radius, "min_radius", low_inclusive=False)
     rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
     layers, plan = _hidden(model, masks, input_shape)
+    from tqdm.auto import tqdm
+
     n0 = layers[0].n_in
     lo = check_array(lo, "lo", ndim=1)
     hi = check_array(hi, "hi", ndim=1)
@@ -685,10 +708,18 @@ def regions_in_box(
     n_lp = 0
     # A region: (G, h, centre, radius, P, Q, bits) with layer input = P + y @ Q.
     regions = [(G0, h0, 0.5 * (lo + hi), 0.5 * float(np.min(hi - lo)), origin[None, :], basis, [])]
-    for W, bias, has_bits, slope in plan:
+    n_bit_layers = sum(step[2] for step in plan)
+    for li, (W, bias, has_bits, slope) in enumerate(plan):
         absW = np.abs(W).T
         new_regions = []
-        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
+        bar = tqdm(
+            regions,
+            desc=f"regions_in_box layer {li + 1}/{len(plan)}",
+            unit="region",
+            disable=not verbose or not has_bits,
+            leave=li == len(plan) - 1 or n_bit_layers == 1,
+        )
+        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(bar):
             A = (P @ W.T + bias)[0]
             Bm = Q @ W.T  # (d, n)
             SB = np.abs(Q) @ absW
@@ -703,6 +734,8 @@ def regions_in_box(
             zmin = A + np.minimum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
             zmax = A + np.maximum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
             active = np.nonzero((zmin < -T) & (zmax > T))[0]
+            if len(active) and d <= 6:
+                active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
             pieces = [(G, h, c, r)]
             for j in active:
                 bj = Bm[:, j]
@@ -716,6 +749,12 @@ def regions_in_box(
                         pc, pr = c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2
                         nc, nr = c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2
                     else:
+                        if d <= 6 and not _crossing_units(
+                            G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
+                        )[0]:
+                            # A qhull call is several times cheaper than the LP it saves.
+                            nxt.append((G_, h_, c_, r_))
+                            continue
                         # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
                         other = 1.0 if sigma > 0 else -1.0
                         oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
