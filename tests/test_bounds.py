@@ -309,3 +309,17 @@ def test_bounds_take_input_shape_for_conv_nets():
     assert bounds(bare, input_shape=shape).to_dict() == bounds(net).to_dict()
     a = sparse_bound(model=bare, rank_model="masks", input_shape=shape)
     assert a.exact == sparse_bound(model=net, rank_model="masks").exact
+
+
+def test_fully_masked_layer_is_named_and_bounded_as_disconnected():
+    net = mlp(3, [4, 4], 2, seed=0)
+    masks = Masks.ones(net)
+    masks["2.weight"][:] = False
+    b = bounds(net, masks)
+    assert b.sparse_closed_form_log10 is None
+    assert any("'2' (2.weight) removes every weight" in n and "disconnected" in n for n in b.notes)
+    # Layer 2's pre-activations are constant, so the bound is that of the first layer alone.
+    assert b.sparse_masks == serra_bound(3, [4]) == 15
+    with pytest.raises(ValueError, match=r"2.weight.*disconnected.*rank_model=\"masks\""):
+        sparse_bound(model=net, masks=masks)
+    assert sparse_bound(model=net, masks=masks, rank_model="masks").exact == 15

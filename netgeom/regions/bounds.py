@@ -513,6 +513,12 @@ def sparse_bound(
 
     if model is not None and model_name in ("closed_form", "monte_carlo"):
         used = all_layers if include_output else hidden
+        empty = [la for la in used if la.density == 0]
+        if empty:
+            raise ValueError(
+                f'rank_model="{model_name}" needs densities in (0, 1], but {_disconnected(empty[0])}; '
+                'rank_model="masks" gives that bound'
+            )
         conv = [la for la in used if la.kind != "linear"]
         if conv:
             raise ValueError(
@@ -683,8 +689,12 @@ def bounds(
         notes.append(f"Montúfar lower bound not applicable: {exc}")
     prod, serra = product_bound(n0, widths), serra_bound(n0, widths)
     linear = all(la.kind == "linear" for la in hidden)
+    empty = [la for la in hidden if la.density == 0]
     closed = None
-    if linear:
+    if empty:
+        linear = False
+        notes.append(f"closed-form sparse bound skipped: {_disconnected(empty[0])}")
+    elif linear:
         closed = sparse_bound(n0, widths, densities, rank_model="closed_form").log10
     else:
         notes.append("closed-form sparse bound skipped: it models masks of Linear layers only")
@@ -808,3 +818,12 @@ def demo_section(ctx) -> str:
 def _n_kernel(layer: AffineLayer) -> int | str:
     """Number of weights in the layer's own parameter (a conv kernel), for messages."""
     return int(layer.kernel.numel()) if layer.kernel is not None else "no"
+
+
+def _disconnected(layer: AffineLayer) -> str:
+    return (
+        f"the mask of layer '{layer.name}' ({layer.param_name}) removes every weight, so the network is "
+        "disconnected there: that layer's pre-activations are constant (its bias), it and every later layer "
+        "cut no region, and the regions are those of the layers before it (the actual-rank bound, rank 0 "
+        "there, reduces to their bound)"
+    )
