@@ -123,3 +123,26 @@ def test_allocate_densities_passes_input_shape():
     # With the shape the network is read, and its conv layer is then refused for what it is.
     with pytest.raises(ValueError, match="conv1d"):
         allocate_densities(model=bare, input_shape=(1, 10))
+
+
+def test_flat_bound_plot_has_no_offset_label():
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = allocate_densities(784, [100, 100], 0.5, n_grid=5, refine_steps=0)
+    flat = 120.41199 + np.linspace(0, 5e-7, len(r.evaluated_log10))
+    r = dataclasses.replace(r, evaluated_log10=flat, uniform_log10=120.41199, log10=float(flat.max()))
+    # The same values on default axes do get an offset label: the data reproduce the problem.
+    fig, ax0 = plt.subplots()
+    ax0.plot(np.arange(len(flat)), flat)
+    fig.canvas.draw()
+    assert ax0.yaxis.get_major_formatter().get_offset() != ""
+    ax = r.plot()
+    ax.figure.canvas.draw()
+    assert ax.yaxis.get_major_formatter().get_offset() == ""
+    assert all("e" not in t.get_text() for t in ax.get_yticklabels())
+    plt.close("all")

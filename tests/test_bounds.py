@@ -323,3 +323,18 @@ def test_fully_masked_layer_is_named_and_bounded_as_disconnected():
     with pytest.raises(ValueError, match=r"2.weight.*disconnected.*rank_model=\"masks\""):
         sparse_bound(model=net, masks=masks)
     assert sparse_bound(model=net, masks=masks, rank_model="masks").exact == 15
+
+
+def test_bounds_plot_equal_bounds_stay_distinguishable():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = bounds(mlp(2, [3, 3], 1, seed=0))  # n0 = 2 < widths: Serra = actual ranks = closed form
+    ax = b.plot()
+    styles = {(ln.get_marker(), str(ln.get_linestyle())) for ln in ax.lines}
+    assert len(styles) == len(ax.lines) == len(b.prefix_log10)
+    note = " ".join(t.get_text() for t in ax.texts)
+    assert "overlapping" in note and "sparse (actual ranks) = Serra" in note
+    plt.close("all")

@@ -123,6 +123,9 @@ class AllocationResult(Result):
             ax.axhline(self.log10, color="C3", label="chosen")
             ax.set_xlabel("evaluation")
         ax.set_ylabel("log10 sparse bound")
+        # A flat bound (e.g. a dense enough budget) would get an unreadable offset label like
+        # "1e-6+1.2041199e2"; plain tick labels stay readable.
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.set_title(f"allocation at total density {self.total_density:.3g}")
         ax.legend(fontsize="small")
         return ax

@@ -644,8 +644,25 @@ class BoundsResult(Result):
         """log10 of each bound for the network truncated after hidden layer ``l``."""
         fig, ax = new_axes(ax)
         x = np.arange(1, len(self.widths) + 1)
-        for name, vals in self.prefix_log10.items():
-            ax.plot(x, vals, marker="o", label=name)
+        styles = [("o", "-"), ("s", "--"), ("^", "-."), ("x", ":"), ("D", (0, (5, 1, 1, 1)))]
+        seen: dict[tuple, str] = {}
+        overlaps = []
+        for k, (name, vals) in enumerate(self.prefix_log10.items()):
+            marker, ls = styles[k % len(styles)]
+            # Equal bounds would hide all lines but the last: distinct markers (hollow, shrinking) and
+            # linestyles keep each visible, and the legend says which coincide.
+            ax.plot(x, vals, marker=marker, ls=ls, mfc="none", ms=9 - 1.5 * k, label=name)
+            key = tuple(np.round(vals, 9))
+            if key in seen:
+                overlaps.append(f"{name} = {seen[key]}")
+            else:
+                seen[key] = name
+        if overlaps:
+            ax.text(
+                0.02, 0.98, "overlapping: " + "; ".join(overlaps), transform=ax.transAxes, va="top",
+                fontsize="small",
+            )
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.set_xticks(x)
         ax.set_xlabel("hidden layers kept (l)")
         ax.set_ylabel("log10 bound on regions")
