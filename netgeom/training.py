@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,8 +41,8 @@ from ._validation import check_choice, check_finite_model, check_fraction, check
 from .results import Result, new_axes
 
 __all__ = [
-    "TrainConfig", "TrainHistory", "Trainer", "train", "evaluate", "lr_at", "conform_inputs", "OPTIMIZERS",
-    "SCHEDULES",
+    "TrainConfig", "TrainHistory", "Trainer", "TrainingData", "DataSplit", "train", "evaluate", "lr_at",
+    "conform_inputs", "OPTIMIZERS", "SCHEDULES",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
@@ -204,6 +206,290 @@ def conform_inputs(model: nn.Module, X: torch.Tensor, what: str = "X") -> torch.
     )
 
 
+# ------------------------------------------------------------------------------------------- data forms
+def _available_memory() -> int | None:
+    """Bytes of memory the OS reports available (Linux ``MemAvailable``, else free pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _unpack_batch(batch, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise TypeError(
+            f"{what}: every sample must be an (input, label) pair, got a batch of type {type(batch).__name__}"
+        )
+    xb, yb = batch
+    if not isinstance(xb, torch.Tensor):
+        raise TypeError(f"{what}: inputs must collate to a tensor, got {type(xb).__name__}")
+    yb = torch.as_tensor(yb)
+    if yb.ndim != 1 or yb.dtype.is_floating_point or yb.dtype.is_complex or yb.dtype == torch.bool:
+        raise TypeError(f"{what}: labels must be integer class indices (one per sample), got a {yb.dtype} "
+                        f"tensor of shape {tuple(yb.shape)}")
+    return xb, yb
+
+
+class _ListBatchSampler:
+    """Batches of a fixed index order: netgeom, not the loader, decides the data order (seeded, resumable)."""
+
+    def __init__(self, order: torch.Tensor, batch_size: int):
+        self.order, self.batch_size = order.tolist(), batch_size
+
+    def __iter__(self):
+        bs = self.batch_size
+        for i in range(0, len(self.order), bs):
+            yield self.order[i : i + bs]
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+
+class DataSplit:
+    """One split (train or test) of a :class:`TrainingData`: tensors in memory, or a map-style torch
+    ``Dataset`` read in mini-batches (through a ``DataLoader`` with netgeom's batch order)."""
+
+    def __init__(self, what: str, X: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                 dataset=None, loader_kw: Mapping[str, Any] | None = None, batch_size: int | None = None):
+        self.what = what
+        self.X, self.y = X, y
+        self.dataset = dataset
+        self.loader_kw = dict(loader_kw or {})
+        self.batch_size = batch_size  # the user's DataLoader batch size, checked against the TrainConfig
+        if X is not None:
+            self.n = int(X.shape[0])
+            self.sample_shape = tuple(int(s) for s in X.shape[1:])
+            self.dtype = X.dtype
+        else:
+            self.n = len(dataset)
+            if self.n == 0:
+                raise ValueError(f"the {what} data set is empty")
+            x0, _ = self._collate([0])
+            self.sample_shape = tuple(int(s) for s in x0.shape[1:])
+            self.dtype = x0.dtype
+
+    @property
+    def in_memory(self) -> bool:
+        return self.X is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the split takes as tensors (inputs and int64 labels)."""
+        return self.n * (math.prod(self.sample_shape) * torch.empty((), dtype=self.dtype).element_size() + 8)
+
+    def _loader(self, order: torch.Tensor, batch_size: int, seed: int):
+        from torch.utils.data import DataLoader
+
+        # the generator seeds worker processes (random transforms) from the seed and epoch, not the clock
+        return DataLoader(self.dataset, batch_sampler=_ListBatchSampler(order, batch_size),
+                          generator=torch.Generator().manual_seed(seed), **self.loader_kw)
+
+    def _collate(self, idx):
+        collate = self.loader_kw.get("collate_fn")
+        if collate is None:
+            from torch.utils.data import default_collate as collate
+        return _unpack_batch(collate([self.dataset[i] for i in idx]), f"{self.what} data")
+
+    def first(self) -> torch.Tensor:
+        """The first sample's input, with a batch axis: ``(1, *sample_shape)``."""
+        return self.X[:1] if self.in_memory else self._collate([0])[0]
+
+    def batches(self, order: torch.Tensor | None, batch_size: int, seed: int = 0):
+        """``(inputs, labels)`` mini-batches of ``batch_size`` in ``order`` (indices; None: 0..n-1)."""
+        if self.in_memory:
+            if order is None:
+                for i in range(0, self.n, batch_size):
+                    yield self.X[i : i + batch_size], self.y[i : i + batch_size]
+            else:
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
+                    yield self.X[idx], self.y[idx]
+            return
+        if order is None:
+            order = torch.arange(self.n)
+        for batch in self._loader(order.cpu(), batch_size, seed):
+            yield _unpack_batch(batch, f"{self.what} data")
+
+    def materialise(self, batch_size: int = 8192) -> DataSplit:
+        """The split as tensors in memory (read once, in order)."""
+        if self.in_memory:
+            return self
+        xs, ys = zip(*self.batches(None, batch_size))
+        return DataSplit(self.what, torch.cat(xs), torch.cat(ys))
+
+    def hash_into(self, h, batch_size: int = 8192) -> None:
+        """Feed the split into a hashlib object: inputs then labels, each a header (dtype, shape) and the
+        raw bytes in order -- the same bytes whether the split is in memory or read in batches."""
+        def header(dtype, shape):
+            return str((torch.empty(0, dtype=dtype).numpy().dtype, tuple(shape))).encode()
+
+        if self.in_memory:
+            for t in (self.X, self.y):
+                arr = t.detach().cpu().contiguous().numpy()
+                h.update(str((arr.dtype, arr.shape)).encode())
+                h.update(arr.tobytes())
+            return
+        ys = []
+        h.update(header(self.dtype, (self.n, *self.sample_shape)))
+        for xb, yb in self.batches(None, batch_size):
+            h.update(xb.detach().cpu().contiguous().numpy().tobytes())
+            ys.append(yb)
+        y = torch.cat(ys).contiguous().numpy()
+        h.update(str((y.dtype, y.shape)).encode())
+        h.update(y.tobytes())
+
+
+def _is_torch_data(obj) -> bool:
+    from torch.utils.data import DataLoader
+    from torch.utils.data import Dataset as TorchDataset
+
+    return isinstance(obj, (DataLoader, TorchDataset))
+
+
+_ITERABLE = (
+    "{what}: an IterableDataset has no random access, so netgeom cannot draw a seeded, resumable order from "
+    "it; give a map-style Dataset (with __len__ and __getitem__)"
+)
+
+
+def _split_from_torch(obj, what: str) -> DataSplit:
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, SequentialSampler
+
+    if isinstance(obj, DataLoader):
+        loader, ds = obj, obj.dataset
+        if isinstance(ds, IterableDataset):
+            raise TypeError(_ITERABLE.format(what=what))
+        if type(loader.sampler) not in (SequentialSampler, RandomSampler) or (
+            loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler
+        ):
+            raise ValueError(f"{what}: the DataLoader has a custom sampler; netgeom draws the batch order "
+                             "from the seed (so a resumed run is bit-identical) and cannot honour it")
+        if loader.drop_last:
+            raise ValueError(f"{what}: drop_last=True is not supported (every epoch covers every sample)")
+        kw = {"collate_fn": loader.collate_fn, "num_workers": loader.num_workers,
+              "pin_memory": loader.pin_memory, "worker_init_fn": loader.worker_init_fn,
+              "timeout": loader.timeout}
+        if loader.num_workers > 0:
+            kw["multiprocessing_context"] = loader.multiprocessing_context
+            kw["prefetch_factor"] = loader.prefetch_factor
+        return DataSplit(what, dataset=ds, loader_kw=kw, batch_size=loader.batch_size)
+    if isinstance(obj, IterableDataset):
+        raise TypeError(_ITERABLE.format(what=what))
+    if not hasattr(obj, "__len__"):
+        raise TypeError(f"{what}: the torch Dataset has no __len__")
+    return DataSplit(what, dataset=obj)
+
+
+_DATA_FORMS = (
+    "a netgeom Dataset, tensors (X_train, y_train, X_test, y_test) or a mapping with those keys, or a pair "
+    "(train, test) / mapping {'train': ..., 'test': ...} of torch Datasets or DataLoaders"
+)
+
+
+class TrainingData:
+    """The data a :class:`Trainer` or :class:`~netgeom.pruning.IMP` trains on: a train and a test
+    :class:`DataSplit`, built by :meth:`from_any` from any accepted form:
+
+    - a netgeom ``Dataset``; tensors ``(X_train, y_train, X_test, y_test)`` or a mapping with those keys;
+    - a pair ``(train, test)`` (or ``{"train": ..., "test": ...}``) of torch ``Dataset``\\ s (map-style:
+      ``__len__`` and ``__getitem__`` returning ``(input, label)``) or ``DataLoader``\\ s.
+
+    A torch split is read into memory once when it fits (``in_memory=None``: its size is at most a quarter of
+    the memory available), else streamed in mini-batches every epoch. Either way the batch order is drawn
+    from the training seed and epoch, never from the loader's sampler, so the batches -- and so the trained
+    weights -- are the same bit for bit in memory, streamed, and after a resume. A ``DataLoader`` contributes
+    its dataset, ``collate_fn`` and worker settings (``num_workers``, ``pin_memory``, ``worker_init_fn``); a
+    training loader's ``batch_size`` must equal the ``TrainConfig``'s, and evaluation uses
+    ``TrainConfig.eval_batch_size``. Custom samplers, ``drop_last=True`` and ``IterableDataset`` are refused
+    (they would make the order the loader's, not the seed's).
+
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> X, y = torch.randn(10, 3), torch.arange(10) % 2
+    >>> td = TrainingData.from_any((TensorDataset(X, y), TensorDataset(X, y)), in_memory=False)
+    >>> td.train.n, td.train.sample_shape, td.train.in_memory, td.fingerprint() == TrainingData.from_any(
+    ...     (X, y, X, y)).fingerprint()
+    (10, (3,), False, True)
+    """
+
+    def __init__(self, train: DataSplit, test: DataSplit):
+        self.train, self.test = train, test
+
+    @classmethod
+    def from_any(cls, data, *, in_memory: bool | None = None) -> TrainingData:
+        if in_memory is not None and not isinstance(in_memory, bool):
+            raise TypeError(f"in_memory must be True, False or None (decide by size), got {in_memory!r}")
+        if isinstance(data, TrainingData):
+            out = data
+        elif all(hasattr(data, a) for a in ("X_train", "y_train", "X_test", "y_test")):
+            out = cls._from_tensors(data.X_train, data.y_train, data.X_test, data.y_test)
+        elif isinstance(data, Mapping) and {"X_train", "y_train", "X_test", "y_test"} <= set(data):
+            out = cls._from_tensors(data["X_train"], data["y_train"], data["X_test"], data["y_test"])
+        elif isinstance(data, (tuple, list)) and len(data) == 4 and not any(_is_torch_data(d) for d in data):
+            out = cls._from_tensors(*data)
+        elif isinstance(data, Mapping) and set(data) == {"train", "test"} and all(
+            _is_torch_data(v) for v in data.values()
+        ):
+            out = cls(_split_from_torch(data["train"], "train"), _split_from_torch(data["test"], "test"))
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_torch_data(v) for v in data):
+            out = cls(_split_from_torch(data[0], "train"), _split_from_torch(data[1], "test"))
+        else:
+            what = type(data).__name__
+            if isinstance(data, (tuple, list)):
+                what = f"a {what} of {len(data)} ({', '.join(type(d).__name__ for d in data)})"
+            raise TypeError(f"data must be {_DATA_FORMS}; got {what}")
+        # in_memory concerns torch splits only: tensors are in memory already
+        return out._placed(in_memory)
+
+    def _placed(self, in_memory: bool | None) -> TrainingData:
+        budget = None
+        splits = []
+        for s in (self.train, self.test):
+            if not s.in_memory:
+                if in_memory is None:
+                    if budget is None:
+                        avail = _available_memory()
+                        budget = avail // 4 if avail is not None else 0
+                    if s.nbytes <= budget:
+                        budget -= s.nbytes
+                        s = s.materialise()
+                elif in_memory:
+                    s = s.materialise()
+            splits.append(s)
+        return TrainingData(*splits)
+
+    @classmethod
+    def _from_tensors(cls, X_train, y_train, X_test, y_test) -> TrainingData:
+        splits = []
+        for what, X, y in (("train", X_train, y_train), ("test", X_test, y_test)):
+            X = check_tensor(X, f"X_{what}")
+            y = check_tensor(y, f"y_{what}", ndim=1)
+            if X.ndim < 2:
+                raise ValueError(f"X_{what} must have a batch axis and at least one feature axis, got shape "
+                                 f"{tuple(X.shape)}")
+            if X.shape[0] != y.shape[0]:
+                raise ValueError(f"X_{what} has {X.shape[0]} rows but y_{what} has {y.shape[0]}")
+            if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+                raise TypeError(f"y_{what} must hold integer class indices, got {y.dtype}")
+            splits.append(DataSplit(what, X, y))
+        return cls(*splits)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """SHA-256 of both splits' inputs and labels (in order), with their sizes: what a run directory
+        records to refuse resuming with other data. Streamed splits are read once for it."""
+        h = hashlib.sha256()
+        self.train.hash_into(h)
+        self.test.hash_into(h)
+        return {"sha256": h.hexdigest(), "n_train": self.train.n, "n_test": self.test.n}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -249,16 +535,25 @@ def evaluate(
     X = conform_inputs(model, X)
     if device is None:
         device = next(iter(model.parameters())).device
+    batches = ((X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, X.shape[0], batch_size))
+    return _loss_acc(model, batches, X.shape[0], device)
+
+
+def _loss_acc(model: nn.Module, batches, n: int, device) -> tuple[float, float]:
+    """Mean loss and accuracy over ``(inputs, labels)`` batches in eval mode (mode restored after). One
+    accumulation for tensors and streamed data, so both give the same numbers bit for bit."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
-    for i in range(0, X.shape[0], batch_size):
-        xb, yb = X[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        out = model(xb)
-        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    model.train(was_training)
-    return loss_sum / X.shape[0], correct / X.shape[0]
+    try:
+        for xb, yb in batches:
+            xb, yb = conform_inputs(model, xb).to(device), yb.to(device)
+            out = model(xb)
+            loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return loss_sum / n, correct / n
 
 
 # A callback is ``callback(event, trainer)`` with event "step" (after every optimiser step; trainer.step is
@@ -277,6 +572,9 @@ class Trainer:
     Small networks train fastest on one thread, and one thread does not collapse when the cores are shared
     (measured: a 40-100-100-10 MLP IMP run took 3.8 s on 1 thread and 27 s on 2 under a load of 5 on 2 cores).
 
+    ``data`` is any form :class:`TrainingData` accepts (a netgeom ``Dataset``, tensors, torch Datasets or
+    DataLoaders); torch splits are read into memory when they fit and streamed in mini-batches otherwise
+    (``in_memory`` forces either), with the same seeded batch order, so the result is the same bit for bit.
     The data's samples are viewed in ``model.input_shape`` when only their layout differs, and a mismatch
     in the number of features raises a ValueError at construction (the input-shape rule, module docstring).
     """
@@ -293,16 +591,23 @@ class Trainer:
         callback: Callback | None = None,
         start_step: int = 0,
         num_threads: int | None = None,
+        in_memory: bool | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        for attr in ("X_train", "y_train", "X_test", "y_test"):
-            if not hasattr(data, attr):
-                raise TypeError(f"data must be a netgeom Dataset (with {attr}), got {type(data).__name__}")
-        if data.X_train.shape[0] == 0:
+        self.data = TrainingData.from_any(data, in_memory=in_memory)
+        tr, te = self.data.train, self.data.test
+        if tr.n == 0:
             raise ValueError("data has no training samples")
+        if te.n == 0:
+            raise ValueError("data has no test samples")
+        if tr.batch_size is not None and tr.batch_size != config.batch_size:
+            raise ValueError(
+                f"the training DataLoader has batch_size {tr.batch_size} but TrainConfig.batch_size is "
+                f"{config.batch_size}; the TrainConfig's (part of the run description) sets the mini-batches"
+            )
         check_finite_model(model)
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -310,11 +615,17 @@ class Trainer:
         self.verbose = verbose
         self.callback = callback
         self.num_threads = None if num_threads is None else check_int(num_threads, "num_threads", minimum=1)
-        # the input-shape rule (module docstring): views, so nothing is copied
-        self.X = conform_inputs(model, data.X_train, "training inputs").to(self.device)
-        self.X_test = conform_inputs(model, data.X_test, "test inputs").to(self.device)
-        self.y, self.y_test = data.y_train.to(self.device), data.y_test.to(self.device)
-        self.n = int(self.X.shape[0])
+        # the input-shape rule (module docstring): checked on one sample, applied to every batch as a view
+        conform_inputs(model, tr.first(), "training inputs")
+        conform_inputs(model, te.first(), "test inputs")
+        self.X = self.y = self.X_test = self.y_test = None
+        if tr.in_memory:
+            self.X = conform_inputs(model, tr.X, "training inputs").to(self.device)
+            self.y = tr.y.to(self.device)
+        if te.in_memory:
+            self.X_test = conform_inputs(model, te.X, "test inputs").to(self.device)
+            self.y_test = te.y.to(self.device)
+        self.n = tr.n
         self.steps_per_epoch = math.ceil(self.n / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.step = check_int(start_step, "start_step", minimum=0, maximum=self.total_steps)
@@ -417,11 +728,29 @@ class Trainer:
         finally:
             torch.set_num_threads(before)
 
+    def _train_batches(self, perm: torch.Tensor, first_batch: int, epoch: int):
+        """The epoch's mini-batches from batch ``first_batch`` on, on the device, in the model's shape."""
+        bs = self.config.batch_size
+        if self.X is not None:
+            for b in range(first_batch, self.steps_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                yield self.X[idx], self.y[idx]
+            return
+        seed = self.config.seed * 1_000_003 + epoch + 104_729
+        for xb, yb in self.data.train.batches(perm[first_batch * bs :].cpu(), bs, seed):
+            yield conform_inputs(self.model, xb).to(self.device), yb.to(self.device)
+
+    def _evaluate(self, split: DataSplit, X, y) -> tuple[float, float]:
+        ebs = self.config.eval_batch_size
+        if X is not None:
+            return evaluate(self.model, X, y, batch_size=ebs)
+        return _loss_acc(self.model, split.batches(None, ebs), split.n, self.device)
+
     def _run(self) -> TrainHistory:
         from tqdm.auto import tqdm
 
         cfg, model, opt = self.config, self.model, self.optimizer
-        bs, spe = cfg.batch_size, self.steps_per_epoch
+        spe = self.steps_per_epoch
         loss_fn = nn.functional.cross_entropy
         bar = tqdm(
             total=cfg.epochs, initial=self.epoch, desc="train", unit="ep", disable=not self.verbose,
@@ -432,6 +761,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 epoch = self.epoch
                 perm = self.permutation(epoch)
+                batches = self._train_batches(perm, self.step - epoch * spe, epoch)
                 model.train()
                 run_loss = torch.zeros((), device=self.device)
                 run_correct = torch.zeros((), dtype=torch.long, device=self.device)
@@ -439,9 +769,7 @@ class Trainer:
                 with torch.random.fork_rng(devices=[]):
                     # dropout and other stochastic layers draw from the global RNG: seed it per epoch
                     torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919)
-                    for b in range(self.step - epoch * spe, spe):
-                        idx = perm[b * bs : (b + 1) * bs]
-                        xb, yb = self.X[idx], self.y[idx]
+                    for xb, yb in batches:
                         lr = self._lr()
                         for g in opt.param_groups:
                             g["lr"] = lr
@@ -455,18 +783,18 @@ class Trainer:
                         self._apply_masks()
                         self.step += 1
                         if not cfg.eval_train:
-                            run_loss += loss.detach() * len(idx)
+                            run_loss += loss.detach() * len(yb)
                             run_correct += (out.detach().argmax(1) == yb).sum()
-                            seen += len(idx)
+                            seen += len(yb)
                         if self.callback is not None:
                             self.callback("step", self)
                 if not torch.isfinite(run_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
                 if cfg.eval_train:
-                    tr_loss, tr_acc = evaluate(model, self.X, self.y, batch_size=cfg.eval_batch_size)
+                    tr_loss, tr_acc = self._evaluate(self.data.train, self.X, self.y)
                 else:
                     tr_loss, tr_acc = float(run_loss) / max(seen, 1), int(run_correct) / max(seen, 1)
-                te_loss, te_acc = evaluate(model, self.X_test, self.y_test, batch_size=cfg.eval_batch_size)
+                te_loss, te_acc = self._evaluate(self.data.test, self.X_test, self.y_test)
                 if not math.isfinite(tr_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
                 h = self.history
@@ -497,8 +825,10 @@ def train(
     verbose: bool = True,
     callback: Callback | None = None,
     num_threads: int | None = None,
+    in_memory: bool | None = None,
 ) -> TrainHistory:
-    """Train ``model`` on ``data`` (a netgeom ``Dataset``) with cross-entropy; see :class:`Trainer`.
+    """Train ``model`` on ``data`` with cross-entropy; see :class:`Trainer`. ``data``: a netgeom
+    ``Dataset``, tensors, or torch Datasets/DataLoaders (see :class:`TrainingData`).
 
     The model is left in eval mode on ``device``. Samples whose shape differs from ``model.input_shape`` only
     in layout (e.g. MNIST's ``(1, 28, 28)`` for LeNet-300-100's ``(784,)``) are viewed in the model's shape;
@@ -511,4 +841,4 @@ def train(
     [1]
     """
     return Trainer(model, data, config or TrainConfig(), masks=masks, device=device, verbose=verbose,
-                   callback=callback, num_threads=num_threads).run()
+                   callback=callback, num_threads=num_threads, in_memory=in_memory).run()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -278,3 +279,154 @@ def test_masks_at_from_memory_and_from_the_run_directory(digits, tmp_path):
         res.masks_at(3)
     with pytest.raises(ValueError, match="no run directory"):
         IMPResult(config=d["config"], levels=levels).masks_at(0)
+
+
+# ------------------------------------------------------------- the user's model (factories, callables)
+USER = {"factory": "tests._user_models:tiny_resnet", "width": 4}
+USER_TRAIN = TrainConfig(epochs=3, batch_size=64, lr=0.05, schedule="cosine")
+
+
+def _same_levels(a, b):
+    assert len(a.levels) == len(b.levels)
+    for la, lb in zip(a.levels, b.levels):
+        assert la.masks.equals(lb.masks)
+        assert (la.train_loss, la.test_loss, la.train_acc, la.test_acc) == (
+            lb.train_loss, lb.test_loss, lb.train_acc, lb.test_acc)
+        assert la.weights.keys() == lb.weights.keys()
+        for k in la.weights:
+            assert torch.equal(la.weights[k], lb.weights[k]), k
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("rewind", ["init", ("epoch", 1)])
+def test_user_factory_resnet_resumes_bit_identically(tmp_path, digits, rewind):
+    config = IMPConfig(model=USER, data=DATA, train=USER_TRAIN, rounds=2, rewind=rewind)
+    desc = config.to_dict()["model"]
+    assert desc == {"factory": "tests._user_models:tiny_resnet", "width": 4}  # no seed argument: none added
+    ref = IMP(config, verbose=False, data=digits).run()
+
+    def stop(level, event, tr):  # mid-epoch 3 of level 1, after two epoch checkpoints
+        if level == 1 and event == "step" and tr.step == 2 * 22 + 3:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        IMP(config, out_dir=tmp_path, verbose=False, data=digits, callback=stop).run()
+    run_dir = next(tmp_path.iterdir())
+    assert json.loads((run_dir / "description.json").read_text())["model"] == desc
+    assert (run_dir / "level_1" / "trainer.pt").exists()
+    res = IMP(config, out_dir=tmp_path, verbose=False, data=digits).run()
+    _same_levels(res, ref)
+    # the pruned network has its convs masked, BatchNorm untouched, and rebuilds from the description
+    names = set(res.levels[2].masks)
+    assert names == {"stem.weight", "conv1.weight", "conv2.weight", "fc.weight"}
+    assert res.levels[2].density == pytest.approx(0.64, abs=1e-2)
+    model = res.model_at(2)
+    assert not model.training and not model.conv1.weight[~res.levels[2].masks["conv1.weight"]].any()
+    with torch.no_grad():
+        assert torch.equal(model(digits.X_test[:5]), res.model_at(2)(digits.X_test[:5]))
+    # another seed is another network and another run directory
+    other = IMP(config.with_seed(1), out_dir=tmp_path, verbose=False, data=digits).run()
+    assert not torch.equal(other.levels[0].weights["stem.weight"], ref.levels[0].weights["stem.weight"])
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_factory_kwargs_and_seed_are_described_and_hashed(tmp_path, digits):
+    a = IMPConfig(model={"factory": "tests._user_models:seeded_mlp", "width": 8}, data=DATA, train=TRAIN,
+                  rounds=1, seed=3)
+    assert a.model == {"factory": "tests._user_models:seeded_mlp", "width": 8, "seed": 3}  # takes seed: given
+    b = dataclasses.replace(a, model={"factory": "tests._user_models:seeded_mlp", "width": 6})
+    ra = IMP(a, out_dir=tmp_path, verbose=False, data=digits)
+    rb = IMP(b, out_dir=tmp_path, verbose=False, data=digits)
+    assert ra.run_dir.path != rb.run_dir.path  # the factory's kwargs are part of the hash
+    assert b.build_model()[0].out_features == 6
+    assert IMPConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    # the seed reaches the factory's own generator
+    assert not torch.equal(a.build_model()[0].weight, a.with_seed(4).build_model()[0].weight)
+
+
+def test_callable_model_needs_a_name(tmp_path, digits):
+    from tests._user_models import tiny_resnet
+
+    with pytest.raises(TypeError, match="model_name"):
+        IMPConfig(model=tiny_resnet, data=DATA, train=TRAIN)
+    with pytest.raises(TypeError, match="model_name"):
+        IMPConfig(model=lambda: tiny_resnet(), data=DATA, train=TRAIN)
+    c = IMPConfig(model=lambda: tiny_resnet(width=3), model_name="resnet-w3", data=DATA, train=TRAIN,
+                  rounds=1)
+    assert c.to_dict()["model"] == {"callable": "resnet-w3"}
+    res = IMP(c, out_dir=tmp_path, verbose=False, data=digits).run()
+    assert res.model_at(1).conv1.weight.shape == (3, 3, 3, 3)
+    # the same name resumes; from_dict needs the callable back
+    with pytest.raises(TypeError, match="model_fn"):
+        IMPConfig.from_dict(c.to_dict())
+    c2 = IMPConfig.from_dict(c.to_dict(), model_fn=c.model_fn)
+    assert c2 == c and c2.with_seed(2).model_fn is c.model_fn
+    events = []
+    again = IMP(c2, out_dir=tmp_path, verbose=False, data=digits, callback=lambda *a: events.append(a)).run()
+    assert events == [] and len(list(tmp_path.iterdir())) == 1
+    _same_levels(res, again)
+
+
+@pytest.mark.parametrize("model,exc,msg", [
+    ({"factory": "tests._user_models:fixed_init"}, ValueError, "same initial weights for seeds 0 and 1"),
+    ({"factory": "tests._user_models:unseeded"}, ValueError, "different networks from the same seed"),
+    ({"factory": "tests._user_models:not_a_module"}, TypeError, "not a torch.nn.Module"),
+    ({"factory": "tests._user_models:NOT_CALLABLE"}, TypeError, "not a callable"),
+    ({"factory": "tests._user_models:missing"}, AttributeError, "no attribute 'missing'"),
+    ({"factory": "tests._no_such_module:f"}, ImportError, "cannot import module"),
+    ({"factory": "os.system('echo hi'):x"}, ValueError, "not a valid module name"),
+    ({"factory": "tests._user_models:tiny_resnet()"}, ValueError, "not a valid attribute name"),
+    ({"factory": "tests._user_models.tiny_resnet"}, ValueError, "package.module:function"),
+    ({"factory": "tests._user_models:tiny_resnet", "depth": 3}, TypeError, "bad arguments"),
+    ({"factory": "tests._user_models:tiny_resnet", "seed": 0}, ValueError, "takes no 'seed'"),
+    ({"factory": "tests._user_models:tiny_resnet", "name": "mlp"}, ValueError, "exactly one"),
+])
+def test_bad_factories_are_refused_at_construction(model, exc, msg):
+    with pytest.raises(exc, match=msg):
+        IMPConfig(model=model, data=DATA, train=TRAIN)
+
+
+def test_factory_import_runs_no_expression(tmp_path, monkeypatch):
+    import importlib
+
+    imported = []
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name) or real(name, *a))
+    IMPConfig(model={"factory": "tests._user_models:seeded_mlp"}, data=DATA, train=TRAIN)
+    assert set(imported) == {"tests._user_models"}
+
+
+# ------------------------------------------------------------- the user's data (torch Datasets, loaders)
+def test_dataloader_input_equals_tensors_and_resumes(tmp_path, digits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    config = IMPConfig(model=USER, data={"name": "my-digits"}, train=USER_TRAIN, rounds=1)
+    tensors = (digits.X_train, digits.y_train, digits.X_test, digits.y_test)
+    ref = IMP(config, verbose=False, data=tensors).run()
+    train_loader = DataLoader(TensorDataset(digits.X_train, digits.y_train), batch_size=64, shuffle=True)
+    test_ds = TensorDataset(digits.X_test, digits.y_test)
+    streamed = IMP(config, verbose=False, data=(train_loader, test_ds), in_memory=False)
+    assert not streamed._data.train.in_memory and not streamed._data.test.in_memory
+    _same_levels(streamed.run(), ref)
+    loaded = IMP(config, verbose=False, data={"train": train_loader, "test": test_ds}, in_memory=True)
+    assert loaded._data.train.in_memory
+    _same_levels(loaded.run(), ref)
+
+    # streamed, interrupted, resumed from a run directory started with tensors: same data, same result
+    def stop(level, event, tr):
+        if level == 1 and event == "step" and tr.step == 2 * 22 + 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        IMP(config, out_dir=tmp_path, verbose=False, data=digits, callback=stop).run()
+    res = IMP(config, out_dir=tmp_path, verbose=False, data=(train_loader, test_ds), in_memory=False).run()
+    _same_levels(res, ref)
+    # other data under the same description are refused
+    with pytest.raises(ValueError, match="data differ"):
+        IMP(config, out_dir=tmp_path, verbose=False,
+            data=(TensorDataset(digits.X_train[:-1], digits.y_train[:-1]), test_ds)).run()
+    with pytest.raises(ValueError, match="IMP\\(..., data=...\\)"):
+        IMP(config, verbose=False).run()

@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import json
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,13 +45,14 @@ from .._validation import check_choice, check_fraction, check_int
 from ..data.datasets import load_dataset
 from ..nets import build_model
 from ..results import Result, new_axes
-from ..training import TrainConfig, Trainer, TrainHistory, conform_inputs
+from ..training import TrainConfig, Trainer, TrainHistory, TrainingData, conform_inputs
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
 from .runs import RunDir
 
 __all__ = [
     "IMPConfig", "IMP", "IMPLevel", "IMPResult", "imp_main", "demo_imp", "demo_section", "parse_rewind",
+    "import_factory", "build_imp_model",
 ]
 
 
@@ -89,18 +93,164 @@ def parse_rewind(rewind: Any) -> str | tuple[str, int]:
     return (spec[0], int(k))
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """The callable named by ``"package.module:attribute"`` (``attribute`` may be dotted, e.g.
+    ``"mypkg.models:ResNet.small"``).
+
+    Only the named module is imported (``importlib.import_module``); the attribute is then looked up by
+    ``getattr``, one identifier at a time. Nothing in the string is evaluated, so a description read from a
+    file can name a factory but cannot run an expression.
+
+    >>> import_factory("netgeom.nets:mlp").__name__
+    'mlp'
+    """
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ValueError(f"a model factory is named 'package.module:function', got {path!r}")
+    mod_name, _, attr = path.partition(":")
+    parts = [(p, "module") for p in mod_name.split(".")] + [(p, "attribute") for p in attr.split(".")]
+    for part, what in parts:
+        if not _IDENTIFIER.match(part):
+            raise ValueError(f"model factory {path!r}: {part!r} is not a valid {what} name (identifiers "
+                             "separated by dots, then ':' and the function's name)")
+    try:
+        obj = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ImportError(f"model factory {path!r}: cannot import module {mod_name!r} ({exc})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(f"model factory {path!r}: {mod_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise TypeError(f"model factory {path!r} names a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _takes_seed(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    p = params.get("seed")
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
+def _call_factory(fn: Callable, kwargs: Mapping[str, Any], seed: int, what: str) -> nn.Module:
+    """``fn(**kwargs)`` with torch's RNG seeded by ``seed`` for the call only (the global RNG is restored)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = fn(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"bad arguments for model {what}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model {what} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_imp_model(
+    description: Mapping[str, Any], seed: int | None = None, model_fn: Callable | None = None
+) -> nn.Module:
+    """Build the network an IMP model description names (see :class:`IMPConfig`): a netgeom builder
+    (``{"name": ...}``), a factory by import path (``{"factory": "mod:fn", **kwargs}``) or a callable
+    (``{"callable": name}``, which needs ``model_fn``). Initialisation is seeded by the description's
+    ``"seed"``, or by ``seed`` for a factory that takes none (the run's seed, ``IMPResult.config["seed"]``).
+
+    >>> desc = {"factory": "netgeom.nets:mlp", "n_in": 4, "widths": [3], "n_out": 2, "seed": 1}
+    >>> build_imp_model(desc)[0].weight.shape
+    torch.Size([3, 4])
+    """
+    desc = dict(description)
+    if "seed" in desc:
+        if seed is not None and seed != desc["seed"]:
+            raise ValueError(f"seed {seed} differs from the description's seed {desc['seed']}")
+        seed = desc["seed"]
+    if seed is None:
+        raise ValueError("the model description has no 'seed': pass seed= (the run's seed)")
+    if "name" in desc:
+        with torch.random.fork_rng(devices=[]):
+            return build_model(desc)
+    if "factory" in desc:
+        what = f"factory {desc['factory']!r}"
+        fn = import_factory(desc.pop("factory"))
+    elif "callable" in desc:
+        what = f"callable {desc['callable']!r}"
+        if model_fn is None:
+            raise ValueError(f"the model is the {what}, which a description cannot rebuild: pass the "
+                             "callable (model_fn=...)")
+        desc.pop("callable")
+        fn = model_fn
+    else:
+        raise TypeError(f"a model description has 'name' (netgeom builder), 'factory' (import path) or "
+                        f"'callable'; got {description!r}")
+    if not _takes_seed(fn):
+        desc.pop("seed", None)
+    return _call_factory(fn, desc, seed, what)
+
+
+def _check_factory(description: Mapping[str, Any], model_fn, seed: int) -> None:
+    """A user factory must build the same network from the same seed (or a resumed run would not be the
+    interrupted one) and a different one from another seed (or seeds would silently not reach
+    initialisation, e.g. a factory that calls ``torch.manual_seed(0)`` itself)."""
+    what = description.get("factory", description.get("callable"))
+
+    def state(s):
+        d = {**description, "seed": s} if "seed" in description else dict(description)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s + 9_999_991)  # a global RNG state unrelated to the seed
+            sd = build_imp_model(d, s, model_fn).state_dict()
+        return sd
+
+    a, b = state(seed), state(seed)
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise ValueError(f"model {what!r} builds different networks from the same seed: it draws from a "
+                         "source netgeom does not seed (numpy, random, its own torch.Generator); use torch's "
+                         "global RNG or take a 'seed' argument, so that runs are reproducible and resumable")
+    c = state(seed + 1)
+    floats = [k for k in a if a[k].is_floating_point() and a[k].numel()]
+    if floats and all(torch.equal(a[k], c[k]) for k in floats):
+        raise ValueError(f"model {what!r} builds the same initial weights for seeds {seed} and {seed + 1}: "
+                         "it ignores the seed (e.g. it calls torch.manual_seed itself); take a 'seed' "
+                         "argument or leave seeding to netgeom")
+
+
 @dataclasses.dataclass(frozen=True)
 class IMPConfig:
     """A complete, JSON-able IMP experiment (no execution details such as device or output directory).
 
+    ``model`` is one of
+
+    - a netgeom builder's description, ``{"name": "mlp", "n_in": 64, "widths": [16], "n_out": 10}``;
+    - a user factory by import path, ``{"factory": "mypkg.models:resnet20", "num_classes": 10}``: the other
+      keys are passed to it as keyword arguments. Only the module is imported; nothing is evaluated;
+    - a callable with an explicit name, ``IMPConfig(model=my_fn, model_name="mine", ...)``, described as
+      ``{"callable": "mine"}``. The name is the callable's identity in the run description and hash (a
+      lambda or closure has no reproducible one, so a callable without ``model_name`` is refused); give a
+      new name when the function changes. ``from_dict`` then needs ``model_fn=my_fn``.
+
+    Factories and callables are called with torch's RNG seeded by ``seed`` (and restored after); one that
+    takes a ``seed`` argument also gets it, recorded in the description as for netgeom's builders. At
+    construction a factory is built three times to check it: the same seed must give the same weights, and
+    ``seed + 1`` other ones.
+
     ``seed`` is the run's seed: it is written into the model description (initialisation), replaces
     ``train.seed`` (data order) and seeds random pruning. A model description carrying a different seed is an
-    error. ``data`` is a :func:`~netgeom.data.load_dataset` description. The model description is checked
-    by building it once at construction (unknown name or bad arguments raise here); whether its input size
-    fits the data is checked when the data are there (``IMP(..., data=...)`` or the start of ``run()``).
+    error. ``data`` is a :func:`~netgeom.data.load_dataset` description, or for your own data (handed to
+    ``IMP(..., data=...)``) any description with a ``"name"``: the data themselves are fingerprinted in the
+    run directory. The model description is checked by building it at construction (unknown name or bad
+    arguments raise here); whether its input size fits the data is checked when the data are there
+    (``IMP(..., data=...)`` or the start of ``run()``).
+
+    >>> cfg = IMPConfig(model={"factory": "netgeom.nets:mlp", "n_in": 64, "widths": [8], "n_out": 10},
+    ...                 data={"name": "digits"})
+    >>> cfg.to_dict()["model"]
+    {'factory': 'netgeom.nets:mlp', 'n_in': 64, 'widths': [8], 'n_out': 10, 'seed': 0}
     """
 
-    model: Mapping[str, Any]
+    model: Any
     data: Mapping[str, Any]
     train: TrainConfig = TrainConfig()
     q: float = 0.2
@@ -110,18 +260,47 @@ class IMPConfig:
     include_output: bool = True
     prune: str = "magnitude"
     seed: int = 0
+    model_name: str | None = None
+    model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if not isinstance(self.model, Mapping) or "name" not in self.model:
-            raise TypeError(f"model must be a build_model description with a 'name', got {self.model!r}")
+        model = self.model
+        if callable(model) and not isinstance(model, Mapping):
+            if not isinstance(self.model_name, str) or not self.model_name.strip():
+                raise TypeError(
+                    f"model {model!r} is a callable without a name: pass model_name='...' (it names the "
+                    "model in the run description and hash; a lambda or closure has no reproducible identity)"
+                )
+            if self.model_fn is not None and self.model_fn is not model:
+                raise ValueError("give the callable once, as model=")
+            object.__setattr__(self, "model_fn", model)
+            model = {"callable": self.model_name}
+        if not isinstance(model, Mapping) or not ({"name", "factory", "callable"} & set(model)):
+            raise TypeError(
+                "model must be a build_model description with a 'name', a factory {'factory': "
+                f"'package.module:function', **kwargs}} or a callable with model_name=...; got {model!r}"
+            )
+        kinds = {"name", "factory", "callable"} & set(model)
+        if len(kinds) > 1:
+            raise ValueError(f"model description has {sorted(kinds)}: give exactly one of them")
+        if "callable" in model:
+            if self.model_fn is None:
+                raise TypeError(f"model describes the callable {model['callable']!r}: pass it as model_fn=")
+            if self.model_name is not None and self.model_name != model["callable"]:
+                raise ValueError(f"model_name {self.model_name!r} differs from the description's callable "
+                                 f"{model['callable']!r}")
+            object.__setattr__(self, "model_name", model["callable"])
+        elif self.model_name is not None or self.model_fn is not None:
+            raise ValueError("model_name/model_fn are for a model given as a callable; this model is a "
+                             "description")
         if not isinstance(self.data, Mapping) or "name" not in self.data:
             raise TypeError(f"data must be a load_dataset description with a 'name', got {self.data!r}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         seed = check_int(self.seed, "seed", minimum=0)
-        if "seed" in self.model and self.model["seed"] != seed:
+        if "seed" in model and model["seed"] != seed:
             raise ValueError(
-                f"model description has seed {self.model['seed']} but IMPConfig.seed is {seed}; "
+                f"model description has seed {model['seed']} but IMPConfig.seed is {seed}; "
                 "give the seed once, as IMPConfig.seed"
             )
         check_fraction(self.q, "q", low_inclusive=False, high_inclusive=False)
@@ -133,11 +312,21 @@ class IMPConfig:
         if isinstance(rw, tuple) and rw[0] == "epoch" and rw[1] >= self.train.epochs:
             raise ValueError(f"rewind to epoch {rw[1]} needs k < epochs ({self.train.epochs})")
         object.__setattr__(self, "rewind", rw)
-        object.__setattr__(self, "model", {**dict(self.model), "seed": seed})
-        # built once here so that a wrong name or argument fails when the experiment is described, not
-        # after the data are loaded; the networks netgeom builds take milliseconds
+        if "name" in model or _takes_seed(import_factory(model["factory"]) if "factory" in model
+                                          else self.model_fn):
+            model = {**dict(model), "seed": seed}
+        elif "seed" in model:
+            what = model.get("factory", model.get("callable"))
+            raise ValueError(f"model {what!r} takes no 'seed' argument; leave 'seed' out of its description "
+                             "(IMPConfig.seed seeds torch's RNG for it)")
+        object.__setattr__(self, "model", dict(model))
+        # built here so that a wrong name or argument fails when the experiment is described, not after the
+        # data are loaded; the networks netgeom builds take milliseconds
         try:
-            build_model(self.model)
+            if "name" in model:
+                build_model(self.model)
+            else:
+                _check_factory(self.model, self.model_fn, seed)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"IMPConfig.model {self.model!r}: {exc}") from None
         object.__setattr__(self, "data", dict(self.data))
@@ -160,16 +349,22 @@ class IMPConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> IMPConfig:
+    def from_dict(cls, d: Mapping[str, Any], *, model_fn: Callable[..., nn.Module] | None = None
+                  ) -> IMPConfig:
+        """The config of a :meth:`to_dict` description; a ``{"callable": name}`` model needs ``model_fn``."""
         d = dict(d)
         d.pop("kind", None)
         d["train"] = TrainConfig.from_dict(d["train"]) if "train" in d else TrainConfig()
-        return cls(**d)
+        return cls(**d, model_fn=model_fn)
 
     def with_seed(self, seed: int) -> IMPConfig:
         """The same experiment with another seed (model init, data order and random pruning)."""
         model = {k: v for k, v in self.model.items() if k != "seed"}
         return dataclasses.replace(self, seed=seed, model=model)
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised network of this config (the same weights every call)."""
+        return build_imp_model(self.model, self.seed, self.model_fn)
 
     def level_density(self, level: int) -> float:
         return (1.0 - self.q) ** level
@@ -208,6 +403,8 @@ class IMPResult(Result):
     config: dict[str, Any]
     levels: list[IMPLevel]
     run_dir: str | None = None
+    # the model callable of a {"callable": name} description (not part of the JSON); model_at needs it
+    model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def sparsities(self) -> list[float]:
@@ -253,7 +450,7 @@ class IMPResult(Result):
             weights = torch.load(lv.weights_path, map_location="cpu", weights_only=True)
         else:
             weights = lv.weights
-        model = build_model(self.config["model"])
+        model = build_imp_model(self.config["model"], self.config.get("seed"), self.model_fn)
         model.load_state_dict(weights)
         self.masks_at(level).apply(model)
         return model.eval()
@@ -296,7 +493,11 @@ class IMP:
 
     ``out_dir`` enables checkpoints: the run lives in ``out_dir/imp-<hash>`` and a repeated call resumes from
     the last completed level/epoch. ``protect(model, masks)`` is passed to the pruning rule at every level.
-    ``data`` may hand in an already-loaded data set (it must be what ``config.data`` describes).
+    ``data`` hands in the data instead of loading ``config.data``: a netgeom ``Dataset``, tensors
+    ``(X_train, y_train, X_test, y_test)``, or ``(train, test)`` torch Datasets / DataLoaders (see
+    :class:`~netgeom.training.TrainingData`; ``in_memory`` decides whether torch data are read into memory or
+    streamed, by default by size). Their fingerprint is recorded in the run directory on the first run, and
+    a resume with other data is refused.
     ``callback(level, event, trainer)`` sees ``"start"`` (weights rewound, masks applied, before training),
     ``"step"`` and ``"epoch"``; raising from it interrupts the run (checkpoints stay consistent).
     ``num_threads``: torch threads while training (see :class:`~netgeom.training.Trainer`).
@@ -320,6 +521,7 @@ class IMP:
         callback: LevelCallback | None = None,
         num_threads: int | None = None,
         protect_name: str | None = None,
+        in_memory: bool | None = None,
     ):
         if not isinstance(config, IMPConfig):
             raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
@@ -335,7 +537,9 @@ class IMP:
         self.verbose = verbose
         self.device = device
         self.callback = callback
+        self.in_memory = in_memory
         if data is not None:
+            data = TrainingData.from_any(data, in_memory=in_memory)
             self._check_inputs(data)
         self._data = data
         self.num_threads = num_threads
@@ -343,18 +547,15 @@ class IMP:
 
     # ------------------------------------------------------------------ helpers
     def _build(self) -> nn.Module:
-        return build_model(self.config.model)
+        return self.config.build_model()
 
-    def _check_inputs(self, data) -> None:
+    def _check_inputs(self, data: TrainingData) -> None:
         """Fail before any training (or run directory) when the model cannot take the data's samples: the
         input-shape rule of :mod:`netgeom.training` applied to one sample of each split."""
-        for attr in ("X_train", "y_train", "X_test", "y_test"):
-            if not hasattr(data, attr):
-                raise TypeError(f"data must be a netgeom Dataset (with {attr}), got {type(data).__name__}")
         model = self._build()
-        for what, X in (("training inputs", data.X_train), ("test inputs", data.X_test)):
+        for what, split in (("training inputs", data.train), ("test inputs", data.test)):
             try:
-                conform_inputs(model, X[:1], what)
+                conform_inputs(model, split.first(), what)
             except ValueError as exc:
                 raise ValueError(f"IMPConfig.model {dict(self.config.model)!r} does not fit data "
                                  f"{dict(self.config.data)!r}: {exc}") from None
@@ -424,7 +625,15 @@ class IMP:
         from tqdm.auto import tqdm
 
         cfg, rd = self.config, self.run_dir
-        data = self._data if self._data is not None else load_dataset(cfg.data)
+        data = self._data
+        if data is None:
+            try:
+                data = TrainingData.from_any(load_dataset(cfg.data))
+            except ValueError as exc:
+                if "unknown data set" not in str(exc):
+                    raise
+                raise ValueError(f"{exc}; to train on your own data, hand them in: IMP(..., data=...)"
+                                 ) from None
         self._check_inputs(data)
         if rd is not None:
             self._check_data(rd, data)
@@ -457,25 +666,15 @@ class IMP:
         finally:
             bar.close()
         path = str(rd.path) if rd is not None else None
-        return IMPResult(config=dict(self.description), levels=levels, run_dir=path)
+        return IMPResult(config=dict(self.description), levels=levels, run_dir=path, model_fn=cfg.model_fn)
 
     @staticmethod
-    def _check_data(rd: RunDir, data) -> None:
+    def _check_data(rd: RunDir, data: TrainingData) -> None:
         """A run directory is named by the description of its data, not by the data: record a fingerprint
-        of the tensors on the first run and refuse to resume a run with different data (a changed loader or
-        a data set handed in that does not match ``config.data``)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for t in (data.X_train, data.y_train, data.X_test, data.y_test):
-            arr = t.detach().cpu().contiguous().numpy()
-            h.update(str((arr.dtype, arr.shape)).encode())
-            h.update(arr.tobytes())
-        fp = {
-            "sha256": h.hexdigest(),
-            "n_train": int(data.X_train.shape[0]),
-            "n_test": int(data.X_test.shape[0]),
-        }
+        of the data on the first run and refuse to resume a run with different data (a changed loader or
+        a data set handed in that does not match ``config.data``). The fingerprint is the same for the same
+        samples in any form (tensors, a torch Dataset in memory or streamed)."""
+        fp = data.fingerprint()
         if rd.exists("data_fingerprint.json"):
             old = rd.load_json("data_fingerprint.json")
             if old != fp:
@@ -501,7 +700,7 @@ class IMP:
                     raise RuntimeError("weight rewinding needs the weights saved at the rewind point")
                 model.load_state_dict(rewind_state)
             # rw == "lr": keep the trained weights of the previous level; the new Trainer replays the schedule
-        spe = -(-int(data.X_train.shape[0]) // cfg.train.batch_size)
+        spe = -(-data.train.n // cfg.train.batch_size)
         if level > 0 and isinstance(rw, tuple):
             start_step = self._rewind_step(spe)
         trainer = Trainer(model, data, cfg.train, masks=masks, device=self.device, verbose=self.verbose,
