@@ -539,6 +539,7 @@ def evaluate(
     return _loss_acc(model, batches, X.shape[0], device)
 
 
+@torch.no_grad()
 def _loss_acc(model: nn.Module, batches, n: int, device) -> tuple[float, float]:
     """Mean loss and accuracy over ``(inputs, labels)`` batches in eval mode (mode restored after). One
     accumulation for tensors and streamed data, so both give the same numbers bit for bit."""

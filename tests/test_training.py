@@ -256,3 +256,54 @@ def test_evaluate_on_a_dataset_uses_the_test_split_or_train(digits):
         evaluate(m, digits.X_test)
     with pytest.raises(TypeError, match="split"):
         evaluate(m, digits.X_test, digits.y_test, split="train")
+
+
+# ------------------------------------------------------------- data forms: tensors, torch Datasets, loaders
+def test_streamed_and_in_memory_torch_data_train_identically(digits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from netgeom.training import TrainingData
+
+    cfg = CFG.replace(epochs=2)
+    ref_net = net()
+    ref = train(ref_net, digits, cfg, verbose=False)
+    tr, te = TensorDataset(digits.X_train, digits.y_train), TensorDataset(digits.X_test, digits.y_test)
+    for data, in_memory in [((tr, te), False), ((DataLoader(tr, batch_size=64), te), False),
+                            ({"train": tr, "test": te}, None)]:
+        m = net()
+        h = train(m, data, cfg, verbose=False, in_memory=in_memory)
+        assert (h.train_loss, h.test_loss, h.test_acc) == (ref.train_loss, ref.test_loss, ref.test_acc)
+        for a, b in zip(ref_net.parameters(), m.parameters()):
+            assert torch.equal(a, b)
+    fp = TrainingData.from_any(digits).fingerprint()
+    assert TrainingData.from_any((tr, te), in_memory=False).fingerprint() == fp
+    assert TrainingData.from_any((tr, te), in_memory=True).fingerprint() == fp
+    other = TensorDataset(digits.X_train.flip(0), digits.y_train.flip(0))  # same samples, other order
+    assert TrainingData.from_any((other, te)).fingerprint() != fp
+
+
+def test_bad_torch_data_is_refused(digits):
+    from torch.utils.data import DataLoader, IterableDataset, SubsetRandomSampler, TensorDataset
+
+    tr, te = TensorDataset(digits.X_train, digits.y_train), TensorDataset(digits.X_test, digits.y_test)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(tr)
+
+    cases = [
+        ((DataLoader(tr, batch_size=32), te), ValueError, "batch_size 32 but TrainConfig.batch_size is 64"),
+        ((DataLoader(tr, batch_size=64, drop_last=True), te), ValueError, "drop_last"),
+        ((DataLoader(tr, batch_size=64, sampler=SubsetRandomSampler(range(10))), te), ValueError, "sampler"),
+        ((Stream(), te), TypeError, "IterableDataset"),
+        ((TensorDataset(digits.X_train, digits.y_train.float()), te), TypeError, "integer class indices"),
+        ((TensorDataset(digits.X_train), te), TypeError, r"\(input, label\) pair"),
+        ((digits.X_train, digits.y_train), TypeError, "test split|tensors"),
+        ((digits.X_train, digits.y_train, digits.X_test, digits.y_test.float()), TypeError, "integer"),
+        ((digits.X_train, digits.y_train[:5], digits.X_test, digits.y_test), ValueError, "rows"),
+    ]
+    for data, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            Trainer(net(), data, CFG, verbose=False, in_memory=False)
+    with pytest.raises(TypeError, match="in_memory"):
+        Trainer(net(), digits, CFG, verbose=False, in_memory="yes")
