@@ -13,22 +13,36 @@ Times are the minimum (and median) over interleaved repeats. Prints the ratios (
 <= 1.15) and whether the masked networks agree (same masks, effective weights equal up to float rounding,
 same accuracy).
 
+Thread counts (``--section threads``): one epoch of training on a small MLP, LeNet-300-100, LeNet-5 and
+a wider residual conv net, with torch's intra-op threads at 1, 2, torch's default and netgeom's
+``threads="auto"`` (:func:`netgeom.training.choose_threads`). Each row: the rule's pick and time, the
+fastest fixed count and its time, the ratio (fastest fixed / auto; >= 1 means the rule lost nothing), and
+whether the trained weights agree across counts (max |difference|; the same count repeated is bitwise).
+
     python benchmarks/bench_pruning.py --quick
+    python benchmarks/bench_pruning.py --quick --section threads
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.nn.utils import prune as tprune
 
 from netgeom.data.datasets import load_mnist1d
 from netgeom.nets import mlp
 from netgeom.pruning import magnitude_prune
-from netgeom.training import TrainConfig, Trainer, evaluate
+from netgeom.training import TrainConfig, Trainer, available_cores, choose_threads, evaluate, forward_work
+
+MNIST_ROOT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 
 
 def timed_interleaved(fns, repeats):
@@ -46,15 +60,89 @@ def timed_interleaved(fns, repeats):
     return [(min(t), statistics.median(t), o) for t, o in zip(times, outs)]
 
 
+class WideResNet(nn.Module):
+    """A residual conv net on 28x28 images, wide enough (32 channels at full resolution, 1.9e9
+    multiply-adds per step of 128) for the rule to pick more than one thread."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.c1 = nn.Conv2d(width, width, 3, padding=1)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], 1, 28, 28)
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.c2(F.relu(self.c1(h))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.max_pool2d(h, 2), 1), 1))
+
+
+def threads_section(quick: bool, repeats: int) -> None:
+    from netgeom.data.datasets import load_mnist
+    from netgeom.nets import lenet5, lenet_300_100
+
+    n = 256 if quick else 2000
+    mnist = load_mnist(MNIST_ROOT, n_train=n)
+    # evaluation of a 1000-image test split each epoch, not the remaining 10 000 - n
+    mnist = dataclasses.replace(mnist, X_test=mnist.X_test[:1000], y_test=mnist.y_test[:1000])
+    m = 128 if quick else n  # the wide net's quick epoch is one step
+    small = dataclasses.replace(mnist, X_train=mnist.X_train[:m], y_train=mnist.y_train[:m],
+                                X_test=mnist.X_test[:m], y_test=mnist.y_test[:m])
+    cases = [
+        ("MLP 40-100-100-10, MNIST-1D, batch 64", lambda: mlp(40, [100, 100], 10, seed=0),
+         load_mnist1d(seed=0, num_samples=2 * n), 64),
+        ("LeNet-300-100, MNIST, batch 128", lambda: lenet_300_100(seed=0), mnist, 128),
+        ("LeNet-5, MNIST, batch 128", lambda: lenet5(seed=0), mnist, 128),
+        ("residual conv (32 ch), MNIST, batch 128", WideResNet, small, 128),
+    ]
+    default = torch.get_num_threads()
+    print(f"\none epoch per count; {available_cores()} core(s) available, torch default {default} thread(s); "
+          f"min of {repeats} interleaved runs; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'case':<42} {'work/step':>9} {'auto':>4} {'t_auto':>8} {'best fixed':>10} {'t_best':>8} "
+          f"{'ratio':>6} {'t_1':>7} {'t_2':>7} {'t_dflt':>7}  agreement")
+    for name, make, data, bs in cases:
+        cfg = TrainConfig(epochs=1, batch_size=bs, lr=0.05, seed=0, eval_train=False)
+        probe = make()
+        work = forward_work(probe, data.X_train[:1]) * bs
+        counts = {"auto": "auto", "1": 1, "2": 2, "dflt": default}
+
+        def run(th, make=make, data=data, cfg=cfg):
+            torch.manual_seed(0)
+            m = make()
+            Trainer(m, data, cfg, verbose=False, threads=th).run()
+            return [p.detach().clone() for p in m.parameters()]
+
+        run(1)  # warm-up: first-call costs (allocator, kernels) land on no candidate
+        res = timed_interleaved([lambda th=th: run(th) for th in counts.values()], repeats)
+        t = {k: r[0] for k, r in zip(counts, res)}
+        w = {k: r[2] for k, r in zip(counts, res)}
+        pick = choose_threads(work)
+        again = run(pick)
+        bitwise = all(torch.equal(a, b) for a, b in zip(w["auto"], again))
+        diff = max(float((a - b).abs().max()) for k in counts for a, b in zip(w["1"], w[k]))
+        best = min(("1", "2", "dflt"), key=t.get)
+        ok = bitwise and diff < 1e-4
+        print(f"{name:<42} {work:>9.1e} {pick:>4} {t['auto']:>8.3f} {best:>10} {t[best]:>8.3f} "
+              f"{t[best] / t['auto']:>6.2f} {t['1']:>7.3f} {t['2']:>7.3f} {t['dflt']:>7.3f}  "
+              f"max|dw| {diff:.1e}, same count bitwise {bitwise} -> {'AGREE' if ok else 'DIFFER'}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer epochs and repeats (< 1 minute)")
+    p.add_argument("--section", choices=["masks", "threads", "all"], default="all")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--level", type=int, default=3, help="IMP level whose density 0.8^level is used")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: fair on shared cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the masks section "
+                   "(1: fair on shared cores)")
     args = p.parse_args(argv)
+    if args.section in ("threads", "all"):
+        threads_section(args.quick, args.repeats or (3 if args.quick else 5))
+    if args.section == "threads":
+        return 0
     epochs = args.epochs or (10 if args.quick else 30)
     repeats = args.repeats or (3 if args.quick else 5)
     torch.set_num_threads(args.threads)
@@ -62,20 +150,20 @@ def main(argv=None):
     data = load_mnist1d(seed=0, num_samples=5000)
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=0.1, schedule="cosine", seed=0)
     dense = mlp(40, [100, 100], 10, seed=0)
-    Trainer(dense, data, cfg, verbose=False).run()
+    Trainer(dense, data, cfg, verbose=False, threads=None).run()
     init = mlp(40, [100, 100], 10, seed=0).state_dict()
     sparsity = 1 - 0.8**args.level
 
     def plain():
         m = mlp(40, [100, 100], 10, seed=0)
-        Trainer(m, data, cfg, verbose=False).run()
+        Trainer(m, data, cfg, verbose=False, threads=None).run()
         return m
 
     def imp_level():
         masks = magnitude_prune(dense, sparsity, relative_to="all")
         m = mlp(40, [100, 100], 10, seed=0)
         m.load_state_dict(init)  # rewind to initialisation
-        Trainer(m, data, cfg, masks=masks, verbose=False).run()
+        Trainer(m, data, cfg, masks=masks, verbose=False, threads=None).run()
         return m, masks
 
     def torch_prune():
@@ -85,7 +173,7 @@ def main(argv=None):
         mods = dict(m.named_modules())
         for name, mk in masks.items():
             tprune.custom_from_mask(mods[name.rsplit(".", 1)[0]], "weight", mk)
-        Trainer(m, data, cfg, verbose=False).run()
+        Trainer(m, data, cfg, verbose=False, threads=None).run()
         return m, masks
 
     plain()  # warm-up

@@ -25,11 +25,13 @@ naming both shapes. Models without ``input_shape`` get the data as they are. See
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,7 +44,8 @@ from .results import Result, new_axes
 
 __all__ = [
     "TrainConfig", "TrainHistory", "Trainer", "TrainingData", "DataSplit", "train", "evaluate", "lr_at",
-    "conform_inputs", "OPTIMIZERS", "SCHEDULES",
+    "conform_inputs", "OPTIMIZERS", "SCHEDULES", "choose_threads", "forward_work", "torch_threads",
+    "available_cores", "WORK_PER_THREAD",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
@@ -490,6 +493,141 @@ class TrainingData:
         return {"sha256": h.hexdigest(), "n_train": self.train.n, "n_test": self.test.n}
 
 
+# Held while torch's global RNG is seeded and drawn from (model initialisation, a training epoch's dropout):
+# trainings in several threads of one process then take turns per epoch instead of mixing their streams.
+RNG_LOCK = threading.RLock()
+
+
+# ------------------------------------------------------------------------------------------- threads
+# Forward multiply-adds per training step that justify one intra-op thread (see choose_threads).
+WORK_PER_THREAD = 500_000_000
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_HELD = {"depth": 0, "n": None, "before": None}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+@torch.no_grad()
+def forward_work(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-adds of one forward pass of ``example`` (one sample with a batch axis) through the model's
+    ``Linear`` and ``Conv`` layers (everything else is cheap beside them). The model's mode is restored.
+
+    >>> from netgeom.nets import mlp
+    >>> forward_work(mlp(40, [100, 100], 10), torch.zeros(1, 40))
+    15000
+    """
+    work = [0]
+
+    def hook(mod, _inp, out):
+        if isinstance(mod, nn.Linear):
+            work[0] += out.numel() * mod.in_features
+        else:
+            work[0] += out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    was_training = model.training
+    try:
+        model.eval()
+        dev = next(iter(model.parameters()), torch.empty(0)).device
+        model(conform_inputs(model, example[:1]).to(dev))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return work[0]
+
+
+def choose_threads(work_per_step: int, cores: int | None = None) -> int:
+    """Intra-op threads for a training step of ``work_per_step`` forward multiply-adds: one thread per
+    :data:`WORK_PER_THREAD` (5e8), at least 1, at most ``cores`` (default: :func:`available_cores`, capped by
+    torch's own default, which honours ``OMP_NUM_THREADS``).
+
+    Why: torch's default is one thread per core, and each parallel region then waits for its slowest
+    thread. For netgeom's usual networks (MLPs, LeNets: 1e6-5e7 multiply-adds per step) a region holds
+    microseconds of work, less than the synchronisation, and when the cores are shared a descheduled thread
+    stalls every layer (measured on 2 shared cores: a 40-100-100-10 MLP trained 200x slower on 2 threads than
+    on 1, LeNet-5 5x). A ResNet-20 step on CIFAR-10 (5e9) gets every core. The rule is deterministic (no
+    load average), so a resumed run uses the same count as the interrupted one.
+
+    >>> choose_threads(10**6, cores=8), choose_threads(10**9, cores=8), choose_threads(10**10, cores=8)
+    (1, 2, 8)
+    """
+    check_int(work_per_step, "work_per_step", minimum=0)
+    cores = min(available_cores(), _TORCH_DEFAULT_THREADS) if cores is None else check_int(cores, "cores",
+                                                                                            minimum=1)
+    return max(1, min(cores, work_per_step // WORK_PER_THREAD))
+
+
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with torch's intra-op thread count set to ``n`` and restore it after (``None``: leave
+    it). torch's setting is per process: concurrent blocks in threads of one process must ask for the same
+    count (a different one raises), and the last one out restores the setting.
+
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if n is None:
+        yield
+        return
+    n = check_int(n, "threads", minimum=1)
+    with _THREADS_LOCK:
+        held = _THREADS_HELD
+        if held["depth"] and held["n"] != n:
+            raise RuntimeError(
+                f"torch's thread count is {held['n']} for a training already running in this process, and "
+                f"this one asks for {n}: the setting is per process, so give both the same threads=, or run "
+                "them in separate processes"
+            )
+        if held["depth"] == 0:
+            held["before"], held["n"] = torch.get_num_threads(), n
+            torch.set_num_threads(n)
+        held["depth"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            held["depth"] -= 1
+            if held["depth"] == 0:
+                torch.set_num_threads(held["before"])
+                held["n"] = held["before"] = None
+
+
+def _threads_alias(threads, num_threads):
+    if num_threads is None:
+        return threads
+    if threads != "auto":
+        raise TypeError("give threads= or its older name num_threads=, not both")
+    return check_int(num_threads, "num_threads", minimum=1)
+
+
+def resolve_threads(threads, model: nn.Module, example: torch.Tensor, batch_size: int) -> int | None:
+    """``threads`` as given (an int >= 1, or None: leave torch's setting) or, for ``"auto"``,
+    :func:`choose_threads` of the model's work per step."""
+    if threads is None:
+        return None
+    if isinstance(threads, str):
+        if threads != "auto":
+            raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
+        return choose_threads(forward_work(model, example) * batch_size)
+    return check_int(threads, "threads", minimum=1)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -569,9 +707,11 @@ class Trainer:
     first step and after every optimiser step; gradients of masked weights are zeroed before the step so
     neither momentum nor Adam's moments can move them. ``start_step`` begins training at a global step
     (weight rewinding to iteration ``k`` continues the data order and schedule from ``k``).
-    ``num_threads`` sets torch's intra-op threads during :meth:`run` (restored after); ``None`` leaves them.
-    Small networks train fastest on one thread, and one thread does not collapse when the cores are shared
-    (measured: a 40-100-100-10 MLP IMP run took 3.8 s on 1 thread and 27 s on 2 under a load of 5 on 2 cores).
+    ``threads`` sets torch's intra-op threads during :meth:`run` (restored after, see :func:`torch_threads`):
+    ``"auto"`` (default) picks them from the model's work per step (:func:`choose_threads`: one thread for
+    MLPs and LeNets, more for ResNet-sized steps), an integer fixes them, ``None`` leaves torch's setting.
+    The count changes floating-point rounding only (e.g. 7e-8 in the weights after two epochs of an MLP),
+    not the result; the same count gives the same bits. ``num_threads`` is the older name of ``threads``.
 
     ``data`` is any form :class:`TrainingData` accepts (a netgeom ``Dataset``, tensors, torch Datasets or
     DataLoaders); torch splits are read into memory when they fit and streamed in mini-batches otherwise
@@ -591,8 +731,9 @@ class Trainer:
         verbose: bool = True,
         callback: Callback | None = None,
         start_step: int = 0,
-        num_threads: int | None = None,
+        threads: int | str | None = "auto",
         in_memory: bool | None = None,
+        num_threads: int | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -615,7 +756,6 @@ class Trainer:
         self.config = config
         self.verbose = verbose
         self.callback = callback
-        self.num_threads = None if num_threads is None else check_int(num_threads, "num_threads", minimum=1)
         # the input-shape rule (module docstring): checked on one sample, applied to every batch as a view
         conform_inputs(model, tr.first(), "training inputs")
         conform_inputs(model, te.first(), "test inputs")
@@ -627,6 +767,8 @@ class Trainer:
             self.X_test = conform_inputs(model, te.X, "test inputs").to(self.device)
             self.y_test = te.y.to(self.device)
         self.n = tr.n
+        threads = _threads_alias(threads, num_threads)
+        self.threads = resolve_threads(threads, self.model, tr.first(), config.batch_size)
         self.steps_per_epoch = math.ceil(self.n / config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.step = check_int(start_step, "start_step", minimum=0, maximum=self.total_steps)
@@ -720,14 +862,8 @@ class Trainer:
 
     def run(self) -> TrainHistory:
         """Train until ``config.epochs`` are done (from wherever the trainer stands); return the history."""
-        if self.num_threads is None:
+        with torch_threads(self.threads):
             return self._run()
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.num_threads)
-        try:
-            return self._run()
-        finally:
-            torch.set_num_threads(before)
 
     def _train_batches(self, perm: torch.Tensor, first_batch: int, epoch: int):
         """The epoch's mini-batches from batch ``first_batch`` on, on the device, in the model's shape."""
@@ -767,7 +903,9 @@ class Trainer:
                 run_loss = torch.zeros((), device=self.device)
                 run_correct = torch.zeros((), dtype=torch.long, device=self.device)
                 seen = 0
-                with torch.random.fork_rng(devices=[]):
+                # RNG_LOCK: torch's global RNG is one per process; another training in a thread of this
+                # process (joblib threading, a Dask worker's threads) must not reseed it mid-epoch
+                with RNG_LOCK, torch.random.fork_rng(devices=[]):
                     # dropout and other stochastic layers draw from the global RNG: seed it per epoch
                     torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919)
                     for xb, yb in batches:
@@ -825,8 +963,9 @@ def train(
     device: str | torch.device = "cpu",
     verbose: bool = True,
     callback: Callback | None = None,
-    num_threads: int | None = None,
+    threads: int | str | None = "auto",
     in_memory: bool | None = None,
+    num_threads: int | None = None,
 ) -> TrainHistory:
     """Train ``model`` on ``data`` with cross-entropy; see :class:`Trainer`. ``data``: a netgeom
     ``Dataset``, tensors, or torch Datasets/DataLoaders (see :class:`TrainingData`).
@@ -842,4 +981,4 @@ def train(
     [1]
     """
     return Trainer(model, data, config or TrainConfig(), masks=masks, device=device, verbose=verbose,
-                   callback=callback, num_threads=num_threads, in_memory=in_memory).run()
+                   callback=callback, threads=threads, in_memory=in_memory, num_threads=num_threads).run()

@@ -193,14 +193,87 @@ def test_history_plot(digits):
     plt.close("all")
 
 
-def test_num_threads_applies_during_run_and_is_restored(digits):
+def _few(digits, n=128):
+    # two threads on shared cores are slow for tiny steps (the point of the rule): keep these runs small
+    return digits.X_train[:n], digits.y_train[:n], digits.X_test[:n], digits.y_test[:n]
+
+
+def test_threads_apply_during_run_and_are_restored(digits):
     before = torch.get_num_threads()
-    seen = set()
-    train(net(), digits, CFG.replace(epochs=1), verbose=False, num_threads=2,
-          callback=lambda ev, tr: seen.add(torch.get_num_threads()))
-    assert seen == {2} and torch.get_num_threads() == before
+    for kw, want in [({"threads": 2}, 2), ({"num_threads": 2}, 2), ({}, 1), ({"threads": "auto"}, 1),
+                     ({"threads": None}, before)]:
+        seen = set()
+        train(net(), _few(digits), CFG.replace(epochs=1), verbose=False,
+              callback=lambda ev, tr, seen=seen: seen.add(torch.get_num_threads()), **kw)
+        assert seen == {want} and torch.get_num_threads() == before, kw
     with pytest.raises(ValueError, match="num_threads"):
         train(net(), digits, CFG, verbose=False, num_threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        train(net(), digits, CFG, verbose=False, threads="many")
+    with pytest.raises(TypeError, match="not both"):
+        train(net(), digits, CFG, verbose=False, threads=2, num_threads=2)
+
+
+def test_thread_rule_scales_with_the_work_per_step():
+    from netgeom.nets import lenet5
+    from netgeom.training import WORK_PER_THREAD, choose_threads, forward_work
+
+    # multiply-adds by hand: LeNet-5 on 28x28 (convs 24x24x6 x 25, 8x8x16 x 150; linears 256x120 + ...)
+    assert forward_work(lenet5(), torch.zeros(1, 1, 28, 28)) == (
+        24 * 24 * 6 * 25 + 8 * 8 * 16 * 150 + 256 * 120 + 120 * 84 + 84 * 10)
+    assert forward_work(net(), torch.zeros(1, 64)) == 64 * 16 + 16 * 10
+    works = [0, 10**6, WORK_PER_THREAD - 1, WORK_PER_THREAD, 3 * WORK_PER_THREAD, 100 * WORK_PER_THREAD]
+    picks = [choose_threads(w, cores=4) for w in works]
+    assert picks == [1, 1, 1, 1, 3, 4]  # at least one, one per WORK_PER_THREAD, at most the cores
+    import netgeom.training as tr
+
+    # by default capped by the cores this process may use and torch's own default (OMP_NUM_THREADS)
+    assert choose_threads(10**12) == min(tr.available_cores(), tr._TORCH_DEFAULT_THREADS)
+
+
+def test_results_do_not_depend_on_the_thread_count(digits):
+    """torch does not promise the same bits across thread counts (a parallel reduction may split
+    differently), so across counts: equal to float32 rounding; the same count twice: bitwise."""
+    cfg = CFG.replace(epochs=2)
+    runs = {}
+    for th in (1, 2, 2):
+        m = net()
+        h = train(m, _few(digits, 320), cfg, verbose=False, threads=th)
+        runs.setdefault(th, []).append((h, [p.detach().clone() for p in m.parameters()]))
+    (h1, w1), = runs[1]
+    (h2, w2), (h2b, w2b) = runs[2]
+    assert all(torch.equal(a, b) for a, b in zip(w2, w2b)) and h2.test_loss == h2b.test_loss
+    for a, b in zip(w1, w2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert h1.test_acc == pytest.approx(h2.test_acc, abs=2 / 320)
+
+
+def test_torch_threads_scopes_and_refuses_conflicting_concurrent_counts():
+    import threading
+
+    from netgeom.training import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        with torch_threads(1):  # nested, same count: fine
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+        errors = []
+
+        def other():
+            try:
+                with torch_threads(2):
+                    pass
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        th = threading.Thread(target=other)
+        th.start()
+        th.join()
+        assert errors and "per process" in errors[0]
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
 
 
 # ------------------------------------------------------------- the input-shape rule (model.input_shape)

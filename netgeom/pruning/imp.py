@@ -45,7 +45,17 @@ from .._validation import check_choice, check_fraction, check_int
 from ..data.datasets import load_dataset
 from ..nets import build_model
 from ..results import Result, new_axes
-from ..training import TrainConfig, Trainer, TrainHistory, TrainingData, conform_inputs
+from ..training import (
+    RNG_LOCK,
+    TrainConfig,
+    Trainer,
+    TrainHistory,
+    TrainingData,
+    _threads_alias,
+    conform_inputs,
+    resolve_threads,
+    torch_threads,
+)
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
 from .runs import RunDir
@@ -140,7 +150,7 @@ def _takes_seed(fn: Callable) -> bool:
 
 def _call_factory(fn: Callable, kwargs: Mapping[str, Any], seed: int, what: str) -> nn.Module:
     """``fn(**kwargs)`` with torch's RNG seeded by ``seed`` for the call only (the global RNG is restored)."""
-    with torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             model = fn(**kwargs)
@@ -171,7 +181,7 @@ def build_imp_model(
     if seed is None:
         raise ValueError("the model description has no 'seed': pass seed= (the run's seed)")
     if "name" in desc:
-        with torch.random.fork_rng(devices=[]):
+        with RNG_LOCK, torch.random.fork_rng(devices=[]):
             return build_model(desc)
     if "factory" in desc:
         what = f"factory {desc['factory']!r}"
@@ -199,7 +209,7 @@ def _check_factory(description: Mapping[str, Any], model_fn, seed: int) -> None:
 
     def state(s):
         d = {**description, "seed": s} if "seed" in description else dict(description)
-        with torch.random.fork_rng(devices=[]):
+        with RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(s + 9_999_991)  # a global RNG state unrelated to the seed
             sd = build_imp_model(d, s, model_fn).state_dict()
         return sd
@@ -500,7 +510,9 @@ class IMP:
     a resume with other data is refused.
     ``callback(level, event, trainer)`` sees ``"start"`` (weights rewound, masks applied, before training),
     ``"step"`` and ``"epoch"``; raising from it interrupts the run (checkpoints stay consistent).
-    ``num_threads``: torch threads while training (see :class:`~netgeom.training.Trainer`).
+    ``threads``: torch's intra-op threads while the run trains and prunes (restored after): ``"auto"``
+    (default) from the model's work per step (:func:`~netgeom.training.choose_threads`), an integer, or
+    ``None`` to leave torch's setting; ``num_threads`` is its older name. It changes rounding only.
 
     A ``protect`` callback changes which weights are pruned, so it is part of the experiment: its name
     (``protect_name``, default ``module.qualname`` of the callable) is written into the description under
@@ -519,9 +531,10 @@ class IMP:
         device: str | torch.device = "cpu",
         data=None,
         callback: LevelCallback | None = None,
-        num_threads: int | None = None,
+        threads: int | str | None = "auto",
         protect_name: str | None = None,
         in_memory: bool | None = None,
+        num_threads: int | None = None,
     ):
         if not isinstance(config, IMPConfig):
             raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
@@ -542,7 +555,9 @@ class IMP:
             data = TrainingData.from_any(data, in_memory=in_memory)
             self._check_inputs(data)
         self._data = data
-        self.num_threads = num_threads
+        self.threads = _threads_alias(threads, num_threads)
+        if self.threads is not None and self.threads != "auto":
+            self.threads = check_int(self.threads, "threads", minimum=1)
         self.run_dir = RunDir(out_dir, self.description, prefix="imp") if out_dir is not None else None
 
     # ------------------------------------------------------------------ helpers
@@ -622,8 +637,6 @@ class IMP:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> IMPResult:
-        from tqdm.auto import tqdm
-
         cfg, rd = self.config, self.run_dir
         data = self._data
         if data is None:
@@ -637,6 +650,15 @@ class IMP:
         self._check_inputs(data)
         if rd is not None:
             self._check_data(rd, data)
+        self._threads = resolve_threads(self.threads, self._build(), data.train.first(),
+                                        cfg.train.batch_size)
+        with torch_threads(self._threads):
+            return self._run_levels(data)
+
+    def _run_levels(self, data: TrainingData) -> IMPResult:
+        from tqdm.auto import tqdm
+
+        cfg, rd = self.config, self.run_dir
         levels: list[IMPLevel] = []
         init_state = {k: v.detach().clone() for k, v in self._build().state_dict().items()}
         rewind_state: dict[str, torch.Tensor] | None = None
@@ -704,7 +726,7 @@ class IMP:
         if level > 0 and isinstance(rw, tuple):
             start_step = self._rewind_step(spe)
         trainer = Trainer(model, data, cfg.train, masks=masks, device=self.device, verbose=self.verbose,
-                          start_step=start_step, num_threads=self.num_threads)
+                          start_step=start_step, threads=self._threads)
         k = self._rewind_step(spe) if level == 0 and isinstance(rw, tuple) else None
         if resume:
             trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
@@ -747,6 +769,18 @@ def _json_or_name(text: str) -> dict[str, Any]:
     return {"name": text}
 
 
+def _threads_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
+    return n
+
+
 def imp_main(argv: Sequence[str] | None = None) -> int:
     """``netgeom imp``: run IMP from the command line and print a level table (JSON with ``--json``)."""
     p = argparse.ArgumentParser(prog="netgeom imp", description="Iterative magnitude pruning with rewinding.")
@@ -766,8 +800,9 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--random", action="store_true", help="random pruning baseline instead of magnitude")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads while training (1 is fastest "
-                   "for small MLPs)")
+    p.add_argument("--threads", type=_threads_arg, default="auto",
+                   help="torch intra-op threads: 'auto' (default; from the work per training step, 1 for "
+                   "MLPs and LeNets) or a positive integer")
     p.add_argument("--out", default="runs/imp", help="root directory of run directories (default: runs/imp)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -793,7 +828,7 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
         include_output=not args.keep_output, prune="random" if args.random else "magnitude", seed=args.seed,
     )
     res = IMP(config, out_dir=args.out, verbose=not args.quiet, device=args.device, data=ds,
-              num_threads=args.threads).run()
+              threads=args.threads).run()
     if args.json:
         print(res.to_json())
     else:
@@ -829,8 +864,7 @@ def demo_imp(
         ),
         q=0.2, rounds=10 if quick else 15, rewind="lr", seed=seed,
     )
-    # one thread: fastest for this small MLP and robust when the cores are shared (see Trainer)
-    res = IMP(config, out_dir=out_dir, verbose=verbose, data=data, num_threads=1).run()
+    res = IMP(config, out_dir=out_dir, verbose=verbose, data=data).run()
     return res.model_at(0), res.model_at(-1), res.levels[-1].masks, res.levels
 
 
