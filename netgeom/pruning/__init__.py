@@ -5,7 +5,7 @@ from .masks import Masks, prunable_parameters
 from .prunability import PrunabilityResult, prunability
 from .rules import UnreachableSparsityError, magnitude_prune, random_prune
 from .runs import RunDir, description_hash
-from .sweeps import grid, run_sweep
+from .sweeps import grid, map_levels, run_sweep
 
 __all__ = [
     "IMP",
@@ -21,6 +21,7 @@ __all__ = [
     "grid",
     "imp_main",
     "magnitude_prune",
+    "map_levels",
     "parse_rewind",
     "prunability",
     "prunable_parameters",
