@@ -140,7 +140,7 @@ def main(argv=None):
                    "(1: fair on shared cores)")
     args = p.parse_args(argv)
     if args.section in ("threads", "all"):
-        threads_section(args.quick, args.repeats or (3 if args.quick else 5))
+        threads_section(args.quick, args.repeats or (2 if args.quick else 5))
     if args.section == "threads":
         return 0
     epochs = args.epochs or (10 if args.quick else 30)
