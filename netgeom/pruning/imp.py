@@ -34,6 +34,7 @@ import inspect
 import json
 import numbers
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ def parse_rewind(rewind: Any) -> str | tuple[str, int]:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | {"builtins", "os", "sys", "subprocess"}
 
 
 def import_factory(path: str) -> Callable[..., nn.Module]:
@@ -112,7 +114,9 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
 
     Only the named module is imported (``importlib.import_module``); the attribute is then looked up by
     ``getattr``, one identifier at a time. Nothing in the string is evaluated, so a description read from a
-    file can name a factory but cannot run an expression.
+    file can name a factory but cannot run an expression. The factory must be a Python function or class
+    outside the standard library (so ``"os:system"``, ``"subprocess:run"`` or ``"builtins:exec"`` are
+    refused). A factory is still code that runs: load descriptions you trust, as you would a script.
 
     >>> import_factory("netgeom.nets:mlp").__name__
     'mlp'
@@ -125,6 +129,9 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
         if not _IDENTIFIER.match(part):
             raise ValueError(f"model factory {path!r}: {part!r} is not a valid {what} name (identifiers "
                              "separated by dots, then ':' and the function's name)")
+    if mod_name.split(".")[0] in _STDLIB:
+        raise ValueError(f"model factory {path!r}: {mod_name!r} is a standard-library module, which builds "
+                         "no networks; name your own module's function")
     try:
         obj = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -134,8 +141,9 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
             obj = getattr(obj, part)
         except AttributeError:
             raise AttributeError(f"model factory {path!r}: {mod_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise TypeError(f"model factory {path!r} names a {type(obj).__name__}, not a callable")
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj)):
+        raise TypeError(f"model factory {path!r} names a {type(obj).__name__}, not a Python function or "
+                        "class")
     return obj
 
 
