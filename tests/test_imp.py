@@ -434,3 +434,14 @@ def test_dataloader_input_equals_tensors_and_resumes(tmp_path, digits):
             data=(TensorDataset(digits.X_train[:-1], digits.y_train[:-1]), test_ds)).run()
     with pytest.raises(ValueError, match="IMP\\(..., data=...\\)"):
         IMP(config, verbose=False).run()
+
+
+def test_cli_runs_a_user_factory(tmp_path, capsys):
+    argv = ["--model", "tests._user_models:tiny_resnet", "--data", "digits", "--rounds", "1", "--epochs", "1",
+            "--out", str(tmp_path), "--quiet", "--json", "--threads", "1"]
+    assert imp_main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["model"] == {"factory": "tests._user_models:tiny_resnet"}
+    assert [lv["level"] for lv in out["levels"]] == [0, 1]
+    with pytest.raises(SystemExit):
+        imp_main(argv[:-1] + ["0"])  # --threads 0

@@ -792,7 +792,9 @@ def _threads_arg(text: str) -> int | str:
 def imp_main(argv: Sequence[str] | None = None) -> int:
     """``netgeom imp``: run IMP from the command line and print a level table (JSON with ``--json``)."""
     p = argparse.ArgumentParser(prog="netgeom imp", description="Iterative magnitude pruning with rewinding.")
-    p.add_argument("--model", default="mlp", help="model name or JSON description (default: mlp)")
+    p.add_argument("--model", default="mlp", help="model name, a factory 'package.module:function', or a "
+                   "JSON description such as '{\"factory\": \"mypkg.models:resnet20\", \"num_classes\": 10}' "
+                   "(default: mlp)")
     p.add_argument("--widths", default="100,100", help="hidden widths for --model mlp (default: 100,100)")
     p.add_argument("--data", default="mnist1d", help="data set name or JSON description (default: mnist1d)")
     p.add_argument("--rounds", type=int, default=3)
@@ -818,7 +820,9 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
 
     data_desc = _json_or_name(args.data)
     model_desc = _json_or_name(args.model)
-    if model_desc["name"] == "mlp" and not {"n_in", "n_out"} <= set(model_desc):
+    if "name" in model_desc and ":" in model_desc["name"]:
+        model_desc = {"factory": model_desc["name"]}  # --model mypkg.models:resnet20
+    if model_desc.get("name") == "mlp" and not {"n_in", "n_out"} <= set(model_desc):
         data_desc.setdefault("flat", True)
         ds = load_dataset(data_desc)
         model_desc.setdefault("n_in", ds.n_features)
