@@ -500,7 +500,7 @@ RNG_LOCK = threading.RLock()
 
 # ------------------------------------------------------------------------------------------- threads
 # Forward multiply-adds per training step that justify one intra-op thread (see choose_threads).
-WORK_PER_THREAD = 500_000_000
+WORK_PER_THREAD = 1_000_000_000
 
 _THREADS_LOCK = threading.Lock()
 _THREADS_HELD = {"depth": 0, "n": None, "before": None}
@@ -547,17 +547,19 @@ def forward_work(model: nn.Module, example: torch.Tensor) -> int:
 
 def choose_threads(work_per_step: int, cores: int | None = None) -> int:
     """Intra-op threads for a training step of ``work_per_step`` forward multiply-adds: one thread per
-    :data:`WORK_PER_THREAD` (5e8), at least 1, at most ``cores`` (default: :func:`available_cores`, capped by
+    :data:`WORK_PER_THREAD` (1e9), at least 1, at most ``cores`` (default: :func:`available_cores`, capped by
     torch's own default, which honours ``OMP_NUM_THREADS``).
 
     Why: torch's default is one thread per core, and each parallel region then waits for its slowest
     thread. For netgeom's usual networks (MLPs, LeNets: 1e6-5e7 multiply-adds per step) a region holds
     microseconds of work, less than the synchronisation, and when the cores are shared a descheduled thread
-    stalls every layer (measured on 2 shared cores: a 40-100-100-10 MLP trained 200x slower on 2 threads than
-    on 1, LeNet-5 5x). A ResNet-20 step on CIFAR-10 (5e9) gets every core. The rule is deterministic (no
-    load average), so a resumed run uses the same count as the interrupted one.
+    stalls every layer (measured on 2 cores shared by other jobs, load 7-9: a 40-100-100-10 MLP epoch 0.08 s
+    on 1 thread, 0.16-20 s on 2; LeNet-5 0.34 s against 2-4 s; even a residual conv net of 1.9e9 per step
+    8.3 s against 21 s). A ResNet-20 step on CIFAR-10 (5e9) gets up to 5 threads, where each thread's share
+    of a layer is large enough to pay on free cores. The rule is deterministic (no load average), so a
+    resumed run uses the same count as the interrupted one; on an oversubscribed machine pass threads=1.
 
-    >>> choose_threads(10**6, cores=8), choose_threads(10**9, cores=8), choose_threads(10**10, cores=8)
+    >>> choose_threads(10**6, cores=8), choose_threads(2 * 10**9, cores=8), choose_threads(10**10, cores=8)
     (1, 2, 8)
     """
     check_int(work_per_step, "work_per_step", minimum=0)
