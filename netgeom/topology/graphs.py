@@ -1,11 +1,19 @@
 """Bipartite weight graphs of affine layers (the objects whose zeroth-order persistence we compute).
 
 A layer with ``n_in`` inputs and ``n_out`` outputs is a bipartite graph on ``n_in + n_out`` vertices:
-vertex ``i < n_in`` is input ``i``, vertex ``n_in + j`` is output ``j``. Every *unmasked* weight ``W[j, i]``
-is an edge ``(i, n_in + j)`` of normalised weight ``w̃ = |W[j, i]| / scale``; masked (pruned) weights are
-absent edges, while a zero-valued unmasked weight is an edge of weight 0. ``scale`` is the largest ``|w|``
-of the layer (``normalize="layer"``, Balwani & Krzyston) or of the whole network (``"network"``,
-Rieck et al.).
+vertex ``i < n_in`` is input ``i``, vertex ``n_in + j`` is output ``j``. Every *unmasked, non-zero* weight
+``W[j, i]`` is an edge ``(i, n_in + j)`` of normalised weight ``w̃ = |W[j, i]| / scale > 0``. ``scale`` is the
+largest ``|w|`` of the layer (``normalize="layer"``, Balwani & Krzyston) or of the whole network
+(``"network"``, Rieck et al.).
+
+**Zero weights are absent edges**, exactly like masked (pruned) ones: a weight of 0 (or one whose ``w̃``
+underflows to 0 in float64) never enters the superlevel filtration, which runs over ``w̃ ∈ (0, 1]``. This
+is the limit of a tiny weight: an edge of weight ``ε`` gives the pair ``(1, ε)``, which tends to
+``(1, 0)``, where every class that never dies is closed by the measures (persistence 1, the convention of
+Rieck et al.'s code). An all-zero or fully pruned layer is a valid graph with no edge: every vertex is its
+own essential class. (Under ``normalize="layer"``, ``ε · A`` normalises to ``A / max|A|`` for every
+``ε > 0``: per-layer normalisation has no limit at the zero layer, which is one more reason the default
+neural persistence normalises over the network.)
 
 The *edge index* of ``W[j, i]`` is its flat position ``j * n_in + i`` in the ``(n_out, n_in)`` matrix; it
 breaks ties between equal weights so that spanning forests are deterministic.
@@ -49,8 +57,13 @@ class LayerGraph:
     Attributes
     ----------
     weights : ``(n_out, n_in)`` float64 normalised weights ``w̃`` in ``[0, 1]``; 0 where absent.
-    mask : ``(n_out, n_in)`` bool, True where an edge is present.
-    scale : the ``max |w|`` divided out (0 when every present weight is 0; then all ``w̃ = 0``).
+    mask : ``(n_out, n_in)`` bool, True where an edge is present (unmasked and ``w̃ > 0``).
+    scale : the ``max |w|`` divided out (0 when the layer has no non-zero weight, i.e. no edge).
+
+    The arrays are made read-only: the edge list, the edge count and the validation are computed once and
+    cached, so the persistence of a graph costs no dense pass over its matrix. Constructing a
+    ``LayerGraph`` directly validates the arrays (finite, ``[0, 1]``, ``mask`` = ``weights > 0``) and copies
+    writeable ones.
     normalize : ``"layer"`` or ``"network"``.
     kind : ``"matrix"`` (raw array), ``"linear"``, ``"channel"`` (conv channel graph) or ``"unrolled"``.
     aggregate : ``"l1"``/``"l2"``/``"max"`` for channel graphs, else None.
@@ -65,6 +78,30 @@ class LayerGraph:
     aggregate: str | None = None
     name: str | None = None
     param_name: str | None = None
+    #: set by layer_graph, whose arrays are fresh, valid and already read-only
+    _trusted: dataclasses.InitVar[bool] = False
+
+    def __post_init__(self, _trusted: bool) -> None:
+        w, m = self.weights, self.mask
+        if not (isinstance(w, np.ndarray) and isinstance(m, np.ndarray)):
+            raise TypeError("LayerGraph weights and mask must be numpy arrays (use layer_graph to build one)")
+        if w.dtype != np.float64 or m.dtype != bool or w.ndim != 2 or m.shape != w.shape:
+            raise ValueError(
+                f"LayerGraph needs float64 weights and a bool mask of one 2-D shape, got {w.dtype} {w.shape} "
+                f"and {m.dtype} {m.shape}"
+            )
+        if not _trusted:
+            # A user-built graph: check it once, then freeze copies so the cached edges stay true.
+            if not np.isfinite(w).all() or (w < 0).any() or (w > 1).any():
+                raise ValueError("LayerGraph weights must be finite normalised values w̃ in [0, 1]")
+            if not np.array_equal(m, w > 0):
+                raise ValueError(
+                    "LayerGraph mask must be exactly weights > 0 (absent edges, pruned or zero, have w̃ = 0)"
+                )
+            w, m = w.copy(), m.copy()
+            w.flags.writeable = m.flags.writeable = False
+            self.weights, self.mask = w, m
+        self._edges = None
 
     @property
     def n_out(self) -> int:
@@ -80,7 +117,7 @@ class LayerGraph:
 
     @property
     def n_edges(self) -> int:
-        return int(self.mask.sum())
+        return int(self.edges()[3].size)
 
     @property
     def n_possible(self) -> int:
@@ -94,10 +131,16 @@ class LayerGraph:
         return self.n_edges / self.n_possible
 
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(u, v, w, index)`` of the present edges: input vertex, output vertex, ``w̃``, flat edge index."""
-        idx = np.flatnonzero(self.mask.ravel())
-        j, i = np.divmod(idx, self.n_in)
-        return i, j + self.n_in, self.weights.ravel()[idx], idx
+        """``(u, v, w, index)`` of the present edges in increasing flat edge index: input vertex, output
+        vertex, ``w̃``, flat edge index (read-only arrays, computed once)."""
+        if self._edges is None:
+            idx = np.flatnonzero(self.mask.ravel())
+            j, i = np.divmod(idx, self.n_in)
+            out = (i, j + self.n_in, self.weights.ravel()[idx], idx)
+            for a in out:
+                a.flags.writeable = False
+            self._edges = out
+        return self._edges
 
     def __repr__(self) -> str:
         return (
@@ -320,10 +363,9 @@ def layer_graph(
         raise ValueError(
             f"the weight matrix is empty (shape {absw.shape}): a layer graph needs n_in, n_out >= 1"
         )
-    if not present.any():
-        what = f"layer {parts['name']!r}" if parts["name"] is not None else "the weight matrix"
-        raise ValueError(f"the mask of {what} removes every weight: the layer graph has no edge")
-    layer_max = float(absw[present].max())
+    # A zero weight is an absent edge, like a pruned one (see the module docstring).
+    present = present & (absw > 0)
+    layer_max = float(absw[present].max()) if present.any() else 0.0
     if normalize == "network":
         if scale is None:
             raise ValueError("normalize='network' needs scale= (the network's max |w|); use network_graph")
@@ -334,9 +376,13 @@ def layer_graph(
         raise ValueError("scale= is only used with normalize='network'")
     else:
         scale = layer_max
-    # An all-zero layer has every w̃ = 0 (any positive scale gives that); this is a definition, not a guess.
-    weights = np.where(present, absw / scale, 0.0) if scale > 0 else np.zeros_like(absw)
-    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts)
+    if scale > 0:
+        weights = np.where(present, absw / scale, 0.0)
+        present = weights > 0  # w̃ that underflows to 0 is a zero weight: absent
+    else:  # no non-zero weight: a graph without edges
+        weights = np.zeros(absw.shape)
+    weights.flags.writeable = present.flags.writeable = False
+    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts, _trusted=True)
 
 
 def network_graph(
@@ -351,7 +397,8 @@ def network_graph(
     """Layer graphs of every weighted layer of ``model`` (read through ``affine_layers``).
 
     ``normalize="layer"`` normalises each layer by its own ``max |w|``; ``"network"`` by the largest ``|w|``
-    over all layers (of the aggregated edge weights, for channel graphs). For a conv net whose features
+    over all layers (of the aggregated edge weights, for channel graphs). Zero and masked weights are
+    absent edges; a layer may have none (all zero or all pruned). For a conv net whose features
     end in Flatten + Linear, only ``conv="unrolled"`` gives graphs that chain (see the module docstring).
 
     Example

@@ -17,10 +17,23 @@ Ties are broken by a fixed total order on edges, *heavier first, then smaller ed
 unique under that order, so the returned MSF mask is deterministic; the diagram does not depend on the
 tie-break at all.
 
-Native algorithms (ours): Prim's algorithm on the dense bipartite matrix, vectorised so that each of the
-``|V|`` steps is a few numpy passes over one row or column (about one pass over the weights in total), and
-Borůvka's algorithm on edge lists for sparse graphs (one stable sort, then ``O(log |V|)`` vectorised
-rounds). ``method="auto"`` picks by shape and density.
+Zero weights are absent edges, like pruned ones (see :mod:`netgeom.topology.graphs`): the filtration runs
+over ``w̃ ∈ (0, 1]`` and an all-zero or fully pruned layer has no finite pair and one essential class per
+vertex. ``total_persistence`` sums the finite pairs only; measures that need every class closed (neural
+persistence) close essential classes at ``w̃ = 0`` (persistence 1), the limit of a pair ``(1, ε)``.
+
+Native algorithms (ours), picked by ``method="auto"`` from the edge count:
+
+* ``"kruskal"`` for sparse graphs: the forest of the heaviest ``~3 |V|`` edges first (one
+  ``np.partition``, then scipy's compiled Kruskal on that prefix of the edge order), which for most graphs
+  already spans; otherwise the remaining edges between different prefix components finish it on the
+  contracted graph. Edges are handed to scipy in CSR order = increasing edge index, and scipy's Kruskal
+  sorts with a *stable* argsort, so equal weights are taken in edge-index order: exactly our tie-break.
+  The cost is one partial sort plus a union-find pass, with no dense temporary.
+* ``"prim"`` for dense matrices: vectorised Prim, each of the ``|V|`` steps a few numpy passes over one
+  row or column (about one pass over the weights in total).
+* ``"boruvka"``: vectorised Borůvka on the edge list (one stable sort, ``O(log |V|)`` rounds), kept as an
+  independent cross-check.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from .._validation import check_choice
 from ..nets import AffineLayer
@@ -50,8 +63,8 @@ __all__ = [
 ]
 
 BACKENDS = ("native", "gudhi", "ripser")
-METHODS = ("auto", "prim", "boruvka")
-#: network graphs: a per-layer method then a merge of the layer forests, or Borůvka on all edges at once.
+METHODS = ("auto", "prim", "kruskal", "boruvka")
+#: network graphs: a per-layer method then a merge of the layer forests, or Kruskal on all edges at once.
 NETWORK_METHODS = METHODS + ("global",)
 #: ripser stores float32 distances and drops stored zeros; distances are ``1 − w̃ + _RIPSER_OFFSET``.
 _RIPSER_OFFSET = 1.0
@@ -141,28 +154,102 @@ def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np
         comp = labels[comp]
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
+#: Kruskal runs first on the heaviest ``_PREFIX_PER_VERTEX * |V|`` edges when there are at least
+#: ``_PREFIX_MIN_RATIO`` times as many; the few vertices such a prefix leaves unjoined cost a pass over the
+#: remaining edges, much less than sorting them. Tuned with benchmarks/bench_persistence.py.
+_PREFIX_PER_VERTEX = 2.0
+_PREFIX_MIN_RATIO = 1.5
+
+
+def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Positions of the minimum spanning forest of ``data`` (all non-zero) among the given edges.
+
+    ``(rows, cols)`` must be strictly increasing in ``rows * n + cols`` (CSR order): scipy's Kruskal then
+    breaks ties by position, its argsort being stable. ``data`` is consumed (scipy overwrites it).
+    """
+    if rows.size >= 2**31:
+        raise ValueError(f"{rows.size} edges exceed scipy's int32 sparse indices; use method='prim'")
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    A = sparse.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, n))
+    T = minimum_spanning_tree(A, overwrite=True)
+    t_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(T.indptr))
+    key = rows.astype(np.int64) * n + cols
+    return np.searchsorted(key, t_rows * n + T.indices)
+
+
+def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions (sorted) of the maximum spanning forest of ``w > 0`` under the order (weight descending,
+    position ascending); ``(rows, cols)`` in CSR order as for :func:`_csr_kruskal`."""
+    m = w.size
+    k = int(_PREFIX_PER_VERTEX * n)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    if m < _PREFIX_MIN_RATIO * k or k < 1:
+        return np.sort(_csr_kruskal(n, rows, cols, -w))
+    # {w >= t} is a prefix of the edge order (all ties at t included): Kruskal over it picks exactly the
+    # forest edges that Kruskal over all edges picks there.
+    t = np.partition(w, m - k)[m - k]
+    head = np.flatnonzero(w >= t)
+    sel = head[_csr_kruskal(n, rows[head], cols[head], -w[head])]
+    if sel.size == n - 1:  # spanning tree: no later edge can join two components
+        return np.sort(sel)
+    forest = sparse.coo_matrix((np.ones(sel.size, np.int8), (rows[sel], cols[sel])), shape=(n, n))
+    n_comp, labels = connected_components(forest, directed=False)
+    rest = np.flatnonzero(w < t)
+    a, b = labels[rows[rest]], labels[cols[rest]]
+    cross = a != b
+    rest, a, b = rest[cross], a[cross], b[cross]
+    if rest.size == 0:
+        return np.sort(sel)
+    # Kruskal continues on the contracted graph: the remaining edges in the exact order, of which only
+    # the best between each pair of components can matter; ranks make every weight distinct.
+    order = np.lexsort((rest, -w[rest]))
+    lo, hi = np.minimum(a, b)[order], np.maximum(a, b)[order]
+    _, first = np.unique(lo.astype(np.int64) * n_comp + hi, return_index=True)
+    pick = order[first]
+    pair = np.lexsort((np.maximum(a, b)[pick], np.minimum(a, b)[pick]))
+    pick = pick[pair]
+    rank = np.empty(rest.size)
+    rank[order] = np.arange(1, rest.size + 1)
+    sub = _csr_kruskal(n_comp, np.minimum(a, b)[pick], np.maximum(a, b)[pick], rank[pick])
+    return np.sort(np.concatenate([sel, rest[pick[sub]]]))
+
+
+def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
+    # A stable argsort of the edges below the prefix size, else a partition plus a small sort and a pass
+    # over the remaining edges. Constants measured on this machine (benchmarks/bench_persistence.py).
+    if n_edges < _PREFIX_MIN_RATIO * _PREFIX_PER_VERTEX * n_vertices:
+        return 2e-5 + 8e-8 * n_edges
+    return 2e-4 + 1.2e-8 * n_edges + 8e-8 * _PREFIX_PER_VERTEX * n_vertices
+
 
 def _pick_method(g: LayerGraph) -> str:
-    # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step; Borůvka costs a
-    # sort of the present edges. Constants measured on this machine (benchmarks/bench_persistence.py).
+    # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step, whatever the
+    # sparsity; Kruskal costs a (partial) sort of the present edges.
     prim = g.n_vertices * (10e-6 + 1.5e-9 * g.n_vertices) + 4e-9 * g.n_possible
-    boruvka = 2.4e-7 * g.n_edges
-    return "prim" if prim <= boruvka else "boruvka"
+    return "prim" if prim <= _kruskal_cost(g.n_vertices, g.n_edges) else "kruskal"
+
+
+def _native_forest(g: LayerGraph, method: str) -> np.ndarray:
+    """Flat edge indices (increasing) of the maximum spanning forest; ``method`` already resolved."""
+    if method == "prim":
+        j, i = _prim_dense(g.weights, g.mask)
+        return np.sort(j * g.n_in + i)
+    u, v, w, idx = g.edges()
+    sel = _kruskal(g.n_vertices, v, u, w) if method == "kruskal" else np.sort(_boruvka(g.n_vertices, u, v, w))
+    return idx[sel]
+
+
+def _forest_mask(g: LayerGraph, flat: np.ndarray) -> np.ndarray:
+    mask = np.zeros(g.weights.shape, dtype=bool)
+    mask.ravel()[flat] = True
+    return mask
 
 
 def _native_msf(g: LayerGraph, method: str) -> np.ndarray:
     """Boolean MSF mask ``(n_out, n_in)``."""
-    if method == "auto":
-        method = _pick_method(g)
-    mask = np.zeros(g.weights.shape, dtype=bool)
-    if method == "prim":
-        j, i = _prim_dense(g.weights, g.mask)
-        mask[j, i] = True
-    else:
-        u, v, w, idx = g.edges()
-        sel = _boruvka(g.n_vertices, u, v, w)
-        mask.ravel()[idx[sel]] = True
-    return mask
+    return _forest_mask(g, _native_forest(g, _pick_method(g) if method == "auto" else method))
 
 
 def _gudhi_edges(
@@ -174,8 +261,9 @@ def _gudhi_edges(
     st = gudhi.SimplexTree()
     st.insert_batch(np.arange(n_vertices, dtype=np.int64)[None, :], np.zeros(n_vertices))
     st.insert_batch(np.vstack([u, v]), 1.0 - w)
-    # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0).
-    st.compute_persistence(min_persistence=-1.0)
+    # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0);
+    # persistence_dim_max makes gudhi report H0 of a complex without edges (else it returns nothing).
+    st.compute_persistence(min_persistence=-1.0, persistence_dim_max=True)
     iv = st.persistence_intervals_in_dimension(0).reshape(-1, 2)
     finite = np.isfinite(iv[:, 1])
     # gudhi returns which edge killed each class only as a Python list; converting it is bounded by |V|.
@@ -473,82 +561,83 @@ class NetworkZerothDiagram(_H0Diagram, Result):
 def _check_network(G: NetworkGraph) -> None:
     if not G.layers:
         raise ValueError("the network graph has no layer")
-    for g in G:
-        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
-            raise ValueError(
-                f"layer {g.name!r} of the network graph has non-finite weights, a mask of the wrong shape "
-                "or no edge"
-            )
+    bad = [g for g in G if not isinstance(g, LayerGraph)]
+    if bad:
+        raise TypeError(f"the network graph's layers must be LayerGraphs, got {type(bad[0]).__name__}")
     if not G.chained:
         G.global_edges()  # raises the explanatory "do not chain" error
 
 
 def _network_native(G: NetworkGraph, method: str) -> list[np.ndarray]:
-    """Per-layer forest masks of the chained graph's MSF under the network order (weight desc, layer, index).
+    """Per-layer flat indices (increasing) of the chained graph's MSF under the network order (weight
+    descending, then layer, then flat index).
 
     Per-layer methods use the cycle property: an edge that is the lightest on a cycle of its own layer
     graph is the lightest on that cycle in the network too, so the network MSF lies inside the union of
-    the layer MSFs; a Borůvka pass over that union (``~|V|`` edges) finishes. ``"global"`` runs Borůvka on
-    every edge of the network at once.
+    the layer MSFs; a Kruskal pass over that union (``~|V|`` edges) finishes. ``"global"`` runs Kruskal on
+    every edge of the network at once. Edges are listed layer by layer in flat-index order, which is CSR
+    order by (output vertex, input vertex), the order Kruskal's tie-break needs.
     """
     offsets = G.vertex_offsets
     if method == "global":
         n, u, v, w, lay, idx = G.global_edges(with_layers=True)
-        sel = _boruvka(n, u, v, w)
-        lay, idx = lay[sel], idx[sel]
+        sel = _kruskal(n, v, u, w)
     else:
         us, vs, ws, lays, idxs = [], [], [], [], []
         for k, g in enumerate(G):
-            cand = np.flatnonzero(_native_msf(g, method).ravel())  # increasing flat index: network order
+            cand = _native_forest(g, _pick_method(g) if method == "auto" else method)
             j, i = np.divmod(cand, g.n_in)
             us.append(i + offsets[k])
             vs.append(j + offsets[k + 1])
             ws.append(g.weights.ravel()[cand])
             lays.append(np.full(cand.size, k, dtype=np.int64))
             idxs.append(cand)
-        sel = _boruvka(int(offsets[-1]), np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
-        lay, idx = np.concatenate(lays)[sel], np.concatenate(idxs)[sel]
-    masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
-    for k, m in enumerate(masks):
-        m.ravel()[idx[lay == k]] = True
-    return masks
+        v, u, w = np.concatenate(vs), np.concatenate(us), np.concatenate(ws)
+        sel = _kruskal(int(offsets[-1]), v, u, w)
+        lay, idx = np.concatenate(lays), np.concatenate(idxs)
+    lay, idx = lay[sel], idx[sel]
+    bounds = np.searchsorted(lay, np.arange(len(G) + 1))  # sel is increasing, so layers come in order
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(len(G))]
 
 
 def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZerothDiagram:
     check_choice(method, "method", NETWORK_METHODS)
     _check_network(G)
     used_method = None
-    masks = death_layers = None
+    forests = masks = death_layers = None
     if backend == "native":
         layer_methods = [_pick_method(g) if method == "auto" else method for g in G]
-        # When every layer would run Borůvka anyway, one Borůvka over all edges saves the merge pass and
+        # When every layer would run Kruskal anyway, one Kruskal over all edges saves the merge pass and
         # the per-layer fixed costs.
-        if method == "global" or (method == "auto" and set(layer_methods) == {"boruvka"}):
+        if method == "global" or (method == "auto" and set(layer_methods) == {"kruskal"}):
             used_method = "global"
         else:
             used_method = f"layers({','.join(layer_methods)})+merge"
-        masks = _network_native(G, "global" if used_method == "global" else method)
+        forests = _network_native(G, "global" if used_method == "global" else method)
     elif backend == "gudhi":
         deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
         offsets = G.vertex_offsets
         # the low end of an edge is an input of its layer: the layer whose input block holds it
         lay = np.searchsorted(offsets, edges[:, 0], side="right") - 1
-        masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
-        for k, m in enumerate(masks):
+        forests = []
+        for k, g in enumerate(G):
             e = edges[lay == k]
-            m[e[:, 1] - offsets[k + 1], e[:, 0] - offsets[k]] = True
+            forests.append(np.sort((e[:, 1] - offsets[k + 1]) * g.n_in + (e[:, 0] - offsets[k])))
     else:
         deaths, n_ess = _ripser_edges(*G.global_edges())
-    if masks is not None:
-        w = np.concatenate([g.weights[m] for g, m in zip(G, masks)])
-        lay = np.concatenate([np.full(int(m.sum()), k, dtype=np.int64) for k, m in enumerate(masks)])
+    if forests is not None:
+        masks = [_forest_mask(g, f) for g, f in zip(G, forests)]
+        w = np.concatenate([g.weights.ravel()[f] for g, f in zip(G, forests)])
+        lay = np.concatenate([np.full(f.size, k, dtype=np.int64) for k, f in enumerate(forests)])
         order = np.argsort(-w, kind="stable")
         death_layers = lay[order]
         if backend == "native":
             deaths = w[order]
             n_ess = int(G.vertex_offsets[-1]) - deaths.size
         # gudhi: deaths stay gudhi's own intervals; the layers come from its merging edges, sorted alike
-    deaths = np.sort(deaths)[::-1].copy()
+    deaths = -np.sort(-deaths)
+    n_edges = [g.n_edges for g in G]
+    mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
     return NetworkZerothDiagram(
         backend=backend,
         method=used_method,
@@ -559,13 +648,13 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         layer_kinds=[g.kind for g in G],
         aggregate=next((g.aggregate for g in G if g.aggregate is not None), None),
         n_vertices=int(G.vertex_offsets[-1]),
-        n_edges=sum(g.n_edges for g in G),
+        n_edges=sum(n_edges),
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
-        min_value=float(min(g.weights[g.mask].min() for g in G)),
+        min_value=min(mins) if mins else math.nan,
         total_persistence=float((1.0 - deaths).sum()),
-        layer_n_pairs=None if masks is None else [int(m.sum()) for m in masks],
+        layer_n_pairs=None if forests is None else [int(f.size) for f in forests],
         deaths=deaths,
         death_layers=death_layers,
         msf_masks=None if masks is None else {
@@ -580,10 +669,7 @@ def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggre
     if isinstance(graph_or_weights, LayerGraph):
         if mask is not None:
             raise ValueError("mask= cannot be combined with a LayerGraph (its mask is already set)")
-        g = graph_or_weights
-        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
-            raise ValueError("the LayerGraph has non-finite weights, a mask of the wrong shape or no edge")
-        return g
+        return graph_or_weights  # validated and frozen when it was built
     single = (AffineLayer, torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     if not isinstance(graph_or_weights, single) and hasattr(graph_or_weights, "named_parameters"):
         raise TypeError(
@@ -638,14 +724,16 @@ def zeroth_persistence(
     used_method = None
     if backend == "native":
         used_method = _pick_method(g) if method == "auto" else method
-        msf = _native_msf(g, used_method)
-        deaths = g.weights[msf]
+        flat = _native_forest(g, used_method)
+        msf = _forest_mask(g, flat)
+        deaths = g.weights.ravel()[flat]
         n_ess = g.n_vertices - deaths.size
     elif backend == "gudhi":
         deaths, n_ess, msf = _gudhi_diagram(g)
     else:
         deaths, n_ess = _ripser_diagram(g)
-    deaths = np.sort(deaths)[::-1].copy()
+    deaths = -np.sort(-deaths)
+    w = g.edges()[2]
     return ZerothDiagram(
         name=g.name,
         backend=backend,
@@ -660,7 +748,7 @@ def zeroth_persistence(
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
-        min_value=float(g.weights[g.mask].min()),
+        min_value=float(w.min()) if w.size else math.nan,
         total_persistence=float((1.0 - deaths).sum()),
         deaths=deaths,
         msf_mask=msf,
