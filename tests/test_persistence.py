@@ -262,3 +262,26 @@ def test_json_round_trips_the_diagram(tmp_path):
     back = NetworkZerothDiagram.from_json(D.to_json())
     assert back.equals(D, atol=0.0) and np.array_equal(back.death_layers, D.death_layers)
     assert back.msf_masks is None and back.widths == D.widths
+
+
+@settings(max_examples=30, deadline=None)
+@given(graphs, st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([1.0, 1.5]), st.booleans())
+def test_kruskal_prefix_rounds_give_the_exact_forest(params, per_vertex, ratio, hubs):
+    """Force the prefix rounds of the Kruskal path on small graphs (any number of rounds, ties at the
+    thresholds, hub-dominated weights that leave many components after a round): the forest is exactly
+    Prim's, edge for edge."""
+    from netgeom.topology import persistence as P
+
+    W, mask = random_graph(*params)
+    if hubs:
+        rng = np.random.default_rng(params[0])
+        W = W * rng.lognormal(0, 2, size=(W.shape[0], 1)) * rng.lognormal(0, 2, size=(1, W.shape[1]))
+    g = layer_graph(W, mask)
+    saved = P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES
+    try:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = per_vertex, ratio, 0
+        kru = zeroth_persistence(g, method="kruskal")
+    finally:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = saved
+    prim = zeroth_persistence(g, method="prim")
+    assert np.array_equal(kru.msf_mask, prim.msf_mask) and np.array_equal(kru.deaths, prim.deaths)

@@ -159,6 +159,9 @@ def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np
 #: remaining edges, much less than sorting them. Tuned with benchmarks/bench_persistence.py.
 _PREFIX_PER_VERTEX = 2.0
 _PREFIX_MIN_RATIO = 1.5
+#: below this many candidate edges (or twice the forest so far) one Kruskal call on all of them is faster
+#: than another round's fixed costs (a partition, two scipy calls)
+_PREFIX_MIN_EDGES = 15_000
 
 
 def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -179,49 +182,44 @@ def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -
 
 
 def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Positions (sorted) of the maximum spanning forest of ``w > 0`` under the order (weight descending,
-    position ascending); ``(rows, cols)`` in CSR order as for :func:`_csr_kruskal`."""
+    """Positions (increasing) of the maximum spanning forest of ``w > 0`` under the order (weight
+    descending, position ascending); ``(rows, cols)`` in CSR order as for :func:`_csr_kruskal`.
+
+    Rounds of Kruskal on prefixes of the edge order: with ``F`` the forest so far and ``C`` the edges not
+    yet considered that join two different components of ``F`` (every other later edge closes a cycle of
+    heavier edges), the forest of the whole graph is the forest of ``F ∪ C``. Each round takes the
+    heaviest ``~2 × #components`` edges of ``C`` (a ``partition``, ties at the threshold included, so it
+    is a prefix of the order), runs Kruskal on them with ``F``, and drops from the rest the edges inside
+    the new components. A random graph spans after one round; hub-dominated weights need a few more.
+    """
     m = w.size
-    k = int(_PREFIX_PER_VERTEX * n)
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    if m < _PREFIX_MIN_RATIO * k or k < 1:
-        return np.sort(_csr_kruskal(n, rows, cols, -w))
-    # {w >= t} is a prefix of the edge order (all ties at t included): Kruskal over it picks exactly the
-    # forest edges that Kruskal over all edges picks there.
-    t = np.partition(w, m - k)[m - k]
-    head = np.flatnonzero(w >= t)
-    sel = head[_csr_kruskal(n, rows[head], cols[head], -w[head])]
-    if sel.size == n - 1:  # spanning tree: no later edge can join two components
-        return np.sort(sel)
-    forest = sparse.coo_matrix((np.ones(sel.size, np.int8), (rows[sel], cols[sel])), shape=(n, n))
-    n_comp, labels = connected_components(forest, directed=False)
-    rest = np.flatnonzero(w < t)
-    a, b = labels[rows[rest]], labels[cols[rest]]
-    cross = a != b
-    rest, a, b = rest[cross], a[cross], b[cross]
-    if rest.size == 0:
-        return np.sort(sel)
-    # Kruskal continues on the contracted graph: the remaining edges in the exact order, of which only
-    # the best between each pair of components can matter; ranks make every weight distinct.
-    order = np.lexsort((rest, -w[rest]))
-    lo, hi = np.minimum(a, b)[order], np.maximum(a, b)[order]
-    _, first = np.unique(lo.astype(np.int64) * n_comp + hi, return_index=True)
-    pick = order[first]
-    pair = np.lexsort((np.maximum(a, b)[pick], np.minimum(a, b)[pick]))
-    pick = pick[pair]
-    rank = np.empty(rest.size)
-    rank[order] = np.arange(1, rest.size + 1)
-    sub = _csr_kruskal(n_comp, np.minimum(a, b)[pick], np.maximum(a, b)[pick], rank[pick])
-    return np.sort(np.concatenate([sel, rest[pick[sub]]]))
+    forest = np.zeros(0, dtype=np.int64)
+    cand = np.arange(m)
+    n_comp = n
+    while cand.size:
+        k = int(_PREFIX_PER_VERTEX * n_comp)
+        cw = w[cand] if cand.size < m else w
+        if cand.size < max(_PREFIX_MIN_RATIO * k, _PREFIX_MIN_EDGES, 2 * forest.size) or k < 1:
+            head, rest = cand, None
+        else:
+            t = np.partition(cw, cw.size - k)[cw.size - k]
+            top = cw >= t
+            head, rest = cand[top], cand[~top]
+        pos = np.sort(np.concatenate([forest, head])) if forest.size else head
+        forest = pos[_csr_kruskal(n, rows[pos], cols[pos], -w[pos])]
+        if rest is None or forest.size == n - 1:
+            break
+        g = sparse.coo_matrix((np.ones(forest.size, np.int8), (rows[forest], cols[forest])), shape=(n, n))
+        n_comp, labels = connected_components(g, directed=False)
+        cand = rest[labels[rows[rest]] != labels[cols[rest]]]
+    return forest
 
 
 def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
-    # A stable argsort of the edges below the prefix size, else a partition plus a small sort and a pass
-    # over the remaining edges. Constants measured on this machine (benchmarks/bench_persistence.py).
-    if n_edges < _PREFIX_MIN_RATIO * _PREFIX_PER_VERTEX * n_vertices:
-        return 2e-5 + 8e-8 * n_edges
-    return 2e-4 + 1.2e-8 * n_edges + 8e-8 * _PREFIX_PER_VERTEX * n_vertices
+    # Pessimistic: one stable sort of every edge (scipy's Kruskal). The prefix rounds usually sort far fewer,
+    # but how many depends on the weights (hub-dominated ones need several rounds), while Prim's cost does
+    # not; so dense layers stay with Prim. Constants measured on this machine (bench_persistence.py).
+    return 2e-5 + 8e-8 * n_edges
 
 
 def _pick_method(g: LayerGraph) -> str:
