@@ -285,3 +285,12 @@ def test_kruskal_prefix_rounds_give_the_exact_forest(params, per_vertex, ratio, 
         P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = saved
     prim = zeroth_persistence(g, method="prim")
     assert np.array_equal(kru.msf_mask, prim.msf_mask) and np.array_equal(kru.deaths, prim.deaths)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 300), st.integers(1, 6))
+def test_edge_order_is_weight_then_position(seed, m, levels):
+    from netgeom.topology.persistence import _edge_order
+
+    w = np.random.default_rng(seed).integers(1, levels + 1, size=m) / levels  # many ties
+    assert np.array_equal(_edge_order(w), np.lexsort((np.arange(m), -w)))

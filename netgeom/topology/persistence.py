@@ -24,12 +24,11 @@ persistence) close essential classes at ``w̃ = 0`` (persistence 1), the limit o
 
 Native algorithms (ours), picked by ``method="auto"`` from the edge count:
 
-* ``"kruskal"`` for sparse graphs: the forest of the heaviest ``~3 |V|`` edges first (one
-  ``np.partition``, then scipy's compiled Kruskal on that prefix of the edge order), which for most graphs
-  already spans; otherwise the remaining edges between different prefix components finish it on the
-  contracted graph. Edges are handed to scipy in CSR order = increasing edge index, and scipy's Kruskal
-  sorts with a *stable* argsort, so equal weights are taken in edge-index order: exactly our tie-break.
-  The cost is one partial sort plus a union-find pass, with no dense temporary.
+* ``"kruskal"`` for sparse graphs: one sort of the edges (numpy's fast unstable sort; a stable one only
+  when equal weights occur) and one union-find pass in scipy's compiled Kruskal, fed our order through a
+  subdivided graph so that it does not sort again (:func:`_ordered_kruskal`). Large graphs go in prefix
+  rounds: the forest of the heaviest ``~2 |V|`` edges (one ``np.partition``) usually spans already, and the
+  remaining edges are only those between different components. No dense temporary.
 * ``"prim"`` for dense matrices: vectorised Prim, each of the ``|V|`` steps a few numpy passes over one
   row or column (about one pass over the weights in total).
 * ``"boruvka"``: vectorised Borůvka on the edge list (one stable sort, ``O(log |V|)`` rounds), kept as an
@@ -161,17 +160,15 @@ _PREFIX_PER_VERTEX = 2.0
 _PREFIX_MIN_RATIO = 1.5
 #: below this many candidate edges (or twice the forest so far) one Kruskal call on all of them is faster
 #: than another round's fixed costs (a partition, two scipy calls)
-_PREFIX_MIN_EDGES = 15_000
+_PREFIX_MIN_EDGES = 30_000
 
 
 def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """Positions of the minimum spanning forest of ``data`` (all non-zero) among the given edges.
+    """Positions (increasing) of scipy's minimum spanning forest of ``data`` (all non-zero).
 
     ``(rows, cols)`` must be strictly increasing in ``rows * n + cols`` (CSR order): scipy's Kruskal then
     breaks ties by position, its argsort being stable. ``data`` is consumed (scipy overwrites it).
     """
-    if rows.size >= 2**31:
-        raise ValueError(f"{rows.size} edges exceed scipy's int32 sparse indices; use method='prim'")
     indptr = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     A = sparse.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, n))
@@ -179,6 +176,55 @@ def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -
     t_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(T.indptr))
     key = rows.astype(np.int64) * n + cols
     return np.searchsorted(key, t_rows * n + T.indices)
+
+
+def _edge_order(w: np.ndarray) -> np.ndarray:
+    """Positions sorted by (weight descending, position ascending): numpy's fast unstable sort, then the
+    runs of equal weights (common for weights that were float32) put back in position order."""
+    order = np.argsort(-w)
+    ws = w[order]
+    eq = ws[1:] == ws[:-1]
+    if eq.any():
+        tied = np.zeros(w.size, dtype=bool)
+        tied[1:] = eq
+        tied[:-1] |= eq
+        slots = np.flatnonzero(tied)
+        group = np.concatenate([[0], np.cumsum(~eq)])[slots]
+        sub = order[slots]
+        order[slots] = sub[np.lexsort((sub, group))]
+    return order
+
+
+def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions (increasing) of the maximum spanning forest of edges ``(a, b, w)`` under the order (weight
+    descending, position ascending), by scipy's compiled Kruskal on a subdivided graph.
+
+    scipy's Kruskal sorts its input with a stable float sort, the cost we avoid: edge number ``k`` in our
+    order becomes a new vertex ``r_k = n + k`` with the two half-edges ``(r_k, a_k)``, ``(r_k, b_k)`` of
+    weights ``2k + 1``, ``2k + 2``, stored in row ``r_k``. The data are then already sorted (scipy's sort is
+    one linear pass) and Kruskal meets the edges in our order; the first half-edge always joins the
+    isolated ``r_k``, and the second joins iff ``a_k`` and ``b_k`` are not yet connected through earlier
+    edges, i.e. iff edge ``k`` is in the forest. So the forest edges are the rows with two tree entries.
+    """
+    m = w.size
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n + m >= 2**31 - 1:
+        raise ValueError(f"{m} edges exceed scipy's int32 sparse indices; use method='prim'")
+    order = _edge_order(w)
+    big = n + m
+    indptr = np.zeros(big + 1, dtype=np.int32)
+    indptr[n + 1:] = np.arange(2, 2 * m + 1, 2, dtype=np.int32)
+    indices = np.empty(2 * m, dtype=np.int32)
+    indices[0::2] = a[order]
+    indices[1::2] = b[order]
+    data = np.arange(1, 2 * m + 1, dtype=np.float64)
+    T = minimum_spanning_tree(sparse.csr_matrix((data, indices, indptr), shape=(big, big)), overwrite=True)
+    return np.sort(order[np.diff(T.indptr[n:]) == 2])
+
+
+#: below this many edges scipy's Kruskal on the plain graph (no subdivision) has the smaller fixed cost
+_SUBDIVIDE_MIN_EDGES = 2_000
 
 
 def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -206,7 +252,10 @@ def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.nd
             top = cw >= t
             head, rest = cand[top], cand[~top]
         pos = np.sort(np.concatenate([forest, head])) if forest.size else head
-        forest = pos[_csr_kruskal(n, rows[pos], cols[pos], -w[pos])]
+        if pos.size < _SUBDIVIDE_MIN_EDGES:
+            forest = pos[_csr_kruskal(n, rows[pos], cols[pos], -w[pos])]
+        else:
+            forest = pos[_ordered_kruskal(n, rows[pos], cols[pos], w[pos])]
         if rest is None or forest.size == n - 1:
             break
         g = sparse.coo_matrix((np.ones(forest.size, np.int8), (rows[forest], cols[forest])), shape=(n, n))
@@ -216,10 +265,10 @@ def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.nd
 
 
 def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
-    # Pessimistic: one stable sort of every edge (scipy's Kruskal). The prefix rounds usually sort far fewer,
-    # but how many depends on the weights (hub-dominated ones need several rounds), while Prim's cost does
-    # not; so dense layers stay with Prim. Constants measured on this machine (bench_persistence.py).
-    return 2e-5 + 8e-8 * n_edges
+    # Pessimistic: one sort of every edge and a union-find pass over twice as many half-edges. The prefix
+    # rounds usually sort far fewer, but how many depends on the weights (hub-dominated ones need several
+    # rounds), while Prim's cost does not. Constants measured on this machine (bench_persistence.py).
+    return 5e-5 + 3e-8 * n_edges
 
 
 def _pick_method(g: LayerGraph) -> str:
@@ -627,13 +676,14 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         masks = [_forest_mask(g, f) for g, f in zip(G, forests)]
         w = np.concatenate([g.weights.ravel()[f] for g, f in zip(G, forests)])
         lay = np.concatenate([np.full(f.size, k, dtype=np.int64) for k, f in enumerate(forests)])
-        order = np.argsort(-w, kind="stable")
+        order = _edge_order(w)
         death_layers = lay[order]
         if backend == "native":
             deaths = w[order]
             n_ess = int(G.vertex_offsets[-1]) - deaths.size
         # gudhi: deaths stay gudhi's own intervals; the layers come from its merging edges, sorted alike
-    deaths = -np.sort(-deaths)
+    if backend != "native":  # native deaths come sorted already
+        deaths = -np.sort(-deaths)
     n_edges = [g.n_edges for g in G]
     mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
     return NetworkZerothDiagram(
