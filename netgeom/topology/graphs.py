@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .._validation import check_array, check_choice
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer, PLNode, affine_layers, trace
 
 __all__ = ["LayerGraph", "NetworkGraph", "layer_graph", "network_graph", "AGGREGATES", "MAX_UNROLLED_EDGES"]
 
@@ -160,10 +160,28 @@ class NetworkGraph:
     layers: list[LayerGraph]
     normalize: str
     scale: float
+    #: per consecutive pair of layers, None when the first feeds the second directly (through activations,
+    #: and for channel graphs pooling or BatchNorm), else why not: a residual addition, a concatenation, a
+    #: branch (read from the traced graph by ``network_graph``; None everywhere for a hand-built list)
+    links: list[str | None] | None = None
 
     @property
     def chained(self) -> bool:
+        if self.links is not None and any(r is not None for r in self.links):
+            return False
         return all(a.n_out == b.n_in for a, b in zip(self.layers[:-1], self.layers[1:]))
+
+    @property
+    def chain_breaks(self) -> list[tuple[int, str]]:
+        """``(k, reason)`` for every pair of layers ``k, k + 1`` that do not chain (empty for a chain)."""
+        out = []
+        for k, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            why = self.links[k] if self.links is not None else None
+            if why is None and a.n_out != b.n_in:
+                why = f"{a.n_out} output vertices of {a.name!r} vs {b.n_in} input vertices of {b.name!r}"
+            if why is not None:
+                out.append((k, why))
+        return out
 
     @property
     def widths(self) -> list[int]:
@@ -203,8 +221,14 @@ class NetworkGraph:
         return out
 
     def _chain_error(self) -> str:
-        k = next(k for k, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])) if a.n_out != b.n_in)
+        k, why = self.chain_breaks[0]
         a, b = self.layers[k], self.layers[k + 1]
+        if self.links is not None and self.links[k] is not None:
+            return (
+                f"the layer graphs do not chain: layer {a.name!r} does not feed layer {b.name!r} directly "
+                f"({why}), so the two graphs share no vertex set; per-layer diagrams, neural persistence "
+                "and the topology bound still apply layer by layer"
+            )
         msg = (
             f"the layer graphs do not chain: layer {a.name!r} has {a.n_out} output vertices but the next "
             f"layer {b.name!r} has {b.n_in} input vertices "
@@ -262,10 +286,46 @@ def _module_layer(module: nn.Module, mask: Any, conv: str, input_shape: Any) -> 
     return dataclasses.replace(lay, name=None, param_name="weight")
 
 
+@dataclasses.dataclass
+class _Weighted:
+    """What a layer graph reads of an ``AffineLayer`` or of a traced affine ``PLNode``."""
+
+    name: str | None
+    param_name: str | None
+    kernel: torch.Tensor | None
+    mask: torch.Tensor | None
+    kind: str
+    shape: tuple[int, int]  # (n_out, n_in) of the effective matrix on the flattened input
+    in_shape: tuple[int, ...]
+    matrix: Any  # () -> the effective (n_out, n_in) matrix (a convolution unrolls only when asked)
+
+
+def _weighted(obj: Any) -> _Weighted | None:
+    if isinstance(obj, AffineLayer):
+        return _Weighted(obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind, tuple(obj.weight.shape),
+                         tuple(obj.in_shape), lambda: obj.weight)
+    if isinstance(obj, PLNode) and obj.op == "affine":
+        return _Weighted(obj._first_name or obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind,
+                         (obj.size, obj.in_size), tuple(obj.in_shape), obj.matrix)
+    return None
+
+
+def _channel_slices(kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a (possibly grouped) convolution kernel ``(C_out, C_in / groups, *k)``: the input channel of
+    every kernel slice ``(C_out, C_in / groups)`` (output channel ``o`` of group ``g`` reads input channels
+    ``g * C_in / groups + c``) and the group count."""
+    c_out, per_group = kernel.shape[:2]
+    groups = in_channels // per_group
+    if groups * per_group != in_channels or c_out % groups:
+        raise ValueError(f"kernel {kernel.shape} does not fit {in_channels} input channels")
+    g = np.arange(c_out) // (c_out // groups)
+    return g[:, None] * per_group + np.arange(per_group)[None, :], groups
+
+
 def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
     """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
-    if isinstance(layer_or_weight, AffineLayer):
-        layer = layer_or_weight
+    layer = _weighted(layer_or_weight)
+    if layer is not None:
         if layer.kernel is None or layer.param_name is None:
             raise ValueError(f"layer {layer.name!r} has no weight parameter (kind {layer.kind!r}): no graph")
         base = dict(name=layer.name, param_name=layer.param_name)
@@ -277,11 +337,16 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             raise ValueError(f"layer {layer.name!r} has non-finite weights (NaN or inf)")
         # A Linear after pooling reads pooled features, so its effective matrix (pooling folded in) has
         # more inputs than its kernel; only that matrix chains with an unrolled convolution before it.
-        folded = tuple(layer.weight.shape) != tuple(kernel.shape)
+        folded = tuple(layer.shape) != tuple(kernel.shape)
         if kernel.ndim == 2 and not (conv == "unrolled" and folded):
             return dict(base, absw=np.abs(kernel), present=kmask, kind="linear", aggregate=None)
         if conv == "unrolled":
-            W = layer.weight.detach().cpu().numpy()
+            if layer.shape[0] * layer.shape[1] > MAX_UNROLLED_EDGES:
+                raise ValueError(
+                    f"the unrolled graph of layer {layer.name!r} has {layer.shape[0] * layer.shape[1]} "
+                    f"entries (> {MAX_UNROLLED_EDGES}); use conv='channel'"
+                )
+            W = layer.matrix().detach().cpu().numpy()
             if W.size > MAX_UNROLLED_EDGES:
                 raise ValueError(
                     f"the unrolled graph of layer {layer.name!r} has {W.size} entries "
@@ -301,8 +366,15 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             "l2": lambda x: np.sqrt((x * x).sum(-1)),
             "max": lambda x: x.max(-1),
         }
-        present = kmask.reshape(a.shape).any(-1)
-        return dict(base, absw=agg[aggregate](a), present=present, kind="channel", aggregate=aggregate)
+        absw, present = agg[aggregate](a), kmask.reshape(a.shape).any(-1)
+        cols, groups = _channel_slices(kernel, int(layer.in_shape[0]))
+        if groups > 1:  # a grouped convolution: an output channel sees only its group's input channels
+            rows = np.arange(kernel.shape[0])[:, None]
+            full_w = np.zeros((kernel.shape[0], layer.in_shape[0]))
+            full_p = np.zeros(full_w.shape, dtype=bool)
+            full_w[rows, cols], full_p[rows, cols] = absw, present
+            absw, present = full_w, full_p
+        return dict(base, absw=absw, present=present, kind="channel", aggregate=aggregate)
     if isinstance(layer_or_weight, nn.Module):
         raise TypeError(
             f"layer_graph takes one Linear/Conv1d/Conv2d module, an AffineLayer or a matrix, got "
@@ -355,6 +427,8 @@ def layer_graph(
     check_choice(aggregate, "aggregate", AGGREGATES)
     if isinstance(layer_or_weight, (nn.Linear, nn.Conv1d, nn.Conv2d)):
         layer_or_weight, mask = _module_layer(layer_or_weight, mask, conv, input_shape), None
+    elif isinstance(layer_or_weight, PLNode) and layer_or_weight.op != "affine":
+        raise ValueError(f"node {layer_or_weight.source} is a {layer_or_weight.op} node, not an affine layer")
     elif input_shape is not None:
         raise ValueError("input_shape= only applies to a bare Linear/Conv module")
     parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
@@ -385,6 +459,42 @@ def layer_graph(
     return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts, _trusted=True)
 
 
+def _chain_links(pl, nodes: list[PLNode], conv: str) -> list[str | None]:
+    """Why each weighted node does not feed the next one directly in the traced graph (None if it does).
+
+    Between the two, only activations may sit, and for channel graphs also the channel-preserving ops
+    (max/average pooling, a lone BatchNorm); every node on the way must have no other user."""
+    out = []
+    for a, b in zip(nodes[:-1], nodes[1:]):
+        why, cur = None, b
+        while why is None:
+            if len(cur.inputs) != 1:
+                break
+            prev = pl.nodes[cur.inputs[0]]
+            if len(pl.users[prev.index]) != 1:
+                others = [pl.nodes[i].source for i in pl.users[prev.index] if i != cur.index]
+                why = f"a branch: the output of {prev.source} is also read by {', '.join(others)}"
+            elif prev is a:
+                break
+            elif prev.op == "relu" or (prev.op in ("maxpool", "affine") and conv == "channel"
+                                         and prev.param_name is None):
+                cur = prev
+                continue
+            elif prev.op == "affine" and prev.param_name is None and prev.size == prev.in_size:
+                cur = prev  # a lone BatchNorm keeps the units
+                continue
+            else:
+                what = {"add": "a residual addition", "cat": "a concatenation", "input": "the network input",
+                        "maxpool": "a max-pooling (its units are not the layer's units)",
+                        "affine": "a weighted layer or pooling"}.get(prev.op, prev.op)
+                why = f"{what} at {prev.source} lies between them"
+        if why is None and len(cur.inputs) != 1:
+            kinds = {"add": "a residual addition", "cat": "a concatenation"}
+            why = f"{kinds.get(cur.op, cur.op)} at {cur.source} lies between them"
+        out.append(why)
+    return out
+
+
 def network_graph(
     model: torch.nn.Module,
     masks: Mapping[str, Any] | None = None,
@@ -394,12 +504,18 @@ def network_graph(
     aggregate: str = "l1",
     input_shape: Any = None,
 ) -> NetworkGraph:
-    """Layer graphs of every weighted layer of ``model`` (read through ``affine_layers``).
+    """Layer graphs of every weighted layer of ``model``, read through the traced graph
+    (:func:`netgeom.nets.trace`): any traceable network, residual and concatenating ones included.
 
     ``normalize="layer"`` normalises each layer by its own ``max |w|``; ``"network"`` by the largest ``|w|``
     over all layers (of the aggregated edge weights, for channel graphs). Zero and masked weights are
-    absent edges; a layer may have none (all zero or all pruned). For a conv net whose features
-    end in Flatten + Linear, only ``conv="unrolled"`` gives graphs that chain (see the module docstring).
+    absent edges; a layer may have none (all zero or all pruned). Layers come in the trace's topological
+    order; consecutive layers chain (layer ``l``'s outputs are layer ``l + 1``'s inputs) when the first
+    feeds the second through activations only (for channel graphs also pooling and BatchNorm, which keep
+    the channels) and the widths agree. ``chain_breaks`` says where a residual addition, a concatenation, a
+    branch or a width change breaks the chain; whole-network diagrams need a chain, per-layer measures do
+    not. For a conv net whose features end in Flatten + Linear, only ``conv="unrolled"`` (or global
+    average pooling to 1 x 1) gives graphs that chain (see the module docstring).
 
     Example
     -------
@@ -409,14 +525,17 @@ def network_graph(
     ([4, 6, 3], True)
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
-    layers = affine_layers(model, masks, input_shape=input_shape)
-    layers = [lay for lay in layers if lay.param_name is not None]
-    graphs = [layer_graph(lay, normalize="layer", conv=conv, aggregate=aggregate) for lay in layers]
+    check_choice(conv, "conv", CONV_MODES)
+    pl = trace(model, masks, input_shape=input_shape)
+    nodes = [n for n in pl.nodes if n.op == "affine" and n.param_name is not None]
+    if not nodes:
+        raise ValueError(f"{pl.model_name} has no weighted layer (Linear or convolution): no weight graph")
+    links = _chain_links(pl, nodes, conv)
+    graphs = [layer_graph(n, normalize="layer", conv=conv, aggregate=aggregate) for n in nodes]
     if normalize == "layer":
-        return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"))
+        return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"), links=links)
     scale = max(g.scale for g in graphs)
     graphs = [
-        layer_graph(lay, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for lay in layers
+        layer_graph(n, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for n in nodes
     ]
-    return NetworkGraph(layers=graphs, normalize="network", scale=scale)
-
+    return NetworkGraph(layers=graphs, normalize="network", scale=scale, links=links)

@@ -30,10 +30,10 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from .._validation import check_choice, check_widths
-from ..nets import affine_layers
+from ..nets import trace
 from ..pruning.masks import Masks, prunable_parameters
 from ..results import Result, new_axes
-from .graphs import NetworkGraph, layer_graph, network_graph
+from .graphs import NetworkGraph, _channel_slices, layer_graph, network_graph
 from .persistence import zeroth_persistence
 
 __all__ = [
@@ -218,10 +218,10 @@ def _structural_counts(model: nn.Module, input_shape: Any) -> tuple[list[int], l
                     m.weight.fill_(1.0)
                 m.running_var.fill_(1.0)
     n_possible, n_tree = [], []
-    for lay in affine_layers(ones, input_shape=input_shape):
-        if lay.param_name is None:
+    for lay in trace(ones, input_shape=input_shape).nodes:
+        if lay.op != "affine" or lay.param_name is None:
             continue
-        pattern = sparse.coo_matrix(lay.weight.numpy() != 0)
+        pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
         n_out, n_in = pattern.shape
         A = sparse.coo_matrix(
             (np.ones(pattern.nnz, np.int8), (pattern.col, n_in + pattern.row)), shape=(n_in + n_out,) * 2
@@ -534,7 +534,7 @@ def spanning_forest_protect(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names = list(masks) if masks else prunable_parameters(model)
-    layers = [lay for lay in affine_layers(model, masks) if lay.param_name is not None]
+    layers = [n for n in trace(model, masks).nodes if n.op == "affine" and n.param_name is not None]
     forests: dict[str, np.ndarray] = {}
     if scope == "network":
         # Every layer enters the network graph (a layer outside ``names`` is never pruned but still links
@@ -562,6 +562,9 @@ def spanning_forest_protect(
         else:
             msf = torch.from_numpy(zeroth_persistence(layer_graph(lay, aggregate=aggregate)).msf_mask)
         if lay.kernel.ndim > 2:
+            # channel-graph edge (o, input channel) -> kernel slice (o, c); grouped: c within o's group
+            cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
+            msf = msf[torch.arange(msf.shape[0])[:, None], torch.from_numpy(cols)]
             msf = msf.reshape(msf.shape + (1,) * (lay.kernel.ndim - 2)) & present
         out[lay.param_name] = msf
     missing = set(names) - set(out)
@@ -601,8 +604,6 @@ def _level_masks(rec: Any) -> Any:
 
 def demo_section(ctx) -> str:
     """Report section: NP per layer (dense vs pruned), MSF retention, the topology bound."""
-    from ..nets import layer_widths
-
     np_dense = neural_persistence(ctx.model)
     np_pruned = neural_persistence(ctx.pruned_model, ctx.masks)
     fig, ax = new_axes(None)
@@ -612,8 +613,9 @@ def demo_section(ctx) -> str:
     link_np = _save(ctx, fig, "topology_np.png")
 
     ret = msf_retention(ctx.model, ctx.pruned_model, pruned_masks=ctx.masks)
-    widths = layer_widths(affine_layers(ctx.model))
-    bound = topology_bound(widths)
+    G = network_graph(ctx.model)
+    bound = topology_bound(G.widths if G.chained else ctx.model)
+    widths = G.widths if G.chained else [(g.n_in, g.n_out) for g in G]
     actual = topology_bound(ctx.pruned_model, ctx.masks)
 
     lines = [
