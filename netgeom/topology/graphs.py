@@ -24,8 +24,14 @@ at least one of its weights is unmasked) or, for small inputs, the unrolled pixe
 matrix ``AffineLayer.weight``. In unrolled mode a Linear that follows pooling is read through its
 effective matrix too (pooling folded in, one input vertex per pre-pooling unit), so the unrolled graphs of
 a conv net chain from the input to the classifier. Channel graphs chain from convolution to convolution
-but not into a Linear after Flatten (channels vs flattened features): the network graph then refuses
-``global_edges`` with an error saying so.
+but not into a Linear after Flatten (channels vs flattened features) unless global average pooling
+leaves one feature per channel: the network graph then refuses ``global_edges`` with an error saying so.
+
+Any network that :func:`netgeom.nets.trace` reads has layer graphs (one per Linear/convolution, in
+topological order; grouped convolutions connect each output channel to its group's inputs only). Layers
+chain where one feeds the next through activations (and, for channel graphs, pooling or BatchNorm);
+:attr:`NetworkGraph.chain_breaks` names the residual addition, concatenation, branch or max-pooling that
+breaks the chain elsewhere.
 """
 
 from __future__ import annotations
