@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from netgeom.pruning import IMP, IMPConfig, grid, map_levels, run_sweep
+from netgeom.regions import count_patterns
 from netgeom.topology import neural_persistence
 from netgeom.training import TrainConfig
 
@@ -67,6 +68,11 @@ def test_dask_sweep_equals_local_run(tmp_path, client):
     assert map_levels(_density, remote[0], client=client) == pytest.approx([1.0, 0.5, 0.25], abs=1e-3)
     assert map_levels(_density, remote[0], levels=[-1], backend="threading", n_jobs=2) == pytest.approx(
         [0.25], abs=1e-3)
+    # analyses that take data go through functools.partial, masks by keyword
+    X = torch.rand(200, 64)
+    counts = map_levels(functools.partial(count_patterns, X=X), remote[0], backend="threading", n_jobs=2)
+    assert [c.count for c in counts] == [
+        count_patterns(remote[0].model_at(r), X, masks=remote[0].masks_at(r)).count for r in range(3)]
 
 
 def test_dask_default_client_and_scheduler_address(tmp_path, client):

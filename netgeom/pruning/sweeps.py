@@ -7,7 +7,7 @@ locally or on a Dask cluster -- no scheduler of our own.
 - ``run_sweep(configs, out_dir="/shared/runs", scheduler="tcp://host:8786")`` (or ``client=Client(...)``, or
   ``backend="dask"`` with a default client): one Dask task per run on the cluster's workers, results
   gathered in the order given.
-- ``map_levels(fn, result, backend=...)``: ``fn(model, masks)`` on every IMP level of one or several
+- ``map_levels(fn, result, backend=...)``: ``fn(model, masks=masks)`` on every IMP level of one or several
   results (intrinsic dimension, persistence, region counts per level), over the same backends.
 
 Results are the same as a local, sequential run: every run is seeded by its own description, and the torch
@@ -200,7 +200,7 @@ def run_sweep(
 
 # ---------------------------------------------------------------------- analyses over levels
 def _apply(fn, model, masks):
-    return fn(model, masks)
+    return fn(model, masks=masks)
 
 
 def map_levels(
@@ -213,12 +213,15 @@ def map_levels(
     client=None,
     scheduler: str | None = None,
 ) -> list:
-    """``fn(model, masks)`` for every IMP level (or the ``levels`` given) of ``result``: the level's trained,
-    masked network (:meth:`IMPResult.model_at`, eval mode) and its :class:`Masks`, on the same backends as
-    :func:`run_sweep`. Returns the values in level order; for a list of results, one such list per result.
+    """``fn(model, masks=masks)`` for every IMP level (or the ``levels`` given) of ``result``: the level's
+    trained, masked network (:meth:`IMPResult.model_at`, eval mode) and its :class:`Masks`, on the same
+    backends as :func:`run_sweep`. Returns the values in level order; for a list of results, one such list
+    per result. netgeom's analyses fit as they are or through ``functools.partial``:
+    ``map_levels(neural_persistence, res)``, ``map_levels(partial(count_patterns, X=X), res)``,
+    ``map_levels(partial(representation_dimension, X=X), res, client=client)``.
 
-    ``fn`` must be picklable for process and Dask backends (a module-level function or a
-    ``functools.partial`` of one, e.g. ``partial(count_patterns, X=X)``).
+    ``fn`` must be picklable for process and Dask backends (a module-level function or a ``partial`` of
+    one).
 
     >>> from netgeom.training import TrainConfig
     >>> cfg = IMPConfig(model={"name": "mlp", "n_in": 64, "widths": [8], "n_out": 10},
