@@ -124,3 +124,15 @@ def test_relative_out_dir_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (res,) = run_sweep([BASE], out_dir="rel")
     assert res.run_dir.startswith(str(tmp_path / "rel"))
+
+
+def test_grid_over_models_from_a_callable_base():
+    from tests._user_models import tiny_resnet
+
+    base = IMPConfig(model=tiny_resnet, model_name="tiny", data=BASE.data, train=BASE.train)
+    a, b = grid(base, model=[{"factory": "tests._user_models:tiny_resnet", "width": 3}, BASE.model])
+    assert a.model == {"factory": "tests._user_models:tiny_resnet", "width": 3} and a.model_fn is None
+    assert b.model["name"] == "mlp"
+    assert grid(base, seed=[1])[0].model_fn is tiny_resnet
+    with pytest.raises(TypeError, match="model axis"):
+        grid(base, model=[tiny_resnet])

@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,16 @@ def grid(base: IMPConfig, **axes: Sequence) -> list[IMPConfig]:
     for values in itertools.product(*(list(axes[k]) for k in keys)):
         cfg = base
         for k, v in zip(keys, values):
-            cfg = cfg.with_seed(v) if k == "seed" else dataclasses.replace(cfg, **{k: v})
+            if k == "seed":
+                cfg = cfg.with_seed(v)
+            elif k == "model":
+                if not isinstance(v, Mapping) or "callable" in v:
+                    raise TypeError("a model axis holds descriptions ({'name': ...} or {'factory': ...}); "
+                                    "build configs of callables with IMPConfig(model=fn, model_name=...)")
+                # a description replaces a callable base's model entirely
+                cfg = dataclasses.replace(cfg, model=v, model_name=None, model_fn=None)
+            else:
+                cfg = dataclasses.replace(cfg, **{k: v})
         out.append(cfg)
     return out
 
