@@ -396,3 +396,18 @@ def test_torch_data_are_read_into_memory_only_when_they_fit(digits, monkeypatch)
     monkeypatch.setattr(tr, "_available_memory", lambda: need)
     assert not tr.TrainingData.from_any(data).train.in_memory
     assert tr.TrainingData.from_any(data, in_memory=True).test.in_memory
+
+
+def test_streamed_training_starts_mid_epoch_like_tensors(digits):
+    """Weight rewinding to iteration k starts a Trainer at step k: the streamed batches resume at batch k."""
+    from torch.utils.data import TensorDataset
+
+    cfg = CFG.replace(epochs=2)
+    streamed = (TensorDataset(digits.X_train, digits.y_train), TensorDataset(digits.X_test, digits.y_test))
+    nets = []
+    for data, in_memory in [(digits, None), (streamed, False)]:
+        m = net()
+        Trainer(m, data, cfg, verbose=False, start_step=7, in_memory=in_memory).run()
+        nets.append(m)
+    for a, b in zip(*(m.parameters() for m in nets)):
+        assert torch.equal(a, b)
