@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import check_int, check_tensor, check_widths
+from ._validation import check_int, check_masks, check_tensor, check_widths
 
 __all__ = [
     "AffineLayer",
@@ -237,11 +237,7 @@ def affine_layers(
     modules = _leaves(model)
     if not any(isinstance(m, _PARAMETRISED) for _, m in modules):
         raise ValueError(f"model ({type(model).__name__}) has no Linear or Conv layer: nothing to analyse")
-    if masks is not None:
-        known = {n for n, _ in model.named_parameters()}
-        unknown = sorted(set(masks) - known)
-        if unknown:
-            raise KeyError(f"masks name parameters the model does not have: {unknown}")
+    masks = check_masks(masks, model, allow_empty=True)  # one validation path for every mask form
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
     shape = _sample_shape(modules, tuple(input_shape) if input_shape is not None else None)

@@ -29,6 +29,7 @@ tests assert agreement to 1e-6 relative):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import numpy as np
@@ -285,17 +286,19 @@ _METHODS = ("mle", "twonn", "lpca")
 def intrinsic_dimension(
     X=None,
     method: str = "mle",
-    k: int | tuple[int, int] = 20,
+    k: int | tuple[int, int] | None = None,
     *,
     neighbors: NeighborGraph | None = None,
     **kw,
 ) -> DimensionResult:
     """Intrinsic dimension of the rows of ``X`` (or of a precomputed ``neighbors`` graph).
 
-    ``method="mle"`` → :class:`MLE` (``k``, ``variant``, ``unbiased``); ``method="twonn"`` → :class:`TwoNN`
-    (``fit``, ``discard_fraction``; ``k`` ignored); ``method="lpca"`` → :class:`LocalPCA` (``k``, ``rule``,
-    its thresholds, ``include_self``, ``aggregate``; needs ``X`` even with ``neighbors``). ``duplicates`` is
-    passed on. Returns a :class:`DimensionResult`.
+    ``method="mle"`` → :class:`MLE` (``k``, default 20, ``variant``, ``unbiased``); ``method="twonn"`` →
+    :class:`TwoNN` (``fit``, ``discard_fraction``; giving ``k`` is an error: TwoNN uses two neighbours);
+    ``method="lpca"`` → :class:`LocalPCA` (``k``, ``rule``,
+    its thresholds, ``include_self``, ``aggregate``; needs ``X`` even with ``neighbors``). ``duplicates``,
+    ``knn_method`` and ``device`` are passed on; an option the chosen method does not use is an error.
+    Returns a :class:`DimensionResult`.
 
     Example
     -------
@@ -306,10 +309,21 @@ def intrinsic_dimension(
     ('twonn', 2)
     """
     method = check_choice(method, "method", _METHODS)
-    if method == "lpca":
-        return LocalPCA(k=k, **kw).fit(X, neighbors=neighbors).result_
-    est = MLE(k=k, **kw) if method == "mle" else TwoNN(**kw)
-    return est.fit(X, neighbors=neighbors).result_
+    cls = {"mle": MLE, "twonn": TwoNN, "lpca": LocalPCA}[method]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "k")]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise TypeError(f"method={method!r} does not use {unknown}; its options are {accepted}")
+    if method == "twonn":
+        if k is not None:
+            # an ignored k would be reported as if it had been used
+            raise ValueError(
+                f"method='twonn' does not use k (got k={k!r}): TwoNN always uses the two nearest neighbours; "
+                "leave k out, or use method='mle' or 'lpca'"
+            )
+        return TwoNN(**kw).fit(X, neighbors=neighbors).result_
+    k = 20 if k is None else k
+    return cls(k=k, **kw).fit(X, neighbors=neighbors).result_
 
 
 # ------------------------------------------------------------------------------------------ local PCA
