@@ -471,6 +471,8 @@ class Trainer:
                             self.callback("step", self)
                 if not torch.isfinite(run_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite weights)")
                 if cfg.eval_train:
                     tr_loss, tr_acc = evaluate(model, self.X, self.y, batch_size=cfg.eval_batch_size)
                 else:
