@@ -219,3 +219,244 @@ def test_resuming_with_other_data_is_refused(tmp_path, digits):
     # the run it refused is intact and still reloads
     again = IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
     assert len(again.levels) == CFG.rounds + 1
+
+
+# ------------------------------------------------------------------------------ locks, corruption, modes
+_RUN_SCRIPT = """
+import hashlib, json, os, sys, time, torch
+torch.set_num_threads(1)
+from netgeom.pruning import IMP, IMPConfig
+cfg = IMPConfig.from_dict(json.loads(sys.argv[1]))
+flag, ready = sys.argv[3], sys.argv[4]
+def cb(level, event, tr):
+    if level == 0 and event == "start":
+        open(flag, "w").close()  # the lock is held from here on
+        t0 = time.time()
+        while ready != "-" and not os.path.exists(ready) and time.time() - t0 < 60:
+            time.sleep(0.02)  # keep working until the other process is about to start its run
+        time.sleep(0.5)
+if ready == "-":
+    open(flag + ".ready", "w").close()
+res = IMP(cfg, out_dir=sys.argv[2], verbose=False, callback=cb).run()
+print(json.dumps([[lv.level, lv.test_acc, lv.train_loss,
+                   hashlib.sha256(b"".join(v.numpy().tobytes() for v in lv.weights.values())).hexdigest()]
+                  for lv in res.levels]))
+"""
+
+
+def test_two_processes_on_one_run_do_the_work_once_and_agree(tmp_path, digits):
+    import time as _time
+
+    desc = json.dumps(CFG.to_dict())
+    flag = tmp_path / "started"
+    env = {**os.environ, "PYTHONWARNINGS": "always"}
+    a = subprocess.Popen([sys.executable, "-c", _RUN_SCRIPT, desc, str(tmp_path / "out"), str(flag),
+                          str(tmp_path / "b.ready")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = _time.time() + 60
+    while not flag.exists() and _time.time() < deadline and a.poll() is None:
+        _time.sleep(0.05)
+    assert flag.exists(), a.communicate()[1].decode()[-2000:]
+    flag.unlink()
+    b = subprocess.Popen([sys.executable, "-c", _RUN_SCRIPT, desc, str(tmp_path / "out"), str(tmp_path / "b"),
+                          "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out_a, err_a = a.communicate(timeout=120)
+    out_b, err_b = b.communicate(timeout=120)
+    assert a.returncode == 0 and b.returncode == 0, (err_a + err_b).decode()[-3000:]
+    assert f"is in use by process {a.pid}" in err_b.decode()  # the second one waited for the first
+    assert (tmp_path / "b.ready").exists() and not (tmp_path / "b").exists()  # b never trained
+    ra, rb = json.loads(out_a), json.loads(out_b)
+    assert ra == rb
+    single = IMP(CFG, verbose=False, data=digits).run()
+    for (lvl, acc, loss, _), lv in zip(ra, single.levels):
+        assert (lvl, acc, loss) == (lv.level, lv.test_acc, lv.train_loss)
+
+
+def test_lock_refuses_with_the_owner_when_asked_not_to_wait(tmp_path):
+    from netgeom.pruning.runs import RunInUseError
+
+    a, b = RunDir(tmp_path, {"x": 1}), RunDir(tmp_path, {"x": 1})
+    with a.lock():
+        with pytest.raises(RunInUseError, match=f"run .*run-{a.hash} is in use by process {os.getpid()}"):
+            with b.lock(timeout=0):
+                pass
+        with pytest.warns(UserWarning, match="in use by process"), pytest.raises(RunInUseError, match="waited"):
+            with b.lock(timeout=0.2):
+                pass
+    with b.lock(timeout=0):  # released
+        pass
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("template")
+    # module fixtures are set up before conftest's one-thread fixture; training results depend on threads
+    res = IMP(CFG, out_dir=root, verbose=False, data=digits, num_threads=1).run()
+    return root, res
+
+
+def _corrupt_npz(path, **arrays):
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _pickle_payload(path):
+    class P:
+        def __reduce__(self):
+            return (os.system, (f"touch {path}.pwned",))
+
+    torch.save({"0.weight": P()}, path)
+
+
+CORRUPTIONS = {
+    "record truncated": ("level_1/record.json", lambda p: p.write_text(p.read_text()[:40]), "not valid JSON"),
+    "record not utf8": ("level_1/record.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "not valid JSON"),
+    "record string accuracy": (
+        "level_1/record.json",
+        lambda p: p.write_text(p.read_text().replace('"test_acc": ', '"test_acc": "0.9", "x": ', 1)),
+        "unexpected keys|must be a number",
+    ),
+    "record accuracy 1.5": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "test_acc": 1.5})),
+        r"test_acc = 1.5 is not in \[0, 1\]",
+    ),
+    "record wrong level": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "level": 2})),
+        "records level 2",
+    ),
+    "record missing key": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "seed"})),
+        r"lacks \['seed'\]",
+    ),
+    "record n_kept": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "n_kept": 3})),
+        "n_kept 3 but masks.npz keeps",
+    ),
+    "history list of strings": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()),
+                                           "history": {**json.loads(p.read_text())["history"], "lr": ["a"]}})),
+        r"history.lr\[0\] must be a number",
+    ),
+    "masks garbage": ("level_1/masks.npz", lambda p: p.write_bytes(b"garbage" * 20), "not a readable masks file"),
+    "masks truncated": ("level_1/masks.npz", lambda p: p.write_bytes(p.read_bytes()[:60]), "masks file"),
+    "masks object array": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": __import__("numpy").array([None, 1], dtype=object)}),
+        "pickled Python objects",
+    ),
+    "masks wrong shape": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": __import__("numpy").ones((3, 3), bool)}),
+        r"mask '0.weight' has shape \(3, 3\)",
+    ),
+    "masks values 2": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": 2 * __import__("numpy").ones((16, 64), "int8")}),
+        "must be boolean",
+    ),
+    "masks bias key": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.bias": __import__("numpy").ones(16, bool)}),
+        "names a bias",
+    ),
+    "weights garbage": ("level_1/weights.pt", lambda p: p.write_bytes(b"garbage" * 20), "level_1/weights.pt"),
+    "weights truncated": ("level_1/weights.pt", lambda p: p.write_bytes(p.read_bytes()[:100]), "weights.pt"),
+    "weights pickle payload": ("level_1/weights.pt", _pickle_payload, "GLOBAL posix.system"),
+    "weights wrong shape": (
+        "level_1/weights.pt",
+        lambda p: torch.save({**torch.load(p), "0.weight": torch.zeros(2, 2)}, p),
+        r"'0.weight' has shape \(2, 2\)",
+    ),
+    "weights missing tensor": (
+        "level_1/weights.pt",
+        lambda p: torch.save({k: v for k, v in torch.load(p).items() if k != "0.bias"}, p),
+        r"missing \['0.bias'\]",
+    ),
+    "weights nan": (
+        "level_1/weights.pt",
+        lambda p: torch.save({**torch.load(p), "0.bias": torch.full((16,), float("nan"))}, p),
+        "NaN or inf",
+    ),
+    "fingerprint truncated": ("data_fingerprint.json", lambda p: p.write_text("{"), "not valid JSON"),
+    "fingerprint types": (
+        "data_fingerprint.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "n_train": "1347"})),
+        "n_train must be an integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_run_files_are_named_with_the_recovery(tmp_path, finished_run, digits, case):
+    import shutil
+
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    template, reference = finished_run
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    name, damage, reason = CORRUPTIONS[case]
+    (run,) = tmp_path.glob("imp-*")
+    damage(run / name)
+    with pytest.raises(CorruptRunFileError, match=reason) as err:
+        IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
+    msg = str(err.value)
+    assert msg.startswith(f"{run / name} is corrupt (")
+    assert "weights_only" not in msg and "allow_pickle" not in msg and "\n" not in msg
+    assert not list(tmp_path.rglob("*.pwned"))
+    # following the advice recovers the same result
+    if name.startswith("level_1/"):
+        assert msg.endswith(f"delete {run / 'level_1'} to recompute that level")
+        shutil.rmtree(run / "level_1")
+    else:
+        assert msg.endswith(f"delete {run / name} to record the fingerprint of the current data again")
+        (run / name).unlink()
+    same(IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run(), reference)
+
+
+def test_corrupt_description_is_named(tmp_path):
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    run = RunDir(tmp_path, {"x": 1})
+    run.file("description.json").write_text('{"x": ')
+    with pytest.raises(CorruptRunFileError, match=f"description.json is corrupt .*delete it to start"):
+        RunDir(tmp_path, {"x": 1})
+
+
+def test_files_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        run = RunDir(tmp_path, {"x": 1})
+        run.save_json("a.json", {"a": 1})
+        run.save_tensors("t.pt", {"a": torch.ones(2)})
+        from netgeom.pruning import Masks
+
+        run.save_masks("m.npz", Masks({"w": torch.ones(2, dtype=torch.bool)}))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir()}
+        assert modes == {"description.json": 0o640, "a.json": 0o640, "t.pt": 0o640, "m.npz": 0o640}
+        assert run.path.stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old)
+
+
+def test_unwritable_output_directory_is_named(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(NotADirectoryError, match=f"output directory {f} exists but is a file"):
+        RunDir(f, {"x": 1})
+    if not os.path.isdir("/sys"):
+        pytest.skip("no read-only /sys here")
+    with pytest.raises(PermissionError, match="cannot create the run directory /sys/netgeom-test/run-"):
+        RunDir("/sys/netgeom-test", {"x": 1})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, -float("inf")], {"a": float("nan")}])
+def test_description_with_non_finite_numbers_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="non-finite number .* at 'lr"):
+        RunDir(tmp_path, {"lr": value})
+    assert not list(tmp_path.iterdir())

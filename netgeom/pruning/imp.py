@@ -45,7 +45,7 @@ from ..results import Result, new_axes
 from ..training import TrainConfig, Trainer, TrainHistory, conform_inputs
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
-from .runs import RunDir
+from .runs import RunDir, run_lock
 
 __all__ = [
     "IMPConfig", "IMP", "IMPLevel", "IMPResult", "imp_main", "demo_imp", "demo_section", "parse_rewind",
@@ -399,15 +399,9 @@ class IMP:
         )
 
     def _load_level(self, level: int) -> IMPLevel:
-        rd = self.run_dir
-        rec = rd.load_json(f"level_{level}/record.json")
-        hist = TrainHistory(**rec.pop("history"))
-        return IMPLevel(
-            **rec,
-            masks=rd.load_masks(f"level_{level}/masks.npz"),
-            weights=rd.load_tensors(f"level_{level}/weights.pt"),
-            history=hist,
-        )
+        # every file validated (types, masks and weights against the model); a bad one names its recovery
+        rec, masks, weights, hist = self.run_dir.load_level(level, self._build(), IMPLevel, TrainHistory)
+        return IMPLevel(**rec, masks=masks, weights=weights, history=hist)
 
     def _save_level(self, lv: IMPLevel) -> None:
         rd = self.run_dir
@@ -421,6 +415,12 @@ class IMP:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> IMPResult:
+        # the run directory's lock is held while it is read and written: a second process on the same run
+        # waits, then reads the finished levels back (see netgeom.pruning.runs)
+        with run_lock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> IMPResult:
         from tqdm.auto import tqdm
 
         cfg, rd = self.config, self.run_dir
@@ -432,7 +432,7 @@ class IMP:
         init_state = {k: v.detach().clone() for k, v in self._build().state_dict().items()}
         rewind_state: dict[str, torch.Tensor] | None = None
         if rd is not None and rd.exists("rewind.pt"):
-            rewind_state = rd.load_tensors("rewind.pt")
+            rewind_state = rd.load_tensors("rewind.pt", like=init_state)
         masks = Masks.ones(self._build(), include_output=cfg.include_output)
         bar = tqdm(range(cfg.rounds + 1), desc="IMP", unit="level", disable=not self.verbose)
         try:
@@ -445,7 +445,7 @@ class IMP:
                 if level > 0:
                     model.load_state_dict(levels[-1].weights)
                     if rd is not None and rd.exists(f"level_{level}/masks_start.npz"):
-                        masks = rd.load_masks(f"level_{level}/masks_start.npz")
+                        masks = rd.load_masks(f"level_{level}/masks_start.npz", model)
                     else:
                         masks = self._prune(model, levels[-1].masks, level)
                         if rd is not None:
@@ -477,7 +477,7 @@ class IMP:
             "n_test": int(data.X_test.shape[0]),
         }
         if rd.exists("data_fingerprint.json"):
-            old = rd.load_json("data_fingerprint.json")
+            old = rd.load_json("data_fingerprint.json", {"sha256": str, "n_train": int, "n_test": int})
             if old != fp:
                 raise ValueError(
                     f"the data differ from the data run {rd.path} was started with (fingerprint {old} there, "
@@ -508,7 +508,8 @@ class IMP:
                           start_step=start_step, num_threads=self.num_threads)
         k = self._rewind_step(spe) if level == 0 and isinstance(rw, tuple) else None
         if resume:
-            trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
+            with rd.reading(trainer_ckpt):
+                trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
         elif k == 0:
             self._capture(trainer)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write, safe_reason
 from .._validation import binary_mask
 
 __all__ = ["Masks", "prunable_parameters"]
@@ -182,8 +182,14 @@ class Masks(MutableMapping):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
-        with np.load(path, allow_pickle=False) as data:
-            return cls({k: data[k] for k in data.files})
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError("a single array, not an .npz archive of named masks")
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError, zlib.error ...
+            raise ValueError(f"{path} is not a readable masks file ({safe_reason(exc)})") from None
+        return cls(arrays)
 
     @classmethod
     def from_model_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:
