@@ -325,7 +325,9 @@ CORRUPTIONS = {
     ),
     "record missing key": (
         "level_1/record.json",
-        lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k[0] != "s"})),
+        lambda p: p.write_text(
+            json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k[0] != "s"})
+        ),
         r"lacks \['seed', 'sparsity'\]",
     ),
     "record n_kept": (
