@@ -27,7 +27,6 @@ dict), ``weights_path`` (file in the run directory or ``None``), ``seed``, ``tim
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import numbers
@@ -551,9 +550,12 @@ def _json_or_name(text: str) -> dict[str, Any]:
 
 def imp_main(argv: Sequence[str] | None = None) -> int:
     """``netgeom imp``: run IMP from the command line and print a level table (JSON with ``--json``)."""
-    p = argparse.ArgumentParser(prog="netgeom imp", description="Iterative magnitude pruning with rewinding.")
+    from ..cli import check_mlp_memory, cli_parser, device_option, widths_option
+
+    p = cli_parser("netgeom imp", "Iterative magnitude pruning with rewinding.")  # defaults in --help
     p.add_argument("--model", default="mlp", help="model name or JSON description (default: mlp)")
-    p.add_argument("--widths", default="100,100", help="hidden widths for --model mlp (default: 100,100)")
+    p.add_argument("--widths", default="100,100", type=widths_option,
+                   help="hidden widths for --model mlp (default: 100,100)")
     p.add_argument("--data", default="mnist1d", help="data set name or JSON description (default: mnist1d)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--q", type=float, default=0.2, help="fraction of remaining weights pruned per round")
@@ -567,7 +569,7 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep-output", action="store_true", help="leave the classifier layer dense")
     p.add_argument("--random", action="store_true", help="random pruning baseline instead of magnitude")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None, help="torch threads while training (1 is fastest "
                    "for small MLPs)")
     p.add_argument("--out", default="runs/imp", help="root directory of run directories (default: runs/imp)")
@@ -582,7 +584,8 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
         ds = load_dataset(data_desc)
         model_desc.setdefault("n_in", ds.n_features)
         model_desc.setdefault("n_out", ds.n_classes)
-        model_desc.setdefault("widths", [int(w) for w in args.widths.split(",") if w])
+        model_desc.setdefault("widths", args.widths)
+        check_mlp_memory([model_desc["n_in"], *model_desc["widths"]], model_desc["n_out"], "--widths")
     else:
         ds = None
     config = IMPConfig(
