@@ -34,8 +34,13 @@ def _refuse_complex(x: Any, name: str) -> None:
     if isinstance(x, torch.Tensor):
         if x.is_complex():
             raise TypeError(f"{name} is complex ({x.dtype}); netgeom works on real numbers only")
-    elif np.iscomplexobj(x):
-        raise TypeError(f"{name} is complex; netgeom works on real numbers only (take .real or abs() first)")
+    else:
+        try:
+            is_complex = np.iscomplexobj(x)
+        except (TypeError, ValueError):  # ragged or non-numeric: the conversion that follows names it
+            return
+        if is_complex:
+            raise TypeError(f"{name} is complex; netgeom works on real numbers only (take .real or abs())")
 
 
 def check_array(
