@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -208,15 +209,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    cmd = argv[0] if argv and not argv[0].startswith("-") else ""
+    prog = f"netgeom {cmd}" if cmd else "netgeom"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # e.g. "run X is in use by process N; waiting": one line, like the errors
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return _main(argv)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = show_warning
+            return _main(argv)
     except Exception as exc:
         if debug or not isinstance(exc, _user_errors()):
             raise
-        cmd = argv[0] if argv and not argv[0].startswith("-") else ""
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         msg = " ".join(str(msg).split())  # one line, whatever the message
-        prog = f"netgeom {cmd}" if cmd else "netgeom"
         print(f"{prog}: error: {msg}  (--debug for the traceback)", file=sys.stderr)
         return 2
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_array, check_choice, check_fraction, check_int
+from .._validation import check_array, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
 from .neighbors import NeighborGraph, nearest_neighbors
 
@@ -176,6 +176,7 @@ class MLE:
         k1, k2 = _parse_k(self.k)
         check_choice(self.variant, "variant", _VARIANTS)
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
+        check_device(self.device)  # also when a neighbors= graph makes it unused: a typo is still an error
         if self.unbiased and k1 < 3:
             raise ValueError(f"unbiased=True normalises by k - 2, so k must be >= 3, got {k1}")
         g = _graph(X, neighbors, k2, self.duplicates, self.knn_method, self.device)
@@ -241,6 +242,7 @@ class TwoNN:
         check_choice(self.fit_method, "fit", ("linear", "mle"))
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
         frac = check_fraction(self.discard_fraction, "discard_fraction", high_inclusive=False)
+        check_device(self.device)
         g = _graph(X, neighbors, 2, self.duplicates, self.knn_method, self.device)
         mu = g.distances[:, 1] / g.distances[:, 0]
         N = len(mu)
@@ -563,6 +565,7 @@ class LocalPCA:
         rule = check_choice(rule, "rule", _PCA_RULES)
         check_choice(self.aggregate, "aggregate", ("mean", "median"))
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
+        check_device(self.device)
         if not isinstance(self.include_self, (bool, np.bool_)):
             raise TypeError(f"include_self must be a bool, got {self.include_self!r}")
         chunk = None if self.chunk_size is None else check_int(self.chunk_size, "chunk_size", minimum=1)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .._validation import as_generator, check_array, check_choice, check_fraction, check_int
+from .._validation import as_generator, check_array, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
 from .estimators import _VARIANTS, MLE, LocalPCA, TwoNN, _check_graph_of
 from .neighbors import NeighborGraph, nearest_neighbors
@@ -157,6 +157,7 @@ def id_scale_sweep(
     check_choice(twonn_fit, "twonn_fit", ("linear", "mle"))
     check_fraction(discard_fraction, "discard_fraction", high_inclusive=False)
     check_choice(duplicates, "duplicates", ("drop", "error"))
+    check_device(device)
     if lpca_kw is not None and not isinstance(lpca_kw, dict):
         raise TypeError(f"lpca_kw must be a dict of LocalPCA arguments, got {type(lpca_kw).__name__}")
     if lpca_kw and "k" in lpca_kw:
