@@ -238,7 +238,7 @@ def binary_mask(value: Any, key: str) -> torch.Tensor:
             example = t[bad].flatten()[0].item()
             raise ValueError(
                 f"mask '{key}' must be boolean (False/True or 0/1), but {int(bad.sum())} of its {t.numel()} "
-                f"entries are not (e.g. {example!r}); threshold it first, e.g. mask > 0.5"
+                f"entries are other than 0 and 1 (e.g. {example!r}); threshold it first, e.g. mask > 0.5"
             )
         t = t != 0
     return t.cpu().clone()
@@ -271,7 +271,7 @@ def check_masks(
     >>> check_masks({"0.bias": [1, 1, 1, 1]}, net)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: masks: key '0.bias' names a bias; only weights of Linear/Conv layers are pruned ...
+    ValueError: masks name parameters that are not Linear/Conv weights: '0.bias' names a bias ...
     """
     from .pruning.masks import Masks, prunable_parameters
 
@@ -310,8 +310,8 @@ def check_masks(
     for k in out:
         if k == "bias" or k.endswith(".bias"):
             raise ValueError(
-                f"{name}: key '{k}' names a bias; only weights of Linear/Conv layers are pruned"
-                + (f" (prunable: {prunable})" if prunable is not None else "")
+                f"{name} name parameters that are not Linear/Conv weights: '{k}' names a bias (biases are "
+                "never pruned)" + (f"; prunable weights: {prunable}" if prunable is not None else "")
             )
     if model is None:
         return out
@@ -324,7 +324,7 @@ def check_masks(
             )
         if k not in prunable:
             raise ValueError(
-                f"{name}: key '{k}' is not the weight of a Linear/Conv layer; prunable weights: {prunable}"
+                f"{name} name parameters that are not Linear/Conv weights: '{k}'; prunable: {prunable}"
             )
         if tuple(v.shape) != tuple(params[k].shape):
             raise ValueError(
