@@ -457,3 +457,40 @@ def test_description_with_non_finite_numbers_is_refused(tmp_path, value):
     with pytest.raises(ValueError, match="non-finite number .* at 'lr"):
         RunDir(tmp_path, {"lr": value})
     assert not list(tmp_path.iterdir())
+
+
+def test_model_at_reads_a_checked_weights_file(tmp_path, finished_run):
+    import shutil
+
+    from netgeom.pruning import IMPResult
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    template, reference = finished_run
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    (run,) = tmp_path.glob("imp-*")
+    levels = [lv.__class__(**{**lv.__dict__, "weights": None,
+                              "weights_path": str(run / f"level_{lv.level}" / "weights.pt")})
+              for lv in reference.levels]
+    res = IMPResult(config=reference.config, levels=levels, run_dir=str(run))
+    assert torch.equal(res.model_at(1)[0].weight, reference.model_at(1)[0].weight)
+    (run / "level_1" / "weights.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CorruptRunFileError, match=f"{run / 'level_1' / 'weights.pt'} is corrupt .*delete "
+                       f"{run / 'level_1'} to recompute that level") as err:
+        res.model_at(1)
+    assert "weights_only" not in str(err.value)
+
+
+def test_a_run_that_cannot_be_locked_for_lack_of_write_access_is_read_without_a_lock(tmp_path, monkeypatch):
+    import errno
+
+    import filelock
+
+    run = RunDir(tmp_path, {"x": 1})
+
+    def refuse(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    with pytest.warns(UserWarning, match="is not writable .*reading it without a lock"):
+        with run.lock():
+            assert run.load_json("description.json") == {"x": 1}

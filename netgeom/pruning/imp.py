@@ -44,7 +44,7 @@ from ..results import Result, new_axes
 from ..training import TrainConfig, Trainer, TrainHistory, conform_inputs
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
-from .runs import RunDir, run_lock
+from .runs import RunDir, load_state_file, run_lock
 
 __all__ = [
     "IMPConfig", "IMP", "IMPLevel", "IMPResult", "imp_main", "demo_imp", "demo_section", "parse_rewind",
@@ -249,10 +249,12 @@ class IMPResult(Result):
         if lv.weights is None:
             if lv.weights_path is None:
                 raise ValueError(f"level {lv.level} holds no weights and no weights file")
-            weights = torch.load(lv.weights_path, map_location="cpu", weights_only=True)
+            weights = None
         else:
             weights = lv.weights
         model = build_model(self.config["model"])
+        if weights is None:  # read back and checked against the model; a bad file is named
+            weights = load_state_file(lv.weights_path, like=model.state_dict())
         model.load_state_dict(weights)
         self.masks_at(level).apply(model)
         return model.eval()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -66,6 +67,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_torch_save",
     "run_lock",
+    "load_state_file",
 ]
 
 
@@ -320,7 +322,15 @@ class RunDir:
                     f"run {self.path} is in use by {self._owner()} (waited {timeout} s)"
                 ) from None
         except OSError as exc:
-            raise type(exc)(exc.errno, f"cannot lock the run {self.path} ({exc.strerror})") from None
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise type(exc)(exc.errno, f"cannot lock the run {self.path} ({exc.strerror})") from None
+            # a run shared read-only (a colleague's finished run): it can be read, never written, so no
+            # writer of ours needs excluding; a write would fail with an OSError naming the file
+            warnings.warn(
+                f"run {self.path} is not writable ({exc.strerror}): reading it without a lock", stacklevel=3
+            )
+            yield self
+            return
         self._lock = lock
         try:
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -397,38 +407,7 @@ class RunDir:
     def load_tensors(self, name: str, like: Mapping[str, torch.Tensor] | None = None) -> Any:
         """``torch.load(weights_only=True)`` of ``name``; with ``like`` (a state dict), the result must have
         the same keys, shapes and dtypes, and finite values."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch's note on pickle protocols is noise here
-                obj = torch.load(self.path / name, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
-            raise self.corrupt(name, safe_reason(exc)) from None
-        if like is not None:
-            self._check_state(name, obj, like)
-        return obj
-
-    def _check_state(self, name: str, obj: Any, like: Mapping[str, torch.Tensor]) -> None:
-        if not isinstance(obj, Mapping):
-            raise self.corrupt(name, f"a state dict was expected, got {type(obj).__name__}")
-        if set(obj) != set(like):
-            missing, extra = sorted(set(like) - set(obj)), sorted(set(obj) - set(like))
-            raise self.corrupt(
-                name, f"its tensors do not match the model (missing {missing}, unexpected {extra})"
-            )
-        for k, ref in like.items():
-            t = obj[k]
-            if not isinstance(t, torch.Tensor):
-                raise self.corrupt(name, f"'{k}' is a {type(t).__name__}, not a tensor")
-            if t.shape != ref.shape or t.dtype != ref.dtype:
-                raise self.corrupt(
-                    name,
-                    f"'{k}' has shape {tuple(t.shape)} and dtype {t.dtype}, the model's has "
-                    f"{tuple(ref.shape)} and {ref.dtype}",
-                )
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise self.corrupt(name, f"'{k}' holds NaN or inf")
+        return load_state_file(self.path / name, like, recovery=self.recovery(name))
 
     def save_masks(self, name: str, masks: Masks) -> Path:
         return masks.save(self.path / name)
@@ -481,6 +460,50 @@ class RunDir:
             if not ok:
                 raise self.corrupt(name, why)
         return rec, masks, weights, history(**hist)
+
+
+def load_state_file(
+    path: str | os.PathLike, like: Mapping[str, torch.Tensor] | None = None, *, recovery: str | None = None
+) -> Any:
+    """Tensors from ``path`` (``torch.load`` with ``weights_only=True``); with ``like`` (a state dict) the
+    result must have its keys, shapes and dtypes and hold finite values. A bad file raises
+    :class:`CorruptRunFileError` "PATH is corrupt (reason); RECOVERY" (default recovery: recompute the level
+    ``level_K`` the file is in, else delete the file)."""
+    path = Path(path)
+    if recovery is None:
+        where = path.parent if re.fullmatch(r"level_\d+", path.parent.name) else path
+        recovery = f"delete {where} to recompute {'that level' if where != path else 'it'}"
+
+    def corrupt(reason: str) -> CorruptRunFileError:
+        return CorruptRunFileError(f"{path} is corrupt ({reason}); {recovery}")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols is noise here
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
+        raise corrupt(safe_reason(exc)) from None
+    if like is None:
+        return obj
+    if not isinstance(obj, Mapping):
+        raise corrupt(f"a state dict was expected, got {type(obj).__name__}")
+    if set(obj) != set(like):
+        missing, extra = sorted(set(like) - set(obj)), sorted(set(obj) - set(like))
+        raise corrupt(f"its tensors do not match the model (missing {missing}, unexpected {extra})")
+    for k, ref in like.items():
+        t = obj[k]
+        if not isinstance(t, torch.Tensor):
+            raise corrupt(f"'{k}' is a {type(t).__name__}, not a tensor")
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise corrupt(
+                f"'{k}' has shape {tuple(t.shape)} and dtype {t.dtype}, the model's has {tuple(ref.shape)} "
+                f"and {ref.dtype}"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise corrupt(f"'{k}' holds NaN or inf")
+    return obj
 
 
 @contextlib.contextmanager
