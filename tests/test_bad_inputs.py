@@ -662,6 +662,20 @@ API_CASES = [
         "a test array would need about 1e+06 GB",
     ),
     ("mlp widths", lambda t: ng.mlp(3, [0], 2), ValueError, "widths[0] must be >= 1"),
+    (
+        "mlp 40 PB",
+        lambda t: ng.mlp(3, [10**8, 10**8], 2),
+        MemoryError,
+        "mlp(3, [100000000, 100000000], 2) would need",
+    ),
+    (
+        "IMPConfig 40 PB",
+        lambda t: ng.IMPConfig(
+            model={"name": "mlp", "n_in": 4, "widths": [10**8, 10**8], "n_out": 2}, data={"name": "digits"}
+        ),
+        MemoryError,
+        "would need about",
+    ),
 ]
 
 CLI_CASES = [
