@@ -1,7 +1,9 @@
 """Input checks shared by every public entry point.
 
 Every public function passes its inputs through here so that bad input fails early, with a message that
-names the argument, what was wrong and what was expected.
+names the argument, what was wrong and what was expected: arrays and tensors (complex refused, non-finite
+refused), scalars, masks in any form (:func:`check_masks`), devices (:func:`check_device`), memory before a
+large allocation (:func:`check_memory`) and comma-separated command-line lists.
 """
 
 from __future__ import annotations
