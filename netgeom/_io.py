@@ -53,7 +53,7 @@ def safe_reason(exc: BaseException) -> str:
     m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if m:
         return f"it holds Python objects other than tensors and plain data: {m.group(1).strip()}"
-    if "Object arrays cannot be loaded" in text:
+    if "Object arrays cannot be loaded" in text or "contains pickled" in text:
         return "it holds pickled Python objects, which are never loaded"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _UNSAFE_ADVICE.search(ln)]
     first = lines[0] if lines else ""

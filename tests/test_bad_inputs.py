@@ -676,6 +676,21 @@ API_CASES = [
         MemoryError,
         "would need about",
     ),
+    (
+        "masks file pickle",
+        lambda t: (
+            (t / "m.npz").write_bytes(__import__("pickle").dumps({"a": 1})) and ng.Masks.load(t / "m.npz")
+        ),
+        ValueError,
+        "m.npz is not a readable masks file (it holds pickled",
+    ),
+    (
+        "masks file one array",
+        lambda t: np.save(t / "m.npy", np.ones(3)) or ng.Masks.load(t / "m.npy"),
+        ValueError,
+        "a single array, not an .npz archive",
+    ),
+    ("masks file missing", lambda t: ng.Masks.load(t / "none.npz"), FileNotFoundError, "no masks file at"),
 ]
 
 CLI_CASES = [

@@ -183,9 +183,10 @@ class Masks(MutableMapping):
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if not isinstance(data, np.lib.npyio.NpzFile):
-                    raise ValueError("a single array, not an .npz archive of named masks")
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not an .npz archive of named masks")
+            with data:
                 arrays = {k: data[k] for k in data.files}
         except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError, zlib.error ...
             raise ValueError(f"{path} is not a readable masks file ({safe_reason(exc)})") from None
