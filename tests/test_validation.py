@@ -94,3 +94,30 @@ def test_memory_and_option_parsing():
     assert parse_int_list("100, 50", "--widths") == [100, 50]
     with pytest.raises(ValueError, match="--widths takes comma-separated integers"):
         parse_int_list("", "--widths")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.float32, np.float64, np.uint8])
+def test_a_mask_is_accepted_exactly_when_it_is_binary(dtype):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    from netgeom import mlp
+    from netgeom._validation import check_masks
+
+    net = mlp(3, [4], 2, seed=0)
+    lo = 0 if dtype == np.uint8 else -2
+
+    @settings(max_examples=40, deadline=None)
+    @given(arrays(dtype, (4, 3), elements=st.integers(lo, 3)))
+    def check(a):
+        binary = bool(np.isin(a, (0, 1)).all())
+        try:
+            m = check_masks({"0.weight": a}, net)
+        except ValueError as exc:
+            assert not binary and "mask '0.weight' must be boolean" in str(exc)
+        else:
+            assert binary and m["0.weight"].dtype == torch.bool
+            assert torch.equal(m["0.weight"], torch.as_tensor(a != 0))
+
+    check()
