@@ -223,19 +223,19 @@ def test_resuming_with_other_data_is_refused(tmp_path, digits):
 
 # ------------------------------------------------------------------------------ locks, corruption, modes
 _RUN_SCRIPT = """
-import hashlib, json, os, sys, time, torch
+import hashlib, json, sys, warnings, torch
 torch.set_num_threads(1)
 from netgeom.pruning import IMP, IMPConfig
 cfg = IMPConfig.from_dict(json.loads(sys.argv[1]))
-me, other = sys.argv[3], sys.argv[4]
+show = warnings.showwarning
+def note(message, *args, **kw):
+    if "is in use by" in str(message):
+        open(sys.argv[3], "w").close()  # this process found the run locked and waits for it
+    show(message, *args, **kw)
+warnings.showwarning = note
 def cb(level, event, tr):
-    if level == 0 and event == "start":  # only the process holding the lock gets here
-        open(me + ".trained", "w").close()
-        t0 = time.time()
-        while not os.path.exists(other + ".ready") and time.time() - t0 < 60:
-            time.sleep(0.02)  # keep the lock until the other process is about to start its run
-        time.sleep(0.3)
-open(me + ".ready", "w").close()
+    if event == "start":
+        open(sys.argv[3] + ".trained", "w").close()
 res = IMP(cfg, out_dir=sys.argv[2], verbose=False, callback=cb).run()
 print(json.dumps([[lv.level, lv.test_acc, lv.train_loss,
                    hashlib.sha256(b"".join(v.numpy().tobytes() for v in lv.weights.values())).hexdigest()]
@@ -244,26 +244,33 @@ print(json.dumps([[lv.level, lv.test_acc, lv.train_loss,
 
 
 def test_two_processes_on_one_run_do_the_work_once_and_agree(tmp_path, digits):
-    desc = json.dumps(CFG.to_dict())
+    """This process holds the run; a second real process started meanwhile waits, then reads the results."""
+    import hashlib
+    import time as _time
+
+    waiting = tmp_path / "waiting"
     env = {**os.environ, "PYTHONWARNINGS": "always"}
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _RUN_SCRIPT, desc, str(tmp_path / "out"), me, other],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        for me, other in ((a, b), (b, a))
-    ]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert all(p.returncode == 0 for p in procs), b"".join(e for _, e in outs).decode()[-3000:]
-    trained = [os.path.exists(me + ".trained") for me in (a, b)]
-    assert sorted(trained) == [False, True]  # the work was done once
-    waiter = trained.index(False)
-    owner = procs[1 - waiter].pid
-    assert f"is in use by process {owner}" in outs[waiter][1].decode()  # ... the other one waited
-    ra, rb = (json.loads(o) for o, _ in outs)
-    assert ra == rb
-    single = IMP(CFG, verbose=False, data=digits).run()
-    for (lvl, acc, loss, _), lv in zip(ra, single.levels):
-        assert (lvl, acc, loss) == (lv.level, lv.test_acc, lv.train_loss)
+    other = []
+
+    def start_other_and_wait(level, event, tr):
+        if level == 0 and event == "start":  # the lock is held from here on
+            argv = [sys.executable, "-c", _RUN_SCRIPT, json.dumps(CFG.to_dict()), str(tmp_path / "out"),
+                    str(waiting)]
+            other.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+            t0 = _time.time()
+            while not waiting.exists() and other[0].poll() is None and _time.time() - t0 < 120:
+                _time.sleep(0.02)
+
+    mine = IMP(CFG, out_dir=tmp_path / "out", verbose=False, data=digits, callback=start_other_and_wait).run()
+    out, err = other[0].communicate(timeout=120)
+    assert other[0].returncode == 0, err.decode()[-3000:]
+    assert f"is in use by process {os.getpid()}" in err.decode()  # it waited for this process
+    assert waiting.exists() and not (tmp_path / "waiting.trained").exists()  # ... and never trained
+    digest = [hashlib.sha256(b"".join(v.numpy().tobytes() for v in lv.weights.values())).hexdigest()
+              for lv in mine.levels]
+    expected = [[lv.level, lv.test_acc, lv.train_loss, h] for lv, h in zip(mine.levels, digest)]
+    assert json.loads(out) == expected
+    same(mine, IMP(CFG, verbose=False, data=digits).run())  # identical to a run without a directory
 
 
 def test_lock_refuses_with_the_owner_when_asked_not_to_wait(tmp_path):
