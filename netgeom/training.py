@@ -39,7 +39,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import check_choice, check_finite_model, check_fraction, check_int, check_tensor
+from ._validation import (
+    check_choice,
+    check_device,
+    check_finite_model,
+    check_fraction,
+    check_int,
+    check_tensor,
+)
 from .results import Result, new_axes
 
 __all__ = [
@@ -673,8 +680,10 @@ def evaluate(
     if X.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set")
     X = conform_inputs(model, X)
+    check_finite_model(model)  # NaN weights would give (nan, accuracy of argmax over NaN): no answer
     if device is None:
         device = next(iter(model.parameters())).device
+    device = check_device(device)
     batches = ((X[i : i + batch_size], y[i : i + batch_size]) for i in range(0, X.shape[0], batch_size))
     return _loss_acc(model, batches, X.shape[0], device)
 
@@ -753,7 +762,7 @@ class Trainer:
                 f"{config.batch_size}; the TrainConfig's (part of the run description) sets the mini-batches"
             )
         check_finite_model(model)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = model.to(self.device)
         self.config = config
         self.verbose = verbose
@@ -931,6 +940,8 @@ class Trainer:
                             self.callback("step", self)
                 if not torch.isfinite(run_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite weights)")
                 if cfg.eval_train:
                     tr_loss, tr_acc = self._evaluate(self.data.train, self.X, self.y)
                 else:

@@ -443,5 +443,7 @@ def test_cli_runs_a_user_factory(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["model"] == {"factory": "tests._user_models:tiny_resnet"}
     assert [lv["level"] for lv in out["levels"]] == [0, 1]
-    with pytest.raises(SystemExit):
-        imp_main(argv[:-1] + ["0"])  # --threads 0
+    from netgeom.cli import UsageError
+
+    with pytest.raises(UsageError, match="--threads must be 'auto' or a positive integer"):
+        imp_main(argv[:-1] + ["0"])
