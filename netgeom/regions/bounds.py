@@ -991,7 +991,10 @@ def demo_section(ctx) -> str:
     grid = np.logspace(-3, 0, 13 if ctx.quick else 25)
     uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
-    allocs = [allocate_densities(n0, widths, float(p), n_grid=21 if ctx.quick else 41) for p in alloc_grid]
+    allocs = [
+        allocate_densities(n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41)
+        for p in alloc_grid
+    ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.semilogx(grid, uniform, "o-", label="uniform densities")
     ax1.semilogx(alloc_grid, [a.log10 for a in allocs], "s--", label="allocated (max bound)")
