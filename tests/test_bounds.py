@@ -350,7 +350,9 @@ def serra_full_row(n0, widths, ranks=None):
         if ranks is not None and ranks[l] < len(count) - 1:
             count = count[: ranks[l]] + [sum(count[ranks[l] :])]
         top = len(count) - 1
-        row = [math.comb(n, j) for j in range(n + 1)]
+        row = [1] * (n + 1)
+        for j in range(n):
+            row[j + 1] = row[j] * (n - j) // (j + 1)
         partial = list(itertools.accumulate(row))
         suffix = list(itertools.accumulate(count[::-1]))[::-1] + [0]
         new = []
