@@ -13,6 +13,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from netgeom import Masks, affine_layers, mlp, small_convnet
+from netgeom.regions.allocation import allocate_densities
 from netgeom.regions.bounds import (
     bounds,
     int_log10,
@@ -469,3 +470,82 @@ def test_zaslavsky_complement_and_power_of_two():
         for d in range(0, 28):
             assert zaslavsky_bound(n, d) == sum(math.comb(n, j) for j in range(min(n, d) + 1))
     assert zaslavsky_bound(10**6, 10**6 - 3) == 2**10**6 - 1 - 10**6 - math.comb(10**6, 2)
+
+
+# ------------------------------------------------------------------------------------------- traced (14.3)
+class _FunctionalChain(torch.nn.Module):
+    """The same chain as mlp(3, [5, 4], 2), written with its own forward and functional ReLUs."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.a, self.b, self.c = seq[0], seq[2], seq[4]
+
+    def forward(self, x):
+        return self.c(torch.nn.functional.relu(self.b(torch.relu(self.a(x)))))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.block, self.out = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(torch.relu(h + self.block(h)))
+
+
+class _Concat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.out = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4), torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.l1(x)), torch.relu(self.l2(x))], dim=1))
+
+
+def test_chains_with_their_own_forward_are_bounded_like_sequentials():
+    seq = mlp(3, [5, 4], 2, seed=0)
+    masks = Masks.ones(seq)
+    masks["2.weight"][:, :3] = False
+    masks.apply(seq)
+    own = _FunctionalChain(seq)
+    own_masks = {"b.weight": masks["2.weight"]}
+    a, b = bounds(seq, masks), bounds(own, own_masks)
+    assert (a.serra, a.sparse_masks, a.ranks) == (b.serra, b.sparse_masks, b.ranks)
+    assert sparse_bound(model=own, masks=own_masks, rank_model="masks").exact == a.sparse_masks
+
+
+@pytest.mark.parametrize(
+    "net,what",
+    [
+        (_Residual(), "a residual addition"),
+        (_Concat(), "a concatenation"),
+        (torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
+                             torch.nn.Flatten(), torch.nn.Linear(12, 2)), "a max-pooling"),
+    ],
+)
+def test_residual_concat_maxpool_are_refused_saying_what_is_bounded(net, what):
+    from netgeom.nets import UnsupportedLayerError
+
+    kw = {"input_shape": (1, 14)} if isinstance(net, torch.nn.Sequential) else {}
+    for call in (
+        lambda: bounds(net, **kw),
+        lambda: sparse_bound(model=net, rank_model="masks", **kw),
+        lambda: allocate_densities(model=net, total_density=0.5, **kw),
+    ):
+        with pytest.raises(UnsupportedLayerError, match=rf"not defined .* is {what}.*not guess.*Bounded"):
+            call()
+
+
+def test_leaky_relu_chains_get_no_serra_or_cai_bound():
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 3), torch.nn.LeakyReLU(0.1), torch.nn.Linear(3, 3), torch.nn.LeakyReLU(0.1),
+        torch.nn.Linear(3, 1),
+    )
+    for call in (
+        lambda: bounds(net),
+        lambda: sparse_bound(model=net, rank_model="masks"),
+        lambda: allocate_densities(model=net, total_density=0.5),
+    ):
+        with pytest.raises(ValueError, match=r"assume ReLU.*LeakyReLU \(slope 0.1\).*product_bound"):
+            call()

@@ -38,7 +38,7 @@ from .._validation import check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
-from .bounds import _n_kernel, sparse_bound
+from .bounds import _n_kernel, bounded_layers, sparse_bound
 
 __all__ = ["allocate_densities", "AllocationResult"]
 
@@ -220,7 +220,7 @@ def allocate_densities(
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        layers = affine_layers(model, input_shape=input_shape)
+        layers = bounded_layers(model, input_shape=input_shape)
         if layers[-1].activation != "identity":
             # The bound would count that layer as hidden while the budget treats it as the classifier.
             raise ValueError(

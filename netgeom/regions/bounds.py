@@ -33,7 +33,7 @@ from scipy.special import gammaln
 from scipy.stats import binom
 
 from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer
 from ..results import Result, new_axes
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "bounds",
     "BoundsResult",
     "demo_section",
+    "bounded_layers",
     "RANK_MODELS",
 ]
 
@@ -573,12 +574,61 @@ class SparseBoundResult(Result):
         return ax
 
 
+_BREAKS = {"add": "a residual addition", "cat": "a concatenation", "maxpool": "a max-pooling"}
+
+
+def bounded_layers(model, masks=None, *, input_shape=None) -> list[AffineLayer]:
+    """The model's layers, if the region bounds of this module apply to it; else an error saying why.
+
+    Serra et al.'s and Cai et al.'s bounds (and the dense ones here) are proved for chains of affine maps
+    and ReLUs: Linear and Conv layers (BatchNorm, AvgPool, flatten folded in), ReLU as a module or a
+    function, in any ``forward`` that ``torch.fx`` traces (:func:`netgeom.nets.trace`). They are not
+    proved, and netgeom does not guess them, for
+
+    * residual additions, concatenations and max-pooling (the traced graph is not a chain): raises
+      :class:`~netgeom.nets.UnsupportedLayerError` naming every such node;
+    * LeakyReLU: an inactive ReLU outputs 0, which lowers the dimension later layers see, and the bounds
+      count on it; a LeakyReLU keeps the dimension. Raises ``ValueError`` pointing to
+      :func:`product_bound`, which holds for LeakyReLU chains too (Zaslavsky per layer in the dimension
+      ``min(n_0, …, n_l)`` that an affine map of that rank can pass on).
+
+    The exact counts (``regions_on_slice``, ``regions_on_segment``, ``count_patterns``) handle all of these.
+    """
+    from ..nets import UnsupportedLayerError, trace
+
+    g = trace(model, masks, input_shape=input_shape)
+    breaks = [nd for nd in g.nodes[1:] if nd.op in _BREAKS]
+    if breaks or not g.is_chain:
+        listed = "; ".join(f"{nd.source} is {_BREAKS[nd.op]}" for nd in breaks[:5])
+        more = f" (and {len(breaks) - 5} more)" if len(breaks) > 5 else ""
+        raise UnsupportedLayerError(
+            f"region bounds are not defined for {g.model_name}: {listed or 'its graph branches'}{more}. "
+            "Serra et al.'s and Cai et al.'s bounds are proved for chains of affine maps and ReLUs only; a "
+            "residual addition, a concatenation or a max-pooling changes how regions compose, and netgeom "
+            "does not guess a bound for it. Bounded: chains (Linear/Conv with BatchNorm, AvgPool, flatten, "
+            "ReLU as modules or functions, any forward). Exact counts of this network's regions: "
+            "regions_on_slice, regions_on_segment, count_patterns"
+        )
+    layers = g.layers()
+    leaky = [la for la in layers if la.activation == "leaky_relu"]
+    if leaky:
+        la = leaky[0]
+        raise ValueError(
+            f"Serra et al.'s and Cai et al.'s region bounds assume ReLU: an inactive unit outputs 0, which "
+            f"lowers the dimension later layers see. Layer '{la.name}' is followed by a LeakyReLU (slope "
+            f"{la.negative_slope:g}), which keeps that dimension, so these bounds are not proved for this "
+            "network and are not given. product_bound(n0, widths) (Zaslavsky per layer in dimension "
+            "min(n0, n1, ..., nl)) does hold for LeakyReLU chains"
+        )
+    return layers
+
+
 def _model_layers(
     model, masks, include_output: bool, input_shape=None
 ) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
     """``(n0, region layers, all layers)``. The region layers are all but the affine output layer; a network
     that ends with a ReLU/LeakyReLU has no affine output layer, and its last layer cuts regions too."""
-    layers = affine_layers(model, masks, input_shape=input_shape)
+    layers = bounded_layers(model, masks, input_shape=input_shape)
     if layers[-1].activation != "identity":
         if include_output:
             raise ValueError(
@@ -883,8 +933,9 @@ def bounds(
 ) -> BoundsResult:
     """All region bounds of an actual (pruned) network, over its hidden layers.
 
-    Widths come from :func:`netgeom.nets.affine_layers` (a convolution counts its flattened output units;
-    its bounds are valid but loose). The closed-form sparse bound models a random mask on a dense matrix,
+    Widths come from the traced chain (:func:`bounded_layers`; a convolution counts its flattened output
+    units, its bounds are valid but loose). Residual, concatenating and max-pooling networks, and LeakyReLU
+    ones, are refused with the reason: the bounds are not proved for them. The closed-form sparse bound models a random mask on a dense matrix,
     so it is only computed when every hidden layer is ``Linear``; the actual-rank bound applies to any layer.
     ``input_shape`` (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
 
