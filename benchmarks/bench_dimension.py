@@ -160,8 +160,8 @@ def main():
     a = p.parse_args()
     rng = np.random.default_rng(a.seed)
     print(f"torch threads: {torch.get_num_threads()}")
-    n_syn = 4000 if a.quick else 20000
-    n_lpca = 300 if a.quick else 2000  # skdim's lPCA.fit_pw fits one sklearn PCA per point: slow
+    n_syn = 2000 if a.quick else 20000
+    n_lpca = 60 if a.quick else 2000  # skdim's lPCA.fit_pw fits one sklearn PCA per point: slow
     rules = {r: LPCA_RULES[r] for r in ("fo", "fan")} if a.quick else LPCA_RULES
     # a curved 16-D manifold in 784-D with mild noise: realistic neighbour structure
     from netgeom.data.synthetic import make_curved_manifold
@@ -174,11 +174,11 @@ def main():
         m = load_mnist(a.mnist)
         mn = torch.cat([m.X_train, m.X_test]).reshape(-1, 784).double().numpy()
         if a.quick:
-            mn = mn[rng.permutation(len(mn))[:3000]]
-        run("MNIST test split", mn, False, n_lpca=n_lpca, rules=rules, repeat=1 if a.quick else 3)
+            mn = mn[rng.permutation(len(mn))[:2000]]
+        run("MNIST test split", mn, False, n_lpca=n_lpca, rules=rules, repeat=2 if a.quick else 3)
     except FileNotFoundError as exc:
         print(f"MNIST skipped: {exc}")
-    run("synthetic curved", syn, skip_reference=False, n_lpca=n_lpca, rules=rules, repeat=1 if a.quick else 3)
+    run("synthetic curved", syn, skip_reference=False, n_lpca=n_lpca, rules=rules, repeat=2 if a.quick else 3)
     if a.full:
         big = make_curved_manifold(16, 784, n_train=70000, n_test=1, noise=0.05, seed=a.seed)
         run("synthetic curved (full)", big.X_train.double().numpy(), skip_reference=True)

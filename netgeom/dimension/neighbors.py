@@ -120,7 +120,8 @@ def nearest_neighbors(
         ``n_dropped``; ``"error"`` raises if any exist; ``"keep"`` keeps them (zero distances then appear).
     chunk_size : rows per block of the torch back-end (default ~1500); the score blocks take at most
         ``max(64 MB, 4 chunk_size²)`` bytes.
-    n_extra : extra float32 candidates per row re-ranked in float64.
+    n_extra : extra float32 candidates per row, the margin of the certificate; only candidates that the
+        float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
 
     Example

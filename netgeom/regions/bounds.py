@@ -935,9 +935,10 @@ def bounds(
 
     Widths come from the traced chain (:func:`bounded_layers`; a convolution counts its flattened output
     units, its bounds are valid but loose). Residual, concatenating and max-pooling networks, and LeakyReLU
-    ones, are refused with the reason: the bounds are not proved for them. The closed-form sparse bound models a random mask on a dense matrix,
-    so it is only computed when every hidden layer is ``Linear``; the actual-rank bound applies to any layer.
-    ``input_shape`` (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
+    ones, are refused with the reason: the bounds are not proved for them. The closed-form sparse bound
+    models a random mask on a dense matrix, so it is only computed when every hidden layer is ``Linear``;
+    the actual-rank bound applies to any layer. ``input_shape`` (one sample's shape) is passed to the
+    tracer, for conv nets.
 
     >>> from netgeom.nets import mlp
     >>> b = bounds(mlp(2, [3, 3], 1, seed=0))
