@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import field
@@ -81,17 +82,6 @@ class BoundTooLargeError(ValueError):
     """
 
 
-def _partial_binom_sums(n: int, upto: int) -> list[int]:
-    """``[Σ_{j≤m} C(n, j) for m = 0..upto]`` in exact integers (terms past ``n`` are 0)."""
-    out, s, c = [], 0, 1
-    for j in range(upto + 1):
-        if j <= n:
-            s += c
-            c = c * (n - j) // (j + 1)
-        out.append(s)
-    return out
-
-
 def _binom_prefix(n: int, upto: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``C(n, j)`` and ``Σ_{i≤j} C(n, i)`` for ``j = 0..min(n, upto)``: only the columns a recursion whose
     dimension never exceeds ``upto`` can reach, however wide the layer (``C(10**6, j)`` for ``j ≤ 784`` is
@@ -105,7 +95,7 @@ def _binom_prefix_build(n: int, upto: int) -> tuple[tuple[int, ...], tuple[int, 
     row = [1] * (upto + 1)
     for j in range(upto):
         row[j + 1] = row[j] * (n - j) // (j + 1)
-    return tuple(row), tuple(_partial_binom_sums(n, upto))
+    return tuple(row), tuple(itertools.accumulate(row))
 
 
 _binom_prefix_cached = functools.lru_cache(maxsize=256)(_binom_prefix_build)
@@ -333,9 +323,7 @@ def serra_bound(
         top = len(count) - 1
         binoms, partial = _binom_prefix(n, top)
         # suffix[m] = Σ_{m' ≥ m} count[m']
-        suffix = [0] * (top + 2)
-        for m in range(top, -1, -1):
-            suffix[m] = suffix[m + 1] + count[m]
+        suffix = [*itertools.accumulate(reversed(count))][::-1] + [0]
         new = [0] * (min(top, n) + 1)
         for m in range(min(top, n) + 1):
             stay = count[m] * partial[min(m, n - m)]
