@@ -464,7 +464,7 @@ class _Tracer(fx.Tracer):
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if type(m) in _LEAVES:
+        if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -659,27 +659,26 @@ class _Builder:
             scale, shift = _bn_scale_shift(m, f"module '{name}' ({tname})")
             op = _AffineOp(name, tname, ref.shape, (), _bn_fn, {"scale": scale, "shift": shift}, 2, module=m)
         else:  # pools
-            mm = m.double()  # pools have no parameters; double() is a no-op on them
 
-            def fn(x, p, bias, mm=mm):
+            def fn(x, p, bias, mm=m):
                 return mm(x)
 
             op = _AffineOp(name, tname, ref.shape, (), fn, {}, 0, module=m)
         y = self.run_op(fxn, op, ref)
         op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
         if op.fan_in == 0:
-            op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
-            if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
-                op.fan_in = math.prod(_fmt_kernel(m.kernel_size)) + 1
+            kernel = _fmt_kernel(m.kernel_size) if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)) else None
+            op.fan_in = _fan_in(tname, ref.shape, op.out_shape, kernel)
         return self.affine(fxn, ref, op, y, name)
 
     def func_affine(self, fxn: fx.Node, ref: _Ref, func, args, kwargs, type_name: str) -> _Ref:
         op = _AffineOp(fxn.name, type_name, ref.shape, (), _const_fn(func, args, kwargs), {}, 0)
         y = self.run_op(fxn, op, ref)
         op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
-        op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
-        if type_name.startswith("avg_pool"):
-            op.fan_in = math.prod(_fmt_kernel(args[0] if args else kwargs["kernel_size"])) + 1
+        kernel = (
+            _fmt_kernel(args[0] if args else kwargs["kernel_size"]) if type_name.startswith("avg") else None
+        )
+        op.fan_in = _fan_in(type_name, ref.shape, op.out_shape, kernel)
         return self.affine(fxn, ref, op, y, None)
 
     # ------------------------------------------------------------------ other nodes
@@ -764,6 +763,16 @@ class _Builder:
         shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
         idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
+
+
+def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
+    """An upper bound on the inputs one output of a weight-free linear op reads, plus one (for the
+    rounding-error bounds of reduced-precision evaluation)."""
+    if kernel is not None:
+        return math.prod(kernel) + 1
+    if "adaptive" in type_name.lower():
+        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[1:], out_shape[1:])) + 1
+    return max(1, math.ceil(math.prod(in_shape) / max(1, math.prod(out_shape)))) + 1
 
 
 def _pool_windows(in_shape, out_shape, p) -> torch.Tensor:
@@ -1017,7 +1026,7 @@ def trace(
                     raise b.refuse(n, "returns indices")
                 dim = 1 if isinstance(m, nn.MaxPool1d) else 2
                 env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-            elif isinstance(m, _WEIGHTED + _BN + _POOLS):
+            elif isinstance(m, _WEIGHTED + _BN + _POOLS) or getattr(type(m), "netgeom_linear", False):
                 env[n] = b.module_op(n, m, x)
             else:
                 why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
