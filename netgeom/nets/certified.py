@@ -1,0 +1,352 @@
+"""Activation patterns of a :class:`PLGraph` computed fast in float32 and decided exactly.
+
+The pattern of an input is every ReLU sign ``[z > 0]`` and every max-pool window's argmax (the first maximal
+position in the window's order, as torch). :func:`graph_patterns` evaluates the graph in float32 and carries,
+beside every value, a *certified* bound on its distance to the exact value (the graph's float64 parameters
+and the input evaluated in real arithmetic), from the standard model of floating point (``|fl(a op b) -
+(a op b)| <= u |a op b|``, a dot product of ``K`` terms within ``gamma_K = K u / (1 - K u)`` of its absolute
+sum, whatever the summation order):
+
+* an affine op ``y = M x + b`` on a computed ``x^`` with error ``e`` gets
+  ``|y^ - y| <= |M| e + g (|M| |x^| + |b|)``, ``g = gamma_{K+2}`` (``K`` the fan-in; the ``+2`` covers the
+  rounding of the parameters to float32 and of the bias); for a dense ``Linear`` on a vector,
+  ``|M| e <= ||M_i||_2 ||e||_2`` and ``|M| |x^| <= ||M_i||_2 ||x^||_2`` (Cauchy-Schwarz), so the bound costs
+  O(width) per sample instead of a second matrix product;
+* ReLU and max-pooling are 1-Lipschitz; a ReLU whose input is certainly negative has error 0;
+* a sum adds the errors plus its own rounding.
+
+A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
+when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
+Rows with any undecided unit are recomputed in float64 with the same bounds (``u = 2^-53``), and rows still
+undecided (a pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
+(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact, and float32 does almost all
+the work.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+from .graph import PLGraph, PLNode
+
+__all__ = ["graph_patterns", "pattern_nodes", "pattern_widths"]
+
+_SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
+
+
+def pattern_nodes(g: PLGraph) -> list[PLNode]:
+    """The nodes that carry pattern bits: every relu, every max-pool with windows of more than one entry."""
+    return [n for n in g.nodes if n.op == "relu" or (n.op == "maxpool" and n.windows.shape[1] > 1)]
+
+
+def pattern_widths(g: PLGraph) -> list[int]:
+    """Bits per pattern node: a relu's size; a max-pool's ``size * ceil(log2 k)`` (the argmax in binary)."""
+    out = []
+    for n in pattern_nodes(g):
+        out.append(n.size if n.op == "relu" else n.size * _pos_bits(n.windows.shape[1]))
+    return out
+
+
+def _pos_bits(k: int) -> int:
+    return max(1, math.ceil(math.log2(k)))
+
+
+def _gamma(k: int, u: float) -> float:
+    return 1.01 * (k + 2) * u / (1 - (k + 2) * u)
+
+
+# ------------------------------------------------------------------------------------- error bounds
+class _Exact:
+    def __init__(self, like: torch.Tensor):
+        self.like = like
+
+    def norm(self):
+        return torch.zeros(self.like.shape[0], dtype=self.like.dtype, device=self.like.device)
+
+    def elem(self):
+        return torch.zeros_like(self.like)
+
+
+class _Elem:
+    def __init__(self, e: torch.Tensor):
+        self.e = e
+
+    def norm(self):
+        return torch.linalg.vector_norm(self.e, dim=1) * _SAFETY
+
+    def elem(self):
+        return self.e
+
+
+class _Rank1:
+    """``e_i <= scale (r_i A + c_i)`` per sample (``A``: (B,), ``r``, ``c``: (n,)); ``zero`` marks entries
+    known exact (a ReLU of a certainly negative input)."""
+
+    def __init__(self, A, r, c, rn, cn, scale=1.0, zero=None, d=None):
+        self.A, self.r, self.c, self.rn, self.cn = A, r, c, rn, cn
+        self.scale, self.zero, self._d = scale, zero, d
+
+    def d(self):
+        if self._d is None:
+            self._d = torch.addr(self.c.expand(self.A.shape[0], -1), self.A, self.r)
+            if self.scale != 1.0:
+                self._d.mul_(self.scale)
+        return self._d
+
+    def norm(self):
+        return (self.A * self.rn + self.cn) * (self.scale * _SAFETY)
+
+    def elem(self):
+        d = self.d()
+        return d if self.zero is None else d.masked_fill(self.zero(), 0.0)
+
+
+class _Lazy:
+    def __init__(self, f):
+        self.f, self.v = f, None
+
+    def __call__(self):
+        if self.v is None:
+            self.v = self.f()
+        return self.v
+
+
+class _Cat:
+    def __init__(self, parts):
+        self.parts = parts
+
+    def norm(self):
+        return torch.sqrt(sum(p.norm() ** 2 for p in self.parts)) * _SAFETY
+
+    def elem(self):
+        return torch.cat([p.elem() for p in self.parts], 1)
+
+
+# ------------------------------------------------------------------------------------- the engine
+class _Engine:
+    """Per-(dtype, device) parameters for the certified evaluation of a graph."""
+
+    def __init__(self, g: PLGraph, dtype: torch.dtype, device):
+        self.g, self.dtype, self.device = g, dtype, torch.device(device)
+        self.u = torch.finfo(dtype).eps / 2
+        self.ops: dict[int, list] = {}
+        for n in g.nodes:
+            if n.op == "affine":
+                self.ops[n.index] = [self._prep(op, first=(i == 0)) for i, op in enumerate(n._ops)]
+            if n.op == "maxpool":
+                k = n.windows.shape[1]
+                w = n.windows.to(self.device)
+                self.ops[n.index] = [torch.where(w < 0, torch.full_like(w, n.in_size), w), k]
+
+    def _prep(self, op, first: bool) -> dict:
+        p = op.cast(self.dtype, self.device)
+        abs_p = {k: v.abs() for k, v in p.items()}
+        g = _gamma(op.fan_in, self.u)
+        info = {"op": op, "p": p, "abs": abs_p, "g": g}
+        if op.type_name == "Linear" and len(op.in_shape) == 1:
+            w = op.params["weight"]
+            r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
+            c = op.params["bias"].abs() * g if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
+            info["fast"] = True
+            info["r"] = r.to(self.dtype).to(self.device)
+            info["c"] = c.to(self.dtype).to(self.device)
+            info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
+            info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
+        else:
+            info["fast"] = False
+            zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
+            info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
+        return info
+
+    def affine(self, node: PLNode, x: torch.Tensor, err, *, need_err: bool):
+        B = x.shape[0]
+        for info in self.ops[node.index]:
+            op = info["op"]
+            xs = x.reshape(B, *op.in_shape)
+            y = op(xs, True, info["p"])
+            if need_err:
+                g = info["g"]
+                if info["fast"]:
+                    A = err.norm() + g * torch.linalg.vector_norm(x.reshape(B, -1), dim=1) * _SAFETY
+                    err = _Rank1(A, info["r"], info["c"], info["rn"], info["cn"])
+                else:
+                    e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
+                    bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
+                    err = _Elem(bound * (1 + 2 * g))
+            x = y.reshape(B, -1)
+        return x, err
+
+    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
+        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
+        g = self.g
+        vals: dict[int, torch.Tensor] = {0: x}
+        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u)}
+        out = {}
+        pattern = {n.index for n in pattern_nodes(g)}
+        last_use = {}
+        for n in g.nodes:
+            if n.index in keep and n.op != "output":
+                for i in n.inputs:
+                    last_use[i] = n.index
+        for node in g.nodes[1:]:
+            if node.index not in keep:
+                continue
+            ins = node.inputs
+            if node.op == "affine":
+                v, e = self.affine(node, vals[ins[0]], errs[ins[0]], need_err=True)
+            elif node.op == "relu":
+                z, ez = vals[ins[0]], errs[ins[0]]
+                d = ez.d() if isinstance(ez, _Rank1) else ez.elem()
+                bits = z > 0
+                undecided = (z.abs() <= d).any(1)
+                if undecided.any():  # a zero bound decides even z == 0: the value is exact
+                    rows = torch.nonzero(undecided).flatten()
+                    zr, dr = z[rows], d[rows]
+                    undecided[rows] = ((zr.abs() <= dr) & (dr > 0)).any(1)
+                slope = node.negative_slope
+                v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
+                scale = max(1.0, abs(slope))
+                # a certainly negative input gives an exact 0 after a ReLU
+                zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
+                if isinstance(ez, _Rank1):
+                    keep_d = d if scale == 1.0 else None
+                    e = _Rank1(ez.A, ez.r, ez.c, ez.rn, ez.cn, ez.scale * scale, zero, keep_d)
+                else:
+                    e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
+                if node.index in pattern:
+                    out[node.index] = (bits, undecided)
+            elif node.op == "maxpool":
+                windows, k = self.ops[node.index]
+                xin, ein = vals[ins[0]], errs[ins[0]].elem()
+                B = xin.shape[0]
+                pad_v = torch.cat([xin, torch.full((B, 1), -math.inf, dtype=xin.dtype, device=xin.device)], 1)
+                pad_e = torch.cat([ein, torch.zeros((B, 1), dtype=ein.dtype, device=ein.device)], 1)
+                vw, ew = pad_v[:, windows], pad_e[:, windows]  # (B, size, k)
+                pos = torch.argmax(vw, dim=2, keepdim=True)  # the first maximal position
+                v = torch.gather(vw, 2, pos).squeeze(2)
+                e_top = torch.gather(ew, 2, pos).squeeze(2)
+                upper = (vw + ew).scatter(2, pos, -math.inf).amax(2)
+                exact = (ew == 0).all(2)
+                undecided = (~((v - e_top > upper) | exact)).any(1)
+                e = _Elem(ew.amax(2))
+                if node.index in pattern:
+                    out[node.index] = (pos.squeeze(2), undecided)
+            elif node.op == "add":
+                a, b = (vals[i] for i in ins)
+                v = a + b
+                e = _Elem((errs[ins[0]].elem() + errs[ins[1]].elem() + self.u * v.abs()) * (1 + 2 * self.u))
+            elif node.op == "cat":
+                v = torch.cat([vals[i] for i in ins], 1)
+                e = _Cat([errs[i] for i in ins])
+            else:  # output: nothing after the last pattern node is needed
+                continue
+            vals[node.index], errs[node.index] = v, e
+            for i in ins:  # free what no later node reads
+                if last_use.get(i) == node.index:
+                    vals.pop(i, None)
+                    errs.pop(i, None)
+        return out
+
+
+def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, list]:
+    """Pattern decisions of one input in exact rational arithmetic on the dense float64 affine maps."""
+    vals: dict[int, list[Fraction]] = {0: [Fraction(float(a)) for a in x.reshape(-1).tolist()]}
+    out = {}
+    for node in g.nodes[1:]:
+        if node.index not in keep or node.op == "output":
+            continue
+        ins = node.inputs
+        if node.op == "affine":
+            M = node.matrix().tolist()
+            b = node.bias_vector.tolist()
+            xin = vals[ins[0]]
+            nz = [(j, a) for j, a in enumerate(xin) if a != 0]
+            v = []
+            for row, bi in zip(M, b):
+                s = Fraction(bi)
+                for j, a in nz:
+                    w = row[j]
+                    if w != 0.0:
+                        s += Fraction(w) * a
+                v.append(s)
+        elif node.op == "relu":
+            z = vals[ins[0]]
+            slope = Fraction(node.negative_slope)
+            out[node.index] = [a > 0 for a in z]
+            v = [a if a > 0 else a * slope for a in z]
+        elif node.op == "maxpool":
+            xin = vals[ins[0]]
+            v, pos = [], []
+            for row in node.windows.tolist():
+                best, bp = None, 0
+                for p, j in enumerate(row):
+                    if j >= 0 and (best is None or xin[j] > best):
+                        best, bp = xin[j], p
+                v.append(best)
+                pos.append(bp)
+            out[node.index] = pos
+        elif node.op == "add":
+            v = [a + c for a, c in zip(vals[ins[0]], vals[ins[1]])]
+        else:  # cat
+            v = [a for i in ins for a in vals[i]]
+        vals[node.index] = v
+    return out
+
+
+def graph_patterns(
+    g: PLGraph, x: torch.Tensor, *, device="cpu", dtype: torch.dtype = torch.float32, _engines=None
+) -> tuple[dict[int, torch.Tensor], dict[str, int]]:
+    """Exact pattern decisions of a batch ``x`` (flat ``(B, n_in)``, any float dtype) through ``g``.
+
+    Returns ``({node index: bool (B, size) signs for a relu / long (B, size) argmax positions for a
+    max-pool}, {"float64": rows redone in float64, "exact": rows decided in rational arithmetic})``, on the
+    CPU. ``dtype=torch.float64`` skips the float32 pass.
+    """
+    pnodes = pattern_nodes(g)
+    keep: set[int] = set()
+    stack = [n.index for n in pnodes]
+    while stack:
+        i = stack.pop()
+        if i not in keep:
+            keep.add(i)
+            stack.extend(g.nodes[i].inputs)
+    engines = _engines if _engines is not None else {}
+
+    def engine(dt):
+        if dt not in engines:
+            engines[dt] = _Engine(g, dt, device)
+        return engines[dt]
+
+    stats = {"float64": 0, "exact": 0}
+    if not pnodes:
+        return {}, stats
+    exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
+    xd = x.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        res = engine(dtype).run(xd, exact_in or dtype == torch.float64, keep)
+        und = torch.zeros(x.shape[0], dtype=torch.bool, device=xd.device)
+        for _, u in res.values():
+            und |= u
+        out = {i: d.cpu() for i, (d, _) in res.items()}
+        rows = torch.nonzero(und).flatten()
+        if len(rows) and dtype != torch.float64:
+            stats["float64"] = len(rows)
+            x64 = x[rows.cpu()].to(device=device, dtype=torch.float64)
+            res64 = engine(torch.float64).run(x64, True, keep)
+            und64 = torch.zeros(len(rows), dtype=torch.bool, device=x64.device)
+            for i, (d, u) in res64.items():
+                out[i][rows.cpu()] = d.cpu()
+                und64 |= u
+            rows = rows[und64]
+        if len(rows):
+            stats["exact"] = len(rows)
+            x64 = x.to(torch.float64).cpu()
+            for r in rows.cpu().tolist():
+                ex = _exact_patterns(g, x64[r], keep)
+                for i, dec in ex.items():
+                    out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
+    return out, stats
