@@ -83,22 +83,22 @@ class _Elem:
 
 
 class _Rank1:
-    """``e_i <= scale (r_i A + c_i)`` per sample (``A``: (B,), ``r``, ``c``: (n,)); ``zero`` marks entries
-    known exact (a ReLU of a certainly negative input)."""
+    """``e_i <= scale (r_i A + c_i G)`` per sample (``A``, ``G``: (B,); ``r``, ``c``: (n,)); ``zero`` marks
+    entries known exact (a ReLU of a certainly negative input)."""
 
-    def __init__(self, A, r, c, rn, cn, scale=1.0, zero=None, d=None):
-        self.A, self.r, self.c, self.rn, self.cn = A, r, c, rn, cn
+    def __init__(self, A, G, r, c, rn, cn, scale=1.0, zero=None, d=None):
+        self.A, self.G, self.r, self.c, self.rn, self.cn = A, G, r, c, rn, cn
         self.scale, self.zero, self._d = scale, zero, d
 
     def d(self):
         if self._d is None:
-            self._d = torch.addr(self.c.expand(self.A.shape[0], -1), self.A, self.r)
+            self._d = torch.mm(torch.stack([self.A, self.G], 1), torch.stack([self.r, self.c]))
             if self.scale != 1.0:
                 self._d.mul_(self.scale)
         return self._d
 
     def norm(self):
-        return (self.A * self.rn + self.cn) * (self.scale * _SAFETY)
+        return (self.A * self.rn + self.G * self.cn) * (self.scale * _SAFETY)
 
     def elem(self):
         d = self.d()
@@ -150,8 +150,11 @@ class _Engine:
         if op.type_name == "Linear" and len(op.in_shape) == 1:
             w = op.params["weight"]
             r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
-            c = op.params["bias"].abs() * g if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
+            c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
             info["fast"] = True
+            # exact zeros (pruned weights, zero inputs) add no rounding: a dot product's error bound counts
+            # only its nonzero terms
+            info["kmax"] = int((w != 0).sum(1).max()) + 1
             info["r"] = r.to(self.dtype).to(self.device)
             info["c"] = c.to(self.dtype).to(self.device)
             info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
@@ -171,8 +174,11 @@ class _Engine:
             if need_err:
                 g = info["g"]
                 if info["fast"]:
-                    A = err.norm() + g * torch.linalg.vector_norm(x.reshape(B, -1), dim=1) * _SAFETY
-                    err = _Rank1(A, info["r"], info["c"], info["rn"], info["cn"])
+                    xf = x.reshape(B, -1)
+                    k = torch.clamp((xf != 0).sum(1), max=info["kmax"]).to(x.dtype) + 3
+                    G = 1.01 * k * self.u / (1 - k * self.u)
+                    A = err.norm() + G * torch.linalg.vector_norm(xf, dim=1) * _SAFETY
+                    err = _Rank1(A, G, info["r"], info["c"], info["rn"], info["cn"])
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
                     bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
@@ -214,7 +220,7 @@ class _Engine:
                 zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
                 if isinstance(ez, _Rank1):
                     keep_d = d if scale == 1.0 else None
-                    e = _Rank1(ez.A, ez.r, ez.c, ez.rn, ez.cn, ez.scale * scale, zero, keep_d)
+                    e = _Rank1(ez.A, ez.G, ez.r, ez.c, ez.rn, ez.cn, ez.scale * scale, zero, keep_d)
                 else:
                     e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
                 if node.index in pattern:

@@ -251,7 +251,8 @@ def count_patterns(
     input_shape : one sample's shape, passed to :func:`netgeom.trace` (conv nets). When neither it nor
         ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
     precision : ``"float32"`` (default; certified, redone exactly where needed) or ``"float64"`` (the same
-        certified procedure starting in float64).
+        certified procedure starting in float64). With ``"float32"``, once a batch has more than half its
+        inputs undecided in float32, the following batches start in float64 (cheaper than redoing them).
 
     Example
     -------
@@ -290,6 +291,7 @@ def count_patterns(
     starts = np.cumsum([0] + widths)
     n_samples = 0
     engines: dict = {}
+    run_dtype = dtype
     redone = {"float64": 0, "exact": 0}
     guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), guard:
@@ -303,9 +305,13 @@ def count_patterns(
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
             for a in range(0, x.shape[0], batch_size):
                 xb = x[a : a + batch_size]
-                dec, stats = graph_patterns(g, xb, device=dev, dtype=dtype, _engines=engines)
+                dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
                 for k in redone:
                     redone[k] += stats[k]
+                if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
+                    # float32 cannot decide most inputs of this network (its rounding-error bound is
+                    # too wide next to the margins): a float64 pass from the start is then cheaper
+                    run_dtype = torch.float64
                 B = _bits_of(dec, nodes, widths) if nodes else np.zeros((xb.shape[0], 0), dtype=bool)
                 total.add(pack_patterns(B))
                 if per_layer:
