@@ -316,6 +316,9 @@ class PLGraph:
         self.input_shape = input_shape
         self.output = len(nodes) - 1
         self.model_name = model_name
+        # module path / fx node name -> [(node index, affine ops applied)]: where that output lives (several
+        # places for a module called more than once); filled by trace
+        self.named: dict[str, list[tuple[int, int | None]]] = {}
         self.users: list[list[int]] = [[] for _ in nodes]
         for n in nodes:
             for i in n.inputs:
@@ -389,6 +392,19 @@ class PLGraph:
         return vals[self.output]
 
     __call__ = forward
+
+    def value_at(self, vals: Sequence[torch.Tensor], loc: tuple[int, int | None]) -> torch.Tensor:
+        """The value at a location of :attr:`named`: a node's value, or an intermediate of an affine node
+        (e.g. a convolution's output before the BatchNorm folded after it)."""
+        i, m = loc
+        node = self.nodes[i]
+        if m is None or m == len(node._ops):
+            return vals[i]
+        x = vals[node.inputs[0]]
+        y = x.reshape(x.shape[0], *node._ops[0].in_shape)
+        for op in node._ops[:m]:
+            y = op(y.reshape(y.shape[0], *op.in_shape))
+        return y.reshape(x.shape[0], -1)
 
     @property
     def is_chain(self) -> bool:
@@ -974,186 +990,207 @@ def trace(
             if isinstance(v, _Ref) and v.index == old.index:
                 env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape))
 
-    for n in graph.nodes:
-        if n.op == "placeholder":
-            n_inputs += 1
-            if n_inputs > 1:
-                raise UnsupportedLayerError(
-                    f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom reads "
-                    "networks of one input tensor"
-                )
-            probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
-            idx = b.add_node(n, op="input", inputs=(), shape=shape)
-            b.nodes[idx].source = "input"
-            env[n] = _Ref(idx, shape, probe)
-            continue
-        if n.op == "output":
-            out = n.args[0]
-            if not isinstance(out, fx.Node) or not isinstance(env.get(out), _Ref):
-                raise UnsupportedLayerError(
-                    f"cannot read {name}: its forward must return one tensor, got {type(out).__name__}"
-                )
-            output_ref = env[out]
-            continue
-        if n.op == "get_attr":
-            raise b.refuse(
-                n,
-                f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
-                "outside a supported module)",
-            )
-        args, kwargs = n.args, n.kwargs
-        refs = refs_in((args, kwargs))
-        t = n.target
-        if n.op == "call_module":
-            m = model.get_submodule(t)
-            if m.training and isinstance(m, _MODE_DEPENDENT):
-                b.training_modules.append(t)
-            x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
-            if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
-                raise b.refuse(n, "is called with other than one tensor argument")
-            if isinstance(m, _SKIPPED):
-                env[n] = x
-            elif isinstance(m, _RESHAPES):
-                y = m(x.value)
-                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
-            elif isinstance(m, _ACTIVATIONS):
-                r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
-                env[n] = r
-                if getattr(m, "inplace", False):
-                    rebind(x, r)
-            elif isinstance(m, _MAXPOOLS):
-                if m.return_indices:
-                    raise b.refuse(n, "returns indices")
-                dim = 1 if isinstance(m, nn.MaxPool1d) else 2
-                env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-            elif isinstance(m, _WEIGHTED + _BN + _POOLS) or getattr(type(m), "netgeom_linear", False):
-                env[n] = b.module_op(n, m, x)
-            else:
-                why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
-                raise UnsupportedLayerError(
-                    f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
-                    + ", ".join(SUPPORTED_LAYERS)
-                )
-            continue
+    named: dict[str, list] = {}
 
-        # call_function / call_method
-        if not refs:
-            # shape arithmetic and other python on plain values (x.size(0) * 2, ...)
-            try:
-                res = t(*val(args), **val(kwargs)) if n.op == "call_function" else None
-            except Exception as exc:
-                raise b.refuse(n, f"failed on the probe input: {exc}") from None
-            if n.op == "call_method" or torch.is_tensor(res):
-                raise b.refuse(n, "creates a tensor inside forward (a constant)")
-            env[n] = res
-            continue
-        x = refs[0]
-        is_method = n.op == "call_method"
-        first_is_x = bool(args) and isinstance(args[0], fx.Node) and env.get(args[0]) is x
-        if (is_method and t in _META_METHODS) or (t is getattr and len(args) > 1 and args[1] in _META_ATTRS):
-            env[n] = (
-                getattr(x.value, t)(*val(args[1:]), **val(kwargs)) if is_method else getattr(x.value, args[1])
-            )
-            continue
-        if t in _RELU_FUNCS or t in _LEAKY_FUNCS:
-            if len(refs) != 1 or not first_is_x:
-                raise b.refuse(n, "is called with other than one tensor argument")
-            slope = 0.0
-            if t in _LEAKY_FUNCS:
-                slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
-            inplace = t in (torch.relu_, F.relu_, "relu_", F.leaky_relu_) or bool(
-                kwargs.get(
-                    "inplace",
-                    args[2]
-                    if t in _LEAKY_FUNCS and len(args) > 2
-                    else (args[1] if t is F.relu and len(args) > 1 else False),
+    def record(n: fx.Node) -> None:
+        """Where each module's / fx node's output lives: (PL node, number of its affine ops applied)."""
+        ref = env.get(n)
+        if not isinstance(ref, _Ref):
+            return
+        node = b.nodes[ref.index]
+        key = n.target if n.op == "call_module" else n.name
+        loc = (node, len(node._ops) if node.op == "affine" else None)
+        named.setdefault(key, [])
+        if loc not in named[key]:
+            named[key].append(loc)
+
+    for n in graph.nodes:
+        try:
+            if n.op == "placeholder":
+                n_inputs += 1
+                if n_inputs > 1:
+                    raise UnsupportedLayerError(
+                        f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom "
+                        "reads networks of one input tensor"
+                    )
+                probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
+                idx = b.add_node(n, op="input", inputs=(), shape=shape)
+                b.nodes[idx].source = "input"
+                env[n] = _Ref(idx, shape, probe)
+                continue
+            if n.op == "output":
+                out = n.args[0]
+                if not isinstance(out, fx.Node) or not isinstance(env.get(out), _Ref):
+                    raise UnsupportedLayerError(
+                        f"cannot read {name}: its forward must return one tensor, got {type(out).__name__}"
+                    )
+                output_ref = env[out]
+                continue
+            if n.op == "get_attr":
+                raise b.refuse(
+                    n,
+                    f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
+                    "outside a supported module)",
                 )
-            )
-            r = b.relu(n, x, float(slope))
-            env[n] = r
-            if inplace:
-                rebind(x, r)
-            continue
-        if t in _ADD_FUNCS:
-            other = args[1] if len(args) > 1 else kwargs.get("other")
-            alpha = kwargs.get("alpha", 1)
-            if len(refs) != 2 or not isinstance(other, fx.Node) or alpha != 1:
-                raise b.refuse(n, "adds a constant or scales the summand (only tensor + tensor is read)")
-            a_ref, b_ref = env[args[0]], env[other]
-            r = b.add(n, a_ref, b_ref)
-            env[n] = r
-            if t in (operator.iadd, "add_"):
-                rebind(a_ref, r)
-            continue
-        if t in _CAT_FUNCS:
-            seq = args[0] if args else kwargs.get("tensors")
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            if not isinstance(seq, (list, tuple)) or not all(
-                isinstance(s, fx.Node) and isinstance(env[s], _Ref) for s in seq
+            args, kwargs = n.args, n.kwargs
+            refs = refs_in((args, kwargs))
+            t = n.target
+            if n.op == "call_module":
+                m = model.get_submodule(t)
+                if m.training and isinstance(m, _MODE_DEPENDENT):
+                    b.training_modules.append(t)
+                x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
+                if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
+                    raise b.refuse(n, "is called with other than one tensor argument")
+                if isinstance(m, _SKIPPED):
+                    env[n] = x
+                elif isinstance(m, _RESHAPES):
+                    y = m(x.value)
+                    env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                elif isinstance(m, _ACTIVATIONS):
+                    r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
+                    env[n] = r
+                    if getattr(m, "inplace", False):
+                        rebind(x, r)
+                elif isinstance(m, _MAXPOOLS):
+                    if m.return_indices:
+                        raise b.refuse(n, "returns indices")
+                    dim = 1 if isinstance(m, nn.MaxPool1d) else 2
+                    env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+                elif isinstance(m, _WEIGHTED + _BN + _POOLS) or getattr(type(m), "netgeom_linear", False):
+                    env[n] = b.module_op(n, m, x)
+                else:
+                    why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
+                    raise UnsupportedLayerError(
+                        f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
+                        + ", ".join(SUPPORTED_LAYERS)
+                    )
+                continue
+
+            # call_function / call_method
+            if not refs:
+                # shape arithmetic and other python on plain values (x.size(0) * 2, ...)
+                try:
+                    res = t(*val(args), **val(kwargs)) if n.op == "call_function" else None
+                except Exception as exc:
+                    raise b.refuse(n, f"failed on the probe input: {exc}") from None
+                if n.op == "call_method" or torch.is_tensor(res):
+                    raise b.refuse(n, "creates a tensor inside forward (a constant)")
+                env[n] = res
+                continue
+            x = refs[0]
+            is_method = n.op == "call_method"
+            first_is_x = bool(args) and isinstance(args[0], fx.Node) and env.get(args[0]) is x
+            if (is_method and t in _META_METHODS) or (
+                t is getattr and len(args) > 1 and args[1] in _META_ATTRS
             ):
-                raise b.refuse(n, "concatenates something other than traced tensors")
-            env[n] = b.cat(n, [env[s] for s in seq], int(dim))
-            continue
-        if t in _DROPOUT_FUNCS:
-            if kwargs.get("training", args[2] if len(args) > 2 else True):
-                b.training_modules.append(n.name)
-            env[n] = x
-            continue
-        if len(refs) != 1 or not first_is_x:
-            raise b.refuse(n, "is not supported with these tensor arguments")
-        if t in _RESHAPE_FUNCS:
-            try:
-                y = (
+                env[n] = (
                     getattr(x.value, t)(*val(args[1:]), **val(kwargs))
                     if is_method
-                    else t(*val(args), **val(kwargs))
+                    else getattr(x.value, args[1])
                 )
-            except RuntimeError as exc:
-                raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
-            env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
-            continue
-        if t in _MAXPOOL_FUNCS:
-            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-            defaults = {
-                "stride": None,
-                "padding": 0,
-                "dilation": 1,
-                "ceil_mode": False,
-                "return_indices": False,
-            }
-            bound = dict(defaults)
-            bound.update(zip(names, args[1:]))
-            bound.update(kwargs)
-            if bound["return_indices"]:
-                raise b.refuse(n, "returns indices")
-            env[n] = b.maxpool(
-                n,
-                x,
-                _MAXPOOL_FUNCS[t],
-                bound["kernel_size"],
-                bound["stride"],
-                bound["padding"],
-                bound["dilation"],
-                bound["ceil_mode"],
-            )
-            continue
-        if t in _POOL_FUNCS:
-            env[n] = b.func_affine(n, x, t, val(args[1:]), val(kwargs), t.__name__)
-            continue
-        if t in _MEAN_FUNCS:
-            dims = args[1] if len(args) > 1 else kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else dims
-            nd = len(x.shape) + 1
-            if (
-                dims is None
-                or any((d + nd if d < 0 else d) == 0 for d in dims)
-                or kwargs.get("dtype") is not None
-            ):
-                raise b.refuse(n, "averages over the batch axis")
-            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-            env[n] = b.func_affine(n, x, torch.mean, (tuple(dims), bool(keep)), {}, "mean")
-            continue
-        raise b.refuse(n, "is not piecewise-linear or not supported")
+                continue
+            if t in _RELU_FUNCS or t in _LEAKY_FUNCS:
+                if len(refs) != 1 or not first_is_x:
+                    raise b.refuse(n, "is called with other than one tensor argument")
+                slope = 0.0
+                if t in _LEAKY_FUNCS:
+                    slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+                inplace = t in (torch.relu_, F.relu_, "relu_", F.leaky_relu_) or bool(
+                    kwargs.get(
+                        "inplace",
+                        args[2]
+                        if t in _LEAKY_FUNCS and len(args) > 2
+                        else (args[1] if t is F.relu and len(args) > 1 else False),
+                    )
+                )
+                r = b.relu(n, x, float(slope))
+                env[n] = r
+                if inplace:
+                    rebind(x, r)
+                continue
+            if t in _ADD_FUNCS:
+                other = args[1] if len(args) > 1 else kwargs.get("other")
+                alpha = kwargs.get("alpha", 1)
+                if len(refs) != 2 or not isinstance(other, fx.Node) or alpha != 1:
+                    raise b.refuse(n, "adds a constant or scales the summand (only tensor + tensor is read)")
+                a_ref, b_ref = env[args[0]], env[other]
+                r = b.add(n, a_ref, b_ref)
+                env[n] = r
+                if t in (operator.iadd, "add_"):
+                    rebind(a_ref, r)
+                continue
+            if t in _CAT_FUNCS:
+                seq = args[0] if args else kwargs.get("tensors")
+                dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+                if not isinstance(seq, (list, tuple)) or not all(
+                    isinstance(s, fx.Node) and isinstance(env[s], _Ref) for s in seq
+                ):
+                    raise b.refuse(n, "concatenates something other than traced tensors")
+                env[n] = b.cat(n, [env[s] for s in seq], int(dim))
+                continue
+            if t in _DROPOUT_FUNCS:
+                if kwargs.get("training", args[2] if len(args) > 2 else True):
+                    b.training_modules.append(n.name)
+                env[n] = x
+                continue
+            if len(refs) != 1 or not first_is_x:
+                raise b.refuse(n, "is not supported with these tensor arguments")
+            if t in _RESHAPE_FUNCS:
+                try:
+                    y = (
+                        getattr(x.value, t)(*val(args[1:]), **val(kwargs))
+                        if is_method
+                        else t(*val(args), **val(kwargs))
+                    )
+                except RuntimeError as exc:
+                    raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
+                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                continue
+            if t in _MAXPOOL_FUNCS:
+                names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+                defaults = {
+                    "stride": None,
+                    "padding": 0,
+                    "dilation": 1,
+                    "ceil_mode": False,
+                    "return_indices": False,
+                }
+                bound = dict(defaults)
+                bound.update(zip(names, args[1:]))
+                bound.update(kwargs)
+                if bound["return_indices"]:
+                    raise b.refuse(n, "returns indices")
+                env[n] = b.maxpool(
+                    n,
+                    x,
+                    _MAXPOOL_FUNCS[t],
+                    bound["kernel_size"],
+                    bound["stride"],
+                    bound["padding"],
+                    bound["dilation"],
+                    bound["ceil_mode"],
+                )
+                continue
+            if t in _POOL_FUNCS:
+                env[n] = b.func_affine(n, x, t, val(args[1:]), val(kwargs), t.__name__)
+                continue
+            if t in _MEAN_FUNCS:
+                dims = args[1] if len(args) > 1 else kwargs.get("dim")
+                dims = (dims,) if isinstance(dims, int) else dims
+                nd = len(x.shape) + 1
+                if (
+                    dims is None
+                    or any((d + nd if d < 0 else d) == 0 for d in dims)
+                    or kwargs.get("dtype") is not None
+                ):
+                    raise b.refuse(n, "averages over the batch axis")
+                keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                env[n] = b.func_affine(n, x, torch.mean, (tuple(dims), bool(keep)), {}, "mean")
+                continue
+            raise b.refuse(n, "is not piecewise-linear or not supported")
+        finally:
+            record(n)
 
     if output_ref is None:
         raise UnsupportedLayerError(f"cannot read {name}: its forward returns nothing")
@@ -1178,7 +1215,10 @@ def trace(
             _max_entries=max_entries,
         )
     )
-    return PLGraph(_prune(nodes), shape, name)
+    g = PLGraph(_prune(nodes), shape, name)
+    kept = {id(x) for x in g.nodes}
+    g.named = {k: [(x.index, m) for x, m in v if id(x) in kept] for k, v in named.items()}
+    return g
 
 
 def _prune(nodes: list[PLNode]) -> list[PLNode]:
