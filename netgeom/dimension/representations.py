@@ -85,7 +85,9 @@ def _graph_locations(g, layers: Sequence[str] | None) -> list[tuple[str, tuple[i
     if last.op == "affine" and last.inputs[0] != 0 and last.inputs[0] not in idx:
         idx.append(last.inputs[0])  # the pre-logits: what the classifier reads
     if not idx:
-        raise ValueError(f"the model has no ReLU (module or function) to record; pass layers=[names] from {known}")
+        raise ValueError(
+            f"the model has no ReLU (module or function) to record; pass layers=[names] from {known}"
+        )
     out = []
     for i in sorted(idx):
         name = rev.get((i, None), [g.nodes[i].name])[0]

@@ -83,22 +83,26 @@ class _Elem:
 
 
 class _Rank1:
-    """``e_i <= scale (r_i A + c_i G)`` per sample (``A``, ``G``: (B,); ``r``, ``c``: (n,)); ``zero`` marks
-    entries known exact (a ReLU of a certainly negative input)."""
+    """``e_i <= scale (r_i A + G c_i)`` per sample (``A``: (B,); ``r``, ``c``: (n,); ``G`` a number);
+    ``zero`` marks entries known exact (a ReLU of a certainly negative input)."""
 
-    def __init__(self, A, G, r, c, rn, cn, scale=1.0, zero=None, d=None):
-        self.A, self.G, self.r, self.c, self.rn, self.cn = A, G, r, c, rn, cn
+    def __init__(self, A, G, info, scale=1.0, zero=None, d=None):
+        self.A, self.G, self.info = A, G, info
         self.scale, self.zero, self._d = scale, zero, d
 
     def d(self):
         if self._d is None:
-            self._d = torch.mm(torch.stack([self.A, self.G], 1), torch.stack([self.r, self.c]))
-            if self.scale != 1.0:
-                self._d.mul_(self.scale)
+            base = (self.info["c"] * (self.G * self.scale)).expand(self.A.shape[0], -1)
+            self._d = torch.addr(base, self.A, self.info["r"], alpha=self.scale)
         return self._d
 
+    def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
+        """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
+        m = torch.linalg.vector_norm(z, ord=-math.inf, dim=1)
+        return m <= (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+
     def norm(self):
-        return (self.A * self.rn + self.G * self.cn) * (self.scale * _SAFETY)
+        return (self.A * self.info["rn"] + self.G * self.info["cn"]) * (self.scale * _SAFETY)
 
     def elem(self):
         d = self.d()
@@ -152,9 +156,11 @@ class _Engine:
             r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
             c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
             info["fast"] = True
-            # exact zeros (pruned weights, zero inputs) add no rounding: a dot product's error bound counts
-            # only its nonzero terms
-            info["kmax"] = int((w != 0).sum(1).max()) + 1
+            # exact zeros (pruned weights) add no rounding: a dot product's error bound counts only its
+            # nonzero terms (+1 bias, +1 rounding of the weights to this precision)
+            info["g"] = _gamma(int((w != 0).sum(1).max()) + 2, self.u)
+            info["r_max"] = float(r.max()) * _SAFETY
+            info["c_max"] = float(c.max()) * _SAFETY
             info["r"] = r.to(self.dtype).to(self.device)
             info["c"] = c.to(self.dtype).to(self.device)
             info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
@@ -174,11 +180,8 @@ class _Engine:
             if need_err:
                 g = info["g"]
                 if info["fast"]:
-                    xf = x.reshape(B, -1)
-                    k = torch.clamp((xf != 0).sum(1), max=info["kmax"]).to(x.dtype) + 3
-                    G = 1.01 * k * self.u / (1 - k * self.u)
-                    A = err.norm() + G * torch.linalg.vector_norm(xf, dim=1) * _SAFETY
-                    err = _Rank1(A, G, info["r"], info["c"], info["rn"], info["cn"])
+                    A = err.norm() + g * _SAFETY * torch.linalg.vector_norm(x.reshape(B, -1), dim=1)
+                    err = _Rank1(A, g, info)
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
                     bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
@@ -206,22 +209,27 @@ class _Engine:
                 v, e = self.affine(node, vals[ins[0]], errs[ins[0]], need_err=True)
             elif node.op == "relu":
                 z, ez = vals[ins[0]], errs[ins[0]]
-                d = ez.d() if isinstance(ez, _Rank1) else ez.elem()
                 bits = z > 0
-                undecided = (z.abs() <= d).any(1)
-                if undecided.any():  # a zero bound decides even z == 0: the value is exact
+                if isinstance(ez, _Rank1):
+                    undecided = ez.rows_maybe_undecided(z)
+                    d = None
+                else:
+                    d = ez.elem()
+                    undecided = (z.abs() <= d).any(1)
+                if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
-                    zr, dr = z[rows], d[rows]
+                    zr = z[rows]
+                    dr = d[rows] if d is not None else _Rank1(ez.A[rows], ez.G, ez.info, ez.scale).d()
                     undecided[rows] = ((zr.abs() <= dr) & (dr > 0)).any(1)
                 slope = node.negative_slope
                 v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                 scale = max(1.0, abs(slope))
                 # a certainly negative input gives an exact 0 after a ReLU
-                zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
                 if isinstance(ez, _Rank1):
-                    keep_d = d if scale == 1.0 else None
-                    e = _Rank1(ez.A, ez.G, ez.r, ez.c, ez.rn, ez.cn, ez.scale * scale, zero, keep_d)
+                    zero = _Lazy(lambda z=z, ez=ez: (z + ez.d()) <= 0) if slope == 0 else None
+                    e = _Rank1(ez.A, ez.G, ez.info, ez.scale * scale, zero)
                 else:
+                    zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
                     e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
                 if node.index in pattern:
                     out[node.index] = (bits, undecided)

@@ -155,21 +155,28 @@ class PatternCountResult(Result):
         return ax
 
 
+def _finite_batch(x, name: str) -> torch.Tensor:
+    x = check_tensor(x, name, finite=False)
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have a batch axis: shape (N, n_features) or (N, *input_shape), got {tuple(x.shape)}"
+        )
+    if x.is_floating_point() and x.numel():
+        lo, hi = torch.aminmax(x)  # one pass; NaN and inf propagate into the extremes
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the input first")
+    return x
+
+
 def _batches(X, batch_size: int) -> Iterator[torch.Tensor]:
     if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
-        X = check_tensor(X, "X")
-        if X.ndim < 2:
-            raise ValueError(
-                f"X must have a batch axis: shape (N, n_features) or (N, *input_shape), got {tuple(X.shape)}"
-            )
+        X = _finite_batch(X, "X")
         for i in range(0, X.shape[0], batch_size):
             yield X[i : i + batch_size]
     elif isinstance(X, Iterable):
         for i, batch in enumerate(X):
-            batch = check_tensor(batch, f"X batch {i}")
-            if batch.ndim < 2:
-                raise ValueError(f"X batch {i} must have a batch axis, got shape {tuple(batch.shape)}")
-            yield batch
+            yield _finite_batch(batch, f"X batch {i}")
     else:
         raise TypeError(
             f"X must be an array/tensor of inputs or an iterable of batches, got {type(X).__name__}"
