@@ -91,12 +91,22 @@ def test_demo_section(tmp_path):
     assert md.count("\n| ") == 4  # header row + input + 2 hidden layers
 
 
-def test_shared_relu_module_is_refused():
+def test_shared_relu_module_is_ambiguous_by_name_but_its_calls_are_not():
     act = torch.nn.ReLU()
     lin = torch.nn.Linear
     model = torch.nn.Sequential(lin(10, 16), act, lin(16, 16), act, lin(16, 2))
+    X = torch.randn(100, 10, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="more than once"):
-        representation_dimension(model, torch.randn(100, 10), k=5)
+        representation_dimension(model, X, layers=["1"], k=5)
+    # by default each call is recorded under its own traced name
+    r = representation_dimension(model, X, k=5, method="twonn", include_input=False)
+    assert len(r.layers) == 2 and len(set(r.layers)) == 2 and r.widths == [16, 16]
+    h1 = torch.relu(model[0](X))
+    h2 = torch.relu(model[2](h1))
+    for i, A in enumerate([h1, h2]):
+        assert r.dimensions["twonn"][i] == pytest.approx(
+            TwoNN().fit(A.detach().double().numpy()).dimension_, rel=1e-6
+        )
 
 
 class _InplaceAfterRelu(torch.nn.Module):

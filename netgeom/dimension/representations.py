@@ -90,13 +90,9 @@ def _graph_locations(g, layers: Sequence[str] | None) -> list[tuple[str, tuple[i
         )
     out = []
     for i in sorted(idx):
-        name = rev.get((i, None), [g.nodes[i].name])[0]
-        if len(g.named.get(name, [])) > 1:
-            raise ValueError(
-                f"layer '{name}' is used more than once per forward (a shared activation module?); hook "
-                "distinct modules or pass layers="
-            )
-        out.append((name, (i, None)))
+        # the module's path when it is called once, else the call's own (fx node) name
+        names = [k for k in rev.get((i, None), []) if len(g.named[k]) == 1] or [g.nodes[i].name]
+        out.append((names[0], (i, None)))
     return out
 
 

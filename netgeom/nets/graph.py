@@ -839,7 +839,11 @@ def _count_real_users(graph: fx.Graph, alias_like) -> dict[fx.Node, int]:
     for n in reversed(list(graph.nodes)):
         c = 0
         for u in n.users:
-            c += counts.get(u, 1) if alias_like(u) else 1
+            meta = (u.op == "call_method" and u.target in _META_METHODS) or (
+                u.target is getattr and len(u.args) > 1 and u.args[1] in _META_ATTRS
+            )
+            if not meta:  # x.size(0) and x.shape read no values
+                c += counts.get(u, 1) if alias_like(u) else 1
         counts[n] = c
     return counts
 
@@ -998,11 +1002,12 @@ def trace(
         if not isinstance(ref, _Ref):
             return
         node = b.nodes[ref.index]
-        key = n.target if n.op == "call_module" else n.name
         loc = (node, len(node._ops) if node.op == "affine" else None)
-        named.setdefault(key, [])
-        if loc not in named[key]:
-            named[key].append(loc)
+        # a module by its path (ambiguous when called twice) and every call by its unique fx node name
+        for key in [n.target, n.name] if n.op == "call_module" else [n.name]:
+            named.setdefault(key, [])
+            if loc not in named[key]:
+                named[key].append(loc)
 
     for n in graph.nodes:
         try:
