@@ -330,9 +330,11 @@ def graph_patterns(
             stack.extend(g.nodes[i].inputs)
     engines = _engines if _engines is not None else {}
 
+    dev64 = "cpu" if torch.device(device).type == "mps" else device  # MPS has no float64
+
     def engine(dt):
         if dt not in engines:
-            engines[dt] = _Engine(g, dt, device)
+            engines[dt] = _Engine(g, dt, dev64 if dt == torch.float64 else device)
         return engines[dt]
 
     stats = {"float64": 0, "exact": 0}
@@ -346,20 +348,20 @@ def graph_patterns(
         for _, u in res.values():
             und |= u
         out = {i: d.cpu() for i, (d, _) in res.items()}
-        rows = torch.nonzero(und).flatten()
+        rows = torch.nonzero(und).flatten().cpu()
         if len(rows) and dtype != torch.float64:
             stats["float64"] = len(rows)
-            x64 = x[rows.cpu()].to(device=device, dtype=torch.float64)
+            x64 = x.cpu()[rows].to(device=dev64, dtype=torch.float64)
             res64 = engine(torch.float64).run(x64, True, keep)
             und64 = torch.zeros(len(rows), dtype=torch.bool, device=x64.device)
             for i, (d, u) in res64.items():
-                out[i][rows.cpu()] = d.cpu()
+                out[i][rows] = d.cpu()
                 und64 |= u
-            rows = rows[und64]
+            rows = rows[und64.cpu()]
         if len(rows):
             stats["exact"] = len(rows)
             x64 = x.to(torch.float64).cpu()
-            for r in rows.cpu().tolist():
+            for r in rows.tolist():
                 ex = _exact_patterns(g, x64[r], keep)
                 for i, dec in ex.items():
                     out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
