@@ -124,8 +124,9 @@ class PatternCountResult(Result):
     ``saturated`` is True when more than half the patterns are singletons — then the sample is too small for
     the count to say much about the number of regions (it mostly counts samples). ``per_layer`` holds the
     number of distinct patterns of each pattern layer alone and ``cumulative`` that of layers 1..l together
-    (the last entry equals ``count``), when asked for. ``n_float64`` inputs were too close to a boundary to
-    decide in float32 and were redone in float64; ``n_exact`` of them in exact rational arithmetic.
+    (the last entry equals ``count``), when asked for. ``n_float64`` inputs were evaluated in float64 (too
+    close to a boundary to decide in float32, or all of them when float32 rarely decides); ``n_exact`` of
+    those were decided in exact rational arithmetic.
     """
 
     count: int
@@ -258,8 +259,9 @@ def count_patterns(
     input_shape : one sample's shape, passed to :func:`netgeom.trace` (conv nets). When neither it nor
         ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
     precision : ``"float32"`` (default; certified, redone exactly where needed) or ``"float64"`` (the same
-        certified procedure starting in float64). With ``"float32"``, once a batch has more than half its
-        inputs undecided in float32, the following batches start in float64 (cheaper than redoing them).
+        certified procedure starting in float64). With ``"float32"``, when more than half the inputs of a
+        512-input trial (or of a batch) are undecided in float32, float64 is used from then on (cheaper than
+        redoing them).
 
     Example
     -------
@@ -299,6 +301,7 @@ def count_patterns(
     n_samples = 0
     engines: dict = {}
     run_dtype = dtype
+    probe = True
     redone = {"float64": 0, "exact": 0}
     guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), guard:
@@ -310,9 +313,18 @@ def count_patterns(
                 )
             if x.is_complex():
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
+            if probe and run_dtype == torch.float32:
+                # a small float32 trial first: when float32 cannot decide most inputs (its certified
+                # rounding bound is too wide next to the margins of this network), go float64 at once
+                _, st = graph_patterns(g, x[:512], device=dev, dtype=run_dtype, _engines=engines)
+                if st["float64"] > 0.5 * min(512, x.shape[0]):
+                    run_dtype = torch.float64
+                probe = False
             for a in range(0, x.shape[0], batch_size):
                 xb = x[a : a + batch_size]
                 dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
+                if run_dtype == torch.float64:
+                    stats["float64"] = xb.shape[0]
                 for k in redone:
                     redone[k] += stats[k]
                 if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
