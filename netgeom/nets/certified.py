@@ -119,6 +119,24 @@ class _Lazy:
         return self.v
 
 
+class _Sum:
+    """Error of ``a + b`` computed in floating point: both errors plus the rounding of the sum; kept lazy so
+    that a following Linear only needs norms (cheap) and a ReLU / max-pool gets elementwise bounds."""
+
+    def __init__(self, parts, v, u):
+        self.parts, self.v, self.u = parts, v, u
+
+    def norm(self):
+        s = sum(p.norm() for p in self.parts) + self.u * torch.linalg.vector_norm(self.v, dim=1)
+        return s * ((1 + 2 * self.u) * _SAFETY)
+
+    def elem(self):
+        e = self.v.abs().mul_(self.u)
+        for p in self.parts:
+            e += p.elem()
+        return e.mul_(1 + 2 * self.u)
+
+
 class _Cat:
     def __init__(self, parts):
         self.parts = parts
@@ -252,7 +270,7 @@ class _Engine:
             elif node.op == "add":
                 a, b = (vals[i] for i in ins)
                 v = a + b
-                e = _Elem((errs[ins[0]].elem() + errs[ins[1]].elem() + self.u * v.abs()) * (1 + 2 * self.u))
+                e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u)
             elif node.op == "cat":
                 v = torch.cat([vals[i] for i in ins], 1)
                 e = _Cat([errs[i] for i in ins])
