@@ -425,3 +425,11 @@ def test_torchvision_style_block():
         "adaptive_avg_pool2d",
         "Linear",
     ]
+
+
+def test_input_shape_is_inferred_through_a_leading_flatten():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert trace(net).input_shape == (12,)
+    g = trace(net, input_shape=(3, 4))
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    assert (g.forward(x) - net.double()(x)).abs().max() <= 1e-10

@@ -854,12 +854,15 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
             m = model.get_submodule(n.target)
             if isinstance(m, nn.Linear):
                 return (m.in_features,)
-            if isinstance(m, (_BN, _SKIPPED, _ACTIVATIONS)):
+            # a flat input passes these unchanged (a Flatten of (B, n) is (B, n)), so a first Linear decides
+            if isinstance(m, (_BN, _SKIPPED, _ACTIVATIONS, nn.Flatten)):
                 continue
             break
         elif n.op in ("call_function", "call_method"):
             t = n.target
             if t in _RELU_FUNCS or t in _LEAKY_FUNCS or t in _DROPOUT_FUNCS or t in _ADD_FUNCS:
+                continue
+            if t in (torch.flatten, "flatten", "view", "reshape", "contiguous", "size", "dim", getattr):
                 continue
             break
     raise ValueError(
