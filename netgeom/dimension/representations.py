@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_finite_model, check_tensor
+from .._validation import check_choice, check_finite_model, check_masks, check_tensor
 from ..nets import UnsupportedLayerError, trace
-from ..nets.graph import _as_mask
 from ..results import Result, new_axes
 from .estimators import MLE, TwoNN
 from .neighbors import nearest_neighbors
@@ -134,7 +133,7 @@ def representation_dimension(
     X,
     layers: Sequence[str] | None = None,
     method: str | Sequence[str] = "mle",
-    k: int | tuple[int, int] = 20,
+    k: int | tuple[int, int] | None = None,
     masks=None,
     *,
     include_input: bool = True,
@@ -155,10 +154,11 @@ def representation_dimension(
         ``"add_1"``: functional calls). Default: every ReLU/LeakyReLU output (modules or functions) and the
         pre-logits (the input of the final affine map) when it is not one of them.
     method : ``"mle"``, ``"twonn"`` or a list of them; each layer's kNN graph is computed once, shared.
-    k : MLE's ``k`` (or k-range); estimator options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
+    k : MLE's ``k`` (or k-range; default 20; an error when MLE is not among the methods); estimator
+        options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
         ``mle_variant=``, ``twonn_fit=`` etc.
-    masks : a :class:`~netgeom.pruning.masks.Masks` or any mapping parameter name -> boolean (0/1) tensor;
-        masked weights are absent.
+    masks : a :class:`~netgeom.pruning.masks.Masks`, a mapping parameter name -> boolean (0/1) tensor or a
+        per-layer list (checked by :func:`~netgeom._validation.check_masks`); masked weights are absent.
     input_shape : one sample's shape; default ``model.input_shape``, else ``X.shape[1:]``.
 
     Activations are flattened per sample; identical activation vectors (e.g. points mapped to the same
@@ -179,15 +179,15 @@ def representation_dimension(
         raise ValueError("method must name at least one estimator")
     for m in methods:
         check_choice(m, "method", _METHODS)
+    if k is not None and "mle" not in methods:
+        raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
+    k = 20 if k is None else k
+    masks = check_masks(masks, model)
     X = check_tensor(X, "X")
     if X.is_complex():
         raise TypeError("X is complex; representations are defined for real inputs")
     if X.ndim < 2:
         raise ValueError(f"X must have a sample axis and features, got shape {tuple(X.shape)}")
-    if masks is not None and not isinstance(masks, Mapping):
-        raise TypeError(
-            f"masks must be a Masks or a mapping parameter name -> boolean tensor, got {type(masks)}"
-        )
     if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
         raise TypeError(f"layers must be a list of layer names, got {layers!r}")
     shape = input_shape or getattr(model, "input_shape", None) or tuple(X.shape[1:])
@@ -216,11 +216,7 @@ def representation_dimension(
         net = copy.deepcopy(model).eval()
         if masks is not None:
             with torch.no_grad():
-                params = dict(net.named_parameters())
-                for pname, m in masks.items():
-                    if pname not in params:
-                        raise KeyError(f"masks name parameters the model does not have: {[pname]}")
-                    params[pname].mul_(_as_mask(m, pname, params[pname].shape).to(params[pname].dtype))
+                masks.apply(net)
         names = list(layers) if layers is not None else _default_module_layers(net)
         recorded = _hooked(net, X.to(torch.float32), names, batch_size)
     reps = ([("input", X.reshape(len(X), -1))] if include_input else []) + list(zip(names, recorded))
