@@ -99,7 +99,7 @@ def test_shared_relu_module_is_ambiguous_by_name_but_its_calls_are_not():
     with pytest.raises(ValueError, match="more than once"):
         representation_dimension(model, X, layers=["1"], k=5)
     # by default each call is recorded under its own traced name
-    r = representation_dimension(model, X, k=5, method="twonn", include_input=False)
+    r = representation_dimension(model, X, method="twonn", include_input=False)
     assert len(r.layers) == 2 and len(set(r.layers)) == 2 and r.widths == [16, 16]
     h1 = torch.relu(model[0](X))
     h2 = torch.relu(model[2](h1))
@@ -194,5 +194,5 @@ def test_traced_nodes_functional_relus_prelogits_and_dict_masks():
     assert (model.fc1.weight != 0).all()
     with pytest.raises(ValueError, match="0 and 1"):
         representation_dimension(model, X, masks={"fc1.weight": torch.full((24, 24), 0.5)})
-    with pytest.raises(TypeError, match="mapping"):
+    with pytest.raises(ValueError, match="one mask per Linear/Conv"):
         representation_dimension(model, X, masks=[torch.ones(24, 24)])
