@@ -73,10 +73,12 @@ class _Exact:
 
 class _Elem:
     def __init__(self, e: torch.Tensor):
-        self.e = e
+        self.e, self._n = e, None
 
     def norm(self):
-        return torch.linalg.vector_norm(self.e, dim=1) * _SAFETY
+        if self._n is None:
+            self._n = torch.linalg.vector_norm(self.e, dim=1) * _SAFETY
+        return self._n
 
     def elem(self):
         return self.e
@@ -123,12 +125,14 @@ class _Sum:
     """Error of ``a + b`` computed in floating point: both errors plus the rounding of the sum; kept lazy so
     that a following Linear only needs norms (cheap) and a ReLU / max-pool gets elementwise bounds."""
 
-    def __init__(self, parts, v, u):
-        self.parts, self.v, self.u = parts, v, u
+    def __init__(self, parts, v, u, vnorm):
+        self.parts, self.v, self.u, self.vnorm, self._n = parts, v, u, vnorm, None
 
     def norm(self):
-        s = sum(p.norm() for p in self.parts) + self.u * torch.linalg.vector_norm(self.v, dim=1)
-        return s * ((1 + 2 * self.u) * _SAFETY)
+        if self._n is None:  # cached: nested residual sums would otherwise recompute every inner norm
+            s = sum(p.norm() for p in self.parts) + self.u * self.vnorm(self.v)
+            self._n = s * ((1 + 2 * self.u) * _SAFETY)
+        return self._n
 
     def elem(self):
         e = self.v.abs().mul_(self.u)
@@ -139,10 +143,12 @@ class _Sum:
 
 class _Cat:
     def __init__(self, parts):
-        self.parts = parts
+        self.parts, self._n = parts, None
 
     def norm(self):
-        return torch.sqrt(sum(p.norm() ** 2 for p in self.parts)) * _SAFETY
+        if self._n is None:
+            self._n = torch.sqrt(sum(p.norm() ** 2 for p in self.parts)) * _SAFETY
+        return self._n
 
     def elem(self):
         return torch.cat([p.elem() for p in self.parts], 1)
@@ -189,6 +195,15 @@ class _Engine:
             info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
         return info
 
+    def vnorm(self, t: torch.Tensor) -> torch.Tensor:
+        """Row 2-norms, computed once per value (a residual sum and the Linear reading it share one)."""
+        key = (t.data_ptr(), tuple(t.shape))
+        hit = self._norms.get(key)
+        if hit is None:
+            hit = (t, torch.linalg.vector_norm(t, dim=1))
+            self._norms[key] = hit
+        return hit[1]
+
     def affine(self, node: PLNode, x: torch.Tensor, err, *, need_err: bool):
         B = x.shape[0]
         for info in self.ops[node.index]:
@@ -198,7 +213,7 @@ class _Engine:
             if need_err:
                 g = info["g"]
                 if info["fast"]:
-                    A = err.norm() + g * _SAFETY * torch.linalg.vector_norm(x.reshape(B, -1), dim=1)
+                    A = err.norm() + g * _SAFETY * self.vnorm(x.reshape(B, -1))
                     err = _Rank1(A, g, info)
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
@@ -210,6 +225,7 @@ class _Engine:
     def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
         """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
         g = self.g
+        self._norms: dict = {}  # holds its tensors, so no data pointer is reused within the run
         vals: dict[int, torch.Tensor] = {0: x}
         errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u)}
         out = {}
@@ -270,7 +286,7 @@ class _Engine:
             elif node.op == "add":
                 a, b = (vals[i] for i in ins)
                 v = a + b
-                e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u)
+                e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u, self.vnorm)
             elif node.op == "cat":
                 v = torch.cat([vals[i] for i in ins], 1)
                 e = _Cat([errs[i] for i in ins])
