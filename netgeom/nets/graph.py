@@ -125,10 +125,7 @@ class _AffineOp:
 
 
 def _linear_fn(x, p, bias):
-    b = p.get("bias") if bias else None
-    if x.ndim == 2:
-        return torch.addmm(b, x, p["weight_t"]) if b is not None else x @ p["weight_t"]
-    return F.linear(x, p["weight"], b)
+    return F.linear(x, p["weight"], p.get("bias") if bias else None)
 
 
 def _conv_fn(dim, stride, padding, dilation, groups):
@@ -159,12 +156,11 @@ def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tens
             f"{source} has no running statistics (track_running_stats=False), so it cannot be folded "
             "into an affine map"
         )
-    scale = 1.0 / torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
-    if m.affine:
-        scale = m.weight.detach().double().cpu() * scale
-    shift = -m.running_mean.detach().double().cpu() * scale
-    if m.affine:
-        shift = shift + m.bias.detach().double().cpu()
+    sd = torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
+    scale = (m.weight.detach().double().cpu() if m.affine else torch.ones_like(sd)) / sd
+    shift = (
+        m.bias.detach().double().cpu() if m.affine else 0.0
+    ) - m.running_mean.detach().double().cpu() * scale
     return scale, shift
 
 
@@ -653,7 +649,7 @@ class _Builder:
                     f"layer '{name}' (Linear) expects {m.in_features} inputs but receives {ref.shape[-1]}"
                 )
             pname, w, mask = self.masked_weight(name, m)
-            params = {"weight": w, "weight_t": w.T.contiguous()}
+            params = {"weight": w}
             if m.bias is not None:
                 params["bias"] = m.bias.detach().double().cpu()
             op = _AffineOp(
