@@ -284,3 +284,30 @@ def test_float32_certified_equals_float64_on_random_mlps(seed, act):
     ref = _reference_patterns(net, X)
     assert a.count == _set_count(ref)
     assert np.array_equal(a.patterns, unique_rows(pack_patterns(ref))[0])
+
+
+def test_padded_overlapping_maxpool_patterns():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.Flatten())
+    net = nn.Sequential(*net, nn.Linear(2 * 4 * 4, 2)).eval()
+    X = torch.randn(400, 1, 9, 9, generator=torch.Generator().manual_seed(5))
+    X[:40] = 0.0
+    a = count_patterns(net, X)
+    b = count_patterns(net, X.double(), precision="float64")
+    assert np.array_equal(a.patterns, b.patterns) and np.array_equal(a.multiplicities, b.multiplicities)
+    # reference: relu signs and torch's own max-pool argmax (first maximum) in float64, written out
+    from netgeom import trace
+
+    g = trace(net, input_shape=(1, 9, 9))
+    with torch.no_grad():
+        z = net[0].double()(X.double())
+        pool = g.nodes[3]
+        _, pos = pool.pool(torch.relu(z).reshape(400, -1), return_indices=True)
+    net.float()
+    bits = [
+        (z > 0).reshape(400, -1),
+        torch.stack([(pos >> s) & 1 for s in (3, 2, 1, 0)], -1).reshape(400, -1),
+    ]
+    ref = torch.cat(bits, 1).bool().numpy()
+    assert a.n_bits == ref.shape[1] and a.count == _set_count(ref)
+    assert np.array_equal(a.patterns, unique_rows(pack_patterns(ref))[0])

@@ -168,7 +168,8 @@ class _Engine:
             if n.op == "maxpool":
                 k = n.windows.shape[1]
                 w = n.windows.to(self.device)
-                self.ops[n.index] = [torch.where(w < 0, torch.full_like(w, n.in_size), w), k]
+                padded = bool((w < 0).any())
+                self.ops[n.index] = [torch.where(w < 0, torch.full_like(w, n.in_size), w), k, padded]
 
     def _prep(self, op, first: bool) -> dict:
         p = op.cast(self.dtype, self.device)
@@ -268,18 +269,23 @@ class _Engine:
                 if node.index in pattern:
                     out[node.index] = (bits, undecided)
             elif node.op == "maxpool":
-                windows, k = self.ops[node.index]
+                windows, k, padded = self.ops[node.index]
                 xin, ein = vals[ins[0]], errs[ins[0]].elem()
                 B = xin.shape[0]
-                pad_v = torch.cat([xin, torch.full((B, 1), -math.inf, dtype=xin.dtype, device=xin.device)], 1)
-                pad_e = torch.cat([ein, torch.zeros((B, 1), dtype=ein.dtype, device=ein.device)], 1)
-                vw, ew = pad_v[:, windows], pad_e[:, windows]  # (B, size, k)
+                if padded:  # padding positions read -inf (never the max) with error 0
+                    xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+                    ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+                vw, ew = xin[:, windows], ein[:, windows]  # (B, size, k)
                 pos = torch.argmax(vw, dim=2, keepdim=True)  # the first maximal position
                 v = torch.gather(vw, 2, pos).squeeze(2)
                 e_top = torch.gather(ew, 2, pos).squeeze(2)
-                upper = (vw + ew).scatter(2, pos, -math.inf).amax(2)
-                exact = (ew == 0).all(2)
-                undecided = (~((v - e_top > upper) | exact)).any(1)
+                upper = (vw + ew).scatter_(2, pos, -math.inf).amax(2)
+                sure = v - e_top > upper
+                undecided = ~sure.all(1)
+                if undecided.any():  # windows whose entries are all exact are decided by their values
+                    rows = torch.nonzero(undecided).flatten()
+                    exact = (ew[rows] == 0).all(2)
+                    undecided[rows] = ~(sure[rows] | exact).all(1)
                 e = _Elem(ew.amax(2))
                 if node.index in pattern:
                     out[node.index] = (pos.squeeze(2), undecided)
