@@ -39,10 +39,15 @@ def limit_threads() -> None:
     torch.set_num_threads(1)
 
 
-def parser(name: str, doc: str, default_seeds: Sequence[int]) -> argparse.ArgumentParser:
+def parser(
+    name: str, doc: str, full_seeds: Sequence[int], quick_seeds: Sequence[int]
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc)
     p.add_argument("--quick", action="store_true", help="small configuration (a few minutes on 2 cores)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds), help="run seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help=f"run seeds (default: {' '.join(map(str, full_seeds))}; "
+                        f"with --quick {' '.join(map(str, quick_seeds))})")
+    p.set_defaults(_seeds=(list(full_seeds), list(quick_seeds)))
     p.add_argument(
         "--out", default=None, help=f"output directory (default: experiments/results/{name}/<mode>)",
     )
@@ -53,6 +58,17 @@ def parser(name: str, doc: str, default_seeds: Sequence[int]) -> argparse.Argume
     p.add_argument("--fresh", action="store_true",
                    help="delete this mode's run directories first (no resuming from earlier runs)")
     return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = args._seeds[1] if args.quick else args._seeds[0]
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
 
 
 def out_dir(name: str, args) -> Path:

@@ -27,12 +27,10 @@ RESULTS = ROOT / "experiments" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from experiments._common import SCHEMA, cluster_bootstrap  # noqa: E402
+from experiments._common import SCHEMA, cluster_bootstrap, to_plain  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NAMES = ("prunability_vs_dimension", "regions_vs_sparsity", "topology_under_imp")
-PLOTS = {"prunability_vs_dimension": "prunability_vs_id.png", "regions_vs_sparsity": "regions_vs_density.png",
-         "topology_under_imp": "topology_under_imp.png"}
 
 N_BOOT, BOOT_SEED, MIN_UNITS = 2000, 0, 3
 # Finding 1
@@ -422,6 +420,11 @@ def verdicts(name: str, res: dict) -> dict[str, Any]:
     return VERDICTS[name](res)
 
 
+def verdicts_match(name: str, res: dict) -> bool:
+    """Whether the verdicts stored in ``res`` are those the rules give on its numbers (as written to JSON)."""
+    return json.loads(json.dumps(to_plain(verdicts(name, res)))) == res["verdicts"]
+
+
 # ----------------------------------------------------------------------------------------------- README
 def check_result(res: dict, path: Path | str) -> None:
     d = res.get("description", {})
@@ -464,7 +467,8 @@ FINDING_OF = {"1": NAMES[0], "2a": NAMES[1], "2b": NAMES[1], "3a": NAMES[2], "3b
 
 def _measured(key: str, g: dict) -> str:
     if key == "1":
-        return (f"Spearman(MLE ID, prunability) ρ = {g['rho']:+.2f}, 95% CI {_ci(g['ci'])} over "
+        rho = "n/a" if g["rho"] is None or not math.isfinite(g["rho"]) else f"{g['rho']:+.2f}"
+        return (f"Spearman(MLE ID, prunability) ρ = {rho}, 95% CI {_ci(g['ci'])} over "
                 f"{g['n_units']} seed clusters; D = {'/'.join(map(str, g['D']))}; dense-accuracy spread "
                 f"{100 * g['dense_acc_spread']:.1f} pts; ID tracks d: {g['id_tracks_d']}; censored runs "
                 f"{g['n_censored']}/{g['n_runs']}")
@@ -529,11 +533,11 @@ def section(results: Path = RESULTS) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     lines.append("")
     for name in NAMES:
-        for mode in ("full",):
-            p = results / name / mode / PLOTS[name]
-            if p.exists() and (results / name / mode / "results.json").exists():
-                lines.append(f"![{name}]({p.relative_to(ROOT).as_posix()})")
-                lines.append("")
+        res = load(name, "full", results)
+        for png in res["plots"] if res is not None else []:
+            rel = (results / name / "full" / png).relative_to(results.parent.parent)
+            lines.append(f"![{name}]({rel.as_posix()})")
+            lines.append("")
     lines.append("Commands: `python experiments/run_all.py --quick` (all three in quick mode, plots, "
                  "notebooks, this table); full mode per script as listed in `experiments/PROTOCOL.md` and "
                  "`experiments/run_all.py --help`; `--jobs N` local processes, `--scheduler ADDRESS` a Dask "
