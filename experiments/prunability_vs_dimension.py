@@ -134,7 +134,10 @@ def run_unit(family: str, d: int, seed: int, cfg: dict, root: str) -> dict:
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
     units = [(f, d, s, cfg, str(out / "runs")) for f in cfg["families"] for d in cfg["dims"] for s in seeds]
-    runs = C.parallel_map(run_unit, units, jobs=jobs, scheduler=scheduler)
+    # the workers import this module by name (a function of __main__ would be pickled with its globals)
+    from experiments import prunability_vs_dimension as mod
+
+    runs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler)
     res = {"runs": runs}
     from experiments.make_results import verdicts
 

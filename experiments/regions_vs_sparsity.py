@@ -167,7 +167,10 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None
     order = {"mnist_test": 0, "digits": 1, "mnist1d": 2}
     units = sorted(((ds, w, s, cfg, str(out / "runs")) for ds in cfg["datasets"] for w in cfg["widths"]
                     for s in seeds), key=lambda u: (order.get(u[0], 3), -u[1]))
-    recs = C.parallel_map(run_unit, units, jobs=jobs, scheduler=scheduler)
+    # the workers import this module by name (a function of __main__ would be pickled with its globals)
+    from experiments import regions_vs_sparsity as mod
+
+    recs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler)
     key = {(u[0], u[1], u[2]): i for i, u in enumerate(units)}
     records = [r for ds in cfg["datasets"] for w in cfg["widths"] for s in seeds
                for r in recs[key[(ds, w, s)]]]

@@ -43,7 +43,7 @@ def make_config(quick: bool) -> dict:
     base = {"q": 0.2, "rewind": "init", "lr": 0.05, "batch_size": 64, "widths": [100, 100]}
     if quick:
         return {**base, "datasets": ["mnist1d"], "max_rounds": 8, "epochs": 5}
-    return {**base, "datasets": ["mnist_test", "mnist1d"], "max_rounds": None, "epochs": 8}
+    return {**base, "datasets": ["mnist_test", "mnist1d"], "max_rounds": None, "epochs": 6}
 
 
 def rounds_below_bound(model, q: float) -> int:
@@ -171,7 +171,10 @@ def run_seed(cfg: dict, dataset: str, seed: int, out: str) -> dict:
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
     units = [(cfg, ds, s, str(out)) for ds in cfg["datasets"] for s in seeds]
-    res = {"per_seed": C.parallel_map(run_seed, units, jobs=jobs, scheduler=scheduler)}
+    # the workers import this module by name (a function of __main__ would be pickled with its globals)
+    from experiments import topology_under_imp as mod
+
+    res = {"per_seed": C.parallel_map(mod.run_seed, units, jobs=jobs, scheduler=scheduler)}
     from experiments.make_results import verdicts
 
     res["verdicts"] = verdicts(NAME, res)

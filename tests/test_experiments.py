@@ -203,3 +203,13 @@ def test_regions_unit_smoke(tmp_path):
         assert kept == pytest.approx(r["density"] * 576, abs=1.0)
         assert r["slice_regions"] >= 1 and r["log10_bound_slice"] <= r["log10_bound"] + 1e-9
     assert R.run_unit("digits", 8, 0, cfg, str(tmp_path)) == json.loads(json.dumps(recs))
+
+
+def test_parallel_map_runs_on_a_dask_scheduler_in_order():
+    """--scheduler ADDRESS: the units go through joblib's dask backend on a distributed Client."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        got = C.parallel_map(pow, [(2, 3), (3, 2), (5, 1)], scheduler=cluster.scheduler_address)
+    assert got == [8, 9, 5]
+    assert C.parallel_map(pow, [(2, 3), (3, 2)], jobs=1) == [8, 9]
