@@ -38,7 +38,7 @@ def make_config(quick: bool) -> dict:
     if quick:
         return {**base, "datasets": ["digits", "mnist1d"], "widths": [64],
                 "densities": {"digits": GRID[::2], "mnist1d": GRID[::2]}, "epochs": 10, "ft_epochs": 3}
-    return {**base, "datasets": ["digits", "mnist1d", "mnist_test"], "widths": [100],
+    return {**base, "datasets": ["digits", "mnist1d", "mnist_test"], "widths": [100, 200],
             "densities": {"digits": GRID, "mnist1d": GRID, "mnist_test": GRID + [3e-5, 1e-5]},
             "epochs": 15, "ft_epochs": 4}
 

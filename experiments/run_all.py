@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address")
     p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), help="experiments to run")
     p.add_argument("--allow-dirty", action="store_true", help="run even with uncommitted code changes")
+    p.add_argument("--compare-committed", action="store_true",
+                   help="afterwards, check that every number (all but the description) equals the committed "
+                        "results.json of the same mode (exit 1 if not)")
     args = p.parse_args(argv)
     status = C._git("status", "--porcelain", "--", "netgeom", "experiments", ":!experiments/results")
     if status and not args.allow_dirty:
@@ -58,7 +61,30 @@ def main(argv=None) -> int:
         times[step] = time.time() - t
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
           + f"; total {sum(times.values()):.0f} s")
+    if args.compare_committed:
+        return compare_committed(args.only, "quick" if args.quick else "full")
     return 0
+
+
+def compare_committed(names, mode: str) -> int:
+    """Whether the fresh results equal the committed ones, description (commit, timing) aside."""
+    import json
+
+    bad = 0
+    for name in names:
+        rel = f"experiments/results/{name}/{mode}/results.json"
+        old = C._git("show", f"HEAD:{rel}")
+        if old is None:
+            print(f"{rel}: nothing committed to compare with")
+            bad += 1
+            continue
+        a, b = json.loads(old), json.loads((ROOT / rel).read_text())
+        a.pop("description")
+        b.pop("description")
+        same = a == b
+        bad += not same
+        print(f"{rel}: {'numbers identical to the committed ones' if same else 'DIFFERS from the committed one'}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
