@@ -83,7 +83,8 @@ def compare_committed(names, mode: str) -> int:
         b.pop("description")
         same = a == b
         bad += not same
-        print(f"{rel}: {'numbers identical to the committed ones' if same else 'DIFFERS from the committed one'}")
+        verdict = "numbers identical to the committed ones" if same else "DIFFERS from the committed one"
+        print(f"{rel}: {verdict}")
     return 1 if bad else 0
 
 
