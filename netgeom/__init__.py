@@ -34,6 +34,8 @@ from .nets import (
     MODEL_NAMES,
     SUPPORTED_LAYERS,
     AffineLayer,
+    PLGraph,
+    PLNode,
     UnsupportedLayerError,
     affine_layers,
     build_model,
@@ -43,6 +45,7 @@ from .nets import (
     lenet_300_100,
     mlp,
     small_convnet,
+    trace,
 )
 from .pruning import (
     IMP,
@@ -96,6 +99,7 @@ from .topology import (
     network_forest_protect,
     network_graph,
     neural_persistence,
+    neural_persistence_layer_max,
     spanning_forest_mask,
     spanning_forest_protect,
     topology_bound,
@@ -107,6 +111,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LocalPCA",
+    "PLGraph",
+    "PLNode",
+    "trace",
     "ScaleSweepResult",
     "id_scale_sweep",
     "NetworkZerothDiagram",
@@ -180,6 +187,7 @@ __all__ = [
     "nearest_neighbors",
     "network_graph",
     "neural_persistence",
+    "neural_persistence_layer_max",
     "prunability",
     "prunable_parameters",
     "product_bound",
