@@ -138,11 +138,11 @@ def _f1_group(runs: list[dict], label: str, cluster_key) -> dict[str, Any]:
 
 
 def verdict_1(res: dict) -> dict[str, Any]:
-    """Per data family (unit: seed) and pooled (unit: (family, seed))."""
+    """Per data family and pooled; unit: the seed (one teacher and one frame, shared by both families)."""
     runs = res["runs"]
     fams = sorted({r["family"] for r in runs})
     out = {f: _f1_group([r for r in runs if r["family"] == f], f, lambda r: r["seed"]) for f in fams}
-    pooled = _f1_group(runs, "pooled", lambda r: (r["family"], r["seed"]))
+    pooled = _f1_group(runs, "pooled", lambda r: r["seed"])
     return {"families": out, "pooled": pooled}
 
 
