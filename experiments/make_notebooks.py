@@ -128,7 +128,8 @@ print("neural persistence definition:", res["per_seed"][0]["neural_persistence_d
     "once would keep — the part of the claim that is about IMP rather than about magnitudes — and whether "
     "the topology-preserving variant costs accuracy where it actually changes the masks.\n"
     "* **Cannot**: say anything from 3b beyond the implementation being right (it is a theorem), nor speak "
-    "for convolutional networks: LeNet-5 with max-pooling is pending until netgeom traces it. With 3 seeds "
+    "for convolutional networks unless the run included LeNet-5 with max-pooling (opt-in `--lenet5`, "
+    "listed above as its own group when present). With 3 seeds "
     "the cluster bootstrap over seeds is coarse (few distinct resamples); the per-seed values are printed "
     "in the JSON. Quick mode (MNIST-1D, 8 rounds, short training) is a pipeline check, not a result.",
 ]

@@ -350,6 +350,7 @@ def _f3b_group(seeds: list[dict], label: str) -> dict[str, Any]:
 
     b0 = seeds[0]["bound"]
     return {"label": label, "n_units": len(seeds), "eta": b0["eta"], "max_sparsity": b0["max_sparsity"],
+            "pruned_sparsity": b0["pruned_sparsity"],
             "all_diagrams_kept": kept, "acc_cost": mean(cost), "ci": _boot(cost, mean)["ci"],
             "acc_after_finetune": float(np.mean([s["bound"]["acc_after_finetune"] for s in seeds])),
             "verdict": "holds by construction (check passed)" if kept else "check FAILED (a diagram changed)"}
@@ -493,7 +494,8 @@ def _measured(key: str, g: dict) -> str:
                 f"{g['last_level']['oneshot_global']:.3f}, layerwise {g['last_level']['oneshot_layer']:.3f}, "
                 f"random {g['last_level']['random']:.3f}")
     if key == "3b":
-        return (f"η = {g['eta']:.1f}, 1 − 1/η = {100 * g['max_sparsity']:.2f}%; diagrams kept: "
+        return (f"η = {g['eta']:.1f}, 1 − 1/η = {100 * g['max_sparsity']:.2f}%, pruned to "
+                f"{100 * g['pruned_sparsity']:.2f}% with the forest kept; diagrams kept: "
                 f"{g['all_diagrams_kept']}; accuracy cost after fine-tuning {100 * g['acc_cost']:+.2f} pts "
                 f"{_ci(g['ci'], 100)}")
     md = "n/a" if g["mean_diff"] is None else f"{100 * g['mean_diff']:+.2f} pts {_ci(g['ci'], 100)}"

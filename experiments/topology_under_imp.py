@@ -18,7 +18,7 @@ stop at the last round whose density stays above ``1/η`` (TP-IMP cannot go furt
     python experiments/topology_under_imp.py --quick --fresh     # pipeline check, minutes
     python experiments/topology_under_imp.py --jobs 2            # full mode (see PROTOCOL.md)
 
-LeNet-5 (max-pooling) beside the MLP is pending until netgeom can trace max-pooling networks.
+    python experiments/topology_under_imp.py --jobs 2 --lenet5   # also LeNet-5 with max-pooling (long)
 """
 
 from __future__ import annotations
@@ -37,43 +37,96 @@ from experiments import _common as C
 NAME = "topology_under_imp"
 DATA = {"mnist_test": {"name": "mnist", "root": C.MNIST_ROOT, "split": "test", "flat": True},
         "mnist1d": {"name": "mnist1d", "flat": True}}
+# LeNet-5 with max-pooling (opt-in, --lenet5): on the MNIST split only, with its own (smaller) schedule
+LENET = "lenet5_maxpool"
 
 
-def make_config(quick: bool) -> dict:
-    base = {"q": 0.2, "rewind": "init", "lr": 0.05, "batch_size": 64, "widths": [100, 100]}
+def make_config(quick: bool, lenet5: bool = False) -> dict:
+    base = {"q": 0.2, "rewind": "init", "lr": 0.05, "batch_size": 64, "widths": [100, 100],
+            "models": ["mlp", LENET] if lenet5 else ["mlp"]}
     if quick:
-        return {**base, "datasets": ["mnist1d"], "max_rounds": 8, "epochs": 5}
-    return {**base, "datasets": ["mnist_test", "mnist1d"], "max_rounds": None, "epochs": 6}
+        return {**base, "datasets": ["mnist1d"], "max_rounds": 8, "epochs": 5,
+                "lenet5": {"max_rounds": 3, "epochs": 2}}
+    return {**base, "datasets": ["mnist_test", "mnist1d"], "max_rounds": None, "epochs": 6,
+            "lenet5": {"max_rounds": None, "epochs": 6}}
+
+
+def to_maxpool(net):
+    """netgeom's LeNet-5 with its average pools replaced by max pools (no parameters change, so the seeded
+    initialisation is the same)."""
+    from torch import nn
+
+    for i, m in enumerate(net):
+        if isinstance(m, nn.AvgPool2d):
+            net[i] = nn.MaxPool2d(m.kernel_size, m.stride)
+    return net
+
+
+def make_imp():
+    """IMP for the max-pooling LeNet-5: ``build_model`` knows LeNet-5 with average pooling only, so the
+    description names that one and the networks are built with max pools; such runs live under their own
+    root (``runs_lenet5_maxpool``) so they can never be mixed with average-pooling runs of the same hash."""
+    from netgeom.pruning import IMP
+
+    class MaxPoolIMP(IMP):
+        def _build(self):
+            return to_maxpool(super()._build())
+
+    return MaxPoolIMP
+
+
+def model_at(res, level: int, model_name: str):
+    net = res.model_at(level)
+    return to_maxpool(net) if model_name == LENET else net
+
+
+def protected_count(model) -> int:
+    from netgeom.topology import msf_protect
+
+    return int(sum(int(v.sum()) for v in msf_protect(model).values()))
+
+
+def _n_prunable(model) -> int:
+    from netgeom.pruning import prunable_parameters
+
+    params = dict(model.named_parameters())
+    return sum(int(params[k].numel()) for k in prunable_parameters(model, include_output=True))
 
 
 def rounds_below_bound(model, q: float) -> int:
-    """The last IMP round whose kept-weight count stays at or above the MSF size (density >= 1/η)."""
-    from netgeom.nets import affine_layers, layer_widths
-    from netgeom.topology import topology_bound
-
-    b = topology_bound(layer_widths(affine_layers(model)))
-    n_tree, n_all = sum(b.n_tree), sum(b.n_possible)
-    r = int(math.floor(math.log(n_tree / n_all) / math.log(1 - q)))
-    while r > 0 and math.floor((1 - q) ** r * n_all) < n_tree:  # the level's count is rounded down
+    """The last IMP round whose kept-weight count stays at or above the number of weights the MSF protect
+    callback keeps (for an MLP the forest size: density >= 1/η; a convolution's forest edge is a kernel)."""
+    n_keep = protected_count(model)
+    n_all = _n_prunable(model)
+    r = int(math.floor(math.log(n_keep / n_all) / math.log(1 - q)))
+    while r > 0 and math.floor((1 - q) ** r * n_all) < n_keep:  # the level's count is rounded down
         r -= 1
     return r
 
 
-def imp_configs(cfg: dict, dataset: str, seed: int):
+def imp_configs(cfg: dict, dataset: str, seed: int, model_name: str = "mlp"):
     from netgeom.data.datasets import load_dataset
     from netgeom.nets import build_model
     from netgeom.pruning import IMPConfig, parse_rewind
     from netgeom.training import TrainConfig
 
-    data = {**DATA[dataset], "seed": seed}
-    ds = load_dataset(data)
-    model = {"name": "mlp", "n_in": ds.n_features, "widths": list(cfg["widths"]), "n_out": ds.n_classes}
-    rounds = rounds_below_bound(build_model({**model, "seed": seed}), cfg["q"])
-    if cfg["max_rounds"] is not None:
-        rounds = min(rounds, cfg["max_rounds"])
+    sched = cfg if model_name == "mlp" else {**cfg, **cfg["lenet5"]}
+    if model_name == "mlp":
+        data = {**DATA[dataset], "seed": seed}
+        ds = load_dataset(data)
+        model = {"name": "mlp", "n_in": ds.n_features, "widths": list(cfg["widths"]), "n_out": ds.n_classes}
+        net = build_model({**model, "seed": seed})
+    else:
+        data = {k: v for k, v in DATA[dataset].items() if k != "flat"} | {"seed": seed}
+        ds = load_dataset(data)
+        model = {"name": "lenet5", "in_shape": list(ds.input_shape), "n_out": ds.n_classes}
+        net = to_maxpool(build_model({**model, "seed": seed}))
+    rounds = rounds_below_bound(net, cfg["q"])
+    if sched["max_rounds"] is not None:
+        rounds = min(rounds, sched["max_rounds"])
     base = IMPConfig(
         model=model, data=data,
-        train=TrainConfig(epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], momentum=0.9,
+        train=TrainConfig(epochs=sched["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], momentum=0.9,
                           schedule="cosine"),
         q=cfg["q"], rounds=rounds, rewind=parse_rewind(cfg["rewind"]), scope="global",
         include_output=True, seed=seed,
@@ -87,7 +140,7 @@ def _masks_equal(a, b) -> bool:
     return set(a.keys()) == set(b.keys()) and all(torch.equal(a[k], b[k]) for k in a.keys())
 
 
-def analyse_run(res, dense_model, label: str, imp_res=None) -> list[dict]:
+def analyse_run(res, dense_model, label: str, imp_res=None, model_name: str = "mlp") -> list[dict]:
     """Per level: accuracy, MSF retention of the dense network's forest (and, for IMP, of the two one-shot
     magnitude nulls at the same sparsities), neural persistence, whether pruning this level kept the previous
     level's diagrams, and (TP-IMP) whether its masks equal IMP's."""
@@ -97,13 +150,13 @@ def analyse_run(res, dense_model, label: str, imp_res=None) -> list[dict]:
     rows = []
     for r, lv in enumerate(res.levels):
         ret = msf_retention(dense_model, lv.masks)
-        npr = neural_persistence(res.model_at(r), lv.masks)
+        npr = neural_persistence(model_at(res, r, model_name), lv.masks)
         row = {"variant": label, "level": r, "sparsity": lv.sparsity, "test_acc": lv.test_acc,
                "msf_retention": ret.retention_total, "random_expectation": ret.expected_total,
                "msf_retention_layer": ret.retention, "np_layer": npr.layer_np_normalized,
                "np_network": npr.network_np, "layer_names": npr.layer_names}
         if r > 0:
-            prev = res.model_at(r - 1)
+            prev = model_at(res, r - 1, model_name)
             chk = msf_retention(prev, lv.masks, dense_masks=res.levels[r - 1].masks)
             row["all_diagrams_kept"] = chk.all_unchanged
             if label == "imp":
@@ -122,16 +175,18 @@ def analyse_run(res, dense_model, label: str, imp_res=None) -> list[dict]:
 
 
 def bound_check(dense_model, dense_acc: float, data, cfg: dict, seed: int) -> dict:
-    """(b): prune the trained dense net to exactly 1 − 1/η keeping its MSF, compare diagrams, fine-tune."""
+    """(b): prune the trained dense net to exactly 1 − 1/η keeping its MSF, compare diagrams, fine-tune.
+    (For an MLP the protected weights are the forest, so the target is exactly 1 − 1/η; a convolution's
+    forest edge keeps its whole kernel, so there the target is 1 − protected / all weights.)"""
     import copy
 
-    from netgeom.nets import affine_layers, layer_widths
     from netgeom.pruning import magnitude_prune
     from netgeom.topology import msf_protect, msf_retention, topology_bound
     from netgeom.training import TrainConfig, Trainer, evaluate
 
-    b = topology_bound(layer_widths(affine_layers(dense_model)))
-    target = 1.0 - sum(b.n_tree) / sum(b.n_possible)
+    b = topology_bound(dense_model)
+    n_all = _n_prunable(dense_model)
+    target = 1.0 - protected_count(dense_model) / n_all
     masks = magnitude_prune(dense_model, target, protect=msf_protect, relative_to="all", include_output=True)
     chk = msf_retention(dense_model, masks)
     net = copy.deepcopy(dense_model)
@@ -147,30 +202,39 @@ def bound_check(dense_model, dense_acc: float, data, cfg: dict, seed: int) -> di
             "msf_retention": chk.retention_total}
 
 
-def run_seed(cfg: dict, dataset: str, seed: int, out: str) -> dict:
+def run_seed(cfg: dict, dataset: str, seed: int, out: str, model_name: str = "mlp") -> dict:
     C.limit_threads()
     from netgeom.pruning import IMP
     from netgeom.topology import msf_protect, neural_persistence
 
     out = Path(out)
-    base, rand, ds = imp_configs(cfg, dataset, seed)
-    runs = out / "runs"
-    imp = IMP(base, out_dir=runs, verbose=False, data=ds).run()
-    rnd = IMP(rand, out_dir=runs, verbose=False, data=ds).run()
-    tp = IMP(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds).run()
-    dense = imp.model_at(0)
-    rows = (analyse_run(imp, dense, "imp") + analyse_run(rnd, dense, "random")
-            + analyse_run(tp, dense, "tp_imp", imp_res=imp))
+    base, rand, ds = imp_configs(cfg, dataset, seed, model_name)
+    runs = out / ("runs" if model_name == "mlp" else f"runs_{model_name}")
+    imp_cls = IMP if model_name == "mlp" else make_imp()
+    sched = cfg if model_name == "mlp" else {**cfg, **cfg["lenet5"]}
+    imp = imp_cls(base, out_dir=runs, verbose=False, data=ds).run()
+    rnd = imp_cls(rand, out_dir=runs, verbose=False, data=ds).run()
+    tp = imp_cls(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds).run()
+    dense = model_at(imp, 0, model_name)
+    rows = (analyse_run(imp, dense, "imp", model_name=model_name)
+            + analyse_run(rnd, dense, "random", model_name=model_name)
+            + analyse_run(tp, dense, "tp_imp", imp_res=imp, model_name=model_name))
     npr = neural_persistence(dense)
     np_def = {k: getattr(npr, k) for k in ("normalize", "aggregate", "p", "definition") if hasattr(npr, k)}
-    return {"dataset": dataset, "seed": seed, "n0": ds.n_features, "n_test": ds.n_test, "rounds": base.rounds,
-            "levels": rows, "bound": bound_check(dense, imp.levels[0].test_acc, ds, cfg, seed),
+    # the verdicts group units by this label: an MLP unit by its data set, a LeNet-5 unit apart from it
+    label = dataset if model_name == "mlp" else f"{dataset} ({model_name})"
+    return {"dataset": label, "data": dataset, "model": model_name, "seed": seed, "n0": ds.n_features,
+            "n_test": ds.n_test, "rounds": base.rounds,
+            "levels": rows, "bound": bound_check(dense, imp.levels[0].test_acc, ds, sched, seed),
             "neural_persistence_definition": np_def,
             "run_dirs": [str(Path(x.run_dir).relative_to(out)) for x in (imp, rnd, tp)]}
 
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
-    units = [(cfg, ds, s, str(out)) for ds in cfg["datasets"] for s in seeds]
+    units = [(cfg, ds, s, str(out), "mlp") for ds in cfg["datasets"] for s in seeds]
+    if LENET in cfg["models"]:
+        # LeNet-5 first: its units are the longest
+        units = [(cfg, "mnist_test", s, str(out), LENET) for s in seeds] + units
     # the workers import this module by name (a function of __main__ would be pickled with its globals)
     from experiments import topology_under_imp as mod
 
@@ -189,7 +253,7 @@ def plot(res: dict, cfg: dict, out: Path) -> list[str]:
     import numpy as np
 
     files = []
-    for ds in cfg["datasets"]:
+    for ds in sorted({s["dataset"] for s in res["per_seed"]}):
         seeds = [s for s in res["per_seed"] if s["dataset"] == ds]
         n_lv = min(s["rounds"] for s in seeds) + 1
 
@@ -246,14 +310,19 @@ def plot(res: dict, cfg: dict, out: Path) -> list[str]:
             ax.set_xscale("log")
             ax.invert_xaxis()
             ax.set_xlabel("weights remaining (%)")
-        files.append(C.savefig(fig, out / f"topology_under_imp_{ds}.png"))
+        tag = ds.replace(" (", "_").replace(")", "")
+        files.append(C.savefig(fig, out / f"topology_under_imp_{tag}.png"))
     return files
 
 
 def main(argv=None) -> int:
-    args = C.parse(C.parser(NAME, __doc__.splitlines()[0], [0, 1, 2], [0, 1, 2]), argv)
+    p = C.parser(NAME, __doc__.splitlines()[0], [0, 1, 2], [0, 1, 2])
+    p.add_argument("--lenet5", action="store_true",
+                   help="also LeNet-5 with max-pooling on the MNIST split (opt-in: about 17 min per seed on "
+                        "one core in full mode, ~1 min in quick mode)")
+    args = C.parse(p, argv)
     C.limit_threads()
-    cfg = make_config(args.quick)
+    cfg = make_config(args.quick, lenet5=args.lenet5)
     out = C.out_dir(NAME, args)
     desc = C.describe(NAME, args, cfg)
     t0 = time.time()

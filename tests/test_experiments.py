@@ -174,6 +174,34 @@ def test_finding1_labels_use_only_two_latent_coordinates_and_ambient_dimension_i
                 assert (s > 1e-6 * s[0]).sum() == d
 
 
+def test_finding3_lenet5_maxpool_is_trained_and_analysed_with_max_pools():
+    """The opt-in LeNet-5 runs: built with max pools (IMP's description names netgeom's average-pool LeNet-5),
+    its recorded accuracy is that of the max-pool network, and its rounds stop where TP-IMP can still go."""
+    import torch
+    from torch import nn
+
+    from experiments import topology_under_imp as T
+    from netgeom import Dataset, build_model
+    from netgeom.pruning import IMPConfig
+    from netgeom.topology import msf_protect
+    from netgeom.training import TrainConfig, evaluate
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(96, 1, 20, 20, generator=g), torch.randint(0, 3, (96,), generator=g)
+    ds = Dataset(name="tiny", X_train=X[:64], y_train=y[:64], X_test=X[64:], y_test=y[64:], n_classes=3,
+                 input_shape=(1, 20, 20))
+    conf = IMPConfig(model={"name": "lenet5", "in_shape": [1, 20, 20], "n_out": 3}, data={"name": "tiny"},
+                     train=TrainConfig(epochs=1, lr=0.05, batch_size=32), rounds=1, seed=0)
+    res = T.make_imp()(conf, verbose=False, data=ds, protect=msf_protect).run()
+    net = T.model_at(res, 1, T.LENET)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net) == 2
+    assert evaluate(net, ds.X_test, ds.y_test)[1] == res.levels[1].test_acc
+    lenet = T.to_maxpool(build_model({**conf.model, "seed": 0}))
+    r = T.rounds_below_bound(lenet, 0.2)
+    n_all = sum(p.numel() for n, p in lenet.named_parameters() if n.endswith("weight"))
+    assert math.floor(0.8 ** r * n_all) >= T.protected_count(lenet) > math.floor(0.8 ** (r + 1) * n_all)
+
+
 def test_finding3_rounds_stop_at_the_topology_bound():
     from experiments import topology_under_imp as T
     from netgeom import mlp
