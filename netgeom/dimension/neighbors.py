@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import check_array, check_choice, check_int
+from .._validation import check_array, check_choice, check_device, check_int
 from ..results import Result
 
 __all__ = ["NeighborGraph", "nearest_neighbors", "deduplicate"]
@@ -129,6 +129,7 @@ def nearest_neighbors(
     duplicates = check_choice(duplicates, "duplicates", _DUPLICATE_POLICIES)
     k = check_int(k, "k", minimum=1)
     n_extra = check_int(n_extra, "n_extra", minimum=0)
+    device = check_device(device)  # an unknown or absent device is an error, never a silent CPU run
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
@@ -140,8 +141,12 @@ def nearest_neighbors(
             "(every intrinsic-dimension estimate is scale-invariant)"
         )
     n_input = len(X)
+    if method == "kdtree" and device.type != "cpu":
+        raise ValueError(f"method='kdtree' runs on the CPU; device={str(device)!r} needs method='torch'")
     if method == "auto":
-        method = "kdtree" if X.shape[1] <= _KDTREE_MAX_FEATURES else "torch"
+        # an accelerator was asked for: use it (the k-d tree would run on the CPU)
+        low_dim = X.shape[1] <= _KDTREE_MAX_FEATURES and device.type == "cpu"
+        method = "kdtree" if low_dim else "torch"
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     if k >= n_input:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_finite_model, check_tensor
+from .._validation import check_choice, check_finite_model, check_masks, check_tensor
 from ..results import Result, new_axes
 from .estimators import MLE, TwoNN
 from .neighbors import nearest_neighbors
@@ -63,7 +63,7 @@ def representation_dimension(
     X,
     layers: Sequence[str] | None = None,
     method: str | Sequence[str] = "mle",
-    k: int | tuple[int, int] = 20,
+    k: int | tuple[int, int] | None = None,
     masks=None,
     *,
     include_input: bool = True,
@@ -79,9 +79,11 @@ def representation_dimension(
     layers : names of modules (``model.named_modules()``) whose outputs are recorded; default every
         ``nn.ReLU``/``nn.LeakyReLU``, i.e. the post-activations of the hidden layers.
     method : ``"mle"``, ``"twonn"`` or a list of them; each layer's kNN graph is computed once, shared.
-    k : MLE's ``k`` (or k-range); estimator options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
+    k : MLE's ``k`` (or k-range; default 20; an error when MLE is not among the methods); estimator
+        options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
         ``mle_variant=``, ``twonn_fit=`` etc.
-    masks : optional :class:`~netgeom.pruning.masks.Masks` applied to the copy.
+    masks : optional masks (a :class:`~netgeom.pruning.masks.Masks`, mapping or per-layer list; checked by
+        :func:`~netgeom._validation.check_masks`) applied to the copy.
 
     Activations are flattened per sample; identical activation vectors (e.g. points mapped to the same
     all-zero pattern) are dropped as duplicates and counted in ``n_dropped``.
@@ -101,6 +103,10 @@ def representation_dimension(
         raise ValueError("method must name at least one estimator")
     for m in methods:
         check_choice(m, "method", _METHODS)
+    if k is not None and "mle" not in methods:
+        raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
+    k = 20 if k is None else k
+    masks = check_masks(masks, model)
     X = check_tensor(X, "X", dtype=torch.float32)
     if X.ndim < 2:
         raise ValueError(f"X must have a sample axis and features, got shape {tuple(X.shape)}")

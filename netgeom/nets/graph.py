@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_int, check_tensor
+from .._validation import check_int, check_masks, check_tensor
 
 __all__ = ["PLGraph", "PLNode", "SUPPORTED_LAYERS", "UnsupportedLayerError", "trace"]
 
@@ -875,24 +875,7 @@ def trace(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     name = type(model).__name__
-    if masks is not None:
-        if not isinstance(masks, Mapping):
-            raise TypeError(
-                "masks must be a Masks or a mapping parameter name -> boolean tensor, got "
-                f"{type(masks).__name__}"
-            )
-        known = {n for n, _ in model.named_parameters()}
-        unknown = sorted(set(masks) - known)
-        if unknown:
-            raise KeyError(f"masks name parameters the model does not have: {unknown}")
-        weights = {
-            f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _WEIGHTED)
-        }
-        other = sorted(set(masks) - weights)
-        if other:
-            raise ValueError(
-                f"masks name parameters that are not Linear/Conv weights: {other}; only weights can be masked"
-            )
+    masks = check_masks(masks, model, allow_empty=True)  # one validation path for every mask form
     for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")

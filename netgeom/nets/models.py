@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_int, check_widths
+from .._validation import check_int, check_memory, check_widths, mlp_bytes
 
 __all__ = ["mlp", "lenet_300_100", "lenet5", "small_convnet", "build_model", "MODEL_NAMES"]
 
@@ -35,6 +35,9 @@ def mlp(
     act = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}.get(activation)
     if act is None:
         raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+    # refused before allocating: a too-wide MLP would otherwise be killed by the OS (or swap the machine)
+    check_memory(mlp_bytes(n_in, widths, n_out, copies=1), f"mlp({n_in}, {widths}, {n_out})",
+                 hint="choose smaller widths")
     with _seeded(seed):
         torch.manual_seed(seed)
         mods: list[nn.Module] = []
