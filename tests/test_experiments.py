@@ -18,6 +18,18 @@ sys.path.insert(0, str(ROOT))
 from experiments import _common as C  # noqa: E402
 from experiments import make_results as M  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The experiment units set one torch thread per process (C.limit_threads); give the test process its
+    thread count back so later tests see the same state as when run alone."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 RESULT_FILES = sorted((ROOT / "experiments" / "results").glob("*/*/results.json"))
 FULL_FILES = [p for p in RESULT_FILES if p.parent.name == "full"]
 
