@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._seeding import _GLOBAL_RNG_LOCK
 from ._validation import (
     check_choice,
     check_device,
@@ -502,7 +503,8 @@ class TrainingData:
 
 # Held while torch's global RNG is seeded and drawn from (model initialisation, a training epoch's dropout):
 # trainings in several threads of one process then take turns per epoch instead of mixing their streams.
-RNG_LOCK = threading.RLock()
+# The one lock of netgeom._seeding, so that the model builders and the trainer exclude each other too.
+RNG_LOCK = _GLOBAL_RNG_LOCK
 
 
 # ------------------------------------------------------------------------------------------- threads
