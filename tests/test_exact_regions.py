@@ -212,14 +212,15 @@ def test_dead_and_zero_weight_units():
 
 
 def _exact_bits(net, X):
-    """Patterns of the points ``X`` (rows of Fractions) by exact rational arithmetic on the float64 weights."""
+    """Patterns of the points ``X`` (rows of Fractions), exact rational arithmetic on the float64 weights."""
     layers = affine_layers(net)
     out = []
     for x in X:
         bits = []
         for layer in layers:
             W = [[Fraction(float(v)) for v in row] for row in layer.weight.numpy()]
-            z = [sum(w * xi for w, xi in zip(row, x)) + Fraction(float(bb)) for row, bb in zip(W, layer.bias.numpy())]
+            bias = [Fraction(float(bb)) for bb in layer.bias.numpy()]
+            z = [sum(w * xi for w, xi in zip(row, x)) + bb for row, bb in zip(W, bias)]
             if layer.activation == "identity":
                 x = z
                 continue

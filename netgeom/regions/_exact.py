@@ -17,7 +17,7 @@ import numpy as np
 
 
 def to_exact(x) -> tuple[np.ndarray, int]:
-    """``x`` (float64, any shape) as ``(ints, exp)`` with ``x == ints * 2**exp`` exactly (ints: object array)."""
+    """``x`` (float64, any shape) as ``(ints, exp)``, ``x == ints * 2**exp`` exactly (ints: object array)."""
     x = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError("exact arithmetic needs finite float64 values")

@@ -242,9 +242,12 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
                         runs[-1][1] = i + 1
                     else:
                         runs.append([i, i + 1])
+                def cmp(x, y, rid=rid):
+                    return ctx.compare(int(rid[y]), int(rid[x]))
+
                 for lo, hi in runs:
                     seg = list(range(lo, hi + 1))
-                    seg.sort(key=functools.cmp_to_key(lambda x, y: ctx.compare(int(rid[y]), int(rid[x]))))
+                    seg.sort(key=functools.cmp_to_key(cmp))
                     perm = np.array(seg)
                     r[lo : hi + 1], j[lo : hi + 1] = r[perm], j[perm]
                     RW[lo : hi + 1], RT[lo : hi + 1], Rd[lo : hi + 1] = RW[perm], RT[perm], Rd[perm]
