@@ -493,3 +493,16 @@ def test_box_3d_subspace_matches_slices_of_it(seed):
     assert _pset(inner.patterns) <= _pset(box.patterns)
     # and every interior point really has its pattern
     assert count_patterns(net, box.points).count == box.count
+
+
+def test_cli_regions_radius_and_whole_plane(capsys):
+    import json
+
+    from netgeom.cli import main
+
+    counts = []
+    for r in ("10", "1e6", "1e300", "inf"):
+        assert main(["regions", "6", "8", "8", "--radius", r]) == 0
+        out = json.loads(capsys.readouterr().out)
+        counts.append(out["regions_on_slice"])
+    assert counts == sorted(counts) and counts[-1] == counts[-2] and out["whole_plane"]

@@ -53,6 +53,14 @@ def _as_float(ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(ids, dtype=np.int64).view(np.float64)
 
 
+def safe_norm(x: np.ndarray, axis: int) -> np.ndarray:
+    """Euclidean norms along ``axis`` without overflow for entries near the float64 limit."""
+    m = np.abs(x).max(axis=axis, keepdims=True)
+    scale = np.where(m > 0, m, 1.0)
+    with np.errstate(over="ignore"):
+        return np.linalg.norm(x / scale, axis=axis) * np.squeeze(scale, axis=axis)
+
+
 def _normalise(X: np.ndarray, dX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale each row of ``X`` (last axis) by a power of two to a max-norm in [0.5, 1); errors alike."""
     _, e = np.frexp(np.abs(X).max(axis=-1))
@@ -185,8 +193,8 @@ def _push(W, bias, P, Q, eP, eQ):
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
     gamma = 1.01 * (n_in + 2) * _U
     nW = np.linalg.norm(W, axis=1)
-    nP = np.linalg.norm(P, axis=1)
-    nQ = np.linalg.norm(Q, axis=2)
+    nP = safe_norm(P, axis=1)
+    nQ = safe_norm(Q, axis=2)
     eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
     eB = (gamma * nQ + eQ)[:, :, None] * nW
     return A, B, eA, eB

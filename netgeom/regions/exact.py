@@ -170,10 +170,10 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         B = Q @ W.T
         gamma = 1.01 * (n_in + 2) * _U
         nW = np.linalg.norm(W, axis=1)
-        eA = (gamma * np.linalg.norm(P, axis=1) + eP)[:, None] * nW + gamma * np.abs(bias)
-        eB = (gamma * np.linalg.norm(Q, axis=1) + eQv)[:, None] * nW
+        eA = (gamma * _slice.safe_norm(P, axis=1) + eP)[:, None] * nW + gamma * np.abs(bias)
+        eB = (gamma * _slice.safe_norm(Q, axis=1) + eQv)[:, None] * nW
         if not has_bits:
-            P, Q, eP, eQv = A, B, np.linalg.norm(eA, axis=1), np.linalg.norm(eB, axis=1)
+            P, Q, eP, eQv = A, B, _slice.safe_norm(eA, axis=1), _slice.safe_norm(eB, axis=1)
             continue
         n = A.shape[1]
         block = len(ctx.blocks)
@@ -288,8 +288,8 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         gain = np.where(bits, 1.0, slope)
         P, Q = A[parent] * gain, B[parent] * gain
         g = max(1.0, abs(slope))
-        eP = (np.linalg.norm(eA, axis=1) * g + _U * np.linalg.norm(A, axis=1))[parent]
-        eQv = (np.linalg.norm(eB, axis=1) * g + _U * np.linalg.norm(B, axis=1))[parent]
+        eP = (_slice.safe_norm(eA, axis=1) * g + _U * _slice.safe_norm(A, axis=1))[parent]
+        eQv = (_slice.safe_norm(eB, axis=1) * g + _U * _slice.safe_norm(B, axis=1))[parent]
     return pts, prefix
 
 
@@ -327,7 +327,7 @@ def regions_on_segment(
     ai, ae = _exact.to_exact(a)
     bi, be = _exact.to_exact(b)
     d_exact = _exact.exact_add((bi, be), (-ai, ae))
-    eQ = _U * float(np.linalg.norm(d))
+    eQ = _U * float(_slice.safe_norm(d, axis=0))
     last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
     whole = t_range is None
     if not whole:
@@ -381,7 +381,7 @@ def regions_on_segment(
         breakpoints=roots,
         patterns=patterns,
         outputs=out.numpy(),
-        length=float(np.linalg.norm(d) * (t1 - t0)),
+        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
         t_range=(t0, t1),
         n_exact=n_exact,
     )
@@ -575,13 +575,30 @@ def regions_on_slice(
             real = np.arange(H.shape[1])[None, :] < nv[:, None]
             fin = real & (ids != -2) & (prev != -2)
             w = H[..., 0] - H[..., 1] - H[..., 2]
+            # w has an absolute error of a few units of the vertex's error bound; where that is not small
+            # against w, the vertex is far out and its position is computed exactly.
+            sure = np.abs(w) > 1e3 * (rec[..., 3] + 4 * _U)
             with np.errstate(divide="ignore", invalid="ignore"):
-                uv = np.abs(H[..., 1:][fin] / w[fin][:, None])
+                uv = np.abs(H[..., 1:][fin & sure] / w[fin & sure][:, None])
             if uv.size:
                 reach = max(reach, float(uv.max()))
+            for r_, k_ in zip(*np.nonzero(fin & ~sure)):
+                D, X, Y = _exact.cross(ctx.exact_line(int(prev[r_, k_])), ctx.exact_line(int(ids[r_, k_])))
+                den = D - X - Y
+                if den == 0:  # the crossing of two parallel lines: a point at infinity, not a vertex
+                    continue
+                big = max(abs(X), abs(Y))
+                # |coordinate| = big / |den|, compared in integers (it may exceed the float range)
+                if big > (1 << 996) * abs(den):
+                    raise ValueError(
+                        "the arrangement of this plane has a vertex beyond 1e300 (nearly parallel "
+                        "boundaries), so no float64 box holds every region; pass a finite box"
+                    )
+                reach = max(reach, big / abs(den))
+                ctx.n_exact += 1
         total = len(unique_rows(pack_patterns(np.concatenate(all_pats)))[0])
         R = 2.0 * reach if reach > 0 else 1.0
-        for _ in range(60):
+        for _ in range(8):
             rec, nv, pats, ctx = run_box(-R, R, -R, R)
             n_exact += ctx.n_exact
             if len(pats) == total:
@@ -589,6 +606,8 @@ def regions_on_slice(
             if len(pats) > total:  # cannot happen: both counts are exact
                 raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
             R *= 16.0
+            if not np.isfinite(R * 16):
+                break
         else:
             raise RuntimeError("no finite box met every region of the plane; please report this network")
         u0, u1, v0, v1 = -R, R, -R, R
