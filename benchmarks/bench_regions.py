@@ -87,7 +87,10 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
     if not quick:
         rows += [(2, [100, 100], 10, 1e6), (64, [200, 200], 10, 2.0), (784, [400, 400], 10, 2.0)]
     print("netgeom regions_on_slice vs regioncam, same plane and box [-r, r]^2 (random init, seed 0)")
-    print(f"{'net':>16} {'r':>7} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_rc':>8} {'rc/ng':>6}")
+    print(
+        f"{'net':>16} {'r':>7} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_rc':>8} "
+        f"{'rc/ng':>6}"
+    )
     for n0, widths, n_out, r in rows:
         net = mlp(n0, widths, n_out, seed=0)
         rng = np.random.default_rng(0)
@@ -97,8 +100,9 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
             x1, x2, x3 = rng.uniform(0, 1, size=(3, n0)).astype(np.float32).astype(np.float64)
             x0, d1, d2 = x1, x2 - x1, x3 - x1
         x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
-        ours, t_ng = _best(lambda: regions_on_slice(net, x0, d1, d2, box=(-r, r, -r, r)).count, repeat)
-        theirs, t_rc = _best(lambda: _rc_count(net, x0, d1, d2, r), repeat)
+        args = (net, x0, d1, d2)
+        ours, t_ng = _best(lambda a=args, r=r: regions_on_slice(*a, box=(-r, r, -r, r)).count, repeat)
+        theirs, t_rc = _best(lambda a=args, r=r: _rc_count(*a, r), repeat)
         arch = f"{n0}-{'-'.join(map(str, widths))}-{n_out}"
         print(
             f"{arch:>16} {r:>7.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_rc:>8.4f} "

@@ -234,7 +234,7 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     for i in range(0, m, step):
         R = rec[i : i + step]
         Hh = R[..., _H]
-        S = np.einsum("rkc,rnc->rkn", Hh, L[i : i + step], optimize=False)
+        S = np.matmul(Hh, L[i : i + step].transpose(0, 2, 1))
         tol = 3 * (R[..., _HD, None] + dL[i : i + step, None, :]) * (1 + 1e-6) + 10 * _U + _TINY
         real = (kk[None, :] < nv[i : i + step, None])[..., None]
         pos = (S > tol) & real
@@ -271,7 +271,8 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         par = CP[rows]
         R = CR[rows]
         lr = lrec[par, j]
-        s = np.einsum("rkc,rc->rk", R[..., _H], lr[:, :3])
+        Hr = R[..., _H]
+        s = Hr[..., 0] * lr[:, 0, None] + Hr[..., 1] * lr[:, 1, None] + Hr[..., 2] * lr[:, 2, None]
         tol = 3 * (R[..., _HD] + lr[:, 3, None]) * (1 + 1e-6) + 10 * _U + _TINY
         sig = (s > tol).astype(np.int8) - (s < -tol)
         nr = CN[rows]
