@@ -34,6 +34,8 @@ from .nets import (
     MODEL_NAMES,
     SUPPORTED_LAYERS,
     AffineLayer,
+    PLGraph,
+    PLNode,
     UnsupportedLayerError,
     affine_layers,
     build_model,
@@ -43,6 +45,7 @@ from .nets import (
     lenet_300_100,
     mlp,
     small_convnet,
+    trace,
 )
 from .pruning import (
     IMP,
@@ -107,6 +110,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LocalPCA",
+    "PLGraph",
+    "PLNode",
+    "trace",
     "ScaleSweepResult",
     "id_scale_sweep",
     "NetworkZerothDiagram",

@@ -1,0 +1,1192 @@
+"""Any traceable network as a graph of piecewise-linear operations (the one reader every analysis uses).
+
+:func:`trace` runs ``torch.fx`` symbolic tracing on a module (its own ``forward``, nested modules, functional
+calls) and turns the traced program into a :class:`PLGraph`: a DAG of
+
+* ``affine`` nodes — a ``Linear``/``Conv1d``/``Conv2d`` (any stride, padding, groups, dilation) together with
+  the weight-free affine operations around it (eval ``BatchNorm``, ``AvgPool``, ``AdaptiveAvgPool``, a mean
+  over non-batch axes), or such weight-free operations alone; at most one weight tensor per node, so that each
+  weight corresponds to exactly one node (the grouping of today's :func:`affine_layers`);
+* ``relu`` nodes (``ReLU``/``LeakyReLU`` as modules, ``F.relu``, ``torch.relu``, ``x.relu()``,
+  ``F.leaky_relu``), ``maxpool`` nodes (``MaxPool1d/2d``, ``F.max_pool1d/2d``), ``add`` (residual ``+``,
+  ``torch.add``) and ``cat`` (``torch.cat`` along the channel axis) nodes.
+
+Reshapes that keep the batch axis (``flatten``, ``view``, ``reshape``, ``Flatten``, ``Unflatten``) and
+``Dropout``/``Identity`` (eval semantics) create no node: every node's value is kept flat per sample, and a
+reshape only changes the shape the next operation sees. Anything else — data-dependent control flow, other
+activations, attention, indexing, constants created in ``forward`` — is refused with an
+:class:`UnsupportedLayerError` that names the node, its operation and the line of the user's source.
+Masks remove the weights they name; everything is evaluated in float64 with eval semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_int, check_tensor
+
+__all__ = ["PLGraph", "PLNode", "SUPPORTED_LAYERS", "UnsupportedLayerError", "trace"]
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_RESHAPES = (nn.Flatten, nn.Unflatten)
+_SKIPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
+_MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d)
+_MODE_DEPENDENT = _BN + (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_LEAVES = _WEIGHTED + _BN + _POOLS + _RESHAPES + _SKIPPED + _ACTIVATIONS + _MAXPOOLS
+SUPPORTED_LAYERS: tuple[str, ...] = tuple(c.__name__ for c in _LEAVES + (nn.Sequential,)) + (
+    "F.relu",
+    "torch.relu",
+    "Tensor.relu",
+    "F.leaky_relu",
+    "F.max_pool1d/2d",
+    "F.avg_pool1d/2d",
+    "F.adaptive_avg_pool1d/2d",
+    "F.dropout",
+    "+ / torch.add (residual)",
+    "torch.cat (dim 1)",
+    "flatten/view/reshape",
+    "Tensor.mean over non-batch axes",
+)
+
+# (callables or method names) -> kind
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_"}
+_LEAKY_FUNCS = {F.leaky_relu, F.leaky_relu_}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+_CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
+_RESHAPE_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    "flatten",
+    "view",
+    "reshape",
+    "contiguous",
+    "unflatten",
+    "view_as",
+}
+_RESHAPE_FUNCS |= {"squeeze", "unsqueeze", torch.squeeze, torch.unsqueeze}
+_DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, torch.dropout}
+_MAXPOOL_FUNCS = {F.max_pool1d: 1, F.max_pool2d: 2, torch.max_pool1d: 1, torch.max_pool2d: 2}
+_POOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
+_MEAN_FUNCS = {torch.mean, "mean"}
+_META_METHODS = {"size", "dim"}
+_META_ATTRS = {"shape", "ndim"}
+_INPLACE_METHODS = {"relu_", "add_"}
+
+
+class UnsupportedLayerError(TypeError):
+    """An operation that is not piecewise-linear, or that netgeom cannot read (named, with its source)."""
+
+
+def _fmt_kernel(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+# ------------------------------------------------------------------------------------------- affine ops
+@dataclasses.dataclass(eq=False)
+class _AffineOp:
+    """One affine operation inside an affine node, applied on a batch shaped ``(B, *in_shape)``."""
+
+    name: str  # module path, or fx node name for a functional call
+    type_name: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    fn: Callable  # (x, params, bias: bool) -> y
+    params: dict[str, torch.Tensor]  # float64, CPU
+    fan_in: int  # most nonzero coefficients of one output (for rounding-error bounds)
+    weighted: bool = False
+    param_name: str | None = None
+    mask: torch.Tensor | None = None
+    module: nn.Module | None = None
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def cast(self, dtype, device) -> dict[str, torch.Tensor]:
+        key = (dtype, str(device))
+        if key not in self._cache:
+            self._cache[key] = {k: v.to(dtype=dtype, device=device) for k, v in self.params.items()}
+        return self._cache[key]
+
+    def __call__(self, x: torch.Tensor, bias: bool = True, params=None) -> torch.Tensor:
+        p = params if params is not None else self.cast(x.dtype, x.device)
+        return self.fn(x, p, bias)
+
+
+def _linear_fn(x, p, bias):
+    b = p.get("bias") if bias else None
+    if x.ndim == 2:
+        return torch.addmm(b, x, p["weight_t"]) if b is not None else x @ p["weight_t"]
+    return F.linear(x, p["weight"], b)
+
+
+def _conv_fn(dim, stride, padding, dilation, groups):
+    conv = F.conv1d if dim == 1 else F.conv2d
+
+    def fn(x, p, bias):
+        return conv(x, p["weight"], p.get("bias") if bias else None, stride, padding, dilation, groups)
+
+    return fn
+
+
+def _bn_fn(x, p, bias):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = x * p["scale"].reshape(shape)
+    return y + p["shift"].reshape(shape) if bias else y
+
+
+def _const_fn(func, args, kwargs):
+    def fn(x, p, bias):
+        return func(x, *args, **kwargs)
+
+    return fn
+
+
+def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if m.running_mean is None or m.running_var is None:
+        raise UnsupportedLayerError(
+            f"{source} has no running statistics (track_running_stats=False), so it cannot be folded "
+            "into an affine map"
+        )
+    scale = 1.0 / torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
+    if m.affine:
+        scale = m.weight.detach().double().cpu() * scale
+    shift = -m.running_mean.detach().double().cpu() * scale
+    if m.affine:
+        shift = shift + m.bias.detach().double().cpu()
+    return scale, shift
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+@dataclasses.dataclass(eq=False)
+class PLNode:
+    """One node of a :class:`PLGraph` (see the module docstring for the ops).
+
+    ``kernel`` (affine nodes with a weight) is the masked parameter in its own shape, float64, with the
+    scale of a BatchNorm that directly follows it folded in (as :attr:`AffineLayer.kernel`); ``mask`` is the
+    boolean mask applied to it (``None`` when the parameter is unmasked).
+    """
+
+    index: int
+    name: str
+    op: str
+    inputs: tuple[int, ...]
+    shape: tuple[int, ...]
+    source: str
+    module: str | None = None
+    param_name: str | None = None
+    kind: str | None = None
+    kernel: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    negative_slope: float = 0.0
+    windows: torch.Tensor | None = None
+    in_shape: tuple[int, ...] | None = None
+    _ops: list[_AffineOp] = dataclasses.field(default_factory=list, repr=False)
+    _pool: dict | None = dataclasses.field(default=None, repr=False)
+    _max_entries: int = dataclasses.field(default=2**27, repr=False)
+    _matrix: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    _bias: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    _first_name: str = dataclasses.field(default="", repr=False)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def in_size(self) -> int:
+        return math.prod(self.in_shape) if self.in_shape is not None else self.size
+
+    def __repr__(self) -> str:
+        extra = f", kind={self.kind}" if self.op == "affine" else ""
+        return (
+            f"PLNode({self.index}, {self.op}, name={self.name!r}, inputs={self.inputs}, shape={self.shape}"
+            f"{extra})"
+        )
+
+    # ------------------------------------------------------------------ affine
+    def _need(self, op: str) -> None:
+        if self.op != op:
+            raise TypeError(f"node {self.index} ({self.op}) is not an {op} node")
+
+    def apply(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The affine map on a batch ``x`` of shape ``(B, in_size)`` (any float dtype), via torch ops."""
+        self._need("affine")
+        y = x.reshape(x.shape[0], *self._ops[0].in_shape)
+        for op in self._ops:
+            if tuple(y.shape[1:]) != op.in_shape:
+                y = y.reshape(y.shape[0], *op.in_shape)
+            y = op(y, bias)
+        return y.reshape(x.shape[0], -1)
+
+    @property
+    def bias_vector(self) -> torch.Tensor:
+        """``apply(0)``: the constant part of the affine map, ``(size,)`` float64."""
+        self._need("affine")
+        if self._bias is None:
+            with torch.no_grad():
+                self._bias = self.apply(torch.zeros(1, self.in_size, dtype=torch.float64))[0]
+        return self._bias
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(size, in_size)`` float64 matrix of the affine map (cached).
+
+        Raises ``ValueError`` when it would have more than ``max_entries`` entries (a convolution on a large
+        input), instead of exhausting memory.
+        """
+        self._need("affine")
+        if self._matrix is not None:
+            return self._matrix
+        n_in, n_out = self.in_size, self.size
+        ops = self._ops
+        if len(ops) == 1 and ops[0].type_name == "Linear" and len(ops[0].in_shape) == 1:
+            self._matrix = ops[0].params["weight"]
+            return self._matrix
+        if n_in * n_out > self._max_entries:
+            raise ValueError(
+                f"layer '{self._first_name}' unrolls to a dense {n_out} x {n_in} matrix ({n_in * n_out:,} "
+                f"entries, over max_entries={self._max_entries:,}); analyse a smaller input (crop or "
+                "downsample) or raise max_entries if the memory is there"
+            )
+        # push the identity basis through in chunks, so that the intermediate activations of a convolution
+        # stay within about the size of the result
+        W = torch.empty((n_out, n_in), dtype=torch.float64)
+        chunk = max(1, min(n_in, self._max_entries // max(n_out, 1), 4096))
+        with torch.no_grad():
+            for i in range(0, n_in, chunk):
+                j = min(n_in, i + chunk)
+                basis = torch.zeros((j - i, n_in), dtype=torch.float64)
+                basis[torch.arange(j - i), torch.arange(i, j)] = 1.0
+                W[:, i:j] = self.apply(basis, bias=False).T
+        self._matrix = W
+        return W
+
+    # ------------------------------------------------------------------ maxpool
+    def pool(self, x: torch.Tensor, return_indices: bool = False):
+        """Max-pooling of a flat batch ``(B, in_size)``; with ``return_indices`` also the position of each
+        window's argmax in its row of :attr:`windows` (the first maximal position, like torch)."""
+        self._need("maxpool")
+        p = self._pool
+        y = x.reshape(x.shape[0], *self.in_shape)
+        f = F.max_pool1d if p["dim"] == 1 else F.max_pool2d
+        out = f(y, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"], return_indices)
+        if not return_indices:
+            return out.reshape(x.shape[0], -1)
+        vals, idx = out
+        B = x.shape[0]
+        st = p["starts"]
+        if p["dim"] == 1:
+            pos = torch.div(idx - st[0].to(idx.device), p["dilation"][0], rounding_mode="floor")
+        else:
+            W = self.in_shape[2]
+            h = torch.div(idx, W, rounding_mode="floor")
+            dh = torch.div(h - st[0].to(idx.device)[:, None], p["dilation"][0], rounding_mode="floor")
+            dw = torch.div(
+                idx - h * W - st[1].to(idx.device)[None, :], p["dilation"][1], rounding_mode="floor"
+            )
+            pos = dh * p["kernel"][1] + dw
+        pos = pos.reshape(B, -1)
+        return vals.reshape(B, -1), pos
+
+
+# ------------------------------------------------------------------------------------------------ graph
+class PLGraph:
+    """A traced piecewise-linear network (see :func:`trace`).
+
+    >>> from netgeom.nets import mlp
+    >>> g = trace(mlp(3, [4], 2, seed=0))
+    >>> [n.op for n in g.nodes]
+    ['input', 'affine', 'relu', 'affine', 'output']
+    >>> g.is_chain, g.input_shape
+    (True, (3,))
+    """
+
+    def __init__(self, nodes: list[PLNode], input_shape: tuple[int, ...], model_name: str):
+        self.nodes = nodes
+        self.input_shape = input_shape
+        self.output = len(nodes) - 1
+        self.model_name = model_name
+        self.users: list[list[int]] = [[] for _ in nodes]
+        for n in nodes:
+            for i in n.inputs:
+                self.users[i].append(n.index)
+
+    def __repr__(self) -> str:
+        ops = [n.op for n in self.nodes]
+        return f"PLGraph({self.model_name}, {len(ops)} nodes: " + ", ".join(ops) + ")"
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def n_out(self) -> int:
+        return self.nodes[self.output].size
+
+    def _flat_input(self, x, dtype=torch.float64) -> torch.Tensor:
+        x = check_tensor(x, "x", dtype=dtype)
+        if x.ndim < 2:
+            raise ValueError(f"x must have a batch axis: (B, {self.n_in}) or (B, *{self.input_shape})")
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.n_in:
+            raise ValueError(
+                f"x has {x.shape[1]} features per sample, but the network takes {self.n_in} "
+                f"(input_shape={self.input_shape})"
+            )
+        return x
+
+    def eval_node(self, node: PLNode, vals: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Value of ``node`` from the flat values of its inputs (any float dtype, any device)."""
+        op = node.op
+        if op == "affine":
+            return node.apply(vals[node.inputs[0]])
+        if op == "relu":
+            z = vals[node.inputs[0]]
+            return torch.relu(z) if node.negative_slope == 0 else F.leaky_relu(z, node.negative_slope)
+        if op == "maxpool":
+            return node.pool(vals[node.inputs[0]])
+        if op == "add":
+            a, b = (vals[i] for i in node.inputs)
+            return a + b
+        if op == "cat":
+            return torch.cat([vals[i] for i in node.inputs], dim=1)
+        if op == "output":
+            return vals[node.inputs[0]]
+        raise AssertionError(op)
+
+    def values(self, x) -> list[torch.Tensor]:
+        """Every node's value on the batch ``x``, each ``(B, node.size)`` float64."""
+        vals: list[torch.Tensor | None] = [self._flat_input(x)]
+        with torch.no_grad():
+            for node in self.nodes[1:]:
+                vals.append(self.eval_node(node, vals))
+        return vals
+
+    def forward(self, x) -> torch.Tensor:
+        """The network's output ``(B, n_out)`` in float64 (equals ``model(x)`` up to rounding)."""
+        x = self._flat_input(x)
+        last_use = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                last_use[i] = n.index
+        vals: list[torch.Tensor | None] = [x]
+        with torch.no_grad():
+            for node in self.nodes[1:]:
+                vals.append(self.eval_node(node, vals))
+                for i in node.inputs:  # free what no later node reads
+                    if last_use.get(i) == node.index:
+                        vals[i] = None
+        return vals[self.output]
+
+    __call__ = forward
+
+    @property
+    def is_chain(self) -> bool:
+        return self._chain_break() is None
+
+    def _chain_break(self) -> PLNode | None:
+        for node in self.nodes[1:]:
+            if node.op in ("maxpool", "add", "cat"):
+                return node
+            if node.inputs != (node.index - 1,) or len(self.users[node.index - 1]) != 1:
+                return node
+        return None
+
+    def layers(self):
+        """The chain view: a list of :class:`~netgeom.nets.AffineLayer` (what :func:`affine_layers` returns).
+
+        Raises :class:`UnsupportedLayerError` naming the first node that breaks the chain (a max-pool, a
+        residual add, a concatenation, a branch) or an activation that does not follow an affine map.
+        """
+        from .layers import AffineLayer
+
+        bad = self._chain_break()
+        if bad is not None:
+            what = {
+                "maxpool": "is a max-pooling",
+                "add": "is a residual addition",
+                "cat": "is a concatenation",
+            }.get(bad.op, "starts a branch")
+            raise UnsupportedLayerError(
+                f"{bad.source} {what}, so {self.model_name} is not a chain of affine maps and activations; "
+                "this analysis reads chains only (use the traced graph: netgeom.trace)"
+            )
+        out = []
+        nodes = self.nodes
+        i = 1
+        while nodes[i].op != "output":
+            node = nodes[i]
+            if node.op != "affine":
+                raise UnsupportedLayerError(
+                    f"activation {node.source} follows another activation or starts the network; netgeom "
+                    "expects affine maps between activations"
+                )
+            nxt = nodes[i + 1]
+            if nxt.op == "relu":
+                activation = "relu" if nxt.negative_slope == 0 else "leaky_relu"
+                slope = nxt.negative_slope
+                i += 2
+            else:
+                activation, slope = "identity", 1.0
+                i += 1
+            out.append(
+                AffineLayer(
+                    name=node._first_name,
+                    param_name=node.param_name,
+                    weight=node.matrix(),
+                    bias=node.bias_vector,
+                    activation=activation,
+                    negative_slope=float(slope),
+                    kernel=node.kernel,
+                    mask=node.mask,
+                    kind=node.kind,
+                    in_shape=tuple(node.in_shape),
+                    out_shape=tuple(node.shape),
+                )
+            )
+        return out
+
+
+# ------------------------------------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    def __init__(self):
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if type(m) in _LEAVES:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+_TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def _user_line(stack: str | None) -> str:
+    """``file.py:42 (`code`)`` of the innermost frame outside torch, from an fx stack trace."""
+    if not stack:
+        return ""
+    frames = [m for m in _FRAME.finditer(stack) if not m.group(1).startswith(_TORCH_DIR)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    short = f.group(1).rsplit("/", 1)[-1]
+    return f"{short}:{f.group(2)} (`{f.group(4).strip()}`)"
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", repr(t))
+
+
+@dataclasses.dataclass
+class _Ref:
+    """A traced tensor: the PL node holding its (flat) value, its per-sample shape and a probe value."""
+
+    index: int
+    shape: tuple[int, ...]
+    value: torch.Tensor  # the probe batch, shaped (B, *shape), float64
+
+
+class _Builder:
+    def __init__(self, model: nn.Module, masks, max_entries: int):
+        self.model = model
+        self.model_name = type(model).__name__
+        self.masks = masks
+        self.max_entries = max_entries
+        self.nodes: list[PLNode] = []
+        self.last_fx: dict[int, fx.Node] = {}  # PL index -> fx node whose value it holds last
+        self.real_users: dict[fx.Node, int] = {}
+        self.used_masks: set[str] = set()
+        self.training_modules: list[str] = []
+        self.has_weight = False
+        self.B = 2
+
+    # ------------------------------------------------------------------ helpers
+    def source(self, node: fx.Node) -> str:
+        line = _user_line(node.meta.get("stack_trace") or getattr(node, "stack_trace", None))
+        at = f" at {line}" if line else ""
+        if node.op == "call_module":
+            m = self.model.get_submodule(node.target)
+            return f"module '{node.target}' ({type(m).__name__}){at}"
+        kind = "method" if node.op == "call_method" else "function"
+        return f"{kind} {_target_name(node)} (node '{node.name}'){at}"
+
+    def refuse(self, node: fx.Node, why: str) -> UnsupportedLayerError:
+        return UnsupportedLayerError(
+            f"cannot read {self.model_name}: {self.source(node)} {why}; supported: "
+            + ", ".join(SUPPORTED_LAYERS)
+        )
+
+    def add_node(self, fxn: fx.Node | None, **kw) -> int:
+        idx = len(self.nodes)
+        kw.setdefault("name", fxn.name if fxn is not None else "input")
+        kw.setdefault("source", self.source(fxn) if fxn is not None else "input")
+        self.nodes.append(PLNode(index=idx, _max_entries=self.max_entries, **kw))
+        if fxn is not None:
+            self.last_fx[idx] = fxn
+        return idx
+
+    def check_batch(self, fxn: fx.Node, y: torch.Tensor, ref: _Ref, *, same_numel: bool) -> tuple[int, ...]:
+        if not torch.is_tensor(y) or y.ndim < 1 or y.shape[0] != self.B:
+            raise self.refuse(fxn, "does not keep the batch axis first (netgeom reads batch-first networks)")
+        shape = tuple(y.shape[1:])
+        if same_numel and math.prod(shape) != math.prod(ref.shape):
+            raise self.refuse(fxn, f"changes the per-sample size ({ref.shape} -> {shape})")
+        return shape
+
+    # ------------------------------------------------------------------ affine ops
+    def affine(
+        self, fxn: fx.Node, ref: _Ref, op: _AffineOp, y: torch.Tensor, module_name: str | None
+    ) -> _Ref:
+        """Append ``op`` to the affine node holding ``ref`` if it can be folded in, else start a new node."""
+        prev = self.nodes[ref.index]
+        holder = self.last_fx.get(ref.index)
+        fold = (
+            prev.op == "affine"
+            and holder is not None
+            and self.real_users.get(holder, 0) == 1
+            and not (op.weighted and prev.param_name is not None)
+        )
+        if fold:
+            prev._ops.append(op)
+            prev.shape = op.out_shape
+            self.last_fx[ref.index] = fxn
+            if op.weighted:
+                self.set_weight(prev, op, fxn, module_name)
+            elif op.type_name.startswith("BatchNorm") and prev.kernel is not None and prev._ops[-2].weighted:
+                # the kernel carries the scale of a BatchNorm that directly follows it (channel graphs use it)
+                s = op.params["scale"]
+                prev.kernel = prev.kernel * s.reshape((-1,) + (1,) * (prev.kernel.ndim - 1))
+            return _Ref(ref.index, op.out_shape, y)
+        idx = self.add_node(
+            fxn,
+            op="affine",
+            inputs=(ref.index,),
+            shape=op.out_shape,
+            in_shape=ref.shape,
+            kind="affine",
+            module=module_name,
+            _ops=[op],
+            _first_name=module_name or fxn.name,
+        )
+        if op.weighted:
+            self.set_weight(self.nodes[idx], op, fxn, module_name)
+        return _Ref(idx, op.out_shape, y)
+
+    def set_weight(self, node: PLNode, op: _AffineOp, fxn: fx.Node, module_name: str | None) -> None:
+        node.param_name = op.param_name
+        node.mask = op.mask
+        node.kernel = op.params["weight"]
+        node.kind = "linear" if op.type_name == "Linear" else op.type_name.lower()
+        node.module = module_name
+        node.name = fxn.name
+        node.source = self.source(fxn)
+        node._first_name = module_name or fxn.name
+        self.has_weight = True
+
+    def masked_weight(self, name: str, m: nn.Module) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        pname = f"{name}.weight" if name else "weight"
+        w = m.weight.detach().to(torch.float64).cpu()
+        mask = None
+        if self.masks is not None and pname in self.masks:
+            mask = _as_mask(self.masks[pname], pname, w.shape)
+            w = w * mask
+            self.used_masks.add(pname)
+        return pname, w, mask
+
+    def run_op(self, fxn: fx.Node, op: _AffineOp, ref: _Ref) -> torch.Tensor:
+        try:
+            with torch.no_grad():
+                return op(ref.value.reshape(self.B, *op.in_shape))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"layer '{op.name}' ({op.type_name}) cannot take an input of shape {ref.shape}: {exc}"
+            ) from None
+
+    def module_op(self, fxn: fx.Node, m: nn.Module, ref: _Ref) -> _Ref:
+        name = fxn.target
+        tname = type(m).__name__
+        need = {nn.Conv1d: 2, nn.Conv2d: 3, nn.BatchNorm2d: 3, nn.AvgPool1d: 2, nn.AvgPool2d: 3}
+        need.update({nn.AdaptiveAvgPool1d: 2, nn.AdaptiveAvgPool2d: 3})
+        nd = need.get(type(m))
+        if nd is not None and len(ref.shape) != nd:
+            raise ValueError(
+                f"layer '{name}' ({tname}) needs a per-sample input of {nd} axes (channels first), got shape "
+                f"{ref.shape}; pass input_shape=(C, ...) or reshape before it"
+            )
+        if isinstance(m, nn.BatchNorm1d) and len(ref.shape) not in (1, 2):
+            raise ValueError(f"layer '{name}' (BatchNorm1d) needs (C,) or (C, L) per sample, got {ref.shape}")
+        fan = 1
+        if isinstance(m, nn.Linear):
+            if ref.shape[-1] != m.in_features:
+                raise ValueError(
+                    f"layer '{name}' (Linear) expects {m.in_features} inputs but receives {ref.shape[-1]}"
+                )
+            pname, w, mask = self.masked_weight(name, m)
+            params = {"weight": w, "weight_t": w.T.contiguous()}
+            if m.bias is not None:
+                params["bias"] = m.bias.detach().double().cpu()
+            op = _AffineOp(
+                name, tname, ref.shape, (), _linear_fn, params, m.in_features + 1, True, pname, mask, m
+            )
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            if m.padding_mode != "zeros":
+                raise UnsupportedLayerError(
+                    f"{tname} '{name}' with padding_mode={m.padding_mode!r} is not supported; use 'zeros'"
+                )
+            pname, w, mask = self.masked_weight(name, m)
+            params = {"weight": w}
+            if m.bias is not None:
+                params["bias"] = m.bias.detach().double().cpu()
+            fan = math.prod(w.shape[1:]) + 1
+            fn = _conv_fn(1 if isinstance(m, nn.Conv1d) else 2, m.stride, m.padding, m.dilation, m.groups)
+            op = _AffineOp(name, tname, ref.shape, (), fn, params, fan, True, pname, mask, m)
+        elif isinstance(m, _BN):
+            scale, shift = _bn_scale_shift(m, f"module '{name}' ({tname})")
+            op = _AffineOp(name, tname, ref.shape, (), _bn_fn, {"scale": scale, "shift": shift}, 2, module=m)
+        else:  # pools
+            mm = m.double()  # pools have no parameters; double() is a no-op on them
+
+            def fn(x, p, bias, mm=mm):
+                return mm(x)
+
+            op = _AffineOp(name, tname, ref.shape, (), fn, {}, 0, module=m)
+        y = self.run_op(fxn, op, ref)
+        op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
+        if op.fan_in == 0:
+            op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
+            if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
+                op.fan_in = math.prod(_fmt_kernel(m.kernel_size)) + 1
+        return self.affine(fxn, ref, op, y, name)
+
+    def func_affine(self, fxn: fx.Node, ref: _Ref, func, args, kwargs, type_name: str) -> _Ref:
+        op = _AffineOp(fxn.name, type_name, ref.shape, (), _const_fn(func, args, kwargs), {}, 0)
+        y = self.run_op(fxn, op, ref)
+        op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
+        op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
+        if type_name.startswith("avg_pool"):
+            op.fan_in = math.prod(_fmt_kernel(args[0] if args else kwargs["kernel_size"])) + 1
+        return self.affine(fxn, ref, op, y, None)
+
+    # ------------------------------------------------------------------ other nodes
+    def relu(self, fxn: fx.Node, ref: _Ref, slope: float) -> _Ref:
+        idx = self.add_node(fxn, op="relu", inputs=(ref.index,), shape=ref.shape, negative_slope=float(slope))
+        y = torch.relu(ref.value) if slope == 0 else F.leaky_relu(ref.value, slope)
+        return _Ref(idx, ref.shape, y)
+
+    def maxpool(
+        self, fxn: fx.Node, ref: _Ref, dim: int, kernel, stride, padding, dilation, ceil_mode
+    ) -> _Ref:
+        if len(ref.shape) != dim + 1:
+            want = "(C, L)" if dim == 1 else "(C, H, W)"
+            raise UnsupportedLayerError(
+                f"{self.source(fxn)} receives a per-sample input of shape {ref.shape}; MaxPool{dim}d needs "
+                f"{want} (a max-pooling over the batch or a flat vector is not read)"
+            )
+
+        def tup(v, default=None):
+            if v is None or (isinstance(v, (tuple, list)) and len(v) == 0):
+                v = default
+            v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * dim
+            return tuple(int(a) for a in v)
+
+        k = tup(kernel)
+        p = {
+            "dim": dim,
+            "kernel": k,
+            "stride": tup(stride, k),
+            "padding": tup(padding),
+            "dilation": tup(dilation),
+            "ceil_mode": bool(ceil_mode),
+        }
+        f = F.max_pool1d if dim == 1 else F.max_pool2d
+        try:
+            y = f(ref.value, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
+        except RuntimeError as exc:
+            raise ValueError(f"{self.source(fxn)} cannot take an input of shape {ref.shape}: {exc}") from None
+        out_shape = self.check_batch(fxn, y, ref, same_numel=False)
+        p["starts"] = [torch.arange(o) * s - q for o, s, q in zip(out_shape[1:], p["stride"], p["padding"])]
+        windows = _pool_windows(ref.shape, out_shape, p)
+        idx = self.add_node(
+            fxn,
+            op="maxpool",
+            inputs=(ref.index,),
+            shape=out_shape,
+            in_shape=ref.shape,
+            windows=windows,
+            _pool=p,
+        )
+        # the windows are the contract other code reads: they must reproduce torch's max-pooling exactly
+        flat = ref.value.reshape(self.B, -1)
+        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
+        mine = padded[:, windows.clamp(min=-1) % padded.shape[1]].amax(-1)
+        if not torch.equal(mine, y.reshape(self.B, -1)):
+            raise AssertionError(f"max-pool windows of {self.source(fxn)} do not reproduce torch")
+        node = self.nodes[idx]
+        vals, pos = node.pool(flat, return_indices=True)
+        chosen = torch.gather(windows.expand(self.B, -1, -1), 2, pos.unsqueeze(-1)).squeeze(-1)
+        if (chosen < 0).any() or not torch.equal(torch.gather(flat, 1, chosen), vals):
+            raise AssertionError(f"max-pool argmax positions of {self.source(fxn)} do not match the windows")
+        return _Ref(idx, out_shape, y)
+
+    def add(self, fxn: fx.Node, a: _Ref, b: _Ref) -> _Ref:
+        if a.shape != b.shape:
+            raise self.refuse(fxn, f"adds tensors of different shapes {a.shape} and {b.shape} (broadcasting)")
+        idx = self.add_node(fxn, op="add", inputs=(a.index, b.index), shape=a.shape)
+        return _Ref(idx, a.shape, a.value + b.value)
+
+    def cat(self, fxn: fx.Node, refs: list[_Ref], dim: int) -> _Ref:
+        nd = len(refs[0].shape) + 1
+        d = dim + nd if dim < 0 else dim
+        if d != 1:
+            raise self.refuse(
+                fxn, f"concatenates along dim {dim}; only the channel axis (dim 1) is supported"
+            )
+        rest = {r.shape[1:] for r in refs}
+        if len(rest) != 1 or any(len(r.shape) + 1 != nd for r in refs):
+            raise self.refuse(fxn, f"concatenates tensors of shapes {[r.shape for r in refs]}")
+        if len(refs) == 1:
+            return refs[0]
+        shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
+        idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
+        return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
+
+
+def _pool_windows(in_shape, out_shape, p) -> torch.Tensor:
+    """``(size, k)`` flat input indices of every max-pool window, ``-1`` for padding positions."""
+    C, spatial = in_shape[0], in_shape[1:]
+    tables = []
+    for d, n in enumerate(spatial):
+        o = torch.arange(out_shape[1 + d]).unsqueeze(1)
+        j = torch.arange(p["kernel"][d]).unsqueeze(0)
+        pos = o * p["stride"][d] - p["padding"][d] + j * p["dilation"][d]
+        tables.append(torch.where((pos >= 0) & (pos < n), pos, torch.full_like(pos, -1)))
+    if len(spatial) == 1:
+        win = tables[0]  # (L_out, k)
+    else:
+        th, tw = tables
+        W = spatial[1]
+        h = th[:, None, :, None]
+        w = tw[None, :, None, :]
+        win = torch.where((h >= 0) & (w >= 0), h * W + w, torch.full((1,), -1))
+        win = win.reshape(th.shape[0] * tw.shape[0], -1)
+    plane = math.prod(spatial)
+    offs = (torch.arange(C) * plane).reshape(C, 1, 1)
+    full = torch.where(win.unsqueeze(0) >= 0, win.unsqueeze(0) + offs, torch.full((1,), -1))
+    return full.reshape(-1, win.shape[1]).to(torch.long)
+
+
+def _as_mask(value, pname: str, shape) -> torch.Tensor:
+    t = torch.as_tensor(value.detach().cpu() if torch.is_tensor(value) else value)
+    if t.dtype != torch.bool:
+        if not (
+            t.is_floating_point()
+            or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+        ):
+            raise TypeError(f"mask for '{pname}' must be boolean (or 0/1), got dtype {t.dtype}")
+        if not torch.isin(t, torch.tensor([0, 1], dtype=t.dtype)).all():
+            raise ValueError(f"mask for '{pname}' must be boolean (or 0/1), got values other than 0 and 1")
+        t = t.to(torch.bool)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(
+            f"mask for '{pname}' has shape {tuple(t.shape)}, but the weight has shape {tuple(shape)}"
+        )
+    return t
+
+
+def _count_real_users(graph: fx.Graph, alias_like) -> dict[fx.Node, int]:
+    """Users of each node, counting through reshapes/dropouts (which create no PL node)."""
+    counts: dict[fx.Node, int] = {}
+    for n in reversed(list(graph.nodes)):
+        c = 0
+        for u in n.users:
+            c += counts.get(u, 1) if alias_like(u) else 1
+        counts[n] = c
+    return counts
+
+
+def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
+    for n in graph.nodes:
+        if n.op == "call_module":
+            m = model.get_submodule(n.target)
+            if isinstance(m, nn.Linear):
+                return (m.in_features,)
+            if isinstance(m, (_BN, _SKIPPED, _ACTIVATIONS)):
+                continue
+            break
+        elif n.op in ("call_function", "call_method"):
+            t = n.target
+            if t in _RELU_FUNCS or t in _LEAKY_FUNCS or t in _DROPOUT_FUNCS or t in _ADD_FUNCS:
+                continue
+            break
+    raise ValueError(
+        "the model starts with a convolution or pooling layer, so the input shape is needed: pass "
+        "input_shape=(C, H, W) (or set model.input_shape)"
+    )
+
+
+def trace(
+    model: nn.Module,
+    masks: Mapping[str, Any] | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    max_entries: int = 2**27,
+) -> PLGraph:
+    """Trace ``model`` (any ``nn.Module`` that ``torch.fx`` can trace) into a :class:`PLGraph`.
+
+    Parameters
+    ----------
+    model : the network; read with eval semantics (BatchNorm running statistics, no dropout) whatever its
+        mode — a model in training mode with such modules gets a warning saying so. Never modified.
+    masks : a ``Masks`` or any mapping parameter name -> boolean (or 0/1) tensor; each names the weight of a
+        ``Linear``/``Conv`` it removes weights from.
+    input_shape : one sample's shape (no batch axis); default ``model.input_shape``, or ``(in_features,)``
+        of a first ``Linear``. Needed when the model starts with a convolution or pooling.
+    max_entries : largest dense matrix one affine node's :meth:`PLNode.matrix` may unroll to.
+
+    Example
+    -------
+    >>> from torch import nn
+    >>> class Block(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return self.fc2(torch.relu(self.fc1(x)) + x)
+    >>> g = trace(Block())
+    >>> [n.op for n in g.nodes], g.is_chain
+    (['input', 'affine', 'relu', 'add', 'affine', 'output'], False)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    max_entries = check_int(max_entries, "max_entries", minimum=1)
+    name = type(model).__name__
+    if masks is not None:
+        if not isinstance(masks, Mapping):
+            raise TypeError(
+                "masks must be a Masks or a mapping parameter name -> boolean tensor, got "
+                f"{type(masks).__name__}"
+            )
+        known = {n for n, _ in model.named_parameters()}
+        unknown = sorted(set(masks) - known)
+        if unknown:
+            raise KeyError(f"masks name parameters the model does not have: {unknown}")
+        weights = {
+            f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _WEIGHTED)
+        }
+        other = sorted(set(masks) - weights)
+        if other:
+            raise ValueError(
+                f"masks name parameters that are not Linear/Conv weights: {other}; only weights can be masked"
+            )
+    for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
+        if t.is_complex():
+            raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")
+
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ... with the user's frame inside
+        tb = exc.__traceback__
+        where = ""
+        while tb is not None:
+            fn = tb.tb_frame.f_code.co_filename
+            if not fn.startswith(_TORCH_DIR) and not fn.endswith("nets/graph.py"):
+                import linecache
+
+                code = linecache.getline(fn, tb.tb_lineno).strip()
+                where = f" at {fn.rsplit('/', 1)[-1]}:{tb.tb_lineno} (`{code}`)"
+            tb = tb.tb_next
+        raise UnsupportedLayerError(
+            f"cannot trace {name}.forward with torch.fx{where}: {type(exc).__name__}: {exc}. netgeom reads "
+            "networks whose forward is a fixed sequence of supported operations (no data-dependent control "
+            "flow)"
+        ) from None
+
+    if not any(
+        n.op == "call_module" and isinstance(model.get_submodule(n.target), _WEIGHTED) for n in graph.nodes
+    ):
+        raise ValueError(f"model ({name}) has no Linear or Conv layer: nothing to analyse")
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    if input_shape is not None:
+        shape = tuple(check_int(s, "input_shape entry", minimum=1) for s in input_shape)
+    else:
+        shape = _infer_input_shape(model, graph)
+
+    b = _Builder(model, masks, max_entries)
+
+    def alias_like(n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return isinstance(model.get_submodule(n.target), _SKIPPED + _RESHAPES)
+        return n.op in ("call_function", "call_method") and (
+            n.target in _RESHAPE_FUNCS or n.target in _DROPOUT_FUNCS
+        )
+
+    b.real_users = _count_real_users(graph, alias_like)
+    gen = torch.Generator().manual_seed(0)
+    env: dict[fx.Node, Any] = {}
+    output_ref = None
+    n_inputs = 0
+
+    def val(a):
+        """Concrete argument: probe tensors for refs, python values otherwise."""
+        return fx.node.map_aggregate(
+            a,
+            lambda x: (env[x].value if isinstance(env[x], _Ref) else env[x]) if isinstance(x, fx.Node) else x,
+        )
+
+    def refs_in(a) -> list[_Ref]:
+        out = []
+        fx.node.map_aggregate(
+            a, lambda x: out.append(env[x]) if isinstance(x, fx.Node) and isinstance(env[x], _Ref) else None
+        )
+        return out
+
+    def rebind(old: _Ref, new: _Ref) -> None:
+        # an in-place operation changes the tensor every alias of it sees
+        for k, v in list(env.items()):
+            if isinstance(v, _Ref) and v.index == old.index:
+                env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape))
+
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            n_inputs += 1
+            if n_inputs > 1:
+                raise UnsupportedLayerError(
+                    f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom reads "
+                    "networks of one input tensor"
+                )
+            probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
+            idx = b.add_node(n, op="input", inputs=(), shape=shape)
+            b.nodes[idx].source = "input"
+            env[n] = _Ref(idx, shape, probe)
+            continue
+        if n.op == "output":
+            out = n.args[0]
+            if not isinstance(out, fx.Node) or not isinstance(env.get(out), _Ref):
+                raise UnsupportedLayerError(
+                    f"cannot read {name}: its forward must return one tensor, got {type(out).__name__}"
+                )
+            output_ref = env[out]
+            continue
+        if n.op == "get_attr":
+            raise b.refuse(
+                n,
+                f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
+                "outside a supported module)",
+            )
+        args, kwargs = n.args, n.kwargs
+        refs = refs_in((args, kwargs))
+        t = n.target
+        if n.op == "call_module":
+            m = model.get_submodule(t)
+            if m.training and isinstance(m, _MODE_DEPENDENT):
+                b.training_modules.append(t)
+            x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
+            if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
+                raise b.refuse(n, "is called with other than one tensor argument")
+            if isinstance(m, _SKIPPED):
+                env[n] = x
+            elif isinstance(m, _RESHAPES):
+                y = m(x.value)
+                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+            elif isinstance(m, _ACTIVATIONS):
+                r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
+                env[n] = r
+                if getattr(m, "inplace", False):
+                    rebind(x, r)
+            elif isinstance(m, _MAXPOOLS):
+                if m.return_indices:
+                    raise b.refuse(n, "returns indices")
+                dim = 1 if isinstance(m, nn.MaxPool1d) else 2
+                env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+            elif isinstance(m, _WEIGHTED + _BN + _POOLS):
+                env[n] = b.module_op(n, m, x)
+            else:
+                why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
+                raise UnsupportedLayerError(
+                    f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
+                    + ", ".join(SUPPORTED_LAYERS)
+                )
+            continue
+
+        # call_function / call_method
+        if not refs:
+            # shape arithmetic and other python on plain values (x.size(0) * 2, ...)
+            try:
+                res = t(*val(args), **val(kwargs)) if n.op == "call_function" else None
+            except Exception as exc:
+                raise b.refuse(n, f"failed on the probe input: {exc}") from None
+            if n.op == "call_method" or torch.is_tensor(res):
+                raise b.refuse(n, "creates a tensor inside forward (a constant)")
+            env[n] = res
+            continue
+        x = refs[0]
+        is_method = n.op == "call_method"
+        first_is_x = bool(args) and isinstance(args[0], fx.Node) and env.get(args[0]) is x
+        if (is_method and t in _META_METHODS) or (t is getattr and len(args) > 1 and args[1] in _META_ATTRS):
+            env[n] = (
+                getattr(x.value, t)(*val(args[1:]), **val(kwargs)) if is_method else getattr(x.value, args[1])
+            )
+            continue
+        if t in _RELU_FUNCS or t in _LEAKY_FUNCS:
+            if len(refs) != 1 or not first_is_x:
+                raise b.refuse(n, "is called with other than one tensor argument")
+            slope = 0.0
+            if t in _LEAKY_FUNCS:
+                slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+            inplace = t in (torch.relu_, F.relu_, "relu_", F.leaky_relu_) or bool(
+                kwargs.get(
+                    "inplace",
+                    args[2]
+                    if t in _LEAKY_FUNCS and len(args) > 2
+                    else (args[1] if t is F.relu and len(args) > 1 else False),
+                )
+            )
+            r = b.relu(n, x, float(slope))
+            env[n] = r
+            if inplace:
+                rebind(x, r)
+            continue
+        if t in _ADD_FUNCS:
+            other = args[1] if len(args) > 1 else kwargs.get("other")
+            alpha = kwargs.get("alpha", 1)
+            if len(refs) != 2 or not isinstance(other, fx.Node) or alpha != 1:
+                raise b.refuse(n, "adds a constant or scales the summand (only tensor + tensor is read)")
+            a_ref, b_ref = env[args[0]], env[other]
+            r = b.add(n, a_ref, b_ref)
+            env[n] = r
+            if t in (operator.iadd, "add_"):
+                rebind(a_ref, r)
+            continue
+        if t in _CAT_FUNCS:
+            seq = args[0] if args else kwargs.get("tensors")
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            if not isinstance(seq, (list, tuple)) or not all(
+                isinstance(s, fx.Node) and isinstance(env[s], _Ref) for s in seq
+            ):
+                raise b.refuse(n, "concatenates something other than traced tensors")
+            env[n] = b.cat(n, [env[s] for s in seq], int(dim))
+            continue
+        if t in _DROPOUT_FUNCS:
+            if kwargs.get("training", args[2] if len(args) > 2 else True):
+                b.training_modules.append(n.name)
+            env[n] = x
+            continue
+        if len(refs) != 1 or not first_is_x:
+            raise b.refuse(n, "is not supported with these tensor arguments")
+        if t in _RESHAPE_FUNCS:
+            try:
+                y = (
+                    getattr(x.value, t)(*val(args[1:]), **val(kwargs))
+                    if is_method
+                    else t(*val(args), **val(kwargs))
+                )
+            except RuntimeError as exc:
+                raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
+            env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+            continue
+        if t in _MAXPOOL_FUNCS:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+            defaults = {
+                "stride": None,
+                "padding": 0,
+                "dilation": 1,
+                "ceil_mode": False,
+                "return_indices": False,
+            }
+            bound = dict(defaults)
+            bound.update(zip(names, args[1:]))
+            bound.update(kwargs)
+            if bound["return_indices"]:
+                raise b.refuse(n, "returns indices")
+            env[n] = b.maxpool(
+                n,
+                x,
+                _MAXPOOL_FUNCS[t],
+                bound["kernel_size"],
+                bound["stride"],
+                bound["padding"],
+                bound["dilation"],
+                bound["ceil_mode"],
+            )
+            continue
+        if t in _POOL_FUNCS:
+            env[n] = b.func_affine(n, x, t, val(args[1:]), val(kwargs), t.__name__)
+            continue
+        if t in _MEAN_FUNCS:
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            dims = (dims,) if isinstance(dims, int) else dims
+            nd = len(x.shape) + 1
+            if (
+                dims is None
+                or any((d + nd if d < 0 else d) == 0 for d in dims)
+                or kwargs.get("dtype") is not None
+            ):
+                raise b.refuse(n, "averages over the batch axis")
+            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            env[n] = b.func_affine(n, x, torch.mean, (tuple(dims), bool(keep)), {}, "mean")
+            continue
+        raise b.refuse(n, "is not piecewise-linear or not supported")
+
+    if output_ref is None:
+        raise UnsupportedLayerError(f"cannot read {name}: its forward returns nothing")
+    if not b.has_weight:
+        raise ValueError(f"model ({name}) has no Linear or Conv layer: nothing to analyse")
+    if b.training_modules:
+        warnings.warn(
+            f"model is in training mode; {b.training_modules} are read with eval semantics (BatchNorm "
+            "running statistics, no dropout), so the affine maps are those of model.eval()",
+            stacklevel=2,
+        )
+    nodes = b.nodes
+    out_idx = len(nodes)
+    nodes.append(
+        PLNode(
+            index=out_idx,
+            name="output",
+            op="output",
+            inputs=(output_ref.index,),
+            shape=output_ref.shape,
+            source="output",
+            _max_entries=max_entries,
+        )
+    )
+    return PLGraph(_prune(nodes), shape, name)
+
+
+def _prune(nodes: list[PLNode]) -> list[PLNode]:
+    """Keep the input and the ancestors of the output, renumbered in topological order."""
+    keep = {0, len(nodes) - 1}
+    stack = [len(nodes) - 1]
+    while stack:
+        for i in nodes[stack.pop()].inputs:
+            if i not in keep:
+                keep.add(i)
+                stack.append(i)
+    order = sorted(keep)
+    new = {old: k for k, old in enumerate(order)}
+    out = []
+    for old in order:
+        n = nodes[old]
+        n.index = new[old]
+        n.inputs = tuple(new[i] for i in n.inputs)
+        out.append(n)
+    return out
