@@ -55,6 +55,10 @@ def _as_float(ids: np.ndarray) -> np.ndarray:
 
 def safe_norm(x: np.ndarray, axis: int) -> np.ndarray:
     """Euclidean norms along ``axis`` without overflow for entries near the float64 limit."""
+    with np.errstate(over="ignore"):
+        out = np.linalg.norm(x, axis=axis)
+    if np.all(out < 1e150):  # no square came near overflow (and none underflowed to matter for a bound)
+        return out
     m = np.abs(x).max(axis=axis, keepdims=True)
     scale = np.where(m > 0, m, 1.0)
     with np.errstate(over="ignore"):
@@ -219,7 +223,13 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         L[..., 1] = su * L[..., 1] - A
         L[..., 2] = sv * L[..., 2] - A
         dL = 2 * dL + _U * np.abs(L).max(axis=2)
-    L, dL = _normalise(L, dL)
+    # Lines are scaled to unit size by a power of two (exact) so that products with unit-size points
+    # cannot overflow and the error bound below needs no magnitudes.
+    Lmag = np.maximum(np.abs(L[..., 0]), np.maximum(np.abs(L[..., 1]), np.abs(L[..., 2])))
+    _, ex = np.frexp(Lmag)
+    if np.any(ex):
+        L = np.ldexp(L, -ex[..., None])
+        dL = np.ldexp(dL, -ex)
     dL = dL * (1 + 1e-9) + _TINY
     unit_ids = (np.int64(block) << _BLOCK_SHIFT) | (np.arange(m, dtype=np.int64)[:, None] << _ROW_SHIFT)
     unit_ids = unit_ids | np.arange(n, dtype=np.int64)[None, :]
@@ -235,13 +245,25 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         R = rec[i : i + step]
         Hh = R[..., _H]
         S = np.matmul(Hh, L[i : i + step].transpose(0, 2, 1))
-        tol = 3 * (R[..., _HD, None] + dL[i : i + step, None, :]) * (1 + 1e-6) + 10 * _U + _TINY
+        # One tolerance per (polygon, unit) from the polygon's largest vertex error: a bound on every
+        # vertex's; only the values within it are looked at one by one.
+        tmax = (3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY)[
+            :, None, :
+        ]
         real = (kk[None, :] < nv[i : i + step, None])[..., None]
-        pos = (S > tol) & real
-        neg = (S < -tol) & real
-        unc = real & ~pos & ~neg
-        if unc.any():
-            r, k, j = np.nonzero(unc)
+        pos = S > tmax
+        neg = S < -tmax
+        unc = real & ~(pos | neg)
+        pos &= real
+        neg &= real
+        r, k, j = np.nonzero(unc)
+        if len(r):
+            tol = 3 * (R[r, k, _HD] + dL[i + r, j]) * (1 + 1e-6) + 10 * _U + _TINY
+            v = S[r, k, j]
+            pos[r, k, j], neg[r, k, j] = v > tol, v < -tol
+            keep = np.abs(v) <= tol
+            r, k, j = r[keep], k[keep], j[keep]
+        if len(r):
             ids = _ids(R[..., _ID])
             kprev = np.where(k > 0, k - 1, nv[i + r] - 1)
             sg = ctx.exact_signs(ids[r, kprev], ids[r, k], unit_ids[i + r, j])
