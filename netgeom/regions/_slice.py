@@ -371,53 +371,49 @@ def _split(ctx: SliceCtx, R, real, sig, lr):
     (both signs present). Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces, ``r..2r-1`` the
     negative ones."""
     r, K1, _ = R.shape
-    sn = np.roll(sig, -1, axis=1)
+    sn = sig[:, np.r_[1:K1, 0]]
     xk = real & (sig.astype(np.int16) * sn < 0)
     # The crossing points on the cut edges: edge line x unit line.
     qr, qk = np.nonzero(xk)
-    Ee = R[qr, qk, _E]
-    Ll = lr[qr, :3]
-    X = np.cross(Ee, Ll)
-    dX = 2 * (R[qr, qk, _ED] + lr[qr, 3] + R[qr, qk, _ED] * lr[qr, 3]) + 5 * _U + _TINY
+    Ee = R[qr, qk]
+    Ll = lr[qr]
+    e0, e1, e2, l0, l1, l2 = Ee[:, 4], Ee[:, 5], Ee[:, 6], Ll[:, 0], Ll[:, 1], Ll[:, 2]
+    X = np.stack([e1 * l2 - e2 * l1, e2 * l0 - e0 * l2, e0 * l1 - e1 * l0], axis=1)
+    dX = 2 * (Ee[:, _ED] + Ll[:, 3] + Ee[:, _ED] * Ll[:, 3]) + 5 * _U + _TINY
     X, dX = _normalise(X, dX)
     dX = dX * (1 + 1e-9) + _TINY
     D = X[:, 0]
     unsure = np.abs(D) <= dX
     sgnD = np.sign(D)
     if unsure.any():
-        sgnD[unsure] = ctx.exact_d_signs(_ids(R[qr[unsure], qk[unsure], _ID]), _ids(lr[qr[unsure], 4]))
+        sgnD[unsure] = ctx.exact_d_signs(_ids(Ee[unsure, _ID]), _ids(Ll[unsure, 4]))
     X *= sgnD[:, None]
-    # Candidate slots: 2k = vertex k, 2k + 1 = the crossing point on edge k. The positive and negative
-    # pieces are built together: the negative one is the positive piece of the flipped signs.
-    sig2 = np.concatenate([sig, -sig])
-    sn2 = np.concatenate([sn, -sn])
-    C = np.empty((2 * r, 2 * K1, _REC))
-    C[:r, 0::2] = R
-    C[r:, 0::2] = R
-    Xrec = np.empty((len(qr), _REC))
-    Xrec[:, _H], Xrec[:, _HD] = X, dX
-    C[qr, 2 * qk + 1, :4] = Xrec[:, :4]
-    C[qr + r, 2 * qk + 1, :4] = Xrec[:, :4]
-    # The edge that follows a slot is the unit's line where the next original vertex is on the far side
-    # (leaving through a crossing point, or through a vertex with z = 0); otherwise the original edge.
-    lfull = np.concatenate([lr, lr])
-    use_l = np.empty((2 * r, 2 * K1), dtype=bool)
-    use_l[:, 0::2] = (sig2 == 0) & (sn2 < 0)
-    use_l[:, 1::2] = sn2 < 0
-    E_odd = np.concatenate([R[..., 4:], R[..., 4:]])
-    C[:, 1::2, 4:] = E_odd
-    lr_b = np.broadcast_to(lfull[:, None, :], (2 * r, 2 * K1, 5))
-    C[..., 4:] = np.where(use_l[..., None], lr_b, C[..., 4:])
+    xidx = np.zeros((r, K1), dtype=np.int64)
+    xidx[qr, qk] = np.arange(len(qr))
+    # Slots 2k = vertex k, 2k + 1 = the crossing point on edge k, for the positive pieces (rows 0..r-1) and
+    # the negative ones (rows r..2r-1, the positive pieces of the flipped signs). Only kept slots are built.
     keep = np.empty((2 * r, 2 * K1), dtype=bool)
-    real2 = np.concatenate([real, real])
-    keep[:, 0::2] = real2 & (sig2 >= 0)
-    keep[:, 1::2] = np.concatenate([xk, xk])
+    keep[:r, 0::2] = real & (sig >= 0)
+    keep[r:, 0::2] = real & (sig <= 0)
+    keep[:r, 1::2] = xk
+    keep[r:, 1::2] = xk
     cnt = keep.sum(axis=1)
     Kn = int(cnt.max()) + 1
     dest = np.cumsum(keep, axis=1) - 1
     rr, cc = np.nonzero(keep)
+    src = np.where(rr < r, rr, rr - r)
+    k = cc >> 1
+    odd = (cc & 1).astype(bool)
+    vals = R[src, k]
+    vals[odd, :4] = np.concatenate([X, dX[:, None]], axis=1)[xidx[src[odd], k[odd]]]
+    # The edge that follows a slot is the unit's line where the next original vertex is on the far side
+    # (leaving through a crossing point, or through a vertex with z = 0); otherwise the original edge.
+    flip = np.where(rr < r, 1, -1).astype(np.int8)
+    nxt = sn[src, k] * flip
+    use_l = (nxt < 0) & (odd | (sig[src, k] == 0))
+    vals[use_l, 4:] = lr[src[use_l]]
     out = np.empty((2 * r, Kn, _REC))
-    out[rr, dest[rr, cc]] = C[rr, cc]
+    out[rr, dest[rr, cc]] = vals
     pad = np.arange(Kn)[None, :] >= cnt[:, None]
     out = np.where(pad[..., None], out[:, :1], out)
     return out, cnt
