@@ -835,8 +835,26 @@ def regions_in_box(
             active = np.nonzero((zmin < -T) & (zmax > T))[0]
             if len(active) and d <= 6:
                 active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
-            pieces = [(G, h, c, r)]
+            # A unit that leaves no ball of radius > r_min on one side of the region leaves none in any
+            # piece of it either: decide that once per region (one LP at most), not once per piece.
+            known = {}
+            cutting = []
             for j in active:
+                bj = Bm[:, j]
+                nb = float(np.linalg.norm(bj))
+                gj, hj = bj / nb, -A[j] / nb
+                sigma = float(c @ gj - hj)
+                if abs(sigma) < r - 2 * r_min:
+                    cutting.append(j)
+                    continue
+                other = 1.0 if sigma > 0 else -1.0
+                oc, orad = _chebyshev(np.vstack([G, other * gj]), np.append(h, other * hj), size)
+                n_lp += 1
+                if oc is not None and orad > r_min:
+                    cutting.append(j)
+                    known[j] = (oc, orad)
+            pieces = [(G, h, c, r)]
+            for j in cutting:
                 bj = Bm[:, j]
                 nb = float(np.linalg.norm(bj))
                 gj, hj = bj / nb, -A[j] / nb  # z_j ≤ 0  ⇔  gj·y ≤ hj
@@ -859,8 +877,13 @@ def regions_in_box(
                             continue
                         # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
                         other = 1.0 if sigma > 0 else -1.0
-                        oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
-                        n_lp += 1
+                        if len(pieces) == 1 and j in known:  # the piece is the region: already solved
+                            oc, orad = known[j]
+                        else:
+                            oc, orad = _chebyshev(
+                                np.vstack([G_, other * gj]), np.append(h_, other * hj), size
+                            )
+                            n_lp += 1
                         if oc is None or orad <= r_min:
                             nxt.append((G_, h_, c_, r_))
                             continue
@@ -877,13 +900,8 @@ def regions_in_box(
                         f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
                         "lower-dimensional subspace, or raise max_regions"
                     )
+            # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
             for G_, h_, c_, r_ in pieces:
-                # A fresh Chebyshev centre keeps the balls large, so the next layer needs fewer LPs.
-                if len(pieces) > 1:
-                    c2, r2 = _chebyshev(G_, h_, size)
-                    n_lp += 1
-                    if c2 is not None and r2 > r_:
-                        c_, r_ = c2, r2
                 z = A + c_ @ Bm
                 b_new = z > T
                 new_regions.append(
