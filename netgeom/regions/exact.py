@@ -811,14 +811,14 @@ def regions_in_box(
     for li, (W, bias, has_bits, slope) in enumerate(plan):
         absW = np.abs(W).T
         new_regions = []
+        # The bar counts the pieces found in this layer (its final value is the layer's region count).
         bar = tqdm(
-            regions,
             desc=f"regions_in_box layer {li + 1}/{len(plan)}",
             unit="region",
             disable=not verbose or not has_bits,
             leave=li == len(plan) - 1 or n_bit_layers == 1,
         )
-        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(bar):
+        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
             A = (P @ W.T + bias)[0]
             Bm = Q @ W.T  # (d, n)
             SB = np.abs(Q) @ absW
@@ -835,67 +835,66 @@ def regions_in_box(
             active = np.nonzero((zmin < -T) & (zmax > T))[0]
             if len(active) and d <= 6:
                 active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
-            # A unit that leaves no ball of radius > r_min on one side of the region leaves none in any
-            # piece of it either: decide that once per region (one LP at most), not once per piece.
-            known = {}
-            cutting = []
-            for j in active:
-                bj = Bm[:, j]
-                nb = float(np.linalg.norm(bj))
-                gj, hj = bj / nb, -A[j] / nb
-                sigma = float(c @ gj - hj)
-                if abs(sigma) < r - 2 * r_min:
-                    cutting.append(j)
-                    continue
-                other = 1.0 if sigma > 0 else -1.0
-                oc, orad = _chebyshev(np.vstack([G, other * gj]), np.append(h, other * hj), size)
-                n_lp += 1
-                if oc is not None and orad > r_min:
-                    cutting.append(j)
-                    known[j] = (oc, orad)
-            pieces = [(G, h, c, r)]
-            for j in cutting:
-                bj = Bm[:, j]
-                nb = float(np.linalg.norm(bj))
-                gj, hj = bj / nb, -A[j] / nb  # z_j ≤ 0  ⇔  gj·y ≤ hj
-                nxt = []
-                for G_, h_, c_, r_ in pieces:
+            # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
+            # in any sub-piece either, so each piece tests only the units that cut its parent, and the
+            # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
+            norms = np.linalg.norm(Bm, axis=0)
+            pieces = []
+            # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
+            # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
+            stack = [(G, h, c, r, active, {})]
+            while stack:
+                G_, h_, c_, r_, cu, wit = stack.pop()
+                cuts = []  # (|sigma|, j, sigma)
+                new_wit = {}
+                for j in cu:
+                    gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
                     sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
                     if abs(sigma) < r_ - 2 * r_min:
-                        # The hyperplane cuts the inscribed ball: both sides hold half-balls, no LP needed.
-                        pc, pr = c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2
-                        nc, nr = c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2
-                    else:
-                        if (
-                            d <= 6
-                            and not _crossing_units(
-                                G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
-                            )[0]
-                        ):
-                            # A qhull call is several times cheaper than the LP it saves.
-                            nxt.append((G_, h_, c_, r_))
-                            continue
-                        # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
-                        other = 1.0 if sigma > 0 else -1.0
-                        if len(pieces) == 1 and j in known:  # the piece is the region: already solved
-                            oc, orad = known[j]
-                        else:
-                            oc, orad = _chebyshev(
-                                np.vstack([G_, other * gj]), np.append(h_, other * hj), size
-                            )
-                            n_lp += 1
-                        if oc is None or orad <= r_min:
-                            nxt.append((G_, h_, c_, r_))
-                            continue
-                        keep_r = min(r_, abs(sigma))
-                        if other > 0:
-                            pc, pr, nc, nr = c_, keep_r, oc, orad
-                        else:
-                            pc, pr, nc, nr = oc, orad, c_, keep_r
-                    nxt.append((np.vstack([G_, -gj]), np.append(h_, -hj), pc, pr))
-                    nxt.append((np.vstack([G_, gj]), np.append(h_, hj), nc, nr))
-                pieces = nxt
-                if len(new_regions) + len(pieces) + len(regions) - k_reg - 1 > max_regions:
+                        # the hyperplane cuts the inscribed ball: both sides hold half-balls
+                        new_wit[j] = (
+                            (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
+                            (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
+                        )
+                        cuts.append((abs(sigma), j, sigma))
+                        continue
+                    if j in wit:
+                        new_wit[j] = wit[j]
+                        cuts.append((abs(sigma), j, sigma))
+                        continue
+                    if d <= 6 and not _crossing_units(
+                        G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
+                    )[0]:
+                        continue  # a qhull call is several times cheaper than the LP it saves
+                    # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
+                    other = 1.0 if sigma > 0 else -1.0
+                    oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
+                    n_lp += 1
+                    if oc is not None and orad > r_min:
+                        own = (c_, min(r_, abs(sigma)))
+                        new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
+                        cuts.append((abs(sigma), j, sigma))
+                if not cuts:
+                    pieces.append((G_, h_, c_, r_))
+                    bar.update(1)
+                    continue
+                # Split by the unit passing closest to the centre (balanced pieces), keep the others.
+                cuts.sort(key=lambda t: t[0])
+                _, j, sigma = cuts[0]
+                rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
+                gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
+                (pc, pr), (nc, nr) = new_wit[j]
+                for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
+                    # witnesses of the other units that lie wholly on this side of unit j stay proofs
+                    kept = {}
+                    for k in rest.tolist():
+                        (b1c, b1r), (b2c, b2r) = new_wit[k]
+                        if side * float(b1c @ gj - hj) >= b1r and side * float(b2c @ gj - hj) >= b2r:
+                            kept[k] = new_wit[k]
+                    # this side: side * (gj·y - hj) >= 0, i.e. (-side gj)·y <= -side hj
+                    G2, h2 = np.vstack([G_, -side * gj]), np.append(h_, -side * hj)
+                    stack.append((G2, h2, cc_, rr_, rest, kept))
+                if len(new_regions) + len(pieces) + len(stack) + len(regions) - k_reg - 1 > max_regions:
                     raise TooManyRegionsError(
                         f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
                         "lower-dimensional subspace, or raise max_regions"
@@ -915,6 +914,7 @@ def regions_in_box(
                         bits + [b_new],
                     )
                 )
+        bar.close()
         regions = new_regions
     m = len(regions)
     n_bits = sum(len(b) for b in regions[0][6]) if regions[0][6] else 0
