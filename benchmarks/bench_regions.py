@@ -111,8 +111,33 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
         )
 
 
+def box_rows(quick: bool) -> None:
+    """regions_in_box on a 10-16-16-3 MLP in [-r, r]^10: regions, LPs, regions/s, and agreement with
+    dense sampling (every sampled pattern must be an enumerated region). relucent's search needs Gurobi
+    (its facet LPs), so it is not run here; its qhull path only computes geometry after a search."""
+    from netgeom.regions.exact import regions_in_box
+
+    net = mlp(10, [16, 16], 3, seed=0)
+    radii = [0.1, 0.2] if quick else [0.1, 0.2, 0.35]
+    print("\nregions_in_box, 10-16-16-3 MLP (seed 0) in [-r, r]^10; relucent: needs Gurobi, not run")
+    print(f"{'r':>6} {'regions':>8} {'LPs':>7} {'LP/reg':>6} {'time':>8} {'reg/s':>7} {'sampled ⊆':>10}")
+    for r in radii:
+        t0 = time.perf_counter()
+        res = regions_in_box(net, -r * np.ones(10), r * np.ones(10), verbose=False, max_regions=10**6)
+        dt = time.perf_counter() - t0
+        X = np.random.default_rng(0).uniform(-r, r, size=(200_000, 10))
+        smp = count_patterns(net, X)
+        ok = {q.tobytes() for q in smp.patterns} <= {q.tobytes() for q in pack_patterns(res.patterns)}
+        print(
+            f"{r:>6} {res.count:>8} {res.n_lp:>7} {res.n_lp / res.count:>6.2f} {dt:>8.1f} "
+            f"{res.count / dt:>7.1f} {str(ok):>10}",
+            flush=True,
+        )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-box", action="store_true", help="skip the regions_in_box rows")
     ap.add_argument("--vs-grid", action="store_true", help="exact count vs grid sampling (trained nets)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per timing")
     ap.add_argument("--quick", action="store_true", help="300x300 grid and width 100 only (< 1 minute)")
@@ -126,6 +151,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     if not args.vs_grid:
         vs_regioncam(args.quick, args.repeat)
+        if not args.no_box:
+            box_rows(args.quick)
         return
     grid = args.grid or (300 if args.quick else 1000)
     widths = args.widths or ([100] if args.quick else [100, 200, 400])
