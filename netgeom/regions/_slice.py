@@ -245,31 +245,28 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         R = rec[i : i + step]
         Hh = R[..., _H]
         S = np.matmul(Hh, L[i : i + step].transpose(0, 2, 1))
-        # One tolerance per (polygon, unit) from the polygon's largest vertex error: a bound on every
-        # vertex's; only the values within it are looked at one by one.
-        tmax = (3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY)[
-            :, None, :
-        ]
-        real = (kk[None, :] < nv[i : i + step, None])[..., None]
-        pos = S > tmax
-        neg = S < -tmax
-        unc = real & ~(pos | neg)
-        pos &= real
-        neg &= real
-        r, k, j = np.nonzero(unc)
-        if len(r):
-            tol = 3 * (R[r, k, _HD] + dL[i + r, j]) * (1 + 1e-6) + 10 * _U + _TINY
-            v = S[r, k, j]
-            pos[r, k, j], neg[r, k, j] = v > tol, v < -tol
-            keep = np.abs(v) <= tol
-            r, k, j = r[keep], k[keep], j[keep]
-        if len(r):
-            ids = _ids(R[..., _ID])
-            kprev = np.where(k > 0, k - 1, nv[i + r] - 1)
-            sg = ctx.exact_signs(ids[r, kprev], ids[r, k], unit_ids[i + r, j])
-            pos[r, k, j] = sg > 0
-            neg[r, k, j] = sg < 0
-        anyp, anyn = pos.any(axis=1), neg.any(axis=1)
+        # One tolerance per (polygon, unit) from the polygon's largest vertex error bounds every vertex's.
+        # Padding slots repeat vertex 0, so reductions over all slots are reductions over the vertices.
+        tmax = 3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY
+        smax, smin = S.max(axis=1), S.min(axis=1)
+        anyp, anyn = smax > tmax, smin < -tmax
+        close = np.abs(S).min(axis=1) <= tmax
+        if close.any():
+            # Some vertex is within the coarse tolerance: decide those vertices one by one.
+            rr, jj = np.nonzero(close)
+            real = kk[None, :] < nv[i + rr, None]
+            Sv = S[rr, :, jj]
+            tol = 3 * (R[rr, :, _HD] + dL[i + rr, jj][:, None]) * (1 + 1e-6) + 10 * _U + _TINY
+            sg = np.where(Sv > tol, 1, np.where(Sv < -tol, -1, 0)).astype(np.int8)
+            q, k = np.nonzero(real & (sg == 0))
+            if len(q):
+                ids = _ids(R[..., _ID])
+                r_ = rr[q]
+                kprev = np.where(k > 0, k - 1, nv[i + r_] - 1)
+                sg[q, k] = ctx.exact_signs(ids[r_, kprev], ids[r_, k], unit_ids[i + r_, jj[q]])
+            sg = np.where(real, sg, 0)
+            anyp[rr, jj] = (sg > 0).any(axis=1)
+            anyn[rr, jj] = (sg < 0).any(axis=1)
         cand[i : i + step] = anyp & anyn
         bit0[i : i + step] = anyp
     base = ctx.reached[li]
@@ -299,15 +296,17 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         sig = (s > tol).astype(np.int8) - (s < -tol)
         nr = CN[rows]
         real = np.arange(R.shape[1])[None, :] < nr[:, None]
-        unc = real & (sig == 0) & (np.abs(s) <= tol)
+        unc = sig == 0
         if unc.any():
-            r, k = np.nonzero(unc)
-            ids = _ids(R[r, :, _ID])
-            kprev = np.where(k > 0, k - 1, nr[r] - 1)
-            sig[r, k] = ctx.exact_signs(
-                ids[np.arange(len(r)), kprev], ids[np.arange(len(r)), k], _ids(lr[r, 4])
-            )
-        sig = np.where(real, sig, sig[:, :1])
+            r, k = np.nonzero(unc & real)
+            if len(r):
+                ids = _ids(R[r, :, _ID])
+                kprev = np.where(k > 0, k - 1, nr[r] - 1)
+                sig[r, k] = ctx.exact_signs(
+                    ids[np.arange(len(r)), kprev], ids[np.arange(len(r)), k], _ids(lr[r, 4])
+                )
+            # padding slots repeat vertex 0
+            sig = np.where(real, sig, sig[:, :1])
         hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
         cut = hp & hn
         bits[rows, j] = hp
