@@ -753,13 +753,15 @@ def regions_in_box(
     """Enumerate the activation regions of positive volume in the box ``lo ≤ y ≤ hi``.
 
     ``y`` is the input itself, or the coordinates in ``subspace = (origin, basis)`` (``basis`` of shape
-    ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer and unit by unit; a
-    unit splits a region when both sides hold a ball of radius ``> min_radius`` (times the box's size),
-    decided by the Chebyshev ball already known (no LP when the unit's hyperplane cuts it) or else by one
-    HiGHS LP (``scipy.optimize.linprog``). Units whose sign is constant on the whole box are skipped, and
-    in up to ``6`` dimensions the vertices of each region (qhull, from its Chebyshev centre) are listed at
-    the start of a layer, so that the units whose hyperplane clearly misses the region are skipped for it
-    without an LP. A tqdm bar over the regions of each layer shows progress (``verbose=False`` hides it).
+    ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer; a unit splits a
+    piece when both sides hold a ball of radius ``> min_radius`` (times the box's size), decided by the
+    piece's inscribed ball (no LP when the unit's hyperplane cuts it), by two witness balls inherited from
+    the parent piece, or else by one HiGHS LP (``scipy.optimize.linprog``). Pieces are split depth first:
+    a unit that does not split a piece cannot split its sub-pieces, so each piece tests only the units
+    that split its parent, and the piece is cut by the unit passing closest to its centre. Units whose sign
+    is constant on the whole box are skipped, and in up to ``6`` dimensions the vertices of a piece (qhull,
+    from its Chebyshev centre) rule out units whose hyperplane clearly misses it without an LP. A tqdm bar
+    counts the regions found in each layer (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
     sample's shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
 
