@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._validation import check_array, check_fraction, check_int
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer, UnsupportedLayerError, affine_layers
 from ..results import Result, new_axes
 from . import _exact, _slice
 from ._slice import TooManyRegionsError
@@ -314,7 +314,15 @@ def regions_on_segment(
     >>> regions_on_segment(mlp(1, [5], 1, seed=0), [-3.0], [3.0], t_range=None).count >= res.count
     True
     """
-    layers, plan = _hidden(model, masks, input_shape)
+    try:
+        layers, plan = _hidden(model, masks, input_shape)
+    except UnsupportedLayerError as err:
+        from ..nets import trace
+
+        g = trace(model, masks, input_shape=input_shape)  # raises again for a truly unsupported op
+        if g.is_chain:
+            raise err
+        return _segment_on_graph(g, a, b, t_range)
     n0 = layers[0].n_in
     a = _flat_point(a, "a", n0)
     b = _flat_point(b, "b", n0)
@@ -384,6 +392,37 @@ def regions_on_segment(
         length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
         t_range=(t0, t1),
         n_exact=n_exact,
+    )
+
+
+def _segment_on_graph(g, a, b, t_range) -> SegmentRegionsResult:
+    """:func:`regions_on_segment` on a traced graph (residual add, cat, max-pool): see
+    :mod:`netgeom.regions._graph_segment`."""
+    from ._graph_segment import segment_graph
+
+    n0 = g.n_in
+    a = _flat_point(a, "a", n0)
+    b = _flat_point(b, "b", n0)
+    if np.array_equal(a, b):
+        raise ValueError("a and b coincide: the segment is a single point")
+    if t_range is None:
+        raise ValueError("t_range=None (the whole line) needs a chain network; give a finite t_range")
+    t_range = check_array(t_range, "t_range", ndim=1)
+    if t_range.size != 2 or not t_range[0] < t_range[1]:
+        raise ValueError(f"t_range must be (t0, t1) with t0 < t1, got {t_range.tolist()}")
+    t0, t1 = float(t_range[0]), float(t_range[1])
+    d = b - a
+    edges, patterns = segment_graph(g, a, d, t0, t1)
+    with torch.no_grad():
+        out = g.forward(torch.as_tensor(a[None, :] + edges[:, None] * d[None, :]))
+    return SegmentRegionsResult(
+        count=len(patterns),
+        n_bits=patterns.shape[1],
+        breakpoints=edges[1:-1],
+        patterns=patterns,
+        outputs=out.numpy(),
+        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
+        t_range=(t0, t1),
     )
 
 
