@@ -1,4 +1,4 @@
-"""Zeroth persistence of the chained network graph: native (per-layer forests + merge, or global Borůvka)
+"""Zeroth persistence of the chained network graph: native (per-layer forests + merge, or global Kruskal)
 vs gudhi vs ripser vs brute-force Kruskal vs scipy's MST; the network-scope protect callback."""
 
 import numpy as np
@@ -23,7 +23,7 @@ from netgeom.topology import (
 
 
 def random_net(seed, widths, kind, density):
-    """An MLP with chosen weights and masks; every layer keeps at least one edge."""
+    """An MLP with chosen weights and masks (a layer may end up without edges: all pruned or zero)."""
     rng = np.random.default_rng(seed)
     net = mlp(widths[0], widths[1:-1], widths[-1], seed=0)
     masks = Masks.ones(net)
@@ -36,7 +36,7 @@ def random_net(seed, widths, kind, density):
         else:  # "blocks": no edges between the two halves of each layer -> disconnected parts
             W = rng.normal(size=shape)
         m = rng.random(shape) < density
-        W[rng.random(shape) < 0.15] = 0.0  # zero-valued weights that stay unmasked edges
+        W[rng.random(shape) < 0.15] = 0.0  # unmasked zero weights: absent edges, like pruned ones
         if kind == "blocks":
             m[: shape[0] // 2, shape[1] // 2:] = False
             m[shape[0] // 2:, : shape[1] // 2] = False
@@ -99,8 +99,16 @@ def test_network_diagram_matches_references(params):
     nat = zeroth_persistence(G)
     assert isinstance(nat, NetworkZerothDiagram)
     # every native route implements the same total order (weight desc, layer, flat index): same forest
-    for method in ("prim", "boruvka", "global"):
-        other = zeroth_persistence(G, method=method)
+    from netgeom.topology import persistence as P
+
+    saved = P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES
+    forced = []
+    try:  # Kruskal's prefix rounds on the network's edge list, forced on these small graphs
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = 0.5, 1.0, 0
+        forced = [zeroth_persistence(G, method="global")]
+    finally:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = saved
+    for other in forced + [zeroth_persistence(G, method=m) for m in ("prim", "kruskal", "boruvka", "global")]:
         assert all(np.array_equal(other.msf_masks[k], nat.msf_masks[k]) for k in nat.msf_masks)
         assert np.array_equal(other.deaths, nat.deaths)
     gud = zeroth_persistence(G, backend="gudhi")
@@ -111,7 +119,8 @@ def test_network_diagram_matches_references(params):
     assert nat.n_vertices == n == sum(widths) and nat.n_edges == u.size
     assert nat.n_essential == comps == gud.n_essential == rip.n_essential
     assert nat.n_pairs == n - comps == sum(int(m.sum()) for m in nat.msf_masks.values())
-    assert nat.min_value == w.min()
+    assert nat.min_value == w.min() if w.size else np.isnan(nat.min_value)
+    assert (w > 0).all()  # zero weights never become edges
     # the forest: inside the graph, spanning (same components), maximum (scipy's MST of 2 - w̃)
     for g in G:
         assert not (nat.msf_masks[g.param_name] & ~g.mask).any()
@@ -224,7 +233,7 @@ def test_unchained_and_bad_input():
     with pytest.raises(ValueError, match="mask= cannot"):
         zeroth_persistence(G, np.ones((4, 3), bool))
     with pytest.raises(ValueError, match="method"):
-        zeroth_persistence(G, method="kruskal")
+        zeroth_persistence(G, method="kruskall")
     with pytest.raises(ValueError, match="method"):
         zeroth_persistence(G[0], method="global")  # network-only method
     with pytest.raises(TypeError, match="network_graph"):
@@ -235,9 +244,14 @@ def test_unchained_and_bad_input():
         rip.as_masks()
     with pytest.raises(ValueError, match="ripser"):
         rip.plot()
-    G.layers[1].weights[0, 0] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        zeroth_persistence(G)
+    with pytest.raises(ValueError, match="read-only"):  # frozen: the cached edge lists stay true
+        G.layers[1].weights[0, 0] = np.nan
+    from netgeom.topology import LayerGraph
+
+    with pytest.raises(ValueError, match="finite"):
+        LayerGraph(np.array([[np.nan]]), np.array([[True]]), 1.0, "layer", "matrix")
+    with pytest.raises(ValueError, match="weights > 0"):
+        LayerGraph(np.array([[0.5, 0.0]]), np.array([[True, True]]), 1.0, "layer", "matrix")
 
 
 def test_single_layer_network_equals_layer_diagram():

@@ -22,14 +22,15 @@ def random_graph(seed, n_out, n_in, kind, density):
     mask = rng.random((n_out, n_in)) < density
     if kind == "blocks":
         mask[: n_out // 2, n_in // 2 :] = False
-    mask.flat[rng.integers(mask.size)] = True  # at least one edge
+    mask.flat[rng.integers(mask.size)] = True  # usually at least one edge (unless that weight is 0)
     return W, mask
 
 
 def kruskal_deaths(W, mask):
-    """Reference: plain Kruskal with a Python union-find (small graphs only)."""
+    """Reference: plain Kruskal with a Python union-find (small graphs only); zero weights are absent."""
     n_out, n_in = W.shape
-    w = np.abs(W) / np.abs(W[mask]).max() if np.abs(W[mask]).max() > 0 else np.zeros_like(W)
+    mask = mask & (W != 0)
+    w = np.abs(W) / np.abs(W[mask]).max() if mask.any() else np.zeros_like(W)
     parent = list(range(n_in + n_out))
 
     def find(a):
@@ -50,6 +51,7 @@ def kruskal_deaths(W, mask):
 
 
 def n_components(mask):
+    """Connected components of the bipartite graph of ``mask`` (vertices with no edge count)."""
     n_out, n_in = mask.shape
     j, i = np.nonzero(mask)
     A = sparse.coo_matrix((np.ones(i.size), (i, n_in + j)), shape=(n_in + n_out,) * 2)
@@ -72,12 +74,15 @@ def test_native_matches_gudhi_ripser_kruskal(params):
     g = layer_graph(W, mask)
     prim = zeroth_persistence(g, method="prim")
     bor = zeroth_persistence(g, method="boruvka")
+    kru = zeroth_persistence(g, method="kruskal")
     gud = zeroth_persistence(g, backend="gudhi")
     rip = zeroth_persistence(g, backend="ripser")
-    # the two native algorithms implement the same total order, so the same forest, not just the same diagram
-    assert np.array_equal(prim.msf_mask, bor.msf_mask)
+    # the native algorithms implement the same total order, so the same forest, not just the same diagram
+    assert np.array_equal(prim.msf_mask, bor.msf_mask) and np.array_equal(prim.msf_mask, kru.msf_mask)
     assert prim.equals(gud, atol=1e-12) and prim.equals(rip, atol=1e-6)
     np.testing.assert_allclose(np.sort(prim.deaths), kruskal_deaths(W, mask), atol=1e-15)
+    mask = mask & (W != 0)  # zero weights are absent edges
+    assert np.array_equal(g.mask, mask)
     comps = n_components(mask)
     assert prim.n_essential == comps == gud.n_essential == rip.n_essential
     assert prim.n_pairs == g.n_vertices - comps == int(prim.msf_mask.sum())
@@ -125,18 +130,44 @@ def test_large_dense_and_sparse_agree():
         g = layer_graph(W, mask)
         a = zeroth_persistence(g, method="prim")
         assert np.array_equal(a.msf_mask, zeroth_persistence(g, method="boruvka").msf_mask)
+        assert np.array_equal(a.msf_mask, zeroth_persistence(g, method="kruskal").msf_mask)
         assert a.equals(zeroth_persistence(g, backend="gudhi"), atol=1e-12)
         assert a.equals(zeroth_persistence(g, backend="ripser"), atol=1e-6)
 
 
-def test_zero_valued_unmasked_weight_is_an_edge():
+def test_zero_weight_is_an_absent_edge_like_a_pruned_one():
     W = np.array([[1.0, 0.0]])
-    d = zeroth_persistence(W)  # 3 vertices, 2 edges (one of weight 0): connected
-    assert d.deaths.tolist() == [1.0, 0.0] and d.n_essential == 1 and d.min_value == 0.0
-    d2 = zeroth_persistence(W, np.array([[True, False]]))  # the zero masked: input 1 isolated
-    assert d2.deaths.tolist() == [1.0] and d2.n_essential == 2
-    assert zeroth_persistence(W, backend="gudhi").equals(d)
-    assert zeroth_persistence(W, backend="ripser").equals(d)
+    d = zeroth_persistence(W)  # 3 vertices, 1 edge: the zero weight is absent, input 1 isolated
+    d2 = zeroth_persistence(W, np.array([[True, False]]))  # the same weight pruned
+    for e in (d, d2, zeroth_persistence(W, backend="gudhi"), zeroth_persistence(W, backend="ripser")):
+        assert e.deaths.tolist() == [1.0] and e.n_essential == 2 and e.n_edges == 1
+    assert np.array_equal(d.msf_mask, d2.msf_mask) and d.min_value == 1.0
+    # continuity: a tiny weight is a pair (1, ε) whose death tends to 0, where essential classes close;
+    # the total with essential classes closed at 0 is continuous, the finite part loses that one pair
+    for eps in (1e-3, 1e-30, 1e-300):
+        t = zeroth_persistence(np.array([[1.0, eps]]))
+        assert t.n_pairs == 2 and t.n_essential == 1
+        closed = t.total_persistence + t.n_essential
+        assert abs(closed - (d.total_persistence + d.n_essential)) <= eps
+    # a w̃ that underflows to 0 in float64 is a zero weight
+    u = zeroth_persistence(np.array([[1e300, 1e-300]]))
+    assert u.n_edges == 1 and u.n_essential == 2
+
+
+@pytest.mark.parametrize("backend", ["native", "gudhi", "ripser"])
+@pytest.mark.parametrize("how", ["zeros", "pruned", "pruned zeros"])
+def test_all_zero_and_all_pruned_layers_have_no_edge(backend, how):
+    W = np.zeros((4, 5)) if "zeros" in how else np.ones((4, 5))
+    mask = np.zeros((4, 5), bool) if "pruned" in how else None
+    d = zeroth_persistence(W, mask, backend=backend)
+    assert d.n_edges == 0 and d.n_pairs == 0 and d.n_essential == 9 and d.total_persistence == 0.0
+    assert np.isnan(d.min_value) and d.deaths.size == 0
+    if backend != "ripser":
+        assert not d.msf_mask.any() and d.msf_mask.shape == (4, 5)
+    # tiny uniform weights normalise to 1 per layer: every pair at death 1, nothing persists either
+    assert zeroth_persistence(np.full((4, 5), 1e-30)).total_persistence == 0.0
+    assert not spanning_forest_mask(W, mask).any()
+    assert d.plot(kind="barcode") is not None and isinstance(d.to_json(), str)
 
 
 def test_conventions_and_gudhi_format():
@@ -172,16 +203,10 @@ def test_pruning_all_but_msf_keeps_diagram_and_forest():
     assert np.array_equal(spanning_forest_mask(W, mask), d.msf_mask)
 
 
-def test_all_zero_layer_has_zero_weights():
-    d = zeroth_persistence(np.zeros((2, 2)))
-    assert d.deaths.tolist() == [0.0, 0.0, 0.0]
-
-
 @pytest.mark.parametrize(
     "W, mask, msg",
     [
         (np.array([[1.0, np.nan]]), None, "non-finite"),
-        (np.ones((2, 2)), np.zeros((2, 2), bool), "removes every weight"),
         (np.ones((2, 2, 2)), None, "2-D"),
         (np.ones((2, 2)), np.ones((3, 2), bool), "shape"),
         (np.ones((0, 3)), None, "empty"),
@@ -196,7 +221,7 @@ def test_bad_options():
     with pytest.raises(ValueError, match="backend"):
         zeroth_persistence(np.ones((2, 2)), backend="dionysus")
     with pytest.raises(ValueError, match="method"):
-        zeroth_persistence(np.ones((2, 2)), method="kruskal")
+        zeroth_persistence(np.ones((2, 2)), method="kruskall")
     with pytest.raises(ValueError, match="mask= cannot"):
         zeroth_persistence(layer_graph(np.ones((2, 2))), np.ones((2, 2), bool))
 
@@ -237,3 +262,35 @@ def test_json_round_trips_the_diagram(tmp_path):
     back = NetworkZerothDiagram.from_json(D.to_json())
     assert back.equals(D, atol=0.0) and np.array_equal(back.death_layers, D.death_layers)
     assert back.msf_masks is None and back.widths == D.widths
+
+
+@settings(max_examples=30, deadline=None)
+@given(graphs, st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([1.0, 1.5]), st.booleans())
+def test_kruskal_prefix_rounds_give_the_exact_forest(params, per_vertex, ratio, hubs):
+    """Force the prefix rounds of the Kruskal path on small graphs (any number of rounds, ties at the
+    thresholds, hub-dominated weights that leave many components after a round): the forest is exactly
+    Prim's, edge for edge."""
+    from netgeom.topology import persistence as P
+
+    W, mask = random_graph(*params)
+    if hubs:
+        rng = np.random.default_rng(params[0])
+        W = W * rng.lognormal(0, 2, size=(W.shape[0], 1)) * rng.lognormal(0, 2, size=(1, W.shape[1]))
+    g = layer_graph(W, mask)
+    saved = P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES
+    try:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = per_vertex, ratio, 0
+        kru = zeroth_persistence(g, method="kruskal")
+    finally:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = saved
+    prim = zeroth_persistence(g, method="prim")
+    assert np.array_equal(kru.msf_mask, prim.msf_mask) and np.array_equal(kru.deaths, prim.deaths)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 300), st.integers(1, 6))
+def test_edge_order_is_weight_then_position(seed, m, levels):
+    from netgeom.topology.persistence import _edge_order
+
+    w = np.random.default_rng(seed).integers(1, levels + 1, size=m) / levels  # many ties
+    assert np.array_equal(_edge_order(w), np.lexsort((np.arange(m), -w)))

@@ -1,5 +1,6 @@
 """Neural persistence, the topology bound, MSF retention, the protect callback and the demo section."""
 
+import copy
 import types
 
 import numpy as np
@@ -14,6 +15,7 @@ from netgeom.topology import (
     msf_retention_curve,
     network_graph,
     neural_persistence,
+    neural_persistence_layer_max,
     spanning_forest_protect,
     topology_bound,
     zeroth_persistence,
@@ -52,8 +54,9 @@ def test_topology_bound_of_models():
 
 
 def _np_reference(W, mask, p):
-    """NP from scipy's minimum spanning tree of 2 - w̃ (independent of our forest code)."""
+    """Per-layer-max forest NP from scipy's minimum spanning tree of 2 - w̃ (independent of our code)."""
     n_out, n_in = W.shape
+    mask = mask & (W != 0)
     a = np.abs(W) * mask
     w = a / a.max()
     j, i = np.nonzero(mask)
@@ -62,25 +65,168 @@ def _np_reference(W, mask, p):
     return np.sum(pers**p) ** (1 / p), np.sum(pers**p) ** (1 / p) / (n_in + n_out - 1) ** (1 / p)
 
 
+def _rieck_reference(weights, p=2.0):
+    """Rieck et al.'s neural persistence written out plainly: weights (n_out, n_in) with pruned entries set
+    to 0, divided by the network's largest |w|; per layer a Python Kruskal over *all* n_in * n_out entries
+    (zeros included, entering last at w̃ = 0), unpaired components closed at 0; p-norm over all |V|
+    points / (|V| - 1)^(1/p); mean over layers. Returns (mean, per-layer normalised values)."""
+    top = max(float(np.abs(W).max()) for W in weights)
+    normed = []
+    for W in weights:
+        n_out, n_in = W.shape
+        w = np.abs(W) / top if top > 0 else np.zeros(W.shape)
+        parent = list(range(n_in + n_out))
+
+        def find(a, parent=parent):
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        points = []
+        for k in sorted(range(W.size), key=lambda k: -w.flat[k]):
+            j, i = divmod(k, n_in)
+            ra, rb = find(i), find(n_in + j)
+            if ra != rb:
+                parent[ra] = rb
+                points.append(1.0 - w.flat[k])
+        roots = len({find(x) for x in range(n_in + n_out)})
+        points += [1.0] * roots  # never merges: persistence 1 (death at 0)
+        assert len(points) == n_in + n_out
+        normed.append(np.sum(np.asarray(points) ** p) ** (1 / p) / (n_in + n_out - 1) ** (1 / p))
+    return float(np.mean(normed)), normed
+
+
+def _pruned_copy(net, masks):
+    out = copy.deepcopy(net)
+    masks.apply(out)
+    return out
+
+
+@pytest.mark.parametrize("density", [1.0, 0.3, 0.02])
+@pytest.mark.parametrize("widths", [[12, 15, 9, 4], [30, 20, 3]])
+def test_neural_persistence_is_rieck_et_al(widths, density):
+    net = mlp(widths[0], widths[1:-1], widths[-1], seed=1)
+    m = Masks.ones(net)
+    rng = np.random.default_rng(int(100 * density))
+    for k in m:
+        m[k] = torch.from_numpy(rng.random(tuple(m[k].shape)) < density)
+    r = neural_persistence(net, m)
+    # independent reference on the pruned weights (pruned entries zero)
+    Ws = [(lay.kernel.numpy() * m[lay.param_name].numpy()) for lay in affine_layers(net)]
+    ref, layers = _rieck_reference(Ws)
+    assert abs(r.network_np - ref) <= 1e-12 and np.allclose(r.layer_np_normalized, layers, rtol=0, atol=1e-12)
+    assert r.definition == "rieck" and r.normalize == "network" and r.p == 2.0
+    # pruned as absent edges (masks) == pruned as zero weights (no masks) == both
+    pruned = _pruned_copy(net, m)
+    for other in (neural_persistence(pruned), neural_persistence(pruned, m)):
+        assert other.network_np == r.network_np and other.layer_np == r.layer_np
+    # invariant under a global rescaling of all weights and under permuting hidden units
+    scaled = copy.deepcopy(pruned)
+    with torch.no_grad():
+        for prm in scaled.parameters():
+            prm.mul_(8.0)  # a power of two: exact in float32
+    assert abs(neural_persistence(scaled).network_np - r.network_np) <= 1e-12
+    perm = copy.deepcopy(pruned)
+    idx = torch.from_numpy(rng.permutation(widths[1]))
+    with torch.no_grad():
+        perm[0].weight.copy_(perm[0].weight[idx])
+        perm[2].weight.copy_(perm[2].weight[:, idx])
+    assert abs(neural_persistence(perm).network_np - r.network_np) <= 1e-12
+
+
+def test_neural_persistence_matches_gudhi_on_784_100_100_10():
+    """The issue's case: Rieck's definition vs gudhi on the raw matrices (network max), dense and pruned;
+    the per-layer-max variant is the much smaller number that was reported as NP before."""
+    import gudhi
+
+    net = mlp(784, [100, 100], 10, seed=0)
+    Ws = [lay.kernel.numpy() for lay in affine_layers(net)]
+    for density in (1.0, 0.02):
+        rng = np.random.default_rng(0)
+        m = Masks({k: torch.from_numpy(rng.random(tuple(v.shape)) < density)
+                   for k, v in Masks.ones(net).items()})
+        Wp = [W * m[f"{2 * k}.weight"].numpy() for k, W in enumerate(Ws)]
+        top = max(np.abs(W).max() for W in Wp)
+        vals = []
+        for W in Wp:
+            n_out, n_in = W.shape
+            st_ = gudhi.SimplexTree()
+            st_.insert_batch(np.arange(n_in + n_out)[None, :], np.zeros(n_in + n_out))
+            j, i = np.nonzero(np.ones(W.shape, bool))  # every entry, zeros included (as the authors do)
+            st_.insert_batch(np.vstack([i, n_in + j]), 1.0 - np.abs(W[j, i]) / top)
+            st_.compute_persistence(min_persistence=-1.0)
+            iv = st_.persistence_intervals_in_dimension(0)
+            pers = np.where(np.isinf(iv[:, 1]), 1.0, iv[:, 1] - iv[:, 0])  # essential closed at w̃ = 0
+            vals.append(np.sqrt((pers**2).sum()) / np.sqrt(n_in + n_out - 1))
+        r = neural_persistence(net, m)
+        assert abs(r.network_np - np.mean(vals)) <= 1e-12
+        if density == 1.0:
+            lm = neural_persistence_layer_max(net)
+            assert 0.25 < r.network_np < 0.35 and lm.network_np < 0.1  # issue 12: 0.2932 vs 0.0515
+
+
 @pytest.mark.parametrize("p", [1, 2, 3.5])
-def test_neural_persistence_matches_reference(p):
+def test_neural_persistence_layer_max_matches_reference(p):
     net = mlp(12, [15, 9], 4, seed=2)
     m = Masks.ones(net)
     rng = np.random.default_rng(0)
     for k in m:
         m[k] = torch.from_numpy(rng.random(tuple(m[k].shape)) < 0.6)
-    r = neural_persistence(net, m, p=p)
+    r = neural_persistence_layer_max(net, m, p=p)
     refs = []
     for lay in affine_layers(net, m):
         raw, normed = _np_reference(lay.kernel.numpy(), m[lay.param_name].numpy(), p)
         refs.append(normed)
         assert np.isclose(r.layer_np[len(refs) - 1], raw)
     assert np.allclose(r.layer_np_normalized, refs) and np.isclose(r.network_np, np.mean(refs))
-    assert all(0 <= v <= 1 for v in r.layer_np_normalized)
-    rn = neural_persistence(net, m, p=p, normalize="network")
+    assert all(0 <= v <= 1 for v in r.layer_np_normalized) and r.definition == "layer_max"
+    rn = neural_persistence_layer_max(net, m, p=p, normalize="network")
     assert rn.normalize == "network" and not np.allclose(rn.layer_np, r.layer_np)
     with pytest.raises(ValueError, match="p must be"):
+        neural_persistence_layer_max(net, p=0.5)
+    with pytest.raises(ValueError, match="p must be"):
         neural_persistence(net, p=0.5)
+    # the default measure counts every vertex (|V| points), the variant only forest edges
+    full = neural_persistence(net, m, p=p)
+    assert all(c >= 1 for c in full.n_components) and full.n_components == r.n_components
+
+
+def test_all_zero_and_all_pruned_layers():
+    """A zero weight is an absent edge: an all-zero layer and a fully pruned one are the same graph, with
+    every vertex its own component, in the diagram, the forest, NP, the bound and the retention."""
+    net = mlp(6, [5], 4, seed=0)
+    m = Masks.ones(net)
+    m["2.weight"][:] = False  # all pruned
+    zero = copy.deepcopy(net)
+    with torch.no_grad():
+        zero[2].weight.zero_()  # all zero, unmasked
+    tiny = copy.deepcopy(net)
+    with torch.no_grad():
+        tiny[2].weight.mul_(1e-30)  # tiny (float32): w̃ ~ 1e-30 under network normalisation
+    a, b, c = neural_persistence(net, m), neural_persistence(zero), neural_persistence(tiny)
+    nv = 5 + 4
+    assert a.n_components[1] == b.n_components[1] == nv and c.n_components[1] == 1
+    for r in (a, b):
+        assert r.layer_np[1] == np.sqrt(nv) and r.layer_np_normalized[1] == np.sqrt(nv / (nv - 1))
+        assert r.layer_np_normalized[0] == a.layer_np_normalized[0]
+    # continuous: tiny weights give pairs of persistence ~1, the same total as the absent edges
+    assert abs(c.layer_np[1] - a.layer_np[1]) < 1e-12
+    assert neural_persistence_layer_max(zero).layer_np[1] == 0.0
+    for model, masks in ((net, m), (zero, None)):
+        G = network_graph(model, masks)
+        d = zeroth_persistence(G[1])
+        assert d.n_edges == 0 and d.n_pairs == 0 and d.n_essential == nv and not d.msf_mask.any()
+        b_ = topology_bound(model, masks)
+        assert b_.n_unmasked[1] == 0 and b_.n_msf[1] == 0 and np.isnan(b_.layer_msf_over_unmasked[1])
+        assert b_.n_msf[0] == 6 + 5 - 1 and b_.sparsity == 20 / (30 + 20)
+        prot = spanning_forest_protect(model, masks)
+        assert not prot["2.weight"].any() and int(prot["0.weight"].sum()) == 10
+    ret = msf_retention(net, m)
+    assert ret.n_msf == [10, 8] and ret.retention == [1.0, 0.0] and ret.expected == [1.0, 0.0]
+    r0 = msf_retention(zero, Masks.ones(zero))  # the dense network itself has an edgeless layer
+    assert r0.n_msf[1] == 0 and r0.retention[1] == 1.0 and r0.expected[1] == 1.0
+    assert msf_retention(net, zero).retention == ret.retention  # zeros of a pruned model read as pruned
 
 
 def test_retention():

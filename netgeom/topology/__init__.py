@@ -12,6 +12,7 @@ from .measures import (
     msf_retention_curve,
     network_forest_protect,
     neural_persistence,
+    neural_persistence_layer_max,
     spanning_forest_protect,
     topology_bound,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "network_forest_protect",
     "network_graph",
     "neural_persistence",
+    "neural_persistence_layer_max",
     "spanning_forest_mask",
     "spanning_forest_protect",
     "topology_bound",

@@ -1,11 +1,19 @@
 """Bipartite weight graphs of affine layers (the objects whose zeroth-order persistence we compute).
 
 A layer with ``n_in`` inputs and ``n_out`` outputs is a bipartite graph on ``n_in + n_out`` vertices:
-vertex ``i < n_in`` is input ``i``, vertex ``n_in + j`` is output ``j``. Every *unmasked* weight ``W[j, i]``
-is an edge ``(i, n_in + j)`` of normalised weight ``w̃ = |W[j, i]| / scale``; masked (pruned) weights are
-absent edges, while a zero-valued unmasked weight is an edge of weight 0. ``scale`` is the largest ``|w|``
-of the layer (``normalize="layer"``, Balwani & Krzyston) or of the whole network (``"network"``,
-Rieck et al.).
+vertex ``i < n_in`` is input ``i``, vertex ``n_in + j`` is output ``j``. Every *unmasked, non-zero* weight
+``W[j, i]`` is an edge ``(i, n_in + j)`` of normalised weight ``w̃ = |W[j, i]| / scale > 0``. ``scale`` is the
+largest ``|w|`` of the layer (``normalize="layer"``, Balwani & Krzyston) or of the whole network
+(``"network"``, Rieck et al.).
+
+**Zero weights are absent edges**, exactly like masked (pruned) ones: a weight of 0 (or one whose ``w̃``
+underflows to 0 in float64) never enters the superlevel filtration, which runs over ``w̃ ∈ (0, 1]``. This
+is the limit of a tiny weight: an edge of weight ``ε`` gives the pair ``(1, ε)``, which tends to
+``(1, 0)``, where every class that never dies is closed by the measures (persistence 1, the convention of
+Rieck et al.'s code). An all-zero or fully pruned layer is a valid graph with no edge: every vertex is its
+own essential class. (Under ``normalize="layer"``, ``ε · A`` normalises to ``A / max|A|`` for every
+``ε > 0``: per-layer normalisation has no limit at the zero layer, which is one more reason the default
+neural persistence normalises over the network.)
 
 The *edge index* of ``W[j, i]`` is its flat position ``j * n_in + i`` in the ``(n_out, n_in)`` matrix; it
 breaks ties between equal weights so that spanning forests are deterministic.
@@ -16,8 +24,14 @@ at least one of its weights is unmasked) or, for small inputs, the unrolled pixe
 matrix ``AffineLayer.weight``. In unrolled mode a Linear that follows pooling is read through its
 effective matrix too (pooling folded in, one input vertex per pre-pooling unit), so the unrolled graphs of
 a conv net chain from the input to the classifier. Channel graphs chain from convolution to convolution
-but not into a Linear after Flatten (channels vs flattened features): the network graph then refuses
-``global_edges`` with an error saying so.
+but not into a Linear after Flatten (channels vs flattened features) unless global average pooling
+leaves one feature per channel: the network graph then refuses ``global_edges`` with an error saying so.
+
+Any network that :func:`netgeom.nets.trace` reads has layer graphs (one per Linear/convolution, in
+topological order; grouped convolutions connect each output channel to its group's inputs only). Layers
+chain where one feeds the next through activations (and, for channel graphs, pooling or BatchNorm);
+:attr:`NetworkGraph.chain_breaks` names the residual addition, concatenation, branch or max-pooling that
+breaks the chain elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ import torch
 from torch import nn
 
 from .._validation import check_array, check_choice
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer, PLNode, affine_layers, trace
 
 __all__ = ["LayerGraph", "NetworkGraph", "layer_graph", "network_graph", "AGGREGATES", "MAX_UNROLLED_EDGES"]
 
@@ -49,8 +63,13 @@ class LayerGraph:
     Attributes
     ----------
     weights : ``(n_out, n_in)`` float64 normalised weights ``w̃`` in ``[0, 1]``; 0 where absent.
-    mask : ``(n_out, n_in)`` bool, True where an edge is present.
-    scale : the ``max |w|`` divided out (0 when every present weight is 0; then all ``w̃ = 0``).
+    mask : ``(n_out, n_in)`` bool, True where an edge is present (unmasked and ``w̃ > 0``).
+    scale : the ``max |w|`` divided out (0 when the layer has no non-zero weight, i.e. no edge).
+
+    The arrays are made read-only: the edge list, the edge count and the validation are computed once and
+    cached, so the persistence of a graph costs no dense pass over its matrix. Constructing a
+    ``LayerGraph`` directly validates the arrays (finite, ``[0, 1]``, ``mask`` = ``weights > 0``) and copies
+    writeable ones.
     normalize : ``"layer"`` or ``"network"``.
     kind : ``"matrix"`` (raw array), ``"linear"``, ``"channel"`` (conv channel graph) or ``"unrolled"``.
     aggregate : ``"l1"``/``"l2"``/``"max"`` for channel graphs, else None.
@@ -65,6 +84,30 @@ class LayerGraph:
     aggregate: str | None = None
     name: str | None = None
     param_name: str | None = None
+    #: set by layer_graph, whose arrays are fresh, valid and already read-only
+    _trusted: dataclasses.InitVar[bool] = False
+
+    def __post_init__(self, _trusted: bool) -> None:
+        w, m = self.weights, self.mask
+        if not (isinstance(w, np.ndarray) and isinstance(m, np.ndarray)):
+            raise TypeError("LayerGraph weights and mask must be numpy arrays (use layer_graph to build one)")
+        if w.dtype != np.float64 or m.dtype != bool or w.ndim != 2 or m.shape != w.shape:
+            raise ValueError(
+                f"LayerGraph needs float64 weights and a bool mask of one 2-D shape, got {w.dtype} {w.shape} "
+                f"and {m.dtype} {m.shape}"
+            )
+        if not _trusted:
+            # A user-built graph: check it once, then freeze copies so the cached edges stay true.
+            if not np.isfinite(w).all() or (w < 0).any() or (w > 1).any():
+                raise ValueError("LayerGraph weights must be finite normalised values w̃ in [0, 1]")
+            if not np.array_equal(m, w > 0):
+                raise ValueError(
+                    "LayerGraph mask must be exactly weights > 0 (absent edges, pruned or zero, have w̃ = 0)"
+                )
+            w, m = w.copy(), m.copy()
+            w.flags.writeable = m.flags.writeable = False
+            self.weights, self.mask = w, m
+        self._edges = None
 
     @property
     def n_out(self) -> int:
@@ -80,7 +123,7 @@ class LayerGraph:
 
     @property
     def n_edges(self) -> int:
-        return int(self.mask.sum())
+        return int(self.edges()[3].size)
 
     @property
     def n_possible(self) -> int:
@@ -94,10 +137,16 @@ class LayerGraph:
         return self.n_edges / self.n_possible
 
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(u, v, w, index)`` of the present edges: input vertex, output vertex, ``w̃``, flat edge index."""
-        idx = np.flatnonzero(self.mask.ravel())
-        j, i = np.divmod(idx, self.n_in)
-        return i, j + self.n_in, self.weights.ravel()[idx], idx
+        """``(u, v, w, index)`` of the present edges in increasing flat edge index: input vertex, output
+        vertex, ``w̃``, flat edge index (read-only arrays, computed once)."""
+        if self._edges is None:
+            idx = np.flatnonzero(self.mask.ravel())
+            j, i = np.divmod(idx, self.n_in)
+            out = (i, j + self.n_in, self.weights.ravel()[idx], idx)
+            for a in out:
+                a.flags.writeable = False
+            self._edges = out
+        return self._edges
 
     def __repr__(self) -> str:
         return (
@@ -117,10 +166,28 @@ class NetworkGraph:
     layers: list[LayerGraph]
     normalize: str
     scale: float
+    #: per consecutive pair of layers, None when the first feeds the second directly (through activations,
+    #: and for channel graphs pooling or BatchNorm), else why not: a residual addition, a concatenation, a
+    #: branch (read from the traced graph by ``network_graph``; None everywhere for a hand-built list)
+    links: list[str | None] | None = None
 
     @property
     def chained(self) -> bool:
+        if self.links is not None and any(r is not None for r in self.links):
+            return False
         return all(a.n_out == b.n_in for a, b in zip(self.layers[:-1], self.layers[1:]))
+
+    @property
+    def chain_breaks(self) -> list[tuple[int, str]]:
+        """``(k, reason)`` for every pair of layers ``k, k + 1`` that do not chain (empty for a chain)."""
+        out = []
+        for k, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            why = self.links[k] if self.links is not None else None
+            if why is None and a.n_out != b.n_in:
+                why = f"{a.n_out} output vertices of {a.name!r} vs {b.n_in} input vertices of {b.name!r}"
+            if why is not None:
+                out.append((k, why))
+        return out
 
     @property
     def widths(self) -> list[int]:
@@ -160,8 +227,14 @@ class NetworkGraph:
         return out
 
     def _chain_error(self) -> str:
-        k = next(k for k, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])) if a.n_out != b.n_in)
+        k, why = self.chain_breaks[0]
         a, b = self.layers[k], self.layers[k + 1]
+        if self.links is not None and self.links[k] is not None:
+            return (
+                f"the layer graphs do not chain: layer {a.name!r} does not feed layer {b.name!r} directly "
+                f"({why}), so the two graphs share no vertex set; per-layer diagrams, neural persistence "
+                "and the topology bound still apply layer by layer"
+            )
         msg = (
             f"the layer graphs do not chain: layer {a.name!r} has {a.n_out} output vertices but the next "
             f"layer {b.name!r} has {b.n_in} input vertices "
@@ -219,10 +292,46 @@ def _module_layer(module: nn.Module, mask: Any, conv: str, input_shape: Any) -> 
     return dataclasses.replace(lay, name=None, param_name="weight")
 
 
+@dataclasses.dataclass
+class _Weighted:
+    """What a layer graph reads of an ``AffineLayer`` or of a traced affine ``PLNode``."""
+
+    name: str | None
+    param_name: str | None
+    kernel: torch.Tensor | None
+    mask: torch.Tensor | None
+    kind: str
+    shape: tuple[int, int]  # (n_out, n_in) of the effective matrix on the flattened input
+    in_shape: tuple[int, ...]
+    matrix: Any  # () -> the effective (n_out, n_in) matrix (a convolution unrolls only when asked)
+
+
+def _weighted(obj: Any) -> _Weighted | None:
+    if isinstance(obj, AffineLayer):
+        return _Weighted(obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind, tuple(obj.weight.shape),
+                         tuple(obj.in_shape), lambda: obj.weight)
+    if isinstance(obj, PLNode) and obj.op == "affine":
+        return _Weighted(obj._first_name or obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind,
+                         (obj.size, obj.in_size), tuple(obj.in_shape), obj.matrix)
+    return None
+
+
+def _channel_slices(kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a (possibly grouped) convolution kernel ``(C_out, C_in / groups, *k)``: the input channel of
+    every kernel slice ``(C_out, C_in / groups)`` (output channel ``o`` of group ``g`` reads input channels
+    ``g * C_in / groups + c``) and the group count."""
+    c_out, per_group = kernel.shape[:2]
+    groups = in_channels // per_group
+    if groups * per_group != in_channels or c_out % groups:
+        raise ValueError(f"kernel {kernel.shape} does not fit {in_channels} input channels")
+    g = np.arange(c_out) // (c_out // groups)
+    return g[:, None] * per_group + np.arange(per_group)[None, :], groups
+
+
 def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
     """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
-    if isinstance(layer_or_weight, AffineLayer):
-        layer = layer_or_weight
+    layer = _weighted(layer_or_weight)
+    if layer is not None:
         if layer.kernel is None or layer.param_name is None:
             raise ValueError(f"layer {layer.name!r} has no weight parameter (kind {layer.kind!r}): no graph")
         base = dict(name=layer.name, param_name=layer.param_name)
@@ -234,11 +343,16 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             raise ValueError(f"layer {layer.name!r} has non-finite weights (NaN or inf)")
         # A Linear after pooling reads pooled features, so its effective matrix (pooling folded in) has
         # more inputs than its kernel; only that matrix chains with an unrolled convolution before it.
-        folded = tuple(layer.weight.shape) != tuple(kernel.shape)
+        folded = tuple(layer.shape) != tuple(kernel.shape)
         if kernel.ndim == 2 and not (conv == "unrolled" and folded):
             return dict(base, absw=np.abs(kernel), present=kmask, kind="linear", aggregate=None)
         if conv == "unrolled":
-            W = layer.weight.detach().cpu().numpy()
+            if layer.shape[0] * layer.shape[1] > MAX_UNROLLED_EDGES:
+                raise ValueError(
+                    f"the unrolled graph of layer {layer.name!r} has {layer.shape[0] * layer.shape[1]} "
+                    f"entries (> {MAX_UNROLLED_EDGES}); use conv='channel'"
+                )
+            W = layer.matrix().detach().cpu().numpy()
             if W.size > MAX_UNROLLED_EDGES:
                 raise ValueError(
                     f"the unrolled graph of layer {layer.name!r} has {W.size} entries "
@@ -258,8 +372,15 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             "l2": lambda x: np.sqrt((x * x).sum(-1)),
             "max": lambda x: x.max(-1),
         }
-        present = kmask.reshape(a.shape).any(-1)
-        return dict(base, absw=agg[aggregate](a), present=present, kind="channel", aggregate=aggregate)
+        absw, present = agg[aggregate](a), kmask.reshape(a.shape).any(-1)
+        cols, groups = _channel_slices(kernel, int(layer.in_shape[0]))
+        if groups > 1:  # a grouped convolution: an output channel sees only its group's input channels
+            rows = np.arange(kernel.shape[0])[:, None]
+            full_w = np.zeros((kernel.shape[0], layer.in_shape[0]))
+            full_p = np.zeros(full_w.shape, dtype=bool)
+            full_w[rows, cols], full_p[rows, cols] = absw, present
+            absw, present = full_w, full_p
+        return dict(base, absw=absw, present=present, kind="channel", aggregate=aggregate)
     if isinstance(layer_or_weight, nn.Module):
         raise TypeError(
             f"layer_graph takes one Linear/Conv1d/Conv2d module, an AffineLayer or a matrix, got "
@@ -312,6 +433,8 @@ def layer_graph(
     check_choice(aggregate, "aggregate", AGGREGATES)
     if isinstance(layer_or_weight, (nn.Linear, nn.Conv1d, nn.Conv2d)):
         layer_or_weight, mask = _module_layer(layer_or_weight, mask, conv, input_shape), None
+    elif isinstance(layer_or_weight, PLNode) and layer_or_weight.op != "affine":
+        raise ValueError(f"node {layer_or_weight.source} is a {layer_or_weight.op} node, not an affine layer")
     elif input_shape is not None:
         raise ValueError("input_shape= only applies to a bare Linear/Conv module")
     parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
@@ -320,10 +443,9 @@ def layer_graph(
         raise ValueError(
             f"the weight matrix is empty (shape {absw.shape}): a layer graph needs n_in, n_out >= 1"
         )
-    if not present.any():
-        what = f"layer {parts['name']!r}" if parts["name"] is not None else "the weight matrix"
-        raise ValueError(f"the mask of {what} removes every weight: the layer graph has no edge")
-    layer_max = float(absw[present].max())
+    # A zero weight is an absent edge, like a pruned one (see the module docstring).
+    present = present & (absw > 0)
+    layer_max = float(absw[present].max()) if present.any() else 0.0
     if normalize == "network":
         if scale is None:
             raise ValueError("normalize='network' needs scale= (the network's max |w|); use network_graph")
@@ -334,9 +456,49 @@ def layer_graph(
         raise ValueError("scale= is only used with normalize='network'")
     else:
         scale = layer_max
-    # An all-zero layer has every w̃ = 0 (any positive scale gives that); this is a definition, not a guess.
-    weights = np.where(present, absw / scale, 0.0) if scale > 0 else np.zeros_like(absw)
-    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts)
+    if scale > 0:
+        weights = np.where(present, absw / scale, 0.0)
+        present = weights > 0  # w̃ that underflows to 0 is a zero weight: absent
+    else:  # no non-zero weight: a graph without edges
+        weights = np.zeros(absw.shape)
+    weights.flags.writeable = present.flags.writeable = False
+    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts, _trusted=True)
+
+
+def _chain_links(pl, nodes: list[PLNode], conv: str) -> list[str | None]:
+    """Why each weighted node does not feed the next one directly in the traced graph (None if it does).
+
+    Between the two, only activations may sit, and for channel graphs also the channel-preserving ops
+    (max/average pooling, a lone BatchNorm); every node on the way must have no other user."""
+    out = []
+    for a, b in zip(nodes[:-1], nodes[1:]):
+        why, cur = None, b
+        while why is None:
+            if len(cur.inputs) != 1:
+                break
+            prev = pl.nodes[cur.inputs[0]]
+            if len(pl.users[prev.index]) != 1:
+                others = [pl.nodes[i].source for i in pl.users[prev.index] if i != cur.index]
+                why = f"a branch: the output of {prev.source} is also read by {', '.join(others)}"
+            elif prev is a:
+                break
+            elif prev.op == "relu" or (prev.op in ("maxpool", "affine") and conv == "channel"
+                                         and prev.param_name is None):
+                cur = prev
+                continue
+            elif prev.op == "affine" and prev.param_name is None and prev.size == prev.in_size:
+                cur = prev  # a lone BatchNorm keeps the units
+                continue
+            else:
+                what = {"add": "a residual addition", "cat": "a concatenation", "input": "the network input",
+                        "maxpool": "a max-pooling (its units are not the layer's units)",
+                        "affine": "a weighted layer or pooling"}.get(prev.op, prev.op)
+                why = f"{what} at {prev.source} lies between them"
+        if why is None and len(cur.inputs) != 1:
+            kinds = {"add": "a residual addition", "cat": "a concatenation"}
+            why = f"{kinds.get(cur.op, cur.op)} at {cur.source} lies between them"
+        out.append(why)
+    return out
 
 
 def network_graph(
@@ -348,11 +510,18 @@ def network_graph(
     aggregate: str = "l1",
     input_shape: Any = None,
 ) -> NetworkGraph:
-    """Layer graphs of every weighted layer of ``model`` (read through ``affine_layers``).
+    """Layer graphs of every weighted layer of ``model``, read through the traced graph
+    (:func:`netgeom.nets.trace`): any traceable network, residual and concatenating ones included.
 
     ``normalize="layer"`` normalises each layer by its own ``max |w|``; ``"network"`` by the largest ``|w|``
-    over all layers (of the aggregated edge weights, for channel graphs). For a conv net whose features
-    end in Flatten + Linear, only ``conv="unrolled"`` gives graphs that chain (see the module docstring).
+    over all layers (of the aggregated edge weights, for channel graphs). Zero and masked weights are
+    absent edges; a layer may have none (all zero or all pruned). Layers come in the trace's topological
+    order; consecutive layers chain (layer ``l``'s outputs are layer ``l + 1``'s inputs) when the first
+    feeds the second through activations only (for channel graphs also pooling and BatchNorm, which keep
+    the channels) and the widths agree. ``chain_breaks`` says where a residual addition, a concatenation, a
+    branch or a width change breaks the chain; whole-network diagrams need a chain, per-layer measures do
+    not. For a conv net whose features end in Flatten + Linear, only ``conv="unrolled"`` (or global
+    average pooling to 1 x 1) gives graphs that chain (see the module docstring).
 
     Example
     -------
@@ -362,14 +531,17 @@ def network_graph(
     ([4, 6, 3], True)
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
-    layers = affine_layers(model, masks, input_shape=input_shape)
-    layers = [lay for lay in layers if lay.param_name is not None]
-    graphs = [layer_graph(lay, normalize="layer", conv=conv, aggregate=aggregate) for lay in layers]
+    check_choice(conv, "conv", CONV_MODES)
+    pl = trace(model, masks, input_shape=input_shape)
+    nodes = [n for n in pl.nodes if n.op == "affine" and n.param_name is not None]
+    if not nodes:
+        raise ValueError(f"{pl.model_name} has no weighted layer (Linear or convolution): no weight graph")
+    links = _chain_links(pl, nodes, conv)
+    graphs = [layer_graph(n, normalize="layer", conv=conv, aggregate=aggregate) for n in nodes]
     if normalize == "layer":
-        return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"))
+        return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"), links=links)
     scale = max(g.scale for g in graphs)
     graphs = [
-        layer_graph(lay, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for lay in layers
+        layer_graph(n, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for n in nodes
     ]
-    return NetworkGraph(layers=graphs, normalize="network", scale=scale)
-
+    return NetworkGraph(layers=graphs, normalize="network", scale=scale, links=links)

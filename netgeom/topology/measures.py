@@ -1,8 +1,12 @@
 """Network-level zeroth-order quantities: neural persistence, the prunability bound, MSF retention and the
 protected-weights callback for topology-preserving IMP.
 
-* Neural persistence (Rieck et al. 2019): ``NP(G_l) = ‖(1 − w̃_e)_{e ∈ MSF}‖_p``, normalised by its maximum
+* Neural persistence (Rieck et al. 2019, as their reference code computes it): every ``|w|`` divided by
+  the largest ``|w|`` of the whole network; per layer, the 0-dimensional superlevel diagram of its
+  bipartite graph, each merging edge a point of persistence ``1 − w̃_e`` and each component that never
+  merges a point of persistence 1; ``NP(G_l) = ‖persistences‖_p`` (``p = 2``), normalised by
   ``(|V_l| − 1)^{1/p}``; the network NP is the mean of the normalised layer values.
+  :func:`neural_persistence_layer_max` keeps the older per-layer-max variant without component points.
 * Bound (Balwani & Krzyston): keeping a layer's maximum spanning forest and nothing else leaves its
   diagram unchanged, so a dense ``n_in × n_out`` layer survives sparsity
   ``1 − (n_in + n_out − 1)/(n_in n_out)``; for a network ``η = Σ n_in n_out / Σ (n_in + n_out − 1)`` and
@@ -26,10 +30,10 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from .._validation import check_choice, check_widths
-from ..nets import affine_layers
+from ..nets import trace
 from ..pruning.masks import Masks, prunable_parameters
 from ..results import Result, new_axes
-from .graphs import NetworkGraph, layer_graph, network_graph
+from .graphs import NetworkGraph, _channel_slices, layer_graph, network_graph
 from .persistence import zeroth_persistence
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "RetentionResult",
     "RetentionCurveResult",
     "neural_persistence",
+    "neural_persistence_layer_max",
     "topology_bound",
     "msf_retention",
     "msf_retention_curve",
@@ -61,7 +66,13 @@ def _check_p(p: Any) -> float:
 # -------------------------------------------------------------------------------------- neural persistence
 @dataclasses.dataclass
 class NeuralPersistenceResult(Result):
-    """Neural persistence per layer (raw and normalised) and for the network (mean of normalised)."""
+    """Neural persistence per layer (raw and normalised) and for the network (mean of normalised).
+
+    ``definition`` says which measure: ``"rieck"`` (:func:`neural_persistence`: network normalisation,
+    components that never merge count as points of persistence 1) or ``"layer_max"``
+    (:func:`neural_persistence_layer_max`: forest edges only, ``normalize`` as given). ``n_components``
+    is the number of connected components of each layer graph (zero and pruned weights are absent edges).
+    """
 
     layer_names: list[str]
     n_vertices: list[int]
@@ -71,6 +82,8 @@ class NeuralPersistenceResult(Result):
     p: float
     normalize: str
     aggregate: str
+    definition: str = "rieck"
+    n_components: list[int] | None = None
 
     def plot(self, ax=None, *, label: str | None = None, shift: float = 0.0, width: float = 0.8):
         """Bars of the normalised NP per layer (``shift``/``width`` let two results share an axis)."""
@@ -80,7 +93,8 @@ class NeuralPersistenceResult(Result):
         ax.set_xticks(x, self.layer_names)
         ax.set_xlabel("layer")
         ax.set_ylabel(f"normalised neural persistence (p={self.p:g})")
-        ax.set_title(f"Neural persistence (network {self.network_np:.3f})")
+        what = "Neural persistence" if self.definition == "rieck" else "Per-layer-max forest persistence"
+        ax.set_title(f"{what} (network {self.network_np:.3f})")
         if label is not None:
             ax.legend()
         return ax
@@ -94,7 +108,66 @@ def _graphs(model, masks, normalize, conv, aggregate, input_shape) -> NetworkGra
     )
 
 
+def _persistence_norms(G: NetworkGraph, p: float, with_components: bool, definition: str,
+                       aggregate: str) -> NeuralPersistenceResult:
+    names, nv, raw, normed, comps = [], [], [], [], []
+    for g in G:
+        d = zeroth_persistence(g)
+        pers = 1.0 - d.deaths
+        if with_components:  # each essential class closes at w̃ = 0: a point of persistence 1
+            pers = np.concatenate([pers, np.ones(d.n_essential)])
+        value = float(np.linalg.norm(pers, ord=p)) if pers.size else 0.0
+        names.append(g.name)
+        nv.append(g.n_vertices)
+        comps.append(d.n_essential)
+        raw.append(value)
+        normed.append(value / (g.n_vertices - 1) ** (1.0 / p) if math.isfinite(p) else value)
+    return NeuralPersistenceResult(
+        layer_names=names, n_vertices=nv, layer_np=raw, layer_np_normalized=normed,
+        network_np=float(np.mean(normed)), p=p, normalize=G.normalize, aggregate=aggregate,
+        definition=definition, n_components=comps,
+    )
+
+
 def neural_persistence(
+    model: nn.Module,
+    masks: Mapping[str, Any] | None = None,
+    *,
+    p: float = 2,
+    conv: str = "channel",
+    aggregate: str = "l1",
+    input_shape: Any = None,
+) -> NeuralPersistenceResult:
+    """Neural persistence (Rieck et al., ICLR 2019) of every weighted layer and of the network.
+
+    The definition of the authors' reference code: every ``|w|`` is divided by the largest ``|w|`` of the
+    whole network (unmasked weights; for convolutions, of the aggregated channel-graph edge weights);
+    each layer's bipartite graph is filtered by that ``w̃`` (superlevel); every merging edge is a point of
+    persistence ``1 − w̃_e`` and every component that never merges a point of persistence 1 (the authors
+    close unpaired classes at 0); ``NP = ‖points‖_p`` with ``p = 2``; the normalised value divides by
+    ``(|V| − 1)^{1/p}``; the network value is the mean of the normalised layer values. A layer therefore
+    always has ``|V|`` points, and a pruned (absent) weight and a zero weight give the same value. With the
+    component points the normalised value can exceed 1 slightly (an edgeless layer gives
+    ``sqrt(|V| / (|V| − 1))``), as in the authors' code. The paper bounds NP over the ``|V| − 1`` forest
+    points by ``(max w̃ − min w̃)(|V| − 1)^{1/p}``; the code, followed here, divides by
+    ``(|V| − 1)^{1/p}`` only.
+
+    For the older per-layer normalisation without component points use
+    :func:`neural_persistence_layer_max`.
+
+    Example
+    -------
+    >>> from netgeom import mlp
+    >>> r = neural_persistence(mlp(5, [7], 3, seed=0))
+    >>> len(r.layer_np), r.definition, r.n_components
+    (2, 'rieck', [1, 1])
+    """
+    p = _check_p(p)
+    G = _graphs(model, masks, "network", conv, aggregate, input_shape)
+    return _persistence_norms(G, p, True, "rieck", aggregate)
+
+
+def neural_persistence_layer_max(
     model: nn.Module,
     masks: Mapping[str, Any] | None = None,
     *,
@@ -104,30 +177,25 @@ def neural_persistence(
     aggregate: str = "l1",
     input_shape: Any = None,
 ) -> NeuralPersistenceResult:
-    """Neural persistence (Rieck et al. 2019) of every weighted layer and of the network.
+    """The per-layer-max variant of neural persistence (netgeom 0.1's ``neural_persistence``): *not*
+    Rieck et al.'s measure.
+
+    Each layer's ``|w|`` is divided by that layer's own maximum (``normalize="layer"``, Balwani &
+    Krzyston's normalisation; ``"network"`` divides by the network's), and only the maximum-spanning-forest
+    edges count: ``‖(1 − w̃_e)_{e ∈ MSF}‖_p``, normalised by ``(|V| − 1)^{1/p}``; components that never
+    merge are left out. It stays within ``[0, 1]`` and ignores how many components pruning leaves.
 
     Example
     -------
     >>> from netgeom import mlp
-    >>> r = neural_persistence(mlp(5, [7], 3, seed=0))
-    >>> len(r.layer_np), 0 <= r.network_np <= 1
-    (2, True)
+    >>> r = neural_persistence_layer_max(mlp(5, [7], 3, seed=0))
+    >>> r.definition, r.normalize, all(0 <= v <= 1 for v in r.layer_np_normalized)
+    ('layer_max', 'layer', True)
     """
     p = _check_p(p)
+    check_choice(normalize, "normalize", ("layer", "network"))
     G = _graphs(model, masks, normalize, conv, aggregate, input_shape)
-    names, nv, raw, normed = [], [], [], []
-    for g in G:
-        d = zeroth_persistence(g)
-        pers = 1.0 - d.deaths
-        value = float(np.linalg.norm(pers, ord=p)) if pers.size else 0.0
-        names.append(g.name)
-        nv.append(g.n_vertices)
-        raw.append(value)
-        normed.append(value / (g.n_vertices - 1) ** (1.0 / p) if math.isfinite(p) else value)
-    return NeuralPersistenceResult(
-        layer_names=names, n_vertices=nv, layer_np=raw, layer_np_normalized=normed,
-        network_np=float(np.mean(normed)), p=p, normalize=normalize, aggregate=aggregate,
-    )
+    return _persistence_norms(G, p, False, "layer_max", aggregate)
 
 
 # ------------------------------------------------------------------------------------------------- bound
@@ -150,10 +218,10 @@ def _structural_counts(model: nn.Module, input_shape: Any) -> tuple[list[int], l
                     m.weight.fill_(1.0)
                 m.running_var.fill_(1.0)
     n_possible, n_tree = [], []
-    for lay in affine_layers(ones, input_shape=input_shape):
-        if lay.param_name is None:
+    for lay in trace(ones, input_shape=input_shape).nodes:
+        if lay.op != "affine" or lay.param_name is None:
             continue
-        pattern = sparse.coo_matrix(lay.weight.numpy() != 0)
+        pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
         n_out, n_in = pattern.shape
         A = sparse.coo_matrix(
             (np.ones(pattern.nnz, np.int8), (pattern.col, n_in + pattern.row)), shape=(n_in + n_out,) * 2
@@ -172,8 +240,10 @@ class TopologyBoundResult(Result):
     pair is possible only inside a receptive field, so ``n_possible`` counts the structurally possible
     edges (the non-zero pattern of the effective matrix with an all-ones kernel, pooling folded in) and
     ``n_tree`` the forest size ``|V| − #components`` of that pattern. For a given (possibly sparse)
-    model, ``n_unmasked`` and ``n_msf`` (actual forest sizes, ``|V| − #components``) are filled in as
-    well, with ``msf_over_unmasked`` and ``max_sparsity_actual = 1 − Σ n_msf / Σ n_possible``.
+    model, ``n_unmasked`` (edges present: unmasked, non-zero weights — a zero weight counts as pruned) and
+    ``n_msf`` (actual forest sizes, ``|V| − #components``) are filled in as well, with
+    ``msf_over_unmasked`` (nan for a layer without edges) and
+    ``max_sparsity_actual = 1 − Σ n_msf / Σ n_possible``.
     """
 
     widths: list[int] | None
@@ -267,8 +337,9 @@ def topology_bound(
         n_msf = [zeroth_persistence(g).n_pairs for g in G]
         res.n_unmasked = n_unmasked
         res.n_msf = n_msf
-        res.layer_msf_over_unmasked = [m / u for m, u in zip(n_msf, n_unmasked)]
-        res.msf_over_unmasked = sum(n_msf) / sum(n_unmasked)
+        # a layer without edges (all pruned or zero) has no forest share: nan, not a made-up 0 or 1
+        res.layer_msf_over_unmasked = [m / u if u else math.nan for m, u in zip(n_msf, n_unmasked)]
+        res.msf_over_unmasked = sum(n_msf) / sum(n_unmasked) if sum(n_unmasked) else math.nan
         res.sparsity = 1.0 - sum(n_unmasked) / sum(n_possible)
         res.max_sparsity_actual = 1.0 - sum(n_msf) / sum(n_possible)
     return res
@@ -364,7 +435,8 @@ def msf_retention(
         n_msf.append(k)
         n_ret.append(r)
         ret.append(r / k if k else 1.0)
-        exp.append(int((gb.mask & ga.mask).sum()) / ga.n_edges)
+        # nothing to keep in an edgeless dense layer: everything (nothing) is retained, as expected
+        exp.append(int((gb.mask & ga.mask).sum()) / ga.n_edges if ga.n_edges else 1.0)
         same.append(da.equals(db, atol=atol))
     total_possible = sum(g.n_possible for g in B)
     return RetentionResult(
@@ -462,7 +534,7 @@ def spanning_forest_protect(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names = list(masks) if masks else prunable_parameters(model)
-    layers = [lay for lay in affine_layers(model, masks) if lay.param_name is not None]
+    layers = [n for n in trace(model, masks).nodes if n.op == "affine" and n.param_name is not None]
     forests: dict[str, np.ndarray] = {}
     if scope == "network":
         # Every layer enters the network graph (a layer outside ``names`` is never pruned but still links
@@ -490,6 +562,9 @@ def spanning_forest_protect(
         else:
             msf = torch.from_numpy(zeroth_persistence(layer_graph(lay, aggregate=aggregate)).msf_mask)
         if lay.kernel.ndim > 2:
+            # channel-graph edge (o, input channel) -> kernel slice (o, c); grouped: c within o's group
+            cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
+            msf = msf[torch.arange(msf.shape[0])[:, None], torch.from_numpy(cols)]
             msf = msf.reshape(msf.shape + (1,) * (lay.kernel.ndim - 2)) & present
         out[lay.param_name] = msf
     missing = set(names) - set(out)
@@ -529,8 +604,6 @@ def _level_masks(rec: Any) -> Any:
 
 def demo_section(ctx) -> str:
     """Report section: NP per layer (dense vs pruned), MSF retention, the topology bound."""
-    from ..nets import layer_widths
-
     np_dense = neural_persistence(ctx.model)
     np_pruned = neural_persistence(ctx.pruned_model, ctx.masks)
     fig, ax = new_axes(None)
@@ -540,15 +613,20 @@ def demo_section(ctx) -> str:
     link_np = _save(ctx, fig, "topology_np.png")
 
     ret = msf_retention(ctx.model, ctx.pruned_model, pruned_masks=ctx.masks)
-    widths = layer_widths(affine_layers(ctx.model))
-    bound = topology_bound(widths)
+    G = network_graph(ctx.model)
+    bound = topology_bound(G.widths if G.chained else ctx.model)
+    widths = G.widths if G.chained else [(g.n_in, g.n_out) for g in G]
     actual = topology_bound(ctx.pruned_model, ctx.masks)
 
     lines = [
         "## Zeroth-order topology of the weight graphs",
         "",
-        "Each layer is a bipartite graph with edge weights w̃ = |w| / max|w| (per layer); pruned weights are "
-        "absent edges. Its 0-dimensional superlevel diagram is given by the maximum spanning forest (MSF).",
+        "Each layer is a bipartite graph with edge weights w̃ = |w| / max|w|; pruned and zero weights are "
+        "absent edges. Its 0-dimensional superlevel diagram is given by the maximum spanning forest (MSF). "
+        "Neural persistence is Rieck et al.'s (ICLR 2019, as their code computes it): w̃ normalised over the "
+        "whole network, every component that never merges a point of persistence 1, the 2-norm over a "
+        "layer's points divided by sqrt(|V| − 1), averaged over layers. The forest columns normalise per "
+        "layer (the forest itself does not depend on the scale).",
         "",
         link_np,
         "",

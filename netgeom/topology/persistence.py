@@ -17,10 +17,22 @@ Ties are broken by a fixed total order on edges, *heavier first, then smaller ed
 unique under that order, so the returned MSF mask is deterministic; the diagram does not depend on the
 tie-break at all.
 
-Native algorithms (ours): Prim's algorithm on the dense bipartite matrix, vectorised so that each of the
-``|V|`` steps is a few numpy passes over one row or column (about one pass over the weights in total), and
-Borůvka's algorithm on edge lists for sparse graphs (one stable sort, then ``O(log |V|)`` vectorised
-rounds). ``method="auto"`` picks by shape and density.
+Zero weights are absent edges, like pruned ones (see :mod:`netgeom.topology.graphs`): the filtration runs
+over ``w̃ ∈ (0, 1]`` and an all-zero or fully pruned layer has no finite pair and one essential class per
+vertex. ``total_persistence`` sums the finite pairs only; measures that need every class closed (neural
+persistence) close essential classes at ``w̃ = 0`` (persistence 1), the limit of a pair ``(1, ε)``.
+
+Native algorithms (ours), picked by ``method="auto"`` from the edge count:
+
+* ``"kruskal"`` for sparse graphs: one sort of the edges (numpy's fast unstable sort; a stable one only
+  when equal weights occur) and one union-find pass in scipy's compiled Kruskal, fed our order through a
+  subdivided graph so that it does not sort again (:func:`_ordered_kruskal`). Large graphs go in prefix
+  rounds: the forest of the heaviest ``~2 |V|`` edges (one ``np.partition``) usually spans already, and the
+  remaining edges are only those between different components. No dense temporary.
+* ``"prim"`` for dense matrices: vectorised Prim, each of the ``|V|`` steps a few numpy passes over one
+  row or column (about one pass over the weights in total).
+* ``"boruvka"``: vectorised Borůvka on the edge list (one stable sort, ``O(log |V|)`` rounds), kept as an
+  independent cross-check.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from .._validation import check_choice
 from ..nets import AffineLayer
@@ -50,8 +62,8 @@ __all__ = [
 ]
 
 BACKENDS = ("native", "gudhi", "ripser")
-METHODS = ("auto", "prim", "boruvka")
-#: network graphs: a per-layer method then a merge of the layer forests, or Borůvka on all edges at once.
+METHODS = ("auto", "prim", "kruskal", "boruvka")
+#: network graphs: a per-layer method then a merge of the layer forests, or Kruskal on all edges at once.
 NETWORK_METHODS = METHODS + ("global",)
 #: ripser stores float32 distances and drops stored zeros; distances are ``1 − w̃ + _RIPSER_OFFSET``.
 _RIPSER_OFFSET = 1.0
@@ -141,28 +153,150 @@ def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np
         comp = labels[comp]
     return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
+#: Kruskal runs first on the heaviest ``_PREFIX_PER_VERTEX * |V|`` edges when there are at least
+#: ``_PREFIX_MIN_RATIO`` times as many; the few vertices such a prefix leaves unjoined cost a pass over the
+#: remaining edges, much less than sorting them. Tuned with benchmarks/bench_persistence.py.
+_PREFIX_PER_VERTEX = 2.0
+_PREFIX_MIN_RATIO = 1.5
+#: below this many candidate edges (or twice the forest so far) one Kruskal call on all of them is faster
+#: than another round's fixed costs (a partition, two scipy calls)
+_PREFIX_MIN_EDGES = 30_000
+
+
+def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Positions (increasing) of scipy's minimum spanning forest of ``data`` (all non-zero).
+
+    ``(rows, cols)`` must be strictly increasing in ``rows * n + cols`` (CSR order): scipy's Kruskal then
+    breaks ties by position, its argsort being stable. ``data`` is consumed (scipy overwrites it).
+    """
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    A = sparse.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, n))
+    T = minimum_spanning_tree(A, overwrite=True)
+    t_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(T.indptr))
+    key = rows.astype(np.int64) * n + cols
+    return np.searchsorted(key, t_rows * n + T.indices)
+
+
+def _edge_order(w: np.ndarray) -> np.ndarray:
+    """Positions sorted by (weight descending, position ascending): numpy's fast unstable sort, then the
+    runs of equal weights (common for weights that were float32) put back in position order."""
+    order = np.argsort(-w)
+    ws = w[order]
+    eq = ws[1:] == ws[:-1]
+    if eq.any():
+        tied = np.zeros(w.size, dtype=bool)
+        tied[1:] = eq
+        tied[:-1] |= eq
+        slots = np.flatnonzero(tied)
+        group = np.concatenate([[0], np.cumsum(~eq)])[slots]
+        sub = order[slots]
+        order[slots] = sub[np.lexsort((sub, group))]
+    return order
+
+
+def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions (increasing) of the maximum spanning forest of edges ``(a, b, w)`` under the order (weight
+    descending, position ascending), by scipy's compiled Kruskal on a subdivided graph.
+
+    scipy's Kruskal sorts its input with a stable float sort, the cost we avoid: edge number ``k`` in our
+    order becomes a new vertex ``r_k = n + k`` with the two half-edges ``(r_k, a_k)``, ``(r_k, b_k)`` of
+    weights ``2k + 1``, ``2k + 2``, stored in row ``r_k``. The data are then already sorted (scipy's sort is
+    one linear pass) and Kruskal meets the edges in our order; the first half-edge always joins the
+    isolated ``r_k``, and the second joins iff ``a_k`` and ``b_k`` are not yet connected through earlier
+    edges, i.e. iff edge ``k`` is in the forest. So the forest edges are the rows with two tree entries.
+    """
+    m = w.size
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n + m >= 2**31 - 1:
+        raise ValueError(f"{m} edges exceed scipy's int32 sparse indices; use method='prim'")
+    order = _edge_order(w)
+    big = n + m
+    indptr = np.zeros(big + 1, dtype=np.int32)
+    indptr[n + 1:] = np.arange(2, 2 * m + 1, 2, dtype=np.int32)
+    indices = np.empty(2 * m, dtype=np.int32)
+    indices[0::2] = a[order]
+    indices[1::2] = b[order]
+    data = np.arange(1, 2 * m + 1, dtype=np.float64)
+    T = minimum_spanning_tree(sparse.csr_matrix((data, indices, indptr), shape=(big, big)), overwrite=True)
+    return np.sort(order[np.diff(T.indptr[n:]) == 2])
+
+
+#: below this many edges scipy's Kruskal on the plain graph (no subdivision) has the smaller fixed cost
+_SUBDIVIDE_MIN_EDGES = 2_000
+
+
+def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions (increasing) of the maximum spanning forest of ``w > 0`` under the order (weight
+    descending, position ascending); ``(rows, cols)`` in CSR order as for :func:`_csr_kruskal`.
+
+    Rounds of Kruskal on prefixes of the edge order: with ``F`` the forest so far and ``C`` the edges not
+    yet considered that join two different components of ``F`` (every other later edge closes a cycle of
+    heavier edges), the forest of the whole graph is the forest of ``F ∪ C``. Each round takes the
+    heaviest ``~2 × #components`` edges of ``C`` (a ``partition``, ties at the threshold included, so it
+    is a prefix of the order), runs Kruskal on them with ``F``, and drops from the rest the edges inside
+    the new components. A random graph spans after one round; hub-dominated weights need a few more.
+    """
+    m = w.size
+    forest = np.zeros(0, dtype=np.int64)
+    cand = np.arange(m)
+    n_comp = n
+    while cand.size:
+        k = int(_PREFIX_PER_VERTEX * n_comp)
+        cw = w[cand] if cand.size < m else w
+        if cand.size < max(_PREFIX_MIN_RATIO * k, _PREFIX_MIN_EDGES, 2 * forest.size) or k < 1:
+            head, rest = cand, None
+        else:
+            t = np.partition(cw, cw.size - k)[cw.size - k]
+            top = cw >= t
+            head, rest = cand[top], cand[~top]
+        pos = np.sort(np.concatenate([forest, head])) if forest.size else head
+        if pos.size < _SUBDIVIDE_MIN_EDGES:
+            forest = pos[_csr_kruskal(n, rows[pos], cols[pos], -w[pos])]
+        else:
+            forest = pos[_ordered_kruskal(n, rows[pos], cols[pos], w[pos])]
+        if rest is None or forest.size == n - 1:
+            break
+        g = sparse.coo_matrix((np.ones(forest.size, np.int8), (rows[forest], cols[forest])), shape=(n, n))
+        n_comp, labels = connected_components(g, directed=False)
+        cand = rest[labels[rows[rest]] != labels[cols[rest]]]
+    return forest
+
+
+def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
+    # Pessimistic: one sort of every edge and a union-find pass over twice as many half-edges. The prefix
+    # rounds usually sort far fewer, but how many depends on the weights (hub-dominated ones need several
+    # rounds), while Prim's cost does not. Constants measured on this machine (bench_persistence.py).
+    return 5e-5 + 3e-8 * n_edges
+
 
 def _pick_method(g: LayerGraph) -> str:
-    # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step; Borůvka costs a
-    # sort of the present edges. Constants measured on this machine (benchmarks/bench_persistence.py).
+    # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step, whatever the
+    # sparsity; Kruskal costs a (partial) sort of the present edges.
     prim = g.n_vertices * (10e-6 + 1.5e-9 * g.n_vertices) + 4e-9 * g.n_possible
-    boruvka = 2.4e-7 * g.n_edges
-    return "prim" if prim <= boruvka else "boruvka"
+    return "prim" if prim <= _kruskal_cost(g.n_vertices, g.n_edges) else "kruskal"
+
+
+def _native_forest(g: LayerGraph, method: str) -> np.ndarray:
+    """Flat edge indices (increasing) of the maximum spanning forest; ``method`` already resolved."""
+    if method == "prim":
+        j, i = _prim_dense(g.weights, g.mask)
+        return np.sort(j * g.n_in + i)
+    u, v, w, idx = g.edges()
+    sel = _kruskal(g.n_vertices, v, u, w) if method == "kruskal" else np.sort(_boruvka(g.n_vertices, u, v, w))
+    return idx[sel]
+
+
+def _forest_mask(g: LayerGraph, flat: np.ndarray) -> np.ndarray:
+    mask = np.zeros(g.weights.shape, dtype=bool)
+    mask.ravel()[flat] = True
+    return mask
 
 
 def _native_msf(g: LayerGraph, method: str) -> np.ndarray:
     """Boolean MSF mask ``(n_out, n_in)``."""
-    if method == "auto":
-        method = _pick_method(g)
-    mask = np.zeros(g.weights.shape, dtype=bool)
-    if method == "prim":
-        j, i = _prim_dense(g.weights, g.mask)
-        mask[j, i] = True
-    else:
-        u, v, w, idx = g.edges()
-        sel = _boruvka(g.n_vertices, u, v, w)
-        mask.ravel()[idx[sel]] = True
-    return mask
+    return _forest_mask(g, _native_forest(g, _pick_method(g) if method == "auto" else method))
 
 
 def _gudhi_edges(
@@ -174,8 +308,9 @@ def _gudhi_edges(
     st = gudhi.SimplexTree()
     st.insert_batch(np.arange(n_vertices, dtype=np.int64)[None, :], np.zeros(n_vertices))
     st.insert_batch(np.vstack([u, v]), 1.0 - w)
-    # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0).
-    st.compute_persistence(min_persistence=-1.0)
+    # min_persistence=-1 keeps the zero-length pairs (vertices killed by a w̃ = 1 edge, at filtration 0);
+    # persistence_dim_max makes gudhi report H0 of a complex without edges (else it returns nothing).
+    st.compute_persistence(min_persistence=-1.0, persistence_dim_max=True)
     iv = st.persistence_intervals_in_dimension(0).reshape(-1, 2)
     finite = np.isfinite(iv[:, 1])
     # gudhi returns which edge killed each class only as a Python list; converting it is bounded by |V|.
@@ -473,82 +608,84 @@ class NetworkZerothDiagram(_H0Diagram, Result):
 def _check_network(G: NetworkGraph) -> None:
     if not G.layers:
         raise ValueError("the network graph has no layer")
-    for g in G:
-        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
-            raise ValueError(
-                f"layer {g.name!r} of the network graph has non-finite weights, a mask of the wrong shape "
-                "or no edge"
-            )
+    bad = [g for g in G if not isinstance(g, LayerGraph)]
+    if bad:
+        raise TypeError(f"the network graph's layers must be LayerGraphs, got {type(bad[0]).__name__}")
     if not G.chained:
         G.global_edges()  # raises the explanatory "do not chain" error
 
 
 def _network_native(G: NetworkGraph, method: str) -> list[np.ndarray]:
-    """Per-layer forest masks of the chained graph's MSF under the network order (weight desc, layer, index).
+    """Per-layer flat indices (increasing) of the chained graph's MSF under the network order (weight
+    descending, then layer, then flat index).
 
     Per-layer methods use the cycle property: an edge that is the lightest on a cycle of its own layer
     graph is the lightest on that cycle in the network too, so the network MSF lies inside the union of
-    the layer MSFs; a Borůvka pass over that union (``~|V|`` edges) finishes. ``"global"`` runs Borůvka on
-    every edge of the network at once.
+    the layer MSFs; a Kruskal pass over that union (``~|V|`` edges) finishes. ``"global"`` runs Kruskal on
+    every edge of the network at once. Edges are listed layer by layer in flat-index order, which is CSR
+    order by (output vertex, input vertex), the order Kruskal's tie-break needs.
     """
     offsets = G.vertex_offsets
     if method == "global":
         n, u, v, w, lay, idx = G.global_edges(with_layers=True)
-        sel = _boruvka(n, u, v, w)
-        lay, idx = lay[sel], idx[sel]
+        sel = _kruskal(n, v, u, w)
     else:
         us, vs, ws, lays, idxs = [], [], [], [], []
         for k, g in enumerate(G):
-            cand = np.flatnonzero(_native_msf(g, method).ravel())  # increasing flat index: network order
+            cand = _native_forest(g, _pick_method(g) if method == "auto" else method)
             j, i = np.divmod(cand, g.n_in)
             us.append(i + offsets[k])
             vs.append(j + offsets[k + 1])
             ws.append(g.weights.ravel()[cand])
             lays.append(np.full(cand.size, k, dtype=np.int64))
             idxs.append(cand)
-        sel = _boruvka(int(offsets[-1]), np.concatenate(us), np.concatenate(vs), np.concatenate(ws))
-        lay, idx = np.concatenate(lays)[sel], np.concatenate(idxs)[sel]
-    masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
-    for k, m in enumerate(masks):
-        m.ravel()[idx[lay == k]] = True
-    return masks
+        v, u, w = np.concatenate(vs), np.concatenate(us), np.concatenate(ws)
+        sel = _kruskal(int(offsets[-1]), v, u, w)
+        lay, idx = np.concatenate(lays), np.concatenate(idxs)
+    lay, idx = lay[sel], idx[sel]
+    bounds = np.searchsorted(lay, np.arange(len(G) + 1))  # sel is increasing, so layers come in order
+    return [idx[bounds[k]:bounds[k + 1]] for k in range(len(G))]
 
 
 def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZerothDiagram:
     check_choice(method, "method", NETWORK_METHODS)
     _check_network(G)
     used_method = None
-    masks = death_layers = None
+    forests = masks = death_layers = None
     if backend == "native":
         layer_methods = [_pick_method(g) if method == "auto" else method for g in G]
-        # When every layer would run Borůvka anyway, one Borůvka over all edges saves the merge pass and
+        # When every layer would run Kruskal anyway, one Kruskal over all edges saves the merge pass and
         # the per-layer fixed costs.
-        if method == "global" or (method == "auto" and set(layer_methods) == {"boruvka"}):
+        if method == "global" or (method == "auto" and set(layer_methods) == {"kruskal"}):
             used_method = "global"
         else:
             used_method = f"layers({','.join(layer_methods)})+merge"
-        masks = _network_native(G, "global" if used_method == "global" else method)
+        forests = _network_native(G, "global" if used_method == "global" else method)
     elif backend == "gudhi":
         deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
         offsets = G.vertex_offsets
         # the low end of an edge is an input of its layer: the layer whose input block holds it
         lay = np.searchsorted(offsets, edges[:, 0], side="right") - 1
-        masks = [np.zeros(g.weights.shape, dtype=bool) for g in G]
-        for k, m in enumerate(masks):
+        forests = []
+        for k, g in enumerate(G):
             e = edges[lay == k]
-            m[e[:, 1] - offsets[k + 1], e[:, 0] - offsets[k]] = True
+            forests.append(np.sort((e[:, 1] - offsets[k + 1]) * g.n_in + (e[:, 0] - offsets[k])))
     else:
         deaths, n_ess = _ripser_edges(*G.global_edges())
-    if masks is not None:
-        w = np.concatenate([g.weights[m] for g, m in zip(G, masks)])
-        lay = np.concatenate([np.full(int(m.sum()), k, dtype=np.int64) for k, m in enumerate(masks)])
-        order = np.argsort(-w, kind="stable")
+    if forests is not None:
+        masks = [_forest_mask(g, f) for g, f in zip(G, forests)]
+        w = np.concatenate([g.weights.ravel()[f] for g, f in zip(G, forests)])
+        lay = np.concatenate([np.full(f.size, k, dtype=np.int64) for k, f in enumerate(forests)])
+        order = _edge_order(w)
         death_layers = lay[order]
         if backend == "native":
             deaths = w[order]
             n_ess = int(G.vertex_offsets[-1]) - deaths.size
         # gudhi: deaths stay gudhi's own intervals; the layers come from its merging edges, sorted alike
-    deaths = np.sort(deaths)[::-1].copy()
+    if backend != "native":  # native deaths come sorted already
+        deaths = -np.sort(-deaths)
+    n_edges = [g.n_edges for g in G]
+    mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
     return NetworkZerothDiagram(
         backend=backend,
         method=used_method,
@@ -559,13 +696,13 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         layer_kinds=[g.kind for g in G],
         aggregate=next((g.aggregate for g in G if g.aggregate is not None), None),
         n_vertices=int(G.vertex_offsets[-1]),
-        n_edges=sum(g.n_edges for g in G),
+        n_edges=sum(n_edges),
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
-        min_value=float(min(g.weights[g.mask].min() for g in G)),
+        min_value=min(mins) if mins else math.nan,
         total_persistence=float((1.0 - deaths).sum()),
-        layer_n_pairs=None if masks is None else [int(m.sum()) for m in masks],
+        layer_n_pairs=None if forests is None else [int(f.size) for f in forests],
         deaths=deaths,
         death_layers=death_layers,
         msf_masks=None if masks is None else {
@@ -580,10 +717,7 @@ def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggre
     if isinstance(graph_or_weights, LayerGraph):
         if mask is not None:
             raise ValueError("mask= cannot be combined with a LayerGraph (its mask is already set)")
-        g = graph_or_weights
-        if not (np.isfinite(g.weights).all() and g.mask.shape == g.weights.shape and g.mask.any()):
-            raise ValueError("the LayerGraph has non-finite weights, a mask of the wrong shape or no edge")
-        return g
+        return graph_or_weights  # validated and frozen when it was built
     single = (AffineLayer, torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     if not isinstance(graph_or_weights, single) and hasattr(graph_or_weights, "named_parameters"):
         raise TypeError(
@@ -638,14 +772,16 @@ def zeroth_persistence(
     used_method = None
     if backend == "native":
         used_method = _pick_method(g) if method == "auto" else method
-        msf = _native_msf(g, used_method)
-        deaths = g.weights[msf]
+        flat = _native_forest(g, used_method)
+        msf = _forest_mask(g, flat)
+        deaths = g.weights.ravel()[flat]
         n_ess = g.n_vertices - deaths.size
     elif backend == "gudhi":
         deaths, n_ess, msf = _gudhi_diagram(g)
     else:
         deaths, n_ess = _ripser_diagram(g)
-    deaths = np.sort(deaths)[::-1].copy()
+    deaths = -np.sort(-deaths)
+    w = g.edges()[2]
     return ZerothDiagram(
         name=g.name,
         backend=backend,
@@ -660,7 +796,7 @@ def zeroth_persistence(
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
-        min_value=float(g.weights[g.mask].min()),
+        min_value=float(w.min()) if w.size else math.nan,
         total_persistence=float((1.0 - deaths).sum()),
         deaths=deaths,
         msf_mask=msf,
