@@ -425,4 +425,5 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     Vn = np.roll(V, -1, axis=1)
     with np.errstate(over="ignore", invalid="ignore"):
         areas = 0.5 * (V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1)
-    return [V[i, : nv[i]] for i in range(len(V))], np.abs(areas)
+    real = np.arange(V.shape[1])[None, :] < nv[:, None]
+    return np.split(V[real], np.cumsum(nv)[:-1]), np.abs(areas)
