@@ -506,3 +506,19 @@ def test_cli_regions_radius_and_whole_plane(capsys):
         out = json.loads(capsys.readouterr().out)
         counts.append(out["regions_on_slice"])
     assert counts == sorted(counts) and counts[-1] == counts[-2] and out["whole_plane"]
+
+
+def test_whole_plane_and_line_degenerate_arrangements():
+    # no hidden layer: one region; lines all through the origin; parallel lines only (strips, no vertex)
+    affine = nn.Sequential(nn.Linear(3, 2))
+    assert regions_on_slice(affine, np.zeros(3), [1, 0, 0], [0, 1, 0], box=None).count == 1
+    assert regions_on_segment(affine, np.zeros(3), np.ones(3), t_range=None).count == 1
+    star = _net_from([np.array([[1.0, 0], [0, 1], [1, 1]])], [np.zeros(3)])
+    whole = regions_on_slice(star, [0, 0], [1, 0], [0, 1], box=None)
+    assert whole.count == 6 and whole.n_exact > 0  # every vertex is the origin: decided exactly
+    seg = regions_on_segment(star, [-1.0, -0.5], [1.0, 0.5], t_range=None)
+    assert seg.count == 2 and seg.breakpoints == pytest.approx([0.5], abs=1e-15)
+    strips = _net_from([np.array([[1.0, 0], [2, 0], [-1, 0]])], [np.array([5.0, -300, 1e4])])
+    whole = regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=None)
+    assert whole.count == 4 and whole.box[1] >= 1e4
+    assert regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=(-1e3, 1e3, -1, 1)).count == 3

@@ -347,6 +347,8 @@ def regions_on_segment(
     if last < 0:
         roots = np.zeros(0)
         patterns = np.zeros((1, 0), dtype=bool)
+        if whole:
+            t0, t1 = -1.0, 1.0  # no breakpoints: any interval holds them all
     elif not whole:
         ctx = _SegCtx(
             plan, [(ai, ae), d_exact], [_exact.float_line([-t0, 1.0]), _exact.float_line([-t1, 1.0])], None
