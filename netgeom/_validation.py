@@ -1,13 +1,16 @@
 """Input checks shared by every public entry point.
 
 Every public function passes its inputs through here so that bad input fails early, with a message that
-names the argument, what was wrong and what was expected.
+names the argument, what was wrong and what was expected: arrays and tensors (complex refused, non-finite
+refused), scalars, masks in any form (:func:`check_masks`), devices (:func:`check_device`), memory before a
+large allocation (:func:`check_memory`) and comma-separated command-line lists.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,8 +24,25 @@ __all__ = [
     "check_widths",
     "check_choice",
     "check_finite_model",
+    "check_masks",
+    "check_device",
+    "check_memory",
     "as_generator",
 ]
+
+
+def _refuse_complex(x: Any, name: str) -> None:
+    """Complex input would lose its imaginary part silently in a float conversion: refuse it."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} is complex ({x.dtype}); netgeom works on real numbers only")
+    else:
+        try:
+            is_complex = np.iscomplexobj(x)
+        except (TypeError, ValueError):  # ragged or non-numeric: the conversion that follows names it
+            return
+        if is_complex:
+            raise TypeError(f"{name} is complex; netgeom works on real numbers only (take .real or abs())")
 
 
 def check_array(
@@ -39,6 +59,7 @@ def check_array(
 
     Torch tensors are detached and moved to the CPU first. ``dtype=None`` keeps the input's dtype.
     """
+    _refuse_complex(x, name)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     try:
@@ -74,6 +95,7 @@ def check_tensor(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Return ``x`` as a torch tensor with the same checks as :func:`check_array`."""
+    _refuse_complex(x, name)
     if not isinstance(x, torch.Tensor):
         try:
             x = torch.as_tensor(np.asarray(x))
@@ -165,3 +187,258 @@ def as_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
     if seed is None:
         raise ValueError("a seed is required (pass an int or a numpy Generator) so results are reproducible")
     return np.random.default_rng(check_int(seed, "seed", minimum=0))
+
+
+# ------------------------------------------------------------------------------------------------ masks
+class UnknownNameError(KeyError):
+    """A name (mask key, layer) the model does not have. A KeyError whose message prints without quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value for an error message (never its full contents: a tensor's repr can be
+    megabytes)."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None:
+        r = repr(value)
+        return r if len(r) <= 60 else r[:57] + "..."
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    return f"an object of type {type(value).__name__}"
+
+
+def binary_mask(value: Any, key: str) -> torch.Tensor:
+    """``value`` as a boolean CPU tensor; refuses values other than 0/1 (or False/True), naming the mask.
+
+    ``0.5`` or ``2`` read as ``True`` would silently keep weights the caller meant to describe otherwise.
+    """
+    if isinstance(value, (Mapping, str, bytes)) or value is None:
+        raise TypeError(f"mask '{key}' must be a boolean (or 0/1) tensor or array, got {_describe(value)}")
+    _refuse_complex(value, f"mask '{key}'")
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"mask '{key}' is not array-like ({_describe(value)}): {exc}") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(
+                f"mask '{key}' must hold booleans or 0/1, got dtype {arr.dtype} ({_describe(value)})"
+            )
+        t = torch.as_tensor(arr)
+    if t.dtype != torch.bool:
+        if not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+            raise TypeError(f"mask '{key}' must hold booleans or 0/1, got dtype {t.dtype}")
+        bad = ~((t == 0) | (t == 1))  # NaN compares unequal to both, so it is refused too
+        if bad.any():
+            example = t[bad].flatten()[0].item()
+            raise ValueError(
+                f"mask '{key}' must be boolean (False/True or 0/1), but {int(bad.sum())} of its {t.numel()} "
+                f"entries are other than 0 and 1 (e.g. {example!r}); threshold it first, e.g. mask > 0.5"
+            )
+        t = t != 0
+    return t.cpu().clone()
+
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_masks(
+    masks: Any,
+    model: torch.nn.Module | None = None,
+    *,
+    name: str = "masks",
+    allow_empty: bool = False,
+    require_all: bool = False,
+):
+    """Validate masks given in any form and return them as a :class:`~netgeom.pruning.Masks` (or ``None``).
+
+    Accepted forms: ``None`` (nothing pruned; returned as ``None``), a ``Masks``, a mapping parameter name →
+    boolean/0-1 tensor or array, or a list/tuple with one mask per prunable layer in forward order (needs
+    ``model`` to name them). Every mask must be binary. With ``model``: every key must name the weight of
+    one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is refused, never
+    ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask for every such
+    weight. The error names the offending mask. An emptied layer gives a warning (it is disconnected).
+
+    >>> from netgeom.nets import mlp
+    >>> net = mlp(3, [4], 2, seed=0)
+    >>> check_masks({"0.weight": [[1, 0, 1]] * 4}, net).density()
+    0.6666666666666666
+    >>> check_masks({"0.bias": [1, 1, 1, 1]}, net)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: masks name parameters that are not Linear/Conv weights: '0.bias' names a bias ...
+    """
+    from .pruning.masks import Masks, prunable_parameters
+
+    if masks is None:
+        return None
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    prunable = prunable_parameters(model) if model is not None else None
+    if isinstance(masks, Masks):
+        out = masks
+    elif isinstance(masks, Mapping):
+        out = Masks()
+        for k, v in masks.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{name}: keys must be parameter names (str), got {_describe(k)}")
+            out[k] = binary_mask(v, k)
+    elif isinstance(masks, (list, tuple)):
+        if model is None:
+            raise TypeError(
+                f"{name} given as a list of {len(masks)} mask(s): a per-layer list needs the model to name "
+                "its layers; pass a mapping {parameter name: mask} instead"
+            )
+        if len(masks) != len(prunable):
+            raise ValueError(
+                f"{name} given as a list of {len(masks)} mask(s), but the model has {len(prunable)} prunable "
+                f"weights ({prunable}); give one mask per Linear/Conv layer in forward order"
+            )
+        out = Masks({k: binary_mask(v, k) for k, v in zip(prunable, masks)})
+    else:
+        raise TypeError(
+            f"{name} must be a Masks, a mapping {{parameter name: boolean tensor}} or a per-layer list, "
+            f"got {_describe(masks)}"
+        )
+    if not out and not allow_empty:
+        raise ValueError(f"{name} is empty: it holds no mask (pass None for an unpruned network)")
+    for k in out:
+        if k == "bias" or k.endswith(".bias"):
+            raise ValueError(
+                f"{name} name parameters that are not Linear/Conv weights: '{k}' names a bias (biases are "
+                "never pruned)" + (f"; prunable weights: {prunable}" if prunable is not None else "")
+            )
+    if model is None:
+        return out
+    params = dict(model.named_parameters())
+    for k, v in out.items():
+        if k not in params:
+            raise UnknownNameError(
+                f"{name}: key '{k}' names no parameter of the model (it does not have it); prunable weights: "
+                f"{prunable}"
+            )
+        if k not in prunable:
+            raise ValueError(
+                f"{name} name parameters that are not Linear/Conv weights: '{k}'; prunable: {prunable}"
+            )
+        if tuple(v.shape) != tuple(params[k].shape):
+            raise ValueError(
+                f"{name}: mask '{k}' has shape {tuple(v.shape)}, but the weight has shape "
+                f"{tuple(params[k].shape)}"
+            )
+    if require_all:
+        missing = [p for p in prunable if p not in out]
+        if missing:
+            raise ValueError(f"{name} has no mask for {missing}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ devices
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine: ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"`` or a ``torch.device``. Unknown names and unavailable devices raise (never a silent CPU run).
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: device 'gpu' is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps' (did you mean 'cuda'?)
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        text = device.strip().lower()
+        hint = " (did you mean 'cuda'?)" if text in ("gpu", "nvidia", "cuda0") else ""
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(
+                f"{name} {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps'{hint}"
+            )
+    else:
+        raise TypeError(
+            f"{name} must be a string such as 'cpu' or 'cuda:0' or a torch.device, got {_describe(device)}"
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name} {str(dev)!r} requested, but CUDA is not available on this machine; use 'cpu'"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"{name} {str(dev)!r} requested, but this machine has {n} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name} 'mps' requested, but MPS is not available on this machine; use 'cpu'")
+    elif dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"{name} {str(dev)!r}: the CPU has no index other than 0")
+    return dev
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``, else physical memory), or ``None``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_memory(n_bytes: int, what: str, *, hint: str = "") -> None:
+    """Refuse, before allocating, an allocation of ``n_bytes`` that exceeds the memory available now."""
+    avail = available_memory()
+    if avail is not None and n_bytes > avail:
+        raise MemoryError(
+            f"{what} would need about {_gb(n_bytes)}, more than the {_gb(avail)} of memory available"
+            + (f"; {hint}" if hint else "")
+        )
+
+
+def mlp_bytes(n_in: int, widths: Sequence[int], n_out: int, *, copies: int = 4) -> int:
+    """Rough memory of training an MLP: float32 weights times ``copies`` (weights, gradients, optimiser
+    state, the saved initialisation)."""
+    sizes = [int(n_in), *map(int, widths), int(n_out)]
+    params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 4 * params * copies
+
+
+# ------------------------------------------------------------------------------------------------ CLI parsing
+def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
+    """``"100,100"`` → ``[100, 100]`` for a command-line option; the error names the option."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not text or any(p == "" for p in parts):
+        raise ValueError(f"{option} takes comma-separated integers such as 100,100, got {text!r}")
+    out = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise ValueError(
+                f"{option} takes comma-separated integers such as 100,100; {p!r} is not an integer"
+            ) from None
+        if v < minimum:
+            raise ValueError(f"{option} entries must be >= {minimum}, got {v}")
+        out.append(v)
+    return out

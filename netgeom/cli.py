@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 
@@ -88,13 +89,17 @@ def _id(args: argparse.Namespace) -> int:
 
     if args.data in ("mnist", "fashion_mnist", "cifar10") and not args.root:
         raise UsageError(f"data set {args.data!r} is read from a directory: pass --root DIR")
+    if args.root and args.data not in ("mnist", "fashion_mnist", "cifar10"):
+        raise UsageError(f"--root is only for mnist, fashion_mnist and cifar10, not for {args.data!r}")
+    if args.method == "twonn" and args.k is not None:
+        raise UsageError("--k is not used by --method twonn (it uses two neighbours); leave it out")
     ds = load_dataset({"name": args.data, **({"root": args.root} if args.root else {})}).flat()
-    kw = {} if args.method == "twonn" else {"k": args.k}  # TwoNN uses the two nearest neighbours only
+    kw = {} if args.k is None else {"k": args.k}
     res = intrinsic_dimension(ds.X_train.numpy(), method=args.method, **kw)
     out = {
         "data": args.data,
         "method": args.method,
-        "k": kw.get("k"),
+        "k": res.k,
         "n": res.n_used,
         "dimension": res.dimension,
     }
@@ -115,69 +120,175 @@ class UsageError(ValueError):
     """A command-line argument the command cannot use."""
 
 
-# Errors a user can fix from the command line: reported in one line, without a traceback (--debug shows it).
-_USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, unless its help text states it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``netgeom CMD: error: ...``) instead of usage + exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+    def add_argument(self, *args, **kwargs):
+        # an option without a help text would show no default in --help
+        default = kwargs.get("default")
+        if kwargs.get("help") is None and not any(default is v for v in (None, False, argparse.SUPPRESS)):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
+def cli_parser(prog: str, description: str | None = None, **kw) -> argparse.ArgumentParser:
+    """The parser every netgeom command uses: defaults and choices in ``--help``, one-line errors."""
+    return _Parser(prog=prog, description=description, formatter_class=_HelpFormatter, **kw)
+
+
+def device_option(text: str):
+    """``--device`` value checked once (an unknown or absent device is a usage error naming the option)."""
+    from ._validation import check_device
+
+    try:
+        return str(check_device(text, "--device"))
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def widths_option(text: str) -> list[int]:
+    """``--widths 100,100`` as a list of positive integers; the error names the option."""
+    from ._validation import parse_int_list
+
+    try:
+        return parse_int_list(text, "--widths")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _density(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and 0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"a density lies in (0, 1], got {text}")
+    return v
+
+
+def check_mlp_memory(widths: list[int], n_out: int, what: str) -> None:
+    """Refuse an MLP whose training memory would exceed what the machine has, before allocating it."""
+    from ._validation import check_memory, mlp_bytes
+
+    check_memory(mlp_bytes(widths[0], widths[1:], n_out), f"an MLP of widths {widths} ({what})",
+                 hint="choose smaller widths")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .pruning.runs import RunInUseError
+
+    # OSError covers FileExistsError, PermissionError, NotADirectoryError, gzip.BadGzipFile; data files and
+    # run files that do not parse raise ValueError subclasses naming the file
+    return (ValueError, TypeError, KeyError, OSError, MemoryError, FloatingPointError, RunInUseError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a user error is printed as one line naming its cause (``--debug``: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    cmd = argv[0] if argv and not argv[0].startswith("-") else ""
+    prog = f"netgeom {cmd}" if cmd else "netgeom"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # e.g. "run X is in use by process N; waiting": one line, like the errors
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return _main(argv)
-    except _USER_ERRORS as exc:
-        if debug:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = show_warning
+            return _main(argv)
+    except Exception as exc:
+        if debug or not isinstance(exc, _user_errors()):
             raise
-        cmd = argv[0] if argv else ""
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"netgeom {cmd}: error: {msg}  (--debug for the traceback)", file=sys.stderr)
+        msg = " ".join(str(msg).split())  # one line, whatever the message
+        print(f"{prog}: error: {msg}  (--debug for the traceback)", file=sys.stderr)
         return 2
 
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] == "imp":
         return _imp(argv[1:])
-    p = argparse.ArgumentParser(
-        prog="netgeom", description=__doc__, epilog="--debug anywhere shows the traceback of an error"
-    )
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = cli_parser("netgeom", __doc__, epilog="--debug anywhere shows the traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="train, prune and analyse a small MLP; write runs/demo/report.md")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    d = add("demo", "train, prune and analyse a small MLP; write runs/demo/report.md")
+    d.add_argument("--out", default="runs/demo", help="output directory")
+    d.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and pruning")
     d.add_argument("--full", action="store_true", help="larger data and longer training")
     d.add_argument("--sections", nargs="*", default=None, help="only these report sections")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
-    sub.add_parser("imp", help="iterative magnitude pruning run (see `netgeom imp --help`)")
+    add("imp", "iterative magnitude pruning run (see `netgeom imp --help`)")
 
-    b = sub.add_parser("bounds", help="Serra / sparse region bounds for widths n0 n1 … nL")
-    b.add_argument("widths", type=int, nargs="+")
-    b.add_argument("--densities", type=float, nargs="*", default=None)
+    b = add("bounds", "Serra / sparse region bounds for widths n0 n1 … nL")
+    b.add_argument("widths", type=_positive_int, nargs="+", help="input dimension, then hidden widths")
+    b.add_argument("--densities", type=_density, nargs="+", default=None,
+                   help="kept fraction of each hidden layer's weights (one value: every layer)")
     b.set_defaults(func=_bounds)
 
-    r = sub.add_parser("regions", help="exact regions of a random MLP n0-n1-…-nL on a random 2-D slice")
-    r.add_argument("widths", type=int, nargs="+")
-    r.add_argument("--seed", type=int, default=0)
+    r = add("regions", "exact regions of a random MLP n0-n1-…-nL on a random 2-D slice")
+    r.add_argument("widths", type=_positive_int, nargs="+", help="input dimension, then hidden widths")
+    r.add_argument("--seed", type=int, default=0, help="seed of the network and the slice")
     r.add_argument(
         "--radius", type=float, default=3.0, help="half-width of the (u, v) box; 'inf': the whole plane"
     )
     r.set_defaults(func=_regions)
 
-    i = sub.add_parser("id", help="intrinsic dimension of a data set")
-    i.add_argument("data", help="digits | mnist1d | mnist | …")
-    i.add_argument("--root", default=None, help="directory for file-based data sets")
-    i.add_argument("--method", default="mle")
-    i.add_argument("--k", type=int, default=20, help="neighbours for MLE (TwoNN always uses two)")
+    i = add("id", "intrinsic dimension of a data set")
+    i.add_argument("data", choices=_data_names(), help="data set")
+    i.add_argument("--root", default=None, help="directory for mnist, fashion_mnist and cifar10")
+    i.add_argument("--method", default="mle", choices=("mle", "twonn", "lpca"), help="estimator")
+    i.add_argument("--k", type=_positive_int, default=None,
+                   help="neighbours for mle and lpca (default 20); not for twonn, which uses two")
     i.set_defaults(func=_id)
 
-    t = sub.add_parser("persistence", help="topology-preserving pruning bound for widths n0 n1 … nL")
-    t.add_argument("widths", type=int, nargs="+")
+    t = add("persistence", "topology-preserving pruning bound for widths n0 n1 … nL")
+    t.add_argument("widths", type=_positive_int, nargs="+", help="layer widths, input first")
     t.set_defaults(func=_persistence)
 
     args = p.parse_args(argv)
+    if args.cmd == "regions" and len(args.widths) >= 2:
+        check_mlp_memory(args.widths, 1, "regions")  # refused before anything is allocated
     return int(args.func(args) or 0)
+
+
+def _data_names() -> list[str]:
+    from .data.datasets import DATASET_NAMES
+    from .data.synthetic import GENERATORS
+
+    return [*DATASET_NAMES, *sorted(GENERATORS)]
 
 
 if __name__ == "__main__":  # pragma: no cover

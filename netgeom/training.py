@@ -35,7 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import check_choice, check_finite_model, check_fraction, check_int, check_tensor
+from ._validation import (
+    check_choice,
+    check_device,
+    check_finite_model,
+    check_fraction,
+    check_int,
+    check_tensor,
+)
 from .results import Result, new_axes
 
 __all__ = [
@@ -247,8 +254,10 @@ def evaluate(
     if X.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty set")
     X = conform_inputs(model, X)
+    check_finite_model(model)  # NaN weights would give (nan, accuracy of argmax over NaN): no answer
     if device is None:
         device = next(iter(model.parameters())).device
+    device = check_device(device)
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -304,7 +313,7 @@ class Trainer:
         if data.X_train.shape[0] == 0:
             raise ValueError("data has no training samples")
         check_finite_model(model)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = model.to(self.device)
         self.config = config
         self.verbose = verbose
@@ -462,6 +471,8 @@ class Trainer:
                             self.callback("step", self)
                 if not torch.isfinite(run_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite weights)")
                 if cfg.eval_train:
                     tr_loss, tr_acc = evaluate(model, self.X, self.y, batch_size=cfg.eval_batch_size)
                 else:

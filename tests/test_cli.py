@@ -59,8 +59,9 @@ def test_cli_id(capsys):
 
 
 def test_cli_rejects_unknown_command(capsys):
-    with pytest.raises(SystemExit):
-        main(["frobnicate"])
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_regions(capsys):
@@ -100,3 +101,24 @@ def test_cli_single_density_applies_to_every_layer(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["densities"] == [0.1, 0.1]
     assert out["sparse_log10"] == pytest.approx(netgeom.sparse_bound(40, [100, 100], [0.1, 0.1]).log10)
+
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["bounds"], ["regions"], ["id"], ["persistence"], ["imp"]])
+def test_help_shows_defaults_and_choices(capsys, cmd):
+    with pytest.raises(SystemExit) as exit_:
+        main([*cmd, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    expected = {
+        "demo": ["(default: runs/demo)", "(default: 0)"],
+        "regions": ["(default: 3.0)", "(default: 0)"],
+        "id": ["{mle,twonn,lpca}", "(default: mle)", "digits,mnist1d"],
+        "imp": ["(default: 3)", "{sgd,adam}", "(default: sgd)", "(default: 0.2)", "(default: cpu)"],
+    }.get(cmd[0] if cmd else "", ["usage: netgeom"])
+    for text in expected:
+        assert text in out
+
+
+def test_id_twonn_reports_the_k_it_used(capsys):
+    assert main(["id", "digits", "--method", "twonn"]) == 0
+    assert json.loads(capsys.readouterr().out)["k"] == 2

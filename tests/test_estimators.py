@@ -228,3 +228,13 @@ def test_function_form_result_and_no_mutation():
         matplotlib.pyplot.close("all")
     with pytest.raises(ValueError, match="method"):
         intrinsic_dimension(X, "corrint")
+
+
+def test_default_k_is_20_and_twonn_refuses_a_k_it_would_ignore():
+    X = np.random.default_rng(3).normal(size=(300, 4))
+    assert intrinsic_dimension(X).dimension == intrinsic_dimension(X, k=20).dimension
+    assert intrinsic_dimension(X, "lpca").k == 20
+    with pytest.raises(ValueError, match="does not use k"):
+        intrinsic_dimension(X, "twonn", k=2)
+    with pytest.raises(TypeError, match=r"does not use \['alpha_fo'\]"):
+        intrinsic_dimension(X, "mle", alpha_fo=0.1)

@@ -1,5 +1,6 @@
 """Masks: combination, files, densities and errors."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,18 @@ def test_errors():
         Masks({"0.weight": torch.zeros(4, 3, dtype=torch.bool)}).validate(net)
     with pytest.raises(FileNotFoundError):
         Masks.load("/nonexistent/masks.npz")
+
+
+def test_integer_and_float_masks_must_be_binary_and_load_names_a_bad_file(tmp_path):
+    for bad in (torch.full((2,), 2), np.array([-1, 1]), np.array([0.0, np.nan])):
+        with pytest.raises(ValueError, match="mask 'w' must be boolean"):
+            Masks({"w": bad})
+    assert Masks({"w": np.array([0, 1], dtype=np.uint8)})["w"].tolist() == [False, True]
+    p = tmp_path / "m.npz"
+    p.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=f"{p} is not a readable masks file") as err:
+        Masks.load(p)
+    assert "allow_pickle" not in str(err.value)
+    np.savez(p, w=np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError, match="pickled Python objects, which are never loaded"):
+        Masks.load(p)

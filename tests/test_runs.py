@@ -219,3 +219,285 @@ def test_resuming_with_other_data_is_refused(tmp_path, digits):
     # the run it refused is intact and still reloads
     again = IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
     assert len(again.levels) == CFG.rounds + 1
+
+
+# ------------------------------------------------------------------------------ locks, corruption, modes
+_RUN_SCRIPT = """
+import hashlib, json, sys, warnings, torch
+torch.set_num_threads(1)
+from netgeom.pruning import IMP, IMPConfig
+cfg = IMPConfig.from_dict(json.loads(sys.argv[1]))
+show = warnings.showwarning
+def note(message, *args, **kw):
+    if "is in use by" in str(message):
+        open(sys.argv[3], "w").close()  # this process found the run locked and waits for it
+    show(message, *args, **kw)
+warnings.showwarning = note
+def cb(level, event, tr):
+    if event == "start":
+        open(sys.argv[3] + ".trained", "w").close()
+res = IMP(cfg, out_dir=sys.argv[2], verbose=False, callback=cb).run()
+print(json.dumps([[lv.level, lv.test_acc, lv.train_loss,
+                   hashlib.sha256(b"".join(v.numpy().tobytes() for v in lv.weights.values())).hexdigest()]
+                  for lv in res.levels]))
+"""
+
+
+def test_two_processes_on_one_run_do_the_work_once_and_agree(tmp_path, digits):
+    """This process holds the run; a second real process started meanwhile waits, then reads the results."""
+    import hashlib
+    import time as _time
+
+    waiting = tmp_path / "waiting"
+    env = {**os.environ, "PYTHONWARNINGS": "always"}
+    other = []
+
+    def start_other_and_wait(level, event, tr):
+        if level == 0 and event == "start":  # the lock is held from here on
+            argv = [sys.executable, "-c", _RUN_SCRIPT, json.dumps(CFG.to_dict()), str(tmp_path / "out"),
+                    str(waiting)]
+            other.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+            t0 = _time.time()
+            while not waiting.exists() and other[0].poll() is None and _time.time() - t0 < 120:
+                _time.sleep(0.02)
+
+    mine = IMP(CFG, out_dir=tmp_path / "out", verbose=False, data=digits, callback=start_other_and_wait).run()
+    out, err = other[0].communicate(timeout=120)
+    assert other[0].returncode == 0, err.decode()[-3000:]
+    assert f"is in use by process {os.getpid()}" in err.decode()  # it waited for this process
+    assert waiting.exists() and not (tmp_path / "waiting.trained").exists()  # ... and never trained
+    digest = [hashlib.sha256(b"".join(v.numpy().tobytes() for v in lv.weights.values())).hexdigest()
+              for lv in mine.levels]
+    expected = [[lv.level, lv.test_acc, lv.train_loss, h] for lv, h in zip(mine.levels, digest)]
+    assert json.loads(out) == expected
+    same(mine, IMP(CFG, verbose=False, data=digits).run())  # identical to a run without a directory
+
+
+def test_lock_refuses_with_the_owner_when_asked_not_to_wait(tmp_path):
+    from netgeom.pruning.runs import RunInUseError
+
+    a, b = RunDir(tmp_path, {"x": 1}), RunDir(tmp_path, {"x": 1})
+    with a.lock():
+        with pytest.raises(RunInUseError, match=f"run .*run-{a.hash} is in use by process {os.getpid()}"):
+            with b.lock(timeout=0):
+                pass
+        waits = pytest.warns(UserWarning, match="in use by process")
+        with waits, pytest.raises(RunInUseError, match="waited"):
+            with b.lock(timeout=0.2):
+                pass
+    with b.lock(timeout=0):  # released
+        pass
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, digits):
+    root = tmp_path_factory.mktemp("template")
+    # module fixtures are set up before conftest's one-thread fixture; training results depend on threads
+    res = IMP(CFG, out_dir=root, verbose=False, data=digits, num_threads=1).run()
+    return root, res
+
+
+def _corrupt_npz(path, **arrays):
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _pickle_payload(path):
+    class P:
+        def __reduce__(self):
+            return (os.system, (f"touch {path}.pwned",))
+
+    torch.save({"0.weight": P()}, path)
+
+
+CORRUPTIONS = {
+    "record truncated": ("level_1/record.json", lambda p: p.write_text(p.read_text()[:40]), "not valid JSON"),
+    "record not utf8": ("level_1/record.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "not valid JSON"),
+    "record string accuracy": (
+        "level_1/record.json",
+        lambda p: p.write_text(p.read_text().replace('"test_acc": ', '"test_acc": "0.9", "x": ', 1)),
+        "unexpected keys|must be a number",
+    ),
+    "record accuracy 1.5": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "test_acc": 1.5})),
+        r"test_acc = 1.5 is not in \[0, 1\]",
+    ),
+    "record wrong level": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "level": 2})),
+        "records level 2",
+    ),
+    "record missing key": (
+        "level_1/record.json",
+        lambda p: p.write_text(
+            json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k[0] != "s"})
+        ),
+        r"lacks \['seed', 'sparsity'\]",
+    ),
+    "record n_kept": (
+        "level_1/record.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "n_kept": 3})),
+        "n_kept 3 but masks.npz keeps",
+    ),
+    "history list of strings": (
+        "level_1/record.json",
+        lambda p: p.write_text(p.read_text().replace('"lr": [', '"lr": ["a", ', 1)),
+        r"history.lr\[0\] must be a number",
+    ),
+    "masks garbage": ("level_1/masks.npz", lambda p: p.write_bytes(b"garbage" * 20), "not a readable masks"),
+    "masks truncated": ("level_1/masks.npz", lambda p: p.write_bytes(p.read_bytes()[:60]), "masks file"),
+    "masks object array": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": __import__("numpy").array([None, 1], dtype=object)}),
+        "pickled Python objects",
+    ),
+    "masks wrong shape": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": __import__("numpy").ones((3, 3), bool)}),
+        r"mask '0.weight' has shape \(3, 3\)",
+    ),
+    "masks values 2": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.weight": 2 * __import__("numpy").ones((16, 64), "int8")}),
+        "must be boolean",
+    ),
+    "masks bias key": (
+        "level_1/masks.npz",
+        lambda p: _corrupt_npz(p, **{"0.bias": __import__("numpy").ones(16, bool)}),
+        "names a bias",
+    ),
+    "weights garbage": ("level_1/weights.pt", lambda p: p.write_bytes(b"garbage" * 20), "level_1/weights.pt"),
+    "weights truncated": ("level_1/weights.pt", lambda p: p.write_bytes(p.read_bytes()[:100]), "weights.pt"),
+    "weights pickle payload": ("level_1/weights.pt", _pickle_payload, "GLOBAL posix.system"),
+    "weights wrong shape": (
+        "level_1/weights.pt",
+        lambda p: torch.save({**torch.load(p), "0.weight": torch.zeros(2, 2)}, p),
+        r"'0.weight' has shape \(2, 2\)",
+    ),
+    "weights missing tensor": (
+        "level_1/weights.pt",
+        lambda p: torch.save({k: v for k, v in torch.load(p).items() if k != "0.bias"}, p),
+        r"missing \['0.bias'\]",
+    ),
+    "weights nan": (
+        "level_1/weights.pt",
+        lambda p: torch.save({**torch.load(p), "0.bias": torch.full((16,), float("nan"))}, p),
+        "NaN or inf",
+    ),
+    "fingerprint truncated": ("data_fingerprint.json", lambda p: p.write_text("{"), "not valid JSON"),
+    "fingerprint types": (
+        "data_fingerprint.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "n_train": "1347"})),
+        "n_train must be an integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_run_files_are_named_with_the_recovery(tmp_path, finished_run, digits, case):
+    import shutil
+
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    template, reference = finished_run
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    name, damage, reason = CORRUPTIONS[case]
+    (run,) = tmp_path.glob("imp-*")
+    damage(run / name)
+    with pytest.raises(CorruptRunFileError, match=reason) as err:
+        IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run()
+    msg = str(err.value)
+    assert msg.startswith(f"{run / name} is corrupt (")
+    assert "weights_only" not in msg and "allow_pickle" not in msg and "\n" not in msg
+    assert not list(tmp_path.rglob("*.pwned"))
+    # following the advice recovers the same result
+    if name.startswith("level_1/"):
+        assert msg.endswith(f"delete {run / 'level_1'} to recompute that level")
+        shutil.rmtree(run / "level_1")
+    else:
+        assert msg.endswith(f"delete {run / name} to record the fingerprint of the current data again")
+        (run / name).unlink()
+    same(IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run(), reference)
+
+
+def test_corrupt_description_is_named(tmp_path):
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    run = RunDir(tmp_path, {"x": 1})
+    run.file("description.json").write_text('{"x": ')
+    with pytest.raises(CorruptRunFileError, match="description.json is corrupt .*delete it to start"):
+        RunDir(tmp_path, {"x": 1})
+
+
+def test_files_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        run = RunDir(tmp_path, {"x": 1})
+        run.save_json("a.json", {"a": 1})
+        run.save_tensors("t.pt", {"a": torch.ones(2)})
+        from netgeom.pruning import Masks
+
+        run.save_masks("m.npz", Masks({"w": torch.ones(2, dtype=torch.bool)}))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir()}
+        assert modes == {"description.json": 0o640, "a.json": 0o640, "t.pt": 0o640, "m.npz": 0o640}
+        assert run.path.stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old)
+
+
+def test_unwritable_output_directory_is_named(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(NotADirectoryError, match=f"output directory {f} exists but is a file"):
+        RunDir(f, {"x": 1})
+    if not os.path.isdir("/sys"):
+        pytest.skip("no read-only /sys here")
+    with pytest.raises(PermissionError, match="cannot create the run directory /sys/netgeom-test/run-"):
+        RunDir("/sys/netgeom-test", {"x": 1})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, -float("inf")], {"a": float("nan")}])
+def test_description_with_non_finite_numbers_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="non-finite number .* at 'lr"):
+        RunDir(tmp_path, {"lr": value})
+    assert not list(tmp_path.iterdir())
+
+
+def test_model_at_reads_a_checked_weights_file(tmp_path, finished_run):
+    import shutil
+
+    from netgeom.pruning import IMPResult
+    from netgeom.pruning.runs import CorruptRunFileError
+
+    template, reference = finished_run
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    (run,) = tmp_path.glob("imp-*")
+    levels = [lv.__class__(**{**lv.__dict__, "weights": None,
+                              "weights_path": str(run / f"level_{lv.level}" / "weights.pt")})
+              for lv in reference.levels]
+    res = IMPResult(config=reference.config, levels=levels, run_dir=str(run))
+    assert torch.equal(res.model_at(1)[0].weight, reference.model_at(1)[0].weight)
+    (run / "level_1" / "weights.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CorruptRunFileError, match=f"{run / 'level_1' / 'weights.pt'} is corrupt .*delete "
+                       f"{run / 'level_1'} to recompute that level") as err:
+        res.model_at(1)
+    assert "weights_only" not in str(err.value)
+
+
+def test_a_run_that_cannot_be_locked_for_lack_of_write_access_is_read_without_a_lock(tmp_path, monkeypatch):
+    import errno
+
+    import filelock
+
+    run = RunDir(tmp_path, {"x": 1})
+
+    def refuse(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    with pytest.warns(UserWarning, match="is not writable .*reading it without a lock"):
+        with run.lock():
+            assert run.load_json("description.json") == {"x": 1}

@@ -2,6 +2,7 @@
 
 from .datasets import (
     DATASET_NAMES,
+    DataFileError,
     Dataset,
     load_cifar10,
     load_dataset,
@@ -10,6 +11,7 @@ from .datasets import (
     load_idx,
     load_mnist,
     load_mnist1d,
+    read_plain_pickle,
 )
 from .synthetic import (
     GENERATORS,
@@ -22,6 +24,7 @@ from .synthetic import (
 
 __all__ = [
     "DATASET_NAMES",
+    "DataFileError",
     "Dataset",
     "GENERATORS",
     "load_cifar10",
@@ -34,6 +37,7 @@ __all__ = [
     "make_curved_manifold",
     "make_linear_manifold",
     "make_reduced",
+    "read_plain_pickle",
     "sample_sphere",
     "sample_swiss_roll",
 ]

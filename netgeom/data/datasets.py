@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ __all__ = [
     "load_cifar10",
     "load_idx",
     "load_dataset",
+    "read_plain_pickle",
+    "DataFileError",
     "DATASET_NAMES",
 ]
 
@@ -52,10 +56,22 @@ class Dataset(Result):
     def __post_init__(self):
         for nm in ("X_train", "X_test"):
             x = getattr(self, nm)
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+                raise TypeError(f"{self.name}: {nm} must be a real floating-point tensor, got {what}")
             if not torch.isfinite(x).all():
                 raise ValueError(f"{self.name}: {nm} contains NaN or inf")
         if self.X_train.shape[0] != self.y_train.shape[0] or self.X_test.shape[0] != self.y_test.shape[0]:
             raise ValueError(f"{self.name}: inputs and labels differ in length")
+        for nm in ("y_train", "y_test"):
+            y = getattr(self, nm)
+            if not isinstance(y, torch.Tensor) or y.dtype not in _LABEL_DTYPES:
+                raise TypeError(f"{self.name}: {nm} must be an integer tensor of class labels")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+                raise ValueError(
+                    f"{self.name}: {nm} holds labels in [{int(y.min())}, {int(y.max())}], outside "
+                    f"[0, n_classes={self.n_classes})"
+                )
         self.input_shape = tuple(int(s) for s in self.input_shape)
 
     @property
@@ -211,18 +227,67 @@ def load_mnist1d(*, seed: int = 0, num_samples: int = 5000, train_split: float =
     )
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} but holds {arr.size} values")
-    return arr.reshape(dims)
+class DataFileError(ValueError):
+    """A data file that is missing parts, truncated or not in the expected format; the message names it."""
+
+
+_IDX_DTYPES = {0x08: np.uint8}
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _read_idx(path: Path, *, ndim: int, dims: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """An unsigned-byte IDX file (optionally gzipped) as an array, every field of its header checked against
+    the file's length before anything is allocated; any defect raises :class:`DataFileError` naming the
+    file."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError; corrupt data zlib.error
+        raise DataFileError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: "
+                            f"{exc}") from None
+    if len(data) < 4:
+        raise DataFileError(f"{path} is not an IDX file: {len(data)} byte(s), shorter than the 4-byte magic")
+    zero, code, nd = struct.unpack(">HBB", data[:4])
+    if zero != 0 or code not in _IDX_DTYPES:
+        raise DataFileError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()}, expected "
+                            f"0000080{ndim})")
+    if nd != ndim:
+        raise DataFileError(
+            f"{path} has {nd} dimension(s) in its header; an MNIST file of this kind has {ndim}"
+        )
+    head = 4 + 4 * nd
+    if len(data) < head:
+        raise DataFileError(f"{path} is truncated: {len(data)} bytes, shorter than its {head}-byte header")
+    shape = struct.unpack(">" + "I" * nd, data[4:head])
+    if dims is not None:
+        for i, (got, want) in enumerate(zip(shape, dims)):
+            if want is not None and got != want:
+                raise DataFileError(f"{path}: dimension {i} is {got} in the header, expected {want}")
+    n_values = int(np.prod(shape, dtype=object))
+    if len(data) - head != n_values:
+        raise DataFileError(
+            f"{path}: header says shape {shape} ({n_values} values) but the file holds {len(data) - head}"
+            f" bytes of data ({'truncated' if len(data) - head < n_values else 'trailing bytes'})"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(shape)
+
+
+def _read_idx_pair(img_path: Path, lab_path: Path | None, n_classes: int = 10) -> tuple[np.ndarray, ...]:
+    """Images ``(n, 28, 28)`` and labels ``(n,)`` from a pair of IDX files, checked against each other."""
+    if lab_path is None:
+        want = img_path.name.replace("images-idx3", "labels-idx1").removesuffix(".gz")
+        raise FileNotFoundError(f"the labels for {img_path} are missing (expected {want}[.gz] beside it)")
+    X = _read_idx(img_path, ndim=3, dims=(None, 28, 28))
+    y = _read_idx(lab_path, ndim=1)
+    if len(y) != len(X):
+        raise DataFileError(f"{lab_path} holds {len(y)} labels but {img_path} holds {len(X)} images")
+    if len(y) and int(y.max()) >= n_classes:
+        raise DataFileError(f"{lab_path} holds label {int(y.max())}; labels must lie in [0, {n_classes})")
+    return X, y
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
@@ -259,8 +324,10 @@ def load_idx(
             "FashionMNIST/raw subfolders; download them once (e.g. torchvision.datasets.MNIST(root, "
             "download=True) on a machine with network access) and pass that directory"
         )
-    te_x = _read_idx(_find_idx(root, "t10k-images-idx3-ubyte")).astype(np.float64) / 255.0
-    te_y = _read_idx(_find_idx(root, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    te_x, te_y = _read_idx_pair(
+        _find_idx(root, "t10k-images-idx3-ubyte"), _find_idx(root, "t10k-labels-idx1-ubyte")
+    )
+    te_x, te_y = te_x.astype(np.float64) / 255.0, te_y.astype(np.int64)
     if split == "test":
         n_train = 8000 if n_train is None else check_int(n_train, "n_train", minimum=1, maximum=len(te_x) - 1)
         Xtr, ytr, Xte, yte = _split(te_x, te_y, 1 - n_train / len(te_x), seed)
@@ -270,7 +337,8 @@ def load_idx(
             raise FileNotFoundError(
                 f"split='full' needs train-images-idx3-ubyte[.gz] in {root}; only the test split is there"
             )
-        Xtr, ytr = _read_idx(p_img).astype(np.float64) / 255.0, _read_idx(p_lab).astype(np.int64)
+        Xtr, ytr = _read_idx_pair(p_img, p_lab)
+        Xtr, ytr = Xtr.astype(np.float64) / 255.0, ytr.astype(np.int64)
         Xte, yte = te_x, te_y
     else:
         raise ValueError(f"split must be 'test' or 'full', got {split!r}")
@@ -290,10 +358,104 @@ def load_fashion_mnist(root: str | Path, **kwargs) -> Dataset:
     return load_idx(root, name="fashion_mnist", **kwargs)
 
 
-def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
-    """CIFAR-10 from a local copy of the python version (``cifar-10-batches-py``)."""
-    import pickle  # CIFAR-10 is distributed as pickles of plain arrays; read only from the user's directory
+def _np_reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"array subtype {subtype!r} refused: only plain numpy arrays are read")
+    return np.ndarray.__new__(np.ndarray, shape, _np_dtype(dtype))
 
+
+def _np_dtype(spec, *args):
+    dt = np.dtype(spec, *args[:2])
+    if dt.hasobject:
+        raise pickle.UnpicklingError("object dtype refused: only numeric arrays are read")
+    return dt
+
+
+def _np_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("object scalar refused: only numeric scalars are read")
+    return np.frombuffer(data if isinstance(data, bytes) else str(data).encode("latin1"), dtype=dtype)[0]
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    # Python 3 pickles bytes for protocol < 3 as _codecs.encode(str, "latin1")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("only _codecs.encode(str, 'latin1') (bytes) is read")
+    return text.encode("latin1")
+
+
+# Every global a CIFAR-10 batch needs, each mapped to a function that builds only plain data. Anything else
+# (os.system, builtins.eval, ...) is refused before it is looked up, so no file can run code.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _np_dtype,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Admits plain containers, strings, bytes, numbers and numeric numpy arrays; nothing else."""
+
+    def find_class(self, module: str, name: str):
+        fn = _PICKLE_ALLOWED.get((module, name))
+        if fn is None:
+            raise pickle.UnpicklingError(
+                f"refers to {module}.{name}, which a data file has no reason to contain (only numpy arrays, "
+                "containers, strings and numbers are read; nothing is executed)"
+            )
+        return fn
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent references are refused")
+
+
+def read_plain_pickle(path: str | Path) -> Any:
+    """Unpickle ``path`` admitting only plain data (see :class:`_PlainDataUnpickler`); any other content,
+    and any malformed stream, raises :class:`DataFileError` naming the file. Never executes code from it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _PlainDataUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, struct.error, UnicodeDecodeError, MemoryError, RecursionError) as exc:
+        raise DataFileError(f"{path} is not a plain-data pickle (refused: {exc})") from None
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = read_plain_pickle(path)
+    if not isinstance(d, dict):
+        raise DataFileError(f"{path} is not a CIFAR-10 batch: it holds a {type(d).__name__}, not a dict")
+    d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise DataFileError(
+            f"{path} is not a CIFAR-10 batch: its keys {sorted(map(str, d))} lack 'data' or 'labels'"
+        )
+    X, y = d["data"], d["labels"]
+    if not isinstance(X, np.ndarray) or X.dtype != np.uint8 or X.ndim != 2 or X.shape[1] != 3 * 32 * 32:
+        what = f"{X.dtype} array of shape {X.shape}" if isinstance(X, np.ndarray) else type(X).__name__
+        raise DataFileError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), got a {what}")
+    if isinstance(y, np.ndarray):
+        y = y.tolist()
+    if not isinstance(y, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in y):
+        raise DataFileError(f"{path}: 'labels' must be a list of integers")
+    y = np.asarray(y, dtype=np.int64)
+    if len(y) != len(X):
+        raise DataFileError(f"{path} holds {len(y)} labels for {len(X)} images")
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise DataFileError(f"{path} holds labels outside 0..9 (min {y.min()}, max {y.max()})")
+    return X.astype(np.float64) / 255.0, y
+
+
+def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
+    """CIFAR-10 from a local copy of the python version (``cifar-10-batches-py``).
+
+    The batches are pickles; they are read by a restricted unpickler that builds only numeric arrays, lists,
+    dicts, strings and numbers, so a crafted file cannot run code: it is refused, naming the file.
+    """
     root = Path(root)
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").exists() else root
     files = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
@@ -304,15 +466,9 @@ def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
             "torchvision.datasets.CIFAR10(root, download=True) on a machine with network access) and "
             "unpack it there"
         )
-
-    def read(f):
-        with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="latin1")
-        return np.asarray(d["data"], dtype=np.float64) / 255.0, np.asarray(d["labels"], dtype=np.int64)
-
-    parts = [read(f) for f in files[:5]]
+    parts = [_cifar_batch(f) for f in files[:5]]
     Xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    Xte, yte = read(files[5])
+    Xte, yte = _cifar_batch(files[5])
     if normalize:
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8
         Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd

@@ -29,12 +29,13 @@ tests assert agreement to 1e-6 relative):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._validation import check_array, check_choice, check_fraction, check_int
+from .._validation import check_array, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
 from .neighbors import NeighborGraph, nearest_neighbors
 
@@ -175,6 +176,7 @@ class MLE:
         k1, k2 = _parse_k(self.k)
         check_choice(self.variant, "variant", _VARIANTS)
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
+        check_device(self.device)  # also when a neighbors= graph makes it unused: a typo is still an error
         if self.unbiased and k1 < 3:
             raise ValueError(f"unbiased=True normalises by k - 2, so k must be >= 3, got {k1}")
         g = _graph(X, neighbors, k2, self.duplicates, self.knn_method, self.device)
@@ -240,6 +242,7 @@ class TwoNN:
         check_choice(self.fit_method, "fit", ("linear", "mle"))
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
         frac = check_fraction(self.discard_fraction, "discard_fraction", high_inclusive=False)
+        check_device(self.device)
         g = _graph(X, neighbors, 2, self.duplicates, self.knn_method, self.device)
         mu = g.distances[:, 1] / g.distances[:, 0]
         N = len(mu)
@@ -285,17 +288,19 @@ _METHODS = ("mle", "twonn", "lpca")
 def intrinsic_dimension(
     X=None,
     method: str = "mle",
-    k: int | tuple[int, int] = 20,
+    k: int | tuple[int, int] | None = None,
     *,
     neighbors: NeighborGraph | None = None,
     **kw,
 ) -> DimensionResult:
     """Intrinsic dimension of the rows of ``X`` (or of a precomputed ``neighbors`` graph).
 
-    ``method="mle"`` → :class:`MLE` (``k``, ``variant``, ``unbiased``); ``method="twonn"`` → :class:`TwoNN`
-    (``fit``, ``discard_fraction``; ``k`` ignored); ``method="lpca"`` → :class:`LocalPCA` (``k``, ``rule``,
-    its thresholds, ``include_self``, ``aggregate``; needs ``X`` even with ``neighbors``). ``duplicates`` is
-    passed on. Returns a :class:`DimensionResult`.
+    ``method="mle"`` → :class:`MLE` (``k``, default 20, ``variant``, ``unbiased``); ``method="twonn"`` →
+    :class:`TwoNN` (``fit``, ``discard_fraction``; giving ``k`` is an error: TwoNN uses two neighbours);
+    ``method="lpca"`` → :class:`LocalPCA` (``k``, ``rule``,
+    its thresholds, ``include_self``, ``aggregate``; needs ``X`` even with ``neighbors``). ``duplicates``,
+    ``knn_method`` and ``device`` are passed on; an option the chosen method does not use is an error.
+    Returns a :class:`DimensionResult`.
 
     Example
     -------
@@ -306,10 +311,21 @@ def intrinsic_dimension(
     ('twonn', 2)
     """
     method = check_choice(method, "method", _METHODS)
-    if method == "lpca":
-        return LocalPCA(k=k, **kw).fit(X, neighbors=neighbors).result_
-    est = MLE(k=k, **kw) if method == "mle" else TwoNN(**kw)
-    return est.fit(X, neighbors=neighbors).result_
+    cls = {"mle": MLE, "twonn": TwoNN, "lpca": LocalPCA}[method]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "k")]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise TypeError(f"method={method!r} does not use {unknown}; its options are {accepted}")
+    if method == "twonn":
+        if k is not None:
+            # an ignored k would be reported as if it had been used
+            raise ValueError(
+                f"method='twonn' does not use k (got k={k!r}): TwoNN always uses the two nearest neighbours; "
+                "leave k out, or use method='mle' or 'lpca'"
+            )
+        return TwoNN(**kw).fit(X, neighbors=neighbors).result_
+    k = 20 if k is None else k
+    return cls(k=k, **kw).fit(X, neighbors=neighbors).result_
 
 
 # ------------------------------------------------------------------------------------------ local PCA
@@ -549,6 +565,7 @@ class LocalPCA:
         rule = check_choice(rule, "rule", _PCA_RULES)
         check_choice(self.aggregate, "aggregate", ("mean", "median"))
         check_choice(self.duplicates, "duplicates", ("drop", "error"))
+        check_device(self.device)
         if not isinstance(self.include_self, (bool, np.bool_)):
             raise TypeError(f"include_self must be a bool, got {self.include_self!r}")
         chunk = None if self.chunk_size is None else check_int(self.chunk_size, "chunk_size", minimum=1)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .._validation import as_generator, check_array, check_choice, check_fraction, check_int
+from .._validation import as_generator, check_array, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
 from .estimators import _VARIANTS, MLE, LocalPCA, TwoNN, _check_graph_of
 from .neighbors import NeighborGraph, nearest_neighbors
@@ -79,15 +79,15 @@ class ScaleSweepResult(Result):
 
 def id_scale_sweep(
     X,
-    ks: Iterable[int] = (5, 10, 15, 20, 30, 40),
+    ks: Iterable[int] | None = None,
     methods: str | Iterable[str] = ("mle", "twonn"),
     *,
-    halvings: int = 4,
-    seed: int = 0,
-    variant: str = "levina_bickel",
-    unbiased: bool = False,
-    twonn_fit: str = "linear",
-    discard_fraction: float = 0.1,
+    halvings: int | None = None,
+    seed: int | None = None,
+    variant: str | None = None,
+    unbiased: bool | None = None,
+    twonn_fit: str | None = None,
+    discard_fraction: float | None = None,
     lpca_kw: dict | None = None,
     neighbors: NeighborGraph | None = None,
     duplicates: str = "drop",
@@ -99,13 +99,18 @@ def id_scale_sweep(
 
     Parameters
     ----------
-    ks : neighbourhood sizes for the MLE / lPCA sweep (each ``>= 2``; duplicates removed, sorted).
+    ks : neighbourhood sizes for the MLE / lPCA sweep (each ``>= 2``; duplicates removed, sorted; default
+        5, 10, 15, 20, 30, 40).
     methods : any of ``"mle"``, ``"twonn"``, ``"lpca"``.
-    halvings : decimation levels after the full set (subsets down to ``n // 2^halvings`` points, which must
-        be at least 20).
-    seed : seeds the decimation's random partitions.
-    variant, unbiased : passed to :class:`~netgeom.dimension.MLE`.
-    twonn_fit, discard_fraction : passed to :class:`~netgeom.dimension.TwoNN` (its ``fit`` and fraction).
+    halvings : decimation levels after the full set (default 4; subsets down to ``n // 2^halvings`` points,
+        which must be at least 20).
+    seed : seeds the decimation's random partitions (default 0).
+    variant, unbiased : passed to :class:`~netgeom.dimension.MLE` (defaults ``"levina_bickel"``, False).
+    twonn_fit, discard_fraction : passed to :class:`~netgeom.dimension.TwoNN` (its ``fit`` and fraction;
+        defaults ``"linear"``, 0.1).
+
+    An option of a method not in ``methods`` (e.g. ``ks`` with ``methods="twonn"``) is an error, not
+    ignored.
     lpca_kw : keyword arguments for :class:`~netgeom.dimension.LocalPCA` (``rule``, thresholds, …).
     neighbors : an existing kNN graph of this ``X`` with at least ``max(ks)`` neighbours (reused).
     duplicates, knn_method, device : passed to :func:`~netgeom.dimension.nearest_neighbors`.
@@ -125,11 +130,34 @@ def id_scale_sweep(
     for m in methods:
         check_choice(m, "methods", _SWEEP_METHODS)
     methods = tuple(dict.fromkeys(methods))
+    # an option of a method that is not run would be silently ignored: refuse it instead
+    unused = [
+        nm
+        for nm, value, users in (
+            ("ks", ks, ("mle", "lpca")),
+            ("variant", variant, ("mle",)),
+            ("unbiased", unbiased, ("mle",)),
+            ("halvings", halvings, ("twonn",)),
+            ("twonn_fit", twonn_fit, ("twonn",)),
+            ("discard_fraction", discard_fraction, ("twonn",)),
+        )
+        if value is not None and not set(users) & set(methods)
+    ]
+    if unused:
+        raise ValueError(f"{unused} given, but no method that uses them is in methods={list(methods)}")
+    ks = (5, 10, 15, 20, 30, 40) if ks is None else ks
+    halvings = 4 if halvings is None else halvings
+    seed = 0 if seed is None else seed
+    variant = "levina_bickel" if variant is None else variant
+    unbiased = False if unbiased is None else unbiased
+    twonn_fit = "linear" if twonn_fit is None else twonn_fit
+    discard_fraction = 0.1 if discard_fraction is None else discard_fraction
     seed = check_int(seed, "seed", minimum=0)
     check_choice(variant, "variant", _VARIANTS)
     check_choice(twonn_fit, "twonn_fit", ("linear", "mle"))
     check_fraction(discard_fraction, "discard_fraction", high_inclusive=False)
     check_choice(duplicates, "duplicates", ("drop", "error"))
+    check_device(device)
     if lpca_kw is not None and not isinstance(lpca_kw, dict):
         raise TypeError(f"lpca_kw must be a dict of LocalPCA arguments, got {type(lpca_kw).__name__}")
     if lpca_kw and "k" in lpca_kw:

@@ -27,7 +27,6 @@ dict), ``weights_path`` (file in the run directory or ``None``), ``seed``, ``tim
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import numbers
@@ -45,7 +44,7 @@ from ..results import Result, new_axes
 from ..training import TrainConfig, Trainer, TrainHistory, conform_inputs
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
-from .runs import RunDir
+from .runs import RunDir, load_state_file, run_lock
 
 __all__ = [
     "IMPConfig", "IMP", "IMPLevel", "IMPResult", "imp_main", "demo_imp", "demo_section", "parse_rewind",
@@ -250,10 +249,12 @@ class IMPResult(Result):
         if lv.weights is None:
             if lv.weights_path is None:
                 raise ValueError(f"level {lv.level} holds no weights and no weights file")
-            weights = torch.load(lv.weights_path, map_location="cpu", weights_only=True)
+            weights = None
         else:
             weights = lv.weights
         model = build_model(self.config["model"])
+        if weights is None:  # read back and checked against the model; a bad file is named
+            weights = load_state_file(lv.weights_path, like=model.state_dict())
         model.load_state_dict(weights)
         self.masks_at(level).apply(model)
         return model.eval()
@@ -399,15 +400,9 @@ class IMP:
         )
 
     def _load_level(self, level: int) -> IMPLevel:
-        rd = self.run_dir
-        rec = rd.load_json(f"level_{level}/record.json")
-        hist = TrainHistory(**rec.pop("history"))
-        return IMPLevel(
-            **rec,
-            masks=rd.load_masks(f"level_{level}/masks.npz"),
-            weights=rd.load_tensors(f"level_{level}/weights.pt"),
-            history=hist,
-        )
+        # every file validated (types, masks and weights against the model); a bad one names its recovery
+        rec, masks, weights, hist = self.run_dir.load_level(level, self._build(), IMPLevel, TrainHistory)
+        return IMPLevel(**rec, masks=masks, weights=weights, history=hist)
 
     def _save_level(self, lv: IMPLevel) -> None:
         rd = self.run_dir
@@ -421,6 +416,12 @@ class IMP:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> IMPResult:
+        # the run directory's lock is held while it is read and written: a second process on the same run
+        # waits, then reads the finished levels back (see netgeom.pruning.runs)
+        with run_lock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> IMPResult:
         from tqdm.auto import tqdm
 
         cfg, rd = self.config, self.run_dir
@@ -432,7 +433,7 @@ class IMP:
         init_state = {k: v.detach().clone() for k, v in self._build().state_dict().items()}
         rewind_state: dict[str, torch.Tensor] | None = None
         if rd is not None and rd.exists("rewind.pt"):
-            rewind_state = rd.load_tensors("rewind.pt")
+            rewind_state = rd.load_tensors("rewind.pt", like=init_state)
         masks = Masks.ones(self._build(), include_output=cfg.include_output)
         bar = tqdm(range(cfg.rounds + 1), desc="IMP", unit="level", disable=not self.verbose)
         try:
@@ -445,7 +446,7 @@ class IMP:
                 if level > 0:
                     model.load_state_dict(levels[-1].weights)
                     if rd is not None and rd.exists(f"level_{level}/masks_start.npz"):
-                        masks = rd.load_masks(f"level_{level}/masks_start.npz")
+                        masks = rd.load_masks(f"level_{level}/masks_start.npz", model)
                     else:
                         masks = self._prune(model, levels[-1].masks, level)
                         if rd is not None:
@@ -477,7 +478,7 @@ class IMP:
             "n_test": int(data.X_test.shape[0]),
         }
         if rd.exists("data_fingerprint.json"):
-            old = rd.load_json("data_fingerprint.json")
+            old = rd.load_json("data_fingerprint.json", {"sha256": str, "n_train": int, "n_test": int})
             if old != fp:
                 raise ValueError(
                     f"the data differ from the data run {rd.path} was started with (fingerprint {old} there, "
@@ -508,7 +509,8 @@ class IMP:
                           start_step=start_step, num_threads=self.num_threads)
         k = self._rewind_step(spe) if level == 0 and isinstance(rw, tuple) else None
         if resume:
-            trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
+            with rd.reading(trainer_ckpt):
+                trainer.load_state_dict(rd.load_tensors(trainer_ckpt))
         elif k == 0:
             self._capture(trainer)
 
@@ -550,9 +552,12 @@ def _json_or_name(text: str) -> dict[str, Any]:
 
 def imp_main(argv: Sequence[str] | None = None) -> int:
     """``netgeom imp``: run IMP from the command line and print a level table (JSON with ``--json``)."""
-    p = argparse.ArgumentParser(prog="netgeom imp", description="Iterative magnitude pruning with rewinding.")
+    from ..cli import check_mlp_memory, cli_parser, device_option, widths_option
+
+    p = cli_parser("netgeom imp", "Iterative magnitude pruning with rewinding.")  # defaults in --help
     p.add_argument("--model", default="mlp", help="model name or JSON description (default: mlp)")
-    p.add_argument("--widths", default="100,100", help="hidden widths for --model mlp (default: 100,100)")
+    p.add_argument("--widths", default="100,100", type=widths_option,
+                   help="hidden widths for --model mlp (default: 100,100)")
     p.add_argument("--data", default="mnist1d", help="data set name or JSON description (default: mnist1d)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--q", type=float, default=0.2, help="fraction of remaining weights pruned per round")
@@ -566,7 +571,7 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep-output", action="store_true", help="leave the classifier layer dense")
     p.add_argument("--random", action="store_true", help="random pruning baseline instead of magnitude")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None, help="torch threads while training (1 is fastest "
                    "for small MLPs)")
     p.add_argument("--out", default="runs/imp", help="root directory of run directories (default: runs/imp)")
@@ -581,7 +586,8 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
         ds = load_dataset(data_desc)
         model_desc.setdefault("n_in", ds.n_features)
         model_desc.setdefault("n_out", ds.n_classes)
-        model_desc.setdefault("widths", [int(w) for w in args.widths.split(",") if w])
+        model_desc.setdefault("widths", args.widths)
+        check_mlp_memory([model_desc["n_in"], *model_desc["widths"]], model_desc["n_out"], "--widths")
     else:
         ds = None
     config = IMPConfig(

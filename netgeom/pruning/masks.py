@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write, safe_reason
+from .._validation import binary_mask
 
 __all__ = ["Masks", "prunable_parameters"]
 
@@ -55,12 +56,9 @@ class Masks(MutableMapping):
         return self._m[key]
 
     def __setitem__(self, key: str, value) -> None:
-        t = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
-        if t.dtype != torch.bool:
-            if t.is_floating_point() and not torch.isin(t, torch.tensor([0.0, 1.0], dtype=t.dtype)).all():
-                raise ValueError(f"mask '{key}' must be boolean (or 0/1), got values other than 0 and 1")
-            t = t.to(torch.bool)
-        self._m[str(key)] = t.detach().cpu().clone()
+        if not isinstance(key, str):
+            raise TypeError(f"mask keys are parameter names (str), got {type(key).__name__}")
+        self._m[key] = binary_mask(value, key)
 
     def __delitem__(self, key: str) -> None:
         del self._m[key]
@@ -87,20 +85,12 @@ class Masks(MutableMapping):
 
     # ---------------------------------------------------------------- checks
     def validate(self, model: nn.Module) -> Masks:
-        """Raise if a mask names a missing parameter or has the wrong shape; warn on an emptied layer."""
-        if not self._m:
-            raise ValueError("Masks is empty: it holds no mask tensor")
-        params = dict(model.named_parameters())
+        """Raise if a mask names anything but a prunable weight of ``model`` or has the wrong shape (see
+        :func:`~netgeom._validation.check_masks`); warn on an emptied layer."""
+        from .._validation import check_masks
+
+        check_masks(self, model)
         for k, v in self._m.items():
-            if k not in params:
-                raise KeyError(
-                    f"mask for '{k}', but the model has no parameter of that name; it has: {sorted(params)}"
-                )
-            if tuple(v.shape) != tuple(params[k].shape):
-                raise ValueError(
-                    f"mask for '{k}' has shape {tuple(v.shape)}, "
-                    f"but the parameter has shape {tuple(params[k].shape)}"
-                )
             if not v.any():
                 warnings.warn(f"mask for '{k}' removes every weight: the layer is disconnected", stacklevel=2)
         return self
@@ -114,6 +104,10 @@ class Masks(MutableMapping):
             p = params.get(k)
             if p is None:
                 raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+            if v.shape != p.shape:
+                raise ValueError(
+                    f"mask '{k}' has shape {tuple(v.shape)}, but the weight has shape {tuple(p.shape)}"
+                )
             if v.device != p.device:
                 v = self._m[k] = v.to(p.device)
             p.mul_(v)
@@ -188,8 +182,15 @@ class Masks(MutableMapping):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
-        with np.load(path, allow_pickle=False) as data:
-            return cls({k: data[k] for k in data.files})
+        try:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not an .npz archive of named masks")
+            with data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:  # BadZipFile, EOFError, ValueError, OSError, zlib.error ...
+            raise ValueError(f"{path} is not a readable masks file ({safe_reason(exc)})") from None
+        return cls(arrays)
 
     @classmethod
     def from_model_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:

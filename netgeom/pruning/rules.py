@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_fraction, check_int
+from .._validation import check_choice, check_fraction, check_int, check_masks
 from .masks import Masks, prunable_parameters
 
 __all__ = ["magnitude_prune", "random_prune", "UnreachableSparsityError", "ProtectFn"]
@@ -68,9 +68,7 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
     if masks is None:
         current = Masks.ones(model, include_output=include_output)
     else:
-        if not isinstance(masks, Masks):
-            masks = Masks(masks)
-        current = masks.copy()
+        current = check_masks(masks, model).copy()  # any form: Masks, mapping or per-layer list
         current.validate(model)
     names = prunable_parameters(model, include_output=include_output)
 

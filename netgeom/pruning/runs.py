@@ -6,7 +6,21 @@ directory (the run resumes; nothing is overwritten); a directory of that name ho
 description is an error. Every file is written to a temporary file in the same directory and moved into place
 with ``os.replace``, so a killed process leaves either the old file or the new one, never half a file.
 Tensors are saved with ``torch.save`` of state dicts / plain containers only and loaded with
-``weights_only=True``; masks go through :meth:`Masks.save` (``.npz``).
+``weights_only=True``; masks go through :meth:`Masks.save` (``.npz``). Files are created with the user's
+umask (mode ``0o666 & ~umask``), so a shared run is readable by whoever the umask allows.
+
+**Lock.** A process holds an exclusive lock (``run.lock`` in the directory, via ``filelock``; the kernel
+releases it when the process dies, even by ``kill -9``) while it reads and writes a run (:meth:`RunDir.lock`).
+A second process on the same run *waits* for the first to finish, with a warning "run X is in use by process
+N; waiting" (``timeout`` seconds at most, then :class:`RunInUseError` "run X is in use by process N"); it
+then finds the levels complete and reads them back, so both end with the same results and the work is done
+once.
+
+**Validation on reading.** Every file read back is checked: JSON for syntax, keys and value types (against
+the dataclass it records), tensors for names, shapes and dtypes against the model, masks for binary values,
+names and shapes. A bad file raises :class:`CorruptRunFileError`: "FILE is corrupt (reason); delete
+DIR/level_K to recompute that level" (or what else recovers it), never torch's/numpy's advice to load it
+with ``weights_only=False`` / ``allow_pickle=True``.
 
 >>> import tempfile
 >>> root = tempfile.mkdtemp()
@@ -17,28 +31,86 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import socket
+import time
+import types
+import typing
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .._io import atomic_write
+from .._io import atomic_write, safe_reason
+from .._validation import check_masks
 from ..results import to_plain
 from .masks import Masks
 
-__all__ = ["RunDir", "description_hash", "canonical_json", "atomic_write_bytes", "atomic_torch_save"]
+__all__ = [
+    "RunDir",
+    "RunInUseError",
+    "CorruptRunFileError",
+    "description_hash",
+    "canonical_json",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "run_lock",
+    "load_state_file",
+]
+
+
+class RunInUseError(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+class CorruptRunFileError(ValueError):
+    """A file of a run directory does not hold what netgeom wrote there; the message says how to recover."""
+
+
+def _non_finite_path(value: Any, where: str = "") -> str | None:
+    """The key path of the first NaN/inf number in a description, or ``None``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return where or "(value)" if value.dtype.kind in "fc" and not np.isfinite(value).all() else None
+    if isinstance(value, (float, np.floating)):
+        return (where or "(value)") if not math.isfinite(float(value)) else None
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            bad = _non_finite_path(v, f"{where}.{k}" if where else str(k))
+            if bad:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _non_finite_path(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    return None
 
 
 def canonical_json(description: Mapping[str, Any]) -> str:
-    """The JSON text that is hashed: keys sorted, no whitespace, numpy/torch values made plain."""
+    """The JSON text that is hashed: keys sorted, no whitespace, numpy/torch values made plain.
+
+    NaN and inf are refused (JSON has no such numbers, and writing them as strings would hash ``nan`` like
+    the string ``"nan"``).
+    """
     if not isinstance(description, Mapping):
         raise TypeError(f"a run description must be a mapping, got {type(description).__name__}")
+    bad = _non_finite_path(description)
+    if bad:
+        raise ValueError(f"the run description has a non-finite number (NaN or inf) at '{bad}'")
     try:
         return json.dumps(to_plain(dict(description)), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -60,6 +132,91 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+# ------------------------------------------------------------------------------------------ JSON schemas
+_SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # how to_plain writes them
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` (read from JSON) checked against a type hint; returns it with special floats restored.
+    Raises ``ValueError(reason)``; hints that JSON cannot express are passed through unchecked."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for h in typing.get_args(hint):
+            try:
+                return _check_value(value, h, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{where}: unexpected value")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where} must be null, got {_short(value)}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be true/false, got {_short(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be an integer, got {_short(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[value]
+        raise ValueError(f"{where} must be a number, got {_short(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where} must be a string, got {_short(value)}")
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, got {_short(value)}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be an object, got {_short(value)}")
+        _, item = typing.get_args(hint) or (str, Any)
+        return {k: _check_value(v, item, f"{where}.{k}") for k, v in value.items()}
+    return value  # a type JSON does not hold (tensors, Masks, nested results): the caller checks it
+
+
+def _short(value: Any) -> str:
+    r = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def check_record(obj: Any, schema: Any, where: str = "record") -> dict[str, Any]:
+    """Check a JSON object against ``schema``: a dataclass type (its fields and type hints; fields without a
+    default are required, unknown keys refused) or a mapping ``{key: type}`` (every key required). Returns
+    a new dict with NaN/inf restored from their string form. Raises ``ValueError(reason)``."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(obj).__name__}")
+    if dataclasses.is_dataclass(schema):
+        hints = typing.get_type_hints(schema)
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        required = {
+            n for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        types_ = {n: hints.get(n, Any) for n in fields}
+    else:
+        types_ = dict(schema)
+        required = set(types_)
+    missing = sorted(required - set(obj))
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    unknown = sorted(set(obj) - set(types_))
+    if unknown:
+        raise ValueError(f"{where} has unexpected keys {unknown}")
+    return {k: _check_value(v, types_[k], f"{where}.{k}" if where else k) for k, v in obj.items()}
+
+
+# ------------------------------------------------------------------------------------------ the directory
 class RunDir:
     """The directory of one experiment, created or reopened from its description.
 
@@ -72,17 +229,30 @@ class RunDir:
             raise ValueError(f"prefix must be a plain name, got {prefix!r}")
         self.description = json.loads(canonical_json(description))
         self.hash = description_hash(description)
-        self.path = Path(root) / f"{prefix}-{self.hash}"
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(f"output directory {root} exists but is a file; choose a directory")
+        self.path = root / f"{prefix}-{self.hash}"
         desc_file = self.path / "description.json"
         self.resumed = self.path.exists() or not self._create()
+        self._lock = None
         if self.resumed:
             if not desc_file.exists():
                 raise FileExistsError(
                     f"{self.path} exists but has no description.json: not a netgeom run directory; "
                     "move it away or choose another root"
                 )
-            existing = json.loads(desc_file.read_text())
-            if canonical_json(existing) != canonical_json(self.description):
+            try:
+                existing = json.loads(desc_file.read_text())
+                if not isinstance(existing, dict):
+                    raise ValueError(f"a JSON object was expected, got {type(existing).__name__}")
+                same = canonical_json(existing) == canonical_json(self.description)
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                raise CorruptRunFileError(
+                    f"{desc_file} is corrupt ({exc}); the run cannot be identified: move {self.path} away or "
+                    "delete it to start the run afresh"
+                ) from None
+            if not same:
                 raise FileExistsError(
                     f"{self.path} holds a different description than the one requested (hash collision or an "
                     "edited description.json); refusing to reuse or overwrite it"
@@ -96,9 +266,16 @@ class RunDir:
         would otherwise leave a directory that can never be reopened), and two processes starting the same
         description race safely: ``os.rename`` onto an existing non-empty directory fails for the loser.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        tmp.mkdir()  # not mkdtemp: its 0700 mode would stick to the run directory
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()  # not mkdtemp: its 0700 mode would stick to the run directory
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno,
+                f"cannot create the run directory {self.path} ({exc.strerror}); choose a writable output "
+                "directory",
+            ) from None
         try:
             text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
             atomic_write_bytes(tmp / "description.json", text.encode())
@@ -116,6 +293,63 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, resumed={self.resumed})"
 
+    # -------------------------------------------------------------------------------------- lock
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[RunDir]:
+        """Hold the run's exclusive lock for the ``with`` block (re-entrant within one ``RunDir``).
+
+        If another process holds it, warn once ("run X is in use by process N; waiting") and wait, at most
+        ``timeout`` seconds (``None``: until it is free; ``0``: not at all), then raise
+        :class:`RunInUseError` "run X is in use by process N".
+        """
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None:  # already held by this object: nested use
+            yield self
+            return
+        lock = FileLock(str(self.path / "run.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            owner = self._owner()
+            if timeout is not None and timeout <= 0:
+                raise RunInUseError(f"run {self.path} is in use by {owner}") from None
+            warnings.warn(f"run {self.path} is in use by {owner}; waiting for it to finish", stacklevel=3)
+            try:
+                lock.acquire(timeout=-1 if timeout is None else timeout)
+            except Timeout:
+                raise RunInUseError(
+                    f"run {self.path} is in use by {self._owner()} (waited {timeout} s)"
+                ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise type(exc)(exc.errno, f"cannot lock the run {self.path} ({exc.strerror})") from None
+            # a run shared read-only (a colleague's finished run): it can be read, never written, so no
+            # writer of ours needs excluding; a write would fail with an OSError naming the file
+            warnings.warn(
+                f"run {self.path} is not writable ({exc.strerror}): reading it without a lock", stacklevel=3
+            )
+            yield self
+            return
+        self._lock = lock
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            atomic_write_bytes(self.path / "run.lock.owner", json.dumps(info).encode())
+            yield self
+        finally:
+            self._lock = None
+            with contextlib.suppress(OSError):
+                (self.path / "run.lock.owner").unlink()
+            lock.release()
+
+    def _owner(self) -> str:
+        try:
+            info = json.loads((self.path / "run.lock.owner").read_text())
+            return f"process {int(info['pid'])} on {info.get('host', '?')}"
+        except (OSError, ValueError, TypeError, KeyError):
+            return "another process"  # it holds the lock but has not written its owner file yet
+
+    # -------------------------------------------------------------------------------------- files
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -127,20 +361,156 @@ class RunDir:
         if p.exists():
             p.unlink()
 
+    def recovery(self, name: str) -> str:
+        """How to recover from a corrupt file ``name`` of this run."""
+        m = re.match(r"(level_\d+)/", name)
+        if m:
+            return f"delete {self.path / m.group(1)} to recompute that level"
+        if name == "data_fingerprint.json":
+            return f"delete {self.path / name} to record the fingerprint of the current data again"
+        return f"delete {self.path} to recompute the run"
+
+    def corrupt(self, name: str, reason: str) -> CorruptRunFileError:
+        return CorruptRunFileError(f"{self.path / name} is corrupt ({reason}); {self.recovery(name)}")
+
+    @contextlib.contextmanager
+    def reading(self, name: str) -> Iterator[None]:
+        """Report any error while the contents of ``name`` are being used as a corrupt ``name``."""
+        try:
+            yield
+        except CorruptRunFileError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
+            raise self.corrupt(name, safe_reason(exc)) from None
+
     def save_json(self, name: str, obj: Any) -> Path:
         return atomic_write_bytes(self.path / name, (json.dumps(to_plain(obj), indent=2) + "\n").encode())
 
-    def load_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
+    def load_json(self, name: str, schema: Any = None) -> Any:
+        """Parse ``name``; with ``schema`` (see :func:`check_record`) check its keys and value types."""
+        try:
+            obj = json.loads((self.path / name).read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self.corrupt(name, f"not valid JSON: {exc}") from None
+        if schema is None:
+            return obj
+        try:
+            return check_record(obj, schema, "")
+        except ValueError as exc:
+            raise self.corrupt(name, str(exc)) from None
 
     def save_tensors(self, name: str, obj: Any) -> Path:
         return atomic_torch_save(obj, self.path / name)
 
-    def load_tensors(self, name: str) -> Any:
-        return torch.load(self.path / name, map_location="cpu", weights_only=True)
+    def load_tensors(self, name: str, like: Mapping[str, torch.Tensor] | None = None) -> Any:
+        """``torch.load(weights_only=True)`` of ``name``; with ``like`` (a state dict), the result must have
+        the same keys, shapes and dtypes, and finite values."""
+        return load_state_file(self.path / name, like, recovery=self.recovery(name))
 
     def save_masks(self, name: str, masks: Masks) -> Path:
         return masks.save(self.path / name)
 
-    def load_masks(self, name: str) -> Masks:
-        return Masks.load(self.path / name)
+    def load_masks(self, name: str, model: torch.nn.Module | None = None) -> Masks:
+        """Masks from ``name``; with ``model``, checked against it (names, shapes; see ``check_masks``)."""
+        path = self.path / name
+        if not path.exists():
+            raise FileNotFoundError(f"no masks file at {path}")
+        try:
+            masks = Masks.load(path)
+            if model is not None:
+                check_masks(masks, model, require_all=False)
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise self.corrupt(name, reason.replace(f"{path} ", "")) from None
+        return masks
+
+    def load_level(self, level: int, model: torch.nn.Module, record: type, history: type) -> tuple:
+        """The files of a completed level ``level_K``, each validated: ``(record fields, masks, weights,
+        history)``. ``record``/``history`` are the dataclasses recorded in ``record.json`` (the JSON must
+        match their fields and types); masks and weights must match ``model``; the record must agree with
+        its masks (count, density, layers) and hold accuracies in [0, 1]."""
+        d = f"level_{level}"
+        name = f"{d}/record.json"
+        rec = self.load_json(name)
+        if not isinstance(rec, dict) or not isinstance(rec.get("history"), dict):
+            raise self.corrupt(name, "no 'history' object")
+        hist_raw = rec.pop("history")
+        try:
+            rec = check_record(rec, record, "")
+            hist = check_record(hist_raw, history, "history")
+        except ValueError as exc:
+            raise self.corrupt(name, str(exc)) from None
+        masks = self.load_masks(f"{d}/masks.npz", model)
+        weights = self.load_tensors(f"{d}/weights.pt", like=model.state_dict())
+        checks = [
+            (rec.get("level") == level, f"it records level {rec.get('level')!r}"),
+            (rec.get("n_kept", masks.n_kept()) == masks.n_kept(),
+             f"n_kept {rec.get('n_kept')} but masks.npz keeps {masks.n_kept()}"),
+            (abs(rec.get("density", masks.density()) - masks.density()) <= 1e-9,
+             f"density {rec.get('density')} but masks.npz has {masks.density()}"),
+            (set(rec.get("layer_sparsity", masks)) == set(masks), "its layers differ from masks.npz's"),
+        ]
+        for key, value in [*rec.items(), *((f"history.{k}", v) for k, v in hist.items())]:
+            if key.endswith("_acc"):
+                vals = value if isinstance(value, list) else [value]
+                checks.append((all(0.0 <= v <= 1.0 for v in vals), f"{key} = {value} is not in [0, 1]"))
+        for ok, why in checks:
+            if not ok:
+                raise self.corrupt(name, why)
+        return rec, masks, weights, history(**hist)
+
+
+def load_state_file(
+    path: str | os.PathLike, like: Mapping[str, torch.Tensor] | None = None, *, recovery: str | None = None
+) -> Any:
+    """Tensors from ``path`` (``torch.load`` with ``weights_only=True``); with ``like`` (a state dict) the
+    result must have its keys, shapes and dtypes and hold finite values. A bad file raises
+    :class:`CorruptRunFileError` "PATH is corrupt (reason); RECOVERY" (default recovery: recompute the level
+    ``level_K`` the file is in, else delete the file)."""
+    path = Path(path)
+    if recovery is None:
+        where = path.parent if re.fullmatch(r"level_\d+", path.parent.name) else path
+        recovery = f"delete {where} to recompute {'that level' if where != path else 'it'}"
+
+    def corrupt(reason: str) -> CorruptRunFileError:
+        return CorruptRunFileError(f"{path} is corrupt ({reason}); {recovery}")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols is noise here
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
+        raise corrupt(safe_reason(exc)) from None
+    if like is None:
+        return obj
+    if not isinstance(obj, Mapping):
+        raise corrupt(f"a state dict was expected, got {type(obj).__name__}")
+    if set(obj) != set(like):
+        missing, extra = sorted(set(like) - set(obj)), sorted(set(obj) - set(like))
+        raise corrupt(f"its tensors do not match the model (missing {missing}, unexpected {extra})")
+    for k, ref in like.items():
+        t = obj[k]
+        if not isinstance(t, torch.Tensor):
+            raise corrupt(f"'{k}' is a {type(t).__name__}, not a tensor")
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise corrupt(
+                f"'{k}' has shape {tuple(t.shape)} and dtype {t.dtype}, the model's has {tuple(ref.shape)} "
+                f"and {ref.dtype}"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise corrupt(f"'{k}' holds NaN or inf")
+    return obj
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir | None, timeout: float | None = None) -> Iterator[RunDir | None]:
+    """``run.lock(timeout)`` for a run directory, nothing for ``None`` (a run without checkpoints)."""
+    if run is None:
+        yield None
+    else:
+        with run.lock(timeout):
+            yield run
