@@ -1,4 +1,15 @@
-"""Exact slice count vs grid sampling of the same slice.
+"""Exact slice counts: netgeom vs regioncam side by side, and vs grid sampling.
+
+Main table (default): the same plane and the same centred square box for netgeom's ``regions_on_slice``
+(exact: certified float64 decisions with an exact integer fallback) and regioncam (float32 region tracer),
+on random MLPs from 2-32-32-1 to 2-D slices of 784-400-400-10. Prints both counts, whether they agree, both
+times and the ratio regioncam time / netgeom time (> 1: netgeom faster). Each time is the best of
+``--repeat`` runs. regioncam's float32 drifts on boxes far larger than the arrangement (``r = 1e6`` rows),
+where netgeom's count is the exact one (it equals its ``box=None`` whole-plane count).
+
+    python benchmarks/bench_regions.py --quick           # < 1 minute
+    python benchmarks/bench_regions.py                   # all rows
+    python benchmarks/bench_regions.py --vs-grid         # the older exact-vs-grid-sampling table
 
 For MLPs ``n0 -> w -> w -> 10`` (w in 100, 200, 400) on a 40-D (MNIST-1D) and a 64-D (digits) input, the
 plane through three training inputs (Cai et al. 2023) is cut into its activation regions exactly
@@ -47,8 +58,88 @@ def _grid_batches(x0, d1, d2, box, n: int, rows_per_batch: int):
         yield base + uv @ D
 
 
+def _rc_count(net, x0, d1, d2, r: float) -> int:
+    import regioncam
+
+    rc = regioncam.Regioncam(size=r)
+    rc.linear(np.stack([d1, d2]).astype(np.float32), np.asarray(x0, dtype=np.float32))
+    mods = list(net)
+    for i, m in enumerate(mods):
+        if isinstance(m, torch.nn.Linear) and i < len(mods) - 1:
+            rc.linear(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
+        elif isinstance(m, torch.nn.ReLU):
+            rc.relu()
+    return rc.num_faces
+
+
+def _best(fn, repeat: int):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def vs_regioncam(quick: bool, repeat: int) -> None:
+    rows = [(2, [32, 32], 1, 1.0), (2, [32, 32], 1, 10.0), (2, [32, 32], 1, 1e6), (2, [100, 100], 10, 1.0),
+            (2, [100, 100], 10, 3.0), (784, [400, 400], 10, 0.5)]
+    if not quick:
+        rows += [(2, [100, 100], 10, 1e6), (64, [200, 200], 10, 2.0), (784, [400, 400], 10, 2.0)]
+    print("netgeom regions_on_slice vs regioncam, same plane and box [-r, r]^2 (random init, seed 0)")
+    print(
+        f"{'net':>16} {'r':>7} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_rc':>8} "
+        f"{'rc/ng':>6}"
+    )
+    for n0, widths, n_out, r in rows:
+        net = mlp(n0, widths, n_out, seed=0)
+        rng = np.random.default_rng(0)
+        if n0 == 2:
+            x0, d1, d2 = np.zeros(2), np.array([1.0, 0.0]), np.array([0.0, 1.0])
+        else:  # a plane through three image-like points in [0, 1]^n0
+            x1, x2, x3 = rng.uniform(0, 1, size=(3, n0)).astype(np.float32).astype(np.float64)
+            x0, d1, d2 = x1, x2 - x1, x3 - x1
+        x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
+        args = (net, x0, d1, d2)
+        ours, t_ng = _best(lambda a=args, r=r: regions_on_slice(*a, box=(-r, r, -r, r)).count, repeat)
+        theirs, t_rc = _best(lambda a=args, r=r: _rc_count(*a, r), repeat)
+        arch = f"{n0}-{'-'.join(map(str, widths))}-{n_out}"
+        print(
+            f"{arch:>16} {r:>7.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_rc:>8.4f} "
+            f"{t_rc / t_ng:>6.2f}",
+            flush=True,
+        )
+
+
+def box_rows(quick: bool) -> None:
+    """regions_in_box on a 10-16-16-3 MLP in [-r, r]^10: regions, LPs, regions/s, and agreement with
+    dense sampling (every sampled pattern must be an enumerated region). relucent's search needs Gurobi
+    (its facet LPs), so it is not run here; its qhull path only computes geometry after a search."""
+    from netgeom.regions.exact import regions_in_box
+
+    net = mlp(10, [16, 16], 3, seed=0)
+    radii = [0.1, 0.2] if quick else [0.1, 0.2, 0.35]
+    print("\nregions_in_box, 10-16-16-3 MLP (seed 0) in [-r, r]^10; relucent: needs Gurobi, not run")
+    print(f"{'r':>6} {'regions':>8} {'LPs':>7} {'LP/reg':>6} {'time':>8} {'reg/s':>7} {'sampled ⊆':>10}")
+    for r in radii:
+        t0 = time.perf_counter()
+        res = regions_in_box(net, -r * np.ones(10), r * np.ones(10), verbose=False, max_regions=10**6)
+        dt = time.perf_counter() - t0
+        X = np.random.default_rng(0).uniform(-r, r, size=(200_000, 10))
+        smp = count_patterns(net, X)
+        ok = {q.tobytes() for q in smp.patterns} <= {q.tobytes() for q in pack_patterns(res.patterns)}
+        print(
+            f"{r:>6} {res.count:>8} {res.n_lp:>7} {res.n_lp / res.count:>6.2f} {dt:>8.1f} "
+            f"{res.count / dt:>7.1f} {str(ok):>10}",
+            flush=True,
+        )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-box", action="store_true", help="skip the regions_in_box rows")
+    ap.add_argument("--vs-grid", action="store_true", help="exact count vs grid sampling (trained nets)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per timing")
     ap.add_argument("--quick", action="store_true", help="300x300 grid and width 100 only (< 1 minute)")
     ap.add_argument("--grid", type=int, default=None, help="grid points per side (default 1000, quick 300)")
     ap.add_argument("--widths", type=int, nargs="*", default=None)
@@ -57,6 +148,12 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    if not args.vs_grid:
+        vs_regioncam(args.quick, args.repeat)
+        if not args.no_box:
+            box_rows(args.quick)
+        return
     grid = args.grid or (300 if args.quick else 1000)
     widths = args.widths or ([100] if args.quick else [100, 200, 400])
     torch.set_num_threads(2)

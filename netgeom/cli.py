@@ -66,13 +66,16 @@ def _regions(args: argparse.Namespace) -> int:
     q, _ = np.linalg.qr(rng.standard_normal((n0, 2))) if n0 >= 2 else (None, None)
     if q is None:
         raise UsageError("a 2-D slice needs an input dimension of at least 2")
-    r = args.radius
-    res = regions_on_slice(net, np.zeros(n0), q[:, 0], q[:, 1], box=(-r, r, -r, r))
+    if not args.radius > 0:
+        raise UsageError(f"--radius must be positive (or inf for the whole plane), got {args.radius}")
+    r = args.radius if np.isfinite(args.radius) else None  # None: the whole plane, exactly
+    res = regions_on_slice(net, np.zeros(n0), q[:, 0], q[:, 1], box=None if r is None else (-r, r, -r, r))
     out = {
         "n0": n0,
         "widths": widths,
         "seed": args.seed,
-        "box_radius": r,
+        "box_radius": r if r is not None else res.box[1],
+        "whole_plane": r is None,
         "regions_on_slice": res.count,
         "serra_log10": int_log10(serra_bound(n0, widths)),
     }
@@ -258,7 +261,9 @@ def _main(argv: list[str]) -> int:
     r = add("regions", "exact regions of a random MLP n0-n1-…-nL on a random 2-D slice")
     r.add_argument("widths", type=_positive_int, nargs="+", help="input dimension, then hidden widths")
     r.add_argument("--seed", type=int, default=0, help="seed of the network and the slice")
-    r.add_argument("--radius", type=float, default=3.0, help="half-width of the (u, v) box")
+    r.add_argument(
+        "--radius", type=float, default=3.0, help="half-width of the (u, v) box; 'inf': the whole plane"
+    )
     r.set_defaults(func=_regions)
 
     i = add("id", "intrinsic dimension of a data set")

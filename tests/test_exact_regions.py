@@ -1,6 +1,7 @@
 """Exact regions (segment, slice, box) against brute force, against each other and against sampling."""
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -210,23 +211,58 @@ def test_dead_and_zero_weight_units():
     assert np.all(seg.patterns[:, 4]) and not np.any(seg.patterns[:, 5:])
 
 
-def test_segment_and_slice_inside_a_hyperplane():
-    # Unit 0 is z = x3 + w x1 (w = -0.3 as stored in float32); the segment/plane lies in z = 0 up to rounding:
-    # no split, bit False throughout.
+def _exact_bits(net, X):
+    """Patterns of the points ``X`` (rows of Fractions), exact rational arithmetic on the float64 weights."""
+    layers = affine_layers(net)
+    out = []
+    for x in X:
+        bits = []
+        for layer in layers:
+            W = [[Fraction(float(v)) for v in row] for row in layer.weight.numpy()]
+            bias = [Fraction(float(bb)) for bb in layer.bias.numpy()]
+            z = [sum(w * xi for w, xi in zip(row, x)) + bb for row, bb in zip(W, bias)]
+            if layer.activation == "identity":
+                x = z
+                continue
+            slope = Fraction(float(layer.negative_slope))
+            bits += [v > 0 for v in z]
+            x = [v if v > 0 else slope * v for v in z]
+        out.append(bits)
+    return np.array(out, dtype=bool)
+
+
+def test_segment_and_slice_exactly_inside_a_hyperplane():
+    # Unit 0 is z = x3 - x1 / 4; the segment and the plane lie exactly in z = 0 (dyadic numbers, no rounding):
+    # no split, bit False throughout, decided by the exact fallback.
+    W = np.array([[-0.25, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, -1.0, 0.2], [0.5, 0.0, -0.4]])
+    b = np.array([0.0, 0.1, -0.2, 0.05])
+    net = _net_from([W, np.array([[1.0, -1, 1, 1], [0.3, 0.2, -1, 1]])], [b, np.array([0.1, -0.1])])
+    a, c = np.array([1.5, -1.0, 0.375]), np.array([-2.5, 1.5, -0.625])
+    seg = regions_on_segment(net, a, c)
+    assert not seg.patterns[:, 0].any() and seg.n_exact > 0
+    other = _net_from([W[1:], np.array([[-1, 1, 1], [0.2, -1, 1]])], [b[1:], np.array([0.1, -0.1])])
+    assert seg.count == regions_on_segment(other, a, c).count
+    d1 = [0.75, 0, 0.1875]
+    sl = regions_on_slice(net, [0, 0, 0], d1, [0, 1, 0], box=(-1, 1, -1, 1))
+    assert not sl.patterns[:, 0].any() and sl.n_exact > 0
+    sl2 = regions_on_slice(other, [0, 0, 0], d1, [0, 1, 0], box=(-1, 1, -1, 1))
+    assert sl.count == sl2.count
+
+
+def test_segment_nearly_inside_a_hyperplane_is_decided_exactly():
+    # w = -0.3 in float32 and a3 = fl(-1.3 w): the segment is off the hyperplane z = x3 + w x1 by rounding
+    # only. Every piece's bits equal exact rational arithmetic at the piece's midpoint.
     w = float(np.float32(-0.3))
     W = np.array([[w, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, -1.0, 0.2], [0.5, 0.0, -0.4]])
     b = np.array([0.0, 0.1, -0.2, 0.05])
     net = _net_from([W, np.array([[1.0, -1, 1, 1], [0.3, 0.2, -1, 1]])], [b, np.array([0.1, -0.1])])
     a, c = np.array([1.3, -1.0, -1.3 * w]), np.array([-2.1, 1.5, 2.1 * w])
     seg = regions_on_segment(net, a, c)
-    assert not seg.patterns[:, 0].any()
-    other = _net_from([W[1:], np.array([[-1, 1, 1], [0.2, -1, 1]])], [b[1:], np.array([0.1, -0.1])])
-    assert seg.count == regions_on_segment(other, a, c).count
-    d1 = [0.7, 0, -0.7 * w]
-    sl = regions_on_slice(net, [0, 0, 0], d1, [0, 1, 0], box=(-1, 1, -1, 1))
-    assert not sl.patterns[:, 0].any()
-    sl2 = regions_on_slice(other, [0, 0, 0], d1, [0, 1, 0], box=(-1, 1, -1, 1))
-    assert sl.count == sl2.count
+    edges = [Fraction(float(t)) for t in seg.edges]
+    fa, fd = [Fraction(float(v)) for v in a], [Fraction(float(v)) - Fraction(float(u)) for u, v in zip(a, c)]
+    mids = [(edges[k] + edges[k + 1]) / 2 for k in range(seg.count)]
+    X = [[ai + t * di for ai, di in zip(fa, fd)] for t in mids]
+    assert np.array_equal(_exact_bits(net, X), seg.patterns)
 
 
 def test_masked_weights_are_absent():
@@ -457,3 +493,32 @@ def test_box_3d_subspace_matches_slices_of_it(seed):
     assert _pset(inner.patterns) <= _pset(box.patterns)
     # and every interior point really has its pattern
     assert count_patterns(net, box.points).count == box.count
+
+
+def test_cli_regions_radius_and_whole_plane(capsys):
+    import json
+
+    from netgeom.cli import main
+
+    counts = []
+    for r in ("10", "1e6", "1e300", "inf"):
+        assert main(["regions", "6", "8", "8", "--radius", r]) == 0
+        out = json.loads(capsys.readouterr().out)
+        counts.append(out["regions_on_slice"])
+    assert counts == sorted(counts) and counts[-1] == counts[-2] and out["whole_plane"]
+
+
+def test_whole_plane_and_line_degenerate_arrangements():
+    # no hidden layer: one region; lines all through the origin; parallel lines only (strips, no vertex)
+    affine = nn.Sequential(nn.Linear(3, 2))
+    assert regions_on_slice(affine, np.zeros(3), [1, 0, 0], [0, 1, 0], box=None).count == 1
+    assert regions_on_segment(affine, np.zeros(3), np.ones(3), t_range=None).count == 1
+    star = _net_from([np.array([[1.0, 0], [0, 1], [1, 1]])], [np.zeros(3)])
+    whole = regions_on_slice(star, [0, 0], [1, 0], [0, 1], box=None)
+    assert whole.count == 6 and whole.n_exact > 0  # every vertex is the origin: decided exactly
+    seg = regions_on_segment(star, [-1.0, -0.5], [1.0, 0.5], t_range=None)
+    assert seg.count == 2 and seg.breakpoints == pytest.approx([0.5], abs=1e-15)
+    strips = _net_from([np.array([[1.0, 0], [2, 0], [-1, 0]])], [np.array([5.0, -300, 1e4])])
+    whole = regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=None)
+    assert whole.count == 4 and whole.box[1] >= 1e4
+    assert regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=(-1e3, 1e3, -1, 1)).count == 3

@@ -1,5 +1,6 @@
 """Linear regions: activation patterns, exact counts (segment, slice, box), bounds, density allocation."""
 
+from ._graph_segment import CloseCallError
 from .allocation import AllocationResult, allocate_densities
 from .bounds import (
     RANK_MODELS,
@@ -32,6 +33,7 @@ __all__ = [
     "SegmentRegionsResult",
     "SliceRegionsResult",
     "TooManyRegionsError",
+    "CloseCallError",
     "count_patterns",
     "pattern_layers",
     "plane_through",

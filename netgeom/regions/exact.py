@@ -9,10 +9,12 @@ is convex, so it meets a segment, plane or box in one connected piece: counting 
 They count *activation* regions (distinct patterns), which can exceed the number of linear regions (maximal
 sets where the network is affine) when e.g. a unit changes sign without changing the map.
 
-Numerical conventions, shared by all three: a pre-activation is taken as zero where it is below
-``rel_tol`` times the size of the terms it sums (so a unit with an all-zero weight row, or a segment lying in
-a unit's hyperplane, has a constant sign and causes no split); a unit's pattern bit is ``z > 0``, so an
-identically zero pre-activation has bit False, as in :func:`netgeom.regions.count_patterns`.
+Numerical conventions: the segment and the slice decide every sign with a certified float error bound
+and, when a value is within its bound of zero, exactly (integer arithmetic on the float64 weights and the
+given points; see :mod:`netgeom.regions._exact`), so their pieces are exactly those of the float64 network
+at any scale. A unit's pattern bit is ``z > 0`` on the piece's interior, so a unit that is identically zero
+there has bit False, as in :func:`netgeom.regions.count_patterns`. The box method decides by linear programs
+(HiGHS) with a radius threshold relative to the box (``min_radius``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 import torch
 
 from .._validation import check_array, check_fraction, check_int
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer, UnsupportedLayerError, affine_layers
 from ..results import Result, new_axes
+from . import _exact, _slice
+from ._slice import TooManyRegionsError
 from .bounds import int_log10, serra_bound
 from .patterns import _last_pattern_layer, pattern_layers
 
@@ -41,10 +45,8 @@ __all__ = [
 ]
 
 _REL_TOL = 1e-10
-
-
-class TooManyRegionsError(RuntimeError):
-    """The enumeration met more regions than the caller's ``max_regions`` allows."""
+_U = 2.0**-53
+_TINY = 1e-300
 
 
 def _hidden(
@@ -72,11 +74,15 @@ def _flat_point(x, name: str, n0: int) -> np.ndarray:
 # ============================================================================================== segment
 @dataclass
 class SegmentRegionsResult(Result):
-    """Activation regions along the segment ``x(t) = a + t (b - a)``, ``t ∈ [0, 1]``.
+    """Activation regions along the line ``x(t) = a + t (b - a)`` for ``t`` in ``t_range``.
 
     ``breakpoints`` are the interior points where the pattern changes (sorted, ``count - 1`` of them) and
     ``patterns[k]`` the pattern on the k-th piece. ``outputs`` holds the network output at ``edges``
-    (0, the breakpoints, 1); the network is affine in between, so that is its whole graph along the segment.
+    (``t_range[0]``, the breakpoints, ``t_range[1]``); the network is affine in between, so that is its
+    whole graph along the segment. ``t_range`` is ``(0, 1)`` for the segment from ``a`` to ``b``; for the
+    whole line (``t_range=None`` in :func:`regions_on_segment`) it is an interval found from the breakpoints
+    that holds all of them, so the pieces are every region the line meets (the first and last unbounded).
+    ``n_exact`` counts the sign decisions that needed exact arithmetic.
     """
 
     count: int
@@ -85,10 +91,12 @@ class SegmentRegionsResult(Result):
     patterns: np.ndarray = field(repr=False)
     outputs: np.ndarray = field(repr=False)
     length: float = 0.0
+    t_range: tuple = (0.0, 1.0)
+    n_exact: int = 0
 
     @property
     def edges(self) -> np.ndarray:
-        return np.concatenate([[0.0], self.breakpoints, [1.0]])
+        return np.concatenate([[self.t_range[0]], self.breakpoints, [self.t_range[1]]])
 
     def plot(self, ax=None):
         """The output coordinates along the segment (exactly piecewise linear), breakpoints dashed."""
@@ -102,11 +110,200 @@ class SegmentRegionsResult(Result):
         return ax
 
 
+class _SegCtx:
+    """Exact fallback for the segment: lines ``(alpha, beta)`` (value ``alpha + beta s``), points as the
+    roots of lines, ids as in the slice (negative ids: the frame's end points)."""
+
+    def __init__(self, plan, base, frame_lines, sigma):
+        self.plan, self.base, self.frame_lines, self.sigma = plan, base, frame_lines, sigma
+        self.blocks: list = []
+        self.n_exact = 0
+        self._net = None
+        self._cache: dict = {}
+
+    def line(self, lid: int) -> list[int]:
+        if lid < 0:
+            return self.frame_lines[-lid - 1]
+        if lid not in self._cache:
+            if self._net is None:
+                self._net = _exact.ExactNet(self.plan, self.base)
+            block, row, unit = lid >> 44, (lid >> 20) & ((1 << 24) - 1), lid & ((1 << 20) - 1)
+            li, prefix = self.blocks[block]
+            al, be = self._net.line(li, prefix[row], unit)
+            if self.sigma is not None:
+                be = self.sigma * be - al
+            self._cache[lid] = [al, be]
+        return self._cache[lid]
+
+    def sign_at_root(self, point_ids, line_ids) -> np.ndarray:
+        out = np.empty(len(point_ids), dtype=np.int8)
+        for i, (p, q) in enumerate(zip(point_ids.tolist(), line_ids.tolist())):
+            a1, b1 = self.line(p)
+            a3, b3 = self.line(q)
+            out[i] = _exact.sign(a3 * b1 - b3 * a1) * _exact.sign(b1)
+        self.n_exact += len(out)
+        return out
+
+    def compare(self, p: int, q: int) -> int:
+        """Sign of (root of line q) - (root of line p)."""
+        a1, b1 = self.line(p)
+        a2, b2 = self.line(q)
+        self.n_exact += 1
+        return _exact.sign(a1 * b2 - a2 * b1) * _exact.sign(b1) * _exact.sign(b2)
+
+
+def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
+    """Cut ``[t0, t1]`` (in the pass's coordinate ``s``; the line's input is ``P + s Q`` before the
+    half-line transform of ``ctx.sigma``) by every layer. Returns ``(roots (W, T), patterns)``."""
+    # Points: homogeneous (W, T), W > 0, the root of the line with id pid; errors dpt.
+    pts = np.array([[1.0, t0], [1.0, t1]])
+    _, ex = np.frexp(np.abs(pts).max(axis=1))
+    pts = np.ldexp(pts, -ex[:, None])
+    dpt = np.zeros(2)
+    pid = np.array([-1, -2], dtype=np.int64)
+    P, Q = P[None, :], Q[None, :]
+    eP, eQv = np.zeros(1), np.array([eQ])
+    prefix = np.zeros((1, 0), dtype=bool)
+    for li, (W, bias, has_bits, slope) in enumerate(plan[: last + 1]):
+        m, n_in = P.shape
+        A = P @ W.T + bias
+        B = Q @ W.T
+        gamma = 1.01 * (n_in + 2) * _U
+        nW = np.linalg.norm(W, axis=1)
+        eA = (gamma * _slice.safe_norm(P, axis=1) + eP)[:, None] * nW + gamma * np.abs(bias)
+        eB = (gamma * _slice.safe_norm(Q, axis=1) + eQv)[:, None] * nW
+        if not has_bits:
+            P, Q, eP, eQv = A, B, _slice.safe_norm(eA, axis=1), _slice.safe_norm(eB, axis=1)
+            continue
+        n = A.shape[1]
+        block = len(ctx.blocks)
+        ctx.blocks.append((li, prefix))
+        al, be = A, B
+        dl = np.maximum(eA, eB)
+        if ctx.sigma is not None:
+            be = ctx.sigma * B - A
+            dl = 2 * dl + _U * np.abs(be)
+        mag = np.maximum(np.abs(al), np.abs(be))
+        _, ex = np.frexp(mag)
+        al, be, dl = np.ldexp(al, -ex), np.ldexp(be, -ex), np.ldexp(dl, -ex) * (1 + 1e-9) + _TINY
+        ids = (np.int64(block) << 44) | (np.arange(m, dtype=np.int64)[:, None] << 20) | np.arange(n)[None, :]
+        sides = []
+        for side in (0, 1):
+            pt = pts[np.arange(m) + side]
+            s = al * pt[:, :1] + be * pt[:, 1:]
+            tol = 2 * (dl + dpt[np.arange(m) + side, None]) * (1 + 1e-6) + 6 * _U + _TINY
+            sg = (s > tol).astype(np.int8) - (s < -tol)
+            unc = np.abs(s) <= tol
+            if unc.any():
+                r, j = np.nonzero(unc)
+                sg[r, j] = ctx.sign_at_root(pid[r + side], ids[r, j])
+            sides.append(sg)
+        sL, sR = sides
+        cut = sL.astype(np.int16) * sR < 0
+        base_bits = (sL > 0) | (sR > 0)
+        r, j = np.nonzero(cut)
+        # Roots (W, T) = (beta, -alpha) made W > 0, sorted within each piece.
+        sgn = np.sign(be[r, j])
+        RW, RT = be[r, j] * sgn, -al[r, j] * sgn
+        Rn = np.maximum(np.abs(RW), np.abs(RT))
+        _, ex = np.frexp(Rn)
+        RW, RT, Rd = np.ldexp(RW, -ex), np.ldexp(RT, -ex), np.ldexp(dl[r, j], -ex)
+        key = np.empty(len(r))
+        ok = RW > 2 * Rd
+        key[ok] = RT[ok] / RW[ok]
+        if not ok.all():
+            # The float root is too uncertain to place: put it where its exact value is.
+            from fractions import Fraction
+
+            for i in np.nonzero(~ok)[0].tolist():
+                al_i, be_i = ctx.line(int(ids[r[i], j[i]]))
+                key[i] = float(Fraction(-al_i, be_i))
+                RW[i], RT[i] = np.ldexp(np.array([1.0, key[i]]), -int(np.frexp(max(1.0, abs(key[i])))[1]))
+                Rd[i] = 4 * _U
+            ctx.n_exact += int((~ok).sum())
+        order = np.lexsort((key, r))
+        r, j, RW, RT, Rd = r[order], j[order], RW[order], RT[order], Rd[order]
+        rid = ids[r, j]
+        group = np.zeros(len(r), dtype=np.int64)  # distinct-root index within the piece
+        if len(r) > 1:
+            same_piece = r[1:] == r[:-1]
+            diff = RT[1:] * RW[:-1] - RT[:-1] * RW[1:]
+            tol = 2 * (Rd[1:] + Rd[:-1] + Rd[1:] * Rd[:-1]) * (1 + 1e-6) + 6 * _U + _TINY
+            sure = diff > tol
+            unsure = same_piece & ~sure
+            if unsure.any():
+                # Runs of roots too close to order in floats: order them (and merge equal ones) exactly.
+                import functools
+
+                idx = np.nonzero(unsure)[0]
+                runs = []
+                for i in idx.tolist():
+                    if runs and runs[-1][1] == i:
+                        runs[-1][1] = i + 1
+                    else:
+                        runs.append([i, i + 1])
+                def cmp(x, y, rid=rid):
+                    return ctx.compare(int(rid[y]), int(rid[x]))
+
+                for lo, hi in runs:
+                    seg = list(range(lo, hi + 1))
+                    seg.sort(key=functools.cmp_to_key(cmp))
+                    perm = np.array(seg)
+                    r[lo : hi + 1], j[lo : hi + 1] = r[perm], j[perm]
+                    RW[lo : hi + 1], RT[lo : hi + 1], Rd[lo : hi + 1] = RW[perm], RT[perm], Rd[perm]
+                    rid[lo : hi + 1] = rid[perm]
+                    for k in range(lo, hi):
+                        sure[k] = ctx.compare(int(rid[k]), int(rid[k + 1])) > 0
+            new_group = ~same_piece | sure
+            group[1:] = np.cumsum(new_group)
+            # restart numbering in each piece
+            first = np.concatenate([[True], ~same_piece])
+            group = group - np.maximum.accumulate(np.where(first, group, 0))
+        G = np.zeros(m, dtype=np.int64)  # distinct roots per piece
+        if len(r):
+            np.maximum.at(G, r, group + 1)
+        # New pieces: piece p becomes G[p] + 1 sub-pieces.
+        n_sub = G + 1
+        parent = np.repeat(np.arange(m), n_sub)
+        q = np.arange(len(parent)) - np.repeat(np.cumsum(n_sub) - n_sub, n_sub)
+        Gfull = np.full((m, n), -1, dtype=np.int64)
+        Gfull[r, j] = group
+        Gp = Gfull[parent]
+        bits = np.where(Gp < 0, base_bits[parent], np.where(q[:, None] <= Gp, sL[parent] > 0, sR[parent] > 0))
+        # New points: per piece its left point, then one per distinct root; then the final right point.
+        firsts = np.ones(len(r), dtype=bool)
+        if len(r) > 1:
+            firsts[1:] = (r[1:] != r[:-1]) | (group[1:] != group[:-1])
+        rr = r[firsts]
+        new_pts = np.concatenate([pts[:-1], np.stack([RW[firsts], RT[firsts]], 1)])
+        new_d = np.concatenate([dpt[:-1], Rd[firsts] * (1 + 1e-9) + _TINY])
+        new_id = np.concatenate([pid[:-1], rid[firsts]])
+        key = np.concatenate([np.arange(m) * 2.0, rr * 2.0 + 1])
+        sub = np.concatenate([np.zeros(m), group[firsts] + 1.0])
+        o = np.lexsort((sub, key))
+        pts = np.concatenate([new_pts[o], pts[-1:]])
+        dpt = np.concatenate([new_d[o], dpt[-1:]])
+        pid = np.concatenate([new_id[o], pid[-1:]])
+        prefix = np.concatenate([prefix[parent], bits], axis=1)
+        gain = np.where(bits, 1.0, slope)
+        P, Q = A[parent] * gain, B[parent] * gain
+        g = max(1.0, abs(slope))
+        eP = (_slice.safe_norm(eA, axis=1) * g + _U * _slice.safe_norm(A, axis=1))[parent]
+        eQv = (_slice.safe_norm(eB, axis=1) * g + _U * _slice.safe_norm(B, axis=1))[parent]
+    return pts, prefix
+
+
 def regions_on_segment(
-    model: torch.nn.Module, a, b, masks=None, *, rel_tol: float = _REL_TOL, input_shape=None
+    model: torch.nn.Module, a, b, masks=None, *, t_range=(0.0, 1.0), input_shape=None
 ) -> SegmentRegionsResult:
-    """Exact activation regions met by the segment from ``a`` to ``b``; ``input_shape`` (one sample's
-    shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
+    """Exact activation regions met by the segment from ``a`` to ``b`` (``x(t) = a + t (b - a)``, ``t`` in
+    ``t_range``, default ``(0, 1)``), or by the whole line through them with ``t_range=None``.
+
+    Breakpoints are roots of the pre-activations, affine in ``t`` on each piece; every sign decision is
+    certified by a float error bound or, when too close to call, made in exact arithmetic on the float64
+    weights and end points, so the pieces are exactly those of the float64 network at any scale (a
+    longer segment never has fewer pieces). ``input_shape`` (one sample's shape, for conv nets) is passed
+    to :func:`netgeom.nets.affine_layers`.
 
     Example
     -------
@@ -114,59 +311,120 @@ def regions_on_segment(
     >>> res = regions_on_segment(mlp(1, [5], 1, seed=0), [-3.0], [3.0])
     >>> res.count == len(res.breakpoints) + 1 <= 6
     True
+    >>> regions_on_segment(mlp(1, [5], 1, seed=0), [-3.0], [3.0], t_range=None).count >= res.count
+    True
     """
-    rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
-    layers, plan = _hidden(model, masks, input_shape)
+    try:
+        layers, plan = _hidden(model, masks, input_shape)
+    except UnsupportedLayerError as err:
+        from ..nets import trace
+
+        g = trace(model, masks, input_shape=input_shape)  # raises again for a truly unsupported op
+        if g.is_chain:
+            raise err
+        return _segment_on_graph(g, a, b, t_range)
     n0 = layers[0].n_in
     a = _flat_point(a, "a", n0)
     b = _flat_point(b, "b", n0)
     if np.array_equal(a, b):
         raise ValueError("a and b coincide: the segment is a single point")
-    t_tol = 1e-12
-    ts = np.array([0.0, 1.0])
-    P, Q = a[None, :], (b - a)[None, :]
-    bits_hist: list[np.ndarray] = []
-    for W, bias, has_bits, slope in plan:
-        A, B = P @ W.T + bias, Q @ W.T
-        SA = np.abs(P) @ np.abs(W).T + np.abs(bias)
-        SB = np.abs(Q) @ np.abs(W).T
-        B = np.where(np.abs(B) <= rel_tol * SB, 0.0, B)
-        T = rel_tol * (SA + SB)
-        if not has_bits:
-            P, Q = A, B
-            continue
-        z_lo, z_hi = A + B * ts[:-1, None], A + B * ts[1:, None]
-        cut = (np.maximum(z_lo, z_hi) > T) & (np.minimum(z_lo, z_hi) < -T)
-        piece, _ = np.nonzero(cut)
-        roots = -A[cut] / B[cut]
-        inside = (roots > ts[piece] + t_tol) & (roots < ts[piece + 1] - t_tol)
-        roots = np.sort(roots[inside])
-        if len(roots):
-            # Roots of different units equal up to rounding (identical hyperplanes) are one breakpoint.
-            roots = roots[np.concatenate([[True], np.diff(roots) > t_tol])]
-        old = ts
-        ts = np.union1d(ts, roots)
-        mid = 0.5 * (ts[:-1] + ts[1:])
-        parent = np.searchsorted(old, mid, side="right") - 1
-        A, B, T = A[parent], B[parent], T[parent]
-        z = A + B * mid[:, None]
-        bits = z > T
-        bits_hist = [h[parent] for h in bits_hist] + [bits]
-        P, Q = np.where(bits, A, slope * A), np.where(bits, B, slope * B)
-    n_pieces = len(ts) - 1
-    patterns = np.concatenate(bits_hist, axis=1) if bits_hist else np.zeros((n_pieces, 0), dtype=bool)
+    d = b - a
+    if not np.all(np.isfinite(d)):
+        raise ValueError("b - a overflows float64; choose end points closer together")
+    # The exact direction b - a (its float64 rounding d carries an error bound instead).
+    ai, ae = _exact.to_exact(a)
+    bi, be = _exact.to_exact(b)
+    d_exact = _exact.exact_add((bi, be), (-ai, ae))
+    eQ = _U * float(_slice.safe_norm(d, axis=0))
+    last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
+    whole = t_range is None
+    if not whole:
+        t_range = check_array(t_range, "t_range", ndim=1)
+        if t_range.size != 2 or not t_range[0] < t_range[1]:
+            raise ValueError(f"t_range must be (t0, t1) with t0 < t1, got {t_range.tolist()}")
+        t0, t1 = float(t_range[0]), float(t_range[1])
+    n_exact = 0
+    if last < 0:
+        roots = np.zeros(0)
+        patterns = np.zeros((1, 0), dtype=bool)
+        if whole:
+            t0, t1 = -1.0, 1.0  # no breakpoints: any interval holds them all
+    elif not whole:
+        ctx = _SegCtx(
+            plan, [(ai, ae), d_exact], [_exact.float_line([-t0, 1.0]), _exact.float_line([-t1, 1.0])], None
+        )
+        pts, patterns = _segment_pass(plan, last, a, d, eQ, t0, t1, ctx)
+        roots = pts[1:-1, 1] / pts[1:-1, 0]
+        n_exact = ctx.n_exact
+    else:
+        # Two half-lines t >= 0 and t <= 0, each mapped onto s in [0, 1] by t = ±s / (1 - s), which keeps
+        # lines straight and signs unchanged; s = 1 is the point at infinity.
+        halves = []
+        for sigma in (1, -1):
+            ctx = _SegCtx(plan, [(ai, ae), d_exact], [[0, 1], [-1, 1]], sigma)
+            pts, pats = _segment_pass(plan, last, a, d, eQ, 0.0, 1.0, ctx)
+            s = pts[1:-1, 1] / pts[1:-1, 0]
+            halves.append((sigma * s / (1 - s), pats))
+            n_exact += ctx.n_exact
+        (tp, pp), (tn, pn) = halves
+        # t <= 0 pieces run from 0 outwards: reverse them; the two pieces at t = 0 are one when their
+        # patterns agree (t = 0 is then no breakpoint).
+        tn, pn = tn[::-1], pn[::-1]
+        if np.array_equal(pn[-1], pp[0]):
+            roots = np.concatenate([tn, tp])
+            patterns = np.concatenate([pn[:-1], pp])
+        else:
+            roots = np.concatenate([tn, [0.0], tp])
+            patterns = np.concatenate([pn, pp])
+        lo, hi = (roots.min(), roots.max()) if len(roots) else (0.0, 0.0)
+        pad = max(1.0, 0.25 * (hi - lo))
+        t0, t1 = float(lo - pad), float(hi + pad)
+    ts = np.concatenate([[t0], roots, [t1]])
     with torch.no_grad():
-        pts = torch.as_tensor(a[None, :] + ts[:, None] * (b - a)[None, :])
-        out = pts
+        pts_x = torch.as_tensor(a[None, :] + ts[:, None] * d[None, :])
+        out = pts_x
         for layer in layers:
             out = layer(out)
     return SegmentRegionsResult(
-        count=n_pieces,
+        count=len(patterns),
         n_bits=patterns.shape[1],
-        breakpoints=ts[1:-1],
+        breakpoints=roots,
         patterns=patterns,
         outputs=out.numpy(),
-        length=float(np.linalg.norm(b - a)),
+        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
+        t_range=(t0, t1),
+        n_exact=n_exact,
+    )
+
+
+def _segment_on_graph(g, a, b, t_range) -> SegmentRegionsResult:
+    """:func:`regions_on_segment` on a traced graph (residual add, cat, max-pool): see
+    :mod:`netgeom.regions._graph_segment`."""
+    from ._graph_segment import segment_graph
+
+    n0 = g.n_in
+    a = _flat_point(a, "a", n0)
+    b = _flat_point(b, "b", n0)
+    if np.array_equal(a, b):
+        raise ValueError("a and b coincide: the segment is a single point")
+    if t_range is None:
+        raise ValueError("t_range=None (the whole line) needs a chain network; give a finite t_range")
+    t_range = check_array(t_range, "t_range", ndim=1)
+    if t_range.size != 2 or not t_range[0] < t_range[1]:
+        raise ValueError(f"t_range must be (t0, t1) with t0 < t1, got {t_range.tolist()}")
+    t0, t1 = float(t_range[0]), float(t_range[1])
+    d = b - a
+    edges, patterns = segment_graph(g, a, d, t0, t1)
+    with torch.no_grad():
+        out = g.forward(torch.as_tensor(a[None, :] + edges[:, None] * d[None, :]))
+    return SegmentRegionsResult(
+        count=len(patterns),
+        n_bits=patterns.shape[1],
+        breakpoints=edges[1:-1],
+        patterns=patterns,
+        outputs=out.numpy(),
+        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
+        t_range=(t0, t1),
     )
 
 
@@ -176,7 +434,10 @@ class SliceRegionsResult(Result):
     """Activation regions met by the 2-D slice ``x(u, v) = x0 + u d1 + v d2`` over ``box``.
 
     ``polygons[k]`` is a convex ``(n_k, 2)`` array of ``(u, v)`` vertices (counter-clockwise) of the k-th
-    region's piece, ``patterns[k]`` its activation pattern and ``areas[k]`` its area.
+    region's piece, ``patterns[k]`` its activation pattern and ``areas[k]`` its area. With ``box=None`` in
+    :func:`regions_on_slice` the regions are all those the whole plane meets and ``box`` is a square found
+    from the arrangement that meets every one of them. ``n_exact`` counts the sign decisions that needed
+    exact arithmetic (float error bounds settle all others).
     """
 
     count: int
@@ -186,6 +447,8 @@ class SliceRegionsResult(Result):
     patterns: np.ndarray = field(repr=False)
     areas: np.ndarray = field(repr=False)
     marks: dict = field(default_factory=dict, repr=False)
+    n_exact: int = 0
+    whole_plane: bool = False
 
     def plot(self, ax=None, *, seed: int = 0, edgecolor: str = "k", linewidth: float = 0.1):
         """The regions as polygons in random colours (seeded), like Hanin & Rolnick (2019, Fig. 1).
@@ -231,12 +494,17 @@ def plane_through(x1, x2, x3, margin: float = 0.25) -> tuple[np.ndarray, np.ndar
 
 
 def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
-    n1, n2 = float(d1 @ d1), float(d2 @ d2)
-    if n1 == 0 or n2 == 0:
+    """Refuse degenerate planes: a zero direction, or d1, d2 parallel (decided exactly)."""
+    if not np.any(d1) or not np.any(d2):
         raise ValueError("a direction of the plane is zero (d1 or d2), so the plane is degenerate")
-    det = n1 * n2 - float(d1 @ d2) ** 2
-    if det <= 1e-12 * n1 * n2:
+    i1, e1 = _exact.to_exact(d1)
+    i2, e2 = _exact.to_exact(d2)
+    # Parallel iff every 2x2 minor vanishes: d1 (d2 . d2) == d2 (d1 . d2) exactly.
+    k = int(np.flatnonzero(d1)[0])
+    if all(int(i1[k]) * int(v) == int(i2[k]) * int(w) for v, w in zip(i1, i2)):
         raise ValueError("d1 and d2 are parallel, so they do not span a plane; choose independent directions")
+    if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
+        raise ValueError("d1 and d2 must be finite")
 
 
 def _check_box(box, names=("u", "v")) -> tuple[float, ...]:
@@ -249,55 +517,6 @@ def _check_box(box, names=("u", "v")) -> tuple[float, ...]:
     return tuple(float(v) for v in vals)
 
 
-def _vertex_values(V: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Values of the affine functions ``a + b·(u, v)`` (one per row) at the rows' vertices ``V (r, K, 2)``."""
-    return a[:, None] + V[..., 0] * b[:, 0, None] + V[..., 1] * b[:, 1, None]
-
-
-def _shoelace(V: np.ndarray) -> np.ndarray:
-    # Rows are padded with copies of their first vertex, whose extra terms cancel.
-    Vn = np.roll(V, -1, axis=1)
-    return 0.5 * (V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1)
-
-
-def _clip(V: np.ndarray, n: np.ndarray, s: np.ndarray, t: np.ndarray) -> tuple:
-    """Split convex polygons ``V (r, K, 2)`` (``n`` real vertices, padded with the first) by sign of ``s``.
-
-    Returns ``(pos, n_pos, neg, n_neg)``: the pieces with ``s ≥ 0`` and ``s ≤ 0``, in the same padded form.
-    Values within ``t`` of zero count as on the line, so near-coincident lines create no slivers.
-    """
-    r, K = s.shape
-    k = np.arange(K)
-    real = k[None, :] < n[:, None]
-    s = np.where(np.abs(s) <= t[:, None], 0.0, s)
-    # The padding repeats the first vertex, so rolling gives every real vertex its true successor.
-    Vn, sn = np.roll(V, -1, axis=1), np.roll(s, -1, axis=1)
-    cross = real & (s * sn < 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lam = np.where(cross, s / (s - sn), 0.0)
-    X = V + lam[..., None] * (Vn - V)
-    cand = np.empty((r, 2 * K, 2))
-    cand[:, 0::2], cand[:, 1::2] = V, X
-    out = []
-    for keep in (real & (s >= 0), real & (s <= 0)):
-        mask = np.empty((r, 2 * K), dtype=bool)
-        mask[:, 0::2], mask[:, 1::2] = keep, cross
-        order = np.argsort(~mask, axis=1, kind="stable")
-        cnt = mask.sum(axis=1)
-        width = max(int(cnt.max()), 1)
-        P = np.take_along_axis(cand, order[:, :width, None], axis=1)
-        pad = np.arange(width)[None, :] >= cnt[:, None]
-        P = np.where(pad[..., None], P[:, :1], P)
-        out += [P, cnt]
-    return tuple(out)
-
-
-def _pad_to(V: np.ndarray, K: int) -> np.ndarray:
-    if V.shape[1] >= K:
-        return V
-    return np.concatenate([V, np.repeat(V[:, :1], K - V.shape[1], axis=1)], axis=1)
-
-
 def regions_on_slice(
     model: torch.nn.Module,
     x0,
@@ -307,24 +526,28 @@ def regions_on_slice(
     masks=None,
     *,
     input_shape=None,
-    rel_tol: float = _REL_TOL,
-    area_tol: float = 1e-12,
     max_regions: int = 1_000_000,
     memory_budget: int = 2**28,
 ) -> SliceRegionsResult:
     """Exact activation regions met by the plane ``x0 + u d1 + v d2`` with ``(u, v)`` in
-    ``box = (u0, u1, v0, v1)``; points may come in the input's own shape (e.g. ``(C, L)``): flattened.
+    ``box = (u0, u1, v0, v1)``, or in the whole plane with ``box=None``; points may come in the input's own
+    shape (e.g. ``(C, L)``): flattened.
 
     Layer by layer, every current convex polygon is split along the zero line of every unit of the layer
-    that changes sign inside it (the polygons of a layer are clipped by one unit at a time, all at once in
-    numpy). A split that would leave a piece of area below ``area_tol`` times the box's area is not made.
+    that changes sign inside it. Decisions (the sign of a unit at a polygon's vertex) are made in
+    projective coordinates with certified float error bounds, and exactly (integer arithmetic on the
+    float64 weights, ``x0``, ``d1``, ``d2``) when too close to call, so the count is exact for the float64
+    network at any scale: a larger box never has fewer regions, and scaling ``d1, d2`` by ``c`` and the box
+    by ``1 / c`` changes nothing. With ``box=None`` the plane is cut as four quadrants, each mapped onto a
+    triangle by a projective map (lines stay lines; the side opposite the origin is the line at infinity),
+    so every region of the whole plane is found; a square box that meets all of them is then found from
+    the arrangement's vertices and the polygons are given in it.
 
-    Polygons are independent of one another, so when a layer's per-polygon affine maps (``8 * 3 * n_units``
-    bytes a polygon) would exceed ``memory_budget`` bytes, the polygons are processed in chunks, each carried
-    through the remaining layers before the next (depth first): the working memory then stays near the
-    budget whatever the number of regions. Raises :class:`TooManyRegionsError` as soon as a layer has cut the
-    slice into more than ``max_regions`` pieces (a lower bound on the final count). ``input_shape`` (one
-    sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets without ``input_shape``.
+    Polygons are independent of one another, so when a layer's per-polygon maps would exceed
+    ``memory_budget`` bytes, the polygons are processed in chunks, each carried through the remaining
+    layers before the next (depth first). Raises :class:`TooManyRegionsError` as soon as a layer has cut
+    the slice into more than ``max_regions`` pieces (a lower bound on the final count). ``input_shape``
+    (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
 
     Example
     -------
@@ -332,9 +555,9 @@ def regions_on_slice(
     >>> res = regions_on_slice(mlp(2, [3], 1, seed=0), [0, 0], [1, 0], [0, 1], box=(-5, 5, -5, 5))
     >>> res.count <= 7  # at most 1 + 3 + 3 regions for 3 lines
     True
+    >>> regions_on_slice(mlp(2, [3], 1, seed=0), [0, 0], [1, 0], [0, 1], box=None).count >= res.count
+    True
     """
-    rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
-    area_tol = check_fraction(area_tol, "area_tol", low_inclusive=False)
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
     layers, plan = _hidden(model, masks, input_shape)
@@ -343,189 +566,106 @@ def regions_on_slice(
     d1 = _flat_point(d1, "d1", n0)
     d2 = _flat_point(d2, "d2", n0)
     _check_plane(d1, d2)
-    u0, u1, v0, v1 = _check_box(box)
     last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
-    ctx = _SliceCtx(
-        plan=plan[: last + 1],
-        names=[layer.name for layer in layers],
-        last=last,
-        rel_tol=rel_tol,
-        min_area=area_tol * (u1 - u0) * (v1 - v0),
-        umax=max(abs(u0), abs(u1)),
-        vmax=max(abs(v0), abs(v1)),
-        max_regions=max_regions,
-        budget=memory_budget,
-        reached=[0] * max(last + 1, 0),
-    )
-    V = np.array([[[u0, v0], [u1, v0], [u1, v1], [u0, v1]]])
-    nv = np.array([4])
-    P, Q = x0[None, :], np.stack([d1, d2])[None]  # layer input = P + (u, v) @ Q, Q: (m, 2, n_in)
-    if last >= 0:
-        V, nv, patterns, _ = _slice_from(ctx, 0, V, nv, P, Q)
+    plan = plan[: last + 1]
+    names = [layer.name for layer in layers]
+
+    def run(frame_h, frame_l, quadrant):
+        ctx = _slice.SliceCtx(
+            plan=plan,
+            names=names,
+            last=last,
+            max_regions=max_regions,
+            budget=memory_budget,
+            reached=[0] * max(last + 1, 0),
+            base=[x0, d1, d2],
+            frame_lines=[_exact.float_line(ln) for ln in frame_l],
+            quadrant=quadrant,
+        )
+        rec = _slice.initial_polygon(np.array(frame_h, float), np.array(frame_l, float))
+        nv = np.array([len(frame_h)])
+        if last < 0:
+            return rec, nv, np.zeros((1, 0), dtype=bool), ctx
+        P, Q = x0[None, :], np.stack([d1, d2])[None]
+        rec, nv, pats = _slice.slice_from(
+            ctx, 0, rec, nv, P, Q, np.zeros(1), np.zeros((1, 2)), np.zeros((1, 0), bool)
+        )
+        return rec, nv, pats, ctx
+
+    def run_box(u0, u1, v0, v1):
+        corners = [[1.0, u0, v0], [1.0, u1, v0], [1.0, u1, v1], [1.0, u0, v1]]
+        edges = [[-v0, 0.0, 1.0], [-u1, 1.0, 0.0], [-v1, 0.0, 1.0], [-u0, 1.0, 0.0]]
+        return run(corners, edges, None)
+
+    n_exact = 0
+    if box is None:
+        from .patterns import pack_patterns, unique_rows
+
+        tri_h = [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+        tri_l = [[0.0, 0.0, 1.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 0.0]]
+        all_pats, reach = [], 0.0
+        for su, sv in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+            rec, nv, pats, ctx = run(tri_h, tri_l, (su, sv))
+            n_exact += ctx.n_exact
+            all_pats.append(pats)
+            # Finite vertices (not on the line at infinity, edge id -2): where the regions' corners are.
+            H = rec[..., :3]
+            ids = np.ascontiguousarray(rec[..., 8]).view(np.int64)
+            prev = np.concatenate([ids[:, -1:], ids[:, :-1]], axis=1)
+            prev[np.arange(len(nv)), 0] = ids[np.arange(len(nv)), nv - 1]
+            real = np.arange(H.shape[1])[None, :] < nv[:, None]
+            fin = real & (ids != -2) & (prev != -2)
+            w = H[..., 0] - H[..., 1] - H[..., 2]
+            # w has an absolute error of a few units of the vertex's error bound; where that is not small
+            # against w, the vertex is far out and its position is computed exactly.
+            sure = np.abs(w) > 1e3 * (rec[..., 3] + 4 * _U)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                uv = np.abs(H[..., 1:][fin & sure] / w[fin & sure][:, None])
+            if uv.size:
+                reach = max(reach, float(uv.max()))
+            for r_, k_ in zip(*np.nonzero(fin & ~sure)):
+                D, X, Y = _exact.cross(ctx.exact_line(int(prev[r_, k_])), ctx.exact_line(int(ids[r_, k_])))
+                den = D - X - Y
+                if den == 0:  # the crossing of two parallel lines: a point at infinity, not a vertex
+                    continue
+                big = max(abs(X), abs(Y))
+                # |coordinate| = big / |den|, compared in integers (it may exceed the float range)
+                if big > (1 << 996) * abs(den):
+                    raise ValueError(
+                        "the arrangement of this plane has a vertex beyond 1e300 (nearly parallel "
+                        "boundaries), so no float64 box holds every region; pass a finite box"
+                    )
+                reach = max(reach, big / abs(den))
+                ctx.n_exact += 1
+        total = len(unique_rows(pack_patterns(np.concatenate(all_pats)))[0])
+        R = 2.0 * reach if reach > 0 else 1.0
+        for _ in range(8):
+            rec, nv, pats, ctx = run_box(-R, R, -R, R)
+            n_exact += ctx.n_exact
+            if len(pats) == total:
+                break
+            if len(pats) > total:  # cannot happen: both counts are exact
+                raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
+            R *= 16.0
+            if not np.isfinite(R * 16):
+                break
+        else:
+            raise RuntimeError("no finite box met every region of the plane; please report this network")
+        u0, u1, v0, v1 = -R, R, -R, R
     else:
-        patterns = np.zeros((1, 0), dtype=bool)
-    m = len(V)
-    areas = _shoelace(V)
-    # Clipping keeps the orientation of the box (counter-clockwise), but make sure for the plot.
-    V = np.where((areas < 0)[:, None, None], V[:, ::-1], V)
-    polygons = [V[i, : nv[i]] for i in range(m)]
+        u0, u1, v0, v1 = _check_box(box)
+        rec, nv, pats, ctx = run_box(u0, u1, v0, v1)
+        n_exact += ctx.n_exact
+    polygons, areas = _slice.polygons_uv(rec, nv)
     return SliceRegionsResult(
-        count=m,
-        n_bits=patterns.shape[1],
+        count=len(pats),
+        n_bits=pats.shape[1],
         box=(u0, u1, v0, v1),
         polygons=polygons,
-        patterns=patterns,
-        areas=np.abs(areas),
-    )
-
-
-@dataclass
-class _SliceCtx:
-    plan: list
-    names: list
-    last: int
-    rel_tol: float
-    min_area: float
-    umax: float
-    vmax: float
-    max_regions: int
-    budget: int
-    reached: list  # pieces made so far at each layer, over all chunks: a lower bound on the final count
-
-
-def _too_many_slice(ctx: _SliceCtx, li: int, count: int) -> TooManyRegionsError:
-    return TooManyRegionsError(
-        f"the slice is cut into at least {count} pieces by layer {li} ({ctx.names[li]}), more than "
-        f"max_regions={ctx.max_regions}; use a smaller box, fewer layers (a truncated model), or raise "
-        "max_regions if the memory allows"
-    )
-
-
-def _slice_from(ctx: _SliceCtx, li: int, V, nv, P, Q):
-    """Split polygons ``V`` (layer ``li``'s input ``P + (u, v) @ Q``) by layers ``li..last``.
-
-    Returns ``(V, nv, patterns, origin)``: the final pieces, their bits for layers ``li..last`` and the index
-    of the input polygon each lies in. Inputs are taken in chunks that keep ``(rows, n_units)`` arrays
-    within the budget.
-    """
-    n = ctx.plan[li][0].shape[0]
-    step = max(1, ctx.budget // (8 * 4 * max(n, Q.shape[2])))
-    if len(V) <= step:
-        return _slice_chunk(ctx, li, V, nv, P, Q)
-    outs = []
-    for i in range(0, len(V), step):
-        Vi, nvi, pats, org = _slice_chunk(
-            ctx, li, V[i : i + step], nv[i : i + step], P[i : i + step], Q[i : i + step]
-        )
-        outs.append((Vi, nvi, pats, org + i))
-    K = max(o[0].shape[1] for o in outs)
-    return (
-        np.concatenate([_pad_to(o[0], K) for o in outs]),
-        np.concatenate([o[1] for o in outs]),
-        np.concatenate([o[2] for o in outs]),
-        np.concatenate([o[3] for o in outs]),
-    )
-
-
-def _slice_chunk(ctx: _SliceCtx, li: int, V, nv, P, Q):
-    W, bias, has_bits, slope = ctx.plan[li]
-    rel_tol = ctx.rel_tol
-    # One 2-D product: numpy's batched (m, 2, n_in) @ (n_in, n) matmul is far slower.
-    A, B = P @ W.T + bias, (Q.reshape(-1, Q.shape[2]) @ W.T).reshape(len(Q), 2, -1)
-    # Cauchy-Schwarz bounds on the summed terms' size (cheap outer products instead of |P| @ |W|.T).
-    nW = np.linalg.norm(W, axis=1)
-    nQ = np.linalg.norm(Q, axis=2)
-    B = np.where(np.abs(B) <= rel_tol * nQ[:, :, None] * nW, 0.0, B)
-    T = rel_tol * (
-        (np.linalg.norm(P, axis=1) + nQ[:, 0] * ctx.umax + nQ[:, 1] * ctx.vmax)[:, None] * nW + np.abs(bias)
-    )
-    if not has_bits:
-        return _slice_from(ctx, li + 1, V, nv, A, B)
-    m, n = A.shape
-    # A unit that does not cross a polygon crosses none of its pieces, so candidates come from the
-    # polygons at the start of the layer (chunked so that (rows, K, n) stays small).
-    cand = np.zeros((m, n), dtype=bool)
-    step = max(1, 4_000_000 // max(1, V.shape[1] * n))
-    for i in range(0, m, step):
-        Z = (
-            A[i : i + step, None, :]
-            + V[i : i + step, :, :1] * B[i : i + step, None, 0]
-            + (V[i : i + step, :, 1:] * B[i : i + step, None, 1])
-        )
-        cand[i : i + step] = (Z.max(axis=1) > T[i : i + step]) & (Z.min(axis=1) < -T[i : i + step])
-    cap = max(2 * m, 64)
-    CV = np.empty((cap, V.shape[1], 2))
-    CV[:m] = V
-    CN = np.empty(cap, dtype=np.int64)
-    CN[:m] = nv
-    CP = np.empty(cap, dtype=np.int64)
-    CP[:m] = np.arange(m)
-    cur = m
-    base = ctx.reached[li]
-    if base + cur > ctx.max_regions:
-        raise _too_many_slice(ctx, li, base + cur)
-    candT = np.ascontiguousarray(cand.T)
-    for j in np.nonzero(cand.any(axis=0))[0]:
-        rows = np.nonzero(candT[j][CP[:cur]])[0]
-        par = CP[rows]
-        s = _vertex_values(CV[rows], A[par, j], B[par, :, j])
-        real = np.arange(CV.shape[1])[None, :] < CN[rows, None]
-        t = T[par, j]
-        crosses = (np.where(real, s, -np.inf).max(axis=1) > t) & (np.where(real, s, np.inf).min(axis=1) < -t)
-        if not crosses.any():
-            continue
-        rows, par, s, t = rows[crosses], par[crosses], s[crosses], t[crosses]
-        pos, npos, neg, nneg = _clip(CV[rows], CN[rows], s, t)
-        ok = (np.abs(_shoelace(pos)) > ctx.min_area) & (np.abs(_shoelace(neg)) > ctx.min_area)
-        if not ok.any():
-            continue
-        rows, pos, npos, neg, nneg = rows[ok], pos[ok], npos[ok], neg[ok], nneg[ok]
-        K = max(CV.shape[1], pos.shape[1], neg.shape[1])
-        if K > CV.shape[1]:
-            CV = _pad_to(CV, K)
-        k_new = len(rows)
-        if base + cur + k_new > ctx.max_regions:
-            raise _too_many_slice(ctx, li, base + cur + k_new)
-        if cur + k_new > len(CV):
-            grow = max(len(CV), k_new)
-            CV = np.concatenate([CV, np.empty((grow, K, 2))])
-            CN = np.concatenate([CN, np.empty(grow, dtype=np.int64)])
-            CP = np.concatenate([CP, np.empty(grow, dtype=np.int64)])
-        CV[rows], CN[rows] = _pad_to(pos, K), npos
-        CV[cur : cur + k_new], CN[cur : cur + k_new] = _pad_to(neg, K), nneg
-        CP[cur : cur + k_new] = CP[rows]
-        cur += k_new
-    ctx.reached[li] = base + cur
-    V, nv, parent = CV[:cur], CN[:cur], CP[:cur]
-    real = np.arange(V.shape[1])[None, :] < nv[:, None]
-    # The vertex mean is a strictly positive combination of the vertices: an interior point.
-    c = (V * real[..., None]).sum(axis=1) / nv[:, None]
-    bits = np.empty((cur, n), dtype=bool)
-    step = max(1, 2_000_000 // n)
-    for i in range(0, cur, step):
-        pa = parent[i : i + step]
-        bits[i : i + step] = A[pa] + c[i : i + step, :1] * B[pa, 0] + c[i : i + step, 1:] * B[pa, 1] > T[pa]
-    if li == ctx.last:
-        return V, nv, bits, parent
-    # The next layer's input maps, made a chunk of pieces at a time and carried to the end before the next
-    # chunk, so that no (pieces, n_units) float array larger than the budget ever exists.
-    step = max(1, ctx.budget // (8 * 4 * max(n, ctx.plan[li + 1][0].shape[0])))
-    outs = []
-    for i in range(0, cur, step):
-        pa = parent[i : i + step]
-        gain = np.where(bits[i : i + step], 1.0, slope)
-        Vi, nvi, pats, org = _slice_from(
-            ctx, li + 1, V[i : i + step], nv[i : i + step], A[pa] * gain, B[pa] * gain[:, None, :]
-        )
-        outs.append((Vi, nvi, np.concatenate([bits[i + org], pats], axis=1), parent[i + org]))
-    if len(outs) == 1:
-        return outs[0]
-    K = max(o[0].shape[1] for o in outs)
-    return (
-        np.concatenate([_pad_to(o[0], K) for o in outs]),
-        np.concatenate([o[1] for o in outs]),
-        np.concatenate([o[2] for o in outs]),
-        np.concatenate([o[3] for o in outs]),
+        patterns=pats,
+        areas=areas,
+        n_exact=n_exact,
+        whole_plane=box is None,
     )
 
 
@@ -654,13 +794,15 @@ def regions_in_box(
     """Enumerate the activation regions of positive volume in the box ``lo ≤ y ≤ hi``.
 
     ``y`` is the input itself, or the coordinates in ``subspace = (origin, basis)`` (``basis`` of shape
-    ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer and unit by unit; a
-    unit splits a region when both sides hold a ball of radius ``> min_radius`` (times the box's size),
-    decided by the Chebyshev ball already known (no LP when the unit's hyperplane cuts it) or else by one
-    HiGHS LP (``scipy.optimize.linprog``). Units whose sign is constant on the whole box are skipped, and
-    in up to ``6`` dimensions the vertices of each region (qhull, from its Chebyshev centre) are listed at
-    the start of a layer, so that the units whose hyperplane clearly misses the region are skipped for it
-    without an LP. A tqdm bar over the regions of each layer shows progress (``verbose=False`` hides it).
+    ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer; a unit splits a
+    piece when both sides hold a ball of radius ``> min_radius`` (times the box's size), decided by the
+    piece's inscribed ball (no LP when the unit's hyperplane cuts it), by two witness balls inherited from
+    the parent piece, or else by one HiGHS LP (``scipy.optimize.linprog``). Pieces are split depth first:
+    a unit that does not split a piece cannot split its sub-pieces, so each piece tests only the units
+    that split its parent, and the piece is cut by the unit passing closest to its centre. Units whose sign
+    is constant on the whole box are skipped, and in up to ``6`` dimensions the vertices of a piece (qhull,
+    from its Chebyshev centre) rule out units whose hyperplane clearly misses it without an LP. A tqdm bar
+    counts the regions found in each layer (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
     sample's shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
 
@@ -712,14 +854,14 @@ def regions_in_box(
     for li, (W, bias, has_bits, slope) in enumerate(plan):
         absW = np.abs(W).T
         new_regions = []
+        # The bar counts the pieces found in this layer (its final value is the layer's region count).
         bar = tqdm(
-            regions,
             desc=f"regions_in_box layer {li + 1}/{len(plan)}",
             unit="region",
             disable=not verbose or not has_bits,
             leave=li == len(plan) - 1 or n_bit_layers == 1,
         )
-        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(bar):
+        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
             A = (P @ W.T + bias)[0]
             Bm = Q @ W.T  # (d, n)
             SB = np.abs(Q) @ absW
@@ -736,52 +878,72 @@ def regions_in_box(
             active = np.nonzero((zmin < -T) & (zmax > T))[0]
             if len(active) and d <= 6:
                 active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
-            pieces = [(G, h, c, r)]
-            for j in active:
-                bj = Bm[:, j]
-                nb = float(np.linalg.norm(bj))
-                gj, hj = bj / nb, -A[j] / nb  # z_j ≤ 0  ⇔  gj·y ≤ hj
-                nxt = []
-                for G_, h_, c_, r_ in pieces:
+            # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
+            # in any sub-piece either, so each piece tests only the units that cut its parent, and the
+            # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
+            norms = np.linalg.norm(Bm, axis=0)
+            pieces = []
+            # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
+            # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
+            stack = [(G, h, c, r, active, {})]
+            while stack:
+                G_, h_, c_, r_, cu, wit = stack.pop()
+                cuts = []  # (|sigma|, j, sigma)
+                new_wit = {}
+                for j in cu:
+                    gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
                     sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
                     if abs(sigma) < r_ - 2 * r_min:
-                        # The hyperplane cuts the inscribed ball: both sides hold half-balls, no LP needed.
-                        pc, pr = c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2
-                        nc, nr = c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2
-                    else:
-                        if d <= 6 and not _crossing_units(
-                            G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
-                        )[0]:
-                            # A qhull call is several times cheaper than the LP it saves.
-                            nxt.append((G_, h_, c_, r_))
-                            continue
-                        # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
-                        other = 1.0 if sigma > 0 else -1.0
-                        oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
-                        n_lp += 1
-                        if oc is None or orad <= r_min:
-                            nxt.append((G_, h_, c_, r_))
-                            continue
-                        keep_r = min(r_, abs(sigma))
-                        if other > 0:
-                            pc, pr, nc, nr = c_, keep_r, oc, orad
-                        else:
-                            pc, pr, nc, nr = oc, orad, c_, keep_r
-                    nxt.append((np.vstack([G_, -gj]), np.append(h_, -hj), pc, pr))
-                    nxt.append((np.vstack([G_, gj]), np.append(h_, hj), nc, nr))
-                pieces = nxt
-                if len(new_regions) + len(pieces) + len(regions) - k_reg - 1 > max_regions:
+                        # the hyperplane cuts the inscribed ball: both sides hold half-balls
+                        new_wit[j] = (
+                            (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
+                            (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
+                        )
+                        cuts.append((abs(sigma), j, sigma))
+                        continue
+                    if j in wit:
+                        new_wit[j] = wit[j]
+                        cuts.append((abs(sigma), j, sigma))
+                        continue
+                    if d <= 6 and not _crossing_units(
+                        G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
+                    )[0]:
+                        continue  # a qhull call is several times cheaper than the LP it saves
+                    # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
+                    other = 1.0 if sigma > 0 else -1.0
+                    oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
+                    n_lp += 1
+                    if oc is not None and orad > r_min:
+                        own = (c_, min(r_, abs(sigma)))
+                        new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
+                        cuts.append((abs(sigma), j, sigma))
+                if not cuts:
+                    pieces.append((G_, h_, c_, r_))
+                    bar.update(1)
+                    continue
+                # Split by the unit passing closest to the centre (balanced pieces), keep the others.
+                cuts.sort(key=lambda t: t[0])
+                _, j, sigma = cuts[0]
+                rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
+                gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
+                (pc, pr), (nc, nr) = new_wit[j]
+                for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
+                    # witnesses of the other units that lie wholly on this side of unit j stay proofs
+                    kept = {}
+                    for k in rest.tolist():
+                        (b1c, b1r), (b2c, b2r) = new_wit[k]
+                        if side * float(b1c @ gj - hj) >= b1r and side * float(b2c @ gj - hj) >= b2r:
+                            kept[k] = new_wit[k]
+                    # this side: side * (gj·y - hj) >= 0, i.e. (-side gj)·y <= -side hj
+                    G2, h2 = np.vstack([G_, -side * gj]), np.append(h_, -side * hj)
+                    stack.append((G2, h2, cc_, rr_, rest, kept))
+                if len(new_regions) + len(pieces) + len(stack) + len(regions) - k_reg - 1 > max_regions:
                     raise TooManyRegionsError(
                         f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
                         "lower-dimensional subspace, or raise max_regions"
                     )
+            # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
             for G_, h_, c_, r_ in pieces:
-                # A fresh Chebyshev centre keeps the balls large, so the next layer needs fewer LPs.
-                if len(pieces) > 1:
-                    c2, r2 = _chebyshev(G_, h_, size)
-                    n_lp += 1
-                    if c2 is not None and r2 > r_:
-                        c_, r_ = c2, r2
                 z = A + c_ @ Bm
                 b_new = z > T
                 new_regions.append(
@@ -795,6 +957,7 @@ def regions_in_box(
                         bits + [b_new],
                     )
                 )
+        bar.close()
         regions = new_regions
     m = len(regions)
     n_bits = sum(len(b) for b in regions[0][6]) if regions[0][6] else 0

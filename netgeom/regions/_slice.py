@@ -1,0 +1,429 @@
+"""The exact 2-D slice: convex polygons cut layer by layer, with certified sign decisions.
+
+Geometry is projective so that no decision depends on the box's size. A polygon is a cyclic list of
+*edges*, each an affine function ``l = (a, b, c)`` (the line ``a + b u + c v = 0``), and of *vertices*, each
+the crossing point of its two edges in homogeneous coordinates ``h = (D, X, Y)`` (the point ``(X/D, Y/D)``,
+``D > 0``). A unit's pre-activation ``z`` on a region is an affine function too, and the sign of ``z`` at a
+vertex is the sign of the dot product ``l · h``. Lines and points are scaled by powers of two (exact) to
+unit size, and every float carries an absolute error bound (from the forward pass's rounding, then from
+each cross product), so a sign is *certain* when ``|l · h|`` exceeds its bound. The rare decisions within
+the bound are settled exactly (:mod:`._exact`: integer arithmetic on the float64 weights and plane), so the
+partition is the exact one of the float64 network as given, at any scale.
+
+Per layer, the polygons' affine maps give every unit's line on every polygon; a unit whose sign at the
+vertices of a polygon is constant never cuts its pieces. Units are then applied one at a time to all the
+pieces they may cut (vectorised over pieces): a piece is cut when its vertices have both signs, and the
+two pieces keep the vertices of their sign, the vertices with ``z = 0`` and the new crossing points on
+the cut edges. No piece of zero area can arise (a cut needs a strictly positive and a strictly negative
+vertex), so no area or distance tolerance exists.
+
+The chain of per-layer operations is: affine push of the parametrisation (``P + (u, v) @ Q`` through
+``W``), the unit-by-unit split of the polygons (``relu``/``leaky_relu`` bits), then the gains. A traced graph
+(residual add, max-pool argmax, cat) plugs in at the first and last steps: maps of a node are affine
+combinations of its inputs' maps on the same polygon, and a max-pool window's argmax split is the same
+polygon cut by the difference lines of two candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _exact
+
+_U = 2.0**-53
+_TINY = 1e-300  # absolute slack for underflow in products of unit-scaled numbers
+# A vertex record: homogeneous point (3), its error (1), the line of the edge that follows it (3), that
+# line's error (1) and its id (1, int64 stored in a float64's bits).
+_H, _HD, _E, _ED, _ID = slice(0, 3), 3, slice(4, 7), 7, 8
+_REC = 9
+_BLOCK_SHIFT, _ROW_SHIFT = 44, 20
+
+
+class TooManyRegionsError(RuntimeError):
+    """The enumeration met more regions than the caller's ``max_regions`` allows."""
+
+
+def _ids(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).view(np.int64)
+
+
+def _as_float(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(ids, dtype=np.int64).view(np.float64)
+
+
+def safe_norm(x: np.ndarray, axis: int) -> np.ndarray:
+    """Euclidean norms along ``axis`` without overflow for entries near the float64 limit."""
+    with np.errstate(over="ignore"):
+        out = np.linalg.norm(x, axis=axis)
+    if np.all(out < 1e150):  # no square came near overflow (and none underflowed to matter for a bound)
+        return out
+    m = np.abs(x).max(axis=axis, keepdims=True)
+    scale = np.where(m > 0, m, 1.0)
+    with np.errstate(over="ignore"):
+        return np.linalg.norm(x / scale, axis=axis) * np.squeeze(scale, axis=axis)
+
+
+def _normalise(X: np.ndarray, dX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each row of ``X`` (last axis) by a power of two to a max-norm in [0.5, 1); errors alike."""
+    _, e = np.frexp(np.abs(X).max(axis=-1))
+    return np.ldexp(X, -e[..., None]), np.ldexp(dX, -e)
+
+
+@dataclass
+class SliceCtx:
+    plan: list
+    names: list
+    last: int
+    max_regions: int
+    budget: int
+    reached: list
+    base: list  # [x0, d1, d2] float64
+    frame_lines: list  # exact integer lines of the initial polygon's edges (ids -1, -2, ...)
+    quadrant: tuple | None = None  # (su, sv): plane coordinates u = su s / (1-s-t), v = sv t / (1-s-t)
+    blocks: list = field(default_factory=list)  # (layer, prefix bits) per chunk: provenance of lines
+    n_exact: int = 0
+    _exact_net: object = None
+    _line_cache: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------- exact fallback
+    def exact_line(self, lid: int) -> list[int]:
+        if lid < 0:
+            return self.frame_lines[-lid - 1]
+        if lid in self._line_cache:
+            return self._line_cache[lid]
+        if self._exact_net is None:
+            self._exact_net = _exact.ExactNet(self.plan, self.base)
+        block, row, unit = lid >> _BLOCK_SHIFT, (lid >> _ROW_SHIFT) & ((1 << 24) - 1), lid & ((1 << 20) - 1)
+        li, prefix = self.blocks[block]
+        a, b, c = self._exact_net.line(li, prefix[row], unit)
+        if self.quadrant is not None:
+            su, sv = self.quadrant
+            b, c = su * b - a, sv * c - a
+        line = [a, b, c]
+        if len(self._line_cache) > 100_000:
+            self._line_cache.clear()
+        self._line_cache[lid] = line
+        return line
+
+    def exact_signs(self, prev_ids, next_ids, line_ids) -> np.ndarray:
+        """Exact sign of each line at the crossing point of its vertex's two edges (``D`` made > 0)."""
+        out = np.empty(len(line_ids), dtype=np.int8)
+        for i, (p, q, r) in enumerate(zip(prev_ids.tolist(), next_ids.tolist(), line_ids.tolist())):
+            h = _exact.cross(self.exact_line(p), self.exact_line(q))
+            out[i] = _exact.sign_at(self.exact_line(r), h)
+        self.n_exact += len(out)
+        return out
+
+    def exact_d_signs(self, e_ids, l_ids) -> np.ndarray:
+        out = np.empty(len(e_ids), dtype=np.int8)
+        for i, (p, q) in enumerate(zip(e_ids.tolist(), l_ids.tolist())):
+            out[i] = _exact.sign(_exact.cross(self.exact_line(p), self.exact_line(q))[0])
+        self.n_exact += len(out)
+        return out
+
+
+def initial_polygon(corners_h: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Vertex records of one convex polygon: ``corners_h (n, 3)`` homogeneous vertices (``D > 0``) and
+    ``edges (n, 3)``, edge ``k`` running from vertex ``k`` to ``k + 1``, with ids ``-1 - k``."""
+    n = len(corners_h)
+    rec = np.zeros((1, n + 1, _REC))
+    H, _ = _normalise(np.asarray(corners_h, float), np.zeros(n))
+    E, _ = _normalise(np.asarray(edges, float), np.zeros(n))
+    rec[0, :n, _H] = H
+    rec[0, :n, _E] = E
+    rec[0, :n, _ID] = _as_float(-1 - np.arange(n))
+    rec[0, n] = rec[0, 0]
+    return rec
+
+
+def _too_many(ctx: SliceCtx, li: int, count: int) -> TooManyRegionsError:
+    return TooManyRegionsError(
+        f"the slice is cut into at least {count} pieces by layer {li} ({ctx.names[li]}), more than "
+        f"max_regions={ctx.max_regions}; use a smaller box, fewer layers (a truncated model), or raise "
+        "max_regions if the memory allows"
+    )
+
+
+def _pad_to(R: np.ndarray, K: int) -> np.ndarray:
+    if R.shape[1] >= K:
+        return R
+    return np.concatenate([R, np.repeat(R[:, :1], K - R.shape[1], axis=1)], axis=1)
+
+
+def _cat(outs):
+    if len(outs) == 1:
+        return outs[0]
+    K = max(o[0].shape[1] for o in outs)
+    return (
+        np.concatenate([_pad_to(o[0], K) for o in outs]),
+        np.concatenate([o[1] for o in outs]),
+        np.concatenate([o[2] for o in outs]),
+    )
+
+
+def slice_from(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
+    """Split the polygons ``rec`` (layer ``li``'s input ``P + (u, v) @ Q``, errors ``eP``, ``eQ`` as 2-norm
+    bounds) by layers ``li..last``; returns the final ``(rec, nv, patterns)``. Chunked by rows so that
+    ``(rows, n_units)`` arrays stay within the memory budget."""
+    n = ctx.plan[li][0].shape[0]
+    step = max(1, ctx.budget // (8 * 6 * max(n, Q.shape[2])))
+    if len(rec) <= step:
+        return _slice_chunk(ctx, li, rec, nv, P, Q, eP, eQ, prefix)
+    return _cat(
+        [
+            _slice_chunk(
+                ctx,
+                li,
+                rec[i : i + step],
+                nv[i : i + step],
+                P[i : i + step],
+                Q[i : i + step],
+                eP[i : i + step],
+                eQ[i : i + step],
+                prefix[i : i + step],
+            )
+            for i in range(0, len(rec), step)
+        ]
+    )
+
+
+def _push(W, bias, P, Q, eP, eQ):
+    """Affine push ``z = W x + b`` of the maps, with absolute error bounds per entry."""
+    m, n_in = P.shape
+    A = P @ W.T + bias
+    B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
+    # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
+    gamma = 1.01 * (n_in + 2) * _U
+    nW = np.linalg.norm(W, axis=1)
+    nP = safe_norm(P, axis=1)
+    nQ = safe_norm(Q, axis=2)
+    eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
+    eB = (gamma * nQ + eQ)[:, :, None] * nW
+    return A, B, eA, eB
+
+
+def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
+    W, bias, has_bits, slope = ctx.plan[li]
+    A, B, eA, eB = _push(W, bias, P, Q, eP, eQ)
+    if not has_bits:
+        return slice_from(
+            ctx, li + 1, rec, nv, A, B, np.linalg.norm(eA, axis=1), np.linalg.norm(eB, axis=2), prefix
+        )
+    m, n = A.shape
+    block = len(ctx.blocks)
+    ctx.blocks.append((li, prefix))
+    # Every unit's line on every polygon, in the polygons' coordinates, unit-scaled.
+    L = np.empty((m, n, 3))
+    L[..., 0], L[..., 1], L[..., 2] = A, B[:, 0], B[:, 1]
+    dL = np.maximum(eA, np.maximum(eB[:, 0], eB[:, 1]))
+    if ctx.quadrant is not None:
+        su, sv = ctx.quadrant
+        L[..., 1] = su * L[..., 1] - A
+        L[..., 2] = sv * L[..., 2] - A
+        dL = 2 * dL + _U * np.abs(L).max(axis=2)
+    # Lines are scaled to unit size by a power of two (exact) so that products with unit-size points
+    # cannot overflow and the error bound below needs no magnitudes.
+    Lmag = np.maximum(np.abs(L[..., 0]), np.maximum(np.abs(L[..., 1]), np.abs(L[..., 2])))
+    _, ex = np.frexp(Lmag)
+    if np.any(ex):
+        L = np.ldexp(L, -ex[..., None])
+        dL = np.ldexp(dL, -ex)
+    dL = dL * (1 + 1e-9) + _TINY
+    unit_ids = (np.int64(block) << _BLOCK_SHIFT) | (np.arange(m, dtype=np.int64)[:, None] << _ROW_SHIFT)
+    unit_ids = unit_ids | np.arange(n, dtype=np.int64)[None, :]
+
+    # Signs of every unit at the vertices of the polygons at the start of the layer: a unit that does not
+    # cut a polygon cuts none of its pieces, and its bit there is fixed.
+    K1 = rec.shape[1]
+    kk = np.arange(K1)
+    cand = np.zeros((m, n), dtype=bool)
+    bit0 = np.zeros((m, n), dtype=bool)
+    step = max(1, 2_000_000 // max(1, K1 * n))
+    for i in range(0, m, step):
+        R = rec[i : i + step]
+        Hh = R[..., _H]
+        S = np.matmul(Hh, L[i : i + step].transpose(0, 2, 1))
+        # One tolerance per (polygon, unit) from the polygon's largest vertex error bounds every vertex's.
+        # Padding slots repeat vertex 0, so reductions over all slots are reductions over the vertices.
+        tmax = 3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY
+        smax, smin = S.max(axis=1), S.min(axis=1)
+        anyp, anyn = smax > tmax, smin < -tmax
+        close = np.abs(S).min(axis=1) <= tmax
+        if close.any():
+            # Some vertex is within the coarse tolerance: decide those vertices one by one.
+            rr, jj = np.nonzero(close)
+            real = kk[None, :] < nv[i + rr, None]
+            Sv = S[rr, :, jj]
+            tol = 3 * (R[rr, :, _HD] + dL[i + rr, jj][:, None]) * (1 + 1e-6) + 10 * _U + _TINY
+            sg = np.where(Sv > tol, 1, np.where(Sv < -tol, -1, 0)).astype(np.int8)
+            q, k = np.nonzero(real & (sg == 0))
+            if len(q):
+                ids = _ids(R[..., _ID])
+                r_ = rr[q]
+                kprev = np.where(k > 0, k - 1, nv[i + r_] - 1)
+                sg[q, k] = ctx.exact_signs(ids[r_, kprev], ids[r_, k], unit_ids[i + r_, jj[q]])
+            sg = np.where(real, sg, 0)
+            anyp[rr, jj] = (sg > 0).any(axis=1)
+            anyn[rr, jj] = (sg < 0).any(axis=1)
+        cand[i : i + step] = anyp & anyn
+        bit0[i : i + step] = anyp
+    base = ctx.reached[li]
+    cap = max(2 * m, 64)
+    CR = np.empty((cap, K1, _REC))
+    CR[:m] = rec
+    CN = np.empty(cap, dtype=np.int64)
+    CN[:m] = nv
+    CP = np.empty(cap, dtype=np.int64)
+    CP[:m] = np.arange(m)
+    bits = np.empty((cap, n), dtype=bool)
+    bits[:m] = bit0
+    cur = m
+    if base + cur > ctx.max_regions:
+        raise _too_many(ctx, li, base + cur)
+    candT = np.ascontiguousarray(cand.T)
+    lrec = np.empty((m, n, 5))
+    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(unit_ids)
+    for j in np.nonzero(cand.any(axis=0))[0]:
+        rows = np.nonzero(candT[j][CP[:cur]])[0]
+        par = CP[rows]
+        R = CR[rows]
+        lr = lrec[par, j]
+        Hr = R[..., _H]
+        s = Hr[..., 0] * lr[:, 0, None] + Hr[..., 1] * lr[:, 1, None] + Hr[..., 2] * lr[:, 2, None]
+        tol = 3 * (R[..., _HD] + lr[:, 3, None]) * (1 + 1e-6) + 10 * _U + _TINY
+        sig = (s > tol).astype(np.int8) - (s < -tol)
+        nr = CN[rows]
+        real = np.arange(R.shape[1])[None, :] < nr[:, None]
+        unc = sig == 0
+        if unc.any():
+            r, k = np.nonzero(unc & real)
+            if len(r):
+                ids = _ids(R[r, :, _ID])
+                kprev = np.where(k > 0, k - 1, nr[r] - 1)
+                sig[r, k] = ctx.exact_signs(
+                    ids[np.arange(len(r)), kprev], ids[np.arange(len(r)), k], _ids(lr[r, 4])
+                )
+            # padding slots repeat vertex 0
+            sig = np.where(real, sig, sig[:, :1])
+        hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
+        cut = hp & hn
+        bits[rows, j] = hp
+        if not cut.any():
+            continue
+        rows, R, lr, sig, real = rows[cut], R[cut], lr[cut], sig[cut], real[cut]
+        pieces, npieces = _split(ctx, R, real, sig, lr)
+        k_new = len(rows)
+        if base + cur + k_new > ctx.max_regions:
+            raise _too_many(ctx, li, base + cur + k_new)
+        K = pieces.shape[1]
+        if K > CR.shape[1]:
+            CR = _pad_to(CR, K)
+        elif K < CR.shape[1]:
+            pieces = _pad_to(pieces, CR.shape[1])
+        if cur + k_new > len(CR):
+            grow = max(len(CR), k_new)
+            CR = np.concatenate([CR, np.empty((grow, *CR.shape[1:]))])
+            CN = np.concatenate([CN, np.empty(grow, dtype=np.int64)])
+            CP = np.concatenate([CP, np.empty(grow, dtype=np.int64)])
+            bits = np.concatenate([bits, np.empty((grow, n), dtype=bool)])
+        CR[rows], CN[rows] = pieces[:k_new], npieces[:k_new]
+        CR[cur : cur + k_new], CN[cur : cur + k_new] = pieces[k_new:], npieces[k_new:]
+        CP[cur : cur + k_new] = CP[rows]
+        bits[cur : cur + k_new] = bits[rows]
+        bits[rows, j] = True
+        bits[cur : cur + k_new, j] = False
+        cur += k_new
+    ctx.reached[li] = base + cur
+    rec, nv, parent, bits = CR[:cur], CN[:cur], CP[:cur], bits[:cur]
+    pre = np.concatenate([prefix[parent], bits], axis=1)
+    if li == ctx.last:
+        return rec, nv, pre
+    # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
+    gain_err = max(1.0, abs(slope))
+    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
+    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
+    step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
+    outs = []
+    for i in range(0, cur, step):
+        pa = parent[i : i + step]
+        gain = np.where(bits[i : i + step], 1.0, slope)
+        outs.append(
+            slice_from(
+                ctx,
+                li + 1,
+                rec[i : i + step],
+                nv[i : i + step],
+                A[pa] * gain,
+                B[pa] * gain[:, None, :],
+                eAn[pa],
+                eBn[pa],
+                pre[i : i + step],
+            )
+        )
+    return _cat(outs)
+
+
+def _split(ctx: SliceCtx, R, real, sig, lr):
+    """Cut each polygon ``R (r, K1, rec)`` by its line ``lr (r, 5)`` whose signs at the vertices are ``sig``
+    (both signs present). Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces, ``r..2r-1`` the
+    negative ones."""
+    r, K1, _ = R.shape
+    sn = sig[:, np.r_[1:K1, 0]]
+    xk = real & (sig.astype(np.int16) * sn < 0)
+    # The crossing points on the cut edges: edge line x unit line.
+    qr, qk = np.nonzero(xk)
+    Ee = R[qr, qk]
+    Ll = lr[qr]
+    e0, e1, e2, l0, l1, l2 = Ee[:, 4], Ee[:, 5], Ee[:, 6], Ll[:, 0], Ll[:, 1], Ll[:, 2]
+    X = np.stack([e1 * l2 - e2 * l1, e2 * l0 - e0 * l2, e0 * l1 - e1 * l0], axis=1)
+    dX = 2 * (Ee[:, _ED] + Ll[:, 3] + Ee[:, _ED] * Ll[:, 3]) + 5 * _U + _TINY
+    X, dX = _normalise(X, dX)
+    dX = dX * (1 + 1e-9) + _TINY
+    D = X[:, 0]
+    unsure = np.abs(D) <= dX
+    sgnD = np.sign(D)
+    if unsure.any():
+        sgnD[unsure] = ctx.exact_d_signs(_ids(Ee[unsure, _ID]), _ids(Ll[unsure, 4]))
+    X *= sgnD[:, None]
+    xidx = np.zeros((r, K1), dtype=np.int64)
+    xidx[qr, qk] = np.arange(len(qr))
+    # Slots 2k = vertex k, 2k + 1 = the crossing point on edge k, for the positive pieces (rows 0..r-1) and
+    # the negative ones (rows r..2r-1, the positive pieces of the flipped signs). Only kept slots are built.
+    keep = np.empty((2 * r, 2 * K1), dtype=bool)
+    keep[:r, 0::2] = real & (sig >= 0)
+    keep[r:, 0::2] = real & (sig <= 0)
+    keep[:r, 1::2] = xk
+    keep[r:, 1::2] = xk
+    cnt = keep.sum(axis=1)
+    Kn = int(cnt.max()) + 1
+    dest = np.cumsum(keep, axis=1) - 1
+    rr, cc = np.nonzero(keep)
+    src = np.where(rr < r, rr, rr - r)
+    k = cc >> 1
+    odd = (cc & 1).astype(bool)
+    vals = R[src, k]
+    vals[odd, :4] = np.concatenate([X, dX[:, None]], axis=1)[xidx[src[odd], k[odd]]]
+    # The edge that follows a slot is the unit's line where the next original vertex is on the far side
+    # (leaving through a crossing point, or through a vertex with z = 0); otherwise the original edge.
+    flip = np.where(rr < r, 1, -1).astype(np.int8)
+    nxt = sn[src, k] * flip
+    use_l = (nxt < 0) & (odd | (sig[src, k] == 0))
+    vals[use_l, 4:] = lr[src[use_l]]
+    out = np.empty((2 * r, Kn, _REC))
+    out[rr, dest[rr, cc]] = vals
+    pad = np.arange(Kn)[None, :] >= cnt[:, None]
+    out = np.where(pad[..., None], out[:, :1], out)
+    return out, cnt
+
+
+def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
+    """Final pieces as ``(n_k, 2)`` vertex arrays in ``(u, v)`` (finite box) and their areas."""
+    H = rec[..., _H]
+    V = H[..., 1:] / H[..., :1]
+    Vn = np.roll(V, -1, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        areas = 0.5 * (V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1)
+    real = np.arange(V.shape[1])[None, :] < nv[:, None]
+    return np.split(V[real], np.cumsum(nv)[:-1]), np.abs(areas)
