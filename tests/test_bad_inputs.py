@@ -20,12 +20,13 @@ from netgeom._validation import (
     UnknownNameError,
     check_array,
     check_device,
+    check_fraction,
     check_masks,
     check_memory,
     check_tensor,
 )
 from netgeom.data.datasets import DataFileError
-from netgeom.pruning.runs import RunDir
+from netgeom.pruning.runs import CorruptRunFileError, RunDir, load_state_file
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((200, 5))
@@ -70,6 +71,43 @@ def _idx_file(tmp, data: bytes, gz=True, raw_bytes=False):
 
 def _images(n=3, h=28, w=28):
     return struct.pack(">HBBIII", 0, 8, 3, n, h, w) + bytes(n * h * w)
+
+
+def _pickle_bomb(depth: int = 48) -> bytes:
+    """A pickle of a few hundred bytes: a dict keyed by nested tuples T_k = (T_{k-1}, T_{k-1}) built through
+    the memo, 2**depth leaves; hashing the key (or printing it) would never finish."""
+    out = [b"\x80\x02]K\x00\x85r\x00\x00\x00\x00a"]  # a list collecting every T_k, so no POP is needed
+    for i in range(1, depth):
+        get = b"j" + (i - 1).to_bytes(4, "little")
+        out.append(get + get + b"\x86r" + i.to_bytes(4, "little") + b"a")
+    out.append(b"}j" + (depth - 1).to_bytes(4, "little") + b"K\x01s.")
+    return b"".join(out)
+
+
+def _cifar_bomb(tmp):
+    base = tmp / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(_pickle_bomb())
+    return tmp
+
+
+def _zip_with_pickle(tmp, data: bytes) -> bytes:
+    """A torch zip checkpoint whose data.pkl is replaced by ``data``."""
+    import zipfile
+
+    good = tmp / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    out = tmp / "bad.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, data if info.filename.endswith("data.pkl") else src.read(info))
+    return out.read_bytes()
+
+
+def _file(path, data: bytes):
+    path.write_bytes(data)
+    return path
 
 
 CFG = dict(model={"name": "mlp", "n_in": 64, "widths": [8], "n_out": 10}, data={"name": "digits"})
@@ -691,6 +729,53 @@ API_CASES = [
         "a single array, not an .npz archive",
     ),
     ("masks file missing", lambda t: ng.Masks.load(t / "none.npz"), FileNotFoundError, "no masks file at"),
+    # ---------------------------------------------------------------- review (qa): bombs, text, bools
+    ("cifar tuple bomb", lambda t: ng.load_cifar10(_cifar_bomb(t)), DataFileError, "expand to more than"),
+    (
+        "plain pickle bomb",
+        lambda t: ng.data.read_plain_pickle(_file(t / "b.pkl", _pickle_bomb())),
+        DataFileError,
+        "b.pkl is not a plain-data pickle (refused: its objects refer to each other",
+    ),
+    (
+        "weights.pt tuple bomb",
+        lambda t: load_state_file(_file(t / "weights.pt", _pickle_bomb())),
+        CorruptRunFileError,
+        "weights.pt is corrupt (ValueError: its objects refer to each other",
+    ),
+    (
+        "weights.pt zip bomb",
+        lambda t: load_state_file(_file(t / "w.pt", _zip_with_pickle(t, _pickle_bomb()))),
+        CorruptRunFileError,
+        "expand to more than",
+    ),
+    (
+        "IDX gzip header 1 TB",
+        lambda t: ng.load_mnist(_idx_file(t, struct.pack(">HBBIII", 0, 8, 3, 2**31, 28, 28) + bytes(99))),
+        DataFileError,
+        "header says shape (2147483648, 28, 28)",
+    ),
+    ("persistence str weights", lambda t: ng.zeroth_persistence([["1", "2"]]), TypeError, "numbers"),
+    (
+        "persistence str array",
+        lambda t: ng.zeroth_persistence(np.array([["1.5", "2"]])),
+        TypeError,
+        "numbers given as strings are not converted",
+    ),
+    ("persistence bytes", lambda t: ng.zeroth_persistence(b"12"), TypeError, "array-like of numbers"),
+    (
+        "persistence object strs",
+        lambda t: ng.zeroth_persistence(np.array([[1.0, "2"]], dtype=object)),
+        TypeError,
+        "numbers",
+    ),
+    ("ID numeric strings", lambda t: ng.intrinsic_dimension(X.astype(str)), TypeError, "of numbers"),
+    ("NP p=True", lambda t: ng.neural_persistence(NET, p=True), TypeError, "p must be a number"),
+    ("NP p='2'", lambda t: ng.neural_persistence(NET, p="2"), TypeError, "got '2'"),
+    ("NP layer-max p=False", lambda t: ng.neural_persistence_layer_max(NET, p=False), TypeError, "got False"),
+    ("fraction True", lambda t: check_fraction(True, "density"), TypeError, "density must be a number"),
+    ("fraction str", lambda t: check_fraction("0.5", "density"), TypeError, "got '0.5'"),
+    ("fraction np.bool_", lambda t: check_fraction(np.True_, "density"), TypeError, "must be a number"),
 ]
 
 CLI_CASES = [
@@ -836,3 +921,33 @@ def test_cli_debug_shows_the_traceback_instead():
 
     with pytest.raises(ValueError, match="is not a device name"):
         main(["imp", "--device", "banana", "--debug"])
+
+
+def test_bfloat16_and_half_weights_are_read_exactly():
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.25, 4.0, -1.5]])
+    ref = ng.zeroth_persistence(w)
+    for dt in (torch.bfloat16, torch.float16):
+        d = ng.zeroth_persistence(w.to(dt))  # these values are exact in both formats
+        assert d.equals(ref, atol=0.0)
+    assert check_array(w.to(torch.bfloat16), "X").dtype == np.float64
+
+
+def test_idx_gzip_bomb_is_not_inflated(tmp_path):
+    """A valid header and label file, then ~200 MB of zeros compressed to ~1 MB: refused as trailing data
+    after reading only what the header declares (plus one byte)."""
+    import tracemalloc
+
+    raw = _idx_file(tmp_path, _images()) / "MNIST" / "raw"
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(_images())
+        chunk = bytes(1 << 24)
+        for _ in range(12):
+            f.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFileError, match="trailing bytes"):
+            ng.load_mnist(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, peak

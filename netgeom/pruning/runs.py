@@ -46,6 +46,7 @@ import types
 import typing
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write, safe_reason
+from .._io import atomic_write, check_pickle_expansion, safe_reason
 from .._validation import check_masks
 from ..results import to_plain
 from .masks import Masks
@@ -462,6 +463,26 @@ class RunDir:
         return rec, masks, weights, history(**hist)
 
 
+def _check_pickles(path: Path) -> None:
+    """Refuse a torch file whose pickles expand beyond reason before ``torch.load`` builds them (see
+    :func:`netgeom._io.check_pickle_expansion`): a few hundred bytes could otherwise hang the load."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".pkl"):
+                    if info.file_size > MAX_PICKLE_BYTES:
+                        raise ValueError(f"its {info.filename} holds {info.file_size} bytes of pickle")
+                    with zf.open(info) as f:
+                        check_pickle_expansion(f)
+    else:  # torch's legacy format: magic number, protocol, system info, then the objects
+        with open(path, "rb") as f:
+            for _ in range(4):
+                check_pickle_expansion(f)
+
+
+MAX_PICKLE_BYTES = 1 << 28
+
+
 def load_state_file(
     path: str | os.PathLike, like: Mapping[str, torch.Tensor] | None = None, *, recovery: str | None = None
 ) -> Any:
@@ -480,6 +501,7 @@ def load_state_file(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on pickle protocols is noise here
+            _check_pickles(path)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise

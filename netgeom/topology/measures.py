@@ -54,6 +54,8 @@ __all__ = [
 
 
 def _check_p(p: Any) -> float:
+    if isinstance(p, (bool, np.bool_, str, bytes)):  # float(True) == 1.0 would give the 1-norm silently
+        raise TypeError(f"p must be a number >= 1 (or inf), got {p!r} ({type(p).__name__})")
     try:
         p = float(p)
     except (TypeError, ValueError):
