@@ -951,3 +951,17 @@ def test_idx_gzip_bomb_is_not_inflated(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 20e6, peak
+
+
+def test_topology_reads_per_layer_mask_lists_like_mappings():
+    """A per-layer list of masks is one of the accepted forms: it must give what the mapping gives (it used
+    to crash in spanning_forest_protect with torch's size message, and msf_retention refused it)."""
+    gen = torch.Generator().manual_seed(0)
+    as_list = [torch.rand(W0, generator=gen) > 0.3, torch.rand(W2, generator=gen) > 0.3]
+    as_dict = {"0.weight": as_list[0], "2.weight": as_list[1]}
+    for protect in (ng.spanning_forest_protect, ng.network_forest_protect):
+        a, b = protect(NET, as_list), protect(NET, as_dict)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert ng.msf_retention(NET, as_list).to_dict() == ng.msf_retention(NET, as_dict).to_dict()
+    with pytest.raises(TypeError, match="got 0.5"):
+        ng.spanning_forest_protect(NET, 0.5)
