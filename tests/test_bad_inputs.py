@@ -965,3 +965,33 @@ def test_topology_reads_per_layer_mask_lists_like_mappings():
     assert ng.msf_retention(NET, as_list).to_dict() == ng.msf_retention(NET, as_dict).to_dict()
     with pytest.raises(TypeError, match="got 0.5"):
         ng.spanning_forest_protect(NET, 0.5)
+
+
+def test_masks_file_of_wrong_shape_is_refused_from_its_header(tmp_path):
+    """masks.npz in a run directory holding ~200 MB of compressed zeros under a known name: refused from the
+    .npy header (wrong shape for the model) before numpy allocates and inflates it."""
+    import tracemalloc
+    import zipfile
+
+    run = RunDir(tmp_path, {"qa": 1})
+    path = run.path / "level_0" / "masks.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = __import__("io").BytesIO()
+    header = {"descr": "|b1", "fortran_order": False, "shape": (4, 5 * 10**7)}
+    np.lib.format.write_array_header_1_0(head, header)
+    archive = zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1)
+    with archive as z, z.open("0.weight.npy", "w") as f:
+        f.write(head.getvalue())
+        chunk = bytes(10**7)
+        for _ in range(20):
+            f.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptRunFileError, match=r"mask '0.weight' has shape \(4, 50000000\)"):
+            run.load_masks("level_0/masks.npz", NET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, peak
+    with pytest.raises(ValueError, match="more than masks of this model hold"):
+        ng.Masks.load(path, {"2.weight": W2})

@@ -57,7 +57,7 @@ import torch
 from .._io import atomic_write, check_pickle_expansion, safe_reason
 from .._validation import check_masks
 from ..results import to_plain
-from .masks import Masks
+from .masks import Masks, prunable_parameters
 
 __all__ = [
     "RunDir",
@@ -419,7 +419,11 @@ class RunDir:
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
         try:
-            masks = Masks.load(path)
+            shapes = None
+            if model is not None:  # checked from the file's headers, before any array is read
+                params = dict(model.named_parameters())
+                shapes = {k: tuple(params[k].shape) for k in prunable_parameters(model)}
+            masks = Masks.load(path, shapes)
             if model is not None:
                 check_masks(masks, model, require_all=False)
         except (ValueError, TypeError, KeyError) as exc:
