@@ -852,6 +852,10 @@ CLI_CASES = [
     ("cli unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("cli no command", [], "the following arguments are required: cmd"),
     ("cli demo seed", ["demo", "--seed", "x"], "argument --seed: invalid int value"),
+    ("cli regions seed -1", ["regions", "4", "8", "--seed", "-1"], "--seed: a seed lies in [0, 2**63)"),
+    ("cli regions seed 2**80", ["regions", "4", "8", "--seed", str(2**80)], "--seed: a seed lies in"),
+    ("cli demo seed -5", ["demo", "--seed", "-5"], "argument --seed: a seed lies in"),
+    ("cli id needs arguments", ["id", "synthetic_linear"], "invalid choice: 'synthetic_linear'"),
 ]
 
 
