@@ -105,6 +105,12 @@ def _zip_with_pickle(tmp, data: bytes) -> bytes:
     return out.read_bytes()
 
 
+def _run_with(tmp, name: str, data: bytes) -> RunDir:
+    run = RunDir(tmp, {"qa": 1})
+    (run.path / name).write_bytes(data)
+    return run
+
+
 def _file(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -773,6 +779,30 @@ API_CASES = [
     ("NP p=True", lambda t: ng.neural_persistence(NET, p=True), TypeError, "p must be a number"),
     ("NP p='2'", lambda t: ng.neural_persistence(NET, p="2"), TypeError, "got '2'"),
     ("NP layer-max p=False", lambda t: ng.neural_persistence_layer_max(NET, p=False), TypeError, "got False"),
+    (
+        "run json nested 1e5 deep",
+        lambda t: _run_with(t, "x.json", b"[" * 100000 + b"]" * 100000).load_json("x.json"),
+        CorruptRunFileError,
+        "x.json is corrupt (not valid JSON: nested too deeply",
+    ),
+    (
+        "run json NaN",
+        lambda t: _run_with(t, "x.json", b'{"test_acc": NaN}').load_json("x.json"),
+        CorruptRunFileError,
+        "NaN is not a number netgeom writes",
+    ),
+    (
+        "run json 1e999",
+        lambda t: _run_with(t, "x.json", b'{"density": 1e999}').load_json("x.json"),
+        CorruptRunFileError,
+        "1e999 overflows to inf",
+    ),
+    (
+        "run description nested",
+        lambda t: _run_with(t, "description.json", b"[" * 100000) and RunDir(t, {"qa": 1}),
+        CorruptRunFileError,
+        "description.json is corrupt",
+    ),
     ("fraction True", lambda t: check_fraction(True, "density"), TypeError, "density must be a number"),
     ("fraction str", lambda t: check_fraction("0.5", "density"), TypeError, "got '0.5'"),
     ("fraction np.bool_", lambda t: check_fraction(np.True_, "density"), TypeError, "must be a number"),

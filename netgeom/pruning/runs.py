@@ -244,11 +244,11 @@ class RunDir:
                     "move it away or choose another root"
                 )
             try:
-                existing = json.loads(desc_file.read_text())
+                existing = _read_json(desc_file.read_bytes())
                 if not isinstance(existing, dict):
                     raise ValueError(f"a JSON object was expected, got {type(existing).__name__}")
                 same = canonical_json(existing) == canonical_json(self.description)
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
                 raise CorruptRunFileError(
                     f"{desc_file} is corrupt ({exc}); the run cannot be identified: move {self.path} away or "
                     "delete it to start the run afresh"
@@ -345,9 +345,9 @@ class RunDir:
 
     def _owner(self) -> str:
         try:
-            info = json.loads((self.path / "run.lock.owner").read_text())
+            info = _read_json((self.path / "run.lock.owner").read_bytes())
             return f"process {int(info['pid'])} on {info.get('host', '?')}"
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
             return "another process"  # it holds the lock but has not written its owner file yet
 
     # -------------------------------------------------------------------------------------- files
@@ -390,11 +390,13 @@ class RunDir:
     def load_json(self, name: str, schema: Any = None) -> Any:
         """Parse ``name``; with ``schema`` (see :func:`check_record`) check its keys and value types."""
         try:
-            obj = json.loads((self.path / name).read_bytes().decode("utf-8"))
+            obj = _read_json((self.path / name).read_bytes())
         except FileNotFoundError:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise self.corrupt(name, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise self.corrupt(name, "not valid JSON: nested too deeply to parse") from None
         if schema is None:
             return obj
         try:
@@ -465,6 +467,23 @@ class RunDir:
             if not ok:
                 raise self.corrupt(name, why)
         return rec, masks, weights, history(**hist)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number netgeom writes (non-finite values are saved as strings)")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):  # 1e999 parses to inf
+        raise ValueError(f"{text} overflows to {v}")
+    return v
+
+
+def _read_json(data: bytes) -> Any:
+    """JSON as netgeom writes it: UTF-8, finite numbers only (``NaN``, ``Infinity`` and ``1e999`` are refused,
+    never read as floats that would pass for values)."""
+    return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def _check_pickles(path: Path) -> None:
