@@ -123,6 +123,7 @@ def check_tensor(
     """Return ``x`` as a torch tensor with the same checks as :func:`check_array`."""
     _refuse_complex(x, name)
     if not isinstance(x, torch.Tensor):
+        _refuse_text(x, name)
         try:
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as exc:
@@ -250,6 +251,10 @@ def binary_mask(value: Any, key: str) -> torch.Tensor:
     _refuse_complex(value, f"mask '{key}'")
     if isinstance(value, torch.Tensor):
         t = value.detach()
+        if t.is_meta:
+            raise TypeError(f"mask '{key}' is a meta tensor: it has a shape but no values")
+        if t.layout != torch.strided:  # a sparse mask is a legitimate form: read its dense values
+            t = t.to_dense()
     else:
         try:
             arr = np.asarray(value)
@@ -274,7 +279,9 @@ def binary_mask(value: Any, key: str) -> torch.Tensor:
     return t.cpu().clone()
 
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + tuple(
+    getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)
+)
 
 
 def check_masks(

@@ -803,6 +803,24 @@ API_CASES = [
         CorruptRunFileError,
         "description.json is corrupt",
     ),
+    (
+        "mask meta tensor",
+        lambda t: check_masks(_with("0.weight", torch.ones(W0, device="meta")), NET),
+        TypeError,
+        "mask '0.weight' is a meta tensor",
+    ),
+    (
+        "mask sparse 0.5",
+        lambda t: check_masks(_with("0.weight", torch.full(W0, 0.5).to_sparse()), NET),
+        ValueError,
+        "e.g. 0.5",
+    ),
+    (
+        "patterns X numeric strings",
+        lambda t: ng.count_patterns(NET, np.array([["1", "2", "3"]])),
+        TypeError,
+        "numbers given as strings are not converted",
+    ),
     ("fraction True", lambda t: check_fraction(True, "density"), TypeError, "density must be a number"),
     ("fraction str", lambda t: check_fraction("0.5", "density"), TypeError, "got '0.5'"),
     ("fraction np.bool_", lambda t: check_fraction(np.True_, "density"), TypeError, "must be a number"),
@@ -1029,3 +1047,10 @@ def test_masks_file_of_wrong_shape_is_refused_from_its_header(tmp_path):
     assert peak < 20e6, peak
     with pytest.raises(ValueError, match="more than masks of this model hold"):
         ng.Masks.load(path, {"2.weight": W2})
+
+
+def test_masks_in_sparse_and_unsigned_forms_are_read():
+    dense = torch.tensor([[1, 0, 1]] * 4, dtype=torch.bool)
+    ref = check_masks({"0.weight": dense}, NET)["0.weight"]
+    for form in (dense.float().to_sparse(), dense.numpy().astype(np.uint64), dense.numpy().astype(np.uint16)):
+        assert torch.equal(check_masks({"0.weight": form}, NET)["0.weight"], ref)
