@@ -44,8 +44,10 @@ from .nets import (
     lenet5,
     lenet_300_100,
     mlp,
+    resnet20,
     small_convnet,
     trace,
+    vgg,
 )
 from .pruning import (
     IMP,
@@ -114,6 +116,8 @@ __all__ = [
     "PLGraph",
     "PLNode",
     "trace",
+    "resnet20",
+    "vgg",
     "ScaleSweepResult",
     "id_scale_sweep",
     "NetworkZerothDiagram",

@@ -390,3 +390,46 @@ def test_matrix_guard_and_input_shape_errors():
         trace(net)
     with pytest.raises(ValueError, match="features per sample"):
         g.forward(x[:, :, :4])
+
+
+class _TorchvisionBlock(nn.Module):
+    """torchvision's BasicBlock idiom: one in-place ReLU module called twice, `out += identity`."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, 2)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        out = F.adaptive_avg_pool2d(out, (1, 1))
+        return self.fc(out.view(out.size(0), -1))
+
+
+def test_torchvision_style_block():
+    torch.manual_seed(0)
+    net = _randomise_bn(_TorchvisionBlock(3)).eval()
+    g = trace(net, input_shape=(3, 5, 5))
+    assert _max_err(net, g, (3, 5, 5)) <= 1e-10
+    assert [n.op for n in g.nodes] == ["input", "affine", "relu", "affine", "add", "relu", "affine", "output"]
+    assert len(g.named["relu"]) == 2  # one module, two calls
+    assert g.nodes[6].kind == "linear" and [op.type_name for op in g.nodes[6]._ops] == [
+        "adaptive_avg_pool2d",
+        "Linear",
+    ]
+
+
+def test_input_shape_is_inferred_through_a_leading_flatten():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert trace(net).input_shape == (12,)
+    g = trace(net, input_shape=(3, 4))
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    assert (g.forward(x) - net.double()(x)).abs().max() <= 1e-10

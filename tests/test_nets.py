@@ -17,7 +17,7 @@ from netgeom import (
     layer_widths,
     mlp,
 )
-from netgeom.nets import lenet5, lenet_300_100, small_convnet
+from netgeom.nets import MODEL_NAMES, lenet5, lenet_300_100, resnet20, small_convnet, trace, vgg
 
 
 def _agree(model, shape, masks=None, n=7, seed=0):
@@ -197,7 +197,7 @@ def test_input_too_small_for_conv_is_named():
 
 
 def test_training_mode_is_read_with_eval_semantics_and_says_so():
-    net = _randomise_bn(small_convnet((1, 16), seed=0))  # nn.Module starts in training mode
+    net = _randomise_bn(small_convnet((1, 16), seed=0)).train()
     with pytest.warns(UserWarning, match=r"training mode; \['4'\]"):
         layers = affine_layers(net)
     x = torch.randn(5, 1, 16, dtype=torch.float64)
@@ -222,3 +222,62 @@ def test_unrolling_guard_and_chunking():
     big = affine_layers(net, input_shape=(1, 10, 10))
     assert torch.equal(small[0].weight, big[0].weight)
 
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_resnet20_is_traceable_and_exact(shortcut):
+    net = _randomise_bn(
+        resnet20(4, in_channels=2, image_size=8, width=2, blocks=1, shortcut=shortcut, seed=3)
+    )
+    g = trace(net)
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    ref = copy.deepcopy(net).double()(x)
+    assert (g.forward(x) - ref).abs().max() <= 1e-10
+    ops = [n.op for n in g.nodes]
+    assert ops.count("add") == 3 and ops.count("relu") == 1 + 2 * 3
+    weights = [n.param_name for n in g.nodes if n.param_name]
+    # option A shortcuts carry no weights; option B adds a 1x1 projection where a stage starts
+    assert len(weights) == 1 + 2 * 3 + 1 + (2 if shortcut == "B" else 0)
+    assert sorted(weights) == sorted(Masks.ones(net))
+
+
+def test_resnet20_matches_he_et_al():
+    # He et al. (2016), Table 6: ResNet-20 has 0.27M parameters (option A: no projection weights)
+    net = resnet20(shortcut="A", seed=0)
+    assert sum(p.numel() for p in net.parameters()) == 269_722
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19  # 1 stem + 3 stages x 3 blocks x 2, so depth 19 + the classifier = 20
+    assert {c.out_channels for c in convs} == {16, 32, 64}
+
+
+def test_vgg_with_maxpool_is_traceable_and_exact():
+    net = _randomise_bn(vgg([4, "M", 6, 6, "M"], 3, in_channels=1, image_size=8, seed=1))
+    g = trace(net)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    assert (g.forward(x) - copy.deepcopy(net).double()(x)).abs().max() <= 1e-10
+    assert [n.op for n in g.nodes].count("maxpool") == 2
+    assert len(vgg("vgg16", seed=0)) == 13 * 3 + 5 + 2
+    with pytest.raises(ValueError, match="too small"):
+        vgg([4, "M", "M", "M", "M"], in_channels=1, image_size=8)
+    with pytest.raises(ValueError, match="unknown VGG config"):
+        vgg("vgg12")
+
+
+def test_every_builder_is_seeded_in_eval_mode_and_in_build_model():
+    descs = {
+        "mlp": {"n_in": 3, "widths": [4], "n_out": 2},
+        "lenet_300_100": {},
+        "lenet5": {},
+        "small_convnet": {},
+        "resnet20": {"width": 2, "blocks": 1, "image_size": 8},
+        "vgg": {"config": [2, "M"], "image_size": 4, "in_channels": 1},
+    }
+    assert set(descs) == set(MODEL_NAMES)
+    for name, kw in descs.items():
+        a = build_model({"name": name, "seed": 5, **kw})
+        b = build_model({"name": name, "seed": 5, **kw})
+        c = build_model({"name": name, "seed": 6, **kw})
+        assert not any(m.training for m in a.modules()), name
+        sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+        trace(a)  # traceable with its recorded input shape

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from netgeom import Masks, mlp, small_convnet
+from netgeom import Masks, mlp, resnet20, small_convnet, vgg
 from netgeom.regions.patterns import count_patterns, pack_patterns, pattern_layers, unique_rows
 
 
@@ -141,11 +142,16 @@ def test_bad_input():
         count_patterns(net, torch.tensor([[0.0, float("nan"), 1.0]]))
     with pytest.raises(TypeError, match="iterable"):
         count_patterns(net, 3.0)
-    with pytest.raises(TypeError, match="MaxPool1d"):
-        count_patterns(
-            nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Unflatten(1, (1, 4)), nn.MaxPool1d(2)),
-            torch.randn(2, 3),
-        )
+    with pytest.raises(TypeError, match=r"'2' \(Sigmoid\)"):
+        count_patterns(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sigmoid()), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="CUDA is not available|only"):
+        if torch.cuda.is_available():
+            count_patterns(net, torch.randn(2, 3), device=f"cuda:{torch.cuda.device_count()}")
+        count_patterns(net, torch.randn(2, 3), device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        count_patterns(net, torch.randn(2, 3), device="banana")
+    with pytest.raises(ValueError, match="precision"):
+        count_patterns(net, torch.randn(2, 3), precision="float16")
 
 
 def test_plot_and_to_dict():
@@ -169,3 +175,139 @@ def test_network_ending_with_an_activation_has_bits_in_its_last_layer():
     assert ref.shape[1] == 7 and res.n_bits == 7
     assert res.count == _set_count(ref)
     assert res.per_layer[1] == _set_count(ref[:, 4:])
+
+
+class _ResPool(nn.Module):
+    """conv -> relu -> max-pool -> residual block (functional relus) -> linear -> relu -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.c1 = nn.Conv2d(3, 3, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.conv(x)))
+        h = F.relu(self.c2(self.c1(h).relu()) + h)
+        return self.out(F.relu(self.fc(torch.flatten(h, 1))))
+
+
+def _reference_respool(net, X):
+    """Patterns written out by hand in float64: relu signs and 2x2 window argmaxes (first maximum)."""
+    net = net.double()
+    x = X.double()
+    bits = []
+    with torch.no_grad():
+        z = net.conv(x)
+        bits.append(z > 0)
+        h = torch.relu(z)
+        B, C, H, W = h.shape
+        win = h.reshape(B, C, H // 2, 2, W // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(B, C, H // 2, W // 2, 4)
+        pos = torch.argmax(win, dim=-1)
+        bits.append(torch.stack([(pos >> 1) & 1, pos & 1], -1).bool())
+        h = win.amax(-1)
+        z1 = net.c1(h)
+        bits.append(z1 > 0)
+        z2 = net.c2(torch.relu(z1)) + h
+        bits.append(z2 > 0)
+        z3 = net.fc(torch.relu(z2).flatten(1))
+        bits.append(z3 > 0)
+    net.float()
+    return torch.cat([b.reshape(B, -1) for b in bits], 1).numpy()
+
+
+def test_residual_maxpool_patterns_equal_a_hand_written_reference():
+    torch.manual_seed(0)
+    net = _ResPool().eval()
+    X = torch.randn(600, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    X[:50, :, :4] = 0.0  # zero patches: relu zeros tie inside max-pool windows
+    res = count_patterns(net, X, per_layer=True)
+    ref = _reference_respool(net, X)
+    assert res.n_bits == ref.shape[1] == 3 * 64 + 3 * 16 * 2 + 48 + 48 + 6
+    assert res.count == _set_count(ref)
+    ref_rows, ref_mult = unique_rows(pack_patterns(ref))
+    assert np.array_equal(res.patterns, ref_rows) and np.array_equal(res.multiplicities, ref_mult)
+    assert res.layer_names == ["conv", "pool", "c1", "relu_2", "fc"]
+    assert res.per_layer[1] == _set_count(ref[:, 192:288])
+    # float64 from the start gives the same patterns
+    same = count_patterns(net, X, precision="float64")
+    assert np.array_equal(same.patterns, res.patterns)
+
+
+def test_tiny_resnet_and_vgg_patterns_match_float64_sampling():
+    for net, shape in [
+        (resnet20(3, in_channels=1, image_size=6, width=2, blocks=1, seed=0), (1, 6, 6)),
+        (vgg([3, "M", 4, "M"], 3, in_channels=1, image_size=6, seed=0), (1, 6, 6)),
+    ]:
+        X = torch.randn(300, *shape, generator=torch.Generator().manual_seed(2))
+        a = count_patterns(net, X)
+        b = count_patterns(net, X.double(), precision="float64")
+        assert a.count == b.count and np.array_equal(a.patterns, b.patterns)
+
+
+def _single_pattern_bits(res, n_bits):
+    assert res.count == 1
+    return np.unpackbits(res.patterns[0])[:n_bits].astype(bool)
+
+
+def test_undecidable_in_float32_or_float64_is_decided_exactly():
+    lin = nn.Linear(3, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0, 1.0]]))
+        lin.bias.zero_()
+    net = nn.Sequential(lin, nn.ReLU()).double()
+    cases = [
+        ([1.0, -1.0 + 1e-9, 0.0], True, 1, 0),  # float32 cannot tell, float64 can
+        ([0.1, -0.1, 0.0], False, 1, 1),  # exactly 0 in rationals: nobody rounds it to a side
+        ([1e16, 1.0, -1e16], True, 1, 1),  # float64 sums this to 0; the exact sum is 1
+        ([0.0, 0.0, 0.0], False, 0, 0),  # exact input, zero bias: the bound is 0 and decides z == 0
+    ]
+    for x, bit, n64, nex in cases:
+        X = torch.tensor([x], dtype=torch.float64)
+        res = count_patterns(net, X)
+        assert _single_pattern_bits(res, 1).tolist() == [bit], x
+        assert (res.n_float64, res.n_exact) == (n64, nex), x
+    naive = (net[0](torch.tensor([[1e16, 1.0, -1e16]], dtype=torch.float64)) > 0).item()
+    assert naive is False  # what a plain float64 forward would have said
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["relu", "leaky_relu"]))
+def test_float32_certified_equals_float64_on_random_mlps(seed, act):
+    net = mlp(5, [12, 9], 2, seed=seed, activation=act)
+    X = torch.randn(400, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    X[::7] *= 1e-6  # near the origin, where signs are fragile
+    a = count_patterns(net, X)
+    ref = _reference_patterns(net, X)
+    assert a.count == _set_count(ref)
+    assert np.array_equal(a.patterns, unique_rows(pack_patterns(ref))[0])
+
+
+def test_padded_overlapping_maxpool_patterns():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.Flatten())
+    net = nn.Sequential(*net, nn.Linear(2 * 4 * 4, 2)).eval()
+    X = torch.randn(400, 1, 9, 9, generator=torch.Generator().manual_seed(5))
+    X[:40] = 0.0
+    a = count_patterns(net, X)
+    b = count_patterns(net, X.double(), precision="float64")
+    assert np.array_equal(a.patterns, b.patterns) and np.array_equal(a.multiplicities, b.multiplicities)
+    # reference: relu signs and torch's own max-pool argmax (first maximum) in float64, written out
+    from netgeom import trace
+
+    g = trace(net, input_shape=(1, 9, 9))
+    with torch.no_grad():
+        z = net[0].double()(X.double())
+        pool = g.nodes[3]
+        _, pos = pool.pool(torch.relu(z).reshape(400, -1), return_indices=True)
+    net.float()
+    bits = [
+        (z > 0).reshape(400, -1),
+        torch.stack([(pos >> s) & 1 for s in (3, 2, 1, 0)], -1).reshape(400, -1),
+    ]
+    ref = torch.cat(bits, 1).bool().numpy()
+    assert a.n_bits == ref.shape[1] and a.count == _set_count(ref)
+    assert np.array_equal(a.patterns, unique_rows(pack_patterns(ref))[0])

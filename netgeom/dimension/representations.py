@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_finite_model, check_masks, check_tensor
+from ..nets import UnsupportedLayerError, trace
 from ..results import Result, new_axes
 from .estimators import MLE, TwoNN
 from .neighbors import nearest_neighbors
@@ -48,7 +49,7 @@ class RepresentationDimensionResult(Result):
         return ax
 
 
-def _default_layers(model: nn.Module) -> list[str]:
+def _default_module_layers(model: nn.Module) -> list[str]:
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
     if not names:
         raise ValueError(
@@ -56,6 +57,75 @@ def _default_layers(model: nn.Module) -> list[str]:
             f"from {[n for n, _ in model.named_modules() if n]}"
         )
     return names
+
+
+def _graph_locations(g, layers: Sequence[str] | None) -> list[tuple[str, tuple[int, int | None]]]:
+    """(name, location in the traced graph) of every representation to record."""
+    known = [k for k, v in g.named.items() if v and v[0][0] != 0]
+    if layers is not None:
+        out = []
+        for name in layers:
+            locs = g.named.get(name)
+            if not locs:
+                raise ValueError(f"unknown layer name(s) {[name]}; known: {known}")
+            if len(locs) > 1:
+                raise ValueError(
+                    f"layer '{name}' is used more than once per forward, so its output is ambiguous; hook "
+                    "distinct modules"
+                )
+            out.append((name, locs[0]))
+        return out
+    rev: dict[tuple[int, int | None], list[str]] = {}
+    for k, locs in g.named.items():
+        for loc in locs:
+            rev.setdefault((loc[0], None if loc[1] == len(g.nodes[loc[0]]._ops) else loc[1]), []).append(k)
+    idx = [n.index for n in g.nodes if n.op == "relu"]
+    last = g.nodes[g.nodes[g.output].inputs[0]]
+    if last.op == "affine" and last.inputs[0] != 0 and last.inputs[0] not in idx:
+        idx.append(last.inputs[0])  # the pre-logits: what the classifier reads
+    if not idx:
+        raise ValueError(
+            f"the model has no ReLU (module or function) to record; pass layers=[names] from {known}"
+        )
+    out = []
+    for i in sorted(idx):
+        # the module's path when it is called once, else the call's own (fx node) name
+        names = [k for k in rev.get((i, None), []) if len(g.named[k]) == 1] or [g.nodes[i].name]
+        out.append((names[0], (i, None)))
+    return out
+
+
+def _hooked(net: nn.Module, X: torch.Tensor, names: list[str], batch_size: int) -> list[torch.Tensor]:
+    """Module outputs by forward hooks (for models torch.fx cannot trace)."""
+    modules = dict(net.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"unknown layer name(s) {missing}; known: {[n for n in modules if n]}")
+    acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def record(name):
+        # a copy: the forward may still modify this output in place (residual adds, in-place ReLU chains)
+        return lambda _m, _i, out: acts[name].append(out.detach().reshape(len(out), -1).clone())
+
+    hooks = [modules[n].register_forward_hook(record(n)) for n in names]
+    try:
+        with torch.no_grad():
+            dev = next(net.parameters()).device if any(True for _ in net.parameters()) else X.device
+            for a in range(0, len(X), batch_size):
+                net(X[a : a + batch_size].to(dev))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for n in names:
+        R = torch.cat(acts[n]).cpu()
+        if len(R) != len(X):  # a module called several times per forward (shared ReLU) is ambiguous
+            raise ValueError(
+                f"layer '{n}' produced {len(R)} rows for {len(X)} inputs (module used more than once per "
+                "forward?); hook distinct modules"
+            )
+        out.append(R)
+    return out
 
 
 def representation_dimension(
@@ -68,22 +138,28 @@ def representation_dimension(
     *,
     include_input: bool = True,
     batch_size: int = 4096,
+    input_shape: Sequence[int] | None = None,
     **estimator_kw,
 ) -> RepresentationDimensionResult:
     """Intrinsic dimension of the input and of each hooked layer's output on ``X``.
 
     Parameters
     ----------
-    model : a torch module; it is deep-copied (and put in eval mode), never modified.
+    model : a torch module, read through :func:`netgeom.trace` (eval semantics, float64); never modified.
+        A model torch.fx cannot trace is run with forward hooks on its modules instead (float32, eval mode,
+        on a copy), and then ``layers`` must name modules.
     X : inputs accepted by ``model`` (tensor or array), first axis = samples.
-    layers : names of modules (``model.named_modules()``) whose outputs are recorded; default every
-        ``nn.ReLU``/``nn.LeakyReLU``, i.e. the post-activations of the hidden layers.
+    layers : names of what to record: a module path (``"layer1.0.conv1"``, ``"3"``: that module's output,
+        also inside a folded Conv+BatchNorm) or an fx node name of the traced forward (``"relu_2"``,
+        ``"add_1"``: functional calls). Default: every ReLU/LeakyReLU output (modules or functions) and the
+        pre-logits (the input of the final affine map) when it is not one of them.
     method : ``"mle"``, ``"twonn"`` or a list of them; each layer's kNN graph is computed once, shared.
     k : MLE's ``k`` (or k-range; default 20; an error when MLE is not among the methods); estimator
         options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
         ``mle_variant=``, ``twonn_fit=`` etc.
-    masks : optional masks (a :class:`~netgeom.pruning.masks.Masks`, mapping or per-layer list; checked by
-        :func:`~netgeom._validation.check_masks`) applied to the copy.
+    masks : a :class:`~netgeom.pruning.masks.Masks`, a mapping parameter name -> boolean (0/1) tensor or a
+        per-layer list (checked by :func:`~netgeom._validation.check_masks`); masked weights are absent.
+    input_shape : one sample's shape; default ``model.input_shape``, else ``X.shape[1:]``.
 
     Activations are flattened per sample; identical activation vectors (e.g. points mapped to the same
     all-zero pattern) are dropped as duplicates and counted in ``n_dropped``.
@@ -107,44 +183,43 @@ def representation_dimension(
         raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
     k = 20 if k is None else k
     masks = check_masks(masks, model)
-    X = check_tensor(X, "X", dtype=torch.float32)
+    X = check_tensor(X, "X")
+    if X.is_complex():
+        raise TypeError("X is complex; representations are defined for real inputs")
     if X.ndim < 2:
         raise ValueError(f"X must have a sample axis and features, got shape {tuple(X.shape)}")
-    net = copy.deepcopy(model).eval()
-    if masks is not None:
-        with torch.no_grad():
-            masks.apply(net)
-    names = list(layers) if layers is not None else _default_layers(net)
-    modules = dict(net.named_modules())
-    missing = [n for n in names if n not in modules]
-    if missing:
-        raise ValueError(f"unknown layer name(s) {missing}; known: {[n for n in modules if n]}")
-
-    acts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-
-    def record(name):
-        # a copy: the forward may still modify this output in place (residual adds, in-place ReLU chains)
-        return lambda _m, _i, out: acts[name].append(out.detach().reshape(len(out), -1).clone())
-
-    hooks = [modules[n].register_forward_hook(record(n)) for n in names]
+    if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+        raise TypeError(f"layers must be a list of layer names, got {layers!r}")
+    shape = input_shape or getattr(model, "input_shape", None) or tuple(X.shape[1:])
     try:
+        g = trace(model, masks, input_shape=shape)
+    except UnsupportedLayerError as exc:
+        # torch.fx cannot trace it: module outputs can still be hooked (same values, float32 forward)
+        g, why = None, exc
+    if g is not None:
+        locs = _graph_locations(g, layers)
+        X64 = X.to(torch.float64)
+        parts: list[list[torch.Tensor]] = [[] for _ in locs]
         with torch.no_grad():
-            dev = next(net.parameters()).device if any(True for _ in net.parameters()) else X.device
-            for a in range(0, len(X), batch_size):
-                net(X[a : a + batch_size].to(dev))
-    finally:
-        for h in hooks:
-            h.remove()
-
-    reps = ([("input", X.reshape(len(X), -1))] if include_input else []) + [
-        (n, torch.cat(acts[n]).cpu()) for n in names
-    ]
-    for n, R in reps:
-        if len(R) != len(X):  # a module called several times per forward (shared ReLU) is ambiguous
+            for a in range(0, len(X64), batch_size):
+                vals = g.values(X64[a : a + batch_size])
+                for j, (_, loc) in enumerate(locs):
+                    parts[j].append(g.value_at(vals, loc))
+        names = [n for n, _ in locs]
+        recorded = [torch.cat(p) for p in parts]
+    else:
+        if layers is None and not any(isinstance(m, (nn.ReLU, nn.LeakyReLU)) for m in model.modules()):
             raise ValueError(
-                f"layer '{n}' produced {len(R)} rows for {len(X)} inputs (module used more than once per "
-                "forward?); hook distinct modules"
-            )
+                f"{why}; without a traced graph only modules can be hooked, and the model has no "
+                "nn.ReLU/nn.LeakyReLU modules: pass layers=[module names]"
+            ) from None
+        net = copy.deepcopy(model).eval()
+        if masks is not None:
+            with torch.no_grad():
+                masks.apply(net)
+        names = list(layers) if layers is not None else _default_module_layers(net)
+        recorded = _hooked(net, X.to(torch.float32), names, batch_size)
+    reps = ([("input", X.reshape(len(X), -1))] if include_input else []) + list(zip(names, recorded))
     mle_kw = {kk[4:]: v for kk, v in estimator_kw.items() if kk.startswith("mle_")}
     two_kw = {kk[6:]: v for kk, v in estimator_kw.items() if kk.startswith("twonn_")}
     unknown = [kk for kk in estimator_kw if not kk.startswith(("mle_", "twonn_"))]
@@ -159,7 +234,7 @@ def representation_dimension(
     dims: dict[str, list[float]] = {m: [] for m in methods}
     widths, n_used, n_dropped = [], [], []
     for _, R in reps:
-        g = nearest_neighbors(R.double().numpy(), k_max if "mle" in methods else 2)
+        g = nearest_neighbors(R.double().cpu().numpy(), k_max if "mle" in methods else 2)
         widths.append(int(R.shape[1]))
         n_used.append(g.n)
         n_dropped.append(g.n_dropped)

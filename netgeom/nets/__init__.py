@@ -2,7 +2,17 @@
 
 from .graph import SUPPORTED_LAYERS, PLGraph, PLNode, UnsupportedLayerError, trace
 from .layers import AffineLayer, affine_layers, forward_affine, layer_widths
-from .models import MODEL_NAMES, build_model, lenet5, lenet_300_100, mlp, small_convnet
+from .models import (
+    MODEL_NAMES,
+    VGG_CONFIGS,
+    build_model,
+    lenet5,
+    lenet_300_100,
+    mlp,
+    resnet20,
+    small_convnet,
+    vgg,
+)
 
 __all__ = [
     "AffineLayer",
@@ -20,4 +30,7 @@ __all__ = [
     "mlp",
     "small_convnet",
     "trace",
+    "resnet20",
+    "vgg",
+    "VGG_CONFIGS",
 ]

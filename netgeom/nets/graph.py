@@ -125,10 +125,7 @@ class _AffineOp:
 
 
 def _linear_fn(x, p, bias):
-    b = p.get("bias") if bias else None
-    if x.ndim == 2:
-        return torch.addmm(b, x, p["weight_t"]) if b is not None else x @ p["weight_t"]
-    return F.linear(x, p["weight"], b)
+    return F.linear(x, p["weight"], p.get("bias") if bias else None)
 
 
 def _conv_fn(dim, stride, padding, dilation, groups):
@@ -159,12 +156,11 @@ def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tens
             f"{source} has no running statistics (track_running_stats=False), so it cannot be folded "
             "into an affine map"
         )
-    scale = 1.0 / torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
-    if m.affine:
-        scale = m.weight.detach().double().cpu() * scale
-    shift = -m.running_mean.detach().double().cpu() * scale
-    if m.affine:
-        shift = shift + m.bias.detach().double().cpu()
+    sd = torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
+    scale = (m.weight.detach().double().cpu() if m.affine else torch.ones_like(sd)) / sd
+    shift = (
+        m.bias.detach().double().cpu() if m.affine else 0.0
+    ) - m.running_mean.detach().double().cpu() * scale
     return scale, shift
 
 
@@ -316,6 +312,9 @@ class PLGraph:
         self.input_shape = input_shape
         self.output = len(nodes) - 1
         self.model_name = model_name
+        # module path / fx node name -> [(node index, affine ops applied)]: where that output lives (several
+        # places for a module called more than once); filled by trace
+        self.named: dict[str, list[tuple[int, int | None]]] = {}
         self.users: list[list[int]] = [[] for _ in nodes]
         for n in nodes:
             for i in n.inputs:
@@ -389,6 +388,19 @@ class PLGraph:
         return vals[self.output]
 
     __call__ = forward
+
+    def value_at(self, vals: Sequence[torch.Tensor], loc: tuple[int, int | None]) -> torch.Tensor:
+        """The value at a location of :attr:`named`: a node's value, or an intermediate of an affine node
+        (e.g. a convolution's output before the BatchNorm folded after it)."""
+        i, m = loc
+        node = self.nodes[i]
+        if m is None or m == len(node._ops):
+            return vals[i]
+        x = vals[node.inputs[0]]
+        y = x.reshape(x.shape[0], *node._ops[0].in_shape)
+        for op in node._ops[:m]:
+            y = op(y.reshape(y.shape[0], *op.in_shape))
+        return y.reshape(x.shape[0], -1)
 
     @property
     def is_chain(self) -> bool:
@@ -464,7 +476,7 @@ class _Tracer(fx.Tracer):
         self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if type(m) in _LEAVES:
+        if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -637,7 +649,7 @@ class _Builder:
                     f"layer '{name}' (Linear) expects {m.in_features} inputs but receives {ref.shape[-1]}"
                 )
             pname, w, mask = self.masked_weight(name, m)
-            params = {"weight": w, "weight_t": w.T.contiguous()}
+            params = {"weight": w}
             if m.bias is not None:
                 params["bias"] = m.bias.detach().double().cpu()
             op = _AffineOp(
@@ -659,27 +671,26 @@ class _Builder:
             scale, shift = _bn_scale_shift(m, f"module '{name}' ({tname})")
             op = _AffineOp(name, tname, ref.shape, (), _bn_fn, {"scale": scale, "shift": shift}, 2, module=m)
         else:  # pools
-            mm = m.double()  # pools have no parameters; double() is a no-op on them
 
-            def fn(x, p, bias, mm=mm):
+            def fn(x, p, bias, mm=m):
                 return mm(x)
 
             op = _AffineOp(name, tname, ref.shape, (), fn, {}, 0, module=m)
         y = self.run_op(fxn, op, ref)
         op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
         if op.fan_in == 0:
-            op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
-            if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
-                op.fan_in = math.prod(_fmt_kernel(m.kernel_size)) + 1
+            kernel = _fmt_kernel(m.kernel_size) if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)) else None
+            op.fan_in = _fan_in(tname, ref.shape, op.out_shape, kernel)
         return self.affine(fxn, ref, op, y, name)
 
     def func_affine(self, fxn: fx.Node, ref: _Ref, func, args, kwargs, type_name: str) -> _Ref:
         op = _AffineOp(fxn.name, type_name, ref.shape, (), _const_fn(func, args, kwargs), {}, 0)
         y = self.run_op(fxn, op, ref)
         op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
-        op.fan_in = max(1, math.ceil(math.prod(ref.shape) / max(1, math.prod(op.out_shape)))) + 1
-        if type_name.startswith("avg_pool"):
-            op.fan_in = math.prod(_fmt_kernel(args[0] if args else kwargs["kernel_size"])) + 1
+        kernel = (
+            _fmt_kernel(args[0] if args else kwargs["kernel_size"]) if type_name.startswith("avg") else None
+        )
+        op.fan_in = _fan_in(type_name, ref.shape, op.out_shape, kernel)
         return self.affine(fxn, ref, op, y, None)
 
     # ------------------------------------------------------------------ other nodes
@@ -766,6 +777,16 @@ class _Builder:
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
 
 
+def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
+    """An upper bound on the inputs one output of a weight-free linear op reads, plus one (for the
+    rounding-error bounds of reduced-precision evaluation)."""
+    if kernel is not None:
+        return math.prod(kernel) + 1
+    if "adaptive" in type_name.lower():
+        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[1:], out_shape[1:])) + 1
+    return max(1, math.ceil(math.prod(in_shape) / max(1, math.prod(out_shape)))) + 1
+
+
 def _pool_windows(in_shape, out_shape, p) -> torch.Tensor:
     """``(size, k)`` flat input indices of every max-pool window, ``-1`` for padding positions."""
     C, spatial = in_shape[0], in_shape[1:]
@@ -814,7 +835,11 @@ def _count_real_users(graph: fx.Graph, alias_like) -> dict[fx.Node, int]:
     for n in reversed(list(graph.nodes)):
         c = 0
         for u in n.users:
-            c += counts.get(u, 1) if alias_like(u) else 1
+            meta = (u.op == "call_method" and u.target in _META_METHODS) or (
+                u.target is getattr and len(u.args) > 1 and u.args[1] in _META_ATTRS
+            )
+            if not meta:  # x.size(0) and x.shape read no values
+                c += counts.get(u, 1) if alias_like(u) else 1
         counts[n] = c
     return counts
 
@@ -825,12 +850,15 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
             m = model.get_submodule(n.target)
             if isinstance(m, nn.Linear):
                 return (m.in_features,)
-            if isinstance(m, (_BN, _SKIPPED, _ACTIVATIONS)):
+            # a flat input passes these unchanged (a Flatten of (B, n) is (B, n)), so a first Linear decides
+            if isinstance(m, (_BN, _SKIPPED, _ACTIVATIONS, nn.Flatten)):
                 continue
             break
         elif n.op in ("call_function", "call_method"):
             t = n.target
             if t in _RELU_FUNCS or t in _LEAKY_FUNCS or t in _DROPOUT_FUNCS or t in _ADD_FUNCS:
+                continue
+            if t in (torch.flatten, "flatten", "view", "reshape", "contiguous", "size", "dim", getattr):
                 continue
             break
     raise ValueError(
@@ -852,8 +880,8 @@ def trace(
     ----------
     model : the network; read with eval semantics (BatchNorm running statistics, no dropout) whatever its
         mode — a model in training mode with such modules gets a warning saying so. Never modified.
-    masks : a ``Masks`` or any mapping parameter name -> boolean (or 0/1) tensor; each names the weight of a
-        ``Linear``/``Conv`` it removes weights from.
+    masks : a ``Masks``, a mapping parameter name -> boolean (or 0/1) tensor, or a per-layer list, checked
+        by :func:`netgeom._validation.check_masks`; each names the weight of a ``Linear``/``Conv``.
     input_shape : one sample's shape (no batch axis); default ``model.input_shape``, or ``(in_features,)``
         of a first ``Linear``. Needed when the model starts with a convolution or pooling.
     max_entries : largest dense matrix one affine node's :meth:`PLNode.matrix` may unroll to.
@@ -948,186 +976,208 @@ def trace(
             if isinstance(v, _Ref) and v.index == old.index:
                 env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape))
 
-    for n in graph.nodes:
-        if n.op == "placeholder":
-            n_inputs += 1
-            if n_inputs > 1:
-                raise UnsupportedLayerError(
-                    f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom reads "
-                    "networks of one input tensor"
-                )
-            probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
-            idx = b.add_node(n, op="input", inputs=(), shape=shape)
-            b.nodes[idx].source = "input"
-            env[n] = _Ref(idx, shape, probe)
-            continue
-        if n.op == "output":
-            out = n.args[0]
-            if not isinstance(out, fx.Node) or not isinstance(env.get(out), _Ref):
-                raise UnsupportedLayerError(
-                    f"cannot read {name}: its forward must return one tensor, got {type(out).__name__}"
-                )
-            output_ref = env[out]
-            continue
-        if n.op == "get_attr":
-            raise b.refuse(
-                n,
-                f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
-                "outside a supported module)",
-            )
-        args, kwargs = n.args, n.kwargs
-        refs = refs_in((args, kwargs))
-        t = n.target
-        if n.op == "call_module":
-            m = model.get_submodule(t)
-            if m.training and isinstance(m, _MODE_DEPENDENT):
-                b.training_modules.append(t)
-            x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
-            if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
-                raise b.refuse(n, "is called with other than one tensor argument")
-            if isinstance(m, _SKIPPED):
-                env[n] = x
-            elif isinstance(m, _RESHAPES):
-                y = m(x.value)
-                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
-            elif isinstance(m, _ACTIVATIONS):
-                r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
-                env[n] = r
-                if getattr(m, "inplace", False):
-                    rebind(x, r)
-            elif isinstance(m, _MAXPOOLS):
-                if m.return_indices:
-                    raise b.refuse(n, "returns indices")
-                dim = 1 if isinstance(m, nn.MaxPool1d) else 2
-                env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-            elif isinstance(m, _WEIGHTED + _BN + _POOLS):
-                env[n] = b.module_op(n, m, x)
-            else:
-                why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
-                raise UnsupportedLayerError(
-                    f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
-                    + ", ".join(SUPPORTED_LAYERS)
-                )
-            continue
+    named: dict[str, list] = {}
 
-        # call_function / call_method
-        if not refs:
-            # shape arithmetic and other python on plain values (x.size(0) * 2, ...)
-            try:
-                res = t(*val(args), **val(kwargs)) if n.op == "call_function" else None
-            except Exception as exc:
-                raise b.refuse(n, f"failed on the probe input: {exc}") from None
-            if n.op == "call_method" or torch.is_tensor(res):
-                raise b.refuse(n, "creates a tensor inside forward (a constant)")
-            env[n] = res
-            continue
-        x = refs[0]
-        is_method = n.op == "call_method"
-        first_is_x = bool(args) and isinstance(args[0], fx.Node) and env.get(args[0]) is x
-        if (is_method and t in _META_METHODS) or (t is getattr and len(args) > 1 and args[1] in _META_ATTRS):
-            env[n] = (
-                getattr(x.value, t)(*val(args[1:]), **val(kwargs)) if is_method else getattr(x.value, args[1])
-            )
-            continue
-        if t in _RELU_FUNCS or t in _LEAKY_FUNCS:
-            if len(refs) != 1 or not first_is_x:
-                raise b.refuse(n, "is called with other than one tensor argument")
-            slope = 0.0
-            if t in _LEAKY_FUNCS:
-                slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
-            inplace = t in (torch.relu_, F.relu_, "relu_", F.leaky_relu_) or bool(
-                kwargs.get(
-                    "inplace",
-                    args[2]
-                    if t in _LEAKY_FUNCS and len(args) > 2
-                    else (args[1] if t is F.relu and len(args) > 1 else False),
+    def record(n: fx.Node) -> None:
+        """Where each module's / fx node's output lives: (PL node, number of its affine ops applied)."""
+        ref = env.get(n)
+        if not isinstance(ref, _Ref):
+            return
+        node = b.nodes[ref.index]
+        loc = (node, len(node._ops) if node.op == "affine" else None)
+        # a module by its path (ambiguous when called twice) and every call by its unique fx node name
+        for key in [n.target, n.name] if n.op == "call_module" else [n.name]:
+            named.setdefault(key, [])
+            if loc not in named[key]:
+                named[key].append(loc)
+
+    for n in graph.nodes:
+        try:
+            if n.op == "placeholder":
+                n_inputs += 1
+                if n_inputs > 1:
+                    raise UnsupportedLayerError(
+                        f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom "
+                        "reads networks of one input tensor"
+                    )
+                probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
+                idx = b.add_node(n, op="input", inputs=(), shape=shape)
+                b.nodes[idx].source = "input"
+                env[n] = _Ref(idx, shape, probe)
+                continue
+            if n.op == "output":
+                out = n.args[0]
+                if not isinstance(out, fx.Node) or not isinstance(env.get(out), _Ref):
+                    raise UnsupportedLayerError(
+                        f"cannot read {name}: its forward must return one tensor, got {type(out).__name__}"
+                    )
+                output_ref = env[out]
+                continue
+            if n.op == "get_attr":
+                raise b.refuse(
+                    n,
+                    f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
+                    "outside a supported module)",
                 )
-            )
-            r = b.relu(n, x, float(slope))
-            env[n] = r
-            if inplace:
-                rebind(x, r)
-            continue
-        if t in _ADD_FUNCS:
-            other = args[1] if len(args) > 1 else kwargs.get("other")
-            alpha = kwargs.get("alpha", 1)
-            if len(refs) != 2 or not isinstance(other, fx.Node) or alpha != 1:
-                raise b.refuse(n, "adds a constant or scales the summand (only tensor + tensor is read)")
-            a_ref, b_ref = env[args[0]], env[other]
-            r = b.add(n, a_ref, b_ref)
-            env[n] = r
-            if t in (operator.iadd, "add_"):
-                rebind(a_ref, r)
-            continue
-        if t in _CAT_FUNCS:
-            seq = args[0] if args else kwargs.get("tensors")
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            if not isinstance(seq, (list, tuple)) or not all(
-                isinstance(s, fx.Node) and isinstance(env[s], _Ref) for s in seq
+            args, kwargs = n.args, n.kwargs
+            refs = refs_in((args, kwargs))
+            t = n.target
+            if n.op == "call_module":
+                m = model.get_submodule(t)
+                if m.training and isinstance(m, _MODE_DEPENDENT):
+                    b.training_modules.append(t)
+                x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
+                if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
+                    raise b.refuse(n, "is called with other than one tensor argument")
+                if isinstance(m, _SKIPPED):
+                    env[n] = x
+                elif isinstance(m, _RESHAPES):
+                    y = m(x.value)
+                    env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                elif isinstance(m, _ACTIVATIONS):
+                    r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
+                    env[n] = r
+                    if getattr(m, "inplace", False):
+                        rebind(x, r)
+                elif isinstance(m, _MAXPOOLS):
+                    if m.return_indices:
+                        raise b.refuse(n, "returns indices")
+                    dim = 1 if isinstance(m, nn.MaxPool1d) else 2
+                    env[n] = b.maxpool(n, x, dim, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+                elif isinstance(m, _WEIGHTED + _BN + _POOLS) or getattr(type(m), "netgeom_linear", False):
+                    env[n] = b.module_op(n, m, x)
+                else:
+                    why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
+                    raise UnsupportedLayerError(
+                        f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
+                        + ", ".join(SUPPORTED_LAYERS)
+                    )
+                continue
+
+            # call_function / call_method
+            if not refs:
+                # shape arithmetic and other python on plain values (x.size(0) * 2, ...)
+                try:
+                    res = t(*val(args), **val(kwargs)) if n.op == "call_function" else None
+                except Exception as exc:
+                    raise b.refuse(n, f"failed on the probe input: {exc}") from None
+                if n.op == "call_method" or torch.is_tensor(res):
+                    raise b.refuse(n, "creates a tensor inside forward (a constant)")
+                env[n] = res
+                continue
+            x = refs[0]
+            is_method = n.op == "call_method"
+            first_is_x = bool(args) and isinstance(args[0], fx.Node) and env.get(args[0]) is x
+            if (is_method and t in _META_METHODS) or (
+                t is getattr and len(args) > 1 and args[1] in _META_ATTRS
             ):
-                raise b.refuse(n, "concatenates something other than traced tensors")
-            env[n] = b.cat(n, [env[s] for s in seq], int(dim))
-            continue
-        if t in _DROPOUT_FUNCS:
-            if kwargs.get("training", args[2] if len(args) > 2 else True):
-                b.training_modules.append(n.name)
-            env[n] = x
-            continue
-        if len(refs) != 1 or not first_is_x:
-            raise b.refuse(n, "is not supported with these tensor arguments")
-        if t in _RESHAPE_FUNCS:
-            try:
-                y = (
+                env[n] = (
                     getattr(x.value, t)(*val(args[1:]), **val(kwargs))
                     if is_method
-                    else t(*val(args), **val(kwargs))
+                    else getattr(x.value, args[1])
                 )
-            except RuntimeError as exc:
-                raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
-            env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
-            continue
-        if t in _MAXPOOL_FUNCS:
-            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-            defaults = {
-                "stride": None,
-                "padding": 0,
-                "dilation": 1,
-                "ceil_mode": False,
-                "return_indices": False,
-            }
-            bound = dict(defaults)
-            bound.update(zip(names, args[1:]))
-            bound.update(kwargs)
-            if bound["return_indices"]:
-                raise b.refuse(n, "returns indices")
-            env[n] = b.maxpool(
-                n,
-                x,
-                _MAXPOOL_FUNCS[t],
-                bound["kernel_size"],
-                bound["stride"],
-                bound["padding"],
-                bound["dilation"],
-                bound["ceil_mode"],
-            )
-            continue
-        if t in _POOL_FUNCS:
-            env[n] = b.func_affine(n, x, t, val(args[1:]), val(kwargs), t.__name__)
-            continue
-        if t in _MEAN_FUNCS:
-            dims = args[1] if len(args) > 1 else kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else dims
-            nd = len(x.shape) + 1
-            if (
-                dims is None
-                or any((d + nd if d < 0 else d) == 0 for d in dims)
-                or kwargs.get("dtype") is not None
-            ):
-                raise b.refuse(n, "averages over the batch axis")
-            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-            env[n] = b.func_affine(n, x, torch.mean, (tuple(dims), bool(keep)), {}, "mean")
-            continue
-        raise b.refuse(n, "is not piecewise-linear or not supported")
+                continue
+            if t in _RELU_FUNCS or t in _LEAKY_FUNCS:
+                if len(refs) != 1 or not first_is_x:
+                    raise b.refuse(n, "is called with other than one tensor argument")
+                slope = 0.0
+                if t in _LEAKY_FUNCS:
+                    slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+                inplace = t in (torch.relu_, F.relu_, "relu_", F.leaky_relu_) or bool(
+                    kwargs.get(
+                        "inplace",
+                        args[2]
+                        if t in _LEAKY_FUNCS and len(args) > 2
+                        else (args[1] if t is F.relu and len(args) > 1 else False),
+                    )
+                )
+                r = b.relu(n, x, float(slope))
+                env[n] = r
+                if inplace:
+                    rebind(x, r)
+                continue
+            if t in _ADD_FUNCS:
+                other = args[1] if len(args) > 1 else kwargs.get("other")
+                alpha = kwargs.get("alpha", 1)
+                if len(refs) != 2 or not isinstance(other, fx.Node) or alpha != 1:
+                    raise b.refuse(n, "adds a constant or scales the summand (only tensor + tensor is read)")
+                a_ref, b_ref = env[args[0]], env[other]
+                r = b.add(n, a_ref, b_ref)
+                env[n] = r
+                if t in (operator.iadd, "add_"):
+                    rebind(a_ref, r)
+                continue
+            if t in _CAT_FUNCS:
+                seq = args[0] if args else kwargs.get("tensors")
+                dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+                if not isinstance(seq, (list, tuple)) or not all(
+                    isinstance(s, fx.Node) and isinstance(env[s], _Ref) for s in seq
+                ):
+                    raise b.refuse(n, "concatenates something other than traced tensors")
+                env[n] = b.cat(n, [env[s] for s in seq], int(dim))
+                continue
+            if t in _DROPOUT_FUNCS:
+                if kwargs.get("training", args[2] if len(args) > 2 else True):
+                    b.training_modules.append(n.name)
+                env[n] = x
+                continue
+            if len(refs) != 1 or not first_is_x:
+                raise b.refuse(n, "is not supported with these tensor arguments")
+            if t in _RESHAPE_FUNCS:
+                try:
+                    y = (
+                        getattr(x.value, t)(*val(args[1:]), **val(kwargs))
+                        if is_method
+                        else t(*val(args), **val(kwargs))
+                    )
+                except RuntimeError as exc:
+                    raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
+                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                continue
+            if t in _MAXPOOL_FUNCS:
+                names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+                defaults = {
+                    "stride": None,
+                    "padding": 0,
+                    "dilation": 1,
+                    "ceil_mode": False,
+                    "return_indices": False,
+                }
+                bound = dict(defaults)
+                bound.update(zip(names, args[1:]))
+                bound.update(kwargs)
+                if bound["return_indices"]:
+                    raise b.refuse(n, "returns indices")
+                env[n] = b.maxpool(
+                    n,
+                    x,
+                    _MAXPOOL_FUNCS[t],
+                    bound["kernel_size"],
+                    bound["stride"],
+                    bound["padding"],
+                    bound["dilation"],
+                    bound["ceil_mode"],
+                )
+                continue
+            if t in _POOL_FUNCS:
+                env[n] = b.func_affine(n, x, t, val(args[1:]), val(kwargs), t.__name__)
+                continue
+            if t in _MEAN_FUNCS:
+                dims = args[1] if len(args) > 1 else kwargs.get("dim")
+                dims = (dims,) if isinstance(dims, int) else dims
+                nd = len(x.shape) + 1
+                if (
+                    dims is None
+                    or any((d + nd if d < 0 else d) == 0 for d in dims)
+                    or kwargs.get("dtype") is not None
+                ):
+                    raise b.refuse(n, "averages over the batch axis")
+                keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                env[n] = b.func_affine(n, x, torch.mean, (tuple(dims), bool(keep)), {}, "mean")
+                continue
+            raise b.refuse(n, "is not piecewise-linear or not supported")
+        finally:
+            record(n)
 
     if output_ref is None:
         raise UnsupportedLayerError(f"cannot read {name}: its forward returns nothing")
@@ -1152,7 +1202,10 @@ def trace(
             _max_entries=max_entries,
         )
     )
-    return PLGraph(_prune(nodes), shape, name)
+    g = PLGraph(_prune(nodes), shape, name)
+    kept = {id(x) for x in g.nodes}
+    g.named = {k: [(x.index, m) for x, m in v if id(x) in kept] for k, v in named.items()}
+    return g
 
 
 def _prune(nodes: list[PLNode]) -> list[PLNode]:

@@ -11,6 +11,7 @@ The count is a lower bound on the number of activation regions the inputs' set m
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .._validation import check_choice, check_int, check_tensor
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer
 from ..results import Result, new_axes
 
 __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patterns", "unique_rows"]
@@ -123,7 +124,9 @@ class PatternCountResult(Result):
     ``saturated`` is True when more than half the patterns are singletons — then the sample is too small for
     the count to say much about the number of regions (it mostly counts samples). ``per_layer`` holds the
     number of distinct patterns of each pattern layer alone and ``cumulative`` that of layers 1..l together
-    (the last entry equals ``count``), when asked for.
+    (the last entry equals ``count``), when asked for. ``n_float64`` inputs were evaluated in float64 (too
+    close to a boundary to decide in float32, or all of them when float32 rarely decides); ``n_exact`` of
+    those were decided in exact rational arithmetic.
     """
 
     count: int
@@ -136,6 +139,8 @@ class PatternCountResult(Result):
     cumulative: list[int] | None = None
     patterns: np.ndarray = field(default=None, repr=False)
     multiplicities: np.ndarray = field(default=None, repr=False)
+    n_float64: int = 0
+    n_exact: int = 0
 
     def plot(self, ax=None):
         """Rank-frequency plot of the patterns (log-log): a flat tail of 1s means saturation."""
@@ -151,25 +156,75 @@ class PatternCountResult(Result):
         return ax
 
 
+def _finite_batch(x, name: str) -> torch.Tensor:
+    x = check_tensor(x, name, finite=False)
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have a batch axis: shape (N, n_features) or (N, *input_shape), got {tuple(x.shape)}"
+        )
+    if x.is_floating_point() and x.numel():
+        lo, hi = torch.aminmax(x)  # one pass; NaN and inf propagate into the extremes
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the input first")
+    return x
+
+
 def _batches(X, batch_size: int) -> Iterator[torch.Tensor]:
     if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
-        X = check_tensor(X, "X")
-        if X.ndim < 2:
-            raise ValueError(
-                f"X must have a batch axis: shape (N, n_features) or (N, *input_shape), got {tuple(X.shape)}"
-            )
+        X = _finite_batch(X, "X")
         for i in range(0, X.shape[0], batch_size):
             yield X[i : i + batch_size]
     elif isinstance(X, Iterable):
         for i, batch in enumerate(X):
-            batch = check_tensor(batch, f"X batch {i}")
-            if batch.ndim < 2:
-                raise ValueError(f"X batch {i} must have a batch axis, got shape {tuple(batch.shape)}")
-            yield batch
+            yield _finite_batch(batch, f"X batch {i}")
     else:
         raise TypeError(
             f"X must be an array/tensor of inputs or an iterable of batches, got {type(X).__name__}"
         )
+
+
+def _check_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (TypeError, RuntimeError) as exc:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}: {exc}") from None
+    check_choice(str(dev.type), "device type", ("cpu", "cuda", "mps"))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested, but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested, but MPS is not available on this machine")
+    return dev
+
+
+class _NoTF32:
+    """TF32 would void the float32 error bounds: off on CUDA while patterns are computed."""
+
+    def __enter__(self):
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
+def _bits_of(decisions: dict[int, torch.Tensor], nodes, widths) -> np.ndarray:
+    cols = []
+    for node, w in zip(nodes, widths):
+        d = decisions[node.index]
+        if node.op == "relu":
+            cols.append(d)
+        else:  # the argmax position of every window, in binary (most significant bit first)
+            nb = w // node.size
+            shifts = torch.arange(nb - 1, -1, -1, dtype=torch.long)
+            cols.append(((d.unsqueeze(-1) >> shifts) & 1).reshape(d.shape[0], -1).to(torch.bool))
+    if not cols:
+        return np.zeros((0, 0), dtype=bool)
+    return torch.cat(cols, dim=1).numpy()
 
 
 def count_patterns(
@@ -181,19 +236,32 @@ def count_patterns(
     per_layer: bool = False,
     device: str | torch.device = "cpu",
     input_shape=None,
+    precision: str = "float32",
 ) -> PatternCountResult:
     """Count the distinct activation patterns that the inputs ``X`` produce.
 
+    The pattern of an input is every ReLU/LeakyReLU sign ``[z > 0]`` and the argmax of every max-pooling
+    window (its position in the window, first maximal position on ties), over the traced graph of the
+    model (:func:`netgeom.trace`: residual blocks, concatenations, max-pooling, functional activations).
+    Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error, and
+    only inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
+    float64, then in exact rational arithmetic (:mod:`netgeom.nets.certified`).
+
     Parameters
     ----------
-    model : a network readable by :func:`netgeom.affine_layers` (masks respected).
+    model : any network :func:`netgeom.trace` reads (masks respected).
     X : inputs of shape ``(N, n_0)`` or ``(N, *input_shape)``, or an iterable of such batches (streamed, so
         e.g. a 10^6-point grid never has to sit in memory).
     batch_size : rows evaluated at once; memory is O(batch_size · width + number of patterns).
-    per_layer : also count the patterns of each layer alone and of layers 1..l.
-    device : torch device for the forward pass (float64).
-    input_shape : one sample's shape, passed to :func:`netgeom.affine_layers` (conv nets). When neither it
-        nor ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
+    per_layer : also count the patterns of each pattern node alone and of nodes 1..l together.
+    device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` for the forward pass (checked: an unavailable
+        device is an error; TF32 is switched off on CUDA while counting).
+    input_shape : one sample's shape, passed to :func:`netgeom.trace` (conv nets). When neither it nor
+        ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
+    precision : ``"float32"`` (default; certified, redone exactly where needed) or ``"float64"`` (the same
+        certified procedure starting in float64). With ``"float32"``, when more than half the inputs of a
+        512-input trial (or of a batch) are undecided in float32, float64 is used from then on (cheaper than
+        redoing them).
 
     Example
     -------
@@ -203,8 +271,15 @@ def count_patterns(
     >>> res.count <= 11  # 4 lines cut the plane into at most 11 regions
     True
     """
+    from ..nets import trace
+    from ..nets.certified import graph_patterns, pattern_nodes, pattern_widths
+
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    check_choice(str(torch.device(device).type), "device type", ("cpu", "cuda", "mps"))
+    dev = _check_device(device)
+    check_choice(precision, "precision", ("float32", "float64"))
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    if dev.type == "mps" and dtype == torch.float64:
+        raise ValueError("MPS has no float64: use precision='float32' (its float64 re-checks run on the CPU)")
     if (
         input_shape is None
         and getattr(model, "input_shape", None) is None
@@ -212,54 +287,57 @@ def count_patterns(
         and X.ndim > 2
     ):
         input_shape = tuple(X.shape[1:])
-    layers = affine_layers(model, masks, input_shape=input_shape)
-    flags = pattern_layers(layers)
-    n0 = layers[0].n_in
-    params = [
-        (
-            layer.weight.T.contiguous().to(device),
-            layer.bias.to(device),
-            layer.activation,
-            layer.negative_slope,
-            flag,
-        )
-        for layer, flag in zip(layers[: _last_pattern_layer(flags) + 1], flags)
-    ]
-    widths = [layer.n_out for layer, f in zip(layers, flags) if f]
-    names = [layer.name for layer, f in zip(layers, flags) if f]
+    g = trace(model, masks, input_shape=input_shape)
+    nodes = pattern_nodes(g)
+    widths = pattern_widths(g)
+    names = [_pattern_name(g, n) for n in nodes]
+    n0 = g.n_in
     n_bits = int(sum(widths))
     total = _Counter(max(1, (n_bits + 7) // 8))
     single = [_Counter(max(1, (w + 7) // 8)) for w in widths] if per_layer else []
     cumul = [_Counter(max(1, (sum(widths[: i + 1]) + 7) // 8)) for i in range(len(widths))]
     cumul = cumul if per_layer else []
+    starts = np.cumsum([0] + widths)
     n_samples = 0
-    with torch.no_grad():
+    engines: dict = {}
+    run_dtype = dtype
+    probe = True
+    redone = {"float64": 0, "exact": 0}
+    guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
+    with torch.no_grad(), guard:
         for i, batch in enumerate(_batches(X, batch_size)):
-            x = batch.reshape(batch.shape[0], -1).to(device=device, dtype=torch.float64)
+            x = batch.reshape(batch.shape[0], -1)
             if x.shape[1] != n0:
                 raise ValueError(
                     f"X batch {i} has {x.shape[1]} features per sample, but the network takes {n0} inputs"
                 )
-            bits = []
-            for Wt, b, act, slope, flag in params:
-                z = torch.addmm(b, x, Wt)
-                if flag:
-                    bits.append(z > 0)
-                if act == "identity":
-                    x = z
-                else:
-                    x = torch.relu(z) if slope == 0 else torch.nn.functional.leaky_relu(z, slope)
-            if bits:
-                B = torch.cat(bits, dim=1).cpu().numpy()
-            else:
-                B = np.zeros((x.shape[0], 0), dtype=bool)
-            total.add(pack_patterns(B))
-            if per_layer:
-                starts = np.cumsum([0] + widths)
-                for l_idx in range(len(widths)):
-                    single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
-                    cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
-            n_samples += x.shape[0]
+            if x.is_complex():
+                raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
+            if probe and run_dtype == torch.float32:
+                # a small float32 trial first: when float32 cannot decide most inputs (its certified
+                # rounding bound is too wide next to the margins of this network), go float64 at once
+                _, st = graph_patterns(g, x[:512], device=dev, dtype=run_dtype, _engines=engines)
+                if st["float64"] > 0.5 * min(512, x.shape[0]):
+                    run_dtype = torch.float64
+                probe = False
+            for a in range(0, x.shape[0], batch_size):
+                xb = x[a : a + batch_size]
+                dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
+                if run_dtype == torch.float64:
+                    stats["float64"] = xb.shape[0]
+                for k in redone:
+                    redone[k] += stats[k]
+                if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
+                    # float32 cannot decide most inputs of this network (its rounding-error bound is
+                    # too wide next to the margins): a float64 pass from the start is then cheaper
+                    run_dtype = torch.float64
+                B = _bits_of(dec, nodes, widths) if nodes else np.zeros((xb.shape[0], 0), dtype=bool)
+                total.add(pack_patterns(B))
+                if per_layer:
+                    for l_idx in range(len(widths)):
+                        single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
+                        cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
+                n_samples += xb.shape[0]
     if n_samples == 0:
         raise ValueError("X holds no inputs: nothing to count")
     rows, mult = total.result()
@@ -275,4 +353,16 @@ def count_patterns(
         cumulative=[len(c.result()[0]) for c in cumul] if per_layer else None,
         patterns=rows,
         multiplicities=mult,
+        n_float64=redone["float64"],
+        n_exact=redone["exact"],
     )
+
+
+def _pattern_name(g, node) -> str:
+    """A relu right after an affine node is named by that node's module (``'0'``, ``'layer1.0.conv1'``), as
+    the layers of :func:`affine_layers`; other pattern nodes by their module or fx node name."""
+    if node.op == "relu":
+        src = g.nodes[node.inputs[0]]
+        if src.op == "affine":
+            return src._first_name
+    return node.module or node.name

@@ -1,0 +1,205 @@
+"""Benchmark: ``count_patterns`` (exact: certified float32, undecided rows redone in float64 / rationals) vs
+the plain float32 forward with sign packing a user would write (uncertified), counted with the same exact
+deduplication. One row per network: both times, the ratio, both counts, whether netgeom's pattern set and the
+plain float32 one equal those of a float64 forward (untimed reference), and how many inputs netgeom redid in
+float64 / exact arithmetic.
+
+    python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
+    python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netgeom import count_patterns, magnitude_prune, mlp, trace
+from netgeom.regions.patterns import _Counter, pack_patterns
+
+BATCH = 8192
+
+
+def make_pool(n_in, seed: int, pool_size: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand((BATCH, *n_in), generator=g) for _ in range(pool_size)]
+
+
+def batches(n: int, pool: list[torch.Tensor]):
+    """``n`` distinct inputs in batches: the pool's batches, each reuse scaled differently (cheap)."""
+    done, i = 0, 0
+    while done < n:
+        b = min(BATCH, n - done)
+        scale = 1.0 + 0.01 * (i // len(pool))
+        yield pool[i % len(pool)][:b] * scale
+        done += b
+        i += 1
+
+
+def _count(packed_batches) -> tuple[np.ndarray, np.ndarray]:
+    counter = None
+    for packed in packed_batches:
+        counter = counter or _Counter(packed.shape[1])
+        counter.add(packed)
+    return counter.result()
+
+
+def plain_mlp(net: nn.Sequential, data, dtype=torch.float32):
+    """What a user writes: a forward pass, signs of every hidden pre-activation, packbits, exact unique."""
+    lins = [m for m in net if isinstance(m, nn.Linear)][:-1]
+    params = [(m.weight.detach().to(dtype).T.contiguous(), m.bias.detach().to(dtype)) for m in lins]
+
+    def packed():
+        with torch.no_grad():
+            for x in data:
+                x = x.reshape(len(x), -1).to(dtype)
+                bits = []
+                for wt, b in params:
+                    z = torch.addmm(b, x, wt)
+                    bits.append(z > 0)
+                    x = torch.relu(z)
+                yield pack_patterns(torch.cat(bits, 1).numpy())
+
+    return _count(packed())
+
+
+class ResMLP(nn.Module):
+    def __init__(self, n_in: int, width: int, depth: int, n_out: int):
+        super().__init__()
+        self.inp = nn.Linear(n_in, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.out = nn.Linear(width, n_out)
+
+    def forward(self, x):
+        h = F.relu(self.inp(x))
+        for b in self.blocks:
+            h = h + F.relu(b(h))
+        return self.out(h)
+
+
+def plain_resmlp(net: ResMLP, data, dtype=torch.float32):
+    net = copy.deepcopy(net).to(dtype)
+
+    def packed():
+        with torch.no_grad():
+            for x in data:
+                x = x.to(dtype)
+                bits = []
+                z = net.inp(x)
+                bits.append(z > 0)
+                h = torch.relu(z)
+                for b in net.blocks:
+                    z = b(h)
+                    bits.append(z > 0)
+                    h = h + torch.relu(z)
+                yield pack_patterns(torch.cat(bits, 1).numpy())
+
+    return _count(packed())
+
+
+class PoolNet(nn.Module):
+    """LeNet-style: conv -> relu -> max-pool -> conv -> relu -> max-pool -> linear -> relu -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc, self.out = nn.Linear(16 * 4 * 4, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        return self.out(F.relu(self.fc(torch.flatten(x, 1))))
+
+
+def plain_poolnet(net: PoolNet, data, dtype=torch.float32):
+    net = copy.deepcopy(net).to(dtype)
+
+    def pos_bits(idx, W):  # torch's flat index -> position in the 2x2 window, 2 bits
+        h, w = idx // W, idx % W
+        p = (h % 2) * 2 + (w % 2)
+        return torch.stack([(p >> 1) & 1, p & 1], -1).bool().reshape(len(idx), -1)
+
+    def packed():
+        with torch.no_grad():
+            for x in data:
+                x = x.to(dtype)
+                z1 = net.c1(x)
+                v1, i1 = F.max_pool2d(torch.relu(z1), 2, return_indices=True)
+                z2 = net.c2(v1)
+                v2, i2 = F.max_pool2d(torch.relu(z2), 2, return_indices=True)
+                z3 = net.fc(v2.flatten(1))
+                bits = [z1 > 0, pos_bits(i1, z1.shape[-1]), z2 > 0, pos_bits(i2, z2.shape[-1]), z3 > 0]
+                yield pack_patterns(torch.cat([b.reshape(len(x), -1) for b in bits], 1).numpy())
+
+    return _count(packed())
+
+
+def _same(a, b) -> bool:
+    return len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def row(name, n, net, n_in, plain, repeats, masks=None):
+    t_ours, t_plain = [], []
+    pool = make_pool(n_in, 0)
+    count_patterns(net, batches(BATCH, pool), masks)  # warm-up (first-call costs), untimed, both sides
+    plain(net, batches(BATCH, pool))
+    for _ in range(repeats):  # interleaved, best of: the machine is shared
+        t = time.perf_counter()
+        res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH)
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fp32 = plain(net, batches(n, pool))
+        t_plain.append(time.perf_counter() - t)
+    f64 = plain(net, batches(n, pool), torch.float64)  # untimed reference
+    ours = (res.patterns, res.multiplicities)
+    a, b = min(t_ours), min(t_plain)
+    print(
+        f"| {name} | {n:,} | {a:.2f} s | {b:.2f} s | {b / a:.2f}x | {res.count:,} / {len(fp32[0]):,} | "
+        f"{'yes' if _same(ours, f64) else 'NO'} | {'yes' if _same(fp32, f64) else 'NO'} | "
+        f"{res.n_float64:,} / {res.n_exact} |",
+        flush=True,
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="5x10^4 points, one repeat (< 1 minute)")
+    ap.add_argument("--n", type=int, default=None, help="points through the MLP (default 10^6, quick 5x10^4)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats, best taken (default 2, quick 1)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = args.n or (50_000 if args.quick else 1_000_000)
+    repeats = args.repeats or (1 if args.quick else 2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
+    print(
+        "| network | points | netgeom (exact) | plain fp32 + packbits | ratio (plain/ours) "
+        "| patterns ours / fp32 | ours = float64 forward | fp32 = float64 forward | redone float64 / exact |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    net = mlp(784, [400, 400], 10, seed=0)
+    row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats)
+    masks = magnitude_prune(net, scope="layer", per_layer=[0.9, 0.9, 0.0])
+    pruned = copy.deepcopy(net)
+    masks.apply(pruned)
+    row("same, 90% pruned per layer", n, pruned, (784,), plain_mlp, repeats, masks)
+    torch.manual_seed(0)
+    res = ResMLP(64, 128, 3, 10).eval()
+    trace(res)
+    row("residual MLP 64-128x4-10", n // 5, res, (64,), plain_resmlp, repeats)
+    torch.manual_seed(0)
+    pool = PoolNet().eval()
+    pool.input_shape = (1, 28, 28)
+    row("LeNet-5 with max-pool, 28x28", n // 50, pool, (1, 28, 28), plain_poolnet, repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""Activation patterns of a :class:`PLGraph` computed fast in float32 and decided exactly.
+
+The pattern of an input is every ReLU sign ``[z > 0]`` and every max-pool window's argmax (the first maximal
+position in the window's order, as torch). :func:`graph_patterns` evaluates the graph in float32 and carries,
+beside every value, a *certified* bound on its distance to the exact value (the graph's float64 parameters
+and the input evaluated in real arithmetic), from the standard model of floating point (``|fl(a op b) -
+(a op b)| <= u |a op b|``, a dot product of ``K`` terms within ``gamma_K = K u / (1 - K u)`` of its absolute
+sum, whatever the summation order):
+
+* an affine op ``y = M x + b`` on a computed ``x^`` with error ``e`` gets
+  ``|y^ - y| <= |M| e + g (|M| |x^| + |b|)``, ``g = gamma_{K+2}`` (``K`` the fan-in; the ``+2`` covers the
+  rounding of the parameters to float32 and of the bias); for a dense ``Linear`` on a vector,
+  ``|M| e <= ||M_i||_2 ||e||_2`` and ``|M| |x^| <= ||M_i||_2 ||x^||_2`` (Cauchy-Schwarz), so the bound costs
+  O(width) per sample instead of a second matrix product;
+* ReLU and max-pooling are 1-Lipschitz; a ReLU whose input is certainly negative has error 0;
+* a sum adds the errors plus its own rounding.
+
+A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
+when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
+Rows with any undecided unit are recomputed in float64 with the same bounds (``u = 2^-53``), and rows still
+undecided (a pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
+(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact, and float32 does almost all
+the work.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+from .graph import PLGraph, PLNode
+
+__all__ = ["graph_patterns", "pattern_nodes", "pattern_widths"]
+
+_SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
+
+
+def pattern_nodes(g: PLGraph) -> list[PLNode]:
+    """The nodes that carry pattern bits: every relu, every max-pool with windows of more than one entry."""
+    return [n for n in g.nodes if n.op == "relu" or (n.op == "maxpool" and n.windows.shape[1] > 1)]
+
+
+def pattern_widths(g: PLGraph) -> list[int]:
+    """Bits per pattern node: a relu's size; a max-pool's ``size * ceil(log2 k)`` (the argmax in binary)."""
+    out = []
+    for n in pattern_nodes(g):
+        out.append(n.size if n.op == "relu" else n.size * _pos_bits(n.windows.shape[1]))
+    return out
+
+
+def _pos_bits(k: int) -> int:
+    return max(1, math.ceil(math.log2(k)))
+
+
+def _gamma(k: int, u: float) -> float:
+    return 1.01 * (k + 2) * u / (1 - (k + 2) * u)
+
+
+# ------------------------------------------------------------------------------------- error bounds
+class _Exact:
+    def __init__(self, like: torch.Tensor):
+        self.like = like
+
+    def norm(self):
+        return torch.zeros(self.like.shape[0], dtype=self.like.dtype, device=self.like.device)
+
+    def elem(self):
+        return torch.zeros_like(self.like)
+
+
+class _Elem:
+    def __init__(self, e: torch.Tensor):
+        self.e, self._n = e, None
+
+    def norm(self):
+        if self._n is None:
+            self._n = torch.linalg.vector_norm(self.e, dim=1) * _SAFETY
+        return self._n
+
+    def elem(self):
+        return self.e
+
+
+class _Rank1:
+    """``e_i <= scale (r_i A + G c_i)`` per sample (``A``: (B,); ``r``, ``c``: (n,); ``G`` a number);
+    ``zero`` marks entries known exact (a ReLU of a certainly negative input)."""
+
+    def __init__(self, A, G, info, scale=1.0, zero=None, d=None):
+        self.A, self.G, self.info = A, G, info
+        self.scale, self.zero, self._d = scale, zero, d
+
+    def d(self):
+        if self._d is None:
+            base = (self.info["c"] * (self.G * self.scale)).expand(self.A.shape[0], -1)
+            self._d = torch.addr(base, self.A, self.info["r"], alpha=self.scale)
+        return self._d
+
+    def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
+        """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
+        m = torch.linalg.vector_norm(z, ord=-math.inf, dim=1)
+        return m <= (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+
+    def norm(self):
+        return (self.A * self.info["rn"] + self.G * self.info["cn"]) * (self.scale * _SAFETY)
+
+    def elem(self):
+        d = self.d()
+        return d if self.zero is None else d.masked_fill(self.zero(), 0.0)
+
+
+class _Lazy:
+    def __init__(self, f):
+        self.f, self.v = f, None
+
+    def __call__(self):
+        if self.v is None:
+            self.v = self.f()
+        return self.v
+
+
+class _Sum:
+    """Error of ``a + b`` computed in floating point: both errors plus the rounding of the sum; kept lazy so
+    that a following Linear only needs norms (cheap) and a ReLU / max-pool gets elementwise bounds."""
+
+    def __init__(self, parts, v, u, vnorm):
+        self.parts, self.v, self.u, self.vnorm, self._n = parts, v, u, vnorm, None
+
+    def norm(self):
+        if self._n is None:  # cached: nested residual sums would otherwise recompute every inner norm
+            s = sum(p.norm() for p in self.parts) + self.u * self.vnorm(self.v)
+            self._n = s * ((1 + 2 * self.u) * _SAFETY)
+        return self._n
+
+    def elem(self):
+        e = self.v.abs().mul_(self.u)
+        for p in self.parts:
+            e += p.elem()
+        return e.mul_(1 + 2 * self.u)
+
+
+class _Cat:
+    def __init__(self, parts):
+        self.parts, self._n = parts, None
+
+    def norm(self):
+        if self._n is None:
+            self._n = torch.sqrt(sum(p.norm() ** 2 for p in self.parts)) * _SAFETY
+        return self._n
+
+    def elem(self):
+        return torch.cat([p.elem() for p in self.parts], 1)
+
+
+# ------------------------------------------------------------------------------------- the engine
+class _Engine:
+    """Per-(dtype, device) parameters for the certified evaluation of a graph."""
+
+    def __init__(self, g: PLGraph, dtype: torch.dtype, device):
+        self.g, self.dtype, self.device = g, dtype, torch.device(device)
+        self.u = torch.finfo(dtype).eps / 2
+        self.ops: dict[int, list] = {}
+        for n in g.nodes:
+            if n.op == "affine":
+                self.ops[n.index] = [self._prep(op, first=(i == 0)) for i, op in enumerate(n._ops)]
+            if n.op == "maxpool":
+                k = n.windows.shape[1]
+                w = n.windows.to(self.device)
+                padded = bool((w < 0).any())
+                self.ops[n.index] = [torch.where(w < 0, torch.full_like(w, n.in_size), w), k, padded]
+
+    def _prep(self, op, first: bool) -> dict:
+        p = op.cast(self.dtype, self.device)
+        abs_p = {k: v.abs() for k, v in p.items()}
+        g = _gamma(op.fan_in, self.u)
+        info = {"op": op, "p": p, "abs": abs_p, "g": g}
+        if op.type_name == "Linear" and len(op.in_shape) == 1:
+            w = op.params["weight"]
+            r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
+            c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
+            info["fast"] = True
+            # exact zeros (pruned weights) add no rounding: a dot product's error bound counts only its
+            # nonzero terms (+1 bias, +1 rounding of the weights to this precision)
+            info["g"] = _gamma(int((w != 0).sum(1).max()) + 2, self.u)
+            info["r_max"] = float(r.max()) * _SAFETY
+            info["c_max"] = float(c.max()) * _SAFETY
+            info["r"] = r.to(self.dtype).to(self.device)
+            info["c"] = c.to(self.dtype).to(self.device)
+            info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
+            info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
+        else:
+            info["fast"] = False
+            zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
+            info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
+        return info
+
+    def vnorm(self, t: torch.Tensor) -> torch.Tensor:
+        """Row 2-norms, computed once per value (a residual sum and the Linear reading it share one)."""
+        key = (t.data_ptr(), tuple(t.shape))
+        hit = self._norms.get(key)
+        if hit is None:
+            hit = (t, torch.linalg.vector_norm(t, dim=1))
+            self._norms[key] = hit
+        return hit[1]
+
+    def affine(self, node: PLNode, x: torch.Tensor, err, *, need_err: bool):
+        B = x.shape[0]
+        for info in self.ops[node.index]:
+            op = info["op"]
+            xs = x.reshape(B, *op.in_shape)
+            y = op(xs, True, info["p"])
+            if need_err:
+                g = info["g"]
+                if info["fast"]:
+                    A = err.norm() + g * _SAFETY * self.vnorm(x.reshape(B, -1))
+                    err = _Rank1(A, g, info)
+                else:
+                    e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
+                    bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
+                    err = _Elem(bound * (1 + 2 * g))
+            x = y.reshape(B, -1)
+        return x, err
+
+    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
+        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
+        g = self.g
+        self._norms: dict = {}  # holds its tensors, so no data pointer is reused within the run
+        vals: dict[int, torch.Tensor] = {0: x}
+        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u)}
+        out = {}
+        pattern = {n.index for n in pattern_nodes(g)}
+        last_use = {}
+        for n in g.nodes:
+            if n.index in keep and n.op != "output":
+                for i in n.inputs:
+                    last_use[i] = n.index
+        for node in g.nodes[1:]:
+            if node.index not in keep:
+                continue
+            ins = node.inputs
+            if node.op == "affine":
+                v, e = self.affine(node, vals[ins[0]], errs[ins[0]], need_err=True)
+            elif node.op == "relu":
+                z, ez = vals[ins[0]], errs[ins[0]]
+                bits = z > 0
+                if isinstance(ez, _Rank1):
+                    undecided = ez.rows_maybe_undecided(z)
+                    d = None
+                else:
+                    d = ez.elem()
+                    undecided = (z.abs() <= d).any(1)
+                if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
+                    rows = torch.nonzero(undecided).flatten()
+                    zr = z[rows]
+                    dr = d[rows] if d is not None else _Rank1(ez.A[rows], ez.G, ez.info, ez.scale).d()
+                    undecided[rows] = ((zr.abs() <= dr) & (dr > 0)).any(1)
+                slope = node.negative_slope
+                v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
+                scale = max(1.0, abs(slope))
+                # a certainly negative input gives an exact 0 after a ReLU
+                if isinstance(ez, _Rank1):
+                    zero = _Lazy(lambda z=z, ez=ez: (z + ez.d()) <= 0) if slope == 0 else None
+                    e = _Rank1(ez.A, ez.G, ez.info, ez.scale * scale, zero)
+                else:
+                    zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
+                    e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
+                if node.index in pattern:
+                    out[node.index] = (bits, undecided)
+            elif node.op == "maxpool":
+                windows, k, padded = self.ops[node.index]
+                xin, ein = vals[ins[0]], errs[ins[0]].elem()
+                B = xin.shape[0]
+                if padded:  # padding positions read -inf (never the max) with error 0
+                    xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+                    ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+                vw, ew = xin[:, windows], ein[:, windows]  # (B, size, k)
+                pos = torch.argmax(vw, dim=2, keepdim=True)  # the first maximal position
+                v = torch.gather(vw, 2, pos).squeeze(2)
+                e_top = torch.gather(ew, 2, pos).squeeze(2)
+                upper = (vw + ew).scatter_(2, pos, -math.inf).amax(2)
+                sure = v - e_top > upper
+                undecided = ~sure.all(1)
+                if undecided.any():  # windows whose entries are all exact are decided by their values
+                    rows = torch.nonzero(undecided).flatten()
+                    exact = (ew[rows] == 0).all(2)
+                    undecided[rows] = ~(sure[rows] | exact).all(1)
+                e = _Elem(ew.amax(2))
+                if node.index in pattern:
+                    out[node.index] = (pos.squeeze(2), undecided)
+            elif node.op == "add":
+                a, b = (vals[i] for i in ins)
+                v = a + b
+                e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u, self.vnorm)
+            elif node.op == "cat":
+                v = torch.cat([vals[i] for i in ins], 1)
+                e = _Cat([errs[i] for i in ins])
+            else:  # output: nothing after the last pattern node is needed
+                continue
+            vals[node.index], errs[node.index] = v, e
+            for i in ins:  # free what no later node reads
+                if last_use.get(i) == node.index:
+                    vals.pop(i, None)
+                    errs.pop(i, None)
+        return out
+
+
+def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, list]:
+    """Pattern decisions of one input in exact rational arithmetic on the dense float64 affine maps."""
+    vals: dict[int, list[Fraction]] = {0: [Fraction(float(a)) for a in x.reshape(-1).tolist()]}
+    out = {}
+    for node in g.nodes[1:]:
+        if node.index not in keep or node.op == "output":
+            continue
+        ins = node.inputs
+        if node.op == "affine":
+            M = node.matrix().tolist()
+            b = node.bias_vector.tolist()
+            xin = vals[ins[0]]
+            nz = [(j, a) for j, a in enumerate(xin) if a != 0]
+            v = []
+            for row, bi in zip(M, b):
+                s = Fraction(bi)
+                for j, a in nz:
+                    w = row[j]
+                    if w != 0.0:
+                        s += Fraction(w) * a
+                v.append(s)
+        elif node.op == "relu":
+            z = vals[ins[0]]
+            slope = Fraction(node.negative_slope)
+            out[node.index] = [a > 0 for a in z]
+            v = [a if a > 0 else a * slope for a in z]
+        elif node.op == "maxpool":
+            xin = vals[ins[0]]
+            v, pos = [], []
+            for row in node.windows.tolist():
+                best, bp = None, 0
+                for p, j in enumerate(row):
+                    if j >= 0 and (best is None or xin[j] > best):
+                        best, bp = xin[j], p
+                v.append(best)
+                pos.append(bp)
+            out[node.index] = pos
+        elif node.op == "add":
+            v = [a + c for a, c in zip(vals[ins[0]], vals[ins[1]])]
+        else:  # cat
+            v = [a for i in ins for a in vals[i]]
+        vals[node.index] = v
+    return out
+
+
+def graph_patterns(
+    g: PLGraph, x: torch.Tensor, *, device="cpu", dtype: torch.dtype = torch.float32, _engines=None
+) -> tuple[dict[int, torch.Tensor], dict[str, int]]:
+    """Exact pattern decisions of a batch ``x`` (flat ``(B, n_in)``, any float dtype) through ``g``.
+
+    Returns ``({node index: bool (B, size) signs for a relu / long (B, size) argmax positions for a
+    max-pool}, {"float64": rows redone in float64, "exact": rows decided in rational arithmetic})``, on the
+    CPU. ``dtype=torch.float64`` skips the float32 pass.
+    """
+    pnodes = pattern_nodes(g)
+    keep: set[int] = set()
+    stack = [n.index for n in pnodes]
+    while stack:
+        i = stack.pop()
+        if i not in keep:
+            keep.add(i)
+            stack.extend(g.nodes[i].inputs)
+    engines = _engines if _engines is not None else {}
+
+    dev64 = "cpu" if torch.device(device).type == "mps" else device  # MPS has no float64
+
+    def engine(dt):
+        if dt not in engines:
+            engines[dt] = _Engine(g, dt, dev64 if dt == torch.float64 else device)
+        return engines[dt]
+
+    stats = {"float64": 0, "exact": 0}
+    if not pnodes:
+        return {}, stats
+    exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
+    xd = x.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        res = engine(dtype).run(xd, exact_in or dtype == torch.float64, keep)
+        und = torch.zeros(x.shape[0], dtype=torch.bool, device=xd.device)
+        for _, u in res.values():
+            und |= u
+        out = {i: d.cpu() for i, (d, _) in res.items()}
+        rows = torch.nonzero(und).flatten().cpu()
+        if len(rows) and dtype != torch.float64:
+            stats["float64"] = len(rows)
+            x64 = x.cpu()[rows].to(device=dev64, dtype=torch.float64)
+            res64 = engine(torch.float64).run(x64, True, keep)
+            und64 = torch.zeros(len(rows), dtype=torch.bool, device=x64.device)
+            for i, (d, u) in res64.items():
+                out[i][rows] = d.cpu()
+                und64 |= u
+            rows = rows[und64.cpu()]
+        if len(rows):
+            stats["exact"] = len(rows)
+            x64 = x.to(torch.float64).cpu()
+            for r in rows.tolist():
+                ex = _exact_patterns(g, x64[r], keep)
+                for i, dec in ex.items():
+                    out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
+    return out, stats
