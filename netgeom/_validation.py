@@ -47,6 +47,8 @@ def _refuse_complex(x: Any, name: str) -> None:
 
 def _refuse_text(x: Any, name: str) -> None:
     """numpy converts ``"1.5"`` to 1.5 without a word; a string where numbers belong is a mistake to name."""
+    if x is None:
+        raise TypeError(f"{name} must be array-like of numbers, got None")
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be array-like of numbers, got a {type(x).__name__} ({_describe(x)})")
     if isinstance(x, np.ndarray):
