@@ -111,6 +111,12 @@ def _run_with(tmp, name: str, data: bytes) -> RunDir:
     return run
 
 
+def _diagram(**edits):
+    """A saved diagram with some fields edited, read back."""
+    d = ng.zeroth_persistence(np.array([[2.0, -1.0], [0.5, 4.0]])).to_dict()
+    return ng.topology.ZerothDiagram.from_dict({**d, **edits})
+
+
 def _file(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -820,6 +826,18 @@ API_CASES = [
         lambda t: ng.count_patterns(NET, np.array([["1", "2", "3"]])),
         TypeError,
         "numbers given as strings are not converted",
+    ),
+    ("diagram NaN deaths", lambda t: _diagram(deaths=[float("nan")] * 3), ValueError, "non-finite"),
+    ("diagram death 2", lambda t: _diagram(deaths=[2.0, 0.5, 0.25]), ValueError, "deaths must lie in (0, 1]"),
+    ("diagram str deaths", lambda t: _diagram(deaths=["1", "0.5", "0.25"]), TypeError, "of numbers"),
+    ("diagram n_essential -3", lambda t: _diagram(n_essential=-3), ValueError, "must be a non-neg"),
+    ("diagram total edited", lambda t: _diagram(total_persistence=99.0), ValueError, "is not the sum"),
+    ("diagram n_pairs edited", lambda t: _diagram(n_pairs=7), ValueError, "n_pairs = 7 but"),
+    (
+        "diagram json nested",
+        lambda t: ng.topology.ZerothDiagram.from_json('{"births": ' + "[" * 10**5 + "]" * 10**5 + "}"),
+        ValueError,
+        "nested too deeply",
     ),
     ("fraction True", lambda t: check_fraction(True, "density"), TypeError, "density must be a number"),
     ("fraction str", lambda t: check_fraction("0.5", "density"), TypeError, "got '0.5'"),
