@@ -767,6 +767,12 @@ API_CASES = [
         DataFileError,
         "header says shape (2147483648, 28, 28)",
     ),
+    (
+        "IDX wrong type code, huge shape",
+        lambda t: ng.load_mnist(_idx_file(t, struct.pack(">HBBIII", 0, 9, 3, 2**31, 28, 28), gz=False)),
+        DataFileError,
+        "not an unsigned-byte IDX file (magic 00000903",
+    ),
     ("persistence str weights", lambda t: ng.zeroth_persistence([["1", "2"]]), TypeError, "numbers"),
     (
         "persistence str array",

@@ -246,7 +246,7 @@ def _read_idx(path: Path, *, ndim: int, dims: tuple[int | None, ...] | None = No
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             data = f.read(4 + 4 * 255)
-            if len(data) >= 4 and data[3] == ndim and len(data) >= 4 + 4 * ndim:
+            if data[:3] == b"\x00\x00\x08" and len(data) >= 4 + 4 * ndim and data[3] == ndim:
                 declared_shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
                 declared = int(np.prod(declared_shape, dtype=object))
                 try:
