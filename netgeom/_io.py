@@ -58,3 +58,59 @@ def safe_reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _UNSAFE_ADVICE.search(ln)]
     first = lines[0] if lines else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+# A pickle can refer back to an object it built (its memo), so a file of a few hundred bytes can describe
+# nested tuples with 2**40 leaves: hashing one as a dict key, or printing it, never ends. Before any
+# unpickler sees a stream, its opcodes are replayed counting the nodes each object would expand to.
+MAX_PICKLE_NODES = 10_000_000
+_MEMO_PUT = ("PUT", "BINPUT", "LONG_BINPUT")
+_MEMO_GET = ("GET", "BINGET", "LONG_BINGET")
+
+
+def check_pickle_expansion(stream: BinaryIO, limit: int = MAX_PICKLE_NODES) -> None:
+    """Read one pickle from ``stream`` (up to its STOP) without building anything, and raise ``ValueError``
+    if its objects, with every shared reference expanded, would hold more than ``limit`` nodes (or if the
+    stream is malformed)."""
+    import pickletools
+
+    stack: list[int | None] = []  # expanded size of each stack item; None marks a MARK
+    memo: dict[int, int] = {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            if name in _MEMO_PUT:
+                memo[arg] = stack[-1]
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+                continue
+            if name in _MEMO_GET:
+                stack.append(memo[arg])
+                continue
+            if name == "MARK":
+                stack.append(None)
+                continue
+            if name == "STOP":
+                return
+            before, size = op.stack_before, 1
+            n_plain = len(before)
+            if pickletools.stackslice in before:
+                while stack[-1] is not None:
+                    size += stack.pop()
+                stack.pop()
+                n_plain -= 2
+            for _ in range(n_plain):
+                v = stack.pop()
+                if v is None:
+                    raise ValueError("a MARK where an object was expected")
+                size += v
+            if size > limit:
+                raise ValueError(
+                    f"its objects refer to each other so as to expand to more than {limit} items (a "
+                    "decompression bomb: hashing or printing it would not finish)"
+                )
+            stack.extend(size for _ in op.stack_after)
+    except (IndexError, KeyError) as exc:
+        raise ValueError(f"malformed pickle stream ({type(exc).__name__}: {exc})") from None
+    raise ValueError("malformed pickle stream (no STOP)")

@@ -45,6 +45,30 @@ def _refuse_complex(x: Any, name: str) -> None:
             raise TypeError(f"{name} is complex; netgeom works on real numbers only (take .real or abs())")
 
 
+def _refuse_text(x: Any, name: str) -> None:
+    """numpy converts ``"1.5"`` to 1.5 without a word; a string where numbers belong is a mistake to name."""
+    if x is None:
+        raise TypeError(f"{name} must be array-like of numbers, got None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be array-like of numbers, got a {type(x).__name__} ({_describe(x)})")
+    if isinstance(x, np.ndarray):
+        kind = x.dtype.kind
+    else:
+        try:
+            kind = np.asarray(x).dtype.kind
+        except (TypeError, ValueError):  # ragged or non-numeric: the conversion that follows names it
+            return
+    if kind in "USO" and not (kind == "O" and _numbers_only(x)):
+        raise TypeError(
+            f"{name} must be array-like of numbers, got text or objects (numpy dtype kind {kind!r}); numbers "
+            "given as strings are not converted"
+        )
+
+
+def _numbers_only(x: Any) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in np.ravel(x))
+
+
 def check_array(
     x: Any,
     name: str = "X",
@@ -61,7 +85,11 @@ def check_array(
     """
     _refuse_complex(x, name)
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        # numpy has no bfloat16 (and no float8): widen them, exactly, first
+        x = (x.float() if x.is_floating_point() and x.element_size() < 2 or x.dtype == torch.bfloat16
+             else x).numpy()
+    _refuse_text(x, name)
     try:
         arr = np.array(x, dtype=dtype, copy=copy) if copy else np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
@@ -97,6 +125,7 @@ def check_tensor(
     """Return ``x`` as a torch tensor with the same checks as :func:`check_array`."""
     _refuse_complex(x, name)
     if not isinstance(x, torch.Tensor):
+        _refuse_text(x, name)
         try:
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as exc:
@@ -139,6 +168,8 @@ def check_fraction(
     high_inclusive: bool = True,
 ) -> float:
     """Return ``value`` as a float in the interval given by ``low``/``high`` and their inclusivity."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):  # float(True) == 1.0 and float("0.5") == 0.5
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -222,6 +253,10 @@ def binary_mask(value: Any, key: str) -> torch.Tensor:
     _refuse_complex(value, f"mask '{key}'")
     if isinstance(value, torch.Tensor):
         t = value.detach()
+        if t.is_meta:
+            raise TypeError(f"mask '{key}' is a meta tensor: it has a shape but no values")
+        if t.layout != torch.strided:  # a sparse mask is a legitimate form: read its dense values
+            t = t.to_dense()
     else:
         try:
             arr = np.asarray(value)
@@ -246,7 +281,9 @@ def binary_mask(value: Any, key: str) -> torch.Tensor:
     return t.cpu().clone()
 
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) + tuple(
+    getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)
+)
 
 
 def check_masks(

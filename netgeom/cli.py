@@ -179,6 +179,17 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _seed(text: str) -> int:
+    # torch and numpy take different ranges (a negative seed, or one past 2**63, fails deep inside them)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed lies in [0, 2**63), got {v}")
+    return v
+
+
 def _density(text: str) -> float:
     import math
 
@@ -244,7 +255,7 @@ def _main(argv: list[str]) -> int:
 
     d = add("demo", "train, prune and analyse a small MLP; write runs/demo/report.md")
     d.add_argument("--out", default="runs/demo", help="output directory")
-    d.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and pruning")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of data, initialisation and pruning")
     d.add_argument("--full", action="store_true", help="larger data and longer training")
     d.add_argument("--sections", nargs="*", default=None, help="only these report sections")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -260,7 +271,7 @@ def _main(argv: list[str]) -> int:
 
     r = add("regions", "exact regions of a random MLP n0-n1-…-nL on a random 2-D slice")
     r.add_argument("widths", type=_positive_int, nargs="+", help="input dimension, then hidden widths")
-    r.add_argument("--seed", type=int, default=0, help="seed of the network and the slice")
+    r.add_argument("--seed", type=_seed, default=0, help="seed of the network and the slice")
     r.add_argument(
         "--radius", type=float, default=3.0, help="half-width of the (u, v) box; 'inf': the whole plane"
     )
@@ -285,10 +296,17 @@ def _main(argv: list[str]) -> int:
 
 
 def _data_names() -> list[str]:
+    import inspect
+
     from .data.datasets import DATASET_NAMES
     from .data.synthetic import GENERATORS
 
-    return [*DATASET_NAMES, *sorted(GENERATORS)]
+    # only generators that run without arguments: the command has no option to pass, e.g., a dimension
+    def no_required(f) -> bool:
+        return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in inspect.signature(f).parameters.values())
+
+    return [*DATASET_NAMES, *sorted(k for k, f in GENERATORS.items() if no_required(f))]
 
 
 if __name__ == "__main__":  # pragma: no cover

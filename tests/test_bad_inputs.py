@@ -20,12 +20,13 @@ from netgeom._validation import (
     UnknownNameError,
     check_array,
     check_device,
+    check_fraction,
     check_masks,
     check_memory,
     check_tensor,
 )
 from netgeom.data.datasets import DataFileError
-from netgeom.pruning.runs import RunDir
+from netgeom.pruning.runs import CorruptRunFileError, RunDir, load_state_file
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((200, 5))
@@ -70,6 +71,55 @@ def _idx_file(tmp, data: bytes, gz=True, raw_bytes=False):
 
 def _images(n=3, h=28, w=28):
     return struct.pack(">HBBIII", 0, 8, 3, n, h, w) + bytes(n * h * w)
+
+
+def _pickle_bomb(depth: int = 48) -> bytes:
+    """A pickle of a few hundred bytes: a dict keyed by nested tuples T_k = (T_{k-1}, T_{k-1}) built through
+    the memo, 2**depth leaves; hashing the key (or printing it) would never finish."""
+    out = [b"\x80\x02]K\x00\x85r\x00\x00\x00\x00a"]  # a list collecting every T_k, so no POP is needed
+    for i in range(1, depth):
+        get = b"j" + (i - 1).to_bytes(4, "little")
+        out.append(get + get + b"\x86r" + i.to_bytes(4, "little") + b"a")
+    out.append(b"}j" + (depth - 1).to_bytes(4, "little") + b"K\x01s.")
+    return b"".join(out)
+
+
+def _cifar_bomb(tmp):
+    base = tmp / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(_pickle_bomb())
+    return tmp
+
+
+def _zip_with_pickle(tmp, data: bytes) -> bytes:
+    """A torch zip checkpoint whose data.pkl is replaced by ``data``."""
+    import zipfile
+
+    good = tmp / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    out = tmp / "bad.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, data if info.filename.endswith("data.pkl") else src.read(info))
+    return out.read_bytes()
+
+
+def _run_with(tmp, name: str, data: bytes) -> RunDir:
+    run = RunDir(tmp, {"qa": 1})
+    (run.path / name).write_bytes(data)
+    return run
+
+
+def _diagram(**edits):
+    """A saved diagram with some fields edited, read back."""
+    d = ng.zeroth_persistence(np.array([[2.0, -1.0], [0.5, 4.0]])).to_dict()
+    return ng.topology.ZerothDiagram.from_dict({**d, **edits})
+
+
+def _file(path, data: bytes):
+    path.write_bytes(data)
+    return path
 
 
 CFG = dict(model={"name": "mlp", "n_in": 64, "widths": [8], "n_out": 10}, data={"name": "digits"})
@@ -691,6 +741,113 @@ API_CASES = [
         "a single array, not an .npz archive",
     ),
     ("masks file missing", lambda t: ng.Masks.load(t / "none.npz"), FileNotFoundError, "no masks file at"),
+    # ---------------------------------------------------------------- review (qa): bombs, text, bools
+    ("cifar tuple bomb", lambda t: ng.load_cifar10(_cifar_bomb(t)), DataFileError, "expand to more than"),
+    (
+        "plain pickle bomb",
+        lambda t: ng.data.read_plain_pickle(_file(t / "b.pkl", _pickle_bomb())),
+        DataFileError,
+        "b.pkl is not a plain-data pickle (refused: its objects refer to each other",
+    ),
+    (
+        "weights.pt tuple bomb",
+        lambda t: load_state_file(_file(t / "weights.pt", _pickle_bomb())),
+        CorruptRunFileError,
+        "weights.pt is corrupt (ValueError: its objects refer to each other",
+    ),
+    (
+        "weights.pt zip bomb",
+        lambda t: load_state_file(_file(t / "w.pt", _zip_with_pickle(t, _pickle_bomb()))),
+        CorruptRunFileError,
+        "expand to more than",
+    ),
+    (
+        "IDX gzip header 1 TB",
+        lambda t: ng.load_mnist(_idx_file(t, struct.pack(">HBBIII", 0, 8, 3, 2**31, 28, 28) + bytes(99))),
+        DataFileError,
+        "header says shape (2147483648, 28, 28)",
+    ),
+    (
+        "IDX wrong type code, huge shape",
+        lambda t: ng.load_mnist(_idx_file(t, struct.pack(">HBBIII", 0, 9, 3, 2**31, 28, 28), gz=False)),
+        DataFileError,
+        "not an unsigned-byte IDX file (magic 00000903",
+    ),
+    ("persistence str weights", lambda t: ng.zeroth_persistence([["1", "2"]]), TypeError, "numbers"),
+    (
+        "persistence str array",
+        lambda t: ng.zeroth_persistence(np.array([["1.5", "2"]])),
+        TypeError,
+        "numbers given as strings are not converted",
+    ),
+    ("persistence bytes", lambda t: ng.zeroth_persistence(b"12"), TypeError, "array-like of numbers"),
+    (
+        "persistence object strs",
+        lambda t: ng.zeroth_persistence(np.array([[1.0, "2"]], dtype=object)),
+        TypeError,
+        "numbers",
+    ),
+    ("ID numeric strings", lambda t: ng.intrinsic_dimension(X.astype(str)), TypeError, "of numbers"),
+    ("NP p=True", lambda t: ng.neural_persistence(NET, p=True), TypeError, "p must be a number"),
+    ("NP p='2'", lambda t: ng.neural_persistence(NET, p="2"), TypeError, "got '2'"),
+    ("NP layer-max p=False", lambda t: ng.neural_persistence_layer_max(NET, p=False), TypeError, "got False"),
+    (
+        "run json nested 1e5 deep",
+        lambda t: _run_with(t, "x.json", b"[" * 100000 + b"]" * 100000).load_json("x.json"),
+        CorruptRunFileError,
+        "x.json is corrupt (not valid JSON: nested too deeply",
+    ),
+    (
+        "run json NaN",
+        lambda t: _run_with(t, "x.json", b'{"test_acc": NaN}').load_json("x.json"),
+        CorruptRunFileError,
+        "NaN is not a number netgeom writes",
+    ),
+    (
+        "run json 1e999",
+        lambda t: _run_with(t, "x.json", b'{"density": 1e999}').load_json("x.json"),
+        CorruptRunFileError,
+        "1e999 overflows to inf",
+    ),
+    (
+        "run description nested",
+        lambda t: _run_with(t, "description.json", b"[" * 100000) and RunDir(t, {"qa": 1}),
+        CorruptRunFileError,
+        "description.json is corrupt",
+    ),
+    (
+        "mask meta tensor",
+        lambda t: check_masks(_with("0.weight", torch.ones(W0, device="meta")), NET),
+        TypeError,
+        "mask '0.weight' is a meta tensor",
+    ),
+    (
+        "mask sparse 0.5",
+        lambda t: check_masks(_with("0.weight", torch.full(W0, 0.5).to_sparse()), NET),
+        ValueError,
+        "e.g. 0.5",
+    ),
+    (
+        "patterns X numeric strings",
+        lambda t: ng.count_patterns(NET, np.array([["1", "2", "3"]])),
+        TypeError,
+        "numbers given as strings are not converted",
+    ),
+    ("diagram NaN deaths", lambda t: _diagram(deaths=[float("nan")] * 3), ValueError, "non-finite"),
+    ("diagram death 2", lambda t: _diagram(deaths=[2.0, 0.5, 0.25]), ValueError, "deaths must lie in (0, 1]"),
+    ("diagram str deaths", lambda t: _diagram(deaths=["1", "0.5", "0.25"]), TypeError, "of numbers"),
+    ("diagram n_essential -3", lambda t: _diagram(n_essential=-3), ValueError, "must be a non-neg"),
+    ("diagram total edited", lambda t: _diagram(total_persistence=99.0), ValueError, "is not the sum"),
+    ("diagram n_pairs edited", lambda t: _diagram(n_pairs=7), ValueError, "n_pairs = 7 but"),
+    (
+        "diagram json nested",
+        lambda t: ng.topology.ZerothDiagram.from_json('{"births": ' + "[" * 10**5 + "]" * 10**5 + "}"),
+        ValueError,
+        "nested too deeply",
+    ),
+    ("fraction True", lambda t: check_fraction(True, "density"), TypeError, "density must be a number"),
+    ("fraction str", lambda t: check_fraction("0.5", "density"), TypeError, "got '0.5'"),
+    ("fraction np.bool_", lambda t: check_fraction(np.True_, "density"), TypeError, "must be a number"),
 ]
 
 CLI_CASES = [
@@ -767,6 +924,10 @@ CLI_CASES = [
     ("cli unknown command", ["frobnicate"], "invalid choice: 'frobnicate'"),
     ("cli no command", [], "the following arguments are required: cmd"),
     ("cli demo seed", ["demo", "--seed", "x"], "argument --seed: invalid int value"),
+    ("cli regions seed -1", ["regions", "4", "8", "--seed", "-1"], "--seed: a seed lies in [0, 2**63)"),
+    ("cli regions seed 2**80", ["regions", "4", "8", "--seed", str(2**80)], "--seed: a seed lies in"),
+    ("cli demo seed -5", ["demo", "--seed", "-5"], "argument --seed: a seed lies in"),
+    ("cli id needs arguments", ["id", "synthetic_linear"], "invalid choice: 'synthetic_linear'"),
 ]
 
 
@@ -836,3 +997,84 @@ def test_cli_debug_shows_the_traceback_instead():
 
     with pytest.raises(ValueError, match="is not a device name"):
         main(["imp", "--device", "banana", "--debug"])
+
+
+def test_bfloat16_and_half_weights_are_read_exactly():
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.25, 4.0, -1.5]])
+    ref = ng.zeroth_persistence(w)
+    for dt in (torch.bfloat16, torch.float16):
+        d = ng.zeroth_persistence(w.to(dt))  # these values are exact in both formats
+        assert d.equals(ref, atol=0.0)
+    assert check_array(w.to(torch.bfloat16), "X").dtype == np.float64
+
+
+def test_idx_gzip_bomb_is_not_inflated(tmp_path):
+    """A valid header and label file, then ~200 MB of zeros compressed to ~1 MB: refused as trailing data
+    after reading only what the header declares (plus one byte)."""
+    import tracemalloc
+
+    raw = _idx_file(tmp_path, _images()) / "MNIST" / "raw"
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(_images())
+        chunk = bytes(1 << 24)
+        for _ in range(12):
+            f.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataFileError, match="trailing bytes"):
+            ng.load_mnist(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, peak
+
+
+def test_topology_reads_per_layer_mask_lists_like_mappings():
+    """A per-layer list of masks is one of the accepted forms: it must give what the mapping gives (it used
+    to crash in spanning_forest_protect with torch's size message, and msf_retention refused it)."""
+    gen = torch.Generator().manual_seed(0)
+    as_list = [torch.rand(W0, generator=gen) > 0.3, torch.rand(W2, generator=gen) > 0.3]
+    as_dict = {"0.weight": as_list[0], "2.weight": as_list[1]}
+    for protect in (ng.spanning_forest_protect, ng.network_forest_protect):
+        a, b = protect(NET, as_list), protect(NET, as_dict)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert ng.msf_retention(NET, as_list).to_dict() == ng.msf_retention(NET, as_dict).to_dict()
+    with pytest.raises(TypeError, match="got 0.5"):
+        ng.spanning_forest_protect(NET, 0.5)
+
+
+def test_masks_file_of_wrong_shape_is_refused_from_its_header(tmp_path):
+    """masks.npz in a run directory holding ~200 MB of compressed zeros under a known name: refused from the
+    .npy header (wrong shape for the model) before numpy allocates and inflates it."""
+    import tracemalloc
+    import zipfile
+
+    run = RunDir(tmp_path, {"qa": 1})
+    path = run.path / "level_0" / "masks.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = __import__("io").BytesIO()
+    header = {"descr": "|b1", "fortran_order": False, "shape": (4, 5 * 10**7)}
+    np.lib.format.write_array_header_1_0(head, header)
+    archive = zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1)
+    with archive as z, z.open("0.weight.npy", "w") as f:
+        f.write(head.getvalue())
+        chunk = bytes(10**7)
+        for _ in range(20):
+            f.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptRunFileError, match=r"mask '0.weight' has shape \(4, 50000000\)"):
+            run.load_masks("level_0/masks.npz", NET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, peak
+    with pytest.raises(ValueError, match="more than masks of this model hold"):
+        ng.Masks.load(path, {"2.weight": W2})
+
+
+def test_masks_in_sparse_and_unsigned_forms_are_read():
+    dense = torch.tensor([[1, 0, 1]] * 4, dtype=torch.bool)
+    ref = check_masks({"0.weight": dense}, NET)["0.weight"]
+    for form in (dense.float().to_sparse(), dense.numpy().astype(np.uint64), dense.numpy().astype(np.uint16)):
+        assert torch.equal(check_masks({"0.weight": form}, NET)["0.weight"], ref)

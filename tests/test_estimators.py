@@ -238,3 +238,14 @@ def test_default_k_is_20_and_twonn_refuses_a_k_it_would_ignore():
         intrinsic_dimension(X, "twonn", k=2)
     with pytest.raises(TypeError, match=r"does not use \['alpha_fo'\]"):
         intrinsic_dimension(X, "mle", alpha_fo=0.1)
+
+
+def test_estimates_do_not_depend_on_the_scale_of_X_even_near_float64_limits():
+    """MLE and TwoNN read ratios of distances: X·2^±660 (entries near 1e±200, whose squared distances
+    overflow or underflow float64) gives the very same estimate as X."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 8))
+    for method in ("mle", "twonn"):
+        ref = intrinsic_dimension(X, method).dimension
+        for e in (-660, -300, 300, 660):
+            assert intrinsic_dimension(np.ldexp(X, e), method).dimension == ref

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_fraction, check_int
+from .._io import check_pickle_expansion
+from .._validation import check_fraction, check_int, check_memory
 from ..results import Result
 
 __all__ = [
@@ -240,11 +241,21 @@ def _read_idx(path: Path, *, ndim: int, dims: tuple[int | None, ...] | None = No
     the file's length before anything is allocated; any defect raises :class:`DataFileError` naming the
     file."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        # Read no more than the header declares (plus one byte to detect trailing data): a gzip file of a few
+        # megabytes can inflate to terabytes, and reading it whole would exhaust memory.
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read(4 + 4 * 255)
+            if data[:3] == b"\x00\x00\x08" and len(data) >= 4 + 4 * ndim and data[3] == ndim:
+                declared_shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+                declared = int(np.prod(declared_shape, dtype=object))
+                try:
+                    check_memory(declared, "its data")
+                except MemoryError as exc:
+                    raise DataFileError(
+                        f"{path}: header says shape {declared_shape} ({declared} values): {exc}"
+                    ) from None
+                data += f.read(max(0, 4 + 4 * ndim + declared + 1 - len(data)))
     except (OSError, EOFError, zlib.error) as exc:
         # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError; corrupt data zlib.error
         raise DataFileError(f"{path} cannot be read as {'gzip' if path.suffix == '.gz' else 'a file'}: "
@@ -270,8 +281,9 @@ def _read_idx(path: Path, *, ndim: int, dims: tuple[int | None, ...] | None = No
     n_values = int(np.prod(shape, dtype=object))
     if len(data) - head != n_values:
         raise DataFileError(
-            f"{path}: header says shape {shape} ({n_values} values) but the file holds {len(data) - head}"
-            f" bytes of data ({'truncated' if len(data) - head < n_values else 'trailing bytes'})"
+            f"{path}: header says shape {shape} ({n_values} values) but the file holds "
+            + (f"{len(data) - head} bytes of data (truncated)" if len(data) - head < n_values
+               else "more data than that (trailing bytes)")
         )
     return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(shape)
 
@@ -419,6 +431,8 @@ def read_plain_pickle(path: str | Path) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
+            check_pickle_expansion(fh)
+            fh.seek(0)
             return _PlainDataUnpickler(fh, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, struct.error, UnicodeDecodeError, MemoryError, RecursionError) as exc:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,13 @@ def _graph(X, neighbors, k_max: int, duplicates: str, method: str, device) -> Ne
     if (X is None) == (neighbors is None):
         raise TypeError("pass exactly one of X or neighbors=")
     if neighbors is None:
+        X = check_array(X, "X", ndim=2, dtype=np.float64)
+        amax = float(np.abs(X).max()) if X.size else 0.0
+        if amax > 0:
+            # MLE and TwoNN read only ratios of distances: scaling X by a power of two changes no bit of the
+            # estimate, and bringing max|x| to [0.5, 1) keeps squared distances from overflowing (|x| ~ 1e200)
+            # or underflowing to zero (|x| ~ 1e-200, read as duplicates)
+            X = np.ldexp(X, -math.frexp(amax)[1])
         neighbors = nearest_neighbors(X, k_max, duplicates=duplicates, method=method, device=device)
     if not isinstance(neighbors, NeighborGraph):
         raise TypeError(f"neighbors must be a NeighborGraph, got {type(neighbors).__name__}")

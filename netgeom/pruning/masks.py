@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write, safe_reason
-from .._validation import binary_mask
+from .._validation import binary_mask, check_memory
 
 __all__ = ["Masks", "prunable_parameters"]
 
@@ -178,11 +179,16 @@ class Masks(MutableMapping):
         return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Masks:
+    def load(cls, path: str | os.PathLike, shapes: Mapping[str, Iterable[int]] | None = None) -> Masks:
+        """Masks from an ``.npz`` written by :meth:`save` (never unpickles). With ``shapes`` (parameter name
+        → weight shape), an array named like one of them must have its shape, and all together must be no
+        larger than masks of them all, checked from the headers before any array is read; either way the
+        declared arrays must fit in memory."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
         try:
+            _check_npz_sizes(path, shapes)
             data = np.load(path, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ValueError("it holds a single array, not an .npz archive of named masks")
@@ -198,3 +204,35 @@ class Masks(MutableMapping):
         params = dict(model.named_parameters())
         names = list(names) if names is not None else prunable_parameters(model)
         return cls({n: params[n].detach() != 0 for n in names})
+
+
+def _check_npz_sizes(path: Path, shapes: Mapping[str, Iterable[int]] | None = None) -> None:
+    """Refuse an ``.npz`` whose arrays, as their headers declare them, are not the ``shapes`` expected (or,
+    without ``shapes``, would not fit in memory), before numpy allocates them: a few megabytes of compressed
+    zeros can declare, and fill, gigabytes."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load names what it is (a single array, a pickle, garbage)
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                continue  # np.load(allow_pickle=False) refuses it and says why
+            total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if shapes is not None and tuple(shape) != tuple(shapes.get(info.filename[:-4], shape)):
+                raise ValueError(
+                    f"mask '{info.filename[:-4]}' has shape {tuple(shape)}, but the weight has shape "
+                    f"{tuple(shapes[info.filename[:-4]])}"
+                )
+    if shapes is not None:
+        # names and dtypes are checked once read; what is read can be no larger than 8-byte masks of them all
+        limit = 8 * sum(int(np.prod(tuple(s), dtype=object)) for s in shapes.values()) + (1 << 20)
+        if total > limit:
+            raise ValueError(f"its arrays declare {total} bytes, more than masks of this model hold")
+    check_memory(total, f"the arrays {path.name} declares")

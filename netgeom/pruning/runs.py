@@ -46,6 +46,7 @@ import types
 import typing
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write, safe_reason
+from .._io import atomic_write, check_pickle_expansion, safe_reason
 from .._validation import check_masks
 from ..results import to_plain
-from .masks import Masks
+from .masks import Masks, prunable_parameters
 
 __all__ = [
     "RunDir",
@@ -243,11 +244,11 @@ class RunDir:
                     "move it away or choose another root"
                 )
             try:
-                existing = json.loads(desc_file.read_text())
+                existing = _read_json(desc_file.read_bytes())
                 if not isinstance(existing, dict):
                     raise ValueError(f"a JSON object was expected, got {type(existing).__name__}")
                 same = canonical_json(existing) == canonical_json(self.description)
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
                 raise CorruptRunFileError(
                     f"{desc_file} is corrupt ({exc}); the run cannot be identified: move {self.path} away or "
                     "delete it to start the run afresh"
@@ -344,9 +345,9 @@ class RunDir:
 
     def _owner(self) -> str:
         try:
-            info = json.loads((self.path / "run.lock.owner").read_text())
+            info = _read_json((self.path / "run.lock.owner").read_bytes())
             return f"process {int(info['pid'])} on {info.get('host', '?')}"
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
             return "another process"  # it holds the lock but has not written its owner file yet
 
     # -------------------------------------------------------------------------------------- files
@@ -389,11 +390,13 @@ class RunDir:
     def load_json(self, name: str, schema: Any = None) -> Any:
         """Parse ``name``; with ``schema`` (see :func:`check_record`) check its keys and value types."""
         try:
-            obj = json.loads((self.path / name).read_bytes().decode("utf-8"))
+            obj = _read_json((self.path / name).read_bytes())
         except FileNotFoundError:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise self.corrupt(name, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise self.corrupt(name, "not valid JSON: nested too deeply to parse") from None
         if schema is None:
             return obj
         try:
@@ -418,7 +421,11 @@ class RunDir:
         if not path.exists():
             raise FileNotFoundError(f"no masks file at {path}")
         try:
-            masks = Masks.load(path)
+            shapes = None
+            if model is not None:  # checked from the file's headers, before any array is read
+                params = dict(model.named_parameters())
+                shapes = {k: tuple(params[k].shape) for k in prunable_parameters(model)}
+            masks = Masks.load(path, shapes)
             if model is not None:
                 check_masks(masks, model, require_all=False)
         except (ValueError, TypeError, KeyError) as exc:
@@ -462,6 +469,43 @@ class RunDir:
         return rec, masks, weights, history(**hist)
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number netgeom writes (non-finite values are saved as strings)")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):  # 1e999 parses to inf
+        raise ValueError(f"{text} overflows to {v}")
+    return v
+
+
+def _read_json(data: bytes) -> Any:
+    """JSON as netgeom writes it: UTF-8, finite numbers only (``NaN``, ``Infinity`` and ``1e999`` are refused,
+    never read as floats that would pass for values)."""
+    return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _check_pickles(path: Path) -> None:
+    """Refuse a torch file whose pickles expand beyond reason before ``torch.load`` builds them (see
+    :func:`netgeom._io.check_pickle_expansion`): a few hundred bytes could otherwise hang the load."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".pkl"):
+                    if info.file_size > MAX_PICKLE_BYTES:
+                        raise ValueError(f"its {info.filename} holds {info.file_size} bytes of pickle")
+                    with zf.open(info) as f:
+                        check_pickle_expansion(f)
+    else:  # torch's legacy format: magic number, protocol, system info, then the objects
+        with open(path, "rb") as f:
+            for _ in range(4):
+                check_pickle_expansion(f)
+
+
+MAX_PICKLE_BYTES = 1 << 28
+
+
 def load_state_file(
     path: str | os.PathLike, like: Mapping[str, torch.Tensor] | None = None, *, recovery: str | None = None
 ) -> Any:
@@ -480,6 +524,7 @@ def load_state_file(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on pickle protocols is noise here
+            _check_pickles(path)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise

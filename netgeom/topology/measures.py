@@ -29,7 +29,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 from torch import nn
 
-from .._validation import check_choice, check_widths
+from .._validation import check_choice, check_masks, check_widths
 from ..nets import trace
 from ..pruning.masks import Masks, prunable_parameters
 from ..results import Result, new_axes
@@ -54,6 +54,8 @@ __all__ = [
 
 
 def _check_p(p: Any) -> float:
+    if isinstance(p, (bool, np.bool_, str, bytes)):  # float(True) == 1.0 would give the 1-norm silently
+        raise TypeError(f"p must be a number >= 1 (or inf), got {p!r} ({type(p).__name__})")
     try:
         p = float(p)
     except (TypeError, ValueError):
@@ -380,7 +382,7 @@ class RetentionResult(Result):
 
 
 def _pruned_graphs(dense_model, pruned, pruned_masks, normalize, conv, aggregate, input_shape):
-    if isinstance(pruned, Mapping):
+    if isinstance(pruned, (Mapping, list, tuple)):  # masks in any form (check_masks reads them)
         if pruned_masks is not None:
             raise ValueError("give the pruned network as masks or as a model with pruned_masks=, not both")
         G = _graphs(dense_model, pruned, normalize, conv, aggregate, input_shape)
@@ -533,6 +535,8 @@ def spanning_forest_protect(
     check_choice(normalize, "normalize", ("layer", "network"))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # masks in any form (a per-layer list too): validated, then keyed by parameter name
+    masks = check_masks(masks, model, allow_empty=True)
     names = list(masks) if masks else prunable_parameters(model)
     layers = [n for n in trace(model, masks).nodes if n.op == "affine" and n.param_name is not None]
     forests: dict[str, np.ndarray] = {}

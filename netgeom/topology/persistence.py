@@ -46,7 +46,7 @@ import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-from .._validation import check_choice
+from .._validation import check_array, check_choice
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 from .graphs import LayerGraph, NetworkGraph, layer_graph
@@ -413,9 +413,27 @@ class _H0Diagram:
                 kwargs[f.name] = float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan") else v
             elif f.name != "death_layers":
                 raise ValueError(f"data has no field {f.name!r}: not from {cls.__name__}.to_dict()")
-        kwargs["deaths"] = np.asarray(data["deaths"], dtype=np.float64).reshape(-1)
-        if births.size != kwargs["deaths"].size:
-            raise ValueError(f"{births.size} births but {kwargs['deaths'].size} deaths")
+        deaths = check_array(data["deaths"], "deaths", ndim=1, dtype=np.float64)
+        if births.size != deaths.size:
+            raise ValueError(f"{births.size} births but {deaths.size} deaths")
+        # a file is not trusted: every count and value must be one a diagram of w̃ in (0, 1] can have
+        if deaths.size and not ((deaths > 0) & (deaths <= 1)).all():
+            raise ValueError("deaths must lie in (0, 1] (values of w̃): not a netgeom H0 diagram")
+        for key in ("n_vertices", "n_edges", "n_pairs", "n_essential", "n_in", "n_out"):
+            if key in kwargs:
+                v = kwargs[key]
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
+        if kwargs.get("n_pairs") != deaths.size:
+            raise ValueError(f"n_pairs = {kwargs.get('n_pairs')!r} but the diagram has {deaths.size} deaths")
+        if kwargs["n_pairs"] + kwargs["n_essential"] != kwargs["n_vertices"]:
+            raise ValueError("n_pairs + n_essential must equal n_vertices (every vertex is born once)")
+        total = kwargs.get("total_persistence")
+        if not isinstance(total, (int, float)) or isinstance(total, bool) or not math.isclose(
+            float(total), float((1.0 - deaths).sum()), rel_tol=1e-9, abs_tol=1e-12
+        ):
+            raise ValueError(f"total_persistence = {total!r} is not the sum of 1 − death over the deaths")
+        kwargs["deaths"] = deaths
         if "death_layers" in kwargs:
             dl = kwargs["death_layers"]
             kwargs["death_layers"] = None if dl is None else np.asarray(dl, dtype=np.int64)
@@ -427,9 +445,13 @@ class _H0Diagram:
         import json
         from pathlib import Path
 
-        if isinstance(source, str) and source.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(source))
-        return cls.from_dict(json.loads(Path(source).read_text()))
+        inline = isinstance(source, str) and source.lstrip().startswith("{")
+        text = source if inline else Path(source).read_text()
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("not a diagram: the JSON is nested too deeply to parse") from None
+        return cls.from_dict(data)
 
     def equals(self, other: _H0Diagram, atol: float = 1e-12) -> bool:
         """Same essential count and the same finite deaths as multisets, within ``atol``."""
