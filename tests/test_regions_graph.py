@@ -83,3 +83,20 @@ def test_graph_slice_is_refused_with_the_node_named():
         regions_on_slice(net, np.zeros(3), np.eye(3)[0], np.eye(3)[1])
     with pytest.raises(ValueError, match="chain"):
         regions_on_segment(net, np.zeros(3), np.ones(3), t_range=None)
+
+
+def test_graph_segment_refuses_before_outgrowing_its_memory_budget():
+    from netgeom.regions._graph_segment import segment_graph
+    from netgeom.regions.exact import TooManyRegionsError
+
+    g = trace(ResPoolCat(4, 8, 0).double().eval())
+    rng = np.random.default_rng(0)
+    a, d = rng.normal(size=4), rng.normal(size=4)
+    edges, patterns = segment_graph(g, a, 50 * d, 0.0, 1.0)
+    assert len(patterns) > 2
+    with pytest.raises(TooManyRegionsError, match="memory_budget") as err:
+        segment_graph(g, a, 50 * d, 0.0, 1.0, memory_budget=1024)
+    assert "relu" in str(err.value) or "max" in str(err.value)
+    # a budget that fits gives the same pieces: freeing values after their last reader changes nothing
+    again, pat2 = segment_graph(g, a, 50 * d, 0.0, 1.0, memory_budget=2**24)
+    assert np.array_equal(edges, again) and np.array_equal(patterns, pat2)

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._slice import TooManyRegionsError
+
+# float64 arrays (value, slope and their two error bounds) kept per piece and per live unit
+_BYTES_PER_ENTRY = 4 * 8
+
 _U = 2.0**-53
 
 
@@ -83,9 +88,17 @@ def _roots(al, be, ea, eb):
     return t, err
 
 
-def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float):
+def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float, memory_budget: float = 2**31):
     """Pieces of ``a + t d``, ``t`` in ``[t0, t1]``, through the traced graph ``g``: returns
-    ``(edges, patterns)`` (``edges`` sorted, ``patterns`` boolean: ReLU bits then one-hot argmaxes)."""
+    ``(edges, patterns)`` (``edges`` sorted, ``patterns`` boolean: ReLU bits then one-hot argmaxes).
+
+    Every piece carries an affine map per unit of each node still to be read, so memory grows with
+    pieces x live units: values are dropped after their last reader, and the trace stops with
+    :class:`TooManyRegionsError` (naming the node) before it would hold more than ``memory_budget`` bytes."""
+    last_use = {node.index: node.index for node in g.nodes}
+    for node in g.nodes:
+        for i in node.inputs:
+            last_use[i] = max(last_use[i], node.index)
     edges = np.array([t0, t1], dtype=np.float64)
     eerr = np.zeros(2)
     eline = np.full((2, 2), np.nan)  # the line (alpha, beta) whose root made each end point
@@ -212,13 +225,27 @@ def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float):
                     parent = parent[keep_piece]
                     newv = tuple(v[keep_piece] for v in newv)
                     newcols = [c[keep_piece] for c in newcols]
+            live = sum(v[0].shape[1] for k, v in vals.items() if last_use[k] > node.index) + node.size
+            n_bits = sum(c.shape[1] for c in cols + newcols)
+            need = len(parent) * (live * _BYTES_PER_ENTRY + n_bits)
+            if need > memory_budget:
+                raise TooManyRegionsError(
+                    f"the segment crosses {len(parent)} pieces by {node.source}, and carrying them through "
+                    f"the rest of the graph ({live} live units) would need {need / 2**30:.1f} GiB, more than "
+                    f"memory_budget={memory_budget / 2**30:.1f} GiB: use a shorter segment or a larger budget"
+                )
             for key in list(vals):
-                vals[key] = tuple(v[parent] for v in vals[key])
+                if last_use[key] <= node.index:
+                    del vals[key]
+                else:
+                    vals[key] = tuple(v[parent] for v in vals[key])
             cols = [c[parent] for c in cols] + newcols
             vals[node.index] = newv
             edges, eerr, eline = new_edges, new_err, new_line
         else:  # pragma: no cover - the tracer emits no other ops
             raise TypeError(f"unsupported node op {node.op!r}")
+        for key in [k for k in vals if last_use[k] <= node.index]:
+            del vals[key]
     patterns = np.concatenate(cols, axis=1) if cols else np.zeros((len(edges) - 1, 0), dtype=bool)
     return edges, patterns
 
