@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .graph import PLGraph, PLNode
 
-__all__ = ["graph_patterns", "pattern_nodes", "pattern_widths"]
+__all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
 _SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
 
@@ -404,5 +404,225 @@ def graph_patterns(
             for r in rows.tolist():
                 ex = _exact_patterns(g, x64[r], keep)
                 for i, dec in ex.items():
+                    out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
+    return out, stats
+
+
+# ------------------------------------------------------------------------ the per-unit fast path (MLPs)
+class _ChainPlan:
+    """A chain of dense ``Linear`` layers, each followed by a (leaky) ReLU or nothing, prepared for the
+    per-(row, unit) certified evaluation of :func:`chain_patterns`.
+
+    Per layer: the float64 and float32 parameters, the row 2-norms ``r`` of ``W`` (Cauchy-Schwarz bounds),
+    ``|b|``, and ``gamma_{K+2}`` for both precisions (``K`` the most nonzero weights of a row).
+    """
+
+    def __init__(self, g: PLGraph, device):
+        self.layers = []
+        self.device = torch.device(device)
+        nodes = g.nodes[1:]
+        i = 0
+        while i < len(nodes) and nodes[i].op != "output":
+            node = nodes[i]
+            ops = node._ops if node.op == "affine" else []
+            if len(ops) != 1 or ops[0].type_name != "Linear" or len(ops[0].in_shape) != 1:
+                raise _NotFast(node)
+            relu = nodes[i + 1] if i + 1 < len(nodes) and nodes[i + 1].op == "relu" else None
+            W = ops[0].params["weight"]
+            b = ops[0].params.get("bias", torch.zeros(W.shape[0], dtype=W.dtype))
+            K = int((W != 0).sum(1).max()) if W.numel() else 0
+            u32, u64 = 2.0**-24, 2.0**-53
+            r = torch.linalg.vector_norm(W, dim=1) * (1 + 4 * u64)
+            layer = {
+                "W64": W.to(self.device),
+                "b64": b.to(self.device),
+                "W32": W.to(device=self.device, dtype=torch.float32),
+                "b32": b.to(device=self.device, dtype=torch.float32),
+                "r": r.to(self.device),
+                "c": b.abs().to(self.device),
+                "r2": (r * r).to(self.device),
+                "c2": (b * b).to(self.device),
+                "g32": _gamma(K, u32) * _SAFETY,
+                "g64": _gamma(K, u64) * _SAFETY,
+                "relu": relu,
+                "macs": max(1, W.shape[0] * K),
+            }
+            self.layers.append(layer)
+            i += 2 if relu is not None else 1
+            if relu is not None and i < len(nodes) and nodes[i].op == "relu":
+                raise _NotFast(nodes[i])
+        last = max((k for k, lay in enumerate(self.layers) if lay["relu"] is not None), default=-1)
+        self.layers = self.layers[: last + 1]  # nothing after the last relu changes the pattern
+
+    def cost(self, m: int, redo: float) -> float:
+        """Relative cost of ``m`` leading float64 layers when a fraction ``redo`` of rows is redone."""
+        macs = [lay["macs"] for lay in self.layers]
+        return sum(2 * c for c in macs[:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
+
+
+class _NotFast(Exception):
+    def __init__(self, node):
+        self.node = node
+
+
+def chain_plan(g: PLGraph, device) -> _ChainPlan | None:
+    """The per-unit plan of a chain of dense Linear layers, or ``None`` when ``g`` is not one."""
+    if not g.is_chain:
+        return None
+    try:
+        return _ChainPlan(g, device)
+    except _NotFast:
+        return None
+
+
+def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
+    """Certified relu signs of a batch through a :class:`_ChainPlan`, deciding per (row, unit).
+
+    The first ``m`` layers run in float64, the rest in float32. After each matrix product a unit is decided
+    when ``|z^| > bound`` with ``bound = ||W_j|| e + gamma (||W_j|| ||h^|| + |b_j|)`` (``e`` a bound on
+    ``||h^ - h||_2``, the error of the computed layer input). Undecided (row, unit) pairs get a gathered
+    float64 dot product; when the layer input is float64-accurate that decides all but pre-activations
+    within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value whose propagated
+    error is too wide, the row is redone in float64 by the caller.
+
+    Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
+    the rows as bool ``(B,)`` masks.
+    """
+    u32 = 2.0**-24
+    dev = plan.device
+    B = x.shape[0]
+    exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
+    h64 = x.to(device=dev, dtype=torch.float64)
+    h = h64 if m > 0 else x.to(device=dev, dtype=torch.float32)
+    # the error of the computed input: 0 for an input exactly representable in the working precision
+    if m > 0 or exact_in:
+        e = torch.zeros(B, dtype=h.dtype, device=dev)
+    else:
+        e = torch.linalg.vector_norm(h64, dim=1) * (u32 * _SAFETY)
+    e64 = torch.zeros(B, dtype=torch.float64, device=dev)  # error of h64 (float64-accurate input)
+    out = {}
+    redo = torch.zeros(B, dtype=torch.bool, device=dev)
+    exact = torch.zeros(B, dtype=torch.bool, device=dev)
+    fixed = torch.zeros(B, dtype=torch.bool, device=dev)
+    for l_idx, lay in enumerate(plan.layers):
+        in64 = l_idx <= m  # the layer input is a float64-accurate value (h64, e64)
+        if l_idx < m:
+            W, b, gam = lay["W64"], lay["b64"], lay["g64"]
+        else:
+            if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
+                hn = torch.linalg.vector_norm(h, dim=1)
+                h = h.to(torch.float32)
+                e = (e + hn * u32) * _SAFETY
+                e = e.to(torch.float32)
+            W, b, gam = lay["W32"], lay["b32"], lay["g32"]
+        hn = torch.linalg.vector_norm(h, dim=1) * _SAFETY
+        z = torch.addmm(b, h, W.T)
+        r, c = lay["r"].to(z.dtype), lay["c"].to(z.dtype)
+        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + gam c_j
+        bound = torch.addr(c * (gam * _SAFETY), A, r)
+        und = z.abs() <= bound
+        und &= bound > 0  # a zero bound means an exact value: its sign decides even z == 0
+        relu = lay["relu"]
+        bits = z > 0
+        if bool(und.any()):
+            rows, units = torch.nonzero(und, as_tuple=True)
+            fixed[rows] = True
+            hsrc = h64 if in64 else h.to(torch.float64)
+            W64 = lay["W64"]
+            z64 = (W64[units] * hsrc[rows]).sum(1) + lay["b64"][units]
+            if in64:
+                ein = e64[rows]
+                hn64 = torch.linalg.vector_norm(hsrc[rows], dim=1)
+            else:
+                ein = e[rows].to(torch.float64)
+                hn64 = hn[rows].to(torch.float64)
+            r64 = lay["r"][units]
+            b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * _SAFETY
+            ok = (z64.abs() > b64) | (b64 == 0)
+            bits[rows[ok], units[ok]] = z64[ok] > 0
+            bad = rows[~ok]
+            if len(bad):
+                (exact if in64 else redo)[bad] = True
+        if relu is not None:
+            out[relu.index] = bits
+        if l_idx == len(plan.layers) - 1:
+            break
+        slope = relu.negative_slope if relu is not None else 1.0
+        if l_idx < m:
+            # float64 value and error of this layer's output, kept for the next layer's fix-ups
+            h64 = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope) if slope != 1.0 else z
+            e64 = _out_err(z, bound, A, lay, slope)
+            h, e = h64, e64
+        else:
+            e = _out_err(z, bound, A, lay, slope)
+            h = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope) if slope != 1.0 else z
+    return out, redo, exact, fixed
+
+
+def _out_err(z, bound, A, lay, slope):
+    """A bound on ``||act(z^) - act(z)||_2`` per row: the activation is max(1, |slope|)-Lipschitz, and a
+    ReLU of a certainly negative input is exactly 0 (those units drop out of the norm)."""
+    gam = lay["g32"] if z.dtype == torch.float32 else lay["g64"]
+    r2, c2 = lay["r2"].to(z.dtype), lay["c2"].to(z.dtype)
+    if slope == 0:
+        live = (z + bound > 0).to(z.dtype)
+        # ||(A r + g c) * live|| <= A ||r * live|| + g ||c * live||
+        rn = torch.sqrt(live @ r2)
+        cn = torch.sqrt(live @ c2)
+        return (A * rn + gam * cn) * (_SAFETY * _SAFETY)
+    rn, cn = float(torch.sqrt(r2.sum())), float(torch.sqrt(c2.sum()))
+    return (A * rn + gam * cn) * (max(1.0, abs(slope)) * _SAFETY * _SAFETY)
+
+
+def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> int:
+    """How many leading layers to run in float64: the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
+
+    Float32 rounding bounds grow with the fan-in and propagate through the layers; when they leave most rows
+    of a later layer with a unit the float64 dot product of its float32 input cannot decide (the input's own
+    error is too wide), running the first layers in float64 is cheaper than redoing those rows.
+    """
+    best, best_cost = 0, math.inf
+    for m in range(len(plan.layers) + 1):
+        _, redo, _, _ = chain_patterns(plan, probe, m)
+        frac = float(redo.float().mean()) if len(redo) else 0.0
+        cost = plan.cost(m, frac)
+        if cost < best_cost:
+            best, best_cost = m, cost
+        if frac == 0.0:
+            break
+    return best
+
+
+def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines=None):
+    """:func:`chain_patterns` with its leftovers resolved: rows whose float32 input was too inexact are
+    redone by :func:`graph_patterns` in float64, pre-activations within ~1e-13 of zero in exact arithmetic.
+
+    Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
+    rows decided in rational arithmetic})``.
+    """
+    out, redo, exact, fixed = chain_patterns(plan, x, m)
+    out = {i: d.cpu() for i, d in out.items()}
+    redo, exact = redo.cpu(), exact.cpu()
+    fixed = fixed.cpu() & ~redo & ~exact
+    stats = {"float64": x.shape[0] if m > 0 else int(fixed.sum()), "exact": 0}
+    rows = torch.nonzero(redo).flatten()
+    if len(rows):
+        dec, st = graph_patterns(g, x.cpu()[rows], device="cpu", dtype=torch.float64, _engines=_engines)
+        for i, d in dec.items():
+            out[i][rows] = d
+        stats["exact"] += st["exact"]
+        if m == 0:
+            stats["float64"] += len(rows)
+        exact[rows] = False  # graph_patterns decided them, exactly where needed
+    rows = torch.nonzero(exact).flatten()
+    if len(rows):
+        stats["exact"] += len(rows)
+        if m == 0:
+            stats["float64"] += len(rows)
+        keep = {n.index for n in g.nodes}
+        x64 = x.to(torch.float64).cpu()
+        for r in rows.tolist():
+            for i, dec in _exact_patterns(g, x64[r], keep).items():
+                if i in out:
                     out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
     return out, stats
