@@ -440,8 +440,11 @@ class _ChainPlan:
                 "b32": b.to(device=self.device, dtype=torch.float32),
                 "r": r.to(self.device),
                 "c": b.abs().to(self.device),
-                "r2": (r * r).to(self.device),
-                "c2": (b * b).to(self.device),
+                "rc2": torch.stack([r * r, b * b], 1).to(self.device),
+                "r_max": float(r.max()) * _SAFETY if r.numel() else 0.0,
+                "c_max": float(b.abs().max()) * _SAFETY if b.numel() else 0.0,
+                "rn": float(torch.linalg.vector_norm(r)) * _SAFETY,
+                "cn": float(torch.linalg.vector_norm(b)) * _SAFETY,
                 "g32": _gamma(K, u32) * _SAFETY,
                 "g64": _gamma(K, u64) * _SAFETY,
                 "relu": relu,
@@ -480,10 +483,11 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
 
     The first ``m`` layers run in float64, the rest in float32. After each matrix product a unit is decided
     when ``|z^| > bound`` with ``bound = ||W_j|| e + gamma (||W_j|| ||h^|| + |b_j|)`` (``e`` a bound on
-    ``||h^ - h||_2``, the error of the computed layer input). Undecided (row, unit) pairs get a gathered
-    float64 dot product; when the layer input is float64-accurate that decides all but pre-activations
-    within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value whose propagated
-    error is too wide, the row is redone in float64 by the caller.
+    ``||h^ - h||_2``, the error of the computed layer input). A one-pass screen per row (``min |z^|``
+    against the largest bound of the row) leaves the exact per-unit test to few rows. Undecided (row, unit)
+    pairs get a gathered float64 dot product; when the layer input is float64-accurate that decides all but
+    pre-activations within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value
+    whose propagated error is too wide, the row is redone in float64 by the caller.
 
     Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
     the rows as bool ``(B,)`` masks.
@@ -492,86 +496,73 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     dev = plan.device
     B = x.shape[0]
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
-    h64 = x.to(device=dev, dtype=torch.float64)
-    h = h64 if m > 0 else x.to(device=dev, dtype=torch.float32)
-    # the error of the computed input: 0 for an input exactly representable in the working precision
-    if m > 0 or exact_in:
+    x = x.to(dev)
+    src, src_e = x, torch.zeros(B, dtype=torch.float64, device=dev)  # float64-accurate input, its error
+    h = x.to(torch.float64 if m > 0 else torch.float32)
+    if m > 0 or exact_in:  # the input is exact in the working precision
         e = torch.zeros(B, dtype=h.dtype, device=dev)
     else:
-        e = torch.linalg.vector_norm(h64, dim=1) * (u32 * _SAFETY)
-    e64 = torch.zeros(B, dtype=torch.float64, device=dev)  # error of h64 (float64-accurate input)
+        e = torch.linalg.vector_norm(h, dim=1) * (u32 * _SAFETY)
     out = {}
     redo = torch.zeros(B, dtype=torch.bool, device=dev)
     exact = torch.zeros(B, dtype=torch.bool, device=dev)
     fixed = torch.zeros(B, dtype=torch.bool, device=dev)
+    last = len(plan.layers) - 1
     for l_idx, lay in enumerate(plan.layers):
-        in64 = l_idx <= m  # the layer input is a float64-accurate value (h64, e64)
+        in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
         else:
             if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
-                hn = torch.linalg.vector_norm(h, dim=1)
+                e = ((e + torch.linalg.vector_norm(h, dim=1) * u32) * _SAFETY).to(torch.float32)
                 h = h.to(torch.float32)
-                e = (e + hn * u32) * _SAFETY
-                e = e.to(torch.float32)
             W, b, gam = lay["W32"], lay["b32"], lay["g32"]
         hn = torch.linalg.vector_norm(h, dim=1) * _SAFETY
         z = torch.addmm(b, h, W.T)
-        r, c = lay["r"].to(z.dtype), lay["c"].to(z.dtype)
-        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + gam c_j
-        bound = torch.addr(c * (gam * _SAFETY), A, r)
-        und = z.abs() <= bound
-        und &= bound > 0  # a zero bound means an exact value: its sign decides even z == 0
-        relu = lay["relu"]
+        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j
+        G = gam * _SAFETY
+        bmax = A * lay["r_max"] + G * lay["c_max"]
         bits = z > 0
-        if bool(und.any()):
-            rows, units = torch.nonzero(und, as_tuple=True)
+        cand = torch.nonzero(torch.linalg.vector_norm(z, ord=-math.inf, dim=1) <= bmax).flatten()
+        if len(cand):  # the exact per-unit test on the rows the screen could not clear
+            zc = z[cand]
+            bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype))
+            # a zero bound means an exact value: its sign decides even z == 0
+            rr, units = torch.nonzero((zc.abs() <= bound) & (bound > 0), as_tuple=True)
+            rows = cand[rr]
+        if len(cand) and len(rows):
             fixed[rows] = True
-            hsrc = h64 if in64 else h.to(torch.float64)
-            W64 = lay["W64"]
-            z64 = (W64[units] * hsrc[rows]).sum(1) + lay["b64"][units]
-            if in64:
-                ein = e64[rows]
-                hn64 = torch.linalg.vector_norm(hsrc[rows], dim=1)
-            else:
-                ein = e[rows].to(torch.float64)
-                hn64 = hn[rows].to(torch.float64)
+            hsrc = (src if in64 else h)[rows].to(torch.float64)
+            z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
+            ein = src_e[rows] if in64 else e[rows].to(torch.float64)
+            hn64 = torch.linalg.vector_norm(hsrc, dim=1)
             r64 = lay["r"][units]
-            b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * _SAFETY
+            b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
             ok = (z64.abs() > b64) | (b64 == 0)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
             if len(bad):
                 (exact if in64 else redo)[bad] = True
+        relu = lay["relu"]
         if relu is not None:
             out[relu.index] = bits
-        if l_idx == len(plan.layers) - 1:
+        if l_idx == last:
             break
+        # the error of this layer's output: the activation is max(1, |slope|)-Lipschitz, and a ReLU of a
+        # certainly negative input is exactly 0, so those units drop out of the norm:
+        # ||(A r + G c) * live|| <= A ||r * live|| + G ||c * live||
         slope = relu.negative_slope if relu is not None else 1.0
-        if l_idx < m:
-            # float64 value and error of this layer's output, kept for the next layer's fix-ups
-            h64 = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope) if slope != 1.0 else z
-            e64 = _out_err(z, bound, A, lay, slope)
-            h, e = h64, e64
+        if slope == 0:
+            live = (z > -bmax[:, None]).to(z.dtype)
+            rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
+            e = (A * rc[:, 0] + G * rc[:, 1]) * (_SAFETY * _SAFETY)
+            h = torch.relu_(z)
         else:
-            e = _out_err(z, bound, A, lay, slope)
-            h = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope) if slope != 1.0 else z
+            e = (A * lay["rn"] + G * lay["cn"]) * (max(1.0, abs(slope)) * _SAFETY * _SAFETY)
+            h = z if slope == 1.0 else F.leaky_relu(z, slope)
+        if l_idx < m:  # float64 output: it is the float64-accurate input of the next layer
+            src, src_e = h, e
     return out, redo, exact, fixed
-
-
-def _out_err(z, bound, A, lay, slope):
-    """A bound on ``||act(z^) - act(z)||_2`` per row: the activation is max(1, |slope|)-Lipschitz, and a
-    ReLU of a certainly negative input is exactly 0 (those units drop out of the norm)."""
-    gam = lay["g32"] if z.dtype == torch.float32 else lay["g64"]
-    r2, c2 = lay["r2"].to(z.dtype), lay["c2"].to(z.dtype)
-    if slope == 0:
-        live = (z + bound > 0).to(z.dtype)
-        # ||(A r + g c) * live|| <= A ||r * live|| + g ||c * live||
-        rn = torch.sqrt(live @ r2)
-        cn = torch.sqrt(live @ c2)
-        return (A * rn + gam * cn) * (_SAFETY * _SAFETY)
-    rn, cn = float(torch.sqrt(r2.sum())), float(torch.sqrt(c2.sum()))
-    return (A * rn + gam * cn) * (max(1.0, abs(slope)) * _SAFETY * _SAFETY)
 
 
 def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> int:
