@@ -513,11 +513,15 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
         else:
+            hn = None
             if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
-                e = ((e + torch.linalg.vector_norm(h, dim=1) * u32) * _SAFETY).to(torch.float32)
+                hn64 = torch.linalg.vector_norm(h, dim=1)
+                e = ((e + hn64 * u32) * _SAFETY).to(torch.float32)
+                hn = (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)  # ||fl32(h)|| <= (1 + u32) ||h||
                 h = h.to(torch.float32)
             W, b, gam = lay["W32"], lay["b32"], lay["g32"]
-        hn = torch.linalg.vector_norm(h, dim=1) * _SAFETY
+        if l_idx < m or hn is None:
+            hn = torch.linalg.vector_norm(h, dim=1) * _SAFETY
         z = torch.addmm(b, h, W.T)
         A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j
         G = gam * _SAFETY
@@ -552,14 +556,14 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         # certainly negative input is exactly 0, so those units drop out of the norm:
         # ||(A r + G c) * live|| <= A ||r * live|| + G ||c * live||
         slope = relu.negative_slope if relu is not None else 1.0
-        if slope == 0:
+        if slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
             live = (z > -bmax[:, None]).to(z.dtype)
             rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
             e = (A * rc[:, 0] + G * rc[:, 1]) * (_SAFETY * _SAFETY)
             h = torch.relu_(z)
         else:
             e = (A * lay["rn"] + G * lay["cn"]) * (max(1.0, abs(slope)) * _SAFETY * _SAFETY)
-            h = z if slope == 1.0 else F.leaky_relu(z, slope)
+            h = z if slope == 1.0 else torch.relu_(z) if slope == 0 else F.leaky_relu(z, slope)
         if l_idx < m:  # float64 output: it is the float64-accurate input of the next layer
             src, src_e = h, e
     return out, redo, exact, fixed
