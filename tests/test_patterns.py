@@ -419,3 +419,21 @@ def test_chain_path_sends_pre_activations_near_zero_to_exact_arithmetic():
     res = count_patterns(net, X)
     assert res.n_exact >= 3 and res.n_float64 >= res.n_exact
     assert np.array_equal(res.patterns, unique_rows(pack_patterns(_rational_bits(net, X)))[0])
+
+
+def test_chain_path_is_exact_for_inputs_float32_underflows_or_overflows():
+    net = mlp(3, [4, 3], 1, seed=3)
+    with torch.no_grad():
+        net[0].bias.zero_()  # the first layer's signs then depend on the tiny inputs alone
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat(
+        [
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e-300,  # 0 in float32
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e-40,  # float32 subnormals
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e60,  # inf in float32
+        ]
+    )
+    res = count_patterns(net, X)
+    ref = _rational_bits(net, X)
+    assert np.array_equal(res.patterns, unique_rows(pack_patterns(ref))[0])
+    assert np.array_equal(res.multiplicities, unique_rows(pack_patterns(ref))[1])

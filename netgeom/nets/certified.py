@@ -449,6 +449,9 @@ class _ChainPlan:
                 "g64": _gamma(K, u64) * _SAFETY,
                 "relu": relu,
                 "macs": max(1, W.shape[0] * K),
+                "K": K,
+                "has_bias": bool((b != 0).any()),
+                "sqrt_n": math.sqrt(W.shape[0]),
             }
             self.layers.append(layer)
             i += 2 if relu is not None else 1
@@ -478,6 +481,18 @@ def chain_plan(g: PLGraph, device) -> _ChainPlan | None:
         return None
 
 
+def _safe_norm(h: torch.Tensor) -> torch.Tensor:
+    """Row 2-norms that never underflow to an underestimate: ``vector_norm`` squares the entries, so a row
+    of tiny values (``~1e-160`` in float64, ``~1e-20`` in float32) gets a norm of 0 (or too small); those
+    rows get ``sqrt(n) max |h_i|`` instead, an upper bound."""
+    n = torch.linalg.vector_norm(h, dim=1)
+    small = n < (1e-140 if h.dtype == torch.float64 else 1e-15)
+    if bool(small.any()):
+        rows = torch.nonzero(small).flatten()
+        n[rows] = h[rows].abs().amax(1) * math.sqrt(h.shape[1]) if h.shape[1] else 0.0
+    return n
+
+
 def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     """Certified relu signs of a batch through a :class:`_ChainPlan`, deciding per (row, unit).
 
@@ -499,10 +514,13 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     x = x.to(dev)
     src, src_e = x, torch.zeros(B, dtype=torch.float64, device=dev)  # float64-accurate input, its error
     h = x.to(torch.float64 if m > 0 else torch.float32)
+    tiny32 = torch.finfo(torch.float32).tiny
     if m > 0 or exact_in:  # the input is exact in the working precision
         e = torch.zeros(B, dtype=h.dtype, device=dev)
     else:
-        e = torch.linalg.vector_norm(h, dim=1) * (u32 * _SAFETY)
+        # rounding to float32: u32 |x| per entry, plus (gradual underflow) at most the smallest normal
+        xn = _safe_norm(x.to(torch.float64))
+        e = ((xn * u32 + (xn > 0) * (math.sqrt(x.shape[1]) * tiny32)) * _SAFETY).to(torch.float32)
     out = {}
     redo = torch.zeros(B, dtype=torch.bool, device=dev)
     exact = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -515,22 +533,30 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         else:
             hn = None
             if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
-                hn64 = torch.linalg.vector_norm(h, dim=1)
-                e = ((e + hn64 * u32) * _SAFETY).to(torch.float32)
+                hn64 = _safe_norm(h)
+                under = (hn64 > 0) * (math.sqrt(h.shape[1]) * tiny32)
+                e = ((e + hn64 * u32 + under) * _SAFETY).to(torch.float32)
                 hn = (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)  # ||fl32(h)|| <= (1 + u32) ||h||
                 h = h.to(torch.float32)
             W, b, gam = lay["W32"], lay["b32"], lay["g32"]
         if l_idx < m or hn is None:
-            hn = torch.linalg.vector_norm(h, dim=1) * _SAFETY
+            hn = _safe_norm(h) * _SAFETY
         z = torch.addmm(b, h, W.T)
-        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j
+        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j + T
         G = gam * _SAFETY
-        bmax = A * lay["r_max"] + G * lay["c_max"]
+        # underflow: each of the K products and the bias cast may lose up to the smallest normal number
+        # (absolute, outside the standard model); nothing is lost when every term is exactly zero
+        T = ((hn > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
+        bmax = A * lay["r_max"] + G * lay["c_max"] + T
+        # overflow (or a row too large to bound): such rows go to float64 / exact arithmetic as a whole
+        huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
+        if bool(huge.any()):
+            (exact if l_idx < m else redo)[huge] = True
         bits = z > 0
         cand = torch.nonzero(torch.linalg.vector_norm(z, ord=-math.inf, dim=1) <= bmax).flatten()
         if len(cand):  # the exact per-unit test on the rows the screen could not clear
             zc = z[cand]
-            bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype))
+            bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype)) + T[cand, None]
             # a zero bound means an exact value: its sign decides even z == 0
             rr, units = torch.nonzero((zc.abs() <= bound) & (bound > 0), as_tuple=True)
             rows = cand[rr]
@@ -539,9 +565,10 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
             hsrc = (src if in64 else h)[rows].to(torch.float64)
             z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
             ein = src_e[rows] if in64 else e[rows].to(torch.float64)
-            hn64 = torch.linalg.vector_norm(hsrc, dim=1)
+            hn64 = _safe_norm(hsrc)
             r64 = lay["r"][units]
             b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
+            b64 += ((hn64 > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
             ok = (z64.abs() > b64) | (b64 == 0)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
@@ -559,10 +586,11 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         if slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
             live = (z > -bmax[:, None]).to(z.dtype)
             rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
-            e = (A * rc[:, 0] + G * rc[:, 1]) * (_SAFETY * _SAFETY)
+            e = (A * rc[:, 0] + G * rc[:, 1] + T * lay["sqrt_n"]) * (_SAFETY * _SAFETY)
             h = torch.relu_(z)
         else:
-            e = (A * lay["rn"] + G * lay["cn"]) * (max(1.0, abs(slope)) * _SAFETY * _SAFETY)
+            lip = max(1.0, abs(slope))
+            e = (A * lay["rn"] + G * lay["cn"] + T * lay["sqrt_n"]) * (lip * _SAFETY * _SAFETY)
             h = z if slope == 1.0 else torch.relu_(z) if slope == 0 else F.leaky_relu(z, slope)
         if l_idx < m:  # float64 output: it is the float64-accurate input of the next layer
             src, src_e = h, e
