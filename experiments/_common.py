@@ -1,7 +1,7 @@
 """Shared helpers of the experiment scripts: argparse, the exact run description, statistics, JSON output.
 
-Every script writes ``<out>/results.json`` holding ``description`` (git commit and dirty flag, seeds,
-package versions, command line, config) next to its numbers, and PNG plots beside it.
+Every script writes ``<out>/results.json`` holding ``description`` (schema version, git commit and dirty
+flag, seeds, package versions, command line, config) next to its numbers, and PNG plots beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ RESULTS = ROOT / "experiments" / "results"
 # The shared MNIST test split lies beside the checkout (../shared/data/mnist); users pass their own copy.
 MNIST_ROOT = str(ROOT.parent / "shared" / "data" / "mnist")
 PACKAGES = ("netgeom", "torch", "numpy", "scipy", "scikit-learn", "gudhi", "mnist1d", "joblib", "matplotlib")
-DESCRIPTION_FIELDS = ("experiment", "mode", "git_commit", "git_dirty", "seeds", "versions", "config", "argv")
+DESCRIPTION_FIELDS = (
+    "schema", "experiment", "mode", "git_commit", "git_dirty", "seeds", "versions", "config", "argv",
+)
+# Version of the results.json layout and of the verdict rules (experiments/PROTOCOL.md). Bump it when either
+# changes: results of another schema are refused by make_results.py and the tests.
+SCHEMA = 2
 
 
 def limit_threads() -> None:
@@ -34,23 +39,68 @@ def limit_threads() -> None:
     torch.set_num_threads(1)
 
 
-def parser(name: str, doc: str, default_seeds: Sequence[int]) -> argparse.ArgumentParser:
+def parser(
+    name: str, doc: str, full_seeds: Sequence[int], quick_seeds: Sequence[int]
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc)
     p.add_argument("--quick", action="store_true", help="small configuration (a few minutes on 2 cores)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds), help="run seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help=f"run seeds (default: {' '.join(map(str, full_seeds))}; "
+                        f"with --quick {' '.join(map(str, quick_seeds))})")
+    p.set_defaults(_seeds=(list(full_seeds), list(quick_seeds)))
     p.add_argument(
         "--out", default=None, help=f"output directory (default: experiments/results/{name}/<mode>)",
     )
-    p.add_argument("--jobs", type=int, default=2, help="joblib worker processes for sweeps")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for intervals")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the units on a Dask cluster (scheduler address, e.g. tcp://host:8786) "
+                        "through joblib's dask backend; run directories must then be on a shared path")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this mode's run directories first (no resuming from earlier runs)")
     return p
 
 
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = args._seeds[1] if args.quick else args._seeds[0]
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
 def out_dir(name: str, args) -> Path:
+    import shutil
+
     mode = "quick" if args.quick else "full"
     path = Path(args.out) if args.out else RESULTS / name / mode
     path.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "fresh", False):
+        for sub in path.glob("runs*"):
+            if sub.is_dir():
+                shutil.rmtree(sub)
     return path
+
+
+def parallel_map(fn, items: Sequence, *, jobs: int = 1, scheduler: str | None = None) -> list:
+    """``[fn(*item) for item in items]``, in order: in this process (``jobs == 1``), in ``jobs`` local
+    processes (joblib/loky), or on the Dask cluster at ``scheduler`` (joblib's dask backend; every worker
+    needs this checkout importable and the output directory on a shared path)."""
+    from joblib import Parallel, delayed, parallel_backend
+
+    items = list(items)
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError as exc:  # an explicit request for a cluster is never run locally instead
+            raise SystemExit(f"--scheduler needs the 'distributed' package: {exc}") from None
+        with Client(scheduler), parallel_backend("dask"):
+            return list(Parallel(n_jobs=-1)(delayed(fn)(*it) for it in items))
+    if jobs == 1 or len(items) <= 1:
+        return [fn(*it) for it in items]
+    return list(Parallel(n_jobs=jobs)(delayed(fn)(*it) for it in items))
 
 
 def _git(*cmd: str) -> str | None:
@@ -74,8 +124,10 @@ def versions() -> dict[str, str | None]:
 
 def describe(experiment: str, args, config: dict[str, Any]) -> dict[str, Any]:
     """The exact description of a run: what was run, from which commit, with which packages."""
-    status = _git("status", "--porcelain", "--", "netgeom", "experiments")
+    # results written by an earlier script of the same run_all are not code: they do not make a run dirty
+    status = _git("status", "--porcelain", "--", "netgeom", "experiments", ":!experiments/results")
     return {
+        "schema": SCHEMA,
         "experiment": experiment,
         "mode": "quick" if args.quick else "full",
         "git_commit": _git("rev-parse", "HEAD"),
@@ -108,46 +160,23 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
     return path
 
 
-def spearman_bootstrap(x, y, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Spearman's rho of paired samples with a percentile bootstrap interval over the pairs.
-
-    Resamples in which either variable is constant have no rank correlation and are skipped (their number
-    is reported), rather than counted as 0.
+def cluster_bootstrap(groups: Sequence[Sequence], stat, *, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap over independent units: ``groups[i]`` holds every observation of unit ``i``;
+    a resample draws units with replacement and ``stat(list_of_groups)`` is recomputed on it. Resamples
+    where ``stat`` is not finite (e.g. a constant variable has no rank correlation) are skipped and counted.
     """
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.shape != y.shape or x.ndim != 1 or x.size < 3:
-        raise ValueError(f"need two 1-D arrays of equal length >= 3, got {x.shape} and {y.shape}")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        rho, pval = float("nan"), float("nan")
-    else:
-        res = spearmanr(x, y)
-        rho, pval = float(res.statistic), float(res.pvalue)
+    groups = [list(g) for g in groups]
+    if not groups:
+        raise ValueError("cluster_bootstrap needs at least one unit")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    boots = []
-    for row in idx:  # loop over resamples (not over data): spearmanr takes one pair of vectors
-        xs, ys = x[row], y[row]
-        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
-            boots.append(spearmanr(xs, ys).statistic)
-    boots = np.asarray(boots)
+    idx = rng.integers(0, len(groups), size=(n_boot, len(groups)))
+    vals = np.array([stat([groups[i] for i in row]) for row in idx], dtype=float)
+    ok = vals[np.isfinite(vals)]
     a = (1 - level) / 2
-    ci = [float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))] if boots.size else [None, None]
-    return {"rho": rho, "p_value": pval, "ci": ci, "level": level, "n": int(x.size),
-            "n_boot": n_boot, "n_boot_skipped": int(n_boot - boots.size)}
-
-
-def mean_bootstrap(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
-    """Mean of ``x`` with a percentile bootstrap interval."""
-    x = np.asarray(x, float)
-    if x.ndim != 1 or x.size < 1:
-        raise ValueError(f"need a non-empty 1-D array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    a = (1 - level) / 2
-    return {"mean": float(x.mean()), "ci": [float(np.quantile(means, a)), float(np.quantile(means, 1 - a))],
-            "level": level, "n": int(x.size), "n_boot": n_boot}
+    ci = [float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))] if ok.size else [None, None]
+    return {"ci": ci, "level": level, "n_units": len(groups), "n_boot": n_boot,
+            "n_boot_skipped": int(n_boot - ok.size)}
 
 
 def savefig(fig, path: Path) -> str:

@@ -13,6 +13,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from netgeom import Masks, affine_layers, mlp, small_convnet
+from netgeom.regions.allocation import allocate_densities
 from netgeom.regions.bounds import (
     bounds,
     int_log10,
@@ -20,6 +21,7 @@ from netgeom.regions.bounds import (
     product_bound,
     rank_distribution,
     serra_bound,
+    serra_bound_log10,
     sparse_bound,
     zaslavsky_bound,
 )
@@ -338,3 +340,212 @@ def test_bounds_plot_equal_bounds_stay_distinguishable():
     note = " ".join(t.get_text() for t in ax.texts)
     assert "overlapping" in note and "sparse (actual ranks) = Serra" in note
     plt.close("all")
+
+
+# ------------------------------------------------------------------------------------------- scale (12.4)
+def serra_full_row(n0, widths, ranks=None):
+    """The previous implementation of the Serra program: the whole binomial row C(n, j), j = 0..n, of every
+    layer and all n0 + 1 states (correct, but memory that grows with the widths)."""
+    count = [0] * n0 + [1]
+    for l, n in enumerate(widths):
+        if ranks is not None and ranks[l] < len(count) - 1:
+            count = count[: ranks[l]] + [sum(count[ranks[l] :])]
+        top = len(count) - 1
+        row = [1] * (n + 1)
+        for j in range(n):
+            row[j + 1] = row[j] * (n - j) // (j + 1)
+        partial = list(itertools.accumulate(row))
+        suffix = list(itertools.accumulate(count[::-1]))[::-1] + [0]
+        new = []
+        for m in range(min(top, n) + 1):
+            lo = max(m + 1, n - m)
+            new.append(count[m] * partial[min(m, n - m)] + (row[n - m] * suffix[lo] if lo <= top else 0))
+        count = new
+    return sum(count)
+
+
+def log_recursion_dense(n0, widths, log_probs):
+    """The previous sparse recursion: dense (d, k) and (m, j) tables over the full widths, O(n^2) memory."""
+    from scipy.special import gammaln, logsumexp
+
+    ins = [n0, *widths[:-1]]
+    log_next = np.zeros(widths[-1] + 1)
+    for l in range(len(widths) - 1, -1, -1):
+        n, lp = widths[l], np.asarray(log_probs[l], float)
+        kmax = len(lp) - 1
+        dmax = ins[l]
+        mmax = min(kmax, dmax, n)
+        m, j = np.arange(mmax + 1)[:, None], np.arange(mmax + 1)[None, :]
+        logc = gammaln(n + 1) - gammaln(j + 1) - gammaln(n - j + 1)
+        terms = np.where(j <= m, logc + log_next[np.clip(np.minimum(n - j, m), 0, None)], -np.inf)
+        log_g = logsumexp(terms, axis=1)
+        d = np.arange(dmax + 1)[:, None] if l > 0 else np.array([[n0]])
+        idx = np.minimum(np.minimum(np.arange(kmax + 1)[None, :], d), mmax)
+        log_next = logsumexp(lp[None, :] + log_g[idx], axis=1)
+    return float(log_next[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n0=st.integers(1, 60),
+    widths=st.lists(st.integers(1, 80), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_serra_equals_the_full_row_program(n0, widths, data):
+    assert serra_bound(n0, widths) == serra_full_row(n0, widths)
+    fulls = [min(a, b) for a, b in zip([n0, *widths[:-1]], widths)]
+    ranks = [data.draw(st.integers(0, f)) for f in fulls]
+    assert serra_bound(n0, widths, ranks=ranks) == serra_full_row(n0, widths, ranks)
+    # the float program behind the memory estimate and serra_bound_log10(exact=False)
+    exact = int_log10(serra_bound(n0, widths))
+    assert serra_bound_log10(n0, widths, exact=False) == pytest.approx(exact, rel=1e-13, abs=1e-13)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n0=st.integers(1, 120),
+    widths=st.lists(st.integers(1, 150), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_sparse_recursion_equals_the_dense_tables(n0, widths, data):
+    dens = [data.draw(st.floats(1e-3, 1.0)) for _ in widths]
+    zero = data.draw(st.booleans())
+    r = sparse_bound(n0, widths, dens, include_zero_rank=zero)
+    fulls = [min(a, b) for a, b in zip([n0, *widths[:-1]], widths)]
+    with np.errstate(divide="ignore"):
+        lps = [np.log(p) for p in r.rank_probabilities]
+    assert [len(p) - 1 for p in lps] == fulls
+    assert r.ln == pytest.approx(log_recursion_dense(n0, widths, lps), rel=1e-12, abs=1e-12)
+
+
+def test_wide_layers_in_small_memory():
+    import tracemalloc
+
+    tracemalloc.start()
+    s = serra_bound(784, [10**6, 10**6])
+    # every j <= 784 leaves n_l - j >= 784 = n0 dimensions: Serra's sum factorises into the product bound
+    assert s == product_bound(784, [10**6, 10**6]) == zaslavsky_bound(10**6, 784) ** 2
+    r = sparse_bound(784, [30000, 30000], 0.1)
+    low = sparse_bound(784, [30000, 30000], 1e-5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200e6  # was a MemoryError / a 6.7 GiB array
+    # density 0.1: every row of a 784 x 30000 mask is non-empty (Q = 1 in float64): full rank, Serra's bound
+    assert r.exact == product_bound(784, [30000, 30000])
+    assert r.log10 == pytest.approx(r.dense_log10, rel=1e-12)
+    # at a density where the ranks spread the bound falls; wider than n0 the dense tables agree too
+    assert low.log10 < r.log10
+    narrow = sparse_bound(30, [200, 150], 0.01)
+    with np.errstate(divide="ignore"):
+        lps = [np.log(p) for p in narrow.rank_probabilities]
+    assert narrow.ln == pytest.approx(log_recursion_dense(30, [200, 150], lps), rel=1e-12)
+
+
+def test_oversize_exact_programs_are_refused_up_front():
+    from netgeom.regions.bounds import BoundTooLargeError
+
+    # refused before any big-integer work (was an OOM kill at 18.5 GB)
+    with pytest.raises(BoundTooLargeError, match=r"refused: its exact dynamic program would hold .* GB") as e:
+        serra_bound(10**6, [10**6, 10**6])
+    msg = str(e.value)
+    assert "602060 digits" in msg and "exact=False" in msg
+    assert serra_bound_log10(10**6, [10**6, 10**6], exact=False) == pytest.approx(602059.690543, abs=1e-5)
+    # a small budget refuses a moderate problem; the refusal is a ValueError (the CLI reports it as such)
+    with pytest.raises(ValueError, match="max_bytes"):
+        serra_bound(2000, [2000, 2000], max_bytes=10**6)
+    assert serra_bound(2000, [2000, 2000], max_bytes=10**8) == serra_full_row(2000, [2000, 2000])
+    # fixed ranks in the sparse bound: log10 from the recursion; the integer only within the budget
+    big = sparse_bound(2000, [2000, 2000], 1.0, max_bytes=10**6)
+    assert big.exact is None
+    assert big.log10 == pytest.approx(serra_bound_log10(2000, [2000, 2000]), rel=1e-13)
+    # Monte Carlo ranks of a layer whose sampled matrix would not fit
+    with pytest.raises(BoundTooLargeError, match="30000 x 30000 layer are refused"):
+        rank_distribution(30000, 30000, 0.1, rank_model="monte_carlo", seed=0)
+    with pytest.raises(BoundTooLargeError, match="closed_form"):
+        sparse_bound(784, [30000, 30000], 0.1, rank_model="monte_carlo", seed=0)
+
+
+def test_zaslavsky_complement_and_power_of_two():
+    for n in range(0, 25):
+        for d in range(0, 28):
+            assert zaslavsky_bound(n, d) == sum(math.comb(n, j) for j in range(min(n, d) + 1))
+    assert zaslavsky_bound(10**6, 10**6 - 3) == 2**10**6 - 1 - 10**6 - math.comb(10**6, 2)
+
+
+# ------------------------------------------------------------------------------------------- traced (14.3)
+class _FunctionalChain(torch.nn.Module):
+    """The same chain as mlp(3, [5, 4], 2), written with its own forward and functional ReLUs."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.a, self.b, self.c = seq[0], seq[2], seq[4]
+
+    def forward(self, x):
+        return self.c(torch.nn.functional.relu(self.b(torch.relu(self.a(x)))))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.block, self.out = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(torch.relu(h + self.block(h)))
+
+
+class _Concat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.out = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4), torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.l1(x)), torch.relu(self.l2(x))], dim=1))
+
+
+def test_chains_with_their_own_forward_are_bounded_like_sequentials():
+    seq = mlp(3, [5, 4], 2, seed=0)
+    masks = Masks.ones(seq)
+    masks["2.weight"][:, :3] = False
+    masks.apply(seq)
+    own = _FunctionalChain(seq)
+    own_masks = {"b.weight": masks["2.weight"]}
+    a, b = bounds(seq, masks), bounds(own, own_masks)
+    assert (a.serra, a.sparse_masks, a.ranks) == (b.serra, b.sparse_masks, b.ranks)
+    assert sparse_bound(model=own, masks=own_masks, rank_model="masks").exact == a.sparse_masks
+
+
+@pytest.mark.parametrize(
+    "net,what",
+    [
+        (_Residual(), "a residual addition"),
+        (_Concat(), "a concatenation"),
+        (torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
+                             torch.nn.Flatten(), torch.nn.Linear(12, 2)), "a max-pooling"),
+    ],
+)
+def test_residual_concat_maxpool_are_refused_saying_what_is_bounded(net, what):
+    from netgeom.nets import UnsupportedLayerError
+
+    kw = {"input_shape": (1, 14)} if isinstance(net, torch.nn.Sequential) else {}
+    for call in (
+        lambda: bounds(net, **kw),
+        lambda: sparse_bound(model=net, rank_model="masks", **kw),
+        lambda: allocate_densities(model=net, total_density=0.5, **kw),
+    ):
+        with pytest.raises(UnsupportedLayerError, match=rf"not defined .* is {what}.*not guess.*Bounded"):
+            call()
+
+
+def test_leaky_relu_chains_get_no_serra_or_cai_bound():
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 3), torch.nn.LeakyReLU(0.1), torch.nn.Linear(3, 3), torch.nn.LeakyReLU(0.1),
+        torch.nn.Linear(3, 1),
+    )
+    for call in (
+        lambda: bounds(net),
+        lambda: sparse_bound(model=net, rank_model="masks"),
+        lambda: allocate_densities(model=net, total_density=0.5),
+    ):
+        with pytest.raises(ValueError, match=r"assume ReLU.*LeakyReLU \(slope 0.1\).*product_bound"):
+            call()

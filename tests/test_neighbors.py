@@ -204,3 +204,50 @@ def test_reduced_matmul_precision_is_neither_slow_nor_leaked(precision):
         torch.set_float32_matmul_precision(before)
     assert g.n_fallback == 0
     assert_same_knn(g, X, 5)
+
+
+# ------------------------------------------------------------------------------------------- blocked scores
+@pytest.mark.parametrize("float32_data", [True, False])
+def test_near_ties_equal_bruteforce_float64(float32_data):
+    # neighbours of point 0 on a sphere, at radii that differ by ~1e-13 relative: float32 sees them as one
+    # distance, float64 must order them exactly; with float32-representable data the gather takes the
+    # float32 copy, whose values are the same
+    rng = np.random.default_rng(3)
+    D = 24
+    X = rng.normal(size=(400, D)) * 3
+    dirs = rng.normal(size=(40, D))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    X[1:41] = X[0] + dirs * (1 + 1e-13 * rng.integers(0, 5, size=(40, 1)))
+    X[41:45] = X[0] + np.eye(D)[:4]  # exact ties at distance 1 (when the data are exact)
+    if float32_data:
+        X = X.astype(np.float32).astype(np.float64)
+    for chunk in (None, 7, 64):
+        g = nearest_neighbors(X, 12, method="torch", chunk_size=chunk)
+        assert_same_knn(g, X, 12)
+
+
+def test_panels_in_many_column_chunks(monkeypatch):
+    import netgeom.dimension.neighbors as nb
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(500, 30))
+    X[100:110] = X[5] + 1e-9 * rng.normal(size=(10, 30))
+    want = nearest_neighbors(X, 9, method="torch")
+    monkeypatch.setattr(nb, "_PANEL_SCORES", 64)  # forces one column chunk per block width
+    for chunk in (13, 50, 499):
+        g = nearest_neighbors(X, 9, method="torch", chunk_size=chunk)
+        assert_same_knn(g, X, 9)
+        np.testing.assert_array_equal(g.distances, want.distances)
+
+
+def test_equal_to_faiss_flat_index_away_from_ties():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2000, 64)).astype(np.float32)
+    index = faiss.IndexFlatL2(64)
+    index.add(X)
+    _, I = index.search(X, 11)
+    g = nearest_neighbors(X.astype(np.float64), 10, method="torch")
+    # faiss's lists include the point itself first (no exact duplicates here)
+    assert (I[:, 0] == np.arange(len(X))).all()
+    assert all(set(a) == set(b) for a, b in zip(g.indices, I[:, 1:]))

@@ -2,13 +2,17 @@
 
 Two back-ends:
 
-* ``"torch"`` — chunked float32 ``X @ X.T`` + ``topk`` (the speed of BLAS), asking for ``k + n_extra``
-  candidates per row; the candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖``
-  (not through ``‖x‖² + ‖y‖² − 2x·y``, which loses all precision for close points) and re-ranked. A
-  rigorous float32 rounding-error bound certifies, row by row, that no point outside the candidate set can be
-  closer than the k-th re-ranked neighbour; rows that fail the certificate are recomputed exactly in float64
-  against every point (counted in :attr:`NeighborGraph.n_fallback`). The result is therefore the exact
-  float64 kNN (indices up to ties).
+* ``"torch"`` — float32 scores ``‖x‖² + ‖y‖² − 2x·y`` by BLAS, ``k + n_extra`` candidates per row. The
+  score is symmetric, so only the blocks on and above the diagonal of the Gram matrix are computed (about
+  half the flops of ``X @ X.T``, hence faster than a flat index such as faiss's ``IndexFlatL2``, which
+  computes all of them); each block serves its rows and its columns. Candidates are selected against a
+  per-row threshold (the row's current ``(k + n_extra)``-th score), so a block costs one comparison pass.
+  The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
+  expansion, which loses all precision for close points) and re-ranked; rigorous float32 error bounds skip
+  the candidates that provably lie beyond the k-th neighbour, and certify, row by row, that no point
+  outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail the
+  certificate are recomputed exactly in float64 against every point (counted in
+  :attr:`NeighborGraph.n_fallback`). The result is therefore the exact float64 kNN (indices up to ties).
 * ``"kdtree"`` — :class:`scipy.spatial.cKDTree`, exact and fast in low ambient dimension.
 
 ``method="auto"`` picks the k-d tree for ≤ 16 features, torch otherwise.
@@ -28,6 +32,8 @@ from ..results import Result
 __all__ = ["NeighborGraph", "nearest_neighbors", "deduplicate"]
 
 _KDTREE_MAX_FEATURES = 16
+# scores per panel chunk of the torch back-end (float32: 64 MB)
+_PANEL_SCORES = 1 << 24
 _DUPLICATE_POLICIES = ("drop", "error", "keep")
 # unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
 _MATMUL_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
@@ -112,9 +118,10 @@ def nearest_neighbors(
     method : ``"auto"`` (k-d tree for ``D <= 16``, else torch), ``"torch"`` or ``"kdtree"``.
     duplicates : ``"drop"`` (default) removes exact duplicate rows first and reports how many in
         ``n_dropped``; ``"error"`` raises if any exist; ``"keep"`` keeps them (zero distances then appear).
-    chunk_size : rows per block of the torch back-end; memory is about ``chunk_size * n * 4`` bytes.
-        Default: enough rows for ~128 MB.
-    n_extra : extra float32 candidates per row re-ranked in float64.
+    chunk_size : rows per block of the torch back-end (default ~1500); the score blocks take at most
+        ``max(64 MB, 4 chunk_size²)`` bytes.
+    n_extra : extra float32 candidates per row, the margin of the certificate; only candidates that the
+        float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
 
     Example
@@ -185,7 +192,7 @@ def _knn(X, k, method, n_extra, chunk_size, device):
         dist, idx = _knn_kdtree(X, k)
         return dist, idx, 0
     if chunk_size is None:
-        chunk_size = int(min(max(2**25 // len(X), 16), len(X)))
+        chunk_size = _block_size(len(X))
     # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the error
     # bound so much that almost every row needs the slow exact rescan; full float32 costs little here.
     # The caller's setting is restored on the way out.
@@ -241,6 +248,12 @@ def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) ->
     return out_d, out_i
 
 
+def _block_size(n: int) -> int:
+    """Default Gram block: ~1.5k rows (a 9 MB float32 block, BLAS-efficient), evened out over ``n``."""
+    nb = max(1, math.ceil(n / 1536))
+    return math.ceil(n / nb)
+
+
 def _knn_torch(
     X: np.ndarray, k: int, n_extra: int, chunk_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -252,64 +265,180 @@ def _knn_torch(
     Xc = X - X.mean(axis=0)
     amax = float(np.abs(Xc).max())
     shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D))) if amax > 0 else 0
-    X32 = torch.from_numpy(np.ldexp(Xc, -shift).astype(np.float32))
-    sq = X32.double().square_().sum(1)  # exact-ish squared norms of the float32 points
-    sq32 = sq.float().to(device)
-    X32 = X32.to(device)
-    norms = sq.sqrt()
+    X32 = np.ldexp(Xc, -shift, out=Xc).astype(np.float32)
+    sq = np.einsum("ij,ij->i", X32, X32, dtype=np.float64)  # exact-ish squared norms of the float32 points
+    # One product gives the whole score: [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] = ‖x‖² + ‖y‖² − 2x·y (no passes
+    # over the scores to add the norms). −2y is exact in float32.
+    left = np.empty((n, D + 2), dtype=np.float32)
+    right = np.empty((n, D + 2), dtype=np.float32)
+    left[:, :D] = X32
+    np.multiply(X32, -2.0, out=right[:, :D])
+    left[:, D] = right[:, D + 1] = sq
+    left[:, D + 1] = right[:, D] = 1.0
+    left, right = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
+    norms = np.sqrt(sq)
     nmax = float(norms.max())
     u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     u32 = 2.0**-24
     u64 = 2.0**-53
-    gamma = D * u / (1 - D * u) if D * u < 0.5 else math.inf
-    # rigorous bound on |fl(‖y‖² − 2x·y) − (‖y‖² − 2x·y)| is (γ_D + 2u)(‖x‖ + ‖y‖)²; doubled for the
-    # second-order terms (float64 centring, the final addition) that the first-order bound leaves out
-    c_err = 2.0 * (gamma + 3 * u32)
-    # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (cast, square,
-    # product); with norms <= 1 these terms are tiny but not relative to the data, so they are bounded apart
-    abs_sq = (2 * D + 8) * 2.0**-149
+    K = D + 2
+    gamma = K * u / (1 - K * u) if K * u < 0.5 else math.inf
+    # the score is a float32 dot product of K = D + 2 terms whose absolute values sum to at most
+    # (‖x‖ + ‖y‖)²: its error is at most γ_K (‖x‖ + ‖y‖)², plus u (‖x‖² + ‖y‖²) from the float32 casts of
+    # the squared norms; doubled (and u counted 5 times) for the second-order terms (float64 centring,
+    # the float64 squared norms, products of errors)
+    c_err = 2.0 * (gamma + 5 * u32)
+    # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (casts, squares,
+    # products, additions); with norms <= 1 these terms are tiny but not relative to the data, so they are
+    # bounded apart
+    abs_sq = (2 * D + 12) * 2.0**-149
     abs_pt = math.sqrt(D) * 2.0**-147
     # the float64 distances themselves carry a relative error up to ~(D + 2) u64
     shrink = 1 - (D + 4) * u64
 
+    def lower(score, xn):
+        """Lower bound on the float64 distance (scaled units) of a pair whose float32 score is ``score``."""
+        e = c_err * (xn + nmax) ** 2 + abs_sq
+        return (np.sqrt(np.maximum(score - e, 0.0)) - 2 * u32 * (xn + nmax) - 2 * abs_pt) * shrink
+
+    def upper(score, xn):
+        """Upper bound on the same."""
+        e = c_err * (xn + nmax) ** 2 + abs_sq
+        return (np.sqrt(score + e) + 2 * u32 * (xn + nmax) + 2 * abs_pt) / shrink
+
+    best_v, best_i = _candidates(left, right, m, chunk_size)
+    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
+    # are the same, so the float64 differences below are bit for bit those of the float64 input.
+    with np.errstate(over="ignore"):  # values beyond float32 become inf: not equal, X itself is used
+        Xg = X.astype(np.float32)
+    if not np.array_equal(Xg, X):
+        Xg = X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
     failed = []
-    # float64 re-ranking in cache-sized blocks (~4 MB) with numpy: the gather is memory-bound, and many
-    # small multi-threaded torch ops stall badly when the cores are shared
-    sub = max(1, min(chunk_size, 2**19 // max(m * D, 1)))
     for a in range(0, n, chunk_size):
         b = min(a + chunk_size, n)
-        # ranking within a row needs only ‖y‖² − 2x·y: one fused addmm pass
-        G = torch.addmm(sq32[None, :], X32[a:b], X32.T, beta=1.0, alpha=-2.0)
-        r = torch.arange(b - a, device=device)
-        G[r, r + a] = math.inf
-        vals, cand = torch.topk(G, m, dim=1, largest=False, sorted=False)
-        cand = cand.cpu()
-        s_max = vals.max(dim=1).values.double().cpu()  # every non-candidate has a value >= this
-        cand = cand.numpy()
-        d64 = np.empty((b - a, m))
-        for s0 in range(0, b - a, sub):
-            cd = cand[s0 : s0 + sub]
-            diff = np.take(X, cd, axis=0)
-            np.subtract(diff, X[a + s0 : a + s0 + len(cd), None, :], out=diff)
-            d64[s0 : s0 + len(cd)] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        d_sorted, order = _sort_rows(d64, cand)
-        dk = torch.from_numpy(np.ldexp(d_sorted[:, k - 1], -shift))
-        rows = torch.arange(a, b)
-        xn = norms[rows]
-        lower_sq = s_max + sq[rows] * (1 - D * u64) - c_err * (xn + nmax) ** 2 - abs_sq
-        lower = (lower_sq.clamp_min(0).sqrt() - 2 * u32 * (xn + nmax) - 2 * abs_pt) * shrink
+        vals = best_v[a:b].astype(np.float64)
+        cand = best_i[a:b]
+        # sorted by score (a score ties only with the same pair's symmetric twin)
+        order = np.argsort(vals, axis=1, kind="stable")
+        vals = np.take_along_axis(vals, order, 1)
+        cand = np.take_along_axis(cand, order, 1)
+        xn = norms[a:b, None]
+        # a candidate whose lower bound exceeds the k-th smallest upper bound is farther than the k-th
+        # neighbour: no float64 distance is needed for it. The kept ones form a prefix of the sorted row.
+        up_k = np.partition(upper(vals, xn), k - 1, axis=1)[:, k - 1 : k]
+        n_keep = (lower(vals, xn) <= up_k).sum(axis=1)
+        d64 = np.full((b - a, m), np.inf)
+        _direct_distances(X, Xg, a, cand, n_keep, d64, 2**18 // D + 1)
+        d_sorted, ids = _sort_rows(d64, cand)
+        dk = np.ldexp(d_sorted[:, k - 1], -shift)
+        # every non-candidate has a score >= the m-th candidate's
+        ok = (dk < lower(vals[:, -1], xn[:, 0])) | (m == n - 1) | (dk == 0)
         # all other points are candidates: nothing to certify; or the k-th distance is 0: no point is closer
         # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates)
-        ok = (dk < lower) | (m == n - 1) | (dk == 0)
         dist[a:b] = d_sorted[:, :k]
-        idx[a:b] = order[:, :k]
-        if not bool(ok.all()):
-            failed.append(rows[~ok])
+        idx[a:b] = ids[:, :k]
+        if not ok.all():
+            failed.append(a + np.flatnonzero(~ok))
     n_fallback = 0
     if failed:
-        rows = torch.cat(failed).numpy()
+        rows = np.concatenate(failed)
         n_fallback = len(rows)
         dist[rows], idx[rows] = _exact_rows(X, rows, k)
     return dist, idx, n_fallback
+
+
+def _scores(left, right, a, b, c0, c1) -> np.ndarray:
+    """float32 scores ``‖x‖² + ‖y‖² − 2x·y`` of rows ``[a, b)`` against columns ``[c0, c1)``, as numpy."""
+    return (left[a:b] @ right[c0:c1].T).cpu().numpy()
+
+
+def _candidates(left, right, m: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` smallest float32 scores of every row (self excluded) and their columns.
+
+    The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
+    half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
+    columns. Diagonal blocks come first and give every row a threshold, its ``m``-th best score so far;
+    in each later block only the entries below a row's threshold (a few per row) are merged, and the
+    thresholds tighten as blocks are met. Every point outside a row's result has a score at least its
+    ``m``-th (equal scores may be left out, which the certificate allows).
+    """
+    n = left.shape[0]
+    starts = list(range(0, n, block))
+    best_v = np.empty((n, m), dtype=np.float32)
+    best_i = np.empty((n, m), dtype=np.int64)
+    for a in starts:
+        b = min(a + block, n)
+        S = _scores(left, right, a, b, a, b)
+        np.fill_diagonal(S, np.inf)
+        w = min(m, b - a - 1)  # the diagonal (self) is the largest entry of each row: never selected
+        part = np.argpartition(S, w - 1, axis=1)[:, :w]
+        best_v[a:b, :w] = np.take_along_axis(S, part, 1)
+        best_i[a:b, :w] = part + a
+        best_v[a:b, w:] = np.inf  # not enough columns in this block yet
+        best_i[a:b, w:] = a
+    tau = best_v.max(axis=1)
+    for a in starts:
+        b = min(a + block, n)
+        # the panel right of the diagonal block, in column chunks of <= 2^24 scores (64 MB): few, large
+        # matrix products, which BLAS runs near its peak
+        width = max(block, _PANEL_SCORES // (b - a))
+        for c0 in range(b, n, width):
+            c1 = min(c0 + width, n)
+            S = _scores(left, right, a, b, c0, c1)
+            # flat indices (np.nonzero on 2-D masks is ~40x slower); row-major: grouped by row
+            flat = np.flatnonzero(S < tau[a:b, None])
+            r, c = np.divmod(flat, c1 - c0)
+            _merge(best_v, best_i, tau, a, b - a, r, c + c0, S.ravel()[flat], m)
+            # the same scores seen from the columns' side, grouped by column
+            flat = np.flatnonzero((S < tau[None, c0:c1]).T)
+            c, r = np.divmod(flat, b - a)
+            _merge(best_v, best_i, tau, c0, c1 - c0, c, r + a, S[r, c], m)
+    return best_v, best_i
+
+
+def _merge(best_v, best_i, tau, row0: int, n_rows: int, r, cols, vals, m: int) -> None:
+    """Merge new entries (local row ``r``, sorted; global column; score) into rows ``row0 + r``'s ``m``
+    best and update their thresholds."""
+    if len(r) == 0:
+        return
+    counts = np.bincount(r, minlength=n_rows)
+    pos = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = np.flatnonzero(counts)
+    width = int(counts.max())
+    V = np.full((n_rows, width), np.inf, dtype=np.float32)
+    C = np.zeros((n_rows, width), dtype=np.int64)
+    V[r, pos] = vals
+    C[r, pos] = cols
+    g = row0 + rows
+    all_v = np.concatenate([best_v[g], V[rows]], axis=1)
+    all_c = np.concatenate([best_i[g], C[rows]], axis=1)
+    part = np.argpartition(all_v, m - 1, axis=1)[:, :m]
+    best_v[g] = np.take_along_axis(all_v, part, 1)
+    best_i[g] = np.take_along_axis(all_c, part, 1)
+    tau[g] = best_v[g].max(axis=1)
+
+
+def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
+    """``out[i, j] = ‖X[a + i] − X[cand[i, j]]‖`` in float64 by direct differences, for ``j < n_keep[i]``,
+    in sub-blocks of rows whose gathered differences stay cache-sized. ``Xg`` holds the same values as
+    ``X`` (``X`` itself, or an exact float32 copy) and is what is gathered."""
+    rows = len(cand)
+    s0 = 0
+    while s0 < rows:
+        width = int(n_keep[s0])
+        s1 = s0 + 1
+        # grow the sub-block while its padded size stays within the budget
+        while s1 < rows and (s1 + 1 - s0) * max(width, int(n_keep[s1])) <= pairs_per_block:
+            width = max(width, int(n_keep[s1]))
+            s1 += 1
+        diff = np.take(Xg, cand[s0:s1, :width], axis=0)
+        if diff.dtype != np.float64:
+            diff = diff.astype(np.float64)
+        np.subtract(diff, X[a + s0 : a + s1, None, :], out=diff)
+        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        # entries past a row's own count are not needed: they stay inf
+        d[np.arange(width)[None, :] >= n_keep[s0:s1, None]] = np.inf
+        out[s0:s1, :width] = d
+        s0 = s1

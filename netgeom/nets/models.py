@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._seeding import seeded_global_rng
 from .._validation import check_int, check_memory, check_widths, mlp_bytes
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 def _seeded(seed: int | None):
     if seed is None:
         raise ValueError("a seed is required to build a model, so that its initialisation is reproducible")
-    return torch.random.fork_rng(devices=[])
+    return seeded_global_rng(seed)
 
 
 def mlp(
@@ -49,7 +50,6 @@ def mlp(
     check_memory(mlp_bytes(n_in, widths, n_out, copies=1), f"mlp({n_in}, {widths}, {n_out})",
                  hint="choose smaller widths")
     with _seeded(seed):
-        torch.manual_seed(seed)
         mods: list[nn.Module] = []
         prev = n_in
         for w in widths:
@@ -70,7 +70,6 @@ def lenet5(in_shape: Sequence[int] = (1, 28, 28), n_out: int = 10, *, seed: int 
     """LeNet-5 with ReLU and average pooling (piecewise-affine, so every analysis applies)."""
     c, h, w = (check_int(s, "in_shape entry", minimum=1) for s in in_shape)
     with _seeded(seed):
-        torch.manual_seed(seed)
         hh, ww = (h - 4) // 2, (w - 4) // 2
         hh, ww = (hh - 4) // 2, (ww - 4) // 2
         if hh < 1 or ww < 1:
@@ -109,7 +108,6 @@ def small_convnet(
         else (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d)
     )
     with _seeded(seed):
-        torch.manual_seed(seed)
         feats = nn.Sequential(
             conv(shape[0], channels, 3, padding=1),
             nn.ReLU(),

@@ -11,8 +11,17 @@ the classifier stays dense unless ``prune_output=True``), :func:`allocate_densit
   when none improves.
 * Points where a density leaves ``(0, 1]`` are infeasible and skipped.
 
-The authors' script instead evaluates three points for two layers and fits a parabola to ``ln(bound)``;
-the result records what that rule would have chosen, for comparison.
+A non-uniform allocation is returned only when its bound beats the uniform allocation's by more than a
+relative tolerance: ``bound(chosen) > (1 + gain_rtol) · bound(uniform)`` (default ``gain_rtol = 1e-6``,
+i.e. a gain of more than ``log10(1 + 1e-6) ≈ 4.3e-7`` in ``log10``). Gains below it are immaterial, and
+gains below the float rounding of the recursion (``1e-12 · |ln bound|``, always enforced) are noise: without
+the tolerance, a flat bound (every rank full with probability ≈ 1) picks arbitrary densities for a gain of
+1e-14. The coordinate search takes a move only when it gains more than the same tolerance.
+
+The authors' script (Cai et al. 2023, ``binomial_formula.py``) instead evaluates three points for two layers
+and fits a parabola to ``ln(bound)``; the result records what that rule would have chosen. As in their code,
+that rule always runs the recursion through the (dense) output layer, whatever ``include_output`` says for
+netgeom's own search, so it needs the output width ``n_out`` (or a model).
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ from .._validation import check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
-from .bounds import _n_kernel, sparse_bound
+from .bounds import _n_kernel, bounded_layers, sparse_bound
 
 __all__ = ["allocate_densities", "AllocationResult"]
 
 _FEAS_TOL = 1e-12
+_LN10 = math.log(10.0)
+# Relative float rounding of the log-space recursion (measured ~1e-15; 1e-12 leaves a wide margin).
+_NOISE_RTOL = 1e-12
 
 
 @dataclasses.dataclass
@@ -43,8 +55,12 @@ class AllocationResult(Result):
     ``densities``/``sparsities`` are per pruned layer (hidden layers in order, then the classifier if
     ``prune_output``). ``budget`` is the number of kept weights ``Σ p_l |W_l|`` they use. ``evaluated`` is an
     ``(n_points, n_pruned)`` array of every feasible allocation tried and ``evaluated_log10`` the bound at
-    each. ``authors_densities`` is what Cai et al.'s three-point Lagrange rule picks (two pruned layers
-    only; None otherwise). ``param_names`` are the pruned layers' weight names when a model was given.
+    each. ``densities`` differ from uniform only when ``log10`` beats ``uniform_log10`` by more than
+    ``log10(1 + gain_rtol)`` (see the module docstring). ``authors_densities`` is what Cai et al.'s
+    three-point Lagrange rule picks (two pruned layers and a known ``n_out`` only; None otherwise, with the
+    reason in ``notes``); that rule runs through the output layer, and ``authors_ln`` is the ``ln`` bound it
+    reports there (their ``ub_O``), while ``authors_log10`` is the bound of this search at those densities,
+    comparable with ``log10``. ``param_names`` are the pruned layers' weight names when a model was given.
     Use :meth:`per_layer` to hand the allocation to ``magnitude_prune(model, per_layer=...)``.
     """
 
@@ -64,6 +80,9 @@ class AllocationResult(Result):
     n_evaluated: int
     param_names: list[str] | None = None
     output_param: str | None = None
+    gain_rtol: float = 1e-6
+    authors_ln: float | None = None
+    notes: list[str] = field(default_factory=list)
     evaluated: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
     evaluated_log10: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
@@ -168,6 +187,8 @@ def allocate_densities(
     seed: int | None = None,
     n_samples: int = 32,
     input_shape: Sequence[int] | None = None,
+    gain_rtol: float = 1e-6,
+    verbose: bool = True,
 ) -> AllocationResult:
     """Per-layer densities maximising the sparse region bound for a total budget of kept weights.
 
@@ -184,6 +205,9 @@ def allocate_densities(
     max_iter, tol : coordinate search (three or more pruned layers): moves and the smallest step, as a
         fraction of the budget.
     input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` with ``model``.
+    gain_rtol : relative tolerance, ``>= 0``: uniform densities are kept unless another allocation's bound is
+        larger by a factor of more than ``1 + gain_rtol`` (module docstring).
+    verbose : progress bar over the evaluations with ``rank_model="monte_carlo"`` (each samples ranks).
 
     >>> r = allocate_densities(784, [100, 100], 0.01)
     >>> abs(sum(p * s for p, s in zip(r.densities, r.layer_sizes)) - r.budget) < 1e-6 * r.budget
@@ -196,7 +220,7 @@ def allocate_densities(
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        layers = affine_layers(model, input_shape=input_shape)
+        layers = bounded_layers(model, input_shape=input_shape)
         if layers[-1].activation != "identity":
             # The bound would count that layer as hidden while the budget treats it as the classifier.
             raise ValueError(
@@ -227,6 +251,9 @@ def allocate_densities(
     refine_steps = check_int(refine_steps, "refine_steps", minimum=0)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     tol = check_fraction(tol, "tol", low=0.0, high=1.0, low_inclusive=False)
+    gain_rtol = float(gain_rtol)
+    if not (math.isfinite(gain_rtol) and gain_rtol >= 0):
+        raise ValueError(f"gain_rtol must be a finite number >= 0, got {gain_rtol!r}")
     if prune_output or include_output:
         if n_out is None:
             raise ValueError("prune_output/include_output need n_out (the output width) or a model")
@@ -237,34 +264,51 @@ def allocate_densities(
     budget = total_density * sum(sizes)
     bound_widths = list(widths) + ([n_out] if (prune_output or include_output) else [])
 
+    from tqdm.auto import tqdm
+
     cache: dict[tuple[float, ...], float] = {}
+    auth_cache: dict[tuple[float, ...], float] = {}
+    bar = tqdm(desc="allocation", unit="bound", disable=not (verbose and rank_model == "monte_carlo"))
+
+    def bound(p: np.ndarray, through_output: bool) -> float:
+        dens = [min(float(x), 1.0) for x in p]
+        out_dens = dens[-1] if prune_output else 1.0
+        hidden = dens[: len(widths)]
+        bar.update(1)
+        if prune_output:
+            dists = [
+                _dist(n, i, d, rank_model, include_zero_rank, seed, n_samples)
+                for n, i, d in zip(bound_widths, [n0, *bound_widths[:-1]], hidden + [out_dens])
+            ]
+            return sparse_bound(
+                n0, widths, hidden, rank_model=dists, include_output=True, n_out=n_out, verbose=False
+            ).log10
+        return sparse_bound(
+            n0, widths, hidden, rank_model=rank_model, include_output=through_output, n_out=n_out,
+            include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples, verbose=False,
+        ).log10
 
     def f(p: np.ndarray) -> float:
         key = tuple(np.round(p, 15))
         if key not in cache:
-            dens = [min(float(x), 1.0) for x in p]
-            out_dens = dens[-1] if prune_output else 1.0
-            hidden = dens[: len(widths)]
-            if prune_output:
-                dists = [
-                    _dist(n, i, d, rank_model, include_zero_rank, seed, n_samples)
-                    for n, i, d in zip(bound_widths, [n0, *bound_widths[:-1]], hidden + [out_dens])
-                ]
-                val = sparse_bound(
-                    n0, widths, hidden, rank_model=dists, include_output=True, n_out=n_out
-                ).log10
-            else:
-                val = sparse_bound(
-                    n0, widths, hidden, rank_model=rank_model, include_output=include_output, n_out=n_out,
-                    include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples,
-                ).log10
-            cache[key] = val
+            cache[key] = bound(p, include_output)
         return cache[key]
+
+    def f_authors(p: np.ndarray) -> float:
+        """ln of the bound through the output layer, as the authors' script evaluates it."""
+        key = tuple(np.round(p, 15))
+        if key not in auth_cache:
+            auth_cache[key] = (cache[key] if include_output and key in cache else bound(p, True)) * _LN10
+        return auth_cache[key]
 
     uniform = np.full(len(sizes), total_density)
     uniform_val = f(uniform)
+    # log10 margins: the caller's tolerance, and never less than the recursion's float rounding.
+    noise = _NOISE_RTOL * abs(uniform_val)
+    margin = max(math.log1p(gain_rtol) / _LN10, noise)
     points: list[np.ndarray] = [uniform]
-    authors_p = authors_val = None
+    authors_p = authors_val = authors_ln = None
+    notes: list[str] = []
 
     if len(sizes) == 1 or total_density >= 1.0:
         best, method = uniform, "uniform (single pruned layer or no pruning)"
@@ -285,17 +329,34 @@ def allocate_densities(
             fine = np.linspace(centre - step, centre + step, 11)
             points += [c for c in (pair(x) for x in fine) if _feasible(c)]
             step /= 5.0
-        authors_p, authors_val = _authors_rule(f, pair, lo, hi, total_density, uniform_val)
+        if n_out is None:
+            notes.append(
+                "authors' three-point rule not evaluated: it runs the recursion through the output layer, as "
+                "their code does, and the output width n_out was not given"
+            )
+        elif not prune_output:
+            authors_p, authors_ln = _authors_rule(f_authors, pair, lo, hi, total_density)
+            authors_val = f(np.array(authors_p))
         method = f"grid of {n_grid} over p_1, {refine_steps} refinements"
         best = None
     else:
-        best, explored = _coordinate_search(f, uniform, np.array(sizes, float), budget, max_iter, tol)
+        best, explored = _coordinate_search(
+            f, uniform, np.array(sizes, float), budget, max_iter, tol, margin
+        )
         points += explored
         method = "coordinate search over the budget simplex"
 
     vals = np.array([f(p) for p in points])
+    bar.close()
     if best is None:
         best = points[int(np.argmax(vals))]
+    gain = f(best) - uniform_val
+    if gain <= margin and not np.array_equal(best, uniform):
+        method += (
+            f"; uniform kept: the best allocation gains {gain:.3g} in log10, within the tolerance "
+            f"{margin:.3g} (gain_rtol={gain_rtol:g})"
+        )
+        best = uniform
     best = np.minimum(best, 1.0)
     sparsities = [float(1.0 - p) for p in best]
     return AllocationResult(
@@ -317,6 +378,9 @@ def allocate_densities(
         output_param=None if prune_output else out_name,
         evaluated=np.array(points),
         evaluated_log10=vals,
+        gain_rtol=gain_rtol,
+        authors_ln=authors_ln,
+        notes=notes,
     )
 
 
@@ -328,27 +392,38 @@ def _dist(n: int, n_in: int, p: float, rank_model: str, include_zero_rank: bool,
     )
 
 
-def _authors_rule(f, pair, lo: float, hi: float, total_density: float, uniform_val: float):
-    """Cai et al.'s rule: a 12-point grid over the feasible ``p_1`` range; ``ln(bound)`` at the second grid
-    point, the uniform allocation and the second-to-last grid point; the stationary point of the parabola
-    through them is taken when it lies inside ``(lo, hi)`` and beats the uniform bound."""
+def _authors_rule(f_ln, pair, lo: float, hi: float, total_density: float) -> tuple[list[float], float]:
+    """Cai et al.'s rule, as their ``binomial_formula.py`` runs it: a 12-point grid over the feasible ``p_1``
+    range; ``ln(bound)`` (through the output layer) at the second grid point, the uniform allocation and
+    the second-to-last grid point; the stationary point of the parabola through them is taken when it lies
+    strictly between the second and second-to-last grid points and its bound beats the uniform one.
+
+    Their bound is evaluated in exact decimals, ours in floats: a "beats" within the float rounding
+    (``1e-12 · |ln|``) is not counted. Returns ``(densities, ln bound)``.
+    """
     g = np.linspace(lo, hi, 12)
     xs = np.array([g[1], total_density, g[-2]])
     uniform = pair(total_density)
+    u_ln = f_ln(uniform)
     if len(np.unique(xs)) < 3 or not all(_feasible(pair(x)) for x in xs):
-        return [float(v) for v in uniform], uniform_val
-    ys = np.array([f(pair(x)) for x in xs]) * math.log(10.0)
+        return [float(v) for v in uniform], u_ln
+    ys = np.array([f_ln(pair(x)) for x in xs])
     a, b, _ = np.polyfit(xs, ys, 2)
     if a != 0:
         x_star = -b / (2 * a)
         cand = pair(x_star)
-        if lo < x_star < hi and _feasible(cand) and f(cand) > uniform_val:
-            return [float(v) for v in np.minimum(cand, 1.0)], f(cand)
-    return [float(v) for v in uniform], uniform_val
+        if g[1] < x_star < g[-2] and _feasible(cand):
+            v = f_ln(cand)
+            if v - u_ln > _NOISE_RTOL * abs(u_ln):
+                return [float(v) for v in np.minimum(cand, 1.0)], v
+    return [float(v) for v in uniform], u_ln
 
 
-def _coordinate_search(f, start: np.ndarray, sizes: np.ndarray, budget: float, max_iter: int, tol: float):
-    """Pairwise budget transfers: move ``step · budget`` kept weights from layer ``j`` to layer ``i``."""
+def _coordinate_search(
+    f, start: np.ndarray, sizes: np.ndarray, budget: float, max_iter: int, tol: float, margin: float
+):
+    """Pairwise budget transfers: move ``step · budget`` kept weights from layer ``j`` to layer ``i``; a
+    move is taken only when it raises ``log10`` by more than ``margin``."""
     x, fx = start.copy(), f(start)
     explored: list[np.ndarray] = []
     step = 0.25
@@ -377,7 +452,7 @@ def _coordinate_search(f, start: np.ndarray, sizes: np.ndarray, budget: float, m
                         continue
                 explored.append(y)
                 v = f(y)
-                if v > best_val + 1e-12:
+                if v > best_val + margin:
                     best_move, best_val = y, v
         if best_move is None:
             step /= 2.0

@@ -12,7 +12,7 @@ Dense bounds (exact Python integers; :func:`int_log10` gives their ``log10`` wit
 All of them count the regions of the *hidden* layers ``n_1 … n_L``: the output layer is affine, so it adds no
 region. ``widths`` therefore always means hidden widths here.
 
-Sparsity-aware bound (Cai, Hoang, Rao, Serra 2023): :func:`sparse_bound` runs the authors' backward recursion
+Sparsity-aware bound (Cai et al., CPAIOR 2023): :func:`sparse_bound` runs the authors' backward recursion
 in log space, with the rank of each masked weight matrix drawn from a closed-form binomial model, a seeded
 Monte Carlo estimate, the actual ranks of a pruned model, or distributions given by the caller.
 :func:`bounds` collects all of them for an actual (pruned) model.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import field
@@ -33,7 +34,7 @@ from scipy.special import gammaln
 from scipy.stats import binom
 
 from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
-from ..nets import AffineLayer, affine_layers
+from ..nets import AffineLayer
 from ..results import Result, new_axes
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
     "montufar_lower_bound",
     "product_bound",
     "serra_bound",
+    "serra_bound_log10",
+    "BoundTooLargeError",
+    "DEFAULT_MAX_BYTES",
     "int_log10",
     "rank_distribution",
     "sparse_bound",
@@ -48,11 +52,16 @@ __all__ = [
     "bounds",
     "BoundsResult",
     "demo_section",
+    "bounded_layers",
     "RANK_MODELS",
 ]
 
 RANK_MODELS = ("closed_form", "monte_carlo", "masks")
 _LN10 = math.log(10.0)
+#: Default memory budget of the exact integer programs and of Monte Carlo rank sampling.
+DEFAULT_MAX_BYTES = 2**30
+# Work above this many bytes of integers takes seconds: show a progress bar.
+_BAR_BYTES = 2**27
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -66,29 +75,44 @@ def int_log10(x: int) -> float:
     return -math.inf if x == 0 else math.log10(x)
 
 
-def _partial_binom_sums(n: int, upto: int) -> list[int]:
-    """``[Σ_{j≤m} C(n, j) for m = 0..upto]`` in exact integers (terms past ``n`` are 0)."""
-    out, s, c = [], 0, 1
-    for j in range(upto + 1):
-        if j <= n:
-            s += c
-            c = c * (n - j) // (j + 1)
-        out.append(s)
-    return out
+class BoundTooLargeError(ValueError):
+    """An exact bound whose computation would exceed the memory budget (``max_bytes``).
+
+    Raised before any work is done, with the estimated size and the way to get the ``log10`` instead.
+    """
 
 
-@functools.lru_cache(maxsize=256)
-def _binoms(n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(C(n, j))_j`` and their partial sums, cached: allocation searches reuse the same widths."""
-    row = [1] * (n + 1)
-    for j in range(n):
+def _binom_prefix(n: int, upto: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``C(n, j)`` and ``Σ_{i≤j} C(n, i)`` for ``j = 0..min(n, upto)``: only the columns a recursion whose
+    dimension never exceeds ``upto`` can reach, however wide the layer (``C(10**6, j)`` for ``j ≤ 784`` is
+    a few MB; the whole row would be tens of GB)."""
+    upto = min(n, upto)
+    # Small rows are cached: allocation searches and prefix bounds reuse the same widths.
+    return _binom_prefix_cached(n, upto) if upto <= 4096 else _binom_prefix_build(n, upto)
+
+
+def _binom_prefix_build(n: int, upto: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    row = [1] * (upto + 1)
+    for j in range(upto):
         row[j + 1] = row[j] * (n - j) // (j + 1)
-    return tuple(row), tuple(_partial_binom_sums(n, n))
+    return tuple(row), tuple(itertools.accumulate(row))
 
 
-@functools.lru_cache(maxsize=256)
-def _serra_log10_cached(n0: int, widths: tuple[int, ...]) -> float:
-    return int_log10(serra_bound(n0, list(widths)))
+_binom_prefix_cached = functools.lru_cache(maxsize=256)(_binom_prefix_build)
+
+
+def _int_bytes(ln_value: np.ndarray) -> np.ndarray:
+    """Bytes CPython needs for non-negative ints of natural log ``ln_value`` (-inf for 0), pointer included:
+    a 24-byte header plus 4 bytes per 30-bit digit (at least one), and the list's 8-byte slot."""
+    bits = np.where(np.isfinite(ln_value), ln_value, 0.0) / math.log(2.0) + 1.0
+    return 32.0 + 4.0 * np.maximum(1.0, np.ceil(bits / 30.0))
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= size:
+            return f"{b / size:.3g} {unit}"
+    return f"{b:.0f} B"
 
 
 def _check_n0_widths(n0: Any, widths: Any) -> tuple[int, list[int]]:
@@ -111,23 +135,50 @@ def _check_densities(densities: Any, n_layers: int, name: str = "densities") -> 
 
 
 # ------------------------------------------------------------------------------------------- dense bounds
-def zaslavsky_bound(n: int, d: int) -> int:
+def zaslavsky_bound(n: int, d: int, *, verbose: bool = True) -> int:
     """Most regions ``n`` hyperplanes can cut ``R^d`` into: ``Σ_{j=0}^{d} C(n, j)`` (Zaslavsky 1975).
+
+    ``2^n`` when ``d ≥ n``; past ``d = n/2`` the shorter complement is summed. The sum holds one term at a
+    time; its time grows like ``min(d, n − d) · n`` (about 5 s at ``n = 2·10^5, d = n/2``), with a progress
+    bar (``verbose``) when that takes seconds.
 
     >>> zaslavsky_bound(3, 2)   # three lines in the plane
     7
     """
     n = check_int(n, "n", minimum=0)
     d = check_int(d, "d", minimum=0)
-    return _partial_binom_sums(n, min(n, d))[-1]
+    if d >= n:
+        return 1 << n
+    # Past the middle, the complement has fewer terms: Σ_{j≤d} C(n, j) = 2^n − Σ_{j≤n−d−1} C(n, j).
+    if 2 * d > n:
+        return (1 << n) - _binom_sum(n, n - d - 1, verbose)
+    return _binom_sum(n, d, verbose)
 
 
-def montufar_lower_bound(n0: int, widths: Sequence[int]) -> int:
+def _binom_sum(n: int, upto: int, verbose: bool = False) -> int:
+    """``Σ_{j≤upto} C(n, j)`` holding one term at a time (``upto ≤ n``)."""
+    from tqdm.auto import tqdm
+
+    # each step multiplies and divides a number of up to n bits by a small one: ~2e-10 s per step and bit
+    slow = upto * float(n) > 1e10
+    bar = tqdm(total=upto + 1, desc=f"binomial sum C({n}, j)", unit="term", disable=not (verbose and slow))
+    s, c = 0, 1
+    for j in range(upto + 1):
+        s += c
+        c = c * (n - j) // (j + 1)
+        if j & 1023 == 1023:
+            bar.update(1024)
+    bar.update((upto + 1) & 1023)
+    bar.close()
+    return s
+
+
+def montufar_lower_bound(n0: int, widths: Sequence[int], *, verbose: bool = True) -> int:
     """Montúfar et al. (2014) lower bound ``Π_{l<L} ⌊n_l/n_0⌋^{n_0} · Σ_{j≤n_0} C(n_L, j)``.
 
     A network with these widths can reach this many regions. The construction folds the input with every
     hidden layer but the last, which needs ``n_l ≥ n_0`` for ``l < L``; otherwise a ``ValueError`` is raised
-    (the formula would give the empty statement 0).
+    (the formula would give the empty statement 0). ``verbose`` as in :func:`zaslavsky_bound`.
 
     >>> montufar_lower_bound(2, [4, 3])   # 2^2 folds, then 3 lines in the plane
     28
@@ -142,11 +193,13 @@ def montufar_lower_bound(n0: int, widths: Sequence[int]) -> int:
     folds = 1
     for w in widths[:-1]:
         folds *= (w // n0) ** n0
-    return folds * zaslavsky_bound(widths[-1], n0)
+    return folds * zaslavsky_bound(widths[-1], n0, verbose=verbose)
 
 
-def product_bound(n0: int, widths: Sequence[int]) -> int:
+def product_bound(n0: int, widths: Sequence[int], *, verbose: bool = True) -> int:
     """``Π_{l=1}^{L} Σ_{j=0}^{d_l} C(n_l, j)``, ``d_l = min(n_0, n_1, …, n_l)`` (Montúfar 2017; Serra et al.).
+
+    ``verbose``: progress bar on binomial sums that take seconds (:func:`zaslavsky_bound`).
 
     >>> product_bound(2, [3, 3])
     49
@@ -155,22 +208,80 @@ def product_bound(n0: int, widths: Sequence[int]) -> int:
     out, d = 1, n0
     for w in widths:
         d = min(d, w)
-        out *= zaslavsky_bound(w, d)
+        out *= zaslavsky_bound(w, d, verbose=verbose)
     return out
 
 
-def serra_bound(n0: int, widths: Sequence[int], ranks: Sequence[int] | None = None) -> int:
+def _check_ranks(ranks: Any, widths: list[int]) -> list[int] | None:
+    if ranks is None:
+        return None
+    ranks = [check_int(r, f"ranks[{i}]", minimum=0) for i, r in enumerate(_check_seq(ranks, "ranks"))]
+    if len(ranks) != len(widths):
+        raise ValueError(f"ranks needs one entry per hidden layer ({len(widths)}), got {len(ranks)}")
+    return ranks
+
+
+def _lse_all(a: np.ndarray) -> float:
+    return float(np.logaddexp.reduce(a)) if len(a) else -math.inf
+
+
+def _serra_ln_dp(n0: int, widths: list[int], ranks: list[int] | None) -> tuple[float, float, int]:
+    """The dynamic program of :func:`serra_bound` in log space (floats, ``O(min(n_0, n_1))`` per layer).
+
+    Returns ``(ln bound, peak bytes of the exact program, layer of the peak)``: every state's count is known
+    here by its logarithm, hence the size of its exact integer, so the exact program's memory is known
+    before it runs.
+    """
+    top = min(n0, widths[0])
+    lc = np.full(top + 1, -np.inf)
+    lc[top] = 0.0
+    peak, peak_layer = 0.0, 0
+    for l, n in enumerate(widths):
+        if ranks is not None and ranks[l] < len(lc) - 1:
+            lc = np.append(lc[: ranks[l]], _lse_all(lc[ranks[l] :]))
+        top = len(lc) - 1
+        upto = min(top, n)
+        lb = _log_binom_row(n, upto)
+        lpart = np.logaddexp.accumulate(lb)
+        lsuf = np.append(np.logaddexp.accumulate(lc[::-1])[::-1], -np.inf)
+        m = np.arange(upto + 1)
+        stay = lc[m] + lpart[np.minimum(m, n - m)]
+        arrive = lb + lsuf[np.minimum(np.maximum(m + 1, n - m), top + 1)]
+        new = np.logaddexp(stay, arrive)
+        # Live at once in the exact program: count, suffix, new, and the binomial row with its partial sums.
+        size = sum(float(_int_bytes(x).sum()) for x in (lc, lsuf, new, lb, lpart))
+        if size > peak:
+            peak, peak_layer = size, l
+        lc = new
+    return _lse_all(lc), peak, peak_layer
+
+
+def serra_bound(
+    n0: int,
+    widths: Sequence[int],
+    ranks: Sequence[int] | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    verbose: bool = True,
+) -> int:
     """Serra et al. (2018) upper bound ``Σ_{j ∈ J} Π_l C(n_l, j_l)``, exactly, over the hidden layers.
 
     ``J = {j : 0 ≤ j_l ≤ min(n_0, n_1 − j_1, …, n_{l−1} − j_{l−1}, n_l)}``. The sum is a dynamic program
-    whose state is the running minimum ``m`` (the dimension that reaches layer ``l``): from ``m``, a layer
-    with ``j`` active units leads to ``min(m, n_l − j)``. All ``j ≤ n_l − m`` keep the state, so their weights
-    form one partial binomial sum; every other ``j`` leads to its own state ``n_l − j``, which collects a
-    suffix sum over ``m``. One layer therefore costs ``O(n_0 + n_l)`` big-integer operations.
+    whose state is the running minimum ``m`` (the dimension that reaches layer ``l``, never above
+    ``min(n_0, n_1)``): from ``m``, a layer with ``j`` active units leads to ``min(m, n_l − j)``. All
+    ``j ≤ n_l − m`` keep the state, so their weights form one partial binomial sum; every other ``j`` leads
+    to its own state ``n_l − j``, which collects a suffix sum over ``m``. Only ``C(n_l, j)`` with
+    ``j ≤ min(n_0, n_1, …)`` are ever formed, so memory and time grow with the input dimension and the
+    depth, not with the widths: ``serra_bound(784, [10**6, 10**6])`` takes milliseconds.
 
     ``ranks`` (optional, one per hidden layer) gives the rank-aware variant that the sparse bound reduces to
     for fixed ranks: the dimension passing layer ``l`` is also capped at ``ranks[l]``, and so is ``j_l``.
     Full ranks ``min(n_{l-1}, n_l)`` give the plain bound.
+
+    When the exact program would hold more than ``max_bytes`` of integers (its size is known beforehand
+    from the same program run in log space), :class:`BoundTooLargeError` says so before any work is done,
+    with the bound's ``log10``; :func:`serra_bound_log10` with ``exact=False`` computes that ``log10``
+    without the integer. ``verbose`` shows a progress bar on programs large enough to take seconds.
 
     >>> serra_bound(2, [3, 3])   # 7 + 3·7 + 3·4
     40
@@ -178,32 +289,89 @@ def serra_bound(n0: int, widths: Sequence[int], ranks: Sequence[int] | None = No
     True
     """
     n0, widths = _check_n0_widths(n0, widths)
-    if ranks is not None:
-        ranks = [check_int(r, f"ranks[{i}]", minimum=0) for i, r in enumerate(_check_seq(ranks, "ranks"))]
-        if len(ranks) != len(widths):
-            raise ValueError(f"ranks needs one entry per hidden layer ({len(widths)}), got {len(ranks)}")
-    # count[m] = Σ over prefixes (j_1..j_{l-1}) whose running minimum is m of Π C(n_i, j_i).
-    count = [0] * n0 + [1]
+    ranks = _check_ranks(ranks, widths)
+    max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
+    top = min(n0, widths[0])
+    # Every count is at most the product bound < 2^(Σ n_l): if even that fits, skip the estimate.
+    crude = 5 * (top + 2) * float(_int_bytes(np.array([sum(widths) * math.log(2.0)]))[0])
+    big = crude > min(max_bytes, _BAR_BYTES)
+    if big:
+        ln, peak, layer = _serra_ln_dp(n0, widths, ranks)
+        if peak > max_bytes:
+            log10 = ln / _LN10
+            raise BoundTooLargeError(
+                f"serra_bound(n0={n0}, widths={_short(widths)}) is refused: its exact dynamic program would "
+                f"hold about {_fmt_bytes(peak)} of integers at hidden layer {layer + 1} ({top + 1} states "
+                f"with up to {int(log10) + 1} digits each), over max_bytes = {_fmt_bytes(max_bytes)}. The "
+                f"bound has about {int(log10) + 1} digits (log10 ≈ {log10:.6f}); serra_bound_log10(..., "
+                "exact=False) computes its log10 without the integer, or raise max_bytes"
+            )
+        big = peak > _BAR_BYTES
+    from tqdm.auto import tqdm
+
+    sizes, t = [], top
     for l, n in enumerate(widths):
-        if ranks is not None:
-            cap = ranks[l]
-            if cap < len(count) - 1:
-                count = count[:cap] + [sum(count[cap:])]
+        t = min(t, ranks[l]) if ranks is not None else t
+        t = min(t, n)
+        sizes.append(t + 1)
+    bar = tqdm(total=sum(sizes), desc="Serra bound", unit="state", disable=not (verbose and big))
+    # count[m] = Σ over prefixes (j_1..j_{l-1}) whose running minimum is m of Π C(n_i, j_i).
+    count = [0] * top + [1]
+    for l, n in enumerate(widths):
+        if ranks is not None and ranks[l] < len(count) - 1:
+            count = count[: ranks[l]] + [sum(count[ranks[l] :])]
         top = len(count) - 1
-        binoms, partial = _binoms(n)
+        binoms, partial = _binom_prefix(n, top)
         # suffix[m] = Σ_{m' ≥ m} count[m']
-        suffix = [0] * (top + 2)
-        for m in range(top, -1, -1):
-            suffix[m] = suffix[m + 1] + count[m]
+        suffix = [*itertools.accumulate(reversed(count))][::-1] + [0]
         new = [0] * (min(top, n) + 1)
         for m in range(min(top, n) + 1):
             stay = count[m] * partial[min(m, n - m)]
-            # arrive from any state m' > m with m' ≥ n − m by choosing j = n − m (requires j ≤ m').
+            # arrive from any state m' > m with m' ≥ n − m by choosing j = n − m (requires j ≤ m');
+            # C(n, n − m) = C(n, m).
             lo = max(m + 1, n - m)
-            arrive = binoms[n - m] * suffix[lo] if lo <= top else 0
+            arrive = binoms[m] * suffix[lo] if lo <= top else 0
             new[m] = stay + arrive
+            if m & 1023 == 1023:
+                bar.update(1024)
+        bar.update(len(new) & 1023)
         count = new
+    bar.close()
     return sum(count)
+
+
+def serra_bound_log10(
+    n0: int,
+    widths: Sequence[int],
+    ranks: Sequence[int] | None = None,
+    *,
+    exact: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    verbose: bool = True,
+) -> float:
+    """``log10`` of :func:`serra_bound`.
+
+    ``exact=True`` (default) takes the log of the exact integer (refused like :func:`serra_bound` beyond
+    ``max_bytes``). ``exact=False`` runs the same dynamic program in log space with floats: no integer is
+    formed, any size is fine (``serra_bound_log10(10**6, [10**6] * 2, exact=False)`` in well under a second),
+    and the result agrees with the exact one to about 1e-13 relative (tested).
+
+    >>> abs(serra_bound_log10(784, [400, 400], exact=False) - serra_bound_log10(784, [400, 400])) < 1e-10
+    True
+    """
+    n0, widths = _check_n0_widths(n0, widths)
+    if exact:
+        return int_log10(serra_bound(n0, widths, ranks, max_bytes=max_bytes, verbose=verbose))
+    return _serra_ln_dp(n0, widths, _check_ranks(ranks, widths))[0] / _LN10
+
+
+@functools.lru_cache(maxsize=256)
+def _serra_log10_float_cached(n0: int, widths: tuple[int, ...]) -> float:
+    return serra_bound_log10(n0, list(widths), exact=False)
+
+
+def _short(widths: list[int]) -> str:
+    return str(widths) if len(widths) <= 6 else f"[{widths[0]}, {widths[1]}, …, {widths[-1]}] ({len(widths)})"
 
 
 def _check_seq(x: Any, name: str) -> list:
@@ -231,10 +399,25 @@ def _closed_form_log_probs(n_out: int, n_in: int, p: float, include_zero_rank: b
     return logp
 
 
+def _check_monte_carlo_size(n_out: int, n_in: int, max_bytes: int) -> None:
+    """Refuse, before sampling, a layer whose one sampled matrix (values, uniforms and the SVD's copy, 8
+    bytes each) would not fit ``max_bytes``."""
+    need = 3 * 8 * n_out * n_in
+    if need > max_bytes:
+        raise BoundTooLargeError(
+            f"Monte Carlo ranks of a {n_out} x {n_in} layer are refused: one sampled matrix with its mask "
+            f"and SVD workspace needs about {_fmt_bytes(need)}, over max_bytes = {_fmt_bytes(max_bytes)}. "
+            'The closed-form rank model (rank_model="closed_form") has no such limit'
+        )
+
+
 def _monte_carlo_log_probs(
-    n_out: int, n_in: int, p: float, n_samples: int, rng: np.random.Generator, mask_kind: str
+    n_out: int, n_in: int, p: float, n_samples: int, rng: np.random.Generator, mask_kind: str,
+    verbose: bool = False,
 ) -> np.ndarray:
     """Empirical ``ln P(rank = k)`` of Gaussian matrices under random masks of density ``p``."""
+    from tqdm.auto import tqdm
+
     R, C = n_out, n_in
     full = min(R, C)
     size = R * C
@@ -242,6 +425,9 @@ def _monte_carlo_log_probs(
     ranks = np.empty(n_samples, dtype=np.int64)
     # Chunks keep memory near 32 MB whatever the layer size.
     chunk = max(1, min(n_samples, (4 << 20) // size))
+    # An SVD costs about 4·R·C·min(R, C) flops: a bar once the layer's sampling takes seconds.
+    slow = 4.0 * size * full * n_samples > 2e10
+    bar = tqdm(total=n_samples, desc=f"ranks {R}x{C}", unit="matrix", disable=not (verbose and slow))
     for start in range(0, n_samples, chunk):
         m = min(chunk, n_samples - start)
         vals = rng.standard_normal((m, size))
@@ -254,6 +440,8 @@ def _monte_carlo_log_probs(
             else:
                 vals *= u < p
         ranks[start : start + m] = np.linalg.matrix_rank(vals.reshape(m, R, C))
+        bar.update(m)
+    bar.close()
     counts = np.bincount(ranks, minlength=full + 1)
     with np.errstate(divide="ignore"):
         return np.log(counts / n_samples)
@@ -269,6 +457,8 @@ def rank_distribution(
     n_samples: int = 64,
     seed: int | np.random.Generator | None = None,
     mask_kind: str = "exact",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    verbose: bool = True,
 ) -> np.ndarray:
     """``P(rank = k)`` for ``k = 0..min(n_out, n_in)`` of an ``n_out × n_in`` weight matrix under a random
     mask of the given density.
@@ -279,7 +469,9 @@ def rank_distribution(
     * ``"monte_carlo"``: ``n_samples`` Gaussian matrices under random masks (``mask_kind="exact"`` keeps
       exactly ``round(density · n_out · n_in)`` entries, as pruning does; ``"bernoulli"`` keeps each entry
       independently with probability ``density``, the model behind the closed form), seeded, their
-      ``matrix_rank``. ``k = 0`` is kept: it is an observed outcome.
+      ``matrix_rank``. ``k = 0`` is kept: it is an observed outcome. A layer whose one sampled matrix
+      would exceed ``max_bytes`` is refused up front (:class:`BoundTooLargeError`); ``verbose`` shows a
+      progress bar when the sampling takes seconds.
 
     The closed form counts non-empty lines, an upper bound on the (generic) rank; it is close to the Monte
     Carlo distribution when lines are either nearly all full (density well above ``ln(n)/n``) or nearly all
@@ -298,15 +490,8 @@ def rank_distribution(
     check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
     n_samples = check_int(n_samples, "n_samples", minimum=1)
     rng = as_generator(seed)
-    return np.exp(_monte_carlo_log_probs(n_out, n_in, density, n_samples, rng, mask_kind))
-
-
-def _lse(a: np.ndarray, axis: int) -> np.ndarray:
-    """``log Σ exp`` along ``axis``; rows of all ``-inf`` give ``-inf`` (faster than scipy's here)."""
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(a - m), axis=axis)) + np.squeeze(m, axis=axis)
+    _check_monte_carlo_size(n_out, n_in, check_int(max_bytes, "max_bytes", minimum=1))
+    return np.exp(_monte_carlo_log_probs(n_out, n_in, density, n_samples, rng, mask_kind, verbose))
 
 
 def _log_binom_row(n: int, upto: int) -> np.ndarray:
@@ -317,27 +502,36 @@ def _log_binom_row(n: int, upto: int) -> np.ndarray:
 def _log_recursion(n0: int, widths: Sequence[int], log_probs: Sequence[np.ndarray]) -> float:
     """``ln N_1(n_0)`` of the Cai et al. backward recursion (module docstring), in log space.
 
-    With ``m = min(k, d)`` the inner sum depends on ``(k, d)`` only through ``m``:
-    ``G(m) = Σ_{j≤m} C(n, j) · N_next(min(n − j, m))``, and ``N(d) = Σ_k P(k) · G(min(k, d))``. Both are
-    small dense ``logsumexp`` reductions, so a layer costs ``O(n^2)`` vectorised operations.
+    The dimension that reaches layer ``l`` never exceeds ``D_l = min(n_0, n_1, r_1, …, n_{l-1}, r_{l-1})``
+    (``r`` the largest rank with mass), so ``N_l`` is needed on ``0..D_l`` only. With ``m = min(k, d)``
+    the inner sum depends on ``(k, d)`` only through ``m``: ``G(m) = Σ_{j≤m} C(n, j) N_next(min(n − j, m))``.
+    Terms with ``j ≤ n − m`` share ``N_next(m)`` (a partial binomial sum); the others, ``n − m < j ≤ m``,
+    form a window that only grows with ``m``, so one running ``logaddexp`` gives every ``G(m)`` without a
+    subtraction. ``N(d) = Σ_{k<d'} P(k) G(k) + G(d') P(k ≥ d')`` with ``d' = min(d, D_{l+1})`` is a prefix
+    and a tail sum. A layer costs ``O(n_in + D)`` operations, whatever its width.
     """
-    ins = [n0, *widths[:-1]]
-    log_next = np.zeros(widths[-1] + 1)  # N_{L+1} ≡ 1 for every dimension
+    caps = [n0]
+    for n, lp in zip(widths, log_probs):
+        caps.append(min(caps[-1], n, len(lp) - 1))
+    log_next = np.zeros(caps[-1] + 1)  # N_{L+1} ≡ 1 for every dimension
     for l in range(len(widths) - 1, -1, -1):
         n, lp = widths[l], np.asarray(log_probs[l], dtype=np.float64)
-        kmax = lp.shape[0] - 1
-        dmax = ins[l] if l > 0 else n0
-        mmax = min(kmax, dmax, n)
-        m = np.arange(mmax + 1)[:, None]
-        j = np.arange(mmax + 1)[None, :]
-        arg = np.minimum(n - j, m)
-        terms = _log_binom_row(n, mmax)[None, :] + log_next[np.clip(arg, 0, None)]
-        terms = np.where(j <= m, terms, -np.inf)
-        log_g = _lse(terms, axis=1)
-        d = np.arange(dmax + 1)[:, None] if l > 0 else np.array([[n0]])
-        k = np.arange(kmax + 1)[None, :]
-        idx = np.minimum(np.minimum(k, d), mmax)
-        log_next = _lse(lp[None, :] + log_g[idx], axis=1)
+        M = caps[l + 1]
+        lb = _log_binom_row(n, M)
+        m = np.arange(M + 1)
+        log_g = log_next[m] + np.logaddexp.accumulate(lb)[np.minimum(m, n - m)]
+        t0 = (n + 2) // 2  # j enters the window at m = max(j, n + 1 − j) ≥ ⌈(n + 1)/2⌉
+        if t0 <= M:
+            tau = np.arange(t0, M + 1)
+            pair = n + 1 - tau  # the other j entering at the same m (the same j when n + 1 = 2·tau)
+            enter = np.logaddexp(
+                lb[tau] + log_next[n - tau], np.where(pair < tau, lb[pair] + log_next[n - pair], -np.inf)
+            )
+            log_g[t0:] = np.logaddexp(log_g[t0:], np.logaddexp.accumulate(enter))
+        prefix = np.concatenate([[-np.inf], np.logaddexp.accumulate(lp[:M] + log_g[:M])])
+        tail = np.logaddexp.accumulate(lp[::-1])[::-1]
+        d = np.minimum(np.arange(caps[l] + 1), M) if l > 0 else np.array([M])
+        log_next = np.logaddexp(prefix[d], log_g[d] + tail[d])
     return float(log_next[0])
 
 
@@ -347,7 +541,8 @@ class SparseBoundResult(Result):
     """The sparsity-aware bound of Cai et al. (2023).
 
     ``log10`` (and ``ln``, the authors' unit) of the bound; ``value`` as a float when it is below ~1e308;
-    ``exact`` as an ``int`` when every rank is fixed (rank model ``"masks"`` or point masses), else None.
+    ``exact`` as an ``int`` when every rank is fixed (rank model ``"masks"`` or point masses) and its exact
+    program fits ``max_bytes``, else None.
     ``layer_widths`` lists the layers of the recursion (hidden layers, plus the output layer when
     ``include_output``); ``densities`` and ``expected_ranks``/``full_ranks`` follow the same order.
     ``dense_log10`` is the Serra bound of the same layers, for comparison.
@@ -382,12 +577,61 @@ class SparseBoundResult(Result):
         return ax
 
 
+_BREAKS = {"add": "a residual addition", "cat": "a concatenation", "maxpool": "a max-pooling"}
+
+
+def bounded_layers(model, masks=None, *, input_shape=None) -> list[AffineLayer]:
+    """The model's layers, if the region bounds of this module apply to it; else an error saying why.
+
+    Serra et al.'s and Cai et al.'s bounds (and the dense ones here) are proved for chains of affine maps
+    and ReLUs: Linear and Conv layers (BatchNorm, AvgPool, flatten folded in), ReLU as a module or a
+    function, in any ``forward`` that ``torch.fx`` traces (:func:`netgeom.nets.trace`). They are not
+    proved, and netgeom does not guess them, for
+
+    * residual additions, concatenations and max-pooling (the traced graph is not a chain): raises
+      :class:`~netgeom.nets.UnsupportedLayerError` naming every such node;
+    * LeakyReLU: an inactive ReLU outputs 0, which lowers the dimension later layers see, and the bounds
+      count on it; a LeakyReLU keeps the dimension. Raises ``ValueError`` pointing to
+      :func:`product_bound`, which holds for LeakyReLU chains too (Zaslavsky per layer in the dimension
+      ``min(n_0, …, n_l)`` that an affine map of that rank can pass on).
+
+    The exact counts (``regions_on_slice``, ``regions_on_segment``, ``count_patterns``) handle all of these.
+    """
+    from ..nets import UnsupportedLayerError, trace
+
+    g = trace(model, masks, input_shape=input_shape)
+    breaks = [nd for nd in g.nodes[1:] if nd.op in _BREAKS]
+    if breaks or not g.is_chain:
+        listed = "; ".join(f"{nd.source} is {_BREAKS[nd.op]}" for nd in breaks[:5])
+        more = f" (and {len(breaks) - 5} more)" if len(breaks) > 5 else ""
+        raise UnsupportedLayerError(
+            f"region bounds are not defined for {g.model_name}: {listed or 'its graph branches'}{more}. "
+            "Serra et al.'s and Cai et al.'s bounds are proved for chains of affine maps and ReLUs only; a "
+            "residual addition, a concatenation or a max-pooling changes how regions compose, and netgeom "
+            "does not guess a bound for it. Bounded: chains (Linear/Conv with BatchNorm, AvgPool, flatten, "
+            "ReLU as modules or functions, any forward). Exact counts of this network's regions: "
+            "regions_on_slice, regions_on_segment, count_patterns"
+        )
+    layers = g.layers()
+    leaky = [la for la in layers if la.activation == "leaky_relu"]
+    if leaky:
+        la = leaky[0]
+        raise ValueError(
+            f"Serra et al.'s and Cai et al.'s region bounds assume ReLU: an inactive unit outputs 0, which "
+            f"lowers the dimension later layers see. Layer '{la.name}' is followed by a LeakyReLU (slope "
+            f"{la.negative_slope:g}), which keeps that dimension, so these bounds are not proved for this "
+            "network and are not given. product_bound(n0, widths) (Zaslavsky per layer in dimension "
+            "min(n0, n1, ..., nl)) does hold for LeakyReLU chains"
+        )
+    return layers
+
+
 def _model_layers(
     model, masks, include_output: bool, input_shape=None
 ) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
     """``(n0, region layers, all layers)``. The region layers are all but the affine output layer; a network
     that ends with a ReLU/LeakyReLU has no affine output layer, and its last layer cuts regions too."""
-    layers = affine_layers(model, masks, input_shape=input_shape)
+    layers = bounded_layers(model, masks, input_shape=input_shape)
     if layers[-1].activation != "identity":
         if include_output:
             raise ValueError(
@@ -446,8 +690,10 @@ def sparse_bound(
     model: torch.nn.Module | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     input_shape: Sequence[int] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    verbose: bool = True,
 ) -> SparseBoundResult:
-    """Sparsity-aware upper bound on linear regions (Cai, Hoang, Rao, Serra 2023), in log space.
+    """Sparsity-aware upper bound on linear regions (Cai et al., CPAIOR 2023), in log space.
 
     Backward recursion over the layers, ``d`` being the dimension that reaches layer ``l``::
 
@@ -470,6 +716,13 @@ def sparse_bound(
     include_zero_rank : closed form only; False (the authors' choice) drops the ``k = 0`` term.
     n_samples, seed, mask_kind : Monte Carlo settings; ``seed`` is required for ``"monte_carlo"``.
     input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` (conv nets).
+    max_bytes : memory budget. Monte Carlo ranks whose sampling would exceed it are refused up front
+        (:class:`BoundTooLargeError`); with fixed ranks, ``exact`` is left None when the exact integer's
+        program would exceed it (``log10`` comes from the recursion either way).
+    verbose : progress bars on work that takes seconds (Monte Carlo sampling, large exact programs).
+
+    The recursion only visits dimensions up to ``min(n_0, n_1, …)``, so it costs ``O(n_l + n_0)`` per layer
+    and memory linear in the widths: ``sparse_bound(784, [30000, 30000], 0.1)`` takes milliseconds.
 
     With all densities 1 every rank is full and the result equals :func:`serra_bound`.
 
@@ -498,6 +751,7 @@ def sparse_bound(
     if n0 is None or widths is None:
         raise ValueError("give n0 and widths (hidden layer widths), or a model")
     n0, widths = _check_n0_widths(n0, widths)
+    max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
     if include_output:
         if n_out is None:
             raise ValueError("include_output=True needs n_out (the output width) or a model")
@@ -557,9 +811,12 @@ def sparse_bound(
             check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
             n_samples = check_int(n_samples, "n_samples", minimum=1)
             rng = as_generator(seed)
+            shapes = list(zip(layer_widths, [n0, *layer_widths[:-1]]))
+            for n, i in shapes:
+                _check_monte_carlo_size(n, i, max_bytes)
             log_probs = [
-                _monte_carlo_log_probs(n, i, p, n_samples, rng, mask_kind)
-                for n, i, p in zip(layer_widths, [n0, *layer_widths[:-1]], dens)
+                _monte_carlo_log_probs(n, i, p, n_samples, rng, mask_kind, verbose)
+                for (n, i), p in zip(shapes, dens)
             ]
 
     ln = _log_recursion(n0, layer_widths, log_probs)
@@ -567,7 +824,12 @@ def sparse_bound(
     point = [np.flatnonzero(p > 0) for p in probs]
     exact = None
     if all(len(pt) == 1 and np.isclose(p[pt[0]], 1.0, rtol=0, atol=1e-12) for pt, p in zip(point, probs)):
-        exact = serra_bound(n0, layer_widths, ranks=[int(pt[0]) for pt in point])
+        try:
+            exact = serra_bound(
+                n0, layer_widths, ranks=[int(pt[0]) for pt in point], max_bytes=max_bytes, verbose=verbose
+            )
+        except BoundTooLargeError:
+            exact = None  # documented: the log-space recursion gives log10; the integer is over budget
     # A fixed-rank bound is an integer: report its exact log rather than the float recursion's.
     log10 = int_log10(exact) if exact is not None else ln / _LN10
     ln = log10 * _LN10 if exact is not None else ln
@@ -585,14 +847,9 @@ def sparse_bound(
         exact=exact,
         expected_ranks=[float(np.dot(np.arange(len(p)), p)) for p in probs],
         full_ranks=fulls,
-        dense_log10=_serra_log10_cached(n0, tuple(layer_widths)),
+        dense_log10=_serra_log10_float_cached(n0, tuple(layer_widths)),
         rank_probabilities=probs,
     )
-
-
-def serra_bound_log10(n0: int, widths: Sequence[int]) -> float:
-    """``log10`` of :func:`serra_bound`."""
-    return int_log10(serra_bound(n0, widths))
 
 
 # ------------------------------------------------------------------------------------------- all bounds
@@ -679,10 +936,12 @@ def bounds(
 ) -> BoundsResult:
     """All region bounds of an actual (pruned) network, over its hidden layers.
 
-    Widths come from :func:`netgeom.nets.affine_layers` (a convolution counts its flattened output units;
-    its bounds are valid but loose). The closed-form sparse bound models a random mask on a dense matrix,
-    so it is only computed when every hidden layer is ``Linear``; the actual-rank bound applies to any layer.
-    ``input_shape`` (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
+    Widths come from the traced chain (:func:`bounded_layers`; a convolution counts its flattened output
+    units, its bounds are valid but loose). Residual, concatenating and max-pooling networks, and LeakyReLU
+    ones, are refused with the reason: the bounds are not proved for them. The closed-form sparse bound
+    models a random mask on a dense matrix, so it is only computed when every hidden layer is ``Linear``;
+    the actual-rank bound applies to any layer. ``input_shape`` (one sample's shape) is passed to the
+    tracer, for conv nets.
 
     >>> from netgeom.nets import mlp
     >>> b = bounds(mlp(2, [3, 3], 1, seed=0))
@@ -787,7 +1046,10 @@ def demo_section(ctx) -> str:
     grid = np.logspace(-3, 0, 13 if ctx.quick else 25)
     uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
-    allocs = [allocate_densities(n0, widths, float(p), n_grid=21 if ctx.quick else 41) for p in alloc_grid]
+    allocs = [
+        allocate_densities(n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41)
+        for p in alloc_grid
+    ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.semilogx(grid, uniform, "o-", label="uniform densities")
     ax1.semilogx(alloc_grid, [a.log10 for a in allocs], "s--", label="allocated (max bound)")
