@@ -17,10 +17,17 @@ sum, whatever the summation order):
 
 A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
 when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
-Rows with any undecided unit are recomputed in float64 with the same bounds (``u = 2^-53``), and rows still
-undecided (a pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
-(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact, and float32 does almost all
-the work.
+
+Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
+only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
+and the first layers may run in float64 when float32's propagated error would leave most rows undecided
+(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2%
+of a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate
+first layer). Gradual underflow, outside the standard model, adds an absolute smallest-normal term per
+product; rows that overflow go to float64 / exact arithmetic. Other graphs redo rows with any undecided unit
+in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a pre-activation within ~1e-15
+of 0) in exact rational arithmetic on the dense affine maps (:meth:`PLNode.matrix`,
+:attr:`PLNode.bias_vector`). So the patterns are exact.
 """
 
 from __future__ import annotations
@@ -448,7 +455,7 @@ class _ChainPlan:
                 "g32": _gamma(K, u32) * _SAFETY,
                 "g64": _gamma(K, u64) * _SAFETY,
                 "relu": relu,
-                "macs": max(1, W.shape[0] * K),
+                "macs": max(1, W.numel()),  # dense products, pruned or not
                 "K": K,
                 "has_bias": bool((b != 0).any()),
                 "sqrt_n": math.sqrt(W.shape[0]),

@@ -124,9 +124,9 @@ class PatternCountResult(Result):
     ``saturated`` is True when more than half the patterns are singletons — then the sample is too small for
     the count to say much about the number of regions (it mostly counts samples). ``per_layer`` holds the
     number of distinct patterns of each pattern layer alone and ``cumulative`` that of layers 1..l together
-    (the last entry equals ``count``), when asked for. ``n_float64`` inputs were evaluated in float64 (too
-    close to a boundary to decide in float32, or all of them when float32 rarely decides); ``n_exact`` of
-    those were decided in exact rational arithmetic.
+    (the last entry equals ``count``), when asked for. ``n_float64`` inputs had float64 work (a unit too
+    close to a boundary to decide in float32, or all of them when the first layers run in float64);
+    ``n_exact`` of those were decided in exact rational arithmetic.
     """
 
     count: int
@@ -243,9 +243,12 @@ def count_patterns(
     The pattern of an input is every ReLU/LeakyReLU sign ``[z > 0]`` and the argmax of every max-pooling
     window (its position in the window, first maximal position on ties), over the traced graph of the
     model (:func:`netgeom.trace`: residual blocks, concatenations, max-pooling, functional activations).
-    Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error, and
-    only inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
-    float64, then in exact rational arithmetic (:mod:`netgeom.nets.certified`).
+    Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error.
+    For chains of dense Linear layers (MLPs, pruned or not) each undecided (input, unit) pair is recomputed
+    as a float64 dot product, then in exact rational arithmetic, and the first layers run in float64 when a
+    trial batch shows that float32's propagated error would leave most inputs undecided further on. For other
+    graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
+    float64, then exactly (:mod:`netgeom.nets.certified`).
 
     Parameters
     ----------
