@@ -1,8 +1,9 @@
-"""Benchmark: ``count_patterns`` (exact: certified float32, undecided rows redone in float64 / rationals) vs
+"""Benchmark: ``count_patterns`` (exact: certified float32; MLPs per (row, unit) with a float64 prefix when
+float32's propagated error is too wide, other graphs per row; float64 / rationals where undecided) vs
 the plain float32 forward with sign packing a user would write (uncertified), counted with the same exact
 deduplication. One row per network: both times, the ratio, both counts, whether netgeom's pattern set and the
-plain float32 one equal those of a float64 forward (untimed reference), and how many inputs netgeom redid in
-float64 / exact arithmetic.
+plain float32 one equal those of a float64 forward (untimed reference), and how many inputs had float64 work
+/ exact arithmetic. ``--threads 1`` is the steadier comparison on a loaded machine.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
@@ -182,7 +183,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
     print(
         "| network | points | netgeom (exact) | plain fp32 + packbits | ratio (plain/ours) "
-        "| patterns ours / fp32 | ours = float64 forward | fp32 = float64 forward | redone float64 / exact |"
+        "| patterns ours / fp32 | ours = float64 forward | fp32 = float64 forward "
+        "| inputs with float64 work / exact |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     net = mlp(784, [400, 400], 10, seed=0)

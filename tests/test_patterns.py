@@ -311,3 +311,129 @@ def test_padded_overlapping_maxpool_patterns():
     ref = torch.cat(bits, 1).bool().numpy()
     assert a.n_bits == ref.shape[1] and a.count == _set_count(ref)
     assert np.array_equal(a.patterns, unique_rows(pack_patterns(ref))[0])
+
+
+def _rational_bits(net: nn.Sequential, X: torch.Tensor) -> np.ndarray:
+    """Relu signs in exact rational arithmetic on the float64 parameters and inputs (independent of
+    netgeom's graph code: it reads the torch modules)."""
+    from fractions import Fraction
+
+    layers = []
+    for m in net:
+        if isinstance(m, nn.Linear):
+            W = [[Fraction(v) for v in row] for row in m.weight.detach().double().tolist()]
+            b = [Fraction(v) for v in m.bias.detach().double().tolist()]
+            layers.append([W, b, None])
+        elif isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+            layers[-1][2] = Fraction(getattr(m, "negative_slope", 0.0))
+    rows = []
+    for x in X.double().tolist():
+        h = [Fraction(v) for v in x]
+        bits = []
+        for W, b, slope in layers:
+            z = [sum((w * a for w, a in zip(row, h)), bi) for row, bi in zip(W, b)]
+            if slope is not None:
+                bits += [v > 0 for v in z]
+                h = [v if v > 0 else v * slope for v in z]
+            else:
+                h = z
+        rows.append(bits)
+    return np.array(rows, dtype=bool)
+
+
+def _near_boundary_inputs(net: nn.Sequential, n: int, seed: int) -> torch.Tensor:
+    """Random inputs, a third of them moved so that a first-layer unit's pre-activation is ~1e-17: float32
+    and float64 cannot decide those, only exact arithmetic can."""
+    g = torch.Generator().manual_seed(seed)
+    lin = net[0]
+    X = torch.randn(n, lin.in_features, generator=g, dtype=torch.float64)
+    W, b = lin.weight.detach().double(), lin.bias.detach().double()
+    for i in range(0, n, 3):
+        j = int(torch.randint(lin.out_features, (1,), generator=g))
+        k = int(W[j].abs().argmax())
+        if W[j, k] != 0:  # (a pruned-away row has nothing to move)
+            X[i, k] -= (W[j] @ X[i] + b[j]) / W[j, k]
+    X[1::5] *= 1e-7  # near the origin, where every layer's signs are fragile
+    return X
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    st.sampled_from(["relu", "leaky_relu"]),
+    st.booleans(),
+)
+def test_chain_path_equals_rational_reference_for_every_float64_prefix(seed, widths, act, prune):
+    from netgeom import trace
+    from netgeom.nets.certified import chain_decide, chain_plan
+
+    net = mlp(4, widths, 2, seed=seed, activation=act)
+    if prune:
+        with torch.no_grad():
+            lin = net[0]
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.5)
+    X = _near_boundary_inputs(net, 18, seed)
+    ref = _rational_bits(net, X)
+    ref32 = _rational_bits(net, X.float())
+    g = trace(net)
+    plan = chain_plan(g, "cpu")
+    assert plan is not None and len(plan.layers) == len(widths)
+    relus = [n.index for n in g.nodes if n.op == "relu"]
+    for m in range(len(widths) + 1):  # how much runs in float64 changes the cost, never the answer
+        for x in (X, X.float()):
+            r = ref if x.dtype == torch.float64 else ref32
+            dec, _ = chain_decide(g, plan, x, m)
+            bits = torch.cat([dec[i] for i in relus], 1).numpy()
+            assert np.array_equal(bits, r), (m, x.dtype)
+    res = count_patterns(net, X)
+    assert np.array_equal(res.patterns, unique_rows(pack_patterns(ref))[0])
+
+
+def test_chain_path_decides_per_unit_and_redoes_rows_only_when_the_input_is_too_inexact():
+    from netgeom import trace
+    from netgeom.nets.certified import chain_patterns, chain_plan
+
+    net = mlp(300, [200, 200], 2, seed=0)
+    X = torch.rand(256, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = trace(net)
+    plan = chain_plan(g, "cpu")
+    ref = _reference_patterns(net, X)  # float64: agrees with exact here (margins >> 1e-12)
+    for m in range(3):
+        out, redo, exact, fixed = chain_patterns(plan, X, m)
+        bits = torch.cat([out[n.index] for n in g.nodes if n.op == "relu"], 1).numpy()
+        ok = ~redo.numpy()
+        assert np.array_equal(bits[ok], ref[ok]) and not exact.any()
+        if m >= 1:  # the second layer reads a float64-accurate input: per-unit fix-ups decide everything
+            assert not redo.any()
+    # a float32 prefix leaves some pairs to float64 dot products, not whole rows
+    _, redo, _, fixed = chain_patterns(plan, X, 3)
+    assert not fixed.any()
+    net_res = count_patterns(net, X)
+    assert np.array_equal(net_res.patterns, unique_rows(pack_patterns(ref))[0])
+
+
+def test_chain_path_sends_pre_activations_near_zero_to_exact_arithmetic():
+    net = mlp(4, [5, 4], 2, seed=0)
+    X = _near_boundary_inputs(net, 18, 0)
+    res = count_patterns(net, X)
+    assert res.n_exact >= 3 and res.n_float64 >= res.n_exact
+    assert np.array_equal(res.patterns, unique_rows(pack_patterns(_rational_bits(net, X)))[0])
+
+
+def test_chain_path_is_exact_for_inputs_float32_underflows_or_overflows():
+    net = mlp(3, [4, 3], 1, seed=3)
+    with torch.no_grad():
+        net[0].bias.zero_()  # the first layer's signs then depend on the tiny inputs alone
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat(
+        [
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e-300,  # 0 in float32
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e-40,  # float32 subnormals
+            torch.randn(6, 3, generator=g, dtype=torch.float64) * 1e60,  # inf in float32
+        ]
+    )
+    res = count_patterns(net, X)
+    ref = _rational_bits(net, X)
+    assert np.array_equal(res.patterns, unique_rows(pack_patterns(ref))[0])
+    assert np.array_equal(res.multiplicities, unique_rows(pack_patterns(ref))[1])

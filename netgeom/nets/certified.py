@@ -17,10 +17,17 @@ sum, whatever the summation order):
 
 A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
 when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
-Rows with any undecided unit are recomputed in float64 with the same bounds (``u = 2^-53``), and rows still
-undecided (a pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
-(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact, and float32 does almost all
-the work.
+
+Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
+only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
+and the first layers may run in float64 when float32's propagated error would leave most rows undecided
+(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2%
+of a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate
+first layer). Gradual underflow, outside the standard model, adds an absolute smallest-normal term per
+product; rows that overflow go to float64 / exact arithmetic. Other graphs redo rows with any undecided unit
+in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a pre-activation within ~1e-15
+of 0) in exact rational arithmetic on the dense affine maps (:meth:`PLNode.matrix`,
+:attr:`PLNode.bias_vector`). So the patterns are exact.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch.nn.functional as F
 
 from .graph import PLGraph, PLNode
 
-__all__ = ["graph_patterns", "pattern_nodes", "pattern_widths"]
+__all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
 _SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
 
@@ -404,5 +411,248 @@ def graph_patterns(
             for r in rows.tolist():
                 ex = _exact_patterns(g, x64[r], keep)
                 for i, dec in ex.items():
+                    out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
+    return out, stats
+
+
+# ------------------------------------------------------------------------ the per-unit fast path (MLPs)
+class _ChainPlan:
+    """A chain of dense ``Linear`` layers, each followed by a (leaky) ReLU or nothing, prepared for the
+    per-(row, unit) certified evaluation of :func:`chain_patterns`.
+
+    Per layer: the float64 and float32 parameters, the row 2-norms ``r`` of ``W`` (Cauchy-Schwarz bounds),
+    ``|b|``, and ``gamma_{K+2}`` for both precisions (``K`` the most nonzero weights of a row).
+    """
+
+    def __init__(self, g: PLGraph, device):
+        self.layers = []
+        self.device = torch.device(device)
+        nodes = g.nodes[1:]
+        i = 0
+        while i < len(nodes) and nodes[i].op != "output":
+            node = nodes[i]
+            ops = node._ops if node.op == "affine" else []
+            if len(ops) != 1 or ops[0].type_name != "Linear" or len(ops[0].in_shape) != 1:
+                raise _NotFast(node)
+            relu = nodes[i + 1] if i + 1 < len(nodes) and nodes[i + 1].op == "relu" else None
+            W = ops[0].params["weight"]
+            b = ops[0].params.get("bias", torch.zeros(W.shape[0], dtype=W.dtype))
+            K = int((W != 0).sum(1).max()) if W.numel() else 0
+            u32, u64 = 2.0**-24, 2.0**-53
+            r = torch.linalg.vector_norm(W, dim=1) * (1 + 4 * u64)
+            layer = {
+                "W64": W.to(self.device),
+                "b64": b.to(self.device),
+                "W32": W.to(device=self.device, dtype=torch.float32),
+                "b32": b.to(device=self.device, dtype=torch.float32),
+                "r": r.to(self.device),
+                "c": b.abs().to(self.device),
+                "rc2": torch.stack([r * r, b * b], 1).to(self.device),
+                "r_max": float(r.max()) * _SAFETY if r.numel() else 0.0,
+                "c_max": float(b.abs().max()) * _SAFETY if b.numel() else 0.0,
+                "rn": float(torch.linalg.vector_norm(r)) * _SAFETY,
+                "cn": float(torch.linalg.vector_norm(b)) * _SAFETY,
+                "g32": _gamma(K, u32) * _SAFETY,
+                "g64": _gamma(K, u64) * _SAFETY,
+                "relu": relu,
+                "macs": max(1, W.numel()),  # dense products, pruned or not
+                "K": K,
+                "has_bias": bool((b != 0).any()),
+                "sqrt_n": math.sqrt(W.shape[0]),
+            }
+            self.layers.append(layer)
+            i += 2 if relu is not None else 1
+            if relu is not None and i < len(nodes) and nodes[i].op == "relu":
+                raise _NotFast(nodes[i])
+        last = max((k for k, lay in enumerate(self.layers) if lay["relu"] is not None), default=-1)
+        self.layers = self.layers[: last + 1]  # nothing after the last relu changes the pattern
+
+    def cost(self, m: int, redo: float) -> float:
+        """Relative cost of ``m`` leading float64 layers when a fraction ``redo`` of rows is redone."""
+        macs = [lay["macs"] for lay in self.layers]
+        return sum(2 * c for c in macs[:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
+
+
+class _NotFast(Exception):
+    def __init__(self, node):
+        self.node = node
+
+
+def chain_plan(g: PLGraph, device) -> _ChainPlan | None:
+    """The per-unit plan of a chain of dense Linear layers, or ``None`` when ``g`` is not one."""
+    if not g.is_chain:
+        return None
+    try:
+        return _ChainPlan(g, device)
+    except _NotFast:
+        return None
+
+
+def _safe_norm(h: torch.Tensor) -> torch.Tensor:
+    """Row 2-norms that never underflow to an underestimate: ``vector_norm`` squares the entries, so a row
+    of tiny values (``~1e-160`` in float64, ``~1e-20`` in float32) gets a norm of 0 (or too small); those
+    rows get ``sqrt(n) max |h_i|`` instead, an upper bound."""
+    n = torch.linalg.vector_norm(h, dim=1)
+    small = n < (1e-140 if h.dtype == torch.float64 else 1e-15)
+    if bool(small.any()):
+        rows = torch.nonzero(small).flatten()
+        n[rows] = h[rows].abs().amax(1) * math.sqrt(h.shape[1]) if h.shape[1] else 0.0
+    return n
+
+
+def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
+    """Certified relu signs of a batch through a :class:`_ChainPlan`, deciding per (row, unit).
+
+    The first ``m`` layers run in float64, the rest in float32. After each matrix product a unit is decided
+    when ``|z^| > bound`` with ``bound = ||W_j|| e + gamma (||W_j|| ||h^|| + |b_j|)`` (``e`` a bound on
+    ``||h^ - h||_2``, the error of the computed layer input). A one-pass screen per row (``min |z^|``
+    against the largest bound of the row) leaves the exact per-unit test to few rows. Undecided (row, unit)
+    pairs get a gathered float64 dot product; when the layer input is float64-accurate that decides all but
+    pre-activations within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value
+    whose propagated error is too wide, the row is redone in float64 by the caller.
+
+    Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
+    the rows as bool ``(B,)`` masks.
+    """
+    u32 = 2.0**-24
+    dev = plan.device
+    B = x.shape[0]
+    exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
+    x = x.to(dev)
+    src, src_e = x, torch.zeros(B, dtype=torch.float64, device=dev)  # float64-accurate input, its error
+    h = x.to(torch.float64 if m > 0 else torch.float32)
+    tiny32 = torch.finfo(torch.float32).tiny
+    if m > 0 or exact_in:  # the input is exact in the working precision
+        e = torch.zeros(B, dtype=h.dtype, device=dev)
+    else:
+        # rounding to float32: u32 |x| per entry, plus (gradual underflow) at most the smallest normal
+        xn = _safe_norm(x.to(torch.float64))
+        e = ((xn * u32 + (xn > 0) * (math.sqrt(x.shape[1]) * tiny32)) * _SAFETY).to(torch.float32)
+    out = {}
+    redo = torch.zeros(B, dtype=torch.bool, device=dev)
+    exact = torch.zeros(B, dtype=torch.bool, device=dev)
+    fixed = torch.zeros(B, dtype=torch.bool, device=dev)
+    last = len(plan.layers) - 1
+    for l_idx, lay in enumerate(plan.layers):
+        in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
+        if l_idx < m:
+            W, b, gam = lay["W64"], lay["b64"], lay["g64"]
+        else:
+            hn = None
+            if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
+                hn64 = _safe_norm(h)
+                under = (hn64 > 0) * (math.sqrt(h.shape[1]) * tiny32)
+                e = ((e + hn64 * u32 + under) * _SAFETY).to(torch.float32)
+                hn = (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)  # ||fl32(h)|| <= (1 + u32) ||h||
+                h = h.to(torch.float32)
+            W, b, gam = lay["W32"], lay["b32"], lay["g32"]
+        if l_idx < m or hn is None:
+            hn = _safe_norm(h) * _SAFETY
+        z = torch.addmm(b, h, W.T)
+        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j + T
+        G = gam * _SAFETY
+        # underflow: each of the K products and the bias cast may lose up to the smallest normal number
+        # (absolute, outside the standard model); nothing is lost when every term is exactly zero
+        T = ((hn > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
+        bmax = A * lay["r_max"] + G * lay["c_max"] + T
+        # overflow (or a row too large to bound): such rows go to float64 / exact arithmetic as a whole
+        huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
+        if bool(huge.any()):
+            (exact if l_idx < m else redo)[huge] = True
+        bits = z > 0
+        cand = torch.nonzero(torch.linalg.vector_norm(z, ord=-math.inf, dim=1) <= bmax).flatten()
+        if len(cand):  # the exact per-unit test on the rows the screen could not clear
+            zc = z[cand]
+            bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype)) + T[cand, None]
+            # a zero bound means an exact value: its sign decides even z == 0
+            rr, units = torch.nonzero((zc.abs() <= bound) & (bound > 0), as_tuple=True)
+            rows = cand[rr]
+        if len(cand) and len(rows):
+            fixed[rows] = True
+            hsrc = (src if in64 else h)[rows].to(torch.float64)
+            z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
+            ein = src_e[rows] if in64 else e[rows].to(torch.float64)
+            hn64 = _safe_norm(hsrc)
+            r64 = lay["r"][units]
+            b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
+            b64 += ((hn64 > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
+            ok = (z64.abs() > b64) | (b64 == 0)
+            bits[rows[ok], units[ok]] = z64[ok] > 0
+            bad = rows[~ok]
+            if len(bad):
+                (exact if in64 else redo)[bad] = True
+        relu = lay["relu"]
+        if relu is not None:
+            out[relu.index] = bits
+        if l_idx == last:
+            break
+        # the error of this layer's output: the activation is max(1, |slope|)-Lipschitz, and a ReLU of a
+        # certainly negative input is exactly 0, so those units drop out of the norm:
+        # ||(A r + G c) * live|| <= A ||r * live|| + G ||c * live||
+        slope = relu.negative_slope if relu is not None else 1.0
+        if slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
+            live = (z > -bmax[:, None]).to(z.dtype)
+            rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
+            e = (A * rc[:, 0] + G * rc[:, 1] + T * lay["sqrt_n"]) * (_SAFETY * _SAFETY)
+            h = torch.relu_(z)
+        else:
+            lip = max(1.0, abs(slope))
+            e = (A * lay["rn"] + G * lay["cn"] + T * lay["sqrt_n"]) * (lip * _SAFETY * _SAFETY)
+            h = z if slope == 1.0 else torch.relu_(z) if slope == 0 else F.leaky_relu(z, slope)
+        if l_idx < m:  # float64 output: it is the float64-accurate input of the next layer
+            src, src_e = h, e
+    return out, redo, exact, fixed
+
+
+def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> int:
+    """How many leading layers to run in float64: the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
+
+    Float32 rounding bounds grow with the fan-in and propagate through the layers; when they leave most rows
+    of a later layer with a unit the float64 dot product of its float32 input cannot decide (the input's own
+    error is too wide), running the first layers in float64 is cheaper than redoing those rows.
+    """
+    best, best_cost = 0, math.inf
+    for m in range(len(plan.layers) + 1):
+        _, redo, _, _ = chain_patterns(plan, probe, m)
+        frac = float(redo.float().mean()) if len(redo) else 0.0
+        cost = plan.cost(m, frac)
+        if cost < best_cost:
+            best, best_cost = m, cost
+        if frac == 0.0:
+            break
+    return best
+
+
+def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines=None):
+    """:func:`chain_patterns` with its leftovers resolved: rows whose float32 input was too inexact are
+    redone by :func:`graph_patterns` in float64, pre-activations within ~1e-13 of zero in exact arithmetic.
+
+    Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
+    rows decided in rational arithmetic})``.
+    """
+    out, redo, exact, fixed = chain_patterns(plan, x, m)
+    out = {i: d.cpu() for i, d in out.items()}
+    redo, exact = redo.cpu(), exact.cpu()
+    fixed = fixed.cpu() & ~redo & ~exact
+    stats = {"float64": x.shape[0] if m > 0 else int(fixed.sum()), "exact": 0}
+    rows = torch.nonzero(redo).flatten()
+    if len(rows):
+        dec, st = graph_patterns(g, x.cpu()[rows], device="cpu", dtype=torch.float64, _engines=_engines)
+        for i, d in dec.items():
+            out[i][rows] = d
+        stats["exact"] += st["exact"]
+        if m == 0:
+            stats["float64"] += len(rows)
+        exact[rows] = False  # graph_patterns decided them, exactly where needed
+    rows = torch.nonzero(exact).flatten()
+    if len(rows):
+        stats["exact"] += len(rows)
+        if m == 0:
+            stats["float64"] += len(rows)
+        keep = {n.index for n in g.nodes}
+        x64 = x.to(torch.float64).cpu()
+        for r in rows.tolist():
+            for i, dec in _exact_patterns(g, x64[r], keep).items():
+                if i in out:
                     out[i][r] = torch.tensor(dec, dtype=out[i].dtype)
     return out, stats

@@ -124,9 +124,9 @@ class PatternCountResult(Result):
     ``saturated`` is True when more than half the patterns are singletons — then the sample is too small for
     the count to say much about the number of regions (it mostly counts samples). ``per_layer`` holds the
     number of distinct patterns of each pattern layer alone and ``cumulative`` that of layers 1..l together
-    (the last entry equals ``count``), when asked for. ``n_float64`` inputs were evaluated in float64 (too
-    close to a boundary to decide in float32, or all of them when float32 rarely decides); ``n_exact`` of
-    those were decided in exact rational arithmetic.
+    (the last entry equals ``count``), when asked for. ``n_float64`` inputs had float64 work (a unit too
+    close to a boundary to decide in float32, or all of them when the first layers run in float64);
+    ``n_exact`` of those were decided in exact rational arithmetic.
     """
 
     count: int
@@ -243,9 +243,12 @@ def count_patterns(
     The pattern of an input is every ReLU/LeakyReLU sign ``[z > 0]`` and the argmax of every max-pooling
     window (its position in the window, first maximal position on ties), over the traced graph of the
     model (:func:`netgeom.trace`: residual blocks, concatenations, max-pooling, functional activations).
-    Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error, and
-    only inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
-    float64, then in exact rational arithmetic (:mod:`netgeom.nets.certified`).
+    Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error.
+    For chains of dense Linear layers (MLPs, pruned or not) each undecided (input, unit) pair is recomputed
+    as a float64 dot product, then in exact rational arithmetic, and the first layers run in float64 when a
+    trial batch shows that float32's propagated error would leave most inputs undecided further on. For other
+    graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
+    float64, then exactly (:mod:`netgeom.nets.certified`).
 
     Parameters
     ----------
@@ -272,7 +275,14 @@ def count_patterns(
     True
     """
     from ..nets import trace
-    from ..nets.certified import graph_patterns, pattern_nodes, pattern_widths
+    from ..nets.certified import (
+        chain_decide,
+        chain_plan,
+        choose_prefix,
+        graph_patterns,
+        pattern_nodes,
+        pattern_widths,
+    )
 
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     dev = _check_device(device)
@@ -304,6 +314,9 @@ def count_patterns(
     probe = True
     redone = {"float64": 0, "exact": 0}
     guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
+    # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
+    plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
+    prefix = None
     with torch.no_grad(), guard:
         for i, batch in enumerate(_batches(X, batch_size)):
             x = batch.reshape(batch.shape[0], -1)
@@ -313,24 +326,30 @@ def count_patterns(
                 )
             if x.is_complex():
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
-            if probe and run_dtype == torch.float32:
-                # a small float32 trial first: when float32 cannot decide most inputs (its certified
-                # rounding bound is too wide next to the margins of this network), go float64 at once
-                _, st = graph_patterns(g, x[:512], device=dev, dtype=run_dtype, _engines=engines)
-                if st["float64"] > 0.5 * min(512, x.shape[0]):
-                    run_dtype = torch.float64
-                probe = False
             for a in range(0, x.shape[0], batch_size):
                 xb = x[a : a + batch_size]
-                dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
-                if run_dtype == torch.float64:
-                    stats["float64"] = xb.shape[0]
+                if plan is not None:
+                    if prefix is None:
+                        # float64 for every layer when asked; else the cheapest float64 prefix on a trial
+                        prefix = len(plan.layers) if dtype == torch.float64 else choose_prefix(plan, xb[:512])
+                    dec, stats = chain_decide(g, plan, xb, prefix, _engines=engines)
+                else:
+                    if probe and run_dtype == torch.float32:
+                        # a small float32 trial first: when float32 cannot decide most inputs (its certified
+                        # rounding bound is too wide next to the margins of this network), go float64 at once
+                        _, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
+                        if st["float64"] > 0.5 * min(512, xb.shape[0]):
+                            run_dtype = torch.float64
+                        probe = False
+                    dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
+                    if run_dtype == torch.float64:
+                        stats["float64"] = xb.shape[0]
+                    if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
+                        # float32 cannot decide most inputs of this network (its rounding-error bound is
+                        # too wide next to the margins): a float64 pass from the start is then cheaper
+                        run_dtype = torch.float64
                 for k in redone:
                     redone[k] += stats[k]
-                if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
-                    # float32 cannot decide most inputs of this network (its rounding-error bound is
-                    # too wide next to the margins): a float64 pass from the start is then cheaper
-                    run_dtype = torch.float64
                 B = _bits_of(dec, nodes, widths) if nodes else np.zeros((xb.shape[0], 0), dtype=bool)
                 total.add(pack_patterns(B))
                 if per_layer:
