@@ -6,8 +6,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from netgeom import mlp  # noqa: E402
+
+# Under CI the property tests draw the same examples every run, so a red CI always means a change broke
+# something; locally they draw new examples each run and keep searching.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
