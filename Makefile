@@ -29,7 +29,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q --nbmake --doctest-modules tests notebooks netgeom
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check netgeom tests benchmarks
+	$(BIN)/ruff check netgeom tests benchmarks experiments
 
 bench: $(TEST_STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f --quick || exit 1; done

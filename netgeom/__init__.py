@@ -68,6 +68,7 @@ from .pruning import (
 from .regions import (
     AllocationResult,
     BoundsResult,
+    BoundTooLargeError,
     BoxRegionsResult,
     CloseCallError,
     PatternCountResult,
@@ -76,6 +77,7 @@ from .regions import (
     SparseBoundResult,
     TooManyRegionsError,
     allocate_densities,
+    bounded_layers,
     bounds,
     count_patterns,
     int_log10,
@@ -86,6 +88,7 @@ from .regions import (
     regions_on_segment,
     regions_on_slice,
     serra_bound,
+    serra_bound_log10,
     sparse_bound,
     zaslavsky_bound,
 )
@@ -118,6 +121,9 @@ __all__ = [
     "PLGraph",
     "PLNode",
     "trace",
+    "BoundTooLargeError",
+    "bounded_layers",
+    "serra_bound_log10",
     "resnet20",
     "vgg",
     "ScaleSweepResult",
