@@ -41,6 +41,7 @@ from torch import nn
 
 from ._seeding import _GLOBAL_RNG_LOCK
 from ._validation import (
+    available_memory,
     check_choice,
     check_device,
     check_finite_model,
@@ -218,21 +219,6 @@ def conform_inputs(model: nn.Module, X: torch.Tensor, what: str = "X") -> torch.
 
 
 # ------------------------------------------------------------------------------------------- data forms
-def _available_memory() -> int | None:
-    """Bytes of memory the OS reports available (Linux ``MemAvailable``, else free pages), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _unpack_batch(batch, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise TypeError(
@@ -466,7 +452,7 @@ class TrainingData:
             if not s.in_memory:
                 if in_memory is None:
                     if budget is None:
-                        avail = _available_memory()
+                        avail = available_memory()
                         budget = avail // 4 if avail is not None else 0
                     if s.nbytes <= budget:
                         budget -= s.nbytes

@@ -390,10 +390,10 @@ def test_torch_data_are_read_into_memory_only_when_they_fit(digits, monkeypatch)
     data = (TensorDataset(digits.X_train, digits.y_train), TensorDataset(digits.X_test, digits.y_test))
     need = tr.TrainingData.from_any(data, in_memory=False).train.nbytes
     assert need == digits.X_train.numel() * 4 + digits.y_train.numel() * 8
-    monkeypatch.setattr(tr, "_available_memory", lambda: 4 * need)  # a quarter of it is the budget
+    monkeypatch.setattr(tr, "available_memory", lambda: 4 * need)  # a quarter of it is the budget
     placed = tr.TrainingData.from_any(data)
     assert placed.train.in_memory and not placed.test.in_memory  # the budget is spent on the train split
-    monkeypatch.setattr(tr, "_available_memory", lambda: need)
+    monkeypatch.setattr(tr, "available_memory", lambda: need)
     assert not tr.TrainingData.from_any(data).train.in_memory
     assert tr.TrainingData.from_any(data, in_memory=True).test.in_memory
 
