@@ -622,7 +622,15 @@ def resolve_threads(threads, model: nn.Module, example: torch.Tensor, batch_size
         if threads != "auto":
             raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
         return choose_threads(forward_work(model, example) * batch_size)
-    return check_int(threads, "threads", minimum=1)
+    n = check_int(threads, "threads", minimum=1)
+    # intra-op threads beyond the cores only oversubscribe, and OpenMP aborts the process (not an
+    # exception) when it cannot allocate tens of thousands of thread stacks
+    cores = os.cpu_count() or 1
+    if n > 4 * cores:
+        raise ValueError(
+            f"threads={n} is more than 4x the {cores} cores of this machine; use 'auto' or at most {cores}"
+        )
+    return n
 
 
 @torch.no_grad()

@@ -858,6 +858,9 @@ CLI_CASES = [
     ),
     ("cli widths empty item", ["imp", "--widths", "100,,100"], "--widths takes comma-separated integers"),
     ("cli widths zero", ["imp", "--widths", "0,5"], "--widths entries must be >= 1"),
+    ("cli imp threads beyond the cores", ["imp", "--threads", "100000"], "--threads 100000 is more than 4x"),
+    ("cli imp seed past 2**63", ["imp", "--seed", "99999999999999999999999"], "argument --seed"),
+    ("cli imp negative seed", ["imp", "--seed", "-1"], "a seed lies in [0, 2**63)"),
     (
         "cli widths huge",
         ["imp", "--widths", "100000,100000", "--quiet", "--data", "digits"],

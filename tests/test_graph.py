@@ -433,3 +433,25 @@ def test_input_shape_is_inferred_through_a_leading_flatten():
     g = trace(net, input_shape=(3, 4))
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     assert (g.forward(x) - net.double()(x)).abs().max() <= 1e-10
+
+
+def test_a_dropout_active_in_eval_mode_is_refused_not_read_as_identity():
+    # F.dropout's training flag defaults to True: model(x) stays random after eval(), so reading the dropout
+    # as the identity would be silently wrong
+    class AlwaysDrops(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(F.dropout(F.relu(self.a(x)), 0.5))
+
+    class Flagged(AlwaysDrops):
+        def forward(self, x):
+            return self.b(F.dropout(F.relu(self.a(x)), 0.5, self.training))
+
+    with pytest.raises(UnsupportedLayerError, match="stays active in eval mode"):
+        trace(AlwaysDrops().eval())
+    m = Flagged().eval().double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.equal(trace(m).forward(x), m(x))

@@ -1117,7 +1117,16 @@ def trace(
                 env[n] = b.cat(n, [env[s] for s in seq], int(dim))
                 continue
             if t in _DROPOUT_FUNCS:
-                if kwargs.get("training", args[2] if len(args) > 2 else True):
+                active = kwargs.get("training", kwargs.get("train", args[2] if len(args) > 2 else True))
+                if active and not model.training:
+                    # F.dropout's training flag defaults to True: it drops units even after model.eval(),
+                    # so model(x) is random and no piecewise-linear reading of it can equal it
+                    raise b.refuse(
+                        n,
+                        "is a dropout that stays active in eval mode (F.dropout's training flag defaults to "
+                        "True, so model(x) is random); pass training=self.training",
+                    )
+                if active:
                     b.training_modules.append(n.name)
                 env[n] = x
                 continue

@@ -33,6 +33,7 @@ import importlib
 import inspect
 import json
 import numbers
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -789,7 +790,16 @@ def _threads_arg(text: str) -> int | str:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
+    cores = os.cpu_count() or 1
+    if n > 4 * cores:
+        raise argparse.ArgumentTypeError(f"--threads {n} is more than 4x the {cores} cores of this machine")
     return n
+
+
+def _seed_arg(text: str) -> int:
+    from ..cli import _seed  # the one seed check of the command line (cli imports this module)
+
+    return _seed(text)
 
 
 def imp_main(argv: Sequence[str] | None = None) -> int:
@@ -814,7 +824,7 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scope", default="global", choices=["global", "layer"])
     p.add_argument("--keep-output", action="store_true", help="leave the classifier layer dense")
     p.add_argument("--random", action="store_true", help="random pruning baseline instead of magnitude")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed_arg, default=0)
     p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=_threads_arg, default="auto",
                    help="torch intra-op threads: 'auto' (default; from the work per training step, 1 for "
