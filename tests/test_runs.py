@@ -453,10 +453,22 @@ def test_unwritable_output_directory_is_named(tmp_path):
     f.write_text("")
     with pytest.raises(NotADirectoryError, match=f"output directory {f} exists but is a file"):
         RunDir(f, {"x": 1})
-    if not os.path.isdir("/sys"):
-        pytest.skip("no read-only /sys here")
-    with pytest.raises(PermissionError, match="cannot create the run directory /sys/netgeom-test/run-"):
-        RunDir("/sys/netgeom-test", {"x": 1})
+
+
+def test_read_only_output_directory_is_named(tmp_path, monkeypatch):
+    # root ignores directory modes, so the refusal of a read-only file system is simulated where RunDir
+    # creates directories: the same errno and the same path as a real EACCES/EROFS
+    import errno
+    import pathlib
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    with pytest.raises(PermissionError, match=f"cannot create the run directory {tmp_path}/ro/run-.*"
+                       r"\(Permission denied\); choose a writable output directory"):
+        RunDir(tmp_path / "ro", {"x": 1})
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, -float("inf")], {"a": float("nan")}])

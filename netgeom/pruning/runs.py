@@ -19,8 +19,8 @@ once.
 **Validation on reading.** Every file read back is checked: JSON for syntax, keys and value types (against
 the dataclass it records), tensors for names, shapes and dtypes against the model, masks for binary values,
 names and shapes. A bad file raises :class:`CorruptRunFileError`: "FILE is corrupt (reason); delete
-DIR/level_K to recompute that level" (or what else recovers it), never torch's/numpy's advice to load it
-with ``weights_only=False`` / ``allow_pickle=True``.
+DIR/level_K to recompute that level" (or what else recovers it), never torch's/numpy's advice to switch
+off their safe loaders: nothing here is ever loaded with pickling enabled.
 
 >>> import tempfile
 >>> root = tempfile.mkdtemp()
