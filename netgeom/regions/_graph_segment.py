@@ -88,6 +88,21 @@ def _roots(al, be, ea, eb):
     return t, err
 
 
+def _certified_roots(al, be, ea, eb, tmax: float, what: str, node):
+    """Zeros in ``t`` of the affine functions ``al + be t`` (per piece and column) whose position is certain:
+    ``(piece, root, error, line)`` arrays. A function whose slope is within its error of zero is certain only
+    if its value stays away from 0 over the whole segment; otherwise :class:`CloseCallError` names
+    ``what``."""
+    t, err = _roots(al, be, ea, eb)
+    cu, cj = np.nonzero(~np.isfinite(err) & (np.abs(be) > 0))
+    if len(cu):
+        far = np.abs(al[cu, cj]) - ea[cu, cj] - (np.abs(be[cu, cj]) + eb[cu, cj]) * tmax
+        if np.any(far <= 0):
+            raise _close(what, node)
+    p, j = np.nonzero(np.isfinite(err))
+    return p, t[p, j], err[p, j], np.stack([al[p, j], be[p, j]], axis=1)
+
+
 def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float, memory_budget: float = 2**31):
     """Pieces of ``a + t d``, ``t`` in ``[t0, t1]``, through the traced graph ``g``: returns
     ``(edges, patterns)`` (``edges`` sorted, ``patterns`` boolean: ReLU bits then one-hot argmaxes).
@@ -136,20 +151,9 @@ def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float, memory_
         elif node.op in ("relu", "maxpool"):
             al, be, ea, eb = ins[0]
             if node.op == "relu":
-                t, err = _roots(al, be, ea, eb)
-                unsure = ~np.isfinite(err) & (np.abs(be) > 0)
-                # a unit whose slope is within its error of zero: certain only if its value is far from 0
-                cu, cj = np.nonzero(unsure)
-                if len(cu):
-                    zmax = np.abs(al[cu, cj]) - ea[cu, cj] - (np.abs(be[cu, cj]) + eb[cu, cj]) * tmax
-                    if np.any(zmax <= 0):
-                        raise _close("a unit nearly constant along the segment", node)
-                ok = np.isfinite(err)
-                p, j = np.nonzero(ok)
-                lines = np.stack([al[p, j], be[p, j]], axis=1)
-                new_edges, new_err, new_line, parent = _split(
-                    edges, eerr, eline, p, t[p, j], err[p, j], lines, node
-                )
+                what = "a unit nearly constant along the segment"
+                roots = _certified_roots(al, be, ea, eb, tmax, what, node)
+                new_edges, new_err, new_line, parent = _split(edges, eerr, eline, *roots, node)
             else:
                 W = node.windows.numpy()
                 k = W.shape[1]
@@ -162,18 +166,13 @@ def segment_graph(g, a: np.ndarray, d: np.ndarray, t0: float, t1: float, memory_
                     dal, dbe = al[:, wx] - al[:, wy], be[:, wx] - be[:, wy]
                     dea = ea[:, wx] + ea[:, wy] + _U * np.abs(dal)
                     deb = eb[:, wx] + eb[:, wy] + _U * np.abs(dbe)
-                    t, err = _roots(dal, dbe, dea, deb)
-                    bad = ~np.isfinite(err) & (np.abs(dbe) > 0)
-                    bu, bj = np.nonzero(bad)
-                    if len(bu):
-                        far = np.abs(dal[bu, bj]) - dea[bu, bj] - (np.abs(dbe[bu, bj]) + deb[bu, bj]) * tmax
-                        if np.any(far <= 0):
-                            raise _close("two max-pool candidates nearly parallel and close", node)
-                    pp, jj = np.nonzero(np.isfinite(err))
+                    pp, tt, ee, ll = _certified_roots(
+                        dal, dbe, dea, deb, tmax, "two max-pool candidates nearly parallel and close", node
+                    )
                     rp.append(pp)
-                    rt.append(t[pp, jj])
-                    re.append(err[pp, jj])
-                    rl.append(np.stack([dal[pp, jj], dbe[pp, jj]], axis=1))
+                    rt.append(tt)
+                    re.append(ee)
+                    rl.append(ll)
                 new_edges, new_err, new_line, parent = _split(
                     edges, eerr, eline, np.concatenate(rp), np.concatenate(rt), np.concatenate(re),
                     np.concatenate(rl), node,
