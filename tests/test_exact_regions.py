@@ -522,3 +522,19 @@ def test_whole_plane_and_line_degenerate_arrangements():
     whole = regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=None)
     assert whole.count == 4 and whole.box[1] >= 1e4
     assert regions_on_slice(strips, [0, 0], [1, 0], [0, 1], box=(-1e3, 1e3, -1, 1)).count == 3
+
+
+def test_plane_directions_near_overflow_give_the_same_count():
+    # norms of 1e200-long directions overflow in float64: the error bounds become NaN and those decisions
+    # must go to exact arithmetic, not to a float sign
+    import warnings
+
+    net = mlp(10, [16, 16], 3, seed=0)
+    e = np.eye(10)
+    base = regions_on_slice(net, np.zeros(10), e[0], e[1], box=(-10, 10, -10, 10)).count
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for c in (1e200, 2.0**-1000):
+            box = (-10 / c, 10 / c, -10 / c, 10 / c)
+            res = regions_on_slice(net, np.zeros(10), c * e[0], c * e[1], box=box)
+            assert res.count == base

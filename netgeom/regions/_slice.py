@@ -382,7 +382,7 @@ def _split(ctx: SliceCtx, R, real, sig, lr):
     X, dX = _normalise(X, dX)
     dX = dX * (1 + 1e-9) + _TINY
     D = X[:, 0]
-    unsure = np.abs(D) <= dX
+    unsure = ~(np.abs(D) > dX)  # a NaN bound (an overflowed norm) is unsure too: it goes exact
     sgnD = np.sign(D)
     if unsure.any():
         sgnD[unsure] = ctx.exact_d_signs(_ids(Ee[unsure, _ID]), _ids(Ll[unsure, 4]))

@@ -193,7 +193,7 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
             s = al * pt[:, :1] + be * pt[:, 1:]
             tol = 2 * (dl + dpt[np.arange(m) + side, None]) * (1 + 1e-6) + 6 * _U + _TINY
             sg = (s > tol).astype(np.int8) - (s < -tol)
-            unc = np.abs(s) <= tol
+            unc = ~(np.abs(s) > tol)  # NaN tolerances (overflowed norms) go to exact arithmetic too
             if unc.any():
                 r, j = np.nonzero(unc)
                 sg[r, j] = ctx.sign_at_root(pid[r + side], ids[r, j])
