@@ -82,7 +82,8 @@ class SegmentRegionsResult(Result):
     whole graph along the segment. ``t_range`` is ``(0, 1)`` for the segment from ``a`` to ``b``; for the
     whole line (``t_range=None`` in :func:`regions_on_segment`) it is an interval found from the breakpoints
     that holds all of them, so the pieces are every region the line meets (the first and last unbounded).
-    ``n_exact`` counts the sign decisions that needed exact arithmetic.
+    ``n_exact`` counts the sign decisions that needed exact arithmetic (on a traced graph with residual
+    additions, concatenations or max-pooling: the pieces that a node split in exact arithmetic).
     """
 
     count: int
@@ -414,7 +415,12 @@ def _segment_on_graph(g, a, b, t_range) -> SegmentRegionsResult:
         raise ValueError(f"t_range must be (t0, t1) with t0 < t1, got {t_range.tolist()}")
     t0, t1 = float(t_range[0]), float(t_range[1])
     d = b - a
-    edges, patterns = segment_graph(g, a, d, t0, t1)
+    if not np.all(np.isfinite(d)):
+        raise ValueError("b - a overflows float64; choose end points closer together")
+    # the exact direction b - a, for the pieces the float error bounds cannot settle
+    d_exact = _exact.exact_add(_exact.to_exact(b), _exact.to_exact(-a))
+    info: dict = {}
+    edges, patterns = segment_graph(g, a, d, t0, t1, d_exact=d_exact, info=info)
     with torch.no_grad():
         out = g.forward(torch.as_tensor(a[None, :] + edges[:, None] * d[None, :]))
     return SegmentRegionsResult(
@@ -425,6 +431,7 @@ def _segment_on_graph(g, a, b, t_range) -> SegmentRegionsResult:
         outputs=out.numpy(),
         length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
         t_range=(t0, t1),
+        n_exact=info["n_exact"],
     )
 
 
