@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_int, check_masks, check_tensor
+from .._validation import UnknownNameError, check_int, check_masks, check_tensor
 
 __all__ = ["PLGraph", "PLNode", "SUPPORTED_LAYERS", "UnsupportedLayerError", "trace"]
 
@@ -48,6 +48,7 @@ _MAXPOOLS = (nn.MaxPool1d, nn.MaxPool2d)
 _MODE_DEPENDENT = _BN + (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _LEAVES = _WEIGHTED + _BN + _POOLS + _RESHAPES + _SKIPPED + _ACTIVATIONS + _MAXPOOLS
 SUPPORTED_LAYERS: tuple[str, ...] = tuple(c.__name__ for c in _LEAVES + (nn.Sequential,)) + (
+    "F.linear(x, self.weight, self.bias)",
     "F.relu",
     "torch.relu",
     "Tensor.relu",
@@ -223,7 +224,7 @@ class PLNode:
             if tuple(y.shape[1:]) != op.in_shape:
                 y = y.reshape(y.shape[0], *op.in_shape)
             y = op(y, bias)
-        return y.reshape(x.shape[0], -1)
+        return y.reshape(x.shape[0], self.size)
 
     @property
     def bias_vector(self) -> torch.Tensor:
@@ -277,7 +278,7 @@ class PLNode:
         f = F.max_pool1d if p["dim"] == 1 else F.max_pool2d
         out = f(y, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"], return_indices)
         if not return_indices:
-            return out.reshape(x.shape[0], -1)
+            return out.reshape(x.shape[0], self.size)
         vals, idx = out
         B = x.shape[0]
         st = p["starts"]
@@ -291,8 +292,8 @@ class PLNode:
                 idx - h * W - st[1].to(idx.device)[None, :], p["dilation"][1], rounding_mode="floor"
             )
             pos = dh * p["kernel"][1] + dw
-        pos = pos.reshape(B, -1)
-        return vals.reshape(B, -1), pos
+        pos = pos.reshape(B, self.size)
+        return vals.reshape(B, self.size), pos
 
 
 # ------------------------------------------------------------------------------------------------ graph
@@ -336,7 +337,7 @@ class PLGraph:
         x = check_tensor(x, "x", dtype=dtype)
         if x.ndim < 2:
             raise ValueError(f"x must have a batch axis: (B, {self.n_in}) or (B, *{self.input_shape})")
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         if x.shape[1] != self.n_in:
             raise ValueError(
                 f"x has {x.shape[1]} features per sample, but the network takes {self.n_in} "
@@ -400,7 +401,7 @@ class PLGraph:
         y = x.reshape(x.shape[0], *node._ops[0].in_shape)
         for op in node._ops[:m]:
             y = op(y.reshape(y.shape[0], *op.in_shape))
-        return y.reshape(x.shape[0], -1)
+        return y.reshape(x.shape[0], math.prod(y.shape[1:]))
 
     @property
     def is_chain(self) -> bool:
@@ -513,6 +514,15 @@ class _Ref:
     value: torch.Tensor  # the probe batch, shaped (B, *shape), float64
 
 
+@dataclasses.dataclass
+class _Param:
+    """A parameter or buffer read in ``forward`` (an fx ``get_attr``): usable only as ``F.linear``'s weight
+    or bias."""
+
+    name: str
+    tensor: torch.Tensor
+
+
 class _Builder:
     def __init__(self, model: nn.Module, masks, max_entries: int):
         self.model = model
@@ -524,6 +534,7 @@ class _Builder:
         self.real_users: dict[fx.Node, int] = {}
         self.used_masks: set[str] = set()
         self.training_modules: list[str] = []
+        self.functional_weights: set[str] = set()  # parameters read through F.linear
         self.has_weight = False
         self.B = 2
 
@@ -693,6 +704,36 @@ class _Builder:
         op.fan_in = _fan_in(type_name, ref.shape, op.out_shape, kernel)
         return self.affine(fxn, ref, op, y, None)
 
+    def func_linear(self, fxn: fx.Node, ref: _Ref, weight: _Param, bias: _Param | None) -> _Ref:
+        """``F.linear(x, self.weight, self.bias)`` with parameters of the model: an affine node whose weight
+        is that parameter (masks apply to its name), like an ``nn.Linear``."""
+        w = weight.tensor
+        if w.ndim != 2 or not w.is_floating_point():
+            raise self.refuse(fxn, f"reads '{weight.name}' of shape {tuple(w.shape)} as a linear weight")
+        if ref.shape[-1:] != (w.shape[1],):
+            raise ValueError(
+                f"{self.source(fxn)} multiplies an input of shape {ref.shape} by '{weight.name}' of shape "
+                f"{tuple(w.shape)}: expects {w.shape[1]} inputs"
+            )
+        if bias is not None and (bias.tensor.ndim != 1 or bias.tensor.shape[0] != w.shape[0]):
+            raise self.refuse(fxn, f"adds '{bias.name}' of shape {tuple(bias.tensor.shape)} as a linear bias")
+        pname = weight.name
+        w = w.detach().to(torch.float64).cpu()
+        mask = None
+        if self.masks is not None and pname in self.masks:
+            mask = _as_mask(self.masks[pname], pname, w.shape)
+            w = w * mask
+            self.used_masks.add(pname)
+        params = {"weight": w}
+        if bias is not None:
+            params["bias"] = bias.tensor.detach().double().cpu()
+        self.functional_weights.add(pname)
+        fan = w.shape[1] + 1
+        op = _AffineOp(fxn.name, "Linear", ref.shape, (), _linear_fn, params, fan, True, pname, mask)
+        y = self.run_op(fxn, op, ref)
+        op.out_shape = self.check_batch(fxn, y, ref, same_numel=False)
+        return self.affine(fxn, ref, op, y, None)
+
     # ------------------------------------------------------------------ other nodes
     def relu(self, fxn: fx.Node, ref: _Ref, slope: float) -> _Ref:
         idx = self.add_node(fxn, op="relu", inputs=(ref.index,), shape=ref.shape, negative_slope=float(slope))
@@ -844,6 +885,36 @@ def _count_real_users(graph: fx.Graph, alias_like) -> dict[fx.Node, int]:
     return counts
 
 
+def _check_trace_masks(masks, model: nn.Module):
+    """Masks checked by :func:`netgeom._validation.check_masks` (one validation path for every mask form),
+    except that a key naming a parameter that is not a module's weight is kept aside: it is valid if the
+    trace reads that parameter through ``F.linear``. Returns the masks and those keys."""
+    if masks is None or isinstance(masks, (list, tuple)):
+        return check_masks(masks, model, allow_empty=True), set()
+    from ..pruning.masks import prunable_parameters
+
+    plain = check_masks(masks, None, allow_empty=True)  # forms, 0/1 values, no biases
+    try:
+        prunable = set(prunable_parameters(model))
+    except ValueError:  # no Linear/Conv module: F.linear may still read parameters
+        prunable = set()
+    params = dict(model.named_parameters())
+    aside = {k for k in plain if k not in prunable and k in params}
+    rest = {k: v for k, v in plain.items() if k not in aside}
+    if rest and not prunable:
+        raise UnknownNameError(f"masks: key '{next(iter(rest))}' names no parameter of the model")
+    if rest:
+        check_masks(rest, model, allow_empty=True)  # names the unknown key
+    return plain, aside
+
+
+def _get_attr(model: nn.Module, target: str):
+    obj = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
     for n in graph.nodes:
         if n.op == "call_module":
@@ -856,6 +927,11 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
             break
         elif n.op in ("call_function", "call_method"):
             t = n.target
+            if t is F.linear and len(n.args) > 1 and getattr(n.args[1], "op", None) == "get_attr":
+                w = _get_attr(model, n.args[1].target)
+                if torch.is_tensor(w) and w.ndim == 2:
+                    return (w.shape[1],)
+                break
             if t in _RELU_FUNCS or t in _LEAKY_FUNCS or t in _DROPOUT_FUNCS or t in _ADD_FUNCS:
                 continue
             if t in (torch.flatten, "flatten", "view", "reshape", "contiguous", "size", "dim", getattr):
@@ -903,7 +979,7 @@ def trace(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     name = type(model).__name__
-    masks = check_masks(masks, model, allow_empty=True)  # one validation path for every mask form
+    masks, functional_masks = _check_trace_masks(masks, model)
     for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
@@ -931,17 +1007,31 @@ def trace(
         ) from None
 
     if not any(
-        n.op == "call_module" and isinstance(model.get_submodule(n.target), _WEIGHTED) for n in graph.nodes
+        (n.op == "call_module" and isinstance(model.get_submodule(n.target), _WEIGHTED)) or n.op == "get_attr"
+        for n in graph.nodes
     ):
         raise ValueError(f"model ({name}) has no Linear or Conv layer: nothing to analyse")
+    b = _Builder(model, masks, max_entries)
+    # a parameter read in forward is read only as F.linear's weight or bias; any other use (x @ W,
+    # torch.matmul, W.t(), W * mask) is refused here, naming the node, before the input shape is guessed
+    for n in graph.nodes:
+        if n.op != "get_attr":
+            continue
+        for u in n.users:
+            as_linear = u.op == "call_function" and u.target is F.linear and n not in u.args[:1]
+            if not as_linear or u.kwargs.get("input") is n:
+                raise b.refuse(
+                    u,
+                    f"reads the tensor attribute '{n.target}' inside forward (a constant, or a parameter "
+                    "outside a supported module); such a tensor is read only as the weight or bias of "
+                    "F.linear(x, self.weight, self.bias): write the layer that way or as an nn.Linear",
+                )
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
     if input_shape is not None:
         shape = tuple(check_int(s, "input_shape entry", minimum=1) for s in input_shape)
     else:
         shape = _infer_input_shape(model, graph)
-
-    b = _Builder(model, masks, max_entries)
 
     def alias_like(n: fx.Node) -> bool:
         if n.op == "call_module":
@@ -1014,14 +1104,34 @@ def trace(
                 output_ref = env[out]
                 continue
             if n.op == "get_attr":
-                raise b.refuse(
-                    n,
-                    f"reads the tensor attribute '{n.target}' inside forward (a constant or a parameter used "
-                    "outside a supported module)",
-                )
+                attr = _get_attr(model, n.target)
+                if not torch.is_tensor(attr):
+                    raise b.refuse(n, f"reads the attribute '{n.target}' inside forward")
+                env[n] = _Param(n.target, attr)
+                continue
             args, kwargs = n.args, n.kwargs
             refs = refs_in((args, kwargs))
             t = n.target
+            if t is F.linear and n.op == "call_function":
+                bound = dict(zip(("input", "weight", "bias"), args))
+                bound.update(kwargs)
+                x, w, bias = (
+                    env.get(bound.get(k)) if isinstance(bound.get(k), fx.Node) else bound.get(k)
+                    for k in ("input", "weight", "bias")
+                )
+                if (
+                    isinstance(x, _Ref)
+                    and len(refs) == 1
+                    and isinstance(w, _Param)
+                    and (bias is None or isinstance(bias, _Param))
+                ):
+                    env[n] = b.func_linear(n, x, w, bias)
+                    continue
+                raise b.refuse(
+                    n,
+                    "is read only as F.linear(x, weight, bias) with x a traced tensor and weight, bias "
+                    "parameters of the model",
+                )
             if n.op == "call_module":
                 m = model.get_submodule(t)
                 if m.training and isinstance(m, _MODE_DEPENDENT):
@@ -1190,6 +1300,12 @@ def trace(
 
     if output_ref is None:
         raise UnsupportedLayerError(f"cannot read {name}: its forward returns nothing")
+    unread = sorted(functional_masks - b.functional_weights)
+    if unread:
+        raise ValueError(
+            f"masks name parameters that are not Linear/Conv weights: '{unread[0]}' is neither the weight of "
+            f"a Linear/Conv module nor read by F.linear in {name}.forward"
+        )
     if not b.has_weight:
         raise ValueError(f"model ({name}) has no Linear or Conv layer: nothing to analyse")
     if b.training_modules:

@@ -16,6 +16,7 @@ max-pooling, a residual addition or a concatenation is not a chain: read it with
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -130,7 +131,7 @@ def forward_affine(layers: Sequence[AffineLayer], x: torch.Tensor, *, return_pre
     With ``return_pre=True`` also returns the list of pre-activations of every layer.
     """
     x = check_tensor(x, "x", dtype=torch.float64)
-    x = x.reshape(x.shape[0], -1)
+    x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (an empty batch has no -1 to infer)
     pres = []
     for layer in layers:
         z = layer.pre_activation(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import scipy.sparse
 
 from ._exact import to_exact
 from ._graph_exact import ExactGraph, lines, root, signs_at
@@ -237,16 +238,21 @@ def segment_graph(
             al, be, ea, eb = ins[0]
             M = node.matrix().numpy()
             b = node.bias_vector.numpy()
-            aM = np.abs(M)
-            # rounding of a dot product: one per nonzero product and addition (zeros add exactly)
-            nnz = int(np.count_nonzero(M, axis=1).max()) if M.size else 0
-            gam = 1.01 * (nnz + 2) * _U
-            A, B = al @ M.T + b, be @ M.T
+            row_nnz = np.count_nonzero(M, axis=1)
+            # rounding of a dot product: one per nonzero product and addition (zeros add exactly, so
+            # neither a dense nor a sparse product rounds more often than a row has nonzeros)
+            gam = 1.01 * (int(row_nnz.max(initial=0)) + 2) * _U
+            if row_nnz.sum() < 0.2 * M.size:  # a convolution's or a pruned layer's matrix: mostly zeros
+                Mt = scipy.sparse.csr_matrix(M).T.tocsr()
+            else:
+                Mt = M.T
+            aMt = abs(Mt)
+            A, B = np.asarray(al @ Mt) + b, np.asarray(be @ Mt)
             vals[node.index] = (
                 A,
                 B,
-                (ea @ aM.T) * (1 + gam) + gam * (np.abs(al) @ aM.T + np.abs(b)),
-                (eb @ aM.T) * (1 + gam) + gam * (np.abs(be) @ aM.T),
+                np.asarray(ea @ aMt) * (1 + gam) + gam * (np.asarray(np.abs(al) @ aMt) + np.abs(b)),
+                np.asarray(eb @ aMt) * (1 + gam) + gam * np.asarray(np.abs(be) @ aMt),
             )
         elif node.op == "add":
             parts = list(zip(*ins))

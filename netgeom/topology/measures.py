@@ -110,10 +110,38 @@ def _graphs(model, masks, normalize, conv, aggregate, input_shape) -> NetworkGra
     )
 
 
+def _per_weight(G) -> list:
+    """The layer graphs of ``G`` one per weight parameter, in forward order.
+
+    A module (or ``F.linear`` weight) applied several times shares one weight tensor, hence one weight
+    graph: per-layer measures and their network means count it once (at its first application), so
+    sharing a weight never changes them. Only the whole-network graph, which follows the computation,
+    holds it once per application. An unrolled convolution applied to inputs of different sizes has
+    different unrolled graphs for one weight tensor, which no single per-weight value describes: refused.
+    """
+    seen: dict[str, Any] = {}
+    out = []
+    for g in G:
+        key = g.param_name
+        if key is None:
+            out.append(g)
+            continue
+        first = seen.get(key)
+        if first is None:
+            seen[key] = g
+            out.append(g)
+        elif first.weights.shape != g.weights.shape or not np.array_equal(first.weights, g.weights):
+            raise ValueError(
+                f"weight '{key}' is applied to inputs of different shapes, so its unrolled graphs differ "
+                "and no one per-weight value describes it; use conv='channel'"
+            )
+    return out
+
+
 def _persistence_norms(G: NetworkGraph, p: float, with_components: bool, definition: str,
                        aggregate: str) -> NeuralPersistenceResult:
     names, nv, raw, normed, comps = [], [], [], [], []
-    for g in G:
+    for g in _per_weight(G):
         d = zeroth_persistence(g)
         pers = 1.0 - d.deaths
         if with_components:  # each essential class closes at w̃ = 0: a point of persistence 1
@@ -220,9 +248,11 @@ def _structural_counts(model: nn.Module, input_shape: Any) -> tuple[list[int], l
                     m.weight.fill_(1.0)
                 m.running_var.fill_(1.0)
     n_possible, n_tree = [], []
+    seen = set()
     for lay in trace(ones, input_shape=input_shape).nodes:
-        if lay.op != "affine" or lay.param_name is None:
-            continue
+        if lay.op != "affine" or lay.param_name is None or lay.param_name in seen:
+            continue  # a shared weight counts once (see _per_weight)
+        seen.add(lay.param_name)
         pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
         n_out, n_in = pattern.shape
         A = sparse.coo_matrix(
@@ -311,10 +341,11 @@ def topology_bound(
     (1591, 266200, 99.4)
     """
     if isinstance(widths_or_model, nn.Module):
-        G = _graphs(widths_or_model, masks, "layer", conv, aggregate, input_shape)
+        NG = _graphs(widths_or_model, masks, "layer", conv, aggregate, input_shape)
+        G = _per_weight(NG)
         shapes = [(g.n_in, g.n_out) for g in G]
         names = [g.name for g in G]
-        widths = G.widths if G.chained else None
+        widths = NG.widths if NG.chained and len(G) == len(NG) else None
         if conv == "unrolled":
             n_possible, n_tree = _structural_counts(widths_or_model, input_shape)
     else:
@@ -423,8 +454,9 @@ def msf_retention(
     >>> r.retention_total, r.all_unchanged
     (1.0, True)
     """
-    A = _graphs(dense_model, dense_masks, normalize, conv, aggregate, input_shape)
+    A = _per_weight(_graphs(dense_model, dense_masks, normalize, conv, aggregate, input_shape))
     B, source = _pruned_graphs(dense_model, pruned, pruned_masks, normalize, conv, aggregate, input_shape)
+    B = _per_weight(B)
     if [(g.param_name, g.weights.shape) for g in A] != [(g.param_name, g.weights.shape) for g in B]:
         raise ValueError("the dense and pruned networks have different layers or layer shapes")
     names, n_msf, n_ret, ret, exp, same = [], [], [], [], [], []

@@ -1,0 +1,147 @@
+"""Tracer QA: F.linear with the model's parameters, empty batches, weights shared by two calls."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from netgeom import Masks, msf_retention, neural_persistence, topology_bound
+from netgeom.nets import UnsupportedLayerError, affine_layers, lenet5, mlp, resnet20, trace
+
+
+class FunctionalMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight, self.bias = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(5))
+        self.w_out = nn.Parameter(torch.randn(2, 5))
+
+    def forward(self, x):
+        return F.linear(F.relu(F.linear(x, self.weight, self.bias)), self.w_out)
+
+
+def test_functional_linear_with_parameters_is_an_affine_node_and_masks_apply_to_its_name():
+    net = FunctionalMLP().double()
+    g = trace(net)
+    assert [n.op for n in g.nodes] == ["input", "affine", "relu", "affine", "output"]
+    assert [n.param_name for n in g.nodes if n.op == "affine"] == ["weight", "w_out"]
+    assert g.input_shape == (3,)  # from the weight, as for an nn.Linear
+    x = torch.randn(9, 3, dtype=torch.float64)
+    torch.testing.assert_close(g(x), net(x).detach(), rtol=0, atol=1e-12)
+    mask = torch.rand(5, 3, generator=torch.Generator().manual_seed(1)) > 0.5
+    layer = affine_layers(net, {"weight": mask})[0]
+    torch.testing.assert_close(layer.weight, net.weight.detach() * mask)
+    assert torch.equal(layer.mask, mask)
+    # the same network written with nn.Linear gives the same layers
+    ref = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2, bias=False)).double()
+    with torch.no_grad():
+        ref[0].weight.copy_(net.weight)
+        ref[0].bias.copy_(net.bias)
+        ref[2].weight.copy_(net.w_out)
+    for a, b in zip(affine_layers(net), affine_layers(ref)):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    with pytest.raises(KeyError, match="names no parameter"):
+        trace(net, {"nope": torch.ones(2, dtype=torch.bool)})
+
+
+def test_functional_linear_masks_and_other_parameter_uses():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.extra = nn.Parameter(torch.randn(4, 4))  # not read in forward
+
+        def forward(self, x):
+            return self.fc(x)
+
+    # a mask on a parameter that no F.linear reads is refused, never ignored
+    with pytest.raises(ValueError, match="'extra'"):
+        trace(Mixed(), {"extra": torch.ones(4, 4, dtype=torch.bool)})
+
+    class MatMul(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(5, 3))
+
+        def forward(self, x):
+            return torch.relu(x @ self.weight.T)
+
+    class TorchMatmul(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, x):
+            return torch.matmul(x, self.weight)
+
+    # refused naming the node, its operation and the user's line (not "no Linear or Conv layer")
+    with pytest.raises(UnsupportedLayerError, match=r"MatMul: function getattr .*qa.py:\d+ .*'weight'"):
+        trace(MatMul())
+    with pytest.raises(UnsupportedLayerError, match=r"function matmul .*test_graph_qa.py:\d+ .*F\.linear"):
+        trace(TorchMatmul())
+
+
+@pytest.mark.parametrize(
+    "net",
+    [mlp(3, [4], 2, seed=0), lenet5(), resnet20(width=2, blocks=1, image_size=8, seed=0)],
+    ids=["mlp", "lenet5", "resnet"],
+)
+def test_empty_batch_gives_empty_outputs_of_the_right_shape(net):
+    g = trace(net)
+    for x in (torch.zeros(0, *g.input_shape), torch.zeros(0, g.n_in)):
+        assert tuple(g.forward(x).shape) == (0, g.n_out)
+        assert [tuple(v.shape) for v in g.values(x)] == [(0, n.size) for n in g.nodes]
+    layers = affine_layers(net) if g.is_chain else None
+    if layers is not None:
+        from netgeom.nets import forward_affine
+
+        assert tuple(forward_affine(layers, torch.zeros(0, g.n_in)).shape) == (0, g.n_out)
+
+
+class Shared(nn.Module):
+    """fc2 applied twice: one weight tensor, two affine nodes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.out = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.out(torch.relu(self.fc2(h)))
+
+
+class Unshared(nn.Module):
+    def __init__(self, s):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.out = s.fc1, s.fc2, copy.deepcopy(s.fc2), s.out
+
+    def forward(self, x):
+        h = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return self.out(torch.relu(self.fc3(h)))
+
+
+def test_a_shared_weight_is_one_weight_graph_in_per_layer_measures():
+    s = Shared()
+    u = Unshared(s)
+    assert [n.param_name for n in trace(s).nodes if n.op == "affine"] == [
+        "fc1.weight", "fc2.weight", "fc2.weight", "out.weight"
+    ]
+    a, b = neural_persistence(s), neural_persistence(u)
+    assert a.layer_names == ["fc1", "fc2", "out"]
+    # the unshared copy has the same graphs, fc2's twice: the shared net counts it once
+    assert a.layer_np == [b.layer_np[0], b.layer_np[1], b.layer_np[3]]
+    assert b.layer_np[1] == b.layer_np[2]
+    assert a.network_np == pytest.approx(np.mean(a.layer_np_normalized))
+    assert a.network_np != pytest.approx(b.network_np)
+    tb, tu = topology_bound(s), topology_bound(u)
+    assert tb.layer_names == ["fc1", "fc2", "out"]
+    assert tb.n_possible == [15, 25, 10] and tu.n_possible == [15, 25, 25, 10]
+    m = Masks.ones(s)
+    m["fc2.weight"] = torch.rand(5, 5, generator=torch.Generator().manual_seed(0)) > 0.3
+    r = msf_retention(s, m)
+    assert r.layer_names == ["fc1", "fc2", "out"]
+    assert r.retention[0] == 1.0 and r.retention[2] == 1.0
