@@ -128,7 +128,10 @@ def test_a_shared_weight_is_one_weight_graph_in_per_layer_measures():
     s = Shared()
     u = Unshared(s)
     assert [n.param_name for n in trace(s).nodes if n.op == "affine"] == [
-        "fc1.weight", "fc2.weight", "fc2.weight", "out.weight"
+        "fc1.weight",
+        "fc2.weight",
+        "fc2.weight",
+        "out.weight",
     ]
     a, b = neural_persistence(s), neural_persistence(u)
     assert a.layer_names == ["fc1", "fc2", "out"]
@@ -145,3 +148,159 @@ def test_a_shared_weight_is_one_weight_graph_in_per_layer_measures():
     r = msf_retention(s, m)
     assert r.layer_names == ["fc1", "fc2", "out"]
     assert r.retention[0] == 1.0 and r.retention[2] == 1.0
+
+
+# ------------------------------------------------------------------------ the Sequential walk == fx tracing
+def _fx_trace(net, **kw):
+    import netgeom.nets.graph as graph_mod
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(graph_mod, "_sequential_graph", lambda model: None)
+        return trace(net, **kw)
+
+
+def _assert_same_graph(a, b):
+    assert (a.input_shape, a.model_name, a.output, a.named) == (
+        b.input_shape,
+        b.model_name,
+        b.output,
+        b.named,
+    )
+    assert len(a.nodes) == len(b.nodes)
+    for x, y in zip(a.nodes, b.nodes):
+        for f in (
+            "index",
+            "name",
+            "op",
+            "inputs",
+            "shape",
+            "source",
+            "module",
+            "param_name",
+            "kind",
+            "negative_slope",
+            "in_shape",
+            "_first_name",
+            "_max_entries",
+        ):
+            assert getattr(x, f) == getattr(y, f), (f, x, y)
+        for f in ("kernel", "mask", "windows"):
+            u, v = getattr(x, f), getattr(y, f)
+            assert (u is None and v is None) or torch.equal(u, v), (f, x)
+        assert (
+            x._pool == y._pool
+            if x._pool is None
+            else (
+                {k: v for k, v in x._pool.items() if k != "starts"}
+                == {k: v for k, v in y._pool.items() if k != "starts"}
+            )
+        )
+        assert len(x._ops) == len(y._ops)
+        for p, q in zip(x._ops, y._ops):
+            assert (p.name, p.type_name, p.in_shape, p.out_shape, p.fan_in, p.weighted, p.param_name) == (
+                q.name,
+                q.type_name,
+                q.in_shape,
+                q.out_shape,
+                q.fan_in,
+                q.weighted,
+                q.param_name,
+            )
+            assert p.params.keys() == q.params.keys()
+            assert all(torch.equal(p.params[k], q.params[k]) for k in p.params)
+            assert p.module is q.module
+        if x.op == "affine":
+            assert torch.equal(x.bias_vector, y.bias_vector)
+            if x.size * x.in_size <= 2**20:
+                assert torch.equal(x.matrix(), y.matrix())
+            z = torch.randn(3, x.in_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+            assert torch.equal(x.apply(z), y.apply(z))
+
+
+def test_sequential_walk_builds_the_traced_graph_of_every_built_in_model():
+    from netgeom.nets import lenet_300_100, small_convnet, vgg
+    from netgeom.nets.graph import _sequential_graph
+
+    models = [
+        mlp(2, [32, 32], 1, seed=0),
+        mlp(3, [5], 2, seed=1, activation="leaky_relu"),
+        lenet_300_100(),
+        lenet5(),
+        small_convnet(),
+        vgg([4, "M", 8, "M"], image_size=8, seed=0),
+    ]
+    for net in models:
+        assert _sequential_graph(net) is not None
+        masks = {
+            k: torch.rand(v.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+            for k, v in net.named_parameters()
+            if v.ndim > 1
+        }
+        _assert_same_graph(trace(net, masks), _fx_trace(net, masks=masks))
+    # not a plain Sequential: fx traces it
+    assert _sequential_graph(resnet20(width=2, blocks=1, image_size=8)) is None
+    net = mlp(2, [3], 1)
+    net[0].register_forward_hook(lambda *a: None)
+    assert _sequential_graph(net) is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FLAT = st.sampled_from(["linear", "relu", "leaky", "bn", "drop", "identity", "flatten", "nest", "shared"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kinds=st.lists(_FLAT, min_size=1, max_size=8),
+    widths=st.lists(st.integers(1, 6), min_size=9, max_size=9),
+    conv=st.booleans(),
+    seed=st.integers(0, 100),
+)
+def test_sequential_walk_equals_fx_on_random_sequentials(kinds, widths, conv, seed):
+    torch.manual_seed(seed)
+    mods = []
+    if conv:
+        mods += [
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AvgPool2d(1),
+            nn.Flatten(),
+        ]
+        width = 3 * 3 * 3
+    else:
+        width = 4
+    shared = None
+    for kind, w in zip(kinds, widths):
+        if kind == "linear":
+            mods.append(nn.Linear(width, w))
+            width = w
+        elif kind == "relu":
+            mods.append(nn.ReLU())
+        elif kind == "leaky":
+            mods.append(nn.LeakyReLU(0.1))
+        elif kind == "bn":
+            bn = nn.BatchNorm1d(width).eval()
+            bn.running_mean.uniform_(-1, 1)
+            mods.append(bn)
+        elif kind == "drop":
+            mods.append(nn.Dropout(0.5))
+        elif kind == "identity":
+            mods.append(nn.Identity())
+        elif kind == "flatten":
+            mods.append(nn.Flatten())
+        elif kind == "nest":
+            mods.append(nn.Sequential(nn.Linear(width, w), nn.ReLU(), nn.Sequential(nn.Identity())))
+            width = w
+        elif kind == "shared":
+            # the same module instance twice: fx calls it by its first path both times
+            shared = nn.Linear(width, width)
+            mods += [shared, nn.ReLU(), shared]
+    mods.append(nn.Linear(width, 2))
+    net = nn.Sequential(*mods).eval()
+    kw = {"input_shape": (2, 6, 6)} if conv else {}
+    _assert_same_graph(trace(net, **kw), _fx_trace(net, **kw))
+    x = torch.randn(5, 2, 6, 6) if conv else torch.randn(5, 4)
+    torch.testing.assert_close(trace(net, **kw)(x), net.double()(x.double()), rtol=0, atol=1e-10)

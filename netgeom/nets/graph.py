@@ -231,8 +231,16 @@ class PLNode:
         """``apply(0)``: the constant part of the affine map, ``(size,)`` float64."""
         self._need("affine")
         if self._bias is None:
-            with torch.no_grad():
-                self._bias = self.apply(torch.zeros(1, self.in_size, dtype=torch.float64))[0]
+            ops = self._ops
+            if len(ops) == 1 and ops[0].fn is _linear_fn and len(ops[0].in_shape) == 1:
+                # a lone Linear maps 0 to its bias exactly (every product is a zero): no GEMM needed
+                w = ops[0].params["weight"]
+                b = ops[0].params.get("bias")
+                # a copy: a float64 model's parameter would otherwise be shared with the result
+                self._bias = b.clone() if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            else:
+                with torch.no_grad():
+                    self._bias = self.apply(torch.zeros(1, self.in_size, dtype=torch.float64))[0]
         return self._bias
 
     def matrix(self) -> torch.Tensor:
@@ -537,13 +545,20 @@ class _Builder:
         self.functional_weights: set[str] = set()  # parameters read through F.linear
         self.has_weight = False
         self.B = 2
+        self._submodules: dict[str, nn.Module] = {}
 
     # ------------------------------------------------------------------ helpers
+    def submodule(self, target: str) -> nn.Module:
+        m = self._submodules.get(target)
+        if m is None:
+            m = self._submodules[target] = self.model.get_submodule(target)
+        return m
+
     def source(self, node: fx.Node) -> str:
         line = _user_line(node.meta.get("stack_trace") or getattr(node, "stack_trace", None))
         at = f" at {line}" if line else ""
         if node.op == "call_module":
-            m = self.model.get_submodule(node.target)
+            m = self.submodule(node.target)
             return f"module '{node.target}' ({type(m).__name__}){at}"
         kind = "method" if node.op == "call_method" else "function"
         return f"{kind} {_target_name(node)} (node '{node.name}'){at}"
@@ -634,7 +649,14 @@ class _Builder:
     def run_op(self, fxn: fx.Node, op: _AffineOp, ref: _Ref) -> torch.Tensor:
         try:
             with torch.no_grad():
-                return op(ref.value.reshape(self.B, *op.in_shape))
+                x = ref.value.reshape(self.B, *op.in_shape)
+                if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
+                    # the probe of a small Linear without a BLAS call: a tiny threaded GEMM costs far more in
+                    # thread wake-ups than in arithmetic (the probe only carries shapes and test values)
+                    p = op.params
+                    y = (x.unsqueeze(-2) * p["weight"]).sum(-1)
+                    return y + p["bias"] if "bias" in p else y
+                return op(x)
         except RuntimeError as exc:
             raise ValueError(
                 f"layer '{op.name}' ({op.type_name}) cannot take an input of shape {ref.shape}: {exc}"
@@ -885,6 +907,53 @@ def _count_real_users(graph: fx.Graph, alias_like) -> dict[fx.Node, int]:
     return counts
 
 
+def _no_hooks(m: nn.Module) -> bool:
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _sequential_graph(model: nn.Module) -> fx.Graph | None:
+    """The graph ``torch.fx`` traces for a plain ``nn.Sequential`` (nested ones too) of modules it reads as
+    leaves, built directly: one ``call_module`` node per leaf in call order, named by fx's own namespace.
+
+    Symbolic tracing costs about a millisecond of proxies and stack traces even for a 3-layer MLP, while
+    this walk costs microseconds; the graph then goes through the same conversion as a traced one. Anything
+    else (a subclass with its own forward, a module fx would trace into, hooks) returns ``None``: trace it.
+    """
+    from torch.nn.modules import module as _m
+
+    if type(model) is not nn.Sequential or not _no_hooks(model):
+        return None
+    if any(
+        getattr(_m, h, None)
+        for h in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    ):
+        return None
+    paths: dict[int, str] = {}
+    for name, m in model.named_modules():  # a module registered twice is called by its first path, as fx
+        paths.setdefault(id(m), name)
+    leaves: list[str] = []
+
+    def walk(seq: nn.Module) -> bool:
+        for m in seq._modules.values():
+            if type(m) is nn.Sequential and _no_hooks(m):
+                if not walk(m):
+                    return False
+            elif (type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False)) and _no_hooks(m):
+                leaves.append(paths[id(m)])
+            else:
+                return False
+        return True
+
+    if not walk(model):
+        return None
+    graph = fx.Graph()
+    x = graph.placeholder("input")
+    for target in leaves:
+        x = graph.call_module(target, (x,))
+    graph.output(x)
+    return graph
+
+
 def _check_trace_masks(masks, model: nn.Module):
     """Masks checked by :func:`netgeom._validation.check_masks` (one validation path for every mask form),
     except that a key naming a parameter that is not a module's weight is kept aside: it is valid if the
@@ -986,9 +1055,10 @@ def trace(
         if t.is_complex():
             raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")
 
-    tracer = _Tracer()
+    graph = _sequential_graph(model)
     try:
-        graph = tracer.trace(model)
+        if graph is None:
+            graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ... with the user's frame inside
         tb = exc.__traceback__
         where = ""
@@ -1006,12 +1076,12 @@ def trace(
             "flow)"
         ) from None
 
+    b = _Builder(model, masks, max_entries)
     if not any(
-        (n.op == "call_module" and isinstance(model.get_submodule(n.target), _WEIGHTED)) or n.op == "get_attr"
+        (n.op == "call_module" and isinstance(b.submodule(n.target), _WEIGHTED)) or n.op == "get_attr"
         for n in graph.nodes
     ):
         raise ValueError(f"model ({name}) has no Linear or Conv layer: nothing to analyse")
-    b = _Builder(model, masks, max_entries)
     # a parameter read in forward is read only as F.linear's weight or bias; any other use (x @ W,
     # torch.matmul, W.t(), W * mask) is refused here, naming the node, before the input shape is guessed
     for n in graph.nodes:
@@ -1035,7 +1105,7 @@ def trace(
 
     def alias_like(n: fx.Node) -> bool:
         if n.op == "call_module":
-            return isinstance(model.get_submodule(n.target), _SKIPPED + _RESHAPES)
+            return isinstance(b.submodule(n.target), _SKIPPED + _RESHAPES)
         return n.op in ("call_function", "call_method") and (
             n.target in _RESHAPE_FUNCS or n.target in _DROPOUT_FUNCS
         )
@@ -1133,7 +1203,7 @@ def trace(
                     "parameters of the model",
                 )
             if n.op == "call_module":
-                m = model.get_submodule(t)
+                m = b.submodule(t)
                 if m.training and isinstance(m, _MODE_DEPENDENT):
                     b.training_modules.append(t)
                 x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
