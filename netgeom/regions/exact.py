@@ -304,7 +304,10 @@ def regions_on_segment(
     certified by a float error bound or, when too close to call, made in exact arithmetic on the float64
     weights and end points, so the pieces are exactly those of the float64 network at any scale (a
     longer segment never has fewer pieces). ``input_shape`` (one sample's shape, for conv nets) is passed
-    to :func:`netgeom.nets.affine_layers`.
+    to :func:`netgeom.nets.affine_layers`. A network that is not a chain (residual additions,
+    concatenations, max-pooling) is read through its traced graph (:func:`netgeom.nets.trace`) with the
+    same guarantee: a piece with a decision within its float error bound is split in exact rational
+    arithmetic (:mod:`netgeom.regions._graph_segment`); there ``t_range`` must be finite.
 
     Example
     -------
