@@ -13,6 +13,11 @@ protected-weights callback for topology-preserving IMP.
   the largest sparsity is ``1 − 1/η``.
 * Retention: the fraction of a dense network's MSF edges still present in a pruned version (random pruning
   at density ``p`` keeps a fraction ``p`` of them in expectation).
+
+Per-layer lists and their network means run over weight tensors: a module (or an ``F.linear`` weight)
+called several times in ``forward`` is one weight graph, counted once, so sharing a weight never changes
+these values (the whole-network graph of :func:`~netgeom.topology.graphs.network_graph` follows the
+computation and holds it once per call).
 """
 
 from __future__ import annotations
