@@ -116,7 +116,8 @@ def _check_against_fractions(net, a, b, n_grid):
     d = b - a
     res = regions_on_segment(net, a, b)
     edges = res.edges
-    assert np.all(np.diff(edges) > 0)
+    # non-decreasing: a piece shorter than one ulp (two exact breakpoints rounding to one float) is real
+    assert np.all(np.diff(edges) >= 0)
     assert np.all(np.any(res.patterns[1:] != res.patterns[:-1], axis=1))
     # grid points and points just beside every edge (the float breakpoints are certified to ~1e-15, so
     # only points within that of an edge could sit on the other side of the exact breakpoint)
@@ -201,3 +202,32 @@ def test_pruned_resnet20_segment_exact_path_against_sampling():
     inside = (t > res.edges[k]) & (t < res.edges[np.minimum(k + 1, len(res.edges) - 1)])
     assert np.array_equal(P[inside], res.patterns[k[inside]])
     assert np.all(np.any(res.patterns[1:] != res.patterns[:-1], axis=1))
+
+
+def test_a_piece_shorter_than_one_ulp_is_found():
+    # quantised weights with a 0.1 leak (not dyadic): two breakpoints 1e-19 apart near t = 14/27
+    rng = np.random.default_rng(48)
+    w1 = (rng.integers(-4, 5, size=(6, 2)) / 4).tolist()
+    b1 = (rng.integers(-4, 5, size=6) / 8).tolist()
+    w2 = (rng.integers(-2, 3, size=(6, 6)) / 2 * (rng.random((6, 6)) < 0.4)).tolist()
+    b2 = (rng.integers(-2, 3, size=6) / 8).tolist()
+    net = TieNet(w1, b1, w2, b2, 0.1).double().eval()
+    a = rng.integers(-4, 5, size=2) / 2
+    b = a + rng.integers(1, 5, size=2) / 2 * rng.choice([-1, 1], size=2)
+    res = regions_on_segment(net, a, b)
+    k = int(
+        np.nonzero(np.diff(res.edges) == 0)[0][0]
+    )  # the piece [edges[k], edges[k+1]] of zero float length
+    g = trace(net)
+    c = Fraction(res.edges[k])
+    # brute force: the pattern just right of t = 14/27 (within 1e-19) is that piece's, and differs from both
+    # neighbours' (seen at +-1e-17)
+    inside = _exact_patterns(g, a, b - a, Fraction(14, 27) + Fraction(1, 10**20))
+    assert c == Fraction(res.edges[k + 1])
+    assert np.array_equal(inside, res.patterns[k])
+    assert np.array_equal(
+        _exact_patterns(g, a, b - a, Fraction(14, 27) - Fraction(1, 10**17)), res.patterns[k - 1]
+    )
+    assert np.array_equal(
+        _exact_patterns(g, a, b - a, Fraction(14, 27) + Fraction(1, 10**17)), res.patterns[k + 1]
+    )

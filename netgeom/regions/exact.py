@@ -76,7 +76,8 @@ def _flat_point(x, name: str, n0: int) -> np.ndarray:
 class SegmentRegionsResult(Result):
     """Activation regions along the line ``x(t) = a + t (b - a)`` for ``t`` in ``t_range``.
 
-    ``breakpoints`` are the interior points where the pattern changes (sorted, ``count - 1`` of them) and
+    ``breakpoints`` are the interior points where the pattern changes (sorted, ``count - 1`` of them,
+    rounded to float64: two of them are equal when a piece is shorter than their spacing) and
     ``patterns[k]`` the pattern on the k-th piece. ``outputs`` holds the network output at ``edges``
     (``t_range[0]``, the breakpoints, ``t_range[1]``); the network is affine in between, so that is its
     whole graph along the segment. ``t_range`` is ``(0, 1)`` for the segment from ``a`` to ``b``; for the
