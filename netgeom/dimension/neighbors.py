@@ -198,7 +198,20 @@ def nearest_neighbors(
     )
 
 
+#: data whose largest entry lies below this are first scaled up by a power of two (see :func:`_knn`)
+_TINY = 2.0**-100
+
+
 def _knn(X, k, method, n_extra, chunk_size, device):
+    amax = float(np.abs(X).max())
+    if 0 < amax < _TINY:
+        # squared differences of data this small reach float64's subnormal range (at 1e-163 they vanish: two
+        # distinct points at distance 0). Scaled by a power of two, every difference, square, sum and root
+        # is the same number times that power wherever nothing under- or overflows: scaling back gives the
+        # same distances as the data's own scale would, where that scale leaves them exact
+        shift = -math.frexp(amax)[1]
+        dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
+        return np.ldexp(dist, -shift), idx, n_fallback
     if method == "kdtree":
         dist, idx = _knn_kdtree(X, k)
         return dist, idx, 0
