@@ -135,6 +135,9 @@ def nearest_neighbors(
         float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
 
+    On the CPU the torch back-end uses ``torch.get_num_threads()`` threads in all (numpy's BLAS is held to
+    that budget while it runs), so ``torch.set_num_threads(1)`` makes it single-threaded.
+
     Example
     -------
     >>> import numpy as np
@@ -422,20 +425,27 @@ def _blas_controller():
     return ThreadpoolController()  # inspecting the loaded libraries takes ~3 ms: once per process
 
 
-def _parallel(fn, items, workers: int, single_blas: bool = False) -> list:
-    """``[fn(x) for x in items]`` on ``workers`` threads (numpy releases the GIL in its array operations).
+def _parallel(fn, items, workers: int, blas: bool = False) -> list:
+    """``[fn(x) for x in items]`` on up to ``workers`` threads (numpy releases the GIL in its array
+    operations).
 
-    ``single_blas``: each thread's matrix products run on one BLAS thread (threadpoolctl), so the threads
-    share the cores without oversubscription; independent single-threaded products also keep going when
-    another process takes a core, where one product split over both cores waits for the slower half.
+    ``blas``: the matrix products inside share the same budget: each thread runs its products on
+    ``workers // threads`` BLAS threads (one, when the items are shared among threads), so the threads use
+    the cores without oversubscription, and independent single-threaded products keep going when another
+    process takes a core, where one product split over both cores waits for its slower half. The limit is
+    set on the process's BLAS for the duration (threadpoolctl) and restored after.
     """
-    if workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
+    threads = max(1, min(workers, len(items)))
+    limit = contextlib.nullcontext()
+    if blas:
+        limit = _blas_controller().limit(limits=max(1, workers // threads), user_api="blas")
+    with limit:
+        if threads == 1:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
 
-    limit = _blas_controller().limit(limits=1, user_api="blas") if single_blas else contextlib.nullcontext()
-    with limit, ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
 
 
 def _below(S: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray) -> np.ndarray:
@@ -496,7 +506,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
         best_v[a:b, w:] = np.inf  # not enough columns in this block yet
         best_i[a:b, w:] = a
 
-    _parallel(diagonal, starts, workers, single_blas=True)
+    _parallel(diagonal, starts, workers, blas=True)
     tau0 = best_v.max(axis=1)
     n_stores = min(workers, max(1, len(starts) - 1))
     stores = [(best_v, best_i, tau0)] + [
@@ -544,7 +554,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
             order = np.argsort(c.astype(np.uint16) if c1 - c0 <= 1 << 16 else c, kind="stable")
             _merge(store_v, store_i, tau, c0, c1 - c0, c[order], r[order] + a, vals[order], m)
 
-    _parallel(worker, stores, n_stores, single_blas=True)
+    _parallel(worker, stores, workers, blas=True)
     if n_stores > 1:
         all_v = np.concatenate([st[0] for st in stores], axis=1)
         all_i = np.concatenate([st[1] for st in stores], axis=1)
