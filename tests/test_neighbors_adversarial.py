@@ -106,3 +106,20 @@ def test_threads_do_not_change_the_answer():
     d, i = reference(X, 9)
     np.testing.assert_array_equal(out[0].distances, d)
     np.testing.assert_array_equal(out[0].indices, i)
+
+
+def test_concurrent_calls_restore_the_blas_threads():
+    # the float32 products hold numpy's BLAS to one thread per worker; calls from several threads at once
+    # must leave the process's setting as it was
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    X = np.random.default_rng(2).normal(size=(600, 40))
+    with ThreadPoolExecutor(3) as pool:
+        graphs = list(pool.map(lambda _: nearest_neighbors(X, 5, method="torch", chunk_size=100), range(6)))
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
+    for g in graphs[1:]:
+        np.testing.assert_array_equal(g.indices, graphs[0].indices)

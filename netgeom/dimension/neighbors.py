@@ -418,6 +418,9 @@ def _torch_scores(left: np.ndarray, right: np.ndarray, device: torch.device):
     return lambda a, b, c0, c1: (lt[a:b] @ rt[c0:c1].T).cpu().numpy()
 
 
+_BLAS_LOCK = threading.Lock()
+
+
 @functools.cache
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
@@ -436,10 +439,13 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
     """
     threads = max(1, min(workers, len(items)))
-    limit = contextlib.nullcontext()
-    if blas:
-        limit = _blas_controller().limit(limits=max(1, workers // threads), user_api="blas")
-    with limit:
+    # the limit is process-wide: two calls from different threads must not interleave their set and restore
+    # (the second would restore the first's limit for good), so limited sections run one at a time.
+    # threadpoolctl applies a limit when it is created, hence inside the lock.
+    with contextlib.ExitStack() as stack:
+        if blas:
+            stack.enter_context(_BLAS_LOCK)
+            stack.enter_context(_blas_controller().limit(limits=max(1, workers // threads), user_api="blas"))
         if threads == 1:
             return [fn(x) for x in items]
         from concurrent.futures import ThreadPoolExecutor
