@@ -54,11 +54,12 @@ def call_time(fn) -> float:
 
 def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
     """Best single-call time of every function over ``repeat`` rounds; each round runs every function in
-    turn, the same number of calls each (enough for ~2 ms of the fastest one: sub-millisecond calls are
-    then sampled alike, every call timed alone), so that the machine's load falls on all of them alike.
+    turn, the same number of calls each (enough for ~10 ms of the fastest one: fast calls are then sampled
+    alike, every call timed alone), so that the machine's load falls on all of them alike.
     Returns the times and the last outputs."""
-    fastest = min(call_time(f) for f in fns.values())
-    calls = max(1, min(200, int(2e-3 / max(fastest, 1e-7))))
+    t = [call_time(f) for f in fns.values()]
+    # ~10 ms of the fastest tool per round, unless the slowest one would then take more than 0.1 s
+    calls = max(1, min(200, int(1e-2 / max(min(t), 1e-7)), int(0.1 / max(t))))
     best = dict.fromkeys(fns, np.inf)
     out = {}
     for _ in range(repeat):
