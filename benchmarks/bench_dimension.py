@@ -5,11 +5,13 @@ MLE(k = 5…20) + TwoNN vs scikit-dimension, and local PCA (k = 20, every rule) 
     python benchmarks/bench_dimension.py --quick      # < 1 minute
     python benchmarks/bench_dimension.py              # MNIST test split 10,000 × 784 + synthetic 20,000 × 784
     python benchmarks/bench_dimension.py --full       # adds a synthetic 70,000 × 784
+    python benchmarks/bench_dimension.py --knn-only   # only the kNN table (MNIST 1000 ... 10,000, synthetic)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -23,8 +25,9 @@ K1, K2 = 5, 20
 
 
 def matmul_floor(X: np.ndarray, chunk: int) -> float:
-    """One float32 X @ X.T of the same size, in the same row chunks (bounded memory)."""
-    X32 = torch.from_numpy(X.astype(np.float32))
+    """One float32 X @ X.T of the same size, in the same row chunks (bounded memory), by numpy's BLAS
+    (faster than torch's on this machine, and the one netgeom's kNN uses on the CPU)."""
+    X32 = X.astype(np.float32)
     t = time.perf_counter()
     for a in range(0, len(X32), chunk):
         X32[a : a + chunk] @ X32.T
@@ -47,28 +50,45 @@ def faiss_knn(X: np.ndarray, k: int):
     return sec, idx[~own].reshape(len(X), k)
 
 
-def knn_row(X: np.ndarray, repeat: int) -> None:
-    """One table row: exact kNN (k = K2) by netgeom and by faiss, best of ``repeat`` interleaved runs."""
+def brute_kth(X: np.ndarray, r: int, k: int) -> tuple[np.ndarray, float]:
+    """float64 direct distances from point ``r`` (self at inf) and the k-th smallest."""
+    d = np.sqrt(np.einsum("ij,ij->i", X - X[r], X - X[r]))
+    d[r] = np.inf
+    return d, np.partition(d, k - 1)[k - 1]
+
+
+def knn_row(name: str, X: np.ndarray, repeat: int) -> None:
+    """One table row: exact kNN (k = K2) by netgeom and by faiss, best of ``repeat`` interleaved runs.
+
+    Each run is preceded by a 0.1 s pause: BLAS and OpenMP worker threads spin for a while after a call,
+    and the next library would otherwise share the cores with the previous one's idle spinners."""
     t_ours = t_faiss = float("inf")
     for _ in range(repeat):
+        time.sleep(0.1)
         t = time.perf_counter()
         g = nearest_neighbors(X, K2, duplicates="keep")
         t_ours = min(t_ours, time.perf_counter() - t)
+        time.sleep(0.1)
         t_f, idx_f = faiss_knn(X, K2)
         t_faiss = min(t_faiss, t_f)
     same = np.array([set(a) == set(b) for a, b in zip(g.indices, idx_f)])
-    # where the sets differ, float64 brute force on those rows says who is right
+    # where the sets differ, float64 brute force on those rows says who is right (a set is right when all
+    # its members lie within the k-th float64 distance and one lies at it)
     rows = np.flatnonzero(~same)
-    ours_right = 0
+    ours_right = faiss_right = 0
     for r in rows:
-        d = np.sqrt(np.einsum("ij,ij->i", X - X[r], X - X[r]))
-        d[r] = np.inf
-        kth = np.sort(d)[K2 - 1]
-        ours_right += bool(np.all(d[g.indices[r]] <= kth) and np.max(d[g.indices[r]]) == kth)
-    print(f"  exact kNN k={K2}: netgeom (float64-exact) {t_ours:6.2f} s | faiss IndexFlatL2 (float32) "
-          f"{t_faiss:6.2f} s | ratio faiss/netgeom {t_faiss / t_ours:5.2f} | kNN sets equal: "
-          f"{bool(same.all())} ({int(same.sum())}/{len(same)} rows; where they differ netgeom equals float64 "
-          f"brute force in {ours_right}/{len(rows)}; {g.n_fallback} fallback rows)")
+        d, kth = brute_kth(X, r, K2)
+        ours_right += bool(np.max(d[g.indices[r]]) == kth)
+        faiss_right += bool(np.max(d[idx_f[r]]) == kth)
+    load = os.getloadavg()[0]
+    ok_ours, ok_faiss = f"{ours_right}/{len(rows)}", f"{faiss_right}/{len(rows)}"
+    print(f"{name:>24} {len(X):>6} {t_ours:>9.4f} {t_faiss:>9.4f} {t_faiss / t_ours:>6.2f}x "
+          f"{int(same.sum()):>6}/{len(same):<6} {ok_ours:>9} {ok_faiss:>9} {g.n_fallback:>5} {load:>5.1f}",
+          flush=True)
+
+
+KNN_HEADER = (f"{'exact kNN k=20':>24} {'n':>6} {'netgeom':>9} {'faiss':>9} {'ratio':>7} {'sets equal':>13} "
+              f"{'ours ok':>9} {'faiss ok':>9} {'fallb':>5} {'load':>5}")
 
 
 def ours(X: np.ndarray):
@@ -127,11 +147,10 @@ def lpca(X: np.ndarray, g, n_ref: int, rules: dict[str, str]):
           + ", ".join(f"{r} {v:.4f}" for r, v in same.items()) + f"  agree: {min(same.values()) == 1.0}")
 
 
-def run(name: str, X: np.ndarray, skip_reference: bool, n_lpca: int = 0, rules=LPCA_RULES, repeat=2):
+def run(name: str, X: np.ndarray, skip_reference: bool, n_lpca: int = 0, rules=LPCA_RULES):
     n = len(X)
     chunk = int(min(max(2**25 // n, 16), n))
     print(f"\n{name}: {X.shape[0]} x {X.shape[1]}")
-    knn_row(X, repeat)
     floor = matmul_floor(X, chunk)
     t_all, t_knn, mle, two, g = ours(X)
     print(f"  {name}", end="  ")
@@ -155,11 +174,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer points (< 1 minute)")
     p.add_argument("--full", action="store_true", help="add a synthetic 70,000 x 784 (kNN and floor only)")
+    p.add_argument("--knn-only", action="store_true", help="only the kNN table (no estimators, no lPCA)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved runs per kNN row (best of)")
     p.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     rng = np.random.default_rng(a.seed)
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, load average at start: "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     n_syn = 2000 if a.quick else 20000
     n_lpca = 60 if a.quick else 2000  # skdim's lPCA.fit_pw fits one sklearn PCA per point: slow
     rules = {r: LPCA_RULES[r] for r in ("fo", "fan")} if a.quick else LPCA_RULES
@@ -168,20 +190,37 @@ def main():
 
     syn = make_curved_manifold(16, 784, n_train=n_syn, n_test=1, noise=0.05, seed=a.seed)
     syn = syn.X_train.double().numpy()
+    mn = None
     try:
         from netgeom.data.datasets import load_mnist
 
         m = load_mnist(a.mnist)
         mn = torch.cat([m.X_train, m.X_test]).reshape(-1, 784).double().numpy()
-        if a.quick:
-            mn = mn[rng.permutation(len(mn))[:2000]]
-        run("MNIST test split", mn, False, n_lpca=n_lpca, rules=rules, repeat=2 if a.quick else 3)
     except FileNotFoundError as exc:
         print(f"MNIST skipped: {exc}")
-    run("synthetic curved", syn, skip_reference=False, n_lpca=n_lpca, rules=rules, repeat=2 if a.quick else 3)
+    faiss_knn(syn[:50], K2)  # first calls pay for imports
+    nearest_neighbors(syn[:50], K2)
+    print(f"\n# times in s, best of {a.repeat} interleaved runs; ratio = faiss / netgeom (> 1: netgeom "
+          "faster); sets equal = rows whose k-sets agree; where they differ, 'ok' = rows where that side's "
+          "set is the float64 brute-force kNN; load = 1-min load average after the row (2 cores)")
+    print(KNN_HEADER)
+    if mn is not None:
+        sizes = (1000, 2000) if a.quick else (1000, 2000, 5000)
+        for size in sizes:  # small sets: random subsets of the test split
+            knn_row("MNIST subset", mn[np.sort(rng.permutation(len(mn))[:size])], a.repeat)
+        if not a.quick:
+            knn_row("MNIST test split", mn, a.repeat)
+    knn_row("synthetic curved", syn, a.repeat)
     if a.full:
         big = make_curved_manifold(16, 784, n_train=70000, n_test=1, noise=0.05, seed=a.seed)
-        run("synthetic curved (full)", big.X_train.double().numpy(), skip_reference=True)
+        knn_row("synthetic curved (full)", big.X_train.double().numpy(), 1)
+    if a.knn_only:
+        return
+    if mn is not None:
+        if a.quick:
+            mn = mn[rng.permutation(len(mn))[:2000]]
+        run("MNIST test split", mn, False, n_lpca=n_lpca, rules=rules)
+    run("synthetic curved", syn, skip_reference=False, n_lpca=n_lpca, rules=rules)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ diagram to 1e-12, giotto-ph's and ripser's (float32 internally) to 1e-6, and the
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -38,12 +39,35 @@ DENSITIES = (1.0, 0.1, 0.01)
 NETWORKS = [[784, 300, 100, 10], [784, 100, 100, 10], [784, 1000, 1000, 10], [784, 2500, 2500, 10]]
 
 
-def timed(fn, repeat):
-    best, out = np.inf, None
-    for _ in range(repeat):
+def call_time(fn) -> float:
+    """Best of up to three calls (the first call of a tool on a graph may build caches); one call when it
+    already takes more than 2 ms (then every round makes one call anyway)."""
+    best = np.inf
+    for _ in range(3):
         t = time.perf_counter()
-        out = fn()
+        fn()
         best = min(best, time.perf_counter() - t)
+        if best > 2e-3:
+            break
+    return best
+
+
+def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """Best single-call time of every function over ``repeat`` rounds; each round runs every function in
+    turn, the same number of calls each (enough for ~10 ms of the fastest one: fast calls are then sampled
+    alike, every call timed alone), so that the machine's load falls on all of them alike.
+    Returns the times and the last outputs."""
+    t = [call_time(f) for f in fns.values()]
+    # ~10 ms of the fastest tool per round, unless the slowest one would then take more than 0.1 s
+    calls = max(1, min(200, int(1e-2 / max(min(t), 1e-7)), int(0.1 / max(t))))
+    best = dict.fromkeys(fns, np.inf)
+    out = {}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            for _ in range(calls):
+                t = time.perf_counter()
+                out[k] = f()
+                best[k] = min(best[k], time.perf_counter() - t)
     return best, out
 
 
@@ -87,28 +111,29 @@ def same(a, b, atol):
 
 def run_case(label, graph, n, u, v, w, args, out):
     """Time ours and every alternative on one graph; print the row; return whether everything agrees."""
-    repeat = 5 if w.size <= 2e5 else (2 if w.size <= 2e6 else 1)
-    t_ours, d = timed(lambda: zeroth_persistence(graph), repeat)
+    repeat = args.repeat if w.size <= 2e6 else 2
+    fns = {"netgeom": lambda: zeroth_persistence(graph), "scipy": lambda: scipy_deaths(n, u, v, w)}
+    alt = (("giotto-ph", gph_deaths, 1e-6), ("gudhi", gudhi_deaths, 1e-12), ("ripser", ripser_deaths, 1e-6))
+    for name, fn, _ in alt:
+        if w.size <= args.max_alt_edges:
+            fns[name] = lambda fn=fn: fn(n, u, v, w)
+    times, res = interleaved(fns, repeat)
+    d = res["netgeom"]
     A = sparse.coo_matrix((np.ones(w.size), (u, v)), shape=(n, n))
     comps = connected_components(A, directed=False)[0]
-    times = {}
-    t, sd = timed(lambda: scipy_deaths(n, u, v, w), repeat)
-    times["scipy"] = t
-    agree = np.array_equal(np.sort(sd), np.sort(d.deaths)) and d.n_essential == comps
-    for name, fn, atol, limit in (("giotto-ph", gph_deaths, 1e-6, args.max_alt_edges),
-                                  ("gudhi", gudhi_deaths, 1e-12, args.max_alt_edges),
-                                  ("ripser", ripser_deaths, 1e-6, args.max_alt_edges)):
-        if w.size > limit:
+    agree = np.array_equal(np.sort(res["scipy"]), np.sort(d.deaths)) and d.n_essential == comps
+    for name, _, atol in alt:
+        if name in res:
+            dd, ess = res[name]
+            agree &= same(dd, d.deaths, atol) and ess == comps
+        else:
             times[name] = np.nan
-            continue
-        t, (dd, ess) = timed(lambda fn=fn: fn(n, u, v, w), 1 if w.size > 2e5 else 3)
-        times[name] = t
-        agree &= same(dd, d.deaths, atol) and ess == comps
+    t_ours = times.pop("netgeom")
     best_name = min((k for k in times if np.isfinite(times[k])), key=times.get)
     ratio = times[best_name] / t_ours
-    cols = " ".join(f"{times[k]:>9.4f}" for k in ("scipy", "giotto-ph", "gudhi", "ripser"))
-    print(f"{label:>24} {w.size:>9} {t_ours:>9.4f} {cols} {best_name:>9} {ratio:>6.2f}x {str(agree):>5}  "
-          f"{d.method}", flush=True)
+    cols = " ".join(f"{times[k]:>9.5f}" for k in ("scipy", "giotto-ph", "gudhi", "ripser"))
+    print(f"{label:>24} {w.size:>9} {t_ours:>9.5f} {cols} {best_name:>9} {ratio:>6.2f}x {str(agree):>5} "
+          f"{os.getloadavg()[0]:>5.1f}  {d.method}", flush=True)
     out.append((label, w.size, t_ours, best_name, times[best_name], ratio, agree))
     return agree
 
@@ -117,6 +142,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="layers up to 1e6 possible edges (< 1 minute)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="interleaved rounds per row (best of); 2 above 2e6 edges")
     ap.add_argument("--max-edges", type=float, default=None, help="skip layers with more possible edges")
     ap.add_argument("--max-alt-edges", type=float, default=None,
                     help="run giotto-ph, gudhi and ripser only up to this many edges")
@@ -129,10 +156,12 @@ def main(argv=None):
     zeroth_persistence(warm)
     for fn in (gph_deaths, gudhi_deaths, ripser_deaths):  # first calls pay for imports
         fn(warm.n_vertices, *warm.edges()[:3])
-    print(f"# {platform.processor() or platform.machine()}, numpy {np.__version__}; times in s (best of "
-          "repeats); ratio = fastest alternative / ours")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}; "
+          f"load average at start {os.getloadavg()[0]:.1f}; times in s per call, best of {args.repeat} "
+          "rounds that run every tool in turn (small graphs: the same number of single calls per tool and "
+          "round); ratio = fastest alternative / ours; load = 1-min load average after the row")
     hdr = (f"{'graph':>24} {'edges':>9} {'netgeom':>9} {'scipy':>9} {'giotto-ph':>9} {'gudhi':>9} "
-           f"{'ripser':>9} {'fastest':>9} {'ratio':>7} {'agree':>5}  method")
+           f"{'ripser':>9} {'fastest':>9} {'ratio':>7} {'agree':>5} {'load':>5}  method")
     print(hdr)
     rows, ok = [], True
     for n_out, n_in in SHAPES:

@@ -2,17 +2,25 @@
 
 Two back-ends:
 
-* ``"torch"`` — float32 scores ``‖x‖² + ‖y‖² − 2x·y`` by BLAS, ``k + n_extra`` candidates per row. The
-  score is symmetric, so only the blocks on and above the diagonal of the Gram matrix are computed (about
-  half the flops of ``X @ X.T``, hence faster than a flat index such as faiss's ``IndexFlatL2``, which
-  computes all of them); each block serves its rows and its columns. Candidates are selected against a
-  per-row threshold (the row's current ``(k + n_extra)``-th score), so a block costs one comparison pass.
+* ``"torch"`` — float32 scores ``‖x‖² + ‖y‖² − 2x·y`` by BLAS (numpy's on the CPU, torch's on an
+  accelerator), ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above
+  the diagonal of the Gram matrix are computed (about half the flops of ``X @ X.T``, hence faster than a
+  flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
+  its columns. Candidates are selected against a per-row threshold (the row's current
+  ``(k + n_extra)``-th score), so a block costs one comparison pass. On the CPU the blocks are shared by
+  ``torch.get_num_threads()`` threads, each running its products on one BLAS thread (independent
+  products keep both cores busy where a shared product waits for its slower half, e.g. on a loaded
+  machine, and the selection runs in parallel too).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
-  expansion, which loses all precision for close points) and re-ranked; rigorous float32 error bounds skip
-  the candidates that provably lie beyond the k-th neighbour, and certify, row by row, that no point
-  outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail the
-  certificate are recomputed exactly in float64 against every point (counted in
-  :attr:`NeighborGraph.n_fallback`). The result is therefore the exact float64 kNN (indices up to ties).
+  expansion, which loses all precision for close points; ``sqrt(einsum(d, d))`` of the float64
+  differences ``d``, the same numbers as a brute-force float64 pass) and re-ranked; rigorous float32
+  error bounds skip the candidates that provably lie beyond the k-th neighbour, and certify, row by row,
+  that no point outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail
+  the certificate are recomputed exactly in float64 against every point (counted in
+  :attr:`NeighborGraph.n_fallback`). The result is therefore the exact float64 kNN, each row ordered by
+  (distance, index): every point tied with the k-th neighbour is a candidate (the certificate is strict),
+  so the smallest indices win; only where the k-th distance is 0 (more than k exact copies of a point,
+  ``duplicates="keep"``) may any k of the copies be returned.
 * ``"kdtree"`` — :class:`scipy.spatial.cKDTree`, exact and fast in low ambient dimension.
 
 ``method="auto"`` picks the k-d tree for ≤ 16 features, torch otherwise.
@@ -20,8 +28,11 @@ Two back-ends:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
+import threading
 
 import numpy as np
 import torch
@@ -124,6 +135,9 @@ def nearest_neighbors(
         float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
 
+    On the CPU the torch back-end uses ``torch.get_num_threads()`` threads in all (numpy's BLAS is held to
+    that budget while it runs), so ``torch.set_num_threads(1)`` makes it single-threaded.
+
     Example
     -------
     >>> import numpy as np
@@ -187,7 +201,20 @@ def nearest_neighbors(
     )
 
 
+#: data whose largest entry lies below this are first scaled up by a power of two (see :func:`_knn`)
+_TINY = 2.0**-100
+
+
 def _knn(X, k, method, n_extra, chunk_size, device):
+    amax = float(np.abs(X).max())
+    if 0 < amax < _TINY:
+        # squared differences of data this small reach float64's subnormal range (at 1e-163 they vanish: two
+        # distinct points at distance 0). Scaled by a power of two, every difference, square, sum and root
+        # is the same number times that power wherever nothing under- or overflows: scaling back gives the
+        # same distances as the data's own scale would, where that scale leaves them exact
+        shift = -math.frexp(amax)[1]
+        dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
+        return np.ldexp(dist, -shift), idx, n_fallback
     if method == "kdtree":
         dist, idx = _knn_kdtree(X, k)
         return dist, idx, 0
@@ -250,7 +277,9 @@ def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) ->
 
 def _block_size(n: int) -> int:
     """Default Gram block: ~1.5k rows (a 9 MB float32 block, BLAS-efficient), evened out over ``n``."""
-    nb = max(1, math.ceil(n / 1536))
+    # at least 4 blocks from 1024 points on: the blocks above the diagonal are then 5/8 of the flops of the
+    # full product, or less (one block is the full product)
+    nb = max(math.ceil(n / 1536), min(4, n // 256), 1)
     return math.ceil(n / nb)
 
 
@@ -275,10 +304,20 @@ def _knn_torch(
     np.multiply(X32, -2.0, out=right[:, :D])
     left[:, D] = right[:, D + 1] = sq
     left[:, D + 1] = right[:, D] = 1.0
-    left, right = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
+    if device.type == "cpu":
+        # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
+        # in full float32 whatever torch's matmul precision setting
+        def make_scores():
+            return _numpy_scores(left, right)
+
+        u = 2.0**-24
+    else:
+        def make_scores():
+            return _torch_scores(left, right, device)
+
+        u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     norms = np.sqrt(sq)
     nmax = float(norms.max())
-    u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     u32 = 2.0**-24
     u64 = 2.0**-53
     K = D + 2
@@ -306,7 +345,8 @@ def _knn_torch(
         e = c_err * (xn + nmax) ** 2 + abs_sq
         return (np.sqrt(score + e) + 2 * u32 * (xn + nmax) + 2 * abs_pt) / shrink
 
-    best_v, best_i = _candidates(left, right, m, chunk_size)
+    workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+    best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
     # are the same, so the float64 differences below are bit for bit those of the float64 input.
     with np.errstate(over="ignore"):  # values beyond float32 become inf: not equal, X itself is used
@@ -315,9 +355,9 @@ def _knn_torch(
         Xg = X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
-    failed = []
-    for a in range(0, n, chunk_size):
-        b = min(a + chunk_size, n)
+
+    def rerank(a, b):
+        """Float64 distances of rows ``[a, b)``'s candidates, sorted; returns the uncertified rows."""
         vals = best_v[a:b].astype(np.float64)
         cand = best_i[a:b]
         # sorted by score (a score ties only with the same pair's symmetric twin)
@@ -339,8 +379,15 @@ def _knn_torch(
         # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates)
         dist[a:b] = d_sorted[:, :k]
         idx[a:b] = ids[:, :k]
-        if not ok.all():
-            failed.append(a + np.flatnonzero(~ok))
+        return a + np.flatnonzero(~ok)
+
+    # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
+    # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
+    threads = max(1, torch.get_num_threads())
+    piece = max(64, min(chunk_size, math.ceil(n / (2 * threads))))
+    pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
+    failed = _parallel(lambda ab: rerank(*ab), pieces, threads)
+    failed = [f for f in failed if f.size]
     n_fallback = 0
     if failed:
         rows = np.concatenate(failed)
@@ -349,12 +396,86 @@ def _knn_torch(
     return dist, idx, n_fallback
 
 
-def _scores(left, right, a, b, c0, c1) -> np.ndarray:
-    """float32 scores ``‖x‖² + ‖y‖² − 2x·y`` of rows ``[a, b)`` against columns ``[c0, c1)``, as numpy."""
-    return (left[a:b] @ right[c0:c1].T).cpu().numpy()
+def _numpy_scores(left: np.ndarray, right: np.ndarray):
+    """float32 scores ``‖x‖² + ‖y‖² − 2x·y`` of rows ``[a, b)`` against columns ``[c0, c1)`` by numpy's
+    BLAS, written into one reused buffer (a fresh 64 MB array per panel costs its page faults again).
+    One such function per thread: the buffer is its own."""
+    buf = np.empty(0, dtype=np.float32)
+
+    def scores(a, b, c0, c1):
+        nonlocal buf
+        size = (b - a) * (c1 - c0)
+        if buf.size < size:
+            buf = np.empty(size, dtype=np.float32)
+        return np.matmul(left[a:b], right[c0:c1].T, out=buf[:size].reshape(b - a, c1 - c0))
+
+    return scores
 
 
-def _candidates(left, right, m: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+def _torch_scores(left: np.ndarray, right: np.ndarray, device: torch.device):
+    """The same scores by torch on ``device`` (an accelerator), returned as numpy."""
+    lt, rt = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
+    return lambda a, b, c0, c1: (lt[a:b] @ rt[c0:c1].T).cpu().numpy()
+
+
+_BLAS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # inspecting the loaded libraries takes ~3 ms: once per process
+
+
+def _parallel(fn, items, workers: int, blas: bool = False) -> list:
+    """``[fn(x) for x in items]`` on up to ``workers`` threads (numpy releases the GIL in its array
+    operations).
+
+    ``blas``: the matrix products inside share the same budget: each thread runs its products on
+    ``workers // threads`` BLAS threads (one, when the items are shared among threads), so the threads use
+    the cores without oversubscription, and independent single-threaded products keep going when another
+    process takes a core, where one product split over both cores waits for its slower half. The limit is
+    set on the process's BLAS for the duration (threadpoolctl) and restored after.
+    """
+    threads = max(1, min(workers, len(items)))
+    # the limit is process-wide: two calls from different threads must not interleave their set and restore
+    # (the second would restore the first's limit for good), so limited sections run one at a time.
+    # threadpoolctl applies a limit when it is created, hence inside the lock.
+    with contextlib.ExitStack() as stack:
+        if blas:
+            stack.enter_context(_BLAS_LOCK)
+            stack.enter_context(_blas_controller().limit(limits=max(1, workers // threads), user_api="blas"))
+        if threads == 1:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
+
+
+def _below(S: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray) -> np.ndarray:
+    """Flat indices (row-major) of the entries of ``S`` below their row's or their column's threshold.
+
+    In slabs of rows that stay in cache: both comparisons and the nonzero scan then read ``S`` from memory
+    once (unchunked, the panel is read three times and a transposed mask copied)."""
+    nr, nc = S.shape
+    step = max(1, min(nr, (1 << 18) // nc))
+    mask = np.empty((step, nc), dtype=bool)
+    tmp = np.empty((step, nc), dtype=bool)
+    out = []
+    for r0 in range(0, nr, step):
+        r1 = min(r0 + step, nr)
+        Sc = S[r0:r1]
+        mk = np.less(Sc, t_rows[r0:r1, None], out=mask[: r1 - r0])
+        mk |= np.less(Sc, t_cols[None, :], out=tmp[: r1 - r0])
+        f = np.flatnonzero(mk)
+        if f.size:
+            out.append(f + r0 * nc)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
+
+
+def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The ``m`` smallest float32 scores of every row (self excluded) and their columns.
 
     The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
@@ -363,14 +484,26 @@ def _candidates(left, right, m: int, block: int) -> tuple[np.ndarray, np.ndarray
     in each later block only the entries below a row's threshold (a few per row) are merged, and the
     thresholds tighten as blocks are met. Every point outside a row's result has a score at least its
     ``m``-th (equal scores may be left out, which the certificate allows).
+
+    ``make_scores()`` returns a score function for one thread. With ``workers > 1`` the diagonal blocks,
+    then the panels, are shared among threads (each product on one BLAS thread); every thread merges into
+    its own candidate store (panels write to overlapping rows), filters against the lowest threshold of
+    all stores (each store's ``m``-th best bounds the union's from above) and the stores are merged at the
+    end: each pair of points is met in exactly one block, hence lies in one store.
     """
-    n = left.shape[0]
     starts = list(range(0, n, block))
     best_v = np.empty((n, m), dtype=np.float32)
     best_i = np.empty((n, m), dtype=np.int64)
-    for a in starts:
+    local = threading.local()
+
+    def thread_scores():
+        if not hasattr(local, "scores"):
+            local.scores = make_scores()
+        return local.scores
+
+    def diagonal(a):
         b = min(a + block, n)
-        S = _scores(left, right, a, b, a, b)
+        S = thread_scores()(a, b, a, b)
         np.fill_diagonal(S, np.inf)
         w = min(m, b - a - 1)  # the diagonal (self) is the largest entry of each row: never selected
         part = np.argpartition(S, w - 1, axis=1)[:, :w]
@@ -378,29 +511,67 @@ def _candidates(left, right, m: int, block: int) -> tuple[np.ndarray, np.ndarray
         best_i[a:b, :w] = part + a
         best_v[a:b, w:] = np.inf  # not enough columns in this block yet
         best_i[a:b, w:] = a
-    tau = best_v.max(axis=1)
+
+    _parallel(diagonal, starts, workers, blas=True)
+    tau0 = best_v.max(axis=1)
+    n_stores = min(workers, max(1, len(starts) - 1))
+    stores = [(best_v, best_i, tau0)] + [
+        (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64), tau0.copy())
+        for _ in range(n_stores - 1)
+    ]
+    # the panel right of each diagonal block, in column chunks of <= 2^24 scores (64 MB) per thread: few,
+    # large matrix products, which BLAS runs near its peak
+    tasks = []
     for a in starts:
         b = min(a + block, n)
-        # the panel right of the diagonal block, in column chunks of <= 2^24 scores (64 MB): few, large
-        # matrix products, which BLAS runs near its peak
-        width = max(block, _PANEL_SCORES // (b - a))
-        for c0 in range(b, n, width):
-            c1 = min(c0 + width, n)
-            S = _scores(left, right, a, b, c0, c1)
-            # flat indices (np.nonzero on 2-D masks is ~40x slower); row-major: grouped by row
-            flat = np.flatnonzero(S < tau[a:b, None])
+        width = max(block, _PANEL_SCORES // ((b - a) * n_stores))
+        tasks += [(a, b, c0, min(c0 + width, n)) for c0 in range(b, n, width)]
+    tasks.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))  # largest first: the threads end together
+    queue = iter(tasks)
+    lock = threading.Lock()
+
+    def threshold(lo, hi):
+        t = stores[0][2][lo:hi]
+        for st in stores[1:]:
+            t = np.minimum(t, st[2][lo:hi])
+        return t
+
+    def worker(store):
+        store_v, store_i, tau = store
+        scores = thread_scores()
+        while True:
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            a, b, c0, c1 = task
+            S = scores(a, b, c0, c1)
+            t_rows, t_cols = threshold(a, b), threshold(c0, c1)
+            flat = _below(S, t_rows, t_cols)
+            vals = S.ravel()[flat]
             r, c = np.divmod(flat, c1 - c0)
-            _merge(best_v, best_i, tau, a, b - a, r, c + c0, S.ravel()[flat], m)
-            # the same scores seen from the columns' side, grouped by column
-            flat = np.flatnonzero((S < tau[None, c0:c1]).T)
-            c, r = np.divmod(flat, b - a)
-            _merge(best_v, best_i, tau, c0, c1 - c0, c, r + a, S[r, c], m)
+            # both sides use the thresholds from before this panel (its two row ranges are disjoint)
+            row_side = vals < t_rows[r]
+            col_side = vals < t_cols[c]
+            # row side: already grouped by row (row-major order)
+            _merge(store_v, store_i, tau, a, b - a, r[row_side], c[row_side] + c0, vals[row_side], m)
+            # column side: grouped by column; a stable sort of 16-bit keys is numpy's radix sort
+            r, c, vals = r[col_side], c[col_side], vals[col_side]
+            order = np.argsort(c.astype(np.uint16) if c1 - c0 <= 1 << 16 else c, kind="stable")
+            _merge(store_v, store_i, tau, c0, c1 - c0, c[order], r[order] + a, vals[order], m)
+
+    _parallel(worker, stores, workers, blas=True)
+    if n_stores > 1:
+        all_v = np.concatenate([st[0] for st in stores], axis=1)
+        all_i = np.concatenate([st[1] for st in stores], axis=1)
+        part = np.argpartition(all_v, m - 1, axis=1)[:, :m]
+        best_v, best_i = np.take_along_axis(all_v, part, 1), np.take_along_axis(all_i, part, 1)
     return best_v, best_i
 
 
 def _merge(best_v, best_i, tau, row0: int, n_rows: int, r, cols, vals, m: int) -> None:
     """Merge new entries (local row ``r``, sorted; global column; score) into rows ``row0 + r``'s ``m``
-    best and update their thresholds."""
+    best and lower their thresholds to the new ``m``-th best."""
     if len(r) == 0:
         return
     counts = np.bincount(r, minlength=n_rows)
@@ -417,7 +588,8 @@ def _merge(best_v, best_i, tau, row0: int, n_rows: int, r, cols, vals, m: int) -
     part = np.argpartition(all_v, m - 1, axis=1)[:, :m]
     best_v[g] = np.take_along_axis(all_v, part, 1)
     best_i[g] = np.take_along_axis(all_c, part, 1)
-    tau[g] = best_v[g].max(axis=1)
+    # a store that started empty keeps the diagonal pass's threshold until it holds m entries below it
+    tau[g] = np.minimum(tau[g], best_v[g].max(axis=1))
 
 
 def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
@@ -425,14 +597,12 @@ def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
     in sub-blocks of rows whose gathered differences stay cache-sized. ``Xg`` holds the same values as
     ``X`` (``X`` itself, or an exact float32 copy) and is what is gathered."""
     rows = len(cand)
-    s0 = 0
-    while s0 < rows:
-        width = int(n_keep[s0])
-        s1 = s0 + 1
-        # grow the sub-block while its padded size stays within the budget
-        while s1 < rows and (s1 + 1 - s0) * max(width, int(n_keep[s1])) <= pairs_per_block:
-            width = max(width, int(n_keep[s1]))
-            s1 += 1
+    step = max(1, pairs_per_block // max(1, int(n_keep.max(initial=0))))
+    for s0 in range(0, rows, step):
+        s1 = min(s0 + step, rows)
+        width = int(n_keep[s0:s1].max())
+        if width == 0:
+            continue
         diff = np.take(Xg, cand[s0:s1, :width], axis=0)
         if diff.dtype != np.float64:
             diff = diff.astype(np.float64)
@@ -441,4 +611,3 @@ def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
         # entries past a row's own count are not needed: they stay inf
         d[np.arange(width)[None, :] >= n_keep[s0:s1, None]] = np.inf
         out[s0:s1, :width] = d
-        s0 = s1

@@ -180,7 +180,10 @@ def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -
 
 def _edge_order(w: np.ndarray) -> np.ndarray:
     """Positions sorted by (weight descending, position ascending): numpy's fast unstable sort, then the
-    runs of equal weights (common for weights that were float32) put back in position order."""
+    runs of equal weights (common for weights that were float32) put back in position order. Small
+    arrays take the stable sort at once (the run repair costs more than the sort saves)."""
+    if w.size < 4096:
+        return np.argsort(-w, kind="stable")
     order = np.argsort(-w)
     ws = w[order]
     eq = ws[1:] == ws[:-1]
@@ -195,9 +198,10 @@ def _edge_order(w: np.ndarray) -> np.ndarray:
     return order
 
 
-def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Positions (increasing) of the maximum spanning forest of edges ``(a, b, w)`` under the order (weight
-    descending, position ascending), by scipy's compiled Kruskal on a subdivided graph.
+def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, ranked: bool = False) -> np.ndarray:
+    """Positions (increasing; with ``ranked=True`` in the order itself) of the maximum spanning forest of
+    edges ``(a, b, w)`` under the order (weight descending, position ascending), by scipy's compiled Kruskal
+    on a subdivided graph.
 
     scipy's Kruskal sorts its input with a stable float sort, the cost we avoid: edge number ``k`` in our
     order becomes a new vertex ``r_k = n + k`` with the two half-edges ``(r_k, a_k)``, ``(r_k, b_k)`` of
@@ -220,7 +224,8 @@ def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.
     indices[1::2] = b[order]
     data = np.arange(1, 2 * m + 1, dtype=np.float64)
     T = minimum_spanning_tree(sparse.csr_matrix((data, indices, indptr), shape=(big, big)), overwrite=True)
-    return np.sort(order[np.diff(T.indptr[n:]) == 2])
+    sel = order[np.diff(T.indptr[n:]) == 2]
+    return sel if ranked else np.sort(sel)
 
 
 #: below this many edges scipy's Kruskal on the plain graph (no subdivision) has the smaller fixed cost
@@ -262,6 +267,16 @@ def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.nd
         n_comp, labels = connected_components(g, directed=False)
         cand = rest[labels[rows[rest]] != labels[cols[rest]]]
     return forest
+
+
+def _kruskal_ranked(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The forest of :func:`_kruskal` in the edge order itself (weight descending, position ascending): the
+    order of the diagram's deaths. Graphs that one Kruskal round takes anyway run it on the subdivided
+    graph, whose forest comes out in that order (no second sort of the forest, no prefix round)."""
+    if w.size < _PREFIX_MIN_EDGES:
+        return _ordered_kruskal(n, rows, cols, w, ranked=True)
+    sel = _kruskal(n, rows, cols, w)
+    return sel[_edge_order(w[sel])]
 
 
 def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
@@ -637,9 +652,10 @@ def _check_network(G: NetworkGraph) -> None:
         G.global_edges()  # raises the explanatory "do not chain" error
 
 
-def _network_native(G: NetworkGraph, method: str) -> list[np.ndarray]:
-    """Per-layer flat indices (increasing) of the chained graph's MSF under the network order (weight
-    descending, then layer, then flat index).
+def _network_native(G: NetworkGraph, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The chained graph's MSF under the network order (weight descending, then layer, then flat index):
+    its ``w̃`` in that order (the deaths), the layer of each, its edges as flat indices into the layers'
+    weight matrices laid end to end, and the lowest ``w̃`` of the network (NaN without edges).
 
     Per-layer methods use the cycle property: an edge that is the lightest on a cycle of its own layer
     graph is the lightest on that cycle in the network too, so the network MSF lies inside the union of
@@ -647,26 +663,32 @@ def _network_native(G: NetworkGraph, method: str) -> list[np.ndarray]:
     every edge of the network at once. Edges are listed layer by layer in flat-index order, which is CSR
     order by (output vertex, input vertex), the order Kruskal's tie-break needs.
     """
-    offsets = G.vertex_offsets
+    offsets, bases = [0], [0]
+    for g in G:
+        offsets.append(offsets[-1] + g.n_in)
+        bases.append(bases[-1] + g.n_possible)
+    n = offsets[-1] + G.layers[-1].n_out
     if method == "global":
-        n, u, v, w, lay, idx = G.global_edges(with_layers=True)
-        sel = _kruskal(n, v, u, w)
+        lists = [g.edges() for g in G]
     else:
-        us, vs, ws, lays, idxs = [], [], [], [], []
-        for k, g in enumerate(G):
+        lists = []
+        for g in G:
             cand = _native_forest(g, _pick_method(g) if method == "auto" else method)
             j, i = np.divmod(cand, g.n_in)
-            us.append(i + offsets[k])
-            vs.append(j + offsets[k + 1])
-            ws.append(g.weights.ravel()[cand])
-            lays.append(np.full(cand.size, k, dtype=np.int64))
-            idxs.append(cand)
-        v, u, w = np.concatenate(vs), np.concatenate(us), np.concatenate(ws)
-        sel = _kruskal(int(offsets[-1]), v, u, w)
-        lay, idx = np.concatenate(lays), np.concatenate(idxs)
-    lay, idx = lay[sel], idx[sel]
-    bounds = np.searchsorted(lay, np.arange(len(G) + 1))  # sel is increasing, so layers come in order
-    return [idx[bounds[k]:bounds[k + 1]] for k in range(len(G))]
+            lists.append((i, j + g.n_in, g.weights.ravel()[cand], cand))
+    u = np.concatenate([e[0] + off for e, off in zip(lists, offsets)])
+    v = np.concatenate([e[1] + off for e, off in zip(lists, offsets)])
+    w = np.concatenate([e[2] for e in lists])
+    flat = np.concatenate([e[3] + base for e, base in zip(lists, bases)])
+    sel = _kruskal_ranked(n, v, u, w)
+    flat = flat[sel]
+    lay = np.searchsorted(np.array(bases), flat, side="right") - 1
+    if method == "global":
+        low = float(w.min()) if w.size else math.nan
+    else:
+        mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
+        low = min(mins) if mins else math.nan
+    return w[sel], lay, flat, low
 
 
 def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZerothDiagram:
@@ -674,6 +696,7 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
     _check_network(G)
     used_method = None
     forests = masks = death_layers = None
+    n_vertices = sum(g.n_in for g in G) + G.layers[-1].n_out
     if backend == "native":
         layer_methods = [_pick_method(g) if method == "auto" else method for g in G]
         # When every layer would run Kruskal anyway, one Kruskal over all edges saves the merge pass and
@@ -682,7 +705,18 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
             used_method = "global"
         else:
             used_method = f"layers({','.join(layer_methods)})+merge"
-        forests = _network_native(G, "global" if used_method == "global" else method)
+        deaths, death_layers, flat, min_value = _network_native(
+            G, "global" if used_method == "global" else method
+        )
+        n_ess = n_vertices - deaths.size
+        # one buffer for all layers' forest masks, each layer's mask a view of its part
+        buf = np.zeros(sum(g.n_possible for g in G), dtype=bool)
+        buf[flat] = True
+        masks, b0 = [], 0
+        for g in G:
+            masks.append(buf[b0 : b0 + g.n_possible].reshape(g.weights.shape))
+            b0 += g.n_possible
+        layer_n_pairs = np.bincount(death_layers, minlength=len(G)).tolist()
     elif backend == "gudhi":
         deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
         offsets = G.vertex_offsets
@@ -692,22 +726,19 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         for k, g in enumerate(G):
             e = edges[lay == k]
             forests.append(np.sort((e[:, 1] - offsets[k + 1]) * g.n_in + (e[:, 0] - offsets[k])))
-    else:
-        deaths, n_ess = _ripser_edges(*G.global_edges())
-    if forests is not None:
         masks = [_forest_mask(g, f) for g, f in zip(G, forests)]
+        # the layers of gudhi's merging edges, in the order of its deaths (sorted like the native ones)
         w = np.concatenate([g.weights.ravel()[f] for g, f in zip(G, forests)])
         lay = np.concatenate([np.full(f.size, k, dtype=np.int64) for k, f in enumerate(forests)])
-        order = _edge_order(w)
-        death_layers = lay[order]
-        if backend == "native":
-            deaths = w[order]
-            n_ess = int(G.vertex_offsets[-1]) - deaths.size
-        # gudhi: deaths stay gudhi's own intervals; the layers come from its merging edges, sorted alike
-    if backend != "native":  # native deaths come sorted already
+        death_layers = lay[_edge_order(w)]
         deaths = -np.sort(-deaths)
-    n_edges = [g.n_edges for g in G]
-    mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
+    else:
+        deaths, n_ess = _ripser_edges(*G.global_edges())
+        deaths = -np.sort(-deaths)
+    if backend != "native":
+        mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
+        min_value = min(mins) if mins else math.nan
+        layer_n_pairs = None if forests is None else [int(f.size) for f in forests]
     return NetworkZerothDiagram(
         backend=backend,
         method=used_method,
@@ -717,14 +748,14 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         param_names=[g.param_name for g in G],
         layer_kinds=[g.kind for g in G],
         aggregate=next((g.aggregate for g in G if g.aggregate is not None), None),
-        n_vertices=int(G.vertex_offsets[-1]),
-        n_edges=sum(n_edges),
+        n_vertices=n_vertices,
+        n_edges=sum(g.n_edges for g in G),
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
-        min_value=min(mins) if mins else math.nan,
+        min_value=min_value,
         total_persistence=float((1.0 - deaths).sum()),
-        layer_n_pairs=None if forests is None else [int(f.size) for f in forests],
+        layer_n_pairs=layer_n_pairs,
         deaths=deaths,
         death_layers=death_layers,
         msf_masks=None if masks is None else {
@@ -792,18 +823,23 @@ def zeroth_persistence(
     g = _as_graph(graph_or_weights, mask, normalize, conv, aggregate)
     msf = None
     used_method = None
+    u, v, w, idx = g.edges()
     if backend == "native":
         used_method = _pick_method(g) if method == "auto" else method
-        flat = _native_forest(g, used_method)
+        if used_method == "kruskal":  # the forest comes in the order of the deaths
+            sel = _kruskal_ranked(g.n_vertices, v, u, w)
+            flat, deaths = idx[sel], w[sel]
+        else:
+            flat = _native_forest(g, used_method)
+            deaths = -np.sort(-g.weights.ravel()[flat])
         msf = _forest_mask(g, flat)
-        deaths = g.weights.ravel()[flat]
         n_ess = g.n_vertices - deaths.size
     elif backend == "gudhi":
         deaths, n_ess, msf = _gudhi_diagram(g)
+        deaths = -np.sort(-deaths)
     else:
         deaths, n_ess = _ripser_diagram(g)
-    deaths = -np.sort(-deaths)
-    w = g.edges()[2]
+        deaths = -np.sort(-deaths)
     return ZerothDiagram(
         name=g.name,
         backend=backend,

@@ -1,0 +1,125 @@
+"""The torch back-end of ``nearest_neighbors`` against brute-force float64 on adversarial inputs: exact
+duplicates, exact ties, near-ties a few ulps apart, huge and tiny scales, many Gram blocks (several
+threads' candidate stores). The answer must be *the* float64 answer: the same distances to the last bit
+(``sqrt(einsum(d, d))`` of the float64 differences ``d``) and the same indices under (distance, index)."""
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netgeom.dimension.neighbors import deduplicate, nearest_neighbors
+
+
+def reference(X, k):
+    """Brute force: float64 direct differences, rows ordered by (distance, index). Data below 2^-100 are
+    scaled by a power of two first, as documented (their squared differences would underflow)."""
+    amax = float(np.abs(X).max())
+    shift = -math.frexp(amax)[1] if 0 < amax < 2.0**-100 else 0
+    Xs = np.ldexp(X, shift)
+    n = len(X)
+    D = np.empty((n, n))
+    for a in range(0, n, 16):
+        diff = Xs[None, :, :] - Xs[a : a + 16, None, :]
+        D[a : a + 16] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    np.fill_diagonal(D, np.inf)
+    i = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.ldexp(np.take_along_axis(D, i, 1), -shift), i
+
+
+def adversarial(rng, kind, n, D):
+    if kind == "grid":  # small integers: many exact ties
+        return rng.integers(-2, 3, size=(n, D)).astype(float)
+    if kind == "signs":  # a centre plus sign patterns of one dyadic vector: exact ties in every row
+        c = rng.integers(-8, 9, size=D).astype(float)
+        v = np.ldexp(rng.integers(1, 64, size=D).astype(float), -3)
+        return c + v * rng.choice([-1.0, 1.0], size=(n, D))
+    if kind == "ulp":  # copies of a few points moved by 1-3 ulps in one coordinate: near-ties everywhere
+        base = rng.normal(size=(max(1, n // 6), D)) * 4
+        X = base[rng.integers(0, len(base), size=n)]
+        j = rng.integers(0, D, size=n)
+        steps = rng.integers(-3, 4, size=n)
+        X[np.arange(n), j] += steps * np.spacing(X[np.arange(n), j])
+        return X
+    return rng.normal(size=(n, D))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    kind=st.sampled_from(["normal", "grid", "signs", "ulp"]),
+    n=st.integers(4, 70),
+    D=st.integers(1, 24),
+    k=st.integers(1, 8),
+    n_dup=st.integers(0, 6),
+    log2_scale=st.sampled_from([-1060, -600, -140, -60, 0, 60, 140, 400]),
+    offset=st.sampled_from([0.0, 1.0, 2.0**30]),
+    chunk=st.sampled_from([None, 1, 3, 8, 64]),
+    n_extra=st.sampled_from([0, 2, 10]),
+)
+def test_equals_bruteforce_float64(seed, kind, n, D, k, n_dup, log2_scale, offset, chunk, n_extra):
+    rng = np.random.default_rng(seed)
+    X = adversarial(rng, kind, n, D) + offset
+    if n_dup:  # exact duplicates, and one with -0.0 where a coordinate is 0
+        X = np.concatenate([X, X[rng.integers(0, n, size=n_dup)]])
+    X = np.ldexp(X, log2_scale)  # exact: powers of two keep every tie and ulp step
+    keep = deduplicate(X)
+    if k >= len(keep):
+        return
+    g = nearest_neighbors(X, k, method="torch", chunk_size=chunk, n_extra=n_extra)
+    np.testing.assert_array_equal(g.kept, keep)
+    d, i = reference(X[keep], k)
+    np.testing.assert_array_equal(g.distances, d)
+    np.testing.assert_array_equal(g.indices, i)
+
+
+def test_tiny_scale_has_no_false_duplicates():
+    # at 2^-560 every squared difference underflows float64: unscaled, all distances would be 0 and the
+    # estimators' log-ratios infinite; scaled by a power of two they are the distances of the data
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 20))
+    for method in ("torch", "kdtree"):
+        g = nearest_neighbors(np.ldexp(X, -560), 4, method=method)
+        ref = nearest_neighbors(X, 4, method=method)
+        assert g.n_dropped == 0 and (g.distances > 0).all()
+        np.testing.assert_array_equal(g.indices, ref.indices)
+        np.testing.assert_allclose(np.ldexp(g.distances, 560), ref.distances, rtol=1e-15)
+
+
+def test_threads_do_not_change_the_answer():
+    # several Gram blocks shared by threads (each with its own candidate store) or done by one thread
+    rng = np.random.default_rng(1)
+    X = np.round(rng.normal(size=(700, 30)) * 3)  # integer data: exact ties
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out.append(nearest_neighbors(X, 9, method="torch", chunk_size=50, duplicates="keep"))
+    finally:
+        torch.set_num_threads(before)
+    for g in out[1:]:
+        np.testing.assert_array_equal(g.distances, out[0].distances)
+        np.testing.assert_array_equal(g.indices, out[0].indices)
+    d, i = reference(X, 9)
+    np.testing.assert_array_equal(out[0].distances, d)
+    np.testing.assert_array_equal(out[0].indices, i)
+
+
+def test_concurrent_calls_restore_the_blas_threads():
+    # the float32 products hold numpy's BLAS to one thread per worker; calls from several threads at once
+    # must leave the process's setting as it was
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    X = np.random.default_rng(2).normal(size=(600, 40))
+    with ThreadPoolExecutor(3) as pool:
+        graphs = list(pool.map(lambda _: nearest_neighbors(X, 5, method="torch", chunk_size=100), range(6)))
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
+    for g in graphs[1:]:
+        np.testing.assert_array_equal(g.indices, graphs[0].indices)
