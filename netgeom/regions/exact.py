@@ -560,7 +560,15 @@ def regions_on_slice(
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
-    layers, plan = _hidden(model, masks, input_shape)
+    try:
+        layers, plan = _hidden(model, masks, input_shape)
+    except UnsupportedLayerError as err:
+        from ..nets import trace
+
+        g = trace(model, masks, input_shape=input_shape)  # raises again for a truly unsupported op
+        if g.is_chain:
+            raise err
+        return _slice_on_graph(g, x0, d1, d2, box, max_regions, memory_budget)
     n0 = layers[0].n_in
     x0 = _flat_point(x0, "x0", n0)
     d1 = _flat_point(d1, "d1", n0)
@@ -666,6 +674,33 @@ def regions_on_slice(
         areas=areas,
         n_exact=n_exact,
         whole_plane=box is None,
+    )
+
+
+def _slice_on_graph(g, x0, d1, d2, box, max_regions: int, memory_budget: int) -> SliceRegionsResult:
+    """:func:`regions_on_slice` on a traced graph (residual add, cat, max-pool): see
+    :mod:`netgeom.regions._graph_slice`."""
+    from ._graph_slice import polygons_uv, slice_graph_regions
+
+    n0 = g.n_in
+    x0 = _flat_point(x0, "x0", n0)
+    d1 = _flat_point(d1, "d1", n0)
+    d2 = _flat_point(d2, "d2", n0)
+    _check_plane(d1, d2)
+    whole = box is None
+    if not whole:
+        box = _check_box(box)
+    box, rec, nv, pats, n_exact = slice_graph_regions(g, x0, d1, d2, box, max_regions, memory_budget)
+    polygons, areas = polygons_uv(rec, nv)
+    return SliceRegionsResult(
+        count=len(pats),
+        n_bits=pats.shape[1],
+        box=tuple(float(v) for v in box),
+        polygons=polygons,
+        patterns=pats,
+        areas=areas,
+        n_exact=n_exact,
+        whole_plane=whole,
     )
 
 
