@@ -549,6 +549,12 @@ def regions_on_slice(
     the slice into more than ``max_regions`` pieces (a lower bound on the final count). ``input_shape``
     (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
 
+    Any traced network (:func:`netgeom.nets.trace`: residual additions, concatenations, max-pooling,
+    LeakyReLU) is answered exactly too, by :mod:`netgeom.regions._graph_slice`: on every polygon each node's
+    value is affine in ``(u, v)``; ReLU nodes cut as above, and each max-pool window cuts a polygon into the
+    cells where its argmax is constant (ties to the first position, as torch). The pattern is then the ReLU
+    bits and one-hot argmaxes in node order, with the same certified-then-exact decisions.
+
     Example
     -------
     >>> from netgeom import mlp
@@ -557,6 +563,20 @@ def regions_on_slice(
     True
     >>> regions_on_slice(mlp(2, [3], 1, seed=0), [0, 0], [1, 0], [0, 1], box=None).count >= res.count
     True
+
+    A residual block (a graph, not a chain):
+
+    >>> import torch
+    >>> class Res(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         torch.manual_seed(0)
+    ...         self.a, self.b = torch.nn.Linear(2, 4), torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return torch.relu(x + self.b(torch.relu(self.a(x))))
+    >>> res = regions_on_slice(Res(), [0, 0], [1, 0], [0, 1], box=(-3, 3, -3, 3))
+    >>> res.n_bits, res.count == len(res.polygons) == len(res.patterns)  # 4 + 2 ReLU bits
+    (6, True)
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
