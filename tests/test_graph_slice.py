@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from netgeom import mlp
 from netgeom.nets import trace
 from netgeom.regions._graph_slice import slice_graph_regions
 from netgeom.regions.exact import regions_on_slice

@@ -229,7 +229,9 @@ class GraphSliceCtx:
                 self.col_span[n.index] = (col, col + nw * k)
                 col += nw * k
             if n.op == "relu" and n.size > _UNIT_MAX:
-                raise ValueError(f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input")
+                raise ValueError(
+                    f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
+                )
         self.n_cols = col
 
     # ------------------------------------------------------------------------------ exact fallback
