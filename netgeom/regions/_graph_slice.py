@@ -280,6 +280,10 @@ class GraphSliceCtx:
         return out
 
     def new_block(self, node_index: int, prefix: np.ndarray) -> int:
+        if len(self.blocks) >= 1 << (63 - _BLOCK_SHIFT):
+            raise TooManyRegionsError(
+                f"the slice needed more than 2^19 chunks of polygons by node {node_index}; raise memory_budget"
+            )
         if len(prefix) >= _ROW_MAX:
             raise TooManyRegionsError(
                 f"{len(prefix)} polygons reach node {node_index} in one block (the slice's line ids allow "
@@ -636,9 +640,10 @@ def _affine_node(node, inp):
 def _add_node(ins):
     A = sum(v[0] for v in ins)
     B = sum(v[1] for v in ins)
+    # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
     c = len(ins) * _U * (1 + 1e-9)
-    eA = sum(v[2] for v in ins) * (1 + c) + c * np.abs(A)
-    eB = sum(v[3] for v in ins) * (1 + c) + c * np.abs(B)
+    eA = sum(v[2] for v in ins) * (1 + c) + c * sum(np.abs(v[0]) for v in ins)
+    eB = sum(v[3] for v in ins) * (1 + c) + c * sum(np.abs(v[1]) for v in ins)
     return A, B, eA, eB
 
 
