@@ -138,7 +138,8 @@ class _GlobalMax(torch.nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         nn = torch.nn
-        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(n0, w), nn.Linear(w, c), nn.Linear(1, h), nn.Linear(h, 1)
+        self.fc1, self.fc2 = nn.Linear(n0, w), nn.Linear(w, c)
+        self.fc3, self.fc4 = nn.Linear(1, h), nn.Linear(h, 1)
         self.c = c
 
     def forward(self, x):
@@ -193,8 +194,8 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
     """Traced graphs (``regions_on_slice``'s graph engine) against regioncam: pruned residual MLPs (magnitude
     masks per hidden matrix) and a global max-pool net, float32 weights, same plane and box [-r, r]^2."""
     # (kind, n0, width, blocks or pooled units, n_out, density, r)
-    rows = [("res", 2, 32, 2, 1, 0.5, 1.0), ("res", 2, 100, 2, 10, 0.3, 1.0), ("res", 64, 100, 2, 10, 0.3, 0.5),
-            ("max", 2, 64, 16, 1, 1.0, 2.0)]
+    rows = [("res", 2, 32, 2, 1, 0.5, 1.0), ("res", 2, 100, 2, 10, 0.3, 1.0),
+            ("res", 64, 100, 2, 10, 0.3, 0.5), ("max", 2, 64, 16, 1, 1.0, 2.0)]
     if not quick:
         rows += [("res", 2, 100, 3, 10, 0.3, 3.0), ("res", 784, 200, 2, 10, 0.1, 1.0),
                  ("max", 64, 100, 32, 1, 1.0, 1.0)]
@@ -219,10 +220,11 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
             x1, x2, x3 = rng.uniform(0, 1, size=(3, n0))
             x0, d1, d2 = x1, x2 - x1, x3 - x1
         x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
+        args = (net, x0, d1, d2)
         ours, t_ng = _best(
-            lambda: regions_on_slice(net, x0, d1, d2, box=(-r, r, -r, r), masks=masks).count, repeat
+            lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
         )
-        theirs, t_rc = _best(lambda: _rc_graph_count(net, masks or {}, x0, d1, d2, r), repeat)
+        theirs, t_rc = _best(lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat)
         print(
             f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_rc:>8.4f} "
             f"{t_rc / t_ng:>6.2f}",

@@ -387,3 +387,29 @@ def test_random_graphs_against_sampling(kind, seed, n0, scale):
         net = CatBranches(n0, 4, seed).double().eval()
     x0, d1, d2 = _plane(n0, seed, scale)
     _check_against_sampling(net, x0, d1, d2, n_grid=121)
+
+
+# ------------------------------------------------------------------------- exact fallback, budgets
+def test_plane_inside_a_units_hyperplane_is_settled_exactly():
+    """A unit identically zero on the plane (within float error, never certainly): every sign there goes to
+    exact arithmetic, which finds it zero (bit False, as the forward pass has it)."""
+    net = ResPoolCat(3, 6, 0).double().eval()
+    with torch.no_grad():
+        net.fc1.weight[0] = torch.tensor([1.0, 0.0, 0.0])
+        net.fc1.bias[0] = 0.0
+    x0, d1, d2 = np.array([0.0, 0.3, -0.2]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.n_exact > 0
+    assert not res.patterns[:, 0].any()
+
+
+def test_chunked_memory_budget_and_max_regions():
+    from netgeom.regions.exact import TooManyRegionsError
+
+    net = ResPoolCat(3, 6, 1).double().eval()
+    x0, d1, d2 = _plane(3, 1)
+    full = regions_on_slice(net, x0, d1, d2, box=BOX)
+    small = regions_on_slice(net, x0, d1, d2, box=BOX, memory_budget=2048)
+    assert small.count == full.count and _keys(small.patterns) == _keys(full.patterns)
+    with pytest.raises(TooManyRegionsError, match="node"):
+        regions_on_slice(net, x0, d1, d2, box=BOX, max_regions=5)

@@ -282,7 +282,7 @@ class GraphSliceCtx:
     def new_block(self, node_index: int, prefix: np.ndarray) -> int:
         if len(self.blocks) >= 1 << (63 - _BLOCK_SHIFT):
             raise TooManyRegionsError(
-                f"the slice needed more than 2^19 chunks of polygons by node {node_index}; raise memory_budget"
+                f"the slice needed over 2^19 chunks of polygons by node {node_index}; raise memory_budget"
             )
         if len(prefix) >= _ROW_MAX:
             raise TooManyRegionsError(
@@ -411,18 +411,27 @@ def _start_signs(ctx, rec, nv, L, dL, zero, ids):
     for i in range(0, m, step):
         R = rec[i : i + step]
         S = np.matmul(R[..., _H], L[i : i + step].transpose(0, 2, 1))  # (c, K, n)
-        tol = _tol(R[..., _HD][:, :, None], dL[i : i + step][:, None, :])
-        sig = (S > tol).astype(np.int8) - (S < -tol)
-        real = kk[None, :] < nv[i : i + step, None]
-        unc = (sig == 0) & real[:, :, None] & ~zero[i : i + step][:, None, :]
-        if unc.any():
-            r, k, j = np.nonzero(unc)
-            vid = _ids(R[..., _ID])
-            kprev = np.where(k > 0, k - 1, nv[i + r] - 1)
-            sig[r, k, j] = ctx.exact_signs(vid[r, kprev], vid[r, k], ids[i + r, j])
-        sig = np.where(real[:, :, None], sig, 0)
-        anyp[i : i + step] = (sig > 0).any(axis=1)
-        anyn[i : i + step] = (sig < 0).any(axis=1)
+        # One tolerance per (polygon, line) from the polygon's largest vertex error bounds them all; padding
+        # slots repeat vertex 0, so reductions over all slots are reductions over the vertices.
+        tmax = _tol(R[..., _HD].max(axis=1)[:, None], dL[i : i + step])
+        anyp[i : i + step] = S.max(axis=1) > tmax
+        anyn[i : i + step] = S.min(axis=1) < -tmax
+        close = ~(np.abs(S).min(axis=1) > tmax) & ~zero[i : i + step]  # (a NaN is close too)
+        if close.any():
+            rr, jj = np.nonzero(close)
+            Sv = S[rr, :, jj]
+            tol = _tol(R[rr, :, _HD], dL[i + rr, jj][:, None])
+            sg = (Sv > tol).astype(np.int8) - (Sv < -tol)
+            real = kk[None, :] < nv[i + rr, None]
+            q, k = np.nonzero(real & (sg == 0))
+            if len(q):
+                vid = _ids(R[..., _ID])
+                r_ = rr[q]
+                kprev = np.where(k > 0, k - 1, nv[i + r_] - 1)
+                sg[q, k] = ctx.exact_signs(vid[r_, kprev], vid[r_, k], ids[i + r_, jj[q]])
+            sg = np.where(real, sg, 0)
+            anyp[i + rr, jj] = (sg > 0).any(axis=1)
+            anyn[i + rr, jj] = (sg < 0).any(axis=1)
     return anyp, anyn
 
 
@@ -630,11 +639,12 @@ def _affine_node(node, inp):
     gam = 1.01 * (n_in + 2) * _U
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
-    # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e (sums rounded up)
-    neA = (eA @ aMT) * (1 + gam) + gam * (np.abs(A) @ aMT + np.abs(b)) + _TINY
-    neB = (eB.reshape(-1, n_in) @ aMT).reshape(m, 2, -1) * (1 + gam)
-    neB = neB + gam * (np.abs(B).reshape(-1, n_in) @ aMT).reshape(m, 2, -1) + _TINY
-    return nA, nB, neA, neB
+    # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e; the bound's own
+    # sums of nonnegative terms are rounded up by the factor (1 + gamma)
+    eX = np.concatenate([eA[:, None, :], eB], axis=1) * (1 + gam)
+    eX += gam * np.abs(np.concatenate([A[:, None, :], B], axis=1))
+    eY = (eX.reshape(-1, n_in) @ aMT).reshape(m, 3, -1) * (1 + gam) + _TINY
+    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:]
 
 
 def _add_node(ins):
