@@ -274,6 +274,17 @@ def test_conv2d_overlapping_max_pool_against_grid_sampling():
     assert res.count > 10
 
 
+def test_small_vgg_against_grid_sampling():
+    """Conv -> ReLU -> 2x2 max-pool twice: candidates that are ReLU outputs vanish on their own cut lines
+    (which the engine knows without exact arithmetic)."""
+    from netgeom.nets.models import vgg
+
+    net = vgg([3, "M", 4, "M"], in_channels=1, image_size=4, seed=0).double().eval()
+    x0, d1, d2 = _plane(16, 3)
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.count > 20
+
+
 def test_tied_candidates_take_the_first_position_like_torch():
     """Two identical units in one window (and ReLU outputs both exactly 0): the argmax is the first one."""
     torch.manual_seed(0)

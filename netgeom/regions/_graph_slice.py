@@ -46,8 +46,10 @@ _REC = 9
 # line id = block << 44 | row << 20 | unit; a block is one pattern node applied to one set of polygons
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20
 _UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
-# float64 entries kept per polygon and unit of a live node (A, B_0, B_1 and their three error bounds)
-_BYTES_PER_ENTRY = 6 * 8
+# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bounds, the origin)
+_BYTES_PER_ENTRY = 7 * 8
+# origin of an entry that is no ReLU output (ReLU outputs carry their unit's line id)
+_NO_ORIGIN = np.int64(-(1 << 62))
 
 
 def _ids(x: np.ndarray) -> np.ndarray:
@@ -325,7 +327,7 @@ def _tol(hd, dl):
     return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
 
 
-def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero) -> np.ndarray:
+def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero, known=None) -> np.ndarray:
     """Signs ``(r, K)`` of the lines ``lr (r, 5)`` (line, error, id) at the vertices of pieces ``R``; padding
     slots get vertex 0's sign; lines in ``zero`` are 0 everywhere."""
     H = R[..., _H]
@@ -339,7 +341,11 @@ def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero) -> np.ndarray:
         ids = _ids(R[r][..., _ID])
         kprev = np.where(k > 0, k - 1, nr[r] - 1)
         a = np.arange(len(r))
-        sig[r, k] = ctx.exact_signs(ids[a, kprev], ids[a, k], _ids(lr[r, 4]))
+        pid, nid = ids[a, kprev], ids[a, k]
+        if known is not None:
+            kz = _both_zero([v[r] for v in known], pid, nid)
+            r, k, pid, nid = r[~kz], k[~kz], pid[~kz], nid[~kz]
+        sig[r, k] = ctx.exact_signs(pid, nid, _ids(lr[r, 4]))
     return np.where(real, sig, sig[:, :1])
 
 
@@ -400,7 +406,17 @@ def _block_ids(block: int, rows: np.ndarray, units: np.ndarray) -> np.ndarray:
     return (np.int64(block) << _BLOCK_SHIFT) | (rows.astype(np.int64) << _ROW_SHIFT) | units.astype(np.int64)
 
 
-def _start_signs(ctx, rec, nv, L, dL, zero, ids):
+def _both_zero(known, prev, nxt):
+    """Where both candidates of a difference line ``c_a - c_b`` are exactly 0 at a vertex (the crossing of
+    edges ``prev`` and ``nxt``): each is identically zero, or a ReLU output whose own zero line is one of the
+    two edges. ``known = (origin_a, origin_b, zero_a, zero_b)`` per tested line."""
+    oa, ob, za, zb = known
+    ka = za | (oa == prev) | (oa == nxt)
+    kb = zb | (ob == prev) | (ob == nxt)
+    return ka & kb
+
+
+def _start_signs(ctx, rec, nv, L, dL, zero, ids, known=None):
     """Per (polygon, line) of ``L (m, n, 3)``: whether some vertex is strictly positive / negative."""
     m, n = L.shape[:2]
     K = rec.shape[1]
@@ -428,7 +444,11 @@ def _start_signs(ctx, rec, nv, L, dL, zero, ids):
                 vid = _ids(R[..., _ID])
                 r_ = rr[q]
                 kprev = np.where(k > 0, k - 1, nv[i + r_] - 1)
-                sg[q, k] = ctx.exact_signs(vid[r_, kprev], vid[r_, k], ids[i + r_, jj[q]])
+                pid, nid = vid[r_, kprev], vid[r_, k]
+                if known is not None:
+                    kz = _both_zero([a[i + r_, jj[q]] for a in known], pid, nid)
+                    q, k, r_, pid, nid = q[~kz], k[~kz], r_[~kz], pid[~kz], nid[~kz]
+                sg[q, k] = ctx.exact_signs(pid, nid, ids[i + r_, jj[q]])
             sg = np.where(real, sg, 0)
             anyp[i + rr, jj] = (sg > 0).any(axis=1)
             anyn[i + rr, jj] = (sg < 0).any(axis=1)
@@ -477,7 +497,7 @@ class _Pieces:
 
 
 def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB = inp
+    A, B, eA, eB, _ = inp
     m, n = A.shape
     L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], eA, eB[:, 0], eB[:, 1])
     block = ctx.new_block(node.index, prefix)
@@ -522,11 +542,12 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     nB = B[parent] * gain[:, None, :]
     neA = eA[parent] * egain + rnd * np.abs(nA)
     neB = eB[parent] * egain[:, None, :] + rnd[:, None, :] * np.abs(nB)
-    return pcs.R[:cur], pcs.N[:cur], parent, bits, (nA, nB, neA, neB)
+    # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
+    return pcs.R[:cur], pcs.N[:cur], parent, bits, (nA, nB, neA, neB, ids[parent])
 
 
 def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB = inp
+    A, B, eA, eB, orig = inp
     m = len(A)
     W = node.windows.numpy()
     nw, k = W.shape
@@ -546,7 +567,11 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         eB1 = eB[par, 1, ix] + eB[par, 1, iy] + _U * np.abs(dB1)
         L, dL, zero = _lines(ctx, dA, dB0, dB1, eAd, eB0, eB1)
         ids = _block_ids(block, np.broadcast_to(par, L.shape[:-1]), w * k * k + x * k + y)
-        return L, dL, zero, ids
+        known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        return L, dL, zero, ids, known
+
+    # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
+    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (eA == 0) & (eB[:, 0] == 0) & (eB[:, 1] == 0)
 
     # Relation of every pair x < y of every window on every polygon: 1 (c_x > c_y inside), -1 (c_x < c_y),
     # 0 (identically equal: x wins), 2 (the polygon is cut).
@@ -559,8 +584,9 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             if not both.any():
                 continue
             w = allw[both]
-            L, dL, zero, ids = pair_lines(rows_m, w[None, :], x, y)
-            anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids)
+            L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
+            known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
+            anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
             active[:, w] |= anyp & anyn
             wins[:, w, x] += ~anyn
             wins[:, w, y] += anyn
@@ -584,10 +610,10 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             for j in np.nonzero(valid[w])[0]:
                 if j == i or not len(src):
                     continue
-                L, dL, zero, ids = pair_lines(par[src], w, i, j)
+                L, dL, zero, ids, known = pair_lines(par[src], w, i, j)
                 lr = np.empty((len(src), 5))
                 lr[:, :3], lr[:, 3], lr[:, 4] = L, dL, _as_float(ids)
-                sig = _vertex_signs(ctx, R, nr, lr, zero)
+                sig = _vertex_signs(ctx, R, nr, lr, zero, known)
                 hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
                 # keep the part where c_i - c_j >= 0; where c_i == c_j everywhere, the earlier position
                 keep = hp | (~hn & (i < j))
@@ -624,14 +650,15 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     parent, best = pcs.P[:cur], best[:cur]
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
-    newv = (A[pr, idx], B[pr, :, idx].transpose(0, 2, 1), eA[pr, idx], eB[pr, :, idx].transpose(0, 2, 1))
+    Bs, eBs = B[pr, :, idx].transpose(0, 2, 1), eB[pr, :, idx].transpose(0, 2, 1)
+    newv = (A[pr, idx], Bs, eA[pr, idx], eBs, orig[pr, idx])
     onehot = np.zeros((cur, nw * k), dtype=bool)
     onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
     return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
 
 
 def _affine_node(node, inp):
-    A, B, eA, eB = inp
+    A, B, eA, eB, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
     m, n_in = A.shape
@@ -644,7 +671,7 @@ def _affine_node(node, inp):
     eX = np.concatenate([eA[:, None, :], eB], axis=1) * (1 + gam)
     eX += gam * np.abs(np.concatenate([A[:, None, :], B], axis=1))
     eY = (eX.reshape(-1, n_in) @ aMT).reshape(m, 3, -1) * (1 + gam) + _TINY
-    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:]
+    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:], np.full(nA.shape, _NO_ORIGIN)
 
 
 def _add_node(ins):
@@ -654,7 +681,7 @@ def _add_node(ins):
     c = len(ins) * _U * (1 + 1e-9)
     eA = sum(v[2] for v in ins) * (1 + c) + c * sum(np.abs(v[0]) for v in ins)
     eB = sum(v[3] for v in ins) * (1 + c) + c * sum(np.abs(v[1]) for v in ins)
-    return A, B, eA, eB
+    return A, B, eA, eB, np.full(A.shape, _NO_ORIGIN)
 
 
 def _cat_node(ins):
@@ -663,6 +690,7 @@ def _cat_node(ins):
         np.concatenate([v[1] for v in ins], axis=2),
         np.concatenate([v[2] for v in ins], axis=1),
         np.concatenate([v[3] for v in ins], axis=2),
+        np.concatenate([v[4] for v in ins], axis=1),
     )
 
 
@@ -751,7 +779,13 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     coordinates) through the graph: ``(rec, nv, patterns)``."""
     rec, nv = initial_polygon(frame_h, frame_l)
     x0, d1, d2 = ctx.base
-    vals = {0: (x0[None, :], np.stack([d1, d2])[None], np.zeros((1, x0.size)), np.zeros((1, 2, x0.size)))}
+    n = x0.size
+    vals = {
+        0: (
+            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.zeros((1, 2, n)),
+            np.full((1, n), _NO_ORIGIN),
+        )
+    }
     pats = np.zeros((1, 0), dtype=bool)
     if not ctx.order:
         return rec, nv, pats
