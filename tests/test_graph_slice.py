@@ -257,6 +257,9 @@ def test_res_pool_cat_against_grid_sampling(seed):
     x0, d1, d2 = _plane(3, seed)
     res = _check_against_sampling(net, x0, d1, d2)
     assert res.count > 10
+    if seed == 0:
+        ax = res.plot()
+        assert len(ax.collections[0].get_paths()) == res.count
 
 
 @pytest.mark.parametrize("seed", range(2))
