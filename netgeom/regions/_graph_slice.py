@@ -92,9 +92,13 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     V = H[..., 1:] / H[..., :1]
     Vn = np.roll(V, -1, axis=1)
     real = np.arange(V.shape[1])[None, :] < nv[:, None]
-    # padding slots repeat vertex 0, so the rolled sum over all slots is the shoelace sum of the vertices
-    with np.errstate(over="ignore", invalid="ignore"):
-        areas = 0.5 * np.abs((V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1))
+    # padding slots repeat vertex 0, so the rolled sum over all slots is the shoelace sum of the vertices;
+    # each polygon is scaled to unit size first so that huge boxes give inf areas, not inf - inf
+    sc = np.abs(V).max(axis=(1, 2))
+    sc = np.where(sc > 0, sc, 1.0)[:, None, None]
+    W, Wn = V / sc, Vn / sc
+    with np.errstate(over="ignore"):
+        areas = 0.5 * np.abs((W[..., 0] * Wn[..., 1] - Wn[..., 0] * W[..., 1]).sum(axis=1)) * sc[:, 0, 0] ** 2
     return np.split(V[real], np.cumsum(nv)[:-1]), areas
 
 
@@ -826,6 +830,27 @@ def _reach(ctx: GraphSliceCtx, rec, nv) -> float:
     return reach
 
 
+def _exact_far_vertices(ctx: GraphSliceCtx, rec, nv) -> None:
+    """Vertices whose float ``D`` underflowed (a box far beyond the arrangement's scale, e.g. 1e200 wide):
+    their ``(u, v)`` from the exact crossing of their two edges, stored as ``(1, u, v)`` (output only)."""
+    H = rec[..., _H]
+    real = np.arange(H.shape[1])[None, :] < nv[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
+    if not bad.any():
+        return
+    from fractions import Fraction
+
+    ids = _ids(rec[..., _ID])
+    for r_, k_ in zip(*np.nonzero(bad)):
+        kp = k_ - 1 if k_ > 0 else nv[r_] - 1
+        D, X, Y = _exact.cross(ctx.exact_line(int(ids[r_, kp])), ctx.exact_line(int(ids[r_, k_])))
+        rec[r_, k_, _H] = (1.0, float(Fraction(X, D)), float(Fraction(Y, D)))
+    # padding slots repeat vertex 0
+    pad = np.arange(H.shape[1])[None, :] >= nv[:, None]
+    rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
+
+
 def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int):
     """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
     (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
@@ -853,6 +878,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
 
     if box is not None:
         rec, nv, pats, ctx = run_box(*box)
+        _exact_far_vertices(ctx, rec, nv)
         return box, rec, nv, pats, ctx.n_exact
     from .patterns import pack_patterns, unique_rows
 
@@ -870,6 +896,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
         rec, nv, pats, ctx = run_box(-R, R, -R, R)
         n_exact += ctx.n_exact
         if len(pats) == total:
+            _exact_far_vertices(ctx, rec, nv)
             return (-R, R, -R, R), rec, nv, pats, n_exact
         if len(pats) > total:  # pragma: no cover - both counts are exact
             raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
