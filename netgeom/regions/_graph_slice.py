@@ -581,6 +581,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     # 0 (identically equal: x wins), 2 (the polygon is cut).
     wins = np.zeros((m, nw, k), dtype=np.int64)  # how many others each position beats (where not cut)
     active = np.zeros((m, nw), dtype=bool)
+    rel = {}
     allw = np.arange(nw)
     for x in range(k):
         for y in range(x + 1, k):
@@ -594,6 +595,9 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             active[:, w] |= anyp & anyn
             wins[:, w, x] += ~anyn
             wins[:, w, y] += anyn
+            code = np.zeros((m, nw), dtype=np.int8)
+            code[:, w] = np.where(anyp & anyn, 2, anyp.astype(np.int8) - anyn)
+            rel[x, y] = code
     nvalid = valid.sum(axis=1)
     beats_all = (wins == (nvalid - 1)[None, :, None]) & valid[None]
     winner = np.argmax(beats_all, axis=2)  # the position that beats every other
@@ -614,21 +618,28 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             for j in np.nonzero(valid[w])[0]:
                 if j == i or not len(src):
                     continue
-                L, dL, zero, ids, known = pair_lines(par[src], w, i, j)
-                lr = np.empty((len(src), 5))
-                lr[:, :3], lr[:, 3], lr[:, 4] = L, dL, _as_float(ids)
-                sig = _vertex_signs(ctx, R, nr, lr, zero, known)
-                hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
-                # keep the part where c_i - c_j >= 0; where c_i == c_j everywhere, the earlier position
-                keep = hp | (~hn & (i < j))
-                cut = hp & hn
-                if cut.any():
-                    pieces, counts = _split(ctx, R[cut], nr[cut], sig[cut], lr[cut], both=False)
-                    K = max(R.shape[1], pieces.shape[1])
-                    R, pieces = _pad_to(R, K), _pad_to(pieces, K)
-                    R[np.nonzero(cut)[0]], nr = pieces, nr.copy()
-                    nr[np.nonzero(cut)[0]] = counts
-                R, nr, src = R[keep], nr[keep], src[keep]
+                # the pair's relation on the parent polygon holds on its pieces: only a cut pair is tested
+                code = rel[min(i, j), max(i, j)][par[src], w] * (1 if i < j else -1)
+                code[np.abs(code) == 2] = 2
+                drop = (code == -1) | ((code == 0) & (i > j))
+                sub = np.nonzero(code == 2)[0]
+                if len(sub):
+                    L, dL, zero, ids, known = pair_lines(par[src[sub]], w, i, j)
+                    lr = np.empty((len(sub), 5))
+                    lr[:, :3], lr[:, 3], lr[:, 4] = L, dL, _as_float(ids)
+                    Rs, ns = R[sub], nr[sub]
+                    sig = _vertex_signs(ctx, Rs, ns, lr, zero, known)
+                    hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
+                    # keep the part where c_i - c_j >= 0; where c_i == c_j everywhere, the earlier position
+                    drop[sub] = ~(hp | (~hn & (i < j)))
+                    cut = hp & hn
+                    if cut.any():
+                        pieces, counts = _split(ctx, Rs[cut], ns[cut], sig[cut], lr[cut], both=False)
+                        K = max(R.shape[1], pieces.shape[1])
+                        R, pieces = _pad_to(R, K), _pad_to(pieces, K)
+                        nr = nr.copy()
+                        R[sub[cut]], nr[sub[cut]] = pieces, counts
+                R, nr, src = R[~drop], nr[~drop], src[~drop]
             cells.append((src, R, nr, np.full(len(src), i)))
         src = np.concatenate([c[0] for c in cells])
         K = max(c[1].shape[1] for c in cells)
