@@ -7,6 +7,11 @@ times and the ratio regioncam time / netgeom time (> 1: netgeom faster). Each ti
 ``--repeat`` runs. regioncam's float32 drifts on boxes far larger than the arrangement (``r = 1e6`` rows),
 where netgeom's count is the exact one (it equals its ``box=None`` whole-plane count).
 
+Second table (default and ``--quick``): traced graphs through the same call, pruned residual MLPs
+(magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
+against regioncam on the same plane and box. regioncam's float32 loses slivers on large slices (a
+106 214-region residual slice has pieces of area ~1e-15, each certified by its own float64 witness point).
+
     python benchmarks/bench_regions.py --quick           # < 1 minute
     python benchmarks/bench_regions.py                   # all rows
     python benchmarks/bench_regions.py --vs-grid         # the older exact-vs-grid-sampling table
