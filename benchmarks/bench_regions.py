@@ -7,6 +7,11 @@ times and the ratio regioncam time / netgeom time (> 1: netgeom faster). Each ti
 ``--repeat`` runs. regioncam's float32 drifts on boxes far larger than the arrangement (``r = 1e6`` rows),
 where netgeom's count is the exact one (it equals its ``box=None`` whole-plane count).
 
+Second table (default and ``--quick``): traced graphs through the same call, pruned residual MLPs
+(magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
+against regioncam on the same plane and box. regioncam's float32 loses slivers on large slices (a
+106 214-region residual slice has pieces of area ~1e-15, each certified by its own float64 witness point).
+
     python benchmarks/bench_regions.py --quick           # < 1 minute
     python benchmarks/bench_regions.py                   # all rows
     python benchmarks/bench_regions.py --vs-grid         # the older exact-vs-grid-sampling table
@@ -111,6 +116,127 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
         )
 
 
+class _ResMLP(torch.nn.Module):
+    """relu(inp x), then residual blocks h <- relu(h + fc_b(relu(fc_a h))), then a classifier."""
+
+    def __init__(self, n0: int, w: int, blocks: int, n_out: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        nn = torch.nn
+        self.inp = nn.Linear(n0, w)
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w)) for _ in range(blocks)]
+        )
+        self.out = nn.Linear(w, n_out)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        for b in self.blocks:
+            h = torch.relu(h + b(h))
+        return self.out(h)
+
+
+class _GlobalMax(torch.nn.Module):
+    """fc2(relu(fc1 x)) max-pooled over all its units (regioncam's max_pool), then relu(fc3 m), fc4."""
+
+    def __init__(self, n0: int, w: int, c: int, h: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        nn = torch.nn
+        self.fc1, self.fc2 = nn.Linear(n0, w), nn.Linear(w, c)
+        self.fc3, self.fc4 = nn.Linear(1, h), nn.Linear(h, 1)
+        self.c = c
+
+    def forward(self, x):
+        z = self.fc2(torch.relu(self.fc1(x)))
+        m = torch.nn.functional.max_pool1d(z.unsqueeze(1), self.c).flatten(1)
+        return self.fc4(torch.relu(self.fc3(m)))
+
+
+def _magnitude_masks(net, density: float) -> dict:
+    """Per-matrix magnitude masks keeping ``density`` of every hidden weight (the classifier stays dense)."""
+    masks = {}
+    for name, p in net.named_parameters():
+        if name.endswith("weight") and not name.startswith(("out.", "fc4.")):
+            k = max(1, int(round(density * p.numel())))
+            thr = p.detach().abs().flatten().kthvalue(p.numel() - k + 1).values
+            masks[name] = p.detach().abs() >= thr
+    return masks
+
+
+def _rc_graph_count(net, masks, x0, d1, d2, r: float) -> int:
+    import regioncam
+    from regioncam import nn as rn
+
+    sd = {k: (v * masks[k] if k in masks else v).float() for k, v in net.state_dict().items()}
+
+    def lin(rc, prefix):
+        rc.linear(sd[prefix + ".weight"].numpy().T.copy(), sd[prefix + ".bias"].numpy().copy())
+
+    rc = regioncam.Regioncam(size=r)
+    rc.linear(np.stack([d1, d2]).astype(np.float32), np.asarray(x0, dtype=np.float32))
+    if isinstance(net, _ResMLP):
+        lin(rc, "inp")
+        rc.relu()
+        for i in range(len(net.blocks)):
+            a, b = f"blocks.{i}.0", f"blocks.{i}.2"
+            block = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU(), torch.nn.Linear(1, 1))
+            block[0].weight.data, block[0].bias.data = sd[a + ".weight"], sd[a + ".bias"]
+            block[2].weight.data, block[2].bias.data = sd[b + ".weight"], sd[b + ".bias"]
+            rc.add(rn.Residual(rn.convert(block)))
+            rc.relu()
+    else:
+        lin(rc, "fc1")
+        rc.relu()
+        lin(rc, "fc2")
+        rc.max_pool()
+        lin(rc, "fc3")
+        rc.relu()
+    return rc.num_faces
+
+
+def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
+    """Traced graphs (``regions_on_slice``'s graph engine) against regioncam: pruned residual MLPs (magnitude
+    masks per hidden matrix) and a global max-pool net, float32 weights, same plane and box [-r, r]^2."""
+    # (kind, n0, width, blocks or pooled units, n_out, density, r)
+    rows = [("res", 2, 32, 2, 1, 0.5, 1.0), ("res", 2, 100, 2, 10, 0.3, 1.0),
+            ("res", 64, 100, 2, 10, 0.3, 0.5), ("max", 2, 64, 16, 1, 1.0, 2.0)]
+    if not quick:
+        rows += [("res", 2, 100, 3, 10, 0.3, 3.0), ("res", 784, 200, 2, 10, 0.1, 1.0),
+                 ("max", 64, 100, 32, 1, 1.0, 1.0)]
+    print("\nnetgeom regions_on_slice (traced graph) vs regioncam, same plane and box [-r, r]^2 (seed 0)")
+    print(
+        f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_rc':>8} "
+        f"{'rc/ng':>6}"
+    )
+    for kind, n0, w, k, n_out, density, r in rows:
+        if kind == "res":
+            net = _ResMLP(n0, w, k, n_out, seed=0)
+            arch = f"res {n0}-{w}x(1+{k} blocks) p={density:g}"
+        else:
+            net = _GlobalMax(n0, w, k, 16, seed=0)
+            arch = f"maxpool {n0}-{w}-max{k}-16"
+        net = net.float().double().eval()
+        masks = _magnitude_masks(net, density) if density < 1 else None
+        rng = np.random.default_rng(0)
+        if n0 == 2:
+            x0, d1, d2 = np.zeros(2), np.array([1.0, 0.0]), np.array([0.0, 1.0])
+        else:
+            x1, x2, x3 = rng.uniform(0, 1, size=(3, n0))
+            x0, d1, d2 = x1, x2 - x1, x3 - x1
+        x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
+        args = (net, x0, d1, d2)
+        ours, t_ng = _best(
+            lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
+        )
+        theirs, t_rc = _best(lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat)
+        print(
+            f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_rc:>8.4f} "
+            f"{t_rc / t_ng:>6.2f}",
+            flush=True,
+        )
+
+
 def box_rows(quick: bool) -> None:
     """regions_in_box on a 10-16-16-3 MLP in [-r, r]^10: regions, LPs, regions/s, and agreement with
     dense sampling (every sampled pattern must be an enumerated region). relucent's search needs Gurobi
@@ -151,6 +277,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     if not args.vs_grid:
         vs_regioncam(args.quick, args.repeat)
+        vs_regioncam_graphs(args.quick, args.repeat)
         if not args.no_box:
             box_rows(args.quick)
         return

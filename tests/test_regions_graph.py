@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from netgeom.nets import trace
-from netgeom.regions.exact import regions_on_segment, regions_on_slice
+from netgeom.regions.exact import regions_on_segment
 
 
 class ResPoolCat(nn.Module):
@@ -77,10 +77,9 @@ def test_graph_segment_equals_dense_sampling(seed, n0, w):
     assert runs >= res.count - int(short.sum())
 
 
-def test_graph_slice_is_refused_with_the_node_named():
+def test_graph_whole_line_is_refused():
+    # (graph slices are exact now: tests/test_graph_slice.py)
     net = ResPoolCat(3, 4, 0).double().eval()
-    with pytest.raises(TypeError, match="not a chain"):
-        regions_on_slice(net, np.zeros(3), np.eye(3)[0], np.eye(3)[1])
     with pytest.raises(ValueError, match="chain"):
         regions_on_segment(net, np.zeros(3), np.ones(3), t_range=None)
 

@@ -560,6 +560,12 @@ def regions_on_slice(
     the slice into more than ``max_regions`` pieces (a lower bound on the final count). ``input_shape``
     (one sample's shape) is passed to :func:`netgeom.nets.affine_layers`, for conv nets.
 
+    Any traced network (:func:`netgeom.nets.trace`: residual additions, concatenations, max-pooling,
+    LeakyReLU) is answered exactly too, by :mod:`netgeom.regions._graph_slice`: on every polygon each node's
+    value is affine in ``(u, v)``; ReLU nodes cut as above, and each max-pool window cuts a polygon into the
+    cells where its argmax is constant (ties to the first position, as torch). The pattern is then the ReLU
+    bits and one-hot argmaxes in node order, with the same certified-then-exact decisions.
+
     Example
     -------
     >>> from netgeom import mlp
@@ -568,10 +574,32 @@ def regions_on_slice(
     True
     >>> regions_on_slice(mlp(2, [3], 1, seed=0), [0, 0], [1, 0], [0, 1], box=None).count >= res.count
     True
+
+    A residual block (a graph, not a chain):
+
+    >>> import torch
+    >>> class Res(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         torch.manual_seed(0)
+    ...         self.a, self.b = torch.nn.Linear(2, 4), torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return torch.relu(x + self.b(torch.relu(self.a(x))))
+    >>> res = regions_on_slice(Res(), [0, 0], [1, 0], [0, 1], box=(-3, 3, -3, 3))
+    >>> res.n_bits, res.count == len(res.polygons) == len(res.patterns)  # 4 + 2 ReLU bits
+    (6, True)
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
-    layers, plan = _hidden(model, masks, input_shape)
+    try:
+        layers, plan = _hidden(model, masks, input_shape)
+    except UnsupportedLayerError as err:
+        from ..nets import trace
+
+        g = trace(model, masks, input_shape=input_shape)  # raises again for a truly unsupported op
+        if g.is_chain:
+            raise err
+        return _slice_on_graph(g, x0, d1, d2, box, max_regions, memory_budget)
     n0 = layers[0].n_in
     x0 = _flat_point(x0, "x0", n0)
     d1 = _flat_point(d1, "d1", n0)
@@ -677,6 +705,33 @@ def regions_on_slice(
         areas=areas,
         n_exact=n_exact,
         whole_plane=box is None,
+    )
+
+
+def _slice_on_graph(g, x0, d1, d2, box, max_regions: int, memory_budget: int) -> SliceRegionsResult:
+    """:func:`regions_on_slice` on a traced graph (residual add, cat, max-pool): see
+    :mod:`netgeom.regions._graph_slice`."""
+    from ._graph_slice import polygons_uv, slice_graph_regions
+
+    n0 = g.n_in
+    x0 = _flat_point(x0, "x0", n0)
+    d1 = _flat_point(d1, "d1", n0)
+    d2 = _flat_point(d2, "d2", n0)
+    _check_plane(d1, d2)
+    whole = box is None
+    if not whole:
+        box = _check_box(box)
+    box, rec, nv, pats, n_exact = slice_graph_regions(g, x0, d1, d2, box, max_regions, memory_budget)
+    polygons, areas = polygons_uv(rec, nv)
+    return SliceRegionsResult(
+        count=len(pats),
+        n_bits=pats.shape[1],
+        box=tuple(float(v) for v in box),
+        polygons=polygons,
+        patterns=pats,
+        areas=areas,
+        n_exact=n_exact,
+        whole_plane=whole,
     )
 
 

@@ -1,0 +1,920 @@
+"""Exact regions on a 2-D slice through a traced graph (residual add, concatenation, max-pool, LeakyReLU).
+
+The geometry is that of the chain engine (:mod:`._slice`): convex polygons in projective coordinates, a
+polygon being a cyclic list of vertices (homogeneous points ``(D, X, Y)``, ``D > 0``) each followed by the
+line of its next edge, every float carrying an absolute error bound, and every line an id from which its
+exact coefficients can be rebuilt. What changes is the network: nodes are read in topological order, and on
+every current polygon each node's value is an affine map of ``(u, v)`` (``A + u B_0 + v B_1`` with per-entry
+error bounds), so
+
+* an affine node pushes its input's maps through its dense matrix, an ``add`` sums its inputs' maps and a
+  ``cat`` concatenates them (all on the same polygon, no cut);
+* a ``relu`` node (any negative slope) cuts every polygon along the zero line of each unit that takes both
+  signs at its vertices, unit after unit, as the chain engine does;
+* a ``maxpool`` node cuts every polygon, window by window, into the cells where the window's argmax is
+  constant: the cell of candidate ``i`` is the polygon clipped by the half-planes ``c_i - c_j >= 0`` for
+  every other valid candidate ``j`` (padding entries, ``-1``, never count). Where ``c_i - c_j`` is
+  identically zero on a polygon the earlier position wins, as torch's argmax does, so the cells partition the
+  polygon and no cell of zero area is kept.
+
+A sign is taken from floats when it exceeds its certified error bound and otherwise exactly: the exact
+maps of every node on a polygon are rebuilt from the pattern that selects them (integer arithmetic on the
+float64 weights and plane, :class:`_ExactGraph`), so the partition is exactly that of the float64 network
+(its affine nodes as their dense matrices and bias vectors) at any scale. A line that is exactly zero with
+zero error (two max-pool candidates both ReLU outputs that are off) is known to vanish without any exact
+work.
+
+The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
+(``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _exact
+from ._slice import TooManyRegionsError
+
+_U = 2.0**-53
+_TINY = 1e-300
+# A vertex record (the chain engine's layout): homogeneous point (3), its error (1), the line of the edge
+# that follows it (3), that line's error (1) and its id (1, int64 stored in a float64's bits).
+_H, _HD, _E, _ED, _ID = slice(0, 3), 3, slice(4, 7), 7, 8
+_REC = 9
+# line id = block << 44 | row << 20 | unit; a block is one pattern node applied to one set of polygons
+_BLOCK_SHIFT, _ROW_SHIFT = 44, 20
+_UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
+# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bounds, the origin)
+_BYTES_PER_ENTRY = 7 * 8
+# origin of an entry that is no ReLU output (ReLU outputs carry their unit's line id)
+_NO_ORIGIN = np.int64(-(1 << 62))
+
+
+def _ids(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).view(np.int64)
+
+
+def _as_float(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(ids, dtype=np.int64).view(np.float64)
+
+
+def _normalise(X: np.ndarray, dX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each row of ``X`` (last axis) by a power of two to a max-norm in [0.5, 1); errors alike."""
+    _, e = np.frexp(np.abs(X).max(axis=-1))
+    return np.ldexp(X, -e[..., None]), np.ldexp(dX, -e)
+
+
+def _pad_to(R: np.ndarray, K: int) -> np.ndarray:
+    """Pad vertex records to ``K`` slots by repeating vertex 0 (reductions over slots stay over vertices)."""
+    if R.shape[1] >= K:
+        return R
+    return np.concatenate([R, np.repeat(R[:, :1], K - R.shape[1], axis=1)], axis=1)
+
+
+def initial_polygon(corners_h, edges) -> tuple[np.ndarray, np.ndarray]:
+    """Records of one convex polygon from ``corners_h (n, 3)`` (``D > 0``) and ``edges (n, 3)`` (edge ``k``
+    from vertex ``k`` to ``k + 1``; ids ``-1 - k``)."""
+    corners_h, edges = np.asarray(corners_h, float), np.asarray(edges, float)
+    n = len(corners_h)
+    rec = np.zeros((1, n + 1, _REC))
+    rec[0, :n, _H], _ = _normalise(corners_h, np.zeros(n))
+    rec[0, :n, _E], _ = _normalise(edges, np.zeros(n))
+    rec[0, :n, _ID] = _as_float(-1 - np.arange(n))
+    rec[0, n] = rec[0, 0]
+    return rec, np.array([n])
+
+
+def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
+    """Pieces as ``(n_k, 2)`` vertex arrays in ``(u, v)`` and their areas."""
+    H = rec[..., _H]
+    V = H[..., 1:] / H[..., :1]
+    Vn = np.roll(V, -1, axis=1)
+    real = np.arange(V.shape[1])[None, :] < nv[:, None]
+    # padding slots repeat vertex 0, so the rolled sum over all slots is the shoelace sum of the vertices;
+    # each polygon is scaled to unit size first so that huge boxes give inf areas, not inf - inf
+    sc = np.abs(V).max(axis=(1, 2))
+    sc = np.where(sc > 0, sc, 1.0)[:, None, None]
+    W, Wn = V / sc, Vn / sc
+    with np.errstate(over="ignore"):
+        areas = 0.5 * np.abs((W[..., 0] * Wn[..., 1] - Wn[..., 0] * W[..., 1]).sum(axis=1)) * sc[:, 0, 0] ** 2
+    return np.split(V[real], np.cumsum(nv)[:-1]), areas
+
+
+# ================================================================================== exact graph maps
+class _ExactGraph:
+    """Exact affine maps (constant, ``d1``, ``d2`` parts, each ``(ints, exp)``) of the graph's nodes on a
+    polygon, from the pattern columns that select them; cached by node and pattern prefix."""
+
+    def __init__(self, g, base, cols_before: dict, col_span: dict):
+        self.g = g
+        self.base = [_exact.to_exact(np.asarray(v, dtype=np.float64).reshape(-1)) for v in base]
+        self.cols_before = cols_before
+        self.col_span = col_span
+        self._params: dict[int, tuple] = {}
+        self._maps: dict[tuple, list] = {}
+
+    def _affine(self, node):
+        if node.index not in self._params:
+            self._params[node.index] = (
+                _exact.to_exact(node.matrix().numpy()),
+                _exact.to_exact(node.bias_vector.numpy()),
+            )
+        return self._params[node.index]
+
+    def map_at(self, i: int, prefix: np.ndarray) -> list:
+        node = self.g.nodes[i]
+        if node.op == "input":
+            return self.base
+        # the map of a ReLU or max-pool node depends on its own columns too
+        n_key = self.col_span[i][1] if i in self.col_span else self.cols_before[i]
+        pre = np.asarray(prefix[:n_key], dtype=bool)
+        key = (i, np.packbits(pre).tobytes(), len(pre))
+        if key in self._maps:
+            return self._maps[key]
+        ins = [self.map_at(j, prefix) for j in node.inputs]
+        if node.op == "affine":
+            (Mi, Me), bias = self._affine(node)
+            out = [(Mi.dot(vi), Me + ve) for vi, ve in ins[0]]
+            out[0] = _exact.exact_add(out[0], bias)
+        elif node.op == "relu":
+            start, stop = self.col_span[i]
+            bits = np.asarray(prefix[start:stop], dtype=bool)
+            si, se = _exact.to_exact(np.array(node.negative_slope))
+            e = min(0, se)
+            gain = np.where(bits, 1 << (0 - e), 0).astype(object)
+            gain[~bits] = int(si.item()) << (se - e)
+            out = [(vi * gain, ve + e) for vi, ve in ins[0]]
+        elif node.op == "maxpool":
+            start, stop = self.col_span[i]
+            W = node.windows.numpy()
+            onehot = np.asarray(prefix[start:stop], dtype=bool).reshape(W.shape)
+            idx = W[np.arange(len(W)), np.argmax(onehot, axis=1)]
+            out = [(vi[idx], ve) for vi, ve in ins[0]]
+        elif node.op == "add":
+            out = list(ins[0])
+            for other in ins[1:]:
+                out = [_exact.exact_add(a, b) for a, b in zip(out, other)]
+        elif node.op == "cat":
+            out = []
+            for parts in zip(*ins):
+                e = min(pe for _, pe in parts)
+                out.append((np.concatenate([pi * (1 << (pe - e)) for pi, pe in parts]), e))
+        elif node.op == "output":
+            out = ins[0]
+        else:  # pragma: no cover - the tracer emits no other ops
+            raise TypeError(f"unsupported node op {node.op!r}")
+        if len(self._maps) > 4096:  # bounded: exact maps of wide nodes are large
+            self._maps = {}
+        self._maps[key] = out
+        return out
+
+    def entry_line(self, i: int, prefix, j: int, j2: int | None = None) -> list[int]:
+        """Integer line ``(a, b, c)`` of entry ``j`` of node ``i``'s map (minus entry ``j2`` if given)."""
+        vals = []
+        for vi, ve in self.map_at(i, prefix):
+            v = int(vi[j]) - (int(vi[j2]) if j2 is not None else 0)
+            vals.append((v, ve))
+        e = min(ev for _, ev in vals)
+        return [iv << (ev - e) for iv, ev in vals]
+
+
+# ================================================================================== the engine
+@dataclass
+class GraphSliceCtx:
+    """State of one pass of the graph engine over a starting polygon (box, or a quadrant's triangle)."""
+
+    g: object
+    base: list  # [x0, d1, d2] float64
+    frame_lines: list  # exact integer lines of the starting polygon's edges (ids -1, -2, ...)
+    quadrant: tuple | None = None  # (su, sv): u = su s / (1 - s - t), v = sv t / (1 - s - t)
+    max_regions: int = 1_000_000
+    budget: int = 2**28
+    blocks: list = field(default_factory=list)  # (node index, parents' pattern at the node) per block
+    reached: dict = field(default_factory=dict)
+    n_exact: int = 0
+    order: list = field(default_factory=list)
+    last_use: dict = field(default_factory=dict)
+    cols_before: dict = field(default_factory=dict)
+    col_span: dict = field(default_factory=dict)
+    n_cols: int = 0
+    _exact_graph: object = None
+    _line_cache: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        nodes = self.g.nodes
+        pattern = [n.index for n in nodes if n.op in ("relu", "maxpool")]
+        last = max(pattern, default=-1)
+        # only the pattern nodes and what they read matter
+        needed = set(pattern)
+        for i in sorted(pattern, reverse=True):
+            stack = [i]
+            while stack:
+                for j in nodes[stack.pop()].inputs:
+                    if j not in needed:
+                        needed.add(j)
+                        stack.append(j)
+        self.order = [n.index for n in nodes if n.index in needed and n.index <= last and n.op != "input"]
+        for i in self.order:
+            for j in nodes[i].inputs:
+                self.last_use[j] = max(self.last_use.get(j, -1), i)
+        col = 0
+        for n in nodes:
+            self.cols_before[n.index] = col
+            if n.op == "relu":
+                self.col_span[n.index] = (col, col + n.size)
+                col += n.size
+            elif n.op == "maxpool":
+                nw, k = n.windows.shape
+                if nw * k * k > _UNIT_MAX:
+                    raise ValueError(
+                        f"max-pool node {n.index} ({n.source}) has {nw} windows of {k}: too many candidate "
+                        "pairs for the slice's line ids (at most 2^20); slice a smaller input"
+                    )
+                self.col_span[n.index] = (col, col + nw * k)
+                col += nw * k
+            if n.op == "relu" and n.size > _UNIT_MAX:
+                raise ValueError(
+                    f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
+                )
+        self.n_cols = col
+
+    # ------------------------------------------------------------------------------ exact fallback
+    def exact_line(self, lid: int) -> list[int]:
+        if lid < 0:
+            return self.frame_lines[-lid - 1]
+        if lid in self._line_cache:
+            return self._line_cache[lid]
+        if self._exact_graph is None:
+            self._exact_graph = _ExactGraph(self.g, self.base, self.cols_before, self.col_span)
+        block, row, unit = lid >> _BLOCK_SHIFT, (lid >> _ROW_SHIFT) & (_ROW_MAX - 1), lid & (_UNIT_MAX - 1)
+        i, prefix = self.blocks[block]
+        node = self.g.nodes[i]
+        src = node.inputs[0]
+        if node.op == "relu":
+            a, b, c = self._exact_graph.entry_line(src, prefix[row], unit)
+        else:
+            W = node.windows.numpy()
+            k = W.shape[1]
+            w, rest = divmod(unit, k * k)
+            x, y = divmod(rest, k)
+            a, b, c = self._exact_graph.entry_line(src, prefix[row], int(W[w, x]), int(W[w, y]))
+        if self.quadrant is not None:
+            su, sv = self.quadrant
+            b, c = su * b - a, sv * c - a
+        line = [a, b, c]
+        if len(self._line_cache) > 100_000:
+            self._line_cache.clear()
+        self._line_cache[lid] = line
+        return line
+
+    def exact_signs(self, prev_ids, next_ids, line_ids) -> np.ndarray:
+        """Exact sign of each line at the crossing point of its vertex's two edges."""
+        out = np.empty(len(line_ids), dtype=np.int8)
+        for n, (p, q, r) in enumerate(zip(prev_ids.tolist(), next_ids.tolist(), line_ids.tolist())):
+            h = _exact.cross(self.exact_line(p), self.exact_line(q))
+            out[n] = _exact.sign_at(self.exact_line(r), h)
+        self.n_exact += len(out)
+        return out
+
+    def exact_d_signs(self, e_ids, l_ids) -> np.ndarray:
+        out = np.empty(len(e_ids), dtype=np.int8)
+        for n, (p, q) in enumerate(zip(e_ids.tolist(), l_ids.tolist())):
+            out[n] = _exact.sign(_exact.cross(self.exact_line(p), self.exact_line(q))[0])
+        self.n_exact += len(out)
+        return out
+
+    def new_block(self, node_index: int, prefix: np.ndarray) -> int:
+        if len(self.blocks) >= 1 << (63 - _BLOCK_SHIFT):
+            raise TooManyRegionsError(
+                f"the slice needed over 2^19 chunks of polygons by node {node_index}; raise memory_budget"
+            )
+        if len(prefix) >= _ROW_MAX:
+            raise TooManyRegionsError(
+                f"{len(prefix)} polygons reach node {node_index} in one block (the slice's line ids allow "
+                f"2^24); lower memory_budget so that they are processed in chunks"
+            )
+        self.blocks.append((node_index, prefix))
+        return len(self.blocks) - 1
+
+    def count(self, node, add: int) -> None:
+        total = self.reached.get(node.index, 0) + add
+        self.reached[node.index] = total
+        if total > self.max_regions:
+            raise TooManyRegionsError(
+                f"the slice is cut into at least {total} pieces by node {node.index} ({node.op}, "
+                f"{node.source}), more than max_regions={self.max_regions}; use a smaller box or raise "
+                "max_regions if the memory allows"
+            )
+
+
+def _lines(ctx: GraphSliceCtx, A, B0, B1, eA, eB0, eB1):
+    """Affine functions ``A + u B0 + v B1`` (any equal shapes) as unit-scaled lines ``(..., 3)`` in the
+    polygons' coordinates, with absolute error bounds, and a mask of those exactly zero."""
+    zero = (A == 0) & (B0 == 0) & (B1 == 0) & (eA == 0) & (eB0 == 0) & (eB1 == 0)
+    L = np.stack([A, B0, B1], axis=-1)
+    dL = np.maximum(eA, np.maximum(eB0, eB1))
+    if ctx.quadrant is not None:
+        su, sv = ctx.quadrant
+        L[..., 1] = su * L[..., 1] - A
+        L[..., 2] = sv * L[..., 2] - A
+        dL = 2 * dL + _U * np.abs(L).max(axis=-1)
+    _, ex = np.frexp(np.abs(L).max(axis=-1))
+    L = np.ldexp(L, -ex[..., None])
+    dL = np.ldexp(dL, -ex) * (1 + 1e-9) + _TINY
+    return L, dL, zero
+
+
+def _tol(hd, dl):
+    # |l.h - l*.h*| <= 3 (|dl| + |dh| + |dl||dh|) for unit-scaled l, h, plus the dot product's rounding
+    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
+
+
+def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero, known=None) -> np.ndarray:
+    """Signs ``(r, K)`` of the lines ``lr (r, 5)`` (line, error, id) at the vertices of pieces ``R``; padding
+    slots get vertex 0's sign; lines in ``zero`` are 0 everywhere."""
+    H = R[..., _H]
+    s = H[..., 0] * lr[:, 0, None] + H[..., 1] * lr[:, 1, None] + H[..., 2] * lr[:, 2, None]
+    tol = _tol(R[..., _HD], lr[:, 3, None])
+    sig = (s > tol).astype(np.int8) - (s < -tol)
+    real = np.arange(R.shape[1])[None, :] < nr[:, None]
+    unc = (sig == 0) & real & ~zero[:, None]
+    if unc.any():
+        r, k = np.nonzero(unc)
+        ids = _ids(R[r][..., _ID])
+        kprev = np.where(k > 0, k - 1, nr[r] - 1)
+        a = np.arange(len(r))
+        pid, nid = ids[a, kprev], ids[a, k]
+        if known is not None:
+            kz = _both_zero([v[r] for v in known], pid, nid)
+            r, k, pid, nid = r[~kz], k[~kz], pid[~kz], nid[~kz]
+        sig[r, k] = ctx.exact_signs(pid, nid, _ids(lr[r, 4]))
+    return np.where(real, sig, sig[:, :1])
+
+
+def _split(ctx: GraphSliceCtx, R, nr, sig, lr, both: bool = True):
+    """Cut each polygon ``R (r, K, rec)`` by its line ``lr (r, 5)`` whose vertex signs ``sig`` take both
+    signs. Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces and, with ``both``, rows ``r..2r-1``
+    the negative ones."""
+    r, K1, _ = R.shape
+    real = np.arange(K1)[None, :] < nr[:, None]
+    sn = sig[:, np.r_[1:K1, 0]]  # the next vertex's sign (slot nr holds vertex 0)
+    xk = real & (sig.astype(np.int16) * sn < 0)
+    qr, qk = np.nonzero(xk)
+    Ee = R[qr, qk]
+    Ll = lr[qr]
+    e0, e1, e2, l0, l1, l2 = Ee[:, 4], Ee[:, 5], Ee[:, 6], Ll[:, 0], Ll[:, 1], Ll[:, 2]
+    X = np.stack([e1 * l2 - e2 * l1, e2 * l0 - e0 * l2, e0 * l1 - e1 * l0], axis=1)
+    dX = 2 * (Ee[:, _ED] + Ll[:, 3] + Ee[:, _ED] * Ll[:, 3]) + 5 * _U + _TINY
+    X, dX = _normalise(X, dX)
+    dX = dX * (1 + 1e-9) + _TINY
+    D = X[:, 0]
+    unsure = ~(np.abs(D) > dX)
+    sgnD = np.sign(D)
+    if unsure.any():
+        sgnD[unsure] = ctx.exact_d_signs(_ids(Ee[unsure, _ID]), _ids(Ll[unsure, 4]))
+    X *= sgnD[:, None]
+    xidx = np.zeros((r, K1), dtype=np.int64)
+    xidx[qr, qk] = np.arange(len(qr))
+    nout = 2 * r if both else r
+    # slot 2k = vertex k, slot 2k + 1 = the crossing on edge k; rows r.. are the flipped signs' pieces
+    keep = np.empty((nout, 2 * K1), dtype=bool)
+    keep[:r, 0::2] = real & (sig >= 0)
+    keep[:r, 1::2] = xk
+    if both:
+        keep[r:, 0::2] = real & (sig <= 0)
+        keep[r:, 1::2] = xk
+    cnt = keep.sum(axis=1)
+    Kn = int(cnt.max()) + 1
+    dest = np.cumsum(keep, axis=1) - 1
+    rr, cc = np.nonzero(keep)
+    src = np.where(rr < r, rr, rr - r)
+    k = cc >> 1
+    odd = (cc & 1).astype(bool)
+    vals = R[src, k]
+    vals[odd, :4] = np.concatenate([X, dX[:, None]], axis=1)[xidx[src[odd], k[odd]]]
+    # the edge after a slot is the cut line where the next original vertex is on the far side
+    flip = np.where(rr < r, 1, -1).astype(np.int8)
+    nxt = sn[src, k] * flip
+    use_l = (nxt < 0) & (odd | (sig[src, k] == 0))
+    vals[use_l, 4:] = lr[src[use_l]]
+    out = np.empty((nout, Kn, _REC))
+    out[rr, dest[rr, cc]] = vals
+    pad = np.arange(Kn)[None, :] >= cnt[:, None]
+    out = np.where(pad[..., None], out[:, :1], out)
+    return out, cnt
+
+
+def _block_ids(block: int, rows: np.ndarray, units: np.ndarray) -> np.ndarray:
+    return (np.int64(block) << _BLOCK_SHIFT) | (rows.astype(np.int64) << _ROW_SHIFT) | units.astype(np.int64)
+
+
+def _both_zero(known, prev, nxt):
+    """Where both candidates of a difference line ``c_a - c_b`` are exactly 0 at a vertex (the crossing of
+    edges ``prev`` and ``nxt``): each is identically zero, or a ReLU output whose own zero line is one of the
+    two edges. ``known = (origin_a, origin_b, zero_a, zero_b)`` per tested line."""
+    oa, ob, za, zb = known
+    ka = za | (oa == prev) | (oa == nxt)
+    kb = zb | (ob == prev) | (ob == nxt)
+    return ka & kb
+
+
+def _start_signs(ctx, rec, nv, L, dL, zero, ids, known=None):
+    """Per (polygon, line) of ``L (m, n, 3)``: whether some vertex is strictly positive / negative."""
+    m, n = L.shape[:2]
+    K = rec.shape[1]
+    anyp = np.zeros((m, n), dtype=bool)
+    anyn = np.zeros((m, n), dtype=bool)
+    kk = np.arange(K)
+    step = max(1, 2_000_000 // max(1, K * n))
+    for i in range(0, m, step):
+        R = rec[i : i + step]
+        S = np.matmul(R[..., _H], L[i : i + step].transpose(0, 2, 1))  # (c, K, n)
+        # One tolerance per (polygon, line) from the polygon's largest vertex error bounds them all; padding
+        # slots repeat vertex 0, so reductions over all slots are reductions over the vertices.
+        tmax = _tol(R[..., _HD].max(axis=1)[:, None], dL[i : i + step])
+        anyp[i : i + step] = S.max(axis=1) > tmax
+        anyn[i : i + step] = S.min(axis=1) < -tmax
+        close = ~(np.abs(S).min(axis=1) > tmax) & ~zero[i : i + step]  # (a NaN is close too)
+        if close.any():
+            rr, jj = np.nonzero(close)
+            Sv = S[rr, :, jj]
+            tol = _tol(R[rr, :, _HD], dL[i + rr, jj][:, None])
+            sg = (Sv > tol).astype(np.int8) - (Sv < -tol)
+            real = kk[None, :] < nv[i + rr, None]
+            q, k = np.nonzero(real & (sg == 0))
+            if len(q):
+                vid = _ids(R[..., _ID])
+                r_ = rr[q]
+                kprev = np.where(k > 0, k - 1, nv[i + r_] - 1)
+                pid, nid = vid[r_, kprev], vid[r_, k]
+                if known is not None:
+                    kz = _both_zero([a[i + r_, jj[q]] for a in known], pid, nid)
+                    q, k, r_, pid, nid = q[~kz], k[~kz], r_[~kz], pid[~kz], nid[~kz]
+                sg[q, k] = ctx.exact_signs(pid, nid, ids[i + r_, jj[q]])
+            sg = np.where(real, sg, 0)
+            anyp[i + rr, jj] = (sg > 0).any(axis=1)
+            anyn[i + rr, jj] = (sg < 0).any(axis=1)
+    return anyp, anyn
+
+
+class _Pieces:
+    """Growing arrays of pieces: records, vertex counts and the polygon (at the node's start) of each."""
+
+    def __init__(self, rec, nv):
+        m = len(rec)
+        cap = max(2 * m, 64)
+        self.R = np.empty((cap, rec.shape[1], _REC))
+        self.R[:m] = rec
+        self.N = np.empty(cap, dtype=np.int64)
+        self.N[:m] = nv
+        self.P = np.empty(cap, dtype=np.int64)
+        self.P[:m] = np.arange(m)
+        self.cur = m
+
+    def replace_and_append(self, rows, pieces, counts, n_first: int):
+        """Pieces ``[:n_first]`` replace ``rows``; the rest (with parents ``parents``) are appended."""
+        K = pieces.shape[1]
+        if K > self.R.shape[1]:
+            self.R = _pad_to(self.R, K)
+        elif K < self.R.shape[1]:
+            pieces = _pad_to(pieces, self.R.shape[1])
+        self.R[rows], self.N[rows] = pieces[:n_first], counts[:n_first]
+        return pieces[n_first:], counts[n_first:]
+
+    def append(self, pieces, counts, parents) -> np.ndarray:
+        k = len(pieces)
+        if self.cur + k > len(self.R):
+            grow = max(len(self.R), k)
+            self.R = np.concatenate([self.R, np.empty((grow, *self.R.shape[1:]))])
+            self.N = np.concatenate([self.N, np.empty(grow, dtype=np.int64)])
+            self.P = np.concatenate([self.P, np.empty(grow, dtype=np.int64)])
+        if pieces.shape[1] < self.R.shape[1]:
+            pieces = _pad_to(pieces, self.R.shape[1])
+        elif pieces.shape[1] > self.R.shape[1]:
+            self.R = _pad_to(self.R, pieces.shape[1])
+        s = slice(self.cur, self.cur + k)
+        self.R[s], self.N[s], self.P[s] = pieces, counts, parents
+        self.cur += k
+        return np.arange(s.start, s.stop)
+
+
+def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, eA, eB, _ = inp
+    m, n = A.shape
+    L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], eA, eB[:, 0], eB[:, 1])
+    block = ctx.new_block(node.index, prefix)
+    ids = _block_ids(block, np.arange(m)[:, None], np.arange(n)[None, :])
+    anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids)
+    cand = anyp & anyn
+    pcs = _Pieces(rec, nv)
+    bits = np.empty((pcs.R.shape[0], n), dtype=bool)
+    bits[:m] = anyp
+    ctx.count(node, m)
+    lrec = np.empty((m, n, 5))
+    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(ids)
+    candT = np.ascontiguousarray(cand.T)
+    for j in np.nonzero(cand.any(axis=0))[0]:
+        rows = np.nonzero(candT[j][pcs.P[: pcs.cur]])[0]
+        par = pcs.P[rows]
+        R, nr = pcs.R[rows], pcs.N[rows]
+        lr = lrec[par, j]
+        sig = _vertex_signs(ctx, R, nr, lr, zero[par, j])
+        hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
+        bits[rows, j] = hp
+        cut = hp & hn
+        if not cut.any():
+            continue
+        rows, par = rows[cut], par[cut]
+        pieces, counts = _split(ctx, R[cut], nr[cut], sig[cut], lr[cut])
+        ctx.count(node, len(rows))
+        rest, rest_n = pcs.replace_and_append(rows, pieces, counts, len(rows))
+        new = pcs.append(rest, rest_n, par)
+        if len(bits) < len(pcs.R):
+            bits = np.concatenate([bits, np.empty((len(pcs.R) - len(bits), n), dtype=bool)])
+        bits[new] = bits[rows]
+        bits[rows, j] = True
+        bits[new, j] = False
+    cur = pcs.cur
+    parent, bits = pcs.P[:cur], bits[:cur]
+    gain = np.where(bits, 1.0, node.negative_slope)
+    egain = np.where(bits, 1.0, abs(node.negative_slope))
+    # a unit on keeps its value exactly; an off unit of a ReLU is exactly 0 (its bit is certain)
+    rnd = np.where(bits, 0.0, _U)
+    nA = A[parent] * gain
+    nB = B[parent] * gain[:, None, :]
+    neA = eA[parent] * egain + rnd * np.abs(nA)
+    neB = eB[parent] * egain[:, None, :] + rnd[:, None, :] * np.abs(nB)
+    # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
+    return pcs.R[:cur], pcs.N[:cur], parent, bits, (nA, nB, neA, neB, ids[parent])
+
+
+def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, eA, eB, orig = inp
+    m = len(A)
+    W = node.windows.numpy()
+    nw, k = W.shape
+    valid = W >= 0
+    Wc = np.where(valid, W, 0)
+    block = ctx.new_block(node.index, prefix)
+    rows_m = np.arange(m)[:, None]
+
+    def pair_lines(par, w, x, y):
+        """Lines of c_x - c_y (windows ``w``, positions ``x``, ``y``) on the polygons ``par``."""
+        ix, iy = Wc[w, x], Wc[w, y]
+        dA = A[par, ix] - A[par, iy]
+        dB0 = B[par, 0, ix] - B[par, 0, iy]
+        dB1 = B[par, 1, ix] - B[par, 1, iy]
+        eAd = eA[par, ix] + eA[par, iy] + _U * np.abs(dA)
+        eB0 = eB[par, 0, ix] + eB[par, 0, iy] + _U * np.abs(dB0)
+        eB1 = eB[par, 1, ix] + eB[par, 1, iy] + _U * np.abs(dB1)
+        L, dL, zero = _lines(ctx, dA, dB0, dB1, eAd, eB0, eB1)
+        ids = _block_ids(block, np.broadcast_to(par, L.shape[:-1]), w * k * k + x * k + y)
+        known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        return L, dL, zero, ids, known
+
+    # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
+    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (eA == 0) & (eB[:, 0] == 0) & (eB[:, 1] == 0)
+
+    # Relation of every pair x < y of every window on every polygon: 1 (c_x > c_y inside), -1 (c_x < c_y),
+    # 0 (identically equal: x wins), 2 (the polygon is cut).
+    wins = np.zeros((m, nw, k), dtype=np.int64)  # how many others each position beats (where not cut)
+    active = np.zeros((m, nw), dtype=bool)
+    rel = {}
+    allw = np.arange(nw)
+    for x in range(k):
+        for y in range(x + 1, k):
+            both = valid[:, x] & valid[:, y]
+            if not both.any():
+                continue
+            w = allw[both]
+            L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
+            known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
+            anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
+            active[:, w] |= anyp & anyn
+            wins[:, w, x] += ~anyn
+            wins[:, w, y] += anyn
+            code = np.zeros((m, nw), dtype=np.int8)
+            code[:, w] = np.where(anyp & anyn, 2, anyp.astype(np.int8) - anyn)
+            rel[x, y] = code
+    nvalid = valid.sum(axis=1)
+    beats_all = (wins == (nvalid - 1)[None, :, None]) & valid[None]
+    winner = np.argmax(beats_all, axis=2)  # the position that beats every other
+    ok = np.take_along_axis(wins, winner[..., None], axis=2)[..., 0] == nvalid - 1
+    if np.any(~active & ~ok):  # pragma: no cover - exact relations always order the candidates
+        raise RuntimeError(f"internal error: no argmax at max-pool node {node.index}")
+    pcs = _Pieces(rec, nv)
+    best = np.empty((pcs.R.shape[0], nw), dtype=np.int64)
+    best[:m] = winner
+    ctx.count(node, m)
+    activeT = np.ascontiguousarray(active.T)
+    for w in np.nonzero(active.any(axis=0))[0]:
+        rows = np.nonzero(activeT[w][pcs.P[: pcs.cur]])[0]
+        par = pcs.P[rows]
+        cells = []  # (source row index into rows, pieces, counts, position)
+        for i in np.nonzero(valid[w])[0]:
+            R, nr, src = pcs.R[rows], pcs.N[rows], np.arange(len(rows))
+            for j in np.nonzero(valid[w])[0]:
+                if j == i or not len(src):
+                    continue
+                # the pair's relation on the parent polygon holds on its pieces: only a cut pair is tested
+                code = rel[min(i, j), max(i, j)][par[src], w] * (1 if i < j else -1)
+                code[np.abs(code) == 2] = 2
+                drop = (code == -1) | ((code == 0) & (i > j))
+                sub = np.nonzero(code == 2)[0]
+                if len(sub):
+                    L, dL, zero, ids, known = pair_lines(par[src[sub]], w, i, j)
+                    lr = np.empty((len(sub), 5))
+                    lr[:, :3], lr[:, 3], lr[:, 4] = L, dL, _as_float(ids)
+                    Rs, ns = R[sub], nr[sub]
+                    sig = _vertex_signs(ctx, Rs, ns, lr, zero, known)
+                    hp, hn = (sig > 0).any(axis=1), (sig < 0).any(axis=1)
+                    # keep the part where c_i - c_j >= 0; where c_i == c_j everywhere, the earlier position
+                    drop[sub] = ~(hp | (~hn & (i < j)))
+                    cut = hp & hn
+                    if cut.any():
+                        pieces, counts = _split(ctx, Rs[cut], ns[cut], sig[cut], lr[cut], both=False)
+                        K = max(R.shape[1], pieces.shape[1])
+                        R, pieces = _pad_to(R, K), _pad_to(pieces, K)
+                        nr = nr.copy()
+                        R[sub[cut]], nr[sub[cut]] = pieces, counts
+                R, nr, src = R[~drop], nr[~drop], src[~drop]
+            cells.append((src, R, nr, np.full(len(src), i)))
+        src = np.concatenate([c[0] for c in cells])
+        K = max(c[1].shape[1] for c in cells)
+        R = np.concatenate([_pad_to(c[1], K) for c in cells])
+        nr = np.concatenate([c[2] for c in cells])
+        pos = np.concatenate([c[3] for c in cells])
+        order = np.argsort(src, kind="stable")
+        src, R, nr, pos = src[order], R[order], nr[order], pos[order]
+        first = np.concatenate([[True], src[1:] != src[:-1]])
+        if first.sum() != len(rows):  # pragma: no cover - the cells cover every polygon
+            raise RuntimeError(f"internal error: a polygon lost every argmax cell at node {node.index}")
+        ctx.count(node, len(src) - len(rows))
+        # the first cell of each piece takes its place, the others are appended
+        pcs.replace_and_append(rows, R[first], nr[first], len(rows))
+        best[rows, w] = pos[first]
+        if (~first).any():
+            new = pcs.append(R[~first], nr[~first], par[src[~first]])
+            if len(best) < len(pcs.R):
+                best = np.concatenate([best, np.empty((len(pcs.R) - len(best), nw), dtype=np.int64)])
+            best[new] = best[rows[src[~first]]]
+            best[new, w] = pos[~first]
+    cur = pcs.cur
+    parent, best = pcs.P[:cur], best[:cur]
+    idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
+    pr = parent[:, None]
+    Bs, eBs = B[pr, :, idx].transpose(0, 2, 1), eB[pr, :, idx].transpose(0, 2, 1)
+    newv = (A[pr, idx], Bs, eA[pr, idx], eBs, orig[pr, idx])
+    onehot = np.zeros((cur, nw * k), dtype=bool)
+    onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
+    return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
+
+
+def _affine_node(node, inp):
+    A, B, eA, eB, _ = inp
+    M = node.matrix().numpy()
+    b = node.bias_vector.numpy()
+    m, n_in = A.shape
+    aMT = np.abs(M).T
+    gam = 1.01 * (n_in + 2) * _U
+    nA = A @ M.T + b
+    nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
+    # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e; the bound's own
+    # sums of nonnegative terms are rounded up by the factor (1 + gamma)
+    eX = np.concatenate([eA[:, None, :], eB], axis=1) * (1 + gam)
+    eX += gam * np.abs(np.concatenate([A[:, None, :], B], axis=1))
+    eY = (eX.reshape(-1, n_in) @ aMT).reshape(m, 3, -1) * (1 + gam) + _TINY
+    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:], np.full(nA.shape, _NO_ORIGIN)
+
+
+def _add_node(ins):
+    A = sum(v[0] for v in ins)
+    B = sum(v[1] for v in ins)
+    # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
+    c = len(ins) * _U * (1 + 1e-9)
+    eA = sum(v[2] for v in ins) * (1 + c) + c * sum(np.abs(v[0]) for v in ins)
+    eB = sum(v[3] for v in ins) * (1 + c) + c * sum(np.abs(v[1]) for v in ins)
+    return A, B, eA, eB, np.full(A.shape, _NO_ORIGIN)
+
+
+def _cat_node(ins):
+    return (
+        np.concatenate([v[0] for v in ins], axis=1),
+        np.concatenate([v[1] for v in ins], axis=2),
+        np.concatenate([v[2] for v in ins], axis=1),
+        np.concatenate([v[3] for v in ins], axis=2),
+        np.concatenate([v[4] for v in ins], axis=1),
+    )
+
+
+def _merge(outs):
+    if len(outs) == 1:
+        return outs[0]
+    K = max(o[0].shape[1] for o in outs)
+    return (
+        np.concatenate([_pad_to(o[0], K) for o in outs]),
+        np.concatenate([o[1] for o in outs]),
+        np.concatenate([o[2] for o in outs]),
+    )
+
+
+def _live_units(ctx, vals, after: int) -> int:
+    return sum(v[0].shape[1] for key, v in vals.items() if ctx.last_use.get(key, -1) > after)
+
+
+def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
+    """Carry the pieces ``rec`` (with node maps ``vals`` and pattern columns ``pats``) through the nodes
+    ``ctx.order[pos:]``; returns the final ``(rec, nv, patterns)``. Pieces are processed in chunks, each
+    through the rest of the graph (depth first), when their maps would exceed the memory budget."""
+    nodes = ctx.g.nodes
+    for p in range(pos, len(ctx.order)):
+        node = nodes[ctx.order[p]]
+        i = node.index
+        if node.op in ("relu", "maxpool"):
+            width = _live_units(ctx, vals, i - 1) + node.size
+            step = max(1, ctx.budget // (_BYTES_PER_ENTRY * 4 * max(1, width)))
+            if len(rec) > step:
+                return _merge(
+                    [
+                        _walk(
+                            ctx,
+                            p,
+                            rec[s : s + step],
+                            nv[s : s + step],
+                            {key: tuple(a[s : s + step] for a in v) for key, v in vals.items()},
+                            pats[s : s + step],
+                        )
+                        for s in range(0, len(rec), step)
+                    ]
+                )
+            fn = _relu_node if node.op == "relu" else _maxpool_node
+            rec, nv, parent, cols, newv = fn(ctx, node, rec, nv, vals[node.inputs[0]], pats)
+            pats = np.concatenate([pats[parent], cols], axis=1)
+            vals = {
+                key: tuple(a[parent] for a in v) for key, v in vals.items() if ctx.last_use.get(key, -1) > i
+            }
+            vals[i] = newv
+        else:
+            ins = [vals[j] for j in node.inputs]
+            if node.op == "affine":
+                vals[i] = _affine_node(node, ins[0])
+            elif node.op == "add":
+                vals[i] = _add_node(ins)
+            elif node.op == "cat":
+                vals[i] = _cat_node(ins)
+            elif node.op == "output":
+                vals[i] = ins[0]
+            else:  # pragma: no cover - the tracer emits no other ops
+                raise TypeError(f"unsupported node op {node.op!r}")
+            vals = {key: v for key, v in vals.items() if key == i or ctx.last_use.get(key, -1) > i}
+        if p + 1 < len(ctx.order) and node.op in ("relu", "maxpool"):
+            width = _live_units(ctx, vals, i)
+            step = max(1, ctx.budget // (_BYTES_PER_ENTRY * max(1, width)))
+            if len(rec) > step:
+                return _merge(
+                    [
+                        _walk(
+                            ctx,
+                            p + 1,
+                            rec[s : s + step],
+                            nv[s : s + step],
+                            {key: tuple(a[s : s + step] for a in v) for key, v in vals.items()},
+                            pats[s : s + step],
+                        )
+                        for s in range(0, len(rec), step)
+                    ]
+                )
+    return rec, nv, pats
+
+
+def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
+    """Pieces of the starting polygon (homogeneous corners ``frame_h``, edges ``frame_l``, in the polygons'
+    coordinates) through the graph: ``(rec, nv, patterns)``."""
+    rec, nv = initial_polygon(frame_h, frame_l)
+    x0, d1, d2 = ctx.base
+    n = x0.size
+    vals = {
+        0: (
+            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.zeros((1, 2, n)),
+            np.full((1, n), _NO_ORIGIN),
+        )
+    }
+    pats = np.zeros((1, 0), dtype=bool)
+    if not ctx.order:
+        return rec, nv, pats
+    return _walk(ctx, 0, rec, nv, vals, pats)
+
+
+def _reach(ctx: GraphSliceCtx, rec, nv) -> float:
+    """Largest ``|u|``, ``|v|`` of a finite vertex of the pieces of one quadrant's triangle (whose edge ``-2``
+    is the line at infinity); exact where the float position is unsure."""
+    H = rec[..., _H]
+    ids = _ids(rec[..., _ID])
+    prev = np.concatenate([ids[:, -1:], ids[:, :-1]], axis=1)
+    prev[np.arange(len(nv)), 0] = ids[np.arange(len(nv)), nv - 1]
+    real = np.arange(H.shape[1])[None, :] < nv[:, None]
+    fin = real & (ids != -2) & (prev != -2)
+    w = H[..., 0] - H[..., 1] - H[..., 2]
+    # w is off by a few times the vertex's error bound; where that is not small against w, the vertex is far
+    # out and its position is computed exactly
+    sure = np.abs(w) > 1e3 * (rec[..., _HD] + 4 * _U)
+    reach = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.abs(H[..., 1:][fin & sure] / w[fin & sure][:, None])
+    if uv.size:
+        reach = float(uv.max())
+    for r_, k_ in zip(*np.nonzero(fin & ~sure)):
+        D, X, Y = _exact.cross(ctx.exact_line(int(prev[r_, k_])), ctx.exact_line(int(ids[r_, k_])))
+        den = D - X - Y
+        if den == 0:  # two parallel lines meet at infinity: not a vertex
+            continue
+        big = max(abs(X), abs(Y))
+        if big > (1 << 996) * abs(den):
+            raise ValueError(
+                "the arrangement of this plane has a vertex beyond 1e300 (nearly parallel boundaries), so no "
+                "float64 box holds every region; pass a finite box"
+            )
+        reach = max(reach, big / abs(den))
+        ctx.n_exact += 1
+    return reach
+
+
+def _exact_far_vertices(ctx: GraphSliceCtx, rec, nv) -> None:
+    """Vertices whose float ``D`` underflowed (a box far beyond the arrangement's scale, e.g. 1e200 wide):
+    their ``(u, v)`` from the exact crossing of their two edges, stored as ``(1, u, v)`` (output only)."""
+    H = rec[..., _H]
+    real = np.arange(H.shape[1])[None, :] < nv[:, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
+    if not bad.any():
+        return
+    from fractions import Fraction
+
+    ids = _ids(rec[..., _ID])
+    for r_, k_ in zip(*np.nonzero(bad)):
+        kp = k_ - 1 if k_ > 0 else nv[r_] - 1
+        D, X, Y = _exact.cross(ctx.exact_line(int(ids[r_, kp])), ctx.exact_line(int(ids[r_, k_])))
+        rec[r_, k_, _H] = (1.0, float(Fraction(X, D)), float(Fraction(Y, D)))
+    # padding slots repeat vertex 0
+    pad = np.arange(H.shape[1])[None, :] >= nv[:, None]
+    rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
+
+
+def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int):
+    """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
+    (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
+
+    The whole plane is cut as four quadrants, each mapped onto a triangle by a projective map (lines stay
+    lines), which finds every region's pattern; then a square box twice as wide as the farthest finite vertex
+    is cut and grown until it holds that many regions."""
+
+    def run(frame_h, frame_l, quadrant):
+        ctx = GraphSliceCtx(
+            g=g,
+            base=[x0, d1, d2],
+            frame_lines=[_exact.float_line(ln) for ln in frame_l],
+            quadrant=quadrant,
+            max_regions=max_regions,
+            budget=memory_budget,
+        )
+        rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
+        return rec, nv, pats, ctx
+
+    def run_box(u0, u1, v0, v1):
+        corners = [[1.0, u0, v0], [1.0, u1, v0], [1.0, u1, v1], [1.0, u0, v1]]
+        edges = [[-v0, 0.0, 1.0], [-u1, 1.0, 0.0], [-v1, 0.0, 1.0], [-u0, 1.0, 0.0]]
+        return run(corners, edges, None)
+
+    if box is not None:
+        rec, nv, pats, ctx = run_box(*box)
+        _exact_far_vertices(ctx, rec, nv)
+        return box, rec, nv, pats, ctx.n_exact
+    from .patterns import pack_patterns, unique_rows
+
+    tri_h = [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    tri_l = [[0.0, 0.0, 1.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 0.0]]
+    all_pats, reach, n_exact = [], 0.0, 0
+    for quadrant in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+        rec, nv, pats, ctx = run(tri_h, tri_l, quadrant)
+        all_pats.append(pats)
+        reach = max(reach, _reach(ctx, rec, nv))
+        n_exact += ctx.n_exact
+    total = len(unique_rows(pack_patterns(np.concatenate(all_pats)))[0])
+    R = 2.0 * reach if reach > 0 else 1.0
+    for _ in range(8):
+        rec, nv, pats, ctx = run_box(-R, R, -R, R)
+        n_exact += ctx.n_exact
+        if len(pats) == total:
+            _exact_far_vertices(ctx, rec, nv)
+            return (-R, R, -R, R), rec, nv, pats, n_exact
+        if len(pats) > total:  # pragma: no cover - both counts are exact
+            raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
+        R *= 16.0
+        if not np.isfinite(R * 16):
+            break
+    raise RuntimeError("no finite box met every region of the plane; please report this network")
+
+
+__all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv"]

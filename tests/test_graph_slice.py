@@ -1,0 +1,437 @@
+"""Exact regions on a 2-D slice through traced graphs (residual add, max-pool, cat, LeakyReLU).
+
+Checked against the chain engine (the graph engine run directly on chains), against regioncam (an
+independent float32 tracer, on residual MLPs and global-max-pool nets it can express, on small boxes where
+it resolves every region), against dense grid sampling of the graph's own forward pass, and by metamorphic
+laws (nested boxes, permuted hidden units, pruned = zero weight, scaled plane).
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn import functional as F
+
+from netgeom.nets import trace
+from netgeom.regions._graph_slice import slice_graph_regions
+from netgeom.regions.exact import regions_on_slice
+
+BOX = (-2.0, 2.0, -2.0, 2.0)
+
+
+# ------------------------------------------------------------------------------------------- networks
+class ResMLP(nn.Module):
+    """relu(inp x), then ``blocks`` residual blocks h <- act(h + fc_b(act(fc_a h))), then a classifier."""
+
+    def __init__(self, n0: int, w: int, blocks: int, seed: int, slope: float = 0.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inp = nn.Linear(n0, w)
+        act = nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+        self.act = act
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Linear(w, w), act, nn.Linear(w, w)) for _ in range(blocks)]
+        )
+        self.out = nn.Linear(w, 1)
+
+    def forward(self, x):
+        h = self.act(self.inp(x))
+        for b in self.blocks:
+            h = self.act(h + b(h))
+        return self.out(h)
+
+
+class GlobalMax(nn.Module):
+    """fc2(relu(fc1 x)) max-pooled over all its c units (one window), then fc4(relu(fc3 m))."""
+
+    def __init__(self, n0: int, w: int, c: int, h: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(n0, w), nn.Linear(w, c)
+        self.fc3, self.fc4 = nn.Linear(1, h), nn.Linear(h, 1)
+        self.c = c
+
+    def forward(self, x):
+        z = self.fc2(F.relu(self.fc1(x)))
+        m = F.max_pool1d(z.unsqueeze(1), self.c).flatten(1)
+        return self.fc4(F.relu(self.fc3(m)))
+
+
+class ResPoolCat(nn.Module):
+    """relu(fc1 x) -> relu(fc2 h + h) -> max-pool pairs -> cat with x -> relu(fc3) -> fc4."""
+
+    def __init__(self, n0: int, w: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(n0, w), nn.Linear(w, w)
+        self.fc3, self.fc4 = nn.Linear(w // 2 + n0, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        h = F.relu(self.fc2(h) + h)
+        p = F.max_pool1d(h.unsqueeze(1), 2).flatten(1)
+        return self.fc4(F.relu(self.fc3(torch.cat([p, x], dim=1))))
+
+
+def conv_pool_1d(length: int, channels: int, seed: int) -> nn.Module:
+    """Conv1d -> ReLU -> MaxPool1d(3, stride 2, padding 1) (windows with padding entries) -> MLP head."""
+    torch.manual_seed(seed)
+    pooled = (length + 2 - 3) // 2 + 1
+    net = nn.Sequential(
+        nn.Conv1d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool1d(3, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(channels * pooled, 4),
+        nn.ReLU(),
+        nn.Linear(4, 1),
+    )
+    net.input_shape = (1, length)
+    return net
+
+
+def conv_pool_2d(seed: int) -> nn.Module:
+    """Conv2d on 4x4 -> ReLU -> MaxPool2d(2, stride 1): 2x2 windows of 4 candidates, overlapping."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 2), nn.ReLU(), nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(),
+        nn.Linear(3, 1),
+    )
+    net.input_shape = (1, 4, 4)
+    return net
+
+
+def _f32(net):
+    """The net with float32-representable weights, in float64 (regioncam sees the same numbers)."""
+    return net.float().double().eval()
+
+
+def _plane(n0: int, seed: int, scale: float = 1.0):
+    rng = np.random.default_rng(seed)
+    return [(scale * v).astype(np.float32).astype(np.float64) for v in rng.normal(size=(3, n0))]
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def _patterns_at(g, X) -> np.ndarray:
+    """Patterns (ReLU bits ``z > 0``, one-hot torch argmaxes) of the graph at the inputs ``X``."""
+    n = len(X)
+    vals = g.values(torch.as_tensor(X))
+    cols = []
+    for node in g.nodes:
+        if node.op == "relu":
+            cols.append((vals[node.inputs[0]] > 0).numpy())
+        elif node.op == "maxpool":
+            _, pos = node.pool(vals[node.inputs[0]], return_indices=True)
+            nw, k = node.windows.shape
+            onehot = np.zeros((n, nw * k), dtype=bool)
+            onehot[np.arange(n)[:, None], np.arange(nw)[None, :] * k + pos.numpy()] = True
+            cols.append(onehot)
+    return np.concatenate(cols, axis=1)
+
+
+def _keys(P) -> set:
+    return set(_keys_list(P))
+
+
+def _keys_list(P) -> list:
+    return [p.tobytes() for p in np.packbits(P, axis=1)]
+
+
+def _check_against_sampling(net, x0, d1, d2, box=BOX, n_grid=201):
+    """Every sampled pattern is an exact region's, every exact piece's centroid has its claimed pattern, the
+    pieces tile the box and are all distinct. Returns the result."""
+    res = regions_on_slice(net, x0, d1, d2, box=box)
+    g = trace(net)
+    u = np.linspace(box[0], box[1], n_grid)
+    v = np.linspace(box[2], box[3], n_grid)
+    U, V = np.meshgrid(u, v)
+    X = x0 + U.reshape(-1, 1) * d1 + V.reshape(-1, 1) * d2
+    exact = _keys(res.patterns)
+    assert _keys(_patterns_at(g, X)) <= exact
+    assert len(exact) == res.count  # one piece per pattern: regions are convex
+    cents = np.array([p.mean(axis=0) for p in res.polygons])
+    Xc = x0 + cents[:, :1] * d1 + cents[:, 1:] * d2
+    assert np.array_equal(_patterns_at(g, Xc), res.patterns)
+    area = (box[1] - box[0]) * (box[3] - box[2])
+    assert abs(res.areas.sum() - area) < 1e-9 * area
+    assert np.all(res.areas > 0)
+    return res
+
+
+# ------------------------------------------------------------------------------------- (a) chains
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_graph_engine_on_chains_equals_chain_engine(seed, slope):
+    torch.manual_seed(seed)
+    act = nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+    net = nn.Sequential(nn.Linear(4, 10), act, nn.Linear(10, 8), act, nn.Linear(8, 1)).double().eval()
+    masks = {"2.weight": torch.rand(8, 10, generator=torch.Generator().manual_seed(seed)) > 0.5}
+    x0, d1, d2 = _plane(4, seed)
+    g = trace(net, masks)
+    assert g.is_chain
+    for box in (BOX, None):
+        chain = regions_on_slice(net, x0, d1, d2, box=box, masks=masks)
+        _, _, _, pats, _ = slice_graph_regions(
+            g, x0, d1, d2, chain.box if box is None else box, 10**6, 2**28
+        )
+        assert len(pats) == chain.count
+        assert _keys(pats) == _keys(chain.patterns)  # same layout: ReLU bits layer by layer
+        if box is None:
+            _, _, _, whole, _ = slice_graph_regions(g, x0, d1, d2, None, 10**6, 2**28)
+            assert len(whole) == chain.count
+
+
+# ---------------------------------------------------------------------------------- (b) regioncam
+def _rc_linear(rc, m):
+    rc.linear(m.weight.detach().float().numpy().T.copy(), m.bias.detach().float().numpy().copy())
+
+
+def _rc_res(net, masks, x0, d1, d2, r):
+    regioncam = pytest.importorskip("regioncam")
+    from regioncam import nn as rn
+
+    w32 = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for k, m in (masks or {}).items():
+        w32[k] = w32[k] * m
+    clone = ResMLP(net.inp.in_features, net.inp.out_features, len(net.blocks), 0, slope=_slope(net))
+    clone.load_state_dict(w32)
+    clone.float()
+    rc = regioncam.Regioncam(size=r)
+    rc.linear(np.stack([d1, d2]).astype(np.float32), x0.astype(np.float32))
+
+    def act():
+        if _slope(net):
+            rc.leaky_relu(_slope(net))
+        else:
+            rc.relu()
+
+    _rc_linear(rc, clone.inp)
+    act()
+    for b in clone.blocks:
+        rc.add(rn.Residual(rn.convert(b)))
+        act()
+    return rc.num_faces
+
+
+def _slope(net) -> float:
+    return float(getattr(net.act, "negative_slope", 0.0))
+
+
+def _rc_max(net, x0, d1, d2, r):
+    regioncam = pytest.importorskip("regioncam")
+    rc = regioncam.Regioncam(size=r)
+    rc.linear(np.stack([d1, d2]).astype(np.float32), x0.astype(np.float32))
+    _rc_linear(rc, net.fc1)
+    rc.relu()
+    _rc_linear(rc, net.fc2)
+    rc.max_pool()
+    _rc_linear(rc, net.fc3)
+    rc.relu()
+    return rc.num_faces
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+def test_residual_mlp_matches_regioncam(seed, slope):
+    """Same float32 weights (a quarter pruned), plane and square [-r, r]^2: equal face counts."""
+    net = _f32(ResMLP(4, 8, 2, seed, slope))
+    gen = torch.Generator().manual_seed(seed)
+    masks = {"blocks.0.0.weight": torch.rand(8, 8, generator=gen) > 0.25}
+    x0, d1, d2 = _plane(4, seed)
+    res = regions_on_slice(net, x0, d1, d2, box=(-2, 2, -2, 2), masks=masks)
+    assert res.count == _rc_res(net, masks, x0, d1, d2, 2.0)
+    assert res.count > 20
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_global_max_pool_net_matches_regioncam(seed):
+    net = _f32(GlobalMax(4, 8, 5, 6, seed))
+    x0, d1, d2 = _plane(4, seed)
+    res = regions_on_slice(net, x0, d1, d2, box=(-2, 2, -2, 2))
+    assert res.count == _rc_max(net, x0, d1, d2, 2.0)
+    assert res.patterns.shape[1] == 8 + 5 + 6  # ReLU bits, one-hot argmax of the window, ReLU bits
+
+
+# ------------------------------------------------------------------------------ (c) brute force
+@pytest.mark.parametrize("seed", range(3))
+def test_res_pool_cat_against_grid_sampling(seed):
+    net = ResPoolCat(3, 6, seed).double().eval()
+    x0, d1, d2 = _plane(3, seed)
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.count > 10
+    if seed == 0:
+        ax = res.plot()
+        assert len(ax.collections[0].get_paths()) == res.count
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_conv_max_pool_with_padding_against_grid_sampling(seed):
+    net = conv_pool_1d(6, 3, seed).double().eval()
+    assert (trace(net).nodes[3].windows < 0).any()  # padding entries in the windows
+    x0, d1, d2 = _plane(6, seed)
+    _check_against_sampling(net, x0, d1, d2)
+
+
+def test_conv2d_overlapping_max_pool_against_grid_sampling():
+    net = conv_pool_2d(0).double().eval()
+    x0, d1, d2 = _plane(16, 0)
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.count > 10
+
+
+def test_small_vgg_against_grid_sampling():
+    """Conv -> ReLU -> 2x2 max-pool twice: candidates that are ReLU outputs vanish on their own cut lines
+    (which the engine knows without exact arithmetic)."""
+    from netgeom.nets.models import vgg
+
+    net = vgg([3, "M", 4, "M"], in_channels=1, image_size=4, seed=0).double().eval()
+    x0, d1, d2 = _plane(16, 3)
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.count > 20
+
+
+def test_tied_candidates_take_the_first_position_like_torch():
+    """Two identical units in one window (and ReLU outputs both exactly 0): the argmax is the first one."""
+    torch.manual_seed(0)
+    fc = nn.Linear(3, 6)
+    with torch.no_grad():
+        fc.weight[1] = fc.weight[0]
+        fc.bias[1] = fc.bias[0]
+    net = nn.Sequential(
+        fc, nn.ReLU(), nn.Unflatten(1, (1, 6)), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(3, 4), nn.ReLU(),
+        nn.Linear(4, 1),
+    )
+    net = net.double().eval()
+    x0, d1, d2 = _plane(3, 1)
+    res = _check_against_sampling(net, x0, d1, d2, box=(-3, 3, -3, 3))
+    onehot = res.patterns[:, 6:12].reshape(-1, 3, 2)
+    assert np.all(onehot[:, 0, 0])  # window 0 = units (0, 1), identical: always position 0
+
+
+def test_whole_plane_on_a_graph():
+    net = ResPoolCat(3, 6, 0).double().eval()
+    x0, d1, d2 = _plane(3, 0)
+    whole = regions_on_slice(net, x0, d1, d2, box=None)
+    assert whole.whole_plane
+    inner = regions_on_slice(net, x0, d1, d2, box=BOX)
+    assert whole.count >= inner.count
+    # the box it reports holds every region: a larger one has no more
+    u0, u1, v0, v1 = whole.box
+    assert regions_on_slice(net, x0, d1, d2, box=(2 * u0, 2 * u1, 2 * v0, 2 * v1)).count == whole.count
+
+
+# -------------------------------------------------------------------------------- (d) metamorphic
+def test_nested_boxes_never_fewer_regions():
+    net = ResPoolCat(3, 6, 1).double().eval()
+    x0, d1, d2 = _plane(3, 1)
+    counts = [regions_on_slice(net, x0, d1, d2, box=(-r, r, -r, r)).count for r in (0.25, 0.5, 1, 2, 4)]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_permuting_a_residual_blocks_inner_units_changes_nothing():
+    net = ResMLP(4, 8, 1, 3).double().eval()
+    x0, d1, d2 = _plane(4, 3)
+    base = regions_on_slice(net, x0, d1, d2, box=BOX)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = net.blocks[0][0], net.blocks[0][2]
+        a.weight.copy_(a.weight[perm])
+        a.bias.copy_(a.bias[perm])
+        b.weight.copy_(b.weight[:, perm])
+    res = regions_on_slice(net, x0, d1, d2, box=BOX)
+    assert res.count == base.count
+    # the same regions: patterns equal once the inner layer's bits are permuted back
+    cols = np.arange(res.patterns.shape[1])
+    cols[8:16] = 8 + np.argsort(perm.numpy())
+    assert _keys(res.patterns[:, cols]) == _keys(base.patterns)
+
+
+def test_pruned_weight_equals_zero_weight():
+    net = ResPoolCat(3, 6, 2).double().eval()
+    x0, d1, d2 = _plane(3, 2)
+    mask = torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    pruned = regions_on_slice(net, x0, d1, d2, box=BOX, masks={"fc2.weight": mask})
+    with torch.no_grad():
+        net.fc2.weight.mul_(mask)
+    zeroed = regions_on_slice(net, x0, d1, d2, box=BOX)
+    assert pruned.count == zeroed.count
+    assert _keys(pruned.patterns) == _keys(zeroed.patterns)
+
+
+@pytest.mark.parametrize("c", [2.0**-660, 2.0**-30, 3.0, 2.0**40])
+def test_scaling_the_plane_against_the_box_changes_nothing(c):
+    """Also with a box 1e199 wide, where float crossing points underflow (their position is then exact)."""
+    net = ResPoolCat(3, 6, 0).double().eval()
+    x0, d1, d2 = _plane(3, 0)
+    base = regions_on_slice(net, x0, d1, d2, box=BOX)
+    res = regions_on_slice(net, x0, c * d1, c * d2, box=tuple(b / c for b in BOX))
+    assert res.count == base.count
+    assert _keys(res.patterns) == _keys(base.patterns)
+    order = [np.argsort(_keys_list(r.patterns)) for r in (res, base)]
+    for i, j in zip(*order):
+        assert np.allclose(res.polygons[i] * c, base.polygons[j], rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- (e) hypothesis
+class CatBranches(nn.Module):
+    """Two branches relu(fa x), leaky(fb x) concatenated, max-pooled pairwise, residual-added to a
+    projection, then a head."""
+
+    def __init__(self, n0: int, w: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fa, self.fb, self.proj = nn.Linear(n0, w), nn.Linear(n0, w), nn.Linear(n0, w)
+        self.head = nn.Linear(w, 3)
+        self.out = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.fa(x)), F.leaky_relu(self.fb(x), 0.1)], dim=1)
+        p = F.max_pool1d(h.unsqueeze(1), 2).flatten(1)
+        return self.out(F.relu(self.head(p + self.proj(x))))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    kind=st.sampled_from(["res", "conv", "cat"]),
+    seed=st.integers(0, 10_000),
+    n0=st.integers(2, 5),
+    scale=st.sampled_from([0.5, 1.0, 3.0]),
+)
+def test_random_graphs_against_sampling(kind, seed, n0, scale):
+    if kind == "res":
+        net = ResMLP(n0, 6, 2, seed).double().eval()
+    elif kind == "conv":
+        net = conv_pool_1d(n0 + 2, 2, seed).double().eval()
+        n0 += 2
+    else:
+        net = CatBranches(n0, 4, seed).double().eval()
+    x0, d1, d2 = _plane(n0, seed, scale)
+    _check_against_sampling(net, x0, d1, d2, n_grid=121)
+
+
+# ------------------------------------------------------------------------- exact fallback, budgets
+def test_plane_inside_a_units_hyperplane_is_settled_exactly():
+    """A unit identically zero on the plane (within float error, never certainly): every sign there goes to
+    exact arithmetic, which finds it zero (bit False, as the forward pass has it)."""
+    net = ResPoolCat(3, 6, 0).double().eval()
+    with torch.no_grad():
+        net.fc1.weight[0] = torch.tensor([1.0, 0.0, 0.0])
+        net.fc1.bias[0] = 0.0
+    x0, d1, d2 = np.array([0.0, 0.3, -0.2]), np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    res = _check_against_sampling(net, x0, d1, d2)
+    assert res.n_exact > 0
+    assert not res.patterns[:, 0].any()
+
+
+def test_chunked_memory_budget_and_max_regions():
+    from netgeom.regions.exact import TooManyRegionsError
+
+    net = ResPoolCat(3, 6, 1).double().eval()
+    x0, d1, d2 = _plane(3, 1)
+    full = regions_on_slice(net, x0, d1, d2, box=BOX)
+    small = regions_on_slice(net, x0, d1, d2, box=BOX, memory_budget=2048)
+    assert small.count == full.count and _keys(small.patterns) == _keys(full.patterns)
+    with pytest.raises(TooManyRegionsError, match="node"):
+        regions_on_slice(net, x0, d1, d2, box=BOX, max_regions=5)
