@@ -3,7 +3,8 @@ float32's propagated error is too wide, other graphs per row; float64 / rational
 the plain float32 forward with sign packing a user would write (uncertified), counted with the same exact
 deduplication. One row per network: both times, the ratio, both counts, whether netgeom's pattern set and the
 plain float32 one equal those of a float64 forward (untimed reference), and how many inputs had float64 work
-/ exact arithmetic. ``--threads 1`` is the steadier comparison on a loaded machine.
+/ exact arithmetic, and the ratio of the CPU times (process time, all threads: less sensitive to other
+jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier comparison there.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import numpy as np
@@ -145,24 +147,26 @@ def _same(a, b) -> bool:
 
 
 def row(name, n, net, n_in, plain, repeats, masks=None):
-    t_ours, t_plain = [], []
+    t_ours, t_plain, c_ours, c_plain = [], [], [], []
     pool = make_pool(n_in, 0)
     count_patterns(net, batches(BATCH, pool), masks)  # warm-up (first-call costs), untimed, both sides
     plain(net, batches(BATCH, pool))
     for _ in range(repeats):  # interleaved, best of: the machine is shared
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH)
         t_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        c_ours.append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         fp32 = plain(net, batches(n, pool))
         t_plain.append(time.perf_counter() - t)
+        c_plain.append(time.process_time() - c)
     f64 = plain(net, batches(n, pool), torch.float64)  # untimed reference
     ours = (res.patterns, res.multiplicities)
     a, b = min(t_ours), min(t_plain)
     print(
         f"| {name} | {n:,} | {a:.2f} s | {b:.2f} s | {b / a:.2f}x | {res.count:,} / {len(fp32[0]):,} | "
         f"{'yes' if _same(ours, f64) else 'NO'} | {'yes' if _same(fp32, f64) else 'NO'} | "
-        f"{res.n_float64:,} / {res.n_exact} |",
+        f"{res.n_float64:,} / {res.n_exact} | {min(c_plain) / min(c_ours):.2f}x |",
         flush=True,
     )
 
@@ -172,21 +176,25 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="5x10^4 points, one repeat (< 1 minute)")
     ap.add_argument("--n", type=int, default=None, help="points through the MLP (default 10^6, quick 5x10^4)")
     ap.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats, best taken (default 2, quick 1)"
+        "--repeats", type=int, default=None, help="timed repeats, best taken (default 3, quick 1)"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.n or (50_000 if args.quick else 1_000_000)
-    repeats = args.repeats or (1 if args.quick else 2)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
+    repeats = args.repeats or (1 if args.quick else 3)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, best of {repeats}; "
+        f"load average {load} on {os.cpu_count()} cores at the start"
+    )
     print(
         "| network | points | netgeom (exact) | plain fp32 + packbits | ratio (plain/ours) "
         "| patterns ours / fp32 | ours = float64 forward | fp32 = float64 forward "
-        "| inputs with float64 work / exact |"
+        "| inputs with float64 work / exact | ratio in CPU time |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     net = mlp(784, [400, 400], 10, seed=0)
     row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats)
     masks = magnitude_prune(net, scope="layer", per_layer=[0.9, 0.9, 0.0])
@@ -201,6 +209,7 @@ def main(argv=None):
     pool = PoolNet().eval()
     pool.input_shape = (1, 28, 28)
     row("LeNet-5 with max-pool, 28x28", n // 50, pool, (1, 28, 28), plain_poolnet, repeats)
+    print(f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 
 if __name__ == "__main__":

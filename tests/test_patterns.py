@@ -437,3 +437,88 @@ def test_chain_path_is_exact_for_inputs_float32_underflows_or_overflows():
     ref = _rational_bits(net, X)
     assert np.array_equal(res.patterns, unique_rows(pack_patterns(ref))[0])
     assert np.array_equal(res.multiplicities, unique_rows(pack_patterns(ref))[1])
+
+
+def _on_plane_inputs(net: nn.Sequential, seed: int):
+    """Inputs exactly on a first-layer unit's hyperplane and one float64 / float32 ulp to either side, and
+    (after setting that unit's bias) exactly on a second-layer unit's zero set and one ulp off it. The net's
+    parameters are made dyadic (multiples of 1/16) so that the exact zeros are representable."""
+    import math
+    from fractions import Fraction
+
+    rng = np.random.default_rng(seed)
+    lins = [m for m in net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for lin in lins:
+            lin.weight.copy_(torch.round(lin.weight * 16) / 16)
+            lin.bias.copy_(torch.round(lin.bias * 16) / 16)
+    W1 = lins[0].weight.detach().double()
+    n_in, n1 = W1.shape[1], W1.shape[0]
+    j, k = int(rng.integers(n1)), int(rng.integers(n_in))
+    with torch.no_grad():
+        lins[0].weight[j, k] = 0.5  # a power of two: the exact crossing coordinate is dyadic
+    W1 = [[Fraction(v) for v in r] for r in lins[0].weight.detach().double().tolist()]
+    b1 = [Fraction(v) for v in lins[0].bias.detach().double().tolist()]
+    rows64, rows32 = [], []
+    for _ in range(2):
+        x = [Fraction(int(v), 32) for v in rng.integers(-64, 65, n_in)]
+        x[k] = -(sum(W1[j][i] * x[i] for i in range(n_in) if i != k) + b1[j]) / W1[j][k]
+        xs = [float(v) for v in x]
+        assert Fraction(xs[k]) == x[k]
+        for d in (-math.inf, 0.0, math.inf):
+            y = list(xs)
+            y[k] = math.nextafter(y[k], d) if d else y[k]
+            rows64.append(y)
+            y32 = np.array(xs, dtype=np.float32)
+            if d:
+                y32[k] = np.nextafter(y32[k], np.float32(d))
+            rows32.append(y32.tolist())
+    # a second-layer unit exactly at zero for a base point: its bias is minus the rest, exactly
+    if len(lins) > 2:
+        slope = Fraction(getattr(net[1], "negative_slope", 0.0))
+        x = [Fraction(int(v), 32) for v in rng.integers(-64, 65, n_in)]
+        z1 = [sum((w * a for w, a in zip(r, x)), bb) for r, bb in zip(W1, b1)]
+        h1 = [a if a > 0 else a * slope for a in z1]
+        W2 = [[Fraction(v) for v in r] for r in lins[1].weight.detach().double().tolist()]
+        j2 = int(rng.integers(len(W2)))
+        b2 = -sum(w * a for w, a in zip(W2[j2], h1))
+        if Fraction(float(b2)) == b2:
+            with torch.no_grad():
+                lins[1].bias[j2] = float(b2)
+            xs = [float(v) for v in x]
+            for d in (-math.inf, 0.0, math.inf):
+                y = list(xs)
+                y[0] = math.nextafter(y[0], d) if d else y[0]
+                rows64.append(y)
+    return torch.tensor(rows64, dtype=torch.float64), torch.tensor(rows32, dtype=torch.float32)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    st.integers(1, 5),
+    st.sampled_from(["relu", "leaky_relu"]),
+)
+def test_inputs_on_a_hyperplane_or_one_ulp_off_get_the_exact_pattern(seed, widths, n_in, act):
+    from netgeom import trace
+    from netgeom.nets.certified import chain_decide, chain_plan, graph_patterns
+
+    net = mlp(n_in, widths, 2, seed=seed, activation=act).double()
+    X64, X32 = _on_plane_inputs(net, seed)
+    g = trace(net)
+    plan = chain_plan(g, "cpu")
+    relus = [n.index for n in g.nodes if n.op == "relu"]
+    assert count_patterns(net, X64).n_exact >= 2  # the rows exactly on the plane need rational arithmetic
+    for X in (X64, X32):
+        ref = _rational_bits(net, X)
+        for res in (count_patterns(net, X), count_patterns(net, X, precision="float64", batch_size=4)):
+            u, c = unique_rows(pack_patterns(ref))
+            assert np.array_equal(res.patterns, u) and np.array_equal(res.multiplicities, c)
+        # row by row: the per-unit chain path for every float64 prefix, and the per-row graph path
+        for m in range(len(widths) + 1):
+            dec, _ = chain_decide(g, plan, X, m)
+            assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), m
+        for dt in (torch.float32, torch.float64):
+            dec, _ = graph_patterns(g, X, dtype=dt)
+            assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), dt

@@ -24,6 +24,8 @@ from ..results import Result, new_axes
 
 __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patterns", "unique_rows"]
 
+_CHAIN_ROWS = 4096
+
 
 def pattern_layers(layers: Sequence[AffineLayer]) -> list[bool]:
     """For each layer, whether its units contribute bits to the activation pattern: exactly the layers with a
@@ -316,6 +318,10 @@ def count_patterns(
     guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
     plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
+    # the per-unit chain path runs a dozen elementwise passes over (rows, width) float64 arrays: in chunks of
+    # at most 4096 rows they stay small (65 536 points through 784-400-400-10 on one thread: 13% less CPU
+    # time than 8192 rows at once)
+    step = min(batch_size, _CHAIN_ROWS) if plan is not None and dev.type == "cpu" else batch_size
     prefix = None
     with torch.no_grad(), guard:
         for i, batch in enumerate(_batches(X, batch_size)):
@@ -326,8 +332,8 @@ def count_patterns(
                 )
             if x.is_complex():
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
-            for a in range(0, x.shape[0], batch_size):
-                xb = x[a : a + batch_size]
+            for a in range(0, x.shape[0], step):
+                xb = x[a : a + step]
                 if plan is not None:
                     if prefix is None:
                         # float64 for every layer when asked; else the cheapest float64 prefix on a trial
