@@ -39,6 +39,8 @@ _TINY = 1e-300  # absolute slack for underflow in products of unit-scaled number
 _H, _HD, _E, _ED, _ID = slice(0, 3), 3, slice(4, 7), 7, 8
 _REC = 9
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20
+# The chain path cuts polygons with the compiled kernel (tests switch it off to compare with numpy).
+_KERNEL = True
 
 
 class TooManyRegionsError(RuntimeError):
@@ -214,7 +216,55 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     m, n = A.shape
     block = len(ctx.blocks)
     ctx.blocks.append((li, prefix))
-    # Every unit's line on every polygon, in the polygons' coordinates, unit-scaled.
+    if _KERNEL:
+        from . import _slice_kernel
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        lrec, zero = _slice_kernel.make_lines(
+            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
+        )
+    else:
+        lrec, zero = _lines(ctx, block, A, B, eA, eB)
+    base = ctx.reached[li]
+    if base + m > ctx.max_regions:
+        raise _too_many(ctx, li, base + m)
+    if _KERNEL:
+        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lrec, zero, base)
+    else:
+        rec, nv, parent, bits, cur = _layer_numpy(ctx, li, rec, nv, lrec, zero, base)
+    ctx.reached[li] = base + cur
+    pre = np.concatenate([prefix[parent], bits], axis=1)
+    if li == ctx.last:
+        return rec, nv, pre
+    # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
+    gain_err = max(1.0, abs(slope))
+    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
+    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
+    step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
+    outs = []
+    for i in range(0, cur, step):
+        pa = parent[i : i + step]
+        gain = np.where(bits[i : i + step], 1.0, slope)
+        outs.append(
+            slice_from(
+                ctx,
+                li + 1,
+                rec[i : i + step],
+                nv[i : i + step],
+                A[pa] * gain,
+                B[pa] * gain[:, None, :],
+                eAn[pa],
+                eBn[pa],
+                pre[i : i + step],
+            )
+        )
+    return _cat(outs)
+
+
+def _lines(ctx: SliceCtx, block: int, A, B, eA, eB):
+    """Every unit's line on every polygon, in the polygons' coordinates, unit-scaled: ``lrec (m, n, 5)``
+    (line, error bound, id bits) and ``zero`` (the line and its error bound are exactly zero)."""
+    m, n = A.shape
     L = np.empty((m, n, 3))
     L[..., 0], L[..., 1], L[..., 2] = A, B[:, 0], B[:, 1]
     dL = np.maximum(eA, np.maximum(eB[:, 0], eB[:, 1]))
@@ -230,10 +280,23 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     if np.any(ex):
         L = np.ldexp(L, -ex[..., None])
         dL = np.ldexp(dL, -ex)
+    # A line with a zero error bound is exact: if it is zero, the unit is identically zero on the polygon
+    # (a pruned unit): bit False, never a cut, no exact decision.
+    zero = (dL == 0) & ~L.any(axis=2)
     dL = dL * (1 + 1e-9) + _TINY
     unit_ids = (np.int64(block) << _BLOCK_SHIFT) | (np.arange(m, dtype=np.int64)[:, None] << _ROW_SHIFT)
     unit_ids = unit_ids | np.arange(n, dtype=np.int64)[None, :]
+    lrec = np.empty((m, n, 5))
+    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(unit_ids)
+    return lrec, zero
 
+
+def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
+    """Cut the polygons ``rec`` by their units' lines ``lrec (m, n, 5)`` (line, error bound, id bits), one
+    unit at a time over all pieces, deciding close calls exactly. Returns ``(rec, nv, parent, bits, count)``
+    for the pieces (``bits``: this layer's pattern bits)."""
+    m, n = lrec.shape[:2]
+    L, dL, unit_ids = lrec[..., :3], lrec[..., 3], _ids(lrec[..., 4])
     # Signs of every unit at the vertices of the polygons at the start of the layer: a unit that does not
     # cut a polygon cuts none of its pieces, and its bit there is fixed.
     K1 = rec.shape[1]
@@ -250,7 +313,7 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         tmax = 3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY
         smax, smin = S.max(axis=1), S.min(axis=1)
         anyp, anyn = smax > tmax, smin < -tmax
-        close = np.abs(S).min(axis=1) <= tmax
+        close = (np.abs(S).min(axis=1) <= tmax) & ~zero[i : i + step]
         if close.any():
             # Some vertex is within the coarse tolerance: decide those vertices one by one.
             rr, jj = np.nonzero(close)
@@ -269,7 +332,6 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
             anyn[rr, jj] = (sg < 0).any(axis=1)
         cand[i : i + step] = anyp & anyn
         bit0[i : i + step] = anyp
-    base = ctx.reached[li]
     cap = max(2 * m, 64)
     CR = np.empty((cap, K1, _REC))
     CR[:m] = rec
@@ -280,11 +342,7 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     bits = np.empty((cap, n), dtype=bool)
     bits[:m] = bit0
     cur = m
-    if base + cur > ctx.max_regions:
-        raise _too_many(ctx, li, base + cur)
     candT = np.ascontiguousarray(cand.T)
-    lrec = np.empty((m, n, 5))
-    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(unit_ids)
     for j in np.nonzero(cand.any(axis=0))[0]:
         rows = np.nonzero(candT[j][CP[:cur]])[0]
         par = CP[rows]
@@ -335,35 +393,31 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         bits[rows, j] = True
         bits[cur : cur + k_new, j] = False
         cur += k_new
-    ctx.reached[li] = base + cur
-    rec, nv, parent, bits = CR[:cur], CN[:cur], CP[:cur], bits[:cur]
-    pre = np.concatenate([prefix[parent], bits], axis=1)
-    if li == ctx.last:
-        return rec, nv, pre
-    # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
-    gain_err = max(1.0, abs(slope))
-    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
-    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
-    step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
-    outs = []
-    for i in range(0, cur, step):
-        pa = parent[i : i + step]
-        gain = np.where(bits[i : i + step], 1.0, slope)
-        outs.append(
-            slice_from(
-                ctx,
-                li + 1,
-                rec[i : i + step],
-                nv[i : i + step],
-                A[pa] * gain,
-                B[pa] * gain[:, None, :],
-                eAn[pa],
-                eBn[pa],
-                pre[i : i + step],
-            )
-        )
-    return _cat(outs)
+    return CR[:cur], CN[:cur], CP[:cur], bits[:cur], cur
 
+
+def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
+    """:func:`_layer_numpy` by the compiled kernel; the polygons it gives back (a decision within its error
+    bound) are cut by :func:`_layer_numpy`, which settles them exactly."""
+    from . import _slice_kernel as kern
+
+    status, count, out, onv, par, bits, fb = kern.split_layer(
+        np.ascontiguousarray(rec), np.ascontiguousarray(nv, dtype=np.int64), lrec, zero, base, ctx.max_regions
+    )
+    if status == kern.TOO_MANY:
+        raise _too_many(ctx, li, base + count)
+    if not fb.any():
+        return out, onv, par, bits, len(out)
+    idx = np.nonzero(fb)[0]
+    R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec[idx], zero[idx], base + len(out))
+    K = max(out.shape[1], R2.shape[1])
+    return (
+        np.concatenate([_pad_to(out, K), _pad_to(R2, K)]),
+        np.concatenate([onv, N2]),
+        np.concatenate([par, idx[P2]]),
+        np.concatenate([bits, B2]),
+        len(out) + c2,
+    )
 
 def _split(ctx: SliceCtx, R, real, sig, lr):
     """Cut each polygon ``R (r, K1, rec)`` by its line ``lr (r, 5)`` whose signs at the vertices are ``sig``
@@ -426,4 +480,7 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     with np.errstate(over="ignore", invalid="ignore"):
         areas = 0.5 * (V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1)
     real = np.arange(V.shape[1])[None, :] < nv[:, None]
-    return np.split(V[real], np.cumsum(nv)[:-1]), np.abs(areas)
+    Vr = V[real]
+    ends = np.cumsum(nv).tolist()
+    # slices of one array (what np.split gives, without its per-piece overhead)
+    return [Vr[a:b] for a, b in zip([0, *ends[:-1]], ends)], np.abs(areas)
