@@ -216,21 +216,19 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     m, n = A.shape
     block = len(ctx.blocks)
     ctx.blocks.append((li, prefix))
-    if _KERNEL:
-        from . import _slice_kernel
-
-        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
-        lrec, zero = _slice_kernel.make_lines(
-            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
-        )
-    else:
-        lrec, zero = _lines(ctx, block, A, B, eA, eB)
     base = ctx.reached[li]
     if base + m > ctx.max_regions:
         raise _too_many(ctx, li, base + m)
     if _KERNEL:
-        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lrec, zero, base)
+        from . import _slice_kernel
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        lines, zero = _slice_kernel.make_lines(
+            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
+        )
+        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lines, zero, base)
     else:
+        lrec, zero = _lines(ctx, block, A, B, eA, eB)
         rec, nv, parent, bits, cur = _layer_numpy(ctx, li, rec, nv, lrec, zero, base)
     ctx.reached[li] = base + cur
     pre = np.concatenate([prefix[parent], bits], axis=1)
@@ -396,20 +394,24 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
     return CR[:cur], CN[:cur], CP[:cur], bits[:cur], cur
 
 
-def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
-    """:func:`_layer_numpy` by the compiled kernel; the polygons it gives back (a decision within its error
-    bound) are cut by :func:`_layer_numpy`, which settles them exactly."""
+def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lines, zero, base):
+    """:func:`_layer_numpy` by the compiled kernel (``lines (m, 5, n)`` from ``_slice_kernel.make_lines``);
+    the polygons it gives back (a decision within its error bound) are cut by :func:`_layer_numpy`, which
+    settles them exactly."""
     from . import _slice_kernel as kern
 
     status, count, out, onv, par, bits, fb = kern.split_layer(
-        np.ascontiguousarray(rec), np.ascontiguousarray(nv, dtype=np.int64), lrec, zero, base, ctx.max_regions
+        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), lines, zero, base, ctx.max_regions
     )
     if status == kern.TOO_MANY:
         raise _too_many(ctx, li, base + count)
+    if status != kern.OK:
+        raise RuntimeError("internal error in the slice kernel (stack overflow); please report this network")
     if not fb.any():
         return out, onv, par, bits, len(out)
     idx = np.nonzero(fb)[0]
-    R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec[idx], zero[idx], base + len(out))
+    lrec = np.ascontiguousarray(lines[idx].transpose(0, 2, 1))
+    R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec, zero[idx], base + len(out))
     K = max(out.shape[1], R2.shape[1])
     return (
         np.concatenate([_pad_to(out, K), _pad_to(R2, K)]),
@@ -418,6 +420,7 @@ def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
         np.concatenate([bits, B2]),
         len(out) + c2,
     )
+
 
 def _split(ctx: SliceCtx, R, real, sig, lr):
     """Cut each polygon ``R (r, K1, rec)`` by its line ``lr (r, 5)`` whose signs at the vertices are ``sig``
