@@ -62,6 +62,19 @@ def _nanmax(a, b):
     return a if a >= b else b
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pow2_inv(mag, buf, bufi):
+    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) read from the float's exponent bits, or
+    0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
+    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``."""
+    buf[0] = mag
+    e = (bufi[0] >> 52) & 0x7FF
+    if e == 0 or e > 2044:  # zero, subnormal, >= 2**1021, inf or NaN
+        return 0.0
+    bufi[0] = (2045 - e) << 52
+    return buf[0]
+
+
 @numba.njit(cache=True, nogil=True)
 def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     """Every unit's line on every polygon, unit-scaled, as ``_slice._lines`` builds it with numpy (the same
@@ -72,6 +85,8 @@ def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     lines = np.empty((m, 5, n))
     ids = lines.view(np.int64)
     zero = np.empty((m, n), dtype=np.bool_)
+    buf = np.empty(1)
+    bufi = buf.view(np.int64)
     for p in range(m):
         rid = id0 | (np.int64(p) << ROW_SHIFT)
         for j in range(n):
@@ -82,7 +97,10 @@ def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
                 c = sv * c - a
                 d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
             mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
-            if math.isfinite(mag) and mag != 0:
+            sc = _pow2_inv(mag, buf, bufi)
+            if sc != 0.0:
+                a, b, c, d = a * sc, b * sc, c * sc, d * sc
+            elif math.isfinite(mag) and mag != 0:
                 ex = math.frexp(mag)[1]
                 a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
             zero[p, j] = d == 0 and a == 0 and b == 0 and c == 0
@@ -202,6 +220,8 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     smin = np.empty(n)
     smax = np.empty(n)
     cutting = np.empty(n, dtype=np.int32)
+    buf = np.empty(1)
+    bufi = buf.view(np.int64)
     cur = 0
     n_fb = 0
     for p in range(m):
@@ -312,9 +332,14 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                     if not (math.isfinite(mx) and math.isfinite(dX)):
                         ok = False
                         break
-                    ex = math.frexp(mx)[1]
-                    x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                    dX = math.ldexp(dX, -ex) * _X_TOL + _TINY
+                    sc = _pow2_inv(mx, buf, bufi)
+                    if sc != 0.0:
+                        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
+                    else:
+                        ex = math.frexp(mx)[1]
+                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                        dX = math.ldexp(dX, -ex)
+                    dX = dX * _X_TOL + _TINY
                     if not (abs(x0) > dX):
                         ok = False  # the crossing's side of the frame is uncertain: exact path
                         break
@@ -365,3 +390,24 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             for t in range(nrec):
                 out[q, k, t] = out[q, 0, t]
     return OK, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+
+
+@numba.njit(cache=True, nogil=True)
+def uv_areas(rec, nv):
+    """The pieces' vertices in ``(u, v)`` (``X / D``, ``Y / D``), stacked, and their areas (shoelace)."""
+    m = rec.shape[0]
+    V = np.empty((nv.sum(), 2))
+    areas = np.empty(m)
+    o = 0
+    for q in range(m):
+        k1 = nv[q]
+        for k in range(k1):
+            V[o + k, 0] = rec[q, k, 1] / rec[q, k, 0]
+            V[o + k, 1] = rec[q, k, 2] / rec[q, k, 0]
+        s = 0.0
+        for k in range(k1):
+            kn = o + k + 1 if k + 1 < k1 else o
+            s += V[o + k, 0] * V[kn, 1] - V[kn, 0] * V[o + k, 1]
+        areas[q] = abs(0.5 * s)
+        o += k1
+    return V, areas

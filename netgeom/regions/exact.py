@@ -656,7 +656,7 @@ def regions_on_slice(
         u0, u1, v0, v1 = _check_box(box)
         rec, nv, pats, ctx = run_box(u0, u1, v0, v1)
         n_exact += ctx.n_exact
-    polygons, areas = _slice.polygons_uv(rec, nv)
+    polygons, areas = _slice.polygons_uv_fast(rec, nv)
     return SliceRegionsResult(
         count=len(pats),
         n_bits=pats.shape[1],
