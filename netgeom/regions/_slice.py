@@ -26,6 +26,7 @@ polygon cut by the difference lines of two candidates.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,11 +192,28 @@ def slice_from(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     )
 
 
+_BLAS_ONE_THREAD_BELOW = 3 * 10**8  # multiply-adds of a push below which BLAS runs on one thread
+_blas = []
+
+
+def _blas_threads(work: int):
+    """One BLAS thread for a small product: its threads' start-up and, on a busy machine, the wait for a
+    free core cost more than the product (milliseconds against ~0.1 ms)."""
+    if work >= _BLAS_ONE_THREAD_BELOW:
+        return contextlib.nullcontext()
+    if not _blas:
+        from threadpoolctl import ThreadpoolController
+
+        _blas.append(ThreadpoolController())
+    return _blas[0].limit(limits=1, user_api="blas")
+
+
 def _push(W, bias, P, Q, eP, eQ):
     """Affine push ``z = W x + b`` of the maps, with absolute error bounds per entry."""
     m, n_in = P.shape
-    A = P @ W.T + bias
-    B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
+    with _blas_threads(3 * m * n_in * W.shape[0]):
+        A = P @ W.T + bias
+        B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
     gamma = 1.01 * (n_in + 2) * _U
     nW = np.linalg.norm(W, axis=1)

@@ -392,9 +392,11 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     return OK, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def uv_areas(rec, nv):
-    """The pieces' vertices in ``(u, v)`` (``X / D``, ``Y / D``), stacked, and their areas (shoelace)."""
+    """The pieces' vertices in ``(u, v)`` (``X / D``, ``Y / D``), stacked, and their areas (shoelace). As
+    in numpy, a vertex whose float ``D`` is 0 (a point ~1e300 away, placed by exact signs) comes out
+    infinite rather than raising."""
     m = rec.shape[0]
     V = np.empty((nv.sum(), 2))
     areas = np.empty(m)
