@@ -2,6 +2,7 @@
 and close calls still settled exactly."""
 
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -112,3 +113,18 @@ def test_kernel_gives_back_a_polygon_it_cannot_certify():
     assert par.tolist() == [1, 1] and sorted(onv.tolist()) == [3, 5] and sorted(bits[:, 0]) == [False, True]
     with pytest.raises(_slice.TooManyRegionsError, match="max_regions=1"):
         regions_on_slice(mlp(2, [4], 1, seed=0), [0, 0], [1, 0], [0, 1], box=(-9, 9, -9, 9), max_regions=1)
+
+
+def test_plane_check_certifies_in_floats_and_decides_the_rest_exactly():
+    net = mlp(2, [3], 1, seed=0)
+    assert regions_on_slice(net, [0, 0], [1, 1e-300], [1, 0]).count >= 1  # not parallel, by 1e-300
+    # 3 * d1 rounded is not exactly parallel to d1 (Fraction arithmetic says so); floats cannot tell
+    d1 = np.array([0.1, 0.3])
+    d2 = 3 * d1
+    assert Fraction(d1[0]) * Fraction(d2[1]) != Fraction(d1[1]) * Fraction(d2[0])
+    assert regions_on_slice(net, [0, 0], d1, d2, box=(-1e15, 1e15, -1e15, 1e15)).count >= 1
+    # (the exact test compared d1[k] d1[i] with d2[k] d2[i] before: [1, 2], [3, 6] passed as a plane)
+    cases = ([1, 2], [2, 4]), ([1, 2], [3, 6]), ([1e-310, 0], [3e-310, 0]), ([1e300, 1e300], [-1e300, -1e300])
+    for a, b in cases:
+        with pytest.raises(ValueError, match="parallel"):
+            regions_on_slice(net, [0, 0], a, b)

@@ -83,7 +83,7 @@ class SliceCtx:
     budget: int
     reached: list
     base: list  # [x0, d1, d2] float64
-    frame_lines: list  # exact integer lines of the initial polygon's edges (ids -1, -2, ...)
+    frame_lines: list  # the initial polygon's edges (ids -1, -2, ...): exact integer lists, or float64 rows
     quadrant: tuple | None = None  # (su, sv): plane coordinates u = su s / (1-s-t), v = sv t / (1-s-t)
     blocks: list = field(default_factory=list)  # (layer, prefix bits) per chunk: provenance of lines
     n_exact: int = 0
@@ -93,7 +93,10 @@ class SliceCtx:
     # ------------------------------------------------------------------------------- exact fallback
     def exact_line(self, lid: int) -> list[int]:
         if lid < 0:
-            return self.frame_lines[-lid - 1]
+            line = self.frame_lines[-lid - 1]
+            if not isinstance(line, list):  # float64 coefficients, made exact on first use
+                line = self.frame_lines[-lid - 1] = _exact.float_line(line)
+            return line
         if lid in self._line_cache:
             return self._line_cache[lid]
         if self._exact_net is None:

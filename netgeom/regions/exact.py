@@ -497,12 +497,20 @@ def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
     """Refuse degenerate planes: a zero direction, or d1, d2 parallel (decided exactly)."""
     if not np.any(d1) or not np.any(d2):
         raise ValueError("a direction of the plane is zero (d1 or d2), so the plane is degenerate")
-    i1, e1 = _exact.to_exact(d1)
-    i2, e2 = _exact.to_exact(d2)
-    # Parallel iff every 2x2 minor vanishes: d1 (d2 . d2) == d2 (d1 . d2) exactly.
-    k = int(np.flatnonzero(d1)[0])
-    if all(int(i1[k]) * int(v) == int(i2[k]) * int(w) for v, w in zip(i1, i2)):
-        raise ValueError("d1 and d2 are parallel, so they do not span a plane; choose independent directions")
+    # Parallel iff every 2x2 minor d1[k] d2[i] - d2[k] d1[i] vanishes. A float minor above its rounding
+    # bound (products and difference, plus underflow) certifies a nonzero one; otherwise decide exactly.
+    k = int(np.argmax(np.abs(d1)))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        a, b = d1[k] * d2, d2[k] * d1
+        certain = np.any(np.abs(a - b) > 4 * _U * (np.abs(a) + np.abs(b)) + 1e-320)
+    if not certain:
+        i1, _ = _exact.to_exact(d1)
+        i2, _ = _exact.to_exact(d2)
+        # d1[k] d2[i] == d2[k] d1[i] for every i (the common scales of i1 and i2 cancel)
+        if all(int(i1[k]) * int(w) == int(i2[k]) * int(v) for v, w in zip(i1, i2)):
+            raise ValueError(
+                "d1 and d2 are parallel, so they do not span a plane; choose independent directions"
+            )
     if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
         raise ValueError("d1 and d2 must be finite")
 
@@ -579,7 +587,7 @@ def regions_on_slice(
             budget=memory_budget,
             reached=[0] * max(last + 1, 0),
             base=[x0, d1, d2],
-            frame_lines=[_exact.float_line(ln) for ln in frame_l],
+            frame_lines=list(np.asarray(frame_l, dtype=float)),  # made exact when a decision needs them
             quadrant=quadrant,
         )
         rec = _slice.initial_polygon(np.array(frame_h, float), np.array(frame_l, float))
