@@ -26,7 +26,7 @@ _SIG_TOL = 1 + 1e-6
 _X_TOL = 1 + 1e-9
 _SLACK = 10 * _U + _TINY  # constant term of a sign's tolerance, as in _slice (same floating-point value)
 
-OK, TOO_MANY, INTERNAL = 0, 1, 2
+OK, TOO_MANY = 0, 1
 ROW_SHIFT = 20  # as _slice._ROW_SHIFT
 
 
@@ -60,6 +60,22 @@ def _nanmax(a, b):
     if a != a or b != b:
         return math.nan
     return a if a >= b else b
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_stack(S, Snv, Sbits, Scand, Snc, depth):
+    d = S.shape[0]
+    S2 = np.empty((depth, S.shape[1], S.shape[2]))
+    S2[:d] = S
+    Snv2 = np.empty(depth, dtype=np.int64)
+    Snv2[:d] = Snv
+    Sbits2 = np.empty((depth, Sbits.shape[1]), dtype=np.bool_)
+    Sbits2[:d] = Sbits
+    Scand2 = np.empty((depth, Scand.shape[1]), dtype=np.int32)
+    Scand2[:d] = Scand
+    Snc2 = np.empty(depth, dtype=np.int64)
+    Snc2[:d] = Snc
+    return S2, Snv2, Sbits2, Scand2, Snc2
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -210,7 +226,8 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     bits = np.empty((cap, n), dtype=np.bool_)
     fallback = np.zeros(m, dtype=np.bool_)
     # The stack of pieces still to test: records, vertex counts, bits, and candidate units.
-    depth = n + 2
+    # (a path of d nested cuts needs d + 3 slots, d <= the candidates of its polygon; grown on demand)
+    depth = min(n + 3, 64)
     S = np.empty((depth, Kc, nrec))
     Snv = np.empty(depth, dtype=np.int64)
     Sbits = np.empty((depth, n), dtype=np.bool_)
@@ -291,6 +308,9 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             # Cut by the first cutting unit: the positive half replaces the piece, the negative one is pushed.
             j = cutting[0]
             l0, l1, l2, dl = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j], lines[p, 3, j]
+            if top + 3 > depth:
+                depth = min(2 * depth, n + 3)
+                S, Snv, Sbits, Scand, Snc = _grow_stack(S, Snv, Sbits, Scand, Snc, depth)
             if Kn + 2 > S.shape[1]:
                 S2 = np.empty((depth, 2 * Kn + 2, nrec))
                 S2[:, : S.shape[1]] = S
@@ -303,8 +323,6 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                 break
             ng = top + 1  # the negative half's slot; the positive half is built in slot top + 2, then moved
             pg = top + 2
-            if pg >= depth:
-                return INTERNAL, 0, out, onv, par, bits, fallback  # cannot happen: depth <= candidates + 1
             cp = 0
             cn = 0
             for k in range(Kn):
