@@ -569,6 +569,12 @@ def regions_on_slice(
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
     layers, plan = _hidden(model, masks, input_shape)
+    return _slice_layers(layers, plan, x0, d1, d2, box, max_regions, memory_budget)
+
+
+def _slice_layers(layers, plan, x0, d1, d2, box, max_regions: int, memory_budget: int) -> SliceRegionsResult:
+    """:func:`regions_on_slice` on the layers and plan of :func:`_hidden` (the model already traced; the
+    benchmark times this part apart from the trace)."""
     n0 = layers[0].n_in
     x0 = _flat_point(x0, "x0", n0)
     d1 = _flat_point(d1, "d1", n0)
