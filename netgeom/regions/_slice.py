@@ -17,6 +17,13 @@ two pieces keep the vertices of their sign, the vertices with ``z = 0`` and the 
 the cut edges. No piece of zero area can arise (a cut needs a strictly positive and a strictly negative
 vertex), so no area or distance tolerance exists.
 
+Chain networks cut their polygons with a compiled kernel (:mod:`._slice_kernel`, numba): the same
+predicates and formulas, polygon by polygon and depth first (a piece is tested only against the units
+that cut its parent). A polygon on which any decision is within its error bound is given back whole and
+cut here by :func:`_layer_numpy`, which decides it exactly, so both paths give the same partition (set
+``_KERNEL = False`` for the numpy path alone). A unit whose line and error bound are exactly zero (a
+pruned unit) is identically zero on the polygon: bit False without an exact decision.
+
 The chain of per-layer operations is: affine push of the parametrisation (``P + (u, v) @ Q`` through
 ``W``), the unit-by-unit split of the polygons (``relu``/``leaky_relu`` bits), then the gains. A traced graph
 (residual add, max-pool argmax, cat) plugs in at the first and last steps: maps of a node are affine
