@@ -203,13 +203,14 @@ def slice_from(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
 
 
 _BLAS_ONE_THREAD_BELOW = 3 * 10**8  # multiply-adds of a push below which BLAS runs on one thread
+_BLAS_SINGLE_ANYWAY = 3 * 2**17  # below this, each product is under OpenBLAS's own threading threshold
 _blas = []
 
 
 def _blas_threads(work: int):
     """One BLAS thread for a small product: its threads' start-up and, on a busy machine, the wait for a
     free core cost more than the product (milliseconds against ~0.1 ms)."""
-    if work >= _BLAS_ONE_THREAD_BELOW:
+    if work >= _BLAS_ONE_THREAD_BELOW or work <= _BLAS_SINGLE_ANYWAY:
         return contextlib.nullcontext()
     if not _blas:
         from threadpoolctl import ThreadpoolController
