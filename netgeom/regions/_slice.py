@@ -17,6 +17,13 @@ two pieces keep the vertices of their sign, the vertices with ``z = 0`` and the 
 the cut edges. No piece of zero area can arise (a cut needs a strictly positive and a strictly negative
 vertex), so no area or distance tolerance exists.
 
+Chain networks cut their polygons with a compiled kernel (:mod:`._slice_kernel`, numba): the same
+predicates and formulas, polygon by polygon and depth first (a piece is tested only against the units
+that cut its parent). A polygon on which any decision is within its error bound is given back whole and
+cut here by :func:`_layer_numpy`, which decides it exactly, so both paths give the same partition (set
+``_KERNEL = False`` for the numpy path alone). A unit whose line and error bound are exactly zero (a
+pruned unit) is identically zero on the polygon: bit False without an exact decision.
+
 The chain of per-layer operations is: affine push of the parametrisation (``P + (u, v) @ Q`` through
 ``W``), the unit-by-unit split of the polygons (``relu``/``leaky_relu`` bits), then the gains. A traced graph
 (residual add, max-pool argmax, cat) plugs in at the first and last steps: maps of a node are affine
@@ -26,6 +33,7 @@ polygon cut by the difference lines of two candidates.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +47,8 @@ _TINY = 1e-300  # absolute slack for underflow in products of unit-scaled number
 _H, _HD, _E, _ED, _ID = slice(0, 3), 3, slice(4, 7), 7, 8
 _REC = 9
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20
+# The chain path cuts polygons with the compiled kernel (tests switch it off to compare with numpy).
+_KERNEL = True
 
 
 class TooManyRegionsError(RuntimeError):
@@ -80,7 +90,7 @@ class SliceCtx:
     budget: int
     reached: list
     base: list  # [x0, d1, d2] float64
-    frame_lines: list  # exact integer lines of the initial polygon's edges (ids -1, -2, ...)
+    frame_lines: list  # the initial polygon's edges (ids -1, -2, ...): exact integer lists, or float64 rows
     quadrant: tuple | None = None  # (su, sv): plane coordinates u = su s / (1-s-t), v = sv t / (1-s-t)
     blocks: list = field(default_factory=list)  # (layer, prefix bits) per chunk: provenance of lines
     n_exact: int = 0
@@ -90,7 +100,10 @@ class SliceCtx:
     # ------------------------------------------------------------------------------- exact fallback
     def exact_line(self, lid: int) -> list[int]:
         if lid < 0:
-            return self.frame_lines[-lid - 1]
+            line = self.frame_lines[-lid - 1]
+            if not isinstance(line, list):  # float64 coefficients, made exact on first use
+                line = self.frame_lines[-lid - 1] = _exact.float_line(line)
+            return line
         if lid in self._line_cache:
             return self._line_cache[lid]
         if self._exact_net is None:
@@ -189,11 +202,29 @@ def slice_from(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     )
 
 
+_BLAS_ONE_THREAD_BELOW = 3 * 10**8  # multiply-adds of a push below which BLAS runs on one thread
+_BLAS_SINGLE_ANYWAY = 3 * 2**17  # below this, each product is under OpenBLAS's own threading threshold
+_blas = []
+
+
+def _blas_threads(work: int):
+    """One BLAS thread for a small product: its threads' start-up and, on a busy machine, the wait for a
+    free core cost more than the product (milliseconds against ~0.1 ms)."""
+    if work >= _BLAS_ONE_THREAD_BELOW or work <= _BLAS_SINGLE_ANYWAY:
+        return contextlib.nullcontext()
+    if not _blas:
+        from threadpoolctl import ThreadpoolController
+
+        _blas.append(ThreadpoolController())
+    return _blas[0].limit(limits=1, user_api="blas")
+
+
 def _push(W, bias, P, Q, eP, eQ):
     """Affine push ``z = W x + b`` of the maps, with absolute error bounds per entry."""
     m, n_in = P.shape
-    A = P @ W.T + bias
-    B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
+    with _blas_threads(3 * m * n_in * W.shape[0]):
+        A = P @ W.T + bias
+        B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
     gamma = 1.01 * (n_in + 2) * _U
     nW = np.linalg.norm(W, axis=1)
@@ -214,7 +245,53 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     m, n = A.shape
     block = len(ctx.blocks)
     ctx.blocks.append((li, prefix))
-    # Every unit's line on every polygon, in the polygons' coordinates, unit-scaled.
+    base = ctx.reached[li]
+    if base + m > ctx.max_regions:
+        raise _too_many(ctx, li, base + m)
+    if _KERNEL:
+        from . import _slice_kernel
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        lines, zero = _slice_kernel.make_lines(
+            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
+        )
+        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lines, zero, base)
+    else:
+        lrec, zero = _lines(ctx, block, A, B, eA, eB)
+        rec, nv, parent, bits, cur = _layer_numpy(ctx, li, rec, nv, lrec, zero, base)
+    ctx.reached[li] = base + cur
+    pre = np.concatenate([prefix[parent], bits], axis=1)
+    if li == ctx.last:
+        return rec, nv, pre
+    # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
+    gain_err = max(1.0, abs(slope))
+    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
+    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
+    step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
+    outs = []
+    for i in range(0, cur, step):
+        pa = parent[i : i + step]
+        gain = np.where(bits[i : i + step], 1.0, slope)
+        outs.append(
+            slice_from(
+                ctx,
+                li + 1,
+                rec[i : i + step],
+                nv[i : i + step],
+                A[pa] * gain,
+                B[pa] * gain[:, None, :],
+                eAn[pa],
+                eBn[pa],
+                pre[i : i + step],
+            )
+        )
+    return _cat(outs)
+
+
+def _lines(ctx: SliceCtx, block: int, A, B, eA, eB):
+    """Every unit's line on every polygon, in the polygons' coordinates, unit-scaled: ``lrec (m, n, 5)``
+    (line, error bound, id bits) and ``zero`` (the line and its error bound are exactly zero)."""
+    m, n = A.shape
     L = np.empty((m, n, 3))
     L[..., 0], L[..., 1], L[..., 2] = A, B[:, 0], B[:, 1]
     dL = np.maximum(eA, np.maximum(eB[:, 0], eB[:, 1]))
@@ -230,10 +307,23 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     if np.any(ex):
         L = np.ldexp(L, -ex[..., None])
         dL = np.ldexp(dL, -ex)
+    # A line with a zero error bound is exact: if it is zero, the unit is identically zero on the polygon
+    # (a pruned unit): bit False, never a cut, no exact decision.
+    zero = (dL == 0) & ~L.any(axis=2)
     dL = dL * (1 + 1e-9) + _TINY
     unit_ids = (np.int64(block) << _BLOCK_SHIFT) | (np.arange(m, dtype=np.int64)[:, None] << _ROW_SHIFT)
     unit_ids = unit_ids | np.arange(n, dtype=np.int64)[None, :]
+    lrec = np.empty((m, n, 5))
+    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(unit_ids)
+    return lrec, zero
 
+
+def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
+    """Cut the polygons ``rec`` by their units' lines ``lrec (m, n, 5)`` (line, error bound, id bits), one
+    unit at a time over all pieces, deciding close calls exactly. Returns ``(rec, nv, parent, bits, count)``
+    for the pieces (``bits``: this layer's pattern bits)."""
+    m, n = lrec.shape[:2]
+    L, dL, unit_ids = lrec[..., :3], lrec[..., 3], _ids(lrec[..., 4])
     # Signs of every unit at the vertices of the polygons at the start of the layer: a unit that does not
     # cut a polygon cuts none of its pieces, and its bit there is fixed.
     K1 = rec.shape[1]
@@ -250,7 +340,7 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         tmax = 3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY
         smax, smin = S.max(axis=1), S.min(axis=1)
         anyp, anyn = smax > tmax, smin < -tmax
-        close = np.abs(S).min(axis=1) <= tmax
+        close = (np.abs(S).min(axis=1) <= tmax) & ~zero[i : i + step]
         if close.any():
             # Some vertex is within the coarse tolerance: decide those vertices one by one.
             rr, jj = np.nonzero(close)
@@ -269,7 +359,6 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
             anyn[rr, jj] = (sg < 0).any(axis=1)
         cand[i : i + step] = anyp & anyn
         bit0[i : i + step] = anyp
-    base = ctx.reached[li]
     cap = max(2 * m, 64)
     CR = np.empty((cap, K1, _REC))
     CR[:m] = rec
@@ -280,11 +369,7 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     bits = np.empty((cap, n), dtype=bool)
     bits[:m] = bit0
     cur = m
-    if base + cur > ctx.max_regions:
-        raise _too_many(ctx, li, base + cur)
     candT = np.ascontiguousarray(cand.T)
-    lrec = np.empty((m, n, 5))
-    lrec[..., :3], lrec[..., 3], lrec[..., 4] = L, dL, _as_float(unit_ids)
     for j in np.nonzero(cand.any(axis=0))[0]:
         rows = np.nonzero(candT[j][CP[:cur]])[0]
         par = CP[rows]
@@ -335,34 +420,33 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         bits[rows, j] = True
         bits[cur : cur + k_new, j] = False
         cur += k_new
-    ctx.reached[li] = base + cur
-    rec, nv, parent, bits = CR[:cur], CN[:cur], CP[:cur], bits[:cur]
-    pre = np.concatenate([prefix[parent], bits], axis=1)
-    if li == ctx.last:
-        return rec, nv, pre
-    # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
-    gain_err = max(1.0, abs(slope))
-    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
-    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
-    step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
-    outs = []
-    for i in range(0, cur, step):
-        pa = parent[i : i + step]
-        gain = np.where(bits[i : i + step], 1.0, slope)
-        outs.append(
-            slice_from(
-                ctx,
-                li + 1,
-                rec[i : i + step],
-                nv[i : i + step],
-                A[pa] * gain,
-                B[pa] * gain[:, None, :],
-                eAn[pa],
-                eBn[pa],
-                pre[i : i + step],
-            )
-        )
-    return _cat(outs)
+    return CR[:cur], CN[:cur], CP[:cur], bits[:cur], cur
+
+
+def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lines, zero, base):
+    """:func:`_layer_numpy` by the compiled kernel (``lines (m, 5, n)`` from ``_slice_kernel.make_lines``);
+    the polygons it gives back (a decision within its error bound) are cut by :func:`_layer_numpy`, which
+    settles them exactly."""
+    from . import _slice_kernel as kern
+
+    status, count, out, onv, par, bits, fb = kern.split_layer(
+        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), lines, zero, base, ctx.max_regions
+    )
+    if status == kern.TOO_MANY:
+        raise _too_many(ctx, li, base + count)
+    if not fb.any():
+        return out, onv, par, bits, len(out)
+    idx = np.nonzero(fb)[0]
+    lrec = np.ascontiguousarray(lines[idx].transpose(0, 2, 1))
+    R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec, zero[idx], base + len(out))
+    K = max(out.shape[1], R2.shape[1])
+    return (
+        np.concatenate([_pad_to(out, K), _pad_to(R2, K)]),
+        np.concatenate([onv, N2]),
+        np.concatenate([par, idx[P2]]),
+        np.concatenate([bits, B2]),
+        len(out) + c2,
+    )
 
 
 def _split(ctx: SliceCtx, R, real, sig, lr):
@@ -426,4 +510,19 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     with np.errstate(over="ignore", invalid="ignore"):
         areas = 0.5 * (V[..., 0] * Vn[..., 1] - Vn[..., 0] * V[..., 1]).sum(axis=1)
     real = np.arange(V.shape[1])[None, :] < nv[:, None]
-    return np.split(V[real], np.cumsum(nv)[:-1]), np.abs(areas)
+    Vr = V[real]
+    ends = np.cumsum(nv).tolist()
+    # slices of one array (what np.split gives, without its per-piece overhead)
+    return [Vr[a:b] for a, b in zip([0, *ends[:-1]], ends)], np.abs(areas)
+
+
+def polygons_uv_fast(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
+    """:func:`polygons_uv` by the compiled kernel (areas summed vertex by vertex: they may differ from
+    :func:`polygons_uv`'s in the last bits); the numpy function when the kernel is off."""
+    if not _KERNEL:
+        return polygons_uv(rec, nv)
+    from . import _slice_kernel
+
+    V, areas = _slice_kernel.uv_areas(np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64))
+    ends = np.cumsum(nv).tolist()
+    return [V[a:b] for a, b in zip([0, *ends[:-1]], ends)], areas

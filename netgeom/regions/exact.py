@@ -508,12 +508,20 @@ def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
     """Refuse degenerate planes: a zero direction, or d1, d2 parallel (decided exactly)."""
     if not np.any(d1) or not np.any(d2):
         raise ValueError("a direction of the plane is zero (d1 or d2), so the plane is degenerate")
-    i1, e1 = _exact.to_exact(d1)
-    i2, e2 = _exact.to_exact(d2)
-    # Parallel iff every 2x2 minor vanishes: d1 (d2 . d2) == d2 (d1 . d2) exactly.
-    k = int(np.flatnonzero(d1)[0])
-    if all(int(i1[k]) * int(v) == int(i2[k]) * int(w) for v, w in zip(i1, i2)):
-        raise ValueError("d1 and d2 are parallel, so they do not span a plane; choose independent directions")
+    # Parallel iff every 2x2 minor d1[k] d2[i] - d2[k] d1[i] vanishes. A float minor above its rounding
+    # bound (products and difference, plus underflow) certifies a nonzero one; otherwise decide exactly.
+    k = int(np.argmax(np.abs(d1)))
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        a, b = d1[k] * d2, d2[k] * d1
+        certain = np.any(np.abs(a - b) > 4 * _U * (np.abs(a) + np.abs(b)) + 1e-320)
+    if not certain:
+        i1, _ = _exact.to_exact(d1)
+        i2, _ = _exact.to_exact(d2)
+        # d1[k] d2[i] == d2[k] d1[i] for every i (the common scales of i1 and i2 cancel)
+        if all(int(i1[k]) * int(w) == int(i2[k]) * int(v) for v, w in zip(i1, i2)):
+            raise ValueError(
+                "d1 and d2 are parallel, so they do not span a plane; choose independent directions"
+            )
     if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
         raise ValueError("d1 and d2 must be finite")
 
@@ -600,6 +608,12 @@ def regions_on_slice(
         if g.is_chain:
             raise err
         return _slice_on_graph(g, x0, d1, d2, box, max_regions, memory_budget)
+    return _slice_layers(layers, plan, x0, d1, d2, box, max_regions, memory_budget)
+
+
+def _slice_layers(layers, plan, x0, d1, d2, box, max_regions: int, memory_budget: int) -> SliceRegionsResult:
+    """:func:`regions_on_slice` on the layers and plan of :func:`_hidden` (the model already traced; the
+    benchmark times this part apart from the trace)."""
     n0 = layers[0].n_in
     x0 = _flat_point(x0, "x0", n0)
     d1 = _flat_point(d1, "d1", n0)
@@ -618,7 +632,7 @@ def regions_on_slice(
             budget=memory_budget,
             reached=[0] * max(last + 1, 0),
             base=[x0, d1, d2],
-            frame_lines=[_exact.float_line(ln) for ln in frame_l],
+            frame_lines=list(np.asarray(frame_l, dtype=float)),  # made exact when a decision needs them
             quadrant=quadrant,
         )
         rec = _slice.initial_polygon(np.array(frame_h, float), np.array(frame_l, float))
@@ -695,7 +709,7 @@ def regions_on_slice(
         u0, u1, v0, v1 = _check_box(box)
         rec, nv, pats, ctx = run_box(u0, u1, v0, v1)
         n_exact += ctx.n_exact
-    polygons, areas = _slice.polygons_uv(rec, nv)
+    polygons, areas = _slice.polygons_uv_fast(rec, nv)
     return SliceRegionsResult(
         count=len(pats),
         n_bits=pats.shape[1],

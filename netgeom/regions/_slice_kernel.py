@@ -1,0 +1,433 @@
+"""Compiled (numba) split of a layer's polygons by the layer's units, for chain networks.
+
+This is the inner loop of :func:`netgeom.regions._slice._slice_chunk` for one layer: each polygon is cut by
+its candidate units one at a time, with exactly the certified float predicates of the numpy path
+(:func:`netgeom.regions._slice._split`): the same tolerances, the same crossing-point formulas and the same
+vertex-record layout, so a polygon it finishes is bit for bit the numpy path's. It has no exact arithmetic
+(Python integers): a polygon on which any decision falls within its error bound (a vertex too close to a
+unit's line, a crossing point whose ``D`` sign is uncertain, a NaN bound) is *given back* untouched, flagged,
+and the caller cuts that polygon with the numpy path, which settles those decisions exactly. A unit whose
+line and error bound are both exactly zero (a pruned unit) is identically zero on the polygon: bit False, no
+cut, no exact decision needed.
+
+Compiled on first use and cached on disk (``cache=True``): later processes load it in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_U = 2.0**-53
+_TINY = 1e-300
+_SIG_TOL = 1 + 1e-6
+_X_TOL = 1 + 1e-9
+_SLACK = 10 * _U + _TINY  # constant term of a sign's tolerance, as in _slice (same floating-point value)
+
+OK, TOO_MANY = 0, 1
+ROW_SHIFT = 20  # as _slice._ROW_SHIFT
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_rows(out, onv, par, bits, need):
+    cap = out.shape[0]
+    new = max(2 * cap, need)
+    out2 = np.empty((new, out.shape[1], out.shape[2]))
+    out2[:cap] = out
+    onv2 = np.empty(new, dtype=np.int64)
+    onv2[:cap] = onv
+    par2 = np.empty(new, dtype=np.int64)
+    par2[:cap] = par
+    bits2 = np.empty((new, bits.shape[1]), dtype=np.bool_)
+    bits2[:cap] = bits
+    return out2, onv2, par2, bits2
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_slots(out, need):
+    K = out.shape[1]
+    new = max(2 * K, need)
+    out2 = np.empty((out.shape[0], new, out.shape[2]))
+    out2[:, :K] = out
+    return out2
+
+
+@numba.njit(cache=True, nogil=True)
+def _nanmax(a, b):
+    """``np.maximum``: NaN if either is NaN (a NaN error bound must stay NaN, i.e. uncertain)."""
+    if a != a or b != b:
+        return math.nan
+    return a if a >= b else b
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_stack(S, Snv, Sbits, Scand, Snc, depth):
+    d = S.shape[0]
+    S2 = np.empty((depth, S.shape[1], S.shape[2]))
+    S2[:d] = S
+    Snv2 = np.empty(depth, dtype=np.int64)
+    Snv2[:d] = Snv
+    Sbits2 = np.empty((depth, Sbits.shape[1]), dtype=np.bool_)
+    Sbits2[:d] = Sbits
+    Scand2 = np.empty((depth, Scand.shape[1]), dtype=np.int32)
+    Scand2[:d] = Scand
+    Snc2 = np.empty(depth, dtype=np.int64)
+    Snc2[:d] = Snc
+    return S2, Snv2, Sbits2, Scand2, Snc2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pow2_inv(mag, buf, bufi):
+    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) read from the float's exponent bits, or
+    0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
+    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``."""
+    buf[0] = mag
+    e = (bufi[0] >> 52) & 0x7FF
+    if e == 0 or e > 2044:  # zero, subnormal, >= 2**1021, inf or NaN
+        return 0.0
+    bufi[0] = (2045 - e) << 52
+    return buf[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
+    """Every unit's line on every polygon, unit-scaled, as ``_slice._lines`` builds it with numpy (the same
+    elementwise operations in the same order): ``lines (m, 5, n)`` (rows ``a, b, c``, error bound, id bits)
+    and ``zero`` (line and bound exactly zero). ``A (m, n)``, ``B (m, 2, n)`` and their error bounds are the
+    layer's pre-activation maps; ``id0`` the ids of row 0 (block bits); ids add ``row << 20 | unit``."""
+    m, n = A.shape
+    lines = np.empty((m, 5, n))
+    ids = lines.view(np.int64)
+    zero = np.empty((m, n), dtype=np.bool_)
+    buf = np.empty(1)
+    bufi = buf.view(np.int64)
+    for p in range(m):
+        rid = id0 | (np.int64(p) << ROW_SHIFT)
+        for j in range(n):
+            a, b, c = A[p, j], B[p, 0, j], B[p, 1, j]
+            d = _nanmax(eA[p, j], _nanmax(eB[p, 0, j], eB[p, 1, j]))
+            if quadrant:
+                b = su * b - a
+                c = sv * c - a
+                d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
+            mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
+            sc = _pow2_inv(mag, buf, bufi)
+            if sc != 0.0:
+                a, b, c, d = a * sc, b * sc, c * sc, d * sc
+            elif math.isfinite(mag) and mag != 0:
+                ex = math.frexp(mag)[1]
+                a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+            zero[p, j] = d == 0 and a == 0 and b == 0 and c == 0
+            lines[p, 0, j] = a
+            lines[p, 1, j] = b
+            lines[p, 2, j] = c
+            lines[p, 3, j] = d * _X_TOL + _TINY
+            ids[p, 4, j] = rid | j
+    return lines, zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig):
+    """Certified signs of the line at the ``Kn`` vertices of the record array ``S``; 0 where uncertain.
+    Returns (any positive, any negative, any uncertain). ``tmax`` is a tolerance valid for every vertex."""
+    hp = False
+    hn = False
+    for k in range(Kn):
+        v = S[sn, k, 0] * l0 + S[sn, k, 1] * l1 + S[sn, k, 2] * l2
+        if v > tmax:
+            sig[k] = 1
+            hp = True
+        elif v < -tmax:
+            sig[k] = -1
+            hn = True
+        else:  # close to the line: this vertex's own (smaller) tolerance, as the numpy path
+            tol = 3 * (S[sn, k, 3] + dl) * _SIG_TOL + _SLACK
+            if v > tol:
+                sig[k] = 1
+                hp = True
+            elif v < -tol:
+                sig[k] = -1
+                hn = True
+            else:
+                return hp, hn, True
+    return hp, hn, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _root_test(rec, p, k1, lines, zero, smin, smax, sig, bits0, cand):
+    """Test polygon ``p`` against all its units at once (vectorised over units): fixes the bits of the units
+    that do not cut it and lists in ``cand`` those that do. Returns their number, or -1 when a decision is
+    within its error bound."""
+    n = lines.shape[2]
+    L0, L1, L2, dL = lines[p, 0], lines[p, 1], lines[p, 2], lines[p, 3]
+    for j in range(n):
+        smin[j] = np.inf
+        smax[j] = -np.inf
+    hmax = 0.0
+    for k in range(k1):
+        h0, h1, h2 = rec[p, k, 0], rec[p, k, 1], rec[p, k, 2]
+        hmax = max(hmax, rec[p, k, 3])
+        for j in range(n):
+            v = h0 * L0[j] + h1 * L1[j] + h2 * L2[j]
+            smin[j] = v if v < smin[j] else smin[j]
+            smax[j] = v if v > smax[j] else smax[j]
+    nc = 0
+    for j in range(n):
+        if zero[p, j]:
+            bits0[j] = False
+            continue
+        tmax = 3 * (hmax + dL[j]) * _SIG_TOL + _SLACK
+        # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
+        fin = abs(L0[j]) + abs(L1[j]) + abs(L2[j]) < np.inf
+        if fin and smin[j] > tmax:
+            bits0[j] = True
+        elif fin and smax[j] < -tmax:
+            bits0[j] = False
+        elif fin and smax[j] > tmax and smin[j] < -tmax:
+            cand[nc] = j
+            nc += 1
+        else:  # some vertex near the line: its own tolerance, as the numpy path
+            hp, hn, unsure = _signs(rec, p, k1, L0[j], L1[j], L2[j], dL[j], tmax, sig)
+            if unsure:
+                return -1
+            if hp and hn:
+                cand[nc] = j
+                nc += 1
+            else:
+                bits0[j] = hp
+    return nc
+
+
+@numba.njit(cache=True, nogil=True)
+def split_layer(rec, nv, lines, zero, base, max_regions):
+    """Cut polygons ``rec (m, K1, 9)`` (``nv`` real vertices each) by their units' lines ``lines (m, 5, n)``
+    (from :func:`make_lines`). ``zero[p, j]``: the line is exactly zero on polygon ``p``.
+
+    Depth first: a piece is tested against every unit still able to cut it (those that cut its parent after
+    the parent's cutting unit), a unit that does not cut it fixes its bit, and the piece is cut by the first
+    unit that does; its two halves go on with the remaining cutting units. Each final piece thus undergoes
+    the cuts of the numpy path (which applies the units in order to all pieces) in the same order, and its
+    vertex record is the same; only the order of the pieces differs.
+
+    Returns ``(status, count, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
+    their vertex counts, parent polygons and pattern bits for this layer, and the polygons given back for
+    the exact path. ``status`` is ``TOO_MANY`` when ``base`` plus a lower bound ``count`` on this layer's
+    pieces exceeds ``max_regions``.
+    """
+    m, K1, nrec = rec.shape
+    n = lines.shape[2]
+    cap = max(2 * m, 64)
+    Kc = max(K1 + 2, 8)
+    out = np.empty((cap, Kc, nrec))
+    onv = np.empty(cap, dtype=np.int64)
+    par = np.empty(cap, dtype=np.int64)
+    bits = np.empty((cap, n), dtype=np.bool_)
+    fallback = np.zeros(m, dtype=np.bool_)
+    # The stack of pieces still to test: records, vertex counts, bits, and candidate units.
+    # (a path of d nested cuts needs d + 3 slots, d <= the candidates of its polygon; grown on demand)
+    depth = min(n + 3, 64)
+    S = np.empty((depth, Kc, nrec))
+    Snv = np.empty(depth, dtype=np.int64)
+    Sbits = np.empty((depth, n), dtype=np.bool_)
+    Scand = np.empty((depth, n), dtype=np.int32)
+    Snc = np.empty(depth, dtype=np.int64)
+    sig = np.empty(Kc, dtype=np.int8)
+    smin = np.empty(n)
+    smax = np.empty(n)
+    cutting = np.empty(n, dtype=np.int32)
+    buf = np.empty(1)
+    bufi = buf.view(np.int64)
+    cur = 0
+    n_fb = 0
+    for p in range(m):
+        start = cur
+        ok = True
+        k1 = nv[p]
+        for k in range(k1):
+            for t in range(nrec):
+                S[0, k, t] = rec[p, k, t]
+        Snv[0] = k1
+        nc = _root_test(rec, p, k1, lines, zero, smin, smax, sig, Sbits[0], Scand[0])
+        if nc < 0:
+            fallback[p] = True
+            n_fb += 1
+            continue
+        Snc[0] = nc
+        top = 1
+        pretested = True  # the polygon itself: its cutting units are Scand[0]
+        while top > 0:
+            top -= 1
+            sn = top
+            Kn = Snv[sn]
+            hmax = 0.0
+            for k in range(Kn):
+                hmax = max(hmax, S[sn, k, 3])
+            if pretested:
+                pretested = False
+                ncut = Snc[sn]
+                for c in range(ncut):
+                    cutting[c] = Scand[sn, c]
+            else:
+                ncut = 0
+                for c in range(Snc[sn]):
+                    j = Scand[sn, c]
+                    dl = lines[p, 3, j]
+                    tmax = 3 * (hmax + dl) * _SIG_TOL + _SLACK
+                    l0, l1, l2 = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j]
+                    hp, hn, unsure = _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig)
+                    if unsure:
+                        ok = False  # within the error bound (or a NaN bound): the exact path decides
+                        break
+                    if hp and hn:
+                        cutting[ncut] = j
+                        ncut += 1
+                    else:
+                        Sbits[sn, j] = hp
+            if not ok:
+                break
+            if ncut == 0:
+                if cur + 1 > out.shape[0]:
+                    out, onv, par, bits = _grow_rows(out, onv, par, bits, cur + 1)
+                if Kn + 1 > out.shape[1]:
+                    out = _grow_slots(out, Kn + 1)
+                for k in range(Kn):
+                    for t in range(nrec):
+                        out[cur, k, t] = S[sn, k, t]
+                onv[cur] = Kn
+                par[cur] = p
+                for t in range(n):
+                    bits[cur, t] = Sbits[sn, t]
+                cur += 1
+                # a lower bound on the layer's pieces: those made, those on the stack, one per polygon to come
+                low = cur + top + n_fb + (m - p - 1)
+                if base + low > max_regions:
+                    return TOO_MANY, low, out, onv, par, bits, fallback
+                continue
+            # Cut by the first cutting unit: the positive half replaces the piece, the negative one is pushed.
+            j = cutting[0]
+            l0, l1, l2, dl = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j], lines[p, 3, j]
+            if top + 3 > depth:
+                depth = min(2 * depth, n + 3)
+                S, Snv, Sbits, Scand, Snc = _grow_stack(S, Snv, Sbits, Scand, Snc, depth)
+            if Kn + 2 > S.shape[1]:
+                S2 = np.empty((depth, 2 * Kn + 2, nrec))
+                S2[:, : S.shape[1]] = S
+                S = S2
+                sig = np.empty(S.shape[1], dtype=np.int8)
+            # (the polygon's own cutting units were found from one certified positive and one certified
+            # negative vertex: its other vertices may still be too close to call)
+            if _signs(S, sn, Kn, l0, l1, l2, dl, 3 * (hmax + dl) * _SIG_TOL + _SLACK, sig)[2]:
+                ok = False
+                break
+            ng = top + 1  # the negative half's slot; the positive half is built in slot top + 2, then moved
+            pg = top + 2
+            cp = 0
+            cn = 0
+            for k in range(Kn):
+                sk = sig[k]
+                sx = sig[k + 1] if k + 1 < Kn else sig[0]
+                # Signs are +-1 here (a zero is uncertain and goes exact), so a vertex is in one half with
+                # its edge; the edge after a crossing point is the unit's line where the half leaves
+                # through it, else the rest of edge k.
+                if sk > 0:
+                    for t in range(nrec):
+                        S[pg, cp, t] = S[sn, k, t]
+                    cp += 1
+                else:
+                    for t in range(nrec):
+                        S[ng, cn, t] = S[sn, k, t]
+                    cn += 1
+                if sk != sx:
+                    # the crossing point on edge k: edge line x unit line
+                    e0, e1, e2, ed = S[sn, k, 4], S[sn, k, 5], S[sn, k, 6], S[sn, k, 7]
+                    x0 = e1 * l2 - e2 * l1
+                    x1 = e2 * l0 - e0 * l2
+                    x2 = e0 * l1 - e1 * l0
+                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+                    mx = max(abs(x0), max(abs(x1), abs(x2)))
+                    if not (math.isfinite(mx) and math.isfinite(dX)):
+                        ok = False
+                        break
+                    sc = _pow2_inv(mx, buf, bufi)
+                    if sc != 0.0:
+                        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
+                    else:
+                        ex = math.frexp(mx)[1]
+                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                        dX = math.ldexp(dX, -ex)
+                    dX = dX * _X_TOL + _TINY
+                    if not (abs(x0) > dX):
+                        ok = False  # the crossing's side of the frame is uncertain: exact path
+                        break
+                    if x0 < 0:
+                        x0, x1, x2 = -x0, -x1, -x2
+                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
+                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
+                    if sx < 0:  # the positive half leaves along the unit's line
+                        for t in range(5):
+                            S[pg, cp, 4 + t] = lines[p, t, j]
+                            S[ng, cn, 4 + t] = S[sn, k, 4 + t]
+                    else:
+                        for t in range(5):
+                            S[pg, cp, 4 + t] = S[sn, k, 4 + t]
+                            S[ng, cn, 4 + t] = lines[p, t, j]
+                    cp += 1
+                    cn += 1
+            if not ok:
+                break
+            # slot sn (== top) gets the positive half, slot top + 1 the negative one
+            for k in range(cp):
+                for t in range(nrec):
+                    S[sn, k, t] = S[pg, k, t]
+            Snv[sn] = cp
+            Snv[ng] = cn
+            for t in range(n):
+                Sbits[ng, t] = Sbits[sn, t]
+            Sbits[sn, j] = True
+            Sbits[ng, j] = False
+            for c in range(1, ncut):
+                Scand[sn, c - 1] = cutting[c]
+                Scand[ng, c - 1] = cutting[c]
+            Snc[sn] = ncut - 1
+            Snc[ng] = ncut - 1
+            top += 2
+        if not ok:
+            cur = start
+            fallback[p] = True
+            n_fb += 1
+    # Padding slots repeat vertex 0 (the numpy path's reductions over slots rely on it).
+    Kout = 1
+    for q in range(cur):
+        Kout = max(Kout, onv[q] + 1)
+    if Kout > out.shape[1]:
+        out = _grow_slots(out, Kout)
+    for q in range(cur):
+        for k in range(onv[q], Kout):
+            for t in range(nrec):
+                out[q, k, t] = out[q, 0, t]
+    return OK, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def uv_areas(rec, nv):
+    """The pieces' vertices in ``(u, v)`` (``X / D``, ``Y / D``), stacked, and their areas (shoelace). As
+    in numpy, a vertex whose float ``D`` is 0 (a point ~1e300 away, placed by exact signs) comes out
+    infinite rather than raising."""
+    m = rec.shape[0]
+    V = np.empty((nv.sum(), 2))
+    areas = np.empty(m)
+    o = 0
+    for q in range(m):
+        k1 = nv[q]
+        for k in range(k1):
+            V[o + k, 0] = rec[q, k, 1] / rec[q, k, 0]
+            V[o + k, 1] = rec[q, k, 2] / rec[q, k, 0]
+        s = 0.0
+        for k in range(k1):
+            kn = o + k + 1 if k + 1 < k1 else o
+            s += V[o + k, 0] * V[kn, 1] - V[kn, 0] * V[o + k, 1]
+        areas[q] = abs(0.5 * s)
+        o += k1
+    return V, areas
