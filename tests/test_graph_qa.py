@@ -304,3 +304,23 @@ def test_sequential_walk_equals_fx_on_random_sequentials(kinds, widths, conv, se
     _assert_same_graph(trace(net, **kw), _fx_trace(net, **kw))
     x = torch.randn(5, 2, 6, 6) if conv else torch.randn(5, 4)
     torch.testing.assert_close(trace(net, **kw)(x), net.double()(x.double()), rtol=0, atol=1e-10)
+
+
+def test_functional_linear_weights_are_pruned_like_module_weights():
+    from netgeom import count_patterns, magnitude_prune, prunable_parameters
+
+    net = FunctionalMLP().double()
+    assert prunable_parameters(net) == ["weight", "w_out"]
+    assert prunable_parameters(net, include_output=False) == ["weight"]
+    masks = magnitude_prune(net, 0.5)
+    assert set(masks) == {"weight", "w_out"} and 0 < masks.density() < 1
+    # pruned = zero: the masked network and the network with those weights zeroed read the same
+    zeroed = copy.deepcopy(net)
+    with torch.no_grad():
+        zeroed.weight.mul_(masks["weight"])
+        zeroed.w_out.mul_(masks["w_out"])
+    X = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert count_patterns(net, X, masks).count == count_patterns(zeroed, X).count
+    assert neural_persistence(net, masks) == pytest.approx(neural_persistence(zeroed), abs=1e-12)
+    # models without loose matrices are not traced, and their list is unchanged
+    assert prunable_parameters(mlp(3, [4], 2, seed=0)) == ["0.weight", "2.weight"]

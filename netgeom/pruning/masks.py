@@ -25,14 +25,58 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> list[str]:
-    """Names of the weight parameters of ``Linear``/``Conv`` modules, in forward order.
+    """Names of the weight parameters of ``Linear``/``Conv`` modules, in forward order, and of the matrices
+    that ``forward`` reads as ``F.linear(x, self.weight, self.bias)``.
 
     Biases are never prunable. ``include_output=False`` leaves out the last prunable layer (the classifier).
+    A model holding 2-D parameters outside ``Linear``/``Conv`` modules is traced with ``torch.fx`` to find
+    which of them are ``F.linear`` weights (other models are not traced); if its forward cannot be traced,
+    only module weights are listed, and the analyses, which all read the traced graph, refuse that model.
+
+    >>> import torch.nn.functional as F
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w1 = nn.Parameter(torch.randn(8, 4))
+    ...         self.out = nn.Linear(8, 2)
+    ...     def forward(self, x):
+    ...         return self.out(torch.relu(F.linear(x, self.w1)))
+    >>> prunable_parameters(Net())
+    ['w1', 'out.weight']
     """
     names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _PRUNABLE)]
+    functional = _functional_weights(model)
+    if functional:
+        # registration order, which is named_modules order for module weights
+        pos = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+        names = sorted(set(names) | functional, key=lambda n: pos.get(n, pos.get(f"{n}_orig", len(pos))))
     if not names:
         raise ValueError(f"model ({type(model).__name__}) has no Linear or Conv weights to prune")
     return names if include_output else names[:-1]
+
+
+def _functional_weights(model: nn.Module) -> set[str]:
+    """Parameters that ``forward`` passes to ``F.linear`` as its weight, found by an fx trace; empty without
+    tracing when every 2-D parameter belongs to a ``Linear``/``Conv`` module (the usual case)."""
+    owned = {id(p) for m in model.modules() if isinstance(m, _PRUNABLE) for p in m.parameters(recurse=False)}
+    params = dict(model.named_parameters())
+    if not any(p.ndim == 2 and id(p) not in owned for p in params.values()):
+        return set()
+    import torch.nn.functional as F
+
+    from ..nets.graph import _Tracer
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # untraceable forward: every analysis refuses it at trace(), with the reason
+        return set()
+    found = set()
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is F.linear:
+            w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            if getattr(w, "op", None) == "get_attr" and w.target in params:
+                found.add(w.target)
+    return found
 
 
 class Masks(MutableMapping):
