@@ -199,6 +199,7 @@ class GraphSliceCtx:
     cols_before: dict = field(default_factory=dict)
     col_span: dict = field(default_factory=dict)
     n_cols: int = 0
+    compiled: bool = True  # the numba kernels (False: the numpy path only, e.g. to cross-check them)
     _exact_graph: object = None
     _line_cache: dict = field(default_factory=dict)
 
@@ -500,12 +501,13 @@ class _Pieces:
         return np.arange(s.start, s.stop)
 
 
-def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB, _ = inp
+def _relu_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, rows: np.ndarray):
+    """The numpy path of a ReLU node on the polygons ``rec`` (rows ``rows`` of the block): ``(pieces, counts,
+    parents, bits)``, parents indexing ``rec``."""
+    A, B, eA, eB = inp
     m, n = A.shape
     L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], eA, eB[:, 0], eB[:, 1])
-    block = ctx.new_block(node.index, prefix)
-    ids = _block_ids(block, np.arange(m)[:, None], np.arange(n)[None, :])
+    ids = _block_ids(block, rows[:, None], np.arange(n)[None, :])
     anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids)
     cand = anyp & anyn
     pcs = _Pieces(rec, nv)
@@ -537,7 +539,32 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         bits[rows, j] = True
         bits[new, j] = False
     cur = pcs.cur
-    parent, bits = pcs.P[:cur], bits[:cur]
+    return pcs.R[:cur], pcs.N[:cur], pcs.P[:cur], bits[:cur]
+
+
+def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, eA, eB, _ = inp
+    m, n = A.shape
+    block = ctx.new_block(node.index, prefix)
+    if ctx.compiled:
+        from . import _graph_slice_kernel as kern
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        c = np.ascontiguousarray
+        status, low, R, nr, parent, bits, fb = kern.relu_split(
+            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(eA), c(eB), ctx.quadrant is not None,
+            float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
+        )
+        ctx.count(node, low if status else len(R))
+        if fb.any():  # polygons with a decision too close to call in floats: the exact path
+            rows = np.nonzero(fb)[0]
+            Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], eA[rows], eB[rows]),
+                                       block, rows)
+            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            parent = np.concatenate([parent, rows[pf]])
+            bits = np.concatenate([bits, bf])
+    else:
+        R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, eA, eB), block, np.arange(m))
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
     # a unit on keeps its value exactly; an off unit of a ReLU is exactly 0 (its bit is certain)
@@ -546,8 +573,9 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     nB = B[parent] * gain[:, None, :]
     neA = eA[parent] * egain + rnd * np.abs(nA)
     neB = eB[parent] * egain[:, None, :] + rnd[:, None, :] * np.abs(nB)
+    ids = _block_ids(block, parent[:, None], np.arange(n)[None, :])
     # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
-    return pcs.R[:cur], pcs.N[:cur], parent, bits, (nA, nB, neA, neB, ids[parent])
+    return R, nr, parent, bits, (nA, nB, neA, neB, ids)
 
 
 def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
@@ -862,13 +890,14 @@ def _exact_far_vertices(ctx: GraphSliceCtx, rec, nv) -> None:
     rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
 
 
-def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int):
+def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int, compiled: bool = True):
     """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
     (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
 
     The whole plane is cut as four quadrants, each mapped onto a triangle by a projective map (lines stay
     lines), which finds every region's pattern; then a square box twice as wide as the farthest finite vertex
-    is cut and grown until it holds that many regions."""
+    is cut and grown until it holds that many regions. ``compiled=False`` runs the numpy path only (the
+    reference the compiled kernels are checked against)."""
 
     def run(frame_h, frame_l, quadrant):
         ctx = GraphSliceCtx(
@@ -878,6 +907,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
             quadrant=quadrant,
             max_regions=max_regions,
             budget=memory_budget,
+            compiled=compiled,
         )
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
         return rec, nv, pats, ctx

@@ -1,0 +1,359 @@
+"""Compiled (numba) inner loops of the graph slice engine (:mod:`netgeom.regions._graph_slice`).
+
+:func:`relu_split` cuts a ReLU node's polygons by their units' zero lines, one polygon at a time, depth first:
+the lines are built from the node's input maps with the numpy path's formulas (``_lines``), every sign is
+certified with the numpy path's tolerance (``_tol``) and every crossing point is the numpy path's
+(``_split``), so a polygon finished here is the numpy path's, piece for piece and bit for bit. There is no
+exact arithmetic here: a polygon on which any decision falls within its error bound (a vertex too close to a
+line, a crossing whose ``D`` sign is uncertain, a non-finite value) is *given back* untouched and the caller
+cuts it with the numpy path, which settles such decisions exactly.
+
+:func:`pool_dominance` prunes a max-pool node's candidates: per polygon and window it takes the candidate
+largest at the first vertex and drops every candidate it certainly beats at every vertex (a linear function
+on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut.
+
+Compiled on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_U = 2.0**-53
+_TINY = 1e-300
+_BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tol(hd, dl):
+    # the numpy path's _tol, same operations in the same order
+    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
+
+
+@numba.njit(cache=True, nogil=True)
+def _line(a, b, c, ea, eb, ec, quadrant, su, sv, out):
+    """``out[:4]`` = the unit-scaled line of ``a + u b + v c`` and its error bound (the numpy path's
+    ``_lines``); returns whether it is exactly zero, or raises a flag (-1) when a value is not finite."""
+    for x in (a, b, c, ea, eb, ec):
+        if not math.isfinite(x):
+            return -1
+    zero = a == 0 and b == 0 and c == 0 and ea == 0 and eb == 0 and ec == 0
+    d = max(ea, max(eb, ec))
+    if quadrant:
+        b = su * b - a
+        c = sv * c - a
+        d = 2 * d + _U * max(abs(a), max(abs(b), abs(c)))
+    mag = max(abs(a), max(abs(b), abs(c)))
+    if not (math.isfinite(mag) and math.isfinite(d)):
+        return -1
+    if mag != 0:
+        ex = math.frexp(mag)[1]
+        a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+    out[0], out[1], out[2] = a, b, c
+    out[3] = d * (1 + 1e-9) + _TINY
+    return 1 if zero else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _signs(S, s, Kn, l0, l1, l2, dl, sig):
+    """Certified signs of a line at the ``Kn`` vertices of slot ``s`` of ``S``. Returns (any positive, any
+    negative, any uncertain)."""
+    hp = False
+    hn = False
+    for k in range(Kn):
+        v = S[s, k, 0] * l0 + S[s, k, 1] * l1 + S[s, k, 2] * l2
+        tol = _tol(S[s, k, 3], dl)
+        if v > tol:
+            sig[k] = 1
+            hp = True
+        elif v < -tol:
+            sig[k] = -1
+            hn = True
+        else:
+            sig[k] = 0
+            return hp, hn, True
+    return hp, hn, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_out(out, onv, par, bits, need_rows, need_slots):
+    rows = max(out.shape[0], need_rows)
+    if need_rows > out.shape[0]:
+        rows = max(2 * out.shape[0], need_rows)
+    slots = max(out.shape[1], need_slots)
+    out2 = np.empty((rows, slots, out.shape[2]))
+    out2[: out.shape[0], : out.shape[1]] = out
+    onv2 = np.empty(rows, dtype=np.int64)
+    onv2[: out.shape[0]] = onv
+    par2 = np.empty(rows, dtype=np.int64)
+    par2[: out.shape[0]] = par
+    bits2 = np.empty((rows, bits.shape[1]), dtype=np.bool_)
+    bits2[: out.shape[0]] = bits
+    return out2, onv2, par2, bits2
+
+
+@numba.njit(cache=True, nogil=True)
+def relu_split(rec, nv, A, B, eA, eB, quadrant, su, sv, block, base, max_regions):
+    """Cut polygons ``rec (m, K1, 9)`` by the zero lines of their ReLU node's input maps ``A (m, n)``,
+    ``B (m, 2, n)`` (error bounds ``eA``, ``eB``). Line ids are ``block << 44 | row << 20 | unit``.
+
+    Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
+    their vertex counts, polygons and bits ``z > 0``, and the polygons given back. ``status`` is 1 when
+    ``base`` plus a lower bound ``low`` on the node's pieces exceeds ``max_regions`` (the arrays are then
+    incomplete), else 0."""
+    m, K1, nrec = rec.shape
+    n = A.shape[1]
+    cap = max(2 * m, 64)
+    Kc = max(K1 + 2, 8)
+    out = np.empty((cap, Kc, nrec))
+    onv = np.empty(cap, dtype=np.int64)
+    par = np.empty(cap, dtype=np.int64)
+    bits = np.empty((cap, n), dtype=np.bool_)
+    fallback = np.zeros(m, dtype=np.bool_)
+    L = np.empty((n, 4))
+    zero = np.empty(n, dtype=np.bool_)
+    smin = np.empty(n)
+    smax = np.empty(n)
+    # the stack of pieces still to cut: records, counts, bits, remaining cutting units
+    depth = 16
+    S = np.empty((depth, Kc, nrec))
+    Snv = np.empty(depth, dtype=np.int64)
+    Sbits = np.empty((depth, n), dtype=np.bool_)
+    Scand = np.empty((depth, n), dtype=np.int32)
+    Snc = np.empty(depth, dtype=np.int64)
+    sig = np.empty(2 * Kc + 2, dtype=np.int8)
+    cutting = np.empty(n, dtype=np.int32)
+    idbuf = np.empty(1, dtype=np.int64)
+    idf = idbuf.view(np.float64)
+    cur = 0
+    n_fb = 0
+    for p in range(m):
+        start = cur
+        k1 = nv[p]
+        ok = True
+        for j in range(n):
+            f = _line(
+                A[p, j], B[p, 0, j], B[p, 1, j], eA[p, j], eB[p, 0, j], eB[p, 1, j], quadrant, su, sv, L[j]
+            )
+            if f < 0:
+                ok = False
+                break
+            zero[j] = f == 1
+        if not ok:
+            fallback[p] = True
+            n_fb += 1
+            continue
+        # the polygon against all its units at once
+        for j in range(n):
+            smin[j] = np.inf
+            smax[j] = -np.inf
+        hmax = 0.0
+        for k in range(k1):
+            h0, h1, h2 = rec[p, k, 0], rec[p, k, 1], rec[p, k, 2]
+            if not (math.isfinite(h0) and math.isfinite(h1) and math.isfinite(h2)):
+                ok = False
+                break
+            hmax = max(hmax, rec[p, k, 3])
+            for j in range(n):
+                v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
+                if v < smin[j]:
+                    smin[j] = v
+                if v > smax[j]:
+                    smax[j] = v
+        if not math.isfinite(hmax):  # (a NaN bound compares false: the max stays finite, so test each)
+            ok = False
+        for k in range(k1):
+            if not rec[p, k, 3] < np.inf:
+                ok = False
+        nc = 0
+        for j in range(n):
+            if not ok:
+                break
+            if zero[j]:
+                Sbits[0, j] = False
+                continue
+            tmax = _tol(hmax, L[j, 3])
+            if smin[j] > tmax:
+                Sbits[0, j] = True
+            elif smax[j] < -tmax:
+                Sbits[0, j] = False
+            elif smax[j] > tmax and smin[j] < -tmax:
+                Scand[0, nc] = j
+                nc += 1
+            else:  # some vertex near the line: the per-vertex tolerance, then exact (given back)
+                for k in range(k1):
+                    for t in range(nrec):
+                        S[0, k, t] = rec[p, k, t]
+                hp, hn, unsure = _signs(S, 0, k1, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                if unsure:
+                    ok = False
+                elif hp and hn:
+                    Scand[0, nc] = j
+                    nc += 1
+                else:
+                    Sbits[0, j] = hp
+        if not ok:
+            fallback[p] = True
+            n_fb += 1
+            continue
+        for k in range(k1):
+            for t in range(nrec):
+                S[0, k, t] = rec[p, k, t]
+        Snv[0] = k1
+        Snc[0] = nc
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        top = 1
+        first = True
+        while top > 0:
+            top -= 1
+            s = top
+            Kn = Snv[s]
+            ncut = 0
+            if first:
+                first = False
+                for c in range(Snc[s]):
+                    cutting[c] = Scand[s, c]
+                ncut = Snc[s]
+            else:
+                for c in range(Snc[s]):
+                    j = Scand[s, c]
+                    hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                    if unsure:
+                        ok = False
+                        break
+                    if hp and hn:
+                        cutting[ncut] = j
+                        ncut += 1
+                    else:
+                        Sbits[s, j] = hp
+            if not ok:
+                break
+            if ncut == 0:
+                if cur + 1 > out.shape[0] or Kn + 1 > out.shape[1]:
+                    out, onv, par, bits = _grow_out(out, onv, par, bits, cur + 1, Kn + 1)
+                for k in range(Kn):
+                    for t in range(nrec):
+                        out[cur, k, t] = S[s, k, t]
+                onv[cur] = Kn
+                par[cur] = p
+                for t in range(n):
+                    bits[cur, t] = Sbits[s, t]
+                cur += 1
+                low = cur + top + n_fb + (m - p - 1)
+                if base + low > max_regions:
+                    return 1, low, out, onv, par, bits, fallback
+                continue
+            j = cutting[0]
+            l0, l1, l2, dl = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
+            if top + 3 > S.shape[0]:
+                d2 = 2 * S.shape[0]
+                S2 = np.empty((d2, S.shape[1], nrec))
+                S2[: S.shape[0]] = S
+                S = S2
+                Snv2 = np.empty(d2, dtype=np.int64)
+                Snv2[: Snv.shape[0]] = Snv
+                Snv = Snv2
+                Sb2 = np.empty((d2, n), dtype=np.bool_)
+                Sb2[: Sbits.shape[0]] = Sbits
+                Sbits = Sb2
+                Sc2 = np.empty((d2, n), dtype=np.int32)
+                Sc2[: Scand.shape[0]] = Scand
+                Scand = Sc2
+                Snc2 = np.empty(d2, dtype=np.int64)
+                Snc2[: Snc.shape[0]] = Snc
+                Snc = Snc2
+            if Kn + 2 > S.shape[1]:
+                S2 = np.empty((S.shape[0], 2 * Kn + 2, nrec))
+                S2[:, : S.shape[1]] = S
+                S = S2
+                sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
+            # the root's cutting units were found with one tolerance for all vertices: recheck each vertex
+            if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
+                ok = False
+                break
+            idbuf[0] = rid | j
+            lid = idf[0]
+            ng = top + 1
+            pg = top + 2
+            cp = 0
+            cn = 0
+            for k in range(Kn):
+                sk = sig[k]
+                sx = sig[k + 1] if k + 1 < Kn else sig[0]
+                if sk > 0:
+                    for t in range(nrec):
+                        S[pg, cp, t] = S[s, k, t]
+                    cp += 1
+                else:
+                    for t in range(nrec):
+                        S[ng, cn, t] = S[s, k, t]
+                    cn += 1
+                if sk != sx:
+                    # the crossing on edge k, as the numpy path's _split
+                    e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
+                    x0 = e1 * l2 - e2 * l1
+                    x1 = e2 * l0 - e0 * l2
+                    x2 = e0 * l1 - e1 * l0
+                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+                    mx = max(abs(x0), max(abs(x1), abs(x2)))
+                    if not (math.isfinite(mx) and math.isfinite(dX)):
+                        ok = False
+                        break
+                    if mx != 0:
+                        ex = math.frexp(mx)[1]
+                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                        dX = math.ldexp(dX, -ex)
+                    dX = dX * (1 + 1e-9) + _TINY
+                    if not (abs(x0) > dX):
+                        ok = False
+                        break
+                    if x0 < 0:
+                        x0, x1, x2 = -x0, -x1, -x2
+                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
+                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
+                    if sx < 0:  # the positive half leaves along the unit's line
+                        S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7] = l0, l1, l2, dl
+                        S[pg, cp, 8] = lid
+                        for t in range(4, 9):
+                            S[ng, cn, t] = S[s, k, t]
+                    else:
+                        for t in range(4, 9):
+                            S[pg, cp, t] = S[s, k, t]
+                        S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7] = l0, l1, l2, dl
+                        S[ng, cn, 8] = lid
+                    cp += 1
+                    cn += 1
+            if not ok:
+                break
+            for k in range(cp):
+                for t in range(nrec):
+                    S[s, k, t] = S[pg, k, t]
+            Snv[s] = cp
+            Snv[ng] = cn
+            for t in range(n):
+                Sbits[ng, t] = Sbits[s, t]
+            Sbits[s, j] = True
+            Sbits[ng, j] = False
+            for c in range(1, ncut):
+                Scand[s, c - 1] = cutting[c]
+                Scand[ng, c - 1] = cutting[c]
+            Snc[s] = ncut - 1
+            Snc[ng] = ncut - 1
+            top += 2
+        if not ok:
+            cur = start
+            fallback[p] = True
+            n_fb += 1
+    Kout = 1
+    for q in range(cur):
+        Kout = max(Kout, onv[q] + 1)
+    if Kout > out.shape[1]:
+        out, onv, par, bits = _grow_out(out, onv, par, bits, cur, Kout)
+    for q in range(cur):
+        for k in range(onv[q], Kout):
+            for t in range(nrec):
+                out[q, k, t] = out[q, 0, t]
+    return 0, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
