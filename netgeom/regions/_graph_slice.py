@@ -611,15 +611,40 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     active = np.zeros((m, nw), dtype=bool)
     rel = {}
     allw = np.arange(nw)
+    if ctx.compiled:
+        from . import _graph_slice_kernel as kern
+
+        # Candidates certainly below another one on the whole polygon are never its argmax; survivors are
+        # compared pairwise below. A survivor beats every dropped candidate wherever it is the argmax, so a
+        # pair with one dropped candidate is recorded as won by the other (only the winner's count of wins
+        # and the survivors' cells use these relations).
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        c = np.ascontiguousarray
+        surv = kern.pool_dominance(
+            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(eA), c(eB), c(W, dtype=np.int64),
+            ctx.quadrant is not None, float(su), float(sv),
+        )
     for x in range(k):
         for y in range(x + 1, k):
             both = valid[:, x] & valid[:, y]
             if not both.any():
                 continue
             w = allw[both]
-            L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
-            known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
-            anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
+            if ctx.compiled:
+                sx, sy = surv[:, w, x], surv[:, w, y]
+                anyp, anyn = sx & ~sy, ~sx & sy
+                pr, pw = np.nonzero(sx & sy)
+                if len(pr):
+                    L, dL, zero, ids, known = pair_lines(pr, w[pw], x, y)
+                    ap, an = _start_signs(
+                        ctx, rec[pr], nv[pr], L[:, None], dL[:, None], zero[:, None], ids[:, None],
+                        tuple(a[:, None] for a in known),
+                    )
+                    anyp[pr, pw], anyn[pr, pw] = ap[:, 0], an[:, 0]
+            else:
+                L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
+                known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
+                anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
             active[:, w] |= anyp & anyn
             wins[:, w, x] += ~anyn
             wins[:, w, y] += anyn

@@ -357,3 +357,62 @@ def relu_split(rec, nv, A, B, eA, eB, quadrant, su, sv, block, base, max_regions
             for t in range(nrec):
                 out[q, k, t] = out[q, 0, t]
     return 0, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_dominance(rec, nv, A, B, eA, eB, W, quadrant, su, sv):
+    """Candidates of a max-pool node that may be the argmax somewhere on each polygon: ``surv (m, nw, k)``.
+
+    Per polygon and window, the reference is the valid candidate largest at vertex 0 (any choice is sound);
+    a candidate is dropped when the line of ``c_ref - c_i`` (built, with its error bound, as the numpy path's
+    ``pair_lines``) is certainly positive at every vertex, so ``c_ref > c_i`` on the whole polygon. Anything
+    not certain (a vertex within the bound, identical candidates, a non-finite value) keeps the candidate
+    for the numpy path. ``W (nw, k)`` holds input entries, -1 for padding (never a candidate)."""
+    m, K1, _ = rec.shape
+    nw, k = W.shape
+    surv = np.zeros((m, nw, k), dtype=np.bool_)
+    L = np.empty(4)
+    for p in range(m):
+        k1 = nv[p]
+        h0, h1, h2 = rec[p, 0, 0], rec[p, 0, 1], rec[p, 0, 2]
+        for w in range(nw):
+            ref = -1
+            best = -np.inf
+            for x in range(k):
+                ix = W[w, x]
+                if ix < 0:
+                    continue
+                a, b, c = A[p, ix], B[p, 0, ix], B[p, 1, ix]
+                if quadrant:
+                    b = su * b - a
+                    c = sv * c - a
+                v = h0 * a + h1 * b + h2 * c
+                if ref < 0 or v > best:
+                    ref, best = x, v
+            if ref < 0:
+                continue
+            surv[p, w, ref] = True
+            ir = W[w, ref]
+            for x in range(k):
+                ix = W[w, x]
+                if ix < 0 or x == ref:
+                    continue
+                dA = A[p, ir] - A[p, ix]
+                dB0 = B[p, 0, ir] - B[p, 0, ix]
+                dB1 = B[p, 1, ir] - B[p, 1, ix]
+                f = _line(
+                    dA, dB0, dB1,
+                    eA[p, ir] + eA[p, ix] + _U * abs(dA),
+                    eB[p, 0, ir] + eB[p, 0, ix] + _U * abs(dB0),
+                    eB[p, 1, ir] + eB[p, 1, ix] + _U * abs(dB1),
+                    quadrant, su, sv, L,
+                )
+                if f != 0:  # identically equal, or not finite
+                    surv[p, w, x] = True
+                    continue
+                for q in range(k1):
+                    s = rec[p, q, 0] * L[0] + rec[p, q, 1] * L[1] + rec[p, q, 2] * L[2]
+                    if not s > _tol(rec[p, q, 3], L[3]):
+                        surv[p, w, x] = True
+                        break
+    return surv
