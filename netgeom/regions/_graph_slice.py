@@ -46,8 +46,8 @@ _REC = 9
 # line id = block << 44 | row << 20 | unit; a block is one pattern node applied to one set of polygons
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20
 _UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
-# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bounds, the origin)
-_BYTES_PER_ENTRY = 7 * 8
+# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bound, the origin)
+_BYTES_PER_ENTRY = 5 * 8
 # origin of an entry that is no ReLU output (ReLU outputs carry their unit's line id)
 _NO_ORIGIN = np.int64(-(1 << 62))
 
@@ -310,12 +310,13 @@ class GraphSliceCtx:
             )
 
 
-def _lines(ctx: GraphSliceCtx, A, B0, B1, eA, eB0, eB1):
-    """Affine functions ``A + u B0 + v B1`` (any equal shapes) as unit-scaled lines ``(..., 3)`` in the
-    polygons' coordinates, with absolute error bounds, and a mask of those exactly zero."""
-    zero = (A == 0) & (B0 == 0) & (B1 == 0) & (eA == 0) & (eB0 == 0) & (eB1 == 0)
+def _lines(ctx: GraphSliceCtx, A, B0, B1, E):
+    """Affine functions ``A + u B0 + v B1`` (any equal shapes; ``E`` bounds the error of each of the three)
+    as unit-scaled lines ``(..., 3)`` in the polygons' coordinates, with absolute error bounds, and a mask
+    of those exactly zero."""
+    zero = (A == 0) & (B0 == 0) & (B1 == 0) & (E == 0)
     L = np.stack([A, B0, B1], axis=-1)
-    dL = np.maximum(eA, np.maximum(eB0, eB1))
+    dL = E
     if ctx.quadrant is not None:
         su, sv = ctx.quadrant
         L[..., 1] = su * L[..., 1] - A
@@ -504,9 +505,9 @@ class _Pieces:
 def _relu_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, rows: np.ndarray):
     """The numpy path of a ReLU node on the polygons ``rec`` (rows ``rows`` of the block): ``(pieces, counts,
     parents, bits)``, parents indexing ``rec``."""
-    A, B, eA, eB = inp
+    A, B, E = inp
     m, n = A.shape
-    L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], eA, eB[:, 0], eB[:, 1])
+    L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], E)
     ids = _block_ids(block, rows[:, None], np.arange(n)[None, :])
     anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids)
     cand = anyp & anyn
@@ -543,7 +544,7 @@ def _relu_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, rows: np.ndarr
 
 
 def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB, _ = inp
+    A, B, E, _ = inp
     m, n = A.shape
     block = ctx.new_block(node.index, prefix)
     if ctx.compiled:
@@ -552,34 +553,37 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         status, low, R, nr, parent, bits, fb = kern.relu_split(
-            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(eA), c(eB), ctx.quadrant is not None,
+            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(E), ctx.quadrant is not None,
             float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
         )
         ctx.count(node, low if status else len(R))
         if fb.any():  # polygons with a decision too close to call in floats: the exact path
             rows = np.nonzero(fb)[0]
-            Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], eA[rows], eB[rows]),
+            Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], E[rows]),
                                        block, rows)
             R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
             parent = np.concatenate([parent, rows[pf]])
             bits = np.concatenate([bits, bf])
     else:
-        R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, eA, eB), block, np.arange(m))
+        R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, E), block, np.arange(m))
+    if ctx.compiled:
+        return R, nr, parent, bits, kern.relu_maps(
+            c(A), c(B), c(E), c(parent, dtype=np.int64), c(bits), float(node.negative_slope), block
+        )
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
     # a unit on keeps its value exactly; an off unit of a ReLU is exactly 0 (its bit is certain)
     rnd = np.where(bits, 0.0, _U)
     nA = A[parent] * gain
     nB = B[parent] * gain[:, None, :]
-    neA = eA[parent] * egain + rnd * np.abs(nA)
-    neB = eB[parent] * egain[:, None, :] + rnd[:, None, :] * np.abs(nB)
+    nE = E[parent] * egain + rnd * np.maximum(np.abs(nA), np.abs(nB).max(axis=1))
     ids = _block_ids(block, parent[:, None], np.arange(n)[None, :])
     # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
-    return R, nr, parent, bits, (nA, nB, neA, neB, ids)
+    return R, nr, parent, bits, (nA, nB, nE, ids)
 
 
 def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB, orig = inp
+    A, B, E, orig = inp
     m = len(A)
     W = node.windows.numpy()
     nw, k = W.shape
@@ -594,16 +598,14 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         dA = A[par, ix] - A[par, iy]
         dB0 = B[par, 0, ix] - B[par, 0, iy]
         dB1 = B[par, 1, ix] - B[par, 1, iy]
-        eAd = eA[par, ix] + eA[par, iy] + _U * np.abs(dA)
-        eB0 = eB[par, 0, ix] + eB[par, 0, iy] + _U * np.abs(dB0)
-        eB1 = eB[par, 1, ix] + eB[par, 1, iy] + _U * np.abs(dB1)
-        L, dL, zero = _lines(ctx, dA, dB0, dB1, eAd, eB0, eB1)
+        eD = E[par, ix] + E[par, iy] + _U * np.maximum(np.abs(dA), np.maximum(np.abs(dB0), np.abs(dB1)))
+        L, dL, zero = _lines(ctx, dA, dB0, dB1, eD)
         ids = _block_ids(block, np.broadcast_to(par, L.shape[:-1]), w * k * k + x * k + y)
         known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
         return L, dL, zero, ids, known
 
     # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
-    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (eA == 0) & (eB[:, 0] == 0) & (eB[:, 1] == 0)
+    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (E == 0)
 
     # Relation of every pair x < y of every window on every polygon: 1 (c_x > c_y inside), -1 (c_x < c_y),
     # 0 (identically equal: x wins), 2 (the polygon is cut).
@@ -621,7 +623,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         surv = kern.pool_dominance(
-            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(eA), c(eB), c(W, dtype=np.int64),
+            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(E), c(W, dtype=np.int64),
             ctx.quadrant is not None, float(su), float(sv),
         )
     for x in range(k):
@@ -718,15 +720,15 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     parent, best = pcs.P[:cur], best[:cur]
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
-    Bs, eBs = B[pr, :, idx].transpose(0, 2, 1), eB[pr, :, idx].transpose(0, 2, 1)
-    newv = (A[pr, idx], Bs, eA[pr, idx], eBs, orig[pr, idx])
+    Bs = B[pr, :, idx].transpose(0, 2, 1)
+    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
     onehot = np.zeros((cur, nw * k), dtype=bool)
     onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
     return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
 
 
 def _affine_node(node, inp):
-    A, B, eA, eB, _ = inp
+    A, B, E, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
     m, n_in = A.shape
@@ -735,11 +737,11 @@ def _affine_node(node, inp):
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
     # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e; the bound's own
-    # sums of nonnegative terms are rounded up by the factor (1 + gamma)
-    eX = np.concatenate([eA[:, None, :], eB], axis=1) * (1 + gam)
-    eX += gam * np.abs(np.concatenate([A[:, None, :], B], axis=1))
-    eY = (eX.reshape(-1, n_in) @ aMT).reshape(m, 3, -1) * (1 + gam) + _TINY
-    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:], np.full(nA.shape, _NO_ORIGIN)
+    # sums of nonnegative terms are rounded up by the factor (1 + gamma). One bound serves A, B_0 and B_1:
+    # |x| is the largest of the three, and |b| is added to all.
+    eX = E * (1 + gam) + gam * np.maximum(np.abs(A), np.abs(B).max(axis=1))
+    eY = (eX @ aMT) * (1 + gam) + (_TINY + gam * np.abs(b))
+    return nA, nB, eY, np.full(nA.shape, _NO_ORIGIN)
 
 
 def _add_node(ins):
@@ -747,9 +749,9 @@ def _add_node(ins):
     B = sum(v[1] for v in ins)
     # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
     c = len(ins) * _U * (1 + 1e-9)
-    eA = sum(v[2] for v in ins) * (1 + c) + c * sum(np.abs(v[0]) for v in ins)
-    eB = sum(v[3] for v in ins) * (1 + c) + c * sum(np.abs(v[1]) for v in ins)
-    return A, B, eA, eB, np.full(A.shape, _NO_ORIGIN)
+    mag = sum(np.maximum(np.abs(v[0]), np.abs(v[1]).max(axis=1)) for v in ins)
+    E = sum(v[2] for v in ins) * (1 + c) + c * mag
+    return A, B, E, np.full(A.shape, _NO_ORIGIN)
 
 
 def _cat_node(ins):
@@ -757,8 +759,7 @@ def _cat_node(ins):
         np.concatenate([v[0] for v in ins], axis=1),
         np.concatenate([v[1] for v in ins], axis=2),
         np.concatenate([v[2] for v in ins], axis=1),
-        np.concatenate([v[3] for v in ins], axis=2),
-        np.concatenate([v[4] for v in ins], axis=1),
+        np.concatenate([v[3] for v in ins], axis=1),
     )
 
 
@@ -850,8 +851,7 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     n = x0.size
     vals = {
         0: (
-            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.zeros((1, 2, n)),
-            np.full((1, n), _NO_ORIGIN),
+            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.full((1, n), _NO_ORIGIN),
         )
     }
     pats = np.zeros((1, 0), dtype=bool)

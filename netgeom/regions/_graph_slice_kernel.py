@@ -34,14 +34,14 @@ def _tol(hd, dl):
 
 
 @numba.njit(cache=True, nogil=True)
-def _line(a, b, c, ea, eb, ec, quadrant, su, sv, out):
+def _line(a, b, c, e, quadrant, su, sv, out):
     """``out[:4]`` = the unit-scaled line of ``a + u b + v c`` and its error bound (the numpy path's
     ``_lines``); returns whether it is exactly zero, or raises a flag (-1) when a value is not finite."""
-    for x in (a, b, c, ea, eb, ec):
+    for x in (a, b, c, e):
         if not math.isfinite(x):
             return -1
-    zero = a == 0 and b == 0 and c == 0 and ea == 0 and eb == 0 and ec == 0
-    d = max(ea, max(eb, ec))
+    zero = a == 0 and b == 0 and c == 0 and e == 0
+    d = e
     if quadrant:
         b = su * b - a
         c = sv * c - a
@@ -96,9 +96,10 @@ def _grow_out(out, onv, par, bits, need_rows, need_slots):
 
 
 @numba.njit(cache=True, nogil=True)
-def relu_split(rec, nv, A, B, eA, eB, quadrant, su, sv, block, base, max_regions):
+def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     """Cut polygons ``rec (m, K1, 9)`` by the zero lines of their ReLU node's input maps ``A (m, n)``,
-    ``B (m, 2, n)`` (error bounds ``eA``, ``eB``). Line ids are ``block << 44 | row << 20 | unit``.
+    ``B (m, 2, n)`` (``E (m, n)`` bounds the error of all three). Line ids are
+    ``block << 44 | row << 20 | unit``.
 
     Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
     their vertex counts, polygons and bits ``z > 0``, and the polygons given back. ``status`` is 1 when
@@ -135,9 +136,7 @@ def relu_split(rec, nv, A, B, eA, eB, quadrant, su, sv, block, base, max_regions
         k1 = nv[p]
         ok = True
         for j in range(n):
-            f = _line(
-                A[p, j], B[p, 0, j], B[p, 1, j], eA[p, j], eB[p, 0, j], eB[p, 1, j], quadrant, su, sv, L[j]
-            )
+            f = _line(A[p, j], B[p, 0, j], B[p, 1, j], E[p, j], quadrant, su, sv, L[j])
             if f < 0:
                 ok = False
                 break
@@ -360,7 +359,7 @@ def relu_split(rec, nv, A, B, eA, eB, quadrant, su, sv, block, base, max_regions
 
 
 @numba.njit(cache=True, nogil=True)
-def pool_dominance(rec, nv, A, B, eA, eB, W, quadrant, su, sv):
+def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
     """Candidates of a max-pool node that may be the argmax somewhere on each polygon: ``surv (m, nw, k)``.
 
     Per polygon and window, the reference is the valid candidate largest at vertex 0 (any choice is sound);
@@ -400,13 +399,8 @@ def pool_dominance(rec, nv, A, B, eA, eB, W, quadrant, su, sv):
                 dA = A[p, ir] - A[p, ix]
                 dB0 = B[p, 0, ir] - B[p, 0, ix]
                 dB1 = B[p, 1, ir] - B[p, 1, ix]
-                f = _line(
-                    dA, dB0, dB1,
-                    eA[p, ir] + eA[p, ix] + _U * abs(dA),
-                    eB[p, 0, ir] + eB[p, 0, ix] + _U * abs(dB0),
-                    eB[p, 1, ir] + eB[p, 1, ix] + _U * abs(dB1),
-                    quadrant, su, sv, L,
-                )
+                eD = E[p, ir] + E[p, ix] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
                 if f != 0:  # identically equal, or not finite
                     surv[p, w, x] = True
                     continue
@@ -416,3 +410,32 @@ def pool_dominance(rec, nv, A, B, eA, eB, W, quadrant, su, sv):
                         surv[p, w, x] = True
                         break
     return surv
+
+
+@numba.njit(cache=True, nogil=True)
+def relu_maps(A, B, E, parent, bits, slope, block):
+    """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
+    origin)``, a unit on keeping its input's value, an off unit scaled by ``slope`` (0 is exact, any other
+    slope rounds once), and every output's origin the id of its unit's line."""
+    m = parent.shape[0]
+    n = A.shape[1]
+    nA = np.empty((m, n))
+    nB = np.empty((m, 2, n))
+    nE = np.empty((m, n))
+    orig = np.empty((m, n), dtype=np.int64)
+    aslope = abs(slope)
+    for q in range(m):
+        p = parent[q]
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        for j in range(n):
+            if bits[q, j]:
+                nA[q, j] = A[p, j]
+                nB[q, 0, j] = B[p, 0, j]
+                nB[q, 1, j] = B[p, 1, j]
+                nE[q, j] = E[p, j]
+            else:
+                a, b0, b1 = A[p, j] * slope, B[p, 0, j] * slope, B[p, 1, j] * slope
+                nA[q, j], nB[q, 0, j], nB[q, 1, j] = a, b0, b1
+                nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+            orig[q, j] = rid | j
+    return nA, nB, nE, orig
