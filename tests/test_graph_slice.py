@@ -473,7 +473,8 @@ def test_compiled_kernels_equal_the_numpy_path(kind, seed, n0, whole):
     box = None if whole else BOX
     fast = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=True)
     ref = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=False)
-    assert fast[0] == ref[0]
+    # (the whole plane's box is twice the farthest vertex, a float that depends on the order of sums)
+    assert np.allclose(fast[0], ref[0], rtol=1e-6)
     assert len(fast[3]) == len(ref[3])
     assert _keys(fast[3]) == _keys(ref[3])
     if kind == "flat":

@@ -50,6 +50,8 @@ _UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
 _BYTES_PER_ENTRY = 5 * 8
 # origin of an entry that is no ReLU output (ReLU outputs carry their unit's line id)
 _NO_ORIGIN = np.int64(-(1 << 62))
+# polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
+_SMALL_AFFINE = 4_000_000
 
 
 def _ids(x: np.ndarray) -> np.ndarray:
@@ -727,13 +729,26 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
 
 
-def _affine_node(node, inp):
+def _affine_node(node, inp, compiled: bool = False):
     A, B, E, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
     m, n_in = A.shape
-    aMT = np.abs(M).T
     gam = 1.01 * (n_in + 2) * _U
+    nnz = np.count_nonzero(M)
+    if compiled and (m * nnz < _SMALL_AFFINE or nnz < 0.5 * M.size):
+        # A pruned (or convolution's) matrix skips its zeros here, and a small product is dominated by
+        # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
+        from . import _graph_slice_kernel as kern
+
+        cols = np.nonzero(M.T)  # (input, output) pairs in input order
+        ptr = np.searchsorted(cols[0], np.arange(n_in + 1))
+        c = np.ascontiguousarray
+        nA, nB, nE = kern.affine_maps(
+            c(A), c(B), c(E), ptr, cols[1].astype(np.int64), c(M.T[cols]), c(b), gam, _TINY
+        )
+        return nA, nB, nE, np.full(nA.shape, _NO_ORIGIN)
+    aMT = np.abs(M).T
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
     # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e; the bound's own
@@ -813,7 +828,7 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
         else:
             ins = [vals[j] for j in node.inputs]
             if node.op == "affine":
-                vals[i] = _affine_node(node, ins[0])
+                vals[i] = _affine_node(node, ins[0], ctx.compiled)
             elif node.op == "add":
                 vals[i] = _add_node(ins)
             elif node.op == "cat":

@@ -439,3 +439,32 @@ def relu_maps(A, B, E, parent, bits, slope, block):
                 nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
             orig[q, j] = rid | j
     return nA, nB, nE, orig
+
+
+@numba.njit(cache=True, nogil=True)
+def affine_maps(A, B, E, ptr, rows, vals, bias, gam, tiny):
+    """An affine node's output maps and error bound (the numpy path's formulas) for a small node, from its
+    matrix in compressed columns (``ptr``, ``rows``, ``vals``: the nonzero weights of input ``i`` are
+    ``vals[ptr[i]:ptr[i + 1]]`` at outputs ``rows[...]``). One pass per polygon, skipping pruned weights;
+    the bound ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
+    m, n_in = A.shape
+    n_out = bias.shape[0]
+    nA = np.empty((m, n_out))
+    nB = np.zeros((m, 2, n_out))
+    nE = np.zeros((m, n_out))
+    for q in range(m):
+        for o in range(n_out):
+            nA[q, o] = bias[o]
+        for i in range(n_in):
+            a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
+            ex = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+            for t in range(ptr[i], ptr[i + 1]):
+                o = rows[t]
+                w = vals[t]
+                nA[q, o] += w * a
+                nB[q, 0, o] += w * b0
+                nB[q, 1, o] += w * b1
+                nE[q, o] += abs(w) * ex
+        for o in range(n_out):
+            nE[q, o] = nE[q, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+    return nA, nB, nE
