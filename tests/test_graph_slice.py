@@ -440,14 +440,14 @@ def test_chunked_memory_budget_and_max_regions():
 # ------------------------------------------------------------------- compiled kernels vs numpy path
 @settings(max_examples=10, deadline=None)
 @given(
-    kind=st.sampled_from(["res", "leaky", "conv", "cat", "flat", "vgg"]),
+    kind=st.sampled_from(["res", "leaky", "conv", "cat", "flat", "vgg", "tied"]),
     seed=st.integers(0, 10_000),
     n0=st.integers(2, 5),
     whole=st.booleans(),
 )
 def test_compiled_kernels_equal_the_numpy_path(kind, seed, n0, whole):
-    """The numba kernels (ReLU cuts, max-pool candidate pruning) give the numpy path's regions, also where
-    they give polygons back to it (a unit's hyperplane containing the plane: every sign is exact)."""
+    """The numba kernels (affine maps, ReLU cuts, max-pool pruning and cells) give the numpy path's regions,
+    also where they give polygons back to it (a unit's hyperplane containing the plane, tied candidates)."""
     if kind in ("res", "leaky"):
         net = ResMLP(n0, 6, 2, seed, slope=0.1 if kind == "leaky" else 0.0)
     elif kind == "conv":
@@ -460,6 +460,11 @@ def test_compiled_kernels_equal_the_numpy_path(kind, seed, n0, whole):
 
         net = vgg([2, "M", 3, "M"], in_channels=1, image_size=4, seed=seed % 100)
         n0 = 16
+    elif kind == "tied":  # two identical candidates: their difference is within its bound everywhere
+        net = ResPoolCat(n0, 6, seed)
+        with torch.no_grad():
+            net.fc2.weight[1], net.fc2.bias[1] = net.fc2.weight[0], net.fc2.bias[0]
+            net.fc1.weight[1], net.fc1.bias[1] = net.fc1.weight[0], net.fc1.bias[0]
     else:
         net = ResPoolCat(n0, 6, seed)
         with torch.no_grad():

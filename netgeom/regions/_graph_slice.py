@@ -584,14 +584,16 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     return R, nr, parent, bits, (nA, nB, nE, ids)
 
 
-def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+def _pool_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, block_rows: np.ndarray, surv):
+    """The numpy path of a max-pool node on the polygons ``rec`` (rows ``block_rows`` of the block, maps
+    ``inp`` on them), given the candidates that may win on each (``surv (m, nw, k)``, None: all valid):
+    ``(pieces, counts, parents, argmax positions (pieces, nw))``, parents indexing ``rec``."""
     A, B, E, orig = inp
     m = len(A)
     W = node.windows.numpy()
     nw, k = W.shape
     valid = W >= 0
     Wc = np.where(valid, W, 0)
-    block = ctx.new_block(node.index, prefix)
     rows_m = np.arange(m)[:, None]
 
     def pair_lines(par, w, x, y):
@@ -602,7 +604,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         dB1 = B[par, 1, ix] - B[par, 1, iy]
         eD = E[par, ix] + E[par, iy] + _U * np.maximum(np.abs(dA), np.maximum(np.abs(dB0), np.abs(dB1)))
         L, dL, zero = _lines(ctx, dA, dB0, dB1, eD)
-        ids = _block_ids(block, np.broadcast_to(par, L.shape[:-1]), w * k * k + x * k + y)
+        ids = _block_ids(block, np.broadcast_to(block_rows[par], L.shape[:-1]), w * k * k + x * k + y)
         known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
         return L, dL, zero, ids, known
 
@@ -615,26 +617,17 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     active = np.zeros((m, nw), dtype=bool)
     rel = {}
     allw = np.arange(nw)
-    if ctx.compiled:
-        from . import _graph_slice_kernel as kern
-
-        # Candidates certainly below another one on the whole polygon are never its argmax; survivors are
-        # compared pairwise below. A survivor beats every dropped candidate wherever it is the argmax, so a
-        # pair with one dropped candidate is recorded as won by the other (only the winner's count of wins
-        # and the survivors' cells use these relations).
-        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
-        c = np.ascontiguousarray
-        surv = kern.pool_dominance(
-            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(E), c(W, dtype=np.int64),
-            ctx.quadrant is not None, float(su), float(sv),
-        )
+    # With ``surv``: candidates certainly below another one on the whole polygon are never its argmax;
+    # survivors are compared pairwise below. A survivor beats every dropped candidate wherever it is the
+    # argmax, so a pair with one dropped candidate is recorded as won by the other (only the winner's count
+    # of wins and the survivors' cells use these relations).
     for x in range(k):
         for y in range(x + 1, k):
             both = valid[:, x] & valid[:, y]
             if not both.any():
                 continue
             w = allw[both]
-            if ctx.compiled:
+            if surv is not None:
                 sx, sy = surv[:, w, x], surv[:, w, y]
                 anyp, anyn = sx & ~sy, ~sx & sy
                 pr, pw = np.nonzero(sx & sy)
@@ -719,14 +712,43 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             best[new] = best[rows[src[~first]]]
             best[new, w] = pos[~first]
     cur = pcs.cur
-    parent, best = pcs.P[:cur], best[:cur]
+    return pcs.R[:cur], pcs.N[:cur], pcs.P[:cur], best[:cur]
+
+
+def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, E, orig = inp
+    m = len(A)
+    W = node.windows.numpy()
+    nw, k = W.shape
+    Wc = np.where(W >= 0, W, 0)
+    block = ctx.new_block(node.index, prefix)
+    if ctx.compiled:
+        from . import _graph_slice_kernel as kern
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        c = np.ascontiguousarray
+        args = (c(A), c(B), c(E), c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
+        surv = kern.pool_dominance(c(rec), c(nv, dtype=np.int64), *args)
+        R, nr, parent, best, fb = kern.pool_split(c(rec), c(nv, dtype=np.int64), *args, surv, block)
+        ctx.count(node, len(R))
+        if fb.any():  # polygons with a decision too close to call in floats: the exact path
+            rows = np.nonzero(fb)[0]
+            Rf, nf, pf, bf = _pool_cut(
+                ctx, node, rec[rows], nv[rows], tuple(a[rows] for a in inp), block, rows, surv[rows]
+            )
+            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            parent = np.concatenate([parent, rows[pf]])
+            best = np.concatenate([best, bf])
+    else:
+        R, nr, parent, best = _pool_cut(ctx, node, rec, nv, inp, block, np.arange(m), None)
+    cur = len(R)
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
     Bs = B[pr, :, idx].transpose(0, 2, 1)
     newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
     onehot = np.zeros((cur, nw * k), dtype=bool)
     onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
-    return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
+    return R, nr, parent, onehot, newv
 
 
 def _affine_node(node, inp, compiled: bool = False):

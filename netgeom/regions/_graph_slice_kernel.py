@@ -468,3 +468,221 @@ def affine_maps(A, B, E, ptr, rows, vals, bias, gam, tiny):
         for o in range(n_out):
             nE[q, o] = nE[q, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
     return nA, nB, nE
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit3(a, rows, slots):
+    """``a`` (rows, slots, r) grown to at least ``rows`` x ``slots`` (doubling), contents kept."""
+    if rows <= a.shape[0] and slots <= a.shape[1]:
+        return a
+    r2 = a.shape[0] if rows <= a.shape[0] else max(2 * a.shape[0], rows)
+    s2 = a.shape[1] if slots <= a.shape[1] else max(2 * a.shape[1], slots)
+    b = np.empty((r2, s2, a.shape[2]), dtype=a.dtype)
+    b[: a.shape[0], : a.shape[1]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit2(a, rows):
+    if rows <= a.shape[0]:
+        return a
+    b = np.empty((max(2 * a.shape[0], rows), a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit1(a, rows):
+    if rows <= a.shape[0]:
+        return a
+    b = np.empty(max(2 * a.shape[0], rows), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
+    """The part of piece ``S[s]`` (``Kn`` vertices, signs ``sig`` all +-1) where the line is positive, into
+    ``D[d]`` (as the numpy path's ``_split``); returns its vertex count, or -1 when a crossing's side of
+    the frame is uncertain."""
+    cnt = 0
+    for k in range(Kn):
+        sk = sig[k]
+        sx = sig[k + 1] if k + 1 < Kn else sig[0]
+        if sk > 0:
+            for t in range(9):
+                D[d, cnt, t] = S[s, k, t]
+            cnt += 1
+        if sk != sx:
+            e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
+            x0 = e1 * l2 - e2 * l1
+            x1 = e2 * l0 - e0 * l2
+            x2 = e0 * l1 - e1 * l0
+            dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+            mx = max(abs(x0), max(abs(x1), abs(x2)))
+            if not (math.isfinite(mx) and math.isfinite(dX)):
+                return -1
+            if mx != 0:
+                ex = math.frexp(mx)[1]
+                x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                dX = math.ldexp(dX, -ex)
+            dX = dX * (1 + 1e-9) + _TINY
+            if not (abs(x0) > dX):
+                return -1
+            if x0 < 0:
+                x0, x1, x2 = -x0, -x1, -x2
+            D[d, cnt, 0], D[d, cnt, 1], D[d, cnt, 2], D[d, cnt, 3] = x0, x1, x2, dX
+            if sx < 0:  # the piece leaves along the line
+                D[d, cnt, 4], D[d, cnt, 5], D[d, cnt, 6], D[d, cnt, 7], D[d, cnt, 8] = l0, l1, l2, dl, lid
+            else:
+                for t in range(4, 9):
+                    D[d, cnt, t] = S[s, k, t]
+            cnt += 1
+    return cnt
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block):
+    """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
+    surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
+    0`` for every other survivor ``j``, in position order, as the numpy path clips (line ids
+    ``block << 44 | row << 20 | w k^2 + i k + j``); where ``c_i - c_j`` is exactly zero with a zero bound the
+    earlier position wins. Returns ``(out, onv, parent, best, fallback)``: the pieces (padding slots repeat
+    vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the polygons given
+    back to the numpy path (a decision within its error bound, a non-finite value)."""
+    m, K1, nrec = rec.shape
+    nw, k = W.shape
+    Ks = max(K1 + 2, 8)
+    out = np.empty((max(2 * m, 16), Ks, nrec))
+    onv = np.empty(out.shape[0], dtype=np.int64)
+    par = np.empty(out.shape[0], dtype=np.int64)
+    best = np.empty((out.shape[0], nw), dtype=np.int64)
+    fallback = np.zeros(m, dtype=np.bool_)
+    P = np.empty((8, Ks, nrec))
+    Pn = np.empty(8, dtype=np.int64)
+    Pb = np.empty((8, nw), dtype=np.int64)
+    Q = np.empty((8, Ks, nrec))
+    Qn = np.empty(8, dtype=np.int64)
+    Qb = np.empty((8, nw), dtype=np.int64)
+    T = np.empty((2, Ks, nrec))
+    sig = np.empty(Ks + 1, dtype=np.int8)
+    sl = np.empty(k, dtype=np.int64)
+    L = np.empty(4)
+    idbuf = np.empty(1, dtype=np.int64)
+    idf = idbuf.view(np.float64)
+    cur = 0
+    for p in range(m):
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        P = _fit3(P, 1, nv[p] + 2)
+        for kk in range(nv[p]):
+            for t in range(nrec):
+                P[0, kk, t] = rec[p, kk, t]
+        Pn[0] = nv[p]
+        npc = 1
+        ok = True
+        for w in range(nw):
+            ns = 0
+            for x in range(k):
+                if W[w, x] >= 0 and surv[p, w, x]:
+                    sl[ns] = x
+                    ns += 1
+            if ns == 1:
+                for q in range(npc):
+                    Pb[q, w] = sl[0]
+                continue
+            nq = 0
+            for q in range(npc):
+                for a in range(ns):
+                    i = sl[a]
+                    ix = W[w, i]
+                    tn = Pn[q]
+                    T = _fit3(T, 2, tn + ns + 2)
+                    if sig.shape[0] < T.shape[1] + 1:
+                        sig = np.empty(T.shape[1] + 1, dtype=np.int8)
+                    for kk in range(tn):
+                        for t in range(nrec):
+                            T[0, kk, t] = P[q, kk, t]
+                    ct = 0
+                    empty = False
+                    for b in range(ns):
+                        j = sl[b]
+                        if j == i:
+                            continue
+                        iy = W[w, j]
+                        dA = A[p, ix] - A[p, iy]
+                        dB0 = B[p, 0, ix] - B[p, 0, iy]
+                        dB1 = B[p, 1, ix] - B[p, 1, iy]
+                        eD = E[p, ix] + E[p, iy] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                        f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
+                        if f < 0:
+                            ok = False
+                            break
+                        if f == 1:  # c_i == c_j exactly everywhere: the earlier position wins
+                            if i > j:
+                                empty = True
+                                break
+                            continue
+                        hp, hn, unsure = _signs(T, ct, tn, L[0], L[1], L[2], L[3], sig)
+                        if unsure:
+                            ok = False
+                            break
+                        if not hp:
+                            empty = True
+                            break
+                        if not hn:
+                            continue
+                        idbuf[0] = rid | (w * k * k + i * k + j)
+                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], idf[0], T, 1 - ct)
+                        if cnt < 0:
+                            ok = False
+                            break
+                        ct = 1 - ct
+                        tn = cnt
+                    if not ok:
+                        break
+                    if empty:
+                        continue
+                    Q = _fit3(Q, nq + 1, tn + 2)
+                    Qn = _fit1(Qn, nq + 1)
+                    Qb = _fit2(Qb, nq + 1)
+                    for kk in range(tn):
+                        for t in range(nrec):
+                            Q[nq, kk, t] = T[ct, kk, t]
+                    Qn[nq] = tn
+                    for t in range(nw):
+                        Qb[nq, t] = Pb[q, t]
+                    Qb[nq, w] = i
+                    nq += 1
+                if not ok:
+                    break
+            if not ok:
+                break
+            P, Q = Q, P
+            Pn, Qn = Qn, Pn
+            Pb, Qb = Qb, Pb
+            npc = nq
+        if not ok:
+            fallback[p] = True
+            continue
+        for q in range(npc):
+            out = _fit3(out, cur + 1, Pn[q] + 1)
+            onv = _fit1(onv, cur + 1)
+            par = _fit1(par, cur + 1)
+            best = _fit2(best, cur + 1)
+            for kk in range(Pn[q]):
+                for t in range(nrec):
+                    out[cur, kk, t] = P[q, kk, t]
+            onv[cur] = Pn[q]
+            par[cur] = p
+            for t in range(nw):
+                best[cur, t] = Pb[q, t]
+            cur += 1
+    Kout = 1
+    for q in range(cur):
+        Kout = max(Kout, onv[q] + 1)
+    out = _fit3(out, cur, Kout)
+    for q in range(cur):
+        for kk in range(onv[q], Kout):
+            for t in range(nrec):
+                out[q, kk, t] = out[q, 0, t]
+    return out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
