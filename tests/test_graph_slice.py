@@ -484,3 +484,23 @@ def test_compiled_kernels_equal_the_numpy_path(kind, seed, n0, whole):
     assert _keys(fast[3]) == _keys(ref[3])
     if kind == "flat":
         assert ref[4] > 0 and fast[4] > 0
+
+
+def test_max_regions_stops_the_compiled_max_pool_cut():
+    """Some max_regions is enough for every node before a max-pool and too few for its cells: the compiled
+    cut raises, naming the pool node."""
+    from netgeom.regions.exact import TooManyRegionsError
+
+    net = conv_pool_1d(6, 2, 0).double().eval()
+    g = trace(net)
+    x0, d1, d2 = _plane(6, 0)
+    n = len(slice_graph_regions(g, x0, d1, d2, BOX, 10**6, 2**28)[3])
+    pool = next(node for node in g.nodes if node.op == "maxpool")
+    named = set()
+    for mr in range(n - 1, 0, -1):
+        with pytest.raises(TooManyRegionsError) as err:
+            slice_graph_regions(g, x0, d1, d2, BOX, mr, 2**28)
+        named.add(int(str(err.value).split(" by node ")[1].split()[0]))
+        if pool.index in named:
+            break
+    assert pool.index in named

@@ -729,8 +729,10 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         c = np.ascontiguousarray
         args = (c(A), c(B), c(E), c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
         surv = kern.pool_dominance(c(rec), c(nv, dtype=np.int64), *args)
-        R, nr, parent, best, fb = kern.pool_split(c(rec), c(nv, dtype=np.int64), *args, surv, block)
-        ctx.count(node, len(R))
+        status, low, R, nr, parent, best, fb = kern.pool_split(
+            c(rec), c(nv, dtype=np.int64), *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions
+        )
+        ctx.count(node, low if status else len(R))
         if fb.any():  # polygons with a decision too close to call in floats: the exact path
             rows = np.nonzero(fb)[0]
             Rf, nf, pf, bf = _pool_cut(

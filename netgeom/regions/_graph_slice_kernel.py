@@ -542,14 +542,15 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
 
 
 @numba.njit(cache=True, nogil=True)
-def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block):
+def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions):
     """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
     surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
     0`` for every other survivor ``j``, in position order, as the numpy path clips (line ids
     ``block << 44 | row << 20 | w k^2 + i k + j``); where ``c_i - c_j`` is exactly zero with a zero bound the
-    earlier position wins. Returns ``(out, onv, parent, best, fallback)``: the pieces (padding slots repeat
-    vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the polygons given
-    back to the numpy path (a decision within its error bound, a non-finite value)."""
+    earlier position wins. Returns ``(status, low, out, onv, parent, best, fallback)``: the pieces (padding
+    slots repeat vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the
+    polygons given back to the numpy path (a decision within its error bound, a non-finite value); status 1
+    (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``."""
     m, K1, nrec = rec.shape
     nw, k = W.shape
     Ks = max(K1 + 2, 8)
@@ -661,6 +662,9 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block):
             Pn, Qn = Qn, Pn
             Pb, Qb = Qb, Pb
             npc = nq
+            low = cur + npc + (m - p - 1)
+            if base + low > max_regions:
+                return 1, low, out[:0], onv[:0], par[:0], best[:0], fallback
         if not ok:
             fallback[p] = True
             continue
@@ -685,4 +689,4 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block):
         for kk in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, kk, t] = out[q, 0, t]
-    return out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
+    return 0, cur, out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
