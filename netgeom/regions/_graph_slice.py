@@ -765,12 +765,11 @@ def _affine_node(node, inp, compiled: bool = False):
         # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
         from . import _graph_slice_kernel as kern
 
-        cols = np.nonzero(M.T)  # (input, output) pairs in input order
-        ptr = np.searchsorted(cols[0], np.arange(n_in + 1))
+        nz = np.nonzero(M)  # (output, input) pairs in output order
+        ptr = np.searchsorted(nz[0], np.arange(M.shape[0] + 1))
         c = np.ascontiguousarray
-        nA, nB, nE = kern.affine_maps(
-            c(A), c(B), c(E), ptr, cols[1].astype(np.int64), c(M.T[cols]), c(b), gam, _TINY
-        )
+        cols, w = nz[1].astype(np.int64), c(M[nz])
+        nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), ptr, cols, w, c(b), gam, _TINY)
         return nA, nB, nE, np.full(nA.shape, _NO_ORIGIN)
     aMT = np.abs(M).T
     nA = A @ M.T + b

@@ -442,31 +442,38 @@ def relu_maps(A, B, E, parent, bits, slope, block):
 
 
 @numba.njit(cache=True, nogil=True)
-def affine_maps(A, B, E, ptr, rows, vals, bias, gam, tiny):
-    """An affine node's output maps and error bound (the numpy path's formulas) for a small node, from its
-    matrix in compressed columns (``ptr``, ``rows``, ``vals``: the nonzero weights of input ``i`` are
-    ``vals[ptr[i]:ptr[i + 1]]`` at outputs ``rows[...]``). One pass per polygon, skipping pruned weights;
-    the bound ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
+def affine_maps(A, B, E, ptr, cols, vals, bias, gam, tiny):
+    """An affine node's output maps and error bound (the numpy path's formulas), from its matrix in
+    compressed rows (``ptr``, ``cols``, ``vals``: the nonzero weights of output ``o`` are
+    ``vals[ptr[o]:ptr[o + 1]]`` at inputs ``cols[...]``), skipping pruned weights. The bound
+    ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
     m, n_in = A.shape
     n_out = bias.shape[0]
     nA = np.empty((m, n_out))
-    nB = np.zeros((m, 2, n_out))
-    nE = np.zeros((m, n_out))
+    nB = np.empty((m, 2, n_out))
+    nE = np.empty((m, n_out))
+    X = np.empty((n_in, 4))  # one polygon's input: A, B_0, B_1 and the error term, side by side
     for q in range(m):
-        for o in range(n_out):
-            nA[q, o] = bias[o]
         for i in range(n_in):
             a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
-            ex = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
-            for t in range(ptr[i], ptr[i + 1]):
-                o = rows[t]
-                w = vals[t]
-                nA[q, o] += w * a
-                nB[q, 0, o] += w * b0
-                nB[q, 1, o] += w * b1
-                nE[q, o] += abs(w) * ex
+            X[i, 0], X[i, 1], X[i, 2] = a, b0, b1
+            X[i, 3] = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
         for o in range(n_out):
-            nE[q, o] = nE[q, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+            s0 = bias[o]
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for t in range(ptr[o], ptr[o + 1]):
+                i = cols[t]
+                w = vals[t]
+                s0 += w * X[i, 0]
+                s1 += w * X[i, 1]
+                s2 += w * X[i, 2]
+                s3 += abs(w) * X[i, 3]
+            nA[q, o] = s0
+            nB[q, 0, o] = s1
+            nB[q, 1, o] = s2
+            nE[q, o] = s3 * (1 + gam) + (tiny + gam * abs(bias[o]))
     return nA, nB, nE
 
 
