@@ -202,6 +202,7 @@ class GraphSliceCtx:
     col_span: dict = field(default_factory=dict)
     n_cols: int = 0
     compiled: bool = True  # the numba kernels (False: the numpy path only, e.g. to cross-check them)
+    origins: bool = True  # whether entries carry their origin (read by max-pool nodes only)
     _exact_graph: object = None
     _line_cache: dict = field(default_factory=dict)
 
@@ -242,6 +243,11 @@ class GraphSliceCtx:
                     f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
                 )
         self.n_cols = col
+        self.origins = any(n.op == "maxpool" for n in nodes)
+
+    def no_origin(self, m: int, n: int) -> np.ndarray:
+        """Origins of ``(m, n)`` entries that are no ReLU outputs (no columns when nothing reads them)."""
+        return np.full((m, n), _NO_ORIGIN) if self.origins else np.empty((m, 0), dtype=np.int64)
 
     # ------------------------------------------------------------------------------ exact fallback
     def exact_line(self, lid: int) -> list[int]:
@@ -570,7 +576,8 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, E), block, np.arange(m))
     if ctx.compiled:
         return R, nr, parent, bits, kern.relu_maps(
-            c(A), c(B), c(E), c(parent, dtype=np.int64), c(bits), float(node.negative_slope), block
+            c(A), c(B), c(E), c(parent, dtype=np.int64), c(bits), float(node.negative_slope), block,
+            ctx.origins,
         )
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
@@ -579,7 +586,7 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     nA = A[parent] * gain
     nB = B[parent] * gain[:, None, :]
     nE = E[parent] * egain + rnd * np.maximum(np.abs(nA), np.abs(nB).max(axis=1))
-    ids = _block_ids(block, parent[:, None], np.arange(n)[None, :])
+    ids = _block_ids(block, parent[:, None], np.arange(n if ctx.origins else 0)[None, :])
     # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
     return R, nr, parent, bits, (nA, nB, nE, ids)
 
@@ -753,14 +760,14 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     return R, nr, parent, onehot, newv
 
 
-def _affine_node(node, inp, compiled: bool = False):
+def _affine_node(ctx: GraphSliceCtx, node, inp):
     A, B, E, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
     m, n_in = A.shape
     gam = 1.01 * (n_in + 2) * _U
     nnz = np.count_nonzero(M)
-    if compiled and (m * nnz < _SMALL_AFFINE or nnz < 0.5 * M.size):
+    if ctx.compiled and (m * nnz < _SMALL_AFFINE or nnz < 0.5 * M.size):
         # A pruned (or convolution's) matrix skips its zeros here, and a small product is dominated by
         # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
         from . import _graph_slice_kernel as kern
@@ -770,7 +777,7 @@ def _affine_node(node, inp, compiled: bool = False):
         c = np.ascontiguousarray
         cols, w = nz[1].astype(np.int64), c(M[nz])
         nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), ptr, cols, w, c(b), gam, _TINY)
-        return nA, nB, nE, np.full(nA.shape, _NO_ORIGIN)
+        return nA, nB, nE, ctx.no_origin(*nA.shape)
     aMT = np.abs(M).T
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
@@ -779,17 +786,17 @@ def _affine_node(node, inp, compiled: bool = False):
     # |x| is the largest of the three, and |b| is added to all.
     eX = E * (1 + gam) + gam * np.maximum(np.abs(A), np.abs(B).max(axis=1))
     eY = (eX @ aMT) * (1 + gam) + (_TINY + gam * np.abs(b))
-    return nA, nB, eY, np.full(nA.shape, _NO_ORIGIN)
+    return nA, nB, eY, ctx.no_origin(*nA.shape)
 
 
-def _add_node(ins):
+def _add_node(ctx: GraphSliceCtx, ins):
     A = sum(v[0] for v in ins)
     B = sum(v[1] for v in ins)
     # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
     c = len(ins) * _U * (1 + 1e-9)
     mag = sum(np.maximum(np.abs(v[0]), np.abs(v[1]).max(axis=1)) for v in ins)
     E = sum(v[2] for v in ins) * (1 + c) + c * mag
-    return A, B, E, np.full(A.shape, _NO_ORIGIN)
+    return A, B, E, ctx.no_origin(*A.shape)
 
 
 def _cat_node(ins):
@@ -851,9 +858,9 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
         else:
             ins = [vals[j] for j in node.inputs]
             if node.op == "affine":
-                vals[i] = _affine_node(node, ins[0], ctx.compiled)
+                vals[i] = _affine_node(ctx, node, ins[0])
             elif node.op == "add":
-                vals[i] = _add_node(ins)
+                vals[i] = _add_node(ctx, ins)
             elif node.op == "cat":
                 vals[i] = _cat_node(ins)
             elif node.op == "output":
@@ -889,7 +896,7 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     n = x0.size
     vals = {
         0: (
-            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.full((1, n), _NO_ORIGIN),
+            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), ctx.no_origin(1, n),
         )
     }
     pats = np.zeros((1, 0), dtype=bool)

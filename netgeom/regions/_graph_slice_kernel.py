@@ -413,16 +413,16 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
 
 
 @numba.njit(cache=True, nogil=True)
-def relu_maps(A, B, E, parent, bits, slope, block):
+def relu_maps(A, B, E, parent, bits, slope, block, origins):
     """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
     origin)``, a unit on keeping its input's value, an off unit scaled by ``slope`` (0 is exact, any other
-    slope rounds once), and every output's origin the id of its unit's line."""
+    slope rounds once), and every output's origin the id of its unit's line (none unless ``origins``)."""
     m = parent.shape[0]
     n = A.shape[1]
     nA = np.empty((m, n))
     nB = np.empty((m, 2, n))
     nE = np.empty((m, n))
-    orig = np.empty((m, n), dtype=np.int64)
+    orig = np.empty((m, n if origins else 0), dtype=np.int64)
     aslope = abs(slope)
     for q in range(m):
         p = parent[q]
@@ -437,7 +437,8 @@ def relu_maps(A, B, E, parent, bits, slope, block):
                 a, b0, b1 = A[p, j] * slope, B[p, 0, j] * slope, B[p, 1, j] * slope
                 nA[q, j], nB[q, 0, j], nB[q, 1, j] = a, b0, b1
                 nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
-            orig[q, j] = rid | j
+            if origins:
+                orig[q, j] = rid | j
     return nA, nB, nE, orig
 
 
