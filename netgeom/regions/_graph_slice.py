@@ -790,6 +790,13 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
 
 
 def _add_node(ctx: GraphSliceCtx, ins):
+    if ctx.compiled and len(ins) == 2:
+        from . import _graph_slice_kernel as kern
+
+        c = np.ascontiguousarray
+        (A1, B1, E1, _), (A2, B2, E2, _) = ins
+        A, B, E = kern.add_maps(c(A1), c(B1), c(E1), c(A2), c(B2), c(E2), 2 * _U * (1 + 1e-9))
+        return A, B, E, ctx.no_origin(*A.shape)
     A = sum(v[0] for v in ins)
     B = sum(v[1] for v in ins)
     # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
