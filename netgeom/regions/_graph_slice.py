@@ -101,7 +101,8 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     W, Wn = V / sc, Vn / sc
     with np.errstate(over="ignore"):
         areas = 0.5 * np.abs((W[..., 0] * Wn[..., 1] - Wn[..., 0] * W[..., 1]).sum(axis=1)) * sc[:, 0, 0] ** 2
-    return np.split(V[real], np.cumsum(nv)[:-1]), areas
+    Vr, off = V[real], np.concatenate([[0], np.cumsum(nv)]).tolist()
+    return [Vr[a:b] for a, b in zip(off[:-1], off[1:])], areas
 
 
 # ================================================================================== exact graph maps
