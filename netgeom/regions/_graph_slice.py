@@ -4,8 +4,8 @@ The geometry is that of the chain engine (:mod:`._slice`): convex polygons in pr
 polygon being a cyclic list of vertices (homogeneous points ``(D, X, Y)``, ``D > 0``) each followed by the
 line of its next edge, every float carrying an absolute error bound, and every line an id from which its
 exact coefficients can be rebuilt. What changes is the network: nodes are read in topological order, and on
-every current polygon each node's value is an affine map of ``(u, v)`` (``A + u B_0 + v B_1`` with per-entry
-error bounds), so
+every current polygon each node's value is an affine map of ``(u, v)`` (``A + u B_0 + v B_1``, with one
+error bound per entry that bounds all three coefficients), so
 
 * an affine node pushes its input's maps through its dense matrix, an ``add`` sums its inputs' maps and a
   ``cat`` concatenates them (all on the same polygon, no cut);
@@ -23,6 +23,13 @@ float64 weights and plane, :class:`_ExactGraph`), so the partition is exactly th
 (its affine nodes as their dense matrices and bias vectors) at any scale. A line that is exactly zero with
 zero error (two max-pool candidates both ReLU outputs that are off) is known to vanish without any exact
 work.
+
+The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes over their nonzero weights,
+ReLU cuts polygon by polygon (depth first), and max-pool nodes, which first drop the candidates certainly
+below another one at every vertex of a polygon (most windows keep one, and need no cut) and then clip the
+survivors' cells. They use the numpy path's formulas and certified predicates and no exact arithmetic: a
+polygon with a decision within its error bound is given back to the numpy path (``compiled=False`` runs only
+that path), which settles it exactly.
 
 The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
 (``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.

@@ -10,7 +10,10 @@ cuts it with the numpy path, which settles such decisions exactly.
 
 :func:`pool_dominance` prunes a max-pool node's candidates: per polygon and window it takes the candidate
 largest at the first vertex and drops every candidate it certainly beats at every vertex (a linear function
-on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut.
+on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut;
+:func:`pool_split` then clips the survivors' argmax cells, with the same give-back rule.
+:func:`affine_maps`, :func:`add_maps` and :func:`relu_maps` push the per-polygon maps through a node in one
+pass each, with the numpy path's error bounds.
 
 Compiled on first use and cached on disk (``cache=True``).
 """
