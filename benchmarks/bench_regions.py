@@ -11,8 +11,9 @@ count is the exact one (it equals its ``box=None`` whole-plane count).
 
 Second table (default and ``--quick``): traced graphs through the same call, pruned residual MLPs
 (magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
-against regioncam on the same plane and box. regioncam's float32 loses slivers on large slices (a
-106 214-region residual slice has pieces of area ~1e-15, each certified by its own float64 witness point).
+against regioncam on the same plane and box, also without the model's trace (``t_ng-tr``: on the graph
+traced beforehand). regioncam's float32 loses slivers on large slices (a 106 214-region residual slice has
+pieces of area ~1e-15, each certified by its own float64 witness point).
 
     python benchmarks/bench_regions.py --quick           # < 1 minute
     python benchmarks/bench_regions.py                   # all rows
@@ -219,10 +220,22 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
     if not quick:
         rows += [("res", 2, 100, 3, 10, 0.3, 3.0), ("res", 784, 200, 2, 10, 0.1, 1.0),
                  ("max", 64, 100, 32, 1, 1.0, 1.0)]
+    from netgeom.nets import trace
+    from netgeom.regions.exact import _slice_on_graph
+
+    # The graph engine's numba kernels are compiled once per installation (cache on disk), loaded once per
+    # process: paid here, on a tiny graph, not in the first row.
+    warm = _ResMLP(2, 3, 1, 1, seed=0).double().eval()
+    trace(warm)  # torch.fx's own first-use cost is not the kernels'
+    t0 = time.perf_counter()
+    regions_on_slice(warm, [0, 0], [1, 0], [0, 1], box=(-1, 1, -1, 1))
+    t_load = time.perf_counter() - t0
     print("\nnetgeom regions_on_slice (traced graph) vs regioncam, same plane and box [-r, r]^2 (seed 0)")
+    print(f"first graph slice of this process (numba kernels loaded from cache, or compiled): {t_load:.2f} s")
+    print("t_ng-tr: netgeom on the graph traced beforehand (the trace, paid once per call, excluded)")
     print(
-        f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_rc':>8} "
-        f"{'rc/ng':>6}"
+        f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_ng-tr':>8} "
+        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10}"
     )
     for kind, n0, w, k, n_out, density, r in rows:
         if kind == "res":
@@ -244,10 +257,14 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
         ours, t_ng = _best(
             lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
         )
+        g, box = trace(net, masks), (-r, r, -r, r)
+        traced, t_nt = _best(
+            lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count, repeat
+        )
         theirs, t_rc = _best(lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat)
         print(
-            f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_rc:>8.4f} "
-            f"{t_rc / t_ng:>6.2f}",
+            f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs == traced):>5} {t_ng:>8.4f} "
+            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f}",
             flush=True,
         )
 

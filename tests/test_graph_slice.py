@@ -435,3 +435,72 @@ def test_chunked_memory_budget_and_max_regions():
     assert small.count == full.count and _keys(small.patterns) == _keys(full.patterns)
     with pytest.raises(TooManyRegionsError, match="node"):
         regions_on_slice(net, x0, d1, d2, box=BOX, max_regions=5)
+
+
+# ------------------------------------------------------------------- compiled kernels vs numpy path
+@settings(max_examples=10, deadline=None)
+@given(
+    kind=st.sampled_from(["res", "leaky", "conv", "cat", "flat", "vgg", "tied"]),
+    seed=st.integers(0, 10_000),
+    n0=st.integers(2, 5),
+    whole=st.booleans(),
+)
+def test_compiled_kernels_equal_the_numpy_path(kind, seed, n0, whole):
+    """The numba kernels (affine maps, ReLU cuts, max-pool pruning and cells) give the numpy path's regions,
+    also where they give polygons back to it (a unit's hyperplane containing the plane, tied candidates)."""
+    if kind in ("res", "leaky"):
+        net = ResMLP(n0, 6, 2, seed, slope=0.1 if kind == "leaky" else 0.0)
+    elif kind == "conv":
+        net = conv_pool_1d(n0 + 2, 2, seed)
+        n0 += 2
+    elif kind == "cat":
+        net = CatBranches(n0, 4, seed)
+    elif kind == "vgg":
+        from netgeom.nets.models import vgg
+
+        net = vgg([2, "M", 3, "M"], in_channels=1, image_size=4, seed=seed % 100)
+        n0 = 16
+    elif kind == "tied":  # two identical candidates: their difference is within its bound everywhere
+        net = ResPoolCat(n0, 6, seed)
+        with torch.no_grad():
+            net.fc2.weight[1], net.fc2.bias[1] = net.fc2.weight[0], net.fc2.bias[0]
+            net.fc1.weight[1], net.fc1.bias[1] = net.fc1.weight[0], net.fc1.bias[0]
+    else:
+        net = ResPoolCat(n0, 6, seed)
+        with torch.no_grad():
+            net.fc1.weight[0] = 0.0
+            net.fc1.weight[0, 0] = 1.0
+            net.fc1.bias[0] = 0.0
+    g = trace(net.double().eval())
+    x0, d1, d2 = _plane(n0, seed)
+    if kind == "flat":
+        x0[0], d1[0], d2[0] = 0.0, 0.0, 0.0
+    box = None if whole else BOX
+    fast = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=True)
+    ref = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=False)
+    # (the whole plane's box is twice the farthest vertex, a float that depends on the order of sums)
+    assert np.allclose(fast[0], ref[0], rtol=1e-6)
+    assert len(fast[3]) == len(ref[3])
+    assert _keys(fast[3]) == _keys(ref[3])
+    if kind == "flat":
+        assert ref[4] > 0 and fast[4] > 0
+
+
+def test_max_regions_stops_the_compiled_max_pool_cut():
+    """Some max_regions is enough for every node before a max-pool and too few for its cells: the compiled
+    cut raises, naming the pool node."""
+    from netgeom.regions.exact import TooManyRegionsError
+
+    net = conv_pool_1d(6, 2, 0).double().eval()
+    g = trace(net)
+    x0, d1, d2 = _plane(6, 0)
+    n = len(slice_graph_regions(g, x0, d1, d2, BOX, 10**6, 2**28)[3])
+    pool = next(node for node in g.nodes if node.op == "maxpool")
+    named = set()
+    for mr in range(n - 1, 0, -1):
+        with pytest.raises(TooManyRegionsError) as err:
+            slice_graph_regions(g, x0, d1, d2, BOX, mr, 2**28)
+        named.add(int(str(err.value).split(" by node ")[1].split()[0]))
+        if pool.index in named:
+            break
+    assert pool.index in named

@@ -4,8 +4,8 @@ The geometry is that of the chain engine (:mod:`._slice`): convex polygons in pr
 polygon being a cyclic list of vertices (homogeneous points ``(D, X, Y)``, ``D > 0``) each followed by the
 line of its next edge, every float carrying an absolute error bound, and every line an id from which its
 exact coefficients can be rebuilt. What changes is the network: nodes are read in topological order, and on
-every current polygon each node's value is an affine map of ``(u, v)`` (``A + u B_0 + v B_1`` with per-entry
-error bounds), so
+every current polygon each node's value is an affine map of ``(u, v)`` (``A + u B_0 + v B_1``, with one
+error bound per entry that bounds all three coefficients), so
 
 * an affine node pushes its input's maps through its dense matrix, an ``add`` sums its inputs' maps and a
   ``cat`` concatenates them (all on the same polygon, no cut);
@@ -23,6 +23,13 @@ float64 weights and plane, :class:`_ExactGraph`), so the partition is exactly th
 (its affine nodes as their dense matrices and bias vectors) at any scale. A line that is exactly zero with
 zero error (two max-pool candidates both ReLU outputs that are off) is known to vanish without any exact
 work.
+
+The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes over their nonzero weights,
+ReLU cuts polygon by polygon (depth first), and max-pool nodes, which first drop the candidates certainly
+below another one at every vertex of a polygon (most windows keep one, and need no cut) and then clip the
+survivors' cells. They use the numpy path's formulas and certified predicates and no exact arithmetic: a
+polygon with a decision within its error bound is given back to the numpy path (``compiled=False`` runs only
+that path), which settles it exactly.
 
 The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
 (``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.
@@ -46,10 +53,12 @@ _REC = 9
 # line id = block << 44 | row << 20 | unit; a block is one pattern node applied to one set of polygons
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20
 _UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
-# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bounds, the origin)
-_BYTES_PER_ENTRY = 7 * 8
+# 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bound, the origin)
+_BYTES_PER_ENTRY = 5 * 8
 # origin of an entry that is no ReLU output (ReLU outputs carry their unit's line id)
 _NO_ORIGIN = np.int64(-(1 << 62))
+# polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
+_SMALL_AFFINE = 4_000_000
 
 
 def _ids(x: np.ndarray) -> np.ndarray:
@@ -99,7 +108,8 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     W, Wn = V / sc, Vn / sc
     with np.errstate(over="ignore"):
         areas = 0.5 * np.abs((W[..., 0] * Wn[..., 1] - Wn[..., 0] * W[..., 1]).sum(axis=1)) * sc[:, 0, 0] ** 2
-    return np.split(V[real], np.cumsum(nv)[:-1]), areas
+    Vr, off = V[real], np.concatenate([[0], np.cumsum(nv)]).tolist()
+    return [Vr[a:b] for a, b in zip(off[:-1], off[1:])], areas
 
 
 # ================================================================================== exact graph maps
@@ -199,6 +209,8 @@ class GraphSliceCtx:
     cols_before: dict = field(default_factory=dict)
     col_span: dict = field(default_factory=dict)
     n_cols: int = 0
+    compiled: bool = True  # the numba kernels (False: the numpy path only, e.g. to cross-check them)
+    origins: bool = True  # whether entries carry their origin (read by max-pool nodes only)
     _exact_graph: object = None
     _line_cache: dict = field(default_factory=dict)
 
@@ -239,6 +251,11 @@ class GraphSliceCtx:
                     f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
                 )
         self.n_cols = col
+        self.origins = any(n.op == "maxpool" for n in nodes)
+
+    def no_origin(self, m: int, n: int) -> np.ndarray:
+        """Origins of ``(m, n)`` entries that are no ReLU outputs (no columns when nothing reads them)."""
+        return np.full((m, n), _NO_ORIGIN) if self.origins else np.empty((m, 0), dtype=np.int64)
 
     # ------------------------------------------------------------------------------ exact fallback
     def exact_line(self, lid: int) -> list[int]:
@@ -309,12 +326,13 @@ class GraphSliceCtx:
             )
 
 
-def _lines(ctx: GraphSliceCtx, A, B0, B1, eA, eB0, eB1):
-    """Affine functions ``A + u B0 + v B1`` (any equal shapes) as unit-scaled lines ``(..., 3)`` in the
-    polygons' coordinates, with absolute error bounds, and a mask of those exactly zero."""
-    zero = (A == 0) & (B0 == 0) & (B1 == 0) & (eA == 0) & (eB0 == 0) & (eB1 == 0)
+def _lines(ctx: GraphSliceCtx, A, B0, B1, E):
+    """Affine functions ``A + u B0 + v B1`` (any equal shapes; ``E`` bounds the error of each of the three)
+    as unit-scaled lines ``(..., 3)`` in the polygons' coordinates, with absolute error bounds, and a mask
+    of those exactly zero."""
+    zero = (A == 0) & (B0 == 0) & (B1 == 0) & (E == 0)
     L = np.stack([A, B0, B1], axis=-1)
-    dL = np.maximum(eA, np.maximum(eB0, eB1))
+    dL = E
     if ctx.quadrant is not None:
         su, sv = ctx.quadrant
         L[..., 1] = su * L[..., 1] - A
@@ -500,12 +518,13 @@ class _Pieces:
         return np.arange(s.start, s.stop)
 
 
-def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB, _ = inp
+def _relu_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, rows: np.ndarray):
+    """The numpy path of a ReLU node on the polygons ``rec`` (rows ``rows`` of the block): ``(pieces, counts,
+    parents, bits)``, parents indexing ``rec``."""
+    A, B, E = inp
     m, n = A.shape
-    L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], eA, eB[:, 0], eB[:, 1])
-    block = ctx.new_block(node.index, prefix)
-    ids = _block_ids(block, np.arange(m)[:, None], np.arange(n)[None, :])
+    L, dL, zero = _lines(ctx, A, B[:, 0], B[:, 1], E)
+    ids = _block_ids(block, rows[:, None], np.arange(n)[None, :])
     anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids)
     cand = anyp & anyn
     pcs = _Pieces(rec, nv)
@@ -537,27 +556,59 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         bits[rows, j] = True
         bits[new, j] = False
     cur = pcs.cur
-    parent, bits = pcs.P[:cur], bits[:cur]
+    return pcs.R[:cur], pcs.N[:cur], pcs.P[:cur], bits[:cur]
+
+
+def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, E, _ = inp
+    m, n = A.shape
+    block = ctx.new_block(node.index, prefix)
+    if ctx.compiled:
+        from . import _graph_slice_kernel as kern
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        c = np.ascontiguousarray
+        status, low, R, nr, parent, bits, fb = kern.relu_split(
+            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(E), ctx.quadrant is not None,
+            float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
+        )
+        ctx.count(node, low if status else len(R))
+        if fb.any():  # polygons with a decision too close to call in floats: the exact path
+            rows = np.nonzero(fb)[0]
+            Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], E[rows]),
+                                       block, rows)
+            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            parent = np.concatenate([parent, rows[pf]])
+            bits = np.concatenate([bits, bf])
+    else:
+        R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, E), block, np.arange(m))
+    if ctx.compiled:
+        return R, nr, parent, bits, kern.relu_maps(
+            c(A), c(B), c(E), c(parent, dtype=np.int64), c(bits), float(node.negative_slope), block,
+            ctx.origins,
+        )
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
     # a unit on keeps its value exactly; an off unit of a ReLU is exactly 0 (its bit is certain)
     rnd = np.where(bits, 0.0, _U)
     nA = A[parent] * gain
     nB = B[parent] * gain[:, None, :]
-    neA = eA[parent] * egain + rnd * np.abs(nA)
-    neB = eB[parent] * egain[:, None, :] + rnd[:, None, :] * np.abs(nB)
+    nE = E[parent] * egain + rnd * np.maximum(np.abs(nA), np.abs(nB).max(axis=1))
+    ids = _block_ids(block, parent[:, None], np.arange(n if ctx.origins else 0)[None, :])
     # each output vanishes exactly on its unit's line (on or off, any slope): its origin is that line's id
-    return pcs.R[:cur], pcs.N[:cur], parent, bits, (nA, nB, neA, neB, ids[parent])
+    return R, nr, parent, bits, (nA, nB, nE, ids)
 
 
-def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
-    A, B, eA, eB, orig = inp
+def _pool_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, block_rows: np.ndarray, surv):
+    """The numpy path of a max-pool node on the polygons ``rec`` (rows ``block_rows`` of the block, maps
+    ``inp`` on them), given the candidates that may win on each (``surv (m, nw, k)``, None: all valid):
+    ``(pieces, counts, parents, argmax positions (pieces, nw))``, parents indexing ``rec``."""
+    A, B, E, orig = inp
     m = len(A)
     W = node.windows.numpy()
     nw, k = W.shape
     valid = W >= 0
     Wc = np.where(valid, W, 0)
-    block = ctx.new_block(node.index, prefix)
     rows_m = np.arange(m)[:, None]
 
     def pair_lines(par, w, x, y):
@@ -566,16 +617,14 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         dA = A[par, ix] - A[par, iy]
         dB0 = B[par, 0, ix] - B[par, 0, iy]
         dB1 = B[par, 1, ix] - B[par, 1, iy]
-        eAd = eA[par, ix] + eA[par, iy] + _U * np.abs(dA)
-        eB0 = eB[par, 0, ix] + eB[par, 0, iy] + _U * np.abs(dB0)
-        eB1 = eB[par, 1, ix] + eB[par, 1, iy] + _U * np.abs(dB1)
-        L, dL, zero = _lines(ctx, dA, dB0, dB1, eAd, eB0, eB1)
-        ids = _block_ids(block, np.broadcast_to(par, L.shape[:-1]), w * k * k + x * k + y)
+        eD = E[par, ix] + E[par, iy] + _U * np.maximum(np.abs(dA), np.maximum(np.abs(dB0), np.abs(dB1)))
+        L, dL, zero = _lines(ctx, dA, dB0, dB1, eD)
+        ids = _block_ids(block, np.broadcast_to(block_rows[par], L.shape[:-1]), w * k * k + x * k + y)
         known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
         return L, dL, zero, ids, known
 
     # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
-    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (eA == 0) & (eB[:, 0] == 0) & (eB[:, 1] == 0)
+    czero = (A == 0) & (B[:, 0] == 0) & (B[:, 1] == 0) & (E == 0)
 
     # Relation of every pair x < y of every window on every polygon: 1 (c_x > c_y inside), -1 (c_x < c_y),
     # 0 (identically equal: x wins), 2 (the polygon is cut).
@@ -583,15 +632,31 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     active = np.zeros((m, nw), dtype=bool)
     rel = {}
     allw = np.arange(nw)
+    # With ``surv``: candidates certainly below another one on the whole polygon are never its argmax;
+    # survivors are compared pairwise below. A survivor beats every dropped candidate wherever it is the
+    # argmax, so a pair with one dropped candidate is recorded as won by the other (only the winner's count
+    # of wins and the survivors' cells use these relations).
     for x in range(k):
         for y in range(x + 1, k):
             both = valid[:, x] & valid[:, y]
             if not both.any():
                 continue
             w = allw[both]
-            L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
-            known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
-            anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
+            if surv is not None:
+                sx, sy = surv[:, w, x], surv[:, w, y]
+                anyp, anyn = sx & ~sy, ~sx & sy
+                pr, pw = np.nonzero(sx & sy)
+                if len(pr):
+                    L, dL, zero, ids, known = pair_lines(pr, w[pw], x, y)
+                    ap, an = _start_signs(
+                        ctx, rec[pr], nv[pr], L[:, None], dL[:, None], zero[:, None], ids[:, None],
+                        tuple(a[:, None] for a in known),
+                    )
+                    anyp[pr, pw], anyn[pr, pw] = ap[:, 0], an[:, 0]
+            else:
+                L, dL, zero, ids, known = pair_lines(rows_m, w[None, :], x, y)
+                known = tuple(np.broadcast_to(a, L.shape[:-1]) for a in known)
+                anyp, anyn = _start_signs(ctx, rec, nv, L, dL, zero, ids, known)
             active[:, w] |= anyp & anyn
             wins[:, w, x] += ~anyn
             wins[:, w, y] += anyn
@@ -662,41 +727,91 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             best[new] = best[rows[src[~first]]]
             best[new, w] = pos[~first]
     cur = pcs.cur
-    parent, best = pcs.P[:cur], best[:cur]
+    return pcs.R[:cur], pcs.N[:cur], pcs.P[:cur], best[:cur]
+
+
+def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
+    A, B, E, orig = inp
+    m = len(A)
+    W = node.windows.numpy()
+    nw, k = W.shape
+    Wc = np.where(W >= 0, W, 0)
+    block = ctx.new_block(node.index, prefix)
+    if ctx.compiled:
+        from . import _graph_slice_kernel as kern
+
+        su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
+        c = np.ascontiguousarray
+        args = (c(A), c(B), c(E), c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
+        surv = kern.pool_dominance(c(rec), c(nv, dtype=np.int64), *args)
+        status, low, R, nr, parent, best, fb = kern.pool_split(
+            c(rec), c(nv, dtype=np.int64), *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions
+        )
+        ctx.count(node, low if status else len(R))
+        if fb.any():  # polygons with a decision too close to call in floats: the exact path
+            rows = np.nonzero(fb)[0]
+            Rf, nf, pf, bf = _pool_cut(
+                ctx, node, rec[rows], nv[rows], tuple(a[rows] for a in inp), block, rows, surv[rows]
+            )
+            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            parent = np.concatenate([parent, rows[pf]])
+            best = np.concatenate([best, bf])
+    else:
+        R, nr, parent, best = _pool_cut(ctx, node, rec, nv, inp, block, np.arange(m), None)
+    cur = len(R)
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
-    Bs, eBs = B[pr, :, idx].transpose(0, 2, 1), eB[pr, :, idx].transpose(0, 2, 1)
-    newv = (A[pr, idx], Bs, eA[pr, idx], eBs, orig[pr, idx])
+    Bs = B[pr, :, idx].transpose(0, 2, 1)
+    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
     onehot = np.zeros((cur, nw * k), dtype=bool)
     onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
-    return pcs.R[:cur], pcs.N[:cur], parent, onehot, newv
+    return R, nr, parent, onehot, newv
 
 
-def _affine_node(node, inp):
-    A, B, eA, eB, _ = inp
+def _affine_node(ctx: GraphSliceCtx, node, inp):
+    A, B, E, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
     m, n_in = A.shape
-    aMT = np.abs(M).T
     gam = 1.01 * (n_in + 2) * _U
+    nnz = np.count_nonzero(M)
+    if ctx.compiled and (m * nnz < _SMALL_AFFINE or nnz < 0.5 * M.size):
+        # A pruned (or convolution's) matrix skips its zeros here, and a small product is dominated by
+        # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
+        from . import _graph_slice_kernel as kern
+
+        nz = np.nonzero(M)  # (output, input) pairs in output order
+        ptr = np.searchsorted(nz[0], np.arange(M.shape[0] + 1))
+        c = np.ascontiguousarray
+        cols, w = nz[1].astype(np.int64), c(M[nz])
+        nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), ptr, cols, w, c(b), gam, _TINY)
+        return nA, nB, nE, ctx.no_origin(*nA.shape)
+    aMT = np.abs(M).T
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
     # |fl(m.x + b) - (m.x + b)| <= gamma (|m|.|x| + |b|); an input error e adds |m|.e; the bound's own
-    # sums of nonnegative terms are rounded up by the factor (1 + gamma)
-    eX = np.concatenate([eA[:, None, :], eB], axis=1) * (1 + gam)
-    eX += gam * np.abs(np.concatenate([A[:, None, :], B], axis=1))
-    eY = (eX.reshape(-1, n_in) @ aMT).reshape(m, 3, -1) * (1 + gam) + _TINY
-    return nA, nB, eY[:, 0] + gam * np.abs(b), eY[:, 1:], np.full(nA.shape, _NO_ORIGIN)
+    # sums of nonnegative terms are rounded up by the factor (1 + gamma). One bound serves A, B_0 and B_1:
+    # |x| is the largest of the three, and |b| is added to all.
+    eX = E * (1 + gam) + gam * np.maximum(np.abs(A), np.abs(B).max(axis=1))
+    eY = (eX @ aMT) * (1 + gam) + (_TINY + gam * np.abs(b))
+    return nA, nB, eY, ctx.no_origin(*nA.shape)
 
 
-def _add_node(ins):
+def _add_node(ctx: GraphSliceCtx, ins):
+    if ctx.compiled and len(ins) == 2:
+        from . import _graph_slice_kernel as kern
+
+        c = np.ascontiguousarray
+        (A1, B1, E1, _), (A2, B2, E2, _) = ins
+        A, B, E = kern.add_maps(c(A1), c(B1), c(E1), c(A2), c(B2), c(E2), 2 * _U * (1 + 1e-9))
+        return A, B, E, ctx.no_origin(*A.shape)
     A = sum(v[0] for v in ins)
     B = sum(v[1] for v in ins)
     # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
     c = len(ins) * _U * (1 + 1e-9)
-    eA = sum(v[2] for v in ins) * (1 + c) + c * sum(np.abs(v[0]) for v in ins)
-    eB = sum(v[3] for v in ins) * (1 + c) + c * sum(np.abs(v[1]) for v in ins)
-    return A, B, eA, eB, np.full(A.shape, _NO_ORIGIN)
+    mag = sum(np.maximum(np.abs(v[0]), np.abs(v[1]).max(axis=1)) for v in ins)
+    E = sum(v[2] for v in ins) * (1 + c) + c * mag
+    return A, B, E, ctx.no_origin(*A.shape)
 
 
 def _cat_node(ins):
@@ -704,8 +819,7 @@ def _cat_node(ins):
         np.concatenate([v[0] for v in ins], axis=1),
         np.concatenate([v[1] for v in ins], axis=2),
         np.concatenate([v[2] for v in ins], axis=1),
-        np.concatenate([v[3] for v in ins], axis=2),
-        np.concatenate([v[4] for v in ins], axis=1),
+        np.concatenate([v[3] for v in ins], axis=1),
     )
 
 
@@ -759,9 +873,9 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
         else:
             ins = [vals[j] for j in node.inputs]
             if node.op == "affine":
-                vals[i] = _affine_node(node, ins[0])
+                vals[i] = _affine_node(ctx, node, ins[0])
             elif node.op == "add":
-                vals[i] = _add_node(ins)
+                vals[i] = _add_node(ctx, ins)
             elif node.op == "cat":
                 vals[i] = _cat_node(ins)
             elif node.op == "output":
@@ -797,8 +911,7 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     n = x0.size
     vals = {
         0: (
-            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), np.zeros((1, 2, n)),
-            np.full((1, n), _NO_ORIGIN),
+            x0[None, :], np.stack([d1, d2])[None], np.zeros((1, n)), ctx.no_origin(1, n),
         )
     }
     pats = np.zeros((1, 0), dtype=bool)
@@ -862,13 +975,14 @@ def _exact_far_vertices(ctx: GraphSliceCtx, rec, nv) -> None:
     rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
 
 
-def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int):
+def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int, compiled: bool = True):
     """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
     (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
 
     The whole plane is cut as four quadrants, each mapped onto a triangle by a projective map (lines stay
     lines), which finds every region's pattern; then a square box twice as wide as the farthest finite vertex
-    is cut and grown until it holds that many regions."""
+    is cut and grown until it holds that many regions. ``compiled=False`` runs the numpy path only (the
+    reference the compiled kernels are checked against)."""
 
     def run(frame_h, frame_l, quadrant):
         ctx = GraphSliceCtx(
@@ -878,6 +992,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
             quadrant=quadrant,
             max_regions=max_regions,
             budget=memory_budget,
+            compiled=compiled,
         )
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
         return rec, nv, pats, ctx

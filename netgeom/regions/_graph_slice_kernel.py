@@ -1,0 +1,723 @@
+"""Compiled (numba) inner loops of the graph slice engine (:mod:`netgeom.regions._graph_slice`).
+
+:func:`relu_split` cuts a ReLU node's polygons by their units' zero lines, one polygon at a time, depth first:
+the lines are built from the node's input maps with the numpy path's formulas (``_lines``), every sign is
+certified with the numpy path's tolerance (``_tol``) and every crossing point is the numpy path's
+(``_split``), so a polygon finished here is the numpy path's, piece for piece and bit for bit. There is no
+exact arithmetic here: a polygon on which any decision falls within its error bound (a vertex too close to a
+line, a crossing whose ``D`` sign is uncertain, a non-finite value) is *given back* untouched and the caller
+cuts it with the numpy path, which settles such decisions exactly.
+
+:func:`pool_dominance` prunes a max-pool node's candidates: per polygon and window it takes the candidate
+largest at the first vertex and drops every candidate it certainly beats at every vertex (a linear function
+on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut;
+:func:`pool_split` then clips the survivors' argmax cells, with the same give-back rule.
+:func:`affine_maps`, :func:`add_maps` and :func:`relu_maps` push the per-polygon maps through a node in one
+pass each, with the numpy path's error bounds.
+
+Compiled on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_U = 2.0**-53
+_TINY = 1e-300
+_BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tol(hd, dl):
+    # the numpy path's _tol, same operations in the same order
+    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
+
+
+@numba.njit(cache=True, nogil=True)
+def _line(a, b, c, e, quadrant, su, sv, out):
+    """``out[:4]`` = the unit-scaled line of ``a + u b + v c`` and its error bound (the numpy path's
+    ``_lines``); returns whether it is exactly zero, or raises a flag (-1) when a value is not finite."""
+    for x in (a, b, c, e):
+        if not math.isfinite(x):
+            return -1
+    zero = a == 0 and b == 0 and c == 0 and e == 0
+    d = e
+    if quadrant:
+        b = su * b - a
+        c = sv * c - a
+        d = 2 * d + _U * max(abs(a), max(abs(b), abs(c)))
+    mag = max(abs(a), max(abs(b), abs(c)))
+    if not (math.isfinite(mag) and math.isfinite(d)):
+        return -1
+    if mag != 0:
+        ex = math.frexp(mag)[1]
+        a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+    out[0], out[1], out[2] = a, b, c
+    out[3] = d * (1 + 1e-9) + _TINY
+    return 1 if zero else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _signs(S, s, Kn, l0, l1, l2, dl, sig):
+    """Certified signs of a line at the ``Kn`` vertices of slot ``s`` of ``S``. Returns (any positive, any
+    negative, any uncertain)."""
+    hp = False
+    hn = False
+    for k in range(Kn):
+        v = S[s, k, 0] * l0 + S[s, k, 1] * l1 + S[s, k, 2] * l2
+        tol = _tol(S[s, k, 3], dl)
+        if v > tol:
+            sig[k] = 1
+            hp = True
+        elif v < -tol:
+            sig[k] = -1
+            hn = True
+        else:
+            sig[k] = 0
+            return hp, hn, True
+    return hp, hn, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_out(out, onv, par, bits, need_rows, need_slots):
+    rows = max(out.shape[0], need_rows)
+    if need_rows > out.shape[0]:
+        rows = max(2 * out.shape[0], need_rows)
+    slots = max(out.shape[1], need_slots)
+    out2 = np.empty((rows, slots, out.shape[2]))
+    out2[: out.shape[0], : out.shape[1]] = out
+    onv2 = np.empty(rows, dtype=np.int64)
+    onv2[: out.shape[0]] = onv
+    par2 = np.empty(rows, dtype=np.int64)
+    par2[: out.shape[0]] = par
+    bits2 = np.empty((rows, bits.shape[1]), dtype=np.bool_)
+    bits2[: out.shape[0]] = bits
+    return out2, onv2, par2, bits2
+
+
+@numba.njit(cache=True, nogil=True)
+def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
+    """Cut polygons ``rec (m, K1, 9)`` by the zero lines of their ReLU node's input maps ``A (m, n)``,
+    ``B (m, 2, n)`` (``E (m, n)`` bounds the error of all three). Line ids are
+    ``block << 44 | row << 20 | unit``.
+
+    Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
+    their vertex counts, polygons and bits ``z > 0``, and the polygons given back. ``status`` is 1 when
+    ``base`` plus a lower bound ``low`` on the node's pieces exceeds ``max_regions`` (the arrays are then
+    incomplete), else 0."""
+    m, K1, nrec = rec.shape
+    n = A.shape[1]
+    cap = max(2 * m, 64)
+    Kc = max(K1 + 2, 8)
+    out = np.empty((cap, Kc, nrec))
+    onv = np.empty(cap, dtype=np.int64)
+    par = np.empty(cap, dtype=np.int64)
+    bits = np.empty((cap, n), dtype=np.bool_)
+    fallback = np.zeros(m, dtype=np.bool_)
+    L = np.empty((n, 4))
+    zero = np.empty(n, dtype=np.bool_)
+    smin = np.empty(n)
+    smax = np.empty(n)
+    # the stack of pieces still to cut: records, counts, bits, remaining cutting units
+    depth = 16
+    S = np.empty((depth, Kc, nrec))
+    Snv = np.empty(depth, dtype=np.int64)
+    Sbits = np.empty((depth, n), dtype=np.bool_)
+    Scand = np.empty((depth, n), dtype=np.int32)
+    Snc = np.empty(depth, dtype=np.int64)
+    sig = np.empty(2 * Kc + 2, dtype=np.int8)
+    cutting = np.empty(n, dtype=np.int32)
+    idbuf = np.empty(1, dtype=np.int64)
+    idf = idbuf.view(np.float64)
+    cur = 0
+    n_fb = 0
+    for p in range(m):
+        start = cur
+        k1 = nv[p]
+        ok = True
+        for j in range(n):
+            f = _line(A[p, j], B[p, 0, j], B[p, 1, j], E[p, j], quadrant, su, sv, L[j])
+            if f < 0:
+                ok = False
+                break
+            zero[j] = f == 1
+        if not ok:
+            fallback[p] = True
+            n_fb += 1
+            continue
+        # the polygon against all its units at once
+        for j in range(n):
+            smin[j] = np.inf
+            smax[j] = -np.inf
+        hmax = 0.0
+        for k in range(k1):
+            h0, h1, h2 = rec[p, k, 0], rec[p, k, 1], rec[p, k, 2]
+            if not (math.isfinite(h0) and math.isfinite(h1) and math.isfinite(h2)):
+                ok = False
+                break
+            hmax = max(hmax, rec[p, k, 3])
+            for j in range(n):
+                v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
+                if v < smin[j]:
+                    smin[j] = v
+                if v > smax[j]:
+                    smax[j] = v
+        if not math.isfinite(hmax):  # (a NaN bound compares false: the max stays finite, so test each)
+            ok = False
+        for k in range(k1):
+            if not rec[p, k, 3] < np.inf:
+                ok = False
+        nc = 0
+        for j in range(n):
+            if not ok:
+                break
+            if zero[j]:
+                Sbits[0, j] = False
+                continue
+            tmax = _tol(hmax, L[j, 3])
+            if smin[j] > tmax:
+                Sbits[0, j] = True
+            elif smax[j] < -tmax:
+                Sbits[0, j] = False
+            elif smax[j] > tmax and smin[j] < -tmax:
+                Scand[0, nc] = j
+                nc += 1
+            else:  # some vertex near the line: the per-vertex tolerance, then exact (given back)
+                for k in range(k1):
+                    for t in range(nrec):
+                        S[0, k, t] = rec[p, k, t]
+                hp, hn, unsure = _signs(S, 0, k1, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                if unsure:
+                    ok = False
+                elif hp and hn:
+                    Scand[0, nc] = j
+                    nc += 1
+                else:
+                    Sbits[0, j] = hp
+        if not ok:
+            fallback[p] = True
+            n_fb += 1
+            continue
+        for k in range(k1):
+            for t in range(nrec):
+                S[0, k, t] = rec[p, k, t]
+        Snv[0] = k1
+        Snc[0] = nc
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        top = 1
+        first = True
+        while top > 0:
+            top -= 1
+            s = top
+            Kn = Snv[s]
+            ncut = 0
+            if first:
+                first = False
+                for c in range(Snc[s]):
+                    cutting[c] = Scand[s, c]
+                ncut = Snc[s]
+            else:
+                for c in range(Snc[s]):
+                    j = Scand[s, c]
+                    hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                    if unsure:
+                        ok = False
+                        break
+                    if hp and hn:
+                        cutting[ncut] = j
+                        ncut += 1
+                    else:
+                        Sbits[s, j] = hp
+            if not ok:
+                break
+            if ncut == 0:
+                if cur + 1 > out.shape[0] or Kn + 1 > out.shape[1]:
+                    out, onv, par, bits = _grow_out(out, onv, par, bits, cur + 1, Kn + 1)
+                for k in range(Kn):
+                    for t in range(nrec):
+                        out[cur, k, t] = S[s, k, t]
+                onv[cur] = Kn
+                par[cur] = p
+                for t in range(n):
+                    bits[cur, t] = Sbits[s, t]
+                cur += 1
+                low = cur + top + n_fb + (m - p - 1)
+                if base + low > max_regions:
+                    return 1, low, out, onv, par, bits, fallback
+                continue
+            j = cutting[0]
+            l0, l1, l2, dl = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
+            if top + 3 > S.shape[0]:
+                d2 = 2 * S.shape[0]
+                S2 = np.empty((d2, S.shape[1], nrec))
+                S2[: S.shape[0]] = S
+                S = S2
+                Snv2 = np.empty(d2, dtype=np.int64)
+                Snv2[: Snv.shape[0]] = Snv
+                Snv = Snv2
+                Sb2 = np.empty((d2, n), dtype=np.bool_)
+                Sb2[: Sbits.shape[0]] = Sbits
+                Sbits = Sb2
+                Sc2 = np.empty((d2, n), dtype=np.int32)
+                Sc2[: Scand.shape[0]] = Scand
+                Scand = Sc2
+                Snc2 = np.empty(d2, dtype=np.int64)
+                Snc2[: Snc.shape[0]] = Snc
+                Snc = Snc2
+            if Kn + 2 > S.shape[1]:
+                S2 = np.empty((S.shape[0], 2 * Kn + 2, nrec))
+                S2[:, : S.shape[1]] = S
+                S = S2
+                sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
+            # the root's cutting units were found with one tolerance for all vertices: recheck each vertex
+            if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
+                ok = False
+                break
+            idbuf[0] = rid | j
+            lid = idf[0]
+            ng = top + 1
+            pg = top + 2
+            cp = 0
+            cn = 0
+            for k in range(Kn):
+                sk = sig[k]
+                sx = sig[k + 1] if k + 1 < Kn else sig[0]
+                if sk > 0:
+                    for t in range(nrec):
+                        S[pg, cp, t] = S[s, k, t]
+                    cp += 1
+                else:
+                    for t in range(nrec):
+                        S[ng, cn, t] = S[s, k, t]
+                    cn += 1
+                if sk != sx:
+                    # the crossing on edge k, as the numpy path's _split
+                    e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
+                    x0 = e1 * l2 - e2 * l1
+                    x1 = e2 * l0 - e0 * l2
+                    x2 = e0 * l1 - e1 * l0
+                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+                    mx = max(abs(x0), max(abs(x1), abs(x2)))
+                    if not (math.isfinite(mx) and math.isfinite(dX)):
+                        ok = False
+                        break
+                    if mx != 0:
+                        ex = math.frexp(mx)[1]
+                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                        dX = math.ldexp(dX, -ex)
+                    dX = dX * (1 + 1e-9) + _TINY
+                    if not (abs(x0) > dX):
+                        ok = False
+                        break
+                    if x0 < 0:
+                        x0, x1, x2 = -x0, -x1, -x2
+                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
+                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
+                    if sx < 0:  # the positive half leaves along the unit's line
+                        S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7] = l0, l1, l2, dl
+                        S[pg, cp, 8] = lid
+                        for t in range(4, 9):
+                            S[ng, cn, t] = S[s, k, t]
+                    else:
+                        for t in range(4, 9):
+                            S[pg, cp, t] = S[s, k, t]
+                        S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7] = l0, l1, l2, dl
+                        S[ng, cn, 8] = lid
+                    cp += 1
+                    cn += 1
+            if not ok:
+                break
+            for k in range(cp):
+                for t in range(nrec):
+                    S[s, k, t] = S[pg, k, t]
+            Snv[s] = cp
+            Snv[ng] = cn
+            for t in range(n):
+                Sbits[ng, t] = Sbits[s, t]
+            Sbits[s, j] = True
+            Sbits[ng, j] = False
+            for c in range(1, ncut):
+                Scand[s, c - 1] = cutting[c]
+                Scand[ng, c - 1] = cutting[c]
+            Snc[s] = ncut - 1
+            Snc[ng] = ncut - 1
+            top += 2
+        if not ok:
+            cur = start
+            fallback[p] = True
+            n_fb += 1
+    Kout = 1
+    for q in range(cur):
+        Kout = max(Kout, onv[q] + 1)
+    if Kout > out.shape[1]:
+        out, onv, par, bits = _grow_out(out, onv, par, bits, cur, Kout)
+    for q in range(cur):
+        for k in range(onv[q], Kout):
+            for t in range(nrec):
+                out[q, k, t] = out[q, 0, t]
+    return 0, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
+    """Candidates of a max-pool node that may be the argmax somewhere on each polygon: ``surv (m, nw, k)``.
+
+    Per polygon and window, the reference is the valid candidate largest at vertex 0 (any choice is sound);
+    a candidate is dropped when the line of ``c_ref - c_i`` (built, with its error bound, as the numpy path's
+    ``pair_lines``) is certainly positive at every vertex, so ``c_ref > c_i`` on the whole polygon. Anything
+    not certain (a vertex within the bound, identical candidates, a non-finite value) keeps the candidate
+    for the numpy path. ``W (nw, k)`` holds input entries, -1 for padding (never a candidate)."""
+    m, K1, _ = rec.shape
+    nw, k = W.shape
+    surv = np.zeros((m, nw, k), dtype=np.bool_)
+    L = np.empty(4)
+    for p in range(m):
+        k1 = nv[p]
+        h0, h1, h2 = rec[p, 0, 0], rec[p, 0, 1], rec[p, 0, 2]
+        for w in range(nw):
+            ref = -1
+            best = -np.inf
+            for x in range(k):
+                ix = W[w, x]
+                if ix < 0:
+                    continue
+                a, b, c = A[p, ix], B[p, 0, ix], B[p, 1, ix]
+                if quadrant:
+                    b = su * b - a
+                    c = sv * c - a
+                v = h0 * a + h1 * b + h2 * c
+                if ref < 0 or v > best:
+                    ref, best = x, v
+            if ref < 0:
+                continue
+            surv[p, w, ref] = True
+            ir = W[w, ref]
+            for x in range(k):
+                ix = W[w, x]
+                if ix < 0 or x == ref:
+                    continue
+                dA = A[p, ir] - A[p, ix]
+                dB0 = B[p, 0, ir] - B[p, 0, ix]
+                dB1 = B[p, 1, ir] - B[p, 1, ix]
+                eD = E[p, ir] + E[p, ix] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
+                if f != 0:  # identically equal, or not finite
+                    surv[p, w, x] = True
+                    continue
+                for q in range(k1):
+                    s = rec[p, q, 0] * L[0] + rec[p, q, 1] * L[1] + rec[p, q, 2] * L[2]
+                    if not s > _tol(rec[p, q, 3], L[3]):
+                        surv[p, w, x] = True
+                        break
+    return surv
+
+
+@numba.njit(cache=True, nogil=True)
+def relu_maps(A, B, E, parent, bits, slope, block, origins):
+    """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
+    origin)``, a unit on keeping its input's value, an off unit scaled by ``slope`` (0 is exact, any other
+    slope rounds once), and every output's origin the id of its unit's line (none unless ``origins``)."""
+    m = parent.shape[0]
+    n = A.shape[1]
+    nA = np.empty((m, n))
+    nB = np.empty((m, 2, n))
+    nE = np.empty((m, n))
+    orig = np.empty((m, n if origins else 0), dtype=np.int64)
+    aslope = abs(slope)
+    for q in range(m):
+        p = parent[q]
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        for j in range(n):
+            if bits[q, j]:
+                nA[q, j] = A[p, j]
+                nB[q, 0, j] = B[p, 0, j]
+                nB[q, 1, j] = B[p, 1, j]
+                nE[q, j] = E[p, j]
+            else:
+                a, b0, b1 = A[p, j] * slope, B[p, 0, j] * slope, B[p, 1, j] * slope
+                nA[q, j], nB[q, 0, j], nB[q, 1, j] = a, b0, b1
+                nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+            if origins:
+                orig[q, j] = rid | j
+    return nA, nB, nE, orig
+
+
+@numba.njit(cache=True, nogil=True)
+def affine_maps(A, B, E, ptr, cols, vals, bias, gam, tiny):
+    """An affine node's output maps and error bound (the numpy path's formulas), from its matrix in
+    compressed rows (``ptr``, ``cols``, ``vals``: the nonzero weights of output ``o`` are
+    ``vals[ptr[o]:ptr[o + 1]]`` at inputs ``cols[...]``), skipping pruned weights. The bound
+    ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
+    m, n_in = A.shape
+    n_out = bias.shape[0]
+    nA = np.empty((m, n_out))
+    nB = np.empty((m, 2, n_out))
+    nE = np.empty((m, n_out))
+    X = np.empty((n_in, 4))  # one polygon's input: A, B_0, B_1 and the error term, side by side
+    for q in range(m):
+        for i in range(n_in):
+            a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
+            X[i, 0], X[i, 1], X[i, 2] = a, b0, b1
+            X[i, 3] = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+        for o in range(n_out):
+            s0 = bias[o]
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for t in range(ptr[o], ptr[o + 1]):
+                i = cols[t]
+                w = vals[t]
+                s0 += w * X[i, 0]
+                s1 += w * X[i, 1]
+                s2 += w * X[i, 2]
+                s3 += abs(w) * X[i, 3]
+            nA[q, o] = s0
+            nB[q, 0, o] = s1
+            nB[q, 1, o] = s2
+            nE[q, o] = s3 * (1 + gam) + (tiny + gam * abs(bias[o]))
+    return nA, nB, nE
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit3(a, rows, slots):
+    """``a`` (rows, slots, r) grown to at least ``rows`` x ``slots`` (doubling), contents kept."""
+    if rows <= a.shape[0] and slots <= a.shape[1]:
+        return a
+    r2 = a.shape[0] if rows <= a.shape[0] else max(2 * a.shape[0], rows)
+    s2 = a.shape[1] if slots <= a.shape[1] else max(2 * a.shape[1], slots)
+    b = np.empty((r2, s2, a.shape[2]), dtype=a.dtype)
+    b[: a.shape[0], : a.shape[1]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit2(a, rows):
+    if rows <= a.shape[0]:
+        return a
+    b = np.empty((max(2 * a.shape[0], rows), a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit1(a, rows):
+    if rows <= a.shape[0]:
+        return a
+    b = np.empty(max(2 * a.shape[0], rows), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
+    """The part of piece ``S[s]`` (``Kn`` vertices, signs ``sig`` all +-1) where the line is positive, into
+    ``D[d]`` (as the numpy path's ``_split``); returns its vertex count, or -1 when a crossing's side of
+    the frame is uncertain."""
+    cnt = 0
+    for k in range(Kn):
+        sk = sig[k]
+        sx = sig[k + 1] if k + 1 < Kn else sig[0]
+        if sk > 0:
+            for t in range(9):
+                D[d, cnt, t] = S[s, k, t]
+            cnt += 1
+        if sk != sx:
+            e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
+            x0 = e1 * l2 - e2 * l1
+            x1 = e2 * l0 - e0 * l2
+            x2 = e0 * l1 - e1 * l0
+            dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+            mx = max(abs(x0), max(abs(x1), abs(x2)))
+            if not (math.isfinite(mx) and math.isfinite(dX)):
+                return -1
+            if mx != 0:
+                ex = math.frexp(mx)[1]
+                x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
+                dX = math.ldexp(dX, -ex)
+            dX = dX * (1 + 1e-9) + _TINY
+            if not (abs(x0) > dX):
+                return -1
+            if x0 < 0:
+                x0, x1, x2 = -x0, -x1, -x2
+            D[d, cnt, 0], D[d, cnt, 1], D[d, cnt, 2], D[d, cnt, 3] = x0, x1, x2, dX
+            if sx < 0:  # the piece leaves along the line
+                D[d, cnt, 4], D[d, cnt, 5], D[d, cnt, 6], D[d, cnt, 7], D[d, cnt, 8] = l0, l1, l2, dl, lid
+            else:
+                for t in range(4, 9):
+                    D[d, cnt, t] = S[s, k, t]
+            cnt += 1
+    return cnt
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions):
+    """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
+    surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
+    0`` for every other survivor ``j``, in position order, as the numpy path clips (line ids
+    ``block << 44 | row << 20 | w k^2 + i k + j``); where ``c_i - c_j`` is exactly zero with a zero bound the
+    earlier position wins. Returns ``(status, low, out, onv, parent, best, fallback)``: the pieces (padding
+    slots repeat vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the
+    polygons given back to the numpy path (a decision within its error bound, a non-finite value); status 1
+    (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``."""
+    m, K1, nrec = rec.shape
+    nw, k = W.shape
+    Ks = max(K1 + 2, 8)
+    out = np.empty((max(2 * m, 16), Ks, nrec))
+    onv = np.empty(out.shape[0], dtype=np.int64)
+    par = np.empty(out.shape[0], dtype=np.int64)
+    best = np.empty((out.shape[0], nw), dtype=np.int64)
+    fallback = np.zeros(m, dtype=np.bool_)
+    P = np.empty((8, Ks, nrec))
+    Pn = np.empty(8, dtype=np.int64)
+    Pb = np.empty((8, nw), dtype=np.int64)
+    Q = np.empty((8, Ks, nrec))
+    Qn = np.empty(8, dtype=np.int64)
+    Qb = np.empty((8, nw), dtype=np.int64)
+    T = np.empty((2, Ks, nrec))
+    sig = np.empty(Ks + 1, dtype=np.int8)
+    sl = np.empty(k, dtype=np.int64)
+    L = np.empty(4)
+    idbuf = np.empty(1, dtype=np.int64)
+    idf = idbuf.view(np.float64)
+    cur = 0
+    for p in range(m):
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        P = _fit3(P, 1, nv[p] + 2)
+        for kk in range(nv[p]):
+            for t in range(nrec):
+                P[0, kk, t] = rec[p, kk, t]
+        Pn[0] = nv[p]
+        npc = 1
+        ok = True
+        for w in range(nw):
+            ns = 0
+            for x in range(k):
+                if W[w, x] >= 0 and surv[p, w, x]:
+                    sl[ns] = x
+                    ns += 1
+            if ns == 1:
+                for q in range(npc):
+                    Pb[q, w] = sl[0]
+                continue
+            nq = 0
+            for q in range(npc):
+                for a in range(ns):
+                    i = sl[a]
+                    ix = W[w, i]
+                    tn = Pn[q]
+                    T = _fit3(T, 2, tn + ns + 2)
+                    if sig.shape[0] < T.shape[1] + 1:
+                        sig = np.empty(T.shape[1] + 1, dtype=np.int8)
+                    for kk in range(tn):
+                        for t in range(nrec):
+                            T[0, kk, t] = P[q, kk, t]
+                    ct = 0
+                    empty = False
+                    for b in range(ns):
+                        j = sl[b]
+                        if j == i:
+                            continue
+                        iy = W[w, j]
+                        dA = A[p, ix] - A[p, iy]
+                        dB0 = B[p, 0, ix] - B[p, 0, iy]
+                        dB1 = B[p, 1, ix] - B[p, 1, iy]
+                        eD = E[p, ix] + E[p, iy] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                        f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
+                        if f < 0:
+                            ok = False
+                            break
+                        if f == 1:  # c_i == c_j exactly everywhere: the earlier position wins
+                            if i > j:
+                                empty = True
+                                break
+                            continue
+                        hp, hn, unsure = _signs(T, ct, tn, L[0], L[1], L[2], L[3], sig)
+                        if unsure:
+                            ok = False
+                            break
+                        if not hp:
+                            empty = True
+                            break
+                        if not hn:
+                            continue
+                        idbuf[0] = rid | (w * k * k + i * k + j)
+                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], idf[0], T, 1 - ct)
+                        if cnt < 0:
+                            ok = False
+                            break
+                        ct = 1 - ct
+                        tn = cnt
+                    if not ok:
+                        break
+                    if empty:
+                        continue
+                    Q = _fit3(Q, nq + 1, tn + 2)
+                    Qn = _fit1(Qn, nq + 1)
+                    Qb = _fit2(Qb, nq + 1)
+                    for kk in range(tn):
+                        for t in range(nrec):
+                            Q[nq, kk, t] = T[ct, kk, t]
+                    Qn[nq] = tn
+                    for t in range(nw):
+                        Qb[nq, t] = Pb[q, t]
+                    Qb[nq, w] = i
+                    nq += 1
+                if not ok:
+                    break
+            if not ok:
+                break
+            P, Q = Q, P
+            Pn, Qn = Qn, Pn
+            Pb, Qb = Qb, Pb
+            npc = nq
+            low = cur + npc + (m - p - 1)
+            if base + low > max_regions:
+                return 1, low, out[:0], onv[:0], par[:0], best[:0], fallback
+        if not ok:
+            fallback[p] = True
+            continue
+        for q in range(npc):
+            out = _fit3(out, cur + 1, Pn[q] + 1)
+            onv = _fit1(onv, cur + 1)
+            par = _fit1(par, cur + 1)
+            best = _fit2(best, cur + 1)
+            for kk in range(Pn[q]):
+                for t in range(nrec):
+                    out[cur, kk, t] = P[q, kk, t]
+            onv[cur] = Pn[q]
+            par[cur] = p
+            for t in range(nw):
+                best[cur, t] = Pb[q, t]
+            cur += 1
+    Kout = 1
+    for q in range(cur):
+        Kout = max(Kout, onv[q] + 1)
+    out = _fit3(out, cur, Kout)
+    for q in range(cur):
+        for kk in range(onv[q], Kout):
+            for t in range(nrec):
+                out[q, kk, t] = out[q, 0, t]
+    return 0, cur, out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
+
+
+@numba.njit(cache=True, nogil=True)
+def add_maps(A1, B1, E1, A2, B2, E2, c):
+    """The sum of two nodes' maps and its error bound (the numpy path's formula, ``c`` = 2 u (1 + 1e-9)),
+    in one pass."""
+    m, n = A1.shape
+    nA = np.empty((m, n))
+    nB = np.empty((m, 2, n))
+    nE = np.empty((m, n))
+    for q in range(m):
+        for j in range(n):
+            a1, b10, b11 = A1[q, j], B1[q, 0, j], B1[q, 1, j]
+            a2, b20, b21 = A2[q, j], B2[q, 0, j], B2[q, 1, j]
+            nA[q, j] = a1 + a2
+            nB[q, 0, j] = b10 + b20
+            nB[q, 1, j] = b11 + b21
+            mag = max(abs(a1), max(abs(b10), abs(b11))) + max(abs(a2), max(abs(b20), abs(b21)))
+            nE[q, j] = (E1[q, j] + E2[q, j]) * (1 + c) + c * mag
+    return nA, nB, nE
