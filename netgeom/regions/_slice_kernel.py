@@ -397,17 +397,21 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             cur = start
             fallback[p] = True
             n_fb += 1
-    # Padding slots repeat vertex 0 (the numpy path's reductions over slots rely on it).
+    # A contiguous copy of exactly the pieces (the next layer and the caller read it without another
+    # copy); padding slots repeat vertex 0 (the numpy path's reductions over slots rely on it).
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
-    if Kout > out.shape[1]:
-        out = _grow_slots(out, Kout)
+    res = np.empty((cur, Kout, nrec))
     for q in range(cur):
-        for k in range(onv[q], Kout):
+        k1 = onv[q]
+        for k in range(k1):
             for t in range(nrec):
-                out[q, k, t] = out[q, 0, t]
-    return OK, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+                res[q, k, t] = out[q, k, t]
+        for k in range(k1, Kout):
+            for t in range(nrec):
+                res[q, k, t] = out[q, 0, t]
+    return OK, cur + n_fb, res, onv[:cur], par[:cur], bits[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
