@@ -218,7 +218,7 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     """
     m, K1, nrec = rec.shape
     n = lines.shape[2]
-    cap = max(2 * m, 64)
+    cap = max(8 * m, 64)
     Kc = max(K1 + 2, 8)
     out = np.empty((cap, Kc, nrec))
     onv = np.empty(cap, dtype=np.int64)
@@ -270,21 +270,47 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                 for c in range(ncut):
                     cutting[c] = Scand[sn, c]
             else:
+                # The candidates' extreme values over the vertices first (no branch per vertex), then one
+                # decision per candidate, as _root_test: a unit with a certified positive and a certified
+                # negative vertex cuts the piece whatever its other vertices; those are checked when it is
+                # applied (its own _signs below) or, on the halves, by this same test, so a vertex too close
+                # to call is still always found.
+                nco = Snc[sn]
+                for c in range(nco):
+                    smin[c] = np.inf
+                    smax[c] = -np.inf
+                for k in range(Kn):
+                    h0, h1, h2 = S[sn, k, 0], S[sn, k, 1], S[sn, k, 2]
+                    for c in range(nco):
+                        j = Scand[sn, c]
+                        v = h0 * lines[p, 0, j] + h1 * lines[p, 1, j] + h2 * lines[p, 2, j]
+                        smin[c] = v if v < smin[c] else smin[c]
+                        smax[c] = v if v > smax[c] else smax[c]
                 ncut = 0
-                for c in range(Snc[sn]):
+                for c in range(nco):
                     j = Scand[sn, c]
                     dl = lines[p, 3, j]
                     tmax = 3 * (hmax + dl) * _SIG_TOL + _SLACK
                     l0, l1, l2 = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j]
-                    hp, hn, unsure = _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig)
-                    if unsure:
-                        ok = False  # within the error bound (or a NaN bound): the exact path decides
-                        break
-                    if hp and hn:
+                    # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
+                    fin = abs(l0) + abs(l1) + abs(l2) < np.inf
+                    if fin and smin[c] > tmax:
+                        Sbits[sn, j] = True
+                    elif fin and smax[c] < -tmax:
+                        Sbits[sn, j] = False
+                    elif fin and smax[c] > tmax and smin[c] < -tmax:
                         cutting[ncut] = j
                         ncut += 1
                     else:
-                        Sbits[sn, j] = hp
+                        hp, hn, unsure = _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig)
+                        if unsure:
+                            ok = False  # within the error bound (or a NaN bound): the exact path decides
+                            break
+                        if hp and hn:
+                            cutting[ncut] = j
+                            ncut += 1
+                        else:
+                            Sbits[sn, j] = hp
             if not ok:
                 break
             if ncut == 0:
