@@ -48,7 +48,7 @@ def _grow_rows(out, onv, par, bits, need):
 @numba.njit(cache=True, nogil=True)
 def _grow_slots(out, need):
     K = out.shape[1]
-    new = max(2 * K, need)
+    new = max(K + 4, need)  # pieces rarely have many more vertices: padding slots are memory touched
     out2 = np.empty((out.shape[0], new, out.shape[2]))
     out2[:, :K] = out
     return out2
@@ -218,8 +218,11 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     """
     m, K1, nrec = rec.shape
     n = lines.shape[2]
-    cap = max(8 * m, 64)
-    Kc = max(K1 + 2, 8)
+    cap = max(6 * m, 64)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by layer
     out = np.empty((cap, Kc, nrec))
     onv = np.empty(cap, dtype=np.int64)
     par = np.empty(cap, dtype=np.int64)
@@ -423,21 +426,20 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             cur = start
             fallback[p] = True
             n_fb += 1
-    # A contiguous copy of exactly the pieces (the next layer and the caller read it without another
-    # copy); padding slots repeat vertex 0 (the numpy path's reductions over slots rely on it).
+    # The pieces as the first rows of the working array, contiguous (no copy here nor in the caller: fresh
+    # memory for a copy costs page faults, more than the cut itself on small slices); padding slots repeat
+    # vertex 0 (the numpy path's reductions over slots rely on it).
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
-    res = np.empty((cur, Kout, nrec))
+    if Kout > out.shape[1]:
+        out = _grow_slots(out, Kout)
+    Kout = out.shape[1]
     for q in range(cur):
-        k1 = onv[q]
-        for k in range(k1):
+        for k in range(onv[q], Kout):
             for t in range(nrec):
-                res[q, k, t] = out[q, k, t]
-        for k in range(k1, Kout):
-            for t in range(nrec):
-                res[q, k, t] = out[q, 0, t]
-    return OK, cur + n_fb, res, onv[:cur], par[:cur], bits[:cur], fallback
+                out[q, k, t] = out[q, 0, t]
+    return OK, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
