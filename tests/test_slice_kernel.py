@@ -103,11 +103,12 @@ def test_kernel_gives_back_a_polygon_it_cannot_certify():
         np.array([[1.0, 0, 1], [-1, 1, 0], [-1, 0, 1], [1, 1, 0]]),
     )
     rec = np.concatenate([sq, sq])
-    lines = np.zeros((2, 5, 1))
-    lines[0, :4, 0] = [0.0, 1, 1, 1e-16]  # u + v = 0: through the corners (-1, 1) and (1, -1)
-    lines[1, :4, 0] = [-1.0, 1, 1, 1e-16]  # u + v = 1: through (1, 0) and (0, 1), no vertex on it
+    # maps a + b u + c v with error bounds: polygon 0 gets u + v = 0, through the corners (-1, 1) and (1, -1);
+    # polygon 1 gets u + v = 1, through (1, 0) and (0, 1), no vertex on it
+    A, B = np.array([[0.0], [-1.0]]), np.ones((2, 2, 1))
+    eA, eB = np.full((2, 1), 1e-16), np.zeros((2, 2, 1))
     status, count, out, onv, par, bits, fb = _slice_kernel.split_layer(
-        rec, np.array([4, 4]), lines, np.zeros((2, 1), bool), 0, 100
+        rec, np.array([4, 4]), A, B, eA, eB, 1.0, 1.0, False, np.int64(0), 0, 100
     )
     assert status == _slice_kernel.OK and fb.tolist() == [True, False]
     assert par.tolist() == [1, 1] and sorted(onv.tolist()) == [3, 5] and sorted(bits[:, 0]) == [False, True]

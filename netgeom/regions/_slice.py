@@ -256,13 +256,9 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     if base + m > ctx.max_regions:
         raise _too_many(ctx, li, base + m)
     if _KERNEL:
-        from . import _slice_kernel
-
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
-        lines, zero = _slice_kernel.make_lines(
-            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
-        )
-        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lines, zero, base)
+        maps = (A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT)
+        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, maps, base)
     else:
         lrec, zero = _lines(ctx, block, A, B, eA, eB)
         rec, nv, parent, bits, cur = _layer_numpy(ctx, li, rec, nv, lrec, zero, base)
@@ -430,20 +426,21 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
     return CR[:cur], CN[:cur], CP[:cur], bits[:cur], cur
 
 
-def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lines, zero, base):
-    """:func:`_layer_numpy` by the compiled kernel (``lines (m, 5, n)`` from ``_slice_kernel.make_lines``);
-    the polygons it gives back (a decision within its error bound) are cut by :func:`_layer_numpy`, which
-    settles them exactly."""
+def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, maps, base):
+    """:func:`_layer_numpy` by the compiled kernel (``maps``: the arguments of ``_slice_kernel.make_lines``,
+    from which the kernel builds each polygon's lines); the polygons it gives back (a decision within its
+    error bound) are cut by :func:`_layer_numpy`, which settles them exactly."""
     from . import _slice_kernel as kern
 
     status, count, out, onv, par, bits, fb = kern.split_layer(
-        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), lines, zero, base, ctx.max_regions
+        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), *maps, base, ctx.max_regions
     )
     if status == kern.TOO_MANY:
         raise _too_many(ctx, li, base + count)
     if not fb.any():
         return out, onv, par, bits, len(out)
     idx = np.nonzero(fb)[0]
+    lines, zero = kern.make_lines(*maps)  # the lines of every polygon (ids by row): rare, so not trimmed
     lrec = np.ascontiguousarray(lines[idx].transpose(0, 2, 1))
     R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec, zero[idx], base + len(out))
     K = max(out.shape[1], R2.shape[1])
