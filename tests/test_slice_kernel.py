@@ -129,3 +129,23 @@ def test_plane_check_certifies_in_floats_and_decides_the_rest_exactly():
     for a, b in cases:
         with pytest.raises(ValueError, match="parallel"):
             regions_on_slice(net, [0, 0], a, b)
+
+
+def test_polygons_are_a_sequence_of_vertex_arrays():
+    k, n = _both(mlp(2, [6, 6], 1, seed=3), [0, 0], [1, 0], [0, 1], box=(-2, 2, -2, 2))
+    polys = k.polygons
+    assert isinstance(polys, _slice.PolygonList) and isinstance(n.polygons, list)
+    assert len(polys) == k.count == len(list(polys)) and polys[-1] is not None
+    assert all(p.shape == (len(p), 2) and len(p) >= 3 for p in polys)
+    assert [p.tolist() for p in polys[1:3]] == [polys[1].tolist(), polys[2].tolist()]
+    assert np.array_equal(polys[-1], polys[len(polys) - 1])
+    with pytest.raises(IndexError):
+        polys[len(polys)]
+    # equality is elementwise array equality, as for the list the numpy path gives
+    assert polys == list(polys) and polys != list(polys)[::-1] and polys != list(polys)[1:]
+    assert "polygons" not in k.to_dict()
+    ax = k.plot()
+    assert len(ax.collections[0].get_paths()) == k.count
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
