@@ -103,11 +103,12 @@ def test_kernel_gives_back_a_polygon_it_cannot_certify():
         np.array([[1.0, 0, 1], [-1, 1, 0], [-1, 0, 1], [1, 1, 0]]),
     )
     rec = np.concatenate([sq, sq])
-    lines = np.zeros((2, 5, 1))
-    lines[0, :4, 0] = [0.0, 1, 1, 1e-16]  # u + v = 0: through the corners (-1, 1) and (1, -1)
-    lines[1, :4, 0] = [-1.0, 1, 1, 1e-16]  # u + v = 1: through (1, 0) and (0, 1), no vertex on it
+    # maps a + b u + c v with error bounds: polygon 0 gets u + v = 0, through the corners (-1, 1) and (1, -1);
+    # polygon 1 gets u + v = 1, through (1, 0) and (0, 1), no vertex on it
+    A, B = np.array([[0.0], [-1.0]]), np.ones((2, 2, 1))
+    eA, eB = np.full((2, 1), 1e-16), np.zeros((2, 2, 1))
     status, count, out, onv, par, bits, fb = _slice_kernel.split_layer(
-        rec, np.array([4, 4]), lines, np.zeros((2, 1), bool), 0, 100
+        rec, np.array([4, 4]), A, B, eA, eB, 1.0, 1.0, False, np.int64(0), 0, 100
     )
     assert status == _slice_kernel.OK and fb.tolist() == [True, False]
     assert par.tolist() == [1, 1] and sorted(onv.tolist()) == [3, 5] and sorted(bits[:, 0]) == [False, True]
@@ -128,3 +129,23 @@ def test_plane_check_certifies_in_floats_and_decides_the_rest_exactly():
     for a, b in cases:
         with pytest.raises(ValueError, match="parallel"):
             regions_on_slice(net, [0, 0], a, b)
+
+
+def test_polygons_are_a_sequence_of_vertex_arrays():
+    k, n = _both(mlp(2, [6, 6], 1, seed=3), [0, 0], [1, 0], [0, 1], box=(-2, 2, -2, 2))
+    polys = k.polygons
+    assert isinstance(polys, _slice.PolygonList) and isinstance(n.polygons, list)
+    assert len(polys) == k.count == len(list(polys)) and polys[-1] is not None
+    assert all(p.shape == (len(p), 2) and len(p) >= 3 for p in polys)
+    assert [p.tolist() for p in polys[1:3]] == [polys[1].tolist(), polys[2].tolist()]
+    assert np.array_equal(polys[-1], polys[len(polys) - 1])
+    with pytest.raises(IndexError):
+        polys[len(polys)]
+    # equality is elementwise array equality, as for the list the numpy path gives
+    assert polys == list(polys) and polys != list(polys)[::-1] and polys != list(polys)[1:]
+    assert "polygons" not in k.to_dict()
+    ax = k.plot()
+    assert len(ax.collections[0].get_paths()) == k.count
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)

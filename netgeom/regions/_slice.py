@@ -34,6 +34,8 @@ polygon cut by the difference lines of two candidates.
 from __future__ import annotations
 
 import contextlib
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,7 +205,7 @@ def slice_from(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
 
 
 _BLAS_ONE_THREAD_BELOW = 3 * 10**8  # multiply-adds of a push below which BLAS runs on one thread
-_BLAS_SINGLE_ANYWAY = 3 * 2**17  # below this, each product is under OpenBLAS's own threading threshold
+_BLAS_SINGLE_ANYWAY = 3 * 2**18  # below this, each product is under OpenBLAS's own threading threshold
 _blas = []
 
 
@@ -222,9 +224,14 @@ def _blas_threads(work: int):
 def _push(W, bias, P, Q, eP, eQ):
     """Affine push ``z = W x + b`` of the maps, with absolute error bounds per entry."""
     m, n_in = P.shape
+    # Three products of m rows each (not one of 2m rows for B): each stays under OpenBLAS's threading
+    # threshold for twice as many rows, where no thread-limit call (~0.1 ms) is needed.
+    WT = W.T
     with _blas_threads(3 * m * n_in * W.shape[0]):
-        A = P @ W.T + bias
-        B = (Q.reshape(-1, n_in) @ W.T).reshape(m, 2, -1)
+        A = P @ WT + bias
+        B = np.empty((m, 2, W.shape[0]))
+        np.matmul(Q[:, 0], WT, out=B[:, 0])
+        np.matmul(Q[:, 1], WT, out=B[:, 1])
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
     gamma = 1.01 * (n_in + 2) * _U
     nW = np.linalg.norm(W, axis=1)
@@ -249,13 +256,9 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     if base + m > ctx.max_regions:
         raise _too_many(ctx, li, base + m)
     if _KERNEL:
-        from . import _slice_kernel
-
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
-        lines, zero = _slice_kernel.make_lines(
-            A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT
-        )
-        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, lines, zero, base)
+        maps = (A, B, eA, eB, float(su), float(sv), ctx.quadrant is not None, np.int64(block) << _BLOCK_SHIFT)
+        rec, nv, parent, bits, cur = _layer_kernel(ctx, li, rec, nv, maps, base)
     else:
         lrec, zero = _lines(ctx, block, A, B, eA, eB)
         rec, nv, parent, bits, cur = _layer_numpy(ctx, li, rec, nv, lrec, zero, base)
@@ -423,20 +426,21 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
     return CR[:cur], CN[:cur], CP[:cur], bits[:cur], cur
 
 
-def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, lines, zero, base):
-    """:func:`_layer_numpy` by the compiled kernel (``lines (m, 5, n)`` from ``_slice_kernel.make_lines``);
-    the polygons it gives back (a decision within its error bound) are cut by :func:`_layer_numpy`, which
-    settles them exactly."""
+def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, maps, base):
+    """:func:`_layer_numpy` by the compiled kernel (``maps``: the arguments of ``_slice_kernel.make_lines``,
+    from which the kernel builds each polygon's lines); the polygons it gives back (a decision within its
+    error bound) are cut by :func:`_layer_numpy`, which settles them exactly."""
     from . import _slice_kernel as kern
 
     status, count, out, onv, par, bits, fb = kern.split_layer(
-        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), lines, zero, base, ctx.max_regions
+        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), *maps, base, ctx.max_regions
     )
     if status == kern.TOO_MANY:
         raise _too_many(ctx, li, base + count)
     if not fb.any():
         return out, onv, par, bits, len(out)
     idx = np.nonzero(fb)[0]
+    lines, zero = kern.make_lines(*maps)  # the lines of every polygon (ids by row): rare, so not trimmed
     lrec = np.ascontiguousarray(lines[idx].transpose(0, 2, 1))
     R2, N2, P2, B2, c2 = _layer_numpy(ctx, li, rec[idx], nv[idx], lrec, zero[idx], base + len(out))
     K = max(out.shape[1], R2.shape[1])
@@ -524,5 +528,44 @@ def polygons_uv_fast(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]
     from . import _slice_kernel
 
     V, areas = _slice_kernel.uv_areas(np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64))
-    ends = np.cumsum(nv).tolist()
-    return [V[a:b] for a, b in zip([0, *ends[:-1]], ends)], areas
+    return PolygonList(V, nv), areas
+
+
+class PolygonList(Sequence):
+    """The pieces' ``(n_k, 2)`` vertex arrays, kept as one stacked array and built on access: a read-only
+    sequence (indexing, slicing, iteration, ``len``) of views into the stack. Building every array up front
+    costs more than a small slice's whole cut."""
+
+    __slots__ = ("_V", "_ends")
+
+    def __init__(self, V: np.ndarray, nv: np.ndarray):
+        self._V = V
+        self._ends = np.concatenate([[0], np.cumsum(nv)]).tolist()
+
+    def __len__(self) -> int:
+        return len(self._ends) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        k = operator.index(i)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"polygon index {i} out of range for {n} polygons")
+        return self._V[self._ends[k] : self._ends[k + 1]]
+
+    def __iter__(self):
+        V, e = self._V, self._ends
+        return (V[a:b] for a, b in zip(e[:-1], e[1:]))
+
+    def __eq__(self, other):
+        if not isinstance(other, Sequence) or len(other) != len(self):
+            return NotImplemented if not isinstance(other, Sequence) else False
+        return all(np.array_equal(a, b) for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"PolygonList({len(self)} polygons)"

@@ -48,7 +48,7 @@ def _grow_rows(out, onv, par, bits, need):
 @numba.njit(cache=True, nogil=True)
 def _grow_slots(out, need):
     K = out.shape[1]
-    new = max(2 * K, need)
+    new = max(K + 4, need)  # pieces rarely have many more vertices: padding slots are memory touched
     out2 = np.empty((out.shape[0], new, out.shape[2]))
     out2[:, :K] = out
     return out2
@@ -91,12 +91,40 @@ def _pow2_inv(mag, buf, bufi):
     return buf[0]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z, buf, bufi):
+    """Polygon ``p``'s lines into ``L (5, n)`` (``Li`` its int64 view, for the ids) and ``Z (n)``: see
+    :func:`make_lines`."""
+    n = A.shape[1]
+    for j in range(n):
+        a, b, c = A[p, j], B[p, 0, j], B[p, 1, j]
+        d = _nanmax(eA[p, j], _nanmax(eB[p, 0, j], eB[p, 1, j]))
+        if quadrant:
+            b = su * b - a
+            c = sv * c - a
+            d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
+        mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
+        sc = _pow2_inv(mag, buf, bufi)
+        if sc != 0.0:
+            a, b, c, d = a * sc, b * sc, c * sc, d * sc
+        elif math.isfinite(mag) and mag != 0:
+            ex = math.frexp(mag)[1]
+            a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+        Z[j] = d == 0 and a == 0 and b == 0 and c == 0
+        L[0, j] = a
+        L[1, j] = b
+        L[2, j] = c
+        L[3, j] = d * _X_TOL + _TINY
+        Li[4, j] = rid | j
+
+
 @numba.njit(cache=True, nogil=True)
 def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     """Every unit's line on every polygon, unit-scaled, as ``_slice._lines`` builds it with numpy (the same
     elementwise operations in the same order): ``lines (m, 5, n)`` (rows ``a, b, c``, error bound, id bits)
     and ``zero`` (line and bound exactly zero). ``A (m, n)``, ``B (m, 2, n)`` and their error bounds are the
-    layer's pre-activation maps; ``id0`` the ids of row 0 (block bits); ids add ``row << 20 | unit``."""
+    layer's pre-activation maps; ``id0`` the ids of row 0 (block bits); ids add ``row << 20 | unit``.
+    (:func:`split_layer` builds them polygon by polygon; this is for the polygons it gives back.)"""
     m, n = A.shape
     lines = np.empty((m, 5, n))
     ids = lines.view(np.int64)
@@ -105,26 +133,7 @@ def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     bufi = buf.view(np.int64)
     for p in range(m):
         rid = id0 | (np.int64(p) << ROW_SHIFT)
-        for j in range(n):
-            a, b, c = A[p, j], B[p, 0, j], B[p, 1, j]
-            d = _nanmax(eA[p, j], _nanmax(eB[p, 0, j], eB[p, 1, j]))
-            if quadrant:
-                b = su * b - a
-                c = sv * c - a
-                d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
-            mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
-            sc = _pow2_inv(mag, buf, bufi)
-            if sc != 0.0:
-                a, b, c, d = a * sc, b * sc, c * sc, d * sc
-            elif math.isfinite(mag) and mag != 0:
-                ex = math.frexp(mag)[1]
-                a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
-            zero[p, j] = d == 0 and a == 0 and b == 0 and c == 0
-            lines[p, 0, j] = a
-            lines[p, 1, j] = b
-            lines[p, 2, j] = c
-            lines[p, 3, j] = d * _X_TOL + _TINY
-            ids[p, 4, j] = rid | j
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines[p], ids[p], zero[p], buf, bufi)
     return lines, zero
 
 
@@ -156,12 +165,12 @@ def _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig):
 
 
 @numba.njit(cache=True, nogil=True)
-def _root_test(rec, p, k1, lines, zero, smin, smax, sig, bits0, cand):
-    """Test polygon ``p`` against all its units at once (vectorised over units): fixes the bits of the units
-    that do not cut it and lists in ``cand`` those that do. Returns their number, or -1 when a decision is
-    within its error bound."""
-    n = lines.shape[2]
-    L0, L1, L2, dL = lines[p, 0], lines[p, 1], lines[p, 2], lines[p, 3]
+def _root_test(rec, p, k1, Lp, Zp, smin, smax, sig, bits0, cand):
+    """Test polygon ``p`` against all its units at once (vectorised over units; ``Lp``, ``Zp`` its lines):
+    fixes the bits of the units that do not cut it and lists in ``cand`` those that do. Returns their
+    number, or -1 when a decision is within its error bound."""
+    n = Lp.shape[1]
+    L0, L1, L2, dL = Lp[0], Lp[1], Lp[2], Lp[3]
     for j in range(n):
         smin[j] = np.inf
         smax[j] = -np.inf
@@ -175,7 +184,7 @@ def _root_test(rec, p, k1, lines, zero, smin, smax, sig, bits0, cand):
             smax[j] = v if v > smax[j] else smax[j]
     nc = 0
     for j in range(n):
-        if zero[p, j]:
+        if Zp[j]:
             bits0[j] = False
             continue
         tmax = 3 * (hmax + dL[j]) * _SIG_TOL + _SLACK
@@ -201,9 +210,10 @@ def _root_test(rec, p, k1, lines, zero, smin, smax, sig, bits0, cand):
 
 
 @numba.njit(cache=True, nogil=True)
-def split_layer(rec, nv, lines, zero, base, max_regions):
-    """Cut polygons ``rec (m, K1, 9)`` (``nv`` real vertices each) by their units' lines ``lines (m, 5, n)``
-    (from :func:`make_lines`). ``zero[p, j]``: the line is exactly zero on polygon ``p``.
+def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions):
+    """Cut polygons ``rec (m, K1, 9)`` (``nv`` real vertices each) by their units' lines, built polygon by
+    polygon from the maps ``A, B, eA, eB`` as :func:`make_lines` builds them (arguments as there), without
+    the ``(m, 5, n)`` array.
 
     Depth first: a piece is tested against every unit still able to cut it (those that cut its parent after
     the parent's cutting unit), a unit that does not cut it fixes its bit, and the piece is cut by the first
@@ -217,9 +227,15 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
     pieces exceeds ``max_regions``.
     """
     m, K1, nrec = rec.shape
-    n = lines.shape[2]
-    cap = max(2 * m, 64)
-    Kc = max(K1 + 2, 8)
+    n = A.shape[1]
+    lines = np.empty((5, n))  # polygon p's lines (rows a, b, c, error bound, id bits) and zero flags
+    lines_i = lines.view(np.int64)
+    zero = np.empty(n, dtype=np.bool_)
+    cap = max(6 * m, 64)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by layer
     out = np.empty((cap, Kc, nrec))
     onv = np.empty(cap, dtype=np.int64)
     par = np.empty(cap, dtype=np.int64)
@@ -249,6 +265,8 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             for t in range(nrec):
                 S[0, k, t] = rec[p, k, t]
         Snv[0] = k1
+        rid = id0 | (np.int64(p) << ROW_SHIFT)
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines, lines_i, zero, buf, bufi)
         nc = _root_test(rec, p, k1, lines, zero, smin, smax, sig, Sbits[0], Scand[0])
         if nc < 0:
             fallback[p] = True
@@ -270,21 +288,47 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                 for c in range(ncut):
                     cutting[c] = Scand[sn, c]
             else:
+                # The candidates' extreme values over the vertices first (no branch per vertex), then one
+                # decision per candidate, as _root_test: a unit with a certified positive and a certified
+                # negative vertex cuts the piece whatever its other vertices; those are checked when it is
+                # applied (its own _signs below) or, on the halves, by this same test, so a vertex too close
+                # to call is still always found.
+                nco = Snc[sn]
+                for c in range(nco):
+                    smin[c] = np.inf
+                    smax[c] = -np.inf
+                for k in range(Kn):
+                    h0, h1, h2 = S[sn, k, 0], S[sn, k, 1], S[sn, k, 2]
+                    for c in range(nco):
+                        j = Scand[sn, c]
+                        v = h0 * lines[0, j] + h1 * lines[1, j] + h2 * lines[2, j]
+                        smin[c] = v if v < smin[c] else smin[c]
+                        smax[c] = v if v > smax[c] else smax[c]
                 ncut = 0
-                for c in range(Snc[sn]):
+                for c in range(nco):
                     j = Scand[sn, c]
-                    dl = lines[p, 3, j]
+                    dl = lines[3, j]
                     tmax = 3 * (hmax + dl) * _SIG_TOL + _SLACK
-                    l0, l1, l2 = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j]
-                    hp, hn, unsure = _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig)
-                    if unsure:
-                        ok = False  # within the error bound (or a NaN bound): the exact path decides
-                        break
-                    if hp and hn:
+                    l0, l1, l2 = lines[0, j], lines[1, j], lines[2, j]
+                    # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
+                    fin = abs(l0) + abs(l1) + abs(l2) < np.inf
+                    if fin and smin[c] > tmax:
+                        Sbits[sn, j] = True
+                    elif fin and smax[c] < -tmax:
+                        Sbits[sn, j] = False
+                    elif fin and smax[c] > tmax and smin[c] < -tmax:
                         cutting[ncut] = j
                         ncut += 1
                     else:
-                        Sbits[sn, j] = hp
+                        hp, hn, unsure = _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig)
+                        if unsure:
+                            ok = False  # within the error bound (or a NaN bound): the exact path decides
+                            break
+                        if hp and hn:
+                            cutting[ncut] = j
+                            ncut += 1
+                        else:
+                            Sbits[sn, j] = hp
             if not ok:
                 break
             if ncut == 0:
@@ -307,7 +351,7 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                 continue
             # Cut by the first cutting unit: the positive half replaces the piece, the negative one is pushed.
             j = cutting[0]
-            l0, l1, l2, dl = lines[p, 0, j], lines[p, 1, j], lines[p, 2, j], lines[p, 3, j]
+            l0, l1, l2, dl = lines[0, j], lines[1, j], lines[2, j], lines[3, j]
             if top + 3 > depth:
                 depth = min(2 * depth, n + 3)
                 S, Snv, Sbits, Scand, Snc = _grow_stack(S, Snv, Sbits, Scand, Snc, depth)
@@ -367,12 +411,12 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
                     S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
                     if sx < 0:  # the positive half leaves along the unit's line
                         for t in range(5):
-                            S[pg, cp, 4 + t] = lines[p, t, j]
+                            S[pg, cp, 4 + t] = lines[t, j]
                             S[ng, cn, 4 + t] = S[sn, k, 4 + t]
                     else:
                         for t in range(5):
                             S[pg, cp, 4 + t] = S[sn, k, 4 + t]
-                            S[ng, cn, 4 + t] = lines[p, t, j]
+                            S[ng, cn, 4 + t] = lines[t, j]
                     cp += 1
                     cn += 1
             if not ok:
@@ -397,17 +441,20 @@ def split_layer(rec, nv, lines, zero, base, max_regions):
             cur = start
             fallback[p] = True
             n_fb += 1
-    # Padding slots repeat vertex 0 (the numpy path's reductions over slots rely on it).
+    # The pieces as the first rows of the working array, contiguous (no copy here nor in the caller: fresh
+    # memory for a copy costs page faults, more than the cut itself on small slices); padding slots repeat
+    # vertex 0 (the numpy path's reductions over slots rely on it).
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
     if Kout > out.shape[1]:
         out = _grow_slots(out, Kout)
+    Kout = out.shape[1]
     for q in range(cur):
         for k in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, k, t] = out[q, 0, t]
-    return OK, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+    return OK, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

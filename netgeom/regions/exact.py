@@ -53,7 +53,11 @@ def _hidden(
     model, masks, input_shape=None
 ) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray, bool, float]]]:
     """The layers and, for each layer up to the last one with pattern bits, ``(W, b, has_bits, slope)``."""
-    layers = affine_layers(model, masks, input_shape=input_shape)
+    return _plan(affine_layers(model, masks, input_shape=input_shape))
+
+
+def _plan(layers) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray, bool, float]]]:
+    """:func:`_hidden` on layers already read."""
     flags = pattern_layers(layers)
     plan = []
     for layer, flag in zip(layers[: _last_pattern_layer(flags) + 1], flags):
@@ -445,7 +449,8 @@ class SliceRegionsResult(Result):
     """Activation regions met by the 2-D slice ``x(u, v) = x0 + u d1 + v d2`` over ``box``.
 
     ``polygons[k]`` is a convex ``(n_k, 2)`` array of ``(u, v)`` vertices (counter-clockwise) of the k-th
-    region's piece, ``patterns[k]`` its activation pattern and ``areas[k]`` its area. With ``box=None`` in
+    region's piece (a list, or on chain networks a read-only sequence of views into one stacked vertex
+    array), ``patterns[k]`` its activation pattern and ``areas[k]`` its area. With ``box=None`` in
     :func:`regions_on_slice` the regions are all those the whole plane meets and ``box`` is a square found
     from the arrangement that meets every one of them. ``n_exact`` counts the sign decisions that needed
     exact arithmetic (float error bounds settle all others).
@@ -471,7 +476,9 @@ class SliceRegionsResult(Result):
         fig, ax = new_axes(ax)
         rng = np.random.default_rng(seed)
         colours = rng.uniform(0.15, 1.0, size=(self.count, 3))
-        coll = PolyCollection(self.polygons, facecolors=colours, edgecolors=edgecolor, linewidths=linewidth)
+        coll = PolyCollection(
+            list(self.polygons), facecolors=colours, edgecolors=edgecolor, linewidths=linewidth
+        )
         ax.add_collection(coll)
         for name, (u, v) in self.marks.items():
             ax.plot(u, v, "k*", ms=8)
@@ -599,15 +606,13 @@ def regions_on_slice(
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
-    try:
-        layers, plan = _hidden(model, masks, input_shape)
-    except UnsupportedLayerError as err:
-        from ..nets import trace
+    from ..nets import trace
 
-        g = trace(model, masks, input_shape=input_shape)  # raises again for a truly unsupported op
-        if g.is_chain:
-            raise err
+    # One trace: its chain view (what affine_layers reads) when it is a chain, else the graph engine.
+    g = trace(model, masks, input_shape=input_shape)
+    if not g.is_chain:
         return _slice_on_graph(g, x0, d1, d2, box, max_regions, memory_budget)
+    layers, plan = _plan(g.layers())
     return _slice_layers(layers, plan, x0, d1, d2, box, max_regions, memory_budget)
 
 
