@@ -522,3 +522,28 @@ def test_inputs_on_a_hyperplane_or_one_ulp_off_get_the_exact_pattern(seed, width
         for dt in (torch.float32, torch.float64):
             dec, _ = graph_patterns(g, X, dtype=dt)
             assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), dt
+
+
+@pytest.mark.parametrize("scale", [5e-324, 1e-310, 1e-170, 1e-40])
+def test_underflowing_products_are_never_decided_by_their_float_value(scale):
+    """w x below the normal range rounds to 0 (or loses digits) outside the standard model of rounding;
+    the sign must still be the exact one (regression: a float32 underflow allowance of 0 and norms that
+    squared to 0 decided 0.5 * 5e-324 as exactly 0)."""
+    from netgeom import trace
+    from netgeom.nets.certified import graph_patterns
+
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2)).double()
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+        net[0].bias.zero_()
+    X = torch.tensor([[-scale], [0.0], [scale]], dtype=torch.float64)
+    want = np.array([[False], [False], [True]])
+    assert np.array_equal(_rational_bits(net, X), want)
+    g = trace(net)
+    for dt in (torch.float32, torch.float64):
+        dec, _ = graph_patterns(g, X, dtype=dt)
+        assert np.array_equal(dec[2].numpy(), want), dt
+    for precision in ("float32", "float64"):
+        res = count_patterns(net, X, precision=precision)
+        u, c = unique_rows(pack_patterns(want))
+        assert np.array_equal(res.patterns, u) and np.array_equal(res.multiplicities, c), precision

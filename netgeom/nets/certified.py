@@ -84,7 +84,7 @@ class _Elem:
 
     def norm(self):
         if self._n is None:
-            self._n = torch.linalg.vector_norm(self.e, dim=1) * _SAFETY
+            self._n = _safe_norm(self.e) * _SAFETY
         return self._n
 
     def elem(self):
@@ -183,6 +183,17 @@ class _Engine:
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
+        # gradual underflow is outside the standard model: a product (or a cast to this precision) below the
+        # smallest normal number loses up to that number, absolutely. Rows whose nonzero inputs times the
+        # smallest nonzero weight stay above it cannot underflow; the others get this allowance per output
+        w64 = [t.abs() for t in op.params.values() if torch.is_tensor(t) and t.is_floating_point()]
+        nz = [t[t != 0] for t in w64]
+        nz = [t for t in nz if t.numel()]
+        tiny = torch.finfo(self.dtype).tiny
+        info["wmin"] = min(float(t.min()) for t in nz) if nz else 0.0
+        wmax = max(float(t.max()) for t in nz) if nz else 0.0
+        info["under"] = (op.fan_in + 2) * tiny * (1.0 + wmax) * _SAFETY
+        info["thr"] = tiny / info["wmin"] if info["wmin"] >= tiny else math.inf
         if op.type_name == "Linear" and len(op.in_shape) == 1:
             w = op.params["weight"]
             r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
@@ -197,6 +208,9 @@ class _Engine:
             info["c"] = c.to(self.dtype).to(self.device)
             info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
             info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
+            rpos = r[r > 0]
+            # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
+            info["under_r"] = info["under"] / float(rpos.min()) if rpos.numel() else 0.0
         else:
             info["fast"] = False
             zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
@@ -208,7 +222,7 @@ class _Engine:
         key = (t.data_ptr(), tuple(t.shape))
         hit = self._norms.get(key)
         if hit is None:
-            hit = (t, torch.linalg.vector_norm(t, dim=1))
+            hit = (t, _safe_norm(t))
             self._norms[key] = hit
         return hit[1]
 
@@ -220,12 +234,22 @@ class _Engine:
             y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
+                flat = x.reshape(B, -1)
+                if info["thr"] == math.inf:  # a weight below the normal range: every nonzero row may underflow
+                    risk = (flat != 0).any(1)
+                else:
+                    a = flat.abs()
+                    risk = ((a < info["thr"]) & (a > 0)).any(1)
                 if info["fast"]:
-                    A = err.norm() + g * _SAFETY * self.vnorm(x.reshape(B, -1))
+                    A = err.norm() + g * _SAFETY * self.vnorm(flat)
+                    if bool(risk.any()):
+                        A = A + risk.to(A.dtype) * info["under_r"]
                     err = _Rank1(A, g, info)
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
                     bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
+                    if bool(risk.any()):
+                        bound = bound + risk.to(bound.dtype)[:, None] * info["under"]
                     err = _Elem(bound * (1 + 2 * g))
             x = y.reshape(B, -1)
         return x, err
@@ -235,7 +259,9 @@ class _Engine:
         g = self.g
         self._norms: dict = {}  # holds its tensors, so no data pointer is reused within the run
         vals: dict[int, torch.Tensor] = {0: x}
-        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u)}
+        # rounding the input to this precision: u |x| per entry, plus (gradual underflow) the smallest normal
+        tiny = torch.finfo(self.dtype).tiny
+        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u + tiny)}
         out = {}
         pattern = {n.index for n in pattern_nodes(g)}
         last_use = {}
@@ -568,7 +594,8 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         G = gam * _SAFETY
         # underflow: each of the K products and the bias cast may lose up to the smallest normal number
         # (absolute, outside the standard model); nothing is lost when every term is exactly zero
-        T = ((hn > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
+        # (in z's dtype: a bool tensor times a Python float is float32, where a float64 tiny is 0)
+        T = ((hn > 0) | lay["has_bias"]).to(z.dtype) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
         bmax = A * lay["r_max"] + G * lay["c_max"] + T
         # overflow (or a row too large to bound): such rows go to float64 / exact arithmetic as a whole
         huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
@@ -590,7 +617,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
             hn64 = _safe_norm(hsrc)
             r64 = lay["r"][units]
             b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
-            b64 += ((hn64 > 0) | lay["has_bias"]) * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
+            b64 += ((hn64 > 0) | lay["has_bias"]).to(torch.float64) * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
             ok = (z64.abs() > b64) | (b64 == 0)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
