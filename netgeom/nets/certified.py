@@ -235,7 +235,7 @@ class _Engine:
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
-                if info["thr"] == math.inf:  # a weight below the normal range: every nonzero row may underflow
+                if info["thr"] == math.inf:  # a weight below the normal range: any nonzero row may underflow
                     risk = (flat != 0).any(1)
                 else:
                     a = flat.abs()
@@ -617,7 +617,8 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
             hn64 = _safe_norm(hsrc)
             r64 = lay["r"][units]
             b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
-            b64 += ((hn64 > 0) | lay["has_bias"]).to(torch.float64) * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
+            live = ((hn64 > 0) | lay["has_bias"]).to(torch.float64)
+            b64 += live * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
             ok = (z64.abs() > b64) | (b64 == 0)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
