@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _exact
-from ._slice import TooManyRegionsError
+from . import _exact, _slice
+from ._slice import TooManyRegionsError, _as_float, _ids, _normalise, _pad_to
 
 _U = 2.0**-53
 _TINY = 1e-300
@@ -61,38 +61,9 @@ _NO_ORIGIN = np.int64(-(1 << 62))
 _SMALL_AFFINE = 4_000_000
 
 
-def _ids(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x).view(np.int64)
-
-
-def _as_float(ids: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(ids, dtype=np.int64).view(np.float64)
-
-
-def _normalise(X: np.ndarray, dX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale each row of ``X`` (last axis) by a power of two to a max-norm in [0.5, 1); errors alike."""
-    _, e = np.frexp(np.abs(X).max(axis=-1))
-    return np.ldexp(X, -e[..., None]), np.ldexp(dX, -e)
-
-
-def _pad_to(R: np.ndarray, K: int) -> np.ndarray:
-    """Pad vertex records to ``K`` slots by repeating vertex 0 (reductions over slots stay over vertices)."""
-    if R.shape[1] >= K:
-        return R
-    return np.concatenate([R, np.repeat(R[:, :1], K - R.shape[1], axis=1)], axis=1)
-
-
 def initial_polygon(corners_h, edges) -> tuple[np.ndarray, np.ndarray]:
-    """Records of one convex polygon from ``corners_h (n, 3)`` (``D > 0``) and ``edges (n, 3)`` (edge ``k``
-    from vertex ``k`` to ``k + 1``; ids ``-1 - k``)."""
-    corners_h, edges = np.asarray(corners_h, float), np.asarray(edges, float)
-    n = len(corners_h)
-    rec = np.zeros((1, n + 1, _REC))
-    rec[0, :n, _H], _ = _normalise(corners_h, np.zeros(n))
-    rec[0, :n, _E], _ = _normalise(edges, np.zeros(n))
-    rec[0, :n, _ID] = _as_float(-1 - np.arange(n))
-    rec[0, n] = rec[0, 0]
-    return rec, np.array([n])
+    """The chain engine's starting polygon (records) and its vertex count."""
+    return _slice.initial_polygon(corners_h, edges), np.array([len(corners_h)])
 
 
 def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
@@ -192,7 +163,7 @@ class _ExactGraph:
 
 # ================================================================================== the engine
 @dataclass
-class GraphSliceCtx:
+class GraphSliceCtx(_slice.ExactLines):
     """State of one pass of the graph engine over a starting polygon (box, or a quadrant's triangle)."""
 
     g: object
@@ -258,11 +229,8 @@ class GraphSliceCtx:
         return np.full((m, n), _NO_ORIGIN) if self.origins else np.empty((m, 0), dtype=np.int64)
 
     # ------------------------------------------------------------------------------ exact fallback
-    def exact_line(self, lid: int) -> list[int]:
-        if lid < 0:
-            return self.frame_lines[-lid - 1]
-        if lid in self._line_cache:
-            return self._line_cache[lid]
+    def _line_of(self, lid: int) -> tuple:
+        """The exact integer line of a ReLU unit or a max-pool candidate pair (before the quadrant map)."""
         if self._exact_graph is None:
             self._exact_graph = _ExactGraph(self.g, self.base, self.cols_before, self.col_span)
         block, row, unit = lid >> _BLOCK_SHIFT, (lid >> _ROW_SHIFT) & (_ROW_MAX - 1), lid & (_UNIT_MAX - 1)
@@ -270,37 +238,12 @@ class GraphSliceCtx:
         node = self.g.nodes[i]
         src = node.inputs[0]
         if node.op == "relu":
-            a, b, c = self._exact_graph.entry_line(src, prefix[row], unit)
-        else:
-            W = node.windows.numpy()
-            k = W.shape[1]
-            w, rest = divmod(unit, k * k)
-            x, y = divmod(rest, k)
-            a, b, c = self._exact_graph.entry_line(src, prefix[row], int(W[w, x]), int(W[w, y]))
-        if self.quadrant is not None:
-            su, sv = self.quadrant
-            b, c = su * b - a, sv * c - a
-        line = [a, b, c]
-        if len(self._line_cache) > 100_000:
-            self._line_cache.clear()
-        self._line_cache[lid] = line
-        return line
-
-    def exact_signs(self, prev_ids, next_ids, line_ids) -> np.ndarray:
-        """Exact sign of each line at the crossing point of its vertex's two edges."""
-        out = np.empty(len(line_ids), dtype=np.int8)
-        for n, (p, q, r) in enumerate(zip(prev_ids.tolist(), next_ids.tolist(), line_ids.tolist())):
-            h = _exact.cross(self.exact_line(p), self.exact_line(q))
-            out[n] = _exact.sign_at(self.exact_line(r), h)
-        self.n_exact += len(out)
-        return out
-
-    def exact_d_signs(self, e_ids, l_ids) -> np.ndarray:
-        out = np.empty(len(e_ids), dtype=np.int8)
-        for n, (p, q) in enumerate(zip(e_ids.tolist(), l_ids.tolist())):
-            out[n] = _exact.sign(_exact.cross(self.exact_line(p), self.exact_line(q))[0])
-        self.n_exact += len(out)
-        return out
+            return self._exact_graph.entry_line(src, prefix[row], unit)
+        W = node.windows.numpy()
+        k = W.shape[1]
+        w, rest = divmod(unit, k * k)
+        x, y = divmod(rest, k)
+        return self._exact_graph.entry_line(src, prefix[row], int(W[w, x]), int(W[w, y]))
 
     def new_block(self, node_index: int, prefix: np.ndarray) -> int:
         if len(self.blocks) >= 1 << (63 - _BLOCK_SHIFT):

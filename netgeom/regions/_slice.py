@@ -83,23 +83,12 @@ def _normalise(X: np.ndarray, dX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ldexp(X, -e[..., None]), np.ldexp(dX, -e)
 
 
-@dataclass
-class SliceCtx:
-    plan: list
-    names: list
-    last: int
-    max_regions: int
-    budget: int
-    reached: list
-    base: list  # [x0, d1, d2] float64
-    frame_lines: list  # the initial polygon's edges (ids -1, -2, ...): exact integer lists, or float64 rows
-    quadrant: tuple | None = None  # (su, sv): plane coordinates u = su s / (1-s-t), v = sv t / (1-s-t)
-    blocks: list = field(default_factory=list)  # (layer, prefix bits) per chunk: provenance of lines
-    n_exact: int = 0
-    _exact_net: object = None
-    _line_cache: dict = field(default_factory=dict)
+class ExactLines:
+    """The exact fallback shared by the chain and graph engines: integer lines by id (frame edges ``-1, -2,
+    ...``; unit lines by ``block << 44 | row << 20 | unit``, from the subclass's ``_line_of``), cached, and
+    exact signs at vertices. Subclasses are dataclasses with ``frame_lines``, ``quadrant``, ``n_exact`` and
+    ``_line_cache``."""
 
-    # ------------------------------------------------------------------------------- exact fallback
     def exact_line(self, lid: int) -> list[int]:
         if lid < 0:
             line = self.frame_lines[-lid - 1]
@@ -108,11 +97,7 @@ class SliceCtx:
             return line
         if lid in self._line_cache:
             return self._line_cache[lid]
-        if self._exact_net is None:
-            self._exact_net = _exact.ExactNet(self.plan, self.base)
-        block, row, unit = lid >> _BLOCK_SHIFT, (lid >> _ROW_SHIFT) & ((1 << 24) - 1), lid & ((1 << 20) - 1)
-        li, prefix = self.blocks[block]
-        a, b, c = self._exact_net.line(li, prefix[row], unit)
+        a, b, c = self._line_of(lid)
         if self.quadrant is not None:
             su, sv = self.quadrant
             b, c = su * b - a, sv * c - a
@@ -137,6 +122,31 @@ class SliceCtx:
             out[i] = _exact.sign(_exact.cross(self.exact_line(p), self.exact_line(q))[0])
         self.n_exact += len(out)
         return out
+
+
+@dataclass
+class SliceCtx(ExactLines):
+    plan: list
+    names: list
+    last: int
+    max_regions: int
+    budget: int
+    reached: list
+    base: list  # [x0, d1, d2] float64
+    frame_lines: list  # the initial polygon's edges (ids -1, -2, ...): exact integer lists, or float64 rows
+    quadrant: tuple | None = None  # (su, sv): plane coordinates u = su s / (1-s-t), v = sv t / (1-s-t)
+    blocks: list = field(default_factory=list)  # (layer, prefix bits) per chunk: provenance of lines
+    n_exact: int = 0
+    _exact_net: object = None
+    _line_cache: dict = field(default_factory=dict)
+
+    def _line_of(self, lid: int) -> tuple:
+        """The exact integer line of a unit (before the quadrant's change of coordinates)."""
+        if self._exact_net is None:
+            self._exact_net = _exact.ExactNet(self.plan, self.base)
+        block, row, unit = lid >> _BLOCK_SHIFT, (lid >> _ROW_SHIFT) & ((1 << 24) - 1), lid & ((1 << 20) - 1)
+        li, prefix = self.blocks[block]
+        return self._exact_net.line(li, prefix[row], unit)
 
 
 def initial_polygon(corners_h: np.ndarray, edges: np.ndarray) -> np.ndarray:
