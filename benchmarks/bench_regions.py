@@ -291,6 +291,50 @@ def box_rows(quick: bool) -> None:
             f"{res.count / dt:>7.1f} {str(ok):>10}",
             flush=True,
         )
+    graph_box_rows(quick)
+
+
+def graph_box_rows(quick: bool) -> None:
+    """regions_in_box on traced graphs (a residual MLP, a global-max-pool net): in 2-D its count against
+    the exact slice engine (regions_on_slice on the same box, positive-area regions), in 4-D against dense
+    sampling (every sampled pattern must be an enumerated region)."""
+    from netgeom.regions.exact import regions_in_box, regions_on_slice
+
+    cases = [
+        ("ResMLP 2-8x2blk-3", _ResMLP(2, 8, 2, 3, seed=0), 2, 2.0),
+        ("GlobalMax 2-8-6-4", _GlobalMax(2, 8, 6, 4, seed=0), 2, 2.0),
+        ("ResMLP 4-8x2blk-3", _ResMLP(4, 8, 2, 3, seed=0), 4, 0.5),
+    ]
+    if not quick:
+        cases.append(("ResMLP 4-12x2blk-3", _ResMLP(4, 12, 2, 3, seed=0), 4, 0.5))
+    # warm-up (imports, numba compilation of the slice kernels) outside the timings
+    regions_in_box(cases[1][1], [-1, -1], [1, 1], verbose=False)
+    regions_on_slice(cases[1][1], [0, 0], [1, 0], [0, 1], box=(-1, 1, -1, 1))
+    print("\nregions_in_box on traced graphs in [-r, r]^d: 2-D vs regions_on_slice, else vs 200k samples")
+    print(
+        f"{'net':>20} {'d':>2} {'r':>4} {'regions':>8} {'LPs':>7} {'time':>7} {'reference':>10} "
+        f"{'t_ref':>7} {'agree':>5}"
+    )
+    for name, net, d, r in cases:
+        lo, hi = -r * np.ones(d), r * np.ones(d)
+        t0 = time.perf_counter()
+        res = regions_in_box(net, lo, hi, verbose=False, max_regions=10**6)
+        dt = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if d == 2:
+            ref = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-r, r, -r, r)).count
+            ok = ref == res.count
+        else:
+            X = np.random.default_rng(0).uniform(-r, r, size=(200_000, d))
+            smp = count_patterns(net, X)
+            ref = smp.count
+            ok = {q.tobytes() for q in smp.patterns} <= {q.tobytes() for q in pack_patterns(res.patterns)}
+        t_ref = time.perf_counter() - t0
+        print(
+            f"{name:>20} {d:>2} {r:>4} {res.count:>8} {res.n_lp:>7} {dt:>7.2f} {ref:>10} {t_ref:>7.2f} "
+            f"{str(ok):>5}",
+            flush=True,
+        )
 
 
 def main(argv=None) -> None:

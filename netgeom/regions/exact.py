@@ -863,6 +863,147 @@ def _crossing_units(G, h, c, A, B, T, size) -> np.ndarray:
     return (Z.max(axis=0) > -margin) & (Z.min(axis=0) < margin)
 
 
+def _active_units(G, h, c, A, Bm, T, lo, hi, size) -> np.ndarray:
+    """The units ``z = A + y @ Bm`` that may change sign inside the piece ``{G y ≤ h}`` of the box: units of
+    constant sign on the whole box never do, and in up to 6 dimensions the piece's vertices rule out more."""
+    zmin = A + np.minimum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
+    zmax = A + np.maximum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
+    active = np.nonzero((zmin < -T) & (zmax > T))[0]
+    if len(active) and len(lo) <= 6:
+        active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
+    return active
+
+
+def _too_many(max_regions: int) -> TooManyRegionsError:
+    return TooManyRegionsError(
+        f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
+        "lower-dimensional subspace, or raise max_regions"
+    )
+
+
+def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar) -> tuple[list, int]:
+    """Split the piece ``{G y ≤ h}`` (a ball ``(c, r)`` inside) by the zero sets of the units
+    ``z = A + y @ Bm`` listed in ``active``, keeping a cut only when both sides hold a ball of radius
+    ``> r_min``. Returns the pieces ``(G, h, centre, radius)`` and the number of LPs solved; raises
+    :class:`TooManyRegionsError` when more than ``room`` pieces are in progress (``room``: what
+    ``max_regions`` leaves after the caller's other regions)."""
+    d = G.shape[1]
+    n_lp = 0
+    # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
+    # in any sub-piece either, so each piece tests only the units that cut its parent, and the
+    # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
+    norms = np.linalg.norm(Bm, axis=0)
+    pieces = []
+    # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
+    # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
+    stack = [(G, h, c, r, active, {})]
+    while stack:
+        G_, h_, c_, r_, cu, wit = stack.pop()
+        cuts = []  # (|sigma|, j, sigma)
+        new_wit = {}
+        for j in cu:
+            gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
+            sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
+            if abs(sigma) < r_ - 2 * r_min:
+                # the hyperplane cuts the inscribed ball: both sides hold half-balls
+                new_wit[j] = (
+                    (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
+                    (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
+                )
+                cuts.append((abs(sigma), j, sigma))
+                continue
+            if j in wit:
+                new_wit[j] = wit[j]
+                cuts.append((abs(sigma), j, sigma))
+                continue
+            if (
+                d <= 6
+                and not _crossing_units(G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size)[0]
+            ):
+                continue  # a qhull call is several times cheaper than the LP it saves
+            # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
+            other = 1.0 if sigma > 0 else -1.0
+            oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
+            n_lp += 1
+            if oc is not None and orad > r_min:
+                own = (c_, min(r_, abs(sigma)))
+                new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
+                cuts.append((abs(sigma), j, sigma))
+        if not cuts:
+            pieces.append((G_, h_, c_, r_))
+            bar.update(1)
+            continue
+        # Split by the unit passing closest to the centre (balanced pieces), keep the others.
+        cuts.sort(key=lambda t: t[0])
+        _, j, sigma = cuts[0]
+        rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
+        gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
+        (pc, pr), (nc, nr) = new_wit[j]
+        for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
+            # witnesses of the other units that lie wholly on this side of unit j stay proofs
+            kept = {}
+            for k in rest.tolist():
+                (b1c, b1r), (b2c, b2r) = new_wit[k]
+                if side * float(b1c @ gj - hj) >= b1r and side * float(b2c @ gj - hj) >= b2r:
+                    kept[k] = new_wit[k]
+            # this side: side * (gj·y - hj) >= 0, i.e. (-side gj)·y <= -side hj
+            G2, h2 = np.vstack([G_, -side * gj]), np.append(h_, -side * hj)
+            stack.append((G2, h2, cc_, rr_, rest, kept))
+        if len(pieces) + len(stack) > room:
+            raise _too_many(max_regions)
+    return pieces, n_lp
+
+
+def _box_frame(n0: int, lo, hi, subspace):
+    """Checked ``(lo, hi, origin, basis)`` of :func:`regions_in_box`."""
+    lo = check_array(lo, "lo", ndim=1)
+    hi = check_array(hi, "hi", ndim=1)
+    if subspace is None:
+        origin, basis = np.zeros(n0), np.eye(n0)
+    else:
+        if not isinstance(subspace, (tuple, list)) or len(subspace) != 2:
+            raise TypeError("subspace must be a pair (origin, basis) with basis of shape (d, n_0)")
+        origin = _flat_point(subspace[0], "subspace origin", n0)
+        basis = check_array(subspace[1], "subspace basis", ndim=2)
+        if basis.shape[1] != n0:
+            raise ValueError(f"subspace basis must have shape (d, {n0}), got {basis.shape}")
+        if np.linalg.matrix_rank(basis) < basis.shape[0]:
+            raise ValueError(
+                "subspace basis rows are linearly dependent, so they do not span a subspace of dim d"
+            )
+    d = basis.shape[0]
+    if lo.shape != (d,) or hi.shape != (d,):
+        raise ValueError(
+            f"lo and hi must have {d} entries (the box's dimension), got {lo.shape} and {hi.shape}"
+        )
+    if not np.all(lo < hi):
+        i = int(np.argmin(hi - lo))
+        raise ValueError(f"box is empty: lo[{i}] = {lo[i]} must be < hi[{i}] = {hi[i]}")
+    return lo, hi, origin, basis
+
+
+def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits) -> BoxRegionsResult:
+    """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)``."""
+    m = len(regions)
+    patterns = (
+        np.array([np.concatenate(reg[-1]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
+    )
+    coords = np.array([reg[2] for reg in regions])
+    return BoxRegionsResult(
+        count=m,
+        n_bits=n_bits,
+        dim=basis.shape[0],
+        n_lp=n_lp,
+        lo=lo,
+        hi=hi,
+        patterns=patterns,
+        points=origin[None, :] + coords @ basis,
+        coords=coords,
+        radii=np.array([reg[3] for reg in regions]),
+        halfspaces=[(reg[0], reg[1]) for reg in regions],
+    )
+
+
 def regions_in_box(
     model: torch.nn.Module,
     lo,
@@ -889,7 +1030,15 @@ def regions_in_box(
     from its Chebyshev centre) rule out units whose hyperplane clearly misses it without an LP. A tqdm bar
     counts the regions found in each layer (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
-    sample's shape, for conv nets) is passed to :func:`netgeom.nets.affine_layers`.
+    sample's shape, for conv nets) is passed to :func:`netgeom.nets.trace`.
+
+    Any traced network (:func:`netgeom.nets.trace`: residual additions, concatenations, max-pooling,
+    LeakyReLU) is answered too, by :mod:`netgeom.regions._graph_box`: nodes are read in topological order,
+    on every piece each node's value is affine in ``y``, ReLU nodes split pieces by their units as above,
+    and each max-pool window splits a piece into the cells where its argmax is constant (ties to the first
+    position, as torch), a cell kept when it holds a ball of radius ``> min_radius`` (times the box's
+    size). The pattern is then, in node order, the ReLU bits and each window's argmax position in binary,
+    as in :func:`netgeom.regions.count_patterns`.
 
     Example
     -------
@@ -897,37 +1046,46 @@ def regions_in_box(
     >>> res = regions_in_box(mlp(2, [3], 1, seed=0), [-5, -5], [5, 5])
     >>> res.count <= 7
     True
+
+    A residual block (a graph, not a chain):
+
+    >>> import torch
+    >>> class Res(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         torch.manual_seed(0)
+    ...         self.a, self.b = torch.nn.Linear(2, 4), torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         return torch.relu(x + self.b(torch.relu(self.a(x))))
+    >>> res = regions_in_box(Res(), [-3, -3], [3, 3], verbose=False)
+    >>> res.n_bits, res.count == len(res.patterns)  # 4 + 2 ReLU bits
+    (6, True)
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     min_radius = check_fraction(min_radius, "min_radius", low_inclusive=False)
     rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
-    layers, plan = _hidden(model, masks, input_shape)
+    from ..nets import trace
+
+    # One trace: its chain view (what affine_layers reads) when it is a chain, else the graph engine.
+    g = trace(model, masks, input_shape=input_shape)
+    if not g.is_chain:
+        from ._graph_box import box_graph_regions
+
+        lo, hi, origin, basis = _box_frame(g.n_in, lo, hi, subspace)
+        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol, verbose)
+    layers, plan = _plan(g.layers())
+    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose)
+
+
+def _box_layers(
+    layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose
+) -> BoxRegionsResult:
+    """:func:`regions_in_box` on a chain: the layers and plan of :func:`_plan`."""
     from tqdm.auto import tqdm
 
     n0 = layers[0].n_in
-    lo = check_array(lo, "lo", ndim=1)
-    hi = check_array(hi, "hi", ndim=1)
-    if subspace is None:
-        origin, basis = np.zeros(n0), np.eye(n0)
-    else:
-        if not isinstance(subspace, (tuple, list)) or len(subspace) != 2:
-            raise TypeError("subspace must be a pair (origin, basis) with basis of shape (d, n_0)")
-        origin = _flat_point(subspace[0], "subspace origin", n0)
-        basis = check_array(subspace[1], "subspace basis", ndim=2)
-        if basis.shape[1] != n0:
-            raise ValueError(f"subspace basis must have shape (d, {n0}), got {basis.shape}")
-        if np.linalg.matrix_rank(basis) < basis.shape[0]:
-            raise ValueError(
-                "subspace basis rows are linearly dependent, so they do not span a subspace of dim d"
-            )
+    lo, hi, origin, basis = _box_frame(n0, lo, hi, subspace)
     d = basis.shape[0]
-    if lo.shape != (d,) or hi.shape != (d,):
-        raise ValueError(
-            f"lo and hi must have {d} entries (the box's dimension), got {lo.shape} and {hi.shape}"
-        )
-    if not np.all(lo < hi):
-        i = int(np.argmin(hi - lo))
-        raise ValueError(f"box is empty: lo[{i}] = {lo[i]} must be < hi[{i}] = {hi[i]}")
     size = float(np.max(hi - lo))
     r_min = min_radius * size
     G0 = np.vstack([np.eye(d), -np.eye(d)])
@@ -957,76 +1115,10 @@ def regions_in_box(
             if not has_bits:
                 new_regions.append((G, h, c, r, A[None, :], Bm, bits))
                 continue
-            # Range of each unit over the whole box: units of constant sign there never split.
-            zmin = A + np.minimum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-            zmax = A + np.maximum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-            active = np.nonzero((zmin < -T) & (zmax > T))[0]
-            if len(active) and d <= 6:
-                active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
-            # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
-            # in any sub-piece either, so each piece tests only the units that cut its parent, and the
-            # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
-            norms = np.linalg.norm(Bm, axis=0)
-            pieces = []
-            # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
-            # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
-            stack = [(G, h, c, r, active, {})]
-            while stack:
-                G_, h_, c_, r_, cu, wit = stack.pop()
-                cuts = []  # (|sigma|, j, sigma)
-                new_wit = {}
-                for j in cu:
-                    gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
-                    sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
-                    if abs(sigma) < r_ - 2 * r_min:
-                        # the hyperplane cuts the inscribed ball: both sides hold half-balls
-                        new_wit[j] = (
-                            (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
-                            (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
-                        )
-                        cuts.append((abs(sigma), j, sigma))
-                        continue
-                    if j in wit:
-                        new_wit[j] = wit[j]
-                        cuts.append((abs(sigma), j, sigma))
-                        continue
-                    if d <= 6 and not _crossing_units(
-                        G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size
-                    )[0]:
-                        continue  # a qhull call is several times cheaper than the LP it saves
-                    # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
-                    other = 1.0 if sigma > 0 else -1.0
-                    oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
-                    n_lp += 1
-                    if oc is not None and orad > r_min:
-                        own = (c_, min(r_, abs(sigma)))
-                        new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
-                        cuts.append((abs(sigma), j, sigma))
-                if not cuts:
-                    pieces.append((G_, h_, c_, r_))
-                    bar.update(1)
-                    continue
-                # Split by the unit passing closest to the centre (balanced pieces), keep the others.
-                cuts.sort(key=lambda t: t[0])
-                _, j, sigma = cuts[0]
-                rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
-                gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
-                (pc, pr), (nc, nr) = new_wit[j]
-                for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
-                    # witnesses of the other units that lie wholly on this side of unit j stay proofs
-                    kept = {}
-                    for k in rest.tolist():
-                        (b1c, b1r), (b2c, b2r) = new_wit[k]
-                        if side * float(b1c @ gj - hj) >= b1r and side * float(b2c @ gj - hj) >= b2r:
-                            kept[k] = new_wit[k]
-                    # this side: side * (gj·y - hj) >= 0, i.e. (-side gj)·y <= -side hj
-                    G2, h2 = np.vstack([G_, -side * gj]), np.append(h_, -side * hj)
-                    stack.append((G2, h2, cc_, rr_, rest, kept))
-                if len(new_regions) + len(pieces) + len(stack) + len(regions) - k_reg - 1 > max_regions:
-                    raise TooManyRegionsError(
-                        f"more than max_regions={max_regions} regions met in the box; shrink the box, use a "
-                        "lower-dimensional subspace, or raise max_regions"
-                    )
+            active = _active_units(G, h, c, A, Bm, T, lo, hi, size)
+            room = max_regions - (len(new_regions) + len(regions) - k_reg - 1)
+            pieces, n = _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar)
+            n_lp += n
             # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
             for G_, h_, c_, r_ in pieces:
                 z = A + c_ @ Bm
@@ -1044,25 +1136,8 @@ def regions_in_box(
                 )
         bar.close()
         regions = new_regions
-    m = len(regions)
     n_bits = sum(len(b) for b in regions[0][6]) if regions[0][6] else 0
-    patterns = (
-        np.array([np.concatenate(reg[6]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
-    )
-    coords = np.array([reg[2] for reg in regions])
-    return BoxRegionsResult(
-        count=m,
-        n_bits=n_bits,
-        dim=d,
-        n_lp=n_lp,
-        lo=lo,
-        hi=hi,
-        patterns=patterns,
-        points=origin[None, :] + coords @ basis,
-        coords=coords,
-        radii=np.array([reg[3] for reg in regions]),
-        halfspaces=[(reg[0], reg[1]) for reg in regions],
-    )
+    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits)
 
 
 # ================================================================================================= demo
