@@ -16,7 +16,10 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+# the MNIST test split beside the checkout (../shared/data/mnist), or wherever NETGEOM_MNIST_DIR points
+MNIST_DIR = os.environ.get(
+    "NETGEOM_MNIST_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+)
 
 
 @pytest.fixture
@@ -35,10 +38,10 @@ def _torch_threads():
 
 @pytest.fixture
 def mnist_dir():
+    # the tests that read real MNIST files need the split: missing, they fail (never skip) and say where
     if not os.path.exists(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
-        # CI always has ../shared beside the clone: a missing split there is an error, not a reason to skip;
-        # a user's checkout without it skips the few tests that read real MNIST files
-        if os.environ.get("CI"):
-            pytest.fail(f"CI run without the shared MNIST test split at {MNIST_DIR}")
-        pytest.skip("the shared MNIST test split is not beside this checkout")
+        pytest.fail(
+            f"the MNIST test split (t10k-*-idx*-ubyte.gz) is not at {MNIST_DIR}: put ../shared beside the "
+            "checkout or set NETGEOM_MNIST_DIR"
+        )
     return MNIST_DIR

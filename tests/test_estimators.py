@@ -10,7 +10,7 @@ from netgeom.data.synthetic import make_linear_manifold, sample_sphere, sample_s
 from netgeom.dimension import MLE, DimensionResult, TwoNN, intrinsic_dimension, nearest_neighbors
 
 matplotlib.use("Agg")
-skdim = pytest.importorskip("skdim")
+import skdim  # noqa: E402
 
 
 def _data(D, seed=0, n=600, d=4):

@@ -247,7 +247,7 @@ def test_regions_unit_smoke(tmp_path):
 
 def test_parallel_map_runs_on_a_dask_scheduler_in_order():
     """--scheduler ADDRESS: the units go through joblib's dask backend on a distributed Client."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
         got = C.parallel_map(pow, [(2, 3), (3, 2), (5, 1)], scheduler=cluster.scheduler_address)

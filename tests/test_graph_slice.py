@@ -189,7 +189,7 @@ def _rc_linear(rc, m):
 
 
 def _rc_res(net, masks, x0, d1, d2, r):
-    regioncam = pytest.importorskip("regioncam")
+    import regioncam
     from regioncam import nn as rn
 
     w32 = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -220,7 +220,7 @@ def _slope(net) -> float:
 
 
 def _rc_max(net, x0, d1, d2, r):
-    regioncam = pytest.importorskip("regioncam")
+    import regioncam
     rc = regioncam.Regioncam(size=r)
     rc.linear(np.stack([d1, d2]).astype(np.float32), x0.astype(np.float32))
     _rc_linear(rc, net.fc1)

@@ -16,7 +16,7 @@ from netgeom.dimension import (
 )
 
 matplotlib.use("Agg")
-skdim = pytest.importorskip("skdim")
+import skdim  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402  (skdim brings scikit-learn)
 
 # ours -> (skdim ver, our keyword arguments, skdim keyword arguments)

@@ -241,7 +241,7 @@ def test_panels_in_many_column_chunks(monkeypatch):
 
 
 def test_equal_to_faiss_flat_index_away_from_ties():
-    faiss = pytest.importorskip("faiss")
+    import faiss
     rng = np.random.default_rng(5)
     X = rng.normal(size=(2000, 64)).astype(np.float32)
     index = faiss.IndexFlatL2(64)

@@ -12,14 +12,13 @@ the box that netgeom finds holds the whole arrangement (``box=None``).
 
 import numpy as np
 import pytest
+import regioncam
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from netgeom import mlp
 from netgeom.regions.exact import regions_on_segment, regions_on_slice
-
-regioncam = pytest.importorskip("regioncam")
 
 
 def _rc_count(net, x0, d1, d2, r: float) -> int:

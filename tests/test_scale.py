@@ -38,7 +38,7 @@ def test_decimation_levels():
     # level 0 is TwoNN on all points
     assert r.twonn[0] == TwoNN(discard_fraction=0.2).fit(X).dimension_ and r.twonn_std[0] == 0
     # the subsets are a seeded partition: rebuild them and fit each with scikit-dimension's TwoNN
-    skdim = pytest.importorskip("skdim")
+    import skdim
     rng = np.random.default_rng(5)
     for j in (1, 2, 3):
         parts = rng.permutation(640)[: 2**j * (640 // 2**j)].reshape(2**j, -1)

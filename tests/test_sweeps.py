@@ -30,7 +30,7 @@ def same(a, b):
 
 @pytest.fixture(scope="module")
 def client():
-    distributed = pytest.importorskip("distributed")
+    import distributed
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                        dashboard_address=":0")
     c = distributed.Client(cluster, set_as_default=False)
@@ -87,7 +87,7 @@ def test_dask_default_client_and_scheduler_address(tmp_path, client):
 
 def test_dask_worker_processes_ship_results_back_exactly(tmp_path):
     """Real worker processes: configs, results (tensors, Masks) and run directories cross process borders."""
-    distributed = pytest.importorskip("distributed")
+    import distributed
     config = IMPConfig(**{**BASE.__dict__, "rounds": 1})
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as c:
