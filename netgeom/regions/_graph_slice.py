@@ -863,69 +863,12 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     return _walk(ctx, 0, rec, nv, vals, pats)
 
 
-def _reach(ctx: GraphSliceCtx, rec, nv) -> float:
-    """Largest ``|u|``, ``|v|`` of a finite vertex of the pieces of one quadrant's triangle (whose edge ``-2``
-    is the line at infinity); exact where the float position is unsure."""
-    H = rec[..., _H]
-    ids = _ids(rec[..., _ID])
-    prev = np.concatenate([ids[:, -1:], ids[:, :-1]], axis=1)
-    prev[np.arange(len(nv)), 0] = ids[np.arange(len(nv)), nv - 1]
-    real = np.arange(H.shape[1])[None, :] < nv[:, None]
-    fin = real & (ids != -2) & (prev != -2)
-    w = H[..., 0] - H[..., 1] - H[..., 2]
-    # w is off by a few times the vertex's error bound; where that is not small against w, the vertex is far
-    # out and its position is computed exactly
-    sure = np.abs(w) > 1e3 * (rec[..., _HD] + 4 * _U)
-    reach = 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.abs(H[..., 1:][fin & sure] / w[fin & sure][:, None])
-    if uv.size:
-        reach = float(uv.max())
-    for r_, k_ in zip(*np.nonzero(fin & ~sure)):
-        D, X, Y = _exact.cross(ctx.exact_line(int(prev[r_, k_])), ctx.exact_line(int(ids[r_, k_])))
-        den = D - X - Y
-        if den == 0:  # two parallel lines meet at infinity: not a vertex
-            continue
-        big = max(abs(X), abs(Y))
-        if big > (1 << 996) * abs(den):
-            raise ValueError(
-                "the arrangement of this plane has a vertex beyond 1e300 (nearly parallel boundaries), so no "
-                "float64 box holds every region; pass a finite box"
-            )
-        reach = max(reach, big / abs(den))
-        ctx.n_exact += 1
-    return reach
-
-
-def _exact_far_vertices(ctx: GraphSliceCtx, rec, nv) -> None:
-    """Vertices whose float ``D`` underflowed (a box far beyond the arrangement's scale, e.g. 1e200 wide):
-    their ``(u, v)`` from the exact crossing of their two edges, stored as ``(1, u, v)`` (output only)."""
-    H = rec[..., _H]
-    real = np.arange(H.shape[1])[None, :] < nv[:, None]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
-    if not bad.any():
-        return
-    from fractions import Fraction
-
-    ids = _ids(rec[..., _ID])
-    for r_, k_ in zip(*np.nonzero(bad)):
-        kp = k_ - 1 if k_ > 0 else nv[r_] - 1
-        D, X, Y = _exact.cross(ctx.exact_line(int(ids[r_, kp])), ctx.exact_line(int(ids[r_, k_])))
-        rec[r_, k_, _H] = (1.0, float(Fraction(X, D)), float(Fraction(Y, D)))
-    # padding slots repeat vertex 0
-    pad = np.arange(H.shape[1])[None, :] >= nv[:, None]
-    rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
-
-
 def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int, compiled: bool = True):
     """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
     (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
 
-    The whole plane is cut as four quadrants, each mapped onto a triangle by a projective map (lines stay
-    lines), which finds every region's pattern; then a square box twice as wide as the farthest finite vertex
-    is cut and grown until it holds that many regions. ``compiled=False`` runs the numpy path only (the
-    reference the compiled kernels are checked against)."""
+    The box or the whole plane is handled by :func:`._slice.slice_plane`, as for chains. ``compiled=False``
+    runs the numpy path only (the reference the compiled kernels are checked against)."""
 
     def run(frame_h, frame_l, quadrant):
         ctx = GraphSliceCtx(
@@ -940,39 +883,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
         return rec, nv, pats, ctx
 
-    def run_box(u0, u1, v0, v1):
-        corners = [[1.0, u0, v0], [1.0, u1, v0], [1.0, u1, v1], [1.0, u0, v1]]
-        edges = [[-v0, 0.0, 1.0], [-u1, 1.0, 0.0], [-v1, 0.0, 1.0], [-u0, 1.0, 0.0]]
-        return run(corners, edges, None)
-
-    if box is not None:
-        rec, nv, pats, ctx = run_box(*box)
-        _exact_far_vertices(ctx, rec, nv)
-        return box, rec, nv, pats, ctx.n_exact
-    from .patterns import pack_patterns, unique_rows
-
-    tri_h = [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
-    tri_l = [[0.0, 0.0, 1.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 0.0]]
-    all_pats, reach, n_exact = [], 0.0, 0
-    for quadrant in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
-        rec, nv, pats, ctx = run(tri_h, tri_l, quadrant)
-        all_pats.append(pats)
-        reach = max(reach, _reach(ctx, rec, nv))
-        n_exact += ctx.n_exact
-    total = len(unique_rows(pack_patterns(np.concatenate(all_pats)))[0])
-    R = 2.0 * reach if reach > 0 else 1.0
-    for _ in range(8):
-        rec, nv, pats, ctx = run_box(-R, R, -R, R)
-        n_exact += ctx.n_exact
-        if len(pats) == total:
-            _exact_far_vertices(ctx, rec, nv)
-            return (-R, R, -R, R), rec, nv, pats, n_exact
-        if len(pats) > total:  # pragma: no cover - both counts are exact
-            raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
-        R *= 16.0
-        if not np.isfinite(R * 16):
-            break
-    raise RuntimeError("no finite box met every region of the plane; please report this network")
+    return _slice.slice_plane(run, box)
 
 
 __all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv"]

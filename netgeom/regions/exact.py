@@ -650,70 +650,9 @@ def _slice_layers(layers, plan, x0, d1, d2, box, max_regions: int, memory_budget
         )
         return rec, nv, pats, ctx
 
-    def run_box(u0, u1, v0, v1):
-        corners = [[1.0, u0, v0], [1.0, u1, v0], [1.0, u1, v1], [1.0, u0, v1]]
-        edges = [[-v0, 0.0, 1.0], [-u1, 1.0, 0.0], [-v1, 0.0, 1.0], [-u0, 1.0, 0.0]]
-        return run(corners, edges, None)
-
-    n_exact = 0
-    if box is None:
-        from .patterns import pack_patterns, unique_rows
-
-        tri_h = [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
-        tri_l = [[0.0, 0.0, 1.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 0.0]]
-        all_pats, reach = [], 0.0
-        for su, sv in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
-            rec, nv, pats, ctx = run(tri_h, tri_l, (su, sv))
-            n_exact += ctx.n_exact
-            all_pats.append(pats)
-            # Finite vertices (not on the line at infinity, edge id -2): where the regions' corners are.
-            H = rec[..., :3]
-            ids = np.ascontiguousarray(rec[..., 8]).view(np.int64)
-            prev = np.concatenate([ids[:, -1:], ids[:, :-1]], axis=1)
-            prev[np.arange(len(nv)), 0] = ids[np.arange(len(nv)), nv - 1]
-            real = np.arange(H.shape[1])[None, :] < nv[:, None]
-            fin = real & (ids != -2) & (prev != -2)
-            w = H[..., 0] - H[..., 1] - H[..., 2]
-            # w has an absolute error of a few units of the vertex's error bound; where that is not small
-            # against w, the vertex is far out and its position is computed exactly.
-            sure = np.abs(w) > 1e3 * (rec[..., 3] + 4 * _U)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                uv = np.abs(H[..., 1:][fin & sure] / w[fin & sure][:, None])
-            if uv.size:
-                reach = max(reach, float(uv.max()))
-            for r_, k_ in zip(*np.nonzero(fin & ~sure)):
-                D, X, Y = _exact.cross(ctx.exact_line(int(prev[r_, k_])), ctx.exact_line(int(ids[r_, k_])))
-                den = D - X - Y
-                if den == 0:  # the crossing of two parallel lines: a point at infinity, not a vertex
-                    continue
-                big = max(abs(X), abs(Y))
-                # |coordinate| = big / |den|, compared in integers (it may exceed the float range)
-                if big > (1 << 996) * abs(den):
-                    raise ValueError(
-                        "the arrangement of this plane has a vertex beyond 1e300 (nearly parallel "
-                        "boundaries), so no float64 box holds every region; pass a finite box"
-                    )
-                reach = max(reach, big / abs(den))
-                ctx.n_exact += 1
-        total = len(unique_rows(pack_patterns(np.concatenate(all_pats)))[0])
-        R = 2.0 * reach if reach > 0 else 1.0
-        for _ in range(8):
-            rec, nv, pats, ctx = run_box(-R, R, -R, R)
-            n_exact += ctx.n_exact
-            if len(pats) == total:
-                break
-            if len(pats) > total:  # cannot happen: both counts are exact
-                raise RuntimeError(f"internal error: box count {len(pats)} > plane count {total}")
-            R *= 16.0
-            if not np.isfinite(R * 16):
-                break
-        else:
-            raise RuntimeError("no finite box met every region of the plane; please report this network")
-        u0, u1, v0, v1 = -R, R, -R, R
-    else:
-        u0, u1, v0, v1 = _check_box(box)
-        rec, nv, pats, ctx = run_box(u0, u1, v0, v1)
-        n_exact += ctx.n_exact
+    if box is not None:
+        box = _check_box(box)
+    (u0, u1, v0, v1), rec, nv, pats, n_exact = _slice.slice_plane(run, box)
     polygons, areas = _slice.polygons_uv_fast(rec, nv)
     return SliceRegionsResult(
         count=len(pats),
