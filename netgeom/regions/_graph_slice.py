@@ -42,16 +42,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _exact, _slice
-from ._slice import TooManyRegionsError, _as_float, _ids, _normalise, _pad_to
+from ._slice import (
+    _BLOCK_SHIFT,
+    _H,
+    _HD,
+    _ID,
+    _REC,
+    _ROW_SHIFT,
+    _TINY,
+    _U,
+    TooManyRegionsError,
+    _as_float,
+    _ids,
+    _pad_to,
+)
 
-_U = 2.0**-53
-_TINY = 1e-300
-# A vertex record (the chain engine's layout): homogeneous point (3), its error (1), the line of the edge
-# that follows it (3), that line's error (1) and its id (1, int64 stored in a float64's bits).
-_H, _HD, _E, _ED, _ID = slice(0, 3), 3, slice(4, 7), 7, 8
-_REC = 9
-# line id = block << 44 | row << 20 | unit; a block is one pattern node applied to one set of polygons
-_BLOCK_SHIFT, _ROW_SHIFT = 44, 20
+# the chain engine's vertex records and line ids (a block here is one pattern node applied to one set of
+# polygons)
 _UNIT_MAX, _ROW_MAX = 1 << 20, 1 << 24
 # 8-byte entries kept per polygon and unit of a live node (A, B_0, B_1, their error bound, the origin)
 _BYTES_PER_ENTRY = 5 * 8
@@ -315,56 +322,9 @@ def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero, known=None) -> np.ndarray
 
 
 def _split(ctx: GraphSliceCtx, R, nr, sig, lr, both: bool = True):
-    """Cut each polygon ``R (r, K, rec)`` by its line ``lr (r, 5)`` whose vertex signs ``sig`` take both
-    signs. Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces and, with ``both``, rows ``r..2r-1``
-    the negative ones."""
-    r, K1, _ = R.shape
-    real = np.arange(K1)[None, :] < nr[:, None]
-    sn = sig[:, np.r_[1:K1, 0]]  # the next vertex's sign (slot nr holds vertex 0)
-    xk = real & (sig.astype(np.int16) * sn < 0)
-    qr, qk = np.nonzero(xk)
-    Ee = R[qr, qk]
-    Ll = lr[qr]
-    e0, e1, e2, l0, l1, l2 = Ee[:, 4], Ee[:, 5], Ee[:, 6], Ll[:, 0], Ll[:, 1], Ll[:, 2]
-    X = np.stack([e1 * l2 - e2 * l1, e2 * l0 - e0 * l2, e0 * l1 - e1 * l0], axis=1)
-    dX = 2 * (Ee[:, _ED] + Ll[:, 3] + Ee[:, _ED] * Ll[:, 3]) + 5 * _U + _TINY
-    X, dX = _normalise(X, dX)
-    dX = dX * (1 + 1e-9) + _TINY
-    D = X[:, 0]
-    unsure = ~(np.abs(D) > dX)
-    sgnD = np.sign(D)
-    if unsure.any():
-        sgnD[unsure] = ctx.exact_d_signs(_ids(Ee[unsure, _ID]), _ids(Ll[unsure, 4]))
-    X *= sgnD[:, None]
-    xidx = np.zeros((r, K1), dtype=np.int64)
-    xidx[qr, qk] = np.arange(len(qr))
-    nout = 2 * r if both else r
-    # slot 2k = vertex k, slot 2k + 1 = the crossing on edge k; rows r.. are the flipped signs' pieces
-    keep = np.empty((nout, 2 * K1), dtype=bool)
-    keep[:r, 0::2] = real & (sig >= 0)
-    keep[:r, 1::2] = xk
-    if both:
-        keep[r:, 0::2] = real & (sig <= 0)
-        keep[r:, 1::2] = xk
-    cnt = keep.sum(axis=1)
-    Kn = int(cnt.max()) + 1
-    dest = np.cumsum(keep, axis=1) - 1
-    rr, cc = np.nonzero(keep)
-    src = np.where(rr < r, rr, rr - r)
-    k = cc >> 1
-    odd = (cc & 1).astype(bool)
-    vals = R[src, k]
-    vals[odd, :4] = np.concatenate([X, dX[:, None]], axis=1)[xidx[src[odd], k[odd]]]
-    # the edge after a slot is the cut line where the next original vertex is on the far side
-    flip = np.where(rr < r, 1, -1).astype(np.int8)
-    nxt = sn[src, k] * flip
-    use_l = (nxt < 0) & (odd | (sig[src, k] == 0))
-    vals[use_l, 4:] = lr[src[use_l]]
-    out = np.empty((nout, Kn, _REC))
-    out[rr, dest[rr, cc]] = vals
-    pad = np.arange(Kn)[None, :] >= cnt[:, None]
-    out = np.where(pad[..., None], out[:, :1], out)
-    return out, cnt
+    """The chain engine's cut (:func:`._slice._split`) of polygons with ``nr`` vertices each."""
+    real = np.arange(R.shape[1])[None, :] < nr[:, None]
+    return _slice._split(ctx, R, real, sig, lr, both)
 
 
 def _block_ids(block: int, rows: np.ndarray, units: np.ndarray) -> np.ndarray:

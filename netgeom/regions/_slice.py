@@ -463,10 +463,10 @@ def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, maps, base):
     )
 
 
-def _split(ctx: SliceCtx, R, real, sig, lr):
+def _split(ctx: ExactLines, R, real, sig, lr, both: bool = True):
     """Cut each polygon ``R (r, K1, rec)`` by its line ``lr (r, 5)`` whose signs at the vertices are ``sig``
-    (both signs present). Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces, ``r..2r-1`` the
-    negative ones."""
+    (both signs present). Returns ``(pieces, n)``: rows ``0..r-1`` the positive pieces and, with ``both``,
+    rows ``r..2r-1`` the negative ones (the graph engine's max-pool cells keep one side only)."""
     r, K1, _ = R.shape
     sn = sig[:, np.r_[1:K1, 0]]
     xk = real & (sig.astype(np.int16) * sn < 0)
@@ -489,11 +489,13 @@ def _split(ctx: SliceCtx, R, real, sig, lr):
     xidx[qr, qk] = np.arange(len(qr))
     # Slots 2k = vertex k, 2k + 1 = the crossing point on edge k, for the positive pieces (rows 0..r-1) and
     # the negative ones (rows r..2r-1, the positive pieces of the flipped signs). Only kept slots are built.
-    keep = np.empty((2 * r, 2 * K1), dtype=bool)
+    nout = 2 * r if both else r
+    keep = np.empty((nout, 2 * K1), dtype=bool)
     keep[:r, 0::2] = real & (sig >= 0)
-    keep[r:, 0::2] = real & (sig <= 0)
     keep[:r, 1::2] = xk
-    keep[r:, 1::2] = xk
+    if both:
+        keep[r:, 0::2] = real & (sig <= 0)
+        keep[r:, 1::2] = xk
     cnt = keep.sum(axis=1)
     Kn = int(cnt.max()) + 1
     dest = np.cumsum(keep, axis=1) - 1
@@ -509,7 +511,7 @@ def _split(ctx: SliceCtx, R, real, sig, lr):
     nxt = sn[src, k] * flip
     use_l = (nxt < 0) & (odd | (sig[src, k] == 0))
     vals[use_l, 4:] = lr[src[use_l]]
-    out = np.empty((2 * r, Kn, _REC))
+    out = np.empty((nout, Kn, _REC))
     out[rr, dest[rr, cc]] = vals
     pad = np.arange(Kn)[None, :] >= cnt[:, None]
     out = np.where(pad[..., None], out[:, :1], out)
