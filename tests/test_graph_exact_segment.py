@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_regions_graph import ResPoolCat  # the same residual + max-pool + cat net
 from torch import nn
 from torch.nn import functional as F
 
@@ -35,23 +36,6 @@ class TieNet(nn.Module):
         h = F.leaky_relu(self.fc1(x), self.slope)
         r = F.leaky_relu(self.fc2(h) + h, self.slope)
         return self.fc3(F.max_pool1d(r.unsqueeze(1), 2).flatten(1))
-
-
-class CatNet(nn.Module):
-    """relu(fc1 x) -> relu(fc2 h + h) (residual) -> max-pool pairs -> cat with x -> fc3."""
-
-    def __init__(self, n0: int, w: int, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc1, self.fc2 = nn.Linear(n0, w), nn.Linear(w, w)
-        self.fc3 = nn.Linear(w // 2 + n0, 4)
-        self.fc4 = nn.Linear(4, 2)
-
-    def forward(self, x):
-        h = F.relu(self.fc1(x))
-        h = F.relu(self.fc2(h) + h)
-        p = F.max_pool1d(h.unsqueeze(1), 2).flatten(1)
-        return self.fc4(F.relu(self.fc3(torch.cat([p, x], dim=1))))
 
 
 def _exact_patterns(g, a, d, t: Fraction):
@@ -151,7 +135,7 @@ def test_quantised_graphs_with_many_ties_match_fraction_brute_force(seed, slope)
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), n0=st.integers(2, 5), w=st.sampled_from([4, 6, 8]))
 def test_exact_path_everywhere_equals_the_certified_floats_with_cat(seed, n0, w):
-    g = trace(CatNet(n0, w, seed).double().eval())
+    g = trace(ResPoolCat(n0, w, seed).double().eval())
     rng = np.random.default_rng(seed)
     a, d = rng.normal(size=(2, n0)) * 3
     info = {}

@@ -53,6 +53,7 @@ from ._slice import (
     _U,
     TooManyRegionsError,
     _as_float,
+    _cat,
     _ids,
     _pad_to,
 )
@@ -480,7 +481,7 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             rows = np.nonzero(fb)[0]
             Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], E[rows]),
                                        block, rows)
-            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            R, nr = _cat([(R, nr, nr), (Rf, nf, nf)])[:2]
             parent = np.concatenate([parent, rows[pf]])
             bits = np.concatenate([bits, bf])
     else:
@@ -656,7 +657,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             Rf, nf, pf, bf = _pool_cut(
                 ctx, node, rec[rows], nv[rows], tuple(a[rows] for a in inp), block, rows, surv[rows]
             )
-            R, nr = _merge([(R, nr, nr), (Rf, nf, nf)])[:2]
+            R, nr = _cat([(R, nr, nr), (Rf, nf, nf)])[:2]
             parent = np.concatenate([parent, rows[pf]])
             best = np.concatenate([best, bf])
     else:
@@ -726,17 +727,6 @@ def _cat_node(ins):
     )
 
 
-def _merge(outs):
-    if len(outs) == 1:
-        return outs[0]
-    K = max(o[0].shape[1] for o in outs)
-    return (
-        np.concatenate([_pad_to(o[0], K) for o in outs]),
-        np.concatenate([o[1] for o in outs]),
-        np.concatenate([o[2] for o in outs]),
-    )
-
-
 def _live_units(ctx, vals, after: int) -> int:
     return sum(v[0].shape[1] for key, v in vals.items() if ctx.last_use.get(key, -1) > after)
 
@@ -753,7 +743,7 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
             width = _live_units(ctx, vals, i - 1) + node.size
             step = max(1, ctx.budget // (_BYTES_PER_ENTRY * 4 * max(1, width)))
             if len(rec) > step:
-                return _merge(
+                return _cat(
                     [
                         _walk(
                             ctx,
@@ -790,7 +780,7 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
             width = _live_units(ctx, vals, i)
             step = max(1, ctx.budget // (_BYTES_PER_ENTRY * max(1, width)))
             if len(rec) > step:
-                return _merge(
+                return _cat(
                     [
                         _walk(
                             ctx,
