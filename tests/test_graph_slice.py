@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_regions_graph import _patterns_at as _reference_patterns  # the hand-written reference
 from torch import nn
 from torch.nn import functional as F
 
@@ -116,19 +117,7 @@ def _plane(n0: int, seed: int, scale: float = 1.0):
 # ------------------------------------------------------------------------------------------- sampling
 def _patterns_at(g, X) -> np.ndarray:
     """Patterns (ReLU bits ``z > 0``, one-hot torch argmaxes) of the graph at the inputs ``X``."""
-    n = len(X)
-    vals = g.values(torch.as_tensor(X))
-    cols = []
-    for node in g.nodes:
-        if node.op == "relu":
-            cols.append((vals[node.inputs[0]] > 0).numpy())
-        elif node.op == "maxpool":
-            _, pos = node.pool(vals[node.inputs[0]], return_indices=True)
-            nw, k = node.windows.shape
-            onehot = np.zeros((n, nw * k), dtype=bool)
-            onehot[np.arange(n)[:, None], np.arange(nw)[None, :] * k + pos.numpy()] = True
-            cols.append(onehot)
-    return np.concatenate(cols, axis=1)
+    return _reference_patterns(g, torch.as_tensor(X))[0]
 
 
 def _keys(P) -> set:
