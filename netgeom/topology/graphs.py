@@ -226,6 +226,33 @@ class NetworkGraph:
             out = out + (np.concatenate(ls), np.concatenate(idxs))
         return out
 
+    def _network_edges(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """``(n_vertices, u, v, w, flat, bases)`` of the chained graph, cached (read-only arrays): ``u, v,
+        w`` as :meth:`global_edges` (int64 vertex ids), ``flat`` each edge's flat index in the layers'
+        weight matrices laid end to end, ``bases[k]`` where layer ``k``'s block starts (``len + 1``
+        entries). The cache is keyed on the layer objects, whose arrays are frozen, so replacing a layer
+        in ``layers`` recomputes it. The caller checks that the graph chains."""
+        key = tuple(self.layers)
+        cached = getattr(self, "_edges_cache", None)
+        if cached is not None and len(cached[0]) == len(key) and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        us, vs, ws, fs = [], [], [], []
+        off, bases = 0, [0]
+        for g in self.layers:
+            u, v, w, idx = g.edges()
+            us.append(u + off)
+            vs.append(v + off)
+            ws.append(w)
+            fs.append(idx + bases[-1])
+            off += g.n_in
+            bases.append(bases[-1] + g.n_possible)
+        out = (off + self.layers[-1].n_out, np.concatenate(us), np.concatenate(vs), np.concatenate(ws),
+               np.concatenate(fs), bases)
+        for a in out[1:5]:
+            a.flags.writeable = False
+        self._edges_cache = (key, out)
+        return out
+
     def _chain_error(self) -> str:
         k, why = self.chain_breaks[0]
         a, b = self.layers[k], self.layers[k + 1]

@@ -25,10 +25,9 @@ persistence) close essential classes at ``w̃ = 0`` (persistence 1), the limit o
 Native algorithms (ours), picked by ``method="auto"`` from the edge count:
 
 * ``"kruskal"`` for sparse graphs: one sort of the edges (numpy's fast unstable sort; a stable one only
-  when equal weights occur) and one union-find pass in scipy's compiled Kruskal, fed our order through a
-  subdivided graph so that it does not sort again (:func:`_ordered_kruskal`). Large graphs go in prefix
-  rounds: the forest of the heaviest ``~2 |V|`` edges (one ``np.partition``) usually spans already, and the
-  remaining edges are only those between different components. No dense temporary.
+  when equal weights occur) and one union-find pass, compiled with numba (:mod:`._kruskal_kernel`). Large
+  graphs go in prefix rounds: the forest of the heaviest ``~2 |V|`` edges (one ``np.partition``) usually
+  spans already, and the remaining edges are only those between different components. No dense temporary.
 * ``"prim"`` for dense matrices: vectorised Prim, each of the ``|V|`` steps a few numpy passes over one
   row or column (about one pass over the weights in total).
 * ``"boruvka"``: vectorised Borůvka on the edge list (one stable sort, ``O(log |V|)`` rounds), kept as an
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import connected_components
 
 from .._validation import check_array, check_choice
 from ..nets import AffineLayer
@@ -158,24 +157,9 @@ def _boruvka(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np
 #: remaining edges, much less than sorting them. Tuned with benchmarks/bench_persistence.py.
 _PREFIX_PER_VERTEX = 2.0
 _PREFIX_MIN_RATIO = 1.5
-#: below this many candidate edges (or twice the forest so far) one Kruskal call on all of them is faster
-#: than another round's fixed costs (a partition, two scipy calls)
+#: below this many candidate edges one sort of all of them is faster than another round's fixed costs
+#: (a partition and a filtering pass)
 _PREFIX_MIN_EDGES = 30_000
-
-
-def _csr_kruskal(n: int, rows: np.ndarray, cols: np.ndarray, data: np.ndarray) -> np.ndarray:
-    """Positions (increasing) of scipy's minimum spanning forest of ``data`` (all non-zero).
-
-    ``(rows, cols)`` must be strictly increasing in ``rows * n + cols`` (CSR order): scipy's Kruskal then
-    breaks ties by position, its argsort being stable. ``data`` is consumed (scipy overwrites it).
-    """
-    indptr = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    A = sparse.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, n))
-    T = minimum_spanning_tree(A, overwrite=True)
-    t_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(T.indptr))
-    key = rows.astype(np.int64) * n + cols
-    return np.searchsorted(key, t_rows * n + T.indices)
 
 
 def _edge_order(w: np.ndarray) -> np.ndarray:
@@ -198,85 +182,52 @@ def _edge_order(w: np.ndarray) -> np.ndarray:
     return order
 
 
-def _ordered_kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, ranked: bool = False) -> np.ndarray:
-    """Positions (increasing; with ``ranked=True`` in the order itself) of the maximum spanning forest of
-    edges ``(a, b, w)`` under the order (weight descending, position ascending), by scipy's compiled Kruskal
-    on a subdivided graph.
+def _kruskal(n: int, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Positions of the maximum spanning forest of edges ``(a, b, w)`` (``w > 0``) under the order (weight
+    descending, position ascending), *in that order* (the order of the diagram's deaths).
 
-    scipy's Kruskal sorts its input with a stable float sort, the cost we avoid: edge number ``k`` in our
-    order becomes a new vertex ``r_k = n + k`` with the two half-edges ``(r_k, a_k)``, ``(r_k, b_k)`` of
-    weights ``2k + 1``, ``2k + 2``, stored in row ``r_k``. The data are then already sorted (scipy's sort is
-    one linear pass) and Kruskal meets the edges in our order; the first half-edge always joins the
-    isolated ``r_k``, and the second joins iff ``a_k`` and ``b_k`` are not yet connected through earlier
-    edges, i.e. iff edge ``k`` is in the forest. So the forest edges are the rows with two tree entries.
+    Kruskal with a compiled union-find (:mod:`._kruskal_kernel`) on prefixes of the edge order: with ``F``
+    the forest so far and ``C`` the edges not yet considered that join two different components of ``F``
+    (every other later edge closes a cycle of heavier edges), the forest of the whole graph is ``F`` plus
+    the forest Kruskal continues to grow from ``C``. Each round takes the heaviest ``~2 × #components``
+    edges of ``C`` (a ``partition``, ties at the threshold included, so it is a prefix of the order), sorts
+    only those, continues the union-find over them, and drops from the rest the edges inside the new
+    components. A random graph spans after one round; hub-dominated weights need a few more. Small graphs
+    take one round: one sort and one union-find pass.
     """
-    m = w.size
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    if n + m >= 2**31 - 1:
-        raise ValueError(f"{m} edges exceed scipy's int32 sparse indices; use method='prim'")
-    order = _edge_order(w)
-    big = n + m
-    indptr = np.zeros(big + 1, dtype=np.int32)
-    indptr[n + 1:] = np.arange(2, 2 * m + 1, 2, dtype=np.int32)
-    indices = np.empty(2 * m, dtype=np.int32)
-    indices[0::2] = a[order]
-    indices[1::2] = b[order]
-    data = np.arange(1, 2 * m + 1, dtype=np.float64)
-    T = minimum_spanning_tree(sparse.csr_matrix((data, indices, indptr), shape=(big, big)), overwrite=True)
-    sel = order[np.diff(T.indptr[n:]) == 2]
-    return sel if ranked else np.sort(sel)
+    from . import _kruskal_kernel as kern
 
-
-#: below this many edges scipy's Kruskal on the plain graph (no subdivision) has the smaller fixed cost
-_SUBDIVIDE_MIN_EDGES = 2_000
-
-
-def _kruskal(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Positions (increasing) of the maximum spanning forest of ``w > 0`` under the order (weight
-    descending, position ascending); ``(rows, cols)`` in CSR order as for :func:`_csr_kruskal`.
-
-    Rounds of Kruskal on prefixes of the edge order: with ``F`` the forest so far and ``C`` the edges not
-    yet considered that join two different components of ``F`` (every other later edge closes a cycle of
-    heavier edges), the forest of the whole graph is the forest of ``F ∪ C``. Each round takes the
-    heaviest ``~2 × #components`` edges of ``C`` (a ``partition``, ties at the threshold included, so it
-    is a prefix of the order), runs Kruskal on them with ``F``, and drops from the rest the edges inside
-    the new components. A random graph spans after one round; hub-dominated weights need a few more.
-    """
-    m = w.size
-    forest = np.zeros(0, dtype=np.int64)
-    cand = np.arange(m)
+    a = a.astype(np.int64, copy=False)
+    b = b.astype(np.int64, copy=False)
+    parent = np.arange(n, dtype=np.int64)
+    parts = []
+    cand = None  # None: every edge, in position order
     n_comp = n
-    while cand.size:
+    while True:
+        size = w.size if cand is None else cand.size
         k = int(_PREFIX_PER_VERTEX * n_comp)
-        cw = w[cand] if cand.size < m else w
-        if cand.size < max(_PREFIX_MIN_RATIO * k, _PREFIX_MIN_EDGES, 2 * forest.size) or k < 1:
-            head, rest = cand, None
+        cw = w if cand is None else w[cand]
+        if size < max(_PREFIX_MIN_RATIO * k, _PREFIX_MIN_EDGES) or k < 1:
+            order = _edge_order(cw) if cand is None else cand[_edge_order(cw)]
+            rest = None
         else:
-            t = np.partition(cw, cw.size - k)[cw.size - k]
+            t = np.partition(cw, size - k)[size - k]
             top = cw >= t
-            head, rest = cand[top], cand[~top]
-        pos = np.sort(np.concatenate([forest, head])) if forest.size else head
-        if pos.size < _SUBDIVIDE_MIN_EDGES:
-            forest = pos[_csr_kruskal(n, rows[pos], cols[pos], -w[pos])]
-        else:
-            forest = pos[_ordered_kruskal(n, rows[pos], cols[pos], w[pos])]
-        if rest is None or forest.size == n - 1:
+            if cand is None:
+                head = np.flatnonzero(top)
+                rest = np.flatnonzero(~top)
+            else:
+                head, rest = cand[top], cand[~top]
+            order = head[_edge_order(w[head])]
+        sel = kern.union_pass(parent, a, b, order, n_comp - 1)
+        parts.append(sel)
+        n_comp -= sel.size
+        if rest is None or n_comp == 1:
             break
-        g = sparse.coo_matrix((np.ones(forest.size, np.int8), (rows[forest], cols[forest])), shape=(n, n))
-        n_comp, labels = connected_components(g, directed=False)
-        cand = rest[labels[rows[rest]] != labels[cols[rest]]]
-    return forest
-
-
-def _kruskal_ranked(n: int, rows: np.ndarray, cols: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The forest of :func:`_kruskal` in the edge order itself (weight descending, position ascending): the
-    order of the diagram's deaths. Graphs that one Kruskal round takes anyway run it on the subdivided
-    graph, whose forest comes out in that order (no second sort of the forest, no prefix round)."""
-    if w.size < _PREFIX_MIN_EDGES:
-        return _ordered_kruskal(n, rows, cols, w, ranked=True)
-    sel = _kruskal(n, rows, cols, w)
-    return sel[_edge_order(w[sel])]
+        cand = kern.crossing(parent, a, b, rest)
+        if cand.size == 0:
+            break
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
@@ -289,8 +240,10 @@ def _kruskal_cost(n_vertices: int, n_edges: int) -> float:
 def _pick_method(g: LayerGraph) -> str:
     # Prim costs ~|V| numpy steps of O(n_in + n_out) each plus a fixed overhead per step, whatever the
     # sparsity; Kruskal costs a (partial) sort of the present edges.
-    prim = g.n_vertices * (10e-6 + 1.5e-9 * g.n_vertices) + 4e-9 * g.n_possible
-    return "prim" if prim <= _kruskal_cost(g.n_vertices, g.n_edges) else "kruskal"
+    n_out, n_in = g.weights.shape
+    n_v = n_in + n_out
+    prim = n_v * (10e-6 + 1.5e-9 * n_v) + 4e-9 * (n_in * n_out)
+    return "prim" if prim <= _kruskal_cost(n_v, g.edges()[3].size) else "kruskal"
 
 
 def _native_forest(g: LayerGraph, method: str) -> np.ndarray:
@@ -299,8 +252,8 @@ def _native_forest(g: LayerGraph, method: str) -> np.ndarray:
         j, i = _prim_dense(g.weights, g.mask)
         return np.sort(j * g.n_in + i)
     u, v, w, idx = g.edges()
-    sel = _kruskal(g.n_vertices, v, u, w) if method == "kruskal" else np.sort(_boruvka(g.n_vertices, u, v, w))
-    return idx[sel]
+    sel = _kruskal(g.n_vertices, u, v, w) if method == "kruskal" else _boruvka(g.n_vertices, u, v, w)
+    return idx[np.sort(sel)]
 
 
 def _forest_mask(g: LayerGraph, flat: np.ndarray) -> np.ndarray:
@@ -645,7 +598,7 @@ class NetworkZerothDiagram(_H0Diagram, Result):
 def _check_network(G: NetworkGraph) -> None:
     if not G.layers:
         raise ValueError("the network graph has no layer")
-    bad = [g for g in G if not isinstance(g, LayerGraph)]
+    bad = [g for g in G.layers if not isinstance(g, LayerGraph)]
     if bad:
         raise TypeError(f"the network graph's layers must be LayerGraphs, got {type(bad[0]).__name__}")
     if not G.chained:
@@ -663,31 +616,29 @@ def _network_native(G: NetworkGraph, method: str) -> tuple[np.ndarray, np.ndarra
     every edge of the network at once. Edges are listed layer by layer in flat-index order, which is CSR
     order by (output vertex, input vertex), the order Kruskal's tie-break needs.
     """
-    offsets, bases = [0], [0]
-    for g in G:
-        offsets.append(offsets[-1] + g.n_in)
-        bases.append(bases[-1] + g.n_possible)
-    n = offsets[-1] + G.layers[-1].n_out
     if method == "global":
-        lists = [g.edges() for g in G]
+        n, u, v, w, flat, bases = G._network_edges()
+        low = float(w.min()) if w.size else math.nan
     else:
+        offsets, bases = [0], [0]
+        for g in G:
+            offsets.append(offsets[-1] + g.n_in)
+            bases.append(bases[-1] + g.n_possible)
+        n = offsets[-1] + G.layers[-1].n_out
         lists = []
         for g in G:
             cand = _native_forest(g, _pick_method(g) if method == "auto" else method)
             j, i = np.divmod(cand, g.n_in)
             lists.append((i, j + g.n_in, g.weights.ravel()[cand], cand))
-    u = np.concatenate([e[0] + off for e, off in zip(lists, offsets)])
-    v = np.concatenate([e[1] + off for e, off in zip(lists, offsets)])
-    w = np.concatenate([e[2] for e in lists])
-    flat = np.concatenate([e[3] + base for e, base in zip(lists, bases)])
-    sel = _kruskal_ranked(n, v, u, w)
-    flat = flat[sel]
-    lay = np.searchsorted(np.array(bases), flat, side="right") - 1
-    if method == "global":
-        low = float(w.min()) if w.size else math.nan
-    else:
+        u = np.concatenate([e[0] + off for e, off in zip(lists, offsets)])
+        v = np.concatenate([e[1] + off for e, off in zip(lists, offsets)])
+        w = np.concatenate([e[2] for e in lists])
+        flat = np.concatenate([e[3] + base for e, base in zip(lists, bases)])
         mins = [float(g.edges()[2].min()) for g in G if g.n_edges]
         low = min(mins) if mins else math.nan
+    sel = _kruskal(n, u, v, w)
+    flat = flat[sel]
+    lay = np.searchsorted(bases, flat, side="right") - 1
     return w[sel], lay, flat, low
 
 
@@ -696,12 +647,17 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
     _check_network(G)
     used_method = None
     forests = masks = death_layers = None
-    n_vertices = sum(g.n_in for g in G) + G.layers[-1].n_out
+    layers = G.layers
+    shapes = [g.weights.shape for g in layers]
+    n_vertices = sum(s[1] for s in shapes) + shapes[-1][0]
     if backend == "native":
-        layer_methods = [_pick_method(g) if method == "auto" else method for g in G]
+        if method == "auto":
+            layer_methods = [_pick_method(g) for g in layers]
+        else:
+            layer_methods = [method] * len(layers)
         # When every layer would run Kruskal anyway, one Kruskal over all edges saves the merge pass and
         # the per-layer fixed costs.
-        if method == "global" or (method == "auto" and set(layer_methods) == {"kruskal"}):
+        if method == "global" or (method == "auto" and all(m == "kruskal" for m in layer_methods)):
             used_method = "global"
         else:
             used_method = f"layers({','.join(layer_methods)})+merge"
@@ -710,13 +666,14 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         )
         n_ess = n_vertices - deaths.size
         # one buffer for all layers' forest masks, each layer's mask a view of its part
-        buf = np.zeros(sum(g.n_possible for g in G), dtype=bool)
+        sizes = [a * b for a, b in shapes]
+        buf = np.zeros(sum(sizes), dtype=bool)
         buf[flat] = True
         masks, b0 = [], 0
-        for g in G:
-            masks.append(buf[b0 : b0 + g.n_possible].reshape(g.weights.shape))
-            b0 += g.n_possible
-        layer_n_pairs = np.bincount(death_layers, minlength=len(G)).tolist()
+        for shape, size in zip(shapes, sizes):
+            masks.append(buf[b0 : b0 + size].reshape(shape))
+            b0 += size
+        layer_n_pairs = np.bincount(death_layers, minlength=len(layers)).tolist()
     elif backend == "gudhi":
         deaths, n_ess, edges = _gudhi_edges(*G.global_edges())
         offsets = G.vertex_offsets
@@ -743,13 +700,13 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         backend=backend,
         method=used_method,
         normalize=G.normalize,
-        widths=G.widths,
-        layer_names=[g.name for g in G],
-        param_names=[g.param_name for g in G],
-        layer_kinds=[g.kind for g in G],
-        aggregate=next((g.aggregate for g in G if g.aggregate is not None), None),
+        widths=[shapes[0][1]] + [s[0] for s in shapes],
+        layer_names=[g.name for g in layers],
+        param_names=[g.param_name for g in layers],
+        layer_kinds=[g.kind for g in layers],
+        aggregate=next((g.aggregate for g in layers if g.aggregate is not None), None),
         n_vertices=n_vertices,
-        n_edges=sum(g.n_edges for g in G),
+        n_edges=sum(g.edges()[3].size for g in layers),
         n_pairs=int(deaths.size),
         n_essential=int(n_ess),
         essential_death=-math.inf,
@@ -760,7 +717,7 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         death_layers=death_layers,
         msf_masks=None if masks is None else {
             (g.param_name if g.param_name is not None else f"layer{k}"): m
-            for k, (g, m) in enumerate(zip(G, masks))
+            for k, (g, m) in enumerate(zip(layers, masks))
         },
     )
 
@@ -827,7 +784,7 @@ def zeroth_persistence(
     if backend == "native":
         used_method = _pick_method(g) if method == "auto" else method
         if used_method == "kruskal":  # the forest comes in the order of the deaths
-            sel = _kruskal_ranked(g.n_vertices, v, u, w)
+            sel = _kruskal(g.n_vertices, u, v, w)
             flat, deaths = idx[sel], w[sel]
         else:
             flat = _native_forest(g, used_method)
