@@ -288,22 +288,30 @@ def _knn_torch(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     n, D = X.shape
     m = min(k + n_extra, n - 1)
+    # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
+    # distance: the float32 scores leave it out (fewer flops, a smaller error bound). The float64 distances
+    # below still run over every feature, so they are the same numbers either way.
+    varying = np.flatnonzero(X.max(axis=0) != X.min(axis=0))
+    if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
+        varying = np.zeros(1, dtype=np.intp)
+    Xv = X if varying.size == D else X[:, varying]
+    D32 = Xv.shape[1]
     # centring in float64 shrinks the norms, hence the float32 expansion error, without changing distances;
     # the exact power-of-two scaling to norms <= 1 keeps every float32 square and product away from overflow
     # (inf/NaN scores would void the certificate) and from underflow far below the data's scale
-    Xc = X - X.mean(axis=0)
+    Xc = Xv - Xv.mean(axis=0)
     amax = float(np.abs(Xc).max())
-    shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D))) if amax > 0 else 0
+    shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D32))) if amax > 0 else 0
     X32 = np.ldexp(Xc, -shift, out=Xc).astype(np.float32)
     sq = np.einsum("ij,ij->i", X32, X32, dtype=np.float64)  # exact-ish squared norms of the float32 points
     # One product gives the whole score: [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] = ‖x‖² + ‖y‖² − 2x·y (no passes
     # over the scores to add the norms). −2y is exact in float32.
-    left = np.empty((n, D + 2), dtype=np.float32)
-    right = np.empty((n, D + 2), dtype=np.float32)
-    left[:, :D] = X32
-    np.multiply(X32, -2.0, out=right[:, :D])
-    left[:, D] = right[:, D + 1] = sq
-    left[:, D + 1] = right[:, D] = 1.0
+    left = np.empty((n, D32 + 2), dtype=np.float32)
+    right = np.empty((n, D32 + 2), dtype=np.float32)
+    left[:, :D32] = X32
+    np.multiply(X32, -2.0, out=right[:, :D32])
+    left[:, D32] = right[:, D32 + 1] = sq
+    left[:, D32 + 1] = right[:, D32] = 1.0
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
@@ -320,9 +328,9 @@ def _knn_torch(
     nmax = float(norms.max())
     u32 = 2.0**-24
     u64 = 2.0**-53
-    K = D + 2
+    K = D32 + 2
     gamma = K * u / (1 - K * u) if K * u < 0.5 else math.inf
-    # the score is a float32 dot product of K = D + 2 terms whose absolute values sum to at most
+    # the score is a float32 dot product of K = D32 + 2 terms whose absolute values sum to at most
     # (‖x‖ + ‖y‖)²: its error is at most γ_K (‖x‖ + ‖y‖)², plus u (‖x‖² + ‖y‖²) from the float32 casts of
     # the squared norms; doubled (and u counted 5 times) for the second-order terms (float64 centring,
     # the float64 squared norms, products of errors)
@@ -330,9 +338,9 @@ def _knn_torch(
     # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (casts, squares,
     # products, additions); with norms <= 1 these terms are tiny but not relative to the data, so they are
     # bounded apart
-    abs_sq = (2 * D + 12) * 2.0**-149
-    abs_pt = math.sqrt(D) * 2.0**-147
-    # the float64 distances themselves carry a relative error up to ~(D + 2) u64
+    abs_sq = (2 * D32 + 12) * 2.0**-149
+    abs_pt = math.sqrt(D32) * 2.0**-147
+    # the float64 distances themselves (over all D features) carry a relative error up to ~(D + 2) u64
     shrink = 1 - (D + 4) * u64
 
     def lower(score, xn):
@@ -596,17 +604,21 @@ def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
     """``out[i, j] = ‖X[a + i] − X[cand[i, j]]‖`` in float64 by direct differences, for ``j < n_keep[i]``,
     in sub-blocks of rows whose gathered differences stay cache-sized. ``Xg`` holds the same values as
     ``X`` (``X`` itself, or an exact float32 copy) and is what is gathered."""
+    from . import _knn_kernel
+
     rows = len(cand)
     step = max(1, pairs_per_block // max(1, int(n_keep.max(initial=0))))
+    buf = np.empty(0)
     for s0 in range(0, rows, step):
         s1 = min(s0 + step, rows)
         width = int(n_keep[s0:s1].max())
         if width == 0:
             continue
-        diff = np.take(Xg, cand[s0:s1, :width], axis=0)
-        if diff.dtype != np.float64:
-            diff = diff.astype(np.float64)
-        np.subtract(diff, X[a + s0 : a + s1, None, :], out=diff)
+        size = (s1 - s0) * width * X.shape[1]
+        if buf.size < size:
+            buf = np.empty(size)
+        diff = buf[:size].reshape(s1 - s0, width, X.shape[1])
+        _knn_kernel.gather_diff(X, Xg, a + s0, cand[s0:s1], n_keep[s0:s1], diff)
         d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         # entries past a row's own count are not needed: they stay inf
         d[np.arange(width)[None, :] >= n_keep[s0:s1, None]] = np.inf
