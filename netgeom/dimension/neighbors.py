@@ -288,30 +288,30 @@ def _knn_torch(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     n, D = X.shape
     m = min(k + n_extra, n - 1)
+    from . import _knn_kernel as kern
+
+    X = np.ascontiguousarray(X)
+    mean, lo, hi, exact32 = kern.column_stats(X)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound). The float64 distances
     # below still run over every feature, so they are the same numbers either way.
-    varying = np.flatnonzero(X.max(axis=0) != X.min(axis=0))
+    varying = np.flatnonzero(hi != lo)
     if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
         varying = np.zeros(1, dtype=np.intp)
-    Xv = X if varying.size == D else X[:, varying]
-    D32 = Xv.shape[1]
+    D32 = varying.size
+    mean = mean[varying]
     # centring in float64 shrinks the norms, hence the float32 expansion error, without changing distances;
     # the exact power-of-two scaling to norms <= 1 keeps every float32 square and product away from overflow
-    # (inf/NaN scores would void the certificate) and from underflow far below the data's scale
-    Xc = Xv - Xv.mean(axis=0)
-    amax = float(np.abs(Xc).max())
+    # (inf/NaN scores would void the certificate) and from underflow far below the data's scale. The
+    # largest |x − mean| is at a feature's minimum or maximum (rounded subtraction is monotone).
+    amax = float(max(np.max(hi[varying] - mean), np.max(mean - lo[varying])))
     shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D32))) if amax > 0 else 0
-    X32 = np.ldexp(Xc, -shift, out=Xc).astype(np.float32)
-    sq = np.einsum("ij,ij->i", X32, X32, dtype=np.float64)  # exact-ish squared norms of the float32 points
     # One product gives the whole score: [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] = ‖x‖² + ‖y‖² − 2x·y (no passes
-    # over the scores to add the norms). −2y is exact in float32.
+    # over the scores to add the norms). −2y is exact in float32; ‖x‖² is summed in float64 from the
+    # float32 values (exact-ish squared norms of the float32 points).
     left = np.empty((n, D32 + 2), dtype=np.float32)
     right = np.empty((n, D32 + 2), dtype=np.float32)
-    left[:, :D32] = X32
-    np.multiply(X32, -2.0, out=right[:, :D32])
-    left[:, D32] = right[:, D32 + 1] = sq
-    left[:, D32 + 1] = right[:, D32] = 1.0
+    sq = kern.score_inputs(X, varying.astype(np.int64), mean, math.ldexp(1.0, -shift), left, right)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
@@ -357,10 +357,7 @@ def _knn_torch(
     best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
     # are the same, so the float64 differences below are bit for bit those of the float64 input.
-    with np.errstate(over="ignore"):  # values beyond float32 become inf: not equal, X itself is used
-        Xg = X.astype(np.float32)
-    if not np.array_equal(Xg, X):
-        Xg = X
+    Xg = X.astype(np.float32) if exact32 else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -384,7 +381,9 @@ def _knn_torch(
         # every non-candidate has a score >= the m-th candidate's
         ok = (dk < lower(vals[:, -1], xn[:, 0])) | (m == n - 1) | (dk == 0)
         # all other points are candidates: nothing to certify; or the k-th distance is 0: no point is closer
-        # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates)
+        # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates). A row left
+        # with fewer than m finite scores (only NaN scores could do that) certifies nothing.
+        ok &= np.isfinite(vals[:, -1])
         dist[a:b] = d_sorted[:, :k]
         idx[a:b] = ids[:, :k]
         return a + np.flatnonzero(~ok)
@@ -462,46 +461,29 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
             return list(pool.map(fn, items))
 
 
-def _below(S: np.ndarray, t_rows: np.ndarray, t_cols: np.ndarray) -> np.ndarray:
-    """Flat indices (row-major) of the entries of ``S`` below their row's or their column's threshold.
-
-    In slabs of rows that stay in cache: both comparisons and the nonzero scan then read ``S`` from memory
-    once (unchunked, the panel is read three times and a transposed mask copied)."""
-    nr, nc = S.shape
-    step = max(1, min(nr, (1 << 18) // nc))
-    mask = np.empty((step, nc), dtype=bool)
-    tmp = np.empty((step, nc), dtype=bool)
-    out = []
-    for r0 in range(0, nr, step):
-        r1 = min(r0 + step, nr)
-        Sc = S[r0:r1]
-        mk = np.less(Sc, t_rows[r0:r1, None], out=mask[: r1 - r0])
-        mk |= np.less(Sc, t_cols[None, :], out=tmp[: r1 - r0])
-        f = np.flatnonzero(mk)
-        if f.size:
-            out.append(f + r0 * nc)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
-
-
 def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``m`` smallest float32 scores of every row (self excluded) and their columns.
+    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order).
 
     The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
     half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
     columns. Diagonal blocks come first and give every row a threshold, its ``m``-th best score so far;
-    in each later block only the entries below a row's threshold (a few per row) are merged, and the
-    thresholds tighten as blocks are met. Every point outside a row's result has a score at least its
-    ``m``-th (equal scores may be left out, which the certificate allows).
+    in each later block only the entries below a row's threshold (a few per row) enter its candidate heap
+    (compiled: :func:`._knn_kernel.select_block`, one pass over the block), and the thresholds tighten as
+    blocks are met. Every point outside a row's result has a score at least its ``m``-th (equal scores may
+    be left out, which the certificate allows).
 
     ``make_scores()`` returns a score function for one thread. With ``workers > 1`` the diagonal blocks,
     then the panels, are shared among threads (each product on one BLAS thread); every thread merges into
-    its own candidate store (panels write to overlapping rows), filters against the lowest threshold of
-    all stores (each store's ``m``-th best bounds the union's from above) and the stores are merged at the
+    its own candidate store (panels write to overlapping rows), all filter against one shared threshold
+    per row (any store's ``m``-th best bounds the union's from above) and the stores are merged at the
     end: each pair of points is met in exactly one block, hence lies in one store.
     """
+    from . import _knn_kernel as kern
+
     starts = list(range(0, n, block))
-    best_v = np.empty((n, m), dtype=np.float32)
-    best_i = np.empty((n, m), dtype=np.int64)
+    best_v = np.full((n, m), np.inf, dtype=np.float32)
+    best_i = np.zeros((n, m), dtype=np.int64)
+    tau = np.full(n, np.inf, dtype=np.float32)
     local = threading.local()
 
     def thread_scores():
@@ -510,21 +492,24 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
         return local.scores
 
     def diagonal(a):
+        # a row's first block moves its threshold from inf to its m-th best: one selection
+        # (argpartition) costs less here than the many heap insertions of a scan
         b = min(a + block, n)
         S = thread_scores()(a, b, a, b)
         np.fill_diagonal(S, np.inf)
         w = min(m, b - a - 1)  # the diagonal (self) is the largest entry of each row: never selected
         part = np.argpartition(S, w - 1, axis=1)[:, :w]
-        best_v[a:b, :w] = np.take_along_axis(S, part, 1)
-        best_i[a:b, :w] = part + a
-        best_v[a:b, w:] = np.inf  # not enough columns in this block yet
-        best_i[a:b, w:] = a
+        vals = np.take_along_axis(S, part, 1)
+        # in decreasing order (inf slots first while the block has fewer than m columns): a max-heap
+        o = np.argsort(vals, axis=1)[:, ::-1]
+        best_v[a:b, m - w:] = np.take_along_axis(vals, o, 1)
+        best_i[a:b, m - w:] = np.take_along_axis(part, o, 1) + a
+        tau[a:b] = best_v[a:b, 0]
 
     _parallel(diagonal, starts, workers, blas=True)
-    tau0 = best_v.max(axis=1)
     n_stores = min(workers, max(1, len(starts) - 1))
-    stores = [(best_v, best_i, tau0)] + [
-        (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64), tau0.copy())
+    stores = [(best_v, best_i)] + [
+        (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64))
         for _ in range(n_stores - 1)
     ]
     # the panel right of each diagonal block, in column chunks of <= 2^24 scores (64 MB) per thread: few,
@@ -538,14 +523,8 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
     queue = iter(tasks)
     lock = threading.Lock()
 
-    def threshold(lo, hi):
-        t = stores[0][2][lo:hi]
-        for st in stores[1:]:
-            t = np.minimum(t, st[2][lo:hi])
-        return t
-
     def worker(store):
-        store_v, store_i, tau = store
+        store_v, store_i = store
         scores = thread_scores()
         while True:
             with lock:
@@ -553,51 +532,12 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
             if task is None:
                 return
             a, b, c0, c1 = task
-            S = scores(a, b, c0, c1)
-            t_rows, t_cols = threshold(a, b), threshold(c0, c1)
-            flat = _below(S, t_rows, t_cols)
-            vals = S.ravel()[flat]
-            r, c = np.divmod(flat, c1 - c0)
-            # both sides use the thresholds from before this panel (its two row ranges are disjoint)
-            row_side = vals < t_rows[r]
-            col_side = vals < t_cols[c]
-            # row side: already grouped by row (row-major order)
-            _merge(store_v, store_i, tau, a, b - a, r[row_side], c[row_side] + c0, vals[row_side], m)
-            # column side: grouped by column; a stable sort of 16-bit keys is numpy's radix sort
-            r, c, vals = r[col_side], c[col_side], vals[col_side]
-            order = np.argsort(c.astype(np.uint16) if c1 - c0 <= 1 << 16 else c, kind="stable")
-            _merge(store_v, store_i, tau, c0, c1 - c0, c[order], r[order] + a, vals[order], m)
+            kern.select_block(scores(a, b, c0, c1), a, c0, store_v, store_i, tau, False)
 
     _parallel(worker, stores, workers, blas=True)
-    if n_stores > 1:
-        all_v = np.concatenate([st[0] for st in stores], axis=1)
-        all_i = np.concatenate([st[1] for st in stores], axis=1)
-        part = np.argpartition(all_v, m - 1, axis=1)[:, :m]
-        best_v, best_i = np.take_along_axis(all_v, part, 1), np.take_along_axis(all_i, part, 1)
+    for store_v, store_i in stores[1:]:
+        kern.merge_stores(best_v, best_i, store_v, store_i)
     return best_v, best_i
-
-
-def _merge(best_v, best_i, tau, row0: int, n_rows: int, r, cols, vals, m: int) -> None:
-    """Merge new entries (local row ``r``, sorted; global column; score) into rows ``row0 + r``'s ``m``
-    best and lower their thresholds to the new ``m``-th best."""
-    if len(r) == 0:
-        return
-    counts = np.bincount(r, minlength=n_rows)
-    pos = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
-    rows = np.flatnonzero(counts)
-    width = int(counts.max())
-    V = np.full((n_rows, width), np.inf, dtype=np.float32)
-    C = np.zeros((n_rows, width), dtype=np.int64)
-    V[r, pos] = vals
-    C[r, pos] = cols
-    g = row0 + rows
-    all_v = np.concatenate([best_v[g], V[rows]], axis=1)
-    all_c = np.concatenate([best_i[g], C[rows]], axis=1)
-    part = np.argpartition(all_v, m - 1, axis=1)[:, :m]
-    best_v[g] = np.take_along_axis(all_v, part, 1)
-    best_i[g] = np.take_along_axis(all_c, part, 1)
-    # a store that started empty keeps the diagonal pass's threshold until it holds m entries below it
-    tau[g] = np.minimum(tau[g], best_v[g].max(axis=1))
 
 
 def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
