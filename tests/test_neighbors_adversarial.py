@@ -43,13 +43,21 @@ def adversarial(rng, kind, n, D):
         steps = rng.integers(-3, 4, size=n)
         X[np.arange(n), j] += steps * np.spacing(X[np.arange(n), j])
         return X
+    if kind == "constant":  # features equal for every point (left out of the float32 scores), one of them
+        X = rng.normal(size=(n, D))  # broken by a single point (it must be kept)
+        const = rng.random(D) < 0.6
+        X[:, const] = rng.integers(-3, 4, size=const.sum())
+        j = rng.integers(0, D)
+        X[:, j] = X[0, j]
+        X[rng.integers(0, n), j] += rng.choice([1.0, np.spacing(X[0, j] + 1.0)])
+        return X
     return rng.normal(size=(n, D))
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**31),
-    kind=st.sampled_from(["normal", "grid", "signs", "ulp"]),
+    kind=st.sampled_from(["normal", "grid", "signs", "ulp", "constant"]),
     n=st.integers(4, 70),
     D=st.integers(1, 24),
     k=st.integers(1, 8),
@@ -123,3 +131,22 @@ def test_concurrent_calls_restore_the_blas_threads():
     assert after == before
     for g in graphs[1:]:
         np.testing.assert_array_equal(g.indices, graphs[0].indices)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), n_const=st.integers(1, 40), value=st.sampled_from([0.0, -3.5, 1e6]))
+def test_constant_features_change_nothing(seed, n_const, value):
+    """Metamorphic: features with one value for every point add 0 to every distance, so appending them
+    (the border pixels of images) leaves the neighbours unchanged; the float64 distances are still the
+    brute-force ones over every feature."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(120, 30))
+    Xc = np.concatenate([np.full((120, n_const), value), X], axis=1)[:, rng.permutation(30 + n_const)]
+    # (C order: the reference's einsum sums a strided layout in another order, a last-bit difference)
+    Xc = np.ascontiguousarray(Xc)
+    g, gc = nearest_neighbors(X, 7, method="torch"), nearest_neighbors(Xc, 7, method="torch")
+    np.testing.assert_array_equal(gc.indices, g.indices)
+    np.testing.assert_allclose(gc.distances, g.distances, rtol=1e-14, atol=0)
+    d, i = reference(Xc, 7)
+    np.testing.assert_array_equal(gc.distances, d)
+    np.testing.assert_array_equal(gc.indices, i)

@@ -294,3 +294,38 @@ def test_edge_order_is_weight_then_position(seed, m, levels):
 
     w = np.random.default_rng(seed).integers(1, levels + 1, size=m) / levels  # many ties
     assert np.array_equal(_edge_order(w), np.lexsort((np.arange(m), -w)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(0, 400), st.integers(1, 5),
+       st.sampled_from([None, 0.5, 2.0]))
+def test_compiled_kruskal_is_kruskal_in_the_edge_order(seed, n, m, levels, per_vertex):
+    """The compiled union-find path (one round, or prefix rounds carrying the union-find state) returns
+    exactly the forest of a plain Python Kruskal over edges sorted by (weight descending, position), in that
+    order: on multigraphs with self-loops, heavy ties and isolated vertices."""
+    from netgeom.topology import persistence as P
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, n, size=m), rng.integers(0, n, size=m)
+    w = rng.integers(1, levels + 1, size=m) / levels
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    want = []
+    for e in sorted(range(m), key=lambda e: (-w[e], e)):
+        ra, rb = find(a[e]), find(b[e])
+        if ra != rb:
+            parent[ra] = rb
+            want.append(e)
+    saved = P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES
+    try:
+        if per_vertex is not None:
+            P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = per_vertex, 1.0, 0
+        got = P._kruskal(n, a, b, w)
+    finally:
+        P._PREFIX_PER_VERTEX, P._PREFIX_MIN_RATIO, P._PREFIX_MIN_EDGES = saved
+    assert got.tolist() == want

@@ -277,9 +277,10 @@ def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) ->
 
 def _block_size(n: int) -> int:
     """Default Gram block: ~1.5k rows (a 9 MB float32 block, BLAS-efficient), evened out over ``n``."""
-    # at least 4 blocks from 1024 points on: the blocks above the diagonal are then 5/8 of the flops of the
-    # full product, or less (one block is the full product)
-    nb = max(math.ceil(n / 1536), min(4, n // 256), 1)
+    # at least 4 blocks from 800 points on: the blocks above the diagonal are then 5/8 of the flops of the
+    # full product, or less (one block is the full product), and two threads share them evenly (the panels
+    # right of 4 diagonal blocks have sizes 3:2:1; with 3 blocks, 2:1)
+    nb = max(math.ceil(n / 1536), min(4, n // 200), 1)
     return math.ceil(n / nb)
 
 
