@@ -143,3 +143,67 @@ def score_inputs(X, cols, mean, scale, left, right):
         left[i, d + 1] = 1.0
         right[i, d] = 1.0
     return sq
+
+
+# --------------------------------------------------------------------------------------------- re-rank
+@numba.njit(cache=True, nogil=True)
+def rerank_prepare(best_v, best_i, a, norms, k, nmax, c_err, abs_sq, u32, abs_pt, shrink, vals, cand, n_keep):
+    """Rows ``a ...`` of the candidate store sorted by score into ``vals`` (float64) and ``cand``, and
+    ``n_keep``: how many of them (a prefix) may lie within the k-th neighbour's distance, i.e. whose lower
+    bound does not exceed the k-th smallest upper bound. Both bounds grow with the score, so the k-th
+    smallest upper bound is the k-th candidate's."""
+    rows, m = vals.shape
+    for r in range(rows):
+        for j in range(m):
+            v = np.float64(best_v[a + r, j])
+            c = best_i[a + r, j]
+            t = j
+            while t > 0 and vals[r, t - 1] > v:  # insertion sort: stable, m is small
+                vals[r, t] = vals[r, t - 1]
+                cand[r, t] = cand[r, t - 1]
+                t -= 1
+            vals[r, t] = v
+            cand[r, t] = c
+        s = norms[a + r] + nmax
+        e = c_err * (s * s) + abs_sq
+        up_k = (np.sqrt(vals[r, k - 1] + e) + (2 * u32) * s + 2 * abs_pt) / shrink
+        keep = 0
+        while keep < m:
+            low = (np.sqrt(max(vals[r, keep] - e, 0.0)) - (2 * u32) * s - 2 * abs_pt) * shrink
+            if not low <= up_k:
+                break
+            keep += 1
+        n_keep[r] = keep
+
+
+@numba.njit(cache=True, nogil=True)
+def rerank_finish(d64, cand, vals, a, norms, k, nmax, c_err, abs_sq, u32, abs_pt, shrink, scale, all_cand,
+                  dist, idx):
+    """Sort each row's float64 distances by (distance, index), write the first ``k`` into ``dist``/``idx``
+    and return which rows are certified: the k-th distance lies below the lower bound of the m-th
+    candidate's score (every non-candidate scores at least that), or every other point is a candidate
+    (``all_cand``), or the k-th distance is 0. A row whose m-th score is not finite certifies nothing."""
+    rows, m = d64.shape
+    ok = np.empty(rows, dtype=np.bool_)
+    dv = np.empty(m)
+    di = np.empty(m, dtype=np.int64)
+    for r in range(rows):
+        for j in range(m):
+            v = d64[r, j]
+            c = cand[r, j]
+            t = j
+            while t > 0 and (dv[t - 1] > v or (dv[t - 1] == v and di[t - 1] > c)):
+                dv[t] = dv[t - 1]
+                di[t] = di[t - 1]
+                t -= 1
+            dv[t] = v
+            di[t] = c
+        for j in range(k):
+            dist[r, j] = dv[j]
+            idx[r, j] = di[j]
+        dk = dv[k - 1] * scale
+        s = norms[a + r] + nmax
+        e = c_err * (s * s) + abs_sq
+        low = (np.sqrt(max(vals[r, m - 1] - e, 0.0)) - (2 * u32) * s - 2 * abs_pt) * shrink
+        ok[r] = (dk < low or all_cand or dk == 0.0) and np.isfinite(vals[r, m - 1])
+    return ok

@@ -344,15 +344,12 @@ def _knn_torch(
     # the float64 distances themselves (over all D features) carry a relative error up to ~(D + 2) u64
     shrink = 1 - (D + 4) * u64
 
-    def lower(score, xn):
-        """Lower bound on the float64 distance (scaled units) of a pair whose float32 score is ``score``."""
-        e = c_err * (xn + nmax) ** 2 + abs_sq
-        return (np.sqrt(np.maximum(score - e, 0.0)) - 2 * u32 * (xn + nmax) - 2 * abs_pt) * shrink
-
-    def upper(score, xn):
-        """Upper bound on the same."""
-        e = c_err * (xn + nmax) ** 2 + abs_sq
-        return (np.sqrt(score + e) + 2 * u32 * (xn + nmax) + 2 * abs_pt) / shrink
+    # the bounds on a pair's float64 distance (scaled units) from its float32 score, for a row of norm xn
+    # (the other point's norm is at most nmax), with e = c_err (xn + nmax)² + abs_sq:
+    #   lower = (sqrt(max(score − e, 0)) − 2 u32 (xn + nmax) − 2 abs_pt) · shrink
+    #   upper = (sqrt(score + e) + 2 u32 (xn + nmax) + 2 abs_pt) / shrink
+    # computed per row by the compiled re-rank (_knn_kernel.rerank_prepare / rerank_finish)
+    bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
     best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
@@ -364,29 +361,17 @@ def _knn_torch(
 
     def rerank(a, b):
         """Float64 distances of rows ``[a, b)``'s candidates, sorted; returns the uncertified rows."""
-        vals = best_v[a:b].astype(np.float64)
-        cand = best_i[a:b]
-        # sorted by score (a score ties only with the same pair's symmetric twin)
-        order = np.argsort(vals, axis=1, kind="stable")
-        vals = np.take_along_axis(vals, order, 1)
-        cand = np.take_along_axis(cand, order, 1)
-        xn = norms[a:b, None]
-        # a candidate whose lower bound exceeds the k-th smallest upper bound is farther than the k-th
-        # neighbour: no float64 distance is needed for it. The kept ones form a prefix of the sorted row.
-        up_k = np.partition(upper(vals, xn), k - 1, axis=1)[:, k - 1 : k]
-        n_keep = (lower(vals, xn) <= up_k).sum(axis=1)
+        vals = np.empty((b - a, m))
+        cand = np.empty((b - a, m), dtype=np.int64)
+        n_keep = np.empty(b - a, dtype=np.int64)
+        # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
+        # bound exceeds the k-th smallest upper bound is farther than the k-th neighbour: no float64
+        # distance is needed for it. The kept ones form a prefix of the sorted row.
+        kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
         d64 = np.full((b - a, m), np.inf)
         _direct_distances(X, Xg, a, cand, n_keep, d64, 2**18 // D + 1)
-        d_sorted, ids = _sort_rows(d64, cand)
-        dk = np.ldexp(d_sorted[:, k - 1], -shift)
-        # every non-candidate has a score >= the m-th candidate's
-        ok = (dk < lower(vals[:, -1], xn[:, 0])) | (m == n - 1) | (dk == 0)
-        # all other points are candidates: nothing to certify; or the k-th distance is 0: no point is closer
-        # and any k zero-distance neighbours are the kNN up to ties (rows with many duplicates). A row left
-        # with fewer than m finite scores (only NaN scores could do that) certifies nothing.
-        ok &= np.isfinite(vals[:, -1])
-        dist[a:b] = d_sorted[:, :k]
-        idx[a:b] = ids[:, :k]
+        ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
+                                dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
