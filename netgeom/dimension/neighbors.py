@@ -7,8 +7,10 @@ Two back-ends:
   the diagonal of the Gram matrix are computed (about half the flops of ``X @ X.T``, hence faster than a
   flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
   its columns. Candidates are selected against a per-row threshold (the row's current
-  ``(k + n_extra)``-th score), so a block costs one comparison pass. On the CPU the blocks are shared by
-  ``torch.get_num_threads()`` threads, each running its products on one BLAS thread (independent
+  ``(k + n_extra)``-th score), so a block costs one comparison pass (compiled with numba, as are the
+  re-rank's bookkeeping and gathers: :mod:`._knn_kernel`). Features that are constant over all points
+  add exactly 0 to every distance and are left out of the float32 scores. On the CPU the blocks are
+  shared by ``torch.get_num_threads()`` threads, each running its products on one BLAS thread (independent
   products keep both cores busy where a shared product waits for its slower half, e.g. on a loaded
   machine, and the selection runs in parallel too).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
