@@ -175,7 +175,7 @@ def nearest_neighbors(
     if k >= n_input:
         raise ValueError(f"k={k} needs at least k+1={k + 1} distinct points, got {n_input} points")
     kept = np.arange(n_input)
-    dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device)
+    dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
     # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
     # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
     zero = dist[:, 0] == 0
@@ -207,8 +207,9 @@ def nearest_neighbors(
 _TINY = 2.0**-100
 
 
-def _knn(X, k, method, n_extra, chunk_size, device):
-    amax = float(np.abs(X).max())
+def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
+    if amax is None:  # the caller's max |X|, when it has one
+        amax = float(np.abs(X).max())
     if 0 < amax < _TINY:
         # squared differences of data this small reach float64's subnormal range (at 1e-163 they vanish: two
         # distinct points at distance 0). Scaled by a power of two, every difference, square, sum and root
