@@ -337,8 +337,11 @@ def count_patterns(
                 if plan is not None:
                     if prefix is None:
                         # float64 for every layer when asked; else the cheapest float64 prefix on a trial
-                        prefix = len(plan.layers) if dtype == torch.float64 else choose_prefix(plan, xb[:512])
-                    dec, stats = chain_decide(g, plan, xb, prefix, _engines=engines)
+                        if dtype == torch.float64:
+                            prefix = (len(plan.layers), 0)
+                        else:
+                            prefix = choose_prefix(plan, xb[:512])
+                    dec, stats = chain_decide(g, plan, xb, prefix[0], _engines=engines, int8=prefix[1])
                 else:
                     if probe and run_dtype == torch.float32:
                         # a small float32 trial first: when float32 cannot decide most inputs (its certified
