@@ -17,8 +17,11 @@ from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan, cho
 def _exact(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> list[list[Fraction]]:
     Wf = [[Fraction(v) for v in r] for r in W.tolist()]
     bf = [Fraction(v) for v in b.tolist()]
-    return [[sum((w * Fraction(v) for w, v in zip(wr, row)), Fraction(0)) + bj for wr, bj in zip(Wf, bf)]
-            for row in x.double().tolist()]
+    rows = x.double().tolist()
+    return [
+        [sum((w * Fraction(v) for w, v in zip(wr, row)), Fraction(0)) + bj for wr, bj in zip(Wf, bf)]
+        for row in rows
+    ]
 
 
 def _check_bound(lay: Int8Layer, W, b, x):
@@ -54,8 +57,7 @@ def test_every_entry_is_within_its_certified_bound(seed, K, N, levels, span, dty
     rng = np.random.default_rng(seed)
     lo, hi = span
     if dtype == torch.float32:
-        lo = max(lo, -140)  # float32's range (subnormals included)
-        hi = max(min(hi, 100), lo)
+        lo, hi = (min(max(v, -140), 100) for v in span)  # float32's range (subnormals included)
     W = _scaled(rng, (N, K), -20, 5, torch.float64)
     b = _scaled(rng, (N,), -10, 3, torch.float64)
     x = _scaled(rng, (7, K), lo, hi, dtype)
@@ -74,7 +76,8 @@ def test_degenerate_shapes_and_saturating_extremes_are_exact():
     # every slice at +-127 / +-64 and one-ulp neighbours of powers of two
     W = torch.tensor([[127.0, -127.0, 126.5, 0.5 + 2.0**-40]] * 3, dtype=torch.float64)
     x = torch.tensor([[1.0, -1.0, np.nextafter(1.0, 2.0), 2.0**-30], [127.0, 127.0, 127.0, 127.0]])
-    _check_bound(Int8Layer(W, torch.zeros(3, dtype=torch.float64), 4), W, torch.zeros(3, dtype=torch.float64), x)
+    b = torch.zeros(3, dtype=torch.float64)
+    _check_bound(Int8Layer(W, b, 4), W, b, x)
 
 
 def test_rows_out_of_range_are_flagged_not_answered():

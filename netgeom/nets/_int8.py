@@ -88,19 +88,85 @@ def _split(x, lo, hi, levels, out, inv_s, S):
 
 
 @numba.njit(cache=True, nogil=True)
-def _combine(P, lo, hi, inv_s, inv_t, b, z):
-    """``z[r, j] = (sum_l P_l[r, j] 2^{-7 l}) inv_s[r] inv_t[j] + b[j]`` for rows ``lo:hi``."""
-    n_lev = len(P)
-    N = z.shape[1]
+def _finish(P, lo, hi, inv_s, inv_t, b, alpha, beta, p, q, slope, h32, bits, n_und, stats):
+    """``z = (sum_l P_l 2^{-7 l}) inv_s[r] inv_t[j] + b[j]`` fused with what the pattern engine reads next,
+    in one pass over rows ``lo:hi``: the signs, how many units of the row have ``|z|`` within the bound
+    (``n_und``), the activation in float32, and per row ``[sum h^2, max |h|, sum z^2, max |z|]`` of the
+    float64 values (for norms that cannot underflow unnoticed). The float64 values themselves are not kept
+    (memory traffic): :func:`_rows` recomputes the few rows that are read."""
+    N = h32.shape[1]
+    shrink = 1.0 - 2.0**-51
+    acc = np.empty(N)
     for r in range(lo, hi):
+        P0 = P[0]
+        for j in range(N):
+            acc[j] = P0[r, j]
+        scale = 1.0
+        for lev in range(1, len(P)):
+            scale *= 0.0078125
+            Pl = P[lev]
+            for j in range(N):
+                acc[j] += Pl[r, j] * scale
         sr = inv_s[r]
+        ar = alpha[r]
+        br = beta[r]
+        sh = 0.0
+        mh = 0.0
+        sz = 0.0
+        mz = 0.0
+        cnt = 0
+        for j in range(N):
+            z = acc[j] * (sr * inv_t[j]) + b[j]
+            bound = ar * p[j] + br * q[j]
+            bits[r, j] = z > 0.0
+            az = abs(z)
+            cnt += (bound > 0.0) & (az * shrink <= bound)
+            v = z if z > 0.0 else slope * z
+            h32[r, j] = np.float32(v)
+            av = abs(v)
+            sz += az * az
+            sh += av * av
+            mz = max(mz, az)
+            mh = max(mh, av)
+        n_und[r] = cnt
+        stats[r, 0] = sh
+        stats[r, 1] = mh
+        stats[r, 2] = sz
+        stats[r, 3] = mz
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows(P, rows, inv_s, inv_t, b, slope, z_out, h_out):
+    """The float64 pre-activations and activations of the given rows, as :func:`_finish` computes them."""
+    N = z_out.shape[1]
+    for k in range(len(rows)):
+        r = rows[k]
         for j in range(N):
             acc = 0.0
             scale = 1.0
-            for lev in range(n_lev):
+            for lev in range(len(P)):
                 acc += P[lev][r, j] * scale
                 scale *= 0.0078125
-            z[r, j] = acc * (sr * inv_t[j]) + b[j]
+            z = acc * (inv_s[r] * inv_t[j]) + b[j]
+            z_out[k, j] = z
+            h_out[k, j] = z if z > 0.0 else slope * z
+
+
+class _Rows64:
+    """Rows of an int8 layer's float64 output on demand (``obj[rows]``), and of its pre-activation."""
+
+    def __init__(self, P, inv_s, inv_t, b, slope):
+        self.P, self.inv_s, self.inv_t, self.b, self.slope = P, inv_s, inv_t, b, slope
+
+    def both(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.ascontiguousarray(rows.cpu().numpy(), dtype=np.int64)
+        z = np.empty((len(idx), len(self.inv_t)))
+        h = np.empty_like(z)
+        _rows(self.P, idx, self.inv_s, self.inv_t, self.b, self.slope, z, h)
+        return torch.from_numpy(z), torch.from_numpy(h)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.both(rows)[1]
 
 
 def _chunks(n: int, threads: int, minimum: int = 256) -> list[tuple[int, int]]:
@@ -142,7 +208,8 @@ def int8_products_exact() -> bool:
         cases = []
         for sa in (127, -127):
             for sb in (127, -127):
-                cases.append((torch.full((32, k), sa, dtype=torch.int8), torch.full((k, 8), sb, dtype=torch.int8)))
+                a = torch.full((32, k), sa, dtype=torch.int8)
+                cases.append((a, torch.full((k, 8), sb, dtype=torch.int8)))
         sign = torch.randint(0, 2, (32, k), generator=g, dtype=torch.int8) * 2 - 1
         cases.append((sign * 127, (sign[:8].T * 127).contiguous()))
         cases.append((torch.randint(-127, 128, (32, k), generator=g, dtype=torch.int8),
@@ -179,7 +246,9 @@ class Int8Layer:
             raise ValueError("weights beyond 2^±400: out of the int8 path's range")
         # the anti-diagonal stacks: level l pairs x_a with W_{l+2-a}, a = 1..l+1, as one (K(l+1), N) operand
         sl = [ws[:, a * K : (a + 1) * K] for a in range(levels)]
-        self.stacks = [_canonical(np.concatenate([sl[lev - a] for a in range(lev + 1)], 1).T) for lev in range(levels)]
+        self.stacks = [
+            _canonical(np.concatenate([sl[lev - a] for a in range(lev + 1)], 1).T) for lev in range(levels)
+        ]
         self.inv_t = inv_t
         self.b = b.detach().to(dtype=torch.float64, device="cpu").contiguous().numpy()
         k = 0.5 * 2.0 ** (-7 * (levels - 1)) * _SAFETY
@@ -193,30 +262,73 @@ class Int8Layer:
         self.qn = float(torch.linalg.vector_norm(q)) * _SAFETY
         self.macs = levels * (levels + 1) // 2 * K * N  # int8 multiply-adds per row
         # rows whose |z| could reach 2^450 are left to float64 (their squares must not overflow in the bounds)
-        self._row_limit = 2.0**450 / (128.0 * max(float(W.abs().max()) if W.numel() else 0.0, 2.0**-400) * max(K, 1))
+        wmax = max(float(W.abs().max()) if W.numel() else 0.0, 2.0**-400)
+        self._row_limit = 2.0**450 / (128.0 * wmax * max(K, 1))
 
-    def __call__(self, x: torch.Tensor):
-        """``(z, alpha, beta, ok)``: float64 ``z`` (B, N), per-row bound coefficients (entry ``j`` of row
-        ``r`` is within ``alpha_r p_j + beta_r q_j + 2^-52 |z_rj|`` of the exact value), and ``ok`` False
-        for rows out of range (their ``z`` is meaningless; decide them another way)."""
+    def _levels(self, x: torch.Tensor):
+        """The split of ``x`` and its anti-diagonal int32 products: ``(P, inv_s, S, ok)``."""
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64)
         xn = x.detach().cpu().contiguous().numpy()
         B, K = xn.shape
         L = self.levels
-        if B == 0:
-            empty = torch.zeros(0, dtype=torch.float64)
-            return torch.zeros((0, self.N), dtype=torch.float64), empty, empty, torch.zeros(0, dtype=torch.bool)
         xs = np.empty((B, L * K), dtype=np.int8)
         inv_s = np.empty(B)
         S = np.empty(B, dtype=np.int64)
         _run(_split, B, xn, L, xs, inv_s, S)
         X = torch.from_numpy(xs)
-        P = [torch._int_mm(X[:, : K * (lev + 1)], self.stacks[lev]).numpy() for lev in range(L)]
-        z = np.empty((B, self.N))
-        _run(_combine, B, tuple(P), inv_s, self.inv_t, self.b, z)
+        P = tuple(torch._int_mm(X[:, : K * (lev + 1)], self.stacks[lev]).numpy() for lev in range(L))
         ok = (S >= 0) & (inv_s < self._row_limit)
+        return P, inv_s, S, ok
+
+    def activate(self, x: torch.Tensor, slope: float):
+        """The layer followed by ``max(z, slope z)``, fused: ``(h32, bits, und, rows64, norms, alpha, beta,
+        ok)``. ``und`` (bool, (B, N)) marks the (row, unit) pairs whose ``|z|`` is within the bound,
+        ``rows64[rows]`` recomputes the float64 activation of some rows, ``norms`` are per-row upper bounds
+        ``(||h64||, ||z||)`` safe from underflow. The float64 activation is within
+        ``alpha p + beta q + 2^-51 |z|`` of the exact one per entry (for ``|slope| <= 1``; the extra
+        ``2^-52 |z|`` covers the float64 product ``slope z``), ``h32`` is its float32 rounding."""
+        B, N = x.shape[0], self.N
+        h32 = np.empty((B, N), dtype=np.float32)
+        bits = np.empty((B, N), dtype=np.bool_)
+        n_und = np.zeros(B, dtype=np.int64)
+        stats = np.zeros((B, 4))
+        und = torch.zeros((B, N), dtype=torch.bool)
+        if B == 0:
+            alpha = beta = inv_s = np.zeros(0)
+            ok = np.zeros(0, dtype=bool)
+            P = tuple(np.zeros((0, N), dtype=np.int32) for _ in range(self.levels))
+        else:
+            P, inv_s, S, ok = self._levels(x)
+            alpha = np.where(ok, S, 0).astype(np.float64) * inv_s * self.k
+            beta = inv_s * self.k
+            p, q = self.p.numpy(), self.q.numpy()
+            args = (inv_s, self.inv_t, self.b, alpha, beta, p, q, float(slope), h32, bits, n_und, stats)
+            _run(_finish, B, P, *args)
+        rows64 = _Rows64(P, inv_s, self.inv_t, self.b, float(slope))
+        t = torch.from_numpy
+        cand = np.flatnonzero(n_und)
+        if len(cand):
+            z, _ = rows64.both(t(cand))
+            bound = torch.outer(t(alpha[cand]), self.p).addcmul_(t(beta[cand])[:, None], self.q)
+            und[t(cand)] = (bound > 0) & (z.abs() * (1 - 2.0**-51) <= bound)
+        sq = math.sqrt(max(N, 1))
+        # a sum of squares below ~1e-280 may hide underflowed terms: sqrt(N) max |.| bounds the norm instead
+        hn = np.where(stats[:, 0] < 1e-280, sq * stats[:, 1], np.sqrt(stats[:, 0]) * (1 + 2.0**-50))
+        zn = np.where(stats[:, 2] < 1e-280, sq * stats[:, 3], np.sqrt(stats[:, 2]) * (1 + 2.0**-50))
+        return t(h32), t(bits), und, rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok)
+
+    def __call__(self, x: torch.Tensor):
+        """``(z, alpha, beta, ok)``: float64 ``z`` (B, N), per-row bound coefficients (entry ``j`` of row
+        ``r`` is within ``alpha_r p_j + beta_r q_j + 2^-52 |z_rj|`` of the exact value), and ``ok`` False
+        for rows out of range (their ``z`` is meaningless; decide them another way)."""
+        B = x.shape[0]
+        if B == 0:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return torch.zeros((0, self.N), dtype=torch.float64), empty, empty, torch.zeros(0, dtype=bool)
+        P, inv_s, S, ok = self._levels(x)
+        z, _ = _Rows64(P, inv_s, self.inv_t, self.b, 1.0).both(torch.arange(B))
         inv_s_t = torch.from_numpy(inv_s)
         alpha = torch.from_numpy(np.where(ok, S, 0).astype(np.float64)) * inv_s_t * self.k
         beta = inv_s_t * self.k
-        return torch.from_numpy(z), alpha, beta, torch.from_numpy(ok)
+        return z, alpha, beta, torch.from_numpy(ok)

@@ -575,9 +575,9 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     pre-activations within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value
     whose propagated error is too wide, the row is redone in float64 by the caller.
 
-    With ``int8 = L > 0`` (and ``m >= 1``) the first layer's float64-accurate values come from ``L (L + 1) / 2``
-    exact int8 products instead of a float64 one (:class:`netgeom.nets._int8.Int8Layer`: about the cost of
-    a float32 product, error ``~2^{-7L}`` relative, certified by a rank-two bound).
+    With ``int8 = L > 0`` (and ``m >= 1``) the first layer's float64-accurate values come from
+    ``L (L + 1) / 2`` exact int8 products instead of a float64 one (:class:`netgeom.nets._int8.Int8Layer`:
+    about the cost of a float32 product, error ``~2^{-7L}`` relative, certified by a rank-two bound).
 
     Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
     the rows as bool ``(B,)`` masks.
@@ -603,12 +603,13 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     exact = torch.zeros(B, dtype=torch.bool, device=dev)
     fixed = torch.zeros(B, dtype=torch.bool, device=dev)
     last = len(plan.layers) - 1
+    hn_next = None
     for l_idx, lay in enumerate(plan.layers):
         in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
         else:
-            hn = None
+            hn, hn_next = hn_next, None  # (an int8 first layer hands over its output's norm)
             if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
                 hn64 = _safe_norm(h)
                 under = (hn64 > 0) * (math.sqrt(h.shape[1]) * tiny32)
@@ -619,17 +620,13 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
         if l_idx == 0 and i8 is not None:
             # |z_j - exact_j| <= alpha p_j + beta q_j + 2^-52 |z_j|: decided when |z_j| (1 - 2^-51) exceeds
             # the rest (which is 0 only for an exactly computed value, then even z == 0 decides)
-            z, alpha, beta, in_range = i8(x)
-            z, alpha, beta, in_range = z.to(dev), alpha.to(dev), beta.to(dev), in_range.to(dev)
+            slope0 = lay["relu"].negative_slope if lay["relu"] is not None else 1.0
+            h32, bits, und, rows64, (h64n, zn), alpha, beta, in_range = i8.activate(x, slope0)
             if not bool(in_range.all()):  # inputs beyond 2^+-400: the float64 path decides those rows
                 redo[~in_range] = True
-            bits = z > 0
-            za = z.abs() * (1 - 2.0**-51)
-            bmax = alpha * i8.p_max + beta * i8.q_max
-            cand = torch.nonzero(za.amin(1) <= bmax).flatten()
+            cand = torch.nonzero(und.any(1)).flatten()
             if len(cand):
-                bound = torch.outer(alpha[cand], i8.p.to(dev)).addcmul_(beta[cand, None], i8.q.to(dev))
-                rr, units = torch.nonzero((za[cand] <= bound) & (bound > 0), as_tuple=True)
+                rr, units = torch.nonzero(und[cand], as_tuple=True)
                 rows = cand[rr]
         else:
             if l_idx < m or hn is None:
@@ -656,7 +653,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
                 rows = cand[rr]
         if len(cand) and len(rows):
             fixed[rows] = True
-            hsrc = (src if in64 else h)[rows].to(torch.float64)
+            hsrc = (src if in64 else h)[rows].to(device=dev, dtype=torch.float64)
             z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
             ein = src_e[rows] if in64 else e[rows].to(torch.float64)
             hn64 = _safe_norm(hsrc)
@@ -682,10 +679,19 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
         # ||(A r + G c) * live|| <= A ||r * live|| + G ||c * live||
         slope = relu.negative_slope if relu is not None else 1.0
         if l_idx == 0 and i8 is not None:
-            # ||(alpha p + beta q + 2^-52 |z|) * live|| <= alpha ||p|| + beta ||q|| + 2^-52 ||z||
+            # ||alpha p + beta q + 2^-51 |z| || <= alpha ||p|| + beta ||q|| + 2^-51 ||z||, times the Lipschitz
+            # constant of the activation
             lip = max(1.0, abs(slope))
-            e = (alpha * i8.pn + beta * i8.qn + 2.0**-52 * _safe_norm(z)) * (lip * _SAFETY * _SAFETY)
-            h = torch.relu_(z) if slope == 0 else F.leaky_relu(z, slope)
+            e = (alpha * i8.pn + beta * i8.qn + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
+            if m > 1:  # the next layer runs float64 products too
+                h = rows64[torch.arange(B)].to(dev)
+            else:  # the float32 copy rounds each entry by u32 (plus the smallest normal, gradual underflow)
+                under = (h64n > 0) * (math.sqrt(h32.shape[1]) * tiny32)
+                src, src_e = rows64, e.to(dev)  # float64 rows recomputed where a unit needs them
+                e = ((e + h64n * u32 + under) * _SAFETY).to(device=dev, dtype=torch.float32)
+                hn_next = (h64n * ((1 + u32) * _SAFETY)).to(device=dev, dtype=torch.float32)
+                h = h32.to(dev)
+                continue
         elif slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
             live = (z > -bmax[:, None]).to(z.dtype)
             rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
