@@ -66,6 +66,16 @@ def test_every_entry_is_within_its_certified_bound(seed, K, N, levels, span, dty
     assert ok[0] and torch.equal(z[0], b)
 
 
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_wide_layers_stay_within_the_bound(levels):
+    # wide rows meet every slice value, including the ends of the int8 range
+    rng = np.random.default_rng(levels)
+    W = torch.tensor(rng.normal(size=(3, 400)))
+    b = torch.tensor(rng.normal(size=3))
+    x = torch.tensor(rng.uniform(-1, 1, (6, 400)), dtype=torch.float32)
+    _check_bound(Int8Layer(W, b, levels), W, b, x)
+
+
 def test_degenerate_shapes_and_saturating_extremes_are_exact():
     rng = np.random.default_rng(1)
     for K, N, B in [(1, 1, 1), (1, 2, 3), (5, 1, 1), (1, 7, 2), (33, 3, 17)]:
