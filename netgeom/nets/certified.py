@@ -21,13 +21,15 @@ when its maximum minus its error exceeds every other entry plus its error (or al
 Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
 only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
 and the first layers may run in float64 when float32's propagated error would leave most rows undecided
-(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2%
-of a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate
-first layer). Gradual underflow, outside the standard model, adds an absolute smallest-normal term per
-product; rows that overflow go to float64 / exact arithmetic. Other graphs redo rows with any undecided unit
-in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a pre-activation within ~1e-15
-of 0) in exact rational arithmetic on the dense affine maps (:meth:`PLNode.matrix`,
-:attr:`PLNode.bias_vector`). So the patterns are exact.
+(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2% of
+a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate first
+layer). On the CPU that first layer comes from exact int8 products at about a float32 product's cost
+(:mod:`netgeom.nets._int8`: ten products of 7-bit slices, error ~2^-21 relative with a certified bound), where
+the machine's int8 kernel passes an exactness check. Gradual underflow, outside the standard model, adds an
+absolute smallest-normal term per product; rows that overflow go to float64 / exact arithmetic. Other graphs
+redo rows with any undecided unit in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a
+pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
+(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact.
 """
 
 from __future__ import annotations

@@ -247,8 +247,9 @@ def count_patterns(
     model (:func:`netgeom.trace`: residual blocks, concatenations, max-pooling, functional activations).
     Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error.
     For chains of dense Linear layers (MLPs, pruned or not) each undecided (input, unit) pair is recomputed
-    as a float64 dot product, then in exact rational arithmetic, and the first layers run in float64 when a
-    trial batch shows that float32's propagated error would leave most inputs undecided further on. For other
+    as a float64 dot product, then in exact rational arithmetic, and the first layer runs float64-accurate
+    (from exact int8 products on the CPU, else in float64) when a trial batch shows that float32's propagated
+    error would leave most inputs undecided further on. For other
     graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
     float64, then exactly (:mod:`netgeom.nets.certified`).
 
@@ -336,7 +337,8 @@ def count_patterns(
                 xb = x[a : a + step]
                 if plan is not None:
                     if prefix is None:
-                        # float64 for every layer when asked; else the cheapest float64 prefix on a trial
+                        # float64 for every layer when asked; else the cheapest float64-accurate prefix (and
+                        # whether its first layer comes from int8 products) on a trial
                         if dtype == torch.float64:
                             prefix = (len(plan.layers), 0)
                         else:
