@@ -31,11 +31,12 @@ row ``r``: a bound of rank two that costs O(width) per row.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
+
+from ._chain_kernel import run_rows
 
 __all__ = ["Int8Layer", "int8_products_exact"]
 
@@ -172,22 +173,6 @@ class _Rows64:
         return self.both(rows)[1]
 
 
-def _chunks(n: int, threads: int, minimum: int = 256) -> list[tuple[int, int]]:
-    k = max(1, min(threads, n // minimum))
-    edges = np.linspace(0, n, k + 1).astype(int)
-    return [(int(a), int(c)) for a, c in zip(edges[:-1], edges[1:]) if c > a]
-
-
-def _run(fn, n: int, *args) -> None:
-    parts = _chunks(n, max(1, torch.get_num_threads()))
-    if len(parts) == 1:
-        fn(*args[:1], 0, n, *args[1:])
-        return
-    # the kernels release the GIL: one thread per chunk of rows
-    with ThreadPoolExecutor(len(parts)) as pool:
-        list(pool.map(lambda p: fn(*args[:1], p[0], p[1], *args[1:]), parts))
-
-
 def _canonical(a: np.ndarray) -> torch.Tensor:
     """A fresh tensor with row-major strides. ``torch._int_mm`` (2.13, CPU) reads an operand with a size-1
     dimension and numpy's degenerate strides (e.g. ``(1, 1)`` for shape ``(1, 2)``) out of bounds."""
@@ -278,7 +263,7 @@ class Int8Layer:
         xs = np.empty((B, L * K), dtype=np.int8)
         inv_s = np.empty(B)
         S = np.empty(B, dtype=np.int64)
-        _run(_split, B, xn, L, xs, inv_s, S)
+        run_rows(_split, B, xn, L, xs, inv_s, S)
         X = torch.from_numpy(xs)
         P = tuple(torch._int_mm(X[:, : K * (lev + 1)], self.stacks[lev]).numpy() for lev in range(L))
         ok = (S >= 0) & (inv_s < self._row_limit)
@@ -307,7 +292,7 @@ class Int8Layer:
             beta = inv_s * self.k
             p, q = self.p.numpy(), self.q.numpy()
             args = (inv_s, self.inv_t, self.b, alpha, beta, p, q, float(slope), h32, bits, n_und, stats)
-            _run(_finish, B, P, *args)
+            run_rows(_finish, B, P, *args)
         rows64 = _Rows64(P, inv_s, self.inv_t, self.b, float(slope))
         t = torch.from_numpy
         cand = np.flatnonzero(n_und)

@@ -645,8 +645,14 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
             huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
             if bool(huge.any()):
                 (exact if l_idx < m else redo)[huge] = True
-            bits = z > 0
-            cand = torch.nonzero(z.abs().amin(1) <= bmax).flatten()
+            if z.device.type == "cpu":  # signs and undecided counts in one compiled pass
+                from ._chain_kernel import decide_rows
+
+                bits, n_und = decide_rows(z, A, G, T, lay["r"].numpy(), lay["c"].numpy())
+                cand = torch.nonzero(n_und).flatten()
+            else:
+                bits = z > 0
+                cand = torch.nonzero(z.abs().amin(1) <= bmax).flatten()
             if len(cand):  # the exact per-unit test on the rows the screen could not clear
                 zc = z[cand]
                 bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype)) + T[cand, None]
