@@ -1,10 +1,11 @@
-"""Benchmark: ``count_patterns`` (exact: certified float32; MLPs per (row, unit) with a float64 prefix when
-float32's propagated error is too wide, other graphs per row; float64 / rationals where undecided) vs
-the plain float32 forward with sign packing a user would write (uncertified), counted with the same exact
-deduplication. One row per network: both times, the ratio, both counts, whether netgeom's pattern set and the
-plain float32 one equal those of a float64 forward (untimed reference), and how many inputs had float64 work
-/ exact arithmetic, and the ratio of the CPU times (process time, all threads: less sensitive to other
-jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier comparison there.
+"""Benchmark: ``count_patterns`` (exact: certified float32; MLPs per (row, unit) with a float64-accurate first
+layer from exact int8 products when float32's propagated error is too wide, other graphs per row; float64 /
+rationals where undecided) vs the plain float32 forward with sign packing a user would write (uncertified),
+counted with the same exact deduplication. One row per network: both times, the ratio, both counts, whether
+netgeom's pattern set and the plain float32 one equal those of a float64 forward (untimed reference), and how
+many inputs had float64 work / exact arithmetic, and the ratio of the CPU times (process time, all threads:
+less sensitive to other jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier
+comparison there.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10

@@ -380,12 +380,13 @@ def test_chain_path_equals_rational_reference_for_every_float64_prefix(seed, wid
     plan = chain_plan(g, "cpu")
     assert plan is not None and len(plan.layers) == len(widths)
     relus = [n.index for n in g.nodes if n.op == "relu"]
-    for m in range(len(widths) + 1):  # how much runs in float64 changes the cost, never the answer
-        for x in (X, X.float()):
-            r = ref if x.dtype == torch.float64 else ref32
-            dec, _ = chain_decide(g, plan, x, m)
-            bits = torch.cat([dec[i] for i in relus], 1).numpy()
-            assert np.array_equal(bits, r), (m, x.dtype)
+    for m in range(len(widths) + 1):  # how much runs in float64 (or int8) changes the cost, never the answer
+        for lv in (0, 1, 2, 4) if m else (0,):
+            for x in (X, X.float()):
+                r = ref if x.dtype == torch.float64 else ref32
+                dec, _ = chain_decide(g, plan, x, m, int8=lv)
+                bits = torch.cat([dec[i] for i in relus], 1).numpy()
+                assert np.array_equal(bits, r), (m, lv, x.dtype)
     res = count_patterns(net, X)
     assert np.array_equal(res.patterns, unique_rows(pack_patterns(ref))[0])
 
@@ -517,8 +518,9 @@ def test_inputs_on_a_hyperplane_or_one_ulp_off_get_the_exact_pattern(seed, width
             assert np.array_equal(res.patterns, u) and np.array_equal(res.multiplicities, c)
         # row by row: the per-unit chain path for every float64 prefix, and the per-row graph path
         for m in range(len(widths) + 1):
-            dec, _ = chain_decide(g, plan, X, m)
-            assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), m
+            for lv in (0, 1, 4) if m else (0,):
+                dec, _ = chain_decide(g, plan, X, m, int8=lv)
+                assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), (m, lv)
         for dt in (torch.float32, torch.float64):
             dec, _ = graph_patterns(g, X, dtype=dt)
             assert np.array_equal(torch.cat([dec[i] for i in relus], 1).numpy(), ref), dt

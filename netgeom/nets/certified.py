@@ -21,13 +21,15 @@ when its maximum minus its error exceeds every other entry plus its error (or al
 Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
 only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
 and the first layers may run in float64 when float32's propagated error would leave most rows undecided
-(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2%
-of a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate
-first layer). Gradual underflow, outside the standard model, adds an absolute smallest-normal term per
-product; rows that overflow go to float64 / exact arithmetic. Other graphs redo rows with any undecided unit
-in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a pre-activation within ~1e-15
-of 0) in exact rational arithmetic on the dense affine maps (:meth:`PLNode.matrix`,
-:attr:`PLNode.bias_vector`). So the patterns are exact.
+(:func:`choose_prefix`: with worst-case bounds ``gamma_K ~ K u``, a 784-wide float32 first layer leaves ~2% of
+a 400-wide second layer's units undecided, i.e. every row, and deciding those needs a float64-accurate first
+layer). On the CPU that first layer comes from exact int8 products at about a float32 product's cost
+(:mod:`netgeom.nets._int8`: ten products of 7-bit slices, error ~2^-21 relative with a certified bound), where
+the machine's int8 kernel passes an exactness check. Gradual underflow, outside the standard model, adds an
+absolute smallest-normal term per product; rows that overflow go to float64 / exact arithmetic. Other graphs
+redo rows with any undecided unit in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a
+pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
+(:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact.
 """
 
 from __future__ import annotations
@@ -454,6 +456,7 @@ class _ChainPlan:
         self.layers = []
         self.device = torch.device(device)
         self._bufs: dict = {}
+        self._int8: dict = {}
         nodes = g.nodes[1:]
         i = 0
         while i < len(nodes) and nodes[i].op != "output":
@@ -508,10 +511,32 @@ class _ChainPlan:
             buf = self._bufs[key] = torch.empty(x.shape, dtype=dtype, device=x.device)
         return buf.copy_(x)
 
-    def cost(self, m: int, redo: float) -> float:
-        """Relative cost of ``m`` leading float64 layers when a fraction ``redo`` of rows is redone."""
+    def int8_layer(self, levels: int):
+        """The first layer as an :class:`~netgeom.nets._int8.Int8Layer` of ``levels`` slices (built once),
+        or ``None`` where that path does not apply (not on the CPU, no exact int8 products on this machine,
+        a fan-in or weights out of its range)."""
+        if levels not in self._int8:
+            from ._int8 import Int8Layer, int8_products_exact
+
+            lay = None
+            if self.device.type == "cpu" and self.layers and int8_products_exact():
+                try:
+                    lay = Int8Layer(self.layers[0]["W64"], self.layers[0]["b64"], levels)
+                except ValueError:
+                    lay = None
+            self._int8[levels] = lay
+        return self._int8[levels]
+
+    def cost(self, m: int, redo: float, int8: int = 0) -> float:
+        """Relative cost (float32 multiply-adds) of ``m`` leading float64 layers, the first one from
+        ``int8`` levels of int8 products when nonzero, when a fraction ``redo`` of rows is redone."""
         macs = [lay["macs"] for lay in self.layers]
-        return sum(2 * c for c in macs[:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
+        first = 2 * macs[0] if m else 0
+        if m and int8:
+            # measured on AVX-512 VNNI: an int8 product runs ~9x a float32 one; the splitting and the
+            # float64 recombination cost about a fifth of a float32 product more
+            first = macs[0] * (int8 * (int8 + 1) / 2 / 9 + 0.25)
+        return first + sum(2 * c for c in macs[1:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
 
 
 class _NotFast(Exception):
@@ -541,7 +566,7 @@ def _safe_norm(h: torch.Tensor) -> torch.Tensor:
     return n
 
 
-def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
+def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     """Certified relu signs of a batch through a :class:`_ChainPlan`, deciding per (row, unit).
 
     The first ``m`` layers run in float64, the rest in float32. After each matrix product a unit is decided
@@ -552,6 +577,10 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     pre-activations within ~1e-13 of zero, which go to exact arithmetic. When the input is a float32 value
     whose propagated error is too wide, the row is redone in float64 by the caller.
 
+    With ``int8 = L > 0`` (and ``m >= 1``) the first layer's float64-accurate values come from
+    ``L (L + 1) / 2`` exact int8 products instead of a float64 one (:class:`netgeom.nets._int8.Int8Layer`:
+    about the cost of a float32 product, error ``~2^{-7L}`` relative, certified by a rank-two bound).
+
     Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
     the rows as bool ``(B,)`` masks.
     """
@@ -561,7 +590,9 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
     x = x.to(dev)
     src, src_e = x, torch.zeros(B, dtype=torch.float64, device=dev)  # float64-accurate input, its error
-    h = plan.cast(x, torch.float64 if m > 0 else torch.float32)
+    i8 = plan.int8_layer(int8) if int8 and m > 0 else None
+    # the int8 first layer reads x as it is: no float64 copy of the batch
+    h = x if i8 is not None else plan.cast(x, torch.float64 if m > 0 else torch.float32)
     tiny32 = torch.finfo(torch.float32).tiny
     if m > 0 or exact_in:  # the input is exact in the working precision
         e = torch.zeros(B, dtype=h.dtype, device=dev)
@@ -574,12 +605,13 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     exact = torch.zeros(B, dtype=torch.bool, device=dev)
     fixed = torch.zeros(B, dtype=torch.bool, device=dev)
     last = len(plan.layers) - 1
+    hn_next = None
     for l_idx, lay in enumerate(plan.layers):
         in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
         else:
-            hn = None
+            hn, hn_next = hn_next, None  # (an int8 first layer hands over its output's norm)
             if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
                 hn64 = _safe_norm(h)
                 under = (hn64 > 0) * (math.sqrt(h.shape[1]) * tiny32)
@@ -587,31 +619,49 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
                 hn = (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)  # ||fl32(h)|| <= (1 + u32) ||h||
                 h = h.to(torch.float32)
             W, b, gam = lay["W32"], lay["b32"], lay["g32"]
-        if l_idx < m or hn is None:
-            hn = _safe_norm(h) * _SAFETY
-        z = torch.addmm(b, h, W.T)
-        A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j + T
-        G = gam * _SAFETY
-        # underflow: each of the K products and the bias cast may lose up to the smallest normal number
-        # (absolute, outside the standard model); nothing is lost when every term is exactly zero
-        # (in z's dtype: a bool tensor times a Python float is float32, where a float64 tiny is 0)
-        T = ((hn > 0) | lay["has_bias"]).to(z.dtype) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
-        bmax = A * lay["r_max"] + G * lay["c_max"] + T
-        # overflow (or a row too large to bound): such rows go to float64 / exact arithmetic as a whole
-        huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
-        if bool(huge.any()):
-            (exact if l_idx < m else redo)[huge] = True
-        bits = z > 0
-        cand = torch.nonzero(z.abs().amin(1) <= bmax).flatten()
-        if len(cand):  # the exact per-unit test on the rows the screen could not clear
-            zc = z[cand]
-            bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype)) + T[cand, None]
-            # a zero bound means an exact value: its sign decides even z == 0
-            rr, units = torch.nonzero((zc.abs() <= bound) & (bound > 0), as_tuple=True)
-            rows = cand[rr]
+        if l_idx == 0 and i8 is not None:
+            # |z_j - exact_j| <= alpha p_j + beta q_j + 2^-52 |z_j|: decided when |z_j| (1 - 2^-51) exceeds
+            # the rest (which is 0 only for an exactly computed value, then even z == 0 decides)
+            slope0 = lay["relu"].negative_slope if lay["relu"] is not None else 1.0
+            h32, bits, und, rows64, (h64n, zn), alpha, beta, in_range = i8.activate(x, slope0)
+            if not bool(in_range.all()):  # inputs beyond 2^+-400: the float64 path decides those rows
+                redo[~in_range] = True
+            cand = torch.nonzero(und.any(1)).flatten()
+            if len(cand):
+                rr, units = torch.nonzero(und[cand], as_tuple=True)
+                rows = cand[rr]
+        else:
+            if l_idx < m or hn is None:
+                hn = _safe_norm(h) * _SAFETY
+            z = torch.addmm(b, h, W.T)
+            A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j + T
+            G = gam * _SAFETY
+            # underflow: each of the K products and the bias cast may lose up to the smallest normal number
+            # (absolute, outside the standard model); nothing is lost when every term is exactly zero
+            # (in z's dtype: a bool tensor times a Python float is float32, where a float64 tiny is 0)
+            T = ((hn > 0) | lay["has_bias"]).to(z.dtype) * ((lay["K"] + 2) * torch.finfo(z.dtype).tiny)
+            bmax = A * lay["r_max"] + G * lay["c_max"] + T
+            # overflow (or a row too large to bound): such rows go to float64 / exact arithmetic as a whole
+            huge = ~(hn * lay["r_max"] + lay["c_max"] < torch.finfo(z.dtype).max / 8)
+            if bool(huge.any()):
+                (exact if l_idx < m else redo)[huge] = True
+            if z.device.type == "cpu":  # signs and undecided counts in one compiled pass
+                from ._chain_kernel import decide_rows
+
+                bits, n_und = decide_rows(z, A, G, T, lay["r"].numpy(), lay["c"].numpy())
+                cand = torch.nonzero(n_und).flatten()
+            else:
+                bits = z > 0
+                cand = torch.nonzero(z.abs().amin(1) <= bmax).flatten()
+            if len(cand):  # the exact per-unit test on the rows the screen could not clear
+                zc = z[cand]
+                bound = torch.addr(lay["c"].to(z.dtype) * G, A[cand], lay["r"].to(z.dtype)) + T[cand, None]
+                # a zero bound means an exact value: its sign decides even z == 0
+                rr, units = torch.nonzero((zc.abs() <= bound) & (bound > 0), as_tuple=True)
+                rows = cand[rr]
         if len(cand) and len(rows):
             fixed[rows] = True
-            hsrc = (src if in64 else h)[rows].to(torch.float64)
+            hsrc = (src if in64 else h)[rows].to(device=dev, dtype=torch.float64)
             z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
             ein = src_e[rows] if in64 else e[rows].to(torch.float64)
             hn64 = _safe_norm(hsrc)
@@ -623,7 +673,10 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
             if len(bad):
-                (exact if in64 else redo)[bad] = True
+                # the input's error is float64's only when float64 products made it; an int8 first layer's
+                # (~2^-7L) can leave a unit undecided that a whole-row float64 redo decides
+                coarse = i8 is not None and l_idx >= 1
+                (exact if in64 and not coarse else redo)[bad] = True
         relu = lay["relu"]
         if relu is not None:
             out[relu.index] = bits
@@ -633,7 +686,21 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
         # certainly negative input is exactly 0, so those units drop out of the norm:
         # ||(A r + G c) * live|| <= A ||r * live|| + G ||c * live||
         slope = relu.negative_slope if relu is not None else 1.0
-        if slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
+        if l_idx == 0 and i8 is not None:
+            # ||alpha p + beta q + 2^-51 |z| || <= alpha ||p|| + beta ||q|| + 2^-51 ||z||, times the Lipschitz
+            # constant of the activation
+            lip = max(1.0, abs(slope))
+            e = (alpha * i8.pn + beta * i8.qn + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
+            if m > 1:  # the next layer runs float64 products too
+                h = rows64[torch.arange(B)].to(dev)
+            else:  # the float32 copy rounds each entry by u32 (plus the smallest normal, gradual underflow)
+                under = (h64n > 0) * (math.sqrt(h32.shape[1]) * tiny32)
+                src, src_e = rows64, e.to(dev)  # float64 rows recomputed where a unit needs them
+                e = ((e + h64n * u32 + under) * _SAFETY).to(device=dev, dtype=torch.float32)
+                hn_next = (h64n * ((1 + u32) * _SAFETY)).to(device=dev, dtype=torch.float32)
+                h = h32.to(dev)
+                continue
+        elif slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
             live = (z > -bmax[:, None]).to(z.dtype)
             rc = torch.sqrt(live @ lay["rc2"].to(z.dtype))
             e = (A * rc[:, 0] + G * rc[:, 1] + T * lay["sqrt_n"]) * (_SAFETY * _SAFETY)
@@ -647,50 +714,55 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int):
     return out, redo, exact, fixed
 
 
-def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> int:
-    """How many leading layers to run in float64: the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
+def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
+    """How many leading layers to run float64-accurate, and how (``(m, int8 levels)``, levels 0 meaning a
+    float64 product): the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
 
     Float32 rounding bounds grow with the fan-in and propagate through the layers; when they leave most rows
     of a later layer with a unit the float64 dot product of its float32 input cannot decide (the input's own
-    error is too wide), running the first layers in float64 is cheaper than redoing those rows.
+    error is too wide), a float64-accurate first layer is cheaper than redoing those rows, and int8
+    products (:class:`~netgeom.nets._int8.Int8Layer`) give it at about a float32 product's cost.
     """
-    best, best_cost = 0, math.inf
+    best, best_cost = (0, 0), math.inf
     for m in range(len(plan.layers) + 1):
-        _, redo, _, _ = chain_patterns(plan, probe, m)
-        frac = float(redo.float().mean()) if len(redo) else 0.0
-        cost = plan.cost(m, frac)
-        if cost < best_cost:
-            best, best_cost = m, cost
-        if frac == 0.0:
+        levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
+        for lv in levels + [0]:
+            _, redo, _, _ = chain_patterns(plan, probe, m, lv)
+            frac = float(redo.float().mean()) if len(redo) else 0.0
+            cost = plan.cost(m, frac, lv)
+            if cost < best_cost:
+                best, best_cost = (m, lv), cost
+        if frac == 0.0:  # (of the float64 product) more float64 layers only cost more
             break
     return best
 
 
-def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines=None):
+def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines=None, int8: int = 0):
     """:func:`chain_patterns` with its leftovers resolved: rows whose float32 input was too inexact are
     redone by :func:`graph_patterns` in float64, pre-activations within ~1e-13 of zero in exact arithmetic.
 
     Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
     rows decided in rational arithmetic})``.
     """
-    out, redo, exact, fixed = chain_patterns(plan, x, m)
+    out, redo, exact, fixed = chain_patterns(plan, x, m, int8)
     out = {i: d.cpu() for i, d in out.items()}
     redo, exact = redo.cpu(), exact.cpu()
     fixed = fixed.cpu() & ~redo & ~exact
-    stats = {"float64": x.shape[0] if m > 0 else int(fixed.sum()), "exact": 0}
+    whole = m > 0 and not (int8 and plan.int8_layer(int8) is not None)  # every row ran float64 products
+    stats = {"float64": x.shape[0] if whole else int(fixed.sum()), "exact": 0}
     rows = torch.nonzero(redo).flatten()
     if len(rows):
         dec, st = graph_patterns(g, x.cpu()[rows], device="cpu", dtype=torch.float64, _engines=_engines)
         for i, d in dec.items():
             out[i][rows] = d
         stats["exact"] += st["exact"]
-        if m == 0:
+        if not whole:
             stats["float64"] += len(rows)
         exact[rows] = False  # graph_patterns decided them, exactly where needed
     rows = torch.nonzero(exact).flatten()
     if len(rows):
         stats["exact"] += len(rows)
-        if m == 0:
+        if not whole:
             stats["float64"] += len(rows)
         keep = {n.index for n in g.nodes}
         x64 = x.to(torch.float64).cpu()

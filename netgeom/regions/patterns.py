@@ -247,8 +247,9 @@ def count_patterns(
     model (:func:`netgeom.trace`: residual blocks, concatenations, max-pooling, functional activations).
     Patterns are exact: the forward pass runs in float32 with a certified bound on its rounding error.
     For chains of dense Linear layers (MLPs, pruned or not) each undecided (input, unit) pair is recomputed
-    as a float64 dot product, then in exact rational arithmetic, and the first layers run in float64 when a
-    trial batch shows that float32's propagated error would leave most inputs undecided further on. For other
+    as a float64 dot product, then in exact rational arithmetic, and the first layer runs float64-accurate
+    (from exact int8 products on the CPU, else in float64) when a trial batch shows that float32's propagated
+    error would leave most inputs undecided further on. For other
     graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
     float64, then exactly (:mod:`netgeom.nets.certified`).
 
@@ -336,9 +337,13 @@ def count_patterns(
                 xb = x[a : a + step]
                 if plan is not None:
                     if prefix is None:
-                        # float64 for every layer when asked; else the cheapest float64 prefix on a trial
-                        prefix = len(plan.layers) if dtype == torch.float64 else choose_prefix(plan, xb[:512])
-                    dec, stats = chain_decide(g, plan, xb, prefix, _engines=engines)
+                        # float64 for every layer when asked; else the cheapest float64-accurate prefix (and
+                        # whether its first layer comes from int8 products) on a trial
+                        if dtype == torch.float64:
+                            prefix = (len(plan.layers), 0)
+                        else:
+                            prefix = choose_prefix(plan, xb[:512])
+                    dec, stats = chain_decide(g, plan, xb, prefix[0], _engines=engines, int8=prefix[1])
                 else:
                     if probe and run_dtype == torch.float32:
                         # a small float32 trial first: when float32 cannot decide most inputs (its certified

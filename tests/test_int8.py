@@ -1,0 +1,155 @@
+"""The int8 first layer of the pattern engine (netgeom.nets._int8): exact products, a certified bound."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netgeom import count_patterns, mlp, trace
+from netgeom.nets import _chain_kernel
+from netgeom.nets._int8 import Int8Layer, int8_products_exact
+from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan, choose_prefix
+
+
+def _exact(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> list[list[Fraction]]:
+    Wf = [[Fraction(v) for v in r] for r in W.tolist()]
+    bf = [Fraction(v) for v in b.tolist()]
+    rows = x.double().tolist()
+    return [
+        [sum((w * Fraction(v) for w, v in zip(wr, row)), Fraction(0)) + bj for wr, bj in zip(Wf, bf)]
+        for row in rows
+    ]
+
+
+def _check_bound(lay: Int8Layer, W, b, x):
+    z, alpha, beta, ok = lay(x)
+    ref = _exact(W, b, x)
+    bound = alpha[:, None] * lay.p[None] + beta[:, None] * lay.q[None] + 2.0**-52 * z.abs()
+    for r in range(x.shape[0]):
+        if not ok[r]:
+            continue
+        for j in range(W.shape[0]):
+            err = abs(Fraction(float(z[r, j])) - ref[r][j])
+            assert err <= Fraction(float(bound[r, j])), (r, j, float(err), float(bound[r, j]))
+    return z, ok
+
+
+def _scaled(rng, shape, lo, hi, dtype):
+    """Entries with mantissas of full width and exponents spread over [lo, hi], some zero."""
+    m = rng.uniform(-1, 1, shape)
+    m[rng.random(shape) < 0.15] = 0.0
+    return torch.tensor(m * 2.0 ** rng.integers(lo, hi + 1, shape), dtype=dtype)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.integers(1, 24),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.sampled_from([(-3, 3), (-40, 0), (-300, -250), (200, 260), (-120, 120)]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_every_entry_is_within_its_certified_bound(seed, K, N, levels, span, dtype):
+    rng = np.random.default_rng(seed)
+    lo, hi = span
+    if dtype == torch.float32:
+        lo, hi = (min(max(v, -140), 100) for v in span)  # float32's range (subnormals included)
+    W = _scaled(rng, (N, K), -20, 5, torch.float64)
+    b = _scaled(rng, (N,), -10, 3, torch.float64)
+    x = _scaled(rng, (7, K), lo, hi, dtype)
+    x[0] = 0.0  # an all-zero row: z = b exactly
+    z, ok = _check_bound(Int8Layer(W, b, levels), W, b, x)
+    assert ok[0] and torch.equal(z[0], b)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_wide_layers_stay_within_the_bound(levels):
+    # wide rows meet every slice value, including the ends of the int8 range
+    rng = np.random.default_rng(levels)
+    W = torch.tensor(rng.normal(size=(3, 400)))
+    b = torch.tensor(rng.normal(size=3))
+    x = torch.tensor(rng.uniform(-1, 1, (6, 400)), dtype=torch.float32)
+    _check_bound(Int8Layer(W, b, levels), W, b, x)
+
+
+def test_degenerate_shapes_and_saturating_extremes_are_exact():
+    rng = np.random.default_rng(1)
+    for K, N, B in [(1, 1, 1), (1, 2, 3), (5, 1, 1), (1, 7, 2), (33, 3, 17)]:
+        W = _scaled(rng, (N, K), -3, 3, torch.float64)
+        b = _scaled(rng, (N,), -3, 3, torch.float64)
+        x = _scaled(rng, (B, K), -3, 3, torch.float64)
+        _check_bound(Int8Layer(W, b, 4), W, b, x)
+    # every slice at +-127 / +-64 and one-ulp neighbours of powers of two
+    W = torch.tensor([[127.0, -127.0, 126.5, 0.5 + 2.0**-40]] * 3, dtype=torch.float64)
+    x = torch.tensor([[1.0, -1.0, np.nextafter(1.0, 2.0), 2.0**-30], [127.0, 127.0, 127.0, 127.0]])
+    b = torch.zeros(3, dtype=torch.float64)
+    _check_bound(Int8Layer(W, b, 4), W, b, x)
+
+
+def test_rows_out_of_range_are_flagged_not_answered():
+    W = torch.ones(2, 3, dtype=torch.float64)
+    lay = Int8Layer(W, torch.zeros(2, dtype=torch.float64))
+    x = torch.tensor([[1e300, 1.0, 0.0], [1e-300, 0.0, 0.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    _, _, _, ok = lay(x)
+    assert ok.tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="fan-in"):
+        Int8Layer(torch.ones(2, 40_000, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+
+
+def test_the_int8_first_layer_gives_the_float64_patterns_and_is_chosen_for_wide_layers():
+    torch.manual_seed(0)
+    net = mlp(300, [200, 200], 2, seed=0)
+    X = torch.rand(512, 300, generator=torch.Generator().manual_seed(0))
+    g = trace(net)
+    plan = chain_plan(g, "cpu")
+    assert plan.int8_layer(4) is not None
+    ref, _ = chain_decide(g, plan, X, 2)  # every layer float64-accurate
+    for lv in (1, 2, 3, 4):
+        dec, _ = chain_decide(g, plan, X, 1, int8=lv)
+        assert all(torch.equal(dec[i], ref[i]) for i in ref), lv
+    _, redo, exact, _ = chain_patterns(plan, X, 1, 4)
+    assert not exact.any() and redo.float().mean() < 0.05  # 4 levels: nearly every row decided at once
+    m, lv = choose_prefix(plan, X)
+    assert m >= 1 and lv > 0
+
+
+def test_an_inexact_int8_kernel_is_detected_and_never_used(monkeypatch):
+    real = torch._int_mm
+
+    def saturating(a, b):  # pairs of products in saturating 16-bit adds, as int8 kernels without VNNI
+        return real(torch.clamp(a, -60, 60), b)
+
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert not int8_products_exact()
+    net = mlp(300, [50], 2, seed=0)
+    plan = chain_plan(trace(net), "cpu")
+    assert plan.int8_layer(4) is None
+    monkeypatch.setattr(torch, "_int_mm", real)
+    assert int8_products_exact()
+    X = torch.rand(64, 300, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    res = count_patterns(net, X)
+    monkeypatch.setattr(torch, "_int_mm", real)
+    assert np.array_equal(res.patterns, count_patterns(net, X, precision="float64").patterns)
+
+
+def test_split_and_combine_threads_give_the_one_thread_answer():
+    rng = np.random.default_rng(3)
+    W = _scaled(rng, (9, 40), -5, 5, torch.float64)
+    b = _scaled(rng, (9,), -5, 5, torch.float64)
+    x = _scaled(rng, (1000, 40), -20, 20, torch.float32)
+    lay = Int8Layer(W, b)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lay(x)
+        torch.set_num_threads(2)
+        two = lay(x)
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(a, c) for a, c in zip(one, two))
+    assert len(_chain_kernel._chunks(1000, 2)) == 2
