@@ -67,6 +67,9 @@ _BYTES_PER_ENTRY = 5 * 8
 _NO_ORIGIN = np.int64(-(1 << 62))
 # polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
 _SMALL_AFFINE = 4_000_000
+# density from which the compiled affine kernel updates every output per input (it vectorises), not the
+# nonzero weights only
+_DENSE_AFFINE = 0.2
 
 
 def initial_polygon(corners_h, edges) -> tuple[np.ndarray, np.ndarray]:
@@ -684,11 +687,14 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
         # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
         from . import _graph_slice_kernel as kern
 
-        nz = np.nonzero(M)  # (output, input) pairs in output order
-        ptr = np.searchsorted(nz[0], np.arange(M.shape[0] + 1))
         c = np.ascontiguousarray
-        cols, w = nz[1].astype(np.int64), c(M[nz])
-        nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), ptr, cols, w, c(b), gam, _TINY)
+        if nnz >= _DENSE_AFFINE * M.size:
+            MT, ptr, rows, w = c(M.T), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        else:
+            nz = np.nonzero(M.T)  # (input, output) pairs in input order
+            ptr = np.searchsorted(nz[0], np.arange(M.shape[1] + 1))
+            MT, rows, w = np.zeros((0, 0)), nz[1].astype(np.int64), c(M.T[nz])
+        nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), MT, ptr, rows, w, c(b), gam, _TINY)
         return nA, nB, nE, ctx.no_origin(*nA.shape)
     aMT = np.abs(M).T
     nA = A @ M.T + b

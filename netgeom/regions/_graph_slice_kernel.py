@@ -25,6 +25,8 @@ import math
 import numba
 import numpy as np
 
+from ._slice_kernel import _pow2_inv, from_bits
+
 _U = 2.0**-53
 _TINY = 1e-300
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
@@ -36,25 +38,37 @@ def _tol(hd, dl):
     return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scale(x0, x1, x2, d):
+    """``(x0, x1, x2, d)`` times ``2**-e`` for ``max |x_i| = f 2**e`` (``0.5 <= f < 1``, as ``frexp``): the
+    numpy path's ``ldexp(x, -e)``, bit for bit, by one multiplication when ``2**-e`` is a normal float (the
+    exponent read from the float's bits, :func:`._slice_kernel._pow2_inv`), else by ``frexp``/``ldexp``.
+    ``max |x_i|`` must be finite; a zero maximum leaves the values unscaled."""
+    mx = max(abs(x0), max(abs(x1), abs(x2)))
+    sc = _pow2_inv(mx)
+    if sc != 0.0:
+        return x0 * sc, x1 * sc, x2 * sc, d * sc
+    if mx != 0:
+        ex = math.frexp(mx)[1]
+        return math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex), math.ldexp(d, -ex)
+    return x0, x1, x2, d
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _line(a, b, c, e, quadrant, su, sv, out):
     """``out[:4]`` = the unit-scaled line of ``a + u b + v c`` and its error bound (the numpy path's
     ``_lines``); returns whether it is exactly zero, or raises a flag (-1) when a value is not finite."""
-    for x in (a, b, c, e):
-        if not math.isfinite(x):
-            return -1
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(e)):
+        return -1
     zero = a == 0 and b == 0 and c == 0 and e == 0
     d = e
     if quadrant:
         b = su * b - a
         c = sv * c - a
         d = 2 * d + _U * max(abs(a), max(abs(b), abs(c)))
-    mag = max(abs(a), max(abs(b), abs(c)))
-    if not (math.isfinite(mag) and math.isfinite(d)):
+    if not (math.isfinite(b) and math.isfinite(c) and math.isfinite(d)):
         return -1
-    if mag != 0:
-        ex = math.frexp(mag)[1]
-        a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+    a, b, c, d = _scale(a, b, c, d)
     out[0], out[1], out[2] = a, b, c
     out[3] = d * (1 + 1e-9) + _TINY
     return 1 if zero else 0
@@ -130,8 +144,6 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     Snc = np.empty(depth, dtype=np.int64)
     sig = np.empty(2 * Kc + 2, dtype=np.int8)
     cutting = np.empty(n, dtype=np.int32)
-    idbuf = np.empty(1, dtype=np.int64)
-    idf = idbuf.view(np.float64)
     cur = 0
     n_fb = 0
     for p in range(m):
@@ -276,8 +288,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
             if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
                 ok = False
                 break
-            idbuf[0] = rid | j
-            lid = idf[0]
+            lid = from_bits(rid | j)
             ng = top + 1
             pg = top + 2
             cp = 0
@@ -304,10 +315,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
                     if not (math.isfinite(mx) and math.isfinite(dX)):
                         ok = False
                         break
-                    if mx != 0:
-                        ex = math.frexp(mx)[1]
-                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                        dX = math.ldexp(dX, -ex)
+                    x0, x1, x2, dX = _scale(x0, x1, x2, dX)
                     dX = dX * (1 + 1e-9) + _TINY
                     if not (abs(x0) > dX):
                         ok = False
@@ -446,38 +454,55 @@ def relu_maps(A, B, E, parent, bits, slope, block, origins):
 
 
 @numba.njit(cache=True, nogil=True)
-def affine_maps(A, B, E, ptr, cols, vals, bias, gam, tiny):
-    """An affine node's output maps and error bound (the numpy path's formulas), from its matrix in
-    compressed rows (``ptr``, ``cols``, ``vals``: the nonzero weights of output ``o`` are
-    ``vals[ptr[o]:ptr[o + 1]]`` at inputs ``cols[...]``), skipping pruned weights. The bound
+def affine_maps(A, B, E, MT, ptr, rows, vals, bias, gam, tiny):
+    """An affine node's output maps and error bound (the numpy path's formulas), input by input: each
+    output sums ``bias + w_0 x_0 + w_1 x_1 + ...`` in input order, skipping inputs that are exactly zero on
+    the polygon (the ReLU outputs that are off: their map and error are 0) and, given ``MT`` of shape
+    ``(0, 0)``, pruned weights. The matrix comes transposed, ``MT (n_in, n_out)`` (a dense update of all
+    outputs per input, which vectorises), or as compressed columns ``ptr``, ``rows``, ``vals`` (the nonzero
+    weights of input ``i`` are ``vals[ptr[i]:ptr[i + 1]]`` at outputs ``rows[...]``). The bound
     ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
     m, n_in = A.shape
     n_out = bias.shape[0]
+    dense = MT.shape[0] == n_in and n_in > 0
+    aMT = np.abs(MT)
+    avals = np.abs(vals)
     nA = np.empty((m, n_out))
     nB = np.empty((m, 2, n_out))
     nE = np.empty((m, n_out))
-    X = np.empty((n_in, 4))  # one polygon's input: A, B_0, B_1 and the error term, side by side
     for q in range(m):
+        sA = nA[q]
+        s0 = nB[q, 0]
+        s1 = nB[q, 1]
+        sE = nE[q]
+        for o in range(n_out):
+            sA[o] = bias[o]
+            s0[o] = 0.0
+            s1[o] = 0.0
+            sE[o] = 0.0
         for i in range(n_in):
             a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
-            X[i, 0], X[i, 1], X[i, 2] = a, b0, b1
-            X[i, 3] = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+            x = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+            if a == 0 and b0 == 0 and b1 == 0 and x == 0:
+                continue  # adds exact zeros
+            if dense:
+                w = MT[i]
+                aw = aMT[i]
+                for o in range(n_out):
+                    sA[o] += w[o] * a
+                    s0[o] += w[o] * b0
+                    s1[o] += w[o] * b1
+                    sE[o] += aw[o] * x
+            else:
+                for t in range(ptr[i], ptr[i + 1]):
+                    o = rows[t]
+                    w = vals[t]
+                    sA[o] += w * a
+                    s0[o] += w * b0
+                    s1[o] += w * b1
+                    sE[o] += avals[t] * x
         for o in range(n_out):
-            s0 = bias[o]
-            s1 = 0.0
-            s2 = 0.0
-            s3 = 0.0
-            for t in range(ptr[o], ptr[o + 1]):
-                i = cols[t]
-                w = vals[t]
-                s0 += w * X[i, 0]
-                s1 += w * X[i, 1]
-                s2 += w * X[i, 2]
-                s3 += abs(w) * X[i, 3]
-            nA[q, o] = s0
-            nB[q, 0, o] = s1
-            nB[q, 1, o] = s2
-            nE[q, o] = s3 * (1 + gam) + (tiny + gam * abs(bias[o]))
+            sE[o] = sE[o] * (1 + gam) + (tiny + gam * abs(bias[o]))
     return nA, nB, nE
 
 
@@ -533,10 +558,7 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
             mx = max(abs(x0), max(abs(x1), abs(x2)))
             if not (math.isfinite(mx) and math.isfinite(dX)):
                 return -1
-            if mx != 0:
-                ex = math.frexp(mx)[1]
-                x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                dX = math.ldexp(dX, -ex)
+            x0, x1, x2, dX = _scale(x0, x1, x2, dX)
             dX = dX * (1 + 1e-9) + _TINY
             if not (abs(x0) > dX):
                 return -1
@@ -580,8 +602,6 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     sig = np.empty(Ks + 1, dtype=np.int8)
     sl = np.empty(k, dtype=np.int64)
     L = np.empty(4)
-    idbuf = np.empty(1, dtype=np.int64)
-    idf = idbuf.view(np.float64)
     cur = 0
     for p in range(m):
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
@@ -643,8 +663,8 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
                             break
                         if not hn:
                             continue
-                        idbuf[0] = rid | (w * k * k + i * k + j)
-                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], idf[0], T, 1 - ct)
+                        lid = from_bits(rid | (w * k * k + i * k + j))
+                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], lid, T, 1 - ct)
                         if cnt < 0:
                             ok = False
                             break

@@ -19,6 +19,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _U = 2.0**-53
 _TINY = 1e-300
@@ -78,21 +81,40 @@ def _grow_stack(S, Snv, Sbits, Scand, Snc, depth):
     return S2, Snv2, Sbits2, Scand2, Snc2
 
 
+@intrinsic
+def as_bits(typingctx, x):
+    """The int64 whose bits are those of the float64 ``x`` (a bit cast: no memory, no call)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def from_bits(typingctx, x):
+    """The float64 whose bits are those of the int64 ``x`` (the inverse of :func:`as_bits`)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _pow2_inv(mag, buf, bufi):
-    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) read from the float's exponent bits, or
-    0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
-    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``."""
-    buf[0] = mag
-    e = (bufi[0] >> 52) & 0x7FF
+def _pow2_inv(mag):
+    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) built from the float's exponent bits,
+    or 0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
+    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``. (C calls to
+    frexp and ldexp per value cost ten times the rest of a line's construction.)"""
+    e = (as_bits(mag) >> 52) & 0x7FF
     if e == 0 or e > 2044:  # zero, subnormal, >= 2**1021, inf or NaN
         return 0.0
-    bufi[0] = (2045 - e) << 52
-    return buf[0]
+    return from_bits((2045 - e) << 52)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z, buf, bufi):
+def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z):
     """Polygon ``p``'s lines into ``L (5, n)`` (``Li`` its int64 view, for the ids) and ``Z (n)``: see
     :func:`make_lines`."""
     n = A.shape[1]
@@ -104,7 +126,7 @@ def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z, buf, bufi):
             c = sv * c - a
             d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
         mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
-        sc = _pow2_inv(mag, buf, bufi)
+        sc = _pow2_inv(mag)
         if sc != 0.0:
             a, b, c, d = a * sc, b * sc, c * sc, d * sc
         elif math.isfinite(mag) and mag != 0:
@@ -129,11 +151,9 @@ def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     lines = np.empty((m, 5, n))
     ids = lines.view(np.int64)
     zero = np.empty((m, n), dtype=np.bool_)
-    buf = np.empty(1)
-    bufi = buf.view(np.int64)
     for p in range(m):
         rid = id0 | (np.int64(p) << ROW_SHIFT)
-        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines[p], ids[p], zero[p], buf, bufi)
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines[p], ids[p], zero[p])
     return lines, zero
 
 
@@ -253,8 +273,6 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
     smin = np.empty(n)
     smax = np.empty(n)
     cutting = np.empty(n, dtype=np.int32)
-    buf = np.empty(1)
-    bufi = buf.view(np.int64)
     cur = 0
     n_fb = 0
     for p in range(m):
@@ -266,7 +284,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 S[0, k, t] = rec[p, k, t]
         Snv[0] = k1
         rid = id0 | (np.int64(p) << ROW_SHIFT)
-        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines, lines_i, zero, buf, bufi)
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines, lines_i, zero)
         nc = _root_test(rec, p, k1, lines, zero, smin, smax, sig, Sbits[0], Scand[0])
         if nc < 0:
             fallback[p] = True
@@ -394,7 +412,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                     if not (math.isfinite(mx) and math.isfinite(dX)):
                         ok = False
                         break
-                    sc = _pow2_inv(mx, buf, bufi)
+                    sc = _pow2_inv(mx)
                     if sc != 0.0:
                         x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
                     else:
