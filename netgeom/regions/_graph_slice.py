@@ -94,6 +94,16 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
     return [Vr[a:b] for a, b in zip(off[:-1], off[1:])], areas
 
 
+def polygons_uv_fast(rec: np.ndarray, nv: np.ndarray) -> tuple[_slice.PolygonList, np.ndarray]:
+    """:func:`polygons_uv` by the compiled kernel, as a read-only sequence of views into one stacked vertex
+    array (areas summed vertex by vertex: they may differ from :func:`polygons_uv`'s in the last bits)."""
+    from . import _slice_kernel
+
+    nv = np.asarray(nv, dtype=np.int64)
+    V, areas = _slice_kernel.uv_areas_scaled(np.ascontiguousarray(rec), nv)
+    return _slice.PolygonList(V, nv), areas
+
+
 # ================================================================================== exact graph maps
 class _ExactGraph:
     """Exact affine maps (constant, ``d1``, ``d2`` parts, each ``(ints, exp)``) of the graph's nodes on a
@@ -842,4 +852,4 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
     return _slice.slice_plane(run, box)
 
 
-__all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv"]
+__all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv", "polygons_uv_fast"]

@@ -232,17 +232,44 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
                     cutting[c] = Scand[s, c]
                 ncut = Snc[s]
             else:
-                for c in range(Snc[s]):
+                # The candidates' extremes over the vertices first (no branch per vertex), then one decision
+                # per candidate with one tolerance valid at every vertex (the largest vertex error); only an
+                # undecided candidate is checked vertex by vertex. A cutting unit's other vertices may be too
+                # close to call: they are checked when it cuts (below) or, on the halves, by this same test.
+                nco = Snc[s]
+                hmax = 0.0
+                for k in range(Kn):
+                    hmax = max(hmax, S[s, k, 3])
+                for c in range(nco):
+                    smin[c] = np.inf
+                    smax[c] = -np.inf
+                for k in range(Kn):
+                    h0, h1, h2 = S[s, k, 0], S[s, k, 1], S[s, k, 2]
+                    for c in range(nco):
+                        j = Scand[s, c]
+                        v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
+                        smin[c] = v if v < smin[c] else smin[c]
+                        smax[c] = v if v > smax[c] else smax[c]
+                for c in range(nco):
                     j = Scand[s, c]
-                    hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
-                    if unsure:
-                        ok = False
-                        break
-                    if hp and hn:
+                    tmax = _tol(hmax, L[j, 3])
+                    if smin[c] > tmax:
+                        Sbits[s, j] = True
+                    elif smax[c] < -tmax:
+                        Sbits[s, j] = False
+                    elif smax[c] > tmax and smin[c] < -tmax:
                         cutting[ncut] = j
                         ncut += 1
                     else:
-                        Sbits[s, j] = hp
+                        hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                        if unsure:
+                            ok = False
+                            break
+                        if hp and hn:
+                            cutting[ncut] = j
+                            ncut += 1
+                        else:
+                            Sbits[s, j] = hp
             if not ok:
                 break
             if ncut == 0:

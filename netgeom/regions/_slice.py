@@ -582,12 +582,14 @@ def _reach(ctx, rec, nv) -> float:
 def _exact_far_vertices(ctx, rec, nv) -> None:
     """Vertices whose float ``D`` underflowed (a box far beyond the arrangement's scale, e.g. 1e200 wide):
     their ``(u, v)`` from the exact crossing of their two edges, stored as ``(1, u, v)`` (output only)."""
+    from . import _slice_kernel
+
+    if not _slice_kernel.any_far_vertex(np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64)):
+        return
     H = rec[..., _H]
     real = np.arange(H.shape[1])[None, :] < nv[:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
-    if not bad.any():
-        return
     from fractions import Fraction
 
     ids = _ids(rec[..., _ID])

@@ -496,3 +496,46 @@ def uv_areas(rec, nv):
         areas[q] = abs(0.5 * s)
         o += k1
     return V, areas
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def uv_areas_scaled(rec, nv):
+    """:func:`uv_areas` with each piece scaled to unit size for its shoelace sum (the graph engine's areas:
+    a piece of a huge box gets an infinite area, not ``inf - inf``)."""
+    m = rec.shape[0]
+    V = np.empty((nv.sum(), 2))
+    areas = np.empty(m)
+    o = 0
+    for q in range(m):
+        k1 = nv[q]
+        sc = 0.0
+        nan = False
+        for k in range(k1):
+            x = rec[q, k, 1] / rec[q, k, 0]
+            y = rec[q, k, 2] / rec[q, k, 0]
+            V[o + k, 0] = x
+            V[o + k, 1] = y
+            nan = nan or x != x or y != y
+            sc = max(sc, max(abs(x), abs(y)))
+        if nan or not sc > 0:
+            sc = 1.0
+        s = 0.0
+        for k in range(k1):
+            kn = o + k + 1 if k + 1 < k1 else o
+            s += (V[o + k, 0] / sc) * (V[kn, 1] / sc) - (V[kn, 0] / sc) * (V[o + k, 1] / sc)
+        areas[q] = 0.5 * abs(s) * sc**2
+        o += k1
+    return V, areas
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def any_far_vertex(rec, nv):
+    """Whether a real vertex's ``(X / D, Y / D)`` is not finite (``D`` underflowed: a box far beyond the
+    arrangement's scale), the check of :func:`netgeom.regions._slice._exact_far_vertices`."""
+    for q in range(rec.shape[0]):
+        for k in range(nv[q]):
+            x = rec[q, k, 1] / rec[q, k, 0]
+            y = rec[q, k, 2] / rec[q, k, 0]
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return True
+    return False
