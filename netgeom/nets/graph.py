@@ -1005,12 +1005,22 @@ def _sequential_graph(model: nn.Module) -> fx.Graph | None:
 
     if not walk(model):
         return None
-    graph = fx.Graph()
-    x = graph.placeholder("input")
-    for target in leaves:
-        x = graph.call_module(target, (x,))
-    graph.output(x)
+    # the graph is a function of the leaves' paths alone (and is only read): built once per path list
+    key = tuple(leaves)
+    graph = _SEQUENTIAL_GRAPHS.get(key)
+    if graph is None:
+        graph = fx.Graph()
+        x = graph.placeholder("input")
+        for target in leaves:
+            x = graph.call_module(target, (x,))
+        graph.output(x)
+        if len(_SEQUENTIAL_GRAPHS) >= 256:
+            _SEQUENTIAL_GRAPHS.clear()
+        _SEQUENTIAL_GRAPHS[key] = graph
     return graph
+
+
+_SEQUENTIAL_GRAPHS: dict[tuple[str, ...], fx.Graph] = {}
 
 
 def _check_trace_masks(masks, model: nn.Module):
