@@ -450,6 +450,18 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
     return surv
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _entry(A, B, E, p, lazy, on, slope, aslope, j):
+    """Entry ``j`` of row ``p`` of a node's maps ``(a, b_0, b_1, error)``; with ``lazy``, of the ReLU output
+    of those maps with bit ``on`` (:func:`relu_maps`'s formulas: an on unit keeps its value exactly, an off
+    unit is scaled by ``slope``, which rounds once unless it is 0)."""
+    a, b0, b1, e = A[p, j], B[p, 0, j], B[p, 1, j], E[p, j]
+    if lazy and not on:
+        a, b0, b1 = a * slope, b0 * slope, b1 * slope
+        e = e * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+    return a, b0, b1, e
+
+
 @numba.njit(cache=True, nogil=True)
 def relu_maps(A, B, E, parent, bits, slope, block, origins):
     """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
@@ -466,34 +478,32 @@ def relu_maps(A, B, E, parent, bits, slope, block, origins):
         p = parent[q]
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
         for j in range(n):
-            if bits[q, j]:
-                nA[q, j] = A[p, j]
-                nB[q, 0, j] = B[p, 0, j]
-                nB[q, 1, j] = B[p, 1, j]
-                nE[q, j] = E[p, j]
-            else:
-                a, b0, b1 = A[p, j] * slope, B[p, 0, j] * slope, B[p, 1, j] * slope
-                nA[q, j], nB[q, 0, j], nB[q, 1, j] = a, b0, b1
-                nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+            a, b0, b1, e = _entry(A, B, E, p, True, bits[q, j], slope, aslope, j)
+            nA[q, j], nB[q, 0, j], nB[q, 1, j], nE[q, j] = a, b0, b1, e
             if origins:
                 orig[q, j] = rid | j
     return nA, nB, nE, orig
 
 
 @numba.njit(cache=True, nogil=True)
-def affine_maps(A, B, E, MT, ptr, rows, vals, bias, gam, tiny):
+def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny):
     """An affine node's output maps and error bound (the numpy path's formulas), input by input: each
     output sums ``bias + w_0 x_0 + w_1 x_1 + ...`` in input order, skipping inputs that are exactly zero on
     the polygon (the ReLU outputs that are off: their map and error are 0) and, given ``MT`` of shape
     ``(0, 0)``, pruned weights. The matrix comes transposed, ``MT (n_in, n_out)`` (a dense update of all
     outputs per input, which vectorises), or as compressed columns ``ptr``, ``rows``, ``vals`` (the nonzero
     weights of input ``i`` are ``vals[ptr[i]:ptr[i + 1]]`` at outputs ``rows[...]``). The bound
-    ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
-    m, n_in = A.shape
+    ``gamma (|m|.|x| + |b|)`` holds for any order of summation.
+
+    With ``lazy`` the input is the ReLU output (gain ``slope``) of rows ``parent`` of ``A, B, E`` with bits
+    ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it."""
+    m = parent.shape[0] if lazy else A.shape[0]
+    n_in = A.shape[1]
     n_out = bias.shape[0]
     dense = MT.shape[0] == n_in and n_in > 0
     aMT = np.abs(MT)
     avals = np.abs(vals)
+    aslope = abs(slope)
     nA = np.empty((m, n_out))
     nB = np.empty((m, 2, n_out))
     nE = np.empty((m, n_out))
@@ -507,9 +517,13 @@ def affine_maps(A, B, E, MT, ptr, rows, vals, bias, gam, tiny):
             s0[o] = 0.0
             s1[o] = 0.0
             sE[o] = 0.0
+        p = parent[q] if lazy else q
         for i in range(n_in):
-            a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
-            x = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+            on = bits[q, i] if lazy else True
+            if not on and slope == 0.0:
+                continue  # an off ReLU unit is exactly zero
+            a, b0, b1, e = _entry(A, B, E, p, lazy, on, slope, aslope, i)
+            x = e * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
             if a == 0 and b0 == 0 and b1 == 0 and x == 0:
                 continue  # adds exact zeros
             if dense:
@@ -751,20 +765,24 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
 
 
 @numba.njit(cache=True, nogil=True)
-def add_maps(A1, B1, E1, A2, B2, E2, c):
+def add_maps(A1, B1, E1, par1, bits1, slope1, lazy1, A2, B2, E2, par2, bits2, slope2, lazy2, c):
     """The sum of two nodes' maps and its error bound (the numpy path's formula, ``c`` = 2 u (1 + 1e-9)),
-    in one pass."""
-    m, n = A1.shape
+    in one pass; an operand with ``lazy`` is a ReLU output read as in :func:`affine_maps`."""
+    m = par1.shape[0] if lazy1 else A1.shape[0]
+    n = A1.shape[1]
     nA = np.empty((m, n))
     nB = np.empty((m, 2, n))
     nE = np.empty((m, n))
+    as1, as2 = abs(slope1), abs(slope2)
     for q in range(m):
+        p1 = par1[q] if lazy1 else q
+        p2 = par2[q] if lazy2 else q
         for j in range(n):
-            a1, b10, b11 = A1[q, j], B1[q, 0, j], B1[q, 1, j]
-            a2, b20, b21 = A2[q, j], B2[q, 0, j], B2[q, 1, j]
+            a1, b10, b11, e1 = _entry(A1, B1, E1, p1, lazy1, bits1[q, j] if lazy1 else True, slope1, as1, j)
+            a2, b20, b21, e2 = _entry(A2, B2, E2, p2, lazy2, bits2[q, j] if lazy2 else True, slope2, as2, j)
             nA[q, j] = a1 + a2
             nB[q, 0, j] = b10 + b20
             nB[q, 1, j] = b11 + b21
             mag = max(abs(a1), max(abs(b10), abs(b11))) + max(abs(a2), max(abs(b20), abs(b21)))
-            nE[q, j] = (E1[q, j] + E2[q, j]) * (1 + c) + c * mag
+            nE[q, j] = (e1 + e2) * (1 + c) + c * mag
     return nA, nB, nE
