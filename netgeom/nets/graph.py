@@ -1023,6 +1023,25 @@ def _sequential_graph(model: nn.Module) -> fx.Graph | None:
 _SEQUENTIAL_GRAPHS: dict[tuple[str, ...], fx.Graph] = {}
 
 
+def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
+    """Per tensor, whether its 2-norm is finite, which proves every entry finite (a NaN or inf entry makes
+    the norm NaN or inf). One fused call for all of them (a check per tensor costs several microseconds);
+    False (check the entries) where the norm overflowed, for non-float tensors, or if the fused call fails."""
+    idx = [i for i, t in enumerate(tensors) if t.is_floating_point()]
+    out = [False] * len(tensors)
+    if not idx:
+        return out
+    try:
+        with torch.no_grad():
+            norms = torch.stack([v.double() for v in torch._foreach_norm([tensors[i] for i in idx])])
+        vals = norms.cpu().tolist()
+    except (RuntimeError, TypeError, AttributeError):  # devices or dtypes the fused call does not mix
+        return out
+    for i, v in zip(idx, vals):
+        out[i] = math.isfinite(v)
+    return out
+
+
 def _check_trace_masks(masks, model: nn.Module):
     """Masks checked by :func:`netgeom._validation.check_masks` (one validation path for every mask form),
     except that a key naming a parameter that is not a module's weight is kept aside: it is valid if the
@@ -1118,8 +1137,10 @@ def trace(
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     name = type(model).__name__
     masks, functional_masks = _check_trace_masks(masks, model)
-    for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    norms = _finite_norms([t for _, t in named])
+    for (pname, t), finite in zip(named, norms):
+        if t.is_floating_point() and not finite and not torch.isfinite(t).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
         if t.is_complex():
             raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")
