@@ -497,7 +497,7 @@ class _ReluOut:
     def width(self) -> int:
         return self.A.shape[1]
 
-    def take(self, rows) -> "_ReluOut":
+    def take(self, rows) -> _ReluOut:
         return _ReluOut(
             self.A, self.B, self.E, self.parent[rows], self.bits[rows], self.slope, self.block, self.origins
         )
