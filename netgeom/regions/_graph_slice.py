@@ -24,12 +24,15 @@ float64 weights and plane, :class:`_ExactGraph`), so the partition is exactly th
 zero error (two max-pool candidates both ReLU outputs that are off) is known to vanish without any exact
 work.
 
-The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes over their nonzero weights,
-ReLU cuts polygon by polygon (depth first), and max-pool nodes, which first drop the candidates certainly
-below another one at every vertex of a polygon (most windows keep one, and need no cut) and then clip the
-survivors' cells. They use the numpy path's formulas and certified predicates and no exact arithmetic: a
-polygon with a decision within its error bound is given back to the numpy path (``compiled=False`` runs only
-that path), which settles it exactly.
+The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes input by input (skipping
+inputs that are exactly zero, the off ReLU units, and a sparse matrix's zero weights), ReLU cuts polygon by
+polygon (depth first), and max-pool nodes, which first drop the candidates certainly below another one at
+every vertex of a polygon (most windows keep one, and need no cut) and then clip the survivors' cells. A
+ReLU node's output maps are not written out: the affine and add kernels read them from the node's input
+maps, parents and bits (:class:`_ReluOut`), and nothing is computed for the last pattern node's output.
+The kernels use the numpy path's formulas and certified predicates and no exact arithmetic: a polygon with a
+decision within its error bound is given back to the numpy path (``compiled=False`` runs only that path),
+which settles it exactly.
 
 The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
 (``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.

@@ -13,7 +13,8 @@ largest at the first vertex and drops every candidate it certainly beats at ever
 on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut;
 :func:`pool_split` then clips the survivors' argmax cells, with the same give-back rule.
 :func:`affine_maps`, :func:`add_maps` and :func:`relu_maps` push the per-polygon maps through a node in one
-pass each, with the numpy path's error bounds.
+pass each, with the numpy path's error bounds; the first two also read a ReLU node's output in place (its
+input maps, parents and bits: the floats :func:`relu_maps` would write).
 
 Compiled on first use and cached on disk (``cache=True``).
 """
@@ -25,6 +26,8 @@ import math
 import numba
 import numpy as np
 
+# Inlined into this module's kernels: numba's on-disk cache tracks only this file, so after editing these in
+# _slice_kernel, touch this file too (or clear its __pycache__) to have its kernels recompiled.
 from ._slice_kernel import _pow2_inv, from_bits
 
 _U = 2.0**-53
