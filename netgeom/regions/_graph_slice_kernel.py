@@ -28,7 +28,7 @@ import numpy as np
 
 # Inlined into this module's kernels: numba's on-disk cache tracks only this file, so after editing these in
 # _slice_kernel, touch this file too (or clear its __pycache__) to have its kernels recompiled.
-from ._slice_kernel import _pow2_inv, from_bits
+from ._slice_kernel import _crossing, _halves, _pow2_inv, from_bits
 
 _U = 2.0**-53
 _TINY = 1e-300
@@ -321,51 +321,9 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
             lid = from_bits(rid | j)
             ng = top + 1
             pg = top + 2
-            cp = 0
-            cn = 0
-            for k in range(Kn):
-                sk = sig[k]
-                sx = sig[k + 1] if k + 1 < Kn else sig[0]
-                if sk > 0:
-                    for t in range(nrec):
-                        S[pg, cp, t] = S[s, k, t]
-                    cp += 1
-                else:
-                    for t in range(nrec):
-                        S[ng, cn, t] = S[s, k, t]
-                    cn += 1
-                if sk != sx:
-                    # the crossing on edge k, as the numpy path's _split
-                    e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
-                    x0 = e1 * l2 - e2 * l1
-                    x1 = e2 * l0 - e0 * l2
-                    x2 = e0 * l1 - e1 * l0
-                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-                    mx = max(abs(x0), max(abs(x1), abs(x2)))
-                    if not (math.isfinite(mx) and math.isfinite(dX)):
-                        ok = False
-                        break
-                    x0, x1, x2, dX = _scale(x0, x1, x2, dX)
-                    dX = dX * (1 + 1e-9) + _TINY
-                    if not (abs(x0) > dX):
-                        ok = False
-                        break
-                    if x0 < 0:
-                        x0, x1, x2 = -x0, -x1, -x2
-                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
-                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
-                    if sx < 0:  # the positive half leaves along the unit's line
-                        S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7] = l0, l1, l2, dl
-                        S[pg, cp, 8] = lid
-                        for t in range(4, 9):
-                            S[ng, cn, t] = S[s, k, t]
-                    else:
-                        for t in range(4, 9):
-                            S[pg, cp, t] = S[s, k, t]
-                        S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7] = l0, l1, l2, dl
-                        S[ng, cn, 8] = lid
-                    cp += 1
-                    cn += 1
+            cp, cn = _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng)
+            if cp < 0:
+                ok = False
             if not ok:
                 break
             for k in range(cp):
@@ -594,20 +552,9 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
                 D[d, cnt, t] = S[s, k, t]
             cnt += 1
         if sk != sx:
-            e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
-            x0 = e1 * l2 - e2 * l1
-            x1 = e2 * l0 - e0 * l2
-            x2 = e0 * l1 - e1 * l0
-            dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-            mx = max(abs(x0), max(abs(x1), abs(x2)))
-            if not (math.isfinite(mx) and math.isfinite(dX)):
+            ok, x0, x1, x2, dX = _crossing(S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7], l0, l1, l2, dl)
+            if not ok:
                 return -1
-            x0, x1, x2, dX = _scale(x0, x1, x2, dX)
-            dX = dX * (1 + 1e-9) + _TINY
-            if not (abs(x0) > dX):
-                return -1
-            if x0 < 0:
-                x0, x1, x2 = -x0, -x1, -x2
             D[d, cnt, 0], D[d, cnt, 1], D[d, cnt, 2], D[d, cnt, 3] = x0, x1, x2, dX
             if sx < 0:  # the piece leaves along the line
                 D[d, cnt, 4], D[d, cnt, 5], D[d, cnt, 6], D[d, cnt, 7], D[d, cnt, 8] = l0, l1, l2, dl, lid

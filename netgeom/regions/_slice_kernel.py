@@ -114,6 +114,75 @@ def _pow2_inv(mag):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _crossing(e0, e1, e2, ed, l0, l1, l2, dl):
+    """The crossing point of an edge's line ``e`` (error ``ed``) and a cutting line ``l`` (error ``dl``),
+    unit-scaled with ``D > 0``, and its error bound: ``(ok, x0, x1, x2, dX)``, ``ok`` False when a value is
+    not finite or the sign of ``D`` is within its bound (the caller gives the polygon to the exact path).
+    The numpy path's ``_split`` formulas, bit for bit; shared by the chain and graph kernels."""
+    x0 = e1 * l2 - e2 * l1
+    x1 = e2 * l0 - e0 * l2
+    x2 = e0 * l1 - e1 * l0
+    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+    mx = max(abs(x0), max(abs(x1), abs(x2)))
+    if not (math.isfinite(mx) and math.isfinite(dX)):
+        return False, x0, x1, x2, dX
+    sc = _pow2_inv(mx)
+    if sc != 0.0:
+        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
+    elif mx != 0:
+        ex = math.frexp(mx)[1]
+        x0, x1, x2, dX = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex), math.ldexp(dX, -ex)
+    dX = dX * _X_TOL + _TINY
+    if not (abs(x0) > dX):
+        return False, x0, x1, x2, dX
+    if x0 < 0:
+        x0, x1, x2 = -x0, -x1, -x2
+    return True, x0, x1, x2, dX
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng):
+    """Cut the piece in slot ``s`` of the record stack ``S`` (``Kn`` vertices, signs ``sig`` all +-1) by the
+    line ``(l0, l1, l2)`` (error ``dl``, id bits ``lid``): its positive half into slot ``pg`` and its
+    negative half into slot ``ng``. Returns their vertex counts, or ``(-1, -1)`` when a crossing is
+    uncertain. The cut of both the chain kernel and the graph kernel's ReLU nodes."""
+    nrec = S.shape[2]
+    cp = 0
+    cn = 0
+    for k in range(Kn):
+        sk = sig[k]
+        sx = sig[k + 1] if k + 1 < Kn else sig[0]
+        # Signs are +-1 here (a zero is uncertain and goes exact), so a vertex is in one half with its
+        # edge; the edge after a crossing point is the line where the half leaves through it, else the
+        # rest of edge k.
+        if sk > 0:
+            for t in range(nrec):
+                S[pg, cp, t] = S[s, k, t]
+            cp += 1
+        else:
+            for t in range(nrec):
+                S[ng, cn, t] = S[s, k, t]
+            cn += 1
+        if sk != sx:
+            ok, x0, x1, x2, dX = _crossing(S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7], l0, l1, l2, dl)
+            if not ok:
+                return -1, -1
+            S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
+            S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
+            if sx < 0:  # the positive half leaves along the line
+                S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7], S[pg, cp, 8] = l0, l1, l2, dl, lid
+                for t in range(4, 9):
+                    S[ng, cn, t] = S[s, k, t]
+            else:
+                for t in range(4, 9):
+                    S[pg, cp, t] = S[s, k, t]
+                S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7], S[ng, cn, 8] = l0, l1, l2, dl, lid
+            cp += 1
+            cn += 1
+    return cp, cn
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z):
     """Polygon ``p``'s lines into ``L (5, n)`` (``Li`` its int64 view, for the ids) and ``Z (n)``: see
     :func:`make_lines`."""
@@ -385,58 +454,9 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 break
             ng = top + 1  # the negative half's slot; the positive half is built in slot top + 2, then moved
             pg = top + 2
-            cp = 0
-            cn = 0
-            for k in range(Kn):
-                sk = sig[k]
-                sx = sig[k + 1] if k + 1 < Kn else sig[0]
-                # Signs are +-1 here (a zero is uncertain and goes exact), so a vertex is in one half with
-                # its edge; the edge after a crossing point is the unit's line where the half leaves
-                # through it, else the rest of edge k.
-                if sk > 0:
-                    for t in range(nrec):
-                        S[pg, cp, t] = S[sn, k, t]
-                    cp += 1
-                else:
-                    for t in range(nrec):
-                        S[ng, cn, t] = S[sn, k, t]
-                    cn += 1
-                if sk != sx:
-                    # the crossing point on edge k: edge line x unit line
-                    e0, e1, e2, ed = S[sn, k, 4], S[sn, k, 5], S[sn, k, 6], S[sn, k, 7]
-                    x0 = e1 * l2 - e2 * l1
-                    x1 = e2 * l0 - e0 * l2
-                    x2 = e0 * l1 - e1 * l0
-                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-                    mx = max(abs(x0), max(abs(x1), abs(x2)))
-                    if not (math.isfinite(mx) and math.isfinite(dX)):
-                        ok = False
-                        break
-                    sc = _pow2_inv(mx)
-                    if sc != 0.0:
-                        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
-                    else:
-                        ex = math.frexp(mx)[1]
-                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                        dX = math.ldexp(dX, -ex)
-                    dX = dX * _X_TOL + _TINY
-                    if not (abs(x0) > dX):
-                        ok = False  # the crossing's side of the frame is uncertain: exact path
-                        break
-                    if x0 < 0:
-                        x0, x1, x2 = -x0, -x1, -x2
-                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
-                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
-                    if sx < 0:  # the positive half leaves along the unit's line
-                        for t in range(5):
-                            S[pg, cp, 4 + t] = lines[t, j]
-                            S[ng, cn, 4 + t] = S[sn, k, 4 + t]
-                    else:
-                        for t in range(5):
-                            S[pg, cp, 4 + t] = S[sn, k, 4 + t]
-                            S[ng, cn, 4 + t] = lines[t, j]
-                    cp += 1
-                    cn += 1
+            cp, cn = _halves(S, sn, Kn, sig, l0, l1, l2, dl, lines[4, j], pg, ng)
+            if cp < 0:
+                ok = False  # a crossing's side of the frame is uncertain: exact path
             if not ok:
                 break
             # slot sn (== top) gets the positive half, slot top + 1 the negative one
