@@ -128,7 +128,10 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     m, K1, nrec = rec.shape
     n = A.shape[1]
     cap = max(2 * m, 64)
-    Kc = max(K1 + 2, 8)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
     out = np.empty((cap, Kc, nrec))
     onv = np.empty(cap, dtype=np.int64)
     par = np.empty(cap, dtype=np.int64)
@@ -350,11 +353,15 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
         Kout = max(Kout, onv[q] + 1)
     if Kout > out.shape[1]:
         out, onv, par, bits = _grow_out(out, onv, par, bits, cur, Kout)
+    # every slot of the working array is padded and returned (its first rows are contiguous): a narrower
+    # view would be copied by the next kernel's caller, into fresh memory (page faults cost more than the
+    # writes of the extra padding slots, whose pages the real vertices touch anyway)
+    Kout = out.shape[1]
     for q in range(cur):
         for k in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, k, t] = out[q, 0, t]
-    return 0, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+    return 0, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True)
@@ -577,7 +584,10 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``."""
     m, K1, nrec = rec.shape
     nw, k = W.shape
-    Ks = max(K1 + 2, 8)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Ks = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
     out = np.empty((max(2 * m, 16), Ks, nrec))
     onv = np.empty(out.shape[0], dtype=np.int64)
     par = np.empty(out.shape[0], dtype=np.int64)
@@ -707,11 +717,12 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
     out = _fit3(out, cur, Kout)
+    Kout = out.shape[1]  # all slots, as relu_split
     for q in range(cur):
         for kk in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, kk, t] = out[q, 0, t]
-    return 0, cur, out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
+    return 0, cur, out[:cur], onv[:cur], par[:cur], best[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True)
