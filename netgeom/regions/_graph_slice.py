@@ -59,6 +59,7 @@ from ._slice import (
     _cat,
     _ids,
     _pad_to,
+    _tol,
 )
 
 # the chain engine's vertex records and line ids (a block here is one pattern node applied to one set of
@@ -315,9 +316,6 @@ def _lines(ctx: GraphSliceCtx, A, B0, B1, E):
     return L, dL, zero
 
 
-def _tol(hd, dl):
-    # |l.h - l*.h*| <= 3 (|dl| + |dh| + |dl||dh|) for unit-scaled l, h, plus the dot product's rounding
-    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
 
 
 def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero, known=None) -> np.ndarray:

@@ -28,17 +28,11 @@ import numpy as np
 
 # Inlined into this module's kernels: numba's on-disk cache tracks only this file, so after editing these in
 # _slice_kernel, touch this file too (or clear its __pycache__) to have its kernels recompiled.
-from ._slice_kernel import _crossing, _halves, _pow2_inv, from_bits
+from ._slice_kernel import _crossing, _halves, _pow2_inv, _tol, from_bits
 
 _U = 2.0**-53
 _TINY = 1e-300
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _tol(hd, dl):
-    # the numpy path's _tol, same operations in the same order
-    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

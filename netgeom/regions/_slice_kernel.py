@@ -114,6 +114,14 @@ def _pow2_inv(mag):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _tol(hd, dl):
+    """Bound on the error of ``l . h`` for unit-scaled ``l``, ``h`` with errors ``dl``, ``hd``:
+    ``|l.h - l*.h*| <= 3 (dl + hd + dl hd)``, times ``1 + 1e-6`` and plus ``10 u`` for the dot product's own
+    rounding (the numpy paths' ``_tol``; shared by the chain and graph kernels)."""
+    return 3 * (hd + dl + hd * dl) * _SIG_TOL + _SLACK
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _crossing(e0, e1, e2, ed, l0, l1, l2, dl):
     """The crossing point of an edge's line ``e`` (error ``ed``) and a cutting line ``l`` (error ``dl``),
     unit-scaled with ``D > 0``, and its error bound: ``(ok, x0, x1, x2, dX)``, ``ok`` False when a value is
@@ -241,7 +249,7 @@ def _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig):
             sig[k] = -1
             hn = True
         else:  # close to the line: this vertex's own (smaller) tolerance, as the numpy path
-            tol = 3 * (S[sn, k, 3] + dl) * _SIG_TOL + _SLACK
+            tol = _tol(S[sn, k, 3], dl)
             if v > tol:
                 sig[k] = 1
                 hp = True
@@ -276,7 +284,7 @@ def _root_test(rec, p, k1, Lp, Zp, smin, smax, sig, bits0, cand):
         if Zp[j]:
             bits0[j] = False
             continue
-        tmax = 3 * (hmax + dL[j]) * _SIG_TOL + _SLACK
+        tmax = _tol(hmax, dL[j])
         # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
         fin = abs(L0[j]) + abs(L1[j]) + abs(L2[j]) < np.inf
         if fin and smin[j] > tmax:
@@ -395,7 +403,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 for c in range(nco):
                     j = Scand[sn, c]
                     dl = lines[3, j]
-                    tmax = 3 * (hmax + dl) * _SIG_TOL + _SLACK
+                    tmax = _tol(hmax, dl)
                     l0, l1, l2 = lines[0, j], lines[1, j], lines[2, j]
                     # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
                     fin = abs(l0) + abs(l1) + abs(l2) < np.inf
@@ -449,7 +457,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 sig = np.empty(S.shape[1], dtype=np.int8)
             # (the polygon's own cutting units were found from one certified positive and one certified
             # negative vertex: its other vertices may still be too close to call)
-            if _signs(S, sn, Kn, l0, l1, l2, dl, 3 * (hmax + dl) * _SIG_TOL + _SLACK, sig)[2]:
+            if _signs(S, sn, Kn, l0, l1, l2, dl, _tol(hmax, dl), sig)[2]:
                 ok = False
                 break
             ng = top + 1  # the negative half's slot; the positive half is built in slot top + 2, then moved
