@@ -455,3 +455,83 @@ def test_a_dropout_active_in_eval_mode_is_refused_not_read_as_identity():
     m = Flagged().eval().double()
     x = torch.randn(5, 4, dtype=torch.float64)
     assert torch.equal(trace(m).forward(x), m(x))
+
+
+class _PoolNet(nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3, 12)
+        self.k = k
+
+    def forward(self, x):
+        return F.max_pool1d(self.fc(x).unsqueeze(1), self.k).flatten(1)
+
+
+def test_max_pool_windows_checked_against_torch_once_per_pooling(monkeypatch):
+    """A max-pooling's windows are checked against torch the first time its input shape and arguments are
+    seen; later traces of the same pooling take the probe from those windows (no torch max-pool call), and
+    another kernel size is checked again. Every trace still reproduces the model."""
+    from netgeom.nets import graph as G
+
+    calls = []
+
+    class _CountingF:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        def max_pool1d(self, *a, **k):
+            calls.append(a[1:])
+            return F.max_pool1d(*a, **k)
+
+    monkeypatch.setattr(G, "F", _CountingF())
+    monkeypatch.setattr(G, "_CHECKED_POOLS", {})
+    net = _PoolNet(4).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    g1 = trace(net)
+    n_first = len(calls)
+    assert n_first >= 1 and len(G._CHECKED_POOLS) == 1
+    g2 = trace(net)
+    assert len(calls) == n_first  # the checked windows, not torch
+    w1, w2 = (next(n for n in g.nodes if n.op == "maxpool").windows for g in (g1, g2))
+    assert torch.equal(w1, w2) and w1.shape == (3, 4)
+    assert torch.equal(g2.forward(x), net(x))
+    net.k = 3  # another pooling of the same input: checked again, other windows
+    g3 = trace(net)
+    assert len(calls) > n_first and len(G._CHECKED_POOLS) == 2
+    assert next(n for n in g3.nodes if n.op == "maxpool").windows.shape == (4, 3)
+    assert torch.equal(g3.forward(x), net(x))
+
+
+def test_every_trace_reads_the_model_as_it_is_now():
+    """No trace is reused across calls: in-place edits, `.data` assignments, module replacement, appended
+    layers and mask changes all show in the next trace (of a Sequential, whose fx graph is memoised by its
+    leaves' paths, and of a module with its own forward)."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    net = mlp(3, [4], 2, seed=0)
+    g = trace(net)
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)
+    assert not torch.equal(trace(net).forward(x), g.forward(x))
+    assert torch.allclose(trace(net).forward(x), net(x.float()).double(), atol=1e-6)
+    net[0].weight.data.add_(1.0)  # bypasses autograd's version counter
+    assert torch.allclose(trace(net).forward(x), net(x.float()).double(), atol=1e-6)
+    net[0].weight.data = torch.zeros(4, 3)
+    assert torch.equal(trace(net).nodes[1].kernel, torch.zeros(4, 3, dtype=torch.float64))
+    net[0] = nn.Linear(3, 4)
+    assert torch.allclose(trace(net).forward(x), net(x.float()).double(), atol=1e-6)
+    net[1] = nn.LeakyReLU(0.25)
+    assert trace(net).nodes[2].negative_slope == 0.25
+    net.append(nn.ReLU())
+    net.append(nn.Linear(2, 1))
+    g = trace(net)
+    assert g.n_out == 1 and torch.allclose(g.forward(x), net(x.float()).double(), atol=1e-6)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[0] = False
+    assert torch.equal(trace(net, {"0.weight": mask}).nodes[1].kernel[0], torch.zeros(3, dtype=torch.float64))
+    assert torch.count_nonzero(trace(net).nodes[1].kernel[0]) == 3
+    pool = _PoolNet(4).double()
+    g = trace(pool)
+    pool.fc = nn.Linear(3, 8).double()
+    assert trace(pool).nodes[-2].shape != g.nodes[-2].shape
+    assert torch.equal(trace(pool).forward(x), pool(x))

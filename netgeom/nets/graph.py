@@ -25,6 +25,7 @@ import dataclasses
 import math
 import operator
 import re
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -480,18 +481,44 @@ class PLGraph:
 
 # ------------------------------------------------------------------------------------------- tracing
 class _Tracer(fx.Tracer):
-    def __init__(self):
-        super().__init__()
-        self.record_stack_traces = True
+    """fx's tracer with netgeom's leaves, recording for each node the innermost frame outside torch (the
+    user's line, for error messages) instead of fx's formatted stack traces, which cost about as much as the
+    rest of the symbolic trace."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        # fx's own record keeps the frames from the outermost ``forward`` inwards; the line shown is the
+        # innermost of them outside torch
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
+            f = f.f_back
+        user = f
+        while f is not None and f.f_code.co_name != "forward":
+            f = f.f_back
+        if f is not None:
+            node.meta["netgeom_frame"] = (user.f_code.co_filename, user.f_lineno)
+        return node
+
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def _frame_line(frame: tuple[str, int] | None) -> str:
+    """``file.py:42 (`code`)`` of a recorded ``(file, line)``."""
+    if frame is None:
+        return ""
+    import linecache
+
+    fn, line = frame
+    if line is None:
+        return fn.rsplit("/", 1)[-1]
+    return f"{fn.rsplit('/', 1)[-1]}:{line} (`{linecache.getline(fn, line).strip()}`)"
 
 
 def _user_line(stack: str | None) -> str:
@@ -555,7 +582,11 @@ class _Builder:
         return m
 
     def source(self, node: fx.Node) -> str:
-        line = _user_line(node.meta.get("stack_trace") or getattr(node, "stack_trace", None))
+        frame = node.meta.get("netgeom_frame")
+        if frame is not None:
+            line = _frame_line(frame)
+        else:
+            line = _user_line(node.meta.get("stack_trace") or getattr(node, "stack_trace", None))
         at = f" at {line}" if line else ""
         if node.op == "call_module":
             m = self.submodule(node.target)
@@ -787,13 +818,30 @@ class _Builder:
             "dilation": tup(dilation),
             "ceil_mode": bool(ceil_mode),
         }
+        key = (dim, ref.shape, *(p[a] for a in ("kernel", "stride", "padding", "dilation", "ceil_mode")))
+        out_shape = _CHECKED_POOLS.get(key)
+        flat = ref.value.reshape(self.B, -1)
+        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
+        if out_shape is not None:
+            # windows already checked against torch for this input shape and these pooling arguments (a
+            # function of them alone): the probe is their gather, without torch's max-pool, whose
+            # multithreaded kernel wakes the intra-op thread pool even for a tiny probe (milliseconds on a
+            # busy machine)
+            p["starts"] = _pool_starts(out_shape, p)
+            windows = _pool_windows(ref.shape, out_shape, p)
+            y = padded[:, windows.clamp(min=-1) % padded.shape[1]].amax(-1).reshape(self.B, *out_shape)
+            idx = self.add_node(
+                fxn, op="maxpool", inputs=(ref.index,), shape=out_shape, in_shape=ref.shape, windows=windows,
+                _pool=p,
+            )
+            return _Ref(idx, out_shape, y)
         f = F.max_pool1d if dim == 1 else F.max_pool2d
         try:
             y = f(ref.value, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
         except RuntimeError as exc:
             raise ValueError(f"{self.source(fxn)} cannot take an input of shape {ref.shape}: {exc}") from None
         out_shape = self.check_batch(fxn, y, ref, same_numel=False)
-        p["starts"] = [torch.arange(o) * s - q for o, s, q in zip(out_shape[1:], p["stride"], p["padding"])]
+        p["starts"] = _pool_starts(out_shape, p)
         windows = _pool_windows(ref.shape, out_shape, p)
         idx = self.add_node(
             fxn,
@@ -805,8 +853,6 @@ class _Builder:
             _pool=p,
         )
         # the windows are the contract other code reads: they must reproduce torch's max-pooling exactly
-        flat = ref.value.reshape(self.B, -1)
-        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
         mine = padded[:, windows.clamp(min=-1) % padded.shape[1]].amax(-1)
         if not torch.equal(mine, y.reshape(self.B, -1)):
             raise AssertionError(f"max-pool windows of {self.source(fxn)} do not reproduce torch")
@@ -815,6 +861,9 @@ class _Builder:
         chosen = torch.gather(windows.expand(self.B, -1, -1), 2, pos.unsqueeze(-1)).squeeze(-1)
         if (chosen < 0).any() or not torch.equal(torch.gather(flat, 1, chosen), vals):
             raise AssertionError(f"max-pool argmax positions of {self.source(fxn)} do not match the windows")
+        if len(_CHECKED_POOLS) >= 1024:
+            _CHECKED_POOLS.clear()
+        _CHECKED_POOLS[key] = out_shape
         return _Ref(idx, out_shape, y)
 
     def add(self, fxn: fx.Node, a: _Ref, b: _Ref) -> _Ref:
@@ -840,6 +889,11 @@ class _Builder:
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
 
 
+# (dim, input shape, kernel, stride, padding, dilation, ceil_mode) -> output shape, for the max-poolings whose
+# windows (_pool_windows, a function of these alone) were checked against torch's max-pooling in this process
+_CHECKED_POOLS: dict[tuple, tuple[int, ...]] = {}
+
+
 def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
     """An upper bound on the inputs one output of a weight-free linear op reads, plus one (for the
     rounding-error bounds of reduced-precision evaluation)."""
@@ -848,6 +902,11 @@ def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
     if "adaptive" in type_name.lower():
         return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[1:], out_shape[1:])) + 1
     return max(1, math.ceil(math.prod(in_shape) / max(1, math.prod(out_shape)))) + 1
+
+
+def _pool_starts(out_shape, p) -> list[torch.Tensor]:
+    """First input position of every window, per spatial axis."""
+    return [torch.arange(o) * s - q for o, s, q in zip(out_shape[1:], p["stride"], p["padding"])]
 
 
 def _pool_windows(in_shape, out_shape, p) -> torch.Tensor:
@@ -946,12 +1005,41 @@ def _sequential_graph(model: nn.Module) -> fx.Graph | None:
 
     if not walk(model):
         return None
-    graph = fx.Graph()
-    x = graph.placeholder("input")
-    for target in leaves:
-        x = graph.call_module(target, (x,))
-    graph.output(x)
+    # the graph is a function of the leaves' paths alone (and is only read): built once per path list
+    key = tuple(leaves)
+    graph = _SEQUENTIAL_GRAPHS.get(key)
+    if graph is None:
+        graph = fx.Graph()
+        x = graph.placeholder("input")
+        for target in leaves:
+            x = graph.call_module(target, (x,))
+        graph.output(x)
+        if len(_SEQUENTIAL_GRAPHS) >= 256:
+            _SEQUENTIAL_GRAPHS.clear()
+        _SEQUENTIAL_GRAPHS[key] = graph
     return graph
+
+
+_SEQUENTIAL_GRAPHS: dict[tuple[str, ...], fx.Graph] = {}
+
+
+def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
+    """Per tensor, whether its 2-norm is finite, which proves every entry finite (a NaN or inf entry makes
+    the norm NaN or inf). One fused call for all of them (a check per tensor costs several microseconds);
+    False (check the entries) where the norm overflowed, for non-float tensors, or if the fused call fails."""
+    idx = [i for i, t in enumerate(tensors) if t.is_floating_point()]
+    out = [False] * len(tensors)
+    if not idx:
+        return out
+    try:
+        with torch.no_grad():
+            norms = torch.stack([v.double() for v in torch._foreach_norm([tensors[i] for i in idx])])
+        vals = norms.cpu().tolist()
+    except (RuntimeError, TypeError, AttributeError):  # devices or dtypes the fused call does not mix
+        return out
+    for i, v in zip(idx, vals):
+        out[i] = math.isfinite(v)
+    return out
 
 
 def _check_trace_masks(masks, model: nn.Module):
@@ -1049,8 +1137,10 @@ def trace(
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     name = type(model).__name__
     masks, functional_masks = _check_trace_masks(masks, model)
-    for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    norms = _finite_norms([t for _, t in named])
+    for (pname, t), finite in zip(named, norms):
+        if t.is_floating_point() and not finite and not torch.isfinite(t).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
         if t.is_complex():
             raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")

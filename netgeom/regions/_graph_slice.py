@@ -24,12 +24,15 @@ float64 weights and plane, :class:`_ExactGraph`), so the partition is exactly th
 zero error (two max-pool candidates both ReLU outputs that are off) is known to vanish without any exact
 work.
 
-The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes over their nonzero weights,
-ReLU cuts polygon by polygon (depth first), and max-pool nodes, which first drop the candidates certainly
-below another one at every vertex of a polygon (most windows keep one, and need no cut) and then clip the
-survivors' cells. They use the numpy path's formulas and certified predicates and no exact arithmetic: a
-polygon with a decision within its error bound is given back to the numpy path (``compiled=False`` runs only
-that path), which settles it exactly.
+The inner loops run compiled (:mod:`._graph_slice_kernel`, numba): affine nodes input by input (skipping
+inputs that are exactly zero, the off ReLU units, and a sparse matrix's zero weights), ReLU cuts polygon by
+polygon (depth first), and max-pool nodes, which first drop the candidates certainly below another one at
+every vertex of a polygon (most windows keep one, and need no cut) and then clip the survivors' cells. A
+ReLU node's output maps are not written out: the affine and add kernels read them from the node's input
+maps, parents and bits (:class:`_ReluOut`), and nothing is computed for the last pattern node's output.
+The kernels use the numpy path's formulas and certified predicates and no exact arithmetic: a polygon with a
+decision within its error bound is given back to the numpy path (``compiled=False`` runs only that path),
+which settles it exactly.
 
 The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
 (``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.
@@ -56,6 +59,7 @@ from ._slice import (
     _cat,
     _ids,
     _pad_to,
+    _tol,
 )
 
 # the chain engine's vertex records and line ids (a block here is one pattern node applied to one set of
@@ -67,6 +71,9 @@ _BYTES_PER_ENTRY = 5 * 8
 _NO_ORIGIN = np.int64(-(1 << 62))
 # polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
 _SMALL_AFFINE = 4_000_000
+# density from which the compiled affine kernel updates every output per input (it vectorises), not the
+# nonzero weights only
+_DENSE_AFFINE = 0.2
 
 
 def initial_polygon(corners_h, edges) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +96,16 @@ def polygons_uv(rec: np.ndarray, nv: np.ndarray) -> tuple[list, np.ndarray]:
         areas = 0.5 * np.abs((W[..., 0] * Wn[..., 1] - Wn[..., 0] * W[..., 1]).sum(axis=1)) * sc[:, 0, 0] ** 2
     Vr, off = V[real], np.concatenate([[0], np.cumsum(nv)]).tolist()
     return [Vr[a:b] for a, b in zip(off[:-1], off[1:])], areas
+
+
+def polygons_uv_fast(rec: np.ndarray, nv: np.ndarray) -> tuple[_slice.PolygonList, np.ndarray]:
+    """:func:`polygons_uv` by the compiled kernel, as a read-only sequence of views into one stacked vertex
+    array (areas summed vertex by vertex: they may differ from :func:`polygons_uv`'s in the last bits)."""
+    from . import _slice_kernel
+
+    nv = np.asarray(nv, dtype=np.int64)
+    V, areas = _slice_kernel.uv_areas_scaled(np.ascontiguousarray(rec), nv)
+    return _slice.PolygonList(V, nv), areas
 
 
 # ================================================================================== exact graph maps
@@ -232,6 +249,10 @@ class GraphSliceCtx(_slice.ExactLines):
         self.n_cols = col
         self.origins = any(n.op == "maxpool" for n in nodes)
 
+    def read_later(self, i: int) -> bool:
+        """Whether a node after node ``i`` (in the order walked) reads its value."""
+        return self.last_use.get(i, -1) > i
+
     def no_origin(self, m: int, n: int) -> np.ndarray:
         """Origins of ``(m, n)`` entries that are no ReLU outputs (no columns when nothing reads them)."""
         return np.full((m, n), _NO_ORIGIN) if self.origins else np.empty((m, 0), dtype=np.int64)
@@ -295,9 +316,6 @@ def _lines(ctx: GraphSliceCtx, A, B0, B1, E):
     return L, dL, zero
 
 
-def _tol(hd, dl):
-    # |l.h - l*.h*| <= 3 (|dl| + |dh| + |dl||dh|) for unit-scaled l, h, plus the dot product's rounding
-    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
 
 
 def _vertex_signs(ctx: GraphSliceCtx, R, nr, lr, zero, known=None) -> np.ndarray:
@@ -463,6 +481,66 @@ def _relu_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, rows: np.ndarr
     return pcs.R[:cur], pcs.N[:cur], pcs.P[:cur], bits[:cur]
 
 
+class _ReluOut:
+    """A ReLU node's output maps on pieces, not written out (compiled path): row ``q`` is row ``parent[q]``
+    of the node's input maps ``A, B, E`` times the gain of ``bits[q]`` (1 on, ``slope`` off), exactly what
+    :func:`._graph_slice_kernel.relu_maps` writes. The affine and add kernels read it in place; carrying it
+    past later cuts composes ``parent`` instead of copying four arrays; anything else materialises it."""
+
+    __slots__ = ("A", "B", "E", "parent", "bits", "slope", "block", "origins")
+
+    def __init__(self, A, B, E, parent, bits, slope: float, block: int, origins: bool):
+        self.A, self.B, self.E = A, B, E
+        self.parent, self.bits = parent, bits
+        self.slope, self.block, self.origins = slope, block, origins
+
+    @property
+    def width(self) -> int:
+        return self.A.shape[1]
+
+    def take(self, rows) -> _ReluOut:
+        return _ReluOut(
+            self.A, self.B, self.E, self.parent[rows], self.bits[rows], self.slope, self.block, self.origins
+        )
+
+    def materialize(self) -> tuple:
+        from . import _graph_slice_kernel as kern
+
+        c = np.ascontiguousarray
+        return kern.relu_maps(
+            self.A, self.B, self.E, c(self.parent, dtype=np.int64), c(self.bits), self.slope, self.block,
+            self.origins,
+        )
+
+    def kernel_args(self) -> tuple:
+        """``(A, B, E, parent, bits, slope, lazy)`` for the affine and add kernels."""
+        c = np.ascontiguousarray
+        return self.A, self.B, self.E, c(self.parent, dtype=np.int64), c(self.bits), self.slope, True
+
+
+_NO_PARENT, _NO_BITS = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=bool)
+
+
+def _kernel_args(v) -> tuple:
+    if isinstance(v, _ReluOut):
+        return v.kernel_args()
+    c = np.ascontiguousarray
+    return c(v[0]), c(v[1]), c(v[2]), _NO_PARENT, _NO_BITS, 1.0, False
+
+
+def _plain(v) -> tuple:
+    """A node's maps as arrays ``(A, B, E, origin)``."""
+    return v.materialize() if isinstance(v, _ReluOut) else v
+
+
+def _take(v, rows):
+    return v.take(rows) if isinstance(v, _ReluOut) else tuple(a[rows] for a in v)
+
+
+def _width(v) -> int:
+    return v.width if isinstance(v, _ReluOut) else v[0].shape[1]
+
+
 def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     A, B, E, _ = inp
     m, n = A.shape
@@ -486,11 +564,11 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
             bits = np.concatenate([bits, bf])
     else:
         R, nr, parent, bits = _relu_cut(ctx, node, rec, nv, (A, B, E), block, np.arange(m))
+    if not ctx.read_later(node.index):  # (the last pattern node: its output is never read)
+        return R, nr, parent, bits, None
     if ctx.compiled:
-        return R, nr, parent, bits, kern.relu_maps(
-            c(A), c(B), c(E), c(parent, dtype=np.int64), c(bits), float(node.negative_slope), block,
-            ctx.origins,
-        )
+        out = _ReluOut(c(A), c(B), c(E), parent, bits, float(node.negative_slope), block, ctx.origins)
+        return R, nr, parent, bits, out
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
     # a unit on keeps its value exactly; an off unit of a ReLU is exactly 0 (its bit is certain)
@@ -663,20 +741,21 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     else:
         R, nr, parent, best = _pool_cut(ctx, node, rec, nv, inp, block, np.arange(m), None)
     cur = len(R)
+    onehot = np.zeros((cur, nw * k), dtype=bool)
+    onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
+    if not ctx.read_later(node.index):
+        return R, nr, parent, onehot, None
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
     Bs = B[pr, :, idx].transpose(0, 2, 1)
     newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
-    onehot = np.zeros((cur, nw * k), dtype=bool)
-    onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
     return R, nr, parent, onehot, newv
 
 
 def _affine_node(ctx: GraphSliceCtx, node, inp):
-    A, B, E, _ = inp
     M = node.matrix().numpy()
     b = node.bias_vector.numpy()
-    m, n_in = A.shape
+    m, n_in = len(inp.parent) if isinstance(inp, _ReluOut) else inp[0].shape[0], M.shape[1]
     gam = 1.01 * (n_in + 2) * _U
     nnz = np.count_nonzero(M)
     if ctx.compiled and (m * nnz < _SMALL_AFFINE or nnz < 0.5 * M.size):
@@ -684,12 +763,16 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
         # BLAS's thread start-up on a busy machine; a large dense one is left to BLAS.
         from . import _graph_slice_kernel as kern
 
-        nz = np.nonzero(M)  # (output, input) pairs in output order
-        ptr = np.searchsorted(nz[0], np.arange(M.shape[0] + 1))
         c = np.ascontiguousarray
-        cols, w = nz[1].astype(np.int64), c(M[nz])
-        nA, nB, nE = kern.affine_maps(c(A), c(B), c(E), ptr, cols, w, c(b), gam, _TINY)
+        if nnz >= _DENSE_AFFINE * M.size:
+            MT, ptr, rows, w = c(M.T), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        else:
+            nz = np.nonzero(M.T)  # (input, output) pairs in input order
+            ptr = np.searchsorted(nz[0], np.arange(M.shape[1] + 1))
+            MT, rows, w = np.zeros((0, 0)), nz[1].astype(np.int64), c(M.T[nz])
+        nA, nB, nE = kern.affine_maps(*_kernel_args(inp), MT, ptr, rows, w, c(b), gam, _TINY)
         return nA, nB, nE, ctx.no_origin(*nA.shape)
+    A, B, E, _ = _plain(inp)
     aMT = np.abs(M).T
     nA = A @ M.T + b
     nB = (B.reshape(-1, n_in) @ M.T).reshape(m, 2, -1)
@@ -705,10 +788,9 @@ def _add_node(ctx: GraphSliceCtx, ins):
     if ctx.compiled and len(ins) == 2:
         from . import _graph_slice_kernel as kern
 
-        c = np.ascontiguousarray
-        (A1, B1, E1, _), (A2, B2, E2, _) = ins
-        A, B, E = kern.add_maps(c(A1), c(B1), c(E1), c(A2), c(B2), c(E2), 2 * _U * (1 + 1e-9))
+        A, B, E = kern.add_maps(*_kernel_args(ins[0]), *_kernel_args(ins[1]), 2 * _U * (1 + 1e-9))
         return A, B, E, ctx.no_origin(*A.shape)
+    ins = [_plain(v) for v in ins]
     A = sum(v[0] for v in ins)
     B = sum(v[1] for v in ins)
     # a sum of k terms is off by at most (k - 1) u times the sum of their magnitudes (not of the result's)
@@ -719,6 +801,7 @@ def _add_node(ctx: GraphSliceCtx, ins):
 
 
 def _cat_node(ins):
+    ins = [_plain(v) for v in ins]
     return (
         np.concatenate([v[0] for v in ins], axis=1),
         np.concatenate([v[1] for v in ins], axis=2),
@@ -728,7 +811,7 @@ def _cat_node(ins):
 
 
 def _live_units(ctx, vals, after: int) -> int:
-    return sum(v[0].shape[1] for key, v in vals.items() if ctx.last_use.get(key, -1) > after)
+    return sum(_width(v) for key, v in vals.items() if ctx.last_use.get(key, -1) > after)
 
 
 def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
@@ -750,19 +833,18 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
                             p,
                             rec[s : s + step],
                             nv[s : s + step],
-                            {key: tuple(a[s : s + step] for a in v) for key, v in vals.items()},
+                            {key: _take(v, slice(s, s + step)) for key, v in vals.items()},
                             pats[s : s + step],
                         )
                         for s in range(0, len(rec), step)
                     ]
                 )
             fn = _relu_node if node.op == "relu" else _maxpool_node
-            rec, nv, parent, cols, newv = fn(ctx, node, rec, nv, vals[node.inputs[0]], pats)
+            rec, nv, parent, cols, newv = fn(ctx, node, rec, nv, _plain(vals[node.inputs[0]]), pats)
             pats = np.concatenate([pats[parent], cols], axis=1)
-            vals = {
-                key: tuple(a[parent] for a in v) for key, v in vals.items() if ctx.last_use.get(key, -1) > i
-            }
-            vals[i] = newv
+            vals = {key: _take(v, parent) for key, v in vals.items() if ctx.last_use.get(key, -1) > i}
+            if newv is not None:
+                vals[i] = newv
         else:
             ins = [vals[j] for j in node.inputs]
             if node.op == "affine":
@@ -787,7 +869,7 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
                             p + 1,
                             rec[s : s + step],
                             nv[s : s + step],
-                            {key: tuple(a[s : s + step] for a in v) for key, v in vals.items()},
+                            {key: _take(v, slice(s, s + step)) for key, v in vals.items()},
                             pats[s : s + step],
                         )
                         for s in range(0, len(rec), step)
@@ -836,4 +918,4 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
     return _slice.slice_plane(run, box)
 
 
-__all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv"]
+__all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv", "polygons_uv_fast"]

@@ -13,7 +13,8 @@ largest at the first vertex and drops every candidate it certainly beats at ever
 on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut;
 :func:`pool_split` then clips the survivors' argmax cells, with the same give-back rule.
 :func:`affine_maps`, :func:`add_maps` and :func:`relu_maps` push the per-polygon maps through a node in one
-pass each, with the numpy path's error bounds.
+pass each, with the numpy path's error bounds; the first two also read a ReLU node's output in place (its
+input maps, parents and bits: the floats :func:`relu_maps` would write).
 
 Compiled on first use and cached on disk (``cache=True``).
 """
@@ -25,36 +26,46 @@ import math
 import numba
 import numpy as np
 
+# Inlined into this module's kernels: numba's on-disk cache tracks only this file, so after editing these in
+# _slice_kernel, touch this file too (or clear its __pycache__) to have its kernels recompiled.
+from ._slice_kernel import _crossing, _halves, _pow2_inv, _tol, from_bits
+
 _U = 2.0**-53
 _TINY = 1e-300
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _tol(hd, dl):
-    # the numpy path's _tol, same operations in the same order
-    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
+def _scale(x0, x1, x2, d):
+    """``(x0, x1, x2, d)`` times ``2**-e`` for ``max |x_i| = f 2**e`` (``0.5 <= f < 1``, as ``frexp``): the
+    numpy path's ``ldexp(x, -e)``, bit for bit, by one multiplication when ``2**-e`` is a normal float (the
+    exponent read from the float's bits, :func:`._slice_kernel._pow2_inv`), else by ``frexp``/``ldexp``.
+    ``max |x_i|`` must be finite; a zero maximum leaves the values unscaled."""
+    mx = max(abs(x0), max(abs(x1), abs(x2)))
+    sc = _pow2_inv(mx)
+    if sc != 0.0:
+        return x0 * sc, x1 * sc, x2 * sc, d * sc
+    if mx != 0:
+        ex = math.frexp(mx)[1]
+        return math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex), math.ldexp(d, -ex)
+    return x0, x1, x2, d
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _line(a, b, c, e, quadrant, su, sv, out):
     """``out[:4]`` = the unit-scaled line of ``a + u b + v c`` and its error bound (the numpy path's
     ``_lines``); returns whether it is exactly zero, or raises a flag (-1) when a value is not finite."""
-    for x in (a, b, c, e):
-        if not math.isfinite(x):
-            return -1
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c) and math.isfinite(e)):
+        return -1
     zero = a == 0 and b == 0 and c == 0 and e == 0
     d = e
     if quadrant:
         b = su * b - a
         c = sv * c - a
         d = 2 * d + _U * max(abs(a), max(abs(b), abs(c)))
-    mag = max(abs(a), max(abs(b), abs(c)))
-    if not (math.isfinite(mag) and math.isfinite(d)):
+    if not (math.isfinite(b) and math.isfinite(c) and math.isfinite(d)):
         return -1
-    if mag != 0:
-        ex = math.frexp(mag)[1]
-        a, b, c, d = math.ldexp(a, -ex), math.ldexp(b, -ex), math.ldexp(c, -ex), math.ldexp(d, -ex)
+    a, b, c, d = _scale(a, b, c, d)
     out[0], out[1], out[2] = a, b, c
     out[3] = d * (1 + 1e-9) + _TINY
     return 1 if zero else 0
@@ -111,7 +122,10 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     m, K1, nrec = rec.shape
     n = A.shape[1]
     cap = max(2 * m, 64)
-    Kc = max(K1 + 2, 8)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
     out = np.empty((cap, Kc, nrec))
     onv = np.empty(cap, dtype=np.int64)
     par = np.empty(cap, dtype=np.int64)
@@ -130,8 +144,6 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     Snc = np.empty(depth, dtype=np.int64)
     sig = np.empty(2 * Kc + 2, dtype=np.int8)
     cutting = np.empty(n, dtype=np.int32)
-    idbuf = np.empty(1, dtype=np.int64)
-    idf = idbuf.view(np.float64)
     cur = 0
     n_fb = 0
     for p in range(m):
@@ -220,17 +232,44 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
                     cutting[c] = Scand[s, c]
                 ncut = Snc[s]
             else:
-                for c in range(Snc[s]):
+                # The candidates' extremes over the vertices first (no branch per vertex), then one decision
+                # per candidate with one tolerance valid at every vertex (the largest vertex error); only an
+                # undecided candidate is checked vertex by vertex. A cutting unit's other vertices may be too
+                # close to call: they are checked when it cuts (below) or, on the halves, by this same test.
+                nco = Snc[s]
+                hmax = 0.0
+                for k in range(Kn):
+                    hmax = max(hmax, S[s, k, 3])
+                for c in range(nco):
+                    smin[c] = np.inf
+                    smax[c] = -np.inf
+                for k in range(Kn):
+                    h0, h1, h2 = S[s, k, 0], S[s, k, 1], S[s, k, 2]
+                    for c in range(nco):
+                        j = Scand[s, c]
+                        v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
+                        smin[c] = v if v < smin[c] else smin[c]
+                        smax[c] = v if v > smax[c] else smax[c]
+                for c in range(nco):
                     j = Scand[s, c]
-                    hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
-                    if unsure:
-                        ok = False
-                        break
-                    if hp and hn:
+                    tmax = _tol(hmax, L[j, 3])
+                    if smin[c] > tmax:
+                        Sbits[s, j] = True
+                    elif smax[c] < -tmax:
+                        Sbits[s, j] = False
+                    elif smax[c] > tmax and smin[c] < -tmax:
                         cutting[ncut] = j
                         ncut += 1
                     else:
-                        Sbits[s, j] = hp
+                        hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                        if unsure:
+                            ok = False
+                            break
+                        if hp and hn:
+                            cutting[ncut] = j
+                            ncut += 1
+                        else:
+                            Sbits[s, j] = hp
             if not ok:
                 break
             if ncut == 0:
@@ -276,58 +315,12 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
             if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
                 ok = False
                 break
-            idbuf[0] = rid | j
-            lid = idf[0]
+            lid = from_bits(rid | j)
             ng = top + 1
             pg = top + 2
-            cp = 0
-            cn = 0
-            for k in range(Kn):
-                sk = sig[k]
-                sx = sig[k + 1] if k + 1 < Kn else sig[0]
-                if sk > 0:
-                    for t in range(nrec):
-                        S[pg, cp, t] = S[s, k, t]
-                    cp += 1
-                else:
-                    for t in range(nrec):
-                        S[ng, cn, t] = S[s, k, t]
-                    cn += 1
-                if sk != sx:
-                    # the crossing on edge k, as the numpy path's _split
-                    e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
-                    x0 = e1 * l2 - e2 * l1
-                    x1 = e2 * l0 - e0 * l2
-                    x2 = e0 * l1 - e1 * l0
-                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-                    mx = max(abs(x0), max(abs(x1), abs(x2)))
-                    if not (math.isfinite(mx) and math.isfinite(dX)):
-                        ok = False
-                        break
-                    if mx != 0:
-                        ex = math.frexp(mx)[1]
-                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                        dX = math.ldexp(dX, -ex)
-                    dX = dX * (1 + 1e-9) + _TINY
-                    if not (abs(x0) > dX):
-                        ok = False
-                        break
-                    if x0 < 0:
-                        x0, x1, x2 = -x0, -x1, -x2
-                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
-                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
-                    if sx < 0:  # the positive half leaves along the unit's line
-                        S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7] = l0, l1, l2, dl
-                        S[pg, cp, 8] = lid
-                        for t in range(4, 9):
-                            S[ng, cn, t] = S[s, k, t]
-                    else:
-                        for t in range(4, 9):
-                            S[pg, cp, t] = S[s, k, t]
-                        S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7] = l0, l1, l2, dl
-                        S[ng, cn, 8] = lid
-                    cp += 1
-                    cn += 1
+            cp, cn = _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng)
+            if cp < 0:
+                ok = False
             if not ok:
                 break
             for k in range(cp):
@@ -354,11 +347,15 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
         Kout = max(Kout, onv[q] + 1)
     if Kout > out.shape[1]:
         out, onv, par, bits = _grow_out(out, onv, par, bits, cur, Kout)
+    # every slot of the working array is padded and returned (its first rows are contiguous): a narrower
+    # view would be copied by the next kernel's caller, into fresh memory (page faults cost more than the
+    # writes of the extra padding slots, whose pages the real vertices touch anyway)
+    Kout = out.shape[1]
     for q in range(cur):
         for k in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, k, t] = out[q, 0, t]
-    return 0, cur + n_fb, out[:cur, :Kout], onv[:cur], par[:cur], bits[:cur], fallback
+    return 0, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True)
@@ -415,6 +412,18 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
     return surv
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _entry(A, B, E, p, lazy, on, slope, aslope, j):
+    """Entry ``j`` of row ``p`` of a node's maps ``(a, b_0, b_1, error)``; with ``lazy``, of the ReLU output
+    of those maps with bit ``on`` (:func:`relu_maps`'s formulas: an on unit keeps its value exactly, an off
+    unit is scaled by ``slope``, which rounds once unless it is 0)."""
+    a, b0, b1, e = A[p, j], B[p, 0, j], B[p, 1, j], E[p, j]
+    if lazy and not on:
+        a, b0, b1 = a * slope, b0 * slope, b1 * slope
+        e = e * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+    return a, b0, b1, e
+
+
 @numba.njit(cache=True, nogil=True)
 def relu_maps(A, B, E, parent, bits, slope, block, origins):
     """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
@@ -431,53 +440,72 @@ def relu_maps(A, B, E, parent, bits, slope, block, origins):
         p = parent[q]
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
         for j in range(n):
-            if bits[q, j]:
-                nA[q, j] = A[p, j]
-                nB[q, 0, j] = B[p, 0, j]
-                nB[q, 1, j] = B[p, 1, j]
-                nE[q, j] = E[p, j]
-            else:
-                a, b0, b1 = A[p, j] * slope, B[p, 0, j] * slope, B[p, 1, j] * slope
-                nA[q, j], nB[q, 0, j], nB[q, 1, j] = a, b0, b1
-                nE[q, j] = E[p, j] * aslope + _U * max(abs(a), max(abs(b0), abs(b1)))
+            a, b0, b1, e = _entry(A, B, E, p, True, bits[q, j], slope, aslope, j)
+            nA[q, j], nB[q, 0, j], nB[q, 1, j], nE[q, j] = a, b0, b1, e
             if origins:
                 orig[q, j] = rid | j
     return nA, nB, nE, orig
 
 
 @numba.njit(cache=True, nogil=True)
-def affine_maps(A, B, E, ptr, cols, vals, bias, gam, tiny):
-    """An affine node's output maps and error bound (the numpy path's formulas), from its matrix in
-    compressed rows (``ptr``, ``cols``, ``vals``: the nonzero weights of output ``o`` are
-    ``vals[ptr[o]:ptr[o + 1]]`` at inputs ``cols[...]``), skipping pruned weights. The bound
-    ``gamma (|m|.|x| + |b|)`` holds for any order of summation."""
-    m, n_in = A.shape
+def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny):
+    """An affine node's output maps and error bound (the numpy path's formulas), input by input: each
+    output sums ``bias + w_0 x_0 + w_1 x_1 + ...`` in input order, skipping inputs that are exactly zero on
+    the polygon (the ReLU outputs that are off: their map and error are 0) and, given ``MT`` of shape
+    ``(0, 0)``, pruned weights. The matrix comes transposed, ``MT (n_in, n_out)`` (a dense update of all
+    outputs per input, which vectorises), or as compressed columns ``ptr``, ``rows``, ``vals`` (the nonzero
+    weights of input ``i`` are ``vals[ptr[i]:ptr[i + 1]]`` at outputs ``rows[...]``). The bound
+    ``gamma (|m|.|x| + |b|)`` holds for any order of summation.
+
+    With ``lazy`` the input is the ReLU output (gain ``slope``) of rows ``parent`` of ``A, B, E`` with bits
+    ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it."""
+    m = parent.shape[0] if lazy else A.shape[0]
+    n_in = A.shape[1]
     n_out = bias.shape[0]
+    dense = MT.shape[0] == n_in and n_in > 0
+    aMT = np.abs(MT)
+    avals = np.abs(vals)
+    aslope = abs(slope)
     nA = np.empty((m, n_out))
     nB = np.empty((m, 2, n_out))
     nE = np.empty((m, n_out))
-    X = np.empty((n_in, 4))  # one polygon's input: A, B_0, B_1 and the error term, side by side
     for q in range(m):
-        for i in range(n_in):
-            a, b0, b1 = A[q, i], B[q, 0, i], B[q, 1, i]
-            X[i, 0], X[i, 1], X[i, 2] = a, b0, b1
-            X[i, 3] = E[q, i] * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+        sA = nA[q]
+        s0 = nB[q, 0]
+        s1 = nB[q, 1]
+        sE = nE[q]
         for o in range(n_out):
-            s0 = bias[o]
-            s1 = 0.0
-            s2 = 0.0
-            s3 = 0.0
-            for t in range(ptr[o], ptr[o + 1]):
-                i = cols[t]
-                w = vals[t]
-                s0 += w * X[i, 0]
-                s1 += w * X[i, 1]
-                s2 += w * X[i, 2]
-                s3 += abs(w) * X[i, 3]
-            nA[q, o] = s0
-            nB[q, 0, o] = s1
-            nB[q, 1, o] = s2
-            nE[q, o] = s3 * (1 + gam) + (tiny + gam * abs(bias[o]))
+            sA[o] = bias[o]
+            s0[o] = 0.0
+            s1[o] = 0.0
+            sE[o] = 0.0
+        p = parent[q] if lazy else q
+        for i in range(n_in):
+            on = bits[q, i] if lazy else True
+            if not on and slope == 0.0:
+                continue  # an off ReLU unit is exactly zero
+            a, b0, b1, e = _entry(A, B, E, p, lazy, on, slope, aslope, i)
+            x = e * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+            if a == 0 and b0 == 0 and b1 == 0 and x == 0:
+                continue  # adds exact zeros
+            if dense:
+                w = MT[i]
+                aw = aMT[i]
+                for o in range(n_out):
+                    sA[o] += w[o] * a
+                    s0[o] += w[o] * b0
+                    s1[o] += w[o] * b1
+                    sE[o] += aw[o] * x
+            else:
+                for t in range(ptr[i], ptr[i + 1]):
+                    o = rows[t]
+                    w = vals[t]
+                    sA[o] += w * a
+                    s0[o] += w * b0
+                    s1[o] += w * b1
+                    sE[o] += avals[t] * x
+        for o in range(n_out):
+            sE[o] = sE[o] * (1 + gam) + (tiny + gam * abs(bias[o]))
     return nA, nB, nE
 
 
@@ -525,23 +553,9 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
                 D[d, cnt, t] = S[s, k, t]
             cnt += 1
         if sk != sx:
-            e0, e1, e2, ed = S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7]
-            x0 = e1 * l2 - e2 * l1
-            x1 = e2 * l0 - e0 * l2
-            x2 = e0 * l1 - e1 * l0
-            dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-            mx = max(abs(x0), max(abs(x1), abs(x2)))
-            if not (math.isfinite(mx) and math.isfinite(dX)):
+            ok, x0, x1, x2, dX = _crossing(S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7], l0, l1, l2, dl)
+            if not ok:
                 return -1
-            if mx != 0:
-                ex = math.frexp(mx)[1]
-                x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                dX = math.ldexp(dX, -ex)
-            dX = dX * (1 + 1e-9) + _TINY
-            if not (abs(x0) > dX):
-                return -1
-            if x0 < 0:
-                x0, x1, x2 = -x0, -x1, -x2
             D[d, cnt, 0], D[d, cnt, 1], D[d, cnt, 2], D[d, cnt, 3] = x0, x1, x2, dX
             if sx < 0:  # the piece leaves along the line
                 D[d, cnt, 4], D[d, cnt, 5], D[d, cnt, 6], D[d, cnt, 7], D[d, cnt, 8] = l0, l1, l2, dl, lid
@@ -564,7 +578,10 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``."""
     m, K1, nrec = rec.shape
     nw, k = W.shape
-    Ks = max(K1 + 2, 8)
+    maxnv = 0
+    for p in range(m):
+        maxnv = max(maxnv, nv[p])
+    Ks = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
     out = np.empty((max(2 * m, 16), Ks, nrec))
     onv = np.empty(out.shape[0], dtype=np.int64)
     par = np.empty(out.shape[0], dtype=np.int64)
@@ -580,8 +597,6 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     sig = np.empty(Ks + 1, dtype=np.int8)
     sl = np.empty(k, dtype=np.int64)
     L = np.empty(4)
-    idbuf = np.empty(1, dtype=np.int64)
-    idf = idbuf.view(np.float64)
     cur = 0
     for p in range(m):
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
@@ -643,8 +658,8 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
                             break
                         if not hn:
                             continue
-                        idbuf[0] = rid | (w * k * k + i * k + j)
-                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], idf[0], T, 1 - ct)
+                        lid = from_bits(rid | (w * k * k + i * k + j))
+                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], lid, T, 1 - ct)
                         if cnt < 0:
                             ok = False
                             break
@@ -696,28 +711,33 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
     out = _fit3(out, cur, Kout)
+    Kout = out.shape[1]  # all slots, as relu_split
     for q in range(cur):
         for kk in range(onv[q], Kout):
             for t in range(nrec):
                 out[q, kk, t] = out[q, 0, t]
-    return 0, cur, out[:cur, :Kout], onv[:cur], par[:cur], best[:cur], fallback
+    return 0, cur, out[:cur], onv[:cur], par[:cur], best[:cur], fallback
 
 
 @numba.njit(cache=True, nogil=True)
-def add_maps(A1, B1, E1, A2, B2, E2, c):
+def add_maps(A1, B1, E1, par1, bits1, slope1, lazy1, A2, B2, E2, par2, bits2, slope2, lazy2, c):
     """The sum of two nodes' maps and its error bound (the numpy path's formula, ``c`` = 2 u (1 + 1e-9)),
-    in one pass."""
-    m, n = A1.shape
+    in one pass; an operand with ``lazy`` is a ReLU output read as in :func:`affine_maps`."""
+    m = par1.shape[0] if lazy1 else A1.shape[0]
+    n = A1.shape[1]
     nA = np.empty((m, n))
     nB = np.empty((m, 2, n))
     nE = np.empty((m, n))
+    as1, as2 = abs(slope1), abs(slope2)
     for q in range(m):
+        p1 = par1[q] if lazy1 else q
+        p2 = par2[q] if lazy2 else q
         for j in range(n):
-            a1, b10, b11 = A1[q, j], B1[q, 0, j], B1[q, 1, j]
-            a2, b20, b21 = A2[q, j], B2[q, 0, j], B2[q, 1, j]
+            a1, b10, b11, e1 = _entry(A1, B1, E1, p1, lazy1, bits1[q, j] if lazy1 else True, slope1, as1, j)
+            a2, b20, b21, e2 = _entry(A2, B2, E2, p2, lazy2, bits2[q, j] if lazy2 else True, slope2, as2, j)
             nA[q, j] = a1 + a2
             nB[q, 0, j] = b10 + b20
             nB[q, 1, j] = b11 + b21
             mag = max(abs(a1), max(abs(b10), abs(b11))) + max(abs(a2), max(abs(b20), abs(b21)))
-            nE[q, j] = (E1[q, j] + E2[q, j]) * (1 + c) + c * mag
+            nE[q, j] = (e1 + e2) * (1 + c) + c * mag
     return nA, nB, nE

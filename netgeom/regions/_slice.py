@@ -57,6 +57,13 @@ class TooManyRegionsError(RuntimeError):
     """The enumeration met more regions than the caller's ``max_regions`` allows."""
 
 
+def _tol(hd, dl):
+    """Bound on the error of ``l . h`` for unit-scaled ``l``, ``h`` with errors ``dl``, ``hd``:
+    ``|l.h - l*.h*| <= 3 (dl + hd + dl hd)``, times ``1 + 1e-6`` and plus ``10 u`` for the dot product's own
+    rounding (the product term matters only for large bounds, but it is part of the bound)."""
+    return 3 * (hd + dl + hd * dl) * (1 + 1e-6) + 10 * _U + _TINY
+
+
 def _ids(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).view(np.int64)
 
@@ -350,7 +357,7 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
         S = np.matmul(Hh, L[i : i + step].transpose(0, 2, 1))
         # One tolerance per (polygon, unit) from the polygon's largest vertex error bounds every vertex's.
         # Padding slots repeat vertex 0, so reductions over all slots are reductions over the vertices.
-        tmax = 3 * (R[..., _HD].max(axis=1)[:, None] + dL[i : i + step]) * (1 + 1e-6) + 10 * _U + _TINY
+        tmax = _tol(R[..., _HD].max(axis=1)[:, None], dL[i : i + step])
         smax, smin = S.max(axis=1), S.min(axis=1)
         anyp, anyn = smax > tmax, smin < -tmax
         close = (np.abs(S).min(axis=1) <= tmax) & ~zero[i : i + step]
@@ -359,7 +366,7 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
             rr, jj = np.nonzero(close)
             real = kk[None, :] < nv[i + rr, None]
             Sv = S[rr, :, jj]
-            tol = 3 * (R[rr, :, _HD] + dL[i + rr, jj][:, None]) * (1 + 1e-6) + 10 * _U + _TINY
+            tol = _tol(R[rr, :, _HD], dL[i + rr, jj][:, None])
             sg = np.where(Sv > tol, 1, np.where(Sv < -tol, -1, 0)).astype(np.int8)
             q, k = np.nonzero(real & (sg == 0))
             if len(q):
@@ -390,7 +397,7 @@ def _layer_numpy(ctx: SliceCtx, li: int, rec, nv, lrec, zero, base):
         lr = lrec[par, j]
         Hr = R[..., _H]
         s = Hr[..., 0] * lr[:, 0, None] + Hr[..., 1] * lr[:, 1, None] + Hr[..., 2] * lr[:, 2, None]
-        tol = 3 * (R[..., _HD] + lr[:, 3, None]) * (1 + 1e-6) + 10 * _U + _TINY
+        tol = _tol(R[..., _HD], lr[:, 3, None])
         sig = (s > tol).astype(np.int8) - (s < -tol)
         nr = CN[rows]
         real = np.arange(R.shape[1])[None, :] < nr[:, None]
@@ -582,12 +589,14 @@ def _reach(ctx, rec, nv) -> float:
 def _exact_far_vertices(ctx, rec, nv) -> None:
     """Vertices whose float ``D`` underflowed (a box far beyond the arrangement's scale, e.g. 1e200 wide):
     their ``(u, v)`` from the exact crossing of their two edges, stored as ``(1, u, v)`` (output only)."""
+    from . import _slice_kernel
+
+    if not _slice_kernel.any_far_vertex(np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64)):
+        return
     H = rec[..., _H]
     real = np.arange(H.shape[1])[None, :] < nv[:, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
-    if not bad.any():
-        return
     from fractions import Fraction
 
     ids = _ids(rec[..., _ID])

@@ -19,6 +19,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 _U = 2.0**-53
 _TINY = 1e-300
@@ -78,21 +81,117 @@ def _grow_stack(S, Snv, Sbits, Scand, Snc, depth):
     return S2, Snv2, Sbits2, Scand2, Snc2
 
 
+@intrinsic
+def as_bits(typingctx, x):
+    """The int64 whose bits are those of the float64 ``x`` (a bit cast: no memory, no call)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def from_bits(typingctx, x):
+    """The float64 whose bits are those of the int64 ``x`` (the inverse of :func:`as_bits`)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _pow2_inv(mag, buf, bufi):
-    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) read from the float's exponent bits, or
-    0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
-    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``."""
-    buf[0] = mag
-    e = (bufi[0] >> 52) & 0x7FF
+def _pow2_inv(mag):
+    """``2**-e`` for ``mag = f 2**e`` (``0.5 <= f < 1``, as ``frexp``) built from the float's exponent bits,
+    or 0.0 outside the normal range where that power is a normal float (the caller then uses frexp/ldexp).
+    Multiplying by it is ``ldexp(x, -e)`` exactly: both are the correctly rounded ``x 2**-e``. (C calls to
+    frexp and ldexp per value cost ten times the rest of a line's construction.)"""
+    e = (as_bits(mag) >> 52) & 0x7FF
     if e == 0 or e > 2044:  # zero, subnormal, >= 2**1021, inf or NaN
         return 0.0
-    bufi[0] = (2045 - e) << 52
-    return buf[0]
+    return from_bits((2045 - e) << 52)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z, buf, bufi):
+def _tol(hd, dl):
+    """Bound on the error of ``l . h`` for unit-scaled ``l``, ``h`` with errors ``dl``, ``hd``:
+    ``|l.h - l*.h*| <= 3 (dl + hd + dl hd)``, times ``1 + 1e-6`` and plus ``10 u`` for the dot product's own
+    rounding (the numpy paths' ``_tol``; shared by the chain and graph kernels)."""
+    return 3 * (hd + dl + hd * dl) * _SIG_TOL + _SLACK
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _crossing(e0, e1, e2, ed, l0, l1, l2, dl):
+    """The crossing point of an edge's line ``e`` (error ``ed``) and a cutting line ``l`` (error ``dl``),
+    unit-scaled with ``D > 0``, and its error bound: ``(ok, x0, x1, x2, dX)``, ``ok`` False when a value is
+    not finite or the sign of ``D`` is within its bound (the caller gives the polygon to the exact path).
+    The numpy path's ``_split`` formulas, bit for bit; shared by the chain and graph kernels."""
+    x0 = e1 * l2 - e2 * l1
+    x1 = e2 * l0 - e0 * l2
+    x2 = e0 * l1 - e1 * l0
+    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
+    mx = max(abs(x0), max(abs(x1), abs(x2)))
+    if not (math.isfinite(mx) and math.isfinite(dX)):
+        return False, x0, x1, x2, dX
+    sc = _pow2_inv(mx)
+    if sc != 0.0:
+        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
+    elif mx != 0:
+        ex = math.frexp(mx)[1]
+        x0, x1, x2, dX = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex), math.ldexp(dX, -ex)
+    dX = dX * _X_TOL + _TINY
+    if not (abs(x0) > dX):
+        return False, x0, x1, x2, dX
+    if x0 < 0:
+        x0, x1, x2 = -x0, -x1, -x2
+    return True, x0, x1, x2, dX
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng):
+    """Cut the piece in slot ``s`` of the record stack ``S`` (``Kn`` vertices, signs ``sig`` all +-1) by the
+    line ``(l0, l1, l2)`` (error ``dl``, id bits ``lid``): its positive half into slot ``pg`` and its
+    negative half into slot ``ng``. Returns their vertex counts, or ``(-1, -1)`` when a crossing is
+    uncertain. The cut of both the chain kernel and the graph kernel's ReLU nodes."""
+    nrec = S.shape[2]
+    cp = 0
+    cn = 0
+    for k in range(Kn):
+        sk = sig[k]
+        sx = sig[k + 1] if k + 1 < Kn else sig[0]
+        # Signs are +-1 here (a zero is uncertain and goes exact), so a vertex is in one half with its
+        # edge; the edge after a crossing point is the line where the half leaves through it, else the
+        # rest of edge k.
+        if sk > 0:
+            for t in range(nrec):
+                S[pg, cp, t] = S[s, k, t]
+            cp += 1
+        else:
+            for t in range(nrec):
+                S[ng, cn, t] = S[s, k, t]
+            cn += 1
+        if sk != sx:
+            ok, x0, x1, x2, dX = _crossing(S[s, k, 4], S[s, k, 5], S[s, k, 6], S[s, k, 7], l0, l1, l2, dl)
+            if not ok:
+                return -1, -1
+            S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
+            S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
+            if sx < 0:  # the positive half leaves along the line
+                S[pg, cp, 4], S[pg, cp, 5], S[pg, cp, 6], S[pg, cp, 7], S[pg, cp, 8] = l0, l1, l2, dl, lid
+                for t in range(4, 9):
+                    S[ng, cn, t] = S[s, k, t]
+            else:
+                for t in range(4, 9):
+                    S[pg, cp, t] = S[s, k, t]
+                S[ng, cn, 4], S[ng, cn, 5], S[ng, cn, 6], S[ng, cn, 7], S[ng, cn, 8] = l0, l1, l2, dl, lid
+            cp += 1
+            cn += 1
+    return cp, cn
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z):
     """Polygon ``p``'s lines into ``L (5, n)`` (``Li`` its int64 view, for the ids) and ``Z (n)``: see
     :func:`make_lines`."""
     n = A.shape[1]
@@ -104,7 +203,7 @@ def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z, buf, bufi):
             c = sv * c - a
             d = 2 * d + _U * _nanmax(_nanmax(abs(a), abs(b)), abs(c))
         mag = _nanmax(abs(a), _nanmax(abs(b), abs(c)))
-        sc = _pow2_inv(mag, buf, bufi)
+        sc = _pow2_inv(mag)
         if sc != 0.0:
             a, b, c, d = a * sc, b * sc, c * sc, d * sc
         elif math.isfinite(mag) and mag != 0:
@@ -129,11 +228,9 @@ def make_lines(A, B, eA, eB, su, sv, quadrant, id0):
     lines = np.empty((m, 5, n))
     ids = lines.view(np.int64)
     zero = np.empty((m, n), dtype=np.bool_)
-    buf = np.empty(1)
-    bufi = buf.view(np.int64)
     for p in range(m):
         rid = id0 | (np.int64(p) << ROW_SHIFT)
-        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines[p], ids[p], zero[p], buf, bufi)
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines[p], ids[p], zero[p])
     return lines, zero
 
 
@@ -152,7 +249,7 @@ def _signs(S, sn, Kn, l0, l1, l2, dl, tmax, sig):
             sig[k] = -1
             hn = True
         else:  # close to the line: this vertex's own (smaller) tolerance, as the numpy path
-            tol = 3 * (S[sn, k, 3] + dl) * _SIG_TOL + _SLACK
+            tol = _tol(S[sn, k, 3], dl)
             if v > tol:
                 sig[k] = 1
                 hp = True
@@ -187,7 +284,7 @@ def _root_test(rec, p, k1, Lp, Zp, smin, smax, sig, bits0, cand):
         if Zp[j]:
             bits0[j] = False
             continue
-        tmax = 3 * (hmax + dL[j]) * _SIG_TOL + _SLACK
+        tmax = _tol(hmax, dL[j])
         # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
         fin = abs(L0[j]) + abs(L1[j]) + abs(L2[j]) < np.inf
         if fin and smin[j] > tmax:
@@ -253,8 +350,6 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
     smin = np.empty(n)
     smax = np.empty(n)
     cutting = np.empty(n, dtype=np.int32)
-    buf = np.empty(1)
-    bufi = buf.view(np.int64)
     cur = 0
     n_fb = 0
     for p in range(m):
@@ -266,7 +361,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 S[0, k, t] = rec[p, k, t]
         Snv[0] = k1
         rid = id0 | (np.int64(p) << ROW_SHIFT)
-        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines, lines_i, zero, buf, bufi)
+        _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, lines, lines_i, zero)
         nc = _root_test(rec, p, k1, lines, zero, smin, smax, sig, Sbits[0], Scand[0])
         if nc < 0:
             fallback[p] = True
@@ -308,7 +403,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 for c in range(nco):
                     j = Scand[sn, c]
                     dl = lines[3, j]
-                    tmax = 3 * (hmax + dl) * _SIG_TOL + _SLACK
+                    tmax = _tol(hmax, dl)
                     l0, l1, l2 = lines[0, j], lines[1, j], lines[2, j]
                     # vertex values are finite when the line is (points are unit-scaled): min/max skip no NaN
                     fin = abs(l0) + abs(l1) + abs(l2) < np.inf
@@ -362,63 +457,14 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
                 sig = np.empty(S.shape[1], dtype=np.int8)
             # (the polygon's own cutting units were found from one certified positive and one certified
             # negative vertex: its other vertices may still be too close to call)
-            if _signs(S, sn, Kn, l0, l1, l2, dl, 3 * (hmax + dl) * _SIG_TOL + _SLACK, sig)[2]:
+            if _signs(S, sn, Kn, l0, l1, l2, dl, _tol(hmax, dl), sig)[2]:
                 ok = False
                 break
             ng = top + 1  # the negative half's slot; the positive half is built in slot top + 2, then moved
             pg = top + 2
-            cp = 0
-            cn = 0
-            for k in range(Kn):
-                sk = sig[k]
-                sx = sig[k + 1] if k + 1 < Kn else sig[0]
-                # Signs are +-1 here (a zero is uncertain and goes exact), so a vertex is in one half with
-                # its edge; the edge after a crossing point is the unit's line where the half leaves
-                # through it, else the rest of edge k.
-                if sk > 0:
-                    for t in range(nrec):
-                        S[pg, cp, t] = S[sn, k, t]
-                    cp += 1
-                else:
-                    for t in range(nrec):
-                        S[ng, cn, t] = S[sn, k, t]
-                    cn += 1
-                if sk != sx:
-                    # the crossing point on edge k: edge line x unit line
-                    e0, e1, e2, ed = S[sn, k, 4], S[sn, k, 5], S[sn, k, 6], S[sn, k, 7]
-                    x0 = e1 * l2 - e2 * l1
-                    x1 = e2 * l0 - e0 * l2
-                    x2 = e0 * l1 - e1 * l0
-                    dX = 2 * (ed + dl + ed * dl) + 5 * _U + _TINY
-                    mx = max(abs(x0), max(abs(x1), abs(x2)))
-                    if not (math.isfinite(mx) and math.isfinite(dX)):
-                        ok = False
-                        break
-                    sc = _pow2_inv(mx, buf, bufi)
-                    if sc != 0.0:
-                        x0, x1, x2, dX = x0 * sc, x1 * sc, x2 * sc, dX * sc
-                    else:
-                        ex = math.frexp(mx)[1]
-                        x0, x1, x2 = math.ldexp(x0, -ex), math.ldexp(x1, -ex), math.ldexp(x2, -ex)
-                        dX = math.ldexp(dX, -ex)
-                    dX = dX * _X_TOL + _TINY
-                    if not (abs(x0) > dX):
-                        ok = False  # the crossing's side of the frame is uncertain: exact path
-                        break
-                    if x0 < 0:
-                        x0, x1, x2 = -x0, -x1, -x2
-                    S[pg, cp, 0], S[pg, cp, 1], S[pg, cp, 2], S[pg, cp, 3] = x0, x1, x2, dX
-                    S[ng, cn, 0], S[ng, cn, 1], S[ng, cn, 2], S[ng, cn, 3] = x0, x1, x2, dX
-                    if sx < 0:  # the positive half leaves along the unit's line
-                        for t in range(5):
-                            S[pg, cp, 4 + t] = lines[t, j]
-                            S[ng, cn, 4 + t] = S[sn, k, 4 + t]
-                    else:
-                        for t in range(5):
-                            S[pg, cp, 4 + t] = S[sn, k, 4 + t]
-                            S[ng, cn, 4 + t] = lines[t, j]
-                    cp += 1
-                    cn += 1
+            cp, cn = _halves(S, sn, Kn, sig, l0, l1, l2, dl, lines[4, j], pg, ng)
+            if cp < 0:
+                ok = False  # a crossing's side of the frame is uncertain: exact path
             if not ok:
                 break
             # slot sn (== top) gets the positive half, slot top + 1 the negative one
@@ -478,3 +524,46 @@ def uv_areas(rec, nv):
         areas[q] = abs(0.5 * s)
         o += k1
     return V, areas
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def uv_areas_scaled(rec, nv):
+    """:func:`uv_areas` with each piece scaled to unit size for its shoelace sum (the graph engine's areas:
+    a piece of a huge box gets an infinite area, not ``inf - inf``)."""
+    m = rec.shape[0]
+    V = np.empty((nv.sum(), 2))
+    areas = np.empty(m)
+    o = 0
+    for q in range(m):
+        k1 = nv[q]
+        sc = 0.0
+        nan = False
+        for k in range(k1):
+            x = rec[q, k, 1] / rec[q, k, 0]
+            y = rec[q, k, 2] / rec[q, k, 0]
+            V[o + k, 0] = x
+            V[o + k, 1] = y
+            nan = nan or x != x or y != y
+            sc = max(sc, max(abs(x), abs(y)))
+        if nan or not sc > 0:
+            sc = 1.0
+        s = 0.0
+        for k in range(k1):
+            kn = o + k + 1 if k + 1 < k1 else o
+            s += (V[o + k, 0] / sc) * (V[kn, 1] / sc) - (V[kn, 0] / sc) * (V[o + k, 1] / sc)
+        areas[q] = 0.5 * abs(s) * sc**2
+        o += k1
+    return V, areas
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def any_far_vertex(rec, nv):
+    """Whether a real vertex's ``(X / D, Y / D)`` is not finite (``D`` underflowed: a box far beyond the
+    arrangement's scale), the check of :func:`netgeom.regions._slice._exact_far_vertices`."""
+    for q in range(rec.shape[0]):
+        for k in range(nv[q]):
+            x = rec[q, k, 1] / rec[q, k, 0]
+            y = rec[q, k, 2] / rec[q, k, 0]
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return True
+    return False

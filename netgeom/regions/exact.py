@@ -449,11 +449,11 @@ class SliceRegionsResult(Result):
     """Activation regions met by the 2-D slice ``x(u, v) = x0 + u d1 + v d2`` over ``box``.
 
     ``polygons[k]`` is a convex ``(n_k, 2)`` array of ``(u, v)`` vertices (counter-clockwise) of the k-th
-    region's piece (a list, or on chain networks a read-only sequence of views into one stacked vertex
-    array), ``patterns[k]`` its activation pattern and ``areas[k]`` its area. With ``box=None`` in
-    :func:`regions_on_slice` the regions are all those the whole plane meets and ``box`` is a square found
-    from the arrangement that meets every one of them. ``n_exact`` counts the sign decisions that needed
-    exact arithmetic (float error bounds settle all others).
+    region's piece (a read-only sequence of views into one stacked vertex array; a list on the chain
+    engine's numpy path), ``patterns[k]`` its activation pattern and ``areas[k]`` its area. With
+    ``box=None`` in :func:`regions_on_slice` the regions are all those the whole plane meets and ``box`` is
+    a square found from the arrangement that meets every one of them. ``n_exact`` counts the sign decisions
+    that needed exact arithmetic (float error bounds settle all others).
     """
 
     count: int
@@ -669,7 +669,7 @@ def _slice_layers(layers, plan, x0, d1, d2, box, max_regions: int, memory_budget
 def _slice_on_graph(g, x0, d1, d2, box, max_regions: int, memory_budget: int) -> SliceRegionsResult:
     """:func:`regions_on_slice` on a traced graph (residual add, cat, max-pool): see
     :mod:`netgeom.regions._graph_slice`."""
-    from ._graph_slice import polygons_uv, slice_graph_regions
+    from ._graph_slice import polygons_uv_fast, slice_graph_regions
 
     n0 = g.n_in
     x0 = _flat_point(x0, "x0", n0)
@@ -680,7 +680,7 @@ def _slice_on_graph(g, x0, d1, d2, box, max_regions: int, memory_budget: int) ->
     if not whole:
         box = _check_box(box)
     box, rec, nv, pats, n_exact = slice_graph_regions(g, x0, d1, d2, box, max_regions, memory_budget)
-    polygons, areas = polygons_uv(rec, nv)
+    polygons, areas = polygons_uv_fast(rec, nv)
     return SliceRegionsResult(
         count=len(pats),
         n_bits=pats.shape[1],
