@@ -56,6 +56,7 @@ from ._slice import (
     _U,
     TooManyRegionsError,
     _as_float,
+    _buffer,
     _cat,
     _ids,
     _pad_to,
@@ -507,9 +508,10 @@ class _ReluOut:
         from . import _graph_slice_kernel as kern
 
         c = np.ascontiguousarray
+        m, n = len(self.parent), self.A.shape[1]
         return kern.relu_maps(
             self.A, self.B, self.E, c(self.parent, dtype=np.int64), c(self.bits), self.slope, self.block,
-            self.origins,
+            self.origins, *_maps_out(m, n), _buffer((m, n if self.origins else 0), np.int64),
         )
 
     def kernel_args(self) -> tuple:
@@ -519,6 +521,11 @@ class _ReluOut:
 
 
 _NO_PARENT, _NO_BITS = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=bool)
+
+
+def _maps_out(m: int, n: int) -> tuple:
+    """Pooled arrays for a node's maps ``A (m, n)``, ``B (m, 2, n)``, ``E (m, n)`` (written by a kernel)."""
+    return _buffer((m, n)), _buffer((m, 2, n)), _buffer((m, n))
 
 
 def _kernel_args(v) -> tuple:
@@ -550,9 +557,14 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
 
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
+        nv = c(nv, dtype=np.int64)
+        # working slots from the real vertex counts, so that padding does not grow node by node
+        cap, Kc = 4 * m + 64, max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, bits, fb = kern.relu_split(
-            c(rec), c(nv, dtype=np.int64), c(A), c(B), c(E), ctx.quadrant is not None,
+            c(rec), nv, c(A), c(B), c(E), ctx.quadrant is not None,
             float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
+            _buffer((cap, Kc, rec.shape[2])), _buffer(cap, np.int64), _buffer(cap, np.int64),
+            _buffer((cap, n), np.bool_),
         )
         ctx.count(node, low if status else len(R))
         if fb.any():  # polygons with a decision too close to call in floats: the exact path
@@ -770,7 +782,9 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
             nz = np.nonzero(M.T)  # (input, output) pairs in input order
             ptr = np.searchsorted(nz[0], np.arange(M.shape[1] + 1))
             MT, rows, w = np.zeros((0, 0)), nz[1].astype(np.int64), c(M.T[nz])
-        nA, nB, nE = kern.affine_maps(*_kernel_args(inp), MT, ptr, rows, w, c(b), gam, _TINY)
+        nA, nB, nE = kern.affine_maps(
+            *_kernel_args(inp), MT, ptr, rows, w, c(b), gam, _TINY, *_maps_out(m, M.shape[0])
+        )
         return nA, nB, nE, ctx.no_origin(*nA.shape)
     A, B, E, _ = _plain(inp)
     aMT = np.abs(M).T
@@ -788,7 +802,10 @@ def _add_node(ctx: GraphSliceCtx, ins):
     if ctx.compiled and len(ins) == 2:
         from . import _graph_slice_kernel as kern
 
-        A, B, E = kern.add_maps(*_kernel_args(ins[0]), *_kernel_args(ins[1]), 2 * _U * (1 + 1e-9))
+        m = len(ins[0].parent) if isinstance(ins[0], _ReluOut) else ins[0][0].shape[0]
+        A, B, E = kern.add_maps(
+            *_kernel_args(ins[0]), *_kernel_args(ins[1]), 2 * _U * (1 + 1e-9), *_maps_out(m, _width(ins[0]))
+        )
         return A, B, E, ctx.no_origin(*A.shape)
     ins = [_plain(v) for v in ins]
     A = sum(v[0] for v in ins)
@@ -808,6 +825,16 @@ def _cat_node(ins):
         np.concatenate([v[2] for v in ins], axis=1),
         np.concatenate([v[3] for v in ins], axis=1),
     )
+
+
+def _extend(pats, parent, cols, final: bool):
+    """``[pats[parent], cols]``: in pooled memory but for the final patterns (handed to the caller)."""
+    from . import _graph_slice_kernel as kern
+
+    shape = (len(parent), pats.shape[1] + cols.shape[1])
+    out = np.empty(shape, dtype=bool) if final else _buffer(shape, np.bool_)
+    c = np.ascontiguousarray
+    return kern.extend_patterns(c(pats), c(parent, dtype=np.int64), c(cols), out)
 
 
 def _live_units(ctx, vals, after: int) -> int:
@@ -841,7 +868,7 @@ def _walk(ctx: GraphSliceCtx, pos: int, rec, nv, vals: dict, pats):
                 )
             fn = _relu_node if node.op == "relu" else _maxpool_node
             rec, nv, parent, cols, newv = fn(ctx, node, rec, nv, _plain(vals[node.inputs[0]]), pats)
-            pats = np.concatenate([pats[parent], cols], axis=1)
+            pats = _extend(pats, parent, cols, final=p + 1 == len(ctx.order))
             vals = {key: _take(v, parent) for key, v in vals.items() if ctx.last_use.get(key, -1) > i}
             if newv is not None:
                 vals[i] = newv
@@ -915,7 +942,10 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
         return rec, nv, pats, ctx
 
-    return _slice.slice_plane(run, box)
+    try:
+        return _slice.slice_plane(run, box)
+    finally:
+        _slice.pool_trim()
 
 
 __all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv", "polygons_uv_fast"]

@@ -110,7 +110,7 @@ def _grow_out(out, onv, par, bits, need_rows, need_slots):
 
 
 @numba.njit(cache=True, nogil=True)
-def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
+def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out, onv, par, bits):
     """Cut polygons ``rec (m, K1, 9)`` by the zero lines of their ReLU node's input maps ``A (m, n)``,
     ``B (m, 2, n)`` (``E (m, n)`` bounds the error of all three). Line ids are
     ``block << 44 | row << 20 | unit``.
@@ -118,18 +118,13 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions):
     Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
     their vertex counts, polygons and bits ``z > 0``, and the polygons given back. ``status`` is 1 when
     ``base`` plus a lower bound ``low`` on the node's pieces exceeds ``max_regions`` (the arrays are then
-    incomplete), else 0."""
+    incomplete), else 0.
+
+    ``out (cap, Kc, 9)``, ``onv``, ``par`` (``cap``) and ``bits (cap, n)`` are the working arrays to start
+    with (the caller's pooled memory; grown here when too small), ``Kc`` at least 2 more than any ``nv``."""
     m, K1, nrec = rec.shape
     n = A.shape[1]
-    cap = max(2 * m, 64)
-    maxnv = 0
-    for p in range(m):
-        maxnv = max(maxnv, nv[p])
-    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
-    out = np.empty((cap, Kc, nrec))
-    onv = np.empty(cap, dtype=np.int64)
-    par = np.empty(cap, dtype=np.int64)
-    bits = np.empty((cap, n), dtype=np.bool_)
+    Kc = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
     L = np.empty((n, 4))
     zero = np.empty(n, dtype=np.bool_)
@@ -425,16 +420,13 @@ def _entry(A, B, E, p, lazy, on, slope, aslope, j):
 
 
 @numba.njit(cache=True, nogil=True)
-def relu_maps(A, B, E, parent, bits, slope, block, origins):
+def relu_maps(A, B, E, parent, bits, slope, block, origins, nA, nB, nE, orig):
     """A ReLU node's output maps on its pieces (the numpy path's formulas in one pass): ``(A, B, E,
     origin)``, a unit on keeping its input's value, an off unit scaled by ``slope`` (0 is exact, any other
-    slope rounds once), and every output's origin the id of its unit's line (none unless ``origins``)."""
+    slope rounds once), and every output's origin the id of its unit's line (none unless ``origins``),
+    written into ``nA (m, n)``, ``nB (m, 2, n)``, ``nE (m, n)`` and ``orig (m, n or 0)``."""
     m = parent.shape[0]
     n = A.shape[1]
-    nA = np.empty((m, n))
-    nB = np.empty((m, 2, n))
-    nE = np.empty((m, n))
-    orig = np.empty((m, n if origins else 0), dtype=np.int64)
     aslope = abs(slope)
     for q in range(m):
         p = parent[q]
@@ -448,7 +440,7 @@ def relu_maps(A, B, E, parent, bits, slope, block, origins):
 
 
 @numba.njit(cache=True, nogil=True)
-def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny):
+def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny, nA, nB, nE):
     """An affine node's output maps and error bound (the numpy path's formulas), input by input: each
     output sums ``bias + w_0 x_0 + w_1 x_1 + ...`` in input order, skipping inputs that are exactly zero on
     the polygon (the ReLU outputs that are off: their map and error are 0) and, given ``MT`` of shape
@@ -458,7 +450,8 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
     ``gamma (|m|.|x| + |b|)`` holds for any order of summation.
 
     With ``lazy`` the input is the ReLU output (gain ``slope``) of rows ``parent`` of ``A, B, E`` with bits
-    ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it."""
+    ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it. The output
+    is written into ``nA (m, n_out)``, ``nB (m, 2, n_out)``, ``nE (m, n_out)``."""
     m = parent.shape[0] if lazy else A.shape[0]
     n_in = A.shape[1]
     n_out = bias.shape[0]
@@ -466,9 +459,6 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
     aMT = np.abs(MT)
     avals = np.abs(vals)
     aslope = abs(slope)
-    nA = np.empty((m, n_out))
-    nB = np.empty((m, 2, n_out))
-    nE = np.empty((m, n_out))
     for q in range(m):
         sA = nA[q]
         s0 = nB[q, 0]
@@ -720,14 +710,12 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
 
 
 @numba.njit(cache=True, nogil=True)
-def add_maps(A1, B1, E1, par1, bits1, slope1, lazy1, A2, B2, E2, par2, bits2, slope2, lazy2, c):
+def add_maps(A1, B1, E1, par1, bits1, slope1, lazy1, A2, B2, E2, par2, bits2, slope2, lazy2, c, nA, nB, nE):
     """The sum of two nodes' maps and its error bound (the numpy path's formula, ``c`` = 2 u (1 + 1e-9)),
-    in one pass; an operand with ``lazy`` is a ReLU output read as in :func:`affine_maps`."""
+    in one pass, written into ``nA``, ``nB``, ``nE``; an operand with ``lazy`` is a ReLU output read as in
+    :func:`affine_maps`."""
     m = par1.shape[0] if lazy1 else A1.shape[0]
     n = A1.shape[1]
-    nA = np.empty((m, n))
-    nB = np.empty((m, 2, n))
-    nE = np.empty((m, n))
     as1, as2 = abs(slope1), abs(slope2)
     for q in range(m):
         p1 = par1[q] if lazy1 else q
@@ -741,3 +729,16 @@ def add_maps(A1, B1, E1, par1, bits1, slope1, lazy1, A2, B2, E2, par2, bits2, sl
             mag = max(abs(a1), max(abs(b10), abs(b11))) + max(abs(a2), max(abs(b20), abs(b21)))
             nE[q, j] = (e1 + e2) * (1 + c) + c * mag
     return nA, nB, nE
+
+
+@numba.njit(cache=True, nogil=True)
+def extend_patterns(pats, parent, cols, out):
+    """``out[q] = [pats[parent[q]], cols[q]]`` (the pieces' pattern columns after a pattern node)."""
+    n = pats.shape[1]
+    for q in range(parent.shape[0]):
+        p = parent[q]
+        for t in range(n):
+            out[q, t] = pats[p, t]
+        for t in range(cols.shape[1]):
+            out[q, n + t] = cols[q, t]
+    return out

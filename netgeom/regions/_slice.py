@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -176,6 +178,88 @@ def _too_many(ctx: SliceCtx, li: int, count: int) -> TooManyRegionsError:
         f"max_regions={ctx.max_regions}; use a smaller box, fewer layers (a truncated model), or raise "
         "max_regions if the memory allows"
     )
+
+
+# ---------------------------------------------------------------------------------- buffer pool
+# Large arrays freed by one node and asked for by the next are, by glibc's malloc, given back to the system
+# (its heap is trimmed, or they were mapped) and faulted in again page by page: on small slices the page
+# faults cost as much CPU as the geometry. The engines' large working arrays come from a pool instead: per
+# thread (nothing shared between threads), bounded (at most _POOL_BYTES kept), and a buffer is handed out
+# again only once no array views it any more (its reference count is back to the pool's own), so reuse can
+# never alias a live array.
+_POOL_MIN = 1 << 16  # smaller requests are served by malloc's free lists without faults
+_POOL_BYTES = 256 << 20  # kept while a slice runs
+_POOL_KEEP = 64 << 20  # kept between slices (:func:`pool_trim`)
+
+
+class _Pool(threading.local):
+    def __init__(self):
+        self.bufs: list = []
+
+
+_POOL = _Pool()
+
+
+def _refs(bufs: list, i: int) -> int:
+    return sys.getrefcount(bufs[i])
+
+
+def _free_refs() -> int:
+    bufs = [np.empty(1, dtype=np.uint8)]
+    return _refs(bufs, 0)
+
+
+# the count of a buffer referenced by the pool's list only (measured, as interpreters differ in what they
+# count)
+_FREE = _free_refs()
+
+
+def _buffer(shape, dtype=np.float64) -> np.ndarray:
+    """An uninitialised array of ``shape``, from this thread's pool when it is large."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in (shape if isinstance(shape, tuple) else (shape,)))
+    nbytes = dtype.itemsize
+    for s in shape:
+        nbytes *= s
+    if nbytes < _POOL_MIN:
+        return np.empty(shape, dtype=dtype)
+    bufs = _POOL.bufs
+    pick, free = -1, []
+    for i in range(len(bufs)):
+        if _refs(bufs, i) == _FREE:
+            free.append(i)
+            if bufs[i].nbytes >= nbytes and (pick < 0 or bufs[i].nbytes < bufs[pick].nbytes):
+                pick = i
+    if pick < 0:
+        # a power of two, so that a slightly larger request later finds it (pages never written are never
+        # faulted in: the unused tail costs address space only)
+        new = np.empty(1 << (nbytes - 1).bit_length(), dtype=np.uint8)
+        total = sum(b.nbytes for b in bufs) + new.nbytes
+        for i in sorted(free, key=lambda i: bufs[i].nbytes):
+            if total <= _POOL_BYTES:
+                break
+            total -= bufs[i].nbytes
+            bufs[i] = None
+        bufs[:] = [b for b in bufs if b is not None]
+        if total <= _POOL_BYTES:
+            bufs.append(new)
+        buf = new
+    else:
+        buf = bufs[pick]
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def pool_trim(keep: int = _POOL_KEEP) -> None:
+    """Drop this thread's free pooled buffers, largest first, until at most ``keep`` bytes are pooled."""
+    bufs = _POOL.bufs
+    total = sum(b.nbytes for b in bufs)
+    for i in sorted(range(len(bufs)), key=lambda i: -bufs[i].nbytes):
+        if total <= keep:
+            break
+        if _refs(bufs, i) == _FREE:
+            total -= bufs[i].nbytes
+            bufs[i] = None
+    bufs[:] = [b for b in bufs if b is not None]
 
 
 def _pad_to(R: np.ndarray, K: int) -> np.ndarray:
