@@ -108,7 +108,9 @@ def test_kernel_gives_back_a_polygon_it_cannot_certify():
     A, B = np.array([[0.0], [-1.0]]), np.ones((2, 2, 1))
     eA, eB = np.full((2, 1), 1e-16), np.zeros((2, 2, 1))
     status, count, out, onv, par, bits, fb = _slice_kernel.split_layer(
-        rec, np.array([4, 4]), A, B, eA, eB, 1.0, 1.0, False, np.int64(0), 0, 100
+        rec, np.array([4, 4]), A, B, eA, eB, 1.0, 1.0, False, np.int64(0), 0, 100,
+        # working arrays of one row: the kernel grows them
+        np.empty((1, 6, rec.shape[2])), np.empty(1, np.int64), np.empty(1, np.int64), np.empty((1, 1), bool),
     )
     assert status == _slice_kernel.OK and fb.tolist() == [True, False]
     assert par.tolist() == [1, 1] and sorted(onv.tolist()) == [3, 5] and sorted(bits[:, 0]) == [False, True]

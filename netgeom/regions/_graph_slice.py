@@ -942,10 +942,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
         return rec, nv, pats, ctx
 
-    try:
-        return _slice.slice_plane(run, box)
-    finally:
-        _slice.pool_trim()
+    return _slice.slice_plane(run, box)
 
 
 __all__ = ["GraphSliceCtx", "slice_graph", "slice_graph_regions", "polygons_uv", "polygons_uv_fast"]

@@ -329,8 +329,9 @@ def _push(W, bias, P, Q, eP, eQ):
     # threshold for twice as many rows, where no thread-limit call (~0.1 ms) is needed.
     WT = W.T
     with _blas_threads(3 * m * n_in * W.shape[0]):
-        A = P @ WT + bias
-        B = np.empty((m, 2, W.shape[0]))
+        A = np.matmul(P, WT, out=_buffer((m, W.shape[0])))
+        A += bias
+        B = _buffer((m, 2, W.shape[0]))
         np.matmul(Q[:, 0], WT, out=B[:, 0])
         np.matmul(Q[:, 1], WT, out=B[:, 1])
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
@@ -376,14 +377,18 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     for i in range(0, cur, step):
         pa = parent[i : i + step]
         gain = np.where(bits[i : i + step], 1.0, slope)
+        An = np.take(A, pa, axis=0, out=_buffer((len(pa), n)))
+        An *= gain
+        Bn = np.take(B, pa, axis=0, out=_buffer((len(pa), *B.shape[1:])))
+        Bn *= gain[:, None, :]
         outs.append(
             slice_from(
                 ctx,
                 li + 1,
                 rec[i : i + step],
                 nv[i : i + step],
-                A[pa] * gain,
-                B[pa] * gain[:, None, :],
+                An,
+                Bn,
                 eAn[pa],
                 eBn[pa],
                 pre[i : i + step],
@@ -533,8 +538,13 @@ def _layer_kernel(ctx: SliceCtx, li: int, rec, nv, maps, base):
     error bound) are cut by :func:`_layer_numpy`, which settles them exactly."""
     from . import _slice_kernel as kern
 
+    nv = np.asarray(nv, dtype=np.int64)
+    m, n = len(rec), maps[0].shape[1]
+    # slots from the real vertex counts, so that padding does not grow by layer
+    cap, Kc = max(6 * m, 64), max(int(nv.max(initial=0)) + 2, 8)
     status, count, out, onv, par, bits, fb = kern.split_layer(
-        np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64), *maps, base, ctx.max_regions
+        np.ascontiguousarray(rec), nv, *maps, base, ctx.max_regions, _buffer((cap, Kc, rec.shape[2])),
+        _buffer(cap, np.int64), _buffer(cap, np.int64), _buffer((cap, n), np.bool_),
     )
     if status == kern.TOO_MANY:
         raise _too_many(ctx, li, base + count)
@@ -694,6 +704,14 @@ def _exact_far_vertices(ctx, rec, nv) -> None:
 
 
 def slice_plane(run, box):
+    """:func:`_slice_plane`, then this thread's buffer pool trimmed to what is kept between slices."""
+    try:
+        return _slice_plane(run, box)
+    finally:
+        pool_trim()
+
+
+def _slice_plane(run, box):
     """The regions of a finite ``box = (u0, u1, v0, v1)`` or (``box=None``) of the whole plane, for either
     engine: ``run(frame_h, frame_l, quadrant)`` cuts one starting polygon and returns ``(rec, nv, patterns,
     ctx)``. Returns ``(box, rec, nv, patterns, n_exact)``.

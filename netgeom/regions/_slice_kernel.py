@@ -307,7 +307,7 @@ def _root_test(rec, p, k1, Lp, Zp, smin, smax, sig, bits0, cand):
 
 
 @numba.njit(cache=True, nogil=True)
-def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions):
+def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions, out, onv, par, bits):
     """Cut polygons ``rec (m, K1, 9)`` (``nv`` real vertices each) by their units' lines, built polygon by
     polygon from the maps ``A, B, eA, eB`` as :func:`make_lines` builds them (arguments as there), without
     the ``(m, 5, n)`` array.
@@ -322,21 +322,16 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions)
     their vertex counts, parent polygons and pattern bits for this layer, and the polygons given back for
     the exact path. ``status`` is ``TOO_MANY`` when ``base`` plus a lower bound ``count`` on this layer's
     pieces exceeds ``max_regions``.
+
+    ``out (cap, Kc, 9)``, ``onv``, ``par`` (``cap``) and ``bits (cap, n)`` are the working arrays to start
+    with (the caller's pooled memory; grown here when too small), ``Kc`` at least 2 more than any ``nv``.
     """
     m, K1, nrec = rec.shape
     n = A.shape[1]
     lines = np.empty((5, n))  # polygon p's lines (rows a, b, c, error bound, id bits) and zero flags
     lines_i = lines.view(np.int64)
     zero = np.empty(n, dtype=np.bool_)
-    cap = max(6 * m, 64)
-    maxnv = 0
-    for p in range(m):
-        maxnv = max(maxnv, nv[p])
-    Kc = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by layer
-    out = np.empty((cap, Kc, nrec))
-    onv = np.empty(cap, dtype=np.int64)
-    par = np.empty(cap, dtype=np.int64)
-    bits = np.empty((cap, n), dtype=np.bool_)
+    Kc = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
     # The stack of pieces still to test: records, vertex counts, bits, and candidate units.
     # (a path of d nested cuts needs d + 3 slots, d <= the candidates of its polygon; grown on demand)
