@@ -737,9 +737,14 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         args = (c(A), c(B), c(E), c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
-        surv = kern.pool_dominance(c(rec), c(nv, dtype=np.int64), *args)
+        nv = c(nv, dtype=np.int64)
+        surv = kern.pool_dominance(c(rec), nv, *args)
+        # slots from the real vertex counts, so that padding does not grow node by node
+        cap, Ks = 2 * m + 16, max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, best, fb = kern.pool_split(
-            c(rec), c(nv, dtype=np.int64), *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions
+            c(rec), nv, *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions,
+            _buffer((cap, Ks, rec.shape[2])), _buffer(cap, np.int64), _buffer(cap, np.int64),
+            _buffer((cap, nw), np.int64),
         )
         ctx.count(node, low if status else len(R))
         if fb.any():  # polygons with a decision too close to call in floats: the exact path

@@ -557,7 +557,7 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
 
 
 @numba.njit(cache=True, nogil=True)
-def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions):
+def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions, out, onv, par, best):
     """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
     surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
     0`` for every other survivor ``j``, in position order, as the numpy path clips (line ids
@@ -565,17 +565,12 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     earlier position wins. Returns ``(status, low, out, onv, parent, best, fallback)``: the pieces (padding
     slots repeat vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the
     polygons given back to the numpy path (a decision within its error bound, a non-finite value); status 1
-    (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``."""
+    (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``.
+    ``out (cap, Ks, 9)``, ``onv``, ``par`` (``cap``) and ``best (cap, nw)`` are the working arrays to start
+    with (the caller's pooled memory; grown here when too small), ``Ks`` at least 2 more than any ``nv``."""
     m, K1, nrec = rec.shape
     nw, k = W.shape
-    maxnv = 0
-    for p in range(m):
-        maxnv = max(maxnv, nv[p])
-    Ks = max(maxnv + 2, 8)  # slots from the real vertex counts, so that padding does not grow by node
-    out = np.empty((max(2 * m, 16), Ks, nrec))
-    onv = np.empty(out.shape[0], dtype=np.int64)
-    par = np.empty(out.shape[0], dtype=np.int64)
-    best = np.empty((out.shape[0], nw), dtype=np.int64)
+    Ks = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
     P = np.empty((8, Ks, nrec))
     Pn = np.empty(8, dtype=np.int64)
