@@ -89,6 +89,21 @@ def _best(fn, repeat: int):
     return out, best
 
 
+def _faults(fn, repeat: int) -> float:
+    """Median minor page faults of one call (-1 where the platform has no getrusage): fresh memory that
+    the allocator hands back to the system between calls costs one fault per page touched again."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return -1.0
+    out = []
+    for _ in range(repeat):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return float(np.median(out))
+
+
 def vs_regioncam(quick: bool, repeat: int) -> None:
     from netgeom.nets import affine_layers
     from netgeom.regions.exact import _hidden, _slice_layers
@@ -106,9 +121,10 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
     print("netgeom regions_on_slice vs regioncam, same plane and box [-r, r]^2 (random init, seed 0)")
     print(f"first slice of this process (numba kernel loaded from its cache, or compiled): {t_load:.2f} s")
     print("t_ng-tr: netgeom on the traced model (the trace, affine_layers, paid once per call, excluded)")
+    print("flt: median minor page faults of one t_ng-tr call")
     print(
         f"{'net':>16} {'r':>7} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_ng-tr':>8} "
-        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10}"
+        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
     )
     for n0, widths, n_out, r in rows:
         net = mlp(n0, widths, n_out, seed=0)
@@ -122,12 +138,14 @@ def vs_regioncam(quick: bool, repeat: int) -> None:
         args = (net, x0, d1, d2)
         ours, t_ng = _best(lambda a=args, r=r: regions_on_slice(*a, box=(-r, r, -r, r)).count, repeat)
         traced, box = _hidden(net, None), (-r, r, -r, r)
-        _, t_nt = _best(lambda a=args, t=traced, b=box: _slice_layers(*t, *a[1:], b, 10**6, 2**28), repeat)
+        run = lambda a=args, t=traced, b=box: _slice_layers(*t, *a[1:], b, 10**6, 2**28)  # noqa: E731
+        _, t_nt = _best(run, repeat)
+        flt = _faults(run, repeat)
         theirs, t_rc = _best(lambda a=args, r=r: _rc_count(*a, r), repeat)
         arch = f"{n0}-{'-'.join(map(str, widths))}-{n_out}"
         print(
             f"{arch:>16} {r:>7.3g} {ours:>8} {theirs:>9} {str(ours == theirs):>5} {t_ng:>8.4f} {t_nt:>8.4f} "
-            f"{t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f}",
+            f"{t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f} {flt:>6.0f}",
             flush=True,
         )
 
@@ -233,9 +251,10 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
     print("\nnetgeom regions_on_slice (traced graph) vs regioncam, same plane and box [-r, r]^2 (seed 0)")
     print(f"first graph slice of this process (numba kernels loaded from cache, or compiled): {t_load:.2f} s")
     print("t_ng-tr: netgeom on the graph traced beforehand (the trace, paid once per call, excluded)")
+    print("flt: median minor page faults of one t_ng-tr call")
     print(
         f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_ng-tr':>8} "
-        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10}"
+        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
     )
     for kind, n0, w, k, n_out, density, r in rows:
         if kind == "res":
@@ -258,13 +277,13 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
             lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
         )
         g, box = trace(net, masks), (-r, r, -r, r)
-        traced, t_nt = _best(
-            lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count, repeat
-        )
+        run = lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count  # noqa: E731
+        traced, t_nt = _best(run, repeat)
+        flt = _faults(run, repeat)
         theirs, t_rc = _best(lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat)
         print(
             f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs == traced):>5} {t_ng:>8.4f} "
-            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f}",
+            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f} {flt:>6.0f}",
             flush=True,
         )
 
