@@ -194,7 +194,7 @@ class GraphSliceCtx(_slice.ExactLines):
 
     g: object
     base: list  # [x0, d1, d2] float64
-    frame_lines: list  # exact integer lines of the starting polygon's edges (ids -1, -2, ...)
+    frame_lines: list  # the starting polygon's edges (ids -1, -2, ...): exact integer lists, or float64 rows
     quadrant: tuple | None = None  # (su, sv): u = su s / (1 - s - t), v = sv t / (1 - s - t)
     max_regions: int = 1_000_000
     budget: int = 2**28
@@ -758,6 +758,16 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     else:
         R, nr, parent, best = _pool_cut(ctx, node, rec, nv, inp, block, np.arange(m), None)
     cur = len(R)
+    if ctx.compiled:
+        c = np.ascontiguousarray
+        maps = ctx.read_later(node.index)
+        out = _maps_out(cur, nw) if maps else (np.zeros((0, 0)), np.zeros((0, 2, 0)), np.zeros((0, 0)))
+        no = _buffer((cur, nw if maps and orig.shape[1] else 0), np.int64)
+        onehot = kern.pool_outputs(
+            c(A), c(B), c(E), c(orig), c(Wc, dtype=np.int64), c(parent, dtype=np.int64),
+            c(best, dtype=np.int64), maps, _buffer((cur, nw * k), np.bool_), *out, no,
+        )
+        return R, nr, parent, onehot, ((*out, no) if maps else None)
     onehot = np.zeros((cur, nw * k), dtype=bool)
     onehot[np.arange(cur)[:, None], np.arange(nw)[None, :] * k + best] = True
     if not ctx.read_later(node.index):
@@ -938,7 +948,7 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
         ctx = GraphSliceCtx(
             g=g,
             base=[x0, d1, d2],
-            frame_lines=[_exact.float_line(ln) for ln in frame_l],
+            frame_lines=list(np.asarray(frame_l, dtype=float)),  # made exact when a decision needs them
             quadrant=quadrant,
             max_regions=max_regions,
             budget=memory_budget,

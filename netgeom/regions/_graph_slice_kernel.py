@@ -737,3 +737,27 @@ def extend_patterns(pats, parent, cols, out):
         for t in range(cols.shape[1]):
             out[q, n + t] = cols[q, t]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_outputs(A, B, E, orig, W, parent, best, maps, onehot, nA, nB, nE, norig):
+    """A max-pool node's pattern columns ``onehot (pieces, nw k)`` (the argmax ``best`` of each window)
+    and, with ``maps``, its output maps on the pieces: the selected candidate's map (``A, B, E``, origin) of
+    the piece's polygon ``parent``. The output arrays are written, not allocated."""
+    nw, k = W.shape
+    for q in range(parent.shape[0]):
+        p = parent[q]
+        for t in range(nw * k):
+            onehot[q, t] = False
+        for w in range(nw):
+            b = best[q, w]
+            onehot[q, w * k + b] = True
+            if maps:
+                j = W[w, b]
+                nA[q, w] = A[p, j]
+                nB[q, 0, w] = B[p, 0, j]
+                nB[q, 1, w] = B[p, 1, j]
+                nE[q, w] = E[p, j]
+                if norig.shape[1] > 0:
+                    norig[q, w] = orig[p, j]
+    return onehot
