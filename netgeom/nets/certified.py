@@ -228,8 +228,10 @@ def _spectral_bound(w: torch.Tensor) -> float:
         A.diagonal().add_(s)
         L, info = torch.linalg.cholesky_ex(A)
         if int(info) == 0:
-            err = _gamma(p, u) * fro2 + u * (s + float(M.diagonal().max())) + 4 * _gamma(k + 1, u) * float(
-                (L * L).sum()
+            err = (
+                _gamma(p, u) * fro2
+                + u * (s + float(M.diagonal().max()))
+                + 4 * _gamma(k + 1, u) * float((L * L).sum())
             )
             return math.sqrt((s + 2 * err) * (1 + 1e-9)) * (1 + 1e-9)
     return math.inf
