@@ -333,20 +333,56 @@ class _Engine:
         self.tally[src] = (tried + len(ok), good + int(ok.sum()))
 
     def _refine_prep(self, node: PLNode) -> dict | None:
-        """The dense rows of a one-op Linear / Conv node (their entries are the weights themselves, so the
-        float64 products below are those of the exact map), or ``None`` when they would not fit."""
+        """Per output unit, the weights and the input positions it reads, for a one-op Linear / Conv node:
+        a Linear's rows; a Conv2d's filters and its im2col table (one row of input indices per output
+        position, ``-1`` for padding), checked against the convolution on a random input. Other nodes get
+        their dense rows (:meth:`PLNode.matrix`; ``None`` when too large). The weights are the float64
+        parameters themselves, so the float64 products below are those of the exact map."""
+        op = node._ops[0]
+        b = node.bias_vector.to(self.device)
+        m = op.module
+        if op.type_name == "Conv2d" and m is not None and m.groups == 1 and not isinstance(m.padding, str):
+            C = op.in_shape[0]
+            ids = torch.arange(1, node.in_size + 1, dtype=torch.float64).reshape(1, *op.in_shape)
+            T = F.unfold(ids, m.kernel_size, m.dilation, m.padding, m.stride)[0].T.round().long() - 1
+            W = op.params["weight"].reshape(op.params["weight"].shape[0], -1)
+            L = T.shape[0]
+            if W.shape[1] == T.shape[1] == C * math.prod(m.kernel_size) and W.shape[0] * L == node.size:
+                x = torch.randn(
+                    1, node.in_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+                )
+                xp = torch.cat([x, x.new_zeros(1, 1)], 1)[0]
+                mine = (W[:, None, :] * xp[T][None]).sum(2).reshape(-1) + node.bias_vector
+                ref = node.apply(x)[0]
+                if torch.allclose(mine, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max() + 1)):
+                    T = torch.where(T < 0, torch.full_like(T, node.in_size), T)  # padding reads a zero column
+                    nnz = int((W != 0).sum(1).max()) if W.numel() else 0
+                    return {
+                        "W": W.to(self.device),
+                        "T": T.to(self.device),
+                        "L": L,
+                        "b": b,
+                        "absb": b.abs(),
+                        "g": _gamma(nnz, 2.0**-53) * _SAFETY,
+                        "K": nnz,
+                    }
         try:
             M = node.matrix()
         except ValueError:
             return None
-        M = M.to(self.device)
-        b = node.bias_vector.to(self.device)
         nnz = int((M != 0).sum(1).max()) if M.numel() else 0
-        return {"M": M, "b": b, "absb": b.abs(), "g": _gamma(nnz, 2.0**-53) * _SAFETY, "K": nnz}
+        return {
+            "W": M.to(self.device),
+            "T": None,
+            "b": b,
+            "absb": b.abs(),
+            "g": _gamma(nnz, 2.0**-53) * _SAFETY,
+            "K": nnz,
+        }
 
     def _refine(self, src: int, xin: torch.Tensor, err, rows: torch.Tensor, units: torch.Tensor):
         """Float64 pre-activations ``z64`` of the (row, unit) pairs of affine node ``src`` from its computed
-        input ``xin`` (elementwise error bound ``err.elem()``), and a bound on their distance to the exact
+        input ``xin`` (elementwise error bound ``err.elem_rows``), and a bound on their distance to the exact
         pre-activations (``inf`` when the node's dense rows are too large to form).
 
         ``|z64 - z| <= |M_j| e + gamma_{K+2} (|M_j| |x^| + |b_j|)`` with ``e`` the input's error bound
@@ -359,17 +395,25 @@ class _Engine:
         if info is None or n == 0:
             z = torch.zeros(n, dtype=torch.float64, device=xin.device)
             return z, torch.full_like(z, math.inf)
-        M, b, absb, gam = info["M"], info["b"], info["absb"], info["g"]
+        W, T, b, absb, gam = info["W"], info["T"], info["b"], info["absb"], info["g"]
         under = (info["K"] + 2) * torch.finfo(torch.float64).tiny
+        urows, inv = torch.unique(rows, return_inverse=True)
+        X = xin[urows].to(torch.float64)
+        E = err.elem_rows(urows).to(torch.float64)
+        if T is not None:  # padding reads the appended zero column
+            X = torch.cat([X, X.new_zeros(len(X), 1)], 1)
+            E = torch.cat([E, E.new_zeros(len(E), 1)], 1)
         zs, oks = [], []
-        step = max(1, (1 << 21) // max(1, M.shape[1]))  # ~16 MB of gathered float64 rows at once
+        step = max(1, (1 << 21) // max(1, W.shape[1]))  # ~16 MB of gathered float64 rows at once
         for a in range(0, n, step):
-            r, j = rows[a : a + step], units[a : a + step]
-            Mu = M[j]
-            x64 = xin[r].to(torch.float64)
-            e64 = err.elem_rows(r).to(torch.float64)
+            r, j = inv[a : a + step], units[a : a + step]
+            if T is None:
+                Mu, x64, e64 = W[j], X[r], E[r]
+            else:  # unit j = filter j // L at output position j % L
+                cols = T[j % info["L"]]
+                Mu, x64, e64 = W[j // info["L"]], X[r[:, None], cols], E[r[:, None], cols]
             z = (Mu * x64).sum(1) + b[j]
-            aM = Mu.abs_()
+            aM = Mu.abs()
             bound = (aM * e64).sum(1) + gam * ((aM * x64.abs()).sum(1) + absb[j])
             live = (x64 != 0).any(1) | (e64 != 0).any(1) | (b[j] != 0)
             bound = (bound + live.to(bound.dtype) * under) * _SAFETY
@@ -439,12 +483,13 @@ class _Engine:
     def maxpool(self, node: PLNode, vals, errs):
         """Values, error bounds, argmax positions and undecided rows of a max-pool node.
 
-        Slot by slot over a ``(B, k, size)`` gather: the running maximum ``m1`` (its first position, as torch),
-        the second largest entry ``m2`` and the largest error ``emax`` of each window. A window is sure when
-        ``m1 - m2 > 2 emax``: every other entry is then below the maximum by more than both errors. In floating
-        point: ``fl(m1 - m2) <= (1 + u)(m1 - m2)`` and ``fl(2 emax (1 + 4u)) >= 2 emax (1 + 2u)``, so the test
-        ``fl(m1 - m2) > fl(2 emax (1 + 4u)) + tiny`` implies the exact one (an underflowing product loses less
-        than ``tiny``); a window of exact entries (``emax == 0``, ties included) is decided by its values.
+        Slot by slot over a ``(B, k, size)`` gather: the running maximum ``m1`` (its first position, as
+        torch), the second largest entry ``m2`` and the largest error ``emax`` of each window. A window is
+        sure when ``m1 - m2 > 2 emax``: every other entry is then below the maximum by more than both errors.
+        In floating point ``fl(m1 - m2) <= (1 + u)(m1 - m2)`` and ``fl(2 emax (1 + 4u)) >= 2 emax (1 + 2u)``,
+        so the test ``fl(m1 - m2) > fl(2 emax (1 + 4u)) + tiny`` implies the exact one (an underflowing
+        product loses less than ``tiny``); a window of exact entries (``emax == 0``, ties included) is
+        decided by its values.
         Ties and windows closer than that get the per-entry test (:func:`_window_sure`) on their rows,
         then a float64 redo of their entries (:meth:`_refine_windows`). The output error is ``emax`` (the max
         is 1-Lipschitz in the max-norm).
