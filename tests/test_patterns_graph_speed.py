@@ -271,3 +271,41 @@ def test_pruned_filter_outputs_stay_exact_zeros():
     assert res.n_exact == 0
     bits = np.unpackbits(res.patterns, axis=1)[:, :32]
     assert not bits[:, 16:].any()
+
+
+def test_conv_unit_redo_table_matches_the_convolution():
+    """The im2col table of the conv unit redo (padding, stride, dilation, several channels) reproduces the
+    convolution unit by unit, with a bound that holds against float64 values of an exact float32 input."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), nn.ReLU())
+    g = trace(net, input_shape=(2, 7, 6))
+    eng = certified._Engine(g, torch.float32, "cpu")
+    node = g.nodes[1]
+    assert eng.refine[node.index]()["T"] is not None  # the table path, not the dense rows
+    x = torch.randn(5, g.n_in, generator=torch.Generator().manual_seed(1))
+    rows = torch.arange(5).repeat_interleave(node.size)
+    units = torch.arange(node.size).repeat(5)
+    z, bd = eng._refine(node.index, x, certified._Exact(x), rows, units)
+    # exact values from the module's own weights (each output reads its window, written out here)
+    w = net[0].weight.detach().double()
+    b = net[0].bias.detach().double()
+    X = x.double().reshape(5, 2, 7, 6)
+    assert node.shape == (3, 4, 8)
+    out = torch.zeros(5, 3, 4, 8, dtype=torch.float64)
+    k = 0
+    for r in range(5):
+        for f in range(3):
+            for i in range(4):
+                for j in range(8):
+                    acc = Fraction(float(b[f]))
+                    for c in range(2):
+                        for a in range(3):
+                            for q in range(2):
+                                hi, wi = 2 * i - 1 + a, j - 2 + 2 * q
+                                if 0 <= hi < 7 and 0 <= wi < 6:
+                                    acc += Fraction(float(w[f, c, a, q])) * Fraction(float(X[r, c, hi, wi]))
+                    assert abs(Fraction(float(z[k])) - acc) <= Fraction(float(bd[k])), (r, f, i, j)
+                    out[r, f, i, j] = float(acc)
+                    k += 1
+    assert torch.allclose(out.reshape(5, -1), node.apply(x.double()), rtol=0, atol=1e-12)
+    assert float(bd.max()) < 1e-12
