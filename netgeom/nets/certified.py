@@ -18,6 +18,16 @@ sum, whatever the summation order):
 A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
 when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
 
+The graph engine (:class:`_Engine`) keeps these bounds cheap and tight: the norm of a dense ``Linear``'s
+output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certified spectral bound
+(:func:`_spectral_bound`; a residual stream's error then grows like ``1 + ||W||_2`` per block, not
+``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
+(with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
+rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
+arithmetic). Undecided relu units and max-pool windows fed by one Linear / Conv2d are first recomputed
+alone in float64 from the float32 input (its error carried in, :meth:`_Engine._refine`); only what that
+cannot decide sends its row to the float64 pass.
+
 Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
 only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
 and the first layers may run in float64 when float32's propagated error would leave most rows undecided
