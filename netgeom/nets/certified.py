@@ -295,7 +295,11 @@ class _Engine:
         # gradual underflow is outside the standard model: a product (or a cast to this precision) below the
         # smallest normal number loses up to that number, absolutely; rows with a nonzero input or input
         # error get this allowance per output (per product: fan-in + bias + cast)
-        nz = [t.abs().max() for t in op.params.values() if torch.is_tensor(t) and t.is_floating_point()]
+        nz = [
+            t.abs().max()
+            for t in op.params.values()
+            if torch.is_tensor(t) and t.is_floating_point() and t.numel()
+        ]
         wmax = max((float(t) for t in nz), default=0.0)
         info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
         if op.type_name == "Linear" and len(op.in_shape) == 1:
