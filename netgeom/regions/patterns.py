@@ -348,19 +348,21 @@ def count_patterns(
                         # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
                         head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
                         if st["float64"] > _REDO64 * min(512, xb.shape[0]):
-                            run_dtype, head = torch.float64, None
+                            run_dtype = torch.float64
                         probe = False
                     if head is not None and xb.shape[0] > 512:  # the trial's rows are decided already
                         rest = xb[512:]
                         dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
+                        if run_dtype == torch.float64:
+                            stats["float64"] = rest.shape[0]
                         dec = {k: torch.cat([head[k], d]) for k, d in dec.items()}
                         stats = {k: stats[k] + st[k] for k in stats}
                     elif head is not None:
                         dec, stats = head, st
                     else:
                         dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
-                    if run_dtype == torch.float64:
-                        stats["float64"] = xb.shape[0]
+                        if run_dtype == torch.float64:
+                            stats["float64"] = xb.shape[0]
                     if run_dtype == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
                         # float32 cannot decide most inputs of this network (its rounding-error bound is
                         # too wide next to the margins): a float64 pass from the start is then cheaper
