@@ -1,8 +1,10 @@
-"""Compiled (numba) gather of float64 differences for the re-rank of :mod:`netgeom.dimension.neighbors`.
+"""Compiled (numba) kernels of :mod:`netgeom.dimension.neighbors`: candidate selection, score inputs and the
+float64 re-rank.
 
-Only the differences are computed here: each is one correctly rounded float64 subtraction, so they are
-bit for bit numpy's. The sums of squares stay with ``np.einsum`` (whose summation order, SIMD-dependent,
-defines the float64 distances the results are compared with).
+The float64 distances are summed in numpy's ``einsum`` order for a contiguous two-operand reduction
+(two lanes, eight terms per step, lanes added last; the x86-64 baseline SIMD build), so they are bit for
+bit ``sqrt(einsum("ij,ij->i", d, d))`` of the float64 differences ``d``, the brute-force reference,
+without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``).
 
 Compiled on first use and cached on disk (``cache=True``): later processes load it in well under a second.
 """
@@ -13,23 +15,129 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sq_dist(x, y, D):
+    """``Σ (y_t − x_t)²`` in float64, in einsum's order: lane ``l`` sums the terms ``t ≡ l (mod 2)``,
+    each step of eight adding them last to first (no fused multiply-add: numba does not contract)."""
+    a0 = 0.0
+    a1 = 0.0
+    t = 0
+    while t + 8 <= D:
+        e0 = y[t + 6] - x[t + 6]
+        e1 = y[t + 7] - x[t + 7]
+        v0 = e0 * e0 + a0
+        v1 = e1 * e1 + a1
+        e0 = y[t + 4] - x[t + 4]
+        e1 = y[t + 5] - x[t + 5]
+        v0 = e0 * e0 + v0
+        v1 = e1 * e1 + v1
+        e0 = y[t + 2] - x[t + 2]
+        e1 = y[t + 3] - x[t + 3]
+        v0 = e0 * e0 + v0
+        v1 = e1 * e1 + v1
+        e0 = y[t] - x[t]
+        e1 = y[t + 1] - x[t + 1]
+        a0 = e0 * e0 + v0
+        a1 = e1 * e1 + v1
+        t += 8
+    while t + 2 <= D:
+        e0 = y[t] - x[t]
+        e1 = y[t + 1] - x[t + 1]
+        a0 = e0 * e0 + a0
+        a1 = e1 * e1 + a1
+        t += 2
+    if t < D:
+        e0 = y[t] - x[t]
+        a0 = e0 * e0 + a0
+    return a0 + a1
+
+
 @numba.njit(cache=True, nogil=True)
-def gather_diff(X, Xg, a0, cand, n_keep, out):
-    """``out[i, j] = Xg[cand[i, j]] − X[a0 + i]`` in float64 for ``j < n_keep[i]``; the other slots of
-    ``out[i]`` (up to ``out.shape[1]``) are zeroed. ``Xg`` holds the values of ``X`` (``X`` itself or an
-    exact float32 copy), so the differences are those of ``X``; one pass, no float32 temporary."""
+def sq_dist(x, y):
+    """``Σ (y − x)²`` of two float64 vectors, bit for bit ``np.einsum("i,i->", y - x, y - x)``."""
+    return _sq_dist(x, y, x.size)
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_distances(X, Xg, a0, cand, n_keep, out):
+    """``out[i, j] = ‖X[a0 + i] − X[cand[i, j]]‖`` in float64 for ``j < n_keep[i]`` (``inf`` in the other
+    slots). ``Xg`` holds the values of ``X`` (``X`` itself or an exact float32 copy: half the bytes to
+    gather), so every difference is the float64 one. Four candidates at a time: eight independent
+    accumulation chains keep the adder busy where one pair's two chains wait on its latency."""
     D = X.shape[1]
     for i in range(out.shape[0]):
         x = X[a0 + i]
-        for j in range(out.shape[1]):
-            o = out[i, j]
-            if j < n_keep[i]:
-                y = Xg[cand[i, j]]
-                for t in range(D):
-                    o[t] = y[t] - x[t]
-            else:
-                for t in range(D):
-                    o[t] = 0.0
+        nk = n_keep[i]
+        j = 0
+        while j + 4 <= nk:
+            y0 = Xg[cand[i, j]]
+            y1 = Xg[cand[i, j + 1]]
+            y2 = Xg[cand[i, j + 2]]
+            y3 = Xg[cand[i, j + 3]]
+            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
+            t = 0
+            while t + 8 <= D:
+                for o in (6, 4, 2, 0):
+                    x0 = x[t + o]
+                    x1 = x[t + o + 1]
+                    e0 = y0[t + o] - x0
+                    e1 = y0[t + o + 1] - x1
+                    p0 = e0 * e0 + p0
+                    p1 = e1 * e1 + p1
+                    e0 = y1[t + o] - x0
+                    e1 = y1[t + o + 1] - x1
+                    q0 = e0 * e0 + q0
+                    q1 = e1 * e1 + q1
+                    e0 = y2[t + o] - x0
+                    e1 = y2[t + o + 1] - x1
+                    r0 = e0 * e0 + r0
+                    r1 = e1 * e1 + r1
+                    e0 = y3[t + o] - x0
+                    e1 = y3[t + o + 1] - x1
+                    s0 = e0 * e0 + s0
+                    s1 = e1 * e1 + s1
+                t += 8
+            while t + 2 <= D:
+                x0 = x[t]
+                x1 = x[t + 1]
+                e0 = y0[t] - x0
+                e1 = y0[t + 1] - x1
+                p0 = e0 * e0 + p0
+                p1 = e1 * e1 + p1
+                e0 = y1[t] - x0
+                e1 = y1[t + 1] - x1
+                q0 = e0 * e0 + q0
+                q1 = e1 * e1 + q1
+                e0 = y2[t] - x0
+                e1 = y2[t + 1] - x1
+                r0 = e0 * e0 + r0
+                r1 = e1 * e1 + r1
+                e0 = y3[t] - x0
+                e1 = y3[t + 1] - x1
+                s0 = e0 * e0 + s0
+                s1 = e1 * e1 + s1
+                t += 2
+            if t < D:
+                x0 = x[t]
+                e0 = y0[t] - x0
+                p0 = e0 * e0 + p0
+                e0 = y1[t] - x0
+                q0 = e0 * e0 + q0
+                e0 = y2[t] - x0
+                r0 = e0 * e0 + r0
+                e0 = y3[t] - x0
+                s0 = e0 * e0 + s0
+            out[i, j] = np.sqrt(p0 + p1)
+            out[i, j + 1] = np.sqrt(q0 + q1)
+            out[i, j + 2] = np.sqrt(r0 + r1)
+            out[i, j + 3] = np.sqrt(s0 + s1)
+            j += 4
+        while j < nk:
+            out[i, j] = np.sqrt(_sq_dist(x, Xg[cand[i, j]], D))
+            j += 1
+        while j < out.shape[1]:
+            out[i, j] = np.inf
+            j += 1
 
 
 # ------------------------------------------------------------------------------------ candidate selection

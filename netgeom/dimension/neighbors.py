@@ -14,8 +14,9 @@ Two back-ends:
   products keep both cores busy where a shared product waits for its slower half, e.g. on a loaded
   machine, and the selection runs in parallel too).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
-  expansion, which loses all precision for close points; ``sqrt(einsum(d, d))`` of the float64
-  differences ``d``, the same numbers as a brute-force float64 pass) and re-ranked; rigorous float32
+  expansion, which loses all precision for close points; the sum of squares of the float64 differences
+  in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
+  ``sqrt(einsum(d, d))``, the same numbers as a brute-force float64 pass) and re-ranked; rigorous float32
   error bounds skip the candidates that provably lie beyond the k-th neighbour, and certify, row by row,
   that no point outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail
   the certificate are recomputed exactly in float64 against every point (counted in
@@ -48,6 +49,8 @@ _KDTREE_MAX_FEATURES = 16
 # scores per panel chunk of the torch back-end (float32: 64 MB)
 _PANEL_SCORES = 1 << 24
 _DUPLICATE_POLICIES = ("drop", "error", "keep")
+# up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
+_GATHER_FLOAT64_BYTES = 1 << 24
 # unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
 _MATMUL_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 
@@ -356,9 +359,10 @@ def _knn_torch(
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
     best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
-    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
-    # are the same, so the float64 differences below are bit for bit those of the float64 input.
-    Xg = X.astype(np.float32) if exact32 else X
+    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
+    # outgrows the caches: the values are the same, so the float64 differences below are bit for bit those
+    # of the float64 input (in cache, the conversions cost more than the bytes they save)
+    Xg = X.astype(np.float32) if exact32 and X.nbytes > _GATHER_FLOAT64_BYTES else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -371,8 +375,8 @@ def _knn_torch(
         # bound exceeds the k-th smallest upper bound is farther than the k-th neighbour: no float64
         # distance is needed for it. The kept ones form a prefix of the sorted row.
         kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
-        d64 = np.full((b - a, m), np.inf)
-        _direct_distances(X, Xg, a, cand, n_keep, d64, 2**18 // D + 1)
+        d64 = np.empty((b - a, m))
+        kern.direct_distances(X, Xg, a, cand, n_keep, d64)
         ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
                                 dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
@@ -527,28 +531,3 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
     for store_v, store_i in stores[1:]:
         kern.merge_stores(best_v, best_i, store_v, store_i)
     return best_v, best_i
-
-
-def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
-    """``out[i, j] = ‖X[a + i] − X[cand[i, j]]‖`` in float64 by direct differences, for ``j < n_keep[i]``,
-    in sub-blocks of rows whose gathered differences stay cache-sized. ``Xg`` holds the same values as
-    ``X`` (``X`` itself, or an exact float32 copy) and is what is gathered."""
-    from . import _knn_kernel
-
-    rows = len(cand)
-    step = max(1, pairs_per_block // max(1, int(n_keep.max(initial=0))))
-    buf = np.empty(0)
-    for s0 in range(0, rows, step):
-        s1 = min(s0 + step, rows)
-        width = int(n_keep[s0:s1].max())
-        if width == 0:
-            continue
-        size = (s1 - s0) * width * X.shape[1]
-        if buf.size < size:
-            buf = np.empty(size)
-        diff = buf[:size].reshape(s1 - s0, width, X.shape[1])
-        _knn_kernel.gather_diff(X, Xg, a + s0, cand[s0:s1], n_keep[s0:s1], diff)
-        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        # entries past a row's own count are not needed: they stay inf
-        d[np.arange(width)[None, :] >= n_keep[s0:s1, None]] = np.inf
-        out[s0:s1, :width] = d
