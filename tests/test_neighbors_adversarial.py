@@ -180,3 +180,21 @@ def test_compiled_distance_sums_in_einsums_order(D):
     d32 = (Z32[n:].astype(np.float64) - Z32[:n])[None]
     want32 = np.sqrt(np.einsum("ijk,ijk->ij", d32, d32)[0])
     np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
+
+
+@pytest.mark.parametrize("gather_bytes", [0, 1 << 24])
+@pytest.mark.parametrize("n_const", [0, 37])
+def test_float32_data_gathered_from_either_copy(monkeypatch, gather_bytes, n_const):
+    # images-like data: float32 values (gathered from a float32 copy once the input outgrows the caches,
+    # forced here by a zero threshold) with constant borders; coarse levels give exact ties
+    import netgeom.dimension.neighbors as nb
+
+    monkeypatch.setattr(nb, "_GATHER_FLOAT64_BYTES", gather_bytes)
+    rng = np.random.default_rng(n_const)
+    X = (rng.integers(0, 4, size=(150, 61)) / 3).astype(np.float32).astype(np.float64)
+    X = np.concatenate([X, np.full((150, n_const), 0.25)], axis=1)[:, rng.permutation(61 + n_const)]
+    X = np.ascontiguousarray(X)
+    g = nearest_neighbors(X, 6, method="torch", duplicates="keep")
+    d, i = reference(X, 6)
+    np.testing.assert_array_equal(g.distances, d)
+    np.testing.assert_array_equal(g.indices, i)

@@ -140,6 +140,91 @@ def direct_distances(X, Xg, a0, cand, n_keep, out):
             j += 1
 
 
+def lane_order(D):
+    """The features in the order :func:`_sq_dist` adds them: lane 0's terms, then lane 1's."""
+    G = D // 8
+    base = (8 * np.arange(G)[:, None] + np.array([6, 4, 2, 0])[None, :]).ravel()
+    tail = np.arange(8 * G, D, 2)
+    lanes = [np.concatenate([base + lane, tail + lane]) for lane in (0, 1)]
+    return [order[order < D] for order in lanes]
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_distances_lanes(P, n0, a0, cand, n_keep, out):
+    """:func:`direct_distances` from ``P``: the varying features of ``X`` (a constant feature's difference
+    is 0, and adding ``0 * 0`` leaves a sum unchanged), columns ``[0, n0)`` lane 0's terms and the rest
+    lane 1's, each in its order of addition (:func:`lane_order`). Each lane is a plain running sum, so the
+    distances are bit for bit those over every feature, with fewer terms and contiguous reads."""
+    D = P.shape[1]
+    n1 = D - n0
+    both = min(n0, n1)
+    for i in range(out.shape[0]):
+        x = P[a0 + i]
+        x1 = x[n0:]
+        nk = n_keep[i]
+        j = 0
+        while j < nk:
+            y0 = P[cand[i, j]]
+            y1 = P[cand[i, min(j + 1, nk - 1)]]
+            y2 = P[cand[i, min(j + 2, nk - 1)]]
+            y3 = P[cand[i, min(j + 3, nk - 1)]]
+            z0 = y0[n0:]
+            z1 = y1[n0:]
+            z2 = y2[n0:]
+            z3 = y3[n0:]
+            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
+            for t in range(both):
+                xa = np.float64(x[t])
+                xb = np.float64(x1[t])
+                e0 = y0[t] - xa
+                e1 = z0[t] - xb
+                p0 = e0 * e0 + p0
+                p1 = e1 * e1 + p1
+                e0 = y1[t] - xa
+                e1 = z1[t] - xb
+                q0 = e0 * e0 + q0
+                q1 = e1 * e1 + q1
+                e0 = y2[t] - xa
+                e1 = z2[t] - xb
+                r0 = e0 * e0 + r0
+                r1 = e1 * e1 + r1
+                e0 = y3[t] - xa
+                e1 = z3[t] - xb
+                s0 = e0 * e0 + s0
+                s1 = e1 * e1 + s1
+            for t in range(both, n0):
+                xa = np.float64(x[t])
+                e0 = y0[t] - xa
+                p0 = e0 * e0 + p0
+                e0 = y1[t] - xa
+                q0 = e0 * e0 + q0
+                e0 = y2[t] - xa
+                r0 = e0 * e0 + r0
+                e0 = y3[t] - xa
+                s0 = e0 * e0 + s0
+            for t in range(both, n1):
+                xb = np.float64(x1[t])
+                e1 = z0[t] - xb
+                p1 = e1 * e1 + p1
+                e1 = z1[t] - xb
+                q1 = e1 * e1 + q1
+                e1 = z2[t] - xb
+                r1 = e1 * e1 + r1
+                e1 = z3[t] - xb
+                s1 = e1 * e1 + s1
+            # past the row's count the slots repeat its last candidate (same reads, discarded)
+            out[i, j] = np.sqrt(p0 + p1)
+            if j + 1 < nk:
+                out[i, j + 1] = np.sqrt(q0 + q1)
+            if j + 2 < nk:
+                out[i, j + 2] = np.sqrt(r0 + r1)
+            if j + 3 < nk:
+                out[i, j + 3] = np.sqrt(s0 + s1)
+            j += 4
+        for j in range(nk, out.shape[1]):
+            out[i, j] = np.inf
+
+
 # ------------------------------------------------------------------------------------ candidate selection
 # A candidate store is a max-heap of m (score, column) pairs per row (``hv[r, 0]`` the largest score), all
 # +inf at first. ``tau[r]`` is a threshold shared by every store: an entry below it enters the row's heap.
@@ -208,6 +293,22 @@ def merge_stores(hv, hi, hv2, hi2):
 
 
 # ------------------------------------------------------------------------------------------ score inputs
+# ------------------------------------------------------------------------------------------ score inputs
+@numba.njit(cache=True, nogil=True)
+def abs_max(X):
+    """``(max |x|, number of non-finite entries)`` of a float64 array in one pass (no temporaries)."""
+    flat = X.ravel()
+    amax = 0.0
+    bad = 0
+    for x in flat:
+        a = abs(x)
+        if a > amax:
+            amax = a
+        if not a < np.inf:  # inf, or NaN (every comparison with NaN is false)
+            bad += 1
+    return amax, bad
+
+
 @numba.njit(cache=True, nogil=True)
 def column_stats(X):
     """One pass over ``X``: per-feature mean, minimum and maximum, and whether every value is exactly a
@@ -231,17 +332,22 @@ def column_stats(X):
 
 
 @numba.njit(cache=True, nogil=True)
-def score_inputs(X, cols, mean, scale, left, right):
+def score_inputs(X, cols, mean, scale, left, right, pos, P):
     """Rows ``[x, ‖x‖², 1]`` into ``left`` and ``[−2x, 1, ‖x‖²]`` into ``right`` (float32), with
     ``x = float32((X[:, cols] − mean) · scale)`` (``scale`` a power of two: exact) and ``‖x‖²`` summed in
-    float64 from the float32 values; returns the float64 squared norms."""
+    float64 from the float32 values; returns the float64 squared norms. If ``P`` has rows, the same pass
+    also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's lane-ordered columns)."""
     n = X.shape[0]
     d = cols.size
     sq = np.empty(n)
+    copy = P.shape[0] > 0
     for i in range(n):
         acc = 0.0
         for t in range(d):
-            v = np.float32((X[i, cols[t]] - mean[t]) * scale)
+            xv = X[i, cols[t]]
+            if copy:
+                P[i, pos[t]] = xv
+            v = np.float32((xv - mean[t]) * scale)
             left[i, t] = v
             right[i, t] = v * np.float32(-2.0)
             acc += np.float64(v) * np.float64(v)

@@ -150,7 +150,8 @@ def nearest_neighbors(
     >>> g.distances.shape, g.n_dropped
     ((100, 5), 0)
     """
-    X = check_array(X, "X", ndim=2, dtype=np.float64)
+    # finiteness is checked below, by the two reductions that give the largest |x|
+    X = check_array(X, "X", ndim=2, dtype=np.float64, finite=False)
     method = check_choice(method, "method", ("auto", "torch", "kdtree"))
     duplicates = check_choice(duplicates, "duplicates", _DUPLICATE_POLICIES)
     k = check_int(k, "k", minimum=1)
@@ -159,8 +160,12 @@ def nearest_neighbors(
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
+    # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite
+    amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
+    if not math.isfinite(amax):
+        bad = int((~np.isfinite(X)).sum())
+        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
     # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
-    amax = float(np.abs(X).max()) if X.size else 0.0
     if amax > 0.5e154 / math.sqrt(X.shape[1]):
         raise ValueError(
             f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
@@ -300,8 +305,8 @@ def _knn_torch(
     X = np.ascontiguousarray(X)
     mean, lo, hi, exact32 = kern.column_stats(X)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
-    # distance: the float32 scores leave it out (fewer flops, a smaller error bound). The float64 distances
-    # below still run over every feature, so they are the same numbers either way.
+    # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
+    # float64 re-rank (its sums are the same numbers either way: see _knn_kernel.direct_distances_lanes).
     varying = np.flatnonzero(hi != lo)
     if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
         varying = np.zeros(1, dtype=np.intp)
@@ -318,7 +323,21 @@ def _knn_torch(
     # float32 values (exact-ish squared norms of the float32 points).
     left = np.empty((n, D32 + 2), dtype=np.float32)
     right = np.empty((n, D32 + 2), dtype=np.float32)
-    sq = kern.score_inputs(X, varying.astype(np.int64), mean, math.ldexp(1.0, -shift), left, right)
+    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
+    # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
+    # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
+    gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
+    if D32 < D:
+        # the varying features in the re-rank's order of addition, copied by the same pass
+        lanes = [np.flatnonzero(np.isin(order, varying)) for order in kern.lane_order(D)]
+        n0 = lanes[0].size
+        pos = np.empty(D, dtype=np.int64)
+        pos[np.concatenate([order[o] for order, o in zip(kern.lane_order(D), lanes)])] = np.arange(D32)
+        pos = pos[varying]
+        P = np.empty((n, D32), dtype=np.float32 if gather32 else np.float64)
+    else:
+        pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
+    sq = kern.score_inputs(X, varying.astype(np.int64), mean, math.ldexp(1.0, -shift), left, right, pos, P)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
@@ -359,10 +378,7 @@ def _knn_torch(
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
     best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
-    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
-    # outgrows the caches: the values are the same, so the float64 differences below are bit for bit those
-    # of the float64 input (in cache, the conversions cost more than the bytes they save)
-    Xg = X.astype(np.float32) if exact32 and X.nbytes > _GATHER_FLOAT64_BYTES else X
+    Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -376,7 +392,10 @@ def _knn_torch(
         # distance is needed for it. The kept ones form a prefix of the sorted row.
         kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
         d64 = np.empty((b - a, m))
-        kern.direct_distances(X, Xg, a, cand, n_keep, d64)
+        if D32 < D:
+            kern.direct_distances_lanes(P, n0, a, cand, n_keep, d64)
+        else:
+            kern.direct_distances(X, Xg, a, cand, n_keep, d64)
         ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
                                 dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
