@@ -282,10 +282,10 @@ def select_block(S, a, c0, hv, hi, tau, diagonal):
 
 
 @numba.njit(cache=True, nogil=True)
-def merge_stores(hv, hi, hv2, hi2):
-    """Merge the store ``(hv2, hi2)`` into ``(hv, hi)``: each row keeps its m smallest entries."""
-    n, m = hv.shape
-    for r in range(n):
+def merge_stores(hv, hi, hv2, hi2, r0, r1):
+    """Merge rows ``[r0, r1)`` of the store ``(hv2, hi2)`` into ``(hv, hi)``: each keeps its m smallest."""
+    m = hv.shape[1]
+    for r in range(r0, r1):
         for j in range(m):
             s = hv2[r, j]
             if s < hv[r, 0]:
@@ -310,15 +310,15 @@ def abs_max(X):
 
 
 @numba.njit(cache=True, nogil=True)
-def column_stats(X):
-    """One pass over ``X``: per-feature mean, minimum and maximum, and whether every value is exactly a
-    float32 (then a float32 copy holds the same values)."""
-    n, D = X.shape
+def column_stats(X, r0, r1):
+    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, and whether every
+    value is exactly a float32 (then a float32 copy holds the same values)."""
+    D = X.shape[1]
     total = np.zeros(D)
-    lo = X[0].copy()
-    hi = X[0].copy()
+    lo = X[r0].copy()
+    hi = X[r0].copy()
     exact32 = True
-    for i in range(n):
+    for i in range(r0, r1):
         for j in range(D):
             x = X[i, j]
             total[j] += x
@@ -328,20 +328,18 @@ def column_stats(X):
                 hi[j] = x
             if exact32 and np.float64(np.float32(x)) != x:
                 exact32 = False
-    return total / n, lo, hi, exact32
+    return total, lo, hi, exact32
 
 
 @numba.njit(cache=True, nogil=True)
-def score_inputs(X, cols, mean, scale, left, right, pos, P):
+def score_inputs(X, r0, r1, cols, mean, scale, left, right, pos, P, sq):
     """Rows ``[x, ‖x‖², 1]`` into ``left`` and ``[−2x, 1, ‖x‖²]`` into ``right`` (float32), with
     ``x = float32((X[:, cols] − mean) · scale)`` (``scale`` a power of two: exact) and ``‖x‖²`` summed in
-    float64 from the float32 values; returns the float64 squared norms. If ``P`` has rows, the same pass
+    float64 from the float32 values into ``sq``, for rows ``[r0, r1)``. If ``P`` has rows, the same pass
     also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's lane-ordered columns)."""
-    n = X.shape[0]
     d = cols.size
-    sq = np.empty(n)
     copy = P.shape[0] > 0
-    for i in range(n):
+    for i in range(r0, r1):
         acc = 0.0
         for t in range(d):
             xv = X[i, cols[t]]
@@ -356,7 +354,6 @@ def score_inputs(X, cols, mean, scale, left, right, pos, P):
         right[i, d + 1] = np.float32(acc)
         left[i, d + 1] = 1.0
         right[i, d] = 1.0
-    return sq
 
 
 # --------------------------------------------------------------------------------------------- re-rank

@@ -298,12 +298,32 @@ def _block_size(n: int) -> int:
 def _knn_torch(
     X: np.ndarray, k: int, n_extra: int, chunk_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, int]:
+    # one thread pool serves every parallel phase of the call (starting one per phase costs ~0.3 ms each,
+    # a few percent of a small problem)
+    threads = max(1, torch.get_num_threads())
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = stack.enter_context(ThreadPoolExecutor(threads))
+        return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
+
+
+def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     n, D = X.shape
     m = min(k + n_extra, n - 1)
     from . import _knn_kernel as kern
 
     X = np.ascontiguousarray(X)
-    mean, lo, hi, exact32 = kern.column_stats(X)
+    # the passes over X are shared by the threads, by rows
+    step = math.ceil(n / threads)
+    ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
+    stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
+    mean = np.sum([st[0] for st in stats], axis=0) / n
+    lo = np.min([st[1] for st in stats], axis=0)
+    hi = np.max([st[2] for st in stats], axis=0)
+    exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
     # float64 re-rank (its sums are the same numbers either way: see _knn_kernel.direct_distances_lanes).
@@ -337,7 +357,10 @@ def _knn_torch(
         P = np.empty((n, D32), dtype=np.float32 if gather32 else np.float64)
     else:
         pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
-    sq = kern.score_inputs(X, varying.astype(np.int64), mean, math.ldexp(1.0, -shift), left, right, pos, P)
+    sq = np.empty(n)
+    cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
+    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, right, pos, P, sq), ranges, threads,
+              pool=pool)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
@@ -377,7 +400,7 @@ def _knn_torch(
     bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-    best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
+    best_v, best_i, stores = _candidates(make_scores, n, m, chunk_size, workers, pool)
     Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
@@ -387,6 +410,8 @@ def _knn_torch(
         vals = np.empty((b - a, m))
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
+        for store_v, store_i in stores:  # the other threads' candidates of these rows
+            kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
         # bound exceeds the k-th smallest upper bound is farther than the k-th neighbour: no float64
         # distance is needed for it. The kept ones form a prefix of the sorted row.
@@ -402,10 +427,9 @@ def _knn_torch(
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
-    threads = max(1, torch.get_num_threads())
     piece = max(64, min(chunk_size, math.ceil(n / (2 * threads))))
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    failed = _parallel(lambda ab: rerank(*ab), pieces, threads)
+    failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
     n_fallback = 0
     if failed:
@@ -447,7 +471,7 @@ def _blas_controller():
     return ThreadpoolController()  # inspecting the loaded libraries takes ~3 ms: once per process
 
 
-def _parallel(fn, items, workers: int, blas: bool = False) -> list:
+def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
     """``[fn(x) for x in items]`` on up to ``workers`` threads (numpy releases the GIL in its array
     operations).
 
@@ -456,6 +480,8 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
     the cores without oversubscription, and independent single-threaded products keep going when another
     process takes a core, where one product split over both cores waits for its slower half. The limit is
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
+
+    ``pool``: a thread pool of at least ``workers`` threads to run on (else one is started for the call).
     """
     threads = max(1, min(workers, len(items)))
     # the limit is process-wide: two calls from different threads must not interleave their set and restore
@@ -467,14 +493,18 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
             stack.enter_context(_blas_controller().limit(limits=max(1, workers // threads), user_api="blas"))
         if threads == 1:
             return [fn(x) for x in items]
+        if pool is not None:
+            return list(pool.map(fn, items))
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads) as pool:
             return list(pool.map(fn, items))
 
 
-def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order).
+def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1, pool=None):
+    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order), as
+    ``(scores, columns, stores)``: ``stores`` are the other threads' candidate stores, still to be merged
+    into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by row, in parallel).
 
     The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
     half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
@@ -489,6 +519,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
     its own candidate store (panels write to overlapping rows), all filter against one shared threshold
     per row (any store's ``m``-th best bounds the union's from above) and the stores are merged at the
     end: each pair of points is met in exactly one block, hence lies in one store.
+    ``pool``: the threads to run on (see :func:`_parallel`).
     """
     from . import _knn_kernel as kern
 
@@ -518,7 +549,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
         best_i[a:b, m - w:] = np.take_along_axis(part, o, 1) + a
         tau[a:b] = best_v[a:b, 0]
 
-    _parallel(diagonal, starts, workers, blas=True)
+    _parallel(diagonal, starts, workers, blas=True, pool=pool)
     n_stores = min(workers, max(1, len(starts) - 1))
     stores = [(best_v, best_i)] + [
         (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64))
@@ -546,7 +577,5 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
             a, b, c0, c1 = task
             kern.select_block(scores(a, b, c0, c1), a, c0, store_v, store_i, tau, False)
 
-    _parallel(worker, stores, workers, blas=True)
-    for store_v, store_i in stores[1:]:
-        kern.merge_stores(best_v, best_i, store_v, store_i)
-    return best_v, best_i
+    _parallel(worker, stores, workers, blas=True, pool=pool)
+    return best_v, best_i, stores[1:]
