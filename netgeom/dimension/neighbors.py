@@ -306,7 +306,7 @@ def _knn_torch(
         if threads > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            pool = stack.enter_context(ThreadPoolExecutor(threads))
+            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))  # the caller is the other one
         return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
 
 
@@ -481,7 +481,10 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
     process takes a core, where one product split over both cores waits for its slower half. The limit is
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
 
-    ``pool``: a thread pool of at least ``workers`` threads to run on (else one is started for the call).
+    ``pool``: a thread pool of at least ``workers - 1`` threads to help on (else one is started for the
+    call). The calling thread works too, and the items are taken one at a time by whichever thread is free:
+    on a loaded machine a helper that is not scheduled in time takes nothing (its turn is cancelled), so
+    nobody waits for a thread that has not started.
     """
     threads = max(1, min(workers, len(items)))
     # the limit is process-wide: two calls from different threads must not interleave their set and restore
@@ -493,12 +496,30 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
             stack.enter_context(_blas_controller().limit(limits=max(1, workers // threads), user_api="blas"))
         if threads == 1:
             return [fn(x) for x in items]
-        if pool is not None:
-            return list(pool.map(fn, items))
-        from concurrent.futures import ThreadPoolExecutor
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(fn, items))
+            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))
+        results = [None] * len(items)
+        queue = iter(range(len(items)))
+        lock = threading.Lock()
+
+        def drain():
+            while True:
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                results[i] = fn(items[i])
+
+        helpers = [pool.submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                if not h.cancel():  # started: let it finish its item (and raise its error, if any)
+                    h.result()
+        return results
 
 
 def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1, pool=None):
