@@ -8,15 +8,17 @@ Two back-ends:
   flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
   its columns. Candidates are selected against a per-row threshold (the row's current
   ``(k + n_extra)``-th score), so a block costs one comparison pass (compiled with numba, as are the
-  re-rank's bookkeeping and gathers: :mod:`._knn_kernel`). Features that are constant over all points
-  add exactly 0 to every distance and are left out of the float32 scores. On the CPU the blocks are
-  shared by ``torch.get_num_threads()`` threads, each running its products on one BLAS thread (independent
-  products keep both cores busy where a shared product waits for its slower half, e.g. on a loaded
-  machine, and the selection runs in parallel too).
+  re-rank: :mod:`._knn_kernel`). Features that are constant over all points add exactly 0 to every
+  distance and are left out of the float32 scores and of the float64 sums. On the CPU every phase (the
+  passes over ``X``, the blocks, the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller
+  included, each running its products on one BLAS thread (independent products keep both cores busy where
+  a shared product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel
+  too); work goes to whichever thread is free, so a thread the OS does not schedule delays nobody.
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
   in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
-  ``sqrt(einsum(d, d))``, the same numbers as a brute-force float64 pass) and re-ranked; rigorous float32
+  ``sqrt(einsum(d, d))``, the same numbers as a brute-force float64 pass, on x86-64 builds of numpy
+  whose baseline SIMD is 128 bits wide, which the tests check) and re-ranked; rigorous float32
   error bounds skip the candidates that provably lie beyond the k-th neighbour, and certify, row by row,
   that no point outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail
   the certificate are recomputed exactly in float64 against every point (counted in
