@@ -18,6 +18,16 @@ sum, whatever the summation order):
 A sign is decided in float32 when ``|z^| > bound`` (or the bound is 0: the value is exact); a window's argmax
 when its maximum minus its error exceeds every other entry plus its error (or all its entries are exact).
 
+The graph engine (:class:`_Engine`) keeps these bounds cheap and tight: the norm of a dense ``Linear``'s
+output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certified spectral bound
+(:func:`_spectral_bound`; a residual stream's error then grows like ``1 + ||W||_2`` per block, not
+``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
+(with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
+rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
+arithmetic). Undecided relu units and max-pool windows fed by one Linear / Conv2d are first recomputed
+alone in float64 from the float32 input (its error carried in, :meth:`_Engine._refine`); only what that
+cannot decide sends its row to the float64 pass.
+
 Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
 only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
 and the first layers may run in float64 when float32's propagated error would leave most rows undecided
@@ -44,6 +54,7 @@ from .graph import PLGraph, PLNode
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
+_CHUNK_BYTES = 4 << 20  # rows evaluated at once by the graph engine: ~this many bytes per node value
 _SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
 
 
@@ -79,6 +90,9 @@ class _Exact:
     def elem(self):
         return torch.zeros_like(self.like)
 
+    def elem_rows(self, rows):
+        return self.like.new_zeros((len(rows), self.like.shape[1]))
+
 
 class _Elem:
     def __init__(self, e: torch.Tensor):
@@ -92,20 +106,38 @@ class _Elem:
     def elem(self):
         return self.e
 
+    def elem_rows(self, rows):
+        return self.e[rows]
+
 
 class _Rank1:
     """``e_i <= scale (r_i A + G c_i)`` per sample (``A``: (B,); ``r``, ``c``: (n,); ``G`` a number);
-    ``zero`` marks entries known exact (a ReLU of a certainly negative input)."""
+    ``zsrc``: after a ReLU, its input ``z^``; entries with ``z^ + bound <= 0`` are exact zeros.
 
-    def __init__(self, A, G, info, scale=1.0, zero=None, d=None):
-        self.A, self.G, self.info = A, G, info
-        self.scale, self.zero, self._d = scale, zero, d
+    ``A = E + X``: ``E`` bounds the 2-norm of the input's error, which the layer maps to an error of norm at
+    most ``||W||_2 E`` (the part ``r_i E`` of each entry's bound is Cauchy-Schwarz on row ``i``); ``X``
+    carries the layer's own rounding (``gamma ||x^||`` and the underflow allowance), whose vector of per-row
+    bounds has norm at most ``X ||r|| + G ||c||``. So the output error's 2-norm is at most
+    ``scale (E sigma + X ||r|| + G ||c||)`` with ``sigma`` a certified bound on ``||W||_2``
+    (:func:`_spectral_bound`), far below ``||r|| = ||W||_F`` for a square layer (about 6x for a random
+    128 x 128 one): the error of a residual stream then grows like ``(1 + ||W||_2)`` per block, not
+    ``(1 + ||W||_F)``."""
+
+    def __init__(self, E, X, G, info, scale=1.0, zsrc=None):
+        self.E, self.X, self.A, self.G, self.info = E, X, E + X, G, info
+        self.scale, self.zsrc, self._d = scale, zsrc, None
+
+    def _bound(self, A):
+        base = (self.info["c"] * (self.G * self.scale)).expand(A.shape[0], -1)
+        return torch.addr(base, A, self.info["r"], alpha=self.scale)
 
     def d(self):
         if self._d is None:
-            base = (self.info["c"] * (self.G * self.scale)).expand(self.A.shape[0], -1)
-            self._d = torch.addr(base, self.A, self.info["r"], alpha=self.scale)
+            self._d = self._bound(self.A)
         return self._d
+
+    def d_rows(self, rows):
+        return self._d[rows] if self._d is not None else self._bound(self.A[rows])
 
     def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
         """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
@@ -113,11 +145,16 @@ class _Rank1:
         return m <= (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
 
     def norm(self):
-        return (self.A * self.info["rn"] + self.G * self.info["cn"]) * (self.scale * _SAFETY)
+        info = self.info
+        return (self.E * info["sigma"]() + self.X * info["rn"] + self.G * info["cn"]) * (self.scale * _SAFETY)
 
     def elem(self):
         d = self.d()
-        return d if self.zero is None else d.masked_fill(self.zero(), 0.0)
+        return d if self.zsrc is None else d.masked_fill((self.zsrc + d) <= 0, 0.0)
+
+    def elem_rows(self, rows):
+        d = self.d_rows(rows)
+        return d if self.zsrc is None else d.masked_fill((self.zsrc[rows] + d) <= 0, 0.0)
 
 
 class _Lazy:
@@ -149,6 +186,12 @@ class _Sum:
             e += p.elem()
         return e.mul_(1 + 2 * self.u)
 
+    def elem_rows(self, rows):
+        e = self.v[rows].abs().mul_(self.u)
+        for p in self.parts:
+            e += p.elem_rows(rows)
+        return e.mul_(1 + 2 * self.u)
+
 
 class _Cat:
     def __init__(self, parts):
@@ -162,15 +205,78 @@ class _Cat:
     def elem(self):
         return torch.cat([p.elem() for p in self.parts], 1)
 
+    def elem_rows(self, rows):
+        return torch.cat([p.elem_rows(rows) for p in self.parts], 1)
+
 
 # ------------------------------------------------------------------------------------- the engine
+def _spectral_bound(w: torch.Tensor) -> float:
+    """A certified upper bound on the spectral norm ``||w||_2`` of a float64 matrix (``inf`` past 512 on
+    the short side, where the factorisations below would cost more than they save).
+
+    ``lam``, the top eigenvalue of ``M^ = fl(w^T w)`` (``k x k``, ``k`` the short side, inner dimension
+    ``p``), is only an estimate; the certificate is a floating-point Cholesky factorisation of
+    ``A^ = fl(s I - M^)`` with ``s`` slightly above ``lam``. When it succeeds, ``A^ + D = L^ L^T`` with
+    ``|D| <= gamma_{k+1} |L^| |L^|^T`` (Higham, *Accuracy and Stability*, Thm 10.5; taken 4x for blocked
+    LAPACK variants), so ``L^ L^T`` being PSD gives
+    ``lambda_max(M) <= s + ||M^ - M||_2 + ||A^ - (s I - M^)||_2 + ||D||_2`` with
+    ``||M^ - M||_2 <= gamma_p ||w||_F^2``, ``||A^ - (s I - M^)||_2 <= u (s + max M^_ii)``
+    (only the diagonal is rounded) and ``||D||_2 <= gamma_{k+1} ||L^||_F^2``. These terms are ~1e-12
+    relative; the final factor ``1 + 1e-9`` covers the rounding of this arithmetic itself.
+    """
+    m, n = w.shape
+    if w.numel() == 0 or not bool((w != 0).any()):
+        return 0.0
+    k, p = min(m, n), max(m, n)
+    if k > 512:
+        return math.inf
+    M = w.T @ w if n <= m else w @ w.T
+    u = 2.0**-53
+    fro2 = float((w * w).sum())
+    lam = float(torch.linalg.eigvalsh(M)[-1])
+    for t in (2.0**-20, 2.0**-12, 2.0**-6):
+        s = max(lam, 0.0) * (1 + t) + fro2 * t
+        A = -M
+        A.diagonal().add_(s)
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) == 0:
+            err = (
+                _gamma(p, u) * fro2
+                + u * (s + float(M.diagonal().max()))
+                + 4 * _gamma(k + 1, u) * float((L * L).sum())
+            )
+            return math.sqrt((s + 2 * err) * (1 + 1e-9)) * (1 + 1e-9)
+    return math.inf
+
+
 class _Engine:
     """Per-(dtype, device) parameters for the certified evaluation of a graph."""
 
     def __init__(self, g: PLGraph, dtype: torch.dtype, device):
         self.g, self.dtype, self.device = g, dtype, torch.device(device)
         self.u = torch.finfo(dtype).eps / 2
+        self.itemsize = torch.finfo(dtype).bits // 8
+        # the widest value a node holds per row (a max-pool gathers its windows: size x k)
+        self.widest = max(n.size * (n.windows.shape[1] if n.op == "maxpool" else 1) for n in g.nodes)
         self.ops: dict[int, list] = {}
+        # affine nodes (one Linear / Conv) feeding a relu or max-pool: undecided units get a float64 redo
+        self.refine: dict[int, _Lazy] = {}
+        self.tally: dict[int, tuple[int, int]] = {}  # refine attempts, successes
+        if dtype != torch.float64 and self.device.type != "mps":
+            for n in g.nodes:
+                src = g.nodes[n.inputs[0]] if n.op in ("relu", "maxpool") else None
+                if src is not None and src.op == "affine" and len(src._ops) == 1 and src._ops[0].weighted:
+                    self.refine[src.index] = _Lazy(lambda src=src: self._refine_prep(src))
+        # max-pools reading a refinable affine node (directly or through a relu): (affine index, relu)
+        self.pool_src: dict[int, tuple] = {}
+        for n in g.nodes:
+            if n.op == "maxpool":
+                a = g.nodes[n.inputs[0]]
+                act = a if a.op == "relu" else None
+                if act is not None:
+                    a = g.nodes[a.inputs[0]]
+                if a.index in self.refine:
+                    self.pool_src[n.index] = (a.index, act)
         for n in g.nodes:
             if n.op == "affine":
                 self.ops[n.index] = [self._prep(op, first=(i == 0)) for i, op in enumerate(n._ops)]
@@ -178,7 +284,10 @@ class _Engine:
                 k = n.windows.shape[1]
                 w = n.windows.to(self.device)
                 padded = bool((w < 0).any())
-                self.ops[n.index] = [torch.where(w < 0, torch.full_like(w, n.in_size), w), k, padded]
+                w = torch.where(w < 0, torch.full_like(w, n.in_size), w)
+                # slot j of every window, gathered with one index_select as a (B, k, size) block (advanced
+                # indexing with a 2-D index is ~6x slower)
+                self.ops[n.index] = [w, k, padded, w.T.contiguous().flatten()]
 
     def _prep(self, op, first: bool) -> dict:
         p = op.cast(self.dtype, self.device)
@@ -186,16 +295,15 @@ class _Engine:
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
         # gradual underflow is outside the standard model: a product (or a cast to this precision) below the
-        # smallest normal number loses up to that number, absolutely. Rows whose nonzero inputs times the
-        # smallest nonzero weight stay above it cannot underflow; the others get this allowance per output
-        w64 = [t.abs() for t in op.params.values() if torch.is_tensor(t) and t.is_floating_point()]
-        nz = [t[t != 0] for t in w64]
-        nz = [t for t in nz if t.numel()]
-        tiny = torch.finfo(self.dtype).tiny
-        info["wmin"] = min(float(t.min()) for t in nz) if nz else 0.0
-        wmax = max(float(t.max()) for t in nz) if nz else 0.0
-        info["under"] = (op.fan_in + 2) * tiny * (1.0 + wmax) * _SAFETY
-        info["thr"] = tiny / info["wmin"] if info["wmin"] >= tiny else math.inf
+        # smallest normal number loses up to that number, absolutely; rows with a nonzero input or input
+        # error get this allowance per output (per product: fan-in + bias + cast)
+        nz = [
+            t.abs().max()
+            for t in op.params.values()
+            if torch.is_tensor(t) and t.is_floating_point() and t.numel()
+        ]
+        wmax = max((float(t) for t in nz), default=0.0)
+        info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
         if op.type_name == "Linear" and len(op.in_shape) == 1:
             w = op.params["weight"]
             r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
@@ -209,6 +317,9 @@ class _Engine:
             info["r"] = r.to(self.dtype).to(self.device)
             info["c"] = c.to(self.dtype).to(self.device)
             info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
+            # ||W||_2 <= ||W||_F: the certified spectral bound only where it is smaller (computed when a
+            # norm of this layer's error is first needed)
+            info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_bound(w) * (1 + 4 * self.u)))
             info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
             rpos = r[r > 0]
             # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
@@ -217,7 +328,138 @@ class _Engine:
             info["fast"] = False
             zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
             info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
+            # the underflow allowance goes only to outputs that read a nonzero weight or bias (a pruned
+            # filter's outputs are exact zeros, decided without it)
+            ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
+            reads = op(ones, True, {k: v.abs() for k, v in op.params.items()}).reshape(1, -1) > 0
+            info["under_vec"] = (reads * info["under"]).to(device=self.device, dtype=self.dtype)
         return info
+
+    def _worth_refining(self, src) -> bool:
+        """Whether the float64 redo of single units of affine node ``src`` has been deciding them: when the
+        error carried in by the float32 input dominates (deep in a residual stream), it cannot, and the
+        rows go to the float64 pass at once (only a matter of speed: undecided stays undecided)."""
+        if src not in self.refine:
+            return False
+        tried, ok = self.tally.get(src, (0, 0))
+        return tried < 2048 or ok >= 0.2 * tried
+
+    def _tally(self, src, ok: torch.Tensor) -> None:
+        tried, good = self.tally.get(src, (0, 0))
+        self.tally[src] = (tried + len(ok), good + int(ok.sum()))
+
+    def _refine_prep(self, node: PLNode) -> dict | None:
+        """Per output unit, the weights and the input positions it reads, for a one-op Linear / Conv node:
+        a Linear's rows; a Conv2d's filters and its im2col table (one row of input indices per output
+        position, ``-1`` for padding), checked against the convolution on a random input. Other nodes get
+        their dense rows (:meth:`PLNode.matrix`; ``None`` when too large). The weights are the float64
+        parameters themselves, so the float64 products below are those of the exact map."""
+        op = node._ops[0]
+        b = node.bias_vector.to(self.device)
+        m = op.module
+        if op.type_name == "Conv2d" and m is not None and m.groups == 1 and not isinstance(m.padding, str):
+            C = op.in_shape[0]
+            ids = torch.arange(1, node.in_size + 1, dtype=torch.float64).reshape(1, *op.in_shape)
+            T = F.unfold(ids, m.kernel_size, m.dilation, m.padding, m.stride)[0].T.round().long() - 1
+            W = op.params["weight"].reshape(op.params["weight"].shape[0], -1)
+            L = T.shape[0]
+            if W.shape[1] == T.shape[1] == C * math.prod(m.kernel_size) and W.shape[0] * L == node.size:
+                x = torch.randn(
+                    1, node.in_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+                )
+                xp = torch.cat([x, x.new_zeros(1, 1)], 1)[0]
+                mine = (W[:, None, :] * xp[T][None]).sum(2).reshape(-1) + node.bias_vector
+                ref = node.apply(x)[0]
+                if torch.allclose(mine, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max() + 1)):
+                    T = torch.where(T < 0, torch.full_like(T, node.in_size), T)  # padding reads a zero column
+                    nnz = int((W != 0).sum(1).max()) if W.numel() else 0
+                    return {
+                        "W": W.to(self.device),
+                        "T": T.to(self.device),
+                        "L": L,
+                        "b": b,
+                        "absb": b.abs(),
+                        "g": _gamma(nnz, 2.0**-53) * _SAFETY,
+                        "K": nnz,
+                    }
+        try:
+            M = node.matrix()
+        except ValueError:
+            return None
+        nnz = int((M != 0).sum(1).max()) if M.numel() else 0
+        return {
+            "W": M.to(self.device),
+            "T": None,
+            "b": b,
+            "absb": b.abs(),
+            "g": _gamma(nnz, 2.0**-53) * _SAFETY,
+            "K": nnz,
+        }
+
+    def _refine(self, src: int, xin: torch.Tensor, err, rows: torch.Tensor, units: torch.Tensor):
+        """Float64 pre-activations ``z64`` of the (row, unit) pairs of affine node ``src`` from its computed
+        input ``xin`` (elementwise error bound ``err.elem_rows``), and a bound on their distance to the exact
+        pre-activations (``inf`` when the node's dense rows are too large to form).
+
+        ``|z64 - z| <= |M_j| e + gamma_{K+2} (|M_j| |x^| + |b_j|)`` with ``e`` the input's error bound
+        (the float64 rounding of the dot product of the float32 input, ``K`` the nonzero weights of the row:
+        exact zeros add no rounding), plus ``(K + 2)`` smallest normal numbers for gradual underflow unless
+        every term is zero; ``_SAFETY`` covers the float64 rounding of the bound itself.
+        """
+        info = self.refine[src]()
+        n = len(rows)
+        if info is None or n == 0:
+            z = torch.zeros(n, dtype=torch.float64, device=xin.device)
+            return z, torch.full_like(z, math.inf)
+        W, T, b, absb, gam = info["W"], info["T"], info["b"], info["absb"], info["g"]
+        under = (info["K"] + 2) * torch.finfo(torch.float64).tiny
+        urows, inv = torch.unique(rows, return_inverse=True)
+        X = xin[urows].to(torch.float64)
+        E = err.elem_rows(urows).to(torch.float64)
+        if T is not None:  # padding reads the appended zero column
+            X = torch.cat([X, X.new_zeros(len(X), 1)], 1)
+            E = torch.cat([E, E.new_zeros(len(E), 1)], 1)
+        zs, oks = [], []
+        step = max(1, (1 << 21) // max(1, W.shape[1]))  # ~16 MB of gathered float64 rows at once
+        for a in range(0, n, step):
+            r, j = inv[a : a + step], units[a : a + step]
+            if T is None:
+                Mu, x64, e64 = W[j], X[r], E[r]
+            else:  # unit j = filter j // L at output position j % L
+                cols = T[j % info["L"]]
+                Mu, x64, e64 = W[j // info["L"]], X[r[:, None], cols], E[r[:, None], cols]
+            z = (Mu * x64).sum(1) + b[j]
+            aM = Mu.abs()
+            bound = (aM * e64).sum(1) + gam * ((aM * x64.abs()).sum(1) + absb[j])
+            live = (x64 != 0).any(1) | (e64 != 0).any(1) | (b[j] != 0)
+            bound = (bound + live.to(bound.dtype) * under) * _SAFETY
+            zs.append(z)
+            oks.append(bound)
+        return torch.cat(zs), torch.cat(oks)
+
+    def _refine_windows(self, node: PLNode, vals, errs, rows: torch.Tensor, wins: torch.Tensor):
+        """Argmax positions of the (row, window) pairs of max-pool ``node`` from float64 redos of the
+        window's entries (each the affine pre-activation :meth:`_refine` recomputes, through the relu
+        between them if any), and whether each is certain (:func:`_window_sure`)."""
+        src, act = self.pool_src[node.index]
+        k = self.ops[node.index][1]
+        ent = node.windows.to(rows.device)[wins]  # (P, k), -1 = padding
+        valid = ent >= 0
+        P = len(rows)
+        xs = self.g.nodes[src].inputs[0]
+        z, bd = self._refine(src, vals[xs], errs[xs], rows[:, None].expand(-1, k)[valid], ent[valid])
+        if act is not None:
+            slope = act.negative_slope
+            if slope == 0:  # a certainly negative pre-activation gives an exact 0
+                neg = z + bd < 0
+                z, bd = torch.relu(z), bd.masked_fill(neg, 0.0)
+            else:
+                z, bd = torch.where(z > 0, z, z * slope), bd * max(1.0, abs(slope))
+        V = torch.full((P, k), -math.inf, dtype=torch.float64, device=rows.device)
+        E = torch.zeros((P, k), dtype=torch.float64, device=rows.device)
+        V[valid], E[valid] = z, bd
+        t = torch.argmax(V, dim=1, keepdim=True)
+        return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1)
 
     def vnorm(self, t: torch.Tensor) -> torch.Tensor:
         """Row 2-norms, computed once per value (a residual sum and the Linear reading it share one)."""
@@ -237,24 +479,94 @@ class _Engine:
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
-                if info["thr"] == math.inf:  # a weight below the normal range: any nonzero row may underflow
-                    risk = (flat != 0).any(1)
-                else:
-                    a = flat.abs()
-                    risk = ((a < info["thr"]) & (a > 0)).any(1)
+                # gradual underflow can only touch rows with a nonzero input or input error (the norms never
+                # underflow to 0, :func:`_safe_norm`): one pass instead of a search for entries below
+                # tiny / min |w|, and the allowance is ~1e-36 (float32) where it is not needed
+                xn, en = self.vnorm(flat), err.norm()
+                risk = (xn > 0) | (en > 0)
                 if info["fast"]:
-                    A = err.norm() + g * _SAFETY * self.vnorm(flat)
-                    if bool(risk.any()):
-                        A = A + risk.to(A.dtype) * info["under_r"]
-                    err = _Rank1(A, g, info)
+                    X = g * _SAFETY * xn + risk.to(xn.dtype) * info["under_r"]
+                    err = _Rank1(en, X, g, info)
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
                     bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
                     if bool(risk.any()):
-                        bound = bound + risk.to(bound.dtype)[:, None] * info["under"]
-                    err = _Elem(bound * (1 + 2 * g))
+                        bound.addcmul_(risk.to(bound.dtype)[:, None], info["under_vec"])
+                    err = _Elem(bound.mul_(1 + 2 * g))
             x = y.reshape(B, -1)
         return x, err
+
+    def maxpool(self, node: PLNode, vals, errs):
+        """Values, error bounds, argmax positions and undecided rows of a max-pool node.
+
+        Slot by slot over a ``(B, k, size)`` gather: the running maximum ``m1`` (its first position, as
+        torch), the second largest entry ``m2`` and the largest error ``emax`` of each window. A window is
+        sure when ``m1 - m2 > 2 emax``: every other entry is then below the maximum by more than both errors.
+        In floating point ``fl(m1 - m2) <= (1 + u)(m1 - m2)`` and ``fl(2 emax (1 + 4u)) >= 2 emax (1 + 2u)``,
+        so the test ``fl(m1 - m2) > fl(2 emax (1 + 4u)) + tiny`` implies the exact one (an underflowing
+        product loses less than ``tiny``); a window of exact entries (``emax == 0``, ties included) is
+        decided by its values.
+        Ties and windows closer than that get the per-entry test (:func:`_window_sure`) on their rows,
+        then a float64 redo of their entries (:meth:`_refine_windows`). The output error is ``emax`` (the max
+        is 1-Lipschitz in the max-norm).
+        """
+        ins = node.inputs
+        windows, k, padded, slots = self.ops[node.index]
+        xin, ein = vals[ins[0]], errs[ins[0]].elem()
+        B = xin.shape[0]
+        if padded:  # padding positions read -inf (never the max) with error 0
+            xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+            ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+        xs = xin.index_select(1, slots).view(B, k, -1)  # (B, k, size)
+        es = ein.index_select(1, slots).view(B, k, -1)
+        m1, m2, emax = xs[:, 0].clone(), torch.full_like(xs[:, 0], -math.inf), es[:, 0].clone()
+        pos = torch.zeros(m1.shape, dtype=torch.uint8 if k <= 256 else torch.long, device=m1.device)
+        for j in range(1, k):
+            c = xs[:, j]
+            pos.masked_fill_(c > m1, j)
+            torch.maximum(m2, torch.minimum(m1, c), out=m2)
+            torch.maximum(m1, c, out=m1)
+            torch.maximum(emax, es[:, j], out=emax)
+        tiny = torch.finfo(m1.dtype).tiny
+        pos = pos.long()
+        thr = (emax * (2 * (1 + 4 * self.u))).add_((emax > 0).to(m1.dtype), alpha=tiny)
+        sure = ((m1 - m2) > thr) | (emax == 0)  # exact entries: the computed first maximum is the exact one
+        undecided = ~sure.all(1)
+        if undecided.any():
+            rows = torch.nonzero(undecided).flatten()
+            vw, ew = xin[rows][:, windows], ein[rows][:, windows]
+            sr = _window_sure(vw, ew, pos[rows].unsqueeze(2), self.u)
+            src = self.pool_src.get(node.index, (None,))[0]
+            if not sr.all() and self._worth_refining(src):
+                rr, ww = torch.nonzero(~sr, as_tuple=True)
+                p64, ok = self._refine_windows(node, vals, errs, rows[rr], ww)
+                self._tally(src, ok)
+                pos[rows[rr[ok]], ww[ok]] = p64[ok]
+                sr[rr[ok], ww[ok]] = True
+            undecided[rows] = ~sr.all(1)
+        return m1, _Elem(emax), pos, undecided
+
+    def run_chunked(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
+        """:meth:`run` on blocks of rows; returns ({pattern node index: decisions on the CPU}, undecided
+        rows as a bool (B,) CPU mask).
+
+        Blocks of about ``_CHUNK_BYTES`` per node value: a fresh tensor larger than what malloc recycles
+        (glibc hands out ~32 MB and up with mmap) costs its page faults on every allocation, which for a
+        conv net's wide activations took longer than the arithmetic (LeNet-5 relu on 8192 rows: 70 ms
+        fresh, 9 ms into a recycled buffer; the whole certified pass 3x faster in blocks of 256 rows).
+        """
+        B = x.shape[0]
+        step = max(16, _CHUNK_BYTES // (self.itemsize * self.widest))
+        out: dict[int, torch.Tensor] = {}
+        und = torch.zeros(B, dtype=torch.bool)
+        for a in range(0, B, step):
+            xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
+            for i, (d, u) in self.run(xb, exact_input, keep).items():
+                if i not in out:
+                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                out[i][a : a + step] = d
+                und[a : a + step] |= u.cpu()
+        return out, und
 
     def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
         """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
@@ -271,6 +583,13 @@ class _Engine:
             if n.index in keep and n.op != "output":
                 for i in n.inputs:
                     last_use[i] = n.index
+        for n in g.nodes:  # a refined relu / max-pool reads the input of the affine node before it
+            if n.index in keep and n.op == "relu" and n.inputs[0] in self.refine:
+                i = g.nodes[n.inputs[0]].inputs[0]
+                last_use[i] = max(last_use.get(i, -1), n.index)
+            if n.index in keep and n.index in self.pool_src:
+                i = g.nodes[self.pool_src[n.index][0]].inputs[0]
+                last_use[i] = max(last_use.get(i, -1), n.index)
         for node in g.nodes[1:]:
             if node.index not in keep:
                 continue
@@ -289,41 +608,33 @@ class _Engine:
                 if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
-                    dr = d[rows] if d is not None else _Rank1(ez.A[rows], ez.G, ez.info, ez.scale).d()
-                    undecided[rows] = ((zr.abs() <= dr) & (dr > 0)).any(1)
+                    dr = d[rows] if d is not None else ez.d_rows(rows)
+                    amb = (zr.abs() <= dr) & (dr > 0)
+                    src = ins[0]
+                    if self._worth_refining(src):  # the undecided (row, unit) pairs once more, in float64
+                        rr, uu = torch.nonzero(amb, as_tuple=True)
+                        xs = g.nodes[src].inputs[0]
+                        z64, bd = self._refine(src, vals[xs], errs[xs], rows[rr], uu)
+                        ok = (z64.abs() > bd) | (bd == 0)
+                        self._tally(src, ok)
+                        bits[rows[rr[ok]], uu[ok]] = z64[ok] > 0
+                        amb[rr[ok], uu[ok]] = False
+                    undecided[rows] = amb.any(1)
                 slope = node.negative_slope
                 v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                 scale = max(1.0, abs(slope))
                 # a certainly negative input gives an exact 0 after a ReLU
                 if isinstance(ez, _Rank1):
-                    zero = _Lazy(lambda z=z, ez=ez: (z + ez.d()) <= 0) if slope == 0 else None
-                    e = _Rank1(ez.A, ez.G, ez.info, ez.scale * scale, zero)
+                    e = _Rank1(ez.E, ez.X, ez.G, ez.info, ez.scale * scale, z if slope == 0 else None)
                 else:
                     zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
                     e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
                 if node.index in pattern:
                     out[node.index] = (bits, undecided)
             elif node.op == "maxpool":
-                windows, k, padded = self.ops[node.index]
-                xin, ein = vals[ins[0]], errs[ins[0]].elem()
-                B = xin.shape[0]
-                if padded:  # padding positions read -inf (never the max) with error 0
-                    xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
-                    ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
-                vw, ew = xin[:, windows], ein[:, windows]  # (B, size, k)
-                pos = torch.argmax(vw, dim=2, keepdim=True)  # the first maximal position
-                v = torch.gather(vw, 2, pos).squeeze(2)
-                e_top = torch.gather(ew, 2, pos).squeeze(2)
-                upper = (vw + ew).scatter_(2, pos, -math.inf).amax(2)
-                sure = v - e_top > upper
-                undecided = ~sure.all(1)
-                if undecided.any():  # windows whose entries are all exact are decided by their values
-                    rows = torch.nonzero(undecided).flatten()
-                    exact = (ew[rows] == 0).all(2)
-                    undecided[rows] = ~(sure[rows] | exact).all(1)
-                e = _Elem(ew.amax(2))
+                v, e, pos, undecided = self.maxpool(node, vals, errs)
                 if node.index in pattern:
-                    out[node.index] = (pos.squeeze(2), undecided)
+                    out[node.index] = (pos, undecided)
             elif node.op == "add":
                 a, b = (vals[i] for i in ins)
                 v = a + b
@@ -339,6 +650,25 @@ class _Engine:
                     vals.pop(i, None)
                     errs.pop(i, None)
         return out
+
+
+def _window_sure(V: torch.Tensor, E: torch.Tensor, t: torch.Tensor, u: float) -> torch.Tensor:
+    """Whether position ``t`` (the first maximal computed entry, ``(..., 1)``) of each window is certainly the
+    first maximal exact entry, from computed entries ``V`` within ``E`` of the exact ones (``(..., k)``;
+    padding reads ``-inf`` with error 0). Needs ``lo = V_t - E_t`` above ``hi = V_i + E_i`` for the entries
+    before ``t`` and at least ``hi`` after it (a tie goes to the first). ``lo`` and ``hi`` are computed in
+    floating point, so an inexact entry's margin is widened by ``4u (|V| + E)`` plus the smallest normal
+    number, which covers the rounding of ``V -+ margin`` (``u |.|``) and of the margin itself; exact entries
+    (``E == 0``) compare exactly, so windows of exact values are decided by them (ties included).
+    """
+    tiny = torch.finfo(V.dtype).tiny
+    marg = torch.where(E == 0, E, E + (V.abs() + E) * (4 * u) + tiny)
+    marg = marg.masked_fill(V == -math.inf, 0.0)
+    lo = torch.gather(V, -1, t) - torch.gather(marg, -1, t)
+    hi = V + marg
+    idx = torch.arange(V.shape[-1], device=V.device)
+    ok = torch.where(idx < t, hi < lo, hi <= lo) | (idx == t)
+    return ok.all(-1)
 
 
 def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, list]:
@@ -416,23 +746,15 @@ def graph_patterns(
     if not pnodes:
         return {}, stats
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
-    xd = x.to(device=device, dtype=dtype)
     with torch.no_grad():
-        res = engine(dtype).run(xd, exact_in or dtype == torch.float64, keep)
-        und = torch.zeros(x.shape[0], dtype=torch.bool, device=xd.device)
-        for _, u in res.values():
-            und |= u
-        out = {i: d.cpu() for i, (d, _) in res.items()}
-        rows = torch.nonzero(und).flatten().cpu()
+        out, und = engine(dtype).run_chunked(x, exact_in or dtype == torch.float64, keep)
+        rows = torch.nonzero(und).flatten()
         if len(rows) and dtype != torch.float64:
             stats["float64"] = len(rows)
-            x64 = x.cpu()[rows].to(device=dev64, dtype=torch.float64)
-            res64 = engine(torch.float64).run(x64, True, keep)
-            und64 = torch.zeros(len(rows), dtype=torch.bool, device=x64.device)
-            for i, (d, u) in res64.items():
-                out[i][rows] = d.cpu()
-                und64 |= u
-            rows = rows[und64.cpu()]
+            res64, und64 = engine(torch.float64).run_chunked(x[rows.to(x.device)], True, keep)
+            for i, d in res64.items():
+                out[i][rows] = d
+            rows = rows[und64]
         if len(rows):
             stats["exact"] = len(rows)
             x64 = x.to(torch.float64).cpu()

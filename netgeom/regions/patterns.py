@@ -25,6 +25,7 @@ from ..results import Result, new_axes
 __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patterns", "unique_rows"]
 
 _CHAIN_ROWS = 4096
+_REDO64 = 0.3  # graphs: past this fraction of rows redone in float64, run float64 from the start
 
 
 def pattern_layers(layers: Sequence[AffineLayer]) -> list[bool]:
@@ -265,9 +266,9 @@ def count_patterns(
     input_shape : one sample's shape, passed to :func:`netgeom.trace` (conv nets). When neither it nor
         ``model.input_shape`` is given and ``X`` is an array with more than 2 axes, ``X.shape[1:]``.
     precision : ``"float32"`` (default; certified, redone exactly where needed) or ``"float64"`` (the same
-        certified procedure starting in float64). With ``"float32"``, when more than half the inputs of a
-        512-input trial (or of a batch) are undecided in float32, float64 is used from then on (cheaper than
-        redoing them).
+        certified procedure starting in float64). With ``"float32"``, when more than 30% of the inputs of
+        a 512-input trial (or of a batch) of a non-chain graph are undecided in float32, float64 is used from
+        then on (cheaper than redoing them).
 
     Example
     -------
@@ -345,17 +346,29 @@ def count_patterns(
                             prefix = choose_prefix(plan, xb[:512])
                     dec, stats = chain_decide(g, plan, xb, prefix[0], _engines=engines, int8=prefix[1])
                 else:
+                    head = None
                     if probe and run_dtype == torch.float32:
-                        # a small float32 trial first: when float32 cannot decide most inputs (its certified
+                        # a small float32 trial first: when float32 cannot decide many inputs (its certified
                         # rounding bound is too wide next to the margins of this network), go float64 at once
-                        _, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
-                        if st["float64"] > 0.5 * min(512, xb.shape[0]):
+                        # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
+                        head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
+                        if st["float64"] > _REDO64 * min(512, xb.shape[0]):
                             run_dtype = torch.float64
                         probe = False
-                    dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
-                    if run_dtype == torch.float64:
-                        stats["float64"] = xb.shape[0]
-                    if run_dtype == torch.float32 and stats["float64"] > 0.5 * xb.shape[0]:
+                    if head is not None and xb.shape[0] > 512:  # the trial's rows are decided already
+                        rest = xb[512:]
+                        dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
+                        if run_dtype == torch.float64:
+                            stats["float64"] = rest.shape[0]
+                        dec = {k: torch.cat([head[k], d]) for k, d in dec.items()}
+                        stats = {k: stats[k] + st[k] for k in stats}
+                    elif head is not None:
+                        dec, stats = head, st
+                    else:
+                        dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
+                        if run_dtype == torch.float64:
+                            stats["float64"] = xb.shape[0]
+                    if run_dtype == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
                         # float32 cannot decide most inputs of this network (its rounding-error bound is
                         # too wide next to the margins): a float64 pass from the start is then cheaper
                         run_dtype = torch.float64
