@@ -6,6 +6,7 @@ threads' candidate stores). The answer must be *the* float64 answer: the same di
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -150,3 +151,50 @@ def test_constant_features_change_nothing(seed, n_const, value):
     d, i = reference(Xc, 7)
     np.testing.assert_array_equal(gc.distances, d)
     np.testing.assert_array_equal(gc.indices, i)
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 784, 8193, 20001])
+def test_compiled_distance_sums_in_einsums_order(D):
+    # the re-rank's float64 sums of squares are defined as the reference's (np.einsum of the differences):
+    # data spanning many binades make every change of summation order show in the last bits
+    from netgeom.dimension import _knn_kernel as kern
+
+    rng = np.random.default_rng(D)
+    n = max(4, min(300, 200000 // D))
+    X = rng.normal(size=(n, D)) * np.exp2(rng.integers(-30, 30, size=(n, D)))
+    Y = rng.normal(size=(n, D)) * np.exp2(rng.integers(-30, 30, size=(n, D)))
+    d = (Y - X)[None]
+    want = np.einsum("ijk,ijk->ij", d, d)[0]
+    got = np.array([kern.sq_dist(X[r], Y[r]) for r in range(n)])
+    np.testing.assert_array_equal(got, want)
+    # the re-rank kernel (four candidates at a time, then one by one; float64 or exact float32 gathers)
+    Z = np.concatenate([X, Y])
+    cand = np.arange(n, 2 * n)[:, None] + np.zeros(9, dtype=np.int64)
+    out = np.empty((n, 9))
+    n_keep = np.arange(n) % 10
+    kern.direct_distances(Z, Z, 0, cand, n_keep, out)
+    slots = np.arange(9)[None, :]
+    np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], np.sqrt(want)[:, None], np.inf))
+    Z32 = Z.astype(np.float32)
+    kern.direct_distances(Z32.astype(np.float64), Z32, 0, cand, n_keep, out)
+    d32 = (Z32[n:].astype(np.float64) - Z32[:n])[None]
+    want32 = np.sqrt(np.einsum("ijk,ijk->ij", d32, d32)[0])
+    np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
+
+
+@pytest.mark.parametrize("gather_bytes", [0, 1 << 24])
+@pytest.mark.parametrize("n_const", [0, 37])
+def test_float32_data_gathered_from_either_copy(monkeypatch, gather_bytes, n_const):
+    # images-like data: float32 values (gathered from a float32 copy once the input outgrows the caches,
+    # forced here by a zero threshold) with constant borders; coarse levels give exact ties
+    import netgeom.dimension.neighbors as nb
+
+    monkeypatch.setattr(nb, "_GATHER_FLOAT64_BYTES", gather_bytes)
+    rng = np.random.default_rng(n_const)
+    X = (rng.integers(0, 4, size=(150, 61)) / 3).astype(np.float32).astype(np.float64)
+    X = np.concatenate([X, np.full((150, n_const), 0.25)], axis=1)[:, rng.permutation(61 + n_const)]
+    X = np.ascontiguousarray(X)
+    g = nearest_neighbors(X, 6, method="torch", duplicates="keep")
+    d, i = reference(X, 6)
+    np.testing.assert_array_equal(g.distances, d)
+    np.testing.assert_array_equal(g.indices, i)

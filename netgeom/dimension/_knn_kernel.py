@@ -1,8 +1,10 @@
-"""Compiled (numba) gather of float64 differences for the re-rank of :mod:`netgeom.dimension.neighbors`.
+"""Compiled (numba) kernels of :mod:`netgeom.dimension.neighbors`: candidate selection, score inputs and the
+float64 re-rank.
 
-Only the differences are computed here: each is one correctly rounded float64 subtraction, so they are
-bit for bit numpy's. The sums of squares stay with ``np.einsum`` (whose summation order, SIMD-dependent,
-defines the float64 distances the results are compared with).
+The float64 distances are summed in numpy's ``einsum`` order for a contiguous two-operand reduction
+(two lanes, eight terms per step, lanes added last; the x86-64 baseline SIMD build), so they are bit for
+bit ``sqrt(einsum("ij,ij->i", d, d))`` of the float64 differences ``d``, the brute-force reference,
+without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``).
 
 Compiled on first use and cached on disk (``cache=True``): later processes load it in well under a second.
 """
@@ -13,23 +15,214 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sq_dist(x, y, D):
+    """``Σ (y_t − x_t)²`` in float64, in einsum's order: lane ``l`` sums the terms ``t ≡ l (mod 2)``,
+    each step of eight adding them last to first (no fused multiply-add: numba does not contract)."""
+    a0 = 0.0
+    a1 = 0.0
+    t = 0
+    while t + 8 <= D:
+        e0 = y[t + 6] - x[t + 6]
+        e1 = y[t + 7] - x[t + 7]
+        v0 = e0 * e0 + a0
+        v1 = e1 * e1 + a1
+        e0 = y[t + 4] - x[t + 4]
+        e1 = y[t + 5] - x[t + 5]
+        v0 = e0 * e0 + v0
+        v1 = e1 * e1 + v1
+        e0 = y[t + 2] - x[t + 2]
+        e1 = y[t + 3] - x[t + 3]
+        v0 = e0 * e0 + v0
+        v1 = e1 * e1 + v1
+        e0 = y[t] - x[t]
+        e1 = y[t + 1] - x[t + 1]
+        a0 = e0 * e0 + v0
+        a1 = e1 * e1 + v1
+        t += 8
+    while t + 2 <= D:
+        e0 = y[t] - x[t]
+        e1 = y[t + 1] - x[t + 1]
+        a0 = e0 * e0 + a0
+        a1 = e1 * e1 + a1
+        t += 2
+    if t < D:
+        e0 = y[t] - x[t]
+        a0 = e0 * e0 + a0
+    return a0 + a1
+
+
 @numba.njit(cache=True, nogil=True)
-def gather_diff(X, Xg, a0, cand, n_keep, out):
-    """``out[i, j] = Xg[cand[i, j]] − X[a0 + i]`` in float64 for ``j < n_keep[i]``; the other slots of
-    ``out[i]`` (up to ``out.shape[1]``) are zeroed. ``Xg`` holds the values of ``X`` (``X`` itself or an
-    exact float32 copy), so the differences are those of ``X``; one pass, no float32 temporary."""
+def sq_dist(x, y):
+    """``Σ (y − x)²`` of two float64 vectors, bit for bit ``np.einsum("i,i->", y - x, y - x)``."""
+    return _sq_dist(x, y, x.size)
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_distances(X, Xg, a0, cand, n_keep, out):
+    """``out[i, j] = ‖X[a0 + i] − X[cand[i, j]]‖`` in float64 for ``j < n_keep[i]`` (``inf`` in the other
+    slots). ``Xg`` holds the values of ``X`` (``X`` itself or an exact float32 copy: half the bytes to
+    gather), so every difference is the float64 one. Four candidates at a time: eight independent
+    accumulation chains keep the adder busy where one pair's two chains wait on its latency."""
     D = X.shape[1]
     for i in range(out.shape[0]):
         x = X[a0 + i]
-        for j in range(out.shape[1]):
-            o = out[i, j]
-            if j < n_keep[i]:
-                y = Xg[cand[i, j]]
-                for t in range(D):
-                    o[t] = y[t] - x[t]
-            else:
-                for t in range(D):
-                    o[t] = 0.0
+        nk = n_keep[i]
+        j = 0
+        while j + 4 <= nk:
+            y0 = Xg[cand[i, j]]
+            y1 = Xg[cand[i, j + 1]]
+            y2 = Xg[cand[i, j + 2]]
+            y3 = Xg[cand[i, j + 3]]
+            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
+            t = 0
+            while t + 8 <= D:
+                for o in (6, 4, 2, 0):
+                    x0 = x[t + o]
+                    x1 = x[t + o + 1]
+                    e0 = y0[t + o] - x0
+                    e1 = y0[t + o + 1] - x1
+                    p0 = e0 * e0 + p0
+                    p1 = e1 * e1 + p1
+                    e0 = y1[t + o] - x0
+                    e1 = y1[t + o + 1] - x1
+                    q0 = e0 * e0 + q0
+                    q1 = e1 * e1 + q1
+                    e0 = y2[t + o] - x0
+                    e1 = y2[t + o + 1] - x1
+                    r0 = e0 * e0 + r0
+                    r1 = e1 * e1 + r1
+                    e0 = y3[t + o] - x0
+                    e1 = y3[t + o + 1] - x1
+                    s0 = e0 * e0 + s0
+                    s1 = e1 * e1 + s1
+                t += 8
+            while t + 2 <= D:
+                x0 = x[t]
+                x1 = x[t + 1]
+                e0 = y0[t] - x0
+                e1 = y0[t + 1] - x1
+                p0 = e0 * e0 + p0
+                p1 = e1 * e1 + p1
+                e0 = y1[t] - x0
+                e1 = y1[t + 1] - x1
+                q0 = e0 * e0 + q0
+                q1 = e1 * e1 + q1
+                e0 = y2[t] - x0
+                e1 = y2[t + 1] - x1
+                r0 = e0 * e0 + r0
+                r1 = e1 * e1 + r1
+                e0 = y3[t] - x0
+                e1 = y3[t + 1] - x1
+                s0 = e0 * e0 + s0
+                s1 = e1 * e1 + s1
+                t += 2
+            if t < D:
+                x0 = x[t]
+                e0 = y0[t] - x0
+                p0 = e0 * e0 + p0
+                e0 = y1[t] - x0
+                q0 = e0 * e0 + q0
+                e0 = y2[t] - x0
+                r0 = e0 * e0 + r0
+                e0 = y3[t] - x0
+                s0 = e0 * e0 + s0
+            out[i, j] = np.sqrt(p0 + p1)
+            out[i, j + 1] = np.sqrt(q0 + q1)
+            out[i, j + 2] = np.sqrt(r0 + r1)
+            out[i, j + 3] = np.sqrt(s0 + s1)
+            j += 4
+        while j < nk:
+            out[i, j] = np.sqrt(_sq_dist(x, Xg[cand[i, j]], D))
+            j += 1
+        while j < out.shape[1]:
+            out[i, j] = np.inf
+            j += 1
+
+
+def lane_order(D):
+    """The features in the order :func:`_sq_dist` adds them: lane 0's terms, then lane 1's."""
+    G = D // 8
+    base = (8 * np.arange(G)[:, None] + np.array([6, 4, 2, 0])[None, :]).ravel()
+    tail = np.arange(8 * G, D, 2)
+    lanes = [np.concatenate([base + lane, tail + lane]) for lane in (0, 1)]
+    return [order[order < D] for order in lanes]
+
+
+@numba.njit(cache=True, nogil=True)
+def direct_distances_lanes(P, n0, a0, cand, n_keep, out):
+    """:func:`direct_distances` from ``P``: the varying features of ``X`` (a constant feature's difference
+    is 0, and adding ``0 * 0`` leaves a sum unchanged), columns ``[0, n0)`` lane 0's terms and the rest
+    lane 1's, each in its order of addition (:func:`lane_order`). Each lane is a plain running sum, so the
+    distances are bit for bit those over every feature, with fewer terms and contiguous reads."""
+    D = P.shape[1]
+    n1 = D - n0
+    both = min(n0, n1)
+    for i in range(out.shape[0]):
+        x = P[a0 + i]
+        x1 = x[n0:]
+        nk = n_keep[i]
+        j = 0
+        while j < nk:
+            y0 = P[cand[i, j]]
+            y1 = P[cand[i, min(j + 1, nk - 1)]]
+            y2 = P[cand[i, min(j + 2, nk - 1)]]
+            y3 = P[cand[i, min(j + 3, nk - 1)]]
+            z0 = y0[n0:]
+            z1 = y1[n0:]
+            z2 = y2[n0:]
+            z3 = y3[n0:]
+            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
+            for t in range(both):
+                xa = np.float64(x[t])
+                xb = np.float64(x1[t])
+                e0 = y0[t] - xa
+                e1 = z0[t] - xb
+                p0 = e0 * e0 + p0
+                p1 = e1 * e1 + p1
+                e0 = y1[t] - xa
+                e1 = z1[t] - xb
+                q0 = e0 * e0 + q0
+                q1 = e1 * e1 + q1
+                e0 = y2[t] - xa
+                e1 = z2[t] - xb
+                r0 = e0 * e0 + r0
+                r1 = e1 * e1 + r1
+                e0 = y3[t] - xa
+                e1 = z3[t] - xb
+                s0 = e0 * e0 + s0
+                s1 = e1 * e1 + s1
+            for t in range(both, n0):
+                xa = np.float64(x[t])
+                e0 = y0[t] - xa
+                p0 = e0 * e0 + p0
+                e0 = y1[t] - xa
+                q0 = e0 * e0 + q0
+                e0 = y2[t] - xa
+                r0 = e0 * e0 + r0
+                e0 = y3[t] - xa
+                s0 = e0 * e0 + s0
+            for t in range(both, n1):
+                xb = np.float64(x1[t])
+                e1 = z0[t] - xb
+                p1 = e1 * e1 + p1
+                e1 = z1[t] - xb
+                q1 = e1 * e1 + q1
+                e1 = z2[t] - xb
+                r1 = e1 * e1 + r1
+                e1 = z3[t] - xb
+                s1 = e1 * e1 + s1
+            # past the row's count the slots repeat its last candidate (same reads, discarded)
+            out[i, j] = np.sqrt(p0 + p1)
+            if j + 1 < nk:
+                out[i, j + 1] = np.sqrt(q0 + q1)
+            if j + 2 < nk:
+                out[i, j + 2] = np.sqrt(r0 + r1)
+            if j + 3 < nk:
+                out[i, j + 3] = np.sqrt(s0 + s1)
+            j += 4
+        for j in range(nk, out.shape[1]):
+            out[i, j] = np.inf
 
 
 # ------------------------------------------------------------------------------------ candidate selection
@@ -89,10 +282,10 @@ def select_block(S, a, c0, hv, hi, tau, diagonal):
 
 
 @numba.njit(cache=True, nogil=True)
-def merge_stores(hv, hi, hv2, hi2):
-    """Merge the store ``(hv2, hi2)`` into ``(hv, hi)``: each row keeps its m smallest entries."""
-    n, m = hv.shape
-    for r in range(n):
+def merge_stores(hv, hi, hv2, hi2, r0, r1):
+    """Merge rows ``[r0, r1)`` of the store ``(hv2, hi2)`` into ``(hv, hi)``: each keeps its m smallest."""
+    m = hv.shape[1]
+    for r in range(r0, r1):
         for j in range(m):
             s = hv2[r, j]
             if s < hv[r, 0]:
@@ -100,40 +293,56 @@ def merge_stores(hv, hi, hv2, hi2):
 
 
 # ------------------------------------------------------------------------------------------ score inputs
+# ------------------------------------------------------------------------------------------ score inputs
 @numba.njit(cache=True, nogil=True)
-def column_stats(X):
-    """One pass over ``X``: per-feature mean, minimum and maximum, and whether every value is exactly a
-    float32 (then a float32 copy holds the same values)."""
-    n, D = X.shape
+def abs_max(X):
+    """``(max |x|, number of non-finite entries)`` of a float64 array in one pass (no temporaries)."""
+    flat = X.ravel()
+    amax = 0.0
+    bad = 0
+    for x in flat:
+        a = abs(x)
+        if a > amax:
+            amax = a
+        if not a < np.inf:  # inf, or NaN (every comparison with NaN is false)
+            bad += 1
+    return amax, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def column_stats(X, r0, r1):
+    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, and whether every
+    value is exactly a float32 (then a float32 copy holds the same values)."""
+    D = X.shape[1]
     total = np.zeros(D)
-    lo = X[0].copy()
-    hi = X[0].copy()
-    exact32 = True
-    for i in range(n):
+    lo = X[r0].copy()
+    hi = X[r0].copy()
+    inexact = np.zeros(D)  # branch-free (vectorised) per feature: counts values that are not float32
+    for i in range(r0, r1):
         for j in range(D):
             x = X[i, j]
             total[j] += x
-            if x < lo[j]:
-                lo[j] = x
-            if x > hi[j]:
-                hi[j] = x
-            if exact32 and np.float64(np.float32(x)) != x:
-                exact32 = False
-    return total / n, lo, hi, exact32
+            lo[j] = min(lo[j], x)
+            hi[j] = max(hi[j], x)
+            inexact[j] += np.float64(np.float32(x)) != x
+    return total, lo, hi, not inexact.any()
 
 
 @numba.njit(cache=True, nogil=True)
-def score_inputs(X, cols, mean, scale, left, right):
+def score_inputs(X, r0, r1, cols, mean, scale, left, right, pos, P, sq):
     """Rows ``[x, ‖x‖², 1]`` into ``left`` and ``[−2x, 1, ‖x‖²]`` into ``right`` (float32), with
     ``x = float32((X[:, cols] − mean) · scale)`` (``scale`` a power of two: exact) and ``‖x‖²`` summed in
-    float64 from the float32 values; returns the float64 squared norms."""
-    n = X.shape[0]
+    float64 from the float32 values into ``sq``, for rows ``[r0, r1)``. If ``P`` has rows, the same pass
+    also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's lane-ordered columns)."""
     d = cols.size
-    sq = np.empty(n)
-    for i in range(n):
+    copy = P.shape[0] > 0
+    for i in range(r0, r1):
         acc = 0.0
         for t in range(d):
-            v = np.float32((X[i, cols[t]] - mean[t]) * scale)
+            xv = X[i, cols[t]]
+            if copy:
+                P[i, pos[t]] = xv
+            v = np.float32((xv - mean[t]) * scale)
             left[i, t] = v
             right[i, t] = v * np.float32(-2.0)
             acc += np.float64(v) * np.float64(v)
@@ -142,7 +351,6 @@ def score_inputs(X, cols, mean, scale, left, right):
         right[i, d + 1] = np.float32(acc)
         left[i, d + 1] = 1.0
         right[i, d] = 1.0
-    return sq
 
 
 # --------------------------------------------------------------------------------------------- re-rank

@@ -8,14 +8,17 @@ Two back-ends:
   flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
   its columns. Candidates are selected against a per-row threshold (the row's current
   ``(k + n_extra)``-th score), so a block costs one comparison pass (compiled with numba, as are the
-  re-rank's bookkeeping and gathers: :mod:`._knn_kernel`). Features that are constant over all points
-  add exactly 0 to every distance and are left out of the float32 scores. On the CPU the blocks are
-  shared by ``torch.get_num_threads()`` threads, each running its products on one BLAS thread (independent
-  products keep both cores busy where a shared product waits for its slower half, e.g. on a loaded
-  machine, and the selection runs in parallel too).
+  re-rank: :mod:`._knn_kernel`). Features that are constant over all points add exactly 0 to every
+  distance and are left out of the float32 scores and of the float64 sums. On the CPU every phase (the
+  passes over ``X``, the blocks, the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller
+  included, each running its products on one BLAS thread (independent products keep both cores busy where
+  a shared product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel
+  too); work goes to whichever thread is free, so a thread the OS does not schedule delays nobody.
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
-  expansion, which loses all precision for close points; ``sqrt(einsum(d, d))`` of the float64
-  differences ``d``, the same numbers as a brute-force float64 pass) and re-ranked; rigorous float32
+  expansion, which loses all precision for close points; the sum of squares of the float64 differences
+  in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
+  ``sqrt(einsum(d, d))``, the same numbers as a brute-force float64 pass, on x86-64 builds of numpy
+  whose baseline SIMD is 128 bits wide, which the tests check) and re-ranked; rigorous float32
   error bounds skip the candidates that provably lie beyond the k-th neighbour, and certify, row by row,
   that no point outside the candidate set can be closer than the k-th re-ranked neighbour; rows that fail
   the certificate are recomputed exactly in float64 against every point (counted in
@@ -48,6 +51,8 @@ _KDTREE_MAX_FEATURES = 16
 # scores per panel chunk of the torch back-end (float32: 64 MB)
 _PANEL_SCORES = 1 << 24
 _DUPLICATE_POLICIES = ("drop", "error", "keep")
+# up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
+_GATHER_FLOAT64_BYTES = 1 << 24
 # unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
 _MATMUL_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 
@@ -147,7 +152,8 @@ def nearest_neighbors(
     >>> g.distances.shape, g.n_dropped
     ((100, 5), 0)
     """
-    X = check_array(X, "X", ndim=2, dtype=np.float64)
+    # finiteness is checked below, by the two reductions that give the largest |x|
+    X = check_array(X, "X", ndim=2, dtype=np.float64, finite=False)
     method = check_choice(method, "method", ("auto", "torch", "kdtree"))
     duplicates = check_choice(duplicates, "duplicates", _DUPLICATE_POLICIES)
     k = check_int(k, "k", minimum=1)
@@ -156,8 +162,12 @@ def nearest_neighbors(
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
+    # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite
+    amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
+    if not math.isfinite(amax):
+        bad = int((~np.isfinite(X)).sum())
+        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
     # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
-    amax = float(np.abs(X).max()) if X.size else 0.0
     if amax > 0.5e154 / math.sqrt(X.shape[1]):
         raise ValueError(
             f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
@@ -290,15 +300,35 @@ def _block_size(n: int) -> int:
 def _knn_torch(
     X: np.ndarray, k: int, n_extra: int, chunk_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, int]:
+    # one thread pool serves every parallel phase of the call (starting one per phase costs ~0.3 ms each,
+    # a few percent of a small problem)
+    threads = max(1, torch.get_num_threads())
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))  # the caller is the other one
+        return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
+
+
+def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     n, D = X.shape
     m = min(k + n_extra, n - 1)
     from . import _knn_kernel as kern
 
     X = np.ascontiguousarray(X)
-    mean, lo, hi, exact32 = kern.column_stats(X)
+    # the passes over X are shared by the threads, by rows
+    step = math.ceil(n / threads)
+    ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
+    stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
+    mean = np.sum([st[0] for st in stats], axis=0) / n
+    lo = np.min([st[1] for st in stats], axis=0)
+    hi = np.max([st[2] for st in stats], axis=0)
+    exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
-    # distance: the float32 scores leave it out (fewer flops, a smaller error bound). The float64 distances
-    # below still run over every feature, so they are the same numbers either way.
+    # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
+    # float64 re-rank (its sums are the same numbers either way: see _knn_kernel.direct_distances_lanes).
     varying = np.flatnonzero(hi != lo)
     if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
         varying = np.zeros(1, dtype=np.intp)
@@ -315,7 +345,24 @@ def _knn_torch(
     # float32 values (exact-ish squared norms of the float32 points).
     left = np.empty((n, D32 + 2), dtype=np.float32)
     right = np.empty((n, D32 + 2), dtype=np.float32)
-    sq = kern.score_inputs(X, varying.astype(np.int64), mean, math.ldexp(1.0, -shift), left, right)
+    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
+    # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
+    # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
+    gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
+    if D32 < D:
+        # the varying features in the re-rank's order of addition, copied by the same pass
+        lanes = [np.flatnonzero(np.isin(order, varying)) for order in kern.lane_order(D)]
+        n0 = lanes[0].size
+        pos = np.empty(D, dtype=np.int64)
+        pos[np.concatenate([order[o] for order, o in zip(kern.lane_order(D), lanes)])] = np.arange(D32)
+        pos = pos[varying]
+        P = np.empty((n, D32), dtype=np.float32 if gather32 else np.float64)
+    else:
+        pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
+    sq = np.empty(n)
+    cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
+    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, right, pos, P, sq), ranges, threads,
+              pool=pool)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
@@ -355,10 +402,8 @@ def _knn_torch(
     bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-    best_v, best_i = _candidates(make_scores, n, m, chunk_size, workers)
-    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
-    # are the same, so the float64 differences below are bit for bit those of the float64 input.
-    Xg = X.astype(np.float32) if exact32 else X
+    best_v, best_i, stores = _candidates(make_scores, n, m, chunk_size, workers, pool)
+    Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -367,22 +412,26 @@ def _knn_torch(
         vals = np.empty((b - a, m))
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
+        for store_v, store_i in stores:  # the other threads' candidates of these rows
+            kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
         # bound exceeds the k-th smallest upper bound is farther than the k-th neighbour: no float64
         # distance is needed for it. The kept ones form a prefix of the sorted row.
         kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
-        d64 = np.full((b - a, m), np.inf)
-        _direct_distances(X, Xg, a, cand, n_keep, d64, 2**18 // D + 1)
+        d64 = np.empty((b - a, m))
+        if D32 < D:
+            kern.direct_distances_lanes(P, n0, a, cand, n_keep, d64)
+        else:
+            kern.direct_distances(X, Xg, a, cand, n_keep, d64)
         ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
                                 dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
-    threads = max(1, torch.get_num_threads())
     piece = max(64, min(chunk_size, math.ceil(n / (2 * threads))))
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    failed = _parallel(lambda ab: rerank(*ab), pieces, threads)
+    failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
     n_fallback = 0
     if failed:
@@ -424,7 +473,7 @@ def _blas_controller():
     return ThreadpoolController()  # inspecting the loaded libraries takes ~3 ms: once per process
 
 
-def _parallel(fn, items, workers: int, blas: bool = False) -> list:
+def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
     """``[fn(x) for x in items]`` on up to ``workers`` threads (numpy releases the GIL in its array
     operations).
 
@@ -433,6 +482,11 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
     the cores without oversubscription, and independent single-threaded products keep going when another
     process takes a core, where one product split over both cores waits for its slower half. The limit is
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
+
+    ``pool``: a thread pool of at least ``workers - 1`` threads to help on (else one is started for the
+    call). The calling thread works too, and the items are taken one at a time by whichever thread is free:
+    on a loaded machine a helper that is not scheduled in time takes nothing (its turn is cancelled), so
+    nobody waits for a thread that has not started.
     """
     threads = max(1, min(workers, len(items)))
     # the limit is process-wide: two calls from different threads must not interleave their set and restore
@@ -444,14 +498,36 @@ def _parallel(fn, items, workers: int, blas: bool = False) -> list:
             stack.enter_context(_blas_controller().limit(limits=max(1, workers // threads), user_api="blas"))
         if threads == 1:
             return [fn(x) for x in items]
-        from concurrent.futures import ThreadPoolExecutor
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(fn, items))
+            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))
+        results = [None] * len(items)
+        queue = iter(range(len(items)))
+        lock = threading.Lock()
+
+        def drain():
+            while True:
+                with lock:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                results[i] = fn(items[i])
+
+        helpers = [pool.submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                if not h.cancel():  # started: let it finish its item (and raise its error, if any)
+                    h.result()
+        return results
 
 
-def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order).
+def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1, pool=None):
+    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order), as
+    ``(scores, columns, stores)``: ``stores`` are the other threads' candidate stores, still to be merged
+    into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by row, in parallel).
 
     The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
     half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
@@ -466,6 +542,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
     its own candidate store (panels write to overlapping rows), all filter against one shared threshold
     per row (any store's ``m``-th best bounds the union's from above) and the stores are merged at the
     end: each pair of points is met in exactly one block, hence lies in one store.
+    ``pool``: the threads to run on (see :func:`_parallel`).
     """
     from . import _knn_kernel as kern
 
@@ -495,7 +572,7 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
         best_i[a:b, m - w:] = np.take_along_axis(part, o, 1) + a
         tau[a:b] = best_v[a:b, 0]
 
-    _parallel(diagonal, starts, workers, blas=True)
+    _parallel(diagonal, starts, workers, blas=True, pool=pool)
     n_stores = min(workers, max(1, len(starts) - 1))
     stores = [(best_v, best_i)] + [
         (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64))
@@ -523,32 +600,5 @@ def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1) -> tu
             a, b, c0, c1 = task
             kern.select_block(scores(a, b, c0, c1), a, c0, store_v, store_i, tau, False)
 
-    _parallel(worker, stores, workers, blas=True)
-    for store_v, store_i in stores[1:]:
-        kern.merge_stores(best_v, best_i, store_v, store_i)
-    return best_v, best_i
-
-
-def _direct_distances(X, Xg, a, cand, n_keep, out, pairs_per_block):
-    """``out[i, j] = ‖X[a + i] − X[cand[i, j]]‖`` in float64 by direct differences, for ``j < n_keep[i]``,
-    in sub-blocks of rows whose gathered differences stay cache-sized. ``Xg`` holds the same values as
-    ``X`` (``X`` itself, or an exact float32 copy) and is what is gathered."""
-    from . import _knn_kernel
-
-    rows = len(cand)
-    step = max(1, pairs_per_block // max(1, int(n_keep.max(initial=0))))
-    buf = np.empty(0)
-    for s0 in range(0, rows, step):
-        s1 = min(s0 + step, rows)
-        width = int(n_keep[s0:s1].max())
-        if width == 0:
-            continue
-        size = (s1 - s0) * width * X.shape[1]
-        if buf.size < size:
-            buf = np.empty(size)
-        diff = buf[:size].reshape(s1 - s0, width, X.shape[1])
-        _knn_kernel.gather_diff(X, Xg, a + s0, cand[s0:s1], n_keep[s0:s1], diff)
-        d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        # entries past a row's own count are not needed: they stay inf
-        d[np.arange(width)[None, :] >= n_keep[s0:s1, None]] = np.inf
-        out[s0:s1, :width] = d
+    _parallel(worker, stores, workers, blas=True, pool=pool)
+    return best_v, best_i, stores[1:]
