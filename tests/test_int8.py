@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netgeom import count_patterns, mlp, trace
-from netgeom.nets import _chain_kernel
 from netgeom.nets._int8 import Int8Layer, int8_products_exact
 from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan, choose_prefix
 
@@ -152,4 +151,3 @@ def test_split_and_combine_threads_give_the_one_thread_answer():
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(a, c) for a, c in zip(one, two))
-    assert len(_chain_kernel._chunks(1000, 2)) == 2
