@@ -6,6 +6,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -309,3 +310,32 @@ def test_conv_unit_redo_table_matches_the_convolution():
                     k += 1
     assert torch.allclose(out.reshape(5, -1), node.apply(x.double()), rtol=0, atol=1e-12)
     assert float(bd.max()) < 1e-12
+
+
+@pytest.mark.parametrize("scale", [1e39, 1e100, 1e160, 1e200])
+def test_weights_beyond_float32_or_near_float64_range_keep_exact_patterns(scale):
+    """Weights above float32's range round to inf in the float32 engine (no certified bound: the graph then
+    runs in float64), and above ~1e154 the spectral certificate's w^T w overflows (the Frobenius bound
+    serves instead of an error). Regression: 28 of 42 patterns, and a LinAlgError."""
+    from test_graph_slice import ResMLP
+
+    net = ResMLP(4, 8, 1, seed=0).double()
+    with torch.no_grad():
+        net.blocks[0][0].weight.mul_(scale)
+        net.blocks[0][0].bias.mul_(scale)
+    X = torch.randn(50, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def lin(layer, h):
+        W = [[Fraction(v) for v in r] for r in layer.weight.double().tolist()]
+        b = [Fraction(v) for v in layer.bias.double().tolist()]
+        return [sum(w * v for w, v in zip(r, h)) + bj for r, bj in zip(W, b)]
+
+    pats = set()
+    for x in X.tolist():
+        z0 = lin(net.inp, [Fraction(v) for v in x])
+        h = [max(q, 0) for q in z0]
+        z1 = lin(net.blocks[0][0], h)
+        z2 = [a + c for a, c in zip(h, lin(net.blocks[0][2], [max(q, 0) for q in z1]))]
+        pats.add(tuple(q > 0 for q in z0 + z1 + z2))
+    for precision in ("float32", "float64"):
+        assert count_patterns(net, X, precision=precision).count == len(pats), precision

@@ -233,7 +233,12 @@ def _spectral_bound(w: torch.Tensor) -> float:
     M = w.T @ w if n <= m else w @ w.T
     u = 2.0**-53
     fro2 = float((w * w).sum())
-    lam = float(torch.linalg.eigvalsh(M)[-1])
+    if not (math.isfinite(fro2) and bool(torch.isfinite(M).all())):
+        return math.inf  # |w| near float64's range: the caller keeps the Frobenius norm
+    try:
+        lam = float(torch.linalg.eigvalsh(M)[-1])
+    except RuntimeError:  # (torch.linalg.LinAlgError) no estimate, no certificate
+        return math.inf
     for t in (2.0**-20, 2.0**-12, 2.0**-6):
         s = max(lam, 0.0) * (1 + t) + fro2 * t
         A = -M
@@ -259,6 +264,9 @@ class _Engine:
         # the widest value a node holds per row (a max-pool gathers its windows: size x k)
         self.widest = max(n.size * (n.windows.shape[1] if n.op == "maxpool" else 1) for n in g.nodes)
         self.ops: dict[int, list] = {}
+        # False when a parameter does not fit this precision (|w| beyond float32's range rounds to inf, and
+        # inf has no certified error bound): such a graph is evaluated in float64 from the start
+        self.fits = True
         # affine nodes (one Linear / Conv) feeding a relu or max-pool: undecided units get a float64 redo
         self.refine: dict[int, _Lazy] = {}
         self.tally: dict[int, tuple[int, int]] = {}  # refine attempts, successes
@@ -291,6 +299,9 @@ class _Engine:
 
     def _prep(self, op, first: bool) -> dict:
         p = op.cast(self.dtype, self.device)
+        floats = [v for v in p.values() if torch.is_tensor(v) and v.is_floating_point()]
+        if not all(bool(torch.isfinite(v).all()) for v in floats):
+            self.fits = False
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
@@ -746,6 +757,9 @@ def graph_patterns(
     if not pnodes:
         return {}, stats
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
+    if dtype != torch.float64 and not engine(dtype).fits:
+        dtype = torch.float64
+        stats["float64"] = x.shape[0]
     with torch.no_grad():
         out, und = engine(dtype).run_chunked(x, exact_in or dtype == torch.float64, keep)
         rows = torch.nonzero(und).flatten()
