@@ -198,3 +198,14 @@ def test_float32_data_gathered_from_either_copy(monkeypatch, gather_bytes, n_con
     d, i = reference(X, 6)
     np.testing.assert_array_equal(g.distances, d)
     np.testing.assert_array_equal(g.indices, i)
+
+
+@pytest.mark.parametrize("n, D, k", [(300, 1, 1), (401, 20, 2)])
+def test_kept_duplicates_come_in_index_order(n, D, k):
+    # a k-th distance of 0 certifies nothing about which of the tied duplicates come first: the answer must
+    # still be the smallest indices (regression: row 0 got [196] instead of [1])
+    X = np.ones((n, D))
+    g = nearest_neighbors(X, k, method="torch", duplicates="keep")
+    d, i = reference(X, k)
+    np.testing.assert_array_equal(g.distances, d)
+    np.testing.assert_array_equal(g.indices, i)

@@ -413,5 +413,7 @@ def rerank_finish(d64, cand, vals, a, norms, k, nmax, c_err, abs_sq, u32, abs_pt
         s = norms[a + r] + nmax
         e = c_err * (s * s) + abs_sq
         low = (np.sqrt(max(vals[r, m - 1] - e, 0.0)) - (2 * u32) * s - 2 * abs_pt) * shrink
-        ok[r] = (dk < low or all_cand or dk == 0.0) and np.isfinite(vals[r, m - 1])
+        # (a k-th distance of 0 certifies nothing about the order of ties: a duplicate with a smaller index
+        # may be missing from the candidates, so such rows go to the exact fallback)
+        ok[r] = (dk < low or all_cand) and np.isfinite(vals[r, m - 1])
     return ok
