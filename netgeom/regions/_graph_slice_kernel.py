@@ -28,7 +28,7 @@ import numpy as np
 
 # Inlined into this module's kernels: numba's on-disk cache tracks only this file, so after editing these in
 # _slice_kernel, touch this file too (or clear its __pycache__) to have its kernels recompiled.
-from ._slice_kernel import _crossing, _halves, _pow2_inv, _tol, from_bits
+from ._slice_kernel import _crossing, _halves, _pow2_inv, _take_cut, _tol, from_bits
 
 _U = 2.0**-53
 _TINY = 1e-300
@@ -318,20 +318,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 ok = False
             if not ok:
                 break
-            for k in range(cp):
-                for t in range(nrec):
-                    S[s, k, t] = S[pg, k, t]
-            Snv[s] = cp
-            Snv[ng] = cn
-            for t in range(n):
-                Sbits[ng, t] = Sbits[s, t]
-            Sbits[s, j] = True
-            Sbits[ng, j] = False
-            for c in range(1, ncut):
-                Scand[s, c - 1] = cutting[c]
-                Scand[ng, c - 1] = cutting[c]
-            Snc[s] = ncut - 1
-            Snc[ng] = ncut - 1
+            _take_cut(S, Snv, Sbits, Scand, Snc, s, pg, ng, cp, cn, j, cutting, ncut, nrec, n)
             top += 2
         if not ok:
             cur = start

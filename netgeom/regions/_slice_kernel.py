@@ -191,6 +191,27 @@ def _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _take_cut(S, Snv, Sbits, Scand, Snc, s, pg, ng, cp, cn, j, cutting, ncut, nrec, n):
+    """After :func:`_halves`: slot ``s`` gets the positive half (built in slot ``pg``), slot ``ng`` keeps
+    the negative one; both inherit the parent's bits with unit ``j`` set / cleared and the parent's other
+    cutting candidates (the chain and graph kernels' stacks share this layout)."""
+    for k in range(cp):
+        for t in range(nrec):
+            S[s, k, t] = S[pg, k, t]
+    Snv[s] = cp
+    Snv[ng] = cn
+    for t in range(n):
+        Sbits[ng, t] = Sbits[s, t]
+    Sbits[s, j] = True
+    Sbits[ng, j] = False
+    for c in range(1, ncut):
+        Scand[s, c - 1] = cutting[c]
+        Scand[ng, c - 1] = cutting[c]
+    Snc[s] = ncut - 1
+    Snc[ng] = ncut - 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _poly_lines(A, B, eA, eB, p, su, sv, quadrant, rid, L, Li, Z):
     """Polygon ``p``'s lines into ``L (5, n)`` (``Li`` its int64 view, for the ids) and ``Z (n)``: see
     :func:`make_lines`."""
@@ -463,20 +484,7 @@ def split_layer(rec, nv, A, B, eA, eB, su, sv, quadrant, id0, base, max_regions,
             if not ok:
                 break
             # slot sn (== top) gets the positive half, slot top + 1 the negative one
-            for k in range(cp):
-                for t in range(nrec):
-                    S[sn, k, t] = S[pg, k, t]
-            Snv[sn] = cp
-            Snv[ng] = cn
-            for t in range(n):
-                Sbits[ng, t] = Sbits[sn, t]
-            Sbits[sn, j] = True
-            Sbits[ng, j] = False
-            for c in range(1, ncut):
-                Scand[sn, c - 1] = cutting[c]
-                Scand[ng, c - 1] = cutting[c]
-            Snc[sn] = ncut - 1
-            Snc[ng] = ncut - 1
+            _take_cut(S, Snv, Sbits, Scand, Snc, sn, pg, ng, cp, cn, j, cutting, ncut, nrec, n)
             top += 2
         if not ok:
             cur = start
