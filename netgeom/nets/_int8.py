@@ -270,8 +270,8 @@ class Int8Layer:
         return P, inv_s, S, ok
 
     def activate(self, x: torch.Tensor, slope: float):
-        """The layer followed by ``max(z, slope z)``, fused: ``(h32, bits, und, rows64, norms, alpha, beta,
-        ok)``. ``und`` (bool, (B, N)) marks the (row, unit) pairs whose ``|z|`` is within the bound,
+        """The layer followed by ``max(z, slope z)``, fused: ``(h32, bits, (rows, units), rows64, norms,
+        alpha, beta, ok)``. ``(rows, units)`` are the pairs whose ``|z|`` is within the bound,
         ``rows64[rows]`` recomputes the float64 activation of some rows, ``norms`` are per-row upper bounds
         ``(||h64||, ||z||)`` safe from underflow. The float64 activation is within
         ``alpha p + beta q + 2^-51 |z|`` of the exact one per entry (for ``|slope| <= 1``; the extra
@@ -281,7 +281,6 @@ class Int8Layer:
         bits = np.empty((B, N), dtype=np.bool_)
         n_und = np.zeros(B, dtype=np.int64)
         stats = np.zeros((B, 4))
-        und = torch.zeros((B, N), dtype=torch.bool)
         if B == 0:
             alpha = beta = inv_s = np.zeros(0)
             ok = np.zeros(0, dtype=bool)
@@ -295,18 +294,20 @@ class Int8Layer:
             run_rows(_finish, B, P, *args)
         rows64 = _Rows64(P, inv_s, self.inv_t, self.b, float(slope))
         t = torch.from_numpy
-        cand = np.flatnonzero(n_und)
+        cand = t(np.flatnonzero(n_und))
+        rows = units = cand
         if len(cand):
-            z, _ = rows64.both(t(cand))
-            bound = torch.outer(t(alpha[cand]), self.p).addcmul_(t(beta[cand])[:, None], self.q)
-            und[t(cand)] = (bound > 0) & (z.abs() * (1 - 2.0**-51) <= bound)
+            z, _ = rows64.both(cand)
+            bound = torch.outer(t(alpha)[cand], self.p).addcmul_(t(beta)[cand, None], self.q)
+            rr, units = torch.nonzero((bound > 0) & (z.abs() * (1 - 2.0**-51) <= bound), as_tuple=True)
+            rows = cand[rr]
         sq = math.sqrt(max(N, 1))
         # a sum of squares below ~1e-280 may hide underflowed terms: sqrt(N) max |.| bounds the norm instead
         # (a float64 sum of N squares in any order is within gamma_N of the exact one, the root halves that)
         grow = 1 + (N + 4) * 2.0**-53
         hn = np.where(stats[:, 0] < 1e-280, sq * stats[:, 1], np.sqrt(stats[:, 0]) * grow)
         zn = np.where(stats[:, 2] < 1e-280, sq * stats[:, 3], np.sqrt(stats[:, 2]) * grow)
-        return t(h32), t(bits), und, rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok)
+        return t(h32), t(bits), (rows, units), rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok)
 
     def __call__(self, x: torch.Tensor):
         """``(z, alpha, beta, ok)``: float64 ``z`` (B, N), per-row bound coefficients (entry ``j`` of row

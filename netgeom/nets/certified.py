@@ -793,6 +793,7 @@ class _ChainPlan:
         self.device = torch.device(device)
         self._bufs: dict = {}
         self._int8: dict = {}
+        self._int8_exact = None
         nodes = g.nodes[1:]
         i = 0
         while i < len(nodes) and nodes[i].op != "output":
@@ -854,8 +855,10 @@ class _ChainPlan:
         if levels not in self._int8:
             from ._int8 import Int8Layer, int8_products_exact
 
+            if self._int8_exact is None:  # (checked once per plan, not once per level count)
+                self._int8_exact = self.device.type == "cpu" and bool(self.layers) and int8_products_exact()
             lay = None
-            if self.device.type == "cpu" and self.layers and int8_products_exact():
+            if self._int8_exact:
                 try:
                     lay = Int8Layer(self.layers[0]["W64"], self.layers[0]["b64"], levels)
                 except ValueError:
@@ -900,6 +903,16 @@ def _safe_norm(h: torch.Tensor) -> torch.Tensor:
         rows = torch.nonzero(small).flatten()
         n[rows] = h[rows].abs().amax(1) * math.sqrt(h.shape[1]) if h.shape[1] else 0.0
     return n
+
+
+def _to_float32_bounds(e: torch.Tensor, hn64: torch.Tensor, width: int):
+    """``(error, norm)`` bounds of the float32 copy of a float64 layer output ``h`` with error norm ``e`` and
+    ``||h|| <= hn64``: the cast rounds each entry by u32 (and, under gradual underflow, by up to the smallest
+    normal number), and ``||fl32(h)|| <= (1 + u32) ||h||``."""
+    u32, tiny32 = 2.0**-24, torch.finfo(torch.float32).tiny
+    under = (hn64 > 0) * (math.sqrt(width) * tiny32)
+    e32 = ((e + hn64 * u32 + under) * _SAFETY).to(torch.float32)
+    return e32, (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)
 
 
 def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
@@ -948,24 +961,19 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
         else:
             hn, hn_next = hn_next, None  # (an int8 first layer hands over its output's norm)
-            if h.dtype == torch.float64:  # leaving the float64 prefix: the cast rounds each entry by u32
-                hn64 = _safe_norm(h)
-                under = (hn64 > 0) * (math.sqrt(h.shape[1]) * tiny32)
-                e = ((e + hn64 * u32 + under) * _SAFETY).to(torch.float32)
-                hn = (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)  # ||fl32(h)|| <= (1 + u32) ||h||
+            if h.dtype == torch.float64:  # leaving the float64 prefix
+                e, hn = _to_float32_bounds(e, _safe_norm(h), h.shape[1])
                 h = h.to(torch.float32)
             W, b, gam = lay["W32"], lay["b32"], lay["g32"]
         if l_idx == 0 and i8 is not None:
             # |z_j - exact_j| <= alpha p_j + beta q_j + 2^-52 |z_j|: decided when |z_j| (1 - 2^-51) exceeds
             # the rest (which is 0 only for an exactly computed value, then even z == 0 decides)
             slope0 = lay["relu"].negative_slope if lay["relu"] is not None else 1.0
-            h32, bits, und, rows64, (h64n, zn), alpha, beta, in_range = i8.activate(x, slope0)
+            h32, bits, (rows, units), rows64, (h64n, zn), alpha, beta, in_range = i8.activate(x, slope0)
+            rows, units = rows.to(dev), units.to(dev)
+            cand = rows
             if not bool(in_range.all()):  # inputs beyond 2^+-400: the float64 path decides those rows
                 redo[~in_range] = True
-            cand = torch.nonzero(und.any(1)).flatten()
-            if len(cand):
-                rr, units = torch.nonzero(und[cand], as_tuple=True)
-                rows = cand[rr]
         else:
             if l_idx < m or hn is None:
                 hn = _safe_norm(h) * _SAFETY
@@ -1029,11 +1037,9 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
             e = (alpha * i8.pn + beta * i8.qn + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
             if m > 1:  # the next layer runs float64 products too
                 h = rows64[torch.arange(B)].to(dev)
-            else:  # the float32 copy rounds each entry by u32 (plus the smallest normal, gradual underflow)
-                under = (h64n > 0) * (math.sqrt(h32.shape[1]) * tiny32)
+            else:  # leaving the float64-accurate first layer through its float32 copy
                 src, src_e = rows64, e.to(dev)  # float64 rows recomputed where a unit needs them
-                e = ((e + h64n * u32 + under) * _SAFETY).to(device=dev, dtype=torch.float32)
-                hn_next = (h64n * ((1 + u32) * _SAFETY)).to(device=dev, dtype=torch.float32)
+                e, hn_next = _to_float32_bounds(e.to(dev), h64n.to(dev), h32.shape[1])
                 h = h32.to(dev)
                 continue
         elif slope == 0 and l_idx >= m:  # (after a float64 layer the error is too small to be worth a pass)
