@@ -151,3 +151,22 @@ def test_split_and_combine_threads_give_the_one_thread_answer():
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(a, c) for a, c in zip(one, two))
+
+
+@pytest.mark.parametrize("e", [-300, -20, 0, 300, 500])
+def test_scaling_the_input_against_the_first_weights_changes_no_pattern(e):
+    # x -> 2^e x with W1 -> 2^-e W1 leaves every pre-activation exactly as it was: the patterns (decided by
+    # int8 products with 3 or 4 levels, by float64 rows where the scale leaves the int8 range) must not move
+    net = mlp(784, [100, 100], 2, seed=0).double()
+    X = torch.rand(100, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = trace(net)
+    ref, _ = chain_decide(g, chain_plan(g, "cpu"), X, 2)  # float64 products throughout
+    scaled = mlp(784, [100, 100], 2, seed=0).double()
+    with torch.no_grad():
+        scaled[0].weight.mul_(2.0**-e)
+    gs = trace(scaled)
+    plan = chain_plan(gs, "cpu")
+    for lv in (3, 4):
+        dec, _ = chain_decide(gs, plan, X * 2.0**e, 1, int8=lv)
+        assert all(torch.equal(dec[i], ref[i]) for i in ref), lv
+    assert count_patterns(scaled, X * 2.0**e).count == count_patterns(net, X, precision="float64").count
