@@ -170,3 +170,47 @@ def test_scaling_the_input_against_the_first_weights_changes_no_pattern(e):
         dec, _ = chain_decide(gs, plan, X * 2.0**e, 1, int8=lv)
         assert all(torch.equal(dec[i], ref[i]) for i in ref), lv
     assert count_patterns(scaled, X * 2.0**e).count == count_patterns(net, X, precision="float64").count
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3), st.sampled_from([torch.float32, torch.float64]))
+def test_refined_rows_are_the_full_layer_bit_for_bit_and_within_their_bound(seed, first, dtype):
+    # a progressive layer computes `first` anti-diagonals per batch and the rest for chosen rows: those rows
+    # must be exactly what a layer computing all four gives, and every value within its own bound
+    rng = np.random.default_rng(seed)
+    W = _scaled(rng, (7, 30), -10, 5, torch.float64)
+    b = _scaled(rng, (7,), -10, 5, torch.float64)
+    x = _scaled(rng, (12, 30), -30, 30, dtype)
+    full = Int8Layer(W, b, 4)
+    prog = Int8Layer(W, b, 4, first)
+    z, alpha, beta, ok = full(x)
+    batch = prog.activate(x, 0.0)[-1]
+    rows = torch.tensor([5, 0, 11, 5])
+    zr, hr, ar, br = batch.rows(rows)
+    assert torch.equal(zr, z[rows]) and torch.equal(ar, alpha[rows]) and torch.equal(br, beta[rows])
+    assert torch.equal(hr, torch.relu(z[rows]))
+    _check_bound(prog, W, b, x)  # the batch's own (first-diagonal) values
+    ref = _exact(W, b, x)
+    for L in range(1, 5):  # any number of diagonals, through __call__
+        zl, al, bl, okl = prog(x, diagonals=L)
+        bound = al[:, None] * prog.p[None] + bl[:, None] * prog.q[None] + 2.0**-52 * zl.abs()
+        for r in range(x.shape[0]):
+            for j in range(W.shape[0]):
+                if okl[r]:
+                    err = abs(Fraction(float(zl[r, j])) - ref[r][j])
+                    assert err <= Fraction(float(bound[r, j])), (L, r, j)
+
+
+def test_progressive_int8_refines_the_rows_its_coarse_bound_leaves_and_matches_four_levels():
+    net = mlp(300, [200, 200], 2, seed=0)
+    X = torch.rand(1024, 300, generator=torch.Generator().manual_seed(2))
+    g = trace(net)
+    plan = chain_plan(g, "cpu")
+    ref, _ = chain_decide(g, plan, X, 2)  # float64 products
+    stats: dict = {}
+    out, redo, exact, _ = chain_patterns(plan, X, 1, 2, stats)
+    assert stats.get("refined", 0) > 0  # 2 diagonals (3 products) leave some second-layer units undecided
+    four = chain_patterns(plan, X, 1, 4)
+    assert redo.sum() <= four[1].sum() + 5  # refining leaves about what four levels leave
+    done = ~redo & ~exact
+    assert all(torch.equal(out[i][done], ref[i][done]) for i in ref)

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["decide_rows", "run_rows"]
+__all__ = ["decide_rows", "pair_dots", "run_rows"]
 
 
 def run_rows(fn, n: int, first, *rest) -> None:
@@ -55,3 +55,30 @@ def decide_rows(z: torch.Tensor, A: torch.Tensor, G: float, T: torch.Tensor, r: 
         t = np.ascontiguousarray(T.detach().numpy())
         run_rows(_decide, B, zn, a, float(G), t, r, c, bits, n_und)
     return torch.from_numpy(bits), torch.from_numpy(n_und)
+
+
+# The dot products carry a bound of gamma_K for any summation order, so reassociation (vectorised sums) is
+# harmless; no contraction (a fused multiply-add is also covered, but the bound is stated without it).
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _pair_dots(W, b, H, which, units, z):
+    for k in range(len(units)):
+        j = units[k]
+        h = H[which[k]]
+        w = W[j]
+        acc = 0.0
+        for i in range(w.shape[0]):
+            acc += w[i] * h[i]
+        z[k] = acc + b[j]
+
+
+def pair_dots(W: torch.Tensor, b: torch.Tensor, H: torch.Tensor, which: torch.Tensor, units: torch.Tensor):
+    """``z_k = W[units_k] . H[which_k] + b[units_k]`` in float64 for CPU tensors, without gathering the
+    (pairs, K) operands (a few thousand pairs of 400-wide rows: 14 ms as torch gathers, ~1 ms here)."""
+    z = np.empty(len(units))
+    if len(units):
+        _pair_dots(
+            W.numpy(), b.numpy(), np.ascontiguousarray(H.numpy()),
+            np.ascontiguousarray(which.numpy(), dtype=np.int64),
+            np.ascontiguousarray(units.numpy(), dtype=np.int64), z,
+        )
+    return torch.from_numpy(z)

@@ -38,7 +38,7 @@ import torch
 
 from ._chain_kernel import run_rows
 
-__all__ = ["Int8Layer", "int8_products_exact"]
+__all__ = ["Int8Batch", "Int8Layer", "int8_products_exact"]
 
 _LEVELS = 4
 _SAFETY = 1.001  # the bound's own float64 evaluation (a few roundings of 2^-53) and subnormal inputs
@@ -48,7 +48,8 @@ _MAX_EXP = 400  # rows and weights beyond 2^±400 would push the scalings out of
 @numba.njit(cache=True, nogil=True)
 def _split(x, lo, hi, levels, out, inv_s, S):
     """Rows ``lo:hi`` of ``x`` into ``levels`` int8 slices side by side in ``out`` (``(B, levels K)``);
-    ``inv_s[r] = 1 / s_r``, ``S[r]`` the sum of the slices' absolute values (-1: row out of range)."""
+    ``inv_s[r] = 1 / s_r``, ``S[r, a]`` the sum of slice ``a``'s absolute values (``S[r, 0] = -1``: row out
+    of range)."""
     K = x.shape[1]
     v = np.empty(K, x.dtype)
     for r in range(lo, hi):
@@ -60,13 +61,14 @@ def _split(x, lo, hi, levels, out, inv_s, S):
                 m = a
         if m == 0.0:
             inv_s[r] = 1.0
-            S[r] = 0
+            S[r, :] = 0
             out[r, :] = 0
             continue
         e = math.floor(math.log2(127.0 / m))
         if e > _MAX_EXP or e < -_MAX_EXP:
             inv_s[r] = 1.0
-            S[r] = -1
+            S[r, :] = 0
+            S[r, 0] = -1
             out[r, :] = 0
             continue
         s = 2.0**e
@@ -76,16 +78,16 @@ def _split(x, lo, hi, levels, out, inv_s, S):
         inv_s[r] = 2.0**-e
         for i in range(K):
             v[i] = row[i] * s  # a power of two: exact (up to subnormal results, 2^-149 at most)
-        tot = 0
         for a in range(levels):
             base = a * K
+            tot = 0
             for i in range(K):
                 q = np.rint(v[i])
                 qi = np.int32(q)
                 out[r, base + i] = qi
                 tot += abs(qi)
                 v[i] = (v[i] - q) * 128.0
-        S[r] = tot
+            S[r, a] = tot
 
 
 # Reassociation is harmless here (the level sums and the power-of-two scalings are exact in any order, the
@@ -212,25 +214,33 @@ def int8_products_exact() -> bool:
 
 
 class Int8Layer:
-    """``x -> x W^T + b`` in float64 from ``levels (levels + 1) / 2`` exact int8 products, with the rank-two
-    error bound of the module docstring. Built once per layer; :meth:`__call__` per batch.
+    """``x -> x W^T + b`` in float64 from exact int8 products, with the rank-two error bound of the module
+    docstring. Built once per layer; :meth:`__call__` / :meth:`activate` per batch.
+
+    ``levels`` slices of each operand are cut; per batch the first ``first`` anti-diagonals are computed
+    (``first (first + 1) / 2`` slice products; default all ``levels``), and :meth:`Int8Batch.rows` adds the
+    others for the rows that need the finer bound (progressive precision: most rows are decided with the
+    coarser one, at 6 products instead of 10 for ``first = 3, levels = 4``).
 
     Raises ``ValueError`` when the layer is out of its range (fan-in too large for exact int32 sums,
     weights beyond 2^±400): callers then use float64 products instead.
     """
 
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, levels: int = _LEVELS):
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, levels: int = _LEVELS, first: int | None = None):
         W = W.detach().to(dtype=torch.float64, device="cpu").contiguous()
         N, K = W.shape
+        first = levels if first is None else first
+        if not 1 <= first <= levels:
+            raise ValueError(f"first must be in 1..levels = {levels}, got {first}")
         if levels * K * 127 * 127 >= 2**31:
             raise ValueError(f"fan-in {K} too large for exact int32 sums of {levels} int8 slices")
-        self.levels, self.K, self.N = levels, K, N
+        self.levels, self.first, self.K, self.N = levels, first, K, N
         Wn = W.numpy()
         ws = np.zeros((N, levels * K), dtype=np.int8)
         inv_t = np.zeros(N)
-        St = np.zeros(N, dtype=np.int64)
+        St = np.zeros((N, levels), dtype=np.int64)
         _split(Wn, 0, N, levels, ws, inv_t, St)
-        if (St < 0).any():
+        if (St[:, 0] < 0).any():
             raise ValueError("weights beyond 2^±400: out of the int8 path's range")
         # the anti-diagonal stacks: level l pairs x_a with W_{l+2-a}, a = 1..l+1, as one (K(l+1), N) operand
         sl = [ws[:, a * K : (a + 1) * K] for a in range(levels)]
@@ -239,8 +249,9 @@ class Int8Layer:
         ]
         self.inv_t = inv_t
         self.b = b.detach().to(dtype=torch.float64, device="cpu").contiguous().numpy()
-        k = 0.5 * 2.0 ** (-7 * (levels - 1)) * _SAFETY
-        self.k = k
+        # the bound's k for L diagonals (the slices beyond them are the dropped tail)
+        self.k_of = {L: 0.5 * 2.0 ** (-7 * (L - 1)) * _SAFETY for L in range(1, levels + 1)}
+        self.k = self.k_of[first]
         self.p = torch.from_numpy(inv_t.copy())
         # ||W_j||_1 rounded up: a float64 sum of K terms is within gamma_K of the exact one
         q = W.abs().sum(1) * (1 + (K + 2) * 2.0**-52)
@@ -248,13 +259,13 @@ class Int8Layer:
         self.p_max, self.q_max = float(self.p.max()) if N else 0.0, float(q.max()) if N else 0.0
         self.pn = float(torch.linalg.vector_norm(self.p)) * _SAFETY
         self.qn = float(torch.linalg.vector_norm(q)) * _SAFETY
-        self.macs = levels * (levels + 1) // 2 * K * N  # int8 multiply-adds per row
+        self.macs = first * (first + 1) // 2 * K * N  # int8 multiply-adds per row
         # rows whose |z| could reach 2^450 are left to float64 (their squares must not overflow in the bounds)
         wmax = max(float(W.abs().max()) if W.numel() else 0.0, 2.0**-400)
         self._row_limit = 2.0**450 / (128.0 * wmax * max(K, 1))
 
     def _levels(self, x: torch.Tensor):
-        """The split of ``x`` and its anti-diagonal int32 products: ``(P, inv_s, S, ok)``."""
+        """The split of ``x`` and its first anti-diagonal int32 products: ``(X, P, inv_s, S, ok)``."""
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64)
         xn = x.detach().cpu().contiguous().numpy()
@@ -262,20 +273,27 @@ class Int8Layer:
         L = self.levels
         xs = np.empty((B, L * K), dtype=np.int8)
         inv_s = np.empty(B)
-        S = np.empty(B, dtype=np.int64)
+        S = np.empty((B, L), dtype=np.int64)
         run_rows(_split, B, xn, L, xs, inv_s, S)
         X = torch.from_numpy(xs)
-        P = tuple(torch._int_mm(X[:, : K * (lev + 1)], self.stacks[lev]).numpy() for lev in range(L))
-        ok = (S >= 0) & (inv_s < self._row_limit)
-        return P, inv_s, S, ok
+        P = tuple(torch._int_mm(X[:, : K * (lev + 1)], self.stacks[lev]).numpy() for lev in range(self.first))
+        ok = (S[:, 0] >= 0) & (inv_s < self._row_limit)
+        return X, P, inv_s, S, ok
+
+    def _coefficients(self, S: np.ndarray, inv_s: np.ndarray, ok: np.ndarray, L: int):
+        """Per-row ``(alpha, beta)`` of the bound after ``L`` anti-diagonals."""
+        k = self.k_of[L]
+        alpha = np.where(ok, S[:, :L].sum(1), 0).astype(np.float64) * inv_s * k
+        return alpha, inv_s * k
 
     def activate(self, x: torch.Tensor, slope: float):
         """The layer followed by ``max(z, slope z)``, fused: ``(h32, bits, (rows, units), rows64, norms,
-        alpha, beta, ok)``. ``(rows, units)`` are the pairs whose ``|z|`` is within the bound,
+        alpha, beta, ok, batch)``. ``(rows, units)`` are the pairs whose ``|z|`` is within the bound,
         ``rows64[rows]`` recomputes the float64 activation of some rows, ``norms`` are per-row upper bounds
         ``(||h64||, ||z||)`` safe from underflow. The float64 activation is within
         ``alpha p + beta q + 2^-51 |z|`` of the exact one per entry (for ``|slope| <= 1``; the extra
-        ``2^-52 |z|`` covers the float64 product ``slope z``), ``h32`` is its float32 rounding."""
+        ``2^-52 |z|`` covers the float64 product ``slope z``), ``h32`` is its float32 rounding. ``batch``
+        (an :class:`Int8Batch`, or ``None`` when all diagonals were computed) refines rows on demand."""
         B, N = x.shape[0], self.N
         h32 = np.empty((B, N), dtype=np.float32)
         bits = np.empty((B, N), dtype=np.bool_)
@@ -284,14 +302,15 @@ class Int8Layer:
         if B == 0:
             alpha = beta = inv_s = np.zeros(0)
             ok = np.zeros(0, dtype=bool)
-            P = tuple(np.zeros((0, N), dtype=np.int32) for _ in range(self.levels))
+            P = tuple(np.zeros((0, N), dtype=np.int32) for _ in range(self.first))
+            batch = None
         else:
-            P, inv_s, S, ok = self._levels(x)
-            alpha = np.where(ok, S, 0).astype(np.float64) * inv_s * self.k
-            beta = inv_s * self.k
+            X, P, inv_s, S, ok = self._levels(x)
+            alpha, beta = self._coefficients(S, inv_s, ok, self.first)
             p, q = self.p.numpy(), self.q.numpy()
             args = (inv_s, self.inv_t, self.b, alpha, beta, p, q, float(slope), h32, bits, n_und, stats)
             run_rows(_finish, B, P, *args)
+            batch = Int8Batch(self, X, P, inv_s, S, ok, float(slope)) if self.first < self.levels else None
         rows64 = _Rows64(P, inv_s, self.inv_t, self.b, float(slope))
         t = torch.from_numpy
         cand = t(np.flatnonzero(n_und))
@@ -307,19 +326,48 @@ class Int8Layer:
         grow = 1 + (N + 4) * 2.0**-53
         hn = np.where(stats[:, 0] < 1e-280, sq * stats[:, 1], np.sqrt(stats[:, 0]) * grow)
         zn = np.where(stats[:, 2] < 1e-280, sq * stats[:, 3], np.sqrt(stats[:, 2]) * grow)
-        return t(h32), t(bits), (rows, units), rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok)
+        return t(h32), t(bits), (rows, units), rows64, (t(hn), t(zn)), t(alpha), t(beta), t(ok), batch
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x: torch.Tensor, diagonals: int | None = None):
         """``(z, alpha, beta, ok)``: float64 ``z`` (B, N), per-row bound coefficients (entry ``j`` of row
         ``r`` is within ``alpha_r p_j + beta_r q_j + 2^-52 |z_rj|`` of the exact value), and ``ok`` False
-        for rows out of range (their ``z`` is meaningless; decide them another way)."""
+        for rows out of range (their ``z`` is meaningless; decide them another way). ``diagonals``: how many
+        anti-diagonals (default ``first``; up to ``levels``, the rest computed as :meth:`Int8Batch.rows`
+        does)."""
         B = x.shape[0]
         if B == 0:
             empty = torch.zeros(0, dtype=torch.float64)
             return torch.zeros((0, self.N), dtype=torch.float64), empty, empty, torch.zeros(0, dtype=bool)
-        P, inv_s, S, ok = self._levels(x)
-        z, _ = _Rows64(P, inv_s, self.inv_t, self.b, 1.0).both(torch.arange(B))
-        inv_s_t = torch.from_numpy(inv_s)
-        alpha = torch.from_numpy(np.where(ok, S, 0).astype(np.float64)) * inv_s_t * self.k
-        beta = inv_s_t * self.k
-        return z, alpha, beta, torch.from_numpy(ok)
+        X, P, inv_s, S, ok = self._levels(x)
+        L = self.first if diagonals is None else diagonals
+        if L > self.first:
+            z, _, alpha, beta = Int8Batch(self, X, P, inv_s, S, ok, 1.0).rows(torch.arange(B), L)
+            return z, alpha, beta, torch.from_numpy(ok)
+        z, _ = _Rows64(P[:L], inv_s, self.inv_t, self.b, 1.0).both(torch.arange(B))
+        alpha, beta = self._coefficients(S, inv_s, ok, L)
+        return z, torch.from_numpy(alpha), torch.from_numpy(beta), torch.from_numpy(ok)
+
+
+class Int8Batch:
+    """One batch's split and first anti-diagonals, kept to refine rows with the remaining ones."""
+
+    def __init__(self, layer: Int8Layer, X, P, inv_s, S, ok, slope: float):
+        self.layer, self.X, self.P, self.inv_s, self.S, self.ok, self.slope = layer, X, P, inv_s, S, ok, slope
+
+    def rows(self, rows: torch.Tensor, diagonals: int | None = None):
+        """``(z, h, alpha, beta)`` of ``rows`` from ``diagonals`` anti-diagonals (default: all ``levels``):
+        float64 pre-activations and activations, within ``alpha p + beta q + 2^-52 |z|`` (``z``; ``h``:
+        ``2^-51``, as :meth:`Int8Layer.activate`) of the exact ones."""
+        lay = self.layer
+        L = lay.levels if diagonals is None else diagonals
+        idx = np.ascontiguousarray(rows.cpu().numpy(), dtype=np.int64)
+        n, K = len(idx), lay.K
+        Xr = self.X.index_select(0, torch.from_numpy(idx))  # fresh, row-major (see _canonical)
+        P = [Pl[idx] for Pl in self.P[:L]]
+        for lev in range(len(P), L):
+            P.append(torch._int_mm(Xr[:, : K * (lev + 1)], lay.stacks[lev]).numpy() if n else
+                     np.zeros((0, lay.N), dtype=np.int32))
+        inv_s = self.inv_s[idx]
+        z, h = _Rows64(tuple(P), inv_s, lay.inv_t, lay.b, self.slope).both(torch.arange(n))
+        alpha, beta = lay._coefficients(self.S[idx], inv_s, self.ok[idx], L)
+        return z, h, torch.from_numpy(alpha), torch.from_numpy(beta)

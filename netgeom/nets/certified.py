@@ -45,6 +45,7 @@ pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense aff
 from __future__ import annotations
 
 import math
+import threading
 from fractions import Fraction
 
 import torch
@@ -840,12 +841,14 @@ class _ChainPlan:
         (8192 x 784: 53 ms against 2.4 ms for the copy into a kept buffer, one thread)."""
         if x.dtype == dtype:
             return x
+        # one set of buffers per thread: count_patterns hands chunks to worker threads
+        bufs = self._bufs.setdefault(threading.get_ident(), {})
         key = (tuple(x.shape), dtype, x.device)
-        buf = self._bufs.get(key)
+        buf = bufs.get(key)
         if buf is None:
-            if len(self._bufs) > 2:
-                self._bufs.clear()
-            buf = self._bufs[key] = torch.empty(x.shape, dtype=dtype, device=x.device)
+            if len(bufs) > 2:
+                bufs.clear()
+            buf = bufs[key] = torch.empty(x.shape, dtype=dtype, device=x.device)
         return buf.copy_(x)
 
     def int8_layer(self, levels: int):
@@ -860,21 +863,26 @@ class _ChainPlan:
             lay = None
             if self._int8_exact:
                 try:
-                    lay = Int8Layer(self.layers[0]["W64"], self.layers[0]["b64"], levels)
+                    # fewer than 4 diagonals: 4 slices cut, the rest computed for the rows that need them
+                    lay = Int8Layer(self.layers[0]["W64"], self.layers[0]["b64"], max(levels, 4), levels)
                 except ValueError:
                     lay = None
             self._int8[levels] = lay
         return self._int8[levels]
 
-    def cost(self, m: int, redo: float, int8: int = 0) -> float:
+    def cost(self, m: int, redo: float, int8: int = 0, refined: float = 0.0) -> float:
         """Relative cost (float32 multiply-adds) of ``m`` leading float64 layers, the first one from
-        ``int8`` levels of int8 products when nonzero, when a fraction ``redo`` of rows is redone."""
+        ``int8`` levels of int8 products when nonzero, when a fraction ``redo`` of rows is redone and a
+        fraction ``refined`` gets the remaining anti-diagonals of a progressive int8 layer."""
         macs = [lay["macs"] for lay in self.layers]
         first = 2 * macs[0] if m else 0
         if m and int8:
             # measured on AVX-512 VNNI: an int8 product runs ~9x a float32 one; the splitting and the
-            # float64 recombination cost about a fifth of a float32 product more
-            first = macs[0] * (int8 * (int8 + 1) / 2 / 9 + 0.25)
+            # float64 recombination cost about a fifth of a float32 product more; a refined row pays the
+            # remaining products, the gathers and its second layer's undecided units again (calibrated:
+            # 784-400-400-10 with 47% of the rows refined costs the same CPU time at 3 and 4 levels)
+            rest = (10 - int8 * (int8 + 1) / 2) / 9 + 0.5
+            first = macs[0] * (int8 * (int8 + 1) / 2 / 9 + 0.25 + refined * rest)
         return first + sum(2 * c for c in macs[1:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
 
 
@@ -915,7 +923,25 @@ def _to_float32_bounds(e: torch.Tensor, hn64: torch.Tensor, width: int):
     return e32, (hn64 * ((1 + u32) * _SAFETY)).to(torch.float32)
 
 
-def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
+def _unit_check(lay: dict, units: torch.Tensor, H: torch.Tensor, which: torch.Tensor, ein: torch.Tensor):
+    """Float64 dot products ``z_k = W_{units_k} . H_{which_k} + b`` for (row, unit) pairs, and whether each
+    is decided: ``|z| > bound`` with ``bound = ein ||W_j|| + gamma (||W_j|| ||h|| + |b_j|)`` (plus the
+    underflow allowance). ``H`` holds the distinct input rows (float64), ``ein`` bounds their error norms."""
+    if H.device.type == "cpu":
+        from ._chain_kernel import pair_dots
+
+        z64 = pair_dots(lay["W64"], lay["b64"], H, which, units)
+    else:
+        z64 = (lay["W64"][units] * H[which]).sum(1) + lay["b64"][units]
+    hn64 = _safe_norm(H)[which]
+    r64 = lay["r"][units]
+    b64 = (ein[which] * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
+    live = ((hn64 > 0) | lay["has_bias"]).to(torch.float64)
+    b64 += live * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
+    return z64, (z64.abs() > b64) | (b64 == 0)
+
+
+def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, stats: dict | None = None):
     """Certified relu signs of a batch through a :class:`_ChainPlan`, deciding per (row, unit).
 
     The first ``m`` layers run in float64, the rest in float32. After each matrix product a unit is decided
@@ -928,7 +954,9 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
 
     With ``int8 = L > 0`` (and ``m >= 1``) the first layer's float64-accurate values come from
     ``L (L + 1) / 2`` exact int8 products instead of a float64 one (:class:`netgeom.nets._int8.Int8Layer`:
-    about the cost of a float32 product, error ``~2^{-7L}`` relative, certified by a rank-two bound).
+    about the cost of a float32 product, error ``~2^{-7L}`` relative, certified by a rank-two bound). For
+    ``L < 4`` the rows whose second layer that error leaves undecided get the 4-slice value (the remaining
+    anti-diagonals, for those rows only) before anything is redone; ``stats["refined"]`` counts them.
 
     Returns ``({relu node index: bool (B, n)}, redo64 rows, exact rows, rows with a float64 dot product)``,
     the rows as bool ``(B,)`` masks.
@@ -969,7 +997,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
             # |z_j - exact_j| <= alpha p_j + beta q_j + 2^-52 |z_j|: decided when |z_j| (1 - 2^-51) exceeds
             # the rest (which is 0 only for an exactly computed value, then even z == 0 decides)
             slope0 = lay["relu"].negative_slope if lay["relu"] is not None else 1.0
-            h32, bits, (rows, units), rows64, (h64n, zn), alpha, beta, in_range = i8.activate(x, slope0)
+            h32, bits, (rows, units), rows64, (h64n, zn), alpha, beta, in_range, i8b = i8.activate(x, slope0)
             rows, units = rows.to(dev), units.to(dev)
             cand = rows
             if not bool(in_range.all()):  # inputs beyond 2^+-400: the float64 path decides those rows
@@ -1005,17 +1033,29 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
                 rows = cand[rr]
         if len(cand) and len(rows):
             fixed[rows] = True
-            hsrc = (src if in64 else h)[rows].to(device=dev, dtype=torch.float64)
-            z64 = (lay["W64"][units] * hsrc).sum(1) + lay["b64"][units]
-            ein = src_e[rows] if in64 else e[rows].to(torch.float64)
-            hn64 = _safe_norm(hsrc)
-            r64 = lay["r"][units]
-            b64 = (ein * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
-            live = ((hn64 > 0) | lay["has_bias"]).to(torch.float64)
-            b64 += live * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
-            ok = (z64.abs() > b64) | (b64 == 0)
+            ur, inv = torch.unique(rows, return_inverse=True)
+            H = (src if in64 else h)[ur].to(device=dev, dtype=torch.float64)
+            ein = src_e[ur] if in64 else e[ur].to(torch.float64)
+            z64, ok = _unit_check(lay, units, H, inv, ein)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
+            if len(bad) and l_idx == 1 and in64 and i8 is not None and i8b is not None:
+                # progressive int8: the first layer's coarser bound (its first anti-diagonals) left these
+                # units undecided; their rows get the first layer from every anti-diagonal, and a second try
+                # (rows out of the int8 range are redone whole anyway)
+                bu = units[~ok]
+                sure = in_range.to(dev)[bad]
+                bad, bu = bad[sure], bu[sure]
+                ub, inv = torch.unique(bad, return_inverse=True)
+                if stats is not None:
+                    stats["refined"] = stats.get("refined", 0) + len(ub)
+                z4, h4, a4, b4 = i8b.rows(ub.cpu())
+                e4 = (a4 * i8.pn + b4 * i8.qn + 2.0**-51 * _safe_norm(z4)) * (
+                    max(1.0, abs(slope0)) * _SAFETY * _SAFETY
+                )
+                z64, ok = _unit_check(lay, bu, h4.to(dev), inv, e4.to(dev))
+                bits[bad[ok], bu[ok]] = z64[ok] > 0
+                bad = bad[~ok]
             if len(bad):
                 # the input's error is float64's only when float64 products made it; an int8 first layer's
                 # (~2^-7L) can leave a unit undecided that a whole-row float64 redo decides
@@ -1069,9 +1109,10 @@ def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     for m in range(len(plan.layers) + 1):
         levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
         for lv in levels + [0]:
-            _, redo, _, _ = chain_patterns(plan, probe, m, lv)
+            st: dict = {}
+            _, redo, _, _ = chain_patterns(plan, probe, m, lv, st)
             frac = float(redo.float().mean()) if len(redo) else 0.0
-            cost = plan.cost(m, frac, lv)
+            cost = plan.cost(m, frac, lv, st.get("refined", 0) / max(len(redo), 1))
             if cost < best_cost:
                 best, best_cost = (m, lv), cost
         if frac == 0.0:  # (of the float64 product) more float64 layers only cost more

@@ -12,6 +12,8 @@ The count is a lower bound on the number of activation regions the inputs' set m
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -279,6 +281,7 @@ def count_patterns(
     True
     """
     from ..nets import trace
+    from ..nets._workers import chunk_pool, map_ordered
     from ..nets.certified import (
         chain_decide,
         chain_plan,
@@ -324,8 +327,8 @@ def count_patterns(
     # at most 4096 rows they stay small (65 536 points through 784-400-400-10 on one thread: 13% less CPU
     # time than 8192 rows at once)
     step = min(batch_size, _CHAIN_ROWS) if plan is not None and dev.type == "cpu" else batch_size
-    prefix = None
-    with torch.no_grad(), guard:
+
+    def chunks() -> Iterator[torch.Tensor]:
         for i, batch in enumerate(_batches(X, batch_size)):
             x = batch.reshape(batch.shape[0], -1)
             if x.shape[1] != n0:
@@ -335,52 +338,75 @@ def count_patterns(
             if x.is_complex():
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
             for a in range(0, x.shape[0], step):
-                xb = x[a : a + step]
-                if plan is not None:
-                    if prefix is None:
-                        # float64 for every layer when asked; else the cheapest float64-accurate prefix (and
-                        # whether its first layer comes from int8 products) on a trial
-                        if dtype == torch.float64:
-                            prefix = (len(plan.layers), 0)
-                        else:
-                            prefix = choose_prefix(plan, xb[:512])
-                    dec, stats = chain_decide(g, plan, xb, prefix[0], _engines=engines, int8=prefix[1])
+                yield x[a : a + step]
+
+    def count(xb: torch.Tensor, dec: dict, stats: dict) -> None:
+        nonlocal n_samples
+        for k in redone:
+            redone[k] += stats[k]
+        B = _bits_of(dec, nodes, widths) if nodes else np.zeros((xb.shape[0], 0), dtype=bool)
+        total.add(pack_patterns(B))
+        if per_layer:
+            for l_idx in range(len(widths)):
+                single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
+                cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
+        n_samples += xb.shape[0]
+
+    with torch.no_grad(), guard:
+        stream = chunks()
+        if plan is not None:
+            first = next(stream, None)
+            if first is not None:
+                # float64 for every layer when asked; else the cheapest float64-accurate prefix (and whether
+                # its first layer comes from int8 products) on a trial
+                if dtype == torch.float64:
+                    m, levels = len(plan.layers), 0
                 else:
-                    head = None
-                    if probe and run_dtype == torch.float32:
-                        # a small float32 trial first: when float32 cannot decide many inputs (its certified
-                        # rounding bound is too wide next to the margins of this network), go float64 at once
-                        # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
-                        head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
-                        if st["float64"] > _REDO64 * min(512, xb.shape[0]):
-                            run_dtype = torch.float64
-                        probe = False
-                    if head is not None and xb.shape[0] > 512:  # the trial's rows are decided already
-                        rest = xb[512:]
-                        dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
-                        if run_dtype == torch.float64:
-                            stats["float64"] = rest.shape[0]
-                        dec = {k: torch.cat([head[k], d]) for k, d in dec.items()}
-                        stats = {k: stats[k] + st[k] for k in stats}
-                    elif head is not None:
-                        dec, stats = head, st
-                    else:
-                        dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
-                        if run_dtype == torch.float64:
-                            stats["float64"] = xb.shape[0]
-                    if run_dtype == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
-                        # float32 cannot decide most inputs of this network (its rounding-error bound is
-                        # too wide next to the margins): a float64 pass from the start is then cheaper
+                    m, levels = choose_prefix(plan, first[:512])
+                stream = itertools.chain([first], stream)
+                # on the CPU, chunks go to one thread per core, each running its torch products on one
+                # OpenMP thread (netgeom.nets._workers: no spinning workers between the products and the
+                # compiled passes); the results are counted in order, on this thread, as they come
+                pool = chunk_pool() if dev.type == "cpu" else None
+                engines_of: dict = {}  # per thread: the float64 graph engines of redone rows
+
+                def decide(xb):
+                    engines = engines_of.setdefault(threading.get_ident(), {})
+                    return xb, chain_decide(g, plan, xb, m, _engines=engines, int8=levels)
+
+                ahead = 2 * torch.get_num_threads()
+                with pool or contextlib.nullcontext():
+                    for xb, (dec, stats) in map_ordered(pool, decide, stream, ahead):
+                        count(xb, dec, stats)
+        else:
+            for xb in stream:
+                head = None
+                if probe and run_dtype == torch.float32:
+                    # a small float32 trial first: when float32 cannot decide many inputs (its certified
+                    # rounding bound is too wide next to the margins of this network), go float64 at once
+                    # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
+                    head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
+                    if st["float64"] > _REDO64 * min(512, xb.shape[0]):
                         run_dtype = torch.float64
-                for k in redone:
-                    redone[k] += stats[k]
-                B = _bits_of(dec, nodes, widths) if nodes else np.zeros((xb.shape[0], 0), dtype=bool)
-                total.add(pack_patterns(B))
-                if per_layer:
-                    for l_idx in range(len(widths)):
-                        single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
-                        cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
-                n_samples += xb.shape[0]
+                    probe = False
+                if head is not None and xb.shape[0] > 512:  # the trial's rows are decided already
+                    rest = xb[512:]
+                    dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
+                    if run_dtype == torch.float64:
+                        stats["float64"] = rest.shape[0]
+                    dec = {k: torch.cat([head[k], d]) for k, d in dec.items()}
+                    stats = {k: stats[k] + st[k] for k in stats}
+                elif head is not None:
+                    dec, stats = head, st
+                else:
+                    dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
+                    if run_dtype == torch.float64:
+                        stats["float64"] = xb.shape[0]
+                if run_dtype == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
+                    # float32 cannot decide most inputs of this network (its rounding-error bound is
+                    # too wide next to the margins): a float64 pass from the start is then cheaper
+                    run_dtype = torch.float64
+                count(xb, dec, stats)
     if n_samples == 0:
         raise ValueError("X holds no inputs: nothing to count")
     rows, mult = total.result()

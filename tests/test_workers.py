@@ -1,0 +1,82 @@
+"""Chunk workers (netgeom.nets._workers): one OpenMP thread per worker, ordered results, same answers."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import netgeom.nets._workers as workers
+from netgeom import count_patterns, magnitude_prune, mlp
+from netgeom.nets._workers import chunk_pool, map_ordered
+
+
+def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone():
+    before = torch.get_num_threads()
+    pool = chunk_pool(2)
+    if pool is None:
+        pytest.skip("torch's OpenMP runtime is not reachable here (another backend or platform)")
+    with pool:
+        who = lambda _: (threading.get_ident(), torch.get_num_threads())  # noqa: E731
+        seen = list(map_ordered(pool, who, range(8), 4))
+    assert {n for _, n in seen} == {1}
+    assert threading.get_ident() not in {t for t, _ in seen}
+    assert torch.get_num_threads() == before
+    # a thread started afterwards still starts from the process-wide count
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert out == [before]
+
+
+def test_map_ordered_keeps_order_bounds_the_work_in_flight_and_raises_the_first_error():
+    pool = chunk_pool(2)
+    drawn = []
+
+    def items():
+        for i in range(20):
+            drawn.append(i)
+            yield i
+
+    def fn(i):
+        if i == 13:
+            raise ValueError("item 13")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 13"):
+        for k, v in enumerate(map_ordered(pool, fn, items(), 3)):
+            got.append(v)
+            assert len(drawn) <= k + 1 + 3  # never more than `ahead` items beyond what was consumed
+    assert got == [i * i for i in range(13)]
+    if pool is not None:
+        pool.shutdown()
+    assert list(map_ordered(None, fn, range(5), 3)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, pruned):
+    net = mlp(300, [120, 60], 3, seed=1)
+    if pruned:
+        magnitude_prune(net, scope="layer", per_layer=[0.8, 0.5, 0.0]).apply(net)
+    X = torch.rand(5000, 300, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batches = [X[i : i + 700] for i in range(0, 5000, 700)]  # ragged batches, split into chunks of 256
+    monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 256)
+    par = count_patterns(net, iter(batches), per_layer=True)
+    monkeypatch.setattr(workers, "chunk_pool", lambda n=None: None)
+    seq = count_patterns(net, iter(batches), per_layer=True)
+    assert par.count == seq.count and par.n_samples == seq.n_samples == 5000
+    assert np.array_equal(par.patterns, seq.patterns)
+    assert np.array_equal(par.multiplicities, seq.multiplicities)
+    assert par.per_layer == seq.per_layer and par.cumulative == seq.cumulative
+    assert (par.n_float64, par.n_exact) == (seq.n_float64, seq.n_exact)
+    ref = count_patterns(net, X, precision="float64")
+    assert np.array_equal(par.patterns, ref.patterns)
+
+
+def test_an_error_in_a_later_batch_is_raised_from_count_patterns():
+    net = mlp(20, [10], 1, seed=0)
+    bad = [torch.rand(300, 20), torch.rand(300, 20), torch.rand(300, 21)]
+    with pytest.raises(ValueError, match="X batch 2 has 21 features"):
+        count_patterns(net, iter(bad))
