@@ -254,6 +254,20 @@ def _spectral_bound(w: torch.Tensor) -> float:
     return math.inf
 
 
+def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
+    """Whether every nonzero float parameter is at least ``dtype``'s smallest normal number: the bounds
+    charge the cast of a parameter ``u |w|`` (relative), and a subnormal one loses up to half the smallest
+    subnormal, absolutely, times inputs as large as the precision holds (weights ~2^-148 against float32
+    inputs ~2^60 gave a wrong sign with a bound far below the error)."""
+    tiny = torch.finfo(dtype).tiny
+    for v in params.values():
+        if torch.is_tensor(v) and v.is_floating_point() and v.numel():
+            nz = v[v != 0]
+            if nz.numel() and float(nz.abs().min()) < tiny:
+                return False
+    return True
+
+
 class _Engine:
     """Per-(dtype, device) parameters for the certified evaluation of a graph."""
 
@@ -301,6 +315,8 @@ class _Engine:
         p = op.cast(self.dtype, self.device)
         floats = [v for v in p.values() if torch.is_tensor(v) and v.is_floating_point()]
         if not all(bool(torch.isfinite(v).all()) for v in floats):
+            self.fits = False
+        if self.dtype != torch.float64 and not _casts_relative(op.params, self.dtype):
             self.fits = False
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
@@ -827,6 +843,7 @@ class _ChainPlan:
                 "has_bias": bool((b != 0).any()),
                 "sqrt_n": math.sqrt(W.shape[0]),
             }
+            layer["fits32"] = _fits_float32(W, layer["r_max"], layer["c_max"])
             self.layers.append(layer)
             i += 2 if relu is not None else 1
             if relu is not None and i < len(nodes) and nodes[i].op == "relu":
@@ -905,6 +922,18 @@ def _safe_norm(h: torch.Tensor) -> torch.Tensor:
     return n
 
 
+def _fits_float32(W: torch.Tensor, r_max: float, c_max: float) -> bool:
+    """Whether a layer's float32 pass is certified by its bounds: every nonzero weight must be a normal
+    float32 number, since the bounds charge the cast of a weight ``u32 |w|`` (relative) and a weight below
+    float32's smallest normal number loses up to ``2^-150`` absolutely, times an input up to ``~1e38``
+    (weights ~2^-148 against inputs ~2^60 had every bound far below the error, and a wrong sign came out);
+    and the row norms and biases stay below ``2^60``, so the weights, ``r^2`` and ``c^2`` are finite in
+    float32 (a cast to ``inf`` has no bound). A layer outside this range runs in float64."""
+    nz = W[W != 0].abs()
+    small = bool(nz.numel()) and float(nz.min()) < torch.finfo(torch.float32).tiny
+    return not small and r_max < 2.0**60 and c_max < 2.0**60
+
+
 def _to_float32_bounds(e: torch.Tensor, hn64: torch.Tensor, width: int):
     """``(error, norm)`` bounds of the float32 copy of a float64 layer output ``h`` with error norm ``e`` and
     ``||h|| <= hn64``: the cast rounds each entry by u32 (and, under gradual underflow, by up to the smallest
@@ -956,6 +985,14 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     last = len(plan.layers) - 1
     hn_next = None
     for l_idx, lay in enumerate(plan.layers):
+        if l_idx >= m and not lay["fits32"] and not (l_idx == 0 and i8 is not None):
+            # parameters float32 cannot carry with a certified bound (:func:`_fits_float32`): every row is
+            # redone in float64 by the caller (so choose_prefix prefers a float64 prefix past this layer)
+            redo[:] = True
+            for rest in plan.layers[l_idx:]:
+                if rest["relu"] is not None:
+                    out[rest["relu"].index] = torch.zeros((B, len(rest["b64"])), dtype=torch.bool, device=dev)
+            break
         in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
