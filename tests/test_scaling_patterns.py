@@ -1,6 +1,8 @@
-"""count_patterns at extreme scales: rescalings that leave every ReLU sign unchanged must change no pattern,
-must not send the rows to rational arithmetic, and parameters float32 cannot carry must not give wrong signs."""
+"""count_patterns at extreme scales: rescalings that leave every ReLU sign unchanged must change no pattern
+and must not send the rows to rational arithmetic; parameters float32 cannot carry must not give wrong
+signs."""
 
+import copy
 from fractions import Fraction
 
 import numpy as np
@@ -57,3 +59,83 @@ def test_weights_below_float32s_normal_range_never_give_a_wrong_sign():
     _, redo, _, _ = chain_patterns(plan, x, 0, 0)
     assert redo.all()  # a float32 first layer cannot certify them: the rows are redone
     assert count_patterns(net, x).patterns.tolist() == [[0]]
+
+
+def _mlp(bias: bool) -> nn.Sequential:
+    net = mlp(784, [100, 100], 2, seed=0).double()
+    if not bias:
+        with torch.no_grad():
+            for mod in net:
+                if isinstance(mod, nn.Linear):
+                    mod.bias.zero_()
+    return net
+
+
+def _scaled(net: nn.Sequential, kind: str, e: int) -> nn.Sequential:
+    """``"first"``: W1 -> 2^-e W1 (the input is to be scaled by 2^e); ``"middle"``: (W2, b2) -> 2^e (W2, b2)
+    and W3 -> 2^-e W3 (relu(c z) = c relu(z) for c > 0). Either leaves every pre-activation's sign as it
+    was, as long as the powers of two are exact (checked: scaling back gives the parameters again)."""
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        if kind == "first":
+            scale = {"0.weight": -e}
+        else:
+            scale = {"2.weight": e, "2.bias": e, "4.weight": -e}
+        params = dict(out.named_parameters())
+        for name, k in scale.items():
+            params[name].mul_(2.0**k)
+            assert torch.equal(params[name] * 2.0**-k, dict(net.named_parameters())[name]), name
+    return out
+
+
+_X = torch.rand(100, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def refs():
+    return {bias: count_patterns(_mlp(bias), _X, precision="float64") for bias in (True, False)}
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a.patterns, b.patterns) and np.array_equal(a.multiplicities, b.multiplicities)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", ["first", "middle"])
+@pytest.mark.parametrize("e", [-900, -600, 600, 900])
+def test_extreme_scales_that_keep_every_sign_keep_the_patterns_and_stay_in_floats(refs, bias, kind, e):
+    # e = -600 (inputs ~1e-180 against first weights ~1e+180) used to send every row to rational arithmetic
+    # (~1 s a row): the weights' row norms overflowed to inf in vector_norm (and the inputs' norms
+    # underflowed), so every bound was inf. Every product here is O(1): floats decide all but a handful
+    net = _scaled(_mlp(bias), kind, e)
+    x = _X * 2.0**e if kind == "first" else _X
+    res = count_patterns(net, x)
+    assert _same(res, refs[bias])
+    assert res.n_exact <= 2
+
+
+@pytest.mark.parametrize("kind, e", [("first", -600), ("first", 600), ("middle", -600), ("middle", 900)])
+def test_the_graph_engine_decides_extreme_scales_in_floats(kind, e):
+    # the per-row graph engine (the path of non-chain graphs and of rows the chain path hands back) had the
+    # same inf row norms
+    net = _mlp(True)
+    ref, _ = graph_patterns(trace(net), _X[:40], dtype=torch.float64)
+    x = _X[:40] * 2.0**e if kind == "first" else _X[:40]
+    for dtype in (torch.float32, torch.float64):
+        dec, st = graph_patterns(trace(_scaled(net, kind, e)), x, dtype=dtype)
+        assert all(torch.equal(dec[i], ref[i]) for i in ref)
+        assert st["exact"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["first", "middle"])
+@pytest.mark.parametrize("e", [-120, -100, 100, 120])
+def test_float32_inputs_at_the_ends_of_float32s_range(kind, e):
+    # first weights 2^-120 W1 are subnormal in float32 (their layer runs in float64), 2^+-120 x stays a
+    # normal float32 number where x > 2^-6; the reference reads the very same float32 inputs, scaled back
+    net = _mlp(True)
+    x = _X if kind == "middle" else _X * 2.0**e
+    x32 = x.to(torch.float32)
+    back = x32.double() * (2.0**-e if kind == "first" else 1.0)
+    res = count_patterns(_scaled(net, kind, e), x32)
+    assert _same(res, count_patterns(net, back, precision="float64"))
+    assert res.n_exact <= 2

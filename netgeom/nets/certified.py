@@ -333,7 +333,7 @@ class _Engine:
         info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
         if op.type_name == "Linear" and len(op.in_shape) == 1:
             w = op.params["weight"]
-            r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
+            r = _scaled_norms(w) * (1 + 4 * self.u)  # (vector_norm squares: |w| ~1e180 gave inf)
             c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
             info["fast"] = True
             # exact zeros (pruned weights) add no rounding: a dot product's error bound counts only its
@@ -343,11 +343,11 @@ class _Engine:
             info["c_max"] = float(c.max()) * _SAFETY
             info["r"] = r.to(self.dtype).to(self.device)
             info["c"] = c.to(self.dtype).to(self.device)
-            info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
+            info["rn"] = float(_scaled_norms(r[None])[0]) * _SAFETY
             # ||W||_2 <= ||W||_F: the certified spectral bound only where it is smaller (computed when a
             # norm of this layer's error is first needed)
             info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_bound(w) * (1 + 4 * self.u)))
-            info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
+            info["cn"] = float(_scaled_norms(c[None])[0]) * _SAFETY
             rpos = r[r > 0]
             # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
             info["under_r"] = info["under"] / float(rpos.min()) if rpos.numel() else 0.0
@@ -822,7 +822,7 @@ class _ChainPlan:
             b = ops[0].params.get("bias", torch.zeros(W.shape[0], dtype=W.dtype))
             K = int((W != 0).sum(1).max()) if W.numel() else 0
             u32, u64 = 2.0**-24, 2.0**-53
-            r = torch.linalg.vector_norm(W, dim=1) * (1 + 4 * u64)
+            r = _scaled_norms(W) * (1 + 4 * u64)  # (vector_norm squares: W ~1e180 gave r = inf)
             layer = {
                 "W64": W.to(self.device),
                 "b64": b.to(self.device),
@@ -833,8 +833,8 @@ class _ChainPlan:
                 "rc2": torch.stack([r * r, b * b], 1).to(self.device),
                 "r_max": float(r.max()) * _SAFETY if r.numel() else 0.0,
                 "c_max": float(b.abs().max()) * _SAFETY if b.numel() else 0.0,
-                "rn": float(torch.linalg.vector_norm(r)) * _SAFETY,
-                "cn": float(torch.linalg.vector_norm(b)) * _SAFETY,
+                "rn": float(_scaled_norms(r[None])[0]) * _SAFETY,
+                "cn": float(_scaled_norms(b[None])[0]) * _SAFETY,
                 "g32": _gamma(K, u32) * _SAFETY,
                 "g64": _gamma(K, u64) * _SAFETY,
                 "relu": relu,
@@ -910,15 +910,42 @@ def chain_plan(g: PLGraph, device) -> _ChainPlan | None:
         return None
 
 
+def _scaled_norms(h: torch.Tensor) -> torch.Tensor:
+    """Row 2-norms of ``h`` at any scale, as upper bounds up to ``vector_norm``'s own rounding (relative
+    ~``n u``, which the callers' ``_SAFETY`` covers as for any other norm).
+
+    ``vector_norm`` squares the entries: a row beyond ~1e154 (float64; ~1e19 in float32) comes out ``inf``
+    and a row below ~1e-154 loses its squares to underflow (an underestimate, 0 for ``~1e-180``). Here each
+    row is first multiplied by ``2^-k`` (``2^(k-1) <= max |h_i| < 2^k``, as two factors that stay in range),
+    so its largest entry is in [0.5, 1) and nothing overflows; squares below the smallest normal number
+    ``tiny`` then lose at most ``tiny`` each, ``sqrt(n) tiny`` in norm against a norm of at least 0.5.
+    Scaling down may round an entry to a subnormal number (by at most ``tiny`` per factor in the scaled
+    units): ``2 sqrt(n) tiny`` more. Scaling back is exact for a normal result and loses less than ``tiny``
+    for a subnormal one (added); ``(1 + 8 eps)`` covers the rounding of the scale factors themselves, were
+    ``exp2`` not exact. A zero row keeps the norm 0 (callers read ``> 0`` as "something to round")."""
+    fi = torch.finfo(h.dtype)
+    n = h.shape[1]
+    m = h.abs().amax(1) if n else h.new_zeros(h.shape[0])
+    k = torch.frexp(m).exponent.to(h.dtype)
+    k1 = torch.floor(k / 2)
+    k2 = k - k1
+    s = h * torch.exp2(-k1)[:, None] * torch.exp2(-k2)[:, None]
+    ns = torch.linalg.vector_norm(s, dim=1) + 3 * math.sqrt(n) * fi.tiny
+    out = ns * torch.exp2(k1) * torch.exp2(k2) * (1 + 8 * fi.eps) + fi.tiny
+    return torch.where(m > 0, out, torch.zeros_like(out))
+
+
 def _safe_norm(h: torch.Tensor) -> torch.Tensor:
-    """Row 2-norms that never underflow to an underestimate: ``vector_norm`` squares the entries, so a row
-    of tiny values (``~1e-160`` in float64, ``~1e-20`` in float32) gets a norm of 0 (or too small); those
-    rows get ``sqrt(n) max |h_i|`` instead, an upper bound."""
+    """Row 2-norms that neither underflow to an underestimate nor overflow: rows whose ``vector_norm`` is
+    below ``1e-140`` (float64; ``1e-15`` in float32), where squares of their entries may have underflowed,
+    or not finite (a square overflowed) are recomputed by :func:`_scaled_norms`. (``sqrt(n) max |h_i|``
+    also bounds the first kind, but up to ``sqrt(n)`` times too loosely: a ~1e-180 input to a 784-wide
+    layer then left 28x wider bounds.)"""
     n = torch.linalg.vector_norm(h, dim=1)
-    small = n < (1e-140 if h.dtype == torch.float64 else 1e-15)
-    if bool(small.any()):
-        rows = torch.nonzero(small).flatten()
-        n[rows] = h[rows].abs().amax(1) * math.sqrt(h.shape[1]) if h.shape[1] else 0.0
+    ok = (n >= (1e-140 if h.dtype == torch.float64 else 1e-15)) & (n < math.inf)
+    if not bool(ok.all()):
+        rows = torch.nonzero(~ok).flatten()
+        n[rows] = _scaled_norms(h[rows])
     return n
 
 
