@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from netgeom import count_patterns, mlp, trace
-from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan, graph_patterns
+from netgeom.nets.certified import _spectral_bound, chain_decide, chain_patterns, chain_plan, graph_patterns
 
 
 def _exact_signs(net: nn.Sequential, x: torch.Tensor) -> list[list[bool]]:
@@ -139,3 +139,16 @@ def test_float32_inputs_at_the_ends_of_float32s_range(kind, e):
     res = count_patterns(_scaled(net, kind, e), x32)
     assert _same(res, count_patterns(net, back, precision="float64"))
     assert res.n_exact <= 2
+
+
+@pytest.mark.parametrize("e", [-1000, -600, -520, 0, 520, 600, 1000])
+def test_the_spectral_certificate_holds_and_stays_tight_at_any_scale(e):
+    # w^T w over- or underflowed past ~2^+-510: the certificate gave up (inf: the graph engine then kept the
+    # Frobenius norm, ~sqrt(rank) looser); entries 2^-60 below the largest have squares below the smallest
+    # normal number, which the bound now charges
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    w[::3] *= 2.0**-60
+    true = float(torch.linalg.matrix_norm(w, 2))
+    bound = _spectral_bound(w * 2.0**e)
+    assert true * 2.0**e * (1 + 1e-12) <= bound <= true * 2.0**e * 1.001

@@ -230,8 +230,21 @@ def _spectral_bound(w: torch.Tensor) -> float:
     k, p = min(m, n), max(m, n)
     if k > 512:
         return math.inf
+    u, tiny = 2.0**-53, torch.finfo(torch.float64).tiny
+    e = math.frexp(float(w.abs().max()))[1]
+    if abs(e) > 100:
+        # w^T w over- or underflows for |w| ~1e+-160 (then no certificate, only the Frobenius norm): bound
+        # ||w 2^-e||_2 instead (largest entry in [0.5, 1), two power-of-two factors that stay in range) and
+        # scale back. Scaling down rounds entries pushed below the smallest normal number by at most that
+        # number each, ||.||_2 <= ||.||_F <= 2 sqrt(mn) tiny in all; scaling back is exact unless the result
+        # is subnormal (then within tiny, added) or overflows (inf, the honest answer).
+        e1, e2 = e // 2, e - e // 2
+        sb = _spectral_bound(w * math.ldexp(1.0, -e1) * math.ldexp(1.0, -e2)) + 2 * math.sqrt(m * n) * tiny
+        try:
+            return math.ldexp(math.ldexp(sb, e1), e2) + tiny
+        except OverflowError:
+            return math.inf
     M = w.T @ w if n <= m else w @ w.T
-    u = 2.0**-53
     fro2 = float((w * w).sum())
     if not (math.isfinite(fro2) and bool(torch.isfinite(M).all())):
         return math.inf  # |w| near float64's range: the caller keeps the Frobenius norm
@@ -247,6 +260,7 @@ def _spectral_bound(w: torch.Tensor) -> float:
         if int(info) == 0:
             err = (
                 _gamma(p, u) * fro2
+                + k * p * tiny  # products of w^T w below the smallest normal number (gradual underflow)
                 + u * (s + float(M.diagonal().max()))
                 + 4 * _gamma(k + 1, u) * float((L * L).sum())
             )
