@@ -152,3 +152,34 @@ def test_the_spectral_certificate_holds_and_stays_tight_at_any_scale(e):
     true = float(torch.linalg.matrix_norm(w, 2))
     bound = _spectral_bound(w * 2.0**e)
     assert true * 2.0**e * (1 + 1e-12) <= bound <= true * 2.0**e * 1.001
+
+
+def _no_bias(net: nn.Sequential) -> nn.Sequential:
+    net = copy.deepcopy(net)
+    with torch.no_grad():
+        for mod in net:
+            if isinstance(mod, nn.Linear):
+                mod.bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize("e", [-1060, -1000, -600, 600, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_without_biases_scaling_the_input_alone_keeps_the_patterns(e, dtype):
+    # a chain without biases is positively homogeneous: 2^e x has the pattern of x. At 2^-600 the products
+    # were ~1e-180 (float32 holds none of them; the int8 layer rejects rows beyond 2^+-400) and at 2^-1000
+    # they underflowed in float64 (165 of 300 rows went to rational arithmetic); the rows are now scaled
+    # back near 1 first. For e = -1060 the inputs are subnormal and rounded: the reference reads them back
+    # scaled up, exactly
+    net = _no_bias(_mlp(True))
+    if dtype == torch.float32:
+        e = max(min(e, 100), -140)  # float32's range: 2^-140 x is partly subnormal
+    x = (_X * 2.0**e).to(dtype)
+    back = x.double() * 2.0 ** (-e // 2) * 2.0 ** (-e - (-e // 2))  # (2^1060 is beyond float64)
+    assert torch.equal(back * 2.0**e, x.double())  # the reference holds the very same inputs, scaled
+    res = count_patterns(net, x)
+    assert _same(res, count_patterns(net, back, precision="float64"))
+    assert res.n_exact <= 2
+    if abs(e) > 100:  # rescaled to the very rows of `back`: the same float work as at scale 1
+        at_one = count_patterns(net, back.to(dtype))
+        assert (res.n_float64, res.n_exact) == (at_one.n_float64, at_one.n_exact)

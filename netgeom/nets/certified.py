@@ -1134,6 +1134,40 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     return out, redo, exact, fixed
 
 
+def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``2^k`` exactly, built from its bits (``k`` integers within the normal exponents of ``dtype``)."""
+    if dtype == torch.float64:
+        return torch.bitwise_left_shift(k.long() + 1023, 52).view(torch.float64)
+    return torch.bitwise_left_shift(k.int() + 127, 23).view(torch.float32)
+
+
+def homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
+    """``x`` with rows far from 1 brought near it by powers of two, for a chain without biases.
+
+    Such a chain is positively homogeneous (``W (c h) = c W h``, ``relu(c z) = c relu(z)``, likewise a leaky
+    ReLU, for ``c > 0``), so ``c x`` has the pattern of ``x``. Rows whose largest entry is beyond
+    ``2^+-100`` (~1e-180 inputs gave pre-activations float32 cannot hold and float64 products that
+    underflow) get ``c = 2^-k``, the largest entry then in [0.5, 1). A row is kept only where scaling it
+    back by ``2^k`` returns it exactly: multiplying by powers of two is exact short of overflow, so that
+    proves the scaled row is exactly ``2^-k x`` (scaling down may round entries below the smallest normal
+    number; such rows stay as they are, decided at their own scale)."""
+    if any(lay["has_bias"] for lay in plan.layers) or x.dtype not in (torch.float32, torch.float64):
+        return x
+    if x.numel() == 0:
+        return x
+    k = torch.frexp(x.abs().amax(1)).exponent
+    far = torch.nonzero((k > 100) | (k < -100)).flatten()
+    if len(far) == 0:
+        return x
+    k1 = torch.div(k[far], 2, rounding_mode="floor")[:, None]  # two factors, each a normal number
+    k2 = k[far][:, None] - k1
+    xs = x[far] * _pow2(-k1, x.dtype) * _pow2(-k2, x.dtype)
+    ok = ((xs * _pow2(k2, x.dtype) * _pow2(k1, x.dtype)) == x[far]).all(1)
+    x = x.clone()
+    x[far[ok]] = xs[ok]
+    return x
+
+
 def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     """How many leading layers to run float64-accurate, and how (``(m, int8 levels)``, levels 0 meaning a
     float64 product): the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
@@ -1144,6 +1178,7 @@ def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     products (:class:`~netgeom.nets._int8.Int8Layer`) give it at about a float32 product's cost.
     """
     best, best_cost = (0, 0), math.inf
+    probe = homogeneous_rows(plan, probe)
     for m in range(len(plan.layers) + 1):
         levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
         for lv in levels + [0]:
@@ -1164,6 +1199,7 @@ def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines
     Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
     rows decided in rational arithmetic})``.
     """
+    x = homogeneous_rows(plan, x)  # (no biases: rows far from 1 scaled back near it, same patterns)
     out, redo, exact, fixed = chain_patterns(plan, x, m, int8)
     out = {i: d.cpu() for i, d in out.items()}
     redo, exact = redo.cpu(), exact.cpu()
