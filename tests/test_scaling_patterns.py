@@ -8,6 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from netgeom import count_patterns, mlp, trace
@@ -71,7 +73,11 @@ def _mlp(bias: bool) -> nn.Sequential:
     return net
 
 
-def _scaled(net: nn.Sequential, kind: str, e: int) -> nn.Sequential:
+def _must(ok: bool) -> None:
+    assert ok
+
+
+def _scaled(net: nn.Sequential, kind: str, e: int, check=_must) -> nn.Sequential:
     """``"first"``: W1 -> 2^-e W1 (the input is to be scaled by 2^e); ``"middle"``: (W2, b2) -> 2^e (W2, b2)
     and W3 -> 2^-e W3 (relu(c z) = c relu(z) for c > 0). Either leaves every pre-activation's sign as it
     was, as long as the powers of two are exact (checked: scaling back gives the parameters again)."""
@@ -84,7 +90,7 @@ def _scaled(net: nn.Sequential, kind: str, e: int) -> nn.Sequential:
         params = dict(out.named_parameters())
         for name, k in scale.items():
             params[name].mul_(2.0**k)
-            assert torch.equal(params[name] * 2.0**-k, dict(net.named_parameters())[name]), name
+            check(torch.equal(params[name] * 2.0**-k, dict(net.named_parameters())[name]))
     return out
 
 
@@ -183,3 +189,29 @@ def test_without_biases_scaling_the_input_alone_keeps_the_patterns(e, dtype):
     if abs(e) > 100:  # rescaled to the very rows of `back`: the same float work as at scale 1
         at_one = count_patterns(net, back.to(dtype))
         assert (res.n_float64, res.n_exact) == (at_one.n_float64, at_one.n_exact)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.integers(-990, 990),
+    st.sampled_from(["first", "middle"]),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_any_sign_preserving_scale_keeps_the_patterns(seed, e, kind, bias, dtype):
+    net = mlp(12, [10, 8], 2, seed=seed).double()
+    if not bias:
+        net = _no_bias(net)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(16, 12, dtype=torch.float64, generator=g) * (1 - 2.0**-10) + 2.0**-10  # in [2^-10, 1)
+    if dtype == torch.float32:
+        x = x.float().double()
+        if kind == "first":
+            e = max(-110, min(e, 110))  # 2^e x stays a normal float32 number
+    xs = (x * 2.0**e if kind == "first" else x).to(dtype)
+    assert torch.equal(xs.double() * 2.0 ** (-e if kind == "first" else 0), x)
+    ref = count_patterns(net, x, precision="float64")
+    res = count_patterns(_scaled(net, kind, e, check=assume), xs)
+    assert _same(res, ref)
+    assert res.n_exact <= ref.n_exact + 1
