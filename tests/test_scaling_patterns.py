@@ -108,11 +108,13 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", ["first", "middle"])
-@pytest.mark.parametrize("e", [-900, -600, 600, 900])
+@pytest.mark.parametrize("e", [-900, -600, 600, 900, 1000])
 def test_extreme_scales_that_keep_every_sign_keep_the_patterns_and_stay_in_floats(refs, bias, kind, e):
     # e = -600 (inputs ~1e-180 against first weights ~1e+180) used to send every row to rational arithmetic
     # (~1 s a row): the weights' row norms overflowed to inf in vector_norm (and the inputs' norms
-    # underflowed), so every bound was inf. Every product here is O(1): floats decide all but a handful
+    # underflowed), so every bound was inf. Every product here is O(1): floats decide all but a handful.
+    # (Without biases, at e = 1000, scaling the inputs 2^1000 x back to ~1 would make the products ~2^-1000:
+    # homogeneous_rows scales by the products' order, not the inputs')
     net = _scaled(_mlp(bias), kind, e)
     x = _X * 2.0**e if kind == "first" else _X
     res = count_patterns(net, x)

@@ -1142,25 +1142,32 @@ def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
-    """``x`` with rows far from 1 brought near it by powers of two, for a chain without biases.
+    """``x`` with rows whose first-layer products are far from 1 brought near it by powers of two, for a
+    chain without biases.
 
     Such a chain is positively homogeneous (``W (c h) = c W h``, ``relu(c z) = c relu(z)``, likewise a leaky
-    ReLU, for ``c > 0``), so ``c x`` has the pattern of ``x``. Rows whose largest entry is beyond
-    ``2^+-100`` (~1e-180 inputs gave pre-activations float32 cannot hold and float64 products that
-    underflow) get ``c = 2^-k``, the largest entry then in [0.5, 1). A row is kept only where scaling it
-    back by ``2^k`` returns it exactly: multiplying by powers of two is exact short of overflow, so that
-    proves the scaled row is exactly ``2^-k x`` (scaling down may round entries below the smallest normal
-    number; such rows stay as they are, decided at their own scale)."""
+    ReLU, for ``c > 0``), so ``c x`` has the pattern of ``x``. A row whose products with the first layer are
+    of the order ``2^k`` (``k`` the exponents of ``max |x_i|`` and of the largest row norm of ``W1`` added)
+    with ``|k| > 100`` gets ``c = 2^-k``: ~1e-180 pre-activations (inputs 2^-600 x) are beyond float32 and
+    their float64 products underflow near 2^-1000, while the same row scaled decides as ``x`` itself. A row
+    is kept only where scaling it back by ``2^k`` returns it exactly: multiplying by powers of two is exact
+    short of overflow, so that proves the scaled row is exactly ``2^-k x`` (scaling down may round entries
+    below the smallest normal number, scaling up may overflow; such rows stay as they are, decided at their
+    own scale)."""
     if any(lay["has_bias"] for lay in plan.layers) or x.dtype not in (torch.float32, torch.float64):
         return x
-    if x.numel() == 0:
+    r_max = plan.layers[0]["r_max"] if plan.layers else 0.0
+    if x.numel() == 0 or not 0 < r_max < math.inf:
         return x
-    k = torch.frexp(x.abs().amax(1)).exponent
-    far = torch.nonzero((k > 100) | (k < -100)).flatten()
+    mx = x.abs().amax(1)
+    k = torch.frexp(mx).exponent + math.frexp(r_max)[1]
+    far = torch.nonzero(((k > 100) | (k < -100)) & (mx > 0)).flatten()
     if len(far) == 0:
         return x
-    k1 = torch.div(k[far], 2, rounding_mode="floor")[:, None]  # two factors, each a normal number
-    k2 = k[far][:, None] - k1
+    lim = 2000 if x.dtype == torch.float64 else 250  # two factors, each a normal number of x's dtype
+    k = k[far].clamp(-lim, lim)[:, None]
+    k1 = torch.div(k, 2, rounding_mode="floor")
+    k2 = k - k1
     xs = x[far] * _pow2(-k1, x.dtype) * _pow2(-k2, x.dtype)
     ok = ((xs * _pow2(k2, x.dtype) * _pow2(k1, x.dtype)) == x[far]).all(1)
     x = x.clone()
