@@ -217,3 +217,34 @@ def test_any_sign_preserving_scale_keeps_the_patterns(seed, e, kind, bias, dtype
     res = count_patterns(_scaled(net, kind, e, check=assume), xs)
     assert _same(res, ref)
     assert res.n_exact <= ref.n_exact + 1
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind, e", [("first", -600), ("first", 900), ("middle", 600), ("middle", -600)])
+def test_a_conv_net_at_extreme_scales(bias, kind, e):
+    # a graph (conv, max-pool) goes through the per-row engine: its dense Linear after a 2^600 scaling had an
+    # inf row norm, and every row went to rational arithmetic (20 of 20 before)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(100, 16), nn.ReLU(), nn.Linear(16, 3),
+    ).double()
+    if not bias:
+        with torch.no_grad():
+            for mod in net:
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias.zero_()
+    x = torch.rand(60, 1, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = count_patterns(net, x, precision="float64")
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        if kind == "first":
+            scaled[0].weight.mul_(2.0**-e)
+            x = x * 2.0**e
+        else:
+            scaled[4].weight.mul_(2.0**e)
+            scaled[4].bias.mul_(2.0**e)
+            scaled[6].weight.mul_(2.0**-e)
+    res = count_patterns(scaled, x)
+    assert _same(res, ref)
+    assert res.n_exact <= 1
