@@ -114,7 +114,7 @@ def test_extreme_scales_that_keep_every_sign_keep_the_patterns_and_stay_in_float
     # (~1 s a row): the weights' row norms overflowed to inf in vector_norm (and the inputs' norms
     # underflowed), so every bound was inf. Every product here is O(1): floats decide all but a handful.
     # (Without biases, at e = 1000, scaling the inputs 2^1000 x back to ~1 would make the products ~2^-1000:
-    # homogeneous_rows scales by the products' order, not the inputs')
+    # _homogeneous_rows scales by the products' order, not the inputs')
     net = _scaled(_mlp(bias), kind, e)
     x = _X * 2.0**e if kind == "first" else _X
     res = count_patterns(net, x)

@@ -40,6 +40,12 @@ absolute smallest-normal term per product; rows that overflow go to float64 / ex
 redo rows with any undecided unit in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a
 pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
 (:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact.
+
+Extreme scales: norms are taken at any scale (:func:`_scaled_norms`; ``vector_norm`` gave infinite bounds for
+weights ~1e180 and zero norms for ~1e-180), layers whose weights float32 holds only as subnormals or beyond
+~2^60 run in float64 (:func:`_fits_float32`), and a chain without biases has its rows scaled by powers of
+two so that its first-layer products are near 1 (:func:`_homogeneous_rows`; same patterns, by positive
+homogeneity).
 """
 
 from __future__ import annotations
@@ -1026,7 +1032,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0):
     last = len(plan.layers) - 1
     hn_next = None
     for l_idx, lay in enumerate(plan.layers):
-        if l_idx >= m and not lay["fits32"] and not (l_idx == 0 and i8 is not None):
+        if l_idx >= m and not lay["fits32"]:
             # parameters float32 cannot carry with a certified bound (:func:`_fits_float32`): every row is
             # redone in float64 by the caller (so choose_prefix prefers a float64 prefix past this layer)
             redo[:] = True
@@ -1141,7 +1147,7 @@ def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.bitwise_left_shift(k.int() + 127, 23).view(torch.float32)
 
 
-def homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
+def _homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
     """``x`` with rows whose first-layer products are far from 1 brought near it by powers of two, for a
     chain without biases.
 
@@ -1185,7 +1191,7 @@ def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     products (:class:`~netgeom.nets._int8.Int8Layer`) give it at about a float32 product's cost.
     """
     best, best_cost = (0, 0), math.inf
-    probe = homogeneous_rows(plan, probe)
+    probe = _homogeneous_rows(plan, probe)
     for m in range(len(plan.layers) + 1):
         levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
         for lv in levels + [0]:
@@ -1206,7 +1212,7 @@ def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines
     Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
     rows decided in rational arithmetic})``.
     """
-    x = homogeneous_rows(plan, x)  # (no biases: rows far from 1 scaled back near it, same patterns)
+    x = _homogeneous_rows(plan, x)  # (no biases: rows far from 1 scaled back near it, same patterns)
     out, redo, exact, fixed = chain_patterns(plan, x, m, int8)
     out = {i: d.cpu() for i, d in out.items()}
     redo, exact = redo.cpu(), exact.cpu()
