@@ -965,7 +965,8 @@ def _safe_norm(h: torch.Tensor) -> torch.Tensor:
     ok = (n >= (1e-140 if h.dtype == torch.float64 else 1e-15)) & (n < math.inf)
     if not bool(ok.all()):
         rows = torch.nonzero(~ok).flatten()
-        n[rows] = _scaled_norms(h[rows])
+        hr = h[rows].cpu() if h.device.type == "mps" else h[rows]  # (frexp on MPS: not relied upon)
+        n[rows] = _scaled_norms(hr).to(n.device)
     return n
 
 
