@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from netgeom import count_patterns, mlp, trace
-from netgeom.nets.certified import _spectral_bound, chain_decide, chain_patterns, chain_plan, graph_patterns
+from netgeom.nets.certified import (
+    _homogeneous_rows,
+    _spectral_bound,
+    chain_decide,
+    chain_patterns,
+    chain_plan,
+    graph_patterns,
+)
 
 
 def _exact_signs(net: nn.Sequential, x: torch.Tensor) -> list[list[bool]]:
@@ -248,3 +255,37 @@ def test_a_conv_net_at_extreme_scales(bias, kind, e):
     res = count_patterns(scaled, x)
     assert _same(res, ref)
     assert res.n_exact <= 1
+
+
+def test_rows_are_rescaled_only_by_exact_powers_of_two():
+    # each row comes back unchanged or as exactly 2^-k times itself (every entry, zeros kept): a row whose
+    # small entries would fall below the smallest normal number, or whose largest would overflow, is kept
+    net = _no_bias(mlp(3, [4], 2, seed=0).double())
+    plan = chain_plan(trace(net), "cpu")
+    tiny64 = 2.0**-1074
+    rows64 = [
+        [tiny64, 1e-300, 0.0],  # scaled up ~2^996: the subnormal entry is exact too
+        [2.0**1000, 2.0**-1000, 1.0],  # scaled down 2^1000 would flush 2^-1000: kept
+        [2.0**1000, -(2.0**990), 0.0],  # scaled down: exact
+        [1.0, 0.5, -0.25],  # near 1: kept
+        [0.0, 0.0, 0.0],
+    ]
+    rows32 = [[2.0**-140, 2.0**-130, 0.0], [2.0**120, 2.0**-120, 1.0], [3.0, 1.0, 0.0]]
+    for rows, dtype in ((rows64, torch.float64), (rows32, torch.float32)):
+        x = torch.tensor(rows, dtype=dtype)
+        out = _homogeneous_rows(plan, x)
+        assert out.dtype == x.dtype
+        moved = []
+        for a, b in zip(x.tolist(), out.tolist()):
+            ratios = {Fraction(v) / Fraction(u) for u, v in zip(a, b) if u != 0}
+            assert all((u == 0) == (v == 0) for u, v in zip(a, b))
+            assert len(ratios) <= 1
+            c = ratios.pop() if ratios else Fraction(1)
+            assert c > 0 and (c.numerator == 1 or c.denominator == 1)
+            assert bin(c.numerator).count("1") == 1 and bin(c.denominator).count("1") == 1
+            moved.append(c != 1)
+            assert _exact_signs(net, torch.tensor(b, dtype=torch.float64)) == _exact_signs(
+                net, torch.tensor(a, dtype=torch.float64)
+            )
+        expect = [True, False, True, False, False] if dtype == torch.float64 else [True, False, False]
+        assert moved == expect

@@ -1156,30 +1156,37 @@ def _homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
     ReLU, for ``c > 0``), so ``c x`` has the pattern of ``x``. A row whose products with the first layer are
     of the order ``2^k`` (``k`` the exponents of ``max |x_i|`` and of the largest row norm of ``W1`` added)
     with ``|k| > 100`` gets ``c = 2^-k``: ~1e-180 pre-activations (inputs 2^-600 x) are beyond float32 and
-    their float64 products underflow near 2^-1000, while the same row scaled decides as ``x`` itself. A row
-    is kept only where scaling it back by ``2^k`` returns it exactly: multiplying by powers of two is exact
-    short of overflow, so that proves the scaled row is exactly ``2^-k x`` (scaling down may round entries
-    below the smallest normal number, scaling up may overflow; such rows stay as they are, decided at their
-    own scale)."""
+    their float64 products underflow near 2^-1000, while the same row scaled decides as ``x`` itself.
+
+    Multiplying by ``2^-k`` (two exact factors, each a normal number) is exact whenever every result is
+    finite and, when scaling down, every nonzero result is a normal number (the significand is kept; a
+    subnormal input scaled up loses nothing either). Rows where the exponents say otherwise (an entry would
+    overflow, or fall below the smallest normal number) are left as they are, decided at their own scale.
+    """
     if any(lay["has_bias"] for lay in plan.layers) or x.dtype not in (torch.float32, torch.float64):
         return x
     r_max = plan.layers[0]["r_max"] if plan.layers else 0.0
     if x.numel() == 0 or not 0 < r_max < math.inf:
         return x
-    mx = x.abs().amax(1)
-    k = torch.frexp(mx).exponent + math.frexp(r_max)[1]
-    far = torch.nonzero(((k > 100) | (k < -100)) & (mx > 0)).flatten()
-    if len(far) == 0:
+    mx = torch.linalg.vector_norm(x, ord=math.inf, dim=1)  # max |x_i|, one pass
+    ex = torch.frexp(mx).exponent  # 2^(ex - 1) <= max |x_i| < 2^ex
+    k = ex + math.frexp(r_max)[1]
+    far = ((k > 100) | (k < -100)) & (mx > 0)
+    if not bool(far.any()):
         return x
-    lim = 2000 if x.dtype == torch.float64 else 250  # two factors, each a normal number of x's dtype
-    k = k[far].clamp(-lim, lim)[:, None]
+    fi = torch.finfo(x.dtype)
+    lim = 2000 if x.dtype == torch.float64 else 250  # each of the two factors a normal number
+    k = k.clamp(-lim, lim)
+    emax, emin = math.frexp(fi.max)[1], math.frexp(fi.tiny)[1]  # 1024 / 128, -1021 / -125
+    ok = far & (ex - k <= emax)  # the largest entry stays finite
+    down = ok & (k > 0)
+    if bool(down.any()):  # the smallest nonzero entry must stay a normal number
+        a = x.abs()
+        mn = a.masked_fill_(a == 0, math.inf).amin(1)
+        ok &= ~down | (torch.frexp(mn).exponent - k >= emin)
+    k = torch.where(ok, k, torch.zeros_like(k))[:, None]
     k1 = torch.div(k, 2, rounding_mode="floor")
-    k2 = k - k1
-    xs = x[far] * _pow2(-k1, x.dtype) * _pow2(-k2, x.dtype)
-    ok = ((xs * _pow2(k2, x.dtype) * _pow2(k1, x.dtype)) == x[far]).all(1)
-    x = x.clone()
-    x[far[ok]] = xs[ok]
-    return x
+    return x * _pow2(-k1, x.dtype) * _pow2(k1 - k, x.dtype)
 
 
 def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
