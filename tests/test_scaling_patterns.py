@@ -62,9 +62,9 @@ def test_weights_below_float32s_normal_range_never_give_a_wrong_sign():
     for m in (0, 1, 2):
         dec, _ = chain_decide(g, plan, x, m)
         assert [dec[i][0].tolist() for i in sorted(dec)] == ref, m
-    dec, st = graph_patterns(g, x, dtype=torch.float32)
+    dec, stats = graph_patterns(g, x, dtype=torch.float32)
     assert [dec[i][0].tolist() for i in sorted(dec)] == ref
-    assert st["float64"] == 1  # the float32 engine is not used for these parameters
+    assert stats["float64"] == 1  # the float32 engine is not used for these parameters
     _, redo, _, _ = chain_patterns(plan, x, 0, 0)
     assert redo.all()  # a float32 first layer cannot certify them: the rows are redone
     assert count_patterns(net, x).patterns.tolist() == [[0]]
@@ -137,9 +137,9 @@ def test_the_graph_engine_decides_extreme_scales_in_floats(kind, e):
     ref, _ = graph_patterns(trace(net), _X[:40], dtype=torch.float64)
     x = _X[:40] * 2.0**e if kind == "first" else _X[:40]
     for dtype in (torch.float32, torch.float64):
-        dec, st = graph_patterns(trace(_scaled(net, kind, e)), x, dtype=dtype)
+        dec, stats = graph_patterns(trace(_scaled(net, kind, e)), x, dtype=dtype)
         assert all(torch.equal(dec[i], ref[i]) for i in ref)
-        assert st["exact"] <= 1
+        assert stats["exact"] <= 1
 
 
 @pytest.mark.parametrize("kind", ["first", "middle"])
