@@ -40,6 +40,12 @@ absolute smallest-normal term per product; rows that overflow go to float64 / ex
 redo rows with any undecided unit in float64 with the same bounds (``u = 2^-53``), and rows still undecided (a
 pre-activation within ~1e-15 of 0) in exact rational arithmetic on the dense affine maps
 (:meth:`PLNode.matrix`, :attr:`PLNode.bias_vector`). So the patterns are exact.
+
+Extreme scales: norms are taken at any scale (:func:`_scaled_norms`; ``vector_norm`` gave infinite bounds for
+weights ~1e180 and zero norms for ~1e-180), layers whose weights float32 holds only as subnormals or beyond
+~2^60 run in float64 (:func:`_fits_float32`), and a chain without biases has its rows scaled by powers of
+two so that its first-layer products are near 1 (:func:`_homogeneous_rows`; same patterns, by positive
+homogeneity).
 """
 
 from __future__ import annotations
@@ -231,8 +237,21 @@ def _spectral_bound(w: torch.Tensor) -> float:
     k, p = min(m, n), max(m, n)
     if k > 512:
         return math.inf
+    u, tiny = 2.0**-53, torch.finfo(torch.float64).tiny
+    e = math.frexp(float(w.abs().max()))[1]
+    if abs(e) > 100:
+        # w^T w over- or underflows for |w| ~1e+-160 (then no certificate, only the Frobenius norm): bound
+        # ||w 2^-e||_2 instead (largest entry in [0.5, 1), two power-of-two factors that stay in range) and
+        # scale back. Scaling down rounds entries pushed below the smallest normal number by at most that
+        # number each, ||.||_2 <= ||.||_F <= 2 sqrt(mn) tiny in all; scaling back is exact unless the result
+        # is subnormal (then within tiny, added) or overflows (inf, the honest answer).
+        e1, e2 = e // 2, e - e // 2
+        sb = _spectral_bound(w * math.ldexp(1.0, -e1) * math.ldexp(1.0, -e2)) + 2 * math.sqrt(m * n) * tiny
+        try:
+            return math.ldexp(math.ldexp(sb, e1), e2) + tiny
+        except OverflowError:
+            return math.inf
     M = w.T @ w if n <= m else w @ w.T
-    u = 2.0**-53
     fro2 = float((w * w).sum())
     if not (math.isfinite(fro2) and bool(torch.isfinite(M).all())):
         return math.inf  # |w| near float64's range: the caller keeps the Frobenius norm
@@ -248,11 +267,26 @@ def _spectral_bound(w: torch.Tensor) -> float:
         if int(info) == 0:
             err = (
                 _gamma(p, u) * fro2
+                + k * p * tiny  # products of w^T w below the smallest normal number (gradual underflow)
                 + u * (s + float(M.diagonal().max()))
                 + 4 * _gamma(k + 1, u) * float((L * L).sum())
             )
             return math.sqrt((s + 2 * err) * (1 + 1e-9)) * (1 + 1e-9)
     return math.inf
+
+
+def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
+    """Whether every nonzero float parameter is at least ``dtype``'s smallest normal number: the bounds
+    charge the cast of a parameter ``u |w|`` (relative), and a subnormal one loses up to half the smallest
+    subnormal, absolutely, times inputs as large as the precision holds (weights ~2^-148 against float32
+    inputs ~2^60 gave a wrong sign with a bound far below the error)."""
+    tiny = torch.finfo(dtype).tiny
+    for v in params.values():
+        if torch.is_tensor(v) and v.is_floating_point() and v.numel():
+            nz = v[v != 0]
+            if nz.numel() and float(nz.abs().min()) < tiny:
+                return False
+    return True
 
 
 class _Engine:
@@ -303,6 +337,8 @@ class _Engine:
         floats = [v for v in p.values() if torch.is_tensor(v) and v.is_floating_point()]
         if not all(bool(torch.isfinite(v).all()) for v in floats):
             self.fits = False
+        if self.dtype != torch.float64 and not _casts_relative(op.params, self.dtype):
+            self.fits = False
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
@@ -318,7 +354,7 @@ class _Engine:
         info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
         if op.type_name == "Linear" and len(op.in_shape) == 1:
             w = op.params["weight"]
-            r = torch.linalg.vector_norm(w, dim=1) * (1 + 4 * self.u)
+            r = _scaled_norms(w) * (1 + 4 * self.u)  # (vector_norm squares: |w| ~1e180 gave inf)
             c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
             info["fast"] = True
             # exact zeros (pruned weights) add no rounding: a dot product's error bound counts only its
@@ -328,11 +364,11 @@ class _Engine:
             info["c_max"] = float(c.max()) * _SAFETY
             info["r"] = r.to(self.dtype).to(self.device)
             info["c"] = c.to(self.dtype).to(self.device)
-            info["rn"] = float(torch.linalg.vector_norm(r)) * _SAFETY
+            info["rn"] = float(_scaled_norms(r[None])[0]) * _SAFETY
             # ||W||_2 <= ||W||_F: the certified spectral bound only where it is smaller (computed when a
             # norm of this layer's error is first needed)
             info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_bound(w) * (1 + 4 * self.u)))
-            info["cn"] = float(torch.linalg.vector_norm(c)) * _SAFETY
+            info["cn"] = float(_scaled_norms(c[None])[0]) * _SAFETY
             rpos = r[r > 0]
             # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
             info["under_r"] = info["under"] / float(rpos.min()) if rpos.numel() else 0.0
@@ -807,7 +843,7 @@ class _ChainPlan:
             b = ops[0].params.get("bias", torch.zeros(W.shape[0], dtype=W.dtype))
             K = int((W != 0).sum(1).max()) if W.numel() else 0
             u32, u64 = 2.0**-24, 2.0**-53
-            r = torch.linalg.vector_norm(W, dim=1) * (1 + 4 * u64)
+            r = _scaled_norms(W) * (1 + 4 * u64)  # (vector_norm squares: W ~1e180 gave r = inf)
             layer = {
                 "W64": W.to(self.device),
                 "b64": b.to(self.device),
@@ -818,8 +854,8 @@ class _ChainPlan:
                 "rc2": torch.stack([r * r, b * b], 1).to(self.device),
                 "r_max": float(r.max()) * _SAFETY if r.numel() else 0.0,
                 "c_max": float(b.abs().max()) * _SAFETY if b.numel() else 0.0,
-                "rn": float(torch.linalg.vector_norm(r)) * _SAFETY,
-                "cn": float(torch.linalg.vector_norm(b)) * _SAFETY,
+                "rn": float(_scaled_norms(r[None])[0]) * _SAFETY,
+                "cn": float(_scaled_norms(b[None])[0]) * _SAFETY,
                 "g32": _gamma(K, u32) * _SAFETY,
                 "g64": _gamma(K, u64) * _SAFETY,
                 "relu": relu,
@@ -828,6 +864,7 @@ class _ChainPlan:
                 "has_bias": bool((b != 0).any()),
                 "sqrt_n": math.sqrt(W.shape[0]),
             }
+            layer["fits32"] = _fits_float32(W, layer["r_max"], layer["c_max"])
             self.layers.append(layer)
             i += 2 if relu is not None else 1
             if relu is not None and i < len(nodes) and nodes[i].op == "relu":
@@ -901,16 +938,56 @@ def chain_plan(g: PLGraph, device) -> _ChainPlan | None:
         return None
 
 
+def _scaled_norms(h: torch.Tensor) -> torch.Tensor:
+    """Row 2-norms of ``h`` at any scale, as upper bounds up to ``vector_norm``'s own rounding (relative
+    ~``n u``, which the callers' ``_SAFETY`` covers as for any other norm).
+
+    ``vector_norm`` squares the entries: a row beyond ~1e154 (float64; ~1e19 in float32) comes out ``inf``
+    and a row below ~1e-154 loses its squares to underflow (an underestimate, 0 for ``~1e-180``). Here each
+    row is first multiplied by ``2^-k`` (``2^(k-1) <= max |h_i| < 2^k``, as two factors that stay in range),
+    so its largest entry is in [0.5, 1) and nothing overflows; squares below the smallest normal number
+    ``tiny`` then lose at most ``tiny`` each, ``sqrt(n) tiny`` in norm against a norm of at least 0.5.
+    Scaling down may round an entry to a subnormal number (by at most ``tiny`` per factor in the scaled
+    units): ``2 sqrt(n) tiny`` more. Scaling back is exact for a normal result and loses less than ``tiny``
+    for a subnormal one (added); ``(1 + 8 eps)`` covers the rounding of the scale factors themselves, were
+    ``exp2`` not exact. A zero row keeps the norm 0 (callers read ``> 0`` as "something to round")."""
+    fi = torch.finfo(h.dtype)
+    n = h.shape[1]
+    m = h.abs().amax(1) if n else h.new_zeros(h.shape[0])
+    k = torch.frexp(m).exponent.to(h.dtype)
+    k1 = torch.floor(k / 2)
+    k2 = k - k1
+    s = h * torch.exp2(-k1)[:, None] * torch.exp2(-k2)[:, None]
+    ns = torch.linalg.vector_norm(s, dim=1) + 3 * math.sqrt(n) * fi.tiny
+    out = ns * torch.exp2(k1) * torch.exp2(k2) * (1 + 8 * fi.eps) + fi.tiny
+    return torch.where(m > 0, out, torch.zeros_like(out))
+
+
 def _safe_norm(h: torch.Tensor) -> torch.Tensor:
-    """Row 2-norms that never underflow to an underestimate: ``vector_norm`` squares the entries, so a row
-    of tiny values (``~1e-160`` in float64, ``~1e-20`` in float32) gets a norm of 0 (or too small); those
-    rows get ``sqrt(n) max |h_i|`` instead, an upper bound."""
+    """Row 2-norms that neither underflow to an underestimate nor overflow: rows whose ``vector_norm`` is
+    below ``1e-140`` (float64; ``1e-15`` in float32), where squares of their entries may have underflowed,
+    or not finite (a square overflowed) are recomputed by :func:`_scaled_norms`. (``sqrt(n) max |h_i|``
+    also bounds the first kind, but up to ``sqrt(n)`` times too loosely: a ~1e-180 input to a 784-wide
+    layer then left 28x wider bounds.)"""
     n = torch.linalg.vector_norm(h, dim=1)
-    small = n < (1e-140 if h.dtype == torch.float64 else 1e-15)
-    if bool(small.any()):
-        rows = torch.nonzero(small).flatten()
-        n[rows] = h[rows].abs().amax(1) * math.sqrt(h.shape[1]) if h.shape[1] else 0.0
+    ok = (n >= (1e-140 if h.dtype == torch.float64 else 1e-15)) & (n < math.inf)
+    if not bool(ok.all()):
+        rows = torch.nonzero(~ok).flatten()
+        hr = h[rows].cpu() if h.device.type == "mps" else h[rows]  # (frexp on MPS: not relied upon)
+        n[rows] = _scaled_norms(hr).to(n.device)
     return n
+
+
+def _fits_float32(W: torch.Tensor, r_max: float, c_max: float) -> bool:
+    """Whether a layer's float32 pass is certified by its bounds: every nonzero weight must be a normal
+    float32 number, since the bounds charge the cast of a weight ``u32 |w|`` (relative) and a weight below
+    float32's smallest normal number loses up to ``2^-150`` absolutely, times an input up to ``~1e38``
+    (weights ~2^-148 against inputs ~2^60 had every bound far below the error, and a wrong sign came out);
+    and the row norms and biases stay below ``2^60``, so the weights, ``r^2`` and ``c^2`` are finite in
+    float32 (a cast to ``inf`` has no bound). A layer outside this range runs in float64."""
+    nz = W[W != 0].abs()
+    small = bool(nz.numel()) and float(nz.min()) < torch.finfo(torch.float32).tiny
+    return not small and r_max < 2.0**60 and c_max < 2.0**60
 
 
 def _to_float32_bounds(e: torch.Tensor, hn64: torch.Tensor, width: int):
@@ -984,6 +1061,14 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
     last = len(plan.layers) - 1
     hn_next = None
     for l_idx, lay in enumerate(plan.layers):
+        if l_idx >= m and not lay["fits32"]:
+            # parameters float32 cannot carry with a certified bound (:func:`_fits_float32`): every row is
+            # redone in float64 by the caller (so choose_prefix prefers a float64 prefix past this layer)
+            redo[:] = True
+            for rest in plan.layers[l_idx:]:
+                if rest["relu"] is not None:
+                    out[rest["relu"].index] = torch.zeros((B, len(rest["b64"])), dtype=torch.bool, device=dev)
+            break
         in64 = l_idx <= m  # the layer input is a float64-accurate value (src, src_e)
         if l_idx < m:
             W, b, gam = lay["W64"], lay["b64"], lay["g64"]
@@ -1096,6 +1181,54 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
     return out, redo, exact, fixed
 
 
+def _pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``2^k`` exactly, built from its bits (``k`` integers within the normal exponents of ``dtype``)."""
+    if dtype == torch.float64:
+        return torch.bitwise_left_shift(k.long() + 1023, 52).view(torch.float64)
+    return torch.bitwise_left_shift(k.int() + 127, 23).view(torch.float32)
+
+
+def _homogeneous_rows(plan: _ChainPlan, x: torch.Tensor) -> torch.Tensor:
+    """``x`` with rows whose first-layer products are far from 1 brought near it by powers of two, for a
+    chain without biases.
+
+    Such a chain is positively homogeneous (``W (c h) = c W h``, ``relu(c z) = c relu(z)``, likewise a leaky
+    ReLU, for ``c > 0``), so ``c x`` has the pattern of ``x``. A row whose products with the first layer are
+    of the order ``2^k`` (``k`` the exponents of ``max |x_i|`` and of the largest row norm of ``W1`` added)
+    with ``|k| > 100`` gets ``c = 2^-k``: ~1e-180 pre-activations (inputs 2^-600 x) are beyond float32 and
+    their float64 products underflow near 2^-1000, while the same row scaled decides as ``x`` itself.
+
+    Multiplying by ``2^-k`` (two exact factors, each a normal number) is exact whenever every result is
+    finite and, when scaling down, every nonzero result is a normal number (the significand is kept; a
+    subnormal input scaled up loses nothing either). Rows where the exponents say otherwise (an entry would
+    overflow, or fall below the smallest normal number) are left as they are, decided at their own scale.
+    """
+    if any(lay["has_bias"] for lay in plan.layers) or x.dtype not in (torch.float32, torch.float64):
+        return x
+    r_max = plan.layers[0]["r_max"] if plan.layers else 0.0
+    if x.numel() == 0 or not 0 < r_max < math.inf:
+        return x
+    mx = torch.linalg.vector_norm(x, ord=math.inf, dim=1)  # max |x_i|, one pass
+    ex = torch.frexp(mx).exponent  # 2^(ex - 1) <= max |x_i| < 2^ex
+    k = ex + math.frexp(r_max)[1]
+    far = ((k > 100) | (k < -100)) & (mx > 0)
+    if not bool(far.any()):
+        return x
+    fi = torch.finfo(x.dtype)
+    lim = 2000 if x.dtype == torch.float64 else 250  # each of the two factors a normal number
+    k = k.clamp(-lim, lim)
+    emax, emin = math.frexp(fi.max)[1], math.frexp(fi.tiny)[1]  # 1024 / 128, -1021 / -125
+    ok = far & (ex - k <= emax)  # the largest entry stays finite
+    down = ok & (k > 0)
+    if bool(down.any()):  # the smallest nonzero entry must stay a normal number
+        a = x.abs()
+        mn = a.masked_fill_(a == 0, math.inf).amin(1)
+        ok &= ~down | (torch.frexp(mn).exponent - k >= emin)
+    k = torch.where(ok, k, torch.zeros_like(k))[:, None]
+    k1 = torch.div(k, 2, rounding_mode="floor")
+    return x * _pow2(-k1, x.dtype) * _pow2(k1 - k, x.dtype)
+
+
 def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     """How many leading layers to run float64-accurate, and how (``(m, int8 levels)``, levels 0 meaning a
     float64 product): the cheapest by :meth:`_ChainPlan.cost` on a probe batch.
@@ -1106,6 +1239,7 @@ def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     products (:class:`~netgeom.nets._int8.Int8Layer`) give it at about a float32 product's cost.
     """
     best, best_cost = (0, 0), math.inf
+    probe = _homogeneous_rows(plan, probe)
     for m in range(len(plan.layers) + 1):
         levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
         for lv in levels + [0]:
@@ -1127,6 +1261,7 @@ def chain_decide(g: PLGraph, plan: _ChainPlan, x: torch.Tensor, m: int, _engines
     Returns ``(decisions on the CPU as graph_patterns, {"float64": rows with any float64 work, "exact":
     rows decided in rational arithmetic})``.
     """
+    x = _homogeneous_rows(plan, x)  # (no biases: rows far from 1 scaled back near it, same patterns)
     out, redo, exact, fixed = chain_patterns(plan, x, m, int8)
     out = {i: d.cpu() for i, d in out.items()}
     redo, exact = redo.cpu(), exact.cpu()
