@@ -148,8 +148,8 @@ class _Rank1:
 
     def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
         """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
-        m = z.abs().amin(1)
-        return m <= (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+        m = z.abs().amin(1)  # (NaN when a value overflowed: such a row is not cleared)
+        return ~(m > (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale)
 
     def norm(self):
         info = self.info
@@ -264,8 +264,16 @@ def _spectral_bound(w: torch.Tensor) -> float:
 class _Engine:
     """Per-(dtype, device) parameters for the certified evaluation of a graph."""
 
-    def __init__(self, g: PLGraph, dtype: torch.dtype, device):
+    def __init__(self, g: PLGraph, dtype: torch.dtype, device, crude: bool = False):
         self.g, self.dtype, self.device = g, dtype, torch.device(device)
+        # crude: convolutions (and the other ops without a Cauchy-Schwarz bound) bound their output error by
+        # ||M_j||_1 times the row's largest input error instead of a second convolution with |W| (see
+        # :meth:`affine`); meant for float64, where that is still ~1e-13 relative on a shallow net
+        self.crude = crude
+        # compiled one-pass kernels for ReLUs fed by elementwise bounds and for max-pools
+        # (:mod:`._graph_kernel`)
+        self.kernels = self.device.type == "cpu"
+        self.n_crude = 0  # affine ops that the crude bound applies to
         self.u = torch.finfo(dtype).eps / 2
         self.itemsize = torch.finfo(dtype).bits // 8
         # the widest value a node holds per row (a max-pool gathers its windows: size x k)
@@ -302,7 +310,8 @@ class _Engine:
                 w = torch.where(w < 0, torch.full_like(w, n.in_size), w)
                 # slot j of every window, gathered with one index_select as a (B, k, size) block (advanced
                 # indexing with a 2-D index is ~6x slower)
-                self.ops[n.index] = [w, k, padded, w.T.contiguous().flatten(), _strided_slots(g, n)]
+                slots = w.T.contiguous().flatten()
+                self.ops[n.index] = [w, k, padded, slots, _strided_slots(g, n), n.windows.contiguous()]
 
     def _prep(self, op, first: bool) -> dict:
         p = op.cast(self.dtype, self.device)
@@ -344,6 +353,14 @@ class _Engine:
             info["under_r"] = info["under"] / float(rpos.min()) if rpos.numel() else 0.0
         else:
             info["fast"] = False
+            self.n_crude += 1
+            if self.crude:
+                # ||M_j||_1 per output, rounded up (a float64 sum of nonnegative terms is within gamma_K of
+                # the exact one, K the fan-in)
+                ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
+                l1 = op(ones, False, {k: v.abs() for k, v in op.params.items()}).reshape(-1)
+                l1 = l1 * (1 + 2 * _gamma(op.fan_in, 2.0**-53))
+                info["l1"] = l1.to(device=self.device, dtype=self.dtype)
             zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
             info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
             # the underflow allowance goes only to outputs that read a nonzero weight or bias (a pruned
@@ -500,7 +517,8 @@ class _Engine:
         for info in self.ops[node.index]:
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
-            if need_err and isinstance(err, _Exact) and info.get("stacked") and bool((xs >= 0).all()):
+            stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
+            if stack and bool((xs >= 0).all()):
                 # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
                 # convolution; g (1 + 2g) covers that rounding and the product's
                 both = op(xs, True, info["stacked"])
@@ -523,9 +541,15 @@ class _Engine:
                 if info["fast"]:
                     X = g * _SAFETY * xn + risk.to(xn.dtype) * info["under_r"]
                     err = _Rank1(en, X, g, info)
+                elif self.crude:
+                    # |M_j| (e + g |x^|) <= ||M_j||_1 max_i (e_i + g |x^_i|): one pass over the input instead
+                    # of a convolution; the few roundings of this arithmetic (~5u) are far inside (1 + 2g)
+                    t = err.elem().add(flat.abs(), alpha=g).amax(1) * _SAFETY
+                    bound = torch.outer(t, info["l1"]).add_(info["absbias"])
                 else:
                     e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
                     bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
+                if not info["fast"]:
                     if bool(risk.any()):
                         bound.addcmul_(risk.to(bound.dtype)[:, None], info["under_vec"])
                     err = _Elem(bound.mul_(1 + 2 * g))
@@ -547,9 +571,17 @@ class _Engine:
         is 1-Lipschitz in the max-norm).
         """
         ins = node.inputs
-        windows, k, padded, slots, view = self.ops[node.index]
+        windows, k, padded, slots, view, raw = self.ops[node.index]
         xin, ein = vals[ins[0]], errs[ins[0]].elem()
         B = xin.shape[0]
+        if self.kernels:
+            from ._graph_kernel import pool_top2
+
+            m1, pos, emax, sure = pool_top2(xin, ein, raw, self.u)
+            if padded:  # the per-entry test below reads padding as -inf with error 0
+                xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+                ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
         if view is not None:  # regular windows without padding: slot j of every window is a strided view
             shape, offs, (sh, sw), (Ho, Wo) = view
             xv, ev = xin.reshape(B, *shape), ein.reshape(B, *shape)
@@ -580,19 +612,25 @@ class _Engine:
         pos = pos.long()
         thr = (emax * (2 * (1 + 4 * self.u))).add_((emax > 0).to(m1.dtype), alpha=tiny)
         sure = ((m1 - m2) > thr) | (emax == 0)  # exact entries: the computed first maximum is the exact one
-        undecided = ~sure.all(1)
-        if undecided.any():
-            rows = torch.nonzero(undecided).flatten()
-            vw, ew = xin[rows][:, windows], ein[rows][:, windows]
-            sr = _window_sure(vw, ew, pos[rows].unsqueeze(2), self.u)
+        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
+
+    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure):
+        """The windows the top-two test left open: the per-entry test, then a float64 redo; returns the
+        max-pool's ``(values, error, argmax positions, undecided rows)``."""
+        windows = self.ops[node.index][0]
+        undecided = torch.zeros(m1.shape[0], dtype=torch.bool, device=m1.device)
+        rr, ww = torch.nonzero(~sure, as_tuple=True)
+        if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
+            cols = windows[ww]
+            sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], pos[rr, ww, None], self.u)
             src = self.pool_src.get(node.index, (None,))[0]
             if not sr.all() and self._worth_refining(src):
-                rr, ww = torch.nonzero(~sr, as_tuple=True)
-                p64, ok = self._refine_windows(node, vals, errs, rows[rr], ww)
+                open_ = torch.nonzero(~sr).flatten()
+                p64, ok = self._refine_windows(node, vals, errs, rr[open_], ww[open_])
                 self._tally(src, ok)
-                pos[rows[rr[ok]], ww[ok]] = p64[ok]
-                sr[rr[ok], ww[ok]] = True
-            undecided[rows] = ~sr.all(1)
+                pos[rr[open_[ok]], ww[open_[ok]]] = p64[ok]
+                sr[open_[ok]] = True
+            undecided[rr[~sr]] = True
         return m1, _Elem(emax), pos, undecided
 
     def run_chunked(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
@@ -647,18 +685,27 @@ class _Engine:
                 v, e = self.affine(node, vals[ins[0]], errs[ins[0]], need_err=True)
             elif node.op == "relu":
                 z, ez = vals[ins[0]], errs[ins[0]]
-                bits = z > 0
+                fused = None
                 if isinstance(ez, _Rank1):
+                    bits = z > 0
                     undecided = ez.rows_maybe_undecided(z)
                     d = None
+                elif self.kernels and node.negative_slope == 0:
+                    from ._graph_kernel import relu_elem
+
+                    d = ez.elem()
+                    bits, undecided, v, e_out = relu_elem(z, d)
+                    fused = (v, _Elem(e_out))
                 else:
+                    bits = z > 0
                     d = ez.elem()
                     undecided = (z.abs() <= d).any(1)
                 if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
                     dr = d[rows] if d is not None else ez.d_rows(rows)
-                    amb = (zr.abs() <= dr) & (dr > 0)
+                    # (a NaN, from an overflow in this precision, decides nothing)
+                    amb = ((zr.abs() <= dr) & (dr > 0)) | zr.isnan() | dr.isnan()
                     src = ins[0]
                     if self._worth_refining(src):  # the undecided (row, unit) pairs once more, in float64
                         rr, uu = torch.nonzero(amb, as_tuple=True)
@@ -670,12 +717,15 @@ class _Engine:
                         amb[rr[ok], uu[ok]] = False
                     undecided[rows] = amb.any(1)
                 slope = node.negative_slope
-                v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                 scale = max(1.0, abs(slope))
                 # a certainly negative input gives an exact 0 after a ReLU
-                if isinstance(ez, _Rank1):
+                if fused is not None:
+                    v, e = fused
+                elif isinstance(ez, _Rank1):
+                    v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                     e = _Rank1(ez.E, ez.X, ez.G, ez.info, ez.scale * scale, z if slope == 0 else None)
                 else:
+                    v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                     e = _Elem(_drop_negative(z, d) if slope == 0 else d * scale)
                 if node.index in pattern:
                     out[node.index] = (bits, undecided)
@@ -817,10 +867,30 @@ def graph_patterns(
 
     dev64 = "cpu" if torch.device(device).type == "mps" else device  # MPS has no float64
 
-    def engine(dt):
-        if dt not in engines:
-            engines[dt] = _Engine(g, dt, dev64 if dt == torch.float64 else device)
-        return engines[dt]
+    def engine(dt, crude=False):
+        key = (dt, "crude") if crude else dt
+        if key not in engines:
+            engines[key] = _Engine(g, dt, dev64 if dt == torch.float64 else device, crude=crude)
+        return engines[key]
+
+    def run64(xr):
+        """The float64 pass: first with the crude bounds of convolutions (:meth:`_Engine.affine`), which skip
+        their second convolution; the rows that leaves undecided again with the full bounds. Crude bounds
+        stop being tried once they leave more than a tenth of the rows undecided (a deep network, where
+        ||W||_1 max |e| outgrows the margins)."""
+        e64 = engine(torch.float64)
+        tried, failed = engines.get("crude_tally", (0, 0))
+        if e64.n_crude == 0 or (tried >= 1024 and failed > 0.1 * tried):
+            return e64.run_chunked(xr, True, keep)
+        res, und = engine(torch.float64, crude=True).run_chunked(xr, True, keep)
+        engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
+        rr = torch.nonzero(und).flatten()
+        if len(rr):
+            res2, und2 = e64.run_chunked(xr[rr.to(xr.device)], True, keep)
+            for i, d in res2.items():
+                res[i][rr] = d
+            und[rr] = und2
+        return res, und
 
     stats = {"float64": 0, "exact": 0}
     if not pnodes:
@@ -830,11 +900,14 @@ def graph_patterns(
         dtype = torch.float64
         stats["float64"] = x.shape[0]
     with torch.no_grad():
-        out, und = engine(dtype).run_chunked(x, exact_in or dtype == torch.float64, keep)
+        if dtype == torch.float64:
+            out, und = run64(x)
+        else:
+            out, und = engine(dtype).run_chunked(x, exact_in, keep)
         rows = torch.nonzero(und).flatten()
         if len(rows) and dtype != torch.float64:
             stats["float64"] = len(rows)
-            res64, und64 = engine(torch.float64).run_chunked(x[rows.to(x.device)], True, keep)
+            res64, und64 = run64(x[rows.to(x.device)])
             for i, d in res64.items():
                 out[i][rows] = d
             rows = rows[und64]
