@@ -369,13 +369,25 @@ class _Engine:
             reads = op(ones, True, {k: v.abs() for k, v in op.params.items()}).reshape(1, -1) > 0
             info["under_vec"] = (reads * info["under"]).to(device=self.device, dtype=self.dtype)
             m = op.module
-            if first and op.type_name in ("Conv1d", "Conv2d") and m is not None and m.groups == 1:
-                # a network's first convolution usually reads an exact, nonnegative input (an image): then
-                # its bound g (|W| x + |b|) comes out of the same convolution with |W| stacked under W
-                # (one pass over the input, its im2col shared: a 1-channel 5x5 convolution costs about
-                # as much with 12 filters as with 6)
-                st = {k: torch.cat([v, v.abs()]) for k, v in p.items() if k in ("weight", "bias")}
-                info["stacked"] = st if len(st) == len(p) else None
+            if op.type_name in ("Conv1d", "Conv2d") and m is not None and set(p) <= {"weight", "bias"}:
+                n_f = p["weight"].shape[0]
+                uv = info["under_vec"].reshape(n_f, -1)
+                if bool((uv == uv[:, :1]).all()):  # one allowance per filter (no partly pruned windows)
+                    under_c = uv[:, 0]
+                    babs = abs_p["bias"] if "bias" in abs_p else torch.zeros_like(under_c)
+                    # |W| e + g |b| + the allowance from one convolution (the allowance then also goes to
+                    # rows with no nonzero input: looser by ~1e-36 there, never tighter)
+                    info["bound_p"] = {"weight": abs_p["weight"], "bias": babs * g + under_c}
+                    if first and m.groups == 1:
+                        # a network's first convolution usually reads an exact, nonnegative input (an
+                        # image): then its bound g (|W| x + |b|) + allowance comes out of the same
+                        # convolution with |W| stacked under W (one pass over the input, its im2col shared:
+                        # a 1-channel 5x5 convolution costs about as much with 12 filters as with 6)
+                        b0 = p["bias"] if "bias" in p else torch.zeros_like(under_c)
+                        info["stacked"] = {
+                            "weight": torch.cat([p["weight"], abs_p["weight"]]),
+                            "bias": torch.cat([b0, babs + under_c / g]),
+                        }
         return info
 
     def _worth_refining(self, src) -> bool:
@@ -524,15 +536,21 @@ class _Engine:
                 both = op(xs, True, info["stacked"])
                 half = both.shape[1] // 2
                 x = both[:, :half].reshape(B, -1)
-                bound = both[:, half:].reshape(B, -1).mul_(info["g"])
-                risk = (xs.reshape(B, -1) != 0).any(1, keepdim=True)  # as below: rows with a nonzero input
-                bound.addcmul_(risk.to(bound.dtype), info["under_vec"])
-                err = _Elem(bound.mul_(1 + 2 * info["g"]))
+                g = info["g"]
+                err = _Elem(torch.mul(both[:, half:], g * (1 + 2 * g)).reshape(B, -1))
                 continue
             y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
+                if "bound_p" in info and not self.crude:
+                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling
+                    e = xs.abs().mul_(g)
+                    if not isinstance(err, _Exact):
+                        e.add_(err.elem().reshape(e.shape))
+                    err = _Elem(op(e, True, info["bound_p"]).reshape(B, -1).mul_(1 + 2 * g))
+                    x = y.reshape(B, -1)
+                    continue
                 # gradual underflow can only touch rows with a nonzero input or input error (the norms never
                 # underflow to 0, :func:`_safe_norm`): one pass instead of a search for entries below
                 # tiny / min |w|, and the allowance is ~1e-36 (float32) where it is not needed
@@ -541,15 +559,15 @@ class _Engine:
                 if info["fast"]:
                     X = g * _SAFETY * xn + risk.to(xn.dtype) * info["under_r"]
                     err = _Rank1(en, X, g, info)
-                elif self.crude:
-                    # |M_j| (e + g |x^|) <= ||M_j||_1 max_i (e_i + g |x^_i|): one pass over the input instead
-                    # of a convolution; the few roundings of this arithmetic (~5u) are far inside (1 + 2g)
-                    t = err.elem().add(flat.abs(), alpha=g).amax(1) * _SAFETY
-                    bound = torch.outer(t, info["l1"]).add_(info["absbias"])
                 else:
-                    e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
-                    bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
-                if not info["fast"]:
+                    if self.crude:
+                        # |M_j| (e + g |x^|) <= ||M_j||_1 max_i (e_i + g |x^_i|): one pass over the input
+                        # instead of a convolution; this arithmetic's few roundings (~5u) are inside (1 + 2g)
+                        t = err.elem().add(flat.abs(), alpha=g).amax(1) * _SAFETY
+                        bound = torch.outer(t, info["l1"]).add_(info["absbias"])
+                    else:
+                        e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
+                        bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
                     if bool(risk.any()):
                         bound.addcmul_(risk.to(bound.dtype)[:, None], info["under_vec"])
                     err = _Elem(bound.mul_(1 + 2 * g))
