@@ -20,20 +20,27 @@ __all__ = ["pool_top2", "relu_elem"]
 @numba.njit(cache=True, nogil=True)
 def _relu_elem(z, d, v, e, bits, n_und):
     """Per entry: ``bits = z > 0``; ambiguous when ``|z| <= d`` with ``d > 0`` or when ``z`` or ``d`` is NaN
-    (counted per row in ``n_und``); ``v = relu(z)`` (NaN stays NaN); ``e = 0`` where ``z + d <= 0`` (the input
-    is certainly negative: the output is an exact 0), else ``d``. The comparisons are those of the torch
-    version, in the arrays' own precision."""
+    (counted per row in ``n_und``); ``v = relu(z)``; ``e = 0`` where ``z + d <= 0`` (the input is certainly
+    negative: the output is an exact 0), else ``d``. The comparisons are those of the torch version, in the
+    arrays' own precision; selects and bitwise operations, no branches (so that the loop vectorises). A NaN
+    ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows."""
     B, N = z.shape
+    zero = v.dtype.type(0)
     for r in range(B):
+        zr = z[r]
+        dr = d[r]
+        vr = v[r]
+        er = e[r]
+        br = bits[r]
         cnt = 0
         for j in range(N):
-            a = z[r, j]
-            b = d[r, j]
-            bits[r, j] = a > 0
-            amb = (abs(a) <= b and b > 0) or a != a or b != b
-            cnt += amb
-            v[r, j] = 0.0 if a <= 0 else a
-            e[r, j] = 0.0 if a + b <= 0 else b
+            a = zr[j]
+            b = dr[j]
+            pos = a > 0
+            br[j] = pos
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            vr[j] = a if pos else zero
+            er[j] = zero if a + b <= 0 else b
         n_und[r] = cnt
 
 
