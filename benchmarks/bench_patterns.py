@@ -7,6 +7,10 @@ many inputs had float64 work / exact arithmetic, and the ratio of the CPU times 
 less sensitive to other jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier
 comparison there.
 
+The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions) run n / 5 and
+n / 50 points. On a shared machine, two threads time the scheduling of many small parallel regions more
+than the arithmetic (each ~1 ms block of rows runs a few dozen torch operations): use ``--threads 1``.
+
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
 """
