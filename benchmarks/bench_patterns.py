@@ -7,6 +7,10 @@ many inputs had float64 work / exact arithmetic, and the ratio of the CPU times 
 less sensitive to other jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier
 comparison there.
 
+The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions) run n / 5 and
+n / 50 points. On a shared machine, two threads time the scheduling of many small parallel regions more
+than the arithmetic (each ~1 ms block of rows runs a few dozen torch operations): use ``--threads 1``.
+
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
 """
@@ -143,6 +147,33 @@ def plain_poolnet(net: PoolNet, data, dtype=torch.float32):
     return _count(packed())
 
 
+class ConvNet(nn.Module):
+    """Two strided convolutions, no pooling: conv 3x3/2 -> relu -> conv 3x3/2 -> relu -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 8, 3, stride=2), nn.Conv2d(8, 16, 3, stride=2)
+        self.out = nn.Linear(16 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.out(F.relu(self.c2(F.relu(self.c1(x)))).flatten(1))
+
+
+def plain_convnet(net: ConvNet, data, dtype=torch.float32):
+    net = copy.deepcopy(net).to(dtype)
+
+    def packed():
+        with torch.no_grad():
+            for x in data:
+                x = x.to(dtype)
+                z1 = net.c1(x)
+                z2 = net.c2(torch.relu(z1))
+                bits = torch.cat([z1.reshape(len(x), -1) > 0, z2.reshape(len(x), -1) > 0], 1)
+                yield pack_patterns(bits.numpy())
+
+    return _count(packed())
+
+
 def _same(a, b) -> bool:
     return len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
@@ -210,6 +241,10 @@ def main(argv=None):
     pool = PoolNet().eval()
     pool.input_shape = (1, 28, 28)
     row("LeNet-5 with max-pool, 28x28", n // 50, pool, (1, 28, 28), plain_poolnet, repeats)
+    torch.manual_seed(0)
+    conv = ConvNet().eval()
+    conv.input_shape = (1, 28, 28)
+    row("conv 1-8-16 stride 2, no pooling, 28x28", n // 50, conv, (1, 28, 28), plain_convnet, repeats)
     print(f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 

@@ -24,9 +24,24 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic). Undecided relu units and max-pool windows fed by one Linear / Conv2d are first recomputed
-alone in float64 from the float32 input (its error carried in, :meth:`_Engine._refine`); only what that
-cannot decide sends its row to the float64 pass.
+arithmetic). On the CPU a ReLU fed by elementwise bounds and a max-pool's top-two test are one compiled
+pass each (:mod:`._graph_kernel`). A convolution's bound ``|W| (e + g |x^|) + g |b|`` is one more
+convolution (the bias and underflow allowance folded into its bias); the first convolution, on an exact
+nonnegative input (an image), gets it from the same convolution with ``|W|`` stacked under ``W``. Undecided
+relu units and max-pool windows fed by one Linear / Conv2d are first recomputed alone in float64 from the
+float32 input (its error carried in, :meth:`_Engine._refine`); only what that cannot decide sends its row
+to the float64 pass, which bounds convolutions crudely first (``||M_j||_1`` times the row's largest
+``e + g |x^|``: no second convolution, still ~1e-13 relative on a shallow net) and only the rows that
+leaves undecided with the full bounds.
+
+Why residual MLPs mostly end in the float64 pass: the worst-case bounds are ~10^3 times the actual float32
+errors there. A dense layer's own rounding is bounded by ``gamma_K ||W_i|| ||h||`` (``K u``, where
+rounding errors typically add up to ``sqrt(K) u``), and a block ``h + relu(W h + b)`` can multiply an
+incoming error by up to ``1 + ||W||_2`` (~2.2 for a default-initialised 128 x 128 layer), so the stream's
+bound doubles per block. Measured on 64-128x4-10 (inputs in [0, 1]^64): bound / actual error norm 230x
+after the first layer, 2600x at the last hidden layer; with each layer's input taken as exact, 2.7% of
+the rows would be undecided instead of 40%. A float64-accurate stream needs float64 products (2.7x
+float32's).
 
 Chains of dense ``Linear`` layers (MLPs, pruned or not) take a per-(row, unit) path (:func:`chain_patterns`):
 only the undecided (row, unit) pairs get a float64 dot product (and exact rationals when that cannot decide),
@@ -87,6 +102,13 @@ def _gamma(k: int, u: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- error bounds
+def _drop_negative(z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The error bound ``d`` of a ReLU's output: 0 where its input is certainly negative (``z + d <= 0``;
+    then ``d`` is finite, so the product is an exact 0; an inf or NaN bound, or a NaN ``z``, keeps ``d``).
+    A product with the mask, not ``masked_fill``: that runs ~15x slower on random masks."""
+    return d * ((z + d) <= 0).logical_not_()
+
+
 class _Exact:
     def __init__(self, like: torch.Tensor):
         self.like = like
@@ -148,8 +170,8 @@ class _Rank1:
 
     def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
         """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
-        m = z.abs().amin(1)
-        return m <= (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+        m = z.abs().amin(1)  # (NaN when a value overflowed: such a row is not cleared)
+        return ~(m > (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale)
 
     def norm(self):
         info = self.info
@@ -157,11 +179,11 @@ class _Rank1:
 
     def elem(self):
         d = self.d()
-        return d if self.zsrc is None else d.masked_fill((self.zsrc + d) <= 0, 0.0)
+        return d if self.zsrc is None else _drop_negative(self.zsrc, d)
 
     def elem_rows(self, rows):
         d = self.d_rows(rows)
-        return d if self.zsrc is None else d.masked_fill((self.zsrc[rows] + d) <= 0, 0.0)
+        return d if self.zsrc is None else _drop_negative(self.zsrc[rows], d)
 
 
 class _Lazy:
@@ -292,8 +314,16 @@ def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
 class _Engine:
     """Per-(dtype, device) parameters for the certified evaluation of a graph."""
 
-    def __init__(self, g: PLGraph, dtype: torch.dtype, device):
+    def __init__(self, g: PLGraph, dtype: torch.dtype, device, crude: bool = False):
         self.g, self.dtype, self.device = g, dtype, torch.device(device)
+        # crude: convolutions (and the other ops without a Cauchy-Schwarz bound) bound their output error by
+        # ||M_j||_1 times the row's largest input error instead of a second convolution with |W| (see
+        # :meth:`affine`); meant for float64, where that is still ~1e-13 relative on a shallow net
+        self.crude = crude
+        # compiled one-pass kernels for ReLUs fed by elementwise bounds and for max-pools
+        # (:mod:`._graph_kernel`)
+        self.kernels = self.device.type == "cpu"
+        self.n_crude = 0  # affine ops that the crude bound applies to
         self.u = torch.finfo(dtype).eps / 2
         self.itemsize = torch.finfo(dtype).bits // 8
         # the widest value a node holds per row (a max-pool gathers its windows: size x k)
@@ -330,7 +360,8 @@ class _Engine:
                 w = torch.where(w < 0, torch.full_like(w, n.in_size), w)
                 # slot j of every window, gathered with one index_select as a (B, k, size) block (advanced
                 # indexing with a 2-D index is ~6x slower)
-                self.ops[n.index] = [w, k, padded, w.T.contiguous().flatten()]
+                slots = w.T.contiguous().flatten()
+                self.ops[n.index] = [w, k, padded, slots, _strided_slots(g, n), n.windows.contiguous()]
 
     def _prep(self, op, first: bool) -> dict:
         p = op.cast(self.dtype, self.device)
@@ -374,6 +405,14 @@ class _Engine:
             info["under_r"] = info["under"] / float(rpos.min()) if rpos.numel() else 0.0
         else:
             info["fast"] = False
+            self.n_crude += 1
+            if self.crude:
+                # ||M_j||_1 per output, rounded up (a float64 sum of nonnegative terms is within gamma_K of
+                # the exact one, K the fan-in)
+                ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
+                l1 = op(ones, False, {k: v.abs() for k, v in op.params.items()}).reshape(-1)
+                l1 = l1 * (1 + 2 * _gamma(op.fan_in, 2.0**-53))
+                info["l1"] = l1.to(device=self.device, dtype=self.dtype)
             zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
             info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
             # the underflow allowance goes only to outputs that read a nonzero weight or bias (a pruned
@@ -381,6 +420,26 @@ class _Engine:
             ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
             reads = op(ones, True, {k: v.abs() for k, v in op.params.items()}).reshape(1, -1) > 0
             info["under_vec"] = (reads * info["under"]).to(device=self.device, dtype=self.dtype)
+            m = op.module
+            if op.type_name in ("Conv1d", "Conv2d") and m is not None and set(p) <= {"weight", "bias"}:
+                n_f = p["weight"].shape[0]
+                uv = info["under_vec"].reshape(n_f, -1)
+                if bool((uv == uv[:, :1]).all()):  # one allowance per filter (no partly pruned windows)
+                    under_c = uv[:, 0]
+                    babs = abs_p["bias"] if "bias" in abs_p else torch.zeros_like(under_c)
+                    # |W| e + g |b| + the allowance from one convolution (the allowance then also goes to
+                    # rows with no nonzero input: looser by ~1e-36 there, never tighter)
+                    info["bound_p"] = {"weight": abs_p["weight"], "bias": babs * g + under_c}
+                    if first and m.groups == 1:
+                        # a network's first convolution usually reads an exact, nonnegative input (an
+                        # image): then its bound g (|W| x + |b|) + allowance comes out of the same
+                        # convolution with |W| stacked under W (one pass over the input, its im2col shared:
+                        # a 1-channel 5x5 convolution costs about as much with 12 filters as with 6)
+                        b0 = p["bias"] if "bias" in p else torch.zeros_like(under_c)
+                        info["stacked"] = {
+                            "weight": torch.cat([p["weight"], abs_p["weight"]]),
+                            "bias": torch.cat([b0, babs + under_c / g]),
+                        }
         return info
 
     def _worth_refining(self, src) -> bool:
@@ -499,8 +558,7 @@ class _Engine:
         if act is not None:
             slope = act.negative_slope
             if slope == 0:  # a certainly negative pre-activation gives an exact 0
-                neg = z + bd < 0
-                z, bd = torch.relu(z), bd.masked_fill(neg, 0.0)
+                z, bd = torch.relu(z), _drop_negative(z, bd)
             else:
                 z, bd = torch.where(z > 0, z, z * slope), bd * max(1.0, abs(slope))
         V = torch.full((P, k), -math.inf, dtype=torch.float64, device=rows.device)
@@ -523,10 +581,28 @@ class _Engine:
         for info in self.ops[node.index]:
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
+            stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
+            if stack and bool((xs >= 0).all()):
+                # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
+                # convolution; g (1 + 2g) covers that rounding and the product's
+                both = op(xs, True, info["stacked"])
+                half = both.shape[1] // 2
+                x = both[:, :half].reshape(B, -1)
+                g = info["g"]
+                err = _Elem(torch.mul(both[:, half:], g * (1 + 2 * g)).reshape(B, -1))
+                continue
             y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
+                if "bound_p" in info and not self.crude:
+                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling
+                    e = xs.abs().mul_(g)
+                    if not isinstance(err, _Exact):
+                        e.add_(err.elem().reshape(e.shape))
+                    err = _Elem(op(e, True, info["bound_p"]).reshape(B, -1).mul_(1 + 2 * g))
+                    x = y.reshape(B, -1)
+                    continue
                 # gradual underflow can only touch rows with a nonzero input or input error (the norms never
                 # underflow to 0, :func:`_safe_norm`): one pass instead of a search for entries below
                 # tiny / min |w|, and the allowance is ~1e-36 (float32) where it is not needed
@@ -536,8 +612,14 @@ class _Engine:
                     X = g * _SAFETY * xn + risk.to(xn.dtype) * info["under_r"]
                     err = _Rank1(en, X, g, info)
                 else:
-                    e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
-                    bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
+                    if self.crude:
+                        # |M_j| (e + g |x^|) <= ||M_j||_1 max_i (e_i + g |x^_i|): one pass over the input
+                        # instead of a convolution; this arithmetic's few roundings (~5u) are inside (1 + 2g)
+                        t = err.elem().add(flat.abs(), alpha=g).amax(1) * _SAFETY
+                        bound = torch.outer(t, info["l1"]).add_(info["absbias"])
+                    else:
+                        e = err.elem().reshape(B, *op.in_shape) + g * xs.abs()
+                        bound = op(e, False, info["abs"]).reshape(B, -1) + info["absbias"]
                     if bool(risk.any()):
                         bound.addcmul_(risk.to(bound.dtype)[:, None], info["under_vec"])
                     err = _Elem(bound.mul_(1 + 2 * g))
@@ -559,39 +641,66 @@ class _Engine:
         is 1-Lipschitz in the max-norm).
         """
         ins = node.inputs
-        windows, k, padded, slots = self.ops[node.index]
+        windows, k, padded, slots, view, raw = self.ops[node.index]
         xin, ein = vals[ins[0]], errs[ins[0]].elem()
         B = xin.shape[0]
-        if padded:  # padding positions read -inf (never the max) with error 0
-            xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
-            ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
-        xs = xin.index_select(1, slots).view(B, k, -1)  # (B, k, size)
-        es = ein.index_select(1, slots).view(B, k, -1)
-        m1, m2, emax = xs[:, 0].clone(), torch.full_like(xs[:, 0], -math.inf), es[:, 0].clone()
+        if self.kernels:
+            from ._graph_kernel import pool_top2
+
+            m1, pos, emax, sure = pool_top2(xin, ein, raw, self.u)
+            if padded:  # the per-entry test below reads padding as -inf with error 0
+                xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+                ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
+        if view is not None:  # regular windows without padding: slot j of every window is a strided view
+            shape, offs, (sh, sw), (Ho, Wo) = view
+            xv, ev = xin.reshape(B, *shape), ein.reshape(B, *shape)
+
+            def slot(t, j):
+                return t[:, :, offs[j][0] :: sh, offs[j][1] :: sw][:, :, :Ho, :Wo]
+
+            xs = [slot(xv, j) for j in range(k)]
+            es = [slot(ev, j) for j in range(k)]
+        else:
+            if padded:  # padding positions read -inf (never the max) with error 0
+                xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
+                ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
+            xs = xin.index_select(1, slots).view(B, k, -1).unbind(1)  # k values (B, size)
+            es = ein.index_select(1, slots).view(B, k, -1).unbind(1)
+        m1, m2, emax = xs[0].clone(), torch.full_like(xs[0], -math.inf), es[0].clone()
         pos = torch.zeros(m1.shape, dtype=torch.uint8 if k <= 256 else torch.long, device=m1.device)
         for j in range(1, k):
-            c = xs[:, j]
-            pos.masked_fill_(c > m1, j)
+            c = xs[j]
+            # the first strict improvement moves the argmax to slot j, later than any earlier position:
+            # max(pos, j [c > m1]) (a masked fill is ~15x slower on random masks)
+            torch.maximum(pos, (c > m1).to(pos.dtype).mul_(j), out=pos)
             torch.maximum(m2, torch.minimum(m1, c), out=m2)
             torch.maximum(m1, c, out=m1)
-            torch.maximum(emax, es[:, j], out=emax)
+            torch.maximum(emax, es[j], out=emax)
+        m1, m2, emax, pos = m1.reshape(B, -1), m2.reshape(B, -1), emax.reshape(B, -1), pos.reshape(B, -1)
         tiny = torch.finfo(m1.dtype).tiny
         pos = pos.long()
         thr = (emax * (2 * (1 + 4 * self.u))).add_((emax > 0).to(m1.dtype), alpha=tiny)
         sure = ((m1 - m2) > thr) | (emax == 0)  # exact entries: the computed first maximum is the exact one
-        undecided = ~sure.all(1)
-        if undecided.any():
-            rows = torch.nonzero(undecided).flatten()
-            vw, ew = xin[rows][:, windows], ein[rows][:, windows]
-            sr = _window_sure(vw, ew, pos[rows].unsqueeze(2), self.u)
+        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
+
+    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure):
+        """The windows the top-two test left open: the per-entry test, then a float64 redo; returns the
+        max-pool's ``(values, error, argmax positions, undecided rows)``."""
+        windows = self.ops[node.index][0]
+        undecided = torch.zeros(m1.shape[0], dtype=torch.bool, device=m1.device)
+        rr, ww = torch.nonzero(~sure, as_tuple=True)
+        if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
+            cols = windows[ww]
+            sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], pos[rr, ww, None], self.u)
             src = self.pool_src.get(node.index, (None,))[0]
             if not sr.all() and self._worth_refining(src):
-                rr, ww = torch.nonzero(~sr, as_tuple=True)
-                p64, ok = self._refine_windows(node, vals, errs, rows[rr], ww)
+                open_ = torch.nonzero(~sr).flatten()
+                p64, ok = self._refine_windows(node, vals, errs, rr[open_], ww[open_])
                 self._tally(src, ok)
-                pos[rows[rr[ok]], ww[ok]] = p64[ok]
-                sr[rr[ok], ww[ok]] = True
-            undecided[rows] = ~sr.all(1)
+                pos[rr[open_[ok]], ww[open_[ok]]] = p64[ok]
+                sr[open_[ok]] = True
+            undecided[rr[~sr]] = True
         return m1, _Elem(emax), pos, undecided
 
     def run_chunked(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
@@ -646,18 +755,27 @@ class _Engine:
                 v, e = self.affine(node, vals[ins[0]], errs[ins[0]], need_err=True)
             elif node.op == "relu":
                 z, ez = vals[ins[0]], errs[ins[0]]
-                bits = z > 0
+                fused = None
                 if isinstance(ez, _Rank1):
+                    bits = z > 0
                     undecided = ez.rows_maybe_undecided(z)
                     d = None
+                elif self.kernels and node.negative_slope == 0:
+                    from ._graph_kernel import relu_elem
+
+                    d = ez.elem()
+                    bits, undecided, v, e_out = relu_elem(z, d)
+                    fused = (v, _Elem(e_out))
                 else:
+                    bits = z > 0
                     d = ez.elem()
                     undecided = (z.abs() <= d).any(1)
                 if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
                     dr = d[rows] if d is not None else ez.d_rows(rows)
-                    amb = (zr.abs() <= dr) & (dr > 0)
+                    # (a NaN, from an overflow in this precision, decides nothing)
+                    amb = ((zr.abs() <= dr) & (dr > 0)) | zr.isnan() | dr.isnan()
                     src = ins[0]
                     if self._worth_refining(src):  # the undecided (row, unit) pairs once more, in float64
                         rr, uu = torch.nonzero(amb, as_tuple=True)
@@ -669,14 +787,16 @@ class _Engine:
                         amb[rr[ok], uu[ok]] = False
                     undecided[rows] = amb.any(1)
                 slope = node.negative_slope
-                v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                 scale = max(1.0, abs(slope))
                 # a certainly negative input gives an exact 0 after a ReLU
-                if isinstance(ez, _Rank1):
+                if fused is not None:
+                    v, e = fused
+                elif isinstance(ez, _Rank1):
+                    v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
                     e = _Rank1(ez.E, ez.X, ez.G, ez.info, ez.scale * scale, z if slope == 0 else None)
                 else:
-                    zero = _Lazy(lambda z=z, d=d: (z + d) <= 0) if slope == 0 else None
-                    e = _Elem(d.masked_fill(zero(), 0.0) if zero is not None else d * scale)
+                    v = torch.relu(z) if slope == 0 else F.leaky_relu(z, slope)
+                    e = _Elem(_drop_negative(z, d) if slope == 0 else d * scale)
                 if node.index in pattern:
                     out[node.index] = (bits, undecided)
             elif node.op == "maxpool":
@@ -698,6 +818,38 @@ class _Engine:
                     vals.pop(i, None)
                     errs.pop(i, None)
         return out
+
+
+def _strided_slots(g: PLGraph, node: PLNode):
+    """For a 2-D max-pool whose windows are a regular grid inside the input (no padding): ``((C, H, W), [(row,
+    column) offset of slot j], (stride_h, stride_w), (H_out, W_out))``, so that slot ``j`` of every window is
+    ``x[:, :, r_j::s_h, c_j::s_w][:, :, :H_out, :W_out]`` (a view: the gather costs ~10x more). ``None`` for
+    other windows. The grid is read off the first windows and checked against all of them."""
+    src = g.nodes[node.inputs[0]]
+    win = node.windows
+    if len(src.shape) != 3 or len(node.shape) != 3 or bool((win < 0).any()) or win.shape[0] == 0:
+        return None
+    C, H, W = src.shape
+    Ho, Wo = node.shape[1:]
+    k = win.shape[1]
+    first = win[0].tolist()
+    offs = [(p // W, p % W) for p in first]
+    sh = (int(win[Wo, 0]) - first[0]) // W if Ho > 1 else 1
+    sw = int(win[1, 0]) - first[0] if Wo > 1 else 1
+    if first[0] != 0 or sh < 1 or sw < 1:
+        return None
+    oh = torch.arange(Ho).reshape(1, Ho, 1, 1) * sh
+    ow = torch.arange(Wo).reshape(1, 1, Wo, 1) * sw
+    r = torch.tensor([o[0] for o in offs]).reshape(1, 1, 1, k)
+    c = torch.tensor([o[1] for o in offs]).reshape(1, 1, 1, k)
+    ch = torch.arange(C).reshape(C, 1, 1, 1) * (H * W)
+    rows, cols = oh + r, ow + c
+    if bool((rows >= H).any()) or bool((cols >= W).any()):
+        return None
+    grid = (ch + rows * W + cols).reshape(-1, k)
+    if grid.shape != win.shape or not torch.equal(grid, win.cpu()):
+        return None
+    return (C, H, W), offs, (sh, sw), (Ho, Wo)
 
 
 def _window_sure(V: torch.Tensor, E: torch.Tensor, t: torch.Tensor, u: float) -> torch.Tensor:
@@ -785,10 +937,30 @@ def graph_patterns(
 
     dev64 = "cpu" if torch.device(device).type == "mps" else device  # MPS has no float64
 
-    def engine(dt):
-        if dt not in engines:
-            engines[dt] = _Engine(g, dt, dev64 if dt == torch.float64 else device)
-        return engines[dt]
+    def engine(dt, crude=False):
+        key = (dt, "crude") if crude else dt
+        if key not in engines:
+            engines[key] = _Engine(g, dt, dev64 if dt == torch.float64 else device, crude=crude)
+        return engines[key]
+
+    def run64(xr):
+        """The float64 pass: first with the crude bounds of convolutions (:meth:`_Engine.affine`), which skip
+        their second convolution; the rows that leaves undecided again with the full bounds. Crude bounds
+        stop being tried once they leave more than a tenth of the rows undecided (a deep network, where
+        ||W||_1 max |e| outgrows the margins)."""
+        e64 = engine(torch.float64)
+        tried, failed = engines.get("crude_tally", (0, 0))
+        if e64.n_crude == 0 or (tried >= 1024 and failed > 0.1 * tried):
+            return e64.run_chunked(xr, True, keep)
+        res, und = engine(torch.float64, crude=True).run_chunked(xr, True, keep)
+        engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
+        rr = torch.nonzero(und).flatten()
+        if len(rr):
+            res2, und2 = e64.run_chunked(xr[rr.to(xr.device)], True, keep)
+            for i, d in res2.items():
+                res[i][rr] = d
+            und[rr] = und2
+        return res, und
 
     stats = {"float64": 0, "exact": 0}
     if not pnodes:
@@ -798,11 +970,14 @@ def graph_patterns(
         dtype = torch.float64
         stats["float64"] = x.shape[0]
     with torch.no_grad():
-        out, und = engine(dtype).run_chunked(x, exact_in or dtype == torch.float64, keep)
+        if dtype == torch.float64:
+            out, und = run64(x)
+        else:
+            out, und = engine(dtype).run_chunked(x, exact_in, keep)
         rows = torch.nonzero(und).flatten()
         if len(rows) and dtype != torch.float64:
             stats["float64"] = len(rows)
-            res64, und64 = engine(torch.float64).run_chunked(x[rows.to(x.device)], True, keep)
+            res64, und64 = run64(x[rows.to(x.device)])
             for i, d in res64.items():
                 out[i][rows] = d
             rows = rows[und64]
