@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx._symbolic_trace as _fx_st
 import torch.nn.functional as F
 from torch import nn
 
@@ -485,6 +486,22 @@ class _Tracer(fx.Tracer):
     user's line, for error messages) instead of fx's formatted stack traces, which cost about as much as the
     rest of the symbolic trace."""
 
+    def trace(self, root, concrete_args=None):
+        # fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
+        # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
+        # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
+        # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
+        st = _fx_st
+        orig = getattr(st, "_create_wrapped_func", None)
+        if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
+            return super().trace(root, concrete_args)
+        _FX_WRAP[0] = orig
+        st._create_wrapped_func = _memo_wrapped_func
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            st._create_wrapped_func = orig
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
@@ -503,6 +520,21 @@ class _Tracer(fx.Tracer):
         if f is not None:
             node.meta["netgeom_frame"] = (user.f_code.co_filename, user.f_lineno)
         return node
+
+
+_FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
+_WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
+
+
+def _memo_wrapped_func(fn):
+    """fx's ``_create_wrapped_func(fn)``, made once per function (kept with it, so that its id stays its
+    own)."""
+    hit = _WRAPPED.get(id(fn))
+    if hit is None or hit[0] is not fn:
+        if len(_WRAPPED) >= 4096:
+            _WRAPPED.clear()
+        hit = _WRAPPED[id(fn)] = (fn, _FX_WRAP[0](fn))
+    return hit[1]
 
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
