@@ -493,3 +493,79 @@ def test_max_regions_stops_the_compiled_max_pool_cut():
         if pool.index in named:
             break
     assert pool.index in named
+
+
+# ------------------------------------------------------------------------ kernels on their own inputs
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_affine_kernel_per_polygon_table_gives_the_same_floats(slope):
+    """affine_maps on a ReLU output read in place: pieces of one polygon in a run (its products with the
+    weights made once, in a table) and the same pieces interleaved with other polygons' (products made per
+    piece) give the same floats, row for row; and every value is within its error bound of float64 math."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(0)
+    n_poly, n_in, n_out, per = 3, 24, 12, 6
+    A = rng.normal(size=(n_poly, n_in))
+    B = rng.normal(size=(n_poly, 2, n_in))
+    E = np.abs(rng.normal(size=(n_poly, n_in))) * 1e-15
+    A[:, 3], B[:, :, 3], E[:, 3] = 0.0, 0.0, 0.0  # an input exactly zero on every polygon
+    M = rng.normal(size=(n_out, n_in))
+    M[:, 5] = 0.0
+    bias = rng.normal(size=n_out)
+    parent = np.repeat(np.arange(n_poly), per)  # runs: the table path
+    bits = rng.random((len(parent), n_in)) < 0.5
+    gam = 1.01 * (n_in + 2) * 2.0**-53
+
+    def run(par, bt):
+        m = len(par)
+        return kern.affine_maps(
+            A, B, E, par, np.ascontiguousarray(bt), slope, True, np.ascontiguousarray(M.T),
+            np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), bias, gam, 1e-300,
+            np.empty((m, n_out)), np.empty((m, 2, n_out)), np.empty((m, n_out)),
+        )
+
+    runs = run(parent, bits)
+    order = np.argsort(np.arange(len(parent)) % per, kind="stable")  # no two neighbours share a polygon
+    assert np.all(parent[order][1:] != parent[order][:-1])
+    mixed = run(parent[order], bits[order])
+    for a, b in zip(runs, mixed):
+        assert a[order].tobytes() == b.tobytes()
+    gain = np.where(bits, 1.0, slope)
+    x = np.stack([A[parent], B[parent, 0], B[parent, 1]]) * gain  # (3, pieces, n_in)
+    ref = x @ M.T
+    ref[0] += bias
+    got = np.stack([runs[0], runs[1][:, 0], runs[1][:, 1]])
+    assert np.all(np.abs(got - ref) <= runs[2][None] + 1e-12 * np.abs(ref))
+
+
+def test_relu_kernel_grows_its_buffers_and_cuts_the_same_pieces():
+    """relu_split given one-row working arrays (grown as it goes, each polygon cut again after a growth)
+    gives the pieces, parents and bits it gives with ample arrays; a max_regions it cannot meet stops it
+    with the same lower bound either way."""
+    from netgeom.regions import _graph_slice_kernel as kern
+    from netgeom.regions._graph_slice import initial_polygon
+
+    rng = np.random.default_rng(1)
+    n = 40
+    rec, nv = initial_polygon(
+        [[1.0, -1.0, -1.0], [1.0, 1.0, -1.0], [1.0, 1.0, 1.0], [1.0, -1.0, 1.0]],
+        [[1.0, 0.0, 1.0], [-1.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [1.0, 1.0, 0.0]],
+    )
+    A = rng.uniform(-0.5, 0.5, size=(1, n))
+    B = rng.normal(size=(1, 2, n))
+    E = np.full((1, n), 1e-16)
+
+    def run(cap, K, max_regions=10**6):
+        return kern.relu_split(
+            rec, nv.astype(np.int64), A, B, E, False, 1.0, 1.0, 0, 0, max_regions, np.empty((cap, K, 9)),
+            np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty((cap, n), np.bool_),
+        )
+
+    big, small = run(4096, 64), run(1, 6)
+    assert big[0] == small[0] == 0 and len(big[3]) > 200
+    for a, b in zip(big[3:], small[3:]):
+        assert np.array_equal(a, b)
+    for q in range(len(big[3])):
+        assert big[2][q, : big[3][q]].tobytes() == small[2][q, : small[3][q]].tobytes()
+    stop_big, stop_small = run(4096, 64, 100), run(1, 6, 100)
+    assert stop_big[0] == stop_small[0] == 1 and stop_big[1] == stop_small[1] > 100

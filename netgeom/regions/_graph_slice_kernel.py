@@ -33,6 +33,7 @@ from ._slice_kernel import _crossing, _halves, _pow2_inv, _take_cut, _tol, from_
 _U = 2.0**-53
 _TINY = 1e-300
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
+_TABLE_MAX = 1 << 15  # entries of affine_maps' per-polygon product table (kept in cache)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -109,6 +110,107 @@ def _grow_out(out, onv, par, bits, need_rows, need_slots):
     return out2, onv2, par2, bits2
 
 
+_DONE, _GIVE_BACK, _TOO_MANY, _GROW_STACK, _GROW_SLOTS, _GROW_OUT = 0, 1, 2, 3, 4, 5
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, onv, par, bits, cur, n_fb, m,
+              base, max_regions, block):
+    """The depth-first cut of polygon ``p`` (slot 0 of the stack, its cutting units ``Scand[0]``) for
+    :func:`relu_split`, into ``out`` from row ``cur``. Returns ``(status, a, b)``: ``_DONE`` with the new row
+    count ``a``; ``_GIVE_BACK`` (a decision too close to call); ``_TOO_MANY`` with the lower bound ``a``; or
+    a buffer to grow before the caller retries the polygon: ``_GROW_STACK``, ``_GROW_SLOTS`` (to hold ``a``
+    vertices) or ``_GROW_OUT`` (``a`` rows of ``b`` slots). No array is rebound here: in a loop that may
+    rebind an array, numba reads its data pointer and strides again at every access, which made the cut a
+    third slower than with the arrays as fixed arguments."""
+    nrec = S.shape[2]
+    n = Sbits.shape[1]
+    rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+    top = 1
+    first = True
+    while top > 0:
+        top -= 1
+        s = top
+        Kn = Snv[s]
+        ncut = 0
+        if first:
+            first = False
+            for c in range(Snc[s]):
+                cutting[c] = Scand[s, c]
+            ncut = Snc[s]
+        else:
+            # The candidates' extremes over the vertices (stopping once one is certainly positive and one
+            # certainly negative), then one decision per candidate with one tolerance valid at every vertex
+            # (the largest vertex error); only an undecided candidate is checked vertex by vertex. A cutting
+            # unit's other vertices may be too close to call: they are checked when it cuts (below) or, on
+            # the halves, by this same test.
+            nco = Snc[s]
+            hmax = 0.0
+            for k in range(Kn):
+                hmax = max(hmax, S[s, k, 3])
+            for c in range(nco):
+                j = Scand[s, c]
+                l0, l1, l2 = L0[j], L1[j], L2[j]
+                tmax = _tol(hmax, Ld[j])
+                lo = np.inf
+                hi = -np.inf
+                for k in range(Kn):
+                    v = S[s, k, 0] * l0 + S[s, k, 1] * l1 + S[s, k, 2] * l2
+                    lo = v if v < lo else lo
+                    hi = v if v > hi else hi
+                    if hi > tmax and lo < -tmax:
+                        break
+                if lo > tmax:
+                    Sbits[s, j] = True
+                elif hi < -tmax:
+                    Sbits[s, j] = False
+                elif hi > tmax and lo < -tmax:
+                    cutting[ncut] = j
+                    ncut += 1
+                else:
+                    hp, hn, unsure = _signs(S, s, Kn, l0, l1, l2, Ld[j], sig)
+                    if unsure:
+                        return _GIVE_BACK, 0, 0
+                    if hp and hn:
+                        cutting[ncut] = j
+                        ncut += 1
+                    else:
+                        Sbits[s, j] = hp
+        if ncut == 0:
+            if cur + 1 > out.shape[0] or Kn + 1 > out.shape[1]:
+                return _GROW_OUT, cur + 1, Kn + 1
+            for k in range(Kn):
+                for t in range(nrec):
+                    out[cur, k, t] = S[s, k, t]
+            onv[cur] = Kn
+            par[cur] = p
+            for t in range(n):
+                bits[cur, t] = Sbits[s, t]
+            cur += 1
+            low = cur + top + n_fb + (m - p - 1)
+            if base + low > max_regions:
+                return _TOO_MANY, low, 0
+            continue
+        j = cutting[0]
+        l0, l1, l2, dl = L0[j], L1[j], L2[j], Ld[j]
+        if top + 3 > S.shape[0]:
+            return _GROW_STACK, 0, 0
+        if Kn + 2 > S.shape[1]:
+            return _GROW_SLOTS, Kn, 0
+        # the root's cutting units were found with one tolerance for all vertices: recheck each vertex
+        if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
+            return _GIVE_BACK, 0, 0
+        lid = from_bits(rid | j)
+        ng = top + 1
+        pg = top + 2
+        cp, cn = _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng)
+        if cp < 0:
+            return _GIVE_BACK, 0, 0
+        _take_cut(S, Snv, Sbits, Scand, Snc, s, pg, ng, cp, cn, j, cutting, ncut, nrec, n)
+        top += 2
+    return _DONE, cur, 0
+
+
 @numba.njit(cache=True, nogil=True)
 def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out, onv, par, bits):
     """Cut polygons ``rec (m, K1, 9)`` by the zero lines of their ReLU node's input maps ``A (m, n)``,
@@ -127,6 +229,8 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     Kc = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
     L = np.empty((n, 4))
+    LS = np.empty((4, n))
+    L0, L1, L2, Ld = LS[0], LS[1], LS[2], LS[3]
     zero = np.empty(n, dtype=np.bool_)
     smin = np.empty(n)
     smax = np.empty(n)
@@ -141,8 +245,9 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     cutting = np.empty(n, dtype=np.int32)
     cur = 0
     n_fb = 0
-    for p in range(m):
-        start = cur
+    p = -1
+    while p < m - 1:
+        p += 1
         k1 = nv[p]
         ok = True
         for j in range(n):
@@ -151,6 +256,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 ok = False
                 break
             zero[j] = f == 1
+            L0[j], L1[j], L2[j], Ld[j] = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
         if not ok:
             fallback[p] = True
             n_fb += 1
@@ -167,11 +273,9 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 break
             hmax = max(hmax, rec[p, k, 3])
             for j in range(n):
-                v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
-                if v < smin[j]:
-                    smin[j] = v
-                if v > smax[j]:
-                    smax[j] = v
+                v = h0 * L0[j] + h1 * L1[j] + h2 * L2[j]
+                smin[j] = v if v < smin[j] else smin[j]
+                smax[j] = v if v > smax[j] else smax[j]
         if not math.isfinite(hmax):  # (a NaN bound compares false: the max stays finite, so test each)
             ok = False
         for k in range(k1):
@@ -208,122 +312,51 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
             fallback[p] = True
             n_fb += 1
             continue
+        if nc == 0:  # no unit cuts the polygon: it is a piece as it is (no trip through the stack)
+            if cur + 1 > out.shape[0] or k1 + 1 > out.shape[1]:
+                out, onv, par, bits = _grow_out(out, onv, par, bits, cur + 1, k1 + 1)
+            for k in range(k1):
+                for t in range(nrec):
+                    out[cur, k, t] = rec[p, k, t]
+            onv[cur] = k1
+            par[cur] = p
+            for t in range(n):
+                bits[cur, t] = Sbits[0, t]
+            cur += 1
+            low = cur + n_fb + (m - p - 1)
+            if base + low > max_regions:
+                return 1, low, out, onv, par, bits, fallback
+            continue
         for k in range(k1):
             for t in range(nrec):
                 S[0, k, t] = rec[p, k, t]
         Snv[0] = k1
         Snc[0] = nc
-        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
-        top = 1
-        first = True
-        while top > 0:
-            top -= 1
-            s = top
-            Kn = Snv[s]
-            ncut = 0
-            if first:
-                first = False
-                for c in range(Snc[s]):
-                    cutting[c] = Scand[s, c]
-                ncut = Snc[s]
-            else:
-                # The candidates' extremes over the vertices first (no branch per vertex), then one decision
-                # per candidate with one tolerance valid at every vertex (the largest vertex error); only an
-                # undecided candidate is checked vertex by vertex. A cutting unit's other vertices may be too
-                # close to call: they are checked when it cuts (below) or, on the halves, by this same test.
-                nco = Snc[s]
-                hmax = 0.0
-                for k in range(Kn):
-                    hmax = max(hmax, S[s, k, 3])
-                for c in range(nco):
-                    smin[c] = np.inf
-                    smax[c] = -np.inf
-                for k in range(Kn):
-                    h0, h1, h2 = S[s, k, 0], S[s, k, 1], S[s, k, 2]
-                    for c in range(nco):
-                        j = Scand[s, c]
-                        v = h0 * L[j, 0] + h1 * L[j, 1] + h2 * L[j, 2]
-                        smin[c] = v if v < smin[c] else smin[c]
-                        smax[c] = v if v > smax[c] else smax[c]
-                for c in range(nco):
-                    j = Scand[s, c]
-                    tmax = _tol(hmax, L[j, 3])
-                    if smin[c] > tmax:
-                        Sbits[s, j] = True
-                    elif smax[c] < -tmax:
-                        Sbits[s, j] = False
-                    elif smax[c] > tmax and smin[c] < -tmax:
-                        cutting[ncut] = j
-                        ncut += 1
-                    else:
-                        hp, hn, unsure = _signs(S, s, Kn, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
-                        if unsure:
-                            ok = False
-                            break
-                        if hp and hn:
-                            cutting[ncut] = j
-                            ncut += 1
-                        else:
-                            Sbits[s, j] = hp
-            if not ok:
-                break
-            if ncut == 0:
-                if cur + 1 > out.shape[0] or Kn + 1 > out.shape[1]:
-                    out, onv, par, bits = _grow_out(out, onv, par, bits, cur + 1, Kn + 1)
-                for k in range(Kn):
-                    for t in range(nrec):
-                        out[cur, k, t] = S[s, k, t]
-                onv[cur] = Kn
-                par[cur] = p
-                for t in range(n):
-                    bits[cur, t] = Sbits[s, t]
-                cur += 1
-                low = cur + top + n_fb + (m - p - 1)
-                if base + low > max_regions:
-                    return 1, low, out, onv, par, bits, fallback
-                continue
-            j = cutting[0]
-            l0, l1, l2, dl = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
-            if top + 3 > S.shape[0]:
-                d2 = 2 * S.shape[0]
-                S2 = np.empty((d2, S.shape[1], nrec))
-                S2[: S.shape[0]] = S
-                S = S2
-                Snv2 = np.empty(d2, dtype=np.int64)
-                Snv2[: Snv.shape[0]] = Snv
-                Snv = Snv2
-                Sb2 = np.empty((d2, n), dtype=np.bool_)
-                Sb2[: Sbits.shape[0]] = Sbits
-                Sbits = Sb2
-                Sc2 = np.empty((d2, n), dtype=np.int32)
-                Sc2[: Scand.shape[0]] = Scand
-                Scand = Sc2
-                Snc2 = np.empty(d2, dtype=np.int64)
-                Snc2[: Snc.shape[0]] = Snc
-                Snc = Snc2
-            if Kn + 2 > S.shape[1]:
-                S2 = np.empty((S.shape[0], 2 * Kn + 2, nrec))
-                S2[:, : S.shape[1]] = S
-                S = S2
-                sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
-            # the root's cutting units were found with one tolerance for all vertices: recheck each vertex
-            if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
-                ok = False
-                break
-            lid = from_bits(rid | j)
-            ng = top + 1
-            pg = top + 2
-            cp, cn = _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng)
-            if cp < 0:
-                ok = False
-            if not ok:
-                break
-            _take_cut(S, Snv, Sbits, Scand, Snc, s, pg, ng, cp, cn, j, cutting, ncut, nrec, n)
-            top += 2
-        if not ok:
-            cur = start
+        status, v1, v2 = _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, onv, par,
+                                   bits, cur, n_fb, m, base, max_regions, block)
+        # a buffer too small: grown here, and the polygon is cut again from the start
+        if status == _GROW_STACK:
+            d2 = 2 * S.shape[0]
+            S = np.empty((d2, S.shape[1], nrec))
+            Snv = np.empty(d2, dtype=np.int64)
+            Sbits = np.empty((d2, n), dtype=np.bool_)
+            Scand = np.empty((d2, n), dtype=np.int32)
+            Snc = np.empty(d2, dtype=np.int64)
+            p -= 1
+        elif status == _GROW_SLOTS:
+            S = np.empty((S.shape[0], max(2 * v1 + 2, S.shape[1]), nrec))
+            sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
+            p -= 1
+        elif status == _GROW_OUT:
+            out, onv, par, bits = _grow_out(out, onv, par, bits, v1, v2)
+            p -= 1
+        elif status == _TOO_MANY:
+            return 1, v1, out, onv, par, bits, fallback
+        elif status == _GIVE_BACK:
             fallback[p] = True
             n_fb += 1
+        else:
+            cur = v1
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
@@ -449,6 +482,19 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
     # the sums of one piece accumulate in one small local array (rows A, B_0, B_1, bound), written out at
     # the end: about a third faster than updating the three output arrays' rows in place
     acc = np.empty((4, n_out))
+    # Pieces of one polygon (consecutive rows with one parent, as the ReLU kernel writes them) read the same
+    # input entries: in a run of at least 4 such pieces their products with the weights are made once, in a
+    # table (gain on, and off for a leaky ReLU), and each piece adds its table rows in input order, so the
+    # sums are the same floats as multiplying per piece. Only for narrow outputs (<= 16): there the per
+    # piece cost is the four short loops over outputs, which the table's one loop of 4 n_out replaces; on
+    # wider ones the table's extra loads cost what the multiplications saved (measured).
+    use_table = lazy and dense and n_out <= 16 and n_in * n_out * 4 <= _TABLE_MAX
+    n_tab = 2 if slope != 0.0 else 1
+    tab = np.empty((n_tab, n_in, 4, n_out) if use_table else (1, 0, 4, 0))
+    skip = np.ones((n_tab, n_in if use_table else 0), dtype=np.bool_)
+    tab_p = -1
+    tab2 = tab.reshape(tab.shape[0] * tab.shape[1], 4 * tab.shape[3])
+    accf = acc.reshape(4 * n_out)
     for q in range(m):
         for o in range(n_out):
             acc[0, o] = bias[o]
@@ -456,6 +502,36 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
             acc[2, o] = 0.0
             acc[3, o] = 0.0
         p = parent[q] if lazy else q
+        if use_table and (tab_p == p or (q + 3 < m and parent[q + 1] == p and parent[q + 3] == p)):
+            if tab_p != p:
+                tab_p = p
+                for g in range(n_tab):
+                    on = g == 0
+                    for i in range(n_in):
+                        a, b0, b1, e = _entry(A, B, E, p, lazy, on, slope, aslope, i)
+                        x = e * (1 + gam) + gam * max(abs(a), max(abs(b0), abs(b1)))
+                        skip[g, i] = (not on and slope == 0.0) or (a == 0 and b0 == 0 and b1 == 0 and x == 0)
+                        if skip[g, i]:
+                            continue
+                        for o in range(n_out):
+                            w = MT[i, o]
+                            tab[g, i, 0, o] = w * a
+                            tab[g, i, 1, o] = w * b0
+                            tab[g, i, 2, o] = w * b1
+                            tab[g, i, 3, o] = aMT[i, o] * x
+            for i in range(n_in):
+                g = 0 if bits[q, i] else 1
+                if g >= n_tab or skip[g, i]:
+                    continue
+                r = g * n_in + i
+                for o in range(4 * n_out):
+                    accf[o] += tab2[r, o]
+            for o in range(n_out):
+                nA[q, o] = acc[0, o]
+                nB[q, 0, o] = acc[1, o]
+                nB[q, 1, o] = acc[2, o]
+                nE[q, o] = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+            continue
         for i in range(n_in):
             on = bits[q, i] if lazy else True
             if not on and slope == 0.0:
@@ -573,7 +649,8 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     cur = 0
     for p in range(m):
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
-        P = _fit3(P, 1, nv[p] + 2)
+        if nv[p] + 2 > P.shape[1]:
+            P = _fit3(P, 1, nv[p] + 2)
         for kk in range(nv[p]):
             for t in range(nrec):
                 P[0, kk, t] = rec[p, kk, t]
@@ -596,7 +673,8 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
                     i = sl[a]
                     ix = W[w, i]
                     tn = Pn[q]
-                    T = _fit3(T, 2, tn + ns + 2)
+                    if tn + ns + 2 > T.shape[1]:
+                        T = _fit3(T, 2, tn + ns + 2)
                     if sig.shape[0] < T.shape[1] + 1:
                         sig = np.empty(T.shape[1] + 1, dtype=np.int8)
                     for kk in range(tn):
@@ -642,9 +720,12 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
                         break
                     if empty:
                         continue
-                    Q = _fit3(Q, nq + 1, tn + 2)
-                    Qn = _fit1(Qn, nq + 1)
-                    Qb = _fit2(Qb, nq + 1)
+                    if nq + 1 > Q.shape[0] or tn + 2 > Q.shape[1]:
+                        Q = _fit3(Q, nq + 1, tn + 2)
+                    if nq + 1 > Qn.shape[0]:
+                        Qn = _fit1(Qn, nq + 1)
+                    if nq + 1 > Qb.shape[0]:
+                        Qb = _fit2(Qb, nq + 1)
                     for kk in range(tn):
                         for t in range(nrec):
                             Q[nq, kk, t] = T[ct, kk, t]
@@ -668,10 +749,16 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
             fallback[p] = True
             continue
         for q in range(npc):
-            out = _fit3(out, cur + 1, Pn[q] + 1)
-            onv = _fit1(onv, cur + 1)
-            par = _fit1(par, cur + 1)
-            best = _fit2(best, cur + 1)
+            # (grown only when too small: a call that hands back the same array still costs its reference
+            # counting, more than the copy below on small pieces)
+            if cur + 1 > out.shape[0] or Pn[q] + 1 > out.shape[1]:
+                out = _fit3(out, cur + 1, Pn[q] + 1)
+            if cur + 1 > onv.shape[0]:
+                onv = _fit1(onv, cur + 1)
+            if cur + 1 > par.shape[0]:
+                par = _fit1(par, cur + 1)
+            if cur + 1 > best.shape[0]:
+                best = _fit2(best, cur + 1)
             for kk in range(Pn[q]):
                 for t in range(nrec):
                     out[cur, kk, t] = P[q, kk, t]
