@@ -569,3 +569,33 @@ def test_relu_kernel_grows_its_buffers_and_cuts_the_same_pieces():
         assert big[2][q, : big[3][q]].tobytes() == small[2][q, : small[3][q]].tobytes()
     stop_big, stop_small = run(4096, 64, 100), run(1, 6, 100)
     assert stop_big[0] == stop_small[0] == 1 and stop_big[1] == stop_small[1] > 100
+
+
+def test_pool_and_relu_kernels_with_one_row_buffers_cut_the_same_cells(monkeypatch):
+    """On a global-max-pool net's real inputs, the ReLU and max-pool kernels given one-row working arrays
+    (grown as they go, each polygon cut again after a growth) return what they return with the caller's
+    ample arrays."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    calls = []
+
+    def twice(fn, n_tail):
+        def run(*args):
+            got = fn(*args)
+            tiny = [np.empty((1, *a.shape[1:]), dtype=a.dtype) for a in args[-n_tail:]]
+            again = fn(*args[:-n_tail], *tiny)
+            assert got[:2] == again[:2]
+            for a, b in zip(got[3:], again[3:]):
+                assert np.array_equal(a, b)
+            for q in range(len(got[3])):  # real vertices (the grown arrays may have more padding slots)
+                assert got[2][q, : got[3][q]].tobytes() == again[2][q, : again[3][q]].tobytes()
+            calls.append(fn.__name__)
+            return got
+
+        return run
+
+    monkeypatch.setattr(kern, "relu_split", twice(kern.relu_split, 4))
+    monkeypatch.setattr(kern, "pool_split", twice(kern.pool_split, 4))
+    net = GlobalMax(2, 12, 6, 5, seed=3).double().eval()
+    res = regions_on_slice(net, [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], box=BOX)
+    assert res.count > 20 and sorted(set(calls)) == ["pool_split", "relu_split"]

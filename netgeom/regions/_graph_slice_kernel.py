@@ -110,7 +110,7 @@ def _grow_out(out, onv, par, bits, need_rows, need_slots):
     return out2, onv2, par2, bits2
 
 
-_DONE, _GIVE_BACK, _TOO_MANY, _GROW_STACK, _GROW_SLOTS, _GROW_OUT = 0, 1, 2, 3, 4, 5
+_DONE, _GIVE_BACK, _TOO_MANY, _GROW_STACK, _GROW_SLOTS, _GROW_OUT, _GROW_CELLS = 0, 1, 2, 3, 4, 5, 6
 
 
 @numba.njit(cache=True, nogil=True)
@@ -389,6 +389,10 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
     for p in range(m):
         k1 = nv[p]
         h0, h1, h2 = rec[p, 0, 0], rec[p, 0, 1], rec[p, 0, 2]
+        hmax = 0.0
+        for q in range(k1):
+            hq = rec[p, q, 3]
+            hmax = max(hmax, hq) if hq < np.inf else np.inf  # (a NaN bound: no shortcut below)
         for w in range(nw):
             ref = -1
             best = -np.inf
@@ -419,9 +423,12 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
                 if f != 0:  # identically equal, or not finite
                     surv[p, w, x] = True
                     continue
+                # one tolerance valid at every vertex first (from the largest vertex error: _tol, rounding
+                # included, never decreases with it), each vertex's own only where that one does not decide
+                tmax = _tol(hmax, L[3])
                 for q in range(k1):
                     s = rec[p, q, 0] * L[0] + rec[p, q, 1] * L[1] + rec[p, q, 2] * L[2]
-                    if not s > _tol(rec[p, q, 3], L[3]):
+                    if not (s > tmax or s > _tol(rec[p, q, 3], L[3])):
                         surv[p, w, x] = True
                         break
     return surv
@@ -621,6 +628,117 @@ def _clip(S, s, Kn, sig, l0, l1, l2, dl, lid, D, d):
 
 
 @numba.njit(cache=True, nogil=True)
+def _pool_cells(
+    p, rec, nv, A, B, E, W, quadrant, su, sv, surv, rid, PQ, PQn, PQb, T, sig, sl, L, out, onv, par, best,
+    cur, m, base, max_regions,
+):
+    """The argmax cells of polygon ``p`` for :func:`pool_split`, into ``out`` from row ``cur``: the pieces
+    so far are ``PQ[c]`` (counts ``PQn[c]``, argmax positions ``PQb[c]``), and the next window's cells are
+    built in ``PQ[1 - c]``. Returns ``(status, a, b)`` as :func:`_relu_dfs`: ``_DONE`` with the new row
+    count; ``_GIVE_BACK``; ``_TOO_MANY`` with a lower bound; ``_GROW_SLOTS`` (``a`` vertex slots),
+    ``_GROW_CELLS`` (``a`` cells of ``b`` slots) or ``_GROW_OUT`` (``a`` rows of ``b`` slots) for the caller
+    to grow before it cuts the polygon again. No array is rebound here (see :func:`_relu_dfs`)."""
+    nw, k = W.shape
+    nrec = rec.shape[2]
+    k1 = nv[p]
+    if k1 + 2 > PQ.shape[2]:
+        return _GROW_SLOTS, k1 + 2, 0
+    for kk in range(k1):
+        for t in range(nrec):
+            PQ[0, 0, kk, t] = rec[p, kk, t]
+    PQn[0, 0] = k1
+    c = 0
+    npc = 1
+    for w in range(nw):
+        ns = 0
+        for x in range(k):
+            if W[w, x] >= 0 and surv[p, w, x]:
+                sl[ns] = x
+                ns += 1
+        if ns == 1:
+            for q in range(npc):
+                PQb[c, q, w] = sl[0]
+            continue
+        d = 1 - c
+        nq = 0
+        for q in range(npc):
+            for a in range(ns):
+                i = sl[a]
+                ix = W[w, i]
+                tn = PQn[c, q]
+                if tn + ns + 2 > T.shape[1]:
+                    return _GROW_SLOTS, tn + ns + 2, 0
+                for kk in range(tn):
+                    for t in range(nrec):
+                        T[0, kk, t] = PQ[c, q, kk, t]
+                ct = 0
+                empty = False
+                for b in range(ns):
+                    j = sl[b]
+                    if j == i:
+                        continue
+                    iy = W[w, j]
+                    dA = A[p, ix] - A[p, iy]
+                    dB0 = B[p, 0, ix] - B[p, 0, iy]
+                    dB1 = B[p, 1, ix] - B[p, 1, iy]
+                    eD = E[p, ix] + E[p, iy] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                    f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
+                    if f < 0:
+                        return _GIVE_BACK, 0, 0
+                    if f == 1:  # c_i == c_j exactly everywhere: the earlier position wins
+                        if i > j:
+                            empty = True
+                            break
+                        continue
+                    hp, hn, unsure = _signs(T, ct, tn, L[0], L[1], L[2], L[3], sig)
+                    if unsure:
+                        return _GIVE_BACK, 0, 0
+                    if not hp:
+                        empty = True
+                        break
+                    if not hn:
+                        continue
+                    lid = from_bits(rid | (w * k * k + i * k + j))
+                    cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], lid, T, 1 - ct)
+                    if cnt < 0:
+                        return _GIVE_BACK, 0, 0
+                    ct = 1 - ct
+                    tn = cnt
+                if empty:
+                    continue
+                if nq + 1 > PQ.shape[1] or tn + 2 > PQ.shape[2]:
+                    return _GROW_CELLS, nq + 1, tn + 2
+                for kk in range(tn):
+                    for t in range(nrec):
+                        PQ[d, nq, kk, t] = T[ct, kk, t]
+                PQn[d, nq] = tn
+                for t in range(nw):
+                    PQb[d, nq, t] = PQb[c, q, t]
+                PQb[d, nq, w] = i
+                nq += 1
+        c = d
+        npc = nq
+        low = cur + npc + (m - p - 1)
+        if base + low > max_regions:
+            return _TOO_MANY, low, 0
+    for q in range(npc):
+        kq = PQn[c, q]
+        if cur + 1 > out.shape[0] or kq + 1 > out.shape[1] or cur + 1 > onv.shape[0]:
+            return _GROW_OUT, cur + 1, kq + 1
+        if cur + 1 > par.shape[0] or cur + 1 > best.shape[0]:
+            return _GROW_OUT, cur + 1, kq + 1
+        for kk in range(kq):
+            for t in range(nrec):
+                out[cur, kk, t] = PQ[c, q, kk, t]
+        onv[cur] = kq
+        par[cur] = p
+        for t in range(nw):
+            best[cur, t] = PQb[c, q, t]
+        cur += 1
+    return _DONE, cur, 0
+
+
+@numba.njit(cache=True, nogil=True)
 def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions, out, onv, par, best):
     """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
     surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
@@ -636,137 +754,78 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     nw, k = W.shape
     Ks = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
-    P = np.empty((8, Ks, nrec))
-    Pn = np.empty(8, dtype=np.int64)
-    Pb = np.empty((8, nw), dtype=np.int64)
-    Q = np.empty((8, Ks, nrec))
-    Qn = np.empty(8, dtype=np.int64)
-    Qb = np.empty((8, nw), dtype=np.int64)
+    PQ = np.empty((2, 8, Ks, nrec))  # the pieces of a polygon so far, and the next window's cells
+    PQn = np.empty((2, 8), dtype=np.int64)
+    PQb = np.empty((2, 8, nw), dtype=np.int64)
     T = np.empty((2, Ks, nrec))
     sig = np.empty(Ks + 1, dtype=np.int8)
     sl = np.empty(k, dtype=np.int64)
     L = np.empty(4)
     cur = 0
-    for p in range(m):
-        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
-        if nv[p] + 2 > P.shape[1]:
-            P = _fit3(P, 1, nv[p] + 2)
-        for kk in range(nv[p]):
-            for t in range(nrec):
-                P[0, kk, t] = rec[p, kk, t]
-        Pn[0] = nv[p]
-        npc = 1
-        ok = True
+    p = -1
+    while p < m - 1:
+        p += 1
+        # the common case, one candidate left in every window: the polygon is its own cell
+        single = True
         for w in range(nw):
             ns = 0
             for x in range(k):
                 if W[w, x] >= 0 and surv[p, w, x]:
-                    sl[ns] = x
+                    sl[0] = x
                     ns += 1
-            if ns == 1:
-                for q in range(npc):
-                    Pb[q, w] = sl[0]
-                continue
-            nq = 0
-            for q in range(npc):
-                for a in range(ns):
-                    i = sl[a]
-                    ix = W[w, i]
-                    tn = Pn[q]
-                    if tn + ns + 2 > T.shape[1]:
-                        T = _fit3(T, 2, tn + ns + 2)
-                    if sig.shape[0] < T.shape[1] + 1:
-                        sig = np.empty(T.shape[1] + 1, dtype=np.int8)
-                    for kk in range(tn):
-                        for t in range(nrec):
-                            T[0, kk, t] = P[q, kk, t]
-                    ct = 0
-                    empty = False
-                    for b in range(ns):
-                        j = sl[b]
-                        if j == i:
-                            continue
-                        iy = W[w, j]
-                        dA = A[p, ix] - A[p, iy]
-                        dB0 = B[p, 0, ix] - B[p, 0, iy]
-                        dB1 = B[p, 1, ix] - B[p, 1, iy]
-                        eD = E[p, ix] + E[p, iy] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
-                        f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
-                        if f < 0:
-                            ok = False
-                            break
-                        if f == 1:  # c_i == c_j exactly everywhere: the earlier position wins
-                            if i > j:
-                                empty = True
-                                break
-                            continue
-                        hp, hn, unsure = _signs(T, ct, tn, L[0], L[1], L[2], L[3], sig)
-                        if unsure:
-                            ok = False
-                            break
-                        if not hp:
-                            empty = True
-                            break
-                        if not hn:
-                            continue
-                        lid = from_bits(rid | (w * k * k + i * k + j))
-                        cnt = _clip(T, ct, tn, sig, L[0], L[1], L[2], L[3], lid, T, 1 - ct)
-                        if cnt < 0:
-                            ok = False
-                            break
-                        ct = 1 - ct
-                        tn = cnt
-                    if not ok:
-                        break
-                    if empty:
-                        continue
-                    if nq + 1 > Q.shape[0] or tn + 2 > Q.shape[1]:
-                        Q = _fit3(Q, nq + 1, tn + 2)
-                    if nq + 1 > Qn.shape[0]:
-                        Qn = _fit1(Qn, nq + 1)
-                    if nq + 1 > Qb.shape[0]:
-                        Qb = _fit2(Qb, nq + 1)
-                    for kk in range(tn):
-                        for t in range(nrec):
-                            Q[nq, kk, t] = T[ct, kk, t]
-                    Qn[nq] = tn
-                    for t in range(nw):
-                        Qb[nq, t] = Pb[q, t]
-                    Qb[nq, w] = i
-                    nq += 1
-                if not ok:
-                    break
-            if not ok:
+            if ns != 1:
+                single = False
                 break
-            P, Q = Q, P
-            Pn, Qn = Qn, Pn
-            Pb, Qb = Qb, Pb
-            npc = nq
-            low = cur + npc + (m - p - 1)
-            if base + low > max_regions:
-                return 1, low, out[:0], onv[:0], par[:0], best[:0], fallback
-        if not ok:
-            fallback[p] = True
-            continue
-        for q in range(npc):
-            # (grown only when too small: a call that hands back the same array still costs its reference
-            # counting, more than the copy below on small pieces)
-            if cur + 1 > out.shape[0] or Pn[q] + 1 > out.shape[1]:
-                out = _fit3(out, cur + 1, Pn[q] + 1)
+        if single:
+            k1 = nv[p]
+            if cur + 1 > out.shape[0] or k1 + 1 > out.shape[1]:
+                out = _fit3(out, cur + 1, k1 + 1)
             if cur + 1 > onv.shape[0]:
                 onv = _fit1(onv, cur + 1)
             if cur + 1 > par.shape[0]:
                 par = _fit1(par, cur + 1)
             if cur + 1 > best.shape[0]:
                 best = _fit2(best, cur + 1)
-            for kk in range(Pn[q]):
+            for kk in range(k1):
                 for t in range(nrec):
-                    out[cur, kk, t] = P[q, kk, t]
-            onv[cur] = Pn[q]
+                    out[cur, kk, t] = rec[p, kk, t]
+            onv[cur] = k1
             par[cur] = p
-            for t in range(nw):
-                best[cur, t] = Pb[q, t]
+            for w in range(nw):
+                for x in range(k):
+                    if W[w, x] >= 0 and surv[p, w, x]:
+                        best[cur, w] = x
             cur += 1
+            continue
+        rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
+        status, a, b = _pool_cells(p, rec, nv, A, B, E, W, quadrant, su, sv, surv, rid, PQ, PQn, PQb, T, sig,
+                                   sl, L, out, onv, par, best, cur, m, base, max_regions)
+        # a buffer too small: grown here, and the polygon is cut again from the start
+        if status == _GROW_SLOTS:
+            slots = max(a, 2 * T.shape[1])
+            T = np.empty((2, slots, nrec))
+            sig = np.empty(slots + 1, dtype=np.int8)
+            if slots > PQ.shape[2]:
+                PQ = np.empty((2, PQ.shape[1], slots, nrec))
+            p -= 1
+        elif status == _GROW_CELLS:
+            rows = max(a, 2 * PQ.shape[1])
+            PQ = np.empty((2, rows, max(b, PQ.shape[2]), nrec))
+            PQn = np.empty((2, rows), dtype=np.int64)
+            PQb = np.empty((2, rows, nw), dtype=np.int64)
+            p -= 1
+        elif status == _GROW_OUT:
+            out = _fit3(out, a, b)
+            onv = _fit1(onv, a)
+            par = _fit1(par, a)
+            best = _fit2(best, a)
+            p -= 1
+        elif status == _TOO_MANY:
+            return 1, a, out[:0], onv[:0], par[:0], best[:0], fallback
+        elif status == _GIVE_BACK:
+            fallback[p] = True
+        else:
+            cur = a
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
