@@ -555,14 +555,19 @@ class _MathShapes(nn.Module):
 
 
 def test_math_calls_on_traced_shapes_are_recorded_in_every_trace():
-    """fx's wrappers of math functions are made once and reused (one per function): every trace records
-    the same calls as fx's own tracer, reproduces the model, and leaves ``math`` as it was."""
+    """fx's wrappers of math functions are made once and reused (one per function), and the set of math
+    functions to wrap is collected once: every trace records the same calls as fx's own tracer, reproduces
+    the model, and leaves ``math`` as it was."""
     import torch.fx as fx
 
     from netgeom.nets.graph import _Tracer
 
     net = _MathShapes().double()
     before = (math.prod, math.sqrt, floor)
+    for _ in range(2):  # the autowrap set collected once is fx's default one
+        ours, fxs = _Tracer(), fx.Tracer()
+        assert ours._autowrap_function_ids == fxs._autowrap_function_ids
+        assert ours._autowrap_search == fxs._autowrap_search == [math]
     ref = [(n.op, n.target) for n in fx.Tracer().trace(net).nodes]
     assert (("call_function", math.prod) in ref) and (("call_function", floor) in ref)
     x = torch.randn(5, 6, dtype=torch.float64)
