@@ -599,3 +599,37 @@ def test_pool_and_relu_kernels_with_one_row_buffers_cut_the_same_cells(monkeypat
     net = GlobalMax(2, 12, 6, 5, seed=3).double().eval()
     res = regions_on_slice(net, [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], box=BOX)
     assert res.count > 20 and sorted(set(calls)) == ["pool_split", "relu_split"]
+
+
+def test_branch_free_line_is_the_scalar_line():
+    """_line_soa (the ReLU kernel's vectorised line construction) gives _line's floats, zero flag and
+    finiteness, or flags the rare scalings it leaves to _line: over magnitudes from subnormal to overflow,
+    exact zeros, infinities and NaNs, with and without the quadrant map."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(2)
+    mags = np.array([0.0, 5e-324, 1e-310, 1e-300, 1e-20, 1.0, 3.5, 1e20, 1e300, 2.0**1021, 1.7e308])
+    specials = np.array([np.inf, -np.inf, np.nan])
+    seen_rare = seen_bad = 0
+    for _ in range(3000):
+        vals = rng.choice(mags, 4) * rng.choice([-1.0, 1.0], 4) * rng.uniform(0.5, 1.0, 4)
+        if rng.random() < 0.05:
+            vals[rng.integers(4)] = rng.choice(specials)
+        if rng.random() < 0.2:
+            vals[rng.integers(4)] = 0.0
+        vals[3] = abs(vals[3])
+        quadrant = bool(rng.random() < 0.5)
+        su, sv = rng.choice([-1.0, 1.0], 2)
+        out = np.empty(4)
+        f = kern._line(*vals, quadrant, su, sv, out)
+        fin, zero, rare, *line = kern._line_soa(*vals, quadrant, su, sv)
+        assert fin == (f >= 0)
+        if not fin:
+            seen_bad += 1
+            continue
+        assert zero == (f == 1)
+        if rare:
+            seen_rare += 1
+            continue
+        assert np.array(line).tobytes() == out.tobytes()
+    assert seen_rare > 0 and seen_bad > 0

@@ -93,6 +93,26 @@ def _signs(S, s, Kn, l0, l1, l2, dl, sig):
     return hp, hn, False
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _line_soa(a, b, c, e, quadrant, su, sv):
+    """:func:`_line` without branches on the values, so that a loop of it vectorises: ``(finite, zero, rare,
+    l0, l1, l2, dl)``, the same floats as :func:`_line` unless ``rare`` (a scaling past the normal range,
+    which only :func:`_line` does right) or not ``finite`` (the polygon is given back)."""
+    fin = (abs(a) < np.inf) & (abs(b) < np.inf) & (abs(c) < np.inf) & (abs(e) < np.inf)
+    z = (a == 0) & (b == 0) & (c == 0) & (e == 0)
+    d = e
+    if quadrant:
+        b = su * b - a
+        c = sv * c - a
+        d = 2 * d + _U * max(abs(a), max(abs(b), abs(c)))
+        fin = fin & (abs(b) < np.inf) & (abs(c) < np.inf) & (abs(d) < np.inf)
+    mx = max(abs(a), max(abs(b), abs(c)))
+    sc = _pow2_inv(mx)
+    rare = (sc == 0.0) & (mx != 0)
+    sc = sc if sc != 0.0 else 1.0  # (mx == 0: unscaled, as _scale)
+    return fin, z, rare, a * sc, b * sc, c * sc, (d * sc) * (1 + 1e-9) + _TINY
+
+
 @numba.njit(cache=True, nogil=True)
 def _grow_out(out, onv, par, bits, need_rows, need_slots):
     rows = max(out.shape[0], need_rows)
@@ -249,14 +269,23 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     while p < m - 1:
         p += 1
         k1 = nv[p]
-        ok = True
+        # the polygon's lines (a loop without branches: about a quarter of the ReLU cut, vectorised)
+        bad = False
+        rare = False
         for j in range(n):
-            f = _line(A[p, j], B[p, 0, j], B[p, 1, j], E[p, j], quadrant, su, sv, L[j])
-            if f < 0:
-                ok = False
-                break
-            zero[j] = f == 1
-            L0[j], L1[j], L2[j], Ld[j] = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
+            f, z, r, x0, x1, x2, xd = _line_soa(A[p, j], B[p, 0, j], B[p, 1, j], E[p, j], quadrant, su, sv)
+            bad |= not f
+            rare |= r
+            zero[j] = z
+            L0[j] = x0
+            L1[j] = x1
+            L2[j] = x2
+            Ld[j] = xd
+        ok = not bad
+        if ok and rare:
+            for j in range(n):
+                _line(A[p, j], B[p, 0, j], B[p, 1, j], E[p, j], quadrant, su, sv, L[j])
+                L0[j], L1[j], L2[j], Ld[j] = L[j, 0], L[j, 1], L[j, 2], L[j, 3]
         if not ok:
             fallback[p] = True
             n_fb += 1
@@ -288,7 +317,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
             if zero[j]:
                 Sbits[0, j] = False
                 continue
-            tmax = _tol(hmax, L[j, 3])
+            tmax = _tol(hmax, Ld[j])
             if smin[j] > tmax:
                 Sbits[0, j] = True
             elif smax[j] < -tmax:
@@ -300,7 +329,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 for k in range(k1):
                     for t in range(nrec):
                         S[0, k, t] = rec[p, k, t]
-                hp, hn, unsure = _signs(S, 0, k1, L[j, 0], L[j, 1], L[j, 2], L[j, 3], sig)
+                hp, hn, unsure = _signs(S, 0, k1, L0[j], L1[j], L2[j], Ld[j], sig)
                 if unsure:
                     ok = False
                 elif hp and hn:
