@@ -539,7 +539,7 @@ def test_affine_kernel_per_polygon_table_gives_the_same_floats(slope):
 
 
 def test_relu_kernel_grows_its_buffers_and_cuts_the_same_pieces():
-    """relu_split given one-row working arrays (grown as it goes, each polygon cut again after a growth)
+    """relu_split given one-row working arrays (grown as it goes, the cut resuming with the piece at hand)
     gives the pieces, parents and bits it gives with ample arrays; a max_regions it cannot meet stops it
     with the same lower bound either way."""
     from netgeom.regions import _graph_slice_kernel as kern
@@ -573,8 +573,7 @@ def test_relu_kernel_grows_its_buffers_and_cuts_the_same_pieces():
 
 def test_pool_and_relu_kernels_with_one_row_buffers_cut_the_same_cells(monkeypatch):
     """On a global-max-pool net's real inputs, the ReLU and max-pool kernels given one-row working arrays
-    (grown as they go, each polygon cut again after a growth) return what they return with the caller's
-    ample arrays."""
+    (grown as they go) return what they return with the caller's ample arrays."""
     from netgeom.regions import _graph_slice_kernel as kern
 
     calls = []

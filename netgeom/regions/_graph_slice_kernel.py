@@ -135,19 +135,18 @@ _DONE, _GIVE_BACK, _TOO_MANY, _GROW_STACK, _GROW_SLOTS, _GROW_OUT, _GROW_CELLS =
 
 @numba.njit(cache=True, nogil=True)
 def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, onv, par, bits, cur, n_fb, m,
-              base, max_regions, block):
-    """The depth-first cut of polygon ``p`` (slot 0 of the stack, its cutting units ``Scand[0]``) for
-    :func:`relu_split`, into ``out`` from row ``cur``. Returns ``(status, a, b)``: ``_DONE`` with the new row
-    count ``a``; ``_GIVE_BACK`` (a decision too close to call); ``_TOO_MANY`` with the lower bound ``a``; or
-    a buffer to grow before the caller retries the polygon: ``_GROW_STACK``, ``_GROW_SLOTS`` (to hold ``a``
-    vertices) or ``_GROW_OUT`` (``a`` rows of ``b`` slots). No array is rebound here: in a loop that may
-    rebind an array, numba reads its data pointer and strides again at every access, which made the cut a
-    third slower than with the arrays as fixed arguments."""
+              base, max_regions, block, top, first):
+    """The depth-first cut of polygon ``p`` for :func:`relu_split` (the stack's ``top`` slots, slot 0 its
+    root and ``first`` while the root's cutting units ``Scand[0]`` are still to apply), into ``out`` from
+    row ``cur``. Returns ``(status, cur, top, a, b)``: ``_DONE``; ``_GIVE_BACK`` (a decision too close to
+    call); ``_TOO_MANY`` with the lower bound ``a``; or a buffer to grow, ``_GROW_STACK``, ``_GROW_SLOTS``
+    (to hold ``a`` vertices) or ``_GROW_OUT`` (``a`` rows of ``b`` slots), after which the caller resumes
+    with the ``cur`` and ``top`` returned (the piece at hand is tested again). No array is rebound here: in
+    a loop that may rebind an array, numba reads its data pointer and strides again at every access, which
+    made the cut a third slower than with the arrays as fixed arguments."""
     nrec = S.shape[2]
     n = Sbits.shape[1]
     rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
-    top = 1
-    first = True
     while top > 0:
         top -= 1
         s = top
@@ -190,7 +189,7 @@ def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, o
                 else:
                     hp, hn, unsure = _signs(S, s, Kn, l0, l1, l2, Ld[j], sig)
                     if unsure:
-                        return _GIVE_BACK, 0, 0
+                        return _GIVE_BACK, cur, 0, 0, 0
                     if hp and hn:
                         cutting[ncut] = j
                         ncut += 1
@@ -198,7 +197,7 @@ def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, o
                         Sbits[s, j] = hp
         if ncut == 0:
             if cur + 1 > out.shape[0] or Kn + 1 > out.shape[1]:
-                return _GROW_OUT, cur + 1, Kn + 1
+                return _GROW_OUT, cur, s + 1, cur + 1, Kn + 1
             for k in range(Kn):
                 for t in range(nrec):
                     out[cur, k, t] = S[s, k, t]
@@ -209,26 +208,26 @@ def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, o
             cur += 1
             low = cur + top + n_fb + (m - p - 1)
             if base + low > max_regions:
-                return _TOO_MANY, low, 0
+                return _TOO_MANY, cur, 0, low, 0
             continue
         j = cutting[0]
         l0, l1, l2, dl = L0[j], L1[j], L2[j], Ld[j]
         if top + 3 > S.shape[0]:
-            return _GROW_STACK, 0, 0
+            return _GROW_STACK, cur, s + 1, 0, 0
         if Kn + 2 > S.shape[1]:
-            return _GROW_SLOTS, Kn, 0
+            return _GROW_SLOTS, cur, s + 1, Kn, 0
         # the root's cutting units were found with one tolerance for all vertices: recheck each vertex
         if _signs(S, s, Kn, l0, l1, l2, dl, sig)[2]:
-            return _GIVE_BACK, 0, 0
+            return _GIVE_BACK, cur, 0, 0, 0
         lid = from_bits(rid | j)
         ng = top + 1
         pg = top + 2
         cp, cn = _halves(S, s, Kn, sig, l0, l1, l2, dl, lid, pg, ng)
         if cp < 0:
-            return _GIVE_BACK, 0, 0
+            return _GIVE_BACK, cur, 0, 0, 0
         _take_cut(S, Snv, Sbits, Scand, Snc, s, pg, ng, cp, cn, j, cutting, ncut, nrec, n)
         top += 2
-    return _DONE, cur, 0
+    return _DONE, cur, 0, 0, 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -265,9 +264,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     cutting = np.empty(n, dtype=np.int32)
     cur = 0
     n_fb = 0
-    p = -1
-    while p < m - 1:
-        p += 1
+    for p in range(m):
         k1 = nv[p]
         # the polygon's lines (a loop without branches: about a quarter of the ReLU cut, vectorised)
         bad = False
@@ -361,31 +358,48 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 S[0, k, t] = rec[p, k, t]
         Snv[0] = k1
         Snc[0] = nc
-        status, v1, v2 = _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, onv, par,
-                                   bits, cur, n_fb, m, base, max_regions, block)
-        # a buffer too small: grown here, and the polygon is cut again from the start
-        if status == _GROW_STACK:
-            d2 = 2 * S.shape[0]
-            S = np.empty((d2, S.shape[1], nrec))
-            Snv = np.empty(d2, dtype=np.int64)
-            Sbits = np.empty((d2, n), dtype=np.bool_)
-            Scand = np.empty((d2, n), dtype=np.int32)
-            Snc = np.empty(d2, dtype=np.int64)
-            p -= 1
-        elif status == _GROW_SLOTS:
-            S = np.empty((S.shape[0], max(2 * v1 + 2, S.shape[1]), nrec))
-            sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
-            p -= 1
-        elif status == _GROW_OUT:
-            out, onv, par, bits = _grow_out(out, onv, par, bits, v1, v2)
-            p -= 1
-        elif status == _TOO_MANY:
+        start = cur
+        top = 1
+        first = True
+        while True:
+            status, cur, top, v1, v2 = _relu_dfs(
+                p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, onv, par, bits, cur, n_fb, m,
+                base, max_regions, block, top, first,
+            )
+            # a buffer too small: grown here (contents kept), and the cut resumes with the piece at hand
+            first = False
+            if status == _GROW_STACK:
+                d2 = 2 * S.shape[0]
+                S2 = np.empty((d2, S.shape[1], nrec))
+                S2[: S.shape[0]] = S
+                S = S2
+                Snv2 = np.empty(d2, dtype=np.int64)
+                Snv2[: Snv.shape[0]] = Snv
+                Snv = Snv2
+                Sb2 = np.empty((d2, n), dtype=np.bool_)
+                Sb2[: Sbits.shape[0]] = Sbits
+                Sbits = Sb2
+                Sc2 = np.empty((d2, n), dtype=np.int32)
+                Sc2[: Scand.shape[0]] = Scand
+                Scand = Sc2
+                Snc2 = np.empty(d2, dtype=np.int64)
+                Snc2[: Snc.shape[0]] = Snc
+                Snc = Snc2
+            elif status == _GROW_SLOTS:
+                S2 = np.empty((S.shape[0], 2 * v1 + 2, nrec))
+                S2[:, : S.shape[1]] = S
+                S = S2
+                sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
+            elif status == _GROW_OUT:
+                out, onv, par, bits = _grow_out(out, onv, par, bits, v1, v2)
+            else:
+                break
+        if status == _TOO_MANY:
             return 1, v1, out, onv, par, bits, fallback
-        elif status == _GIVE_BACK:
+        if status == _GIVE_BACK:
+            cur = start
             fallback[p] = True
             n_fb += 1
-        else:
-            cur = v1
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
