@@ -12,7 +12,8 @@ count is the exact one (it equals its ``box=None`` whole-plane count).
 Second table (default and ``--quick``): traced graphs through the same call, pruned residual MLPs
 (magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
 against regioncam on the same plane and box, also without the model's trace (``t_ng-tr``: on the graph
-traced beforehand). regioncam's float32 loses slivers on large slices (a 106 214-region residual slice has
+traced beforehand); ``med`` is regioncam's median time over netgeom's (whole call), next to the ratio of
+the best times. regioncam's float32 loses slivers on large slices (a 106 214-region residual slice has
 pieces of area ~1e-15, each certified by its own float64 witness point).
 
     python benchmarks/bench_regions.py --quick           # < 1 minute
@@ -81,12 +82,18 @@ def _rc_count(net, x0, d1, d2, r: float) -> int:
 
 
 def _best(fn, repeat: int):
-    best, out = np.inf, None
+    out, times = _times(fn, repeat)
+    return out, min(times)
+
+
+def _times(fn, repeat: int):
+    """The last result and the wall times of ``repeat`` calls."""
+    out, times = None, []
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+        times.append(time.perf_counter() - t0)
+    return out, times
 
 
 def _faults(fn, repeat: int) -> float:
@@ -251,10 +258,10 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
     print("\nnetgeom regions_on_slice (traced graph) vs regioncam, same plane and box [-r, r]^2 (seed 0)")
     print(f"first graph slice of this process (numba kernels loaded from cache, or compiled): {t_load:.2f} s")
     print("t_ng-tr: netgeom on the graph traced beforehand (the trace, paid once per call, excluded)")
-    print("flt: median minor page faults of one t_ng-tr call")
+    print("flt: median minor page faults of one t_ng-tr call; med: rc/ng of the median times")
     print(
         f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_ng-tr':>8} "
-        f"{'t_rc':>8} {'rc/ng':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
+        f"{'t_rc':>8} {'rc/ng':>6} {'med':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
     )
     for kind, n0, w, k, n_out, density, r in rows:
         if kind == "res":
@@ -273,17 +280,21 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
             x0, d1, d2 = x1, x2 - x1, x3 - x1
         x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
         args = (net, x0, d1, d2)
-        ours, t_ng = _best(
+        ours, ts_ng = _times(
             lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
         )
         g, box = trace(net, masks), (-r, r, -r, r)
         run = lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count  # noqa: E731
         traced, t_nt = _best(run, repeat)
         flt = _faults(run, repeat)
-        theirs, t_rc = _best(lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat)
+        theirs, ts_rc = _times(
+            lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat
+        )
+        t_ng, t_rc = min(ts_ng), min(ts_rc)
+        med = float(np.median(ts_rc) / np.median(ts_ng))
         print(
             f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs == traced):>5} {t_ng:>8.4f} "
-            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {t_rc / t_nt:>10.2f} {flt:>6.0f}",
+            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {med:>6.2f} {t_rc / t_nt:>10.2f} {flt:>6.0f}",
             flush=True,
         )
 

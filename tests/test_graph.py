@@ -1,6 +1,8 @@
 """trace: any traceable network as a piecewise-linear graph that reproduces model(x) exactly."""
 
 import copy
+import math
+from math import floor
 
 import pytest
 import torch
@@ -535,3 +537,43 @@ def test_every_trace_reads_the_model_as_it_is_now():
     pool.fc = nn.Linear(3, 8).double()
     assert trace(pool).nodes[-2].shape != g.nodes[-2].shape
     assert torch.equal(trace(pool).forward(x), pool(x))
+
+
+class _MathShapes(nn.Module):
+    """Shape arithmetic through ``math`` (called as ``math.prod`` and as an imported name): fx records
+    these calls only through the wrappers it patches in for the trace."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        n = math.prod(x.shape[1:])
+        h = torch.relu(self.fc1(x.reshape(-1, n)))
+        return self.fc2(h.view(-1, floor(math.sqrt(n * n))))
+
+
+def test_math_calls_on_traced_shapes_are_recorded_in_every_trace():
+    """fx's wrappers of math functions are made once and reused (one per function), and the set of math
+    functions to wrap is collected once: every trace records the same calls as fx's own tracer, reproduces
+    the model, and leaves ``math`` as it was."""
+    import torch.fx as fx
+
+    from netgeom.nets.graph import _Tracer
+
+    net = _MathShapes().double()
+    before = (math.prod, math.sqrt, floor)
+    for _ in range(2):  # the autowrap set collected once is fx's default one
+        ours, fxs = _Tracer(), fx.Tracer()
+        assert ours._autowrap_function_ids == fxs._autowrap_function_ids
+        assert ours._autowrap_search == fxs._autowrap_search == [math]
+    ref = [(n.op, n.target) for n in fx.Tracer().trace(net).nodes]
+    assert (("call_function", math.prod) in ref) and (("call_function", floor) in ref)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    for _ in range(3):
+        assert [(n.op, n.target) for n in _Tracer().trace(net).nodes] == ref
+        g = trace(net, input_shape=(6,))
+        assert torch.equal(g.forward(x), net(x))
+    assert (math.prod, math.sqrt, floor) == before
+    assert not hasattr(math.prod, "__fx_already_patched")

@@ -493,3 +493,142 @@ def test_max_regions_stops_the_compiled_max_pool_cut():
         if pool.index in named:
             break
     assert pool.index in named
+
+
+# ------------------------------------------------------------------------ kernels on their own inputs
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_affine_kernel_per_polygon_table_gives_the_same_floats(slope):
+    """affine_maps on a ReLU output read in place: pieces of one polygon in a run (its products with the
+    weights made once, in a table) and the same pieces interleaved with other polygons' (products made per
+    piece) give the same floats, row for row; and every value is within its error bound of float64 math."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(0)
+    n_poly, n_in, n_out, per = 3, 24, 12, 6
+    A = rng.normal(size=(n_poly, n_in))
+    B = rng.normal(size=(n_poly, 2, n_in))
+    E = np.abs(rng.normal(size=(n_poly, n_in))) * 1e-15
+    A[:, 3], B[:, :, 3], E[:, 3] = 0.0, 0.0, 0.0  # an input exactly zero on every polygon
+    M = rng.normal(size=(n_out, n_in))
+    M[:, 5] = 0.0
+    bias = rng.normal(size=n_out)
+    parent = np.repeat(np.arange(n_poly), per)  # runs: the table path
+    bits = rng.random((len(parent), n_in)) < 0.5
+    gam = 1.01 * (n_in + 2) * 2.0**-53
+
+    def run(par, bt):
+        m = len(par)
+        return kern.affine_maps(
+            A, B, E, par, np.ascontiguousarray(bt), slope, True, np.ascontiguousarray(M.T),
+            np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), bias, gam, 1e-300,
+            np.empty((m, n_out)), np.empty((m, 2, n_out)), np.empty((m, n_out)),
+        )
+
+    runs = run(parent, bits)
+    order = np.argsort(np.arange(len(parent)) % per, kind="stable")  # no two neighbours share a polygon
+    assert np.all(parent[order][1:] != parent[order][:-1])
+    mixed = run(parent[order], bits[order])
+    for a, b in zip(runs, mixed):
+        assert a[order].tobytes() == b.tobytes()
+    gain = np.where(bits, 1.0, slope)
+    x = np.stack([A[parent], B[parent, 0], B[parent, 1]]) * gain  # (3, pieces, n_in)
+    ref = x @ M.T
+    ref[0] += bias
+    got = np.stack([runs[0], runs[1][:, 0], runs[1][:, 1]])
+    assert np.all(np.abs(got - ref) <= runs[2][None] + 1e-12 * np.abs(ref))
+
+
+def test_relu_kernel_grows_its_buffers_and_cuts_the_same_pieces():
+    """relu_split given one-row working arrays (grown as it goes, the cut resuming with the piece at hand)
+    gives the pieces, parents and bits it gives with ample arrays; a max_regions it cannot meet stops it
+    with the same lower bound either way."""
+    from netgeom.regions import _graph_slice_kernel as kern
+    from netgeom.regions._graph_slice import initial_polygon
+
+    rng = np.random.default_rng(1)
+    n = 40
+    rec, nv = initial_polygon(
+        [[1.0, -1.0, -1.0], [1.0, 1.0, -1.0], [1.0, 1.0, 1.0], [1.0, -1.0, 1.0]],
+        [[1.0, 0.0, 1.0], [-1.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [1.0, 1.0, 0.0]],
+    )
+    A = rng.uniform(-0.5, 0.5, size=(1, n))
+    B = rng.normal(size=(1, 2, n))
+    E = np.full((1, n), 1e-16)
+
+    def run(cap, K, max_regions=10**6):
+        return kern.relu_split(
+            rec, nv.astype(np.int64), A, B, E, False, 1.0, 1.0, 0, 0, max_regions, np.empty((cap, K, 9)),
+            np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty((cap, n), np.bool_),
+        )
+
+    big, small = run(4096, 64), run(1, 6)
+    assert big[0] == small[0] == 0 and len(big[3]) > 200
+    for a, b in zip(big[3:], small[3:]):
+        assert np.array_equal(a, b)
+    for q in range(len(big[3])):
+        assert big[2][q, : big[3][q]].tobytes() == small[2][q, : small[3][q]].tobytes()
+    stop_big, stop_small = run(4096, 64, 100), run(1, 6, 100)
+    assert stop_big[0] == stop_small[0] == 1 and stop_big[1] == stop_small[1] > 100
+
+
+def test_pool_and_relu_kernels_with_one_row_buffers_cut_the_same_cells(monkeypatch):
+    """On a global-max-pool net's real inputs, the ReLU and max-pool kernels given one-row working arrays
+    (grown as they go) return what they return with the caller's ample arrays."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    calls = []
+
+    def twice(fn, n_tail):
+        def run(*args):
+            got = fn(*args)
+            tiny = [np.empty((1, *a.shape[1:]), dtype=a.dtype) for a in args[-n_tail:]]
+            again = fn(*args[:-n_tail], *tiny)
+            assert got[:2] == again[:2]
+            for a, b in zip(got[3:], again[3:]):
+                assert np.array_equal(a, b)
+            for q in range(len(got[3])):  # real vertices (the grown arrays may have more padding slots)
+                assert got[2][q, : got[3][q]].tobytes() == again[2][q, : again[3][q]].tobytes()
+            calls.append(fn.__name__)
+            return got
+
+        return run
+
+    monkeypatch.setattr(kern, "relu_split", twice(kern.relu_split, 4))
+    monkeypatch.setattr(kern, "pool_split", twice(kern.pool_split, 4))
+    net = GlobalMax(2, 12, 6, 5, seed=3).double().eval()
+    res = regions_on_slice(net, [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], box=BOX)
+    assert res.count > 20 and sorted(set(calls)) == ["pool_split", "relu_split"]
+
+
+def test_branch_free_line_is_the_scalar_line():
+    """_line_soa (the ReLU kernel's vectorised line construction) gives _line's floats, zero flag and
+    finiteness, or flags the rare scalings it leaves to _line: over magnitudes from subnormal to overflow,
+    exact zeros, infinities and NaNs, with and without the quadrant map."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(2)
+    mags = np.array([0.0, 5e-324, 1e-310, 1e-300, 1e-20, 1.0, 3.5, 1e20, 1e300, 2.0**1021, 1.7e308])
+    specials = np.array([np.inf, -np.inf, np.nan])
+    seen_rare = seen_bad = 0
+    for _ in range(3000):
+        vals = rng.choice(mags, 4) * rng.choice([-1.0, 1.0], 4) * rng.uniform(0.5, 1.0, 4)
+        if rng.random() < 0.05:
+            vals[rng.integers(4)] = rng.choice(specials)
+        if rng.random() < 0.2:
+            vals[rng.integers(4)] = 0.0
+        vals[3] = abs(vals[3])
+        quadrant = bool(rng.random() < 0.5)
+        su, sv = rng.choice([-1.0, 1.0], 2)
+        out = np.empty(4)
+        f = kern._line(*vals, quadrant, su, sv, out)
+        fin, zero, rare, *line = kern._line_soa(*vals, quadrant, su, sv)
+        assert fin == (f >= 0)
+        if not fin:
+            seen_bad += 1
+            continue
+        assert zero == (f == 1)
+        if rare:
+            seen_rare += 1
+            continue
+        assert np.array(line).tobytes() == out.tobytes()
+    assert seen_rare > 0 and seen_bad > 0

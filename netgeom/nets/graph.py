@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx._symbolic_trace as _fx_st
 import torch.nn.functional as F
 from torch import nn
 
@@ -485,6 +486,33 @@ class _Tracer(fx.Tracer):
     user's line, for error messages) instead of fx's formatted stack traces, which cost about as much as the
     rest of the symbolic trace."""
 
+    def __init__(self):
+        # fx's default (autowrap_modules=(math,)) collects the ids of math's public callables in every
+        # tracer; they are fixed objects, collected once here
+        if _MATH_IDS[0] is None:
+            super().__init__()
+            _MATH_IDS[0] = frozenset(self._autowrap_function_ids)
+            return
+        super().__init__(autowrap_modules=())
+        self._autowrap_function_ids = set(_MATH_IDS[0])
+        self._autowrap_search = [math]
+
+    def trace(self, root, concrete_args=None):
+        # fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
+        # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
+        # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
+        # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
+        st = _fx_st
+        orig = getattr(st, "_create_wrapped_func", None)
+        if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
+            return super().trace(root, concrete_args)
+        _FX_WRAP[0] = orig
+        st._create_wrapped_func = _memo_wrapped_func
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            st._create_wrapped_func = orig
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
@@ -503,6 +531,22 @@ class _Tracer(fx.Tracer):
         if f is not None:
             node.meta["netgeom_frame"] = (user.f_code.co_filename, user.f_lineno)
         return node
+
+
+_FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
+_MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
+_WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
+
+
+def _memo_wrapped_func(fn):
+    """fx's ``_create_wrapped_func(fn)``, made once per function (kept with it, so that its id stays its
+    own)."""
+    hit = _WRAPPED.get(id(fn))
+    if hit is None or hit[0] is not fn:
+        if len(_WRAPPED) >= 4096:
+            _WRAPPED.clear()
+        hit = _WRAPPED[id(fn)] = (fn, _FX_WRAP[0](fn))
+    return hit[1]
 
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
@@ -819,17 +863,18 @@ class _Builder:
             "ceil_mode": bool(ceil_mode),
         }
         key = (dim, ref.shape, *(p[a] for a in ("kernel", "stride", "padding", "dilation", "ceil_mode")))
-        out_shape = _CHECKED_POOLS.get(key)
+        checked = _CHECKED_POOLS.get(key)
         flat = ref.value.reshape(self.B, -1)
         padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
-        if out_shape is not None:
+        if checked is not None:
             # windows already checked against torch for this input shape and these pooling arguments (a
-            # function of them alone): the probe is their gather, without torch's max-pool, whose
-            # multithreaded kernel wakes the intra-op thread pool even for a tiny probe (milliseconds on a
-            # busy machine)
-            p["starts"] = _pool_starts(out_shape, p)
-            windows = _pool_windows(ref.shape, out_shape, p)
-            y = padded[:, windows.clamp(min=-1) % padded.shape[1]].amax(-1).reshape(self.B, *out_shape)
+            # function of them alone, kept with them): the probe is their gather, without torch's max-pool,
+            # whose multithreaded kernel wakes the intra-op thread pool even for a tiny probe (milliseconds
+            # on a busy machine)
+            out_shape, starts, windows, gather = checked
+            p["starts"] = [t.clone() for t in starts]
+            windows = windows.clone()  # (each graph its own: a node's windows are public)
+            y = padded[:, gather].amax(-1).reshape(self.B, *out_shape)
             idx = self.add_node(
                 fxn, op="maxpool", inputs=(ref.index,), shape=out_shape, in_shape=ref.shape, windows=windows,
                 _pool=p,
@@ -863,7 +908,8 @@ class _Builder:
             raise AssertionError(f"max-pool argmax positions of {self.source(fxn)} do not match the windows")
         if len(_CHECKED_POOLS) >= 1024:
             _CHECKED_POOLS.clear()
-        _CHECKED_POOLS[key] = out_shape
+        gather = windows.clamp(min=-1) % padded.shape[1]
+        _CHECKED_POOLS[key] = (out_shape, [t.clone() for t in p["starts"]], windows.clone(), gather)
         return _Ref(idx, out_shape, y)
 
     def add(self, fxn: fx.Node, a: _Ref, b: _Ref) -> _Ref:
@@ -889,9 +935,10 @@ class _Builder:
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
 
 
-# (dim, input shape, kernel, stride, padding, dilation, ceil_mode) -> output shape, for the max-poolings whose
-# windows (_pool_windows, a function of these alone) were checked against torch's max-pooling in this process
-_CHECKED_POOLS: dict[tuple, tuple[int, ...]] = {}
+# (dim, input shape, kernel, stride, padding, dilation, ceil_mode) -> (output shape, window starts, windows,
+# gather index of the windows into the input padded with -inf), for the max-poolings whose windows
+# (_pool_windows, a function of these alone) were checked against torch's max-pooling in this process
+_CHECKED_POOLS: dict[tuple, tuple] = {}
 
 
 def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
