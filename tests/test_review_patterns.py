@@ -184,7 +184,8 @@ def test_progressive_int8_decides_second_layer_units_at_every_distance_from_zero
               for r, bj in zip(W1, net[0].bias.tolist())]
         h1 = [v if v > 0 else v * Fraction(slope) for v in z1]
         W2 = [[Fraction(v) for v in r] for r in net[2].weight.tolist()]
-        net[2].bias.copy_(torch.tensor([-float(sum((w * a for w, a in zip(r, h1)), Fraction(0))) for r in W2]))
+        b2 = [-float(sum((w * a for w, a in zip(r, h1)), Fraction(0))) for r in W2]
+        net[2].bias.copy_(torch.tensor(b2))
     eps = 10.0 ** -torch.linspace(1, 15, 60, dtype=torch.float64)
     X = (x0 + eps[:, None] * torch.randn(60, n0, generator=g, dtype=torch.float64) * 2.0**e).to(dtype)
     ref = _rational_bits(net, X)
