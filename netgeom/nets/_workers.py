@@ -64,12 +64,35 @@ def _openmp() -> ctypes.CDLL | None:
     return lib if seen == [1] else None
 
 
+@functools.lru_cache(maxsize=1)
+def _mkl_local() -> Callable | None:
+    """MKL's per-thread ``mkl_set_num_threads_local`` as torch's CPU library exports it, or ``None``. (The C
+    entry point is ``MKL_Set_Num_Threads_Local``; the lower-case export is the Fortran one, by reference.)"""
+    if not torch.backends.mkl.is_available():
+        return None
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in sorted(os.listdir(libdir)):
+        if name.startswith("libtorch_cpu."):
+            try:
+                fn = ctypes.CDLL(os.path.join(libdir, name)).MKL_Set_Num_Threads_Local
+            except (OSError, AttributeError):
+                return None
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            return fn
+    return None
+
+
 def _one_openmp_thread(lib: ctypes.CDLL) -> int:
     """Run the calling thread's torch operations on one OpenMP thread; torch's thread count after that."""
     # torch sets a new thread's OpenMP thread count (to the process-wide torch.set_num_threads value) the
     # first time the thread asks for it: make that happen first, then override it for this thread only
     torch.get_num_threads()
     lib.omp_set_num_threads(1)
+    # once torch.set_num_threads(n) has run anywhere in the process, that first ask also sets MKL's
+    # per-thread count to n, which MKL's products follow over the OpenMP one (a team of n per worker)
+    mkl = _mkl_local()
+    if mkl is not None:
+        mkl(1)
     return torch.get_num_threads()
 
 

@@ -374,7 +374,9 @@ def count_patterns(
 
                 def decide(xb):
                     engines = engines_of.setdefault(threading.get_ident(), {})
-                    return xb, chain_decide(g, plan, xb, m, _engines=engines, int8=levels)
+                    # grad mode is per thread: without this, an X that requires grad reached .numpy()
+                    with torch.no_grad():
+                        return xb, chain_decide(g, plan, xb, m, _engines=engines, int8=levels)
 
                 ahead = 2 * torch.get_num_threads()
                 with pool or contextlib.nullcontext():
