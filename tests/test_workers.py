@@ -11,6 +11,15 @@ from netgeom import count_patterns, magnitude_prune, mlp
 from netgeom.nets._workers import chunk_pool, map_ordered
 
 
+@pytest.fixture
+def two_threads():
+    # conftest runs every test on one torch thread, where count_patterns makes no pool: two make it real
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone():
     before = torch.get_num_threads()
     pool = chunk_pool(2)
@@ -56,14 +65,18 @@ def test_map_ordered_keeps_order_bounds_the_work_in_flight_and_raises_the_first_
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, pruned):
+def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, two_threads, pruned):
     net = mlp(300, [120, 60], 3, seed=1)
     if pruned:
         magnitude_prune(net, scope="layer", per_layer=[0.8, 0.5, 0.0]).apply(net)
     X = torch.rand(5000, 300, generator=torch.Generator().manual_seed(0)) * 2 - 1
     batches = [X[i : i + 700] for i in range(0, 5000, 700)]  # ragged batches, split into chunks of 256
     monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 256)
+    made = []
+    real = workers.chunk_pool
+    monkeypatch.setattr(workers, "chunk_pool", lambda n=None: made.append(real(n)) or made[-1])
     par = count_patterns(net, iter(batches), per_layer=True)
+    assert made and (made[0] is not None or workers._openmp() is None)
     monkeypatch.setattr(workers, "chunk_pool", lambda n=None: None)
     seq = count_patterns(net, iter(batches), per_layer=True)
     assert par.count == seq.count and par.n_samples == seq.n_samples == 5000
@@ -75,8 +88,17 @@ def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, prun
     assert np.array_equal(par.patterns, ref.patterns)
 
 
-def test_an_error_in_a_later_batch_is_raised_from_count_patterns():
+def test_an_error_in_a_later_batch_is_raised_from_count_patterns(two_threads):
     net = mlp(20, [10], 1, seed=0)
     bad = [torch.rand(300, 20), torch.rand(300, 20), torch.rand(300, 21)]
     with pytest.raises(ValueError, match="X batch 2 has 21 features"):
         count_patterns(net, iter(bad))
+
+
+def test_a_callers_autocast_does_not_reach_the_certified_products(two_threads):
+    net = mlp(50, [30, 20], 2, seed=3)
+    X = torch.rand(3000, 50, generator=torch.Generator().manual_seed(4))
+    ref = count_patterns(net, X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = count_patterns(net, X)
+    assert np.array_equal(got.patterns, ref.patterns) and got.count == ref.count

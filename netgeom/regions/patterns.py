@@ -352,7 +352,9 @@ def count_patterns(
                 cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
         n_samples += xb.shape[0]
 
-    with torch.no_grad(), guard:
+    # the bounds are for the float32/float64 operations they describe: a caller's autocast (bfloat16 or
+    # float16 products) is switched off here (the chunk workers never inherit it: it is per thread)
+    with torch.no_grad(), guard, torch.autocast(dev.type, enabled=False):
         stream = chunks()
         if plan is not None:
             first = next(stream, None)
