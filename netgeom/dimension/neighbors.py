@@ -51,6 +51,8 @@ _KDTREE_MAX_FEATURES = 16
 # scores per panel chunk of the torch back-end (float32: 64 MB)
 _PANEL_SCORES = 1 << 24
 _DUPLICATE_POLICIES = ("drop", "error", "keep")
+# up to this many points (and no chunk_size given) the whole float32 Gram matrix is kept (at most 64 MB)
+_DENSE_MAX_POINTS = 4096
 # up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
 _GATHER_FLOAT64_BYTES = 1 << 24
 # unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
@@ -231,8 +233,6 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
     if method == "kdtree":
         dist, idx = _knn_kdtree(X, k)
         return dist, idx, 0
-    if chunk_size is None:
-        chunk_size = _block_size(len(X))
     # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the error
     # bound so much that almost every row needs the slow exact rescan; full float32 costs little here.
     # The caller's setting is restored on the way out.
@@ -340,11 +340,11 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # largest |x − mean| is at a feature's minimum or maximum (rounded subtraction is monotone).
     amax = float(max(np.max(hi[varying] - mean), np.max(mean - lo[varying])))
     shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D32))) if amax > 0 else 0
-    # One product gives the whole score: [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] = ‖x‖² + ‖y‖² − 2x·y (no passes
-    # over the scores to add the norms). −2y is exact in float32; ‖x‖² is summed in float64 from the
-    # float32 values (exact-ish squared norms of the float32 points).
-    left = np.empty((n, D32 + 2), dtype=np.float32)
-    right = np.empty((n, D32 + 2), dtype=np.float32)
+    # The score ‖x‖² + ‖y‖² − 2x·y of two float32 points is formed in float64 by the selection pass from
+    # their float32 Gram entry x·y and their squared norms, summed in float64 from exact squares. A Gram
+    # block on the diagonal is symmetric: BLAS computes it at half the flops (syrk, which numpy calls for
+    # A @ A.T), where [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] would need a full product.
+    left = np.empty((n, D32), dtype=np.float32)
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
     # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
     # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
@@ -361,18 +361,18 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
     sq = np.empty(n)
     cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
-    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, right, pos, P, sq), ranges, threads,
+    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq), ranges, threads,
               pool=pool)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
         def make_scores():
-            return _numpy_scores(left, right)
+            return _numpy_scores(left)
 
         u = 2.0**-24
     else:
         def make_scores():
-            return _torch_scores(left, right, device)
+            return _torch_scores(left, device)
 
         u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     norms = np.sqrt(sq)
@@ -381,10 +381,14 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     u64 = 2.0**-53
     K = D32 + 2
     gamma = K * u / (1 - K * u) if K * u < 0.5 else math.inf
-    # the score is a float32 dot product of K = D32 + 2 terms whose absolute values sum to at most
-    # (‖x‖ + ‖y‖)²: its error is at most γ_K (‖x‖ + ‖y‖)², plus u (‖x‖² + ‖y‖²) from the float32 casts of
-    # the squared norms; doubled (and u counted 5 times) for the second-order terms (float64 centring,
-    # the float64 squared norms, products of errors)
+    # the score's error against the squared distance of the float32 points: the Gram entry is a float32 dot
+    # product of D32 terms, off by at most γ_D32 Σ|x_t y_t| <= γ_D32 ‖x‖ ‖y‖ <= γ_D32 (‖x‖ + ‖y‖)² / 4
+    # (any order of summation, fused or not); the squared norms are float64 sums of exact squares (relative
+    # error γ64_D32) and the score's two float64 operations add 2 u64 (‖x‖ + ‖y‖)². So the error is at most
+    # (γ_D32 / 2 + γ64_(D32+2)) (‖x‖ + ‖y‖)², below c_err (‖x‖ + ‖y‖)² with
+    #   c_err = 2 (γ_K + 5 u32),  K = D32 + 2,
+    # which is kept generous: it also stands for the second-order terms (float64 centring, products of
+    # errors) and it covers a matmul of lower precision u on an accelerator
     c_err = 2.0 * (gamma + 5 * u32)
     # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (casts, squares,
     # products, additions); with norms <= 1 these terms are tiny but not relative to the data, so they are
@@ -402,7 +406,18 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-    best_v, best_i, stores = _candidates(make_scores, n, m, chunk_size, workers, pool)
+    # Few points: the whole Gram matrix (syrk and GEMM blocks, one barrier), then each row's m smallest
+    # scores by a selection over its full row, done by the re-rank's own pass over its rows (no candidate
+    # heaps, nothing to merge, one barrier less). More points: blocks, streamed through per-row heaps
+    dense = chunk_size is None and n <= _DENSE_MAX_POINTS
+    if chunk_size is None:
+        chunk_size = _block_size(n)
+    if dense:
+        G = _gram(make_scores, n, workers, pool)
+        best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
+        tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
+    else:
+        best_v, best_i, stores = _candidates(make_scores, sq, m, chunk_size, workers, pool)
     Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
@@ -412,6 +427,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         vals = np.empty((b - a, m))
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
+        if dense:
+            kern.smallest_in_rows(G[a:b], a, 0, sq, best_v, best_i, tau, True)
         for store_v, store_i in stores:  # the other threads' candidates of these rows
             kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
@@ -441,26 +458,39 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     return dist, idx, n_fallback
 
 
-def _numpy_scores(left: np.ndarray, right: np.ndarray):
-    """float32 scores ``‖x‖² + ‖y‖² − 2x·y`` of rows ``[a, b)`` against columns ``[c0, c1)`` by numpy's
-    BLAS, written into one reused buffer (a fresh 64 MB array per panel costs its page faults again).
-    One such function per thread: the buffer is its own."""
+def _numpy_scores(left: np.ndarray):
+    """float32 Gram block ``x·y`` of rows ``[a, b)`` against columns ``[c0, c1)`` by numpy's BLAS, written
+    into one reused buffer (a fresh 64 MB array per panel costs its page faults again). A diagonal block
+    is ``A @ A.T`` of one operand, which numpy hands to syrk (half the flops). One such function per
+    thread: the buffer is its own."""
     buf = np.empty(0, dtype=np.float32)
 
-    def scores(a, b, c0, c1):
+    def scores(a, b, c0, c1, out=None):
         nonlocal buf
-        size = (b - a) * (c1 - c0)
-        if buf.size < size:
-            buf = np.empty(size, dtype=np.float32)
-        return np.matmul(left[a:b], right[c0:c1].T, out=buf[:size].reshape(b - a, c1 - c0))
+        if out is None:
+            size = (b - a) * (c1 - c0)
+            if buf.size < size:
+                buf = np.empty(size, dtype=np.float32)
+            out = buf[:size].reshape(b - a, c1 - c0)
+        rows = left[a:b]
+        cols = rows if (c0, c1) == (a, b) else left[c0:c1]
+        return np.matmul(rows, cols.T, out=out)
 
     return scores
 
 
-def _torch_scores(left: np.ndarray, right: np.ndarray, device: torch.device):
-    """The same scores by torch on ``device`` (an accelerator), returned as numpy."""
-    lt, rt = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
-    return lambda a, b, c0, c1: (lt[a:b] @ rt[c0:c1].T).cpu().numpy()
+def _torch_scores(left: np.ndarray, device: torch.device):
+    """The same Gram blocks by torch on ``device`` (an accelerator), returned as numpy."""
+    lt = torch.from_numpy(left).to(device)
+
+    def scores(a, b, c0, c1, out=None):
+        G = (lt[a:b] @ lt[c0:c1].T).cpu().numpy()
+        if out is None:
+            return G
+        out[...] = G
+        return out
+
+    return scores
 
 
 _BLAS_LOCK = threading.Lock()
@@ -524,81 +554,96 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
         return results
 
 
-def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1, pool=None):
-    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order), as
-    ``(scores, columns, stores)``: ``stores`` are the other threads' candidate stores, still to be merged
-    into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by row, in parallel).
-
-    The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
-    half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
-    columns. Diagonal blocks come first and give every row a threshold, its ``m``-th best score so far;
-    in each later block only the entries below a row's threshold (a few per row) enter its candidate heap
-    (compiled: :func:`._knn_kernel.select_block`, one pass over the block), and the thresholds tighten as
-    blocks are met. Every point outside a row's result has a score at least its ``m``-th (equal scores may
-    be left out, which the certificate allows).
-
-    ``make_scores()`` returns a score function for one thread. With ``workers > 1`` the diagonal blocks,
-    then the panels, are shared among threads (each product on one BLAS thread); every thread merges into
-    its own candidate store (panels write to overlapping rows), all filter against one shared threshold
-    per row (any store's ``m``-th best bounds the union's from above) and the stores are merged at the
-    end: each pair of points is met in exactly one block, hence lies in one store.
-    ``pool``: the threads to run on (see :func:`_parallel`).
-    """
+def _gram(make_scores, n: int, workers: int, pool) -> np.ndarray:
+    """The float32 Gram matrix ``x_i·x_j`` of all points (``make_scores`` as for :func:`_candidates`), by
+    blocks on and above the diagonal, each mirrored below it: a diagonal block by syrk (half its flops).
+    The blocks are shared among ``workers`` threads (each product on one BLAS thread)."""
     from . import _knn_kernel as kern
 
-    starts = list(range(0, n, block))
-    best_v = np.full((n, m), np.inf, dtype=np.float32)
-    best_i = np.zeros((n, m), dtype=np.int64)
-    tau = np.full(n, np.inf, dtype=np.float32)
-    local = threading.local()
-
-    def thread_scores():
-        if not hasattr(local, "scores"):
-            local.scores = make_scores()
-        return local.scores
-
-    def diagonal(a):
-        # a row's first block moves its threshold from inf to its m-th best: one selection
-        # (argpartition) costs less here than the many heap insertions of a scan
-        b = min(a + block, n)
-        S = thread_scores()(a, b, a, b)
-        np.fill_diagonal(S, np.inf)
-        w = min(m, b - a - 1)  # the diagonal (self) is the largest entry of each row: never selected
-        part = np.argpartition(S, w - 1, axis=1)[:, :w]
-        vals = np.take_along_axis(S, part, 1)
-        # in decreasing order (inf slots first while the block has fewer than m columns): a max-heap
-        o = np.argsort(vals, axis=1)[:, ::-1]
-        best_v[a:b, m - w:] = np.take_along_axis(vals, o, 1)
-        best_i[a:b, m - w:] = np.take_along_axis(part, o, 1) + a
-        tau[a:b] = best_v[a:b, 0]
-
-    _parallel(diagonal, starts, workers, blas=True, pool=pool)
-    n_stores = min(workers, max(1, len(starts) - 1))
-    stores = [(best_v, best_i)] + [
-        (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64))
-        for _ in range(n_stores - 1)
-    ]
-    # the panel right of each diagonal block, in column chunks of <= 2^24 scores (64 MB) per thread: few,
-    # large matrix products, which BLAS runs near its peak
-    tasks = []
-    for a in starts:
-        b = min(a + block, n)
-        width = max(block, _PANEL_SCORES // ((b - a) * n_stores))
-        tasks += [(a, b, c0, min(c0 + width, n)) for c0 in range(b, n, width)]
-    tasks.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))  # largest first: the threads end together
+    G = np.empty((n, n), dtype=np.float32)
+    # two blocks per thread and side: 2w diagonal blocks (syrk) and w (2w - 1) others, shared by whichever
+    # thread is free, balance the threads within a few percent (one block per thread and side would leave
+    # the two diagonal syrks of one thread against the other thread's single, faster GEMM)
+    block = math.ceil(n / (2 * workers if workers > 1 else 1))
+    starts = range(0, n, block)
+    tasks = [(a, min(a + block, n), c0, min(c0 + block, n)) for a in starts for c0 in starts if c0 >= a]
+    tasks.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]) / (2 if t[0] == t[2] else 1))
     queue = iter(tasks)
     lock = threading.Lock()
 
-    def worker(store):
-        store_v, store_i = store
-        scores = thread_scores()
+    def worker(_):
+        scores = make_scores()
         while True:
             with lock:
                 task = next(queue, None)
             if task is None:
                 return
             a, b, c0, c1 = task
-            kern.select_block(scores(a, b, c0, c1), a, c0, store_v, store_i, tau, False)
+            scores(a, b, c0, c1, out=G[a:b, c0:c1])
+            if c0 != a:
+                kern.mirror(G, a, b, c0, c1)
+
+    _parallel(worker, range(workers), workers, blas=True, pool=pool)
+    return G
+
+
+def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 1, pool=None):
+    """The ``m`` smallest scores ``sq[r] + sq[c] − 2 x_r·x_c`` of every row ``r`` (self excluded) and their
+    columns (in no order), as ``(scores, columns, stores)``: ``stores`` are the other threads' candidate
+    stores, still to be merged into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by
+    row, in parallel).
+
+    The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only: a
+    diagonal block by syrk (half its flops), the panel right of it in column chunks. The diagonal blocks
+    come first: a selection in each of their full rows (:func:`._knn_kernel.smallest_in_rows`) gives
+    every row a threshold, its ``m``-th best score so far. In a panel each entry serves its row and, along
+    the other axis, its column, and only the entries below a row's threshold (a few per row) enter its
+    candidate heap (compiled: :func:`._knn_kernel.select_block`, one pass over the block, the scores
+    formed there in float64); the thresholds tighten as blocks are met. Every point outside a row's result has a score at least its ``m``-th (equal
+    scores may be left out, which the certificate allows).
+
+    ``make_scores()`` returns a Gram-block function for one thread. With ``workers > 1`` the blocks are
+    shared among threads (each product on one BLAS thread), taken one at a time by whichever is free;
+    every thread merges into its own candidate store (blocks write to overlapping rows), all filter
+    against one shared threshold per row (any store's ``m``-th best bounds the union's from above), and
+    the stores are merged at the end: each pair of points is met in exactly one block, hence lies in one
+    store. ``pool``: the threads to run on (see :func:`_parallel`).
+    """
+    from . import _knn_kernel as kern
+
+    n = len(sq)
+    starts = list(range(0, n, block))
+    n_stores = min(workers, len(starts) * (len(starts) + 1) // 2)
+    tau = np.full(n, np.inf)
+    stores = [(np.full((n, m), np.inf), np.zeros((n, m), dtype=np.int64)) for _ in range(n_stores)]
+    # the diagonal blocks first (a selection in each of their full rows sets the row's threshold; every
+    # thread takes diagonal blocks only until they run out, so its store's rows are empty when it meets
+    # them: rows of different diagonal blocks are disjoint), then the panels
+    # right of them in column chunks of <= 2^24 scores (64 MB) per thread: few, large matrix products,
+    # which BLAS runs near its peak; largest first, so the threads end together
+    tasks = [(a, min(a + block, n), a, min(a + block, n)) for a in starts]
+    panels = []
+    for a in starts:
+        b = min(a + block, n)
+        width = max(block, _PANEL_SCORES // ((b - a) * n_stores))
+        panels += [(a, b, c0, min(c0 + width, n)) for c0 in range(b, n, width)]
+    panels.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))
+    queue = iter(tasks + panels)
+    lock = threading.Lock()
+
+    def worker(store):
+        store_v, store_i = store
+        scores = make_scores()
+        while True:
+            with lock:
+                task = next(queue, None)
+            if task is None:
+                return
+            a, b, c0, c1 = task
+            if c0 == a:  # a row's first block (its store's rows are still empty): a selection
+                kern.smallest_in_rows(scores(a, b, a, b), a, a, sq, store_v, store_i, tau, False)
+            else:
+                kern.select_block(scores(a, b, c0, c1), a, c0, sq, store_v, store_i, tau, False)
 
     _parallel(worker, stores, workers, blas=True, pool=pool)
-    return best_v, best_i, stores[1:]
+    return stores[0][0], stores[0][1], stores[1:]
