@@ -599,8 +599,8 @@ def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 
     every row a threshold, its ``m``-th best score so far. In a panel each entry serves its row and, along
     the other axis, its column, and only the entries below a row's threshold (a few per row) enter its
     candidate heap (compiled: :func:`._knn_kernel.select_block`, one pass over the block, the scores
-    formed there in float64); the thresholds tighten as blocks are met. Every point outside a row's result has a score at least its ``m``-th (equal
-    scores may be left out, which the certificate allows).
+    formed there in float64); the thresholds tighten as blocks are met. Every point outside a row's
+    result has a score at least its ``m``-th (equal scores may be left out, which the certificate allows).
 
     ``make_scores()`` returns a Gram-block function for one thread. With ``workers > 1`` the blocks are
     shared among threads (each product on one BLAS thread), taken one at a time by whichever is free;
