@@ -2,18 +2,25 @@
 
 Two back-ends:
 
-* ``"torch"`` — float32 scores ``‖x‖² + ‖y‖² − 2x·y`` by BLAS (numpy's on the CPU, torch's on an
-  accelerator), ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above
-  the diagonal of the Gram matrix are computed (about half the flops of ``X @ X.T``, hence faster than a
-  flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
-  its columns. Candidates are selected against a per-row threshold (the row's current
-  ``(k + n_extra)``-th score), so a block costs one comparison pass (compiled with numba, as are the
-  re-rank: :mod:`._knn_kernel`). Features that are constant over all points add exactly 0 to every
-  distance and are left out of the float32 scores and of the float64 sums. On the CPU every phase (the
-  passes over ``X``, the blocks, the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller
-  included, each running its products on one BLAS thread (independent products keep both cores busy where
-  a shared product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel
-  too); work goes to whichever thread is free, so a thread the OS does not schedule delays nobody.
+* ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by float32
+  BLAS (numpy's on the CPU, torch's on an accelerator), the squared norms and the sum in float64;
+  ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above the
+  diagonal of the Gram matrix are computed, a diagonal block by syrk (about half the flops of
+  ``X @ X.T``, hence faster than a flat index such as faiss's ``IndexFlatL2``, which computes all of
+  them). Up to 4096 points the whole Gram matrix is kept (at most 64 MB; each block mirrored below the
+  diagonal) and each row's candidates are selected from its full row at once: a bisection on the value,
+  by branch-free counting passes, down to a few dozen scores, which are sorted. More points (or an
+  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives
+  every row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and
+  its column, entering a row's candidate heap only below the row's threshold, so a block costs one
+  comparison pass (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`).
+  Features that are constant over all points add exactly 0 to every distance and are left out of the
+  float32 scores and of the float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the
+  selections and the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller included, each
+  running its products on one BLAS thread (independent products keep both cores busy where a shared
+  product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel too);
+  work goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the
+  helpers are started without waiting for them to run).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
   in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
@@ -138,8 +145,8 @@ def nearest_neighbors(
     method : ``"auto"`` (k-d tree for ``D <= 16``, else torch), ``"torch"`` or ``"kdtree"``.
     duplicates : ``"drop"`` (default) removes exact duplicate rows first and reports how many in
         ``n_dropped``; ``"error"`` raises if any exist; ``"keep"`` keeps them (zero distances then appear).
-    chunk_size : rows per block of the torch back-end (default ~1500); the score blocks take at most
-        ``max(64 MB, 4 chunk_size²)`` bytes.
+    chunk_size : rows per block of the torch back-end (default: the whole Gram matrix up to 4096 points,
+        else ~1500); the score blocks take at most ``max(64 MB, 4 chunk_size²)`` bytes.
     n_extra : extra float32 candidates per row, the margin of the certificate; only candidates that the
         float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
@@ -585,10 +592,10 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
     process takes a core, where one product split over both cores waits for its slower half. The limit is
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
 
-    ``pool``: a thread pool of at least ``workers - 1`` threads to help on (else one is started for the
-    call). The calling thread works too, and the items are taken one at a time by whichever thread is free:
-    on a loaded machine a helper that is not scheduled in time takes nothing (its turn is cancelled), so
-    nobody waits for a thread that has not started.
+    ``pool``: :class:`_Helpers` of at least ``workers - 1`` threads to help on (else some are started for
+    the call). The calling thread works too, and the items are taken one at a time by whichever thread is
+    free: on a loaded machine a helper that is not scheduled in time takes nothing (its turn is
+    cancelled), so nobody waits for a thread that has not started.
     """
     threads = max(1, min(workers, len(items)))
     # the limit is process-wide: two calls from different threads must not interleave their set and restore
