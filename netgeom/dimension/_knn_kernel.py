@@ -415,13 +415,15 @@ def abs_max(X):
 
 @numba.njit(cache=True, nogil=True)
 def column_stats(X, r0, r1):
-    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, and whether every
-    value is exactly a float32 (then a float32 copy holds the same values)."""
+    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, whether every
+    value is exactly a float32 (then a float32 copy holds the same values), and how many values are not
+    finite (NaN or ±inf)."""
     D = X.shape[1]
     total = np.zeros(D)
     lo = X[r0].copy()
     hi = X[r0].copy()
     inexact = np.zeros(D)  # branch-free (vectorised) per feature: counts values that are not float32
+    bad = np.zeros(D)
     for i in range(r0, r1):
         for j in range(D):
             x = X[i, j]
@@ -429,7 +431,8 @@ def column_stats(X, r0, r1):
             lo[j] = min(lo[j], x)
             hi[j] = max(hi[j], x)
             inexact[j] += np.float64(np.float32(x)) != x
-    return total, lo, hi, not inexact.any()
+            bad[j] += not abs(x) < np.inf  # (every comparison with NaN is false)
+    return total, lo, hi, not inexact.any(), int(bad.sum())
 
 
 @numba.njit(cache=True, nogil=True)

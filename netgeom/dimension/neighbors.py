@@ -171,24 +171,19 @@ def nearest_neighbors(
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
-    # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite
-    amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
-    if not math.isfinite(amax):
-        bad = int((~np.isfinite(X)).sum())
-        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
-    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
-    if amax > 0.5e154 / math.sqrt(X.shape[1]):
-        raise ValueError(
-            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
-            "(every intrinsic-dimension estimate is scale-invariant)"
-        )
-    n_input = len(X)
     if method == "kdtree" and device.type != "cpu":
         raise ValueError(f"method='kdtree' runs on the CPU; device={str(device)!r} needs method='torch'")
     if method == "auto":
         # an accelerator was asked for: use it (the k-d tree would run on the CPU)
         low_dim = X.shape[1] <= _KDTREE_MAX_FEATURES and device.type == "cpu"
         method = "kdtree" if low_dim else "torch"
+    amax = None
+    if method == "kdtree":
+        # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite (the torch
+        # back-end checks the same in its first, parallel pass over X, which has the extremes anyway)
+        amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
+        _check_magnitude(X, amax, None)
+    n_input = len(X)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     if k >= n_input:
@@ -226,7 +221,32 @@ def nearest_neighbors(
 _TINY = 2.0**-100
 
 
+def _check_magnitude(X, amax: float, n_bad: int | None):
+    """Refuse non-finite entries (``amax`` is not finite, or ``n_bad`` of them were counted) and entries
+    so large that squared distances would overflow float64."""
+    if n_bad or not math.isfinite(amax):
+        bad = int((~np.isfinite(X)).sum()) if n_bad is None else n_bad
+        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
+    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
+    if amax > 0.5e154 / math.sqrt(X.shape[1]):
+        raise ValueError(
+            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
+            "(every intrinsic-dimension estimate is scale-invariant)"
+        )
+
+
 def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
+    if method != "kdtree":
+        # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the
+        # error bound so much that almost every row needs the slow exact rescan; full float32 costs little
+        # here. The caller's setting is restored on the way out. (The checks of X and the scaling of tiny
+        # data below are made by the torch back-end's first pass.)
+        previous = torch.get_float32_matmul_precision()
+        try:
+            torch.set_float32_matmul_precision("highest")
+            return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
+        finally:
+            torch.set_float32_matmul_precision(previous)
     if amax is None:  # the caller's max |X|, when it has one
         amax = float(np.abs(X).max())
     if 0 < amax < _TINY:
@@ -237,18 +257,8 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
         shift = -math.frexp(amax)[1]
         dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
         return np.ldexp(dist, -shift), idx, n_fallback
-    if method == "kdtree":
-        dist, idx = _knn_kdtree(X, k)
-        return dist, idx, 0
-    # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the error
-    # bound so much that almost every row needs the slow exact rescan; full float32 costs little here.
-    # The caller's setting is restored on the way out.
-    previous = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("highest")
-        return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
-    finally:
-        torch.set_float32_matmul_precision(previous)
+    dist, idx = _knn_kdtree(X, k)
+    return dist, idx, 0
 
 
 def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,9 +341,16 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     step = math.ceil(n / threads)
     ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
     stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
-    mean = np.sum([st[0] for st in stats], axis=0) / n
     lo = np.min([st[1] for st in stats], axis=0)
     hi = np.max([st[2] for st in stats], axis=0)
+    amax = max(float(hi.max()), -float(lo.min()))  # (NaN or inf: refused just below)
+    _check_magnitude(X, amax, sum(st[4] for st in stats))
+    if 0 < amax < _TINY:  # as in _knn: scaled by a power of two, scaled back
+        shift = -math.frexp(amax)[1]
+        dist, idx, n_fallback = _knn_torch_pool(np.ldexp(X, shift), k, n_extra, chunk_size, device, threads,
+                                                pool)
+        return np.ldexp(dist, -shift), idx, n_fallback
+    mean = np.sum([st[0] for st in stats], axis=0) / n
     exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
@@ -424,7 +441,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     if chunk_size is None:
         chunk_size = _block_size(n)
     if dense:
-        G = _gram(make_scores, n, workers, pool)
+        G, gram_tasks = _gram_tasks(make_scores, n, workers)
         best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
         tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
     else:
@@ -460,7 +477,31 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # (about four pieces per thread: a thread that starts late or is descheduled leaves less to wait for)
     piece = max(64, min(chunk_size, math.ceil(n / (4 * threads))))
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
+    if dense:
+        # one phase: the Gram blocks, then the pieces of rows, each started as soon as the blocks holding
+        # its rows are done (a thread done with the products takes the first rows while the other finishes
+        # the last block, instead of waiting for it). Every block precedes the pieces and is taken before
+        # them, so a piece waits only for blocks being computed
+        done = [threading.Event() for _ in gram_tasks]
+        needs = [[t for t, (ga, gb, gc0, gc1, _) in enumerate(gram_tasks)
+                  if ga < b and a < gb or gc0 < b and a < gc1] for a, b in pieces]
+
+        def item(i):
+            if i < len(gram_tasks):
+                try:
+                    gram_tasks[i][-1]()
+                finally:
+                    done[i].set()
+                return None
+            p = i - len(gram_tasks)
+            for t in needs[p]:
+                done[t].wait()
+            return rerank(*pieces[p])
+
+        failed = _parallel(item, range(len(gram_tasks) + len(pieces)), workers, blas=True,
+                           pool=pool)[len(gram_tasks):]
+    else:
+        failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
     n_fallback = 0
     if failed:
@@ -632,10 +673,11 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
         return results
 
 
-def _gram(make_scores, n: int, workers: int, pool) -> np.ndarray:
-    """The float32 Gram matrix ``x_i·x_j`` of all points (``make_scores`` as for :func:`_candidates`), by
-    blocks on and above the diagonal, each mirrored below it: a diagonal block by syrk (half its flops).
-    The blocks are shared among ``workers`` threads (each product on one BLAS thread)."""
+def _gram_tasks(make_scores, n: int, workers: int):
+    """The float32 Gram matrix ``x_i·x_j`` of all points (``make_scores`` as for :func:`_candidates`), as
+    an empty ``(n, n)`` array and the tasks that fill it: ``(a, b, c0, c1, run)``, ``run()`` computing
+    the block of rows ``[a, b)`` and columns ``[c0, c1)`` on and above the diagonal and mirroring it below
+    (a diagonal block by syrk: half its flops). Blocks in row order: the first rows are complete first."""
     from . import _knn_kernel as kern
 
     G = np.empty((n, n), dtype=np.float32)
@@ -644,25 +686,16 @@ def _gram(make_scores, n: int, workers: int, pool) -> np.ndarray:
     # the two diagonal syrks of one thread against the other thread's single, faster GEMM)
     block = math.ceil(n / (2 * workers if workers > 1 else 1))
     starts = range(0, n, block)
-    tasks = [(a, min(a + block, n), c0, min(c0 + block, n)) for a in starts for c0 in starts if c0 >= a]
-    tasks.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]) / (2 if t[0] == t[2] else 1))
-    queue = iter(tasks)
-    lock = threading.Lock()
 
-    def worker(_):
-        scores = make_scores()
-        while True:
-            with lock:
-                task = next(queue, None)
-            if task is None:
-                return
-            a, b, c0, c1 = task
-            scores(a, b, c0, c1, out=G[a:b, c0:c1])
+    def task(a, b, c0, c1):
+        def run():
+            make_scores()(a, b, c0, c1, out=G[a:b, c0:c1])
             if c0 != a:
                 kern.mirror(G, a, b, c0, c1)
 
-    _parallel(worker, range(workers), workers, blas=True, pool=pool)
-    return G
+        return a, b, c0, c1, run
+
+    return G, [task(a, min(a + block, n), c0, min(c0 + block, n)) for a in starts for c0 in starts if c0 >= a]
 
 
 def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 1, pool=None):
