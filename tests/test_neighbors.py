@@ -133,6 +133,17 @@ def test_bad_input(X, k, err):
         nearest_neighbors(X, k)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_refused_by_the_torch_backend(bad):
+    # the torch back-end checks X in its first (parallel) pass over it: every row range, any position
+    X = np.random.default_rng(3).normal(size=(40, 30))
+    for r, c in [(0, 0), (39, 29), (21, 7)]:
+        Y = X.copy()
+        Y[r, c] = bad
+        with pytest.raises(ValueError, match="1 non-finite"):
+            nearest_neighbors(Y, 3, method="torch")
+
+
 def test_bad_options():
     X = np.eye(5)
     with pytest.raises(ValueError, match="method"):

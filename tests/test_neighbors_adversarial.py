@@ -97,8 +97,10 @@ def test_tiny_scale_has_no_false_duplicates():
         np.testing.assert_allclose(np.ldexp(g.distances, 560), ref.distances, rtol=1e-15)
 
 
-def test_threads_do_not_change_the_answer():
-    # several Gram blocks shared by threads (each with its own candidate store) or done by one thread
+@pytest.mark.parametrize("chunk", [50, None])
+def test_threads_do_not_change_the_answer(chunk):
+    # several Gram blocks shared by threads (each with its own candidate store) or done by one thread;
+    # chunk None: the whole Gram matrix, its blocks shared by the threads, then per-row selections
     rng = np.random.default_rng(1)
     X = np.round(rng.normal(size=(700, 30)) * 3)  # integer data: exact ties
     before = torch.get_num_threads()
@@ -106,7 +108,7 @@ def test_threads_do_not_change_the_answer():
         out = []
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out.append(nearest_neighbors(X, 9, method="torch", chunk_size=50, duplicates="keep"))
+            out.append(nearest_neighbors(X, 9, method="torch", chunk_size=chunk, duplicates="keep"))
     finally:
         torch.set_num_threads(before)
     for g in out[1:]:
@@ -209,3 +211,56 @@ def test_kept_duplicates_come_in_index_order(n, D, k):
     d, i = reference(X, k)
     np.testing.assert_array_equal(g.distances, d)
     np.testing.assert_array_equal(g.indices, i)
+
+
+@pytest.mark.parametrize("kind", ["grid", "ulp", "signs"])
+def test_whole_gram_matrix_and_streamed_blocks_agree(monkeypatch, kind):
+    """Up to _DENSE_MAX_POINTS points (no chunk_size) the whole Gram matrix is kept and each row selected
+    at once; above, or with a chunk_size, its blocks are streamed through per-row heaps. Both are the
+    float64 answer, bit for bit."""
+    import netgeom.dimension.neighbors as nb
+
+    X = adversarial(np.random.default_rng(7), kind, 400, 12)
+    X = X[deduplicate(X)]
+    whole = nearest_neighbors(X, 7, method="torch")
+    monkeypatch.setattr(nb, "_DENSE_MAX_POINTS", 100)
+    streamed = nearest_neighbors(X, 7, method="torch")
+    d, i = reference(X, 7)
+    for g in (whole, streamed):
+        np.testing.assert_array_equal(g.distances, d)
+        np.testing.assert_array_equal(g.indices, i)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), rows=st.integers(1, 9), cols=st.integers(1, 90), m=st.integers(1, 40),
+       levels=st.sampled_from([2, 5, 1000]), ascending=st.booleans(), on_diagonal=st.booleans())
+def test_row_selection_keeps_the_m_smallest(seed, rows, cols, m, levels, ascending, on_diagonal):
+    """The compiled per-row selection against a sort: the m smallest scores of each row (its own column
+    excluded when the block is on the diagonal), ordered, inf slots where the row has fewer than m, and
+    the threshold lowered to the m-th. Few levels: many exact ties at the threshold."""
+    from netgeom.dimension import _knn_kernel as kern
+
+    rng = np.random.default_rng(seed)
+    n = rows + cols + 3
+    sq = rng.integers(0, levels, size=n) / levels
+    a = rng.integers(0, n - rows + 1)
+    c0 = max(0, min(a - rng.integers(0, rows), n - cols)) if on_diagonal else rng.integers(0, n - cols + 1)
+    G = (rng.integers(0, levels, size=(rows, cols)) / (4 * levels)).astype(np.float32)
+    hv = np.full((n, m), -7.0)
+    hi = np.full((n, m), -7, dtype=np.int64)
+    tau = np.full(n, np.inf)
+    kern.smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending)
+    for i in range(rows):
+        r = a + i
+        cols_r = np.arange(c0, c0 + cols)
+        s = (sq[r] + sq[cols_r]) - 2.0 * G[i].astype(np.float64)
+        keep = cols_r != r
+        s, cols_r = s[keep], cols_r[keep]
+        w = min(m, s.size)
+        got_v, got_i = (hv[r], hi[r]) if ascending else (hv[r, ::-1], hi[r, ::-1])
+        np.testing.assert_array_equal(got_v[:w], np.sort(s)[:w])
+        assert (got_v[w:] == np.inf).all()
+        # the columns hold those scores, each column once
+        np.testing.assert_array_equal(s[np.searchsorted(cols_r, got_i[:w])], got_v[:w])
+        assert np.unique(got_i[:w]).size == w
+        assert tau[r] == (np.sort(s)[m - 1] if w == m else np.inf)

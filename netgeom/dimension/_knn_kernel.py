@@ -255,30 +255,135 @@ def _push(hv, hi, r, s, c):
 
 
 @numba.njit(cache=True, nogil=True)
-def select_block(S, a, c0, hv, hi, tau, diagonal):
-    """Merge the scores ``S`` of rows ``a ...`` against columns ``c0 ...`` into the store ``(hv, hi)``.
+def select_block(G, a, c0, sq, hv, hi, tau, diagonal):
+    """Merge the scores of rows ``a ...`` against columns ``c0 ...`` into the store ``(hv, hi)``, from their
+    float32 Gram block ``G``: the score of the pair ``(r, c)`` is ``sq[r] + sq[c] − 2 G[r − a, c − c0]``,
+    formed in float64. Each entry serves its row and, as the score of the symmetric pair, its column.
 
-    ``diagonal``: a block on the diagonal (``c0 == a``): each row takes its own row's entries, self
-    excluded. Otherwise each entry serves its row and, as the score of the symmetric pair, its column."""
-    nr, nc = S.shape
+    ``diagonal``: a block on the diagonal (``c0 == a``, ``G`` symmetric): only its entries above the
+    diagonal are read (each pair once, self never)."""
+    nr, nc = G.shape
     for i in range(nr):
         r = a + i
+        sr = sq[r]
         t = tau[r]
-        for j in range(nc):
-            s = S[i, j]
+        for j in range(i + 1 if diagonal else 0, nc):
+            c = c0 + j
+            s = (sr + sq[c]) - 2.0 * np.float64(G[i, j])
             if s < t:
-                c = c0 + j
-                if not (diagonal and c == r):
-                    _push(hv, hi, r, s, c)
-                    if hv[r, 0] < tau[r]:
-                        tau[r] = hv[r, 0]
-                    t = tau[r]
-            if not diagonal:
-                c = c0 + j
-                if s < tau[c]:
-                    _push(hv, hi, c, s, r)
-                    if hv[c, 0] < tau[c]:
-                        tau[c] = hv[c, 0]
+                _push(hv, hi, r, s, c)
+                if hv[r, 0] < tau[r]:
+                    tau[r] = hv[r, 0]
+                t = tau[r]
+            if s < tau[c]:
+                _push(hv, hi, c, s, r)
+                if hv[c, 0] < tau[c]:
+                    tau[c] = hv[c, 0]
+
+
+@numba.njit(cache=True, nogil=True)
+def smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending):
+    """For each row ``a + i`` of the float32 Gram block ``G`` (full rows: columns ``c0 ...``), its
+    ``w = min(m, columns other than itself)`` smallest scores ``sq[r] + sq[c] − 2 G[i, c − c0]`` (formed in
+    float64) and their columns into ``hv[r]``, ``hi[r]`` (``m = hv.shape[1]``), ordered by score, and
+    ``tau[r]`` lowered to the largest. ``ascending``: smallest first, the other ``m − w`` slots ``inf`` at
+    the end; else largest first after the ``inf`` slots (a max-heap, for later pushes). The rows' slots
+    must hold nothing yet: they are overwritten. Entries equal to the ``w``-th smallest may be left out.
+
+    A threshold with between ``w`` and ``w + 16`` scores at or below it is found by bisection on the
+    value, each step one branch-free counting pass over the row, so only those few scores are sorted (a
+    heap fed the whole row would take ~m ln(columns / m) insertions, each a few mispredicted branches).
+    The scores of points scaled to norms <= 1 lie in [0, 4] up to rounding, which brackets the search."""
+    nr, nc = G.shape
+    m = hv.shape[1]
+    s = np.empty(nc)
+    kv = np.empty(nc)
+    ki = np.empty(nc, dtype=np.int64)
+    for i in range(nr):
+        r = a + i
+        sr = sq[r]
+        for j in range(nc):
+            s[j] = (sr + sq[c0 + j]) - 2.0 * np.float64(G[i, j])
+        others = nc
+        own = r - c0
+        if 0 <= own < nc:
+            s[own] = np.nan  # never counted, never kept (every comparison with NaN is false)
+            others -= 1
+        w = min(m, others)
+        n_kept = 0
+        if w > 0:
+            # invariant: fewer than w scores <= lo, count_top = the number of scores <= top >= w
+            lo = -1.0
+            top = 8.0
+            count_top = 0
+            count_lo = 0
+            for j in range(nc):
+                count_top += s[j] <= top
+                count_lo += s[j] <= lo
+            if count_top < w:  # (not for scaled points) every score
+                top = np.inf
+                count_top = others
+            if count_lo >= w:  # (not for scaled points) every score up to lo, sorted below
+                top = lo
+                count_top = count_lo
+            steps = 0
+            while count_top > w + 16 and steps < 64:  # (64 halvings: near ties, the sort takes the rest)
+                steps += 1
+                mid = lo + 0.5 * (top - lo)
+                if not lo < mid < top:  # no value strictly between: the rest are ties with top
+                    break
+                c = 0
+                for j in range(nc):
+                    c += s[j] <= mid
+                if c < w:
+                    lo = mid
+                else:
+                    top = mid
+                    count_top = c
+            for j in range(nc):  # branch-free: every column is written, the kept ones advance
+                ki[n_kept] = j
+                n_kept += s[j] <= top
+            for j in range(n_kept):
+                kv[j] = s[ki[j]]
+                ki[j] += c0
+            if n_kept > 64:  # ties at the threshold: a sort, not insertions
+                o = np.argsort(kv[:n_kept], kind="mergesort")
+                kv[:n_kept] = kv[:n_kept][o]
+                ki[:n_kept] = ki[:n_kept][o]
+            else:
+                for j in range(1, n_kept):
+                    v = kv[j]
+                    c = ki[j]
+                    t = j
+                    while t > 0 and kv[t - 1] > v:
+                        kv[t] = kv[t - 1]
+                        ki[t] = ki[t - 1]
+                        t -= 1
+                    kv[t] = v
+                    ki[t] = c
+        for j in range(m):
+            slot = j if ascending else m - 1 - j
+            if j < w:
+                hv[r, slot] = kv[j]
+                hi[r, slot] = ki[j]
+            else:
+                hv[r, slot] = np.inf
+                hi[r, slot] = 0
+        if w == m and kv[w - 1] < tau[r]:
+            tau[r] = kv[w - 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def mirror(G, a, b, c0, c1):
+    """``G[c0:c1, a:b] = G[a:b, c0:c1].T`` by 32 x 32 tiles (numpy's copy walks the source's columns: a
+    cache and TLB miss per element once rows are a few kB apart)."""
+    for i0 in range(a, b, 32):
+        i1 = min(i0 + 32, b)
+        for j0 in range(c0, c1, 32):
+            j1 = min(j0 + 32, c1)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    G[j, i] = G[i, j]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -292,7 +397,6 @@ def merge_stores(hv, hi, hv2, hi2, r0, r1):
                 _push(hv, hi, r, s, hi2[r, j])
 
 
-# ------------------------------------------------------------------------------------------ score inputs
 # ------------------------------------------------------------------------------------------ score inputs
 @numba.njit(cache=True, nogil=True)
 def abs_max(X):
@@ -311,13 +415,15 @@ def abs_max(X):
 
 @numba.njit(cache=True, nogil=True)
 def column_stats(X, r0, r1):
-    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, and whether every
-    value is exactly a float32 (then a float32 copy holds the same values)."""
+    """One pass over rows ``[r0, r1)`` of ``X``: per-feature sum, minimum and maximum, whether every
+    value is exactly a float32 (then a float32 copy holds the same values), and how many values are not
+    finite (NaN or ±inf)."""
     D = X.shape[1]
     total = np.zeros(D)
     lo = X[r0].copy()
     hi = X[r0].copy()
     inexact = np.zeros(D)  # branch-free (vectorised) per feature: counts values that are not float32
+    bad = np.zeros(D)
     for i in range(r0, r1):
         for j in range(D):
             x = X[i, j]
@@ -325,15 +431,16 @@ def column_stats(X, r0, r1):
             lo[j] = min(lo[j], x)
             hi[j] = max(hi[j], x)
             inexact[j] += np.float64(np.float32(x)) != x
-    return total, lo, hi, not inexact.any()
+            bad[j] += not abs(x) < np.inf  # (every comparison with NaN is false)
+    return total, lo, hi, not inexact.any(), int(bad.sum())
 
 
 @numba.njit(cache=True, nogil=True)
-def score_inputs(X, r0, r1, cols, mean, scale, left, right, pos, P, sq):
-    """Rows ``[x, ‖x‖², 1]`` into ``left`` and ``[−2x, 1, ‖x‖²]`` into ``right`` (float32), with
-    ``x = float32((X[:, cols] − mean) · scale)`` (``scale`` a power of two: exact) and ``‖x‖²`` summed in
-    float64 from the float32 values into ``sq``, for rows ``[r0, r1)``. If ``P`` has rows, the same pass
-    also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's lane-ordered columns)."""
+def score_inputs(X, r0, r1, cols, mean, scale, left, pos, P, sq):
+    """Rows ``x = float32((X[:, cols] − mean) · scale)`` into ``left`` (``scale`` a power of two: exact) and
+    ``‖x‖²`` summed in float64 from the float32 values (exact squares) into ``sq``, for rows ``[r0, r1)``.
+    If ``P`` has rows, the same pass also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's
+    lane-ordered columns)."""
     d = cols.size
     copy = P.shape[0] > 0
     for i in range(r0, r1):
@@ -344,13 +451,8 @@ def score_inputs(X, r0, r1, cols, mean, scale, left, right, pos, P, sq):
                 P[i, pos[t]] = xv
             v = np.float32((xv - mean[t]) * scale)
             left[i, t] = v
-            right[i, t] = v * np.float32(-2.0)
             acc += np.float64(v) * np.float64(v)
         sq[i] = acc
-        left[i, d] = np.float32(acc)
-        right[i, d + 1] = np.float32(acc)
-        left[i, d + 1] = 1.0
-        right[i, d] = 1.0
 
 
 # --------------------------------------------------------------------------------------------- re-rank

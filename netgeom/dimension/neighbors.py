@@ -2,18 +2,25 @@
 
 Two back-ends:
 
-* ``"torch"`` — float32 scores ``‖x‖² + ‖y‖² − 2x·y`` by BLAS (numpy's on the CPU, torch's on an
-  accelerator), ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above
-  the diagonal of the Gram matrix are computed (about half the flops of ``X @ X.T``, hence faster than a
-  flat index such as faiss's ``IndexFlatL2``, which computes all of them); each block serves its rows and
-  its columns. Candidates are selected against a per-row threshold (the row's current
-  ``(k + n_extra)``-th score), so a block costs one comparison pass (compiled with numba, as are the
-  re-rank: :mod:`._knn_kernel`). Features that are constant over all points add exactly 0 to every
-  distance and are left out of the float32 scores and of the float64 sums. On the CPU every phase (the
-  passes over ``X``, the blocks, the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller
-  included, each running its products on one BLAS thread (independent products keep both cores busy where
-  a shared product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel
-  too); work goes to whichever thread is free, so a thread the OS does not schedule delays nobody.
+* ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by float32
+  BLAS (numpy's on the CPU, torch's on an accelerator), the squared norms and the sum in float64;
+  ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above the
+  diagonal of the Gram matrix are computed, a diagonal block by syrk (about half the flops of
+  ``X @ X.T``, hence faster than a flat index such as faiss's ``IndexFlatL2``, which computes all of
+  them). Up to 2048 points the whole Gram matrix is kept (at most 16 MB; each block mirrored below the
+  diagonal) and each row's candidates are selected from its full row at once: a bisection on the value,
+  by branch-free counting passes, down to a few dozen scores, which are sorted. More points (or an
+  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives
+  every row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and
+  its column, entering a row's candidate heap only below the row's threshold, so a block costs one
+  comparison pass (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`).
+  Features that are constant over all points add exactly 0 to every distance and are left out of the
+  float32 scores and of the float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the
+  selections and the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller included, each
+  running its products on one BLAS thread (independent products keep both cores busy where a shared
+  product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel too);
+  work goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the
+  helpers are started without waiting for them to run).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
   in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
@@ -51,6 +58,10 @@ _KDTREE_MAX_FEATURES = 16
 # scores per panel chunk of the torch back-end (float32: 64 MB)
 _PANEL_SCORES = 1 << 24
 _DUPLICATE_POLICIES = ("drop", "error", "keep")
+# up to this many points (and no chunk_size given) the whole float32 Gram matrix is kept (at most 16 MB);
+# beyond, the selections over full rows (a few counting passes each) cost more CPU than streaming the
+# blocks through heaps (MNIST, k = 20: 49 vs 52 ms at 2000 points, 80 vs 76 ms at 2500)
+_DENSE_MAX_POINTS = 2048
 # up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
 _GATHER_FLOAT64_BYTES = 1 << 24
 # unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
@@ -136,8 +147,8 @@ def nearest_neighbors(
     method : ``"auto"`` (k-d tree for ``D <= 16``, else torch), ``"torch"`` or ``"kdtree"``.
     duplicates : ``"drop"`` (default) removes exact duplicate rows first and reports how many in
         ``n_dropped``; ``"error"`` raises if any exist; ``"keep"`` keeps them (zero distances then appear).
-    chunk_size : rows per block of the torch back-end (default ~1500); the score blocks take at most
-        ``max(64 MB, 4 chunk_size²)`` bytes.
+    chunk_size : rows per block of the torch back-end (default: the whole Gram matrix up to 2048 points,
+        else ~1500); the score blocks take at most ``max(64 MB, 4 chunk_size²)`` bytes.
     n_extra : extra float32 candidates per row, the margin of the certificate; only candidates that the
         float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
     device : torch device for the float32 matmul.
@@ -162,24 +173,19 @@ def nearest_neighbors(
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
-    # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite
-    amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
-    if not math.isfinite(amax):
-        bad = int((~np.isfinite(X)).sum())
-        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
-    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
-    if amax > 0.5e154 / math.sqrt(X.shape[1]):
-        raise ValueError(
-            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
-            "(every intrinsic-dimension estimate is scale-invariant)"
-        )
-    n_input = len(X)
     if method == "kdtree" and device.type != "cpu":
         raise ValueError(f"method='kdtree' runs on the CPU; device={str(device)!r} needs method='torch'")
     if method == "auto":
         # an accelerator was asked for: use it (the k-d tree would run on the CPU)
         low_dim = X.shape[1] <= _KDTREE_MAX_FEATURES and device.type == "cpu"
         method = "kdtree" if low_dim else "torch"
+    amax = None
+    if method == "kdtree":
+        # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite (the torch
+        # back-end checks the same in its first, parallel pass over X, which has the extremes anyway)
+        amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
+        _check_magnitude(X, amax, None)
+    n_input = len(X)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     if k >= n_input:
@@ -217,7 +223,32 @@ def nearest_neighbors(
 _TINY = 2.0**-100
 
 
+def _check_magnitude(X, amax: float, n_bad: int | None):
+    """Refuse non-finite entries (``amax`` is not finite, or ``n_bad`` of them were counted) and entries
+    so large that squared distances would overflow float64."""
+    if n_bad or not math.isfinite(amax):
+        bad = int((~np.isfinite(X)).sum()) if n_bad is None else n_bad
+        raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
+    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
+    if amax > 0.5e154 / math.sqrt(X.shape[1]):
+        raise ValueError(
+            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
+            "(every intrinsic-dimension estimate is scale-invariant)"
+        )
+
+
 def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
+    if method != "kdtree":
+        # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the
+        # error bound so much that almost every row needs the slow exact rescan; full float32 costs little
+        # here. The caller's setting is restored on the way out. (The checks of X and the scaling of tiny
+        # data below are made by the torch back-end's first pass.)
+        previous = torch.get_float32_matmul_precision()
+        try:
+            torch.set_float32_matmul_precision("highest")
+            return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
+        finally:
+            torch.set_float32_matmul_precision(previous)
     if amax is None:  # the caller's max |X|, when it has one
         amax = float(np.abs(X).max())
     if 0 < amax < _TINY:
@@ -228,20 +259,8 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
         shift = -math.frexp(amax)[1]
         dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
         return np.ldexp(dist, -shift), idx, n_fallback
-    if method == "kdtree":
-        dist, idx = _knn_kdtree(X, k)
-        return dist, idx, 0
-    if chunk_size is None:
-        chunk_size = _block_size(len(X))
-    # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the error
-    # bound so much that almost every row needs the slow exact rescan; full float32 costs little here.
-    # The caller's setting is restored on the way out.
-    previous = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("highest")
-        return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
-    finally:
-        torch.set_float32_matmul_precision(previous)
+    dist, idx = _knn_kdtree(X, k)
+    return dist, idx, 0
 
 
 def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,13 +322,15 @@ def _knn_torch(
     # one thread pool serves every parallel phase of the call (starting one per phase costs ~0.3 ms each,
     # a few percent of a small problem)
     threads = max(1, torch.get_num_threads())
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))  # the caller is the other one
+    if threads == 1:
+        return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, None)
+    pool = _Helpers(threads - 1)  # the caller is the other one
+    try:
         return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
+    finally:
+        # every phase has waited for its items (_parallel), so nothing runs any more: the idle helpers
+        # exit on their own, without the caller waiting for them to wake up
+        pool.close()
 
 
 def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
@@ -322,9 +343,16 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     step = math.ceil(n / threads)
     ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
     stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
-    mean = np.sum([st[0] for st in stats], axis=0) / n
     lo = np.min([st[1] for st in stats], axis=0)
     hi = np.max([st[2] for st in stats], axis=0)
+    amax = max(float(hi.max()), -float(lo.min()))  # (NaN or inf: refused just below)
+    _check_magnitude(X, amax, sum(st[4] for st in stats))
+    if 0 < amax < _TINY:  # as in _knn: scaled by a power of two, scaled back
+        shift = -math.frexp(amax)[1]
+        dist, idx, n_fallback = _knn_torch_pool(np.ldexp(X, shift), k, n_extra, chunk_size, device, threads,
+                                                pool)
+        return np.ldexp(dist, -shift), idx, n_fallback
+    mean = np.sum([st[0] for st in stats], axis=0) / n
     exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
@@ -340,18 +368,20 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # largest |x − mean| is at a feature's minimum or maximum (rounded subtraction is monotone).
     amax = float(max(np.max(hi[varying] - mean), np.max(mean - lo[varying])))
     shift = (math.frexp(amax)[1] + math.ceil(0.5 * math.log2(D32))) if amax > 0 else 0
-    # One product gives the whole score: [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] = ‖x‖² + ‖y‖² − 2x·y (no passes
-    # over the scores to add the norms). −2y is exact in float32; ‖x‖² is summed in float64 from the
-    # float32 values (exact-ish squared norms of the float32 points).
-    left = np.empty((n, D32 + 2), dtype=np.float32)
-    right = np.empty((n, D32 + 2), dtype=np.float32)
+    # The score ‖x‖² + ‖y‖² − 2x·y of two float32 points is formed in float64 by the selection pass from
+    # their float32 Gram entry x·y and their squared norms, summed in float64 from exact squares. A Gram
+    # block on the diagonal is symmetric: BLAS computes it at half the flops (syrk, which numpy calls for
+    # A @ A.T), where [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] would need a full product.
+    left = np.empty((n, D32), dtype=np.float32)
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
     # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
     # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
     gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
     if D32 < D:
         # the varying features in the re-rank's order of addition, copied by the same pass
-        lanes = [np.flatnonzero(np.isin(order, varying)) for order in kern.lane_order(D)]
+        is_varying = np.zeros(D, dtype=bool)
+        is_varying[varying] = True
+        lanes = [np.flatnonzero(is_varying[order]) for order in kern.lane_order(D)]
         n0 = lanes[0].size
         pos = np.empty(D, dtype=np.int64)
         pos[np.concatenate([order[o] for order, o in zip(kern.lane_order(D), lanes)])] = np.arange(D32)
@@ -361,18 +391,18 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
     sq = np.empty(n)
     cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
-    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, right, pos, P, sq), ranges, threads,
+    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq), ranges, threads,
               pool=pool)
     if device.type == "cpu":
         # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
         # in full float32 whatever torch's matmul precision setting
         def make_scores():
-            return _numpy_scores(left, right)
+            return _numpy_scores(left)
 
         u = 2.0**-24
     else:
         def make_scores():
-            return _torch_scores(left, right, device)
+            return _torch_scores(left, device)
 
         u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
     norms = np.sqrt(sq)
@@ -381,10 +411,14 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     u64 = 2.0**-53
     K = D32 + 2
     gamma = K * u / (1 - K * u) if K * u < 0.5 else math.inf
-    # the score is a float32 dot product of K = D32 + 2 terms whose absolute values sum to at most
-    # (‖x‖ + ‖y‖)²: its error is at most γ_K (‖x‖ + ‖y‖)², plus u (‖x‖² + ‖y‖²) from the float32 casts of
-    # the squared norms; doubled (and u counted 5 times) for the second-order terms (float64 centring,
-    # the float64 squared norms, products of errors)
+    # the score's error against the squared distance of the float32 points: the Gram entry is a float32 dot
+    # product of D32 terms, off by at most γ_D32 Σ|x_t y_t| <= γ_D32 ‖x‖ ‖y‖ <= γ_D32 (‖x‖ + ‖y‖)² / 4
+    # (any order of summation, fused or not); the squared norms are float64 sums of exact squares (relative
+    # error γ64_D32) and the score's two float64 operations add 2 u64 (‖x‖ + ‖y‖)². So the error is at most
+    # (γ_D32 / 2 + γ64_(D32+2)) (‖x‖ + ‖y‖)², below c_err (‖x‖ + ‖y‖)² with
+    #   c_err = 2 (γ_K + 5 u32),  K = D32 + 2,
+    # which is kept generous: it also stands for the second-order terms (float64 centring, products of
+    # errors) and it covers a matmul of lower precision u on an accelerator
     c_err = 2.0 * (gamma + 5 * u32)
     # gradual underflow adds an absolute error of at most 2^-150 per float32 rounding (casts, squares,
     # products, additions); with norms <= 1 these terms are tiny but not relative to the data, so they are
@@ -402,7 +436,18 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
     workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-    best_v, best_i, stores = _candidates(make_scores, n, m, chunk_size, workers, pool)
+    # Few points: the whole Gram matrix (syrk and GEMM blocks, one barrier), then each row's m smallest
+    # scores by a selection over its full row, done by the re-rank's own pass over its rows (no candidate
+    # heaps, nothing to merge, one barrier less). More points: blocks, streamed through per-row heaps
+    dense = chunk_size is None and n <= _DENSE_MAX_POINTS
+    if chunk_size is None:
+        chunk_size = _block_size(n)
+    if dense:
+        G, gram_tasks = _gram_tasks(make_scores, n, workers)
+        best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
+        tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
+    else:
+        best_v, best_i, stores = _candidates(make_scores, sq, m, chunk_size, workers, pool)
     Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
@@ -412,6 +457,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         vals = np.empty((b - a, m))
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
+        if dense:
+            kern.smallest_in_rows(G[a:b], a, 0, sq, best_v, best_i, tau, True)
         for store_v, store_i in stores:  # the other threads' candidates of these rows
             kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
@@ -429,9 +476,34 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
-    piece = max(64, min(chunk_size, math.ceil(n / (2 * threads))))
+    # (about four pieces per thread: a thread that starts late or is descheduled leaves less to wait for)
+    piece = max(64, min(chunk_size, math.ceil(n / (4 * threads))))
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
+    if dense:
+        # one phase: the Gram blocks, then the pieces of rows, each started as soon as the blocks holding
+        # its rows are done (a thread done with the products takes the first rows while the other finishes
+        # the last block, instead of waiting for it). Every block precedes the pieces and is taken before
+        # them, so a piece waits only for blocks being computed
+        done = [threading.Event() for _ in gram_tasks]
+        needs = [[t for t, (ga, gb, gc0, gc1, _) in enumerate(gram_tasks)
+                  if ga < b and a < gb or gc0 < b and a < gc1] for a, b in pieces]
+
+        def item(i):
+            if i < len(gram_tasks):
+                try:
+                    gram_tasks[i][-1]()
+                finally:
+                    done[i].set()
+                return None
+            p = i - len(gram_tasks)
+            for t in needs[p]:
+                done[t].wait()
+            return rerank(*pieces[p])
+
+        failed = _parallel(item, range(len(gram_tasks) + len(pieces)), workers, blas=True,
+                           pool=pool)[len(gram_tasks):]
+    else:
+        failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
     n_fallback = 0
     if failed:
@@ -441,29 +513,109 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     return dist, idx, n_fallback
 
 
-def _numpy_scores(left: np.ndarray, right: np.ndarray):
-    """float32 scores ``‖x‖² + ‖y‖² − 2x·y`` of rows ``[a, b)`` against columns ``[c0, c1)`` by numpy's
-    BLAS, written into one reused buffer (a fresh 64 MB array per panel costs its page faults again).
-    One such function per thread: the buffer is its own."""
+def _numpy_scores(left: np.ndarray):
+    """float32 Gram block ``x·y`` of rows ``[a, b)`` against columns ``[c0, c1)`` by numpy's BLAS, written
+    into one reused buffer (a fresh 64 MB array per panel costs its page faults again). A diagonal block
+    is ``A @ A.T`` of one operand, which numpy hands to syrk (half the flops). One such function per
+    thread: the buffer is its own."""
     buf = np.empty(0, dtype=np.float32)
 
-    def scores(a, b, c0, c1):
+    def scores(a, b, c0, c1, out=None):
         nonlocal buf
-        size = (b - a) * (c1 - c0)
-        if buf.size < size:
-            buf = np.empty(size, dtype=np.float32)
-        return np.matmul(left[a:b], right[c0:c1].T, out=buf[:size].reshape(b - a, c1 - c0))
+        if out is None:
+            size = (b - a) * (c1 - c0)
+            if buf.size < size:
+                buf = np.empty(size, dtype=np.float32)
+            out = buf[:size].reshape(b - a, c1 - c0)
+        rows = left[a:b]
+        cols = rows if (c0, c1) == (a, b) else left[c0:c1]
+        return np.matmul(rows, cols.T, out=out)
 
     return scores
 
 
-def _torch_scores(left: np.ndarray, right: np.ndarray, device: torch.device):
-    """The same scores by torch on ``device`` (an accelerator), returned as numpy."""
-    lt, rt = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
-    return lambda a, b, c0, c1: (lt[a:b] @ rt[c0:c1].T).cpu().numpy()
+def _torch_scores(left: np.ndarray, device: torch.device):
+    """The same Gram blocks by torch on ``device`` (an accelerator), returned as numpy."""
+    lt = torch.from_numpy(left).to(device)
+
+    def scores(a, b, c0, c1, out=None):
+        G = (lt[a:b] @ lt[c0:c1].T).cpu().numpy()
+        if out is None:
+            return G
+        out[...] = G
+        return out
+
+    return scores
 
 
 _BLAS_LOCK = threading.Lock()
+
+
+class _Helpers:
+    """``count`` helper threads for :func:`_parallel`, started without waiting for them to run.
+
+    ``threading.Thread.start`` (hence ``ThreadPoolExecutor.submit``) blocks until the new thread has run
+    once: on a loaded machine that takes milliseconds, during which the caller, who could be working,
+    waits (measured: ~3.7 ms of a 10 ms kNN call at a load of 3 on 2 cores). ``_thread.start_new_thread``
+    returns at once; a job submitted before its helper runs waits in the queue, and is cancelled if the
+    caller has done the work by then. ``close()`` lets the helpers exit once idle.
+    """
+
+    def __init__(self, count: int):
+        import _thread
+        import queue
+
+        self._jobs = queue.SimpleQueue()
+        self._count = count
+        for _ in range(count):
+            _thread.start_new_thread(self._serve, ())
+
+    def _serve(self):
+        while (job := self._jobs.get()) is not None:
+            job.run()
+
+    def submit(self, fn) -> _Job:
+        job = _Job(fn)
+        self._jobs.put(job)
+        return job
+
+    def close(self):
+        for _ in range(self._count):
+            self._jobs.put(None)
+
+
+class _Job:
+    """One call of ``fn`` on a helper: cancellable until it starts; ``result()`` waits and re-raises."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._state = "pending"
+        self._done = threading.Event()
+        self._error = None
+
+    def run(self):
+        with self._lock:
+            if self._state != "pending":
+                return
+            self._state = "running"
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._state == "pending":
+                self._state = "cancelled"
+            return self._state == "cancelled"
+
+    def result(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
 
 
 @functools.cache
@@ -483,10 +635,10 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
     process takes a core, where one product split over both cores waits for its slower half. The limit is
     set on the process's BLAS for the duration (threadpoolctl) and restored after.
 
-    ``pool``: a thread pool of at least ``workers - 1`` threads to help on (else one is started for the
-    call). The calling thread works too, and the items are taken one at a time by whichever thread is free:
-    on a loaded machine a helper that is not scheduled in time takes nothing (its turn is cancelled), so
-    nobody waits for a thread that has not started.
+    ``pool``: :class:`_Helpers` of at least ``workers - 1`` threads to help on (else some are started for
+    the call). The calling thread works too, and the items are taken one at a time by whichever thread is
+    free: on a loaded machine a helper that is not scheduled in time takes nothing (its turn is
+    cancelled), so nobody waits for a thread that has not started.
     """
     threads = max(1, min(workers, len(items)))
     # the limit is process-wide: two calls from different threads must not interleave their set and restore
@@ -499,9 +651,8 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
         if threads == 1:
             return [fn(x) for x in items]
         if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = stack.enter_context(ThreadPoolExecutor(threads - 1))
+            pool = _Helpers(threads - 1)
+            stack.callback(pool.close)
         results = [None] * len(items)
         queue = iter(range(len(items)))
         lock = threading.Lock()
@@ -524,81 +675,88 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
         return results
 
 
-def _candidates(make_scores, n: int, m: int, block: int, workers: int = 1, pool=None):
-    """The ``m`` smallest float32 scores of every row (self excluded) and their columns (in no order), as
-    ``(scores, columns, stores)``: ``stores`` are the other threads' candidate stores, still to be merged
-    into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by row, in parallel).
+def _gram_tasks(make_scores, n: int, workers: int):
+    """The float32 Gram matrix ``x_i·x_j`` of all points (``make_scores`` as for :func:`_candidates`), as
+    an empty ``(n, n)`` array and the tasks that fill it: ``(a, b, c0, c1, run)``, ``run()`` computing
+    the block of rows ``[a, b)`` and columns ``[c0, c1)`` on and above the diagonal and mirroring it below
+    (a diagonal block by syrk: half its flops). Blocks in row order: the first rows are complete first."""
+    from . import _knn_kernel as kern
 
-    The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only (about
-    half the flops of ``X @ X.T``); each off-diagonal block serves its rows and, along the other axis, its
-    columns. Diagonal blocks come first and give every row a threshold, its ``m``-th best score so far;
-    in each later block only the entries below a row's threshold (a few per row) enter its candidate heap
-    (compiled: :func:`._knn_kernel.select_block`, one pass over the block), and the thresholds tighten as
-    blocks are met. Every point outside a row's result has a score at least its ``m``-th (equal scores may
-    be left out, which the certificate allows).
+    G = np.empty((n, n), dtype=np.float32)
+    # two blocks per thread and side: 2w diagonal blocks (syrk) and w (2w - 1) others, shared by whichever
+    # thread is free, balance the threads within a few percent (one block per thread and side would leave
+    # the two diagonal syrks of one thread against the other thread's single, faster GEMM)
+    block = math.ceil(n / (2 * workers if workers > 1 else 1))
+    starts = range(0, n, block)
 
-    ``make_scores()`` returns a score function for one thread. With ``workers > 1`` the diagonal blocks,
-    then the panels, are shared among threads (each product on one BLAS thread); every thread merges into
-    its own candidate store (panels write to overlapping rows), all filter against one shared threshold
-    per row (any store's ``m``-th best bounds the union's from above) and the stores are merged at the
-    end: each pair of points is met in exactly one block, hence lies in one store.
-    ``pool``: the threads to run on (see :func:`_parallel`).
+    def task(a, b, c0, c1):
+        def run():
+            make_scores()(a, b, c0, c1, out=G[a:b, c0:c1])
+            if c0 != a:
+                kern.mirror(G, a, b, c0, c1)
+
+        return a, b, c0, c1, run
+
+    return G, [task(a, min(a + block, n), c0, min(c0 + block, n)) for a in starts for c0 in starts if c0 >= a]
+
+
+def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 1, pool=None):
+    """The ``m`` smallest scores ``sq[r] + sq[c] − 2 x_r·x_c`` of every row ``r`` (self excluded) and their
+    columns (in no order), as ``(scores, columns, stores)``: ``stores`` are the other threads' candidate
+    stores, still to be merged into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by
+    row, in parallel).
+
+    The score is symmetric, so the Gram matrix is computed by blocks on and above the diagonal only: a
+    diagonal block by syrk (half its flops), the panel right of it in column chunks. The diagonal blocks
+    come first: a selection in each of their full rows (:func:`._knn_kernel.smallest_in_rows`) gives
+    every row a threshold, its ``m``-th best score so far. In a panel each entry serves its row and, along
+    the other axis, its column, and only the entries below a row's threshold (a few per row) enter its
+    candidate heap (compiled: :func:`._knn_kernel.select_block`, one pass over the block, the scores
+    formed there in float64); the thresholds tighten as blocks are met. Every point outside a row's
+    result has a score at least its ``m``-th (equal scores may be left out, which the certificate allows).
+
+    ``make_scores()`` returns a Gram-block function for one thread. With ``workers > 1`` the blocks are
+    shared among threads (each product on one BLAS thread), taken one at a time by whichever is free;
+    every thread merges into its own candidate store (blocks write to overlapping rows), all filter
+    against one shared threshold per row (any store's ``m``-th best bounds the union's from above), and
+    the stores are merged at the end: each pair of points is met in exactly one block, hence lies in one
+    store. ``pool``: the threads to run on (see :func:`_parallel`).
     """
     from . import _knn_kernel as kern
 
+    n = len(sq)
     starts = list(range(0, n, block))
-    best_v = np.full((n, m), np.inf, dtype=np.float32)
-    best_i = np.zeros((n, m), dtype=np.int64)
-    tau = np.full(n, np.inf, dtype=np.float32)
-    local = threading.local()
-
-    def thread_scores():
-        if not hasattr(local, "scores"):
-            local.scores = make_scores()
-        return local.scores
-
-    def diagonal(a):
-        # a row's first block moves its threshold from inf to its m-th best: one selection
-        # (argpartition) costs less here than the many heap insertions of a scan
-        b = min(a + block, n)
-        S = thread_scores()(a, b, a, b)
-        np.fill_diagonal(S, np.inf)
-        w = min(m, b - a - 1)  # the diagonal (self) is the largest entry of each row: never selected
-        part = np.argpartition(S, w - 1, axis=1)[:, :w]
-        vals = np.take_along_axis(S, part, 1)
-        # in decreasing order (inf slots first while the block has fewer than m columns): a max-heap
-        o = np.argsort(vals, axis=1)[:, ::-1]
-        best_v[a:b, m - w:] = np.take_along_axis(vals, o, 1)
-        best_i[a:b, m - w:] = np.take_along_axis(part, o, 1) + a
-        tau[a:b] = best_v[a:b, 0]
-
-    _parallel(diagonal, starts, workers, blas=True, pool=pool)
-    n_stores = min(workers, max(1, len(starts) - 1))
-    stores = [(best_v, best_i)] + [
-        (np.full((n, m), np.inf, dtype=np.float32), np.zeros((n, m), dtype=np.int64))
-        for _ in range(n_stores - 1)
-    ]
-    # the panel right of each diagonal block, in column chunks of <= 2^24 scores (64 MB) per thread: few,
-    # large matrix products, which BLAS runs near its peak
-    tasks = []
+    n_stores = min(workers, len(starts) * (len(starts) + 1) // 2)
+    tau = np.full(n, np.inf)
+    stores = [(np.full((n, m), np.inf), np.zeros((n, m), dtype=np.int64)) for _ in range(n_stores)]
+    # the diagonal blocks first (a selection in each of their full rows sets the row's threshold; every
+    # thread takes diagonal blocks only until they run out, so its store's rows are empty when it meets
+    # them: rows of different diagonal blocks are disjoint), then the panels
+    # right of them in column chunks of <= 2^24 scores (64 MB) per thread: few, large matrix products,
+    # which BLAS runs near its peak; largest first, so the threads end together
+    tasks = [(a, min(a + block, n), a, min(a + block, n)) for a in starts]
+    panels = []
     for a in starts:
         b = min(a + block, n)
         width = max(block, _PANEL_SCORES // ((b - a) * n_stores))
-        tasks += [(a, b, c0, min(c0 + width, n)) for c0 in range(b, n, width)]
-    tasks.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))  # largest first: the threads end together
-    queue = iter(tasks)
+        panels += [(a, b, c0, min(c0 + width, n)) for c0 in range(b, n, width)]
+    panels.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))
+    queue = iter(tasks + panels)
     lock = threading.Lock()
 
     def worker(store):
         store_v, store_i = store
-        scores = thread_scores()
+        scores = make_scores()
         while True:
             with lock:
                 task = next(queue, None)
             if task is None:
                 return
             a, b, c0, c1 = task
-            kern.select_block(scores(a, b, c0, c1), a, c0, store_v, store_i, tau, False)
+            if c0 == a:  # a row's first block (its store's rows are still empty): a selection
+                kern.smallest_in_rows(scores(a, b, a, b), a, a, sq, store_v, store_i, tau, False)
+            else:
+                kern.select_block(scores(a, b, c0, c1), a, c0, sq, store_v, store_i, tau, False)
 
     _parallel(worker, stores, workers, blas=True, pool=pool)
-    return best_v, best_i, stores[1:]
+    return stores[0][0], stores[0][1], stores[1:]
