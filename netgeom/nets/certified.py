@@ -1092,8 +1092,9 @@ class _ChainPlan:
             # measured on AVX-512 VNNI: an int8 product runs ~9x a float32 one; the splitting and the
             # float64 recombination cost about a fifth of a float32 product more; a refined row pays the
             # remaining products, the gathers and its second layer's undecided units again (calibrated:
-            # 784-400-400-10 with 47% of the rows refined costs the same CPU time at 3 and 4 levels)
-            rest = (10 - int8 * (int8 + 1) / 2) / 9 + 0.5
+            # 784-400-400-10 with 47% of the rows refined costs the same CPU time at 3 and 4 levels on one
+            # thread and 6% more on two; the margin makes 4 levels the choice there)
+            rest = (10 - int8 * (int8 + 1) / 2) / 9 + 0.6
             first = macs[0] * (int8 * (int8 + 1) / 2 / 9 + 0.25 + refined * rest)
         return first + sum(2 * c for c in macs[1:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
 
