@@ -1091,10 +1091,11 @@ class _ChainPlan:
         if m and int8:
             # measured on AVX-512 VNNI: an int8 product runs ~9x a float32 one; the splitting and the
             # float64 recombination cost about a fifth of a float32 product more; a refined row pays the
-            # remaining products, the gathers and its second layer's undecided units again (calibrated:
-            # 784-400-400-10 with 47% of the rows refined costs the same CPU time at 3 and 4 levels on one
-            # thread and 6% more on two; the margin makes 4 levels the choice there)
-            rest = (10 - int8 * (int8 + 1) / 2) / 9 + 0.6
+            # remaining products, the gathers and its second layer's undecided units again. Measured on
+            # 784-400-400-10 with 41-47% of the rows refined: the same CPU time as 4 levels on one thread,
+            # 6% more on two; with 5-8% refined (784-100-100-10) fewer products win clearly. The constant
+            # makes the progressive layer the choice below ~30% refined rows.
+            rest = (10 - int8 * (int8 + 1) / 2) / 9 + 1.0
             first = macs[0] * (int8 * (int8 + 1) / 2 / 9 + 0.25 + refined * rest)
         return first + sum(2 * c for c in macs[1:m]) + sum(macs[m:]) + redo * sum(2 * c for c in macs)
 
