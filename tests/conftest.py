@@ -45,3 +45,13 @@ def mnist_dir():
             "checkout or set NETGEOM_MNIST_DIR"
         )
     return MNIST_DIR
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test (the autouse fixture above sets one): with one, count_patterns makes no
+    chunk pool, so tests of the pool path need this."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)

@@ -18,15 +18,6 @@ from netgeom import count_patterns, mlp, trace
 from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan
 
 
-@pytest.fixture
-def two_threads():
-    # conftest runs every test on one torch thread, where chunk_pool() is None: two make the pool real
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def _spy(monkeypatch):
     """chunk_pool wrapped to record whether count_patterns got a real pool."""
     made = []

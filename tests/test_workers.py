@@ -11,15 +11,6 @@ from netgeom import count_patterns, magnitude_prune, mlp
 from netgeom.nets._workers import chunk_pool, map_ordered
 
 
-@pytest.fixture
-def two_threads():
-    # conftest runs every test on one torch thread, where count_patterns makes no pool: two make it real
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone():
     before = torch.get_num_threads()
     pool = chunk_pool(2)
