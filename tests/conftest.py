@@ -55,3 +55,22 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pool_runtime(two_threads):
+    """Two torch threads and a real chunk pool (netgeom.nets._workers). Where torch parallelises with OpenMP
+    on Linux (as on every CI machine) a missing pool is a failure, not a skip: the tests using this fixture
+    would otherwise pass without ever running the pool path. Elsewhere (another backend or platform) they
+    skip, naming why."""
+    import sys
+
+    from netgeom.nets import _workers
+
+    pool = _workers.chunk_pool(2)
+    if pool is None:
+        openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+        if openmp and sys.platform.startswith("linux"):
+            pytest.fail("chunk_pool found no usable OpenMP runtime, though torch uses OpenMP on Linux")
+        pytest.skip(f"no per-thread OpenMP control for torch here ({sys.platform}, OpenMP backend: {openmp})")
+    pool.shutdown()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import netgeom.nets._workers as workers
 from netgeom import count_patterns, mlp, trace
+from netgeom.nets._int8 import int8_products_exact
 from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan
 
 
@@ -31,22 +32,14 @@ def _spy(monkeypatch):
     return made
 
 
-def _needs_pool():
-    pool = workers.chunk_pool(2)
-    if pool is None:
-        pytest.skip("torch's OpenMP runtime is not reachable here")
-    pool.shutdown()
-
-
 def _key(r):
     return (r.count, r.patterns.tobytes(), r.multiplicities.tobytes(), r.per_layer, r.cumulative,
             r.n_float64, r.n_exact, r.n_samples)
 
 
-def test_inputs_that_require_grad_are_counted_on_the_workers(monkeypatch, two_threads):
+def test_inputs_that_require_grad_are_counted_on_the_workers(monkeypatch, pool_runtime):
     # grad mode is per thread: the workers did not inherit count_patterns' no_grad, and an X that requires
     # grad reached .numpy() there (RuntimeError) while the sequential path counted it
-    _needs_pool()
     made = _spy(monkeypatch)
     monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 1024)
     net = mlp(300, [120, 60], 3, seed=1)
@@ -57,16 +50,15 @@ def test_inputs_that_require_grad_are_counted_on_the_workers(monkeypatch, two_th
     assert _key(got) == _key(count_patterns(net, X))
 
 
-def test_worker_threads_run_mkl_on_one_thread_after_set_num_threads(two_threads):
+def test_worker_threads_run_mkl_on_one_thread_after_set_num_threads(pool_runtime):
     # torch.set_num_threads(n) anywhere in the process makes every new thread's lazy init call MKL's
     # per-thread mkl_set_num_threads_local(n), which MKL's products follow over the OpenMP setting: workers
     # then ran their float products on n threads each (one extra MKL thread per worker, ~30% more CPU time
     # for 784-400-400-10 on 2 cores)
+    if not torch.backends.mkl.is_available():
+        pytest.skip("torch without MKL: no MKL thread count to hold")
+    assert workers._mkl_local() is not None  # torch has MKL: its per-thread setter must be found
     pool = workers.chunk_pool(2)
-    if pool is None:
-        pytest.skip("torch's OpenMP runtime is not reachable here")
-    if "mkl_get_max_threads()" not in torch.__config__.parallel_info():
-        pytest.skip("torch without MKL")
 
     def mkl(_):
         return int(re.search(r"mkl_get_max_threads\(\) : (\d+)", torch.__config__.parallel_info()).group(1))
@@ -77,8 +69,7 @@ def test_worker_threads_run_mkl_on_one_thread_after_set_num_threads(two_threads)
 
 
 @pytest.mark.parametrize("net_seed", [0, 3])
-def test_pool_one_thread_and_no_pool_give_the_same_result(monkeypatch, two_threads, net_seed):
-    _needs_pool()
+def test_pool_one_thread_and_no_pool_give_the_same_result(monkeypatch, pool_runtime, net_seed):
     monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 1024)
     net = mlp(120, [64, 64, 32], 3, seed=net_seed)
     X = torch.rand(6000, 120, generator=torch.Generator().manual_seed(net_seed))
@@ -94,8 +85,7 @@ def test_pool_one_thread_and_no_pool_give_the_same_result(monkeypatch, two_threa
     assert par.n_float64 > 0  # the float64 redo path ran on the workers
 
 
-def test_an_error_in_a_later_batch_is_raised_and_no_worker_is_left(monkeypatch, two_threads):
-    _needs_pool()
+def test_an_error_in_a_later_batch_is_raised_and_no_worker_is_left(monkeypatch, pool_runtime):
     made = _spy(monkeypatch)
     net = mlp(20, [10], 1, seed=0)
     bad = [torch.rand(300, 20), torch.rand(300, 20), torch.rand(300, 20), torch.rand(300, 21)]
@@ -106,9 +96,8 @@ def test_an_error_in_a_later_batch_is_raised_and_no_worker_is_left(monkeypatch, 
     assert not [t for t in threading.enumerate() if t.name.startswith("netgeom-chunk") and t.is_alive()]
 
 
-def test_concurrent_counts_from_threads_equal_the_sequential_ones(monkeypatch, two_threads):
+def test_concurrent_counts_from_threads_equal_the_sequential_ones(monkeypatch, pool_runtime):
     # as in a threaded sweep: each caller makes its own pool; answers must not mix
-    _needs_pool()
     monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 512)
     nets = [mlp(50, [40, 40], 2, seed=s) for s in range(3)]
     Xs = [torch.randn(2500, 50, generator=torch.Generator().manual_seed(s)) for s in range(3)]
@@ -182,10 +171,11 @@ def _check_progressive(net, X) -> int:
     plan = chain_plan(gr, "cpu")
     relus = [n.index for n in gr.nodes if n.op == "relu"]
     refined = 0
+    if not int8_products_exact():
+        pytest.skip("torch._int_mm is not exact on this CPU (no VNNI): the int8 path is never used here")
     for m in (1, 2):
         for lv in (1, 2, 3):
-            if plan.int8_layer(lv) is None:
-                pytest.skip("no exact int8 products here")
+            assert plan.int8_layer(lv) is not None
             dec, _ = chain_decide(gr, plan, X, m, int8=lv)
             assert np.array_equal(np.concatenate([dec[i].numpy() for i in relus], 1), ref), (m, lv)
             stats: dict = {}

@@ -11,11 +11,9 @@ from netgeom import count_patterns, magnitude_prune, mlp
 from netgeom.nets._workers import chunk_pool, map_ordered
 
 
-def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone():
+def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone(pool_runtime):
     before = torch.get_num_threads()
     pool = chunk_pool(2)
-    if pool is None:
-        pytest.skip("torch's OpenMP runtime is not reachable here (another backend or platform)")
     with pool:
         who = lambda _: (threading.get_ident(), torch.get_num_threads())  # noqa: E731
         seen = list(map_ordered(pool, who, range(8), 4))
@@ -30,7 +28,7 @@ def test_workers_run_torch_on_one_thread_and_leave_the_callers_count_alone():
     assert out == [before]
 
 
-def test_map_ordered_keeps_order_bounds_the_work_in_flight_and_raises_the_first_error():
+def test_map_ordered_keeps_order_bounds_the_work_in_flight_and_raises_the_first_error(pool_runtime):
     pool = chunk_pool(2)
     drawn = []
 
@@ -50,13 +48,12 @@ def test_map_ordered_keeps_order_bounds_the_work_in_flight_and_raises_the_first_
             got.append(v)
             assert len(drawn) <= k + 1 + 3  # never more than `ahead` items beyond what was consumed
     assert got == [i * i for i in range(13)]
-    if pool is not None:
-        pool.shutdown()
+    pool.shutdown()
     assert list(map_ordered(None, fn, range(5), 3)) == [0, 1, 4, 9, 16]
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, two_threads, pruned):
+def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, pool_runtime, pruned):
     net = mlp(300, [120, 60], 3, seed=1)
     if pruned:
         magnitude_prune(net, scope="layer", per_layer=[0.8, 0.5, 0.0]).apply(net)
@@ -67,7 +64,7 @@ def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, two_
     real = workers.chunk_pool
     monkeypatch.setattr(workers, "chunk_pool", lambda n=None: made.append(real(n)) or made[-1])
     par = count_patterns(net, iter(batches), per_layer=True)
-    assert made and (made[0] is not None or workers._openmp() is None)
+    assert made and made[0] is not None  # the workers really counted
     monkeypatch.setattr(workers, "chunk_pool", lambda n=None: None)
     seq = count_patterns(net, iter(batches), per_layer=True)
     assert par.count == seq.count and par.n_samples == seq.n_samples == 5000
@@ -79,14 +76,9 @@ def test_count_patterns_on_workers_equals_the_sequential_count(monkeypatch, two_
     assert np.array_equal(par.patterns, ref.patterns)
 
 
-def test_an_error_in_a_later_batch_is_raised_from_count_patterns(two_threads):
-    net = mlp(20, [10], 1, seed=0)
-    bad = [torch.rand(300, 20), torch.rand(300, 20), torch.rand(300, 21)]
-    with pytest.raises(ValueError, match="X batch 2 has 21 features"):
-        count_patterns(net, iter(bad))
-
-
-def test_a_callers_autocast_does_not_reach_the_certified_products(two_threads):
+def test_a_callers_autocast_does_not_reach_the_certified_products(monkeypatch, pool_runtime):
+    # several chunks: the caller's thread (trial batch, counting) and the workers both run under it
+    monkeypatch.setattr("netgeom.regions.patterns._CHAIN_ROWS", 512)
     net = mlp(50, [30, 20], 2, seed=3)
     X = torch.rand(3000, 50, generator=torch.Generator().manual_seed(4))
     ref = count_patterns(net, X)
