@@ -251,15 +251,12 @@ class Int8Layer:
         self.b = b.detach().to(dtype=torch.float64, device="cpu").contiguous().numpy()
         # the bound's k for L diagonals (the slices beyond them are the dropped tail)
         self.k_of = {L: 0.5 * 2.0 ** (-7 * (L - 1)) * _SAFETY for L in range(1, levels + 1)}
-        self.k = self.k_of[first]
         self.p = torch.from_numpy(inv_t.copy())
         # ||W_j||_1 rounded up: a float64 sum of K terms is within gamma_K of the exact one
         q = W.abs().sum(1) * (1 + (K + 2) * 2.0**-52)
         self.q = q
-        self.p_max, self.q_max = float(self.p.max()) if N else 0.0, float(q.max()) if N else 0.0
         self.pn = float(torch.linalg.vector_norm(self.p)) * _SAFETY
         self.qn = float(torch.linalg.vector_norm(q)) * _SAFETY
-        self.macs = first * (first + 1) // 2 * K * N  # int8 multiply-adds per row
         # rows whose |z| could reach 2^450 are left to float64 (their squares must not overflow in the bounds)
         wmax = max(float(W.abs().max()) if W.numel() else 0.0, 2.0**-400)
         self._row_limit = 2.0**450 / (128.0 * wmax * max(K, 1))
