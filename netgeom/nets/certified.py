@@ -1162,9 +1162,7 @@ def _fits_float32(W: torch.Tensor, r_max: float, c_max: float) -> bool:
     (weights ~2^-148 against inputs ~2^60 had every bound far below the error, and a wrong sign came out);
     and the row norms and biases stay below ``2^60``, so the weights, ``r^2`` and ``c^2`` are finite in
     float32 (a cast to ``inf`` has no bound). A layer outside this range runs in float64."""
-    nz = W[W != 0].abs()
-    small = bool(nz.numel()) and float(nz.min()) < torch.finfo(torch.float32).tiny
-    return not small and r_max < 2.0**60 and c_max < 2.0**60
+    return _casts_relative({"weight": W}, torch.float32) and r_max < 2.0**60 and c_max < 2.0**60
 
 
 def _to_float32_bounds(e: torch.Tensor, hn64: torch.Tensor, width: int):
