@@ -406,19 +406,19 @@ class _Engine:
         else:
             info["fast"] = False
             self.n_crude += 1
+            ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
+            abs64 = {k: v.abs() for k, v in op.params.items()}  # (the parameters as given, float64)
             if self.crude:
                 # ||M_j||_1 per output, rounded up (a float64 sum of nonnegative terms is within gamma_K of
                 # the exact one, K the fan-in)
-                ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
-                l1 = op(ones, False, {k: v.abs() for k, v in op.params.items()}).reshape(-1)
+                l1 = op(ones, False, abs64).reshape(-1)
                 l1 = l1 * (1 + 2 * _gamma(op.fan_in, 2.0**-53))
                 info["l1"] = l1.to(device=self.device, dtype=self.dtype)
             zero = torch.zeros((1, *op.in_shape), dtype=self.dtype, device=self.device)
             info["absbias"] = op(zero, True, abs_p).reshape(1, -1) * g
             # the underflow allowance goes only to outputs that read a nonzero weight or bias (a pruned
             # filter's outputs are exact zeros, decided without it)
-            ones = torch.ones((1, *op.in_shape), dtype=torch.float64)
-            reads = op(ones, True, {k: v.abs() for k, v in op.params.items()}).reshape(1, -1) > 0
+            reads = op(ones, True, abs64).reshape(1, -1) > 0
             info["under_vec"] = (reads * info["under"]).to(device=self.device, dtype=self.dtype)
             m = op.module
             if op.type_name in ("Conv1d", "Conv2d") and m is not None and set(p) <= {"weight", "bias"}:
@@ -1220,6 +1220,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
     x = x.to(dev)
     src, src_e = x, torch.zeros(B, dtype=torch.float64, device=dev)  # float64-accurate input, its error
     i8 = plan.int8_layer(int8) if int8 and m > 0 else None
+    i8b = None  # a progressive int8 layer's batch (the rows it refines, on demand)
     # the int8 first layer reads x as it is: no float64 copy of the batch
     h = x if i8 is not None else plan.cast(x, torch.float64 if m > 0 else torch.float32)
     tiny32 = torch.finfo(torch.float32).tiny
@@ -1299,7 +1300,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
             z64, ok = _unit_check(lay, units, H, inv, ein)
             bits[rows[ok], units[ok]] = z64[ok] > 0
             bad = rows[~ok]
-            if len(bad) and l_idx == 1 and in64 and i8 is not None and i8b is not None:
+            if len(bad) and l_idx == 1 and in64 and i8b is not None:
                 # progressive int8: the first layer's coarser bound (its first anti-diagonals) left these
                 # units undecided; their rows get the first layer from every anti-diagonal, and a second try
                 # (rows out of the int8 range are redone whole anyway)
