@@ -367,10 +367,10 @@ def count_patterns(
                     m, levels = choose_prefix(plan, first[:512])
                 second = next(stream, None)
                 stream = itertools.chain([first] + ([second] if second is not None else []), stream)
-                # on the CPU, chunks go to one thread per core, each running its torch products on one
-                # OpenMP thread (netgeom.nets._workers: no spinning workers between the products and the
-                # compiled passes); the results are counted in order, on this thread, as they come. A
-                # single chunk keeps torch's own threads.
+                # on the CPU, chunks go to one thread per torch thread, each running its torch products on
+                # one OpenMP and one MKL thread (netgeom.nets._workers: no spinning workers between the
+                # products and the compiled passes); the results are counted in order, on this thread, as
+                # they come. A single chunk keeps torch's own threads.
                 pool = chunk_pool() if dev.type == "cpu" and second is not None else None
                 engines_of: dict = {}  # per thread: the float64 graph engines of redone rows
 
