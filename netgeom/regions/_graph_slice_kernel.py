@@ -541,10 +541,14 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
     use_table = lazy and dense and n_out <= 16 and n_in * n_out * 4 <= _TABLE_MAX
     n_tab = 2 if slope != 0.0 else 1
     tab = np.empty((n_tab, n_in, 4, n_out) if use_table else (1, 0, 4, 0))
-    skip = np.ones((n_tab, n_in if use_table else 0), dtype=np.bool_)
+    # (two rows even without an off table: an off unit of a ReLU then reads a row that is all skipped)
+    skip = np.ones((2, n_in if use_table else 0), dtype=np.bool_)
     tab_p = -1
     tab2 = tab.reshape(tab.shape[0] * tab.shape[1], 4 * tab.shape[3])
     accf = acc.reshape(4 * n_out)
+    # a piece's table rows to add, in input order: listed without a branch per input first (whether a unit
+    # is on is close to a coin flip, so a branch per input mispredicts about every other time)
+    take = np.empty(n_in if use_table else 0, dtype=np.int64)
     for q in range(m):
         for o in range(n_out):
             acc[0, o] = bias[o]
@@ -569,13 +573,24 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
                             tab[g, i, 1, o] = w * b0
                             tab[g, i, 2, o] = w * b1
                             tab[g, i, 3, o] = aMT[i, o] * x
+            nt = 0
             for i in range(n_in):
-                g = 0 if bits[q, i] else 1
-                if g >= n_tab or skip[g, i]:
-                    continue
-                r = g * n_in + i
+                g = 1 - np.int64(bits[q, i])
+                take[nt] = g * n_in + i
+                nt += 1 - np.int64(skip[g, i])
+            # four rows per pass over the sums (each still added in input order, so the same floats): a
+            # row at a time reloads and stores every sum per row, which bounds the loop
+            t = 0
+            while t + 3 < nt:
+                r1, r2, r3, r4 = take[t], take[t + 1], take[t + 2], take[t + 3]
+                for o in range(4 * n_out):
+                    accf[o] = (((accf[o] + tab2[r1, o]) + tab2[r2, o]) + tab2[r3, o]) + tab2[r4, o]
+                t += 4
+            while t < nt:
+                r = take[t]
                 for o in range(4 * n_out):
                     accf[o] += tab2[r, o]
+                t += 1
             for o in range(n_out):
                 nA[q, o] = acc[0, o]
                 nB[q, 0, o] = acc[1, o]
