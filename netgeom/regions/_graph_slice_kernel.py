@@ -796,6 +796,54 @@ def _pool_cells(
     return _DONE, cur, 0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pool_single(p, W, surv, sl):
+    """Whether every window of polygon ``p`` keeps exactly one candidate (its position is left in
+    ``sl[0]`` for the last window checked)."""
+    nw, k = W.shape
+    for w in range(nw):
+        ns = 0
+        for x in range(k):
+            if W[w, x] >= 0 and surv[p, w, x]:
+                sl[0] = x
+                ns += 1
+        if ns != 1:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_singles(p, rec, nv, W, surv, out, onv, par, best, cur):
+    """Copy polygons ``p, p + 1, ...`` that are their own argmax cells (one candidate left in every window)
+    into ``out`` from row ``cur``, with their argmax positions, up to the first polygon that is not or that
+    does not fit; returns that polygon's index (``m`` at the end) and the new row count. No array is
+    rebound here (see :func:`_relu_dfs`)."""
+    m, _, nrec = rec.shape
+    nw, k = W.shape
+    while p < m:
+        k1 = nv[p]
+        if cur + 1 > out.shape[0] or k1 + 1 > out.shape[1] or cur + 1 > onv.shape[0]:
+            return p, cur
+        if cur + 1 > par.shape[0] or cur + 1 > best.shape[0]:
+            return p, cur
+        for w in range(nw):
+            ns = 0
+            for x in range(k):
+                if W[w, x] >= 0 and surv[p, w, x]:
+                    best[cur, w] = x
+                    ns += 1
+            if ns != 1:
+                return p, cur
+        for kk in range(k1):
+            for t in range(nrec):
+                out[cur, kk, t] = rec[p, kk, t]
+        onv[cur] = k1
+        par[cur] = p
+        cur += 1
+        p += 1
+    return p, cur
+
+
 @numba.njit(cache=True, nogil=True)
 def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions, out, onv, par, best):
     """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
@@ -823,37 +871,19 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     p = -1
     while p < m - 1:
         p += 1
-        # the common case, one candidate left in every window: the polygon is its own cell
-        single = True
-        for w in range(nw):
-            ns = 0
-            for x in range(k):
-                if W[w, x] >= 0 and surv[p, w, x]:
-                    sl[0] = x
-                    ns += 1
-            if ns != 1:
-                single = False
-                break
-        if single:
-            k1 = nv[p]
-            if cur + 1 > out.shape[0] or k1 + 1 > out.shape[1]:
-                out = _fit3(out, cur + 1, k1 + 1)
-            if cur + 1 > onv.shape[0]:
-                onv = _fit1(onv, cur + 1)
-            if cur + 1 > par.shape[0]:
-                par = _fit1(par, cur + 1)
-            if cur + 1 > best.shape[0]:
-                best = _fit2(best, cur + 1)
-            for kk in range(k1):
-                for t in range(nrec):
-                    out[cur, kk, t] = rec[p, kk, t]
-            onv[cur] = k1
-            par[cur] = p
-            for w in range(nw):
-                for x in range(k):
-                    if W[w, x] >= 0 and surv[p, w, x]:
-                        best[cur, w] = x
-            cur += 1
+        # the common case, one candidate left in every window: the polygon is its own cell (a run of such
+        # polygons is copied by a function of its own, which rebinds no array)
+        p, cur = _pool_singles(p, rec, nv, W, surv, out, onv, par, best, cur)
+        if p == m:
+            break
+        k1 = nv[p]
+        if _pool_single(p, W, surv, sl):
+            # no room left for it: grown here, and the run resumes with this polygon
+            out = _fit3(out, cur + 1, k1 + 1)
+            onv = _fit1(onv, cur + 1)
+            par = _fit1(par, cur + 1)
+            best = _fit2(best, cur + 1)
+            p -= 1
             continue
         rid = (np.int64(block) << _BLOCK_SHIFT) | (np.int64(p) << _ROW_SHIFT)
         status, a, b = _pool_cells(p, rec, nv, A, B, E, W, quadrant, su, sv, surv, rid, PQ, PQn, PQb, T, sig,
