@@ -130,6 +130,18 @@ def _grow_out(out, onv, par, bits, need_rows, need_slots):
     return out2, onv2, par2, bits2
 
 
+# Loops over a working array that the calling kernel may rebind (grow) run in functions of their own (not
+# inlined): in a loop that may rebind an array, numba reads its data pointer and strides again at every
+# access.
+@numba.njit(cache=True, nogil=True)
+def _pad_rows(out, onv, cur):
+    """Every slot past a piece's vertices repeats its vertex 0, in the first ``cur`` rows of ``out``."""
+    for q in range(cur):
+        for k in range(onv[q], out.shape[1]):
+            for t in range(out.shape[2]):
+                out[q, k, t] = out[q, 0, t]
+
+
 _DONE, _GIVE_BACK, _TOO_MANY, _GROW_STACK, _GROW_SLOTS, _GROW_OUT, _GROW_CELLS = 0, 1, 2, 3, 4, 5, 6
 
 
@@ -408,11 +420,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     # every slot of the working array is padded and returned (its first rows are contiguous): a narrower
     # view would be copied by the next kernel's caller, into fresh memory (page faults cost more than the
     # writes of the extra padding slots, whose pages the real vertices touch anyway)
-    Kout = out.shape[1]
-    for q in range(cur):
-        for k in range(onv[q], Kout):
-            for t in range(nrec):
-                out[q, k, t] = out[q, 0, t]
+    _pad_rows(out, onv, cur)
     return 0, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
@@ -918,11 +926,7 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
     out = _fit3(out, cur, Kout)
-    Kout = out.shape[1]  # all slots, as relu_split
-    for q in range(cur):
-        for kk in range(onv[q], Kout):
-            for t in range(nrec):
-                out[q, kk, t] = out[q, 0, t]
+    _pad_rows(out, onv, cur)  # all slots, as relu_split
     return 0, cur, out[:cur], onv[:cur], par[:cur], best[:cur], fallback
 
 
