@@ -506,12 +506,18 @@ class _Tracer(fx.Tracer):
         orig = getattr(st, "_create_wrapped_func", None)
         if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
             return super().trace(root, concrete_args)
+        setattr_patch = getattr(st, "_PatchedFnSetAttr", None)
+        fast = _module_patch_class(setattr_patch)
         _FX_WRAP[0] = orig
         st._create_wrapped_func = _memo_wrapped_func
+        if fast is not None:
+            st._PatchedFnSetAttr = fast
         try:
             return super().trace(root, concrete_args)
         finally:
             st._create_wrapped_func = orig
+            if fast is not None:
+                st._PatchedFnSetAttr = setattr_patch
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
@@ -533,6 +539,88 @@ class _Tracer(fx.Tracer):
         return node
 
 
+def _type_modified():
+    """CPython's ``PyType_Modified`` (its C API: to be called after any manual change of a type's attributes;
+    it invalidates the attribute caches of the type and of its subtypes), or None on other interpreters."""
+    if _TYPE_MODIFIED[0] is None:
+        fn = False
+        if sys.implementation.name == "cpython":
+            try:
+                import ctypes
+
+                fn = ctypes.pythonapi.PyType_Modified
+                fn.argtypes, fn.restype = [ctypes.py_object], None
+            except (ImportError, AttributeError, OSError):  # pragma: no cover - CPython has it
+                fn = False
+        _TYPE_MODIFIED[0] = fn
+    return _TYPE_MODIFIED[0] or None
+
+
+_TYPE_MODIFIED: list = [None]
+_MODULE_DICT: list = [None]  # the dict behind nn.Module.__dict__, found once
+
+
+def _module_dict(name: str, value) -> dict | None:
+    """The dict behind ``nn.Module.__dict__`` when ``name`` may be rebound in it directly (else None):
+    ``__call__`` or ``__getattr__``, a Python function there and in ``value``, on CPython.
+
+    Every subclass of Module reaches these two through CPython's generic slots, which look the method up on
+    each call (``slot_tp_call``, ``slot_tp_getattr_hook``), so rebinding the entry and then invalidating the
+    type caches changes every call exactly as ``setattr(nn.Module, name, value)`` does. ``setattr`` also
+    rewrites the slots of every one of Module's several hundred subclasses (to the same generic slots),
+    which costs about as much as the rest of a small model's trace, twice per name and trace."""
+    import types
+
+    if name not in ("__call__", "__getattr__") or not isinstance(value, types.FunctionType):
+        return None
+    if _type_modified() is None:
+        return None
+    d = _MODULE_DICT[0]
+    if d is None:
+        import gc
+
+        refs = gc.get_referents(nn.Module.__dict__)  # (a read-only proxy of the type's own dict)
+        if len(refs) != 1 or type(refs[0]) is not dict:
+            return None
+        d = _MODULE_DICT[0] = refs[0]
+    cur = d.get(name)
+    if not isinstance(cur, types.FunctionType) or nn.Module.__dict__.get(name) is not cur:
+        return None
+    return d
+
+
+def _module_patch_class(base):
+    """A subclass of fx's ``_PatchedFnSetAttr`` whose patch and revert of ``nn.Module.__call__`` and
+    ``nn.Module.__getattr__`` rebind the entry of Module's dict and invalidate the type caches
+    (:func:`_module_dict`); any other patch, or where that is not possible, is fx's ``setattr``."""
+    if not isinstance(base, type):
+        return None
+    if _MODULE_PATCH[0] is not None and _MODULE_PATCH[0][0] is base:
+        return _MODULE_PATCH[0][1]
+
+    class _ModuleSetAttr(base):
+        __slots__ = ()
+
+        def _set(self, value) -> None:
+            cls, name = self.frame_dict, self.fn_name
+            d = _module_dict(name, value) if cls is nn.Module else None
+            if d is None:
+                setattr(cls, name, value)
+                return
+            d[name] = value
+            _type_modified()(cls)
+
+        def patch(self) -> None:
+            self._set(self.new_fn)
+
+        def revert(self) -> None:
+            self._set(self.orig_fn)
+
+    _MODULE_PATCH[0] = (base, _ModuleSetAttr)
+    return _ModuleSetAttr
+
+
+_MODULE_PATCH: list = [None]  # (fx's _PatchedFnSetAttr, its subclass above)
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
@@ -602,6 +690,18 @@ class _Param:
     tensor: torch.Tensor
 
 
+# per-sample axes a module needs (channels first)
+_NEED_AXES = {
+    nn.Conv1d: 2,
+    nn.Conv2d: 3,
+    nn.BatchNorm2d: 3,
+    nn.AvgPool1d: 2,
+    nn.AvgPool2d: 3,
+    nn.AdaptiveAvgPool1d: 2,
+    nn.AdaptiveAvgPool2d: 3,
+}
+
+
 class _Builder:
     def __init__(self, model: nn.Module, masks, max_entries: int):
         self.model = model
@@ -617,6 +717,7 @@ class _Builder:
         self.has_weight = False
         self.B = 2
         self._submodules: dict[str, nn.Module] = {}
+        self._sources: dict[fx.Node, str] = {}
 
     # ------------------------------------------------------------------ helpers
     def submodule(self, target: str) -> nn.Module:
@@ -626,6 +727,13 @@ class _Builder:
         return m
 
     def source(self, node: fx.Node) -> str:
+        # asked again for the node whose weight an affine node takes (and in error messages): made once
+        got = self._sources.get(node)
+        if got is None:
+            got = self._sources[node] = self._source(node)
+        return got
+
+    def _source(self, node: fx.Node) -> str:
         frame = node.meta.get("netgeom_frame")
         if frame is not None:
             line = _frame_line(frame)
@@ -647,7 +755,8 @@ class _Builder:
     def add_node(self, fxn: fx.Node | None, **kw) -> int:
         idx = len(self.nodes)
         kw.setdefault("name", fxn.name if fxn is not None else "input")
-        kw.setdefault("source", self.source(fxn) if fxn is not None else "input")
+        if "source" not in kw:
+            kw["source"] = self.source(fxn) if fxn is not None else "input"
         self.nodes.append(PLNode(index=idx, _max_entries=self.max_entries, **kw))
         if fxn is not None:
             self.last_fx[idx] = fxn
@@ -740,9 +849,7 @@ class _Builder:
     def module_op(self, fxn: fx.Node, m: nn.Module, ref: _Ref) -> _Ref:
         name = fxn.target
         tname = type(m).__name__
-        need = {nn.Conv1d: 2, nn.Conv2d: 3, nn.BatchNorm2d: 3, nn.AvgPool1d: 2, nn.AvgPool2d: 3}
-        need.update({nn.AdaptiveAvgPool1d: 2, nn.AdaptiveAvgPool2d: 3})
-        nd = need.get(type(m))
+        nd = _NEED_AXES.get(type(m))
         if nd is not None and len(ref.shape) != nd:
             raise ValueError(
                 f"layer '{name}' ({tname}) needs a per-sample input of {nd} axes (channels first), got shape "
@@ -1298,8 +1405,7 @@ def trace(
                         "reads networks of one input tensor"
                     )
                 probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
-                idx = b.add_node(n, op="input", inputs=(), shape=shape)
-                b.nodes[idx].source = "input"
+                idx = b.add_node(n, op="input", inputs=(), shape=shape, source="input")
                 env[n] = _Ref(idx, shape, probe)
                 continue
             if n.op == "output":

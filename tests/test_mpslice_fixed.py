@@ -1,0 +1,216 @@
+"""The fixed costs of a traced slice: fx's patch of nn.Module made by rebinding Module's own methods (the
+traced graphs must be fx's own), and the compiled kernels' rewritten loops (the same floats)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from netgeom import UnsupportedLayerError, trace
+from netgeom.nets import graph as G
+
+
+class _Functional(nn.Module):
+    """F.linear on parameters read in forward (fx's patched Module.__getattr__ makes them get_attr nodes),
+    a module called twice, a nested custom module, functional max-pooling, in-place ops and math."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(8, 4))
+        self.bias = nn.Parameter(torch.randn(8))
+        self.inner = nn.Sequential(nn.Linear(8, 8), nn.LeakyReLU(0.1))
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = F.relu(F.linear(x, self.weight, self.bias))
+        h = self.inner(h) + h
+        n = math.prod(h.shape[1:])
+        m = F.max_pool1d(h.view(-1, 1, n), 2).flatten(1)
+        m = self.fc(m)
+        m += self.fc(torch.relu(m))
+        return self.out(m.relu_())
+
+
+class _Conv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3).eval()
+        self.pool = nn.MaxPool2d(2)
+        self.left, self.right = nn.Conv2d(3, 1, 1), nn.Conv2d(3, 2, 1)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn(self.conv(x))))
+        x = torch.cat([self.left(x), F.relu(self.right(x))], dim=1)
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+class _GlobalMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.fc2 = nn.Linear(2, 6), nn.Linear(6, 4)
+        self.fc3, self.fc4 = nn.Linear(1, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        z = self.fc2(torch.relu(self.fc1(x)))
+        m = F.max_pool1d(z.unsqueeze(1), 4).flatten(1)
+        return self.fc4(torch.relu(self.fc3(m)))
+
+
+def _fx_nodes(graph):
+    return [
+        (n.op, n.name, n.target, str(n.args), str(n.kwargs), n.meta.get("netgeom_frame")) for n in graph.nodes
+    ]
+
+
+def _pl_nodes(g):
+    return [(n.op, n.name, n.inputs, n.shape, n.source, n.param_name, n.kind) for n in g.nodes]
+
+
+MODELS = [(_Functional, None), (_Conv, (1, 4, 4)), (_GlobalMax, None)]
+
+
+@pytest.mark.parametrize("make, shape", MODELS)
+def test_rebinding_module_methods_traces_fx_own_graph(make, shape, monkeypatch):
+    """With Module.__call__/__getattr__ patched by rebinding Module's dict entries, every traced node (op,
+    name, target, arguments, recorded user line) and the PL graph are those of fx's own setattr patching."""
+    net = make().double().eval()
+    invalidated = []
+    type_modified = G._type_modified()
+    assert type_modified is not None  # (CPython)
+    with monkeypatch.context() as mp:
+        mp.setattr(G, "_type_modified", lambda: lambda cls: (invalidated.append(cls), type_modified(cls)))
+        fast_fx = _fx_nodes(G._Tracer().trace(net))
+        fast = trace(net, input_shape=shape)
+    assert invalidated == [nn.Module] * 8  # both methods patched and reverted in both traces, no setattr
+    with monkeypatch.context() as mp:
+        mp.setattr(G, "_module_patch_class", lambda base: None)
+        assert _fx_nodes(G._Tracer().trace(net)) == fast_fx
+        slow = trace(net, input_shape=shape)
+    assert _pl_nodes(fast) == _pl_nodes(slow)
+    x = torch.randn(5, *fast.input_shape, dtype=torch.float64)
+    assert torch.allclose(fast.forward(x), net(x).reshape(5, -1), rtol=0, atol=1e-10)
+
+
+def test_module_methods_are_patched_during_the_trace_and_restored_after_it():
+    """Inside the trace every module class (Module's subclasses inherit the methods) calls fx's wrappers;
+    after it, and after a trace that fails inside forward, Module's own functions are back and modules,
+    their parameters and subclasses with their own __getattr__ work as before."""
+    call, getattr_ = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            seen.append((nn.Linear.__call__ is not call, type(self).__getattr__ is not getattr_))
+            return self.fc(x)
+
+    g = trace(Spy())
+    assert seen == [(True, True)] and [n.op for n in g.nodes] == ["input", "affine", "output"]
+    assert nn.Module.__dict__["__call__"] is call and nn.Module.__dict__["__getattr__"] is getattr_
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.fc(x)
+            return x
+
+    where = r"trace Branchy.forward .*test_mpslice_fixed.py:\d+ \(`if x"
+    with pytest.raises(UnsupportedLayerError, match=where):
+        trace(Branchy())
+    assert nn.Module.__dict__["__call__"] is call and nn.Module.__dict__["__getattr__"] is getattr_
+
+    class OwnGetattr(nn.Linear):
+        def __getattr__(self, name):
+            if name == "answer":
+                return 42
+            return super().__getattr__(name)
+
+    m = OwnGetattr(2, 3)
+    assert m.answer == 42 and m.weight.shape == (3, 2)
+    assert m(torch.ones(1, 2)).shape == (1, 3)
+    assert trace(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))).nodes[1].op == "affine"
+
+
+def test_a_module_made_inside_forward_is_refused_as_by_fx():
+    """A leaf module that is no submodule of the model: fx's patched Module.__call__ sees it and refuses it
+    (it is not installed), rather than tracing through its forward."""
+
+    class Fresh(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return nn.ReLU()(self.fc(x))
+
+    with pytest.raises(UnsupportedLayerError, match="not installed as a submodule"):
+        trace(Fresh())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 40),
+    st.integers(1, 16),
+    st.integers(2, 4),
+    st.integers(4, 9),
+    st.sampled_from([0.0, 0.1, -0.5]),
+)
+def test_affine_table_path_gives_the_per_piece_floats(seed, n_in, n_out, n_poly, per, slope):
+    """affine_maps on a ReLU output read in place: pieces in runs of one polygon (the table, its rows
+    listed and added four at a time) and the same pieces interleaved (products per piece) give the same
+    floats, for any widths, slopes, exactly-zero inputs and off units."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n_poly, n_in))
+    B = rng.normal(size=(n_poly, 2, n_in))
+    E = np.abs(rng.normal(size=(n_poly, n_in))) * 1e-15
+    z = rng.random(n_in) < 0.2
+    A[:, z], B[:, :, z], E[:, z] = 0.0, 0.0, 0.0
+    M = rng.normal(size=(n_out, n_in))
+    M[rng.random(M.shape) < 0.2] = 0.0
+    bias = rng.normal(size=n_out)
+    parent = np.repeat(np.arange(n_poly), per).astype(np.int64)
+    bits = rng.random((len(parent), n_in)) < rng.random()
+    gam = 1.01 * (n_in + 2) * 2.0**-53
+
+    def run(par, bt):
+        m = len(par)
+        return kern.affine_maps(
+            A, B, E, np.ascontiguousarray(par), np.ascontiguousarray(bt), slope, True,
+            np.ascontiguousarray(M.T),
+            np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), bias, gam, 1e-300,
+            np.empty((m, n_out)), np.empty((m, 2, n_out)), np.empty((m, n_out)),
+        )
+
+    runs = run(parent, bits)
+    order = np.argsort(np.arange(len(parent)) % per, kind="stable")
+    mixed = run(parent[order], bits[order])
+    assert np.all(parent[order][1:] != parent[order][:-1])  # no two neighbours share a polygon
+    for a, b in zip(runs, mixed):
+        assert a[order].tobytes() == b.tobytes()
+    gain = np.where(bits, 1.0, slope)
+    x = np.stack([A[parent], B[parent, 0], B[parent, 1]]) * gain
+    ref = x @ M.T
+    ref[0] += bias
+    got = np.stack([runs[0], runs[1][:, 0], runs[1][:, 1]])
+    assert np.all(np.abs(got - ref) <= runs[2][None] + 1e-12 * np.abs(ref))
