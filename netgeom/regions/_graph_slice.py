@@ -256,7 +256,11 @@ class GraphSliceCtx(_slice.ExactLines):
 
     def no_origin(self, m: int, n: int) -> np.ndarray:
         """Origins of ``(m, n)`` entries that are no ReLU outputs (no columns when nothing reads them)."""
-        return np.full((m, n), _NO_ORIGIN) if self.origins else np.empty((m, 0), dtype=np.int64)
+        if not self.origins:
+            return np.empty((m, 0), dtype=np.int64)
+        out = _buffer((m, n), np.int64)  # (pooled: a fresh array per affine node costs its page faults)
+        out.fill(_NO_ORIGIN)
+        return out
 
     # ------------------------------------------------------------------------------ exact fallback
     def _line_of(self, lid: int) -> tuple:

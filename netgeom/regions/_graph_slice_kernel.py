@@ -586,9 +586,16 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
                 g = 1 - np.int64(bits[q, i])
                 take[nt] = g * n_in + i
                 nt += 1 - np.int64(skip[g, i])
-            # four rows per pass over the sums (each still added in input order, so the same floats): a
-            # row at a time reloads and stores every sum per row, which bounds the loop
+            # eight (then four) rows per pass over the sums, each still added in input order (the same
+            # floats): a row at a time reloads and stores every sum per row, which bounds the loop
             t = 0
+            while t + 7 < nt:
+                r1, r2, r3, r4 = take[t], take[t + 1], take[t + 2], take[t + 3]
+                r5, r6, r7, r8 = take[t + 4], take[t + 5], take[t + 6], take[t + 7]
+                for o in range(4 * n_out):
+                    v = (((accf[o] + tab2[r1, o]) + tab2[r2, o]) + tab2[r3, o]) + tab2[r4, o]
+                    accf[o] = (((v + tab2[r5, o]) + tab2[r6, o]) + tab2[r7, o]) + tab2[r8, o]
+                t += 8
             while t + 3 < nt:
                 r1, r2, r3, r4 = take[t], take[t + 1], take[t + 2], take[t + 3]
                 for o in range(4 * n_out):
