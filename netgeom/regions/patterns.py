@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._matmul import ieee_float32
 from .._validation import check_choice, check_int, check_tensor
 from ..nets import AffineLayer
 from ..results import Result, new_axes
@@ -205,18 +206,6 @@ def _check_device(device) -> torch.device:
     return dev
 
 
-class _NoTF32:
-    """TF32 would void the float32 error bounds: off on CUDA while patterns are computed."""
-
-    def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
-
-
 def _bits_of(decisions: dict[int, torch.Tensor], nodes, widths) -> np.ndarray:
     cols = []
     for node, w in zip(nodes, widths):
@@ -320,7 +309,8 @@ def count_patterns(
     run_dtype = dtype
     probe = True
     redone = {"float64": 0, "exact": 0}
-    guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
+    # TF32 / bfloat16 pieces would void the float32 bounds: IEEE float32 for the whole count
+    guard = ieee_float32()
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
     plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
     # the per-unit chain path runs a dozen elementwise passes over (rows, width) float64 arrays: in chunks of

@@ -1,0 +1,129 @@
+"""IEEE float32 products (netgeom._matmul): torch's precision switches held and restored, oneDNN products
+inside the float32 error model, and the analyses relying on it unaffected by a caller's bf16/TF32 setting."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netgeom import count_patterns, mlp, nearest_neighbors
+from netgeom._matmul import _SWITCHES, _backend, _onednn_linear, ieee_float32, linear32
+
+U32 = 2.0**-24
+
+
+def _switches() -> dict[str, str]:
+    return {
+        path: getattr(_backend(path), attr)
+        for path, attr in _SWITCHES
+        if _backend(path) is not None and hasattr(_backend(path), attr)
+    }
+
+
+@pytest.fixture
+def bf16_matmul():
+    """The caller asked for bfloat16 products (torch's new per-backend API), restored after the test."""
+    saved = _switches()
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    yield
+    for path, attr in _SWITCHES:
+        if path in saved:
+            setattr(_backend(path), attr, saved[path])
+
+
+def test_switches_held_and_restored_even_on_error():
+    before = _switches()
+    assert before, "torch 2.13 has per-backend fp32_precision switches"
+    torch.backends.mkldnn.matmul.fp32_precision = "tf32"
+    try:
+        with pytest.raises(KeyError):
+            with ieee_float32():
+                assert set(_switches().values()) == {"ieee"}
+                raise KeyError("inside")
+        assert torch.backends.mkldnn.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before["mkldnn.matmul"]
+    assert _switches() == before
+    # the legacy getter still reads the untouched default state (it raises after a mix of both APIs)
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_bf16_setting_changes_products_and_the_block_undoes_it(bf16_matmul):
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.rand(1024, 784, generator=g), torch.randn(400, 784, generator=g)
+    ref = (x.double() @ w.double().T)
+    loose = F.linear(x, w)
+    with ieee_float32():
+        strict = F.linear(x, w)
+    bound = 784 * U32 * (x.double() @ w.double().abs().T)
+    assert float(((strict.double() - ref).abs() / bound).max()) <= 1.0
+    # the setting is real: outside the block the products are not IEEE float32 ones
+    assert not torch.equal(loose, strict)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 700),
+    k=st.integers(1, 300),
+    n=st.integers(1, 200),
+    bias=st.booleans(),
+    scale=st.sampled_from([2.0**-60, 1.0, 2.0**50]),
+    seed=st.integers(0, 2**16),
+)
+def test_linear32_within_the_float32_error_model(m, k, n, bias, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(m, k, generator=g) - 0.3) * scale
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) * scale if bias else None
+    with ieee_float32():
+        y = linear32(x, w, b)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    x64, w64 = x.double(), w.double()
+    ref = x64 @ w64.T + (b.double() if bias else 0)
+    mag = x64.abs() @ w64.abs().T + (b.double().abs() if bias else 0)
+    bound = (k + 1) * U32 / (1 - (k + 1) * U32) * mag + (k + 2) * torch.finfo(torch.float32).tiny
+    assert bool(((y.double() - ref).abs() <= bound).all())
+
+
+def test_linear32_large_products_use_onednn_and_small_ones_f_linear():
+    if _onednn_linear() is None:
+        pytest.skip("torch built without oneDNN's linear operator")
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.rand(600, 300, generator=g), torch.randn(100, 300, generator=g), torch.randn(100)
+    assert 600 * 300 * 100 >= 1 << 24
+    big = linear32(x, w, b)
+    assert torch.equal(big, _onednn_linear()(x, w, b, "none", [], ""))
+    small = linear32(x[:5], w, b)
+    assert torch.equal(small, F.linear(x[:5], w, b))
+    # float64 and autograd inputs keep torch's own path
+    assert torch.equal(linear32(x.double(), w.double()), F.linear(x.double(), w.double()))
+    wg = w.clone().requires_grad_(True)
+    assert linear32(x, wg, b).requires_grad
+
+
+def test_count_patterns_exact_and_settings_kept_under_medium_precision():
+    net = mlp(300, [200, 100], 10, seed=0)
+    X = torch.rand(3000, 300, generator=torch.Generator().manual_seed(2))
+    ref = count_patterns(net, X)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        got = count_patterns(net, X)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert np.array_equal(got.patterns, ref.patterns)
+    assert np.array_equal(got.multiplicities, ref.multiplicities)
+
+
+def test_knn_runs_and_agrees_under_the_new_precision_api(bf16_matmul):
+    """The legacy getter ``torch.get_float32_matmul_precision`` raises once the new per-backend API is used:
+    the kNN read it and crashed; now it holds IEEE float32 through :func:`ieee_float32`."""
+    X = np.random.default_rng(3).normal(size=(400, 30))
+    got = nearest_neighbors(X, 8, method="torch")
+    assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    d = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    want = np.sort(d, axis=1)[:, :8]
+    assert np.allclose(got.distances, want, rtol=1e-12, atol=0)
