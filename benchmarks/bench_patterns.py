@@ -197,13 +197,14 @@ def row(name, n, net, n_in, plain, repeats, masks=None, onednn: bool = False):
     the products are too small to matter."""
     t_ours, t_plain, c_ours, c_plain, t_dnn = [], [], [], [], []
     pool = make_pool(n_in, 0)
-    count_patterns(net, batches(BATCH, pool), masks)  # warm-up (first-call costs), untimed, both sides
+    # warm-up (first-call costs), untimed, both sides
+    count_patterns(net, batches(BATCH, pool), masks, verbose=False)
     plain(net, batches(BATCH, pool))
     if onednn:
         plain(net, batches(BATCH, pool), onednn=True)
     for _ in range(repeats):  # interleaved, best of: the machine is shared
         t, c = time.perf_counter(), time.process_time()
-        res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH)
+        res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH, verbose=False)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
