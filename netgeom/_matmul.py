@@ -1,6 +1,6 @@
 """Float32 products that certified error bounds can rely on, on the fastest path torch offers for them.
 
-Two facts about torch's CPU float32 products shape this module:
+Three facts about torch's CPU float32 products shape this module:
 
 * **Precision switches.** ``torch.set_float32_matmul_precision("medium")`` (common in training scripts) or
   ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"`` let torch compute large float32 products from
@@ -8,6 +8,9 @@ Two facts about torch's CPU float32 products shape this module:
   (``gamma_K |W| |x|``) assume. :func:`ieee_float32` holds every such switch at IEEE float32 for a block and
   restores the caller's values after, without the legacy getter ``torch.get_float32_matmul_precision``,
   which raises once the new per-backend API has been used.
+* **Subnormals.** ``torch.set_flush_denormal(True)`` (or a fast-math library) makes the CPU read and write
+  subnormal numbers as zero, outside the gradual-underflow model of the bounds; :func:`ieee_float32`
+  switches that off for the block too.
 * **Speed.** ``F.linear`` on CPU runs MKL's sgemm. On AMD processors MKL takes its AVX2 code path: on this
   project's reference machine (AMD EPYC, AVX-512) oneDNN's float32 matmul, which torch also ships, runs
   2.0-2.4x faster for the same IEEE float32 product (4096x784 @ 784x400: 12.6 against 28.4 ms on one
@@ -51,12 +54,22 @@ def _backend(path: str):
     return obj
 
 
+def _flushes_subnormals() -> bool:
+    """Whether this thread's CPU arithmetic flushes subnormal numbers to zero (``torch.set_flush_denormal``,
+    or a library built with fast-math): 2^-127 is a subnormal float32."""
+    return (torch.tensor([2.0**-127], dtype=torch.float32) * 1.0).item() == 0.0
+
+
 @contextlib.contextmanager
 def ieee_float32() -> Iterator[None]:
     """Hold torch's float32 products at IEEE float32 inside the block; the caller's settings come back after.
 
     TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
     switches are process-wide in torch: another thread's products in the meantime run in IEEE float32 too.
+    Gradual underflow likewise: with subnormals flushed to zero (``torch.set_flush_denormal(True)``) a
+    float32 input of 1e-40 reads as 0 and its sign is lost, so flushing is switched off for the block
+    (torch's worker threads follow the calling thread; threads started inside the block inherit it) and
+    switched back on after.
 
     Example
     -------
@@ -66,7 +79,10 @@ def ieee_float32() -> Iterator[None]:
     'ieee'
     """
     saved: list[tuple[object, str, object]] = []
+    flushed = _flushes_subnormals()
     try:
+        if flushed:
+            torch.set_flush_denormal(False)
         for path, attr in _SWITCHES:
             obj = _backend(path)
             if obj is not None and hasattr(obj, attr):
@@ -82,6 +98,8 @@ def ieee_float32() -> Iterator[None]:
     finally:
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)
+        if flushed:
+            torch.set_flush_denormal(True)
 
 
 @functools.lru_cache(maxsize=1)

@@ -127,3 +127,43 @@ def test_knn_runs_and_agrees_under_the_new_precision_api(bf16_matmul):
     np.fill_diagonal(d, np.inf)
     want = np.sort(d, axis=1)[:, :8]
     assert np.allclose(got.distances, want, rtol=1e-12, atol=0)
+
+
+def _subnormal_net_and_inputs():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        net[0].bias.zero_()
+    # float32 subnormal inputs, made with gradual underflow on (the fixture comes after)
+    X = torch.from_numpy(np.array([[1e-40, 0.0], [-1e-40, 1e-41], [0.0, -3e-42]], dtype=np.float32))
+    return net, X
+
+
+def test_count_patterns_keeps_subnormal_inputs_when_the_caller_flushes():
+    net, X = _subnormal_net_and_inputs()
+    assert int((X != 0).sum()) == 4  # subnormal, not zero
+    ref = count_patterns(net, X)
+    assert ref.count == 3  # signs (1,0,0), (0,1,1), (0,0,0)
+    torch.set_flush_denormal(True)
+    try:
+        got = count_patterns(net, X)
+        still = (torch.tensor([2.0**-127], dtype=torch.float32) * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+    assert got.count == 3 and np.array_equal(got.patterns, ref.patterns)
+    assert still, "the caller's flush-to-zero setting is restored"
+
+
+@pytest.mark.parametrize("method", ["torch", "kdtree"])
+def test_knn_of_subnormal_points_when_the_caller_flushes(method):
+    """Flushed, the 120 distinct points below all read as 0: the search said "1 distinct point"."""
+    X = np.random.default_rng(4).normal(size=(120, 6)) * 1e-310  # float64 subnormals, made unflushed
+    want = nearest_neighbors(X, 4, method=method)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+    try:
+        got = nearest_neighbors(X, 4, method=method)
+    finally:
+        torch.set_flush_denormal(False)
+    assert got.n_dropped == 0
+    assert np.array_equal(got.indices, want.indices) and np.array_equal(got.distances, want.distances)

@@ -189,25 +189,28 @@ def nearest_neighbors(
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     if k >= n_input:
         raise ValueError(f"k={k} needs at least k+1={k + 1} distinct points, got {n_input} points")
-    kept = np.arange(n_input)
-    dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
-    # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
-    # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
-    zero = dist[:, 0] == 0
-    if duplicates != "keep" and zero.any():
-        suspects = np.flatnonzero(zero)
-        first = suspects[deduplicate(X[suspects])]
-        kept = np.sort(np.concatenate([np.flatnonzero(~zero), first]))
-        if duplicates == "error":
-            raise ValueError(
-                f"X has {n_input - len(kept)} exact duplicate row(s); they give zero neighbour distances "
-                "(infinite log-ratios). Pass duplicates='drop' to remove them"
-            )
-        if k >= len(kept):
-            raise ValueError(
-                f"k={k} needs at least k+1={k + 1} distinct points, got {len(kept)} distinct of {n_input}"
-            )
-        dist, idx, n_fallback = _knn(X[kept], k, method, n_extra, chunk_size, device)
+    # subnormals flushed to zero (torch.set_flush_denormal) would make tiny distinct points duplicates and
+    # void the float32 bounds: gradual underflow (and IEEE float32 products) for the whole search
+    with ieee_float32():
+        kept = np.arange(n_input)
+        dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
+        # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
+        # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
+        zero = dist[:, 0] == 0
+        if duplicates != "keep" and zero.any():
+            suspects = np.flatnonzero(zero)
+            first = suspects[deduplicate(X[suspects])]
+            kept = np.sort(np.concatenate([np.flatnonzero(~zero), first]))
+            if duplicates == "error":
+                raise ValueError(
+                    f"X has {n_input - len(kept)} exact duplicate row(s); they give zero neighbour distances "
+                    "(infinite log-ratios). Pass duplicates='drop' to remove them"
+                )
+            if k >= len(kept):
+                raise ValueError(
+                    f"k={k} needs at least k+1={k + 1} distinct points, got {len(kept)} distinct of {n_input}"
+                )
+            dist, idx, n_fallback = _knn(X[kept], k, method, n_extra, chunk_size, device)
     return NeighborGraph(
         distances=dist,
         indices=idx,
