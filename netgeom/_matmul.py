@@ -9,8 +9,9 @@ Three facts about torch's CPU float32 products shape this module:
   restores the caller's values after, without the legacy getter ``torch.get_float32_matmul_precision``,
   which raises once the new per-backend API has been used.
 * **Subnormals.** ``torch.set_flush_denormal(True)`` (or a fast-math library) makes the CPU read and write
-  subnormal numbers as zero, outside the gradual-underflow model of the bounds; :func:`ieee_float32`
-  switches that off for the block too.
+  subnormal numbers as zero, outside the gradual-underflow model of the bounds, and a traced network's
+  tiny weights vanish: :func:`gradual_underflow` (also part of :func:`ieee_float32`) switches that off for
+  a block; :func:`netgeom.trace` reads networks inside it.
 * **Speed.** ``F.linear`` on CPU runs MKL's sgemm. On AMD processors MKL takes its AVX2 code path: on this
   project's reference machine (AMD EPYC, AVX-512) oneDNN's float32 matmul, which torch also ships, runs
   2.0-2.4x faster for the same IEEE float32 product (4096x784 @ 784x400: 12.6 against 28.4 ms on one
@@ -25,10 +26,11 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ieee_float32", "linear32"]
+__all__ = ["gradual_underflow", "ieee_float32", "linear32"]
 
 # oneDNN creates (and caches) a primitive per shape, ~0.7-2 ms the first time: below this many
 # multiply-adds MKL's sgemm (~48 GMAC/s per core on the reference machine) is done before that pays off
@@ -56,8 +58,36 @@ def _backend(path: str):
 
 def _flushes_subnormals() -> bool:
     """Whether this thread's CPU arithmetic flushes subnormal numbers to zero (``torch.set_flush_denormal``,
-    or a library built with fast-math): 2^-127 is a subnormal float32."""
-    return (torch.tensor([2.0**-127], dtype=torch.float32) * 1.0).item() == 0.0
+    or a library built with fast-math): 2^-127 is a subnormal float32 (a C cast and product, ~0.5 us)."""
+    return float(np.float32(2.0**-127) * np.float32(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def gradual_underflow() -> Iterator[None]:
+    """Subnormal numbers kept (IEEE gradual underflow) inside the block, also usable as a decorator.
+
+    With flushing on (``torch.set_flush_denormal(True)``), a float32 weight or input of 1e-40 reads as 0: a
+    traced network loses it, a pattern's sign flips, distinct tiny points coincide. Flushing is switched off
+    for the block (torch's worker threads follow the calling thread; threads started inside the block
+    inherit it) and back on after.
+
+    Example
+    -------
+    >>> import numpy as np, torch
+    >>> _ = torch.set_flush_denormal(True)
+    >>> with gradual_underflow():
+    ...     bool(np.float32(1e-40) != 0)
+    True
+    >>> _ = torch.set_flush_denormal(False)
+    """
+    flushed = _flushes_subnormals()
+    if flushed:
+        torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        if flushed:
+            torch.set_flush_denormal(True)
 
 
 @contextlib.contextmanager
@@ -66,10 +96,7 @@ def ieee_float32() -> Iterator[None]:
 
     TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
     switches are process-wide in torch: another thread's products in the meantime run in IEEE float32 too.
-    Gradual underflow likewise: with subnormals flushed to zero (``torch.set_flush_denormal(True)``) a
-    float32 input of 1e-40 reads as 0 and its sign is lost, so flushing is switched off for the block
-    (torch's worker threads follow the calling thread; threads started inside the block inherit it) and
-    switched back on after.
+    Subnormals are kept too (:func:`gradual_underflow`).
 
     Example
     -------
@@ -79,10 +106,7 @@ def ieee_float32() -> Iterator[None]:
     'ieee'
     """
     saved: list[tuple[object, str, object]] = []
-    flushed = _flushes_subnormals()
     try:
-        if flushed:
-            torch.set_flush_denormal(False)
         for path, attr in _SWITCHES:
             obj = _backend(path)
             if obj is not None and hasattr(obj, attr):
@@ -94,12 +118,11 @@ def ieee_float32() -> Iterator[None]:
             for obj in (torch.backends.cuda.matmul, torch.backends.cudnn):
                 saved.append((obj, "allow_tf32", obj.allow_tf32))
                 obj.allow_tf32 = False
-        yield
+        with gradual_underflow():
+            yield
     finally:
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)
-        if flushed:
-            torch.set_flush_denormal(True)
 
 
 @functools.lru_cache(maxsize=1)

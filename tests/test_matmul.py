@@ -167,3 +167,29 @@ def test_knn_of_subnormal_points_when_the_caller_flushes(method):
         torch.set_flush_denormal(False)
     assert got.n_dropped == 0
     assert np.array_equal(got.indices, want.indices) and np.array_equal(got.distances, want.distances)
+
+
+def test_trace_keeps_subnormal_weights_when_the_caller_flushes():
+    """Read under flushing, the weights 1e-40 became 0 and count_patterns saw 1 pattern for 2."""
+    from netgeom import network_graph, trace, zeroth_persistence
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(np.array([[1e-40, 0.0], [-1e-40, 1.0]], dtype=np.float32)))
+        net[0].bias.zero_()
+    X = torch.from_numpy(np.array([[1e30, 0.0], [-1e30, 0.0]], dtype=np.float32))
+
+    def read():
+        diagram = zeroth_persistence(network_graph(net))
+        return trace(net).nodes[1].kernel, count_patterns(net, X).count, diagram
+
+    want = read()
+    assert want[0][0, 0] != 0 and want[1] == 2
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+    try:
+        got = read()
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(got[0], want[0]) and got[1] == 2
+    assert got[2].to_dict() == want[2].to_dict()

@@ -36,7 +36,7 @@ import torch.fx._symbolic_trace as _fx_st
 import torch.nn.functional as F
 from torch import nn
 
-from .._matmul import linear32
+from .._matmul import gradual_underflow, linear32
 from .._validation import UnknownNameError, check_int, check_masks, check_tensor
 
 __all__ = ["PLGraph", "PLNode", "SUPPORTED_LAYERS", "UnsupportedLayerError", "trace"]
@@ -1149,6 +1149,7 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
     )
 
 
+@gradual_underflow()  # a float32 weight of 1e-40 must not read as 0
 def trace(
     model: nn.Module,
     masks: Mapping[str, Any] | None = None,
