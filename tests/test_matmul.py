@@ -193,3 +193,22 @@ def test_trace_keeps_subnormal_weights_when_the_caller_flushes():
         torch.set_flush_denormal(False)
     assert torch.equal(got[0], want[0]) and got[1] == 2
     assert got[2].to_dict() == want[2].to_dict()
+
+
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_layer_persistence_keeps_subnormal_weights_when_the_caller_flushes(as_tensor):
+    """Flushed, the two weights below read as 0: 18 edges instead of 20, another forest."""
+    from netgeom import spanning_forest_mask, zeroth_persistence
+
+    W = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    W[0, 0], W[1, 2] = np.float32(1e-40), np.float32(2e-41)
+    layer = torch.from_numpy(W) if as_tensor else W
+    want = zeroth_persistence(layer).to_dict(), spanning_forest_mask(layer)
+    assert want[0]["n_edges"] == 20
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+    try:
+        got = zeroth_persistence(layer).to_dict(), spanning_forest_mask(layer)
+    finally:
+        torch.set_flush_denormal(False)
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
