@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -90,23 +91,33 @@ def gradual_underflow() -> Iterator[None]:
             torch.set_flush_denormal(True)
 
 
-@contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
-    """Hold torch's float32 products at IEEE float32 inside the block; the caller's settings come back after.
+class _Holds:
+    """The process-wide switches, held while any thread is inside :func:`ieee_float32`: the first thread in
+    saves the caller's values, the last one out restores them. (Each restoring its own would let one
+    thread's exit hand the other's products back to bfloat16 mid-count, e.g. under a threaded Dask sweep.)"""
 
-    TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
-    switches are process-wide in torch: another thread's products in the meantime run in IEEE float32 too.
-    Subnormals are kept too (:func:`gradual_underflow`).
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: list[tuple[object, str, object]] = []
 
-    Example
-    -------
-    >>> import torch
-    >>> with ieee_float32():
-    ...     torch.backends.mkldnn.matmul.fp32_precision
-    'ieee'
-    """
-    saved: list[tuple[object, str, object]] = []
-    try:
+    def enter(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                self.saved = self._hold()
+            self.depth += 1
+
+    def exit(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                for obj, attr, value in reversed(self.saved):
+                    setattr(obj, attr, value)
+                self.saved = []
+
+    @staticmethod
+    def _hold() -> list[tuple[object, str, object]]:
+        saved = []
         for path, attr in _SWITCHES:
             obj = _backend(path)
             if obj is not None and hasattr(obj, attr):
@@ -118,11 +129,34 @@ def ieee_float32() -> Iterator[None]:
             for obj in (torch.backends.cuda.matmul, torch.backends.cudnn):
                 saved.append((obj, "allow_tf32", obj.allow_tf32))
                 obj.allow_tf32 = False
+        return saved
+
+
+_HOLDS = _Holds()
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Hold torch's float32 products at IEEE float32 inside the block; the caller's settings come back after.
+
+    TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
+    switches are process-wide in torch: while any thread is inside such a block, every thread's products
+    run in IEEE float32; the last thread out restores the caller's values. Subnormals are kept too
+    (:func:`gradual_underflow`, per thread).
+
+    Example
+    -------
+    >>> import torch
+    >>> with ieee_float32():
+    ...     torch.backends.mkldnn.matmul.fp32_precision
+    'ieee'
+    """
+    _HOLDS.enter()
+    try:
         with gradual_underflow():
             yield
     finally:
-        for obj, attr, value in reversed(saved):
-            setattr(obj, attr, value)
+        _HOLDS.exit()
 
 
 @functools.lru_cache(maxsize=1)

@@ -212,3 +212,39 @@ def test_layer_persistence_keeps_subnormal_weights_when_the_caller_flushes(as_te
     finally:
         torch.set_flush_denormal(False)
     assert got[0] == want[0] and np.array_equal(got[1], want[1])
+
+
+def test_overlapping_blocks_in_two_threads_restore_only_at_the_last_exit():
+    """Thread A leaves while thread B still counts: B's products must stay IEEE float32 until B leaves."""
+    import threading
+
+    saved = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    a_in, b_in, a_out, b_checked = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def a():
+        with ieee_float32():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with ieee_float32():
+            b_in.set()
+            a_out.wait(5)
+            seen["b after a left"] = torch.backends.mkldnn.matmul.fp32_precision
+        b_checked.set()
+
+    try:
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert b_checked.is_set()
+        assert seen["b after a left"] == "ieee"
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = saved
