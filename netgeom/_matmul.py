@@ -199,5 +199,8 @@ def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     ):
         op = _onednn_linear()
         if op is not None:
-            return op(x, weight, bias, "none", [], "")
+            # the operator reads a strided bias as if it were dense (a bias[::2] gave errors of ~4): every
+            # operand goes in row-major (a no-op for the usual contiguous ones)
+            b = None if bias is None else bias.contiguous()
+            return op(x.contiguous(), weight.contiguous(), b, "none", [], "")
     return F.linear(x, weight, bias)

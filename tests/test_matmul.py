@@ -248,3 +248,16 @@ def test_overlapping_blocks_in_two_threads_restore_only_at_the_last_exit():
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = saved
+
+
+def test_linear32_strided_operands():
+    """oneDNN's operator read a strided bias as dense (errors of ~4 on this product)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(300, 600, generator=g).T  # (600, 300), column-major
+    w = torch.randn(300, 100, generator=g).T  # (100, 300), a transposed view
+    b = torch.randn(200, generator=g)[::2]  # stride 2
+    assert 600 * 300 * 100 >= 1 << 24 and not (x.is_contiguous() or w.is_contiguous() or b.is_contiguous())
+    got = linear32(x, w, b)
+    ref = x.double() @ w.double().T + b.double()
+    bound = 301 * U32 * (x.double().abs() @ w.double().abs().T + b.double().abs())
+    assert bool(((got.double() - ref).abs() <= bound).all())
