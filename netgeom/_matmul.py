@@ -196,6 +196,7 @@ def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
         and x.dim() == 2
         and x.shape[0] * x.shape[1] * weight.shape[0] >= _ONEDNN_MIN_MACS
         and not (x.requires_grad or weight.requires_grad)
+        and torch.backends.mkldnn.enabled  # a caller who switched oneDNN off gets MKL
     ):
         op = _onednn_linear()
         if op is not None:

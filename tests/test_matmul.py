@@ -261,3 +261,14 @@ def test_linear32_strided_operands():
     ref = x.double() @ w.double().T + b.double()
     bound = 301 * U32 * (x.double().abs() @ w.double().abs().T + b.double().abs())
     assert bool(((got.double() - ref).abs() <= bound).all())
+
+
+def test_linear32_respects_onednn_switched_off():
+    g = torch.Generator().manual_seed(6)
+    x, w = torch.rand(600, 300, generator=g), torch.randn(100, 300, generator=g)
+    saved = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        assert torch.equal(linear32(x, w), F.linear(x, w))
+    finally:
+        torch.backends.mkldnn.enabled = saved
