@@ -51,13 +51,13 @@ def _best(pairs, repeat: int):
     load from other jobs on a shared machine falls on both sides alike (after a warm-up: compiled kernels,
     int8 checks)."""
     for net, X in pairs:
-        count_patterns(net, X[:512])
+        count_patterns(net, X[:512], verbose=False)
     best = [math.inf] * len(pairs)
     res = [None] * len(pairs)
     for _ in range(repeat):
         for i, (net, X) in enumerate(pairs):
             t = time.perf_counter()
-            res[i] = count_patterns(net, X)
+            res[i] = count_patterns(net, X, verbose=False)
             best[i] = min(best[i], time.perf_counter() - t)
     return res, best
 

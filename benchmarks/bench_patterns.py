@@ -1,6 +1,8 @@
 """Benchmark: ``count_patterns`` (exact: certified float32; MLPs per (row, unit) with a float64-accurate first
 layer from exact int8 products when float32's propagated error is too wide, other graphs per row; float64 /
 rationals where undecided) vs the plain float32 forward with sign packing a user would write (uncertified),
+and (MLP rows) the same forward with its float32 products through oneDNN, the fastest float32 products torch
+has on AMD processors (where ``F.linear``'s MKL sgemm runs its AVX2 code path),
 counted with the same exact deduplication. One row per network: both times, the ratio, both counts, whether
 netgeom's pattern set and the plain float32 one equal those of a float64 forward (untimed reference), and how
 many inputs had float64 work / exact arithmetic, and the ratio of the CPU times (process time, all threads:
@@ -57,18 +59,26 @@ def _count(packed_batches) -> tuple[np.ndarray, np.ndarray]:
     return counter.result()
 
 
-def plain_mlp(net: nn.Sequential, data, dtype=torch.float32):
-    """What a user writes: a forward pass, signs of every hidden pre-activation, packbits, exact unique."""
+def _onednn_linear(x, w, b):
+    """torch's oneDNN float32 linear (what ``torch.compile`` / ``to_mkldnn`` inference reaches): on AMD
+    processors 2-2.4x faster than ``F.linear``, whose MKL sgemm runs its AVX2 code path there."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def plain_mlp(net: nn.Sequential, data, dtype=torch.float32, onednn: bool = False):
+    """What a user writes: a forward pass, signs of every hidden pre-activation, packbits, exact unique.
+    ``onednn``: the float32 products through oneDNN instead of torch's default (MKL) sgemm."""
     lins = [m for m in net if isinstance(m, nn.Linear)][:-1]
-    params = [(m.weight.detach().to(dtype).T.contiguous(), m.bias.detach().to(dtype)) for m in lins]
+    params = [(m.weight.detach().to(dtype).contiguous(), m.bias.detach().to(dtype)) for m in lins]
+    lin = _onednn_linear if onednn else F.linear
 
     def packed():
         with torch.no_grad():
             for x in data:
                 x = x.reshape(len(x), -1).to(dtype)
                 bits = []
-                for wt, b in params:
-                    z = torch.addmm(b, x, wt)
+                for w, b in params:
+                    z = lin(x, w, b)
                     bits.append(z > 0)
                     x = torch.relu(z)
                 yield pack_patterns(torch.cat(bits, 1).numpy())
@@ -90,19 +100,22 @@ class ResMLP(nn.Module):
         return self.out(h)
 
 
-def plain_resmlp(net: ResMLP, data, dtype=torch.float32):
+def plain_resmlp(net: ResMLP, data, dtype=torch.float32, onednn: bool = False):
     net = copy.deepcopy(net).to(dtype)
+
+    def lin(m, x):
+        return _onednn_linear(x, m.weight, m.bias) if onednn else m(x)
 
     def packed():
         with torch.no_grad():
             for x in data:
                 x = x.to(dtype)
                 bits = []
-                z = net.inp(x)
+                z = lin(net.inp, x)
                 bits.append(z > 0)
                 h = torch.relu(z)
                 for b in net.blocks:
-                    z = b(h)
+                    z = lin(b, h)
                     bits.append(z > 0)
                     h = h + torch.relu(z)
                 yield pack_patterns(torch.cat(bits, 1).numpy())
@@ -178,25 +191,36 @@ def _same(a, b) -> bool:
     return len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def row(name, n, net, n_in, plain, repeats, masks=None):
-    t_ours, t_plain, c_ours, c_plain = [], [], [], []
+def row(name, n, net, n_in, plain, repeats, masks=None, onednn: bool = False):
+    """One table row. ``onednn``: ``plain`` also takes ``onednn=True`` (its float32 products through oneDNN),
+    timed as a second alternative; otherwise torch's default kernels are already oneDNN's (convolutions) or
+    the products are too small to matter."""
+    t_ours, t_plain, c_ours, c_plain, t_dnn = [], [], [], [], []
     pool = make_pool(n_in, 0)
-    count_patterns(net, batches(BATCH, pool), masks)  # warm-up (first-call costs), untimed, both sides
+    # warm-up (first-call costs), untimed, both sides
+    count_patterns(net, batches(BATCH, pool), masks, verbose=False)
     plain(net, batches(BATCH, pool))
+    if onednn:
+        plain(net, batches(BATCH, pool), onednn=True)
     for _ in range(repeats):  # interleaved, best of: the machine is shared
         t, c = time.perf_counter(), time.process_time()
-        res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH)
+        res = count_patterns(net, batches(n, pool), masks, batch_size=BATCH, verbose=False)
         t_ours.append(time.perf_counter() - t)
         c_ours.append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
         fp32 = plain(net, batches(n, pool))
         t_plain.append(time.perf_counter() - t)
         c_plain.append(time.process_time() - c)
+        if onednn:
+            t = time.perf_counter()
+            dnn = plain(net, batches(n, pool), onednn=True)
+            t_dnn.append(time.perf_counter() - t)
     f64 = plain(net, batches(n, pool), torch.float64)  # untimed reference
     ours = (res.patterns, res.multiplicities)
     a, b = min(t_ours), min(t_plain)
+    d = f"{min(t_dnn):.2f} s, {min(t_dnn) / a:.2f}x ({'=' if _same(dnn, f64) else '≠'})" if onednn else "—"
     print(
-        f"| {name} | {n:,} | {a:.2f} s | {b:.2f} s | {b / a:.2f}x | {res.count:,} / {len(fp32[0]):,} | "
+        f"| {name} | {n:,} | {a:.2f} s | {b:.2f} s | {b / a:.2f}x | {d} | {res.count:,} / {len(fp32[0]):,} | "
         f"{'yes' if _same(ours, f64) else 'NO'} | {'yes' if _same(fp32, f64) else 'NO'} | "
         f"{res.n_float64:,} / {res.n_exact} | {min(c_plain) / min(c_ours):.2f}x |",
         flush=True,
@@ -223,20 +247,21 @@ def main(argv=None):
     )
     print(
         "| network | points | netgeom (exact) | plain fp32 + packbits | ratio (plain/ours) "
+        "| plain fp32 through oneDNN, ratio (= float64?) "
         "| patterns ours / fp32 | ours = float64 forward | fp32 = float64 forward "
         "| inputs with float64 work / exact | ratio in CPU time |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     net = mlp(784, [400, 400], 10, seed=0)
-    row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats)
+    row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats, onednn=True)
     masks = magnitude_prune(net, scope="layer", per_layer=[0.9, 0.9, 0.0])
     pruned = copy.deepcopy(net)
     masks.apply(pruned)
-    row("same, 90% pruned per layer", n, pruned, (784,), plain_mlp, repeats, masks)
+    row("same, 90% pruned per layer", n, pruned, (784,), plain_mlp, repeats, masks, onednn=True)
     torch.manual_seed(0)
     res = ResMLP(64, 128, 3, 10).eval()
     trace(res)
-    row("residual MLP 64-128x4-10", n // 5, res, (64,), plain_resmlp, repeats)
+    row("residual MLP 64-128x4-10", n // 5, res, (64,), plain_resmlp, repeats, onednn=True)
     torch.manual_seed(0)
     pool = PoolNet().eval()
     pool.input_shape = (1, 28, 28)

@@ -552,3 +552,31 @@ def test_underflowing_products_are_never_decided_by_their_float_value(scale):
         res = count_patterns(net, X, precision=precision)
         u, c = unique_rows(pack_patterns(want))
         assert np.array_equal(res.patterns, u) and np.array_equal(res.multiplicities, c), precision
+
+
+def test_count_patterns_quiet_and_progress(capsys):
+    """``verbose=False`` writes nothing; with ``verbose=True`` the bar counts every input once it shows (a
+    zero delay here, as if counting had been slow)."""
+    from unittest import mock
+
+    import tqdm.auto
+
+    from netgeom.regions import patterns as mod
+
+    net = mlp(3, [5], 1, seed=0)
+    X = torch.rand(700, 3, generator=torch.Generator().manual_seed(0))
+    ref = count_patterns(net, X, verbose=False, batch_size=100)
+    assert capsys.readouterr().err == ""
+    seen = []
+
+    def eager(*a, **kw):
+        kw["delay"] = 0
+        bar = tqdm.auto.tqdm(*a, **kw)
+        seen.append(bar)
+        return bar
+
+    with mock.patch.object(mod, "tqdm", eager):
+        got = count_patterns(net, X, verbose=True, batch_size=100)
+    assert got.count == ref.count
+    assert seen and seen[0].n == 700 and seen[0].total == 700
+    assert "count_patterns" in capsys.readouterr().err

@@ -49,6 +49,7 @@ import threading
 import numpy as np
 import torch
 
+from .._matmul import ieee_float32
 from .._validation import check_array, check_choice, check_device, check_int
 from ..results import Result
 
@@ -64,8 +65,6 @@ _DUPLICATE_POLICIES = ("drop", "error", "keep")
 _DENSE_MAX_POINTS = 2048
 # up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
 _GATHER_FLOAT64_BYTES = 1 << 24
-# unit round-off of float32 matmul under torch's float32_matmul_precision setting (bf16 / tf32 / fp32)
-_MATMUL_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 
 
 @dataclasses.dataclass
@@ -190,25 +189,28 @@ def nearest_neighbors(
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     if k >= n_input:
         raise ValueError(f"k={k} needs at least k+1={k + 1} distinct points, got {n_input} points")
-    kept = np.arange(n_input)
-    dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
-    # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
-    # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
-    zero = dist[:, 0] == 0
-    if duplicates != "keep" and zero.any():
-        suspects = np.flatnonzero(zero)
-        first = suspects[deduplicate(X[suspects])]
-        kept = np.sort(np.concatenate([np.flatnonzero(~zero), first]))
-        if duplicates == "error":
-            raise ValueError(
-                f"X has {n_input - len(kept)} exact duplicate row(s); they give zero neighbour distances "
-                "(infinite log-ratios). Pass duplicates='drop' to remove them"
-            )
-        if k >= len(kept):
-            raise ValueError(
-                f"k={k} needs at least k+1={k + 1} distinct points, got {len(kept)} distinct of {n_input}"
-            )
-        dist, idx, n_fallback = _knn(X[kept], k, method, n_extra, chunk_size, device)
+    # subnormals flushed to zero (torch.set_flush_denormal) would make tiny distinct points duplicates and
+    # void the float32 bounds: gradual underflow (and IEEE float32 products) for the whole search
+    with ieee_float32():
+        kept = np.arange(n_input)
+        dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
+        # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
+        # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
+        zero = dist[:, 0] == 0
+        if duplicates != "keep" and zero.any():
+            suspects = np.flatnonzero(zero)
+            first = suspects[deduplicate(X[suspects])]
+            kept = np.sort(np.concatenate([np.flatnonzero(~zero), first]))
+            if duplicates == "error":
+                raise ValueError(
+                    f"X has {n_input - len(kept)} exact duplicate row(s); they give zero neighbour distances "
+                    "(infinite log-ratios). Pass duplicates='drop' to remove them"
+                )
+            if k >= len(kept):
+                raise ValueError(
+                    f"k={k} needs at least k+1={k + 1} distinct points, got {len(kept)} distinct of {n_input}"
+                )
+            dist, idx, n_fallback = _knn(X[kept], k, method, n_extra, chunk_size, device)
     return NeighborGraph(
         distances=dist,
         indices=idx,
@@ -243,12 +245,8 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
         # error bound so much that almost every row needs the slow exact rescan; full float32 costs little
         # here. The caller's setting is restored on the way out. (The checks of X and the scaling of tiny
         # data below are made by the torch back-end's first pass.)
-        previous = torch.get_float32_matmul_precision()
-        try:
-            torch.set_float32_matmul_precision("highest")
+        with ieee_float32():
             return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
-        finally:
-            torch.set_float32_matmul_precision(previous)
     if amax is None:  # the caller's max |X|, when it has one
         amax = float(np.abs(X).max())
     if 0 < amax < _TINY:
@@ -404,7 +402,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         def make_scores():
             return _torch_scores(left, device)
 
-        u = _MATMUL_UNIT_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0**-8)
+        u = 2.0**-24  # :func:`_knn` holds torch's products at IEEE float32
     norms = np.sqrt(sq)
     nmax = float(norms.max())
     u32 = 2.0**-24

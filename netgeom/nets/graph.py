@@ -36,6 +36,7 @@ import torch.fx._symbolic_trace as _fx_st
 import torch.nn.functional as F
 from torch import nn
 
+from .._matmul import gradual_underflow, linear32
 from .._validation import UnknownNameError, check_int, check_masks, check_tensor
 
 __all__ = ["PLGraph", "PLNode", "SUPPORTED_LAYERS", "UnsupportedLayerError", "trace"]
@@ -128,7 +129,8 @@ class _AffineOp:
 
 
 def _linear_fn(x, p, bias):
-    return F.linear(x, p["weight"], p.get("bias") if bias else None)
+    b = p.get("bias") if bias else None
+    return linear32(x, p["weight"], b) if x.dtype == torch.float32 else F.linear(x, p["weight"], b)
 
 
 def _conv_fn(dim, stride, padding, dilation, groups):
@@ -1254,6 +1256,7 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
     )
 
 
+@gradual_underflow()  # a float32 weight of 1e-40 must not read as 0
 def trace(
     model: nn.Module,
     masks: Mapping[str, Any] | None = None,

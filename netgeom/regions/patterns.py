@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .._matmul import ieee_float32
 from .._validation import check_choice, check_int, check_tensor
 from ..nets import AffineLayer
 from ..results import Result, new_axes
@@ -205,18 +207,6 @@ def _check_device(device) -> torch.device:
     return dev
 
 
-class _NoTF32:
-    """TF32 would void the float32 error bounds: off on CUDA while patterns are computed."""
-
-    def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
-
-
 def _bits_of(decisions: dict[int, torch.Tensor], nodes, widths) -> np.ndarray:
     cols = []
     for node, w in zip(nodes, widths):
@@ -242,6 +232,7 @@ def count_patterns(
     device: str | torch.device = "cpu",
     input_shape=None,
     precision: str = "float32",
+    verbose: bool = True,
 ) -> PatternCountResult:
     """Count the distinct activation patterns that the inputs ``X`` produce.
 
@@ -271,6 +262,7 @@ def count_patterns(
         certified procedure starting in float64). With ``"float32"``, when more than 30% of the inputs of
         a 512-input trial (or of a batch) of a non-chain graph are undecided in float32, float64 is used from
         then on (cheaper than redoing them).
+    verbose : a progress bar (inputs counted) once counting has taken over a second; ``False`` keeps quiet.
 
     Example
     -------
@@ -320,7 +312,8 @@ def count_patterns(
     run_dtype = dtype
     probe = True
     redone = {"float64": 0, "exact": 0}
-    guard = _NoTF32() if dev.type == "cuda" else contextlib.nullcontext()
+    # TF32 / bfloat16 pieces would void the float32 bounds: IEEE float32 for the whole count
+    guard = ieee_float32()
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
     plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
     # the per-unit chain path runs a dozen elementwise passes over (rows, width) float64 arrays: in chunks of
@@ -351,10 +344,13 @@ def count_patterns(
                 single[l_idx].add(pack_patterns(B[:, starts[l_idx] : starts[l_idx + 1]]))
                 cumul[l_idx].add(pack_patterns(B[:, : starts[l_idx + 1]]))
         n_samples += xb.shape[0]
+        bar.update(xb.shape[0])
 
     # the bounds are for the float32/float64 operations they describe: a caller's autocast (bfloat16 or
     # float16 products) is switched off here (the chunk workers never inherit it: it is per thread)
-    with torch.no_grad(), guard, torch.autocast(dev.type, enabled=False):
+    size = X.shape[0] if isinstance(X, (np.ndarray, torch.Tensor)) and X.ndim else None
+    bar = tqdm(total=size, desc="count_patterns", unit="input", delay=1.0, disable=not verbose)
+    with bar, torch.no_grad(), guard, torch.autocast(dev.type, enabled=False):
         stream = chunks()
         if plan is not None:
             first = next(stream, None)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._matmul import gradual_underflow
 from .._validation import check_array, check_choice
 from ..nets import AffineLayer, PLNode, affine_layers, trace
 
@@ -355,6 +356,7 @@ def _channel_slices(kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, n
     return g[:, None] * per_group + np.arange(per_group)[None, :], groups
 
 
+@gradual_underflow()  # every weight graph's magnitudes: a float32 weight of 1e-40 must not read as 0
 def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
     """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
     layer = _weighted(layer_or_weight)

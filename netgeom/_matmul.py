@@ -1,0 +1,207 @@
+"""Float32 products that certified error bounds can rely on, on the fastest path torch offers for them.
+
+Three facts about torch's CPU float32 products shape this module:
+
+* **Precision switches.** ``torch.set_float32_matmul_precision("medium")`` (common in training scripts) or
+  ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"`` let torch compute large float32 products from
+  bfloat16 pieces. Their errors are then outside the IEEE float32 model that netgeom's certified bounds
+  (``gamma_K |W| |x|``) assume. :func:`ieee_float32` holds every such switch at IEEE float32 for a block and
+  restores the caller's values after, without the legacy getter ``torch.get_float32_matmul_precision``,
+  which raises once the new per-backend API has been used.
+* **Subnormals.** ``torch.set_flush_denormal(True)`` (or a fast-math library) makes the CPU read and write
+  subnormal numbers as zero, outside the gradual-underflow model of the bounds, and a traced network's
+  tiny weights vanish: :func:`gradual_underflow` (also part of :func:`ieee_float32`) switches that off for
+  a block; :func:`netgeom.trace` reads networks inside it.
+* **Speed.** ``F.linear`` on CPU runs MKL's sgemm. On AMD processors MKL takes its AVX2 code path: on this
+  project's reference machine (AMD EPYC, AVX-512) oneDNN's float32 matmul, which torch also ships, runs
+  2.0-2.4x faster for the same IEEE float32 product (4096x784 @ 784x400: 12.6 against 28.4 ms on one
+  thread). :func:`linear32` uses oneDNN for products large enough to repay its per-shape set-up (~1 ms the
+  first time a shape is seen), and ``F.linear`` otherwise. Both are IEEE float32 sums of exact products in
+  some order, so one error bound covers either; only the rounding of individual entries may differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gradual_underflow", "ieee_float32", "linear32"]
+
+# oneDNN creates (and caches) a primitive per shape, ~0.7-2 ms the first time: below this many
+# multiply-adds MKL's sgemm (~48 GMAC/s per core on the reference machine) is done before that pays off
+_ONEDNN_MIN_MACS = 1 << 24
+
+# (object, attribute) pairs of torch's per-backend float32 precision switches (torch >= 2.9)
+_SWITCHES = (
+    ("mkldnn.matmul", "fp32_precision"),
+    ("mkldnn.conv", "fp32_precision"),
+    ("mkldnn.rnn", "fp32_precision"),
+    ("cuda.matmul", "fp32_precision"),
+    ("cudnn.conv", "fp32_precision"),
+    ("cudnn.rnn", "fp32_precision"),
+)
+
+
+def _backend(path: str):
+    obj = torch.backends
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _flushes_subnormals() -> bool:
+    """Whether this thread's CPU arithmetic flushes subnormal numbers to zero (``torch.set_flush_denormal``,
+    or a library built with fast-math): 2^-127 is a subnormal float32 (a C cast and product, ~0.5 us)."""
+    return float(np.float32(2.0**-127) * np.float32(1.0)) == 0.0
+
+
+@contextlib.contextmanager
+def gradual_underflow() -> Iterator[None]:
+    """Subnormal numbers kept (IEEE gradual underflow) inside the block, also usable as a decorator.
+
+    With flushing on (``torch.set_flush_denormal(True)``), a float32 weight or input of 1e-40 reads as 0: a
+    traced network loses it, a pattern's sign flips, distinct tiny points coincide. Flushing is switched off
+    for the block (torch's worker threads follow the calling thread; threads started inside the block
+    inherit it) and back on after.
+
+    Example
+    -------
+    >>> import numpy as np, torch
+    >>> _ = torch.set_flush_denormal(True)
+    >>> with gradual_underflow():
+    ...     bool(np.float32(1e-40) != 0)
+    True
+    >>> _ = torch.set_flush_denormal(False)
+    """
+    flushed = _flushes_subnormals()
+    if flushed:
+        torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        if flushed:
+            torch.set_flush_denormal(True)
+
+
+class _Holds:
+    """The process-wide switches, held while any thread is inside :func:`ieee_float32`: the first thread in
+    saves the caller's values, the last one out restores them. (Each restoring its own would let one
+    thread's exit hand the other's products back to bfloat16 mid-count, e.g. under a threaded Dask sweep.)"""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved: list[tuple[object, str, object]] = []
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                self.saved = self._hold()
+            self.depth += 1
+
+    def exit(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                for obj, attr, value in reversed(self.saved):
+                    setattr(obj, attr, value)
+                self.saved = []
+
+    @staticmethod
+    def _hold() -> list[tuple[object, str, object]]:
+        saved = []
+        for path, attr in _SWITCHES:
+            obj = _backend(path)
+            if obj is not None and hasattr(obj, attr):
+                saved.append((obj, attr, getattr(obj, attr)))
+                setattr(obj, attr, "ieee")
+        if not saved:
+            # a torch before the per-backend switches: its TF32 flags (whose getters, on newer torch,
+            # raise once both APIs have been used, hence only here)
+            for obj in (torch.backends.cuda.matmul, torch.backends.cudnn):
+                saved.append((obj, "allow_tf32", obj.allow_tf32))
+                obj.allow_tf32 = False
+        return saved
+
+
+_HOLDS = _Holds()
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Hold torch's float32 products at IEEE float32 inside the block; the caller's settings come back after.
+
+    TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
+    switches are process-wide in torch: while any thread is inside such a block, every thread's products
+    run in IEEE float32; the last thread out restores the caller's values. Subnormals are kept too
+    (:func:`gradual_underflow`, per thread).
+
+    Example
+    -------
+    >>> import torch
+    >>> with ieee_float32():
+    ...     torch.backends.mkldnn.matmul.fp32_precision
+    'ieee'
+    """
+    _HOLDS.enter()
+    try:
+        with gradual_underflow():
+            yield
+    finally:
+        _HOLDS.exit()
+
+
+@functools.lru_cache(maxsize=1)
+def _onednn_linear():
+    """torch's oneDNN linear operator (float32, any batch), or ``None`` where torch was built without it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None:
+        return None
+    try:  # an operator that exists but cannot run (unsupported CPU) is a build without it
+        w = torch.ones(3, 5)
+        got = op(torch.ones(2, 5), w, torch.ones(3), "none", [], "")
+    except RuntimeError:
+        return None
+    return op if torch.equal(got, torch.full((2, 3), 6.0)) else None
+
+
+def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` in IEEE float32 (``F.linear``'s contract), by oneDNN on CPU when it pays.
+
+    ``x`` is (B, K), ``weight`` (N, K), ``bias`` (N,) or ``None``, all float32 on one device. Call inside
+    :func:`ieee_float32` when a bound depends on the rounding model.
+
+    Example
+    -------
+    >>> import torch
+    >>> x, w = torch.ones(2, 3), torch.full((4, 3), 0.5)
+    >>> linear32(x, w, torch.zeros(4)).tolist()[0]
+    [1.5, 1.5, 1.5, 1.5]
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and x.dim() == 2
+        and x.shape[0] * x.shape[1] * weight.shape[0] >= _ONEDNN_MIN_MACS
+        and not (x.requires_grad or weight.requires_grad)
+        and torch.backends.mkldnn.enabled  # a caller who switched oneDNN off gets MKL
+    ):
+        op = _onednn_linear()
+        if op is not None:
+            # the operator reads a strided bias as if it were dense (a bias[::2] gave errors of ~4): every
+            # operand goes in row-major (a no-op for the usual contiguous ones)
+            b = None if bias is None else bias.contiguous()
+            return op(x.contiguous(), weight.contiguous(), b, "none", [], "")
+    return F.linear(x, weight, bias)
