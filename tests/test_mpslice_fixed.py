@@ -214,3 +214,91 @@ def test_affine_table_path_gives_the_per_piece_floats(seed, n_in, n_out, n_poly,
     ref[0] += bias
     got = np.stack([runs[0], runs[1][:, 0], runs[1][:, 1]])
     assert np.all(np.abs(got - ref) <= runs[2][None] + 1e-12 * np.abs(ref))
+
+
+def _dominance_reference(rec, nv, A, B, E, W, quadrant, su, sv):
+    """pool_dominance's rule, candidate by candidate in Python: the reference is the valid candidate
+    largest at vertex 0 (the first of equals); another is dropped when the scalar line of c_ref - c_x is
+    finite, not identically zero, and above its tolerance at every vertex."""
+    from netgeom.regions import _graph_slice_kernel as kern
+    from netgeom.regions._slice_kernel import _tol
+
+    m, nw, k = len(rec), *W.shape
+    surv = np.zeros((m, nw, k), dtype=bool)
+    L = np.empty(4)
+    for p in range(m):
+        for w in range(nw):
+            vals = []
+            for x in range(k):
+                ix = W[w, x]
+                if ix >= 0:
+                    a, b, c = A[p, ix], B[p, 0, ix], B[p, 1, ix]
+                    if quadrant:
+                        b, c = su * b - a, sv * c - a
+                    vals.append((x, rec[p, 0, 0] * a + rec[p, 0, 1] * b + rec[p, 0, 2] * c))
+            if not vals:
+                continue
+            ref = vals[0][0]
+            best = vals[0][1]
+            for x, v in vals[1:]:
+                if v > best:
+                    ref, best = x, v
+            surv[p, w, ref] = True
+            ir = W[w, ref]
+            for x, _ in vals:
+                if x == ref:
+                    continue
+                ix = W[w, x]
+                dA, dB0, dB1 = A[p, ir] - A[p, ix], B[p, 0, ir] - B[p, 0, ix], B[p, 1, ir] - B[p, 1, ix]
+                eD = E[p, ir] + E[p, ix] + 2.0**-53 * max(abs(dA), abs(dB0), abs(dB1))
+                if kern._line(dA, dB0, dB1, eD, quadrant, su, sv, L) != 0:
+                    surv[p, w, x] = True
+                    continue
+                for q in range(nv[p]):
+                    s = rec[p, q, 0] * L[0] + rec[p, q, 1] * L[1] + rec[p, q, 2] * L[2]
+                    if not s > _tol(rec[p, q, 3], L[3]):
+                        surv[p, w, x] = True
+                        break
+    return surv
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 9),
+    st.booleans(),
+    st.sampled_from(["normal", "huge", "tiny", "special", "ties"]),
+)
+def test_pool_dominance_branch_free_equals_the_candidate_by_candidate_rule(seed, m, nw, k, quadrant, mode):
+    """The vectorised pool_dominance keeps exactly the candidates of the rule applied one at a time, on
+    random values, values scaled past the normal range, NaN/inf entries and bounds, and tied candidates."""
+    from netgeom.regions import _graph_slice_kernel as kern
+
+    rng = np.random.default_rng(seed)
+    K1 = 8
+    nv = rng.integers(3, K1, size=m).astype(np.int64)
+    rec = rng.normal(size=(m, K1, 9))
+    rec[..., 0] = np.abs(rec[..., 0]) + 0.1
+    rec[..., 3] = np.abs(rng.normal(size=(m, K1))) * 10.0 ** rng.integers(-17, -1)
+    n = int(rng.integers(k, 3 * k + 1))
+    A, B = rng.normal(size=(m, n)), rng.normal(size=(m, 2, n))
+    E = np.abs(rng.normal(size=(m, n))) * 1e-16
+    if mode == "huge":
+        A, B = A * 1e300, B * 1e300
+    elif mode == "tiny":
+        A, B, E = A * 1e-300, B * 1e-300, E * 1e-300
+    elif mode == "special":
+        for arr in (A, B, E):
+            arr.reshape(-1)[rng.integers(0, arr.size, size=2)] = rng.choice([np.nan, np.inf, -np.inf, 0.0], 2)
+        rec[rng.integers(0, m), rng.integers(0, K1), 3] = rng.choice([np.nan, np.inf])
+    elif mode == "ties":
+        A[:, 1:], B[:, :, 1:], E[:] = A[:, :1], B[:, :, :1], 0.0
+        A[:, ::2] += 1e-17 * (rng.random() < 0.5)
+    W = rng.integers(-1, n, size=(nw, k)).astype(np.int64)
+    su, sv = float(rng.choice([-1.0, 1.0])), float(rng.choice([-1.0, 1.0]))
+    with np.errstate(all="ignore"):
+        ref = _dominance_reference(rec, nv, A, B, E, W, quadrant, su, sv)
+    got = kern.pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv)
+    assert np.array_equal(got, ref)

@@ -432,18 +432,24 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
     a candidate is dropped when the line of ``c_ref - c_i`` (built, with its error bound, as the numpy path's
     ``pair_lines``) is certainly positive at every vertex, so ``c_ref > c_i`` on the whole polygon. Anything
     not certain (a vertex within the bound, identical candidates, a non-finite value) keeps the candidate
-    for the numpy path. ``W (nw, k)`` holds input entries, -1 for padding (never a candidate)."""
+    for the numpy path. ``W (nw, k)`` holds input entries, -1 for padding (never a candidate).
+
+    A window's candidates are handled together, in loops without branches that vectorise: their entries
+    gathered, their lines built (:func:`_line_soa`; the scalar :func:`_line` where a scaling leaves the
+    normal range), then every candidate tested against one vertex after another."""
     m, K1, _ = rec.shape
     nw, k = W.shape
     surv = np.zeros((m, nw, k), dtype=np.bool_)
     L = np.empty(4)
+    G = np.empty((4, k))  # the candidates' entries a, b_0, b_1, error
+    LS = np.empty((4, k))  # their lines against the reference and the lines' error bounds
+    L0, L1, L2, Ld = LS[0], LS[1], LS[2], LS[3]
+    test = np.empty(k, dtype=np.uint8)  # a valid candidate whose line is tested at the vertices
+    keep = np.empty(k, dtype=np.uint8)
+    one = np.uint8(1)
     for p in range(m):
         k1 = nv[p]
         h0, h1, h2 = rec[p, 0, 0], rec[p, 0, 1], rec[p, 0, 2]
-        hmax = 0.0
-        for q in range(k1):
-            hq = rec[p, q, 3]
-            hmax = max(hmax, hq) if hq < np.inf else np.inf  # (a NaN bound: no shortcut below)
         for w in range(nw):
             ref = -1
             best = -np.inf
@@ -463,25 +469,43 @@ def pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv):
             surv[p, w, ref] = True
             ir = W[w, ref]
             for x in range(k):
-                ix = W[w, x]
-                if ix < 0 or x == ref:
-                    continue
-                dA = A[p, ir] - A[p, ix]
-                dB0 = B[p, 0, ir] - B[p, 0, ix]
-                dB1 = B[p, 1, ir] - B[p, 1, ix]
-                eD = E[p, ir] + E[p, ix] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
-                f = _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
-                if f != 0:  # identically equal, or not finite
+                ix = max(W[w, x], 0)  # (padding reads entry 0, and is not tested)
+                G[0, x], G[1, x], G[2, x], G[3, x] = A[p, ix], B[p, 0, ix], B[p, 1, ix], E[p, ix]
+            a0, b0, c0, e0 = A[p, ir], B[p, 0, ir], B[p, 1, ir], E[p, ir]
+            rare = np.uint8(0)
+            for x in range(k):
+                dA = a0 - G[0, x]
+                dB0 = b0 - G[1, x]
+                dB1 = c0 - G[2, x]
+                eD = e0 + G[3, x] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                f, z, r, x0, x1, x2, xd = _line_soa(dA, dB0, dB1, eD, quadrant, su, sv)
+                valid = np.uint8(W[w, x] >= 0) & np.uint8(x != ref)
+                line = np.uint8(f) & (one - np.uint8(z))  # finite and not identically zero
+                test[x] = valid & line
+                keep[x] = valid & (one - line)
+                rare |= valid & line & np.uint8(r)
+                L0[x], L1[x], L2[x], Ld[x] = x0, x1, x2, xd
+            if rare:  # a scaling past the normal range: the scalar construction's floats
+                for x in range(k):
+                    if test[x]:
+                        ix = W[w, x]
+                        dA = a0 - A[p, ix]
+                        dB0 = b0 - B[p, 0, ix]
+                        dB1 = c0 - B[p, 1, ix]
+                        eD = e0 + E[p, ix] + _U * max(abs(dA), max(abs(dB0), abs(dB1)))
+                        _line(dA, dB0, dB1, eD, quadrant, su, sv, L)
+                        L0[x], L1[x], L2[x], Ld[x] = L[0], L[1], L[2], L[3]
+            # kept unless certainly positive at every vertex, each with its own tolerance (a tolerance from
+            # the largest vertex error, a shortcut of the scalar version, never decides otherwise: _tol,
+            # rounding included, does not decrease with the error)
+            for q in range(k1):
+                g0, g1, g2, gd = rec[p, q, 0], rec[p, q, 1], rec[p, q, 2], rec[p, q, 3]
+                for x in range(k):
+                    s = g0 * L0[x] + g1 * L1[x] + g2 * L2[x]
+                    keep[x] |= test[x] & np.uint8(not (s > _tol(gd, Ld[x])))
+            for x in range(k):
+                if keep[x]:
                     surv[p, w, x] = True
-                    continue
-                # one tolerance valid at every vertex first (from the largest vertex error: _tol, rounding
-                # included, never decreases with it), each vertex's own only where that one does not decide
-                tmax = _tol(hmax, L[3])
-                for q in range(k1):
-                    s = rec[p, q, 0] * L[0] + rec[p, q, 1] * L[1] + rec[p, q, 2] * L[2]
-                    if not (s > tmax or s > _tol(rec[p, q, 3], L[3])):
-                        surv[p, w, x] = True
-                        break
     return surv
 
 
