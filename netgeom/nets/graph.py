@@ -504,6 +504,8 @@ class _Tracer(fx.Tracer):
         # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
         # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
         # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
+        # Its patch of nn.Module.__call__/__getattr__ is made by rebinding Module's own methods
+        # (_module_patch_class): the same calls, without rewriting the slots of all of Module's subclasses.
         st = _fx_st
         orig = getattr(st, "_create_wrapped_func", None)
         if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
@@ -582,7 +584,7 @@ def _module_dict(name: str, value) -> dict | None:
         import gc
 
         refs = gc.get_referents(nn.Module.__dict__)  # (a read-only proxy of the type's own dict)
-        if len(refs) != 1 or type(refs[0]) is not dict:
+        if len(refs) != 1 or type(refs[0]) is not dict or refs[0].keys() != nn.Module.__dict__.keys():
             return None
         d = _MODULE_DICT[0] = refs[0]
     cur = d.get(name)
@@ -609,8 +611,12 @@ def _module_patch_class(base):
             if d is None:
                 setattr(cls, name, value)
                 return
+            before = d[name]
             d[name] = value
             _type_modified()(cls)
+            if cls.__dict__.get(name) is not value:  # pragma: no cover - the dict was not the type's own
+                d[name] = before
+                setattr(cls, name, value)
 
         def patch(self) -> None:
             self._set(self.new_fn)
