@@ -302,3 +302,37 @@ def test_pool_dominance_branch_free_equals_the_candidate_by_candidate_rule(seed,
         ref = _dominance_reference(rec, nv, A, B, E, W, quadrant, su, sv)
     got = kern.pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv)
     assert np.array_equal(got, ref)
+
+
+class _WideMax(nn.Module):
+    def __init__(self, width: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2 = nn.Linear(2, width), nn.Linear(width, 6)
+        self.fc3, self.fc4 = nn.Linear(1, 5), nn.Linear(5, 1)
+
+    def forward(self, x):
+        z = self.fc2(torch.relu(self.fc1(x)))
+        m = F.max_pool1d(z.unsqueeze(1), 6).flatten(1)
+        return self.fc4(torch.relu(self.fc3(m)))
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 10_000), st.integers(12, 28), st.booleans())
+def test_wide_relu_and_global_max_pool_compiled_equal_the_numpy_path(seed, width, whole):
+    """A ReLU node wide enough that pieces have many cutting candidates (the ReLU cut sweeps a piece's
+    vertices for all of them at once) and few, then a global max-pool (the vectorised pruning, then runs
+    of single-candidate polygons): the compiled kernels find the numpy path's regions and patterns."""
+    from netgeom.regions._graph_slice import slice_graph_regions
+
+    g = trace(_WideMax(width, seed).double().eval())
+    x0, d1, d2 = np.random.default_rng(seed).normal(size=(3, 2))
+    box = None if whole else (-2.0, 2.0, -2.0, 2.0)
+    fast = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=True)
+    ref = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=False)
+    assert len(fast[3]) == len(ref[3]) > width
+
+    def keys(P):
+        return sorted(p.tobytes() for p in np.packbits(P, axis=1))
+
+    assert keys(fast[3]) == keys(ref[3])

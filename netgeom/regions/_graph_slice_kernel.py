@@ -34,6 +34,7 @@ _U = 2.0**-53
 _TINY = 1e-300
 _BLOCK_SHIFT, _ROW_SHIFT = 44, 20  # as _graph_slice
 _TABLE_MAX = 1 << 15  # entries of affine_maps' per-polygon product table (kept in cache)
+_SWEEP_MIN = 8  # cutting candidates from which the ReLU cut sweeps a piece's vertices for all at once
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -172,31 +173,45 @@ def _relu_dfs(p, S, Snv, Sbits, Scand, Snc, sig, cutting, L0, L1, L2, Ld, out, o
                 cutting[c] = Scand[s, c]
             ncut = Snc[s]
         else:
-            # The candidates' extremes over the vertices (their lines gathered, then every candidate against
-            # one vertex after another: a loop without branches, vectorised), then one decision per
-            # candidate with one tolerance valid at every vertex (the largest vertex error); only an
-            # undecided candidate is checked vertex by vertex. A cutting unit's other vertices may be too
-            # close to call: they are checked when it cuts (below) or, on the halves, by this same test.
+            # The candidates' extremes over the vertices, then one decision per candidate with one
+            # tolerance valid at every vertex (the largest vertex error); only an undecided candidate is
+            # checked vertex by vertex. A cutting unit's other vertices may be too close to call: they are
+            # checked when it cuts (below) or, on the halves, by this same test. Many candidates: their
+            # lines gathered, then all of them against one vertex after another (a loop without branches,
+            # vectorised); a few: each over the vertices until it is certainly positive and negative
+            # somewhere (where the full extremes would make it cut too: the same decisions).
             nco = Snc[s]
             hmax = 0.0
             for k in range(Kn):
                 hmax = max(hmax, S[s, k, 3])
-            for c in range(nco):
-                j = Scand[s, c]
-                C0[c], C1[c], C2[c] = L0[j], L1[j], L2[j]
-                lo_c[c] = np.inf
-                hi_c[c] = -np.inf
-            for k in range(Kn):
-                s0, s1, s2 = S[s, k, 0], S[s, k, 1], S[s, k, 2]
+            swept = nco >= _SWEEP_MIN
+            if swept:
                 for c in range(nco):
-                    v = s0 * C0[c] + s1 * C1[c] + s2 * C2[c]
-                    lo_c[c] = v if v < lo_c[c] else lo_c[c]
-                    hi_c[c] = v if v > hi_c[c] else hi_c[c]
+                    j = Scand[s, c]
+                    C0[c], C1[c], C2[c] = L0[j], L1[j], L2[j]
+                    lo_c[c] = np.inf
+                    hi_c[c] = -np.inf
+                for k in range(Kn):
+                    s0, s1, s2 = S[s, k, 0], S[s, k, 1], S[s, k, 2]
+                    for c in range(nco):
+                        v = s0 * C0[c] + s1 * C1[c] + s2 * C2[c]
+                        lo_c[c] = v if v < lo_c[c] else lo_c[c]
+                        hi_c[c] = v if v > hi_c[c] else hi_c[c]
             for c in range(nco):
                 j = Scand[s, c]
                 l0, l1, l2 = L0[j], L1[j], L2[j]
                 tmax = _tol(hmax, Ld[j])
-                lo, hi = lo_c[c], hi_c[c]
+                if swept:
+                    lo, hi = lo_c[c], hi_c[c]
+                else:
+                    lo = np.inf
+                    hi = -np.inf
+                    for k in range(Kn):
+                        v = S[s, k, 0] * l0 + S[s, k, 1] * l1 + S[s, k, 2] * l2
+                        lo = v if v < lo else lo
+                        hi = v if v > hi else hi
+                        if hi > tmax and lo < -tmax:
+                            break
                 if lo > tmax:
                     Sbits[s, j] = True
                 elif hi < -tmax:
