@@ -1,5 +1,5 @@
-"""The fixed costs of a traced slice: fx's patch of nn.Module made by rebinding Module's own methods (the
-traced graphs must be fx's own), and the compiled kernels' rewritten loops (the same floats)."""
+"""The fixed costs of a traced slice: the trace (fx's patch of nn.Module made and undone around it, errors
+naming the user's line) and the compiled kernels' rewritten loops (the same floats)."""
 
 import math
 
@@ -81,25 +81,15 @@ MODELS = [(_Functional, None), (_Conv, (1, 4, 4)), (_GlobalMax, None)]
 
 
 @pytest.mark.parametrize("make, shape", MODELS)
-def test_rebinding_module_methods_traces_fx_own_graph(make, shape, monkeypatch):
-    """With Module.__call__/__getattr__ patched by rebinding Module's dict entries, every traced node (op,
-    name, target, arguments, recorded user line) and the PL graph are those of fx's own setattr patching."""
+def test_traced_graph_is_the_model_and_the_same_every_time(make, shape):
+    """The trace's shortcuts (fx's math wrappers made once, each node's source named once) leave fx's nodes
+    (op, name, target, arguments, recorded user line) and the PL graph as a fresh trace's."""
     net = make().double().eval()
-    invalidated = []
-    type_modified = G._type_modified()
-    assert type_modified is not None  # (CPython)
-    with monkeypatch.context() as mp:
-        mp.setattr(G, "_type_modified", lambda: lambda cls: (invalidated.append(cls), type_modified(cls)))
-        fast_fx = _fx_nodes(G._Tracer().trace(net))
-        fast = trace(net, input_shape=shape)
-    assert invalidated == [nn.Module] * 8  # both methods patched and reverted in both traces, no setattr
-    with monkeypatch.context() as mp:
-        mp.setattr(G, "_module_patch_class", lambda base: None)
-        assert _fx_nodes(G._Tracer().trace(net)) == fast_fx
-        slow = trace(net, input_shape=shape)
-    assert _pl_nodes(fast) == _pl_nodes(slow)
-    x = torch.randn(5, *fast.input_shape, dtype=torch.float64)
-    assert torch.allclose(fast.forward(x), net(x).reshape(5, -1), rtol=0, atol=1e-10)
+    first_fx, first = _fx_nodes(G._Tracer().trace(net)), trace(net, input_shape=shape)
+    assert _fx_nodes(G._Tracer().trace(net)) == first_fx
+    assert _pl_nodes(trace(net, input_shape=shape)) == _pl_nodes(first)
+    x = torch.randn(5, *first.input_shape, dtype=torch.float64)
+    assert torch.allclose(first.forward(x), net(x).reshape(5, -1), rtol=0, atol=1e-10)
 
 
 def test_module_methods_are_patched_during_the_trace_and_restored_after_it():
@@ -330,7 +320,7 @@ def test_wide_relu_and_global_max_pool_compiled_equal_the_numpy_path(seed, width
     box = None if whole else (-2.0, 2.0, -2.0, 2.0)
     fast = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=True)
     ref = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=False)
-    assert len(fast[3]) == len(ref[3]) > width
+    assert len(fast[3]) == len(ref[3])  # (a box may meet fewer regions than the ReLU has units)
 
     def keys(P):
         return sorted(p.tobytes() for p in np.packbits(P, axis=1))

@@ -504,24 +504,16 @@ class _Tracer(fx.Tracer):
         # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
         # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
         # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
-        # Its patch of nn.Module.__call__/__getattr__ is made by rebinding Module's own methods
-        # (_module_patch_class): the same calls, without rewriting the slots of all of Module's subclasses.
         st = _fx_st
         orig = getattr(st, "_create_wrapped_func", None)
         if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
             return super().trace(root, concrete_args)
-        setattr_patch = getattr(st, "_PatchedFnSetAttr", None)
-        fast = _module_patch_class(setattr_patch)
         _FX_WRAP[0] = orig
         st._create_wrapped_func = _memo_wrapped_func
-        if fast is not None:
-            st._PatchedFnSetAttr = fast
         try:
             return super().trace(root, concrete_args)
         finally:
             st._create_wrapped_func = orig
-            if fast is not None:
-                st._PatchedFnSetAttr = setattr_patch
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
@@ -543,92 +535,6 @@ class _Tracer(fx.Tracer):
         return node
 
 
-def _type_modified():
-    """CPython's ``PyType_Modified`` (its C API: to be called after any manual change of a type's attributes;
-    it invalidates the attribute caches of the type and of its subtypes), or None on other interpreters."""
-    if _TYPE_MODIFIED[0] is None:
-        fn = False
-        if sys.implementation.name == "cpython":
-            try:
-                import ctypes
-
-                fn = ctypes.pythonapi.PyType_Modified
-                fn.argtypes, fn.restype = [ctypes.py_object], None
-            except (ImportError, AttributeError, OSError):  # pragma: no cover - CPython has it
-                fn = False
-        _TYPE_MODIFIED[0] = fn
-    return _TYPE_MODIFIED[0] or None
-
-
-_TYPE_MODIFIED: list = [None]
-_MODULE_DICT: list = [None]  # the dict behind nn.Module.__dict__, found once
-
-
-def _module_dict(name: str, value) -> dict | None:
-    """The dict behind ``nn.Module.__dict__`` when ``name`` may be rebound in it directly (else None):
-    ``__call__`` or ``__getattr__``, a Python function there and in ``value``, on CPython.
-
-    Every subclass of Module reaches these two through CPython's generic slots, which look the method up on
-    each call (``slot_tp_call``, ``slot_tp_getattr_hook``), so rebinding the entry and then invalidating the
-    type caches changes every call exactly as ``setattr(nn.Module, name, value)`` does. ``setattr`` also
-    rewrites the slots of every one of Module's several hundred subclasses (to the same generic slots),
-    which costs about as much as the rest of a small model's trace, twice per name and trace."""
-    import types
-
-    if name not in ("__call__", "__getattr__") or not isinstance(value, types.FunctionType):
-        return None
-    if _type_modified() is None:
-        return None
-    d = _MODULE_DICT[0]
-    if d is None:
-        import gc
-
-        refs = gc.get_referents(nn.Module.__dict__)  # (a read-only proxy of the type's own dict)
-        if len(refs) != 1 or type(refs[0]) is not dict or refs[0].keys() != nn.Module.__dict__.keys():
-            return None
-        d = _MODULE_DICT[0] = refs[0]
-    cur = d.get(name)
-    if not isinstance(cur, types.FunctionType) or nn.Module.__dict__.get(name) is not cur:
-        return None
-    return d
-
-
-def _module_patch_class(base):
-    """A subclass of fx's ``_PatchedFnSetAttr`` whose patch and revert of ``nn.Module.__call__`` and
-    ``nn.Module.__getattr__`` rebind the entry of Module's dict and invalidate the type caches
-    (:func:`_module_dict`); any other patch, or where that is not possible, is fx's ``setattr``."""
-    if not isinstance(base, type):
-        return None
-    if _MODULE_PATCH[0] is not None and _MODULE_PATCH[0][0] is base:
-        return _MODULE_PATCH[0][1]
-
-    class _ModuleSetAttr(base):
-        __slots__ = ()
-
-        def _set(self, value) -> None:
-            cls, name = self.frame_dict, self.fn_name
-            d = _module_dict(name, value) if cls is nn.Module else None
-            if d is None:
-                setattr(cls, name, value)
-                return
-            before = d[name]
-            d[name] = value
-            _type_modified()(cls)
-            if cls.__dict__.get(name) is not value:  # pragma: no cover - the dict was not the type's own
-                d[name] = before
-                setattr(cls, name, value)
-
-        def patch(self) -> None:
-            self._set(self.new_fn)
-
-        def revert(self) -> None:
-            self._set(self.orig_fn)
-
-    _MODULE_PATCH[0] = (base, _ModuleSetAttr)
-    return _ModuleSetAttr
-
-
-_MODULE_PATCH: list = [None]  # (fx's _PatchedFnSetAttr, its subclass above)
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
