@@ -183,7 +183,9 @@ def representation_dimension(
         raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
     k = 20 if k is None else k
     masks = check_masks(masks, model)
-    X = check_tensor(X, "X")
+    # detached: an X that requires grad (a training batch) reached .numpy(): "Can't call numpy() on Tensor
+    # that requires grad"
+    X = check_tensor(X, "X").detach()
     if X.is_complex():
         raise TypeError("X is complex; representations are defined for real inputs")
     if X.ndim < 2:
