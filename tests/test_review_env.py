@@ -268,3 +268,33 @@ def test_analyses_unchanged_under_caller_settings(setting):
     finally:
         torch.set_default_dtype(saved)
         torch.backends.mkldnn.matmul.fp32_precision = saved_prec
+
+
+class _Untraceable(torch.nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so representations come from forward hooks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.r, self.b, self.r2 = (
+            torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU()
+        )
+
+    def forward(self, x):
+        if x.sum() > -1e30:
+            x = self.r2(self.b(self.r(self.a(x))))
+        return x
+
+
+def test_hooked_representations_stay_float32_under_autocast():
+    """The hooked path promises a float32 forward: under the caller's torch.autocast("cpu") its products ran
+    in bfloat16 and the MLE of a layer moved (16.1738 -> 16.1743)."""
+    net = _Untraceable()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    X = torch.randn(800, 20, generator=torch.Generator().manual_seed(0))
+    want = ng.representation_dimension(net, X, k=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ng.representation_dimension(net, X, k=10)
+    assert got.dimensions == want.dimensions
