@@ -11,7 +11,8 @@ Three facts about torch's CPU float32 products shape this module:
 * **Subnormals.** ``torch.set_flush_denormal(True)`` (or a fast-math library) makes the CPU read and write
   subnormal numbers as zero, outside the gradual-underflow model of the bounds, and a traced network's
   tiny weights vanish: :func:`gradual_underflow` (also part of :func:`ieee_float32`) switches that off for
-  a block; :func:`netgeom.trace` reads networks inside it.
+  a block, on the calling thread and on torch's OpenMP threads (which keep the state they were started
+  with); :func:`netgeom.trace` reads networks inside it.
 * **Speed.** ``F.linear`` on CPU runs MKL's sgemm. On AMD processors MKL takes its AVX2 code path: on this
   project's reference machine (AMD EPYC, AVX-512) oneDNN's float32 matmul, which torch also ships, runs
   2.0-2.4x faster for the same IEEE float32 product (4096x784 @ 784x400: 12.6 against 28.4 ms on one
