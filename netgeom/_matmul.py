@@ -91,19 +91,33 @@ def _workers_flush() -> bool:
     return not bool((out != 0).all())
 
 
+@functools.lru_cache(maxsize=1)
+def _libm():
+    """C's math library (``fegetenv``/``fesetenv``), or ``None``: the process's own symbols first (Python is
+    linked against it), else the library found by name."""
+    import ctypes
+    import ctypes.util
+
+    for name in (None, ctypes.util.find_library("m")):
+        try:
+            lib = ctypes.CDLL(name)
+            if hasattr(lib, "fesetenv") and hasattr(lib, "fegetenv"):
+                return lib
+        except OSError:
+            pass
+    return None
+
+
 def _set_team_flushing(on: bool) -> None:
     """Set (or clear) flushing on every thread of this thread's OpenMP team, this one's state kept: each
     thread of an OpenMP region runs C's ``fesetenv`` on this thread's environment with the wanted flush
     bits. Raises where that is not possible (torch without a GNU-compatible OpenMP, no C ``fesetenv``)."""
     import ctypes
-    import ctypes.util
 
     from .nets._workers import _openmp
 
-    omp = _openmp()
-    name = ctypes.util.find_library("m")
-    libm = ctypes.CDLL(name) if name else None
-    if omp is None or libm is None or not hasattr(omp, "GOMP_parallel") or not hasattr(libm, "fesetenv"):
+    omp, libm = _openmp(), _libm()
+    if omp is None or libm is None or not hasattr(omp, "GOMP_parallel"):
         raise RuntimeError(
             "torch's worker threads flush subnormal numbers to zero (torch.set_flush_denormal(True), or a "
             "fast-math library, was in effect when they started) and netgeom cannot switch them here: "
