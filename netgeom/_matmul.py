@@ -78,7 +78,7 @@ def _probe(n: int) -> torch.Tensor:
 
 
 def _workers_flush() -> bool:
-    """Whether one of torch's OpenMP threads (this thread's team) flushes subnormals (~10 us on 2 idle threads).
+    """Whether one of torch's OpenMP threads (this thread's team) flushes subnormals (~10 us, 2 idle threads).
 
     The flush setting is a per-thread CPU state that a new thread copies from the thread starting it, and
     ``torch.set_flush_denormal`` sets the calling thread's alone: OpenMP's pool threads, started by torch's
