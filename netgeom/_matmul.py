@@ -11,7 +11,8 @@ Three facts about torch's CPU float32 products shape this module:
 * **Subnormals.** ``torch.set_flush_denormal(True)`` (or a fast-math library) makes the CPU read and write
   subnormal numbers as zero, outside the gradual-underflow model of the bounds, and a traced network's
   tiny weights vanish: :func:`gradual_underflow` (also part of :func:`ieee_float32`) switches that off for
-  a block; :func:`netgeom.trace` reads networks inside it.
+  a block, on the calling thread and on torch's OpenMP threads (which keep the state they were started
+  with); :func:`netgeom.trace` reads networks inside it.
 * **Speed.** ``F.linear`` on CPU runs MKL's sgemm. On AMD processors MKL takes its AVX2 code path: on this
   project's reference machine (AMD EPYC, AVX-512) oneDNN's float32 matmul, which torch also ships, runs
   2.0-2.4x faster for the same IEEE float32 product (4096x784 @ 784x400: 12.6 against 28.4 ms on one
@@ -63,14 +64,92 @@ def _flushes_subnormals() -> bool:
     return float(np.float32(2.0**-127) * np.float32(1.0)) == 0.0
 
 
+# torch's elementwise operations give each of its n OpenMP threads one slice of a tensor of n * _GRAIN
+# elements (at::internal::GRAIN_SIZE): thread t reads element t * _GRAIN
+_GRAIN = 32768
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(n: int) -> torch.Tensor:
+    """float32 zeros with 2^-127 (subnormal; written as bits, no arithmetic) at the start of each slice."""
+    bits = np.zeros(n * _GRAIN, dtype=np.int32)
+    bits[::_GRAIN] = 0x00400000
+    return torch.from_numpy(bits).view(torch.float32)
+
+
+def _workers_flush() -> bool:
+    """Whether one of torch's OpenMP threads (this thread's team) flushes subnormals (~10 us, 2 idle threads).
+
+    The flush setting is a per-thread CPU state that a new thread copies from the thread starting it, and
+    ``torch.set_flush_denormal`` sets the calling thread's alone: OpenMP's pool threads, started by torch's
+    first parallel operation, keep flushing when that ran under ``torch.set_flush_denormal(True)`` (a
+    4096-input count_patterns gave 2049 patterns for 4096, the half on the other thread read as zeros)."""
+    n = torch.get_num_threads()
+    if n <= 1:
+        return False
+    out = torch.mul(_probe(n), 1.0).view(torch.int32)[::_GRAIN]
+    return not bool((out != 0).all())
+
+
+@functools.lru_cache(maxsize=1)
+def _libm():
+    """C's math library (``fegetenv``/``fesetenv``), or ``None``: the process's own symbols first (Python is
+    linked against it), else the library found by name."""
+    import ctypes
+    import ctypes.util
+
+    for name in (None, ctypes.util.find_library("m")):
+        try:
+            lib = ctypes.CDLL(name)
+            if hasattr(lib, "fesetenv") and hasattr(lib, "fegetenv"):
+                return lib
+        except OSError:
+            pass
+    return None
+
+
+def _set_team_flushing(on: bool) -> None:
+    """Set (or clear) flushing on every thread of this thread's OpenMP team, this one's state kept: each
+    thread of an OpenMP region runs C's ``fesetenv`` on this thread's environment with the wanted flush
+    bits. Raises where that is not possible (torch without a GNU-compatible OpenMP, no C ``fesetenv``)."""
+    import ctypes
+
+    from .nets._workers import _openmp
+
+    omp, libm = _openmp(), _libm()
+    if omp is None or libm is None or not hasattr(omp, "GOMP_parallel"):
+        raise RuntimeError(
+            "torch's worker threads flush subnormal numbers to zero (torch.set_flush_denormal(True), or a "
+            "fast-math library, was in effect when they started) and netgeom cannot switch them here: "
+            "their results would read tiny weights and inputs as 0. Call torch.set_flush_denormal(False) "
+            "before torch's first parallel operation, or torch.set_num_threads(1)"
+        )
+    mine = _flushes_subnormals()
+    env = ctypes.create_string_buffer(1024)  # larger than any platform's fenv_t
+    torch.set_flush_denormal(on)
+    try:
+        libm.fegetenv(env)
+        run = omp["GOMP_parallel"]
+        run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        run.restype = None
+        # num_threads 0: the team torch's operations use (this thread's OpenMP thread count)
+        run(ctypes.cast(libm.fesetenv, ctypes.c_void_p), ctypes.cast(env, ctypes.c_void_p), 0, 0)
+    finally:
+        torch.set_flush_denormal(mine)
+
+
+_STATE = threading.local()  # per thread: how many gradual_underflow blocks it is inside
+
+
 @contextlib.contextmanager
 def gradual_underflow() -> Iterator[None]:
     """Subnormal numbers kept (IEEE gradual underflow) inside the block, also usable as a decorator.
 
     With flushing on (``torch.set_flush_denormal(True)``), a float32 weight or input of 1e-40 reads as 0: a
     traced network loses it, a pattern's sign flips, distinct tiny points coincide. Flushing is switched off
-    for the block (torch's worker threads follow the calling thread; threads started inside the block
-    inherit it) and back on after.
+    for the block, on this thread and on torch's OpenMP threads (which keep the state they started with,
+    whatever this thread's is now), and back on after where it was on; threads started inside the block
+    inherit it. Where torch's threads flush and cannot be switched, an error says so.
 
     Example
     -------
@@ -84,9 +163,27 @@ def gradual_underflow() -> Iterator[None]:
     flushed = _flushes_subnormals()
     if flushed:
         torch.set_flush_denormal(False)
+    depth = getattr(_STATE, "depth", 0)
+    team = False
     try:
-        yield
+        # (an enclosing block on this thread has set the team already)
+        if depth == 0 and _workers_flush():
+            _set_team_flushing(False)
+            team = True
+            if _workers_flush():
+                raise RuntimeError(
+                    "torch's worker threads still flush subnormal numbers to zero after netgeom switched "
+                    "them: call torch.set_flush_denormal(False) before torch's first parallel operation, or "
+                    "torch.set_num_threads(1)"
+                )
+        _STATE.depth = depth + 1
+        try:
+            yield
+        finally:
+            _STATE.depth = depth
     finally:
+        if team:
+            _set_team_flushing(True)
         if flushed:
             torch.set_flush_denormal(True)
 
@@ -167,12 +264,15 @@ def _onednn_linear():
     op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     if op is None:
         return None
+    # float32 named: under a caller's torch.set_default_dtype(torch.float64) the probe failed, and the
+    # answer is cached for the process (MKL for every product after)
+    f32 = torch.float32
     try:  # an operator that exists but cannot run (unsupported CPU) is a build without it
-        w = torch.ones(3, 5)
-        got = op(torch.ones(2, 5), w, torch.ones(3), "none", [], "")
+        w = torch.ones(3, 5, dtype=f32)
+        got = op(torch.ones(2, 5, dtype=f32), w, torch.ones(3, dtype=f32), "none", [], "")
     except RuntimeError:
         return None
-    return op if torch.equal(got, torch.full((2, 3), 6.0)) else None
+    return op if torch.equal(got, torch.full((2, 3), 6.0, dtype=f32)) else None
 
 
 def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

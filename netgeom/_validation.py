@@ -207,7 +207,9 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
 def check_finite_model(model: torch.nn.Module, name: str = "model") -> None:
     """Raise if any parameter or buffer of ``model`` holds NaN or inf."""
     for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        # detached: a parameter made under torch.inference_mode() gave torch's "abs(): functions with out=...
+        # arguments don't support automatic differentiation" here
+        if t.is_floating_point() and not torch.isfinite(t.detach()).all():
             raise ValueError(f"{name} has non-finite values (NaN or inf) in '{pname}'")
 
 

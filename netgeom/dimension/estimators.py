@@ -461,8 +461,14 @@ def _check_graph_of(X: np.ndarray, g: NeighborGraph) -> np.ndarray:
             f"neighbors (built from {g.n + g.n_dropped} points) does not match X ({len(X)} rows)"
         )
     Xk = X[g.kept]
-    d = np.sqrt(np.einsum("ij,ij->i", Xk - Xk[g.indices[:, -1]], Xk - Xk[g.indices[:, -1]]))
-    if not np.allclose(d, g.distances[:, -1], rtol=1e-9, atol=0):
+    # data below 2^-100 are compared scaled by a power of two, as the kNN computed them (squares of 1e-160
+    # underflow: the graph of such an X was refused as "not built from this X")
+    amax = float(np.abs(Xk).max()) if Xk.size else 0.0
+    shift = -math.frexp(amax)[1] if 0 < amax < 2.0**-100 else 0
+    Y = np.ldexp(Xk, shift)
+    diff = Y - Y[g.indices[:, -1]]
+    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    if not np.allclose(d, np.ldexp(g.distances[:, -1], shift), rtol=1e-9, atol=0):
         raise ValueError("neighbors was not built from this X: its distances do not match the coordinates")
     return Xk
 
@@ -587,9 +593,16 @@ class LocalPCA:
         Xk = _check_graph_of(X, neighbors)
         if neighbors.k < k:
             raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k} are needed")
-        spectra = local_pca_spectra(Xk, neighbors.indices[:, :k], bool(self.include_self), chunk)
+        # every rule compares eigenvalues with each other: data below 2^-100 are decomposed scaled by a power
+        # of two (their squares underflowed: 1e-160 gave 9.4187 for 9.419, 1e-200 "no spread"), and the
+        # spectra reported scaled back
+        amax = float(np.abs(Xk).max()) if Xk.size else 0.0
+        shift = -math.frexp(amax)[1] if 0 < amax < 2.0**-100 else 0
+        Xs = np.ldexp(Xk, shift) if shift else Xk
+        spectra = local_pca_spectra(Xs, neighbors.indices[:, :k], bool(self.include_self), chunk)
         pw = pca_rule_dimension(spectra, rule, **self._rule_kw())
-        self.spectra_ = spectra
+        with np.errstate(under="ignore"):
+            self.spectra_ = np.ldexp(spectra, -2 * shift) if shift else spectra
         self.dimension_pw_ = pw
         self.dimension_ = float(pw.mean() if self.aggregate == "mean" else np.median(pw))
         self.result_ = DimensionResult(

@@ -225,6 +225,13 @@ def nearest_neighbors(
 _TINY = 2.0**-100
 
 
+def _scale_back(dist: np.ndarray, shift: int) -> np.ndarray:
+    """``dist * 2^shift``: distances of subnormal data come back subnormal, by design (under a caller's
+    ``np.seterr(under="raise")`` that raised FloatingPointError)."""
+    with np.errstate(under="ignore"):
+        return np.ldexp(dist, shift)
+
+
 def _check_magnitude(X, amax: float, n_bad: int | None):
     """Refuse non-finite entries (``amax`` is not finite, or ``n_bad`` of them were counted) and entries
     so large that squared distances would overflow float64."""
@@ -256,7 +263,7 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
         # same distances as the data's own scale would, where that scale leaves them exact
         shift = -math.frexp(amax)[1]
         dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
-        return np.ldexp(dist, -shift), idx, n_fallback
+        return _scale_back(dist, -shift), idx, n_fallback
     dist, idx = _knn_kdtree(X, k)
     return dist, idx, 0
 
@@ -349,7 +356,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         shift = -math.frexp(amax)[1]
         dist, idx, n_fallback = _knn_torch_pool(np.ldexp(X, shift), k, n_extra, chunk_size, device, threads,
                                                 pool)
-        return np.ldexp(dist, -shift), idx, n_fallback
+        return _scale_back(dist, -shift), idx, n_fallback
     mean = np.sum([st[0] for st in stats], axis=0) / n
     exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every

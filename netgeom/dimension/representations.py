@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._matmul import ieee_float32
 from .._validation import check_choice, check_finite_model, check_masks, check_tensor
 from ..nets import UnsupportedLayerError, trace
 from ..results import Result, new_axes
@@ -108,9 +109,11 @@ def _hooked(net: nn.Module, X: torch.Tensor, names: list[str], batch_size: int) 
         return lambda _m, _i, out: acts[name].append(out.detach().reshape(len(out), -1).clone())
 
     hooks = [modules[n].register_forward_hook(record(n)) for n in names]
+    dev = next(net.parameters()).device if any(True for _ in net.parameters()) else X.device
     try:
-        with torch.no_grad():
-            dev = next(net.parameters()).device if any(True for _ in net.parameters()) else X.device
+        # the float32 forward promised: a caller's autocast (bfloat16 products) or bf16/TF32 precision setting
+        # changed the representations (MLE 16.1738 -> 16.1743 under torch.autocast("cpu"))
+        with torch.no_grad(), torch.autocast(dev.type, enabled=False), ieee_float32():
             for a in range(0, len(X), batch_size):
                 net(X[a : a + batch_size].to(dev))
     finally:
@@ -183,7 +186,9 @@ def representation_dimension(
         raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
     k = 20 if k is None else k
     masks = check_masks(masks, model)
-    X = check_tensor(X, "X")
+    # detached: an X that requires grad (a training batch) reached .numpy(): "Can't call numpy() on Tensor
+    # that requires grad"
+    X = check_tensor(X, "X").detach()
     if X.is_complex():
         raise TypeError("X is complex; representations are defined for real inputs")
     if X.ndim < 2:

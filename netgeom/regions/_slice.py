@@ -76,13 +76,14 @@ def _as_float(ids: np.ndarray) -> np.ndarray:
 
 def safe_norm(x: np.ndarray, axis: int) -> np.ndarray:
     """Euclidean norms along ``axis`` without overflow for entries near the float64 limit."""
-    with np.errstate(over="ignore"):
+    # (squares of tiny entries underflow, harmless here: ignored also under a caller's np.seterr(all="raise"))
+    with np.errstate(over="ignore", under="ignore"):
         out = np.linalg.norm(x, axis=axis)
     if np.all(out < 1e150):  # no square came near overflow (and none underflowed to matter for a bound)
         return out
     m = np.abs(x).max(axis=axis, keepdims=True)
     scale = np.where(m > 0, m, 1.0)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         return np.linalg.norm(x / scale, axis=axis) * np.squeeze(scale, axis=axis)
 
 
@@ -370,8 +371,9 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
         return rec, nv, pre
     # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
     gain_err = max(1.0, abs(slope))
-    eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
-    eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
+    with np.errstate(under="ignore"):  # (tiny slices: squares underflow, harmless in a bound)
+        eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
+        eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
     step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
     outs = []
     for i in range(0, cur, step):

@@ -315,7 +315,10 @@ def count_patterns(
     # TF32 / bfloat16 pieces would void the float32 bounds: IEEE float32 for the whole count
     guard = ieee_float32()
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
-    plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
+    # (the plan's norms, nonzero counts and float32 casts of the weights too: under a caller's flushing, a
+    # float64 weight of 1e-310 counted as 0 there and its row's bound came out 0)
+    with ieee_float32():
+        plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
     # the per-unit chain path runs a dozen elementwise passes over (rows, width) float64 arrays: in chunks of
     # at most 4096 rows they stay small (65 536 points through 784-400-400-10 on one thread: 13% less CPU
     # time than 8192 rows at once)
