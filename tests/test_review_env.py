@@ -300,3 +300,37 @@ def test_hooked_representations_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = ng.representation_dimension(net, X, k=10)
     assert got.dimensions == want.dimensions
+
+
+def test_builders_give_the_same_float32_weights_under_a_float64_default():
+    from netgeom import lenet5, mlp, resnet20, small_convnet, vgg
+
+    builders = [
+        lambda: mlp(6, [12], 3, seed=0),
+        lambda: lenet5(seed=1),
+        lambda: small_convnet(seed=2),
+        lambda: resnet20(seed=3),
+        lambda: vgg([8, "M", 16, "M"], seed=4),
+    ]
+    want = [b().state_dict() for b in builders]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = [b().state_dict() for b in builders]
+        assert torch.get_default_dtype() == torch.float64  # the caller's default is back
+    finally:
+        torch.set_default_dtype(previous)
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys()
+        for k in w:
+            assert g[k].dtype == w[k].dtype and torch.equal(g[k], w[k]), k
+
+
+def test_trace_refuses_non_finite_parameters_of_an_inference_mode_model():
+    from netgeom import trace
+
+    with torch.inference_mode():
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        trace(net)

@@ -1209,7 +1209,7 @@ def trace(
     named = list(model.named_parameters()) + list(model.named_buffers())
     norms = _finite_norms([t for _, t in named])
     for (pname, t), finite in zip(named, norms):
-        if t.is_floating_point() and not finite and not torch.isfinite(t).all():
+        if t.is_floating_point() and not finite and not torch.isfinite(t.detach()).all():
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
         if t.is_complex():
             raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")

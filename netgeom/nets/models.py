@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,10 +26,20 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------- models
+@contextlib.contextmanager
 def _seeded(seed: int | None):
+    """Build under torch's global generator seeded to ``seed`` and float32 as the default dtype: the same
+    seed gives the same float32 weights whatever default dtype the caller set (a float64 default draws
+    other numbers: weights differed by up to 0.72). The caller's default comes back after."""
     if seed is None:
         raise ValueError("a seed is required to build a model, so that its initialisation is reproducible")
-    return seeded_global_rng(seed)
+    with seeded_global_rng(seed):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def mlp(
