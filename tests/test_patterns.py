@@ -580,3 +580,25 @@ def test_count_patterns_quiet_and_progress(capsys):
     assert got.count == ref.count
     assert seen and seen[0].n == 700 and seen[0].total == 700
     assert "count_patterns" in capsys.readouterr().err
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 20), st.integers(0, 40), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_pool_position_bits_are_the_binary_positions(nb, rows, size, seed):
+    """The argmax position of every window, written in nb bits, most significant first (as the compiled
+    byte-plane path and the former int64 shifts both give)."""
+    from types import SimpleNamespace
+
+    from netgeom.regions.patterns import _bits_of
+
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randint(0, 2**nb, (rows, size), generator=g)
+    relu = torch.rand(rows, 3, generator=g) > 0.5
+    nodes = [SimpleNamespace(index=0, op="relu", size=3), SimpleNamespace(index=1, op="maxpool", size=size)]
+    got = _bits_of({0: relu, 1: pos}, nodes, [3, size * nb])
+    want = np.array(
+        [list(relu[r].numpy()) + [bool((int(p) >> (nb - 1 - j)) & 1) for p in pos[r] for j in range(nb)]
+         for r in range(rows)],
+        dtype=bool,
+    ).reshape(rows, 3 + size * nb)
+    assert got.dtype == np.bool_ and np.array_equal(got, want)
