@@ -65,6 +65,7 @@ homogeneity).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from fractions import Fraction
@@ -72,7 +73,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from .._matmul import linear32
+from .._matmul import gradual_underflow, linear32
+from ._workers import chunk_pool, map_ordered
 from .graph import PLGraph, PLNode
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
@@ -138,6 +140,54 @@ class _Elem:
 
     def elem_rows(self, rows):
         return self.e[rows]
+
+
+class _Scaled:
+    """The elementwise bound ``src[:, off : off + n] * scale`` (``src`` (B, S)), multiplied out only when read
+    whole: a ReLU's compiled pass reads ``src`` in place and scales as it goes (a stacked convolution's
+    |W| half, a convolution's bound before its final factor), and the unit redo reads a few rows."""
+
+    def __init__(self, src: torch.Tensor, off: int, n: int, scale: float):
+        self.src, self.off, self.n, self.scale, self._e, self._n = src, off, n, scale, None, None
+
+    def view(self):
+        return self.src[:, self.off : self.off + self.n]
+
+    def norm(self):
+        if self._n is None:
+            self._n = _safe_norm(self.elem()) * _SAFETY
+        return self._n
+
+    def elem(self):
+        if self._e is None:  # the same rounding as the compiled pass's d * scale
+            self._e = torch.mul(self.view(), self.scale)
+        return self._e
+
+    def elem_rows(self, rows):
+        return torch.mul(self.src[rows, self.off : self.off + self.n], self.scale)
+
+
+class _ReluErr:
+    """Error bound of a ReLU's output ``relu(z^)`` from its input's bound ``d`` (an error object): ``d``, or 0
+    where ``z^ + d <= 0`` (:func:`_drop_negative`), made on demand (the unit redo reads a few rows). ``pre``:
+    ``(g, e + g relu(z^))`` from the compiled pass, the input of the bound of the one convolution reading
+    this output (:meth:`_Engine.affine`)."""
+
+    def __init__(self, z: torch.Tensor, d, pre=None):
+        self.z, self.d, self.pre, self._e, self._n = z, d, pre, None, None
+
+    def norm(self):
+        if self._n is None:
+            self._n = _safe_norm(self.elem()) * _SAFETY
+        return self._n
+
+    def elem(self):
+        if self._e is None:
+            self._e = _drop_negative(self.z, self.d.elem())
+        return self._e
+
+    def elem_rows(self, rows):
+        return _drop_negative(self.z[rows], self.d.elem_rows(rows))
 
 
 class _Rank1:
@@ -330,6 +380,9 @@ class _Engine:
         # the widest value a node holds per row (a max-pool gathers its windows: size x k)
         self.widest = max(n.size * (n.windows.shape[1] if n.op == "maxpool" else 1) for n in g.nodes)
         self.ops: dict[int, list] = {}
+        self._plans: dict = {}  # per set of evaluated nodes, see :meth:`_plan`
+        # per-run state (row blocks run on several threads, :meth:`run_chunked`)
+        self._tls = threading.local()
         # False when a parameter does not fit this precision (|w| beyond float32's range rounds to inf, and
         # inf has no certified error bound): such a graph is evaluated in float64 from the start
         self.fits = True
@@ -568,6 +621,15 @@ class _Engine:
         t = torch.argmax(V, dim=1, keepdim=True)
         return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1)
 
+    @property
+    def _norms(self) -> dict:
+        """The row norms of the values of the calling thread's current :meth:`run` (see :meth:`vnorm`)."""
+        return self._tls.norms
+
+    @_norms.setter
+    def _norms(self, v: dict) -> None:
+        self._tls.norms = v
+
     def vnorm(self, t: torch.Tensor) -> torch.Tensor:
         """Row 2-norms, computed once per value (a residual sum and the Linear reading it share one)."""
         key = (t.data_ptr(), tuple(t.shape))
@@ -583,25 +645,33 @@ class _Engine:
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
             stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
-            if stack and bool((xs >= 0).all()):
+            if stack and bool(xs.amin() >= 0):  # (one reduction: a NaN fails it)
                 # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
                 # convolution; g (1 + 2g) covers that rounding and the product's
-                both = op(xs, True, info["stacked"])
+                both = op(xs, True, info["stacked"]).reshape(B, -1)
                 half = both.shape[1] // 2
-                x = both[:, :half].reshape(B, -1)
+                x = both[:, :half]
                 g = info["g"]
-                err = _Elem(torch.mul(both[:, half:], g * (1 + 2 * g)).reshape(B, -1))
+                # (a view of the |W| half, scaled where read: a ReLU's compiled pass reads both halves in
+                # place)
+                err = _Scaled(both, half, half, g * (1 + 2 * g))
                 continue
             y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
                 if "bound_p" in info and not self.crude:
-                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling
-                    e = xs.abs().mul_(g)
-                    if not isinstance(err, _Exact):
-                        e.add_(err.elem().reshape(e.shape))
-                    err = _Elem(op(e, True, info["bound_p"]).reshape(B, -1).mul_(1 + 2 * g))
+                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling (left to the
+                    # reader: a ReLU's compiled pass scales as it reads)
+                    pre = getattr(err, "pre", None)
+                    if pre is not None and pre[0] == g:  # e + g |x^| from the ReLU's compiled pass
+                        e = pre[1].reshape(xs.shape)
+                    else:
+                        e = xs.abs().mul_(g)
+                        if not isinstance(err, _Exact):
+                            e.add_(err.elem().reshape(e.shape))
+                    bound = op(e, True, info["bound_p"]).reshape(B, -1)
+                    err = _Scaled(bound, 0, bound.shape[1], 1 + 2 * g)
                     x = y.reshape(B, -1)
                     continue
                 # gradual underflow can only touch rows with a nonzero input or input error (the norms never
@@ -717,30 +787,65 @@ class _Engine:
         step = max(16, _CHUNK_BYTES // (self.itemsize * self.widest))
         out: dict[int, torch.Tensor] = {}
         und = torch.zeros(B, dtype=torch.bool)
-        for a in range(0, B, step):
+        # relu signs from the compiled pass go straight into the batch's arrays
+        dest = {}
+        if self.kernels:
+            dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
+            out.update(dest)
+        starts = list(range(0, B, step))
+        grad = torch.is_grad_enabled()
+
+        def block(a):
             xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
-            for i, (d, u) in self.run(xb, exact_input, keep).items():
-                if i not in out:
-                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
-                out[i][a : a + step] = d
-                und[a : a + step] |= u.cpu()
+            views = {i: t[a : a + step] for i, t in dest.items()}
+            with torch.set_grad_enabled(grad), gradual_underflow():  # (per thread)
+                return a, views, self.run(xb, exact_input, keep, views)
+
+        # on the CPU, blocks go to one thread per torch thread, each running its torch operations on one
+        # OpenMP thread (:mod:`._workers`): a block's few dozen operations on ~1 ms of arithmetic each, and
+        # its compiled passes, then keep every core busy, where torch's own threads wait at each
+        # operation's end (and the compiled passes run on one core)
+        pool = chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
+        with pool or contextlib.nullcontext():
+            for a, views, res in map_ordered(pool, block, starts, 2 * max(1, torch.get_num_threads())):
+                for i, (d, u) in res.items():
+                    if i not in out:
+                        out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                    if i not in views or d.data_ptr() != views[i].data_ptr():
+                        out[i][a : a + step] = d
+                    und[a : a + step] |= u.cpu()
         return out, und
 
-    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
-        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
+    def _buffers(self, i: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (B, n) arrays for the value and error bound node ``i`` computes on the calling thread, the same
+        ones block after block (a block's values are dropped when :meth:`run` returns; only decisions
+        leave it). Fresh arrays of a few MB cost more in page faults than the pass that fills them, once
+        malloc hands them out with mmap (LeNet-5's relu on 8192 rows: 70 ms fresh, 9 ms recycled)."""
+        bufs = self._tls.__dict__.setdefault("bufs", {})  # (released with the thread)
+        hit = bufs.get(i)
+        if hit is None or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
+            hit = (torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+            bufs[i] = hit
+        return hit[0][: shape[0]], hit[1][: shape[0]]
+
+    def _plan(self, keep: set[int]):
+        """Per set of evaluated nodes: (pattern node indices, {node: the last node reading its value},
+        {relu node on the compiled pass: (mode, g of the convolution bound it prepares)}), see
+        :func:`._graph_kernel._relu_fused` for the modes (a relu fed by a dense Linear keeps its rank-one
+        bound and its own path)."""
+        key = frozenset(keep)
+        hit = self._plans.get(key)
+        if hit is not None:
+            return hit
         g = self.g
-        self._norms: dict = {}  # holds its tensors, so no data pointer is reused within the run
-        vals: dict[int, torch.Tensor] = {0: x}
-        # rounding the input to this precision: u |x| per entry, plus (gradual underflow) the smallest normal
-        tiny = torch.finfo(self.dtype).tiny
-        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u + tiny)}
-        out = {}
         pattern = {n.index for n in pattern_nodes(g)}
-        last_use = {}
+        last_use: dict[int, int] = {}
+        readers: dict[int, list[int]] = {}
         for n in g.nodes:
             if n.index in keep and n.op != "output":
                 for i in n.inputs:
                     last_use[i] = n.index
+                    readers.setdefault(i, []).append(n.index)
         for n in g.nodes:  # a refined relu / max-pool reads the input of the affine node before it
             if n.index in keep and n.op == "relu" and n.inputs[0] in self.refine:
                 i = g.nodes[n.inputs[0]].inputs[0]
@@ -748,6 +853,36 @@ class _Engine:
             if n.index in keep and n.index in self.pool_src:
                 i = g.nodes[self.pool_src[n.index][0]].inputs[0]
                 last_use[i] = max(last_use.get(i, -1), n.index)
+        modes: dict[int, tuple[int, float]] = {}
+        if self.kernels:
+            for n in g.nodes:
+                if n.index not in keep or n.op != "relu" or n.negative_slope != 0:
+                    continue
+                r = readers.get(n.index, [])
+                if not r:
+                    modes[n.index] = (0, 0.0)  # only the signs are read
+                    continue
+                c = g.nodes[r[0]]
+                if len(r) == 1 and c.op == "affine" and "bound_p" in self.ops[c.index][0] and not self.crude:
+                    modes[n.index] = (2, self.ops[c.index][0]["g"])
+                else:
+                    modes[n.index] = (1, 0.0)
+        hit = (pattern, last_use, [i for i in modes if i in pattern], modes)
+        self._plans[key] = hit
+        return hit
+
+    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int], dest: dict | None = None):
+        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}.
+        ``dest``: {relu node: bool (B, size) tensor} for the compiled pass to write the signs into."""
+        g = self.g
+        self._norms = {}  # holds its tensors, so no data pointer is reused within the run
+        vals: dict[int, torch.Tensor] = {0: x}
+        # rounding the input to this precision: u |x| per entry, plus (gradual underflow) the smallest normal
+        tiny = torch.finfo(self.dtype).tiny
+        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u + tiny)}
+        out = {}
+        pattern, last_use, _, modes = self._plan(keep)
+        dest = dest or {}
         for node in g.nodes[1:]:
             if node.index not in keep:
                 continue
@@ -761,12 +896,23 @@ class _Engine:
                     bits = z > 0
                     undecided = ez.rows_maybe_undecided(z)
                     d = None
-                elif self.kernels and node.negative_slope == 0:
-                    from ._graph_kernel import relu_elem
+                elif node.index in modes:
+                    from ._graph_kernel import relu_fused
 
-                    d = ez.elem()
-                    bits, undecided, v, e_out = relu_elem(z, d)
-                    fused = (v, _Elem(e_out))
+                    mode, gnext = modes[node.index]
+                    if isinstance(ez, _Scaled):  # read in place, scaled as read (the same rounding)
+                        d, dsrc, dscale = None, ez.view(), ez.scale
+                    else:
+                        d = dsrc = ez.elem()
+                        dscale = 1.0
+                    bufs = self._buffers(node.index, z.shape) if mode else None
+                    bits, undecided, v, e_out = relu_fused(
+                        z, dsrc, dscale, gnext, mode, dest.get(node.index), bufs
+                    )
+                    if mode == 2:
+                        fused = (v, _ReluErr(z, ez, pre=(gnext, e_out)))
+                    else:  # (mode 0: nothing reads the output)
+                        fused = (v, _Elem(e_out) if mode == 1 else None)
                 else:
                     bits = z > 0
                     d = ez.elem()
@@ -774,7 +920,10 @@ class _Engine:
                 if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
-                    dr = d[rows] if d is not None else ez.d_rows(rows)
+                    if d is not None:
+                        dr = d[rows]
+                    else:
+                        dr = ez.d_rows(rows) if isinstance(ez, _Rank1) else ez.elem_rows(rows)
                     # (a NaN, from an overflow in this precision, decides nothing)
                     amb = ((zr.abs() <= dr) & (dr > 0)) | zr.isnan() | dr.isnan()
                     src = ins[0]
