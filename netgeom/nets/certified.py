@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 
 from .._matmul import gradual_underflow, linear32
-from ._workers import chunk_pool, map_ordered
+from . import _workers
 from .graph import PLGraph, PLNode
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
@@ -805,9 +805,9 @@ class _Engine:
         # OpenMP thread (:mod:`._workers`): a block's few dozen operations on ~1 ms of arithmetic each, and
         # its compiled passes, then keep every core busy, where torch's own threads wait at each
         # operation's end (and the compiled passes run on one core)
-        pool = chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
+        pool = _workers.chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
         with pool or contextlib.nullcontext():
-            for a, views, res in map_ordered(pool, block, starts, 2 * max(1, torch.get_num_threads())):
+            for a, views, res in _workers.map_ordered(pool, block, starts, 2 * max(1, torch.get_num_threads())):
                 for i, (d, u) in res.items():
                     if i not in out:
                         out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
