@@ -806,8 +806,9 @@ class _Engine:
         # its compiled passes, then keep every core busy, where torch's own threads wait at each
         # operation's end (and the compiled passes run on one core)
         pool = _workers.chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
+        ahead = 2 * max(1, torch.get_num_threads())
         with pool or contextlib.nullcontext():
-            for a, views, res in _workers.map_ordered(pool, block, starts, 2 * max(1, torch.get_num_threads())):
+            for a, views, res in _workers.map_ordered(pool, block, starts, ahead):
                 for i, (d, u) in res.items():
                     if i not in out:
                         out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
