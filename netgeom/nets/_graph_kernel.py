@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "relu_elem", "relu_fused"]
+__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -186,3 +186,66 @@ def pool_top2(x: torch.Tensor, err: torch.Tensor, windows: torch.Tensor, u: floa
     _pool_top2(xn, en, idx, dt(2 * (1 + 4 * u)), dt(np.finfo(xn.dtype).tiny), m1, pos, emax, sure)
     t = torch.from_numpy
     return t(m1), t(pos).long(), t(emax), t(sure)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs(X, E, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound):
+    """Per pair ``p``: row ``r[p]`` of the float64 input ``X`` (error bounds ``E``) through unit ``j[p]``:
+    a dense row ``W[j]`` over every column, or (a convolution) filter ``W[j // L]`` over the columns
+    ``T[j % L]``. ``z = sum w x + b_j``; ``bound = (sum |w| e + gam (sum |w| |x| + |b_j|) + under [any
+    x, e or b_j nonzero]) * safety`` (any summation order: the float64 rounding of these sums of
+    nonnegative terms is inside ``safety``, as for the torch sums this replaces)."""
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        er = E[row]
+        if dense:
+            w = W[u]
+        else:
+            w = W[u // L]
+            t = T[u % L]
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b[u] != 0
+        for k in range(w.shape[0]):
+            c = k if dense else t[k]
+            a = xr[c]
+            e = er[c]
+            wk = w[k]
+            aw = abs(wk)
+            acc += wk * a
+            s_e += aw * e
+            s_x += aw * abs(a)
+            live |= (a != 0) | (e != 0)
+        z[p] = acc + b[u]
+        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+def refine_pairs(X, E, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)``, see :func:`_refine_pairs` (``T`` None:
+    dense rows)."""
+    n = len(r)
+    z = np.empty(n, dtype=np.float64)
+    bound = np.empty(n, dtype=np.float64)
+    dense = T is None
+    Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
+    _refine_pairs(
+        X.contiguous().numpy(),
+        E.contiguous().numpy(),
+        r.numpy(),
+        j.numpy(),
+        W.contiguous().numpy(),
+        Tn,
+        max(1, int(L)),
+        dense,
+        b.numpy(),
+        absb.numpy(),
+        float(gam),
+        float(under),
+        float(safety),
+        z,
+        bound,
+    )
+    return torch.from_numpy(z), torch.from_numpy(bound)

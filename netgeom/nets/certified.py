@@ -580,6 +580,12 @@ class _Engine:
         if T is not None:  # padding reads the appended zero column
             X = torch.cat([X, X.new_zeros(len(X), 1)], 1)
             E = torch.cat([E, E.new_zeros(len(E), 1)], 1)
+        if self.kernels and X.device.type == "cpu":  # one compiled pass over the pairs, no gathers
+            from ._graph_kernel import refine_pairs
+
+            r = inv.reshape(-1).contiguous()
+            j = units.contiguous()
+            return refine_pairs(X, E, r, j, W, T, info.get("L", 1), b, absb, gam, under, _SAFETY)
         zs, oks = [], []
         step = max(1, (1 << 21) // max(1, W.shape[1]))  # ~16 MB of gathered float64 rows at once
         for a in range(0, n, step):
@@ -884,6 +890,7 @@ class _Engine:
         out = {}
         pattern, last_use, _, modes = self._plan(keep)
         dest = dest or {}
+        hold: list = []
         for node in g.nodes[1:]:
             if node.index not in keep:
                 continue
@@ -964,10 +971,15 @@ class _Engine:
             else:  # output: nothing after the last pattern node is needed
                 continue
             vals[node.index], errs[node.index] = v, e
-            for i in ins:  # free what no later node reads
+            for i in ins:  # drop what no later node reads (held until the next block is done, below)
                 if last_use.get(i) == node.index:
-                    vals.pop(i, None)
-                    errs.pop(i, None)
+                    hold.append((vals.pop(i, None), errs.pop(i, None)))
+        # this block's values are released only after the next block on this thread has made its own: the
+        # freed memory then lies below live tensors, so malloc reuses it instead of returning it to the
+        # system at the end of each block and faulting it in again (4-8 MB convolution outputs: most of a
+        # block's time in a process where no larger array has been freed yet)
+        hold.append((vals, errs))
+        self._tls.hold = hold
         return out
 
 
