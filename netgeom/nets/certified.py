@@ -804,8 +804,11 @@ class _Engine:
         def block(a):
             xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
             views = {i: t[a : a + step] for i, t in dest.items()}
-            with torch.set_grad_enabled(grad), gradual_underflow():  # (per thread)
-                return a, views, self.run(xb, exact_input, keep, views)
+            return a, views, self.run(xb, exact_input, keep, views)
+
+        def worker_block(a):  # grad mode and subnormal flushing are per thread: the caller's, on a worker
+            with torch.set_grad_enabled(grad), gradual_underflow():
+                return block(a)
 
         # on the CPU, blocks go to one thread per torch thread, each running its torch operations on one
         # OpenMP thread (:mod:`._workers`): a block's few dozen operations on ~1 ms of arithmetic each, and
@@ -814,7 +817,7 @@ class _Engine:
         pool = _workers.chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
         ahead = 2 * max(1, torch.get_num_threads())
         with pool or contextlib.nullcontext():
-            for a, views, res in _workers.map_ordered(pool, block, starts, ahead):
+            for a, views, res in _workers.map_ordered(pool, worker_block if pool else block, starts, ahead):
                 for i, (d, u) in res.items():
                     if i not in out:
                         out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
@@ -1111,15 +1114,17 @@ def graph_patterns(
         their second convolution; the rows that leaves undecided again with the full bounds. Crude bounds
         stop being tried once they leave more than a tenth of the rows undecided (a deep network, where
         ||W||_1 max |e| outgrows the margins)."""
-        e64 = engine(torch.float64)
         tried, failed = engines.get("crude_tally", (0, 0))
-        if e64.n_crude == 0 or (tried >= 1024 and failed > 0.1 * tried):
-            return e64.run_chunked(xr, True, keep)
-        res, und = engine(torch.float64, crude=True).run_chunked(xr, True, keep)
+        if tried >= 1024 and failed > 0.1 * tried:
+            return engine(torch.float64).run_chunked(xr, True, keep)
+        e_crude = engine(torch.float64, crude=True)
+        if e_crude.n_crude == 0:  # (the same ops in both engines) nothing to bound crudely
+            return engine(torch.float64).run_chunked(xr, True, keep)
+        res, und = e_crude.run_chunked(xr, True, keep)
         engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
         rr = torch.nonzero(und).flatten()
-        if len(rr):
-            res2, und2 = e64.run_chunked(xr[rr.to(xr.device)], True, keep)
+        if len(rr):  # (the full float64 engine made only when needed)
+            res2, und2 = engine(torch.float64).run_chunked(xr[rr.to(xr.device)], True, keep)
             for i, d in res2.items():
                 res[i][rr] = d
             und[rr] = und2
