@@ -4,8 +4,11 @@ Why compiled: a ReLU fed by a convolution reads its pre-activation and elementwi
 signs, the undecided test, the activation and the activation's error bound (seven torch passes over a
 (rows, width) array, as costly as the convolution of a LeNet's first layer); a max-pool runs a dozen
 passes over its window slots for the running maximum, its position, the second largest entry, the largest
-error and the top-two test. One pass each here. Both run on the calling thread (see
-:func:`netgeom.nets._chain_kernel.run_rows`), on row blocks the engine keeps at ~4 MB per value.
+error and the top-two test. One pass each here. The ReLU pass also reads a stacked first convolution's two
+halves in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
+convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block). The float64 redo of
+undecided (row, unit) pairs is one pass too (a dozen small gathers and reductions per block in torch). All
+run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
 """
 
 from __future__ import annotations

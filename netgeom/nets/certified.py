@@ -24,12 +24,17 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic). On the CPU a ReLU fed by elementwise bounds and a max-pool's top-two test are one compiled
-pass each (:mod:`._graph_kernel`). A convolution's bound ``|W| (e + g |x^|) + g |b|`` is one more
-convolution (the bias and underflow allowance folded into its bias); the first convolution, on an exact
-nonnegative input (an image), gets it from the same convolution with ``|W|`` stacked under ``W``. Undecided
+arithmetic), on one worker thread per torch thread (each block's torch operations on one OpenMP thread),
+each block's tensors held until the next block is done (so that malloc recycles them) and the compiled
+passes' outputs written into the same buffers block after block. On the CPU a ReLU fed by elementwise bounds
+and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
+``|W| (e + g |x^|) + g |b|`` is one more convolution (the bias and underflow allowance folded into its bias;
+its final factor applied as the ReLU's pass reads it), whose input ``e + g relu(z^)`` the ReLU before it
+writes in the same pass; the first convolution, on an exact nonnegative input (an image), gets it from the
+same convolution with ``|W|`` stacked under ``W``, both halves read in place by the ReLU's pass. Undecided
 relu units and max-pool windows fed by one Linear / Conv2d are first recomputed alone in float64 from the
-float32 input (its error carried in, :meth:`_Engine._refine`); only what that cannot decide sends its row
+float32 input (its error carried in, :meth:`_Engine._refine`, one compiled pass over the (row, unit) pairs
+on the CPU); only what that cannot decide sends its row
 to the float64 pass, which bounds convolutions crudely first (``||M_j||_1`` times the row's largest
 ``e + g |x^|``: no second convolution, still ~1e-13 relative on a shallow net) and only the rows that
 leaves undecided with the full bounds.
