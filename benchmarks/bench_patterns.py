@@ -9,9 +9,10 @@ many inputs had float64 work / exact arithmetic, and the ratio of the CPU times 
 less sensitive to other jobs on a shared machine than the wall-clock ratio). ``--threads 1`` is the steadier
 comparison there.
 
-The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions) run n / 5 and
-n / 50 points. On a shared machine, two threads time the scheduling of many small parallel regions more
-than the arithmetic (each ~1 ms block of rows runs a few dozen torch operations): use ``--threads 1``.
+The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions, the same
+wider on 3x32x32 images) run n / 5 and n / 50 points. With several torch threads the graph engine runs its
+row blocks side by side, one OpenMP thread each; on a machine shared with other jobs, ``--threads 1`` is
+the steadier comparison.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
@@ -172,6 +173,15 @@ class ConvNet(nn.Module):
         return self.out(F.relu(self.c2(F.relu(self.c1(x)))).flatten(1))
 
 
+class WideConvNet(ConvNet):
+    """CIFAR-sized: conv 3->32 3x3/2 -> relu -> conv 32->64 3x3/2 -> relu -> linear, on 3x32x32 images."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.c1, self.c2 = nn.Conv2d(3, 32, 3, stride=2), nn.Conv2d(32, 64, 3, stride=2)
+        self.out = nn.Linear(64 * 7 * 7, 10)
+
+
 def plain_convnet(net: ConvNet, data, dtype=torch.float32):
     net = copy.deepcopy(net).to(dtype)
 
@@ -196,7 +206,8 @@ def row(name, n, net, n_in, plain, repeats, masks=None, onednn: bool = False):
     timed as a second alternative; otherwise torch's default kernels are already oneDNN's (convolutions) or
     the products are too small to matter."""
     t_ours, t_plain, c_ours, c_plain, t_dnn = [], [], [], [], []
-    pool = make_pool(n_in, 0)
+    # (only as many pooled batches as the row reads: 16 CIFAR-sized ones would take 1.6 GB)
+    pool = make_pool(n_in, 0, min(16, -(-max(n, BATCH) // BATCH)))
     # warm-up (first-call costs), untimed, both sides
     count_patterns(net, batches(BATCH, pool), masks, verbose=False)
     plain(net, batches(BATCH, pool))
@@ -270,6 +281,10 @@ def main(argv=None):
     conv = ConvNet().eval()
     conv.input_shape = (1, 28, 28)
     row("conv 1-8-16 stride 2, no pooling, 28x28", n // 50, conv, (1, 28, 28), plain_convnet, repeats)
+    torch.manual_seed(0)
+    wide = WideConvNet().eval()
+    wide.input_shape = (3, 32, 32)
+    row("conv 3-32-64 stride 2, no pooling, 3x32x32", n // 50, wide, (3, 32, 32), plain_convnet, repeats)
     print(f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 

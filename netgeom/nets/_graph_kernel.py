@@ -4,8 +4,11 @@ Why compiled: a ReLU fed by a convolution reads its pre-activation and elementwi
 signs, the undecided test, the activation and the activation's error bound (seven torch passes over a
 (rows, width) array, as costly as the convolution of a LeNet's first layer); a max-pool runs a dozen
 passes over its window slots for the running maximum, its position, the second largest entry, the largest
-error and the top-two test. One pass each here. Both run on the calling thread (see
-:func:`netgeom.nets._chain_kernel.run_rows`), on row blocks the engine keeps at ~4 MB per value.
+error and the top-two test. One pass each here. The ReLU pass also reads a stacked first convolution's two
+halves in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
+convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block). The float64 redo of
+undecided (row, unit) pairs is one pass too (a dozen small gathers and reductions per block in torch). All
+run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
 """
 
 from __future__ import annotations
@@ -14,46 +17,111 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "relu_elem"]
+__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _relu_elem(z, d, v, e, bits, n_und):
-    """Per entry: ``bits = z > 0``; ambiguous when ``|z| <= d`` with ``d > 0`` or when ``z`` or ``d`` is NaN
-    (counted per row in ``n_und``); ``v = relu(z)``; ``e = 0`` where ``z + d <= 0`` (the input is certainly
-    negative: the output is an exact 0), else ``d``. The comparisons are those of the torch version, in the
-    arrays' own precision; selects and bitwise operations, no branches (so that the loop vectorises). A NaN
-    ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows."""
-    B, N = z.shape
-    zero = v.dtype.type(0)
+def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e):
+    """Per entry of row ``r``, with ``z = zs[r, zo + j]`` and the bound ``d = ds[r, do + j] * dscale``
+    (rounded as torch's multiplication by a scalar; ``zs``, ``ds`` C-contiguous, possibly one array holding
+    both side by side, as a stacked convolution's output): ``bits = z > 0``; ambiguous when ``|z| <= d``
+    with ``d > 0`` or when ``z`` or ``d`` is NaN (counted per row in ``n_und``). ``mode`` 1 also writes
+    ``v = relu(z)`` and ``e = 0`` where ``z + d <= 0`` (the input is certainly negative: the output is an
+    exact 0), else ``d``; mode 2 writes ``e + gnext v`` in place of ``e`` (the input ``e + g |x^|`` of the
+    next convolution's bound, the same two roundings as the torch passes it replaces); mode 0 only the
+    bits. The comparisons are those of the torch version, in the arrays' own precision; selects and
+    bitwise operations, no branches (so that the loop vectorises). A NaN ``z`` gives ``v = 0``: its row is
+    undecided, so redone, whatever follows."""
+    B, N = bits.shape
+    zero = zs.dtype.type(0)
     for r in range(B):
-        zr = z[r]
-        dr = d[r]
-        vr = v[r]
-        er = e[r]
+        zr = zs[r]
+        dr = ds[r]
         br = bits[r]
         cnt = 0
-        for j in range(N):
-            a = zr[j]
-            b = dr[j]
-            pos = a > 0
-            br[j] = pos
-            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
-            vr[j] = a if pos else zero
-            er[j] = zero if a + b <= 0 else b
+        if mode == 0:
+            for j in range(N):
+                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
+                b = dr[np.uintp(do + j)] * dscale
+                br[j] = a > 0
+                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+        elif mode == 1:
+            vr = v[r]
+            er = e[r]
+            for j in range(N):
+                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
+                b = dr[np.uintp(do + j)] * dscale
+                pos = a > 0
+                br[j] = pos
+                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+                vr[j] = a if pos else zero
+                er[j] = zero if a + b <= 0 else b
+        else:
+            vr = v[r]
+            er = e[r]
+            for j in range(N):
+                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
+                b = dr[np.uintp(do + j)] * dscale
+                pos = a > 0
+                br[j] = pos
+                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+                va = a if pos else zero
+                vr[j] = va
+                er[j] = (zero if a + b <= 0 else b) + gnext * va
         n_und[r] = cnt
+
+
+def _rows(t: torch.Tensor):
+    """``(C-contiguous 2-D array, column offset)`` reading ``t`` (B, N): a column block of a C-contiguous
+    (B, S) tensor (a stacked convolution's halves) is read in place, anything else made contiguous."""
+    if t.dim() == 2 and t.stride(1) == 1 and t.stride(0) >= t.shape[1] and t.shape[0] > 0:
+        S = t.stride(0)
+        off = t.storage_offset()
+        base_off = off - off % S
+        n_storage = t.untyped_storage().nbytes() // t.element_size()
+        if off % S + t.shape[1] <= S and base_off + t.shape[0] * S <= n_storage:
+            base = t.as_strided((t.shape[0], S), (S, 1), base_off)
+            return base.numpy(), off % S
+    return t.contiguous().numpy(), 0
+
+
+def relu_fused(
+    z: torch.Tensor,
+    d: torch.Tensor,
+    dscale: float = 1.0,
+    gnext: float = 0.0,
+    mode: int = 1,
+    bits: torch.Tensor | None = None,
+    out: tuple | None = None,
+):
+    """``(bits, rows with an ambiguous unit (bool (B,)), relu(z) or None, error bound (plus ``gnext``
+    relu(z) in mode 2) or None)`` for a CPU pre-activation ``z`` with elementwise error bound
+    ``d * dscale`` (same dtype and shape (B, N), float32 or float64), see :func:`_relu_fused`. ``bits``: a
+    C-contiguous bool (B, N) tensor to write the signs into (else a new one); ``out``: two C-contiguous
+    (B, N) tensors of ``z``'s dtype to write the value and the bound into (else new ones)."""
+    zn, zo = _rows(z)
+    dn, do = _rows(d)
+    B, N = z.shape
+    if bits is None:
+        bits = torch.empty((B, N), dtype=torch.bool)
+    bn = bits.numpy()
+    n_und = np.empty(B, dtype=np.int64)
+    dt = zn.dtype.type
+    if mode and out is not None:
+        v, e = out[0].numpy(), out[1].numpy()
+    elif mode:
+        v, e = np.empty((B, N), dtype=zn.dtype), np.empty((B, N), dtype=zn.dtype)
+    else:
+        v = e = np.empty((1, 1), dtype=zn.dtype)
+    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bn, n_und, v, e)
+    t = torch.from_numpy
+    return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
 
 
 def relu_elem(z: torch.Tensor, d: torch.Tensor):
     """``(bits, rows with an ambiguous unit (bool (B,)), relu(z), error bound of relu(z))`` for a CPU
     pre-activation ``z`` with elementwise error bound ``d`` (same dtype and shape, float32 or float64)."""
-    zn, dn = z.contiguous().numpy(), d.contiguous().numpy()
-    v, e = np.empty_like(zn), np.empty_like(dn)
-    bits = np.empty(zn.shape, dtype=np.bool_)
-    n_und = np.empty(zn.shape[0], dtype=np.int64)
-    _relu_elem(zn, dn, v, e, bits, n_und)
-    t = torch.from_numpy
-    return t(bits), t(n_und > 0), t(v), t(e)
+    return relu_fused(z, d)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,3 +189,66 @@ def pool_top2(x: torch.Tensor, err: torch.Tensor, windows: torch.Tensor, u: floa
     _pool_top2(xn, en, idx, dt(2 * (1 + 4 * u)), dt(np.finfo(xn.dtype).tiny), m1, pos, emax, sure)
     t = torch.from_numpy
     return t(m1), t(pos).long(), t(emax), t(sure)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs(X, E, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound):
+    """Per pair ``p``: row ``r[p]`` of the float64 input ``X`` (error bounds ``E``) through unit ``j[p]``:
+    a dense row ``W[j]`` over every column, or (a convolution) filter ``W[j // L]`` over the columns
+    ``T[j % L]``. ``z = sum w x + b_j``; ``bound = (sum |w| e + gam (sum |w| |x| + |b_j|) + under [any
+    x, e or b_j nonzero]) * safety`` (any summation order: the float64 rounding of these sums of
+    nonnegative terms is inside ``safety``, as for the torch sums this replaces)."""
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        er = E[row]
+        if dense:
+            w = W[u]
+        else:
+            w = W[u // L]
+            t = T[u % L]
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b[u] != 0
+        for k in range(w.shape[0]):
+            c = k if dense else t[k]
+            a = xr[c]
+            e = er[c]
+            wk = w[k]
+            aw = abs(wk)
+            acc += wk * a
+            s_e += aw * e
+            s_x += aw * abs(a)
+            live |= (a != 0) | (e != 0)
+        z[p] = acc + b[u]
+        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+def refine_pairs(X, E, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)``, see :func:`_refine_pairs` (``T`` None:
+    dense rows)."""
+    n = len(r)
+    z = np.empty(n, dtype=np.float64)
+    bound = np.empty(n, dtype=np.float64)
+    dense = T is None
+    Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
+    _refine_pairs(
+        X.contiguous().numpy(),
+        E.contiguous().numpy(),
+        r.numpy(),
+        j.numpy(),
+        W.contiguous().numpy(),
+        Tn,
+        max(1, int(L)),
+        dense,
+        b.numpy(),
+        absb.numpy(),
+        float(gam),
+        float(under),
+        float(safety),
+        z,
+        bound,
+    )
+    return torch.from_numpy(z), torch.from_numpy(bound)

@@ -24,12 +24,17 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic). On the CPU a ReLU fed by elementwise bounds and a max-pool's top-two test are one compiled
-pass each (:mod:`._graph_kernel`). A convolution's bound ``|W| (e + g |x^|) + g |b|`` is one more
-convolution (the bias and underflow allowance folded into its bias); the first convolution, on an exact
-nonnegative input (an image), gets it from the same convolution with ``|W|`` stacked under ``W``. Undecided
+arithmetic), on one worker thread per torch thread (each block's torch operations on one OpenMP thread),
+each block's tensors held until the next block is done (so that malloc recycles them) and the compiled
+passes' outputs written into the same buffers block after block. On the CPU a ReLU fed by elementwise bounds
+and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
+``|W| (e + g |x^|) + g |b|`` is one more convolution (the bias and underflow allowance folded into its bias;
+its final factor applied as the ReLU's pass reads it), whose input ``e + g relu(z^)`` the ReLU before it
+writes in the same pass; the first convolution, on an exact nonnegative input (an image), gets it from the
+same convolution with ``|W|`` stacked under ``W``, both halves read in place by the ReLU's pass. Undecided
 relu units and max-pool windows fed by one Linear / Conv2d are first recomputed alone in float64 from the
-float32 input (its error carried in, :meth:`_Engine._refine`); only what that cannot decide sends its row
+float32 input (its error carried in, :meth:`_Engine._refine`, one compiled pass over the (row, unit) pairs
+on the CPU); only what that cannot decide sends its row
 to the float64 pass, which bounds convolutions crudely first (``||M_j||_1`` times the row's largest
 ``e + g |x^|``: no second convolution, still ~1e-13 relative on a shallow net) and only the rows that
 leaves undecided with the full bounds.
@@ -65,6 +70,7 @@ homogeneity).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from fractions import Fraction
@@ -72,7 +78,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from .._matmul import linear32
+from .._matmul import gradual_underflow, linear32
+from . import _workers
 from .graph import PLGraph, PLNode
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
@@ -138,6 +145,54 @@ class _Elem:
 
     def elem_rows(self, rows):
         return self.e[rows]
+
+
+class _Scaled:
+    """The elementwise bound ``src[:, off : off + n] * scale`` (``src`` (B, S)), multiplied out only when read
+    whole: a ReLU's compiled pass reads ``src`` in place and scales as it goes (a stacked convolution's
+    |W| half, a convolution's bound before its final factor), and the unit redo reads a few rows."""
+
+    def __init__(self, src: torch.Tensor, off: int, n: int, scale: float):
+        self.src, self.off, self.n, self.scale, self._e, self._n = src, off, n, scale, None, None
+
+    def view(self):
+        return self.src[:, self.off : self.off + self.n]
+
+    def norm(self):
+        if self._n is None:
+            self._n = _safe_norm(self.elem()) * _SAFETY
+        return self._n
+
+    def elem(self):
+        if self._e is None:  # the same rounding as the compiled pass's d * scale
+            self._e = torch.mul(self.view(), self.scale)
+        return self._e
+
+    def elem_rows(self, rows):
+        return torch.mul(self.src[rows, self.off : self.off + self.n], self.scale)
+
+
+class _ReluErr:
+    """Error bound of a ReLU's output ``relu(z^)`` from its input's bound ``d`` (an error object): ``d``, or 0
+    where ``z^ + d <= 0`` (:func:`_drop_negative`), made on demand (the unit redo reads a few rows). ``pre``:
+    ``(g, e + g relu(z^))`` from the compiled pass, the input of the bound of the one convolution reading
+    this output (:meth:`_Engine.affine`)."""
+
+    def __init__(self, z: torch.Tensor, d, pre=None):
+        self.z, self.d, self.pre, self._e, self._n = z, d, pre, None, None
+
+    def norm(self):
+        if self._n is None:
+            self._n = _safe_norm(self.elem()) * _SAFETY
+        return self._n
+
+    def elem(self):
+        if self._e is None:
+            self._e = _drop_negative(self.z, self.d.elem())
+        return self._e
+
+    def elem_rows(self, rows):
+        return _drop_negative(self.z[rows], self.d.elem_rows(rows))
 
 
 class _Rank1:
@@ -330,6 +385,9 @@ class _Engine:
         # the widest value a node holds per row (a max-pool gathers its windows: size x k)
         self.widest = max(n.size * (n.windows.shape[1] if n.op == "maxpool" else 1) for n in g.nodes)
         self.ops: dict[int, list] = {}
+        self._plans: dict = {}  # per set of evaluated nodes, see :meth:`_plan`
+        # per-run state (row blocks run on several threads, :meth:`run_chunked`)
+        self._tls = threading.local()
         # False when a parameter does not fit this precision (|w| beyond float32's range rounds to inf, and
         # inf has no certified error bound): such a graph is evaluated in float64 from the start
         self.fits = True
@@ -527,6 +585,12 @@ class _Engine:
         if T is not None:  # padding reads the appended zero column
             X = torch.cat([X, X.new_zeros(len(X), 1)], 1)
             E = torch.cat([E, E.new_zeros(len(E), 1)], 1)
+        if self.kernels and X.device.type == "cpu":  # one compiled pass over the pairs, no gathers
+            from ._graph_kernel import refine_pairs
+
+            r = inv.reshape(-1).contiguous()
+            j = units.contiguous()
+            return refine_pairs(X, E, r, j, W, T, info.get("L", 1), b, absb, gam, under, _SAFETY)
         zs, oks = [], []
         step = max(1, (1 << 21) // max(1, W.shape[1]))  # ~16 MB of gathered float64 rows at once
         for a in range(0, n, step):
@@ -568,6 +632,15 @@ class _Engine:
         t = torch.argmax(V, dim=1, keepdim=True)
         return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1)
 
+    @property
+    def _norms(self) -> dict:
+        """The row norms of the values of the calling thread's current :meth:`run` (see :meth:`vnorm`)."""
+        return self._tls.norms
+
+    @_norms.setter
+    def _norms(self, v: dict) -> None:
+        self._tls.norms = v
+
     def vnorm(self, t: torch.Tensor) -> torch.Tensor:
         """Row 2-norms, computed once per value (a residual sum and the Linear reading it share one)."""
         key = (t.data_ptr(), tuple(t.shape))
@@ -583,25 +656,33 @@ class _Engine:
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
             stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
-            if stack and bool((xs >= 0).all()):
+            if stack and bool(xs.amin() >= 0):  # (one reduction: a NaN fails it)
                 # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
                 # convolution; g (1 + 2g) covers that rounding and the product's
-                both = op(xs, True, info["stacked"])
+                both = op(xs, True, info["stacked"]).reshape(B, -1)
                 half = both.shape[1] // 2
-                x = both[:, :half].reshape(B, -1)
+                x = both[:, :half]
                 g = info["g"]
-                err = _Elem(torch.mul(both[:, half:], g * (1 + 2 * g)).reshape(B, -1))
+                # (a view of the |W| half, scaled where read: a ReLU's compiled pass reads both halves in
+                # place)
+                err = _Scaled(both, half, half, g * (1 + 2 * g))
                 continue
             y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
                 if "bound_p" in info and not self.crude:
-                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling
-                    e = xs.abs().mul_(g)
-                    if not isinstance(err, _Exact):
-                        e.add_(err.elem().reshape(e.shape))
-                    err = _Elem(op(e, True, info["bound_p"]).reshape(B, -1).mul_(1 + 2 * g))
+                    # |W| (e + g |x^|) + g |b| + allowance: one convolution, one scaling (left to the
+                    # reader: a ReLU's compiled pass scales as it reads)
+                    pre = getattr(err, "pre", None)
+                    if pre is not None and pre[0] == g:  # e + g |x^| from the ReLU's compiled pass
+                        e = pre[1].reshape(xs.shape)
+                    else:
+                        e = xs.abs().mul_(g)
+                        if not isinstance(err, _Exact):
+                            e.add_(err.elem().reshape(e.shape))
+                    bound = op(e, True, info["bound_p"]).reshape(B, -1)
+                    err = _Scaled(bound, 0, bound.shape[1], 1 + 2 * g)
                     x = y.reshape(B, -1)
                     continue
                 # gradual underflow can only touch rows with a nonzero input or input error (the norms never
@@ -717,30 +798,69 @@ class _Engine:
         step = max(16, _CHUNK_BYTES // (self.itemsize * self.widest))
         out: dict[int, torch.Tensor] = {}
         und = torch.zeros(B, dtype=torch.bool)
-        for a in range(0, B, step):
+        # relu signs from the compiled pass go straight into the batch's arrays
+        dest = {}
+        if self.kernels:
+            dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
+            out.update(dest)
+        starts = list(range(0, B, step))
+        grad = torch.is_grad_enabled()
+
+        def block(a):
             xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
-            for i, (d, u) in self.run(xb, exact_input, keep).items():
-                if i not in out:
-                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
-                out[i][a : a + step] = d
-                und[a : a + step] |= u.cpu()
+            views = {i: t[a : a + step] for i, t in dest.items()}
+            return a, views, self.run(xb, exact_input, keep, views)
+
+        def worker_block(a):  # grad mode and subnormal flushing are per thread: the caller's, on a worker
+            with torch.set_grad_enabled(grad), gradual_underflow():
+                return block(a)
+
+        # on the CPU, blocks go to one thread per torch thread, each running its torch operations on one
+        # OpenMP thread (:mod:`._workers`): a block's few dozen operations on ~1 ms of arithmetic each, and
+        # its compiled passes, then keep every core busy, where torch's own threads wait at each
+        # operation's end (and the compiled passes run on one core)
+        pool = _workers.chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
+        ahead = 2 * max(1, torch.get_num_threads())
+        with pool or contextlib.nullcontext():
+            for a, views, res in _workers.map_ordered(pool, worker_block if pool else block, starts, ahead):
+                for i, (d, u) in res.items():
+                    if i not in out:
+                        out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                    if i not in views or d.data_ptr() != views[i].data_ptr():
+                        out[i][a : a + step] = d
+                    und[a : a + step] |= u.cpu()
         return out, und
 
-    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int]):
-        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}."""
+    def _buffers(self, i: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (B, n) arrays for the value and error bound node ``i`` computes on the calling thread, the same
+        ones block after block (a block's values are dropped when :meth:`run` returns; only decisions
+        leave it). Fresh arrays of a few MB cost more in page faults than the pass that fills them, once
+        malloc hands them out with mmap (LeNet-5's relu on 8192 rows: 70 ms fresh, 9 ms recycled)."""
+        bufs = self._tls.__dict__.setdefault("bufs", {})  # (released with the thread)
+        hit = bufs.get(i)
+        if hit is None or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
+            hit = (torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+            bufs[i] = hit
+        return hit[0][: shape[0]], hit[1][: shape[0]]
+
+    def _plan(self, keep: set[int]):
+        """Per set of evaluated nodes: (pattern node indices, {node: the last node reading its value},
+        {relu node on the compiled pass: (mode, g of the convolution bound it prepares)}), see
+        :func:`._graph_kernel._relu_fused` for the modes (a relu fed by a dense Linear keeps its rank-one
+        bound and its own path)."""
+        key = frozenset(keep)
+        hit = self._plans.get(key)
+        if hit is not None:
+            return hit
         g = self.g
-        self._norms: dict = {}  # holds its tensors, so no data pointer is reused within the run
-        vals: dict[int, torch.Tensor] = {0: x}
-        # rounding the input to this precision: u |x| per entry, plus (gradual underflow) the smallest normal
-        tiny = torch.finfo(self.dtype).tiny
-        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u + tiny)}
-        out = {}
         pattern = {n.index for n in pattern_nodes(g)}
-        last_use = {}
+        last_use: dict[int, int] = {}
+        readers: dict[int, list[int]] = {}
         for n in g.nodes:
             if n.index in keep and n.op != "output":
                 for i in n.inputs:
                     last_use[i] = n.index
+                    readers.setdefault(i, []).append(n.index)
         for n in g.nodes:  # a refined relu / max-pool reads the input of the affine node before it
             if n.index in keep and n.op == "relu" and n.inputs[0] in self.refine:
                 i = g.nodes[n.inputs[0]].inputs[0]
@@ -748,6 +868,37 @@ class _Engine:
             if n.index in keep and n.index in self.pool_src:
                 i = g.nodes[self.pool_src[n.index][0]].inputs[0]
                 last_use[i] = max(last_use.get(i, -1), n.index)
+        modes: dict[int, tuple[int, float]] = {}
+        if self.kernels:
+            for n in g.nodes:
+                if n.index not in keep or n.op != "relu" or n.negative_slope != 0:
+                    continue
+                r = readers.get(n.index, [])
+                if not r:
+                    modes[n.index] = (0, 0.0)  # only the signs are read
+                    continue
+                c = g.nodes[r[0]]
+                if len(r) == 1 and c.op == "affine" and "bound_p" in self.ops[c.index][0] and not self.crude:
+                    modes[n.index] = (2, self.ops[c.index][0]["g"])
+                else:
+                    modes[n.index] = (1, 0.0)
+        hit = (pattern, last_use, [i for i in modes if i in pattern], modes)
+        self._plans[key] = hit
+        return hit
+
+    def run(self, x: torch.Tensor, exact_input: bool, keep: set[int], dest: dict | None = None):
+        """Evaluate the nodes in ``keep``; returns {pattern node index: (decision tensor, undecided rows)}.
+        ``dest``: {relu node: bool (B, size) tensor} for the compiled pass to write the signs into."""
+        g = self.g
+        self._norms = {}  # holds its tensors, so no data pointer is reused within the run
+        vals: dict[int, torch.Tensor] = {0: x}
+        # rounding the input to this precision: u |x| per entry, plus (gradual underflow) the smallest normal
+        tiny = torch.finfo(self.dtype).tiny
+        errs: dict[int, object] = {0: _Exact(x) if exact_input else _Elem(x.abs() * self.u + tiny)}
+        out = {}
+        pattern, last_use, _, modes = self._plan(keep)
+        dest = dest or {}
+        hold: list = []
         for node in g.nodes[1:]:
             if node.index not in keep:
                 continue
@@ -761,12 +912,23 @@ class _Engine:
                     bits = z > 0
                     undecided = ez.rows_maybe_undecided(z)
                     d = None
-                elif self.kernels and node.negative_slope == 0:
-                    from ._graph_kernel import relu_elem
+                elif node.index in modes:
+                    from ._graph_kernel import relu_fused
 
-                    d = ez.elem()
-                    bits, undecided, v, e_out = relu_elem(z, d)
-                    fused = (v, _Elem(e_out))
+                    mode, gnext = modes[node.index]
+                    if isinstance(ez, _Scaled):  # read in place, scaled as read (the same rounding)
+                        d, dsrc, dscale = None, ez.view(), ez.scale
+                    else:
+                        d = dsrc = ez.elem()
+                        dscale = 1.0
+                    bufs = self._buffers(node.index, z.shape) if mode else None
+                    bits, undecided, v, e_out = relu_fused(
+                        z, dsrc, dscale, gnext, mode, dest.get(node.index), bufs
+                    )
+                    if mode == 2:
+                        fused = (v, _ReluErr(z, ez, pre=(gnext, e_out)))
+                    else:  # (mode 0: nothing reads the output)
+                        fused = (v, _Elem(e_out) if mode == 1 else None)
                 else:
                     bits = z > 0
                     d = ez.elem()
@@ -774,7 +936,10 @@ class _Engine:
                 if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
-                    dr = d[rows] if d is not None else ez.d_rows(rows)
+                    if d is not None:
+                        dr = d[rows]
+                    else:
+                        dr = ez.d_rows(rows) if isinstance(ez, _Rank1) else ez.elem_rows(rows)
                     # (a NaN, from an overflow in this precision, decides nothing)
                     amb = ((zr.abs() <= dr) & (dr > 0)) | zr.isnan() | dr.isnan()
                     src = ins[0]
@@ -814,10 +979,15 @@ class _Engine:
             else:  # output: nothing after the last pattern node is needed
                 continue
             vals[node.index], errs[node.index] = v, e
-            for i in ins:  # free what no later node reads
+            for i in ins:  # drop what no later node reads (held until the next block is done, below)
                 if last_use.get(i) == node.index:
-                    vals.pop(i, None)
-                    errs.pop(i, None)
+                    hold.append((vals.pop(i, None), errs.pop(i, None)))
+        # this block's values are released only after the next block on this thread has made its own: the
+        # freed memory then lies below live tensors, so malloc reuses it instead of returning it to the
+        # system at the end of each block and faulting it in again (4-8 MB convolution outputs: most of a
+        # block's time in a process where no larger array has been freed yet)
+        hold.append((vals, errs))
+        self._tls.hold = hold
         return out
 
 
@@ -949,15 +1119,17 @@ def graph_patterns(
         their second convolution; the rows that leaves undecided again with the full bounds. Crude bounds
         stop being tried once they leave more than a tenth of the rows undecided (a deep network, where
         ||W||_1 max |e| outgrows the margins)."""
-        e64 = engine(torch.float64)
         tried, failed = engines.get("crude_tally", (0, 0))
-        if e64.n_crude == 0 or (tried >= 1024 and failed > 0.1 * tried):
-            return e64.run_chunked(xr, True, keep)
-        res, und = engine(torch.float64, crude=True).run_chunked(xr, True, keep)
+        if tried >= 1024 and failed > 0.1 * tried:
+            return engine(torch.float64).run_chunked(xr, True, keep)
+        e_crude = engine(torch.float64, crude=True)
+        if e_crude.n_crude == 0:  # (the same ops in both engines) nothing to bound crudely
+            return engine(torch.float64).run_chunked(xr, True, keep)
+        res, und = e_crude.run_chunked(xr, True, keep)
         engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
         rr = torch.nonzero(und).flatten()
-        if len(rr):
-            res2, und2 = e64.run_chunked(xr[rr.to(xr.device)], True, keep)
+        if len(rr):  # (the full float64 engine made only when needed)
+            res2, und2 = engine(torch.float64).run_chunked(xr[rr.to(xr.device)], True, keep)
             for i, d in res2.items():
                 res[i][rr] = d
             und[rr] = und2
