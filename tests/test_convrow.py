@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import netgeom.nets._workers as workers
 from netgeom import count_patterns, trace
 from netgeom.nets import certified
 from netgeom.nets._graph_kernel import relu_fused
@@ -190,9 +189,9 @@ def _near_boundary(net, seed: int, n_seg: int = 5) -> torch.Tensor:
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000))
-def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, monkeypatch, pool_runtime):
-    """Kernels on or off, float32 or float64 first, row blocks on the workers (two threads, tiny blocks)
-    or not: the same patterns as rational arithmetic."""
+def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, monkeypatch):
+    """Kernels on or off, float32 or float64 first, tiny row blocks or one: the same patterns as rational
+    arithmetic."""
     net = _ConvConv(seed).eval()
     X64 = _near_boundary(net, seed)
     g = trace(net, input_shape=(1, 7, 7))
@@ -207,7 +206,7 @@ def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, mon
         ref = np.concatenate([ref, ref[::-1]])
         for kernels, dt, blocks in (
             (True, torch.float32, 1 << 22),
-            (True, torch.float32, 256),  # blocks of 16 rows on the workers
+            (True, torch.float32, 256),  # blocks of 16 rows
             (False, torch.float32, 1 << 22),
             (True, torch.float64, 256),
             (False, torch.float64, 1 << 22),
@@ -233,26 +232,3 @@ def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, mon
     assert min(redone) > 0  # float32 could not decide every float64 input: the redo paths ran
 
 
-def test_row_blocks_on_the_workers_equal_one_thread(monkeypatch, pool_runtime):
-    """Many row blocks on a two-thread pool (really made) give the decisions of one thread, block by block
-    in order; the float64 redo of undecided rows runs too."""
-    made = []
-    real = workers.chunk_pool
-
-    def spy(n=None):
-        made.append(real(n))
-        return made[-1]
-
-    net = _ConvConv(5, 6, 4).eval()
-    g = trace(net, input_shape=(1, 7, 7))
-    X = torch.rand(3000, 49, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(certified, "_CHUNK_BYTES", 4096)
-    monkeypatch.setattr(workers, "chunk_pool", spy)
-    par, st_par = graph_patterns(g, X, _engines={})
-    assert any(p is not None for p in made)
-    torch.set_num_threads(1)
-    one, st_one = graph_patterns(g, X, _engines={})
-    torch.set_num_threads(2)
-    assert st_par == st_one
-    for i in par:
-        assert torch.equal(par[i], one[i])

@@ -24,9 +24,9 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic), on one worker thread per torch thread (each block's torch operations on one OpenMP thread),
-each block's tensors held until the next block is done (so that malloc recycles them) and the compiled
-passes' outputs written into the same buffers block after block. On the CPU a ReLU fed by elementwise bounds
+arithmetic), one after another on the calling thread with torch's own threads, each block's tensors held
+until the next block is done (so that malloc recycles them) and the compiled passes' outputs written into the
+same buffers block after block. On the CPU a ReLU fed by elementwise bounds
 and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
 ``|W| (e + g |x^|) + g |b|`` is one more convolution (the bias and underflow allowance folded into its bias;
 its final factor applied as the ReLU's pass reads it), whose input ``e + g relu(z^)`` the ReLU before it
@@ -70,7 +70,6 @@ homogeneity).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from fractions import Fraction
@@ -78,8 +77,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from .._matmul import gradual_underflow, linear32
-from . import _workers
+from .._matmul import linear32
 from .graph import PLGraph, PLNode
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
@@ -803,32 +801,18 @@ class _Engine:
         if self.kernels:
             dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
             out.update(dest)
-        starts = list(range(0, B, step))
-        grad = torch.is_grad_enabled()
-
-        def block(a):
+        # (blocks run one after another on this thread: handed to chunk workers, one OpenMP thread each, the
+        # residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2 threads, the residual
+        # MLP 2x: each worker's buffers are made afresh per batch, and torch's own threads share the products)
+        for a in range(0, B, step):
             xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
             views = {i: t[a : a + step] for i, t in dest.items()}
-            return a, views, self.run(xb, exact_input, keep, views)
-
-        def worker_block(a):  # grad mode and subnormal flushing are per thread: the caller's, on a worker
-            with torch.set_grad_enabled(grad), gradual_underflow():
-                return block(a)
-
-        # on the CPU, blocks go to one thread per torch thread, each running its torch operations on one
-        # OpenMP thread (:mod:`._workers`): a block's few dozen operations on ~1 ms of arithmetic each, and
-        # its compiled passes, then keep every core busy, where torch's own threads wait at each
-        # operation's end (and the compiled passes run on one core)
-        pool = _workers.chunk_pool() if len(starts) > 1 and self.device.type == "cpu" else None
-        ahead = 2 * max(1, torch.get_num_threads())
-        with pool or contextlib.nullcontext():
-            for a, views, res in _workers.map_ordered(pool, worker_block if pool else block, starts, ahead):
-                for i, (d, u) in res.items():
-                    if i not in out:
-                        out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
-                    if i not in views or d.data_ptr() != views[i].data_ptr():
-                        out[i][a : a + step] = d
-                    und[a : a + step] |= u.cpu()
+            for i, (d, u) in self.run(xb, exact_input, keep, views).items():
+                if i not in out:
+                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                if i not in views or d.data_ptr() != views[i].data_ptr():
+                    out[i][a : a + step] = d
+                und[a : a + step] |= u.cpu()
         return out, und
 
     def _buffers(self, i: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
