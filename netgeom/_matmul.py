@@ -138,18 +138,21 @@ def _set_team_flushing(on: bool) -> None:
         torch.set_flush_denormal(mine)
 
 
-_STATE = threading.local()  # per thread: how many gradual_underflow blocks it is inside
+_STATE = threading.local()  # per thread: whether an enclosing block has checked torch's OpenMP threads
 
 
 @contextlib.contextmanager
-def gradual_underflow() -> Iterator[None]:
+def gradual_underflow(torch_threads: bool = True) -> Iterator[None]:
     """Subnormal numbers kept (IEEE gradual underflow) inside the block, also usable as a decorator.
 
     With flushing on (``torch.set_flush_denormal(True)``), a float32 weight or input of 1e-40 reads as 0: a
     traced network loses it, a pattern's sign flips, distinct tiny points coincide. Flushing is switched off
     for the block, on this thread and on torch's OpenMP threads (which keep the state they started with,
     whatever this thread's is now), and back on after where it was on; threads started inside the block
-    inherit it. Where torch's threads flush and cannot be switched, an error says so.
+    inherit it. Where torch's threads flush and cannot be switched, an error says so. ``torch_threads=False``
+    for a block that runs no parallel torch operation on the CPU (numpy, numba and threads of its own): the
+    check of torch's threads wakes them, and their spinning afterwards took a core from such a block (a
+    1000-point kNN: 8 -> 12-16 ms).
 
     Example
     -------
@@ -163,11 +166,11 @@ def gradual_underflow() -> Iterator[None]:
     flushed = _flushes_subnormals()
     if flushed:
         torch.set_flush_denormal(False)
-    depth = getattr(_STATE, "depth", 0)
+    checked = getattr(_STATE, "team", False)
     team = False
     try:
-        # (an enclosing block on this thread has set the team already)
-        if depth == 0 and _workers_flush():
+        # (an enclosing block on this thread has checked the team already)
+        if torch_threads and not checked and _workers_flush():
             _set_team_flushing(False)
             team = True
             if _workers_flush():
@@ -176,11 +179,11 @@ def gradual_underflow() -> Iterator[None]:
                     "them: call torch.set_flush_denormal(False) before torch's first parallel operation, or "
                     "torch.set_num_threads(1)"
                 )
-        _STATE.depth = depth + 1
+        _STATE.team = checked or torch_threads
         try:
             yield
         finally:
-            _STATE.depth = depth
+            _STATE.team = checked
     finally:
         if team:
             _set_team_flushing(True)
@@ -233,13 +236,13 @@ _HOLDS = _Holds()
 
 
 @contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
+def ieee_float32(torch_threads: bool = True) -> Iterator[None]:
     """Hold torch's float32 products at IEEE float32 inside the block; the caller's settings come back after.
 
     TF32 (CUDA) and bfloat16 pieces (oneDNN on CPU) would void bounds of the form ``gamma_K |W| |x|``. The
     switches are process-wide in torch: while any thread is inside such a block, every thread's products
     run in IEEE float32; the last thread out restores the caller's values. Subnormals are kept too
-    (:func:`gradual_underflow`, per thread).
+    (:func:`gradual_underflow`, per thread; ``torch_threads`` as there).
 
     Example
     -------
@@ -250,7 +253,7 @@ def ieee_float32() -> Iterator[None]:
     """
     _HOLDS.enter()
     try:
-        with gradual_underflow():
+        with gradual_underflow(torch_threads):
             yield
     finally:
         _HOLDS.exit()

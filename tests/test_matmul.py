@@ -272,3 +272,16 @@ def test_linear32_respects_onednn_switched_off():
         assert torch.equal(linear32(x, w), F.linear(x, w))
     finally:
         torch.backends.mkldnn.enabled = saved
+
+
+def test_knn_leaves_torch_threads_alone(monkeypatch):
+    """The kNN runs no parallel torch operation on the CPU: it does not wake torch's threads to check them
+    (their spinning afterwards took a core from the search), while count_patterns does."""
+    import netgeom._matmul as M
+
+    calls = []
+    monkeypatch.setattr(M, "_workers_flush", lambda: calls.append(1) or False)
+    nearest_neighbors(np.random.default_rng(0).normal(size=(300, 40)), 5, method="torch")
+    assert calls == []
+    count_patterns(mlp(4, [5], 1, seed=0), torch.rand(50, 4))
+    assert calls

@@ -191,7 +191,7 @@ def nearest_neighbors(
         raise ValueError(f"k={k} needs at least k+1={k + 1} distinct points, got {n_input} points")
     # subnormals flushed to zero (torch.set_flush_denormal) would make tiny distinct points duplicates and
     # void the float32 bounds: gradual underflow (and IEEE float32 products) for the whole search
-    with ieee_float32():
+    with ieee_float32(torch_threads=False):
         kept = np.arange(n_input)
         dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
         # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
@@ -252,7 +252,7 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
         # error bound so much that almost every row needs the slow exact rescan; full float32 costs little
         # here. The caller's setting is restored on the way out. (The checks of X and the scaling of tiny
         # data below are made by the torch back-end's first pass.)
-        with ieee_float32():
+        with ieee_float32(torch_threads=False):
             return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
     if amax is None:  # the caller's max |X|, when it has one
         amax = float(np.abs(X).max())
