@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from _boundary import boundary_points
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -159,27 +160,10 @@ def _near_boundary(net, seed: int, n_seg: int = 5) -> torch.Tensor:
     (bisection on the float64 forward along random segments), their neighbours and a few offsets."""
     g = trace(net.double(), input_shape=(1, 7, 7))
     gen = torch.Generator().manual_seed(seed)
+    def end():
+        return torch.rand(49, generator=gen, dtype=torch.float64) * 2
 
-    def pat(x):
-        vals = g.values(x[None])
-        return torch.cat([vals[n.inputs[0]][0] > 0 for n in g.nodes if n.op == "relu"])
-
-    pts = []
-    for _ in range(n_seg):
-        a, b = (torch.rand(49, generator=gen, dtype=torch.float64) * 2 for _ in range(2))
-        pa = pat(a)
-        if torch.equal(pa, pat(b)):
-            continue
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if torch.equal(pat(a + mid * (b - a)), pa):
-                lo = mid
-            else:
-                hi = mid
-        x = a + hi * (b - a)
-        pts += [x, torch.nextafter(x, x + 1), a + lo * (b - a)]
-        pts += [a + (hi + s * d) * (b - a) for d in (1e-5, 1e-7, 1e-9) for s in (-1, 1)]
+    pts = boundary_points(g, lambda: (end(), end()), n_seg)
     z = torch.rand(4, 49, generator=gen, dtype=torch.float64)
     z[:, :21] = 0.0
     pts += list(z)

@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from _boundary import boundary_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_patterns_graph_speed import _ConvPoolRes, _first_argmax, _rational_pattern
@@ -193,33 +194,10 @@ def _near_boundary_nonneg(net, seed: int, n_seg: int = 6) -> torch.Tensor:
     that the first convolution takes its stacked bound), their float64 neighbours and a few offsets."""
     g = trace(net.double(), input_shape=(1, 6, 6))
     gen = torch.Generator().manual_seed(seed)
+    def end():
+        return torch.rand(36, generator=gen, dtype=torch.float64) * 2
 
-    def pat(x):
-        vals = g.values(x[None])
-        out = []
-        for node in g.nodes:
-            if node.op == "relu":
-                out.append((vals[node.inputs[0]][0] > 0).double())
-            elif node.op == "maxpool":
-                out.append(node.pool(vals[node.inputs[0]], return_indices=True)[1][0].double())
-        return torch.cat(out)
-
-    pts = []
-    for _ in range(n_seg):
-        a, b = (torch.rand(36, generator=gen, dtype=torch.float64) * 2 for _ in range(2))
-        pa = pat(a)
-        if torch.equal(pa, pat(b)):
-            continue
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if torch.equal(pat(a + mid * (b - a)), pa):
-                lo = mid
-            else:
-                hi = mid
-        x = a + hi * (b - a)
-        pts += [x, torch.nextafter(x, x + 1), a + lo * (b - a)]
-        pts += [a + (hi + s * d) * (b - a) for d in (1e-5, 1e-7, 1e-9) for s in (-1, 1)]
+    pts = boundary_points(g, lambda: (end(), end()), n_seg)
     z = torch.rand(4, 36, generator=gen, dtype=torch.float64)
     z[:, :18] = 0.0  # relu ties (zeros) inside the max-pool windows
     pts += list(z)

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from _boundary import boundary_points
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -180,34 +181,17 @@ def _near_boundary_inputs(net, seed: int, n_seg: int = 6) -> torch.Tensor:
     max-pool windows)."""
     g = trace(net.double(), input_shape=(1, 6, 6))
     gen = torch.Generator().manual_seed(seed)
-    pts = []
+    def segment():
+        return torch.randn(36, generator=gen, dtype=torch.float64), torch.randn(36, generator=gen).double()
 
-    def pat(x):
-        vals = g.values(x[None])
-        out = []
-        for node in g.nodes:
-            if node.op == "relu":
-                out.append(vals[node.inputs[0]][0] > 0)
-            elif node.op == "maxpool":
-                out.append(node.pool(vals[node.inputs[0]], return_indices=True)[1][0].float())
-        return torch.cat([o.float() for o in out])
-
-    for _ in range(n_seg):
-        a, b = torch.randn(36, generator=gen, dtype=torch.float64), torch.randn(36, generator=gen).double()
-        pa = pat(a)
-        if torch.equal(pa, pat(b)):
-            continue
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if torch.equal(pat(a + mid * (b - a)), pa):
-                lo = mid
-            else:
-                hi = mid
-        x = a + hi * (b - a)
-        pts += [x, torch.nextafter(x, x + 1), torch.nextafter(x, x - 1), a + lo * (b - a)]
-        # further off: float32 cannot tell, a float64 unit redo or row pass can
-        pts += [a + (hi + s * d) * (b - a) for d in (1e-5, 1e-7, 1e-9, 1e-12) for s in (-1, 1)]
+    # (the far points: float32 cannot tell, a float64 unit redo or row pass can)
+    pts = boundary_points(
+        g,
+        segment,
+        n_seg,
+        offsets=(1e-5, 1e-7, 1e-9, 1e-12),
+        below=True,
+    )
     z = torch.randn(6, 36, generator=gen, dtype=torch.float64)
     z[:, :18] = 0.0
     pts += list(z)
