@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _platform import X86_LINUX, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,7 +90,7 @@ def test_linear32_within_the_float32_error_model(m, k, n, bias, scale, seed):
 
 def test_linear32_large_products_use_onednn_and_small_ones_f_linear():
     if _onednn_linear() is None:
-        pytest.skip("torch built without oneDNN's linear operator")
+        unavailable("torch built without oneDNN's linear operator", expected=X86_LINUX)
     g = torch.Generator().manual_seed(1)
     x, w, b = torch.rand(600, 300, generator=g), torch.randn(100, 300, generator=g), torch.randn(100)
     assert 600 * 300 * 100 >= 1 << 24
@@ -160,7 +161,7 @@ def test_knn_of_subnormal_points_when_the_caller_flushes(method):
     X = np.random.default_rng(4).normal(size=(120, 6)) * 1e-310  # float64 subnormals, made unflushed
     want = nearest_neighbors(X, 4, method=method)
     if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+        unavailable("this CPU cannot flush subnormals (no SSE3)", expected=X86_LINUX)
     try:
         got = nearest_neighbors(X, 4, method=method)
     finally:
@@ -186,7 +187,7 @@ def test_trace_keeps_subnormal_weights_when_the_caller_flushes():
     want = read()
     assert want[0][0, 0] != 0 and want[1] == 2
     if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+        unavailable("this CPU cannot flush subnormals (no SSE3)", expected=X86_LINUX)
     try:
         got = read()
     finally:
@@ -206,7 +207,7 @@ def test_layer_persistence_keeps_subnormal_weights_when_the_caller_flushes(as_te
     want = zeroth_persistence(layer).to_dict(), spanning_forest_mask(layer)
     assert want[0]["n_edges"] == 20
     if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals (no SSE3)")
+        unavailable("this CPU cannot flush subnormals (no SSE3)", expected=X86_LINUX)
     try:
         got = zeroth_persistence(layer).to_dict(), spanning_forest_mask(layer)
     finally:

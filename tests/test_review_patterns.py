@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from _platform import X86_LINUX, cpu_flags, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,7 +57,7 @@ def test_worker_threads_run_mkl_on_one_thread_after_set_num_threads(pool_runtime
     # then ran their float products on n threads each (one extra MKL thread per worker, ~30% more CPU time
     # for 784-400-400-10 on 2 cores)
     if not torch.backends.mkl.is_available():
-        pytest.skip("torch without MKL: no MKL thread count to hold")
+        unavailable("torch without MKL: no MKL thread count to hold", expected=X86_LINUX)
     assert workers._mkl_local() is not None  # torch has MKL: its per-thread setter must be found
     pool = workers.chunk_pool(2)
 
@@ -172,7 +173,9 @@ def _check_progressive(net, X) -> int:
     relus = [n.index for n in gr.nodes if n.op == "relu"]
     refined = 0
     if not int8_products_exact():
-        pytest.skip("torch._int_mm is not exact on this CPU (no VNNI): the int8 path is never used here")
+        vnni = bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+        unavailable("torch._int_mm is not exact on this CPU (no VNNI): the int8 path is never used here",
+                    expected=vnni)
     for m in (1, 2):
         for lv in (1, 2, 3):
             assert plan.int8_layer(lv) is not None
