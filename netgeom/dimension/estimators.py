@@ -38,7 +38,7 @@ import torch
 
 from .._validation import check_array, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
-from .neighbors import NeighborGraph, nearest_neighbors
+from .neighbors import NeighborGraph, _tiny_shift, nearest_neighbors
 
 __all__ = [
     "DimensionResult",
@@ -463,8 +463,7 @@ def _check_graph_of(X: np.ndarray, g: NeighborGraph) -> np.ndarray:
     Xk = X[g.kept]
     # data below 2^-100 are compared scaled by a power of two, as the kNN computed them (squares of 1e-160
     # underflow: the graph of such an X was refused as "not built from this X")
-    amax = float(np.abs(Xk).max()) if Xk.size else 0.0
-    shift = -math.frexp(amax)[1] if 0 < amax < 2.0**-100 else 0
+    shift = _tiny_shift(float(np.abs(Xk).max()) if Xk.size else 0.0)
     Y = np.ldexp(Xk, shift)
     diff = Y - Y[g.indices[:, -1]]
     d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
@@ -596,8 +595,7 @@ class LocalPCA:
         # every rule compares eigenvalues with each other: data below 2^-100 are decomposed scaled by a power
         # of two (their squares underflowed: 1e-160 gave 9.4187 for 9.419, 1e-200 "no spread"), and the
         # spectra reported scaled back
-        amax = float(np.abs(Xk).max()) if Xk.size else 0.0
-        shift = -math.frexp(amax)[1] if 0 < amax < 2.0**-100 else 0
+        shift = _tiny_shift(float(np.abs(Xk).max()) if Xk.size else 0.0)
         Xs = np.ldexp(Xk, shift) if shift else Xk
         spectra = local_pca_spectra(Xs, neighbors.indices[:, :k], bool(self.include_self), chunk)
         pw = pca_rule_dimension(spectra, rule, **self._rule_kw())

@@ -225,6 +225,12 @@ def nearest_neighbors(
 _TINY = 2.0**-100
 
 
+def _tiny_shift(amax: float) -> int:
+    """The power of two that brings data whose largest ``|x|`` is ``amax`` to [0.5, 1) when ``amax`` is below
+    :data:`_TINY` (their squared differences would underflow), else 0."""
+    return -math.frexp(amax)[1] if 0 < amax < _TINY else 0
+
+
 def _scale_back(dist: np.ndarray, shift: int) -> np.ndarray:
     """``dist * 2^shift``: distances of subnormal data come back subnormal, by design (under a caller's
     ``np.seterr(under="raise")`` that raised FloatingPointError)."""
@@ -256,12 +262,12 @@ def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
             return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
     if amax is None:  # the caller's max |X|, when it has one
         amax = float(np.abs(X).max())
-    if 0 < amax < _TINY:
+    shift = _tiny_shift(amax)
+    if shift:
         # squared differences of data this small reach float64's subnormal range (at 1e-163 they vanish: two
         # distinct points at distance 0). Scaled by a power of two, every difference, square, sum and root
         # is the same number times that power wherever nothing under- or overflows: scaling back gives the
         # same distances as the data's own scale would, where that scale leaves them exact
-        shift = -math.frexp(amax)[1]
         dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
         return _scale_back(dist, -shift), idx, n_fallback
     dist, idx = _knn_kdtree(X, k)
@@ -352,8 +358,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     hi = np.max([st[2] for st in stats], axis=0)
     amax = max(float(hi.max()), -float(lo.min()))  # (NaN or inf: refused just below)
     _check_magnitude(X, amax, sum(st[4] for st in stats))
-    if 0 < amax < _TINY:  # as in _knn: scaled by a power of two, scaled back
-        shift = -math.frexp(amax)[1]
+    shift = _tiny_shift(amax)
+    if shift:  # as in _knn: scaled by a power of two, scaled back
         dist, idx, n_fallback = _knn_torch_pool(np.ldexp(X, shift), k, n_extra, chunk_size, device, threads,
                                                 pool)
         return _scale_back(dist, -shift), idx, n_fallback
