@@ -281,8 +281,9 @@ def _onednn_linear():
 def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` in IEEE float32 (``F.linear``'s contract), by oneDNN on CPU when it pays.
 
-    ``x`` is (B, K), ``weight`` (N, K), ``bias`` (N,) or ``None``, all float32 on one device. Call inside
-    :func:`ieee_float32` when a bound depends on the rounding model.
+    ``x`` is (B, K), ``weight`` (N, K), ``bias`` (N,) or ``None``, on one device. Call inside
+    :func:`ieee_float32` when a bound depends on the rounding model. Other dtypes (float64), devices, small
+    products and autograd inputs go to ``F.linear`` itself.
 
     Example
     -------

@@ -1423,7 +1423,7 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
         else:
             if l_idx < m or hn is None:
                 hn = _safe_norm(h) * _SAFETY
-            z = linear32(h, W, b) if h.dtype == torch.float32 else torch.addmm(b, h, W.T)
+            z = linear32(h, W, b)
             A = (e + gam * hn) * _SAFETY  # per row: bound_j = A r_j + G c_j + T
             G = gam * _SAFETY
             # underflow: each of the K products and the bias cast may lose up to the smallest normal number

@@ -129,8 +129,7 @@ class _AffineOp:
 
 
 def _linear_fn(x, p, bias):
-    b = p.get("bias") if bias else None
-    return linear32(x, p["weight"], b) if x.dtype == torch.float32 else F.linear(x, p["weight"], b)
+    return linear32(x, p["weight"], p.get("bias") if bias else None)
 
 
 def _conv_fn(dim, stride, padding, dilation, groups):

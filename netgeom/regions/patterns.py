@@ -228,6 +228,10 @@ def _bits_of(decisions: dict[int, torch.Tensor], nodes, widths) -> np.ndarray:
     return torch.cat(cols, dim=1).numpy()
 
 
+# TF32 / bfloat16 pieces or flushed subnormals would void the float32 bounds: IEEE arithmetic for the whole
+# count, from the plan's norms and weight casts (under a caller's flushing a float64 weight of 1e-310 counted
+# as 0 there and its row's bound came out 0) to the last chunk
+@ieee_float32()
 def count_patterns(
     model: torch.nn.Module,
     X,
@@ -318,13 +322,8 @@ def count_patterns(
     run_dtype = dtype
     probe = True
     redone = {"float64": 0, "exact": 0}
-    # TF32 / bfloat16 pieces would void the float32 bounds: IEEE float32 for the whole count
-    guard = ieee_float32()
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
-    # (the plan's norms, nonzero counts and float32 casts of the weights too: under a caller's flushing, a
-    # float64 weight of 1e-310 counted as 0 there and its row's bound came out 0)
-    with ieee_float32():
-        plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
+    plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
     # the per-unit chain path runs a dozen elementwise passes over (rows, width) float64 arrays: in chunks of
     # at most 4096 rows they stay small (65 536 points through 784-400-400-10 on one thread: 13% less CPU
     # time than 8192 rows at once)
@@ -359,7 +358,7 @@ def count_patterns(
     # float16 products) is switched off here (the chunk workers never inherit it: it is per thread)
     size = X.shape[0] if isinstance(X, (np.ndarray, torch.Tensor)) and X.ndim else None
     bar = tqdm(total=size, desc="count_patterns", unit="input", delay=1.0, disable=not verbose)
-    with bar, torch.no_grad(), guard, torch.autocast(dev.type, enabled=False):
+    with bar, torch.no_grad(), torch.autocast(dev.type, enabled=False):
         stream = chunks()
         if plan is not None:
             first = next(stream, None)
