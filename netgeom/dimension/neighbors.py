@@ -335,7 +335,10 @@ def _knn_torch(
     threads = max(1, torch.get_num_threads())
     if threads == 1:
         return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, None)
-    pool = _Helpers(threads - 1)  # the caller is the other one
+    # each helper's torch operations (the oneDNN Gram blocks) run on that helper alone: a team of OpenMP
+    # threads per helper would oversubscribe the cores and spin on them after every product
+    lib = _openmp_runtime()
+    pool = _Helpers(threads - 1, None if lib is None else functools.partial(_one_openmp_thread, lib))
     try:
         return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
     finally:
@@ -383,7 +386,21 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # their float32 Gram entry x·y and their squared norms, summed in float64 from exact squares. A Gram
     # block on the diagonal is symmetric: BLAS computes it at half the flops (syrk, which numpy calls for
     # A @ A.T), where [x, ‖x‖², 1] · [−2y, 1, ‖y‖²] would need a full product.
-    left = np.empty((n, D32), dtype=np.float32)
+    workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+    # Few points: the whole Gram matrix (blocks, one barrier), then each row's m smallest scores by a
+    # selection over its full row, done by the re-rank's own pass over its rows (no candidate heaps,
+    # nothing to merge, one barrier less). More points: blocks, streamed through per-row heaps
+    dense = chunk_size is None and n <= _DENSE_MAX_POINTS
+    if chunk_size is None:
+        chunk_size = _block_size(n)
+    # the re-rank (and, in the dense case, the selection) runs by pieces of rows, about four per thread: a
+    # thread that starts late or is descheduled leaves less to wait for
+    piece = max(64, min(chunk_size, math.ceil(n / (4 * threads))))
+    pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
+    onednn = _onednn_gram(piece, n, D32) if dense and device.type == "cpu" else None
+    # (oneDNN's products all have one shape: the rows are padded with zeros to whole pieces)
+    left = np.empty((n if onednn is None else piece * len(pieces), D32), dtype=np.float32)
+    left[n:] = 0
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
     # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
     # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
@@ -446,15 +463,11 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # computed per row by the compiled re-rank (_knn_kernel.rerank_prepare / rerank_finish)
     bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
 
-    workers = max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-    # Few points: the whole Gram matrix (syrk and GEMM blocks, one barrier), then each row's m smallest
-    # scores by a selection over its full row, done by the re-rank's own pass over its rows (no candidate
-    # heaps, nothing to merge, one barrier less). More points: blocks, streamed through per-row heaps
-    dense = chunk_size is None and n <= _DENSE_MAX_POINTS
-    if chunk_size is None:
-        chunk_size = _block_size(n)
     if dense:
-        G, gram_tasks = _gram_tasks(make_scores, n, workers)
+        if onednn is None:
+            G, gram_tasks = _gram_tasks(make_scores, n, workers)
+        else:
+            lt = torch.from_numpy(left)
         best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
         tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
     else:
@@ -469,7 +482,12 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
         if dense:
-            kern.smallest_in_rows(G[a:b], a, 0, sq, best_v, best_i, tau, True)
+            # the rows' full Gram rows: from the matrix, or by oneDNN for these rows alone (see _onednn_gram)
+            if onednn is None:
+                full = G[a:b]
+            else:
+                full = onednn(lt[a : a + piece], lt[:n], None, "none", [], "").numpy()[: b - a]
+            kern.smallest_in_rows(full, a, 0, sq, best_v, best_i, tau, True)
         for store_v, store_i in stores:  # the other threads' candidates of these rows
             kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
@@ -487,10 +505,12 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
-    # (about four pieces per thread: a thread that starts late or is descheduled leaves less to wait for)
-    piece = max(64, min(chunk_size, math.ceil(n / (4 * threads))))
-    pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    if dense:
+    if dense and onednn is not None:
+        # every piece computes its own Gram rows: no barrier, no piece waits for another
+        # (oneDNN's products run on the caller's thread alone, as on each helper: see _knn_torch)
+        with _one_openmp_caller(_openmp_runtime()):
+            failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
+    elif dense:
         # one phase: the Gram blocks, then the pieces of rows, each started as soon as the blocks holding
         # its rows are done (a thread done with the products takes the first rows while the other finishes
         # the last block, instead of waiting for it). Every block precedes the pieces and is taken before
@@ -522,6 +542,60 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         n_fallback = len(rows)
         dist[rows], idx[rows] = _exact_rows(X, rows, k)
     return dist, idx, n_fallback
+
+
+def _openmp_runtime():
+    """torch's OpenMP runtime, whose per-thread thread count torch's CPU operations follow, or ``None``."""
+    from ..nets._workers import _openmp
+
+    return _openmp()
+
+
+def _one_openmp_thread(lib) -> None:
+    """Run this (helper) thread's torch operations on it alone."""
+    from ..nets._workers import _one_openmp_thread
+
+    _one_openmp_thread(lib)
+
+
+@contextlib.contextmanager
+def _one_openmp_caller(lib):
+    """The calling thread's torch operations on it alone inside the block, its thread count restored
+    after (a no-op without ``lib``)."""
+    if lib is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    lib.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        lib.omp_set_num_threads(before)
+
+
+def _onednn_gram(rows: int, n: int, d: int):
+    """torch's oneDNN float32 product, where the Gram rows of pieces of ``rows`` points against all ``n``
+    (``d`` features) are worth computing by it, else ``None``.
+
+    Why: numpy's OpenBLAS runs its AVX2 (Haswell) kernels on AMD processors it does not know, where oneDNN
+    uses AVX-512: on the reference machine (AMD EPYC) the full 1000 x 1000 Gram matrix of 594 MNIST features
+    takes 6.1 ms by oneDNN in pieces of 125 or 250 rows on one thread, against 6.2 ms for syrk and GEMM
+    blocks on and above the diagonal by OpenBLAS (half the flops), plus their copy below the diagonal.
+    Each piece then selects its candidates from its own rows, still in cache: the whole matrix is never
+    stored, and no piece waits for another's blocks. Both are IEEE float32 dot products in some order (the
+    kNN holds oneDNN at IEEE float32: :func:`.._matmul.ieee_float32`), so one error bound covers either.
+    oneDNN builds (and caches) a kernel per shape, ~1.3 ms the first time: every piece has the same shape,
+    and products too small to repay it stay with numpy (the threshold of :func:`.._matmul.linear32`).
+    Each thread's products must run on that thread alone (:func:`_one_openmp_thread`), which needs torch's
+    OpenMP runtime."""
+    from .._matmul import _ONEDNN_MIN_MACS, _onednn_linear
+
+    if rows * n * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled:
+        return None
+    op = _onednn_linear()
+    if op is None or _openmp_runtime() is None:
+        return None
+    return op
 
 
 def _numpy_scores(left: np.ndarray):
@@ -572,16 +646,19 @@ class _Helpers:
     caller has done the work by then. ``close()`` lets the helpers exit once idle.
     """
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, init=None):
         import _thread
         import queue
 
         self._jobs = queue.SimpleQueue()
         self._count = count
+        self._init = init
         for _ in range(count):
             _thread.start_new_thread(self._serve, ())
 
     def _serve(self):
+        if self._init is not None:
+            self._init()
         while (job := self._jobs.get()) is not None:
             job.run()
 
