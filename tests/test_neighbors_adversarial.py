@@ -169,19 +169,37 @@ def test_compiled_distance_sums_in_einsums_order(D):
     want = np.einsum("ijk,ijk->ij", d, d)[0]
     got = np.array([kern.sq_dist(X[r], Y[r]) for r in range(n)])
     np.testing.assert_array_equal(got, want)
-    # the re-rank kernel (four candidates at a time, then one by one; float64 or exact float32 gathers)
+    # the re-rank kernel (four candidates at a time, in pairs of lanes; float64 or exact float32 gathers),
+    # from rows in its layout: every feature, or a subset (the others constant: they add 0 * 0)
     Z = np.concatenate([X, Y])
     cand = np.arange(n, 2 * n)[:, None] + np.zeros(9, dtype=np.int64)
     out = np.empty((n, 9))
     n_keep = np.arange(n) % 10
-    kern.direct_distances(Z, Z, 0, cand, n_keep, out)
     slots = np.arange(9)[None, :]
-    np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], np.sqrt(want)[:, None], np.inf))
-    Z32 = Z.astype(np.float32)
-    kern.direct_distances(Z32.astype(np.float64), Z32, 0, cand, n_keep, out)
-    d32 = (Z32[n:].astype(np.float64) - Z32[:n])[None]
-    want32 = np.sqrt(np.einsum("ijk,ijk->ij", d32, d32)[0])
-    np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
+    for features in (np.arange(D), np.flatnonzero(rng.random(D) < 0.7)):
+        if features.size == 0:
+            continue
+        Zs = np.zeros_like(Z)
+        Zs[:, features] = Z[:, features]
+        d = (Zs[n:] - Zs[:n])[None]
+        want = np.sqrt(np.einsum("ijk,ijk->ij", d, d)[0])
+        pos, pad, width = kern.pair_layout(D, features)
+        assert np.intersect1d(pos, pad).size == 0 and pos.size + pad.size == width
+        P = np.full((2 * n, width), np.nan)
+        P[:, pos], P[:, pad] = Z[:, features], 0.0
+        kern.direct_distances(P, 0, cand, n_keep, out)
+        np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want[:, None], np.inf))
+        Z32 = Zs.astype(np.float32)
+        d32 = (Z32[n:].astype(np.float64) - Z32[:n])[None]
+        want32 = np.sqrt(np.einsum("ijk,ijk->ij", d32, d32)[0])
+        P32 = P.astype(np.float32)
+        kern.direct_distances(P32, 0, cand, n_keep, out)
+        np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
+        # the rows are read at any offset and stride (a row of a larger array)
+        P2 = np.zeros((2 * n + 3, width), dtype=np.float32)
+        P2[3:] = P32
+        kern.direct_distances(P2[3:], 0, cand, n_keep, out)
+        np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
 
 
 @pytest.mark.parametrize("gather_bytes", [0, 1 << 24])

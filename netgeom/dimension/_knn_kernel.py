@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -58,88 +62,6 @@ def sq_dist(x, y):
     return _sq_dist(x, y, x.size)
 
 
-@numba.njit(cache=True, nogil=True)
-def direct_distances(X, Xg, a0, cand, n_keep, out):
-    """``out[i, j] = ‖X[a0 + i] − X[cand[i, j]]‖`` in float64 for ``j < n_keep[i]`` (``inf`` in the other
-    slots). ``Xg`` holds the values of ``X`` (``X`` itself or an exact float32 copy: half the bytes to
-    gather), so every difference is the float64 one. Four candidates at a time: eight independent
-    accumulation chains keep the adder busy where one pair's two chains wait on its latency."""
-    D = X.shape[1]
-    for i in range(out.shape[0]):
-        x = X[a0 + i]
-        nk = n_keep[i]
-        j = 0
-        while j + 4 <= nk:
-            y0 = Xg[cand[i, j]]
-            y1 = Xg[cand[i, j + 1]]
-            y2 = Xg[cand[i, j + 2]]
-            y3 = Xg[cand[i, j + 3]]
-            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
-            t = 0
-            while t + 8 <= D:
-                for o in (6, 4, 2, 0):
-                    x0 = x[t + o]
-                    x1 = x[t + o + 1]
-                    e0 = y0[t + o] - x0
-                    e1 = y0[t + o + 1] - x1
-                    p0 = e0 * e0 + p0
-                    p1 = e1 * e1 + p1
-                    e0 = y1[t + o] - x0
-                    e1 = y1[t + o + 1] - x1
-                    q0 = e0 * e0 + q0
-                    q1 = e1 * e1 + q1
-                    e0 = y2[t + o] - x0
-                    e1 = y2[t + o + 1] - x1
-                    r0 = e0 * e0 + r0
-                    r1 = e1 * e1 + r1
-                    e0 = y3[t + o] - x0
-                    e1 = y3[t + o + 1] - x1
-                    s0 = e0 * e0 + s0
-                    s1 = e1 * e1 + s1
-                t += 8
-            while t + 2 <= D:
-                x0 = x[t]
-                x1 = x[t + 1]
-                e0 = y0[t] - x0
-                e1 = y0[t + 1] - x1
-                p0 = e0 * e0 + p0
-                p1 = e1 * e1 + p1
-                e0 = y1[t] - x0
-                e1 = y1[t + 1] - x1
-                q0 = e0 * e0 + q0
-                q1 = e1 * e1 + q1
-                e0 = y2[t] - x0
-                e1 = y2[t + 1] - x1
-                r0 = e0 * e0 + r0
-                r1 = e1 * e1 + r1
-                e0 = y3[t] - x0
-                e1 = y3[t + 1] - x1
-                s0 = e0 * e0 + s0
-                s1 = e1 * e1 + s1
-                t += 2
-            if t < D:
-                x0 = x[t]
-                e0 = y0[t] - x0
-                p0 = e0 * e0 + p0
-                e0 = y1[t] - x0
-                q0 = e0 * e0 + q0
-                e0 = y2[t] - x0
-                r0 = e0 * e0 + r0
-                e0 = y3[t] - x0
-                s0 = e0 * e0 + s0
-            out[i, j] = np.sqrt(p0 + p1)
-            out[i, j + 1] = np.sqrt(q0 + q1)
-            out[i, j + 2] = np.sqrt(r0 + r1)
-            out[i, j + 3] = np.sqrt(s0 + s1)
-            j += 4
-        while j < nk:
-            out[i, j] = np.sqrt(_sq_dist(x, Xg[cand[i, j]], D))
-            j += 1
-        while j < out.shape[1]:
-            out[i, j] = np.inf
-            j += 1
-
-
 def lane_order(D):
     """The features in the order :func:`_sq_dist` adds them: lane 0's terms, then lane 1's."""
     G = D // 8
@@ -149,77 +71,94 @@ def lane_order(D):
     return [order[order < D] for order in lanes]
 
 
+def pair_layout(D, features):
+    """Where :func:`direct_distances` wants each of ``features`` (sorted indices into ``D`` features; the
+    others are left out: constant features add ``0 * 0``, which leaves a sum unchanged): ``(pos, pad,
+    width)``, feature ``features[t]`` at column ``pos[t]`` of rows ``width`` wide, and the columns ``pad``
+    zero. Column ``2 j + l`` holds lane ``l``'s ``j``-th term (:func:`lane_order`), so the rows are read
+    front to back, one pair of lanes at a time; the shorter lane is padded with zeros (``0 - 0``)."""
+    kept = np.zeros(D, dtype=bool)
+    kept[features] = True
+    lanes = [order[kept[order]] for order in lane_order(D)]
+    width = 2 * max(lanes[0].size, lanes[1].size)
+    at = np.empty(D, dtype=np.int64)
+    for lane, order in enumerate(lanes):
+        at[order] = 2 * np.arange(order.size) + lane
+    pad = np.concatenate([2 * np.arange(order.size, width // 2) + lane for lane, order in enumerate(lanes)])
+    return at[features], pad.astype(np.int64), width
+
+
+@intrinsic
+def _pair_sums4(typingctx, Q, x, c0, c1, c2, c3):
+    """``Σ (Q[c] − Q[x])²`` for the four rows ``c = c0 … c3`` of ``Q`` (2-D, C order, even width; float64,
+    or float32 widened exactly): :func:`_sq_dist`'s sums, each row holding its two lanes' terms
+    interleaved in order of addition (:func:`pair_layout`). Each step adds one pair of terms to a
+    two-lane vector, the lanes added last, as numpy's einsum does with 128-bit SIMD; numba alone emits
+    scalar code for it (its SLP vectoriser is off), here LLVM's vector type says so. A multiply and an add,
+    never fused (no fast-math flags)."""
+    if not (isinstance(Q, types.Array) and Q.ndim == 2 and Q.layout == "C" and Q.dtype in (types.float32,
+                                                                                     types.float64)):
+        return None  # (the loads assume unit stride along a row)
+    sig = types.UniTuple(types.float64, 4)(Q, x, c0, c1, c2, c3)
+    single = Q.dtype == types.float32
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        i32, i64, f64 = ir.IntType(32), ir.IntType(64), ir.DoubleType()
+        elem, elem_bytes = (ir.FloatType(), 4) if single else (f64, 8)
+        vec, wide = ir.VectorType(elem, 2), ir.VectorType(f64, 2)
+        base = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        stride = builder.extract_value(arr.strides, 0)
+
+        def row(k):
+            r = context.cast(builder, args[k], signature.args[k], types.int64)
+            return builder.bitcast(builder.gep(base, [builder.mul(r, stride)]), elem.as_pointer())
+
+        def pair(ptr, t):
+            v = builder.load(builder.bitcast(builder.gep(ptr, [t]), vec.as_pointer()), align=elem_bytes)
+            return builder.fpext(v, wide) if single else v
+
+        x_row, rows = row(1), [row(k) for k in range(2, 6)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(wide, [0.0, 0.0])) for _ in rows]
+        steps = builder.udiv(builder.extract_value(arr.shape, 1), ir.Constant(i64, 2))
+        with cgutils.for_range(builder, steps) as loop:
+            t = builder.mul(loop.index, ir.Constant(i64, 2))
+            xv = pair(x_row, t)
+            for acc, ptr in zip(accs, rows):
+                e = builder.fsub(pair(ptr, t), xv)
+                builder.store(builder.fadd(builder.fmul(e, e), builder.load(acc)), acc)
+        sums = []
+        for acc in accs:
+            v = builder.load(acc)
+            sums.append(builder.fadd(builder.extract_element(v, ir.Constant(i32, 0)),
+                                     builder.extract_element(v, ir.Constant(i32, 1))))
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
-def direct_distances_lanes(P, n0, a0, cand, n_keep, out):
-    """:func:`direct_distances` from ``P``: the varying features of ``X`` (a constant feature's difference
-    is 0, and adding ``0 * 0`` leaves a sum unchanged), columns ``[0, n0)`` lane 0's terms and the rest
-    lane 1's, each in its order of addition (:func:`lane_order`). Each lane is a plain running sum, so the
-    distances are bit for bit those over every feature, with fewer terms and contiguous reads."""
-    D = P.shape[1]
-    n1 = D - n0
-    both = min(n0, n1)
+def direct_distances(Q, a0, cand, n_keep, out):
+    """``out[i, j] = ‖x − y‖`` in float64 of the points ``x = Q[a0 + i]`` and ``y = Q[cand[i, j]]`` for
+    ``j < n_keep[i]`` (``inf`` in the other slots), ``Q`` in :func:`pair_layout` (float64, or float32
+    holding the exact values: half the bytes to gather), so the sums are bit for bit
+    ``sqrt(einsum(d, d))`` of the float64 differences ``d`` over all features. Four candidates at a time:
+    eight independent accumulation chains keep the adder busy where one pair's two chains wait on its
+    latency."""
     for i in range(out.shape[0]):
-        x = P[a0 + i]
-        x1 = x[n0:]
         nk = n_keep[i]
         j = 0
         while j < nk:
-            y0 = P[cand[i, j]]
-            y1 = P[cand[i, min(j + 1, nk - 1)]]
-            y2 = P[cand[i, min(j + 2, nk - 1)]]
-            y3 = P[cand[i, min(j + 3, nk - 1)]]
-            z0 = y0[n0:]
-            z1 = y1[n0:]
-            z2 = y2[n0:]
-            z3 = y3[n0:]
-            p0 = p1 = q0 = q1 = r0 = r1 = s0 = s1 = 0.0
-            for t in range(both):
-                xa = np.float64(x[t])
-                xb = np.float64(x1[t])
-                e0 = y0[t] - xa
-                e1 = z0[t] - xb
-                p0 = e0 * e0 + p0
-                p1 = e1 * e1 + p1
-                e0 = y1[t] - xa
-                e1 = z1[t] - xb
-                q0 = e0 * e0 + q0
-                q1 = e1 * e1 + q1
-                e0 = y2[t] - xa
-                e1 = z2[t] - xb
-                r0 = e0 * e0 + r0
-                r1 = e1 * e1 + r1
-                e0 = y3[t] - xa
-                e1 = z3[t] - xb
-                s0 = e0 * e0 + s0
-                s1 = e1 * e1 + s1
-            for t in range(both, n0):
-                xa = np.float64(x[t])
-                e0 = y0[t] - xa
-                p0 = e0 * e0 + p0
-                e0 = y1[t] - xa
-                q0 = e0 * e0 + q0
-                e0 = y2[t] - xa
-                r0 = e0 * e0 + r0
-                e0 = y3[t] - xa
-                s0 = e0 * e0 + s0
-            for t in range(both, n1):
-                xb = np.float64(x1[t])
-                e1 = z0[t] - xb
-                p1 = e1 * e1 + p1
-                e1 = z1[t] - xb
-                q1 = e1 * e1 + q1
-                e1 = z2[t] - xb
-                r1 = e1 * e1 + r1
-                e1 = z3[t] - xb
-                s1 = e1 * e1 + s1
             # past the row's count the slots repeat its last candidate (same reads, discarded)
-            out[i, j] = np.sqrt(p0 + p1)
+            s0, s1, s2, s3 = _pair_sums4(Q, a0 + i, cand[i, j], cand[i, min(j + 1, nk - 1)],
+                                         cand[i, min(j + 2, nk - 1)], cand[i, min(j + 3, nk - 1)])
+            out[i, j] = np.sqrt(s0)
             if j + 1 < nk:
-                out[i, j + 1] = np.sqrt(q0 + q1)
+                out[i, j + 1] = np.sqrt(s1)
             if j + 2 < nk:
-                out[i, j + 2] = np.sqrt(r0 + r1)
+                out[i, j + 2] = np.sqrt(s2)
             if j + 3 < nk:
-                out[i, j + 3] = np.sqrt(s0 + s1)
+                out[i, j + 3] = np.sqrt(s3)
             j += 4
         for j in range(nk, out.shape[1]):
             out[i, j] = np.inf
@@ -291,14 +230,20 @@ def smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending):
     must hold nothing yet: they are overwritten. Entries equal to the ``w``-th smallest may be left out.
 
     A threshold with between ``w`` and ``w + 16`` scores at or below it is found by bisection on the
-    value, each step one branch-free counting pass over the row, so only those few scores are sorted (a
-    heap fed the whole row would take ~m ln(columns / m) insertions, each a few mispredicted branches).
-    The scores of points scaled to norms <= 1 lie in [0, 4] up to rounding, which brackets the search."""
+    value, each step one branch-free counting pass, so only those few scores are sorted (a heap fed the
+    whole row would take ~m ln(columns / m) insertions, each a few mispredicted branches). The search
+    starts from a threshold taken from a sample of the row, which one pass over the row checks; the
+    scores up to the upper end are compacted, and the bisection counts only those (a few dozen, where it
+    took ~10 passes over the whole row from the fixed bracket). The scores of points scaled to norms
+    <= 1 lie in [0, 4] up to rounding, which brackets the search where the sample's guess does not."""
     nr, nc = G.shape
     m = hv.shape[1]
     s = np.empty(nc)
     kv = np.empty(nc)
     ki = np.empty(nc, dtype=np.int64)
+    smp = np.empty(64)
+    sv = np.empty(nc)
+    si = np.empty(nc, dtype=np.int64)
     for i in range(nr):
         r = a + i
         sr = sq[r]
@@ -312,55 +257,97 @@ def smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending):
         w = min(m, others)
         n_kept = 0
         if w > 0:
+            # A first threshold t from a sample of the row: about 2w scores at or below it, expected. One
+            # counting pass then brackets the w-th smallest by t and the fixed bounds, and the scores
+            # below the upper end are compacted: the bisection's passes run over those few.
             # invariant: fewer than w scores <= lo, count_top = the number of scores <= top >= w
+            n_smp = min(nc, 64)
+            stride = nc // n_smp
+            q = min(n_smp, (2 * w * n_smp + nc - 1) // nc)
+            got = 0
+            for u in range(n_smp):  # the q smallest sampled scores, sorted, by insertion
+                v = s[u * stride]
+                if not v == v:  # its own column
+                    continue
+                if got == q:
+                    if not v < smp[q - 1]:
+                        continue
+                    t = q - 1
+                else:
+                    t = got
+                    got += 1
+                while t > 0 and smp[t - 1] > v:
+                    smp[t] = smp[t - 1]
+                    t -= 1
+                smp[t] = v
+            guess = smp[q - 1] if got == q else 8.0
+            count_lo = 0
+            count_guess = 0
+            count_top = 0
+            for j in range(nc):
+                count_lo += s[j] <= -1.0
+                count_guess += s[j] <= guess
+                count_top += s[j] <= 8.0
             lo = -1.0
             top = 8.0
-            count_top = 0
-            count_lo = 0
-            for j in range(nc):
-                count_top += s[j] <= top
-                count_lo += s[j] <= lo
             if count_top < w:  # (not for scaled points) every score
                 top = np.inf
                 count_top = others
-            if count_lo >= w:  # (not for scaled points) every score up to lo, sorted below
-                top = lo
+            if count_guess >= w:
+                top = guess
+                count_top = count_guess
+            elif guess > lo:
+                lo = guess
+            if count_lo >= w:  # (not for scaled points) every score up to -1, sorted below
+                top = -1.0
                 count_top = count_lo
-            steps = 0
-            while count_top > w + 16 and steps < 64:  # (64 halvings: near ties, the sort takes the rest)
-                steps += 1
-                mid = lo + 0.5 * (top - lo)
-                if not lo < mid < top:  # no value strictly between: the rest are ties with top
-                    break
-                c = 0
-                for j in range(nc):
-                    c += s[j] <= mid
-                if c < w:
-                    lo = mid
-                else:
-                    top = mid
-                    count_top = c
             for j in range(nc):  # branch-free: every column is written, the kept ones advance
                 ki[n_kept] = j
                 n_kept += s[j] <= top
             for j in range(n_kept):
                 kv[j] = s[ki[j]]
-                ki[j] += c0
-            if n_kept > 64:  # ties at the threshold: a sort, not insertions
-                o = np.argsort(kv[:n_kept], kind="mergesort")
-                kv[:n_kept] = kv[:n_kept][o]
-                ki[:n_kept] = ki[:n_kept][o]
-            else:
-                for j in range(1, n_kept):
+            steps = 0
+            while count_top > w + 2 and steps < 64:  # (64 halvings: near ties, the sort takes the rest)
+                steps += 1
+                mid = lo + 0.5 * (top - lo)
+                if not lo < mid < top:  # no value strictly between: the rest are ties with top
+                    break
+                c = 0
+                for j in range(n_kept):
+                    c += kv[j] <= mid
+                if c < w:
+                    lo = mid
+                else:
+                    top = mid
+                    count_top = c
+            if count_top < n_kept:  # keep those at or below the final top (in place, in order)
+                kept = 0
+                for j in range(n_kept):
                     v = kv[j]
-                    c = ki[j]
-                    t = j
-                    while t > 0 and kv[t - 1] > v:
-                        kv[t] = kv[t - 1]
-                        ki[t] = ki[t - 1]
-                        t -= 1
-                    kv[t] = v
-                    ki[t] = c
+                    kv[kept] = v
+                    ki[kept] = ki[j]
+                    kept += v <= top
+                n_kept = kept
+            if n_kept > 64:  # ties at the threshold: a sort
+                o = np.argsort(kv[:n_kept], kind="mergesort")
+                for j in range(w):
+                    sv[j] = kv[o[j]]
+                    si[j] = ki[o[j]] + c0
+            else:
+                # sorted by (score, column), branch-free: each score's rank is the number of scores before
+                # it (a few dozen: ~n² vectorised comparisons cost less than an insertion sort's
+                # mispredicted branches)
+                for j in range(n_kept):
+                    v = kv[j]
+                    rank = 0
+                    for t in range(n_kept):
+                        u = kv[t]
+                        rank += (u < v) | ((u == v) & (t < j))
+                    sv[rank] = v
+                    si[rank] = ki[j] + c0
+            for j in range(min(n_kept, w)):
+                kv[j] = sv[j]
+                ki[j] = si[j]
         for j in range(m):
             slot = j if ascending else m - 1 - j
             if j < w:
@@ -439,8 +426,7 @@ def column_stats(X, r0, r1):
 def score_inputs(X, r0, r1, cols, mean, scale, left, pos, P, sq):
     """Rows ``x = float32((X[:, cols] − mean) · scale)`` into ``left`` (``scale`` a power of two: exact) and
     ``‖x‖²`` summed in float64 from the float32 values (exact squares) into ``sq``, for rows ``[r0, r1)``.
-    If ``P`` has rows, the same pass also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's
-    lane-ordered columns)."""
+    The same pass also copies ``X[:, cols[t]]`` to ``P[:, pos[t]]`` (the re-rank's :func:`pair_layout`)."""
     d = cols.size
     copy = P.shape[0] > 0
     for i in range(r0, r1):

@@ -370,7 +370,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
-    # float64 re-rank (its sums are the same numbers either way: see _knn_kernel.direct_distances_lanes).
+    # float64 re-rank (its sums are the same numbers either way: see _knn_kernel.pair_layout).
     varying = np.flatnonzero(hi != lo)
     if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
         varying = np.zeros(1, dtype=np.intp)
@@ -405,18 +405,11 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
     # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
     gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
-    if D32 < D:
-        # the varying features in the re-rank's order of addition, copied by the same pass
-        is_varying = np.zeros(D, dtype=bool)
-        is_varying[varying] = True
-        lanes = [np.flatnonzero(is_varying[order]) for order in kern.lane_order(D)]
-        n0 = lanes[0].size
-        pos = np.empty(D, dtype=np.int64)
-        pos[np.concatenate([order[o] for order, o in zip(kern.lane_order(D), lanes)])] = np.arange(D32)
-        pos = pos[varying]
-        P = np.empty((n, D32), dtype=np.float32 if gather32 else np.float64)
-    else:
-        pos, P = np.zeros(0, dtype=np.int64), np.empty((0, 0))
+    # the varying features in the re-rank's order of addition (_knn_kernel.pair_layout), copied by the
+    # same pass
+    pos, pad, width = kern.pair_layout(D, varying)
+    P = np.empty((n, width), dtype=np.float32 if gather32 else np.float64)
+    P[:, pad] = 0
     sq = np.empty(n)
     cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
     _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq), ranges, threads,
@@ -472,7 +465,6 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
     else:
         best_v, best_i, stores = _candidates(make_scores, sq, m, chunk_size, workers, pool)
-    Xg = X.astype(np.float32) if gather32 and D32 == D else X
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -495,10 +487,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         # distance is needed for it. The kept ones form a prefix of the sorted row.
         kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
         d64 = np.empty((b - a, m))
-        if D32 < D:
-            kern.direct_distances_lanes(P, n0, a, cand, n_keep, d64)
-        else:
-            kern.direct_distances(X, Xg, a, cand, n_keep, d64)
+        kern.direct_distances(P, a, cand, n_keep, d64)
         ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
                                 dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
