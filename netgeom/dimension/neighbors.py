@@ -397,9 +397,12 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # thread that starts late or is descheduled leaves less to wait for
     piece = max(64, min(chunk_size, math.ceil(n / (4 * threads))))
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
-    onednn = _onednn_gram(piece, n, D32) if dense and device.type == "cpu" else None
-    # (oneDNN's products all have one shape: the rows are padded with zeros to whole pieces)
-    left = np.empty((n if onednn is None else piece * len(pieces), D32), dtype=np.float32)
+    # the dense Gram matrix by oneDNN where it pays (see _onednn_gram), in blocks of one shape: at least
+    # four a side (the ten on and above the diagonal are 5/8 of the full product), the rows padded with
+    # zeros to whole blocks
+    gram_block = math.ceil(n / max(4, 2 * workers))
+    onednn = _onednn_gram(gram_block, D32) if dense and device.type == "cpu" else None
+    left = np.empty((n if onednn is None else gram_block * math.ceil(n / gram_block), D32), dtype=np.float32)
     left[n:] = 0
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
     # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
@@ -460,7 +463,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         if onednn is None:
             G, gram_tasks = _gram_tasks(make_scores, n, workers)
         else:
-            lt = torch.from_numpy(left)
+            G, gram_tasks = _gram_tasks(_onednn_scores(left, gram_block, onednn), n, workers, gram_block)
         best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
         tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
     else:
@@ -474,12 +477,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         cand = np.empty((b - a, m), dtype=np.int64)
         n_keep = np.empty(b - a, dtype=np.int64)
         if dense:
-            # the rows' full Gram rows: from the matrix, or by oneDNN for these rows alone (see _onednn_gram)
-            if onednn is None:
-                full = G[a:b]
-            else:
-                full = onednn(lt[a : a + piece], lt[:n], None, "none", [], "").numpy()[: b - a]
-            kern.smallest_in_rows(full, a, 0, sq, best_v, best_i, tau, True)
+            kern.smallest_in_rows(G[a:b], a, 0, sq, best_v, best_i, tau, True)
         for store_v, store_i in stores:  # the other threads' candidates of these rows
             kern.merge_stores(best_v, best_i, store_v, store_i, a, b)
         # sorted by score (a score ties only with the same pair's symmetric twin); a candidate whose lower
@@ -494,12 +492,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
-    if dense and onednn is not None:
-        # every piece computes its own Gram rows: no barrier, no piece waits for another
-        # (oneDNN's products run on the caller's thread alone, as on each helper: see _knn_torch)
-        with _one_openmp_caller(_openmp_runtime()):
-            failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
-    elif dense:
+    if dense:
         # one phase: the Gram blocks, then the pieces of rows, each started as soon as the blocks holding
         # its rows are done (a thread done with the products takes the first rows while the other finishes
         # the last block, instead of waiting for it). Every block precedes the pieces and is taken before
@@ -520,8 +513,10 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
                 done[t].wait()
             return rerank(*pieces[p])
 
-        failed = _parallel(item, range(len(gram_tasks) + len(pieces)), workers, blas=True,
-                           pool=pool)[len(gram_tasks):]
+        # (oneDNN's products run on the caller's thread alone, as on each helper: see _knn_torch)
+        with _one_openmp_caller(None if onednn is None else _openmp_runtime()):
+            failed = _parallel(item, range(len(gram_tasks) + len(pieces)), workers, blas=onednn is None,
+                               pool=pool)[len(gram_tasks):]
     else:
         failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
@@ -562,29 +557,43 @@ def _one_openmp_caller(lib):
         lib.omp_set_num_threads(before)
 
 
-def _onednn_gram(rows: int, n: int, d: int):
-    """torch's oneDNN float32 product, where the Gram rows of pieces of ``rows`` points against all ``n``
-    (``d`` features) are worth computing by it, else ``None``.
+def _onednn_gram(block: int, d: int):
+    """torch's oneDNN float32 product, where ``block x block`` Gram blocks of ``d`` features are worth
+    computing by it, else ``None``.
 
     Why: numpy's OpenBLAS runs its AVX2 (Haswell) kernels on AMD processors it does not know, where oneDNN
-    uses AVX-512: on the reference machine (AMD EPYC) the full 1000 x 1000 Gram matrix of 594 MNIST features
-    takes 6.1 ms by oneDNN in pieces of 125 or 250 rows on one thread, against 6.2 ms for syrk and GEMM
-    blocks on and above the diagonal by OpenBLAS (half the flops), plus their copy below the diagonal.
-    Each piece then selects its candidates from its own rows, still in cache: the whole matrix is never
-    stored, and no piece waits for another's blocks. Both are IEEE float32 dot products in some order (the
-    kNN holds oneDNN at IEEE float32: :func:`.._matmul.ieee_float32`), so one error bound covers either.
-    oneDNN builds (and caches) a kernel per shape, ~1.3 ms the first time: every piece has the same shape,
-    and products too small to repay it stay with numpy (the threshold of :func:`.._matmul.linear32`).
-    Each thread's products must run on that thread alone (:func:`_one_openmp_thread`), which needs torch's
+    uses AVX-512: on the reference machine (AMD EPYC) the ten blocks on and above the diagonal of the
+    1000-point MNIST Gram matrix (594 varying features) take 3.9 ms by oneDNN on one thread, against 6.2 ms
+    by OpenBLAS (syrk for the diagonal blocks). Both are IEEE float32 dot products in some order (the kNN
+    holds oneDNN at IEEE float32: :func:`.._matmul.ieee_float32`), so one error bound covers either.
+    oneDNN builds (and caches) a kernel per shape, ~1.3 ms the first time: the blocks share one shape, and
+    products too small to repay it stay with numpy (the threshold of :func:`.._matmul.linear32`). Each
+    thread's products must run on that thread alone (:func:`_one_openmp_thread`), which needs torch's
     OpenMP runtime."""
     from .._matmul import _ONEDNN_MIN_MACS, _onednn_linear
 
-    if rows * n * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled:
+    if block * block * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled:
         return None
     op = _onednn_linear()
     if op is None or _openmp_runtime() is None:
         return None
     return op
+
+
+def _onednn_scores(left: np.ndarray, block: int, op):
+    """``make_scores`` for :func:`_gram_tasks` by oneDNN's ``op``: the block of rows ``[a, b)`` and columns
+    ``[c0, c1)``, computed as the ``block x block`` product of rows ``a ...`` and ``c0 ...`` of ``left``
+    (padded with zero rows to whole blocks: one shape for every block) and copied into ``out``. A diagonal
+    block is the full product (oneDNN has no syrk); each row reads only its own entries, so the two
+    triangles need not agree."""
+    lt = torch.from_numpy(left)
+
+    def scores(a, b, c0, c1, out):
+        G = op(lt[a : a + block], lt[c0 : c0 + block], None, "none", [], "").numpy()
+        out[...] = G[: b - a, : c1 - c0]
+        return out
+
+    return lambda: scores
 
 
 def _numpy_scores(left: np.ndarray):
@@ -752,7 +761,7 @@ def _parallel(fn, items, workers: int, blas: bool = False, pool=None) -> list:
         return results
 
 
-def _gram_tasks(make_scores, n: int, workers: int):
+def _gram_tasks(make_scores, n: int, workers: int, block=None):
     """The float32 Gram matrix ``x_i·x_j`` of all points (``make_scores`` as for :func:`_candidates`), as
     an empty ``(n, n)`` array and the tasks that fill it: ``(a, b, c0, c1, run)``, ``run()`` computing
     the block of rows ``[a, b)`` and columns ``[c0, c1)`` on and above the diagonal and mirroring it below
@@ -763,7 +772,8 @@ def _gram_tasks(make_scores, n: int, workers: int):
     # two blocks per thread and side: 2w diagonal blocks (syrk) and w (2w - 1) others, shared by whichever
     # thread is free, balance the threads within a few percent (one block per thread and side would leave
     # the two diagonal syrks of one thread against the other thread's single, faster GEMM)
-    block = math.ceil(n / (2 * workers if workers > 1 else 1))
+    if block is None:
+        block = math.ceil(n / (2 * workers if workers > 1 else 1))
     starts = range(0, n, block)
 
     def task(a, b, c0, c1):
