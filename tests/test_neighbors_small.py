@@ -61,9 +61,11 @@ def _images(rng, n, D, n_const):
     n_dup=st.integers(0, 4),
     log2_scale=st.sampled_from([-1060, -140, 0, 140]),
     threads=st.sampled_from([1, 2, 3]),
+    chunk=st.sampled_from([None, None, 4, 16]),
 )
-def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2_scale, threads):
-    # every size forced through oneDNN (no threshold): blocks padded to one shape, 1-3 threads
+def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2_scale, threads, chunk):
+    # every size forced through oneDNN (no threshold), 1-3 threads: the whole Gram matrix (blocks padded
+    # to one shape) or, with a chunk_size, blocks streamed through the candidate heaps
     rng = np.random.default_rng(seed)
     X = adversarial(rng, kind, n, D)
     if n_dup:
@@ -77,10 +79,10 @@ def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2
         calls = _spy(mp)
         torch.set_num_threads(threads)
         try:
-            g = nearest_neighbors(X, k, method="torch", duplicates="keep")
+            g = nearest_neighbors(X, k, method="torch", duplicates="keep", chunk_size=chunk)
         finally:
             torch.set_num_threads(before)
-    assert calls and len(set(calls)) == 1  # one shape for every block
+    assert calls and (chunk is not None or len(set(calls)) == 1)  # (dense: one shape for every block)
     d, i = reference(X, k)
     np.testing.assert_array_equal(g.distances, d)
     # (more than k exact copies of a point: any k of them, at distance 0)
@@ -89,15 +91,16 @@ def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2
 
 
 @needs_onednn
-@pytest.mark.parametrize("n", [1000, 1003])
-def test_onednn_blocks_on_images_equal_bruteforce_faiss_and_openblas(monkeypatch, n):
-    # the benchmark's case in small: oneDNN by its own threshold, rows padded to whole blocks (n = 1003)
+@pytest.mark.parametrize("n, chunk", [(1000, None), (1003, None), (1003, 300)])
+def test_onednn_blocks_on_images_equal_bruteforce_faiss_and_openblas(monkeypatch, n, chunk):
+    # the benchmark's case in small: oneDNN by its own threshold, rows padded to whole blocks (n = 1003),
+    # or blocks streamed through the candidate heaps (chunk_size)
     import faiss
 
     X = _images(np.random.default_rng(n), n, 360, 40)
     calls = _spy(monkeypatch)
-    g = nearest_neighbors(X, 10, duplicates="keep")
-    assert len(calls) >= 10
+    g = nearest_neighbors(X, 10, duplicates="keep", chunk_size=chunk)
+    assert len(calls) >= 7  # (4 diagonal blocks and 3 panels when streamed)
     d11, i11 = reference(X, 11)
     d, i = d11[:, :10], i11[:, :10]
     np.testing.assert_array_equal(g.distances, d)
@@ -105,7 +108,7 @@ def test_onednn_blocks_on_images_equal_bruteforce_faiss_and_openblas(monkeypatch
     np.testing.assert_array_equal(g.indices[~ties], i[~ties])
     # the same answer from OpenBLAS's blocks
     monkeypatch.setattr(nb, "_onednn_gram", lambda block, d: None)
-    h = nearest_neighbors(X, 10, duplicates="keep")
+    h = nearest_neighbors(X, 10, duplicates="keep", chunk_size=chunk)
     np.testing.assert_array_equal(h.distances, g.distances)
     np.testing.assert_array_equal(h.indices, g.indices)
     # faiss (float32) agrees where the k-th neighbour is not tied with the next one

@@ -467,7 +467,13 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         best_v, best_i, stores = np.empty((n, m)), np.empty((n, m), dtype=np.int64), []
         tau = np.empty(n)  # (each row's threshold: set by the selection, not used further)
     else:
-        best_v, best_i, stores = _candidates(make_scores, sq, m, chunk_size, workers, pool)
+        # the streamed blocks by oneDNN too, where it pays (several shapes: their kernels are built once
+        # per process, ~1 ms each, against ~0.2 s of products from 5000 points on)
+        op = _onednn_gram(chunk_size, D32) if device.type == "cpu" else None
+        if op is not None:
+            make_scores = _onednn_panels(left, op)
+        with _one_openmp_caller(None if op is None else _openmp_runtime()):
+            best_v, best_i, stores = _candidates(make_scores, sq, m, chunk_size, workers, pool, op is None)
     dist = np.empty((n, k))
     idx = np.empty((n, k), dtype=np.int64)
 
@@ -591,6 +597,22 @@ def _onednn_scores(left: np.ndarray, block: int, op):
     def scores(a, b, c0, c1, out):
         G = op(lt[a : a + block], lt[c0 : c0 + block], None, "none", [], "").numpy()
         out[...] = G[: b - a, : c1 - c0]
+        return out
+
+    return lambda: scores
+
+
+def _onednn_panels(left: np.ndarray, op):
+    """``make_scores`` for :func:`_candidates` by oneDNN's ``op`` (see :func:`_onednn_gram`): each block a
+    fresh array (oneDNN writes no given buffer); a diagonal block is the full product (each of its rows
+    is selected from its own entries, so the two triangles need not agree)."""
+    lt = torch.from_numpy(left)
+
+    def scores(a, b, c0, c1, out=None):
+        G = op(lt[a:b], lt[c0:c1], None, "none", [], "").numpy()
+        if out is None:
+            return G
+        out[...] = G
         return out
 
     return lambda: scores
@@ -787,7 +809,7 @@ def _gram_tasks(make_scores, n: int, workers: int, block=None):
     return G, [task(a, min(a + block, n), c0, min(c0 + block, n)) for a in starts for c0 in starts if c0 >= a]
 
 
-def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 1, pool=None):
+def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 1, pool=None, blas=True):
     """The ``m`` smallest scores ``sq[r] + sq[c] − 2 x_r·x_c`` of every row ``r`` (self excluded) and their
     columns (in no order), as ``(scores, columns, stores)``: ``stores`` are the other threads' candidate
     stores, still to be merged into the first (:func:`._knn_kernel.merge_stores`, by the re-rank, row by
@@ -807,7 +829,8 @@ def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 
     every thread merges into its own candidate store (blocks write to overlapping rows), all filter
     against one shared threshold per row (any store's ``m``-th best bounds the union's from above), and
     the stores are merged at the end: each pair of points is met in exactly one block, hence lies in one
-    store. ``pool``: the threads to run on (see :func:`_parallel`).
+    store. ``pool``: the threads to run on (see :func:`_parallel`); ``blas``: the products are numpy's,
+    whose BLAS threads share the budget (:func:`_parallel`).
     """
     from . import _knn_kernel as kern
 
@@ -845,5 +868,5 @@ def _candidates(make_scores, sq: np.ndarray, m: int, block: int, workers: int = 
             else:
                 kern.select_block(scores(a, b, c0, c1), a, c0, sq, store_v, store_i, tau, False)
 
-    _parallel(worker, stores, workers, blas=True, pool=pool)
+    _parallel(worker, stores, workers, blas=blas, pool=pool)
     return stores[0][0], stores[0][1], stores[1:]
