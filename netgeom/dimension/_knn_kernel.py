@@ -430,15 +430,31 @@ def score_inputs(X, r0, r1, cols, mean, scale, left, pos, P, sq):
     d = cols.size
     copy = P.shape[0] > 0
     for i in range(r0, r1):
-        acc = 0.0
         for t in range(d):
             xv = X[i, cols[t]]
             if copy:
                 P[i, pos[t]] = xv
-            v = np.float32((xv - mean[t]) * scale)
-            left[i, t] = v
-            acc += np.float64(v) * np.float64(v)
-        sq[i] = acc
+            left[i, t] = np.float32((xv - mean[t]) * scale)
+        # four running sums (one would wait on the adder's latency at every term): the bounds allow any
+        # order of the float64 sum
+        row = left[i]
+        a0 = a1 = a2 = a3 = 0.0
+        t = 0
+        while t + 4 <= d:
+            v0 = np.float64(row[t])
+            v1 = np.float64(row[t + 1])
+            v2 = np.float64(row[t + 2])
+            v3 = np.float64(row[t + 3])
+            a0 += v0 * v0
+            a1 += v1 * v1
+            a2 += v2 * v2
+            a3 += v3 * v3
+            t += 4
+        while t < d:
+            v0 = np.float64(row[t])
+            a0 += v0 * v0
+            t += 1
+        sq[i] = (a0 + a1) + (a2 + a3)
 
 
 # --------------------------------------------------------------------------------------------- re-rank
