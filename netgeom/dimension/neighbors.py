@@ -2,14 +2,15 @@
 
 Two back-ends:
 
-* ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by float32
-  BLAS (numpy's on the CPU, torch's on an accelerator), the squared norms and the sum in float64;
-  ``k + n_extra`` candidates per row. The score is symmetric, so only the blocks on and above the
-  diagonal of the Gram matrix are computed, a diagonal block by syrk (about half the flops of
-  ``X @ X.T``, hence faster than a flat index such as faiss's ``IndexFlatL2``, which computes all of
-  them). Up to 2048 points the whole Gram matrix is kept (at most 16 MB; each block mirrored below the
-  diagonal) and each row's candidates are selected from its full row at once: a bisection on the value,
-  by branch-free counting passes, down to a few dozen scores, which are sorted. More points (or an
+* ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by a float32
+  product (on the CPU torch's oneDNN where the blocks are large enough, else numpy's BLAS; torch's on an
+  accelerator), the squared norms and the sum in float64; ``k + n_extra`` candidates per row. The score
+  is symmetric, so only the blocks on and above the diagonal of the Gram matrix are computed (about 5/8
+  of the flops of ``X @ X.T`` with oneDNN, whose diagonal blocks are full products, half with BLAS's
+  syrk; a flat index such as faiss's ``IndexFlatL2`` computes all of them). Up to 2048 points the whole
+  Gram matrix is kept (at most 16 MB; each block mirrored below the diagonal) and each row's candidates
+  are selected from its full row at once: a threshold from a sample of the row, checked by one pass,
+  then a bisection on the value over the few scores below it, which are ranked. More points (or an
   explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives
   every row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and
   its column, entering a row's candidate heap only below the row's threshold, so a block costs one
@@ -17,13 +18,15 @@ Two back-ends:
   Features that are constant over all points add exactly 0 to every distance and are left out of the
   float32 scores and of the float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the
   selections and the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller included, each
-  running its products on one BLAS thread (independent products keep both cores busy where a shared
-  product waits for its slower half, e.g. on a loaded machine, and the selection runs in parallel too);
-  work goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the
-  helpers are started without waiting for them to run).
+  running its products on one thread (one OpenMP thread for oneDNN, one BLAS thread for numpy:
+  independent products keep both cores busy where a shared product waits for its slower half, e.g. on a
+  loaded machine, no OpenMP team spins after a product, and the selection runs in parallel too); work
+  goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the helpers are
+  started without waiting for them to run).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
-  in ``np.einsum``'s order, by one compiled pass that never stores the differences: bit for bit
+  in ``np.einsum``'s order, two lanes at a time, by one compiled pass over rows that hold the two lanes'
+  terms interleaved and never stores the differences: bit for bit
   ``sqrt(einsum(d, d))``, the same numbers as a brute-force float64 pass, on x86-64 builds of numpy
   whose baseline SIMD is 128 bits wide, which the tests check) and re-ranked; rigorous float32
   error bounds skip the candidates that provably lie beyond the k-th neighbour, and certify, row by row,
@@ -418,8 +421,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq), ranges, threads,
               pool=pool)
     if device.type == "cpu":
-        # numpy's float32 GEMM (OpenBLAS) runs these shapes ~1.5x faster than torch's on the CPU, and always
-        # in full float32 whatever torch's matmul precision setting
+        # (where oneDNN does not pay: see _onednn_gram) numpy's float32 GEMM (OpenBLAS) runs these shapes
+        # ~1.5x faster than torch's default (MKL's AVX2 code on AMD), and always in full float32
         def make_scores():
             return _numpy_scores(left)
 
