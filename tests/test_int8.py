@@ -308,3 +308,51 @@ def test_a_relu_input_computed_negative_but_positive_counts_its_error_in_the_nex
     h1 = torch.relu(z1)
     z2, bound = _int8_pair_bound(lay, torch.tensor([0]), h1, z1, torch.tensor([0]), alpha, beta, i8, 0.0)
     assert float(z2[0]) == 0.0 and Fraction(float(bound[0])) >= z1x > 0  # exact z2 = z1x
+
+
+def _live_norm_bound(lay: Int8Layer, x, slope):
+    """The error-norm bound the pattern engine forms from ``activate``: ``alpha ||p_live|| + beta ||q_live||
+    + 2^-51 ||z||`` (times ``max(1, |slope|)``), with the float64 activation rows it bounds."""
+    out = lay.activate(x, slope)
+    rows64, (_, zn, pn, qn), alpha, beta, ok = out[3], out[4], out[5], out[6], out[7]
+    e = (alpha * pn + beta * qn + 2.0**-51 * zn) * max(1.0, abs(slope))
+    return rows64[torch.arange(x.shape[0])], e, ok
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4), st.sampled_from([0.0, 0.2]),
+       st.sampled_from([(-3, 3), (-250, -200), (100, 120)]))
+def test_the_live_error_norm_bounds_the_activation_error(seed, L, slope, span):
+    rng = np.random.default_rng(seed)
+    W = _scaled(rng, (12, 20), -8, 3, torch.float64)
+    b = _scaled(rng, (12,), -8, 0, torch.float64)
+    x = _scaled(rng, (8, 20), *span, torch.float32)
+    lay = Int8Layer(W, b, 4, L)
+    h, e, ok = _live_norm_bound(lay, x, slope)
+    for r, zr in enumerate(_exact(W, b, x)):
+        if ok[r]:
+            hx = [v if v > 0 else Fraction(slope) * v for v in zr]
+            sq = sum((Fraction(float(a)) - v) ** 2 for a, v in zip(h[r].tolist(), hx))
+            assert sq <= Fraction(float(e[r])) ** 2, (r, float(e[r]))
+
+
+def test_a_unit_computed_negative_but_positive_stays_in_the_live_error_norm():
+    # a first-layer unit whose exact value is clearly positive while a one-diagonal int8 product makes it
+    # negative, every other unit certainly dead: its ReLU output (0 against the exact value) must stay in
+    # the error norm the next layer reads
+    rng = np.random.default_rng(11)
+    K, N1 = 8, 4
+    for _ in range(500):
+        x = torch.tensor(rng.uniform(-1, 1, (1, K)), dtype=torch.float32)
+        W = torch.tensor(rng.uniform(-1, 1, (N1, K)))
+        dot = sum(Fraction(w) * Fraction(v) for w, v in zip(W[3].tolist(), x[0].double().tolist()))
+        b = torch.tensor([-100.0, -100.0, -100.0, -float(dot) + float(rng.uniform(1e-4, 5e-3))])
+        lay = Int8Layer(W, b, 4, 1)
+        zx = dot + Fraction(float(b[3]))
+        z1, _, _, _ = lay(x)
+        if zx > 0 and float(z1[0, 3]) < 0:
+            break
+    else:
+        raise AssertionError("no unit computed negative but exactly positive")
+    h, e, _ = _live_norm_bound(lay, x, 0.0)
+    assert float(h[0, 3]) == 0.0 and Fraction(float(e[0])) >= zx > Fraction(1, 10**4)

@@ -1448,7 +1448,8 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
             # |z_j - exact_j| <= alpha p_j + beta q_j + 2^-52 |z_j|: decided when |z_j| (1 - 2^-51) exceeds
             # the rest (which is 0 only for an exactly computed value, then even z == 0 decides)
             slope0 = lay["relu"].negative_slope if lay["relu"] is not None else 1.0
-            h32, bits, (rows, units), rows64, (h64n, zn), alpha, beta, in_range, i8b = i8.activate(x, slope0)
+            h32, bits, (rows, units), rows64, norms, alpha, beta, in_range, i8b = i8.activate(x, slope0)
+            h64n, zn, pn_live, qn_live = norms
             rows, units = rows.to(dev), units.to(dev)
             cand = rows
             if not bool(in_range.all()):  # inputs beyond 2^+-400: the float64 path decides those rows
@@ -1527,7 +1528,8 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
             # ||alpha p + beta q + 2^-51 |z| || <= alpha ||p|| + beta ||q|| + 2^-51 ||z||, times the Lipschitz
             # constant of the activation
             lip = max(1.0, abs(slope))
-            e = (alpha * i8.pn + beta * i8.qn + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
+            # (p and q over the live units only: a ReLU's certainly negative inputs are exact zeros)
+            e = (alpha * pn_live + beta * qn_live + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
             if m > 1:  # the next layer runs float64 products too
                 h = rows64[torch.arange(B)].to(dev)
             else:  # leaving the float64-accurate first layer through its float32 copy
