@@ -333,21 +333,11 @@ def _block_size(n: int) -> int:
 def _knn_torch(
     X: np.ndarray, k: int, n_extra: int, chunk_size: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    # one thread pool serves every parallel phase of the call (starting one per phase costs ~0.3 ms each,
-    # a few percent of a small problem)
+    # one thread pool serves every parallel phase of the call, and every call of the process (see
+    # _shared_helpers)
     threads = max(1, torch.get_num_threads())
-    if threads == 1:
-        return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, None)
-    # each helper's torch operations (the oneDNN Gram blocks) run on that helper alone: a team of OpenMP
-    # threads per helper would oversubscribe the cores and spin on them after every product
-    lib = _openmp_runtime()
-    pool = _Helpers(threads - 1, None if lib is None else functools.partial(_one_openmp_thread, lib))
-    try:
-        return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
-    finally:
-        # every phase has waited for its items (_parallel), so nothing runs any more: the idle helpers
-        # exit on their own, without the caller waiting for them to wake up
-        pool.close()
+    pool = _shared_helpers(threads - 1) if threads > 1 else None
+    return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
 
 
 def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
@@ -356,8 +346,11 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     from . import _knn_kernel as kern
 
     X = np.ascontiguousarray(X)
-    # the passes over X are shared by the threads, by rows
-    step = math.ceil(n / threads)
+    # the passes over X are shared by the threads, by rows: four ranges per thread, so a thread that runs
+    # late or slowly (another process on its core) leaves less for the other to wait for. Below 2^22
+    # entries the caller makes them alone: a pass then takes a few tenths of a millisecond, about what
+    # waking a helper and waiting for its last range cost (1000 x 784: 0.78 ms each shared, 0.3-0.5 alone)
+    step = max(64, math.ceil(n / (4 * threads))) if threads > 1 and X.size >= 1 << 22 else n
     ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
     stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
     lo = np.min([st[1] for st in stats], axis=0)
@@ -659,6 +652,36 @@ def _torch_scores(left: np.ndarray, device: torch.device):
 _BLAS_LOCK = threading.Lock()
 
 
+_SHARED = threading.Lock(), {}
+
+
+def _shared_helpers(count: int) -> _Helpers:
+    """The process's :class:`_Helpers`, at least ``count`` of them, started at the first call that needs
+    them and kept (idle, blocked on their queue) for the next calls.
+
+    Why: a thread started for each call first waits for the scheduler: Linux places a new thread behind
+    the threads already running, so on a busy machine the helper of a 1000-point kNN started 1.3-4 ms
+    into a ~9 ms call, the caller doing everything alone until then; a thread woken from sleep is run
+    at once. The helpers hold no data between calls (each job brings its own), so the answers do not
+    depend on them; and since every caller also works through its own items and cancels the jobs no
+    helper has started, callers from several threads may share them, and a child process (``fork``
+    copies no threads) gets helpers of its own. Each helper's torch operations (the oneDNN Gram blocks)
+    run on that helper alone: a team of OpenMP threads per helper would oversubscribe the cores and
+    spin on them after every product."""
+    import os
+
+    lock, pools = _SHARED
+    with lock:
+        pool = pools.get(os.getpid())
+        if pool is None:
+            pools.clear()  # (a forked child's copy of its parent's helpers: they do not run here)
+            lib = _openmp_runtime()
+            pool = pools[os.getpid()] = _Helpers(0, None if lib is None else functools.partial(
+                _one_openmp_thread, lib))
+        pool.grow(count)
+    return pool
+
+
 class _Helpers:
     """``count`` helper threads for :func:`_parallel`, started without waiting for them to run.
 
@@ -670,14 +693,20 @@ class _Helpers:
     """
 
     def __init__(self, count: int, init=None):
-        import _thread
         import queue
 
         self._jobs = queue.SimpleQueue()
-        self._count = count
+        self._count = 0
         self._init = init
-        for _ in range(count):
+        self.grow(count)
+
+    def grow(self, count: int) -> None:
+        """Start helpers until there are ``count``."""
+        import _thread
+
+        while self._count < count:
             _thread.start_new_thread(self._serve, ())
+            self._count += 1
 
     def _serve(self):
         if self._init is not None:
