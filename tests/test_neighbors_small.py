@@ -161,3 +161,24 @@ def test_row_selection_on_long_rows(seed, cols, m, levels, ascending):
         np.testing.assert_array_equal(got_i[s[order] < last], order[s[order] < last])
         assert (s[got_i] == got_v).all() and np.unique(got_i).size == m
         assert tau[r] == last
+
+
+def _knn_in_child(X):
+    return nearest_neighbors(X, 5).indices
+
+
+def test_helpers_shared_across_calls_threads_and_a_forked_child():
+    # the helper threads are kept for the process: calls from several threads share them, and a forked
+    # child (which inherits no threads) starts its own
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = _images(np.random.default_rng(4), 600, 80, 5)
+    want = nearest_neighbors(X, 5).indices
+    with ThreadPoolExecutor(3) as pool:
+        for got in pool.map(lambda _: nearest_neighbors(X, 5).indices, range(6)):
+            np.testing.assert_array_equal(got, want)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        np.testing.assert_array_equal(child.apply_async(_knn_in_child, (X,)).get(timeout=120), want)
