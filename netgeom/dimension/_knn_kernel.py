@@ -288,32 +288,24 @@ def smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending):
                     smp[t] = smp[t - 1]
                     t -= 1
                 smp[t] = v
-            guess = smp[q - 1] if got == q else 8.0
-            count_lo = 0
-            count_guess = 0
-            count_top = 0
-            for j in range(nc):
-                count_lo += s[j] <= -1.0
-                count_guess += s[j] <= guess
-                count_top += s[j] <= 8.0
+            # the scores up to the guess, compacted (branch-free: every column is written, the kept ones
+            # advance); fewer than w: up to the fixed bound, else every score
+            top = smp[q - 1] if got == q else np.inf
             lo = -1.0
-            top = 8.0
-            if count_top < w:  # (not for scaled points) every score
-                top = np.inf
-                count_top = others
-            if count_guess >= w:
-                top = guess
-                count_top = count_guess
-            elif guess > lo:
-                lo = guess
-            if count_lo >= w:  # (not for scaled points) every score up to -1, sorted below
-                top = -1.0
-                count_top = count_lo
-            for j in range(nc):  # branch-free: every column is written, the kept ones advance
-                ki[n_kept] = j
-                n_kept += s[j] <= top
-            for j in range(n_kept):
-                kv[j] = s[ki[j]]
+            for bound in (top, 8.0, np.inf):
+                if bound < top:
+                    continue
+                n_kept = 0
+                for j in range(nc):
+                    v = s[j]
+                    ki[n_kept] = j
+                    kv[n_kept] = v
+                    n_kept += v <= bound
+                if n_kept >= w:
+                    top = bound
+                    break
+                lo = max(lo, bound)  # (fewer than w scores up to it)
+            count_top = n_kept
             steps = 0
             while count_top > w + 2 and steps < 64:  # (64 halvings: near ties, the sort takes the rest)
                 steps += 1
