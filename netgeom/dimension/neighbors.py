@@ -347,10 +347,9 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
 
     X = np.ascontiguousarray(X)
     # the passes over X are shared by the threads, by rows: four ranges per thread, so a thread that runs
-    # late or slowly (another process on its core) leaves less for the other to wait for. Below 2^22
-    # entries the caller makes them alone: a pass then takes a few tenths of a millisecond, about what
-    # waking a helper and waiting for its last range cost (1000 x 784: 0.78 ms each shared, 0.3-0.5 alone)
-    step = max(64, math.ceil(n / (4 * threads))) if threads > 1 and X.size >= 1 << 22 else n
+    # late or slowly (another process on its core) leaves less for the other to wait for. (Even at 1000 x
+    # 784 they pay: in the call they read X from memory, 3-4x slower than from cache, 1.1 + 1.3 ms alone)
+    step = max(64, math.ceil(n / (4 * threads)))
     ranges = [(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
     stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
     lo = np.min([st[1] for st in stats], axis=0)
