@@ -516,6 +516,15 @@ class _Tracer(fx.Tracer):
         finally:
             st._create_wrapped_func = orig
 
+    def create_arg(self, a):
+        # fx's Tracer tests every argument for a parameter, tensor, module, named tuple, constant, opaque
+        # and proxyable type before its base class maps it; a proxy, a number, a string, None and a plain
+        # tuple or list (what a forward passes) are none of these, and map as the base maps them
+        plain = _PLAIN_ARGS.get(type(a))
+        if plain is not None:
+            return plain(self, a)
+        return super().create_arg(a)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
@@ -524,9 +533,9 @@ class _Tracer(fx.Tracer):
     def create_node(self, *args, **kwargs) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         # fx's own record keeps the frames from the outermost ``forward`` inwards; the line shown is the
-        # innermost of them outside torch
+        # innermost of them outside torch (and this tracer)
         f = sys._getframe(1)
-        while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
+        while f is not None and (f.f_code.co_filename == _OWN or f.f_code.co_filename.startswith(_TORCH_DIR)):
             f = f.f_back
         user = f
         while f is not None and f.f_code.co_name != "forward":
@@ -536,6 +545,12 @@ class _Tracer(fx.Tracer):
         return node
 
 
+_PLAIN_ARGS: dict[type, Callable] = {
+    fx.Proxy: lambda tracer, a: a.node,
+    tuple: lambda tracer, a: tuple(tracer.create_arg(x) for x in a),
+    list: lambda tracer, a: [tracer.create_arg(x) for x in a],
+    **{t: lambda tracer, a: a for t in (int, float, bool, str, type(None))},
+}
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
@@ -553,6 +568,7 @@ def _memo_wrapped_func(fn):
 
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
+_OWN = __file__
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
