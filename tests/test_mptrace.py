@@ -119,3 +119,21 @@ def test_small_subnormal_weights_exact_when_worker_threads_flush(two_threads):
     assert torch.equal(kernel, torch.from_numpy(w).double())
     assert torch.equal(pool_kernel, pool.fc1.weight.detach().double())
     assert bool((pool_kernel != 0).all())
+
+
+def test_a_tensor_constant_in_forward_leaves_no_attribute_on_the_model():
+    # fx records a tensor made inside forward as an attribute of the model it traces; netgeom refuses such
+    # a constant, and the model must come back as it was
+    class WithConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x) + torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+    m = WithConstant()
+    before = dict(vars(m))
+    with pytest.raises(ng.UnsupportedLayerError, match="_tensor_constant0"):
+        ng.trace(m)
+    assert dict(vars(m)) == before and not hasattr(m, "_tensor_constant0")

@@ -1243,7 +1243,15 @@ def trace(
 
         if any(t.numel() >= _PARALLEL_NUMEL for _, t in named) or _large_masks(masks):
             workers()
-        return _trace(model, masks, input_shape, max_entries, named, workers)
+        own = set(vars(model))
+        try:
+            return _trace(model, masks, input_shape, max_entries, named, workers)
+        finally:
+            # fx stores a tensor a forward creates as an attribute `_tensor_constant<i>` of the model; the
+            # caller's model is left as it was, read or refused
+            for k in set(vars(model)) - own:
+                if k.startswith("_tensor_constant"):
+                    del model.__dict__[k]
 
 
 # torch runs an elementwise operation or reduction on its thread pool from at::internal::GRAIN_SIZE = 32768
