@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused"]
+__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused", "relu_screen"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,6 +116,45 @@ def relu_fused(
     _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bn, n_und, v, e)
     t = torch.from_numpy
     return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_screen(z, thr, bits, v, n_und):
+    """Per entry of row ``r``: ``bits = z > 0``, ``v = relu(z)`` (0 for a NaN ``z``: its row is undecided),
+    and ``n_und[r]`` counts the entries with ``not |z| > thr[r]`` (a NaN ``z`` or ``thr`` counts): the
+    one-pass screen of a ReLU fed by a dense Linear, whose per-row bound is below ``thr[r]`` for every unit
+    (:meth:`netgeom.nets.certified._Rank1.screen`). Replaces five torch passes (``z > 0``, ``|z|``, its row
+    minimum, the comparison, ``relu(z)``)."""
+    B, N = bits.shape
+    zero = z.dtype.type(0)
+    for r in range(B):
+        zr = z[r]
+        br = bits[r]
+        vr = v[r]
+        t = thr[r]
+        cnt = 0
+        for j in range(N):
+            a = zr[j]
+            pos = a > 0
+            br[j] = pos
+            vr[j] = a if pos else zero
+            cnt += not (abs(a) > t)
+        n_und[r] = cnt
+
+
+def relu_screen(z: torch.Tensor, thr: torch.Tensor, bits: torch.Tensor | None = None, out=None):
+    """``(bits, rows with some ``not |z| > thr`` (bool (B,)), relu(z))`` for a CPU pre-activation ``z``
+    ((B, N) float32 or float64) and per-row thresholds ``thr`` ((B,), same dtype), see
+    :func:`_relu_screen`. ``bits``: a C-contiguous bool (B, N) tensor to write the signs into (else a new
+    one); ``out``: a C-contiguous (B, N) tensor of ``z``'s dtype for ``relu(z)`` (else a new one)."""
+    zn = z.contiguous().numpy()
+    B, N = zn.shape
+    if bits is None:
+        bits = torch.empty((B, N), dtype=torch.bool)
+    v = out.numpy() if out is not None else np.empty((B, N), dtype=zn.dtype)
+    n_und = np.empty(B, dtype=np.int64)
+    _relu_screen(zn, thr.to(z.dtype).contiguous().numpy(), bits.numpy(), v, n_und)
+    return bits, torch.from_numpy(n_und > 0), torch.from_numpy(v)
 
 
 def relu_elem(z: torch.Tensor, d: torch.Tensor):

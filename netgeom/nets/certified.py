@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from .._matmul import linear32
-from .graph import PLGraph, PLNode
+from .graph import PLGraph, PLNode, _linear_fn
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
@@ -222,10 +222,14 @@ class _Rank1:
     def d_rows(self, rows):
         return self._d[rows] if self._d is not None else self._bound(self.A[rows])
 
+    def screen(self) -> torch.Tensor:
+        """Per row, a bound on every unit's bound: ``max_i r_i A + max_i G c_i``."""
+        return (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+
     def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
-        """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
+        """A one-pass per-row screen: ``min_i |z_i| >`` :meth:`screen` means every unit decided."""
         m = z.abs().amin(1)  # (NaN when a value overflowed: such a row is not cleared)
-        return ~(m > (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale)
+        return ~(m > self.screen())
 
     def norm(self):
         info = self.info
@@ -351,6 +355,17 @@ def _spectral_bound(w: torch.Tensor) -> float:
     return math.inf
 
 
+def _spectral_of(op, w: torch.Tensor) -> float:
+    """:func:`_spectral_bound` of an op's float64 weight, computed once per trace (the float32 and float64
+    engines of a count both need it: an eigenvalue and a Cholesky factorisation, ~2 ms for 128 x 128)."""
+    key = ("certified._spectral_bound",)
+    hit = op._cache.get(key)
+    if hit is None or hit[0] is not w or hit[1] != w._version:
+        hit = (w, w._version, _spectral_bound(w))
+        op._cache[key] = hit
+    return hit[2]
+
+
 def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
     """Whether every nonzero float parameter is at least ``dtype``'s smallest normal number: the bounds
     charge the cast of a parameter ``u |w|`` (relative), and a subnormal one loses up to half the smallest
@@ -430,6 +445,15 @@ class _Engine:
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
+        # float64 Linear layers on the CPU write into a buffer (float32 ones go to oneDNN, which allocates)
+        info["addmm"] = (
+            self.kernels
+            and self.dtype == torch.float64
+            and op.fn is _linear_fn
+            and len(op.in_shape) == 1
+            and "bias" in p
+            and p["weight"].dim() == 2
+        )
         # gradual underflow is outside the standard model: a product (or a cast to this precision) below the
         # smallest normal number loses up to that number, absolutely; rows with a nonzero input or input
         # error get this allowance per output (per product: fan-in + bias + cast)
@@ -455,7 +479,7 @@ class _Engine:
             info["rn"] = float(_scaled_norms(r[None])[0]) * _SAFETY
             # ||W||_2 <= ||W||_F: the certified spectral bound only where it is smaller (computed when a
             # norm of this layer's error is first needed)
-            info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_bound(w) * (1 + 4 * self.u)))
+            info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_of(op, w) * (1 + 4 * self.u)))
             info["cn"] = float(_scaled_norms(c[None])[0]) * _SAFETY
             rpos = r[r > 0]
             # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
@@ -650,7 +674,7 @@ class _Engine:
 
     def affine(self, node: PLNode, x: torch.Tensor, err, *, need_err: bool):
         B = x.shape[0]
-        for info in self.ops[node.index]:
+        for k, info in enumerate(self.ops[node.index]):
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
             stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
@@ -665,7 +689,12 @@ class _Engine:
                 # place)
                 err = _Scaled(both, half, half, g * (1 + 2 * g))
                 continue
-            y = op(xs, True, info["p"])
+            if info["addmm"]:  # (into a buffer of this op: a fresh 4 MB output per block costs its page faults)
+                p = info["p"]
+                out = self._buffers((node.index, k), (B, p["weight"].shape[0]), 1)[0]
+                y = torch.addmm(p["bias"], xs, p["weight"].T, out=out)
+            else:
+                y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
@@ -815,17 +844,17 @@ class _Engine:
                 und[a : a + step] |= u.cpu()
         return out, und
 
-    def _buffers(self, i: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffers(self, i, shape, n: int = 2) -> tuple[torch.Tensor, ...]:
         """Two (B, n) arrays for the value and error bound node ``i`` computes on the calling thread, the same
         ones block after block (a block's values are dropped when :meth:`run` returns; only decisions
         leave it). Fresh arrays of a few MB cost more in page faults than the pass that fills them, once
         malloc hands them out with mmap (LeNet-5's relu on 8192 rows: 70 ms fresh, 9 ms recycled)."""
         bufs = self._tls.__dict__.setdefault("bufs", {})  # (released with the thread)
         hit = bufs.get(i)
-        if hit is None or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
-            hit = (torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+        if hit is None or len(hit) < n or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
+            hit = tuple(torch.empty(shape, dtype=self.dtype) for _ in range(n))
             bufs[i] = hit
-        return hit[0][: shape[0]], hit[1][: shape[0]]
+        return tuple(h[: shape[0]] for h in hit[:n])
 
     def _plan(self, keep: set[int]):
         """Per set of evaluated nodes: (pattern node indices, {node: the last node reading its value},
@@ -893,9 +922,19 @@ class _Engine:
                 z, ez = vals[ins[0]], errs[ins[0]]
                 fused = None
                 if isinstance(ez, _Rank1):
-                    bits = z > 0
-                    undecided = ez.rows_maybe_undecided(z)
                     d = None
+                    if self.kernels and node.negative_slope == 0:
+                        # signs, relu and the per-row screen in one compiled pass, the signs into the batch's
+                        # array and the relu into this node's buffer (the residual MLP's float64 pass: five
+                        # torch passes and two fresh arrays per block fewer)
+                        from ._graph_kernel import relu_screen
+
+                        vbuf = self._buffers(node.index, z.shape, 1)[0]
+                        bits, undecided, v = relu_screen(z, ez.screen(), dest.get(node.index), vbuf)
+                        fused = (v, _Rank1(ez.E, ez.X, ez.G, ez.info, ez.scale, z))
+                    else:
+                        bits = z > 0
+                        undecided = ez.rows_maybe_undecided(z)
                 elif node.index in modes:
                     from ._graph_kernel import relu_fused
 
@@ -955,7 +994,8 @@ class _Engine:
                     out[node.index] = (pos, undecided)
             elif node.op == "add":
                 a, b = (vals[i] for i in ins)
-                v = a + b
+                # (into this node's buffer on the CPU: a fresh 4 MB array per block costs its page faults)
+                v = torch.add(a, b, out=self._buffers(node.index, a.shape, 1)[0]) if self.kernels else a + b
                 e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u, self.vnorm)
             elif node.op == "cat":
                 v = torch.cat([vals[i] for i in ins], 1)
