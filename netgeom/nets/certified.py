@@ -70,6 +70,7 @@ homogeneity).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from fractions import Fraction
@@ -364,6 +365,43 @@ def _spectral_of(op, w: torch.Tensor) -> float:
         hit = (w, w._version, _spectral_bound(w))
         op._cache[key] = hit
     return hit[2]
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run the calling thread's torch operations on ``n`` OpenMP (and MKL) threads for a block, restoring its
+    previous counts after. These are per-thread settings of the runtimes (:mod:`netgeom.nets._workers`): the
+    process's other threads keep theirs. Without torch's OpenMP runtime, nothing changes."""
+    from ._workers import _mkl_local, _openmp
+
+    prev = torch.get_num_threads()
+    lib = _openmp() if prev != n else None
+    if lib is None:
+        yield
+        return
+    mkl = _mkl_local()
+    lib.omp_set_num_threads(n)
+    mprev = mkl(n) if mkl is not None else None
+    try:
+        yield
+    finally:
+        lib.omp_set_num_threads(prev)
+        if mkl is not None:
+            mkl(mprev)
+
+
+def _one_thread(device):
+    """The graph engine's torch operations on one thread (CPU): its blocks alternate products with compiled
+    passes and a few dozen small torch operations, and with torch's OpenMP team each of those operations is
+    a barrier of the team, whose threads then spin for milliseconds while the compiled passes run. On the
+    2-core machine of bench_patterns, shared with other jobs (load ~4), 2 torch threads against 1, the median
+    wall time of count_patterns: conv 1-8-16 on 4 000 images 1.6 s against 0.27 s, conv 3-32-64 3.6 s
+    against 0.69 s, LeNet-5 2.5 s against 0.75 s, the residual MLP on 40 000 points 3.0 s against 0.84 s;
+    the products alone on the caller's threads (the rest on one) still cost 1.5-3.5x the time of all on one
+    there, from the team spinning between products."""
+    if torch.device(device).type != "cpu":
+        return contextlib.nullcontext()
+    return _threads(1)
 
 
 def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
@@ -689,7 +727,7 @@ class _Engine:
                 # place)
                 err = _Scaled(both, half, half, g * (1 + 2 * g))
                 continue
-            if info["addmm"]:  # (into a buffer of this op: a fresh 4 MB output per block costs its page faults)
+            if info["addmm"]:  # (into this op's buffer: a fresh 4 MB output per block costs its page faults)
                 p = info["p"]
                 out = self._buffers((node.index, k), (B, p["weight"].shape[0]), 1)[0]
                 y = torch.addmm(p["bias"], xs, p["weight"].T, out=out)
@@ -833,15 +871,16 @@ class _Engine:
         # (blocks run one after another on this thread: handed to chunk workers, one OpenMP thread each, the
         # residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2 threads, the residual
         # MLP 2x: each worker's buffers are made afresh per batch, and torch's own threads share the products)
-        for a in range(0, B, step):
-            xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
-            views = {i: t[a : a + step] for i, t in dest.items()}
-            for i, (d, u) in self.run(xb, exact_input, keep, views).items():
-                if i not in out:
-                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
-                if i not in views or d.data_ptr() != views[i].data_ptr():
-                    out[i][a : a + step] = d
-                und[a : a + step] |= u.cpu()
+        with _one_thread(self.device):
+            for a in range(0, B, step):
+                xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
+                views = {i: t[a : a + step] for i, t in dest.items()}
+                for i, (d, u) in self.run(xb, exact_input, keep, views).items():
+                    if i not in out:
+                        out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                    if i not in views or d.data_ptr() != views[i].data_ptr():
+                        out[i][a : a + step] = d
+                    und[a : a + step] |= u.cpu()
         return out, und
 
     def _buffers(self, i, shape, n: int = 2) -> tuple[torch.Tensor, ...]:
@@ -1163,10 +1202,10 @@ def graph_patterns(
     if not pnodes:
         return {}, stats
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
-    if dtype != torch.float64 and not engine(dtype).fits:
-        dtype = torch.float64
-        stats["float64"] = x.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread(device):
+        if dtype != torch.float64 and not engine(dtype).fits:
+            dtype = torch.float64
+            stats["float64"] = x.shape[0]
         if dtype == torch.float64:
             out, und = run64(x)
         else:
