@@ -404,6 +404,12 @@ def _one_thread(device):
     return _threads(1)
 
 
+def _rank1_op(op) -> bool:
+    """Whether an affine op's error bound is the rank-one one of a dense Linear (:class:`_Rank1`); the others
+    take elementwise bounds, which the crude float64 engine bounds without a second product."""
+    return op.type_name == "Linear" and len(op.in_shape) == 1
+
+
 def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
     """Whether every nonzero float parameter is at least ``dtype``'s smallest normal number: the bounds
     charge the cast of a parameter ``u |w|`` (relative), and a subnormal one loses up to half the smallest
@@ -412,8 +418,7 @@ def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
     tiny = torch.finfo(dtype).tiny
     for v in params.values():
         if torch.is_tensor(v) and v.is_floating_point() and v.numel():
-            nz = v[v != 0]
-            if nz.numel() and float(nz.abs().min()) < tiny:
+            if bool(((v != 0) & (v.abs() < tiny)).any()):
                 return False
     return True
 
@@ -502,7 +507,7 @@ class _Engine:
         ]
         wmax = max((float(t) for t in nz), default=0.0)
         info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
-        if op.type_name == "Linear" and len(op.in_shape) == 1:
+        if _rank1_op(op):
             w = op.params["weight"]
             r = _scaled_norms(w) * (1 + 4 * self.u)  # (vector_norm squares: |w| ~1e180 gave inf)
             c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
@@ -1185,9 +1190,10 @@ def graph_patterns(
         tried, failed = engines.get("crude_tally", (0, 0))
         if tried >= 1024 and failed > 0.1 * tried:
             return engine(torch.float64).run_chunked(xr, True, keep)
-        e_crude = engine(torch.float64, crude=True)
-        if e_crude.n_crude == 0:  # (the same ops in both engines) nothing to bound crudely
+        if not any(not _rank1_op(op) for n in g.nodes if n.op == "affine" for op in n._ops):
+            # nothing to bound crudely (a residual MLP): the crude engine would be the same engine
             return engine(torch.float64).run_chunked(xr, True, keep)
+        e_crude = engine(torch.float64, crude=True)
         res, und = e_crude.run_chunked(xr, True, keep)
         engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
         rr = torch.nonzero(und).flatten()
