@@ -214,3 +214,145 @@ def test_progressive_int8_refines_the_rows_its_coarse_bound_leaves_and_matches_f
     assert redo.sum() <= four[1].sum() + 5  # refining leaves about what four levels leave
     done = ~redo & ~exact
     assert all(torch.equal(out[i][done], ref[i][done]) for i in ref)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.integers(1, 3),
+    st.sampled_from([0.0, 0.1, -0.5, 2.0]),
+    st.sampled_from([(-3, 3), (-60, -40), (30, 50)]),
+)
+def test_second_layer_bounds_after_int8_hold_entry_by_entry_and_are_tighter(seed, L, slope, span):
+    # the second layer's float64 check after an int8 first layer carries the first layer's error entry by
+    # entry (dead ReLU inputs exactly 0): every bound must contain the exact value, computed in rationals
+    # from the exact first layer, including second-layer units placed right at zero; and it must never be
+    # looser than the norm (Cauchy-Schwarz) bound it replaces
+    import torch.nn as nn
+
+    from netgeom.nets.certified import _SAFETY, _int8_pair_bound
+
+    rng = np.random.default_rng(seed)
+    K, N1, N2, B = 24, 16, 9, 6
+    W1 = _scaled(rng, (N1, K), -6, 2, torch.float64)
+    b1 = _scaled(rng, (N1,), -6, 0, torch.float64)
+    x = _scaled(rng, (B, K), *span, torch.float32)
+    x[0] = 0  # a zero row: only the bias reaches the second layer
+    act = nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
+    net = nn.Sequential(nn.Linear(K, N1), act, nn.Linear(N1, N2), nn.ReLU()).double()
+    z1x = _exact(W1, b1, x)
+    h1x = [[v if v > 0 else Fraction(slope) * v for v in row] for row in z1x]
+    W2 = _scaled(rng, (N2, N1), -4, 2, torch.float64)
+    # biases that put units right at zero for some rows (their exact value is ~the rounding of h1)
+    b2 = torch.tensor([-float(sum(Fraction(w) * h for w, h in zip(W2[j].tolist(), h1x[j % B])))
+                       for j in range(N2)], dtype=torch.float64)
+    with torch.no_grad():
+        net[0].weight.copy_(W1), net[0].bias.copy_(b1), net[2].weight.copy_(W2), net[2].bias.copy_(b2)
+    lay = chain_plan(trace(net), "cpu").layers[1]
+    i8 = Int8Layer(W1, b1, 4, L)
+    z1, alpha, beta, ok = i8(x)
+    h1 = torch.where(z1 > 0, z1, slope * z1)
+    rows = torch.arange(B).repeat_interleave(N2)
+    units = torch.arange(N2).repeat(B)
+    z2, bound = _int8_pair_bound(lay, units, h1, z1, rows, alpha, beta, i8, slope)
+    # the norm form: ||W_j|| ein + gamma (||W_j|| ||h|| + |b_j|), ein the int8 layer's error norm
+    lip = max(1.0, abs(slope))
+    ein = (alpha * torch.linalg.vector_norm(i8.p) + beta * torch.linalg.vector_norm(i8.q)
+           + 2.0**-51 * torch.linalg.vector_norm(z1, dim=1)) * lip
+    r, c = lay["r"][units], lay["c"][units]
+    hn = torch.linalg.vector_norm(h1, dim=1)[rows]
+    norm_form = (ein[rows] * r + lay["g64"] * (r * hn + c)) * _SAFETY**2 + (3 * lay["K"] + 4) * 2.0**-1022
+    near = 0
+    for k in range(len(units)):
+        rr, j = int(rows[k]), int(units[k])
+        if not ok[rr]:
+            continue
+        exact = sum((Fraction(w) * h for w, h in zip(W2[j].tolist(), h1x[rr])), Fraction(0)) + Fraction(
+            float(b2[j]))
+        err = abs(Fraction(float(z2[k])) - exact)
+        assert err <= Fraction(float(bound[k])), (rr, j, float(err), float(bound[k]))
+        assert float(bound[k]) <= float(norm_form[k]) * (1 + 1e-12), (rr, j)
+        near += abs(exact) <= Fraction(float(bound[k]))
+    assert near >= 1  # some unit was placed within its bound of zero (the test reaches the hard cases)
+
+
+def test_a_relu_input_computed_negative_but_positive_counts_its_error_in_the_next_layer():
+    # one live first-layer unit whose exact value is just above 0 while a one-diagonal int8 product makes
+    # it negative (its ReLU output 0 instead of the tiny exact one): the second layer's bound must still
+    # contain the exact value, i.e. only inputs the bound *proves* negative count as exact zeros
+    import torch.nn as nn
+
+    from netgeom.nets.certified import _int8_pair_bound
+
+    rng = np.random.default_rng(7)
+    K, N1 = 8, 4
+    found = None
+    for _ in range(200):
+        x = torch.tensor(rng.uniform(-1, 1, (1, K)), dtype=torch.float32)
+        W1 = torch.tensor(rng.uniform(-1, 1, (N1, K)))
+        dot = sum(Fraction(w) * Fraction(v) for w, v in zip(W1[3].tolist(), x[0].double().tolist()))
+        b1 = torch.tensor([-100.0, -100.0, -100.0, -float(dot)])  # units 0-2 dead; unit 3 at ~0
+        z1x = dot + Fraction(float(b1[3]))
+        i8 = Int8Layer(W1, b1, 4, 1)
+        z1, alpha, beta, ok = i8(x)
+        if z1x > 0 and float(z1[0, 3]) < 0:
+            found = (x, W1, b1, z1x, i8, z1, alpha, beta)
+            break
+    assert found is not None
+    x, W1, b1, z1x, i8, z1, alpha, beta = found
+    net = nn.Sequential(nn.Linear(K, N1), nn.ReLU(), nn.Linear(N1, 1), nn.ReLU()).double()
+    with torch.no_grad():
+        net[0].weight.copy_(W1), net[0].bias.copy_(b1)
+        net[2].weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0]])), net[2].bias.zero_()
+    lay = chain_plan(trace(net), "cpu").layers[1]
+    h1 = torch.relu(z1)
+    z2, bound = _int8_pair_bound(lay, torch.tensor([0]), h1, z1, torch.tensor([0]), alpha, beta, i8, 0.0)
+    assert float(z2[0]) == 0.0 and Fraction(float(bound[0])) >= z1x > 0  # exact z2 = z1x
+
+
+def _live_norm_bound(lay: Int8Layer, x, slope):
+    """The error-norm bound the pattern engine forms from ``activate``: ``alpha ||p_live|| + beta ||q_live||
+    + 2^-51 ||z||`` (times ``max(1, |slope|)``), with the float64 activation rows it bounds."""
+    out = lay.activate(x, slope)
+    rows64, (_, zn, pn, qn), alpha, beta, ok = out[3], out[4], out[5], out[6], out[7]
+    e = (alpha * pn + beta * qn + 2.0**-51 * zn) * max(1.0, abs(slope))
+    return rows64[torch.arange(x.shape[0])], e, ok
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4), st.sampled_from([0.0, 0.2]),
+       st.sampled_from([(-3, 3), (-250, -200), (100, 120)]))
+def test_the_live_error_norm_bounds_the_activation_error(seed, L, slope, span):
+    rng = np.random.default_rng(seed)
+    W = _scaled(rng, (12, 20), -8, 3, torch.float64)
+    b = _scaled(rng, (12,), -8, 0, torch.float64)
+    x = _scaled(rng, (8, 20), *span, torch.float32)
+    lay = Int8Layer(W, b, 4, L)
+    h, e, ok = _live_norm_bound(lay, x, slope)
+    for r, zr in enumerate(_exact(W, b, x)):
+        if ok[r]:
+            hx = [v if v > 0 else Fraction(slope) * v for v in zr]
+            sq = sum((Fraction(float(a)) - v) ** 2 for a, v in zip(h[r].tolist(), hx))
+            assert sq <= Fraction(float(e[r])) ** 2, (r, float(e[r]))
+
+
+def test_a_unit_computed_negative_but_positive_stays_in_the_live_error_norm():
+    # a first-layer unit whose exact value is clearly positive while a one-diagonal int8 product makes it
+    # negative, every other unit certainly dead: its ReLU output (0 against the exact value) must stay in
+    # the error norm the next layer reads
+    rng = np.random.default_rng(11)
+    K, N1 = 8, 4
+    for _ in range(500):
+        x = torch.tensor(rng.uniform(-1, 1, (1, K)), dtype=torch.float32)
+        W = torch.tensor(rng.uniform(-1, 1, (N1, K)))
+        dot = sum(Fraction(w) * Fraction(v) for w, v in zip(W[3].tolist(), x[0].double().tolist()))
+        b = torch.tensor([-100.0, -100.0, -100.0, -float(dot) + float(rng.uniform(1e-4, 5e-3))])
+        lay = Int8Layer(W, b, 4, 1)
+        zx = dot + Fraction(float(b[3]))
+        z1, _, _, _ = lay(x)
+        if zx > 0 and float(z1[0, 3]) < 0:
+            break
+    else:
+        raise AssertionError("no unit computed negative but exactly positive")
+    h, e, _ = _live_norm_bound(lay, x, 0.0)
+    assert float(h[0, 3]) == 0.0 and Fraction(float(e[0])) >= zx > Fraction(1, 10**4)
