@@ -24,7 +24,9 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic), one after another on the calling thread with torch's own threads, each block's tensors held
+arithmetic), one after another on the calling thread with torch on one thread (:func:`_one_thread`: with
+torch's OpenMP team, every small operation is a barrier and the team spins through the compiled passes),
+each block's tensors held
 until the next block is done (so that malloc recycles them) and the compiled passes' outputs written into the
 same buffers block after block. On the CPU a ReLU fed by elementwise bounds
 and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
@@ -873,9 +875,9 @@ class _Engine:
         if self.kernels:
             dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
             out.update(dest)
-        # (blocks run one after another on this thread: handed to chunk workers, one OpenMP thread each, the
-        # residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2 threads, the residual
-        # MLP 2x: each worker's buffers are made afresh per batch, and torch's own threads share the products)
+        # (blocks run one after another on this thread, torch on one thread: handed to chunk workers, one
+        # OpenMP thread each, the residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2
+        # threads, the residual MLP 2x: each worker's buffers are made afresh per batch)
         with _one_thread(self.device):
             for a in range(0, B, step):
                 xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
