@@ -249,3 +249,50 @@ def test_residual_conv_near_boundaries_equals_rationals_on_every_path(monkeypatc
         res = count_patterns(net, X, batch_size=29, verbose=False)
         u, c = unique_rows(pack_patterns(ref))
         assert np.array_equal(res.patterns, u) and np.array_equal(res.multiplicities, c)
+
+
+# ------------------------------------------------------------------------------ the unit redo in place
+class _ConvPool(nn.Module):
+    """conv -> relu -> conv (its redo reads a ReLU's output) and conv -> relu -> max-pool -> conv (a
+    max-pool's output, its own bound)."""
+
+    def __init__(self, seed: int, pool: bool):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.pool = pool
+        self.c1, self.c2 = nn.Conv2d(2, 4, 3, stride=1), nn.Conv2d(4, 5, 3, stride=1)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        if self.pool:
+            h = F.max_pool2d(h, 2)
+        return F.relu(self.c2(h)).flatten(1)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_unit_redo_in_place_equals_the_gathered_one_bit_for_bit(pool, monkeypatch):
+    """The float64 redo of undecided (row, unit) pairs reading the block's float32 arrays in place gives the
+    same values and bounds, to the bit, as gathering the rows, widening them and padding them; and it runs
+    (inputs near boundaries leave pairs undecided in float32)."""
+    net = _ConvPool(5, pool).eval()
+    shape = (2, 10, 10) if pool else (2, 7, 7)
+    g = trace(net, input_shape=shape)
+    n_in = math.prod(shape)
+    X = _near(g, n_in, 5, 4).float()
+    seen = []
+    orig = certified._Engine._refine
+
+    def both(self, src, xin, err, rows, units):
+        a = orig(self, src, xin, err, rows, units)
+        with monkeypatch.context() as m:
+            m.setattr(certified._Engine, "_relu_in_place", lambda *_: None)
+            b = orig(self, src, xin, err, rows, units)
+        seen.append(self._relu_in_place(xin, err) is not None and len(rows) > 0)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        return a
+
+    monkeypatch.setattr(certified._Engine, "_refine", both)
+    for blocks in (1 << 22, 2048):
+        monkeypatch.setattr(certified, "_CHUNK_BYTES", blocks)
+        graph_patterns(g, X, _engines={})
+    assert any(seen)

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused", "relu_screen"]
+__all__ = ["pool_top2", "refine_pairs", "refine_pairs_relu", "relu_elem", "relu_fused", "relu_screen"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -290,4 +290,70 @@ def refine_pairs(X, E, r, j, W, T, L: int, b, absb, gam: float, under: float, sa
         z,
         bound,
     )
+    return torch.from_numpy(z), torch.from_numpy(bound)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs_relu(
+    X, xo, Z, zo, D, do, dscale, drop, n, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound
+):
+    """:func:`_refine_pairs` reading a ReLU's output in place: row ``r[p]`` of the block, entry ``c`` is
+    ``X[r, xo + c]`` with error bound ``e = 0`` where ``drop`` and ``Z[r, zo + c] + d <= 0`` (the ReLU's input
+    certainly negative), else ``d = D[r, do + c] * dscale`` (in the arrays' precision, as the torch passes of
+    :meth:`netgeom.nets.certified._ReluErr.elem_rows` round it), both widened to float64 exactly; a column
+    ``c >= n`` is padding (a zero with no error, no term). No gathered rows, no float64 copies."""
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        zr = Z[row]
+        dr = D[row]
+        if dense:
+            w = W[u]
+        else:
+            w = W[u // L]
+            t = T[u % L]
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b[u] != 0
+        for k in range(w.shape[0]):
+            c = k if dense else t[k]
+            if c >= n:
+                continue
+            a = np.float64(xr[xo + c])
+            dd = dr[do + c] * dscale
+            e = np.float64(0.0) if drop and zr[zo + c] + dd <= 0 else np.float64(dd)
+            wk = w[k]
+            aw = abs(wk)
+            acc += wk * a
+            s_e += aw * e
+            s_x += aw * abs(a)
+            live |= (a != 0) | (e != 0)
+        z[p] = acc + b[u]
+        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+def refine_pairs_relu(
+    x, zin, d, dscale: float, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float
+):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` (``r``: rows of the block) of an affine
+    node reading a ReLU's output ``x`` ((B, n), CPU) whose input ``zin`` has the elementwise error bound
+    ``d * dscale`` (``zin``, ``d``: (B, n) column blocks of C-contiguous arrays, read in place), see
+    :func:`_refine_pairs_relu` (``T`` None: dense rows). ``zin`` None: ``x`` is not a ReLU's output and
+    ``d * dscale`` its own bound."""
+    xn, xo = _rows(x)
+    dn, do = _rows(d)
+    zn, zo = _rows(zin) if zin is not None else (dn, do)
+    n = x.shape[1]
+    m = len(r)
+    z = np.empty(m, dtype=np.float64)
+    bound = np.empty(m, dtype=np.float64)
+    dense = T is None
+    Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
+    rn, jn, Wn = r.contiguous().numpy(), j.contiguous().numpy(), W.contiguous().numpy()
+    args = (b.numpy(), absb.numpy(), float(gam), float(under), float(safety), z, bound)
+    ds = dn.dtype.type(dscale)
+    drop = zin is not None
+    _refine_pairs_relu(xn, xo, zn, zo, dn, do, ds, drop, n, rn, jn, Wn, Tn, max(1, int(L)), dense, *args)
     return torch.from_numpy(z), torch.from_numpy(bound)
