@@ -392,18 +392,34 @@ def _threads(n: int):
             mkl(mprev)
 
 
+_CALLER = threading.local()  # .n: the torch thread count of the thread that entered _one_thread
+
+
+@contextlib.contextmanager
 def _one_thread(device):
-    """The graph engine's torch operations on one thread (CPU): its blocks alternate products with compiled
-    passes and a few dozen small torch operations, and with torch's OpenMP team each of those operations is
-    a barrier of the team, whose threads then spin for milliseconds while the compiled passes run. On the
-    2-core machine of bench_patterns, shared with other jobs (load ~4), 2 torch threads against 1, the median
-    wall time of count_patterns: conv 1-8-16 on 4 000 images 1.6 s against 0.27 s, conv 3-32-64 3.6 s
-    against 0.69 s, LeNet-5 2.5 s against 0.75 s, the residual MLP on 40 000 points 3.0 s against 0.84 s;
-    the products alone on the caller's threads (the rest on one) still cost 1.5-3.5x the time of all on one
-    there, from the team spinning between products."""
-    if torch.device(device).type != "cpu":
-        return contextlib.nullcontext()
-    return _threads(1)
+    """The graph engine's small torch operations on one thread (CPU); its products go back to the
+    caller's thread count (:func:`_products`). Its blocks alternate products with compiled passes and a few
+    dozen small torch operations: with torch's OpenMP team each of those operations is a barrier of the
+    team, whose threads then spin for milliseconds while the compiled passes run (on the 2-core machine
+    of bench_patterns, shared with other jobs, 2 torch threads throughout against 1: conv 1-8-16 on 4 000
+    images 1.6 s against 0.27 s, the residual MLP on 40 000 points 3.0 s against 0.84 s). The products,
+    most of the work on a convolutional net, keep every thread the caller gave torch, so that the count
+    scales with the cores of a larger machine."""
+    if torch.device(device).type != "cpu" or getattr(_CALLER, "n", None) is not None:
+        yield
+        return
+    _CALLER.n = torch.get_num_threads()
+    try:
+        with _threads(1):
+            yield
+    finally:
+        _CALLER.n = None
+
+
+def _products():
+    """Inside :func:`_one_thread`: the caller's torch thread count for a product (else nothing changes)."""
+    n = getattr(_CALLER, "n", None)
+    return _threads(n) if n is not None else contextlib.nullcontext()
 
 
 def _rank1_op(op) -> bool:
@@ -753,7 +769,8 @@ class _Engine:
             if stack and bool(xs.amin() >= 0):  # (one reduction: a NaN fails it)
                 # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
                 # convolution; g (1 + 2g) covers that rounding and the product's
-                both = op(xs, True, info["stacked"]).reshape(B, -1)
+                with _products():
+                    both = op(xs, True, info["stacked"]).reshape(B, -1)
                 half = both.shape[1] // 2
                 x = both[:, :half]
                 g = info["g"]
@@ -764,9 +781,11 @@ class _Engine:
             if info["addmm"]:  # (into this op's buffer: a fresh 4 MB output per block costs its page faults)
                 p = info["p"]
                 out = self._buffers((node.index, k), (B, p["weight"].shape[0]), 1)[0]
-                y = torch.addmm(p["bias"], xs, p["weight"].T, out=out)
+                with _products():
+                    y = torch.addmm(p["bias"], xs, p["weight"].T, out=out)
             else:
-                y = op(xs, True, info["p"])
+                with _products():
+                    y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
@@ -780,7 +799,8 @@ class _Engine:
                         e = xs.abs().mul_(g)
                         if not isinstance(err, _Exact):
                             e.add_(err.elem().reshape(e.shape))
-                    bound = op(e, True, info["bound_p"]).reshape(B, -1)
+                    with _products():
+                        bound = op(e, True, info["bound_p"]).reshape(B, -1)
                     err = _Scaled(bound, 0, bound.shape[1], 1 + 2 * g)
                     x = y.reshape(B, -1)
                     continue
