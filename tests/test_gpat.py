@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
+from _platform import OPENMP, X86_LINUX, unavailable
 from torch import nn
 
 from netgeom import count_patterns, trace
@@ -67,6 +68,30 @@ def test_threads_sets_the_calling_thread_only_and_restores_it():
             with certified._threads(1):
                 raise RuntimeError("boom")
         assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n0)
+
+
+def test_graph_passes_run_on_one_thread_and_their_products_on_the_callers():
+    from netgeom.nets._workers import _openmp
+
+    if _openmp() is None:
+        unavailable("torch's OpenMP runtime is not reachable here", expected=X86_LINUX and OPENMP)
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with certified._one_thread("cpu"):
+            assert torch.get_num_threads() == 1
+            with certified._one_thread("cpu"):  # nested: still one, and the caller's count remembered
+                assert torch.get_num_threads() == 1
+                with certified._products():
+                    assert torch.get_num_threads() == 2
+            with certified._products():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with certified._products():  # outside a graph pass: nothing changes
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(n0)
 
