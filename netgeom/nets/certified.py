@@ -24,9 +24,9 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic), one after another on the calling thread with torch on one thread (:func:`_one_thread`: with
-torch's OpenMP team, every small operation is a barrier and the team spins through the compiled passes),
-each block's tensors held
+arithmetic), one after another on the calling thread, its small torch operations on one thread and its
+products on the caller's torch threads (:func:`_one_thread`: with torch's OpenMP team, every small operation
+is a barrier and the team spins through the compiled passes), each block's tensors held
 until the next block is done (so that malloc recycles them) and the compiled passes' outputs written into the
 same buffers block after block. On the CPU a ReLU fed by elementwise bounds
 and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
