@@ -10,9 +10,9 @@ less sensitive to other jobs on a shared machine than the wall-clock ratio). ``-
 comparison there.
 
 The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions, the same
-wider on 3x32x32 images) run n / 5 and n / 50 points. With several torch threads the graph engine runs its
-row blocks side by side, one OpenMP thread each; on a machine shared with other jobs, ``--threads 1`` is
-the steadier comparison.
+wider on 3x32x32 images) run n / 5 and n / 50 points. The graph engine runs its products on torch's
+threads and everything else on one (its many small operations would each be a barrier of torch's OpenMP
+team); on a machine shared with other jobs, ``--threads 1`` is the steadier comparison.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10

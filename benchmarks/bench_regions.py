@@ -367,6 +367,15 @@ def graph_box_rows(quick: bool) -> None:
         )
 
 
+def _load() -> str:
+    import os
+
+    try:
+        return f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    except (AttributeError, OSError):  # pragma: no cover - not on Unix
+        return "unknown"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-box", action="store_true", help="skip the regions_in_box rows")
@@ -382,10 +391,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     if not args.vs_grid:
+        # every time here is wall clock: on a shared machine the others' load is part of it
+        print(f"load average (1 min) at the start: {_load()}")
         vs_regioncam(args.quick, args.repeat)
         vs_regioncam_graphs(args.quick, args.repeat)
         if not args.no_box:
             box_rows(args.quick)
+        print(f"load average (1 min) at the end: {_load()}")
         return
     grid = args.grid or (300 if args.quick else 1000)
     widths = args.widths or ([100] if args.quick else [100, 200, 400])

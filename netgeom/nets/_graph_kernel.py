@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused"]
+__all__ = ["pool_top2", "refine_pairs", "refine_pairs_relu", "relu_elem", "relu_fused", "relu_screen"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -116,6 +116,45 @@ def relu_fused(
     _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bn, n_und, v, e)
     t = torch.from_numpy
     return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_screen(z, thr, bits, v, n_und):
+    """Per entry of row ``r``: ``bits = z > 0``, ``v = relu(z)`` (0 for a NaN ``z``: its row is undecided),
+    and ``n_und[r]`` counts the entries with ``not |z| > thr[r]`` (a NaN ``z`` or ``thr`` counts): the
+    one-pass screen of a ReLU fed by a dense Linear, whose per-row bound is below ``thr[r]`` for every unit
+    (:meth:`netgeom.nets.certified._Rank1.screen`). Replaces five torch passes (``z > 0``, ``|z|``, its row
+    minimum, the comparison, ``relu(z)``)."""
+    B, N = bits.shape
+    zero = z.dtype.type(0)
+    for r in range(B):
+        zr = z[r]
+        br = bits[r]
+        vr = v[r]
+        t = thr[r]
+        cnt = 0
+        for j in range(N):
+            a = zr[j]
+            pos = a > 0
+            br[j] = pos
+            vr[j] = a if pos else zero
+            cnt += not (abs(a) > t)
+        n_und[r] = cnt
+
+
+def relu_screen(z: torch.Tensor, thr: torch.Tensor, bits: torch.Tensor | None = None, out=None):
+    """``(bits, rows with some ``not |z| > thr`` (bool (B,)), relu(z))`` for a CPU pre-activation ``z``
+    ((B, N) float32 or float64) and per-row thresholds ``thr`` ((B,), same dtype), see
+    :func:`_relu_screen`. ``bits``: a C-contiguous bool (B, N) tensor to write the signs into (else a new
+    one); ``out``: a C-contiguous (B, N) tensor of ``z``'s dtype for ``relu(z)`` (else a new one)."""
+    zn = z.contiguous().numpy()
+    B, N = zn.shape
+    if bits is None:
+        bits = torch.empty((B, N), dtype=torch.bool)
+    v = out.numpy() if out is not None else np.empty((B, N), dtype=zn.dtype)
+    n_und = np.empty(B, dtype=np.int64)
+    _relu_screen(zn, thr.to(z.dtype).contiguous().numpy(), bits.numpy(), v, n_und)
+    return bits, torch.from_numpy(n_und > 0), torch.from_numpy(v)
 
 
 def relu_elem(z: torch.Tensor, d: torch.Tensor):
@@ -251,4 +290,70 @@ def refine_pairs(X, E, r, j, W, T, L: int, b, absb, gam: float, under: float, sa
         z,
         bound,
     )
+    return torch.from_numpy(z), torch.from_numpy(bound)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs_relu(
+    X, xo, Z, zo, D, do, dscale, drop, n, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound
+):
+    """:func:`_refine_pairs` reading a ReLU's output in place: row ``r[p]`` of the block, entry ``c`` is
+    ``X[r, xo + c]`` with error bound ``e = 0`` where ``drop`` and ``Z[r, zo + c] + d <= 0`` (the ReLU's input
+    certainly negative), else ``d = D[r, do + c] * dscale`` (in the arrays' precision, as the torch passes of
+    :meth:`netgeom.nets.certified._ReluErr.elem_rows` round it), both widened to float64 exactly; a column
+    ``c >= n`` is padding (a zero with no error, no term). No gathered rows, no float64 copies."""
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        zr = Z[row]
+        dr = D[row]
+        if dense:
+            w = W[u]
+        else:
+            w = W[u // L]
+            t = T[u % L]
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b[u] != 0
+        for k in range(w.shape[0]):
+            c = k if dense else t[k]
+            if c >= n:
+                continue
+            a = np.float64(xr[xo + c])
+            dd = dr[do + c] * dscale
+            e = np.float64(0.0) if drop and zr[zo + c] + dd <= 0 else np.float64(dd)
+            wk = w[k]
+            aw = abs(wk)
+            acc += wk * a
+            s_e += aw * e
+            s_x += aw * abs(a)
+            live |= (a != 0) | (e != 0)
+        z[p] = acc + b[u]
+        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+def refine_pairs_relu(
+    x, zin, d, dscale: float, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float
+):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` (``r``: rows of the block) of an affine
+    node reading a ReLU's output ``x`` ((B, n), CPU) whose input ``zin`` has the elementwise error bound
+    ``d * dscale`` (``zin``, ``d``: (B, n) column blocks of C-contiguous arrays, read in place), see
+    :func:`_refine_pairs_relu` (``T`` None: dense rows). ``zin`` None: ``x`` is not a ReLU's output and
+    ``d * dscale`` its own bound."""
+    xn, xo = _rows(x)
+    dn, do = _rows(d)
+    zn, zo = _rows(zin) if zin is not None else (dn, do)
+    n = x.shape[1]
+    m = len(r)
+    z = np.empty(m, dtype=np.float64)
+    bound = np.empty(m, dtype=np.float64)
+    dense = T is None
+    Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
+    rn, jn, Wn = r.contiguous().numpy(), j.contiguous().numpy(), W.contiguous().numpy()
+    args = (b.numpy(), absb.numpy(), float(gam), float(under), float(safety), z, bound)
+    ds = dn.dtype.type(dscale)
+    drop = zin is not None
+    _refine_pairs_relu(xn, xo, zn, zo, dn, do, ds, drop, n, rn, jn, Wn, Tn, max(1, int(L)), dense, *args)
     return torch.from_numpy(z), torch.from_numpy(bound)

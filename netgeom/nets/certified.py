@@ -24,7 +24,9 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 ``1 + ||W||_F``); a max-pool window is decided from its top two entries and largest error, the per-entry test
 (with margins for the rounding of the comparison itself, :func:`_window_sure`) only where that fails; the
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
-arithmetic), one after another on the calling thread with torch's own threads, each block's tensors held
+arithmetic), one after another on the calling thread, its small torch operations on one thread and its
+products on the caller's torch threads (:func:`_one_thread`: with torch's OpenMP team, every small operation
+is a barrier and the team spins through the compiled passes), each block's tensors held
 until the next block is done (so that malloc recycles them) and the compiled passes' outputs written into the
 same buffers block after block. On the CPU a ReLU fed by elementwise bounds
 and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
@@ -70,6 +72,7 @@ homogeneity).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from fractions import Fraction
@@ -78,7 +81,7 @@ import torch
 import torch.nn.functional as F
 
 from .._matmul import linear32
-from .graph import PLGraph, PLNode
+from .graph import PLGraph, PLNode, _linear_fn
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
@@ -222,10 +225,14 @@ class _Rank1:
     def d_rows(self, rows):
         return self._d[rows] if self._d is not None else self._bound(self.A[rows])
 
+    def screen(self) -> torch.Tensor:
+        """Per row, a bound on every unit's bound: ``max_i r_i A + max_i G c_i``."""
+        return (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale
+
     def rows_maybe_undecided(self, z: torch.Tensor) -> torch.Tensor:
-        """A one-pass per-row screen: ``min_i |z_i| > max_i r_i A + max_i G c_i`` means every unit decided."""
+        """A one-pass per-row screen: ``min_i |z_i| >`` :meth:`screen` means every unit decided."""
         m = z.abs().amin(1)  # (NaN when a value overflowed: such a row is not cleared)
-        return ~(m > (self.A * self.info["r_max"] + self.G * self.info["c_max"]) * self.scale)
+        return ~(m > self.screen())
 
     def norm(self):
         info = self.info
@@ -351,6 +358,76 @@ def _spectral_bound(w: torch.Tensor) -> float:
     return math.inf
 
 
+def _spectral_of(op, w: torch.Tensor) -> float:
+    """:func:`_spectral_bound` of an op's float64 weight, computed once per trace (the float32 and float64
+    engines of a count both need it: an eigenvalue and a Cholesky factorisation, ~2 ms for 128 x 128)."""
+    key = ("certified._spectral_bound",)
+    hit = op._cache.get(key)
+    if hit is None or hit[0] is not w or hit[1] != w._version:
+        hit = (w, w._version, _spectral_bound(w))
+        op._cache[key] = hit
+    return hit[2]
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run the calling thread's torch operations on ``n`` OpenMP (and MKL) threads for a block, restoring its
+    previous counts after. These are per-thread settings of the runtimes (:mod:`netgeom.nets._workers`): the
+    process's other threads keep theirs. Without torch's OpenMP runtime, nothing changes."""
+    from ._workers import _mkl_local, _openmp
+
+    prev = torch.get_num_threads()
+    lib = _openmp() if prev != n else None
+    if lib is None:
+        yield
+        return
+    mkl = _mkl_local()
+    lib.omp_set_num_threads(n)
+    mprev = mkl(n) if mkl is not None else None
+    try:
+        yield
+    finally:
+        lib.omp_set_num_threads(prev)
+        if mkl is not None:
+            mkl(mprev)
+
+
+_CALLER = threading.local()  # .n: the torch thread count of the thread that entered _one_thread
+
+
+@contextlib.contextmanager
+def _one_thread(device):
+    """The graph engine's small torch operations on one thread (CPU); its products go back to the
+    caller's thread count (:func:`_products`). Its blocks alternate products with compiled passes and a few
+    dozen small torch operations: with torch's OpenMP team each of those operations is a barrier of the
+    team, whose threads then spin for milliseconds while the compiled passes run (on the 2-core machine
+    of bench_patterns, shared with other jobs, 2 torch threads throughout against 1: conv 1-8-16 on 4 000
+    images 1.6 s against 0.27 s, the residual MLP on 40 000 points 3.0 s against 0.84 s). The products,
+    most of the work on a convolutional net, keep every thread the caller gave torch, so that the count
+    scales with the cores of a larger machine."""
+    if torch.device(device).type != "cpu" or getattr(_CALLER, "n", None) is not None:
+        yield
+        return
+    _CALLER.n = torch.get_num_threads()
+    try:
+        with _threads(1):
+            yield
+    finally:
+        _CALLER.n = None
+
+
+def _products():
+    """Inside :func:`_one_thread`: the caller's torch thread count for a product (else nothing changes)."""
+    n = getattr(_CALLER, "n", None)
+    return _threads(n) if n is not None else contextlib.nullcontext()
+
+
+def _rank1_op(op) -> bool:
+    """Whether an affine op's error bound is the rank-one one of a dense Linear (:class:`_Rank1`); the others
+    take elementwise bounds, which the crude float64 engine bounds without a second product."""
+    return op.type_name == "Linear" and len(op.in_shape) == 1
+
+
 def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
     """Whether every nonzero float parameter is at least ``dtype``'s smallest normal number: the bounds
     charge the cast of a parameter ``u |w|`` (relative), and a subnormal one loses up to half the smallest
@@ -359,8 +436,7 @@ def _casts_relative(params: dict, dtype: torch.dtype) -> bool:
     tiny = torch.finfo(dtype).tiny
     for v in params.values():
         if torch.is_tensor(v) and v.is_floating_point() and v.numel():
-            nz = v[v != 0]
-            if nz.numel() and float(nz.abs().min()) < tiny:
+            if bool(((v != 0) & (v.abs() < tiny)).any()):
                 return False
     return True
 
@@ -430,6 +506,15 @@ class _Engine:
         abs_p = {k: v.abs() for k, v in p.items()}
         g = _gamma(op.fan_in, self.u)
         info = {"op": op, "p": p, "abs": abs_p, "g": g}
+        # float64 Linear layers on the CPU write into a buffer (float32 ones go to oneDNN, which allocates)
+        info["addmm"] = (
+            self.kernels
+            and self.dtype == torch.float64
+            and op.fn is _linear_fn
+            and len(op.in_shape) == 1
+            and "bias" in p
+            and p["weight"].dim() == 2
+        )
         # gradual underflow is outside the standard model: a product (or a cast to this precision) below the
         # smallest normal number loses up to that number, absolutely; rows with a nonzero input or input
         # error get this allowance per output (per product: fan-in + bias + cast)
@@ -440,7 +525,7 @@ class _Engine:
         ]
         wmax = max((float(t) for t in nz), default=0.0)
         info["under"] = (op.fan_in + 2) * torch.finfo(self.dtype).tiny * (1.0 + wmax) * _SAFETY
-        if op.type_name == "Linear" and len(op.in_shape) == 1:
+        if _rank1_op(op):
             w = op.params["weight"]
             r = _scaled_norms(w) * (1 + 4 * self.u)  # (vector_norm squares: |w| ~1e180 gave inf)
             c = op.params["bias"].abs() if "bias" in op.params else torch.zeros(w.shape[0], dtype=w.dtype)
@@ -455,7 +540,7 @@ class _Engine:
             info["rn"] = float(_scaled_norms(r[None])[0]) * _SAFETY
             # ||W||_2 <= ||W||_F: the certified spectral bound only where it is smaller (computed when a
             # norm of this layer's error is first needed)
-            info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_bound(w) * (1 + 4 * self.u)))
+            info["sigma"] = _Lazy(lambda w=w, rn=info["rn"]: min(rn, _spectral_of(op, w) * (1 + 4 * self.u)))
             info["cn"] = float(_scaled_norms(c[None])[0]) * _SAFETY
             rpos = r[r > 0]
             # folded into A (bound_j = r_j A + G c_j): a unit with r_j = 0 reads no input, so cannot underflow
@@ -577,6 +662,16 @@ class _Engine:
             return z, torch.full_like(z, math.inf)
         W, T, b, absb, gam = info["W"], info["T"], info["b"], info["absb"], info["g"]
         under = (info["K"] + 2) * torch.finfo(torch.float64).tiny
+        relu_in = self._relu_in_place(xin, err)
+        if relu_in is not None:
+            # a ReLU's output and its input's bound read in place, entry by entry: the rows' whole
+            # values and bounds gathered, widened to float64 and padded (conv 3-32-64 on 4 000 images: ~2 000
+            # rows of 7 200 entries, for 288 entries per pair) cost ~15 % of the count
+            from ._graph_kernel import refine_pairs_relu
+
+            zin, d, dscale = relu_in
+            L = info.get("L", 1)
+            return refine_pairs_relu(xin, zin, d, dscale, rows, units, W, T, L, b, absb, gam, under, _SAFETY)
         urows, inv = torch.unique(rows, return_inverse=True)
         X = xin[urows].to(torch.float64)
         E = err.elem_rows(urows).to(torch.float64)
@@ -606,6 +701,23 @@ class _Engine:
             zs.append(z)
             oks.append(bound)
         return torch.cat(zs), torch.cat(oks)
+
+    def _relu_in_place(self, xin: torch.Tensor, err):
+        """``(relu input or None, bound array, scale)`` when ``err`` is an elementwise bound held as an array
+        (:class:`_Elem`, :class:`_Scaled`), or a ReLU's error (:class:`_ReluErr`) over one, and everything is
+        a float32 CPU array of ``xin``'s shape: the unit redo then reads them in place (:meth:`_refine`)."""
+        if not (self.kernels and xin.device.type == "cpu" and xin.dim() == 2):
+            return None
+        zin, d = (err.z, err.d) if isinstance(err, _ReluErr) else (None, err)
+        if isinstance(d, _Scaled):
+            arr, scale = d.view(), d.scale
+        elif isinstance(d, _Elem):
+            arr, scale = d.e, 1.0
+        else:
+            return None
+        ts = (arr,) if zin is None else (zin, arr)
+        ok = all(t.dtype == xin.dtype == torch.float32 and t.shape == xin.shape for t in ts)
+        return (zin, arr, scale) if ok else None
 
     def _refine_windows(self, node: PLNode, vals, errs, rows: torch.Tensor, wins: torch.Tensor):
         """Argmax positions of the (row, window) pairs of max-pool ``node`` from float64 redos of the
@@ -650,14 +762,15 @@ class _Engine:
 
     def affine(self, node: PLNode, x: torch.Tensor, err, *, need_err: bool):
         B = x.shape[0]
-        for info in self.ops[node.index]:
+        for k, info in enumerate(self.ops[node.index]):
             op = info["op"]
             xs = x.reshape(B, *op.in_shape)
             stack = need_err and not self.crude and isinstance(err, _Exact) and info.get("stacked")
             if stack and bool(xs.amin() >= 0):  # (one reduction: a NaN fails it)
                 # y and fl(|W| x + |b|) (= |W| |x| + |b| up to gamma_{K+1} relative: nonnegative terms) in one
                 # convolution; g (1 + 2g) covers that rounding and the product's
-                both = op(xs, True, info["stacked"]).reshape(B, -1)
+                with _products():
+                    both = op(xs, True, info["stacked"]).reshape(B, -1)
                 half = both.shape[1] // 2
                 x = both[:, :half]
                 g = info["g"]
@@ -665,7 +778,14 @@ class _Engine:
                 # place)
                 err = _Scaled(both, half, half, g * (1 + 2 * g))
                 continue
-            y = op(xs, True, info["p"])
+            if info["addmm"]:  # (into this op's buffer: a fresh 4 MB output per block costs its page faults)
+                p = info["p"]
+                out = self._buffers((node.index, k), (B, p["weight"].shape[0]), 1)[0]
+                with _products():
+                    y = torch.addmm(p["bias"], xs, p["weight"].T, out=out)
+            else:
+                with _products():
+                    y = op(xs, True, info["p"])
             if need_err:
                 g = info["g"]
                 flat = x.reshape(B, -1)
@@ -679,7 +799,8 @@ class _Engine:
                         e = xs.abs().mul_(g)
                         if not isinstance(err, _Exact):
                             e.add_(err.elem().reshape(e.shape))
-                    bound = op(e, True, info["bound_p"]).reshape(B, -1)
+                    with _products():
+                        bound = op(e, True, info["bound_p"]).reshape(B, -1)
                     err = _Scaled(bound, 0, bound.shape[1], 1 + 2 * g)
                     x = y.reshape(B, -1)
                     continue
@@ -801,31 +922,32 @@ class _Engine:
         if self.kernels:
             dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
             out.update(dest)
-        # (blocks run one after another on this thread: handed to chunk workers, one OpenMP thread each, the
-        # residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2 threads, the residual
-        # MLP 2x: each worker's buffers are made afresh per batch, and torch's own threads share the products)
-        for a in range(0, B, step):
-            xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
-            views = {i: t[a : a + step] for i, t in dest.items()}
-            for i, (d, u) in self.run(xb, exact_input, keep, views).items():
-                if i not in out:
-                    out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
-                if i not in views or d.data_ptr() != views[i].data_ptr():
-                    out[i][a : a + step] = d
-                und[a : a + step] |= u.cpu()
+        # (blocks run one after another on this thread, torch on one thread: handed to chunk workers, one
+        # OpenMP thread each, the residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2
+        # threads, the residual MLP 2x: each worker's buffers are made afresh per batch)
+        with _one_thread(self.device):
+            for a in range(0, B, step):
+                xb = x[a : a + step].to(device=self.device, dtype=self.dtype)
+                views = {i: t[a : a + step] for i, t in dest.items()}
+                for i, (d, u) in self.run(xb, exact_input, keep, views).items():
+                    if i not in out:
+                        out[i] = torch.empty((B, *d.shape[1:]), dtype=d.dtype)
+                    if i not in views or d.data_ptr() != views[i].data_ptr():
+                        out[i][a : a + step] = d
+                    und[a : a + step] |= u.cpu()
         return out, und
 
-    def _buffers(self, i: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffers(self, i, shape, n: int = 2) -> tuple[torch.Tensor, ...]:
         """Two (B, n) arrays for the value and error bound node ``i`` computes on the calling thread, the same
         ones block after block (a block's values are dropped when :meth:`run` returns; only decisions
         leave it). Fresh arrays of a few MB cost more in page faults than the pass that fills them, once
         malloc hands them out with mmap (LeNet-5's relu on 8192 rows: 70 ms fresh, 9 ms recycled)."""
         bufs = self._tls.__dict__.setdefault("bufs", {})  # (released with the thread)
         hit = bufs.get(i)
-        if hit is None or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
-            hit = (torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype))
+        if hit is None or len(hit) < n or hit[0].shape[0] < shape[0] or hit[0].shape[1:] != tuple(shape[1:]):
+            hit = tuple(torch.empty(shape, dtype=self.dtype) for _ in range(n))
             bufs[i] = hit
-        return hit[0][: shape[0]], hit[1][: shape[0]]
+        return tuple(h[: shape[0]] for h in hit[:n])
 
     def _plan(self, keep: set[int]):
         """Per set of evaluated nodes: (pattern node indices, {node: the last node reading its value},
@@ -893,9 +1015,19 @@ class _Engine:
                 z, ez = vals[ins[0]], errs[ins[0]]
                 fused = None
                 if isinstance(ez, _Rank1):
-                    bits = z > 0
-                    undecided = ez.rows_maybe_undecided(z)
                     d = None
+                    if self.kernels and node.negative_slope == 0:
+                        # signs, relu and the per-row screen in one compiled pass, the signs into the batch's
+                        # array and the relu into this node's buffer (the residual MLP's float64 pass: five
+                        # torch passes and two fresh arrays per block fewer)
+                        from ._graph_kernel import relu_screen
+
+                        vbuf = self._buffers(node.index, z.shape, 1)[0]
+                        bits, undecided, v = relu_screen(z, ez.screen(), dest.get(node.index), vbuf)
+                        fused = (v, _Rank1(ez.E, ez.X, ez.G, ez.info, ez.scale, z))
+                    else:
+                        bits = z > 0
+                        undecided = ez.rows_maybe_undecided(z)
                 elif node.index in modes:
                     from ._graph_kernel import relu_fused
 
@@ -955,7 +1087,8 @@ class _Engine:
                     out[node.index] = (pos, undecided)
             elif node.op == "add":
                 a, b = (vals[i] for i in ins)
-                v = a + b
+                # (into this node's buffer on the CPU: a fresh 4 MB array per block costs its page faults)
+                v = torch.add(a, b, out=self._buffers(node.index, a.shape, 1)[0]) if self.kernels else a + b
                 e = _Sum([errs[ins[0]], errs[ins[1]]], v, self.u, self.vnorm)
             elif node.op == "cat":
                 v = torch.cat([vals[i] for i in ins], 1)
@@ -1106,9 +1239,10 @@ def graph_patterns(
         tried, failed = engines.get("crude_tally", (0, 0))
         if tried >= 1024 and failed > 0.1 * tried:
             return engine(torch.float64).run_chunked(xr, True, keep)
-        e_crude = engine(torch.float64, crude=True)
-        if e_crude.n_crude == 0:  # (the same ops in both engines) nothing to bound crudely
+        if not any(not _rank1_op(op) for n in g.nodes if n.op == "affine" for op in n._ops):
+            # nothing to bound crudely (a residual MLP): the crude engine would be the same engine
             return engine(torch.float64).run_chunked(xr, True, keep)
+        e_crude = engine(torch.float64, crude=True)
         res, und = e_crude.run_chunked(xr, True, keep)
         engines["crude_tally"] = (tried + xr.shape[0], failed + int(und.sum()))
         rr = torch.nonzero(und).flatten()
@@ -1123,10 +1257,10 @@ def graph_patterns(
     if not pnodes:
         return {}, stats
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
-    if dtype != torch.float64 and not engine(dtype).fits:
-        dtype = torch.float64
-        stats["float64"] = x.shape[0]
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread(device):
+        if dtype != torch.float64 and not engine(dtype).fits:
+            dtype = torch.float64
+            stats["float64"] = x.shape[0]
         if dtype == torch.float64:
             out, und = run64(x)
         else:

@@ -21,6 +21,7 @@ Masks remove the weights they name; everything is evaluated in float64 with eval
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import operator
@@ -30,6 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.fx._symbolic_trace as _fx_st
@@ -514,6 +516,15 @@ class _Tracer(fx.Tracer):
         finally:
             st._create_wrapped_func = orig
 
+    def create_arg(self, a):
+        # fx's Tracer tests every argument for a parameter, tensor, module, named tuple, constant, opaque
+        # and proxyable type before its base class maps it; a proxy, a number, a string, None and a plain
+        # tuple or list (what a forward passes) are none of these, and map as the base maps them
+        plain = _PLAIN_ARGS.get(type(a))
+        if plain is not None:
+            return plain(self, a)
+        return super().create_arg(a)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in _LEAVES or getattr(type(m), "netgeom_linear", False):
             return True
@@ -522,9 +533,9 @@ class _Tracer(fx.Tracer):
     def create_node(self, *args, **kwargs) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         # fx's own record keeps the frames from the outermost ``forward`` inwards; the line shown is the
-        # innermost of them outside torch
+        # innermost of them outside torch (and this tracer)
         f = sys._getframe(1)
-        while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
+        while f is not None and (f.f_code.co_filename == _OWN or f.f_code.co_filename.startswith(_TORCH_DIR)):
             f = f.f_back
         user = f
         while f is not None and f.f_code.co_name != "forward":
@@ -534,6 +545,12 @@ class _Tracer(fx.Tracer):
         return node
 
 
+_PLAIN_ARGS: dict[type, Callable] = {
+    fx.Proxy: lambda tracer, a: a.node,
+    tuple: lambda tracer, a: tuple(tracer.create_arg(x) for x in a),
+    list: lambda tracer, a: [tracer.create_arg(x) for x in a],
+    **{t: lambda tracer, a: a for t in (int, float, bool, str, type(None))},
+}
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
@@ -551,6 +568,7 @@ def _memo_wrapped_func(fn):
 
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
+_OWN = __file__
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
@@ -616,8 +634,9 @@ _NEED_AXES = {
 
 
 class _Builder:
-    def __init__(self, model: nn.Module, masks, max_entries: int):
+    def __init__(self, model: nn.Module, masks, max_entries: int, workers: Callable[[], None]):
         self.model = model
+        self.workers = workers  # checks torch's threads for subnormal flushing (once per trace)
         self.model_name = type(model).__name__
         self.masks = masks
         self.max_entries = max_entries
@@ -835,6 +854,8 @@ class _Builder:
         if bias is not None and (bias.tensor.ndim != 1 or bias.tensor.shape[0] != w.shape[0]):
             raise self.refuse(fxn, f"adds '{bias.name}' of shape {tuple(bias.tensor.shape)} as a linear bias")
         pname = weight.name
+        if w.numel() >= _PARALLEL_NUMEL:  # (a tensor attribute that is no parameter or buffer)
+            self.workers()
         w = w.detach().to(torch.float64).cpu()
         mask = None
         if self.masks is not None and pname in self.masks:
@@ -901,6 +922,9 @@ class _Builder:
             )
             return _Ref(idx, out_shape, y)
         f = F.max_pool1d if dim == 1 else F.max_pool2d
+        # torch's max-pooling runs on its threads at any size: flushing there could pick another maximum
+        # among subnormal probe values and fail the check below
+        self.workers()
         try:
             y = f(ref.value, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
         except RuntimeError as exc:
@@ -1167,7 +1191,6 @@ def _infer_input_shape(model: nn.Module, graph: fx.Graph) -> tuple[int, ...]:
     )
 
 
-@gradual_underflow()  # a float32 weight of 1e-40 must not read as 0
 def trace(
     model: nn.Module,
     masks: Mapping[str, Any] | None = None,
@@ -1203,9 +1226,63 @@ def trace(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     max_entries = check_int(max_entries, "max_entries", minimum=1)
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    # A float32 weight of 1e-40 must not read as 0: the calling thread keeps subnormals throughout. torch's
+    # OpenMP threads keep the flush state they started with, and checking it wakes them (0.03 ms idle,
+    # 0.2-0.3 ms right after a slice, milliseconds on a busy machine; they spin after, taking a core from
+    # what runs next). They compute the numbers the graph keeps (weights, biases, BatchNorm statistics,
+    # masks) only for tensors past torch's parallel grain, so the check runs when such a tensor is read;
+    # every other parallel operation of the trace (the probe batch through convolutions, large products)
+    # yields shapes, except a max-pooling checked against torch, which checks the threads first.
+    with gradual_underflow(torch_threads=False), contextlib.ExitStack() as stack:
+        team: list = []
+
+        def workers() -> None:
+            if not team:
+                team.append(stack.enter_context(gradual_underflow()))
+
+        if any(t.numel() >= _PARALLEL_NUMEL for _, t in named) or _large_masks(masks):
+            workers()
+        own = set(vars(model))
+        try:
+            return _trace(model, masks, input_shape, max_entries, named, workers)
+        finally:
+            # fx stores a tensor a forward creates as an attribute `_tensor_constant<i>` of the model; the
+            # caller's model is left as it was, read or refused
+            for k in set(vars(model)) - own:
+                if k.startswith("_tensor_constant"):
+                    del model.__dict__[k]
+
+
+# torch runs an elementwise operation or reduction on its thread pool from at::internal::GRAIN_SIZE = 32768
+# elements on; a weight or mask from an eighth of that on is read with the pool's flush state checked
+_PARALLEL_NUMEL = 4096
+
+
+def _large_masks(masks) -> bool:
+    """Whether any mask may have ``_PARALLEL_NUMEL`` entries or more (a form whose size is not at hand
+    counts as large)."""
+    if masks is None:
+        return False
+    if isinstance(masks, Mapping):
+        masks = list(masks.values())
+    if not isinstance(masks, (list, tuple)):
+        return True
+    for v in masks:
+        if torch.is_tensor(v):
+            n = v.numel()
+        elif isinstance(v, np.ndarray):
+            n = v.size
+        else:
+            return True
+        if n >= _PARALLEL_NUMEL:
+            return True
+    return False
+
+
+def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
     name = type(model).__name__
     masks, functional_masks = _check_trace_masks(masks, model)
-    named = list(model.named_parameters()) + list(model.named_buffers())
     norms = _finite_norms([t for _, t in named])
     for (pname, t), finite in zip(named, norms):
         if t.is_floating_point() and not finite and not torch.isfinite(t.detach()).all():
@@ -1234,7 +1311,7 @@ def trace(
             "flow)"
         ) from None
 
-    b = _Builder(model, masks, max_entries)
+    b = _Builder(model, masks, max_entries, workers)
     if not any(
         (n.op == "call_module" and isinstance(b.submodule(n.target), _WEIGHTED)) or n.op == "get_attr"
         for n in graph.nodes
@@ -1539,7 +1616,7 @@ def trace(
         warnings.warn(
             f"model is in training mode; {b.training_modules} are read with eval semantics (BatchNorm "
             "running statistics, no dropout), so the affine maps are those of model.eval()",
-            stacklevel=2,
+            stacklevel=3,
         )
     nodes = b.nodes
     out_idx = len(nodes)

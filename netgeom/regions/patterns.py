@@ -287,6 +287,7 @@ def count_patterns(
     """
     from ..nets import trace
     from ..nets._workers import chunk_pool, map_ordered
+    from ..nets.certified import _one_thread as one_thread
     from ..nets.certified import (
         chain_decide,
         chain_plan,
@@ -393,33 +394,34 @@ def count_patterns(
                         count(xb, dec, stats)
         else:
             for xb in stream:
-                head = None
-                if probe and run_dtype == torch.float32:
-                    # a small float32 trial first: when float32 cannot decide many inputs (its certified
-                    # rounding bound is too wide next to the margins of this network), go float64 at once
-                    # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
-                    head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
-                    if st["float64"] > _REDO64 * min(512, xb.shape[0]):
+                # one torch thread on the CPU for the decisions and their bookkeeping (see
+                # netgeom.nets.certified._one_thread: a torch operation on torch's team here would leave its
+                # threads spinning through the next graph pass)
+                with one_thread(dev):
+                    parts = []  # (rows, decisions, stats), counted apart: joining them copied every decision
+                    rest = xb
+                    if probe and run_dtype == torch.float32:
+                        # a small float32 trial first: when float32 cannot decide many inputs (its certified
+                        # rounding bound is too wide next to the margins of this network), go float64 at once
+                        # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
+                        head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
+                        if st["float64"] > _REDO64 * min(512, xb.shape[0]):
+                            run_dtype = torch.float64
+                        probe = False
+                        parts.append((xb[:512], head, st))
+                        rest = xb[512:]  # (the trial's rows are decided already)
+                    if rest.shape[0]:
+                        dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
+                        if run_dtype == torch.float64:
+                            stats["float64"] = rest.shape[0]
+                        parts.append((rest, dec, stats))
+                    redo = sum(p[2]["float64"] for p in parts)
+                    if run_dtype == torch.float32 and redo > _REDO64 * xb.shape[0]:
+                        # float32 cannot decide most inputs of this network (its rounding-error bound is
+                        # too wide next to the margins): a float64 pass from the start is then cheaper
                         run_dtype = torch.float64
-                    probe = False
-                if head is not None and xb.shape[0] > 512:  # the trial's rows are decided already
-                    rest = xb[512:]
-                    dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
-                    if run_dtype == torch.float64:
-                        stats["float64"] = rest.shape[0]
-                    dec = {k: torch.cat([head[k], d]) for k, d in dec.items()}
-                    stats = {k: stats[k] + st[k] for k in stats}
-                elif head is not None:
-                    dec, stats = head, st
-                else:
-                    dec, stats = graph_patterns(g, xb, device=dev, dtype=run_dtype, _engines=engines)
-                    if run_dtype == torch.float64:
-                        stats["float64"] = xb.shape[0]
-                if run_dtype == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
-                    # float32 cannot decide most inputs of this network (its rounding-error bound is
-                    # too wide next to the margins): a float64 pass from the start is then cheaper
-                    run_dtype = torch.float64
-                count(xb, dec, stats)
+                    for part in parts:
+                        count(*part)
     if n_samples == 0:
         raise ValueError("X holds no inputs: nothing to count")
     rows, mult = total.result()
