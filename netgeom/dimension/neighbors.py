@@ -66,8 +66,10 @@ _DUPLICATE_POLICIES = ("drop", "error", "keep")
 # beyond, the selections over full rows (a few counting passes each) cost more CPU than streaming the
 # blocks through heaps (MNIST, k = 20: 49 vs 52 ms at 2000 points, 80 vs 76 ms at 2500)
 _DENSE_MAX_POINTS = 2048
-# up to this size the re-rank gathers candidates from the float64 input itself (cache-resident)
-_GATHER_FLOAT64_BYTES = 1 << 24
+# up to this size (bytes of a float64 copy) the re-rank gathers candidates from float64 rows even where the
+# data are float32 values: none (the 8-lane re-rank widens float32 pairs at no cost, and in the call the rows
+# come from memory: 1000 MNIST points, 10.5 -> 10.1 ms CPU); the tests raise it to cover both copies
+_GATHER_FLOAT64_BYTES = 0
 
 
 @dataclasses.dataclass
@@ -399,9 +401,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     onednn = _onednn_gram(gram_block, D32) if dense and device.type == "cpu" else None
     left = np.empty((n if onednn is None else gram_block * math.ceil(n / gram_block), D32), dtype=np.float32)
     left[n:] = 0
-    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy when X
-    # outgrows the caches: the values are the same, so the float64 differences of the re-rank are bit for
-    # bit those of the float64 input (in cache, the conversions cost more than the bytes they save)
+    # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
+    # are the same, so the float64 differences of the re-rank are bit for bit those of the float64 input
     gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
     # the varying features in the re-rank's order of addition (_knn_kernel.pair_layout), copied by the
     # same pass
