@@ -4,6 +4,7 @@ naming why."""
 
 import platform
 import sys
+import threading
 
 import pytest
 import torch
@@ -30,3 +31,22 @@ def unavailable(why: str, *, expected: bool) -> None:
     if expected:
         pytest.fail(f"{why}, though this machine should have it: the test would not run what it tests")
     pytest.skip(why)
+
+
+def in_fresh_thread(fn):
+    """``fn()`` on a new thread (its own OpenMP team, started by its first parallel operation); returns
+    the result or re-raises."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

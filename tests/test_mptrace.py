@@ -1,34 +1,16 @@
 """The trace's fixed cost without changing what it reads: torch's worker threads are checked for subnormal
 flushing only where they compute numbers the graph keeps (issue 15, the max-pool slice row)."""
 
-import threading
 
 import numpy as np
 import pytest
 import torch
-from _platform import OPENMP, X86_LINUX, unavailable
+from _platform import OPENMP, X86_LINUX, in_fresh_thread, unavailable
 from torch import nn
 
 import netgeom as ng
 import netgeom._matmul as M
 from netgeom.nets import graph as G
-
-
-def _in_fresh_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 class _Pool(nn.Module):
@@ -107,7 +89,7 @@ def test_small_subnormal_weights_exact_when_worker_threads_flush(two_threads):
         finally:
             torch.set_flush_denormal(False)
 
-    got = _in_fresh_thread(caller)
+    got = in_fresh_thread(caller)
     if got is None:
         unavailable("this CPU cannot flush subnormals", expected=X86_LINUX)
     flushing, kernel, pool_kernel = got

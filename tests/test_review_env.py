@@ -2,13 +2,12 @@
 error: subnormal flushing on torch's worker threads, the default dtype, numpy's error state, grad and
 inference modes, autocast, warnings as errors (adversarial review of netgeom._matmul and its users)."""
 
-import threading
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from _platform import OPENMP, X86_LINUX, unavailable
+from _platform import OPENMP, X86_LINUX, in_fresh_thread, unavailable
 
 import netgeom as ng
 from netgeom._matmul import _onednn_linear, gradual_underflow
@@ -21,25 +20,6 @@ def _workers_flush() -> bool:
     """Whether some slice of a product over the calling thread's torch threads read 2^-127 as 0."""
     x = torch.from_numpy(_SUB).view(torch.float32)
     return bool((torch.mul(x, 1.0).view(torch.int32) == 0).any())
-
-
-def _in_fresh_thread(fn):
-    """``fn()`` on a new thread (its own OpenMP team, started by its first parallel operation); returns
-    the result or re-raises."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def _subnormal_identity_net(d: int):
@@ -71,7 +51,7 @@ def test_count_patterns_when_torch_worker_threads_were_started_flushing(two_thre
         finally:
             torch.set_flush_denormal(False)
 
-    res = _in_fresh_thread(caller)
+    res = in_fresh_thread(caller)
     if res is None:
         unavailable("this CPU cannot flush subnormals", expected=X86_LINUX)
     started_flushing, got, after = res
@@ -103,7 +83,7 @@ def test_gradual_underflow_reaches_worker_threads_and_nests(two_threads):
         finally:
             torch.set_flush_denormal(False)
 
-    res = _in_fresh_thread(caller)
+    res = in_fresh_thread(caller)
     if res is None:
         unavailable("this CPU cannot flush subnormals", expected=X86_LINUX)
     outside, inner, outer, after = res
@@ -133,7 +113,7 @@ def test_trace_reads_large_subnormal_weights_when_worker_threads_flush(two_threa
         finally:
             torch.set_flush_denormal(False)
 
-    got = _in_fresh_thread(caller)
+    got = in_fresh_thread(caller)
     if got is None:
         unavailable("this CPU cannot flush subnormals", expected=X86_LINUX)
     assert torch.equal(got, torch.from_numpy(w).double())
