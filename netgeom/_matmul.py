@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Iterator
 
@@ -194,26 +195,45 @@ def gradual_underflow(torch_threads: bool = True) -> Iterator[None]:
 class _Holds:
     """The process-wide switches, held while any thread is inside :func:`ieee_float32`: the first thread in
     saves the caller's values, the last one out restores them. (Each restoring its own would let one
-    thread's exit hand the other's products back to bfloat16 mid-count, e.g. under a threaded Dask sweep.)"""
+    thread's exit hand the other's products back to bfloat16 mid-count, e.g. under a threaded Dask sweep.)
+    Counted per thread, so that a forked child, which keeps only the thread that forked, counts only that
+    thread's blocks (:meth:`after_fork`)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.depth = 0
+        self.inside: dict[int, int] = {}  # thread ident -> blocks it is inside
         self.saved: list[tuple[object, str, object]] = []
 
     def enter(self) -> None:
+        me = threading.get_ident()
         with self.lock:
-            if self.depth == 0:
+            if not self.inside:
                 self.saved = self._hold()
-            self.depth += 1
+            self.inside[me] = self.inside.get(me, 0) + 1
 
     def exit(self) -> None:
+        me = threading.get_ident()
         with self.lock:
-            self.depth -= 1
-            if self.depth == 0:
-                for obj, attr, value in reversed(self.saved):
-                    setattr(obj, attr, value)
-                self.saved = []
+            self.inside[me] -= 1
+            if not self.inside[me]:
+                del self.inside[me]
+            if not self.inside:
+                self._restore()
+
+    def _restore(self) -> None:
+        for obj, attr, value in reversed(self.saved):
+            setattr(obj, attr, value)
+        self.saved = []
+
+    def after_fork(self) -> None:
+        """In a forked child: a free lock (a thread of the parent may have held it at the fork), and only the
+        forking thread's blocks; when it was inside none, the caller's values come back at once (the other
+        threads that held them do not exist here)."""
+        self.lock = threading.Lock()
+        me = threading.get_ident()
+        self.inside = {me: self.inside[me]} if me in self.inside else {}
+        if not self.inside and self.saved:
+            self._restore()
 
     @staticmethod
     def _hold() -> list[tuple[object, str, object]]:
@@ -233,6 +253,8 @@ class _Holds:
 
 
 _HOLDS = _Holds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_HOLDS.after_fork)
 
 
 @contextlib.contextmanager

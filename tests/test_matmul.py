@@ -286,3 +286,42 @@ def test_knn_leaves_torch_threads_alone(monkeypatch):
     assert calls == []
     count_patterns(mlp(4, [5], 1, seed=0), torch.rand(50, 4))
     assert calls
+
+
+def _precision_in_child():
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with ieee_float32():
+        inside = torch.backends.mkldnn.matmul.fp32_precision
+    return before, inside, torch.backends.mkldnn.matmul.fp32_precision
+
+
+def test_a_child_forked_while_another_thread_holds_ieee_gets_the_callers_setting_back():
+    # a fork while another thread of the parent is inside ieee_float32: the child has no such thread, so
+    # the caller's setting must come back there at once, and the child's own blocks hold and restore it
+    import multiprocessing
+    import threading
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    saved = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with ieee_float32():
+            inside.set()
+            leave.wait(60)
+
+    t = threading.Thread(target=hold)
+    try:
+        t.start()
+        assert inside.wait(10) and torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        with multiprocessing.get_context("fork").Pool(1) as child:
+            got = child.apply_async(_precision_in_child).get(timeout=60)
+        assert got == ("bf16", "ieee", "bf16")
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"  # the parent's thread still holds it
+    finally:
+        leave.set()
+        t.join(10)
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+        torch.backends.mkldnn.matmul.fp32_precision = saved

@@ -182,3 +182,20 @@ def test_helpers_shared_across_calls_threads_and_a_forked_child():
         return
     with multiprocessing.get_context("fork").Pool(1) as child:
         np.testing.assert_array_equal(child.apply_async(_knn_in_child, (X,)).get(timeout=120), want)
+
+
+def test_a_child_forked_while_the_parent_holds_the_knn_locks_is_not_stuck():
+    # a fork while another thread of the parent is inside a kNN (starting its helpers, or in a limited BLAS
+    # section) hands the child those locks held; the child's own kNN must still run
+    import multiprocessing
+
+    from netgeom.dimension import neighbors as N
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    X = _images(np.random.default_rng(5), 300, 40, 5)
+    want = nearest_neighbors(X, 5).indices
+    with N._SHARED[0], N._BLAS_LOCK:
+        with multiprocessing.get_context("fork").Pool(1) as child:
+            got = child.apply_async(_knn_in_child, (X,))
+            np.testing.assert_array_equal(got.get(timeout=20), want)

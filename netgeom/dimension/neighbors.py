@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import threading
 
 import numpy as np
@@ -655,6 +656,19 @@ _BLAS_LOCK = threading.Lock()
 _SHARED = threading.Lock(), {}
 
 
+def _fresh_locks() -> None:
+    """In a forked child: free locks and no helpers. The child inherits each lock as the parent held it at
+    the fork, and a call running on another thread of the parent then (a limited BLAS section, a first
+    call starting its helpers) would have left it held for good; its first kNN would wait forever."""
+    global _BLAS_LOCK, _SHARED
+    _BLAS_LOCK = threading.Lock()
+    _SHARED = threading.Lock(), {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks)
+
+
 def _shared_helpers(count: int) -> _Helpers:
     """The process's :class:`_Helpers`, at least ``count`` of them, started at the first call that needs
     them and kept (idle, blocked on their queue) for the next calls.
@@ -668,8 +682,6 @@ def _shared_helpers(count: int) -> _Helpers:
     copies no threads) gets helpers of its own. Each helper's torch operations (the oneDNN Gram blocks)
     run on that helper alone: a team of OpenMP threads per helper would oversubscribe the cores and
     spin on them after every product."""
-    import os
-
     lock, pools = _SHARED
     with lock:
         pool = pools.get(os.getpid())
