@@ -9,12 +9,43 @@ that seeds the global generator holds this lock for as long as it draws.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 
 import torch
 
-_GLOBAL_RNG_LOCK = threading.RLock()
+
+class _ForkSafeRLock:
+    """A re-entrant lock that a forked child gets free unless the thread that forked holds it: a child keeps
+    only that thread, so a lock held by any other thread of the parent would be held there for good (the
+    child's first seeded build or training would wait forever)."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._owner: int | None = None  # (set and cleared while the lock is held)
+        self._depth = 0
+
+    def __enter__(self) -> bool:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        self._depth += 1
+        return True
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+        self._lock.release()
+
+    def after_fork(self) -> None:
+        if self._owner != threading.get_ident():
+            self._lock, self._owner, self._depth = threading.RLock(), None, 0
+
+
+_GLOBAL_RNG_LOCK = _ForkSafeRLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_GLOBAL_RNG_LOCK.after_fork)
 
 
 @contextlib.contextmanager

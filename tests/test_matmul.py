@@ -302,7 +302,7 @@ def test_a_child_forked_while_another_thread_holds_ieee_gets_the_callers_setting
     import threading
 
     if "fork" not in multiprocessing.get_all_start_methods():
-        return
+        unavailable("no fork start method on this platform", expected=X86_LINUX)
     saved = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     inside, leave = threading.Event(), threading.Event()

@@ -5,6 +5,7 @@ blocks it replaces; and the row selection on full rows (a sampled first threshol
 import numpy as np
 import pytest
 import torch
+from _platform import X86_LINUX, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_neighbors_adversarial import adversarial, reference
@@ -192,7 +193,7 @@ def test_a_child_forked_while_the_parent_holds_the_knn_locks_is_not_stuck():
     from netgeom.dimension import neighbors as N
 
     if "fork" not in multiprocessing.get_all_start_methods():
-        return
+        unavailable("no fork start method on this platform", expected=X86_LINUX)
     X = _images(np.random.default_rng(5), 300, 40, 5)
     want = nearest_neighbors(X, 5).indices
     with N._SHARED[0], N._BLAS_LOCK:
