@@ -498,7 +498,23 @@ RNG_LOCK = _GLOBAL_RNG_LOCK
 WORK_PER_THREAD = 1_000_000_000
 
 _THREADS_LOCK = threading.Lock()
-_THREADS_HELD = {"depth": 0, "n": None, "before": None}
+_THREADS_HELD: dict = {"inside": {}, "n": None, "before": None}  # inside: thread ident -> blocks
+
+
+def _threads_after_fork() -> None:
+    """In a forked child: a free lock and only the forking thread's blocks (the child has no other thread);
+    when it held none, the caller's thread count comes back at once."""
+    global _THREADS_LOCK
+    _THREADS_LOCK = threading.Lock()
+    held, me = _THREADS_HELD, threading.get_ident()
+    held["inside"] = {me: held["inside"][me]} if me in held["inside"] else {}
+    if not held["inside"] and held["before"] is not None:
+        torch.set_num_threads(held["before"])
+        held["n"] = held["before"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_threads_after_fork)
 
 
 def available_cores() -> int:
@@ -583,24 +599,29 @@ def torch_threads(n: int | None):
         yield
         return
     n = check_int(n, "threads", minimum=1)
+    me = threading.get_ident()
     with _THREADS_LOCK:
         held = _THREADS_HELD
-        if held["depth"] and held["n"] != n:
+        inside = held["inside"]
+        if inside and held["n"] != n:
             raise RuntimeError(
                 f"torch's thread count is {held['n']} for a training already running in this process, and "
                 f"this one asks for {n}: the setting is per process, so give both the same threads=, or run "
                 "them in separate processes"
             )
-        if held["depth"] == 0:
+        if not inside:
             held["before"], held["n"] = torch.get_num_threads(), n
             torch.set_num_threads(n)
-        held["depth"] += 1
+        inside[me] = inside.get(me, 0) + 1
     try:
         yield
     finally:
         with _THREADS_LOCK:
-            held["depth"] -= 1
-            if held["depth"] == 0:
+            inside = held["inside"]
+            inside[me] -= 1
+            if not inside[me]:
+                del inside[me]
+            if not inside:
                 torch.set_num_threads(held["before"])
                 held["n"] = held["before"] = None
 
