@@ -5,7 +5,7 @@ blocks it replaces; and the row selection on full rows (a sampled first threshol
 import numpy as np
 import pytest
 import torch
-from _platform import X86_LINUX, unavailable
+from _platform import OPENMP, X86_LINUX, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_neighbors_adversarial import adversarial, reference
@@ -14,10 +14,12 @@ import netgeom._matmul as mm
 import netgeom.dimension.neighbors as nb
 from netgeom.dimension.neighbors import nearest_neighbors
 
-needs_onednn = pytest.mark.skipif(
-    mm._onednn_linear() is None or nb._openmp_runtime() is None,
-    reason="torch without oneDNN or without its OpenMP runtime: the Gram blocks stay with numpy",
-)
+
+def _need_onednn() -> None:
+    """oneDNN and torch's OpenMP runtime, which CI's machines have (there a missing one fails the test)."""
+    if mm._onednn_linear() is None or nb._openmp_runtime() is None:
+        unavailable("torch without oneDNN or without its OpenMP runtime: the Gram blocks stay with numpy",
+                    expected=X86_LINUX and OPENMP)
 
 
 def _spy(mp):
@@ -51,7 +53,6 @@ def _images(rng, n, D, n_const):
     return X.astype(np.float32).astype(np.float64)
 
 
-@needs_onednn
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31),
@@ -65,6 +66,7 @@ def _images(rng, n, D, n_const):
     chunk=st.sampled_from([None, None, 4, 16]),
 )
 def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2_scale, threads, chunk):
+    _need_onednn()
     # every size forced through oneDNN (no threshold), 1-3 threads: the whole Gram matrix (blocks padded
     # to one shape) or, with a chunk_size, blocks streamed through the candidate heaps
     rng = np.random.default_rng(seed)
@@ -91,9 +93,9 @@ def test_onednn_blocks_equal_bruteforce_float64(seed, kind, n, D, k, n_dup, log2
     np.testing.assert_array_equal(g.indices[~ties], i[~ties])
 
 
-@needs_onednn
 @pytest.mark.parametrize("n, chunk", [(1000, None), (1003, None), (1003, 300)])
 def test_onednn_blocks_on_images_equal_bruteforce_faiss_and_openblas(monkeypatch, n, chunk):
+    _need_onednn()
     # the benchmark's case in small: oneDNN by its own threshold, rows padded to whole blocks (n = 1003),
     # or blocks streamed through the candidate heaps (chunk_size)
     import faiss
@@ -122,8 +124,8 @@ def test_onednn_blocks_on_images_equal_bruteforce_faiss_and_openblas(monkeypatch
         assert set(g.indices[r]) == set(If[r][If[r] != r][:10])
 
 
-@needs_onednn
 def test_callers_openmp_threads_restored():
+    _need_onednn()
     # the caller's products run on it alone during the call; its torch thread count comes back after
     X = _images(np.random.default_rng(3), 1000, 300, 0)
     before = torch.get_num_threads()
