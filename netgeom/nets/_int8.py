@@ -271,8 +271,6 @@ class Int8Layer:
         # ||W_j||_1 rounded up: a float64 sum of K terms is within gamma_K of the exact one
         q = W.abs().sum(1) * (1 + (K + 2) * 2.0**-52)
         self.q = q
-        self.pn = float(torch.linalg.vector_norm(self.p)) * _SAFETY
-        self.qn = float(torch.linalg.vector_norm(q)) * _SAFETY
         self.p2, self.q2 = inv_t * inv_t, (q * q).numpy()
         # rows whose |z| could reach 2^450 are left to float64 (their squares must not overflow in the bounds)
         wmax = max(float(W.abs().max()) if W.numel() else 0.0, 2.0**-400)

@@ -1666,8 +1666,8 @@ def chain_patterns(plan: _ChainPlan, x: torch.Tensor, m: int, int8: int = 0, sta
             e = (alpha * pn_live + beta * qn_live + 2.0**-51 * zn) * (lip * _SAFETY * _SAFETY)
             if m > 1:  # the next layer runs float64 products too
                 h = rows64[torch.arange(B)].to(dev)
-            else:  # leaving the float64-accurate first layer through its float32 copy
-                src, src_e = rows64, e.to(dev)  # float64 rows recomputed where a unit needs them
+            else:  # leaving the float64-accurate first layer through its float32 copy (the second layer's
+                # unit checks recompute the float64 rows they need, :func:`_unit_check_int8`)
                 e, hn_next = _to_float32_bounds(e.to(dev), h64n.to(dev), h32.shape[1])
                 h = h32.to(dev)
                 continue
