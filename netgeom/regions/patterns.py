@@ -259,7 +259,8 @@ def count_patterns(
     (from exact int8 products on the CPU, else in float64) when a trial batch shows that float32's propagated
     error would leave most inputs undecided further on. For other
     graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
-    float64, then exactly (:mod:`netgeom.nets.certified`).
+    float64, then exactly (:mod:`netgeom.nets.certified`). On the CPU with several torch threads, chunks of
+    inputs are decided on one worker thread each (each thread's torch operations on one OpenMP thread).
 
     Parameters
     ----------
