@@ -10,9 +10,12 @@ less sensitive to other jobs on a shared machine than the wall-clock ratio). ``-
 comparison there.
 
 The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided convolutions, the same
-wider on 3x32x32 images) run n / 5 and n / 50 points. The graph engine runs its products on torch's
-threads and everything else on one (its many small operations would each be a barrier of torch's OpenMP
-team); on a machine shared with other jobs, ``--threads 1`` is the steadier comparison.
+wider on 3x32x32 images) run n / 5 and n / 50 points. On several torch threads the graph engine decides
+chunks of 2048 inputs on one worker thread each, each running torch on one OpenMP thread (its many small
+operations would each be a barrier of torch's OpenMP team); on a machine shared with other jobs,
+``--threads 1`` is the steadier comparison. Most of the plain forward's system time on the convolutional rows
+is page faults: its 8192-image convolution outputs (44-113 MB, past glibc's largest mmap threshold) are mapped
+and unmapped batch after batch.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10

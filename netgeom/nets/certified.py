@@ -26,7 +26,9 @@ output error is ``||W||_2 ||e|| + gamma (||W||_F ||x^|| + ||b||)`` with a certif
 rows go through in blocks of ~4 MB per value (fresh 100 MB tensors cost more in page faults than in
 arithmetic), one after another on the calling thread, its small torch operations on one thread and its
 products on the caller's torch threads (:func:`_one_thread`: with torch's OpenMP team, every small operation
-is a barrier and the team spins through the compiled passes), each block's tensors held
+is a barrier and the team spins through the compiled passes; :func:`netgeom.count_patterns` on several
+torch threads instead hands chunks of rows to worker threads, one OpenMP thread each, the engines shared and
+their per-run state and buffers per thread), each block's tensors held
 until the next block is done (so that malloc recycles them) and the compiled passes' outputs written into the
 same buffers block after block. On the CPU a ReLU fed by elementwise bounds
 and a max-pool's top-two test are one compiled pass each (:mod:`._graph_kernel`). A convolution's bound
@@ -922,9 +924,11 @@ class _Engine:
         if self.kernels:
             dest = {i: torch.empty((B, self.g.nodes[i].size), dtype=torch.bool) for i in self._plan(keep)[2]}
             out.update(dest)
-        # (blocks run one after another on this thread, torch on one thread: handed to chunk workers, one
-        # OpenMP thread each, the residual MLP, LeNet-5 and the conv row of bench_patterns all ran slower on 2
-        # threads, the residual MLP 2x: each worker's buffers are made afresh per batch)
+        # (blocks run one after another on this thread, torch on one thread: handed to chunk workers made per
+        # batch, one OpenMP thread each, the residual MLP, LeNet-5 and the conv row of bench_patterns all ran
+        # slower on 2 threads, the residual MLP 2x: each worker's buffers were made afresh per batch. The
+        # parallelism is one level up: count_patterns hands chunks of rows to a pool that lives for the whole
+        # count, whose threads keep their buffers from chunk to chunk)
         with _one_thread(self.device):
             for a in range(0, B, step):
                 xb = x[a : a + step].to(device=self.device, dtype=self.dtype)

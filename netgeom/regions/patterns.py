@@ -29,6 +29,7 @@ from ..results import Result, new_axes
 __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patterns", "unique_rows"]
 
 _CHAIN_ROWS = 4096
+_GRAPH_ROWS = 2048  # graphs on several threads: rows per chunk (a count of 2 * 10^4 images in ~10 chunks)
 _REDO64 = 0.3  # graphs: past this fraction of rows redone in float64, run float64 from the start
 
 
@@ -258,7 +259,8 @@ def count_patterns(
     (from exact int8 products on the CPU, else in float64) when a trial batch shows that float32's propagated
     error would leave most inputs undecided further on. For other
     graphs, inputs with a pre-activation (or a window's top two entries) too close to decide are redone in
-    float64, then exactly (:mod:`netgeom.nets.certified`).
+    float64, then exactly (:mod:`netgeom.nets.certified`). On the CPU with several torch threads, chunks of
+    inputs are decided on one worker thread each (each thread's torch operations on one OpenMP thread).
 
     Parameters
     ----------
@@ -324,7 +326,6 @@ def count_patterns(
     n_samples = 0
     engines: dict = {}
     run_dtype = dtype
-    probe = True
     redone = {"float64": 0, "exact": 0}
     # chains of dense Linear layers (MLPs, pruned or not) are decided per (row, unit); other graphs per row
     plan = chain_plan(g, dev) if nodes and dev.type != "mps" else None
@@ -393,35 +394,54 @@ def count_patterns(
                     for xb, (dec, stats) in map_ordered(pool, decide, stream, ahead):
                         count(xb, dec, stats)
         else:
-            for xb in stream:
+            first = next(stream, None)
+            if first is not None and run_dtype == torch.float32:
+                # a small float32 trial first, on this thread: when float32 cannot decide many inputs (its
+                # certified rounding bound is too wide next to the margins of this network), go float64 at
+                # once (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
+                with one_thread(dev):
+                    head, st = graph_patterns(g, first[:512], device=dev, dtype=run_dtype, _engines=engines)
+                if st["float64"] > _REDO64 * min(512, first.shape[0]):
+                    run_dtype = torch.float64
+                count(first[:512], head, st)
+                first = first[512:]  # (the trial's rows are decided already)
+            second = next(stream, None) if first is not None else None
+            several = second is not None or (first is not None and first.shape[0] > _GRAPH_ROWS)
+            stream = itertools.chain([b for b in (first, second) if b is not None and b.shape[0]], stream)
+            # on the CPU, chunks of _GRAPH_ROWS go to one thread per torch thread, each running the graph
+            # engine (products included) on one OpenMP thread, as for chains: the engine's compiled passes and
+            # small operations then use every core too, not only its products (a single chunk keeps
+            # torch's own threads for its products, netgeom.nets.certified._one_thread)
+            pool = chunk_pool() if dev.type == "cpu" and several else None
+
+            def items():
+                for xb in stream:
+                    if pool is None:
+                        yield xb, run_dtype
+                    else:
+                        for a in range(0, xb.shape[0], _GRAPH_ROWS):
+                            yield xb[a : a + _GRAPH_ROWS], run_dtype  # (the dtype as of when drawn)
+
+            def decide(item):
+                xb, dt = item
                 # one torch thread on the CPU for the decisions and their bookkeeping (see
                 # netgeom.nets.certified._one_thread: a torch operation on torch's team here would leave its
-                # threads spinning through the next graph pass)
-                with one_thread(dev):
-                    parts = []  # (rows, decisions, stats), counted apart: joining them copied every decision
-                    rest = xb
-                    if probe and run_dtype == torch.float32:
-                        # a small float32 trial first: when float32 cannot decide many inputs (its certified
-                        # rounding bound is too wide next to the margins of this network), go float64 at once
-                        # (the float32 pass plus float64 redos of 30% of the rows cost about one float64 pass)
-                        head, st = graph_patterns(g, xb[:512], device=dev, dtype=run_dtype, _engines=engines)
-                        if st["float64"] > _REDO64 * min(512, xb.shape[0]):
-                            run_dtype = torch.float64
-                        probe = False
-                        parts.append((xb[:512], head, st))
-                        rest = xb[512:]  # (the trial's rows are decided already)
-                    if rest.shape[0]:
-                        dec, stats = graph_patterns(g, rest, device=dev, dtype=run_dtype, _engines=engines)
-                        if run_dtype == torch.float64:
-                            stats["float64"] = rest.shape[0]
-                        parts.append((rest, dec, stats))
-                    redo = sum(p[2]["float64"] for p in parts)
-                    if run_dtype == torch.float32 and redo > _REDO64 * xb.shape[0]:
+                # threads spinning through the next graph pass); grad mode is per thread
+                with torch.no_grad(), one_thread(dev):
+                    # (the engines are shared: their per-run state is per thread)
+                    dec, stats = graph_patterns(g, xb, device=dev, dtype=dt, _engines=engines)
+                if dt == torch.float64:
+                    stats["float64"] = xb.shape[0]
+                return xb, dt, dec, stats
+
+            with pool or contextlib.nullcontext():
+                ahead = 2 * torch.get_num_threads()
+                for xb, dt, dec, stats in map_ordered(pool, decide, items(), ahead):
+                    if dt == torch.float32 and stats["float64"] > _REDO64 * xb.shape[0]:
                         # float32 cannot decide most inputs of this network (its rounding-error bound is
                         # too wide next to the margins): a float64 pass from the start is then cheaper
                         run_dtype = torch.float64
-                    for part in parts:
-                        count(*part)
+                    count(xb, dec, stats)
     if n_samples == 0:
         raise ValueError("X holds no inputs: nothing to count")
     rows, mult = total.result()
