@@ -27,6 +27,7 @@ import math
 import operator
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -501,20 +502,35 @@ class _Tracer(fx.Tracer):
         self._autowrap_search = [math]
 
     def trace(self, root, concrete_args=None):
-        # fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
-        # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
-        # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
-        # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
-        st = _fx_st
-        orig = getattr(st, "_create_wrapped_func", None)
-        if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
+        # Two costs of fx's own trace are avoided here, its semantics kept:
+        # * fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
+        #   through functools.wraps (about a sixth of a small model's trace). Its wrapper is a function of the
+        #   wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
+        #   through), so one wrapper per function serves every trace; the patching and reverting stay fx's.
+        # * fx reroutes every module call and attribute miss by assigning ``nn.Module.__call__`` and
+        #   ``nn.Module.__getattr__``: CPython then updates the call and getattr slots of each of nn.Module's
+        #   ~350 subclasses, twice per trace (~0.25 ms, a fifth of a small model's trace, and it leaves every
+        #   module type's attribute cache cold). Here fx's two wrappers run instead from dispatchers that
+        #   call them only on the tracing thread (see _ModuleHooks).
+        hooks = _ModuleHooks.plan(root) if concrete_args is None else None
+        with _fx_substitutions(hooks):
             return super().trace(root, concrete_args)
-        _FX_WRAP[0] = orig
-        st._create_wrapped_func = _memo_wrapped_func
+
+    def call_module(self, m, forward, args, kwargs):
+        hooked = _HOOK_TLS.__dict__.get("call")
+        if hooked is None:
+            return super().call_module(m, forward, args, kwargs)
+
+        def own_call(*a, **k):
+            # fx traces into a non-leaf module through the original nn.Module.__call__, which reaches
+            # nn.Module._call_impl, now the dispatcher: this call is the module's own, not a new one
+            _HOOK_TLS.bypass = m
+            return forward(*a, **k)
+
         try:
-            return super().trace(root, concrete_args)
+            return super().call_module(m, own_call, args, kwargs)
         finally:
-            st._create_wrapped_func = orig
+            _HOOK_TLS.bypass = None
 
     def create_arg(self, a):
         # fx's Tracer tests every argument for a parameter, tensor, module, named tuple, constant, opaque
@@ -554,6 +570,226 @@ _PLAIN_ARGS: dict[type, Callable] = {
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
+
+
+# ----------------------------------------------------------------------- fx's module patching, cheaper
+# fx's trace assigns nn.Module.__call__ and nn.Module.__getattr__ (process-wide, for every thread) to its own
+# wrappers for the duration of the trace. Assigning a special method on a class makes CPython update that slot
+# in every subclass; nn.Module has ~350. netgeom's trace instead keeps fx's two wrappers and calls them from
+#   * nn.Module._call_impl: nn.Module.__call__ (``_wrapped_call_impl``) calls ``self._call_impl`` for every
+#     module that is not torch.compile'd, so a dispatcher there sees every call fx's __call__ patch sees.
+#     ``_call_impl`` is no special method: assigning it only invalidates the subclasses' attribute caches;
+#   * ``__getattr__`` of the classes of the traced model's modules only (a handful, each with few subclasses).
+# The dispatchers call fx's wrappers only on the thread that traces (fx's own patching reroutes other threads'
+# module calls into the trace too) and the original methods everywhere else. They are installed by the first
+# trace that needs them and removed by the last (a lock and counts), so concurrent traces in several threads
+# each see their own. A model this cannot serve exactly as fx's patching would (a class with its own __call__,
+# _call_impl or __getattr__, a compiled module, a bare nn.Module) is traced with fx's own patching.
+_HOOK_TLS = threading.local()  # call / getattr: fx's wrappers of this thread's trace; bypass: see call_module
+_HOOK_LOCK = threading.Lock()
+_ORIG_CALL_IMPL = nn.Module.__dict__["_call_impl"]
+_ORIG_GETATTR = _fx_st._orig_module_getattr  # what fx's getattr wrapper itself calls
+_HOOK_USERS: dict = {"_call_impl": 0}  # class -> traces using its __getattr__ dispatcher; "_call_impl" -> ...
+_FX_SWAP: dict = {}  # fx's module functions substituted by the traces running now, and their count
+_FX_ORIG: dict = {}  # fx's own module functions, as first seen (kept: other threads may still reach them)
+_HOOKS_WORK: list = [None]  # whether the dispatchers reach fx's wrappers in this torch (checked once)
+
+
+def _dispatch_call_impl(self, *args, **kwargs):
+    tls = _HOOK_TLS.__dict__
+    hook = tls.get("call")
+    if hook is None:
+        return _ORIG_CALL_IMPL(self, *args, **kwargs)
+    if tls.get("bypass") is self:
+        tls["bypass"] = None
+        return _ORIG_CALL_IMPL(self, *args, **kwargs)
+    return hook(self, *args, **kwargs)
+
+
+def _dispatch_getattr(self, name):
+    hook = _HOOK_TLS.__dict__.get("getattr")
+    if hook is None:
+        return _ORIG_GETATTR(self, name)
+    return hook(self, name)
+
+
+class _ThreadHook:
+    """One of fx's two nn.Module patches, as this thread's dispatcher hook (patch/revert as fx's own
+    patches, so that fx's revert_all_patches/reapply_all_patches keep working)."""
+
+    def __init__(self, name: str, fn: Callable):
+        self.name, self.fn, self.prev = name, fn, None
+
+    def patch(self) -> None:
+        self.prev = _HOOK_TLS.__dict__.get(self.name)
+        setattr(_HOOK_TLS, self.name, self.fn)
+
+    def revert(self) -> None:
+        setattr(_HOOK_TLS, self.name, self.prev)
+
+
+class _HookPatcher(_fx_st._Patcher):
+    """fx's patcher, except that its two nn.Module patches become this thread's dispatcher hooks."""
+
+    def patch_method(self, cls, name, new_fn, deduplicate=True):
+        if cls is nn.Module and name in ("__call__", "__getattr__"):
+            hook = _ThreadHook("call" if name == "__call__" else "getattr", new_fn)
+            self.patches_made.append(hook)
+            hook.patch()
+            return
+        super().patch_method(cls, name, new_fn, deduplicate)
+
+
+@contextlib.contextmanager
+def _hook_patcher():
+    """fx's ``_new_patcher`` while a netgeom trace with dispatchers runs on this thread, else fx's own."""
+    if not _HOOK_TLS.__dict__.get("active"):
+        with _FX_ORIG["_new_patcher"]() as patcher:
+            yield patcher
+        return
+    st = _fx_st
+    prior = st.CURRENT_PATCHER
+    patcher = st.CURRENT_PATCHER = _HookPatcher()
+    try:
+        yield patcher
+    finally:
+        patcher.revert_all_patches()
+        st.CURRENT_PATCHER = prior
+
+
+class _ModuleHooks:
+    """The classes whose ``__getattr__`` a trace of ``root`` routes through the dispatcher."""
+
+    def __init__(self, classes: tuple[type, ...]):
+        self.classes = classes
+
+    @staticmethod
+    def plan(root) -> _ModuleHooks | None:
+        if not isinstance(root, nn.Module) or not _hooks_work():
+            return None
+        if nn.Module.__dict__.get("__call__") is not nn.Module.__dict__.get("_wrapped_call_impl"):
+            return None
+        classes = {}
+        for m in root.modules():
+            d = m.__dict__
+            if d.get("_compiled_call_impl") is not None or "_call_impl" in d:
+                return None
+            classes[type(m)] = None
+        for c in classes:
+            if (
+                c is nn.Module
+                or c.__call__ is not nn.Module.__call__
+                or c._call_impl not in (_ORIG_CALL_IMPL, _dispatch_call_impl)
+                or c.__getattr__ not in (_ORIG_GETATTR, _dispatch_getattr)
+            ):
+                return None
+        return _ModuleHooks(tuple(classes))
+
+    def install(self) -> None:
+        with _HOOK_LOCK:
+            if _HOOK_USERS["_call_impl"] == 0:
+                nn.Module._call_impl = _dispatch_call_impl
+            _HOOK_USERS["_call_impl"] += 1
+            for c in self.classes:
+                n = _HOOK_USERS.get(c, 0)
+                if n == 0 and c.__dict__.get("__getattr__") is not _dispatch_getattr:
+                    c.__getattr__ = _dispatch_getattr
+                _HOOK_USERS[c] = n + 1
+
+    def uninstall(self) -> None:
+        with _HOOK_LOCK:
+            for c in self.classes:
+                n = _HOOK_USERS.pop(c) - 1
+                if n:
+                    _HOOK_USERS[c] = n
+                elif c.__dict__.get("__getattr__") is _dispatch_getattr:
+                    del c.__getattr__
+            _HOOK_USERS["_call_impl"] -= 1
+            if _HOOK_USERS["_call_impl"] == 0:
+                nn.Module._call_impl = _ORIG_CALL_IMPL
+
+
+class _HookProbe(nn.Module):
+    """A module call, a call traced into, a parameter read in forward: what the dispatchers must give fx."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.seq = nn.Sequential(nn.ReLU())
+        self.w = nn.Parameter(torch.zeros(2, 2))
+
+    def forward(self, x):
+        return F.linear(self.seq(self.lin(x)), self.w)
+
+
+def _hooks_work() -> bool:
+    """Whether the dispatchers give the graph fx's own patching gives (checked once per process, on a probe
+    module), in this torch."""
+    if _HOOKS_WORK[0] is None:
+        st = _fx_st
+        if not (
+            hasattr(st, "_Patcher")
+            and callable(getattr(st, "_new_patcher", None))
+            and hasattr(st, "CURRENT_PATCHER")
+            and nn.Module.__dict__.get("__call__") is nn.Module.__dict__.get("_wrapped_call_impl")
+            and "_call_impl" in nn.Module._wrapped_call_impl.__code__.co_names
+        ):
+            _HOOKS_WORK[0] = False
+            return False
+
+        def sig(g):
+            return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
+
+        _HOOKS_WORK[0] = False  # the reference: fx's own patching
+        try:
+            probe = _HookProbe()
+            want = sig(_Tracer().trace(probe))
+            _HOOKS_WORK[0] = True
+            ok = sig(_Tracer().trace(probe)) == want and len(want) == 6
+        except Exception:  # a torch whose fx this does not fit: its own patching
+            ok = False
+        _HOOKS_WORK[0] = ok
+    return _HOOKS_WORK[0]
+
+
+@contextlib.contextmanager
+def _fx_substitutions(hooks: _ModuleHooks | None):
+    """fx's ``_create_wrapped_func`` memoised and, with ``hooks``, its nn.Module patching through the
+    dispatchers, for one trace on this thread. The substituted module functions serve other threads' fx
+    traces exactly as fx's own (``_memo_wrapped_func`` returns fx's wrapper; ``_hook_patcher`` is fx's
+    patcher on any thread not inside such a trace); they are swapped in by the first trace and back by the
+    last."""
+    st = _fx_st
+    with _HOOK_LOCK:
+        if not _FX_SWAP:
+            wrap = getattr(st, "_create_wrapped_func", None)
+            if wrap is not None and wrap is not _memo_wrapped_func and _FX_WRAP[0] in (None, wrap):
+                _FX_WRAP[0] = _FX_SWAP["_create_wrapped_func"] = wrap
+                st._create_wrapped_func = _memo_wrapped_func
+            new = getattr(st, "_new_patcher", None)
+            if new is not None and new is not _hook_patcher and _FX_ORIG.get("_new_patcher") in (None, new):
+                _FX_ORIG["_new_patcher"] = _FX_SWAP["_new_patcher"] = new
+                st._new_patcher = _hook_patcher
+            _FX_SWAP["users"] = 0
+        _FX_SWAP["users"] += 1
+    tls = _HOOK_TLS.__dict__
+    outer = tls.get("active"), tls.get("bypass")
+    if hooks is not None:
+        hooks.install()
+    tls["active"], tls["bypass"] = hooks is not None, None
+    try:
+        yield
+    finally:
+        tls["active"], tls["bypass"] = outer
+        if hooks is not None:
+            hooks.uninstall()
+        with _HOOK_LOCK:
+            _FX_SWAP["users"] -= 1
+            if _FX_SWAP["users"] == 0:
+                for name in ("_create_wrapped_func", "_new_patcher"):
+                    if name in _FX_SWAP:
+                        setattr(st, name, _FX_SWAP[name])
+                _FX_SWAP.clear()
 
 
 def _memo_wrapped_func(fn):
