@@ -17,6 +17,7 @@ from torch import nn
 import netgeom as ng
 from netgeom.nets import graph as G
 
+_MATH = dict(vars(math))
 _FIELDS = ("name", "op", "inputs", "shape", "source", "module", "param_name", "kind", "in_shape")
 
 
@@ -44,6 +45,7 @@ def _assert_clean():
     assert G._HOOK_USERS == {"_call_impl": 0} and not G._FX_SWAP
     assert fx_st._new_patcher is G._FX_ORIG["_new_patcher"] and fx_st._create_wrapped_func is G._FX_WRAP[0]
     assert fx_st.CURRENT_PATCHER is None
+    assert vars(math) == _MATH  # fx's wrappers of math's functions swapped back out
     tls = G._HOOK_TLS.__dict__
     assert tls.get("call") is None and tls.get("getattr") is None and not tls.get("active")
     for c in (nn.Linear, nn.Conv2d, nn.ReLU, nn.Sequential, nn.ModuleList):
@@ -273,3 +275,33 @@ def test_other_threads_modules_and_traces_are_untouched_while_a_trace_runs():
     x = torch.randn(4, 3, dtype=torch.float64)
     assert torch.allclose(out["graph"].forward(x), paused.double()(x), atol=1e-12)
     _assert_clean()
+
+
+class _Annotated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        return self.fc(inp)
+
+
+class _Default(_Annotated):
+    def forward(self, inp, scale=1):
+        return self.fc(inp)
+
+
+class _Star(_Annotated):
+    def forward(self, *inputs):
+        return self.fc(inputs[0])
+
+
+@pytest.mark.parametrize("model", [_Annotated, _Default, _Star, _Shared])
+def test_placeholders_are_fx_own(model):
+    import torch.fx as fx
+
+    def places(g):
+        return [(n.name, n.target, n.args, n.type) for n in g.nodes if n.op == "placeholder"]
+
+    m = model()
+    assert places(G._Tracer().trace(m)) == places(fx.Tracer().trace(m))

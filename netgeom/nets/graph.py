@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import operator
 import re
@@ -502,7 +503,7 @@ class _Tracer(fx.Tracer):
         self._autowrap_search = [math]
 
     def trace(self, root, concrete_args=None):
-        # Two costs of fx's own trace are avoided here, its semantics kept:
+        # Three costs of fx's own trace are avoided here, its semantics kept:
         # * fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
         #   through functools.wraps (about a sixth of a small model's trace). Its wrapper is a function of the
         #   wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
@@ -512,9 +513,41 @@ class _Tracer(fx.Tracer):
         #   ~350 subclasses, twice per trace (~0.25 ms, a fifth of a small model's trace, and it leaves every
         #   module type's attribute cache cold). Here fx's two wrappers run instead from dispatchers that
         #   call them only on the tracing thread (see _ModuleHooks).
+        # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
+        #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
+        #   wrappers in and out of it at once instead.
         hooks = _ModuleHooks.plan(root) if concrete_args is None else None
-        with _fx_substitutions(hooks):
-            return super().trace(root, concrete_args)
+        search = self._autowrap_search
+        if hooks is not None and search == [math]:
+            self._autowrap_search = []
+        try:
+            ids = self._autowrap_function_ids if search == [math] else None
+            with _fx_substitutions(hooks, math_ids=ids):
+                return super().trace(root, concrete_args)
+        finally:
+            self._autowrap_search = search
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # fx reads the signature of forward (inspect.signature, ~30 us a trace) to make its placeholders; a
+        # plain ``forward(self, x)`` (no default, *args, **kwargs, keyword-only argument, wrapper or
+        # __signature__) gets the one placeholder fx makes for it: named as the argument, no default, the
+        # argument's annotation as its type
+        co = getattr(root_fn, "__code__", None)
+        if (
+            concrete_args is not None
+            or not is_module
+            or co is None
+            or co.co_argcount != 2
+            or co.co_kwonlyargcount
+            or co.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+            or getattr(root_fn, "__defaults__", None)
+            or hasattr(root_fn, "__wrapped__")
+            or hasattr(root_fn, "__signature__")
+        ):
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        name = co.co_varnames[1]
+        x = self.create_proxy("placeholder", name, (), {}, type_expr=root_fn.__annotations__.get(name, None))
+        return root_fn, [self.root, x]
 
     def call_module(self, m, forward, args, kwargs):
         hooked = _HOOK_TLS.__dict__.get("call")
@@ -592,6 +625,7 @@ _ORIG_GETATTR = _fx_st._orig_module_getattr  # what fx's getattr wrapper itself 
 _HOOK_USERS: dict = {"_call_impl": 0}  # class -> traces using its __getattr__ dispatcher; "_call_impl" -> ...
 _FX_SWAP: dict = {}  # fx's module functions substituted by the traces running now, and their count
 _FX_ORIG: dict = {}  # fx's own module functions, as first seen (kept: other threads may still reach them)
+_MATH_SWAP: list = [None]  # (math's entries fx's autowrap patches, their wrappers), see _math_swap
 _HOOKS_WORK: list = [None]  # whether the dispatchers reach fx's wrappers in this torch (checked once)
 
 
@@ -628,11 +662,52 @@ class _ThreadHook:
         setattr(_HOOK_TLS, self.name, self.prev)
 
 
+class _SwapItems:
+    """Several entries of one namespace patched and reverted at once (as fx's patch records, one each)."""
+
+    def __init__(self, frame_dict: dict, new: dict, orig: dict):
+        self.frame_dict, self.new, self.orig = frame_dict, new, orig
+
+    def patch(self) -> None:
+        self.frame_dict.update(self.new)
+
+    def revert(self) -> None:
+        self.frame_dict.update(self.orig)
+
+
+def _math_swap(function_ids) -> tuple[dict, dict]:
+    """``math``'s entries fx's autowrap patches (public callables whose ids it collected) and the wrappers
+    it patches in (``_memo_wrapped_func``'s, marked as fx marks what it patches), made again only when
+    ``math``'s namespace changed."""
+    d = math.__dict__
+    orig = {k: v for k, v in d.items() if id(v) in function_ids and not k.startswith("_") and callable(v)}
+    hit = _MATH_SWAP[0]
+    if hit is not None and hit[0] == orig:  # (functions compare by identity)
+        return hit
+    new = {k: _memo_wrapped_func(v) for k, v in orig.items()}
+    for w in new.values():
+        w.__fx_already_patched = True
+    _MATH_SWAP[0] = (orig, new)
+    return orig, new
+
+
 class _HookPatcher(_fx_st._Patcher):
-    """fx's patcher, except that its two nn.Module patches become this thread's dispatcher hooks."""
+    """fx's patcher, except that its two nn.Module patches become this thread's dispatcher hooks, and that
+    (``math_ids``) ``math``'s functions are swapped for fx's wrappers at once with the first of them."""
+
+    def __init__(self, math_ids=None):
+        super().__init__()
+        self.math_ids = math_ids
 
     def patch_method(self, cls, name, new_fn, deduplicate=True):
         if cls is nn.Module and name in ("__call__", "__getattr__"):
+            if self.math_ids is not None and self.visit_once(math.__dict__):
+                # fx's _autowrap_check of ``math``, which comes after these patches (its _autowrap_search
+                # is empty for this trace); visited, so that fx never checks it again in this trace
+                orig, new = _math_swap(self.math_ids)
+                swap = _SwapItems(math.__dict__, new, orig)
+                self.patches_made.append(swap)
+                swap.patch()
             hook = _ThreadHook("call" if name == "__call__" else "getattr", new_fn)
             self.patches_made.append(hook)
             hook.patch()
@@ -649,7 +724,7 @@ def _hook_patcher():
         return
     st = _fx_st
     prior = st.CURRENT_PATCHER
-    patcher = st.CURRENT_PATCHER = _HookPatcher()
+    patcher = st.CURRENT_PATCHER = _HookPatcher(_HOOK_TLS.__dict__.get("math_ids"))
     try:
         yield patcher
     finally:
@@ -753,7 +828,7 @@ def _hooks_work() -> bool:
 
 
 @contextlib.contextmanager
-def _fx_substitutions(hooks: _ModuleHooks | None):
+def _fx_substitutions(hooks: _ModuleHooks | None, math_ids=None):
     """fx's ``_create_wrapped_func`` memoised and, with ``hooks``, its nn.Module patching through the
     dispatchers, for one trace on this thread. The substituted module functions serve other threads' fx
     traces exactly as fx's own (``_memo_wrapped_func`` returns fx's wrapper; ``_hook_patcher`` is fx's
@@ -773,14 +848,15 @@ def _fx_substitutions(hooks: _ModuleHooks | None):
             _FX_SWAP["users"] = 0
         _FX_SWAP["users"] += 1
     tls = _HOOK_TLS.__dict__
-    outer = tls.get("active"), tls.get("bypass")
+    outer = tls.get("active"), tls.get("bypass"), tls.get("math_ids")
     if hooks is not None:
         hooks.install()
     tls["active"], tls["bypass"] = hooks is not None, None
+    tls["math_ids"] = math_ids if hooks is not None else None
     try:
         yield
     finally:
-        tls["active"], tls["bypass"] = outer
+        tls["active"], tls["bypass"], tls["math_ids"] = outer
         if hooks is not None:
             hooks.uninstall()
         with _HOOK_LOCK:
