@@ -305,3 +305,69 @@ def test_placeholders_are_fx_own(model):
 
     m = model()
     assert places(G._Tracer().trace(m)) == places(fx.Tracer().trace(m))
+
+
+class _NoGetattrMeta(type):
+    def __setattr__(cls, name, value):
+        if name == "__getattr__":
+            raise TypeError("this class takes no __getattr__")
+        super().__setattr__(name, value)
+
+
+class _Refusing(nn.Module, metaclass=_NoGetattrMeta):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(2, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_class_refusing_the_dispatcher_is_traced_with_fx_patching_and_nothing_is_left():
+    m = _Refusing()
+    assert G._ModuleHooks.plan(m) is not None  # it looks like any module, but refuses the assignment
+    g = ng.trace(m)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert torch.allclose(g.forward(x), m.double()(x), atol=1e-12)
+    _assert_clean()
+
+
+def _trace_in_child():
+    m = _GlobalMax()
+    g = ng.trace(m)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    ok = bool(torch.allclose(g.forward(z), m.double()(z), atol=1e-12))
+    try:
+        _assert_clean()
+    except AssertionError as exc:
+        import traceback
+
+        return ok, traceback.format_exc(limit=-1) + str(exc)
+    return ok, True
+
+
+def test_a_child_forked_while_another_thread_traces_traces_and_is_left_clean():
+    import multiprocessing
+
+    from _platform import X86_LINUX, unavailable
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        unavailable("no fork start method on this platform", expected=X86_LINUX)
+    started, go = threading.Event(), threading.Event()
+    paused = _Paused(started, go)
+    t = threading.Thread(target=lambda: ng.trace(paused))
+    t.start()
+    try:
+        assert started.wait(30)
+        with G._HOOK_LOCK:  # held at the fork, as if a trace were installing its dispatchers
+            ctx = multiprocessing.get_context("fork")
+            child = ctx.Pool(1)
+        try:
+            assert child.apply_async(_trace_in_child).get(timeout=60) == (True, True)
+        finally:
+            child.terminate()
+    finally:
+        go.set()
+        t.join(30)
+    _assert_clean()

@@ -26,6 +26,7 @@ import dataclasses
 import inspect
 import math
 import operator
+import os
 import re
 import sys
 import threading
@@ -760,28 +761,43 @@ class _ModuleHooks:
                 return None
         return _ModuleHooks(tuple(classes))
 
-    def install(self) -> None:
+    def install(self) -> bool:
+        """Install the dispatchers (those not installed yet); False, with nothing changed, if a class
+        refuses the assignment (a metaclass of its own): that trace then uses fx's own patching."""
         with _HOOK_LOCK:
-            if _HOOK_USERS["_call_impl"] == 0:
-                nn.Module._call_impl = _dispatch_call_impl
-            _HOOK_USERS["_call_impl"] += 1
-            for c in self.classes:
-                n = _HOOK_USERS.get(c, 0)
-                if n == 0 and c.__dict__.get("__getattr__") is not _dispatch_getattr:
-                    c.__getattr__ = _dispatch_getattr
-                _HOOK_USERS[c] = n + 1
+            done = []
+            try:
+                if _HOOK_USERS["_call_impl"] == 0:
+                    nn.Module._call_impl = _dispatch_call_impl
+                _HOOK_USERS["_call_impl"] += 1
+                done.append("_call_impl")
+                for c in self.classes:
+                    n = _HOOK_USERS.get(c, 0)
+                    if n == 0 and c.__dict__.get("__getattr__") is not _dispatch_getattr:
+                        c.__getattr__ = _dispatch_getattr
+                    _HOOK_USERS[c] = n + 1
+                    done.append(c)
+            except Exception:
+                self._release(done)
+                return False
+            return True
 
     def uninstall(self) -> None:
         with _HOOK_LOCK:
-            for c in self.classes:
-                n = _HOOK_USERS.pop(c) - 1
-                if n:
-                    _HOOK_USERS[c] = n
-                elif c.__dict__.get("__getattr__") is _dispatch_getattr:
-                    del c.__getattr__
-            _HOOK_USERS["_call_impl"] -= 1
-            if _HOOK_USERS["_call_impl"] == 0:
+            self._release(["_call_impl", *self.classes])
+
+    @staticmethod
+    def _release(users) -> None:
+        for c in reversed(users):
+            n = _HOOK_USERS.pop(c) - 1
+            if n or c == "_call_impl":
+                _HOOK_USERS[c] = n
+            if n:
+                continue
+            if c == "_call_impl":
                 nn.Module._call_impl = _ORIG_CALL_IMPL
+            elif c.__dict__.get("__getattr__") is _dispatch_getattr:
+                del c.__getattr__
 
 
 class _HookProbe(nn.Module):
@@ -849,8 +865,8 @@ def _fx_substitutions(hooks: _ModuleHooks | None, math_ids=None):
         _FX_SWAP["users"] += 1
     tls = _HOOK_TLS.__dict__
     outer = tls.get("active"), tls.get("bypass"), tls.get("math_ids")
-    if hooks is not None:
-        hooks.install()
+    if hooks is not None and not hooks.install():
+        hooks = None
     tls["active"], tls["bypass"] = hooks is not None, None
     tls["math_ids"] = math_ids if hooks is not None else None
     try:
@@ -866,6 +882,34 @@ def _fx_substitutions(hooks: _ModuleHooks | None, math_ids=None):
                     if name in _FX_SWAP:
                         setattr(st, name, _FX_SWAP[name])
                 _FX_SWAP.clear()
+
+
+def _hooks_after_fork() -> None:
+    """A child forked while other threads traced has one thread, which traces nothing unless it was the
+    forking one inside a trace: fresh lock, and (if this thread is not inside a trace) fx's and nn.Module's
+    own functions back, as after the last trace."""
+    global _HOOK_LOCK
+    _HOOK_LOCK = threading.Lock()
+    if _HOOK_TLS.__dict__.get("active"):
+        return  # this thread's trace goes on: it removes what it uses (others' uses stay, inert)
+    for c in list(_HOOK_USERS):
+        if c != "_call_impl" and c.__dict__.get("__getattr__") is _dispatch_getattr:
+            del c.__getattr__
+    _HOOK_USERS.clear()
+    _HOOK_USERS["_call_impl"] = 0
+    nn.Module._call_impl = _ORIG_CALL_IMPL
+    for name in ("_create_wrapped_func", "_new_patcher"):
+        if name in _FX_SWAP:
+            setattr(_fx_st, name, _FX_SWAP[name])
+    _FX_SWAP.clear()
+    patcher = getattr(_fx_st, "CURRENT_PATCHER", None)
+    if isinstance(patcher, _HookPatcher):  # the patches of a trace on a thread that is not here
+        patcher.revert_all_patches()
+        _fx_st.CURRENT_PATCHER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_hooks_after_fork)
 
 
 def _memo_wrapped_func(fn):
