@@ -159,6 +159,12 @@ def _const_fn(func, args, kwargs):
     return fn
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """A parameter as a float64 CPU tensor (one conversion: each torch call is a few microseconds, and more
+    right after other work has pushed torch's code and tables out of the caches)."""
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
 def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     if m.running_mean is None or m.running_var is None:
         raise UnsupportedLayerError(
@@ -1110,7 +1116,7 @@ class _Builder:
 
     def masked_weight(self, name: str, m: nn.Module) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         pname = f"{name}.weight" if name else "weight"
-        w = m.weight.detach().to(torch.float64).cpu()
+        w = _f64(m.weight)
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
@@ -1154,7 +1160,7 @@ class _Builder:
             pname, w, mask = self.masked_weight(name, m)
             params = {"weight": w}
             if m.bias is not None:
-                params["bias"] = m.bias.detach().double().cpu()
+                params["bias"] = _f64(m.bias)
             op = _AffineOp(
                 name, tname, ref.shape, (), _linear_fn, params, m.in_features + 1, True, pname, mask, m
             )
@@ -1166,7 +1172,7 @@ class _Builder:
             pname, w, mask = self.masked_weight(name, m)
             params = {"weight": w}
             if m.bias is not None:
-                params["bias"] = m.bias.detach().double().cpu()
+                params["bias"] = _f64(m.bias)
             fan = math.prod(w.shape[1:]) + 1
             fn = _conv_fn(1 if isinstance(m, nn.Conv1d) else 2, m.stride, m.padding, m.dilation, m.groups)
             op = _AffineOp(name, tname, ref.shape, (), fn, params, fan, True, pname, mask, m)
@@ -1212,7 +1218,7 @@ class _Builder:
         pname = weight.name
         if w.numel() >= _PARALLEL_NUMEL:  # (a tensor attribute that is no parameter or buffer)
             self.workers()
-        w = w.detach().to(torch.float64).cpu()
+        w = _f64(w)
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
@@ -1220,7 +1226,7 @@ class _Builder:
             self.used_masks.add(pname)
         params = {"weight": w}
         if bias is not None:
-            params["bias"] = bias.tensor.detach().double().cpu()
+            params["bias"] = _f64(bias.tensor)
         self.functional_weights.add(pname)
         fan = w.shape[1] + 1
         op = _AffineOp(fxn.name, "Linear", ref.shape, (), _linear_fn, params, fan, True, pname, mask)
@@ -1480,8 +1486,10 @@ def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
         return out
     try:
         with torch.no_grad():
-            norms = torch.stack([v.double() for v in torch._foreach_norm([tensors[i] for i in idx])])
-        vals = norms.cpu().tolist()
+            norms = torch._foreach_norm([tensors[i] for i in idx])
+            if len({(v.dtype, v.device) for v in norms}) > 1:
+                norms = [v.double().cpu() for v in norms]
+            vals = torch.stack(norms).tolist()
     except (RuntimeError, TypeError, AttributeError):  # devices or dtypes the fused call does not mix
         return out
     for i, v in zip(idx, vals):
