@@ -390,3 +390,21 @@ def test_finite_norms_of_mixed_dtypes():
     net[2].register_buffer("extra", torch.tensor([float("nan")], dtype=torch.float32))
     with pytest.raises(ValueError, match="non-finite values .* '2.extra'"):
         ng.trace(net)
+
+
+class _GradMode(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(x) if torch.is_grad_enabled() else torch.relu(self.fc(x))
+
+
+def test_forward_is_traced_in_the_callers_grad_mode():
+    """The conversion runs without autograd; fx's trace of forward in the caller's mode, as before."""
+    m = _GradMode()
+    assert [n.op for n in ng.trace(m).nodes] == ["input", "affine", "output"]
+    with torch.no_grad():
+        assert [n.op for n in ng.trace(m).nodes] == ["input", "affine", "relu", "output"]
+    assert torch.is_grad_enabled()

@@ -1598,7 +1598,10 @@ def trace(
     # masks) only for tensors past torch's parallel grain, so the check runs when such a tensor is read;
     # every other parallel operation of the trace (the probe batch through convolutions, large products)
     # yields shapes, except a max-pooling checked against torch, which checks the threads first.
-    with gradual_underflow(torch_threads=False), contextlib.ExitStack() as stack:
+    # the conversion's probe batch needs no autograd (one switch for all its operations); fx's trace of
+    # forward runs in the caller's mode
+    grad = torch.is_grad_enabled()
+    with gradual_underflow(torch_threads=False), contextlib.ExitStack() as stack, torch.no_grad():
         team: list = []
 
         def workers() -> None:
@@ -1609,7 +1612,7 @@ def trace(
             workers()
         own = set(vars(model))
         try:
-            return _trace(model, masks, input_shape, max_entries, named, workers)
+            return _trace(model, masks, input_shape, max_entries, named, workers, grad)
         finally:
             # fx stores a tensor a forward creates as an attribute `_tensor_constant<i>` of the model; the
             # caller's model is left as it was, read or refused
@@ -1644,7 +1647,7 @@ def _large_masks(masks) -> bool:
     return False
 
 
-def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
+def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = True) -> PLGraph:
     name = type(model).__name__
     masks, functional_masks = _check_trace_masks(masks, model)
     norms = _finite_norms([t for _, t in named])
@@ -1657,7 +1660,8 @@ def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
     graph = _sequential_graph(model)
     try:
         if graph is None:
-            graph = _Tracer().trace(model)
+            with torch.set_grad_enabled(grad):
+                graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ... with the user's frame inside
         tb = exc.__traceback__
         where = ""
