@@ -162,7 +162,10 @@ def _const_fn(func, args, kwargs):
 def _f64(t: torch.Tensor) -> torch.Tensor:
     """A parameter as a float64 CPU tensor (one conversion: each torch call is a few microseconds, and more
     right after other work has pushed torch's code and tables out of the caches)."""
-    return t.detach().to(device="cpu", dtype=torch.float64)
+    t = t.detach()
+    if t.dtype == torch.float64 and t.device.type == "cpu":
+        return t
+    return t.to(device="cpu", dtype=torch.float64)
 
 
 def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1129,13 +1132,17 @@ class _Builder:
             with torch.no_grad():
                 x = ref.value.reshape(self.B, *op.in_shape)
                 if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
-                    # the probe of a small Linear without a BLAS call: a tiny threaded GEMM costs far more in
-                    # thread wake-ups than in arithmetic (the probe only carries shapes and test values)
+                    # the probe of a small Linear by numpy on this thread: torch's tiny threaded GEMM costs
+                    # far more in thread wake-ups than in arithmetic, and each torch call costs several times
+                    # a numpy one once other work has pushed torch's code out of the caches (right after a
+                    # slice). The probe only carries shapes and test values.
                     p = op.params
-                    y = (x.unsqueeze(-2) * p["weight"]).sum(-1)
-                    return y + p["bias"] if "bias" in p else y
+                    y = x.numpy() @ p["weight"].numpy().T
+                    if "bias" in p:
+                        y += p["bias"].numpy()
+                    return torch.from_numpy(y)
                 return op(x)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise ValueError(
                 f"layer '{op.name}' ({op.type_name}) cannot take an input of shape {ref.shape}: {exc}"
             ) from None
