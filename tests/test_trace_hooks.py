@@ -373,9 +373,10 @@ def test_a_child_forked_while_another_thread_traces_traces_and_is_left_clean():
     _assert_clean()
 
 
-def test_finite_norms_of_mixed_dtypes():
-    """One fused norm per tensor: finite proves the entries finite; inf/NaN entries, an overflowing norm
-    (float16) and non-float tensors answer False (the caller then checks the entries)."""
+def test_finite_norms_of_mixed_dtypes(monkeypatch):
+    """Small CPU tensors entry by entry, others by one fused norm each (finite proves the entries finite):
+    inf/NaN entries, an overflowing norm (float16) and non-float tensors answer False (the caller then checks
+    the entries)."""
     ts = [
         torch.ones(3, dtype=torch.float64),
         torch.tensor([1.0, float("inf")], dtype=torch.float32),
@@ -384,12 +385,20 @@ def test_finite_norms_of_mixed_dtypes():
         torch.full((2,), 60000.0, dtype=torch.float16),
         torch.tensor([float("nan")], dtype=torch.float64),
     ]
+    assert G._finite_norms(ts) == [True, False, True, False, True, False]  # small: entry by entry
+    monkeypatch.setattr(G, "_NUMPY_CHECK", 0)  # the fused norms
     assert G._finite_norms(ts) == [True, False, True, False, False, False]
     assert G._finite_norms(ts[:1] + ts[5:]) == [True, False]  # one dtype: stacked as they are
+    monkeypatch.undo()
     net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)).double()
     net[2].register_buffer("extra", torch.tensor([float("nan")], dtype=torch.float32))
     with pytest.raises(ValueError, match="non-finite values .* '2.extra'"):
         ng.trace(net)
+    big = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 1))  # past the numpy check's size
+    with torch.no_grad():
+        big[0].weight[7, 9] = float("inf")
+    with pytest.raises(ValueError, match="non-finite values .* '0.weight'"):
+        ng.trace(big)
 
 
 class _GradMode(nn.Module):

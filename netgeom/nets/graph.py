@@ -1129,7 +1129,7 @@ class _Builder:
 
     def run_op(self, fxn: fx.Node, op: _AffineOp, ref: _Ref) -> torch.Tensor:
         try:
-            with torch.no_grad():
+            with torch.no_grad():  # (trace's conversion runs under no_grad already: kept for other callers)
                 x = ref.value.reshape(self.B, *op.in_shape)
                 if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
                     # the probe of a small Linear by numpy on this thread: torch's tiny threaded GEMM costs
@@ -1275,21 +1275,23 @@ class _Builder:
         key = (dim, ref.shape, *(p[a] for a in ("kernel", "stride", "padding", "dilation", "ceil_mode")))
         checked = _CHECKED_POOLS.get(key)
         flat = ref.value.reshape(self.B, -1)
-        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
         if checked is not None:
             # windows already checked against torch for this input shape and these pooling arguments (a
             # function of them alone, kept with them): the probe is their gather, without torch's max-pool,
             # whose multithreaded kernel wakes the intra-op thread pool even for a tiny probe (milliseconds
-            # on a busy machine)
+            # on a busy machine), and by numpy (see run_op)
             out_shape, starts, windows, gather = checked
             p["starts"] = [t.clone() for t in starts]
             windows = windows.clone()  # (each graph its own: a node's windows are public)
-            y = padded[:, gather].amax(-1).reshape(self.B, *out_shape)
+            a = flat.numpy()
+            padded = np.concatenate([a, np.full((self.B, 1), -np.inf, dtype=a.dtype)], 1)
+            y = torch.from_numpy(padded[:, gather.numpy()].max(-1).reshape(self.B, *out_shape))
             idx = self.add_node(
                 fxn, op="maxpool", inputs=(ref.index,), shape=out_shape, in_shape=ref.shape, windows=windows,
                 _pool=p,
             )
             return _Ref(idx, out_shape, y)
+        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
         f = F.max_pool1d if dim == 1 else F.max_pool2d
         # torch's max-pooling runs on its threads at any size: flushing there could pick another maximum
         # among subnormal probe values and fail the check below
@@ -1483,13 +1485,27 @@ def _sequential_graph(model: nn.Module) -> fx.Graph | None:
 _SEQUENTIAL_GRAPHS: dict[tuple[str, ...], fx.Graph] = {}
 
 
+_NUMPY_CHECK = 1 << 16  # entries from which finiteness is checked by torch's fused norms
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
 def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
-    """Per tensor, whether its 2-norm is finite, which proves every entry finite (a NaN or inf entry makes
-    the norm NaN or inf). One fused call for all of them (a check per tensor costs several microseconds);
-    False (check the entries) where the norm overflowed, for non-float tensors, or if the fused call fails."""
+    """Per tensor, True if every entry is proven finite. A small model's CPU tensors are checked entry by
+    entry (numpy); others by their 2-norms, one fused call for all of them (a NaN or inf entry makes the norm
+    NaN or inf): False (check the entries) where a norm overflowed, for non-float tensors, or if the fused
+    call fails."""
     idx = [i for i, t in enumerate(tensors) if t.is_floating_point()]
     out = [False] * len(tensors)
     if not idx:
+        return out
+    if sum(tensors[i].numel() for i in idx) <= _NUMPY_CHECK and all(
+        t.device.type == "cpu" and t.layout == torch.strided and t.dtype in _NUMPY_FLOATS
+        for t in (tensors[i] for i in idx)
+    ):
+        # a small model's tensors, entry by entry by numpy: torch's fused norm costs several times more
+        # right after other work (a slice) has pushed torch's code out of the caches
+        for i in idx:
+            out[i] = bool(np.isfinite(tensors[i].detach().numpy()).all())
         return out
     try:
         with torch.no_grad():
