@@ -1129,19 +1129,19 @@ class _Builder:
 
     def run_op(self, fxn: fx.Node, op: _AffineOp, ref: _Ref) -> torch.Tensor:
         try:
-            with torch.no_grad():  # (trace's conversion runs under no_grad already: kept for other callers)
-                x = ref.value.reshape(self.B, *op.in_shape)
-                if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
-                    # the probe of a small Linear by numpy on this thread: torch's tiny threaded GEMM costs
-                    # far more in thread wake-ups than in arithmetic, and each torch call costs several times
-                    # a numpy one once other work has pushed torch's code out of the caches (right after a
-                    # slice). The probe only carries shapes and test values.
-                    p = op.params
-                    y = x.numpy() @ p["weight"].numpy().T
-                    if "bias" in p:
-                        y += p["bias"].numpy()
-                    return torch.from_numpy(y)
-                return op(x)
+            # (under trace's no_grad)
+            x = ref.value.reshape(self.B, *op.in_shape)
+            if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
+                # the probe of a small Linear by numpy on this thread: torch's tiny threaded GEMM costs
+                # far more in thread wake-ups than in arithmetic, and each torch call costs several times
+                # a numpy one once other work has pushed torch's code out of the caches (right after a
+                # slice). The probe only carries shapes and test values.
+                p = op.params
+                y = x.numpy() @ p["weight"].numpy().T
+                if "bias" in p:
+                    y += p["bias"].numpy()
+                return torch.from_numpy(y)
+            return op(x)
         except (RuntimeError, ValueError) as exc:
             raise ValueError(
                 f"layer '{op.name}' ({op.type_name}) cannot take an input of shape {ref.shape}: {exc}"
@@ -1737,7 +1737,6 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
         )
 
     b.real_users = _count_real_users(graph, alias_like)
-    gen = torch.Generator().manual_seed(0)
     env: dict[fx.Node, Any] = {}
     output_ref = None
     n_inputs = 0
@@ -1786,7 +1785,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                         f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom "
                         "reads networks of one input tensor"
                     )
-                probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
+                probe = _probe_batch((b.B, *shape))
                 idx = b.add_node(n, op="input", inputs=(), shape=shape, source="input")
                 env[n] = _Ref(idx, shape, probe)
                 continue
@@ -2026,6 +2025,22 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     kept = {id(x) for x in g.nodes}
     g.named = {k: [(x.index, m) for x, m in v if id(x) in kept] for k, v in named.items()}
     return g
+
+
+def _probe_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """The probe input: standard normal float64 values from a generator seeded 0 (the same every trace),
+    made once per shape and copied (by numpy: three torch calls fewer a trace)."""
+    arr = _PROBES.get(shape)
+    if arr is None:
+        gen = torch.Generator().manual_seed(0)
+        arr = torch.randn(shape, generator=gen, dtype=torch.float64).numpy()
+        if len(_PROBES) >= 256:
+            _PROBES.clear()
+        _PROBES[shape] = arr
+    return torch.from_numpy(arr.copy())
+
+
+_PROBES: dict[tuple[int, ...], np.ndarray] = {}
 
 
 def _prune(nodes: list[PLNode]) -> list[PLNode]:
