@@ -248,7 +248,17 @@ class GraphSliceCtx(_slice.ExactLines):
                     f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
                 )
         self.n_cols = col
-        self.origins = any(n.op == "maxpool" for n in nodes)
+        # An entry's origin is a ReLU unit's line id only on the way from a ReLU node to a max-pool through
+        # max-pools, concatenations and the output; an affine or add node's entries have none. Origins are
+        # kept only when some max-pool reads an entry that may have one (else every candidate's origin is
+        # none, and the arrays of none, filled per node and piece, would be read by nobody).
+        carries = {}
+        for n in nodes:
+            if n.op == "relu":
+                carries[n.index] = True
+            elif n.op in ("maxpool", "output", "cat"):
+                carries[n.index] = any(carries.get(j, False) for j in n.inputs)
+        self.origins = any(n.op == "maxpool" and carries.get(n.inputs[0], False) for n in nodes)
 
     def read_later(self, i: int) -> bool:
         """Whether a node after node ``i`` (in the order walked) reads its value."""
@@ -618,7 +628,11 @@ def _pool_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, block_rows: np
         eD = E[par, ix] + E[par, iy] + _U * np.maximum(np.abs(dA), np.maximum(np.abs(dB0), np.abs(dB1)))
         L, dL, zero = _lines(ctx, dA, dB0, dB1, eD)
         ids = _block_ids(block, np.broadcast_to(block_rows[par], L.shape[:-1]), w * k * k + x * k + y)
-        known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        if orig.shape[1]:
+            known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        else:  # no candidate of this node is a ReLU output
+            none = np.full(np.shape(dA), _NO_ORIGIN)
+            known = (none, none, czero[par, ix], czero[par, iy])
         return L, dL, zero, ids, known
 
     # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
@@ -779,7 +793,8 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
     Bs = B[pr, :, idx].transpose(0, 2, 1)
-    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
+    no = orig[pr, idx] if orig.shape[1] else np.empty((cur, 0), dtype=np.int64)
+    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], no)
     return R, nr, parent, onehot, newv
 
 

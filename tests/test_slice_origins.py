@@ -1,0 +1,92 @@
+"""The graph slice keeps entries' origins (the ReLU line an entry vanishes on) only when a max-pool node can
+read a ReLU output: a max-pool after an affine node reads none, so nothing is written for them. Forcing the
+origins on everywhere (what every graph with a max-pool did before) must change no region and no pattern,
+on the compiled path and on the numpy path (which settles ties exactly, reading the origins it is given)."""
+
+import numpy as np
+import pytest
+import torch
+from test_graph_slice import (
+    BOX,
+    GlobalMax,
+    ResPoolCat,
+    _check_against_sampling,
+    _keys_list,
+    _plane,
+    conv_pool_1d,
+)
+from torch import nn
+from torch.nn import functional as F
+
+from netgeom.nets import trace
+from netgeom.regions import _graph_slice as gs
+from netgeom.regions._graph_slice import GraphSliceCtx, slice_graph_regions
+
+
+class _PoolOfCat(nn.Module):
+    """A max-pool over a concatenation of a ReLU output and an affine output: origins are needed."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(2, 3), nn.Linear(2, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        z = torch.cat([F.relu(self.fc1(x)), self.fc2(x)], dim=1)
+        return self.fc3(F.max_pool1d(z.unsqueeze(1), 2).flatten(1))
+
+
+def _tied_global_max(seed: int) -> nn.Module:
+    """GlobalMax with two identical pooled candidates: every sign of their difference is settled exactly."""
+    net = GlobalMax(2, 6, 4, 3, seed)
+    with torch.no_grad():
+        net.fc2.weight[1], net.fc2.bias[1] = net.fc2.weight[0], net.fc2.bias[0]
+    return net.double().eval()
+
+
+def _origins(net) -> bool:
+    return GraphSliceCtx(g=trace(net.double().eval()), base=[None] * 3, frame_lines=[]).origins
+
+
+def test_origins_kept_only_where_a_max_pool_reads_a_relu_output():
+    assert not _origins(GlobalMax(2, 6, 4, 3, 0))  # max-pool of an affine node
+    assert _origins(ResPoolCat(2, 6, 0))  # max-pool of a ReLU node
+    assert _origins(conv_pool_1d(5, 2, 0))
+    assert _origins(_PoolOfCat(0))  # through a concatenation
+    assert not _origins(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))  # no max-pool
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("kind", ["global", "tied", "cat"])
+def test_forcing_origins_on_changes_nothing(monkeypatch, kind, compiled):
+    seed = 3
+    make = {
+        "global": lambda: GlobalMax(2, 8, 5, 3, seed).double().eval(),
+        "tied": lambda: _tied_global_max(seed),
+        "cat": lambda: _PoolOfCat(seed).double().eval(),
+    }
+    net = make[kind]()
+    g = trace(net)
+    x0, d1, d2 = _plane(2, seed)
+    got = slice_graph_regions(g, x0, d1, d2, BOX, 10**6, 2**28, compiled=compiled)
+    post = gs.GraphSliceCtx.__post_init__
+
+    def forced(self):
+        post(self)
+        self.origins = True
+
+    monkeypatch.setattr(gs.GraphSliceCtx, "__post_init__", forced)
+    ref = slice_graph_regions(g, x0, d1, d2, BOX, 10**6, 2**28, compiled=compiled)
+    assert len(got[3]) == len(ref[3])
+    assert _keys_list(got[3]) == _keys_list(ref[3])  # the same pieces in the same order
+    # the same vertices, bit for bit (the records hold line ids as float bit patterns: compared as such)
+    assert np.array_equal(got[2], ref[2]) and np.array_equal(got[1].view(np.int64), ref[1].view(np.int64))
+    assert got[4] == ref[4]  # the same exact decisions
+
+
+def test_tied_pool_of_an_affine_node_against_sampling():
+    """The tie of two identical candidates (no origins kept) goes to the first position, as torch's."""
+    net = _tied_global_max(1)
+    res = _check_against_sampling(net, *_plane(2, 1))
+    onehot = res.patterns[:, 6:10]
+    assert not onehot[:, 1].any()  # position 1 equals position 0 everywhere: never the argmax
