@@ -90,3 +90,24 @@ def test_tied_pool_of_an_affine_node_against_sampling():
     res = _check_against_sampling(net, *_plane(2, 1))
     onehot = res.patterns[:, 6:10]
     assert not onehot[:, 1].any()  # position 1 equals position 0 everywhere: never the argmax
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_relu_working_rows_grown_in_the_cut_change_nothing(monkeypatch, whole):
+    """A ReLU node's working rows sized for every piece its lines can make, or (``_CAP_ROWS = 0``) for four
+    pieces a polygon and grown (doubled, the pieces so far copied) while one polygon is cut into hundreds,
+    with vertex slots grown too: the same pieces, bit for bit, and the numpy path's patterns."""
+    net = GlobalMax(2, 40, 8, 6, 5).double().eval()
+    g = trace(net)
+    x0, d1, d2 = _plane(2, 5)
+    box = None if whole else (-3.0, 3.0, -3.0, 3.0)
+    sized = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28)
+    monkeypatch.setattr(gs, "_CAP_ROWS", 0)
+    grown = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28)
+    ref = slice_graph_regions(g, x0, d1, d2, box, 10**6, 2**28, compiled=False)
+    assert len(sized[3]) > 200  # (many more than the 68 rows the grown run starts with)
+    assert _keys_list(sized[3]) == _keys_list(grown[3])
+    assert np.array_equal(sized[2], grown[2])
+    K = min(sized[1].shape[1], grown[1].shape[1])  # (slots past every vertex count repeat vertex 0)
+    assert np.array_equal(sized[1][:, :K].view(np.int64), grown[1][:, :K].view(np.int64))
+    assert sorted(_keys_list(sized[3])) == sorted(_keys_list(ref[3]))

@@ -72,6 +72,8 @@ _BYTES_PER_ENTRY = 5 * 8
 _NO_ORIGIN = np.int64(-(1 << 62))
 # polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
 _SMALL_AFFINE = 4_000_000
+# rows of a ReLU node's working arrays up to which they are sized for every piece its lines can make
+_CAP_ROWS = 4096
 # density from which the compiled affine kernel updates every output per input (it vectorises), not the
 # nonzero weights only
 _DENSE_AFFINE = 0.2
@@ -572,8 +574,11 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         nv = c(nv, dtype=np.int64)
-        # working slots from the real vertex counts, so that padding does not grow node by node
-        cap, Kc = 4 * m + 64, max(int(nv.max(initial=0)) + 2, 8)
+        # working slots from the real vertex counts, so that padding does not grow node by node; rows for
+        # four pieces a polygon, or (up to _CAP_ROWS) as many as n lines can cut it into (1 + n + n(n-1)/2):
+        # a few polygons cut by many units (the first ReLU node) would otherwise grow them again and again
+        cap = max(4 * m + 64, min(m * (1 + n + n * (n - 1) // 2), _CAP_ROWS))
+        Kc = max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, bits, fb = kern.relu_split(
             c(rec), nv, c(A), c(B), c(E), ctx.quadrant is not None,
             float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
