@@ -260,6 +260,25 @@ class PLNode:
                     self._bias = self.apply(torch.zeros(1, self.in_size, dtype=torch.float64))[0]
         return self._bias
 
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix(), bias_vector)`` as float64 numpy arrays, for readers that never write them (the slice
+        engines): a lone Linear's own parameters, without the copy :attr:`bias_vector` makes of its bias (a
+        torch call per node and slice, several times dearer than numpy's right after a slice)."""
+        self._need("affine")
+        ops = self._ops
+        if (
+            self._matrix is None
+            and self._bias is None
+            and len(ops) == 1
+            and ops[0].type_name == "Linear"
+            and ops[0].fn is _linear_fn
+            and len(ops[0].in_shape) == 1
+        ):
+            b = ops[0].params.get("bias")
+            if b is not None:
+                return ops[0].params["weight"].numpy(), b.numpy()
+        return self.matrix().numpy(), self.bias_vector.numpy()
+
     def matrix(self) -> torch.Tensor:
         """The dense ``(size, in_size)`` float64 matrix of the affine map (cached).
 

@@ -126,10 +126,8 @@ class _ExactGraph:
 
     def _affine(self, node):
         if node.index not in self._params:
-            self._params[node.index] = (
-                _exact.to_exact(node.matrix().numpy()),
-                _exact.to_exact(node.bias_vector.numpy()),
-            )
+            M, b = node._arrays()
+            self._params[node.index] = (_exact.to_exact(M), _exact.to_exact(b))
         return self._params[node.index]
 
     def map_at(self, i: int, prefix: np.ndarray) -> list:
@@ -804,8 +802,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
 
 
 def _affine_node(ctx: GraphSliceCtx, node, inp):
-    M = node.matrix().numpy()
-    b = node.bias_vector.numpy()
+    M, b = node._arrays()
     m, n_in = len(inp.parent) if isinstance(inp, _ReluOut) else inp[0].shape[0], M.shape[1]
     gam = 1.01 * (n_in + 2) * _U
     nnz = np.count_nonzero(M)

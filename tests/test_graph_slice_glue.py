@@ -1,7 +1,13 @@
-"""The graph slice keeps entries' origins (the ReLU line an entry vanishes on) only when a max-pool node can
-read a ReLU output: a max-pool after an affine node reads none, so nothing is written for them. Forcing the
-origins on everywhere (what every graph with a max-pool did before) must change no region and no pattern,
-on the compiled path and on the numpy path (which settles ties exactly, reading the origins it is given)."""
+"""Per-call work the graph slice no longer does, checked to change nothing.
+
+* Origins (the ReLU line an entry vanishes on) are kept only when a max-pool node can read a ReLU output: a
+  max-pool after an affine node reads none. Forcing them on everywhere (what every graph with a max-pool did
+  before) must change no region and no pattern, on the compiled path and on the numpy path (which settles
+  ties exactly, reading the origins it is given).
+* A ReLU node's working rows, sized for every piece or grown while cutting, give the same pieces.
+* An affine node's arrays are read without torch's copy of the bias: the same numbers as matrix() and
+  bias_vector.
+"""
 
 import numpy as np
 import pytest
@@ -111,3 +117,41 @@ def test_relu_working_rows_grown_in_the_cut_change_nothing(monkeypatch, whole):
     K = min(sized[1].shape[1], grown[1].shape[1])  # (slots past every vertex count repeat vertex 0)
     assert np.array_equal(sized[1][:, :K].view(np.int64), grown[1][:, :K].view(np.int64))
     assert sorted(_keys_list(sized[3])) == sorted(_keys_list(ref[3]))
+
+
+class _Folded(nn.Module):
+    """Linear nodes with and without a bias, a Linear folded with a BatchNorm, a 1-D convolution."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3, bias=False)
+        self.c, self.bn = nn.Linear(3, 4), nn.BatchNorm1d(4)
+        self.conv = nn.Conv1d(1, 2, 3)
+        with torch.no_grad():
+            self.bn.running_mean.normal_()
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = self.bn(self.c(F.relu(self.b(F.relu(self.a(x))))))
+        return self.conv(F.relu(h).unsqueeze(1)).flatten(1)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_affine_arrays_equal_matrix_and_bias_vector(masked):
+    net = _Folded().double().eval()
+    keep = torch.rand(5, 4, generator=torch.Generator().manual_seed(1)) > 0.5
+    masks = {"a.weight": keep} if masked else None
+    g = trace(net, masks)
+    affine = [n for n in g.nodes if n.op == "affine"]
+    assert len(affine) == 4
+    for node in affine:
+        M, b = node._arrays()
+        assert M.dtype == b.dtype == np.float64
+        assert np.array_equal(M, node.matrix().numpy()) and np.array_equal(b, node.bias_vector.numpy())
+    if masked:
+        assert np.all(affine[0]._arrays()[0][~masks["a.weight"].numpy()] == 0)
+    # asked again once matrix() and bias_vector are cached: the cached ones
+    for node in affine:
+        M, b = node._arrays()
+        assert np.shares_memory(M, node.matrix().numpy()) and np.shares_memory(b, node.bias_vector.numpy())
