@@ -155,3 +155,42 @@ def test_affine_arrays_equal_matrix_and_bias_vector(masked):
     for node in affine:
         M, b = node._arrays()
         assert np.shares_memory(M, node.matrix().numpy()) and np.shares_memory(b, node.bias_vector.numpy())
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_plane_checks_the_same_for_float64_arrays_and_lists(as_array):
+    """x0, d1, d2 given as float64 arrays skip check_array (the slice's per-call validation) but are refused
+    with the same messages as lists; the plane's parallel test decides near-parallel and overflowing
+    directions exactly, with a caller's floating-point errors raised (no warning or error of its own)."""
+    from netgeom import mlp
+    from netgeom.regions.exact import regions_on_slice
+
+    net = mlp(3, [4], 1, seed=0)
+
+    def f(v):
+        return np.array(v, dtype=np.float64) if as_array else list(v)
+
+    bad = [
+        ([0, np.nan, 0], [1, 0, 0], [0, 1, 0], r"x0 contains 1 non-finite value\(s\)"),
+        ([0, 0, 0], [1, np.inf, -np.inf], [0, 1, 0], r"d1 contains 2 non-finite value\(s\)"),
+        ([0, 0, 0], [1, 0, 0], [0, 1], "d2 has 2 entries"),
+        ([0, 0, 0], [1, 2, 0], [-2, -4, 0], "parallel"),
+        ([0, 0, 0], [0, 0, 0], [1, 0, 0], "zero"),
+        ([0, 0, 0], [1e300, 1e300, 0], [-1e300, -1e300, 0], "parallel"),  # every product overflows
+    ]
+    for x0, d1, d2, match in bad:
+        with pytest.raises(ValueError, match=match), np.errstate(all="raise"):
+            regions_on_slice(net, f(x0), f(d1), f(d2))
+    eps = 2.0**-52
+    ok = [
+        ([0, 0, 0], [1, 1 + eps, 0], [1, 1, 0]),  # a minor below its float bound: not parallel, exactly
+        ([0, 0, 0], [1e300, 1e300, 0], [1e300, -1e300, 0]),
+        ([0, 0, 0], [1e-300, 0, 0], [0, 1e-300, 0]),
+    ]
+    for x0, d1, d2 in ok:
+        with np.errstate(all="raise"):
+            res = regions_on_slice(net, f(x0), f(d1), f(d2), box=(-1, 1, -1, 1))
+        assert res.count >= 1
+    x = np.array([0.5, -0.25, 1.0])
+    res = regions_on_slice(net, x, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
+    assert np.array_equal(x, [0.5, -0.25, 1.0])  # the caller's arrays are not written
