@@ -538,8 +538,11 @@ _NO_PARENT, _NO_BITS = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=bool)
 
 
 def _maps_out(m: int, n: int) -> tuple:
-    """Pooled arrays for a node's maps ``A (m, n)``, ``B (m, 2, n)``, ``E (m, n)`` (written by a kernel)."""
-    return _buffer((m, n)), _buffer((m, 2, n)), _buffer((m, n))
+    """Pooled arrays for a node's maps ``A (m, n)``, ``B (m, 2, n)``, ``E (m, n)`` (written by a kernel): one
+    buffer cut in three contiguous parts (one pool look-up, not three, per node)."""
+    mn = m * n
+    flat = _buffer(4 * mn)
+    return flat[:mn].reshape(m, n), flat[mn : 3 * mn].reshape(m, 2, n), flat[3 * mn :].reshape(m, n)
 
 
 def _kernel_args(v) -> tuple:
