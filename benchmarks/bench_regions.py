@@ -12,7 +12,8 @@ count is the exact one (it equals its ``box=None`` whole-plane count).
 Second table (default and ``--quick``): traced graphs through the same call, pruned residual MLPs
 (magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
 against regioncam on the same plane and box, also without the model's trace (``t_ng-tr``: on the graph
-traced beforehand); ``med`` is regioncam's median time over netgeom's (whole call), next to the ratio of
+traced beforehand) and the trace alone (``t_tr``, each right after a slice, as inside the ``t_ng`` calls);
+``med`` is regioncam's median time over netgeom's (whole call), next to the ratio of
 the best times. regioncam's float32 loses slivers on large slices (a 106 214-region residual slice has
 pieces of area ~1e-15, each certified by its own float64 witness point).
 
@@ -94,6 +95,14 @@ def _times(fn, repeat: int):
         out = fn()
         times.append(time.perf_counter() - t0)
     return out, times
+
+
+def _trace_after(before, fn) -> float:
+    """Wall time of ``fn()`` right after an untimed ``before()``."""
+    before()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _faults(fn, repeat: int) -> float:
@@ -259,9 +268,10 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
     print(f"first graph slice of this process (numba kernels loaded from cache, or compiled): {t_load:.2f} s")
     print("t_ng-tr: netgeom on the graph traced beforehand (the trace, paid once per call, excluded)")
     print("flt: median minor page faults of one t_ng-tr call; med: rc/ng of the median times")
+    print("t_tr: the trace alone, each right after an untimed slice of the graph (as in the t_ng calls)")
     print(
         f"{'net':>26} {'r':>5} {'netgeom':>8} {'regioncam':>9} {'equal':>5} {'t_ng':>8} {'t_ng-tr':>8} "
-        f"{'t_rc':>8} {'rc/ng':>6} {'med':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
+        f"{'t_tr':>7} {'t_rc':>8} {'rc/ng':>6} {'med':>6} {'rc/(ng-tr)':>10} {'flt':>6}"
     )
     for kind, n0, w, k, n_out, density, r in rows:
         if kind == "res":
@@ -287,6 +297,7 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
         run = lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count  # noqa: E731
         traced, t_nt = _best(run, repeat)
         flt = _faults(run, repeat)
+        t_tr = min(_trace_after(run, lambda a=args, m=masks: trace(a[0], m)) for _ in range(repeat))
         theirs, ts_rc = _times(
             lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat
         )
@@ -294,7 +305,8 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
         med = float(np.median(ts_rc) / np.median(ts_ng))
         print(
             f"{arch:>26} {r:>5.3g} {ours:>8} {theirs:>9} {str(ours == theirs == traced):>5} {t_ng:>8.4f} "
-            f"{t_nt:>8.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {med:>6.2f} {t_rc / t_nt:>10.2f} {flt:>6.0f}",
+            f"{t_nt:>8.4f} {t_tr:>7.4f} {t_rc:>8.4f} {t_rc / t_ng:>6.2f} {med:>6.2f} {t_rc / t_nt:>10.2f} "
+            f"{flt:>6.0f}",
             flush=True,
         )
 

@@ -11,6 +11,8 @@ of ``bench_regions.py``: the whole trace and fx's symbolic trace alone, warm (tr
 after a 2-D slice of the model (``after slice``: the caches as ``regions_on_slice`` leaves them, the protocol
 of ``bench_regions.py``), and how many times one trace wakes torch's threads to check their subnormal
 flushing (``team``: only for weights or masks of 4096 entries or more, or a max-pooling not seen before).
+The ``(fx patching)`` rows are the same calls with fx's own patching of ``nn.Module`` (and of ``math``'s
+functions), which netgeom's tracer replaces by dispatchers calling fx's wrappers on the tracing thread.
 
     python benchmarks/bench_trace.py --quick     # a few seconds
     python benchmarks/bench_trace.py
@@ -90,7 +92,7 @@ def _traced_rows(repeat: int, number: int) -> None:
         ("res 2-32x(1+2 blocks)", _ResMLP(2, 32, 2, 1, seed=0), 1.0),
     ]
     print(
-        f"\n{'net (own forward)':>24} {'part':>6} {'warm wall':>9} {'warm cpu':>8} {'after slice wall':>16} "
+        f"\n{'net (own forward)':>24} {'part':>19} {'warm wall':>9} {'warm cpu':>8} {'after slice wall':>16} "
         f"{'after slice cpu':>15} {'team':>4}"
     )
     for name, net, r in cases:
@@ -102,15 +104,19 @@ def _traced_rows(repeat: int, number: int) -> None:
             _slice_on_graph(g, *plane)
 
         parts = (("trace", lambda n=net: trace(n)), ("fx", lambda n=net: graph_mod._Tracer().trace(n)))
-        for part, fn in parts:
-            warm = _best(fn, repeat, number)
-            cold = _best_after(fn, sliced, repeat, max(1, number // 4))
-            team = _team_checks(fn) if part == "trace" else ""
-            print(
-                f"{name:>24} {part:>6} {1e3 * warm[0]:>9.3f} {1e3 * warm[1]:>8.3f} {1e3 * cold[0]:>16.3f} "
-                f"{1e3 * cold[1]:>15.3f} {team:>4}",
-                flush=True,
-            )
+        for own in (False, True):
+            # own: fx's own patching of nn.Module (and of math's functions), which the dispatchers replace
+            with mock.patch.object(graph_mod, "_HOOKS_WORK", [False] if own else graph_mod._HOOKS_WORK):
+                for part, fn in parts:
+                    warm = _best(fn, repeat, number)
+                    cold = _best_after(fn, sliced, repeat, max(1, number // 4))
+                    team = _team_checks(fn) if part == "trace" else ""
+                    label = f"{part}{' (fx patching)' if own else ''}"
+                    print(
+                        f"{name:>24} {label:>19} {1e3 * warm[0]:>9.3f} {1e3 * warm[1]:>8.3f} "
+                        f"{1e3 * cold[0]:>16.3f} {1e3 * cold[1]:>15.3f} {team:>4}",
+                        flush=True,
+                    )
 
 
 def main(argv=None) -> None:

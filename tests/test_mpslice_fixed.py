@@ -97,6 +97,7 @@ def test_module_methods_are_patched_during_the_trace_and_restored_after_it():
     after it, and after a trace that fails inside forward, Module's own functions are back and modules,
     their parameters and subclasses with their own __getattr__ work as before."""
     call, getattr_ = nn.Module.__dict__["__call__"], nn.Module.__dict__["__getattr__"]
+    call_impl = nn.Module.__dict__["_call_impl"]
     seen = []
 
     class Spy(nn.Module):
@@ -105,12 +106,16 @@ def test_module_methods_are_patched_during_the_trace_and_restored_after_it():
             self.fc = nn.Linear(2, 2)
 
         def forward(self, x):
-            seen.append((nn.Linear.__call__ is not call, type(self).__getattr__ is not getattr_))
+            # fx's own patching replaces Module.__call__; netgeom's dispatchers Module._call_impl (which
+            # Module.__call__ calls) and the traced classes' __getattr__
+            rerouted = nn.Linear.__call__ is not call or nn.Linear._call_impl is not call_impl
+            seen.append((rerouted, type(self).__getattr__ is not getattr_))
             return self.fc(x)
 
     g = trace(Spy())
     assert seen == [(True, True)] and [n.op for n in g.nodes] == ["input", "affine", "output"]
     assert nn.Module.__dict__["__call__"] is call and nn.Module.__dict__["__getattr__"] is getattr_
+    assert nn.Module.__dict__["_call_impl"] is call_impl and "__getattr__" not in Spy.__dict__
 
     class Branchy(nn.Module):
         def __init__(self):

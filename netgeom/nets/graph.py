@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import operator
+import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -156,6 +159,15 @@ def _const_fn(func, args, kwargs):
     return fn
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """A parameter as a float64 CPU tensor (one conversion: each torch call is a few microseconds, and more
+    right after other work has pushed torch's code and tables out of the caches)."""
+    t = t.detach()
+    if t.dtype == torch.float64 and t.device.type == "cpu":
+        return t
+    return t.to(device="cpu", dtype=torch.float64)
+
+
 def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     if m.running_mean is None or m.running_var is None:
         raise UnsupportedLayerError(
@@ -247,6 +259,25 @@ class PLNode:
                 with torch.no_grad():
                     self._bias = self.apply(torch.zeros(1, self.in_size, dtype=torch.float64))[0]
         return self._bias
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix(), bias_vector)`` as float64 numpy arrays, for readers that never write them (the slice
+        engines): a lone Linear's own parameters, without the copy :attr:`bias_vector` makes of its bias (a
+        torch call per node and slice, several times dearer than numpy's right after a slice)."""
+        self._need("affine")
+        ops = self._ops
+        if (
+            self._matrix is None
+            and self._bias is None
+            and len(ops) == 1
+            and ops[0].type_name == "Linear"
+            and ops[0].fn is _linear_fn
+            and len(ops[0].in_shape) == 1
+        ):
+            b = ops[0].params.get("bias")
+            if b is not None:
+                return ops[0].params["weight"].numpy(), b.numpy()
+        return self.matrix().numpy(), self.bias_vector.numpy()
 
     def matrix(self) -> torch.Tensor:
         """The dense ``(size, in_size)`` float64 matrix of the affine map (cached).
@@ -501,20 +532,67 @@ class _Tracer(fx.Tracer):
         self._autowrap_search = [math]
 
     def trace(self, root, concrete_args=None):
-        # fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
-        # through functools.wraps: about a sixth of a small model's trace. Its wrapper is a function of the
-        # wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
-        # through), so one wrapper per function serves every trace: the patching and reverting stay fx's.
-        st = _fx_st
-        orig = getattr(st, "_create_wrapped_func", None)
-        if orig is None or orig is _memo_wrapped_func or _FX_WRAP[0] not in (None, orig):
-            return super().trace(root, concrete_args)
-        _FX_WRAP[0] = orig
-        st._create_wrapped_func = _memo_wrapped_func
+        # Three costs of fx's own trace are avoided here, its semantics kept:
+        # * fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
+        #   through functools.wraps (about a sixth of a small model's trace). Its wrapper is a function of the
+        #   wrapped function alone (it records a call_function node when an argument is a Proxy, else calls
+        #   through), so one wrapper per function serves every trace; the patching and reverting stay fx's.
+        # * fx reroutes every module call and attribute miss by assigning ``nn.Module.__call__`` and
+        #   ``nn.Module.__getattr__``: CPython then updates the call and getattr slots of each of nn.Module's
+        #   ~350 subclasses, twice per trace (~0.25 ms, a fifth of a small model's trace, and it leaves every
+        #   module type's attribute cache cold). Here fx's two wrappers run instead from dispatchers that
+        #   call them only on the tracing thread (see _ModuleHooks).
+        # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
+        #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
+        #   wrappers in and out of it at once instead.
+        hooks = _ModuleHooks.plan(root) if concrete_args is None else None
+        search = self._autowrap_search
+        if hooks is not None and search == [math]:
+            self._autowrap_search = []
         try:
-            return super().trace(root, concrete_args)
+            ids = self._autowrap_function_ids if search == [math] else None
+            with _fx_substitutions(hooks, math_ids=ids):
+                return super().trace(root, concrete_args)
         finally:
-            st._create_wrapped_func = orig
+            self._autowrap_search = search
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # fx reads the signature of forward (inspect.signature, ~30 us a trace) to make its placeholders; a
+        # plain ``forward(self, x)`` (no default, *args, **kwargs, keyword-only argument, wrapper or
+        # __signature__) gets the one placeholder fx makes for it: named as the argument, no default, the
+        # argument's annotation as its type
+        co = getattr(root_fn, "__code__", None)
+        if (
+            concrete_args is not None
+            or not is_module
+            or co is None
+            or co.co_argcount != 2
+            or co.co_kwonlyargcount
+            or co.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+            or getattr(root_fn, "__defaults__", None)
+            or hasattr(root_fn, "__wrapped__")
+            or hasattr(root_fn, "__signature__")
+        ):
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        name = co.co_varnames[1]
+        x = self.create_proxy("placeholder", name, (), {}, type_expr=root_fn.__annotations__.get(name, None))
+        return root_fn, [self.root, x]
+
+    def call_module(self, m, forward, args, kwargs):
+        hooked = _HOOK_TLS.__dict__.get("call")
+        if hooked is None:
+            return super().call_module(m, forward, args, kwargs)
+
+        def own_call(*a, **k):
+            # fx traces into a non-leaf module through the original nn.Module.__call__, which reaches
+            # nn.Module._call_impl, now the dispatcher: this call is the module's own, not a new one
+            _HOOK_TLS.bypass = m
+            return forward(*a, **k)
+
+        try:
+            return super().call_module(m, own_call, args, kwargs)
+        finally:
+            _HOOK_TLS.bypass = None
 
     def create_arg(self, a):
         # fx's Tracer tests every argument for a parameter, tensor, module, named tuple, constant, opaque
@@ -554,6 +632,312 @@ _PLAIN_ARGS: dict[type, Callable] = {
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
+
+
+# ----------------------------------------------------------------------- fx's module patching, cheaper
+# fx's trace assigns nn.Module.__call__ and nn.Module.__getattr__ (process-wide, for every thread) to its own
+# wrappers for the duration of the trace. Assigning a special method on a class makes CPython update that slot
+# in every subclass; nn.Module has ~350. netgeom's trace instead keeps fx's two wrappers and calls them from
+#   * nn.Module._call_impl: nn.Module.__call__ (``_wrapped_call_impl``) calls ``self._call_impl`` for every
+#     module that is not torch.compile'd, so a dispatcher there sees every call fx's __call__ patch sees.
+#     ``_call_impl`` is no special method: assigning it only invalidates the subclasses' attribute caches;
+#   * ``__getattr__`` of the classes of the traced model's modules only (a handful, each with few subclasses).
+# The dispatchers call fx's wrappers only on the thread that traces (fx's own patching reroutes other threads'
+# module calls into the trace too) and the original methods everywhere else. They are installed by the first
+# trace that needs them and removed by the last (a lock and counts), so concurrent traces in several threads
+# each see their own. A model this cannot serve exactly as fx's patching would (a class with its own __call__,
+# _call_impl or __getattr__, a compiled module, a bare nn.Module) is traced with fx's own patching.
+_HOOK_TLS = threading.local()  # call / getattr: fx's wrappers of this thread's trace; bypass: see call_module
+_HOOK_LOCK = threading.Lock()
+_ORIG_CALL_IMPL = nn.Module.__dict__["_call_impl"]
+_ORIG_GETATTR = _fx_st._orig_module_getattr  # what fx's getattr wrapper itself calls
+_HOOK_USERS: dict = {"_call_impl": 0}  # class -> traces using its __getattr__ dispatcher; "_call_impl" -> ...
+_FX_SWAP: dict = {}  # fx's module functions substituted by the traces running now, and their count
+_FX_ORIG: dict = {}  # fx's own module functions, as first seen (kept: other threads may still reach them)
+_MATH_SWAP: list = [None]  # (math's entries fx's autowrap patches, their wrappers), see _math_swap
+_HOOKS_WORK: list = [None]  # whether the dispatchers reach fx's wrappers in this torch (checked once)
+
+
+def _dispatch_call_impl(self, *args, **kwargs):
+    tls = _HOOK_TLS.__dict__
+    hook = tls.get("call")
+    if hook is None:
+        return _ORIG_CALL_IMPL(self, *args, **kwargs)
+    if tls.get("bypass") is self:
+        tls["bypass"] = None
+        return _ORIG_CALL_IMPL(self, *args, **kwargs)
+    return hook(self, *args, **kwargs)
+
+
+def _dispatch_getattr(self, name):
+    hook = _HOOK_TLS.__dict__.get("getattr")
+    if hook is None:
+        return _ORIG_GETATTR(self, name)
+    return hook(self, name)
+
+
+class _ThreadHook:
+    """One of fx's two nn.Module patches, as this thread's dispatcher hook (patch/revert as fx's own
+    patches, so that fx's revert_all_patches/reapply_all_patches keep working)."""
+
+    def __init__(self, name: str, fn: Callable):
+        self.name, self.fn, self.prev = name, fn, None
+
+    def patch(self) -> None:
+        self.prev = _HOOK_TLS.__dict__.get(self.name)
+        setattr(_HOOK_TLS, self.name, self.fn)
+
+    def revert(self) -> None:
+        setattr(_HOOK_TLS, self.name, self.prev)
+
+
+class _SwapItems:
+    """Several entries of one namespace patched and reverted at once (as fx's patch records, one each)."""
+
+    def __init__(self, frame_dict: dict, new: dict, orig: dict):
+        self.frame_dict, self.new, self.orig = frame_dict, new, orig
+
+    def patch(self) -> None:
+        self.frame_dict.update(self.new)
+
+    def revert(self) -> None:
+        self.frame_dict.update(self.orig)
+
+
+def _math_swap(function_ids) -> tuple[dict, dict]:
+    """``math``'s entries fx's autowrap patches (public callables whose ids it collected) and the wrappers
+    it patches in (``_memo_wrapped_func``'s, marked as fx marks what it patches), made again only when
+    ``math``'s namespace changed."""
+    d = math.__dict__
+    orig = {k: v for k, v in d.items() if id(v) in function_ids and not k.startswith("_") and callable(v)}
+    hit = _MATH_SWAP[0]
+    if hit is not None and hit[0] == orig:  # (functions compare by identity)
+        return hit
+    new = {k: _memo_wrapped_func(v) for k, v in orig.items()}
+    for w in new.values():
+        w.__fx_already_patched = True
+    _MATH_SWAP[0] = (orig, new)
+    return orig, new
+
+
+class _HookPatcher(_fx_st._Patcher):
+    """fx's patcher, except that its two nn.Module patches become this thread's dispatcher hooks, and that
+    (``math_ids``) ``math``'s functions are swapped for fx's wrappers at once with the first of them."""
+
+    def __init__(self, math_ids=None):
+        super().__init__()
+        self.math_ids = math_ids
+
+    def patch_method(self, cls, name, new_fn, deduplicate=True):
+        if cls is nn.Module and name in ("__call__", "__getattr__"):
+            if self.math_ids is not None and self.visit_once(math.__dict__):
+                # fx's _autowrap_check of ``math``, which comes after these patches (its _autowrap_search
+                # is empty for this trace); visited, so that fx never checks it again in this trace
+                orig, new = _math_swap(self.math_ids)
+                swap = _SwapItems(math.__dict__, new, orig)
+                self.patches_made.append(swap)
+                swap.patch()
+            hook = _ThreadHook("call" if name == "__call__" else "getattr", new_fn)
+            self.patches_made.append(hook)
+            hook.patch()
+            return
+        super().patch_method(cls, name, new_fn, deduplicate)
+
+
+@contextlib.contextmanager
+def _hook_patcher():
+    """fx's ``_new_patcher`` while a netgeom trace with dispatchers runs on this thread, else fx's own."""
+    if not _HOOK_TLS.__dict__.get("active"):
+        with _FX_ORIG["_new_patcher"]() as patcher:
+            yield patcher
+        return
+    st = _fx_st
+    prior = st.CURRENT_PATCHER
+    patcher = st.CURRENT_PATCHER = _HookPatcher(_HOOK_TLS.__dict__.get("math_ids"))
+    try:
+        yield patcher
+    finally:
+        patcher.revert_all_patches()
+        st.CURRENT_PATCHER = prior
+
+
+class _ModuleHooks:
+    """The classes whose ``__getattr__`` a trace of ``root`` routes through the dispatcher."""
+
+    def __init__(self, classes: tuple[type, ...]):
+        self.classes = classes
+
+    @staticmethod
+    def plan(root) -> _ModuleHooks | None:
+        if not isinstance(root, nn.Module) or not _hooks_work():
+            return None
+        if nn.Module.__dict__.get("__call__") is not nn.Module.__dict__.get("_wrapped_call_impl"):
+            return None
+        classes = {}
+        for m in root.modules():
+            d = m.__dict__
+            if d.get("_compiled_call_impl") is not None or "_call_impl" in d:
+                return None
+            classes[type(m)] = None
+        for c in classes:
+            if (
+                c is nn.Module
+                or c.__call__ is not nn.Module.__call__
+                or c._call_impl not in (_ORIG_CALL_IMPL, _dispatch_call_impl)
+                or c.__getattr__ not in (_ORIG_GETATTR, _dispatch_getattr)
+            ):
+                return None
+        return _ModuleHooks(tuple(classes))
+
+    def install(self) -> bool:
+        """Install the dispatchers (those not installed yet); False, with nothing changed, if a class
+        refuses the assignment (a metaclass of its own): that trace then uses fx's own patching."""
+        with _HOOK_LOCK:
+            done = []
+            try:
+                if _HOOK_USERS["_call_impl"] == 0:
+                    nn.Module._call_impl = _dispatch_call_impl
+                _HOOK_USERS["_call_impl"] += 1
+                done.append("_call_impl")
+                for c in self.classes:
+                    n = _HOOK_USERS.get(c, 0)
+                    if n == 0 and c.__dict__.get("__getattr__") is not _dispatch_getattr:
+                        c.__getattr__ = _dispatch_getattr
+                    _HOOK_USERS[c] = n + 1
+                    done.append(c)
+            except Exception:
+                self._release(done)
+                return False
+            return True
+
+    def uninstall(self) -> None:
+        with _HOOK_LOCK:
+            self._release(["_call_impl", *self.classes])
+
+    @staticmethod
+    def _release(users) -> None:
+        for c in reversed(users):
+            n = _HOOK_USERS.pop(c) - 1
+            if n or c == "_call_impl":
+                _HOOK_USERS[c] = n
+            if n:
+                continue
+            if c == "_call_impl":
+                nn.Module._call_impl = _ORIG_CALL_IMPL
+            elif c.__dict__.get("__getattr__") is _dispatch_getattr:
+                del c.__getattr__
+
+
+class _HookProbe(nn.Module):
+    """A module call, a call traced into, a parameter read in forward: what the dispatchers must give fx."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.seq = nn.Sequential(nn.ReLU())
+        self.w = nn.Parameter(torch.zeros(2, 2))
+
+    def forward(self, x):
+        return F.linear(self.seq(self.lin(x)), self.w)
+
+
+def _hooks_work() -> bool:
+    """Whether the dispatchers give the graph fx's own patching gives (checked once per process, on a probe
+    module), in this torch."""
+    if _HOOKS_WORK[0] is None:
+        st = _fx_st
+        if not (
+            hasattr(st, "_Patcher")
+            and callable(getattr(st, "_new_patcher", None))
+            and hasattr(st, "CURRENT_PATCHER")
+            and nn.Module.__dict__.get("__call__") is nn.Module.__dict__.get("_wrapped_call_impl")
+            and "_call_impl" in nn.Module._wrapped_call_impl.__code__.co_names
+        ):
+            _HOOKS_WORK[0] = False
+            return False
+
+        def sig(g):
+            return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
+
+        _HOOKS_WORK[0] = False  # the reference: fx's own patching
+        try:
+            probe = _HookProbe()
+            want = sig(_Tracer().trace(probe))
+            _HOOKS_WORK[0] = True
+            ok = sig(_Tracer().trace(probe)) == want and len(want) == 6
+        except Exception:  # a torch whose fx this does not fit: its own patching
+            ok = False
+        _HOOKS_WORK[0] = ok
+    return _HOOKS_WORK[0]
+
+
+@contextlib.contextmanager
+def _fx_substitutions(hooks: _ModuleHooks | None, math_ids=None):
+    """fx's ``_create_wrapped_func`` memoised and, with ``hooks``, its nn.Module patching through the
+    dispatchers, for one trace on this thread. The substituted module functions serve other threads' fx
+    traces exactly as fx's own (``_memo_wrapped_func`` returns fx's wrapper; ``_hook_patcher`` is fx's
+    patcher on any thread not inside such a trace); they are swapped in by the first trace and back by the
+    last."""
+    st = _fx_st
+    with _HOOK_LOCK:
+        if not _FX_SWAP:
+            wrap = getattr(st, "_create_wrapped_func", None)
+            if wrap is not None and wrap is not _memo_wrapped_func and _FX_WRAP[0] in (None, wrap):
+                _FX_WRAP[0] = _FX_SWAP["_create_wrapped_func"] = wrap
+                st._create_wrapped_func = _memo_wrapped_func
+            new = getattr(st, "_new_patcher", None)
+            if new is not None and new is not _hook_patcher and _FX_ORIG.get("_new_patcher") in (None, new):
+                _FX_ORIG["_new_patcher"] = _FX_SWAP["_new_patcher"] = new
+                st._new_patcher = _hook_patcher
+            _FX_SWAP["users"] = 0
+        _FX_SWAP["users"] += 1
+    tls = _HOOK_TLS.__dict__
+    outer = tls.get("active"), tls.get("bypass"), tls.get("math_ids")
+    if hooks is not None and not hooks.install():
+        hooks = None
+    tls["active"], tls["bypass"] = hooks is not None, None
+    tls["math_ids"] = math_ids if hooks is not None else None
+    try:
+        yield
+    finally:
+        tls["active"], tls["bypass"], tls["math_ids"] = outer
+        if hooks is not None:
+            hooks.uninstall()
+        with _HOOK_LOCK:
+            _FX_SWAP["users"] -= 1
+            if _FX_SWAP["users"] == 0:
+                for name in ("_create_wrapped_func", "_new_patcher"):
+                    if name in _FX_SWAP:
+                        setattr(st, name, _FX_SWAP[name])
+                _FX_SWAP.clear()
+
+
+def _hooks_after_fork() -> None:
+    """A child forked while other threads traced has one thread, which traces nothing unless it was the
+    forking one inside a trace: fresh lock, and (if this thread is not inside a trace) fx's and nn.Module's
+    own functions back, as after the last trace."""
+    global _HOOK_LOCK
+    _HOOK_LOCK = threading.Lock()
+    if _HOOK_TLS.__dict__.get("active"):
+        return  # this thread's trace goes on: it removes what it uses (others' uses stay, inert)
+    for c in list(_HOOK_USERS):
+        if c != "_call_impl" and c.__dict__.get("__getattr__") is _dispatch_getattr:
+            del c.__getattr__
+    _HOOK_USERS.clear()
+    _HOOK_USERS["_call_impl"] = 0
+    nn.Module._call_impl = _ORIG_CALL_IMPL
+    for name in ("_create_wrapped_func", "_new_patcher"):
+        if name in _FX_SWAP:
+            setattr(_fx_st, name, _FX_SWAP[name])
+    _FX_SWAP.clear()
+    patcher = getattr(_fx_st, "CURRENT_PATCHER", None)
+    if isinstance(patcher, _HookPatcher):  # the patches of a trace on a thread that is not here
+        patcher.revert_all_patches()
+        _fx_st.CURRENT_PATCHER = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_hooks_after_fork)
 
 
 def _memo_wrapped_func(fn):
@@ -754,7 +1138,7 @@ class _Builder:
 
     def masked_weight(self, name: str, m: nn.Module) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         pname = f"{name}.weight" if name else "weight"
-        w = m.weight.detach().to(torch.float64).cpu()
+        w = _f64(m.weight)
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
@@ -764,16 +1148,20 @@ class _Builder:
 
     def run_op(self, fxn: fx.Node, op: _AffineOp, ref: _Ref) -> torch.Tensor:
         try:
-            with torch.no_grad():
-                x = ref.value.reshape(self.B, *op.in_shape)
-                if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
-                    # the probe of a small Linear without a BLAS call: a tiny threaded GEMM costs far more in
-                    # thread wake-ups than in arithmetic (the probe only carries shapes and test values)
-                    p = op.params
-                    y = (x.unsqueeze(-2) * p["weight"]).sum(-1)
-                    return y + p["bias"] if "bias" in p else y
-                return op(x)
-        except RuntimeError as exc:
+            # (under trace's no_grad)
+            x = ref.value.reshape(self.B, *op.in_shape)
+            if op.fn is _linear_fn and x.numel() * op.params["weight"].shape[0] <= 1 << 15:
+                # the probe of a small Linear by numpy on this thread: torch's tiny threaded GEMM costs
+                # far more in thread wake-ups than in arithmetic, and each torch call costs several times
+                # a numpy one once other work has pushed torch's code out of the caches (right after a
+                # slice). The probe only carries shapes and test values.
+                p = op.params
+                y = x.numpy() @ p["weight"].numpy().T
+                if "bias" in p:
+                    y += p["bias"].numpy()
+                return torch.from_numpy(y)
+            return op(x)
+        except (RuntimeError, ValueError) as exc:
             raise ValueError(
                 f"layer '{op.name}' ({op.type_name}) cannot take an input of shape {ref.shape}: {exc}"
             ) from None
@@ -798,7 +1186,7 @@ class _Builder:
             pname, w, mask = self.masked_weight(name, m)
             params = {"weight": w}
             if m.bias is not None:
-                params["bias"] = m.bias.detach().double().cpu()
+                params["bias"] = _f64(m.bias)
             op = _AffineOp(
                 name, tname, ref.shape, (), _linear_fn, params, m.in_features + 1, True, pname, mask, m
             )
@@ -810,7 +1198,7 @@ class _Builder:
             pname, w, mask = self.masked_weight(name, m)
             params = {"weight": w}
             if m.bias is not None:
-                params["bias"] = m.bias.detach().double().cpu()
+                params["bias"] = _f64(m.bias)
             fan = math.prod(w.shape[1:]) + 1
             fn = _conv_fn(1 if isinstance(m, nn.Conv1d) else 2, m.stride, m.padding, m.dilation, m.groups)
             op = _AffineOp(name, tname, ref.shape, (), fn, params, fan, True, pname, mask, m)
@@ -856,7 +1244,7 @@ class _Builder:
         pname = weight.name
         if w.numel() >= _PARALLEL_NUMEL:  # (a tensor attribute that is no parameter or buffer)
             self.workers()
-        w = w.detach().to(torch.float64).cpu()
+        w = _f64(w)
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
@@ -864,7 +1252,7 @@ class _Builder:
             self.used_masks.add(pname)
         params = {"weight": w}
         if bias is not None:
-            params["bias"] = bias.tensor.detach().double().cpu()
+            params["bias"] = _f64(bias.tensor)
         self.functional_weights.add(pname)
         fan = w.shape[1] + 1
         op = _AffineOp(fxn.name, "Linear", ref.shape, (), _linear_fn, params, fan, True, pname, mask)
@@ -906,21 +1294,23 @@ class _Builder:
         key = (dim, ref.shape, *(p[a] for a in ("kernel", "stride", "padding", "dilation", "ceil_mode")))
         checked = _CHECKED_POOLS.get(key)
         flat = ref.value.reshape(self.B, -1)
-        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
         if checked is not None:
             # windows already checked against torch for this input shape and these pooling arguments (a
             # function of them alone, kept with them): the probe is their gather, without torch's max-pool,
             # whose multithreaded kernel wakes the intra-op thread pool even for a tiny probe (milliseconds
-            # on a busy machine)
+            # on a busy machine), and by numpy (see run_op)
             out_shape, starts, windows, gather = checked
             p["starts"] = [t.clone() for t in starts]
             windows = windows.clone()  # (each graph its own: a node's windows are public)
-            y = padded[:, gather].amax(-1).reshape(self.B, *out_shape)
+            a = flat.numpy()
+            padded = np.concatenate([a, np.full((self.B, 1), -np.inf, dtype=a.dtype)], 1)
+            y = torch.from_numpy(padded[:, gather.numpy()].max(-1).reshape(self.B, *out_shape))
             idx = self.add_node(
                 fxn, op="maxpool", inputs=(ref.index,), shape=out_shape, in_shape=ref.shape, windows=windows,
                 _pool=p,
             )
             return _Ref(idx, out_shape, y)
+        padded = torch.cat([flat, torch.full((self.B, 1), -math.inf, dtype=flat.dtype)], 1)
         f = F.max_pool1d if dim == 1 else F.max_pool2d
         # torch's max-pooling runs on its threads at any size: flushing there could pick another maximum
         # among subnormal probe values and fail the check below
@@ -1114,18 +1504,34 @@ def _sequential_graph(model: nn.Module) -> fx.Graph | None:
 _SEQUENTIAL_GRAPHS: dict[tuple[str, ...], fx.Graph] = {}
 
 
+_NUMPY_CHECK = 1 << 16  # entries from which finiteness is checked by torch's fused norms
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
 def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
-    """Per tensor, whether its 2-norm is finite, which proves every entry finite (a NaN or inf entry makes
-    the norm NaN or inf). One fused call for all of them (a check per tensor costs several microseconds);
-    False (check the entries) where the norm overflowed, for non-float tensors, or if the fused call fails."""
+    """Per tensor, True if every entry is proven finite. A small model's CPU tensors are checked entry by
+    entry (numpy); others by their 2-norms, one fused call for all of them (a NaN or inf entry makes the norm
+    NaN or inf): False (check the entries) where a norm overflowed, for non-float tensors, or if the fused
+    call fails."""
     idx = [i for i, t in enumerate(tensors) if t.is_floating_point()]
     out = [False] * len(tensors)
     if not idx:
         return out
+    if sum(tensors[i].numel() for i in idx) <= _NUMPY_CHECK and all(
+        t.device.type == "cpu" and t.layout == torch.strided and t.dtype in _NUMPY_FLOATS
+        for t in (tensors[i] for i in idx)
+    ):
+        # a small model's tensors, entry by entry by numpy: torch's fused norm costs several times more
+        # right after other work (a slice) has pushed torch's code out of the caches
+        for i in idx:
+            out[i] = bool(np.isfinite(tensors[i].detach().numpy()).all())
+        return out
     try:
         with torch.no_grad():
-            norms = torch.stack([v.double() for v in torch._foreach_norm([tensors[i] for i in idx])])
-        vals = norms.cpu().tolist()
+            norms = torch._foreach_norm([tensors[i] for i in idx])
+            if len({(v.dtype, v.device) for v in norms}) > 1:
+                norms = [v.double().cpu() for v in norms]
+            vals = torch.stack(norms).tolist()
     except (RuntimeError, TypeError, AttributeError):  # devices or dtypes the fused call does not mix
         return out
     for i, v in zip(idx, vals):
@@ -1234,7 +1640,10 @@ def trace(
     # masks) only for tensors past torch's parallel grain, so the check runs when such a tensor is read;
     # every other parallel operation of the trace (the probe batch through convolutions, large products)
     # yields shapes, except a max-pooling checked against torch, which checks the threads first.
-    with gradual_underflow(torch_threads=False), contextlib.ExitStack() as stack:
+    # the conversion's probe batch needs no autograd (one switch for all its operations); fx's trace of
+    # forward runs in the caller's mode
+    grad = torch.is_grad_enabled()
+    with gradual_underflow(torch_threads=False), contextlib.ExitStack() as stack, torch.no_grad():
         team: list = []
 
         def workers() -> None:
@@ -1245,7 +1654,7 @@ def trace(
             workers()
         own = set(vars(model))
         try:
-            return _trace(model, masks, input_shape, max_entries, named, workers)
+            return _trace(model, masks, input_shape, max_entries, named, workers, grad)
         finally:
             # fx stores a tensor a forward creates as an attribute `_tensor_constant<i>` of the model; the
             # caller's model is left as it was, read or refused
@@ -1280,7 +1689,7 @@ def _large_masks(masks) -> bool:
     return False
 
 
-def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
+def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = True) -> PLGraph:
     name = type(model).__name__
     masks, functional_masks = _check_trace_masks(masks, model)
     norms = _finite_norms([t for _, t in named])
@@ -1293,7 +1702,8 @@ def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
     graph = _sequential_graph(model)
     try:
         if graph is None:
-            graph = _Tracer().trace(model)
+            with torch.set_grad_enabled(grad):
+                graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ... with the user's frame inside
         tb = exc.__traceback__
         where = ""
@@ -1346,7 +1756,6 @@ def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
         )
 
     b.real_users = _count_real_users(graph, alias_like)
-    gen = torch.Generator().manual_seed(0)
     env: dict[fx.Node, Any] = {}
     output_ref = None
     n_inputs = 0
@@ -1395,7 +1804,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
                         f"cannot read {name}: its forward takes more than one input ('{n.name}'); netgeom "
                         "reads networks of one input tensor"
                     )
-                probe = torch.randn((b.B, *shape), generator=gen, dtype=torch.float64)
+                probe = _probe_batch((b.B, *shape))
                 idx = b.add_node(n, op="input", inputs=(), shape=shape, source="input")
                 env[n] = _Ref(idx, shape, probe)
                 continue
@@ -1635,6 +2044,22 @@ def _trace(model, masks, input_shape, max_entries, named, workers) -> PLGraph:
     kept = {id(x) for x in g.nodes}
     g.named = {k: [(x.index, m) for x, m in v if id(x) in kept] for k, v in named.items()}
     return g
+
+
+def _probe_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """The probe input: standard normal float64 values from a generator seeded 0 (the same every trace),
+    made once per shape and copied (by numpy: three torch calls fewer a trace)."""
+    arr = _PROBES.get(shape)
+    if arr is None:
+        gen = torch.Generator().manual_seed(0)
+        arr = torch.randn(shape, generator=gen, dtype=torch.float64).numpy()
+        if len(_PROBES) >= 256:
+            _PROBES.clear()
+        _PROBES[shape] = arr
+    return torch.from_numpy(arr.copy())
+
+
+_PROBES: dict[tuple[int, ...], np.ndarray] = {}
 
 
 def _prune(nodes: list[PLNode]) -> list[PLNode]:

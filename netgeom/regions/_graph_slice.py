@@ -72,6 +72,8 @@ _BYTES_PER_ENTRY = 5 * 8
 _NO_ORIGIN = np.int64(-(1 << 62))
 # polygons x nonzero weights below which an affine node is computed by the compiled kernel, not BLAS
 _SMALL_AFFINE = 4_000_000
+# rows of a ReLU node's working arrays up to which they are sized for every piece its lines can make
+_CAP_ROWS = 4096
 # density from which the compiled affine kernel updates every output per input (it vectorises), not the
 # nonzero weights only
 _DENSE_AFFINE = 0.2
@@ -124,10 +126,8 @@ class _ExactGraph:
 
     def _affine(self, node):
         if node.index not in self._params:
-            self._params[node.index] = (
-                _exact.to_exact(node.matrix().numpy()),
-                _exact.to_exact(node.bias_vector.numpy()),
-            )
+            M, b = node._arrays()
+            self._params[node.index] = (_exact.to_exact(M), _exact.to_exact(b))
         return self._params[node.index]
 
     def map_at(self, i: int, prefix: np.ndarray) -> list:
@@ -248,7 +248,17 @@ class GraphSliceCtx(_slice.ExactLines):
                     f"ReLU node {n.index} ({n.source}) has over 2^20 units: slice a smaller input"
                 )
         self.n_cols = col
-        self.origins = any(n.op == "maxpool" for n in nodes)
+        # An entry's origin is a ReLU unit's line id only on the way from a ReLU node to a max-pool through
+        # max-pools, concatenations and the output; an affine or add node's entries have none. Origins are
+        # kept only when some max-pool reads an entry that may have one (else every candidate's origin is
+        # none, and the arrays of none, filled per node and piece, would be read by nobody).
+        carries = {}
+        for n in nodes:
+            if n.op == "relu":
+                carries[n.index] = True
+            elif n.op in ("maxpool", "output", "cat"):
+                carries[n.index] = any(carries.get(j, False) for j in n.inputs)
+        self.origins = any(n.op == "maxpool" and carries.get(n.inputs[0], False) for n in nodes)
 
     def read_later(self, i: int) -> bool:
         """Whether a node after node ``i`` (in the order walked) reads its value."""
@@ -528,8 +538,11 @@ _NO_PARENT, _NO_BITS = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=bool)
 
 
 def _maps_out(m: int, n: int) -> tuple:
-    """Pooled arrays for a node's maps ``A (m, n)``, ``B (m, 2, n)``, ``E (m, n)`` (written by a kernel)."""
-    return _buffer((m, n)), _buffer((m, 2, n)), _buffer((m, n))
+    """Pooled arrays for a node's maps ``A (m, n)``, ``B (m, 2, n)``, ``E (m, n)`` (written by a kernel): one
+    buffer cut in three contiguous parts (one pool look-up, not three, per node)."""
+    mn = m * n
+    flat = _buffer(4 * mn)
+    return flat[:mn].reshape(m, n), flat[mn : 3 * mn].reshape(m, 2, n), flat[3 * mn :].reshape(m, n)
 
 
 def _kernel_args(v) -> tuple:
@@ -562,8 +575,11 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         nv = c(nv, dtype=np.int64)
-        # working slots from the real vertex counts, so that padding does not grow node by node
-        cap, Kc = 4 * m + 64, max(int(nv.max(initial=0)) + 2, 8)
+        # working slots from the real vertex counts, so that padding does not grow node by node; rows for
+        # four pieces a polygon, or (up to _CAP_ROWS) as many as n lines can cut it into (1 + n + n(n-1)/2):
+        # a few polygons cut by many units (the first ReLU node) would otherwise grow them again and again
+        cap = max(4 * m + 64, min(m * (1 + n + n * (n - 1) // 2), _CAP_ROWS))
+        Kc = max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, bits, fb = kern.relu_split(
             c(rec), nv, c(A), c(B), c(E), ctx.quadrant is not None,
             float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
@@ -618,7 +634,11 @@ def _pool_cut(ctx: GraphSliceCtx, node, rec, nv, inp, block: int, block_rows: np
         eD = E[par, ix] + E[par, iy] + _U * np.maximum(np.abs(dA), np.maximum(np.abs(dB0), np.abs(dB1)))
         L, dL, zero = _lines(ctx, dA, dB0, dB1, eD)
         ids = _block_ids(block, np.broadcast_to(block_rows[par], L.shape[:-1]), w * k * k + x * k + y)
-        known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        if orig.shape[1]:
+            known = (orig[par, ix], orig[par, iy], czero[par, ix], czero[par, iy])
+        else:  # no candidate of this node is a ReLU output
+            none = np.full(np.shape(dA), _NO_ORIGIN)
+            known = (none, none, czero[par, ix], czero[par, iy])
         return L, dL, zero, ids, known
 
     # candidates identically zero (ReLU outputs that are off): exactly 0 everywhere on their polygon
@@ -779,13 +799,13 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     idx = Wc[np.arange(nw)[None, :], best]  # (cur, nw) input entries selected
     pr = parent[:, None]
     Bs = B[pr, :, idx].transpose(0, 2, 1)
-    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], orig[pr, idx])
+    no = orig[pr, idx] if orig.shape[1] else np.empty((cur, 0), dtype=np.int64)
+    newv = (A[pr, idx], np.ascontiguousarray(Bs), E[pr, idx], no)
     return R, nr, parent, onehot, newv
 
 
 def _affine_node(ctx: GraphSliceCtx, node, inp):
-    M = node.matrix().numpy()
-    b = node.bias_vector.numpy()
+    M, b = node._arrays()
     m, n_in = len(inp.parent) if isinstance(inp, _ReluOut) else inp[0].shape[0], M.shape[1]
     gam = 1.01 * (n_in + 2) * _U
     nnz = np.count_nonzero(M)

@@ -115,19 +115,21 @@ def _line_soa(a, b, c, e, quadrant, su, sv):
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow_out(out, onv, par, bits, need_rows, need_slots):
+def _grow_out(out, onv, par, bits, used, need_rows, need_slots):
+    """The working arrays grown to ``need_rows`` rows (doubling) of ``need_slots`` slots; only their first
+    ``used`` rows (the pieces written so far) are copied: the rest hold nothing yet."""
     rows = max(out.shape[0], need_rows)
     if need_rows > out.shape[0]:
         rows = max(2 * out.shape[0], need_rows)
     slots = max(out.shape[1], need_slots)
     out2 = np.empty((rows, slots, out.shape[2]))
-    out2[: out.shape[0], : out.shape[1]] = out
+    out2[:used, : out.shape[1]] = out[:used]
     onv2 = np.empty(rows, dtype=np.int64)
-    onv2[: out.shape[0]] = onv
+    onv2[:used] = onv[:used]
     par2 = np.empty(rows, dtype=np.int64)
-    par2[: out.shape[0]] = par
+    par2[:used] = par[:used]
     bits2 = np.empty((rows, bits.shape[1]), dtype=np.bool_)
-    bits2[: out.shape[0]] = bits
+    bits2[:used] = bits[:used]
     return out2, onv2, par2, bits2
 
 
@@ -374,7 +376,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
             continue
         if nc == 0:  # no unit cuts the polygon: it is a piece as it is (no trip through the stack)
             if cur + 1 > out.shape[0] or k1 + 1 > out.shape[1]:
-                out, onv, par, bits = _grow_out(out, onv, par, bits, cur + 1, k1 + 1)
+                out, onv, par, bits = _grow_out(out, onv, par, bits, cur, cur + 1, k1 + 1)
             for k in range(k1):
                 for t in range(nrec):
                     out[cur, k, t] = rec[p, k, t]
@@ -425,7 +427,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
                 S = S2
                 sig = np.empty(2 * S.shape[1] + 2, dtype=np.int8)
             elif status == _GROW_OUT:
-                out, onv, par, bits = _grow_out(out, onv, par, bits, v1, v2)
+                out, onv, par, bits = _grow_out(out, onv, par, bits, cur, v1, v2)
             else:
                 break
         if status == _TOO_MANY:
@@ -438,7 +440,7 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
     if Kout > out.shape[1]:
-        out, onv, par, bits = _grow_out(out, onv, par, bits, cur, Kout)
+        out, onv, par, bits = _grow_out(out, onv, par, bits, cur, cur, Kout)
     # every slot of the working array is padded and returned (its first rows are contiguous): a narrower
     # view would be copied by the next kernel's caller, into fresh memory (page faults cost more than the
     # writes of the extra padding slots, whose pages the real vertices touch anyway)

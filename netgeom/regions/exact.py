@@ -67,7 +67,10 @@ def _plan(layers) -> tuple[list[AffineLayer], list[tuple[np.ndarray, np.ndarray,
 
 
 def _flat_point(x, name: str, n0: int) -> np.ndarray:
-    arr = check_array(x, name)
+    if type(x) is np.ndarray and x.dtype == np.float64 and np.isfinite(x).all():
+        arr = x  # what check_array gives back for it, without its other checks (a few us each, per slice)
+    else:
+        arr = check_array(x, name)
     if arr.size != n0:
         raise ValueError(
             f"{name} has {arr.size} entries (shape {arr.shape}), but the network takes {n0} inputs"
@@ -513,14 +516,21 @@ def plane_through(x1, x2, x3, margin: float = 0.25) -> tuple[np.ndarray, np.ndar
 
 def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
     """Refuse degenerate planes: a zero direction, or d1, d2 parallel (decided exactly)."""
-    if not np.any(d1) or not np.any(d2):
+    if not d1.any() or not d2.any():
         raise ValueError("a direction of the plane is zero (d1 or d2), so the plane is degenerate")
     # Parallel iff every 2x2 minor d1[k] d2[i] - d2[k] d1[i] vanishes. A float minor above its rounding
     # bound (products and difference, plus underflow) certifies a nonzero one; otherwise decide exactly.
-    k = int(np.argmax(np.abs(d1)))
+    # (Array methods and operations in place: the check runs once per slice, where numpy's call overheads,
+    # not the few entries, are its cost.)
+    k = int(np.abs(d1).argmax())
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-        a, b = d1[k] * d2, d2[k] * d1
-        certain = np.any(np.abs(a - b) > 4 * _U * (np.abs(a) + np.abs(b)) + 1e-320)
+        a, b = float(d1[k]) * d2, float(d2[k]) * d1
+        bound = np.abs(a)
+        bound += np.abs(b)
+        bound *= 4 * _U
+        bound += 1e-320
+        a -= b
+        certain = (np.abs(a, out=a) > bound).any()
     if not certain:
         i1, _ = _exact.to_exact(d1)
         i2, _ = _exact.to_exact(d2)
@@ -529,7 +539,7 @@ def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
             raise ValueError(
                 "d1 and d2 are parallel, so they do not span a plane; choose independent directions"
             )
-    if not (np.all(np.isfinite(d1)) and np.all(np.isfinite(d2))):
+    if not (np.isfinite(d1).all() and np.isfinite(d2).all()):
         raise ValueError("d1 and d2 must be finite")
 
 
