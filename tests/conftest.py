@@ -65,12 +65,14 @@ def pool_runtime(two_threads):
     skip, naming why."""
     import sys
 
+    from _platform import OPENMP, unavailable
+
     from netgeom.nets import _workers
 
     pool = _workers.chunk_pool(2)
     if pool is None:
-        openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
-        if openmp and sys.platform.startswith("linux"):
-            pytest.fail("chunk_pool found no usable OpenMP runtime, though torch uses OpenMP on Linux")
-        pytest.skip(f"no per-thread OpenMP control for torch here ({sys.platform}, OpenMP backend: {openmp})")
+        unavailable(
+            f"no per-thread OpenMP control for torch here ({sys.platform}, OpenMP backend: {OPENMP})",
+            expected=OPENMP and sys.platform.startswith("linux"),
+        )
     pool.shutdown()
