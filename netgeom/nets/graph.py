@@ -22,8 +22,10 @@ Masks remove the weights they name; everything is evaluated in float64 with eval
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
+import logging
 import math
 import operator
 import os
@@ -38,6 +40,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.fx._symbolic_trace as _fx_st
+import torch.fx.immutable_collections as _fx_ic
+import torch.fx.traceback as _fx_traceback
 import torch.nn.functional as F
 from torch import nn
 
@@ -608,8 +612,35 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
-    def create_node(self, *args, **kwargs) -> fx.Node:
-        node = super().create_node(*args, **kwargs)
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
+        g = self.graph
+        if (
+            (_FAST_NODES[0] or (_FAST_NODES[0] is None and _fast_nodes_work()))
+            and not self.check_mutable_operations
+            and not self.record_stack_traces
+            and g.owning_module is None
+            and not _fx_traceback.has_preserved_node_meta()
+            and not _FX_PROXY_LOG.isEnabledFor(logging.DEBUG)
+            and _no_sym(args)
+            and _no_sym(kwargs)
+        ):
+            # fx's TracerBase.create_node and Graph.create_node, step for step, without Graph.create_node's
+            # walk of the arguments for torch.SymInt/SymFloat/SymBool values (it only warns about them, and
+            # _no_sym found none): about a sixth of a small model's symbolic trace
+            args = args if args else ()
+            kwargs = kwargs if kwargs else _IMMUTABLE_DICT()
+            candidate = name if name is not None else g._target_to_str(target)
+            name = g._graph_namespace.create_name(candidate, None)
+            node = fx.Node(g, name, kind, target, args, kwargs, type_expr)
+            g._graph_namespace.associate_name_with_obj(name, node)
+            g._insert(node)
+            g._find_nodes_lookup_table.insert(node)
+            g._len += 1
+            self.node_name_to_scope[node.name] = (self.scope.module_path, self.scope.module_type)
+            if self.module_stack:
+                node.meta["nn_module_stack"] = copy.copy(self.module_stack)
+        else:
+            node = super().create_node(kind, target, args, kwargs, name, type_expr)
         # fx's own record keeps the frames from the outermost ``forward`` inwards; the line shown is the
         # innermost of them outside torch (and this tracer)
         f = sys._getframe(1)
@@ -621,6 +652,25 @@ class _Tracer(fx.Tracer):
         if f is not None:
             node.meta["netgeom_frame"] = (user.f_code.co_filename, user.f_lineno)
         return node
+
+
+_SYM_FREE = frozenset({fx.Node, int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
+                       torch.memory_format})
+_SYM_CONTAINERS = frozenset({tuple, list, dict, _fx_ic.immutable_list, _fx_ic.immutable_dict})
+_IMMUTABLE_DICT = _fx_ic.immutable_dict
+_FX_PROXY_LOG = logging.getLogger("torch.fx.proxy")  # the logger of fx's TracerBase.create_node
+_FAST_NODES: list = [None]  # whether _Tracer.create_node may skip fx's own (see _fast_nodes_work)
+
+
+def _no_sym(a) -> bool:
+    """Whether fx's argument walk in Graph.create_node would meet no torch.Sym* value in ``a`` (False also
+    for any type this does not know, where fx's own create_node then runs)."""
+    t = type(a)
+    if t in _SYM_FREE:
+        return True
+    if t in _SYM_CONTAINERS:
+        return all(_no_sym(v) for v in (a.values() if isinstance(a, dict) else a))
+    return False
 
 
 _PLAIN_ARGS: dict[type, Callable] = {
@@ -839,6 +889,30 @@ class _HookProbe(nn.Module):
 
     def forward(self, x):
         return F.linear(self.seq(self.lin(x)), self.w)
+
+
+def _fast_nodes_work() -> bool:
+    """Whether _Tracer.create_node's own steps give the nodes, names, scopes and meta fx's create_node gives,
+    in this torch (checked once per process, on a probe module; else fx's own create_node always runs)."""
+
+    def sig(tracer, g):
+        return [
+            (n.op, str(n.target), n.name, repr((n.args, n.kwargs)), n.type, sorted(n.meta),
+             repr(n.meta.get("nn_module_stack")), tracer.node_name_to_scope.get(n.name))
+            for n in g.nodes
+        ]
+
+    _FAST_NODES[0] = False  # the reference: fx's own create_node
+    try:
+        t = _Tracer()
+        want = sig(t, t.trace(_HookProbe()))
+        _FAST_NODES[0] = True
+        t = _Tracer()
+        ok = sig(t, t.trace(_HookProbe())) == want and len(want) == 6
+    except Exception:  # a torch whose fx this does not fit: fx's own create_node
+        ok = False
+    _FAST_NODES[0] = ok
+    return ok
 
 
 def _hooks_work() -> bool:

@@ -164,11 +164,13 @@ def initial_polygon(corners_h: np.ndarray, edges: np.ndarray) -> np.ndarray:
     ``edges (n, 3)``, edge ``k`` running from vertex ``k`` to ``k + 1``, with ids ``-1 - k``."""
     n = len(corners_h)
     rec = np.zeros((1, n + 1, _REC))
-    H, _ = _normalise(np.asarray(corners_h, float), np.zeros(n))
-    E, _ = _normalise(np.asarray(edges, float), np.zeros(n))
-    rec[0, :n, _H] = H
-    rec[0, :n, _E] = E
-    rec[0, :n, _ID] = _as_float(-1 - np.arange(n))
+    # corners and edges scaled as by _normalise, in one pass (their error bounds are 0)
+    X = np.array([*corners_h, *edges], dtype=float).reshape(2 * n, 3)
+    _, e = np.frexp(np.abs(X).max(axis=-1))
+    X = np.ldexp(X, -e[:, None])
+    rec[0, :n, _H] = X[:n]
+    rec[0, :n, _E] = X[n:]
+    rec.view(np.int64)[0, :n, _ID] = np.arange(-1, -1 - n, -1)
     rec[0, n] = rec[0, 0]
     return rec
 
@@ -201,36 +203,41 @@ class _Pool(threading.local):
 _POOL = _Pool()
 
 
-def _refs(bufs: list, i: int) -> int:
-    return sys.getrefcount(bufs[i])
-
-
-def _free_refs() -> int:
-    bufs = [np.empty(1, dtype=np.uint8)]
-    return _refs(bufs, 0)
+def _refcounts(bufs: list) -> list[int]:
+    """Reference counts of the pool's buffers, each as seen from this loop (one idiom, measured below)."""
+    out = []
+    for i in range(len(bufs)):
+        b = bufs[i]
+        out.append(sys.getrefcount(b))
+    return out
 
 
 # the count of a buffer referenced by the pool's list only (measured, as interpreters differ in what they
 # count)
-_FREE = _free_refs()
+_FREE = _refcounts([np.empty(1, dtype=np.uint8)])[0]
+_DTYPES = {t: np.dtype(t) for t in (np.float64, np.int64, np.bool_, np.int8, np.int32, np.uint8)}
 
 
 def _buffer(shape, dtype=np.float64) -> np.ndarray:
     """An uninitialised array of ``shape``, from this thread's pool when it is large."""
-    dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in (shape if isinstance(shape, tuple) else (shape,)))
-    nbytes = dtype.itemsize
+    dt = _DTYPES.get(dtype)
+    if dt is None:
+        dt = np.dtype(dtype)
+    if type(shape) is not tuple:
+        shape = (shape,)
+    nbytes = dt.itemsize
     for s in shape:
-        nbytes *= s
+        nbytes *= int(s)
     if nbytes < _POOL_MIN:
-        return np.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype=dt)
     bufs = _POOL.bufs
-    pick, free = -1, []
-    for i in range(len(bufs)):
-        if _refs(bufs, i) == _FREE:
+    pick, size, free = -1, 0, []
+    for i, r in enumerate(_refcounts(bufs)):
+        if r == _FREE:
             free.append(i)
-            if bufs[i].nbytes >= nbytes and (pick < 0 or bufs[i].nbytes < bufs[pick].nbytes):
-                pick = i
+            n = bufs[i].nbytes
+            if n >= nbytes and (pick < 0 or n < size):
+                pick, size = i, n
     if pick < 0:
         # a power of two, so that a slightly larger request later finds it (pages never written are never
         # faulted in: the unused tail costs address space only)
@@ -247,17 +254,20 @@ def _buffer(shape, dtype=np.float64) -> np.ndarray:
         buf = new
     else:
         buf = bufs[pick]
-    return buf[:nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dt, buf)
 
 
 def pool_trim(keep: int = _POOL_KEEP) -> None:
     """Drop this thread's free pooled buffers, largest first, until at most ``keep`` bytes are pooled."""
     bufs = _POOL.bufs
     total = sum(b.nbytes for b in bufs)
+    if total <= keep:
+        return
+    refs = _refcounts(bufs)
     for i in sorted(range(len(bufs)), key=lambda i: -bufs[i].nbytes):
         if total <= keep:
             break
-        if _refs(bufs, i) == _FREE:
+        if refs[i] == _FREE:
             total -= bufs[i].nbytes
             bufs[i] = None
     bufs[:] = [b for b in bufs if b is not None]
