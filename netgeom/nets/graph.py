@@ -549,6 +549,8 @@ class _Tracer(fx.Tracer):
         # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
         #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
         #   wrappers in and out of it at once instead.
+        if _FAST_NODES[0] is None:
+            _fast_nodes_work()
         hooks = _ModuleHooks.plan(root) if concrete_args is None else None
         search = self._autowrap_search
         if hooks is not None and search == [math]:
@@ -594,9 +596,37 @@ class _Tracer(fx.Tracer):
             return forward(*a, **k)
 
         try:
+            if _FAST_NODES[0]:
+                return self._fx_call_module(m, own_call, args, kwargs)
             return super().call_module(m, own_call, args, kwargs)
         finally:
             _HOOK_TLS.bypass = None
+
+    def _fx_call_module(self, m, forward, args, kwargs):
+        """fx's Tracer.call_module step for step, its ScopeContextManager's copy.copy of the scope (which
+        goes through __reduce_ex__) replaced by saving the two fields it restores."""
+        path = self.path_of_module(m)
+        scope = self.scope
+        prev = scope.module_path, scope.module_type
+        scope.module_path, scope.module_type = path, type(m)
+        try:
+            num_calls = self.num_calls.get(path, 0)
+            module_key = f"{path}@{num_calls}" if num_calls > 0 else path
+            self.module_stack[module_key] = (path, type(m))
+            self.num_calls[path] = num_calls + 1
+            if not self.is_leaf_module(m, path):
+                ret_val = forward(*args, **kwargs)
+            else:
+                ret_val = self.create_proxy("call_module", path, args, kwargs)
+            key, _ = self.module_stack.popitem(last=True)
+            if key != module_key:
+                raise AssertionError(f"Unexpected key {key}, expected {module_key}")
+        finally:
+            scope.module_path, scope.module_type = prev
+        return ret_val
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def create_arg(self, a):
         # fx's Tracer tests every argument for a parameter, tensor, module, named tuple, constant, opaque
@@ -615,7 +645,7 @@ class _Tracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         g = self.graph
         if (
-            (_FAST_NODES[0] or (_FAST_NODES[0] is None and _fast_nodes_work()))
+            _FAST_NODES[0]
             and not self.check_mutable_operations
             and not self.record_stack_traces
             and g.owning_module is None
@@ -673,12 +703,84 @@ def _no_sym(a) -> bool:
     return False
 
 
+class _Proxy(fx.Proxy):
+    """fx's Proxy, as _Tracer makes them: a torch function called on them is recorded as fx records it, but
+    without fx's two pytree walks of the arguments (for their tracers) and the warnings filter its test for a
+    tensor method installs and removes on every call (together about half of such a call's cost), where the
+    arguments are these proxies and plain values; anything else goes through fx's own __torch_function__."""
+
+    @classmethod
+    def __torch_function__(cls, orig_method, types, args=None, kwargs=None):
+        args = args if args else ()
+        kwargs = kwargs if kwargs else {}
+        found: list = []
+        methods = _TENSOR_METHODS[0]
+        if (
+            methods is None
+            or not _flat_tracers(args, found)
+            or not _flat_tracers(kwargs.values(), found)
+            or len(found) != 1
+            or isinstance(orig_method, (torch._C.ScriptMethod, torch._ops.HigherOrderOperator))
+        ):
+            return fx.Proxy.__torch_function__.__func__(cls, orig_method, types, args, kwargs)
+        tracer = found[0]
+        if orig_method in methods or orig_method.__name__ == "__get__":  # (is_tensor_method_or_property)
+            return tracer.create_proxy("call_method", orig_method.__name__, args, kwargs)
+        return tracer.create_proxy(
+            "call_function", orig_method, args, kwargs, name=tracer.graph._target_to_str(orig_method.__name__)
+        )
+
+
+def _tensor_methods():
+    get = getattr(torch.overrides, "_get_tensor_methods", None)
+    try:
+        methods = get() if get is not None else None
+        # the set torch.overrides.is_tensor_method_or_property reads
+        ok = isinstance(methods, (set, frozenset)) and torch.Tensor.add in methods and torch.add not in methods
+    except Exception:  # a torch without it: fx's own __torch_function__
+        ok = False
+    return methods if ok else None
+
+
+_TENSOR_METHODS: list = [_tensor_methods()]
+_FLAT_LEAVES = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
+                          torch.memory_format})
+
+
+def _flat_tracers(values, found: list) -> bool:
+    """The tracers of the _Proxy values among ``values`` (plain values, or tuples and lists of them) appended
+    to ``found`` once each; False where some value is anything else."""
+    for a in values:
+        t = type(a)
+        if t is _Proxy:
+            if a.tracer not in found:
+                found.append(a.tracer)
+        elif t in _FLAT_LEAVES:
+            continue
+        elif t is tuple or t is list:
+            if not _flat_tracers(a, found):
+                return False
+        else:
+            return False
+    return True
+
+
 _PLAIN_ARGS: dict[type, Callable] = {
     fx.Proxy: lambda tracer, a: a.node,
+    _Proxy: lambda tracer, a: a.node,
     tuple: lambda tracer, a: tuple(tracer.create_arg(x) for x in a),
     list: lambda tracer, a: [tracer.create_arg(x) for x in a],
+    dict: lambda tracer, a: _dict_arg(tracer, a),
     **{t: lambda tracer, a: a for t in (int, float, bool, str, type(None))},
 }
+
+
+def _dict_arg(tracer, a: dict):
+    # fx maps a dict with string keys (the kwargs of every call) entry by entry into a new dict; other keys
+    # are checked for proxies by fx's own create_arg
+    if all(type(k) is str for k in a):
+        return {k: tracer.create_arg(v) for k, v in a.items()}
+    return fx.Tracer.create_arg(tracer, a)
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
@@ -892,8 +994,9 @@ class _HookProbe(nn.Module):
 
 
 def _fast_nodes_work() -> bool:
-    """Whether _Tracer.create_node's own steps give the nodes, names, scopes and meta fx's create_node gives,
-    in this torch (checked once per process, on a probe module; else fx's own create_node always runs)."""
+    """Whether _Tracer.create_node's and _Tracer._fx_call_module's own steps give the nodes, names, scopes and
+    meta fx's create_node and call_module give, in this torch (checked once per process, on a probe module;
+    else fx's own always run)."""
 
     def sig(tracer, g):
         return [
@@ -902,7 +1005,7 @@ def _fast_nodes_work() -> bool:
             for n in g.nodes
         ]
 
-    _FAST_NODES[0] = False  # the reference: fx's own create_node
+    _FAST_NODES[0] = False  # the reference: fx's own create_node and call_module
     try:
         t = _Tracer()
         want = sig(t, t.trace(_HookProbe()))

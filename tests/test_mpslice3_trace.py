@@ -1,0 +1,133 @@
+"""trace's shorter path through fx (issue 15, the max-pool slice row): _Tracer.create_node without fx's pytree
+walk of the arguments for SymInt warnings, _Tracer._fx_call_module without the scope's copy.copy, and _Proxy's
+torch functions without fx's pytree walks and warnings filter. Each must give the graph fx's own steps give:
+nodes, names, arguments, types, meta (nn_module_stack), scopes; and plain fx.Tracer's nodes."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from test_trace_hooks import _models
+from torch import nn
+
+import netgeom as ng
+from netgeom.nets import graph as G
+
+
+class _Functions(nn.Module):
+    """Torch functions with keyword arguments, tuples and lists, a tensor method through __torch_function__,
+    shape arithmetic, a module called twice and a module traced into."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2 + 3, 3)
+        self.side = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+        self.fc2 = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.c1(x), negative_slope=0.2)
+        h = F.max_pool2d(h, (2, 2), stride=2, padding=0)
+        h = torch.flatten(h, 1)
+        h = torch.cat([h, self.side(x)], dim=1)
+        h = torch.relu(torch.add(h, h, alpha=1))
+        h = F.relu(self.fc(h.reshape(h.size(0), -1)))
+        return self.fc2(torch.cat((h, F.relu(h, inplace=False)), 1))
+
+
+class _Methods(nn.Module):
+    """A tensor method reached through __torch_function__ (a Python method of torch.Tensor called unbound):
+    fx records it as a call_method (fx-level only: netgeom reads no unflatten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return torch.Tensor.unflatten(torch.relu(self.fc(x)), 1, (2, 2)).flatten(1)
+
+
+def _sig(tracer, g):
+    return [
+        (
+            n.op, str(n.target), n.name, repr((n.args, n.kwargs)), n.type, sorted(n.meta),
+            repr(n.meta.get("nn_module_stack")), tracer.node_name_to_scope.get(n.name),
+            n.meta.get("netgeom_frame"),
+        )
+        for n in g.nodes
+    ]
+
+
+def _ours(m):
+    t = G._Tracer()
+    return _sig(t, t.trace(m))
+
+
+def _all_models():
+    return [*_models(), _Functions(), _Methods()]
+
+
+def test_the_short_paths_are_on_in_this_torch():
+    G._Tracer().trace(_Functions())
+    assert G._FAST_NODES[0] is True and G._TENSOR_METHODS[0] is not None and G._hooks_work()
+
+
+@pytest.mark.parametrize("k", range(len(_all_models())))
+def test_short_paths_give_fx_own_steps_graph(monkeypatch, k):
+    fast = _ours(_all_models()[k])
+    assert G._FAST_NODES[0] is True
+    monkeypatch.setattr(G, "_FAST_NODES", [False])
+    monkeypatch.setattr(G, "_TENSOR_METHODS", [None])
+    assert fast == _ours(_all_models()[k])
+
+
+@pytest.mark.parametrize("k", range(len(_all_models())))
+def test_graph_is_plain_fx_tracers_graph(k):
+    m = _all_models()[k]
+    plain = fx.Tracer().trace(m)
+    ours = G._Tracer().trace(m)
+    key = [(n.op, str(n.target), n.name, repr((n.args, n.kwargs)), n.type) for n in plain.nodes]
+    assert [(n.op, str(n.target), n.name, repr((n.args, n.kwargs)), n.type) for n in ours.nodes] == key
+    stack = [repr(n.meta.get("nn_module_stack")) for n in plain.nodes]
+    assert [repr(n.meta.get("nn_module_stack")) for n in ours.nodes] == stack
+
+
+def test_the_model_is_traced_and_computed_the_same():
+    m = _Functions().double().eval()
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = ng.trace(m, input_shape=(2, 4, 4))
+    torch.testing.assert_close(g.forward(x), m(x).reshape(5, -1), rtol=0, atol=1e-10)
+
+
+def test_arguments_of_unknown_types_take_fx_own_create_node():
+    """_no_sym passes only values fx's walk cannot find a torch.Sym* value in; with the short path on, fx's
+    Graph.create_node runs for no node of a plain model, and for a node whose arguments hold another type."""
+    assert G._no_sym(((1, 2.0, "a", None, True), {"k": [torch.float64, torch.device("cpu")]}))
+    assert not G._no_sym((object(),)) and not G._no_sym({"k": (1, object())})
+    calls = []
+    orig = fx.Graph.create_node
+
+    def spy(self, *a, **k):
+        calls.append(a[0])
+        return orig(self, *a, **k)
+
+    G._Tracer().trace(_Functions())  # (the probe check, once per process, before the spy)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fx.Graph, "create_node", spy)
+        G._Tracer().trace(_Functions())
+        assert calls == []
+        t = G._Tracer()
+        t.graph = fx.Graph()
+        t.create_node("call_function", torch.relu, (1, object()), {})
+        assert calls == ["call_function"]
+
+
+def test_torch_functions_leave_warnings_filters_as_they_were():
+    before = list(warnings.filters)
+    G._Tracer().trace(_Functions())
+    assert warnings.filters == before
+    assert math.prod((2, 3)) == 6 and vars(math)["prod"] is math.prod
