@@ -736,7 +736,8 @@ def _tensor_methods():
     try:
         methods = get() if get is not None else None
         # the set torch.overrides.is_tensor_method_or_property reads
-        ok = isinstance(methods, (set, frozenset)) and torch.Tensor.add in methods and torch.add not in methods
+        ok = isinstance(methods, (set, frozenset))
+        ok = ok and torch.Tensor.add in methods and torch.add not in methods
     except Exception:  # a torch without it: fx's own __torch_function__
         ok = False
     return methods if ok else None
