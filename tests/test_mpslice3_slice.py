@@ -185,3 +185,40 @@ def test_graph_slices_are_the_networks_regions(make, r):
         assert all(pieces[0][k].tobytes() == pieces[1][k].tobytes() for k in pieces[0])
     else:  # an add node's sums are BLAS's on the numpy path: the same decisions, vertices to the last bits
         assert all(np.allclose(pieces[0][k], pieces[1][k], rtol=0, atol=1e-14) for k in pieces[0])
+
+
+def _verdict(fn, *args):
+    try:
+        fn(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_SMALL = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e200, max_value=1e200)
+
+
+@given(st.lists(_SMALL, min_size=2, max_size=6), st.integers(-3, 3), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_plane_check_of_few_entries_is_the_numpy_checks_verdict(v, c, parallel):
+    """_check_plane's Python-float test of small directions (exact.py): the same verdict as its numpy test,
+    reached by padding the directions with zeros past 16 entries (zero entries change no minor)."""
+    from netgeom.regions.exact import _check_plane
+
+    d1 = np.array(v)
+    d2 = d1 * 2.0**c if parallel else np.roll(d1, 1) + np.arange(len(d1)) * 1e-3
+    pad = np.zeros(20 - len(d1))
+    assert _verdict(_check_plane, d1, d2) == _verdict(_check_plane, np.r_[d1, pad], np.r_[d2, pad])
+    assert _verdict(_check_plane, d1, np.zeros_like(d1)) is not None
+
+
+def test_box_check_keeps_its_refusals():
+    from netgeom.regions.exact import _check_box
+
+    assert _check_box((-1.0, 2.0, -3.0, 4.0)) == (-1.0, 2.0, -3.0, 4.0) == _check_box([-1, 2, -3, 4])
+    nan, inf = float("nan"), float("inf")
+    bads = [(1.0, -1.0, 0.0, 1.0), (0.0, 1.0, nan, 1.0), (0.0, inf, 0.0, 1.0), (0.0, 1.0)]
+    bads.append((0.0, 0.0, 0.0, 1.0))
+    for bad in bads:
+        want = _verdict(_check_box, list(bad))
+        assert want is not None and _verdict(_check_box, bad) == want

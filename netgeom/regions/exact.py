@@ -19,6 +19,7 @@ there has bit False, as in :func:`netgeom.regions.count_patterns`. The box metho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -516,6 +517,16 @@ def plane_through(x1, x2, x3, margin: float = 0.25) -> tuple[np.ndarray, np.ndar
 
 def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
     """Refuse degenerate planes: a zero direction, or d1, d2 parallel (decided exactly)."""
+    if d1.size <= 16:
+        # a few finite entries: the float test below in Python floats (numpy's calls cost more than these
+        # few products); a certainly nonzero minor also proves both directions nonzero
+        v1, v2 = d1.tolist(), d2.tolist()
+        if all(map(math.isfinite, v1 + v2)):
+            a1 = [abs(v) for v in v1]
+            k = a1.index(max(a1))  # (the first largest, as argmax)
+            pq = ((v1[k] * w, v2[k] * v) for v, w in zip(v1, v2))
+            if any(abs(p - q) > (abs(p) + abs(q)) * (4 * _U) + 1e-320 for p, q in pq):
+                return
     if not d1.any() or not d2.any():
         raise ValueError("a direction of the plane is zero (d1 or d2), so the plane is degenerate")
     # Parallel iff every 2x2 minor d1[k] d2[i] - d2[k] d1[i] vanishes. A float minor above its rounding
@@ -544,6 +555,13 @@ def _check_plane(d1: np.ndarray, d2: np.ndarray) -> None:
 
 
 def _check_box(box, names=("u", "v")) -> tuple[float, ...]:
+    if (
+        type(box) is tuple
+        and len(box) == 2 * len(names)
+        and all(type(v) is float and math.isfinite(v) for v in box)
+        and all(box[2 * i] < box[2 * i + 1] for i in range(len(names)))
+    ):
+        return box  # (finite, ordered floats: what the checks below pass unchanged)
     vals = check_array(box, "box", ndim=1)
     if vals.size != 2 * len(names):
         raise ValueError(f"box must be ({', '.join(f'{n}0, {n}1' for n in names)}), got {vals.tolist()}")
