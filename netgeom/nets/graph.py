@@ -21,6 +21,7 @@ Masks remove the weights they name; everything is evaluated in float64 with eval
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -667,14 +668,23 @@ class _Tracer(fx.Tracer):
             g._find_nodes_lookup_table.insert(node)
             g._len += 1
             self.node_name_to_scope[node.name] = (self.scope.module_path, self.scope.module_type)
-            if self.module_stack:
-                node.meta["nn_module_stack"] = copy.copy(self.module_stack)
+            stack = self.module_stack
+            if stack:
+                # (an OrderedDict's copy is copy.copy's, without its __reduce_ex__ round trip)
+                node.meta["nn_module_stack"] = (
+                    stack.copy() if type(stack) is collections.OrderedDict else copy.copy(stack)
+                )
         else:
             node = super().create_node(kind, target, args, kwargs, name, type_expr)
         # fx's own record keeps the frames from the outermost ``forward`` inwards; the line shown is the
         # innermost of them outside torch (and this tracer)
         f = sys._getframe(1)
-        while f is not None and (f.f_code.co_filename == _OWN or f.f_code.co_filename.startswith(_TORCH_DIR)):
+        internal = _INTERNAL
+        while f is not None:
+            name = f.f_code.co_filename
+            own = internal.get(name)
+            if not (own if own is not None else _internal_file(name)):
+                break
             f = f.f_back
         user = f
         while f is not None and f.f_code.co_name != "forward":
@@ -1131,6 +1141,16 @@ def _memo_wrapped_func(fn):
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
 _OWN = __file__
+_INTERNAL: dict[str, bool] = {}  # file name -> whether it is this file or torch's (asked once per frame)
+
+
+def _internal_file(name: str) -> bool:
+    got = _INTERNAL.get(name)
+    if got is None:
+        if len(_INTERNAL) > 4096:
+            _INTERNAL.clear()
+        got = _INTERNAL[name] = name == _OWN or name.startswith(_TORCH_DIR)
+    return got
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
