@@ -131,3 +131,17 @@ def test_torch_functions_leave_warnings_filters_as_they_were():
     G._Tracer().trace(_Functions())
     assert warnings.filters == before
     assert math.prod((2, 3)) == 6 and vars(math)["prod"] is math.prod
+
+
+def test_finiteness_by_sums_never_passes_a_non_finite_entry_and_rechecks_an_overflowing_sum():
+    ts = [
+        torch.tensor([1e308, 1e308], dtype=torch.float64),  # finite entries, the sum overflows: not proven
+        torch.tensor([3e38, 3e38, -3e38], dtype=torch.float32),  # summed in float64: proven
+        torch.tensor([float("inf"), -float("inf")], dtype=torch.float64),
+        torch.tensor([float("nan"), 0.0], dtype=torch.float32),
+    ]
+    assert G._finite_norms(ts) == [False, True, False, False]
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        net[0].bias[:] = 1e308  # the caller's entry check passes it
+    assert ng.trace(net).nodes[1].op == "affine"
