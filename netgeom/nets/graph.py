@@ -1724,8 +1724,9 @@ def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
         # (a finite sum proves every entry finite, in one numpy call: an inf or NaN entry makes the sum inf
         # or NaN; summed in float64, finite float16/32 entries never overflow it, and a float64 sum that does
         # reads as not proven: the caller checks the entries)
-        for i in idx:
-            out[i] = math.isfinite(tensors[i].detach().numpy().sum(dtype=np.float64))
+        with np.errstate(over="ignore", invalid="ignore"):  # (also under a caller's np.seterr(all="raise"))
+            for i in idx:
+                out[i] = math.isfinite(tensors[i].detach().numpy().sum(dtype=np.float64))
         return out
     try:
         with torch.no_grad():
