@@ -535,6 +535,9 @@ class _ReluOut:
 
 
 _NO_PARENT, _NO_BITS = np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=bool)
+# the affine kernel's unused operands, shared (it never writes them; not flagged read-only, which numba would
+# compile the kernels for again): a dense matrix's sparse lists, a sparse one's matrix
+_PTR0, _ROWS0, _VALS0, _MT0 = np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 0))
 
 
 def _maps_out(m: int, n: int) -> tuple:
@@ -575,13 +578,14 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
         nv = c(nv, dtype=np.int64)
+        A, B, E = c(A), c(B), c(E)  # (once: the kernel and the node's output read them)
         # working slots from the real vertex counts, so that padding does not grow node by node; rows for
         # four pieces a polygon, or (up to _CAP_ROWS) as many as n lines can cut it into (1 + n + n(n-1)/2):
         # a few polygons cut by many units (the first ReLU node) would otherwise grow them again and again
         cap = max(4 * m + 64, min(m * (1 + n + n * (n - 1) // 2), _CAP_ROWS))
         Kc = max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, bits, fb = kern.relu_split(
-            c(rec), nv, c(A), c(B), c(E), ctx.quadrant is not None,
+            c(rec), nv, A, B, E, ctx.quadrant is not None,
             float(su), float(sv), block, ctx.reached.get(node.index, 0), ctx.max_regions,
             _buffer((cap, Kc, rec.shape[2])), _buffer(cap, np.int64), _buffer(cap, np.int64),
             _buffer((cap, n), np.bool_),
@@ -599,7 +603,7 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     if not ctx.read_later(node.index):  # (the last pattern node: its output is never read)
         return R, nr, parent, bits, None
     if ctx.compiled:
-        out = _ReluOut(c(A), c(B), c(E), parent, bits, float(node.negative_slope), block, ctx.origins)
+        out = _ReluOut(A, B, E, parent, bits, float(node.negative_slope), block, ctx.origins)
         return R, nr, parent, bits, out
     gain = np.where(bits, 1.0, node.negative_slope)
     egain = np.where(bits, 1.0, abs(node.negative_slope))
@@ -760,13 +764,15 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
 
         su, sv = ctx.quadrant if ctx.quadrant is not None else (1, 1)
         c = np.ascontiguousarray
-        args = (c(A), c(B), c(E), c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
+        cA, cB, cE = c(A), c(B), c(E)  # (once: the three kernels read them)
+        args = (cA, cB, cE, c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
         nv = c(nv, dtype=np.int64)
-        surv = kern.pool_dominance(c(rec), nv, *args)
+        crec = c(rec)
+        surv = kern.pool_dominance(crec, nv, *args)
         # slots from the real vertex counts, so that padding does not grow node by node
         cap, Ks = 2 * m + 16, max(int(nv.max(initial=0)) + 2, 8)
         status, low, R, nr, parent, best, fb = kern.pool_split(
-            c(rec), nv, *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions,
+            crec, nv, *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions,
             _buffer((cap, Ks, rec.shape[2])), _buffer(cap, np.int64), _buffer(cap, np.int64),
             _buffer((cap, nw), np.int64),
         )
@@ -788,7 +794,7 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         out = _maps_out(cur, nw) if maps else (np.zeros((0, 0)), np.zeros((0, 2, 0)), np.zeros((0, 0)))
         no = _buffer((cur, nw if maps and orig.shape[1] else 0), np.int64)
         onehot = kern.pool_outputs(
-            c(A), c(B), c(E), c(orig), c(Wc, dtype=np.int64), c(parent, dtype=np.int64),
+            cA, cB, cE, c(orig), c(Wc, dtype=np.int64), c(parent, dtype=np.int64),
             c(best, dtype=np.int64), maps, _buffer((cur, nw * k), np.bool_), *out, no,
         )
         return R, nr, parent, onehot, ((*out, no) if maps else None)
@@ -816,11 +822,11 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
 
         c = np.ascontiguousarray
         if nnz >= _DENSE_AFFINE * M.size:
-            MT, ptr, rows, w = c(M.T), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0)
+            MT, ptr, rows, w = c(M.T), _PTR0, _ROWS0, _VALS0
         else:
             nz = np.nonzero(M.T)  # (input, output) pairs in input order
             ptr = np.searchsorted(nz[0], np.arange(M.shape[1] + 1))
-            MT, rows, w = np.zeros((0, 0)), nz[1].astype(np.int64), c(M.T[nz])
+            MT, rows, w = _MT0, nz[1].astype(np.int64), c(M.T[nz])
         nA, nB, nE = kern.affine_maps(
             *_kernel_args(inp), MT, ptr, rows, w, c(b), gam, _TINY, *_maps_out(m, M.shape[0])
         )
