@@ -148,3 +148,37 @@ def test_finiteness_by_sums_never_passes_a_non_finite_entry_and_rechecks_an_over
     with torch.no_grad():
         net[0].bias[:] = 1e308  # the caller's entry check passes it
     assert ng.trace(net).nodes[1].op == "affine"
+
+
+_FIRST_TRACES = """
+import threading, torch
+import netgeom as ng
+from netgeom.nets import graph as G
+from test_mpslice3_trace import _Functions
+out, errs = [], []
+def run():
+    try:
+        g = ng.trace(_Functions(), input_shape=(2, 4, 4))
+        out.append([(n.op, n.name, n.shape, n.source) for n in g.nodes])
+    except Exception as exc:
+        errs.append(repr(exc))
+ts = [threading.Thread(target=run) for _ in range(4)]
+[t.start() for t in ts]
+[t.join(60) for t in ts]
+assert not errs and len(out) == 4 and all(o == out[0] for o in out), errs
+assert G._FAST_NODES[0] is True and G._HOOKS_WORK[0] is True
+print("ok")
+"""
+
+
+def test_first_traces_of_a_process_in_several_threads_agree():
+    """The once-per-process checks run under their own tracers' settings: threads tracing at once on first
+    use neither deadlock nor see a half-made decision."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    cmd = [sys.executable, "-c", _FIRST_TRACES]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

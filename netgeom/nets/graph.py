@@ -536,6 +536,13 @@ class _Tracer(fx.Tracer):
         self._autowrap_function_ids = set(_MATH_IDS[0])
         self._autowrap_search = [math]
 
+    # whether this tracer takes the short paths (create_node, _fx_call_module, _Proxy's torch functions):
+    # None = as checked once per process (_FAST_NODES); the check's own probe tracers set it
+    fast: bool | None = None
+
+    def short_paths(self) -> bool:
+        return self.fast if self.fast is not None else bool(_FAST_NODES[0])
+
     def trace(self, root, concrete_args=None):
         # Three costs of fx's own trace are avoided here, its semantics kept:
         # * fx wraps every public ``math`` function (and every fx.wrap-registered one) afresh in each trace,
@@ -550,7 +557,7 @@ class _Tracer(fx.Tracer):
         # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
         #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
         #   wrappers in and out of it at once instead.
-        if _FAST_NODES[0] is None:
+        if self.fast is None and _FAST_NODES[0] is None:
             _fast_nodes_work()
         hooks = _ModuleHooks.plan(root) if concrete_args is None else None
         search = self._autowrap_search
@@ -597,7 +604,7 @@ class _Tracer(fx.Tracer):
             return forward(*a, **k)
 
         try:
-            if _FAST_NODES[0]:
+            if self.short_paths():
                 return self._fx_call_module(m, own_call, args, kwargs)
             return super().call_module(m, own_call, args, kwargs)
         finally:
@@ -646,7 +653,7 @@ class _Tracer(fx.Tracer):
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         g = self.graph
         if (
-            _FAST_NODES[0]
+            self.short_paths()
             and not self.check_mutable_operations
             and not self.record_stack_traces
             and g.owning_module is None
@@ -700,6 +707,7 @@ _SYM_CONTAINERS = frozenset({tuple, list, dict, _fx_ic.immutable_list, _fx_ic.im
 _IMMUTABLE_DICT = _fx_ic.immutable_dict
 _FX_PROXY_LOG = logging.getLogger("torch.fx.proxy")  # the logger of fx's TracerBase.create_node
 _FAST_NODES: list = [None]  # whether _Tracer.create_node may skip fx's own (see _fast_nodes_work)
+_FAST_LOCK = threading.Lock()
 
 
 def _no_sym(a) -> bool:
@@ -730,6 +738,7 @@ class _Proxy(fx.Proxy):
             or not _flat_tracers(args, found)
             or not _flat_tracers(kwargs.values(), found)
             or len(found) != 1
+            or not (isinstance(found[0], _Tracer) and found[0].short_paths())
             or isinstance(orig_method, (torch._C.ScriptMethod, torch._ops.HigherOrderOperator))
         ):
             return fx.Proxy.__torch_function__.__func__(cls, orig_method, types, args, kwargs)
@@ -753,7 +762,7 @@ def _tensor_methods():
     return methods if ok else None
 
 
-_TENSOR_METHODS: list = [_tensor_methods()]
+_TENSOR_METHODS: list = [None]  # torch's set of tensor methods, read once (_fast_nodes_work)
 _FLAT_LEAVES = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout,
                           torch.memory_format})
 
@@ -1016,17 +1025,30 @@ def _fast_nodes_work() -> bool:
             for n in g.nodes
         ]
 
-    _FAST_NODES[0] = False  # the reference: fx's own create_node and call_module
-    try:
-        t = _Tracer()
-        want = sig(t, t.trace(_HookProbe()))
-        _FAST_NODES[0] = True
-        t = _Tracer()
-        ok = sig(t, t.trace(_HookProbe())) == want and len(want) == 6
-    except Exception:  # a torch whose fx this does not fit: fx's own create_node
-        ok = False
-    _FAST_NODES[0] = ok
-    return ok
+    _hooks_work()  # (decided first: the probes below run with or without the dispatchers as traces will)
+    with _FAST_LOCK:  # (the probe tracers carry their own setting: other threads' traces see no change)
+        if _FAST_NODES[0] is not None:
+            return _FAST_NODES[0]
+        if _TENSOR_METHODS[0] is None:
+            _TENSOR_METHODS[0] = _tensor_methods()
+        try:
+            got = []
+            for fast in (False, True):  # fx's own create_node and call_module first: the reference
+                t = _Tracer()
+                t.fast = fast
+                got.append(sig(t, t.trace(_HookProbe())))
+            ok = got[0] == got[1] and len(got[0]) == 6
+        except Exception:  # a torch whose fx this does not fit: fx's own create_node
+            ok = False
+        _FAST_NODES[0] = ok
+        return ok
+
+
+def _probe_tracer() -> _Tracer:
+    """A tracer for _hooks_work's probes: fx's own create_node and call_module (no short-path check)."""
+    t = _Tracer()
+    t.fast = False
+    return t
 
 
 def _hooks_work() -> bool:
@@ -1050,9 +1072,9 @@ def _hooks_work() -> bool:
         _HOOKS_WORK[0] = False  # the reference: fx's own patching
         try:
             probe = _HookProbe()
-            want = sig(_Tracer().trace(probe))
+            want = sig(_probe_tracer().trace(probe))
             _HOOKS_WORK[0] = True
-            ok = sig(_Tracer().trace(probe)) == want and len(want) == 6
+            ok = sig(_probe_tracer().trace(probe)) == want and len(want) == 6
         except Exception:  # a torch whose fx this does not fit: its own patching
             ok = False
         _HOOKS_WORK[0] = ok
