@@ -1126,8 +1126,9 @@ def _hooks_after_fork() -> None:
     """A child forked while other threads traced has one thread, which traces nothing unless it was the
     forking one inside a trace: fresh lock, and (if this thread is not inside a trace) fx's and nn.Module's
     own functions back, as after the last trace."""
-    global _HOOK_LOCK
+    global _HOOK_LOCK, _FAST_LOCK
     _HOOK_LOCK = threading.Lock()
+    _FAST_LOCK = threading.Lock()  # (a check of the short paths in another thread never ends here)
     if _HOOK_TLS.__dict__.get("active"):
         return  # this thread's trace goes on: it removes what it uses (others' uses stay, inert)
     for c in list(_HOOK_USERS):
