@@ -801,6 +801,8 @@ def _dict_arg(tracer, a: dict):
     if all(type(k) is str for k in a):
         return {k: tracer.create_arg(v) for k, v in a.items()}
     return fx.Tracer.create_arg(tracer, a)
+
+
 _FX_WRAP: list = [None]  # fx's own _create_wrapped_func, seen at the first trace
 _MATH_IDS: list = [None]  # ids of math's public callables (fx's default autowrap set)
 _WRAPPED: dict[int, tuple[Callable, Callable]] = {}  # id(function) -> (function, fx's wrapper of it)
@@ -1174,6 +1176,8 @@ def _internal_file(name: str) -> bool:
             _INTERNAL.clear()
         got = _INTERNAL[name] = name == _OWN or name.startswith(_TORCH_DIR)
     return got
+
+
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
 
 
