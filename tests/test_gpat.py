@@ -152,6 +152,7 @@ def _engines(g, kernels: bool) -> dict:
     engines: dict = {}
     for key, d, crude in (
         (torch.float32, torch.float32, False),
+        ((torch.float32, "crude"), torch.float32, True),
         (torch.float64, torch.float64, False),
         ((torch.float64, "crude"), torch.float64, True),
     ):

@@ -1333,7 +1333,7 @@ def graph_patterns(
         tried, failed = engines.get("crude_tally", (0, 0))
         if tried >= 1024 and failed > 0.1 * tried:
             return engine(torch.float64).run_chunked(xr, True, keep)
-        if not any(not _rank1_op(op) for n in g.nodes if n.op == "affine" for op in n._ops):
+        if not has_crude:
             # nothing to bound crudely (a residual MLP): the crude engine would be the same engine
             return engine(torch.float64).run_chunked(xr, True, keep)
         e_crude = engine(torch.float64, crude=True)
@@ -1354,29 +1354,35 @@ def graph_patterns(
         the rows to float64 against 0.6%); on wider filters they send a third or more (conv 3-32-64, LeNet-5)
         and the full bounds are used. Decided once per set of engines on up to ``_CRUDE_TRIAL`` rows (the
         count's trial, on its calling thread: the chunk workers then read a settled choice)."""
-        full = engine(dtype)
         use = engines.get("crude32")
-        if full.n_crude == 0 or use is False:
-            return full.run_chunked(xr, exact_in, keep)
+        if not has_crude or use is False:
+            return engine(dtype).run_chunked(xr, exact_in, keep)
         crude = engine(dtype, crude=True)
         if use:
             return crude.run_chunked(xr, exact_in, keep)
         n0 = min(xr.shape[0], _CRUDE_TRIAL)
         res, und = crude.run_chunked(xr[:n0], exact_in, keep)
         use = engines["crude32"] = int(und.sum()) <= _CRUDE_MAX * n0
-        if not use:  # (the trial's rows again with the full bounds: what they leave decides float32 or 64)
-            res, und = full.run_chunked(xr[:n0], exact_in, keep)
+        full = engine(dtype) if not use else None  # (the full engine made only when needed)
+        if full is not None:  # the trial's rows again with the full bounds: what they leave decides
+            res, und = full.run_chunked(xr[:n0], exact_in, keep)  # (float32 or 64 for the count)
         if n0 == xr.shape[0]:
             return res, und
-        res2, und2 = (crude if use else full).run_chunked(xr[n0:], exact_in, keep)
+        res2, und2 = (full or crude).run_chunked(xr[n0:], exact_in, keep)
         return {i: torch.cat([d, res2[i]]) for i, d in res.items()}, torch.cat([und, und2])
 
+    # affine ops the crude bounds apply to (convolutions, ...; not a dense Linear's rank-one bound)
+    has_crude = any(not _rank1_op(op) for n in g.nodes if n.op == "affine" for op in n._ops)
     stats = {"float64": 0, "exact": 0}
     if not pnodes:
         return {}, stats
     exact_in = x.dtype in (torch.float16, torch.bfloat16, torch.float32) or not x.is_floating_point()
     with torch.no_grad(), _one_thread(device):
-        if dtype != torch.float64 and not engine(dtype).fits:
+        # (the engine a float32 pass starts with, for the check: crude and full ones read the same weights)
+        if (
+            dtype != torch.float64
+            and not engine(dtype, crude=has_crude and engines.get("crude32") is not False).fits
+        ):
             dtype = torch.float64
             stats["float64"] = x.shape[0]
         if dtype == torch.float64:
