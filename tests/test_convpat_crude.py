@@ -199,8 +199,8 @@ def test_crude_float32_near_boundaries_equals_rationals(net_kind, seed, monkeypa
 
 def test_the_choice_of_bounds_changes_no_count():
     """count_patterns keeps the crude bounds on a small conv net (few rows left to float64) and the full
-    ones where the crude bounds leave many (conv 3-32-64 on 3x32x32 images, as in bench_patterns): the same patterns as the
-    full bounds alone in both cases."""
+    ones where the crude bounds leave many (conv 3-32-64 on 3x32x32 images, as in bench_patterns): the
+    same patterns as the full bounds alone in both cases."""
     small = _ConvConv(0).eval()
     X = torch.rand(600, 1, 7, 7, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
