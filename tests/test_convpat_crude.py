@@ -42,12 +42,18 @@ def test_relu_outer_equals_the_fused_pass_on_the_materialised_bound_bit_for_bit(
     o = _Outer(t, risk, info, s)
     L, A, U = o.vectors()
     dest = torch.zeros(B + 2, N, dtype=torch.bool)[1 : 1 + B]
-    bits, und, v, e = relu_outer(z, t, risk, L, A, U, s, gn, mode, dest)
+    pairs, pairs1 = [], []
+    bits, und, v, e = relu_outer(z, t, risk, L, A, U, s, gn, mode, dest, pairs=pairs)
     assert bits.data_ptr() == dest.data_ptr()
     d = o.elem()  # the torch operations of the materialised bound
     assert torch.equal(o.elem_rows(torch.tensor([7, 1])), d[[7, 1]])
-    bits1, und1, v1, e1 = relu_fused(z, d, 1.0, gn, 1)
+    bits1, und1, v1, e1 = relu_fused(z, d, 1.0, gn, 1, pairs=pairs1)
     assert torch.equal(bits, bits1) and torch.equal(und, und1)
+    # the ambiguous (row, unit) pairs both passes hand out: those of the per-entry test in torch
+    amb = ((z.abs() <= d) & (d > 0)) | z.isnan() | d.isnan()
+    for p in (pairs, pairs1):
+        rr, uu = torch.nonzero(amb, as_tuple=True)
+        assert torch.equal(p[0][0], rr) and torch.equal(p[0][1], uu)
     assert bool(und[2]) and bool(und[3]) and bool(und[4]) and bool(und[6])
     ok = ~(z.isnan().any(1) | d.isnan().any(1))  # (a NaN's row is redone whole)
     if mode == 0:
@@ -179,7 +185,14 @@ def test_crude_float32_near_boundaries_equals_rationals(net_kind, seed, monkeypa
     g = trace(net, input_shape=shape)
     X = X.reshape(len(X), -1)
     ref = _exact_ref(g, X)
-    for kernels, blocks in ((True, 1 << 22), (True, 384), (False, 1 << 22)):
+    from netgeom.nets import _graph_kernel
+
+    for kernels, blocks, full in (
+        (True, 1 << 22, False),
+        (True, 384, False),
+        (False, 1 << 22, False),
+        (True, 384, True),
+    ):
         engines = {"crude32": True}
         for key, d, crude in (
             ((torch.float32, "crude"), torch.float32, True),
@@ -190,6 +203,8 @@ def test_crude_float32_near_boundaries_equals_rationals(net_kind, seed, monkeypa
             engines[key].kernels = kernels
         with monkeypatch.context() as m:
             m.setattr(certified, "_CHUNK_BYTES", blocks)
+            if full:  # as when a block's ambiguous pairs overflow their arrays: the engine finds them
+                m.setattr(_graph_kernel, "_give_pairs", lambda p, sink: sink.append(None))
             dec, st = graph_patterns(g, X, _engines=engines)
         got = np.concatenate([dec[n.index].numpy() for n in pattern_nodes(g)], 1)
         assert np.array_equal(got, ref), (kernels, blocks)
@@ -242,3 +257,13 @@ def test_crude_bound_covers_gradual_underflow():
                 assert err <= Fraction(float(bound[r, j])), (kernels, r, j)
                 hit += err > 0
         assert hit > 0  # (the underflow did round)
+
+
+def test_ambiguous_pairs_past_the_capacity_are_left_to_the_caller():
+    """More ambiguous entries than the pair arrays hold: no pairs handed out (None), the rows still are."""
+    B, N = 3, 2000
+    z = torch.zeros(B, N)
+    d = torch.full((B, N), 1e-3)
+    pairs: list = []
+    _, und, _, _ = relu_fused(z, d, 1.0, 0.0, 0, pairs=pairs)
+    assert pairs == [None] and bool(und.all())

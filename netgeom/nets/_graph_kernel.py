@@ -75,8 +75,25 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
     return cnt, live, mx
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _emit(zr, zo, dr, do, dscale, N, r, pr, pu, npairs):
+    """The ambiguous entries of row ``r`` (the test of :func:`_relu_row`) as (row, unit) pairs, up to the
+    capacity of ``pr`` / ``pu`` (``npairs[0]`` counts them all: past the capacity the caller finds them
+    itself). A second, scalar pass, only over rows with an ambiguous entry."""
+    cap = pr.shape[0]
+    for j in range(N):
+        a = zr[np.uintp(zo + j)]
+        b = dr[np.uintp(do + j)] * dscale
+        if ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b):
+            k = npairs[0]
+            if k < cap:
+                pr[k] = r
+                pu[k] = j
+            npairs[0] = k + 1
+
+
 @numba.njit(cache=True, nogil=True)
-def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m, nz):
+def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m, nz, pr, pu, npairs):
     """Per entry of row ``r``, with ``z = zs[r, zo + j]`` and the bound ``d = ds[r, do + j] * dscale``
     (rounded as torch's multiplication by a scalar; ``zs``, ``ds`` C-contiguous, possibly one array holding
     both side by side, as a stacked convolution's output): ``bits = z > 0``; ambiguous when ``|z| <= d``
@@ -89,18 +106,21 @@ def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m
     ``v`` or ``e`` is nonzero (the crude bound of the next convolution, :class:`netgeom.nets.certified.
     _Outer`, without writing ``e``); mode 0 only the bits. The comparisons are those of the torch version,
     in the arrays' own precision; selects and bitwise operations, no branches (so that the loop
-    vectorises). A NaN ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows."""
-    B = bits.shape[0]
+    vectorises). A NaN ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows. The
+    ambiguous entries also go to ``pr`` / ``pu`` as (row, unit) pairs (:func:`_emit`)."""
+    B, N = bits.shape
     for r in range(B):
         cnt, live, mx = _relu_row(zs[r], zo, ds[r], do, dscale, gnext, mode, bits[r], v[r], e[r], q, qi)
         n_und[r] = cnt
+        if cnt:
+            _emit(zs[r], zo, ds[r], do, dscale, N, r, pr, pu, npairs)
         if mode == 3:
             m[r] = mx
             nz[r] = live > 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _relu_outer(z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m, nz, drow):
+def _relu_outer(z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m, nz, drow, pr, pu, npairs):
     """:func:`_relu_fused` with the crude bound of a convolution's output (``dscale`` 1), entry ``j`` of
     row ``r`` computed as read: ``((t_r L_j + A_j) + k_r U_j) s`` (``k_r`` = 1 where ``risk``, else 0), in
     the arrays' precision and in the order of the torch operations of
@@ -115,6 +135,8 @@ def _relu_outer(z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m
             drow[j] = ((tr * L[j] + A[j]) + kr * U[j]) * s
         cnt, live, mx = _relu_row(z[r], 0, drow, 0, one, gnext, mode, bits[r], v[r], e[r], q, qi)
         n_und[r] = cnt
+        if cnt:
+            _emit(z[r], 0, drow, 0, one, N, r, pr, pu, npairs)
         if mode == 3:
             m[r] = mx
             nz[r] = live > 0
@@ -176,7 +198,18 @@ def _relu_outputs(B: int, N: int, dtype, mode: int, bits, out):
     qi = q.view(np.int32 if q.dtype.itemsize == 4 else np.int64)
     m = np.zeros(B, dtype=qi.dtype)
     nz = np.zeros(B, dtype=np.bool_)
-    return bits, n_und, v, e, q, qi, m, nz
+    cap = 4 * B + 256  # ambiguous pairs kept (a few per block: most rows have none)
+    pairs = (np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    return bits, n_und, v, e, q, qi, m, nz, pairs
+
+
+def _give_pairs(pairs, sink):
+    """Into ``sink`` (a list, when given): the (row, unit) pairs as two long tensors, or ``None`` when there
+    were more than the arrays hold (the caller then finds them itself)."""
+    if sink is not None:
+        pr, pu, npairs = pairs
+        k = int(npairs[0])
+        sink.append((torch.from_numpy(pr[:k]), torch.from_numpy(pu[:k])) if k <= len(pr) else None)
 
 
 def _relu_result(mode, bits, n_und, v, e, m, nz, dtype):
@@ -194,6 +227,7 @@ def relu_fused(
     mode: int = 1,
     bits: torch.Tensor | None = None,
     out: tuple | None = None,
+    pairs: list | None = None,
 ):
     """``(bits, rows with an ambiguous unit (bool (B,)), relu(z) or None, error bound (plus ``gnext``
     relu(z) in mode 2) or None)`` for a CPU pre-activation ``z`` with elementwise error bound
@@ -201,23 +235,27 @@ def relu_fused(
     the last is ``(m, nz)``, per row the largest ``fl(e + gnext relu(z))`` and whether any output or its
     bound is nonzero. ``bits``: a C-contiguous bool (B, N) tensor to write the signs into (else a new
     one); ``out``: C-contiguous (B, N) tensors of ``z``'s dtype to write the value and (modes 1, 2) the
-    bound into (else new ones)."""
+    bound into (else new ones); ``pairs``: a list to append the ambiguous (row, unit) pairs to
+    (:func:`_give_pairs`)."""
     zn, zo = _rows(z)
     dn, do = _rows(d)
     B, N = z.shape
-    bits, n_und, v, e, q, qi, m, nz = _relu_outputs(B, N, zn.dtype, mode, bits, out)
+    bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
     dt = zn.dtype.type
-    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bits.numpy(), n_und, v, e, q, qi, m, nz)
+    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bits.numpy(), n_und, v, e, q, qi, m, nz, *pp)
+    _give_pairs(pp, pairs)
     return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
 
 
-def relu_outer(z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1, bits=None, out=None):
+def relu_outer(
+    z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1, bits=None, out=None, pairs=None
+):
     """:func:`relu_fused` for a pre-activation ``z`` ((B, N) CPU) whose bound is the crude one of a
     convolution, ``((t_r L_j + A_j) + [risk_r] U_j) s`` (``t``, ``risk``: (B,); ``L``, ``A``, ``U``: (N,)
-    of ``z``'s dtype), see :func:`_relu_outer`. Modes 0, 1, 3."""
+    of ``z``'s dtype), see :func:`_relu_outer`. Modes 0, 1, 3; ``pairs`` as for :func:`relu_fused`."""
     zn = z.contiguous().numpy()
     B, N = zn.shape
-    bits, n_und, v, e, q, qi, m, nz = _relu_outputs(B, N, zn.dtype, mode, bits, out)
+    bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
     dt = zn.dtype.type
     args = (t.contiguous().numpy(), risk.contiguous().numpy(), L.numpy(), A.contiguous().numpy())
     drow = np.empty(max(N, 1), dtype=zn.dtype)
@@ -237,7 +275,9 @@ def relu_outer(z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1,
         m,
         nz,
         drow,
+        *pp,
     )
+    _give_pairs(pp, pairs)
     return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
 
 

@@ -1097,6 +1097,7 @@ class _Engine:
             elif node.op == "relu":
                 z, ez = vals[ins[0]], errs[ins[0]]
                 fused = None
+                pairs: list = []  # the ambiguous (row, unit) pairs, from a compiled pass
                 if isinstance(ez, _Rank1):
                     d = None
                     if self.kernels and node.negative_slope == 0:
@@ -1122,7 +1123,7 @@ class _Engine:
                         d = None
                         L, A, U = ez.vectors()
                         bits, undecided, v, e_out = relu_outer(
-                            z, ez.t, ez.risk, L, A, U, ez.s, gnext, mode, dest.get(node.index), bufs
+                            z, ez.t, ez.risk, L, A, U, ez.s, gnext, mode, dest.get(node.index), bufs, pairs
                         )
                     else:
                         if isinstance(ez, _Scaled):  # read in place, scaled as read (the same rounding)
@@ -1131,7 +1132,7 @@ class _Engine:
                             d = dsrc = ez.elem()
                             dscale = 1.0
                         bits, undecided, v, e_out = relu_fused(
-                            z, dsrc, dscale, gnext, mode, dest.get(node.index), bufs
+                            z, dsrc, dscale, gnext, mode, dest.get(node.index), bufs, pairs
                         )
                     if mode == 3:  # e_out: (per row, the largest e + gnext v; any output or bound nonzero)
                         fused = (v, _ReluErr(z, ez, peak=(gnext, *e_out)))
@@ -1143,7 +1144,20 @@ class _Engine:
                     bits = z > 0
                     d = ez.elem()
                     undecided = (z.abs() <= d).any(1)
-                if undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
+                kernel_pairs = pairs[0] if fused is not None and pairs and pairs[0] is not None else None
+                if kernel_pairs is not None and self._worth_refining(ins[0]):
+                    # the compiled pass's ambiguous pairs (the test below, entry by entry): no gathers of the
+                    # rows and their bounds, no torch passes to find the pairs again
+                    if len(kernel_pairs[0]):
+                        rr, uu = kernel_pairs
+                        xs = g.nodes[ins[0]].inputs[0]
+                        z64, bd = self._refine(ins[0], vals[xs], errs[xs], rr, uu)
+                        ok = (z64.abs() > bd) | (bd == 0)
+                        self._tally(ins[0], ok)
+                        bits[rr[ok], uu[ok]] = z64[ok] > 0
+                        undecided = torch.zeros_like(undecided)
+                        undecided[rr[~ok]] = True
+                elif undecided.any():  # the exact per-unit test; a zero bound decides even z == 0
                     rows = torch.nonzero(undecided).flatten()
                     zr = z[rows]
                     if d is not None:
