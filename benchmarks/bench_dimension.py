@@ -6,6 +6,12 @@ MLE(k = 5…20) + TwoNN vs scikit-dimension, and local PCA (k = 20, every rule) 
     python benchmarks/bench_dimension.py              # MNIST test split 10,000 × 784 + synthetic 20,000 × 784
     python benchmarks/bench_dimension.py --full       # adds a synthetic 70,000 × 784
     python benchmarks/bench_dimension.py --knn-only   # only the kNN table (MNIST 1000 ... 10,000, synthetic)
+
+faiss-cpu ships its own OpenBLAS (0.3.15 in faiss-cpu 1.15), too old to recognise recent AMD processors: left
+alone it takes a generic SSE kernel there, and ``OPENBLAS_CORETYPE`` picks another. For faiss's fastest
+products on an AVX-512 machine run ``OPENBLAS_CORETYPE=SkylakeX python benchmarks/bench_dimension.py ...``
+(numpy's OpenBLAS then runs the kernel it picks by itself on such a machine). The header prints the kernel
+each loaded BLAS runs.
 """
 
 from __future__ import annotations
@@ -32,6 +38,18 @@ def matmul_floor(X: np.ndarray, chunk: int) -> float:
     for a in range(0, len(X32), chunk):
         X32[a : a + chunk] @ X32.T
     return time.perf_counter() - t
+
+
+def _blas_kernels() -> list[str]:
+    """Which kernel each BLAS library in the process runs (faiss's own OpenBLAS is loaded first)."""
+    from threadpoolctl import threadpool_info
+
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        pass
+    return [f"{Path(i['filepath']).name.split('-')[0]} {i.get('version')}: {i.get('architecture', '?')}"
+            for i in threadpool_info() if i.get("user_api") == "blas"] or ["none found"]
 
 
 def faiss_knn(X: np.ndarray, k: int):
@@ -193,6 +211,7 @@ def main():
     rng = np.random.default_rng(a.seed)
     print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, load average at start: "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print("BLAS kernels: " + ", ".join(_blas_kernels()))
     n_syn = 2000 if a.quick else 20000
     n_lpca = 60 if a.quick else 2000  # skdim's lPCA.fit_pw fits one sklearn PCA per point: slow
     rules = {r: LPCA_RULES[r] for r in ("fo", "fan")} if a.quick else LPCA_RULES
