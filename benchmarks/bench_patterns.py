@@ -19,6 +19,7 @@ and unmapped batch after batch.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
+    python benchmarks/bench_patterns.py --only "LeNet|conv"   # only the rows whose name matches
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ signs, the undecided test, the activation and the activation's error bound (seve
 passes over its window slots for the running maximum, its position, the second largest entry, the largest
 error and the top-two test. One pass each here. The ReLU pass also reads a stacked first convolution's two
 halves in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
-convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block). The float64 redo of
-undecided (row, unit) pairs is one pass too (a dozen small gathers and reductions per block in torch). All
-run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
+convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block), or computes a convolution's
+crude bound entry by entry as it reads (:func:`relu_outer`) and hands the next convolution its row maxima;
+both list the ambiguous (row, unit) pairs. The float64 redo of undecided (row, unit) pairs is one pass too (a
+dozen small gathers and reductions per block in torch), one kernel for gathered rows and for the block's
+arrays read in place. All run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
 """
 
 from __future__ import annotations

@@ -41,7 +41,11 @@ float32 input (its error carried in, :meth:`_Engine._refine`, one compiled pass 
 on the CPU); only what that cannot decide sends its row
 to the float64 pass, which bounds convolutions crudely first (``||M_j||_1`` times the row's largest
 ``e + g |x^|``: no second convolution, still ~1e-13 relative on a shallow net) and only the rows that
-leaves undecided with the full bounds.
+leaves undecided with the full bounds. The float32 pass uses the same crude bounds (:class:`_Outer`: no
+stacked first convolution, no bound convolution; the ReLU's compiled pass computes each entry's bound as it
+reads it and hands the next convolution its row maxima) when its first rows show them tight enough
+(:func:`graph_patterns`: a shallow net with small filters, where they leave ~1% of the rows to float64);
+the ReLU passes also hand out their ambiguous (row, unit) pairs for the unit redo.
 
 Why residual MLPs mostly end in the float64 pass: the worst-case bounds are ~10^3 times the actual float32
 errors there. A dense layer's own rounding is bounded by ``gamma_K ||W_i|| ||h||`` (``K u``, where
