@@ -19,6 +19,7 @@ and unmapped batch after batch.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
+    python benchmarks/bench_patterns.py --only "LeNet|conv"   # only the rows whose name matches
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import time
 
 import numpy as np
@@ -204,10 +206,13 @@ def _same(a, b) -> bool:
     return len(a[0]) == len(b[0]) and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def row(name, n, net, n_in, plain, repeats, masks=None, onednn: bool = False):
-    """One table row. ``onednn``: ``plain`` also takes ``onednn=True`` (its float32 products through oneDNN),
-    timed as a second alternative; otherwise torch's default kernels are already oneDNN's (convolutions) or
-    the products are too small to matter."""
+def row(name, n, net, n_in, plain, repeats, masks=None, onednn: bool = False, only=None):
+    """One table row (skipped unless its name matches the regular expression ``only``). ``onednn``:
+    ``plain`` also takes ``onednn=True`` (its float32 products through oneDNN), timed as a second
+    alternative; otherwise torch's default kernels are already oneDNN's (convolutions) or the products are
+    too small to matter."""
+    if only is not None and not re.search(only, name):
+        return
     t_ours, t_plain, c_ours, c_plain, t_dnn = [], [], [], [], []
     # (only as many pooled batches as the row reads: 16 CIFAR-sized ones would take 1.6 GB)
     pool = make_pool(n_in, 0, min(16, -(-max(n, BATCH) // BATCH)))
@@ -249,6 +254,9 @@ def main(argv=None):
         "--repeats", type=int, default=None, help="timed repeats, best taken (default 3, quick 1)"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--only", default=None, help="run only the rows whose network name matches this regular expression"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -267,27 +275,53 @@ def main(argv=None):
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     net = mlp(784, [400, 400], 10, seed=0)
-    row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats, onednn=True)
+    row("MLP 784-400-400-10", n, net, (784,), plain_mlp, repeats, onednn=True, only=args.only)
     masks = magnitude_prune(net, scope="layer", per_layer=[0.9, 0.9, 0.0])
     pruned = copy.deepcopy(net)
     masks.apply(pruned)
-    row("same, 90% pruned per layer", n, pruned, (784,), plain_mlp, repeats, masks, onednn=True)
+    row(
+        "same, 90% pruned per layer",
+        n,
+        pruned,
+        (784,),
+        plain_mlp,
+        repeats,
+        masks,
+        onednn=True,
+        only=args.only,
+    )
     torch.manual_seed(0)
     res = ResMLP(64, 128, 3, 10).eval()
     trace(res)
-    row("residual MLP 64-128x4-10", n // 5, res, (64,), plain_resmlp, repeats, onednn=True)
+    row("residual MLP 64-128x4-10", n // 5, res, (64,), plain_resmlp, repeats, onednn=True, only=args.only)
     torch.manual_seed(0)
     pool = PoolNet().eval()
     pool.input_shape = (1, 28, 28)
-    row("LeNet-5 with max-pool, 28x28", n // 50, pool, (1, 28, 28), plain_poolnet, repeats)
+    row("LeNet-5 with max-pool, 28x28", n // 50, pool, (1, 28, 28), plain_poolnet, repeats, only=args.only)
     torch.manual_seed(0)
     conv = ConvNet().eval()
     conv.input_shape = (1, 28, 28)
-    row("conv 1-8-16 stride 2, no pooling, 28x28", n // 50, conv, (1, 28, 28), plain_convnet, repeats)
+    row(
+        "conv 1-8-16 stride 2, no pooling, 28x28",
+        n // 50,
+        conv,
+        (1, 28, 28),
+        plain_convnet,
+        repeats,
+        only=args.only,
+    )
     torch.manual_seed(0)
     wide = WideConvNet().eval()
     wide.input_shape = (3, 32, 32)
-    row("conv 3-32-64 stride 2, no pooling, 3x32x32", n // 50, wide, (3, 32, 32), plain_convnet, repeats)
+    row(
+        "conv 3-32-64 stride 2, no pooling, 3x32x32",
+        n // 50,
+        wide,
+        (3, 32, 32),
+        plain_convnet,
+        repeats,
+        only=args.only,
+    )
     print(f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
 
 

@@ -207,6 +207,7 @@ def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, mon
                 engines: dict = {}
                 for key, d, crude in (
                     (torch.float32, torch.float32, False),
+                    ((torch.float32, "crude"), torch.float32, True),
                     (torch.float64, torch.float64, False),
                     ((torch.float64, "crude"), torch.float64, True),
                 ):

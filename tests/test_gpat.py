@@ -152,6 +152,7 @@ def _engines(g, kernels: bool) -> dict:
     engines: dict = {}
     for key, d, crude in (
         (torch.float32, torch.float32, False),
+        ((torch.float32, "crude"), torch.float32, True),
         (torch.float64, torch.float64, False),
         ((torch.float64, "crude"), torch.float64, True),
     ):
@@ -294,11 +295,13 @@ class _ConvPool(nn.Module):
         return F.relu(self.c2(h)).flatten(1)
 
 
+@pytest.mark.parametrize("crude", [False, True])
 @pytest.mark.parametrize("pool", [False, True])
-def test_unit_redo_in_place_equals_the_gathered_one_bit_for_bit(pool, monkeypatch):
+def test_unit_redo_in_place_equals_the_gathered_one_bit_for_bit(pool, crude, monkeypatch):
     """The float64 redo of undecided (row, unit) pairs reading the block's float32 arrays in place gives the
     same values and bounds, to the bit, as gathering the rows, widening them and padding them; and it runs
-    (inputs near boundaries leave pairs undecided in float32)."""
+    (inputs near boundaries leave pairs undecided in float32). ``crude``: the float32 engine with the crude
+    convolution bounds, whose ReLU output's bound the redo computes entry by entry."""
     net = _ConvPool(5, pool).eval()
     shape = (2, 10, 10) if pool else (2, 7, 7)
     g = trace(net, input_shape=shape)
@@ -319,5 +322,5 @@ def test_unit_redo_in_place_equals_the_gathered_one_bit_for_bit(pool, monkeypatc
     monkeypatch.setattr(certified._Engine, "_refine", both)
     for blocks in (1 << 22, 2048):
         monkeypatch.setattr(certified, "_CHUNK_BYTES", blocks)
-        graph_patterns(g, X, _engines={})
+        graph_patterns(g, X, _engines={"crude32": crude})
     assert any(seen)

@@ -6,9 +6,11 @@ signs, the undecided test, the activation and the activation's error bound (seve
 passes over its window slots for the running maximum, its position, the second largest entry, the largest
 error and the top-two test. One pass each here. The ReLU pass also reads a stacked first convolution's two
 halves in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
-convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block). The float64 redo of
-undecided (row, unit) pairs is one pass too (a dozen small gathers and reductions per block in torch). All
-run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
+convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block), or computes a convolution's
+crude bound entry by entry as it reads (:func:`relu_outer`) and hands the next convolution its row maxima;
+both list the ambiguous (row, unit) pairs. The float64 redo of undecided (row, unit) pairs is one pass too (a
+dozen small gathers and reductions per block in torch), one kernel for gathered rows and for the block's
+arrays read in place. All run on the calling thread, on row blocks the engine keeps at ~4 MB per value.
 """
 
 from __future__ import annotations
@@ -17,58 +19,153 @@ import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "refine_pairs", "refine_pairs_relu", "relu_elem", "relu_fused", "relu_screen"]
+__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused", "relu_outer", "relu_screen", "row_absmax"]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
+    """One row of :func:`_relu_fused`; returns ``(ambiguous entries, entries with a nonzero output or
+    bound, the largest q as an integer)`` (the last two in mode 3 only)."""
+    N = br.shape[0]
+    zero = zr.dtype.type(0)
+    cnt = 0
+    live = 0
+    if mode == 0:
+        for j in range(N):
+            a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
+            b = dr[np.uintp(do + j)] * dscale
+            br[j] = a > 0
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+    elif mode == 1:
+        for j in range(N):
+            a = zr[np.uintp(zo + j)]
+            b = dr[np.uintp(do + j)] * dscale
+            pos = a > 0
+            br[j] = pos
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            vr[j] = a if pos else zero
+            er[j] = zero if a + b <= 0 else b
+    elif mode == 2:
+        for j in range(N):
+            a = zr[np.uintp(zo + j)]
+            b = dr[np.uintp(do + j)] * dscale
+            pos = a > 0
+            br[j] = pos
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            va = a if pos else zero
+            vr[j] = va
+            er[j] = (zero if a + b <= 0 else b) + gnext * va
+    else:
+        for j in range(N):
+            a = zr[np.uintp(zo + j)]
+            b = dr[np.uintp(do + j)] * dscale
+            pos = a > 0
+            br[j] = pos
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            va = a if pos else zero
+            vr[j] = va
+            ej = zero if a + b <= 0 else b
+            qr[j] = ej + gnext * va
+            live += (va != zero) | (ej != zero)
+    mx = qi[0]
+    if mode == 3:
+        # the largest q through its bit pattern: q >= 0, where the order of the bits as integers is that
+        # of the numbers (a float maximum does not vectorise; an integer one does). A NaN q (only where
+        # a or b is NaN: the row is ambiguous, so redone whole) may be negative as an integer and skipped.
+        for j in range(N):
+            mx = max(mx, qi[j])
+    return cnt, live, mx
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _emit(zr, zo, dr, do, dscale, N, r, pr, pu, npairs):
+    """The ambiguous entries of row ``r`` (the test of :func:`_relu_row`) as (row, unit) pairs, up to the
+    capacity of ``pr`` / ``pu`` (``npairs[0]`` counts them all: past the capacity the caller finds them
+    itself). A second, scalar pass, only over rows with an ambiguous entry."""
+    cap = pr.shape[0]
+    for j in range(N):
+        a = zr[np.uintp(zo + j)]
+        b = dr[np.uintp(do + j)] * dscale
+        if ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b):
+            k = npairs[0]
+            if k < cap:
+                pr[k] = r
+                pu[k] = j
+            npairs[0] = k + 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e):
+def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m, nz, pr, pu, npairs):
     """Per entry of row ``r``, with ``z = zs[r, zo + j]`` and the bound ``d = ds[r, do + j] * dscale``
     (rounded as torch's multiplication by a scalar; ``zs``, ``ds`` C-contiguous, possibly one array holding
     both side by side, as a stacked convolution's output): ``bits = z > 0``; ambiguous when ``|z| <= d``
     with ``d > 0`` or when ``z`` or ``d`` is NaN (counted per row in ``n_und``). ``mode`` 1 also writes
     ``v = relu(z)`` and ``e = 0`` where ``z + d <= 0`` (the input is certainly negative: the output is an
     exact 0), else ``d``; mode 2 writes ``e + gnext v`` in place of ``e`` (the input ``e + g |x^|`` of the
-    next convolution's bound, the same two roundings as the torch passes it replaces); mode 0 only the
-    bits. The comparisons are those of the torch version, in the arrays' own precision; selects and
-    bitwise operations, no branches (so that the loop vectorises). A NaN ``z`` gives ``v = 0``: its row is
-    undecided, so redone, whatever follows."""
+    next convolution's bound, the same two roundings as the torch passes it replaces); mode 3 writes ``v``
+    and, per row, ``m`` = the largest ``fl(e + gnext v)`` (as the integer of its bits, through ``q`` /
+    ``qi``, one row of scratch space viewed as floats / integers of the same width) and ``nz`` whether any
+    ``v`` or ``e`` is nonzero (the crude bound of the next convolution, :class:`netgeom.nets.certified.
+    _Outer`, without writing ``e``); mode 0 only the bits. The comparisons are those of the torch version,
+    in the arrays' own precision; selects and bitwise operations, no branches (so that the loop
+    vectorises). A NaN ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows. The
+    ambiguous entries also go to ``pr`` / ``pu`` as (row, unit) pairs (:func:`_emit`)."""
     B, N = bits.shape
-    zero = zs.dtype.type(0)
     for r in range(B):
-        zr = zs[r]
-        dr = ds[r]
-        br = bits[r]
-        cnt = 0
-        if mode == 0:
-            for j in range(N):
-                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
-                b = dr[np.uintp(do + j)] * dscale
-                br[j] = a > 0
-                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
-        elif mode == 1:
-            vr = v[r]
-            er = e[r]
-            for j in range(N):
-                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
-                b = dr[np.uintp(do + j)] * dscale
-                pos = a > 0
-                br[j] = pos
-                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
-                vr[j] = a if pos else zero
-                er[j] = zero if a + b <= 0 else b
-        else:
-            vr = v[r]
-            er = e[r]
-            for j in range(N):
-                a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
-                b = dr[np.uintp(do + j)] * dscale
-                pos = a > 0
-                br[j] = pos
-                cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
-                va = a if pos else zero
-                vr[j] = va
-                er[j] = (zero if a + b <= 0 else b) + gnext * va
+        cnt, live, mx = _relu_row(zs[r], zo, ds[r], do, dscale, gnext, mode, bits[r], v[r], e[r], q, qi)
         n_und[r] = cnt
+        if cnt:
+            _emit(zs[r], zo, ds[r], do, dscale, N, r, pr, pu, npairs)
+        if mode == 3:
+            m[r] = mx
+            nz[r] = live > 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _relu_outer(z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m, nz, drow, pr, pu, npairs):
+    """:func:`_relu_fused` with the crude bound of a convolution's output (``dscale`` 1), entry ``j`` of
+    row ``r`` computed as read: ``((t_r L_j + A_j) + k_r U_j) s`` (``k_r`` = 1 where ``risk``, else 0), in
+    the arrays' precision and in the order of the torch operations of
+    :meth:`netgeom.nets.certified._Outer.elem` (so the same numbers), into one row of scratch space."""
+    B, N = bits.shape
+    one = z.dtype.type(1)
+    zero = z.dtype.type(0)
+    for r in range(B):
+        tr = t[r]
+        kr = one if risk[r] else zero
+        for j in range(N):
+            drow[j] = ((tr * L[j] + A[j]) + kr * U[j]) * s
+        cnt, live, mx = _relu_row(z[r], 0, drow, 0, one, gnext, mode, bits[r], v[r], e[r], q, qi)
+        n_und[r] = cnt
+        if cnt:
+            _emit(z[r], 0, drow, 0, one, N, r, pr, pu, npairs)
+        if mode == 3:
+            m[r] = mx
+            nz[r] = live > 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_absmax(xi, mask, m):
+    """Per row of ``xi`` (floats viewed as integers of their width): the largest ``|x|`` as the integer of
+    its bits (``mask`` clears the sign bit; the order of those integers is that of the magnitudes, and a NaN
+    lies above every number, so it propagates). An integer maximum vectorises; a float one does not."""
+    B, N = xi.shape
+    for r in range(B):
+        xr = xi[r]
+        mx = xr[0] & mask if N else mask & 0
+        for j in range(N):
+            mx = max(mx, xr[j] & mask)
+        m[r] = mx
+
+
+def row_absmax(x: torch.Tensor) -> torch.Tensor:
+    """Per row of a CPU (B, N) float32 / float64 tensor, the largest ``|x|`` (NaN when the row holds one);
+    one pass (torch's ``aminmax`` along rows took ~1.2 ms per 775 x 784 block; ``abs().amax(1)``: two)."""
+    xn = x.contiguous().numpy()
+    it = np.int32 if xn.dtype.itemsize == 4 else np.int64
+    m = np.empty(xn.shape[0], dtype=it)
+    _row_absmax(xn.view(it), it(np.iinfo(it).max), m)
+    return torch.from_numpy(m.view(xn.dtype))
 
 
 def _rows(t: torch.Tensor):
@@ -85,6 +182,45 @@ def _rows(t: torch.Tensor):
     return t.contiguous().numpy(), 0
 
 
+def _relu_outputs(B: int, N: int, dtype, mode: int, bits, out):
+    """The output arrays of the two ReLU passes: bits, per-row counts, value, bound, the mode-3 scratch row
+    (as floats and as integers of the same width) and per-row maximum (integers) and nonzero flag."""
+    if bits is None:
+        bits = torch.empty((B, N), dtype=torch.bool)
+    n_und = np.empty(B, dtype=np.int64)
+    if mode and out is not None:
+        v = out[0].numpy()
+        e = out[1].numpy() if mode in (1, 2) else np.empty((B, 1), dtype=dtype)
+    elif mode:
+        v = np.empty((B, N), dtype=dtype)
+        e = np.empty((B, N) if mode in (1, 2) else (B, 1), dtype=dtype)
+    else:
+        v = e = np.empty((B, 1), dtype=dtype)
+    q = np.zeros(max(N, 1), dtype=dtype)
+    qi = q.view(np.int32 if q.dtype.itemsize == 4 else np.int64)
+    m = np.zeros(B, dtype=qi.dtype)
+    nz = np.zeros(B, dtype=np.bool_)
+    cap = 4 * B + 256  # ambiguous pairs kept (a few per block: most rows have none)
+    pairs = (np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    return bits, n_und, v, e, q, qi, m, nz, pairs
+
+
+def _give_pairs(pairs, sink):
+    """Into ``sink`` (a list, when given): the (row, unit) pairs as two long tensors, or ``None`` when there
+    were more than the arrays hold (the caller then finds them itself)."""
+    if sink is not None:
+        pr, pu, npairs = pairs
+        k = int(npairs[0])
+        sink.append((torch.from_numpy(pr[:k]), torch.from_numpy(pu[:k])) if k <= len(pr) else None)
+
+
+def _relu_result(mode, bits, n_und, v, e, m, nz, dtype):
+    t = torch.from_numpy
+    if mode == 3:
+        return bits, t(n_und > 0), t(v), (t(m.view(dtype)), t(nz))
+    return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
+
+
 def relu_fused(
     z: torch.Tensor,
     d: torch.Tensor,
@@ -93,29 +229,58 @@ def relu_fused(
     mode: int = 1,
     bits: torch.Tensor | None = None,
     out: tuple | None = None,
+    pairs: list | None = None,
 ):
     """``(bits, rows with an ambiguous unit (bool (B,)), relu(z) or None, error bound (plus ``gnext``
     relu(z) in mode 2) or None)`` for a CPU pre-activation ``z`` with elementwise error bound
-    ``d * dscale`` (same dtype and shape (B, N), float32 or float64), see :func:`_relu_fused`. ``bits``: a
-    C-contiguous bool (B, N) tensor to write the signs into (else a new one); ``out``: two C-contiguous
-    (B, N) tensors of ``z``'s dtype to write the value and the bound into (else new ones)."""
+    ``d * dscale`` (same dtype and shape (B, N), float32 or float64), see :func:`_relu_fused`; in mode 3
+    the last is ``(m, nz)``, per row the largest ``fl(e + gnext relu(z))`` and whether any output or its
+    bound is nonzero. ``bits``: a C-contiguous bool (B, N) tensor to write the signs into (else a new
+    one); ``out``: C-contiguous (B, N) tensors of ``z``'s dtype to write the value and (modes 1, 2) the
+    bound into (else new ones); ``pairs``: a list to append the ambiguous (row, unit) pairs to
+    (:func:`_give_pairs`)."""
     zn, zo = _rows(z)
     dn, do = _rows(d)
     B, N = z.shape
-    if bits is None:
-        bits = torch.empty((B, N), dtype=torch.bool)
-    bn = bits.numpy()
-    n_und = np.empty(B, dtype=np.int64)
+    bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
     dt = zn.dtype.type
-    if mode and out is not None:
-        v, e = out[0].numpy(), out[1].numpy()
-    elif mode:
-        v, e = np.empty((B, N), dtype=zn.dtype), np.empty((B, N), dtype=zn.dtype)
-    else:
-        v = e = np.empty((1, 1), dtype=zn.dtype)
-    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bn, n_und, v, e)
-    t = torch.from_numpy
-    return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
+    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bits.numpy(), n_und, v, e, q, qi, m, nz, *pp)
+    _give_pairs(pp, pairs)
+    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
+
+
+def relu_outer(
+    z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1, bits=None, out=None, pairs=None
+):
+    """:func:`relu_fused` for a pre-activation ``z`` ((B, N) CPU) whose bound is the crude one of a
+    convolution, ``((t_r L_j + A_j) + [risk_r] U_j) s`` (``t``, ``risk``: (B,); ``L``, ``A``, ``U``: (N,)
+    of ``z``'s dtype), see :func:`_relu_outer`. Modes 0, 1, 3; ``pairs`` as for :func:`relu_fused`."""
+    zn = z.contiguous().numpy()
+    B, N = zn.shape
+    bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
+    dt = zn.dtype.type
+    args = (t.contiguous().numpy(), risk.contiguous().numpy(), L.numpy(), A.contiguous().numpy())
+    drow = np.empty(max(N, 1), dtype=zn.dtype)
+    _relu_outer(
+        zn,
+        *args,
+        U.contiguous().numpy(),
+        dt(s),
+        dt(gnext),
+        mode,
+        bits.numpy(),
+        n_und,
+        v,
+        e,
+        q,
+        qi,
+        m,
+        nz,
+        drow,
+        *pp,
+    )
+    _give_pairs(pp, pairs)
+    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -231,83 +396,55 @@ def pool_top2(x: torch.Tensor, err: torch.Tensor, windows: torch.Tensor, u: floa
 
 
 @numba.njit(cache=True, nogil=True)
-def _refine_pairs(X, E, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound):
-    """Per pair ``p``: row ``r[p]`` of the float64 input ``X`` (error bounds ``E``) through unit ``j[p]``:
-    a dense row ``W[j]`` over every column, or (a convolution) filter ``W[j // L]`` over the columns
-    ``T[j % L]``. ``z = sum w x + b_j``; ``bound = (sum |w| e + gam (sum |w| |x| + |b_j|) + under [any
-    x, e or b_j nonzero]) * safety`` (any summation order: the float64 rounding of these sums of
-    nonnegative terms is inside ``safety``, as for the torch sums this replaces)."""
-    for p in range(r.shape[0]):
-        row = r[p]
-        u = j[p]
-        xr = X[row]
-        er = E[row]
-        if dense:
-            w = W[u]
-        else:
-            w = W[u // L]
-            t = T[u % L]
-        acc = 0.0
-        s_e = 0.0
-        s_x = 0.0
-        live = b[u] != 0
-        for k in range(w.shape[0]):
-            c = k if dense else t[k]
-            a = xr[c]
-            e = er[c]
-            wk = w[k]
-            aw = abs(wk)
-            acc += wk * a
-            s_e += aw * e
-            s_x += aw * abs(a)
-            live |= (a != 0) | (e != 0)
-        z[p] = acc + b[u]
-        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
-
-
-def refine_pairs(X, E, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float):
-    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)``, see :func:`_refine_pairs` (``T`` None:
-    dense rows)."""
-    n = len(r)
-    z = np.empty(n, dtype=np.float64)
-    bound = np.empty(n, dtype=np.float64)
-    dense = T is None
-    Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
-    _refine_pairs(
-        X.contiguous().numpy(),
-        E.contiguous().numpy(),
-        r.numpy(),
-        j.numpy(),
-        W.contiguous().numpy(),
-        Tn,
-        max(1, int(L)),
-        dense,
-        b.numpy(),
-        absb.numpy(),
-        float(gam),
-        float(under),
-        float(safety),
-        z,
-        bound,
-    )
-    return torch.from_numpy(z), torch.from_numpy(bound)
-
-
-@numba.njit(cache=True, nogil=True)
-def _refine_pairs_relu(
-    X, xo, Z, zo, D, do, dscale, drop, n, r, j, W, T, L, dense, b, absb, gam, under, safety, z, bound
+def _refine_pairs(
+    X,
+    xo,
+    Z,
+    zo,
+    D,
+    do,
+    dscale,
+    kind,
+    drop,
+    n,
+    outer,
+    r,
+    j,
+    W,
+    T,
+    L,
+    dense,
+    b,
+    absb,
+    gam,
+    under,
+    safety,
+    z,
+    bound,
 ):
-    """:func:`_refine_pairs` reading a ReLU's output in place: row ``r[p]`` of the block, entry ``c`` is
-    ``X[r, xo + c]`` with error bound ``e = 0`` where ``drop`` and ``Z[r, zo + c] + d <= 0`` (the ReLU's input
-    certainly negative), else ``d = D[r, do + c] * dscale`` (in the arrays' precision, as the torch passes of
-    :meth:`netgeom.nets.certified._ReluErr.elem_rows` round it), both widened to float64 exactly; a column
-    ``c >= n`` is padding (a zero with no error, no term). No gathered rows, no float64 copies."""
+    """Per pair ``p``: row ``r[p]`` through unit ``j[p]``: a dense row ``W[j]`` over every column, or (a
+    convolution) filter ``W[j // L]`` over the columns ``T[j % L]``; a column ``c >= n`` is padding (a zero
+    with no error: no term). Entry ``c`` of the row is ``a = X[row, xo + c]`` widened to float64 (exactly),
+    with the error bound ``d``, by ``kind``: 0, ``D[row, do + c]`` (float64 rows gathered from any error
+    object); 1, ``D[row, do + c] * dscale`` (in the arrays' precision, as the torch passes round it); 2, a
+    convolution's crude bound ``((t L_c + A_c) + k U_c) s`` with ``(t, k, L, A, U, s) = outer`` (``t``, ``k``
+    per row; as :class:`netgeom.nets.certified._Outer` computes it); and with ``drop`` (the row is a ReLU's
+    output, ``Z`` its input), ``0`` where ``Z[row, zo + c] + d <= 0`` (certainly negative). So the block's
+    arrays are read in place: no gathered rows, no float64 copies, no padding column.
+    ``z = sum w a + b_j``; ``bound = (sum |w| e + gam (sum |w| |a| + |b_j|) + under [any a, e or b_j
+    nonzero]) * safety`` (any summation order: the float64 rounding of these sums of nonnegative terms is
+    inside ``safety``, as for the torch sums this replaces)."""
+    ot, ok, oL, oA, oU, os = outer
+    one = ot.dtype.type(1)
+    zero = ot.dtype.type(0)
     for p in range(r.shape[0]):
         row = r[p]
         u = j[p]
         xr = X[row]
         zr = Z[row]
         dr = D[row]
+        tr = ot[row] if kind == 2 else zero
+        kr = (one if ok[row] else zero) if kind == 2 else zero
         if dense:
             w = W[u]
         else:
@@ -322,7 +459,12 @@ def _refine_pairs_relu(
             if c >= n:
                 continue
             a = np.float64(xr[xo + c])
-            dd = dr[do + c] * dscale
+            if kind == 0:
+                dd = dr[do + c]
+            elif kind == 1:
+                dd = dr[do + c] * dscale
+            else:
+                dd = ((tr * oL[c] + oA[c]) + kr * oU[c]) * os
             e = np.float64(0.0) if drop and zr[zo + c] + dd <= 0 else np.float64(dd)
             wk = w[k]
             aw = abs(wk)
@@ -334,26 +476,89 @@ def _refine_pairs_relu(
         bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
 
 
-def refine_pairs_relu(
-    x, zin, d, dscale: float, r, j, W, T, L: int, b, absb, gam: float, under: float, safety: float
+def refine_pairs(
+    x,
+    d,
+    r,
+    j,
+    W,
+    T,
+    L: int,
+    b,
+    absb,
+    gam: float,
+    under: float,
+    safety: float,
+    *,
+    zin=None,
+    dscale: float = 1.0,
+    outer=None,
+    gathered: bool = False,
 ):
-    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` (``r``: rows of the block) of an affine
-    node reading a ReLU's output ``x`` ((B, n), CPU) whose input ``zin`` has the elementwise error bound
-    ``d * dscale`` (``zin``, ``d``: (B, n) column blocks of C-contiguous arrays, read in place), see
-    :func:`_refine_pairs_relu` (``T`` None: dense rows). ``zin`` None: ``x`` is not a ReLU's output and
-    ``d * dscale`` its own bound."""
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` (``T`` None: dense rows), see
+    :func:`_refine_pairs`. ``x`` (B, n) CPU: the rows of the node's input; its error bound is ``d``
+    ((B, n): float64 rows gathered when ``gathered``, else the block's array of ``x``'s dtype times
+    ``dscale``, both read in place (column blocks of C-contiguous arrays)) or, ``d`` None, the crude bound
+    ``outer = (t, k, L, A, U, s)`` (:class:`netgeom.nets.certified._Outer`). ``zin``: ``x`` is a ReLU's
+    output and ``zin`` its input (then the bound is 0 where ``zin`` is certainly negative)."""
     xn, xo = _rows(x)
-    dn, do = _rows(d)
-    zn, zo = _rows(zin) if zin is not None else (dn, do)
-    n = x.shape[1]
+    B, n = x.shape
+    f = xn.dtype.type
+    if d is not None:
+        dn, do = _rows(d)
+        kind = 0 if gathered else 1
+        nothing = np.zeros(max(1, n), dtype=dn.dtype)  # (no crude bound: placeholders, never read)
+        oargs = (
+            np.zeros(max(1, B), dtype=dn.dtype),
+            np.zeros(max(1, B), dtype=np.bool_),
+            nothing,
+            nothing,
+            nothing,
+            dn.dtype.type(1),
+        )
+    else:
+        dn, do, kind = np.zeros((max(1, B), 1), dtype=xn.dtype), 0, 2
+        t, k, oL, oA, oU, s = outer
+        oargs = (
+            t.contiguous().numpy(),
+            k.contiguous().numpy(),
+            oL.contiguous().numpy(),
+            oA.contiguous().numpy(),
+            oU.contiguous().numpy(),
+            f(s),
+        )
+    zn, zo = _rows(zin) if zin is not None else (np.zeros((max(1, B), 1), dtype=xn.dtype), 0)
     m = len(r)
     z = np.empty(m, dtype=np.float64)
     bound = np.empty(m, dtype=np.float64)
     dense = T is None
     Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
     rn, jn, Wn = r.contiguous().numpy(), j.contiguous().numpy(), W.contiguous().numpy()
-    args = (b.numpy(), absb.numpy(), float(gam), float(under), float(safety), z, bound)
     ds = dn.dtype.type(dscale)
-    drop = zin is not None
-    _refine_pairs_relu(xn, xo, zn, zo, dn, do, ds, drop, n, rn, jn, Wn, Tn, max(1, int(L)), dense, *args)
+    _refine_pairs(
+        xn,
+        xo,
+        zn,
+        zo,
+        dn,
+        do,
+        ds,
+        kind,
+        zin is not None,
+        n,
+        oargs,
+        rn,
+        jn,
+        Wn,
+        Tn,
+        max(1, int(L)),
+        dense,
+        b.numpy(),
+        absb.numpy(),
+        float(gam),
+        float(under),
+        float(safety),
+        z,
+        bound,
+    )
     return torch.from_numpy(z), torch.from_numpy(bound)
