@@ -28,6 +28,8 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
     bound, the largest q as an integer)`` (the last two in mode 3 only)."""
     N = br.shape[0]
     zero = zr.dtype.type(0)
+    # a value that overflowed (inf) says nothing about the exact sign, whatever its bound: ambiguous, as NaN
+    inf = zr.dtype.type(np.inf)
     cnt = 0
     live = 0
     if mode == 0:
@@ -35,14 +37,14 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
             a = zr[np.uintp(zo + j)]  # (unsigned: no negative-index wraparound, so it vectorises)
             b = dr[np.uintp(do + j)] * dscale
             br[j] = a > 0
-            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b) | (abs(a) == inf)
     elif mode == 1:
         for j in range(N):
             a = zr[np.uintp(zo + j)]
             b = dr[np.uintp(do + j)] * dscale
             pos = a > 0
             br[j] = pos
-            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b) | (abs(a) == inf)
             vr[j] = a if pos else zero
             er[j] = zero if a + b <= 0 else b
     elif mode == 2:
@@ -51,7 +53,7 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
             b = dr[np.uintp(do + j)] * dscale
             pos = a > 0
             br[j] = pos
-            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b) | (abs(a) == inf)
             va = a if pos else zero
             vr[j] = va
             er[j] = (zero if a + b <= 0 else b) + gnext * va
@@ -61,7 +63,7 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
             b = dr[np.uintp(do + j)] * dscale
             pos = a > 0
             br[j] = pos
-            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b)
+            cnt += ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b) | (abs(a) == inf)
             va = a if pos else zero
             vr[j] = va
             ej = zero if a + b <= 0 else b
@@ -83,10 +85,11 @@ def _emit(zr, zo, dr, do, dscale, N, r, pr, pu, npairs):
     capacity of ``pr`` / ``pu`` (``npairs[0]`` counts them all: past the capacity the caller finds them
     itself). A second, scalar pass, only over rows with an ambiguous entry."""
     cap = pr.shape[0]
+    inf = zr.dtype.type(np.inf)
     for j in range(N):
         a = zr[np.uintp(zo + j)]
         b = dr[np.uintp(do + j)] * dscale
-        if ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b):
+        if ((abs(a) <= b) & (b > 0)) | (a != a) | (b != b) | (abs(a) == inf):
             k = npairs[0]
             if k < cap:
                 pr[k] = r
@@ -286,12 +289,14 @@ def relu_outer(
 @numba.njit(cache=True, nogil=True)
 def _relu_screen(z, thr, bits, v, n_und):
     """Per entry of row ``r``: ``bits = z > 0``, ``v = relu(z)`` (0 for a NaN ``z``: its row is undecided),
-    and ``n_und[r]`` counts the entries with ``not |z| > thr[r]`` (a NaN ``z`` or ``thr`` counts): the
+    and ``n_und[r]`` counts the entries with ``not |z| > thr[r]`` (a NaN ``z`` or ``thr`` counts, and so does
+    an infinite ``z``: an overflow): the
     one-pass screen of a ReLU fed by a dense Linear, whose per-row bound is below ``thr[r]`` for every unit
     (:meth:`netgeom.nets.certified._Rank1.screen`). Replaces five torch passes (``z > 0``, ``|z|``, its row
     minimum, the comparison, ``relu(z)``)."""
     B, N = bits.shape
     zero = z.dtype.type(0)
+    inf = z.dtype.type(np.inf)  # (an overflowed z is ambiguous: see _relu_row)
     for r in range(B):
         zr = z[r]
         br = bits[r]
@@ -303,7 +308,7 @@ def _relu_screen(z, thr, bits, v, n_und):
             pos = a > 0
             br[j] = pos
             vr[j] = a if pos else zero
-            cnt += not (abs(a) > t)
+            cnt += (not (abs(a) > t)) | (abs(a) == inf)
         n_und[r] = cnt
 
 
@@ -329,13 +334,15 @@ def relu_elem(z: torch.Tensor, d: torch.Tensor):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool_top2(x, err, idx, scale, tiny, m1, pos, emax, sure):
+def _pool_top2(x, err, idx, scale, tiny, m1, pos, emax, sure, n_in):
     """Per row and window (slot ``j`` of window ``w`` reads entry ``idx[j, w]``): the first maximal entry
     ``m1`` and its slot ``pos``, the largest error ``emax``, and ``sure`` when the top-two test
     ``m1 - m2 > scale emax + tiny`` holds (``m2`` the largest other entry, ties included; ``scale`` =
     ``2 (1 + 4u)``) or every entry is exact (``emax == 0``). A NaN anywhere in a row's values or errors makes
-    all its windows unsure. Slot by slot over all windows of a row, with selects and an integer maximum for
-    the position (a branch, or a select on the position, keeps the loop from vectorising: 5x slower)."""
+    all its windows unsure, and so does an infinite value among the first ``n_in`` entries (an overflow: only
+    the padding column past them is an exact ``-inf``). Slot by slot over all windows of a row, with selects
+    and an integer maximum for the position (a branch, or a select on the position, keeps the loop from
+    vectorising: 5x slower)."""
     B, n = x.shape
     k, W = idx.shape
     m2 = np.empty(W, dtype=x.dtype)
@@ -363,8 +370,8 @@ def _pool_top2(x, err, idx, scale, tiny, m1, pos, emax, sure):
                 b1[w] = a if gt else best
                 be[w] = max(be[w], er[ij[w]])
         nan = False
-        for i in range(n):
-            nan |= (xr[i] != xr[i]) | (er[i] != er[i])
+        for i in range(n_in):
+            nan |= (xr[i] - xr[i] != 0) | (er[i] != er[i])  # (x - x: NaN for an inf or NaN x)
         ss = sure[r]
         for w in range(W):
             em = be[w]
@@ -390,7 +397,7 @@ def pool_top2(x: torch.Tensor, err: torch.Tensor, windows: torch.Tensor, u: floa
     pos = np.empty((B, W), dtype=np.int32)
     sure = np.empty((B, W), dtype=np.bool_)
     dt = xn.dtype.type
-    _pool_top2(xn, en, idx, dt(2 * (1 + 4 * u)), dt(np.finfo(xn.dtype).tiny), m1, pos, emax, sure)
+    _pool_top2(xn, en, idx, dt(2 * (1 + 4 * u)), dt(np.finfo(xn.dtype).tiny), m1, pos, emax, sure, n)
     t = torch.from_numpy
     return t(m1), t(pos).long(), t(emax), t(sure)
 

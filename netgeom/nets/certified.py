@@ -799,8 +799,11 @@ class _Engine:
         V = torch.full((P, k), -math.inf, dtype=torch.float64, device=rows.device)
         E = torch.zeros((P, k), dtype=torch.float64, device=rows.device)
         V[valid], E[valid] = z, bd
+        fin = torch.ones((P, k), dtype=torch.bool, device=rows.device)
+        # (an overflow even in float64: _window_sure would read its -inf as padding)
+        fin[valid] = torch.isfinite(z)
         t = torch.argmax(V, dim=1, keepdim=True)
-        return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1)
+        return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1) & fin.all(1)
 
     @property
     def _norms(self) -> dict:
@@ -928,6 +931,9 @@ class _Engine:
         windows, k, padded, slots, view, raw = self.ops[node.index]
         xin, ein = vals[ins[0]], errs[ins[0]].elem()
         B = xin.shape[0]
+        # rows with an overflowed (inf) or NaN entry: none of their windows is sure, whatever the tests say
+        # (only the padding appended below is an exact -inf)
+        finite = torch.isfinite(xin).all(1)
         if self.kernels:
             from ._graph_kernel import pool_top2
 
@@ -935,7 +941,7 @@ class _Engine:
             if padded:  # the per-entry test below reads padding as -inf with error 0
                 xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
                 ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
-            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
+            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, finite)
         if view is not None:  # regular windows without padding: slot j of every window is a strided view
             shape, offs, (sh, sw), (Ho, Wo) = view
             xv, ev = xin.reshape(B, *shape), ein.reshape(B, *shape)
@@ -966,9 +972,10 @@ class _Engine:
         pos = pos.long()
         thr = (emax * (2 * (1 + 4 * self.u))).add_((emax > 0).to(m1.dtype), alpha=tiny)
         sure = ((m1 - m2) > thr) | (emax == 0)  # exact entries: the computed first maximum is the exact one
-        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure)
+        sure &= finite[:, None]
+        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, finite)
 
-    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure):
+    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure, finite):
         """The windows the top-two test left open: the per-entry test, then a float64 redo; returns the
         max-pool's ``(values, error, argmax positions, undecided rows)``."""
         windows = self.ops[node.index][0]
@@ -977,6 +984,7 @@ class _Engine:
         if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
             cols = windows[ww]
             sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], pos[rr, ww, None], self.u)
+            sr &= finite[rr]  # (_window_sure reads every -inf as padding)
             src = self.pool_src.get(node.index, (None,))[0]
             if not sr.all() and self._worth_refining(src):
                 open_ = torch.nonzero(~sr).flatten()
@@ -1147,7 +1155,8 @@ class _Engine:
                 else:
                     bits = z > 0
                     d = ez.elem()
-                    undecided = (z.abs() <= d).any(1)
+                    # (an overflowed z, inf, says nothing of the exact sign; nor does a NaN z or bound)
+                    undecided = ((z.abs() <= d) | ~torch.isfinite(z) | d.isnan()).any(1)
                 kernel_pairs = pairs[0] if fused is not None and pairs and pairs[0] is not None else None
                 if kernel_pairs is not None and self._worth_refining(ins[0]):
                     # the compiled pass's ambiguous pairs (the test below, entry by entry): no gathers of the
@@ -1156,7 +1165,7 @@ class _Engine:
                         rr, uu = kernel_pairs
                         xs = g.nodes[ins[0]].inputs[0]
                         z64, bd = self._refine(ins[0], vals[xs], errs[xs], rr, uu)
-                        ok = (z64.abs() > bd) | (bd == 0)
+                        ok = ((z64.abs() > bd) | (bd == 0)) & torch.isfinite(z64)
                         self._tally(ins[0], ok)
                         bits[rr[ok], uu[ok]] = z64[ok] > 0
                         undecided = torch.zeros_like(undecided)
@@ -1168,14 +1177,14 @@ class _Engine:
                         dr = d[rows]
                     else:
                         dr = ez.d_rows(rows) if isinstance(ez, _Rank1) else ez.elem_rows(rows)
-                    # (a NaN, from an overflow in this precision, decides nothing)
-                    amb = ((zr.abs() <= dr) & (dr > 0)) | zr.isnan() | dr.isnan()
+                    # (an inf or NaN, from an overflow in this precision, decides nothing)
+                    amb = ((zr.abs() <= dr) & (dr > 0)) | ~torch.isfinite(zr) | dr.isnan()
                     src = ins[0]
                     if self._worth_refining(src):  # the undecided (row, unit) pairs once more, in float64
                         rr, uu = torch.nonzero(amb, as_tuple=True)
                         xs = g.nodes[src].inputs[0]
                         z64, bd = self._refine(src, vals[xs], errs[xs], rows[rr], uu)
-                        ok = (z64.abs() > bd) | (bd == 0)
+                        ok = ((z64.abs() > bd) | (bd == 0)) & torch.isfinite(z64)
                         self._tally(src, ok)
                         bits[rows[rr[ok]], uu[ok]] = z64[ok] > 0
                         amb[rr[ok], uu[ok]] = False
@@ -1623,14 +1632,14 @@ def _unit_check(lay: dict, units: torch.Tensor, H: torch.Tensor, which: torch.Te
     b64 = (ein[which] * r64 + lay["g64"] * (r64 * hn64 + lay["c"][units])) * (_SAFETY * _SAFETY)
     live = ((hn64 > 0) | lay["has_bias"]).to(torch.float64)
     b64 += live * ((lay["K"] + 2) * torch.finfo(torch.float64).tiny)
-    return z64, (z64.abs() > b64) | (b64 == 0)
+    return z64, ((z64.abs() > b64) | (b64 == 0)) & torch.isfinite(z64)
 
 
 def _unit_check_int8(lay: dict, units, H, Z, which, alpha, beta, i8, slope: float):
     """:func:`_unit_check` for the layer after an int8 first layer: ``(z64, decided)`` by
     :func:`_int8_pair_bound`'s bounds."""
     z64, bound = _int8_pair_bound(lay, units, H, Z, which, alpha, beta, i8, slope)
-    return z64, z64.abs() > bound
+    return z64, (z64.abs() > bound) & torch.isfinite(z64)
 
 
 def _int8_pair_bound(lay: dict, units, H, Z, which, alpha, beta, i8, slope: float):
