@@ -20,7 +20,7 @@ import scipy.sparse
 
 from ._exact import to_exact
 from ._graph_exact import ExactGraph, lines, root, signs_at
-from ._slice import TooManyRegionsError
+from ._slice import TooManyRegionsError, check_finite
 
 # float64 arrays (value, slope and their two error bounds) kept per piece and per live unit
 _BYTES_PER_ENTRY = 4 * 8
@@ -270,6 +270,7 @@ def segment_graph(
             vals[node.index] = ins[0]
         elif node.op in ("relu", "maxpool"):
             al, be, ea, eb = ins[0]
+            check_finite(node.source, al, be, ea, eb)
             m = len(edges) - 1
             bad = np.full(m, exact == "always")
             if node.op == "relu":
@@ -296,6 +297,7 @@ def segment_graph(
             A, B, EA, EB = al[parent], be[parent], ea[parent], eb[parent]
             Z = A + B * mid[:, None]
             EZ = EA + EB * np.abs(mid)[:, None] + 4 * _U * (np.abs(A) + np.abs(B * mid[:, None]))
+            check_finite(node.source, Z, EZ)
             if node.op == "relu":
                 # identically zero (bit False) only where that is certain: zero values with zero error
                 zero = (A == 0) & (B == 0) & (EA == 0) & (EB == 0)

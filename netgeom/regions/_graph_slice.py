@@ -830,6 +830,7 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
         nA, nB, nE = kern.affine_maps(
             *_kernel_args(inp), MT, ptr, rows, w, c(b), gam, _TINY, *_maps_out(m, M.shape[0])
         )
+        _slice.check_finite(node.source, nA, nB, nE)
         return nA, nB, nE, ctx.no_origin(*nA.shape)
     A, B, E, _ = _plain(inp)
     aMT = np.abs(M).T
@@ -840,6 +841,7 @@ def _affine_node(ctx: GraphSliceCtx, node, inp):
     # |x| is the largest of the three, and |b| is added to all.
     eX = E * (1 + gam) + gam * np.maximum(np.abs(A), np.abs(B).max(axis=1))
     eY = (eX @ aMT) * (1 + gam) + (_TINY + gam * np.abs(b))
+    _slice.check_finite(node.source, nA, nB, eY)
     return nA, nB, eY, ctx.no_origin(*nA.shape)
 
 
@@ -851,6 +853,7 @@ def _add_node(ctx: GraphSliceCtx, ins):
         A, B, E = kern.add_maps(
             *_kernel_args(ins[0]), *_kernel_args(ins[1]), 2 * _U * (1 + 1e-9), *_maps_out(m, _width(ins[0]))
         )
+        _slice.check_finite("a sum of two nodes", A, B, E)
         return A, B, E, ctx.no_origin(*A.shape)
     ins = [_plain(v) for v in ins]
     A = sum(v[0] for v in ins)
@@ -859,6 +862,7 @@ def _add_node(ctx: GraphSliceCtx, ins):
     c = len(ins) * _U * (1 + 1e-9)
     mag = sum(np.maximum(np.abs(v[0]), np.abs(v[1]).max(axis=1)) for v in ins)
     E = sum(v[2] for v in ins) * (1 + c) + c * mag
+    _slice.check_finite("a sum of nodes", A, B, E)
     return A, B, E, ctx.no_origin(*A.shape)
 
 

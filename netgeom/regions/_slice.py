@@ -351,7 +351,7 @@ def _push(W, bias, P, Q, eP, eQ):
         np.matmul(Q[:, 1], WT, out=B[:, 1])
     # |fl(w·x) - w·x| <= gamma_{n+1} (|w|·|x| + |b|) <= gamma (||w|| ||x|| + |b|), plus ||w|| ||x - x_hat||.
     gamma = 1.01 * (n_in + 2) * _U
-    nW = np.linalg.norm(W, axis=1)
+    nW = safe_norm(W, axis=1)  # (|w| near 1e300: plain norms square it to inf, and inf * 0 is NaN)
     nP = safe_norm(P, axis=1)
     nQ = safe_norm(Q, axis=2)
     eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
@@ -359,12 +359,29 @@ def _push(W, bias, P, Q, eP, eQ):
     return A, B, eA, eB
 
 
+def check_finite(where: str, *arrays) -> None:
+    """Raise if a value or error bound of the exact engines left float64's range: its lines and signs would
+    be NaN or inf, and the pieces silently wrong. (One sum per array; only an inf or NaN sum, which an
+    overflowing sum of finite entries also gives, is checked entry by entry.)"""
+    for a in arrays:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(float(np.sum(a))) or np.isfinite(a).all():
+                continue
+        raise OverflowError(
+            f"exact regions: {where}: a value or its error bound exceeds float64's range (~1.8e308); the "
+            "network's weights, biases or the input region are too large to certify. Rescaling consecutive "
+            "layers by reciprocal powers of two (W1 * 2**-k, W2 * 2**k, b1 * 2**-k) leaves every region "
+            "unchanged and can bring them into range"
+        )
+
+
 def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     W, bias, has_bits, slope = ctx.plan[li]
     A, B, eA, eB = _push(W, bias, P, Q, eP, eQ)
+    check_finite(f"layer {li}", A, B, eA, eB)
     if not has_bits:
         return slice_from(
-            ctx, li + 1, rec, nv, A, B, np.linalg.norm(eA, axis=1), np.linalg.norm(eB, axis=2), prefix
+            ctx, li + 1, rec, nv, A, B, safe_norm(eA, axis=1), safe_norm(eB, axis=2), prefix
         )
     m, n = A.shape
     block = len(ctx.blocks)
@@ -386,8 +403,8 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
     gain_err = max(1.0, abs(slope))
     with np.errstate(under="ignore"):  # (tiny slices: squares underflow, harmless in a bound)
-        eAn = np.linalg.norm(eA, axis=1) * gain_err + _U * np.linalg.norm(A, axis=1)
-        eBn = np.linalg.norm(eB, axis=2) * gain_err + _U * np.linalg.norm(B, axis=2)
+        eAn = safe_norm(eA, axis=1) * gain_err + _U * safe_norm(A, axis=1)
+        eBn = safe_norm(eB, axis=2) * gain_err + _U * safe_norm(B, axis=2)
     step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
     outs = []
     for i in range(0, cur, step):

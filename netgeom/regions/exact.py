@@ -179,9 +179,10 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         A = P @ W.T + bias
         B = Q @ W.T
         gamma = 1.01 * (n_in + 2) * _U
-        nW = np.linalg.norm(W, axis=1)
+        nW = _slice.safe_norm(W, axis=1)
         eA = (gamma * _slice.safe_norm(P, axis=1) + eP)[:, None] * nW + gamma * np.abs(bias)
         eB = (gamma * _slice.safe_norm(Q, axis=1) + eQv)[:, None] * nW
+        _slice.check_finite(f"layer {li}", A, B, eA, eB)
         if not has_bits:
             P, Q, eP, eQv = A, B, _slice.safe_norm(eA, axis=1), _slice.safe_norm(eB, axis=1)
             continue
