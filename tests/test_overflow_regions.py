@@ -60,3 +60,29 @@ def test_values_beyond_float64_are_refused_not_counted(wrap):
     net = copy.deepcopy(_Wrapped(net) if wrap else net)
     with pytest.raises(OverflowError, match="float64's range"):
         ng.regions_on_segment(net, np.array([-1.5, -1.0]), np.array([1.5, 1.25]))
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_box_counts_survive_rebalancing_near_float64_limits(wrap):
+    def count(k):
+        net = _net(k)
+        return ng.regions_in_box(_Wrapped(net) if wrap else net, -np.ones(2), np.ones(2), verbose=False).count
+
+    ref = count(0)
+    assert ref > 10
+    for k in (-1000, -600, 600, 1000):  # (2**520 squared overflows: plain norms of the maps gave inf)
+        assert count(k) == ref, k
+
+
+def test_box_count_does_not_depend_on_the_box_scale():
+    # a bias-free net is positively homogeneous: [-s, s]^2 has the same regions for every s. HiGHS's absolute
+    # tolerances made pieces a tolerance thick pass as regions in boxes of size ~1e-6 (154 against 30)
+    torch.manual_seed(0)
+    lin = [nn.Linear(2, 8, bias=False), nn.Linear(8, 8, bias=False), nn.Linear(8, 1, bias=False)]
+    net = nn.Sequential(lin[0], nn.ReLU(), lin[1], nn.ReLU(), lin[2]).double()
+    counts = []
+    for k in (0, -18, -22, -40, -1000):
+        s = 2.0**k
+        box = (-np.ones(2) * s, np.ones(2) * s)
+        counts.append(ng.regions_in_box(net, *box, verbose=False, max_regions=500).count)
+    assert counts == [counts[0]] * 5 and counts[0] > 10

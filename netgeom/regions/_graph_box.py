@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nets.certified import _pos_bits, pattern_nodes
+from . import _slice
 from .exact import (
     _active_units,
     _box_result,
@@ -80,7 +81,7 @@ def _window_cells(G, h, c, r, a, B, Ma, MB, valid, ymax, r_min, size, rel_tol):
             Z = a[pos] + verts @ B[:, pos]  # (nv, m)
             m = len(pos)
             D = Z[:, :, None] - Z[:, None, :]  # D[v, q, p] = z_q - z_p
-            dB = np.linalg.norm(B[:, pos][:, :, None] - B[:, pos][:, None, :], axis=0)
+            dB = _slice.safe_norm(B[:, pos][:, :, None] - B[:, pos][:, None, :], axis=0)
             margin = T[pos][:, None] + T[pos][None, :] + 1e-8 * size * dB
             beaten = np.any((D.min(axis=0) > margin) & ~np.eye(m, dtype=bool), axis=0)
             pos = pos[~beaten]
@@ -97,7 +98,7 @@ def _window_cells(G, h, c, r, a, B, Ma, MB, valid, ymax, r_min, size, rel_tol):
             gq = np.where(np.abs(gq) <= rel_tol * (MB[:, q] + MB[:, p]), 0.0, gq)
             dq = a[q] - a[p]  # p needs dq + y·gq ≤ 0 (< 0 when q comes first)
             tq = T[q] + T[p]
-            nq = float(np.linalg.norm(gq))
+            nq = float(_slice.safe_norm(gq, axis=0))
             if nq == 0.0:
                 if dq > tq or (q < p and dq >= -tq):
                     never = True  # q is above p, or ties with it and comes first, on the whole piece

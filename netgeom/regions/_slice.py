@@ -76,11 +76,11 @@ def _as_float(ids: np.ndarray) -> np.ndarray:
 
 
 def safe_norm(x: np.ndarray, axis: int) -> np.ndarray:
-    """Euclidean norms along ``axis`` without overflow for entries near the float64 limit."""
-    # (squares of tiny entries underflow, harmless here: ignored also under a caller's np.seterr(all="raise"))
+    """Euclidean norms along ``axis`` without overflow or underflow for entries near float64's limits (a
+    norm divides a row to unit length in the box engines: an underflowed 0 gave inf rows there)."""
     with np.errstate(over="ignore", under="ignore"):
         out = np.linalg.norm(x, axis=axis)
-    if np.all(out < 1e150):  # no square came near overflow (and none underflowed to matter for a bound)
+    if np.all((out < 1e150) & (out > 1e-140)):  # no square came near overflow or underflow
         return out
     m = np.abs(x).max(axis=axis, keepdims=True)
     scale = np.where(m > 0, m, 1.0)
@@ -354,8 +354,9 @@ def _push(W, bias, P, Q, eP, eQ):
     nW = safe_norm(W, axis=1)  # (|w| near 1e300: plain norms square it to inf, and inf * 0 is NaN)
     nP = safe_norm(P, axis=1)
     nQ = safe_norm(Q, axis=2)
-    eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
-    eB = (gamma * nQ + eQ)[:, :, None] * nW
+    with np.errstate(under="ignore"):  # (maps of size 1e-300: bounds in the subnormal range, as before)
+        eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
+        eB = (gamma * nQ + eQ)[:, :, None] * nW
     return A, B, eA, eB
 
 
