@@ -300,9 +300,15 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         gain = np.where(bits, 1.0, slope)
         P, Q = A[parent] * gain, B[parent] * gain
         g = max(1.0, abs(slope))
-        eP = (_slice.safe_norm(eA, axis=1) * g + _U * _slice.safe_norm(A, axis=1))[parent]
-        eQv = (_slice.safe_norm(eB, axis=1) * g + _U * _slice.safe_norm(B, axis=1))[parent]
+        with np.errstate(under="ignore"):  # (norms of 1e-300-sized maps: u times them is subnormal)
+            eP = (_slice.safe_norm(eA, axis=1) * g + _U * _slice.safe_norm(A, axis=1))[parent]
+            eQv = (_slice.safe_norm(eB, axis=1) * g + _U * _slice.safe_norm(B, axis=1))[parent]
     return pts, prefix
+
+
+def _length(d: np.ndarray, t0: float, t1: float) -> float:
+    with np.errstate(under="ignore"):  # (a 1e-300 direction over a short range: a subnormal length)
+        return float(_slice.safe_norm(d, axis=0) * (t1 - t0))
 
 
 def regions_on_segment(
@@ -350,7 +356,8 @@ def regions_on_segment(
     ai, ae = _exact.to_exact(a)
     bi, be = _exact.to_exact(b)
     d_exact = _exact.exact_add((bi, be), (-ai, ae))
-    eQ = _U * float(_slice.safe_norm(d, axis=0))
+    with np.errstate(under="ignore"):  # (a direction of size 1e-300: u times it is subnormal)
+        eQ = _U * float(_slice.safe_norm(d, axis=0))
     last = max((i for i, step in enumerate(plan) if step[2]), default=-1)
     whole = t_range is None
     if not whole:
@@ -406,7 +413,7 @@ def regions_on_segment(
         breakpoints=roots,
         patterns=patterns,
         outputs=out.numpy(),
-        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
+        length=_length(d, t0, t1),
         t_range=(t0, t1),
         n_exact=n_exact,
     )
@@ -443,7 +450,7 @@ def _segment_on_graph(g, a, b, t_range) -> SegmentRegionsResult:
         breakpoints=edges[1:-1],
         patterns=patterns,
         outputs=out.numpy(),
-        length=float(_slice.safe_norm(d, axis=0) * (t1 - t0)),
+        length=_length(d, t0, t1),
         t_range=(t0, t1),
         n_exact=info["n_exact"],
     )
@@ -834,7 +841,8 @@ def _crossing_units(G, h, c, A, B, T, size) -> np.ndarray:
         return np.ones(len(A), dtype=bool)
     Z = A + verts @ B
     # Vertices are exact up to ~1e-12 of the box's size; the margin covers that error many times over.
-    margin = T + 1e-8 * size * _slice.safe_norm(B, axis=0)
+    with np.errstate(under="ignore"):
+        margin = T + 1e-8 * size * _slice.safe_norm(B, axis=0)
     return (Z.max(axis=0) > -margin) & (Z.min(axis=0) < margin)
 
 
