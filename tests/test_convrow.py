@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _boundary import boundary_points
+from _engines import engines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -204,16 +205,7 @@ def test_conv_relu_conv_near_boundaries_equals_rationals_on_every_path(seed, mon
         ):
             with monkeypatch.context() as m:
                 m.setattr(certified, "_CHUNK_BYTES", blocks)
-                engines: dict = {}
-                for key, d, crude in (
-                    (torch.float32, torch.float32, False),
-                    ((torch.float32, "crude"), torch.float32, True),
-                    (torch.float64, torch.float64, False),
-                    ((torch.float64, "crude"), torch.float64, True),
-                ):
-                    engines[key] = certified._Engine(g, d, "cpu", crude=crude)
-                    engines[key].kernels = kernels
-                dec, st_ = graph_patterns(g, X, dtype=dt, _engines=engines)
+                dec, st_ = graph_patterns(g, X, dtype=dt, _engines=engines(g, kernels))
             got = np.concatenate([dec[n.index].numpy() for n in pattern_nodes(g)], 1)
             assert np.array_equal(got, ref), (kernels, dt, blocks, X.dtype)
             if X.dtype == torch.float64 and dt == torch.float32:

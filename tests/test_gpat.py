@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
+from _engines import engines as _engines
 from _platform import OPENMP, X86_LINUX, unavailable
 from torch import nn
 
@@ -146,19 +147,6 @@ def _near(g, n_in: int, seed: int, n_seg: int) -> torch.Tensor:
 
     pts = boundary_points(g, lambda: (end(), end()), n_seg)
     return torch.stack(pts + [end() for _ in range(8)])
-
-
-def _engines(g, kernels: bool) -> dict:
-    engines: dict = {}
-    for key, d, crude in (
-        (torch.float32, torch.float32, False),
-        ((torch.float32, "crude"), torch.float32, True),
-        (torch.float64, torch.float64, False),
-        ((torch.float64, "crude"), torch.float64, True),
-    ):
-        engines[key] = certified._Engine(g, d, "cpu", crude=crude)
-        engines[key].kernels = kernels
-    return engines
 
 
 def _check_paths(g, X, ref, monkeypatch, threads=(1, 2)):

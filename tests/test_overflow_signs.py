@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _engines import engines as _engines
 from torch import nn
 
 from netgeom import count_patterns, trace
-from netgeom.nets import certified
 from netgeom.nets.certified import _exact_patterns, graph_patterns, pattern_nodes
 
 
@@ -60,19 +60,6 @@ def _inputs(dtype, n_in: int) -> torch.Tensor:
     if n_in > 4:
         X = torch.cat([X, torch.ones(len(rows), n_in - 4, dtype=dtype)], 1)
     return X
-
-
-def _engines(g, kernels: bool) -> dict:
-    engines: dict = {}
-    for key, d, crude in (
-        (torch.float32, torch.float32, False),
-        ((torch.float32, "crude"), torch.float32, True),
-        (torch.float64, torch.float64, False),
-        ((torch.float64, "crude"), torch.float64, True),
-    ):
-        engines[key] = certified._Engine(g, d, "cpu", crude=crude)
-        engines[key].kernels = kernels
-    return engines
 
 
 @pytest.mark.parametrize(
