@@ -156,41 +156,12 @@ class _Elem:
         return self.e[rows]
 
 
-class _Scaled:
-    """The elementwise bound ``src[:, off : off + n] * scale`` (``src`` (B, S)), multiplied out only when read
-    whole: a ReLU's compiled pass reads ``src`` in place and scales as it goes (a stacked convolution's
-    |W| half, a convolution's bound before its final factor), and the unit redo reads a few rows."""
+class _OnDemand:
+    """An elementwise error bound multiplied out on its first whole read (``_whole``), its norm on the
+    first call of ``norm``; both kept."""
 
-    def __init__(self, src: torch.Tensor, off: int, n: int, scale: float):
-        self.src, self.off, self.n, self.scale, self._e, self._n = src, off, n, scale, None, None
-
-    def view(self):
-        return self.src[:, self.off : self.off + self.n]
-
-    def norm(self):
-        if self._n is None:
-            self._n = _safe_norm(self.elem()) * _SAFETY
-        return self._n
-
-    def elem(self):
-        if self._e is None:  # the same rounding as the compiled pass's d * scale
-            self._e = torch.mul(self.view(), self.scale)
-        return self._e
-
-    def elem_rows(self, rows):
-        return torch.mul(self.src[rows, self.off : self.off + self.n], self.scale)
-
-
-class _ReluErr:
-    """Error bound of a ReLU's output ``relu(z^)`` from its input's bound ``d`` (an error object): ``d``, or 0
-    where ``z^ + d <= 0`` (:func:`_drop_negative`), made on demand (the unit redo reads a few rows). ``pre``:
-    ``(g, e + g relu(z^))`` from the compiled pass, the input of the bound of the one convolution reading
-    this output (:meth:`_Engine.affine`); ``peak``: ``(g, m, nz)`` from the compiled pass for the crude bound
-    of the one convolution reading this output: per row, ``m`` at least the largest ``fl(e + g relu(z^))``
-    and ``nz`` whether any output or its bound is nonzero."""
-
-    def __init__(self, z: torch.Tensor, d, pre=None, peak=None):
-        self.z, self.d, self.pre, self.peak, self._e, self._n = z, d, pre, peak, None, None
+    _e = None
+    _n = None
 
     def norm(self):
         if self._n is None:
@@ -199,14 +170,47 @@ class _ReluErr:
 
     def elem(self):
         if self._e is None:
-            self._e = _drop_negative(self.z, self.d.elem())
+            self._e = self._whole()
         return self._e
+
+
+class _Scaled(_OnDemand):
+    """The elementwise bound ``src[:, off : off + n] * scale`` (``src`` (B, S)), multiplied out only when read
+    whole: a ReLU's compiled pass reads ``src`` in place and scales as it goes (a stacked convolution's
+    |W| half, a convolution's bound before its final factor), and the unit redo reads a few rows."""
+
+    def __init__(self, src: torch.Tensor, off: int, n: int, scale: float):
+        self.src, self.off, self.n, self.scale = src, off, n, scale
+
+    def view(self):
+        return self.src[:, self.off : self.off + self.n]
+
+    def _whole(self):
+        return torch.mul(self.view(), self.scale)  # (the same rounding as the compiled pass's d * scale)
+
+    def elem_rows(self, rows):
+        return torch.mul(self.src[rows, self.off : self.off + self.n], self.scale)
+
+
+class _ReluErr(_OnDemand):
+    """Error bound of a ReLU's output ``relu(z^)`` from its input's bound ``d`` (an error object): ``d``, or 0
+    where ``z^ + d <= 0`` (:func:`_drop_negative`), made on demand (the unit redo reads a few rows). ``pre``:
+    ``(g, e + g relu(z^))`` from the compiled pass, the input of the bound of the one convolution reading
+    this output (:meth:`_Engine.affine`); ``peak``: ``(g, m, nz)`` from the compiled pass for the crude bound
+    of the one convolution reading this output: per row, ``m`` at least the largest ``fl(e + g relu(z^))``
+    and ``nz`` whether any output or its bound is nonzero."""
+
+    def __init__(self, z: torch.Tensor, d, pre=None, peak=None):
+        self.z, self.d, self.pre, self.peak = z, d, pre, peak
+
+    def _whole(self):
+        return _drop_negative(self.z, self.d.elem())
 
     def elem_rows(self, rows):
         return _drop_negative(self.z[rows], self.d.elem_rows(rows))
 
 
-class _Outer:
+class _Outer(_OnDemand):
     """The crude bound of a convolution's output (:meth:`_Engine.affine` with ``crude``), unit ``j`` of row
     ``r``: ``((t_r L_j + A_j) + k_r U_j) s`` with ``t_r`` at least the row's largest ``e_i + g |x^_i|``
     (input error ``e``, computed input ``x^``), ``L_j`` at least ``||M_j||_1``, ``A_j = g |b_j|`` (float32
@@ -222,7 +226,7 @@ class _Outer:
     operations, in the same order, so the same numbers), the unit redo reads a few rows."""
 
     def __init__(self, t: torch.Tensor, risk: torch.Tensor, info: dict, s: float):
-        self.t, self.risk, self.info, self.s, self._e, self._n = t, risk, info, s, None, None
+        self.t, self.risk, self.info, self.s = t, risk, info, s
 
     def _make(self, t, risk):
         b = torch.outer(t, self.info["l1"]).add_(self.info["absbias"])
@@ -233,15 +237,8 @@ class _Outer:
         info = self.info
         return info["l1"], info["absbias"].reshape(-1), info["under_vec"].reshape(-1)
 
-    def norm(self):
-        if self._n is None:
-            self._n = _safe_norm(self.elem()) * _SAFETY
-        return self._n
-
-    def elem(self):
-        if self._e is None:
-            self._e = self._make(self.t, self.risk)
-        return self._e
+    def _whole(self):
+        return self._make(self.t, self.risk)
 
     def elem_rows(self, rows):
         return self._make(self.t[rows], self.risk[rows])
