@@ -17,16 +17,22 @@ from netgeom.nets.certified import _exact_patterns, graph_patterns, pattern_node
 
 
 class _Conv(nn.Module):
-    def __init__(self, pool: bool):
+    def __init__(self, pool: bool, relu_after: bool = True):
         super().__init__()
-        self.c = nn.Conv1d(1, 1, 4, bias=False)
+        self.relu_after = relu_after
+        # (with pooling: windows of their own inputs, stride 4, so that one overflows alone)
+        self.c = nn.Conv1d(1, 1, 4, stride=4 if pool else 1, bias=False)
         self.pool = pool
         with torch.no_grad():
             self.c.weight.fill_(1.0)
 
     def forward(self, x):
         y = self.c(x)
-        return (F.relu(F.max_pool1d(y, 3)) if self.pool else F.relu(y)).flatten(1)
+        if not self.pool:
+            return F.relu(y).flatten(1)
+        # (without a ReLU after it the argmax alone must be right: no ambiguous ReLU sends the row to float64)
+        p = F.max_pool1d(y, 3)
+        return (F.relu(p) if self.relu_after else p).flatten(1)
 
 
 class _Lin(nn.Module):
@@ -52,19 +58,26 @@ def _inputs(dtype, n_in: int) -> torch.Tensor:
         [0.6 * M, 0.6 * M, -0.7 * M, -0.7 * M],  # exactly -0.2 M; +inf after two terms
         [-0.6 * M, -0.6 * M, 0.7 * M, 0.7 * M],  # exactly +0.2 M; -inf after two terms
         [0.6 * M, 0.6 * M, -0.5 * M, -0.5 * M],  # exactly +0.2 M
+        # (stride 4) the max-pool's first window is exactly the largest (+0.05 M) but computed -inf, which
+        # the per-entry window test would read as padding; the others are -0.2 M and -0.6 M
+        [-0.6 * M, -0.6 * M, 0.8 * M, 0.45 * M, -0.1 * M, -0.1 * M, 0.0, 0.0, -0.3 * M, -0.3 * M, 0.0, 0.0],
         [1.0, 1.0, 1.0, 1.0],
         [0.25, 0.25, 0.25, 0.25],  # exactly at the Linear's boundary (bias -1)
         [-1.0, 2.0, -3.0, 0.5],
     ]
-    X = torch.tensor(rows, dtype=dtype)
-    if n_in > 4:
-        X = torch.cat([X, torch.ones(len(rows), n_in - 4, dtype=dtype)], 1)
-    return X
+    rows = [r[:n_in] + [1.0] * (n_in - len(r[:n_in])) for r in rows]
+    return torch.tensor(rows, dtype=dtype)
 
 
 @pytest.mark.parametrize(
     "make, n_in",
-    [(lambda: _Conv(False), 6), (lambda: _Conv(True), 6), (lambda: _Lin(False), 4), (lambda: _Lin(True), 4)],
+    [
+        (lambda: _Conv(False), 6),
+        (lambda: _Conv(True), 12),
+        (lambda: _Conv(True, relu_after=False), 12),
+        (lambda: _Lin(False), 4),
+        (lambda: _Lin(True), 4),
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_overflowed_pre_activations_are_decided_exactly_on_every_path(make, n_in, dtype):

@@ -340,9 +340,9 @@ def _pool_top2(x, err, idx, scale, tiny, m1, pos, emax, sure, n_in):
     ``m1 - m2 > scale emax + tiny`` holds (``m2`` the largest other entry, ties included; ``scale`` =
     ``2 (1 + 4u)``) or every entry is exact (``emax == 0``). A NaN anywhere in a row's values or errors makes
     all its windows unsure, and so does an infinite value among the first ``n_in`` entries (an overflow: only
-    the padding column past them is an exact ``-inf``). Slot by slot over all windows of a row, with selects
-    and an integer maximum for the position (a branch, or a select on the position, keeps the loop from
-    vectorising: 5x slower)."""
+    the padding column past them is an exact ``-inf``); such a row's ``emax`` is inf. Slot by slot over all
+    windows of a row, with selects and an integer maximum for the position (a branch, or a select on the
+    position, keeps the loop from vectorising: 5x slower)."""
     B, n = x.shape
     k, W = idx.shape
     m2 = np.empty(W, dtype=x.dtype)
@@ -377,6 +377,8 @@ def _pool_top2(x, err, idx, scale, tiny, m1, pos, emax, sure, n_in):
             em = be[w]
             ss[w] = (em == 0) | (b1[w] - m2[w] > em * scale + tiny)
             ss[w] &= not nan
+            if nan:  # (an overflowed entry: the window's exact maximum is unknown, so is the output's error)
+                be[w] = np.inf
 
 
 def pool_top2(x: torch.Tensor, err: torch.Tensor, windows: torch.Tensor, u: float):

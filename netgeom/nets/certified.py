@@ -927,10 +927,7 @@ class _Engine:
         ins = node.inputs
         windows, k, padded, slots, view, raw = self.ops[node.index]
         xin, ein = vals[ins[0]], errs[ins[0]].elem()
-        B = xin.shape[0]
-        # rows with an overflowed (inf) or NaN entry: none of their windows is sure, whatever the tests say
-        # (only the padding appended below is an exact -inf)
-        finite = torch.isfinite(xin).all(1)
+        B, n_in = xin.shape
         if self.kernels:
             from ._graph_kernel import pool_top2
 
@@ -938,7 +935,7 @@ class _Engine:
             if padded:  # the per-entry test below reads padding as -inf with error 0
                 xin = torch.cat([xin, xin.new_full((B, 1), -math.inf)], 1)
                 ein = torch.cat([ein, ein.new_zeros((B, 1))], 1)
-            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, finite)
+            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, n_in)
         if view is not None:  # regular windows without padding: slot j of every window is a strided view
             shape, offs, (sh, sw), (Ho, Wo) = view
             xv, ev = xin.reshape(B, *shape), ein.reshape(B, *shape)
@@ -969,19 +966,25 @@ class _Engine:
         pos = pos.long()
         thr = (emax * (2 * (1 + 4 * self.u))).add_((emax > 0).to(m1.dtype), alpha=tiny)
         sure = ((m1 - m2) > thr) | (emax == 0)  # exact entries: the computed first maximum is the exact one
+        # a row with an overflowed (inf) or NaN entry has no sure window and an unknown output error (the
+        # compiled pass does the same)
+        finite = torch.isfinite(xin[:, :n_in]).all(1)
         sure &= finite[:, None]
-        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, finite)
+        emax[~finite] = math.inf
+        return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, n_in)
 
-    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure, finite):
+    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure, n_in: int):
         """The windows the top-two test left open: the per-entry test, then a float64 redo; returns the
-        max-pool's ``(values, error, argmax positions, undecided rows)``."""
+        max-pool's ``(values, error, argmax positions, undecided rows)``. ``xin``'s first ``n_in`` columns
+        are the pool's input (padding, -inf, after them)."""
         windows = self.ops[node.index][0]
         undecided = torch.zeros(m1.shape[0], dtype=torch.bool, device=m1.device)
         rr, ww = torch.nonzero(~sure, as_tuple=True)
         if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
             cols = windows[ww]
             sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], pos[rr, ww, None], self.u)
-            sr &= finite[rr]  # (_window_sure reads every -inf as padding)
+            # (_window_sure reads every -inf as padding: only columns past the first n_in are)
+            sr &= torch.isfinite(xin[rr, :n_in]).all(1)
             src = self.pool_src.get(node.index, (None,))[0]
             if not sr.all() and self._worth_refining(src):
                 open_ = torch.nonzero(~sr).flatten()
