@@ -567,6 +567,15 @@ def relu_maps(A, B, E, parent, bits, slope, block, origins, nA, nB, nE, orig):
 
 @numba.njit(cache=True, nogil=True)
 def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny, nA, nB, nE):
+    """:func:`affine_maps_checked` without the finiteness flag: ``(nA, nB, nE)``."""
+    nA, nB, nE, _ = affine_maps_checked(
+        A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny, nA, nB, nE
+    )
+    return nA, nB, nE
+
+
+@numba.njit(cache=True, nogil=True)
+def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, gam, tiny, nA, nB, nE):
     """An affine node's output maps and error bound (the numpy path's formulas), input by input: each
     output sums ``bias + w_0 x_0 + w_1 x_1 + ...`` in input order, skipping inputs that are exactly zero on
     the polygon (the ReLU outputs that are off: their map and error are 0) and, given ``MT`` of shape
@@ -577,7 +586,9 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
 
     With ``lazy`` the input is the ReLU output (gain ``slope``) of rows ``parent`` of ``A, B, E`` with bits
     ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it. The output
-    is written into ``nA (m, n_out)``, ``nB (m, 2, n_out)``, ``nE (m, n_out)``."""
+    is written into ``nA (m, n_out)``, ``nB (m, 2, n_out)``, ``nE (m, n_out)``; returns them and whether
+    every value written is finite (``_slice.check_finite``'s test, made while writing them: ``x - x`` is 0
+    for a finite ``x`` and NaN for an infinite or NaN one, and one NaN makes the running sum NaN)."""
     m = parent.shape[0] if lazy else A.shape[0]
     n_in = A.shape[1]
     n_out = bias.shape[0]
@@ -603,8 +614,18 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
     tab2 = tab.reshape(tab.shape[0] * tab.shape[1], 4 * tab.shape[3])
     accf = acc.reshape(4 * n_out)
     # a piece's table rows to add, in input order: listed without a branch per input first (whether a unit
-    # is on is close to a coin flip, so a branch per input mispredicts about every other time)
+    # is on is close to a coin flip, so a branch per input mispredicts about every other time); pos[i]: how
+    # many of them come before input i
     take = np.empty(n_in if use_table else 0, dtype=np.int64)
+    pos = np.zeros(n_in + 1 if use_table else 1, dtype=np.int64)
+    # Pieces of one polygon as the ReLU kernel writes them (depth first, units cut in input order) share the
+    # bits of the units before the first one that separates them, so their first rows, and the sums of those
+    # rows, are the same: the rows listed and the sums after every four rows (snap[b]: after 4 b rows) of the
+    # last piece are kept, and the next piece of the same table lists its rows from its first bit that
+    # differs and adds them from the last such state before it (the same floats: the same rows, in order).
+    snap = np.empty((n_in // 4 + 1 if use_table else 0, 4 * n_out))
+    prev = False  # whether piece q - 1 went through the table now in use
+    chk = 0.0
     for q in range(m):
         for o in range(n_out):
             acc[0, o] = bias[o]
@@ -615,6 +636,7 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
         if use_table and (tab_p == p or (q + 3 < m and parent[q + 1] == p and parent[q + 3] == p)):
             if tab_p != p:
                 tab_p = p
+                prev = False
                 for g in range(n_tab):
                     on = g == 0
                     for i in range(n_in):
@@ -629,25 +651,44 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
                             tab[g, i, 1, o] = w * b0
                             tab[g, i, 2, o] = w * b1
                             tab[g, i, 3, o] = aMT[i, o] * x
-            nt = 0
-            for i in range(n_in):
+            d = 0
+            if prev:
+                while d < n_in and bits[q, d] == bits[q - 1, d]:
+                    d += 1
+            prev = True
+            nt = pos[d]
+            same = nt
+            for i in range(d, n_in):
+                pos[i] = nt
                 g = 1 - np.int64(bits[q, i])
                 take[nt] = g * n_in + i
                 nt += 1 - np.int64(skip[g, i])
+            pos[n_in] = nt
             # eight (then four) rows per pass over the sums, each still added in input order (the same
             # floats): a row at a time reloads and stores every sum per row, which bounds the loop
-            t = 0
+            t = (same // 4) * 4
+            if t > 0:
+                b = t // 4
+                for o in range(4 * n_out):
+                    accf[o] = snap[b, o]
             while t + 7 < nt:
                 r1, r2, r3, r4 = take[t], take[t + 1], take[t + 2], take[t + 3]
                 r5, r6, r7, r8 = take[t + 4], take[t + 5], take[t + 6], take[t + 7]
+                b = t // 4 + 1
                 for o in range(4 * n_out):
                     v = (((accf[o] + tab2[r1, o]) + tab2[r2, o]) + tab2[r3, o]) + tab2[r4, o]
-                    accf[o] = (((v + tab2[r5, o]) + tab2[r6, o]) + tab2[r7, o]) + tab2[r8, o]
+                    snap[b, o] = v
+                    v = (((v + tab2[r5, o]) + tab2[r6, o]) + tab2[r7, o]) + tab2[r8, o]
+                    accf[o] = v
+                    snap[b + 1, o] = v
                 t += 8
             while t + 3 < nt:
                 r1, r2, r3, r4 = take[t], take[t + 1], take[t + 2], take[t + 3]
+                b = t // 4 + 1
                 for o in range(4 * n_out):
-                    accf[o] = (((accf[o] + tab2[r1, o]) + tab2[r2, o]) + tab2[r3, o]) + tab2[r4, o]
+                    v = (((accf[o] + tab2[r1, o]) + tab2[r2, o]) + tab2[r3, o]) + tab2[r4, o]
+                    accf[o] = v
+                    snap[b, o] = v
                 t += 4
             while t < nt:
                 r = take[t]
@@ -655,11 +696,15 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
                     accf[o] += tab2[r, o]
                 t += 1
             for o in range(n_out):
-                nA[q, o] = acc[0, o]
-                nB[q, 0, o] = acc[1, o]
-                nB[q, 1, o] = acc[2, o]
-                nE[q, o] = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+                a0, a1, a2 = acc[0, o], acc[1, o], acc[2, o]
+                a3 = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+                nA[q, o] = a0
+                nB[q, 0, o] = a1
+                nB[q, 1, o] = a2
+                nE[q, o] = a3
+                chk += ((a0 - a0) + (a1 - a1)) + ((a2 - a2) + (a3 - a3))
             continue
+        prev = False
         for i in range(n_in):
             on = bits[q, i] if lazy else True
             if not on and slope == 0.0:
@@ -684,11 +729,14 @@ def affine_maps(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals, bias, g
                     acc[2, o] += w * b1
                     acc[3, o] += avals[t] * x
         for o in range(n_out):
-            nA[q, o] = acc[0, o]
-            nB[q, 0, o] = acc[1, o]
-            nB[q, 1, o] = acc[2, o]
-            nE[q, o] = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
-    return nA, nB, nE
+            a0, a1, a2 = acc[0, o], acc[1, o], acc[2, o]
+            a3 = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+            nA[q, o] = a0
+            nB[q, 0, o] = a1
+            nB[q, 1, o] = a2
+            nE[q, o] = a3
+            chk += ((a0 - a0) + (a1 - a1)) + ((a2 - a2) + (a3 - a3))
+    return nA, nB, nE, chk == 0.0
 
 
 @numba.njit(cache=True, nogil=True)
