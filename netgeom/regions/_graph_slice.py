@@ -568,6 +568,16 @@ def _width(v) -> int:
     return v.width if isinstance(v, _ReluOut) else v[0].shape[1]
 
 
+def _padded_rows(rec, nv, rows) -> np.ndarray:
+    """``rec[rows]`` with every slot past a piece's vertices repeating its vertex 0, as the numpy path reads
+    them (the compiled kernels leave those slots unwritten)."""
+    from . import _graph_slice_kernel as kern
+
+    R = rec[rows]
+    kern._pad_rows(R, np.ascontiguousarray(nv[rows], dtype=np.int64), len(R))
+    return R
+
+
 def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
     A, B, E, _ = inp
     m, n = A.shape
@@ -593,8 +603,8 @@ def _relu_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         ctx.count(node, low if status else len(R))
         if fb.any():  # polygons with a decision too close to call in floats: the exact path
             rows = np.nonzero(fb)[0]
-            Rf, nf, pf, bf = _relu_cut(ctx, node, rec[rows], nv[rows], (A[rows], B[rows], E[rows]),
-                                       block, rows)
+            Rf, nf, pf, bf = _relu_cut(ctx, node, _padded_rows(rec, nv, rows), nv[rows],
+                                       (A[rows], B[rows], E[rows]), block, rows)
             R, nr = _cat([(R, nr, nr), (Rf, nf, nf)])[:2]
             parent = np.concatenate([parent, rows[pf]])
             bits = np.concatenate([bits, bf])
@@ -768,11 +778,10 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         args = (cA, cB, cE, c(W, dtype=np.int64), ctx.quadrant is not None, float(su), float(sv))
         nv = c(nv, dtype=np.int64)
         crec = c(rec)
-        surv = kern.pool_dominance(crec, nv, *args)
         # slots from the real vertex counts, so that padding does not grow node by node
         cap, Ks = 2 * m + 16, max(int(nv.max(initial=0)) + 2, 8)
-        status, low, R, nr, parent, best, fb = kern.pool_split(
-            crec, nv, *args, surv, block, ctx.reached.get(node.index, 0), ctx.max_regions,
+        status, low, R, nr, parent, best, fb, surv = kern.pool_split(
+            crec, nv, *args, block, ctx.reached.get(node.index, 0), ctx.max_regions,
             _buffer((cap, Ks, rec.shape[2])), _buffer(cap, np.int64), _buffer(cap, np.int64),
             _buffer((cap, nw), np.int64),
         )
@@ -780,7 +789,8 @@ def _maxpool_node(ctx: GraphSliceCtx, node, rec, nv, inp, prefix):
         if fb.any():  # polygons with a decision too close to call in floats: the exact path
             rows = np.nonzero(fb)[0]
             Rf, nf, pf, bf = _pool_cut(
-                ctx, node, rec[rows], nv[rows], tuple(a[rows] for a in inp), block, rows, surv[rows]
+                ctx, node, _padded_rows(rec, nv, rows), nv[rows], tuple(a[rows] for a in inp), block, rows,
+                surv[rows],
             )
             R, nr = _cat([(R, nr, nr), (Rf, nf, nf)])[:2]
             parent = np.concatenate([parent, rows[pf]])
@@ -994,6 +1004,10 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
             compiled=compiled,
         )
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
+        if compiled:  # the pieces handed on: every slot past a piece's vertices repeats its vertex 0
+            from . import _graph_slice_kernel as kern
+
+            kern._pad_rows(rec, np.ascontiguousarray(nv, dtype=np.int64), len(rec))
         return rec, nv, pats, ctx
 
     return _slice.slice_plane(run, box)

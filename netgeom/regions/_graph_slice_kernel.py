@@ -11,10 +11,13 @@ cuts it with the numpy path, which settles such decisions exactly.
 :func:`pool_dominance` prunes a max-pool node's candidates: per polygon and window it takes the candidate
 largest at the first vertex and drops every candidate it certainly beats at every vertex (a linear function
 on a convex polygon is extreme at its vertices), so most windows keep a single candidate and need no cut;
-:func:`pool_split` then clips the survivors' argmax cells, with the same give-back rule.
+:func:`pool_split` (which runs it first) then clips the survivors' argmax cells, with the same give-back
+rule. The two cutting kernels write a piece's vertices only: the slots past them in their working arrays are
+left unwritten (the kernels read ``nv`` vertices; the numpy path and the engine's caller get padded rows).
 :func:`affine_maps`, :func:`add_maps` and :func:`relu_maps` push the per-polygon maps through a node in one
 pass each, with the numpy path's error bounds; the first two also read a ReLU node's output in place (its
-input maps, parents and bits: the floats :func:`relu_maps` would write).
+input maps, parents and bits: the floats :func:`relu_maps` would write). :func:`affine_maps` starts each
+piece of a polygon from the sums of the rows it shares with the piece before (the same floats).
 
 Compiled on first use and cached on disk (``cache=True``).
 """
@@ -271,10 +274,10 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
     ``B (m, 2, n)`` (``E (m, n)`` bounds the error of all three). Line ids are
     ``block << 44 | row << 20 | unit``.
 
-    Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (padding slots repeat vertex 0),
-    their vertex counts, polygons and bits ``z > 0``, and the polygons given back. ``status`` is 1 when
-    ``base`` plus a lower bound ``low`` on the node's pieces exceeds ``max_regions`` (the arrays are then
-    incomplete), else 0.
+    Returns ``(status, low, out, onv, parent, bits, fallback)``: the pieces (slots past a piece's ``onv``
+    vertices are not written), their vertex counts, polygons and bits ``z > 0``, and the polygons given
+    back. ``status`` is 1 when ``base`` plus a lower bound ``low`` on the node's pieces exceeds
+    ``max_regions`` (the arrays are then incomplete), else 0.
 
     ``out (cap, Kc, 9)``, ``onv``, ``par`` (``cap``) and ``bits (cap, n)`` are the working arrays to start
     with (the caller's pooled memory; grown here when too small), ``Kc`` at least 2 more than any ``nv``."""
@@ -441,10 +444,10 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
         Kout = max(Kout, onv[q] + 1)
     if Kout > out.shape[1]:
         out, onv, par, bits = _grow_out(out, onv, par, bits, cur, cur, Kout)
-    # every slot of the working array is padded and returned (its first rows are contiguous): a narrower
-    # view would be copied by the next kernel's caller, into fresh memory (page faults cost more than the
-    # writes of the extra padding slots, whose pages the real vertices touch anyway)
-    _pad_rows(out, onv, cur)
+    # every slot of the working array is returned (its first rows are contiguous: a narrower view would be
+    # copied by the next kernel's caller, into fresh memory), but the slots past a piece's vertices are not
+    # written: the kernels read a piece's nv vertices only, and padding every row wrote (and brought into
+    # cache) about as many bytes again as its vertices; the numpy path pads what it is given (_padded_rows)
     return 0, cur + n_fb, out[:cur], onv[:cur], par[:cur], bits[:cur], fallback
 
 
@@ -586,9 +589,10 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
 
     With ``lazy`` the input is the ReLU output (gain ``slope``) of rows ``parent`` of ``A, B, E`` with bits
     ``bits``, read as :func:`relu_maps` would write it (the same floats), without writing it. The output
-    is written into ``nA (m, n_out)``, ``nB (m, 2, n_out)``, ``nE (m, n_out)``; returns them and whether
-    every value written is finite (``_slice.check_finite``'s test, made while writing them: ``x - x`` is 0
-    for a finite ``x`` and NaN for an infinite or NaN one, and one NaN makes the running sum NaN)."""
+    is written into ``nA (m, n_out)``, ``nB (m, 2, n_out)``, ``nE (m, n_out)``; returns them and ``finite``,
+    True only if every value written is finite (tested while writing them: the four values of an output
+    summed, a sum that is finite only when all four are; a sum of finite values that overflows gives False
+    too, so False asks the caller for ``_slice.check_finite``'s own test)."""
     m = parent.shape[0] if lazy else A.shape[0]
     n_in = A.shape[1]
     n_out = bias.shape[0]
@@ -625,7 +629,7 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
     # differs and adds them from the last such state before it (the same floats: the same rows, in order).
     snap = np.empty((n_in // 4 + 1 if use_table else 0, 4 * n_out))
     prev = False  # whether piece q - 1 went through the table now in use
-    chk = 0.0
+    fin = np.uint8(1)
     for q in range(m):
         for o in range(n_out):
             acc[0, o] = bias[o]
@@ -702,7 +706,7 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
                 nB[q, 0, o] = a1
                 nB[q, 1, o] = a2
                 nE[q, o] = a3
-                chk += ((a0 - a0) + (a1 - a1)) + ((a2 - a2) + (a3 - a3))
+                fin &= np.uint8(abs((a0 + a1) + (a2 + a3)) < np.inf)
             continue
         prev = False
         for i in range(n_in):
@@ -735,8 +739,8 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
             nB[q, 0, o] = a1
             nB[q, 1, o] = a2
             nE[q, o] = a3
-            chk += ((a0 - a0) + (a1 - a1)) + ((a2 - a2) + (a3 - a3))
-    return nA, nB, nE, chk == 0.0
+            fin &= np.uint8(abs((a0 + a1) + (a2 + a3)) < np.inf)
+    return nA, nB, nE, fin == 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -956,21 +960,24 @@ def _pool_singles(p, rec, nv, W, surv, out, onv, par, best, cur):
 
 
 @numba.njit(cache=True, nogil=True)
-def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_regions, out, onv, par, best):
+def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, block, base, max_regions, out, onv, par, best):
     """Cut polygons ``rec (m, K1, 9)`` into a max-pool node's argmax cells, window after window: the cell of
-    surviving candidate ``i`` (``surv`` from :func:`pool_dominance`) is the piece clipped by ``c_i - c_j >=
-    0`` for every other survivor ``j``, in position order, as the numpy path clips (line ids
-    ``block << 44 | row << 20 | w k^2 + i k + j``); where ``c_i - c_j`` is exactly zero with a zero bound the
-    earlier position wins. Returns ``(status, low, out, onv, parent, best, fallback)``: the pieces (padding
-    slots repeat vertex 0), their vertex counts, polygons and argmax positions ``(pieces, nw)``, and the
-    polygons given back to the numpy path (a decision within its error bound, a non-finite value); status 1
-    (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces exceeds ``max_regions``.
-    ``out (cap, Ks, 9)``, ``onv``, ``par`` (``cap``) and ``best (cap, nw)`` are the working arrays to start
-    with (the caller's pooled memory; grown here when too small), ``Ks`` at least 2 more than any ``nv``."""
+    surviving candidate ``i`` (those :func:`pool_dominance` keeps, found first, in the same call) is the
+    piece clipped by ``c_i - c_j >= 0`` for every other survivor ``j``, in position order, as the numpy path
+    clips (line ids ``block << 44 | row << 20 | w k^2 + i k + j``); where ``c_i - c_j`` is exactly zero with
+    a zero bound the earlier position wins. Returns ``(status, low, out, onv, parent, best, fallback,
+    surv)``: the pieces (slots past a piece's ``onv`` vertices are not written), their vertex counts,
+    polygons and argmax positions ``(pieces, nw)``, the polygons given back to the numpy path (a decision
+    within its error bound, a non-finite value) and the survivors ``(m, nw, k)`` (where the numpy path starts
+    on those polygons); status 1 (arrays incomplete) when ``base`` plus a lower bound ``low`` on the pieces
+    exceeds ``max_regions``. ``out (cap, Ks, 9)``, ``onv``, ``par`` (``cap``) and ``best (cap, nw)`` are the
+    working arrays to start with (the caller's pooled memory; grown here when too small), ``Ks`` at least 2
+    more than any ``nv``."""
     m, K1, nrec = rec.shape
     nw, k = W.shape
     Ks = out.shape[1]
     fallback = np.zeros(m, dtype=np.bool_)
+    surv = pool_dominance(rec, nv, A, B, E, W, quadrant, su, sv)
     PQ = np.empty((2, 8, Ks, nrec))  # the pieces of a polygon so far, and the next window's cells
     PQn = np.empty((2, 8), dtype=np.int64)
     PQb = np.empty((2, 8, nw), dtype=np.int64)
@@ -1020,7 +1027,7 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
             best = _fit2(best, a)
             p -= 1
         elif status == _TOO_MANY:
-            return 1, a, out[:0], onv[:0], par[:0], best[:0], fallback
+            return 1, a, out[:0], onv[:0], par[:0], best[:0], fallback, surv
         elif status == _GIVE_BACK:
             fallback[p] = True
         else:
@@ -1028,9 +1035,8 @@ def pool_split(rec, nv, A, B, E, W, quadrant, su, sv, surv, block, base, max_reg
     Kout = 1
     for q in range(cur):
         Kout = max(Kout, onv[q] + 1)
-    out = _fit3(out, cur, Kout)
-    _pad_rows(out, onv, cur)  # all slots, as relu_split
-    return 0, cur, out[:cur], onv[:cur], par[:cur], best[:cur], fallback
+    out = _fit3(out, cur, Kout)  # (slots past a piece's vertices not written, as in relu_split)
+    return 0, cur, out[:cur], onv[:cur], par[:cur], best[:cur], fallback, surv
 
 
 @numba.njit(cache=True, nogil=True)
