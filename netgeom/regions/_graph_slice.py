@@ -986,12 +986,16 @@ def slice_graph(ctx: GraphSliceCtx, frame_h, frame_l):
     return _walk(ctx, 0, rec, nv, vals, pats)
 
 
-def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int, compiled: bool = True):
+def slice_graph_regions(
+    g, x0, d1, d2, box, max_regions: int, memory_budget: int, compiled: bool = True, padded: bool = True
+):
     """Regions of the plane ``x0 + u d1 + v d2`` through the graph ``g``, in ``box = (u0, u1, v0, v1)`` or
     (``box=None``) in the whole plane: returns ``(box, rec, nv, patterns, n_exact)``.
 
     The box or the whole plane is handled by :func:`._slice.slice_plane`, as for chains. ``compiled=False``
-    runs the numpy path only (the reference the compiled kernels are checked against)."""
+    runs the numpy path only (the reference the compiled kernels are checked against). ``padded=False``
+    leaves the slots of ``rec`` past a piece's ``nv`` vertices as the kernels left them (unwritten), for a
+    caller that reads ``nv`` vertices only; otherwise they repeat the piece's vertex 0."""
 
     def run(frame_h, frame_l, quadrant):
         ctx = GraphSliceCtx(
@@ -1004,7 +1008,9 @@ def slice_graph_regions(g, x0, d1, d2, box, max_regions: int, memory_budget: int
             compiled=compiled,
         )
         rec, nv, pats = slice_graph(ctx, frame_h, frame_l)
-        if compiled:  # the pieces handed on: every slot past a piece's vertices repeats its vertex 0
+        # the pieces handed on: every slot past a piece's vertices repeats its vertex 0 (the whole plane's
+        # quadrants always: their reach, _slice._reach, reads every slot)
+        if compiled and (padded or quadrant is not None):
             from . import _graph_slice_kernel as kern
 
             kern._pad_rows(rec, np.ascontiguousarray(nv, dtype=np.int64), len(rec))

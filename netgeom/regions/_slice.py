@@ -721,8 +721,11 @@ def _exact_far_vertices(ctx, rec, nv) -> None:
 
     if not _slice_kernel.any_far_vertex(np.ascontiguousarray(rec), np.asarray(nv, dtype=np.int64)):
         return
+    # padding slots repeat vertex 0 (first: the graph engine may hand its pieces over unpadded)
+    pad = np.arange(rec.shape[1])[None, :] >= nv[:, None]
+    rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
     H = rec[..., _H]
-    real = np.arange(H.shape[1])[None, :] < nv[:, None]
+    real = ~pad
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         bad = real & ~np.all(np.isfinite(H[..., 1:] / H[..., :1]), axis=-1)
     from fractions import Fraction
@@ -732,8 +735,7 @@ def _exact_far_vertices(ctx, rec, nv) -> None:
         kp = k_ - 1 if k_ > 0 else nv[r_] - 1
         D, X, Y = _exact.cross(ctx.exact_line(int(ids[r_, kp])), ctx.exact_line(int(ids[r_, k_])))
         rec[r_, k_, _H] = (1.0, float(Fraction(X, D)), float(Fraction(Y, D)))
-    # padding slots repeat vertex 0
-    pad = np.arange(H.shape[1])[None, :] >= nv[:, None]
+    # padding slots repeat vertex 0 (vertex 0 may have been replaced)
     rec[..., _H] = np.where(pad[..., None], rec[:, :1, _H], rec[..., _H])
 
 

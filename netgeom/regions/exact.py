@@ -716,7 +716,10 @@ def _slice_on_graph(g, x0, d1, d2, box, max_regions: int, memory_budget: int) ->
     whole = box is None
     if not whole:
         box = _check_box(box)
-    box, rec, nv, pats, n_exact = slice_graph_regions(g, x0, d1, d2, box, max_regions, memory_budget)
+    # (unpadded: polygons_uv_fast and the far-vertex check read each piece's nv vertices only)
+    box, rec, nv, pats, n_exact = slice_graph_regions(
+        g, x0, d1, d2, box, max_regions, memory_budget, padded=False
+    )
     polygons, areas = polygons_uv_fast(rec, nv)
     return SliceRegionsResult(
         count=len(pats),
