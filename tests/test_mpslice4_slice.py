@@ -126,9 +126,10 @@ def test_far_vertices_of_unpadded_pieces_are_rebuilt_exactly(monkeypatch):
 def _affine(A, B, E, parent, bits, slope, M, bias):
     n_in, n_out, m = A.shape[1], M.shape[0], len(parent)
     c = np.ascontiguousarray
+    gam = 1.01 * (n_in + 2) * 2.0**-53
     return kern.affine_maps_checked(
-        A, B, E, c(parent), c(bits), slope, True, c(M.T), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0), bias, 1.01 * (n_in + 2) * 2.0**-53, 1e-300,
-        np.empty((m, n_out)), np.empty((m, 2, n_out)), np.empty((m, n_out)),
+        A, B, E, c(parent), c(bits), slope, True, c(M.T), np.zeros(1, np.int64), np.zeros(0, np.int64),
+        np.zeros(0), bias, gam, 1e-300, np.empty((m, n_out)), np.empty((m, 2, n_out)), np.empty((m, n_out)),
     )
 
 
