@@ -347,8 +347,18 @@ def relu_split(rec, nv, A, B, E, quadrant, su, sv, block, base, max_regions, out
             if not rec[p, k, 3] < np.inf:
                 ok = False
         nc = 0
+        # Most polygons are cut by no unit: every unit's decision made first in a loop without branches
+        # (the same comparisons as below); only where some unit is not certainly on one side (it cuts, or a
+        # vertex is near its line) does the loop below decide unit by unit, from the start.
+        near = np.uint8(0)
+        if ok:
+            for j in range(n):
+                tmax = _tol(hmax, Ld[j])
+                on = smin[j] > tmax
+                Sbits[0, j] = on & (not zero[j])
+                near |= np.uint8(not (on or smax[j] < -tmax or zero[j]))
         for j in range(n):
-            if not ok:
+            if not ok or near == 0:
                 break
             if zero[j]:
                 Sbits[0, j] = False
