@@ -13,12 +13,14 @@ Second table (default and ``--quick``): traced graphs through the same call, pru
 (magnitude masks per hidden matrix) and a global max-pool net (the max-pooling regioncam can express),
 against regioncam on the same plane and box, also without the model's trace (``t_ng-tr``: on the graph
 traced beforehand) and the trace alone (``t_tr``, each right after a slice, as inside the ``t_ng`` calls);
+the four are timed in turn, round after round (``--repeat`` rounds), so that both sides meet the same load;
 ``med`` is regioncam's median time over netgeom's (whole call), next to the ratio of
 the best times. regioncam's float32 loses slivers on large slices (a 106 214-region residual slice has
 pieces of area ~1e-15, each certified by its own float64 witness point).
 
     python benchmarks/bench_regions.py --quick           # < 1 minute
     python benchmarks/bench_regions.py                   # all rows
+    python benchmarks/bench_regions.py --quick --graphs-only --repeat 15   # the traced-graph rows only
     python benchmarks/bench_regions.py --vs-grid         # the older exact-vs-grid-sampling table
 
 For MLPs ``n0 -> w -> w -> 10`` (w in 100, 200, 400) on a 40-D (MNIST-1D) and a 64-D (digits) input, the
@@ -94,6 +96,19 @@ def _times(fn, repeat: int):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def _interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """The results and wall times of ``repeat`` rounds, each round calling every function of ``fns`` once in
+    turn: on a shared machine every side meets the same load (one side timed in a burst of its own can meet
+    a quiet or a busy minute the other never sees)."""
+    out, times = {k: [] for k in fns}, {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            out[k].append(fn())
+            times[k].append(time.perf_counter() - t0)
     return out, times
 
 
@@ -290,17 +305,23 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
             x0, d1, d2 = x1, x2 - x1, x3 - x1
         x0, d1, d2 = (v.astype(np.float32).astype(np.float64) for v in (x0, d1, d2))
         args = (net, x0, d1, d2)
-        ours, ts_ng = _times(
-            lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count, repeat
-        )
         g, box = trace(net, masks), (-r, r, -r, r)
         run = lambda a=args, g=g, b=box: _slice_on_graph(g, *a[1:], b, 10**6, 2**28).count  # noqa: E731
-        traced, t_nt = _best(run, repeat)
-        flt = _faults(run, repeat)
-        t_tr = min(_trace_after(run, lambda a=args, m=masks: trace(a[0], m)) for _ in range(repeat))
-        theirs, ts_rc = _times(
-            lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r), repeat
+        # the whole call, the call on the graph traced beforehand, the trace right after a slice and
+        # regioncam, in turn, round after round
+        got, ts = _interleaved(
+            {
+                "ng": lambda a=args, r=r, m=masks: regions_on_slice(*a, box=(-r, r, -r, r), masks=m).count,
+                "nt": run,
+                "tr": lambda a=args, m=masks, f=run: _trace_after(f, lambda: trace(a[0], m)),
+                "rc": lambda a=args, r=r, m=masks: _rc_graph_count(a[0], m or {}, *a[1:], r),
+            },
+            repeat,
         )
+        ours, traced, theirs = got["ng"][-1], got["nt"][-1], got["rc"][-1]
+        ts_ng, ts_rc = ts["ng"], ts["rc"]
+        t_nt, t_tr = min(ts["nt"]), min(got["tr"])  # (the trace's own time, returned by _trace_after)
+        flt = _faults(run, repeat)
         t_ng, t_rc = min(ts_ng), min(ts_rc)
         med = float(np.median(ts_rc) / np.median(ts_ng))
         print(
@@ -391,6 +412,9 @@ def _load() -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-box", action="store_true", help="skip the regions_in_box rows")
+    ap.add_argument(
+        "--graphs-only", action="store_true", help="only the traced-graph rows (residual, max-pool)"
+    )
     ap.add_argument("--vs-grid", action="store_true", help="exact count vs grid sampling (trained nets)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per timing")
     ap.add_argument("--quick", action="store_true", help="300x300 grid and width 100 only (< 1 minute)")
@@ -405,9 +429,10 @@ def main(argv=None) -> None:
     if not args.vs_grid:
         # every time here is wall clock: on a shared machine the others' load is part of it
         print(f"load average (1 min) at the start: {_load()}")
-        vs_regioncam(args.quick, args.repeat)
+        if not args.graphs_only:
+            vs_regioncam(args.quick, args.repeat)
         vs_regioncam_graphs(args.quick, args.repeat)
-        if not args.no_box:
+        if not args.no_box and not args.graphs_only:
             box_rows(args.quick)
         print(f"load average (1 min) at the end: {_load()}")
         return
