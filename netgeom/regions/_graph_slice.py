@@ -32,7 +32,9 @@ ReLU node's output maps are not written out: the affine and add kernels read the
 maps, parents and bits (:class:`_ReluOut`), and nothing is computed for the last pattern node's output.
 The kernels use the numpy path's formulas and certified predicates and no exact arithmetic: a polygon with a
 decision within its error bound is given back to the numpy path (``compiled=False`` runs only that path),
-which settles it exactly.
+which settles it exactly. The cutting kernels write a piece's vertices only (not the padding slots
+after them, which the numpy path reads: the polygons given back, and the final pieces handed to a caller, are
+padded).
 
 The pattern of a piece is, in node order, the bits ``z > 0`` of every ReLU node and the one-hot argmax
 (``windows x k`` columns) of every max-pool node: for a chain it is the chain engine's pattern.
