@@ -69,6 +69,38 @@ def _numbers_only(x: Any) -> bool:
     return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in np.ravel(x))
 
 
+def _refuse_unrepresentable(x: Any, name: str, dtype: np.dtype) -> None:
+    """Integers that the float type cannot hold exactly (beyond 2^53 for float64) would be rounded without
+    a word; refuse them, naming the cause."""
+    a = x if isinstance(x, np.ndarray) else None
+    if a is None and isinstance(x, (list, tuple)):
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError):  # ragged or odd input: check_array's own conversion reports it
+            return
+    if a is None or a.dtype.kind not in "iu" or not a.size:
+        return
+    bad = inexact_integers(a, np.finfo(dtype).nmant + 1)
+    if bad is not None:
+        raise ValueError(
+            f"{name} holds the integer {bad}, which {dtype} cannot hold exactly (it would be rounded to "
+            f"{int(dtype.type(bad))}); pass the values as floats (rounded on purpose) or rescale them"
+        )
+
+
+def inexact_integers(a, digits: int):
+    """The first integer of ``a`` (numpy or torch, integer dtype) that a float with ``digits`` significant
+    bits cannot hold exactly, or ``None``."""
+    limit = 2**digits
+    lo, hi = int(a.min()), int(a.max())
+    if -lo <= limit and hi <= limit:
+        return None
+    for v in a[(a > limit) | (a < -limit)].tolist():  # (the few large entries: exact in Python's ints)
+        if v % (1 << max(0, abs(v).bit_length() - digits)):
+            return v
+    return None
+
+
 def check_array(
     x: Any,
     name: str = "X",
@@ -90,6 +122,8 @@ def check_array(
         x = (x.float() if x.is_floating_point() and x.element_size() < 2 or x.dtype == torch.bfloat16
              else x).numpy()
     _refuse_text(x, name)
+    if dtype is not None and np.dtype(dtype).kind == "f":
+        _refuse_unrepresentable(x, name, np.dtype(dtype))
     try:
         arr = np.array(x, dtype=dtype, copy=copy) if copy else np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:

@@ -164,7 +164,7 @@ def run():
         errs.append(repr(exc))
 ts = [threading.Thread(target=run) for _ in range(4)]
 [t.start() for t in ts]
-[t.join(60) for t in ts]
+[t.join() for t in ts]  # (a deadlock is the subprocess's timeout; a loaded machine is slow, not wrong)
 assert not errs and len(out) == 4 and all(o == out[0] for o in out), errs
 assert G._FAST_NODES[0] is True and G._HOOKS_WORK[0] is True
 print("ok")
@@ -180,5 +180,5 @@ def test_first_traces_of_a_process_in_several_threads_agree():
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
     cmd = [sys.executable, "-c", _FIRST_TRACES]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

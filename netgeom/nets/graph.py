@@ -179,11 +179,23 @@ def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tens
             f"{source} has no running statistics (track_running_stats=False), so it cannot be folded "
             "into an affine map"
         )
-    sd = torch.sqrt(m.running_var.detach().double().cpu() + m.eps)
+    var = m.running_var.detach().double().cpu() + m.eps
+    if not bool((var > 0).all()):
+        bad = int((~(var > 0)).sum())
+        raise ValueError(
+            f"{source}: running_var + eps is not positive for {bad} channel(s) (eps={m.eps}), so the layer "
+            "divides by zero (or by the root of a negative number); fix its statistics or eps"
+        )
+    sd = torch.sqrt(var)
     scale = (m.weight.detach().double().cpu() if m.affine else torch.ones_like(sd)) / sd
     shift = (
         m.bias.detach().double().cpu() if m.affine else 0.0
     ) - m.running_mean.detach().double().cpu() * scale
+    if not (bool(torch.isfinite(scale).all()) and bool(torch.isfinite(shift).all())):
+        raise ValueError(
+            f"{source}: its folded scale or shift is not finite (NaN or inf in its statistics or parameters, "
+            "or a running_var + eps so small that the scale overflows)"
+        )
     return scale, shift
 
 
@@ -1367,7 +1379,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w * mask
+            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
             self.used_masks.add(pname)
         return pname, w, mask
 
@@ -1473,7 +1485,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w * mask
+            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
             self.used_masks.add(pname)
         params = {"weight": w}
         if bias is not None:
@@ -1924,6 +1936,10 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     norms = _finite_norms([t for _, t in named])
     for (pname, t), finite in zip(named, norms):
         if t.is_floating_point() and not finite and not torch.isfinite(t.detach()).all():
+            if masks is not None and pname in masks:
+                kept = _as_mask(masks[pname], pname, t.shape) != 0
+                if torch.isfinite(t.detach()[kept]).all():
+                    continue  # (only pruned entries are non-finite: they are read as zero)
             raise ValueError(f"model has non-finite values (NaN or inf) in '{pname}'")
         if t.is_complex():
             raise TypeError(f"model has a complex tensor '{pname}'; netgeom reads real networks")

@@ -20,7 +20,7 @@ import scipy.sparse
 
 from ._exact import to_exact
 from ._graph_exact import ExactGraph, lines, root, signs_at
-from ._slice import TooManyRegionsError, check_finite
+from ._slice import _ETA, TooManyRegionsError, check_finite
 
 # float64 arrays (value, slope and their two error bounds) kept per piece and per live unit
 _BYTES_PER_ENTRY = 4 * 8
@@ -189,6 +189,20 @@ class _Exact:
         return [r for r, _ in distinct], rline, rsrc, best
 
 
+def _underflow(S: np.ndarray, X: np.ndarray, aMt, row_nnz: np.ndarray):
+    """Absolute slack for the products of ``X @ M^T`` that may have underflowed: an operation whose exact
+    result is subnormal errs by up to 2^-1075 however small its operands, which the relative bound
+    ``gamma (|x| @ |M^T|)`` does not cover where that sum (``S``, as computed) is below ~2^-900; there, the
+    entries with a nonzero product (``X``: the magnitudes and their errors) get ``(nnz + 8) 2^-1074``.
+    Elsewhere the relative bound exceeds any such error by far. Exact zeros keep a zero bound."""
+    small = S < 2.0**-900
+    if not small.any():
+        return 0.0
+    ind = aMt.astype(bool).astype(np.float64)
+    hit = np.asarray((X > 0).astype(np.float64) @ ind) > 0
+    return (small & hit) * ((row_nnz + 8) * _ETA)
+
+
 def segment_graph(
     g,
     a: np.ndarray,
@@ -248,12 +262,14 @@ def segment_graph(
                 Mt = M.T
             aMt = abs(Mt)
             A, B = np.asarray(al @ Mt) + b, np.asarray(be @ Mt)
-            vals[node.index] = (
-                A,
-                B,
-                np.asarray(ea @ aMt) * (1 + gam) + gam * (np.asarray(np.abs(al) @ aMt) + np.abs(b)),
-                np.asarray(eb @ aMt) * (1 + gam) + gam * np.asarray(np.abs(be) @ aMt),
-            )
+            with np.errstate(under="ignore"):
+                EA, SA = np.asarray(ea @ aMt), np.asarray(np.abs(al) @ aMt)
+                EB, SB = np.asarray(eb @ aMt), np.asarray(np.abs(be) @ aMt)
+                slack_a = _underflow(EA + SA, np.abs(al) + ea, aMt, row_nnz)
+                slack_b = _underflow(EB + SB, np.abs(be) + eb, aMt, row_nnz)
+                EA = EA * (1 + gam) + gam * (SA + np.abs(b)) + slack_a
+                EB = EB * (1 + gam) + gam * SB + slack_b
+            vals[node.index] = (A, B, EA, EB)
         elif node.op == "add":
             parts = list(zip(*ins))
             A, B = sum(parts[0]), sum(parts[1])
@@ -297,6 +313,7 @@ def segment_graph(
             A, B, EA, EB = al[parent], be[parent], ea[parent], eb[parent]
             Z = A + B * mid[:, None]
             EZ = EA + EB * np.abs(mid)[:, None] + 4 * _U * (np.abs(A) + np.abs(B * mid[:, None]))
+            EZ += (B != 0) * (2 * _ETA)  # (B * mid may underflow)
             check_finite(node.source, Z, EZ)
             if node.op == "relu":
                 # identically zero (bit False) only where that is certain: zero values with zero error
@@ -357,6 +374,8 @@ def segment_graph(
                 # an off unit of a ReLU is exactly 0 (its bit is certain): no error left
                 eg = np.where(bits, 1.0, abs(node.negative_slope))
                 newv = (A * gain, B * gain, EA * eg + _U * np.abs(A * gain), EB * eg + _U * np.abs(B * gain))
+                if node.negative_slope not in (0.0, 1.0):  # (slope * z may underflow: up to 2^-1075)
+                    newv = (*newv[:2], newv[2] + (A != 0) * _ETA, newv[3] + (B != 0) * _ETA)
                 newcols = [bits]
                 col_nodes.append((node.index, 0))
             else:

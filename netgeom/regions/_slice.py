@@ -357,7 +357,24 @@ def _push(W, bias, P, Q, eP, eQ):
     with np.errstate(under="ignore"):  # (maps of size 1e-300: bounds in the subnormal range, as before)
         eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
         eB = (gamma * nQ + eQ)[:, :, None] * nW
+        units = nW > 0
+        eA += underflow_slack(n_in, (nP > 0) | (eP > 0), units)
+        eB += underflow_slack(n_in, (nQ > 0) | (eQ > 0), units)
     return A, B, eA, eB
+
+
+_ETA = 2.0**-1074  # the smallest subnormal; an operation whose exact result is subnormal errs by half of it
+
+
+def underflow_slack(n_terms: int, rows: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Absolute error bounds to add to those of dot products of ``n_terms`` products: a product, addition or
+    fused multiply-add whose exact result lies below 2^-1022 errs by up to 2^-1075 (half of ``_ETA``) however
+    small its operands are, which no bound relative to ``|w|·|x|`` covers (weights of 2^-500 on maps of
+    2^-600 give products that underflow to exactly 0, and a unit would read as identically zero). Zero
+    where the dot product is exact: a row whose inputs and their errors are all zero (``rows`` False; any
+    shape) or a unit without weights (``units`` False, last axis). The bound arithmetic's own underflow
+    is covered by the same slack (a few operations per entry)."""
+    return np.multiply.outer(rows, units) * ((n_terms + 8) * _ETA)
 
 
 def check_finite(where: str, *arrays) -> None:
@@ -404,8 +421,12 @@ def _slice_chunk(ctx: SliceCtx, li: int, rec, nv, P, Q, eP, eQ, prefix):
     # Next layer's maps, a chunk of pieces at a time (depth first), so that memory stays within budget.
     gain_err = max(1.0, abs(slope))
     with np.errstate(under="ignore"):  # (tiny slices: squares underflow, harmless in a bound)
-        eAn = safe_norm(eA, axis=1) * gain_err + _U * safe_norm(A, axis=1)
-        eBn = safe_norm(eB, axis=2) * gain_err + _U * safe_norm(B, axis=2)
+        nA, nB = safe_norm(A, axis=1), safe_norm(B, axis=2)
+        eAn = safe_norm(eA, axis=1) * gain_err + _U * nA
+        eBn = safe_norm(eB, axis=2) * gain_err + _U * nB
+        if slope not in (0.0, 1.0):  # (slope * z may underflow: up to 2^-1075 per unit)
+            eAn += (nA > 0) * (n * _ETA)
+            eBn += (nB > 0) * (n * _ETA)
     step = max(1, ctx.budget // (8 * 6 * max(n, ctx.plan[li + 1][0].shape[0])))
     outs = []
     for i in range(0, cur, step):

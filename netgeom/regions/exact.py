@@ -180,9 +180,12 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         B = Q @ W.T
         gamma = 1.01 * (n_in + 2) * _U
         nW = _slice.safe_norm(W, axis=1)
+        nP, nQ = _slice.safe_norm(P, axis=1), _slice.safe_norm(Q, axis=1)
         with np.errstate(under="ignore"):  # (bounds of 1e-300-sized maps are subnormal)
-            eA = (gamma * _slice.safe_norm(P, axis=1) + eP)[:, None] * nW + gamma * np.abs(bias)
-            eB = (gamma * _slice.safe_norm(Q, axis=1) + eQv)[:, None] * nW
+            eA = (gamma * nP + eP)[:, None] * nW + gamma * np.abs(bias)
+            eB = (gamma * nQ + eQv)[:, None] * nW
+            eA += _slice.underflow_slack(n_in, (nP > 0) | (eP > 0), nW > 0)
+            eB += _slice.underflow_slack(n_in, (nQ > 0) | (eQv > 0), nW > 0)
         _slice.check_finite(f"layer {li}", A, B, eA, eB)
         if not has_bits:
             P, Q, eP, eQv = A, B, _slice.safe_norm(eA, axis=1), _slice.safe_norm(eB, axis=1)
@@ -301,8 +304,13 @@ def _segment_pass(plan, last, P, Q, eQ, t0, t1, ctx: _SegCtx):
         P, Q = A[parent] * gain, B[parent] * gain
         g = max(1.0, abs(slope))
         with np.errstate(under="ignore"):  # (norms of 1e-300-sized maps: u times them is subnormal)
-            eP = (_slice.safe_norm(eA, axis=1) * g + _U * _slice.safe_norm(A, axis=1))[parent]
-            eQv = (_slice.safe_norm(eB, axis=1) * g + _U * _slice.safe_norm(B, axis=1))[parent]
+            nA, nB = _slice.safe_norm(A, axis=1), _slice.safe_norm(B, axis=1)
+            eP = _slice.safe_norm(eA, axis=1) * g + _U * nA
+            eQv = _slice.safe_norm(eB, axis=1) * g + _U * nB
+            if slope not in (0.0, 1.0):  # (slope * z may underflow: up to 2^-1075 per unit)
+                eP += (nA > 0) * (n * _slice._ETA)
+                eQv += (nB > 0) * (n * _slice._ETA)
+            eP, eQv = eP[parent], eQv[parent]
     return pts, prefix
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._matmul import ieee_float32
-from .._validation import check_choice, check_int, check_tensor
+from .._validation import check_choice, check_int, check_tensor, inexact_integers
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 
@@ -175,6 +175,17 @@ def _finite_batch(x, name: str) -> torch.Tensor:
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); clean the input first")
+    elif not x.is_floating_point() and not x.is_complex():
+        # integers are exact in float32 up to 2^24 and in float64 up to 2^53; beyond, no float holds them
+        if x.dtype == torch.bool or not x.numel() or inexact_integers(x, 24) is None:
+            return x.to(torch.float32)
+        bad = inexact_integers(x, 53)
+        if bad is not None:
+            raise ValueError(
+                f"{name} holds the integer {bad}, which no float64 holds exactly, so its patterns cannot be "
+                "certified; pass the inputs as floats (rounded on purpose) or rescale them"
+            )
+        x = x.to(torch.float64)
     return x
 
 
