@@ -296,6 +296,7 @@ def _window_norms_torch(x: torch.Tensor, C: int, HW: int, win: torch.Tensor, sca
     squares summed over channels and windows in float64, the square root times ``scale`` rounded up to
     ``x``'s precision."""
     B = x.shape[0]
+    x = x[:, : C * HW]  # (C channels of HW positions, as the kernel reads)
     x64 = x.to(torch.float64).reshape(B, C, HW)
     Q = (x64 * x64).sum(1)
     Q = torch.cat([Q, Q.new_zeros(B, 1)], 1)  # (padding, -1, reads this zero column)
