@@ -55,8 +55,8 @@ def _cancelling(seed: int) -> _Net:
 
 def _graph64(net):
     """The traced graph with the first convolution's weights given exactly in float64 (``-(1 + 2^-20) w``
-    is not a float32 number, nor are the second convolution's biases 1e-4 / 3 and -2e-4 / 7): the exact map whose
-    float32 evaluation the engine bounds."""
+    is not a float32 number, nor are the second convolution's biases 1e-4 / 3 and -2e-4 / 7): the exact map
+    whose float32 evaluation the engine bounds."""
     g = trace(net, input_shape=SHAPE)
     a, c = [n for n in g.nodes if n.op == "affine"]
     w = a._ops[0].params["weight"]

@@ -344,8 +344,8 @@ def relu_fused(
     relu(z) in mode 2) or None)`` for a CPU pre-activation ``z`` with elementwise error bound
     ``d * dscale`` (same dtype and shape (B, N), float32 or float64), see :func:`_relu_fused`; in mode 3
     the last is ``(m, nz)``, per row the largest ``fl(e + gnext relu(z))`` and whether any output or its
-    bound is nonzero, and with ``cs = (C, HW, windows, scale)`` a third entry, the next convolution's window norms
-    of ``fl(e + gnext relu(z))`` times ``scale`` ((B, P), :func:`_window_norms_row`). ``bits``: a
+    bound is nonzero, and with ``cs = (C, HW, windows, scale)`` a third entry, the next convolution's
+    window norms of ``fl(e + gnext relu(z))`` times ``scale`` ((B, P), :func:`_window_norms_row`). ``bits``: a
     C-contiguous bool (B, N) tensor to write the signs into (else a new one); ``out``: C-contiguous (B, N)
     tensors of ``z``'s dtype to write the value and (modes 1, 2) the bound into (else new ones); ``pairs``:
     a list to append the ambiguous (row, unit) pairs to (:func:`_give_pairs`)."""
