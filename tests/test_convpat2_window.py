@@ -20,6 +20,12 @@ from netgeom.nets import _graph_kernel, certified
 from netgeom.nets.certified import _Exact, _Outer, graph_patterns, pattern_nodes
 
 
+@pytest.fixture(autouse=True)
+def _windowed_everywhere(monkeypatch):
+    """The windowed bound for every Conv2d of these small nets (by default only from fan-in 128 on)."""
+    monkeypatch.setattr(certified, "_CS_MIN_FAN_IN", 0)
+
+
 class _Net(nn.Module):
     """conv 2->3 (3x3, stride 2, padding 1) -> relu -> conv 3->2 (2x2, padding 1, dilation 2) -> relu, on
     2x7x7 inputs: 3x4x4 then 2x4x4."""

@@ -160,11 +160,16 @@ def _relu_outer(
     for r in range(B):
         tr = t[r]
         kr = one if risk[r] else zero
-        for b in range(N // P):
-            o = b * P
-            for p in range(P):
-                j = o + p
-                drow[j] = ((tr[p] * L[j] + A[j]) + kr * U[j]) * s
+        if P == 1:  # (the crude bound: one t per row, a loop that vectorises)
+            t0 = tr[0]
+            for j in range(N):
+                drow[j] = ((t0 * L[j] + A[j]) + kr * U[j]) * s
+        else:
+            for b in range(N // P):
+                o = b * P
+                for p in range(P):
+                    j = o + p
+                    drow[j] = ((tr[p] * L[j] + A[j]) + kr * U[j]) * s
         cnt, live, mx = _relu_row(z[r], 0, drow, 0, one, gnext, mode, bits[r], v[r], e[r], q, qi, C == 0)
         n_und[r] = cnt
         if cnt:
