@@ -41,17 +41,17 @@ float32 input (its error carried in, :meth:`_Engine._refine`, one compiled pass 
 on the CPU); only what that cannot decide sends its row
 to the float64 pass, which bounds convolutions crudely first (``||M_j||_1`` times the row's largest
 ``e + g |x^|``: no second convolution, still ~1e-13 relative on a shallow net) and only the rows that
-leaves undecided with the full bounds. The float32 pass uses cheaper bounds too (:class:`_Outer`: no
-stacked first convolution, no bound convolution) when its first rows show them tight enough
-(:func:`graph_patterns`): a Conv2d (groups 1) gets the windowed Cauchy-Schwarz bound ``||W_f||_2`` times
-the 2-norm of ``e + g |x^|`` over the window its output position reads (:func:`_window_bound`; the ReLU's
-compiled pass before it computes those window norms as it reads, in float64, rounded up), other ops the
+leaves undecided with the full bounds. The float32 pass uses cheaper bounds too (:class:`_Outer`: no stacked
+first convolution, no bound convolution) when its first rows show them tight enough (:func:`graph_patterns`):
+a Conv2d (groups 1, fan-in from ``_CS_MIN_FAN_IN`` on) gets the windowed Cauchy-Schwarz bound ``||W_f||_2``
+times the 2-norm of ``e + g |x^|`` over the window its output position reads (:func:`_window_bound`; the
+ReLU's compiled pass before it computes those window norms as it reads, in float64, rounded up), other ops the
 crude one; the ReLU's compiled pass after it computes each entry's bound as it reads it and hands out the
-ambiguous (row, unit) pairs for the unit redo. Where the redo of a unit from its float32 input cannot
-decide it (the error carried in from the layer before, ``~K u`` of its terms, is too wide) and that input is
-``relu`` of another one-op affine node reading the network's exact input, the unit is recomputed through both
-nodes in float64 from that input (:meth:`_Engine._redo`): conv 3-32-64 then sends no row to the float64
-pass (17% of them before).
+ambiguous (row, unit) pairs for the unit redo. Where the redo of a unit from its float32 input cannot decide
+it (the error carried in from the layer before, ``~K u`` of its terms, is too wide) and that input is ``relu``
+of another one-op affine node reading the network's exact input, the unit is recomputed through both nodes in
+float64 from that input (:meth:`_Engine._redo`): conv 3-32-64 then sends no row to the float64 pass (17% of
+them before).
 
 Why residual MLPs mostly end in the float64 pass: the worst-case bounds are ~10^3 times the actual float32
 errors there. A dense layer's own rounding is bounded by ``gamma_K ||W_i|| ||h||`` (``K u``, where
