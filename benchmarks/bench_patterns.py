@@ -13,9 +13,9 @@ The graph rows (not chains: residual MLP, LeNet-5 with max-pooling, two strided 
 wider on 3x32x32 images) run n / 5 and n / 50 points. On several torch threads the graph engine decides
 chunks of 2048 inputs on one worker thread each, each running torch on one OpenMP thread (its many small
 operations would each be a barrier of torch's OpenMP team); on a machine shared with other jobs,
-``--threads 1`` is the steadier comparison. Most of the plain forward's system time on the convolutional rows
-is page faults: its 8192-image convolution outputs (44-113 MB, past glibc's largest mmap threshold) are mapped
-and unmapped batch after batch.
+``--threads 1`` is the steadier comparison. The plain forward of the two convolutional rows runs in blocks
+of 256 images: on whole 8192-image batches its convolution outputs (44-113 MB, past glibc's largest mmap
+threshold) were mapped and unmapped batch after batch, and it ran ~3x slower at one thread.
 
     python benchmarks/bench_patterns.py --quick      # < 1 minute (5 x 10^4 points)
     python benchmarks/bench_patterns.py              # 10^6 points through 784-400-400-10
@@ -187,17 +187,23 @@ class WideConvNet(ConvNet):
         self.out = nn.Linear(64 * 7 * 7, 10)
 
 
-def plain_convnet(net: ConvNet, data, dtype=torch.float32):
+def plain_convnet(net: ConvNet, data, dtype=torch.float32, rows: int = 256):
+    """The forward a careful user writes: blocks of ``rows`` images (their convolution outputs stay in the
+    caches and in memory malloc recycles: on the whole 8192-image batch, 44-113 MB outputs, the same
+    forward ran ~3x slower at one thread, mostly page faults and cache misses), signs, packbits per block."""
     net = copy.deepcopy(net).to(dtype)
 
     def packed():
         with torch.no_grad():
             for x in data:
-                x = x.to(dtype)
-                z1 = net.c1(x)
-                z2 = net.c2(torch.relu(z1))
-                bits = torch.cat([z1.reshape(len(x), -1) > 0, z2.reshape(len(x), -1) > 0], 1)
-                yield pack_patterns(bits.numpy())
+                out = []
+                for a in range(0, len(x), rows):
+                    xb = x[a : a + rows].to(dtype)
+                    z1 = net.c1(xb)
+                    z2 = net.c2(torch.relu(z1))
+                    bits = torch.cat([z1.reshape(len(xb), -1) > 0, z2.reshape(len(xb), -1) > 0], 1)
+                    out.append(pack_patterns(bits.numpy()))
+                yield np.concatenate(out)
 
     return _count(packed())
 

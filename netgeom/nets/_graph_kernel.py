@@ -15,15 +15,27 @@ arrays read in place. All run on the calling thread, on row blocks the engine ke
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import torch
 
-__all__ = ["pool_top2", "refine_pairs", "relu_elem", "relu_fused", "relu_outer", "relu_screen", "row_absmax"]
+__all__ = [
+    "pool_top2",
+    "refine_pairs",
+    "refine_pairs2",
+    "relu_elem",
+    "relu_fused",
+    "relu_outer",
+    "relu_screen",
+    "row_absmax",
+    "window_norms",
+]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
+def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi, peak=True):
     """One row of :func:`_relu_fused`; returns ``(ambiguous entries, entries with a nonzero output or
     bound, the largest q as an integer)`` (the last two in mode 3 only)."""
     N = br.shape[0]
@@ -70,7 +82,7 @@ def _relu_row(zr, zo, dr, do, dscale, gnext, mode, br, vr, er, qr, qi):
             qr[j] = ej + gnext * va
             live += (va != zero) | (ej != zero)
     mx = qi[0]
-    if mode == 3:
+    if mode == 3 and peak:
         # the largest q through its bit pattern: q >= 0, where the order of the bits as integers is that
         # of the numbers (a float maximum does not vectorise; an integer one does). A NaN q (only where
         # a or b is NaN: the row is ambiguous, so redone whole) may be negative as an integer and skipped.
@@ -98,7 +110,7 @@ def _emit(zr, zo, dr, do, dscale, N, r, pr, pu, npairs):
 
 
 @numba.njit(cache=True, nogil=True)
-def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m, nz, pr, pu, npairs):
+def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m, nz, pr, pu, npairs, cs):
     """Per entry of row ``r``, with ``z = zs[r, zo + j]`` and the bound ``d = ds[r, do + j] * dscale``
     (rounded as torch's multiplication by a scalar; ``zs``, ``ds`` C-contiguous, possibly one array holding
     both side by side, as a stacked convolution's output): ``bits = z > 0``; ambiguous when ``|z| <= d``
@@ -112,39 +124,135 @@ def _relu_fused(zs, zo, ds, do, dscale, gnext, mode, bits, n_und, v, e, q, qi, m
     _Outer`, without writing ``e``); mode 0 only the bits. The comparisons are those of the torch version,
     in the arrays' own precision; selects and bitwise operations, no branches (so that the loop
     vectorises). A NaN ``z`` gives ``v = 0``: its row is undecided, so redone, whatever follows. The
-    ambiguous entries also go to ``pr`` / ``pu`` as (row, unit) pairs (:func:`_emit`)."""
+    ambiguous entries also go to ``pr`` / ``pu`` as (row, unit) pairs (:func:`_emit`). ``cs`` (mode 3
+    only): ``(C, HW, windows, Q, R, scale)``, the next convolution's window norms of ``fl(e + gnext v)``
+    into ``R`` (:func:`_window_norms_row`)."""
     B, N = bits.shape
+    C, HW, win, Q, R, scale = cs
     for r in range(B):
-        cnt, live, mx = _relu_row(zs[r], zo, ds[r], do, dscale, gnext, mode, bits[r], v[r], e[r], q, qi)
+        cnt, live, mx = _relu_row(
+            zs[r], zo, ds[r], do, dscale, gnext, mode, bits[r], v[r], e[r], q, qi, C == 0
+        )
         n_und[r] = cnt
         if cnt:
             _emit(zs[r], zo, ds[r], do, dscale, N, r, pr, pu, npairs)
         if mode == 3:
             m[r] = mx
             nz[r] = live > 0
+            if C > 0:
+                _window_norms_row(q, C, HW, win, Q, R[r], scale)
 
 
 @numba.njit(cache=True, nogil=True)
-def _relu_outer(z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m, nz, drow, pr, pu, npairs):
-    """:func:`_relu_fused` with the crude bound of a convolution's output (``dscale`` 1), entry ``j`` of
-    row ``r`` computed as read: ``((t_r L_j + A_j) + k_r U_j) s`` (``k_r`` = 1 where ``risk``, else 0), in
-    the arrays' precision and in the order of the torch operations of
+def _relu_outer(
+    z, t, risk, L, A, U, s, gnext, mode, bits, n_und, v, e, q, qi, m, nz, drow, pr, pu, npairs, cs
+):
+    """:func:`_relu_fused` with the windowed or crude bound of a convolution's output (``dscale`` 1), entry
+    ``j = b P + p`` of row ``r`` (``t`` (B, P); ``P`` 1 for the crude bound, the output positions for a
+    window bound) computed as read: ``((t_rp L_j + A_j) + k_r U_j) s`` (``k_r`` = 1 where ``risk``, else 0),
+    in the arrays' precision and in the order of the torch operations of
     :meth:`netgeom.nets.certified._Outer.elem` (so the same numbers), into one row of scratch space."""
     B, N = bits.shape
+    P = t.shape[1]
     one = z.dtype.type(1)
     zero = z.dtype.type(0)
+    C, HW, win, Q, R, scale = cs
     for r in range(B):
         tr = t[r]
         kr = one if risk[r] else zero
-        for j in range(N):
-            drow[j] = ((tr * L[j] + A[j]) + kr * U[j]) * s
-        cnt, live, mx = _relu_row(z[r], 0, drow, 0, one, gnext, mode, bits[r], v[r], e[r], q, qi)
+        if P == 1:  # (the crude bound: one t per row, a loop that vectorises)
+            t0 = tr[0]
+            for j in range(N):
+                drow[j] = ((t0 * L[j] + A[j]) + kr * U[j]) * s
+        else:
+            for b in range(N // P):
+                o = b * P
+                for p in range(P):
+                    j = o + p
+                    drow[j] = ((tr[p] * L[j] + A[j]) + kr * U[j]) * s
+        cnt, live, mx = _relu_row(z[r], 0, drow, 0, one, gnext, mode, bits[r], v[r], e[r], q, qi, C == 0)
         n_und[r] = cnt
         if cnt:
             _emit(z[r], 0, drow, 0, one, N, r, pr, pu, npairs)
         if mode == 3:
             m[r] = mx
             nz[r] = live > 0
+            if C > 0:
+                _window_norms_row(q, C, HW, win, Q, R[r], scale)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _window_norms_row(q, C, HW, win, Q, R, scale):
+    """``R[p]`` >= ``scale ||q_w(p)||_2``, rounded up to ``R``'s precision: the 2-norm of the entries of
+    ``q`` (laid out channel by channel, ``HW`` positions each, ``C`` channels) in the window ``w(p)`` of
+    output position ``p`` (``win[p]``: the input positions it reads, -1 for padding), over every channel.
+    Squares and sums in float64 (``q`` float32: no square under- or overflows; float64 roundings ~1e-16
+    relative, far inside the callers' ``scale``), then the square root times ``scale``, rounded up to
+    ``R``'s precision."""
+    for h in range(HW):
+        Q[h] = 0.0
+    for c in range(C):
+        o = c * HW
+        for h in range(HW):
+            a = np.float64(q[o + h])
+            Q[h] += a * a
+    P, k = win.shape
+    inf = R.dtype.type(np.inf)
+    # rounded up: a cast rounds to nearest, within half a unit in the last place relative (``2^-24`` in
+    # float32), so ``val (1 + 2^-22)`` cast is above ``val`` wherever the result is a normal number; near
+    # underflow (rare) the next number up where the cast rounded down
+    up = 1.0 + 2.0**-22
+    small = 4.0 * np.float64(np.finfo(R.dtype).tiny)
+    for p in range(P):
+        acc = 0.0
+        for i in range(k):
+            w = win[p, i]
+            if w >= 0:
+                acc += Q[w]
+        val = np.sqrt(acc) * scale
+        rv = R.dtype.type(val * up)
+        if val < small and np.float64(rv) < val:
+            rv = np.nextafter(rv, inf)
+        R[p] = rv
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_norms(x, C, HW, win, Q, R, nz, scale):
+    """:func:`_window_norms_row` of every row of ``x``; ``nz[r]``: whether row ``r`` has a nonzero entry."""
+    for r in range(x.shape[0]):
+        _window_norms_row(x[r], C, HW, win, Q, R[r], scale)
+        # (a nonzero float32 entry has a nonzero float64 square; a NaN's square is NaN, also != 0)
+        live = False
+        for h in range(HW):
+            live |= Q[h] != 0
+        nz[r] = live
+
+
+def window_norms(x: torch.Tensor, C: int, HW: int, win: torch.Tensor, scale: float):
+    """``(R, nz)``: per row of a CPU float32 ``x`` ((B, C HW), channel by channel), ``R`` (B, P) float32
+    with ``R[r, p] >= scale ||x_r restricted to window p||_2`` (``win`` (P, k) input positions of one
+    channel, -1 for padding, see :func:`_window_norms_row`) and ``nz`` whether the row has a nonzero entry
+    (a NaN is nonzero, and its norm NaN)."""
+    xn = x.contiguous().numpy()
+    B = xn.shape[0]
+    wn = win.numpy()
+    R = np.empty((B, wn.shape[0]), dtype=xn.dtype)
+    nz = np.empty(B, dtype=np.bool_)
+    _window_norms(xn, C, HW, wn, np.empty(max(HW, 1), dtype=np.float64), R, nz, float(scale))
+    return torch.from_numpy(R), torch.from_numpy(nz)
+
+
+_NO_CS_WIN = np.full((1, 1), -1, dtype=np.int64)
+
+
+def _cs_args(cs, B: int, dtype):
+    """The ``cs`` tuple of the ReLU kernels: ``(C, HW, windows, scratch, R (B, P), scale)``, or a tuple
+    that switches the window norms off (``C = 0``)."""
+    if cs is None:
+        return (0, 0, _NO_CS_WIN, np.empty(1, dtype=np.float64), np.empty((1, 1), dtype=dtype), 1.0)
+    C, HW, win, scale = cs
+    wn = win.numpy()
+    return (C, HW, wn, np.empty(max(HW, 1), dtype=np.float64), np.empty((B, wn.shape[0]), dtype=dtype), scale)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -217,9 +325,11 @@ def _give_pairs(pairs, sink):
         sink.append((torch.from_numpy(pr[:k]), torch.from_numpy(pu[:k])) if k <= len(pr) else None)
 
 
-def _relu_result(mode, bits, n_und, v, e, m, nz, dtype):
+def _relu_result(mode, bits, n_und, v, e, m, nz, dtype, csa=None):
     t = torch.from_numpy
     if mode == 3:
+        if csa is not None and csa[0] > 0:  # (with the window norms)
+            return bits, t(n_und > 0), t(v), (t(m.view(dtype)), t(nz), t(csa[4]))
         return bits, t(n_und > 0), t(v), (t(m.view(dtype)), t(nz))
     return bits, t(n_und > 0), (t(v) if mode else None), (t(e) if mode else None)
 
@@ -233,37 +343,47 @@ def relu_fused(
     bits: torch.Tensor | None = None,
     out: tuple | None = None,
     pairs: list | None = None,
+    cs: tuple | None = None,
 ):
     """``(bits, rows with an ambiguous unit (bool (B,)), relu(z) or None, error bound (plus ``gnext``
     relu(z) in mode 2) or None)`` for a CPU pre-activation ``z`` with elementwise error bound
     ``d * dscale`` (same dtype and shape (B, N), float32 or float64), see :func:`_relu_fused`; in mode 3
     the last is ``(m, nz)``, per row the largest ``fl(e + gnext relu(z))`` and whether any output or its
-    bound is nonzero. ``bits``: a C-contiguous bool (B, N) tensor to write the signs into (else a new
-    one); ``out``: C-contiguous (B, N) tensors of ``z``'s dtype to write the value and (modes 1, 2) the
-    bound into (else new ones); ``pairs``: a list to append the ambiguous (row, unit) pairs to
-    (:func:`_give_pairs`)."""
+    bound is nonzero, and with ``cs = (C, HW, windows, scale)`` a third entry, the next convolution's
+    window norms of ``fl(e + gnext relu(z))`` times ``scale`` ((B, P), :func:`_window_norms_row`). ``bits``: a
+    C-contiguous bool (B, N) tensor to write the signs into (else a new one); ``out``: C-contiguous (B, N)
+    tensors of ``z``'s dtype to write the value and (modes 1, 2) the bound into (else new ones); ``pairs``:
+    a list to append the ambiguous (row, unit) pairs to (:func:`_give_pairs`)."""
     zn, zo = _rows(z)
     dn, do = _rows(d)
     B, N = z.shape
     bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
     dt = zn.dtype.type
-    _relu_fused(zn, zo, dn, do, dt(dscale), dt(gnext), mode, bits.numpy(), n_und, v, e, q, qi, m, nz, *pp)
+    csa = _cs_args(cs if mode == 3 else None, B, zn.dtype)
+    _relu_fused(
+        zn, zo, dn, do, dt(dscale), dt(gnext), mode, bits.numpy(), n_und, v, e, q, qi, m, nz, *pp, csa
+    )
     _give_pairs(pp, pairs)
-    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
+    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype, csa)
 
 
 def relu_outer(
-    z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1, bits=None, out=None, pairs=None
+    z, t, risk, L, A, U, s: float, gnext: float = 0.0, mode: int = 1, bits=None, out=None, pairs=None, cs=None
 ):
-    """:func:`relu_fused` for a pre-activation ``z`` ((B, N) CPU) whose bound is the crude one of a
-    convolution, ``((t_r L_j + A_j) + [risk_r] U_j) s`` (``t``, ``risk``: (B,); ``L``, ``A``, ``U``: (N,)
-    of ``z``'s dtype), see :func:`_relu_outer`. Modes 0, 1, 3; ``pairs`` as for :func:`relu_fused`."""
+    """:func:`relu_fused` for a pre-activation ``z`` ((B, N) CPU) whose bound is the windowed or crude one
+    of a convolution, ``((t_rp L_j + A_j) + [risk_r] U_j) s`` (``t``: (B, P), or (B,) for ``P = 1``;
+    ``risk``: (B,); ``L``, ``A``, ``U``: (N,) of ``z``'s dtype; unit ``j = b P + p``), see
+    :func:`_relu_outer`. Modes 0, 1, 3; ``pairs``, ``cs`` as for :func:`relu_fused`."""
     zn = z.contiguous().numpy()
     B, N = zn.shape
     bits, n_und, v, e, q, qi, m, nz, pp = _relu_outputs(B, N, zn.dtype, mode, bits, out)
     dt = zn.dtype.type
-    args = (t.contiguous().numpy(), risk.contiguous().numpy(), L.numpy(), A.contiguous().numpy())
+    tn = t.reshape(B, -1).contiguous().numpy()
+    if N % tn.shape[1]:
+        raise ValueError(f"{N} units are not a multiple of the bound's {tn.shape[1]} positions")
+    args = (tn, risk.contiguous().numpy(), L.numpy(), A.contiguous().numpy())
     drow = np.empty(max(N, 1), dtype=zn.dtype)
+    csa = _cs_args(cs if mode == 3 else None, B, zn.dtype)
     _relu_outer(
         zn,
         *args,
@@ -281,9 +401,10 @@ def relu_outer(
         nz,
         drow,
         *pp,
+        csa,
     )
     _give_pairs(pp, pairs)
-    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype)
+    return _relu_result(mode, bits, n_und, v, e, m, nz, zn.dtype, csa)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -436,14 +557,15 @@ def _refine_pairs(
     with no error: no term). Entry ``c`` of the row is ``a = X[row, xo + c]`` widened to float64 (exactly),
     with the error bound ``d``, by ``kind``: 0, ``D[row, do + c]`` (float64 rows gathered from any error
     object); 1, ``D[row, do + c] * dscale`` (in the arrays' precision, as the torch passes round it); 2, a
-    convolution's crude bound ``((t L_c + A_c) + k U_c) s`` with ``(t, k, L, A, U, s) = outer`` (``t``, ``k``
-    per row; as :class:`netgeom.nets.certified._Outer` computes it); and with ``drop`` (the row is a ReLU's
+    convolution's windowed or crude bound ``((t_p L_c + A_c) + k U_c) s`` with ``(t, k, L, A, U, s) =
+    outer`` (``t`` (B, P) per row and output position ``p = c mod P``, ``k`` per row; as
+    :class:`netgeom.nets.certified._Outer` computes it); and with ``drop`` (the row is a ReLU's
     output, ``Z`` its input), ``0`` where ``Z[row, zo + c] + d <= 0`` (certainly negative). So the block's
     arrays are read in place: no gathered rows, no float64 copies, no padding column.
     ``z = sum w a + b_j``; ``bound = (sum |w| e + gam (sum |w| |a| + |b_j|) + under [any a, e or b_j
     nonzero]) * safety`` (any summation order: the float64 rounding of these sums of nonnegative terms is
     inside ``safety``, as for the torch sums this replaces)."""
-    ot, ok, oL, oA, oU, os = outer
+    ot, ok, oL, oA, oU, os, opos = outer
     one = ot.dtype.type(1)
     zero = ot.dtype.type(0)
     for p in range(r.shape[0]):
@@ -452,7 +574,7 @@ def _refine_pairs(
         xr = X[row]
         zr = Z[row]
         dr = D[row]
-        tr = ot[row] if kind == 2 else zero
+        tr = ot[row] if kind == 2 else ot[0]
         kr = (one if ok[row] else zero) if kind == 2 else zero
         if dense:
             w = W[u]
@@ -473,7 +595,7 @@ def _refine_pairs(
             elif kind == 1:
                 dd = dr[do + c] * dscale
             else:
-                dd = ((tr * oL[c] + oA[c]) + kr * oU[c]) * os
+                dd = ((tr[opos[c]] * oL[c] + oA[c]) + kr * oU[c]) * os
             e = np.float64(0.0) if drop and zr[zo + c] + dd <= 0 else np.float64(dd)
             wk = w[k]
             aw = abs(wk)
@@ -483,6 +605,53 @@ def _refine_pairs(
             live |= (a != 0) | (e != 0)
         z[p] = acc + b[u]
         bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_outer_conv(X, xo, Z, zo, n, outer, r, j, W, T, L, b, absb, gam, under, safety, z, bound):
+    """:func:`_refine_pairs` for its hot case, a convolution reading a ReLU's output whose input's bound is
+    a windowed or crude one (``kind`` 2 with ``drop``), the same numbers, branch-free: a padding column
+    reads column 0 with zero weight and no error, a certainly negative entry (``Z + d <= 0``) error 0
+    through a select (a branch on the ReLU's sign is mispredicted half the time)."""
+    ot, ok, oL, oA, oU, os, opos = outer
+    one = ot.dtype.type(1)
+    zero = ot.dtype.type(0)
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        zr = Z[row]
+        tr = ot[row]
+        kr = one if ok[row] else zero
+        w = W[u // L]
+        t = T[u % L]
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b[u] != 0
+        for k in range(w.shape[0]):
+            c = t[k]
+            pad = c >= n
+            cc = 0 if pad else c
+            a = np.float64(xr[xo + cc])
+            dd = ((tr[opos[cc]] * oL[cc] + oA[cc]) + kr * oU[cc]) * os
+            neg = (zr[zo + cc] + dd <= 0) | pad
+            e = 0.0 if neg else np.float64(dd)
+            a = 0.0 if pad else a
+            wk = w[k]
+            aw = abs(wk)
+            acc += wk * a
+            s_e += aw * e
+            s_x += aw * abs(a)
+            live |= (a != 0) | (e != 0)
+        z[p] = acc + b[u]
+        bound[p] = (s_e + gam * (s_x + absb[u]) + (under if live else 0.0)) * safety
+
+
+@functools.lru_cache(maxsize=16)
+def _positions(n: int, P: int) -> np.ndarray:
+    """``c mod P`` for the columns ``c < n`` (the output position of a convolution's unit ``c``)."""
+    return (np.arange(max(n, 1)) % P).astype(np.int32)
 
 
 def refine_pairs(
@@ -518,23 +687,26 @@ def refine_pairs(
         kind = 0 if gathered else 1
         nothing = np.zeros(max(1, n), dtype=dn.dtype)  # (no crude bound: placeholders, never read)
         oargs = (
-            np.zeros(max(1, B), dtype=dn.dtype),
+            np.zeros((max(1, B), 1), dtype=dn.dtype),
             np.zeros(max(1, B), dtype=np.bool_),
             nothing,
             nothing,
             nothing,
             dn.dtype.type(1),
+            np.zeros(1, dtype=np.int32),
         )
     else:
         dn, do, kind = np.zeros((max(1, B), 1), dtype=xn.dtype), 0, 2
         t, k, oL, oA, oU, s = outer
+        tn = t.reshape(t.shape[0], -1).contiguous().numpy()
         oargs = (
-            t.contiguous().numpy(),
+            tn,
             k.contiguous().numpy(),
             oL.contiguous().numpy(),
             oA.contiguous().numpy(),
             oU.contiguous().numpy(),
             f(s),
+            _positions(n, tn.shape[1]),  # (a table: an integer modulo per term cost more than the rest)
         )
     zn, zo = _rows(zin) if zin is not None else (np.zeros((max(1, B), 1), dtype=xn.dtype), 0)
     m = len(r)
@@ -544,6 +716,10 @@ def refine_pairs(
     Tn = np.zeros((1, 1), dtype=np.int64) if dense else T.numpy()
     rn, jn, Wn = r.contiguous().numpy(), j.contiguous().numpy(), W.contiguous().numpy()
     ds = dn.dtype.type(dscale)
+    if kind == 2 and not dense and zin is not None and n > 0:
+        args = (rn, jn, Wn, Tn, max(1, int(L)), b.numpy(), absb.numpy(), float(gam), float(under))
+        _refine_outer_conv(xn, xo, zn, zo, n, oargs, *args, float(safety), z, bound)
+        return torch.from_numpy(z), torch.from_numpy(bound)
     _refine_pairs(
         xn,
         xo,
@@ -566,6 +742,132 @@ def refine_pairs(
         absb.numpy(),
         float(gam),
         float(under),
+        float(safety),
+        z,
+        bound,
+    )
+    return torch.from_numpy(z), torch.from_numpy(bound)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _unit_weights(W, T, L, dense, u):
+    """The weights of unit ``u`` and the input columns they read (a dense row: every column; a
+    convolution: filter ``u // L`` over the columns ``T[u % L]``)."""
+    if dense:
+        return W[u], T[0], True
+    return W[u // L], T[u % L], False
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs2(
+    X,
+    xo,
+    n0,
+    r,
+    j,
+    W2,
+    T2,
+    L2,
+    dense2,
+    b2,
+    absb2,
+    g2,
+    under2,
+    W1,
+    T1,
+    L1,
+    dense1,
+    b1,
+    absb1,
+    g1,
+    under1,
+    n1,
+    safety,
+    z,
+    bound,
+):
+    """Per pair ``p`` (row ``r[p]`` through unit ``j[p]`` of an affine node fed by a ReLU of another affine
+    node, whose input ``X`` (``n0`` columns from ``xo``) is exact): every input entry of the unit recomputed
+    in float64 from ``X`` (``z1 = sum w a + b``, within ``e1 = (g1 (sum |w| |a| + |b|) + under1 [live])
+    safety`` of the exact value), through the ReLU (``v = max(z1, 0)``; ``e = 0`` where ``z1 + e1 <= 0``:
+    certainly negative, so ``v`` is the exact 0; else ``e1``, the ReLU being 1-Lipschitz), then the unit's
+    float64 value and bound as :func:`_refine_pairs` (``g2``, ``under2``). Columns past ``n1`` (level 2) or
+    ``n0`` (level 1) are padding: no term."""
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        w2, t2, d2 = _unit_weights(W2, T2, L2, dense2, u)
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b2[u] != 0
+        for k in range(w2.shape[0]):
+            c = k if d2 else t2[k]
+            if c >= n1:
+                continue
+            w1, t1, d1 = _unit_weights(W1, T1, L1, dense1, c)
+            a1 = 0.0
+            sx1 = 0.0
+            live1 = b1[c] != 0
+            for i in range(w1.shape[0]):
+                c0 = i if d1 else t1[i]
+                if c0 >= n0:
+                    continue
+                a = np.float64(xr[xo + c0])
+                wi = w1[i]
+                a1 += wi * a
+                sx1 += abs(wi) * abs(a)
+                live1 |= a != 0
+            z1 = a1 + b1[c]
+            e1 = (g1 * (sx1 + absb1[c]) + (under1 if live1 else 0.0)) * safety
+            neg = z1 + e1 <= 0
+            v = 0.0 if neg or not (z1 > 0) else z1
+            e = 0.0 if neg else e1
+            wk = w2[k]
+            aw = abs(wk)
+            acc += wk * v
+            s_e += aw * e
+            s_x += aw * v
+            live |= (v != 0) | (e != 0)
+        z[p] = acc + b2[u]
+        bound[p] = (s_e + g2 * (s_x + absb2[u]) + (under2 if live else 0.0)) * safety
+
+
+def refine_pairs2(x0, r, j, lvl2: dict, lvl1: dict, n1: int, safety: float):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` of an affine node whose input is
+    ``relu(`` another affine node ``)`` whose input ``x0`` ((B, n0) CPU, read in place) is exact, both
+    nodes recomputed in float64 (:func:`_refine_pairs2`). ``lvl2``, ``lvl1``: the nodes' redo tables
+    (``W``, ``T`` (None: dense), ``L``, ``b``, ``absb``, ``g``, ``under``)."""
+    xn, xo = _rows(x0)
+    m = len(r)
+    z = np.empty(m, dtype=np.float64)
+    bound = np.empty(m, dtype=np.float64)
+
+    def parts(t):
+        dense = t["T"] is None
+        T = np.zeros((1, 1), dtype=np.int64) if dense else t["T"].numpy()
+        W = t["W"].contiguous().numpy()
+        return (
+            W,
+            T,
+            max(1, int(t.get("L", 1))),
+            dense,
+            t["b"].numpy(),
+            t["absb"].numpy(),
+            float(t["g"]),
+            float(t["under"]),
+        )
+
+    _refine_pairs2(
+        xn,
+        xo,
+        x0.shape[1],
+        r.contiguous().numpy(),
+        j.contiguous().numpy(),
+        *parts(lvl2),
+        *parts(lvl1),
+        int(n1),
         float(safety),
         z,
         bound,
