@@ -143,7 +143,9 @@ class PoolNet(nn.Module):
         return self.out(F.relu(self.fc(torch.flatten(x, 1))))
 
 
-def plain_poolnet(net: PoolNet, data, dtype=torch.float32):
+def plain_poolnet(net: PoolNet, data, dtype=torch.float32, rows: int = 256):
+    """As :func:`plain_convnet`: blocks of ``rows`` images (on whole batches the convolution outputs are
+    paged in and out)."""
     net = copy.deepcopy(net).to(dtype)
 
     def pos_bits(idx, W):  # torch's flat index -> position in the 2x2 window, 2 bits
@@ -153,15 +155,18 @@ def plain_poolnet(net: PoolNet, data, dtype=torch.float32):
 
     def packed():
         with torch.no_grad():
-            for x in data:
-                x = x.to(dtype)
-                z1 = net.c1(x)
-                v1, i1 = F.max_pool2d(torch.relu(z1), 2, return_indices=True)
-                z2 = net.c2(v1)
-                v2, i2 = F.max_pool2d(torch.relu(z2), 2, return_indices=True)
-                z3 = net.fc(v2.flatten(1))
-                bits = [z1 > 0, pos_bits(i1, z1.shape[-1]), z2 > 0, pos_bits(i2, z2.shape[-1]), z3 > 0]
-                yield pack_patterns(torch.cat([b.reshape(len(x), -1) for b in bits], 1).numpy())
+            for xs in data:
+                out = []
+                for a in range(0, len(xs), rows):
+                    x = xs[a : a + rows].to(dtype)
+                    z1 = net.c1(x)
+                    v1, i1 = F.max_pool2d(torch.relu(z1), 2, return_indices=True)
+                    z2 = net.c2(v1)
+                    v2, i2 = F.max_pool2d(torch.relu(z2), 2, return_indices=True)
+                    z3 = net.fc(v2.flatten(1))
+                    bits = [z1 > 0, pos_bits(i1, z1.shape[-1]), z2 > 0, pos_bits(i2, z2.shape[-1]), z3 > 0]
+                    out.append(pack_patterns(torch.cat([b.reshape(len(x), -1) for b in bits], 1).numpy()))
+                yield np.concatenate(out)
 
     return _count(packed())
 
