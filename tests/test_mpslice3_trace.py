@@ -151,7 +151,8 @@ def test_finiteness_by_sums_never_passes_a_non_finite_entry_and_rechecks_an_over
 
 
 _FIRST_TRACES = """
-import threading, torch
+import sys, threading, torch
+sys.setswitchinterval(1e-6)  # (switches every few bytecodes: the interleavings of a loaded machine)
 import netgeom as ng
 from netgeom.nets import graph as G
 from test_mpslice3_trace import _Functions
@@ -180,5 +181,6 @@ def test_first_traces_of_a_process_in_several_threads_agree():
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
     cmd = [sys.executable, "-c", _FIRST_TRACES]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    for _ in range(3):  # (a fresh process each: first use; unguarded, about one run in four failed)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -569,18 +569,23 @@ class _Tracer(fx.Tracer):
         # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
         #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
         #   wrappers in and out of it at once instead.
-        if self.fast is None and _FAST_NODES[0] is None:
-            _fast_nodes_work()
-        hooks = _ModuleHooks.plan(root) if concrete_args is None else None
-        search = self._autowrap_search
-        if hooks is not None and search == [math]:
-            self._autowrap_search = []
-        try:
-            ids = self._autowrap_function_ids if search == [math] else None
-            with _fx_substitutions(hooks, math_ids=ids):
-                return super().trace(root, concrete_args)
-        finally:
-            self._autowrap_search = search
+        # fx patches torch's functions and nn.Module methods process-wide while it traces, and keeps its
+        # patcher in one module global (CURRENT_PATCHER): two traces at once in two threads revert each
+        # other's patches ("CURRENT_PATCHER is None in finally block") or trace through them. One at a time
+        # (the probes that decide the short paths trace inside a trace: the lock is re-entrant).
+        with _FX_TRACE_LOCK:
+            if self.fast is None and _FAST_NODES[0] is None:
+                _fast_nodes_work()
+            hooks = _ModuleHooks.plan(root) if concrete_args is None else None
+            search = self._autowrap_search
+            if hooks is not None and search == [math]:
+                self._autowrap_search = []
+            try:
+                ids = self._autowrap_function_ids if search == [math] else None
+                with _fx_substitutions(hooks, math_ids=ids):
+                    return super().trace(root, concrete_args)
+            finally:
+                self._autowrap_search = search
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         # fx reads the signature of forward (inspect.signature, ~30 us a trace) to make its placeholders; a
@@ -720,6 +725,7 @@ _IMMUTABLE_DICT = _fx_ic.immutable_dict
 _FX_PROXY_LOG = logging.getLogger("torch.fx.proxy")  # the logger of fx's TracerBase.create_node
 _FAST_NODES: list = [None]  # whether _Tracer.create_node may skip fx's own (see _fast_nodes_work)
 _FAST_LOCK = threading.Lock()
+_FX_TRACE_LOCK = threading.RLock()  # (see _Tracer.trace; taken before _FAST_LOCK and _HOOK_LOCK, never after)
 
 
 def _no_sym(a) -> bool:
@@ -1140,9 +1146,11 @@ def _hooks_after_fork() -> None:
     """A child forked while other threads traced has one thread, which traces nothing unless it was the
     forking one inside a trace: fresh lock, and (if this thread is not inside a trace) fx's and nn.Module's
     own functions back, as after the last trace."""
-    global _HOOK_LOCK, _FAST_LOCK
+    global _HOOK_LOCK, _FAST_LOCK, _FX_TRACE_LOCK
     _HOOK_LOCK = threading.Lock()
     _FAST_LOCK = threading.Lock()  # (a check of the short paths in another thread never ends here)
+    if not _FX_TRACE_LOCK._is_owned():  # (held by another thread, which is not in the child: never released)
+        _FX_TRACE_LOCK = threading.RLock()
     if _HOOK_TLS.__dict__.get("active"):
         return  # this thread's trace goes on: it removes what it uses (others' uses stay, inert)
     for c in list(_HOOK_USERS):
