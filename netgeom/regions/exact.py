@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -759,13 +760,16 @@ class BoxRegionsResult(Result):
             raise ValueError(f"polygons need a 2-D box, this one is {self.dim}-D")
         from scipy.spatial import HalfspaceIntersection
 
+        # qhull's tolerances are absolute: it works in the box scaled to unit size by a power of two
+        k = _frame_exp(self.lo, self.hi)
         out = []
         for (G, h), c in zip(self.halfspaces, self.coords):
             keep = np.linalg.norm(G, axis=1) > 0
-            hs = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c)
+            c_s = np.ldexp(c, -k)
+            hs = HalfspaceIntersection(np.hstack([G[keep], -np.ldexp(h[keep, None], -k)]), c_s)
             pts = hs.intersections
-            ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
-            out.append(pts[np.argsort(ang)])
+            ang = np.arctan2(pts[:, 1] - c_s[1], pts[:, 0] - c_s[0])
+            out.append(np.ldexp(pts[np.argsort(ang)], k))
         return out
 
     def plot(self, ax=None, *, seed: int = 0):
@@ -799,13 +803,120 @@ class BoxRegionsResult(Result):
         return ax
 
 
+_ETA = 2.0**-1074  # >= the absolute error of a float64 product or ldexp that underflows (2^-1075)
+
+
+def _frame_exp(lo: np.ndarray, hi: np.ndarray) -> int:
+    """``k`` with the box's largest side in ``[2^k, 2^(k+1))``: the box engines work in ``y' = y / 2^k``
+    (exact), so that their decisions never depend on the box's scale."""
+    side = float(np.max(hi * 0.5 - lo * 0.5))  # (halves: hi - lo may overflow)
+    return math.frexp(side)[1] if side > 0 else -1074
+
+
+def _scaled_box(lo: np.ndarray, hi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    lo_s, hi_s = np.ldexp(lo, -k), np.ldexp(hi, -k)
+    for name, v, v_s in (("lo", lo, lo_s), ("hi", hi, hi_s)):
+        bad = np.nonzero(np.ldexp(v_s, k) != v)[0]
+        if len(bad):
+            raise ValueError(
+                f"regions_in_box: {name}[{bad[0]}] = {v[bad[0]]!r} is below float64's normal range relative "
+                f"to the box's size 2^{k}, so the box cannot be scaled to unit size exactly; shift or shrink "
+                "the box"
+            )
+    return lo_s, hi_s
+
+
+def _may_underflow(wmin: float, *xs) -> bool:
+    """Whether the product of a nonzero weight (smallest magnitude ``wmin``) and a nonzero entry of ``xs``
+    can fall below float64's normal range (its rounding error is then absolute, up to 2^-1075)."""
+    if wmin == 0.0:
+        return False
+    for x in xs:
+        ax = np.abs(x)
+        nz = ax[ax > 0]
+        if nz.size and float(nz.min()) * wmin < 2.0**-1020:
+            return True
+    return False
+
+
+def _push_bounds(P, Q, eP, eQ, W, b, wmin, live_w):
+    """``A = P W^T + b``, ``B = Q W^T`` with elementwise absolute error bounds: for each dot product of
+    length n, ``|fl(sum) - sum| <= gamma_{n+1} (sum |p_i w_i| + |b|)`` plus ``(n + 2) 2^-1074`` when a product
+    may underflow, plus the propagated input errors ``sum e_i |w_i|`` (the bounds' own rounding is covered by
+    the factor ``1 + gamma``). ``P (..., n_in)``, ``Q (..., d, n_in)``; ``wmin`` the smallest nonzero
+    ``|W|``, ``live_w`` the rows of ``W`` with a nonzero entry."""
+    n_in = W.shape[1]
+    WT = W.T
+    aWT = np.abs(WT)
+    gam = 1.01 * (n_in + 2) * _U
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        A = P @ WT + b
+        B = Q @ WT
+        eA = (gam * (np.abs(P) @ aWT + np.abs(b)) + eP @ aWT) * (1 + gam)
+        eB = (gam * (np.abs(Q) @ aWT) + eQ @ aWT) * (1 + gam)
+    if _may_underflow(wmin, P, Q, eP, eQ):
+        extra = (n_in + 2) * 2 * _ETA * live_w
+        eA = eA + extra
+        eB = eB + extra
+    _slice.check_finite("regions_in_box (affine maps of a piece)", A, B, eA, eB)
+    return A, B, eA, eB
+
+
+def _unit_frame(A, B, eA, eB, k: int, ym: np.ndarray):
+    """Units ``z = A + y @ B`` (``y`` the box's coordinates; errors ``eA (n,)``, ``eB (d, n)``) in the frame
+    ``y' = y / 2^k``, each divided by a power of two so that its slope's largest entry (or error) is in
+    ``[0.5, 1)``: ``An + y' @ Bn``, with ``En`` bounding the error of the computed map at every point of the
+    box (``|y'_i| <= ym_i``). Scaling by powers of two never changes a sign, and no product of tiny numbers
+    is formed, so nothing underflows. Units with a huge constant next to their slope get ``An = ±2^900``
+    (their sign is certain) instead of overflowing."""
+    d = B.shape[0]
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        m = np.maximum(np.abs(B).max(0), eB.max(0)) if d else np.zeros(len(A))
+        mc = np.maximum(np.abs(A), eA)
+        e = np.where(m > 0, np.frexp(m)[1], np.frexp(mc)[1] - k).astype(np.int64)
+        An = np.ldexp(A, -(e + k))
+        eAn = np.ldexp(eA, -(e + k))
+        Bn = np.ldexp(B, -e)
+        eBn = np.ldexp(eB, -e)
+        live = (m > 0) | (mc > 0)
+        En = (eAn + ym @ eBn) * (1 + 4 * (d + 2) * _U) + 2 * _ETA * (1 + float(ym.sum())) * live
+    huge = ~np.isfinite(An) | (np.abs(An) > 2.0**900) | ~np.isfinite(En)
+    if huge.any():
+        if not np.all(np.abs(A[huge]) > 2 * eA[huge]):
+            raise OverflowError(
+                "regions_in_box: a unit's value is beyond float64's range relative to its slope and not "
+                "certified; rescale consecutive layers by reciprocal powers of two"
+            )
+        An[huge] = np.sign(A[huge]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
+        En[huge] = 0.0
+    return An, Bn, En, live
+
+
+def _unit_geometry(An, Bn, En, ym):
+    """Slope norms ``gn`` and the distance ``delta`` within which each unit's exact zero set lies from its
+    computed hyperplane ``Bn / gn · y' = -An / gn`` on the box (inf when the slope is not certain)."""
+    with np.errstate(under="ignore", over="ignore", divide="ignore", invalid="ignore"):
+        gn = np.sqrt((Bn * Bn).sum(0))
+        delta = (En / gn) * (1 + 1e-9) + 4 * _U * (np.abs(An) / gn + float(np.sqrt((ym * ym).sum())))
+        delta = np.where(gn > 8 * En, delta + _ETA, np.inf)
+    return gn, delta
+
+
+def _z_at(An, Bn, En, live, Y):
+    """Units' computed values at the points ``Y (m, d)`` (frame ``y'``) and bounds on their errors."""
+    d = Bn.shape[0]
+    with np.errstate(under="ignore"):
+        z = An + Y @ Bn
+        err = En + 1.01 * (d + 2) * _U * (np.abs(An) + np.abs(Y) @ np.abs(Bn)) * (1 + 1e-9)
+    return z, err + (d + 2) * _ETA * live
+
+
 def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | None, float]:
     """Centre and radius of the largest ball in ``{G y ≤ h}`` (rows of G unit or zero), radius ≤ ``cap``.
 
-    Solved in units of ``cap`` (the box's size), rounded to a power of two ``s`` (exact): ``G y' ≤ h / s``
-    with ``y = s y'``. HiGHS's feasibility tolerances are absolute (~1e-7): in the box's own units a box of
-    size 4e-6 let pieces a tolerance thick pass as regions (a 2-8-8-1 net counted 154 regions in
-    [-2^-18, 2^-18]^2 against 30 at every larger scale)."""
+    Solved in units of ``cap``, rounded to a power of two ``s`` (exact): ``G y' ≤ h / s`` with ``y = s y'``.
+    HiGHS's feasibility tolerances are absolute (~1e-7): in other units a box of size 4e-6 let pieces a
+    tolerance thick pass as regions."""
     from scipy.optimize import linprog
 
     d = G.shape[1]
@@ -828,32 +939,46 @@ def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | N
     return res.x[:d] * s, float(res.x[d]) * s
 
 
-def _crossing_units(G, h, c, A, B, T, size) -> np.ndarray:
-    """Which of the units ``z = A + y @ B`` may cross the polytope ``{G y ≤ h}`` (``c`` interior): a unit is
-    dropped only when its values at every vertex share one sign by a clear margin, so that rounding in the
-    vertices can never hide a real split; when qhull cannot list the vertices, every unit is kept."""
+def _vertices(G, h, c):
+    """The vertices of the piece ``{G y ≤ h}`` (``c`` interior) by qhull, or None when qhull fails. The frame
+    is the box's scaled one (coordinates of order 1 or less), where qhull's absolute tolerances hold."""
     from scipy.spatial import HalfspaceIntersection, QhullError
 
     keep = np.linalg.norm(G, axis=1) > 0
     try:
-        verts = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
+        return HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
     except (QhullError, ValueError):
-        return np.ones(len(A), dtype=bool)
-    Z = A + verts @ B
-    # Vertices are exact up to ~1e-12 of the box's size; the margin covers that error many times over.
+        return None
+
+
+def _crossing_units(G, h, c, An, Bn, En) -> np.ndarray:
+    """Which of the units ``An + y' @ Bn`` (frame ``y'``, errors ``En``) may cross the polytope ``{G y' ≤ h}``
+    (``c`` interior): a unit is dropped only when its values at every vertex share one sign by more than
+    their error bound and a margin for the vertices' own rounding; when qhull cannot list the vertices,
+    every unit is kept."""
+    verts = _vertices(G, h, c)
+    if verts is None:
+        return np.ones(len(An), dtype=bool)
+    z, err = _z_at(An, Bn, En, np.ones(len(An), dtype=bool), verts)
+    # qhull's vertices are exact up to ~1e-12 of their size here; the margin covers that many times over.
+    scale = 1.0 + float(np.abs(verts).max())
     with np.errstate(under="ignore"):
-        margin = T + 1e-8 * size * _slice.safe_norm(B, axis=0)
-    return (Z.max(axis=0) > -margin) & (Z.min(axis=0) < margin)
+        margin = err.max(axis=0) + 1e-8 * scale * np.sqrt((Bn * Bn).sum(0))
+    return (z.max(axis=0) > -margin) & (z.min(axis=0) < margin)
 
 
-def _active_units(G, h, c, A, Bm, T, lo, hi, size) -> np.ndarray:
-    """The units ``z = A + y @ Bm`` that may change sign inside the piece ``{G y ≤ h}`` of the box: units of
-    constant sign on the whole box never do, and in up to 6 dimensions the piece's vertices rule out more."""
-    zmin = A + np.minimum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-    zmax = A + np.maximum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-    active = np.nonzero((zmin < -T) & (zmax > T))[0]
+def _active_units(G, h, c, An, Bn, En, live, lo, hi, ym) -> np.ndarray:
+    """The units ``An + y' @ Bn`` that may change sign inside the piece ``{G y' ≤ h}`` of the box ``[lo, hi]``
+    (frame ``y'``): units of certain constant sign on the whole box never do, and in up to 6 dimensions the
+    piece's vertices rule out more."""
+    with np.errstate(under="ignore"):
+        zmin = An + np.minimum(Bn * lo[:, None], Bn * hi[:, None]).sum(0)
+        zmax = An + np.maximum(Bn * lo[:, None], Bn * hi[:, None]).sum(0)
+        d = len(lo)
+        err = En + 1.01 * (d + 2) * _U * (np.abs(An) + ym @ np.abs(Bn)) * (1 + 1e-9) + (d + 2) * _ETA
+    active = np.nonzero(live & (zmin < err) & (zmax > -err))[0]
     if len(active) and len(lo) <= 6:
-        active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
+        active = active[_crossing_units(G, h, c, An[active], Bn[:, active], En[active])]
     return active
 
 
@@ -864,18 +989,22 @@ def _too_many(max_regions: int) -> TooManyRegionsError:
     )
 
 
-def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar) -> tuple[list, int]:
-    """Split the piece ``{G y ≤ h}`` (a ball ``(c, r)`` inside) by the zero sets of the units
-    ``z = A + y @ Bm`` listed in ``active``, keeping a cut only when both sides hold a ball of radius
-    ``> r_min``. Returns the pieces ``(G, h, centre, radius)`` and the number of LPs solved; raises
-    :class:`TooManyRegionsError` when more than ``room`` pieces are in progress (``room``: what
-    ``max_regions`` leaves after the caller's other regions)."""
+def _cut_by_units(
+    G, h, c, r, An, Bn, En, gn, delta, active, r_min, cap, room, max_regions, bar
+) -> tuple[list, int]:
+    """Split the piece ``{G y' ≤ h}`` (frame ``y'``; a ball ``(c, r)`` inside) by the zero sets of the units
+    ``An + y' @ Bn`` listed in ``active`` (error bounds ``En``), keeping a cut only when both sides hold a
+    ball of radius ``> r_min`` on the exact unit's sides: the computed hyperplane is within ``delta`` of the
+    exact zero set, so balls are shrunk by ``delta``. Returns the pieces ``(G, h, centre, radius)`` and the
+    number of LPs solved; raises :class:`TooManyRegionsError` when more than ``room`` pieces are in progress
+    (``room``: what ``max_regions`` leaves after the caller's other regions)."""
     d = G.shape[1]
     n_lp = 0
+    if np.isinf(delta[active]).any():  # the callers settle these first (exactly, or with an error)
+        raise _UncertainSlope(int(active[np.isinf(delta[active])][0]))
     # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
     # in any sub-piece either, so each piece tests only the units that cut its parent, and the
     # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
-    norms = _slice.safe_norm(Bm, axis=0)  # (maps near 2**520 and up: plain norms square them to inf)
     pieces = []
     # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
     # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
@@ -885,13 +1014,13 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
         cuts = []  # (|sigma|, j, sigma)
         new_wit = {}
         for j in cu:
-            gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
+            gj, hj, dj = Bn[:, j] / gn[j], -An[j] / gn[j], float(delta[j])
             sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
-            if abs(sigma) < r_ - 2 * r_min:
+            if abs(sigma) + 2 * dj < r_ - 2 * r_min:
                 # the hyperplane cuts the inscribed ball: both sides hold half-balls
                 new_wit[j] = (
-                    (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
-                    (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
+                    (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2 - dj),
+                    (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2 - dj),
                 )
                 cuts.append((abs(sigma), j, sigma))
                 continue
@@ -899,19 +1028,24 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
                 new_wit[j] = wit[j]
                 cuts.append((abs(sigma), j, sigma))
                 continue
-            if (
-                d <= 6
-                and not _crossing_units(G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size)[0]
-            ):
+            if d <= 6 and not _crossing_units(G_, h_, c_, An[j : j + 1], Bn[:, j : j + 1], En[j : j + 1])[0]:
                 continue  # a qhull call is several times cheaper than the LP it saves
             # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
             other = 1.0 if sigma > 0 else -1.0
-            oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
+            oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), cap)
             n_lp += 1
-            if oc is not None and orad > r_min:
-                own = (c_, min(r_, abs(sigma)))
-                new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
-                cuts.append((abs(sigma), j, sigma))
+            if oc is None or orad <= r_min + dj:
+                continue
+            own = (c_, min(r_, abs(sigma)) - dj)
+            if own[1] <= r_min:  # the centre is too near the hyperplane to vouch for its side
+                oc2, orad2 = _chebyshev(np.vstack([G_, -other * gj]), np.append(h_, -other * hj), cap)
+                n_lp += 1
+                if oc2 is None or orad2 <= r_min + dj:
+                    continue
+                own = (oc2, orad2 - dj)
+            far = (oc, orad - dj)
+            new_wit[j] = (own, far) if sigma > 0 else (far, own)
+            cuts.append((abs(sigma), j, sigma))
         if not cuts:
             pieces.append((G_, h_, c_, r_))
             bar.update(1)
@@ -920,7 +1054,7 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
         cuts.sort(key=lambda t: t[0])
         _, j, sigma = cuts[0]
         rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
-        gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
+        gj, hj = Bn[:, j] / gn[j], -An[j] / gn[j]
         (pc, pr), (nc, nr) = new_wit[j]
         for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
             # witnesses of the other units that lie wholly on this side of unit j stay proofs
@@ -935,6 +1069,18 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
         if len(pieces) + len(stack) > room:
             raise _too_many(max_regions)
     return pieces, n_lp
+
+
+class _UncertainSlope(RuntimeError):
+    """A unit's slope on a piece is within its float error bound of zero (the chain engine then recomputes
+    the piece's maps exactly)."""
+
+    def __init__(self, unit: int):
+        super().__init__(
+            f"regions_in_box: unit {unit}'s slope on a piece is within its float64 rounding bound of zero "
+            "and could not be decided exactly"
+        )
+        self.unit = unit
 
 
 def _box_frame(n0: int, lo, hi, subspace):
@@ -965,13 +1111,17 @@ def _box_frame(n0: int, lo, hi, subspace):
     return lo, hi, origin, basis
 
 
-def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits) -> BoxRegionsResult:
-    """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)``."""
+def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int) -> BoxRegionsResult:
+    """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)`` in the frame
+    ``y' = y / 2^k`` (given back in the box's own coordinates ``y``)."""
     m = len(regions)
     patterns = (
         np.array([np.concatenate(reg[-1]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
     )
-    coords = np.array([reg[2] for reg in regions])
+    with np.errstate(under="ignore"):
+        coords = np.ldexp(np.array([reg[2] for reg in regions]), k)
+        radii = np.ldexp(np.array([reg[3] for reg in regions], dtype=np.float64), k)
+        halfspaces = [(reg[0], np.ldexp(reg[1], k)) for reg in regions]
     return BoxRegionsResult(
         count=m,
         n_bits=n_bits,
@@ -982,9 +1132,66 @@ def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits) -> BoxRegionsResul
         patterns=patterns,
         points=origin[None, :] + coords @ basis,
         coords=coords,
-        radii=np.array([reg[3] for reg in regions]),
-        halfspaces=[(reg[0], reg[1]) for reg in regions],
+        radii=radii,
+        halfspaces=halfspaces,
     )
+
+
+def _frac(i: int, e: int) -> Fraction:
+    return Fraction(i << e) if e >= 0 else Fraction(i, 1 << -e)
+
+
+def _exact_float(x: Fraction) -> float:
+    """``x`` correctly rounded to float64, with a value beyond 2^900 given as ±2^900 (its sign is all the
+    box engine reads from such a value)."""
+    if abs(x) >= 2**900:
+        return math.copysign(2.0**900, x)
+    return float(x)
+
+
+def _exact_unit_frame(z: list, k: int, ym: np.ndarray):
+    """:func:`_unit_frame` of exact pre-activations ``z = [const, dir_1, ..., dir_d]`` (each ``(ints, exp)``,
+    directions in the box's coordinates ``y``): each unit is scaled exactly before it is rounded, so its
+    slope is rounded relative to itself (a slope of 2^-1200 survives). Also the float maps ``A, B`` (rounded
+    to nearest, errors ``eA, eB``) for the next layer."""
+    (ci, ce), dirs = z[0], z[1:]
+    n, d = len(ci), len(dirs)
+    A = np.array([_exact_float(_frac(int(v), ce)) for v in ci], dtype=np.float64).reshape(n)
+    B = np.array(
+        [[_exact_float(_frac(int(v), de)) for v in di] for di, de in dirs], dtype=np.float64
+    ).reshape(d, n)
+    eA = _U * np.abs(A) + _ETA * (np.array([int(v) != 0 for v in ci]) if n else 0)
+    eB = _U * np.abs(B) + _ETA
+    An, Bn = np.zeros(n), np.zeros((d, n))
+    live = np.zeros(n, dtype=bool)
+    for j in range(n):
+        tops = [abs(int(di[j])).bit_length() + de for di, de in dirs if di[j] != 0]
+        if tops:
+            E = max(tops)
+        elif ci[j] != 0:
+            E = abs(int(ci[j])).bit_length() + ce - k
+        else:
+            continue  # identically zero
+        live[j] = True
+        An[j] = _exact_float(_frac(int(ci[j]), ce - E - k))
+        for i, (di, de) in enumerate(dirs):
+            Bn[i, j] = _exact_float(_frac(int(di[j]), de - E))
+    with np.errstate(under="ignore"):
+        En = (2 * _U * (np.abs(An) + ym @ np.abs(Bn)) + 2 * _ETA * (1 + float(ym.sum()))) * live
+    return A, B, eA, eB, An, Bn, En, live
+
+
+def _exact_values_at(z: list, point: list[Fraction], units: np.ndarray) -> list[Fraction]:
+    """Exact values of ``units`` of the exact pre-activations ``z`` at ``point`` (coordinates ``y``)."""
+    (ci, ce), dirs = z[0], z[1:]
+    out = []
+    for j in units.tolist():
+        v = _frac(int(ci[j]), ce)
+        for (di, de), p in zip(dirs, point):
+            if di[j] != 0:
+                v += _frac(int(di[j]), de) * p
+        out.append(v)
+    return out
 
 
 def regions_in_box(
@@ -996,7 +1203,6 @@ def regions_in_box(
     max_regions: int = 100_000,
     subspace=None,
     min_radius: float = 1e-7,
-    rel_tol: float = _REL_TOL,
     input_shape=None,
     verbose: bool = True,
 ) -> BoxRegionsResult:
@@ -1014,6 +1220,14 @@ def regions_in_box(
     counts the regions found in each layer (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
     sample's shape, for conv nets) is passed to :func:`netgeom.nets.trace`.
+
+    Rounding: all geometry is in the box's frame scaled by a power of two to unit size (exact), and every
+    unit's map carries a rigorous float error bound (products that may underflow included), so a slope is
+    never rounded to zero and a hyperplane is placed within a certified distance of the exact one; balls are
+    shrunk by that distance. A unit's bit is ``z > 0`` at its piece's ball centre, decided in float when
+    ``|z|`` exceeds its bound and otherwise exactly (rational arithmetic on the float64 weights and box: an
+    exactly zero value there means a unit identically zero on the piece, bit False as in torch). A unit
+    whose slope is within its bound of zero is recomputed exactly on the piece (chain networks).
 
     Any traced network (:func:`netgeom.nets.trace`: residual additions, concatenations, max-pooling,
     LeakyReLU) is answered too, by :mod:`netgeom.regions._graph_box`: nodes are read in topological order,
@@ -1046,7 +1260,6 @@ def regions_in_box(
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     min_radius = check_fraction(min_radius, "min_radius", low_inclusive=False)
-    rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
     from ..nets import trace
 
     # One trace: its chain view (what affine_layers reads) when it is a chain, else the graph engine.
@@ -1055,30 +1268,44 @@ def regions_in_box(
         from ._graph_box import box_graph_regions
 
         lo, hi, origin, basis = _box_frame(g.n_in, lo, hi, subspace)
-        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol, verbose)
+        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose)
     layers, plan = _plan(g.layers())
-    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose)
+    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose)
 
 
-def _box_layers(
-    layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose
-) -> BoxRegionsResult:
+def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose) -> BoxRegionsResult:
     """:func:`regions_in_box` on a chain: the layers and plan of :func:`_plan`."""
     from tqdm.auto import tqdm
 
     n0 = layers[0].n_in
     lo, hi, origin, basis = _box_frame(n0, lo, hi, subspace)
     d = basis.shape[0]
-    size = float(np.max(hi - lo))
-    r_min = min_radius * size
+    k = _frame_exp(lo, hi)
+    lo_s, hi_s = _scaled_box(lo, hi, k)
+    ym = np.maximum(np.abs(lo_s), np.abs(hi_s))
+    cap = float(np.max(hi_s - lo_s))
+    r_min = min_radius * cap
     G0 = np.vstack([np.eye(d), -np.eye(d)])
-    h0 = np.concatenate([hi, -lo])
+    h0 = np.concatenate([hi_s, -lo_s])
+    exact = []  # the exact network, built on first need
+
+    def exact_z(li, bits):
+        if not exact:
+            exact.append(_exact.ExactNet(plan, [origin, *basis]))
+        prefix = np.concatenate(bits) if bits else np.zeros(0, dtype=bool)
+        return exact[0].pre_activations(li, prefix)
+
     n_lp = 0
-    # A region: (G, h, centre, radius, P, Q, bits) with layer input = P + y @ Q.
-    regions = [(G0, h0, 0.5 * (lo + hi), 0.5 * float(np.min(hi - lo)), origin[None, :], basis, [])]
+    # A region: (G, h, centre, radius, P, Q, eP, eQ, bits) in the frame y' = y / 2^k, with layer input
+    # P + y @ Q (errors eP, eQ) in the box's coordinates y.
+    c0 = 0.5 * (lo_s + hi_s)
+    r0 = 0.5 * float(np.min(hi_s - lo_s))
+    regions = [(G0, h0, c0, r0, origin[None, :], basis, np.zeros((1, n0)), np.zeros_like(basis), [])]
     n_bit_layers = sum(step[2] for step in plan)
     for li, (W, bias, has_bits, slope) in enumerate(plan):
-        absW = np.abs(W).T
+        aW = np.abs(W)
+        wmin = float(aW[aW > 0].min()) if (aW > 0).any() else 0.0
+        live_w = (aW > 0).any(axis=1)
         new_regions = []
         # The bar counts the pieces found in this layer (its final value is the layer's region count).
         bar = tqdm(
@@ -1087,40 +1314,52 @@ def _box_layers(
             disable=not verbose or not has_bits,
             leave=li == len(plan) - 1 or n_bit_layers == 1,
         )
-        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
-            A = (P @ W.T + bias)[0]
-            Bm = Q @ W.T  # (d, n)
-            SB = np.abs(Q) @ absW
-            Bm = np.where(np.abs(Bm) <= rel_tol * SB, 0.0, Bm)
-            T = rel_tol * (
-                (np.abs(P) @ absW)[0] + np.abs(bias) + (SB * np.maximum(abs(lo), abs(hi))[:, None]).sum(0)
-            )
+        for k_reg, (G, h, c, r, P, Q, eP, eQ, bits) in enumerate(regions):
+            A, Bm, eA, eB = _push_bounds(P, Q, eP, eQ, W, bias, wmin, live_w)
             if not has_bits:
-                new_regions.append((G, h, c, r, A[None, :], Bm, bits))
+                new_regions.append((G, h, c, r, A, Bm, eA, eB, bits))
                 continue
-            active = _active_units(G, h, c, A, Bm, T, lo, hi, size)
+            A, eA = A[0], eA[0]
+            An, Bn, En, live = _unit_frame(A, Bm, eA, eB, k, ym)
+            active = _active_units(G, h, c, An, Bn, En, live, lo_s, hi_s, ym)
+            gn, delta = _unit_geometry(An, Bn, En, ym)
+            z_ex = None
+            if np.isinf(delta[active]).any():
+                # a slope within its rounding bound of zero: this piece's layer exactly, then rounded
+                z_ex = exact_z(li, bits)
+                A, Bm, eA, eB, An, Bn, En, live = _exact_unit_frame(z_ex, k, ym)
+                active = _active_units(G, h, c, An, Bn, En, live, lo_s, hi_s, ym)
+                gn, delta = _unit_geometry(An, Bn, En, ym)
             room = max_regions - (len(new_regions) + len(regions) - k_reg - 1)
-            pieces, n = _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar)
+            pieces, n = _cut_by_units(
+                G, h, c, r, An, Bn, En, gn, delta, active, r_min, cap, room, max_regions, bar
+            )
             n_lp += n
             # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
             for G_, h_, c_, r_ in pieces:
-                z = A + c_ @ Bm
-                b_new = z > T
-                new_regions.append(
-                    (
-                        G_,
-                        h_,
-                        c_,
-                        r_,
-                        np.where(b_new, A, slope * A)[None, :],
-                        np.where(b_new, Bm, slope * Bm),
-                        bits + [b_new],
-                    )
-                )
+                z, err = _z_at(An, Bn, En, live, c_[None, :])
+                b_new = z[0] > 0
+                und = np.nonzero(live & (np.abs(z[0]) <= err[0]))[0]
+                if len(und):
+                    if z_ex is None:
+                        z_ex = exact_z(li, bits)
+                    point = [Fraction(float(v)) * Fraction(2) ** k for v in c_]
+                    b_new[und] = [v > 0 for v in _exact_values_at(z_ex, point, und)]
+                b_new &= live
+                if slope == 0.0:
+                    s_ = np.where(b_new, 1.0, 0.0)
+                    Pn, Qn, ePn, eQn = A * s_, Bm * s_, eA * s_, eB * s_
+                else:
+                    s_ = np.where(b_new, 1.0, slope)
+                    with np.errstate(under="ignore"):
+                        Pn, Qn = A * s_, Bm * s_
+                        ePn = np.abs(s_) * eA + np.where(b_new, 0.0, _U * np.abs(Pn) + _ETA)
+                        eQn = np.abs(s_) * eB + np.where(b_new, 0.0, _U * np.abs(Qn) + _ETA)
+                new_regions.append((G_, h_, c_, r_, Pn[None, :], Qn, ePn[None, :], eQn, bits + [b_new]))
         bar.close()
         regions = new_regions
-    n_bits = sum(len(b) for b in regions[0][6]) if regions[0][6] else 0
-    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits)
+    n_bits = sum(len(b) for b in regions[0][-1]) if regions[0][-1] else 0
+    return _box_result([(*reg[:4], reg[-1]) for reg in regions], lo, hi, origin, basis, n_lp, n_bits, k)
 
 
 # ================================================================================================= demo
