@@ -161,3 +161,34 @@ def test_polygons_at_huge_scale_tile_the_box():
             x, y = P[:, 0] / s, P[:, 1] / s
             area += 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
         assert area == pytest.approx(12.0, rel=1e-9)
+
+
+def test_small_regions_in_a_huge_box_are_kept():
+    # a 2-8-8-1 net's 156 regions lie within a few units of 0: they were dropped once the box's size
+    # times a relative radius exceeded them (154 at 2^16, 31 at 2^24); the slice engine sees 156 always
+    net = mlp(2, [8, 8], 1, seed=0).double()
+    counts = []
+    for e in (14, 24, 48):
+        s = 2.0**e
+        res = regions_in_box(net, [-s, -s], [s, s], verbose=False)
+        assert res.n_thin == 0
+        counts.append(res.count)
+    sl = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-(2.0**48), 2.0**48, -(2.0**48), 2.0**48))
+    assert counts == [sl.count] * 3
+
+
+def test_nested_boxes_never_fewer_chain():
+    net = mlp(2, [6, 6], 1, seed=2).double()
+    counts = [regions_in_box(net, [-r, -r], [r, 0.7 * r], verbose=False).count for r in (0.5, 4.0, 2.0**30)]
+    assert counts == sorted(counts) and counts[0] >= 1
+
+
+def test_min_radius_is_an_absolute_opt_in():
+    net = mlp(2, [8, 8], 1, seed=0).double()
+    s = 2.0**10
+    exact = regions_in_box(net, [-s, -s], [s, s], verbose=False)
+    coarse = regions_in_box(net, [-s, -s], [s, s], verbose=False, min_radius=0.05)
+    assert coarse.count < exact.count
+    assert _patterns(coarse) <= _patterns(exact)
+    with pytest.raises(ValueError, match="min_radius"):
+        regions_in_box(net, [-s, -s], [s, s], verbose=False, min_radius=-1.0)

@@ -12,15 +12,18 @@ affine in ``y``: ``alpha + y @ Beta``. Nodes are read in topological order:
 * a ``maxpool`` node cuts every piece, window by window, into the cells where the window's argmax is
   constant: the cell of position ``i`` is the piece clipped by ``c_j - c_i ≤ 0`` for every other valid
   position ``j`` (padding, ``-1``, never counts; where ``c_j - c_i`` is identically zero on the piece the
-  earlier position wins, as torch). A cell is kept when it holds a ball of radius ``> r_min``: the piece's
-  own ball shrunk to the cell's walls when that is large enough, else its Chebyshev ball (one LP).
+  earlier position wins, as torch). A cell is kept when it holds a ball: the piece's own ball shrunk to the
+  cell's walls when that is large enough, else its Chebyshev ball (LPs in the piece's units).
   Positions certainly below another one at every vertex of the piece (qhull, up to 6 dimensions) are
   dropped first, so most windows need no LP. When no cell holds such a ball the piece is kept whole, with
   the argmax at its centre (as a unit too thin to split a piece leaves it whole).
 
-Rounding is handled as in the chain engine: every map carries the magnitudes its entries were summed from
-(``Ma``, ``MB``), slope entries below ``rel_tol`` times their magnitude are zero, and a value within
-``rel_tol`` of its magnitude over the box is zero.
+Rounding is handled as in the chain engine: every map carries rigorous bounds on the errors of its entries
+(``e_alpha``, ``e_Beta``: the affine push's gamma bounds with an allowance for underflow, the additions'
+roundings), units and max-pool differences are scaled by their own powers of two in the box's unit frame,
+and decisions within their bounds are exact: ReLU bits and a last-resort argmax by rational arithmetic at
+the piece's centre (:class:`_ExactPoint`). A unit or difference whose slope is within its bound of zero
+raises an error naming the cause (the chain engine recomputes it exactly instead).
 
 The pattern is, in node order, the bits ``z > 0`` of every ReLU node and the argmax position of every
 window of a max-pool node with windows of more than one entry, in binary (most significant bit first): the
@@ -29,6 +32,7 @@ convention of :func:`netgeom.regions.count_patterns`, so the patterns can be com
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -38,8 +42,8 @@ from .exact import (
     _ETA,
     _U,
     _active_units,
+    _ball_in,
     _box_result,
-    _chebyshev,
     _cut_by_units,
     _frame_exp,
     _push_bounds,
@@ -47,9 +51,7 @@ from .exact import (
     _too_many,
     _UncertainSlope,
     _unit_frame,
-    _unit_geometry,
     _vertices,
-    _z_at,
 )
 
 
@@ -128,7 +130,7 @@ class _ExactPoint:
         return out
 
 
-def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, ym, r_min, cap, exact_at):
+def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
     """Cells of one window on one piece (frame ``y'``): list of ``(G, h, centre, radius, position)`` and LPs
     solved. ``a (k,)``, ``B (d, k)`` (errors ``ea``, ``eB``): the window's entries on the piece in the box's
     coordinates (``valid`` marks non-padding positions). The wall between positions ``p`` and ``q`` is the
@@ -138,7 +140,7 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, ym, r_min, cap, exact_at):
     d = G.shape[1]
     m = len(pos)
     if m == 1:
-        return [(G, h, c, r, int(pos[0]))], 0
+        return [(G, h, c, r, int(pos[0]))], 0, 0
     # differences D[p][q] = z_q - z_p for every ordered pair, as normalised units
     pa, pb = np.repeat(pos, m), np.tile(pos, m)  # (p, q) pairs
     with np.errstate(under="ignore"):
@@ -146,21 +148,17 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, ym, r_min, cap, exact_at):
         dB = B[:, pb] - B[:, pa]
         edA = (ea[pb] + ea[pa] + _U * np.abs(dA)) * (1 + 2 * _U)
         edB = (eB[:, pb] + eB[:, pa] + _U * np.abs(dB)) * (1 + 2 * _U)
-    Dn, DBn, DEn, live = _unit_frame(dA, dB, edA, edB, k, ym)
-    gn, delta = _unit_geometry(Dn, DBn, DEn, ym)
-    lo = np.full(d, -1.0) * ym
-    zmin = Dn + np.minimum(DBn * lo[:, None], -DBn * lo[:, None]).sum(0)
-    zmax = Dn + np.maximum(DBn * lo[:, None], -DBn * lo[:, None]).sum(0)
-    _, err = _z_at(Dn, DBn, DEn, live, np.zeros((1, d)))
-    err = err[0] + 1.01 * (d + 2) * _U * (ym @ np.abs(DBn))
+    U = _unit_frame(dA, dB, edA, edB, k)
+    live = U.live
+    zmin, zmax, err = U.box_range(lo, hi)
     above = live & (zmin > err)  # z_q > z_p on the whole box
     below = live & (zmax < -err)
     # Positions certainly below another one at every vertex of the piece never win.
     verts = _vertices(G, h, c) if d <= 6 else None
     if verts is not None:
-        zv, ev = _z_at(Dn, DBn, DEn, live, verts)
+        zv, ev = U.z_at(verts)
         scale = 1.0 + float(np.abs(verts).max())
-        margin = ev.max(axis=0) + 1e-8 * scale * gn
+        margin = ev.max(axis=0) + 1e-8 * scale * U.gn
         above |= live & (zv.min(axis=0) > margin)
         below |= live & (zv.max(axis=0) < -margin)
     above = above.reshape(m, m)
@@ -168,7 +166,7 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, ym, r_min, cap, exact_at):
     tie = (~live).reshape(m, m)  # identical entries on the piece: the first position wins
     first = np.arange(m)[None, :] < np.arange(m)[:, None]  # first[p, q]: q comes before p
     never = (above | (tie & first)).any(axis=1)
-    n_lp = 0
+    n_lp = n_thin = 0
     cells = []
     for ip in np.nonzero(~never)[0]:
         walls = [iq for iq in range(m) if iq != ip and not below[ip, iq] and not tie[ip, iq]]
@@ -176,29 +174,33 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, ym, r_min, cap, exact_at):
             cells.append((G, h, c, r, int(pos[ip])))
             continue
         idx = ip * m + np.array(walls)
-        if np.isinf(delta[idx]).any():
+        if not U.sure[idx].all():
             raise _UncertainSlope(int(pos[ip]))
-        rows = (DBn[:, idx] / gn[idx]).T  # p needs z_q - z_p ≤ 0
-        rhs = -Dn[idx] / gn[idx]
-        dmax = float(delta[idx].max())
+        rows = (U.Bn[:, idx] / U.gn[idx]).T  # p needs z_q - z_p ≤ 0
+        rhs = -U.An[idx] / U.gn[idx]
+
+        def dmax(cc, rr, idx=idx):
+            return max(U.delta(q, cc, rr) for q in idx.tolist())
+
         Gc, hc = np.vstack([G, rows]), np.concatenate([h, rhs])
         # The piece's own ball, shrunk to the cell's walls, when the centre is in the cell.
-        rr = min(r, float((rhs - rows @ c).min())) - dmax
+        rr = min(r, float((rhs - rows @ c).min())) - dmax(c, r)
         if rr > r_min:
             cells.append((Gc, hc, c, rr, int(pos[ip])))
             continue
-        oc, orad = _chebyshev(Gc, hc, cap)
-        n_lp += 1
-        if oc is not None and orad > r_min + dmax:
-            cells.append((Gc, hc, oc, orad - dmax, int(pos[ip])))
+        ball, n, thin = _ball_in(Gc, hc, c, r, dmax, r_min)
+        n_lp += n
+        n_thin += thin
+        if ball is not None:
+            cells.append((Gc, hc, ball[0], ball[1], int(pos[ip])))
     if not cells:
         # Every cell too thin to hold a ball: keep the piece whole, its argmax the one at its centre.
-        zc, ec = _z_at(Dn, DBn, DEn, live, c[None, :])
+        zc, ec = U.z_at(c[None, :])
         zc, ec = zc[0].reshape(m, m), ec[0].reshape(m, m)
         wins = [ip for ip in range(m) if np.all((zc[ip] < -ec[ip]) | (np.arange(m) == ip))]
         p = int(pos[wins[0]]) if len(wins) == 1 else int(exact_at(c))
-        return [(G, h, c, r, p)], n_lp
-    return cells, n_lp
+        return [(G, h, c, r, p)], n_lp, n_thin
+    return cells, n_lp, n_thin
 
 
 def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose):
@@ -210,9 +212,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
     d = basis.shape[0]
     k = _frame_exp(lo, hi)
     lo_s, hi_s = _scaled_box(lo, hi, k)
-    ym = np.maximum(np.abs(lo_s), np.abs(hi_s))
-    cap = float(np.max(hi_s - lo_s))
-    r_min = min_radius * cap
+    r_min = math.ldexp(min_radius, -k)
     order, last_use = _needed(g)
     pnodes = {n.index for n in pattern_nodes(g)}
     n_pat = len(pnodes)
@@ -225,7 +225,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
     o64, b64 = origin.astype(np.float64), basis.astype(np.float64)
     vals0 = {0: (o64, b64, np.zeros_like(o64), np.zeros_like(b64))}
     pieces = [(G0, h0, 0.5 * (lo_s + hi_s), 0.5 * float(np.min(hi_s - lo_s)), vals0, [])]
-    n_lp = 0
+    n_lp = n_thin = 0
     k_pat = 0
     for i in order:
         node = nodes[i]
@@ -274,23 +274,23 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
             j = node.inputs[0]
             for k_reg, (G, h, c, r, vals, bits) in enumerate(pieces):
                 A, Bm, eA, eB = vals[j]
-                An, Bn, En, live = _unit_frame(A, Bm, eA, eB, k, ym)
-                active = _active_units(G, h, c, An, Bn, En, live, lo_s, hi_s, ym)
-                gn, delta = _unit_geometry(An, Bn, En, ym)
+                U = _unit_frame(A, Bm, eA, eB, k)
+                active = _active_units(G, h, c, U, lo_s, hi_s)
                 room = max_regions - (len(new) + len(pieces) - k_reg - 1)
                 try:
-                    cut, n = _cut_by_units(
-                        G, h, c, r, An, Bn, En, gn, delta, active, r_min, cap, room, max_regions, bar
+                    cut, n, thin = _cut_by_units(
+                        G, h, c, r, U, active, r_min, room, max_regions, bar
                     )
                 except _UncertainSlope as e:
                     raise _UncertainSlope(e.unit) from None
                 n_lp += n
+                n_thin += thin
                 for G_, h_, c_, r_ in cut:
-                    z, err = _z_at(An, Bn, En, live, c_[None, :])
+                    z, err = U.z_at(c_[None, :])
                     on = z[0] > 0
-                    if np.any(live & (np.abs(z[0]) <= err[0])):
+                    if np.any(U.live & (np.abs(z[0]) <= err[0])):
                         on = exact(c_)[i]
-                    on &= live
+                    on &= U.live
                     s = np.where(on, 1.0, slope)
                     v2 = dict(vals) if len(cut) > 1 else vals
                     with np.errstate(under="ignore"):
@@ -330,10 +330,10 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                     ix = safe[w]
                     for G_, h_, c_, r_, choice in cur:
                         entries = (al[ix], Be[:, ix], eal[ix], eBe[:, ix], valid[w])
-                        cells, n = _window_cells(
-                            G_, h_, c_, r_, *entries, k, ym, r_min, cap, lambda cc, w=w, i=i: exact(cc)[i][w]
-                        )
+                        at = lambda cc, w=w, i=i: exact(cc)[i][w]  # noqa: E731
+                        cells, n, thin = _window_cells(G_, h_, c_, r_, *entries, k, lo_s, hi_s, r_min, at)
                         n_lp += n
+                        n_thin += thin
                         for Gc, hc, cc, rc, p in cells:
                             ch = choice if len(cells) == 1 else choice.copy()
                             ch[w] = p
@@ -365,4 +365,4 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                     p[4].pop(j, None)
     n_bits = sum(len(b) for b in pieces[0][5]) if pieces[0][5] else 0
     regions = [(G, h, c, r, bits) for G, h, c, r, _, bits in pieces]
-    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k)
+    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k, n_thin)
