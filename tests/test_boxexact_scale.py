@@ -192,3 +192,11 @@ def test_min_radius_is_an_absolute_opt_in():
     assert _patterns(coarse) <= _patterns(exact)
     with pytest.raises(ValueError, match="min_radius"):
         regions_in_box(net, [-s, -s], [s, s], verbose=False, min_radius=-1.0)
+
+
+def test_regions_2_to_minus_300_of_the_box_are_resolved():
+    net = mlp(2, [4, 4], 1, seed=0).double()
+    s = 2.0**300
+    res = regions_in_box(net, [-s, -s], [s, s], verbose=False)
+    sl = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-s, s, -s, s))
+    assert res.n_thin == 0 and res.count == sl.count > 5

@@ -742,9 +742,9 @@ class BoxRegionsResult(Result):
     ball of radius ``radii[k]`` inside the region; ``patterns[k]`` its pattern. ``halfspaces[k] = (G, h)``
     describes the region's piece as ``G y ≤ h`` (rows normalised). ``n_lp`` counts linear programs solved.
     ``n_thin`` counts the sides of cuts whose largest inscribed ball was within the float64 precision of
-    their walls (about 1e-13 of the box's size and less), left undecided and dropped: ``n_thin == 0``
+    their walls' positions (relative to their distance from 0), left undecided and dropped: ``n_thin == 0``
     certifies the count; otherwise it is exact up to regions that thin (such a side is typically empty,
-    e.g. a hyperplane through a vertex where others meet).
+    e.g. at a vertex where hyperplanes meet exactly, as all of a bias-free net's do at 0).
     """
 
     count: int
@@ -1025,14 +1025,15 @@ def _ball_in(G: np.ndarray, h: np.ndarray, c: np.ndarray, r: float, delta, r_min
         if depth < thr - band:
             return None, n, False
         u_new = _pow2_floor(max(4 * abs(depth - thr), _ZOOM * u))
-        # Three zooms reach 2^-48 of the parent's size, float64's precision for the walls' positions; a
-        # side thinner than that at every scale is a cone at a vertex where hyperplanes meet (exactly 0
-        # wide when they meet exactly, as every hyperplane of a bias-free net does at 0).
-        if n > 3 or u_new * _LP_REL <= 4 * (base + dj) or u_new <= 2.0**-1000:
+        # The walls' precision (their positions' rounding, local) bounds the zoom: about 2^-30 of the
+        # distance to 0 away from 0, so a cone at a vertex where hyperplanes meet exactly stops there.
+        if u_new * _LP_REL <= 4 * (base + dj) or u_new <= 2.0**-1000:
             return None, n, True
         tight = (h - G @ point) <= 2 * band
         if tight.any() and not h[tight].any() and float(np.abs(point).max()) <= 2 * u:
-            return None, n, True  # a cone at the origin looks the same at every scale: zooms cannot help
+            # a cone at 0 (all of a bias-free net's hyperplanes meet there, exactly) looks the same at
+            # every scale, and its walls are exact there: zooms cannot help
+            return None, n, True
         c, u = point, u_new
     raise RuntimeError("regions_in_box: the Chebyshev LP did not settle a side in 80 refinements")
 
@@ -1331,8 +1332,8 @@ def regions_in_box(
     are shrunk by that distance. The LPs are solved in units of the piece at hand (a power of two near its
     ball's radius, centred at its ball), and their result is trusted only beyond HiGHS's tolerance band
     (relative to those units); a side whose largest ball lies inside the band is solved again in a unit
-    2^16 times smaller around the LP's point, up to three times (2^-48 of the piece, float64's precision
-    for the walls). A side still undecided is thinner than that precision: it is dropped and counted in
+    2^16 times smaller around the LP's point, down to float64's precision for the walls' positions there.
+    A side still undecided is thinner than that precision: it is dropped and counted in
     ``n_thin`` of the result (0 certifies the count; typically such sides are empty, e.g. hyperplanes
     meeting exactly at a vertex, as all of a bias-free net's do at 0). A unit's bit is ``z > 0`` at its
     piece's ball centre, decided in float when ``|z|`` exceeds its bound and otherwise exactly (rational
