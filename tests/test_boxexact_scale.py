@@ -200,3 +200,42 @@ def test_regions_2_to_minus_300_of_the_box_are_resolved():
     res = regions_in_box(net, [-s, -s], [s, s], verbose=False)
     sl = regions_on_slice(net, [0, 0], [1, 0], [0, 1], box=(-s, s, -s, s))
     assert res.n_thin == 0 and res.count == sl.count > 5
+
+
+class _CatCancel(nn.Module):
+    """cat(relu(a1 x), relu(a2 x)) -> relu(c .) with c = (1, -1): a graph whose second unit is a difference
+    of two nearly equal paths."""
+
+    def __init__(self, w1, w2):
+        super().__init__()
+        f64 = {"dtype": torch.float64}
+        self.a1, self.a2, self.c = nn.Linear(2, 1, **f64), nn.Linear(2, 1, **f64), nn.Linear(2, 1, **f64)
+        with torch.no_grad():
+            self.a1.weight.copy_(torch.tensor([w1], dtype=torch.float64))
+            self.a2.weight.copy_(torch.tensor([w2], dtype=torch.float64))
+            self.a1.bias.fill_(10.0)
+            self.a2.bias.fill_(10.0)
+            self.c.weight.copy_(torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+            self.c.bias.fill_(0.0)
+
+    def forward(self, x):
+        return torch.relu(self.c(torch.cat([torch.relu(self.a1(x)), torch.relu(self.a2(x))], 1)))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_slope_below_its_bound_exact_on_graph_and_chain(graph):
+    # 2^-60 x2 (a real cut at x2 = 0) and an exactly zero unit (no cut, bit False)
+    for w1, count in (([1.0, 2.0**-60], 2), ([1.0, 0.0], 1)):
+        net = _CatCancel(w1, [1.0, 0.0])
+        if not graph:
+            seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1), nn.ReLU()).double()
+            with torch.no_grad():
+                seq[0].weight.copy_(torch.tensor([w1, [1.0, 0.0]], dtype=torch.float64))
+                seq[0].bias.fill_(10.0)
+                seq[2].weight.copy_(net.c.weight)
+                seq[2].bias.fill_(0.0)
+            net = seq
+        res = regions_in_box(net, [-1, -1], [1, 1], verbose=False)
+        assert res.count == count, (w1, graph)
+        if count == 1:
+            assert not res.patterns[0, -1]

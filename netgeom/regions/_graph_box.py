@@ -22,8 +22,9 @@ Rounding is handled as in the chain engine: every map carries rigorous bounds on
 (``e_alpha``, ``e_Beta``: the affine push's gamma bounds with an allowance for underflow, the additions'
 roundings), units and max-pool differences are scaled by their own powers of two in the box's unit frame,
 and decisions within their bounds are exact: ReLU bits and a last-resort argmax by rational arithmetic at
-the piece's centre (:class:`_ExactPoint`). A unit or difference whose slope is within its bound of zero
-raises an error naming the cause (the chain engine recomputes it exactly instead).
+the piece's centre (:class:`_ExactPoint`). A ReLU unit whose slope is within its bound of zero is
+recomputed exactly on the piece (an affine map is fixed by its exact values at ``d + 1`` points of the
+piece's ball); a max-pool difference in that case raises an error naming the cause.
 
 The pattern is, in node order, the bits ``z > 0`` of every ReLU node and the argmax position of every
 window of a max-pool node with windows of more than one entry, in binary (most significant bit first): the
@@ -45,6 +46,7 @@ from .exact import (
     _ball_in,
     _box_result,
     _cut_by_units,
+    _fraction_unit_frame,
     _frame_exp,
     _push_bounds,
     _scaled_box,
@@ -87,6 +89,28 @@ class _ExactPoint:
         self._aff = {}
 
     def __call__(self, c_scaled) -> dict:
+        return self._run(c_scaled)[0]
+
+    def map_on_piece(self, node: int, c, r: float):
+        """Exact affine map ``(A, B)`` (Fractions; ``B`` as d lists) of ``node``'s value on the piece whose
+        certified ball is ``(c, r)`` (frame ``y'``), in the box's coordinates ``y``: an affine function is
+        fixed by its exact values at ``c`` and ``c + (r / 2) e_i``, all inside the piece."""
+        d = len(c)
+        t = r / 2
+        v0 = self._run(c)[1][node]
+        two_k = Fraction(2) ** self.k
+        B = []
+        for i in range(d):
+            ci = np.array(c, dtype=np.float64)
+            ci[i] += t
+            step = (Fraction(float(ci[i])) - Fraction(float(c[i]))) * two_k
+            vi = self._run(ci)[1][node]
+            B.append([(b - a) / step for a, b in zip(v0, vi)])
+        y0 = [Fraction(float(v)) * two_k for v in c]
+        A = [a - sum((B[i][j] * y0[i] for i in range(d)), Fraction(0)) for j, a in enumerate(v0)]
+        return A, B
+
+    def _run(self, c_scaled):
         y = [Fraction(float(v)) * Fraction(2) ** self.k for v in c_scaled]
         x = list(self.origin)
         for yi, row in zip(y, self.basis):
@@ -127,7 +151,7 @@ class _ExactPoint:
             else:  # output
                 v = vals[ins[0]]
             vals[node.index] = v
-        return out
+        return out, vals
 
 
 def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
@@ -276,6 +300,10 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                 A, Bm, eA, eB = vals[j]
                 U = _unit_frame(A, Bm, eA, eB, k)
                 active = _active_units(G, h, c, U, lo_s, hi_s)
+                if not U.sure[active].all():
+                    # a slope within its rounding bound of zero: the unit's exact map on this piece
+                    A, Bm, eA, eB, U = _fraction_unit_frame(*exact.map_on_piece(j, c, r), k)
+                    active = _active_units(G, h, c, U, lo_s, hi_s)
                 room = max_regions - (len(new) + len(pieces) - k_reg - 1)
                 try:
                     cut, n, thin = _cut_by_units(

@@ -1285,6 +1285,36 @@ def _exact_unit_frame(z: list, k: int):
     return A, B, eA, eB, U
 
 
+def _fraction_unit_frame(Aq: list, Bq: list, k: int):
+    """:func:`_exact_unit_frame` of exact maps given as Fractions: ``Aq (n)``, ``Bq (d lists of n)``."""
+    n, d = len(Aq), len(Bq)
+    A = np.array([_exact_float(v) for v in Aq], dtype=np.float64).reshape(n)
+    B = np.array([[_exact_float(v) for v in row] for row in Bq], dtype=np.float64).reshape(d, n)
+    eA = _U * np.abs(A) + _ETA * np.array([v != 0 for v in Aq], dtype=bool)
+    eB = _U * np.abs(B) + _ETA * np.array([[v != 0 for v in row] for row in Bq], dtype=bool).reshape(d, n)
+    An, Bn = np.zeros(n), np.zeros((d, n))
+    live = np.zeros(n, dtype=bool)
+    two_k = Fraction(2) ** k
+    for j in range(n):
+        # |x| < 2^E for x = num / den with num < 2^bits(num), den >= 2^(bits(den) - 1)
+        tops = [abs(Bq[i][j].numerator).bit_length() - Bq[i][j].denominator.bit_length() + 1
+                for i in range(d) if Bq[i][j] != 0]
+        if tops:
+            E = max(tops)
+            scale = Fraction(2) ** -E
+            An[j] = _exact_float(Aq[j] * scale / two_k)
+            for i in range(d):
+                Bn[i, j] = _exact_float(Bq[i][j] * scale)
+        elif Aq[j] != 0:
+            An[j] = math.copysign(1.0, Aq[j])  # a constant: its sign is all that matters
+        else:
+            continue  # identically zero
+        live[j] = True
+    with np.errstate(under="ignore"):
+        U = _Units(An, Bn, (2 * _U * np.abs(An) + _ETA) * live, (2 * _U * np.abs(Bn) + _ETA) * live, live)
+    return A, B, eA, eB, U
+
+
 def _exact_values_at(z: list, point: list[Fraction], units: np.ndarray) -> list[Fraction]:
     """Exact values of ``units`` of the exact pre-activations ``z`` at ``point`` (coordinates ``y``)."""
     (ci, ce), dirs = z[0], z[1:]
@@ -1339,7 +1369,7 @@ def regions_in_box(
     piece's ball centre, decided in float when ``|z|`` exceeds its bound and otherwise exactly (rational
     arithmetic on the float64 weights and box: an exactly zero value there means a unit identically zero on
     the piece, bit False as in torch). A unit whose slope is within its bound of zero is recomputed exactly
-    on the piece (chain networks; on a graph this raises an error naming the cause).
+    on the piece (a max-pool difference in that case raises an error naming the cause).
 
     ``min_radius`` (default 0: exact) is an explicit opt-in to skip regions thinner than an absolute
     radius, in the units of ``y``: a cut is kept only when both sides hold a ball of radius ``> min_radius``.
