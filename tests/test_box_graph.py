@@ -138,7 +138,7 @@ def test_chain_graph_engine_equals_chain_engine(n0, seed):
     chain = regions_in_box(net, lo, hi, verbose=False)
     g = trace(net)
     assert g.is_chain
-    graph = box_graph_regions(g, lo, hi, np.zeros(n0), np.eye(n0), 10**5, 1e-7, 1e-10, False)
+    graph = box_graph_regions(g, lo, hi, np.zeros(n0), np.eye(n0), 10**5, 1e-7, False)
     assert graph.count == chain.count > 5
     rows = [{bytes(r) for r in pack_patterns(res.patterns)} for res in (graph, chain)]
     assert rows[0] == rows[1]

@@ -12,15 +12,19 @@ affine in ``y``: ``alpha + y @ Beta``. Nodes are read in topological order:
 * a ``maxpool`` node cuts every piece, window by window, into the cells where the window's argmax is
   constant: the cell of position ``i`` is the piece clipped by ``c_j - c_i ≤ 0`` for every other valid
   position ``j`` (padding, ``-1``, never counts; where ``c_j - c_i`` is identically zero on the piece the
-  earlier position wins, as torch). A cell is kept when it holds a ball of radius ``> r_min``: the piece's
-  own ball shrunk to the cell's walls when that is large enough, else its Chebyshev ball (one LP).
+  earlier position wins, as torch). A cell is kept when it holds a ball: the piece's own ball shrunk to the
+  cell's walls when that is large enough, else its Chebyshev ball (LPs in the piece's units).
   Positions certainly below another one at every vertex of the piece (qhull, up to 6 dimensions) are
   dropped first, so most windows need no LP. When no cell holds such a ball the piece is kept whole, with
   the argmax at its centre (as a unit too thin to split a piece leaves it whole).
 
-Rounding is handled as in the chain engine: every map carries the magnitudes its entries were summed from
-(``Ma``, ``MB``), slope entries below ``rel_tol`` times their magnitude are zero, and a value within
-``rel_tol`` of its magnitude over the box is zero.
+Rounding is handled as in the chain engine: every map carries rigorous bounds on the errors of its entries
+(``e_alpha``, ``e_Beta``: the affine push's gamma bounds with an allowance for underflow, the additions'
+roundings), units and max-pool differences are scaled by their own powers of two in the box's unit frame,
+and decisions within their bounds are exact: ReLU bits and a last-resort argmax by rational arithmetic at
+the piece's centre (:class:`_ExactPoint`). A ReLU unit whose slope is within its bound of zero is
+recomputed exactly on the piece (an affine map is fixed by its exact values at ``d + 1`` points of the
+piece's ball); a max-pool difference in that case raises an error naming the cause.
 
 The pattern is, in node order, the bits ``z > 0`` of every ReLU node and the argmax position of every
 window of a max-pool node with windows of more than one entry, in binary (most significant bit first): the
@@ -29,16 +33,27 @@ convention of :func:`netgeom.regions.count_patterns`, so the patterns can be com
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 
 from ..nets.certified import _pos_bits, pattern_nodes
-from . import _slice
 from .exact import (
+    _ETA,
+    _U,
     _active_units,
+    _ball_in,
     _box_result,
-    _chebyshev,
     _cut_by_units,
+    _fraction_unit_frame,
+    _frame_exp,
+    _push_bounds,
+    _scaled_box,
     _too_many,
+    _UncertainSlope,
+    _unit_frame,
+    _vertices,
 )
 
 
@@ -62,92 +77,179 @@ def _needed(g) -> tuple[list[int], dict[int, int]]:
     return order, last_use
 
 
-def _window_cells(G, h, c, r, a, B, Ma, MB, valid, ymax, r_min, size, rel_tol):
-    """Cells of one window on one piece: list of ``(G, h, centre, radius, position)`` and LPs solved.
-    ``a (k,)``, ``B (d, k)``: the window's entries on the piece (``valid`` marks non-padding positions)."""
-    T = rel_tol * (Ma + (MB * ymax[:, None]).sum(0))
+class _ExactPoint:
+    """The traced graph evaluated exactly (rationals on the float64 weights) at points of the box: ReLU bits
+    ``z > 0`` and max-pool argmax positions (first position on ties, as torch), for the few decisions the
+    float error bounds cannot make."""
+
+    def __init__(self, g, origin, basis, k: int, upto: int):
+        self.g, self.k, self.upto = g, k, upto
+        self.origin = [Fraction(float(v)) for v in origin]
+        self.basis = [[Fraction(float(v)) for v in row] for row in basis]
+        self._aff = {}
+
+    def __call__(self, c_scaled) -> dict:
+        return self._run(c_scaled)[0]
+
+    def map_on_piece(self, node: int, c, r: float):
+        """Exact affine map ``(A, B)`` (Fractions; ``B`` as d lists) of ``node``'s value on the piece whose
+        certified ball is ``(c, r)`` (frame ``y'``), in the box's coordinates ``y``: an affine function is
+        fixed by its exact values at ``c`` and ``c + (r / 2) e_i``, all inside the piece."""
+        d = len(c)
+        t = r / 2
+        v0 = self._run(c)[1][node]
+        two_k = Fraction(2) ** self.k
+        B = []
+        for i in range(d):
+            ci = np.array(c, dtype=np.float64)
+            ci[i] += t
+            step = (Fraction(float(ci[i])) - Fraction(float(c[i]))) * two_k
+            vi = self._run(ci)[1][node]
+            B.append([(b - a) / step for a, b in zip(v0, vi)])
+        y0 = [Fraction(float(v)) * two_k for v in c]
+        A = [a - sum((B[i][j] * y0[i] for i in range(d)), Fraction(0)) for j, a in enumerate(v0)]
+        return A, B
+
+    def _run(self, c_scaled):
+        y = [Fraction(float(v)) * Fraction(2) ** self.k for v in c_scaled]
+        x = list(self.origin)
+        for yi, row in zip(y, self.basis):
+            if yi:
+                x = [a + yi * b for a, b in zip(x, row)]
+        vals = {0: x}
+        out = {}
+        for node in self.g.nodes[1 : self.upto + 1]:
+            ins = node.inputs
+            if node.op == "affine":
+                if node.index not in self._aff:
+                    M = node.matrix().numpy()
+                    rows = [[(j, Fraction(float(w))) for j, w in enumerate(r) if w != 0] for r in M]
+                    self._aff[node.index] = (rows, [Fraction(float(b)) for b in node.bias_vector.numpy()])
+                rows, bias = self._aff[node.index]
+                xin = vals[ins[0]]
+                v = [bi + sum((w * xin[j] for j, w in row), Fraction(0)) for row, bi in zip(rows, bias)]
+            elif node.op == "relu":
+                z = vals[ins[0]]
+                slope = Fraction(float(node.negative_slope))
+                out[node.index] = np.array([a > 0 for a in z])
+                v = [a if a > 0 else a * slope for a in z]
+            elif node.op == "maxpool":
+                xin = vals[ins[0]]
+                v, pos = [], []
+                for row in np.asarray(node.windows).tolist():
+                    best, bp = None, 0
+                    for p, j in enumerate(row):
+                        if j >= 0 and (best is None or xin[j] > best):
+                            best, bp = xin[j], p
+                    v.append(best)
+                    pos.append(bp)
+                out[node.index] = np.array(pos)
+            elif node.op == "add":
+                v = [sum(t, Fraction(0)) for t in zip(*(vals[i] for i in ins))]
+            elif node.op == "cat":
+                v = [a for i in ins for a in vals[i]]
+            else:  # output
+                v = vals[ins[0]]
+            vals[node.index] = v
+        return out, vals
+
+
+def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
+    """Cells of one window on one piece (frame ``y'``): list of ``(G, h, centre, radius, position)`` and LPs
+    solved. ``a (k,)``, ``B (d, k)`` (errors ``ea``, ``eB``): the window's entries on the piece in the box's
+    coordinates (``valid`` marks non-padding positions). The wall between positions ``p`` and ``q`` is the
+    zero set of ``z_q - z_p``, normalised and bounded as a unit's
+    (:func:`netgeom.regions.exact._unit_frame`)."""
     pos = np.nonzero(valid)[0]
     d = G.shape[1]
-    # Positions certainly below another one on the whole piece never win (checked at the piece's vertices).
-    if len(pos) > 1 and d <= 6:
-        from scipy.spatial import HalfspaceIntersection, QhullError
-
-        keep = np.linalg.norm(G, axis=1) > 0
-        try:
-            verts = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
-        except (QhullError, ValueError):
-            verts = None
-        if verts is not None:
-            Z = a[pos] + verts @ B[:, pos]  # (nv, m)
-            m = len(pos)
-            D = Z[:, :, None] - Z[:, None, :]  # D[v, q, p] = z_q - z_p
-            dB = _slice.safe_norm(B[:, pos][:, :, None] - B[:, pos][:, None, :], axis=0)
-            margin = T[pos][:, None] + T[pos][None, :] + 1e-8 * size * dB
-            beaten = np.any((D.min(axis=0) > margin) & ~np.eye(m, dtype=bool), axis=0)
-            pos = pos[~beaten]
-    if len(pos) == 1:
-        return [(G, h, c, r, int(pos[0]))], 0
-    n_lp = 0
+    m = len(pos)
+    if m == 1:
+        return [(G, h, c, r, int(pos[0]))], 0, 0
+    # differences D[p][q] = z_q - z_p for every ordered pair, as normalised units
+    pa, pb = np.repeat(pos, m), np.tile(pos, m)  # (p, q) pairs
+    with np.errstate(under="ignore"):
+        dA = a[pb] - a[pa]
+        dB = B[:, pb] - B[:, pa]
+        edA = (ea[pb] + ea[pa] + _U * np.abs(dA)) * (1 + 2 * _U)
+        edB = (eB[:, pb] + eB[:, pa] + _U * np.abs(dB)) * (1 + 2 * _U)
+    U = _unit_frame(dA, dB, edA, edB, k)
+    live = U.live
+    zmin, zmax, err = U.box_range(lo, hi)
+    above = live & (zmin > err)  # z_q > z_p on the whole box
+    below = live & (zmax < -err)
+    # Positions certainly below another one at every vertex of the piece never win.
+    verts = _vertices(G, h, c) if d <= 6 else None
+    if verts is not None:
+        zv, ev = U.z_at(verts)
+        scale = 1.0 + float(np.abs(verts).max())
+        margin = ev.max(axis=0) + 1e-8 * scale * U.gn
+        above |= live & (zv.min(axis=0) > margin)
+        below |= live & (zv.max(axis=0) < -margin)
+    above = above.reshape(m, m)
+    below = below.reshape(m, m)
+    tie = (~live).reshape(m, m)  # identical entries on the piece: the first position wins
+    first = np.arange(m)[None, :] < np.arange(m)[:, None]  # first[p, q]: q comes before p
+    never = (above | (tie & first)).any(axis=1)
+    n_lp = n_thin = 0
     cells = []
-    for p in pos:
-        rows, rhs, never = [], [], False
-        for q in pos:
-            if q == p:
-                continue
-            gq = B[:, q] - B[:, p]
-            gq = np.where(np.abs(gq) <= rel_tol * (MB[:, q] + MB[:, p]), 0.0, gq)
-            dq = a[q] - a[p]  # p needs dq + y·gq ≤ 0 (< 0 when q comes first)
-            tq = T[q] + T[p]
-            nq = float(_slice.safe_norm(gq, axis=0))
-            if nq == 0.0:
-                if dq > tq or (q < p and dq >= -tq):
-                    never = True  # q is above p, or ties with it and comes first, on the whole piece
-                    break
-                continue
-            rows.append(gq / nq)
-            rhs.append(-dq / nq)
-        if never:
+    for ip in np.nonzero(~never)[0]:
+        walls = [iq for iq in range(m) if iq != ip and not below[ip, iq] and not tie[ip, iq]]
+        if not walls:
+            cells.append((G, h, c, r, int(pos[ip])))
             continue
-        if not rows:
-            cells.append((G, h, c, r, int(p)))
-            continue
-        Gc, hc = np.vstack([G, *rows]), np.concatenate([h, rhs])
+        idx = ip * m + np.array(walls)
+        if not U.sure[idx].all():
+            raise _UncertainSlope(int(pos[ip]))
+        rows = (U.Bn[:, idx] / U.gn[idx]).T  # p needs z_q - z_p ≤ 0
+        rhs = -U.An[idx] / U.gn[idx]
+
+        def dmax(cc, rr, idx=idx):
+            return max(U.delta(q, cc, rr) for q in idx.tolist())
+
+        Gc, hc = np.vstack([G, rows]), np.concatenate([h, rhs])
         # The piece's own ball, shrunk to the cell's walls, when the centre is in the cell.
-        slack = np.asarray(rhs) - np.asarray(rows) @ c
-        rr = min(r, float(slack.min()))
+        rr = min(r, float((rhs - rows @ c).min())) - dmax(c, r)
         if rr > r_min:
-            cells.append((Gc, hc, c, rr, int(p)))
+            cells.append((Gc, hc, c, rr, int(pos[ip])))
             continue
-        oc, orad = _chebyshev(Gc, hc, size)
-        n_lp += 1
-        if oc is not None and orad > r_min:
-            cells.append((Gc, hc, oc, orad, int(p)))
+        ball, n, thin = _ball_in(Gc, hc, c, r, dmax, r_min)
+        n_lp += n
+        n_thin += thin
+        if ball is not None:
+            cells.append((Gc, hc, ball[0], ball[1], int(pos[ip])))
     if not cells:
         # Every cell too thin to hold a ball: keep the piece whole, its argmax the one at its centre.
-        z = a[pos] + c @ B[:, pos]
-        return [(G, h, c, r, int(pos[int(np.argmax(z))]))], n_lp
-    return cells, n_lp
+        zc, ec = U.z_at(c[None, :])
+        zc, ec = zc[0].reshape(m, m), ec[0].reshape(m, m)
+        wins = [ip for ip in range(m) if np.all((zc[ip] < -ec[ip]) | (np.arange(m) == ip))]
+        p = int(pos[wins[0]]) if len(wins) == 1 else int(exact_at(c))
+        return [(G, h, c, r, p)], n_lp, n_thin
+    return cells, n_lp, n_thin
 
 
-def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol, verbose):
+def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose):
     """:func:`netgeom.regions.regions_in_box` on a traced graph (the box and subspace already checked)."""
     import torch
     from tqdm.auto import tqdm
 
     nodes = g.nodes
     d = basis.shape[0]
-    size = float(np.max(hi - lo))
-    r_min = min_radius * size
-    ymax = np.maximum(np.abs(lo), np.abs(hi))
+    k = _frame_exp(lo, hi)
+    lo_s, hi_s = _scaled_box(lo, hi, k)
+    r_min = math.ldexp(min_radius, -k)
     order, last_use = _needed(g)
     pnodes = {n.index for n in pattern_nodes(g)}
     n_pat = len(pnodes)
-    # A piece: [G, h, centre, radius, vals, bits]; vals[node] = (alpha (n,), Beta (d, n), Ma (n,), MB (d, n)).
+    exact = _ExactPoint(g, origin, basis, k, max(order, default=0))
+    # A piece: [G, h, centre, radius, vals, bits] (frame y' = y / 2^k); vals[node] = (alpha (n,), Beta (d, n),
+    # e_alpha (n,), e_Beta (d, n)): the node's value alpha + y @ Beta in the box's coordinates y, and bounds
+    # on the errors of the computed entries.
     G0 = np.vstack([np.eye(d), -np.eye(d)])
-    h0 = np.concatenate([hi, -lo])
-    vals0 = {0: (origin.astype(np.float64), basis.astype(np.float64), np.abs(origin), np.abs(basis))}
-    pieces = [(G0, h0, 0.5 * (lo + hi), 0.5 * float(np.min(hi - lo)), vals0, [])]
-    n_lp = 0
+    h0 = np.concatenate([hi_s, -lo_s])
+    o64, b64 = origin.astype(np.float64), basis.astype(np.float64)
+    vals0 = {0: (o64, b64, np.zeros_like(o64), np.zeros_like(b64))}
+    pieces = [(G0, h0, 0.5 * (lo_s + hi_s), 0.5 * float(np.min(hi_s - lo_s)), vals0, [])]
+    n_lp = n_thin = 0
     k_pat = 0
     for i in order:
         node = nodes[i]
@@ -155,30 +257,34 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
         if op == "affine":
             W = node.matrix().numpy()
             b = node.bias_vector.numpy()
-            absW = np.abs(W).T
+            aW = np.abs(W)
+            wmin = float(aW[aW > 0].min()) if (aW > 0).any() else 0.0
+            live_w = (aW > 0).any(axis=1)
             j = node.inputs[0]
             # all pieces at once: one product for every piece's alpha and Beta rows
             al = np.stack([p[4][j][0] for p in pieces])
             Be = np.stack([p[4][j][1] for p in pieces])  # (m, d, n_in)
-            A = al @ W.T + b
-            Bm = Be @ W.T
-            SB = np.abs(Be) @ absW
-            Bm = np.where(np.abs(Bm) <= rel_tol * SB, 0.0, Bm)
-            Ma = np.abs(al) @ absW + np.abs(b)
-            for k, p in enumerate(pieces):
-                p[4][i] = (A[k], Bm[k], Ma[k], SB[k])
+            eal = np.stack([p[4][j][2] for p in pieces])
+            eBe = np.stack([p[4][j][3] for p in pieces])
+            A, Bm, eA, eB = _push_bounds(al, Be, eal, eBe, W, b, 0.0 if wmin == 0 else wmin, live_w)
+            for kk, p in enumerate(pieces):
+                p[4][i] = (A[kk], Bm[kk], eA[kk], eB[kk])
         elif op in ("add", "cat", "output"):
             for p in pieces:
                 ins = [p[4][j] for j in node.inputs]
                 if op == "add":
-                    al, Be, Ma, MB = (sum(v[t] for v in ins) for t in range(4))
-                    Be = np.where(np.abs(Be) <= rel_tol * MB, 0.0, Be)
+                    with np.errstate(under="ignore"):
+                        al, Be, eal, eBe = (sum(v[t] for v in ins) for t in range(4))
+                        # each of the len(ins) - 1 additions rounds once, relative to the partial sums
+                        gam = 1.01 * len(ins) * _U
+                        eal = (eal + gam * sum(np.abs(v[0]) for v in ins)) * (1 + gam)
+                        eBe = (eBe + gam * sum(np.abs(v[1]) for v in ins)) * (1 + gam)
                 elif op == "cat":
-                    al, Ma = (np.concatenate([v[t] for v in ins]) for t in (0, 2))
-                    Be, MB = (np.concatenate([v[t] for v in ins], axis=1) for t in (1, 3))
+                    al, eal = (np.concatenate([v[t] for v in ins]) for t in (0, 2))
+                    Be, eBe = (np.concatenate([v[t] for v in ins], axis=1) for t in (1, 3))
                 else:
-                    al, Be, Ma, MB = ins[0]
-                p[4][i] = (al, Be, Ma, MB)
+                    al, Be, eal, eBe = ins[0]
+                p[4][i] = (al, Be, eal, eBe)
         elif op == "relu":
             k_pat += 1
             slope = float(node.negative_slope)
@@ -191,17 +297,36 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
             new = []
             j = node.inputs[0]
             for k_reg, (G, h, c, r, vals, bits) in enumerate(pieces):
-                A, Bm, Ma, MB = vals[j]
-                T = rel_tol * (Ma + (MB * ymax[:, None]).sum(0))
-                active = _active_units(G, h, c, A, Bm, T, lo, hi, size)
+                A, Bm, eA, eB = vals[j]
+                U = _unit_frame(A, Bm, eA, eB, k)
+                active = _active_units(G, h, c, U, lo_s, hi_s)
+                if not U.sure[active].all():
+                    # a slope within its rounding bound of zero: the unit's exact map on this piece
+                    A, Bm, eA, eB, U = _fraction_unit_frame(*exact.map_on_piece(j, c, r), k)
+                    active = _active_units(G, h, c, U, lo_s, hi_s)
                 room = max_regions - (len(new) + len(pieces) - k_reg - 1)
-                cut, n = _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar)
+                try:
+                    cut, n, thin = _cut_by_units(
+                        G, h, c, r, U, active, r_min, room, max_regions, bar
+                    )
+                except _UncertainSlope as e:
+                    raise _UncertainSlope(e.unit) from None
                 n_lp += n
+                n_thin += thin
                 for G_, h_, c_, r_ in cut:
-                    on = A + c_ @ Bm > T
+                    z, err = U.z_at(c_[None, :])
+                    on = z[0] > 0
+                    if np.any(U.live & (np.abs(z[0]) <= err[0])):
+                        on = exact(c_)[i]
+                    on &= U.live
                     s = np.where(on, 1.0, slope)
                     v2 = dict(vals) if len(cut) > 1 else vals
-                    v2[i] = (s * A, s * Bm, abs(s) * Ma, abs(s) * MB)
+                    with np.errstate(under="ignore"):
+                        sA, sB = s * A, s * Bm
+                        off = ~on & (slope != 0.0)
+                        esA = np.abs(s) * eA + np.where(off, _U * np.abs(sA) + _ETA, 0.0)
+                        esB = np.abs(s) * eB + np.where(off, _U * np.abs(sB) + _ETA, 0.0)
+                    v2[i] = (sA, sB, esA, esB)
                     new.append((G_, h_, c_, r_, v2, bits + [on]))
             bar.close()
             pieces = new
@@ -222,7 +347,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
             j = node.inputs[0]
             new = []
             for k_reg, (G, h, c, r, vals, bits) in enumerate(pieces):
-                al, Be, Ma, MB = vals[j]
+                al, Be, eal, eBe = vals[j]
                 cur = [(G, h, c, r, np.zeros(nw, dtype=np.int64))]
                 for w in range(nw):
                     if valid[w].sum() == 1:
@@ -232,9 +357,11 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
                     nxt = []
                     ix = safe[w]
                     for G_, h_, c_, r_, choice in cur:
-                        entries = (al[ix], Be[:, ix], Ma[ix], MB[:, ix], valid[w])
-                        cells, n = _window_cells(G_, h_, c_, r_, *entries, ymax, r_min, size, rel_tol)
+                        entries = (al[ix], Be[:, ix], eal[ix], eBe[:, ix], valid[w])
+                        at = lambda cc, w=w, i=i: exact(cc)[i][w]  # noqa: E731
+                        cells, n, thin = _window_cells(G_, h_, c_, r_, *entries, k, lo_s, hi_s, r_min, at)
                         n_lp += n
+                        n_thin += thin
                         for Gc, hc, cc, rc, p in cells:
                             ch = choice if len(cells) == 1 else choice.copy()
                             ch[w] = p
@@ -245,7 +372,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
                 for G_, h_, c_, r_, choice in cur:
                     sel = safe[np.arange(nw), choice]
                     v2 = dict(vals) if len(cur) > 1 else vals
-                    v2[i] = (al[sel], Be[:, sel], Ma[sel], MB[:, sel])
+                    v2[i] = (al[sel], Be[:, sel], eal[sel], eBe[:, sel])
                     if has_bits:
                         nb = _pos_bits(kw)
                         shifts = np.arange(nb - 1, -1, -1)
@@ -266,4 +393,4 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol
                     p[4].pop(j, None)
     n_bits = sum(len(b) for b in pieces[0][5]) if pieces[0][5] else 0
     regions = [(G, h, c, r, bits) for G, h, c, r, _, bits in pieces]
-    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits)
+    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k, n_thin)

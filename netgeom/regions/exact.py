@@ -14,13 +14,15 @@ and, when a value is within its bound of zero, exactly (integer arithmetic on th
 given points; see :mod:`netgeom.regions._exact`), so their pieces are exactly those of the float64 network
 at any scale. A unit's pattern bit is ``z > 0`` on the piece's interior, so a unit that is identically zero
 there has bit False, as in :func:`netgeom.regions.count_patterns`. The box method decides by linear programs
-(HiGHS) with a radius threshold relative to the box (``min_radius``).
+(HiGHS) in units of the piece at hand, with certified float error bounds on every hyperplane and exact
+decisions of the bits; it reports the sides thinner than float64's precision that it could not decide.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -750,6 +752,10 @@ class BoxRegionsResult(Result):
     ``points[k]`` is an interior input of region k (``coords[k]`` its subspace coordinates), the centre of a
     ball of radius ``radii[k]`` inside the region; ``patterns[k]`` its pattern. ``halfspaces[k] = (G, h)``
     describes the region's piece as ``G y ≤ h`` (rows normalised). ``n_lp`` counts linear programs solved.
+    ``n_thin`` counts the sides of cuts whose largest inscribed ball was within the float64 precision of
+    their walls' positions (relative to their distance from 0), left undecided and dropped: ``n_thin == 0``
+    certifies the count; otherwise it is exact up to regions that thin (such a side is typically empty,
+    e.g. at a vertex where hyperplanes meet exactly, as all of a bias-free net's do at 0).
     """
 
     count: int
@@ -763,6 +769,7 @@ class BoxRegionsResult(Result):
     coords: np.ndarray = field(repr=False)
     radii: np.ndarray = field(repr=False)
     halfspaces: list = field(repr=False)
+    n_thin: int = 0
 
     def polygons(self) -> list[np.ndarray]:
         """For a 2-D box, the regions as convex polygons ``(n_k, 2)`` in subspace coordinates."""
@@ -770,13 +777,16 @@ class BoxRegionsResult(Result):
             raise ValueError(f"polygons need a 2-D box, this one is {self.dim}-D")
         from scipy.spatial import HalfspaceIntersection
 
+        # qhull's tolerances are absolute: it works in the box scaled to unit size by a power of two
+        k = _frame_exp(self.lo, self.hi)
         out = []
         for (G, h), c in zip(self.halfspaces, self.coords):
             keep = np.linalg.norm(G, axis=1) > 0
-            hs = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c)
+            c_s = np.ldexp(c, -k)
+            hs = HalfspaceIntersection(np.hstack([G[keep], -np.ldexp(h[keep, None], -k)]), c_s)
             pts = hs.intersections
-            ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
-            out.append(pts[np.argsort(ang)])
+            ang = np.arctan2(pts[:, 1] - c_s[1], pts[:, 0] - c_s[0])
+            out.append(np.ldexp(pts[np.argsort(ang)], k))
         return out
 
     def plot(self, ax=None, *, seed: int = 0):
@@ -810,61 +820,274 @@ class BoxRegionsResult(Result):
         return ax
 
 
-def _chebyshev(G: np.ndarray, h: np.ndarray, cap: float) -> tuple[np.ndarray | None, float]:
-    """Centre and radius of the largest ball in ``{G y ≤ h}`` (rows of G unit or zero), radius ≤ ``cap``.
+_ETA = 2.0**-1074  # >= the absolute error of a float64 product or ldexp that underflows (2^-1075)
 
-    Solved in units of ``cap`` (the box's size), rounded to a power of two ``s`` (exact): ``G y' ≤ h / s``
-    with ``y = s y'``. HiGHS's feasibility tolerances are absolute (~1e-7): in the box's own units a box of
-    size 4e-6 let pieces a tolerance thick pass as regions (a 2-8-8-1 net counted 154 regions in
-    [-2^-18, 2^-18]^2 against 30 at every larger scale)."""
+
+def _frame_exp(lo: np.ndarray, hi: np.ndarray) -> int:
+    """``k`` with the box's largest side in ``[2^k, 2^(k+1))``: the box engines work in ``y' = y / 2^k``
+    (exact), so that their decisions never depend on the box's scale."""
+    side = float(np.max(hi * 0.5 - lo * 0.5))  # (halves: hi - lo may overflow)
+    return math.frexp(side)[1] if side > 0 else -1074
+
+
+def _scaled_box(lo: np.ndarray, hi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    lo_s, hi_s = np.ldexp(lo, -k), np.ldexp(hi, -k)
+    for name, v, v_s in (("lo", lo, lo_s), ("hi", hi, hi_s)):
+        bad = np.nonzero(np.ldexp(v_s, k) != v)[0]
+        if len(bad):
+            raise ValueError(
+                f"regions_in_box: {name}[{bad[0]}] = {v[bad[0]]!r} is below float64's normal range relative "
+                f"to the box's size 2^{k}, so the box cannot be scaled to unit size exactly; shift or shrink "
+                "the box"
+            )
+    return lo_s, hi_s
+
+
+def _may_underflow(wmin: float, *xs) -> bool:
+    """Whether the product of a nonzero weight (smallest magnitude ``wmin``) and a nonzero entry of ``xs``
+    can fall below float64's normal range (its rounding error is then absolute, up to 2^-1075)."""
+    if wmin == 0.0:
+        return False
+    for x in xs:
+        ax = np.abs(x)
+        nz = ax[ax > 0]
+        if nz.size and float(nz.min()) * wmin < 2.0**-1020:
+            return True
+    return False
+
+
+def _push_bounds(P, Q, eP, eQ, W, b, wmin, live_w):
+    """``A = P W^T + b``, ``B = Q W^T`` with elementwise absolute error bounds: for each dot product of
+    length n, ``|fl(sum) - sum| <= gamma_{n+1} (sum |p_i w_i| + |b|)`` plus ``(n + 2) 2^-1074`` when a product
+    may underflow, plus the propagated input errors ``sum e_i |w_i|`` (the bounds' own rounding is covered by
+    the factor ``1 + gamma``). ``P (..., n_in)``, ``Q (..., d, n_in)``; ``wmin`` the smallest nonzero
+    ``|W|``, ``live_w`` the rows of ``W`` with a nonzero entry."""
+    n_in = W.shape[1]
+    WT = W.T
+    aWT = np.abs(WT)
+    gam = 1.01 * (n_in + 2) * _U
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        A = P @ WT + b
+        B = Q @ WT
+        eA = (gam * (np.abs(P) @ aWT + np.abs(b)) + eP @ aWT) * (1 + gam)
+        eB = (gam * (np.abs(Q) @ aWT) + eQ @ aWT) * (1 + gam)
+    if _may_underflow(wmin, P, Q, eP, eQ):
+        extra = (n_in + 2) * 2 * _ETA * live_w
+        eA = eA + extra
+        eB = eB + extra
+    _slice.check_finite("regions_in_box (affine maps of a piece)", A, B, eA, eB)
+    return A, B, eA, eB
+
+
+@dataclass
+class _Units:
+    """Units ``An + y' @ Bn`` in the box's scaled frame, each scaled by its own power of two, with bounds
+    ``eA (n,)``, ``eB (d, n)`` on the errors of the computed coefficients: at a point ``y'`` the computed
+    value is within ``eA + |y'| @ eB`` (plus the evaluation's rounding) of the exact one, so error bounds are
+    local (a unit through the origin is exact there however large the box)."""
+
+    An: np.ndarray
+    Bn: np.ndarray
+    eA: np.ndarray
+    eB: np.ndarray
+    live: np.ndarray  # False: identically zero (exactly zero map and bounds)
+
+    def __post_init__(self):
+        with np.errstate(under="ignore"):
+            self.gn = np.sqrt((self.Bn * self.Bn).sum(0))
+            # the slope's direction is known to 1/8 or better; else the unit's hyperplane is unknown
+            self.sure = self.gn > 8 * self.eB.sum(0)
+
+    def sub(self, idx) -> _Units:
+        return _Units(self.An[idx], self.Bn[:, idx], self.eA[idx], self.eB[:, idx], self.live[idx])
+
+    def z_at(self, Y: np.ndarray):
+        """Computed values at the points ``Y (m, d)`` and bounds on their errors."""
+        d = self.Bn.shape[0]
+        with np.errstate(under="ignore"):
+            aY = np.abs(Y)
+            z = self.An + Y @ self.Bn
+            err = (self.eA + aY @ self.eB) + 1.01 * (d + 2) * _U * (np.abs(self.An) + aY @ np.abs(self.Bn))
+        return z, err * (1 + 1e-9) + (d + 2) * _ETA * self.live
+
+    def box_range(self, lo: np.ndarray, hi: np.ndarray):
+        """Computed minimum and maximum over the box and a bound on their errors."""
+        d = self.Bn.shape[0]
+        ym = np.maximum(np.abs(lo), np.abs(hi))
+        with np.errstate(under="ignore"):
+            zmin = self.An + np.minimum(self.Bn * lo[:, None], self.Bn * hi[:, None]).sum(0)
+            zmax = self.An + np.maximum(self.Bn * lo[:, None], self.Bn * hi[:, None]).sum(0)
+            err = (self.eA + ym @ self.eB) + 1.01 * (d + 2) * _U * (np.abs(self.An) + ym @ np.abs(self.Bn))
+        return zmin, zmax, err * (1 + 1e-9) + (d + 2) * _ETA * self.live
+
+    def delta(self, j: int, c: np.ndarray, rad: float) -> float:
+        """Distance within which unit ``j``'s exact zero set lies from its computed hyperplane in the ball
+        ``(c, rad)`` (inf when the slope is not certain): the value's error there over the slope's norm, plus
+        the rounding of the normalised hyperplane and of a signed distance."""
+        if not self.sure[j]:
+            return math.inf
+        d = self.Bn.shape[0]
+        a = np.abs(c) + rad
+        g = float(self.gn[j])
+        with np.errstate(under="ignore"):
+            e = float(self.eA[j] + a @ self.eB[:, j]) / g * (1 + 1e-9)
+            return e + 4 * (d + 2) * _U * (abs(float(self.An[j])) / g + float(a.sum())) + _ETA
+
+
+def _unit_frame(A, B, eA, eB, k: int) -> _Units:
+    """Units ``z = A + y @ B`` (``y`` the box's coordinates; errors ``eA (n,)``, ``eB (d, n)``) in the frame
+    ``y' = y / 2^k``, each divided by a power of two so that its slope's largest entry (or error) is in
+    ``[0.5, 1)``. Scaling by powers of two never changes a sign, and no product of tiny numbers is formed,
+    so nothing underflows. Units with a huge constant next to their slope get ``An = ±2^900`` (their sign
+    on the box is certain) instead of overflowing."""
+    d = B.shape[0]
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
+        m = np.maximum(np.abs(B).max(0), eB.max(0)) if d else np.zeros(len(A))
+        mc = np.maximum(np.abs(A), eA)
+        e = np.where(m > 0, np.frexp(m)[1], np.frexp(mc)[1] - k).astype(np.int64)
+        live = (m > 0) | (mc > 0)
+        An = np.ldexp(A, -(e + k))
+        Bn = np.ldexp(B, -e)
+        # (+ 2^-1074 per entry: ldexp rounds where it lands among the subnormals)
+        eAn = np.ldexp(eA, -(e + k)) * (1 + 2 * _U) + _ETA * live
+        eBn = np.ldexp(eB, -e) * (1 + 2 * _U) + _ETA * live
+    huge = ~np.isfinite(An) | (np.abs(An) > 2.0**900) | ~np.isfinite(eAn)
+    if huge.any():
+        if not np.all(np.abs(A[huge]) > 2 * eA[huge]):
+            raise OverflowError(
+                "regions_in_box: a unit's value is beyond float64's range relative to its slope and not "
+                "certified; rescale consecutive layers by reciprocal powers of two"
+            )
+        An[huge] = np.sign(A[huge]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
+        eAn[huge] = 0.0
+        eBn[:, huge] = 0.0
+    return _Units(An, Bn, eAn, eBn, live)
+
+
+_LP_REL = 1e-6  # HiGHS's feasibility and optimality tolerances (~1e-7) in the LP's own units, ten times over
+_ZOOM = 2.0**-16  # the unit shrinks at least this much when a side's depth is within the LP's band
+
+
+def _pow2_floor(x: float) -> float:
+    return math.ldexp(1.0, math.frexp(x)[1] - 1)
+
+
+def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+    """Point ``t`` and signed depth ``rho`` of ``max rho : G t + rho |g_i| ≤ b`` (rows of G unit or zero):
+    the radius of the largest ball in ``{G t ≤ b}`` when it is nonempty, else minus how far the least
+    violated point is from satisfying every row. Always feasible, so HiGHS never reports infeasibility
+    with its absolute tolerances; any other failure raises."""
     from scipy.optimize import linprog
 
     d = G.shape[1]
     norms = np.linalg.norm(G, axis=1)
-    s = math.ldexp(1.0, math.frexp(cap)[1] - 1) if cap > 0 and math.isfinite(cap) else 1.0
     cost = np.zeros(d + 1)
     cost[-1] = -1.0
     res = linprog(
         cost,
         A_ub=np.hstack([G, norms[:, None]]),
-        b_ub=h / s,
-        bounds=[(None, None)] * d + [(0.0, cap / s)],
+        b_ub=np.minimum(b, 1e15),  # (walls farther than 1e15 units never bound a ball near the centre)
+        bounds=[(None, None)] * (d + 1),
         method="highs",
     )
-    if res.status == 2:  # infeasible: the piece is empty
-        return None, 0.0
     if res.status != 0:
         # Any other outcome (iteration limit, numerical trouble) would silently drop or keep a region.
         raise RuntimeError(f"HiGHS failed on a region's Chebyshev LP (status {res.status}: {res.message})")
-    return res.x[:d] * s, float(res.x[d]) * s
+    return res.x[:d], float(res.x[d])
 
 
-def _crossing_units(G, h, c, A, B, T, size) -> np.ndarray:
-    """Which of the units ``z = A + y @ B`` may cross the polytope ``{G y ≤ h}`` (``c`` interior): a unit is
-    dropped only when its values at every vertex share one sign by a clear margin, so that rounding in the
-    vertices can never hide a real split; when qhull cannot list the vertices, every unit is kept."""
+def _slack_err(G, h, c, u) -> float:
+    """Bound on the rounding of ``h - G c`` over the rows that can bound a ball of size ~``u`` near ``c``
+    (rows far away cannot, however their slack rounds): ``(d + 2) u (|h| + |G| |c|)`` per row."""
+    d = G.shape[1]
+    with np.errstate(under="ignore"):
+        err = 1.01 * (d + 2) * _U * (np.abs(h) + np.abs(G) @ np.abs(c))
+        near = (h - G @ c) - err <= 64 * u
+    return float(err[near].max()) if near.any() else 0.0
+
+
+def _ball_in(G: np.ndarray, h: np.ndarray, c: np.ndarray, r: float, delta, r_min: float):
+    """A ball of radius ``> r_min`` in ``{G y' ≤ h}`` whose shrinking by the walls' uncertainty
+    ``delta(centre, radius)`` still holds one, as ``(centre, radius)`` (the radius less that), or None when
+    the polytope holds no ball of radius ``> r_min`` plus that; with the number of LPs solved and whether
+    the side was too thin to decide (then None).
+
+    The Chebyshev LP is solved in local units: centred at ``c`` (a point of the parent piece, whose ball
+    radius ``r`` sets the unit, a power of two), so HiGHS's absolute tolerances are relative to the piece,
+    never to the box. When the signed depth lies within the LP's tolerance band of the threshold, the LP
+    is solved again centred at its own point in a unit 2^16 times smaller, down to the precision of the
+    walls themselves (their float rounding and ``delta``). A side still undecided there is thinner than
+    the float64 precision of its walls (e.g. a hyperplane through a vertex where others meet exactly): it
+    is dropped and counted (:attr:`BoxRegionsResult.n_thin`), never silently."""
+    u = _pow2_floor(r) if r > 0 else 1.0
+    n = 0
+    for _ in range(80):
+        with np.errstate(under="ignore"):
+            t, rho = _depth_lp(G, (h - G @ c) / u)
+        n += 1
+        depth = rho * u
+        point = c + u * t
+        dj = delta(point, max(abs(depth), u))
+        base = _slack_err(G, h, point, max(abs(depth), u))
+        thr = r_min + dj
+        band = _LP_REL * u + base
+        if depth > thr + band:
+            return (point, depth - band - dj), n, False
+        if depth < thr - band:
+            return None, n, False
+        u_new = _pow2_floor(max(4 * abs(depth - thr), _ZOOM * u))
+        # The walls' precision (their positions' rounding, local) bounds the zoom: about 2^-30 of the
+        # distance to 0 away from 0, so a cone at a vertex where hyperplanes meet exactly stops there.
+        if u_new * _LP_REL <= 4 * (base + dj) or u_new <= 2.0**-1000:
+            return None, n, True
+        tight = (h - G @ point) <= 2 * band
+        if tight.any() and not h[tight].any() and float(np.abs(point).max()) <= 2 * u:
+            # a cone at 0 (all of a bias-free net's hyperplanes meet there, exactly) looks the same at
+            # every scale, and its walls are exact there: zooms cannot help
+            return None, n, True
+        c, u = point, u_new
+    raise RuntimeError("regions_in_box: the Chebyshev LP did not settle a side in 80 refinements")
+
+
+def _vertices(G, h, c):
+    """The vertices of the piece ``{G y ≤ h}`` (``c`` interior) by qhull, or None when qhull fails. The frame
+    is the box's scaled one (coordinates of order 1 or less), where qhull's absolute tolerances hold."""
     from scipy.spatial import HalfspaceIntersection, QhullError
 
     keep = np.linalg.norm(G, axis=1) > 0
     try:
-        verts = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            verts = HalfspaceIntersection(np.hstack([G[keep], -h[keep, None]]), c).intersections
     except (QhullError, ValueError):
-        return np.ones(len(A), dtype=bool)
-    Z = A + verts @ B
-    # Vertices are exact up to ~1e-12 of the box's size; the margin covers that error many times over.
+        return None
+    # (a centre on a wall makes qhull divide by zero: inf vertices would screen units out)
+    return verts if np.isfinite(verts).all() else None
+
+
+def _crossing_units(G, h, c, U: _Units) -> np.ndarray:
+    """Which of the units ``U`` (frame ``y'``) may cross the polytope ``{G y' ≤ h}``
+    (``c`` interior): a unit is dropped only when its values at every vertex share one sign by more than
+    their error bound and a margin for the vertices' own rounding; when qhull cannot list the vertices,
+    every unit is kept."""
+    verts = _vertices(G, h, c)
+    if verts is None:
+        return np.ones(len(U.An), dtype=bool)
+    z, err = U.z_at(verts)
+    # qhull's vertices are exact up to ~1e-12 of their size here; the margin covers that many times over.
+    scale = 1.0 + float(np.abs(verts).max())
     with np.errstate(under="ignore"):
-        margin = T + 1e-8 * size * _slice.safe_norm(B, axis=0)
-    return (Z.max(axis=0) > -margin) & (Z.min(axis=0) < margin)
+        margin = err.max(axis=0) + 1e-8 * scale * U.gn
+    return (z.max(axis=0) > -margin) & (z.min(axis=0) < margin)
 
 
-def _active_units(G, h, c, A, Bm, T, lo, hi, size) -> np.ndarray:
-    """The units ``z = A + y @ Bm`` that may change sign inside the piece ``{G y ≤ h}`` of the box: units of
-    constant sign on the whole box never do, and in up to 6 dimensions the piece's vertices rule out more."""
-    zmin = A + np.minimum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-    zmax = A + np.maximum(Bm * lo[:, None], Bm * hi[:, None]).sum(0)
-    active = np.nonzero((zmin < -T) & (zmax > T))[0]
+def _active_units(G, h, c, U: _Units, lo, hi) -> np.ndarray:
+    """The units ``U`` that may change sign inside the piece ``{G y' ≤ h}`` of the box ``[lo, hi]`` (frame
+    ``y'``): units of certain constant sign on the whole box never do, and in up to 6 dimensions the
+    piece's vertices rule out more."""
+    zmin, zmax, err = U.box_range(lo, hi)
+    active = np.nonzero(U.live & (zmin < err) & (zmax > -err))[0]
     if len(active) and len(lo) <= 6:
-        active = active[_crossing_units(G, h, c, A[active], Bm[:, active], T[active], size)]
+        active = active[_crossing_units(G, h, c, U.sub(active))]
     return active
 
 
@@ -875,18 +1098,24 @@ def _too_many(max_regions: int) -> TooManyRegionsError:
     )
 
 
-def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar) -> tuple[list, int]:
-    """Split the piece ``{G y ≤ h}`` (a ball ``(c, r)`` inside) by the zero sets of the units
-    ``z = A + y @ Bm`` listed in ``active``, keeping a cut only when both sides hold a ball of radius
-    ``> r_min``. Returns the pieces ``(G, h, centre, radius)`` and the number of LPs solved; raises
-    :class:`TooManyRegionsError` when more than ``room`` pieces are in progress (``room``: what
-    ``max_regions`` leaves after the caller's other regions)."""
+def _cut_by_units(
+    G, h, c, r, U: _Units, active, r_min, room, max_regions, bar
+) -> tuple[list, int, int]:
+    """Split the piece ``{G y' ≤ h}`` (frame ``y'``; a ball ``(c, r)`` inside) by the zero sets of the units
+    ``U`` listed in ``active``, keeping a cut only when both sides hold a ball of radius ``> r_min`` on the
+    exact unit's sides: near a ball the computed hyperplane is within ``U.delta`` of the exact zero set, so
+    balls are shrunk by it. Returns the pieces ``(G, h, centre, radius)``, the number of LPs solved and of
+    sides too thin to decide (:func:`_ball_in`); raises :class:`TooManyRegionsError` when more than
+    ``room`` pieces are in progress (``room``: what ``max_regions`` leaves after the caller's other
+    regions)."""
     d = G.shape[1]
-    n_lp = 0
+    n_lp = n_thin = 0
+    if not U.sure[active].all():  # the callers settle these first (exactly, or with an error)
+        raise _UncertainSlope(int(active[~U.sure[active]][0]))
+    An, Bn, gn = U.An, U.Bn, U.gn
     # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
     # in any sub-piece either, so each piece tests only the units that cut its parent, and the
     # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
-    norms = _slice.safe_norm(Bm, axis=0)  # (maps near 2**520 and up: plain norms square them to inf)
     pieces = []
     # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
     # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
@@ -896,13 +1125,13 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
         cuts = []  # (|sigma|, j, sigma)
         new_wit = {}
         for j in cu:
-            gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]  # z_j ≤ 0  ⇔  gj·y ≤ hj
+            gj, hj, dj = Bn[:, j] / gn[j], -An[j] / gn[j], U.delta(j, c_, r_)
             sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
-            if abs(sigma) < r_ - 2 * r_min:
+            if abs(sigma) + 2 * dj < r_ - 2 * r_min:
                 # the hyperplane cuts the inscribed ball: both sides hold half-balls
                 new_wit[j] = (
-                    (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2),
-                    (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2),
+                    (c_ + gj * (r_ - sigma) / 2, (r_ + sigma) / 2 - dj),
+                    (c_ - gj * (r_ + sigma) / 2, (r_ - sigma) / 2 - dj),
                 )
                 cuts.append((abs(sigma), j, sigma))
                 continue
@@ -910,19 +1139,27 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
                 new_wit[j] = wit[j]
                 cuts.append((abs(sigma), j, sigma))
                 continue
-            if (
-                d <= 6
-                and not _crossing_units(G_, h_, c_, A[j : j + 1], Bm[:, j : j + 1], T[j : j + 1], size)[0]
-            ):
+            if d <= 6 and not _crossing_units(G_, h_, c_, U.sub(slice(j, j + 1)))[0]:
                 continue  # a qhull call is several times cheaper than the LP it saves
             # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
             other = 1.0 if sigma > 0 else -1.0
-            oc, orad = _chebyshev(np.vstack([G_, other * gj]), np.append(h_, other * hj), size)
-            n_lp += 1
-            if oc is not None and orad > r_min:
-                own = (c_, min(r_, abs(sigma)))
-                new_wit[j] = (own, (oc, orad)) if sigma > 0 else ((oc, orad), own)
-                cuts.append((abs(sigma), j, sigma))
+            G2, h2 = np.vstack([G_, other * gj]), np.append(h_, other * hj)
+            dfun = lambda cc, rr, j=j: U.delta(j, cc, rr)  # noqa: E731
+            far, n, thin = _ball_in(G2, h2, c_, r_, dfun, r_min)
+            n_lp += n
+            n_thin += thin
+            if far is None:
+                continue
+            own = (c_, min(r_, abs(sigma)) - dj)
+            if own[1] <= r_min:  # the centre is too near the hyperplane to vouch for its side
+                G2, h2 = np.vstack([G_, -other * gj]), np.append(h_, -other * hj)
+                own, n, thin = _ball_in(G2, h2, c_, r_, dfun, r_min)
+                n_lp += n
+                n_thin += thin
+                if own is None:
+                    continue
+            new_wit[j] = (own, far) if sigma > 0 else (far, own)
+            cuts.append((abs(sigma), j, sigma))
         if not cuts:
             pieces.append((G_, h_, c_, r_))
             bar.update(1)
@@ -931,7 +1168,7 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
         cuts.sort(key=lambda t: t[0])
         _, j, sigma = cuts[0]
         rest = np.array([t[1] for t in cuts[1:]], dtype=np.int64)
-        gj, hj = Bm[:, j] / norms[j], -A[j] / norms[j]
+        gj, hj = Bn[:, j] / gn[j], -An[j] / gn[j]
         (pc, pr), (nc, nr) = new_wit[j]
         for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
             # witnesses of the other units that lie wholly on this side of unit j stay proofs
@@ -945,7 +1182,19 @@ def _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, 
             stack.append((G2, h2, cc_, rr_, rest, kept))
         if len(pieces) + len(stack) > room:
             raise _too_many(max_regions)
-    return pieces, n_lp
+    return pieces, n_lp, n_thin
+
+
+class _UncertainSlope(RuntimeError):
+    """A unit's slope on a piece is within its float error bound of zero (the chain engine then recomputes
+    the piece's maps exactly)."""
+
+    def __init__(self, unit: int):
+        super().__init__(
+            f"regions_in_box: unit {unit}'s slope on a piece is within its float64 rounding bound of zero "
+            "and could not be decided exactly"
+        )
+        self.unit = unit
 
 
 def _box_frame(n0: int, lo, hi, subspace):
@@ -976,13 +1225,17 @@ def _box_frame(n0: int, lo, hi, subspace):
     return lo, hi, origin, basis
 
 
-def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits) -> BoxRegionsResult:
-    """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)``."""
+def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_thin: int) -> BoxRegionsResult:
+    """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)`` in the frame
+    ``y' = y / 2^k`` (given back in the box's own coordinates ``y``)."""
     m = len(regions)
     patterns = (
         np.array([np.concatenate(reg[-1]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
     )
-    coords = np.array([reg[2] for reg in regions])
+    with np.errstate(under="ignore"):
+        coords = np.ldexp(np.array([reg[2] for reg in regions]), k)
+        radii = np.ldexp(np.array([reg[3] for reg in regions], dtype=np.float64), k)
+        halfspaces = [(reg[0], np.ldexp(reg[1], k)) for reg in regions]
     return BoxRegionsResult(
         count=m,
         n_bits=n_bits,
@@ -993,9 +1246,97 @@ def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits) -> BoxRegionsResul
         patterns=patterns,
         points=origin[None, :] + coords @ basis,
         coords=coords,
-        radii=np.array([reg[3] for reg in regions]),
-        halfspaces=[(reg[0], reg[1]) for reg in regions],
+        radii=radii,
+        halfspaces=halfspaces,
+        n_thin=n_thin,
     )
+
+
+def _frac(i: int, e: int) -> Fraction:
+    return Fraction(i << e) if e >= 0 else Fraction(i, 1 << -e)
+
+
+def _exact_float(x: Fraction) -> float:
+    """``x`` correctly rounded to float64, with a value beyond 2^900 given as ±2^900 (its sign is all the
+    box engine reads from such a value)."""
+    if abs(x) >= 2**900:
+        return math.copysign(2.0**900, x)
+    return float(x)
+
+
+def _exact_unit_frame(z: list, k: int):
+    """:func:`_unit_frame` of exact pre-activations ``z = [const, dir_1, ..., dir_d]`` (each ``(ints, exp)``,
+    directions in the box's coordinates ``y``): each unit is scaled exactly before it is rounded, so its
+    slope is rounded relative to itself (a slope of 2^-1200 survives). Also the float maps ``A, B`` (rounded
+    to nearest, errors ``eA, eB``) for the next layer."""
+    (ci, ce), dirs = z[0], z[1:]
+    n, d = len(ci), len(dirs)
+    A = np.array([_exact_float(_frac(int(v), ce)) for v in ci], dtype=np.float64).reshape(n)
+    B = np.array(
+        [[_exact_float(_frac(int(v), de)) for v in di] for di, de in dirs], dtype=np.float64
+    ).reshape(d, n)
+    eA = _U * np.abs(A) + _ETA * (np.array([int(v) != 0 for v in ci]) if n else 0)
+    eB = _U * np.abs(B) + _ETA
+    An, Bn = np.zeros(n), np.zeros((d, n))
+    live = np.zeros(n, dtype=bool)
+    for j in range(n):
+        tops = [abs(int(di[j])).bit_length() + de for di, de in dirs if di[j] != 0]
+        if tops:
+            E = max(tops)
+        elif ci[j] != 0:
+            E = abs(int(ci[j])).bit_length() + ce - k
+        else:
+            continue  # identically zero
+        live[j] = True
+        An[j] = _exact_float(_frac(int(ci[j]), ce - E - k))
+        for i, (di, de) in enumerate(dirs):
+            Bn[i, j] = _exact_float(_frac(int(di[j]), de - E))
+    with np.errstate(under="ignore"):
+        U = _Units(An, Bn, (2 * _U * np.abs(An) + _ETA) * live, (2 * _U * np.abs(Bn) + _ETA) * live, live)
+    return A, B, eA, eB, U
+
+
+def _fraction_unit_frame(Aq: list, Bq: list, k: int):
+    """:func:`_exact_unit_frame` of exact maps given as Fractions: ``Aq (n)``, ``Bq (d lists of n)``."""
+    n, d = len(Aq), len(Bq)
+    A = np.array([_exact_float(v) for v in Aq], dtype=np.float64).reshape(n)
+    B = np.array([[_exact_float(v) for v in row] for row in Bq], dtype=np.float64).reshape(d, n)
+    eA = _U * np.abs(A) + _ETA * np.array([v != 0 for v in Aq], dtype=bool)
+    eB = _U * np.abs(B) + _ETA * np.array([[v != 0 for v in row] for row in Bq], dtype=bool).reshape(d, n)
+    An, Bn = np.zeros(n), np.zeros((d, n))
+    live = np.zeros(n, dtype=bool)
+    two_k = Fraction(2) ** k
+    for j in range(n):
+        # |x| < 2^E for x = num / den with num < 2^bits(num), den >= 2^(bits(den) - 1)
+        tops = [abs(Bq[i][j].numerator).bit_length() - Bq[i][j].denominator.bit_length() + 1
+                for i in range(d) if Bq[i][j] != 0]
+        if tops:
+            E = max(tops)
+            scale = Fraction(2) ** -E
+            An[j] = _exact_float(Aq[j] * scale / two_k)
+            for i in range(d):
+                Bn[i, j] = _exact_float(Bq[i][j] * scale)
+        elif Aq[j] != 0:
+            An[j] = math.copysign(1.0, Aq[j])  # a constant: its sign is all that matters
+        else:
+            continue  # identically zero
+        live[j] = True
+    with np.errstate(under="ignore"):
+        U = _Units(An, Bn, (2 * _U * np.abs(An) + _ETA) * live, (2 * _U * np.abs(Bn) + _ETA) * live, live)
+    return A, B, eA, eB, U
+
+
+def _exact_values_at(z: list, point: list[Fraction], units: np.ndarray) -> list[Fraction]:
+    """Exact values of ``units`` of the exact pre-activations ``z`` at ``point`` (coordinates ``y``)."""
+    (ci, ce), dirs = z[0], z[1:]
+    out = []
+    for j in units.tolist():
+        v = _frac(int(ci[j]), ce)
+        for (di, de), p in zip(dirs, point):
+            if di[j] != 0:
+                v += _frac(int(di[j]), de) * p
+        out.append(v)
+    return out
 
 
 def regions_in_box(
@@ -1006,8 +1347,7 @@ def regions_in_box(
     *,
     max_regions: int = 100_000,
     subspace=None,
-    min_radius: float = 1e-7,
-    rel_tol: float = _REL_TOL,
+    min_radius: float = 0.0,
     input_shape=None,
     verbose: bool = True,
 ) -> BoxRegionsResult:
@@ -1015,24 +1355,43 @@ def regions_in_box(
 
     ``y`` is the input itself, or the coordinates in ``subspace = (origin, basis)`` (``basis`` of shape
     ``(d, n_0)``, input ``x = origin + y @ basis``). Regions are split layer by layer; a unit splits a
-    piece when both sides hold a ball of radius ``> min_radius`` (times the box's size), decided by the
-    piece's inscribed ball (no LP when the unit's hyperplane cuts it), by two witness balls inherited from
-    the parent piece, or else by one HiGHS LP (``scipy.optimize.linprog``). Pieces are split depth first:
-    a unit that does not split a piece cannot split its sub-pieces, so each piece tests only the units
-    that split its parent, and the piece is cut by the unit passing closest to its centre. Units whose sign
-    is constant on the whole box are skipped, and in up to ``6`` dimensions the vertices of a piece (qhull,
-    from its Chebyshev centre) rule out units whose hyperplane clearly misses it without an LP. A tqdm bar
-    counts the regions found in each layer (``verbose=False`` hides it).
+    piece when both sides hold a ball of positive radius, decided by the piece's inscribed ball (no LP when
+    the unit's hyperplane cuts it), by two witness balls inherited from the parent piece, or else by a
+    HiGHS LP (``scipy.optimize.linprog``) for the largest ball on the far side. Pieces are split depth
+    first: a unit that does not split a piece cannot split its sub-pieces, so each piece tests only the
+    units that split its parent, and the piece is cut by the unit passing closest to its centre. Units
+    whose sign is constant on the whole box are skipped, and in up to ``6`` dimensions the vertices of a
+    piece (qhull, from its Chebyshev centre) rule out units whose hyperplane clearly misses it without an
+    LP. A tqdm bar counts the regions found in each layer (``verbose=False`` hides it).
     Raises :class:`TooManyRegionsError` when more than ``max_regions`` regions appear. ``input_shape`` (one
     sample's shape, for conv nets) is passed to :func:`netgeom.nets.trace`.
+
+    Exactness: nothing depends on the box's scale. The geometry is in the box scaled to unit size by a
+    power of two (exact); every unit's map carries a rigorous float error bound (products that may
+    underflow included) and is scaled by its own power of two, so a slope is never rounded to zero and a
+    hyperplane is placed within a certified distance of the exact one, local to the ball at hand; balls
+    are shrunk by that distance. The LPs are solved in units of the piece at hand (a power of two near its
+    ball's radius, centred at its ball), and their result is trusted only beyond HiGHS's tolerance band
+    (relative to those units); a side whose largest ball lies inside the band is solved again in a unit
+    2^16 times smaller around the LP's point, down to float64's precision for the walls' positions there.
+    A side still undecided is thinner than that precision: it is dropped and counted in
+    ``n_thin`` of the result (0 certifies the count; typically such sides are empty, e.g. hyperplanes
+    meeting exactly at a vertex, as all of a bias-free net's do at 0). A unit's bit is ``z > 0`` at its
+    piece's ball centre, decided in float when ``|z|`` exceeds its bound and otherwise exactly (rational
+    arithmetic on the float64 weights and box: an exactly zero value there means a unit identically zero on
+    the piece, bit False as in torch). A unit whose slope is within its bound of zero is recomputed exactly
+    on the piece (a max-pool difference in that case raises an error naming the cause).
+
+    ``min_radius`` (default 0: exact) is an explicit opt-in to skip regions thinner than an absolute
+    radius, in the units of ``y``: a cut is kept only when both sides hold a ball of radius ``> min_radius``.
 
     Any traced network (:func:`netgeom.nets.trace`: residual additions, concatenations, max-pooling,
     LeakyReLU) is answered too, by :mod:`netgeom.regions._graph_box`: nodes are read in topological order,
     on every piece each node's value is affine in ``y``, ReLU nodes split pieces by their units as above,
     and each max-pool window splits a piece into the cells where its argmax is constant (ties to the first
-    position, as torch), a cell kept when it holds a ball of radius ``> min_radius`` (times the box's
-    size). The pattern is then, in node order, the ReLU bits and each window's argmax position in binary,
-    as in :func:`netgeom.regions.count_patterns`.
+    position, as torch), a cell kept when it holds a ball as a side of a cut does. The pattern is then, in
+    node order, the ReLU bits and each window's argmax position in binary, as in
+    :func:`netgeom.regions.count_patterns`.
 
     Example
     -------
@@ -1056,8 +1415,9 @@ def regions_in_box(
     (6, True)
     """
     max_regions = check_int(max_regions, "max_regions", minimum=1)
-    min_radius = check_fraction(min_radius, "min_radius", low_inclusive=False)
-    rel_tol = check_fraction(rel_tol, "rel_tol", low_inclusive=False)
+    min_radius = float(min_radius)
+    if not (math.isfinite(min_radius) and min_radius >= 0):
+        raise ValueError(f"min_radius must be a finite radius >= 0 (0: exact), got {min_radius}")
     from ..nets import trace
 
     # One trace: its chain view (what affine_layers reads) when it is a chain, else the graph engine.
@@ -1066,30 +1426,43 @@ def regions_in_box(
         from ._graph_box import box_graph_regions
 
         lo, hi, origin, basis = _box_frame(g.n_in, lo, hi, subspace)
-        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, rel_tol, verbose)
+        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose)
     layers, plan = _plan(g.layers())
-    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose)
+    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose)
 
 
-def _box_layers(
-    layers, plan, lo, hi, max_regions, subspace, min_radius, rel_tol, verbose
-) -> BoxRegionsResult:
+def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose) -> BoxRegionsResult:
     """:func:`regions_in_box` on a chain: the layers and plan of :func:`_plan`."""
     from tqdm.auto import tqdm
 
     n0 = layers[0].n_in
     lo, hi, origin, basis = _box_frame(n0, lo, hi, subspace)
     d = basis.shape[0]
-    size = float(np.max(hi - lo))
-    r_min = min_radius * size
+    k = _frame_exp(lo, hi)
+    lo_s, hi_s = _scaled_box(lo, hi, k)
+    with np.errstate(under="ignore"):
+        r_min = math.ldexp(min_radius, -k)
     G0 = np.vstack([np.eye(d), -np.eye(d)])
-    h0 = np.concatenate([hi, -lo])
-    n_lp = 0
-    # A region: (G, h, centre, radius, P, Q, bits) with layer input = P + y @ Q.
-    regions = [(G0, h0, 0.5 * (lo + hi), 0.5 * float(np.min(hi - lo)), origin[None, :], basis, [])]
+    h0 = np.concatenate([hi_s, -lo_s])
+    exact = []  # the exact network, built on first need
+
+    def exact_z(li, bits):
+        if not exact:
+            exact.append(_exact.ExactNet(plan, [origin, *basis]))
+        prefix = np.concatenate(bits) if bits else np.zeros(0, dtype=bool)
+        return exact[0].pre_activations(li, prefix)
+
+    n_lp = n_thin = 0
+    # A region: (G, h, centre, radius, P, Q, eP, eQ, bits) in the frame y' = y / 2^k, with layer input
+    # P + y @ Q (errors eP, eQ) in the box's coordinates y.
+    c0 = 0.5 * (lo_s + hi_s)
+    r0 = 0.5 * float(np.min(hi_s - lo_s))
+    regions = [(G0, h0, c0, r0, origin[None, :], basis, np.zeros((1, n0)), np.zeros_like(basis), [])]
     n_bit_layers = sum(step[2] for step in plan)
     for li, (W, bias, has_bits, slope) in enumerate(plan):
-        absW = np.abs(W).T
+        aW = np.abs(W)
+        wmin = float(aW[aW > 0].min()) if (aW > 0).any() else 0.0
+        live_w = (aW > 0).any(axis=1)
         new_regions = []
         # The bar counts the pieces found in this layer (its final value is the layer's region count).
         bar = tqdm(
@@ -1098,40 +1471,52 @@ def _box_layers(
             disable=not verbose or not has_bits,
             leave=li == len(plan) - 1 or n_bit_layers == 1,
         )
-        for k_reg, (G, h, c, r, P, Q, bits) in enumerate(regions):
-            A = (P @ W.T + bias)[0]
-            Bm = Q @ W.T  # (d, n)
-            SB = np.abs(Q) @ absW
-            Bm = np.where(np.abs(Bm) <= rel_tol * SB, 0.0, Bm)
-            T = rel_tol * (
-                (np.abs(P) @ absW)[0] + np.abs(bias) + (SB * np.maximum(abs(lo), abs(hi))[:, None]).sum(0)
-            )
+        for k_reg, (G, h, c, r, P, Q, eP, eQ, bits) in enumerate(regions):
+            A, Bm, eA, eB = _push_bounds(P, Q, eP, eQ, W, bias, wmin, live_w)
             if not has_bits:
-                new_regions.append((G, h, c, r, A[None, :], Bm, bits))
+                new_regions.append((G, h, c, r, A, Bm, eA, eB, bits))
                 continue
-            active = _active_units(G, h, c, A, Bm, T, lo, hi, size)
+            A, eA = A[0], eA[0]
+            U = _unit_frame(A, Bm, eA, eB, k)
+            active = _active_units(G, h, c, U, lo_s, hi_s)
+            z_ex = None
+            if not U.sure[active].all():
+                # a slope within its rounding bound of zero: this piece's layer exactly, then rounded
+                z_ex = exact_z(li, bits)
+                A, Bm, eA, eB, U = _exact_unit_frame(z_ex, k)
+                active = _active_units(G, h, c, U, lo_s, hi_s)
             room = max_regions - (len(new_regions) + len(regions) - k_reg - 1)
-            pieces, n = _cut_by_units(G, h, c, r, A, Bm, T, active, r_min, size, room, max_regions, bar)
+            pieces, n, thin = _cut_by_units(
+                G, h, c, r, U, active, r_min, room, max_regions, bar
+            )
             n_lp += n
+            n_thin += thin
             # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
             for G_, h_, c_, r_ in pieces:
-                z = A + c_ @ Bm
-                b_new = z > T
-                new_regions.append(
-                    (
-                        G_,
-                        h_,
-                        c_,
-                        r_,
-                        np.where(b_new, A, slope * A)[None, :],
-                        np.where(b_new, Bm, slope * Bm),
-                        bits + [b_new],
-                    )
-                )
+                z, err = U.z_at(c_[None, :])
+                b_new = z[0] > 0
+                und = np.nonzero(U.live & (np.abs(z[0]) <= err[0]))[0]
+                if len(und):
+                    if z_ex is None:
+                        z_ex = exact_z(li, bits)
+                    point = [Fraction(float(v)) * Fraction(2) ** k for v in c_]
+                    b_new[und] = [v > 0 for v in _exact_values_at(z_ex, point, und)]
+                b_new &= U.live
+                if slope == 0.0:
+                    s_ = np.where(b_new, 1.0, 0.0)
+                    Pn, Qn, ePn, eQn = A * s_, Bm * s_, eA * s_, eB * s_
+                else:
+                    s_ = np.where(b_new, 1.0, slope)
+                    with np.errstate(under="ignore"):
+                        Pn, Qn = A * s_, Bm * s_
+                        ePn = np.abs(s_) * eA + np.where(b_new, 0.0, _U * np.abs(Pn) + _ETA)
+                        eQn = np.abs(s_) * eB + np.where(b_new, 0.0, _U * np.abs(Qn) + _ETA)
+                new_regions.append((G_, h_, c_, r_, Pn[None, :], Qn, ePn[None, :], eQn, bits + [b_new]))
         bar.close()
         regions = new_regions
-    n_bits = sum(len(b) for b in regions[0][6]) if regions[0][6] else 0
-    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits)
+    n_bits = sum(len(b) for b in regions[0][-1]) if regions[0][-1] else 0
+    final = [(*reg[:4], reg[-1]) for reg in regions]
+    return _box_result(final, lo, hi, origin, basis, n_lp, n_bits, k, n_thin)
 
 
 # ================================================================================================= demo
