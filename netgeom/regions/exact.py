@@ -21,6 +21,7 @@ decisions of the bits; it reports the sides thinner than float64's precision tha
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -1426,9 +1427,19 @@ def regions_in_box(
         from ._graph_box import box_graph_regions
 
         lo, hi, origin, basis = _box_frame(g.n_in, lo, hi, subspace)
-        return box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose)
-    layers, plan = _plan(g.layers())
-    return _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose)
+        res = box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose)
+    else:
+        layers, plan = _plan(g.layers())
+        res = _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose)
+    if res.n_thin:
+        warnings.warn(
+            f"regions_in_box: {res.n_thin} side(s) of a cut were thinner than float64 can place their walls "
+            "and were dropped, so the count is not certified (BoxRegionsResult.n_thin; typically such sides "
+            "are empty, e.g. hyperplanes meeting exactly at one point, as a bias-free net's do at 0)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return res
 
 
 def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose) -> BoxRegionsResult:
