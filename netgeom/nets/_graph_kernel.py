@@ -25,6 +25,7 @@ __all__ = [
     "pool_top2",
     "refine_pairs",
     "refine_pairs2",
+    "refine_pairs_pool",
     "relu_elem",
     "relu_fused",
     "relu_outer",
@@ -834,6 +835,23 @@ def _refine_pairs2(
         bound[p] = (s_e + g2 * (s_x + absb2[u]) + (under2 if live else 0.0)) * safety
 
 
+def _redo_parts(t):
+    """The kernel arguments of a node's redo table (:meth:`netgeom.nets.certified._Engine._refine_prep`)."""
+    dense = t["T"] is None
+    T = np.zeros((1, 1), dtype=np.int64) if dense else t["T"].numpy()
+    W = t["W"].contiguous().numpy()
+    return (
+        W,
+        T,
+        max(1, int(t.get("L", 1))),
+        dense,
+        t["b"].numpy(),
+        t["absb"].numpy(),
+        float(t["g"]),
+        float(t["under"]),
+    )
+
+
 def refine_pairs2(x0, r, j, lvl2: dict, lvl1: dict, n1: int, safety: float):
     """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` of an affine node whose input is
     ``relu(`` another affine node ``)`` whose input ``x0`` ((B, n0) CPU, read in place) is exact, both
@@ -844,30 +862,158 @@ def refine_pairs2(x0, r, j, lvl2: dict, lvl1: dict, n1: int, safety: float):
     z = np.empty(m, dtype=np.float64)
     bound = np.empty(m, dtype=np.float64)
 
-    def parts(t):
-        dense = t["T"] is None
-        T = np.zeros((1, 1), dtype=np.int64) if dense else t["T"].numpy()
-        W = t["W"].contiguous().numpy()
-        return (
-            W,
-            T,
-            max(1, int(t.get("L", 1))),
-            dense,
-            t["b"].numpy(),
-            t["absb"].numpy(),
-            float(t["g"]),
-            float(t["under"]),
-        )
-
     _refine_pairs2(
         xn,
         xo,
         x0.shape[1],
         r.contiguous().numpy(),
         j.contiguous().numpy(),
-        *parts(lvl2),
-        *parts(lvl1),
+        *_redo_parts(lvl2),
+        *_redo_parts(lvl1),
         int(n1),
+        float(safety),
+        z,
+        bound,
+    )
+    return torch.from_numpy(z), torch.from_numpy(bound)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_pairs_pool(
+    X,
+    xo,
+    n0,
+    r,
+    j,
+    W2,
+    T2,
+    L2,
+    dense2,
+    b2,
+    absb2,
+    g2,
+    under2,
+    P,
+    n1,
+    W1,
+    T1,
+    L1,
+    dense1,
+    b1,
+    absb1,
+    g1,
+    under1,
+    safety,
+    z,
+    bound,
+):
+    """:func:`_refine_pairs2` with a max-pool between the ReLU and the unit: per pair ``p`` (row ``r[p]``
+    through unit ``j[p]`` of an affine node reading ``maxpool(relu(`` an affine node ``))`` whose input
+    ``X`` is exact), entry ``c`` of the unit's input (a pool output, ``n1`` of them; columns from ``n1`` on
+    are the unit's padding: no term) is the maximum over its window ``P[c]`` (indices of level-1 units,
+    ``-1`` for the pool's padding, never the max) of ``v_s = relu(z1_s)``, each ``z1_s`` recomputed in
+    float64 from ``X`` within ``e1_s`` of the exact value, ``v_s`` within ``e_s`` (``e1_s``, or 0 where
+    ``z1_s + e1_s <= 0``: certainly negative, ``v_s`` the exact 0) of the exact ``relu``.
+
+    The pooled value is ``v = max_s v_s`` (comparisons and the max are exact in floating point) and the
+    exact one ``max_s relu(z1_s exact)``; as ``|max_s a_s - max_s b_s| <= max_s |a_s - b_s|`` (if the first
+    maximum is ``a_t``: ``a_t - max b <= a_t - b_t``, and symmetrically), ``|v - v exact| <= e = max_s e_s``
+    whichever position is the argmax: no argmax needs deciding here. A NaN bound stays NaN (then the pair is
+    undecided). The unit's value and bound are then those of :func:`_refine_pairs` on ``(v, e)``."""
+    K1 = P.shape[1]
+    # the pooled entries of the current row, each computed once for all its pairs (the pairs of a row come
+    # one after another: a window's entries, and units of one row, read overlapping inputs)
+    cv = np.zeros(max(1, n1), dtype=np.float64)
+    ce = np.zeros(max(1, n1), dtype=np.float64)
+    stamp = np.full(max(1, n1), -1, dtype=np.int64)  # (the row whose entry c is held: rows in any order)
+    for p in range(r.shape[0]):
+        row = r[p]
+        u = j[p]
+        xr = X[row]
+        w2, t2, d2 = _unit_weights(W2, T2, L2, dense2, u)
+        acc = 0.0
+        s_e = 0.0
+        s_x = 0.0
+        live = b2[u] != 0
+        for k in range(w2.shape[0]):
+            c = k if d2 else t2[k]
+            if c >= n1:
+                continue
+            if stamp[c] == row:
+                v = cv[c]
+                e = ce[c]
+                wk = w2[k]
+                aw = abs(wk)
+                acc += wk * v
+                s_e += aw * e
+                s_x += aw * v
+                live |= (v != 0) | (e != 0)
+                continue
+            v = -np.inf
+            e = 0.0
+            for s in range(K1):
+                q = P[c, s]
+                if q < 0:
+                    continue
+                w1, t1, d1 = _unit_weights(W1, T1, L1, dense1, q)
+                a1 = 0.0
+                sx1 = 0.0
+                live1 = b1[q] != 0
+                for i in range(w1.shape[0]):
+                    c0 = i if d1 else t1[i]
+                    if c0 >= n0:
+                        continue
+                    a = np.float64(xr[xo + c0])
+                    wi = w1[i]
+                    a1 += wi * a
+                    sx1 += abs(wi) * abs(a)
+                    live1 |= a != 0
+                z1 = a1 + b1[q]
+                e1 = (g1 * (sx1 + absb1[q]) + (under1 if live1 else 0.0)) * safety
+                neg = z1 + e1 <= 0
+                vs = 0.0 if neg or not (z1 > 0) else z1
+                es = 0.0 if neg else e1
+                if vs > v:
+                    v = vs
+                if es != es or es > e:  # (a NaN, once in, stays: NaN > e is False, e != e keeps it)
+                    e = es
+            if v == -np.inf:  # (a window of padding only: not a max-pool torch makes)
+                e = np.nan
+                v = 0.0
+            cv[c] = v
+            ce[c] = e
+            stamp[c] = row
+            wk = w2[k]
+            aw = abs(wk)
+            acc += wk * v
+            s_e += aw * e
+            s_x += aw * v
+            live |= (v != 0) | (e != 0)
+        z[p] = acc + b2[u]
+        bound[p] = (s_e + g2 * (s_x + absb2[u]) + (under2 if live else 0.0)) * safety
+
+
+def refine_pairs_pool(x0, r, j, lvl2: dict, windows: torch.Tensor, lvl1: dict, safety: float):
+    """``(z, bound)`` float64 of the (row, unit) pairs ``(r, j)`` of an affine node whose input is
+    ``maxpool(relu(`` another affine node ``))`` whose input ``x0`` ((B, n0) CPU, read in place) is exact:
+    both nodes and the pool recomputed in float64 (:func:`_refine_pairs_pool`). ``windows``: the max-pool's
+    (size, k) table of level-1 unit indices, ``-1`` for padding; ``lvl2``, ``lvl1`` as
+    :func:`refine_pairs2`."""
+    xn, xo = _rows(x0)
+    m = len(r)
+    z = np.empty(m, dtype=np.float64)
+    bound = np.empty(m, dtype=np.float64)
+    P = windows.to(torch.int64).contiguous().numpy()
+    _refine_pairs_pool(
+        xn,
+        xo,
+        x0.shape[1],
+        r.contiguous().numpy(),
+        j.contiguous().numpy(),
+        *_redo_parts(lvl2),
+        P,
+        int(P.shape[0]),
+        *_redo_parts(lvl1),
         float(safety),
         z,
         bound,

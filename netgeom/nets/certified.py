@@ -51,7 +51,15 @@ ambiguous (row, unit) pairs for the unit redo. Where the redo of a unit from its
 it (the error carried in from the layer before, ``~K u`` of its terms, is too wide) and that input is ``relu``
 of another one-op affine node reading the network's exact input, the unit is recomputed through both nodes in
 float64 from that input (:meth:`_Engine._redo`): conv 3-32-64 then sends no row to the float64 pass (17% of
-them before).
+them before). The same holds through a max-pool between them (``maxpool(relu(a))``, LeNet-5's second
+convolution and the max-pool after it): each pooled entry the unit reads is the maximum of its window's
+``relu`` values recomputed in float64, within the largest of their bounds of the exact maximum whichever
+entry is the argmax (:func:`._graph_kernel._refine_pairs_pool`; a max-pool window left open by its entries'
+one-level redo gets its entries near the top redone so). On LeNet-5 (4 000 images) that decides every
+unit of the second convolution and every window of the pool after it (313 rows went to the float64 pass
+for them); the 438 rows left there have a unit of the dense layer after the second pool within its bound,
+whose carried error is the second convolution's own float32 rounding (``gamma_152``): only that whole
+convolution in float64 removes it, and that is the float64 pass.
 
 Why residual MLPs mostly end in the float64 pass: the worst-case bounds are ~10^3 times the actual float32
 errors there. A dense layer's own rounding is bounded by ``gamma_K ||W_i|| ||h||`` (``K u``, where
@@ -784,42 +792,62 @@ class _Engine:
         }
 
     def _deep(self, src: int):
-        """``(a, x0)`` when affine node ``src`` reads ``relu(a)`` with ``a`` another one-op affine node
+        """``(a, x0, windows)`` when affine node ``src`` reads ``relu(a)`` (``windows`` None) or
+        ``maxpool(relu(a))`` (``windows`` the pool's (size, k) table) with ``a`` another one-op affine node
         (both redone in float64, :meth:`_refine_prep`) reading node ``x0``: undecided units of ``src`` can
-        then be recomputed from ``x0`` through both (:meth:`_redo`), where the float32 error carried into
-        ``src`` is too wide for its redo alone; else ``None``."""
+        then be recomputed from ``x0`` through both (:meth:`_deep_pairs`), where the float32 error carried
+        into ``src`` is too wide for its redo alone; else ``None``."""
         key = ("deep", src)
         if key not in self._plans:
             hit = None
             g = self.g
             r = g.nodes[g.nodes[src].inputs[0]]
+            windows = None
+            if r.op == "maxpool":
+                windows = r.windows
+                r = g.nodes[r.inputs[0]]
             if self.kernels and r.op == "relu" and r.negative_slope == 0 and r.inputs[0] in self.refine:
                 a = r.inputs[0]
                 if self.refine[src]() is not None and self.refine[a]() is not None:
-                    hit = (a, g.nodes[a].inputs[0])
+                    hit = (a, g.nodes[a].inputs[0], windows)
             self._plans[key] = hit
         return self._plans[key]
+
+    def _deep_pairs(self, src: int, vals: dict, errs: dict, rows: torch.Tensor, units: torch.Tensor):
+        """``(z64, bound)`` of the (row, unit) pairs of affine node ``src`` recomputed in float64 from the
+        exact input ``x0`` two affine nodes up (:meth:`_deep`), through the ReLU and the max-pool between
+        them if any (:func:`._graph_kernel.refine_pairs2`, :func:`._graph_kernel.refine_pairs_pool`: errors
+        ~1e-16 relative instead of float32's carried in); ``None`` when that does not apply (no such path,
+        or ``x0`` not exact: the network's input given in float32 or narrower)."""
+        deep = self._deep(src)
+        if deep is None or not isinstance(errs.get(deep[1]), _Exact):
+            return None
+        a, x0, windows = deep
+        x = vals[x0]
+        if not (x.device.type == "cpu" and x.dim() == 2 and x.dtype in (torch.float32, torch.float64)):
+            return None
+        from ._graph_kernel import refine_pairs2, refine_pairs_pool
+
+        lv2, lv1 = self.refine[src](), self.refine[a]()
+        if windows is None:
+            return refine_pairs2(x, rows, units, lv2, lv1, self.g.nodes[a].size, _SAFETY)
+        return refine_pairs_pool(x, rows, units, lv2, windows, lv1, _SAFETY)
 
     def _redo(self, src: int, vals: dict, errs: dict, rows: torch.Tensor, units: torch.Tensor):
         """``(z64, decided)`` for (row, unit) pairs of affine node ``src`` (feeding a relu): the float64 redo
         from its float32 input (:meth:`_refine`); the pairs that leaves open, when ``src`` reads ``relu(a)``
-        of an affine node ``a`` whose input is exact (the network's input, given in float32 or narrower),
-        once more with both nodes recomputed in float64 from that input (:func:`._graph_kernel.
-        refine_pairs2`: errors ~1e-16 relative instead of float32's carried in, so almost no row is left
-        to the float64 pass). A decided pair has ``|z64| > bound`` (or an exact value)."""
+        or ``maxpool(relu(a))`` of an affine node ``a`` whose input is exact (the network's input, given in
+        float32 or narrower), once more with both nodes (and the pool) recomputed in float64 from that input
+        (:meth:`_deep_pairs`), so almost no row is left to the float64 pass. A decided pair has ``|z64| >
+        bound`` (or an exact value)."""
         xs = self.g.nodes[src].inputs[0]
         z64, bd = self._refine(src, vals[xs], errs[xs], rows, units)
         ok = ((z64.abs() > bd) | (bd == 0)) & torch.isfinite(z64)
-        deep = self._deep(src)
-        if deep is not None and not bool(ok.all()) and isinstance(errs.get(deep[1]), _Exact):
-            from ._graph_kernel import refine_pairs2
-
-            a, x0 = deep
-            x = vals[x0]
-            if x.device.type == "cpu" and x.dim() == 2 and x.dtype in (torch.float32, torch.float64):
-                open_ = torch.nonzero(~ok).flatten()
-                lv2, lv1 = self.refine[src](), self.refine[a]()
-                z2, bd2 = refine_pairs2(x, rows[open_], units[open_], lv2, lv1, self.g.nodes[a].size, _SAFETY)
+        if not bool(ok.all()):
+            open_ = torch.nonzero(~ok).flatten()
+            hit = self._deep_pairs(src, vals, errs, rows[open_], units[open_])
+            if hit is not None:
+                z2, bd2 = hit
                 ok2 = ((z2.abs() > bd2) | (bd2 == 0)) & torch.isfinite(z2)
                 z64[open_] = torch.where(ok2, z2, z64[open_])
                 ok[open_] = ok2
@@ -910,28 +938,55 @@ class _Engine:
     def _refine_windows(self, node: PLNode, vals, errs, rows: torch.Tensor, wins: torch.Tensor):
         """Argmax positions of the (row, window) pairs of max-pool ``node`` from float64 redos of the
         window's entries (each the affine pre-activation :meth:`_refine` recomputes, through the relu
-        between them if any), and whether each is certain (:func:`_window_sure`)."""
+        between them if any), and whether each is certain (:func:`_window_sure`). Windows that leaves open
+        get their entries recomputed from the exact input two affine nodes up where that applies
+        (:meth:`_deep_pairs`); each entry then keeps whichever of its two (value, bound) pairs has the
+        smaller bound (both are certified)."""
         src, act = self.pool_src[node.index]
         k = self.ops[node.index][1]
         ent = node.windows.to(rows.device)[wins]  # (P, k), -1 = padding
         valid = ent >= 0
-        P = len(rows)
         xs = self.g.nodes[src].inputs[0]
-        z, bd = self._refine(src, vals[xs], errs[xs], rows[:, None].expand(-1, k)[valid], ent[valid])
+        pr, pu = rows[:, None].expand(-1, k)[valid], ent[valid]
+        z, bd = self._refine(src, vals[xs], errs[xs], pr, pu)
+        t, sure, V, E = self._windows_from(act, z, bd, valid)
+        if act is not None and act.negative_slope == 0 and not bool(sure.all()):
+            # (only through a relu: _deep reads a relu before the pool) the entries of the open windows
+            # that are not exact and whose interval reaches the top entry's: the others are already
+            # certainly below it (and an entry not redone keeps its certified value and bound)
+            lo = torch.gather(V - E, 1, t[:, None])
+            redo = (~sure)[:, None] & (E > 0) & (V + E >= lo)
+            idx = torch.nonzero(redo[valid]).flatten()
+            hit = self._deep_pairs(src, vals, errs, pr[idx], pu[idx])
+            if hit is not None:
+                z2, bd2 = hit
+                better = (bd2 < bd[idx]) & torch.isfinite(z2)
+                z[idx] = torch.where(better, z2, z[idx])
+                bd[idx] = torch.where(better, bd2, bd[idx])
+                t, sure, _, _ = self._windows_from(act, z, bd, valid)
+        return t, sure
+
+    @staticmethod
+    def _windows_from(act, z: torch.Tensor, bd: torch.Tensor, valid: torch.Tensor):
+        """``(argmax, certain, values, bounds)`` per window from float64 pre-activations ``z`` of its valid
+        entries within ``bd`` of the exact ones (``valid`` (P, k)), through the relu ``act`` (None: none);
+        ``values`` and ``bounds`` (P, k) as :func:`_window_sure` reads them (padding: ``-inf``, 0)."""
         if act is not None:
             slope = act.negative_slope
             if slope == 0:  # a certainly negative pre-activation gives an exact 0
                 z, bd = torch.relu(z), _drop_negative(z, bd)
             else:
                 z, bd = torch.where(z > 0, z, z * slope), bd * max(1.0, abs(slope))
-        V = torch.full((P, k), -math.inf, dtype=torch.float64, device=rows.device)
-        E = torch.zeros((P, k), dtype=torch.float64, device=rows.device)
+        P, k = valid.shape
+        V = torch.full((P, k), -math.inf, dtype=torch.float64, device=z.device)
+        E = torch.zeros((P, k), dtype=torch.float64, device=z.device)
         V[valid], E[valid] = z, bd
-        fin = torch.ones((P, k), dtype=torch.bool, device=rows.device)
+        fin = torch.ones((P, k), dtype=torch.bool, device=z.device)
         # (an overflow even in float64: _window_sure would read its -inf as padding)
         fin[valid] = torch.isfinite(z)
         t = torch.argmax(V, dim=1, keepdim=True)
-        return t.squeeze(1), _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1) & fin.all(1)
+        sure = _window_sure(V, E, t, 2.0**-53) & torch.isfinite(E).all(1) & fin.all(1)
+        return t.squeeze(1), sure, V, E
 
     @property
     def _norms(self) -> dict:
@@ -1207,6 +1262,9 @@ class _Engine:
             if n.index in keep and n.index in self.pool_src:
                 i = g.nodes[self.pool_src[n.index][0]].inputs[0]
                 last_use[i] = max(last_use.get(i, -1), n.index)
+                deep = self._deep(self.pool_src[n.index][0])
+                if deep is not None:
+                    last_use[deep[1]] = max(last_use.get(deep[1], -1), n.index)
         modes: dict[int, tuple[int, float]] = {}
         wins: dict[int, tuple] = {}  # relu nodes in mode 3 whose convolution takes the windowed bound
         if self.kernels:
