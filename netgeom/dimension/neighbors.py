@@ -520,9 +520,9 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         # of rows; each item starts as soon as those it reads are done (a block once its rows are in, a
         # piece once the blocks holding its rows are: a thread done with the products takes the first
         # rows while the other finishes the last block, instead of waiting for it). No barrier between
-        # the stages, and the helpers are woken once: at 1000 points a stage costs less than a helper
-        # takes to wake. Every item waits only for items before it, all taken before it: never for
-        # one nobody runs
+        # the stages, and the helpers are woken once (on a busy machine a helper woken for the float32
+        # rows alone often came when they were done). Every item waits only for items before it, all
+        # taken before it: never for one nobody runs
         n_in, n_blocks = len(ranges), len(gram_tasks)
         in_done = [threading.Event() for _ in ranges]
         done = [threading.Event() for _ in gram_tasks]
