@@ -137,8 +137,10 @@ def _pair_sums_codegen(n_cand):
             sums = []
             for acc in accs:
                 v = builder.load(acc)
-                sums += [builder.fadd(builder.extract_element(v, ir.Constant(i32, 2 * c)),
-                                      builder.extract_element(v, ir.Constant(i32, 2 * c + 1))) for c in range(4)]
+                for c in range(4):
+                    lane0 = builder.extract_element(v, ir.Constant(i32, 2 * c))
+                    lane1 = builder.extract_element(v, ir.Constant(i32, 2 * c + 1))
+                    sums.append(builder.fadd(lane0, lane1))
             return context.make_tuple(builder, signature.return_type, sums)
 
         return sig, codegen
