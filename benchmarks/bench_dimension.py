@@ -6,6 +6,9 @@ MLE(k = 5…20) + TwoNN vs scikit-dimension, and local PCA (k = 20, every rule) 
     python benchmarks/bench_dimension.py              # MNIST test split 10,000 × 784 + synthetic 20,000 × 784
     python benchmarks/bench_dimension.py --full       # adds a synthetic 70,000 × 784
     python benchmarks/bench_dimension.py --knn-only   # only the kNN table (MNIST 1000 ... 10,000, synthetic)
+    python benchmarks/bench_dimension.py --knn-only --sizes 500,1000,1500,2000 --no-large --repeat 30
+                                                      # small MNIST subsets only, best of 30
+    python benchmarks/bench_dimension.py --knn-only --threads 1   # both libraries on one thread
 
 faiss-cpu ships its own OpenBLAS (0.3.15 in faiss-cpu 1.15), too old to recognise recent AMD processors: left
 alone it takes a generic SSE kernel there, and ``OPENBLAS_CORETYPE`` picks another. For faiss's fastest
@@ -205,10 +208,25 @@ def main():
     p.add_argument("--full", action="store_true", help="add a synthetic 70,000 x 784 (kNN and floor only)")
     p.add_argument("--knn-only", action="store_true", help="only the kNN table (no estimators, no lPCA)")
     p.add_argument("--repeat", type=int, default=5, help="interleaved runs per kNN row (best of)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated MNIST subset sizes of the kNN table (default 1000,2000,5000; "
+                        "--quick 1000,2000)")
+    p.add_argument("--no-large", action="store_true",
+                   help="leave out the kNN table's large rows (the MNIST test split, the synthetic set)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both libraries (torch.set_num_threads, faiss.omp_set_num_threads)")
     p.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     rng = np.random.default_rng(a.seed)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(a.threads)
+        except ImportError:
+            pass
     print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, load average at start: "
           + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     print("BLAS kernels: " + ", ".join(_blas_kernels()))
@@ -238,11 +256,14 @@ def main():
     print(KNN_HEADER)
     if mn is not None:
         sizes = (1000, 2000) if a.quick else (1000, 2000, 5000)
+        if a.sizes:
+            sizes = [int(x) for x in a.sizes.split(",")]
         for size in sizes:  # small sets: random subsets of the test split
             knn_row("MNIST subset", mn[np.sort(rng.permutation(len(mn))[:size])], a.repeat)
-        if not a.quick:
+        if not (a.quick or a.no_large):
             knn_row("MNIST test split", mn, a.repeat)
-    knn_row("synthetic curved", syn, a.repeat)
+    if not a.no_large:
+        knn_row("synthetic curved", syn, a.repeat)
     if a.full:
         big = make_curved_manifold(16, 784, n_train=70000, n_test=1, noise=0.05, seed=a.seed)
         knn_row("synthetic curved (full)", big.X_train.double().numpy(), 1)

@@ -56,3 +56,25 @@ def test_concurrent_traces_give_the_graph_of_a_lone_trace():
     assert not errors, errors[:3]
     assert len(got) == 160
     assert all(nodes == want and torch.equal(y, out) for nodes, y in got)
+
+
+def test_trace_lock_excludes_other_threads_from_an_exclusive_hold_and_is_reentrant():
+    from netgeom.nets.graph import _TraceLock
+
+    lock, order = _TraceLock(), []
+    inside = threading.Event()
+
+    def other():
+        with lock.shared():
+            order.append("other")
+
+    with lock.shared(), lock.exclusive(), lock.shared():  # one thread: nested holds of both kinds
+        t = threading.Thread(target=other)
+        t.start()
+        inside.wait(0.2)  # (the other thread is now waiting for the exclusive hold to end)
+        order.append("mine")
+    t.join(30)
+    assert order == ["mine", "other"]
+    forked = lock.after_fork()  # a child forked now holds nothing
+    with forked.exclusive():
+        pass

@@ -71,6 +71,8 @@ _DENSE_MAX_POINTS = 2048
 # data are float32 values: none (the 8-lane re-rank widens float32 pairs at no cost, and in the call the rows
 # come from memory: 1000 MNIST points, 10.5 -> 10.1 ms CPU); the tests raise it to cover both copies
 _GATHER_FLOAT64_BYTES = 0
+# rows of a dense Gram block by oneDNN (where oneDNN still takes blocks that size: see _knn_torch_pool)
+_GRAM_BLOCK_ROWS = 256
 
 
 @dataclasses.dataclass
@@ -397,9 +399,16 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     pieces = [(a, min(a + piece, n)) for a in range(0, n, piece)]
     # the dense Gram matrix by oneDNN where it pays (see _onednn_gram), in blocks of one shape: at least
     # four a side (the ten on and above the diagonal are 5/8 of the full product), the rows padded with
-    # zeros to whole blocks
-    gram_block = math.ceil(n / max(4, 2 * workers))
-    onednn = _onednn_gram(gram_block, D32) if dense and device.type == "cpu" else None
+    # zeros to whole blocks; ~256 rows a block where oneDNN still takes them (the blocks above the diagonal
+    # are nearer half the product, at the same rate: 2000 MNIST points on one thread, 14.3 -> 12.7 ms)
+    onednn = None
+    if dense and device.type == "cpu":
+        for sides in (max(4, 2 * workers, math.ceil(n / _GRAM_BLOCK_ROWS)), max(4, 2 * workers)):
+            gram_block = math.ceil(n / sides)
+            if (onednn := _onednn_gram(gram_block, D32)) is not None:
+                break
+    if onednn is None:
+        gram_block = math.ceil(n / max(4, 2 * workers))
     left = np.empty((n if onednn is None else gram_block * math.ceil(n / gram_block), D32), dtype=np.float32)
     left[n:] = 0
     # Data that came from float32 (most data sets) gather half the bytes from a float32 copy: the values
@@ -412,8 +421,12 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     P[:, pad] = 0
     sq = np.empty(n)
     cols, scale = varying.astype(np.int64), math.ldexp(1.0, -shift)
-    _parallel(lambda r: kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq), ranges, threads,
-              pool=pool)
+
+    def inputs(r):
+        kern.score_inputs(X, *r, cols, mean, scale, left, pos, P, sq)
+
+    if not dense:  # (dense: in the same phase as the products, see below)
+        _parallel(inputs, ranges, threads, pool=pool)
     if device.type == "cpu":
         # (where oneDNN does not pay: see _onednn_gram) numpy's float32 GEMM (OpenBLAS) runs these shapes
         # ~1.5x faster than torch's default (MKL's AVX2 code on AMD), and always in full float32
@@ -426,8 +439,6 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
             return _torch_scores(left, device)
 
         u = 2.0**-24  # :func:`_knn` holds torch's products at IEEE float32
-    norms = np.sqrt(sq)
-    nmax = float(norms.max())
     u32 = 2.0**-24
     u64 = 2.0**-53
     K = D32 + 2
@@ -453,8 +464,17 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # (the other point's norm is at most nmax), with e = c_err (xn + nmax)² + abs_sq:
     #   lower = (sqrt(max(score − e, 0)) − 2 u32 (xn + nmax) − 2 abs_pt) · shrink
     #   upper = (sqrt(score + e) + 2 u32 (xn + nmax) + 2 abs_pt) / shrink
-    # computed per row by the compiled re-rank (_knn_kernel.rerank_prepare / rerank_finish)
-    bounds = (nmax, c_err, abs_sq, u32, abs_pt, shrink)
+    # computed per row by the compiled re-rank (_knn_kernel.rerank_prepare / rerank_finish), once every
+    # squared norm is known (nmax)
+    norms = bounds = None
+
+    def finalize():
+        nonlocal norms, bounds
+        norms = np.sqrt(sq)
+        bounds = (float(norms.max()), c_err, abs_sq, u32, abs_pt, shrink)
+
+    if not dense:
+        finalize()
 
     if dense:
         if onednn is None:
@@ -496,30 +516,60 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
     # a few threads use the cores the GEMM used (at n = 2000 the re-rank costs as much as the GEMM)
     if dense:
-        # one phase: the Gram blocks, then the pieces of rows, each started as soon as the blocks holding
-        # its rows are done (a thread done with the products takes the first rows while the other finishes
-        # the last block, instead of waiting for it). Every block precedes the pieces and is taken before
-        # them, so a piece waits only for blocks being computed
+        # one phase: the float32 rows (score_inputs), the Gram blocks, the norms' maximum, then the pieces
+        # of rows; each item starts as soon as those it reads are done (a block once its rows are in, a
+        # piece once the blocks holding its rows are: a thread done with the products takes the first
+        # rows while the other finishes the last block, instead of waiting for it). No barrier between
+        # the stages, and the helpers are woken once (on a busy machine a helper woken for the float32
+        # rows alone often came when they were done). Every item waits only for items before it, all
+        # taken before it: never for one nobody runs
+        n_in, n_blocks = len(ranges), len(gram_tasks)
+        in_done = [threading.Event() for _ in ranges]
         done = [threading.Event() for _ in gram_tasks]
+        final = threading.Event()
+        # the ranges of rows are `step` long: a block reads those that overlap its rows and its columns
+        block_reads = [sorted({*range(ga // step, (gb - 1) // step + 1),
+                               *range(gc0 // step, (gc1 - 1) // step + 1)})
+                       for ga, gb, gc0, gc1, _ in gram_tasks]
         needs = [[t for t, (ga, gb, gc0, gc1, _) in enumerate(gram_tasks)
                   if ga < b and a < gb or gc0 < b and a < gc1] for a, b in pieces]
 
         def item(i):
-            if i < len(gram_tasks):
+            if i < n_in:
+                try:
+                    inputs(ranges[i])
+                finally:
+                    in_done[i].set()
+                return None
+            i -= n_in
+            if i < n_blocks:
+                for r in block_reads[i]:
+                    in_done[r].wait()
                 try:
                     gram_tasks[i][-1]()
                 finally:
                     done[i].set()
                 return None
-            p = i - len(gram_tasks)
+            i -= n_blocks
+            if i == 0:  # (taken after every block: the rows were all in before)
+                for e in in_done:
+                    e.wait()
+                try:
+                    finalize()
+                finally:
+                    final.set()
+                return None
+            p = i - 1
+            final.wait()
             for t in needs[p]:
                 done[t].wait()
             return rerank(*pieces[p])
 
         # (oneDNN's products run on the caller's thread alone, as on each helper: see _knn_torch)
+        first = n_in + n_blocks + 1
         with _one_openmp_caller(None if onednn is None else _openmp_runtime()):
-            failed = _parallel(item, range(len(gram_tasks) + len(pieces)), workers, blas=onednn is None,
-                               pool=pool)[len(gram_tasks):]
+            failed = _parallel(item, range(first + len(pieces)), workers, blas=onednn is None,
+                               pool=pool)[first:]
     else:
         failed = _parallel(lambda ab: rerank(*ab), pieces, threads, pool=pool)
     failed = [f for f in failed if f.size]
