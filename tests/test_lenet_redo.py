@@ -204,3 +204,53 @@ def test_patterns_near_boundaries_and_ties_equal_rationals(seed, monkeypatch):
         got, st_off = _patterns(g, X, kernels=True)
     assert np.array_equal(got, ref)
     assert st["float64"] < st_off["float64"], (st, st_off)
+
+
+# ------------------------------------------------------------------------------ the convolution in halves
+def test_convolution_in_halves_bound_against_rationals():
+    """The full float32 engine computes a Conv2d of several input channels on a computed input as two half
+    convolutions and bounds its rounding by ``gamma_{K_A + 3}`` (``K_A`` the larger half's fan-in,
+    ``_Engine._halves``) instead of ``gamma_{K + 2}``: the bound holds against rationals on ``relu`` of a
+    signed exact input (no carried error: the convolution's own rounding is all there is), is not vacuous,
+    and without its rounding term (``g`` / 1000) some error is above it. A convolution reading the graph's
+    input is left whole."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    g = trace(nn.Sequential(nn.ReLU(), conv, nn.ReLU()), input_shape=(4, 6, 6))
+    whole = certified._Engine(trace(nn.Sequential(conv), input_shape=(4, 6, 6)), torch.float32, "cpu")
+    assert "split" not in whole.ops[1][0]
+    c = [n.index for n in g.nodes if n.op == "affine"][0]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4 * 36, generator=gen) * torch.logspace(-3, 3, 6)[:, None]
+    exact = [_rational(g, x[r].double())[c] for r in range(len(x))]
+    assert g.nodes[c].inputs[0] != 0
+
+    def run(scale=1.0):
+        eng = certified._Engine(g, torch.float32, "cpu")
+        info = eng.ops[c][0]
+        assert "split" in info and info["g"] < 0.6 * info["g_bound"]  # (gamma_21 against gamma_38)
+        info["g"] *= scale
+        info["bound_p"]["bias"] *= scale
+        seen = {}
+        orig = eng.affine
+
+        def spy(node, xin, err, *, need_err):
+            y, e = orig(node, xin, err, need_err=need_err)
+            seen[node.index] = (y.clone(), e.elem().clone())
+            return y, e
+
+        eng.affine = spy
+        eng.run(x, True, {n.index for n in g.nodes if n.op != "output"})
+        y, bound = seen[c]
+        bad, worst = 0, 0.0
+        for r in range(len(x)):
+            for j, v in enumerate(exact[r]):
+                err, bd = abs(Fraction(float(y[r, j])) - v), Fraction(float(bound[r, j]))
+                bad += err > bd
+                worst = max(worst, float(err / bd)) if bd > 0 else worst
+        return bad, worst
+
+    bad, worst = run()
+    assert bad == 0 and worst > 1e-3, worst
+    bad, _ = run(1e-3)
+    assert bad > 0
