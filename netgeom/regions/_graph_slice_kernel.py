@@ -709,14 +709,7 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
                 for o in range(4 * n_out):
                     accf[o] += tab2[r, o]
                 t += 1
-            for o in range(n_out):
-                a0, a1, a2 = acc[0, o], acc[1, o], acc[2, o]
-                a3 = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
-                nA[q, o] = a0
-                nB[q, 0, o] = a1
-                nB[q, 1, o] = a2
-                nE[q, o] = a3
-                fin &= np.uint8(abs((a0 + a1) + (a2 + a3)) < np.inf)
+            fin &= _store_piece(acc, q, n_out, bias, gam, tiny, nA, nB, nE)
             continue
         prev = False
         for i in range(n_in):
@@ -742,15 +735,23 @@ def affine_maps_checked(A, B, E, parent, bits, slope, lazy, MT, ptr, rows, vals,
                     acc[1, o] += w * b0
                     acc[2, o] += w * b1
                     acc[3, o] += avals[t] * x
-        for o in range(n_out):
-            a0, a1, a2 = acc[0, o], acc[1, o], acc[2, o]
-            a3 = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
-            nA[q, o] = a0
-            nB[q, 0, o] = a1
-            nB[q, 1, o] = a2
-            nE[q, o] = a3
-            fin &= np.uint8(abs((a0 + a1) + (a2 + a3)) < np.inf)
+        fin &= _store_piece(acc, q, n_out, bias, gam, tiny, nA, nB, nE)
     return nA, nB, nE, fin == 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _store_piece(acc, q, n_out, bias, gam, tiny, nA, nB, nE):
+    """Piece ``q``'s sums into its maps and error bound; 1 when all four of every output are finite."""
+    fin = np.uint8(1)
+    for o in range(n_out):
+        a0, a1, a2 = acc[0, o], acc[1, o], acc[2, o]
+        a3 = acc[3, o] * (1 + gam) + (tiny + gam * abs(bias[o]))
+        nA[q, o] = a0
+        nB[q, 0, o] = a1
+        nB[q, 1, o] = a2
+        nE[q, o] = a3
+        fin &= np.uint8(abs((a0 + a1) + (a2 + a3)) < np.inf)
+    return fin
 
 
 @numba.njit(cache=True, nogil=True)
