@@ -242,7 +242,7 @@ class _Paused(nn.Module):
 def test_other_threads_modules_and_traces_are_untouched_while_a_trace_runs():
     """fx's own patching reroutes every thread's module calls into the trace running (a module of the
     model called elsewhere returns a Proxy, any other raises NameError); the dispatchers only reroute the
-    tracing thread's."""
+    tracing thread's. Another thread's trace waits for the running one."""
     started, go = threading.Event(), threading.Event()
     paused = _Paused(started, go)
     out = {}
@@ -264,13 +264,19 @@ def test_other_threads_modules_and_traces_are_untouched_while_a_trace_runs():
         y = paused.fc1(x)  # the model's own module, called here with a real tensor
         assert type(y) is torch.Tensor and torch.equal(y, F.linear(x, paused.fc1.weight, paused.fc1.bias))
         assert type(paused.fc1.weight) is nn.Parameter
-        other = _GlobalMax()  # a trace on this thread meanwhile
-        g = ng.trace(other)
-        z = torch.randn(6, 2, dtype=torch.float64)
-        assert torch.allclose(g.forward(z), other.double()(z), atol=1e-12)
+        # a trace in another thread meanwhile waits for this one (traces run one at a time: fx keeps its
+        # patcher in one global), then gives the model's graph
+        other, got = _GlobalMax(), {}
+        t2 = threading.Thread(target=lambda: got.setdefault("g", ng.trace(other)))
+        t2.start()
+        t2.join(0.5)
+        assert "g" not in got
     finally:
         go.set()
         t.join()
+    t2.join(60)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    assert torch.allclose(got["g"].forward(z), other.double()(z), atol=1e-12)
     assert "error" not in out
     x = torch.randn(4, 3, dtype=torch.float64)
     assert torch.allclose(out["graph"].forward(x), paused.double()(x), atol=1e-12)

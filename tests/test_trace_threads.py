@@ -58,23 +58,26 @@ def test_concurrent_traces_give_the_graph_of_a_lone_trace():
     assert all(nodes == want and torch.equal(y, out) for nodes, y in got)
 
 
-def test_trace_lock_excludes_other_threads_from_an_exclusive_hold_and_is_reentrant():
+def test_trace_lock_excludes_other_threads_is_reentrant_and_survives_a_fork():
     from netgeom.nets.graph import _TraceLock
 
     lock, order = _TraceLock(), []
-    inside = threading.Event()
 
     def other():
-        with lock.shared():
+        with lock.exclusive():
             order.append("other")
 
-    with lock.shared(), lock.exclusive(), lock.shared():  # one thread: nested holds of both kinds
+    with lock.exclusive(), lock.exclusive():  # one thread: nested holds
         t = threading.Thread(target=other)
         t.start()
-        inside.wait(0.2)  # (the other thread is now waiting for the exclusive hold to end)
+        t.join(0.2)  # (the other thread is now waiting for the hold to end)
         order.append("mine")
     t.join(30)
     assert order == ["mine", "other"]
-    forked = lock.after_fork()  # a child forked now holds nothing
-    with forked.exclusive():
+    with lock.exclusive():  # a child forked inside a hold keeps it and releases it through the same object
+        lock.after_fork()
+        assert lock._owner == threading.get_ident()
+    lock._owner, lock._depth = -1, 1  # (a hold of another thread, which is not in the child)
+    lock.after_fork()
+    with lock.exclusive():  # nothing left held
         pass

@@ -569,12 +569,10 @@ class _Tracer(fx.Tracer):
         # * fx then looks through ``math``'s namespace for the functions to wrap and patches them one by one
         #   (~55 patch records made and reverted a trace); with the dispatchers, _HookPatcher swaps the same
         #   wrappers in and out of it at once instead.
-        # fx's own patching reroutes every thread's module calls and keeps its patcher in one module global
-        # (CURRENT_PATCHER): such a trace, and the once-per-process probes (which trace with it), run alone
-        # (first traces in several threads at once failed with "CURRENT_PATCHER is None in finally block");
-        # traces with the dispatchers reroute only their own thread and run side by side (_TraceLock).
-        first = (self.fast is None and _FAST_NODES[0] is None) or _HOOKS_WORK[0] is None
-        with _TRACE_LOCK.exclusive() if first else contextlib.nullcontext():
+        # fx keeps its patcher in one module global (CURRENT_PATCHER), which every trace sets and restores,
+        # and its own patching reroutes every thread's module calls: traces in several threads at once
+        # failed ("CURRENT_PATCHER is None in finally block") or left a stale patcher set. One at a time.
+        with _TRACE_LOCK.exclusive():
             if self.fast is None and _FAST_NODES[0] is None:
                 _fast_nodes_work()
             hooks = _ModuleHooks.plan(root) if concrete_args is None else None
@@ -583,9 +581,8 @@ class _Tracer(fx.Tracer):
                 self._autowrap_search = []
             try:
                 ids = self._autowrap_function_ids if search == [math] else None
-                with _TRACE_LOCK.shared() if hooks is not None else _TRACE_LOCK.exclusive():
-                    with _fx_substitutions(hooks, math_ids=ids):
-                        return super().trace(root, concrete_args)
+                with _fx_substitutions(hooks, math_ids=ids):
+                    return super().trace(root, concrete_args)
             finally:
                 self._autowrap_search = search
 
@@ -730,48 +727,26 @@ _FAST_LOCK = threading.Lock()
 
 
 class _TraceLock:
-    """Shared by traces that reroute only their own thread (the dispatchers), exclusive for fx's own
-    patching (process-wide) and the probes; re-entrant per thread either way (a probe traces inside a trace).
-    Taken before _FAST_LOCK and _HOOK_LOCK, never after them."""
+    """One trace at a time in a process (see _Tracer.trace), re-entrant per thread (the probes that decide
+    the short paths trace inside a trace). Taken before _FAST_LOCK and _HOOK_LOCK, never after them."""
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
-        self._shared: dict[int, int] = {}  # thread -> how deep its shared holds are
         self._owner: int | None = None
         self._depth = 0
 
-    def after_fork(self) -> _TraceLock:
-        """The lock for a forked child: this thread's holds only (the other threads are not in the child,
-        and their holds would never be released)."""
-        me, fresh = threading.get_ident(), _TraceLock()
-        if self._owner == me:
-            fresh._owner, fresh._depth = me, self._depth
-        if me in self._shared:
-            fresh._shared[me] = self._shared[me]
-        return fresh
-
-    @contextlib.contextmanager
-    def shared(self):
-        me = threading.get_ident()
-        with self._cond:
-            while self._owner is not None and self._owner != me:
-                self._cond.wait()
-            self._shared[me] = self._shared.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                if self._shared[me] > 1:
-                    self._shared[me] -= 1
-                else:
-                    del self._shared[me]
-                self._cond.notify_all()
+    def after_fork(self) -> None:
+        """In a forked child: keep this thread's hold only (the other threads are not in the child, and a
+        hold of theirs would never be released), in place (this thread's ``with`` releases this object)."""
+        self._cond = threading.Condition(threading.Lock())  # (another thread may have held its lock)
+        if self._owner != threading.get_ident():
+            self._owner, self._depth = None, 0
 
     @contextlib.contextmanager
     def exclusive(self):
         me = threading.get_ident()
         with self._cond:
-            while (self._owner is not None and self._owner != me) or any(t != me for t in self._shared):
+            while self._owner is not None and self._owner != me:
                 self._cond.wait()
             self._owner = me
             self._depth += 1
@@ -1206,10 +1181,10 @@ def _hooks_after_fork() -> None:
     """A child forked while other threads traced has one thread, which traces nothing unless it was the
     forking one inside a trace: fresh lock, and (if this thread is not inside a trace) fx's and nn.Module's
     own functions back, as after the last trace."""
-    global _HOOK_LOCK, _FAST_LOCK, _TRACE_LOCK
+    global _HOOK_LOCK, _FAST_LOCK
     _HOOK_LOCK = threading.Lock()
     _FAST_LOCK = threading.Lock()  # (a check of the short paths in another thread never ends here)
-    _TRACE_LOCK = _TRACE_LOCK.after_fork()
+    _TRACE_LOCK.after_fork()
     if _HOOK_TLS.__dict__.get("active"):
         return  # this thread's trace goes on: it removes what it uses (others' uses stay, inert)
     for c in list(_HOOK_USERS):

@@ -1034,7 +1034,7 @@ def _ball_in(G: np.ndarray, h: np.ndarray, c: np.ndarray, r: float, delta, r_min
         band = _LP_REL * u + base
         if depth > thr + band:
             return (point, depth - band - dj), n, False
-        if depth < thr - band:
+        if depth < r_min - dj - band:  # (the exact side may reach dj beyond the computed wall)
             return None, n, False
         u_new = _pow2_floor(max(4 * abs(depth - thr), _ZOOM * u))
         # The walls' precision (their positions' rounding, local) bounds the zoom: about 2^-30 of the
@@ -1233,6 +1233,14 @@ def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_thin: in
     patterns = (
         np.array([np.concatenate(reg[-1]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
     )
+    if n_bits and len(np.unique(np.packbits(patterns, axis=1), axis=0)) < m:
+        # An activation region is convex (so is its part in the box): two pieces with one pattern mean a
+        # piece was kept on the wrong side of a wall within that wall's float error bound
+        raise RuntimeError(
+            "regions_in_box: two pieces got the same activation pattern, so a piece lies across an earlier "
+            "cut's exact hyperplane within that hyperplane's float64 error bound (weights that cancel "
+            "strongly); the enumeration cannot be certified here. regions_on_slice is exact on 2-D boxes"
+        )
     with np.errstate(under="ignore"):
         coords = np.ldexp(np.array([reg[2] for reg in regions]), k)
         radii = np.ldexp(np.array([reg[3] for reg in regions], dtype=np.float64), k)
