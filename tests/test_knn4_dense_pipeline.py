@@ -9,41 +9,16 @@ import functools
 import numpy as np
 import pytest
 import torch
-from _platform import OPENMP, X86_LINUX, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_neighbors_adversarial import adversarial, reference
+from test_neighbors_small import _need_onednn
+from test_neighbors_small import _spy as _shapes
 
 import netgeom._matmul as mm
 import netgeom.dimension.neighbors as nb
 from netgeom.dimension import _knn_kernel as kern
 from netgeom.dimension.neighbors import nearest_neighbors
-
-
-def _need_onednn() -> None:
-    if mm._onednn_linear() is None or nb._openmp_runtime() is None:
-        unavailable("torch without oneDNN or without its OpenMP runtime: the Gram blocks stay with numpy",
-                    expected=X86_LINUX and OPENMP)
-
-
-def _shapes(mp):
-    """Record the shape of every Gram block oneDNN computes."""
-    calls = []
-    real = nb._onednn_gram
-
-    def spy(block, d):
-        op = real(block, d)
-        if op is None:
-            return None
-
-        def counted(*args):
-            calls.append(tuple(args[0].shape))
-            return op(*args)
-
-        return counted
-
-    mp.setattr(nb, "_onednn_gram", spy)
-    return calls
 
 
 def _with_threads(threads, fn):
