@@ -75,10 +75,9 @@ def _graph64(net):
 
 
 def _rational(g, x: torch.Tensor) -> dict[int, list[Fraction]]:
-    """Every affine node's values on ``x`` (one flat float64 row) in exact rational arithmetic on the
-    dense float64 maps."""
+    """Every node's values on ``x`` (one flat float64 row) in exact rational arithmetic on the dense
+    float64 maps (max-pool windows too)."""
     vals = {0: [Fraction(float(v)) for v in x.tolist()]}
-    out = {}
     for node in g.nodes[1:]:
         if node.op == "output":
             continue
@@ -90,11 +89,12 @@ def _rational(g, x: torch.Tensor) -> dict[int, list[Fraction]]:
                 Fraction(bi) + sum((Fraction(row[j]) * a for j, a in nz if row[j] != 0), Fraction(0))
                 for row, bi in zip(M, b)
             ]
-            out[node.index] = v
-        else:  # relu
+        elif node.op == "relu":
             v = [max(a, Fraction(0)) for a in xin]
+        else:  # maxpool
+            v = [max(xin[i] for i in w if i >= 0) for w in node.windows.tolist()]
         vals[node.index] = v
-    return out
+    return vals
 
 
 def _inputs(n: int, seed: int) -> torch.Tensor:

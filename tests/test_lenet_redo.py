@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
 from _engines import engines as all_engines
+from test_convpat2_window import _rational
+from test_convpat_crude import _exact_ref
 from torch import nn
 
 from netgeom import trace
@@ -73,26 +75,6 @@ def _inputs(n: int, seed: int) -> torch.Tensor:
     return x.reshape(n, -1)
 
 
-def _rational(g, x: torch.Tensor) -> dict[int, list[Fraction]]:
-    """Every node's values on one flat float64 row, in exact rational arithmetic on the dense maps."""
-    vals = {0: [Fraction(float(v)) for v in x.tolist()]}
-    for node in g.nodes[1:]:
-        if node.op == "output":
-            continue
-        xin = vals[node.inputs[0]]
-        if node.op == "affine":
-            M, b = node.matrix().tolist(), node.bias_vector.tolist()
-            nz = [(j, a) for j, a in enumerate(xin) if a != 0]
-            v = [
-                Fraction(bi) + sum((Fraction(row[j]) * a for j, a in nz if row[j] != 0), Fraction(0))
-                for row, bi in zip(M, b)
-            ]
-        elif node.op == "relu":
-            v = [max(a, Fraction(0)) for a in xin]
-        else:  # maxpool
-            v = [max(xin[i] for i in w if i >= 0) for w in node.windows.tolist()]
-        vals[node.index] = v
-    return vals
 
 
 def _mutated(old: str, new: str):
@@ -149,13 +131,6 @@ def test_pool_redo_against_rationals_and_each_error_term_is_needed(pad, monkeypa
         assert _violations(zm, bm, exact) > 0, name
 
 
-def _exact_ref(g, X):
-    keep = {n.index for n in g.nodes if n.op != "output"}
-    rows = []
-    for x in X.double():
-        ex = certified._exact_patterns(g, x, keep)
-        rows.append(np.concatenate([np.asarray(ex[n.index]) for n in pattern_nodes(g)]))
-    return np.array(rows)
 
 
 def _patterns(g, X, kernels: bool):
