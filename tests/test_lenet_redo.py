@@ -78,12 +78,16 @@ def _inputs(n: int, seed: int) -> torch.Tensor:
 
 
 def _mutated(old: str, new: str):
-    """``_refine_pairs_pool`` in pure Python with one line of its source replaced (a mutation)."""
-    src = textwrap.dedent(inspect.getsource(_graph_kernel._refine_pairs_pool.py_func))
-    src = src[src.index("def ") :]  # (without the decorator)
-    assert old in src
+    """``_refine_pairs_pool`` in pure Python with one line of its source, or of the first-level helper it
+    calls, replaced (a mutation)."""
     ns = dict(vars(_graph_kernel))
-    exec(src.replace(old, new), ns)
+    hits = 0
+    for name in ("_relu_from_input", "_unit_weights", "_refine_pairs_pool"):
+        src = textwrap.dedent(inspect.getsource(getattr(_graph_kernel, name).py_func))
+        src = src[src.index("def ") :]  # (without the decorator)
+        hits += old in src
+        exec(src.replace(old, new), ns)  # (pure Python, calling the other pure-Python ones)
+    assert hits == 1
     return ns["_refine_pairs_pool"]
 
 
@@ -120,7 +124,7 @@ def test_pool_redo_against_rationals_and_each_error_term_is_needed(pad, monkeypa
         # the pooled entry's error: the first convolution's rounding carried through the pool dropped
         "pool error": _mutated("if es != es or es > e:", "if False:"),
         # the first convolution's own rounding
-        "level 1": _mutated("e1 = (g1 * (sx1 + absb1[q])", "e1 = (0.0 * (sx1 + absb1[q])"),
+        "level 1": _mutated("e1 = (g1 * (sx1 + absb1[c])", "e1 = (0.0 * (sx1 + absb1[c])"),
     }
     # (the second convolution's own rounding term is _refine_pairs2's, tested with it; here the first
     # one's carried bound, ~K u of its terms, always covers it)

@@ -751,6 +751,30 @@ def refine_pairs(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _relu_from_input(xr, xo, n0, W1, T1, L1, dense1, b1, absb1, g1, under1, safety, c):
+    """ReLU of the first convolution's unit ``c`` in float64 from the exact input row ``xr`` (columns past
+    ``n0`` are padding) and its error bound, shared by the two-level redos: an entry certainly negative is
+    exactly 0, with no error."""
+    w1, t1, d1 = _unit_weights(W1, T1, L1, dense1, c)
+    a1 = 0.0
+    sx1 = 0.0
+    live1 = b1[c] != 0
+    for i in range(w1.shape[0]):
+        c0 = i if d1 else t1[i]
+        if c0 >= n0:
+            continue
+        a = np.float64(xr[xo + c0])
+        wi = w1[i]
+        a1 += wi * a
+        sx1 += abs(wi) * abs(a)
+        live1 |= a != 0
+    z1 = a1 + b1[c]
+    e1 = (g1 * (sx1 + absb1[c]) + (under1 if live1 else 0.0)) * safety
+    neg = z1 + e1 <= 0
+    return (0.0 if neg or not (z1 > 0) else z1), (0.0 if neg else e1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _unit_weights(W, T, L, dense, u):
     """The weights of unit ``u`` and the input columns they read (a dense row: every column; a
     convolution: filter ``u // L`` over the columns ``T[u % L]``)."""
@@ -807,24 +831,7 @@ def _refine_pairs2(
             c = k if d2 else t2[k]
             if c >= n1:
                 continue
-            w1, t1, d1 = _unit_weights(W1, T1, L1, dense1, c)
-            a1 = 0.0
-            sx1 = 0.0
-            live1 = b1[c] != 0
-            for i in range(w1.shape[0]):
-                c0 = i if d1 else t1[i]
-                if c0 >= n0:
-                    continue
-                a = np.float64(xr[xo + c0])
-                wi = w1[i]
-                a1 += wi * a
-                sx1 += abs(wi) * abs(a)
-                live1 |= a != 0
-            z1 = a1 + b1[c]
-            e1 = (g1 * (sx1 + absb1[c]) + (under1 if live1 else 0.0)) * safety
-            neg = z1 + e1 <= 0
-            v = 0.0 if neg or not (z1 > 0) else z1
-            e = 0.0 if neg else e1
+            v, e = _relu_from_input(xr, xo, n0, W1, T1, L1, dense1, b1, absb1, g1, under1, safety, c)
             wk = w2[k]
             aw = abs(wk)
             acc += wk * v
@@ -955,24 +962,7 @@ def _refine_pairs_pool(
                 q = P[c, s]
                 if q < 0:
                     continue
-                w1, t1, d1 = _unit_weights(W1, T1, L1, dense1, q)
-                a1 = 0.0
-                sx1 = 0.0
-                live1 = b1[q] != 0
-                for i in range(w1.shape[0]):
-                    c0 = i if d1 else t1[i]
-                    if c0 >= n0:
-                        continue
-                    a = np.float64(xr[xo + c0])
-                    wi = w1[i]
-                    a1 += wi * a
-                    sx1 += abs(wi) * abs(a)
-                    live1 |= a != 0
-                z1 = a1 + b1[q]
-                e1 = (g1 * (sx1 + absb1[q]) + (under1 if live1 else 0.0)) * safety
-                neg = z1 + e1 <= 0
-                vs = 0.0 if neg or not (z1 > 0) else z1
-                es = 0.0 if neg else e1
+                vs, es = _relu_from_input(xr, xo, n0, W1, T1, L1, dense1, b1, absb1, g1, under1, safety, q)
                 if vs > v:
                     v = vs
                 if es != es or es > e:  # (a NaN, once in, stays: NaN > e is False, e != e keeps it)
