@@ -73,3 +73,19 @@ def test_integer_and_float_masks_must_be_binary_and_load_names_a_bad_file(tmp_pa
     np.savez(p, w=np.array([None, 1], dtype=object))
     with pytest.raises(ValueError, match="pickled Python objects, which are never loaded"):
         Masks.load(p)
+
+
+def test_a_layer_without_a_mask_is_dense_on_either_side():
+    # every analysis reads a layer missing from Masks as dense: | keeps all of it, & takes the other mask,
+    # and nesting follows the same reading
+    net = mlp(4, [6], 3, seed=0)
+    full = Masks.ones(net)
+    full["0.weight"][:, :2] = False
+    full["2.weight"][0] = False
+    hid = Masks({"0.weight": full["0.weight"]})  # the output layer dense
+    either = hid | full
+    assert torch.equal(either["2.weight"], torch.ones(3, 6, dtype=torch.bool))
+    assert torch.equal((hid & full)["2.weight"], full["2.weight"])
+    assert hid.is_nested_in(either) and full.is_nested_in(either)
+    assert full.is_nested_in(hid) and not hid.is_nested_in(full)
+    assert hid.is_nested_in(Masks({"0.weight": full["0.weight"], "2.weight": torch.ones(3, 6)}))

@@ -267,3 +267,13 @@ def test_rules_leave_the_weights_unless_apply_is_true(rule):
             assert torch.equal(v != 0, masks[k] & (before[k] != 0))  # exactly the pruned weights zeroed
     with pytest.raises(TypeError, match="apply"):
         rule(m, 0.5, apply="yes")
+
+
+def test_per_layer_with_a_global_scope_is_refused():
+    # per_layer sets each layer's own fraction; a global ranking would silently be another rule
+    m = mlp(6, [5], 3, seed=0)
+    for rule in (magnitude_prune, random_prune):
+        with pytest.raises(ValueError, match="scope='global' ranks all layers together"):
+            rule(m, per_layer={"0.weight": 0.5}, scope="global")
+        a = rule(m, per_layer={"0.weight": 0.5}, scope="layer")
+        assert a.equals(rule(m, per_layer={"0.weight": 0.5}))

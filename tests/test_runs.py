@@ -393,6 +393,11 @@ CORRUPTIONS = {
         lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "n_train": "1347"})),
         "n_train must be an integer",
     ),
+    "numerics types": (
+        "numerics.json",
+        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "threads": "1"})),
+        "threads must be an integer",
+    ),
 }
 
 
@@ -418,7 +423,9 @@ def test_corrupt_run_files_are_named_with_the_recovery(tmp_path, finished_run, d
         assert msg.endswith(f"delete {run / 'level_1'} to recompute that level")
         shutil.rmtree(run / "level_1")
     else:
-        assert msg.endswith(f"delete {run / name} to record the fingerprint of the current data again")
+        numerics = name == "numerics.json"
+        what = "the current threads and device" if numerics else "the fingerprint of the current data"
+        assert msg.endswith(f"delete {run / name} to record {what} again")
         (run / name).unlink()
     same(IMP(CFG, out_dir=tmp_path, verbose=False, data=digits).run(), reference)
 

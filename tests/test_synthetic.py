@@ -61,7 +61,31 @@ def test_reduced_digits():
         ests.append(MLE(k=20).fit(Xc).dimension_)
     assert ests[0] == pytest.approx(2, rel=0.15) and ests[0] < ests[1] <= 6.5
     ds = make_reduced(base, 3)
-    assert ds.name == "reduced_digits"
+    assert ds.name == "reduced"
+    assert ds.meta == {"dataset": "digits", "d": 3, "base_meta": base.meta}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: make_linear_manifold(3, 12, n_train=40, n_test=7, n_classes=3, noise=0.1, seed=2),
+        lambda: make_curved_manifold(2, 9, n_train=30, n_test=6, n_classes=4, seed=5, frequency=2.0),
+        lambda: make_reduced("digits", 4, seed=1, test_size=0.5),
+    ],
+)
+def test_meta_reloads_the_same_data(make):
+    # a data set's name and meta are the load_dataset description of it (demo_imp names its run by them)
+    ds = make()
+    again = load_dataset({"name": ds.name, **ds.meta})
+    for k in ("X_train", "y_train", "X_test", "y_test"):
+        assert torch.equal(getattr(ds, k), getattr(again, k))
+
+
+def test_reduced_refuses_loader_arguments_with_a_dataset():
+    base = load_dataset({"name": "digits", "seed": 0})
+    for kw in ({"seed": 3}, {"bogus": 1}, {"seed": 0, "test_size": 0.5}):
+        with pytest.raises(TypeError, match="with a Dataset in hand"):
+            make_reduced(base, 3, **kw)
 
 
 def test_generators_registered_for_load_dataset():

@@ -85,8 +85,9 @@ def make_linear_manifold(
     ytr, yte = _teacher_labels(z[:n_train], z[n_train:], n_classes, rng)
     ds = _make(
         "synthetic_linear", X[:n_train], ytr, X[n_train:], yte, (D,), n_classes,
-        d=d, D=D, noise=noise, seed=seed,
     )
+    # (the loader's arguments: name and meta reload it through load_dataset)
+    ds.meta = dict(d=d, D=D, n_train=n_train, n_test=n_test, n_classes=n_classes, noise=noise, seed=seed)
     ds.intrinsic_dim = d
     return ds
 
@@ -124,30 +125,48 @@ def make_curved_manifold(
     ytr, yte = _teacher_labels(z[:n_train], z[n_train:], n_classes, rng)
     ds = _make(
         "synthetic_curved", X[:n_train], ytr, X[n_train:], yte, (D,), n_classes,
-        d=d, D=D, noise=noise, seed=seed, frequency=frequency,
+    )
+    ds.meta = dict(
+        d=d, D=D, n_train=n_train, n_test=n_test, n_classes=n_classes, noise=noise, seed=seed,
+        frequency=frequency,
     )
     ds.intrinsic_dim = d
     return ds
 
 
-def make_reduced(dataset: str | Dataset = "digits", d: int = 8, *, seed: int = 0, **load_kw) -> Dataset:
+def make_reduced(
+    dataset: str | Dataset = "digits", d: int = 8, *, seed: int | None = None, **load_kw
+) -> Dataset:
     """A real data set projected onto its top-``d`` principal components (fitted on the training split) and
     mapped back, so the ambient dimension and the labels are unchanged and the data span a ``d``-dimensional
     affine subspace.
 
-    ``dataset`` is ``"digits"``, ``"mnist1d"`` (loaded with ``seed`` and ``load_kw``) or a :class:`Dataset`.
+    ``dataset`` is ``"digits"``, ``"mnist1d"`` (loaded with ``seed``, default 0, and ``load_kw``) or a
+    :class:`Dataset` (used as it is: ``seed`` and loader arguments are refused, they would not apply). The
+    result is named ``"reduced"``, its ``meta`` the arguments that :func:`~netgeom.data.load_dataset`
+    reloads it from (``dataset``, ``d``, ``seed``, the loader's own) or, from a Dataset in hand, that set's
+    name and ``meta`` under ``dataset`` and ``base_meta``.
 
     >>> ds = make_reduced("digits", 5, seed=0)
-    >>> ds.input_shape, ds.intrinsic_dim
-    ((64,), 5)
+    >>> ds.input_shape, ds.intrinsic_dim, ds.meta
+    ((64,), 5, {'dataset': 'digits', 'd': 5, 'seed': 0})
     """
     if isinstance(dataset, str):
         loaders = {"digits": load_digits, "mnist1d": load_mnist1d}
         if dataset not in loaders:
             raise ValueError(f"make_reduced knows the data sets {sorted(loaders)}, got {dataset!r}")
+        seed = 0 if seed is None else seed
         base = loaders[dataset](seed=seed, **load_kw)
+        provenance = {"dataset": dataset, "seed": seed, **load_kw}
     elif isinstance(dataset, Dataset):
+        given = (["seed"] if seed is not None else []) + sorted(load_kw)
+        if given:
+            raise TypeError(
+                f"make_reduced got {', '.join(given)} with a Dataset in hand: they apply only when it loads "
+                "a data set by name; reduce the Dataset as it is, or pass its name"
+            )
         base = dataset
+        provenance = {"dataset": base.name, "base_meta": dict(base.meta)}
     else:
         raise TypeError(f"dataset must be a name or a Dataset, got {type(dataset).__name__}")
     flat = base.flat()
@@ -166,9 +185,10 @@ def make_reduced(dataset: str | Dataset = "digits", d: int = 8, *, seed: int = 0
     def proj(X):
         return (X - mu) @ P + mu
 
+    meta = {"dataset": provenance.pop("dataset"), "d": d, **provenance}
     ds = _make(
-        f"reduced_{base.name}", proj(Xtr), base.y_train.numpy(), proj(Xte), base.y_test.numpy(),
-        base.input_shape, base.n_classes, base=base.name, d=d, seed=seed,
+        "reduced", proj(Xtr), base.y_train.numpy(), proj(Xte), base.y_test.numpy(), base.input_shape,
+        base.n_classes, **meta,
     )
     ds.intrinsic_dim = d
     return ds

@@ -523,7 +523,9 @@ class IMP:
     ``"step"`` and ``"epoch"``; raising from it interrupts the run (checkpoints stay consistent).
     ``threads``: torch's intra-op threads while the run trains and prunes (restored after): ``"auto"``
     (default) from the model's work per step (:func:`~netgeom.training.choose_threads`), an integer, or
-    ``None`` to leave torch's setting; ``num_threads`` is its older name. It changes rounding only.
+    ``None`` to leave torch's setting; ``num_threads`` is its older name. It changes rounding only, so a run
+    directory records the count and the device it was started with: a resume with ``"auto"`` uses that
+    count, and another explicit count or device is refused while levels are left to train.
 
     A ``protect`` callback changes which weights are pruned, so it is part of the experiment: its name
     (``protect_name``, default ``module.qualname`` of the callable) is written into the description under
@@ -663,6 +665,8 @@ class IMP:
             self._check_data(rd, data)
         self._threads = resolve_threads(self.threads, self._build(), data.train.first(),
                                         cfg.train.batch_size)
+        if rd is not None:
+            self._threads = self._check_numerics(rd)
         with torch_threads(self._threads):
             return self._run_levels(data)
 
@@ -700,6 +704,35 @@ class IMP:
             bar.close()
         path = str(rd.path) if rd is not None else None
         return IMPResult(config=dict(self.description), levels=levels, run_dir=path, model_fn=cfg.model_fn)
+
+    def _check_numerics(self, rd: RunDir) -> int | None:
+        """The thread count and device decide the rounding of every training step, so a run resumes on the
+        ones it was started with (bit-identical levels): recorded on the first run; a resume with
+        ``threads="auto"`` takes the recorded count (``"auto"`` depends on the machine's cores), an explicit
+        other count or another device is refused while levels are left to train. Returns the threads to
+        use."""
+        threads = self._threads if self._threads is not None else torch.get_num_threads()
+        now = {"threads": threads, "device": str(torch.device(self.device))}
+        if not rd.exists("numerics.json"):
+            rd.save_json("numerics.json", now)
+            return self._threads
+        old = rd.load_json("numerics.json", {"threads": int, "device": str})
+        if old == now or all(rd.exists(f"level_{lv}/record.json") for lv in range(self.config.rounds + 1)):
+            return self._threads  # (a finished run is only read back)
+        if old["device"] != now["device"]:
+            raise ValueError(
+                f"run {rd.path} was started on device {old['device']!r}, and device={now['device']!r} now: "
+                "its remaining levels would round differently from its finished ones; resume it on "
+                f"device={old['device']!r}, or use another out_dir"
+            )
+        if self.threads == "auto":
+            return old["threads"]
+        raise ValueError(
+            f"run {rd.path} was started with {old['threads']} torch thread(s), and threads={threads} now: "
+            "the thread count changes the rounding of every training step, so the resumed levels would match "
+            f"neither an uninterrupted run; resume with threads={old['threads']} (or 'auto'), or use another "
+            "out_dir"
+        )
 
     @staticmethod
     def _check_data(rd: RunDir, data: TrainingData) -> None:

@@ -178,20 +178,29 @@ class Masks(MutableMapping):
         return {k: float(v.sum()) / v.numel() for k, v in self._m.items()}
 
     def is_nested_in(self, other: Mapping[str, torch.Tensor]) -> bool:
-        """True when every weight kept here is also kept in ``other``."""
-        return all(
-            k in other and not (v & ~torch.as_tensor(other[k]).cpu().bool()).any() for k, v in self._m.items()
+        """True when every weight kept here is also kept in ``other``. A layer without a mask on one side
+        is dense there (every analysis reads it so): nested in anything if it is ``other``'s, and only in a
+        mask that keeps everything if it is this one's."""
+        mine = all(
+            k not in other or not (v & ~torch.as_tensor(other[k]).cpu().bool()).any()
+            for k, v in self._m.items()
         )
+        return mine and all(bool(torch.as_tensor(v).all()) for k, v in other.items() if k not in self._m)
 
     def _combine(self, other: Mapping[str, torch.Tensor], op) -> Masks:
-        # keys keep this object's (forward) order, then the other's new ones; a key missing on one side
-        # takes the other side's mask unchanged
+        # keys keep this object's (forward) order, then the other's new ones. A key missing on one side is
+        # a dense layer there (all kept), as every analysis reads it: & takes the other side's mask, | keeps
+        # every weight of that layer
         keys = list(self._m) + [k for k in other if k not in self._m]
         out = {}
         for k in keys:
             a, b = self._m.get(k), other.get(k)
             b = None if b is None else torch.as_tensor(b).cpu().bool()
-            out[k] = a if b is None else (b if a is None else op(a, b))
+            if a is None or b is None:
+                one = b if a is None else a
+                out[k] = one if op is torch.logical_and else torch.ones_like(one)
+            else:
+                out[k] = op(a, b)
         return Masks(out)
 
     def __and__(self, other: Mapping[str, torch.Tensor]) -> Masks:

@@ -11,7 +11,8 @@ Both rules share one signature and one accounting:
 - ``relative_to="remaining"`` (IMP convention): remove ``round(sparsity * n_remaining)`` weights;
   ``relative_to="all"`` (one-shot convention): keep ``round((1 - sparsity) * n_all)`` weights in total.
   Counts are exact integers, so density after a rule is known to the weight.
-- ``scope="global"``: one pool over all prunable tensors; ``"layer"``: the same fraction in every tensor;
+- ``scope="global"`` (default with ``sparsity``): one pool over all prunable tensors; ``"layer"``: the same
+  fraction in every tensor (``per_layer`` with ``scope="global"`` is refused: they contradict each other);
   ``per_layer``: a fraction per tensor (``{param_name: sparsity}`` or a list in prunable-layer order, e.g.
   ``allocate_densities(...).per_layer(model)``, whose fractions are of all weights: pair it with
   ``relative_to="all"`` when ``masks`` already prune); tensors absent from the dict are left as they are.
@@ -61,6 +62,12 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
     """Validate everything; return (names, params, current masks, protected masks, fraction per group)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if scope is None:
+        scope = "global"
+    elif per_layer is not None and scope == "global":
+        # per_layer gives each layer its own fraction: one global ranking would be a different rule
+        raise ValueError("scope='global' ranks all layers together, but per_layer gives each layer its own "
+                         "sparsity; drop scope (or pass scope='layer')")
     check_choice(scope, "scope", ("global", "layer"))
     check_choice(relative_to, "relative_to", ("remaining", "all"))
     all_names = prunable_parameters(model, include_output=True)  # raises on a model with nothing to prune
@@ -191,7 +198,7 @@ def _prune(
 def magnitude_prune(
     model: nn.Module,
     sparsity: float | None = None,
-    scope: str = "global",
+    scope: str | None = None,
     per_layer: Mapping[str, float] | Sequence[float] | None = None,
     protect: ProtectFn | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
@@ -222,7 +229,7 @@ def magnitude_prune(
 def random_prune(
     model: nn.Module,
     sparsity: float | None = None,
-    scope: str = "global",
+    scope: str | None = None,
     per_layer: Mapping[str, float] | Sequence[float] | None = None,
     protect: ProtectFn | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,

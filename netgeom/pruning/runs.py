@@ -369,6 +369,8 @@ class RunDir:
             return f"delete {self.path / m.group(1)} to recompute that level"
         if name == "data_fingerprint.json":
             return f"delete {self.path / name} to record the fingerprint of the current data again"
+        if name == "numerics.json":
+            return f"delete {self.path / name} to record the current threads and device again"
         return f"delete {self.path} to recompute the run"
 
     def corrupt(self, name: str, reason: str) -> CorruptRunFileError:

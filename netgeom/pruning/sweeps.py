@@ -10,11 +10,15 @@ locally or on a Dask cluster -- no scheduler of our own.
 - ``map_levels(fn, result, backend=...)``: ``fn(model, masks=masks)`` on every IMP level of one or several
   results (intrinsic dimension, persistence, region counts per level), over the same backends.
 
-Results are the same as a local, sequential run: every run is seeded by its own description, and the torch
-thread count is fixed per run (``threads="auto"`` means one thread per run when runs execute in parallel:
-the parallelism is across runs). With ``out_dir`` every run has its own hashed directory, so an interrupted
-sweep resumes when called again; on a cluster ``out_dir`` must be a path every worker sees (a shared file
-system): it is made absolute and checked on the workers before any run starts.
+Results are the same as a local, sequential run with the same torch thread count per run: every run is
+seeded by its own description, and the thread count (which decides the rounding of every training step) is
+fixed per run. ``threads="auto"`` means one thread per run when runs execute in parallel (the parallelism is
+across runs) and :func:`~netgeom.training.choose_threads` one run at a time, which is also 1 below 2·10^9
+multiply-adds per training step (every MLP and LeNet here); for larger models give ``threads=`` explicitly
+to get the same results in both modes. With ``out_dir`` every run has its own hashed directory, which
+records the run's thread count and device, so an interrupted sweep resumes when called again, in any
+mode, bit-identically (``"auto"`` takes the recorded count); on a cluster ``out_dir`` must be a path every
+worker sees (a shared file system): it is made absolute and checked on the workers before any run starts.
 
 Within one worker *process*, concurrent runs (joblib ``"threading"``, a Dask worker with several threads,
 ``LocalCluster(processes=False)``) take turns per training epoch on torch's global RNG, so they are exact
