@@ -471,9 +471,13 @@ def _authors_rule(f_ln, pair, lo: float, hi: float, total_density: float) -> tup
     if len(np.unique(xs)) < 3 or not all(_feasible(pair(x)) for x in xs):
         return [float(v) for v in uniform], u_ln
     ys = np.array([f_ln(pair(x)) for x in xs])
-    a, b, _ = np.polyfit(xs, ys, 2)
+    # Fitted in u = (x − g_1) / (g_{-2} − g_1), where the three points lie in [0, 1]: at densities of 1e-250
+    # a fit in x itself has a singular scale (the stationary point maps back exactly: a parabola in x is one
+    # in u).
+    span = g[-2] - g[1]
+    a, b, _ = np.polyfit((xs - g[1]) / span, ys, 2)
     if a != 0:
-        x_star = -b / (2 * a)
+        x_star = g[1] + span * (-b / (2 * a))
         cand = pair(x_star)
         if g[1] < x_star < g[-2] and _feasible(cand):
             v = f_ln(cand)
