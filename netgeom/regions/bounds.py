@@ -1188,7 +1188,9 @@ def bounds(
     # Montúfar's construction needs each layer's map free; a run through a narrower layer restricts it to
     # rank <= its bottleneck, so the architecture may not reach the bound (Linear(2, 1), Linear(1, 8), ReLU:
     # 8 parallel lines, 9 regions, not Zaslavsky's 37).
-    narrowed = [la for la in stacked[: len(hidden)] if la.bottleneck < min(la.n_in, la.n_out)]
+    narrowed = [
+        la for la in hidden if isinstance(la, ComposedLayer) and la.bottleneck < min(la.n_in, la.n_out)
+    ]
     mont: int | None = None
     if narrowed:
         notes.append(
@@ -1297,7 +1299,11 @@ def demo_section(ctx) -> str:
     uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
     allocs = [
-        allocate_densities(n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41)
+        allocate_densities(
+            n0, widths, float(p), n_out=dense.n_out,
+            # the grid over p_1 is the two-layer search; other depths take the coordinate search's defaults
+            **({"n_grid": 21 if ctx.quick else 41} if len(widths) == 2 else {}),
+        )
         for p in alloc_grid
     ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
