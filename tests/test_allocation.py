@@ -81,7 +81,10 @@ def test_per_layer_for_pruning_harness():
     assert d == r.per_layer(net)
     assert d["0.weight"] == pytest.approx(1 - r.densities[0])
     plain = allocate_densities(10, [12, 8], 0.3)
-    assert plain.per_layer() == pytest.approx(plain.sparsities) and len(plain.per_layer()) == 2
+    # one sparsity per prunable layer, the classifier dense: the list form magnitude_prune takes
+    assert plain.per_layer() == pytest.approx([*plain.sparsities, 0.0]) and len(plain.per_layer()) == 3
+    listed = magnitude_prune(mlp(10, [12, 8], 3, seed=0), per_layer=plain.per_layer(), relative_to="all")
+    assert listed.layer_densities()["4.weight"] == 1.0
     with pytest.raises(ValueError, match="widths"):
         plain.per_layer(mlp(10, [12, 9], 3, seed=0))
     masks = magnitude_prune(net, per_layer=r.per_layer(net), scope="layer")

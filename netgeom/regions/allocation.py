@@ -100,11 +100,14 @@ class AllocationResult(Result):
 
         With a ``model`` (or when the allocation was computed from one): ``{param_name: sparsity}`` for
         every prunable weight, the classifier at sparsity 0 unless it was pruned here. Without: the list
-        of sparsities of the pruned layers in order (hidden layers first).
+        of sparsities of every layer of the chain in order, hidden layers then the classifier (0 unless it
+        was pruned here): the list form ``magnitude_prune`` takes, one entry per prunable layer (a list of
+        the hidden layers alone was refused there).
         """
         if model is None:
             if self.param_names is None:
-                return list(self.sparsities)
+                dense_classifier = [0.0] if len(self.sparsities) == len(self.widths) else []
+                return list(self.sparsities) + dense_classifier
             out = dict(zip(self.param_names, self.sparsities))
             if self.output_param is not None:
                 out.setdefault(self.output_param, 0.0)
