@@ -53,6 +53,7 @@ __all__ = [
     "BoundsResult",
     "demo_section",
     "bounded_layers",
+    "ComposedLayer",
     "RANK_MODELS",
 ]
 
@@ -1203,10 +1204,11 @@ def bounds(
         except ValueError as exc:
             notes.append(f"Montúfar lower bound not applicable: {exc}")
     for la in stacked:
-        notes.append(
-            f"{_stacked_message(la)}: bounded as that one layer (the actual-rank bound with the composite "
-            "matrix's rank)"
+        role = (
+            "bounded as that one layer (the actual-rank bound with the composite matrix's rank)"
+            if any(la is h for h in hidden) else "the output map, which adds no region"
         )
+        notes.append(f"{_stacked_message(la)}: {role}")
     prod, serra = product_bound(n0, widths), serra_bound(n0, widths)
     linear = all(la.kind == "linear" for la in hidden)
     empty = [la for la in hidden if la.density == 0]
