@@ -27,7 +27,9 @@ def _used(r):
     total=st.floats(0.01, 0.9),
 )
 def test_budget_and_beats_uniform(widths, n0, total):
-    r = allocate_densities(n0, widths, total, n_grid=11, refine_steps=1, max_iter=15)
+    # each search takes only its own settings (the others would be ignored, and are refused)
+    opts = {"n_grid": 11, "refine_steps": 1} if len(widths) == 2 else {"max_iter": 15}
+    r = allocate_densities(n0, widths, total, **opts)
     assert abs(_used(r) - r.budget) <= 1e-9 * r.budget
     assert all(0 < p <= 1 for p in r.densities)
     assert r.log10 >= r.uniform_log10 - 1e-12
@@ -79,7 +81,10 @@ def test_per_layer_for_pruning_harness():
     assert d == r.per_layer(net)
     assert d["0.weight"] == pytest.approx(1 - r.densities[0])
     plain = allocate_densities(10, [12, 8], 0.3)
-    assert plain.per_layer() == pytest.approx(plain.sparsities) and len(plain.per_layer()) == 2
+    # one sparsity per prunable layer, the classifier dense: the list form magnitude_prune takes
+    assert plain.per_layer() == pytest.approx([*plain.sparsities, 0.0]) and len(plain.per_layer()) == 3
+    listed = magnitude_prune(mlp(10, [12, 8], 3, seed=0), per_layer=plain.per_layer(), relative_to="all")
+    assert listed.layer_densities()["4.weight"] == 1.0
     with pytest.raises(ValueError, match="widths"):
         plain.per_layer(mlp(10, [12, 9], 3, seed=0))
     masks = magnitude_prune(net, per_layer=r.per_layer(net), scope="layer")
@@ -89,7 +94,7 @@ def test_per_layer_for_pruning_harness():
 
 
 def test_prune_output_and_errors():
-    r = allocate_densities(20, [10, 10], 0.2, n_out=5, prune_output=True, n_grid=11, max_iter=20)
+    r = allocate_densities(20, [10, 10], 0.2, n_out=5, prune_output=True, max_iter=20)
     assert len(r.densities) == 3 and abs(_used(r) - r.budget) <= 1e-9 * r.budget
     for bad in (
         lambda: allocate_densities(20, [10, 10], 0.0),
@@ -119,7 +124,9 @@ def test_conv_model_is_refused_with_a_clear_message():
         allocate_densities(model=net, total_density=0.1)
     small = small_convnet((1, 10), n_out=2, channels=2, seed=0).eval()
     layers = affine_layers(small)
-    r = allocate_densities(layers[0].n_in, [la.n_out for la in layers[:-1]], 0.5, n_grid=4, max_iter=3)
+    hidden = [la.n_out for la in layers[:-1]]
+    opts = {"n_grid": 4} if len(hidden) == 2 else {"max_iter": 3}
+    r = allocate_densities(layers[0].n_in, hidden, 0.5, **opts)
     with pytest.raises(ValueError, match="conv1d"):
         r.per_layer(small)
 
@@ -258,7 +265,10 @@ def test_authors_rule_matches_their_recursion_through_the_output_layer(n, total)
         assert r.authors_ln == pytest.approx(want_ln, rel=1e-9)
         # authors_log10 is this search's bound at their densities, comparable with log10
         assert r.authors_log10 == pytest.approx(
-            sparse_bound(n[0], n[1:3], r.authors_densities, include_output=include_output, n_out=n[3]).log10,
+            sparse_bound(
+                n[0], n[1:3], r.authors_densities, include_output=include_output,
+                n_out=n[3] if include_output else None,
+            ).log10,
             rel=1e-12,
         )
     if n[:3] == [40, 20, 10]:

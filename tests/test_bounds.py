@@ -95,7 +95,7 @@ def test_serra_fast_for_large_widths_and_log10():
         (lambda: sparse_bound(2, [3, 3], [0.5, 0.0]), r"densities\[1\] must lie in \(0.0, 1.0\]"),
         (lambda: sparse_bound(2, [3, 3], [0.5, 1.5]), r"densities\[1\] must lie in"),
         (lambda: sparse_bound(2, [3], [0.5], include_output=True), "needs n_out"),
-        (lambda: sparse_bound(2, [3], [0.5], rank_model="masks"), "needs the pruned model"),
+        (lambda: sparse_bound(2, [3], rank_model="masks"), "needs the pruned model"),
         (lambda: sparse_bound(2, [3], [0.5], rank_model="nope"), "rank_model must be one of"),
         (lambda: sparse_bound(2, [3], [0.5], rank_model="monte_carlo"), "seed is required"),
         (lambda: sparse_bound(2, [3], rank_model=[[0.5, 0.9]]), "summing to <= 1"),
@@ -293,7 +293,7 @@ def test_conv_layers_refuse_the_random_mask_rank_models():
     conv = next(la for la in layers if la.kind != "linear")
     for rm in ("closed_form", "monte_carlo"):
         with pytest.raises(ValueError, match=rf"'{conv.name}' is a {conv.kind} layer.*rank_model=\"masks\""):
-            sparse_bound(model=net, rank_model=rm, seed=0)
+            sparse_bound(model=net, rank_model=rm, **({"seed": 0} if rm == "monte_carlo" else {}))
     # The actual ranks of the unrolled matrices stay valid, and give Serra's bound at those ranks.
     hidden = layers[:-1]
     ranks = [int(torch.linalg.matrix_rank(la.weight)) for la in hidden]
@@ -415,7 +415,11 @@ def test_sparse_recursion_equals_the_dense_tables(n0, widths, data):
     with np.errstate(divide="ignore"):
         lps = [np.log(p) for p in r.rank_probabilities]
     assert [len(p) - 1 for p in lps] == fulls
-    assert r.ln == pytest.approx(log_recursion_dense(n0, widths, lps), rel=1e-12, abs=1e-12)
+    dense = log_recursion_dense(n0, widths, lps)
+    assert r.unclamped_log10 * math.log(10) == pytest.approx(dense, rel=1e-12, abs=1e-12)
+    # the reported bound never goes below one region
+    assert r.ln == pytest.approx(max(dense, 0.0), rel=1e-12, abs=1e-12)
+    assert r.clamped == (dense < -1e-12) or abs(dense) <= 1e-12
 
 
 def test_wide_layers_in_small_memory():

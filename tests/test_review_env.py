@@ -164,7 +164,7 @@ _NET3 = ng.mlp(3, [8, 8], 1, seed=0)
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: ng.sparse_bound(784, [300, 100], 0.05, seed=0, verbose=False).to_dict(),
+        lambda: ng.sparse_bound(784, [300, 100], 0.05, verbose=False).to_dict(),
         lambda: ng.nearest_neighbors(_TINY6, 4).distances,
         lambda: ng.nearest_neighbors(_TINY20, 4, method="torch").distances,
         lambda: ng.regions_on_segment(_NET3, np.zeros(3), np.full(3, 1e-300)).to_dict(),

@@ -34,11 +34,20 @@ from dataclasses import field
 import numpy as np
 import torch
 
-from .._validation import check_choice, check_fraction, check_int, check_widths
+from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
-from .bounds import _n_kernel, bounded_layers, sparse_bound
+from .bounds import (
+    _UNSET,
+    ComposedLayer,
+    _given,
+    _n_kernel,
+    _rank_options,
+    _stacked_message,
+    bounded_layers,
+    sparse_bound,
+)
 
 __all__ = ["allocate_densities", "AllocationResult"]
 
@@ -91,11 +100,14 @@ class AllocationResult(Result):
 
         With a ``model`` (or when the allocation was computed from one): ``{param_name: sparsity}`` for
         every prunable weight, the classifier at sparsity 0 unless it was pruned here. Without: the list
-        of sparsities of the pruned layers in order (hidden layers first).
+        of sparsities of every layer of the chain in order, hidden layers then the classifier (0 unless it
+        was pruned here): the list form ``magnitude_prune`` takes, one entry per prunable layer (a list of
+        the hidden layers alone was refused there).
         """
         if model is None:
             if self.param_names is None:
-                return list(self.sparsities)
+                dense_classifier = [0.0] if len(self.sparsities) == len(self.widths) else []
+                return list(self.sparsities) + dense_classifier
             out = dict(zip(self.param_names, self.sparsities))
             if self.output_param is not None:
                 out.setdefault(self.output_param, 0.0)
@@ -103,6 +115,7 @@ class AllocationResult(Result):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         layers = affine_layers(model)
+        _require_no_stack(layers)
         widths = [la.n_out for la in layers[:-1]]
         if layers[0].n_in != self.n0 or widths != self.widths:
             raise ValueError(
@@ -150,6 +163,20 @@ class AllocationResult(Result):
         return ax
 
 
+def _require_no_stack(layers) -> None:
+    """Refuse layers with no activation between them (they are one affine map for the bound)."""
+    from .bounds import _compose
+
+    stacked = [la for la in _compose(layers) if isinstance(la, ComposedLayer)]
+    if stacked:
+        raise ValueError(
+            f"allocate_densities gives each weight matrix of a ReLU chain a density, but "
+            f"{_stacked_message(stacked[0])}: the bound sees their product, whose rank the random-mask model "
+            "of one matrix does not describe, so no allocation is proved for it. Insert the missing "
+            "activation, or bound the pruned net with sparse_bound(model=..., rank_model=\"masks\")"
+        )
+
+
 def _require_linear(layers) -> None:
     # The budget counts the weights of dense matrices; a convolution's unrolled matrix repeats a small kernel
     # (LeNet-5's first: 150 weights, unrolled 3456 x 784), so neither the budget nor the sparsities would
@@ -179,13 +206,13 @@ def allocate_densities(
     prune_output: bool = False,
     include_output: bool = False,
     rank_model: str = "closed_form",
-    include_zero_rank: bool = False,
-    n_grid: int = 41,
-    refine_steps: int = 4,
-    max_iter: int = 200,
-    tol: float = 1e-4,
+    include_zero_rank: bool = _UNSET,
+    n_grid: int = _UNSET,
+    refine_steps: int = _UNSET,
+    max_iter: int = _UNSET,
+    tol: float = _UNSET,
     seed: int | None = None,
-    n_samples: int = 32,
+    n_samples: int = _UNSET,
     input_shape: Sequence[int] | None = None,
     gain_rtol: float = 1e-6,
     verbose: bool = True,
@@ -201,10 +228,20 @@ def allocate_densities(
         as in Cai et al., and is not part of the budget.
     include_output : run the bound through the (dense) output layer, as the authors' code does.
     rank_model : ``"closed_form"`` (fast, default) or ``"monte_carlo"`` (needs ``seed``; slow).
-    n_grid, refine_steps : grid size over ``p_1`` and rounds of refinement (two pruned layers).
-    max_iter, tol : coordinate search (three or more pruned layers): moves and the smallest step, as a
-        fraction of the budget.
-    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` with ``model``.
+    include_zero_rank : closed form only (default False, as :func:`~netgeom.regions.bounds.sparse_bound`).
+    seed, n_samples : Monte Carlo only (``n_samples`` defaults to 32).
+    n_grid, refine_steps : grid size over ``p_1`` and rounds of refinement (defaults 41 and 4); exactly two
+        pruned layers only.
+    max_iter, tol : coordinate search (three or more pruned layers only): moves and the smallest step, as a
+        fraction of the budget (defaults 200 and 1e-4).
+    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` with ``model`` (refused
+        without one).
+
+    Every option is validated when given; one that the chosen rank model or the number of pruned layers
+    does not use is refused rather than ignored. A model whose layers have no activation between them is
+    refused, naming them: its weight budget is per matrix, but its bound per composite map
+    (:func:`~netgeom.regions.bounds.bounded_layers`), and the random-mask rank model does not describe a
+    product of masked matrices.
     gain_rtol : relative tolerance, ``>= 0``: uniform densities are kept unless another allocation's bound is
         larger by a factor of more than ``1 + gain_rtol`` (module docstring).
     verbose : progress bar over the evaluations with ``rank_model="monte_carlo"`` (each samples ranks).
@@ -221,6 +258,7 @@ def allocate_densities(
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         layers = bounded_layers(model, input_shape=input_shape)
+        _require_no_stack(layers)
         if layers[-1].activation != "identity":
             # The bound would count that layer as hidden while the budget treats it as the classifier.
             raise ValueError(
@@ -241,16 +279,40 @@ def allocate_densities(
         names, out_name = all_names[:-1], all_names[-1]
         if prune_output:
             names = all_names
+    elif input_shape is not None:
+        raise ValueError("input_shape is read only with a model (model=...); it would be ignored")
     if n0 is None or widths is None:
         raise ValueError("give n0 and widths (hidden layer widths), or a model")
     n0 = check_int(n0, "n0", minimum=1)
     widths = check_widths(widths, "widths", min_len=1)
     total_density = check_fraction(total_density, "total_density", low=0.0, high=1.0, low_inclusive=False)
     check_choice(rank_model, "rank_model", ("closed_form", "monte_carlo"))
-    n_grid = check_int(n_grid, "n_grid", minimum=4)
-    refine_steps = check_int(refine_steps, "refine_steps", minimum=0)
-    max_iter = check_int(max_iter, "max_iter", minimum=1)
-    tol = check_fraction(tol, "tol", low=0.0, high=1.0, low_inclusive=False)
+    # Rank-model options: validated and refused where they do not apply, by the bound's own rule, once here.
+    if n_samples is _UNSET and rank_model == "monte_carlo":
+        n_samples = 32
+    include_zero_rank, n_samples, _ = _rank_options(rank_model, include_zero_rank, n_samples, seed, _UNSET)
+    if rank_model == "monte_carlo":
+        as_generator(seed)  # a missing seed is refused before any evaluation
+    rank_opts = (
+        {"include_zero_rank": include_zero_rank} if rank_model == "closed_form"
+        else {"seed": seed, "n_samples": n_samples}
+    )
+    n_pruned = len(widths) + (1 if prune_output else 0)
+    grid_opts = _given(n_grid=n_grid, refine_steps=refine_steps)
+    search_opts = _given(max_iter=max_iter, tol=tol)
+    unused = (
+        grid_opts + search_opts if n_pruned == 1 else search_opts if n_pruned == 2 else grid_opts
+    )
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply with {n_pruned} pruned "
+            "layer(s) and would be ignored: n_grid and refine_steps set the grid over p_1 for exactly two "
+            "pruned layers, max_iter and tol the coordinate search for three or more"
+        )
+    n_grid = check_int(41 if n_grid is _UNSET else n_grid, "n_grid", minimum=4)
+    refine_steps = check_int(4 if refine_steps is _UNSET else refine_steps, "refine_steps", minimum=0)
+    max_iter = check_int(200 if max_iter is _UNSET else max_iter, "max_iter", minimum=1)
+    tol = check_fraction(1e-4 if tol is _UNSET else tol, "tol", low=0.0, high=1.0, low_inclusive=False)
     gain_rtol = float(gain_rtol)
     if not (math.isfinite(gain_rtol) and gain_rtol >= 0):
         raise ValueError(f"gain_rtol must be a finite number >= 0, got {gain_rtol!r}")
@@ -270,35 +332,41 @@ def allocate_densities(
     auth_cache: dict[tuple[float, ...], float] = {}
     bar = tqdm(desc="allocation", unit="bound", disable=not (verbose and rank_model == "monte_carlo"))
 
-    def bound(p: np.ndarray, through_output: bool) -> float:
+    def bound(p: np.ndarray, through_output: bool):
         dens = [min(float(x), 1.0) for x in p]
         out_dens = dens[-1] if prune_output else 1.0
         hidden = dens[: len(widths)]
         bar.update(1)
         if prune_output:
             dists = [
-                _dist(n, i, d, rank_model, include_zero_rank, seed, n_samples)
+                _dist(n, i, d, rank_model, rank_opts)
                 for n, i, d in zip(bound_widths, [n0, *bound_widths[:-1]], hidden + [out_dens])
             ]
             return sparse_bound(
                 n0, widths, hidden, rank_model=dists, include_output=True, n_out=n_out, verbose=False
-            ).log10
+            )
         return sparse_bound(
-            n0, widths, hidden, rank_model=rank_model, include_output=through_output, n_out=n_out,
-            include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples, verbose=False,
-        ).log10
+            n0, widths, hidden, rank_model=rank_model, include_output=through_output,
+            n_out=n_out if through_output else None, verbose=False, **rank_opts,
+        )
+
+    # Two values per point: the reported bound (at least one region) that the search maximises, and the
+    # recursion's own value, which the authors' rule compares as their script does.
+    raw: dict[tuple[float, ...], float] = {}
 
     def f(p: np.ndarray) -> float:
         key = tuple(np.round(p, 15))
         if key not in cache:
-            cache[key] = bound(p, include_output)
+            r = bound(p, include_output)
+            cache[key], raw[key] = r.log10, r.unclamped_log10
         return cache[key]
 
     def f_authors(p: np.ndarray) -> float:
-        """ln of the bound through the output layer, as the authors' script evaluates it."""
+        """ln of the bound through the output layer, as the authors' script evaluates it (unclamped)."""
         key = tuple(np.round(p, 15))
         if key not in auth_cache:
-            auth_cache[key] = (cache[key] if include_output and key in cache else bound(p, True)) * _LN10
+            value = raw[key] if include_output and key in raw else bound(p, True).unclamped_log10
+            auth_cache[key] = value * _LN10
         return auth_cache[key]
 
     uniform = np.full(len(sizes), total_density)
@@ -384,12 +452,10 @@ def allocate_densities(
     )
 
 
-def _dist(n: int, n_in: int, p: float, rank_model: str, include_zero_rank: bool, seed, n_samples):
+def _dist(n: int, n_in: int, p: float, rank_model: str, rank_opts: dict):
     from .bounds import rank_distribution
 
-    return rank_distribution(
-        n, n_in, p, rank_model=rank_model, include_zero_rank=include_zero_rank, seed=seed, n_samples=n_samples
-    )
+    return rank_distribution(n, n_in, p, rank_model=rank_model, verbose=False, **rank_opts)
 
 
 def _authors_rule(f_ln, pair, lo: float, hi: float, total_density: float) -> tuple[list[float], float]:
@@ -408,9 +474,13 @@ def _authors_rule(f_ln, pair, lo: float, hi: float, total_density: float) -> tup
     if len(np.unique(xs)) < 3 or not all(_feasible(pair(x)) for x in xs):
         return [float(v) for v in uniform], u_ln
     ys = np.array([f_ln(pair(x)) for x in xs])
-    a, b, _ = np.polyfit(xs, ys, 2)
+    # Fitted in u = (x − g_1) / (g_{-2} − g_1), where the three points lie in [0, 1]: at densities of 1e-250
+    # a fit in x itself has a singular scale (the stationary point maps back exactly: a parabola in x is one
+    # in u).
+    span = g[-2] - g[1]
+    a, b, _ = np.polyfit((xs - g[1]) / span, ys, 2)
     if a != 0:
-        x_star = -b / (2 * a)
+        x_star = g[1] + span * (-b / (2 * a))
         cand = pair(x_star)
         if g[1] < x_star < g[-2] and _feasible(cand):
             v = f_ln(cand)

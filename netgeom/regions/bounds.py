@@ -53,6 +53,7 @@ __all__ = [
     "BoundsResult",
     "demo_section",
     "bounded_layers",
+    "ComposedLayer",
     "RANK_MODELS",
 ]
 
@@ -381,6 +382,55 @@ def _check_seq(x: Any, name: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------- rank models
+class _Unset:
+    """Default of an option that applies to some rank models only: "not given" differs from any value."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _Unset()
+
+
+def _given(**options: Any) -> list[str]:
+    return [name for name, v in options.items() if v is not _UNSET and v is not None]
+
+
+def _rank_options(model_name: str, include_zero_rank, n_samples, seed, mask_kind) -> tuple[bool, int, str]:
+    """Validate the rank-model options that were given, refuse those that do not apply to ``model_name``
+    (they would be ignored), and fill in defaults: ``(include_zero_rank, n_samples, mask_kind)``.
+
+    ``include_zero_rank`` comes back True for every model but the closed form (they keep ``k = 0``)."""
+    if include_zero_rank is not _UNSET and not isinstance(include_zero_rank, (bool, np.bool_)):
+        raise TypeError(f"include_zero_rank must be a bool, got {include_zero_rank!r}")
+    if n_samples is not _UNSET:
+        n_samples = check_int(n_samples, "n_samples", minimum=1)
+    if mask_kind is not _UNSET:
+        check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        check_int(seed, "seed", minimum=0)
+    if model_name == "closed_form":
+        misplaced = _given(n_samples=n_samples, seed=seed, mask_kind=mask_kind)
+    elif model_name == "monte_carlo":
+        misplaced = _given(include_zero_rank=include_zero_rank)
+    else:
+        misplaced = _given(include_zero_rank=include_zero_rank, n_samples=n_samples, seed=seed,
+                           mask_kind=mask_kind)
+    if misplaced:
+        shown = "given distributions" if model_name == "given" else f'rank_model="{model_name}"'
+        raise ValueError(
+            f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to {shown} and "
+            "would be ignored: include_zero_rank is for the closed form only (the other models keep k = 0), "
+            'n_samples, seed and mask_kind for "monte_carlo" only'
+        )
+    if model_name == "closed_form":
+        include_zero_rank = False if include_zero_rank is _UNSET else bool(include_zero_rank)
+    else:
+        include_zero_rank = True
+    n_samples = 64 if n_samples is _UNSET else n_samples
+    return include_zero_rank, n_samples, "exact" if mask_kind is _UNSET else mask_kind
+
+
 def _closed_form_log_probs(n_out: int, n_in: int, p: float, include_zero_rank: bool) -> np.ndarray:
     """``ln P(rank = k)``, ``k = 0..min(n_out, n_in)``, for an ``n_out × n_in`` mask of density ``p``.
 
@@ -421,7 +471,8 @@ def _monte_carlo_log_probs(
     R, C = n_out, n_in
     full = min(R, C)
     size = R * C
-    n_keep = max(1, round(p * size))
+    # Exactly round(p·size) entries, as magnitude pruning keeps: none when that rounds to 0 (rank 0).
+    n_keep = int(round(p * size))
     ranks = np.empty(n_samples, dtype=np.int64)
     # Chunks keep memory near 32 MB whatever the layer size.
     chunk = max(1, min(n_samples, (4 << 20) // size))
@@ -433,7 +484,9 @@ def _monte_carlo_log_probs(
         vals = rng.standard_normal((m, size))
         if p < 1.0:
             u = rng.random((m, size))
-            if mask_kind == "exact":
+            if mask_kind == "exact" and n_keep == 0:
+                vals[:] = 0.0
+            elif mask_kind == "exact":
                 # The n_keep smallest uniforms per sample: an exact-count mask, as pruning produces.
                 kth = np.partition(u, n_keep - 1, axis=1)[:, n_keep - 1 : n_keep]
                 vals *= u <= kth
@@ -456,10 +509,10 @@ def rank_distribution(
     density: float,
     *,
     rank_model: str = "closed_form",
-    include_zero_rank: bool = False,
-    n_samples: int = 64,
+    include_zero_rank: bool = _UNSET,
+    n_samples: int = _UNSET,
     seed: int | np.random.Generator | None = None,
-    mask_kind: str = "exact",
+    mask_kind: str = _UNSET,
     max_bytes: int = DEFAULT_MAX_BYTES,
     verbose: bool = True,
 ) -> np.ndarray:
@@ -472,9 +525,12 @@ def rank_distribution(
     * ``"monte_carlo"``: ``n_samples`` Gaussian matrices under random masks (``mask_kind="exact"`` keeps
       exactly ``round(density · n_out · n_in)`` entries, as pruning does; ``"bernoulli"`` keeps each entry
       independently with probability ``density``, the model behind the closed form), seeded, their
-      ``matrix_rank``. ``k = 0`` is kept: it is an observed outcome. A layer whose one sampled matrix
-      would exceed ``max_bytes`` is refused up front (:class:`BoundTooLargeError`); ``verbose`` shows a
-      progress bar when the sampling takes seconds.
+      ``matrix_rank``. ``k = 0`` is kept: it is an observed outcome (``include_zero_rank`` is refused
+      here); a density so low that ``round(density · n_out · n_in)`` is 0 keeps no entry, rank 0. A
+      layer whose one sampled matrix would exceed ``max_bytes`` is refused up front
+      (:class:`BoundTooLargeError`); ``verbose`` shows a progress bar when the sampling takes seconds.
+      ``n_samples`` (default 64), ``seed`` (required) and ``mask_kind`` are Monte Carlo options and refused
+      with the closed form; ``include_zero_rank`` is a closed-form option, refused here.
 
     The closed form counts non-empty lines, an upper bound on the (generic) rank; it is close to the Monte
     Carlo distribution when lines are either nearly all full (density well above ``ln(n)/n``) or nearly all
@@ -488,10 +544,11 @@ def rank_distribution(
     n_in = check_int(n_in, "n_in", minimum=1)
     density = check_fraction(density, "density", low=0.0, high=1.0, low_inclusive=False)
     check_choice(rank_model, "rank_model", ("closed_form", "monte_carlo"))
+    include_zero_rank, n_samples, mask_kind = _rank_options(
+        rank_model, include_zero_rank, n_samples, seed, mask_kind
+    )
     if rank_model == "closed_form":
         return np.exp(_closed_form_log_probs(n_out, n_in, density, include_zero_rank))
-    check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
-    n_samples = check_int(n_samples, "n_samples", minimum=1)
     rng = as_generator(seed)
     _check_monte_carlo_size(n_out, n_in, check_int(max_bytes, "max_bytes", minimum=1))
     return np.exp(_monte_carlo_log_probs(n_out, n_in, density, n_samples, rng, mask_kind, verbose))
@@ -548,7 +605,10 @@ class SparseBoundResult(Result):
     program fits ``max_bytes``, else None.
     ``layer_widths`` lists the layers of the recursion (hidden layers, plus the output layer when
     ``include_output``); ``densities`` and ``expected_ranks``/``full_ranks`` follow the same order.
-    ``dense_log10`` is the Serra bound of the same layers, for comparison.
+    ``dense_log10`` is the Serra bound of the same layers, for comparison. ``include_zero_rank`` says
+    whether the recursion kept the ``k = 0`` rank term (closed form: as asked; the other models always).
+    ``clamped`` is True when the recursion fell below one region and ``log10`` was raised to 0 (a network
+    has at least one region); ``unclamped_log10`` is the recursion's own value either way.
     """
 
     n0: int
@@ -564,6 +624,8 @@ class SparseBoundResult(Result):
     expected_ranks: list[float]
     full_ranks: list[int]
     dense_log10: float
+    clamped: bool
+    unclamped_log10: float
     rank_probabilities: list[np.ndarray] = field(repr=False, default_factory=list)
 
     def plot(self, ax=None):
@@ -583,7 +645,77 @@ class SparseBoundResult(Result):
 _BREAKS = {"add": "a residual addition", "cat": "a concatenation", "maxpool": "a max-pooling"}
 
 
-def bounded_layers(model, masks=None, *, input_shape=None) -> list[AffineLayer]:
+@dataclasses.dataclass(eq=False, repr=False)
+class ComposedLayer(AffineLayer):
+    """Consecutive affine maps with no activation between them, read as the one affine map they compose.
+
+    ``weight``/``bias`` are the composite ``W_k … W_1`` and its bias (float64), ``activation`` the last
+    part's; ``parts`` are the original layers in forward order. ``density`` is the fraction of the parts'
+    weights kept, all parts together (the composite matrix itself carries no mask). ``bottleneck`` is the
+    narrowest width the composite passes through (its input, every part's output): its rank never exceeds it.
+    """
+
+    parts: tuple[AffineLayer, ...] = ()
+
+    @property
+    def density(self) -> float:
+        kept = total = 0
+        for la in self.parts:
+            size = la.kernel.numel() if la.kernel is not None else la.weight.numel()
+            total += size
+            kept += size if la.mask is None else int(la.mask.sum())
+        return kept / total
+
+    @property
+    def bottleneck(self) -> int:
+        return min([self.parts[0].n_in, *(la.n_out for la in self.parts)])
+
+    @property
+    def part_names(self) -> list[str]:
+        return [la.name for la in self.parts]
+
+    def __repr__(self) -> str:
+        return (
+            f"ComposedLayer(parts={self.part_names}, {self.n_in}->{self.n_out}, "
+            f"activation={self.activation}, bottleneck={self.bottleneck}, density={self.density:.4g})"
+        )
+
+
+def _compose(layers: list[AffineLayer]) -> list[AffineLayer]:
+    """Merge every run of layers without an activation between them (identity activation, then another
+    layer) into one :class:`ComposedLayer`; other layers are returned as they are."""
+    out: list[AffineLayer] = []
+    run: list[AffineLayer] = []
+    for la in layers:
+        run.append(la)
+        if la.activation != "identity" or la is layers[-1]:
+            if len(run) == 1:
+                out.append(la)
+            else:
+                w, b = run[0].weight, run[0].bias
+                for nxt in run[1:]:
+                    w, b = nxt.weight @ w, nxt.weight @ b + nxt.bias
+                last = run[-1]
+                out.append(
+                    ComposedLayer(
+                        name="+".join(x.name for x in run), param_name=None, weight=w, bias=b,
+                        activation=last.activation, negative_slope=last.negative_slope, kernel=None,
+                        mask=None, kind="composed", in_shape=run[0].in_shape, out_shape=last.out_shape,
+                        parts=tuple(run),
+                    )
+                )
+            run = []
+    return out
+
+
+def _stacked_message(layer: ComposedLayer) -> str:
+    return (
+        f"layers {layer.part_names} have no activation between them, so they act as one affine map "
+        f"{layer.n_in} -> {layer.n_out} (rank at most {layer.bottleneck})"
+    )
+
+
+def bounded_layers(model, masks=None, *, input_shape=None, compose: bool = False) -> list[AffineLayer]:
     """The model's layers, if the region bounds of this module apply to it; else an error saying why.
 
     Serra et al.'s and Cai et al.'s bounds (and the dense ones here) are proved for chains of affine maps
@@ -598,7 +730,18 @@ def bounded_layers(model, masks=None, *, input_shape=None) -> list[AffineLayer]:
       :func:`product_bound`, which holds for LeakyReLU chains too (Zaslavsky per layer in the dimension
       ``min(n_0, …, n_l)`` that an affine map of that rank can pass on).
 
+    Two layers with no activation between them (``Linear(2, 8), Linear(8, 3), ReLU``) are one affine map:
+    the bounds count its ReLUs, not the first layer's 8 units (which cut nothing). With ``compose=True``
+    every such run is returned as one :class:`ComposedLayer` (its composite matrix and bias), which is how
+    :func:`bounds` and :func:`sparse_bound` read models; ``compose=False`` (default) returns one layer per
+    weight tensor, as :func:`netgeom.nets.affine_layers` does.
+
     The exact counts (``regions_on_slice``, ``regions_on_segment``, ``count_patterns``) handle all of these.
+
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 1))
+    >>> [(la.n_in, la.n_out, la.activation) for la in bounded_layers(net, compose=True)]
+    [(2, 3, 'relu'), (3, 1, 'identity')]
     """
     from ..nets import UnsupportedLayerError, trace
 
@@ -626,15 +769,23 @@ def bounded_layers(model, masks=None, *, input_shape=None) -> list[AffineLayer]:
             "network and are not given. product_bound(n0, widths) (Zaslavsky per layer in dimension "
             "min(n0, n1, ..., nl)) does hold for LeakyReLU chains"
         )
-    return layers
+    return _compose(layers) if compose else layers
 
 
 def _model_layers(
     model, masks, include_output: bool, input_shape=None
 ) -> tuple[int, list[AffineLayer], list[AffineLayer]]:
-    """``(n0, region layers, all layers)``. The region layers are all but the affine output layer; a network
-    that ends with a ReLU/LeakyReLU has no affine output layer, and its last layer cuts regions too."""
-    layers = bounded_layers(model, masks, input_shape=input_shape)
+    """``(n0, region layers, all layers)``, runs of layers without an activation composed into one
+    (:func:`bounded_layers`). The region layers are all but the affine output layer; a network that ends
+    with a ReLU has no affine output layer, and its last layer cuts regions too.
+
+    Without ``masks``, a weight that is exactly zero is absent (pruned = absent = zero: a network pruned by
+    zeroing, as ``IMPResult.model_at`` returns it, reads like the masked one); given masks win."""
+    if masks is None:
+        from ..pruning.masks import Masks
+
+        masks = Masks.from_model_zeros(model)
+    layers = bounded_layers(model, masks, input_shape=input_shape, compose=True)
     if layers[-1].activation != "identity":
         if include_output:
             raise ValueError(
@@ -689,10 +840,10 @@ def sparse_bound(
     rank_model: str | Sequence[Any] = "closed_form",
     include_output: bool = False,
     n_out: int | None = None,
-    include_zero_rank: bool = False,
-    n_samples: int = 64,
+    include_zero_rank: bool = _UNSET,
+    n_samples: int = _UNSET,
     seed: int | np.random.Generator | None = None,
-    mask_kind: str = "exact",
+    mask_kind: str = _UNSET,
     model: torch.nn.Module | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     input_shape: Sequence[int] | None = None,
@@ -710,8 +861,11 @@ def sparse_bound(
     Parameters
     ----------
     n0, widths : input dimension and hidden widths. Read from ``model`` when it is given.
-    densities : kept fraction of each hidden layer's weights, in ``(0, 1]`` (a float means all layers).
-        With a ``model`` and no densities, the masks' actual densities are used.
+    densities : kept fraction of each hidden layer's weights, in ``(0, 1]`` (a float means all layers), for
+        the closed-form and Monte Carlo rank models. With a ``model`` and no densities, the model's actual
+        densities are used. With distributions given as ``rank_model`` they are only recorded (labels of
+        the result and its plot). With ``rank_model="masks"`` they are refused: the actual ranks are used,
+        and the recorded densities are the model's.
     rank_model : ``"closed_form"``, ``"monte_carlo"`` (see :func:`rank_distribution`), ``"masks"`` (the
         actual ranks of ``model``'s masked weights, a point mass; needs ``model``), or a list with one
         distribution per layer of the recursion (array of ``P(rank=k)`` for ``k = 0, 1, …``, or a dict
@@ -719,13 +873,33 @@ def sparse_bound(
     include_output : also run the recursion through the output layer (width ``n_out``, or the model's), as
         Cai et al.'s code does, at density 1 (or the model's actual output mask). Default False: hidden
         layers only, as in Serra et al.'s statement; the output layer is affine and adds no region.
-    include_zero_rank : closed form only; False (the authors' choice) drops the ``k = 0`` term.
-    n_samples, seed, mask_kind : Monte Carlo settings; ``seed`` is required for ``"monte_carlo"``.
-    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` (conv nets).
+    n_out : the output width, for ``include_output=True`` only (refused otherwise: it would change nothing).
+    include_zero_rank : closed form only (default False, the authors' choice: the ``k = 0`` term is
+        dropped). The other models always keep ``k = 0`` (an observed Monte Carlo outcome, an actual rank,
+        the caller's distribution), so it is refused with them; the result's ``include_zero_rank`` says
+        which applied.
+    n_samples, seed, mask_kind : Monte Carlo settings (defaults 64 samples, ``mask_kind="exact"``);
+        ``seed`` is required there and all three are refused with the other rank models.
+    model, masks : a (pruned) network to read ``n0``, the widths, densities and ranks from, through
+        :func:`bounded_layers` with ``compose=True``: layers without an activation between them are one
+        affine map, whose composite matrix gives the rank (``rank_model="masks"``); the closed-form and
+        Monte Carlo models (a random mask of density ``p`` on one dense matrix) do not describe such a
+        product of masked matrices and are refused for it, naming the layers. Without ``masks`` a weight
+        that is exactly zero is absent (pruned = absent = zero, as :func:`netgeom.topology_bound` reads
+        it: a net pruned by zeroing reads like the masked one); given masks win.
+    input_shape : one sample's shape, passed to :func:`netgeom.nets.affine_layers` (conv nets; needs
+        ``model``).
     max_bytes : memory budget. Monte Carlo ranks whose sampling would exceed it are refused up front
         (:class:`BoundTooLargeError`); with fixed ranks, ``exact`` is left None when the exact integer's
         program would exceed it (``log10`` comes from the recursion either way).
     verbose : progress bars on work that takes seconds (Monte Carlo sampling, large exact programs).
+
+    **At least one region.** Leaving out ``k = 0`` (closed form, as the authors' code does) makes the rank
+    probabilities sum to ``P(r ≥ 1) < 1``; at very low densities the recursion then falls below 1 (log10
+    −587 at ``p = 1e-300`` on 784-100-100). Every network has at least one region, and with the ``k = 0``
+    term kept every term of the recursion is at least 1, so the bound is reported as at least 1:
+    ``log10 = max(recursion, 0)``, ``clamped`` says whether that happened and ``unclamped_log10`` keeps the
+    recursion's own value (the authors' number).
 
     The recursion only visits dimensions up to ``min(n_0, n_1, …)``, so it costs ``O(n_l + n_0)`` per layer
     and memory linear in the widths: ``sparse_bound(784, [30000, 30000], 0.1)`` takes milliseconds.
@@ -735,7 +909,29 @@ def sparse_bound(
     >>> r = sparse_bound(784, [100, 100], [0.01, 0.01])
     >>> r.log10 < sparse_bound(784, [100, 100], 1.0).log10 == serra_bound_log10(784, [100, 100])
     True
+    >>> r = sparse_bound(784, [100, 100], 1e-300)
+    >>> r.log10, r.clamped, round(r.unclamped_log10)
+    (0.0, True, -587)
     """
+    if isinstance(rank_model, str):
+        check_choice(rank_model, "rank_model", RANK_MODELS)
+        model_name = rank_model
+    else:
+        model_name = "given"
+    include_zero_rank, n_samples, mask_kind = _rank_options(
+        model_name, include_zero_rank, n_samples, seed, mask_kind
+    )
+    if n_out is not None and not include_output:
+        raise ValueError(
+            "n_out is the output layer's width, used only with include_output=True (the default bound is "
+            "over the hidden layers); pass include_output=True or leave n_out out"
+        )
+    if model_name == "masks" and densities is not None:
+        raise ValueError(
+            'densities do not enter rank_model="masks": it uses the actual ranks of the model\'s masked '
+            "weights (and records the model's densities); leave densities out, or use the closed form"
+        )
+
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -748,12 +944,15 @@ def sparse_bound(
         if n_out is not None and n_out != m_out:
             raise ValueError(f"n_out={n_out} disagrees with the model's output width {m_out}")
         n0, widths, n_out = m_n0, m_widths, m_out
-        if densities is None:
-            densities = [la.density for la in hidden]
         if not hidden:
             raise ValueError("the model has no hidden layer: no region bound to compute")
-    elif masks is not None:
-        raise ValueError("masks were given without a model; pass model=... as well")
+        if densities is None and model_name != "masks":
+            densities = [la.density for la in hidden]
+    else:
+        if masks is not None:
+            raise ValueError("masks were given without a model; pass model=... as well")
+        if input_shape is not None:
+            raise ValueError("input_shape is read only with a model (model=...); it would be ignored")
     if n0 is None or widths is None:
         raise ValueError("give n0 and widths (hidden layer widths), or a model")
     n0, widths = _check_n0_widths(n0, widths)
@@ -765,14 +964,16 @@ def sparse_bound(
     layer_widths = widths + ([n_out] if include_output else [])
     fulls = [min(a, b) for a, b in zip([n0, *layer_widths[:-1]], layer_widths)]
 
-    if isinstance(rank_model, str):
-        check_choice(rank_model, "rank_model", RANK_MODELS)
-        model_name = rank_model
-    else:
-        model_name = "given"
-
     if model is not None and model_name in ("closed_form", "monte_carlo"):
         used = all_layers if include_output else hidden
+        stacked = [la for la in used if isinstance(la, ComposedLayer)]
+        if stacked:
+            raise ValueError(
+                f'rank_model="{model_name}" models each layer\'s weights as one dense matrix under a random '
+                f"mask of density p, but {_stacked_message(stacked[0])}: the product of masked matrices has "
+                "neither that density nor that rank distribution, so the bound is not given. "
+                'rank_model="masks" (the actual rank of the composite matrix) and the dense bounds apply'
+            )
         empty = [la for la in used if la.density == 0]
         if empty:
             raise ValueError(
@@ -814,8 +1015,6 @@ def sparse_bound(
                 for n, i, p in zip(layer_widths, [n0, *layer_widths[:-1]], dens)
             ]
         else:
-            check_choice(mask_kind, "mask_kind", ("exact", "bernoulli"))
-            n_samples = check_int(n_samples, "n_samples", minimum=1)
             rng = as_generator(seed)
             shapes = list(zip(layer_widths, [n0, *layer_widths[:-1]]))
             for n, i in shapes:
@@ -839,6 +1038,11 @@ def sparse_bound(
     # A fixed-rank bound is an integer: report its exact log rather than the float recursion's.
     log10 = int_log10(exact) if exact is not None else ln / _LN10
     ln = log10 * _LN10 if exact is not None else ln
+    # A network has at least one region (docstring); an exact fixed-rank bound is an integer >= 1 already.
+    unclamped = log10
+    clamped = log10 < 0.0
+    if clamped:
+        log10, ln = 0.0, 0.0
     value = float(exact) if exact is not None and exact < 1e308 else (math.exp(ln) if ln < 709.0 else None)
     return SparseBoundResult(
         n0=n0,
@@ -846,7 +1050,7 @@ def sparse_bound(
         densities=[float(p) for p in dens],
         rank_model=model_name,
         include_output=bool(include_output),
-        include_zero_rank=bool(include_zero_rank),
+        include_zero_rank=include_zero_rank,
         log10=log10,
         ln=ln,
         value=value,
@@ -854,6 +1058,8 @@ def sparse_bound(
         expected_ranks=[float(np.dot(np.arange(len(p)), p)) for p in probs],
         full_ranks=fulls,
         dense_log10=_serra_log10_float_cached(n0, tuple(layer_widths)),
+        clamped=clamped,
+        unclamped_log10=unclamped,
         rank_probabilities=probs,
     )
 
@@ -869,6 +1075,14 @@ class BoundsResult(Result):
     narrower than the input. ``sparse_closed_form_log10`` uses the model's actual per-layer densities,
     ``sparse_masks`` its actual ranks (exact). ``prefix_log10`` holds, for each bound, its value for the first
     ``l`` hidden layers (``l = 1..L``), which :meth:`plot` draws against the layer.
+
+    ``montufar`` bounds the most regions a network of this *architecture* can have from below (Montúfar et
+    al. construct weights that reach it); it says nothing about this network's own count, which its weights
+    can leave as low as 1. The upper bounds hold for this network.
+
+    ``layer_parts[l]`` names the model's layers that make hidden layer ``l``: one, or several with no
+    activation between them, composed into one affine map (:func:`bounded_layers`); ``densities[l]`` is then
+    the fraction of all their weights kept, and ``ranks[l]`` the rank of the composite matrix.
     """
 
     n0: int
@@ -889,6 +1103,7 @@ class BoundsResult(Result):
     sparse_masks_log10: float
     notes: list[str]
     prefix_log10: dict[str, list[float]] = field(repr=False, default_factory=dict)
+    layer_parts: list[list[str]] = field(default_factory=list)
 
     def table(self) -> str:
         """The bounds as a Markdown table (log10 values)."""
@@ -943,11 +1158,17 @@ def bounds(
     """All region bounds of an actual (pruned) network, over its hidden layers.
 
     Widths come from the traced chain (:func:`bounded_layers`; a convolution counts its flattened output
-    units, its bounds are valid but loose). Residual, concatenating and max-pooling networks, and LeakyReLU
-    ones, are refused with the reason: the bounds are not proved for them. The closed-form sparse bound
-    models a random mask on a dense matrix, so it is only computed when every hidden layer is ``Linear``;
-    the actual-rank bound applies to any layer. ``input_shape`` (one sample's shape) is passed to the
-    tracer, for conv nets.
+    units, its bounds are valid but loose). Layers with no activation between them are one affine map and
+    are bounded as one layer (``Linear(2, 8), Linear(8, 3), ReLU`` has 3 ReLUs in the plane: at most 7
+    regions, not the 8-3 net's 259); ``notes`` name them. Residual, concatenating and max-pooling networks,
+    and LeakyReLU ones, are refused with the reason: the bounds are not proved for them. The closed-form
+    sparse bound models a random mask on one dense matrix, so it is only computed when every hidden layer is
+    one ``Linear``; the actual-rank bound applies to any layer (a composed one through its composite
+    matrix). ``input_shape`` (one sample's shape) is passed to the tracer, for conv nets.
+
+    Without ``masks``, a weight that is exactly zero is absent (pruned = absent = zero): a network pruned by
+    zeroing (``IMPResult.model_at``) gets the densities and bounds of the same network with its masks, as
+    :func:`netgeom.topology_bound` reads it. Given masks win (a kept weight that happens to be 0 stays).
 
     >>> from netgeom.nets import mlp
     >>> b = bounds(mlp(2, [3, 3], 1, seed=0))
@@ -964,16 +1185,42 @@ def bounds(
     notes: list[str] = []
     dims = np.minimum.accumulate([n0, *widths])
     zas = [int_log10(zaslavsky_bound(w, int(d))) for w, d in zip(widths, dims[:-1])]
-    try:
-        mont: int | None = montufar_lower_bound(n0, widths)
-    except ValueError as exc:
-        mont = None
-        notes.append(f"Montúfar lower bound not applicable: {exc}")
+    stacked = [la for la in all_layers if isinstance(la, ComposedLayer)]
+    # Montúfar's construction needs each layer's map free; a run through a narrower layer restricts it to
+    # rank <= its bottleneck, so the architecture may not reach the bound (Linear(2, 1), Linear(1, 8), ReLU:
+    # 8 parallel lines, 9 regions, not Zaslavsky's 37).
+    narrowed = [
+        la for la in hidden if isinstance(la, ComposedLayer) and la.bottleneck < min(la.n_in, la.n_out)
+    ]
+    mont: int | None = None
+    if narrowed:
+        notes.append(
+            f"Montúfar lower bound not given: {_stacked_message(narrowed[0])}, below both its sides, so "
+            "the architecture cannot realise every such map and the construction is not proved for it"
+        )
+    else:
+        try:
+            mont = montufar_lower_bound(n0, widths)
+        except ValueError as exc:
+            notes.append(f"Montúfar lower bound not applicable: {exc}")
+    for la in stacked:
+        role = (
+            "bounded as that one layer (the actual-rank bound with the composite matrix's rank)"
+            if any(la is h for h in hidden) else "the output map, which adds no region"
+        )
+        notes.append(f"{_stacked_message(la)}: {role}")
     prod, serra = product_bound(n0, widths), serra_bound(n0, widths)
     linear = all(la.kind == "linear" for la in hidden)
     empty = [la for la in hidden if la.density == 0]
     closed = None
-    if empty:
+    hidden_stacked = [la for la in hidden if isinstance(la, ComposedLayer)]
+    if hidden_stacked:
+        linear = False
+        notes.append(
+            "closed-form sparse bound skipped: it models each layer as one dense matrix under a random mask, "
+            f"but {_stacked_message(hidden_stacked[0])}, a product of masked matrices"
+        )
+    elif empty:
         linear = False
         notes.append(f"closed-form sparse bound skipped: {_disconnected(empty[0])}")
     elif linear:
@@ -1010,6 +1257,7 @@ def bounds(
         sparse_masks_log10=int_log10(masked),
         notes=notes,
         prefix_log10=prefix,
+        layer_parts=[la.part_names if isinstance(la, ComposedLayer) else [la.name] for la in hidden],
     )
 
 
@@ -1053,7 +1301,11 @@ def demo_section(ctx) -> str:
     uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
     allocs = [
-        allocate_densities(n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41)
+        allocate_densities(
+            n0, widths, float(p), n_out=dense.n_out,
+            # the grid over p_1 is the two-layer search; other depths take the coordinate search's defaults
+            **({"n_grid": 21 if ctx.quick else 41} if len(widths) == 2 else {}),
+        )
         for p in alloc_grid
     ]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
