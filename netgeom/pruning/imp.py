@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_fraction, check_int
+from .._validation import check_bool, check_choice, check_fraction, check_int
 from ..data.datasets import load_dataset
 from ..nets import build_model
 from ..results import Result, new_axes
@@ -283,6 +283,7 @@ class IMPConfig:
     model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "include_output", check_bool(self.include_output, "include_output"))
         model = self.model
         if callable(model) and not isinstance(model, Mapping):
             if not isinstance(self.model_name, str) or not self.model_name.strip():
@@ -558,7 +559,7 @@ class IMP:
             raise ValueError("protect_name given without a protect callback")
         self.config = config
         self.protect = protect
-        self.verbose = verbose
+        self.verbose = check_bool(verbose, "verbose")
         self.device = device
         self.callback = callback
         self.in_memory = in_memory

@@ -34,7 +34,7 @@ from dataclasses import field
 import numpy as np
 import torch
 
-from .._validation import check_choice, check_fraction, check_int, check_widths
+from .._validation import check_bool, check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
@@ -215,6 +215,10 @@ def allocate_densities(
     >>> r.log10 >= r.uniform_log10
     True
     """
+    prune_output = check_bool(prune_output, "prune_output")
+    include_output = check_bool(include_output, "include_output")
+    include_zero_rank = check_bool(include_zero_rank, "include_zero_rank")
+    verbose = check_bool(verbose, "verbose")
     names: list[str] | None = None
     out_name: str | None = None
     if model is not None:

@@ -33,7 +33,7 @@ import torch
 from scipy.special import gammaln
 from scipy.stats import binom
 
-from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
+from .._validation import as_generator, check_bool, check_choice, check_fraction, check_int, check_widths
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 
@@ -145,6 +145,7 @@ def zaslavsky_bound(n: int, d: int, *, verbose: bool = True) -> int:
     >>> zaslavsky_bound(3, 2)   # three lines in the plane
     7
     """
+    verbose = check_bool(verbose, "verbose")
     n = check_int(n, "n", minimum=0)
     d = check_int(d, "d", minimum=0)
     if d >= n:
@@ -183,6 +184,7 @@ def montufar_lower_bound(n0: int, widths: Sequence[int], *, verbose: bool = True
     >>> montufar_lower_bound(2, [4, 3])   # 2^2 folds, then 3 lines in the plane
     28
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     narrow = [(i + 1, w) for i, w in enumerate(widths[:-1]) if w < n0]
     if narrow:
@@ -204,6 +206,7 @@ def product_bound(n0: int, widths: Sequence[int], *, verbose: bool = True) -> in
     >>> product_bound(2, [3, 3])
     49
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     out, d = 1, n0
     for w in widths:
@@ -288,6 +291,7 @@ def serra_bound(
     >>> serra_bound(5, [4]) == zaslavsky_bound(4, 5) == 16
     True
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     ranks = _check_ranks(ranks, widths)
     max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
@@ -359,6 +363,8 @@ def serra_bound_log10(
     >>> abs(serra_bound_log10(784, [400, 400], exact=False) - serra_bound_log10(784, [400, 400])) < 1e-10
     True
     """
+    exact = check_bool(exact, "exact")
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     if exact:
         return int_log10(serra_bound(n0, widths, ranks, max_bytes=max_bytes, verbose=verbose))
@@ -484,6 +490,8 @@ def rank_distribution(
     >>> rank_distribution(3, 5, 1.0).tolist()
     [0.0, 0.0, 0.0, 1.0]
     """
+    include_zero_rank = check_bool(include_zero_rank, "include_zero_rank")
+    verbose = check_bool(verbose, "verbose")
     n_out = check_int(n_out, "n_out", minimum=1)
     n_in = check_int(n_in, "n_in", minimum=1)
     density = check_fraction(density, "density", low=0.0, high=1.0, low_inclusive=False)
@@ -736,6 +744,9 @@ def sparse_bound(
     >>> r.log10 < sparse_bound(784, [100, 100], 1.0).log10 == serra_bound_log10(784, [100, 100])
     True
     """
+    include_output = check_bool(include_output, "include_output")
+    include_zero_rank = check_bool(include_zero_rank, "include_zero_rank")
+    verbose = check_bool(verbose, "verbose")
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -28,7 +28,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .._validation import check_array, check_fraction, check_int
+from .._validation import check_array, check_bool, check_fraction, check_int
 from ..nets import AffineLayer, UnsupportedLayerError, affine_layers
 from ..results import Result, new_axes
 from . import _exact, _slice
@@ -1423,6 +1423,7 @@ def regions_in_box(
     >>> res.n_bits, res.count == len(res.patterns)  # 4 + 2 ReLU bits
     (6, True)
     """
+    verbose = check_bool(verbose, "verbose")
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     min_radius = float(min_radius)
     if not (math.isfinite(min_radius) and min_radius >= 0):
