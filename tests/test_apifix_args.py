@@ -38,7 +38,9 @@ def test_check_bool_accepts_bools(value):
     assert type(out) is bool and out == bool(value)
 
 
-@pytest.mark.parametrize("value", ["False", "no", "", 0, 1, 0.5, None, np.int64(1), [True], torch.tensor(True)])
+@pytest.mark.parametrize(
+    "value", ["False", "no", "", 0, 1, 0.5, None, np.int64(1), [True], torch.tensor(True)]
+)
 def test_check_bool_refuses_everything_else_naming_argument_and_value(value):
     with pytest.raises(TypeError, match=r"^unbiased must be True or False, got "):
         check_bool(value, "unbiased")
@@ -73,18 +75,18 @@ def _calls(X, net):
         ("serra_bound", "verbose"): lambda v: ng.serra_bound(2, [4, 3], verbose=v),
         ("serra_bound_log10", "exact"): lambda v: ng.serra_bound_log10(2, [4, 3], exact=v),
         ("serra_bound_log10", "verbose"): lambda v: ng.serra_bound_log10(2, [4, 3], verbose=v),
-        ("rank_distribution", "include_zero_rank"): lambda v: rank_distribution(4, 3, 0.5, include_zero_rank=v),
+        ("rank_distribution", "include_zero_rank"): lambda v: rank_distribution(
+            4, 3, 0.5, include_zero_rank=v),
         ("rank_distribution", "verbose"): lambda v: rank_distribution(4, 3, 0.5, verbose=v),
         ("sparse_bound", "include_output"): lambda v: ng.sparse_bound(2, [4, 3], 0.5, include_output=v),
         ("sparse_bound", "include_zero_rank"): lambda v: ng.sparse_bound(2, [4, 3], 0.5, include_zero_rank=v),
         ("sparse_bound", "verbose"): lambda v: ng.sparse_bound(2, [4, 3], 0.5, verbose=v),
         **{
-            ("allocate_densities", f): (lambda f: lambda v: ng.allocate_densities(
-                2, [4, 3], 0.5, n_grid=3, refine_steps=0, **{"verbose": False, f: v}))(f)
+            ("allocate_densities", f): _allocate(f)
             for f in ("prune_output", "include_output", "include_zero_rank", "verbose")
         },
-        ("regions_in_box", "verbose"): lambda v: ng.regions_in_box(ng.mlp(2, [3], 1, seed=0), [-1, -1], [1, 1],
-                                                                   verbose=v),
+        ("regions_in_box", "verbose"): lambda v: ng.regions_in_box(
+            ng.mlp(2, [3], 1, seed=0), [-1, -1], [1, 1], verbose=v),
         ("magnitude_prune", "include_output"): lambda v: ng.magnitude_prune(net, 0.5, include_output=v),
         ("magnitude_prune", "apply"): lambda v: ng.magnitude_prune(ng.mlp(5, [8], 2), 0.5, apply=v),
         ("random_prune", "include_output"): lambda v: ng.random_prune(net, 0.5, seed=0, include_output=v),
@@ -104,6 +106,12 @@ def _calls(X, net):
             include_output=v),
         ("IMP", "verbose"): lambda v: ng.IMP(cfg, verbose=v),
     }
+
+
+def _allocate(flag):
+    return lambda v: ng.allocate_densities(
+        2, [4, 3], 0.5, n_grid=3, refine_steps=0, **{"verbose": False, flag: v}
+    )
 
 
 # the flags not validated here, and why
@@ -298,7 +306,8 @@ def test_cli_imp_widths_still_apply_to_mlp(fake_imp):
     with pytest.raises(SystemExit):
         main(["imp", "--data", "digits"])
     with pytest.raises(SystemExit):
-        main(["imp", "--model", '{"name": "mlp", "n_in": 64, "n_out": 10}', "--widths", "3", "--data", "digits"])
+        main(["imp", "--model", '{"name": "mlp", "n_in": 64, "n_out": 10}', "--widths", "3",
+              "--data", "digits"])
     assert fake_imp[0]["widths"] == [7, 7] and fake_imp[1]["widths"] == [100, 100]
     assert list(fake_imp[1]) == ["name", "n_in", "n_out", "widths", "seed"]  # same description as before
     assert fake_imp[2]["widths"] == [3]
