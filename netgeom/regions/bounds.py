@@ -1061,12 +1061,19 @@ def demo_section(ctx) -> str:
 
     n0, widths = dense.n0, dense.widths
     grid = np.logspace(-3, 0, 13 if ctx.quick else 25)
-    uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
+    uniform = [sparse_bound(n0, widths, float(p), verbose=ctx.verbose).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
     allocs = [
-        allocate_densities(n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41)
+        allocate_densities(
+            n0, widths, float(p), n_out=dense.n_out, n_grid=21 if ctx.quick else 41, verbose=ctx.verbose
+        )
         for p in alloc_grid
     ]
+    # a note that holds for both nets is said once, naming both
+    notes: dict[str, list[str]] = {}
+    for label, res in (("dense", dense), ("pruned", pruned)):
+        for note in res.notes:
+            notes.setdefault(note, []).append(label)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.semilogx(grid, uniform, "o-", label="uniform densities")
     ax1.semilogx(alloc_grid, [a.log10 for a in allocs], "s--", label="allocated (max bound)")
@@ -1096,7 +1103,7 @@ def demo_section(ctx) -> str:
             "",
             *table,
             "",
-            *(f"- {n}" for n in dense.notes + pruned.notes),
+            *(f"- {' and '.join(labels)} net: {n}" for n, labels in notes.items()),
             "",
             "![sparse bound vs density](region_bounds.png)",
             "",
