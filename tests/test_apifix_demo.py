@@ -33,7 +33,9 @@ def _no_training(*a, **k):
     raise AssertionError("the demo trained before refusing its arguments")
 
 
-@pytest.mark.parametrize("argv", [["--sections"], ["--sections", "bogus"], ["--sections", "regions", "bogus"]])
+@pytest.mark.parametrize(
+    "argv", [["--sections"], ["--sections", "bogus"], ["--sections", "regions", "bogus"]]
+)
 def test_cli_demo_refuses_bad_sections_before_training(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.setattr(imp, "demo_imp", _no_training)
     out = tmp_path / "demo"
@@ -95,7 +97,8 @@ def test_bounds_section_says_a_shared_note_once_and_passes_quiet(tmp_path, monke
 
     def sparse(*a, **kw):
         callers = [f.function for f in inspect.stack()[1:3]]
-        if callers[0] == "demo_section" or callers == ["<listcomp>", "demo_section"]:  # (not bounds()'s calls)
+        # the section's own calls (in a list comprehension or not), not bounds()'s
+        if callers[0] == "demo_section" or callers == ["<listcomp>", "demo_section"]:
             calls.append(("sparse", kw.get("verbose", True)))
         return real_sparse(*a, **kw)
 
