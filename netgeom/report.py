@@ -107,7 +107,8 @@ def run_demo(
     """Train a small MLP on MNIST-1D, prune it with a short IMP run, and write ``out_dir/report.md``.
 
     Returns the path of the report. Every section's plots are PNG files beside it; ``summary.json`` records
-    the versions, seed and the time each section took.
+    the versions, seed and the time each section took. ``sections`` names some of :data:`SECTIONS` (default:
+    all; an empty or unknown name is an error before any training); ``verbose`` reaches every section.
 
     Example (what ``netgeom demo`` and ``make demo`` run; about 10 s)::
 
