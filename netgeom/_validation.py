@@ -20,6 +20,7 @@ __all__ = [
     "check_array",
     "check_tensor",
     "check_int",
+    "check_bool",
     "check_fraction",
     "check_widths",
     "check_choice",
@@ -190,6 +191,29 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_bool(value: Any, name: str, *, allow_none: bool = False) -> bool | None:
+    """Return ``value`` as a Python ``bool``; only ``True``/``False`` (and numpy bools) are accepted.
+
+    A flag read by truthiness turns ``"False"``, ``"no"`` or ``0.5`` into ``True`` without a word, so
+    strings, numbers (``0``/``1`` too) and ``None`` (unless ``allow_none``) are refused, naming the argument.
+
+    >>> check_bool(np.True_, "verbose")
+    True
+    >>> check_bool("False", "unbiased")
+    Traceback (most recent call last):
+    ...
+    TypeError: unbiased must be True or False, got 'False' (str)
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(
+        f"{name} must be True or False{' (or None)' if allow_none else ''}, got {_describe(value)} "
+        f"({type(value).__name__})"
+    )
 
 
 def check_fraction(

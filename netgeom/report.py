@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._validation import check_bool
 from .data.datasets import Dataset, load_mnist1d
 from .pruning.masks import Masks
 
@@ -27,7 +28,8 @@ __all__ = ["DemoContext", "SECTIONS", "run_demo", "overview_section"]
 
 @dataclasses.dataclass
 class DemoContext:
-    """What every report section may read. Models are in eval mode; ``pruned_model`` has ``masks`` applied."""
+    """What every report section may read. Models are in eval mode; ``pruned_model`` has ``masks`` applied.
+    ``verbose`` is what a section passes to the progress bars of the analyses it calls."""
 
     data: Dataset
     model: nn.Module
@@ -37,6 +39,7 @@ class DemoContext:
     out_dir: Path
     seed: int
     quick: bool = True
+    verbose: bool = True
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def savefig(self, fig, name: str) -> str:
@@ -104,7 +107,8 @@ def run_demo(
     """Train a small MLP on MNIST-1D, prune it with a short IMP run, and write ``out_dir/report.md``.
 
     Returns the path of the report. Every section's plots are PNG files beside it; ``summary.json`` records
-    the versions, seed and the time each section took.
+    the versions, seed and the time each section took. ``sections`` names some of :data:`SECTIONS` (default:
+    all; an empty or unknown name is an error before any training); ``verbose`` reaches every section.
 
     Example (what ``netgeom demo`` and ``make demo`` run; about 10 s)::
 
@@ -112,10 +116,21 @@ def run_demo(
     """
     from .pruning.imp import demo_imp
 
+    quick, verbose = check_bool(quick, "quick"), check_bool(verbose, "verbose")
+    known = [s[0] for s in SECTIONS]
+    if sections is not None:
+        # checked before the training: an empty or misspelt list would cost the whole run for nothing
+        if isinstance(sections, str):
+            raise TypeError(f"sections must be a list of names from {known}, got the string {sections!r}")
+        sections = list(sections)
+        if not all(isinstance(s, str) for s in sections):
+            raise TypeError(f"sections must be a list of section names from {known}, got {sections!r}")
+        if not sections:
+            raise ValueError(f"no report sections named; name some of {known}, or leave sections out for all")
     chosen = [s for s in SECTIONS if sections is None or s[0] in sections]
-    unknown = set(sections or ()) - {s[0] for s in SECTIONS}
+    unknown = set(sections or ()) - set(known)
     if unknown:
-        raise ValueError(f"unknown report section(s) {sorted(unknown)}; known: {[s[0] for s in SECTIONS]}")
+        raise ValueError(f"unknown report section(s) {sorted(unknown)}; known: {known}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -132,6 +147,7 @@ def run_demo(
         out_dir=out,
         seed=seed,
         quick=quick,
+        verbose=verbose,
     )
     ctx.timings["train_and_prune"] = time.perf_counter() - t0
     parts = [

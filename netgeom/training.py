@@ -42,6 +42,7 @@ from torch import nn
 from ._seeding import _GLOBAL_RNG_LOCK
 from ._validation import (
     available_memory,
+    check_bool,
     check_choice,
     check_device,
     check_finite_model,
@@ -91,6 +92,8 @@ class TrainConfig:
     eval_batch_size: int = 8192
 
     def __post_init__(self):
+        for flag in ("nesterov", "eval_train"):
+            object.__setattr__(self, flag, check_bool(getattr(self, flag), flag))
         check_int(self.epochs, "epochs", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
         check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
@@ -782,7 +785,7 @@ class Trainer:
         self.device = check_device(device)
         self.model = model.to(self.device)
         self.config = config
-        self.verbose = verbose
+        self.verbose = check_bool(verbose, "verbose")
         self.callback = callback
         # the input-shape rule (module docstring): checked on one sample, applied to every batch as a view
         conform_inputs(model, tr.first(), "training inputs")

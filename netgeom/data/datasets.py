@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._io import check_pickle_expansion
-from .._validation import check_fraction, check_int, check_memory
+from .._validation import check_bool, check_fraction, check_int, check_memory
 from ..results import Result
 
 __all__ = [
@@ -186,6 +186,7 @@ def load_digits(*, seed: int = 0, test_size: float = 0.25, standardize: bool = T
     """
     from sklearn.datasets import load_digits as _ld
 
+    standardize = check_bool(standardize, "standardize")
     seed = check_int(seed, "seed", minimum=0)
     test_size = check_fraction(test_size, "test_size", low_inclusive=False, high_inclusive=False)
     d = _ld()
@@ -325,6 +326,7 @@ def load_idx(
     permutation (``n_train`` images for training, default 8,000); ``split="full"`` reads the official
     60,000/10,000 split. ``normalize`` scales to [0, 1] and standardises with the train mean/std.
     """
+    normalize = check_bool(normalize, "normalize")
     root = Path(root)
     for cand in (root, root / "MNIST", root / "FashionMNIST"):
         if _find_idx(cand, "t10k-images-idx3-ubyte") is not None:
@@ -470,6 +472,7 @@ def load_cifar10(root: str | Path, *, normalize: bool = True) -> Dataset:
     The batches are pickles; they are read by a restricted unpickler that builds only numeric arrays, lists,
     dicts, strings and numbers, so a crafted file cannot run code: it is refused, naming the file.
     """
+    normalize = check_bool(normalize, "normalize")
     root = Path(root)
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").exists() else root
     files = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_array, check_choice, check_device, check_fraction, check_int
+from .._validation import check_array, check_bool, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
 from .neighbors import NeighborGraph, _tiny_shift, nearest_neighbors
 
@@ -52,6 +52,26 @@ __all__ = [
 ]
 
 _VARIANTS = ("levina_bickel", "mackay_ghahramani")
+_KNN_METHODS = ("auto", "torch", "kdtree")  # nearest_neighbors' methods (a test keeps the two in step)
+
+
+def _check_knn_options(knn_method, duplicates, device) -> None:
+    """The kNN options, checked also when a reused ``neighbors=`` graph makes them unused: a typo is still
+    an error."""
+    check_choice(knn_method, "knn_method", _KNN_METHODS)
+    check_choice(duplicates, "duplicates", ("drop", "error"))
+    check_device(device)
+
+
+def _check_reused(neighbors: NeighborGraph, duplicates: str) -> None:
+    """A reused graph from which duplicates were dropped must not pass ``duplicates="error"``: a direct fit
+    on the same points raises, so this one does too."""
+    if duplicates == "error" and isinstance(neighbors, NeighborGraph) and neighbors.n_dropped:
+        raise ValueError(
+            f"neighbors was built from an X with {neighbors.n_dropped} exact duplicate row(s) (dropped, "
+            "n_dropped > 0) but duplicates='error'; they give zero neighbour distances (infinite "
+            "log-ratios). Pass duplicates='drop' to accept the graph's de-duplicated points"
+        )
 
 
 @dataclasses.dataclass
@@ -108,6 +128,7 @@ def _parse_k(k: Any) -> tuple[int, int]:
 def _graph(X, neighbors, k_max: int, duplicates: str, method: str, device) -> NeighborGraph:
     if (X is None) == (neighbors is None):
         raise TypeError("pass exactly one of X or neighbors=")
+    _check_reused(neighbors, duplicates)
     if neighbors is None:
         X = check_array(X, "X", ndim=2, dtype=np.float64)
         amax = float(np.abs(X).max()) if X.size else 0.0
@@ -183,14 +204,14 @@ class MLE:
     def fit(self, X=None, y=None, *, neighbors: NeighborGraph | None = None) -> MLE:
         k1, k2 = _parse_k(self.k)
         check_choice(self.variant, "variant", _VARIANTS)
-        check_choice(self.duplicates, "duplicates", ("drop", "error"))
-        check_device(self.device)  # also when a neighbors= graph makes it unused: a typo is still an error
-        if self.unbiased and k1 < 3:
+        unbiased = check_bool(self.unbiased, "unbiased")
+        _check_knn_options(self.knn_method, self.duplicates, self.device)
+        if unbiased and k1 < 3:
             raise ValueError(f"unbiased=True normalises by k - 2, so k must be >= 3, got {k1}")
         g = _graph(X, neighbors, k2, self.duplicates, self.knn_method, self.device)
         per_k, pw_sum = {}, np.zeros(g.n)
         for k in range(k1, k2 + 1):
-            pw = mle_dimension_pw(g.distances, k, bool(self.unbiased))
+            pw = mle_dimension_pw(g.distances, k, unbiased)
             per_k[k] = float(pw.mean() if self.variant == "levina_bickel" else 1.0 / np.mean(1.0 / pw))
             pw_sum += pw
         self.dimension_pw_ = pw_sum / (k2 - k1 + 1)
@@ -248,9 +269,8 @@ class TwoNN:
 
     def fit(self, X=None, y=None, *, neighbors: NeighborGraph | None = None) -> TwoNN:
         check_choice(self.fit_method, "fit", ("linear", "mle"))
-        check_choice(self.duplicates, "duplicates", ("drop", "error"))
         frac = check_fraction(self.discard_fraction, "discard_fraction", high_inclusive=False)
-        check_device(self.device)
+        _check_knn_options(self.knn_method, self.duplicates, self.device)
         g = _graph(X, neighbors, 2, self.duplicates, self.knn_method, self.device)
         mu = g.distances[:, 1] / g.distances[:, 0]
         N = len(mu)
@@ -577,10 +597,8 @@ class LocalPCA:
         rule = self.rule.lower() if isinstance(self.rule, str) else self.rule
         rule = check_choice(rule, "rule", _PCA_RULES)
         check_choice(self.aggregate, "aggregate", ("mean", "median"))
-        check_choice(self.duplicates, "duplicates", ("drop", "error"))
-        check_device(self.device)
-        if not isinstance(self.include_self, (bool, np.bool_)):
-            raise TypeError(f"include_self must be a bool, got {self.include_self!r}")
+        _check_knn_options(self.knn_method, self.duplicates, self.device)
+        include_self = check_bool(self.include_self, "include_self")
         chunk = None if self.chunk_size is None else check_int(self.chunk_size, "chunk_size", minimum=1)
         if X is None:
             raise TypeError("LocalPCA needs the coordinates X (pass neighbors= as well to reuse a kNN graph)")
@@ -589,6 +607,7 @@ class LocalPCA:
             neighbors = nearest_neighbors(
                 X, k, duplicates=self.duplicates, method=self.knn_method, device=self.device
             )
+        _check_reused(neighbors, self.duplicates)
         Xk = _check_graph_of(X, neighbors)
         if neighbors.k < k:
             raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k} are needed")
@@ -597,7 +616,7 @@ class LocalPCA:
         # spectra reported scaled back
         shift = _tiny_shift(float(np.abs(Xk).max()) if Xk.size else 0.0)
         Xs = np.ldexp(Xk, shift) if shift else Xk
-        spectra = local_pca_spectra(Xs, neighbors.indices[:, :k], bool(self.include_self), chunk)
+        spectra = local_pca_spectra(Xs, neighbors.indices[:, :k], include_self, chunk)
         pw = pca_rule_dimension(spectra, rule, **self._rule_kw())
         with np.errstate(under="ignore"):
             self.spectra_ = np.ldexp(spectra, -2 * shift) if shift else spectra

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._matmul import ieee_float32
-from .._validation import check_choice, check_finite_model, check_masks, check_tensor
+from .._validation import check_bool, check_choice, check_finite_model, check_masks, check_tensor
 from ..nets import UnsupportedLayerError, trace
 from ..results import Result, new_axes
 from .estimators import MLE, TwoNN
@@ -23,12 +23,40 @@ from .neighbors import nearest_neighbors
 __all__ = ["RepresentationDimensionResult", "representation_dimension", "demo_section"]
 
 _METHODS = ("mle", "twonn")
+# the per-estimator options representation_dimension passes on (as mle_<name>= / twonn_<name>=); the kNN
+# options are the shared graph's, and MLE's k is representation_dimension's own k=
+_OPTIONS = {"mle": ("variant", "unbiased"), "twonn": ("fit", "discard_fraction")}
+
+
+def _estimator_options(methods: list[str], estimator_kw: dict) -> dict[str, dict]:
+    """Split ``mle_*``/``twonn_*`` options per estimator; refuse any that the chosen methods do not use."""
+    out: dict[str, dict] = {m: {} for m in methods}
+    for key, value in estimator_kw.items():
+        m, _, opt = key.partition("_")
+        if m not in _OPTIONS or not opt:
+            raise TypeError(f"unknown option {key!r}; prefix estimator options with 'mle_' or 'twonn_'")
+        if m == "mle" and opt == "k":
+            raise TypeError(
+                f"MLE's k is representation_dimension's own k= argument: pass k={value!r}, not mle_k="
+            )
+        if opt in ("duplicates", "knn_method", "device"):
+            # each layer's kNN graph is built once (duplicates dropped) and shared by the estimators
+            raise TypeError(f"option {key!r} concerns the shared kNN graph and cannot be set per estimator")
+        if opt not in _OPTIONS[m]:
+            raise TypeError(f"unknown option {key!r}; {m} options are {[f'{m}_{o}' for o in _OPTIONS[m]]}")
+        if m not in methods:
+            # an option of an estimator that is not run would be silently ignored
+            raise ValueError(f"{key}={value!r} given, but method={methods!r} does not run {m}; leave it out")
+        out[m][opt] = check_bool(value, key) if opt == "unbiased" else value
+    return out
 
 
 @dataclasses.dataclass
 class RepresentationDimensionResult(Result):
     """ID per layer: ``layers[0]`` is ``"input"``; ``dimensions[method][i]`` the estimate at ``layers[i]``;
-    ``widths[i]`` the number of features; ``n_dropped[i]`` duplicate activation vectors dropped there."""
+    ``widths[i]`` the number of features; ``n_dropped[i]`` duplicate activation vectors dropped there;
+    ``options[method]`` the estimator options used (MLE's ``variant``/``unbiased``, TwoNN's
+    ``fit``/``discard_fraction``), given or default."""
 
     layers: list[str]
     widths: list[int]
@@ -36,6 +64,7 @@ class RepresentationDimensionResult(Result):
     n_used: list[int]
     n_dropped: list[int]
     k: int | tuple[int, int]
+    options: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def plot(self, ax=None):
         """ID against layer, one line per estimator."""
@@ -158,8 +187,9 @@ def representation_dimension(
         pre-logits (the input of the final affine map) when it is not one of them.
     method : ``"mle"``, ``"twonn"`` or a list of them; each layer's kNN graph is computed once, shared.
     k : MLE's ``k`` (or k-range; default 20; an error when MLE is not among the methods); estimator
-        options (``variant``, ``fit``, ...) go in ``estimator_kw`` as
-        ``mle_variant=``, ``twonn_fit=`` etc.
+        options go in ``estimator_kw`` as ``mle_variant=``, ``mle_unbiased=``, ``twonn_fit=``,
+        ``twonn_discard_fraction=``. An option of an estimator not in ``method`` is an error, not ignored;
+        the options used (given or default) are recorded in the result's ``options``.
     masks : a :class:`~netgeom.pruning.masks.Masks`, a mapping parameter name -> boolean (0/1) tensor or a
         per-layer list (checked by :func:`~netgeom._validation.check_masks`); masked weights are absent.
     input_shape : one sample's shape; default ``model.input_shape``, else ``X.shape[1:]``.
@@ -185,6 +215,8 @@ def representation_dimension(
     if k is not None and "mle" not in methods:
         raise ValueError(f"k={k!r} given, but only MLE uses k and method={method!r}; leave k out")
     k = 20 if k is None else k
+    include_input = check_bool(include_input, "include_input")
+    opts = _estimator_options(methods, estimator_kw)
     masks = check_masks(masks, model)
     # detached: an X that requires grad (a training batch) reached .numpy(): "Can't call numpy() on Tensor
     # that requires grad"
@@ -225,17 +257,8 @@ def representation_dimension(
         names = list(layers) if layers is not None else _default_module_layers(net)
         recorded = _hooked(net, X.to(torch.float32), names, batch_size)
     reps = ([("input", X.reshape(len(X), -1))] if include_input else []) + list(zip(names, recorded))
-    mle_kw = {kk[4:]: v for kk, v in estimator_kw.items() if kk.startswith("mle_")}
-    two_kw = {kk[6:]: v for kk, v in estimator_kw.items() if kk.startswith("twonn_")}
-    unknown = [kk for kk in estimator_kw if not kk.startswith(("mle_", "twonn_"))]
-    if unknown:
-        raise TypeError(f"unknown options {unknown}; prefix estimator options with 'mle_' or 'twonn_'")
-    shared = sorted({kk for kk in (*mle_kw, *two_kw) if kk in ("duplicates", "knn_method", "device")})
-    if shared:
-        # each layer's kNN graph is built once (duplicates dropped) and shared: per-estimator kNN options
-        # would be silently ignored
-        raise TypeError(f"options {shared} concern the shared kNN graph and cannot be set per estimator")
     k_max = max(k) if isinstance(k, (tuple, list)) else k
+    ests = {m: MLE(k=k, **opts["mle"]) if m == "mle" else TwoNN(**opts["twonn"]) for m in methods}
     dims: dict[str, list[float]] = {m: [] for m in methods}
     widths, n_used, n_dropped = [], [], []
     for _, R in reps:
@@ -244,10 +267,15 @@ def representation_dimension(
         n_used.append(g.n)
         n_dropped.append(g.n_dropped)
         for m in methods:
-            est = MLE(k=k, **mle_kw) if m == "mle" else TwoNN(**two_kw)
-            dims[m].append(est.fit(neighbors=g).dimension_)
+            dims[m].append(ests[m].fit(neighbors=g).dimension_)
+    used = {
+        m: {"variant": e.variant, "unbiased": bool(e.unbiased)} if m == "mle"
+        else {"fit": e.fit_method, "discard_fraction": float(e.discard_fraction)}
+        for m, e in ests.items()
+    }
     return RepresentationDimensionResult(
-        layers=[n for n, _ in reps], widths=widths, dimensions=dims, n_used=n_used, n_dropped=n_dropped, k=k
+        layers=[n for n, _ in reps], widths=widths, dimensions=dims, n_used=n_used, n_dropped=n_dropped, k=k,
+        options=used,
     )
 
 

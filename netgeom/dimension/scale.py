@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .._validation import as_generator, check_array, check_choice, check_device, check_fraction, check_int
+from .._validation import as_generator, check_array, check_bool, check_choice, check_fraction, check_int
 from ..results import Result, new_axes
-from .estimators import _VARIANTS, MLE, LocalPCA, TwoNN, _check_graph_of
+from .estimators import _VARIANTS, MLE, LocalPCA, TwoNN, _check_graph_of, _check_knn_options, _check_reused
 from .neighbors import NeighborGraph, nearest_neighbors
 
 __all__ = ["ScaleSweepResult", "id_scale_sweep"]
@@ -149,15 +149,15 @@ def id_scale_sweep(
     halvings = 4 if halvings is None else halvings
     seed = 0 if seed is None else seed
     variant = "levina_bickel" if variant is None else variant
-    unbiased = False if unbiased is None else unbiased
+    unbiased = False if unbiased is None else check_bool(unbiased, "unbiased")
+    verbose = check_bool(verbose, "verbose")
     twonn_fit = "linear" if twonn_fit is None else twonn_fit
     discard_fraction = 0.1 if discard_fraction is None else discard_fraction
     seed = check_int(seed, "seed", minimum=0)
     check_choice(variant, "variant", _VARIANTS)
     check_choice(twonn_fit, "twonn_fit", ("linear", "mle"))
     check_fraction(discard_fraction, "discard_fraction", high_inclusive=False)
-    check_choice(duplicates, "duplicates", ("drop", "error"))
-    check_device(device)
+    _check_knn_options(knn_method, duplicates, device)
     if lpca_kw is not None and not isinstance(lpca_kw, dict):
         raise TypeError(f"lpca_kw must be a dict of LocalPCA arguments, got {type(lpca_kw).__name__}")
     if lpca_kw and "k" in lpca_kw:
@@ -177,6 +177,7 @@ def id_scale_sweep(
     k_max = max(ks[-1] if sweep_k else 2, 2)
     if neighbors is None:
         neighbors = nearest_neighbors(X, k_max, duplicates=duplicates, method=knn_method, device=device)
+    _check_reused(neighbors, duplicates)
     Xk = _check_graph_of(X, neighbors)
     if neighbors.k < k_max:
         raise ValueError(f"neighbors holds k={neighbors.k} neighbours but max(ks)={k_max} are needed")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .._validation import check_tensor
+from .._validation import check_bool, check_tensor
 from .graph import trace
 
 __all__ = ["AffineLayer", "affine_layers", "forward_affine", "layer_widths"]
@@ -130,6 +130,7 @@ def forward_affine(layers: Sequence[AffineLayer], x: torch.Tensor, *, return_pre
 
     With ``return_pre=True`` also returns the list of pre-activations of every layer.
     """
+    return_pre = check_bool(return_pre, "return_pre")
     x = check_tensor(x, "x", dtype=torch.float64)
     x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (an empty batch has no -1 to infer)
     pres = []

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._seeding import seeded_global_rng
-from .._validation import check_int, check_memory, check_widths, mlp_bytes
+from .._validation import check_bool, check_int, check_memory, check_widths, mlp_bytes
 
 __all__ = [
     "mlp",
@@ -290,6 +290,7 @@ def vgg(
     >>> net.input_shape, net(torch.zeros(2, 1, 8, 8)).shape
     ((1, 8, 8), torch.Size([2, 10]))
     """
+    batch_norm = check_bool(batch_norm, "batch_norm")
     if isinstance(config, str):
         if config not in VGG_CONFIGS:
             raise ValueError(f"unknown VGG config {config!r}; known: {sorted(VGG_CONFIGS)} or a list")

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_fraction, check_int
+from .._validation import check_bool, check_choice, check_fraction, check_int
 from ..data.datasets import load_dataset
 from ..nets import build_model
 from ..results import Result, new_axes
@@ -283,6 +283,7 @@ class IMPConfig:
     model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "include_output", check_bool(self.include_output, "include_output"))
         model = self.model
         if callable(model) and not isinstance(model, Mapping):
             if not isinstance(self.model_name, str) or not self.model_name.strip():
@@ -560,7 +561,7 @@ class IMP:
             raise ValueError("protect_name given without a protect callback")
         self.config = config
         self.protect = protect
-        self.verbose = verbose
+        self.verbose = check_bool(verbose, "verbose")
         self.device = device
         self.callback = callback
         self.in_memory = in_memory
@@ -837,14 +838,15 @@ def _seed_arg(text: str) -> int:
 
 def imp_main(argv: Sequence[str] | None = None) -> int:
     """``netgeom imp``: run IMP from the command line and print a level table (JSON with ``--json``)."""
-    from ..cli import check_mlp_memory, cli_parser, device_option, widths_option
+    from ..cli import UsageError, check_mlp_memory, cli_parser, device_option, widths_option
 
     p = cli_parser("netgeom imp", "Iterative magnitude pruning with rewinding.")  # defaults in --help
     p.add_argument("--model", default="mlp", help="model name, a factory 'package.module:function', or a "
                    "JSON description such as '{\"factory\": \"mypkg.models:resnet20\", \"num_classes\": 10}' "
                    "(default: mlp)")
-    p.add_argument("--widths", default="100,100", type=widths_option,
-                   help="hidden widths for --model mlp (default: 100,100)")
+    p.add_argument("--widths", default=None, type=widths_option,
+                   help="hidden widths for --model mlp (default: 100,100); refused with another model or an "
+                   "MLP description that gives its own widths")
     p.add_argument("--data", default="mnist1d", help="data set name or JSON description (default: mnist1d)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--q", type=float, default=0.2, help="fraction of remaining weights pruned per round")
@@ -871,15 +873,25 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     model_desc = _json_or_name(args.model)
     if "name" in model_desc and ":" in model_desc["name"]:
         model_desc = {"factory": model_desc["name"]}  # --model mypkg.models:resnet20
+    is_mlp = model_desc.get("name") == "mlp"
+    if args.widths is not None and (not is_mlp or "widths" in model_desc):
+        # it would be dropped without a word
+        raise UsageError(
+            f"--widths is for --model mlp only, not {args.model!r}" if not is_mlp else
+            f"--widths given, but the --model description has its own widths {model_desc['widths']}; "
+            "give them once"
+        )
     if model_desc.get("name") == "mlp" and not {"n_in", "n_out"} <= set(model_desc):
         data_desc.setdefault("flat", True)
         ds = load_dataset(data_desc)
         model_desc.setdefault("n_in", ds.n_features)
         model_desc.setdefault("n_out", ds.n_classes)
-        model_desc.setdefault("widths", args.widths)
+        model_desc.setdefault("widths", args.widths or [100, 100])
         check_mlp_memory([model_desc["n_in"], *model_desc["widths"]], model_desc["n_out"], "--widths")
     else:
         ds = None
+        if args.widths is not None:  # an MLP description with n_in and n_out but no widths
+            model_desc["widths"] = args.widths
     config = IMPConfig(
         model=model_desc, data=data_desc,
         train=TrainConfig(

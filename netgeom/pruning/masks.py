@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write, safe_reason
-from .._validation import binary_mask, check_memory
+from .._validation import binary_mask, check_bool, check_memory
 
 __all__ = ["Masks", "prunable_parameters"]
 
@@ -44,6 +44,7 @@ def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> lis
     >>> prunable_parameters(Net())
     ['w1', 'out.weight']
     """
+    include_output = check_bool(include_output, "include_output")
     names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _PRUNABLE)]
     functional = _functional_weights(model)
     if functional:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_fraction, check_int, check_masks
+from .._validation import check_bool, check_choice, check_fraction, check_int, check_masks
 from .masks import Masks, prunable_parameters
 
 __all__ = ["magnitude_prune", "random_prune", "UnreachableSparsityError", "ProtectFn"]
@@ -145,8 +145,8 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
 def _prune(
     model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score_fn, apply
 ) -> Masks:
-    if not isinstance(apply, bool):
-        raise TypeError(f"apply must be True or False, got {apply!r}")
+    apply = check_bool(apply, "apply")
+    include_output = check_bool(include_output, "include_output")
     names, params, current, protected, groups, group_frac = _prepare(
         model, sparsity, scope, per_layer, protect, masks, include_output, relative_to
     )

@@ -34,7 +34,7 @@ from dataclasses import field
 import numpy as np
 import torch
 
-from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
+from .._validation import as_generator, check_bool, check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
 from ..pruning.masks import prunable_parameters
 from ..results import Result, new_axes
@@ -252,6 +252,9 @@ def allocate_densities(
     >>> r.log10 >= r.uniform_log10
     True
     """
+    prune_output = check_bool(prune_output, "prune_output")
+    include_output = check_bool(include_output, "include_output")
+    verbose = check_bool(verbose, "verbose")
     names: list[str] | None = None
     out_name: str | None = None
     if model is not None:

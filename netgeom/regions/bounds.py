@@ -33,7 +33,7 @@ import torch
 from scipy.special import gammaln
 from scipy.stats import binom
 
-from .._validation import as_generator, check_choice, check_fraction, check_int, check_widths
+from .._validation import as_generator, check_bool, check_choice, check_fraction, check_int, check_widths
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 
@@ -146,6 +146,7 @@ def zaslavsky_bound(n: int, d: int, *, verbose: bool = True) -> int:
     >>> zaslavsky_bound(3, 2)   # three lines in the plane
     7
     """
+    verbose = check_bool(verbose, "verbose")
     n = check_int(n, "n", minimum=0)
     d = check_int(d, "d", minimum=0)
     if d >= n:
@@ -184,6 +185,7 @@ def montufar_lower_bound(n0: int, widths: Sequence[int], *, verbose: bool = True
     >>> montufar_lower_bound(2, [4, 3])   # 2^2 folds, then 3 lines in the plane
     28
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     narrow = [(i + 1, w) for i, w in enumerate(widths[:-1]) if w < n0]
     if narrow:
@@ -205,6 +207,7 @@ def product_bound(n0: int, widths: Sequence[int], *, verbose: bool = True) -> in
     >>> product_bound(2, [3, 3])
     49
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     out, d = 1, n0
     for w in widths:
@@ -289,6 +292,7 @@ def serra_bound(
     >>> serra_bound(5, [4]) == zaslavsky_bound(4, 5) == 16
     True
     """
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     ranks = _check_ranks(ranks, widths)
     max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
@@ -360,6 +364,8 @@ def serra_bound_log10(
     >>> abs(serra_bound_log10(784, [400, 400], exact=False) - serra_bound_log10(784, [400, 400])) < 1e-10
     True
     """
+    exact = check_bool(exact, "exact")
+    verbose = check_bool(verbose, "verbose")
     n0, widths = _check_n0_widths(n0, widths)
     if exact:
         return int_log10(serra_bound(n0, widths, ranks, max_bytes=max_bytes, verbose=verbose))
@@ -401,8 +407,8 @@ def _rank_options(model_name: str, include_zero_rank, n_samples, seed, mask_kind
     (they would be ignored), and fill in defaults: ``(include_zero_rank, n_samples, mask_kind)``.
 
     ``include_zero_rank`` comes back True for every model but the closed form (they keep ``k = 0``)."""
-    if include_zero_rank is not _UNSET and not isinstance(include_zero_rank, (bool, np.bool_)):
-        raise TypeError(f"include_zero_rank must be a bool, got {include_zero_rank!r}")
+    if include_zero_rank is not _UNSET:
+        include_zero_rank = check_bool(include_zero_rank, "include_zero_rank")
     if n_samples is not _UNSET:
         n_samples = check_int(n_samples, "n_samples", minimum=1)
     if mask_kind is not _UNSET:
@@ -540,6 +546,7 @@ def rank_distribution(
     >>> rank_distribution(3, 5, 1.0).tolist()
     [0.0, 0.0, 0.0, 1.0]
     """
+    verbose = check_bool(verbose, "verbose")
     n_out = check_int(n_out, "n_out", minimum=1)
     n_in = check_int(n_in, "n_in", minimum=1)
     density = check_fraction(density, "density", low=0.0, high=1.0, low_inclusive=False)
@@ -913,6 +920,8 @@ def sparse_bound(
     >>> r.log10, r.clamped, round(r.unclamped_log10)
     (0.0, True, -587)
     """
+    include_output = check_bool(include_output, "include_output")
+    verbose = check_bool(verbose, "verbose")
     if isinstance(rank_model, str):
         check_choice(rank_model, "rank_model", RANK_MODELS)
         model_name = rank_model
@@ -1298,16 +1307,21 @@ def demo_section(ctx) -> str:
 
     n0, widths = dense.n0, dense.widths
     grid = np.logspace(-3, 0, 13 if ctx.quick else 25)
-    uniform = [sparse_bound(n0, widths, float(p)).log10 for p in grid]
+    uniform = [sparse_bound(n0, widths, float(p), verbose=ctx.verbose).log10 for p in grid]
     alloc_grid = grid[:: 3 if ctx.quick else 2]
     allocs = [
         allocate_densities(
-            n0, widths, float(p), n_out=dense.n_out,
+            n0, widths, float(p), n_out=dense.n_out, verbose=ctx.verbose,
             # the grid over p_1 is the two-layer search; other depths take the coordinate search's defaults
             **({"n_grid": 21 if ctx.quick else 41} if len(widths) == 2 else {}),
         )
         for p in alloc_grid
     ]
+    # a note that holds for both nets is said once, naming both
+    notes: dict[str, list[str]] = {}
+    for label, res in (("dense", dense), ("pruned", pruned)):
+        for note in res.notes:
+            notes.setdefault(note, []).append(label)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.semilogx(grid, uniform, "o-", label="uniform densities")
     ax1.semilogx(alloc_grid, [a.log10 for a in allocs], "s--", label="allocated (max bound)")
@@ -1337,7 +1351,7 @@ def demo_section(ctx) -> str:
             "",
             *table,
             "",
-            *(f"- {n}" for n in dense.notes + pruned.notes),
+            *(f"- {' and '.join(labels)} net: {n}" for n, labels in notes.items()),
             "",
             "![sparse bound vs density](region_bounds.png)",
             "",

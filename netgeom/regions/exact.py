@@ -28,7 +28,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from .._validation import check_array, check_fraction, check_int
+from .._validation import check_array, check_bool, check_fraction, check_int
 from ..nets import AffineLayer, UnsupportedLayerError, affine_layers
 from ..results import Result, new_axes
 from . import _exact, _slice
@@ -1423,6 +1423,7 @@ def regions_in_box(
     >>> res.n_bits, res.count == len(res.patterns)  # 4 + 2 ReLU bits
     (6, True)
     """
+    verbose = check_bool(verbose, "verbose")
     max_regions = check_int(max_regions, "max_regions", minimum=1)
     min_radius = float(min_radius)
     if not (math.isfinite(min_radius) and min_radius >= 0):
@@ -1552,14 +1553,27 @@ def demo_section(ctx) -> str:
 
     X = ctx.data.X_train.reshape(len(ctx.data.X_train), -1).numpy().astype(np.float64)
     y = ctx.data.y_train.numpy()
-    # Three inputs of different classes, so that the plane crosses decision boundaries.
-    picks = [0]
-    for i in range(1, len(y)):
-        if y[i] not in y[picks]:
+    # Three affinely independent inputs (a plane), of different classes where the data have them, so that
+    # the plane crosses decision boundaries: the first input of each class in turn, then any other input.
+    # Greedy is complete: if no input leaves the line through the first two distinct ones, all are on it.
+    firsts = sorted(int(np.argmax(y == c)) for c in np.unique(y))
+    picks: list[int] = []
+    for i in firsts + [i for i in range(len(y)) if i not in set(firsts)]:
+        if not picks or (len(picks) == 1 and (X[i] != X[picks[0]]).any()):
             picks.append(i)
-        if len(picks) == 3:
+        elif len(picks) == 2:
+            try:
+                _check_plane(X[picks[1]] - X[picks[0]], X[i] - X[picks[0]])
+            except ValueError:
+                continue
+            picks.append(i)
             break
-    picks = (picks + [1, 2])[:3]
+    if len(picks) < 3:
+        raise ValueError(
+            f"the {len(y)} training inputs span no plane (they are all equal or on one line), so the regions "
+            "section has no 2-D slice through three of them"
+        )
+    different = len(set(y[picks].tolist())) == 3
     x0, d1, d2, box = plane_through(*X[picks], margin=0.25)
     marks = {
         f"x{k + 1} (class {int(y[i])})": uv for k, (i, uv) in enumerate(zip(picks, [(0, 0), (1, 0), (0, 1)]))
@@ -1577,7 +1591,7 @@ def demo_section(ctx) -> str:
         res = regions_on_slice(model, x0, d1, d2, box, masks=masks)
         t_slice = time.perf_counter() - t0
         res.marks = marks
-        pats = count_patterns(model, ctx.data.X_test, masks)
+        pats = count_patterns(model, ctx.data.X_test, masks, verbose=ctx.verbose)
         layers = affine_layers(model, masks)
         dens = [f"{layer.density:.3f}" for layer in layers]
         rows.append(
@@ -1606,7 +1620,8 @@ def demo_section(ctx) -> str:
     lines = [
         "## Linear regions on a 2-D slice",
         "",
-        "Exact activation regions met by the plane through three training inputs of different classes "
+        "Exact activation regions met by the plane through three training inputs "
+        f"{'of different classes' if different else '(the data have fewer than three classes)'} "
         "(Cai et al. 2023: `x0 = x1`, `d1 = x2 - x1`, `d2 = x3 - x1`, box widened by 0.25), cut layer by "
         "layer "
         "(`regions_on_slice`), and the number of distinct activation patterns on the test set "

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._matmul import ieee_float32
-from .._validation import check_choice, check_int, check_tensor, inexact_integers
+from .._validation import check_bool, check_choice, check_int, check_tensor, inexact_integers
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 
@@ -298,6 +298,8 @@ def count_patterns(
     >>> res.count <= 11  # 4 lines cut the plane into at most 11 regions
     True
     """
+    per_layer = check_bool(per_layer, "per_layer")
+    verbose = check_bool(verbose, "verbose")
     from ..nets import trace
     from ..nets._workers import chunk_pool, map_ordered
     from ..nets.certified import _one_thread as one_thread
