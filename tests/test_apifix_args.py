@@ -73,6 +73,7 @@ def _calls(X, net):
         ("montufar_lower_bound", "verbose"): lambda v: ng.montufar_lower_bound(2, [4, 3], verbose=v),
         ("product_bound", "verbose"): lambda v: ng.product_bound(2, [4, 3], verbose=v),
         ("serra_bound", "verbose"): lambda v: ng.serra_bound(2, [4, 3], verbose=v),
+        ("bounded_layers", "compose"): lambda v: ng.bounded_layers(net, compose=v),
         ("serra_bound_log10", "exact"): lambda v: ng.serra_bound_log10(2, [4, 3], exact=v),
         ("serra_bound_log10", "verbose"): lambda v: ng.serra_bound_log10(2, [4, 3], verbose=v),
         ("rank_distribution", "include_zero_rank"): lambda v: rank_distribution(

@@ -750,6 +750,7 @@ def bounded_layers(model, masks=None, *, input_shape=None, compose: bool = False
     >>> [(la.n_in, la.n_out, la.activation) for la in bounded_layers(net, compose=True)]
     [(2, 3, 'relu'), (3, 1, 'identity')]
     """
+    compose = check_bool(compose, "compose")
     from ..nets import UnsupportedLayerError, trace
 
     g = trace(model, masks, input_shape=input_shape)
