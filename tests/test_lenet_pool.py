@@ -59,8 +59,10 @@ def test_pool_grid_equals_the_index_table_pass(geom, dtype):
     got = pool_grid(x, e, grid, u)
     assert got[1].dtype == torch.uint8
     for a, b in zip(ref, got[:4]):
-        assert torch.equal(a.long(), b.long()) if not a.is_floating_point() else torch.allclose(
-            a, b, rtol=0, atol=0, equal_nan=True
+        assert (
+            torch.equal(a.long(), b.long())
+            if not a.is_floating_point()
+            else torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
         )
     # the row flags: NaN or infinite values, NaN errors (-inf too: not padding here)
     assert got[4].tolist() == [False] * 5 + [True] * 4 + [False] * 3
@@ -102,3 +104,33 @@ def test_pool_grid_patterns_equal_rational_ones():
         dec, _ = certified.graph_patterns(g, x, _engines=engines)
         got = np.concatenate([dec[n.index].long().numpy().reshape(len(x), -1) for n in pattern_nodes(g)], 1)
         assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_sure_pairs_equals_the_torch_test(dtype):
+    """The compiled per-entry window test reads the pairs in place and decides exactly as ``_window_sure``
+    on gathered blocks: ties (first maximal wins), exact entries, padding, NaN / inf entries and errors."""
+    from netgeom.nets._graph_kernel import window_sure_pairs
+
+    g = torch.Generator().manual_seed(1)
+    B, n, size, k = 7, 40, 30, 4
+    x = (torch.randn(B, n, generator=g, dtype=dtype) * 4).round() / 4  # many ties
+    e = torch.rand(B, n, generator=g, dtype=dtype) * 0.3 * (torch.rand(B, n, generator=g) < 0.6)
+    x[0, 3], x[1, 5], x[2, 7], e[3, 9] = float("nan"), float("inf"), -float("inf"), float("nan")
+    e[4, 11] = float("inf")
+    windows = torch.randint(-1, n, (size, k), generator=g)  # -1: padding
+    windows[:, 0] = torch.randint(0, n, (size,), generator=g)  # (a window has a real entry)
+    # the first maximal position of each window, as the pool passes give it (padding never the max)
+    xp = torch.cat([x, x.new_full((B, 1), -float("inf"))], 1)
+    ep = torch.cat([e, e.new_zeros((B, 1))], 1)
+    cols = torch.where(windows < 0, n, windows)
+    pos = torch.argmax(xp[:, cols], dim=2).to(torch.uint8)  # (B, size); NaN rows: any position
+    rr, ww = torch.meshgrid(torch.arange(B), torch.arange(size), indexing="ij")
+    rr, ww = rr.flatten(), ww.flatten()
+    u = torch.finfo(dtype).eps / 2
+    ref = certified._window_sure(
+        xp[rr[:, None], cols[ww]], ep[rr[:, None], cols[ww]], pos[rr, ww, None].long(), u
+    )
+    got = window_sure_pairs(x, e, windows, rr, ww, pos, u)
+    assert torch.equal(got, ref)
+    assert 0 < int(ref.sum()) < len(ref)  # (both outcomes occur)

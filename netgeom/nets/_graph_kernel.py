@@ -1,11 +1,12 @@
 """Compiled passes of the graph pattern engine (:class:`netgeom.nets.certified._Engine`) on the CPU.
 
-Why compiled: a ReLU fed by a convolution reads its pre-activation and elementwise error bound for the
-signs, the undecided test, the activation and the activation's error bound (seven torch passes over a
-(rows, width) array, as costly as the convolution of a LeNet's first layer); a max-pool runs a dozen
-passes over its window slots for the running maximum, its position, the second largest entry, the largest
-error and the top-two test. One pass each here. The ReLU pass also reads a stacked first convolution's two
-halves in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
+Why compiled: a ReLU fed by a convolution reads its pre-activation and elementwise error bound for the signs,
+the undecided test, the activation and the activation's error bound (seven torch passes over a (rows, width)
+array, as costly as the convolution of a LeNet's first layer); a max-pool runs a dozen passes over its window
+slots for the running maximum, its position, the second largest entry, the largest error and the top-two test.
+One pass each here (for a max-pool whose windows are a regular grid, its slots read at a stride rather than
+through an index table, :func:`pool_grid`). The ReLU pass also reads a stacked first convolution's two halves
+in place (value, |W| bound) and scales the bound as it reads it, and before a convolution writes that
 convolution's bound input ``e + g relu(z)`` (four torch passes fewer per block), or computes a convolution's
 crude bound entry by entry as it reads (:func:`relu_outer`) and hands the next convolution its row maxima;
 both list the ambiguous (row, unit) pairs. The float64 redo of undecided (row, unit) pairs is one pass too (a
@@ -33,6 +34,7 @@ __all__ = [
     "relu_screen",
     "row_absmax",
     "window_norms",
+    "window_sure_pairs",
 ]
 
 
@@ -678,6 +680,71 @@ def pool_grid(x: torch.Tensor, err: torch.Tensor, grid: tuple, u: float, out: tu
         dw = np.array([o[1] for o in offs], dtype=np.int64)
         _pool_grid(xn, en, C, H, W, Ho, Wo, dh, dw, sh, sw, *args, np.empty(max(Wo, 1), dtype=xn.dtype))
     return (*out, torch.from_numpy(bad))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _entry_margin(xr, er, q, c4u, tiny):
+    """``(V, margin)`` of input entry ``q`` of a window as :func:`netgeom.nets.certified._window_sure`
+    computes them (the same operations in the same precision): padding (``q`` past the row) reads ``-inf``
+    with margin 0; an exact entry (``E == 0``) has margin 0; else ``E + (|V| + E) 4u + tiny``; a ``-inf``
+    value has margin 0."""
+    if q >= xr.shape[0]:
+        return xr.dtype.type(-np.inf), xr.dtype.type(0)
+    v = xr[q]
+    e = er[q]
+    m = e if e == 0 else e + (abs(v) + e) * c4u + tiny
+    if v == -np.inf:
+        m = xr.dtype.type(0)
+    return v, m
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_sure_pairs(x, err, win, rr, ww, pos, c4u, tiny, out):
+    """Per pair ``p``: :func:`netgeom.nets.certified._window_sure` of window ``ww[p]`` of row ``rr[p]``
+    (entries ``win[ww[p]]``, indices past the row's end are padding) with top position ``pos[rr[p], ww[p]]``,
+    read in place: the top entry's ``lo = V_t - margin_t`` above ``hi = V_i + margin_i`` for the entries
+    before it, at least ``hi`` after it."""
+    k = win.shape[1]
+    for p in range(rr.shape[0]):
+        r = rr[p]
+        w = ww[p]
+        t = np.int64(pos[r, w])
+        xr = x[r]
+        er = err[r]
+        vt, mt = _entry_margin(xr, er, win[w, t], c4u, tiny)
+        lo = vt - mt
+        ok = True
+        for i in range(k):
+            if i == t:
+                continue
+            v, m = _entry_margin(xr, er, win[w, i], c4u, tiny)
+            hi = v + m
+            ok &= (hi < lo) if i < t else (hi <= lo)
+        out[p] = ok
+
+
+def window_sure_pairs(x, err, windows, rr, ww, pos, u: float) -> torch.Tensor:
+    """:func:`netgeom.nets.certified._window_sure` of the (row, window) pairs ``(rr, ww)`` of a max-pool
+    on CPU values ``x`` with error bounds ``err`` ((B, n), float32 or float64, read in place: no gathered
+    (pairs, k) blocks), windows ``(size, k)`` of entry indices (``>= n`` or negative: padding) and the rows'
+    top positions ``pos`` ((B, size), any integer type); bool (pairs,), the same decisions bit for bit."""
+    xn, en = x.contiguous().numpy(), err.contiguous().numpy()
+    win = windows.to(torch.int64).numpy()
+    win = np.where(win < 0, xn.shape[1], win).astype(np.uint64)
+    out = np.empty(len(rr), dtype=np.bool_)
+    dt = xn.dtype.type
+    _window_sure_pairs(
+        xn,
+        en,
+        win,
+        rr.contiguous().numpy(),
+        ww.contiguous().numpy(),
+        pos.numpy(),
+        dt(4 * u),
+        dt(np.finfo(xn.dtype).tiny),
+        out,
+    )
+    return torch.from_numpy(out)
 
 
 @numba.njit(cache=True, nogil=True)

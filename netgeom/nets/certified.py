@@ -1239,9 +1239,15 @@ class _Engine:
         undecided = torch.zeros(m1.shape[0], dtype=torch.bool, device=m1.device)
         rr, ww = torch.nonzero(~sure, as_tuple=True)
         if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
-            cols = windows[ww]
-            t = pos[rr, ww, None].long()
-            sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], t, self.u)
+            if self.kernels and xin.device.type == "cpu" and xin.dtype in (torch.float32, torch.float64):
+                from ._graph_kernel import window_sure_pairs
+
+                # (read in place: the same decisions without the gathered blocks and a dozen torch passes)
+                sr = window_sure_pairs(xin, ein, windows, rr, ww, pos, self.u)
+            else:
+                cols = windows[ww]
+                t = pos[rr, ww, None].long()
+                sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], t, self.u)
             # (_window_sure reads every -inf as padding: only columns past the first n_in are)
             sr &= ~bad[rr] if bad is not None else torch.isfinite(xin[rr, :n_in]).all(1)
             src = self.pool_src.get(node.index, (None,))[0]
