@@ -124,7 +124,7 @@ def test_strided_slots_read_the_window_table(kernel, stride, padding, dilation, 
         err = certified._Elem(torch.zeros_like(x))
         m1, _, pos, und = eng.maxpool(node, {node.inputs[0]: x}, {node.inputs[0]: err})
         assert torch.equal(m1, ref_v.reshape(3, -1)) and not bool(und.any())
-        chosen = torch.gather(node.windows.expand(3, -1, -1), 2, pos.unsqueeze(-1)).squeeze(-1)
+        chosen = torch.gather(node.windows.expand(3, -1, -1), 2, pos.long().unsqueeze(-1)).squeeze(-1)
         plane = shape[1] * shape[2]
         assert torch.equal(chosen % plane, ref_i.reshape(3, -1))
 

@@ -1180,6 +1180,11 @@ class _Engine:
         windows, k, padded, slots, view, raw = self.ops[node.index]
         xin, ein = vals[ins[0]], errs[ins[0]].elem()
         B, n_in = xin.shape
+        if self.kernels and view is not None:  # a regular grid: its slots read at a stride, no index table
+            from ._graph_kernel import pool_grid
+
+            m1, pos, emax, sure, bad = pool_grid(xin, ein, view, self.u)
+            return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, n_in, bad)
         if self.kernels:
             from ._graph_kernel import pool_top2
 
@@ -1225,24 +1230,32 @@ class _Engine:
         emax[~finite] = math.inf
         return self._pool_pairs(node, vals, errs, xin, ein, m1, pos, emax, sure, n_in)
 
-    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure, n_in: int):
+    def _pool_pairs(self, node, vals, errs, xin, ein, m1, pos, emax, sure, n_in: int, bad=None):
         """The windows the top-two test left open: the per-entry test, then a float64 redo; returns the
         max-pool's ``(values, error, argmax positions, undecided rows)``. ``xin``'s first ``n_in`` columns
-        are the pool's input (padding, -inf, after them)."""
+        are the pool's input (padding, -inf, after them); ``bad``: (B,) the rows with a NaN or infinite
+        value among them, when the caller knows (else found here)."""
         windows = self.ops[node.index][0]
         undecided = torch.zeros(m1.shape[0], dtype=torch.bool, device=m1.device)
         rr, ww = torch.nonzero(~sure, as_tuple=True)
         if len(rr):  # the per-entry test on the (row, window) pairs the top-two test left open
-            cols = windows[ww]
-            sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], pos[rr, ww, None], self.u)
+            if self.kernels and xin.device.type == "cpu" and xin.dtype in (torch.float32, torch.float64):
+                from ._graph_kernel import window_sure_pairs
+
+                # (read in place: the same decisions without the gathered blocks and a dozen torch passes)
+                sr = window_sure_pairs(xin, ein, windows, rr, ww, pos, self.u)
+            else:
+                cols = windows[ww]
+                t = pos[rr, ww, None].long()
+                sr = _window_sure(xin[rr[:, None], cols], ein[rr[:, None], cols], t, self.u)
             # (_window_sure reads every -inf as padding: only columns past the first n_in are)
-            sr &= torch.isfinite(xin[rr, :n_in]).all(1)
+            sr &= ~bad[rr] if bad is not None else torch.isfinite(xin[rr, :n_in]).all(1)
             src = self.pool_src.get(node.index, (None,))[0]
             if not sr.all() and self._worth_refining(src):
                 open_ = torch.nonzero(~sr).flatten()
                 p64, ok = self._refine_windows(node, vals, errs, rr[open_], ww[open_])
                 self._tally(src, ok)
-                pos[rr[open_[ok]], ww[open_[ok]]] = p64[ok]
+                pos[rr[open_[ok]], ww[open_[ok]]] = p64[ok].to(pos.dtype)
                 sr[open_[ok]] = True
             undecided[rr[~sr]] = True
         return m1, _Elem(emax), pos, undecided
@@ -1632,9 +1645,10 @@ def graph_patterns(
 ) -> tuple[dict[int, torch.Tensor], dict[str, int]]:
     """Exact pattern decisions of a batch ``x`` (flat ``(B, n_in)``, any float dtype) through ``g``.
 
-    Returns ``({node index: bool (B, size) signs for a relu / long (B, size) argmax positions for a
-    max-pool}, {"float64": rows redone in float64, "exact": rows decided in rational arithmetic})``, on the
-    CPU. ``dtype=torch.float64`` skips the float32 pass.
+    Returns ``({node index: bool (B, size) signs for a relu / integer (B, size) argmax positions for a
+    max-pool (uint8 from the compiled pass of windows on a regular grid, else long)}, {"float64": rows
+    redone in float64, "exact": rows decided in rational arithmetic})``, on the CPU.
+    ``dtype=torch.float64`` skips the float32 pass.
     """
     pnodes = pattern_nodes(g)
     keep: set[int] = set()
@@ -1671,8 +1685,8 @@ def graph_patterns(
         rr = torch.nonzero(und).flatten()
         if len(rr):  # (the full float64 engine made only when needed)
             res2, und2 = engine(torch.float64).run_chunked(xr[rr.to(xr.device)], True, keep)
-            for i, d in res2.items():
-                res[i][rr] = d
+            for i, d in res2.items():  # (positions as uint8 or long, per pass: see the docstring)
+                res[i][rr] = d.to(res[i].dtype)
             und[rr] = und2
         return res, und
 
@@ -1724,7 +1738,7 @@ def graph_patterns(
             stats["float64"] = len(rows)
             res64, und64 = run64(x[rows.to(x.device)])
             for i, d in res64.items():
-                out[i][rows] = d
+                out[i][rows] = d.to(out[i].dtype)
             rows = rows[und64]
         if len(rows):
             stats["exact"] = len(rows)
