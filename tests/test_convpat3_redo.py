@@ -62,9 +62,20 @@ def test_patch_redo_equals_the_unit_redo_and_rationals_and_each_term_is_needed(m
     tab = _graph_kernel.conv2_table(lvl2, lvl1, n0, n1)
     # (padding in both convolutions: the second reads padding columns, the first padded input entries)
     assert bool((tab["Q"] < 0).any()) and bool((lvl1["T"] >= n0).any())
-    z, b = _graph_kernel.refine_pairs2_conv(x, rows, units, tab, certified._SAFETY)
+    z, b, ok = _graph_kernel.refine_pairs2_conv(x, rows, units, tab, certified._SAFETY)
     z0, b0 = _graph_kernel.refine_pairs2(x, rows, units, lvl2, lvl1, n1, certified._SAFETY)
     assert torch.equal(z, z0) and torch.equal(b, b0)
+    assert torch.equal(ok, ((z.abs() > b) | (b == 0)) & torch.isfinite(z))
+    # ... the pairs in reverse row order (the kernel keeps a row's first-level patches) and in one pair
+    # per call give the same numbers
+    flip = torch.arange(len(rows) - 1, -1, -1)
+    z_r, b_r, _ = _graph_kernel.refine_pairs2_conv(x, rows[flip], units[flip], tab, certified._SAFETY)
+    assert torch.equal(z_r, z[flip]) and torch.equal(b_r, b[flip])
+    for k in (0, len(rows) // 2, len(rows) - 1):
+        z_k, b_k, _ = _graph_kernel.refine_pairs2_conv(
+            x, rows[k : k + 1], units[k : k + 1], tab, certified._SAFETY
+        )
+        assert float(z_k[0]) == float(z[k]) and float(b_k[0]) == float(b[k])
     ex = [_rational(g, x[r].double()) for r in range(len(x))]
     exact = [ex[int(r)][c2][int(u)] for r, u in zip(rows, units)]
     assert _violations(z, b, exact) == 0
@@ -94,13 +105,13 @@ def test_patch_redo_equals_the_unit_redo_and_rationals_and_each_term_is_needed(m
     rb, ub = torch.arange(2).repeat_interleave(gb.nodes[b2].size), torch.arange(gb.nodes[b2].size).repeat(2)
     tab_b = _graph_kernel.conv2_table(engb.refine[b2](), engb.refine[b1](), n0, gb.nodes[b1].size)
     exb = _rational(gb, xb[0].double())[b2] * 2
-    zb, bb = _graph_kernel.refine_pairs2_conv(xb, rb, ub, tab_b, certified._SAFETY)
+    zb, bb, _ = _graph_kernel.refine_pairs2_conv(xb, rb, ub, tab_b, certified._SAFETY)
     assert _violations(zb, bb, exb) == 0
     for name, (old, new) in mutations.items():
         monkeypatch.setattr(_graph_kernel, "_refine_pairs2_conv", _mutated(old, new))
-        zm, bm = _graph_kernel.refine_pairs2_conv(x, rows, units, tab, certified._SAFETY)
+        zm, bm, _ = _graph_kernel.refine_pairs2_conv(x, rows, units, tab, certified._SAFETY)
         assert torch.equal(zm, z), name  # (the values are the kernel's)
-        zbm, bbm = _graph_kernel.refine_pairs2_conv(xb, rb, ub, tab_b, certified._SAFETY)
+        zbm, bbm, _ = _graph_kernel.refine_pairs2_conv(xb, rb, ub, tab_b, certified._SAFETY)
         assert _violations(zm, bm, exact) + _violations(zbm, bbm, exb) > 0, name
 
 

@@ -891,8 +891,8 @@ def conv2_table(lvl2: dict, lvl1: dict, n0: int, n1: int):
     convolution (``lvl1``, ``n1 = F1 L1`` units, filter ``f`` at position ``p`` being unit ``f L1 + p``) that
     reads an exact input of ``n0`` columns; ``None`` when either redo table is not a convolution's.
     ``S`` (L2, M): per output position of ``lvl2``, the distinct positions of ``lvl1`` its window reads
-    (``-1`` past them); ``Q`` (L2, K2): per weight of ``lvl2``'s filters, ``s F1 + f`` for the column
-    ``f L1 + S[., s]`` it reads, ``-1`` for padding."""
+    (``-1`` past them); ``Q`` (L2, K2): per weight of ``lvl2``'s filters, ``p F1 + f`` for the column
+    ``f L1 + p`` it reads, ``-1`` for padding."""
     if lvl2["T"] is None or lvl1["T"] is None:
         return None
     W1 = lvl1["W"].contiguous().numpy()
@@ -901,22 +901,21 @@ def conv2_table(lvl2: dict, lvl1: dict, n0: int, n1: int):
         return None
     T2 = lvl2["T"].numpy()
     L2, K2 = T2.shape
-    pos = [np.unique(t[t < n1] % L1) for t in T2]
+    live = T2 < n1
+    pos = [np.unique(t[m] % L1) for t, m in zip(T2, live)]
     M = max(1, max((len(p) for p in pos), default=1))
     S = np.full((L2, M), -1, dtype=np.int64)
-    Q = np.full((L2, K2), -1, dtype=np.int64)
-    for q, (t, p) in enumerate(zip(T2, pos)):
+    for q, p in enumerate(pos):
         S[q, : len(p)] = p
-        live = t < n1
-        Q[q, live] = np.searchsorted(p, t[live] % L1) * F1 + t[live] // L1
+    Q = np.where(live, (T2 % L1) * F1 + T2 // L1, -1).astype(np.int64)
     W1T = np.ascontiguousarray(W1.T)
-    b1 = lvl1["b"].numpy()
     parts2 = _redo_parts(lvl2)
     return {
         "S": S,
         "Q": Q,
         "lvl2": (parts2[0], parts2[4], parts2[5], parts2[6], parts2[7], parts2[2]),
-        "lvl1": (W1T, np.abs(W1T), lvl1["T"].numpy(), L1, b1, lvl1["absb"].numpy(), lvl1["g"], lvl1["under"]),
+        "lvl1": (W1T, np.abs(W1T), lvl1["T"].numpy(), L1, lvl1["b"].numpy(), lvl1["absb"].numpy()),
+        "g1": (float(lvl1["g"]), float(lvl1["under"])),
         "n0": n0,
         "cost": M * W1.shape[1] * F1,  # (multiply-adds of the first level per pair)
     }
@@ -967,24 +966,27 @@ def _refine_pairs2_conv(
     safety,
     z,
     bound,
+    ok,
 ):
     """:func:`_refine_pairs2` for two convolutions, the same values and bounds (up to the order of the
     float64 sums, which the bounds do not depend on: ``gamma_K`` bounds a dot product's rounding in any
-    order), with the first level computed per input patch for all its filters: per pair, each of the ``M``
-    positions of the first convolution that the unit's window reads (``S``) has its input patch (``K1``
-    entries of ``X``, padding 0) gathered once and multiplied by every filter in a loop over the filters
-    (``W1T`` (K1, F1): contiguous per input entry, so the loop vectorises), instead of one dot product per
-    (filter, position) of the window with its own gather. Unit ``c = f L1 + p`` of the first convolution:
-    ``z1 = sum_i W1[f, i] a_i + b1[c]`` within ``e1 = (g1 (sum_i |W1[f, i]| |a_i| + |b1[c]|) + under1 [any
-    a_i or b1[c] nonzero]) safety`` of the exact value (:func:`_relu_from_input`); ``v = z1`` where ``z1 >
-    0`` and ``z1 + e1 > 0`` else 0, ``e = 0`` where ``z1 + e1 <= 0`` else ``e1``. The unit of the second
-    convolution then reads ``(v, e)`` at ``Q`` (slot ``s``, filter ``f``: ``s F1 + f``; ``-1`` padding, no
-    term) and gets ``z = sum w v + b2``, ``bound = (sum |w| e + g2 (sum |w| v + |b2|) + under2 [any v, e or
-    b2 nonzero]) safety``, as :func:`_refine_pairs2`."""
+    order), with the first level computed per input patch for all its filters: each position ``p`` of the
+    first convolution that the unit's window reads (``S``) has its input patch (``K1`` entries of ``X``,
+    padding 0) gathered once and multiplied by every filter in a loop over the filters (``W1T`` (K1, F1):
+    contiguous per input entry, so the loop vectorises), instead of one dot product per (filter, position)
+    with its own gather; and kept for the next pairs of the same row (a row's ambiguous units are often
+    neighbours). Unit ``c = f L1 + p`` of the first convolution: ``z1 = sum_i W1[f, i] a_i + b1[c]`` within
+    ``e1 = (g1 (sum_i |W1[f, i]| |a_i| + |b1[c]|) + under1 [any a_i or b1[c] nonzero]) safety`` of the exact
+    value (:func:`_relu_from_input`); ``v = z1`` where ``z1 > 0`` and ``z1 + e1 > 0`` else 0, ``e = 0``
+    where ``z1 + e1 <= 0`` else ``e1``. The unit of the second convolution reads ``(v, e)`` at ``Q``
+    (``p F1 + f``; ``-1`` padding, no term) and gets ``z = sum w v + b2``, ``bound = (sum |w| e + g2 (sum
+    |w| v + |b2|) + under2 [any v, e or b2 nonzero]) safety``, as :func:`_refine_pairs2`; ``ok``: decided
+    (``|z| > bound`` or a zero bound, and ``z`` finite)."""
     M = S.shape[1]
     K1, F1 = W1T.shape
-    V = np.empty(M * F1, dtype=np.float64)
-    E = np.empty(M * F1, dtype=np.float64)
+    V = np.empty(L1 * F1, dtype=np.float64)
+    E = np.empty(L1 * F1, dtype=np.float64)
+    stamp = np.full(L1, -1, dtype=np.int64)  # (the row whose position p is held: rows in any order)
     xp = np.empty(K1, dtype=np.float64)
     acc1 = np.empty(F1, dtype=np.float64)
     sx1 = np.empty(F1, dtype=np.float64)
@@ -997,6 +999,9 @@ def _refine_pairs2_conv(
             p1 = S[q2, s]
             if p1 < 0:
                 break
+            if stamp[p1] == row:
+                continue
+            stamp[p1] = row
             t1 = T1[p1]
             live_in = False
             for i in range(K1):
@@ -1005,7 +1010,7 @@ def _refine_pairs2_conv(
                 xp[i] = a
                 live_in |= a != 0
             _patch_times_filters(xp, W1T, aW1T, acc1, sx1)
-            o = s * F1
+            o = p1 * F1
             for f in range(F1):
                 c = f * L1 + p1
                 z1 = acc1[f] + b1[c]
@@ -1032,46 +1037,32 @@ def _refine_pairs2_conv(
             s_e += aw * e
             s_x += aw * v
             live |= (v != 0) | (e != 0)
-        z[p] = acc + b2[u]
-        bound[p] = (s_e + g2 * (s_x + absb2[u]) + (under2 if live else 0.0)) * safety
+        zp = acc + b2[u]
+        bp = (s_e + g2 * (s_x + absb2[u]) + (under2 if live else 0.0)) * safety
+        z[p] = zp
+        bound[p] = bp
+        ok[p] = ((abs(zp) > bp) | (bp == 0)) & (abs(zp) < np.inf)
 
 
 def refine_pairs2_conv(x0, r, j, tab: dict, safety: float):
-    """:func:`refine_pairs2` for two convolutions through :func:`_refine_pairs2_conv` (``tab`` from
-    :func:`conv2_table`)."""
+    """``(z, bound, decided)`` as :func:`refine_pairs2` (and ``|z| > bound`` or ``bound == 0`` with ``z``
+    finite) for two convolutions, through :func:`_refine_pairs2_conv` (``tab`` from :func:`conv2_table`)."""
     xn, xo = _rows(x0)
     m = len(r)
     z = np.empty(m, dtype=np.float64)
     bound = np.empty(m, dtype=np.float64)
+    ok = np.empty(m, dtype=np.bool_)
+    rn, jn = r.contiguous().numpy(), j.contiguous().numpy()
     W2, b2, absb2, g2, under2, L2 = tab["lvl2"]
-    W1T, aW1T, T1, L1, b1, absb1, g1, under1 = tab["lvl1"]
+    W1T, aW1T, T1, L1, b1, absb1 = tab["lvl1"]
+    g1, under1 = tab["g1"]
+    args2 = (W2, b2, absb2, float(g2), float(under2), int(L2))
+    args1 = (W1T, aW1T, T1, int(L1), b1, absb1, g1, under1)
     _refine_pairs2_conv(
-        xn,
-        xo,
-        int(tab["n0"]),
-        r.contiguous().numpy(),
-        j.contiguous().numpy(),
-        tab["S"],
-        tab["Q"],
-        W2,
-        b2,
-        absb2,
-        float(g2),
-        float(under2),
-        int(L2),
-        W1T,
-        aW1T,
-        T1,
-        int(L1),
-        b1,
-        absb1,
-        float(g1),
-        float(under1),
-        float(safety),
-        z,
-        bound,
+        xn, xo, int(tab["n0"]), rn, jn, tab["S"], tab["Q"], *args2, *args1, safety, z, bound, ok
     )
-    return torch.from_numpy(z), torch.from_numpy(bound)
+    t = torch.from_numpy
+    return t(z), t(bound), t(ok)
 
 
 @numba.njit(cache=True, nogil=True)

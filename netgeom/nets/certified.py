@@ -938,8 +938,7 @@ class _Engine:
         if tab is not None:  # two levels first, one for what they leave open (:meth:`_deep_conv`)
             from ._graph_kernel import refine_pairs2_conv
 
-            z64, bd = refine_pairs2_conv(vals[tab["x0"]], rows, units, tab, _SAFETY)
-            ok = ((z64.abs() > bd) | (bd == 0)) & torch.isfinite(z64)
+            z64, _, ok = refine_pairs2_conv(vals[tab["x0"]], rows, units, tab, _SAFETY)
             if not bool(ok.all()):
                 open_ = torch.nonzero(~ok).flatten()
                 z1, bd1 = self._refine(src, vals[xs], errs[xs], rows[open_], units[open_])

@@ -427,7 +427,7 @@ def count_patterns(
 
             def items():
                 for xb in stream:
-                    if pool is None:
+                    if pool is None and dev.type != "cpu":
                         yield xb, run_dtype
                     else:
                         for a in range(0, xb.shape[0], _GRAPH_ROWS):
