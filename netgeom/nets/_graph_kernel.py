@@ -909,12 +909,16 @@ def conv2_table(lvl2: dict, lvl1: dict, n0: int, n1: int):
         S[q, : len(p)] = p
     Q = np.where(live, (T2 % L1) * F1 + T2 // L1, -1).astype(np.int64)
     W1T = np.ascontiguousarray(W1.T)
+    # ||W1_f||_1 rounded up: a float64 sum of K1 nonnegative terms is within gamma_K1 of the exact one
+    K1 = W1.shape[1]
+    l1 = np.abs(W1).sum(1) * (1 + 2 * (K1 + 1) * 2.0**-53 / (1 - (K1 + 1) * 2.0**-53))
     parts2 = _redo_parts(lvl2)
+    bt, abt = (np.ascontiguousarray(lvl1[k].numpy().reshape(F1, L1).T) for k in ("b", "absb"))
     return {
         "S": S,
         "Q": Q,
         "lvl2": (parts2[0], parts2[4], parts2[5], parts2[6], parts2[7], parts2[2]),
-        "lvl1": (W1T, np.abs(W1T), lvl1["T"].numpy(), L1, lvl1["b"].numpy(), lvl1["absb"].numpy()),
+        "lvl1": (W1T, l1, lvl1["T"].numpy(), L1, bt, abt),
         "g1": (float(lvl1["g"]), float(lvl1["under"])),
         "n0": n0,
         "cost": M * W1.shape[1] * F1,  # (multiply-adds of the first level per pair)
@@ -922,22 +926,30 @@ def conv2_table(lvl2: dict, lvl1: dict, n0: int, n1: int):
 
 
 @numba.njit(cache=True, nogil=True, inline="never")
-def _patch_times_filters(xp, W1T, aW1T, acc, sx):
-    """``acc = W1 xp``, ``sx = |W1| |xp|`` (``W1T`` (K1, F1) = ``W1`` transposed), summed over ``i`` in order
-    per filter; a loop of its own, each sum over the filters in a loop of its own, so that LLVM
-    vectorises both (inside the pair loop, or with both sums in one loop, it did not: 2.6 against
-    ~1.4 us per pair on conv 3-32-64)."""
+def _patch_times_filters(xp, W1T, acc):
+    """``acc = W1 xp`` (``W1T`` (K1, F1) = ``W1`` transposed), summed over ``i`` in order per filter; a loop
+    of its own, so that LLVM vectorises it over the filters (inside the pair loop it did not)."""
     K1, F1 = W1T.shape
     for f in range(F1):
         acc[f] = 0.0
-        sx[f] = 0.0
     for i in range(K1):
         a = xp[i]
-        aa = abs(a)
         for f in range(F1):
             acc[f] += W1T[i, f] * a
-        for f in range(F1):
-            sx[f] += aW1T[i, f] * aa
+
+
+@numba.njit(cache=True, nogil=True, inline="never")
+def _relu_of_patch(acc, l1, amax, bt, abt, live_in, g1, under1, safety, V, E):
+    """``(V, E)`` per filter ``f`` of one position of the first convolution from its float64 dot products
+    ``acc`` (:func:`_refine_pairs2_conv`); ``bt``, ``abt``: that position's biases and their absolute
+    values per filter. Branch-free, so that it vectorises."""
+    for f in range(acc.shape[0]):
+        z1 = acc[f] + bt[f]
+        live1 = live_in | (bt[f] != 0)
+        e1 = (g1 * (l1[f] * amax + abt[f]) + (under1 if live1 else 0.0)) * safety
+        neg = z1 + e1 <= 0
+        V[f] = z1 if (z1 > 0) & ~neg else 0.0
+        E[f] = 0.0 if neg else e1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -956,11 +968,11 @@ def _refine_pairs2_conv(
     under2,
     L2,
     W1T,
-    aW1T,
+    l1,
     T1,
     L1,
-    b1,
-    absb1,
+    bt,
+    abt,
     g1,
     under1,
     safety,
@@ -968,20 +980,32 @@ def _refine_pairs2_conv(
     bound,
     ok,
 ):
-    """:func:`_refine_pairs2` for two convolutions, the same values and bounds (up to the order of the
-    float64 sums, which the bounds do not depend on: ``gamma_K`` bounds a dot product's rounding in any
-    order), with the first level computed per input patch for all its filters: each position ``p`` of the
-    first convolution that the unit's window reads (``S``) has its input patch (``K1`` entries of ``X``,
-    padding 0) gathered once and multiplied by every filter in a loop over the filters (``W1T`` (K1, F1):
-    contiguous per input entry, so the loop vectorises), instead of one dot product per (filter, position)
-    with its own gather; and kept for the next pairs of the same row (a row's ambiguous units are often
-    neighbours). Unit ``c = f L1 + p`` of the first convolution: ``z1 = sum_i W1[f, i] a_i + b1[c]`` within
-    ``e1 = (g1 (sum_i |W1[f, i]| |a_i| + |b1[c]|) + under1 [any a_i or b1[c] nonzero]) safety`` of the exact
-    value (:func:`_relu_from_input`); ``v = z1`` where ``z1 > 0`` and ``z1 + e1 > 0`` else 0, ``e = 0``
-    where ``z1 + e1 <= 0`` else ``e1``. The unit of the second convolution reads ``(v, e)`` at ``Q``
-    (``p F1 + f``; ``-1`` padding, no term) and gets ``z = sum w v + b2``, ``bound = (sum |w| e + g2 (sum
-    |w| v + |b2|) + under2 [any v, e or b2 nonzero]) safety``, as :func:`_refine_pairs2`; ``ok``: decided
-    (``|z| > bound`` or a zero bound, and ``z`` finite)."""
+    """:func:`_refine_pairs2` for two convolutions: the same values (the same float64 sums in the same
+    order), with the first level computed per input patch for all its filters and a cheaper bound for it.
+    Each position ``p`` of the first convolution that the unit's window reads (``S``) has its input patch
+    (``K1`` entries ``a_i`` of ``X``, padding 0) gathered once and multiplied by every filter in a loop over
+    the filters (``W1T`` (K1, F1): contiguous per input entry, so it vectorises; :func:`_patch_times_filters`)
+    instead of one dot product per (filter, position) with its own gather, and kept for the next pairs of
+    the same row (a row's ambiguous units are often neighbours).
+
+    Unit ``c = f L1 + p`` of the first convolution: ``z1 = fl(sum_i W1[f, i] a_i + b1[c])`` (the float64
+    parameters, the exact input widened exactly). Its error bound: by the standard model (Higham, Lemma 3.3,
+    any summation order) ``|z1 - exact| <= gamma_K1 (sum_i |W1[f, i]| |a_i| + |b1[c]|)`` (plus, under gradual
+    underflow, up to ``K1 + 2`` smallest normal numbers where any term is nonzero: ``under1``), and
+    ``sum_i |W1[f, i]| |a_i| <= ||W1_f||_1 max_i |a_i|`` as every ``|a_i| <= max_i |a_i|``. So with ``l1[f]
+    >= ||W1_f||_1`` (rounded up in :func:`conv2_table`) ``e1 = (g1 (l1[f] amax + |b1[c]|) + under1 [amax or
+    b1[c] nonzero]) safety`` bounds it (``g1 >= gamma_K1``; the four roundings of this arithmetic on
+    nonnegative numbers, ~4u relative, lie far inside ``safety``; a NaN entry makes ``amax`` NaN, so the
+    bound NaN and the unit undecided). ~K1 times the rounding's usual size, ~1e-15 relative: far below the
+    float32 bounds that sent the unit here, and it saves the second product over the patch (``|W1| |a|``,
+    ~20 % of the time per pair). ``v = z1`` where ``z1 > 0`` and ``z1 + e1 > 0`` else 0 (certainly
+    negative: exactly 0), ``e = 0`` where ``z1 + e1 <= 0`` else ``e1`` (the ReLU is 1-Lipschitz;
+    :func:`_relu_of_patch`).
+
+    The unit of the second convolution reads ``(v, e)`` at ``Q`` (``p F1 + f``; ``-1`` padding, no term) and
+    gets ``z = sum w v + b2``, ``bound = (sum |w| e + g2 (sum |w| v + |b2|) + under2 [any v, e or b2
+    nonzero]) safety``, as :func:`_refine_pairs2`; ``ok``: decided (``|z| > bound`` or a zero bound, and
+    ``z`` finite)."""
     M = S.shape[1]
     K1, F1 = W1T.shape
     V = np.empty(L1 * F1, dtype=np.float64)
@@ -989,7 +1013,6 @@ def _refine_pairs2_conv(
     stamp = np.full(L1, -1, dtype=np.int64)  # (the row whose position p is held: rows in any order)
     xp = np.empty(K1, dtype=np.float64)
     acc1 = np.empty(F1, dtype=np.float64)
-    sx1 = np.empty(F1, dtype=np.float64)
     for p in range(r.shape[0]):
         row = r[p]
         u = j[p]
@@ -1003,22 +1026,20 @@ def _refine_pairs2_conv(
                 continue
             stamp[p1] = row
             t1 = T1[p1]
-            live_in = False
+            amax = 0.0
+            nan = False
             for i in range(K1):
                 c0 = t1[i]
                 a = np.float64(xr[xo + c0]) if c0 < n0 else 0.0
                 xp[i] = a
-                live_in |= a != 0
-            _patch_times_filters(xp, W1T, aW1T, acc1, sx1)
+                amax = max(amax, abs(a))
+                nan |= a != a
+            if nan:  # (max may skip a NaN: the bound then is NaN, so the unit undecided)
+                amax = np.nan
+            _patch_times_filters(xp, W1T, acc1)
             o = p1 * F1
-            for f in range(F1):
-                c = f * L1 + p1
-                z1 = acc1[f] + b1[c]
-                live1 = live_in | (b1[c] != 0)
-                e1 = (g1 * (sx1[f] + absb1[c]) + (under1 if live1 else 0.0)) * safety
-                neg = z1 + e1 <= 0
-                V[o + f] = 0.0 if neg or not (z1 > 0) else z1
-                E[o + f] = 0.0 if neg else e1
+            Vo, Eo = V[o : o + F1], E[o : o + F1]
+            _relu_of_patch(acc1, l1, amax, bt[p1], abt[p1], amax != 0, g1, under1, safety, Vo, Eo)
         w2 = W2[u // L2]
         qq = Q[q2]
         acc = 0.0
@@ -1054,10 +1075,10 @@ def refine_pairs2_conv(x0, r, j, tab: dict, safety: float):
     ok = np.empty(m, dtype=np.bool_)
     rn, jn = r.contiguous().numpy(), j.contiguous().numpy()
     W2, b2, absb2, g2, under2, L2 = tab["lvl2"]
-    W1T, aW1T, T1, L1, b1, absb1 = tab["lvl1"]
+    W1T, l1, T1, L1, bt, abt = tab["lvl1"]
     g1, under1 = tab["g1"]
     args2 = (W2, b2, absb2, float(g2), float(under2), int(L2))
-    args1 = (W1T, aW1T, T1, int(L1), b1, absb1, g1, under1)
+    args1 = (W1T, l1, T1, int(L1), bt, abt, g1, under1)
     _refine_pairs2_conv(
         xn, xo, int(tab["n0"]), rn, jn, tab["S"], tab["Q"], *args2, *args1, safety, z, bound, ok
     )
