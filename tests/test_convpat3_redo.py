@@ -9,6 +9,7 @@ import inspect
 import textwrap
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from test_convpat2_window import SHAPE, _cancelling, _graph64, _inputs, _Net, _rational
@@ -64,6 +65,9 @@ def test_patch_redo_equals_the_unit_redo_and_rationals_and_each_term_is_needed(m
     tab = _graph_kernel.conv2_table(lvl2, lvl1, n0, n1)
     # (padding in both convolutions: the second reads padding columns, the first padded input entries)
     assert bool((tab["Q"] < 0).any()) and bool((lvl1["T"] >= n0).any())
+    for q, t in enumerate(lvl2["T"]):  # S: the distinct first-level positions each output position reads
+        pos = np.unique(t[t < n1].numpy() % lvl1["L"])
+        assert np.array_equal(tab["S"][q][tab["S"][q] >= 0], pos)
     z, b, ok = _graph_kernel.refine_pairs2_conv(x, rows, units, tab, certified._SAFETY)
     z0, b0 = _graph_kernel.refine_pairs2(x, rows, units, lvl2, lvl1, n1, certified._SAFETY)
     # the same values; bounds from ||W1_f||_1 max |a| instead of |W1_f| |a| for the first level: never

@@ -902,11 +902,14 @@ def conv2_table(lvl2: dict, lvl1: dict, n0: int, n1: int):
     T2 = lvl2["T"].numpy()
     L2, K2 = T2.shape
     live = T2 < n1
-    pos = [np.unique(t[m] % L1) for t, m in zip(T2, live)]
-    M = max(1, max((len(p) for p in pos), default=1))
+    # per row of T2, its distinct positions (sorted; padding sorts last as L1), first ones kept in order
+    srt = np.sort(np.where(live, T2 % L1, L1), axis=1)
+    first = srt < L1
+    first[:, 1:] &= srt[:, 1:] != srt[:, :-1]
+    rank = np.cumsum(first, axis=1) - 1
+    M = max(1, int(first.sum(1).max(initial=0)))
     S = np.full((L2, M), -1, dtype=np.int64)
-    for q, p in enumerate(pos):
-        S[q, : len(p)] = p
+    S[np.nonzero(first)[0], rank[first]] = srt[first]
     Q = np.where(live, (T2 % L1) * F1 + T2 // L1, -1).astype(np.int64)
     W1T = np.ascontiguousarray(W1.T)
     # ||W1_f||_1 rounded up: a float64 sum of K1 nonnegative terms is within gamma_K1 of the exact one
