@@ -51,7 +51,10 @@ ambiguous (row, unit) pairs for the unit redo. Where the redo of a unit from its
 it (the error carried in from the layer before, ``~K u`` of its terms, is too wide) and that input is ``relu``
 of another one-op affine node reading the network's exact input, the unit is recomputed through both nodes in
 float64 from that input (:meth:`_Engine._redo`): conv 3-32-64 then sends no row to the float64 pass (17% of
-them before). The same holds through a max-pool between them (``maxpool(relu(a))``, LeNet-5's second
+them before). For two convolutions this two-level redo goes first (:meth:`_Engine._deep_conv`: each
+first-level input patch gathered once and multiplied by all its filters in one vectorised loop, ~3 us per
+unit against ~10 us for the one-level redo and the two-level one after it). The same holds through a
+max-pool between them (``maxpool(relu(a))``, LeNet-5's second
 convolution and the max-pool after it): each pooled entry the unit reads is the maximum of its window's
 ``relu`` values recomputed in float64, within the largest of their bounds of the exact maximum whichever
 entry is the argmax (:func:`._graph_kernel._refine_pairs_pool`; a max-pool window left open by its entries'
@@ -900,11 +903,13 @@ class _Engine:
         when convolution ``src`` reads ``relu`` of another convolution reading the exact input ``x0`` (the
         two-level redo of :meth:`_deep_pairs`, the first level computed per input patch for all its filters
         at once) and that costs at most ``_DEEP_FIRST`` times the one-level redo's terms: then the two-level
-        redo goes first. On conv 3-32-64 (4 000 images) the one-level redo left 27 % of its ~5 600 pairs
-        to the two-level one, each costing ~6.5 us, mostly cache misses over the float32 rows of the first
-        convolution's output (~190 cache lines per pair), against ~1 us for both levels from the image
-        (~20 lines, 7 776 vectorised multiply-adds); never looser (the first level's error is float64's
-        rounding from the exact input, not float32's carried in). ``None`` otherwise."""
+        redo goes first. On conv 3-32-64 (20 000 images, ~28 000 ambiguous units) the one-level redo cost
+        ~6.5 us per unit, mostly cache misses over the float32 rows of the first convolution's output (~190
+        cache lines per unit), and left 27 % of them to the two-level one (~15 us each, one dot product and
+        one gather per first-level unit): ~10 us per unit against ~3 us for both levels from the image
+        (:func:`._graph_kernel.refine_pairs2_conv`: ~20 cache lines, 9 patches times 32 filters vectorised);
+        as tight for deciding (the first level's error is float64's rounding from the exact input, ~1e-15
+        relative, not float32's carried in). ``None`` otherwise."""
         deep = self._deep(src)
         if deep is None or deep[2] is not None or not isinstance(errs.get(deep[1]), _Exact):
             return None
