@@ -429,7 +429,10 @@ def count_patterns(
 
             def items():
                 for xb in stream:
-                    if pool is None:
+                    # (on one CPU thread too, chunks of _GRAPH_ROWS: the decisions of a whole 8192-row batch
+                    # of a conv net, ~85 MB of bools for conv 3-32-64, and their concatenation were fresh
+                    # arrays, paged in batch after batch: ~10 % of its CPU time)
+                    if pool is None and dev.type != "cpu":
                         yield xb, run_dtype
                     else:
                         for a in range(0, xb.shape[0], _GRAPH_ROWS):
