@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from netgeom import mlp
@@ -32,7 +32,13 @@ def _by_pattern(res):
 
 
 def _assert_same(k, n, bitwise: bool):
-    assert k.count == n.count and k.box == n.box
+    assert k.count == n.count
+    if bitwise:
+        assert k.box == n.box
+    else:
+        # box=None: the box is the hull of the vertices, which come to rounding from both paths (seed 2401,
+        # n0 3, widths [8, 8, 1], prune 0.3: an extreme vertex of two nearly parallel lines, 1e-13 apart)
+        np.testing.assert_allclose(k.box, n.box, rtol=1e-9)
     a, b = _by_pattern(k), _by_pattern(n)
     assert a.keys() == b.keys()
     scale = max(abs(v) for v in k.box)
@@ -61,6 +67,7 @@ def _assert_same(k, n, bitwise: bool):
     r=st.sampled_from([1e-3, 1.0, 30.0, None]),
     budget=st.sampled_from([1, 2**28]),
 )
+@example(seed=2401, n0=3, widths=[8, 8, 1], leaky=False, prune=0.3, r=None, budget=2**28)
 def test_kernel_equals_numpy_on_random_nets(seed, n0, widths, leaky, prune, r, budget):
     net = mlp(n0, widths, 2, seed=seed, activation="leaky_relu" if leaky else "relu")
     rng = np.random.default_rng(seed)
