@@ -15,16 +15,19 @@ affine in ``y``: ``alpha + y @ Beta``. Nodes are read in topological order:
   earlier position wins, as torch). A cell is kept when it holds a ball: the piece's own ball shrunk to the
   cell's walls when that is large enough, else its Chebyshev ball (LPs in the piece's units).
   Positions certainly below another one at every vertex of the piece (qhull, up to 6 dimensions) are
-  dropped first, so most windows need no LP. When no cell holds such a ball the piece is kept whole, with
-  the argmax at its centre (as a unit too thin to split a piece leaves it whole).
+  dropped first, so most windows need no LP. The cells tile the piece, so one always holds a ball; only
+  with ``min_radius > 0`` may none, and then the piece is kept whole, with the argmax at its centre.
 
 Rounding is handled as in the chain engine: every map carries rigorous bounds on the errors of its entries
 (``e_alpha``, ``e_Beta``: the affine push's gamma bounds with an allowance for underflow, the additions'
 roundings), units and max-pool differences are scaled by their own powers of two in the box's unit frame,
-and decisions within their bounds are exact: ReLU bits and a last-resort argmax by rational arithmetic at
-the piece's centre (:class:`_ExactPoint`). A ReLU unit whose slope is within its bound of zero is
-recomputed exactly on the piece (an affine map is fixed by its exact values at ``d + 1`` points of the
-piece's ball); a max-pool difference in that case raises an error naming the cause.
+every wall keeps its bound for all later cuts and its tag (``("u", node, unit, side)`` or ``("p", node,
+q, p)``), from which its exact row is rebuilt by rational runs of the graph at ``d + 1`` points of the
+piece's ball when floats cannot decide a side, and decisions within their bounds are exact: ReLU bits and
+a last-resort argmax by rational arithmetic at the piece's centre (:class:`_ExactPoint`). A ReLU unit
+whose slope is within its bound of zero is recomputed exactly on the piece (an affine map is fixed by its
+exact values at ``d + 1`` points of the piece's ball); a max-pool difference in that case raises an error
+naming the cause.
 
 The pattern is, in node order, the bits ``z > 0`` of every ReLU node and the argmax position of every
 window of a max-pool node with windows of more than one entry, in binary (most significant bit first): the

@@ -14,8 +14,9 @@ and, when a value is within its bound of zero, exactly (integer arithmetic on th
 given points; see :mod:`netgeom.regions._exact`), so their pieces are exactly those of the float64 network
 at any scale. A unit's pattern bit is ``z > 0`` on the piece's interior, so a unit that is identically zero
 there has bit False, as in :func:`netgeom.regions.count_patterns`. The box method decides by linear programs
-(HiGHS) in units of the piece at hand, with certified float error bounds on every hyperplane and exact
-decisions of the bits; it reports the sides thinner than float64's precision that it could not decide.
+(HiGHS) in units of the piece at hand, with certified float error bounds on every hyperplane (kept for
+every later cut) and exact decisions of the bits; sides thinner than float64's precision are decided by an
+exact rational LP.
 """
 
 from __future__ import annotations
@@ -963,14 +964,17 @@ def _unit_frame(A, B, eA, eB, k: int) -> _Units:
         eBn = np.ldexp(eB, -e) * (1 + 2 * _U) + _ETA * live
     huge = ~np.isfinite(An) | (np.abs(An) > 2.0**900) | ~np.isfinite(eAn)
     if huge.any():
-        if not np.all(np.abs(A[huge]) > 2 * eA[huge]):
-            raise OverflowError(
-                "regions_in_box: a unit's value is beyond float64's range relative to its slope and not "
-                "certified; rescale consecutive layers by reciprocal powers of two"
-            )
-        An[huge] = np.sign(A[huge]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
-        eAn[huge] = 0.0
-        eBn[:, huge] = 0.0
+        sign_sure = huge & (np.abs(A) > 2 * eA)
+        An[sign_sure] = np.sign(A[sign_sure]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
+        eAn[sign_sure] = 0.0
+        eBn[:, sign_sure] = 0.0
+        # The others' error bounds dwarf their variation over the box (e.g. an underflow allowance of
+        # 2^-1074 next to slopes of 2^-1040 in a box 2^-1040 wide): not certain, so the callers recompute
+        # them exactly (a max-pool difference then raises an error naming the cause).
+        unsure = huge & ~sign_sure
+        An[unsure] = 0.0
+        eAn[unsure] = 0.0
+        eBn[:, unsure] = 2.0**900  # (not inf: 0 * inf would be nan in the bounds at a point)
     return _Units(An, Bn, eAn, eBn, live)
 
 
@@ -1192,8 +1196,22 @@ def _ball_in(G, h, e, tags, c, r, r_min: float, exact_rows):
     n = 0
     warm = None
     for _ in range(80):
-        with np.errstate(under="ignore"):
-            t, rho, warm = _depth_lp(G, (hin - G @ c) / u)
+        with np.errstate(under="ignore", over="ignore"):
+            b = (hin - G @ c) / u
+        if not b.min() >= -1e15:
+            # The walls' bounds over the box dwarf this piece (a tiny region far inside a huge box): the
+            # inner polytope cannot hold its ball; only the outer one may still prove the side empty.
+            with np.errstate(under="ignore", over="ignore"):
+                hout = _shifted(h, e, 1.0)
+                b = (hout - G @ c) / u
+            if b.min() >= -1e15:
+                t, rho, warm = _depth_lp(G, b)
+                n += 1
+                depth = rho * u
+                if depth + _LP_REL * u + _slack_err(G, hout, c + u * t, max(abs(depth), u)) < r_min:
+                    return None, n, 0
+            break
+        t, rho, warm = _depth_lp(G, b)
         n += 1
         depth = rho * u
         point = c + u * t
