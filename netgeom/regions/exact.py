@@ -978,27 +978,64 @@ def _unit_frame(A, B, eA, eB, k: int) -> _Units:
     return _Units(An, Bn, eAn, eBn, live)
 
 
+def _int_rows(M: list, rhs: list) -> list:
+    """The augmented rows ``[M | rhs]`` (Fractions) times their denominators' lcm: integers, same
+    solutions."""
+    out = []
+    for row, v in zip(M, rhs):
+        vals = list(row) + [v]
+        L = math.lcm(*(x.denominator for x in vals))
+        out.append([x.numerator * (L // x.denominator) for x in vals])
+    return out
+
+
 def _solve_exact(M: list, rhs: list):
-    """``x`` with ``M x = rhs`` (square, Fractions) by Gaussian elimination, or None when ``M`` is
-    singular."""
+    """``x`` with ``M x = rhs`` (``M`` square, Fractions), or None when ``M`` is singular: Bareiss's
+    fraction-free elimination on integers (exact divisions, no gcds), then one division per entry."""
     n = len(M)
-    A = [list(row) + [v] for row, v in zip(M, rhs)]
-    for col in range(n):
-        piv = next((i for i in range(col, n) if A[i][col] != 0), None)
+    A = _int_rows(M, rhs)
+    prev = 1
+    for k in range(n):
+        piv = next((i for i in range(k, n) if A[i][k] != 0), None)
         if piv is None:
             return None
-        A[col], A[piv] = A[piv], A[col]
-        p = A[col]
-        for i in range(col + 1, n):
-            f = A[i][col]
-            if f:
-                f = f / p[col]
-                A[i] = [a - f * b for a, b in zip(A[i], p)]
+        A[k], A[piv] = A[piv], A[k]
+        pk = A[k]
+        akk = pk[k]
+        for i in range(k + 1, n):
+            ai = A[i]
+            aik = ai[k]
+            ai[k] = 0
+            for j in range(k + 1, n + 1):
+                ai[j] = (ai[j] * akk - aik * pk[j]) // prev
+        prev = akk
     x = [Fraction(0)] * n
     for i in range(n - 1, -1, -1):
-        s = A[i][n] - sum((A[i][j] * x[j] for j in range(i + 1, n)), Fraction(0))
+        s = Fraction(A[i][n]) - sum((A[i][j] * x[j] for j in range(i + 1, n)), Fraction(0))
         x[i] = s / A[i][i]
     return x
+
+
+def _solve_overdetermined(M: list, rhs: list):
+    """The unique ``x`` with ``M x = rhs`` (``M`` of shape ``(m, n)``, ``m ≥ n``, Fractions), or None when
+    there is none or more than one."""
+    m, n = len(M), len(M[0]) if M else 0
+    A = [list(row) + [v] for row, v in zip(M, rhs)]
+    r = 0
+    for col in range(n):
+        piv = next((i for i in range(r, m) if A[i][col] != 0), None)
+        if piv is None:
+            return None  # rank < n: not unique
+        A[r], A[piv] = A[piv], A[r]
+        p = A[r]
+        for i in range(m):
+            if i != r and A[i][col]:
+                f = A[i][col] / p[col]
+                A[i] = [a - f * b for a, b in zip(A[i], p)]
+        r += 1
+    if any(A[i][n] != 0 for i in range(r, m)):
+        return None  # inconsistent
+    return [A[i][n] / A[i][i] for i in range(n)]
 
 
 def _exact_depth_lp(rows: list, ncol: list, start: list, warm=None):
@@ -1074,12 +1111,16 @@ def _pow2_normalised(a: list, b: Fraction):
     return [v * s for v in a], b * s
 
 
-def _exact_side(rows: list, d: int, r_min: float, warm=None):
+def _exact_side(rows: list, d: int, r_min: float, support=None, points=()):
     """Decide in rationals whether the polytope ``{a_i·y' < b_i}`` (exact rows, box rows first: ``+e_i`` for
     ``i < d`` then ``-e_i``) holds a ball of radius ``> r_min``. Returns a ball ``(centre, radius)`` (floats)
-    certified inside it, or None. The exact LP ``max t : a_i·y + n_i t ≤ b_i`` with ``n_i ≥ |a_i|``
-    gives a ball of radius ``t`` around ``y`` (its optimum is nonpositive exactly when the polytope has no
-    interior); with ``min_radius > 0``, ``n_i ≤ |a_i|`` gives an upper bound on the inradius too."""
+    certified inside it, or None. With ``n_i ≥ |a_i|``, a point ``y`` whose exact slacks are all ``≥ n_i t``
+    is the centre of a ball of radius ``t`` inside; the exact LP ``max t : a_i·y + n_i t ≤ b_i`` has a
+    nonpositive optimum exactly when the polytope has no interior (with ``min_radius > 0``, ``n_i ≤ |a_i|``
+    gives an upper bound on the inradius too). Cheap certificates first: the float ``points`` (HiGHS's
+    answer, the parent's centre) checked exactly, and for "empty" a Farkas certificate on the rows of
+    HiGHS's nonzero duals (``support``): ``λ ≥ 0``, ``Σ λ_i (a_i, n_i) = (0, 1)`` exactly and
+    ``Σ λ_i b_i ≤ 0``. Only when both fail does the exact simplex run (warm-started from that basis)."""
     norm_rows, keep_idx = [], []
     for i, (a, b) in enumerate(rows):
         nr = _pow2_normalised(a, b)
@@ -1091,10 +1132,30 @@ def _exact_side(rows: list, d: int, r_min: float, warm=None):
         keep_idx.append(i)
     pos = {i: q for q, i in enumerate(keep_idx)}
     start = [pos[0], pos[d]] + [pos[i] for i in range(1, d)]
-    warm_n = [pos[i] for i in warm if i in pos] if warm is not None else None
+    sup = [pos[i] for i in support if i in pos] if support is not None else []
     bounds = [_sqrt_bounds(sum((v * v for v in a), Fraction(0))) for a, _ in norm_rows]
-    t, y = _exact_depth_lp(norm_rows, [hi for _, hi in bounds], start, warm_n)
+    n_up = [hi for _, hi in bounds]
     rq = Fraction(r_min)
+    for p in points:
+        yq = [Fraction(float(v)) for v in p]
+        t = min((b - sum((av * yv for av, yv in zip(a, yq) if av), Fraction(0))) / n
+                for (a, b), n in zip(norm_rows, n_up))
+        if t > rq:
+            r = float(t)
+            if Fraction(r) > t:
+                r = math.nextafter(r, -math.inf)
+            if r > 0:
+                return np.array([float(v) for v in p]), r
+    if rq == 0 and 0 < len(sup) <= d + 1:
+        lam = _solve_overdetermined(
+            [[(norm_rows[i][0][q] if q < d else n_up[i]) for i in sup] for q in range(d + 1)],
+            [Fraction(0)] * d + [Fraction(1)],
+        )
+        if lam is not None and all(v >= 0 for v in lam):
+            if sum((v * norm_rows[i][1] for v, i in zip(lam, sup)), Fraction(0)) <= 0:
+                return None
+    warm_n = sup if len(sup) == d + 1 else None
+    t, y = _exact_depth_lp(norm_rows, n_up, start, warm_n)
     if t <= rq:
         if rq == 0:
             return None
@@ -1132,7 +1193,7 @@ def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, list | N
     the radius of the largest ball in ``{G t ≤ b}`` when it is nonempty, else minus how far the least
     violated point is from satisfying every row. Always feasible, so HiGHS never reports infeasibility
     with its absolute tolerances; any other failure raises. Also the rows of HiGHS's optimal basis (those
-    with a nonzero dual) when there are ``d + 1`` of them: a warm start for the exact LP."""
+    with a nonzero dual): a Farkas certificate's support or a warm start for the exact LP."""
     from scipy.optimize import linprog
 
     d = G.shape[1]
@@ -1152,9 +1213,7 @@ def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, list | N
     marg = getattr(getattr(res, "ineqlin", None), "marginals", None)
     warm = None
     if marg is not None:
-        act = np.nonzero(np.abs(marg) > 1e-12 * max(float(np.abs(marg).max()), 1e-300))[0]
-        if len(act) == d + 1:
-            warm = act.tolist()
+        warm = np.nonzero(np.abs(marg) > 1e-12 * max(float(np.abs(marg).max()), 1e-300))[0].tolist()
     return res.x[:d], float(res.x[d]), warm
 
 
@@ -1188,13 +1247,13 @@ def _ball_in(G, h, e, tags, c, r, r_min: float, exact_rows):
     the LP's tolerance band of a decision, the LP is solved again centred at its own point in a unit 2^16
     times smaller, down to the precision of the walls (their rounding and bounds). A side still undecided
     there is decided in rational arithmetic on the exact walls (``exact_rows(tags, c, r)``,
-    :func:`_exact_side`: an exact LP warm-started from HiGHS's basis), never dropped."""
+    :func:`_exact_side`: HiGHS's point or dual checked exactly, else an exact LP), never dropped."""
     emax = float(e.max()) if len(e) else 0.0
     hin = _shifted(h, e, -1.0)
     c0, r0 = c, r
     u = _pow2_floor(r) if r > 0 else 1.0
     n = 0
-    warm = None
+    warm, point = None, c
     for _ in range(80):
         with np.errstate(under="ignore", over="ignore"):
             b = (hin - G @ c) / u
@@ -1208,7 +1267,8 @@ def _ball_in(G, h, e, tags, c, r, r_min: float, exact_rows):
                 t, rho, warm = _depth_lp(G, b)
                 n += 1
                 depth = rho * u
-                if depth + _LP_REL * u + _slack_err(G, hout, c + u * t, max(abs(depth), u)) < r_min:
+                point = c + u * t
+                if depth + _LP_REL * u + _slack_err(G, hout, point, max(abs(depth), u)) < r_min:
                     return None, n, 0
             break
         t, rho, warm = _depth_lp(G, b)
@@ -1231,7 +1291,7 @@ def _ball_in(G, h, e, tags, c, r, r_min: float, exact_rows):
             # every scale: zooms cannot help
             break
         c, u = point, u_new
-    ball = _exact_side(exact_rows(tags, c0, r0), G.shape[1], r_min, warm)
+    ball = _exact_side(exact_rows(tags, c0, r0), G.shape[1], r_min, warm, (point, c0))
     return ball, n, 1
 
 
