@@ -251,3 +251,55 @@ def test_random_small_nets_match_the_exact_slice(seed, widths, slope, bias, prun
     lo = np.ldexp(np.array([-1.0, -0.625]), k)
     hi = np.ldexp(np.array([0.75, 1.0]), k)
     _same_as_slice(net, lo, hi, masks)
+
+
+# ---------------------------------------------------------------------- the exact side decision itself
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), d=st.integers(1, 4), m=st.integers(0, 6), w=st.sampled_from([None, 0, -45])
+)
+def test_exact_side_without_hints_agrees_with_the_float_lp(seed, d, m, w):
+    """The exact simplex (no float hints) against HiGHS on random polytopes in the unit box, and on slabs
+    ``2^-40 - 2^w ≤ a·y ≤ 2^-40`` through them of zero width (no interior) or width 2^-45 (a real region
+    far thinner than HiGHS's tolerances, yet wider than float64's spacing in the unit box)."""
+    from scipy.optimize import linprog
+
+    from netgeom.regions.exact import _exact_side
+
+    rng = np.random.default_rng(seed)
+    A = np.vstack([np.eye(d), -np.eye(d), rng.normal(size=(m, d))])
+    b = np.concatenate([np.ones(2 * d), rng.uniform(-0.5, 1.0, m)])
+    norms = np.linalg.norm(A, axis=1)
+    cost, free = np.r_[np.zeros(d), -1.0], [(None, None)] * (d + 1)
+    depth = linprog(cost, A_ub=np.c_[A, norms], b_ub=b, bounds=free).x[d]
+    if w is not None:
+        a = rng.normal(size=d)
+        on_slab = linprog(cost, A_ub=np.c_[A, norms], b_ub=b, A_eq=np.r_[a, 0][None], b_eq=[2.0**-40],
+                          bounds=free)
+        crosses = on_slab.status == 0 and on_slab.x[d] > 1e-6
+        width = 0.0 if w == 0 else 2.0**w
+        A, b = np.vstack([A, a, -a]), np.concatenate([b, [2.0**-40, width - 2.0**-40]])
+    rows = [([Fraction(float(v)) for v in ai], Fraction(float(bi))) for ai, bi in zip(A, b)]
+    ball = _exact_side(rows, d, 0.0)
+    if w is not None:
+        if w == 0:
+            assert ball is None
+        elif crosses:
+            assert ball is not None and ball[1] <= 2.0**-46 / np.linalg.norm(a) * (1 + 1e-9)
+    elif depth > 1e-9:
+        assert ball is not None and ball[1] > 0.5 * depth
+    elif depth < -1e-9:
+        assert ball is None
+    if ball is not None:
+        c, r = ball
+        for a_, bi in rows:  # the ball lies inside every row, exactly
+            slack = bi - sum((ai * Fraction(float(ci)) for ai, ci in zip(a_, c)), Fraction(0))
+            assert slack >= Fraction(r) * _l2_up(a_)
+
+
+def _l2_up(a) -> Fraction:
+    """A rational upper bound on the Euclidean norm of ``a``."""
+    from math import isqrt
+
+    s = sum(v * v for v in a)
+    return Fraction(isqrt(int(s * 2**200)) + 1, 2**100)
