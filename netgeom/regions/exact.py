@@ -1673,12 +1673,13 @@ def regions_in_box(
     again in a unit 2^16 times smaller around the LP's point, down to float64's precision for the walls'
     positions there. A side still undecided (thinner than that precision, e.g. hyperplanes meeting exactly
     at a vertex, as all of a bias-free net's do at 0, or a wall within another's error bound) is decided
-    in rational arithmetic on the exact walls: an exact LP for the largest ball, warm-started from HiGHS's
-    optimal basis (``n_exact`` counts these sides), so no region is dropped. A unit's bit is ``z > 0`` at its
-    piece's ball centre, decided in float when ``|z|`` exceeds its bound and otherwise exactly (rational
-    arithmetic on the float64 weights and box: an exactly zero value there means a unit identically zero on
-    the piece, bit False as in torch). A unit whose slope is within its bound of zero is recomputed exactly
-    on the piece (a max-pool difference in that case raises an error naming the cause).
+    in rational arithmetic on the exact walls: HiGHS's point checked exactly, or its duals as an exact
+    Farkas certificate, else an exact simplex (``n_exact`` counts these sides), so no region is dropped.
+    A unit's bit is ``z > 0`` at its piece's ball centre, decided in float when ``|z|`` exceeds its bound
+    and otherwise exactly (rational arithmetic on the float64 weights and box: an exactly zero value there
+    means a unit identically zero on the piece, bit False as in torch). A unit whose slope is within its
+    bound of zero is recomputed exactly on the piece (a max-pool difference in that case raises an error
+    naming the cause).
 
     ``min_radius`` (default 0: exact) is an explicit opt-in to skip regions thinner than an absolute
     radius, in the units of ``y``: a cut is kept only when both sides hold a ball of radius ``> min_radius``.
