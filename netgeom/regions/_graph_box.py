@@ -15,16 +15,19 @@ affine in ``y``: ``alpha + y @ Beta``. Nodes are read in topological order:
   earlier position wins, as torch). A cell is kept when it holds a ball: the piece's own ball shrunk to the
   cell's walls when that is large enough, else its Chebyshev ball (LPs in the piece's units).
   Positions certainly below another one at every vertex of the piece (qhull, up to 6 dimensions) are
-  dropped first, so most windows need no LP. When no cell holds such a ball the piece is kept whole, with
-  the argmax at its centre (as a unit too thin to split a piece leaves it whole).
+  dropped first, so most windows need no LP. The cells tile the piece, so one always holds a ball; only
+  with ``min_radius > 0`` may none, and then the piece is kept whole, with the argmax at its centre.
 
 Rounding is handled as in the chain engine: every map carries rigorous bounds on the errors of its entries
 (``e_alpha``, ``e_Beta``: the affine push's gamma bounds with an allowance for underflow, the additions'
 roundings), units and max-pool differences are scaled by their own powers of two in the box's unit frame,
-and decisions within their bounds are exact: ReLU bits and a last-resort argmax by rational arithmetic at
-the piece's centre (:class:`_ExactPoint`). A ReLU unit whose slope is within its bound of zero is
-recomputed exactly on the piece (an affine map is fixed by its exact values at ``d + 1`` points of the
-piece's ball); a max-pool difference in that case raises an error naming the cause.
+every wall keeps its bound for all later cuts and its tag (``("u", node, unit, side)`` or ``("p", node,
+q, p)``), from which its exact row is rebuilt by rational runs of the graph at ``d + 1`` points of the
+piece's ball when floats cannot decide a side, and decisions within their bounds are exact: ReLU bits and
+a last-resort argmax by rational arithmetic at the piece's centre (:class:`_ExactPoint`). A ReLU unit
+whose slope is within its bound of zero is recomputed exactly on the piece (an affine map is fixed by its
+exact values at ``d + 1`` points of the piece's ball); a max-pool difference in that case raises an error
+naming the cause.
 
 The pattern is, in node order, the bits ``z > 0`` of every ReLU node and the argmax position of every
 window of a max-pool node with windows of more than one entry, in binary (most significant bit first): the
@@ -45,11 +48,14 @@ from .exact import (
     _active_units,
     _ball_in,
     _box_result,
+    _box_tags,
     _cut_by_units,
+    _exact_rows,
     _fraction_unit_frame,
     _frame_exp,
     _push_bounds,
     _scaled_box,
+    _shifted,
     _too_many,
     _UncertainSlope,
     _unit_frame,
@@ -93,25 +99,38 @@ class _ExactPoint:
 
     def map_on_piece(self, node: int, c, r: float):
         """Exact affine map ``(A, B)`` (Fractions; ``B`` as d lists) of ``node``'s value on the piece whose
-        certified ball is ``(c, r)`` (frame ``y'``), in the box's coordinates ``y``: an affine function is
-        fixed by its exact values at ``c`` and ``c + (r / 2) e_i``, all inside the piece."""
+        certified ball is ``(c, r)`` (frame ``y'``), in the box's coordinates ``y``."""
+        return self.maps_on_piece(c, r)(node)
+
+    def maps_on_piece(self, c, r: float):
+        """``node -> (A, B)``: :meth:`map_on_piece` of every node from one exact run at each of ``c`` and
+        ``c + (r / 2) e_i`` (exact rational points, all inside the piece: an affine function is fixed
+        by its values there)."""
         d = len(c)
-        t = r / 2
-        v0 = self._run(c)[1][node]
+        cq = [Fraction(float(v)) for v in c]
+        t = Fraction(float(r)) / 2
         two_k = Fraction(2) ** self.k
-        B = []
+        runs = [self._run(cq)[1]]
         for i in range(d):
-            ci = np.array(c, dtype=np.float64)
+            ci = list(cq)
             ci[i] += t
-            step = (Fraction(float(ci[i])) - Fraction(float(c[i]))) * two_k
-            vi = self._run(ci)[1][node]
-            B.append([(b - a) / step for a, b in zip(v0, vi)])
-        y0 = [Fraction(float(v)) * two_k for v in c]
-        A = [a - sum((B[i][j] * y0[i] for i in range(d)), Fraction(0)) for j, a in enumerate(v0)]
-        return A, B
+            runs.append(self._run(ci)[1])
+        step = t * two_k
+        y0 = [v * two_k for v in cq]
+        cache = {}
+
+        def get(node):
+            if node not in cache:
+                v0 = runs[0][node]
+                B = [[(b - a) / step for a, b in zip(v0, runs[i + 1][node])] for i in range(d)]
+                A = [a - sum((B[i][j] * y0[i] for i in range(d)), Fraction(0)) for j, a in enumerate(v0)]
+                cache[node] = (A, B)
+            return cache[node]
+
+        return get
 
     def _run(self, c_scaled):
-        y = [Fraction(float(v)) * Fraction(2) ** self.k for v in c_scaled]
+        y = [Fraction(v) * Fraction(2) ** self.k for v in c_scaled]
         x = list(self.origin)
         for yi, row in zip(y, self.basis):
             if yi:
@@ -154,17 +173,19 @@ class _ExactPoint:
         return out, vals
 
 
-def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
-    """Cells of one window on one piece (frame ``y'``): list of ``(G, h, centre, radius, position)`` and LPs
-    solved. ``a (k,)``, ``B (d, k)`` (errors ``ea``, ``eB``): the window's entries on the piece in the box's
-    coordinates (``valid`` marks non-padding positions). The wall between positions ``p`` and ``q`` is the
-    zero set of ``z_q - z_p``, normalised and bounded as a unit's
-    (:func:`netgeom.regions.exact._unit_frame`)."""
+def _window_cells(piece, a, B, ea, eB, valid, ix, k, lo, hi, r_min, exact_at, key, exact_rows):
+    """Cells of one window on one piece ``(G, h, e, tags, c, r)`` (frame ``y'``, as in
+    :func:`netgeom.regions.exact._cut_by_units`): list of ``(cell, position)`` (cells are pieces), LPs solved
+    and sides decided in rationals. ``a (k,)``, ``B (d, k)`` (errors ``ea``, ``eB``): the window's entries on
+    the piece in the box's coordinates (``valid`` marks non-padding positions, ``ix`` their indices in the
+    map ``key``). The wall between positions ``p`` and ``q`` is the zero set of ``z_q - z_p``, normalised
+    and bounded as a unit's (:func:`netgeom.regions.exact._unit_frame`), with its bound over the box."""
+    G, h, e, tags, c, r = piece
     pos = np.nonzero(valid)[0]
     d = G.shape[1]
     m = len(pos)
     if m == 1:
-        return [(G, h, c, r, int(pos[0]))], 0, 0
+        return [(piece, int(pos[0]))], 0, 0
     # differences D[p][q] = z_q - z_p for every ordered pair, as normalised units
     pa, pb = np.repeat(pos, m), np.tile(pos, m)  # (p, q) pairs
     with np.errstate(under="ignore"):
@@ -178,7 +199,7 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
     above = live & (zmin > err)  # z_q > z_p on the whole box
     below = live & (zmax < -err)
     # Positions certainly below another one at every vertex of the piece never win.
-    verts = _vertices(G, h, c) if d <= 6 else None
+    verts = _vertices(G, _shifted(h, e, 1.0), c) if d <= 6 else None  # the outer polytope's
     if verts is not None:
         zv, ev = U.z_at(verts)
         scale = 1.0 + float(np.abs(verts).max())
@@ -190,12 +211,13 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
     tie = (~live).reshape(m, m)  # identical entries on the piece: the first position wins
     first = np.arange(m)[None, :] < np.arange(m)[:, None]  # first[p, q]: q comes before p
     never = (above | (tie & first)).any(axis=1)
-    n_lp = n_thin = 0
+    n_lp = n_ex = 0
     cells = []
+    ew = U.wall_bounds(np.maximum(np.abs(lo), np.abs(hi)))
     for ip in np.nonzero(~never)[0]:
         walls = [iq for iq in range(m) if iq != ip and not below[ip, iq] and not tie[ip, iq]]
         if not walls:
-            cells.append((G, h, c, r, int(pos[ip])))
+            cells.append((piece, int(pos[ip])))
             continue
         idx = ip * m + np.array(walls)
         if not U.sure[idx].all():
@@ -207,24 +229,29 @@ def _window_cells(G, h, c, r, a, B, ea, eB, valid, k, lo, hi, r_min, exact_at):
             return max(U.delta(q, cc, rr) for q in idx.tolist())
 
         Gc, hc = np.vstack([G, rows]), np.concatenate([h, rhs])
+        ec = np.concatenate([e, ew[idx]])
+        tc = tags + [("p", key, int(ix[pos[iq]]), int(ix[pos[ip]])) for iq in walls]
         # The piece's own ball, shrunk to the cell's walls, when the centre is in the cell.
         rr = min(r, float((rhs - rows @ c).min())) - dmax(c, r)
         if rr > r_min:
-            cells.append((Gc, hc, c, rr, int(pos[ip])))
+            cells.append(((Gc, hc, ec, tc, c, rr), int(pos[ip])))
             continue
-        ball, n, thin = _ball_in(Gc, hc, c, r, dmax, r_min)
+        ball, n, ex = _ball_in(Gc, hc, ec, tc, c, r, r_min, exact_rows)
         n_lp += n
-        n_thin += thin
+        n_ex += ex
         if ball is not None:
-            cells.append((Gc, hc, ball[0], ball[1], int(pos[ip])))
+            cells.append(((Gc, hc, ec, tc, ball[0], ball[1]), int(pos[ip])))
     if not cells:
-        # Every cell too thin to hold a ball: keep the piece whole, its argmax the one at its centre.
-        zc, ec = U.z_at(c[None, :])
-        zc, ec = zc[0].reshape(m, m), ec[0].reshape(m, m)
-        wins = [ip for ip in range(m) if np.all((zc[ip] < -ec[ip]) | (np.arange(m) == ip))]
+        # The cells tile the piece, so one holds a ball of positive radius: only min_radius > 0 leaves
+        # none. Then the piece stays whole, its argmax the one at its centre.
+        if r_min == 0:
+            raise AssertionError("internal error in regions_in_box: no max-pool cell of a piece holds a ball")
+        zc, ecz = U.z_at(c[None, :])
+        zc, ecz = zc[0].reshape(m, m), ecz[0].reshape(m, m)
+        wins = [ip for ip in range(m) if np.all((zc[ip] < -ecz[ip]) | (np.arange(m) == ip))]
         p = int(pos[wins[0]]) if len(wins) == 1 else int(exact_at(c))
-        return [(G, h, c, r, p)], n_lp, n_thin
-    return cells, n_lp, n_thin
+        return [(piece, p)], n_lp, n_ex
+    return cells, n_lp, n_ex
 
 
 def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose):
@@ -248,8 +275,20 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
     h0 = np.concatenate([hi_s, -lo_s])
     o64, b64 = origin.astype(np.float64), basis.astype(np.float64)
     vals0 = {0: (o64, b64, np.zeros_like(o64), np.zeros_like(b64))}
-    pieces = [(G0, h0, 0.5 * (lo_s + hi_s), 0.5 * float(np.min(hi_s - lo_s)), vals0, [])]
-    n_lp = n_thin = 0
+    piece0 = (G0, h0, np.zeros(2 * d), _box_tags(d), 0.5 * (lo_s + hi_s), 0.5 * float(np.min(hi_s - lo_s)))
+    pieces = [(piece0, vals0, [])]
+    ym = np.maximum(np.abs(lo_s), np.abs(hi_s))
+
+    def exact_rows(tags, c, r):
+        maps = exact.maps_on_piece(c, r)
+
+        def unit(key, j):
+            A, B = maps(key)
+            return A[j], [row[j] for row in B]
+
+        return _exact_rows(tags, k, lo_s, hi_s, unit)
+
+    n_lp = n_ex = 0
     k_pat = 0
     for i in order:
         node = nodes[i]
@@ -262,16 +301,16 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
             live_w = (aW > 0).any(axis=1)
             j = node.inputs[0]
             # all pieces at once: one product for every piece's alpha and Beta rows
-            al = np.stack([p[4][j][0] for p in pieces])
-            Be = np.stack([p[4][j][1] for p in pieces])  # (m, d, n_in)
-            eal = np.stack([p[4][j][2] for p in pieces])
-            eBe = np.stack([p[4][j][3] for p in pieces])
+            al = np.stack([p[1][j][0] for p in pieces])
+            Be = np.stack([p[1][j][1] for p in pieces])  # (m, d, n_in)
+            eal = np.stack([p[1][j][2] for p in pieces])
+            eBe = np.stack([p[1][j][3] for p in pieces])
             A, Bm, eA, eB = _push_bounds(al, Be, eal, eBe, W, b, 0.0 if wmin == 0 else wmin, live_w)
             for kk, p in enumerate(pieces):
-                p[4][i] = (A[kk], Bm[kk], eA[kk], eB[kk])
+                p[1][i] = (A[kk], Bm[kk], eA[kk], eB[kk])
         elif op in ("add", "cat", "output"):
             for p in pieces:
-                ins = [p[4][j] for j in node.inputs]
+                ins = [p[1][j] for j in node.inputs]
                 if op == "add":
                     with np.errstate(under="ignore"):
                         al, Be, eal, eBe = (sum(v[t] for v in ins) for t in range(4))
@@ -284,7 +323,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                     Be, eBe = (np.concatenate([v[t] for v in ins], axis=1) for t in (1, 3))
                 else:
                     al, Be, eal, eBe = ins[0]
-                p[4][i] = (al, Be, eal, eBe)
+                p[1][i] = (al, Be, eal, eBe)
         elif op == "relu":
             k_pat += 1
             slope = float(node.negative_slope)
@@ -296,24 +335,26 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
             )
             new = []
             j = node.inputs[0]
-            for k_reg, (G, h, c, r, vals, bits) in enumerate(pieces):
+            for k_reg, (piece, vals, bits) in enumerate(pieces):
+                G, h, e, _, c, r = piece
                 A, Bm, eA, eB = vals[j]
                 U = _unit_frame(A, Bm, eA, eB, k)
-                active = _active_units(G, h, c, U, lo_s, hi_s)
+                active = _active_units(G, h, e, c, U, lo_s, hi_s)
                 if not U.sure[active].all():
                     # a slope within its rounding bound of zero: the unit's exact map on this piece
                     A, Bm, eA, eB, U = _fraction_unit_frame(*exact.map_on_piece(j, c, r), k)
-                    active = _active_units(G, h, c, U, lo_s, hi_s)
+                    active = _active_units(G, h, e, c, U, lo_s, hi_s)
                 room = max_regions - (len(new) + len(pieces) - k_reg - 1)
                 try:
-                    cut, n, thin = _cut_by_units(
-                        G, h, c, r, U, active, r_min, room, max_regions, bar
+                    cut, n, ex = _cut_by_units(
+                        piece, U, active, r_min, room, max_regions, bar, ym, j, exact_rows
                     )
-                except _UncertainSlope as e:
-                    raise _UncertainSlope(e.unit) from None
+                except _UncertainSlope as err:
+                    raise _UncertainSlope(err.unit) from None
                 n_lp += n
-                n_thin += thin
-                for G_, h_, c_, r_ in cut:
+                n_ex += ex
+                for new_piece in cut:
+                    c_ = new_piece[4]
                     z, err = U.z_at(c_[None, :])
                     on = z[0] > 0
                     if np.any(U.live & (np.abs(z[0]) <= err[0])):
@@ -327,7 +368,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                         esA = np.abs(s) * eA + np.where(off, _U * np.abs(sA) + _ETA, 0.0)
                         esB = np.abs(s) * eB + np.where(off, _U * np.abs(sB) + _ETA, 0.0)
                     v2[i] = (sA, sB, esA, esB)
-                    new.append((G_, h_, c_, r_, v2, bits + [on]))
+                    new.append((new_piece, v2, bits + [on]))
             bar.close()
             pieces = new
         elif op == "maxpool":
@@ -346,30 +387,32 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
             safe = np.where(valid, win, 0)
             j = node.inputs[0]
             new = []
-            for k_reg, (G, h, c, r, vals, bits) in enumerate(pieces):
+            for k_reg, (piece, vals, bits) in enumerate(pieces):
                 al, Be, eal, eBe = vals[j]
-                cur = [(G, h, c, r, np.zeros(nw, dtype=np.int64))]
+                cur = [(piece, np.zeros(nw, dtype=np.int64))]
                 for w in range(nw):
                     if valid[w].sum() == 1:
                         for q in cur:
-                            q[4][w] = int(np.nonzero(valid[w])[0][0])
+                            q[1][w] = int(np.nonzero(valid[w])[0][0])
                         continue
                     nxt = []
                     ix = safe[w]
-                    for G_, h_, c_, r_, choice in cur:
-                        entries = (al[ix], Be[:, ix], eal[ix], eBe[:, ix], valid[w])
+                    for cpiece, choice in cur:
+                        entries = (al[ix], Be[:, ix], eal[ix], eBe[:, ix], valid[w], ix)
                         at = lambda cc, w=w, i=i: exact(cc)[i][w]  # noqa: E731
-                        cells, n, thin = _window_cells(G_, h_, c_, r_, *entries, k, lo_s, hi_s, r_min, at)
+                        cells, n, ex = _window_cells(
+                            cpiece, *entries, k, lo_s, hi_s, r_min, at, j, exact_rows
+                        )
                         n_lp += n
-                        n_thin += thin
-                        for Gc, hc, cc, rc, p in cells:
+                        n_ex += ex
+                        for cell, p in cells:
                             ch = choice if len(cells) == 1 else choice.copy()
                             ch[w] = p
-                            nxt.append((Gc, hc, cc, rc, ch))
+                            nxt.append((cell, ch))
                     cur = nxt
                     if len(new) + len(cur) + len(pieces) - k_reg - 1 > max_regions:
                         raise _too_many(max_regions)
-                for G_, h_, c_, r_, choice in cur:
+                for cpiece, choice in cur:
                     sel = safe[np.arange(nw), choice]
                     v2 = dict(vals) if len(cur) > 1 else vals
                     v2[i] = (al[sel], Be[:, sel], eal[sel], eBe[:, sel])
@@ -380,7 +423,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                         b2 = bits + [code]
                     else:
                         b2 = bits
-                    new.append((G_, h_, c_, r_, v2, b2))
+                    new.append((cpiece, v2, b2))
                     bar.update(1)
             bar.close()
             pieces = new
@@ -390,7 +433,7 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
         for j in node.inputs:
             if last_use.get(j) == i:
                 for p in pieces:
-                    p[4].pop(j, None)
-    n_bits = sum(len(b) for b in pieces[0][5]) if pieces[0][5] else 0
-    regions = [(G, h, c, r, bits) for G, h, c, r, _, bits in pieces]
-    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k, n_thin)
+                    p[1].pop(j, None)
+    n_bits = sum(len(b) for b in pieces[0][2]) if pieces[0][2] else 0
+    regions = [(pc[0], pc[1], pc[4], pc[5], bits) for pc, _, bits in pieces]
+    return _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k, n_ex)

@@ -14,14 +14,14 @@ and, when a value is within its bound of zero, exactly (integer arithmetic on th
 given points; see :mod:`netgeom.regions._exact`), so their pieces are exactly those of the float64 network
 at any scale. A unit's pattern bit is ``z > 0`` on the piece's interior, so a unit that is identically zero
 there has bit False, as in :func:`netgeom.regions.count_patterns`. The box method decides by linear programs
-(HiGHS) in units of the piece at hand, with certified float error bounds on every hyperplane and exact
-decisions of the bits; it reports the sides thinner than float64's precision that it could not decide.
+(HiGHS) in units of the piece at hand, with certified float error bounds on every hyperplane (kept for
+every later cut) and exact decisions of the bits; sides thinner than float64's precision are decided by an
+exact rational LP.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -752,11 +752,11 @@ class BoxRegionsResult(Result):
 
     ``points[k]`` is an interior input of region k (``coords[k]`` its subspace coordinates), the centre of a
     ball of radius ``radii[k]`` inside the region; ``patterns[k]`` its pattern. ``halfspaces[k] = (G, h)``
-    describes the region's piece as ``G y ≤ h`` (rows normalised). ``n_lp`` counts linear programs solved.
-    ``n_thin`` counts the sides of cuts whose largest inscribed ball was within the float64 precision of
-    their walls' positions (relative to their distance from 0), left undecided and dropped: ``n_thin == 0``
-    certifies the count; otherwise it is exact up to regions that thin (such a side is typically empty,
-    e.g. at a vertex where hyperplanes meet exactly, as all of a bias-free net's do at 0).
+    describes the region's piece as ``G y ≤ h`` (rows normalised, the computed float64 walls: each exact
+    wall lies within its certified error bound of its row). ``n_lp`` counts linear programs solved by
+    HiGHS; ``n_exact`` the sides of cuts that floats could not decide (thinner than float64 can place
+    their walls, e.g. at a vertex where hyperplanes meet exactly, as all of a bias-free net's do at 0),
+    decided in rational arithmetic instead. The count and the patterns are exact either way.
     """
 
     count: int
@@ -770,7 +770,7 @@ class BoxRegionsResult(Result):
     coords: np.ndarray = field(repr=False)
     radii: np.ndarray = field(repr=False)
     halfspaces: list = field(repr=False)
-    n_thin: int = 0
+    n_exact: int = 0
 
     def polygons(self) -> list[np.ndarray]:
         """For a 2-D box, the regions as convex polygons ``(n_k, 2)`` in subspace coordinates."""
@@ -935,6 +935,16 @@ class _Units:
             return e + 4 * (d + 2) * _U * (abs(float(self.An[j])) / g + float(a.sum())) + _ETA
 
 
+    def wall_bounds(self, ym: np.ndarray) -> np.ndarray:
+        """:meth:`delta` of every unit over the whole box (``|y'| ≤ ym``): a wall's bound that holds
+        wherever a later cut's LP may place a ball (inf where the slope is not certain)."""
+        d = self.Bn.shape[0]
+        with np.errstate(under="ignore", divide="ignore", invalid="ignore"):
+            e = (self.eA + ym @ self.eB) / self.gn * (1 + 1e-9)
+            e = e + 4 * (d + 2) * _U * (np.abs(self.An) / self.gn + float(ym.sum())) + _ETA
+        return np.where(self.sure, e, math.inf)
+
+
 def _unit_frame(A, B, eA, eB, k: int) -> _Units:
     """Units ``z = A + y @ B`` (``y`` the box's coordinates; errors ``eA (n,)``, ``eB (d, n)``) in the frame
     ``y' = y / 2^k``, each divided by a power of two so that its slope's largest entry (or error) is in
@@ -954,15 +964,220 @@ def _unit_frame(A, B, eA, eB, k: int) -> _Units:
         eBn = np.ldexp(eB, -e) * (1 + 2 * _U) + _ETA * live
     huge = ~np.isfinite(An) | (np.abs(An) > 2.0**900) | ~np.isfinite(eAn)
     if huge.any():
-        if not np.all(np.abs(A[huge]) > 2 * eA[huge]):
-            raise OverflowError(
-                "regions_in_box: a unit's value is beyond float64's range relative to its slope and not "
-                "certified; rescale consecutive layers by reciprocal powers of two"
-            )
-        An[huge] = np.sign(A[huge]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
-        eAn[huge] = 0.0
-        eBn[:, huge] = 0.0
+        sign_sure = huge & (np.abs(A) > 2 * eA)
+        An[sign_sure] = np.sign(A[sign_sure]) * 2.0**900  # |y' @ Bn| <= d 2^54 here: the sign is certain
+        eAn[sign_sure] = 0.0
+        eBn[:, sign_sure] = 0.0
+        # The others' error bounds dwarf their variation over the box (e.g. an underflow allowance of
+        # 2^-1074 next to slopes of 2^-1040 in a box 2^-1040 wide): not certain, so the callers recompute
+        # them exactly (a max-pool difference then raises an error naming the cause).
+        unsure = huge & ~sign_sure
+        An[unsure] = 0.0
+        eAn[unsure] = 0.0
+        eBn[:, unsure] = 2.0**900  # (not inf: 0 * inf would be nan in the bounds at a point)
     return _Units(An, Bn, eAn, eBn, live)
+
+
+def _int_rows(M: list, rhs: list) -> list:
+    """The augmented rows ``[M | rhs]`` (Fractions) times their denominators' lcm: integers, same
+    solutions."""
+    out = []
+    for row, v in zip(M, rhs):
+        vals = list(row) + [v]
+        L = math.lcm(*(x.denominator for x in vals))
+        out.append([x.numerator * (L // x.denominator) for x in vals])
+    return out
+
+
+def _solve_exact(M: list, rhs: list):
+    """``x`` with ``M x = rhs`` (``M`` square, Fractions), or None when ``M`` is singular: Bareiss's
+    fraction-free elimination on integers (exact divisions, no gcds), then one division per entry."""
+    n = len(M)
+    A = _int_rows(M, rhs)
+    prev = 1
+    for k in range(n):
+        piv = next((i for i in range(k, n) if A[i][k] != 0), None)
+        if piv is None:
+            return None
+        A[k], A[piv] = A[piv], A[k]
+        pk = A[k]
+        akk = pk[k]
+        for i in range(k + 1, n):
+            ai = A[i]
+            aik = ai[k]
+            ai[k] = 0
+            for j in range(k + 1, n + 1):
+                ai[j] = (ai[j] * akk - aik * pk[j]) // prev
+        prev = akk
+    x = [Fraction(0)] * n
+    for i in range(n - 1, -1, -1):
+        s = Fraction(A[i][n]) - sum((A[i][j] * x[j] for j in range(i + 1, n)), Fraction(0))
+        x[i] = s / A[i][i]
+    return x
+
+
+def _solve_overdetermined(M: list, rhs: list):
+    """The unique ``x`` with ``M x = rhs`` (``M`` of shape ``(m, n)``, ``m ≥ n``, Fractions), or None when
+    there is none or more than one."""
+    m, n = len(M), len(M[0]) if M else 0
+    A = [list(row) + [v] for row, v in zip(M, rhs)]
+    r = 0
+    for col in range(n):
+        piv = next((i for i in range(r, m) if A[i][col] != 0), None)
+        if piv is None:
+            return None  # rank < n: not unique
+        A[r], A[piv] = A[piv], A[r]
+        p = A[r]
+        for i in range(m):
+            if i != r and A[i][col]:
+                f = A[i][col] / p[col]
+                A[i] = [a - f * b for a, b in zip(A[i], p)]
+        r += 1
+    if any(A[i][n] != 0 for i in range(r, m)):
+        return None  # inconsistent
+    return [A[i][n] / A[i][i] for i in range(n)]
+
+
+def _exact_depth_lp(rows: list, ncol: list, start: list, warm=None):
+    """``max t : a_i·y + n_i t ≤ b_i`` in rationals (``rows`` of ``(a, b)``, ``n_i > 0``; bounded: the box's
+    rows are among them), as ``(t, y)``. The simplex runs on the dual ``min b·λ : Σ λ_i (a_i, n_i) =
+    (0, 1), λ ≥ 0`` with Bland's rule (no cycling), from HiGHS's optimal basis ``warm`` when it is a
+    feasible one here (usually optimal at once), else from ``start`` (box rows, feasible). At the end
+    every reduced cost ``b_j - a_j·y - n_j t`` is ≥ 0, i.e. ``(y, t)`` satisfies every row exactly."""
+    d = len(rows[0][0])
+    cols = [list(a) + [n] for (a, _), n in zip(rows, ncol)]
+    bs = [b for _, b in rows]
+    e_last = [Fraction(0)] * d + [Fraction(1)]
+
+    def lam_of(B):
+        MB = [[cols[i][q] for i in B] for q in range(d + 1)]
+        lam = _solve_exact(MB, e_last)
+        return (lam, MB) if lam is not None and all(v >= 0 for v in lam) else (None, MB)
+
+    B, lam = None, None
+    if warm is not None and len(set(warm)) == d + 1:
+        B = list(warm)
+        lam, MB = lam_of(B)
+    if lam is None:
+        B = list(start)
+        lam, MB = lam_of(B)
+        if lam is None:
+            raise AssertionError("internal error: the box rows are not a feasible basis of the exact LP")
+    for _ in range(100_000):
+        pi = _solve_exact([cols[i] for i in B], [bs[i] for i in B])
+        inB = set(B)
+        enter = None
+        for j in range(len(rows)):
+            if j not in inB and bs[j] - sum((c * p for c, p in zip(cols[j], pi)), Fraction(0)) < 0:
+                enter = j  # Bland: the first improving column
+                break
+        if enter is None:
+            return pi[d], pi[:d]
+        w = _solve_exact(MB, cols[enter])
+        best = None
+        for q in range(d + 1):
+            if w[q] > 0:
+                ratio = lam[q] / w[q]
+                if best is None or ratio < best[0] or (ratio == best[0] and B[q] < B[best[1]]):
+                    best = (ratio, q)
+        if best is None:
+            raise AssertionError("internal error: the exact depth LP is unbounded (the box bounds it)")
+        theta, q = best
+        lam = [v - theta * wv for v, wv in zip(lam, w)]
+        lam[q] = theta
+        B[q] = enter
+        MB = [[cols[i][r] for i in B] for r in range(d + 1)]
+    raise RuntimeError("regions_in_box: the exact simplex did not finish in 100 000 pivots")
+
+
+def _sqrt_bounds(s: Fraction, bits: int = 64) -> tuple[Fraction, Fraction]:
+    """Rationals ``lo ≤ sqrt(s) ≤ hi`` within ``2^-bits`` relative (``s > 0``)."""
+    p, q = s.numerator, s.denominator
+    sh = 2 * bits + max(0, q.bit_length() - p.bit_length())
+    sh += sh % 2
+    r = math.isqrt((p * q) << sh)
+    den = q << (sh // 2)
+    return Fraction(r, den), Fraction(r + 1, den)
+
+
+def _pow2_normalised(a: list, b: Fraction):
+    """The row ``a·y ≤ b`` times a power of two making its largest ``|a_i|`` about 1 (same halfspace,
+    smaller integers), or None when ``a`` is zero."""
+    big = max((abs(v) for v in a), default=Fraction(0))
+    if big == 0:
+        return None
+    e = big.numerator.bit_length() - big.denominator.bit_length()
+    s = Fraction(1, 1 << e) if e >= 0 else Fraction(1 << -e)
+    return [v * s for v in a], b * s
+
+
+def _exact_side(rows: list, d: int, r_min: float, support=None, points=()):
+    """Decide in rationals whether the polytope ``{a_i·y' < b_i}`` (exact rows, box rows first: ``+e_i`` for
+    ``i < d`` then ``-e_i``) holds a ball of radius ``> r_min``. Returns a ball ``(centre, radius)`` (floats)
+    certified inside it, or None. With ``n_i ≥ |a_i|``, a point ``y`` whose exact slacks are all ``≥ n_i t``
+    is the centre of a ball of radius ``t`` inside; the exact LP ``max t : a_i·y + n_i t ≤ b_i`` has a
+    nonpositive optimum exactly when the polytope has no interior (with ``min_radius > 0``, ``n_i ≤ |a_i|``
+    gives an upper bound on the inradius too). Cheap certificates first: the float ``points`` (HiGHS's
+    answer, the parent's centre) checked exactly, and for "empty" a Farkas certificate on the rows of
+    HiGHS's nonzero duals (``support``): ``λ ≥ 0``, ``Σ λ_i (a_i, n_i) = (0, 1)`` exactly and
+    ``Σ λ_i b_i ≤ 0``. Only when both fail does the exact simplex run (warm-started from that basis)."""
+    norm_rows, keep_idx = [], []
+    for i, (a, b) in enumerate(rows):
+        nr = _pow2_normalised(a, b)
+        if nr is None:
+            if b <= 0:
+                return None  # 0 ≤ b ≤ 0 has no interior
+            continue
+        norm_rows.append(nr)
+        keep_idx.append(i)
+    pos = {i: q for q, i in enumerate(keep_idx)}
+    start = [pos[0], pos[d]] + [pos[i] for i in range(1, d)]
+    sup = [pos[i] for i in support if i in pos] if support is not None else []
+    bounds = [_sqrt_bounds(sum((v * v for v in a), Fraction(0))) for a, _ in norm_rows]
+    n_up = [hi for _, hi in bounds]
+    rq = Fraction(r_min)
+    for p in points:
+        yq = [Fraction(float(v)) for v in p]
+        t = min((b - sum((av * yv for av, yv in zip(a, yq) if av), Fraction(0))) / n
+                for (a, b), n in zip(norm_rows, n_up))
+        if t > rq:
+            r = float(t)
+            if Fraction(r) > t:
+                r = math.nextafter(r, -math.inf)
+            if r > 0:
+                return np.array([float(v) for v in p]), r
+    if rq == 0 and 0 < len(sup) <= d + 1:
+        lam = _solve_overdetermined(
+            [[(norm_rows[i][0][q] if q < d else n_up[i]) for i in sup] for q in range(d + 1)],
+            [Fraction(0)] * d + [Fraction(1)],
+        )
+        if lam is not None and all(v >= 0 for v in lam):
+            if sum((v * norm_rows[i][1] for v, i in zip(lam, sup)), Fraction(0)) <= 0:
+                return None
+    warm_n = sup if len(sup) == d + 1 else None
+    t, y = _exact_depth_lp(norm_rows, n_up, start, warm_n)
+    if t <= rq:
+        if rq == 0:
+            return None
+        t_hi, _ = _exact_depth_lp(norm_rows, [lo for lo, _ in bounds], start, warm_n)
+        if t_hi <= rq:
+            return None
+        raise RuntimeError(
+            "regions_in_box: a side's largest inscribed ball is within 2^-64 (relative) of min_radius, so "
+            "whether it counts is undecided; use another min_radius (0 is exact)"
+        )
+    centre = np.array([float(v) for v in y])
+    rad = t - sum((abs(Fraction(float(c)) - v) for c, v in zip(centre, y)), Fraction(0))
+    r = float(rad)
+    if rad > 0 and Fraction(r) > rad:
+        r = math.nextafter(r, -math.inf)
+    if not r > 0:
+        raise RuntimeError(
+            "regions_in_box: a region exists (decided exactly) whose inscribed ball is below float64's "
+            "resolution at its position, so its interior point cannot be given in float64; use a smaller box "
+            "around it or regions_on_slice (exact) on a 2-D slice"
+        )
+    return centre, r
 
 
 _LP_REL = 1e-6  # HiGHS's feasibility and optimality tolerances (~1e-7) in the LP's own units, ten times over
@@ -973,11 +1188,12 @@ def _pow2_floor(x: float) -> float:
     return math.ldexp(1.0, math.frexp(x)[1] - 1)
 
 
-def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
+def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float, list | None]:
     """Point ``t`` and signed depth ``rho`` of ``max rho : G t + rho |g_i| ≤ b`` (rows of G unit or zero):
     the radius of the largest ball in ``{G t ≤ b}`` when it is nonempty, else minus how far the least
     violated point is from satisfying every row. Always feasible, so HiGHS never reports infeasibility
-    with its absolute tolerances; any other failure raises."""
+    with its absolute tolerances; any other failure raises. Also the rows of HiGHS's optimal basis (those
+    with a nonzero dual): a Farkas certificate's support or a warm start for the exact LP."""
     from scipy.optimize import linprog
 
     d = G.shape[1]
@@ -994,7 +1210,11 @@ def _depth_lp(G: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     if res.status != 0:
         # Any other outcome (iteration limit, numerical trouble) would silently drop or keep a region.
         raise RuntimeError(f"HiGHS failed on a region's Chebyshev LP (status {res.status}: {res.message})")
-    return res.x[:d], float(res.x[d])
+    marg = getattr(getattr(res, "ineqlin", None), "marginals", None)
+    warm = None
+    if marg is not None:
+        warm = np.nonzero(np.abs(marg) > 1e-12 * max(float(np.abs(marg).max()), 1e-300))[0].tolist()
+    return res.x[:d], float(res.x[d]), warm
 
 
 def _slack_err(G, h, c, u) -> float:
@@ -1007,47 +1227,72 @@ def _slack_err(G, h, c, u) -> float:
     return float(err[near].max()) if near.any() else 0.0
 
 
-def _ball_in(G: np.ndarray, h: np.ndarray, c: np.ndarray, r: float, delta, r_min: float):
-    """A ball of radius ``> r_min`` in ``{G y' ≤ h}`` whose shrinking by the walls' uncertainty
-    ``delta(centre, radius)`` still holds one, as ``(centre, radius)`` (the radius less that), or None when
-    the polytope holds no ball of radius ``> r_min`` plus that; with the number of LPs solved and whether
-    the side was too thin to decide (then None).
+def _shifted(h: np.ndarray, e: np.ndarray, sign: float) -> np.ndarray:
+    """``h + sign e`` rounded away from ``h`` (outward for +1, inward for -1): the walls moved by their
+    error bounds, so that the inner polytope lies inside the exact one and the outer one contains it."""
+    with np.errstate(under="ignore"):
+        return (h + sign * e) + sign * (2 * _U * (np.abs(h) + e) + _ETA * (e > 0))
 
-    The Chebyshev LP is solved in local units: centred at ``c`` (a point of the parent piece, whose ball
-    radius ``r`` sets the unit, a power of two), so HiGHS's absolute tolerances are relative to the piece,
-    never to the box. When the signed depth lies within the LP's tolerance band of the threshold, the LP
-    is solved again centred at its own point in a unit 2^16 times smaller, down to the precision of the
-    walls themselves (their float rounding and ``delta``). A side still undecided there is thinner than
-    the float64 precision of its walls (e.g. a hyperplane through a vertex where others meet exactly): it
-    is dropped and counted (:attr:`BoxRegionsResult.n_thin`), never silently."""
+
+def _ball_in(G, h, e, tags, c, r, r_min: float, exact_rows):
+    """Decide whether the exact polytope whose walls are ``{G y' ≤ h}`` (frame ``y'``), each within ``e`` of
+    its exact position, holds a ball of radius ``> r_min``: ``((centre, radius), n_lp, n_exact)`` with a ball
+    inside the exact polytope, or ``(None, ...)``.
+
+    The Chebyshev LP is solved on the inner polytope ``{G y' ≤ h - e}`` (inside the exact one, so its ball
+    is certified) in local units: centred at ``c`` (a ball ``(c, r)`` of the exact parent piece, whose
+    radius sets the unit, a power of two), so HiGHS's absolute tolerances are relative to the piece, never
+    to the box. The outer polytope ``{G y' ≤ h + e}`` contains the exact one and is at most ``2 max e``
+    deeper than the inner one: a depth below ``-2 max e`` proves the side empty. When the depth lies within
+    the LP's tolerance band of a decision, the LP is solved again centred at its own point in a unit 2^16
+    times smaller, down to the precision of the walls (their rounding and bounds). A side still undecided
+    there is decided in rational arithmetic on the exact walls (``exact_rows(tags, c, r)``,
+    :func:`_exact_side`: HiGHS's point or dual checked exactly, else an exact LP), never dropped."""
+    emax = float(e.max()) if len(e) else 0.0
+    hin = _shifted(h, e, -1.0)
+    c0, r0 = c, r
     u = _pow2_floor(r) if r > 0 else 1.0
     n = 0
+    warm, point = None, c
     for _ in range(80):
-        with np.errstate(under="ignore"):
-            t, rho = _depth_lp(G, (h - G @ c) / u)
+        with np.errstate(under="ignore", over="ignore"):
+            b = (hin - G @ c) / u
+        if not b.min() >= -1e15:
+            # The walls' bounds over the box dwarf this piece (a tiny region far inside a huge box): the
+            # inner polytope cannot hold its ball; only the outer one may still prove the side empty.
+            with np.errstate(under="ignore", over="ignore"):
+                hout = _shifted(h, e, 1.0)
+                b = (hout - G @ c) / u
+            if b.min() >= -1e15:
+                t, rho, warm = _depth_lp(G, b)
+                n += 1
+                depth = rho * u
+                point = c + u * t
+                if depth + _LP_REL * u + _slack_err(G, hout, point, max(abs(depth), u)) < r_min:
+                    return None, n, 0
+            break
+        t, rho, warm = _depth_lp(G, b)
         n += 1
         depth = rho * u
         point = c + u * t
-        dj = delta(point, max(abs(depth), u))
-        base = _slack_err(G, h, point, max(abs(depth), u))
-        thr = r_min + dj
+        base = _slack_err(G, hin, point, max(abs(depth), u))
         band = _LP_REL * u + base
-        if depth > thr + band:
-            return (point, depth - band - dj), n, False
-        if depth < r_min - dj - band:  # (the exact side may reach dj beyond the computed wall)
-            return None, n, False
-        u_new = _pow2_floor(max(4 * abs(depth - thr), _ZOOM * u))
-        # The walls' precision (their positions' rounding, local) bounds the zoom: about 2^-30 of the
-        # distance to 0 away from 0, so a cone at a vertex where hyperplanes meet exactly stops there.
-        if u_new * _LP_REL <= 4 * (base + dj) or u_new <= 2.0**-1000:
-            return None, n, True
-        tight = (h - G @ point) <= 2 * band
+        if depth > r_min + band:
+            return (point, depth - band), n, 0
+        if depth + 2 * emax + band < r_min:
+            return None, n, 0
+        u_new = _pow2_floor(max(4 * abs(depth - r_min), _ZOOM * u))
+        # The walls' precision (their positions' rounding and bounds) bounds the zoom
+        if u_new * _LP_REL <= 4 * (base + emax) or u_new <= 2.0**-1000:
+            break
+        tight = (hin - G @ point) <= 2 * band
         if tight.any() and not h[tight].any() and float(np.abs(point).max()) <= 2 * u:
             # a cone at 0 (all of a bias-free net's hyperplanes meet there, exactly) looks the same at
-            # every scale, and its walls are exact there: zooms cannot help
-            return None, n, True
+            # every scale: zooms cannot help
+            break
         c, u = point, u_new
-    raise RuntimeError("regions_in_box: the Chebyshev LP did not settle a side in 80 refinements")
+    ball = _exact_side(exact_rows(tags, c0, r0), G.shape[1], r_min, warm, (point, c0))
+    return ball, n, 1
 
 
 def _vertices(G, h, c):
@@ -1066,10 +1311,10 @@ def _vertices(G, h, c):
 
 
 def _crossing_units(G, h, c, U: _Units) -> np.ndarray:
-    """Which of the units ``U`` (frame ``y'``) may cross the polytope ``{G y' ≤ h}``
-    (``c`` interior): a unit is dropped only when its values at every vertex share one sign by more than
-    their error bound and a margin for the vertices' own rounding; when qhull cannot list the vertices,
-    every unit is kept."""
+    """Which of the units ``U`` (frame ``y'``) may cross the polytope ``{G y' ≤ h}`` (callers pass the
+    outer polytope, which contains the exact piece; ``c`` interior): a unit is dropped only when its
+    values at every vertex share one sign by more than their error bound and a margin for the vertices'
+    own rounding; when qhull cannot list the vertices, every unit is kept."""
     verts = _vertices(G, h, c)
     if verts is None:
         return np.ones(len(U.An), dtype=bool)
@@ -1081,14 +1326,14 @@ def _crossing_units(G, h, c, U: _Units) -> np.ndarray:
     return (z.max(axis=0) > -margin) & (z.min(axis=0) < margin)
 
 
-def _active_units(G, h, c, U: _Units, lo, hi) -> np.ndarray:
-    """The units ``U`` that may change sign inside the piece ``{G y' ≤ h}`` of the box ``[lo, hi]`` (frame
-    ``y'``): units of certain constant sign on the whole box never do, and in up to 6 dimensions the
-    piece's vertices rule out more."""
+def _active_units(G, h, e, c, U: _Units, lo, hi) -> np.ndarray:
+    """The units ``U`` that may change sign inside the exact piece whose walls are ``{G y' ≤ h}`` within
+    ``e`` (box ``[lo, hi]``, frame ``y'``): units of certain constant sign on the whole box never do, and in
+    up to 6 dimensions the vertices of the outer polytope ``{G y' ≤ h + e}`` rule out more."""
     zmin, zmax, err = U.box_range(lo, hi)
     active = np.nonzero(U.live & (zmin < err) & (zmax > -err))[0]
     if len(active) and len(lo) <= 6:
-        active = active[_crossing_units(G, h, c, U.sub(active))]
+        active = active[_crossing_units(G, _shifted(h, e, 1.0), c, U.sub(active))]
     return active
 
 
@@ -1099,32 +1344,67 @@ def _too_many(max_regions: int) -> TooManyRegionsError:
     )
 
 
+def _box_tags(d: int) -> list:
+    """Tags of the box's rows ``+e_i ≤ hi_i`` then ``-e_i ≤ -lo_i`` (see :func:`_exact_rows`)."""
+    return [("b", i, 1) for i in range(d)] + [("b", i, -1) for i in range(d)]
+
+
+def _exact_rows(tags, k: int, lo_s, hi_s, unit) -> list:
+    """The exact rows ``(a, b)`` (``a·y' ≤ b``, Fractions, frame ``y' = y / 2^k``) of a piece's walls from
+    their tags: ``("b", i, ±1)`` a box row; ``("u", key, j, s)`` the side ``s z_j ≥ 0`` of unit ``j`` of the
+    map ``key``; ``("p", key, q, p)`` the side ``z_q ≤ z_p`` (a max-pool wall). ``unit(key, j)`` gives unit
+    ``j``'s exact map ``(A_j, [B_1j, ..., B_dj])`` on the piece in the box's coordinates ``y``."""
+    d = len(lo_s)
+    two_k = Fraction(2) ** k
+    rows = []
+    for t in tags:
+        if t[0] == "b":
+            _, i, s = t
+            a = [Fraction(0)] * d
+            a[i] = Fraction(s)
+            rows.append((a, Fraction(float(hi_s[i])) if s > 0 else -Fraction(float(lo_s[i]))))
+        elif t[0] == "u":
+            _, key, j, s = t
+            A, B = unit(key, j)
+            rows.append(([-s * two_k * v for v in B], s * A))
+        else:
+            _, key, q, p = t
+            (Aq, Bq), (Ap, Bp) = unit(key, q), unit(key, p)
+            rows.append(([two_k * (vq - vp) for vq, vp in zip(Bq, Bp)], Ap - Aq))
+    return rows
+
+
 def _cut_by_units(
-    G, h, c, r, U: _Units, active, r_min, room, max_regions, bar
+    piece, U: _Units, active, r_min, room, max_regions, bar, ym, key, exact_rows
 ) -> tuple[list, int, int]:
-    """Split the piece ``{G y' ≤ h}`` (frame ``y'``; a ball ``(c, r)`` inside) by the zero sets of the units
-    ``U`` listed in ``active``, keeping a cut only when both sides hold a ball of radius ``> r_min`` on the
-    exact unit's sides: near a ball the computed hyperplane is within ``U.delta`` of the exact zero set, so
-    balls are shrunk by it. Returns the pieces ``(G, h, centre, radius)``, the number of LPs solved and of
-    sides too thin to decide (:func:`_ball_in`); raises :class:`TooManyRegionsError` when more than
-    ``room`` pieces are in progress (``room``: what ``max_regions`` leaves after the caller's other
-    regions)."""
+    """Split the piece ``(G, h, e, tags, c, r)`` (walls ``{G y' ≤ h}`` in frame ``y'``, each within ``e`` of
+    its exact position and named by its tag for :func:`_exact_rows`; a ball ``(c, r)`` inside the exact
+    piece) by the zero sets of the units ``U`` listed in ``active`` (their exact maps are ``key``'s), keeping
+    a cut only when both exact sides hold a ball of radius ``> r_min``: near a ball the computed hyperplane
+    is within ``U.delta`` of the exact zero set, so balls are shrunk by it, and LPs respect every wall's
+    bound (:func:`_ball_in`, exact where floats cannot decide). Every piece's ball lies inside its exact
+    piece. Returns the pieces ``(G, h, e, tags, centre, radius)``, the number of LPs solved and of sides
+    decided in rationals; raises :class:`TooManyRegionsError` when more than ``room`` pieces are in
+    progress (``room``: what ``max_regions`` leaves after the caller's other regions)."""
+    G, h, e, tags, c, r = piece
     d = G.shape[1]
-    n_lp = n_thin = 0
+    n_lp = n_ex = 0
     if not U.sure[active].all():  # the callers settle these first (exactly, or with an error)
         raise _UncertainSlope(int(active[~U.sure[active]][0]))
     An, Bn, gn = U.An, U.Bn, U.gn
+    ew = U.wall_bounds(ym)
     # Depth first: a unit that leaves no ball of radius > r_min on one side of a piece leaves none
     # in any sub-piece either, so each piece tests only the units that cut its parent, and the
     # candidates shrink as the pieces do (one LP per unit the inscribed ball cannot decide).
     pieces = []
-    # A piece: (G, h, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
-    # radius > r_min inside the piece, one on each side of unit j: proof that j cuts it, no LP.
-    stack = [(G, h, c, r, active, {})]
+    # A piece: (G, h, e, tags, ball centre, radius, candidate units, witnesses). witnesses[j] = two balls of
+    # radius > r_min inside the exact piece, one on each exact side of unit j: proof that j cuts it, no LP.
+    stack = [(G, h, e, tags, c, r, active, {})]
     while stack:
-        G_, h_, c_, r_, cu, wit = stack.pop()
+        G_, h_, e_, t_, c_, r_, cu, wit = stack.pop()
         cuts = []  # (|sigma|, j, sigma)
         new_wit = {}
+        outer = None
         for j in cu:
             gj, hj, dj = Bn[:, j] / gn[j], -An[j] / gn[j], U.delta(j, c_, r_)
             sigma = float(c_ @ gj - hj)  # signed distance of the centre, > 0 on the positive side
@@ -1140,29 +1420,33 @@ def _cut_by_units(
                 new_wit[j] = wit[j]
                 cuts.append((abs(sigma), j, sigma))
                 continue
-            if d <= 6 and not _crossing_units(G_, h_, c_, U.sub(slice(j, j + 1)))[0]:
-                continue  # a qhull call is several times cheaper than the LP it saves
+            if d <= 6:
+                if outer is None:
+                    outer = _shifted(h_, e_, 1.0)
+                if not _crossing_units(G_, outer, c_, U.sub(slice(j, j + 1)))[0]:
+                    continue  # a qhull call is several times cheaper than the LP it saves
             # +1 selects the negative side (gj·y ≤ hj): the side that does not hold the centre.
             other = 1.0 if sigma > 0 else -1.0
             G2, h2 = np.vstack([G_, other * gj]), np.append(h_, other * hj)
-            dfun = lambda cc, rr, j=j: U.delta(j, cc, rr)  # noqa: E731
-            far, n, thin = _ball_in(G2, h2, c_, r_, dfun, r_min)
+            e2, t2 = np.append(e_, ew[j]), t_ + [("u", key, int(j), -int(other))]
+            far, n, ex = _ball_in(G2, h2, e2, t2, c_, r_, r_min, exact_rows)
             n_lp += n
-            n_thin += thin
+            n_ex += ex
             if far is None:
                 continue
             own = (c_, min(r_, abs(sigma)) - dj)
             if own[1] <= r_min:  # the centre is too near the hyperplane to vouch for its side
                 G2, h2 = np.vstack([G_, -other * gj]), np.append(h_, -other * hj)
-                own, n, thin = _ball_in(G2, h2, c_, r_, dfun, r_min)
+                t2 = t_ + [("u", key, int(j), int(other))]
+                own, n, ex = _ball_in(G2, h2, e2, t2, c_, r_, r_min, exact_rows)
                 n_lp += n
-                n_thin += thin
+                n_ex += ex
                 if own is None:
                     continue
             new_wit[j] = (own, far) if sigma > 0 else (far, own)
             cuts.append((abs(sigma), j, sigma))
         if not cuts:
-            pieces.append((G_, h_, c_, r_))
+            pieces.append((G_, h_, e_, t_, c_, r_))
             bar.update(1)
             continue
         # Split by the unit passing closest to the centre (balanced pieces), keep the others.
@@ -1172,18 +1456,21 @@ def _cut_by_units(
         gj, hj = Bn[:, j] / gn[j], -An[j] / gn[j]
         (pc, pr), (nc, nr) = new_wit[j]
         for side, (cc_, rr_) in ((1.0, (pc, pr)), (-1.0, (nc, nr))):
-            # witnesses of the other units that lie wholly on this side of unit j stay proofs
+            # witnesses of the other units that lie wholly on this exact side of unit j stay proofs
             kept = {}
             for k in rest.tolist():
                 (b1c, b1r), (b2c, b2r) = new_wit[k]
-                if side * float(b1c @ gj - hj) >= b1r and side * float(b2c @ gj - hj) >= b2r:
+                if side * float(b1c @ gj - hj) >= b1r + U.delta(j, b1c, b1r) and side * float(
+                    b2c @ gj - hj
+                ) >= b2r + U.delta(j, b2c, b2r):
                     kept[k] = new_wit[k]
             # this side: side * (gj·y - hj) >= 0, i.e. (-side gj)·y <= -side hj
             G2, h2 = np.vstack([G_, -side * gj]), np.append(h_, -side * hj)
-            stack.append((G2, h2, cc_, rr_, rest, kept))
+            e2, t2 = np.append(e_, ew[j]), t_ + [("u", key, int(j), int(side))]
+            stack.append((G2, h2, e2, t2, cc_, rr_, rest, kept))
         if len(pieces) + len(stack) > room:
             raise _too_many(max_regions)
-    return pieces, n_lp, n_thin
+    return pieces, n_lp, n_ex
 
 
 class _UncertainSlope(RuntimeError):
@@ -1226,7 +1513,7 @@ def _box_frame(n0: int, lo, hi, subspace):
     return lo, hi, origin, basis
 
 
-def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_thin: int) -> BoxRegionsResult:
+def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_exact: int) -> BoxRegionsResult:
     """The result from final regions ``(G, h, centre, radius, ..., bits: list of bool arrays)`` in the frame
     ``y' = y / 2^k`` (given back in the box's own coordinates ``y``)."""
     m = len(regions)
@@ -1234,12 +1521,11 @@ def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_thin: in
         np.array([np.concatenate(reg[-1]) for reg in regions]) if n_bits else np.zeros((m, 0), dtype=bool)
     )
     if n_bits and len(np.unique(np.packbits(patterns, axis=1), axis=0)) < m:
-        # An activation region is convex (so is its part in the box): two pieces with one pattern mean a
-        # piece was kept on the wrong side of a wall within that wall's float error bound
-        raise RuntimeError(
-            "regions_in_box: two pieces got the same activation pattern, so a piece lies across an earlier "
-            "cut's exact hyperplane within that hyperplane's float64 error bound (weights that cancel "
-            "strongly); the enumeration cannot be certified here. regions_on_slice is exact on 2-D boxes"
+        # An activation region is convex (so is its part in the box): two pieces with one pattern would
+        # mean a piece's ball lay across an exact wall, which the walls' bounds and exact sides rule out
+        raise AssertionError(
+            "internal error in regions_in_box: two pieces got the same activation pattern (a piece's ball "
+            "lies across an exact wall); please report the network and box"
         )
     with np.errstate(under="ignore"):
         coords = np.ldexp(np.array([reg[2] for reg in regions]), k)
@@ -1257,7 +1543,7 @@ def _box_result(regions, lo, hi, origin, basis, n_lp, n_bits, k: int, n_thin: in
         coords=coords,
         radii=radii,
         halfspaces=halfspaces,
-        n_thin=n_thin,
+        n_exact=n_exact,
     )
 
 
@@ -1378,18 +1664,22 @@ def regions_in_box(
     Exactness: nothing depends on the box's scale. The geometry is in the box scaled to unit size by a
     power of two (exact); every unit's map carries a rigorous float error bound (products that may
     underflow included) and is scaled by its own power of two, so a slope is never rounded to zero and a
-    hyperplane is placed within a certified distance of the exact one, local to the ball at hand; balls
-    are shrunk by that distance. The LPs are solved in units of the piece at hand (a power of two near its
-    ball's radius, centred at its ball), and their result is trusted only beyond HiGHS's tolerance band
-    (relative to those units); a side whose largest ball lies inside the band is solved again in a unit
-    2^16 times smaller around the LP's point, down to float64's precision for the walls' positions there.
-    A side still undecided is thinner than that precision: it is dropped and counted in
-    ``n_thin`` of the result (0 certifies the count; typically such sides are empty, e.g. hyperplanes
-    meeting exactly at a vertex, as all of a bias-free net's do at 0). A unit's bit is ``z > 0`` at its
-    piece's ball centre, decided in float when ``|z|`` exceeds its bound and otherwise exactly (rational
-    arithmetic on the float64 weights and box: an exactly zero value there means a unit identically zero on
-    the piece, bit False as in torch). A unit whose slope is within its bound of zero is recomputed exactly
-    on the piece (a max-pool difference in that case raises an error naming the cause).
+    hyperplane is placed within a certified distance of the exact one (local to the ball at hand: balls
+    are shrunk by it), and every wall keeps its bound over the box for all later cuts: each piece's ball
+    lies inside the exact piece. The LPs are solved on the walls moved inward by their bounds (so their
+    balls are certified) in units of the piece at hand (a power of two near its ball's radius, centred at
+    its ball), and their result is trusted only beyond HiGHS's tolerance band (relative to those units)
+    and, for "empty", beyond the walls' bounds; a side whose largest ball lies inside the band is solved
+    again in a unit 2^16 times smaller around the LP's point, down to float64's precision for the walls'
+    positions there. A side still undecided (thinner than that precision, e.g. hyperplanes meeting exactly
+    at a vertex, as all of a bias-free net's do at 0, or a wall within another's error bound) is decided
+    in rational arithmetic on the exact walls: HiGHS's point checked exactly, or its duals as an exact
+    Farkas certificate, else an exact simplex (``n_exact`` counts these sides), so no region is dropped.
+    A unit's bit is ``z > 0`` at its piece's ball centre, decided in float when ``|z|`` exceeds its bound
+    and otherwise exactly (rational arithmetic on the float64 weights and box: an exactly zero value there
+    means a unit identically zero on the piece, bit False as in torch). A unit whose slope is within its
+    bound of zero is recomputed exactly on the piece (a max-pool difference in that case raises an error
+    naming the cause).
 
     ``min_radius`` (default 0: exact) is an explicit opt-in to skip regions thinner than an absolute
     radius, in the units of ``y``: a cut is kept only when both sides hold a ball of radius ``> min_radius``.
@@ -1440,14 +1730,6 @@ def regions_in_box(
     else:
         layers, plan = _plan(g.layers())
         res = _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose)
-    if res.n_thin:
-        warnings.warn(
-            f"regions_in_box: {res.n_thin} side(s) of a cut were thinner than float64 can place their walls "
-            "and were dropped, so the count is not certified (BoxRegionsResult.n_thin; typically such sides "
-            "are empty, e.g. hyperplanes meeting exactly at one point, as a bias-free net's do at 0)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     return res
 
 
@@ -1472,12 +1754,26 @@ def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose
         prefix = np.concatenate(bits) if bits else np.zeros(0, dtype=bool)
         return exact[0].pre_activations(li, prefix)
 
-    n_lp = n_thin = 0
-    # A region: (G, h, centre, radius, P, Q, eP, eQ, bits) in the frame y' = y / 2^k, with layer input
-    # P + y @ Q (errors eP, eQ) in the box's coordinates y.
+    def rows_of(bits):
+        """The exact rows of a region's walls (tags ``("u", layer, j, s)``) from its bits."""
+        maps = {}
+
+        def unit(li_, j):
+            if li_ not in maps:
+                maps[li_] = exact_z(li_, bits)
+            (ci, ce), dirs = maps[li_][0], maps[li_][1:]
+            return _frac(int(ci[j]), ce), [_frac(int(di[j]), de) for di, de in dirs]
+
+        return lambda tags, c, r: _exact_rows(tags, k, lo_s, hi_s, unit)
+
+    ym = np.maximum(np.abs(lo_s), np.abs(hi_s))
+    n_lp = n_ex = 0
+    # A region: ((G, h, e, tags, centre, radius), P, Q, eP, eQ, bits) in the frame y' = y / 2^k, with layer
+    # input P + y @ Q (errors eP, eQ) in the box's coordinates y.
     c0 = 0.5 * (lo_s + hi_s)
     r0 = 0.5 * float(np.min(hi_s - lo_s))
-    regions = [(G0, h0, c0, r0, origin[None, :], basis, np.zeros((1, n0)), np.zeros_like(basis), [])]
+    piece0 = (G0, h0, np.zeros(2 * d), _box_tags(d), c0, r0)
+    regions = [(piece0, origin[None, :], basis, np.zeros((1, n0)), np.zeros_like(basis), [])]
     n_bit_layers = sum(step[2] for step in plan)
     for li, (W, bias, has_bits, slope) in enumerate(plan):
         aW = np.abs(W)
@@ -1491,28 +1787,30 @@ def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose
             disable=not verbose or not has_bits,
             leave=li == len(plan) - 1 or n_bit_layers == 1,
         )
-        for k_reg, (G, h, c, r, P, Q, eP, eQ, bits) in enumerate(regions):
+        for k_reg, (piece, P, Q, eP, eQ, bits) in enumerate(regions):
             A, Bm, eA, eB = _push_bounds(P, Q, eP, eQ, W, bias, wmin, live_w)
             if not has_bits:
-                new_regions.append((G, h, c, r, A, Bm, eA, eB, bits))
+                new_regions.append((piece, A, Bm, eA, eB, bits))
                 continue
+            G, h, e, _, c, r = piece
             A, eA = A[0], eA[0]
             U = _unit_frame(A, Bm, eA, eB, k)
-            active = _active_units(G, h, c, U, lo_s, hi_s)
+            active = _active_units(G, h, e, c, U, lo_s, hi_s)
             z_ex = None
             if not U.sure[active].all():
                 # a slope within its rounding bound of zero: this piece's layer exactly, then rounded
                 z_ex = exact_z(li, bits)
                 A, Bm, eA, eB, U = _exact_unit_frame(z_ex, k)
-                active = _active_units(G, h, c, U, lo_s, hi_s)
+                active = _active_units(G, h, e, c, U, lo_s, hi_s)
             room = max_regions - (len(new_regions) + len(regions) - k_reg - 1)
-            pieces, n, thin = _cut_by_units(
-                G, h, c, r, U, active, r_min, room, max_regions, bar
+            pieces, n, ex = _cut_by_units(
+                piece, U, active, r_min, room, max_regions, bar, ym, li, rows_of(bits)
             )
             n_lp += n
-            n_thin += thin
+            n_ex += ex
             # No fresh Chebyshev LP per piece: it costs one LP per new region and saves fewer later.
-            for G_, h_, c_, r_ in pieces:
+            for new_piece in pieces:
+                c_ = new_piece[4]
                 z, err = U.z_at(c_[None, :])
                 b_new = z[0] > 0
                 und = np.nonzero(U.live & (np.abs(z[0]) <= err[0]))[0]
@@ -1531,12 +1829,12 @@ def _box_layers(layers, plan, lo, hi, max_regions, subspace, min_radius, verbose
                         Pn, Qn = A * s_, Bm * s_
                         ePn = np.abs(s_) * eA + np.where(b_new, 0.0, _U * np.abs(Pn) + _ETA)
                         eQn = np.abs(s_) * eB + np.where(b_new, 0.0, _U * np.abs(Qn) + _ETA)
-                new_regions.append((G_, h_, c_, r_, Pn[None, :], Qn, ePn[None, :], eQn, bits + [b_new]))
+                new_regions.append((new_piece, Pn[None, :], Qn, ePn[None, :], eQn, bits + [b_new]))
         bar.close()
         regions = new_regions
     n_bits = sum(len(b) for b in regions[0][-1]) if regions[0][-1] else 0
-    final = [(*reg[:4], reg[-1]) for reg in regions]
-    return _box_result(final, lo, hi, origin, basis, n_lp, n_bits, k, n_thin)
+    final = [(reg[0][0], reg[0][1], reg[0][4], reg[0][5], reg[-1]) for reg in regions]
+    return _box_result(final, lo, hi, origin, basis, n_lp, n_bits, k, n_ex)
 
 
 # ================================================================================================= demo
