@@ -147,9 +147,11 @@ def test_eight_candidate_distances_equal_einsum(D):
         P[:, pos] = Z
         # each difference scaled by a power of two before it is squared (the spread scaling: 2^-40 sends
         # some squares below float64's normal range, where the order still decides the last bits)
-        for s in (0, -3, 25, -40):
+        for s in (None, 0, -3, 25, -40):
             out = np.full((n, m), -1.0)
-            kern.direct_distances(P, 0, cand, n_keep, math.ldexp(1.0, s), out)
+            sc = None if s is None else math.ldexp(1.0, s)
+            s = s or 0
+            kern.direct_distances(P, 0, cand, n_keep, sc, out)
             d = np.ldexp(Z[cand] - Z[:, None, :], s)
             want = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
             slots = np.arange(m)[None, :]
@@ -157,7 +159,7 @@ def test_eight_candidate_distances_equal_einsum(D):
             # the same by gathered rows
             rows = rng.permutation(n)
             out2 = np.full((n, m), -1.0)
-            kern.gathered_distances(P, rows, cand[rows], n_keep[rows], math.ldexp(1.0, s), out2)
+            kern.gathered_distances(P, rows, cand[rows], n_keep[rows], sc, out2)
             np.testing.assert_array_equal(out2, out[rows])
 
 

@@ -96,7 +96,10 @@ def _pair_sums_codegen(n_cand):
         if not (isinstance(Q, types.Array) and Q.ndim == 2 and Q.layout == "C" and Q.dtype in (types.float32,
                                                                                          types.float64)):
             return None  # (the loads assume unit stride along a row)
-        sig = types.UniTuple(types.float64, n_cand)(Q, x, types.float64, *cands)
+        if not isinstance(sc, (types.NoneType, types.Float)):
+            return None
+        scaled = isinstance(sc, types.Float)  # (None: the rows hold the scaled values already)
+        sig = types.UniTuple(types.float64, n_cand)(Q, x, types.float64 if scaled else sc, *cands)
         single = Q.dtype == types.float32
 
         def codegen(context, builder, signature, args):
@@ -117,10 +120,12 @@ def _pair_sums_codegen(n_cand):
 
             x_row, rows = row(1), [row(k) for k in range(3, 3 + n_cand)]
             # each difference times the power of two sc (exact, or rounded once where it lands below
-            # float64's normal range), then squared: the squares neither overflow nor underflow at the
-            # data's spread, whatever the data's magnitude
-            sc8 = builder.insert_element(ir.Constant(ir.VectorType(f64, 8), None), args[2], ir.Constant(i32, 0))
-            sc8 = builder.shuffle_vector(sc8, sc8, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+            # float64's normal range), then squared: the squares of data spread over more than 2^400 do
+            # not overflow (smaller spreads come pre-scaled: sc is None)
+            if scaled:
+                sc8 = builder.insert_element(ir.Constant(ir.VectorType(f64, 8), None), args[2],
+                                             ir.Constant(i32, 0))
+                sc8 = builder.shuffle_vector(sc8, sc8, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
             # four candidates' pairs side by side in one 8-lane vector (lanes 2c and 2c + 1: candidate c's
             # two einsum lanes): one subtraction, product and sum per step for all four, each lane still a
             # plain running sum in the same order; eight candidates in two such vectors, whose sums do not
@@ -137,7 +142,9 @@ def _pair_sums_codegen(n_cand):
                     y01 = builder.shuffle_vector(y[0], y[1], ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
                     y23 = builder.shuffle_vector(y[2], y[3], ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
                     y8 = builder.shuffle_vector(y01, y23, ir.Constant(ir.VectorType(i32, 8), list(range(8))))
-                    e = builder.fmul(builder.fsub(y8, x8), sc8)
+                    e = builder.fsub(y8, x8)
+                    if scaled:  # (a multiply per step: ~10 % of the kernel, so only where needed)
+                        e = builder.fmul(e, sc8)
                     builder.store(builder.fadd(builder.fmul(e, e), builder.load(acc)), acc)
             sums = []
             for acc in accs:
@@ -201,7 +208,7 @@ def direct_distances(Q, a0, cand, n_keep, sc, out):
     for ``j < n_keep[i]`` (``inf`` in the other slots), ``Q`` in :func:`pair_layout` (float64, or float32
     holding the exact values: half the bytes to gather), so the sums are bit for bit
     ``sqrt(einsum(e, e))`` of the scaled float64 differences ``e = (y − x) · sc`` over all features
-    (``sc`` a power of two). Eight candidates at a time (four for the last four or fewer): sixteen
+    (``sc`` a power of two, or ``None``: no scaling, a separate compiled version without the multiply). Eight candidates at a time (four for the last four or fewer): sixteen
     independent accumulation chains keep the adder busy where one pair's two chains wait on its
     latency."""
     for i in range(out.shape[0]):

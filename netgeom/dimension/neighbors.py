@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import threading
@@ -248,10 +249,13 @@ def nearest_neighbors(
 _TINY_DIST = 2.0**-480
 
 
-def _spread_shift(lo: np.ndarray, hi: np.ndarray) -> int:
+def _spread_shift(lo: np.ndarray, hi: np.ndarray, window: bool = True) -> int:
     """The power of two ``t`` bringing the largest feature range ``max − min`` to [0.5, 1) (0 if every
-    feature is constant). A range that overflows float64 is refused: distances across it are no float64
-    numbers, at any scale of the differences."""
+    feature is constant). ``window``: 0 where the range lies in [0.5, 2^400) (nothing to scale: squares of
+    differences that large neither overflow, and scaling down would cost the kernel a multiply per term;
+    pairs far closer than the range are rescaled anyway, see :data:`_TINY_DIST`), so ranges below 0.5 are
+    scaled up (exact) and only ranges from 2^400 on scaled down. A range that overflows float64 is
+    refused: distances across it are no float64 numbers, at any scale of the differences."""
     with np.errstate(over="ignore", invalid="ignore"):
         span = hi - lo
     R = float(span.max()) if span.size else 0.0
@@ -262,7 +266,8 @@ def _spread_shift(lo: np.ndarray, hi: np.ndarray) -> int:
             "distances are no float64 numbers; rescale X (every intrinsic-dimension estimate is "
             "scale-invariant)"
         )
-    return -math.frexp(R)[1] if R > 0 else 0
+    t = -math.frexp(R)[1] if R > 0 else 0
+    return 0 if window and -400 < t < 0 else t
 
 
 def _spread_scaled(X: np.ndarray) -> tuple[np.ndarray, int]:
@@ -275,7 +280,7 @@ def _spread_scaled(X: np.ndarray) -> tuple[np.ndarray, int]:
         return X, 0
     lo, hi = X.min(axis=0), X.max(axis=0)
     _check_finite(X, lo, hi)
-    t = _spread_shift(lo, hi)
+    t = _spread_shift(lo, hi, window=False)
     const = hi == lo
     Y = np.where(const, 0.0, X) if const.any() else X
     with np.errstate(under="ignore"):
@@ -318,19 +323,19 @@ def _refine_tiny(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, d: np.ndarra
         d[i, j] = _per_pair(X[cand[i, j]] - X[rows[i]], t)
 
 
-def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, float]:
+def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, float | None]:
     """The ``varying`` features of ``X`` in :func:`._knn_kernel.pair_layout` (float64) and the factor ``sc``
-    for :func:`._knn_kernel.direct_distances` (distances in units of ``2^-t``). ``2^t`` above float64's
-    range (all ranges below 2^-1000) is split: the copy is scaled up first (exact: its entries are tiny)."""
+    for :func:`._knn_kernel.direct_distances` (distances in units of ``2^-t``): ``t > 0`` scales the copy
+    (exact: scaled up, and a varying feature's entries are at most ~2^53 times its range), ``t < 0``
+    (ranges from 2^400 on) scales each difference in the kernel."""
     from . import _knn_kernel as kern
 
     pos, pad, width = kern.pair_layout(X.shape[1], varying)
     P = np.zeros((len(X), width))
     P[:, pos] = X[:, varying]
-    p = max(t - 1000, 0)
-    if p:
-        P = np.ldexp(P, p)
-    return P, math.ldexp(1.0, t - p)
+    if t > 0:
+        return np.ldexp(P, t), None
+    return P, (math.ldexp(1.0, t) if t < 0 else None)
 
 
 def _knn(X, k, method, n_extra, chunk_size, device):
@@ -402,15 +407,33 @@ def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
         bad = np.zeros(0, dtype=np.int64)  # every other point is a candidate
     if bad.size:
         # every point within the k-th distance lies in the ball of that radius plus the bound
-        balls = tree.query_ball_point(Y[bad], dist[bad, -1] * (1 + rho) + alpha, workers=workers)
-        for r, ball in zip(bad, balls):
-            c = np.asarray(ball, dtype=np.int64)
-            c = c[c != r]
-            e = np.empty((1, c.size))
-            kern.gathered_distances(P, np.array([r]), c[None], np.array([c.size]), sc, e)
-            _refine_tiny(X, np.array([r]), c[None], e, t)
-            o = np.lexsort((c, e[0]))[:k]
-            dist[r], idx[r] = e[0, o], c[o]
+        balls = tree.query_ball_point(Y[bad], dist[bad, -1] * (1 + rho) + alpha, workers=workers,
+                                      return_sorted=False)
+        sizes = np.fromiter(map(len, balls), dtype=np.int64, count=len(balls))
+        flat = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=int(sizes.sum()))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        # rows by ball size, in groups of a bounded padded size (a few large balls, e.g. of many exact
+        # copies, do not pad the others)
+        by_size = np.argsort(sizes, kind="stable")
+        g0 = 0
+        while g0 < len(by_size):
+            g1 = g0 + 1
+            while g1 < len(by_size) and (g1 + 1 - g0) * sizes[by_size[g1]] <= 1 << 20:
+                g1 += 1
+            grp = by_size[g0:g1]
+            width = int(sizes[grp[-1]])
+            cols = np.arange(width)
+            src = np.minimum(starts[grp][:, None] + cols, flat.size - 1)
+            # (padding n: sorted last, never kept)
+            cand = np.where(cols < sizes[grp][:, None], flat[src], n)
+            rows_g = bad[grp]
+            e = np.empty((len(grp), width))
+            kern.gathered_distances(P, rows_g, np.minimum(cand, n - 1), sizes[grp], sc, e)
+            e[cand == rows_g[:, None]] = np.inf  # self
+            _refine_tiny(X, rows_g, np.minimum(cand, n - 1), e, t)
+            o = np.lexsort((cand, e))[:, :k]
+            dist[rows_g], idx[rows_g] = np.take_along_axis(e, o, 1), np.take_along_axis(cand, o, 1)
+            g0 = g1
     return _scale_back(dist, t), idx, 0
 
 
@@ -476,15 +499,16 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     _check_finite(X, lo, hi, sum(st[4] for st in stats))
     # the float64 distances in units of 2^-t, t from the spread (see _TINY_DIST)
     t = _spread_shift(lo, hi)
-    if t > 1000:
-        # 2^t is no float64 (every range below 2^-1000): the varying features scaled up first (exact: their
-        # entries are tiny), so the kernel's factor is 2^1000; the distances come back in units of 2^-t
+    if t > 0:
+        # a spread below 0.5: the varying features scaled up first (exact: a varying feature's entries are
+        # at most ~2^53 times its range), so the kernel needs no factor; the distances come back in units
+        # of 2^-t (the constant features are left alone: they may be large, and add 0)
         Xs = X.copy()
         vary = hi != lo
-        Xs[:, vary] = np.ldexp(X[:, vary], t - 1000)
+        Xs[:, vary] = np.ldexp(X[:, vary], t)
         dist, idx, n_fallback, t_in = _knn_torch_pool(Xs, k, n_extra, chunk_size, device, threads, pool)
-        return dist, idx, n_fallback, t_in + t - 1000
-    sc = math.ldexp(1.0, t)
+        return dist, idx, n_fallback, t_in + t
+    sc = math.ldexp(1.0, t) if t < 0 else None
     mean = np.sum([st[0] for st in stats], axis=0) / n
     if not np.isfinite(mean).all():  # the sum of huge entries overflowed: any centre in [lo, hi] serves
         mean = np.where(np.isfinite(mean), mean, 0.5 * lo + 0.5 * hi)
