@@ -5,7 +5,6 @@ sampled threshold: against brute-force float64 and numpy references, on both sid
 the blocking changes, with one to three threads, exact ties and duplicate points."""
 
 import functools
-
 import math
 
 import numpy as np

@@ -20,9 +20,9 @@ from netgeom.dimension.neighbors import deduplicate
 
 def spread_brute(X: np.ndarray, k: int):
     """The defined answer, pair by pair: the differences ``x_j − x_i`` scaled by ``2^t`` (the largest feature
-    range brought to [0.5, 1), or left alone where it lies in [0.5, 2^400)), squares summed by ``np.einsum``; a pair whose scaled distance lies below
-    2^-480 is recomputed with its own power of two (its largest difference to [0.5, 1)); rows ordered by
-    (distance, index), self excluded."""
+    range brought to [0.5, 1), or left alone where it lies in [0.5, 2^400)), squares summed by
+    ``np.einsum``; a pair whose scaled distance lies below 2^-480 is recomputed with its own power of two
+    (its largest difference to [0.5, 1)); rows ordered by (distance, index), self excluded."""
     X = np.asarray(X, dtype=np.float64)
     n = len(X)
     R = float((X.max(0) - X.min(0)).max())

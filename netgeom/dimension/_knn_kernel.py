@@ -208,9 +208,9 @@ def direct_distances(Q, a0, cand, n_keep, sc, out):
     for ``j < n_keep[i]`` (``inf`` in the other slots), ``Q`` in :func:`pair_layout` (float64, or float32
     holding the exact values: half the bytes to gather), so the sums are bit for bit
     ``sqrt(einsum(e, e))`` of the scaled float64 differences ``e = (y − x) · sc`` over all features
-    (``sc`` a power of two, or ``None``: no scaling, a separate compiled version without the multiply). Eight candidates at a time (four for the last four or fewer): sixteen
-    independent accumulation chains keep the adder busy where one pair's two chains wait on its
-    latency."""
+    (``sc`` a power of two, or ``None``: no scaling, a separate compiled version without the multiply).
+    Eight candidates at a time (four for the last four or fewer): sixteen independent accumulation chains
+    keep the adder busy where one pair's two chains wait on its latency."""
     for i in range(out.shape[0]):
         _row_distances(Q, a0 + i, cand[i], n_keep[i], sc, out[i])
 

@@ -222,7 +222,8 @@ def nearest_neighbors(
                 # (a zero distance is an exact duplicate: distances are computed without underflow)
                 raise ValueError(
                     f"X has {n_input - len(kept)} exact duplicate row(s) (rows equal in every feature); they "
-                    "give zero neighbour distances (infinite log-ratios). Pass duplicates='drop' to remove them"
+                    "give zero neighbour distances (infinite log-ratios). Pass duplicates='drop' to remove "
+                    "them"
                 )
             if k >= len(kept):
                 raise ValueError(
@@ -437,7 +438,8 @@ def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     return _scale_back(dist, t), idx, 0
 
 
-def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, t: int, budget: int = 2**22) -> tuple[np.ndarray, ...]:
+def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, t: int, budget: int = 2**22
+               ) -> tuple[np.ndarray, ...]:
     """Exact float64 kNN (distances in units of ``2^-t``) of ``rows`` against all points, by direct
     differences, in memory-bounded blocks."""
     n, D = X.shape
