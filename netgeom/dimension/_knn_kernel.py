@@ -4,7 +4,9 @@ float64 re-rank.
 The float64 distances are summed in numpy's ``einsum`` order for a contiguous two-operand reduction
 (two lanes, eight terms per step, lanes added last; the x86-64 baseline SIMD build), so they are bit for
 bit ``sqrt(einsum("ij,ij->i", d, d))`` of the float64 differences ``d``, the brute-force reference,
-without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``).
+without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``). The
+re-rank kernel optionally scales each difference by a power of two before squaring it (data spread over
+more than 2^400; smaller spreads come pre-scaled, see :mod:`.neighbors`).
 
 Compiled on first use and cached on disk (``cache=True``): later processes load it in well under a second.
 """

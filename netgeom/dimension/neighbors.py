@@ -36,9 +36,30 @@ Two back-ends:
   (distance, index): every point tied with the k-th neighbour is a candidate (the certificate is strict),
   so the smallest indices win; only where the k-th distance is 0 (more than k exact copies of a point,
   ``duplicates="keep"``) may any k of the copies be returned.
-* ``"kdtree"`` — :class:`scipy.spatial.cKDTree`, exact and fast in low ambient dimension.
+* ``"kdtree"`` — :class:`scipy.spatial.cKDTree` (fast in low ambient dimension) for candidates: ``k + 1``
+  neighbours besides self, their distances recomputed by the same compiled kernel (so the two back-ends
+  return the same numbers) and each row ordered by (distance, index). The tree's own distances lie within
+  a rigorous bound of those, which certifies that no other point is within the k-th distance; a row that
+  fails (a tie or near tie at the k-th distance: lattices, integer or binary data) takes every point of a
+  ball query at that radius plus the bound, so there too the tied points with the smallest indices are
+  the ones in the set.
 
 ``method="auto"`` picks the k-d tree for ≤ 16 features, torch otherwise.
+
+**The distance** of two rows is computed from their float64 differences, scaled by a power of two ``2^t``
+chosen from the *spread* of the points (the largest feature range ``max − min``: ranges below 0.5 are
+brought to [0.5, 1), ranges from 2^400 on likewise; in between nothing is scaled):
+``sqrt(Σ ((x_t − y_t) · 2^t)²) · 2^-t``, summed in ``np.einsum``'s order. It depends on the differences
+alone — a translation that leaves them unchanged changes nothing, and a power-of-two scaling of ``X``
+scales every distance by the same power — and neither the squares of large data (1e200) overflow nor
+those of tiny spreads next to large coordinates (1e-160 differences beside O(1) entries) underflow. A pair
+far closer than the spread (scaled distance below 2^-480, where squares may lose bits to underflow) is
+recomputed with a power of two of its own, from its largest difference: a distance is 0 only for rows
+that are equal in every feature, so the zero distances that ``duplicates`` handles are exactly the
+duplicated rows. (Only data whose differences, or distances, exceed float64's range are refused, and
+pairs more than ~2^1074 times closer than the spread, which no common scale can represent.) Rows are
+ordered by the scaled values; where distances come back subnormal (data near 1e-310) tied printed
+values may therefore appear in either index order.
 """
 
 from __future__ import annotations
@@ -147,6 +168,10 @@ def nearest_neighbors(
     device: str | torch.device = "cpu",
 ) -> NeighborGraph:
     """Exact Euclidean ``k`` nearest neighbours of every row of ``X`` (self excluded), in float64.
+
+    Distances are computed from the float64 differences at the spread of ``X`` (see the module docstring:
+    no underflow or overflow, unchanged by translations that leave the differences unchanged); each row is
+    ordered by (distance, index), on either back-end.
 
     Parameters
     ----------
