@@ -474,8 +474,10 @@ def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, t: int, budget: int = 2
     for j, r in enumerate(rows):  # only rows whose float32 candidates could not be certified (rare)
         d = np.empty(n)
         for c0 in range(0, n, col_block):
-            with np.errstate(under="ignore"):
-                diff = np.ldexp(X[c0 : c0 + col_block] - X[r], t)
+            diff = X[c0 : c0 + col_block] - X[r]
+            if t:
+                with np.errstate(under="ignore"):
+                    diff = np.ldexp(diff, t, out=diff)
             d[c0 : c0 + col_block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         d[r] = np.inf
         tiny = np.flatnonzero(d < _TINY_DIST)
