@@ -308,9 +308,14 @@ def _spread_scaled(X: np.ndarray) -> tuple[np.ndarray, int]:
     _check_finite(X, lo, hi)
     t = _spread_shift(lo, hi, window=False)
     const = hi == lo
-    Y = np.where(const, 0.0, X) if const.any() else X
+    if not const.any():
+        if t == 0:
+            return X, 0
+        with np.errstate(under="ignore"):
+            return np.ldexp(X, t), t
+    Y = np.where(const, 0.0, X)  # (one copy, scaled in place)
     with np.errstate(under="ignore"):
-        return np.ldexp(Y, t), t
+        return np.ldexp(Y, t, out=Y), t
 
 
 def _check_finite(X, lo, hi, n_bad: int | None = None):
