@@ -5,6 +5,7 @@ sampled threshold: against brute-force float64 and numpy references, on both sid
 the blocking changes, with one to three threads, exact ties and duplicate points."""
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -143,12 +144,22 @@ def test_eight_candidate_distances_equal_einsum(D):
     for Z, dtype in ((X, np.float64), (X32, np.float32)):
         P = np.zeros((n, width), dtype=dtype)
         P[:, pos] = Z
-        out = np.full((n, m), -1.0)
-        kern.direct_distances(P, 0, cand, n_keep, out)
-        d = Z[cand] - Z[:, None, :]
-        want = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
-        slots = np.arange(m)[None, :]
-        np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want, np.inf))
+        # each difference scaled by a power of two before it is squared (the spread scaling: 2^-40 sends
+        # some squares below float64's normal range, where the order still decides the last bits)
+        for s in (None, 0, -3, 25, -40):
+            out = np.full((n, m), -1.0)
+            sc = None if s is None else math.ldexp(1.0, s)
+            s = s or 0
+            kern.direct_distances(P, 0, cand, n_keep, sc, out)
+            d = np.ldexp(Z[cand] - Z[:, None, :], s)
+            want = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
+            slots = np.arange(m)[None, :]
+            np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want, np.inf))
+            # the same by gathered rows
+            rows = rng.permutation(n)
+            out2 = np.full((n, m), -1.0)
+            kern.gathered_distances(P, rows, cand[rows], n_keep[rows], sc, out2)
+            np.testing.assert_array_equal(out2, out[rows])
 
 
 @pytest.mark.parametrize("rows", [(0, 1), (0, 2), (3, 10), (0, 57)])

@@ -40,7 +40,7 @@ def test_matches_bruteforce_with_near_duplicates(method):
     X[1] = X[0] + 1e-6
     X[2] = X[0] - 1e-6 * rng.normal(size=40)
     X[3] = X[1] + 1e-7
-    g = nearest_neighbors(X, 7, method=method, chunk_size=64)
+    g = nearest_neighbors(X, 7, method=method, **({"chunk_size": 64} if method == "torch" else {}))
     assert_same_knn(g, X, 7)
     assert g.n_dropped == 0 and g.method == method
 
@@ -91,7 +91,7 @@ def test_bruteforce_property(n, D, k, chunk, seed, grid, log2_scale, offset):
     if k >= len(keep):
         return
     for method in ("torch", "kdtree"):
-        g = nearest_neighbors(X, k, method=method, chunk_size=chunk)
+        g = nearest_neighbors(X, k, method=method, **({"chunk_size": chunk} if method == "torch" else {}))
         assert g.n_dropped == n - len(keep)
         np.testing.assert_array_equal(g.kept, keep)
         assert_same_knn(g, X[keep], k)
@@ -186,9 +186,20 @@ def test_certificate_sound_with_mixed_magnitudes():
 
 @pytest.mark.parametrize("method", ["torch", "kdtree"])
 def test_float64_overflow_is_refused(method):
-    X = 1e200 * np.random.default_rng(7).normal(size=(50, 20))
+    # entries of 1e200 are answered (the differences are scaled by a power of two before they are squared),
+    # exactly 2^664 times the answer for the data 2^664 times smaller
+    X = np.random.default_rng(7).normal(size=(50, 20))
+    g, h = nearest_neighbors(np.ldexp(X, 664), 3, method=method), nearest_neighbors(X, 3, method=method)
+    np.testing.assert_array_equal(g.indices, h.indices)
+    np.testing.assert_array_equal(g.distances, np.ldexp(h.distances, 664))
+    # only differences (or distances) beyond float64's range are refused
+    X[0, 3], X[1, 3] = 1.5e308, -1.5e308
     with pytest.raises(ValueError, match="overflow"):
         nearest_neighbors(X, 3, method=method)
+    X[0, 3], X[1, 3] = 1.5e308, 0.0
+    X[0, 4], X[1, 4] = 1.5e308, 0.0
+    with pytest.raises(ValueError, match="exceed float64"):
+        nearest_neighbors(X[:, :5] if method == "kdtree" else X, 49, method=method)
 
 
 def test_many_exact_duplicates_come_in_index_order():

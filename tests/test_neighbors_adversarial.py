@@ -187,18 +187,18 @@ def test_compiled_distance_sums_in_einsums_order(D):
         assert np.intersect1d(pos, pad).size == 0 and pos.size + pad.size == width
         P = np.full((2 * n, width), np.nan)
         P[:, pos], P[:, pad] = Z[:, features], 0.0
-        kern.direct_distances(P, 0, cand, n_keep, out)
+        kern.direct_distances(P, 0, cand, n_keep, 1.0, out)
         np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want[:, None], np.inf))
         Z32 = Zs.astype(np.float32)
         d32 = (Z32[n:].astype(np.float64) - Z32[:n])[None]
         want32 = np.sqrt(np.einsum("ijk,ijk->ij", d32, d32)[0])
         P32 = P.astype(np.float32)
-        kern.direct_distances(P32, 0, cand, n_keep, out)
+        kern.direct_distances(P32, 0, cand, n_keep, 1.0, out)
         np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
         # the rows are read at any offset and stride (a row of a larger array)
         P2 = np.zeros((2 * n + 3, width), dtype=np.float32)
         P2[3:] = P32
-        kern.direct_distances(P2[3:], 0, cand, n_keep, out)
+        kern.direct_distances(P2[3:], 0, cand, n_keep, 1.0, out)
         np.testing.assert_array_equal(out, np.where(slots < n_keep[:, None], want32[:, None], np.inf))
 
 

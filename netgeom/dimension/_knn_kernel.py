@@ -4,7 +4,9 @@ float64 re-rank.
 The float64 distances are summed in numpy's ``einsum`` order for a contiguous two-operand reduction
 (two lanes, eight terms per step, lanes added last; the x86-64 baseline SIMD build), so they are bit for
 bit ``sqrt(einsum("ij,ij->i", d, d))`` of the float64 differences ``d``, the brute-force reference,
-without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``).
+without materialising ``d``. The tests check this equality (:func:`sq_dist` against ``np.einsum``). The
+re-rank kernel optionally scales each difference by a power of two before squaring it (data spread over
+more than 2^400; smaller spreads come pre-scaled, see :mod:`.neighbors`).
 
 Compiled on first use and cached on disk (``cache=True``): later processes load it in well under a second.
 """
@@ -92,11 +94,14 @@ def _pair_sums_codegen(n_cand):
     """The code of :func:`_pair_sums4` / :func:`_pair_sums8` (``n_cand`` candidates, a multiple of 4)."""
     n_vec = n_cand // 4
 
-    def typer(typingctx, Q, x, *cands):
+    def typer(typingctx, Q, x, sc, *cands):
         if not (isinstance(Q, types.Array) and Q.ndim == 2 and Q.layout == "C" and Q.dtype in (types.float32,
                                                                                          types.float64)):
             return None  # (the loads assume unit stride along a row)
-        sig = types.UniTuple(types.float64, n_cand)(Q, x, *cands)
+        if not isinstance(sc, (types.NoneType, types.Float)):
+            return None
+        scaled = isinstance(sc, types.Float)  # (None: the rows hold the scaled values already)
+        sig = types.UniTuple(types.float64, n_cand)(Q, x, types.float64 if scaled else sc, *cands)
         single = Q.dtype == types.float32
 
         def codegen(context, builder, signature, args):
@@ -115,7 +120,14 @@ def _pair_sums_codegen(n_cand):
                 v = builder.load(builder.bitcast(builder.gep(ptr, [t]), vec.as_pointer()), align=elem_bytes)
                 return builder.fpext(v, wide) if single else v
 
-            x_row, rows = row(1), [row(k) for k in range(2, 2 + n_cand)]
+            x_row, rows = row(1), [row(k) for k in range(3, 3 + n_cand)]
+            # each difference times the power of two sc (exact, or rounded once where it lands below
+            # float64's normal range), then squared: the squares of data spread over more than 2^400 do
+            # not overflow (smaller spreads come pre-scaled: sc is None)
+            if scaled:
+                sc8 = builder.insert_element(ir.Constant(ir.VectorType(f64, 8), None), args[2],
+                                             ir.Constant(i32, 0))
+                sc8 = builder.shuffle_vector(sc8, sc8, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
             # four candidates' pairs side by side in one 8-lane vector (lanes 2c and 2c + 1: candidate c's
             # two einsum lanes): one subtraction, product and sum per step for all four, each lane still a
             # plain running sum in the same order; eight candidates in two such vectors, whose sums do not
@@ -133,6 +145,8 @@ def _pair_sums_codegen(n_cand):
                     y23 = builder.shuffle_vector(y[2], y[3], ir.Constant(ir.VectorType(i32, 4), [0, 1, 2, 3]))
                     y8 = builder.shuffle_vector(y01, y23, ir.Constant(ir.VectorType(i32, 8), list(range(8))))
                     e = builder.fsub(y8, x8)
+                    if scaled:  # (a multiply per step: ~10 % of the kernel, so only where needed)
+                        e = builder.fmul(e, sc8)
                     builder.store(builder.fadd(builder.fmul(e, e), builder.load(acc)), acc)
             sums = []
             for acc in accs:
@@ -149,7 +163,7 @@ def _pair_sums_codegen(n_cand):
 
 
 @intrinsic
-def _pair_sums4(typingctx, Q, x, c0, c1, c2, c3):
+def _pair_sums4(typingctx, Q, x, sc, c0, c1, c2, c3):
     """``Σ (Q[c] − Q[x])²`` for the four rows ``c = c0 … c3`` of ``Q`` (2-D, C order, even width; float64,
     or float32 widened exactly): :func:`_sq_dist`'s sums, each row holding its two lanes' terms
     interleaved in order of addition (:func:`pair_layout`). Each step adds one pair of terms per
@@ -158,44 +172,56 @@ def _pair_sums4(typingctx, Q, x, c0, c1, c2, c3):
     and the sum: 1.66 -> 1.27 ms for 20 000 MNIST distances, against 2-lane vectors). numba alone emits
     scalar code here (its SLP vectoriser is off); LLVM's vector types say what to do. A multiply and an
     add, never fused (no fast-math flags)."""
-    return _pair_sums_codegen(4)(typingctx, Q, x, c0, c1, c2, c3)
+    return _pair_sums_codegen(4)(typingctx, Q, x, sc, c0, c1, c2, c3)
 
 
 @intrinsic
-def _pair_sums8(typingctx, Q, x, c0, c1, c2, c3, c4, c5, c6, c7):
+def _pair_sums8(typingctx, Q, x, sc, c0, c1, c2, c3, c4, c5, c6, c7):
     """:func:`_pair_sums4` for eight rows at once, in two independent 8-lane sums: a step's sum no longer
     waits for the previous step's (the adder's latency, ~3 cycles, bounds one chain), so eight distances
     cost about what four did (1000 MNIST points, 20 candidates each: 1.8 -> 1.2 ms)."""
-    return _pair_sums_codegen(8)(typingctx, Q, x, c0, c1, c2, c3, c4, c5, c6, c7)
+    return _pair_sums_codegen(8)(typingctx, Q, x, sc, c0, c1, c2, c3, c4, c5, c6, c7)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_distances(Q, x, cand, nk, sc, out):
+    """``out[j] = sqrt(Σ ((Q[cand[j]] − Q[x]) · sc)²)`` for ``j < nk`` (``inf`` in the other slots)."""
+    last = nk - 1
+    j = 0
+    while j + 4 < nk:
+        # past the row's count the slots repeat its last candidate (same reads, discarded)
+        s = _pair_sums8(Q, x, sc, cand[j], cand[j + 1], cand[j + 2], cand[j + 3], cand[j + 4],
+                        cand[min(j + 5, last)], cand[min(j + 6, last)], cand[min(j + 7, last)])
+        for t in range(min(8, nk - j)):
+            out[j + t] = np.sqrt(s[t])
+        j += 8
+    if j < nk:
+        s4 = _pair_sums4(Q, x, sc, cand[j], cand[min(j + 1, last)], cand[min(j + 2, last)],
+                         cand[min(j + 3, last)])
+        for t in range(min(4, nk - j)):
+            out[j + t] = np.sqrt(s4[t])
+    for j in range(nk, out.shape[0]):
+        out[j] = np.inf
 
 
 @numba.njit(cache=True, nogil=True)
-def direct_distances(Q, a0, cand, n_keep, out):
-    """``out[i, j] = ‖x − y‖`` in float64 of the points ``x = Q[a0 + i]`` and ``y = Q[cand[i, j]]`` for
-    ``j < n_keep[i]`` (``inf`` in the other slots), ``Q`` in :func:`pair_layout` (float64, or float32
+def direct_distances(Q, a0, cand, n_keep, sc, out):
+    """``out[i, j] = ‖(x − y) · sc‖`` in float64 of the points ``x = Q[a0 + i]`` and ``y = Q[cand[i, j]]``
+    for ``j < n_keep[i]`` (``inf`` in the other slots), ``Q`` in :func:`pair_layout` (float64, or float32
     holding the exact values: half the bytes to gather), so the sums are bit for bit
-    ``sqrt(einsum(d, d))`` of the float64 differences ``d`` over all features. Eight candidates at a time
-    (four for the last four or fewer): sixteen independent accumulation chains keep the adder busy where
-    one pair's two chains wait on its latency."""
+    ``sqrt(einsum(e, e))`` of the scaled float64 differences ``e = (y − x) · sc`` over all features
+    (``sc`` a power of two, or ``None``: no scaling, a separate compiled version without the multiply).
+    Eight candidates at a time (four for the last four or fewer): sixteen independent accumulation chains
+    keep the adder busy where one pair's two chains wait on its latency."""
     for i in range(out.shape[0]):
-        nk = n_keep[i]
-        last = nk - 1
-        j = 0
-        while j + 4 < nk:
-            # past the row's count the slots repeat its last candidate (same reads, discarded)
-            s = _pair_sums8(Q, a0 + i, cand[i, j], cand[i, j + 1], cand[i, j + 2], cand[i, j + 3],
-                            cand[i, j + 4], cand[i, min(j + 5, last)], cand[i, min(j + 6, last)],
-                            cand[i, min(j + 7, last)])
-            for t in range(min(8, nk - j)):
-                out[i, j + t] = np.sqrt(s[t])
-            j += 8
-        if j < nk:
-            s4 = _pair_sums4(Q, a0 + i, cand[i, j], cand[i, min(j + 1, last)], cand[i, min(j + 2, last)],
-                             cand[i, min(j + 3, last)])
-            for t in range(min(4, nk - j)):
-                out[i, j + t] = np.sqrt(s4[t])
-        for j in range(nk, out.shape[1]):
-            out[i, j] = np.inf
+        _row_distances(Q, a0 + i, cand[i], n_keep[i], sc, out[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def gathered_distances(Q, rows, cand, n_keep, sc, out):
+    """:func:`direct_distances` of the points ``x = Q[rows[i]]``."""
+    for i in range(out.shape[0]):
+        _row_distances(Q, rows[i], cand[i], n_keep[i], sc, out[i])
 
 
 # ------------------------------------------------------------------------------------ candidate selection

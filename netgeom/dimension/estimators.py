@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 
 from .._validation import check_array, check_bool, check_choice, check_device, check_fraction, check_int
 from ..results import Result, new_axes
-from .neighbors import NeighborGraph, _tiny_shift, nearest_neighbors
+from .neighbors import NeighborGraph, _spread_scaled, nearest_neighbors
 
 __all__ = [
     "DimensionResult",
@@ -131,12 +130,11 @@ def _graph(X, neighbors, k_max: int, duplicates: str, method: str, device) -> Ne
     _check_reused(neighbors, duplicates)
     if neighbors is None:
         X = check_array(X, "X", ndim=2, dtype=np.float64)
-        amax = float(np.abs(X).max()) if X.size else 0.0
-        if amax > 0:
-            # MLE and TwoNN read only ratios of distances: scaling X by a power of two changes no bit of the
-            # estimate, and bringing max|x| to [0.5, 1) keeps squared distances from overflowing (|x| ~ 1e200)
-            # or underflowing to zero (|x| ~ 1e-200, read as duplicates)
-            X = np.ldexp(X, -math.frexp(amax)[1])
+        # MLE and TwoNN read only ratios of distances: with the spread of X brought to [0.5, 1) by a power of
+        # two (constant features set to 0, which changes no difference) the distances are far from
+        # float64's limits (1e-160 spreads next to O(1) coordinates, |x| ~ 1e200) and no bit of the
+        # estimate changes
+        X, _ = _spread_scaled(X)
         neighbors = nearest_neighbors(X, k_max, duplicates=duplicates, method=method, device=device)
     if not isinstance(neighbors, NeighborGraph):
         raise TypeError(f"neighbors must be a NeighborGraph, got {type(neighbors).__name__}")
@@ -144,8 +142,8 @@ def _graph(X, neighbors, k_max: int, duplicates: str, method: str, device) -> Ne
         raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k_max} are needed")
     if (neighbors.distances[:, 0] <= 0).any():
         raise ValueError(
-            f"neighbors has {int((neighbors.distances[:, 0] <= 0).sum())} zero first-neighbour distance(s) "
-            "(duplicate points, or distances below float64 range); build it with duplicates='drop'"
+            f"neighbors has {int((neighbors.distances[:, 0] <= 0).sum())} zero first-neighbour distance(s): "
+            "exact duplicate rows, kept by duplicates='keep'; build it with duplicates='drop'"
         )
     return neighbors
 
@@ -481,13 +479,12 @@ def _check_graph_of(X: np.ndarray, g: NeighborGraph) -> np.ndarray:
             f"neighbors (built from {g.n + g.n_dropped} points) does not match X ({len(X)} rows)"
         )
     Xk = X[g.kept]
-    # data below 2^-100 are compared scaled by a power of two, as the kNN computed them (squares of 1e-160
-    # underflow: the graph of such an X was refused as "not built from this X")
-    shift = _tiny_shift(float(np.abs(Xk).max()) if Xk.size else 0.0)
-    Y = np.ldexp(Xk, shift)
+    # compared at the spread of X brought to [0.5, 1) by a power of two (squares of 1e-160 differences, or
+    # of 1e160 entries, neither underflow nor overflow); pairs far closer than the spread are within atol
+    Y, shift = _spread_scaled(Xk)
     diff = Y - Y[g.indices[:, -1]]
     d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    if not np.allclose(d, np.ldexp(g.distances[:, -1], shift), rtol=1e-9, atol=0):
+    if not np.allclose(d, np.ldexp(g.distances[:, -1], shift), rtol=1e-9, atol=2.0**-400):
         raise ValueError("neighbors was not built from this X: its distances do not match the coordinates")
     return Xk
 
@@ -611,11 +608,11 @@ class LocalPCA:
         Xk = _check_graph_of(X, neighbors)
         if neighbors.k < k:
             raise ValueError(f"neighbors holds k={neighbors.k} neighbours but {k} are needed")
-        # every rule compares eigenvalues with each other: data below 2^-100 are decomposed scaled by a power
-        # of two (their squares underflowed: 1e-160 gave 9.4187 for 9.419, 1e-200 "no spread"), and the
-        # spectra reported scaled back
-        shift = _tiny_shift(float(np.abs(Xk).max()) if Xk.size else 0.0)
-        Xs = np.ldexp(Xk, shift) if shift else Xk
+        # every rule compares eigenvalues with each other: the neighbourhoods are decomposed at the spread of
+        # X brought to [0.5, 1) by a power of two (squares of tiny spreads underflowed: 1e-160 gave 9.4187
+        # for 9.419, 1e-200 "no spread"; those of 1e153 entries overflow), and the spectra reported scaled
+        # back
+        Xs, shift = _spread_scaled(Xk)
         spectra = local_pca_spectra(Xs, neighbors.indices[:, :k], include_self, chunk)
         pw = pca_rule_dimension(spectra, rule, **self._rule_kw())
         with np.errstate(under="ignore"):

@@ -36,9 +36,30 @@ Two back-ends:
   (distance, index): every point tied with the k-th neighbour is a candidate (the certificate is strict),
   so the smallest indices win; only where the k-th distance is 0 (more than k exact copies of a point,
   ``duplicates="keep"``) may any k of the copies be returned.
-* ``"kdtree"`` — :class:`scipy.spatial.cKDTree`, exact and fast in low ambient dimension.
+* ``"kdtree"`` — :class:`scipy.spatial.cKDTree` (fast in low ambient dimension) for candidates: ``k + 1``
+  neighbours besides self, their distances recomputed by the same compiled kernel (so the two back-ends
+  return the same numbers) and each row ordered by (distance, index). The tree's own distances lie within
+  a rigorous bound of those, which certifies that no other point is within the k-th distance; a row that
+  fails (a tie or near tie at the k-th distance: lattices, integer or binary data) takes every point of a
+  ball query at that radius plus the bound, so there too the tied points with the smallest indices are
+  the ones in the set.
 
 ``method="auto"`` picks the k-d tree for ≤ 16 features, torch otherwise.
+
+**The distance** of two rows is computed from their float64 differences, scaled by a power of two ``2^t``
+chosen from the *spread* of the points (the largest feature range ``max − min``: ranges below 0.5 are
+brought to [0.5, 1), ranges from 2^400 on likewise; in between nothing is scaled):
+``sqrt(Σ ((x_t − y_t) · 2^t)²) · 2^-t``, summed in ``np.einsum``'s order. It depends on the differences
+alone — a translation that leaves them unchanged changes nothing, and a power-of-two scaling of ``X``
+scales every distance by the same power — and neither the squares of large data (1e200) overflow nor
+those of tiny spreads next to large coordinates (1e-160 differences beside O(1) entries) underflow. A pair
+far closer than the spread (scaled distance below 2^-480, where squares may lose bits to underflow) is
+recomputed with a power of two of its own, from its largest difference: a distance is 0 only for rows
+that are equal in every feature, so the zero distances that ``duplicates`` handles are exactly the
+duplicated rows. (Only data whose differences, or distances, exceed float64's range are refused, and
+pairs more than ~2^1074 times closer than the spread, which no common scale can represent.) Rows are
+ordered by the scaled values; where distances come back subnormal (data near 1e-310) tied printed
+values may therefore appear in either index order.
 """
 
 from __future__ import annotations
@@ -46,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import threading
@@ -142,10 +164,14 @@ def nearest_neighbors(
     method: str = "auto",
     duplicates: str = "drop",
     chunk_size: int | None = None,
-    n_extra: int = 10,
+    n_extra: int | None = None,
     device: str | torch.device = "cpu",
 ) -> NeighborGraph:
     """Exact Euclidean ``k`` nearest neighbours of every row of ``X`` (self excluded), in float64.
+
+    Distances are computed from the float64 differences at the spread of ``X`` (see the module docstring:
+    no underflow or overflow, unchanged by translations that leave the differences unchanged); each row is
+    ordered by (distance, index), on either back-end.
 
     Parameters
     ----------
@@ -156,8 +182,12 @@ def nearest_neighbors(
         ``n_dropped``; ``"error"`` raises if any exist; ``"keep"`` keeps them (zero distances then appear).
     chunk_size : rows per block of the torch back-end (default: the whole Gram matrix up to 2048 points,
         else ~1500); the score blocks take at most ``max(64 MB, 4 chunk_size²)`` bytes.
-    n_extra : extra float32 candidates per row, the margin of the certificate; only candidates that the
-        float32 error bounds cannot place beyond the k-th neighbour get a float64 distance.
+    n_extra : extra float32 candidates per row of the torch back-end (default 10), the margin of the
+        certificate; only candidates that the float32 error bounds cannot place beyond the k-th neighbour
+        get a float64 distance.
+        ``chunk_size`` and ``n_extra`` tune the torch back-end only: given with ``method="kdtree"``, or
+        with ``method="auto"`` where it picks the k-d tree (``D <= 16`` on the CPU), they raise an error
+        (the k-d tree has neither setting, and an argument is never silently ignored).
     device : torch device for the float32 matmul.
 
     On the CPU the torch back-end uses ``torch.get_num_threads()`` threads in all (numpy's BLAS is held to
@@ -175,23 +205,27 @@ def nearest_neighbors(
     method = check_choice(method, "method", ("auto", "torch", "kdtree"))
     duplicates = check_choice(duplicates, "duplicates", _DUPLICATE_POLICIES)
     k = check_int(k, "k", minimum=1)
-    n_extra = check_int(n_extra, "n_extra", minimum=0)
     device = check_device(device)  # an unknown or absent device is an error, never a silent CPU run
     if X.shape[1] < 1:
         raise ValueError(f"X must have at least one feature, got shape {X.shape}")
 
     if method == "kdtree" and device.type != "cpu":
         raise ValueError(f"method='kdtree' runs on the CPU; device={str(device)!r} needs method='torch'")
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         # an accelerator was asked for: use it (the k-d tree would run on the CPU)
         low_dim = X.shape[1] <= _KDTREE_MAX_FEATURES and device.type == "cpu"
         method = "kdtree" if low_dim else "torch"
-    amax = None
     if method == "kdtree":
-        # max and min propagate NaN and reach ±inf: finite extremes prove every entry finite (the torch
-        # back-end checks the same in its first, parallel pass over X, which has the extremes anyway)
-        amax = max(float(X.max()), -float(X.min())) if X.size else 0.0
-        _check_magnitude(X, amax, None)
+        # the k-d tree has no blocks and no float32 candidates: these would be ignored
+        given = [name for name, v in (("chunk_size", chunk_size), ("n_extra", n_extra)) if v is not None]
+        if given:
+            chose = " (chosen by method='auto' for <= 16 features)" if auto else ""
+            raise ValueError(
+                f"{' and '.join(given)} tune(s) the torch back-end only; method='kdtree'{chose} has no such "
+                "setting. Pass method='torch' to use it, or leave it out"
+            )
+    n_extra = 10 if n_extra is None else check_int(n_extra, "n_extra", minimum=0)
     n_input = len(X)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
@@ -201,7 +235,7 @@ def nearest_neighbors(
     # void the float32 bounds: gradual underflow (and IEEE float32 products) for the whole search
     with ieee_float32(torch_threads=False):
         kept = np.arange(n_input)
-        dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device, amax)
+        dist, idx, n_fallback = _knn(X, k, method, n_extra, chunk_size, device)
         # exact duplicates are exactly the points at float64 distance 0 from their first neighbour (x − y is
         # never 0 for distinct floats), so detection is free and np.unique runs only on the few suspects
         zero = dist[:, 0] == 0
@@ -210,9 +244,11 @@ def nearest_neighbors(
             first = suspects[deduplicate(X[suspects])]
             kept = np.sort(np.concatenate([np.flatnonzero(~zero), first]))
             if duplicates == "error":
+                # (a zero distance is an exact duplicate: distances are computed without underflow)
                 raise ValueError(
-                    f"X has {n_input - len(kept)} exact duplicate row(s); they give zero neighbour distances "
-                    "(infinite log-ratios). Pass duplicates='drop' to remove them"
+                    f"X has {n_input - len(kept)} exact duplicate row(s) (rows equal in every feature); they "
+                    "give zero neighbour distances (infinite log-ratios). Pass duplicates='drop' to remove "
+                    "them"
                 )
             if k >= len(kept):
                 raise ValueError(
@@ -229,85 +265,213 @@ def nearest_neighbors(
     )
 
 
-#: data whose largest entry lies below this are first scaled up by a power of two (see :func:`_knn`)
-_TINY = 2.0**-100
+# A pair's distance is ``sqrt(Σ ((x_t − y_t) · 2^s)²) · 2^-s``: the float64 differences first, then an exact
+# power-of-two scale ``2^s`` chosen from the spread of the points (the largest feature range brought to
+# [0.5, 1)), squares summed in einsum's order. The result depends on the differences alone (a translation
+# that leaves them unchanged leaves every distance unchanged; so does a power-of-two scaling), and neither
+# squares of large data overflow nor those of tiny data underflow. A pair far closer than that spread
+# (scaled distance below _TINY_DIST: some squares may have lost bits to underflow, or all of them: distinct
+# points at distance 0) is recomputed with a scale of its own, from its largest difference.
+_TINY_DIST = 2.0**-480
 
 
-def _tiny_shift(amax: float) -> int:
-    """The power of two that brings data whose largest ``|x|`` is ``amax`` to [0.5, 1) when ``amax`` is below
-    :data:`_TINY` (their squared differences would underflow), else 0."""
-    return -math.frexp(amax)[1] if 0 < amax < _TINY else 0
+def _spread_shift(lo: np.ndarray, hi: np.ndarray, window: bool = True) -> int:
+    """The power of two ``t`` bringing the largest feature range ``max − min`` to [0.5, 1) (0 if every
+    feature is constant). ``window``: 0 where the range lies in [0.5, 2^400) (nothing to scale: squares of
+    differences that large neither overflow, and scaling down would cost the kernel a multiply per term;
+    pairs far closer than the range are rescaled anyway, see :data:`_TINY_DIST`), so ranges below 0.5 are
+    scaled up (exact) and only ranges from 2^400 on scaled down. A range that overflows float64 is
+    refused: distances across it are no float64 numbers, at any scale of the differences."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+    R = float(span.max()) if span.size else 0.0
+    if not math.isfinite(R):
+        j = int(np.flatnonzero(~np.isfinite(span))[0])
+        raise ValueError(
+            f"feature {j} of X spans {lo[j]:.3g} to {hi[j]:.3g}: the difference overflows float64, so the "
+            "distances are no float64 numbers; rescale X (every intrinsic-dimension estimate is "
+            "scale-invariant)"
+        )
+    t = -math.frexp(R)[1] if R > 0 else 0
+    return 0 if window and -400 < t < 0 else t
 
 
-def _scale_back(dist: np.ndarray, shift: int) -> np.ndarray:
-    """``dist * 2^shift``: distances of subnormal data come back subnormal, by design (under a caller's
-    ``np.seterr(under="raise")`` that raised FloatingPointError)."""
+def _spread_scaled(X: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(Y, t)``: ``X`` with its constant features set to 0 and scaled by ``2^t`` (:func:`_spread_shift`),
+    so its largest feature range lies in [0.5, 1). Differences of ``Y`` are those of ``X`` times ``2^t``
+    (exact, up to the rounding of entries that fall below float64's normal range), and no varying entry
+    is large (a nonzero range is at least an ulp of its entries): every estimate that depends on the
+    differences only, scale-invariantly, can be computed from ``Y`` without overflow or underflow."""
+    if X.size == 0:
+        return X, 0
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    _check_finite(X, lo, hi)
+    t = _spread_shift(lo, hi, window=False)
+    const = hi == lo
+    if not const.any():
+        if t == 0:
+            return X, 0
+        with np.errstate(under="ignore"):
+            return np.ldexp(X, t), t
+    Y = np.where(const, 0.0, X)  # (one copy, scaled in place)
     with np.errstate(under="ignore"):
-        return np.ldexp(dist, shift)
+        return np.ldexp(Y, t, out=Y), t
 
 
-def _check_magnitude(X, amax: float, n_bad: int | None):
-    """Refuse non-finite entries (``amax`` is not finite, or ``n_bad`` of them were counted) and entries
-    so large that squared distances would overflow float64."""
-    if n_bad or not math.isfinite(amax):
+def _check_finite(X, lo, hi, n_bad: int | None = None):
+    """Refuse non-finite entries (an extreme is not finite: max and min propagate NaN and reach ±inf)."""
+    if n_bad or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         bad = int((~np.isfinite(X)).sum()) if n_bad is None else n_bad
         raise ValueError(f"X contains {bad} non-finite value(s) (NaN or inf); clean the input first")
-    # squared distances are summed in float64: they must not overflow (sufficient: 4 D max|x|² < 1e308)
-    if amax > 0.5e154 / math.sqrt(X.shape[1]):
+
+
+def _per_pair(diff: np.ndarray, t: int) -> np.ndarray:
+    """Distances (in units of ``2^-t``) of the difference rows ``diff``, each scaled by a power of two of its
+    own (its largest entry to [0.5, 1)): no square underflows. Raises where the result is not
+    representable in those units (a pair more than ~2^1074 times closer than the spread of X)."""
+    diff = np.ascontiguousarray(diff)
+    mx = np.abs(diff).max(axis=1)
+    e = np.frexp(mx)[1]
+    sc = np.ldexp(diff, -e[:, None])
+    v = np.sqrt(np.einsum("ij,ij->i", sc, sc))
+    with np.errstate(under="ignore"):
+        out = np.ldexp(v, e + t)
+    lost = (out == 0) & (mx > 0)
+    if lost.any():
         raise ValueError(
-            f"X has entries up to {amax:.3g}: squared distances would overflow float64; rescale X "
-            "(every intrinsic-dimension estimate is scale-invariant)"
+            f"two distinct rows of X differ by at most {float(mx[lost][0]):.3g}, below float64's range "
+            f"relative to X's largest feature range (~2^{-t}): no common scale represents both distances; "
+            "rescale the features"
         )
+    return out
 
 
-def _knn(X, k, method, n_extra, chunk_size, device, amax=None):
+def _refine_tiny(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, d: np.ndarray, t: int) -> None:
+    """Recompute in place, pair by pair (:func:`_per_pair`), the distances ``d[i, j]`` (units ``2^-t``) of
+    ``X[rows[i]]`` and ``X[cand[i, j]]`` that lie below :data:`_TINY_DIST`."""
+    i, j = np.nonzero(d < _TINY_DIST)
+    if i.size:
+        d[i, j] = _per_pair(X[cand[i, j]] - X[rows[i]], t)
+
+
+def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, float | None]:
+    """The ``varying`` features of ``X`` in :func:`._knn_kernel.pair_layout` (float64) and the factor ``sc``
+    for :func:`._knn_kernel.direct_distances` (distances in units of ``2^-t``): ``t > 0`` scales the copy
+    (exact: scaled up, and a varying feature's entries are at most ~2^53 times its range), ``t < 0``
+    (ranges from 2^400 on) scales each difference in the kernel."""
+    from . import _knn_kernel as kern
+
+    pos, pad, width = kern.pair_layout(X.shape[1], varying)
+    P = np.zeros((len(X), width))
+    P[:, pos] = X[:, varying]
+    if t > 0:
+        return np.ldexp(P, t), None
+    return P, (math.ldexp(1.0, t) if t < 0 else None)
+
+
+def _knn(X, k, method, n_extra, chunk_size, device):
     if method != "kdtree":
         # a TF32/bf16 matmul (precision "high"/"medium", often set globally for training) loosens the
         # error bound so much that almost every row needs the slow exact rescan; full float32 costs little
-        # here. The caller's setting is restored on the way out. (The checks of X and the scaling of tiny
-        # data below are made by the torch back-end's first pass.)
+        # here. The caller's setting is restored on the way out. (The checks of X and its scale are made
+        # by the torch back-end's first pass.)
         with ieee_float32(torch_threads=False):
             return _knn_torch(X, k, n_extra, chunk_size, torch.device(device))
-    if amax is None:  # the caller's max |X|, when it has one
-        amax = float(np.abs(X).max())
-    shift = _tiny_shift(amax)
-    if shift:
-        # squared differences of data this small reach float64's subnormal range (at 1e-163 they vanish: two
-        # distinct points at distance 0). Scaled by a power of two, every difference, square, sum and root
-        # is the same number times that power wherever nothing under- or overflows: scaling back gives the
-        # same distances as the data's own scale would, where that scale leaves them exact
-        dist, idx, n_fallback = _knn(np.ldexp(X, shift), k, method, n_extra, chunk_size, device)
-        return _scale_back(dist, -shift), idx, n_fallback
-    dist, idx = _knn_kdtree(X, k)
-    return dist, idx, 0
+    return _knn_kdtree(X, k)
 
 
-def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _scale_back(dist: np.ndarray, t: int) -> np.ndarray:
+    """Distances in units of ``2^-t`` back to X's units; refuses distances beyond float64's range.
+    Distances of subnormal data come back subnormal, by design (they are ordered by their scaled values)."""
+    with np.errstate(under="ignore", over="ignore"):
+        out = np.ldexp(dist, -t)
+    if out.size and not np.isfinite(out[:, -1]).all():
+        raise ValueError(
+            "neighbour distances of X exceed float64's largest number; rescale X (every intrinsic-dimension "
+            "estimate is scale-invariant)"
+        )
+    return out
+
+
+def _knn_kdtree(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The k-d tree back-end: candidates by :class:`scipy.spatial.cKDTree` on the spread-scaled varying
+    features, their distances recomputed as the torch back-end computes them (the same kernel), rows
+    ordered by (distance, index); the tree's distances, within a rigorous error bound of those, certify
+    each row (no point outside the candidates is within the k-th distance); a row that fails (a tie, or
+    a near tie, at the k-th distance) takes every point of a ball query at that radius (plus the bound),
+    so the smallest indices win ties there as on the torch path."""
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(X)
-    dist, idx = tree.query(X, k=k + 1, workers=max(1, torch.get_num_threads()))
-    idx = idx.astype(np.int64)
-    # self is normally column 0, but with zero-distance duplicates it may sit anywhere among the ties
-    is_self = idx == np.arange(len(X))[:, None]
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True  # self lies beyond k+1 tied points: drop the last tie instead
-    keep = ~is_self
-    dist = dist[keep].reshape(len(X), k)
-    idx = idx[keep].reshape(len(X), k)
-    return _sort_rows(dist, idx)
+    from . import _knn_kernel as kern
+
+    n, D = X.shape
+    X = np.ascontiguousarray(X)
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    _check_finite(X, lo, hi)
+    t = _spread_shift(lo, hi)
+    varying = np.flatnonzero(hi != lo)
+    if varying.size == 0:  # all points equal: one (constant) feature keeps the shapes non-empty
+        varying = np.zeros(1, dtype=np.intp)
+    P, sc = _pair_copy(X, varying, t)
+    with np.errstate(under="ignore"):
+        Y = np.ldexp(X[:, varying], t)
+    workers = max(1, torch.get_num_threads())
+    tree = cKDTree(Y)
+    kq = min(k + 2, n)  # self, k neighbours and one more: a tie at the k-th distance shows
+    dt, it = tree.query(Y, k=kq, workers=workers)
+    it = np.ascontiguousarray(it, dtype=np.int64)
+    rows = np.arange(n, dtype=np.int64)
+    ex = np.empty((n, kq))
+    kern.direct_distances(P, 0, it, np.full(n, kq, dtype=np.int64), sc, ex)
+    ex[it == rows[:, None]] = np.inf  # self
+    _refine_tiny(X, rows, it, ex, t)
+    order = np.lexsort((it, ex))[:, :k]
+    dist, idx = np.take_along_axis(ex, order, 1), np.take_along_axis(it, order, 1)
+    # the tree's distances (its own float64 sums over the scaled features, whose coordinates may have
+    # lost bits below float64's normal range) lie within a relative rho and an absolute alpha of ours
+    Dv = varying.size
+    rho = (2 * Dv + 8) * 2.0**-52
+    alpha = math.sqrt(Dv) * 2.0**-520
+    if kq < n:
+        bad = np.flatnonzero(~(dist[:, -1] < dt[:, -1] * (1 - rho) - alpha))
+    else:
+        bad = np.zeros(0, dtype=np.int64)  # every other point is a candidate
+    if bad.size:
+        # every point within the k-th distance lies in the ball of that radius plus the bound
+        balls = tree.query_ball_point(Y[bad], dist[bad, -1] * (1 + rho) + alpha, workers=workers,
+                                      return_sorted=False)
+        sizes = np.fromiter(map(len, balls), dtype=np.int64, count=len(balls))
+        flat = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=int(sizes.sum()))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        # rows by ball size, in groups of a bounded padded size (a few large balls, e.g. of many exact
+        # copies, do not pad the others)
+        by_size = np.argsort(sizes, kind="stable")
+        g0 = 0
+        while g0 < len(by_size):
+            g1 = g0 + 1
+            while g1 < len(by_size) and (g1 + 1 - g0) * sizes[by_size[g1]] <= 1 << 20:
+                g1 += 1
+            grp = by_size[g0:g1]
+            width = int(sizes[grp[-1]])
+            cols = np.arange(width)
+            src = np.minimum(starts[grp][:, None] + cols, flat.size - 1)
+            # (padding n: sorted last, never kept)
+            cand = np.where(cols < sizes[grp][:, None], flat[src], n)
+            rows_g = bad[grp]
+            e = np.empty((len(grp), width))
+            kern.gathered_distances(P, rows_g, np.minimum(cand, n - 1), sizes[grp], sc, e)
+            e[cand == rows_g[:, None]] = np.inf  # self
+            _refine_tiny(X, rows_g, np.minimum(cand, n - 1), e, t)
+            o = np.lexsort((cand, e))[:, :k]
+            dist[rows_g], idx[rows_g] = np.take_along_axis(e, o, 1), np.take_along_axis(cand, o, 1)
+            g0 = g1
+    return _scale_back(dist, t), idx, 0
 
 
-def _sort_rows(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by (distance, index) so ties are broken deterministically."""
-    o1 = np.argsort(idx, axis=1, kind="stable")
-    o2 = np.argsort(np.take_along_axis(dist, o1, 1), axis=1, kind="stable")
-    order = np.take_along_axis(o1, o2, 1)
-    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
-
-
-def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) -> tuple[np.ndarray, ...]:
-    """Exact float64 kNN of ``rows`` against all points, by direct differences, in memory-bounded blocks."""
+def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, t: int, budget: int = 2**22
+               ) -> tuple[np.ndarray, ...]:
+    """Exact float64 kNN (distances in units of ``2^-t``) of ``rows`` against all points, by direct
+    differences, in memory-bounded blocks."""
     n, D = X.shape
     col_block = max(1, min(n, budget // D))
     out_d = np.empty((len(rows), k))
@@ -316,8 +480,14 @@ def _exact_rows(X: np.ndarray, rows: np.ndarray, k: int, budget: int = 2**22) ->
         d = np.empty(n)
         for c0 in range(0, n, col_block):
             diff = X[c0 : c0 + col_block] - X[r]
+            if t:
+                with np.errstate(under="ignore"):
+                    diff = np.ldexp(diff, t, out=diff)
             d[c0 : c0 + col_block] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         d[r] = np.inf
+        tiny = np.flatnonzero(d < _TINY_DIST)
+        if tiny.size:
+            d[tiny] = _per_pair(X[tiny] - X[r], t)
         part = np.argpartition(d, k - 1)[:k]
         kth = d[part].max()
         ids = np.flatnonzero(d <= kth)  # every tie at the k-th distance, then ordered by (distance, index)
@@ -342,7 +512,8 @@ def _knn_torch(
     # _shared_helpers)
     threads = max(1, torch.get_num_threads())
     pool = _shared_helpers(threads - 1) if threads > 1 else None
-    return _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
+    dist, idx, n_fallback, t = _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool)
+    return _scale_back(dist, t), idx, n_fallback
 
 
 def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
@@ -359,14 +530,22 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     stats = _parallel(lambda r: kern.column_stats(X, *r), ranges, threads, pool=pool)
     lo = np.min([st[1] for st in stats], axis=0)
     hi = np.max([st[2] for st in stats], axis=0)
-    amax = max(float(hi.max()), -float(lo.min()))  # (NaN or inf: refused just below)
-    _check_magnitude(X, amax, sum(st[4] for st in stats))
-    shift = _tiny_shift(amax)
-    if shift:  # as in _knn: scaled by a power of two, scaled back
-        dist, idx, n_fallback = _knn_torch_pool(np.ldexp(X, shift), k, n_extra, chunk_size, device, threads,
-                                                pool)
-        return _scale_back(dist, -shift), idx, n_fallback
+    _check_finite(X, lo, hi, sum(st[4] for st in stats))
+    # the float64 distances in units of 2^-t, t from the spread (see _TINY_DIST)
+    t = _spread_shift(lo, hi)
+    if t > 0:
+        # a spread below 0.5: the varying features scaled up first (exact: a varying feature's entries are
+        # at most ~2^53 times its range), so the kernel needs no factor; the distances come back in units
+        # of 2^-t (the constant features are left alone: they may be large, and add 0)
+        Xs = X.copy()
+        vary = hi != lo
+        Xs[:, vary] = np.ldexp(X[:, vary], t)
+        dist, idx, n_fallback, t_in = _knn_torch_pool(Xs, k, n_extra, chunk_size, device, threads, pool)
+        return dist, idx, n_fallback, t_in + t
+    sc = math.ldexp(1.0, t) if t < 0 else None
     mean = np.sum([st[0] for st in stats], axis=0) / n
+    if not np.isfinite(mean).all():  # the sum of huge entries overflowed: any centre in [lo, hi] serves
+        mean = np.where(np.isfinite(mean), mean, 0.5 * lo + 0.5 * hi)
     exact32 = all(st[3] for st in stats)
     # A feature that is the same for every point (the border pixels of images) adds exactly 0 to every
     # distance: the float32 scores leave it out (fewer flops, a smaller error bound), and so does the
@@ -508,9 +687,11 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
         # distance is needed for it. The kept ones form a prefix of the sorted row.
         kern.rerank_prepare(best_v, best_i, a, norms, k, *bounds, vals, cand, n_keep)
         d64 = np.empty((b - a, m))
-        kern.direct_distances(P, a, cand, n_keep, d64)
-        ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift), m == n - 1,
-                                dist[a:b], idx[a:b])
+        kern.direct_distances(P, a, cand, n_keep, sc, d64)
+        _refine_tiny(X, np.arange(a, b), cand, d64, t)
+        # (d64 is in units of 2^-t, the scores in units of 2^shift)
+        ok = kern.rerank_finish(d64, cand, vals, a, norms, k, *bounds, math.ldexp(1.0, -shift - t),
+                                m == n - 1, dist[a:b], idx[a:b])
         return a + np.flatnonzero(~ok)
 
     # numpy is single-threaded but releases the GIL in every array operation: pieces of rows re-ranked by
@@ -577,8 +758,8 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     if failed:
         rows = np.concatenate(failed)
         n_fallback = len(rows)
-        dist[rows], idx[rows] = _exact_rows(X, rows, k)
-    return dist, idx, n_fallback
+        dist[rows], idx[rows] = _exact_rows(X, rows, k, t)
+    return dist, idx, n_fallback, t
 
 
 def _openmp_runtime():
