@@ -30,6 +30,7 @@ __all__ = ["PatternCountResult", "count_patterns", "pattern_layers", "pack_patte
 
 _CHAIN_ROWS = 4096
 _GRAPH_ROWS = 2048  # graphs on several threads: rows per chunk (a count of 2 * 10^4 images in ~10 chunks)
+_WHOLE_DECISIONS = 1 << 24  # one CPU thread: batches of more decisions (rows x pattern bits) are chunked
 _REDO64 = 0.3  # graphs: past this fraction of rows redone in float64, run float64 from the start
 
 
@@ -429,10 +430,11 @@ def count_patterns(
 
             def items():
                 for xb in stream:
-                    # (on one CPU thread too, chunks of _GRAPH_ROWS: the decisions of a whole 8192-row batch
-                    # of a conv net, ~85 MB of bools for conv 3-32-64, and their concatenation were fresh
-                    # arrays, paged in batch after batch: ~10 % of its CPU time)
-                    if pool is None and dev.type != "cpu":
+                    # (on one CPU thread too, chunks of _GRAPH_ROWS once a batch's decisions are large: those
+                    # of a whole 8192-row batch of a conv net, ~85 MB of bools for conv 3-32-64, and their
+                    # concatenation were fresh arrays, paged in batch after batch, ~25 % of its CPU time; the
+                    # 5 MB of a residual MLP's cost less than the chunks' own overhead, ~5 %)
+                    if pool is None and (dev.type != "cpu" or xb.shape[0] * n_bits <= _WHOLE_DECISIONS):
                         yield xb, run_dtype
                     else:
                         for a in range(0, xb.shape[0], _GRAPH_ROWS):
