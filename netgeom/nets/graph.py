@@ -802,6 +802,12 @@ class _Proxy(fx.Proxy):
             "call_function", orig_method, args, kwargs, name=tracer.graph._target_to_str(orig_method.__name__)
         )
 
+    def __iadd__(self, other):
+        # fx's Proxy has no __iadd__, so `h += y` fell back to `h = h + y` and every other name of h (a skip
+        # connection `skip = h`) kept the old value, where eager torch changes the shared tensor: recorded as
+        # operator.iadd, which the conversion reads as an in-place add (every alias sees the sum)
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
 
 def _tensor_methods():
     get = getattr(torch.overrides, "_get_tensor_methods", None)
@@ -1972,8 +1978,47 @@ def _large_masks(masks) -> bool:
     return False
 
 
+def _refuse_hooks(model: nn.Module) -> None:
+    """Refuse a model whose forward hooks could change what it computes: the graph is read from the modules'
+    parameters and forward, so a hook's change (an output doubled, torch.nn.utils.prune's weight rebuilt from
+    ``weight_orig * weight_mask`` before each call) would be silently missing. Backward hooks change nothing
+    here."""
+    from torch.nn.modules import module as _m
+
+    for h in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(_m, h, None):
+            raise UnsupportedLayerError(
+                f"a global {h[8:-1].replace('_', ' ')} is registered (torch.nn.modules.module."
+                f"register_module_{h[8:-1]}): netgeom reads the model's parameters and forward, not what a "
+                "hook changes; remove it first"
+            )
+    try:
+        from torch.nn.utils.prune import BasePruningMethod
+    except ImportError:  # pragma: no cover
+        BasePruningMethod = ()
+    for path, m in model.named_modules():
+        for kind, hooks in (("forward pre-hook", m._forward_pre_hooks), ("forward hook", m._forward_hooks)):
+            for hook in hooks.values():
+                where = f"module '{path}' ({type(m).__name__})" if path else f"the model ({type(m).__name__})"
+                if isinstance(hook, BasePruningMethod):
+                    p = hook._tensor_name
+                    full = f"{path}.{p}" if path else p
+                    raise UnsupportedLayerError(
+                        f"{where} is pruned by torch.nn.utils.prune (its '{p}' is rebuilt from '{p}_orig' "
+                        f"and '{p}_mask' by a forward pre-hook, and may be stale): pass the mask as "
+                        f"masks={{'{full}': module.{p}_mask}} and call torch.nn.utils.prune.remove(module, "
+                        f"'{p}') first"
+                    )
+                raise UnsupportedLayerError(
+                    f"{where} has a {kind} ({getattr(hook, '__qualname__', type(hook).__name__)}): netgeom "
+                    "reads the modules' parameters and forward, not what a hook changes; remove the hook "
+                    "(handle.remove()) before reading the network"
+                )
+
+
 def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = True) -> PLGraph:
     name = type(model).__name__
+    _refuse_hooks(model)
     masks, functional_masks = _check_trace_masks(masks, model)
     norms = _finite_norms([t for _, t in named])
     for (pname, t), finite in zip(named, norms):

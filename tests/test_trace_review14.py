@@ -1,0 +1,85 @@
+"""The reader's answers where eager torch and a symbolic trace differ: an in-place ``+=`` on a tensor with a
+second name, and modules whose hooks change what they compute (review 14)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netgeom import trace
+from netgeom.nets import UnsupportedLayerError
+
+
+class _AliasedIadd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(12, 2)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        skip = h
+        h += self.fc2(h)  # in place: skip is h, and sees the sum
+        return self.fc3(torch.cat([F.relu(h), skip], 1))
+
+
+class _PlainIadd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h += self.fc1(x)
+        return self.fc2(F.relu(h))
+
+
+@pytest.mark.parametrize("cls", [_AliasedIadd, _PlainIadd])
+def test_inplace_add_is_read_as_eager_torch_computes_it(cls):
+    torch.manual_seed(0)
+    net = cls().double().eval()
+    x = torch.randn(64, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = net(x.clone())
+    assert torch.equal(trace(net).forward(x), want)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+
+
+@pytest.mark.parametrize("kind", ["forward", "pre"])
+def test_a_hooked_module_is_refused_naming_it(kind):
+    net = _mlp()
+    if kind == "forward":
+        net[0].register_forward_hook(lambda mod, inp, out: out * 2)
+    else:
+        net[0].register_forward_pre_hook(lambda mod, inp: (inp[0] * 0,))
+    with pytest.raises(UnsupportedLayerError, match=r"module '0' \(Linear\) has a forward (pre-)?hook"):
+        trace(net)
+
+
+def test_torch_prune_is_refused_with_the_way_to_pass_its_mask():
+    import torch.nn.utils.prune as prune
+
+    net = _mlp()
+    prune.l1_unstructured(net[0], "weight", amount=0.5)
+    mask = net[0].weight_mask.clone()
+    with pytest.raises(UnsupportedLayerError, match=r"masks=\{'0.weight': module.weight_mask\}"):
+        trace(net)
+    # following the advice reads the pruned net
+    prune.remove(net[0], "weight")
+    g = trace(net, {"0.weight": mask})
+    x = torch.randn(16, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = net.double()(x)
+    torch.testing.assert_close(g.forward(x), want, rtol=0, atol=1e-12)
+
+
+def test_a_removed_hook_reads_again():
+    net = _mlp()
+    handle = net[0].register_forward_hook(lambda mod, inp, out: None)
+    with pytest.raises(UnsupportedLayerError):
+        trace(net)
+    handle.remove()
+    assert [n.op for n in trace(net).nodes] == ["input", "affine", "relu", "affine", "output"]
