@@ -948,7 +948,15 @@ class Trainer:
                         opt.zero_grad(set_to_none=False)
                         loss.backward()
                         if self._mp:
-                            torch._foreach_mul_([p.grad for p in self._mp], self._mm)
+                            grads = [p.grad for p in self._mp]
+                            if any(g is None for g in grads):
+                                # a frozen or unused masked parameter has no gradient (its weights stay
+                                # as they are, masked by _apply_masks): mask the others
+                                kept = [i for i, g in enumerate(grads) if g is not None]
+                                if kept:
+                                    torch._foreach_mul_([grads[i] for i in kept], [self._mm[i] for i in kept])
+                            else:
+                                torch._foreach_mul_(grads, self._mm)
                         opt.step()
                         self._apply_masks()
                         self.step += 1

@@ -83,3 +83,30 @@ def test_a_removed_hook_reads_again():
         trace(net)
     handle.remove()
     assert [n.op for n in trace(net).nodes] == ["input", "affine", "relu", "affine", "output"]
+
+
+@pytest.mark.parametrize("how", ["unused", "frozen"])
+def test_training_with_a_masked_parameter_without_gradient(how):
+    # a masked parameter outside forward (an auxiliary head) or frozen has no .grad: the masking of the
+    # others' gradients crashed on it ("expected Tensor ... got NoneType")
+    from netgeom.training import TrainConfig, Trainer
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.aux = nn.Linear(6, 8), nn.Linear(8, 2), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    X, Xt = torch.randn(64, 6), torch.randn(16, 6)
+    y, yt = (X[:, 0] > 0).long(), (Xt[:, 0] > 0).long()
+    net = Net()
+    masks = {"a.weight": torch.rand(8, 6) > 0.5, "aux.weight": torch.rand(3, 8) > 0.5}
+    if how == "frozen":
+        net.a.weight.requires_grad_(False)
+    Trainer(net, (X, y, Xt, yt), TrainConfig(epochs=1, batch_size=16), masks=masks, verbose=False,
+            threads=1).run()
+    for name, m in masks.items():
+        assert (dict(net.named_parameters())[name][~m] == 0).all()
