@@ -110,3 +110,23 @@ def test_training_with_a_masked_parameter_without_gradient(how):
             threads=1).run()
     for name, m in masks.items():
         assert (dict(net.named_parameters())[name][~m] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "layer, why",
+    [
+        (nn.ReLU6(), "is not supported"),
+        (nn.Hardtanh(), "is not supported"),
+        (nn.ConvTranspose1d(6, 6, 1), "is not supported"),
+        (nn.Sigmoid(), "is not piecewise-linear"),
+        (nn.GELU(), "is not piecewise-linear"),
+    ],
+)
+def test_a_refused_layer_is_named_for_the_right_reason(layer, why):
+    # ReLU6, Hardtanh or a transposed convolution are piecewise-linear: refused as unsupported, not as smooth
+    if isinstance(layer, nn.ConvTranspose1d):
+        net = nn.Sequential(nn.Linear(4, 6), nn.Unflatten(1, (6, 1)), layer, nn.Flatten(), nn.Linear(6, 2))
+    else:
+        net = nn.Sequential(nn.Linear(4, 6), layer, nn.Linear(6, 2))
+    with pytest.raises(UnsupportedLayerError, match=why):
+        trace(net, input_shape=(4,))

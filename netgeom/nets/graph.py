@@ -1978,6 +1978,18 @@ def _large_masks(masks) -> bool:
     return False
 
 
+# smooth (or not piecewise-linear) activations and layers, named so in a refusal; anything else unread is
+# "not supported"
+_SMOOTH = tuple(
+    getattr(nn, n)
+    for n in ("Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "ELU", "SELU", "CELU", "Mish", "Softmax",
+              "LogSoftmax", "Softmin", "Softsign", "Tanhshrink", "LogSigmoid", "Hardswish", "GLU",
+              "MultiheadAttention", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "LSTM",
+              "GRU", "RNN")
+    if hasattr(nn, n)
+)
+
+
 def _refuse_hooks(model: nn.Module) -> None:
     """Refuse a model whose forward hooks could change what it computes: the graph is read from the modules'
     parameters and forward, so a hook's change (an output doubled, torch.nn.utils.prune's weight rebuilt from
@@ -2202,7 +2214,9 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 elif isinstance(m, _WEIGHTED + _BN + _POOLS) or getattr(type(m), "netgeom_linear", False):
                     env[n] = b.module_op(n, m, x)
                 else:
-                    why = "is not piecewise-linear" if not list(m.children()) else "is not supported"
+                    # (ReLU6, Hardtanh, ConvTranspose, padding, upsampling ... are piecewise-linear, only not
+                    # read: "not supported" unless the module is a known smooth one)
+                    why = "is not piecewise-linear" if isinstance(m, _SMOOTH) else "is not supported"
                     raise UnsupportedLayerError(
                         f"layer '{t}' ({type(m).__name__}) {why} (in {name}); supported: "
                         + ", ".join(SUPPORTED_LAYERS)
