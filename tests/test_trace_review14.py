@@ -130,3 +130,32 @@ def test_a_refused_layer_is_named_for_the_right_reason(layer, why):
         net = nn.Sequential(nn.Linear(4, 6), layer, nn.Linear(6, 2))
     with pytest.raises(UnsupportedLayerError, match=why):
         trace(net, input_shape=(4,))
+
+
+def test_a_tied_weight_is_masked_in_every_use():
+    # b.weight is d.weight: a mask on the parameter zeroes it wherever it is used (as training applies it)
+    import copy
+
+    from netgeom.pruning import prunable_parameters
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 4, bias=False), nn.Linear(4, 2)
+            self.d = nn.Linear(6, 4)
+            self.d.weight = self.b.weight
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            return self.c(F.relu(self.b(h)) + self.d(h))
+
+    torch.manual_seed(0)
+    net = Tied()
+    assert prunable_parameters(net) == ["a.weight", "b.weight", "c.weight"]
+    mask = torch.rand(4, 6) > 0.5
+    x = torch.randn(8, 4, dtype=torch.float64)
+    zeroed = copy.deepcopy(net).double()
+    with torch.no_grad():
+        zeroed.b.weight.mul_(mask.double())
+        want = zeroed(x)
+    assert torch.equal(trace(net, {"b.weight": mask}, input_shape=(4,)).forward(x), want)

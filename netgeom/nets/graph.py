@@ -1319,6 +1319,7 @@ class _Builder:
         self.B = 2
         self._submodules: dict[str, nn.Module] = {}
         self._sources: dict[fx.Node, str] = {}
+        self._canonical: dict[int, str] | None = None
 
     # ------------------------------------------------------------------ helpers
     def submodule(self, target: str) -> nn.Module:
@@ -1423,6 +1424,11 @@ class _Builder:
 
     def masked_weight(self, name: str, m: nn.Module) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         pname = f"{name}.weight" if name else "weight"
+        if self._canonical is None:
+            # a parameter shared by several modules (tied weights) has one name, its first (as
+            # named_parameters and prunable_parameters list it): its mask applies to every use
+            self._canonical = {id(p): n for n, p in self.model.named_parameters()}
+        pname = self._canonical.get(id(m.weight), pname)
         w = _f64(m.weight)
         mask = None
         if self.masks is not None and pname in self.masks:

@@ -45,7 +45,12 @@ def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> lis
     ['w1', 'out.weight']
     """
     include_output = check_bool(include_output, "include_output")
-    names = [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, _PRUNABLE)]
+    # a weight shared by several modules (tied) is listed once, by its first name (as named_parameters)
+    names, seen = [], set()
+    for n, m in model.named_modules():
+        if isinstance(m, _PRUNABLE) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            names.append(f"{n}.weight" if n else "weight")
     functional = _functional_weights(model)
     if functional:
         # registration order, which is named_modules order for module weights
