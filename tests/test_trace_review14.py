@@ -159,3 +159,23 @@ def test_a_tied_weight_is_masked_in_every_use():
         zeroed.b.weight.mul_(mask.double())
         want = zeroed(x)
     assert torch.equal(trace(net, {"b.weight": mask}, input_shape=(4,)).forward(x), want)
+
+
+def test_prunability_says_when_the_curve_never_fell():
+    from netgeom.pruning.prunability import prunability
+
+    sp = [0.0, 0.2, 0.36, 0.488, 0.59]
+
+    def levels(acc):
+        return [{"sparsity": s, "test_acc": a} for s, a in zip(sp, acc)]
+
+    never = prunability(levels([0.9, 0.91, 0.9, 0.92, 0.9]))
+    drops = prunability(levels([0.9, 0.91, 0.9, 0.9, 0.5]))
+    assert never.censored and never.prunability == 0.59
+    assert not drops.censored and drops.prunability == 0.488
+    assert prunability(levels([0.9])[:1]).censored
+    # several seeds: the level's own sparsity, not a mean that rounds 0.2 to 0.20000000000000004
+    runs = [levels([0.9, 0.9, 0.5, 0.5, 0.5]) for _ in range(3)]
+    assert prunability(runs, eps=0.0).prunability == 0.2
+    with pytest.raises(ValueError, match="fraction in"):
+        prunability([{"sparsity": 0.0, "test_acc": 90.0}, {"sparsity": 0.2, "test_acc": 89.0}])

@@ -32,8 +32,10 @@ __all__ = ["PrunabilityResult", "prunability"]
 class PrunabilityResult(Result):
     """``prunability``: the largest sparsity meeting ``acc >= dense_acc - eps``; ``level``: its index.
 
-    The curve it was read from: ``sparsity`` (mean over seeds per level), ``mean_acc``, ``se_acc`` (standard
-    error over seeds, 0 with one seed), ``n_seeds``.
+    The curve it was read from: ``sparsity`` (per level; the runs agree on it), ``mean_acc``, ``se_acc``
+    (standard error over seeds, 0 with one seed), ``n_seeds``. ``censored``: the last level still met the
+    threshold (or there is only the dense one), so the curve never fell below ``dense − eps`` and the
+    network's prunability is at least ``prunability``, not equal to it.
     """
 
     prunability: float
@@ -45,6 +47,7 @@ class PrunabilityResult(Result):
     sparsity: list[float]
     mean_acc: list[float]
     se_acc: list[float]
+    censored: bool = False
 
     def plot(self, ax=None):
         fig, ax = new_axes(ax)
@@ -101,6 +104,9 @@ def prunability(levels_or_results, eps: float | None = None) -> PrunabilityResul
         raise ValueError("prunability needs at least one level per run")
     sp = np.array([[_get(lv, "sparsity") for lv in r] for r in runs])
     acc = np.array([[_get(lv, "test_acc") for lv in r] for r in runs])
+    if np.any((acc < 0.0) | (acc > 1.0)):
+        bad = sorted(set(acc[(acc < 0.0) | (acc > 1.0)].tolist()))[:3]
+        raise ValueError(f"test_acc must be a fraction in [0, 1] (not a percentage), got {bad}")
     if np.any((sp < 0.0) | (sp >= 1.0)):
         raise ValueError(f"level sparsities must lie in [0, 1), got {sorted(set(sp[(sp < 0) | (sp >= 1)]))}")
     if np.any(sp[:, 0] != 0.0):
@@ -119,10 +125,11 @@ def prunability(levels_or_results, eps: float | None = None) -> PrunabilityResul
         if not math.isfinite(eps) or eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     threshold = float(mean[0] - eps)
-    s = sp.mean(axis=0)
+    s = sp[0]  # (the runs agree to 1e-6: the first run's own values, not a mean that rounds 0.2 off)
     ok = np.flatnonzero(mean >= threshold - 1e-12)  # level 0 always qualifies
     best = int(ok[np.argmax(s[ok])])
     return PrunabilityResult(
         prunability=float(s[best]), level=best, eps=eps, dense_acc=float(mean[0]), threshold=threshold,
         n_seeds=n, sparsity=s.tolist(), mean_acc=mean.tolist(), se_acc=se.tolist(),
+        censored=bool(mean[-1] >= threshold - 1e-12),
     )
