@@ -804,6 +804,12 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.step = check_int(start_step, "start_step", minimum=0, maximum=self.total_steps)
         self.history = TrainHistory()
+        # the epoch in progress: its running loss sums and, at an interruption, the global RNG's state (a
+        # mid-epoch checkpoint carries both: dropout's draws and the epoch's train loss resume exactly)
+        self._epoch_sums: list | None = None
+        self._in_epoch = False
+        self._rng_exit: torch.Tensor | None = None
+        self._resume: dict | None = None
         self._set_masks(masks)
         params = list(model.parameters())
         if config.optimizer == "sgd":
@@ -869,7 +875,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: model, optimiser, step (the schedule and data order derive from it)
         and the history so far. Tensors and plain data only (safe for ``torch.load(weights_only=True)``)."""
-        return {
+        out = {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             # optimiser.state_dict() returns live buffers that later steps mutate in place: copy them
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
@@ -877,6 +883,20 @@ class Trainer:
             "history": {f.name: getattr(self.history, f.name) for f in dataclasses.fields(self.history)},
             "config": self.config.to_dict(),
         }
+        if self._epoch_sums is not None and self._mid_epoch():
+            # (taken inside an epoch, from a "step" callback or after an interruption: the rest of the epoch
+            # needs the global RNG where it stood, for dropout, and the loss sums so far, for its record)
+            loss, correct, seen = self._epoch_sums
+            rng = torch.get_rng_state() if self._in_epoch else self._rng_exit
+            out["epoch_partial"] = {
+                "loss": loss.detach().cpu().clone(), "correct": correct.detach().cpu().clone(), "seen": seen,
+                "rng": rng.clone() if rng is not None else torch.empty(0, dtype=torch.uint8),
+            }
+        return out
+
+    def _mid_epoch(self) -> bool:
+        """The trainer stands inside an epoch, or after its last step but before its record."""
+        return self.step % self.steps_per_epoch != 0 or len(self.history.epoch) < self.epoch
 
     def load_state_dict(self, state: Mapping[str, Any]) -> Trainer:
         if state.get("config") != self.config.to_dict():
@@ -885,6 +905,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = check_int(state["step"], "step", minimum=0, maximum=self.total_steps)
         self.history = TrainHistory(**state["history"])
+        part = state.get("epoch_partial")
+        self._resume = None
+        if part is not None:
+            if not (isinstance(part, Mapping) and {"loss", "correct", "seen", "rng"} <= set(part)):
+                raise ValueError("the checkpoint's epoch_partial record is malformed")
+            self._resume = dict(part)
         self._apply_masks()
         return self
 
@@ -914,58 +940,82 @@ class Trainer:
             return evaluate(self.model, X, y, batch_size=ebs)
         return _loss_acc(self.model, split.batches(None, ebs), split.n, self.device)
 
-    def _run(self) -> TrainHistory:
-        from tqdm.auto import tqdm
-
+    def _train_epoch(self, epoch: int, rng, run_loss, run_correct) -> None:
+        """The steps of ``epoch`` from where the trainer stands, adding to the running loss sums."""
         cfg, model, opt = self.config, self.model, self.optimizer
         spe = self.steps_per_epoch
         loss_fn = nn.functional.cross_entropy
+        batches = self._train_batches(self.permutation(epoch), self.step - epoch * spe, epoch)
+        # RNG_LOCK: torch's global RNG is one per process; another training in a thread of this process
+        # (joblib threading, a Dask worker's threads) must not reseed it mid-epoch
+        with RNG_LOCK, torch.random.fork_rng(devices=[]):
+            # dropout and other stochastic layers draw from the global RNG: seed it per epoch (a mid-epoch
+            # resume continues from the state its checkpoint recorded)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919)
+            if rng is not None:
+                torch.set_rng_state(rng)
+            self._in_epoch = True
+            try:
+                for xb, yb in batches:
+                    lr = self._lr()
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                    opt.zero_grad(set_to_none=False)
+                    loss.backward()
+                    if self._mp:
+                        grads = [p.grad for p in self._mp]
+                        if any(g is None for g in grads):
+                            # a frozen or unused masked parameter has no gradient (its weights stay
+                            # as they are, masked by _apply_masks): mask the others
+                            kept = [i for i, g in enumerate(grads) if g is not None]
+                            if kept:
+                                torch._foreach_mul_([grads[i] for i in kept], [self._mm[i] for i in kept])
+                        else:
+                            torch._foreach_mul_(grads, self._mm)
+                    opt.step()
+                    self._apply_masks()
+                    self.step += 1
+                    if not cfg.eval_train:
+                        run_loss += loss.detach() * len(yb)
+                        run_correct += (out.detach().argmax(1) == yb).sum()
+                        self._epoch_sums[2] += len(yb)
+                    if self.callback is not None:
+                        self.callback("step", self)
+            finally:
+                self._in_epoch = False
+                self._rng_exit = torch.get_rng_state()
+
+    def _run(self) -> TrainHistory:
+        from tqdm.auto import tqdm
+
+        cfg, model = self.config, self.model
+        spe = self.steps_per_epoch
         bar = tqdm(
             total=cfg.epochs, initial=self.epoch, desc="train", unit="ep", disable=not self.verbose,
             leave=False,
         )
+        resume, self._resume = self._resume, None
         try:
-            while not self.done:
+            while not self.done or (resume is not None and len(self.history.epoch) < self.epoch):
                 t0 = time.perf_counter()
-                epoch = self.epoch
-                perm = self.permutation(epoch)
-                batches = self._train_batches(perm, self.step - epoch * spe, epoch)
-                model.train()
+                pending = resume is not None and self.step % spe == 0 and len(self.history.epoch) < self.epoch
+                epoch = self.epoch - 1 if pending else self.epoch
                 run_loss = torch.zeros((), device=self.device)
                 run_correct = torch.zeros((), dtype=torch.long, device=self.device)
                 seen = 0
-                # RNG_LOCK: torch's global RNG is one per process; another training in a thread of this
-                # process (joblib threading, a Dask worker's threads) must not reseed it mid-epoch
-                with RNG_LOCK, torch.random.fork_rng(devices=[]):
-                    # dropout and other stochastic layers draw from the global RNG: seed it per epoch
-                    torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7919)
-                    for xb, yb in batches:
-                        lr = self._lr()
-                        for g in opt.param_groups:
-                            g["lr"] = lr
-                        out = model(xb)
-                        loss = loss_fn(out, yb)
-                        opt.zero_grad(set_to_none=False)
-                        loss.backward()
-                        if self._mp:
-                            grads = [p.grad for p in self._mp]
-                            if any(g is None for g in grads):
-                                # a frozen or unused masked parameter has no gradient (its weights stay
-                                # as they are, masked by _apply_masks): mask the others
-                                kept = [i for i, g in enumerate(grads) if g is not None]
-                                if kept:
-                                    torch._foreach_mul_([grads[i] for i in kept], [self._mm[i] for i in kept])
-                            else:
-                                torch._foreach_mul_(grads, self._mm)
-                        opt.step()
-                        self._apply_masks()
-                        self.step += 1
-                        if not cfg.eval_train:
-                            run_loss += loss.detach() * len(yb)
-                            run_correct += (out.detach().argmax(1) == yb).sum()
-                            seen += len(yb)
-                        if self.callback is not None:
-                            self.callback("step", self)
+                if resume is not None:
+                    run_loss += resume["loss"].to(run_loss)
+                    run_correct += resume["correct"].to(run_correct)
+                    seen = int(resume["seen"])
+                rng = resume["rng"] if resume is not None and resume["rng"].numel() else None
+                resume = None
+                self._epoch_sums = [run_loss, run_correct, seen]
+                model.train()
+                if not pending:  # (else: a checkpoint after the epoch's last step: only its record is left)
+                    self._train_epoch(epoch, rng, run_loss, run_correct)
+                seen = self._epoch_sums[2]
                 if not torch.isfinite(run_loss):
                     raise FloatingPointError(f"training diverged in epoch {epoch + 1} (non-finite loss)")
                 if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):

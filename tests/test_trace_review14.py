@@ -179,3 +179,36 @@ def test_prunability_says_when_the_curve_never_fell():
     assert prunability(runs, eps=0.0).prunability == 0.2
     with pytest.raises(ValueError, match="fraction in"):
         prunability([{"sparsity": 0.0, "test_acc": 90.0}, {"sparsity": 0.2, "test_acc": 89.0}])
+
+
+@pytest.mark.parametrize("drop, at", [(0.5, 3), (0.5, 7), (0.0, 7)])
+def test_a_mid_epoch_checkpoint_resumes_bit_identically(drop, at):
+    # dropout's draws and the epoch's train loss continue where the checkpoint stood; a checkpoint after an
+    # epoch's last step (7 = one epoch here) keeps that epoch's record
+    import copy
+
+    from netgeom.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    X, Xt = torch.randn(200, 6), torch.randn(50, 6)
+    y, yt = (X[:, 0] > 0).long(), (Xt[:, 0] > 0).long()
+
+    def net():
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(drop), nn.Linear(8, 2))
+
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, eval_train=False)
+    saved = {}
+
+    def keep(event, tr):
+        if event == "step" and tr.step == at:
+            saved["state"] = copy.deepcopy(tr.state_dict())
+
+    a = net()
+    ha = Trainer(a, (X, y, Xt, yt), cfg, verbose=False, threads=1, callback=keep).run()
+    b = net()
+    tb = Trainer(b, (X, y, Xt, yt), cfg, verbose=False, threads=1)
+    hb = tb.load_state_dict(saved["state"]).run()
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    assert hb.epoch == ha.epoch == [1, 2]
+    assert hb.train_loss == ha.train_loss and hb.test_acc == ha.test_acc
