@@ -361,7 +361,8 @@ def check_masks(
     ``model`` to name them). Every mask must be binary. With ``model``: every key must name the weight of
     one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is refused, never
     ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask for every such
-    weight. The error names the offending mask. An emptied layer gives a warning (it is disconnected).
+    weight. The error names the offending mask. An emptied layer is valid here (a disconnected layer: every
+    analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns about it.
 
     >>> from netgeom.nets import mlp
     >>> net = mlp(3, [4], 2, seed=0)
