@@ -417,6 +417,16 @@ def check_masks(
         return out
     params = dict(model.named_parameters())
     for k, v in out.items():
+        if k not in params and k in prunable:
+            # a module's weight that is no parameter: computed on access (torch.nn.utils.parametrize, or
+            # torch.nn.utils.prune's weight_orig * weight_mask); "names no parameter ... prunable: [k]"
+            # read as a contradiction
+            raise UnknownNameError(
+                f"{name}: '{k}' is a module's weight computed from other tensors (torch.nn.utils.parametrize "
+                "or torch.nn.utils.prune), not a parameter: remove that first "
+                "(parametrize.remove_parametrizations(module, 'weight') or prune.remove(module, 'weight')) "
+                "and pass its mask here"
+            )
         if k not in params:
             raise UnknownNameError(
                 f"{name}: key '{k}' names no parameter of the model (it does not have it); prunable weights: "

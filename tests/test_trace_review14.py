@@ -212,3 +212,23 @@ def test_a_mid_epoch_checkpoint_resumes_bit_identically(drop, at):
     assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
     assert hb.epoch == ha.epoch == [1, 2]
     assert hb.train_loss == ha.train_loss and hb.test_acc == ha.test_acc
+
+
+def test_a_mask_for_a_parametrized_weight_names_the_cause():
+    from torch.nn.utils import parametrize
+
+    from netgeom._validation import check_masks
+
+    class Keep(nn.Module):
+        def __init__(self, mask):
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, w):
+            return w * self.mask
+
+    net = _mlp()
+    mask = torch.rand(6, 4) > 0.5
+    parametrize.register_parametrization(net[0], "weight", Keep(mask.float()))
+    with pytest.raises(Exception, match="computed from other tensors .*parametrize"):
+        check_masks({"0.weight": mask}, net)
