@@ -220,9 +220,18 @@ def test_arguments_that_would_be_ignored_are_refused(call, match):
 def test_the_options_that_apply_are_used_and_recorded():
     assert sparse_bound(3, [4], 0.5, include_zero_rank=True).include_zero_rank is True
     assert sparse_bound(3, [4], 0.5).include_zero_rank is False
+    # ... and used: at low density the k = 0 term adds to the recursion (1.963 against 1.700 on 784-100-100)
+    kept = sparse_bound(784, [100, 100], 1e-6, include_zero_rank=True)
+    dropped = sparse_bound(784, [100, 100], 1e-6)
+    assert kept.unclamped_log10 == pytest.approx(1.9632, abs=1e-3)
+    assert dropped.unclamped_log10 == pytest.approx(1.7004, abs=1e-3)
     # Monte Carlo keeps k = 0 (an observed outcome), and says so
     mc = sparse_bound(3, [4], 0.5, rank_model="monte_carlo", seed=0, n_samples=5, mask_kind="bernoulli")
     assert mc.include_zero_rank is True
+    # a mask keeping round(0.01 * 12) = 0 weights: rank 0 every time, one region, not an empty sum
+    empty = sparse_bound(3, [4], 0.01, rank_model="monte_carlo", seed=0, n_samples=5)
+    assert empty.rank_probabilities[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert empty.unclamped_log10 == 0.0 and not empty.clamped
     assert sparse_bound(model=ng.mlp(3, [4, 4], 2, seed=0), rank_model="masks").include_zero_rank is True
     # the search settings of the search that runs are used
     coarse = ng.allocate_densities(20, [10, 10], 0.2, n_grid=4, refine_steps=0)
