@@ -1648,6 +1648,33 @@ def _window_sure(V: torch.Tensor, E: torch.Tensor, t: torch.Tensor, u: float) ->
     return ok.all(-1)
 
 
+def exact_step(node: PLNode, vals: dict[int, list]) -> tuple[list, list | None]:
+    """A relu, max-pool, add, cat or output node in exact rational arithmetic on its inputs' values
+    ``vals``: ``(its values, its pattern decisions)`` (ReLU signs, each window's first maximal position;
+    ``None`` for nodes that carry no pattern)."""
+    ins = node.inputs
+    if node.op == "relu":
+        z = vals[ins[0]]
+        slope = Fraction(float(node.negative_slope))
+        return [a if a > 0 else a * slope for a in z], [a > 0 for a in z]
+    if node.op == "maxpool":
+        xin = vals[ins[0]]
+        v, pos = [], []
+        for row in node.windows.tolist():
+            best, bp = None, 0
+            for p, j in enumerate(row):
+                if j >= 0 and (best is None or xin[j] > best):
+                    best, bp = xin[j], p
+            v.append(best)
+            pos.append(bp)
+        return v, pos
+    if node.op == "add":
+        return [sum(t, Fraction(0)) for t in zip(*(vals[i] for i in ins))], None
+    if node.op == "cat":
+        return [a for i in ins for a in vals[i]], None
+    return vals[ins[0]], None  # output
+
+
 def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, list]:
     """Pattern decisions of one input in exact rational arithmetic on the dense float64 affine maps."""
     vals: dict[int, list[Fraction]] = {0: [Fraction(float(a)) for a in x.reshape(-1).tolist()]}
@@ -1669,26 +1696,10 @@ def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, li
                     if w != 0.0:
                         s += Fraction(w) * a
                 v.append(s)
-        elif node.op == "relu":
-            z = vals[ins[0]]
-            slope = Fraction(node.negative_slope)
-            out[node.index] = [a > 0 for a in z]
-            v = [a if a > 0 else a * slope for a in z]
-        elif node.op == "maxpool":
-            xin = vals[ins[0]]
-            v, pos = [], []
-            for row in node.windows.tolist():
-                best, bp = None, 0
-                for p, j in enumerate(row):
-                    if j >= 0 and (best is None or xin[j] > best):
-                        best, bp = xin[j], p
-                v.append(best)
-                pos.append(bp)
-            out[node.index] = pos
-        elif node.op == "add":
-            v = [a + c for a, c in zip(vals[ins[0]], vals[ins[1]])]
-        else:  # cat
-            v = [a for i in ins for a in vals[i]]
+        else:
+            v, dec = exact_step(node, vals)
+            if dec is not None:
+                out[node.index] = dec
         vals[node.index] = v
     return out
 

@@ -41,7 +41,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..nets.certified import _pos_bits, pattern_nodes
+from ..nets.certified import _pos_bits, exact_step, pattern_nodes
 from .exact import (
     _ETA,
     _U,
@@ -147,28 +147,10 @@ class _ExactPoint:
                 rows, bias = self._aff[node.index]
                 xin = vals[ins[0]]
                 v = [bi + sum((w * xin[j] for j, w in row), Fraction(0)) for row, bi in zip(rows, bias)]
-            elif node.op == "relu":
-                z = vals[ins[0]]
-                slope = Fraction(float(node.negative_slope))
-                out[node.index] = np.array([a > 0 for a in z])
-                v = [a if a > 0 else a * slope for a in z]
-            elif node.op == "maxpool":
-                xin = vals[ins[0]]
-                v, pos = [], []
-                for row in np.asarray(node.windows).tolist():
-                    best, bp = None, 0
-                    for p, j in enumerate(row):
-                        if j >= 0 and (best is None or xin[j] > best):
-                            best, bp = xin[j], p
-                    v.append(best)
-                    pos.append(bp)
-                out[node.index] = np.array(pos)
-            elif node.op == "add":
-                v = [sum(t, Fraction(0)) for t in zip(*(vals[i] for i in ins))]
-            elif node.op == "cat":
-                v = [a for i in ins for a in vals[i]]
-            else:  # output
-                v = vals[ins[0]]
+            else:
+                v, dec = exact_step(node, vals)
+                if dec is not None:
+                    out[node.index] = np.array(dec)
             vals[node.index] = v
         return out, vals
 
