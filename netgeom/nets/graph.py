@@ -1837,7 +1837,8 @@ def _finite_norms(tensors: list[torch.Tensor]) -> list[bool]:
 def _check_trace_masks(masks, model: nn.Module):
     """Masks checked by :func:`netgeom._validation.check_masks` (one validation path for every mask form),
     except that a key naming a parameter that is not a module's weight is kept aside: it is valid if the
-    trace reads that parameter through ``F.linear``. Returns the masks and those keys."""
+    trace reads that parameter through ``F.linear``, and a key naming a module weight computed on access
+    (``torch.nn.utils.parametrize``), which the trace reads as computed. Returns the masks and those keys."""
     if masks is None or isinstance(masks, (list, tuple)):
         return check_masks(masks, model, allow_empty=True), set()
     from ..pruning.masks import prunable_parameters
@@ -1848,7 +1849,9 @@ def _check_trace_masks(masks, model: nn.Module):
     except ValueError:  # no Linear/Conv module: F.linear may still read parameters
         prunable = set()
     params = dict(model.named_parameters())
-    aside = {k for k in plain if k not in prunable and k in params}
+    # a prunable weight that is no parameter is computed on access (parametrize, prune): the trace reads
+    # the module's weight as computed, so a mask of it is applied there like any other
+    aside = {k for k in plain if (k not in prunable and k in params) or (k in prunable and k not in params)}
     rest = {k: v for k, v in plain.items() if k not in aside}
     if rest and not prunable:
         raise UnknownNameError(f"masks: key '{next(iter(rest))}' names no parameter of the model")
@@ -2365,7 +2368,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
 
     if output_ref is None:
         raise UnsupportedLayerError(f"cannot read {name}: its forward returns nothing")
-    unread = sorted(functional_masks - b.functional_weights)
+    unread = sorted(functional_masks - b.functional_weights - b.used_masks)
     if unread:
         raise ValueError(
             f"masks name parameters that are not Linear/Conv weights: '{unread[0]}' is neither the weight of "

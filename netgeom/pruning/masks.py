@@ -259,10 +259,22 @@ class Masks(MutableMapping):
 
     @classmethod
     def from_model_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:
-        """Masks that keep exactly the non-zero weights (for networks pruned elsewhere)."""
+        """Masks that keep exactly the non-zero weights (for networks pruned elsewhere).
+
+        A weight computed on access (``torch.nn.utils.parametrize``, ``torch.nn.utils.prune``) is read as
+        the module computes it, so the zeros its mask puts there count as pruned.
+        """
         params = dict(model.named_parameters())
         names = list(names) if names is not None else prunable_parameters(model)
-        return cls({n: params[n].detach() != 0 for n in names})
+        return cls({n: _weight_value(model, n, params).detach() != 0 for n in names})
+
+
+def _weight_value(model: nn.Module, name: str, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    if name in params:
+        return params[name]
+    # not a parameter: an attribute its module computes from other tensors (parametrize, prune)
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner), attr)
 
 
 def _check_npz_sizes(path: Path, shapes: Mapping[str, Iterable[int]] | None = None) -> None:
