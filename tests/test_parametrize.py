@@ -2,6 +2,8 @@
 read the module's weight as it computes it, so the zeros its mask puts there count as pruned, and a mask
 passed for such a weight is applied to it like to any other."""
 
+import copy
+
 import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
@@ -23,7 +25,7 @@ def _pair():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 1)).double()
     mask = (torch.rand(6, 4) > 0.5).double()
-    zeroed = nn.Sequential(*[m for m in __import__("copy").deepcopy(net)])
+    zeroed = copy.deepcopy(net)
     with torch.no_grad():
         zeroed[0].weight.mul_(mask)
     parametrize.register_parametrization(net[0], "weight", _Mul(mask))
