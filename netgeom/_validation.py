@@ -165,6 +165,8 @@ def check_tensor(
             x = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be a tensor or array-like, got {type(x).__name__}: {exc}") from None
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device: it has a shape but no values to analyse")
     if dtype is not None or device is not None:
         x = x.to(dtype=dtype or x.dtype, device=device or x.device)
     if ndim is not None:

@@ -59,3 +59,19 @@ def test_a_mask_for_a_parametrized_weight_is_applied():
     a = ng.count_patterns(net, x, {"0.weight": extra}, verbose=False)
     b = ng.count_patterns(zeroed, x, verbose=False)
     assert a.count == b.count > 1
+
+
+def test_count_patterns_refuses_samples_of_another_shape():
+    # review 15: channels-last images of a channels-first net have as many entries per sample, and were
+    # read reordered (top multiplicities 413, 488, 505 against 384, 490, 491)
+    import pytest
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1))
+    X = torch.randn(200, 2, 3, 3)
+    assert ng.count_patterns(net, X, verbose=False).count > 1
+    assert ng.count_patterns(net, X.reshape(200, -1), input_shape=(2, 3, 3), verbose=False).count > 1
+    with pytest.raises(ValueError, match=r"samples of shape \(3, 3, 2\).*\(2, 3, 3\)"):
+        ng.count_patterns(net, X.permute(0, 2, 3, 1), input_shape=(2, 3, 3), verbose=False)
+    with pytest.raises(ValueError, match="'meta' device"):
+        ng.count_patterns(net, torch.empty(4, 2, 3, 3, device="meta"), verbose=False)

@@ -350,11 +350,15 @@ def count_patterns(
 
     def chunks() -> Iterator[torch.Tensor]:
         for i, batch in enumerate(_batches(X, batch_size)):
-            x = batch.reshape(batch.shape[0], -1)
-            if x.shape[1] != n0:
+            # a sample of another shape with as many entries (channels last for channels first) would be
+            # read reordered without a word
+            if tuple(batch.shape[1:]) not in ((n0,), tuple(g.input_shape)):
+                shapes = {(n0,), tuple(g.input_shape)}
                 raise ValueError(
-                    f"X batch {i} has {x.shape[1]} features per sample, but the network takes {n0} inputs"
+                    f"X batch {i} has samples of shape {tuple(batch.shape[1:])}, but the network takes {n0} "
+                    f"inputs, of shape {' or '.join(map(str, sorted(shapes, key=len)))}"
                 )
+            x = batch.reshape(batch.shape[0], -1)
             if x.is_complex():
                 raise TypeError(f"X batch {i} is complex; patterns are defined for real inputs")
             for a in range(0, x.shape[0], step):
