@@ -791,6 +791,12 @@ def _one_openmp_caller(lib):
         lib.omp_set_num_threads(before)
 
 
+@functools.cache
+def _avx512_kernels() -> bool:
+    """Whether torch's CPU kernels (oneDNN's products among them) run AVX-512 code on this machine."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _onednn_gram(block: int, d: int):
     """torch's oneDNN float32 product, where ``block x block`` Gram blocks of ``d`` features are worth
     computing by it, else ``None``.
@@ -803,10 +809,15 @@ def _onednn_gram(block: int, d: int):
     oneDNN builds (and caches) a kernel per shape, ~1.3 ms the first time: the blocks share one shape, and
     products too small to repay it stay with numpy (the threshold of :func:`.._matmul.linear32`). Each
     thread's products must run on that thread alone (:func:`_one_openmp_thread`), which needs torch's
-    OpenMP runtime."""
+    OpenMP runtime.
+
+    Without AVX-512 (:func:`_avx512_kernels`) oneDNN's AVX2 code is the slower one: on a 2-core AMD EPYC
+    with AVX2 only, 1000 / 2000 MNIST points (one thread, CPU time of the whole call, load ~8) take 36.5 /
+    89 ms with oneDNN's blocks against 24.6 / 67 ms with OpenBLAS's (Haswell kernel, syrk on the diagonal),
+    so there the products stay with numpy."""
     from .._matmul import _ONEDNN_MIN_MACS, _onednn_linear
 
-    if block * block * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled:
+    if block * block * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled or not _avx512_kernels():
         return None
     op = _onednn_linear()
     if op is None or _openmp_runtime() is None:
