@@ -349,9 +349,28 @@ def _per_pair(diff: np.ndarray, t: int) -> np.ndarray:
 def _refine_tiny(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, d: np.ndarray, t: int) -> None:
     """Recompute in place, pair by pair (:func:`_per_pair`), the distances ``d[i, j]`` (units ``2^-t``) of
     ``X[rows[i]]`` and ``X[cand[i, j]]`` that lie below :data:`_TINY_DIST`."""
+    if not d.size or d.min() >= _TINY_DIST:  # (almost always: one reduction, no index arrays)
+        return
     i, j = np.nonzero(d < _TINY_DIST)
     if i.size:
         d[i, j] = _per_pair(X[cand[i, j]] - X[rows[i]], t)
+
+
+def _pair_layout(D: int, varying: np.ndarray):
+    """:func:`._knn_kernel.pair_layout`, kept for the last few sets of varying features (~0.15 ms of numpy
+    calls each time, against ~5 ms for a whole 1000-point kNN: repeated calls on one data set, e.g. every
+    estimator's, or a benchmark's, find it made); the arrays are read-only."""
+    return _pair_layout_of(D, np.asarray(varying, dtype=np.int64).tobytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_layout_of(D: int, varying: bytes):
+    from . import _knn_kernel as kern
+
+    out = kern.pair_layout(D, np.frombuffer(varying, dtype=np.int64))
+    for a in out[:2]:
+        a.flags.writeable = False
+    return out
 
 
 def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, float | None]:
@@ -359,9 +378,8 @@ def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, 
     for :func:`._knn_kernel.direct_distances` (distances in units of ``2^-t``): ``t > 0`` scales the copy
     (exact: scaled up, and a varying feature's entries are at most ~2^53 times its range), ``t < 0``
     (ranges from 2^400 on) scales each difference in the kernel."""
-    from . import _knn_kernel as kern
 
-    pos, pad, width = kern.pair_layout(X.shape[1], varying)
+    pos, pad, width = _pair_layout(X.shape[1], varying)
     P = np.zeros((len(X), width))
     P[:, pos] = X[:, varying]
     if t > 0:
@@ -383,6 +401,8 @@ def _knn(X, k, method, n_extra, chunk_size, device):
 def _scale_back(dist: np.ndarray, t: int) -> np.ndarray:
     """Distances in units of ``2^-t`` back to X's units; refuses distances beyond float64's range.
     Distances of subnormal data come back subnormal, by design (they are ordered by their scaled values)."""
+    if t == 0:  # (data spread over [0.5, 2^400): the units are X's; float64 sums that far below overflow)
+        return dist
     with np.errstate(under="ignore", over="ignore"):
         out = np.ldexp(dist, -t)
     if out.size and not np.isfinite(out[:, -1]).all():
@@ -595,7 +615,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
     # the varying features in the re-rank's order of addition (_knn_kernel.pair_layout), copied by the
     # same pass
-    pos, pad, width = kern.pair_layout(D, varying)
+    pos, pad, width = _pair_layout(D, varying)
     P = np.empty((n, width), dtype=np.float32 if gather32 else np.float64)
     P[:, pad] = 0
     sq = np.empty(n)
