@@ -3,26 +3,25 @@
 Two back-ends:
 
 * ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by a float32
-  product (on the CPU torch's oneDNN where the blocks are large enough, else numpy's BLAS; torch's on an
-  accelerator), the squared norms and the sum in float64; ``k + n_extra`` candidates per row. The score
-  is symmetric, so only the blocks on and above the diagonal of the Gram matrix are computed (about 5/8
-  of the flops of ``X @ X.T`` with oneDNN, whose diagonal blocks are full products, half with BLAS's
-  syrk; a flat index such as faiss's ``IndexFlatL2`` computes all of them). Up to 2048 points the whole
-  Gram matrix is kept (at most 16 MB; each block mirrored below the diagonal) and each row's candidates
-  are selected from its full row at once: a threshold from a sample of the row, checked by one pass,
-  then a bisection on the value over the few scores below it, which are ranked. More points (or an
-  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives
-  every row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and
-  its column, entering a row's candidate heap only below the row's threshold, so a block costs one
-  comparison pass (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`).
-  Features that are constant over all points add exactly 0 to every distance and are left out of the
-  float32 scores and of the float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the
-  selections and the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller included, each
-  running its products on one thread (one OpenMP thread for oneDNN, one BLAS thread for numpy:
-  independent products keep both cores busy where a shared product waits for its slower half, e.g. on a
-  loaded machine, no OpenMP team spins after a product, and the selection runs in parallel too); work
-  goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the helpers are
-  started without waiting for them to run).
+  product (on the CPU torch's oneDNN where the blocks are large enough and torch runs AVX-512 code, else
+  numpy's BLAS; torch's on an accelerator), the squared norms and the sum in float64; ``k + n_extra``
+  candidates per row. The score is symmetric, so only the blocks on and above the diagonal of the Gram matrix
+  are computed (about 5/8 of the flops of ``X @ X.T`` with oneDNN, whose diagonal blocks are full products,
+  half with BLAS's syrk; a flat index such as faiss's ``IndexFlatL2`` computes all of them). Up to 2048 points
+  the whole Gram matrix is kept (at most 16 MB; each block mirrored below the diagonal) and each row's
+  candidates are selected from its full row at once: a threshold from a sample of the row, checked by one
+  pass, then a bisection on the value over the few scores below it, which are ranked. More points (or an
+  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives every
+  row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and its
+  column, entering a row's candidate heap only below the row's threshold, so a block costs one comparison pass
+  (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`). Features that are
+  constant over all points add exactly 0 to every distance and are left out of the float32 scores and of the
+  float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the selections and the re-rank) is
+  shared by ``torch.get_num_threads()`` threads, the caller included, each running its products on one thread
+  (one OpenMP thread for oneDNN, one BLAS thread for numpy: independent products keep both cores busy where a
+  shared product waits for its slower half, e.g. on a loaded machine, no OpenMP team spins after a product,
+  and the selection runs in parallel too); work goes to whichever thread is free, so a thread the OS does not
+  schedule delays nobody (the helpers are started without waiting for them to run).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
   in ``np.einsum``'s order, two lanes at a time, by one compiled pass over rows that hold the two lanes'
