@@ -419,7 +419,14 @@ class _H0Diagram:
         kwargs["deaths"] = deaths
         if "death_layers" in kwargs:
             dl = kwargs["death_layers"]
-            kwargs["death_layers"] = None if dl is None else np.asarray(dl, dtype=np.int64)
+            if dl is not None:
+                a = np.asarray(dl)
+                if a.size and a.dtype.kind not in "iu":
+                    raise ValueError(f"death_layers must be integer layer numbers, got dtype {a.dtype}")
+                dl = a.astype(np.int64)
+            kwargs["death_layers"] = dl
+        if {"n_in", "n_out"} <= kwargs.keys() and kwargs["n_in"] + kwargs["n_out"] != kwargs["n_vertices"]:
+            raise ValueError("n_in + n_out must equal n_vertices (a layer graph's vertices)")
         return cls(**kwargs)
 
     @classmethod
@@ -545,6 +552,49 @@ class NetworkZerothDiagram(_H0Diagram, Result):
         "the forest masks (one n_out x n_in bool array per layer) are not saved: recompute them with "
         "zeroth_persistence(network_graph(model, masks, ...)).msf_masks (spanning_forest_mask for one layer)"
     )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkZerothDiagram:
+        """The diagram saved by :meth:`to_dict` (forest masks None: see ``msf_mask_note``); the per-layer
+        fields are checked against each other and against the pairs (a file is not trusted)."""
+        d = super().from_dict(data)
+        widths = d.widths
+        if (not isinstance(widths, list) or len(widths) < 2
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in widths)):
+            raise ValueError(f"widths must be a list of at least 2 positive integers, got {widths!r}")
+        if sum(widths) != d.n_vertices:
+            raise ValueError(f"widths {widths} sum to {sum(widths)}, but n_vertices = {d.n_vertices}")
+        n_layers = len(widths) - 1
+        for key in ("layer_names", "param_names", "layer_kinds"):
+            v = getattr(d, key)
+            if not isinstance(v, list) or len(v) != n_layers:
+                raise ValueError(f"{key} must be a list of {n_layers} entries (one per layer), got {v!r}")
+        if d.n_pairs > d.n_edges:
+            raise ValueError(f"n_pairs = {d.n_pairs} > n_edges = {d.n_edges}: a forest is a set of edges")
+        lp = d.layer_n_pairs
+        if lp is not None:
+            cap = [a + b - 1 for a, b in zip(widths[:-1], widths[1:])]
+            if (not isinstance(lp, list) or len(lp) != n_layers
+                    or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= c
+                           for x, c in zip(lp, cap))
+                    or sum(lp) != d.n_pairs):
+                raise ValueError(
+                    f"layer_n_pairs must be {n_layers} integers, layer l's within 0..n_in + n_out - 1 "
+                    f"({cap}), summing to n_pairs = {d.n_pairs}; got {lp!r}"
+                )
+        dl = d.death_layers
+        if dl is not None:
+            if dl.ndim != 1 or dl.size != d.n_pairs:
+                raise ValueError(
+                    f"death_layers must have one entry per finite pair ({d.n_pairs}), got {dl.size}"
+                )
+            if dl.size and (dl.min() < 0 or dl.max() >= n_layers):
+                bad = sorted({int(x) for x in dl if not 0 <= x < n_layers})
+                raise ValueError(f"death_layers must be layer numbers 0..{n_layers - 1}, got {bad}")
+            counts = np.bincount(dl, minlength=n_layers).tolist()
+            if lp is not None and counts != lp:
+                raise ValueError(f"death_layers count {counts} pairs per layer but layer_n_pairs says {lp}")
+        return d
 
     def as_masks(self):
         """The forest as a :class:`~netgeom.pruning.masks.Masks` (torch bool, one tensor per weight).
