@@ -12,7 +12,8 @@ protected-weights callback for topology-preserving IMP.
   ``1 − (n_in + n_out − 1)/(n_in n_out)``; for a network ``η = Σ n_in n_out / Σ (n_in + n_out − 1)`` and
   the largest sparsity is ``1 − 1/η``.
 * Retention: the fraction of a dense network's MSF edges still present in a pruned version (random pruning
-  at density ``p`` keeps a fraction ``p`` of them in expectation).
+  at density ``p`` keeps a fraction ``p`` of them in expectation). With tied weights the MSF is not unique;
+  the count is then the most any maximum spanning forest keeps, which no renumbering of neurons changes.
 
 Per-layer lists and their network means run over weight tensors: a module (or an ``F.linear`` weight)
 called several times in ``forward`` is one weight graph, counted once, so sharing a weight never changes

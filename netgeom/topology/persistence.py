@@ -523,8 +523,10 @@ class NetworkZerothDiagram(_H0Diagram, Result):
     ``deaths`` (descending) are the ``w̃`` of the maximum-spanning-forest edges, ``n_essential`` the number of
     connected components (essential death ``-inf``), ``min_value`` the lowest ``w̃`` in the network.
     ``death_layers[k]`` is the layer whose edge merged at ``deaths[k]`` and ``msf_masks`` the forest as one
-    ``(n_out, n_in)`` bool array per layer, keyed by ``param_name`` (:meth:`as_masks` gives a ``Masks``);
-    both are None for the ripser backend, which does not report merging edges.
+    ``(n_out, n_in)`` bool array per weight, keyed by ``param_name`` (:meth:`as_masks` gives a ``Masks``): a
+    weight applied several times in ``forward`` is several layers here, and its mask is the union of their
+    forests, which keeps the network diagram when everything else is pruned. Both are None for the
+    ripser backend, which does not report merging edges.
     """
 
     backend: str
