@@ -25,10 +25,36 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from netgeom.dimension import MLE, LocalPCA, TwoNN, local_pca_spectra, nearest_neighbors, pca_rule_dimension
+def _check_coretype() -> None:
+    """``OPENBLAS_CORETYPE`` naming an AVX-512 kernel (SkylakeX, for faiss's fastest products) on a machine
+    without AVX-512 makes every OpenBLAS of the process die of an illegal instruction as numpy loads: say
+    so instead (checked before numpy is imported)."""
+    kernel = os.environ.get("OPENBLAS_CORETYPE", "").lower()
+    if kernel not in ("skylakex", "cooperlake", "sapphirerapids"):
+        return
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return  # (not Linux: nothing to check against)
+    if "avx512f" not in flags:
+        raise SystemExit(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} needs AVX-512, which this "
+                         "CPU lacks (OpenBLAS would die of an illegal instruction): run without it")
+
+
+_check_coretype()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from netgeom.dimension import (  # noqa: E402
+    MLE,
+    LocalPCA,
+    TwoNN,
+    local_pca_spectra,
+    nearest_neighbors,
+    pca_rule_dimension,
+)
 
 K1, K2 = 5, 20
 

@@ -22,6 +22,15 @@ from netgeom.dimension import _knn_kernel as kern
 from netgeom.dimension.neighbors import nearest_neighbors
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _as_on_avx512():
+    """These tests drive oneDNN's blocks, which the kNN takes only on machines with AVX-512
+    (:func:`netgeom.dimension.neighbors._avx512_kernels`): here every machine is taken for one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nb, "_avx512_kernels", lambda: True)
+        yield
+
+
 def _with_threads(threads, fn):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -14,6 +14,17 @@ import netgeom._matmul as mm
 import netgeom.dimension.neighbors as nb
 from netgeom.dimension.neighbors import nearest_neighbors
 
+_AVX512_KERNELS = nb._avx512_kernels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _as_on_avx512():
+    """These tests drive oneDNN's blocks, which the kNN takes only on machines with AVX-512
+    (:func:`netgeom.dimension.neighbors._avx512_kernels`): here every machine is taken for one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nb, "_avx512_kernels", lambda: True)
+        yield
+
 
 def _need_onednn() -> None:
     """oneDNN and torch's OpenMP runtime, which CI's machines have (there a missing one fails the test)."""
@@ -202,3 +213,29 @@ def test_a_child_forked_while_the_parent_holds_the_knn_locks_is_not_stuck():
         with multiprocessing.get_context("fork").Pool(1) as child:
             got = child.apply_async(_knn_in_child, (X,))
             np.testing.assert_array_equal(got.get(timeout=20), want)
+
+
+def test_no_onednn_blocks_without_avx512(monkeypatch):
+    # without AVX-512 oneDNN's products are the slower ones: every block goes to numpy's BLAS, even where
+    # the size threshold would take oneDNN, with the same (brute-force) answer
+    _need_onednn()
+    X = _images(np.random.default_rng(5), 600, 200, 20)
+    monkeypatch.setattr(mm, "_ONEDNN_MIN_MACS", 0)
+    calls = _spy(monkeypatch)
+    g = nearest_neighbors(X, 6, duplicates="keep")
+    assert calls
+    monkeypatch.setattr(nb, "_avx512_kernels", lambda: False)
+    del calls[:]
+    for chunk in (None, 150):
+        h = nearest_neighbors(X, 6, duplicates="keep", chunk_size=chunk)
+        np.testing.assert_array_equal(h.distances, g.distances)
+        np.testing.assert_array_equal(h.indices, g.indices)
+    assert not calls
+    d, i = reference(X, 6)
+    np.testing.assert_array_equal(g.distances, d)
+
+
+def test_avx512_kernels_follow_torch():
+    # (the module's fixture replaced nb._avx512_kernels; the function itself was kept before)
+    _AVX512_KERNELS.cache_clear()
+    assert _AVX512_KERNELS() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")

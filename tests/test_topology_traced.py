@@ -136,7 +136,8 @@ def test_residual_conv_net_grouped_channels_and_pooling():
     r = neural_persistence(net)
     assert abs(r.network_np - _rieck(mats)[0]) <= 1e-12
     b = topology_bound(net)
-    assert b.n_possible == [4, 16, 24, 18] and b.n_msf == [4, 6, 9, 8]  # grouped layer: 2 components
+    # grouped layer: 2 x 2 x 2 in-group channel pairs, 2 components (a dense net: sparsity 0)
+    assert b.n_possible == [4, 8, 24, 18] and b.n_msf == b.n_tree == [4, 6, 9, 8] and b.sparsity == 0.0
     bu = topology_bound(net, conv="unrolled")
     # conv1, 3x3 with padding 1 on 8x8: (2 + 3 * 6 + 2) valid taps per row and column, per output channel
     assert bu.n_possible[0] == 4 * 22**2 and bu.sparsity == 0.0

@@ -417,12 +417,15 @@ def smallest_in_rows(G, a, c0, sq, hv, hi, tau, ascending):
 
 @numba.njit(cache=True, nogil=True)
 def mirror(G, a, b, c0, c1):
-    """``G[c0:c1, a:b] = G[a:b, c0:c1].T`` by 32 x 32 tiles (numpy's copy walks the source's columns: a
-    cache and TLB miss per element once rows are a few kB apart)."""
-    for i0 in range(a, b, 32):
-        i1 = min(i0 + 32, b)
-        for j0 in range(c0, c1, 32):
-            j1 = min(j0 + 32, c1)
+    """``G[c0:c1, a:b] = G[a:b, c0:c1].T`` by tiles of 8 source rows and 64 columns (numpy's copy walks the
+    source's columns: a cache and TLB miss per element once rows are a few kB apart). Eight rows: the
+    source lines a tile reads stay in an 8-way L1 cache even where the rows' stride maps them all to one
+    set (32 rows did not: 2000 points, six 500 x 500 blocks, 4.9-5.4 -> 3.5-3.6 ms; 1000 points, six
+    250 x 250 blocks, 0.70-0.94 -> 0.80 ms)."""
+    for i0 in range(a, b, 8):
+        i1 = min(i0 + 8, b)
+        for j0 in range(c0, c1, 64):
+            j1 = min(j0 + 64, c1)
             for j in range(j0, j1):
                 for i in range(i0, i1):
                     G[j, i] = G[i, j]

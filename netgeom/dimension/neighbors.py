@@ -3,26 +3,25 @@
 Two back-ends:
 
 * ``"torch"`` — scores ``‖x‖² + ‖y‖² − 2x·y`` of the float32 points, the Gram entry ``x·y`` by a float32
-  product (on the CPU torch's oneDNN where the blocks are large enough, else numpy's BLAS; torch's on an
-  accelerator), the squared norms and the sum in float64; ``k + n_extra`` candidates per row. The score
-  is symmetric, so only the blocks on and above the diagonal of the Gram matrix are computed (about 5/8
-  of the flops of ``X @ X.T`` with oneDNN, whose diagonal blocks are full products, half with BLAS's
-  syrk; a flat index such as faiss's ``IndexFlatL2`` computes all of them). Up to 2048 points the whole
-  Gram matrix is kept (at most 16 MB; each block mirrored below the diagonal) and each row's candidates
-  are selected from its full row at once: a threshold from a sample of the row, checked by one pass,
-  then a bisection on the value over the few scores below it, which are ranked. More points (or an
-  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives
-  every row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and
-  its column, entering a row's candidate heap only below the row's threshold, so a block costs one
-  comparison pass (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`).
-  Features that are constant over all points add exactly 0 to every distance and are left out of the
-  float32 scores and of the float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the
-  selections and the re-rank) is shared by ``torch.get_num_threads()`` threads, the caller included, each
-  running its products on one thread (one OpenMP thread for oneDNN, one BLAS thread for numpy:
-  independent products keep both cores busy where a shared product waits for its slower half, e.g. on a
-  loaded machine, no OpenMP team spins after a product, and the selection runs in parallel too); work
-  goes to whichever thread is free, so a thread the OS does not schedule delays nobody (the helpers are
-  started without waiting for them to run).
+  product (on the CPU torch's oneDNN where the blocks are large enough and torch runs AVX-512 code, else
+  numpy's BLAS; torch's on an accelerator), the squared norms and the sum in float64; ``k + n_extra``
+  candidates per row. The score is symmetric, so only the blocks on and above the diagonal of the Gram matrix
+  are computed (about 5/8 of the flops of ``X @ X.T`` with oneDNN, whose diagonal blocks are full products,
+  half with BLAS's syrk; a flat index such as faiss's ``IndexFlatL2`` computes all of them). Up to 2048 points
+  the whole Gram matrix is kept (at most 16 MB; each block mirrored below the diagonal) and each row's
+  candidates are selected from its full row at once: a threshold from a sample of the row, checked by one
+  pass, then a bisection on the value over the few scores below it, which are ranked. More points (or an
+  explicit ``chunk_size``) stream the blocks: the diagonal blocks are selected the same way, which gives every
+  row a threshold (its current ``(k + n_extra)``-th score), and each panel entry serves its row and its
+  column, entering a row's candidate heap only below the row's threshold, so a block costs one comparison pass
+  (compiled with numba, as are the selections and the re-rank: :mod:`._knn_kernel`). Features that are
+  constant over all points add exactly 0 to every distance and are left out of the float32 scores and of the
+  float64 sums. On the CPU every phase (the passes over ``X``, the blocks, the selections and the re-rank) is
+  shared by ``torch.get_num_threads()`` threads, the caller included, each running its products on one thread
+  (one OpenMP thread for oneDNN, one BLAS thread for numpy: independent products keep both cores busy where a
+  shared product waits for its slower half, e.g. on a loaded machine, no OpenMP team spins after a product,
+  and the selection runs in parallel too); work goes to whichever thread is free, so a thread the OS does not
+  schedule delays nobody (the helpers are started without waiting for them to run).
   The candidates' distances are then recomputed in float64 *directly* as ``‖x − y‖`` (not through the
   expansion, which loses all precision for close points; the sum of squares of the float64 differences
   in ``np.einsum``'s order, two lanes at a time, by one compiled pass over rows that hold the two lanes'
@@ -349,9 +348,28 @@ def _per_pair(diff: np.ndarray, t: int) -> np.ndarray:
 def _refine_tiny(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, d: np.ndarray, t: int) -> None:
     """Recompute in place, pair by pair (:func:`_per_pair`), the distances ``d[i, j]`` (units ``2^-t``) of
     ``X[rows[i]]`` and ``X[cand[i, j]]`` that lie below :data:`_TINY_DIST`."""
+    if not d.size or d.min() >= _TINY_DIST:  # (almost always: one reduction, no index arrays)
+        return
     i, j = np.nonzero(d < _TINY_DIST)
     if i.size:
         d[i, j] = _per_pair(X[cand[i, j]] - X[rows[i]], t)
+
+
+def _pair_layout(D: int, varying: np.ndarray):
+    """:func:`._knn_kernel.pair_layout`, kept for the last few sets of varying features (~0.15 ms of numpy
+    calls each time, against ~5 ms for a whole 1000-point kNN: repeated calls on one data set, e.g. every
+    estimator's, or a benchmark's, find it made); the arrays are read-only."""
+    return _pair_layout_of(D, np.asarray(varying, dtype=np.int64).tobytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _pair_layout_of(D: int, varying: bytes):
+    from . import _knn_kernel as kern
+
+    out = kern.pair_layout(D, np.frombuffer(varying, dtype=np.int64))
+    for a in out[:2]:
+        a.flags.writeable = False
+    return out
 
 
 def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, float | None]:
@@ -359,9 +377,8 @@ def _pair_copy(X: np.ndarray, varying: np.ndarray, t: int) -> tuple[np.ndarray, 
     for :func:`._knn_kernel.direct_distances` (distances in units of ``2^-t``): ``t > 0`` scales the copy
     (exact: scaled up, and a varying feature's entries are at most ~2^53 times its range), ``t < 0``
     (ranges from 2^400 on) scales each difference in the kernel."""
-    from . import _knn_kernel as kern
 
-    pos, pad, width = kern.pair_layout(X.shape[1], varying)
+    pos, pad, width = _pair_layout(X.shape[1], varying)
     P = np.zeros((len(X), width))
     P[:, pos] = X[:, varying]
     if t > 0:
@@ -383,6 +400,8 @@ def _knn(X, k, method, n_extra, chunk_size, device):
 def _scale_back(dist: np.ndarray, t: int) -> np.ndarray:
     """Distances in units of ``2^-t`` back to X's units; refuses distances beyond float64's range.
     Distances of subnormal data come back subnormal, by design (they are ordered by their scaled values)."""
+    if t == 0:  # (data spread over [0.5, 2^400): the units are X's; float64 sums that far below overflow)
+        return dist
     with np.errstate(under="ignore", over="ignore"):
         out = np.ldexp(dist, -t)
     if out.size and not np.isfinite(out[:, -1]).all():
@@ -595,7 +614,7 @@ def _knn_torch_pool(X, k, n_extra, chunk_size, device, threads, pool):
     gather32 = exact32 and n * D32 * 8 > _GATHER_FLOAT64_BYTES
     # the varying features in the re-rank's order of addition (_knn_kernel.pair_layout), copied by the
     # same pass
-    pos, pad, width = kern.pair_layout(D, varying)
+    pos, pad, width = _pair_layout(D, varying)
     P = np.empty((n, width), dtype=np.float32 if gather32 else np.float64)
     P[:, pad] = 0
     sq = np.empty(n)
@@ -791,6 +810,12 @@ def _one_openmp_caller(lib):
         lib.omp_set_num_threads(before)
 
 
+@functools.cache
+def _avx512_kernels() -> bool:
+    """Whether torch's CPU kernels (oneDNN's products among them) run AVX-512 code on this machine."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _onednn_gram(block: int, d: int):
     """torch's oneDNN float32 product, where ``block x block`` Gram blocks of ``d`` features are worth
     computing by it, else ``None``.
@@ -803,10 +828,15 @@ def _onednn_gram(block: int, d: int):
     oneDNN builds (and caches) a kernel per shape, ~1.3 ms the first time: the blocks share one shape, and
     products too small to repay it stay with numpy (the threshold of :func:`.._matmul.linear32`). Each
     thread's products must run on that thread alone (:func:`_one_openmp_thread`), which needs torch's
-    OpenMP runtime."""
+    OpenMP runtime.
+
+    Without AVX-512 (:func:`_avx512_kernels`) oneDNN's AVX2 code is the slower one: on a 2-core AMD EPYC
+    with AVX2 only, 1000 / 2000 MNIST points (one thread, CPU time of the whole call, load ~8) take 36.5 /
+    89 ms with oneDNN's blocks against 24.6 / 67 ms with OpenBLAS's (Haswell kernel, syrk on the diagonal),
+    so there the products stay with numpy."""
     from .._matmul import _ONEDNN_MIN_MACS, _onednn_linear
 
-    if block * block * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled:
+    if block * block * d < _ONEDNN_MIN_MACS or not torch.backends.mkldnn.enabled or not _avx512_kernels():
         return None
     op = _onednn_linear()
     if op is None or _openmp_runtime() is None:

@@ -57,6 +57,17 @@ CONV_MODES = ("channel", "unrolled")
 MAX_UNROLLED_EDGES = 20_000_000
 
 
+class _Unset:
+    """Default of an option that applies to some inputs only: "not given" differs from any value, so an
+    option given where it would be ignored is refused (the pattern of :mod:`netgeom.regions.bounds`)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _Unset()
+
+
 @dataclasses.dataclass(eq=False)
 class LayerGraph:
     """A bipartite weight graph of one layer.
@@ -356,9 +367,34 @@ def _channel_slices(kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, n
     return g[:, None] * per_group + np.arange(per_group)[None, :], groups
 
 
+def _aggregate(a: np.ndarray, aggregate: str) -> tuple[np.ndarray, int]:
+    """The ``aggregate`` of every kernel slice ``a[o, c, :]`` (``|w|``, masked entries 0) as ``(values, e)``
+    with the true aggregates ``values * 2**e``.
+
+    Summing or squaring raw float64 weights over/underflows (an l2 of slices of 1e-170, an l1 of 9 entries
+    of 1e308), so the layer is first divided by the power of two ``2**e`` just above its largest ``|w|``
+    (exact: only the exponent changes) and, for l2, every slice again by its own power of two before
+    squaring. The values are then at most the slice length, and since scaling all weights by ``2**k`` only
+    shifts ``e``, the normalised graph is bitwise the same for every such ``k``, as for ``"max"``.
+    """
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0:
+        return np.zeros(a.shape[:2]), 0
+    e = int(np.frexp(top)[1])
+    a = np.ldexp(a, -e)
+    if aggregate == "l1":
+        return a.sum(-1), e
+    if aggregate == "max":
+        return a.max(-1), e
+    es = np.frexp(a.max(-1))[1]  # 0 for an all-zero slice, which stays 0
+    b = np.ldexp(a, -es[..., None])
+    return np.ldexp(np.sqrt((b * b).sum(-1)), es), e
+
+
 @gradual_underflow()  # every weight graph's magnitudes: a float32 weight of 1e-40 must not read as 0
 def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
-    """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation."""
+    """Absolute edge weights ``(n_out, n_in)`` and presence mask, before normalisation: the true
+    magnitudes are ``absw * 2**exp`` (``exp`` is 0 but for channel graphs, see :func:`_aggregate`)."""
     layer = _weighted(layer_or_weight)
     if layer is not None:
         if layer.kernel is None or layer.param_name is None:
@@ -396,12 +432,8 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             # its edges are its non-zero entries (structural zeros and pruned weights are both absent).
             return dict(base, absw=np.abs(W), present=W != 0, kind="unrolled", aggregate=None)
         a = np.where(kmask, np.abs(kernel), 0.0).reshape(kernel.shape[0], kernel.shape[1], -1)
-        agg = {
-            "l1": lambda x: x.sum(-1),
-            "l2": lambda x: np.sqrt((x * x).sum(-1)),
-            "max": lambda x: x.max(-1),
-        }
-        absw, present = agg[aggregate](a), kmask.reshape(a.shape).any(-1)
+        absw, exp = _aggregate(a, aggregate)
+        present = kmask.reshape(a.shape).any(-1)
         cols, groups = _channel_slices(kernel, int(layer.in_shape[0]))
         if groups > 1:  # a grouped convolution: an output channel sees only its group's input channels
             rows = np.arange(kernel.shape[0])[:, None]
@@ -409,7 +441,7 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
             full_p = np.zeros(full_w.shape, dtype=bool)
             full_w[rows, cols], full_p[rows, cols] = absw, present
             absw, present = full_w, full_p
-        return dict(base, absw=absw, present=present, kind="channel", aggregate=aggregate)
+        return dict(base, absw=absw, exp=exp, present=present, kind="channel", aggregate=aggregate)
     if isinstance(layer_or_weight, nn.Module):
         raise TypeError(
             f"layer_graph takes one Linear/Conv1d/Conv2d module, an AffineLayer or a matrix, got "
@@ -426,14 +458,75 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
     return dict(absw=np.abs(W), present=present, kind="matrix", aggregate=None, name=None, param_name=None)
 
 
+def _conv_applies(obj: Any) -> bool:
+    """Whether ``conv=`` changes the graph of ``obj``: a convolution, or a Linear read after pooling (its
+    unrolled graph folds the pooling in)."""
+    if isinstance(obj, (nn.Conv1d, nn.Conv2d)):
+        return True
+    lay = _weighted(obj)
+    return lay is not None and lay.kernel is not None and (
+        lay.kernel.ndim > 2 or tuple(lay.shape) != tuple(lay.kernel.shape))
+
+
+def _parts(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> dict[str, Any]:
+    parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
+    parts.setdefault("exp", 0)
+    if parts["absw"].size == 0:
+        raise ValueError(
+            f"the weight matrix is empty (shape {parts['absw'].shape}): a layer graph needs n_in, n_out >= 1"
+        )
+    # A zero weight is an absent edge, like a pruned one (see the module docstring).
+    parts["present"] = parts["present"] & (parts["absw"] > 0)
+    return parts
+
+
+def _top(parts: dict[str, Any]) -> tuple[float, int]:
+    """The largest true magnitude of a layer as ``(m, e)``, value ``m * 2**e`` with ``0.5 <= m < 1``
+    (``(0.0, 0)`` without edges): comparable across layers, and finite where the value is not."""
+    absw, present = parts["absw"], parts["present"]
+    if not present.any():
+        return 0.0, 0
+    m, e = np.frexp(float(absw[present].max()))
+    return float(m), int(e) + parts["exp"]
+
+
+def _from_parts(parts: dict[str, Any], normalize: str, ref: tuple[float, int] | None,
+                scale: float | None = None) -> LayerGraph:
+    """The layer graph of ``_parts`` normalised by its own largest magnitude (``ref`` None) or by
+    ``ref = (m, e)``, the scale ``m * 2**e`` (``0.5 <= m < 1``) at least the layer's largest magnitude."""
+    parts = dict(parts)
+    absw, present, exp = parts.pop("absw"), parts.pop("present"), parts.pop("exp")
+    if ref is None:
+        top = float(absw[present].max()) if present.any() else 0.0
+        with np.errstate(over="ignore"):  # an l1 aggregate of weights near 1e308 exceeds float64: inf
+            scale = float(np.ldexp(top, exp))
+        weights = np.where(present, absw / top, 0.0) if top > 0 else np.zeros(absw.shape)
+    elif ref[0] > 0 and present.any():
+        m, e = np.frexp(absw[present].max())
+        # the layer's weights with their maximum shifted into [0.5, 1) (exact), over the scale's mantissa:
+        # at most 2, then shifted back to the ratio of the true values
+        q = np.where(present, np.ldexp(absw, -int(e)), 0.0) / ref[0]
+        shift = int(e) + exp - ref[1]
+        weights = np.ldexp(q, shift) if shift else q
+    else:
+        weights = np.zeros(absw.shape)
+    if scale is None:
+        with np.errstate(over="ignore"):
+            scale = float(np.ldexp(ref[0], ref[1]))
+    present = weights > 0  # w̃ that underflows to 0 is a zero weight: absent
+    weights = np.where(present, weights, 0.0)
+    weights.flags.writeable = present.flags.writeable = False
+    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts, _trusted=True)
+
+
 def layer_graph(
     layer_or_weight: Any,
     mask: Any = None,
     *,
     normalize: str = "layer",
     scale: float | None = None,
-    conv: str = "channel",
-    aggregate: str = "l1",
+    conv: str = _UNSET,
+    aggregate: str = _UNSET,
     input_shape: Any = None,
 ) -> LayerGraph:
     """The bipartite weight graph of one layer.
@@ -447,8 +540,11 @@ def layer_graph(
         own mask. Masked weights are absent edges.
     normalize : ``"layer"`` divides by this layer's ``max |w|``; ``"network"`` divides by ``scale``, which
         must then be given (``network_graph`` computes it).
-    conv : ``"channel"`` (default) or ``"unrolled"`` for convolution layers.
-    aggregate : ``"l1"``, ``"l2"`` or ``"max"`` of a kernel slice, for channel graphs.
+    conv : ``"channel"`` (default) or ``"unrolled"``, for convolution layers (and a Linear read after
+        pooling) only: given for another layer it would be ignored, and is refused.
+    aggregate : ``"l1"`` (default), ``"l2"`` or ``"max"`` of a kernel slice, for channel graphs only (refused
+        for any other graph). Computed without over/underflow for any float64 weights (see
+        :func:`_aggregate`): the normalised graph does not change when all weights are scaled by ``2**k``.
     input_shape : the input shape of a bare convolution module, needed for ``conv="unrolled"``.
 
     Example
@@ -458,6 +554,28 @@ def layer_graph(
     ([[0.5, 0.25], [0.0, 1.0]], 3)
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
+    if conv is not _UNSET:
+        check_choice(conv, "conv", CONV_MODES)
+        if not _conv_applies(layer_or_weight):
+            raise ValueError(
+                f"conv={conv!r} does not apply to a {type(layer_or_weight).__name__} (it chooses the graph "
+                "of a convolution) and would be ignored: leave it out"
+            )
+    if aggregate is not _UNSET:
+        check_choice(aggregate, "aggregate", AGGREGATES)
+    g = _layer_graph(layer_or_weight, mask, normalize=normalize, scale=scale,
+                     conv="channel" if conv is _UNSET else conv,
+                     aggregate="l1" if aggregate is _UNSET else aggregate, input_shape=input_shape)
+    if aggregate is not _UNSET and g.kind != "channel":
+        raise ValueError(
+            f"aggregate={aggregate!r} only applies to the channel graph of a convolution, and this is a "
+            f"{g.kind!r} graph: it would be ignored, leave it out"
+        )
+    return g
+
+
+def _layer_graph(layer_or_weight: Any, mask: Any, *, normalize: str, scale: float | None, conv: str,
+                 aggregate: str, input_shape: Any) -> LayerGraph:
     check_choice(conv, "conv", CONV_MODES)
     check_choice(aggregate, "aggregate", AGGREGATES)
     if isinstance(layer_or_weight, (nn.Linear, nn.Conv1d, nn.Conv2d)):
@@ -466,32 +584,31 @@ def layer_graph(
         raise ValueError(f"node {layer_or_weight.source} is a {layer_or_weight.op} node, not an affine layer")
     elif input_shape is not None:
         raise ValueError("input_shape= only applies to a bare Linear/Conv module")
-    parts = _magnitudes(layer_or_weight, mask, conv, aggregate)
-    absw, present = parts.pop("absw"), parts.pop("present")
-    if absw.size == 0:
-        raise ValueError(
-            f"the weight matrix is empty (shape {absw.shape}): a layer graph needs n_in, n_out >= 1"
-        )
-    # A zero weight is an absent edge, like a pruned one (see the module docstring).
-    present = present & (absw > 0)
-    layer_max = float(absw[present].max()) if present.any() else 0.0
-    if normalize == "network":
-        if scale is None:
-            raise ValueError("normalize='network' needs scale= (the network's max |w|); use network_graph")
-        scale = float(scale)
-        if not np.isfinite(scale) or scale < layer_max:
-            raise ValueError(f"scale must be finite and >= this layer's max |w| = {layer_max}, got {scale}")
-    elif scale is not None:
-        raise ValueError("scale= is only used with normalize='network'")
-    else:
-        scale = layer_max
-    if scale > 0:
-        weights = np.where(present, absw / scale, 0.0)
-        present = weights > 0  # w̃ that underflows to 0 is a zero weight: absent
-    else:  # no non-zero weight: a graph without edges
-        weights = np.zeros(absw.shape)
-    weights.flags.writeable = present.flags.writeable = False
-    return LayerGraph(weights=weights, mask=present, scale=scale, normalize=normalize, **parts, _trusted=True)
+    parts = _parts(layer_or_weight, mask, conv, aggregate)
+    if normalize == "layer":
+        if scale is not None:
+            raise ValueError("scale= is only used with normalize='network'")
+        return _from_parts(parts, "layer", None)
+    if scale is None:
+        raise ValueError("normalize='network' needs scale= (the network's max |w|); use network_graph")
+    scale = float(scale)
+    top = _top(parts)
+    with np.errstate(over="ignore"):
+        layer_max = float(np.ldexp(*top))
+    ref = (0.0, 0) if scale == 0 else tuple(int(x) if k else float(x) for k, x in enumerate(np.frexp(scale)))
+    if not np.isfinite(scale) or scale < 0 or (top[0] > 0 and (ref[1], ref[0]) < (top[1], top[0])):
+        raise ValueError(f"scale must be finite and >= this layer's max |w| = {layer_max}, got {scale}")
+    return _from_parts(parts, "network", ref, scale)
+
+
+def _is_diagonal(node: PLNode) -> bool:
+    """Whether a weight-free affine node maps every unit to itself only (a per-unit scale, as a lone
+    BatchNorm): then a unit's vertex is the same before and after it. A same-size average pooling (3 x 3,
+    stride 1, padding 1) keeps the size but mixes neighbouring units, so it is not."""
+    if node.size != node.in_size:
+        return False
+    W = node.matrix()
+    return int(torch.count_nonzero(W)) == int(torch.count_nonzero(torch.diagonal(W)))
 
 
 def _chain_links(pl, nodes: list[PLNode], conv: str) -> list[str | None]:
@@ -515,13 +632,15 @@ def _chain_links(pl, nodes: list[PLNode], conv: str) -> list[str | None]:
                                          and prev.param_name is None):
                 cur = prev
                 continue
-            elif prev.op == "affine" and prev.param_name is None and prev.size == prev.in_size:
-                cur = prev  # a lone BatchNorm keeps the units
+            elif prev.op == "affine" and prev.param_name is None and _is_diagonal(prev):
+                cur = prev  # a per-unit scale (a lone BatchNorm) keeps the units
                 continue
             else:
                 what = {"add": "a residual addition", "cat": "a concatenation", "input": "the network input",
                         "maxpool": "a max-pooling (its units are not the layer's units)",
-                        "affine": "a weighted layer or pooling"}.get(prev.op, prev.op)
+                        "affine": "a weighted layer or pooling" if prev.param_name is not None
+                        or prev.size != prev.in_size else "a weight-free affine map that mixes units (e.g. a "
+                        "same-size average pooling)"}.get(prev.op, prev.op)
                 why = f"{what} at {prev.source} lies between them"
         if why is None and len(cur.inputs) != 1:
             kinds = {"add": "a residual addition", "cat": "a concatenation"}
@@ -561,16 +680,18 @@ def network_graph(
     """
     check_choice(normalize, "normalize", NORMALIZATIONS)
     check_choice(conv, "conv", CONV_MODES)
+    check_choice(aggregate, "aggregate", AGGREGATES)
     pl = trace(model, masks, input_shape=input_shape)
     nodes = [n for n in pl.nodes if n.op == "affine" and n.param_name is not None]
     if not nodes:
         raise ValueError(f"{pl.model_name} has no weighted layer (Linear or convolution): no weight graph")
     links = _chain_links(pl, nodes, conv)
-    graphs = [layer_graph(n, normalize="layer", conv=conv, aggregate=aggregate) for n in nodes]
+    parts = [_parts(n, None, conv, aggregate) for n in nodes]
     if normalize == "layer":
+        graphs = [_from_parts(q, "layer", None) for q in parts]
         return NetworkGraph(layers=graphs, normalize="layer", scale=float("nan"), links=links)
-    scale = max(g.scale for g in graphs)
-    graphs = [
-        layer_graph(n, normalize="network", scale=scale, conv=conv, aggregate=aggregate) for n in nodes
-    ]
-    return NetworkGraph(layers=graphs, normalize="network", scale=scale, links=links)
+    # the largest magnitude over the network, compared as (exponent, mantissa): an aggregate may exceed
+    # float64 (then scale is inf) while every w̃ is still exact
+    ref = max((_top(q) for q in parts), key=lambda t: (t[0] > 0, t[1], t[0]))  # an edgeless layer is least
+    graphs = [_from_parts(q, "network", ref) for q in parts]
+    return NetworkGraph(layers=graphs, normalize="network", scale=graphs[0].scale, links=links)

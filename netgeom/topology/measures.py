@@ -12,7 +12,8 @@ protected-weights callback for topology-preserving IMP.
   ``1 − (n_in + n_out − 1)/(n_in n_out)``; for a network ``η = Σ n_in n_out / Σ (n_in + n_out − 1)`` and
   the largest sparsity is ``1 − 1/η``.
 * Retention: the fraction of a dense network's MSF edges still present in a pruned version (random pruning
-  at density ``p`` keeps a fraction ``p`` of them in expectation).
+  at density ``p`` keeps a fraction ``p`` of them in expectation). With tied weights the MSF is not unique;
+  the count is then the most any maximum spanning forest keeps, which no renumbering of neurons changes.
 
 Per-layer lists and their network means run over weight tensors: a module (or an ``F.linear`` weight)
 called several times in ``forward`` is one weight graph, counted once, so sharing a weight never changes
@@ -38,8 +39,8 @@ from .._validation import check_choice, check_masks, check_widths
 from ..nets import trace
 from ..pruning.masks import Masks, prunable_parameters
 from ..results import Result, new_axes
-from .graphs import NetworkGraph, _channel_slices, layer_graph, network_graph
-from .persistence import zeroth_persistence
+from .graphs import _UNSET, NetworkGraph, _channel_slices, _layer_graph, network_graph
+from .persistence import _kruskal, zeroth_persistence
 
 __all__ = [
     "NeuralPersistenceResult",
@@ -234,37 +235,56 @@ def neural_persistence_layer_max(
 
 
 # ------------------------------------------------------------------------------------------------- bound
-def _structural_counts(model: nn.Module, input_shape: Any) -> tuple[list[int], list[int]]:
-    """Possible edges and spanning-forest sizes of the unrolled layer graphs, weights aside.
+def _forest_size(pattern: sparse.coo_matrix) -> int:
+    """``|V| − #components`` of the bipartite graph of an ``(n_out, n_in)`` pattern of possible edges."""
+    n_out, n_in = pattern.shape
+    A = sparse.coo_matrix(
+        (np.ones(pattern.nnz, np.int8), (pattern.col, n_in + pattern.row)), shape=(n_in + n_out,) * 2
+    )
+    return n_in + n_out - int(connected_components(A, directed=False)[0])
 
-    A unit pair is a possible edge when some kernel weight connects them (its receptive field, through the
-    pooling folded into the layer): the non-zero pattern of the effective matrices of the same network
-    with every weight 1 and every BatchNorm scale positive. All coefficients are then >= 0, so no sum
-    cancels and the pattern is exactly the reachable pairs. The forest size is ``|V| − #components`` of
-    that pattern (padding or a stride larger than the kernel can leave units unconnected).
+
+def _structural_counts(model: nn.Module, input_shape: Any, conv: str) -> tuple[list[int], list[int]]:
+    """Possible edges and spanning-forest sizes of the layer graphs, weights aside (one per weight).
+
+    Channel graphs: an output channel reads the input channels of its group only, so a grouped convolution
+    has ``C_out · C_in / groups`` possible edges and one component per group. Unrolled graphs: a unit pair
+    is a possible edge when some kernel weight connects them (its receptive field, through the pooling
+    folded into the layer): the non-zero pattern of the effective matrices of the same network with every
+    weight 1 and every BatchNorm scale positive. All coefficients are then >= 0, so no sum cancels and the
+    pattern is exactly the reachable pairs. The forest size is always ``|V| − #components`` of the
+    pattern (padding, a stride larger than the kernel or groups can leave the graph disconnected).
     """
-    ones = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for m in ones.modules():
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                m.weight.fill_(1.0)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                if m.affine:
+    if conv == "unrolled":
+        model = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                     m.weight.fill_(1.0)
-                m.running_var.fill_(1.0)
+                elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    if m.affine:
+                        m.weight.fill_(1.0)
+                    m.running_var.fill_(1.0)
     n_possible, n_tree = [], []
     seen = set()
-    for lay in trace(ones, input_shape=input_shape).nodes:
+    for lay in trace(model, input_shape=input_shape).nodes:
         if lay.op != "affine" or lay.param_name is None or lay.param_name in seen:
             continue  # a shared weight counts once (see _per_weight)
         seen.add(lay.param_name)
-        pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
-        n_out, n_in = pattern.shape
-        A = sparse.coo_matrix(
-            (np.ones(pattern.nnz, np.int8), (pattern.col, n_in + pattern.row)), shape=(n_in + n_out,) * 2
-        )
+        if conv == "unrolled":
+            pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
+        elif lay.kernel.ndim > 2:
+            cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
+            rows = np.broadcast_to(np.arange(cols.shape[0])[:, None], cols.shape)
+            pattern = sparse.coo_matrix((np.ones(cols.size, bool), (rows.ravel(), cols.ravel())),
+                                        shape=(lay.kernel.shape[0], int(lay.in_shape[0])))
+        else:
+            n_out, n_in = lay.kernel.shape
+            n_possible.append(n_in * n_out)
+            n_tree.append(n_in + n_out - 1)
+            continue
         n_possible.append(int(pattern.nnz))
-        n_tree.append(n_in + n_out - int(connected_components(A, directed=False)[0]))
+        n_tree.append(_forest_size(pattern))
     return n_possible, n_tree
 
 
@@ -273,7 +293,9 @@ class TopologyBoundResult(Result):
     """Compression ``η`` and the largest sparsity that keeps every layer's zeroth-order diagram.
 
     ``n_possible`` counts the edges of the complete bipartite graphs (``n_in n_out``) and ``n_tree`` the
-    spanning-tree sizes (``n_in + n_out − 1``). For unrolled convolutions (``conv="unrolled"``) a unit
+    spanning-tree sizes (``n_in + n_out − 1``); for a grouped convolution's channel graph only the pairs
+    within a group are possible (``C_out · C_in / groups``) and ``n_tree = C_in + C_out − groups`` (one
+    component per group). For unrolled convolutions (``conv="unrolled"``) a unit
     pair is possible only inside a receptive field, so ``n_possible`` counts the structurally possible
     edges (the non-zero pattern of the effective matrix with an all-ones kernel, pooling folded in) and
     ``n_tree`` the forest size ``|V| − #components`` of that pattern. For a given (possibly sparse)
@@ -329,15 +351,19 @@ def topology_bound(
     widths_or_model: Sequence[int] | nn.Module,
     masks: Mapping[str, Any] | None = None,
     *,
-    conv: str = "channel",
-    aggregate: str = "l1",
-    input_shape: Any = None,
+    conv: str = _UNSET,
+    aggregate: str = _UNSET,
+    input_shape: Any = _UNSET,
 ) -> TopologyBoundResult:
     """The prunability bound of Balwani & Krzyston from layer widths, or from a (sparse) model.
 
-    Channel graphs and Linear layers count every input-output pair as a possible edge. With
-    ``conv="unrolled"`` only receptive-field pairs are possible (a pixel graph is far from complete), so
-    ``n_possible``, the bound and the current sparsity are all relative to the structurally possible edges.
+    Linear layers count every input-output pair as a possible edge, channel graphs every pair of an output
+    channel and an input channel of its group (a grouped convolution has ``C_out · C_in / groups`` and one
+    component per group). With ``conv="unrolled"`` only receptive-field pairs are possible (a pixel graph
+    is far from complete). ``n_possible``, the bound and the current sparsity are all relative to the
+    structurally possible edges, and ``n_tree`` is ``|V| − #components`` of the possible-edge graph.
+    ``conv``, ``aggregate`` (channel graphs only) and ``input_shape`` apply to a model and are refused
+    with a list of widths.
 
     Example
     -------
@@ -345,22 +371,35 @@ def topology_bound(
     >>> sum(b.n_tree), sum(b.n_possible), round(100 * b.max_sparsity, 2)
     (1591, 266200, 99.4)
     """
+    conv_given = conv
     if isinstance(widths_or_model, nn.Module):
+        if conv == "unrolled" and aggregate is not _UNSET:
+            raise ValueError(
+                "aggregate= only applies to channel graphs (conv='channel'): it would be ignored"
+            )
+        conv = "channel" if conv is _UNSET else conv
+        aggregate = "l1" if aggregate is _UNSET else aggregate
+        input_shape = None if input_shape is _UNSET else input_shape
         NG = _graphs(widths_or_model, masks, "layer", conv, aggregate, input_shape)
         G = _per_weight(NG)
         shapes = [(g.n_in, g.n_out) for g in G]
         names = [g.name for g in G]
         widths = NG.widths if NG.chained and len(G) == len(NG) else None
-        if conv == "unrolled":
-            n_possible, n_tree = _structural_counts(widths_or_model, input_shape)
+        n_possible, n_tree = _structural_counts(widths_or_model, input_shape, conv)
     else:
         if masks is not None:
             raise ValueError("masks= only applies to a model, not to a list of widths")
+        given = [k for k, v in (("conv", conv_given), ("aggregate", aggregate), ("input_shape", input_shape))
+                 if v is not _UNSET]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to a model, not to a "
+                "list of widths (dense complete bipartite layers): it would be ignored"
+            )
         widths = check_widths(widths_or_model, "widths", min_len=2)
         shapes = list(zip(widths[:-1], widths[1:]))
         names = [f"layer{i}" for i in range(len(shapes))]
         G = None
-    if not (G is not None and conv == "unrolled"):
         n_possible = [a * b for a, b in shapes]
         n_tree = [a + b - 1 for a, b in shapes]
     eta = sum(n_possible) / sum(n_tree)
@@ -451,6 +490,16 @@ def msf_retention(
     ``pruned`` is either masks (applied to the dense weights) or a pruned model; a pruned model without
     ``pruned_masks`` has its zero weights taken as pruned (recorded in ``masks_source``).
 
+    With equal weights a layer has several maximum spanning forests, and which one a tie-break picks
+    depends on how the neurons are numbered. ``n_retained`` is therefore the largest number of edges that
+    *some* maximum spanning forest of the dense layer shares with the pruned one, a property of the two
+    graphs alone, hence the same under any renumbering of the neurons. It is computed exactly by Kruskal
+    with ties broken in favour of the pruned network's edges: all maximum spanning forests pick, within
+    each weight class, a basis of the same graphic matroid (the graph of that class with the heavier
+    components contracted), so the classes are independent and the matroid greedy algorithm, taking the
+    kept edges first, maximises the kept count of each. Without ties this is the unique forest's count.
+    (With ties random pruning keeps at least a fraction ``expected`` of it on average.)
+
     Example
     -------
     >>> from netgeom import mlp, Masks
@@ -467,9 +516,8 @@ def msf_retention(
     names, n_msf, n_ret, ret, exp, same = [], [], [], [], [], []
     for ga, gb in zip(A, B):
         da, db = zeroth_persistence(ga), zeroth_persistence(gb)
-        msf = da.msf_mask
-        k = int(msf.sum())
-        r = int((msf & gb.mask).sum())
+        k = da.n_pairs
+        r = _max_kept(ga, gb.mask)
         names.append(ga.name)
         n_msf.append(k)
         n_ret.append(r)
@@ -487,6 +535,16 @@ def msf_retention(
         sparsity=1.0 - sum(g.n_edges for g in B) / total_possible,
         masks_source=source,
     )
+
+
+def _max_kept(g, kept: np.ndarray) -> int:
+    """The most edges of ``kept`` in any maximum spanning forest of ``g`` (see :func:`msf_retention`):
+    Kruskal under (weight descending, kept first, edge index)."""
+    u, v, w, idx = g.edges()
+    k = kept.ravel()[idx]
+    order = np.argsort(~k, kind="stable")  # kept edges first, each part in edge-index order
+    sel = _kruskal(g.n_vertices, u[order], v[order], w[order])
+    return int(k[order][sel].sum())
 
 
 @dataclasses.dataclass
@@ -601,7 +659,9 @@ def spanning_forest_protect(
             out[lay.param_name] = torch.zeros_like(present)
             continue
         else:
-            msf = torch.from_numpy(zeroth_persistence(layer_graph(lay, aggregate=aggregate)).msf_mask)
+            g = _layer_graph(lay, None, normalize="layer", scale=None, conv="channel", aggregate=aggregate,
+                             input_shape=None)
+            msf = torch.from_numpy(zeroth_persistence(g).msf_mask)
         if lay.kernel.ndim > 2:
             # channel-graph edge (o, input channel) -> kernel slice (o, c); grouped: c within o's group
             cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))

@@ -48,7 +48,7 @@ from scipy.sparse.csgraph import connected_components
 from .._validation import check_array, check_choice
 from ..nets import AffineLayer
 from ..results import Result, new_axes
-from .graphs import LayerGraph, NetworkGraph, layer_graph
+from .graphs import _UNSET, LayerGraph, NetworkGraph, layer_graph
 
 __all__ = [
     "ZerothDiagram",
@@ -64,8 +64,11 @@ BACKENDS = ("native", "gudhi", "ripser")
 METHODS = ("auto", "prim", "kruskal", "boruvka")
 #: network graphs: a per-layer method then a merge of the layer forests, or Kruskal on all edges at once.
 NETWORK_METHODS = METHODS + ("global",)
-#: ripser stores float32 distances and drops stored zeros; distances are ``1 − w̃ + _RIPSER_OFFSET``.
+#: ripser stores float32 distances and drops stored zeros: it gets the rank of each edge's weight among
+#: the distinct weights (exact in float32 up to 2**24 of them), else ``1 − w̃ + _RIPSER_OFFSET``.
 _RIPSER_OFFSET = 1.0
+_RIPSER_MAX_RANKS = 2**24
+_TINY = float(np.nextafter(0.0, 1.0))
 
 
 # ------------------------------------------------------------------------------------------- algorithms
@@ -299,15 +302,27 @@ def _gudhi_diagram(g: LayerGraph) -> tuple[np.ndarray, int, np.ndarray]:
 def _ripser_edges(n_vertices: int, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, int]:
     from ripser import ripser
 
-    # ripser reads a stored 0 as "no edge" and computes in float32: shift every distance into [1, 2] so a
-    # w̃ = 1 edge (distance 0) survives, then subtract the shift. Vertex births stay 0 (empty diagonal).
-    d = (1.0 - w) + _RIPSER_OFFSET
+    # ripser reads a stored 0 as "no edge" and computes in float32, which would round a death w̃ below
+    # ~6e-8 to 0 (outside (0, 1], so the diagram's own from_json refused it). H0 pairs depend only on the
+    # order of the edges, so ripser gets each edge's rank among the distinct weights, heaviest first,
+    # plus 1 (no stored 0): integers up to 2**24 are exact in float32, and each death's rank maps back to
+    # its float64 w̃ exactly. Vertex births stay 0 (empty diagonal).
+    uniq, inv = np.unique(w, return_inverse=True)
+    if uniq.size <= _RIPSER_MAX_RANKS:
+        d = (uniq.size - inv).astype(np.float64)  # heaviest -> 1
+    else:  # more distinct weights than float32 integers: shifted distances (see _RIPSER_OFFSET)
+        d = (1.0 - w) + _RIPSER_OFFSET
     D = sparse.coo_matrix((np.concatenate([d, d]), (np.concatenate([u, v]), np.concatenate([v, u]))),
                           shape=(n_vertices,) * 2)
     dgm = ripser(D, maxdim=0, distance_matrix=True)["dgms"][0]
     finite = np.isfinite(dgm[:, 1])
-    deaths = 1.0 - (dgm[finite, 1].astype(np.float64) - _RIPSER_OFFSET)
-    return np.clip(deaths, 0.0, 1.0), int((~finite).sum())
+    if uniq.size <= _RIPSER_MAX_RANKS:
+        deaths = uniq[uniq.size - np.rint(dgm[finite, 1]).astype(np.int64)]
+    else:
+        # float32 rounding leaves ~1e-7: a death below that reads as 0, which no edge (w̃ > 0) has, so it
+        # is clipped to the smallest positive float (within ripser's precision of the true w̃)
+        deaths = np.clip(1.0 - (dgm[finite, 1].astype(np.float64) - _RIPSER_OFFSET), _TINY, 1.0)
+    return deaths, int((~finite).sum())
 
 
 def _ripser_diagram(g: LayerGraph) -> tuple[np.ndarray, int]:
@@ -404,7 +419,14 @@ class _H0Diagram:
         kwargs["deaths"] = deaths
         if "death_layers" in kwargs:
             dl = kwargs["death_layers"]
-            kwargs["death_layers"] = None if dl is None else np.asarray(dl, dtype=np.int64)
+            if dl is not None:
+                a = np.asarray(dl)
+                if a.size and a.dtype.kind not in "iu":
+                    raise ValueError(f"death_layers must be integer layer numbers, got dtype {a.dtype}")
+                dl = a.astype(np.int64)
+            kwargs["death_layers"] = dl
+        if {"n_in", "n_out"} <= kwargs.keys() and kwargs["n_in"] + kwargs["n_out"] != kwargs["n_vertices"]:
+            raise ValueError("n_in + n_out must equal n_vertices (a layer graph's vertices)")
         return cls(**kwargs)
 
     @classmethod
@@ -501,8 +523,10 @@ class NetworkZerothDiagram(_H0Diagram, Result):
     ``deaths`` (descending) are the ``w̃`` of the maximum-spanning-forest edges, ``n_essential`` the number of
     connected components (essential death ``-inf``), ``min_value`` the lowest ``w̃`` in the network.
     ``death_layers[k]`` is the layer whose edge merged at ``deaths[k]`` and ``msf_masks`` the forest as one
-    ``(n_out, n_in)`` bool array per layer, keyed by ``param_name`` (:meth:`as_masks` gives a ``Masks``);
-    both are None for the ripser backend, which does not report merging edges.
+    ``(n_out, n_in)`` bool array per weight, keyed by ``param_name`` (:meth:`as_masks` gives a ``Masks``): a
+    weight applied several times in ``forward`` is several layers here, and its mask is the union of their
+    forests, which keeps the network diagram when everything else is pruned. Both are None for the
+    ripser backend, which does not report merging edges.
     """
 
     backend: str
@@ -530,6 +554,49 @@ class NetworkZerothDiagram(_H0Diagram, Result):
         "the forest masks (one n_out x n_in bool array per layer) are not saved: recompute them with "
         "zeroth_persistence(network_graph(model, masks, ...)).msf_masks (spanning_forest_mask for one layer)"
     )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetworkZerothDiagram:
+        """The diagram saved by :meth:`to_dict` (forest masks None: see ``msf_mask_note``); the per-layer
+        fields are checked against each other and against the pairs (a file is not trusted)."""
+        d = super().from_dict(data)
+        widths = d.widths
+        if (not isinstance(widths, list) or len(widths) < 2
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in widths)):
+            raise ValueError(f"widths must be a list of at least 2 positive integers, got {widths!r}")
+        if sum(widths) != d.n_vertices:
+            raise ValueError(f"widths {widths} sum to {sum(widths)}, but n_vertices = {d.n_vertices}")
+        n_layers = len(widths) - 1
+        for key in ("layer_names", "param_names", "layer_kinds"):
+            v = getattr(d, key)
+            if not isinstance(v, list) or len(v) != n_layers:
+                raise ValueError(f"{key} must be a list of {n_layers} entries (one per layer), got {v!r}")
+        if d.n_pairs > d.n_edges:
+            raise ValueError(f"n_pairs = {d.n_pairs} > n_edges = {d.n_edges}: a forest is a set of edges")
+        lp = d.layer_n_pairs
+        if lp is not None:
+            cap = [a + b - 1 for a, b in zip(widths[:-1], widths[1:])]
+            if (not isinstance(lp, list) or len(lp) != n_layers
+                    or any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= c
+                           for x, c in zip(lp, cap))
+                    or sum(lp) != d.n_pairs):
+                raise ValueError(
+                    f"layer_n_pairs must be {n_layers} integers, layer l's within 0..n_in + n_out - 1 "
+                    f"({cap}), summing to n_pairs = {d.n_pairs}; got {lp!r}"
+                )
+        dl = d.death_layers
+        if dl is not None:
+            if dl.ndim != 1 or dl.size != d.n_pairs:
+                raise ValueError(
+                    f"death_layers must have one entry per finite pair ({d.n_pairs}), got {dl.size}"
+                )
+            if dl.size and (dl.min() < 0 or dl.max() >= n_layers):
+                bad = sorted({int(x) for x in dl if not 0 <= x < n_layers})
+                raise ValueError(f"death_layers must be layer numbers 0..{n_layers - 1}, got {bad}")
+            counts = np.bincount(dl, minlength=n_layers).tolist()
+            if lp is not None and counts != lp:
+                raise ValueError(f"death_layers count {counts} pairs per layer but layer_n_pairs says {lp}")
+        return d
 
     def as_masks(self):
         """The forest as a :class:`~netgeom.pruning.masks.Masks` (torch bool, one tensor per weight).
@@ -715,25 +782,77 @@ def _network_persistence(G: NetworkGraph, backend: str, method: str) -> NetworkZ
         layer_n_pairs=layer_n_pairs,
         deaths=deaths,
         death_layers=death_layers,
-        msf_masks=None if masks is None else {
-            (g.param_name if g.param_name is not None else f"layer{k}"): m
-            for k, (g, m) in enumerate(zip(layers, masks))
-        },
+        msf_masks=None if masks is None else _masks_per_weight(layers, masks),
     )
 
 
+def _masks_per_weight(layers: list[LayerGraph], masks: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The forest as one mask per weight: a weight applied several times in ``forward`` is several layers
+    of the network graph but one tensor, so its mask is the union (OR) of its uses' forests. Keeping that
+    union and pruning the rest keeps the network forest: every dropped weight is a non-forest edge in every
+    use, and removing non-forest edges changes neither the maximum spanning forest nor the scale (the
+    heaviest edge is in the forest)."""
+    out: dict[str, np.ndarray] = {}
+    for k, (g, m) in enumerate(zip(layers, masks)):
+        key = g.param_name if g.param_name is not None else f"layer{k}"
+        prev = out.get(key)
+        if prev is None:
+            out[key] = m
+        elif prev.shape != m.shape:
+            raise ValueError(
+                f"weight {key!r} is applied to inputs of different shapes, so its unrolled graphs differ and "
+                "no one mask per weight describes its forest; use conv='channel'"
+            )
+        else:
+            out[key] = prev | m
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- public
-def _as_graph(graph_or_weights: Any, mask: Any, normalize: str, conv: str, aggregate: str) -> LayerGraph:
+def _check_given(graphs: list[LayerGraph], what: str, normalize: Any, conv: Any, aggregate: Any) -> None:
+    """Options given with an already built graph must describe it: the graph is not rebuilt, so any other
+    value would be ignored."""
+    if normalize is not _UNSET:
+        check_choice(normalize, "normalize", ("layer", "network"))
+        have = graphs[0].normalize
+        if normalize != have:
+            raise ValueError(
+                f"normalize={normalize!r} but the {what} is normalised by {have!r}: it is not renormalised "
+                f"here (that would be ignored); build it with normalize={normalize!r} instead"
+            )
+    if conv is not _UNSET:
+        check_choice(conv, "conv", ("channel", "unrolled"))
+        kinds = {g.kind for g in graphs if g.kind in ("channel", "unrolled")}
+        if kinds != {conv}:
+            shown = f"{sorted(kinds)} graphs" if kinds else "no convolution graph"
+            raise ValueError(
+                f"conv={conv!r} does not describe the {what} ({shown}) and would be ignored: the graph is "
+                "already built, leave conv= out (or build it with that conv)"
+            )
+    if aggregate is not _UNSET:
+        check_choice(aggregate, "aggregate", ("l1", "l2", "max"))
+        aggs = {g.aggregate for g in graphs if g.kind == "channel"}
+        if aggs != {aggregate}:
+            shown = f"channel graphs aggregated by {sorted(aggs)}" if aggs else "no channel graph"
+            raise ValueError(
+                f"aggregate={aggregate!r} does not describe the {what} ({shown}) and would be ignored: the "
+                "graph is already built, leave aggregate= out (or build it with that aggregate)"
+            )
+
+
+def _as_graph(graph_or_weights: Any, mask: Any, normalize: Any, conv: Any, aggregate: Any) -> LayerGraph:
     if isinstance(graph_or_weights, LayerGraph):
         if mask is not None:
             raise ValueError("mask= cannot be combined with a LayerGraph (its mask is already set)")
+        _check_given([graph_or_weights], "LayerGraph", normalize, conv, aggregate)
         return graph_or_weights  # validated and frozen when it was built
     single = (AffineLayer, torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     if not isinstance(graph_or_weights, single) and hasattr(graph_or_weights, "named_parameters"):
         raise TypeError(
             "zeroth_persistence takes a layer or a graph; for a model pass network_graph(model, masks)"
         )
-    return layer_graph(graph_or_weights, mask, normalize=normalize, conv=conv, aggregate=aggregate)
+    return layer_graph(graph_or_weights, mask, normalize="layer" if normalize is _UNSET else normalize,
+                       conv=conv, aggregate=aggregate)
 
 
 def zeroth_persistence(
@@ -742,9 +861,9 @@ def zeroth_persistence(
     *,
     backend: str = "native",
     method: str = "auto",
-    normalize: str = "layer",
-    conv: str = "channel",
-    aggregate: str = "l1",
+    normalize: str = _UNSET,
+    conv: str = _UNSET,
+    aggregate: str = _UNSET,
 ) -> ZerothDiagram:
     """The 0-dimensional persistence diagram of a weight graph and its maximum spanning forest.
 
@@ -755,10 +874,16 @@ def zeroth_persistence(
         (-> :class:`ZerothDiagram`), or a chained :class:`NetworkGraph` from ``network_graph`` (->
         :class:`NetworkZerothDiagram`: the diagram of the whole network graph, forest per layer).
     mask : boolean mask for a matrix or layer (True = kept; False = absent edge).
-    backend : ``"native"`` (ours), ``"gudhi"`` (SimplexTree, float64) or ``"ripser"`` (float32, ~1e-7).
-    method : native algorithm: ``"prim"`` (dense), ``"boruvka"`` (sparse) or ``"auto"``; for a network
-        graph it is used per layer and the layer forests are merged, or ``"global"``: Borůvka on all edges.
-    normalize, conv, aggregate : as in :func:`~netgeom.topology.layer_graph` (when given a matrix/layer).
+    backend : ``"native"`` (ours), ``"gudhi"`` (SimplexTree, float64) or ``"ripser"`` (run on the ranks
+        of the distinct weights, exact up to 2**24 of them; beyond, float32 distances, ~1e-7, deaths
+        clipped to the smallest positive float).
+    method : native algorithm: ``"prim"`` (dense), ``"kruskal"``, ``"boruvka"`` (sparse) or ``"auto"``;
+        for a network graph it is used per layer and the layer forests are merged, or ``"global"``:
+        Kruskal on all edges. Only ``"auto"`` with the gudhi/ripser backends (anything else is refused).
+    normalize, conv, aggregate : as in :func:`~netgeom.topology.layer_graph` (defaults ``"layer"``,
+        ``"channel"``, ``"l1"``) when given a matrix or a layer. With a built ``LayerGraph`` /
+        ``NetworkGraph`` they may only restate how it was built (a different value would be ignored, and
+        is refused); ``conv`` and ``aggregate`` are refused for a graph or layer they do not apply to.
 
     Example
     -------
@@ -772,9 +897,16 @@ def zeroth_persistence(
     (13, 12, 1, {'0.weight': 8, '2.weight': 4})
     """
     check_choice(backend, "backend", BACKENDS)
+    if backend != "native" and method != "auto":
+        raise ValueError(
+            f"method={method!r} chooses a native algorithm and would be ignored by backend={backend!r}: "
+            "leave it out (or use backend='native')"
+        )
     if isinstance(graph_or_weights, NetworkGraph):
         if mask is not None:
             raise ValueError("mask= cannot be combined with a NetworkGraph (give masks to network_graph)")
+        if graph_or_weights.layers:
+            _check_given(graph_or_weights.layers, "NetworkGraph", normalize, conv, aggregate)
         return _network_persistence(graph_or_weights, backend, method)
     check_choice(method, "method", METHODS)
     g = _as_graph(graph_or_weights, mask, normalize, conv, aggregate)
@@ -827,5 +959,5 @@ def spanning_forest_mask(weights: Any, mask: Any = None, *, method: str = "auto"
     [[True, False], [True, True]]
     """
     check_choice(method, "method", METHODS)
-    g = _as_graph(weights, mask, "layer", "channel", "l1")
+    g = _as_graph(weights, mask, _UNSET, _UNSET, _UNSET)
     return _native_msf(g, method)
