@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gradual_underflow", "ieee_float32", "linear32"]
+__all__ = ["gradual_underflow", "ieee_float32", "int8_products_fast", "linear32"]
 
 # oneDNN creates (and caches) a primitive per shape, ~0.7-2 ms the first time: below this many
 # multiply-adds MKL's sgemm (~48 GMAC/s per core on the reference machine) is done before that pays off
@@ -331,3 +332,50 @@ def linear32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
             b = None if bias is None else bias.contiguous()
             return op(x.contiguous(), weight.contiguous(), b, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+# int8 products count as fast when at most this many times as slow as the float32 product of the same shape
+# (on AVX-512 VNNI they run at 0.1-0.5x; torch's fallback loop on CPUs without VNNI at ~50-100x)
+_INT8_SLOWER = 3.0
+
+
+@functools.lru_cache(maxsize=1)
+def int8_products_fast() -> bool:
+    """Whether ``torch._int_mm`` runs on a fast int8 kernel on this CPU, by timing it once against a float32
+    product of the same shape (64 x 256 x 128, best of three each; ~0.1 ms with VNNI, ~10 ms without).
+
+    Why a measurement: where torch has no int8 kernel for the CPU (an AMD Zen 3 without AVX-512 VNNI, say),
+    ``_int_mm`` is a plain loop, ~300 M multiply-adds per second against ~40 G for float32: the int8 first
+    layer of :func:`netgeom.count_patterns` then took 11.7 s per product of 4096 x 784 x 400, and a count of
+    32 768 points through 784-400-400-10 2 minutes instead of 0.7 s for the plain float32 forward. Exactness
+    is checked separately (:func:`netgeom.nets._int8.int8_products_exact`).
+    """
+    import time
+
+    if not hasattr(torch, "_int_mm"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (64, 256), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 128), generator=g, dtype=torch.int8)
+    af, bf = a.to(torch.float32), b.T.to(torch.float32).contiguous()
+
+    def best(f) -> float:
+        out = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            f()
+            out = min(out, time.perf_counter() - t)
+        return out
+
+    from .nets.certified import _threads
+
+    # both on one thread: on a busy machine a product on torch's thread team waits for every team thread to
+    # be scheduled (2 threads, load 8 on 2 cores: 36-46 ms for this float32 product, 0.2 ms on one thread)
+    with _threads(1):
+        try:
+            torch._int_mm(a, b)  # (first call: set-up outside the timing)
+            F.linear(af, bf)
+            t8 = best(lambda: torch._int_mm(a, b))
+        except (RuntimeError, TypeError, NotImplementedError):
+            return False
+        return t8 <= _INT8_SLOWER * best(lambda: F.linear(af, bf))

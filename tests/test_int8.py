@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import netgeom._matmul as mm
 from netgeom import count_patterns, mlp, trace
 from netgeom.nets._int8 import Int8Layer, int8_products_exact
 from netgeom.nets.certified import chain_decide, chain_patterns, chain_plan, choose_prefix
@@ -99,7 +100,9 @@ def test_rows_out_of_range_are_flagged_not_answered():
         Int8Layer(torch.ones(2, 40_000, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
 
 
-def test_the_int8_first_layer_gives_the_float64_patterns_and_is_chosen_for_wide_layers():
+def test_the_int8_first_layer_gives_the_float64_patterns_and_is_chosen_for_wide_layers(monkeypatch):
+    # (chosen where int8 products are fast, as with VNNI: netgeom._matmul.int8_products_fast)
+    monkeypatch.setattr(mm, "int8_products_fast", lambda: True)
     torch.manual_seed(0)
     net = mlp(300, [200, 200], 2, seed=0)
     X = torch.rand(512, 300, generator=torch.Generator().manual_seed(0))

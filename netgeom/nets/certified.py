@@ -2274,10 +2274,15 @@ def choose_prefix(plan: _ChainPlan, probe: torch.Tensor) -> tuple[int, int]:
     error is too wide), a float64-accurate first layer is cheaper than redoing those rows, and int8
     products (:class:`~netgeom.nets._int8.Int8Layer`) give it at about a float32 product's cost.
     """
+    from .._matmul import int8_products_fast
+
     best, best_cost = (0, 0), math.inf
     probe = _homogeneous_rows(plan, probe)
+    # (int8 products only where they are fast: without a VNNI kernel torch's is a plain loop, ~40x slower
+    # than a float32 product; 784-400-400-10 then counted 32 768 points in 2 minutes, against 0.7 s plain)
+    fast8 = plan.device.type == "cpu" and int8_products_fast()
     for m in range(len(plan.layers) + 1):
-        levels = [lv for lv in (3, 4) if m and plan.int8_layer(lv) is not None]
+        levels = [lv for lv in (3, 4) if m and fast8 and plan.int8_layer(lv) is not None]
         for lv in levels + [0]:
             st: dict = {}
             _, redo, _, _ = chain_patterns(plan, probe, m, lv, st)

@@ -155,13 +155,17 @@ class _ExactPoint:
         return out, vals
 
 
-def _window_cells(piece, a, B, ea, eB, valid, ix, k, lo, hi, r_min, exact_at, key, exact_rows):
+def _window_cells(
+    piece, a, B, ea, eB, valid, ix, k, lo, hi, r_min, exact_at, key, exact_rows, exact_map=None
+):
     """Cells of one window on one piece ``(G, h, e, tags, c, r)`` (frame ``y'``, as in
     :func:`netgeom.regions.exact._cut_by_units`): list of ``(cell, position)`` (cells are pieces), LPs solved
     and sides decided in rationals. ``a (k,)``, ``B (d, k)`` (errors ``ea``, ``eB``): the window's entries on
     the piece in the box's coordinates (``valid`` marks non-padding positions, ``ix`` their indices in the
     map ``key``). The wall between positions ``p`` and ``q`` is the zero set of ``z_q - z_p``, normalised
-    and bounded as a unit's (:func:`netgeom.regions.exact._unit_frame`), with its bound over the box."""
+    and bounded as a unit's (:func:`netgeom.regions.exact._unit_frame`), with its bound over the box.
+    ``exact_map``: the window's input node's exact map on the piece (Fractions ``(A, B)``, as
+    ``map_on_piece``), whose differences replace the float ones."""
     G, h, e, tags, c, r = piece
     pos = np.nonzero(valid)[0]
     d = G.shape[1]
@@ -170,12 +174,19 @@ def _window_cells(piece, a, B, ea, eB, valid, ix, k, lo, hi, r_min, exact_at, ke
         return [(piece, int(pos[0]))], 0, 0
     # differences D[p][q] = z_q - z_p for every ordered pair, as normalised units
     pa, pb = np.repeat(pos, m), np.tile(pos, m)  # (p, q) pairs
-    with np.errstate(under="ignore"):
-        dA = a[pb] - a[pa]
-        dB = B[:, pb] - B[:, pa]
-        edA = (ea[pb] + ea[pa] + _U * np.abs(dA)) * (1 + 2 * _U)
-        edB = (eB[:, pb] + eB[:, pa] + _U * np.abs(dB)) * (1 + 2 * _U)
-    U = _unit_frame(dA, dB, edA, edB, k)
+    if exact_map is not None:
+        Aq, Bq = exact_map
+        ia, ib = ix[pa].tolist(), ix[pb].tolist()
+        dAq = [Aq[q] - Aq[p] for p, q in zip(ia, ib)]
+        dBq = [[row[q] - row[p] for p, q in zip(ia, ib)] for row in Bq]
+        U = _fraction_unit_frame(dAq, dBq, k)[4]
+    else:
+        with np.errstate(under="ignore"):
+            dA = a[pb] - a[pa]
+            dB = B[:, pb] - B[:, pa]
+            edA = (ea[pb] + ea[pa] + _U * np.abs(dA)) * (1 + 2 * _U)
+            edB = (eB[:, pb] + eB[:, pa] + _U * np.abs(dB)) * (1 + 2 * _U)
+        U = _unit_frame(dA, dB, edA, edB, k)
     live = U.live
     zmin, zmax, err = U.box_range(lo, hi)
     above = live & (zmin > err)  # z_q > z_p on the whole box
@@ -203,6 +214,8 @@ def _window_cells(piece, a, B, ea, eB, valid, ix, k, lo, hi, r_min, exact_at, ke
             continue
         idx = ip * m + np.array(walls)
         if not U.sure[idx].all():
+            if exact_map is not None:
+                raise RuntimeError("internal error: an exact window difference has an undecided slope")
             raise _UncertainSlope(int(pos[ip]))
         rows = (U.Bn[:, idx] / U.gn[idx]).T  # p needs z_q - z_p ≤ 0
         rhs = -U.An[idx] / U.gn[idx]
@@ -382,9 +395,17 @@ def box_graph_regions(g, lo, hi, origin, basis, max_regions, min_radius, verbose
                     for cpiece, choice in cur:
                         entries = (al[ix], Be[:, ix], eal[ix], eBe[:, ix], valid[w], ix)
                         at = lambda cc, w=w, i=i: exact(cc)[i][w]  # noqa: E731
-                        cells, n, ex = _window_cells(
-                            cpiece, *entries, k, lo_s, hi_s, r_min, at, j, exact_rows
-                        )
+                        try:
+                            cells, n, ex = _window_cells(
+                                cpiece, *entries, k, lo_s, hi_s, r_min, at, j, exact_rows
+                            )
+                        except _UncertainSlope:
+                            # a difference's slope within its rounding bound of zero (a pruned filter's
+                            # windows hold the same constant): the window's exact map on this piece
+                            exact_map = exact.map_on_piece(j, cpiece[4], cpiece[5])
+                            cells, n, ex = _window_cells(
+                                cpiece, *entries, k, lo_s, hi_s, r_min, at, j, exact_rows, exact_map
+                            )
                         n_lp += n
                         n_ex += ex
                         for cell, p in cells:
