@@ -231,6 +231,7 @@ def run_seed(cfg: dict, dataset: str, seed: int, out: str, model_name: str = "ml
 
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
+    out = Path(out).resolve()  # the units may run in other working directories (--scheduler)
     units = [(cfg, ds, s, str(out), "mlp") for ds in cfg["datasets"] for s in seeds]
     if LENET in cfg["models"]:
         # LeNet-5 first: its units are the longest
@@ -238,7 +239,8 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None
     # the workers import this module by name (a function of __main__ would be pickled with its globals)
     from experiments import topology_under_imp as mod
 
-    res = {"per_seed": C.parallel_map(mod.run_seed, units, jobs=jobs, scheduler=scheduler)}
+    per_seed = C.parallel_map(mod.run_seed, units, jobs=jobs, scheduler=scheduler, shared=out)
+    res = {"per_seed": per_seed}
     from experiments.make_results import verdicts
 
     res["verdicts"] = verdicts(NAME, res)

@@ -90,3 +90,43 @@ def test_in_process_backends_equal_sequential_bit_for_bit():
         assert c.gather([c.submit(_touch_torch, i, pure=False) for i in range(3)]) == [2, 2, 2]
         got = _fingerprint(run_sweep(configs, client=c))
     assert got == seq
+
+
+# ------------------------------------------------------------------ 3, 4. experiments on a Dask cluster
+@pytest.fixture
+def experiments_common():
+    sys.path.insert(0, str(ROOT))
+    from experiments import _common as C
+
+    n = torch.get_num_threads()
+    yield C
+    torch.set_num_threads(n)
+
+
+def test_scheduler_runs_on_a_one_thread_cluster_and_checks_the_shared_dir(experiments_common, tmp_path):
+    """A cluster of one worker thread: joblib's dask backend resolved n_jobs=-1 to one job and ran every
+    unit in the caller. The output directory must be absolute and seen by every worker."""
+    import distributed
+
+    C = experiments_common
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cl:
+        pids = C.parallel_map(os.getpid, [(), (), ()], scheduler=cl.scheduler_address)
+        with distributed.Client(cl, set_as_default=False) as c:
+            worker_pid = list(c.run(os.getpid).values())
+        assert os.getpid() not in pids and set(pids) == set(worker_pid)
+        assert C.parallel_map(os.getpid, [()], scheduler=cl.scheduler_address, shared=tmp_path) == pids[:1]
+        with pytest.raises(ValueError, match="relative"):
+            C.parallel_map(os.getpid, [()], scheduler=cl.scheduler_address, shared="runs")
+        with pytest.raises(FileNotFoundError, match="every worker"):
+            C.parallel_map(os.getpid, [()], scheduler=cl.scheduler_address, shared=tmp_path / "absent")
+
+
+def test_relative_out_is_made_absolute_in_the_caller(experiments_common, tmp_path, monkeypatch):
+    """--out relout with --scheduler: the workers, in their own working directories, wrote the run
+    directories under theirs; the caller now hands them the absolute path."""
+    C = experiments_common
+    monkeypatch.chdir(tmp_path)
+    args = C.parse(C.parser("demo", "demo", [0], [0]), ["--quick", "--out", "relout"])
+    out = C.out_dir("demo", args)
+    assert out.is_absolute() and out == tmp_path / "relout" and out.is_dir()
