@@ -99,7 +99,7 @@ def parallel_map(fn, items: Sequence, *, jobs: int = 1, scheduler: str | None = 
 
     if jobs == 1 or len(items) <= 1:
         return [fn(*it) for it in items]
-    return list(Parallel(n_jobs=jobs)(delayed(fn)(*it) for it in items))
+    return _same_code(list(Parallel(n_jobs=jobs)(delayed(_unit)(fn, *it) for it in items)))
 
 
 def _on_cluster(fn, items: list, scheduler: str, shared: str | Path | None) -> list:
@@ -126,7 +126,32 @@ def _on_cluster(fn, items: list, scheduler: str, shared: str | Path | None) -> l
                     "must be on a path every worker sees (a shared file system)"
                 )
         # pure=False: a unit writes its run directories, it is never deduplicated
-        return client.gather([client.submit(fn, *it, pure=False) for it in items])
+        return _same_code(client.gather([client.submit(_unit, fn, *it, pure=False) for it in items]))
+
+
+def code_identity() -> dict[str, Any]:
+    """The code the units compute with: netgeom's sources and these scripts' (see
+    ``netgeom.pruning.code_identity``); every run directory of an experiment records it, and reopening one
+    written by other code is refused."""
+    from netgeom.pruning import code_identity as identity
+
+    return identity(ROOT / "experiments")
+
+
+def _unit(fn, *args):
+    """A unit run by a worker, returned with the identity of the code the worker ran."""
+    return code_identity()["sources_sha256"], fn(*args)
+
+
+def _same_code(tagged: list) -> list:
+    mine = code_identity()["sources_sha256"]
+    other = sorted({sha for sha, _ in tagged if sha != mine})
+    if other:
+        raise RuntimeError(
+            f"workers ran other code (sources sha256 {', '.join(s[:16] for s in other)}) than this process "
+            f"({mine[:16]}), whose git state results.json records: run every worker on this checkout"
+        )
+    return [r for _, r in tagged]
 
 
 def _git(*cmd: str) -> str | None:
@@ -159,6 +184,8 @@ def describe(experiment: str, args, config: dict[str, Any]) -> dict[str, Any]:
         "git_commit": _git("rev-parse", "HEAD"),
         # uncommitted changes to the library or the scripts make the commit an incomplete description
         "git_dirty": bool(status) if status is not None else None,
+        # what the units' run directories record (netgeom.pruning.code_identity of netgeom + experiments)
+        "sources_sha256": code_identity()["sources_sha256"],
         "seeds": list(args.seeds),
         "versions": versions(),
         "config": config,

@@ -125,7 +125,7 @@ def run_unit(family: str, d: int, seed: int, cfg: dict, root: str) -> dict:
         q=cfg["q"], rounds=cfg["rounds"], rewind=parse_rewind(cfg["rewind"]), scope="global",
         include_output=True, seed=seed,
     )
-    res = IMP(conf, out_dir=root, verbose=False, data=ds).run()
+    res = IMP(conf, out_dir=root, verbose=False, data=ds, code=C.code_identity()).run()
     return {"family": family, "d": d, "D": ds.n_features, "seed": seed, "n_train": ds.n_train,
             "n_test": ds.n_test, **measure_id(ds.X_train.numpy(), cfg["mle_k"]),
             "sparsity": [lv.sparsity for lv in res.levels], "test_acc": [lv.test_acc for lv in res.levels],

@@ -121,7 +121,7 @@ def run_unit(dataset: str, width: int, seed: int, cfg: dict, root: str) -> list[
     desc = {"kind": NAME, "schema": C.SCHEMA, "data": data_description(dataset, seed), "width": width,
             "seed": seed, "epochs": cfg["epochs"], "ft_epochs": cfg["ft_epochs"], "lr": cfg["lr"],
             "batch_size": cfg["batch_size"]}
-    rd = RunDir(root, desc, prefix=f"{dataset}-w{width}-s{seed}")
+    rd = RunDir(root, desc, prefix=f"{dataset}-w{width}-s{seed}", code=C.code_identity())
     data = load_dataset(desc["data"])
     tc = TrainConfig(epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], momentum=0.9,
                      schedule="cosine", seed=seed)

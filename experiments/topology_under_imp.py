@@ -212,9 +212,10 @@ def run_seed(cfg: dict, dataset: str, seed: int, out: str, model_name: str = "ml
     runs = out / ("runs" if model_name == "mlp" else f"runs_{model_name}")
     imp_cls = IMP if model_name == "mlp" else make_imp()
     sched = cfg if model_name == "mlp" else {**cfg, **cfg["lenet5"]}
-    imp = imp_cls(base, out_dir=runs, verbose=False, data=ds).run()
-    rnd = imp_cls(rand, out_dir=runs, verbose=False, data=ds).run()
-    tp = imp_cls(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds).run()
+    code = C.code_identity()  # these scripts shape the runs too (MaxPoolIMP, the configs)
+    imp = imp_cls(base, out_dir=runs, verbose=False, data=ds, code=code).run()
+    rnd = imp_cls(rand, out_dir=runs, verbose=False, data=ds, code=code).run()
+    tp = imp_cls(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds, code=code).run()
     dense = model_at(imp, 0, model_name)
     rows = (analyse_run(imp, dense, "imp", model_name=model_name)
             + analyse_run(rnd, dense, "random", model_name=model_name)

@@ -130,3 +130,96 @@ def test_relative_out_is_made_absolute_in_the_caller(experiments_common, tmp_pat
     args = C.parse(C.parser("demo", "demo", [0], [0]), ["--quick", "--out", "relout"])
     out = C.out_dir("demo", args)
     assert out.is_absolute() and out == tmp_path / "relout" and out.is_dir()
+
+
+# ------------------------------------------------------------------ 5. a protected run's config round trips
+def _keep_first_inputs(model, masks):
+    keep = torch.zeros(16, 64, dtype=torch.bool)
+    keep[:, :8] = True
+    return {"0.weight": keep}
+
+
+def test_protected_run_config_round_trips_through_from_dict(tmp_path):
+    """IMPConfig.from_dict(result.config) of a run with protect= raised a raw TypeError (unexpected keyword
+    'protect'); it now gives a config naming the callback, which rebuilds the same run directory."""
+    res = IMP(BASE, out_dir=tmp_path, verbose=False, protect=_keep_first_inputs).run()
+    name = res.config["protect"]
+    assert name.endswith("test_runs_review16._keep_first_inputs")
+    cfg = IMPConfig.from_dict(res.config)
+    assert cfg.protect == name and cfg.to_dict() == res.config and cfg != BASE
+    assert "protect" not in BASE.to_dict() and IMPConfig.from_dict(BASE.to_dict()) == BASE
+    with pytest.raises(TypeError, match="protect='.*_keep_first_inputs'"):
+        IMP(cfg, out_dir=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="differs from config.protect"):
+        IMP(cfg, verbose=False, protect=_keep_first_inputs, protect_name="other")
+    again = IMP(cfg, out_dir=tmp_path, verbose=False, protect=_keep_first_inputs)
+    assert again.run_dir.resumed and str(again.run_dir.path) == res.run_dir
+    assert _fingerprint([again.run()]) == _fingerprint([res])
+    with pytest.raises(TypeError, match="name of a protect callback"):
+        IMPConfig(**{**BASE.__dict__, "protect": _keep_first_inputs})
+
+
+# ------------------------------------------------------------------ 1. run directories record their code
+def test_a_run_written_by_other_code_is_refused_naming_both_identities(tmp_path):
+    """A run directory written by dirty code was resumed by clean code and reported as its result (f6): the
+    directory now records the code identity, and reopening it with other code is refused."""
+    import json
+
+    res = IMP(BASE, out_dir=tmp_path, verbose=False).run()
+    run = Path(res.run_dir)
+    # the same code reopens it and reads the same levels back
+    assert _fingerprint([IMP(BASE, out_dir=tmp_path, verbose=False).run()]) == _fingerprint([res])
+    written = json.loads((run / "code.json").read_text()) if (run / "code.json").exists() else {}
+    dirty = {**written, "sources": ["netgeom"], "sources_sha256": "d1e7" * 16, "git_commit": "c0ffee" * 6,
+             "git_dirty": True}
+    (run / "code.json").write_text(json.dumps(dirty))
+    with pytest.raises(ValueError, match="written by other code") as err:
+        IMP(BASE, out_dir=tmp_path, verbose=False).run()
+    from netgeom.pruning import code_identity
+
+    now = code_identity()
+    assert written == now
+    msg = str(err.value)
+    assert "d1e7d1e7d1e7d1e7" in msg and now["sources_sha256"][:16] in msg and "uncommitted" in msg
+    (run / "code.json").unlink()  # a run directory of netgeom before this change
+    with pytest.raises(ValueError, match="records no code identity"):
+        IMP(BASE, out_dir=tmp_path, verbose=False)
+
+
+def test_code_identity_hashes_the_sources_wherever_they_lie(tmp_path):
+    """Robust without git: a copy of netgeom's sources hashes like the package; another source differs."""
+    import shutil
+
+    from netgeom.pruning import code_identity
+    from netgeom.pruning import runs as R
+
+    shutil.copytree(R._PACKAGE, tmp_path / "netgeom", ignore=shutil.ignore_patterns("__pycache__"))
+    assert R._sources_sha256((tmp_path / "netgeom",)) == code_identity()["sources_sha256"]
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    (tmp_path / "b" / "x").mkdir(parents=True)
+    (tmp_path / "a" / "x" / "m.py").write_text("A = 1\n")
+    (tmp_path / "b" / "x" / "m.py").write_text("A = 2\n")
+    ia, ib = code_identity(tmp_path / "a" / "x"), code_identity(tmp_path / "b" / "x")
+    assert ia["sources"] == ib["sources"] == ["netgeom", "x"] and ia["sources_sha256"] != ib["sources_sha256"]
+    # outside the checkout netgeom lies in, the dirty state is unknown, never reported clean
+    assert ia["git_dirty"] is None
+    with pytest.raises(NotADirectoryError):
+        code_identity(tmp_path / "absent")
+
+
+def test_experiment_units_record_and_check_their_code(experiments_common, tmp_path):
+    """The experiments' run directories record netgeom's and the scripts' sources; a unit computed by a
+    worker on other code is refused, and results.json records the code the runs record."""
+    from netgeom.pruning import RunDir
+
+    C = experiments_common
+    code = C.code_identity()
+    assert code["sources"] == ["netgeom", "experiments"]
+    RunDir(tmp_path, {"unit": 1}, code=code)
+    with pytest.raises(ValueError, match="written by other code"):
+        RunDir(tmp_path, {"unit": 1})  # netgeom's sources alone: not the code that wrote it
+    assert C._same_code([(code["sources_sha256"], 5)]) == [5]
+    with pytest.raises(RuntimeError, match="workers ran other code"):
+        C._same_code([(code["sources_sha256"], 5), ("0" * 64, 6)])
+    args = C.parse(C.parser("demo", "demo", [0], [0]), ["--quick"])
+    assert C.describe("demo", args, {})["sources_sha256"] == code["sources_sha256"]
