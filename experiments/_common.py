@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -53,8 +54,8 @@ def parser(
     )
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run the units on a Dask cluster (scheduler address, e.g. tcp://host:8786) "
-                        "through joblib's dask backend; run directories must then be on a shared path")
+                   help="run the units on a Dask cluster (scheduler address, e.g. tcp://host:8786), one "
+                        "task per unit on its workers; --out must then be on a path every worker sees")
     p.add_argument("--fresh", action="store_true",
                    help="delete this mode's run directories first (no resuming from earlier runs)")
     return p
@@ -75,7 +76,8 @@ def out_dir(name: str, args) -> Path:
     import shutil
 
     mode = "quick" if args.quick else "full"
-    path = Path(args.out) if args.out else RESULTS / name / mode
+    # absolute: the units (on Dask workers, in other working directories) write their runs under it
+    path = Path(args.out).expanduser().resolve() if args.out else RESULTS / name / mode
     path.mkdir(parents=True, exist_ok=True)
     if getattr(args, "fresh", False):
         for sub in path.glob("runs*"):
@@ -84,23 +86,72 @@ def out_dir(name: str, args) -> Path:
     return path
 
 
-def parallel_map(fn, items: Sequence, *, jobs: int = 1, scheduler: str | None = None) -> list:
+def parallel_map(fn, items: Sequence, *, jobs: int = 1, scheduler: str | None = None,
+                 shared: str | Path | None = None) -> list:
     """``[fn(*item) for item in items]``, in order: in this process (``jobs == 1``), in ``jobs`` local
-    processes (joblib/loky), or on the Dask cluster at ``scheduler`` (joblib's dask backend; every worker
-    needs this checkout importable and the output directory on a shared path)."""
-    from joblib import Parallel, delayed, parallel_backend
-
+    processes (joblib/loky), or as one task per item on the Dask cluster at ``scheduler`` (every worker needs
+    this checkout importable). ``shared``: the directory the units write into; with ``scheduler`` it must be
+    an absolute path that every worker sees, checked before any unit starts."""
     items = list(items)
     if scheduler:
-        try:
-            from distributed import Client
-        except ImportError as exc:  # an explicit request for a cluster is never run locally instead
-            raise SystemExit(f"--scheduler needs the 'distributed' package: {exc}") from None
-        with Client(scheduler), parallel_backend("dask"):
-            return list(Parallel(n_jobs=-1)(delayed(fn)(*it) for it in items))
+        return _on_cluster(fn, items, scheduler, shared)
+    from joblib import Parallel, delayed
+
     if jobs == 1 or len(items) <= 1:
         return [fn(*it) for it in items]
-    return list(Parallel(n_jobs=jobs)(delayed(fn)(*it) for it in items))
+    return _same_code(list(Parallel(n_jobs=jobs)(delayed(_unit)(fn, *it) for it in items)))
+
+
+def _on_cluster(fn, items: list, scheduler: str, shared: str | Path | None) -> list:
+    # Submitted to the cluster directly: joblib's dask backend resolves n_jobs=-1 to the cluster's thread
+    # count and, for a cluster of one thread, ran every unit in this process instead
+    try:
+        from distributed import Client
+    except ImportError as exc:  # an explicit request for a cluster is never run locally instead
+        raise SystemExit(f"--scheduler needs the 'distributed' package: {exc}") from None
+    if shared is not None and not Path(shared).is_absolute():
+        raise ValueError(f"the units' output directory {str(shared)!r} is relative: a worker would resolve "
+                         "it in its own working directory; give an absolute path")
+    try:
+        client = Client(scheduler, timeout=30, set_as_default=False)
+    except OSError as exc:
+        raise SystemExit(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}") from None
+    with client:
+        if shared is not None:
+            seen = client.run(os.path.isdir, str(shared))
+            missing = sorted(w for w, ok in seen.items() if not ok)
+            if missing:
+                raise FileNotFoundError(
+                    f"--out {str(shared)!r} does not exist on Dask worker(s) {missing}: the run directories "
+                    "must be on a path every worker sees (a shared file system)"
+                )
+        # pure=False: a unit writes its run directories, it is never deduplicated
+        return _same_code(client.gather([client.submit(_unit, fn, *it, pure=False) for it in items]))
+
+
+def code_identity() -> dict[str, Any]:
+    """The code the units compute with: netgeom's sources and these scripts' (see
+    ``netgeom.pruning.code_identity``); every run directory of an experiment records it, and reopening one
+    written by other code is refused."""
+    from netgeom.pruning import code_identity as identity
+
+    return identity(ROOT / "experiments")
+
+
+def _unit(fn, *args):
+    """A unit run by a worker, returned with the identity of the code the worker ran."""
+    return code_identity()["sources_sha256"], fn(*args)
+
+
+def _same_code(tagged: list) -> list:
+    mine = code_identity()["sources_sha256"]
+    other = sorted({sha for sha, _ in tagged if sha != mine})
+    if other:
+        raise RuntimeError(
+            f"workers ran other code (sources sha256 {', '.join(s[:16] for s in other)}) than this process "
+            f"({mine[:16]}), whose git state results.json records: run every worker on this checkout"
+        )
+    return [r for _, r in tagged]
 
 
 def _git(*cmd: str) -> str | None:
@@ -133,6 +184,8 @@ def describe(experiment: str, args, config: dict[str, Any]) -> dict[str, Any]:
         "git_commit": _git("rev-parse", "HEAD"),
         # uncommitted changes to the library or the scripts make the commit an incomplete description
         "git_dirty": bool(status) if status is not None else None,
+        # what the units' run directories record (netgeom.pruning.code_identity of netgeom + experiments)
+        "sources_sha256": code_identity()["sources_sha256"],
         "seeds": list(args.seeds),
         "versions": versions(),
         "config": config,

@@ -125,7 +125,7 @@ def run_unit(family: str, d: int, seed: int, cfg: dict, root: str) -> dict:
         q=cfg["q"], rounds=cfg["rounds"], rewind=parse_rewind(cfg["rewind"]), scope="global",
         include_output=True, seed=seed,
     )
-    res = IMP(conf, out_dir=root, verbose=False, data=ds).run()
+    res = IMP(conf, out_dir=root, verbose=False, data=ds, code=C.code_identity()).run()
     return {"family": family, "d": d, "D": ds.n_features, "seed": seed, "n_train": ds.n_train,
             "n_test": ds.n_test, **measure_id(ds.X_train.numpy(), cfg["mle_k"]),
             "sparsity": [lv.sparsity for lv in res.levels], "test_acc": [lv.test_acc for lv in res.levels],
@@ -133,11 +133,12 @@ def run_unit(family: str, d: int, seed: int, cfg: dict, root: str) -> dict:
 
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
+    out = Path(out).resolve()  # the units may run in other working directories (--scheduler)
     units = [(f, d, s, cfg, str(out / "runs")) for f in cfg["families"] for d in cfg["dims"] for s in seeds]
     # the workers import this module by name (a function of __main__ would be pickled with its globals)
     from experiments import prunability_vs_dimension as mod
 
-    runs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler)
+    runs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler, shared=out)
     res = {"runs": runs}
     from experiments.make_results import verdicts
 

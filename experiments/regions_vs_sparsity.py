@@ -121,7 +121,7 @@ def run_unit(dataset: str, width: int, seed: int, cfg: dict, root: str) -> list[
     desc = {"kind": NAME, "schema": C.SCHEMA, "data": data_description(dataset, seed), "width": width,
             "seed": seed, "epochs": cfg["epochs"], "ft_epochs": cfg["ft_epochs"], "lr": cfg["lr"],
             "batch_size": cfg["batch_size"]}
-    rd = RunDir(root, desc, prefix=f"{dataset}-w{width}-s{seed}")
+    rd = RunDir(root, desc, prefix=f"{dataset}-w{width}-s{seed}", code=C.code_identity())
     data = load_dataset(desc["data"])
     tc = TrainConfig(epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"], momentum=0.9,
                      schedule="cosine", seed=seed)
@@ -163,6 +163,7 @@ def run_unit(dataset: str, width: int, seed: int, cfg: dict, root: str) -> list[
 
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
+    out = Path(out).resolve()  # the units may run in other working directories (--scheduler)
     # the 784-input units are the slowest: start them first so two workers finish together
     order = {"mnist_test": 0, "digits": 1, "mnist1d": 2}
     units = sorted(((ds, w, s, cfg, str(out / "runs")) for ds in cfg["datasets"] for w in cfg["widths"]
@@ -170,7 +171,7 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None
     # the workers import this module by name (a function of __main__ would be pickled with its globals)
     from experiments import regions_vs_sparsity as mod
 
-    recs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler)
+    recs = C.parallel_map(mod.run_unit, units, jobs=jobs, scheduler=scheduler, shared=out)
     key = {(u[0], u[1], u[2]): i for i, u in enumerate(units)}
     records = [r for ds in cfg["datasets"] for w in cfg["widths"] for s in seeds
                for r in recs[key[(ds, w, s)]]]

@@ -212,9 +212,10 @@ def run_seed(cfg: dict, dataset: str, seed: int, out: str, model_name: str = "ml
     runs = out / ("runs" if model_name == "mlp" else f"runs_{model_name}")
     imp_cls = IMP if model_name == "mlp" else make_imp()
     sched = cfg if model_name == "mlp" else {**cfg, **cfg["lenet5"]}
-    imp = imp_cls(base, out_dir=runs, verbose=False, data=ds).run()
-    rnd = imp_cls(rand, out_dir=runs, verbose=False, data=ds).run()
-    tp = imp_cls(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds).run()
+    code = C.code_identity()  # these scripts shape the runs too (MaxPoolIMP, the configs)
+    imp = imp_cls(base, out_dir=runs, verbose=False, data=ds, code=code).run()
+    rnd = imp_cls(rand, out_dir=runs, verbose=False, data=ds, code=code).run()
+    tp = imp_cls(base, out_dir=runs, protect=msf_protect, verbose=False, data=ds, code=code).run()
     dense = model_at(imp, 0, model_name)
     rows = (analyse_run(imp, dense, "imp", model_name=model_name)
             + analyse_run(rnd, dense, "random", model_name=model_name)
@@ -231,6 +232,7 @@ def run_seed(cfg: dict, dataset: str, seed: int, out: str, model_name: str = "ml
 
 
 def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None) -> dict:
+    out = Path(out).resolve()  # the units may run in other working directories (--scheduler)
     units = [(cfg, ds, s, str(out), "mlp") for ds in cfg["datasets"] for s in seeds]
     if LENET in cfg["models"]:
         # LeNet-5 first: its units are the longest
@@ -238,7 +240,8 @@ def run(cfg: dict, seeds, out: Path, jobs: int = 2, scheduler: str | None = None
     # the workers import this module by name (a function of __main__ would be pickled with its globals)
     from experiments import topology_under_imp as mod
 
-    res = {"per_seed": C.parallel_map(mod.run_seed, units, jobs=jobs, scheduler=scheduler)}
+    per_seed = C.parallel_map(mod.run_seed, units, jobs=jobs, scheduler=scheduler, shared=out)
+    res = {"per_seed": per_seed}
     from experiments.make_results import verdicts
 
     res["verdicts"] = verdicts(NAME, res)

@@ -51,6 +51,7 @@ from .nets import (
 )
 from .pruning import (
     IMP,
+    CodeMismatchError,
     IMPConfig,
     IMPLevel,
     IMPResult,
@@ -58,6 +59,7 @@ from .pruning import (
     PrunabilityResult,
     RunDir,
     UnreachableSparsityError,
+    code_identity,
     magnitude_prune,
     map_levels,
     prunability,
@@ -161,6 +163,8 @@ __all__ = [
     "Result",
     "RetentionResult",
     "RunDir",
+    "CodeMismatchError",
+    "code_identity",
     "SparseBoundResult",
     "TopologyBoundResult",
     "TrainConfig",

@@ -501,7 +501,13 @@ RNG_LOCK = _GLOBAL_RNG_LOCK
 WORK_PER_THREAD = 1_000_000_000
 
 _THREADS_LOCK = threading.Lock()
-_THREADS_HELD: dict = {"inside": {}, "n": None, "before": None}  # inside: thread ident -> blocks
+# inside: thread ident -> [blocks open in that thread, that thread's own count before its first block]
+_THREADS_HELD: dict = {"inside": {}, "n": None, "before": None}
+# With OpenMP (torch's usual CPU backend) the thread count is a per-thread setting: torch.set_num_threads in
+# one thread leaves a thread that has already run a torch op at its own count (measured: a second thread
+# entering a block of threads=1 kept 2). Every thread then sets and restores its own count. Other backends
+# (native pool, TBB) share one count per process: set by the first block in, restored by the last one out.
+_PER_THREAD_COUNT = "parallel backend: openmp" in torch.__config__.parallel_info().lower()
 
 
 def _threads_after_fork() -> None:
@@ -511,8 +517,9 @@ def _threads_after_fork() -> None:
     _THREADS_LOCK = threading.Lock()
     held, me = _THREADS_HELD, threading.get_ident()
     held["inside"] = {me: held["inside"][me]} if me in held["inside"] else {}
-    if not held["inside"] and held["before"] is not None:
-        torch.set_num_threads(held["before"])
+    if not held["inside"] and held["n"] is not None:
+        if not _PER_THREAD_COUNT:
+            torch.set_num_threads(held["before"])
         held["n"] = held["before"] = None
 
 
@@ -588,8 +595,10 @@ _TORCH_DEFAULT_THREADS = torch.get_num_threads()
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run the block with torch's intra-op thread count set to ``n`` and restore it after (``None``: leave
-    it). torch's setting is per process: concurrent blocks in threads of one process must ask for the same
-    count (a different one raises), and the last one out restores the setting.
+    it). The count is set in the thread that enters the block (with OpenMP each thread has its own, so a
+    reused pool thread gets ``n`` too) and restored there when it leaves. Concurrent blocks in threads of one
+    process must ask for the same count (a different one raises: with backends other than OpenMP the setting
+    is per process).
 
     >>> before = torch.get_num_threads()
     >>> with torch_threads(1):
@@ -612,20 +621,28 @@ def torch_threads(n: int | None):
                 f"this one asks for {n}: the setting is per process, so give both the same threads=, or run "
                 "them in separate processes"
             )
-        if not inside:
+        first_in_process = not inside
+        if first_in_process:
             held["before"], held["n"] = torch.get_num_threads(), n
+        entry = inside.setdefault(me, [0, None])
+        entry[0] += 1
+        if entry[0] == 1 and (_PER_THREAD_COUNT or first_in_process):
+            entry[1] = torch.get_num_threads()  # this thread's own count (OpenMP) or the process's
             torch.set_num_threads(n)
-        inside[me] = inside.get(me, 0) + 1
     try:
         yield
     finally:
         with _THREADS_LOCK:
             inside = held["inside"]
-            inside[me] -= 1
-            if not inside[me]:
+            entry = inside[me]
+            entry[0] -= 1
+            if not entry[0]:
                 del inside[me]
+                if _PER_THREAD_COUNT:
+                    torch.set_num_threads(entry[1])
             if not inside:
-                torch.set_num_threads(held["before"])
+                if not _PER_THREAD_COUNT:
+                    torch.set_num_threads(held["before"])
                 held["n"] = held["before"] = None
 
 

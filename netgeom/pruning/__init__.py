@@ -4,10 +4,11 @@ from .imp import IMP, IMPConfig, IMPLevel, IMPResult, demo_imp, imp_main, parse_
 from .masks import Masks, prunable_parameters
 from .prunability import PrunabilityResult, prunability
 from .rules import UnreachableSparsityError, magnitude_prune, random_prune
-from .runs import RunDir, description_hash
+from .runs import CodeMismatchError, RunDir, code_identity, description_hash
 from .sweeps import grid, map_levels, run_sweep
 
 __all__ = [
+    "CodeMismatchError",
     "IMP",
     "IMPConfig",
     "IMPLevel",
@@ -16,6 +17,7 @@ __all__ = [
     "PrunabilityResult",
     "RunDir",
     "UnreachableSparsityError",
+    "code_identity",
     "demo_imp",
     "description_hash",
     "grid",

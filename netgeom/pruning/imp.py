@@ -255,6 +255,10 @@ class IMPConfig:
     construction a factory is built three times to check it: the same seed must give the same weights, and
     ``seed + 1`` other ones.
 
+    ``protect`` names the protect callback of a protected run (as :class:`IMP` records it in the run
+    description, so that ``from_dict`` of a protected run's description round trips); the callback itself is
+    handed to ``IMP(config, protect=fn)``, which requires it for such a config.
+
     ``seed`` is the run's seed: it is written into the model description (initialisation), replaces
     ``train.seed`` (data order) and seeds random pruning. A model description carrying a different seed is an
     error. ``data`` is a :func:`~netgeom.data.load_dataset` description, or for your own data (handed to
@@ -281,9 +285,15 @@ class IMPConfig:
     seed: int = 0
     model_name: str | None = None
     model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, compare=False, repr=False)
+    protect: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "include_output", check_bool(self.include_output, "include_output"))
+        if self.protect is not None and (not isinstance(self.protect, str) or not self.protect.strip()):
+            raise TypeError(
+                f"IMPConfig.protect is the name of a protect callback (as a run description records it), got "
+                f"{self.protect!r}; the callback itself goes to IMP(config, protect=fn)"
+            )
         model = self.model
         if callable(model) and not isinstance(model, Mapping):
             if not isinstance(self.model_name, str) or not self.model_name.strip():
@@ -366,12 +376,17 @@ class IMPConfig:
             "include_output": self.include_output,
             "prune": self.prune,
             "seed": self.seed,
+            # only when set: the descriptions (and run directory hashes) of unprotected runs stay as they were
+            **({"protect": self.protect} if self.protect is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, model_fn: Callable[..., nn.Module] | None = None
                   ) -> IMPConfig:
-        """The config of a :meth:`to_dict` description; a ``{"callable": name}`` model needs ``model_fn``."""
+        """The config of a :meth:`to_dict` description, such as :attr:`IMPResult.config`; a
+        ``{"callable": name}`` model needs ``model_fn``. A protected run's description gives a config whose
+        ``protect`` names the callback, which :class:`IMP` then requires:
+        ``IMP(IMPConfig.from_dict(res.config), protect=fn)``."""
         d = dict(d)
         d.pop("kind", None)
         d["train"] = TrainConfig.from_dict(d["train"]) if "train" in d else TrainConfig()
@@ -533,6 +548,11 @@ class IMP:
     ``"protect"`` and so into the run directory's hash. Without that, a topology-preserving run would
     silently reload the levels of a plain run of the same config. Lambdas, local functions and partials have
     no stable name: give ``protect_name`` for them when ``out_dir`` is set.
+
+    The run directory records the code identity it is written with (``code``, default
+    :func:`~netgeom.pruning.runs.code_identity` of netgeom; a caller whose own code shapes the run, such as a
+    subclass in an experiment script, passes ``code_identity(its_directory)``); reopening it with other code
+    raises :class:`~netgeom.pruning.runs.CodeMismatchError`.
     """
 
     def __init__(
@@ -549,13 +569,25 @@ class IMP:
         protect_name: str | None = None,
         in_memory: bool | None = None,
         num_threads: int | None = None,
+        code: Mapping[str, Any] | None = None,
     ):
         if not isinstance(config, IMPConfig):
             raise TypeError(f"config must be an IMPConfig, got {type(config).__name__}")
         if protect is not None and not callable(protect):
             raise TypeError("protect must be a callable protect(model, masks) -> masks")
         self.description = config.to_dict()
-        if protect is not None:
+        if config.protect is not None:
+            # a config rebuilt from a protected run's description: the same experiment needs its callback
+            if protect is None:
+                raise TypeError(
+                    f"config describes a run with protect={config.protect!r}: pass that callback, "
+                    "IMP(config, protect=fn), or a config without protect for an unprotected run"
+                )
+            if protect_name is not None and protect_name != config.protect:
+                raise ValueError(
+                    f"protect_name {protect_name!r} differs from config.protect {config.protect!r}"
+                )
+        elif protect is not None:
             self.description["protect"] = _protect_name(protect, protect_name, out_dir is not None)
         elif protect_name is not None:
             raise ValueError("protect_name given without a protect callback")
@@ -572,7 +604,9 @@ class IMP:
         self.threads = _threads_alias(threads, num_threads)
         if self.threads is not None and self.threads != "auto":
             self.threads = check_int(self.threads, "threads", minimum=1)
-        self.run_dir = RunDir(out_dir, self.description, prefix="imp") if out_dir is not None else None
+        if code is not None and out_dir is None:
+            raise ValueError("code= is the identity a run directory records; it needs out_dir")
+        self.run_dir = None if out_dir is None else RunDir(out_dir, self.description, prefix="imp", code=code)
 
     # ------------------------------------------------------------------ helpers
     def _build(self) -> nn.Module:

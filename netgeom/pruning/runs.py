@@ -9,6 +9,11 @@ Tensors are saved with ``torch.save`` of state dicts / plain containers only and
 ``weights_only=True``; masks go through :meth:`Masks.save` (``.npz``). Files are created with the user's
 umask (mode ``0o666 & ~umask``), so a shared run is readable by whoever the umask allows.
 
+**Code identity.** A run directory also records the code it is written with (``code.json``, from
+:func:`code_identity`: a SHA-256 of netgeom's sources, and the git commit and dirty flag where netgeom is a
+git checkout). Reopening it with other code raises :class:`CodeMismatchError` naming both identities: its
+finished levels were computed by the other code, and resumed levels would mix the two.
+
 **Lock.** A process holds an exclusive lock (``run.lock`` in the directory, via ``filelock``; the kernel
 releases it when the process dies, even by ``kill -9``) while it reads and writes a run (:meth:`RunDir.lock`).
 A second process on the same run *waits* for the first to finish, with a warning "run X is in use by process
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -41,6 +47,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import time
 import types
 import typing
@@ -63,6 +70,8 @@ __all__ = [
     "RunDir",
     "RunInUseError",
     "CorruptRunFileError",
+    "CodeMismatchError",
+    "code_identity",
     "description_hash",
     "canonical_json",
     "atomic_write_bytes",
@@ -78,6 +87,88 @@ class RunInUseError(RuntimeError):
 
 class CorruptRunFileError(ValueError):
     """A file of a run directory does not hold what netgeom wrote there; the message says how to recover."""
+
+
+class CodeMismatchError(ValueError):
+    """A run directory was written by other code than the one running (see :func:`code_identity`)."""
+
+
+# ------------------------------------------------------------------------------------------ code identity
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def _sources_sha256(dirs: tuple[Path, ...]) -> str:
+    """SHA-256 over the ``*.py`` files under ``dirs``: relative path, size and bytes of each, in sorted order
+    (the same sources give the same hash in a git checkout, an installed wheel or a copy)."""
+    h = hashlib.sha256()
+    for d in dirs:
+        for f in sorted(p for p in d.rglob("*.py") if "__pycache__" not in p.parts):
+            data = f.read_bytes()
+            h.update(f"{d.name}/{f.relative_to(d).as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()
+
+
+# at import: the sources this process loaded, not what a later edit of the files says
+_NETGEOM_SHA256 = _sources_sha256((_PACKAGE,))
+
+
+@functools.cache
+def _extra_sha256(dirs: tuple[Path, ...]) -> str:
+    return _sources_sha256(dirs)
+
+
+def _git(cwd: Path, *cmd: str) -> str | None:
+    try:
+        return subprocess.run(["git", *cmd], cwd=cwd, capture_output=True, text=True, check=True,
+                              timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.cache
+def _git_state(dirs: tuple[Path, ...]) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout holding ``dirs``; ``(None, None)`` when netgeom is not a tracked
+    part of one (an installed package) or git is missing; dirty ``None`` when a directory lies outside it."""
+    if not _git(_PACKAGE, "ls-files", "--", "*.py"):
+        return None, None
+    commit = _git(_PACKAGE, "rev-parse", "HEAD")
+    top = _git(_PACKAGE, "rev-parse", "--show-toplevel")
+    if commit is None or top is None:
+        return commit, None
+    top_path = Path(top).resolve()
+    if not all(d == top_path or top_path in d.parents for d in dirs):
+        return commit, None
+    status = _git(_PACKAGE, "status", "--porcelain", "--", *(f"{d}/*.py" for d in dirs))
+    return commit, (bool(status) if status is not None else None)
+
+
+def code_identity(*extra: str | os.PathLike) -> dict[str, Any]:
+    """The identity of the code a run is computed with: ``sources_sha256`` (SHA-256 of the ``*.py`` files of
+    netgeom, as imported by this process, and of each directory in ``extra``, e.g. an experiment's scripts),
+    ``sources`` (their directory names), ``git_commit`` and ``git_dirty`` (of the checkout netgeom lies in;
+    ``None`` without one). Run directories compare ``sources`` and ``sources_sha256``; the git fields say
+    where the code came from."""
+    dirs = (_PACKAGE, *(Path(e).expanduser().resolve() for e in extra))
+    for d in dirs[1:]:
+        if not d.is_dir():
+            raise NotADirectoryError(f"code_identity: {d} is not a directory of sources")
+    sha = _NETGEOM_SHA256 if len(dirs) == 1 else _extra_sha256(dirs)
+    commit, dirty = _git_state(dirs)
+    return {"sources": [d.name for d in dirs], "sources_sha256": sha, "git_commit": commit,
+            "git_dirty": dirty}
+
+
+_CODE_SCHEMA = {"sources": list[str], "sources_sha256": str, "git_commit": str | None,
+                "git_dirty": bool | None}
+
+
+def _code_text(code: Mapping[str, Any]) -> str:
+    commit = code.get("git_commit")
+    git = ("no git checkout" if commit is None else
+           f"git commit {commit[:12]}" + {True: " with uncommitted changes", False: " (clean)",
+                                          None: " (dirty state unknown)"}[code.get("git_dirty")])
+    return f"sources {'+'.join(code.get('sources', []))} sha256 {str(code.get('sources_sha256'))[:16]}, {git}"
 
 
 def _non_finite_path(value: Any, where: str = "") -> str | None:
@@ -225,9 +316,16 @@ class RunDir:
     it exists with the same description; raises ``FileExistsError`` if it holds another description.
     """
 
-    def __init__(self, root: str | os.PathLike, description: Mapping[str, Any], *, prefix: str = "run"):
+    def __init__(self, root: str | os.PathLike, description: Mapping[str, Any], *, prefix: str = "run",
+                 code: Mapping[str, Any] | None = None):
         if not prefix or "/" in prefix or os.sep in prefix:
             raise ValueError(f"prefix must be a plain name, got {prefix!r}")
+        # the code this run is computed with (see code_identity); a run of other code is refused below
+        self.code = dict(code_identity() if code is None else code)
+        try:
+            check_record(self.code, _CODE_SCHEMA, "code")
+        except ValueError as exc:
+            raise TypeError(f"code must be a code_identity() record: {exc}") from None
         self.description = json.loads(canonical_json(description))
         self.hash = description_hash(description)
         root = Path(root)
@@ -258,6 +356,23 @@ class RunDir:
                     f"{self.path} holds a different description than the one requested (hash collision or an "
                     "edited description.json); refusing to reuse or overwrite it"
                 )
+            self._check_code()
+
+    def _check_code(self) -> None:
+        if not self.exists("code.json"):
+            raise CodeMismatchError(
+                f"run {self.path} records no code identity (written by netgeom before run directories "
+                "recorded one): its levels cannot be tied to the code running now; delete it to recompute "
+                "the run"
+            )
+        old = self.load_json("code.json", _CODE_SCHEMA)
+        if (old["sources"], old["sources_sha256"]) != (self.code["sources"], self.code["sources_sha256"]):
+            raise CodeMismatchError(
+                f"run {self.path} was written by other code ({_code_text(old)}) than this process runs "
+                f"({_code_text(self.code)}): its levels would be reported as this code's, and resumed ones "
+                "would mix the two; delete it to recompute the run with this code, or run it with the code "
+                "it was written with"
+            )
 
     def _create(self) -> bool:
         """Create the directory with its description in one step; False if another process made it first.
@@ -280,6 +395,7 @@ class RunDir:
         try:
             text = json.dumps(self.description, indent=2, sort_keys=True) + "\n"
             atomic_write_bytes(tmp / "description.json", text.encode())
+            atomic_write_bytes(tmp / "code.json", (json.dumps(self.code, indent=2) + "\n").encode())
             try:
                 os.rename(tmp, self.path)
             except OSError:
