@@ -111,7 +111,7 @@ from .graph import PLGraph, PLNode, _linear_fn
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
-_CHUNK_BYTES = 4 << 20  # rows evaluated at once by the graph engine: ~this many bytes per node value
+_CHUNK_BYTES = 8 << 20  # rows evaluated at once by the graph engine: ~this many bytes per node value
 _CRUDE_TRIAL = 256  # float32 passes: rows on which the crude convolution bounds are tried (graph_patterns)
 _CRUDE_MAX = 0.03  # ... and kept when at most this fraction of those rows is left to float64
 _SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
