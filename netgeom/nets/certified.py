@@ -111,7 +111,12 @@ from .graph import PLGraph, PLNode, _linear_fn
 
 __all__ = ["chain_decide", "chain_plan", "choose_prefix", "graph_patterns", "pattern_nodes", "pattern_widths"]
 
-_CHUNK_BYTES = 4 << 20  # rows evaluated at once by the graph engine: ~this many bytes per node value
+# rows evaluated at once by the graph engine: ~this many bytes per node value. A block costs ~2-6 ms of
+# fixed work (a few hundred Python calls and small torch ops, four oneDNN convolutions on LeNet-5) besides its
+# rows: 8 MB blocks (LeNet-5: 606 rows) ran 8-10 % faster than 4 MB ones on LeNet-5 and 10-25 % on conv
+# 3-32-64 (in-process A/B, one thread, best of 8); 16 MB ones were no faster (the values no longer stay in
+# the caches between the passes that read them)
+_CHUNK_BYTES = 8 << 20
 _CRUDE_TRIAL = 256  # float32 passes: rows on which the crude convolution bounds are tried (graph_patterns)
 _CRUDE_MAX = 0.03  # ... and kept when at most this fraction of those rows is left to float64
 _SAFETY = 1.001  # covers the rounding of the bound computations themselves (relative ~ log2(n) u)
