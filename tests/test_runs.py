@@ -449,7 +449,8 @@ def test_files_honour_the_umask(tmp_path):
 
         run.save_masks("m.npz", Masks({"w": torch.ones(2, dtype=torch.bool)}))
         modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir()}
-        assert modes == {"description.json": 0o640, "a.json": 0o640, "t.pt": 0o640, "m.npz": 0o640}
+        names = ("description.json", "code.json", "a.json", "t.pt", "m.npz")
+        assert modes == dict.fromkeys(names, 0o640)
         assert run.path.stat().st_mode & 0o777 == 0o750
     finally:
         os.umask(old)

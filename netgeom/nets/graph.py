@@ -398,18 +398,11 @@ class PLGraph:
         x = check_tensor(x, "x", dtype=dtype)
         if x.ndim < 2:
             raise ValueError(f"x must have a batch axis: (B, {self.n_in}) or (B, *{self.input_shape})")
-        shape = tuple(x.shape[1:])
-        x = x.reshape(x.shape[0], math.prod(shape))
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         if x.shape[1] != self.n_in:
             raise ValueError(
                 f"x has {x.shape[1]} features per sample, but the network takes {self.n_in} "
                 f"(input_shape={self.input_shape})"
-            )
-        if shape not in ((self.n_in,), tuple(self.input_shape)):
-            # as many entries in another layout (channels last) would be read reordered
-            raise ValueError(
-                f"x has samples of shape {shape}, but the network takes ({self.n_in},) or "
-                f"{tuple(self.input_shape)} (input_shape)"
             )
         return x
 
