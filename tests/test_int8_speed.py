@@ -3,9 +3,9 @@ without VNNI: ~40x a float32 product) is detected, and count_patterns then never
 with the same patterns."""
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
+from _platform import X86_LINUX, unavailable
 
 import netgeom._matmul as mm
 from netgeom import count_patterns, mlp, trace
@@ -40,7 +40,7 @@ def test_slow_int8_products_are_never_chosen_and_change_no_pattern(monkeypatch):
     X = torch.rand(512, 300, generator=torch.Generator().manual_seed(0))
     plan = chain_plan(trace(net), "cpu")
     if plan.int8_layer(4) is None:
-        pytest.skip("no exact int8 products on this machine")
+        unavailable("no exact int8 products on this machine", expected=X86_LINUX)
     monkeypatch.setattr(mm, "int8_products_fast", lambda: True)
     m, lv = choose_prefix(plan, X)
     assert m >= 1 and lv > 0  # wide first layer: the int8 one when it is fast
