@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -118,13 +117,9 @@ def _on_cluster(fn, items: list, scheduler: str, shared: str | Path | None) -> l
         raise SystemExit(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}") from None
     with client:
         if shared is not None:
-            seen = client.run(os.path.isdir, str(shared))
-            missing = sorted(w for w, ok in seen.items() if not ok)
-            if missing:
-                raise FileNotFoundError(
-                    f"--out {str(shared)!r} does not exist on Dask worker(s) {missing}: the run directories "
-                    "must be on a path every worker sees (a shared file system)"
-                )
+            from netgeom.pruning.sweeps import _check_shared_dir
+
+            _check_shared_dir(Path(shared), client, None, "--out")
         # pure=False: a unit writes its run directories, it is never deduplicated
         return _same_code(client.gather([client.submit(_unit, fn, *it, pure=False) for it in items]))
 

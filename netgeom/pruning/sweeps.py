@@ -153,14 +153,15 @@ def _parallel(backend, n_jobs) -> bool:
     return backend == "dask" or n_jobs != 1
 
 
-def _check_shared_dir(path: Path, client, scheduler) -> None:
-    """Every Dask worker must see the run directories' root, or runs would land on one machine's disk."""
+def _check_shared_dir(path: Path, client, scheduler, what: str = "out_dir") -> None:
+    """Every Dask worker must see the run directories' root, or runs would land on one machine's disk
+    (``what``: the argument's name in the message)."""
     with _dask_client(client, scheduler) as c:
         seen = c.run(os.path.isdir, str(path))
     missing = sorted(w for w, ok in seen.items() if not ok)
     if missing:
         raise FileNotFoundError(
-            f"out_dir {str(path)!r} does not exist on Dask worker(s) {missing}: run directories must be on a "
+            f"{what} {str(path)!r} does not exist on Dask worker(s) {missing}: run directories must be on a "
             "path every worker sees (a shared file system)"
         )
 
