@@ -19,3 +19,17 @@ def engines(g, kernels: bool) -> dict:
         out[key] = certified._Engine(g, dtype, "cpu", crude=crude)
         out[key].kernels = kernels
     return out
+
+
+def exact_pattern_rows(g, X):
+    """Every input's pattern bits (the graph's pattern nodes, concatenated) from the rational forward."""
+    import numpy as np
+
+    from netgeom.nets.certified import pattern_nodes
+
+    keep = {n.index for n in g.nodes if n.op != "output"}
+    rows = []
+    for x in X.double():
+        ex = certified._exact_patterns(g, x, keep)
+        rows.append(np.concatenate([np.asarray(ex[n.index]) for n in pattern_nodes(g)]))
+    return np.array(rows)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
+from _engines import exact_pattern_rows
 from torch import nn
 
 from netgeom import count_patterns, trace
@@ -317,15 +318,6 @@ def test_two_level_redo_against_rationals():
 
 
 # ------------------------------------------------------------------------------ patterns
-def _exact_ref(g, X):
-    keep = {n.index for n in g.nodes if n.op != "output"}
-    rows = []
-    for x in X.double():
-        ex = certified._exact_patterns(g, x, keep)
-        rows.append(np.concatenate([np.asarray(ex[n.index]) for n in pattern_nodes(g)]))
-    return np.array(rows)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_windowed_engine_near_boundaries_equals_rationals(seed, monkeypatch):
     """The windowed float32 engine with the two-level redo, kernels on or off, in one block or several, on
@@ -340,7 +332,7 @@ def test_windowed_engine_near_boundaries_equals_rationals(seed, monkeypatch):
 
     pts = boundary_points(g, lambda: (end(), end()), 5)
     X = torch.stack(pts + [end() for _ in range(6)]).float()
-    ref = _exact_ref(g, X)
+    ref = exact_pattern_rows(g, X)
     for kernels, blocks in ((True, 1 << 22), (True, 600), (False, 1 << 22)):
         engines = {"crude32": True}
         for key, d, crude in (

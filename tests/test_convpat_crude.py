@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
+from _engines import exact_pattern_rows
 from test_convrow import _ConvConv, _near_boundary, _rational_values
 from torch import nn
 
@@ -150,15 +151,6 @@ class _ConvPoolConv(nn.Module):
         return F.relu(self.c3(self.c2(h))).flatten(1)
 
 
-def _exact_ref(g, X):
-    keep = {n.index for n in g.nodes if n.op != "output"}
-    rows = []
-    for x in X.double():
-        ex = certified._exact_patterns(g, x, keep)
-        rows.append(np.concatenate([np.asarray(ex[n.index]) for n in pattern_nodes(g)]))
-    return np.array(rows)
-
-
 def _near(g, n_in, seed, n_seg, scale=2.0):
     gen = torch.Generator().manual_seed(seed)
 
@@ -184,7 +176,7 @@ def test_crude_float32_near_boundaries_equals_rationals(net_kind, seed, monkeypa
         X = _near(trace(net, input_shape=shape), 128, seed, 4).float()
     g = trace(net, input_shape=shape)
     X = X.reshape(len(X), -1)
-    ref = _exact_ref(g, X)
+    ref = exact_pattern_rows(g, X)
     from netgeom.nets import _graph_kernel
 
     for kernels, blocks, full in (

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _boundary import boundary_points
+from _engines import exact_pattern_rows
 from torch import nn
 
 from netgeom import count_patterns, trace
@@ -44,15 +45,6 @@ def _net(seed: int) -> nn.Module:
     return net
 
 
-def _exact_ref(g, X):
-    keep = {n.index for n in g.nodes if n.op != "output"}
-    rows = []
-    for x in X.double():
-        ex = certified._exact_patterns(g, x, keep)
-        rows.append(np.concatenate([np.asarray(ex[n.index]) for n in pattern_nodes(g)]))
-    return np.array(rows)
-
-
 _CACHE: dict = {}
 
 
@@ -64,7 +56,7 @@ def _case(seed: int):
         g = trace(net, input_shape=(1, 14, 14))
         X = _inputs(g, seed)
         X = torch.cat([X, X.flip(0)])  # (rows in several blocks, each row in two of them)
-        _CACHE[seed] = (net, g, X, _exact_ref(g, X))
+        _CACHE[seed] = (net, g, X, exact_pattern_rows(g, X))
     return _CACHE[seed]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_convpat_crude import _exact_ref
+from _engines import exact_pattern_rows
 from torch import nn
 
 from netgeom import trace
@@ -91,7 +91,7 @@ def test_pool_grid_patterns_equal_rational_ones():
     x = torch.rand(40, 100, generator=torch.Generator().manual_seed(0))
     x[:16] = (x[:16] * 2).round() / 2
     x[16:20] = 0.0
-    ref = _exact_ref(g, x)
+    ref = exact_pattern_rows(g, x)
     for grid in (True, False):
         engines = {"crude32": False}
         if not grid:  # (the same graph through the index-table pass: no grid views)

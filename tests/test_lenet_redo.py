@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from _boundary import boundary_points
 from _engines import engines as all_engines
+from _engines import exact_pattern_rows
 from test_convpat2_window import _rational
-from test_convpat_crude import _exact_ref
 from torch import nn
 
 from netgeom import trace
@@ -155,7 +155,7 @@ def test_patterns_near_boundaries_and_ties_equal_rationals(seed, monkeypatch):
 
     pts = boundary_points(g, lambda: (end(), end()), 4)
     X = torch.cat([torch.stack(pts).float(), _inputs(16, seed + 7)])
-    ref = _exact_ref(g, X)
+    ref = exact_pattern_rows(g, X)
     calls = {"relu": 0, "window": 0}
     where = ["relu"]
     orig, orig_win = _graph_kernel.refine_pairs_pool, certified._Engine._refine_windows
