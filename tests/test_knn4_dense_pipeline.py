@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _avx512 import as_on_avx512  # noqa: F401 (autouse fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_neighbors_adversarial import adversarial, reference
@@ -20,15 +21,6 @@ import netgeom._matmul as mm
 import netgeom.dimension.neighbors as nb
 from netgeom.dimension import _knn_kernel as kern
 from netgeom.dimension.neighbors import nearest_neighbors
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _as_on_avx512():
-    """These tests drive oneDNN's blocks, which the kNN takes only on machines with AVX-512
-    (:func:`netgeom.dimension.neighbors._avx512_kernels`): here every machine is taken for one."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(nb, "_avx512_kernels", lambda: True)
-        yield
 
 
 def _with_threads(threads, fn):

@@ -5,6 +5,7 @@ blocks it replaces; and the row selection on full rows (a sampled first threshol
 import numpy as np
 import pytest
 import torch
+from _avx512 import as_on_avx512  # noqa: F401 (autouse fixture)
 from _platform import OPENMP, X86_LINUX, unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,13 +18,6 @@ from netgeom.dimension.neighbors import nearest_neighbors
 _AVX512_KERNELS = nb._avx512_kernels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _as_on_avx512():
-    """These tests drive oneDNN's blocks, which the kNN takes only on machines with AVX-512
-    (:func:`netgeom.dimension.neighbors._avx512_kernels`): here every machine is taken for one."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(nb, "_avx512_kernels", lambda: True)
-        yield
 
 
 def _need_onednn() -> None:
