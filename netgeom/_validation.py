@@ -552,3 +552,14 @@ def parse_int_list(text: str, option: str, *, minimum: int = 1) -> list[int]:
             raise ValueError(f"{option} entries must be >= {minimum}, got {v}")
         out.append(v)
     return out
+
+
+class _Unset:
+    """Default of an option that applies to some inputs only: "not given" differs from any value, so an
+    option given where it would be ignored can be refused (bounds' rank models, topology's graph options)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+UNSET: Any = _Unset()

@@ -33,7 +33,15 @@ import torch
 from scipy.special import gammaln
 from scipy.stats import binom
 
-from .._validation import as_generator, check_bool, check_choice, check_fraction, check_int, check_widths
+from .._validation import (
+    UNSET,
+    as_generator,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_widths,
+)
 from ..nets import AffineLayer
 from ..results import Result, new_axes
 
@@ -388,14 +396,7 @@ def _check_seq(x: Any, name: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------- rank models
-class _Unset:
-    """Default of an option that applies to some rank models only: "not given" differs from any value."""
-
-    def __repr__(self) -> str:
-        return "<not given>"
-
-
-_UNSET: Any = _Unset()
+_UNSET: Any = UNSET  # (an option that applies to some rank models only)
 
 
 def _given(**options: Any) -> list[str]:

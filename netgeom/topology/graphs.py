@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .._matmul import gradual_underflow
-from .._validation import check_array, check_choice
+from .._validation import UNSET, check_array, check_choice
 from ..nets import AffineLayer, PLNode, affine_layers, trace
 
 __all__ = ["LayerGraph", "NetworkGraph", "layer_graph", "network_graph", "AGGREGATES", "MAX_UNROLLED_EDGES"]
@@ -57,15 +57,7 @@ CONV_MODES = ("channel", "unrolled")
 MAX_UNROLLED_EDGES = 20_000_000
 
 
-class _Unset:
-    """Default of an option that applies to some inputs only: "not given" differs from any value, so an
-    option given where it would be ignored is refused (the pattern of :mod:`netgeom.regions.bounds`)."""
-
-    def __repr__(self) -> str:
-        return "<not given>"
-
-
-_UNSET: Any = _Unset()
+_UNSET: Any = UNSET
 
 
 @dataclasses.dataclass(eq=False)
