@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.special import gammaln
-from scipy.stats import binom
 
 from .._validation import (
     UNSET,
@@ -448,6 +447,9 @@ def _closed_form_log_probs(n_out: int, n_in: int, p: float, include_zero_rank: b
     N, other = (R, C) if C >= R else (C, R)
     # Q = 1 - (1-p)^other without the cancellation that 1 - pow() suffers for tiny p.
     Q = 1.0 if p >= 1.0 else float(-np.expm1(other * np.log1p(-p)))
+    # scipy.stats is imported here, not with the module: it is a third of `import netgeom`'s time
+    from scipy.stats import binom
+
     k = np.arange(N + 1)
     with np.errstate(divide="ignore"):
         logp = binom.logpmf(k, N, Q)
