@@ -82,13 +82,29 @@ def run_prunability(sparsity, acc, n_test: int) -> dict[str, Any]:
     return {"eps": eps, "prunability": float(sparsity[-1]), "level": len(acc) - 1, "censored": True}
 
 
-def _spearman(x, y) -> float:
-    from scipy.stats import spearmanr
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their mean rank: ``scipy.stats.rankdata(v)`` (every value is an integer or a
+    half, so exact)."""
+    o = np.argsort(v, kind="mergesort")
+    s = v[o]
+    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    end = np.append(first[1:], s.size)
+    r = np.empty(s.size)
+    r[o] = np.repeat((first + end + 1) / 2.0, end - first)
+    return r
 
+
+def _spearman(x, y) -> float:
+    """Spearman's ρ, equal bit for bit to ``scipy.stats.spearmanr(x, y).statistic`` (the same ranks in the
+    same memory layout into the same ``np.corrcoef``) at a fiftieth of its cost: the bootstrap calls it
+    thousands of times."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0 or np.isnan(x).any() or np.isnan(y).any():
         return float("nan")
-    return float(spearmanr(x, y).statistic)
+    ranked = np.empty((2, x.size))
+    ranked[0], ranked[1] = _average_ranks(x), _average_ranks(y)
+    # scipy ranks the columns of column_stack((x, y)) with apply_along_axis: a Fortran-ordered (n, 2) array
+    return float(np.corrcoef(ranked.T, rowvar=False)[1, 0])
 
 
 def _f1_group(runs: list[dict], label: str, cluster_key) -> dict[str, Any]:
