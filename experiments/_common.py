@@ -213,13 +213,23 @@ def cluster_bootstrap(groups: Sequence[Sequence], stat, *, n_boot: int = 2000, s
     """Percentile bootstrap over independent units: ``groups[i]`` holds every observation of unit ``i``;
     a resample draws units with replacement and ``stat(list_of_groups)`` is recomputed on it. Resamples
     where ``stat`` is not finite (e.g. a constant variable has no rank correlation) are skipped and counted.
+    ``stat="mean"`` is the mean of every observation of the drawn units, ``np.mean`` of their concatenation.
     """
     groups = [list(g) for g in groups]
     if not groups:
         raise ValueError("cluster_bootstrap needs at least one unit")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(groups), size=(n_boot, len(groups)))
-    vals = np.array([stat([groups[i] for i in row]) for row in idx], dtype=float)
+    if isinstance(stat, str) and stat != "mean":
+        raise ValueError(f"stat must be a callable or 'mean', got {stat!r}")
+    if stat == "mean" and all(len(g) == 1 for g in groups):
+        # one observation per unit: all resamples at once. A row mean of a C-ordered array sums the row
+        # pairwise like np.mean of the row alone, so the values are those of the loop below, bit for bit
+        vals = np.array([g[0] for g in groups], dtype=float)[idx].mean(axis=1)
+    elif stat == "mean":
+        vals = np.array([np.mean([x for i in row for x in groups[i]]) for row in idx], dtype=float)
+    else:
+        vals = np.array([stat([groups[i] for i in row]) for row in idx], dtype=float)
     ok = vals[np.isfinite(vals)]
     a = (1 - level) / 2
     ci = [float(np.quantile(ok, a)), float(np.quantile(ok, 1 - a))] if ok.size else [None, None]

@@ -219,7 +219,7 @@ def _f2a_group(units: dict[tuple, list[dict]], label: str) -> dict[str, Any]:
     res = {"label": label, "n_units": len(rows), "n_excluded_acc_never_falls": excluded, "units": rows}
     for k in ("d_regions", "d_bound", "d_bound_slice", ):
         groups = [[r[k]] for r in rows]
-        b = _boot(groups, lambda gs: float(np.mean([g[0] for g in gs]))) if rows else {"ci": [None, None]}
+        b = _boot(groups, "mean") if rows else {"ci": [None, None]}
         res[k] = {"mean": float(np.mean([r[k] for r in rows])) if rows else None, "ci": b["ci"]}
     res["n_censored_regions"] = int(sum(r["censored_regions"] for r in rows))
     res["n_censored_bound"] = int(sum(r["censored_bound"] for r in rows))
@@ -281,7 +281,7 @@ def _f2b_group(pairs: list[dict], label: str) -> dict[str, Any]:
     dec = res["wins"] + res["losses"]
     res["win_rate"] = res["wins"] / dec if dec else None
     if groups:
-        b = _boot(groups, lambda gs: float(np.mean([x for g in gs for x in g])))
+        b = _boot(groups, "mean")
         res["mean_diff"], res["ci"] = float(d.mean()), b["ci"]
     else:
         res["mean_diff"], res["ci"] = None, [None, None]
@@ -331,7 +331,7 @@ def _f3a_group(seeds: list[dict], label: str) -> dict[str, Any]:
     out = {"label": label, "n_units": len(seeds)}
     for k, gs in (("vs_random", groups_r), ("vs_magnitude", groups_m), ("vs_oneshot_global", groups_g),
                   ("vs_oneshot_layer", groups_l)):
-        out[k] = {"mean": mean(gs), "ci": _boot(gs, mean)["ci"], "per_seed": [g[0] for g in gs]}
+        out[k] = {"mean": mean(gs), "ci": _boot(gs, "mean")["ci"], "per_seed": [g[0] for g in gs]}
     last = []
     for s in seeds:
         top = max(r["level"] for r in s["levels"] if r["variant"] == "imp")
@@ -367,7 +367,7 @@ def _f3b_group(seeds: list[dict], label: str) -> dict[str, Any]:
     b0 = seeds[0]["bound"]
     return {"label": label, "n_units": len(seeds), "eta": b0["eta"], "max_sparsity": b0["max_sparsity"],
             "pruned_sparsity": b0["pruned_sparsity"],
-            "all_diagrams_kept": kept, "acc_cost": mean(cost), "ci": _boot(cost, mean)["ci"],
+            "all_diagrams_kept": kept, "acc_cost": mean(cost), "ci": _boot(cost, "mean")["ci"],
             "acc_after_finetune": float(np.mean([s["bound"]["acc_after_finetune"] for s in seeds])),
             "verdict": "holds by construction (check passed)" if kept else "check FAILED (a diagram changed)"}
 
@@ -398,7 +398,7 @@ def _f3c_group(seeds: list[dict], label: str) -> dict[str, Any]:
            "all_diagrams_kept": kept, "high_sparsity_gap": gaps,
            "high_sparsity_gap_mean": float(np.mean(gaps))}
     if groups:
-        out["mean_diff"], out["ci"] = mean(groups), _boot(groups, mean)["ci"]
+        out["mean_diff"], out["ci"] = mean(groups), _boot(groups, "mean")["ci"]
     else:
         out["mean_diff"], out["ci"] = None, [None, None]
     if not kept:
