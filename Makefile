@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/netgeom demo --out runs/demo
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q --nbmake --doctest-modules tests notebooks netgeom
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --nbmake --doctest-modules notebooks tests netgeom
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check netgeom tests benchmarks experiments
