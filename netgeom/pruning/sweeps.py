@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._validation import check_int
+from .._validation import check_bool, check_int
 from .imp import IMP, IMPConfig, IMPResult, read_run
 from .runs import description_hash
 
@@ -222,6 +222,7 @@ def read_sweep(configs: Sequence[IMPConfig], out_dir: str | Path, *, partial: bo
     directory raises ``FileNotFoundError`` naming it; ``partial`` and ``code`` are :func:`read_run`'s
     (unfinished runs raise :class:`~netgeom.pruning.runs.IncompleteRunError` unless ``partial`` is ``True``).
     """
+    check_bool(partial, "partial")
     configs = list(configs)
     for i, c in enumerate(configs):
         if not isinstance(c, IMPConfig):
