@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 
@@ -150,22 +149,6 @@ def test_reopening_it_to_compute_with_this_code_is_still_refused_and_names_the_r
         IMP(CFG, out_dir=run.parent, verbose=False)
     assert f"netgeom.read_run({str(run)!r})" in str(err.value) and f"netgeom read {run}" in str(err.value)
     assert _tree(run) == before
-
-
-def test_a_read_only_run_is_read(written, run):
-    _, res = written
-    modes = {p: p.stat().st_mode for p in [run, *run.rglob("*")]}
-    for p in modes:
-        p.chmod(stat.S_IMODE(modes[p]) & ~0o222)
-    try:
-        if os.access(run, os.W_OK):
-            pytest.skip("permissions do not bind this user (root): the read-only check would prove nothing")
-        before = _tree(run)
-        _same_levels(read_run(run), res)
-        assert _tree(run) == before
-    finally:
-        for p, mode in modes.items():
-            p.chmod(stat.S_IMODE(mode))
 
 
 def test_a_run_written_before_code_json_is_read_and_marked_unknown(written, run):
