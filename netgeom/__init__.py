@@ -52,9 +52,11 @@ from .nets import (
 from .pruning import (
     IMP,
     CodeMismatchError,
+    CorruptRunFileError,
     IMPConfig,
     IMPLevel,
     IMPResult,
+    IncompleteRunError,
     Masks,
     PrunabilityResult,
     RunDir,
@@ -65,6 +67,8 @@ from .pruning import (
     prunability,
     prunable_parameters,
     random_prune,
+    read_run,
+    read_sweep,
     run_sweep,
 )
 from .regions import (
@@ -164,7 +168,11 @@ __all__ = [
     "RetentionResult",
     "RunDir",
     "CodeMismatchError",
+    "CorruptRunFileError",
+    "IncompleteRunError",
     "code_identity",
+    "read_run",
+    "read_sweep",
     "SparseBoundResult",
     "TopologyBoundResult",
     "TrainConfig",

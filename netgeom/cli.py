@@ -1,4 +1,4 @@
-"""Command line: ``netgeom demo | imp | bounds | regions | id | persistence``."""
+"""Command line: ``netgeom demo | imp | read | bounds | regions | id | persistence``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def _imp(argv: Sequence[str]) -> int:
     from .pruning.imp import imp_main
 
     return int(imp_main(list(argv)) or 0)
+
+
+def _read(args: argparse.Namespace) -> int:
+    from .pruning.imp import _print_result, read_run
+
+    _print_result(read_run(args.run_dir, partial=args.partial), args.json)
+    return 0
 
 
 def _bounds(args: argparse.Namespace) -> int:
@@ -296,6 +303,12 @@ def _main(argv: list[str]) -> int:
     d.set_defaults(func=_demo)
 
     add("imp", "iterative magnitude pruning run (see `netgeom imp --help`)")
+
+    rr = add("read", "show a finished IMP run directory read-only, with the code that computed it")
+    rr.add_argument("run_dir", help="the run directory, e.g. runs/imp/imp-0123456789ab")
+    rr.add_argument("--partial", action="store_true", help="show the finished levels of an unfinished run")
+    rr.add_argument("--json", action="store_true", help="print the result as JSON")
+    rr.set_defaults(func=_read)
 
     b = add("bounds", "Serra / sparse region bounds for widths n0 n1 … nL")
     b.add_argument("widths", type=_positive_int, nargs="+", help="input dimension, then hidden widths")

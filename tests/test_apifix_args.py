@@ -106,6 +106,8 @@ def _calls(X, net):
             model={"name": "mlp", "n_in": 64, "widths": [4], "n_out": 10}, data={"name": "digits"},
             include_output=v),
         ("IMP", "verbose"): lambda v: ng.IMP(cfg, verbose=v),
+        ("read_run", "partial"): lambda v: ng.read_run("/nonexistent", partial=v),
+        ("read_sweep", "partial"): lambda v: ng.read_sweep([cfg], "/nonexistent", partial=v),
     }
 
 

@@ -60,11 +60,11 @@ from ..training import (
 )
 from .masks import Masks
 from .rules import ProtectFn, magnitude_prune, random_prune
-from .runs import RunDir, load_state_file, run_lock
+from .runs import IncompleteRunError, RunDir, _code_text, _same_code, code_identity, load_state_file, run_lock
 
 __all__ = [
-    "IMPConfig", "IMP", "IMPLevel", "IMPResult", "imp_main", "demo_imp", "demo_section", "parse_rewind",
-    "import_factory", "build_imp_model",
+    "IMPConfig", "IMP", "IMPLevel", "IMPResult", "read_run", "imp_main", "demo_imp", "demo_section",
+    "parse_rewind", "import_factory", "build_imp_model",
 ]
 
 
@@ -433,13 +433,26 @@ class IMPLevel(Result):
 
 @dataclasses.dataclass
 class IMPResult(Result):
-    """All levels of one IMP run; ``plot()`` draws test (and train) accuracy against sparsity."""
+    """All levels of one IMP run; ``plot()`` draws test (and train) accuracy against sparsity.
+
+    ``code`` is the identity of the code the levels were computed with (a
+    :func:`~netgeom.pruning.runs.code_identity` record): this process's for a run it computed (the run
+    directory's, for a resumed one), the one ``code.json`` records for a run read back by :func:`read_run`,
+    which may be other code than the reader's; ``None`` when unknown (a run directory written before run
+    directories recorded their code, or a result rebuilt by hand). ``code_note`` says which, in words, for a
+    result of :func:`read_run` (``None`` for one this process computed). ``complete`` is ``False`` only for
+    ``read_run(..., partial=True)`` of an unfinished run: ``levels`` then holds its finished levels only.
+    All three are part of :meth:`to_dict`.
+    """
 
     config: dict[str, Any]
     levels: list[IMPLevel]
     run_dir: str | None = None
     # the model callable of a {"callable": name} description (not part of the JSON); model_at needs it
     model_fn: Callable[..., nn.Module] | None = dataclasses.field(default=None, repr=False, compare=False)
+    code: dict[str, Any] | None = None
+    code_note: str | None = None
+    complete: bool = True
 
     @property
     def sparsities(self) -> list[float]:
@@ -474,7 +487,8 @@ class IMPResult(Result):
             raise ValueError(
                 f"level {lv.level} holds no masks and this result has no run directory to read them from"
             )
-        return Masks.load(Path(self.run_dir) / f"level_{lv.level}" / "masks.npz")
+        # read-only and validated, whatever code wrote the run (a bad file names its recovery)
+        return RunDir.open(self.run_dir).load_masks(f"level_{lv.level}/masks.npz")
 
     def model_at(self, level: int = -1) -> nn.Module:
         """The trained, masked network of a level (rebuilt from the description, eval mode)."""
@@ -502,6 +516,93 @@ class IMPResult(Result):
         ax.set_title(f"IMP ({self.config.get('prune', 'magnitude')}, rewind={self.config.get('rewind')})")
         ax.legend()
         return ax
+
+
+def _load_level(rd: RunDir, level: int, model: nn.Module) -> IMPLevel:
+    """A finished level read back from a run directory (a resume and :func:`read_run` alike): every file
+    validated (types, masks and weights against ``model``); a bad one names its recovery."""
+    rec, masks, weights, hist = rd.load_level(level, model, IMPLevel, TrainHistory)
+    # the file read, wherever the run was written (record.json holds the path it had then)
+    rec["weights_path"] = str(rd.file(f"level_{level}/weights.pt"))
+    return IMPLevel(**rec, masks=masks, weights=weights, history=hist)
+
+
+def read_run(path: str | os.PathLike, *, partial: bool = False,
+             model_fn: Callable[..., nn.Module] | None = None, code: Mapping[str, Any] | None = None
+             ) -> IMPResult:
+    """The :class:`IMPResult` of a finished IMP run directory, read back read-only, whatever code wrote it.
+
+    This is how results computed by another version of netgeom are looked at: :class:`IMP` refuses to reopen
+    them (:class:`~netgeom.pruning.runs.CodeMismatchError`), since resumed levels would mix two codes and
+    the results would be reported as the running code's. ``read_run`` computes nothing and reports whose code
+    the numbers come from: the result's ``code`` is the identity ``code.json`` records (``None`` for a run
+    written before run directories recorded one) and ``code_note`` says in words whether that is the code
+    reading it (``code``: the reader's identity, as :class:`IMP` takes it; default
+    :func:`~netgeom.pruning.runs.code_identity` of netgeom); both are in :meth:`~IMPResult.to_dict`.
+
+    Nothing in the directory is created, locked or written (:meth:`RunDir.open`), so it works on a run
+    shared read-only. Every file is validated as when a run resumes: JSON against the records' fields and
+    types, masks and weights (``weights_only`` loading, pickles never run) against the network the
+    description builds, which this code builds (a netgeom builder's name, a factory imported by its module
+    path, or ``model_fn`` for a ``{"callable": name}`` model). A bad file raises
+    :class:`~netgeom.pruning.runs.CorruptRunFileError`; for a run of other code the message adds that the
+    file may be intact but other than what this code expects.
+
+    A run with unfinished levels (interrupted, or still running in another process) raises
+    :class:`~netgeom.pruning.runs.IncompleteRunError` naming them; ``partial=True`` returns its finished
+    levels instead, with ``complete=False``.
+
+    >>> import tempfile
+    >>> cfg = IMPConfig(model={"name": "mlp", "n_in": 64, "widths": [8], "n_out": 10},
+    ...                 data={"name": "digits"}, train=TrainConfig(epochs=1), rounds=1)
+    >>> res = IMP(cfg, out_dir=tempfile.mkdtemp(), verbose=False).run()
+    >>> back = read_run(res.run_dir)
+    >>> back.test_accs == res.test_accs, back.code == res.code, back.complete
+    (True, True, True)
+    """
+    check_bool(partial, "partial")
+    rd = RunDir.open(path, code=code)
+    desc = dict(rd.description)
+    name = "description.json"
+    if desc.get("kind") != "imp":
+        raise ValueError(
+            f"{rd.path} is not an IMP run (its description's kind is {desc.get('kind')!r}): read_run reads "
+            "IMP runs; RunDir.open(path) opens any run directory read-only"
+        )
+    with rd.reading(name):
+        rounds, seed = desc["rounds"], desc["seed"]
+        if not isinstance(desc["model"], dict):
+            raise TypeError(f"'model' is a {type(desc['model']).__name__}, not a description")
+        for key, value in (("rounds", rounds), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"'{key}' is {value!r}, not an integer >= 0")
+    try:  # the network the files are checked against
+        model = build_imp_model(desc["model"], seed, model_fn)
+    except (TypeError, ValueError, ImportError, AttributeError) as exc:
+        raise type(exc)(f"run {rd.path}: this code cannot build its model {desc['model']!r} ({exc}), which "
+                        "its weights and masks are checked against") from None
+    done = [lv for lv in range(rounds + 1) if rd.exists(f"level_{lv}/record.json")]
+    n = next((i for i, lv in enumerate(done) if lv != i), len(done))
+    if n < len(done):  # IMP finishes levels in order: a later one without its predecessor was tampered with
+        raise rd.corrupt(f"level_{done[n]}/record.json", f"level {n} before it is not finished")
+    missing = list(range(n, rounds + 1))
+    if missing and not partial:
+        raise IncompleteRunError(
+            f"run {rd.path} is incomplete: level(s) {missing} of 0..{rounds} are not finished ({n} are); "
+            "read_run(path, partial=True) reads the finished ones, and IMP resumes the run with the code "
+            "that wrote it"
+        )
+    levels = [_load_level(rd, lv, model) for lv in range(n)]
+    if rd.code is None:
+        note = (f"read from run {rd.path}, which records no code identity (written before run directories "
+                "recorded one): the code these levels were computed with is unknown")
+    elif _same_code(rd.code, rd.code_now):
+        note = f"read from run {rd.path}, written by the code reading it ({_code_text(rd.code)})"
+    else:
+        note = (f"read from run {rd.path}, computed by other code ({_code_text(rd.code)}) than the code "
+                f"reading it ({_code_text(rd.code_now)})")
+    return IMPResult(config=desc, levels=levels, run_dir=str(rd.path), model_fn=model_fn, code=rd.code,
+                     code_note=note, complete=not missing)
 
 
 LevelCallback = Callable[[int, str, Trainer], None]
@@ -552,7 +653,8 @@ class IMP:
     The run directory records the code identity it is written with (``code``, default
     :func:`~netgeom.pruning.runs.code_identity` of netgeom; a caller whose own code shapes the run, such as a
     subclass in an experiment script, passes ``code_identity(its_directory)``); reopening it with other code
-    raises :class:`~netgeom.pruning.runs.CodeMismatchError`.
+    raises :class:`~netgeom.pruning.runs.CodeMismatchError`; :func:`read_run` reads a finished run of other
+    code read-only, with that code's identity attached.
     """
 
     def __init__(
@@ -663,9 +765,7 @@ class IMP:
         )
 
     def _load_level(self, level: int) -> IMPLevel:
-        # every file validated (types, masks and weights against the model); a bad one names its recovery
-        rec, masks, weights, hist = self.run_dir.load_level(level, self._build(), IMPLevel, TrainHistory)
-        return IMPLevel(**rec, masks=masks, weights=weights, history=hist)
+        return _load_level(self.run_dir, level, self._build())
 
     def _save_level(self, lv: IMPLevel) -> None:
         rd = self.run_dir
@@ -738,7 +838,8 @@ class IMP:
         finally:
             bar.close()
         path = str(rd.path) if rd is not None else None
-        return IMPResult(config=dict(self.description), levels=levels, run_dir=path, model_fn=cfg.model_fn)
+        return IMPResult(config=dict(self.description), levels=levels, run_dir=path, model_fn=cfg.model_fn,
+                         code=dict(rd.code) if rd is not None else code_identity())
 
     def _check_numerics(self, rd: RunDir) -> int | None:
         """The thread count and device decide the rounding of every training step, so a run resumes on the
@@ -937,16 +1038,24 @@ def imp_main(argv: Sequence[str] | None = None) -> int:
     )
     res = IMP(config, out_dir=args.out, verbose=not args.quiet, device=args.device, data=ds,
               threads=args.threads).run()
-    if args.json:
-        print(res.to_json())
-    else:
-        print(f"run directory: {res.run_dir}")
-        print(f"{'level':>5} {'sparsity':>9} {'train_acc':>9} {'test_acc':>9} {'time_s':>7}")
-        for lv in res.levels:
-            print(
-                f"{lv.level:>5} {lv.sparsity:>9.4f} {lv.train_acc:>9.4f} {lv.test_acc:>9.4f} {lv.time:>7.2f}"
-            )
+    _print_result(res, args.json)
     return 0
+
+
+def _print_result(res: IMPResult, as_json: bool = False) -> None:
+    """The command line's report of an IMP result: its JSON, or its run directory, code note and level
+    table (``netgeom imp`` and ``netgeom read``)."""
+    if as_json:
+        print(res.to_json())
+        return
+    print(f"run directory: {res.run_dir}")
+    if res.code_note is not None:
+        print(res.code_note)
+    if not res.complete:
+        print(f"incomplete: levels {len(res.levels)}..{res.config['rounds']} are not finished")
+    print(f"{'level':>5} {'sparsity':>9} {'train_acc':>9} {'test_acc':>9} {'time_s':>7}")
+    for lv in res.levels:
+        print(f"{lv.level:>5} {lv.sparsity:>9.4f} {lv.train_acc:>9.4f} {lv.test_acc:>9.4f} {lv.time:>7.2f}")
 
 
 # ---------------------------------------------------------------------- demo

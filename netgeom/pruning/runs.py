@@ -14,6 +14,10 @@ umask (mode ``0o666 & ~umask``), so a shared run is readable by whoever the umas
 git checkout). Reopening it with other code raises :class:`CodeMismatchError` naming both identities: its
 finished levels were computed by the other code, and resumed levels would mix the two.
 
+**Reading a finished run.** :meth:`RunDir.open` opens an existing run directory read-only, whatever code wrote
+it (``netgeom.read_run`` builds an IMP run's result from it, with the recorded code identity attached): it
+creates, locks and writes nothing, and reads every file through the same validating loaders as a resume.
+
 **Lock.** A process holds an exclusive lock (``run.lock`` in the directory, via ``filelock``; the kernel
 releases it when the process dies, even by ``kill -9``) while it reads and writes a run (:meth:`RunDir.lock`).
 A second process on the same run *waits* for the first to finish, with a warning "run X is in use by process
@@ -71,6 +75,7 @@ __all__ = [
     "RunInUseError",
     "CorruptRunFileError",
     "CodeMismatchError",
+    "IncompleteRunError",
     "code_identity",
     "description_hash",
     "canonical_json",
@@ -91,6 +96,15 @@ class CorruptRunFileError(ValueError):
 
 class CodeMismatchError(ValueError):
     """A run directory was written by other code than the one running (see :func:`code_identity`)."""
+
+
+class IncompleteRunError(ValueError):
+    """A run directory read back (``netgeom.read_run``) has levels that are not finished."""
+
+
+# how to look at a run this code refuses to reopen (CodeMismatchError)
+_READ_HINT = "to look at its results, netgeom.read_run({path!r}) (`netgeom read {path}`) reads them read-only"
+_OPEN_HINT = "to look at its results, RunDir.open({path!r}) opens it read-only"
 
 
 # ------------------------------------------------------------------------------------------ code identity
@@ -169,6 +183,21 @@ def _code_text(code: Mapping[str, Any]) -> str:
            f"git commit {commit[:12]}" + {True: " with uncommitted changes", False: " (clean)",
                                           None: " (dirty state unknown)"}[code.get("git_dirty")])
     return f"sources {'+'.join(code.get('sources', []))} sha256 {str(code.get('sources_sha256'))[:16]}, {git}"
+
+
+def _code_record(code: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``code`` checked as a :func:`code_identity` record (``None``: this process's netgeom)."""
+    code = dict(code_identity() if code is None else code)
+    try:
+        check_record(code, _CODE_SCHEMA, "code")
+    except ValueError as exc:
+        raise TypeError(f"code must be a code_identity() record: {exc}") from None
+    return code
+
+
+def _same_code(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two code identities are the same code: their sources (git fields say where it came from)."""
+    return (a["sources"], a["sources_sha256"]) == (b["sources"], b["sources_sha256"])
 
 
 def _non_finite_path(value: Any, where: str = "") -> str | None:
@@ -321,57 +350,115 @@ class RunDir:
         if not prefix or "/" in prefix or os.sep in prefix:
             raise ValueError(f"prefix must be a plain name, got {prefix!r}")
         # the code this run is computed with (see code_identity); a run of other code is refused below
-        self.code = dict(code_identity() if code is None else code)
-        try:
-            check_record(self.code, _CODE_SCHEMA, "code")
-        except ValueError as exc:
-            raise TypeError(f"code must be a code_identity() record: {exc}") from None
+        self.code = _code_record(code)
         self.description = json.loads(canonical_json(description))
         self.hash = description_hash(description)
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise NotADirectoryError(f"output directory {root} exists but is a file; choose a directory")
         self.path = root / f"{prefix}-{self.hash}"
-        desc_file = self.path / "description.json"
+        self.readonly = False
         self.resumed = self.path.exists() or not self._create()
         self._lock = None
         if self.resumed:
-            if not desc_file.exists():
-                raise FileExistsError(
-                    f"{self.path} exists but has no description.json: not a netgeom run directory; "
-                    "move it away or choose another root"
-                )
-            try:
-                existing = _read_json(desc_file.read_bytes())
-                if not isinstance(existing, dict):
-                    raise ValueError(f"a JSON object was expected, got {type(existing).__name__}")
-                same = canonical_json(existing) == canonical_json(self.description)
-            except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-                raise CorruptRunFileError(
-                    f"{desc_file} is corrupt ({exc}); the run cannot be identified: move {self.path} away or "
-                    "delete it to start the run afresh"
-                ) from None
-            if not same:
+            if canonical_json(self._read_description()) != canonical_json(self.description):
                 raise FileExistsError(
                     f"{self.path} holds a different description than the one requested (hash collision or an "
                     "edited description.json); refusing to reuse or overwrite it"
                 )
             self._check_code()
 
-    def _check_code(self) -> None:
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, code: Mapping[str, Any] | None = None) -> RunDir:
+        """An existing run directory, opened read-only whatever code wrote it: to look at a finished run.
+
+        Nothing is created, locked or written (the ``save_*``/``remove`` methods raise ``PermissionError``;
+        :meth:`lock` holds nothing, since a finished level's files never change: ``record.json``, written
+        last, marks it finished). ``description.json`` must hash to the directory's name, as when a run is
+        reopened by its description. ``code`` is the identity ``code.json`` records, ``None`` for a run
+        written before run directories recorded one; ``code_now`` is the reading code's: the ``code``
+        argument (as ``RunDir(..., code=)`` takes it, e.g. ``code_identity(scripts_dir)`` for runs whose
+        scripts shape them too), by default :func:`code_identity`.
+        The ``load_*`` methods validate as for a resume; when the run's code is not the reading code, a
+        corrupt-file message adds that the file may be intact but other than what this code expects.
+
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> path = RunDir(root, {"model": "mlp"}, prefix="demo").path
+        >>> run = RunDir.open(path)
+        >>> run.readonly, run.description, run.code == code_identity()
+        (True, {'model': 'mlp'}, True)
+        """
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.readonly, self.resumed, self._lock = True, True, None
+        if not self.path.is_dir():
+            raise (NotADirectoryError if self.path.exists() else FileNotFoundError)(
+                f"no run directory at {self.path}"
+            )
+        if not (self.path / "description.json").exists():
+            raise FileNotFoundError(f"{self.path} has no description.json: not a netgeom run directory")
+        self.description = json.loads(canonical_json(self._read_description()))
+        self.hash = description_hash(self.description)
+        if not self.path.name.endswith(f"-{self.hash}") or self.path.name == f"-{self.hash}":
+            raise CorruptRunFileError(
+                f"{self.path / 'description.json'} does not hash to the run directory's name "
+                f"({self.path.name}; its description hashes to {self.hash}): an edited description.json or a "
+                "renamed directory, so the run cannot be identified; restore it as written"
+            )
+        self.code_now, self.code = _code_record(code), None
+        self.code = self._read_code()
+        return self
+
+    def _read_description(self) -> dict[str, Any]:
+        """``description.json`` of an existing directory, parsed (a JSON object) but not yet compared."""
+        desc_file = self.path / "description.json"
+        if not desc_file.exists():
+            raise FileExistsError(
+                f"{self.path} exists but has no description.json: not a netgeom run directory; "
+                "move it away or choose another root"
+            )
+        try:
+            existing = _read_json(desc_file.read_bytes())
+            if not isinstance(existing, dict):
+                raise ValueError(f"a JSON object was expected, got {type(existing).__name__}")
+            canonical_json(existing)
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptRunFileError(
+                f"{desc_file} is corrupt ({exc}); the run cannot be identified: move {self.path} away or "
+                "delete it to start the run afresh"
+            ) from None
+        return existing
+
+    def _read_code(self) -> dict[str, Any] | None:
+        """The identity ``code.json`` records (validated), ``None`` without one (a run written before)."""
         if not self.exists("code.json"):
+            return None
+        return self.load_json("code.json", _CODE_SCHEMA)
+
+    def _check_code(self) -> None:
+        imp = self.description.get("kind") == "imp"
+        hint = (_READ_HINT if imp else _OPEN_HINT).format(path=str(self.path))
+        old = self._read_code()
+        if old is None:
             raise CodeMismatchError(
                 f"run {self.path} records no code identity (written by netgeom before run directories "
                 "recorded one): its levels cannot be tied to the code running now; delete it to recompute "
-                "the run"
+                f"the run; {hint}" + (", marked as computed by unrecorded code" if imp else "")
             )
-        old = self.load_json("code.json", _CODE_SCHEMA)
-        if (old["sources"], old["sources_sha256"]) != (self.code["sources"], self.code["sources_sha256"]):
+        if not _same_code(old, self.code):
             raise CodeMismatchError(
                 f"run {self.path} was written by other code ({_code_text(old)}) than this process runs "
                 f"({_code_text(self.code)}): its levels would be reported as this code's, and resumed ones "
                 "would mix the two; delete it to recompute the run with this code, or run it with the code "
-                "it was written with"
+                f"it was written with; {hint}" + (", with the identity of the code that computed them"
+                                                   if imp else "")
+            )
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise PermissionError(
+                f"run {self.path} is open read-only (RunDir.open / read_run): nothing is written into it"
             )
 
     def _create(self) -> bool:
@@ -421,6 +508,9 @@ class RunDir:
         """
         from filelock import FileLock, Timeout
 
+        if self.readonly:  # nothing to exclude: a reader sees finished files only, and writes none
+            yield self
+            return
         if self._lock is not None:  # already held by this object: nested use
             yield self
             return
@@ -474,12 +564,24 @@ class RunDir:
         return (self.path / name).exists()
 
     def remove(self, name: str) -> None:
+        self._writable()
         p = self.path / name
         if p.exists():
             p.unlink()
 
     def recovery(self, name: str) -> str:
-        """How to recover from a corrupt file ``name`` of this run."""
+        """How to recover from a corrupt file ``name`` of this run (read-only, from other code: and that the
+        file may be intact, but not what this code expects)."""
+        how = self._recovery(name)
+        other = self.readonly and (self.code is None or not _same_code(self.code, self.code_now))
+        if other and name != "code.json":
+            who = ("records no code identity, so it may have been written by other code" if self.code is None
+                   else f"was written by other code ({_code_text(self.code)})")
+            how += (f" (the run {who} than the code reading it ({_code_text(self.code_now)}): if the file is "
+                    "intact, this code expects another file there; read the run with the code that wrote it)")
+        return how
+
+    def _recovery(self, name: str) -> str:
         m = re.match(r"(level_\d+)/", name)
         if m:
             return f"delete {self.path / m.group(1)} to recompute that level"
@@ -503,6 +605,7 @@ class RunDir:
             raise self.corrupt(name, safe_reason(exc)) from None
 
     def save_json(self, name: str, obj: Any) -> Path:
+        self._writable()
         return atomic_write_bytes(self.path / name, (json.dumps(to_plain(obj), indent=2) + "\n").encode())
 
     def load_json(self, name: str, schema: Any = None) -> Any:
@@ -523,6 +626,7 @@ class RunDir:
             raise self.corrupt(name, str(exc)) from None
 
     def save_tensors(self, name: str, obj: Any) -> Path:
+        self._writable()
         return atomic_torch_save(obj, self.path / name)
 
     def load_tensors(self, name: str, like: Mapping[str, torch.Tensor] | None = None) -> Any:
@@ -531,6 +635,7 @@ class RunDir:
         return load_state_file(self.path / name, like, recovery=self.recovery(name))
 
     def save_masks(self, name: str, masks: Masks) -> Path:
+        self._writable()
         return masks.save(self.path / name)
 
     def load_masks(self, name: str, model: torch.nn.Module | None = None) -> Masks:

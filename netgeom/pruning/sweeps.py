@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._validation import check_int
-from .imp import IMP, IMPConfig, IMPResult
+from .._validation import check_bool, check_int
+from .imp import IMP, IMPConfig, IMPResult, read_run
+from .runs import description_hash
 
-__all__ = ["run_sweep", "grid", "map_levels", "BACKENDS"]
+__all__ = ["run_sweep", "read_sweep", "grid", "map_levels", "BACKENDS"]
 
 BACKENDS = ("auto", "sequential", "loky", "threading", "multiprocessing", "dask", None)
 
@@ -210,6 +211,31 @@ def run_sweep(
         out_dir = str(out_dir)
     tasks = [(c, out_dir, device, threads) for c in configs]
     return _execute(_run_one, tasks, backend, n_jobs, client, scheduler)
+
+
+def read_sweep(configs: Sequence[IMPConfig], out_dir: str | Path, *, partial: bool = False,
+               code: Mapping[str, Any] | None = None) -> list[IMPResult]:
+    """The results of a sweep :func:`run_sweep` wrote into ``out_dir``, read back read-only with
+    :func:`~netgeom.pruning.imp.read_run` (in the order given; nothing is computed, created or written), each
+    with the code identity its run directory records (``code``, ``code_note``): the way to look at a sweep
+    computed by another version of netgeom, which ``run_sweep`` refuses to reopen. A config without a run
+    directory raises ``FileNotFoundError`` naming it; ``partial`` and ``code`` are :func:`read_run`'s
+    (unfinished runs raise :class:`~netgeom.pruning.runs.IncompleteRunError` unless ``partial`` is ``True``).
+    """
+    check_bool(partial, "partial")
+    configs = list(configs)
+    for i, c in enumerate(configs):
+        if not isinstance(c, IMPConfig):
+            raise TypeError(f"configs[{i}] must be an IMPConfig, got {type(c).__name__}")
+    root = Path(out_dir).expanduser()
+    out = []
+    for i, c in enumerate(configs):
+        path = root / f"imp-{description_hash(c.to_dict())}"  # where IMP(c, out_dir=root) runs it
+        if not path.exists():
+            raise FileNotFoundError(f"configs[{i}] has no run directory in {root} (no {path.name}): the "
+                                    "sweep has not run it there")
+        out.append(read_run(path, partial=partial, model_fn=c.model_fn, code=code))
+    return out
 
 
 # ---------------------------------------------------------------------- analyses over levels
