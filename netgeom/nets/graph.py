@@ -408,6 +408,13 @@ class PLNode:
         A node made of one ``Conv1d``/``Conv2d`` or ``Linear`` and the ``BatchNorm`` layers after it (or of
         BatchNorm layers alone) is read off its parameters without a dense temporary, and without the
         ``max_entries`` limit; any other node is :meth:`matrix` converted (and refused over ``max_entries``).
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+        >>> node = trace(net, input_shape=(1, 4, 4)).nodes[1]
+        >>> S = node.sparse_matrix()
+        >>> S.shape, S.nnz, bool((S.toarray() == node.matrix().numpy()).all())
+        ((32, 16), 200, True)
         """
         self._need("affine")
         if self._sparse is not None:
