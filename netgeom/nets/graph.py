@@ -355,7 +355,9 @@ class PLNode:
         return self.matrix().numpy(), self.bias_vector.numpy()
 
     def matrix(self) -> torch.Tensor:
-        """The dense ``(size, in_size)`` float64 matrix of the affine map (cached).
+        """The dense ``(size, in_size)`` float64 matrix of the affine map (cached): the identity basis
+        pushed through the node's ops, or for a Conv/Linear + BatchNorm node the same floats read off its
+        parameters (see :meth:`sparse_matrix`).
 
         Raises ``ValueError`` when it would have more than ``max_entries`` entries (a convolution on a large
         input), instead of exhausting memory.
