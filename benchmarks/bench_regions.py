@@ -22,6 +22,12 @@ pieces of area ~1e-15, each certified by its own float64 witness point).
     python benchmarks/bench_regions.py                   # all rows
     python benchmarks/bench_regions.py --quick --graphs-only --repeat 15   # the traced-graph rows only
     python benchmarks/bench_regions.py --vs-grid         # the older exact-vs-grid-sampling table
+    python benchmarks/bench_regions.py --segments-only --threads 1   # the conv-net segment rows only
+
+Third table (default, not ``--graphs-only``): ``regions_on_segment`` through conv nets (a pruned ResNet-20
+of width 4 as a traced graph, a small conv chain) against the same call with every affine node's matrix
+probed by pushing the identity basis through it (the code before ``PLNode.sparse_matrix``): CPU times of
+interleaved rounds, and whether edges, patterns and outputs agree bit for bit.
 
 For MLPs ``n0 -> w -> w -> 10`` (w in 100, 200, 400) on a 40-D (MNIST-1D) and a 64-D (digits) input, the
 plane through three training inputs (Cai et al. 2023) is cut into its activation regions exactly
@@ -36,6 +42,7 @@ exact regions the grid misses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -332,6 +339,79 @@ def vs_regioncam_graphs(quick: bool, repeat: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def _probed_matrices():
+    """Every affine node's matrix by pushing the identity basis through its ops (the code before
+    ``PLNode.sparse_matrix`` read a convolution's matrix off its kernel): the same floats, the old cost."""
+    from netgeom.nets.graph import PLNode
+
+    direct = PLNode._direct
+    PLNode._direct = lambda self: None
+    try:
+        yield
+    finally:
+        PLNode._direct = direct
+
+
+def _conv_chain(size: int) -> torch.nn.Module:
+    """conv 3x3 -> relu -> conv 3x3 stride 2 + BatchNorm -> relu -> linear: a chain (the segment engine on
+    dense AffineLayer weights), seeded, with BatchNorm statistics that are not the identity."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+        nn.ReLU(), nn.Flatten(), nn.Linear(8 * ((size + 1) // 2) ** 2, 10),
+    )
+    with torch.no_grad():
+        net[3].weight.uniform_(-2, 2)
+        net[3].running_var.uniform_(0.5, 2)
+    net.input_shape = (1, size, size)
+    return net.eval()
+
+
+def segment_rows(quick: bool, repeat: int) -> None:
+    """regions_on_segment through convolutional nets (a pruned ResNet-20 of width 4, read as a traced graph;
+    a conv chain without pooling, read as dense layers) against the same call with every affine node's matrix
+    probed by the identity basis (the code before): CPU time, interleaved round by round, and whether edges,
+    patterns and outputs agree bit for bit."""
+    from netgeom.nets import resnet20
+    from netgeom.pruning import magnitude_prune
+    from netgeom.regions.exact import regions_on_segment
+
+    size = 16 if quick else 28
+    nets = [
+        (f"resnet20 w4 1x{size}x{size} p=.75", resnet20(in_channels=1, image_size=size, width=4, seed=0),
+         0.75, 0.02),
+        (f"conv chain 1-8-8bn 1x{size}x{size} p=.5", _conv_chain(size), 0.5, 0.2),
+    ]
+    print("\nregions_on_segment through conv nets: matrices off the kernels vs probed by the identity basis")
+    print(f"{'net':>30} {'t':>5} {'regions':>7} {'cpu_new':>8} {'cpu_probe':>9} {'ratio':>6} "
+          f"{'wall_new':>8} {'wall_probe':>10} {'same':>5}")
+    for name, net, sparsity, t1 in nets:
+        masks = magnitude_prune(net, sparsity, scope="layer")
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.rand(2, 1, size, size, generator=gen, dtype=torch.float64)
+
+        def run(probe: bool, net=net, masks=masks, a=a, b=b, t1=t1):
+            with _probed_matrices() if probe else contextlib.nullcontext():
+                c0, w0 = time.process_time(), time.perf_counter()
+                res = regions_on_segment(net, a, b, masks=masks, t_range=(0.0, t1))
+                return res, time.process_time() - c0, time.perf_counter() - w0
+
+        got, _ = _interleaved({"new": lambda: run(False), "probe": lambda: run(True)}, repeat)
+        new, old = got["new"][-1][0], got["probe"][-1][0]
+        same = (
+            new.count == old.count
+            and np.array_equal(new.edges, old.edges)
+            and np.array_equal(new.patterns, old.patterns)
+            and np.array_equal(new.outputs, old.outputs)
+        )
+        cn, co = (min(r[1] for r in got[k]) for k in ("new", "probe"))
+        wn, wo = (min(r[2] for r in got[k]) for k in ("new", "probe"))
+        print(f"{name:>30} {t1:>5g} {new.count:>7} {cn:>8.2f} {co:>9.2f} {co / cn:>6.1f} {wn:>8.2f} "
+              f"{wo:>10.2f} {str(same):>5}", flush=True)
+
+
 def box_rows(quick: bool) -> None:
     """regions_in_box on a 10-16-16-3 MLP in [-r, r]^10: regions, LPs, regions/s, and agreement with
     dense sampling (every sampled pattern must be an enumerated region). relucent's search needs Gurobi
@@ -416,6 +496,10 @@ def main(argv=None) -> None:
         "--graphs-only", action="store_true", help="only the traced-graph rows (residual, max-pool)"
     )
     ap.add_argument("--vs-grid", action="store_true", help="exact count vs grid sampling (trained nets)")
+    ap.add_argument(
+        "--segments-only", action="store_true", help="only the conv-net regions_on_segment rows"
+    )
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per timing")
     ap.add_argument("--quick", action="store_true", help="300x300 grid and width 100 only (< 1 minute)")
     ap.add_argument("--grid", type=int, default=None, help="grid points per side (default 1000, quick 300)")
@@ -425,20 +509,26 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.segments_only:
+        print(f"load average (1 min) at the start: {_load()}")
+        segment_rows(args.quick, args.repeat)
+        print(f"load average (1 min) at the end: {_load()}")
+        return
     if not args.vs_grid:
         # every time here is wall clock: on a shared machine the others' load is part of it
         print(f"load average (1 min) at the start: {_load()}")
         if not args.graphs_only:
             vs_regioncam(args.quick, args.repeat)
         vs_regioncam_graphs(args.quick, args.repeat)
+        if not args.graphs_only:
+            segment_rows(args.quick, args.repeat)
         if not args.no_box and not args.graphs_only:
             box_rows(args.quick)
         print(f"load average (1 min) at the end: {_load()}")
         return
     grid = args.grid or (300 if args.quick else 1000)
     widths = args.widths or ([100] if args.quick else [100, 200, 400])
-    torch.set_num_threads(2)
     datasets = [load_mnist1d(seed=args.seed, num_samples=2000).flat(), load_digits(seed=args.seed).flat()]
     print(f"grid {grid}x{grid} = {grid * grid} points; nets trained {args.train_steps} Adam steps")
     header = (

@@ -1681,7 +1681,7 @@ def exact_step(node: PLNode, vals: dict[int, list]) -> tuple[list, list | None]:
 
 
 def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, list]:
-    """Pattern decisions of one input in exact rational arithmetic on the dense float64 affine maps."""
+    """Pattern decisions of one input in exact rational arithmetic on the float64 affine maps."""
     vals: dict[int, list[Fraction]] = {0: [Fraction(float(a)) for a in x.reshape(-1).tolist()]}
     out = {}
     for node in g.nodes[1:]:
@@ -1689,17 +1689,19 @@ def _exact_patterns(g: PLGraph, x: torch.Tensor, keep: set[int]) -> dict[int, li
             continue
         ins = node.inputs
         if node.op == "affine":
-            M = node.matrix().tolist()
+            # the matrix's nonzeros (a convolution's dense matrix is mostly zeros); the sums are exact, so
+            # their order does not matter
+            S = node.sparse_matrix()
+            ind, val, ptr = S.indices.tolist(), S.data.tolist(), S.indptr.tolist()
             b = node.bias_vector.tolist()
             xin = vals[ins[0]]
-            nz = [(j, a) for j, a in enumerate(xin) if a != 0]
             v = []
-            for row, bi in zip(M, b):
+            for r, bi in enumerate(b):
                 s = Fraction(bi)
-                for j, a in nz:
-                    w = row[j]
-                    if w != 0.0:
-                        s += Fraction(w) * a
+                for k in range(ptr[r], ptr[r + 1]):
+                    a = xin[ind[k]]
+                    if a != 0:
+                        s += Fraction(val[k]) * a
                 v.append(s)
         else:
             v, dec = exact_step(node, vals)

@@ -125,6 +125,9 @@ class _AffineOp:
     param_name: str | None = None
     mask: torch.Tensor | None = None
     module: nn.Module | None = None
+    # a convolution's (stride, padding, dilation, groups) as given to F.conv1d/2d, for reading its matrix off
+    # the kernel (PLNode.sparse_matrix)
+    conv: tuple | None = None
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def cast(self, dtype, device) -> dict[str, torch.Tensor]:
@@ -199,6 +202,60 @@ def _bn_scale_shift(m: nn.Module, source: str) -> tuple[torch.Tensor, torch.Tens
     return scale, shift
 
 
+def _conv_csr(w: np.ndarray, in_shape, out_shape, conv):
+    """The ``(out, in)`` CSR matrix of a convolution without bias (kernel ``w``, float64, finite), nonzeros
+    only, built by index arithmetic: output ``(co, oy, ox)`` reads input ``(ci, oy sy - py + ky dy, ox sx -
+    px + kx dx)`` with weight ``w[co, ci - g Ci/G, ky, kx]`` for ``co`` in group ``g``. Each entry is one
+    weight, as the convolution of the identity basis gives it (no sum of two products: distinct kernel
+    positions read distinct inputs)."""
+    import scipy.sparse
+
+    stride, padding, dilation, groups = conv
+    nd = w.ndim - 2
+    k = w.shape[2:]
+    if isinstance(padding, str):
+        # torch's "same" pads (total // 2) before and the rest after; "valid" pads nothing
+        pad = tuple(d * (kk - 1) // 2 for d, kk in zip(dilation, k)) if padding == "same" else (0,) * nd
+    else:
+        pad = tuple(padding)
+    Co, Cig = w.shape[:2]
+    # a 1-d convolution as a 2-d one of height 1
+    if nd == 1:
+        w = w[:, :, None, :]
+        (H, Wd), (Ho, Wo) = (1, in_shape[1]), (1, out_shape[1])
+        (sy, sx), (py, px), (dy, dx) = (1, stride[0]), (0, pad[0]), (1, dilation[0])
+    else:
+        (H, Wd), (Ho, Wo) = in_shape[1:], out_shape[1:]
+        (sy, sx), (py, px), (dy, dx) = stride, pad, dilation
+    kh, kw = w.shape[2:]
+    iy = np.arange(Ho)[:, None] * sy - py + np.arange(kh)[None, :] * dy  # (Ho, kh)
+    ix = np.arange(Wo)[:, None] * sx - px + np.arange(kw)[None, :] * dx  # (Wo, kw)
+    vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < Wd)
+    P, HW, per_group = Ho * Wo, H * Wd, Co // groups
+    wf = w.reshape(Co, -1)
+    counts = np.zeros(Co * P, dtype=np.int64)
+    cols, vals = [], []
+    for co in range(Co):
+        # the nonzero kernel entries in (ci, ky, kx) order: each row's columns come out ascending
+        e = np.flatnonzero(wf[co])
+        if not len(e):
+            continue
+        cil, rem = np.divmod(e, kh * kw)
+        ky, kx = np.divmod(rem, kw)
+        ci = (co // per_group) * Cig + cil
+        col = (ci * HW)[None, None, :] + iy[:, None, ky] * Wd + ix[None, :, kx]  # (Ho, Wo, n)
+        ok = (vy[:, None, ky] & vx[None, :, kx]).reshape(P, len(e))
+        counts[co * P : (co + 1) * P] = ok.sum(axis=1)
+        cols.append(col.reshape(P, len(e))[ok])
+        vals.append(np.broadcast_to(wf[co, e], ok.shape)[ok])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    data = np.concatenate(vals) if vals else np.zeros(0)
+    indices = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    return scipy.sparse.csr_matrix(
+        (data, indices, indptr), shape=(Co * P, math.prod(in_shape)), dtype=np.float64
+    )
+
+
 # ------------------------------------------------------------------------------------------------ nodes
 @dataclasses.dataclass(eq=False)
 class PLNode:
@@ -227,6 +284,7 @@ class PLNode:
     _pool: dict | None = dataclasses.field(default=None, repr=False)
     _max_entries: int = dataclasses.field(default=2**27, repr=False)
     _matrix: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+    _sparse: Any = dataclasses.field(default=None, repr=False)
     _bias: torch.Tensor | None = dataclasses.field(default=None, repr=False)
     _first_name: str = dataclasses.field(default="", repr=False)
 
@@ -297,7 +355,9 @@ class PLNode:
         return self.matrix().numpy(), self.bias_vector.numpy()
 
     def matrix(self) -> torch.Tensor:
-        """The dense ``(size, in_size)`` float64 matrix of the affine map (cached).
+        """The dense ``(size, in_size)`` float64 matrix of the affine map (cached): the identity basis
+        pushed through the node's ops, or for a Conv/Linear + BatchNorm node the same floats read off its
+        parameters (see :meth:`sparse_matrix`).
 
         Raises ``ValueError`` when it would have more than ``max_entries`` entries (a convolution on a large
         input), instead of exhausting memory.
@@ -316,6 +376,20 @@ class PLNode:
                 f"entries, over max_entries={self._max_entries:,}); analyse a smaller input (crop or "
                 "downsample) or raise max_entries if the memory is there"
             )
+        first = ops[0]
+        # The probe's zeros are +0.0 where its GEMM sums from +0.0, but a reduction over one product (a 1x1
+        # convolution of one input channel per group, a Linear of one input) gives 0 * w, -0.0 for a
+        # negative w: those keep the probe, so that this matrix is the probed one to the sign of each zero.
+        direct = None if first.weighted and first.params["weight"][0].numel() == 1 else self._direct()
+        if direct is not None:
+            pre, scales = direct
+            W = pre.toarray()
+            for r in scales:
+                # the probe's BatchNorm step, x * scale, on every entry: zeros too (0 * a negative scale is
+                # -0.0 there), so that this is the probed matrix bit for bit
+                W *= r[:, None]
+            self._matrix = torch.from_numpy(W)
+            return self._matrix
         # push the identity basis through in chunks, so that the intermediate activations of a convolution
         # stay within about the size of the result
         W = torch.empty((n_out, n_in), dtype=torch.float64)
@@ -328,6 +402,82 @@ class PLNode:
                 W[:, i:j] = self.apply(basis, bias=False).T
         self._matrix = W
         return W
+
+    def sparse_matrix(self):
+        """:meth:`matrix` as a ``scipy.sparse.csr_matrix`` (cached): the same floats, its nonzeros only
+        (NaN included, zeros of either sign left out), indices sorted.
+
+        A node made of one ``Conv1d``/``Conv2d`` or ``Linear`` and the ``BatchNorm`` layers after it (or of
+        BatchNorm layers alone) is read off its parameters without a dense temporary, and without the
+        ``max_entries`` limit; any other node is :meth:`matrix` converted (and refused over ``max_entries``).
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+        >>> node = trace(net, input_shape=(1, 4, 4)).nodes[1]
+        >>> S = node.sparse_matrix()
+        >>> S.shape, S.nnz, bool((S.toarray() == node.matrix().numpy()).all())
+        ((32, 16), 200, True)
+        """
+        self._need("affine")
+        if self._sparse is not None:
+            return self._sparse
+        import scipy.sparse
+
+        ops = self._ops
+        direct = None
+        if not (len(ops) == 1 and ops[0].type_name == "Linear" and len(ops[0].in_shape) == 1):
+            direct = self._direct()  # (a lone Linear's matrix is its weight, NaN in place: converted below)
+        if direct is None:
+            self._sparse = scipy.sparse.csr_matrix(self.matrix().numpy())
+            return self._sparse
+        S, scales = direct
+        if scales:
+            rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+            data = S.data
+            for r in scales:
+                data = data * r[rows]  # (the probe's order: conv, then each BatchNorm in turn)
+            S = scipy.sparse.csr_matrix((data, S.indices, S.indptr), shape=S.shape)
+            S.eliminate_zeros()  # (a product that underflows, a zero scale: zeros of the probed matrix too)
+        self._sparse = S
+        return S
+
+    def _direct(self):
+        """``(pre, scales)`` when the node's matrix can be read off its parameters, else ``None``: ``pre`` is
+        the CSR matrix of its Conv/Linear (the identity for BatchNorm layers alone), exactly the identity
+        basis' image through it (each entry one weight: an output unit reads an input unit through at most
+        one kernel position), nonzeros only, and ``scales`` the per-row factors of the BatchNorm layers that
+        follow, in order. A weight that is NaN or infinite spreads over every entry its kernel touches in
+        the probe (``nan * 0``): such nodes are left to it."""
+        import scipy.sparse
+
+        ops = self._ops
+        first = ops[0]
+        if first.fn is _bn_fn:
+            n = self.in_size
+            pre = scipy.sparse.csr_matrix(
+                (np.ones(n), np.arange(n), np.arange(n + 1)), shape=(n, n), dtype=np.float64
+            )
+            rest = ops
+        elif first.weighted and (
+            first.conv is not None or (first.fn is _linear_fn and len(first.in_shape) == 1)
+        ):
+            w = first.params["weight"]
+            if not bool(torch.isfinite(w).all()):
+                return None
+            if first.conv is not None:
+                pre = _conv_csr(w.numpy(), first.in_shape, first.out_shape, first.conv)
+            else:
+                pre = scipy.sparse.csr_matrix(w.numpy())
+            rest = ops[1:]
+        else:
+            return None
+        scales = []
+        for op in rest:
+            if op.fn is not _bn_fn:
+                return None
+            s = op.params["scale"].numpy()
+            scales.append(np.repeat(s, math.prod(op.in_shape[1:])))
+        return pre, scales
 
     # ------------------------------------------------------------------ maxpool
     def pool(self, x: torch.Tensor, return_indices: bool = False):
@@ -1493,6 +1643,7 @@ class _Builder:
             fan = math.prod(w.shape[1:]) + 1
             fn = _conv_fn(1 if isinstance(m, nn.Conv1d) else 2, m.stride, m.padding, m.dilation, m.groups)
             op = _AffineOp(name, tname, ref.shape, (), fn, params, fan, True, pname, mask, m)
+            op.conv = (tuple(m.stride), m.padding, tuple(m.dilation), int(m.groups))
         elif isinstance(m, _BN):
             scale, shift = _bn_scale_shift(m, f"module '{name}' ({tname})")
             op = _AffineOp(name, tname, ref.shape, (), _bn_fn, {"scale": scale, "shift": shift}, 2, module=m)

@@ -141,8 +141,12 @@ class _ExactPoint:
             ins = node.inputs
             if node.op == "affine":
                 if node.index not in self._aff:
-                    M = node.matrix().numpy()
-                    rows = [[(j, Fraction(float(w))) for j, w in enumerate(r) if w != 0] for r in M]
+                    S = node.sparse_matrix()  # (its nonzeros: a convolution's dense matrix is mostly zeros)
+                    ind, val = S.indices.tolist(), S.data.tolist()
+                    rows = [
+                        [(j, Fraction(w)) for j, w in zip(ind[lo:hi], val[lo:hi])]
+                        for lo, hi in zip(S.indptr[:-1].tolist(), S.indptr[1:].tolist())
+                    ]
                     self._aff[node.index] = (rows, [Fraction(float(b)) for b in node.bias_vector.numpy()])
                 rows, bias = self._aff[node.index]
                 xin = vals[ins[0]]

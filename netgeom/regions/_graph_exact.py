@@ -9,10 +9,10 @@ make (a root against a piece's end, two roots, a sign, an argmax) are made exact
 
 The exact network is the one the float path bounds: each affine node is ``x -> M x + b`` with ``M =
 node.matrix()`` and ``b = node.bias_vector`` taken as exact numbers (as the chain path does with
-``AffineLayer.weight``). Matrices are kept sparse (their nonzeros only), since a convolution's dense matrix
-is mostly zeros. A sweep costs about one Python-integer multiply-add per nonzero weight and piece, so it
-runs only for the pieces the floats cannot settle; node values are cached by the pattern prefix that
-selects them, so neighbouring pieces share the sweep up to the node where they differ.
+``AffineLayer.weight``). Matrices are kept sparse (their nonzeros only, :meth:`PLNode.sparse_matrix`),
+since a convolution's dense matrix is mostly zeros. A sweep costs about one Python-integer multiply-add per
+nonzero weight and piece, so it runs only for the pieces the floats cannot settle; node values are cached by
+the pattern prefix that selects them, so neighbouring pieces share the sweep up to the node where they differ.
 """
 
 from __future__ import annotations
@@ -61,13 +61,14 @@ def _nbytes(v) -> int:
 
 
 class _SparseExact:
-    """``M x + b`` on exact vectors, from the float64 matrix's nonzeros."""
+    """``M x + b`` on exact vectors, from the float64 matrix's nonzeros (``M`` in CSR form: grouped by
+    row, as :meth:`PLNode.sparse_matrix` gives it)."""
 
-    def __init__(self, M: np.ndarray, b: np.ndarray):
-        rows, cols = np.nonzero(M)  # row-major: grouped by row
+    def __init__(self, M, b: np.ndarray):
+        rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
         self.n_out = M.shape[0]
-        self.cols = cols
-        self.vals = to_exact(M[rows, cols])
+        self.cols = M.indices.astype(np.int64)
+        self.vals = to_exact(M.data)
         self.rows, self.starts = np.unique(rows, return_index=True)
         self.bias = _norm(to_exact(b))
 
@@ -100,7 +101,7 @@ class ExactGraph:
 
     def _aff(self, node) -> _SparseExact:
         if node.index not in self._affine:
-            self._affine[node.index] = _SparseExact(node.matrix().numpy(), node.bias_vector.numpy())
+            self._affine[node.index] = _SparseExact(node.sparse_matrix(), node.bias_vector.numpy())
         return self._affine[node.index]
 
     def _relu(self, node, v, bits):

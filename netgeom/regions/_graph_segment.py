@@ -16,7 +16,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-import scipy.sparse
 
 from ._exact import to_exact
 from ._graph_exact import ExactGraph, lines, root, signs_at
@@ -250,16 +249,17 @@ def segment_graph(
         ins = [vals[i] for i in node.inputs]
         if node.op == "affine":
             al, be, ea, eb = ins[0]
-            M = node.matrix().numpy()
+            # (the sparse form: a convolution's dense matrix is mostly zeros and costly to unroll)
+            S = node.sparse_matrix()
             b = node.bias_vector.numpy()
-            row_nnz = np.count_nonzero(M, axis=1)
+            row_nnz = np.diff(S.indptr).astype(np.int64)
             # rounding of a dot product: one per nonzero product and addition (zeros add exactly, so
             # neither a dense nor a sparse product rounds more often than a row has nonzeros)
             gam = 1.01 * (int(row_nnz.max(initial=0)) + 2) * _U
-            if row_nnz.sum() < 0.2 * M.size:  # a convolution's or a pruned layer's matrix: mostly zeros
-                Mt = scipy.sparse.csr_matrix(M).T.tocsr()
+            if S.nnz < 0.2 * (S.shape[0] * S.shape[1]):  # a convolution's or a pruned layer's matrix
+                Mt = S.T.tocsr()
             else:
-                Mt = M.T
+                Mt = node.matrix().numpy().T
             aMt = abs(Mt)
             A, B = np.asarray(al @ Mt) + b, np.asarray(be @ Mt)
             with np.errstate(under="ignore"):

@@ -599,8 +599,8 @@ def _is_diagonal(node: PLNode) -> bool:
     stride 1, padding 1) keeps the size but mixes neighbouring units, so it is not."""
     if node.size != node.in_size:
         return False
-    W = node.matrix()
-    return int(torch.count_nonzero(W)) == int(torch.count_nonzero(torch.diagonal(W)))
+    S = node.sparse_matrix()  # (nonzeros only: no dense square of the layer's size)
+    return S.nnz == int(np.count_nonzero(S.diagonal()))
 
 
 def _chain_links(pl, nodes: list[PLNode], conv: str) -> list[str | None]:

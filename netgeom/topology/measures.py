@@ -272,7 +272,7 @@ def _structural_counts(model: nn.Module, input_shape: Any, conv: str) -> tuple[l
             continue  # a shared weight counts once (see _per_weight)
         seen.add(lay.param_name)
         if conv == "unrolled":
-            pattern = sparse.coo_matrix(lay.matrix().numpy() != 0)
+            pattern = lay.sparse_matrix().tocoo()  # (its nonzeros: no dense unrolled convolution)
         elif lay.kernel.ndim > 2:
             cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
             rows = np.broadcast_to(np.arange(cols.shape[0])[:, None], cols.shape)
