@@ -359,12 +359,14 @@ def check_masks(
     """Validate masks given in any form and return them as a :class:`~netgeom.pruning.Masks` (or ``None``).
 
     Accepted forms: ``None`` (nothing pruned; returned as ``None``), a ``Masks``, a mapping parameter name →
-    boolean/0-1 tensor or array, or a list/tuple with one mask per prunable layer in forward order (needs
-    ``model`` to name them). Every mask must be binary. With ``model``: every key must name the weight of
-    one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is refused, never
-    ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask for every such
-    weight. The error names the offending mask. An emptied layer is valid here (a disconnected layer: every
-    analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns about it.
+    boolean/0-1 tensor or array, or a list/tuple with one mask per prunable layer in forward order, the
+    order of :func:`~netgeom.pruning.prunable_parameters` (needs ``model`` to name them, and a forward that
+    ``torch.fx`` can trace to order them). Every mask must be binary. With ``model``: every key must name
+    the weight of one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is
+    refused, never ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask
+    for every such weight. The error names the offending mask. An emptied layer is valid here (a
+    disconnected layer: every analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns
+    about it.
 
     >>> from netgeom.nets import mlp
     >>> net = mlp(3, [4], 2, seed=0)
@@ -375,13 +377,18 @@ def check_masks(
     ...
     ValueError: masks name parameters that are not Linear/Conv weights: '0.bias' names a bias ...
     """
-    from .pruning.masks import Masks, prunable_parameters
+    from .pruning.masks import Masks, _forward_order, _prunable_names
 
     if masks is None:
         return None
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    prunable = prunable_parameters(model) if model is not None else None
+    if model is not None and isinstance(masks, (list, tuple)):
+        # the forward order the list follows
+        why = f"{name} given as a list need that order to match them to the weights"
+        prunable = _forward_order(model, why)[0]
+    else:
+        prunable = _prunable_names(model) if model is not None else None  # names only: no trace needed
     if isinstance(masks, Masks):
         out = masks
     elif isinstance(masks, Mapping):
