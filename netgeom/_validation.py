@@ -355,6 +355,7 @@ def check_masks(
     name: str = "masks",
     allow_empty: bool = False,
     require_all: bool = False,
+    computed: bool = False,
 ):
     """Validate masks given in any form and return them as a :class:`~netgeom.pruning.Masks` (or ``None``).
 
@@ -366,7 +367,9 @@ def check_masks(
     refused, never ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask
     for every such weight. The error names the offending mask. An emptied layer is valid here (a
     disconnected layer: every analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns
-    about it.
+    about it. A mask for a weight computed on access by ``torch.nn.utils.parametrize`` is refused (it cannot
+    be applied in place) unless ``computed=True`` (the caller reads the computed weight), which checks it
+    against the computed weight's shape; one still masked by ``torch.nn.utils.prune`` is refused either way.
 
     >>> from netgeom.nets import mlp
     >>> net = mlp(3, [4], 2, seed=0)
@@ -377,7 +380,7 @@ def check_masks(
     ...
     ValueError: masks name parameters that are not Linear/Conv weights: '0.bias' names a bias ...
     """
-    from .pruning.masks import Masks, _forward_order, _prunable_names
+    from .pruning.masks import Masks, _computed_kind, _forward_order, _prunable_names, _weight_value
 
     if masks is None:
         return None
@@ -426,6 +429,14 @@ def check_masks(
         return out
     params = dict(model.named_parameters())
     for k, v in out.items():
+        if computed and k not in params and k in prunable and _computed_kind(model, k) == "parametrize":
+            w = _weight_value(model, k, params)
+            if tuple(v.shape) != tuple(w.shape):
+                raise ValueError(
+                    f"{name}: mask '{k}' has shape {tuple(v.shape)}, but the weight has shape "
+                    f"{tuple(w.shape)}"
+                )
+            continue
         if k not in params and k in prunable:
             # a module's weight that is no parameter: computed on access (torch.nn.utils.parametrize, or
             # torch.nn.utils.prune's weight_orig * weight_mask); "names no parameter ... prunable: [k]"

@@ -240,13 +240,15 @@ class Masks(MutableMapping):
     def ones(cls, model: nn.Module, *, include_output: bool = True) -> Masks:
         """All-kept masks for the model's prunable weights, in forward order (see
         :func:`prunable_parameters`; registration order for a model ``torch.fx`` cannot trace, which
-        ``include_output=False`` refuses: its output layer is unknown)."""
+        ``include_output=False`` refuses: its output layer is unknown). A weight computed on access by
+        ``torch.nn.utils.parametrize`` gets a mask of the computed weight's shape; one that
+        ``torch.nn.utils.prune`` still masks is refused (its mask would not be all-kept)."""
         include_output = check_bool(include_output, "include_output")
         names, output = _names_in_order(model, None if include_output else _NEED_OUTPUT)
         if not include_output:
             names = [n for n in names if n != output]
-        params = dict(model.named_parameters())
-        return cls({n: torch.ones(params[n].shape, dtype=torch.bool) for n in names})
+        weights = _weights(model, names, "an all-kept mask would call it unpruned")
+        return cls({n: torch.ones(weights[n].shape, dtype=torch.bool) for n in names})
 
     def copy(self) -> Masks:
         return Masks({k: v.clone() for k, v in self._m.items()})
@@ -266,16 +268,33 @@ class Masks(MutableMapping):
     # ---------------------------------------------------------------- use
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the masked weights of ``model`` in place (call after every optimiser step)."""
+        """Zero the masked weights of ``model`` in place (call after every optimiser step).
+
+        A weight computed on access (``torch.nn.utils.parametrize``, ``torch.nn.utils.prune``) cannot be
+        zeroed in place: a mask that removes any of its weights is refused, naming the way out, before any
+        weight is changed (a mask that keeps all of it changes nothing, and is accepted)."""
         params = dict(model.named_parameters())
+        todo = []
         for k, v in self._m.items():
             p = params.get(k)
             if p is None:
-                raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+                kind = _computed_kind(model, k)
+                if kind is None:
+                    raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+                w = _weight_value(model, k, params)
+                if v.shape != w.shape:
+                    raise ValueError(
+                        f"mask '{k}' has shape {tuple(v.shape)}, but the weight has shape {tuple(w.shape)}"
+                    )
+                if not v.all():
+                    raise ValueError(_computed_message(model, k, kind, "zeroing it in place is impossible"))
+                continue
             if v.shape != p.shape:
                 raise ValueError(
                     f"mask '{k}' has shape {tuple(v.shape)}, but the weight has shape {tuple(p.shape)}"
                 )
+            todo.append((k, p, v))
+        for k, p, v in todo:
             if v.device != p.device:
                 v = self._m[k] = v.to(p.device)
             p.mul_(v)
@@ -413,6 +432,65 @@ def _names_in_order(model: nn.Module, needed_for: str | None) -> tuple[list[str]
         return _prunable_names(model), None
     except ValueError:  # forward uses none of the weights: the analyses refuse it, naming why
         return _prunable_names(model), None
+
+
+def _computed_kind(model: nn.Module, name: str) -> str | None:
+    """How the module weight ``name``, not a parameter, is computed: ``"parametrize"``, ``"prune"``
+    (``torch.nn.utils.prune``'s forward pre-hook), ``"attribute"`` (another tensor attribute); None when
+    ``name`` names no module's tensor."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        m = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    import torch.nn.utils.parametrize as parametrize
+
+    if parametrize.is_parametrized(m, attr):
+        return "parametrize"
+    try:
+        from torch.nn.utils.prune import BasePruningMethod
+    except ImportError:  # pragma: no cover
+        BasePruningMethod = ()
+    if any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == attr
+           for h in m._forward_pre_hooks.values()):
+        return "prune"
+    return "attribute" if torch.is_tensor(getattr(m, attr, None)) else None
+
+
+def _computed_message(model: nn.Module, name: str, kind: str, why: str) -> str:
+    owner, _, attr = name.rpartition(".")
+    where = f"module '{owner}' ({type(model.get_submodule(owner)).__name__})" if owner else "the model"
+    if kind == "parametrize":
+        return (
+            f"'{name}' is computed on access by torch.nn.utils.parametrize (from "
+            f"'{owner + '.' if owner else ''}parametrizations.{attr}.original'): {why}. Call "
+            f"torch.nn.utils.parametrize.remove_parametrizations(module, '{attr}') first (the module then "
+            "holds the computed weight as a parameter), or pass the masks to the analyses (masks=...), "
+            "which apply them to the computed weight"
+        )
+    if kind == "prune":
+        return (
+            f"{where} is pruned by torch.nn.utils.prune (its '{attr}' is rebuilt from '{attr}_orig' and "
+            f"'{attr}_mask' by a forward pre-hook, and may be stale): {why}. Pass the mask as "
+            f"masks={{'{name}': module.{attr}_mask}} and call torch.nn.utils.prune.remove(module, '{attr}') "
+            "first"
+        )
+    return f"'{name}' is a tensor attribute of {where}, not a parameter: {why}"
+
+
+def _weights(model: nn.Module, names: Iterable[str], why: str) -> dict[str, torch.Tensor]:
+    """The prunable weights ``names`` as ``forward`` reads them: a parameter, or the weight that
+    ``torch.nn.utils.parametrize`` computes (read once). A weight still masked by ``torch.nn.utils.prune``
+    is refused (what it holds may be stale, and its mask is not the caller's), as the analyses refuse it."""
+    from ..nets.graph import UnsupportedLayerError
+
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        if n not in params and _computed_kind(model, n) == "prune":
+            raise UnsupportedLayerError(_computed_message(model, n, "prune", why))
+        out[n] = _weight_value(model, n, params)
+    return out
 
 
 def _check_npz_sizes(path: Path, shapes: Mapping[str, Iterable[int]] | None = None) -> None:

@@ -24,6 +24,10 @@ Both rules share one signature and one accounting:
   result is deterministic. A model whose forward ``torch.fx`` cannot trace has no known forward order: list
   forms and ``include_output=False`` are refused for it, naming the cause, and its ties are broken in
   registration order.
+- A weight computed on access by ``torch.nn.utils.parametrize`` is ranked as ``forward`` computes it and
+  masked under its own name (``"2.weight"``), as the analyses read it; ``apply=True`` refuses a mask that
+  removes any of it (a computed weight cannot be zeroed in place). A weight that ``torch.nn.utils.prune``
+  still masks is refused: ``prune.remove`` it and pass its mask as ``masks``.
 
 >>> from netgeom.nets import mlp
 >>> net = mlp(4, [8], 2, seed=0)
@@ -47,7 +51,7 @@ import torch
 from torch import nn
 
 from .._validation import check_bool, check_choice, check_fraction, check_int, check_masks
-from .masks import _NEED_OUTPUT, Masks, _names_in_order
+from .masks import _NEED_OUTPUT, Masks, _names_in_order, _weights
 
 __all__ = ["magnitude_prune", "random_prune", "UnreachableSparsityError", "ProtectFn"]
 
@@ -86,13 +90,17 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
     ) if needed]
     all_names, output = _names_in_order(model, "; ".join(needs) or None)  # raises if nothing to prune
     names = all_names if include_output else [k for k in all_names if k != output]
+    weights = _weights(model, all_names, "its weights cannot be ranked")
     params = dict(model.named_parameters())
-    weights = {k: params[k] for k in all_names}
     if masks is None:
         current = Masks({k: torch.ones(weights[k].shape, dtype=torch.bool) for k in names})
     else:
-        current = check_masks(masks, model).copy()  # any form: Masks, mapping or per-layer list
-        current.validate(model)
+        # any form: Masks, mapping or per-layer list; a mask of a weight that parametrize computes is
+        # checked against the computed weight, which is what is ranked
+        current = check_masks(masks, model, computed=True).copy()
+        for k, v in current.items():
+            if not v.any():
+                warnings.warn(f"mask for '{k}' removes every weight: the layer is disconnected", stacklevel=4)
 
     if per_layer is not None:
         if sparsity is not None:
@@ -143,12 +151,13 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
         if not isinstance(got, Mapping):
             raise TypeError(f"protect must return a mapping name -> bool tensor, got {type(got).__name__}")
         for k, v in got.items():
-            if k not in params:
+            target = weights.get(k, params.get(k))
+            if target is None:
                 raise KeyError(f"protect returned a mask for '{k}', which the model does not have")
             v = torch.as_tensor(v).detach().cpu()
-            if tuple(v.shape) != tuple(params[k].shape):
+            if tuple(v.shape) != tuple(target.shape):
                 raise ValueError(
-                    f"protect mask for '{k}' has shape {tuple(v.shape)}, parameter {tuple(params[k].shape)}"
+                    f"protect mask for '{k}' has shape {tuple(v.shape)}, parameter {tuple(target.shape)}"
                 )
             if v.dtype != torch.bool:
                 raise TypeError(f"protect mask for '{k}' must be boolean, got {v.dtype}")
