@@ -355,16 +355,21 @@ def check_masks(
     name: str = "masks",
     allow_empty: bool = False,
     require_all: bool = False,
+    computed: bool = False,
 ):
     """Validate masks given in any form and return them as a :class:`~netgeom.pruning.Masks` (or ``None``).
 
     Accepted forms: ``None`` (nothing pruned; returned as ``None``), a ``Masks``, a mapping parameter name →
-    boolean/0-1 tensor or array, or a list/tuple with one mask per prunable layer in forward order (needs
-    ``model`` to name them). Every mask must be binary. With ``model``: every key must name the weight of
-    one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is refused, never
-    ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask for every such
-    weight. The error names the offending mask. An emptied layer is valid here (a disconnected layer: every
-    analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns about it.
+    boolean/0-1 tensor or array, or a list/tuple with one mask per prunable layer in forward order, the
+    order of :func:`~netgeom.pruning.prunable_parameters` (needs ``model`` to name them, and a forward that
+    ``torch.fx`` can trace to order them). Every mask must be binary. With ``model``: every key must name
+    the weight of one of its ``Linear``/``Conv`` layers (a bias, a BatchNorm weight or an unknown name is
+    refused, never ignored), and every shape must equal that weight's shape; ``require_all`` demands a mask
+    for every such weight. The error names the offending mask. An emptied layer is valid here (a
+    disconnected layer: every analysis reads it as such); :meth:`~netgeom.pruning.Masks.validate` warns
+    about it. A mask for a weight computed on access by ``torch.nn.utils.parametrize`` is refused (it cannot
+    be applied in place) unless ``computed=True`` (the caller reads the computed weight), which checks it
+    against the computed weight's shape; one still masked by ``torch.nn.utils.prune`` is refused either way.
 
     >>> from netgeom.nets import mlp
     >>> net = mlp(3, [4], 2, seed=0)
@@ -375,13 +380,18 @@ def check_masks(
     ...
     ValueError: masks name parameters that are not Linear/Conv weights: '0.bias' names a bias ...
     """
-    from .pruning.masks import Masks, prunable_parameters
+    from .pruning.masks import Masks, _computed_kind, _forward_order, _prunable_names, _weight_value
 
     if masks is None:
         return None
     if model is not None and not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    prunable = prunable_parameters(model) if model is not None else None
+    if model is not None and isinstance(masks, (list, tuple)):
+        # the forward order the list follows
+        why = f"{name} given as a list need that order to match them to the weights"
+        prunable = _forward_order(model, why)[0]
+    else:
+        prunable = _prunable_names(model) if model is not None else None  # names only: no trace needed
     if isinstance(masks, Masks):
         out = masks
     elif isinstance(masks, Mapping):
@@ -419,6 +429,14 @@ def check_masks(
         return out
     params = dict(model.named_parameters())
     for k, v in out.items():
+        if computed and k not in params and k in prunable and _computed_kind(model, k) == "parametrize":
+            w = _weight_value(model, k, params)
+            if tuple(v.shape) != tuple(w.shape):
+                raise ValueError(
+                    f"{name}: mask '{k}' has shape {tuple(v.shape)}, but the weight has shape "
+                    f"{tuple(w.shape)}"
+                )
+            continue
         if k not in params and k in prunable:
             # a module's weight that is no parameter: computed on access (torch.nn.utils.parametrize, or
             # torch.nn.utils.prune's weight_orig * weight_mask); "names no parameter ... prunable: [k]"

@@ -25,57 +25,122 @@ _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def prunable_parameters(model: nn.Module, *, include_output: bool = True) -> list[str]:
-    """Names of the weight parameters of ``Linear``/``Conv`` modules, in forward order, and of the matrices
-    that ``forward`` reads as ``F.linear(x, self.weight, self.bias)``.
+    """Names of the weight parameters of ``Linear``/``Conv`` modules and of the matrices that ``forward``
+    reads as ``F.linear(x, self.weight, self.bias)``, in forward order.
 
-    Biases are never prunable. ``include_output=False`` leaves out the last prunable layer (the classifier).
-    A model holding 2-D parameters outside ``Linear``/``Conv`` modules is traced with ``torch.fx`` to find
-    which of them are ``F.linear`` weights (other models are not traced); if its forward cannot be traced,
-    only module weights are listed, and the analyses, which all read the traced graph, refuse that model.
+    **Forward order** is the order in which ``forward`` first uses each weight (a weight shared by several
+    modules is listed once, by its first name, at its first use), whatever order the modules were
+    registered in; weights that ``forward`` never uses come last, in registration order. It is read from a
+    ``torch.fx`` trace of ``forward`` (no input needed; under a millisecond for a small network). Every list
+    matched to weights (per-layer masks, ``magnitude_prune(per_layer=[...])``) follows this order, and
+    ``include_output=False`` leaves out the output layer: the last weight ``forward`` uses (the classifier).
+    Biases are never prunable. A model whose forward ``torch.fx`` cannot trace (data-dependent control
+    flow) has no known forward order: this raises :class:`~netgeom.nets.UnsupportedLayerError` naming the
+    cause; the forms keyed by name (``Masks``, ``{param_name: ...}``) still work for it.
 
     >>> import torch.nn.functional as F
     >>> class Net(nn.Module):
     ...     def __init__(self):
     ...         super().__init__()
+    ...         self.out = nn.Linear(8, 2)           # registered first, used last
     ...         self.w1 = nn.Parameter(torch.randn(8, 4))
-    ...         self.out = nn.Linear(8, 2)
     ...     def forward(self, x):
     ...         return self.out(torch.relu(F.linear(x, self.w1)))
     >>> prunable_parameters(Net())
     ['w1', 'out.weight']
+    >>> prunable_parameters(Net(), include_output=False)
+    ['w1']
     """
     include_output = check_bool(include_output, "include_output")
-    # a weight shared by several modules (tied) is listed once, by its first name (as named_parameters)
-    names, seen = [], set()
+    names, output = _forward_order(model, "prunable_parameters lists the weights in that order")
+    return names if include_output else [n for n in names if n != output]
+
+
+def _module_weights(model: nn.Module) -> tuple[list[str], dict[int, str], list]:
+    """``(names, module_name, alive)``: the weights of the ``Linear``/``Conv`` modules in registration order
+    (a weight shared by several modules once, by its first name), each such module's id -> its weight's
+    name, and the weight tensors read (kept alive by the caller while ids are compared: a weight computed
+    on access is a new tensor at each read, whose id could otherwise be reused by the next one)."""
+    names: list[str] = []
+    by_weight: dict[int, str] = {}
+    by_module: dict[int, str] = {}
+    alive = []
     for n, m in model.named_modules():
-        if isinstance(m, _PRUNABLE) and id(m.weight) not in seen:
-            seen.add(id(m.weight))
-            names.append(f"{n}.weight" if n else "weight")
-    functional = _functional_weights(model)
-    if functional:
-        # registration order, which is named_modules order for module weights
-        pos = {n: i for i, (n, _) in enumerate(model.named_parameters())}
-        names = sorted(set(names) | functional, key=lambda n: pos.get(n, pos.get(f"{n}_orig", len(pos))))
+        if isinstance(m, _PRUNABLE):
+            w = m.weight
+            alive.append(w)
+            name = by_weight.get(id(w))
+            if name is None:
+                name = by_weight[id(w)] = f"{n}.weight" if n else "weight"
+                names.append(name)
+            by_module[id(m)] = name
+    return names, by_module, alive
+
+
+def _prunable_names(model: nn.Module) -> list[str]:
+    """Every prunable weight's name, without their forward order (cheap: traces ``forward`` only when a 2-D
+    parameter outside the ``Linear``/``Conv`` modules may be an ``F.linear`` weight), for checking names;
+    matching a list to the weights needs :func:`prunable_parameters`."""
+    names, _, _ = _module_weights(model)
+    if _loose_matrices(model):
+        try:
+            graph = _fx_graph(model)
+        except Exception:  # untraceable forward: every analysis refuses it at trace(), with the reason
+            graph = None
+        if graph is not None:
+            # registration order, which is named_modules order for module weights
+            pos = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+            names = sorted(set(names) | _functional_weights(model, graph),
+                           key=lambda n: pos.get(n, pos.get(f"{n}_orig", len(pos))))
     if not names:
         raise ValueError(f"model ({type(model).__name__}) has no Linear or Conv weights to prune")
-    return names if include_output else names[:-1]
+    return names
 
 
-def _functional_weights(model: nn.Module) -> set[str]:
-    """Parameters that ``forward`` passes to ``F.linear`` as its weight, found by an fx trace; empty without
-    tracing when every 2-D parameter belongs to a ``Linear``/``Conv`` module (the usual case)."""
+def _loose_matrices(model: nn.Module) -> bool:
     owned = {id(p) for m in model.modules() if isinstance(m, _PRUNABLE) for p in m.parameters(recurse=False)}
-    params = dict(model.named_parameters())
-    if not any(p.ndim == 2 and id(p) not in owned for p in params.values()):
-        return set()
+    return any(p.ndim == 2 and id(p) not in owned for p in model.parameters())
+
+
+def _fx_graph(model: nn.Module):
+    """The ``torch.fx`` graph of ``forward`` as netgeom's reader traces it (a plain ``nn.Sequential`` is
+    walked, not traced). The model is left as it was: fx stores a tensor that forward creates as an
+    attribute ``_tensor_constant<i>`` of the model, removed here."""
+    from ..nets.graph import _sequential_graph, _Tracer
+
+    graph = _sequential_graph(model)
+    if graph is not None:
+        return graph
+    own = set(vars(model))
+    try:
+        return _Tracer().trace(model)
+    finally:
+        for k in set(vars(model)) - own:
+            if k.startswith("_tensor_constant"):
+                del model.__dict__[k]
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`` at file:line (`code`)``: the innermost frame of ``exc``'s traceback outside torch and netgeom."""
+    import linecache
+
+    tb, where = exc.__traceback__, ""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    while tb is not None:
+        fn = tb.tb_frame.f_code.co_filename
+        if not os.path.abspath(fn).startswith((torch_dir, root)):
+            code = linecache.getline(fn, tb.tb_lineno).strip()
+            where = f" at {os.path.basename(fn)}:{tb.tb_lineno} (`{code}`)"
+        tb = tb.tb_next
+    return where
+
+
+def _functional_weights(model: nn.Module, graph) -> set[str]:
+    """Parameters that ``forward`` passes to ``F.linear`` as its weight."""
     import torch.nn.functional as F
 
-    from ..nets.graph import _Tracer
-
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # untraceable forward: every analysis refuses it at trace(), with the reason
-        return set()
+    params = dict(model.named_parameters())
     found = set()
     for node in graph.nodes:
         if node.op == "call_function" and node.target is F.linear:
@@ -83,6 +148,53 @@ def _functional_weights(model: nn.Module) -> set[str]:
             if getattr(w, "op", None) == "get_attr" and w.target in params:
                 found.add(w.target)
     return found
+
+
+def _forward_order(model: nn.Module, needed_for: str) -> tuple[list[str], str]:
+    """``(names, output)``: every prunable weight in forward order (see :func:`prunable_parameters`) and the
+    output layer's weight (the last one forward uses). Raises ``UnsupportedLayerError`` naming the cause,
+    and ``needed_for``, when forward cannot be traced or uses none of the weights."""
+    from ..nets.graph import UnsupportedLayerError
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names, by_module, _alive = _module_weights(model)  # (_alive: ids below stay those of the weights read)
+    try:
+        graph = _fx_graph(model)
+    except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ...
+        raise UnsupportedLayerError(
+            f"cannot trace {type(model).__name__}.forward with torch.fx{_user_frame(exc)}: "
+            f"{type(exc).__name__}: {exc}; the order in which forward uses the weights is therefore unknown, "
+            f"and {needed_for}. Masks and per-layer sparsities given as mappings {{param_name: ...}} need no "
+            "order"
+        ) from None
+    params = dict(model.named_parameters())
+    functional = _functional_weights(model, graph) - set(names)
+    names += [n for n in params if n in functional]  # (registration order, for the unused ones below)
+    # a parameter read by name (F.linear's weight, a module's weight used through F.linear) -> its weight
+    by_param = {id(params[n]): n for n in names if n in params}
+    used: list[str] = []
+    seen: set[str] = set()
+    for node in graph.nodes:
+        name = None
+        if node.op == "call_module":
+            name = by_module.get(id(model.get_submodule(node.target)))
+        elif node.op == "get_attr":
+            obj = model
+            for part in node.target.split("."):
+                obj = getattr(obj, part, None)
+            name = by_param.get(id(obj))
+        if name is not None and name not in seen:
+            seen.add(name)
+            used.append(name)
+    if not names:
+        raise ValueError(f"model ({type(model).__name__}) has no Linear or Conv weights to prune")
+    if not used:
+        raise ValueError(
+            f"{type(model).__name__}.forward uses none of its Linear/Conv weights {names}: there is no "
+            f"output layer and no forward order; {needed_for}"
+        )
+    return used + [n for n in names if n not in seen], used[-1]
 
 
 class Masks(MutableMapping):
@@ -126,10 +238,17 @@ class Masks(MutableMapping):
     # ---------------------------------------------------------------- construction
     @classmethod
     def ones(cls, model: nn.Module, *, include_output: bool = True) -> Masks:
-        """All-kept masks for the model's prunable weights."""
-        params = dict(model.named_parameters())
-        names = prunable_parameters(model, include_output=include_output)
-        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+        """All-kept masks for the model's prunable weights, in forward order (see
+        :func:`prunable_parameters`; registration order for a model ``torch.fx`` cannot trace, which
+        ``include_output=False`` refuses: its output layer is unknown). A weight computed on access by
+        ``torch.nn.utils.parametrize`` gets a mask of the computed weight's shape; one that
+        ``torch.nn.utils.prune`` still masks is refused (its mask would not be all-kept)."""
+        include_output = check_bool(include_output, "include_output")
+        names, output = _names_in_order(model, None if include_output else _NEED_OUTPUT)
+        if not include_output:
+            names = [n for n in names if n != output]
+        weights = _weights(model, names, "an all-kept mask would call it unpruned")
+        return cls({n: torch.ones(weights[n].shape, dtype=torch.bool) for n in names})
 
     def copy(self) -> Masks:
         return Masks({k: v.clone() for k, v in self._m.items()})
@@ -149,16 +268,33 @@ class Masks(MutableMapping):
     # ---------------------------------------------------------------- use
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the masked weights of ``model`` in place (call after every optimiser step)."""
+        """Zero the masked weights of ``model`` in place (call after every optimiser step).
+
+        A weight computed on access (``torch.nn.utils.parametrize``, ``torch.nn.utils.prune``) cannot be
+        zeroed in place: a mask that removes any of its weights is refused, naming the way out, before any
+        weight is changed (a mask that keeps all of it changes nothing, and is accepted)."""
         params = dict(model.named_parameters())
+        todo = []
         for k, v in self._m.items():
             p = params.get(k)
             if p is None:
-                raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+                kind = _computed_kind(model, k)
+                if kind is None:
+                    raise KeyError(f"mask for '{k}', but the model has no parameter of that name")
+                w = _weight_value(model, k, params)
+                if v.shape != w.shape:
+                    raise ValueError(
+                        f"mask '{k}' has shape {tuple(v.shape)}, but the weight has shape {tuple(w.shape)}"
+                    )
+                if not v.all():
+                    raise ValueError(_computed_message(model, k, kind, "zeroing it in place is impossible"))
+                continue
             if v.shape != p.shape:
                 raise ValueError(
                     f"mask '{k}' has shape {tuple(v.shape)}, but the weight has shape {tuple(p.shape)}"
                 )
+            todo.append((k, p, v))
+        for k, p, v in todo:
             if v.device != p.device:
                 v = self._m[k] = v.to(p.device)
             p.mul_(v)
@@ -262,10 +398,12 @@ class Masks(MutableMapping):
         """Masks that keep exactly the non-zero weights (for networks pruned elsewhere).
 
         A weight computed on access (``torch.nn.utils.parametrize``, ``torch.nn.utils.prune``) is read as
-        the module computes it, so the zeros its mask puts there count as pruned.
+        the module computes it, so the zeros its mask puts there count as pruned. Without ``names``, every
+        prunable weight is read, keyed in registration order (a mapping needs no forward order, and reading
+        it needs no trace: the region bounds call this on every unmasked model).
         """
         params = dict(model.named_parameters())
-        names = list(names) if names is not None else prunable_parameters(model)
+        names = list(names) if names is not None else _prunable_names(model)
         return cls({n: _weight_value(model, n, params).detach() != 0 for n in names})
 
 
@@ -275,6 +413,84 @@ def _weight_value(model: nn.Module, name: str, params: Mapping[str, torch.Tensor
     # not a parameter: an attribute its module computes from other tensors (parametrize, prune)
     owner, _, attr = name.rpartition(".")
     return getattr(model.get_submodule(owner), attr)
+
+
+_NEED_OUTPUT = "include_output=False needs the output layer (the last weight forward uses)"
+
+
+def _names_in_order(model: nn.Module, needed_for: str | None) -> tuple[list[str], str | None]:
+    """``(names, output)`` as :func:`_forward_order` gives them. With ``needed_for=None`` (the order only
+    sets a mapping's key order, or which of equal scores goes first), a model whose forward ``torch.fx``
+    cannot trace gets its names in registration order and ``output=None`` instead of an error."""
+    from ..nets.graph import UnsupportedLayerError
+
+    if needed_for is not None:
+        return _forward_order(model, needed_for)
+    try:
+        return _forward_order(model, "")
+    except UnsupportedLayerError:
+        return _prunable_names(model), None
+    except ValueError:  # forward uses none of the weights: the analyses refuse it, naming why
+        return _prunable_names(model), None
+
+
+def _computed_kind(model: nn.Module, name: str) -> str | None:
+    """How the module weight ``name``, not a parameter, is computed: ``"parametrize"``, ``"prune"``
+    (``torch.nn.utils.prune``'s forward pre-hook), ``"attribute"`` (another tensor attribute); None when
+    ``name`` names no module's tensor."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        m = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    import torch.nn.utils.parametrize as parametrize
+
+    if parametrize.is_parametrized(m, attr):
+        return "parametrize"
+    try:
+        from torch.nn.utils.prune import BasePruningMethod
+    except ImportError:  # pragma: no cover
+        BasePruningMethod = ()
+    if any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == attr
+           for h in m._forward_pre_hooks.values()):
+        return "prune"
+    return "attribute" if torch.is_tensor(getattr(m, attr, None)) else None
+
+
+def _computed_message(model: nn.Module, name: str, kind: str, why: str) -> str:
+    owner, _, attr = name.rpartition(".")
+    where = f"module '{owner}' ({type(model.get_submodule(owner)).__name__})" if owner else "the model"
+    if kind == "parametrize":
+        return (
+            f"'{name}' is computed on access by torch.nn.utils.parametrize (from "
+            f"'{owner + '.' if owner else ''}parametrizations.{attr}.original'): {why}. Call "
+            f"torch.nn.utils.parametrize.remove_parametrizations(module, '{attr}') first (the module then "
+            "holds the computed weight as a parameter), or pass the masks to the analyses (masks=...), "
+            "which apply them to the computed weight"
+        )
+    if kind == "prune":
+        return (
+            f"{where} is pruned by torch.nn.utils.prune (its '{attr}' is rebuilt from '{attr}_orig' and "
+            f"'{attr}_mask' by a forward pre-hook, and may be stale): {why}. Pass the mask as "
+            f"masks={{'{name}': module.{attr}_mask}} and call torch.nn.utils.prune.remove(module, '{attr}') "
+            "first"
+        )
+    return f"'{name}' is a tensor attribute of {where}, not a parameter: {why}"
+
+
+def _weights(model: nn.Module, names: Iterable[str], why: str) -> dict[str, torch.Tensor]:
+    """The prunable weights ``names`` as ``forward`` reads them: a parameter, or the weight that
+    ``torch.nn.utils.parametrize`` computes (read once). A weight still masked by ``torch.nn.utils.prune``
+    is refused (what it holds may be stale, and its mask is not the caller's), as the analyses refuse it."""
+    from ..nets.graph import UnsupportedLayerError
+
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        if n not in params and _computed_kind(model, n) == "prune":
+            raise UnsupportedLayerError(_computed_message(model, n, "prune", why))
+        out[n] = _weight_value(model, n, params)
+    return out
 
 
 def _check_npz_sizes(path: Path, shapes: Mapping[str, Iterable[int]] | None = None) -> None:

@@ -13,13 +13,21 @@ Both rules share one signature and one accounting:
   Counts are exact integers, so density after a rule is known to the weight.
 - ``scope="global"`` (default with ``sparsity``): one pool over all prunable tensors; ``"layer"``: the same
   fraction in every tensor (``per_layer`` with ``scope="global"`` is refused: they contradict each other);
-  ``per_layer``: a fraction per tensor (``{param_name: sparsity}`` or a list in prunable-layer order, e.g.
-  ``allocate_densities(...).per_layer(model)``, whose fractions are of all weights: pair it with
-  ``relative_to="all"`` when ``masks`` already prune); tensors absent from the dict are left as they are.
+  ``per_layer``: a fraction per tensor (``{param_name: sparsity}`` or a list in forward order, the order of
+  :func:`~netgeom.pruning.prunable_parameters`, e.g. ``allocate_densities(...).per_layer(model)``, whose
+  fractions are of all weights: pair it with ``relative_to="all"`` when ``masks`` already prune); tensors
+  absent from the dict are left as they are.
+- ``include_output=False`` leaves the output layer (the last weight ``forward`` uses) as it is.
 - ``protect(model, masks) -> {param_name: bool tensor}``: weights that must stay. The rule chooses only among
   the others and raises :class:`UnreachableSparsityError` when it cannot remove enough.
 - Ties (equal magnitudes) are broken by position (flattened tensor order, tensors in forward order), so the
-  result is deterministic.
+  result is deterministic. A model whose forward ``torch.fx`` cannot trace has no known forward order: list
+  forms and ``include_output=False`` are refused for it, naming the cause, and its ties are broken in
+  registration order.
+- A weight computed on access by ``torch.nn.utils.parametrize`` is ranked as ``forward`` computes it and
+  masked under its own name (``"2.weight"``), as the analyses read it; ``apply=True`` refuses a mask that
+  removes any of it (a computed weight cannot be zeroed in place). A weight that ``torch.nn.utils.prune``
+  still masks is refused: ``prune.remove`` it and pass its mask as ``masks``.
 
 >>> from netgeom.nets import mlp
 >>> net = mlp(4, [8], 2, seed=0)
@@ -43,7 +51,7 @@ import torch
 from torch import nn
 
 from .._validation import check_bool, check_choice, check_fraction, check_int, check_masks
-from .masks import Masks, prunable_parameters
+from .masks import _NEED_OUTPUT, Masks, _names_in_order, _weights
 
 __all__ = ["magnitude_prune", "random_prune", "UnreachableSparsityError", "ProtectFn"]
 
@@ -59,7 +67,8 @@ def _check_sparsity(s, name: str) -> float:
 
 
 def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, relative_to):
-    """Validate everything; return (names, params, current masks, protected masks, fraction per group)."""
+    """Validate everything; return (every prunable name in forward order, the weights as forward reads them,
+    current masks, protected masks, groups of names ranked together, fraction per group)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if scope is None:
@@ -70,14 +79,28 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
                          "sparsity; drop scope (or pass scope='layer')")
     check_choice(scope, "scope", ("global", "layer"))
     check_choice(relative_to, "relative_to", ("remaining", "all"))
-    all_names = prunable_parameters(model, include_output=True)  # raises on a model with nothing to prune
+    # the forward order (one fx trace) matches lists to weights, finds the output layer and orders ties; a
+    # model fx cannot trace is refused where that order decides which weights are pruned, and otherwise
+    # ranked in registration order
+    needs = [why for why, needed in (
+        (_NEED_OUTPUT, not include_output),
+        ("per_layer as a list needs that order to match its entries to the weights",
+         per_layer is not None and not isinstance(per_layer, Mapping)),
+        ("masks as a list need that order to match them to the weights", isinstance(masks, (list, tuple))),
+    ) if needed]
+    all_names, output = _names_in_order(model, "; ".join(needs) or None)  # raises if nothing to prune
+    names = all_names if include_output else [k for k in all_names if k != output]
+    weights = _weights(model, all_names, "its weights cannot be ranked")
     params = dict(model.named_parameters())
     if masks is None:
-        current = Masks.ones(model, include_output=include_output)
+        current = Masks({k: torch.ones(weights[k].shape, dtype=torch.bool) for k in names})
     else:
-        current = check_masks(masks, model).copy()  # any form: Masks, mapping or per-layer list
-        current.validate(model)
-    names = prunable_parameters(model, include_output=include_output)
+        # any form: Masks, mapping or per-layer list; a mask of a weight that parametrize computes is
+        # checked against the computed weight, which is what is ranked
+        current = check_masks(masks, model, computed=True).copy()
+        for k, v in current.items():
+            if not v.any():
+                warnings.warn(f"mask for '{k}' removes every weight: the layer is disconnected", stacklevel=4)
 
     if per_layer is not None:
         if sparsity is not None:
@@ -115,8 +138,8 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
 
     for k in names:
         if k not in current:
-            current[k] = torch.ones_like(params[k], dtype=torch.bool)
-        w = params[k].detach()
+            current[k] = torch.ones(weights[k].shape, dtype=torch.bool)
+        w = weights[k].detach()
         if not torch.isfinite(w).all():
             raise ValueError(f"model has non-finite weights (NaN or inf) in '{k}'; cannot rank them")
 
@@ -128,28 +151,31 @@ def _prepare(model, sparsity, scope, per_layer, protect, masks, include_output, 
         if not isinstance(got, Mapping):
             raise TypeError(f"protect must return a mapping name -> bool tensor, got {type(got).__name__}")
         for k, v in got.items():
-            if k not in params:
+            target = weights.get(k, params.get(k))
+            if target is None:
                 raise KeyError(f"protect returned a mask for '{k}', which the model does not have")
             v = torch.as_tensor(v).detach().cpu()
-            if tuple(v.shape) != tuple(params[k].shape):
+            if tuple(v.shape) != tuple(target.shape):
                 raise ValueError(
-                    f"protect mask for '{k}' has shape {tuple(v.shape)}, parameter {tuple(params[k].shape)}"
+                    f"protect mask for '{k}' has shape {tuple(v.shape)}, parameter {tuple(target.shape)}"
                 )
             if v.dtype != torch.bool:
                 raise TypeError(f"protect mask for '{k}' must be boolean, got {v.dtype}")
             if k in protected:
                 protected[k] = v
-    return names, params, current, protected, groups, group_frac
+    return all_names, weights, current, protected, groups, group_frac
 
 
 def _prune(
-    model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score_fn, apply
+    model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, scorer, apply
 ) -> Masks:
+    """``scorer(all_names, weights)`` returns ``score_fn(name, weight)``; lower scores are removed first."""
     apply = check_bool(apply, "apply")
     include_output = check_bool(include_output, "include_output")
-    names, params, current, protected, groups, group_frac = _prepare(
+    all_names, weights, current, protected, groups, group_frac = _prepare(
         model, sparsity, scope, per_layer, protect, masks, include_output, relative_to
     )
+    score_fn = scorer(all_names, weights)
     out = current.copy()
     for group, frac in zip(groups, group_frac):
         kept = [current[k] for k in group]
@@ -175,7 +201,7 @@ def _prune(
                 f"{n_eligible} of the {n_kept} present are unprotected ({n_prot} protected); lower the "
                 "sparsity or protect fewer weights"
             )
-        scores = torch.cat([score_fn(k, params[k]).reshape(-1) for k in group])
+        scores = torch.cat([score_fn(k, weights[k]).reshape(-1) for k in group])
         elig = torch.cat(eligible)
         idx = torch.nonzero(elig).squeeze(1)
         # stable sort: equal scores are removed in position order, so the result is deterministic
@@ -222,7 +248,8 @@ def magnitude_prune(
         return p.detach().abs().to(torch.float64)
 
     return _prune(
-        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score, apply
+        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to,
+        lambda names, weights: score, apply,
     )
 
 
@@ -254,15 +281,14 @@ def random_prune(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     seed = check_int(seed, "seed", minimum=0)
-    gen = torch.Generator().manual_seed(seed)
-    names = prunable_parameters(model, include_output=True)
-    # one draw per parameter in a fixed order, so a tensor's scores do not depend on which others are pruned
-    shapes = {k: v.shape for k, v in model.named_parameters()}
-    draws = {k: torch.rand(shapes[k], generator=gen, dtype=torch.float64) for k in names}
 
-    def score(name, p):
-        return draws[name]
+    def scorer(names, weights):
+        # one draw per prunable weight in forward order, so a tensor's scores depend neither on which others
+        # are pruned nor on the order the modules were registered in
+        gen = torch.Generator().manual_seed(seed)
+        draws = {k: torch.rand(weights[k].shape, generator=gen, dtype=torch.float64) for k in names}
+        return lambda name, p: draws[name]
 
     return _prune(
-        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, score, apply
+        model, sparsity, scope, per_layer, protect, masks, include_output, relative_to, scorer, apply
     )

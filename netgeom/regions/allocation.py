@@ -36,7 +36,7 @@ import torch
 
 from .._validation import as_generator, check_bool, check_choice, check_fraction, check_int, check_widths
 from ..nets import affine_layers
-from ..pruning.masks import prunable_parameters
+from ..pruning.masks import _prunable_names
 from ..results import Result, new_axes
 from .bounds import (
     _UNSET,
@@ -101,8 +101,9 @@ class AllocationResult(Result):
         With a ``model`` (or when the allocation was computed from one): ``{param_name: sparsity}`` for
         every prunable weight, the classifier at sparsity 0 unless it was pruned here. Without: the list
         of sparsities of every layer of the chain in order, hidden layers then the classifier (0 unless it
-        was pruned here): the list form ``magnitude_prune`` takes, one entry per prunable layer (a list of
-        the hidden layers alone was refused there).
+        was pruned here): the list form ``magnitude_prune`` takes, one entry per prunable layer in forward
+        order (the order in which ``forward`` uses the weights, whatever order the modules were registered
+        in; a list of the hidden layers alone was refused there).
         """
         if model is None:
             if self.param_names is None:
@@ -128,7 +129,7 @@ class AllocationResult(Result):
             raise ValueError("every layer of the model must carry a weight to map sparsities onto it")
         out = dict(zip(names, self.sparsities))
         out.setdefault(names[-1], 0.0)
-        known = set(prunable_parameters(model))
+        known = set(_prunable_names(model))
         missing = sorted(set(out) - known)
         if missing:
             raise ValueError(f"parameters {missing} are not prunable weights of the model")
