@@ -68,7 +68,7 @@ import torch
 from .._io import atomic_write, check_pickle_expansion, safe_reason
 from .._validation import check_masks
 from ..results import to_plain
-from .masks import Masks, prunable_parameters
+from .masks import Masks, _prunable_names, _weight_value
 
 __all__ = [
     "RunDir",
@@ -646,8 +646,9 @@ class RunDir:
         try:
             shapes = None
             if model is not None:  # checked from the file's headers, before any array is read
+                # names only (no forward order needed, so no fx trace): computed weights included
                 params = dict(model.named_parameters())
-                shapes = {k: tuple(params[k].shape) for k in prunable_parameters(model)}
+                shapes = {k: tuple(_weight_value(model, k, params).shape) for k in _prunable_names(model)}
             masks = Masks.load(path, shapes)
             if model is not None:
                 check_masks(masks, model, require_all=False)
