@@ -99,6 +99,7 @@ _MEAN_FUNCS = {torch.mean, "mean"}
 _META_METHODS = {"size", "dim"}
 _META_ATTRS = {"shape", "ndim"}
 _INPLACE_METHODS = {"relu_", "add_"}
+_MAYBE_COPY = {torch.flatten, torch.reshape, "flatten", "reshape"}  # (of _RESHAPE_FUNCS: views or copies)
 
 
 class UnsupportedLayerError(TypeError):
@@ -1272,13 +1273,39 @@ def _target_name(node: fx.Node) -> str:
     return getattr(t, "__name__", repr(t))
 
 
+_STORAGES = iter(range(1, sys.maxsize))  # (next() on it is atomic under the GIL)
+
+
 @dataclasses.dataclass
 class _Ref:
-    """A traced tensor: the PL node holding its (flat) value, its per-sample shape and a probe value."""
+    """A traced tensor: the PL node holding its (flat) value, its per-sample shape and a probe value.
+
+    ``storage`` names the memory the tensor lives in, as eager torch allocates it: views (``view``,
+    ``unflatten``, an eval ``Dropout``, ``Identity``) share their source's, copies (``torch.cat`` of one
+    tensor) get their own; an in-place operation changes every tensor of its storage (see ``_trace``)."""
 
     index: int
     shape: tuple[int, ...]
     value: torch.Tensor  # the probe batch, shaped (B, *shape), float64
+    storage: int = dataclasses.field(default_factory=lambda: next(_STORAGES))
+
+
+def _always_view(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """Whether torch's ``reshape``/``flatten`` from ``(B, *in_shape)`` to ``(B, *out_shape)`` returns a view
+    whatever the input's strides: when it only splits axes (and adds or drops axes of size 1). Merging two
+    axes views a contiguous tensor but copies one whose strides do not allow it (a channels_last
+    activation), which the reader cannot see."""
+    a = [d for d in in_shape if d != 1]
+    b = [d for d in out_shape if d != 1]
+    j = 0
+    for d in a:
+        p = 1
+        while p < d and j < len(b):
+            p *= b[j]
+            j += 1
+        if p != d:
+            return False
+    return j == len(b)
 
 
 @dataclasses.dataclass
@@ -1654,7 +1681,9 @@ class _Builder:
         if len(rest) != 1 or any(len(r.shape) + 1 != nd for r in refs):
             raise self.refuse(fxn, f"concatenates tensors of shapes {[r.shape for r in refs]}")
         if len(refs) == 1:
-            return refs[0]
+            # torch.cat always copies: the same values in memory of their own (an in-place operation on
+            # the one tensor concatenated leaves the concatenation as it was)
+            return _Ref(refs[0].index, refs[0].shape, refs[0].value)
         shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
         idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
@@ -2104,6 +2133,10 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     def alias_like(n: fx.Node) -> bool:
         if n.op == "call_module":
             return isinstance(b.submodule(n.target), _SKIPPED + _RESHAPES)
+        if n.op == "call_function" and n.target in _CAT_FUNCS:
+            # (a concatenation of one tensor creates no PL node: its users read the tensor's node)
+            seq = n.args[0] if n.args else n.kwargs.get("tensors")
+            return isinstance(seq, (list, tuple)) and len(seq) == 1
         return n.op in ("call_function", "call_method") and (
             n.target in _RESHAPE_FUNCS or n.target in _DROPOUT_FUNCS
         )
@@ -2112,6 +2145,39 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     env: dict[fx.Node, Any] = {}
     output_ref = None
     n_inputs = 0
+    # where each fx node stands, and the last node that reads its value (for the in-place checks)
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    last_read = {
+        n: max(
+            (
+                position[u]
+                for u in n.users
+                if not (
+                    (u.op == "call_method" and u.target in _META_METHODS)
+                    or (u.target is getattr and len(u.args) > 1 and u.args[1] in _META_ATTRS)
+                )
+            ),
+            default=-1,
+        )
+        for n in graph.nodes
+    }
+    # storage -> storages that may or may not share its memory (a reshape that merges axes views a
+    # contiguous tensor and copies one in another memory format, e.g. channels_last)
+    maybe_shared: dict[int, set[int]] = {}
+
+    def reshaped(n: fx.Node, x: _Ref, y: torch.Tensor, view: bool | None) -> _Ref:
+        """The result of a reshape: ``view`` True for a view of ``x``; None for a reshape that views or
+        copies depending on the input's memory layout (a view if it only splits axes); False for
+        ``contiguous`` (the tensor itself, or a copy of one that is not contiguous)."""
+        shape = b.check_batch(n, y, x, same_numel=True)
+        if view is None:
+            view = _always_view(x.shape, shape)
+        if view:
+            return _Ref(x.index, shape, y, x.storage)
+        r = _Ref(x.index, shape, y)
+        maybe_shared.setdefault(x.storage, set()).add(r.storage)
+        maybe_shared.setdefault(r.storage, set()).add(x.storage)
+        return r
 
     def val(a):
         """Concrete argument: probe tensors for refs, python values otherwise."""
@@ -2127,11 +2193,31 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
         )
         return out
 
-    def rebind(old: _Ref, new: _Ref) -> None:
-        # an in-place operation changes the tensor every alias of it sees
+    def rebind(n: fx.Node, old: _Ref, new: _Ref) -> None:
+        # an in-place operation changes the memory of its tensor: every view of it sees the new value,
+        # copies keep theirs. A tensor that may or may not share that memory (see maybe_shared) and is
+        # read later has two readings, one of them wrong: refused
+        linked, todo = set(), [old.storage]
+        while todo:
+            for t in maybe_shared.get(todo.pop(), ()):
+                if t not in linked and t != old.storage:
+                    linked.add(t)
+                    todo.append(t)
+        here = position[n]
+        for k, v in env.items():
+            if isinstance(v, _Ref) and v.storage in linked and last_read.get(k, -1) > here:
+                raise b.refuse(
+                    n,
+                    f"changes in place a tensor that the {b.source(k)} may view or copy (a flatten, "
+                    "reshape or contiguous that merges axes views a contiguous tensor but copies one in "
+                    "another memory format, e.g. channels_last), and that result is read afterwards: its "
+                    "value depends on the memory layout; use the out-of-place operation there (F.relu(x), "
+                    "x = x + y)",
+                )
         for k, v in list(env.items()):
-            if isinstance(v, _Ref) and v.index == old.index:
-                env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape))
+            if isinstance(v, _Ref) and v.storage == old.storage:
+                env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape), old.storage)
+        env[n] = _Ref(new.index, new.shape, new.value, old.storage)
 
     named: dict[str, list] = {}
 
@@ -2208,13 +2294,13 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 if isinstance(m, _SKIPPED):
                     env[n] = x
                 elif isinstance(m, _RESHAPES):
-                    y = m(x.value)
-                    env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                    # (Unflatten splits an axis: always a view; Flatten merges axes: a view or a copy)
+                    env[n] = reshaped(n, x, m(x.value), True if isinstance(m, nn.Unflatten) else None)
                 elif isinstance(m, _ACTIVATIONS):
                     r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
                     env[n] = r
                     if getattr(m, "inplace", False):
-                        rebind(x, r)
+                        rebind(n, x, r)
                 elif isinstance(m, _MAXPOOLS):
                     if m.return_indices:
                         raise b.refuse(n, "returns indices")
@@ -2272,7 +2358,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 r = b.relu(n, x, float(slope))
                 env[n] = r
                 if inplace:
-                    rebind(x, r)
+                    rebind(n, x, r)
                 continue
             if t in _ADD_FUNCS:
                 other = args[1] if len(args) > 1 else kwargs.get("other")
@@ -2283,7 +2369,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 r = b.add(n, a_ref, b_ref)
                 env[n] = r
                 if t in (operator.iadd, "add_"):
-                    rebind(a_ref, r)
+                    rebind(n, a_ref, r)
                 continue
             if t in _CAT_FUNCS:
                 seq = args[0] if args else kwargs.get("tensors")
@@ -2319,7 +2405,9 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                     )
                 except RuntimeError as exc:
                     raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
-                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                # view/unflatten/squeeze/unsqueeze always view (or fail); flatten/reshape view or copy by
+                # the memory layout, contiguous copies a tensor that is not contiguous
+                env[n] = reshaped(n, x, y, False if t == "contiguous" else None if t in _MAYBE_COPY else True)
                 continue
             if t in _MAXPOOL_FUNCS:
                 names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")

@@ -1,0 +1,102 @@
+"""Review 17: how netgeom reads user networks (aliasing, BatchNorm folding, conv channels, copies of weights,
+subclasses of supported modules, the root's __call__, the first trace and other threads, errors)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netgeom as ng
+from netgeom.nets.graph import UnsupportedLayerError
+
+
+def _model_out(model, X):
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(X.double())
+
+
+def _gap(model, X, input_shape=None):
+    g = ng.trace(model, input_shape=input_shape)
+    y = _model_out(model, X).reshape(len(X), -1)
+    return float((g.forward(X.double().reshape(len(X), -1)) - y).abs().max())
+
+
+# ------------------------------------------------------------------- F2: copies are not aliases
+class _CatOne(nn.Module):
+    """torch.cat of one tensor is a copy: the in-place ReLU on h afterwards leaves feats as it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(2, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.a(x)
+        feats = torch.cat([h], 1)
+        h = self.act(h)
+        return self.c(F.relu(self.b(h) + feats))
+
+
+def test_cat_of_one_tensor_is_a_copy_for_in_place_ops():
+    torch.manual_seed(0)
+    net = _CatOne().eval()
+    X = torch.randn(500, 2, dtype=torch.float64) * 2
+    assert _gap(net, X) < 1e-12
+    md = copy.deepcopy(net).double()
+    with torch.no_grad():
+        z1 = md.a(X)
+        z2 = md.b(F.relu(z1)) + z1
+    ref = len({bytes(r) for r in torch.cat([z1 > 0, z2 > 0], 1).numpy().astype(np.int8)})
+    assert ng.count_patterns(net, X, verbose=False).count == ref
+
+
+class _CatOneFold(nn.Module):
+    """A BatchNorm on a one-tensor cat must not fold into the Linear's node another reader of the cat uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.c = nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+        with torch.no_grad():
+            self.bn.running_var.fill_(4.0)
+            self.bn.running_mean.fill_(1.0)
+
+    def forward(self, x):
+        f = torch.cat([self.a(x)], 1)
+        return self.c(F.relu(self.bn(f)) + F.relu(f))
+
+
+def test_cat_of_one_tensor_counts_its_readers_before_folding():
+    torch.manual_seed(0)
+    assert _gap(_CatOneFold().eval(), torch.randn(50, 3)) < 1e-12
+
+
+class _FlattenThenInplace(nn.Module):
+    def __init__(self, merge=True, keep=True):
+        super().__init__()
+        self.c, self.o = nn.Conv2d(2, 3, 3), nn.Linear(12, 2)
+        self.merge, self.keep = merge, keep
+
+    def forward(self, x):
+        h = self.c(x)
+        f = torch.flatten(h, 1) if self.merge else h.view(h.shape[0], 3, 2, 2)
+        h.relu_()
+        if not self.keep:
+            return self.o(torch.flatten(h, 1))
+        return self.o(torch.flatten(f, 1) + torch.flatten(h, 1))
+
+
+def test_flatten_that_views_or_copies_then_in_place_is_refused():
+    # torch.flatten views a contiguous conv output and copies a channels_last one: the value of f after
+    # h.relu_() depends on the memory format, which the reader cannot see
+    torch.manual_seed(0)
+    net = _FlattenThenInplace().eval()
+    with pytest.raises(UnsupportedLayerError, match="memory format"):
+        ng.trace(net, input_shape=(2, 4, 4))
+    X = torch.randn(20, 2, 4, 4)
+    # a view (splitting axes) sees the in-place change in every layout: read exactly
+    assert _gap(_FlattenThenInplace(merge=False).eval(), X, (2, 4, 4)) < 1e-12
+    # nothing reads the flatten after the in-place op: nothing to refuse
+    assert _gap(_FlattenThenInplace(keep=False).eval(), X, (2, 4, 4)) < 1e-12
