@@ -100,3 +100,55 @@ def test_flatten_that_views_or_copies_then_in_place_is_refused():
     assert _gap(_FlattenThenInplace(merge=False).eval(), X, (2, 4, 4)) < 1e-12
     # nothing reads the flatten after the in-place op: nothing to refuse
     assert _gap(_FlattenThenInplace(keep=False).eval(), X, (2, 4, 4)) < 1e-12
+
+
+# ------------------------------------------------------------------- F4: BatchNorm folded into the kernel
+def _bn_stats(bn, lo=0.25, hi=16.0):
+    with torch.no_grad():
+        bn.running_var.copy_(torch.linspace(lo, hi, bn.num_features))
+        bn.running_mean.copy_(torch.linspace(-1, 1, bn.num_features))
+    return bn
+
+
+@pytest.mark.parametrize("C", [3, 5])
+def test_bn_on_another_axis_than_the_linear_outputs_leaves_the_kernel_unscaled(C):
+    # Linear(4, 3) maps the last axis of a (C, 4) sample; BatchNorm1d(C) scales the C axis: no scale of it
+    # belongs to the kernel's rows (C == 3 silently scaled them, C == 5 crashed every analysis)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), _bn_stats(nn.BatchNorm1d(C)), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(C * 3, 2)).eval()
+    lay = ng.affine_layers(m, input_shape=(C, 4))[0]
+    assert torch.equal(lay.kernel, m[0].weight.detach().double())
+    assert _gap(m, torch.randn(30, C, 4), (C, 4)) < 1e-12
+    m.input_shape = (C, 4)
+    assert np.isfinite(ng.neural_persistence(m).layer_np).all()
+
+
+@pytest.mark.parametrize("case", ["linear-unflatten-bn2d", "conv-flatten-bn1d"])
+def test_bn_after_a_reshape_leaves_the_kernel_unscaled(case):
+    torch.manual_seed(0)
+    if case == "linear-unflatten-bn2d":
+        m = nn.Sequential(nn.Linear(4, 18), nn.Unflatten(1, (2, 3, 3)), _bn_stats(nn.BatchNorm2d(2)),
+                          nn.ReLU(), nn.Conv2d(2, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)).eval()
+        shape = (4,)
+    else:
+        m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), _bn_stats(nn.BatchNorm1d(8)), nn.ReLU(),
+                          nn.Linear(8, 2)).eval()
+        shape = (1, 4, 4)
+    X = torch.randn(40, *shape)
+    assert _gap(m, X, shape) < 1e-12
+    assert torch.equal(ng.affine_layers(m, input_shape=shape)[0].kernel, m[0].weight.detach().double())
+    assert ng.count_patterns(m, X, verbose=False, input_shape=shape).count >= 1
+    assert np.isfinite(ng.neural_persistence(m, input_shape=shape).layer_np).all()
+
+
+def test_bn_on_the_output_features_still_scales_the_kernel():
+    torch.manual_seed(0)
+    for m, shape in ((nn.Sequential(nn.Linear(4, 3), _bn_stats(nn.BatchNorm1d(3)), nn.ReLU(),
+                                    nn.Linear(3, 2)).eval(), (4,)),
+                     (nn.Sequential(nn.Conv2d(1, 3, 2), _bn_stats(nn.BatchNorm2d(3)), nn.ReLU(), nn.Flatten(),
+                                    nn.Linear(27, 2)).eval(), (1, 4, 4))):
+        bn = m[1]
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        want = m[0].weight.detach().double() * scale.reshape((-1,) + (1,) * (m[0].weight.ndim - 1))
+        torch.testing.assert_close(ng.affine_layers(m, input_shape=shape)[0].kernel, want, rtol=1e-15, atol=0)

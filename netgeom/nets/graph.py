@@ -206,8 +206,9 @@ class PLNode:
     """One node of a :class:`PLGraph` (see the module docstring for the ops).
 
     ``kernel`` (affine nodes with a weight) is the masked parameter in its own shape, float64, with the
-    scale of a BatchNorm that directly follows it folded in (as :attr:`AffineLayer.kernel`); ``mask`` is the
-    boolean mask applied to it (``None`` when the parameter is unmasked).
+    scale of a BatchNorm that directly follows it on the layer's output features folded in (as
+    :attr:`AffineLayer.kernel`: unscaled when a reshape comes between them, or when the BatchNorm scales
+    another axis); ``mask`` is the boolean mask applied to it (``None`` when the parameter is unmasked).
     """
 
     index: int
@@ -1418,7 +1419,9 @@ class _Builder:
             self.last_fx[ref.index] = fxn
             if op.weighted:
                 self.set_weight(prev, op, fxn, module_name)
-            elif op.type_name.startswith("BatchNorm") and prev.kernel is not None and prev._ops[-2].weighted:
+            elif op.type_name.startswith("BatchNorm") and prev.kernel is not None and _scales_kernel(
+                prev._ops[-2], op, prev.kernel
+            ):
                 # the kernel carries the scale of a BatchNorm that directly follows it (channel graphs use it)
                 s = op.params["scale"]
                 prev.kernel = prev.kernel * s.reshape((-1,) + (1,) * (prev.kernel.ndim - 1))
@@ -1687,6 +1690,17 @@ class _Builder:
         shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
         idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
+
+
+def _scales_kernel(w: _AffineOp, bn: _AffineOp, kernel: torch.Tensor) -> bool:
+    """Whether the BatchNorm ``bn``, right after the weighted op ``w``, scales ``w``'s output features, so
+    that its scale folds into ``kernel`` along the kernel's first axis: no reshape between them (BN's
+    channels are axis 0 of ``w``'s output), and that axis is ``w``'s output features (a convolution's output
+    channels, a Linear's outputs on a flat input; a Linear on a ``(C, L)`` sample maps the last axis, and a
+    BatchNorm1d(C) after it scales the other one)."""
+    if not w.weighted or bn.in_shape != w.out_shape or bn.params["scale"].shape[0] != kernel.shape[0]:
+        return False
+    return w.type_name != "Linear" or len(w.in_shape) == 1
 
 
 # (dim, input shape, kernel, stride, padding, dilation, ceil_mode) -> (output shape, window starts, windows,

@@ -42,8 +42,12 @@ class AffineLayer:
         folded in.
     bias : ``(n_out,)``.
     activation : ``"relu"``, ``"leaky_relu"`` or ``"identity"``; ``negative_slope`` is 0, the leak, or 1.
-    kernel : the masked parameter tensor in its own shape (``(out, in)`` or ``(C_out, C_in, *k)``), with a
-        following BatchNorm's scale folded in. For a ``Linear`` without pooling before it this is ``weight``.
+    kernel : the masked parameter tensor in its own shape (``(out, in)`` or ``(C_out, C_in / groups, *k)``),
+        with the scale of a BatchNorm that directly follows it folded in when that BatchNorm's channels are
+        the layer's output features (a convolution's output channels, a Linear's outputs on a flat input);
+        otherwise (a reshape between them, a BatchNorm1d(C) after a Linear on the last axis of ``(C, L)``
+        samples) the parameter unscaled, the BatchNorm being only in ``weight``. For a ``Linear`` on a flat
+        input without pooling before it or a BatchNorm after it this is ``weight``.
     mask : boolean tensor of ``kernel``'s shape, or ``None`` when the parameter is unmasked.
     kind : ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"affine"``.
     in_shape, out_shape : shapes of one sample before and after the map (no batch axis).
