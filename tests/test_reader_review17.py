@@ -152,3 +152,25 @@ def test_bn_on_the_output_features_still_scales_the_kernel():
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
         want = m[0].weight.detach().double() * scale.reshape((-1,) + (1,) * (m[0].weight.ndim - 1))
         torch.testing.assert_close(ng.affine_layers(m, input_shape=shape)[0].kernel, want, rtol=1e-15, atol=0)
+
+
+# ------------------------------------------------------------------- F3: a conv's own input channels
+def test_conv_channels_come_from_the_conv_input_not_the_folded_node_input():
+    # BatchNorm1d on the flat input, Unflatten, then a 1-in-channel conv: the affine node's in_shape is the
+    # flat (16,), the conv's input is (1, 4, 4); read before as a depthwise conv over 16 channels
+    torch.manual_seed(0)
+    m = nn.Sequential(_bn_stats(nn.BatchNorm1d(16)), nn.Unflatten(1, (1, 4, 4)), nn.Conv2d(1, 16, 3),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    ref = nn.Sequential(nn.Unflatten(1, (1, 4, 4)), m[2], nn.ReLU(), nn.Flatten(), m[5]).eval()
+    m.input_shape = ref.input_shape = (16,)
+    lg = ng.layer_graph(ng.affine_layers(m)[0])
+    assert (lg.n_in, lg.n_out) == (1, 16)
+    assert ng.network_graph(m).layers[0].n_in == 1
+    a, b = ng.neural_persistence(m), ng.neural_persistence(ref)
+    assert list(a.n_vertices) == list(b.n_vertices) == [17, 66]
+    np.testing.assert_allclose(a.layer_np, b.layer_np, rtol=1e-12)
+    ta, tb = ng.topology_bound(m), ng.topology_bound(ref)
+    assert (list(ta.n_possible), list(ta.n_tree)) == (list(tb.n_possible), list(tb.n_tree))
+    pa, pb = ng.spanning_forest_protect(m), ng.spanning_forest_protect(ref)
+    assert torch.equal(pa["2.weight"], pb["1.weight"])
+    assert ng.affine_layers(m)[0].kernel_in_shape == (1, 4, 4)

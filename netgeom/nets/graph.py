@@ -528,6 +528,7 @@ class PLGraph:
                     kind=node.kind,
                     in_shape=tuple(node.in_shape),
                     out_shape=tuple(node.shape),
+                    kernel_in_shape=_kernel_in_shape(node),
                 )
             )
         return out
@@ -1690,6 +1691,15 @@ class _Builder:
         shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
         idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
+
+
+def _kernel_in_shape(node: PLNode) -> tuple[int, ...] | None:
+    """One sample's shape as the weighted op of an affine node receives it (after the weight-free ops folded
+    in front of it and a reshape, so not the node's ``in_shape``); None for a weight-free node."""
+    for op in node._ops:
+        if op.weighted:
+            return tuple(op.in_shape)
+    return None
 
 
 def _scales_kernel(w: _AffineOp, bn: _AffineOp, kernel: torch.Tensor) -> bool:

@@ -51,6 +51,9 @@ class AffineLayer:
     mask : boolean tensor of ``kernel``'s shape, or ``None`` when the parameter is unmasked.
     kind : ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"affine"``.
     in_shape, out_shape : shapes of one sample before and after the map (no batch axis).
+    kernel_in_shape : shape of one sample as the parametrised module itself receives it (after the
+        weight-free operations folded in front of it and a reshape); ``in_shape`` when nothing comes before
+        it, ``None`` for a weight-free group. A convolution's input channels are ``kernel_in_shape[0]``.
     """
 
     name: str
@@ -64,6 +67,7 @@ class AffineLayer:
     kind: str
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    kernel_in_shape: tuple[int, ...] | None = None
 
     @property
     def n_in(self) -> int:
