@@ -174,3 +174,24 @@ def test_conv_channels_come_from_the_conv_input_not_the_folded_node_input():
     pa, pb = ng.spanning_forest_protect(m), ng.spanning_forest_protect(ref)
     assert torch.equal(pa["2.weight"], pb["1.weight"])
     assert ng.affine_layers(m)[0].kernel_in_shape == (1, 4, 4)
+
+
+# ------------------------------------------------------------------- F5: float64 layers are copies
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layers_never_share_memory_with_the_model(dtype):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).to(dtype).eval()
+    dense = ng.affine_layers(net)
+    g = ng.trace(net)
+    X = torch.randn(50, 3, dtype=torch.float64)
+    y = g.forward(X)
+    params = [p.data_ptr() for p in net.parameters()]
+    for lay in dense:
+        for t in (lay.kernel, lay.weight, lay.bias):
+            assert t.data_ptr() not in params
+    ng.magnitude_prune(net, 0.5).apply(net)  # pruning the model afterwards changes no reading made before
+    assert float((dense[0].weight != 0).double().mean()) == 1.0
+    assert torch.equal(g.forward(X), y)
+    w = net[0].weight.detach().clone()
+    ng.affine_layers(net)[0].kernel.mul_(2.0)  # nor does writing into a layer change the model
+    assert torch.equal(net[0].weight.detach(), w)

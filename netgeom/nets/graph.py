@@ -166,11 +166,14 @@ def _const_fn(func, args, kwargs):
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
-    """A parameter as a float64 CPU tensor (one conversion: each torch call is a few microseconds, and more
-    right after other work has pushed torch's code and tables out of the caches)."""
+    """A parameter as a float64 CPU tensor of its own (one conversion or copy: each torch call is a few
+    microseconds, and more right after other work has pushed torch's code and tables out of the caches).
+    Never the parameter itself, for a float64 CPU model too: a layer read before ``masks.apply(model)`` or an
+    optimiser step must keep the values it was read with, and writing into a returned kernel must not
+    change the model."""
     t = t.detach()
     if t.dtype == torch.float64 and t.device.type == "cpu":
-        return t
+        return t.clone()
     return t.to(device="cpu", dtype=torch.float64)
 
 
@@ -1464,7 +1467,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
+            w.masked_fill_(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN; w is ours)
             self.used_masks.add(pname)
         return pname, w, mask
 
@@ -1570,7 +1573,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
+            w.masked_fill_(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN; w is ours)
             self.used_masks.add(pname)
         params = {"weight": w}
         if bias is not None:
