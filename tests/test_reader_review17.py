@@ -195,3 +195,38 @@ def test_layers_never_share_memory_with_the_model(dtype):
     w = net[0].weight.detach().clone()
     ng.affine_layers(net)[0].kernel.mul_(2.0)  # nor does writing into a layer change the model
     assert torch.equal(net[0].weight.detach(), w)
+
+
+# ------------------------------------------------------------------- F6: subclasses with their own forward
+def _qat_model(kind):
+    import torch.ao.nn.qat as nnqat
+    from torch.ao.quantization import get_default_qat_qconfig
+
+    qc = get_default_qat_qconfig("fbgemm")
+    torch.manual_seed(0)
+    if kind == "linear":
+        m = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nnqat.Linear(6, 6, qconfig=qc), nn.ReLU(),
+                          nn.Linear(6, 2))
+        X = torch.randn(64, 3)
+    else:
+        m = nn.Sequential(nnqat.Conv2d(1, 2, 3, qconfig=qc), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+        X = torch.randn(64, 1, 4, 4)
+    with torch.no_grad():
+        m.train()(X)  # the observers calibrate: the fake quantization is active
+    return m.eval(), X
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_qat_layers_are_refused_not_read_as_float_layers(kind):
+    m, X = _qat_model(kind)
+    with pytest.raises(UnsupportedLayerError, match="forward of its own"):
+        ng.trace(m, input_shape=tuple(X.shape[1:]))
+
+
+def test_a_torch_subclass_that_keeps_the_forward_is_read():
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear  # (nn.Linear, forward not overridden)
+
+    torch.manual_seed(0)
+    m = nn.Sequential(NonDynamicallyQuantizableLinear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    assert _gap(m, torch.randn(20, 3)) < 1e-12

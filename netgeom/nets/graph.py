@@ -1696,6 +1696,23 @@ class _Builder:
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
 
 
+def _overridden_base(m: nn.Module) -> type | None:
+    """The supported module class ``m`` is an instance of whose computation ``type(m)`` overrides (its
+    ``forward``, or a convolution's ``_conv_forward``), or None. torch's QAT Linear/Conv2d
+    (``torch.ao.nn.qat``) are such subclasses: fx keeps them as leaves, and isinstance alone read them as
+    float layers."""
+    cls = type(m)
+    if cls in _LEAVES:
+        return None
+    for base in _LEAVES:
+        if isinstance(m, base) and (
+            cls.forward is not base.forward
+            or getattr(cls, "_conv_forward", None) is not getattr(base, "_conv_forward", None)
+        ):
+            return base
+    return None
+
+
 def _kernel_in_shape(node: PLNode) -> tuple[int, ...] | None:
     """One sample's shape as the weighted op of an affine node receives it (after the weight-free ops folded
     in front of it and a reshape, so not the node's ``in_shape``); None for a weight-free node."""
@@ -2318,6 +2335,15 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
                 if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
                     raise b.refuse(n, "is called with other than one tensor argument")
+                base = _overridden_base(m)
+                if base is not None:
+                    raise UnsupportedLayerError(
+                        f"layer '{t}' ({type(m).__module__}.{type(m).__qualname__}) is a subclass of "
+                        f"nn.{base.__name__} with a forward of its own (e.g. quantization-aware training's "
+                        f"fake-quantized weight), so it does not compute what nn.{base.__name__} computes; "
+                        f"netgeom reads nn.{base.__name__}'s own forward only (in {name}): convert it to a "
+                        f"plain nn.{base.__name__} first"
+                    )
                 if isinstance(m, _SKIPPED):
                     env[n] = x
                 elif isinstance(m, _RESHAPES):
