@@ -2,6 +2,7 @@
 subclasses of supported modules, the root's __call__, the first trace and other threads, errors)."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -230,3 +231,62 @@ def test_a_torch_subclass_that_keeps_the_forward_is_read():
     torch.manual_seed(0)
     m = nn.Sequential(NonDynamicallyQuantizableLinear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
     assert _gap(m, torch.randn(20, 3)) < 1e-12
+
+
+# ------------------------------------------------------------------- F7: a root that overrides __call__
+class _CallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(3, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.c(F.relu(self.a(x)))
+
+    def __call__(self, x):
+        return super().__call__(F.relu(x))  # preprocessing in __call__
+
+
+class _Wrap(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_root_call_override_is_refused_and_a_wrapped_one_read():
+    torch.manual_seed(0)
+    net = _CallNet().eval()
+    with pytest.raises(UnsupportedLayerError, match="own __call__"):
+        ng.trace(net)
+    X = torch.randn(100, 3, dtype=torch.float64)
+    g = ng.trace(_Wrap(net))  # as a submodule its __call__ is traced
+    assert float((g.forward(X) - _model_out(net, X)).abs().max()) < 1e-12
+
+
+# ------------------------------------------------------------------- F9: errors that name the cause
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+
+
+@pytest.mark.parametrize("case, err, match", [
+    ("meta", ValueError, "meta device"),
+    ("compile", UnsupportedLayerError, "_orig_mod"),
+    ("dataparallel", UnsupportedLayerError, "model.module"),
+    ("lazy", ValueError, "lazy"),
+])
+def test_unreadable_model_objects_are_refused_naming_the_cause(case, err, match):
+    if case == "meta":
+        m = _mlp().to("meta")
+    elif case == "compile":
+        m = torch.compile(_mlp())
+    elif case == "dataparallel":
+        m = nn.DataParallel(_mlp())
+    else:
+        with warnings.catch_warnings():  # (torch: lazy modules are a new feature)
+            warnings.simplefilter("ignore")
+            m = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(err, match=match):
+        ng.count_patterns(m, torch.randn(10, 3), verbose=False, input_shape=(3,))

@@ -2004,6 +2004,7 @@ def trace(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     named = list(model.named_parameters()) + list(model.named_buffers())
+    _check_root(model, named)
     # A float32 weight of 1e-40 must not read as 0: the calling thread keeps subnormals throughout. torch's
     # OpenMP threads keep the flush state they started with, and checking it wakes them (0.03 ms idle,
     # 0.2-0.3 ms right after a slice, milliseconds on a busy machine; they spin after, taking a core from
@@ -2032,6 +2033,46 @@ def trace(
             for k in set(vars(model)) - own:
                 if k.startswith("_tensor_constant"):
                     del model.__dict__[k]
+
+
+def _check_root(model: nn.Module, named: list) -> None:
+    """Refuse, naming the cause, a model object the trace would misread or fail on obscurely: a wrapper
+    (torch.compile's, DataParallel) whose forward is not the network's, a root class with its own
+    ``__call__`` (fx traces the root's ``forward`` only), parameters without values (meta device, lazy
+    modules not run yet)."""
+    cls = type(model)
+    inner = model.__dict__.get("_modules", {})
+    if "_orig_mod" in inner and cls.__name__ == "OptimizedModule":
+        raise UnsupportedLayerError(
+            f"model is a torch.compile wrapper ({cls.__name__}), whose forward is compiled code, not the "
+            "network's: pass the original module (model._orig_mod); its parameter names have no '_orig_mod.' "
+            "prefix (compiling a module in place, module.compile(), keeps the module readable)"
+        )
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise UnsupportedLayerError(
+            f"model is a {cls.__name__} wrapper, whose forward scatters the batch over devices: pass the "
+            "wrapped network (model.module); its parameter names have no 'module.' prefix"
+        )
+    for c in cls.__mro__:
+        if c is nn.Module:
+            break
+        if "__call__" in c.__dict__:
+            raise UnsupportedLayerError(
+                f"{cls.__name__} defines its own __call__ (in {c.__qualname__}): torch.fx reads the root "
+                "model's forward only, so what __call__ does around it would be silently missing; move it "
+                "into forward, or wrap the model in a module whose forward calls it"
+            )
+    for pname, t in named:
+        if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)):
+            raise ValueError(
+                f"model has an uninitialized lazy parameter '{pname}' (a Lazy* module that has not run): "
+                "run one forward pass, model(x), first so that it infers its shapes"
+            )
+        if t.is_meta:
+            raise ValueError(
+                f"model's '{pname}' is on the meta device (a shape without values): materialize the model "
+                "first (model.to_empty(device='cpu') and load_state_dict, or build it off the meta device)"
+            )
 
 
 # torch runs an elementwise operation or reduction on its thread pool from at::internal::GRAIN_SIZE = 32768
