@@ -290,3 +290,54 @@ def test_unreadable_model_objects_are_refused_naming_the_cause(case, err, match)
             m = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(err, match=match):
         ng.count_patterns(m, torch.randn(10, 3), verbose=False, input_shape=(3,))
+
+
+# ------------------------------------------------------------------- F11: the first trace and other threads
+_FIRST_TRACE = r"""
+import threading, torch, torch.nn as nn
+import netgeom as ng
+from netgeom.nets import graph as G
+assert G._HOOKS_WORK[0] is None and G._FAST_NODES[0] is None  # (the probes run in this process's first trace)
+torch.set_num_threads(1)
+other = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__(); self.a = nn.Linear(3, 4); self.b = nn.Linear(4, 2)
+    def forward(self, x): return self.b(torch.relu(self.a(x)))
+X = torch.randn(16, 3)
+errs, n, stop, started = [], [0], threading.Event(), threading.Event()
+def worker():
+    while not stop.is_set():
+        try:
+            with torch.no_grad(): other(X)
+        except Exception as e:
+            errs.append(f"{type(e).__name__}: {e}")
+        n[0] += 1
+        started.set()
+t = threading.Thread(target=worker); t.start(); started.wait()
+ng.trace(Net().eval())
+stop.set(); t.join()
+assert G._HOOKS_WORK[0] is True, "the dispatchers are not used on this torch"
+print(n[0], len(errs), sorted(set(errs))[:1])
+"""
+
+
+def test_first_trace_leaves_other_threads_module_calls_alone():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", _FIRST_TRACE], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n, n_err, _ = out.stdout.split(maxsplit=2)
+    assert int(n) > 0 and int(n_err) == 0, out.stdout
+
+
+def test_probe_reference_is_the_graph_fx_traces():
+    import torch.fx as fx
+
+    from netgeom.nets import graph as G
+
+    assert G._probe_signature(fx.Tracer().trace(G._HookProbe())) == G._probe_signature(G._probe_reference())

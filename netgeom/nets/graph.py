@@ -1133,19 +1133,30 @@ def _hooks_work() -> bool:
             _HOOKS_WORK[0] = False
             return False
 
-        def sig(g):
-            return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
-
-        _HOOKS_WORK[0] = False  # the reference: fx's own patching
+        _HOOKS_WORK[0] = True
         try:
-            probe = _HookProbe()
-            want = sig(_probe_tracer().trace(probe))
-            _HOOKS_WORK[0] = True
-            ok = sig(_probe_tracer().trace(probe)) == want and len(want) == 6
+            want = _probe_signature(_probe_reference())
+            ok = _probe_signature(_probe_tracer().trace(_HookProbe())) == want and len(want) == 6
         except Exception:  # a torch whose fx this does not fit: its own patching
             ok = False
         _HOOKS_WORK[0] = ok
     return _HOOKS_WORK[0]
+
+
+def _probe_signature(g: fx.Graph) -> list[tuple]:
+    return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
+
+
+def _probe_reference() -> fx.Graph:
+    """The graph fx's own trace gives of _HookProbe, built by fx's Graph API (its own node names), without a
+    trace: fx's trace patches nn.Module.__call__ process-wide, and a module called by another thread
+    meanwhile raised NameError (the check ran at the first trace of a process, while other threads may be
+    running models)."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    h = g.call_module("seq.0", (g.call_module("lin", (x,)),))
+    g.output(g.call_function(F.linear, (h, g.get_attr("w"))))
+    return g
 
 
 @contextlib.contextmanager
