@@ -341,3 +341,49 @@ def test_probe_reference_is_the_graph_fx_traces():
     from netgeom.nets import graph as G
 
     assert G._probe_signature(fx.Tracer().trace(G._HookProbe())) == G._probe_signature(G._probe_reference())
+
+
+# ------------------------------------------------------------------- F10: an activation on the input
+class _InputRelu(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.a, self.c = nn.Linear(2, 5), nn.Linear(5, 2)
+        self.eye = nn.Linear(2, 2) if how == "eye" else None
+        if self.eye is not None:
+            with torch.no_grad():
+                self.eye.weight.copy_(torch.eye(2))
+                self.eye.bias.zero_()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "twice":
+            return self.c(F.relu(F.relu(self.a(x))))
+        if self.how == "once":
+            return self.c(F.relu(self.a(x)))
+        if self.eye is not None:
+            x = self.eye(x)
+        return self.c(F.relu(self.a(F.relu(x))))
+
+
+def _region_counts(m):
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    X = torch.randn(300, 2, generator=torch.Generator().manual_seed(1))
+    return (ng.count_patterns(m, X, verbose=False).count, ng.regions_on_segment(m, -e1 - e2, e1 + e2).count,
+            ng.regions_on_slice(m, torch.zeros(2), e1, e2).count,
+            ng.regions_in_box(m, [-1, -1], [1, 1], verbose=False).count)
+
+
+def test_an_activation_on_the_input_or_on_an_activation_is_read_by_every_analysis():
+    # count_patterns read these; the chain analyses refused them. The chain view now puts an identity layer
+    # before such an activation: the counts equal those of the same net with an explicit identity Linear
+    # (relu(x)) and of the net with one ReLU (relu(relu(z)) == relu(z))
+    torch.manual_seed(0)
+    nets = {how: _InputRelu(how).eval() for how in ("input", "eye", "twice", "once")}
+    for m in nets.values():
+        m.a.load_state_dict(nets["input"].a.state_dict())
+        m.c.load_state_dict(nets["input"].c.state_dict())
+    assert _region_counts(nets["input"]) == _region_counts(nets["eye"])
+    assert _region_counts(nets["twice"])[1:] == _region_counts(nets["once"])[1:]
+    assert ng.bounds(nets["input"]).serra == ng.bounds(nets["eye"]).serra
+    lay = ng.affine_layers(nets["input"])[0]
+    assert lay.param_name is None and torch.equal(lay.weight, torch.eye(2, dtype=torch.float64))

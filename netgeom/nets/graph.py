@@ -469,6 +469,31 @@ class PLGraph:
             y = op(y.reshape(y.shape[0], *op.in_shape))
         return y.reshape(x.shape[0], math.prod(y.shape[1:]))
 
+    def _identity_layer(self, node: PLNode):
+        """The identity map before an activation ``node`` that follows no affine map (see :meth:`layers`)."""
+        from .layers import AffineLayer
+
+        n = node.size
+        if n * n > node._max_entries:
+            raise ValueError(
+                f"activation {node.source} follows no affine map: the chain view puts an identity layer "
+                f"before it, a dense {n} x {n} matrix ({n * n:,} entries, over max_entries="
+                f"{node._max_entries:,}); analyse a smaller input or raise max_entries if the memory is there"
+            )
+        return AffineLayer(
+            name=node.name,
+            param_name=None,
+            weight=torch.eye(n, dtype=torch.float64),
+            bias=torch.zeros(n, dtype=torch.float64),
+            activation="relu" if node.negative_slope == 0 else "leaky_relu",
+            negative_slope=float(node.negative_slope),
+            kernel=None,
+            mask=None,
+            kind="affine",
+            in_shape=tuple(node.shape),
+            out_shape=tuple(node.shape),
+        )
+
     @property
     def is_chain(self) -> bool:
         return self._chain_break() is None
@@ -485,7 +510,10 @@ class PLGraph:
         """The chain view: a list of :class:`~netgeom.nets.AffineLayer` (what :func:`affine_layers` returns).
 
         Raises :class:`UnsupportedLayerError` naming the first node that breaks the chain (a max-pool, a
-        residual add, a concatenation, a branch) or an activation that does not follow an affine map.
+        residual add, a concatenation, a branch). An activation on the input or on another activation
+        (``relu(x)`` first, ``relu(relu(z))``) gets a weight-free identity layer of its own (named after
+        the activation, ``param_name`` None): the chain then computes what the graph computes, and its
+        units are that activation's, as every graph-based analysis (``count_patterns``) reads them.
         """
         from .layers import AffineLayer
 
@@ -506,10 +534,9 @@ class PLGraph:
         while nodes[i].op != "output":
             node = nodes[i]
             if node.op != "affine":
-                raise UnsupportedLayerError(
-                    f"activation {node.source} follows another activation or starts the network; netgeom "
-                    "expects affine maps between activations"
-                )
+                out.append(self._identity_layer(node))
+                i += 1
+                continue
             nxt = nodes[i + 1]
             if nxt.op == "relu":
                 activation = "relu" if nxt.negative_slope == 0 else "leaky_relu"

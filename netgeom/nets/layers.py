@@ -6,7 +6,8 @@
 * ``Linear``, ``Conv1d``, ``Conv2d`` carry weights (the *parametrised* module of a group; masks apply here);
 * ``BatchNorm1d/2d`` (eval), ``AvgPool1d/2d``, ``AdaptiveAvgPool1d/2d`` are affine and are folded into the
   group that contains them; ``Flatten``/``view``/``reshape``, ``Dropout`` and ``Identity`` change nothing;
-* ``ReLU`` and ``LeakyReLU`` close a group and are recorded as its activation.
+* ``ReLU`` and ``LeakyReLU`` close a group and are recorded as its activation; one on the input or on
+  another activation gets a weight-free identity group of its own (``param_name`` None).
 
 Two parametrised modules with no activation between them become two layers, the first with the identity
 activation, so that each weight tensor corresponds to exactly one :class:`AffineLayer`. A network with a
