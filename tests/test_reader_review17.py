@@ -2,6 +2,7 @@
 subclasses of supported modules, the root's __call__, the first trace and other threads, errors)."""
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -387,3 +388,33 @@ def test_an_activation_on_the_input_or_on_an_activation_is_read_by_every_analysi
     assert ng.bounds(nets["input"]).serra == ng.bounds(nets["eye"]).serra
     lay = ng.affine_layers(nets["input"])[0]
     assert lay.param_name is None and torch.equal(lay.weight, torch.eye(2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------- minor: fan-in of adaptive pooling
+class _AdaPool(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.a = nn.Linear(3, 64) if d == 1 else nn.Conv1d(1, 4, 1)
+        self.c = nn.Linear(2 if d == 1 else 6, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        if self.d == 1:
+            return self.c(F.adaptive_avg_pool1d(h, 2))  # a flat (64,) sample: torch pools its one axis
+        return self.c(F.adaptive_avg_pool2d(h, (2, 3)).flatten(1))  # a (4, 16) sample: both axes pooled
+
+
+@pytest.mark.parametrize("d, shape", [(1, (3,)), (2, (1, 16))])
+def test_adaptive_pool_fan_in_bounds_the_inputs_an_output_reads(d, shape):
+    torch.manual_seed(0)
+    g = ng.trace(_AdaPool(d).eval(), input_shape=shape)
+    node = next(n for n in g.nodes if n.op == "affine" and n.param_name == "c.weight")
+    pool = node._ops[0]
+    assert pool.type_name.startswith("adaptive")
+    n_in = math.prod(pool.in_shape)
+    with torch.no_grad():
+        M = pool(torch.eye(n_in, dtype=torch.float64).reshape(n_in, *pool.in_shape), bias=False)
+    reads = int((M.reshape(n_in, -1) != 0).sum(0).max())  # inputs per output, brute force
+    assert reads == (32 if d == 1 else 2 * 6)
+    assert pool.fan_in - 1 >= reads

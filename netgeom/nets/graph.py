@@ -1783,7 +1783,11 @@ def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
     if kernel is not None:
         return math.prod(kernel) + 1
     if "adaptive" in type_name.lower():
-        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[1:], out_shape[1:])) + 1
+        # torch pools the last 1 or 2 axes of the batched tensor, which are the last of one sample's: a
+        # flat (n,) sample under the 1-d pool (the batch then reads as channels), both axes of a (C, L)
+        # sample under the 2-d one. A window spans at most ceil(in / out) + 1 positions per axis
+        d = 2 if type_name.lower().endswith("2d") else 1
+        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[-d:], out_shape[-d:])) + 1
     return max(1, math.ceil(math.prod(in_shape) / max(1, math.prod(out_shape)))) + 1
 
 
