@@ -418,3 +418,17 @@ def test_adaptive_pool_fan_in_bounds_the_inputs_an_output_reads(d, shape):
     reads = int((M.reshape(n_in, -1) != 0).sum(0).max())  # inputs per output, brute force
     assert reads == (32 if d == 1 else 2 * 6)
     assert pool.fan_in - 1 >= reads
+
+
+# ------------------------------------------------------------------- minor: half models warn
+def test_low_precision_model_warns_once(monkeypatch):
+    from netgeom.nets import graph as G
+
+    monkeypatch.setattr(G, "_WARNED_LOW", set())
+    m = _mlp().to(torch.float16)
+    with pytest.warns(UserWarning, match="float16 parameters.*float64"):
+        ng.trace(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ng.trace(m)  # once per process
+        ng.trace(_mlp())  # float32: no warning

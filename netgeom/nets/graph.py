@@ -2022,7 +2022,11 @@ def trace(
     Parameters
     ----------
     model : the network; read with eval semantics (BatchNorm running statistics, no dropout) whatever its
-        mode — a model in training mode with such modules gets a warning saying so. Never modified.
+        mode — a model in training mode with such modules gets a warning saying so. Never modified. Its
+        parameters are read exactly into float64 and the graph computes in float64: the network analysed is
+        the real-arithmetic one with these weights, not ``model(x)``'s own rounding. For float32 that
+        differs by float32 rounding; a float16/bfloat16 model's own forward rounds far more (near a
+        boundary its activation pattern can differ), so such a model gets a warning, once per process.
     masks : a ``Masks``, a mapping parameter name -> boolean (or 0/1) tensor, or a per-layer list, checked
         by :func:`netgeom._validation.check_masks`; each names the weight of a ``Linear``/``Conv``.
     input_shape : one sample's shape (no batch axis); default ``model.input_shape``, or ``(in_features,)``
@@ -2047,6 +2051,7 @@ def trace(
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     named = list(model.named_parameters()) + list(model.named_buffers())
     _check_root(model, named)
+    _warn_low_precision(named)
     # A float32 weight of 1e-40 must not read as 0: the calling thread keeps subnormals throughout. torch's
     # OpenMP threads keep the flush state they started with, and checking it wakes them (0.03 ms idle,
     # 0.2-0.3 ms right after a slice, milliseconds on a busy machine; they spin after, taking a core from
@@ -2075,6 +2080,24 @@ def trace(
             for k in set(vars(model)) - own:
                 if k.startswith("_tensor_constant"):
                     del model.__dict__[k]
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_WARNED_LOW: set = set()  # the low-precision dtypes warned about in this process
+
+
+def _warn_low_precision(named: list) -> None:
+    """Warn once per process and dtype that a float16/bfloat16 model is analysed in float64 (see trace)."""
+    for pname, t in named:
+        if t.dtype in _LOW_PRECISION and t.dtype not in _WARNED_LOW:
+            _WARNED_LOW.add(t.dtype)
+            warnings.warn(
+                f"model has {str(t.dtype).replace('torch.', '')} parameters ('{pname}'): netgeom reads them "
+                "exactly into float64 and analyses the network in float64, not the rounding of the model's "
+                "own low-precision forward (whose activation patterns can differ near region boundaries); "
+                "this warning is shown once per process",
+                stacklevel=3,
+            )
 
 
 def _check_root(model: nn.Module, named: list) -> None:
