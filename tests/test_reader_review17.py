@@ -432,3 +432,14 @@ def test_low_precision_model_warns_once(monkeypatch):
         warnings.simplefilter("error")
         ng.trace(m)  # once per process
         ng.trace(_mlp())  # float32: no warning
+
+
+def test_an_fx_graph_module_root_is_read():
+    # (its generated class has a __call__ of fx's that only calls nn.Module.__call__)
+    import torch.fx as fx
+
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(_CallNet().eval())  # (fx traces forward only: the GraphModule is that network)
+    X = torch.randn(50, 3, dtype=torch.float64)
+    g = ng.trace(gm)
+    assert float((g.forward(X) - _model_out(gm, X)).abs().max()) < 1e-12

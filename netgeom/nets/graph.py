@@ -2121,7 +2121,13 @@ def _check_root(model: nn.Module, named: list) -> None:
     for c in cls.__mro__:
         if c is nn.Module:
             break
-        if "__call__" in c.__dict__:
+        own = c.__dict__.get("__call__")
+        if own is not None and not (
+            # an fx GraphModule's own class gets a __call__ that calls nn.Module.__call__ (only to show the
+            # generated code in a traceback): its forward is all it computes
+            issubclass(c, fx.GraphModule)
+            and getattr(own, "__qualname__", "").endswith("GraphModule.recompile.<locals>.call_wrapped")
+        ):
             raise UnsupportedLayerError(
                 f"{cls.__name__} defines its own __call__ (in {c.__qualname__}): torch.fx reads the root "
                 "model's forward only, so what __call__ does around it would be silently missing; move it "
