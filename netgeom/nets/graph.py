@@ -2301,13 +2301,14 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     env: dict[fx.Node, Any] = {}
     output_ref = None
     n_inputs = 0
-    # where each fx node stands, and the last node that reads its value (for the in-place checks)
-    position = {n: i for i, n in enumerate(graph.nodes)}
-    last_read = {
-        n: max(
+    position: dict[fx.Node, int] = {}  # where each fx node stands (made by the first in-place op's check)
+
+    def last_read(k: fx.Node) -> int:
+        """Position of the last node that reads ``k``'s value (x.shape and x.size() read none)."""
+        return max(
             (
                 position[u]
-                for u in n.users
+                for u in k.users
                 if not (
                     (u.op == "call_method" and u.target in _META_METHODS)
                     or (u.target is getattr and len(u.args) > 1 and u.args[1] in _META_ATTRS)
@@ -2315,8 +2316,6 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
             ),
             default=-1,
         )
-        for n in graph.nodes
-    }
     # storage -> storages that may or may not share its memory (a reshape that merges axes views a
     # contiguous tensor and copies one in another memory format, e.g. channels_last)
     maybe_shared: dict[int, set[int]] = {}
@@ -2359,9 +2358,10 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 if t not in linked and t != old.storage:
                     linked.add(t)
                     todo.append(t)
-        here = position[n]
+        if linked and not position:
+            position.update((m, i) for i, m in enumerate(graph.nodes))
         for k, v in env.items():
-            if isinstance(v, _Ref) and v.storage in linked and last_read.get(k, -1) > here:
+            if isinstance(v, _Ref) and v.storage in linked and last_read(k) > position[n]:
                 raise b.refuse(
                     n,
                     f"changes in place a tensor that the {b.source(k)} may view or copy (a flatten, "
