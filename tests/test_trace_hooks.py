@@ -213,7 +213,18 @@ class _OwnCall(nn.Module):
         return torch.relu(self.fc(x))
 
 
-@pytest.mark.parametrize("model", [_OwnGetattr, _OwnCall])
+class _Holds(nn.Module):
+    """A root model's own __call__ is refused (fx traces the root's forward only); a submodule's is traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _OwnCall()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("model", [_OwnGetattr, _Holds])
 def test_classes_with_their_own_call_or_getattr_are_traced_with_fx_patching(model):
     m = model()
     assert G._ModuleHooks.plan(m) is None

@@ -99,6 +99,7 @@ _MEAN_FUNCS = {torch.mean, "mean"}
 _META_METHODS = {"size", "dim"}
 _META_ATTRS = {"shape", "ndim"}
 _INPLACE_METHODS = {"relu_", "add_"}
+_MAYBE_COPY = {torch.flatten, torch.reshape, "flatten", "reshape"}  # (of _RESHAPE_FUNCS: views or copies)
 
 
 class UnsupportedLayerError(TypeError):
@@ -168,11 +169,14 @@ def _const_fn(func, args, kwargs):
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
-    """A parameter as a float64 CPU tensor (one conversion: each torch call is a few microseconds, and more
-    right after other work has pushed torch's code and tables out of the caches)."""
+    """A parameter as a float64 CPU tensor of its own (one conversion or copy: each torch call is a few
+    microseconds, and more right after other work has pushed torch's code and tables out of the caches).
+    Never the parameter itself, for a float64 CPU model too: a layer read before ``masks.apply(model)`` or an
+    optimiser step must keep the values it was read with, and writing into a returned kernel must not
+    change the model."""
     t = t.detach()
     if t.dtype == torch.float64 and t.device.type == "cpu":
-        return t
+        return t.clone()
     return t.to(device="cpu", dtype=torch.float64)
 
 
@@ -262,8 +266,9 @@ class PLNode:
     """One node of a :class:`PLGraph` (see the module docstring for the ops).
 
     ``kernel`` (affine nodes with a weight) is the masked parameter in its own shape, float64, with the
-    scale of a BatchNorm that directly follows it folded in (as :attr:`AffineLayer.kernel`); ``mask`` is the
-    boolean mask applied to it (``None`` when the parameter is unmasked).
+    scale of a BatchNorm that directly follows it on the layer's output features folded in (as
+    :attr:`AffineLayer.kernel`: unscaled when a reshape comes between them, or when the BatchNorm scales
+    another axis); ``mask`` is the boolean mask applied to it (``None`` when the parameter is unmasked).
     """
 
     index: int
@@ -614,6 +619,31 @@ class PLGraph:
             y = op(y.reshape(y.shape[0], *op.in_shape))
         return y.reshape(x.shape[0], math.prod(y.shape[1:]))
 
+    def _identity_layer(self, node: PLNode):
+        """The identity map before an activation ``node`` that follows no affine map (see :meth:`layers`)."""
+        from .layers import AffineLayer
+
+        n = node.size
+        if n * n > node._max_entries:
+            raise ValueError(
+                f"activation {node.source} follows no affine map: the chain view puts an identity layer "
+                f"before it, a dense {n} x {n} matrix ({n * n:,} entries, over max_entries="
+                f"{node._max_entries:,}); analyse a smaller input or raise max_entries if the memory is there"
+            )
+        return AffineLayer(
+            name=node.name,
+            param_name=None,
+            weight=torch.eye(n, dtype=torch.float64),
+            bias=torch.zeros(n, dtype=torch.float64),
+            activation="relu" if node.negative_slope == 0 else "leaky_relu",
+            negative_slope=float(node.negative_slope),
+            kernel=None,
+            mask=None,
+            kind="affine",
+            in_shape=tuple(node.shape),
+            out_shape=tuple(node.shape),
+        )
+
     @property
     def is_chain(self) -> bool:
         return self._chain_break() is None
@@ -630,7 +660,10 @@ class PLGraph:
         """The chain view: a list of :class:`~netgeom.nets.AffineLayer` (what :func:`affine_layers` returns).
 
         Raises :class:`UnsupportedLayerError` naming the first node that breaks the chain (a max-pool, a
-        residual add, a concatenation, a branch) or an activation that does not follow an affine map.
+        residual add, a concatenation, a branch). An activation on the input or on another activation
+        (``relu(x)`` first, ``relu(relu(z))``) gets a weight-free identity layer of its own (named after
+        the activation, ``param_name`` None): the chain then computes what the graph computes, and its
+        units are that activation's, as every graph-based analysis (``count_patterns``) reads them.
         """
         from .layers import AffineLayer
 
@@ -651,10 +684,9 @@ class PLGraph:
         while nodes[i].op != "output":
             node = nodes[i]
             if node.op != "affine":
-                raise UnsupportedLayerError(
-                    f"activation {node.source} follows another activation or starts the network; netgeom "
-                    "expects affine maps between activations"
-                )
+                out.append(self._identity_layer(node))
+                i += 1
+                continue
             nxt = nodes[i + 1]
             if nxt.op == "relu":
                 activation = "relu" if nxt.negative_slope == 0 else "leaky_relu"
@@ -676,6 +708,7 @@ class PLGraph:
                     kind=node.kind,
                     in_shape=tuple(node.in_shape),
                     out_shape=tuple(node.shape),
+                    kernel_in_shape=_kernel_in_shape(node),
                 )
             )
         return out
@@ -1277,19 +1310,30 @@ def _hooks_work() -> bool:
             _HOOKS_WORK[0] = False
             return False
 
-        def sig(g):
-            return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
-
-        _HOOKS_WORK[0] = False  # the reference: fx's own patching
+        _HOOKS_WORK[0] = True
         try:
-            probe = _HookProbe()
-            want = sig(_probe_tracer().trace(probe))
-            _HOOKS_WORK[0] = True
-            ok = sig(_probe_tracer().trace(probe)) == want and len(want) == 6
+            want = _probe_signature(_probe_reference())
+            ok = _probe_signature(_probe_tracer().trace(_HookProbe())) == want and len(want) == 6
         except Exception:  # a torch whose fx this does not fit: its own patching
             ok = False
         _HOOKS_WORK[0] = ok
     return _HOOKS_WORK[0]
+
+
+def _probe_signature(g: fx.Graph) -> list[tuple]:
+    return [(n.op, str(n.target), n.name, tuple(str(a) for a in n.args)) for n in g.nodes]
+
+
+def _probe_reference() -> fx.Graph:
+    """The graph fx's own trace gives of _HookProbe, built by fx's Graph API (its own node names), without a
+    trace: fx's trace patches nn.Module.__call__ process-wide, and a module called by another thread
+    meanwhile raised NameError (the check ran at the first trace of a process, while other threads may be
+    running models)."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    h = g.call_module("seq.0", (g.call_module("lin", (x,)),))
+    g.output(g.call_function(F.linear, (h, g.get_attr("w"))))
+    return g
 
 
 @contextlib.contextmanager
@@ -1422,13 +1466,39 @@ def _target_name(node: fx.Node) -> str:
     return getattr(t, "__name__", repr(t))
 
 
+_STORAGES = iter(range(1, sys.maxsize))  # (next() on it is atomic under the GIL)
+
+
 @dataclasses.dataclass
 class _Ref:
-    """A traced tensor: the PL node holding its (flat) value, its per-sample shape and a probe value."""
+    """A traced tensor: the PL node holding its (flat) value, its per-sample shape and a probe value.
+
+    ``storage`` names the memory the tensor lives in, as eager torch allocates it: views (``view``,
+    ``unflatten``, an eval ``Dropout``, ``Identity``) share their source's, copies (``torch.cat`` of one
+    tensor) get their own; an in-place operation changes every tensor of its storage (see ``_trace``)."""
 
     index: int
     shape: tuple[int, ...]
     value: torch.Tensor  # the probe batch, shaped (B, *shape), float64
+    storage: int = dataclasses.field(default_factory=lambda: next(_STORAGES))
+
+
+def _always_view(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """Whether torch's ``reshape``/``flatten`` from ``(B, *in_shape)`` to ``(B, *out_shape)`` returns a view
+    whatever the input's strides: when it only splits axes (and adds or drops axes of size 1). Merging two
+    axes views a contiguous tensor but copies one whose strides do not allow it (a channels_last
+    activation), which the reader cannot see."""
+    a = [d for d in in_shape if d != 1]
+    b = [d for d in out_shape if d != 1]
+    j = 0
+    for d in a:
+        p = 1
+        while p < d and j < len(b):
+            p *= b[j]
+            j += 1
+        if p != d:
+            return False
+    return j == len(b)
 
 
 @dataclasses.dataclass
@@ -1541,7 +1611,9 @@ class _Builder:
             self.last_fx[ref.index] = fxn
             if op.weighted:
                 self.set_weight(prev, op, fxn, module_name)
-            elif op.type_name.startswith("BatchNorm") and prev.kernel is not None and prev._ops[-2].weighted:
+            elif op.type_name.startswith("BatchNorm") and prev.kernel is not None and _scales_kernel(
+                prev._ops[-2], op, prev.kernel
+            ):
                 # the kernel carries the scale of a BatchNorm that directly follows it (channel graphs use it)
                 s = op.params["scale"]
                 prev.kernel = prev.kernel * s.reshape((-1,) + (1,) * (prev.kernel.ndim - 1))
@@ -1583,7 +1655,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
+            w.masked_fill_(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN; w is ours)
             self.used_masks.add(pname)
         return pname, w, mask
 
@@ -1690,7 +1762,7 @@ class _Builder:
         mask = None
         if self.masks is not None and pname in self.masks:
             mask = _as_mask(self.masks[pname], pname, w.shape)
-            w = w.masked_fill(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN)
+            w.masked_fill_(mask == 0, 0.0)  # (pruned = absent: whatever is stored there, even NaN; w is ours)
             self.used_masks.add(pname)
         params = {"weight": w}
         if bias is not None:
@@ -1805,10 +1877,49 @@ class _Builder:
         if len(rest) != 1 or any(len(r.shape) + 1 != nd for r in refs):
             raise self.refuse(fxn, f"concatenates tensors of shapes {[r.shape for r in refs]}")
         if len(refs) == 1:
-            return refs[0]
+            # torch.cat always copies: the same values in memory of their own (an in-place operation on
+            # the one tensor concatenated leaves the concatenation as it was)
+            return _Ref(refs[0].index, refs[0].shape, refs[0].value)
         shape = (sum(r.shape[0] for r in refs), *refs[0].shape[1:])
         idx = self.add_node(fxn, op="cat", inputs=tuple(r.index for r in refs), shape=shape)
         return _Ref(idx, shape, torch.cat([r.value for r in refs], 1))
+
+
+def _overridden_base(m: nn.Module) -> type | None:
+    """The supported module class ``m`` is an instance of whose computation ``type(m)`` overrides (its
+    ``forward``, or a convolution's ``_conv_forward``), or None. torch's QAT Linear/Conv2d
+    (``torch.ao.nn.qat``) are such subclasses: fx keeps them as leaves, and isinstance alone read them as
+    float layers."""
+    cls = type(m)
+    if cls in _LEAVES:
+        return None
+    for base in _LEAVES:
+        if isinstance(m, base) and (
+            cls.forward is not base.forward
+            or getattr(cls, "_conv_forward", None) is not getattr(base, "_conv_forward", None)
+        ):
+            return base
+    return None
+
+
+def _kernel_in_shape(node: PLNode) -> tuple[int, ...] | None:
+    """One sample's shape as the weighted op of an affine node receives it (after the weight-free ops folded
+    in front of it and a reshape, so not the node's ``in_shape``); None for a weight-free node."""
+    for op in node._ops:
+        if op.weighted:
+            return tuple(op.in_shape)
+    return None
+
+
+def _scales_kernel(w: _AffineOp, bn: _AffineOp, kernel: torch.Tensor) -> bool:
+    """Whether the BatchNorm ``bn``, right after the weighted op ``w``, scales ``w``'s output features, so
+    that its scale folds into ``kernel`` along the kernel's first axis: no reshape between them (BN's
+    channels are axis 0 of ``w``'s output), and that axis is ``w``'s output features (a convolution's output
+    channels, a Linear's outputs on a flat input; a Linear on a ``(C, L)`` sample maps the last axis, and a
+    BatchNorm1d(C) after it scales the other one)."""
+    if not w.weighted or bn.in_shape != w.out_shape or bn.params["scale"].shape[0] != kernel.shape[0]:
+        return False
+    return w.type_name != "Linear" or len(w.in_shape) == 1
 
 
 # (dim, input shape, kernel, stride, padding, dilation, ceil_mode) -> (output shape, window starts, windows,
@@ -1823,7 +1934,11 @@ def _fan_in(type_name: str, in_shape, out_shape, kernel) -> int:
     if kernel is not None:
         return math.prod(kernel) + 1
     if "adaptive" in type_name.lower():
-        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[1:], out_shape[1:])) + 1
+        # torch pools the last 1 or 2 axes of the batched tensor, which are the last of one sample's: a
+        # flat (n,) sample under the 1-d pool (the batch then reads as channels), both axes of a (C, L)
+        # sample under the 2-d one. A window spans at most ceil(in / out) + 1 positions per axis
+        d = 2 if type_name.lower().endswith("2d") else 1
+        return math.prod(math.ceil(a / b) + 1 for a, b in zip(in_shape[-d:], out_shape[-d:])) + 1
     return max(1, math.ceil(math.prod(in_shape) / max(1, math.prod(out_shape)))) + 1
 
 
@@ -2058,7 +2173,11 @@ def trace(
     Parameters
     ----------
     model : the network; read with eval semantics (BatchNorm running statistics, no dropout) whatever its
-        mode — a model in training mode with such modules gets a warning saying so. Never modified.
+        mode — a model in training mode with such modules gets a warning saying so. Never modified. Its
+        parameters are read exactly into float64 and the graph computes in float64: the network analysed is
+        the real-arithmetic one with these weights, not ``model(x)``'s own rounding. For float32 that
+        differs by float32 rounding; a float16/bfloat16 model's own forward rounds far more (near a
+        boundary its activation pattern can differ), so such a model gets a warning, once per process.
     masks : a ``Masks``, a mapping parameter name -> boolean (or 0/1) tensor, or a per-layer list, checked
         by :func:`netgeom._validation.check_masks`; each names the weight of a ``Linear``/``Conv``.
     input_shape : one sample's shape (no batch axis); default ``model.input_shape``, or ``(in_features,)``
@@ -2082,6 +2201,8 @@ def trace(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     max_entries = check_int(max_entries, "max_entries", minimum=1)
     named = list(model.named_parameters()) + list(model.named_buffers())
+    _check_root(model, named)
+    _warn_low_precision(named)
     # A float32 weight of 1e-40 must not read as 0: the calling thread keeps subnormals throughout. torch's
     # OpenMP threads keep the flush state they started with, and checking it wakes them (0.03 ms idle,
     # 0.2-0.3 ms right after a slice, milliseconds on a busy machine; they spin after, taking a core from
@@ -2110,6 +2231,70 @@ def trace(
             for k in set(vars(model)) - own:
                 if k.startswith("_tensor_constant"):
                     del model.__dict__[k]
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_WARNED_LOW: set = set()  # the low-precision dtypes warned about in this process
+
+
+def _warn_low_precision(named: list) -> None:
+    """Warn once per process and dtype that a float16/bfloat16 model is analysed in float64 (see trace)."""
+    for pname, t in named:
+        if t.dtype in _LOW_PRECISION and t.dtype not in _WARNED_LOW:
+            _WARNED_LOW.add(t.dtype)
+            warnings.warn(
+                f"model has {str(t.dtype).replace('torch.', '')} parameters ('{pname}'): netgeom reads them "
+                "exactly into float64 and analyses the network in float64, not the rounding of the model's "
+                "own low-precision forward (whose activation patterns can differ near region boundaries); "
+                "this warning is shown once per process",
+                stacklevel=3,
+            )
+
+
+def _check_root(model: nn.Module, named: list) -> None:
+    """Refuse, naming the cause, a model object the trace would misread or fail on obscurely: a wrapper
+    (torch.compile's, DataParallel) whose forward is not the network's, a root class with its own
+    ``__call__`` (fx traces the root's ``forward`` only), parameters without values (meta device, lazy
+    modules not run yet)."""
+    cls = type(model)
+    inner = model.__dict__.get("_modules", {})
+    if "_orig_mod" in inner and cls.__name__ == "OptimizedModule":
+        raise UnsupportedLayerError(
+            f"model is a torch.compile wrapper ({cls.__name__}), whose forward is compiled code, not the "
+            "network's: pass the original module (model._orig_mod); its parameter names have no '_orig_mod.' "
+            "prefix (compiling a module in place, module.compile(), keeps the module readable)"
+        )
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise UnsupportedLayerError(
+            f"model is a {cls.__name__} wrapper, whose forward scatters the batch over devices: pass the "
+            "wrapped network (model.module); its parameter names have no 'module.' prefix"
+        )
+    for c in cls.__mro__:
+        if c is nn.Module:
+            break
+        own = c.__dict__.get("__call__")
+        if own is not None and not (
+            # an fx GraphModule's own class gets a __call__ that calls nn.Module.__call__ (only to show the
+            # generated code in a traceback): its forward is all it computes
+            issubclass(c, fx.GraphModule)
+            and getattr(own, "__qualname__", "").endswith("GraphModule.recompile.<locals>.call_wrapped")
+        ):
+            raise UnsupportedLayerError(
+                f"{cls.__name__} defines its own __call__ (in {c.__qualname__}): torch.fx reads the root "
+                "model's forward only, so what __call__ does around it would be silently missing; move it "
+                "into forward, or wrap the model in a module whose forward calls it"
+            )
+    for pname, t in named:
+        if isinstance(t, (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)):
+            raise ValueError(
+                f"model has an uninitialized lazy parameter '{pname}' (a Lazy* module that has not run): "
+                "run one forward pass, model(x), first so that it infers its shapes"
+            )
+        if t.is_meta:
+            raise ValueError(
+                f"model's '{pname}' is on the meta device (a shape without values): materialize the model "
+                "first (model.to_empty(device='cpu') and load_state_dict, or build it off the meta device)"
+            )
 
 
 # torch runs an elementwise operation or reduction on its thread pool from at::internal::GRAIN_SIZE = 32768
@@ -2255,6 +2440,10 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     def alias_like(n: fx.Node) -> bool:
         if n.op == "call_module":
             return isinstance(b.submodule(n.target), _SKIPPED + _RESHAPES)
+        if n.op == "call_function" and n.target in _CAT_FUNCS:
+            # (a concatenation of one tensor creates no PL node: its users read the tensor's node)
+            seq = n.args[0] if n.args else n.kwargs.get("tensors")
+            return isinstance(seq, (list, tuple)) and len(seq) == 1
         return n.op in ("call_function", "call_method") and (
             n.target in _RESHAPE_FUNCS or n.target in _DROPOUT_FUNCS
         )
@@ -2263,6 +2452,38 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
     env: dict[fx.Node, Any] = {}
     output_ref = None
     n_inputs = 0
+    position: dict[fx.Node, int] = {}  # where each fx node stands (made by the first in-place op's check)
+
+    def last_read(k: fx.Node) -> int:
+        """Position of the last node that reads ``k``'s value (x.shape and x.size() read none)."""
+        return max(
+            (
+                position[u]
+                for u in k.users
+                if not (
+                    (u.op == "call_method" and u.target in _META_METHODS)
+                    or (u.target is getattr and len(u.args) > 1 and u.args[1] in _META_ATTRS)
+                )
+            ),
+            default=-1,
+        )
+    # storage -> storages that may or may not share its memory (a reshape that merges axes views a
+    # contiguous tensor and copies one in another memory format, e.g. channels_last)
+    maybe_shared: dict[int, set[int]] = {}
+
+    def reshaped(n: fx.Node, x: _Ref, y: torch.Tensor, view: bool | None) -> _Ref:
+        """The result of a reshape: ``view`` True for a view of ``x``; None for a reshape that views or
+        copies depending on the input's memory layout (a view if it only splits axes); False for
+        ``contiguous`` (the tensor itself, or a copy of one that is not contiguous)."""
+        shape = b.check_batch(n, y, x, same_numel=True)
+        if view is None:
+            view = _always_view(x.shape, shape)
+        if view:
+            return _Ref(x.index, shape, y, x.storage)
+        r = _Ref(x.index, shape, y)
+        maybe_shared.setdefault(x.storage, set()).add(r.storage)
+        maybe_shared.setdefault(r.storage, set()).add(x.storage)
+        return r
 
     def val(a):
         """Concrete argument: probe tensors for refs, python values otherwise."""
@@ -2278,11 +2499,32 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
         )
         return out
 
-    def rebind(old: _Ref, new: _Ref) -> None:
-        # an in-place operation changes the tensor every alias of it sees
+    def rebind(n: fx.Node, old: _Ref, new: _Ref) -> None:
+        # an in-place operation changes the memory of its tensor: every view of it sees the new value,
+        # copies keep theirs. A tensor that may or may not share that memory (see maybe_shared) and is
+        # read later has two readings, one of them wrong: refused
+        linked, todo = set(), [old.storage]
+        while todo:
+            for t in maybe_shared.get(todo.pop(), ()):
+                if t not in linked and t != old.storage:
+                    linked.add(t)
+                    todo.append(t)
+        if linked and not position:
+            position.update((m, i) for i, m in enumerate(graph.nodes))
+        for k, v in env.items():
+            if isinstance(v, _Ref) and v.storage in linked and last_read(k) > position[n]:
+                raise b.refuse(
+                    n,
+                    f"changes in place a tensor that the {b.source(k)} may view or copy (a flatten, "
+                    "reshape or contiguous that merges axes views a contiguous tensor but copies one in "
+                    "another memory format, e.g. channels_last), and that result is read afterwards: its "
+                    "value depends on the memory layout; use the out-of-place operation there (F.relu(x), "
+                    "x = x + y)",
+                )
         for k, v in list(env.items()):
-            if isinstance(v, _Ref) and v.index == old.index:
-                env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape))
+            if isinstance(v, _Ref) and v.storage == old.storage:
+                env[k] = _Ref(new.index, v.shape, new.value.reshape(b.B, *v.shape), old.storage)
+        env[n] = _Ref(new.index, new.shape, new.value, old.storage)
 
     named: dict[str, list] = {}
 
@@ -2356,16 +2598,25 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 x = env[args[0]] if args and isinstance(args[0], fx.Node) else None
                 if not isinstance(x, _Ref) or len(refs) != 1 or kwargs:
                     raise b.refuse(n, "is called with other than one tensor argument")
+                base = _overridden_base(m)
+                if base is not None:
+                    raise UnsupportedLayerError(
+                        f"layer '{t}' ({type(m).__module__}.{type(m).__qualname__}) is a subclass of "
+                        f"nn.{base.__name__} with a forward of its own (e.g. quantization-aware training's "
+                        f"fake-quantized weight), so it does not compute what nn.{base.__name__} computes; "
+                        f"netgeom reads nn.{base.__name__}'s own forward only (in {name}): convert it to a "
+                        f"plain nn.{base.__name__} first"
+                    )
                 if isinstance(m, _SKIPPED):
                     env[n] = x
                 elif isinstance(m, _RESHAPES):
-                    y = m(x.value)
-                    env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                    # (Unflatten splits an axis: always a view; Flatten merges axes: a view or a copy)
+                    env[n] = reshaped(n, x, m(x.value), True if isinstance(m, nn.Unflatten) else None)
                 elif isinstance(m, _ACTIVATIONS):
                     r = b.relu(n, x, m.negative_slope if isinstance(m, nn.LeakyReLU) else 0.0)
                     env[n] = r
                     if getattr(m, "inplace", False):
-                        rebind(x, r)
+                        rebind(n, x, r)
                 elif isinstance(m, _MAXPOOLS):
                     if m.return_indices:
                         raise b.refuse(n, "returns indices")
@@ -2423,7 +2674,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 r = b.relu(n, x, float(slope))
                 env[n] = r
                 if inplace:
-                    rebind(x, r)
+                    rebind(n, x, r)
                 continue
             if t in _ADD_FUNCS:
                 other = args[1] if len(args) > 1 else kwargs.get("other")
@@ -2434,7 +2685,7 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                 r = b.add(n, a_ref, b_ref)
                 env[n] = r
                 if t in (operator.iadd, "add_"):
-                    rebind(a_ref, r)
+                    rebind(n, a_ref, r)
                 continue
             if t in _CAT_FUNCS:
                 seq = args[0] if args else kwargs.get("tensors")
@@ -2470,7 +2721,9 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
                     )
                 except RuntimeError as exc:
                     raise b.refuse(n, f"fails on an input of shape {x.shape}: {exc}") from None
-                env[n] = _Ref(x.index, b.check_batch(n, y, x, same_numel=True), y)
+                # view/unflatten/squeeze/unsqueeze always view (or fail); flatten/reshape view or copy by
+                # the memory layout, contiguous copies a tensor that is not contiguous
+                env[n] = reshaped(n, x, y, False if t == "contiguous" else None if t in _MAYBE_COPY else True)
                 continue
             if t in _MAXPOOL_FUNCS:
                 names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")

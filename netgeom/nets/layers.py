@@ -6,7 +6,8 @@
 * ``Linear``, ``Conv1d``, ``Conv2d`` carry weights (the *parametrised* module of a group; masks apply here);
 * ``BatchNorm1d/2d`` (eval), ``AvgPool1d/2d``, ``AdaptiveAvgPool1d/2d`` are affine and are folded into the
   group that contains them; ``Flatten``/``view``/``reshape``, ``Dropout`` and ``Identity`` change nothing;
-* ``ReLU`` and ``LeakyReLU`` close a group and are recorded as its activation.
+* ``ReLU`` and ``LeakyReLU`` close a group and are recorded as its activation; one on the input or on
+  another activation gets a weight-free identity group of its own (``param_name`` None).
 
 Two parametrised modules with no activation between them become two layers, the first with the identity
 activation, so that each weight tensor corresponds to exactly one :class:`AffineLayer`. A network with a
@@ -42,11 +43,18 @@ class AffineLayer:
         folded in.
     bias : ``(n_out,)``.
     activation : ``"relu"``, ``"leaky_relu"`` or ``"identity"``; ``negative_slope`` is 0, the leak, or 1.
-    kernel : the masked parameter tensor in its own shape (``(out, in)`` or ``(C_out, C_in, *k)``), with a
-        following BatchNorm's scale folded in. For a ``Linear`` without pooling before it this is ``weight``.
+    kernel : the masked parameter tensor in its own shape (``(out, in)`` or ``(C_out, C_in / groups, *k)``),
+        with the scale of a BatchNorm that directly follows it folded in when that BatchNorm's channels are
+        the layer's output features (a convolution's output channels, a Linear's outputs on a flat input);
+        otherwise (a reshape between them, a BatchNorm1d(C) after a Linear on the last axis of ``(C, L)``
+        samples) the parameter unscaled, the BatchNorm being only in ``weight``. For a ``Linear`` on a flat
+        input without pooling before it or a BatchNorm after it this is ``weight``.
     mask : boolean tensor of ``kernel``'s shape, or ``None`` when the parameter is unmasked.
     kind : ``"linear"``, ``"conv1d"``, ``"conv2d"`` or ``"affine"``.
     in_shape, out_shape : shapes of one sample before and after the map (no batch axis).
+    kernel_in_shape : shape of one sample as the parametrised module itself receives it (after the
+        weight-free operations folded in front of it and a reshape); ``in_shape`` when nothing comes before
+        it, ``None`` for a weight-free group. A convolution's input channels are ``kernel_in_shape[0]``.
     """
 
     name: str
@@ -60,6 +68,7 @@ class AffineLayer:
     kind: str
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    kernel_in_shape: tuple[int, ...] | None = None
 
     @property
     def n_in(self) -> int:

@@ -47,6 +47,7 @@ from torch import nn
 from .._matmul import gradual_underflow
 from .._validation import UNSET, check_array, check_choice
 from ..nets import AffineLayer, PLNode, affine_layers, trace
+from ..nets.graph import _kernel_in_shape
 
 __all__ = ["LayerGraph", "NetworkGraph", "layer_graph", "network_graph", "AGGREGATES", "MAX_UNROLLED_EDGES"]
 
@@ -333,18 +334,31 @@ class _Weighted:
     mask: torch.Tensor | None
     kind: str
     shape: tuple[int, int]  # (n_out, n_in) of the effective matrix on the flattened input
-    in_shape: tuple[int, ...]
+    in_shape: tuple[int, ...]  # the weighted module's own input (see _kernel_input)
     matrix: Any  # () -> the effective (n_out, n_in) matrix (a convolution unrolls only when asked)
 
 
 def _weighted(obj: Any) -> _Weighted | None:
     if isinstance(obj, AffineLayer):
         return _Weighted(obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind, tuple(obj.weight.shape),
-                         tuple(obj.in_shape), lambda: obj.weight)
+                         _kernel_input(obj), lambda: obj.weight)
     if isinstance(obj, PLNode) and obj.op == "affine":
         return _Weighted(obj._first_name or obj.name, obj.param_name, obj.kernel, obj.mask, obj.kind,
-                         (obj.size, obj.in_size), tuple(obj.in_shape), obj.matrix)
+                         (obj.size, obj.in_size), _kernel_input(obj), obj.matrix)
     return None
+
+
+def _kernel_input(obj: Any) -> tuple[int, ...]:
+    """One sample's shape as the weighted module of a layer or traced affine node receives it: not the
+    layer's ``in_shape`` when weight-free operations and a reshape are folded in front of the module (a
+    BatchNorm1d on a flat input, then Unflatten, then the convolution)."""
+    own = obj.kernel_in_shape if isinstance(obj, AffineLayer) else _kernel_in_shape(obj)
+    return tuple(own if own is not None else obj.in_shape)
+
+
+def _kernel_in_channels(obj: Any) -> int:
+    """A convolution layer's (or traced node's) input channels, for its channel graph."""
+    return int(_kernel_input(obj)[0])
 
 
 def _channel_slices(kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +440,7 @@ def _magnitudes(layer_or_weight: Any, mask: Any, conv: str, aggregate: str) -> d
         a = np.where(kmask, np.abs(kernel), 0.0).reshape(kernel.shape[0], kernel.shape[1], -1)
         absw, exp = _aggregate(a, aggregate)
         present = kmask.reshape(a.shape).any(-1)
-        cols, groups = _channel_slices(kernel, int(layer.in_shape[0]))
+        cols, groups = _channel_slices(kernel, int(layer.in_shape[0]))  # (the module's own input)
         if groups > 1:  # a grouped convolution: an output channel sees only its group's input channels
             rows = np.arange(kernel.shape[0])[:, None]
             full_w = np.zeros((kernel.shape[0], layer.in_shape[0]))

@@ -39,7 +39,7 @@ from .._validation import check_choice, check_masks, check_widths
 from ..nets import trace
 from ..pruning.masks import Masks, prunable_parameters
 from ..results import Result, new_axes
-from .graphs import _UNSET, NetworkGraph, _channel_slices, _layer_graph, network_graph
+from .graphs import _UNSET, NetworkGraph, _channel_slices, _kernel_in_channels, _layer_graph, network_graph
 from .persistence import _kruskal, zeroth_persistence
 
 __all__ = [
@@ -274,10 +274,11 @@ def _structural_counts(model: nn.Module, input_shape: Any, conv: str) -> tuple[l
         if conv == "unrolled":
             pattern = lay.sparse_matrix().tocoo()  # (its nonzeros: no dense unrolled convolution)
         elif lay.kernel.ndim > 2:
-            cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
+            c_in = _kernel_in_channels(lay)  # (the conv's own input, not the node's: see _kernel_input)
+            cols, _ = _channel_slices(lay.kernel, c_in)
             rows = np.broadcast_to(np.arange(cols.shape[0])[:, None], cols.shape)
             pattern = sparse.coo_matrix((np.ones(cols.size, bool), (rows.ravel(), cols.ravel())),
-                                        shape=(lay.kernel.shape[0], int(lay.in_shape[0])))
+                                        shape=(lay.kernel.shape[0], c_in))
         else:
             n_out, n_in = lay.kernel.shape
             n_possible.append(n_in * n_out)
@@ -664,7 +665,7 @@ def spanning_forest_protect(
             msf = torch.from_numpy(zeroth_persistence(g).msf_mask)
         if lay.kernel.ndim > 2:
             # channel-graph edge (o, input channel) -> kernel slice (o, c); grouped: c within o's group
-            cols, _ = _channel_slices(lay.kernel, int(lay.in_shape[0]))
+            cols, _ = _channel_slices(lay.kernel, _kernel_in_channels(lay))
             msf = msf[torch.arange(msf.shape[0])[:, None], torch.from_numpy(cols)]
             msf = msf.reshape(msf.shape + (1,) * (lay.kernel.ndim - 2)) & present
         out[lay.param_name] = msf
