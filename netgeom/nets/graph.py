@@ -2107,11 +2107,12 @@ def _check_trace_masks(masks, model: nn.Module):
     (``torch.nn.utils.parametrize``), which the trace reads as computed. Returns the masks and those keys."""
     if masks is None or isinstance(masks, (list, tuple)):
         return check_masks(masks, model, allow_empty=True), set()
-    from ..pruning.masks import prunable_parameters
+    from ..pruning.masks import _prunable_names
 
     plain = check_masks(masks, None, allow_empty=True)  # forms, 0/1 values, no biases
     try:
-        prunable = set(prunable_parameters(model))
+        # the names only: their forward order would cost a second fx trace (and its error, not trace's own)
+        prunable = set(_prunable_names(model))
     except ValueError:  # no Linear/Conv module: F.linear may still read parameters
         prunable = set()
     params = dict(model.named_parameters())

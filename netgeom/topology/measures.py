@@ -37,7 +37,7 @@ from torch import nn
 
 from .._validation import check_choice, check_masks, check_widths
 from ..nets import trace
-from ..pruning.masks import Masks, prunable_parameters
+from ..pruning.masks import Masks, _prunable_names
 from ..results import Result, new_axes
 from .graphs import _UNSET, NetworkGraph, _channel_slices, _kernel_in_channels, _layer_graph, network_graph
 from .persistence import _kruskal, zeroth_persistence
@@ -633,7 +633,7 @@ def spanning_forest_protect(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # masks in any form (a per-layer list too): validated, then keyed by parameter name
     masks = check_masks(masks, model, allow_empty=True)
-    names = list(masks) if masks else prunable_parameters(model)
+    names = list(masks) if masks else _prunable_names(model)  # (a set of names: no order needed)
     layers = [n for n in trace(model, masks).nodes if n.op == "affine" and n.param_name is not None]
     forests: dict[str, np.ndarray] = {}
     if scope == "network":
