@@ -219,6 +219,8 @@ def _qat_model(kind):
 
 
 @pytest.mark.filterwarnings("ignore")
+# (torch's own quantization modules call the deprecated torch.jit.script_method when they are built)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("kind", ["linear", "conv2d"])
 def test_qat_layers_are_refused_not_read_as_float_layers(kind):
     m, X = _qat_model(kind)
