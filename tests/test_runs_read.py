@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_runs import _pickle_payload  # the resume tests' payload: a file that would run a command
 
 import netgeom.cli
 from netgeom.data.datasets import load_digits
@@ -162,14 +163,6 @@ def test_a_run_written_before_code_json_is_read_and_marked_unknown(written, run)
     with pytest.raises(CodeMismatchError, match="records no code identity") as err:
         IMP(CFG, out_dir=run.parent, verbose=False)
     assert "read_run" in str(err.value)
-
-
-def _pickle_payload(path):
-    class P:
-        def __reduce__(self):
-            return (os.system, (f"touch {path}.pwned",))
-
-    torch.save({"0.weight": P()}, path)
 
 
 CORRUPTIONS = {
