@@ -274,6 +274,8 @@ def _mlp():
     return nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
 
 
+# (torch.compile imports torch._dynamo, whose modules call the deprecated torch.jit.script_method)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("case, err, match", [
     ("meta", ValueError, "meta device"),
     ("compile", UnsupportedLayerError, "_orig_mod"),
