@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runs import _pickle_payload  # the resume tests' payload: a file that would run a command
+from test_runs import CORRUPTIONS as RESUME_CORRUPTIONS
 
 import netgeom.cli
 from netgeom.data.datasets import load_digits
@@ -165,20 +165,11 @@ def test_a_run_written_before_code_json_is_read_and_marked_unknown(written, run)
     assert "read_run" in str(err.value)
 
 
+# the resume tests' damage, as a reader meets it, plus what only a read-only open checks itself
 CORRUPTIONS = {
-    "record truncated": ("level_1/record.json", lambda p: p.write_text(p.read_text()[:40]), "not valid JSON"),
-    "record accuracy 1.5": (
-        "level_1/record.json",
-        lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "test_acc": 1.5})),
-        r"test_acc = 1.5 is not in \[0, 1\]",
-    ),
-    "masks garbage": ("level_2/masks.npz", lambda p: p.write_bytes(b"garbage" * 20), "not a readable masks"),
-    "weights pickle payload": ("level_0/weights.pt", _pickle_payload, "GLOBAL posix.system"),
-    "weights wrong shape": (
-        "level_1/weights.pt",
-        lambda p: torch.save({**torch.load(p), "0.weight": torch.zeros(2, 2)}, p),
-        r"'0.weight' has shape \(2, 2\)",
-    ),
+    **{k: RESUME_CORRUPTIONS[k] for k in (
+        "record truncated", "record accuracy 1.5", "masks garbage", "weights pickle payload",
+        "weights wrong shape")},
     "code.json wrong type": (
         "code.json", lambda p: p.write_text(json.dumps({**OLD, "git_dirty": "yes"})), "git_dirty"),
     "description edited": (
