@@ -1419,6 +1419,7 @@ def _memo_wrapped_func(fn):
 
 
 _TORCH_DIR = str(__import__("pathlib").Path(torch.__file__).parent)
+_NETGEOM_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _OWN = __file__
 _INTERNAL: dict[str, bool] = {}  # file name -> whether it is this file or torch's (asked once per frame)
 
@@ -1445,6 +1446,18 @@ def _frame_line(frame: tuple[str, int] | None) -> str:
     if line is None:
         return fn.rsplit("/", 1)[-1]
     return f"{fn.rsplit('/', 1)[-1]}:{line} (`{linecache.getline(fn, line).strip()}`)"
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`` at file.py:42 (`code`)``: the innermost frame of ``exc``'s traceback outside torch and netgeom
+    (the user's line an fx trace failed on), or ``""``."""
+    tb, where = exc.__traceback__, ""
+    while tb is not None:
+        fn = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not fn.startswith((_TORCH_DIR, _NETGEOM_DIR)):
+            where = f" at {_frame_line((fn, tb.tb_lineno))}"
+        tb = tb.tb_next
+    return where
 
 
 def _user_line(stack: str | None) -> str:
@@ -2395,20 +2408,10 @@ def _trace(model, masks, input_shape, max_entries, named, workers, grad: bool = 
             with torch.set_grad_enabled(grad):
                 graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises TraceError, RuntimeError, TypeError ... with the user's frame inside
-        tb = exc.__traceback__
-        where = ""
-        while tb is not None:
-            fn = tb.tb_frame.f_code.co_filename
-            if not fn.startswith(_TORCH_DIR) and not fn.endswith("nets/graph.py"):
-                import linecache
-
-                code = linecache.getline(fn, tb.tb_lineno).strip()
-                where = f" at {fn.rsplit('/', 1)[-1]}:{tb.tb_lineno} (`{code}`)"
-            tb = tb.tb_next
         raise UnsupportedLayerError(
-            f"cannot trace {name}.forward with torch.fx{where}: {type(exc).__name__}: {exc}. netgeom reads "
-            "networks whose forward is a fixed sequence of supported operations (no data-dependent control "
-            "flow)"
+            f"cannot trace {name}.forward with torch.fx{_user_frame(exc)}: {type(exc).__name__}: {exc}. "
+            "netgeom reads networks whose forward is a fixed sequence of supported operations (no "
+            "data-dependent control flow)"
         ) from None
 
     b = _Builder(model, masks, max_entries, workers)

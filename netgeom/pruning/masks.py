@@ -120,22 +120,6 @@ def _fx_graph(model: nn.Module):
                 del model.__dict__[k]
 
 
-def _user_frame(exc: BaseException) -> str:
-    """`` at file:line (`code`)``: the innermost frame of ``exc``'s traceback outside torch and netgeom."""
-    import linecache
-
-    tb, where = exc.__traceback__, ""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
-    while tb is not None:
-        fn = tb.tb_frame.f_code.co_filename
-        if not os.path.abspath(fn).startswith((torch_dir, root)):
-            code = linecache.getline(fn, tb.tb_lineno).strip()
-            where = f" at {os.path.basename(fn)}:{tb.tb_lineno} (`{code}`)"
-        tb = tb.tb_next
-    return where
-
-
 def _functional_weights(model: nn.Module, graph) -> set[str]:
     """Parameters that ``forward`` passes to ``F.linear`` as its weight."""
     import torch.nn.functional as F
@@ -154,7 +138,7 @@ def _forward_order(model: nn.Module, needed_for: str) -> tuple[list[str], str]:
     """``(names, output)``: every prunable weight in forward order (see :func:`prunable_parameters`) and the
     output layer's weight (the last one forward uses). Raises ``UnsupportedLayerError`` naming the cause,
     and ``needed_for``, when forward cannot be traced or uses none of the weights."""
-    from ..nets.graph import UnsupportedLayerError
+    from ..nets.graph import UnsupportedLayerError, _user_frame
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
